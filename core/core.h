@@ -1,0 +1,255 @@
+/*
+ * core: the pieces every quarry module stands on. Status codes with caller-supplied message
+ * buffers, logging (levels, text or JSON lines, per-component levels, secret scrubbing), the
+ * configuration table (file, then environment, then command line), growable buffers with size
+ * caps, a per-request arena, monotonic time, UTF-8 checks, JSON string escaping and a small
+ * worker pool. core depends on libc, pthreads and jansson (for the JSON config file) only.
+ */
+#ifndef QUARRY_CORE_H
+#define QUARRY_CORE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QUARRY_VERSION "0.1.0"
+
+/* ---- status codes ------------------------------------------------------------------------ */
+
+/* Every fallible function returns a qr_status and, when it fails, writes a human-readable
+ * reason into a caller-supplied buffer of QR_ERR_LEN bytes (which may be NULL). */
+#define QR_ERR_LEN 512
+
+typedef enum {
+    QR_OK = 0,
+    QR_EINVAL,       /* bad argument or malformed input */
+    QR_ENOMEM,       /* allocation failed */
+    QR_ELIMIT,       /* a size, depth or count limit was reached */
+    QR_EIO,          /* file or network I/O failed */
+    QR_ENOTFOUND,    /* the named thing does not exist */
+    QR_EEXIST,       /* the named thing already exists */
+    QR_EPERM,        /* the caller may not do this */
+    QR_EAUTH,        /* authentication failed */
+    QR_EUNAVAILABLE, /* a dependency (LDAP, backend) cannot be reached */
+    QR_ETIMEOUT,     /* a deadline passed */
+    QR_ENOTIMPL,     /* not built yet */
+    QR_EINTERNAL,    /* a bug or an unexpected library failure */
+} qr_status;
+
+/* Stable snake_case name of a status ("invalid_argument"), for logs and HTTP error codes. */
+const char *qr_status_name(qr_status st);
+
+/* Formats a message into err (if not NULL, truncated to QR_ERR_LEN) and returns st, so that
+ * a failure reads `return qr_fail(err, QR_EINVAL, "bad key '%s'", key);`. */
+qr_status qr_fail(char *err, qr_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- time -------------------------------------------------------------------------------- */
+
+/* Monotonic clock in nanoseconds (CLOCK_MONOTONIC); never goes backwards. */
+uint64_t qr_now_ns(void);
+/* Wall-clock time in milliseconds since the Unix epoch. */
+int64_t qr_wall_ms(void);
+/* Writes the current UTC time as "2026-11-26T13:31:21.123Z" into out (at least 32 bytes). */
+void qr_wall_iso8601(char *out, size_t len);
+
+/* ---- growable buffer with a size cap ----------------------------------------------------- */
+
+/* A byte buffer that is always NUL-terminated and never grows past `cap` bytes of content,
+ * so hostile input cannot grow it without bound. Fields are private to core. */
+typedef struct {
+    char *data;
+    size_t len;
+    size_t alloc;
+    size_t cap;
+} qr_buf;
+
+/* Initialises an empty buffer (no allocation) whose content may not exceed cap bytes. */
+void qr_buf_init(qr_buf *b, size_t cap);
+/* Frees the contents; the buffer is empty and reusable afterwards. */
+void qr_buf_release(qr_buf *b);
+/* Empties the buffer without freeing its memory. */
+void qr_buf_reset(qr_buf *b);
+/* Appends n bytes. Returns QR_ELIMIT past the cap, QR_ENOMEM on allocation failure; on error
+ * the buffer is unchanged. */
+qr_status qr_buf_append(qr_buf *b, const void *p, size_t n);
+qr_status qr_buf_puts(qr_buf *b, const char *s);
+qr_status qr_buf_putc(qr_buf *b, char c);
+qr_status qr_buf_printf(qr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+qr_status qr_buf_vprintf(qr_buf *b, const char *fmt, va_list ap);
+/* Contents as a string: "" for an empty buffer, never NULL. Valid until the next change. */
+const char *qr_buf_str(const qr_buf *b);
+size_t qr_buf_len(const qr_buf *b);
+/* Hands the contents to the caller (free() them) and empties the buffer. Returns NULL on
+ * allocation failure for an empty buffer. */
+char *qr_buf_detach(qr_buf *b);
+
+/* ---- arena ------------------------------------------------------------------------------- */
+
+/* A per-request arena: many small allocations freed together. Blocks grow geometrically; the
+ * total is capped. Fields are private to core. */
+typedef struct qr_arena_block qr_arena_block;
+typedef struct {
+    qr_arena_block *head;
+    size_t used_total;
+    size_t cap;
+    size_t next_block;
+} qr_arena;
+
+void qr_arena_init(qr_arena *a, size_t cap);
+/* Returns 16-byte aligned, uninitialised memory, or NULL when the cap is reached or
+ * allocation fails (the arena is unchanged then). n == 0 returns a valid unique pointer. */
+void *qr_arena_alloc(qr_arena *a, size_t n);
+/* Like qr_arena_alloc but zeroed; NULL on overflow of n * size. */
+void *qr_arena_calloc(qr_arena *a, size_t n, size_t size);
+char *qr_arena_strdup(qr_arena *a, const char *s);
+char *qr_arena_strndup(qr_arena *a, const char *s, size_t n);
+char *qr_arena_printf(qr_arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Bytes handed out so far. */
+size_t qr_arena_used(const qr_arena *a);
+/* Frees everything but the first block, which is kept for reuse. */
+void qr_arena_reset(qr_arena *a);
+/* Frees everything. */
+void qr_arena_release(qr_arena *a);
+
+/* ---- UTF-8 and JSON text ----------------------------------------------------------------- */
+
+/* True when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
+bool qr_utf8_valid(const char *s, size_t n);
+/* Appends s[0..n) as a JSON string literal with quotes; invalid UTF-8 becomes U+FFFD and
+ * control characters are escaped. */
+qr_status qr_json_escape(qr_buf *out, const char *s, size_t n);
+
+/* ---- logging ----------------------------------------------------------------------------- */
+
+typedef enum {
+    QR_LOG_TRACE = 0,
+    QR_LOG_DEBUG,
+    QR_LOG_INFO,
+    QR_LOG_WARN,
+    QR_LOG_ERROR,
+    QR_LOG_OFF,
+} qr_log_level;
+
+typedef enum { QR_LOG_TEXT = 0, QR_LOG_JSON } qr_log_format;
+
+/* Parses "trace".."error" or "off". Returns QR_EINVAL with a message for anything else. */
+qr_status qr_log_level_parse(const char *s, qr_log_level *out, char *err);
+const char *qr_log_level_name(qr_log_level level);
+
+/* Sets the default level, the format and per-component levels given as
+ * "component=level,component=level" (e.g. "auth=debug,index=warn"). Thread-safe; on error
+ * nothing changes. */
+qr_status qr_log_configure(qr_log_level level, qr_log_format format, const char *components,
+                           char *err);
+/* Where log lines go (default stderr). The stream is not closed by core. */
+void qr_log_set_stream(void *file_stream);
+/* True when a message of this level from this component would be written. */
+bool qr_log_enabled(const char *component, qr_log_level level);
+/* Writes one line. Values that look like secrets (password=..., token=..., Authorization:
+ * Bearer ..., api_key=...) are masked before the line is written, whatever the caller passed. */
+void qr_log(qr_log_level level, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void qr_logv(qr_log_level level, const char *component, const char *fmt, va_list ap);
+/* Masks secret values in s in place (the scrubbing qr_log applies); exposed for tests and for
+ * modules that log third-party text. */
+void qr_log_scrub(char *s);
+
+/* ---- configuration ----------------------------------------------------------------------- */
+
+typedef enum { QR_CFG_STRING = 0, QR_CFG_INT, QR_CFG_DOUBLE, QR_CFG_BOOL } qr_cfg_type;
+
+/* Where a value came from, lowest to highest precedence. */
+typedef enum {
+    QR_CFG_SRC_DEFAULT = 0,
+    QR_CFG_SRC_FILE,
+    QR_CFG_SRC_ENV,
+    QR_CFG_SRC_CLI,
+} qr_cfg_source;
+
+/* One configuration key's description, from the table in config.c. */
+typedef struct {
+    const char *name;        /* "section.key" */
+    qr_cfg_type type;
+    const char *default_str; /* default as text ("" for an empty string) */
+    double min, max;         /* for numbers; ignored when min > max */
+    const char *choices;     /* for strings: "a|b|c" or NULL for free text */
+    bool secret;             /* masked by qr_config_dump and never logged */
+    const char *help;
+} qr_cfg_key;
+
+/* The effective configuration. Values are owned by the struct (qr_config_release frees). */
+typedef struct qr_config qr_config;
+
+/* Returns the whole table and its length (for documentation and `quarry config`). */
+const qr_cfg_key *qr_config_keys(size_t *count);
+
+/* Allocates a configuration holding the defaults. Returns NULL on allocation failure. */
+qr_config *qr_config_new(void);
+void qr_config_free(qr_config *cfg);
+
+/* Loads a JSON config file: an object of sections, each an object of keys
+ * ({"ldap": {"uri": "ldap://..."}}); dotted keys at the top level ("ldap.uri": ...) are
+ * accepted too. Unknown keys, wrong types and out-of-range values are errors naming the key
+ * and the file; on error the configuration is unchanged. */
+qr_status qr_config_load_file(qr_config *cfg, const char *path, char *err);
+/* Applies QUARRY_SECTION_KEY variables from the environment (ldap.bind_password is
+ * QUARRY_LDAP_BIND_PASSWORD). envp NULL means the process environment. Same error rules. */
+qr_status qr_config_load_env(qr_config *cfg, char *const *envp, char *err);
+/* Sets one key from text ("section.key", "value") with the given source. Validates. */
+qr_status qr_config_set(qr_config *cfg, const char *name, const char *value, qr_cfg_source src,
+                        char *err);
+/* Parses "section.key=value" (a command-line --set argument). */
+qr_status qr_config_set_arg(qr_config *cfg, const char *assignment, char *err);
+
+/* Typed getters. The key must exist in the table with the matching type; asking for an unknown
+ * key or the wrong type is a programming error (abort with a message). Strings are owned by the
+ * configuration and never NULL. */
+const char *qr_config_str(const qr_config *cfg, const char *name);
+int64_t qr_config_int(const qr_config *cfg, const char *name);
+double qr_config_double(const qr_config *cfg, const char *name);
+bool qr_config_bool(const qr_config *cfg, const char *name);
+qr_cfg_source qr_config_source(const qr_config *cfg, const char *name);
+
+/* Writes the effective configuration as "section.key = value  # source" lines (or a JSON object
+ * when json is true) with secrets masked as "********" when set. */
+qr_status qr_config_dump(const qr_config *cfg, bool json, qr_buf *out);
+
+/* Applies log.level, log.format and log.components to the logger. */
+qr_status qr_config_apply_logging(const qr_config *cfg, char *err);
+
+/* ---- worker pool ------------------------------------------------------------------------- */
+
+typedef struct qr_pool qr_pool;
+typedef void (*qr_task_fn)(void *arg);
+
+/* Starts `threads` workers with a queue of at most `queue_cap` waiting tasks. Returns NULL and
+ * fills err on failure. */
+qr_pool *qr_pool_new(int threads, size_t queue_cap, char *err);
+/* Queues fn(arg). Returns QR_ELIMIT when the queue is full (fn is not called), QR_EINVAL after
+ * shutdown began. The task runs on one of the pool's threads. */
+qr_status qr_pool_submit(qr_pool *pool, qr_task_fn fn, void *arg);
+/* Blocks until every queued and running task has finished. */
+void qr_pool_wait(qr_pool *pool);
+/* Runs the queued tasks to completion, stops the workers and frees the pool. NULL is a no-op. */
+void qr_pool_free(qr_pool *pool);
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+/* strdup that returns NULL for NULL. */
+char *qr_strdup(const char *s);
+/* Reads a whole file of at most max_bytes into *out (NUL-terminated, free() it). */
+qr_status qr_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char *err);
+/* Version string of the jansson library core was built with. */
+const char *qr_jansson_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,38 @@
+/*
+ * Status codes and their names. The names double as the `code` of HTTP error bodies, so they
+ * are stable snake_case words.
+ */
+#include <stdio.h>
+
+#include "core.h"
+
+const char *qr_status_name(qr_status st)
+{
+    switch (st) {
+    case QR_OK: return "ok";
+    case QR_EINVAL: return "invalid_argument";
+    case QR_ENOMEM: return "out_of_memory";
+    case QR_ELIMIT: return "limit_exceeded";
+    case QR_EIO: return "io_error";
+    case QR_ENOTFOUND: return "not_found";
+    case QR_EEXIST: return "already_exists";
+    case QR_EPERM: return "permission_denied";
+    case QR_EAUTH: return "unauthenticated";
+    case QR_EUNAVAILABLE: return "unavailable";
+    case QR_ETIMEOUT: return "timeout";
+    case QR_ENOTIMPL: return "not_implemented";
+    case QR_EINTERNAL: return "internal_error";
+    }
+    return "unknown_status";
+}
+
+qr_status qr_fail(char *err, qr_status st, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, QR_ERR_LEN, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}

@@ -1,0 +1,33 @@
+/*
+ * index: quarry's storage. The document store (SQLite with FTS5; store.c) and the vector index
+ * (FAISS through its C API; vindex.c), with the GPU build path under gpu/. Only this module sees
+ * sqlite3 and FAISS types.
+ *
+ * What is here now is the dependency layer the store and vector index will stand on: library
+ * versions and runtime checks that the libraries quarry links behave as the build promised.
+ */
+#ifndef QUARRY_INDEX_H
+#define QUARRY_INDEX_H
+
+#include <stdbool.h>
+
+#include "core/core.h"
+
+/* "1.7.3 (avx2)": the FAISS quarry was built against and its SIMD level. */
+const char *index_faiss_version(void);
+/* The SQLite library in use at run time ("3.40.1"). */
+const char *index_sqlite_version(void);
+
+/* Checks at run time that SQLite has FTS5 with the porter and unicode61 tokenizers, and that the
+ * FAISS C API builds and searches an inner-product index. On failure returns QR_EINTERNAL with
+ * the library's message in err. */
+qr_status index_selfcheck(char *err);
+
+/* Whether the CUDA build path was compiled in, and how many devices the driver reports (0 when
+ * not compiled, no driver or no device). */
+bool index_gpu_compiled(void);
+int index_gpu_device_count(void);
+/* CUDA runtime version the GPU path was compiled with ("13.0"), or "" when not compiled. */
+const char *index_gpu_cuda_version(void);
+
+#endif

@@ -1,0 +1,188 @@
+/*
+ * Unit tests of the configuration table: defaults, file, environment and command line in their
+ * order of precedence, validation with clear messages, atomic loads and secret masking.
+ */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "tests/harness.h"
+
+/* Writes text to a fresh temporary file; returns its path (static buffer). */
+static const char *write_temp(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof(path), "/tmp/quarry-config-XXXXXX");
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return NULL;
+    ssize_t n = write(fd, text, strlen(text));
+    close(fd);
+    return n == (ssize_t)strlen(text) ? path : NULL;
+}
+
+TEST(config_defaults)
+{
+    qr_config *cfg = qr_config_new();
+    CHECK(cfg != NULL);
+    CHECK_STR(qr_config_str(cfg, "data.dir"), "./data");
+    CHECK_STR(qr_config_str(cfg, "server.listen"), "127.0.0.1:8080");
+    CHECK_STR(qr_config_str(cfg, "ldap.user_filter"), "(uid=%s)");
+    CHECK_STR(qr_config_str(cfg, "ldap.group_filter"), "(|(member=%d)(uniqueMember=%d)(memberUid=%u))");
+    CHECK_INT(qr_config_int(cfg, "ldap.nested_depth"), 8);
+    CHECK_INT(qr_config_int(cfg, "ldap.cache_ttl_s"), 300);
+    CHECK(!qr_config_bool(cfg, "auth.stale_if_error"));
+    CHECK_INT(qr_config_source(cfg, "data.dir"), QR_CFG_SRC_DEFAULT);
+    size_t n;
+    const qr_cfg_key *keys = qr_config_keys(&n);
+    CHECK(n >= 20);
+    for (size_t i = 0; i < n; i++) {
+        CHECK(strchr(keys[i].name, '.') != NULL);
+        CHECK(keys[i].help && *keys[i].help);
+        for (size_t j = i + 1; j < n; j++)
+            CHECK(strcmp(keys[i].name, keys[j].name) != 0);
+    }
+    qr_config_free(cfg);
+    qr_config_free(NULL);
+}
+
+TEST(config_precedence_file_env_cli)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    const char *path = write_temp("{\"ldap\": {\"uri\": \"ldap://file:389\", \"nested_depth\": 3,"
+                                  " \"starttls\": true}, \"log.level\": \"warn\","
+                                  " \"auth\": {\"admin_groups\": [\"admins\", \"ops\"]}}");
+    CHECK(path != NULL);
+    CHECK_OK(qr_config_load_file(cfg, path, err), err);
+    unlink(path);
+    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "ldap://file:389");
+    CHECK_INT(qr_config_int(cfg, "ldap.nested_depth"), 3);
+    CHECK(qr_config_bool(cfg, "ldap.starttls"));
+    CHECK_STR(qr_config_str(cfg, "log.level"), "warn");
+    CHECK_STR(qr_config_str(cfg, "auth.admin_groups"), "admins,ops");
+    CHECK_INT(qr_config_source(cfg, "ldap.uri"), QR_CFG_SRC_FILE);
+
+    char *env[] = {"PATH=/bin", "QUARRY_LDAP_URI=ldaps://env:636", "QUARRY_LDAP_NESTED_DEPTH=5",
+                   "QUARRY_TEST_SOMETHING=ignored", NULL};
+    CHECK_OK(qr_config_load_env(cfg, env, err), err);
+    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "ldaps://env:636");
+    CHECK_INT(qr_config_int(cfg, "ldap.nested_depth"), 5);
+    CHECK_INT(qr_config_source(cfg, "ldap.uri"), QR_CFG_SRC_ENV);
+    CHECK_INT(qr_config_source(cfg, "ldap.starttls"), QR_CFG_SRC_FILE);
+
+    CHECK_OK(qr_config_set_arg(cfg, "ldap.uri=ldap://cli:389", err), err);
+    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "ldap://cli:389");
+    CHECK_INT(qr_config_source(cfg, "ldap.uri"), QR_CFG_SRC_CLI);
+    qr_config_free(cfg);
+}
+
+TEST(config_rejects_bad_values_with_named_key)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    struct {
+        const char *assignment, *expect;
+    } bad[] = {
+        {"ldap.nested_depth=deep", "not an integer"},
+        {"ldap.nested_depth=65", "out of range"},
+        {"ldap.nested_depth=3x", "not an integer"},
+        {"ldap.starttls=maybe", "not a boolean"},
+        {"ldap.require_cert=sometimes", "not one of"},
+        {"log.level=loud", "not one of"},
+        {"ldap.uri=http://example", "not an ldap"},
+        {"inference.base_url=ftp://x", "not an http"},
+        {"server.listen=8080", "not host:port"},
+        {"server.listen=host:99999", "not host:port"},
+        {"ldap.user_filter=(uid=bob)", "placeholder"},
+        {"no.such_key=1", "unknown configuration key 'no.such_key'"},
+        {"nokey", "expected section.key=value"},
+        {"log.components=auth", "component=level"},
+        {"data.dir=a\x01" "b", "control characters"},
+        {"data.dir=\xff\xfe", "UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        CHECK_MSG(qr_config_set_arg(cfg, bad[i].assignment, err) == QR_EINVAL, "accepted %s",
+                  bad[i].assignment);
+        CHECK_MSG(strstr(err, bad[i].expect) != NULL, "'%s' -> '%s'", bad[i].assignment, err);
+    }
+    /* nothing changed */
+    CHECK_INT(qr_config_int(cfg, "ldap.nested_depth"), 8);
+    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "");
+    qr_config_free(cfg);
+}
+
+TEST(config_file_errors_change_nothing)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    struct {
+        const char *text, *expect;
+    } bad[] = {
+        {"{\"ldap\": {\"uri\": \"ldap://a\", \"nested_depth\": \"x\"}}", "ldap.nested_depth"},
+        {"{\"ldap\": {\"uri\": \"ldap://a\", \"bogus\": 1}}", "unknown configuration key 'ldap.bogus'"},
+        {"{\"ldap\": {\"uri\": \"ldap://a\"}", "1:"}, /* truncated JSON: line and column */
+        {"[1, 2]", "JSON object"},
+        {"{\"ldap\": 5}", "object of keys"},
+        {"{\"ldap\": {\"uri\": \"ldap://a\", \"uri\": \"ldap://b\"}}", "duplicate"},
+        {"{\"ldap\": {\"starttls\": 1.5}}", "wrong type"},
+        {"{\"ldap\": {\"uri\": {\"nested\": true}}}", "wrong type"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *path = write_temp(bad[i].text);
+        CHECK(path != NULL);
+        err[0] = '\0';
+        qr_status st = qr_config_load_file(cfg, path, err);
+        unlink(path);
+        CHECK_MSG(st == QR_EINVAL, "accepted %s", bad[i].text);
+        CHECK_MSG(strstr(err, bad[i].expect) != NULL, "'%s' -> '%s'", bad[i].text, err);
+        CHECK_MSG(strstr(err, path) != NULL, "message does not name the file: %s", err);
+        CHECK_STR(qr_config_str(cfg, "ldap.uri"), ""); /* the good key before the bad one is not applied */
+    }
+    CHECK_INT(qr_config_load_file(cfg, "/nonexistent/quarry.json", err), QR_ENOTFOUND);
+    CHECK(strstr(err, "/nonexistent/quarry.json") != NULL);
+    char *env[] = {"QUARRY_LDAP_URI=ldap://ok", "QUARRY_LDAP_TIMEOUT_MS=0", NULL};
+    CHECK_INT(qr_config_load_env(cfg, env, err), QR_EINVAL);
+    CHECK(strstr(err, "QUARRY_LDAP_TIMEOUT_MS") != NULL);
+    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "");
+    qr_config_free(cfg);
+}
+
+TEST(config_dump_masks_secrets)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    CHECK_OK(qr_config_set(cfg, "ldap.bind_password", "hunter2", QR_CFG_SRC_ENV, err), err);
+    CHECK_OK(qr_config_set(cfg, "inference.api_key", "sk-abc", QR_CFG_SRC_CLI, err), err);
+    CHECK_STR(qr_config_str(cfg, "ldap.bind_password"), "hunter2"); /* the program sees it */
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    CHECK_OK(qr_config_dump(cfg, false, &out), "dump");
+    CHECK(strstr(qr_buf_str(&out), "hunter2") == NULL);
+    CHECK(strstr(qr_buf_str(&out), "sk-abc") == NULL);
+    CHECK(strstr(qr_buf_str(&out), "ldap.bind_password") != NULL);
+    CHECK(strstr(qr_buf_str(&out), "********") != NULL);
+    CHECK(strstr(qr_buf_str(&out), "# env") != NULL);
+    qr_buf_reset(&out);
+    CHECK_OK(qr_config_dump(cfg, true, &out), "dump");
+    CHECK(strstr(qr_buf_str(&out), "hunter2") == NULL);
+    CHECK(strstr(qr_buf_str(&out), "\"ldap.nested_depth\":8") != NULL);
+    CHECK(strstr(qr_buf_str(&out), "\"ldap.starttls\":false") != NULL);
+    CHECK(strstr(qr_buf_str(&out), "\"inference.api_key\":\"********\"") != NULL);
+    qr_buf_release(&out);
+    qr_config_free(cfg);
+}
+
+TEST(config_applies_logging)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    CHECK_OK(qr_config_set_arg(cfg, "log.level=error", err), err);
+    CHECK_OK(qr_config_set_arg(cfg, "log.components=auth=trace", err), err);
+    CHECK_OK(qr_config_apply_logging(cfg, err), err);
+    CHECK(!qr_log_enabled("index", QR_LOG_WARN));
+    CHECK(qr_log_enabled("auth", QR_LOG_TRACE));
+    qr_config_free(cfg);
+    CHECK_OK(qr_log_configure(QR_LOG_INFO, QR_LOG_TEXT, NULL, err), err);
+}
