@@ -18,8 +18,8 @@ const char *auth_ldap_version(void)
         return version;
     }
     int v = info.ldapai_vendor_version; /* 20513 for 2.5.13 */
-    snprintf(version, sizeof(version), "%s %d.%d.%d", info.ldapai_vendor_name ? info.ldapai_vendor_name : "LDAP",
-             v / 10000, v / 100 % 100, v % 100);
+    snprintf(version, sizeof(version), "%s %d.%d.%d",
+             info.ldapai_vendor_name ? info.ldapai_vendor_name : "LDAP", v / 10000, v / 100 % 100, v % 100);
     ldap_memfree(info.ldapai_vendor_name);
     ldap_memvfree((void **)info.ldapai_extensions);
     return version;

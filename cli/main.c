@@ -55,8 +55,8 @@ static const cli_command commands[] = {
     {"stats", "quarry stats", "Show document, chunk and index counts.", "[ingest]", NULL},
     {"config", "quarry config [--json] [--keys]",
      "Print the effective configuration (secrets masked), or the table of keys.", NULL, cmd_config},
-    {"selfcheck", "quarry selfcheck",
-     "Check that SQLite has FTS5, FAISS searches and report the GPU path.", NULL, cmd_selfcheck},
+    {"selfcheck", "quarry selfcheck", "Check that SQLite has FTS5, FAISS searches and report the GPU path.",
+     NULL, cmd_selfcheck},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -74,8 +74,9 @@ static const char global_usage[] =
 
 static void print_help(FILE *out)
 {
-    fprintf(out, "quarry %s - retrieval-augmented answers over your documents, trimmed to each user's "
-                 "permissions\n\nUsage: quarry [OPTIONS] COMMAND [ARGS]\n\nCommands:\n",
+    fprintf(out,
+            "quarry %s - retrieval-augmented answers over your documents, trimmed to each user's "
+            "permissions\n\nUsage: quarry [OPTIONS] COMMAND [ARGS]\n\nCommands:\n",
             QUARRY_VERSION);
     for (size_t i = 0; i < NCOMMANDS; i++) {
         fprintf(out, "  %-10s %s", commands[i].name, commands[i].summary);
@@ -145,7 +146,8 @@ static int cmd_selfcheck(cli_ctx *ctx)
     printf("SQLite %s: FTS5 with porter unicode61: ok\n", index_sqlite_version());
     printf("FAISS %s: inner-product search: ok\n", index_faiss_version());
     if (index_gpu_compiled())
-        printf("CUDA %s: compiled, %d device(s) visible\n", index_gpu_cuda_version(), index_gpu_device_count());
+        printf("CUDA %s: compiled, %d device(s) visible\n", index_gpu_cuda_version(),
+               index_gpu_device_count());
     else
         printf("CUDA: not compiled\n");
     return EXIT_OK;

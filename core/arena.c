@@ -8,7 +8,7 @@
 
 #include "core.h"
 
-#define ARENA_ALIGN 16
+#define ARENA_ALIGN       16
 #define ARENA_FIRST_BLOCK 4096
 
 struct qr_arena_block {

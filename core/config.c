@@ -16,7 +16,7 @@
 #include "core.h"
 
 #define CONFIG_FILE_MAX (1u << 20)
-#define NO_RANGE 1, 0
+#define NO_RANGE        1, 0
 
 static const qr_cfg_key config_table[] = {
     /* data and logging */
@@ -50,15 +50,13 @@ static const qr_cfg_key config_table[] = {
     {"ldap.user_filter", QR_CFG_STRING, "(uid=%s)", NO_RANGE, NULL, false,
      "User search filter; %s is the escaped user name. AD: (sAMAccountName=%s)."},
     {"ldap.group_base", QR_CFG_STRING, "", NO_RANGE, NULL, false, "Search base for groups."},
-    {"ldap.group_filter", QR_CFG_STRING, "(|(member=%d)(uniqueMember=%d)(memberUid=%u))",
-     NO_RANGE, NULL, false,
-     "Group membership filter; %d is the member's escaped DN, %u the user's escaped uid."},
+    {"ldap.group_filter", QR_CFG_STRING, "(|(member=%d)(uniqueMember=%d)(memberUid=%u))", NO_RANGE, NULL,
+     false, "Group membership filter; %d is the member's escaped DN, %u the user's escaped uid."},
     {"ldap.group_name_attr", QR_CFG_STRING, "cn", NO_RANGE, NULL, false,
      "Attribute naming a group in group:<name> principals."},
     {"ldap.memberof_attr", QR_CFG_STRING, "", NO_RANGE, NULL, false,
      "Optional memberOf-style attribute read from the user entry."},
-    {"ldap.nested_depth", QR_CFG_INT, "8", 0, 64, NULL, false,
-     "Maximum depth of nested group expansion."},
+    {"ldap.nested_depth", QR_CFG_INT, "8", 0, 64, NULL, false, "Maximum depth of nested group expansion."},
     {"ldap.timeout_ms", QR_CFG_INT, "5000", 1, 600000, NULL, false,
      "Deadline for every LDAP operation, connect included."},
     {"ldap.cache_ttl_s", QR_CFG_INT, "300", 0, 86400, NULL, false,
@@ -69,7 +67,8 @@ static const qr_cfg_key config_table[] = {
      "Serve an expired cached principal while LDAP is unreachable (default: fail closed)."},
     /* inference backend */
     {"inference.base_url", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (empty: extractive answers only)."},
+     "Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (empty: extractive answers "
+     "only)."},
     {"inference.model", QR_CFG_STRING, "", NO_RANGE, NULL, false, "Model name sent to the backend."},
     {"inference.api_key", QR_CFG_STRING, "", NO_RANGE, NULL, true,
      "API key, sent as Authorization: Bearer (or api-key for Azure OpenAI)."},
@@ -179,8 +178,8 @@ static qr_status validate_special(const qr_cfg_key *key, const char *value, char
         free(copy);
         return st;
     }
-    if (strcmp(key->name, "inference.base_url") == 0 && *value &&
-        strncasecmp(value, "http://", 7) != 0 && strncasecmp(value, "https://", 8) != 0)
+    if (strcmp(key->name, "inference.base_url") == 0 && *value && strncasecmp(value, "http://", 7) != 0 &&
+        strncasecmp(value, "https://", 8) != 0)
         return qr_fail(err, QR_EINVAL, "inference.base_url: '%s' is not an http:// or https:// URL", value);
     if (strcmp(key->name, "server.listen") == 0) {
         const char *colon = strrchr(value, ':');
@@ -236,8 +235,8 @@ static qr_status parse_value(const qr_cfg_key *key, const char *value, cfg_value
         if (!*value || errno || !end || *end)
             return qr_fail(err, QR_EINVAL, "%s: '%s' is not an integer", key->name, value);
         if (key->min <= key->max && ((double)v < key->min || (double)v > key->max))
-            return qr_fail(err, QR_EINVAL, "%s: %lld is out of range [%.0f, %.0f]", key->name, v,
-                           key->min, key->max);
+            return qr_fail(err, QR_EINVAL, "%s: %lld is out of range [%.0f, %.0f]", key->name, v, key->min,
+                           key->max);
         out->i = v;
         out->d = (double)v;
         break;
@@ -316,8 +315,7 @@ static void stage_commit(qr_config *cfg, cfg_stage *s)
     }
 }
 
-static qr_status stage_set(cfg_stage *s, const char *name, const char *value, qr_cfg_source src,
-                           char *err)
+static qr_status stage_set(cfg_stage *s, const char *name, const char *value, qr_cfg_source src, char *err)
 {
     int k = key_index(name);
     if (k < 0)
@@ -334,8 +332,7 @@ static qr_status stage_set(cfg_stage *s, const char *name, const char *value, qr
     return QR_OK;
 }
 
-qr_status qr_config_set(qr_config *cfg, const char *name, const char *value, qr_cfg_source src,
-                        char *err)
+qr_status qr_config_set(qr_config *cfg, const char *name, const char *value, qr_cfg_source src, char *err)
 {
     cfg_stage stage = {0};
     qr_status st = stage_set(&stage, name, value, src, err);
@@ -369,15 +366,14 @@ static qr_status json_to_text(const char *path, const char *name, json_t *val, q
     case JSON_INTEGER:
         snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(val));
         return qr_buf_puts(out, num);
-    case JSON_REAL:
-        snprintf(num, sizeof(num), "%.17g", json_real_value(val));
-        return qr_buf_puts(out, num);
+    case JSON_REAL: snprintf(num, sizeof(num), "%.17g", json_real_value(val)); return qr_buf_puts(out, num);
     case JSON_TRUE: return qr_buf_puts(out, "true");
     case JSON_FALSE: return qr_buf_puts(out, "false");
     case JSON_ARRAY: {
         size_t i;
         json_t *item;
-        json_array_foreach(val, i, item) {
+        json_array_foreach(val, i, item)
+        {
             if (!json_is_string(item))
                 return qr_fail(err, QR_EINVAL, "%s: %s: a list may hold only strings", path, name);
             if ((i && qr_buf_putc(out, ',')) || qr_buf_puts(out, json_string_value(item)))
@@ -385,8 +381,7 @@ static qr_status json_to_text(const char *path, const char *name, json_t *val, q
         }
         return QR_OK;
     }
-    default:
-        return qr_fail(err, QR_EINVAL, "%s: %s: expected a string, number, boolean or list", path, name);
+    default: return qr_fail(err, QR_EINVAL, "%s: %s: expected a string, number, boolean or list", path, name);
     }
 }
 
@@ -396,15 +391,16 @@ static qr_status stage_json(cfg_stage *stage, const char *path, const char *name
     if (k < 0)
         return qr_fail(err, QR_EINVAL, "%s: unknown configuration key '%s'", path, name);
     const qr_cfg_key *key = &config_table[k];
-    bool type_ok = json_is_string(val) ||
-                   (key->type == QR_CFG_INT && json_is_integer(val)) ||
+    bool type_ok = json_is_string(val) || (key->type == QR_CFG_INT && json_is_integer(val)) ||
                    (key->type == QR_CFG_DOUBLE && json_is_number(val)) ||
                    (key->type == QR_CFG_BOOL && json_is_boolean(val)) ||
                    (key->type == QR_CFG_STRING && json_is_array(val));
     if (!type_ok)
         return qr_fail(err, QR_EINVAL, "%s: %s: wrong type for a %s value", path, name,
-                       key->type == QR_CFG_INT ? "integer" : key->type == QR_CFG_DOUBLE ? "number"
-                       : key->type == QR_CFG_BOOL ? "boolean" : "string");
+                       key->type == QR_CFG_INT      ? "integer"
+                       : key->type == QR_CFG_DOUBLE ? "number"
+                       : key->type == QR_CFG_BOOL   ? "boolean"
+                                                    : "string");
     qr_buf text;
     qr_buf_init(&text, CONFIG_FILE_MAX);
     qr_status st = json_to_text(path, name, val, &text, err);
@@ -439,13 +435,15 @@ qr_status qr_config_load_file(qr_config *cfg, const char *path, char *err)
     }
     const char *section;
     json_t *sval;
-    json_object_foreach(root, section, sval) {
+    json_object_foreach(root, section, sval)
+    {
         if (strchr(section, '.')) {
             st = stage_json(&stage, path, section, sval, err);
         } else if (json_is_object(sval)) {
             const char *key;
             json_t *kval;
-            json_object_foreach(sval, key, kval) {
+            json_object_foreach(sval, key, kval)
+            {
                 char name[160];
                 if ((size_t)snprintf(name, sizeof(name), "%s.%s", section, key) >= sizeof(name)) {
                     st = qr_fail(err, QR_EINVAL, "%s: unknown configuration key '%s.%s'", path, section, key);
@@ -456,7 +454,8 @@ qr_status qr_config_load_file(qr_config *cfg, const char *path, char *err)
                     break;
             }
         } else {
-            st = qr_fail(err, QR_EINVAL, "%s: '%s' must be an object of keys (or a dotted key)", path, section);
+            st = qr_fail(err, QR_EINVAL, "%s: '%s' must be an object of keys (or a dotted key)", path,
+                         section);
         }
         if (st)
             goto out;
@@ -591,8 +590,7 @@ qr_status qr_config_dump(const qr_config *cfg, bool json, qr_buf *out)
                 st = qr_buf_printf(out, "%.17g", v->d);
         } else {
             st = qr_buf_printf(out, "%-24s = %-40s # %s\n", key->name,
-                               key->type == QR_CFG_BOOL ? (v->b ? "on" : "off") : shown,
-                               source_name(v->src));
+                               key->type == QR_CFG_BOOL ? (v->b ? "on" : "off") : shown, source_name(v->src));
         }
     }
     if (json && !st)
@@ -606,7 +604,6 @@ qr_status qr_config_apply_logging(const qr_config *cfg, char *err)
     qr_status st = qr_log_level_parse(qr_config_str(cfg, "log.level"), &level, err);
     if (st)
         return st;
-    qr_log_format format = strcmp(qr_config_str(cfg, "log.format"), "json") == 0 ? QR_LOG_JSON
-                                                                                 : QR_LOG_TEXT;
+    qr_log_format format = strcmp(qr_config_str(cfg, "log.format"), "json") == 0 ? QR_LOG_JSON : QR_LOG_TEXT;
     return qr_log_configure(level, format, qr_config_str(cfg, "log.components"), err);
 }

@@ -46,8 +46,7 @@ const char *qr_status_name(qr_status st);
 
 /* Formats a message into err (if not NULL, truncated to QR_ERR_LEN) and returns st, so that
  * a failure reads `return qr_fail(err, QR_EINVAL, "bad key '%s'", key);`. */
-qr_status qr_fail(char *err, qr_status st, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+qr_status qr_fail(char *err, qr_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* ---- time -------------------------------------------------------------------------------- */
 
@@ -145,8 +144,7 @@ const char *qr_log_level_name(qr_log_level level);
 /* Sets the default level, the format and per-component levels given as
  * "component=level,component=level" (e.g. "auth=debug,index=warn"). Thread-safe; on error
  * nothing changes. */
-qr_status qr_log_configure(qr_log_level level, qr_log_format format, const char *components,
-                           char *err);
+qr_status qr_log_configure(qr_log_level level, qr_log_format format, const char *components, char *err);
 /* Where log lines go (default stderr). The stream is not closed by core. */
 void qr_log_set_stream(void *file_stream);
 /* True when a message of this level from this component would be written. */
@@ -174,7 +172,7 @@ typedef enum {
 
 /* One configuration key's description, from the table in config.c. */
 typedef struct {
-    const char *name;        /* "section.key" */
+    const char *name; /* "section.key" */
     qr_cfg_type type;
     const char *default_str; /* default as text ("" for an empty string) */
     double min, max;         /* for numbers; ignored when min > max */
@@ -202,8 +200,7 @@ qr_status qr_config_load_file(qr_config *cfg, const char *path, char *err);
  * QUARRY_LDAP_BIND_PASSWORD). envp NULL means the process environment. Same error rules. */
 qr_status qr_config_load_env(qr_config *cfg, char *const *envp, char *err);
 /* Sets one key from text ("section.key", "value") with the given source. Validates. */
-qr_status qr_config_set(qr_config *cfg, const char *name, const char *value, qr_cfg_source src,
-                        char *err);
+qr_status qr_config_set(qr_config *cfg, const char *name, const char *value, qr_cfg_source src, char *err);
 /* Parses "section.key=value" (a command-line --set argument). */
 qr_status qr_config_set_arg(qr_config *cfg, const char *assignment, char *err);
 

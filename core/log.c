@@ -13,8 +13,8 @@
 #include "core.h"
 
 #define LOG_MAX_COMPONENTS 32
-#define LOG_COMPONENT_LEN 32
-#define LOG_LINE_MAX 8192
+#define LOG_COMPONENT_LEN  32
+#define LOG_LINE_MAX       8192
 
 typedef struct {
     char name[LOG_COMPONENT_LEN];
@@ -49,11 +49,11 @@ qr_status qr_log_level_parse(const char *s, qr_log_level *out, char *err)
         *out = QR_LOG_WARN;
         return QR_OK;
     }
-    return qr_fail(err, QR_EINVAL, "unknown log level '%s' (expected trace, debug, info, warn, error or off)", s);
+    return qr_fail(err, QR_EINVAL, "unknown log level '%s' (expected trace, debug, info, warn, error or off)",
+                   s);
 }
 
-qr_status qr_log_configure(qr_log_level level, qr_log_format format, const char *components,
-                           char *err)
+qr_status qr_log_configure(qr_log_level level, qr_log_format format, const char *components, char *err)
 {
     log_component parsed[LOG_MAX_COMPONENTS];
     size_t n = 0;
@@ -122,8 +122,8 @@ bool qr_log_enabled(const char *component, qr_log_level level)
 
 /* Words after which a value is a secret. Matched case-insensitively at a word start. */
 static const char *const secret_words[] = {
-    "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "api-key",
-    "authorization", "bearer", "credential", "bind_password",
+    "password", "passwd",  "pwd",           "secret", "token",      "api_key",
+    "apikey",   "api-key", "authorization", "bearer", "credential", "bind_password",
 };
 
 static bool is_word_char(char c)
@@ -206,8 +206,7 @@ void qr_logv(qr_log_level level, const char *component, const char *fmt, va_list
     FILE *out = log_stream ? log_stream : stderr;
     pthread_mutex_unlock(&log_lock);
     if (format == QR_LOG_JSON) {
-        qr_buf_printf(&line, "{\"ts\":\"%s\",\"level\":\"%s\",\"component\":", ts,
-                      qr_log_level_name(level));
+        qr_buf_printf(&line, "{\"ts\":\"%s\",\"level\":\"%s\",\"component\":", ts, qr_log_level_name(level));
         qr_json_escape(&line, component ? component : "quarry", strlen(component ? component : "quarry"));
         qr_buf_puts(&line, ",\"msg\":");
         qr_json_escape(&line, msg, strlen(msg));

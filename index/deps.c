@@ -80,8 +80,8 @@ static qr_status check_faiss(char *err)
     }
     /* 0.8*0.6 + 0.6*0.8 = 0.96 beats 0.8 */
     if (labels[0] != 2 || labels[1] != 1 || distances[0] < 0.95f || distances[0] > 0.97f) {
-        st = qr_fail(err, QR_EINTERNAL, "FAISS returned wrong neighbours (%lld, %lld)",
-                     (long long)labels[0], (long long)labels[1]);
+        st = qr_fail(err, QR_EINTERNAL, "FAISS returned wrong neighbours (%lld, %lld)", (long long)labels[0],
+                     (long long)labels[1]);
     }
 out:
     faiss_Index_free((FaissIndex *)index);

@@ -41,7 +41,8 @@ TEST(help_lists_every_command)
     CHECK_INT(run_quarry("", &out), 2); /* no command: usage on stderr, exit 2 */
     CHECK(strstr(qr_buf_str(&out), "Usage: quarry") != NULL);
     CHECK_INT(run_quarry("search --help", &out), 0);
-    CHECK(strstr(qr_buf_str(&out), "quarry search [--as UID] [--mode hybrid|bm25|vector] [-k N] [--json] QUERY") != NULL);
+    CHECK(strstr(qr_buf_str(&out),
+                 "quarry search [--as UID] [--mode hybrid|bm25|vector] [-k N] [--json] QUERY") != NULL);
     qr_buf_release(&out);
 }
 
@@ -66,10 +67,17 @@ TEST(unbuilt_commands_refuse)
 {
     qr_buf out;
     qr_buf_init(&out, 1 << 20);
-    const char *cmds[] = {"serve", "ingest docs/", "delete d1", "search hello", "ask why", "index build",
-                          "eval --queries q --qrels r", "stats"};
+    const char *cmds[] = {"serve",
+                          "ingest docs/",
+                          "delete d1",
+                          "search hello",
+                          "ask why",
+                          "index build",
+                          "eval --queries q --qrels r",
+                          "stats"};
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-        CHECK_MSG(run_quarry(cmds[i], &out) == 69, "'quarry %s' did not exit 69: %s", cmds[i], qr_buf_str(&out));
+        CHECK_MSG(run_quarry(cmds[i], &out) == 69, "'quarry %s' did not exit 69: %s", cmds[i],
+                  qr_buf_str(&out));
         CHECK_MSG(strstr(qr_buf_str(&out), "not built yet") != NULL, "%s", qr_buf_str(&out));
     }
     CHECK_INT(run_quarry("frobnicate", &out), 2);
@@ -81,7 +89,9 @@ TEST(config_command_shows_effective_values_masked)
 {
     qr_buf out;
     qr_buf_init(&out, 1 << 20);
-    CHECK_INT(run_quarry("--data /srv/q config --set ldap.bind_password=hunter2 --set ldap.nested_depth=4", &out), 0);
+    CHECK_INT(
+        run_quarry("--data /srv/q config --set ldap.bind_password=hunter2 --set ldap.nested_depth=4", &out),
+        0);
     const char *s = qr_buf_str(&out);
     CHECK(strstr(s, "hunter2") == NULL);
     CHECK(strstr(s, "/srv/q") != NULL);
@@ -112,8 +122,10 @@ TEST(environment_and_command_line_precedence)
     qr_buf out;
     qr_buf_init(&out, 1 << 20);
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "QUARRY_LDAP_TIMEOUT_MS=1234 QUARRY_LDAP_URI=ldap://env %s config --set ldap.uri=ldap://cli 2>&1",
-             QUARRY_BIN);
+    snprintf(
+        cmd, sizeof(cmd),
+        "QUARRY_LDAP_TIMEOUT_MS=1234 QUARRY_LDAP_URI=ldap://env %s config --set ldap.uri=ldap://cli 2>&1",
+        QUARRY_BIN);
     FILE *p = popen(cmd, "r");
     CHECK(p != NULL);
     char chunk[4096];

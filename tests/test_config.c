@@ -98,7 +98,9 @@ TEST(config_rejects_bad_values_with_named_key)
         {"no.such_key=1", "unknown configuration key 'no.such_key'"},
         {"nokey", "expected section.key=value"},
         {"log.components=auth", "component=level"},
-        {"data.dir=a\x01" "b", "control characters"},
+        {"data.dir=a\x01"
+         "b",
+         "control characters"},
         {"data.dir=\xff\xfe", "UTF-8"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -185,4 +187,19 @@ TEST(config_applies_logging)
     CHECK(qr_log_enabled("auth", QR_LOG_TRACE));
     qr_config_free(cfg);
     CHECK_OK(qr_log_configure(QR_LOG_INFO, QR_LOG_TEXT, NULL, err), err);
+}
+
+TEST(config_readme_documents_every_key)
+{
+    char err[QR_ERR_LEN];
+    char *readme = NULL;
+    CHECK_OK(qr_read_file(QUARRY_SOURCE_DIR "/README.md", 1 << 20, &readme, NULL, err), err);
+    size_t n;
+    const qr_cfg_key *keys = qr_config_keys(&n);
+    for (size_t i = 0; i < n; i++) {
+        char row[96];
+        snprintf(row, sizeof(row), "| `%s` |", keys[i].name);
+        CHECK_MSG(strstr(readme, row) != NULL, "README.md has no row for %s", keys[i].name);
+    }
+    free(readme);
 }

@@ -116,15 +116,15 @@ TEST(utf8_validation)
     CHECK(qr_utf8_valid("", 0));
     CHECK(qr_utf8_valid("plain ascii", 11));
     CHECK(qr_utf8_valid("caf\xC3\xA9 \xE6\x9D\xB1 \xF0\x9F\x99\x82", 14));
-    CHECK(!qr_utf8_valid("\xC3", 1));              /* truncated */
-    CHECK(!qr_utf8_valid("\xC0\xAF", 2));          /* overlong '/' */
-    CHECK(!qr_utf8_valid("\xE0\x80\xAF", 3));      /* overlong */
-    CHECK(!qr_utf8_valid("\xED\xA0\x80", 3));      /* surrogate U+D800 */
-    CHECK(!qr_utf8_valid("\xF4\x90\x80\x80", 4));  /* above U+10FFFF */
-    CHECK(!qr_utf8_valid("\x80", 1));              /* stray continuation */
+    CHECK(!qr_utf8_valid("\xC3", 1));             /* truncated */
+    CHECK(!qr_utf8_valid("\xC0\xAF", 2));         /* overlong '/' */
+    CHECK(!qr_utf8_valid("\xE0\x80\xAF", 3));     /* overlong */
+    CHECK(!qr_utf8_valid("\xED\xA0\x80", 3));     /* surrogate U+D800 */
+    CHECK(!qr_utf8_valid("\xF4\x90\x80\x80", 4)); /* above U+10FFFF */
+    CHECK(!qr_utf8_valid("\x80", 1));             /* stray continuation */
     CHECK(!qr_utf8_valid("\xFF", 1));
-    CHECK(qr_utf8_valid("\xF4\x8F\xBF\xBF", 4));   /* U+10FFFF itself */
-    CHECK(qr_utf8_valid("\xEF\xBF\xBD", 3));       /* U+FFFD */
+    CHECK(qr_utf8_valid("\xF4\x8F\xBF\xBF", 4)); /* U+10FFFF itself */
+    CHECK(qr_utf8_valid("\xEF\xBF\xBD", 3));     /* U+FFFD */
 }
 
 TEST(json_escape_handles_controls_quotes_and_bad_utf8)

@@ -702,11 +702,18 @@ suite('SIGTERM stops the server promptly with a stalled connection open', {}, as
 
 const fixtureSkip = process.platform === 'win32' || !fs.existsSync(FIXTURE_SH) ? 'needs bash and the fixture script' : false;
 
-function runFixture(args, extraEnv) {
+// Each fixture run gets its own TMPDIR, removed once the run has exited, so
+// that even a fixture killed with SIGKILL leaves nothing behind.
+const fixtureTmpDirs = [];
+
+function runFixture(args) {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'fake-inf-fixture-test-'));
+  fixtureTmpDirs.push(tmp);
   const proc = spawn('bash', [FIXTURE_SH, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: Object.assign({}, process.env, { NODE: process.execPath }, extraEnv || {}),
+    env: Object.assign({}, process.env, { NODE: process.execPath, TMPDIR: tmp }),
   });
+  proc.once('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
   const out = { stdout: '', stderr: '' };
   proc.stdout.on('data', (d) => {
     out.stdout += d;
@@ -743,7 +750,8 @@ suite('fixture script exports the URL, propagates status and stops the server', 
 
 suite('fixture script stops server and command when it is terminated', { skip: fixtureSkip }, async () => {
   const script = "console.log(process.env.QUARRY_TEST_INFERENCE_PID + ' ' + process.pid); setInterval(() => {}, 1000);";
-  const { proc, out } = runFixture(['--', process.execPath, '-e', script]);
+  // node runs as a grandchild (under sh), which must be stopped too.
+  const { proc, out } = runFixture(['--', 'sh', '-c', '"$0" -e "$1"; echo after', process.execPath, script]);
   const end = Date.now() + 10000;
   while (!/^\d+ \d+\n/.test(out.stdout)) {
     assert.ok(Date.now() < end, `command did not start: ${out.stderr}`);
@@ -756,7 +764,7 @@ suite('fixture script stops server and command when it is terminated', { skip: f
     assert.ok(exit, 'fixture exited');
     assert.equal(exit.code, 143);
     assert.ok(await waitGone(serverPid, 2000), 'server stopped');
-    assert.ok(await waitGone(cmdPid, 2000), 'command stopped');
+    assert.ok(await waitGone(cmdPid, 2000), 'command (a grandchild) stopped');
   } finally {
     for (const pid of [serverPid, cmdPid]) {
       try {
@@ -793,5 +801,9 @@ suite('server exits when the fixture is killed with SIGKILL (--watch-pid)', { sk
 });
 
 test('fake inference server', async (t) => {
-  for (const s of suites) await t.test(s.name, s.options, s.fn);
+  try {
+    for (const s of suites) await t.test(s.name, s.options, s.fn);
+  } finally {
+    for (const dir of fixtureTmpDirs) fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
