@@ -2,32 +2,21 @@
  * The quarry command: one binary for the server, ingestion, search and maintenance. This file
  * parses the global options (--data, --config, --set, --log-level), loads the configuration in
  * its order of precedence and dispatches to a subcommand. A subcommand whose module is not built
- * yet says so and exits with QUARRY_EXIT_NOT_BUILT; nothing pretends to succeed.
+ * yet says so and exits with CLI_EXIT_NOT_BUILT; nothing pretends to succeed.
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
 #include "auth/auth.h"
+#include "cli/cli.h"
 #include "core/core.h"
 #include "index/index.h"
 #include "inference/inference.h"
 #include "ingest/ingest.h"
 #include "retrieval/retrieval.h"
-
-enum {
-    EXIT_OK = 0,
-    EXIT_FAILURE_ = 1,
-    EXIT_USAGE = 2,
-    QUARRY_EXIT_NOT_BUILT = 69, /* EX_UNAVAILABLE */
-};
-
-typedef struct {
-    qr_config *cfg;
-    int argc; /* the subcommand's own arguments, argv[0] is its name */
-    char **argv;
-} cli_ctx;
 
 typedef struct {
     const char *name;
@@ -36,9 +25,6 @@ typedef struct {
     const char *issue; /* the issue that builds it, NULL when built */
     int (*run)(cli_ctx *ctx);
 } cli_command;
-
-static int cmd_config(cli_ctx *ctx);
-static int cmd_selfcheck(cli_ctx *ctx);
 
 static const cli_command commands[] = {
     {"serve", "quarry serve", "Run the HTTP API server (chat, search, ingestion, metrics).", "[api]", NULL},
@@ -54,9 +40,9 @@ static const cli_command commands[] = {
      "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10).", "[retrieval]", NULL},
     {"stats", "quarry stats", "Show document, chunk and index counts.", "[ingest]", NULL},
     {"config", "quarry config [--json] [--keys]",
-     "Print the effective configuration (secrets masked), or the table of keys.", NULL, cmd_config},
+     "Print the effective configuration (secrets masked), or the table of keys.", NULL, cli_cmd_config},
     {"selfcheck", "quarry selfcheck", "Check that SQLite has FTS5, FAISS searches and report the GPU path.",
-     NULL, cmd_selfcheck},
+     NULL, cli_cmd_selfcheck},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -102,55 +88,15 @@ static void print_version(void)
         printf("  CUDA           not compiled (QUARRY_CUDA=OFF or no nvcc/cuBLAS)\n");
 }
 
-static int cmd_config(cli_ctx *ctx)
+int cli_usage_error(const cli_ctx *ctx, const char *fmt, ...)
 {
-    bool json = false, keys = false;
-    for (int i = 1; i < ctx->argc; i++) {
-        if (strcmp(ctx->argv[i], "--json") == 0) {
-            json = true;
-        } else if (strcmp(ctx->argv[i], "--keys") == 0) {
-            keys = true;
-        } else {
-            fprintf(stderr, "quarry config: unknown argument '%s'\nusage: %s\n", ctx->argv[i],
-                    find_command("config")->usage);
-            return EXIT_USAGE;
-        }
-    }
-    if (keys) {
-        size_t n;
-        const qr_cfg_key *table = qr_config_keys(&n);
-        static const char *const type_names[] = {"string", "int", "number", "bool"};
-        for (size_t i = 0; i < n; i++)
-            printf("%-24s %-7s default %-12s %s%s\n", table[i].name, type_names[table[i].type],
-                   *table[i].default_str ? table[i].default_str : "\"\"", table[i].help,
-                   table[i].secret ? " (secret)" : "");
-        return EXIT_OK;
-    }
-    qr_buf out;
-    qr_buf_init(&out, 1 << 20);
-    qr_status st = qr_config_dump(ctx->cfg, json, &out);
-    if (!st)
-        fputs(qr_buf_str(&out), stdout);
-    qr_buf_release(&out);
-    return st ? EXIT_FAILURE_ : EXIT_OK;
-}
-
-static int cmd_selfcheck(cli_ctx *ctx)
-{
-    (void)ctx;
-    char err[QR_ERR_LEN];
-    if (index_selfcheck(err)) {
-        fprintf(stderr, "quarry selfcheck: %s\n", err);
-        return EXIT_FAILURE_;
-    }
-    printf("SQLite %s: FTS5 with porter unicode61: ok\n", index_sqlite_version());
-    printf("FAISS %s: inner-product search: ok\n", index_faiss_version());
-    if (index_gpu_compiled())
-        printf("CUDA %s: compiled, %d device(s) visible\n", index_gpu_cuda_version(),
-               index_gpu_device_count());
-    else
-        printf("CUDA: not compiled\n");
-    return EXIT_OK;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "quarry %s: ", ctx->argv[0]);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nusage: %s\n", ctx->usage);
+    va_end(ap);
+    return CLI_EXIT_USAGE;
 }
 
 static const cli_command *find_command(const char *name)
@@ -191,7 +137,7 @@ static bool is_option(const char *arg, const char *opt)
 int main(int argc, char **argv)
 {
     char err[QR_ERR_LEN];
-    int rc = EXIT_USAGE;
+    int rc = CLI_EXIT_USAGE;
     qr_config *cfg = NULL;
     const char *config_file = getenv("QUARRY_CONFIG");
     char **rest = calloc((size_t)argc + 1, sizeof(char *));
@@ -200,7 +146,7 @@ int main(int argc, char **argv)
     bool help = false;
     if (!rest || !sets) {
         fprintf(stderr, "quarry: out of memory\n");
-        rc = EXIT_FAILURE_;
+        rc = CLI_EXIT_FAILURE;
         goto out;
     }
 
@@ -209,7 +155,7 @@ int main(int argc, char **argv)
         const char *v;
         if (strcmp(argv[i], "--version") == 0 && nrest == 0) {
             print_version();
-            rc = EXIT_OK;
+            rc = CLI_EXIT_OK;
             goto out;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             help = true;
@@ -240,14 +186,14 @@ int main(int argc, char **argv)
         goto out;
     nomem:
         fprintf(stderr, "quarry: out of memory\n");
-        rc = EXIT_FAILURE_;
+        rc = CLI_EXIT_FAILURE;
         goto out;
     }
 
     const cli_command *cmd = nrest ? find_command(rest[0]) : NULL;
     if (nrest == 0) {
         print_help(help ? stdout : stderr);
-        rc = help ? EXIT_OK : EXIT_USAGE;
+        rc = help ? CLI_EXIT_OK : CLI_EXIT_USAGE;
         goto out;
     }
     if (!cmd) {
@@ -259,14 +205,14 @@ int main(int argc, char **argv)
         if (cmd->issue)
             printf("Not built yet: it lands with the %s issue.\n", cmd->issue);
         printf("\n%s", global_usage);
-        rc = EXIT_OK;
+        rc = CLI_EXIT_OK;
         goto out;
     }
 
     cfg = qr_config_new();
     if (!cfg) {
         fprintf(stderr, "quarry: out of memory\n");
-        rc = EXIT_FAILURE_;
+        rc = CLI_EXIT_FAILURE;
         goto out;
     }
     if ((config_file && *config_file && qr_config_load_file(cfg, config_file, err)) ||
@@ -286,10 +232,10 @@ int main(int argc, char **argv)
     }
     if (!cmd->run) {
         fprintf(stderr, "quarry %s: not built yet; it lands with the %s issue\n", cmd->name, cmd->issue);
-        rc = QUARRY_EXIT_NOT_BUILT;
+        rc = CLI_EXIT_NOT_BUILT;
         goto out;
     }
-    cli_ctx ctx = {cfg, nrest, rest};
+    cli_ctx ctx = {cfg, nrest, rest, cmd->usage};
     rc = cmd->run(&ctx);
 out:
     if (sets)
