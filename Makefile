@@ -52,6 +52,13 @@ test-asan: bootstrap
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
+# libFuzzer targets for ingest's extractors, normaliser and chunker (clang, outside CMake; see
+# fuzz/fuzz.mk), FUZZ_TIME seconds each. Not part of `make test`.
+FUZZ_TIME ?= 30
+.PHONY: fuzz-smoke
+fuzz-smoke: bootstrap
+	$(MAKE) -f fuzz/fuzz.mk smoke FUZZ_TIME=$(FUZZ_TIME)
+
 format:
 	clang-format -i $(FORMAT_FILES)
 

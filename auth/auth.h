@@ -1,9 +1,21 @@
 /*
  * auth: who the caller is and which principals they hold. LDAP authentication and group
- * resolution, the principal cache, tokens and service API keys live here; only this module sees
- * LDAP handles.
+ * resolution, the principal cache, bearer tokens, service API keys and failed-login rate limits
+ * live here; only this module sees LDAP handles.
  *
- * Built so far: the OpenLDAP client library's version. Authentication lands with the [auth] issue.
+ * A principal is what the rest of quarry knows about a caller: uid, DN, display name, mail, the
+ * transitive groups and the ACL principals they grant ("public", "user:<uid>", "group:<name>").
+ * Case rules: LDAP compares uid and cn case-insensitively, so the uid and group names in a
+ * principal are lower-cased (ASCII letters only; other bytes are kept as the directory spells
+ * them) and ACL principals are matched exactly against those lower-cased spellings.
+ *
+ * Every function here is thread-safe: one auth_ctx serves all of a server's threads. LDAP
+ * handles sit in a small pool and are used by one thread at a time; every call that talks to
+ * LDAP finishes within ldap.timeout_ms. Failures are closed: an LDAP server that cannot be
+ * reached gives QR_EUNAVAILABLE (the API answers 503), never a principal, unless
+ * auth.stale_if_error is on and an expired cached principal exists (resolution only: a password
+ * is always checked by LDAP). SIGPIPE from a write to an LDAP server that went away is blocked
+ * and discarded inside auth's calls, whatever the process's signal settings.
  */
 #ifndef QUARRY_AUTH_H
 #define QUARRY_AUTH_H
@@ -12,5 +24,146 @@
 
 /* "OpenLDAP 2.5.13": the client library in use at run time. */
 const char *auth_ldap_version(void);
+/* "3.0.19": the OpenSSL libcrypto in use at run time. */
+const char *auth_crypto_version(void);
+
+/* ---- context ------------------------------------------------------------------------------ */
+
+typedef struct auth_ctx auth_ctx;
+
+/* Creates a context from the ldap.*, auth.* and data.dir keys. Nothing is connected or written
+ * yet: LDAP connections open on first use, the token secret is read or generated on the first
+ * token call. An empty ldap.uri is allowed (tokens and keys work; LDAP calls then fail with
+ * QR_EUNAVAILABLE); a set ldap.uri without ldap.user_base is QR_EINVAL. On error *out is NULL. */
+qr_status auth_new(const qr_config *cfg, auth_ctx **out, char *err);
+/* Closes the connections and frees everything. NULL is a no-op. */
+void auth_free(auth_ctx *ctx);
+
+/* ---- principals --------------------------------------------------------------------------- */
+
+/* Immutable and reference-counted: the cache and any number of callers share one. Fields are
+ * read-only; release with auth_principal_release. */
+typedef struct {
+    char *uid;          /* lower-cased; "key:<id>" for a service key acting as itself */
+    char *dn;           /* as the directory returned it; "" for a service key */
+    char *display_name; /* displayName, else cn, else the uid */
+    char *mail;         /* "" when absent */
+    char **groups;      /* transitive group names, lower-cased, sorted, unique */
+    size_t ngroups;
+    char **principals; /* "public", "user:<uid>", "group:<name>"..., sorted */
+    size_t nprincipals;
+    bool is_admin; /* a member of auth.admin_groups, or a key with the admin scope */
+    int refs_;     /* private */
+} auth_principal;
+
+/* Takes another reference. */
+auth_principal *auth_principal_ref(auth_principal *p);
+/* Drops a reference; frees on the last. NULL is a no-op. */
+void auth_principal_release(auth_principal *p);
+/* True when p holds the ACL principal (e.g. "group:staff"). */
+bool auth_principal_has(const auth_principal *p, const char *principal);
+
+/* ---- LDAP ----------------------------------------------------------------------------------- */
+
+/* Checks user/password against LDAP: finds the user's DN with the service account, binds as that
+ * DN with the password on a separate connection, then resolves the groups. Lengths are explicit:
+ * a name with a NUL byte, invalid UTF-8 or control characters, or longer than 256 bytes, and an
+ * empty password are refused before anything is sent (an empty-password simple bind would
+ * succeed as an unauthenticated bind). client is the caller's address for the rate limit (NULL:
+ * per-user limit only).
+ * Returns QR_OK with *out (release it); QR_EAUTH for any bad credential (unknown user, wrong or
+ * empty password: callers cannot tell which); QR_ELIMIT when the user or address has too many
+ * recent failures (nothing is sent to LDAP then); QR_EUNAVAILABLE when LDAP cannot be reached
+ * or answered nothing in time. A success refreshes the cache; a failure is never cached. */
+qr_status auth_authenticate(auth_ctx *ctx, const char *user, size_t user_len, const char *password,
+                            size_t password_len, const char *client, auth_principal **out, char *err);
+
+/* The principal of uid without a password (for tokens and keys acting for a user): from the
+ * cache while fresh (ldap.cache_ttl_s), else from LDAP through the service account.
+ * Returns QR_ENOTFOUND when no such user exists, QR_EUNAVAILABLE as above (or the expired
+ * cached principal when auth.stale_if_error is on), QR_EINVAL for a malformed uid. */
+qr_status auth_resolve(auth_ctx *ctx, const char *uid, auth_principal **out, char *err);
+
+/* Empties this process's principal cache and tells other quarry processes sharing data.dir (a
+ * running server) to empty theirs: it rewrites <data.dir>/auth/flush, which every context
+ * checks at most once a second. Returns QR_EIO when the marker cannot be written (this
+ * process's cache is emptied anyway). */
+qr_status auth_flush(auth_ctx *ctx, char *err);
+
+/* ---- bearer tokens -------------------------------------------------------------------------- */
+
+/* Issues "qt1.<uid>.<expiry>.<key id>.<HMAC-SHA256>" for uid, valid ttl_s seconds (0:
+ * auth.token_ttl_s). The token names the user only: groups are resolved again (through the
+ * cache) each time it is used. *token is the caller's to free; *expires_at (may be NULL) gets
+ * the expiry in Unix seconds. Fails with QR_EIO/QR_EPERM when the secret cannot be loaded. */
+qr_status auth_token_issue(auth_ctx *ctx, const char *uid, int64_t ttl_s, char **token, int64_t *expires_at,
+                           char *err);
+/* Checks a token's signature (in constant time), key id and expiry. On QR_OK *uid (free it) is
+ * its user and *expires_at (may be NULL) its expiry. Any defect is QR_EAUTH. */
+qr_status auth_token_verify(auth_ctx *ctx, const char *token, char **uid, int64_t *expires_at, char *err);
+/* auth_token_verify, then auth_resolve of its user. */
+qr_status auth_token_principal(auth_ctx *ctx, const char *token, auth_principal **out, char *err);
+
+/* ---- service API keys ----------------------------------------------------------------------- */
+
+enum {
+    AUTH_SCOPE_SEARCH = 1u << 0,
+    AUTH_SCOPE_CHAT = 1u << 1,
+    AUTH_SCOPE_ADMIN = 1u << 2,
+    AUTH_SCOPE_ON_BEHALF_OF = 1u << 3,
+    AUTH_SCOPE_ALL = (1u << 4) - 1,
+};
+
+/* Parses "search,chat,admin,on_behalf_of" (any subset, comma-separated) into a scope mask. */
+qr_status auth_scopes_parse(const char *text, unsigned *scopes, char *err);
+/* Writes the scope names, comma-separated, into out (at least 64 bytes). */
+void auth_scopes_format(unsigned scopes, char *out, size_t len);
+
+#define AUTH_KEY_ID_LEN 16 /* hex characters */
+
+typedef struct {
+    char id[AUTH_KEY_ID_LEN + 1];
+    char *name;
+    unsigned scopes;
+    int64_t created_ms;
+    int64_t revoked_ms; /* 0 while active */
+} auth_key_info;
+
+/* Creates a key with a 256-bit random secret and stores only its SHA-256 in
+ * <data.dir>/auth/keys.json (mode 0600, replaced atomically). *key (free it) is the only copy of
+ * the key: "qk_<id>_<secret>". info (may be NULL) gets the new entry (auth_key_info_release). */
+qr_status auth_key_create(auth_ctx *ctx, const char *name, unsigned scopes, char **key, auth_key_info *info,
+                          char *err);
+/* Every key, revoked ones included, oldest first. Free with auth_key_list_free. */
+qr_status auth_key_list(auth_ctx *ctx, auth_key_info **keys, size_t *count, char *err);
+void auth_key_list_free(auth_key_info *keys, size_t count);
+void auth_key_info_release(auth_key_info *info);
+/* Marks the key revoked; it stops working at once in every process (keys.json is re-read when
+ * it changes). QR_ENOTFOUND for an unknown id; revoking twice is QR_OK. */
+qr_status auth_key_revoke(auth_ctx *ctx, const char *id, char *err);
+/* Checks a presented key. QR_EAUTH for a malformed, unknown or revoked key. On QR_OK, info (may
+ * be NULL) describes it (auth_key_info_release). */
+qr_status auth_key_verify(auth_ctx *ctx, const char *key, auth_key_info *info, char *err);
+/* The principal a request with this key acts as. The key must hold every scope in `required`
+ * (QR_EPERM otherwise). With on_behalf_of (a uid) the key needs the on_behalf_of scope and the
+ * result is that user's principal (auth_resolve). Without it the key acts as itself: uid
+ * "key:<id>", ACL principals {"public"}, is_admin when it has the admin scope. */
+qr_status auth_key_principal(auth_ctx *ctx, const char *key, const char *on_behalf_of, unsigned required,
+                             auth_principal **out, char *err);
+
+/* ---- counters ------------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t connects;       /* LDAP connections opened */
+    uint64_t binds;          /* simple binds sent (service account and users) */
+    uint64_t searches;       /* searches sent */
+    uint64_t cache_hits;     /* resolutions served fresh from the cache */
+    uint64_t cache_misses;   /* resolutions that went to LDAP */
+    uint64_t stale_served;   /* expired principals served under auth.stale_if_error */
+    uint64_t login_failures; /* rejected credentials (bad, empty or unknown) */
+    uint64_t rate_limited;   /* logins refused by the failed-login limit */
+} auth_stats;
+
+void auth_get_stats(auth_ctx *ctx, auth_stats *out);
 
 #endif

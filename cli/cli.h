@@ -28,5 +28,11 @@ int cli_usage_error(const cli_ctx *ctx, const char *fmt, ...) __attribute__((for
 /* Subcommands (cli/cmd_*.c). Each returns a CLI_EXIT_* status. */
 int cli_cmd_config(cli_ctx *ctx);
 int cli_cmd_selfcheck(cli_ctx *ctx);
+int cli_cmd_ingest(cli_ctx *ctx);
+int cli_cmd_delete(cli_ctx *ctx);
+int cli_cmd_stats(cli_ctx *ctx);
+int cli_cmd_keys(cli_ctx *ctx);
+int cli_cmd_auth(cli_ctx *ctx);
+int cli_cmd_models(cli_ctx *ctx);
 
 #endif

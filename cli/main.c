@@ -29,8 +29,8 @@ typedef struct {
 static const cli_command commands[] = {
     {"serve", "quarry serve", "Run the HTTP API server (chat, search, ingestion, metrics).", "[api]", NULL},
     {"ingest", "quarry ingest [--acl PRINCIPAL]... [--jsonl FILE] PATH...",
-     "Ingest files, folders or a JSON-lines collection into the store.", "[ingest]", NULL},
-    {"delete", "quarry delete DOC_ID...", "Delete documents by id.", "[ingest]", NULL},
+     "Ingest files, folders or a JSON-lines collection into the store.", NULL, cli_cmd_ingest},
+    {"delete", "quarry delete DOC_ID...", "Delete documents by id.", NULL, cli_cmd_delete},
     {"search", "quarry search [--as UID] [--mode hybrid|bm25|vector] [-k N] [--json] QUERY",
      "Search with a user's permissions.", "[retrieval]", NULL},
     {"ask", "quarry ask [--as UID] QUESTION", "Answer a question with citations.", "[inference]", NULL},
@@ -38,7 +38,15 @@ static const cli_command commands[] = {
      "Build the vector index and publish a new generation.", "[vindex]", NULL},
     {"eval", "quarry eval --queries FILE --qrels FILE [--mode M]",
      "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10).", "[retrieval]", NULL},
-    {"stats", "quarry stats", "Show document, chunk and index counts.", "[ingest]", NULL},
+    {"stats", "quarry stats [--json]", "Show document, chunk and index counts.", NULL, cli_cmd_stats},
+    {"models", "quarry models", "List the models the inference backend serves (inference.base_url).", NULL,
+     cli_cmd_models},
+    {"keys", "quarry keys create --name NAME --scopes LIST | list [--json] | revoke ID",
+     "Create, list or revoke service API keys (scopes: search, chat, admin, on_behalf_of).", NULL,
+     cli_cmd_keys},
+    {"auth", "quarry auth login UID [--token] [--json] | whoami --as UID [--json] | flush",
+     "Check a password (read from stdin), show a user's principal, or flush the principal cache.", NULL,
+     cli_cmd_auth},
     {"config", "quarry config [--json] [--keys]",
      "Print the effective configuration (secrets masked), or the table of keys.", NULL, cli_cmd_config},
     {"selfcheck", "quarry selfcheck", "Check that SQLite has FTS5, FAISS searches and report the GPU path.",
@@ -80,6 +88,7 @@ static void print_version(void)
     printf("  SQLite         %s\n", index_sqlite_version());
     printf("  libcurl        %s\n", infer_curl_version());
     printf("  OpenLDAP       %s\n", auth_ldap_version());
+    printf("  OpenSSL        %s\n", auth_crypto_version());
     printf("  jansson        %s\n", qr_jansson_version());
     printf("  libmicrohttpd  %s\n", api_mhd_version());
     if (index_gpu_compiled())

@@ -1,6 +1,6 @@
 # Finds quarry's dependencies and fails with a message that says how to get each one.
 # Results: PkgConfig::SQLITE3, PkgConfig::LIBCURL, PkgConfig::JANSSON, PkgConfig::MHD,
-# quarry::ldap, quarry::faiss (FAISS_VERSION, FAISS_OPT_LEVEL), QUARRY_WITH_CUDA.
+# quarry::ldap, OpenSSL::Crypto, quarry::faiss (FAISS_VERSION, FAISS_OPT_LEVEL), QUARRY_WITH_CUDA.
 
 find_package(PkgConfig REQUIRED)
 set(_quarry_hint "run scripts/bootstrap (as root it installs the Debian packages; otherwise it prints the apt command)")
@@ -25,6 +25,12 @@ endif()
 add_library(quarry::ldap INTERFACE IMPORTED)
 target_include_directories(quarry::ldap INTERFACE ${LDAP_INCLUDE_DIR})
 target_link_libraries(quarry::ldap INTERFACE ${LDAP_LIBRARY} ${LBER_LIBRARY})
+
+# libcrypto: HMAC-SHA256 for tokens, SHA-256 for API keys, random bytes, constant-time compares.
+find_package(OpenSSL)
+if(NOT OPENSSL_FOUND OR NOT TARGET OpenSSL::Crypto)
+  message(FATAL_ERROR "quarry needs OpenSSL's libcrypto (libssl-dev): ${_quarry_hint}")
+endif()
 
 # --- SQLite must have FTS5 ---------------------------------------------------------------------
 set(_fts5_src ${CMAKE_BINARY_DIR}/CMakeFiles/quarry_fts5_check.c)

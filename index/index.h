@@ -3,8 +3,9 @@
  * (FAISS through its C API; vindex.c), with the GPU build path under gpu/. Only this module sees
  * sqlite3 and FAISS types.
  *
- * What is here now is the dependency layer the store and vector index will stand on: library
- * versions and runtime checks that the libraries quarry links behave as the build promised.
+ * Built so far: the dependency layer (library versions and runtime checks that the libraries
+ * quarry links behave as the build promised) and the document store. The vector index lands
+ * with the [vindex] issue.
  */
 #ifndef QUARRY_INDEX_H
 #define QUARRY_INDEX_H
@@ -29,5 +30,387 @@ bool index_gpu_compiled(void);
 int index_gpu_device_count(void);
 /* CUDA runtime version the GPU path was compiled with ("13.0"), or "" when not compiled. */
 const char *index_gpu_cuda_version(void);
+
+/* ---- document store (store.c) ------------------------------------------------------------ */
+
+/*
+ * The document store: one SQLite database, <dir>/quarry.db, in WAL mode. It holds documents,
+ * their chunks (text, heading path, offsets into the normalised text), ACL rows, one float32
+ * vector per chunk (so the vector index can be rebuilt without re-embedding) and an FTS5 index
+ * of the chunks (columns title, headings, body; tokenizer porter unicode61).
+ *
+ * Every write is one transaction (or part of a batch, below): after a crash (a killed process,
+ * a power cut) a document is wholly present or wholly absent. Commits are synced
+ * (synchronous=FULL), so a write that returned QR_OK outside a batch also survives power loss;
+ * the vector index relies on that, see store_changes_since.
+ *
+ * Threads: a store handle is used by one thread at a time. Open one handle per thread; WAL lets
+ * any number of readers run while one writer writes, and a second writer waits up to 5 s
+ * (then QR_ETIMEOUT). Every function that fails writes the reason into err (QR_ERR_LEN bytes,
+ * may be NULL) and, unless it says otherwise, changes nothing.
+ */
+typedef struct store store;
+
+/* Limits on what one document may carry; larger input is refused with QR_ELIMIT. */
+#define STORE_DOC_ID_MAX     512        /* bytes */
+#define STORE_PRINCIPAL_MAX  256        /* bytes after "user:" or "group:" */
+#define STORE_ACL_MAX        4096       /* principals per document */
+#define STORE_FIELD_MAX      4096       /* title, uri, content type, headings (bytes) */
+#define STORE_METADATA_MAX   (64 << 10) /* metadata JSON (bytes) */
+#define STORE_CHUNK_TEXT_MAX (1 << 20)  /* one chunk's text (bytes) */
+#define STORE_CHUNKS_MAX     (1 << 20)  /* chunks per document */
+#define STORE_MODEL_MAX      127        /* embedding model name (bytes) */
+#define STORE_DIM_MAX        16384      /* embedding dimension */
+
+/* Opens <dir>/quarry.db, creating dir (mode 0700, parents too) and the database when missing,
+ * and brings the schema up to date (migrations run in one transaction: a crash mid-migration
+ * leaves the old schema). On error *out is NULL and err names the path: QR_EIO when the
+ * directory or file cannot be created or read or is not a SQLite database, QR_EINVAL when the
+ * schema is newer than this quarry, QR_ETIMEOUT when another process holds the write lock. */
+qr_status store_open(const char *dir, store **out, char *err);
+/* Closes the handle; NULL is a no-op. */
+void store_close(store *s);
+
+/* True for "public", "user:<uid>" and "group:<name>" where the name is 1..STORE_PRINCIPAL_MAX
+ * bytes of valid UTF-8 without control characters or leading/trailing white space. Principals
+ * are compared byte for byte: auth must produce them in the same form ingest stores them. */
+bool store_principal_valid(const char *principal);
+
+typedef struct {
+    const char *doc_id; /* external stable id, 1..512 bytes valid UTF-8, no control chars */
+    const char *title;  /* NULL means "" (title, uri, content_type: UTF-8, no controls) */
+    const char *uri;
+    const char *content_type;
+    const char *metadata_json; /* a JSON object, or NULL for {} */
+    const char *const *acl;    /* principals; duplicates are folded; none = administrators only */
+    size_t nacl;
+    const char *content_hash; /* hex SHA-256 of the source bytes (64 hex digits) */
+    const char *text;         /* normalised text: valid UTF-8 without NUL; chunks point into it */
+    size_t text_len;
+} store_document;
+
+typedef struct {
+    size_t start, end;    /* byte offsets into text, start < end, on UTF-8 character boundaries */
+    const char *headings; /* heading path "A > B", or NULL/"" */
+} store_chunk;
+
+typedef enum {
+    STORE_ADDED,       /* a new doc_id */
+    STORE_UPDATED,     /* new content hash: chunks, vectors and FTS rows replaced (new chunk ids);
+                        * or, same hash with a new title: FTS rows rewritten, chunk ids kept */
+    STORE_UNCHANGED,   /* same hash, title, uri, content type, metadata and ACL: nothing written */
+    STORE_ACL_UPDATED, /* same hash and title: only ACL rows and document fields rewritten */
+} store_put_result;
+
+/* Writes a document in one transaction (or in the open batch). vectors holds nchunks * dim
+ * float32 values (chunk i at vectors[i * dim]); dim must equal the dimension recorded by
+ * store_check_embedding (call it first) and the values must be finite.
+ * When doc_id is stored with the same content_hash, the stored chunks and vectors are kept and
+ * text, chunks and vectors may be NULL/0 (so ingest can apply ACL or metadata changes without
+ * extraction or embedding); whatever is passed is still validated.
+ * Otherwise text is required, and the document's old chunks (their ids go to the change log as
+ * deleted), vectors and FTS rows are replaced by the new ones, whose ids are larger than any id
+ * ever used. Every call that writes bumps the change counter; STORE_UNCHANGED writes nothing.
+ * Errors: QR_EINVAL (with the offending field or chunk index) for bad input, QR_ELIMIT past
+ * the limits above, QR_EIO/QR_ETIMEOUT/QR_ENOMEM from SQLite. On error nothing changes (inside a
+ * batch, a failure while writing rolls the batch back: see below). */
+qr_status store_put(store *s, const store_document *doc, const store_chunk *chunks, size_t nchunks,
+                    const float *vectors, int dim, store_put_result *result, char *err);
+
+/*
+ * Batches, for bulk ingest. store_batch_begin opens one write transaction that the following
+ * store_put, store_delete, store_set_acl (and other writes) on this handle join, until
+ * store_batch_commit. FTS5 writes its pending index once per transaction, so batches of ~50
+ * documents make puts about 3x faster (bench/README.md). Each document stays atomic: after a
+ * crash every document of an uncommitted batch is as it was before the batch.
+ * While a batch is open this handle holds the store's write lock: other writers wait (up to 5 s,
+ * then QR_ETIMEOUT) and readers on other handles see none of it until it commits, so keep
+ * batches short (tens of documents, well under a second). Reads on this handle see its writes.
+ * Writes inside a batch are durable only once store_batch_commit returned QR_OK.
+ * A call inside a batch that fails before writing (bad input, QR_ENOTFOUND) changes nothing and
+ * the batch goes on. A call that fails while writing (I/O error, disk full) rolls the whole
+ * batch back: its message says so, later calls fail with the same status, and
+ * store_batch_commit returns it: re-send the batch's documents. store_close rolls an open batch
+ * back.
+ */
+/* QR_EINVAL when a batch is already open; QR_ETIMEOUT when another writer holds the lock. */
+qr_status store_batch_begin(store *s, char *err);
+/* Commits and ends the batch. QR_EINVAL when none is open; the first failure's status when the
+ * batch was rolled back; an SQLite failure of the commit itself (nothing of the batch stays). */
+qr_status store_batch_commit(store *s, char *err);
+/* Discards the batch's writes and ends it; a no-op without a batch. */
+void store_batch_rollback(store *s);
+
+/* Looks up the stored content hash (64 lowercase hex digits and NUL) of doc_id. An absent
+ * document is not an error: *found is false and hash is "". QR_EINVAL for an invalid doc_id. */
+qr_status store_get_hash(store *s, const char *doc_id, char hash[65], bool *found, char *err);
+
+/* Removes a document with its chunks, vectors, FTS rows and ACL rows in one transaction; the
+ * chunk ids go to the change log as deleted. QR_ENOTFOUND when doc_id is not stored. */
+qr_status store_delete(store *s, const char *doc_id, char *err);
+
+/* Replaces the ACL of a stored document: ACL rows only (plus the document's version and update
+ * time); chunks, vectors and FTS rows are untouched. An equal ACL writes nothing.
+ * QR_ENOTFOUND when doc_id is not stored, QR_EINVAL for an invalid principal. */
+qr_status store_set_acl(store *s, const char *doc_id, const char *const *acl, size_t nacl, char *err);
+
+/* Records the embedding model and dimension on first use. Afterwards a different model or
+ * dimension is refused with QR_EINVAL and a message naming the stored and the requested ones;
+ * the same pair is QR_OK. QR_EINVAL as well for an empty or over-long model name or a dim
+ * outside 1..STORE_DIM_MAX. */
+qr_status store_check_embedding(store *s, const char *model, int dim, char *err);
+
+typedef struct {
+    int64_t documents, chunks, text_bytes;
+    char embedding_model[STORE_MODEL_MAX + 1]; /* "" until store_check_embedding */
+    int embedding_dim;                         /* 0 until store_check_embedding */
+    int64_t change_counter;                    /* see store_changes_since */
+    int64_t index_generation;                  /* set by the vector index */
+} store_stats;
+
+/* Fills *out from one consistent snapshot. */
+qr_status store_get_stats(store *s, store_stats *out, char *err);
+
+/* Records the generation the vector index published (shown by `quarry stats`). Generations
+ * only go up: a smaller one is QR_EINVAL. Does not bump the change counter. */
+qr_status store_set_index_generation(store *s, int64_t generation, char *err);
+
+/* One stored chunk, as returned by store_get_document. */
+typedef struct {
+    int64_t chunk_id;
+    size_t start, end;    /* offsets into the document's normalised text */
+    const char *headings; /* "" when none */
+    const char *text;     /* text[start, end) of the document, NUL-terminated */
+    size_t text_len;
+} store_chunk_row;
+
+/* A stored document. Every pointer points into the struct's own memory. */
+typedef struct {
+    const char *doc_id, *title, *uri, *content_type, *metadata_json, *content_hash;
+    const char **acl; /* sorted, byte order */
+    size_t nacl;
+    int64_t version; /* 1 when added, +1 on every change */
+    int64_t created_ms, updated_ms;
+    size_t text_len;
+    size_t chunk_count;      /* chunks the document has */
+    store_chunk_row *chunks; /* in document order; NULL unless asked for */
+    size_t nchunks;
+    qr_arena arena_; /* private */
+} store_doc_info;
+
+/* Reads a document, and its chunks when with_chunks, from one snapshot. The caller frees *out
+ * with store_doc_info_free. QR_ENOTFOUND when doc_id is not stored (*out is NULL then). */
+qr_status store_get_document(store *s, const char *doc_id, bool with_chunks, store_doc_info **out, char *err);
+/* Frees a document read by store_get_document; NULL is a no-op. */
+void store_doc_info_free(store_doc_info *d);
+
+/* Copies the vector of a chunk into out (dim floats, the store's dimension).
+ * QR_ENOTFOUND for an unknown chunk id, QR_EINVAL when dim is not the store's dimension. */
+qr_status store_get_vector(store *s, int64_t chunk_id, float *out, int dim, char *err);
+
+/*
+ * The change log, for the vector index. Every write transaction that changes documents, chunks
+ * or ACLs bumps a monotonically increasing change counter and stamps the chunks it adds with
+ * it; chunks it deletes are kept as tombstones (chunk id, counter). Chunk ids are never reused.
+ *
+ * store_changes_since calls fn for every chunk deleted after counter `since` (deleted = true,
+ * vector NULL), then for every live chunk added after it (with its vector), in chunk id order,
+ * all from one snapshot, and sets *counter to that snapshot's change counter: the vector index
+ * records it and passes it as `since` next time. A chunk added and deleted after `since` is
+ * reported once, as deleted. fn runs on the caller's thread inside a read transaction; it must
+ * not call other store functions on the same handle, and the vector is valid only during the
+ * call. When fn returns non-zero status the walk stops and that status is returned (fn fills
+ * err itself). On a store error fn may have been called for a prefix of the changes.
+ */
+typedef struct {
+    int64_t chunk_id;
+    int64_t counter; /* the change that added or deleted it */
+    bool deleted;
+    const float *vector; /* dim floats, NULL when deleted */
+    int dim;
+} store_change;
+typedef qr_status (*store_change_fn)(void *ctx, const store_change *change, char *err);
+qr_status store_changes_since(store *s, int64_t since, store_change_fn fn, void *ctx, int64_t *counter,
+                              char *err);
+
+/* Forgets the tombstones of changes up to and including `counter` (the vector index calls it
+ * once a generation that folded them in is published). Nothing else changes. */
+qr_status store_prune_tombstones(store *s, int64_t counter, char *err);
+
+/* Calls fn for every (chunk id, vector) in chunk id order from one snapshot, for index
+ * rebuilds, and sets *counter to that snapshot's change counter. Same callback rules as
+ * store_changes_since (the change's counter field is the chunk's added counter). */
+qr_status store_each_vector(store *s, store_change_fn fn, void *ctx, int64_t *counter, char *err);
+
+/* Checks the whole store: SQLite's integrity_check and foreign_key_check, FTS5's
+ * integrity-check against the chunk table, and that every chunk has its document, FTS row and
+ * vector of the right size, every document the chunk count its row records, and every ACL row
+ * its document. QR_EIO with the first problem found when the store is inconsistent. Reads
+ * everything: seconds per million chunks. */
+qr_status store_verify(store *s, char *err);
+
+/* ---- vector index (vindex.c) ------------------------------------------------------------- */
+
+/*
+ * The vector index: FAISS over the chunks' embedding vectors, L2-normalised on the way in and
+ * searched by inner product (so scores are cosines); FAISS ids are chunk ids (>= 0). The type
+ * follows the size (vindex.type): exact (IndexFlatIP behind an id map) up to
+ * vindex.exact_threshold vectors, IVF (Flat or SQ8, nlist about 4*sqrt(N)) or HNSW32 above.
+ * Every result is re-scored exactly from the float32 vectors kept per generation, so scores are
+ * the same whichever path found a chunk, and equal scores are ordered by smaller chunk id.
+ *
+ * On disk, under dir: generation N is gen-N.faiss (the FAISS index) and gen-N.vec (chunk ids in
+ * ascending order and their normalised float32 rows, mapped into memory for exact search), and
+ * MANIFEST names the served generation with its type, dimension, count, the store change counter
+ * it was built from and a checksum of every file. A build writes its files under temporary
+ * names, syncs and renames them, and commits by renaming MANIFEST last: a crash at any moment
+ * leaves the previous generation served, and leftovers are removed at the next open or build.
+ * One process at a time may open a directory (a lock file; the second open is QR_EPERM).
+ *
+ * Incremental changes live in memory: vindex_add puts chunks into an exact delta searched with
+ * the main index, vindex_remove records tombstones filtered at search time. They are not written
+ * to disk: the store's change log has them (store_changes_since from the counter in
+ * vindex_get_info), and a build folds them in. Each change carries the store change counter that
+ * made it; a build from a store snapshot at counter C keeps the changes made after C.
+ *
+ * Threads: every function may be called from any thread, concurrently with searches. Searches
+ * hold a reference-counted snapshot (main index, vectors, delta, tombstones) and never wait for
+ * a build; publishing a generation swaps the snapshot atomically. Adds, removes and the commit
+ * of a build are serialised; one build runs at a time. vindex_close needs every other call on
+ * the handle to have returned.
+ *
+ * Errors: QR_EINVAL for bad arguments (wrong dimension, NaN/Inf or zero vectors, k outside
+ * 1..VINDEX_K_MAX, negative or duplicate ids); QR_EIO and QR_ENOMEM from the system,
+ * QR_EINTERNAL with FAISS's message. Unless a function says otherwise, a call that fails changes
+ * nothing.
+ */
+typedef struct vindex vindex;
+
+#define VINDEX_DIM_MAX 16384
+#define VINDEX_K_MAX   10000
+
+typedef struct {
+    const char *type;         /* "auto", "flat", "ivf_flat", "ivf_sq8" or "hnsw" (vindex.type) */
+    size_t exact_threshold;   /* auto: flat up to this many vectors, ivf_sq8 above */
+    size_t nlist;             /* IVF lists; 0: round(4 * sqrt(N)), at most N / 39 */
+    size_t train_per_list;    /* IVF training sample: this many vectors per list (39..256) */
+    size_t nprobe;            /* IVF lists visited per query */
+    size_t ef_search;         /* HNSW candidate list length per query */
+    size_t delta_max;         /* vindex_needs_rebuild above this many delta rows + tombstones */
+    bool rebuild_on_mismatch; /* vindex_open: a stale or damaged index is reported, not an error */
+} vindex_opts;
+
+/* The defaults of the vindex.* configuration keys. */
+void vindex_opts_default(vindex_opts *o);
+/* Reads the vindex.* keys. Cannot fail: the configuration validated them. The type string
+ * points into cfg. */
+void vindex_opts_from_config(const qr_config *cfg, vindex_opts *o);
+
+/* Opens the index under dir (created with its parents, mode 0700, when missing) for vectors of
+ * dim floats, and checks it against the store: store_counter is the store's change counter and
+ * dim its embedding dimension.
+ * When MANIFEST, the generation files and dim agree and the index reflects store_counter, *stale
+ * is false. Otherwise (store_counter differs from the index's, another dimension, a corrupted or
+ * missing file): with o->rebuild_on_mismatch the open succeeds with *stale true, serving the
+ * generation it could load (or nothing), and the caller brings it up to date (vindex_add and
+ * vindex_remove from the store's change log, or vindex_build); without it the open fails with
+ * QR_EINVAL (stale, other dimension) or QR_EIO (damaged files), err says which and nothing is
+ * changed. QR_EPERM when another handle holds the directory. Opening removes files left by an
+ * interrupted build. On error *out is NULL. */
+qr_status vindex_open(const char *dir, int dim, const vindex_opts *o, int64_t store_counter, vindex **out,
+                      bool *stale, char *err);
+/* Closes the handle; the files stay. NULL is a no-op. */
+void vindex_close(vindex *v);
+
+/* Coarse centroids computed elsewhere (the GPU build path, or vindex_kmeans): nlist rows of dim
+ * floats. An IVF build given centroids skips FAISS's k-means and uses them (normalised) as its
+ * lists; a flat or HNSW build ignores them. */
+typedef struct {
+    const float *data;
+    size_t nlist;
+    int dim;
+} vindex_centroids;
+
+/* A build in progress: vindex_build_begin, vindex_build_add any number of times (chunk ids in
+ * any order, ascending is cheapest), then vindex_build_commit or vindex_build_abort. The vectors
+ * are held in memory until the commit. */
+typedef struct vindex_builder vindex_builder;
+
+/* Starts a build. centroids may be NULL (FAISS k-means on a sample). QR_EEXIST when a build of
+ * this index is already running; QR_EINVAL for centroids of another dimension, no rows or
+ * non-finite values. */
+qr_status vindex_build_begin(vindex *v, const vindex_centroids *centroids, vindex_builder **out, char *err);
+/* Adds n vectors of dim floats with their chunk ids. On error nothing of this call is added and
+ * the builder stays usable. */
+qr_status vindex_build_add(vindex_builder *b, const int64_t *ids, const float *vecs, size_t n, int dim,
+                           char *err);
+/* Builds the index of every vector added (type chosen by size or vindex.type; an empty build is
+ * flat), writes the generation, commits its MANIFEST and swaps it in for searches, then removes
+ * the old generation's files. store_counter is the store change counter the added vectors are a
+ * snapshot of: delta rows and tombstones with a larger counter are carried into the new
+ * generation, the others are dropped. Frees the builder, also on error. QR_EINVAL for a
+ * duplicate chunk id; on any error the previous generation stays served and on disk. */
+qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *err);
+/* Drops a build; NULL is a no-op. */
+void vindex_build_abort(vindex_builder *b);
+
+/* A pull source of vectors for vindex_build: fills up to cap rows (ids[i], vecs[i * dim]) and
+ * sets *n; *n = 0 means the end. A non-zero status stops the build (the source fills err). */
+typedef qr_status (*vindex_source_fn)(void *ctx, int dim, int64_t *ids, float *vecs, size_t cap, size_t *n,
+                                      char *err);
+/* vindex_build_begin, the source drained into vindex_build_add, vindex_build_commit. */
+qr_status vindex_build(vindex *v, vindex_source_fn src, void *ctx, int64_t store_counter,
+                       const vindex_centroids *centroids, char *err);
+
+/* Adds n chunks to the exact delta. store_counter is the store change that added them; it may
+ * not go below the index's counter (vindex_get_info). QR_EEXIST when an id is already in the
+ * index (removed ids included: chunk ids are never reused) or twice in the call. */
+qr_status vindex_add(vindex *v, const int64_t *ids, const float *vecs, size_t n, int dim,
+                     int64_t store_counter, char *err);
+/* Tombstones n chunk ids (from the main index or the delta) so that searches skip them. Ids the
+ * index does not hold, and ids already removed, are accepted: the store's change log reports
+ * chunks added and deleted since a counter as deleted only. Same counter rule as vindex_add. */
+qr_status vindex_remove(vindex *v, const int64_t *ids, size_t n, int64_t store_counter, char *err);
+/* True when the delta rows plus tombstones exceed delta_max: time to build a new generation. */
+bool vindex_needs_rebuild(vindex *v);
+
+/* Permission predicate for vindex_search: true when the caller may read chunk id. Called on the
+ * searching thread, any number of times per search, while the snapshot's delta is read-locked:
+ * it must not call back into the same vindex. */
+typedef bool (*vindex_permit_fn)(void *ctx, int64_t id);
+
+/* The k best permitted chunks for query (dim floats, normalised here), best first, into
+ * ids[0..*found) and scores[0..*found) (cosines). permit NULL permits everything. The main
+ * index (approximate for IVF and HNSW) is asked for 2k candidates, then 4 times more while
+ * fewer than k pass the tombstones and the predicate; when the ANN index has no more to give, or
+ * past max(4096, 32k) candidates, the search goes exact (BLAS over the generation's vectors), so
+ * if k permitted chunks exist, k are returned. The delta is always searched exactly.
+ * *found < k only when fewer than k permitted chunks exist. */
+qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex_permit_fn permit, void *ctx,
+                        int64_t *ids, float *scores, size_t *found, char *err);
+
+/* Exact top-k over an explicit set of permitted chunk ids (any order, duplicates allowed; ids
+ * the index does not hold and removed ids are skipped): the rows are gathered by id and scored
+ * with BLAS. The result is the true top-k of the set, equal scores by smaller id. */
+qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
+                               size_t n, int64_t *ids, float *scores, size_t *found, char *err);
+
+typedef struct {
+    uint64_t generation; /* 0: nothing built yet */
+    char type[16];       /* "flat", "ivf_flat", "ivf_sq8", "hnsw" or "none" */
+    int dim;
+    size_t count;         /* vectors in the main index */
+    size_t nlist, nprobe; /* IVF only */
+    size_t ef_search;     /* HNSW only */
+    size_t delta;         /* rows in the delta */
+    size_t tombstones;
+    int64_t built_counter; /* store change counter the generation was built from */
+    int64_t store_counter; /* the latest change the index reflects (catch up from here) */
+    uint64_t searches;     /* vindex_search calls answered since open */
+    uint64_t exact_scans;  /* of which fell back to an exact scan of the main index */
+} vindex_info;
+
+/* Describes the served snapshot. */
+void vindex_get_info(vindex *v, vindex_info *out);
 
 #endif

@@ -1,0 +1,426 @@
+/*
+ * The auth context and its two main calls. auth_authenticate checks a password against LDAP
+ * (behind the failed-login limits) and refreshes the cache; auth_resolve serves principals from
+ * the cache while fresh and from LDAP otherwise. The cache is an LRU map of uid -> principal with
+ * the time it was fetched; it never holds a failure, and an expired entry serves only when LDAP
+ * is unreachable and auth.stale_if_error is on. Failed-login counters (per lower-cased user name
+ * and per client address) live in another bounded LRU map, so a flood of names cannot grow it.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth/auth_int.h"
+
+#define LIMIT_ENTRIES  65536
+#define FLUSH_CHECK_NS 1000000000ull
+
+typedef struct {
+    auth_principal *p;
+    uint64_t fetched_ns;
+} cache_entry;
+
+typedef struct {
+    int failures;
+    uint64_t window_start_ns;
+} limit_entry;
+
+static void cache_entry_free(void *v)
+{
+    cache_entry *e = v;
+    if (e)
+        auth_principal_release(e->p);
+    free(e);
+}
+
+static void settings_release(auth_settings *s)
+{
+    char **strs[] = {&s->uris,          &s->ca_file,  &s->bind_dn,     &s->bind_password, &s->user_base,
+                     &s->user_filter,   &s->uid_attr, &s->group_base,  &s->group_filter,  &s->group_name_attr,
+                     &s->memberof_attr, &s->data_dir, &s->token_secret};
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+        free(*strs[i]);
+        *strs[i] = NULL;
+    }
+    char **lists[] = {s->admin_groups, s->uri_list};
+    size_t lens[] = {s->nadmin_groups, s->nuris};
+    for (size_t l = 0; l < 2; l++) {
+        for (size_t i = 0; i < lens[l]; i++)
+            free(lists[l][i]);
+        free(lists[l]);
+    }
+    s->admin_groups = s->uri_list = NULL;
+    s->nadmin_groups = s->nuris = 0;
+}
+
+/* Splits text at any of seps into trimmed, non-empty items appended to *items. */
+static qr_status split_list(const char *text, const char *seps, bool lower, char ***items, size_t *n)
+{
+    const char *p = text;
+    while (*p) {
+        size_t len = strcspn(p, seps);
+        const char *a = p, *b = p + len;
+        while (a < b && isspace((unsigned char)*a))
+            a++;
+        while (b > a && isspace((unsigned char)b[-1]))
+            b--;
+        if (b > a) {
+            char **v = realloc(*items, (*n + 1) * sizeof(char *));
+            if (!v)
+                return QR_ENOMEM;
+            *items = v;
+            if (!(v[*n] = strndup(a, (size_t)(b - a))))
+                return QR_ENOMEM;
+            if (lower)
+                auth_ascii_lower(v[*n]);
+            ++*n;
+        }
+        p += len;
+        if (*p)
+            p++;
+    }
+    return QR_OK;
+}
+
+static qr_status load_settings(const qr_config *cfg, auth_settings *s, char *err)
+{
+    const char *req = qr_config_str(cfg, "ldap.require_cert");
+    s->require_cert = strcmp(req, "never") == 0   ? LDAP_OPT_X_TLS_NEVER
+                      : strcmp(req, "allow") == 0 ? LDAP_OPT_X_TLS_ALLOW
+                      : strcmp(req, "try") == 0   ? LDAP_OPT_X_TLS_TRY
+                                                  : LDAP_OPT_X_TLS_DEMAND;
+    s->uris = strdup(qr_config_str(cfg, "ldap.uri"));
+    s->starttls = qr_config_bool(cfg, "ldap.starttls");
+    s->ca_file = strdup(qr_config_str(cfg, "ldap.ca_file"));
+    s->bind_dn = strdup(qr_config_str(cfg, "ldap.bind_dn"));
+    s->bind_password = strdup(qr_config_str(cfg, "ldap.bind_password"));
+    s->user_base = strdup(qr_config_str(cfg, "ldap.user_base"));
+    s->user_filter = strdup(qr_config_str(cfg, "ldap.user_filter"));
+    s->uid_attr = strdup(qr_config_str(cfg, "ldap.uid_attr"));
+    const char *gbase = qr_config_str(cfg, "ldap.group_base");
+    s->group_base = strdup(*gbase ? gbase : qr_config_str(cfg, "ldap.user_base"));
+    s->group_filter = strdup(qr_config_str(cfg, "ldap.group_filter"));
+    s->group_name_attr = strdup(qr_config_str(cfg, "ldap.group_name_attr"));
+    s->memberof_attr = strdup(qr_config_str(cfg, "ldap.memberof_attr"));
+    s->data_dir = strdup(qr_config_str(cfg, "data.dir"));
+    s->token_secret = strdup(qr_config_str(cfg, "auth.token_secret"));
+    s->nested_depth = (int)qr_config_int(cfg, "ldap.nested_depth");
+    s->timeout_ms = (int)qr_config_int(cfg, "ldap.timeout_ms");
+    s->pool_size = (int)qr_config_int(cfg, "ldap.pool_size");
+    s->cache_ttl_s = qr_config_int(cfg, "ldap.cache_ttl_s");
+    s->cache_max = (size_t)qr_config_int(cfg, "ldap.cache_max_entries");
+    s->stale_if_error = qr_config_bool(cfg, "auth.stale_if_error");
+    s->token_ttl_s = qr_config_int(cfg, "auth.token_ttl_s");
+    s->rate_limit_user = (int)qr_config_int(cfg, "auth.rate_limit_user");
+    s->rate_limit_addr = (int)qr_config_int(cfg, "auth.rate_limit_addr");
+    s->rate_limit_window_s = qr_config_int(cfg, "auth.rate_limit_window_s");
+    if (!s->uris || !s->ca_file || !s->bind_dn || !s->bind_password || !s->user_base || !s->user_filter ||
+        !s->uid_attr || !s->group_base || !s->group_filter || !s->group_name_attr || !s->memberof_attr ||
+        !s->data_dir || !s->token_secret ||
+        split_list(qr_config_str(cfg, "auth.admin_groups"), ",", true, &s->admin_groups, &s->nadmin_groups) ||
+        split_list(s->uris, ", \t", false, &s->uri_list, &s->nuris))
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    if (*s->uris && !*s->user_base)
+        return qr_fail(err, QR_EINVAL, "ldap.user_base must be set when ldap.uri is");
+    /* a dry run of each template catches a bad placeholder at start-up rather than at login */
+    qr_buf probe;
+    qr_buf_init(&probe, 1 << 16);
+    qr_status st = auth_filter_expand(&probe, s->user_filter, "x", 1, NULL, NULL);
+    if (st)
+        st = qr_fail(err, QR_EINVAL, "ldap.user_filter '%s': only %%s and %%%% may appear", s->user_filter);
+    qr_buf_reset(&probe);
+    if (!st && auth_filter_expand(&probe, s->group_filter, NULL, 0, "cn=x", "x"))
+        st = qr_fail(err, QR_EINVAL, "ldap.group_filter '%s': only %%d, %%u and %%%% may appear",
+                     s->group_filter);
+    qr_buf_release(&probe);
+    return st;
+}
+
+qr_status auth_new(const qr_config *cfg, auth_ctx **out, char *err)
+{
+    *out = NULL;
+    auth_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    pthread_mutex_init(&ctx->pool_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&ctx->pool_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&ctx->cache_lock, NULL);
+    pthread_mutex_init(&ctx->limit_lock, NULL);
+    pthread_mutex_init(&ctx->secret_lock, NULL);
+    pthread_mutex_init(&ctx->keys_lock, NULL);
+    qr_status st = load_settings(cfg, &ctx->s, err);
+    if (st) {
+        auth_free(ctx);
+        return st;
+    }
+    ctx->pool = calloc((size_t)ctx->s.pool_size, sizeof(auth_conn));
+    ctx->cache = auth_lru_new(ctx->s.cache_max, cache_entry_free);
+    ctx->limits = auth_lru_new(LIMIT_ENTRIES, free);
+    if (!ctx->pool || !ctx->cache || !ctx->limits ||
+        auth_state_path(ctx, "flush", false, &ctx->flush_path, err)) {
+        auth_free(ctx);
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    /* a flush written before this context existed concerns caches that are gone */
+    auth_file_sig_get(ctx->flush_path, &ctx->flush_sig);
+    ctx->flush_checked_ns = qr_now_ns();
+    *out = ctx;
+    return QR_OK;
+}
+
+void auth_free(auth_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    auth_conn_close_all(ctx);
+    free(ctx->pool);
+    auth_lru_free(ctx->cache);
+    auth_lru_free(ctx->limits);
+    auth_keys_release(ctx);
+    free(ctx->flush_path);
+    settings_release(&ctx->s);
+    memset(ctx->secret, 0, sizeof(ctx->secret));
+    pthread_mutex_destroy(&ctx->pool_lock);
+    pthread_cond_destroy(&ctx->pool_cond);
+    pthread_mutex_destroy(&ctx->cache_lock);
+    pthread_mutex_destroy(&ctx->limit_lock);
+    pthread_mutex_destroy(&ctx->secret_lock);
+    pthread_mutex_destroy(&ctx->keys_lock);
+    free(ctx);
+}
+
+void auth_get_stats(auth_ctx *ctx, auth_stats *out)
+{
+    uint64_t *dst = (uint64_t *)out;
+    const uint64_t *src = (const uint64_t *)&ctx->stats;
+    for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}
+
+/* ---- the principal cache -------------------------------------------------------------------- */
+
+/* Called with cache_lock held: empties the cache when another process rewrote the flush
+ * marker, looking at most once a second. */
+static void check_flush_marker(auth_ctx *ctx)
+{
+    uint64_t now = qr_now_ns();
+    if (now - ctx->flush_checked_ns < FLUSH_CHECK_NS)
+        return;
+    ctx->flush_checked_ns = now;
+    auth_file_sig sig;
+    auth_file_sig_get(ctx->flush_path, &sig);
+    if (!auth_file_sig_same(&sig, &ctx->flush_sig)) {
+        ctx->flush_sig = sig;
+        auth_lru_clear(ctx->cache);
+        qr_log(QR_LOG_INFO, "auth", "principal cache flushed (quarry auth flush)");
+    }
+}
+
+/* The cached principal for key: fresh only, or (stale true) whatever its age. */
+static auth_principal *cache_get(auth_ctx *ctx, const char *key, bool stale)
+{
+    if (ctx->s.cache_ttl_s <= 0)
+        return NULL;
+    auth_principal *p = NULL;
+    pthread_mutex_lock(&ctx->cache_lock);
+    check_flush_marker(ctx);
+    cache_entry *e = auth_lru_get(ctx->cache, key);
+    if (e && (stale || qr_now_ns() - e->fetched_ns < (uint64_t)ctx->s.cache_ttl_s * 1000000000ull))
+        p = auth_principal_ref(e->p);
+    pthread_mutex_unlock(&ctx->cache_lock);
+    return p;
+}
+
+static void cache_put(auth_ctx *ctx, const char *key, auth_principal *p)
+{
+    if (ctx->s.cache_ttl_s <= 0)
+        return;
+    cache_entry *e = malloc(sizeof(*e));
+    if (!e)
+        return; /* not cached: the next call asks LDAP again */
+    e->p = auth_principal_ref(p);
+    e->fetched_ns = qr_now_ns();
+    pthread_mutex_lock(&ctx->cache_lock);
+    auth_lru_put(ctx->cache, key, e);
+    pthread_mutex_unlock(&ctx->cache_lock);
+}
+
+qr_status auth_flush(auth_ctx *ctx, char *err)
+{
+    pthread_mutex_lock(&ctx->cache_lock);
+    auth_lru_clear(ctx->cache);
+    pthread_mutex_unlock(&ctx->cache_lock);
+    char *path = NULL;
+    qr_status st = auth_state_path(ctx, "flush", true, &path, err);
+    if (!st) {
+        char stamp[32];
+        int n = snprintf(stamp, sizeof(stamp), "%lld\n", (long long)qr_wall_ms());
+        st = auth_write_file(path, stamp, (size_t)n, true, err);
+    }
+    if (!st) {
+        /* our own cache is empty already: do not flush it again on seeing our marker */
+        pthread_mutex_lock(&ctx->cache_lock);
+        auth_file_sig_get(path, &ctx->flush_sig);
+        pthread_mutex_unlock(&ctx->cache_lock);
+    }
+    free(path);
+    return st;
+}
+
+/* ---- failed-login limits ------------------------------------------------------------------ */
+
+static uint64_t window_ns(const auth_ctx *ctx)
+{
+    return (uint64_t)ctx->s.rate_limit_window_s * 1000000000ull;
+}
+
+/* Seconds until key may try again (0: it may now). Called with limit_lock held. */
+static int64_t limit_wait(auth_ctx *ctx, const char *key, int limit, uint64_t now)
+{
+    if (limit <= 0)
+        return 0;
+    limit_entry *e = auth_lru_get(ctx->limits, key);
+    if (!e || now - e->window_start_ns >= window_ns(ctx) || e->failures < limit)
+        return 0;
+    return (int64_t)((e->window_start_ns + window_ns(ctx) - now) / 1000000000ull) + 1;
+}
+
+static void limit_count(auth_ctx *ctx, const char *key, int limit, uint64_t now)
+{
+    if (limit <= 0)
+        return;
+    limit_entry *e = auth_lru_get(ctx->limits, key);
+    if (e && now - e->window_start_ns < window_ns(ctx)) {
+        e->failures++;
+        return;
+    }
+    if (!e) {
+        e = malloc(sizeof(*e));
+        if (!e || auth_lru_put(ctx->limits, key, e))
+            return;
+    }
+    e->failures = 1;
+    e->window_start_ns = now;
+}
+
+/* "u:<name>" and "a:<client>" keys; client may be NULL. */
+static void limit_keys(const char *name, const char *client, char *ukey, char *akey, size_t len)
+{
+    snprintf(ukey, len, "u:%s", name);
+    auth_ascii_lower(ukey);
+    snprintf(akey, len, "a:%s", client ? client : "");
+}
+
+/* ---- authentication and resolution ----------------------------------------------------------- */
+
+static qr_status login_failed(auth_ctx *ctx, const char *ukey, const char *akey, const char *why, char *err)
+{
+    uint64_t now = qr_now_ns();
+    pthread_mutex_lock(&ctx->limit_lock);
+    if (ukey)
+        limit_count(ctx, ukey, ctx->s.rate_limit_user, now);
+    if (akey[2])
+        limit_count(ctx, akey, ctx->s.rate_limit_addr, now);
+    pthread_mutex_unlock(&ctx->limit_lock);
+    AUTH_COUNT(ctx, login_failures);
+    qr_log(QR_LOG_INFO, "auth", "login failed for '%s' from %s: %s", ukey ? ukey + 2 : "(malformed name)",
+           akey[2] ? akey + 2 : "(unknown address)", why);
+    /* one answer for every bad credential, so that callers cannot probe for user names */
+    return qr_fail(err, QR_EAUTH, "invalid user name or password");
+}
+
+qr_status auth_authenticate(auth_ctx *ctx, const char *user, size_t user_len, const char *password,
+                            size_t password_len, const char *client, auth_principal **out, char *err)
+{
+    char ukey[AUTH_NAME_MAX + 8], akey[AUTH_NAME_MAX + 8], name[AUTH_NAME_MAX + 1];
+    *out = NULL;
+    if (client && strlen(client) > AUTH_NAME_MAX)
+        client = NULL;
+    if (!user || !auth_name_ok(user, user_len)) {
+        limit_keys("", client, ukey, akey, sizeof(ukey));
+        return login_failed(ctx, NULL, akey, "malformed user name", err);
+    }
+    memcpy(name, user, user_len);
+    name[user_len] = '\0';
+    limit_keys(name, client, ukey, akey, sizeof(ukey));
+
+    uint64_t now = qr_now_ns();
+    pthread_mutex_lock(&ctx->limit_lock);
+    int64_t wait = limit_wait(ctx, ukey, ctx->s.rate_limit_user, now);
+    if (!wait && akey[2])
+        wait = limit_wait(ctx, akey, ctx->s.rate_limit_addr, now);
+    pthread_mutex_unlock(&ctx->limit_lock);
+    if (wait) {
+        AUTH_COUNT(ctx, rate_limited);
+        qr_log(QR_LOG_WARN, "auth", "login for '%s' from %s refused: too many failed logins", name,
+               akey[2] ? akey + 2 : "(unknown address)");
+        return qr_fail(err, QR_ELIMIT, "too many failed logins; try again in %lld s", (long long)wait);
+    }
+    /* an empty password would make the bind an unauthenticated one, which succeeds */
+    if (!password || password_len == 0)
+        return login_failed(ctx, ukey, akey, "empty password", err);
+    if (password_len > AUTH_PASSWORD_MAX)
+        return login_failed(ctx, ukey, akey, "password too long", err);
+
+    uint64_t deadline = auth_deadline(ctx);
+    auth_conn *c = NULL;
+    char why[QR_ERR_LEN];
+    qr_status st = auth_pool_acquire(ctx, deadline, &c, err);
+    if (!st)
+        st = auth_dir_principal(ctx, c, deadline, name, user_len, password, password_len, out, why);
+    auth_pool_release(ctx, c);
+    if (st == QR_ENOTFOUND || st == QR_EAUTH)
+        return login_failed(ctx, ukey, akey, why, err);
+    if (st) {
+        if (c)
+            qr_fail(err, st, "%s", why);
+        return st;
+    }
+    pthread_mutex_lock(&ctx->limit_lock);
+    auth_lru_remove(ctx->limits, ukey);
+    pthread_mutex_unlock(&ctx->limit_lock);
+    cache_put(ctx, (*out)->uid, *out);
+    qr_log(QR_LOG_INFO, "auth", "login ok for '%s' from %s", (*out)->uid,
+           akey[2] ? akey + 2 : "(unknown address)");
+    return QR_OK;
+}
+
+qr_status auth_resolve(auth_ctx *ctx, const char *uid, auth_principal **out, char *err)
+{
+    *out = NULL;
+    size_t len = uid ? strlen(uid) : 0;
+    if (!uid || !auth_name_ok(uid, len))
+        return qr_fail(err, QR_EINVAL, "malformed user name");
+    char key[AUTH_NAME_MAX + 1];
+    memcpy(key, uid, len + 1);
+    auth_ascii_lower(key);
+    if ((*out = cache_get(ctx, key, false))) {
+        AUTH_COUNT(ctx, cache_hits);
+        return QR_OK;
+    }
+    AUTH_COUNT(ctx, cache_misses);
+    uint64_t deadline = auth_deadline(ctx);
+    auth_conn *c = NULL;
+    qr_status st = auth_pool_acquire(ctx, deadline, &c, err);
+    if (!st)
+        st = auth_dir_principal(ctx, c, deadline, uid, len, NULL, 0, out, err);
+    auth_pool_release(ctx, c);
+    if (!st) {
+        cache_put(ctx, key, *out);
+        if (strcmp(key, (*out)->uid) != 0)
+            cache_put(ctx, (*out)->uid, *out);
+        return QR_OK;
+    }
+    if (st == QR_EUNAVAILABLE && ctx->s.stale_if_error && (*out = cache_get(ctx, key, true))) {
+        AUTH_COUNT(ctx, stale_served);
+        qr_log(QR_LOG_WARN, "auth", "LDAP unavailable: serving the expired cached principal of '%s'", key);
+        return QR_OK;
+    }
+    if (st == QR_ENOTFOUND)
+        return qr_fail(err, QR_ENOTFOUND, "no such user '%s'", uid);
+    return st;
+}

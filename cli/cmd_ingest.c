@@ -1,0 +1,539 @@
+/*
+ * `quarry ingest`, `quarry delete` and `quarry stats`: the administrator's commands for loading a
+ * collection and keeping it current. ingest walks folders (hidden entries skipped, symbolic links
+ * that leave the tree refused) or reads a BEIR-style corpus.jsonl, hands each document to the
+ * ingestion pipeline in store batches, shows progress (a bar on a terminal, plain lines
+ * otherwise) and ends with a summary; any failed document makes the exit status non-zero.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "ingest/ingest.h"
+
+#define INGEST_BATCH_DOCS 50
+#define INGEST_MAX_ACL 256
+#define INGEST_FAILURES_SHOWN 20
+#define INGEST_MAX_DEPTH 64
+
+typedef struct {
+    ingest_session *session;
+    const char *const *acl; /* from --acl */
+    size_t nacl;
+    size_t max_bytes; /* ingest.max_document_bytes */
+    /* progress */
+    bool tty;
+    uint64_t started_ns, last_report_ns;
+    uint64_t bytes_done, bytes_total; /* bytes_total 0 when unknown */
+    size_t docs, chunks;
+    /* outcomes */
+    size_t added, updated, acl_updated, unchanged, failed;
+    qr_buf failures; /* "doc: reason\n" lines, the first INGEST_FAILURES_SHOWN */
+    size_t in_batch; /* documents in the open batch */
+    size_t batch_added, batch_updated, batch_acl, batch_unchanged; /* not yet committed */
+} ingest_run;
+
+static void record_failure(ingest_run *run, const char *what, const char *reason)
+{
+    run->failed++;
+    if (run->failed <= INGEST_FAILURES_SHOWN)
+        qr_buf_printf(&run->failures, "  %s: %s\n", what, reason);
+}
+
+static void progress(ingest_run *run, bool final)
+{
+    uint64_t now = qr_now_ns();
+    if (!final && now - run->last_report_ns < (run->tty ? 200000000u : 2000000000u))
+        return;
+    run->last_report_ns = now;
+    double secs = (now - run->started_ns) / 1e9;
+    double mbs = secs > 0 ? run->bytes_done / 1e6 / secs : 0;
+    char eta[32] = "";
+    if (!final && run->bytes_total && run->bytes_done && run->bytes_done < run->bytes_total && mbs > 0) {
+        unsigned left = (unsigned)((run->bytes_total - run->bytes_done) / 1e6 / mbs);
+        snprintf(eta, sizeof(eta), "  ETA %u:%02u", left / 60, left % 60);
+    }
+    if (run->tty) {
+        char bar[21] = "                    ";
+        if (run->bytes_total) {
+            size_t filled = (size_t)(20.0 * run->bytes_done / run->bytes_total);
+            for (size_t i = 0; i < filled && i < 20; i++)
+                bar[i] = '#';
+        }
+        fprintf(stderr, "\r[%s] %zu documents, %zu chunks, %.1f MB, %.1f MB/s%s   ", bar, run->docs, run->chunks,
+                run->bytes_done / 1e6, mbs, eta);
+        if (final)
+            fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "ingest: %zu documents, %zu chunks, %.1f MB, %.1f MB/s%s\n", run->docs, run->chunks,
+                run->bytes_done / 1e6, mbs, eta);
+    }
+}
+
+/* Ends the open batch; when the commit fails its documents count as failed. */
+static void batch_end(ingest_run *run)
+{
+    if (!run->in_batch)
+        return;
+    char err[QR_ERR_LEN];
+    size_t n = run->batch_added + run->batch_updated + run->batch_acl + run->batch_unchanged;
+    if (ingest_session_batch_commit(run->session, err)) {
+        char what[64];
+        snprintf(what, sizeof(what), "batch of %zu documents", n);
+        record_failure(run, what, err);
+        run->failed += n ? n - 1 : 0;
+    } else {
+        run->added += run->batch_added;
+        run->updated += run->batch_updated;
+        run->acl_updated += run->batch_acl;
+        run->unchanged += run->batch_unchanged;
+    }
+    run->in_batch = 0;
+    run->batch_added = run->batch_updated = run->batch_acl = run->batch_unchanged = 0;
+}
+
+static void ingest_one(ingest_run *run, const ingest_source *src)
+{
+    char err[QR_ERR_LEN];
+    if (!run->in_batch) {
+        if (ingest_session_batch_begin(run->session, err)) {
+            record_failure(run, src->doc_id, err);
+            return;
+        }
+    }
+    run->in_batch++;
+    store_put_result result;
+    size_t nchunks = 0;
+    if (ingest_put(run->session, src, &result, &nchunks, err)) {
+        record_failure(run, src->doc_id, err);
+    } else {
+        switch (result) {
+        case STORE_ADDED: run->batch_added++; break;
+        case STORE_UPDATED: run->batch_updated++; break;
+        case STORE_ACL_UPDATED: run->batch_acl++; break;
+        case STORE_UNCHANGED: run->batch_unchanged++; break;
+        }
+        run->chunks += nchunks;
+    }
+    run->docs++;
+    run->bytes_done += src->len;
+    if (run->in_batch >= INGEST_BATCH_DOCS)
+        batch_end(run);
+    progress(run, false);
+}
+
+/* ---- folders and files ------------------------------------------------------------------- */
+
+/* Ingests one regular file; rel is its path relative to the ingested root (the doc_id). */
+static void ingest_file(ingest_run *run, const char *path, const char *rel)
+{
+    char err[QR_ERR_LEN];
+    char *data = NULL;
+    size_t len = 0;
+    if (qr_read_file(path, run->max_bytes, &data, &len, err)) {
+        record_failure(run, rel, err);
+        run->docs++;
+        return;
+    }
+    char abs[PATH_MAX], uri[PATH_MAX + 8];
+    snprintf(uri, sizeof(uri), "file://%s", realpath(path, abs) ? abs : path);
+    const char *base = strrchr(rel, '/');
+    ingest_source src = {
+        .doc_id = rel,
+        .uri = uri,
+        .filename = base ? base + 1 : rel,
+        .acl = run->acl,
+        .nacl = run->nacl,
+        .bytes = data,
+        .len = len,
+    };
+    ingest_one(run, &src);
+    free(data);
+}
+
+/* Adds up the sizes of the regular files below path, for the ETA. */
+static uint64_t tree_bytes(const char *path, int depth)
+{
+    struct stat sb;
+    if (depth > INGEST_MAX_DEPTH || lstat(path, &sb) != 0)
+        return 0;
+    if (S_ISREG(sb.st_mode))
+        return (uint64_t)sb.st_size;
+    if (!S_ISDIR(sb.st_mode))
+        return 0;
+    DIR *dir = opendir(path);
+    if (!dir)
+        return 0;
+    uint64_t total = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char child[PATH_MAX];
+        if ((size_t)snprintf(child, sizeof(child), "%s/%s", path, e->d_name) < sizeof(child))
+            total += tree_bytes(child, depth + 1);
+    }
+    closedir(dir);
+    return total;
+}
+
+static int compare_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Walks path (rel relative to the root, "" at the root); root_real is the root's real path,
+ * which symbolic links may not leave. Entries are visited in name order for stable runs. */
+static void walk(ingest_run *run, const char *path, const char *rel, const char *root_real, int depth)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0) {
+        record_failure(run, *rel ? rel : path, strerror(errno));
+        return;
+    }
+    if (S_ISLNK(sb.st_mode)) {
+        char target[PATH_MAX];
+        size_t root_len = strlen(root_real);
+        if (!realpath(path, target) || strncmp(target, root_real, root_len) != 0 ||
+            (target[root_len] != '/' && target[root_len] != '\0')) {
+            record_failure(run, *rel ? rel : path, "symbolic link leaves the ingested tree: refused");
+            return;
+        }
+        if (stat(path, &sb) != 0 || S_ISDIR(sb.st_mode)) {
+            /* links to folders inside the tree would visit them twice; only linked files count */
+            if (S_ISDIR(sb.st_mode))
+                return;
+            record_failure(run, rel, strerror(errno));
+            return;
+        }
+    }
+    if (S_ISREG(sb.st_mode)) {
+        ingest_file(run, path, *rel ? rel : path);
+        return;
+    }
+    if (!S_ISDIR(sb.st_mode))
+        return; /* sockets, devices, fifos: not documents */
+    if (depth > INGEST_MAX_DEPTH) {
+        record_failure(run, rel, "folder nesting deeper than 64: skipped");
+        return;
+    }
+    DIR *dir = opendir(path);
+    if (!dir) {
+        record_failure(run, *rel ? rel : path, strerror(errno));
+        return;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        if (e->d_name[0] == '.')
+            continue; /* hidden files and folders, ".", ".." */
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            char **grown = realloc(names, cap * sizeof(*names));
+            if (!grown)
+                break;
+            names = grown;
+        }
+        if (!(names[n] = strdup(e->d_name)))
+            break;
+        n++;
+    }
+    closedir(dir);
+    qsort(names, n, sizeof(*names), compare_names);
+    for (size_t i = 0; i < n; i++) {
+        char child[PATH_MAX], child_rel[PATH_MAX];
+        if ((size_t)snprintf(child, sizeof(child), "%s/%s", path, names[i]) >= sizeof(child) ||
+            (size_t)snprintf(child_rel, sizeof(child_rel), "%s%s%s", rel, *rel ? "/" : "", names[i]) >=
+                sizeof(child_rel))
+            record_failure(run, names[i], "path too long");
+        else
+            walk(run, child, child_rel, root_real, depth + 1);
+        free(names[i]);
+    }
+    free(names);
+}
+
+static void ingest_path(ingest_run *run, const char *path)
+{
+    char root_real[PATH_MAX];
+    struct stat sb;
+    if (!realpath(path, root_real) || stat(path, &sb) != 0) {
+        record_failure(run, path, strerror(errno));
+        return;
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        walk(run, path, "", root_real, 0);
+    } else {
+        /* a single file: its doc_id is its name, as if its folder had been ingested */
+        const char *base = strrchr(path, '/');
+        char *dir = strdup(root_real);
+        if (dir && strrchr(dir, '/'))
+            *strrchr(dir, '/') = '\0';
+        walk(run, path, base ? base + 1 : path, dir ? dir : "/", 0);
+        free(dir);
+    }
+}
+
+/* ---- JSON lines (BEIR corpus.jsonl) ------------------------------------------------------ */
+
+/* Reads one line of at most cap bytes into line (without the newline). Returns 1 for a line, 0 at
+ * the end, -1 for a line over the cap (skipped to its end). */
+static int read_line(FILE *f, qr_buf *line)
+{
+    qr_buf_reset(line);
+    char chunk[65536];
+    bool any = false, over = false;
+    while (fgets(chunk, sizeof(chunk), f)) {
+        any = true;
+        size_t n = strlen(chunk);
+        bool end = n && chunk[n - 1] == '\n';
+        if (end)
+            n--;
+        if (!over && qr_buf_append(line, chunk, n))
+            over = true;
+        if (end)
+            break;
+    }
+    if (!any)
+        return 0;
+    return over ? -1 : 1;
+}
+
+static const char *json_str(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static void ingest_jsonl(ingest_run *run, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        record_failure(run, path, strerror(errno));
+        return;
+    }
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0)
+        run->bytes_total += (uint64_t)sb.st_size;
+    qr_buf line;
+    qr_buf_init(&line, run->max_bytes * 2 + 4096); /* JSON escaping can double the text */
+    size_t lineno = 0;
+    int r;
+    while ((r = read_line(f, &line)) != 0) {
+        lineno++;
+        char where[PATH_MAX + 32];
+        snprintf(where, sizeof(where), "%s:%zu", path, lineno);
+        if (r < 0) {
+            record_failure(run, where, "line longer than the document limit (ingest.max_document_bytes)");
+            continue;
+        }
+        if (qr_buf_len(&line) == 0)
+            continue;
+        json_error_t jerr;
+        json_t *obj = json_loadb(qr_buf_str(&line), qr_buf_len(&line), JSON_REJECT_DUPLICATES, &jerr);
+        const char *id = obj ? json_str(obj, "_id") : NULL;
+        const char *text = obj ? json_str(obj, "text") : NULL;
+        json_t *acl_json = obj ? json_object_get(obj, "acl") : NULL;
+        json_t *meta_json = obj ? json_object_get(obj, "metadata") : NULL;
+        const char *acl[INGEST_MAX_ACL];
+        size_t nacl = 0;
+        char *metadata = NULL;
+        if (!obj) {
+            record_failure(run, where, jerr.text);
+        } else if (!json_is_object(obj) || !id || !*id || !text) {
+            record_failure(run, where, "expected an object with string fields \"_id\" and \"text\"");
+        } else if (acl_json && !json_is_array(acl_json)) {
+            record_failure(run, where, "\"acl\" must be a list of principals");
+        } else if (meta_json && !json_is_object(meta_json)) {
+            record_failure(run, where, "\"metadata\" must be an object");
+        } else {
+            bool ok = true;
+            if (acl_json) {
+                size_t i;
+                json_t *p;
+                json_array_foreach(acl_json, i, p) {
+                    if (!json_is_string(p) || nacl == INGEST_MAX_ACL) {
+                        ok = false;
+                        break;
+                    }
+                    acl[nacl++] = json_string_value(p);
+                }
+            } else {
+                for (size_t i = 0; i < run->nacl && i < INGEST_MAX_ACL; i++)
+                    acl[nacl++] = run->acl[i];
+            }
+            if (meta_json)
+                metadata = json_dumps(meta_json, JSON_COMPACT | JSON_SORT_KEYS);
+            if (!ok) {
+                record_failure(run, where, "\"acl\" must be a list of at most 256 principal strings");
+            } else {
+                const char *uri = json_str(obj, "url");
+                ingest_source src = {
+                    .doc_id = id,
+                    .title = json_str(obj, "title"),
+                    .uri = uri ? uri : json_str(obj, "uri"),
+                    .declared_type = "text/plain",
+                    .metadata_json = metadata,
+                    .acl = acl,
+                    .nacl = nacl,
+                    .bytes = text,
+                    .len = strlen(text),
+                };
+                ingest_one(run, &src);
+                run->bytes_done += qr_buf_len(&line) - src.len; /* count the JSON around the text too */
+            }
+        }
+        free(metadata);
+        json_decref(obj);
+    }
+    if (ferror(f))
+        record_failure(run, path, "read error");
+    qr_buf_release(&line);
+    fclose(f);
+}
+
+int cli_cmd_ingest(cli_ctx *ctx)
+{
+    const char *acl[INGEST_MAX_ACL];
+    const char *jsonl[64];
+    const char *paths[1024];
+    size_t nacl = 0, njsonl = 0, npaths = 0;
+    for (int i = 1; i < ctx->argc; i++) {
+        const char *a = ctx->argv[i];
+        if (strcmp(a, "--acl") == 0 || strcmp(a, "--jsonl") == 0) {
+            if (i + 1 >= ctx->argc)
+                return cli_usage_error(ctx, "%s needs a value", a);
+            const char *v = ctx->argv[++i];
+            if (a[2] == 'a') {
+                if (!store_principal_valid(v))
+                    return cli_usage_error(ctx, "invalid principal '%s' (expected user:<uid>, group:<name> or public)",
+                                           v);
+                if (nacl == INGEST_MAX_ACL)
+                    return cli_usage_error(ctx, "too many --acl (at most %d)", INGEST_MAX_ACL);
+                acl[nacl++] = v;
+            } else {
+                if (njsonl == sizeof(jsonl) / sizeof(jsonl[0]))
+                    return cli_usage_error(ctx, "too many --jsonl files");
+                jsonl[njsonl++] = v;
+            }
+        } else if (a[0] == '-' && a[1]) {
+            return cli_usage_error(ctx, "unknown option '%s'", a);
+        } else {
+            if (npaths == sizeof(paths) / sizeof(paths[0]))
+                return cli_usage_error(ctx, "too many paths (at most 1024; ingest their folder instead)");
+            paths[npaths++] = a;
+        }
+    }
+    if (!npaths && !njsonl)
+        return cli_usage_error(ctx, "nothing to ingest: give PATH... or --jsonl FILE");
+    if (!nacl)
+        fprintf(stderr, "quarry ingest: no --acl given: the documents will be visible to administrators only\n");
+
+    char err[QR_ERR_LEN];
+    ingest_run run = {
+        .acl = acl,
+        .nacl = nacl,
+        .max_bytes = (size_t)qr_config_int(ctx->cfg, "ingest.max_document_bytes"),
+        .tty = isatty(STDERR_FILENO),
+    };
+    qr_buf_init(&run.failures, 1 << 20);
+    if (ingest_session_open(ctx->cfg, &run.session, err)) {
+        fprintf(stderr, "quarry ingest: %s\n", err);
+        qr_buf_release(&run.failures);
+        return CLI_EXIT_FAILURE;
+    }
+    run.started_ns = run.last_report_ns = qr_now_ns();
+    for (size_t i = 0; i < npaths; i++)
+        run.bytes_total += tree_bytes(paths[i], 0);
+    for (size_t i = 0; i < npaths; i++)
+        ingest_path(&run, paths[i]);
+    for (size_t i = 0; i < njsonl; i++)
+        ingest_jsonl(&run, jsonl[i]);
+    batch_end(&run);
+    progress(&run, true);
+    ingest_session_close(run.session);
+
+    double secs = (qr_now_ns() - run.started_ns) / 1e9;
+    printf("ingested %zu documents in %.1f s: %zu added, %zu updated, %zu acl/metadata updated, %zu unchanged, "
+           "%zu failed\n",
+           run.docs, secs, run.added, run.updated, run.acl_updated, run.unchanged, run.failed);
+    if (run.failed) {
+        printf("failed:\n%s", qr_buf_str(&run.failures));
+        if (run.failed > INGEST_FAILURES_SHOWN)
+            printf("  ... and %zu more\n", run.failed - INGEST_FAILURES_SHOWN);
+    }
+    qr_buf_release(&run.failures);
+    return run.failed ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
+}
+
+int cli_cmd_delete(cli_ctx *ctx)
+{
+    if (ctx->argc < 2)
+        return cli_usage_error(ctx, "give at least one DOC_ID");
+    char err[QR_ERR_LEN];
+    store *s = NULL;
+    if (store_open(qr_config_str(ctx->cfg, "data.dir"), &s, err)) {
+        fprintf(stderr, "quarry delete: %s\n", err);
+        return CLI_EXIT_FAILURE;
+    }
+    int rc = CLI_EXIT_OK;
+    for (int i = 1; i < ctx->argc; i++) {
+        qr_status st = store_delete(s, ctx->argv[i], err);
+        if (st) {
+            fprintf(stderr, "quarry delete: %s: %s\n", ctx->argv[i], err);
+            rc = CLI_EXIT_FAILURE;
+        } else {
+            printf("deleted %s\n", ctx->argv[i]);
+        }
+    }
+    store_close(s);
+    return rc;
+}
+
+int cli_cmd_stats(cli_ctx *ctx)
+{
+    bool json = false;
+    for (int i = 1; i < ctx->argc; i++) {
+        if (strcmp(ctx->argv[i], "--json") == 0)
+            json = true;
+        else
+            return cli_usage_error(ctx, "unknown argument '%s'", ctx->argv[i]);
+    }
+    char err[QR_ERR_LEN];
+    store *s = NULL;
+    store_stats st;
+    if (store_open(qr_config_str(ctx->cfg, "data.dir"), &s, err) || store_get_stats(s, &st, err)) {
+        fprintf(stderr, "quarry stats: %s\n", err);
+        store_close(s);
+        return CLI_EXIT_FAILURE;
+    }
+    store_close(s);
+    if (json) {
+        qr_buf out;
+        qr_buf_init(&out, 4096);
+        qr_buf_printf(&out, "{\"documents\":%lld,\"chunks\":%lld,\"text_bytes\":%lld,\"embedding_model\":",
+                      (long long)st.documents, (long long)st.chunks, (long long)st.text_bytes);
+        qr_json_escape(&out, st.embedding_model, strlen(st.embedding_model));
+        qr_buf_printf(&out, ",\"embedding_dim\":%d,\"index_generation\":%lld,\"change_counter\":%lld}\n",
+                      st.embedding_dim, (long long)st.index_generation, (long long)st.change_counter);
+        fputs(qr_buf_str(&out), stdout);
+        qr_buf_release(&out);
+    } else {
+        printf("documents         %lld\n", (long long)st.documents);
+        printf("chunks            %lld\n", (long long)st.chunks);
+        printf("text bytes        %lld\n", (long long)st.text_bytes);
+        printf("embedding model   %s (dim %d)\n", *st.embedding_model ? st.embedding_model : "(none yet)",
+               st.embedding_dim);
+        printf("index generation  %lld\n", (long long)st.index_generation);
+        printf("change counter    %lld\n", (long long)st.change_counter);
+    }
+    return CLI_EXIT_OK;
+}

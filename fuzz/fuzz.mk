@@ -1,0 +1,41 @@
+# quarry's libFuzzer targets (ingest: normaliser, text/markdown, HTML, DOCX, pdftotext output,
+# chunker), built with clang outside CMake (they need only core/ and ingest/, not FAISS) and
+# run for FUZZ_TIME seconds each. Called by `make fuzz-smoke` at the root.
+#
+#   make fuzz-smoke                 # every target, 30 s each
+#   make fuzz-smoke FUZZ_TIME=5     # shorter
+#   make -f fuzz/fuzz.mk build      # build only; run one: build/fuzz/fuzz_html build/fuzz/corpus/html fuzz/seeds/html
+#
+# New inputs go to build/fuzz/corpus/<target>; fuzz/seeds/<target> holds the committed seeds.
+# A crash leaves its input in build/fuzz/artifacts/ and fails the target.
+
+FUZZ_TIME ?= 30
+FUZZ_CC ?= clang
+FUZZ_DIR ?= build/fuzz
+FUZZ_TARGETS := normalize text html docx pdftotext chunk
+FUZZ_PKGS := libxml-2.0 libzip libcrypto jansson
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+  -fno-sanitize-recover=undefined -I. $(shell pkg-config --cflags $(FUZZ_PKGS))
+FUZZ_LIBS := $(shell pkg-config --libs $(FUZZ_PKGS)) -lpthread -lm
+FUZZ_SOURCES := $(wildcard core/*.c) ingest/extract.c ingest/extract_text.c ingest/extract_html.c \
+  ingest/extract_pdf.c ingest/extract_docx.c ingest/normalize.c ingest/sandbox.c ingest/chunk.c
+
+.PHONY: build smoke
+
+build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+
+$(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_common.h $(FUZZ_SOURCES) ingest/ingest.h ingest/ingest_int.h
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SOURCES) $(FUZZ_LIBS)
+
+smoke: build
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/artifacts; \
+	  if ! ASAN_OPTIONS=detect_leaks=1 $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_TIME) -timeout=10 \
+	      -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+	      -artifact_prefix=$(FUZZ_DIR)/artifacts/$$t- $(FUZZ_DIR)/corpus/$$t fuzz/seeds/$$t \
+	      > $(FUZZ_DIR)/$$t.log 2>&1; then \
+	    tail -n 40 $(FUZZ_DIR)/$$t.log; echo "fuzz-smoke: $$t FAILED (log: $(FUZZ_DIR)/$$t.log)"; exit 1; \
+	  fi; \
+	  echo "fuzz-smoke: $$t ok, $$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_DIR)/$$t.log) runs in $(FUZZ_TIME) s"; \
+	done

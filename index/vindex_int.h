@@ -1,0 +1,41 @@
+/*
+ * Private to index/: pieces of the vector index that other parts of the module (the GPU build
+ * path under gpu/) and the index tests need, but that retrieval and the CLI must not call.
+ *
+ * vindex_kmeans is the CPU reference of the spherical k-means that trains IVF coarse quantizers.
+ * It follows the steps FAISS's Clustering takes for an inner-product IVF (random distinct points
+ * as the first centroids, assignment by largest inner product, centroids as means, empty
+ * clusters split off the largest one with a +-1/1024 symmetric perturbation, centroids
+ * renormalised every iteration), deterministically, so that the [gpu-build] path can be checked
+ * against it and its output fed to vindex_build through vindex_centroids.
+ */
+#ifndef QUARRY_INDEX_VINDEX_INT_H
+#define QUARRY_INDEX_VINDEX_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+#include "index/index.h"
+
+/* Clusters n rows of dim floats (expected L2-normalised, as the index holds them) into k unit
+ * centroids written to centroids (k * dim floats) after niter iterations. seed picks the initial
+ * centroids. QR_EINVAL for k == 0, n < k, dim < 1, niter < 1 or a non-finite value; QR_ENOMEM.
+ * On error centroids is unchanged. */
+qr_status vindex_kmeans(const float *x, size_t n, int dim, size_t k, int niter, uint64_t seed,
+                        float *centroids, char *err);
+
+/* Copies the coarse centroids of the served IVF generation into out (nlist * dim floats, nlist
+ * from vindex_get_info). QR_EINVAL when the served generation is not IVF or nlist differs. */
+qr_status vindex_get_centroids(vindex *v, float *out, size_t nlist, char *err);
+
+/* Test-only: called at named points of a build's publication so that a test can kill the
+ * process there (a crash during publish) or act concurrently with it. Stages, in order:
+ * "files_written" (generation files renamed, manifest not yet written), "before_commit" (no
+ * lock held), "manifest_written" (MANIFEST.tmp synced, not yet renamed), "published" (new
+ * MANIFEST renamed, snapshot not yet swapped). Not thread-safe: set it before starting builds.
+ * NULL removes the hook. */
+typedef void (*vindex_test_hook_fn)(const char *stage, void *arg);
+void vindex_test_set_hook(vindex_test_hook_fn fn, void *arg);
+
+#endif

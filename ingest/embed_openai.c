@@ -1,0 +1,392 @@
+/*
+ * The OpenAI-compatible embeddings backend: POST {base_url}/embeddings through libcurl, in
+ * batches of embed.batch_size, with `dimensions` set to embed.dim (unless embed.send_dimensions
+ * is off). Rate limits (429, honouring
+ * a Retry-After in seconds), server errors (5xx), transport failures and cut or malformed
+ * responses are retried up to embed.retries times with jittered exponential backoff; other 4xx
+ * answers fail at once with the server's own message. Every vector must have exactly embed.dim
+ * numbers: a server or model that returns another size is an error, never silently accepted,
+ * because the store fixes one dimension per index. Empty texts are not sent (the API rejects
+ * them) and get a zero vector. The API key goes in an Authorization header only and is never
+ * logged.
+ */
+#include <curl/curl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ingest/ingest_int.h"
+
+#define RESPONSE_CAP    (256u * 1024u * 1024u)
+#define BACKOFF_BASE_MS 250
+#define BACKOFF_MAX_MS  8000
+#define RETRY_AFTER_MAX 60
+#define CONNECT_TIMEOUT 10000
+
+typedef struct {
+    CURL *curl;
+    struct curl_slist *headers;
+    char *url;
+    char *model;
+    size_t batch;
+    long timeout_ms;
+    int retries;
+    bool send_dimensions;
+    unsigned int seed;
+    long retry_after_s; /* from the last response, -1 when absent */
+} openai_state;
+
+static void openai_free(void *p)
+{
+    openai_state *s = p;
+    if (!s)
+        return;
+    if (s->curl)
+        curl_easy_cleanup(s->curl);
+    curl_slist_free_all(s->headers);
+    free(s->url);
+    free(s->model);
+    free(s);
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
+{
+    qr_buf *b = arg;
+    return qr_buf_append(b, p, size * n) ? 0 : size * n;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+    openai_state *s = arg;
+    size_t len = size * n;
+    static const char name[] = "retry-after:";
+    if (len > sizeof(name) - 1 && strncasecmp(p, name, sizeof(name) - 1) == 0) {
+        char v[32];
+        size_t k = len - (sizeof(name) - 1);
+        if (k >= sizeof(v))
+            k = sizeof(v) - 1;
+        memcpy(v, p + sizeof(name) - 1, k);
+        v[k] = '\0';
+        char *end;
+        long secs = strtol(v, &end, 10);
+        /* Seconds only; an HTTP date falls back to the backoff. */
+        if (end != v && secs >= 0)
+            s->retry_after_s = secs > RETRY_AFTER_MAX ? RETRY_AFTER_MAX : secs;
+    }
+    return len;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* Equal jitter: half the exponential delay, plus a random part of the other half. */
+static long backoff_ms(openai_state *s, int attempt)
+{
+    long d = BACKOFF_BASE_MS;
+    for (int i = 0; i < attempt && d < BACKOFF_MAX_MS; i++)
+        d *= 2;
+    if (d > BACKOFF_MAX_MS)
+        d = BACKOFF_MAX_MS;
+    return d / 2 + (long)(rand_r(&s->seed) % (unsigned)(d / 2 + 1));
+}
+
+/* The server's error message from an OpenAI-shaped error body, or a cut of the raw body. */
+static void server_message(const qr_buf *body, char *out, size_t outlen)
+{
+    json_t *root = json_loadb(body->data ? body->data : "", body->len, 0, NULL);
+    const char *msg = NULL;
+    if (root) {
+        json_t *e = json_object_get(root, "error");
+        msg = json_string_value(json_is_object(e) ? json_object_get(e, "message") : e);
+    }
+    if (msg)
+        snprintf(out, outlen, "%s", msg);
+    else
+        snprintf(out, outlen, "%.200s", body->data ? body->data : "");
+    json_decref(root);
+}
+
+/* Builds the request body for texts[idx[0..m)]. */
+static qr_status build_body(const openai_state *s, int dim, const char *const *texts, const size_t *lens,
+                            const size_t *idx, size_t m, qr_buf *body)
+{
+    qr_status st = qr_buf_puts(body, "{\"model\":");
+    if (!st)
+        st = qr_json_escape(body, s->model, strlen(s->model));
+    if (!st && s->send_dimensions)
+        st = qr_buf_printf(body, ",\"dimensions\":%d", dim);
+    if (!st)
+        st = qr_buf_puts(body, ",\"encoding_format\":\"float\",\"input\":[");
+    for (size_t i = 0; i < m && !st; i++) {
+        size_t k = idx[i];
+        if (i)
+            st = qr_buf_putc(body, ',');
+        if (!st)
+            st = qr_json_escape(body, texts[k], lens ? lens[k] : strlen(texts[k]));
+    }
+    if (!st)
+        st = qr_buf_puts(body, "]}");
+    return st;
+}
+
+/* Parses a 200 answer into out rows idx[0..m). */
+static qr_status parse_vectors(const qr_buf *resp, int dim, const size_t *idx, size_t m, float *out,
+                               char *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(resp->data ? resp->data : "", resp->len, 0, &jerr);
+    qr_status st = QR_OK;
+    bool *seen = NULL;
+    json_t *data = root ? json_object_get(root, "data") : NULL;
+    if (!json_is_array(data)) {
+        st = qr_fail(err, QR_EUNAVAILABLE, "the embedding server sent a malformed response (%s)",
+                     root ? "no data array" : jerr.text);
+        goto out;
+    }
+    if (json_array_size(data) != m) {
+        st = qr_fail(err, QR_EINVAL, "the embedding server returned %zu vectors for %zu inputs",
+                     json_array_size(data), m);
+        goto out;
+    }
+    seen = calloc(m ? m : 1, sizeof(*seen));
+    if (!seen) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    size_t i;
+    json_t *item;
+    json_array_foreach(data, i, item)
+    {
+        json_t *jidx = json_object_get(item, "index");
+        size_t pos = json_is_integer(jidx) ? (size_t)json_integer_value(jidx) : i;
+        json_t *vec = json_object_get(item, "embedding");
+        if (!json_is_array(vec) || (json_is_integer(jidx) && json_integer_value(jidx) < 0) || pos >= m ||
+            seen[pos]) {
+            st =
+                qr_fail(err, QR_EUNAVAILABLE, "the embedding server sent a malformed response (item %zu)", i);
+            goto out;
+        }
+        if (json_array_size(vec) != (size_t)dim) {
+            st = qr_fail(err, QR_EINVAL,
+                         "the embedding server returned %zu-dimensional vectors, expected %d (embed.dim); "
+                         "set embed.dim to the model's dimension",
+                         json_array_size(vec), dim);
+            goto out;
+        }
+        seen[pos] = true;
+        float *row = out + idx[pos] * (size_t)dim;
+        double norm = 0;
+        for (int d = 0; d < dim; d++) {
+            json_t *v = json_array_get(vec, (size_t)d);
+            if (!json_is_number(v)) {
+                st = qr_fail(err, QR_EUNAVAILABLE, "the embedding server sent a non-number in vector %zu", i);
+                goto out;
+            }
+            row[d] = (float)json_number_value(v);
+            norm += (double)row[d] * row[d];
+        }
+        if (norm > 0) {
+            float inv = (float)(1.0 / sqrt(norm));
+            for (int d = 0; d < dim; d++)
+                row[d] *= inv;
+        }
+    }
+out:
+    free(seen);
+    json_decref(root);
+    return st;
+}
+
+/* Sends one batch, with retries. */
+static qr_status send_batch(ingest_embedder *e, const char *const *texts, const size_t *lens,
+                            const size_t *idx, size_t m, float *out, char *err)
+{
+    openai_state *s = e->state;
+    qr_buf body, resp;
+    qr_buf_init(&body, SIZE_MAX / 2);
+    qr_buf_init(&resp, RESPONSE_CAP);
+    qr_status st = build_body(s, e->dim, texts, lens, idx, m, &body);
+    if (st) {
+        qr_buf_release(&body);
+        return qr_fail(err, st, "out of memory");
+    }
+    char curl_err[CURL_ERROR_SIZE];
+    for (int attempt = 0;; attempt++) {
+        qr_buf_reset(&resp);
+        curl_err[0] = '\0';
+        s->retry_after_s = -1;
+        curl_easy_setopt(s->curl, CURLOPT_POSTFIELDS, body.data);
+        curl_easy_setopt(s->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body.len);
+        curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, &resp);
+        curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, s);
+        curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, curl_err);
+        CURLcode cc = curl_easy_perform(s->curl);
+        long code = 0;
+        curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &code);
+        bool retry = false;
+        if (cc != CURLE_OK) {
+            const char *why = curl_err[0] ? curl_err : curl_easy_strerror(cc);
+            if (cc == CURLE_OPERATION_TIMEDOUT)
+                st = qr_fail(err, QR_ETIMEOUT,
+                             "the embedding server at %s did not answer within %ld ms "
+                             "(embed.timeout_ms): %s",
+                             s->url, s->timeout_ms, why);
+            else if (cc == CURLE_WRITE_ERROR)
+                st = qr_fail(err, QR_ELIMIT, "the embedding server's answer exceeds %u bytes", RESPONSE_CAP);
+            else
+                st =
+                    qr_fail(err, QR_EUNAVAILABLE, "cannot reach the embedding server at %s: %s", s->url, why);
+            retry = cc != CURLE_WRITE_ERROR;
+        } else if (code == 200) {
+            st = parse_vectors(&resp, e->dim, idx, m, out, err);
+            retry = st == QR_EUNAVAILABLE; /* a cut or garbled body */
+        } else {
+            char msg[256];
+            server_message(&resp, msg, sizeof(msg));
+            if (code == 429 || code >= 500) {
+                st = qr_fail(err, QR_EUNAVAILABLE, "the embedding server at %s answered HTTP %ld: %s", s->url,
+                             code, msg);
+                retry = true;
+            } else {
+                st = qr_fail(err, code == 401 || code == 403 ? QR_EAUTH : QR_EINVAL,
+                             "the embedding server at %s refused the request (HTTP %ld): %s", s->url, code,
+                             msg);
+            }
+        }
+        if (!retry || attempt >= s->retries)
+            break;
+        long wait = s->retry_after_s >= 0 && code == 429 ? s->retry_after_s * 1000 + backoff_ms(s, 0) / 4
+                                                         : backoff_ms(s, attempt);
+        qr_log(QR_LOG_WARN, "ingest", "embedding request failed (attempt %d of %d), retrying in %ld ms",
+               attempt + 1, s->retries + 1, wait);
+        sleep_ms(wait);
+    }
+    if (st && s->retries > 0 && st != QR_EINVAL && st != QR_EAUTH && st != QR_ELIMIT) {
+        char inner[QR_ERR_LEN];
+        snprintf(inner, sizeof(inner), "%s", err ? err : "");
+        qr_fail(err, st, "%s (after %d attempts)", inner, s->retries + 1);
+    }
+    qr_buf_release(&body);
+    qr_buf_release(&resp);
+    return st;
+}
+
+static qr_status openai_embed(ingest_embedder *e, const char *const *texts, const size_t *lens, size_t n,
+                              float *out, char *err)
+{
+    openai_state *s = e->state;
+    size_t *idx = malloc(s->batch * sizeof(*idx));
+    if (!idx)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    memset(out, 0, n * (size_t)e->dim * sizeof(float));
+    qr_status st = QR_OK;
+    size_t m = 0;
+    for (size_t i = 0; i <= n && !st; i++) {
+        if (i < n && (lens ? lens[i] : strlen(texts[i])) > 0)
+            idx[m++] = i;
+        if (m == s->batch || (i == n && m > 0)) {
+            st = send_batch(e, texts, lens, idx, m, out, err);
+            m = 0;
+        }
+    }
+    free(idx);
+    return st;
+}
+
+static const embed_backend openai_backend = {openai_embed, openai_free};
+
+static qr_status open_state(const qr_config *cfg, openai_state *s, char *err)
+{
+    const char *base = qr_config_str(cfg, "embed.base_url");
+    const char *model = qr_config_str(cfg, "embed.model");
+    const char *key = qr_config_str(cfg, "embed.api_key");
+    if (!*base)
+        return qr_fail(err, QR_EINVAL, "embed.backend is openai but embed.base_url is not set");
+    if (strncasecmp(base, "http://", 7) != 0 && strncasecmp(base, "https://", 8) != 0)
+        return qr_fail(err, QR_EINVAL, "embed.base_url: '%s' is not an http:// or https:// URL", base);
+    if (!*model)
+        return qr_fail(err, QR_EINVAL, "embed.backend is openai but embed.model is not set");
+    size_t blen = strlen(base);
+    while (blen && base[blen - 1] == '/')
+        blen--;
+    qr_buf url;
+    qr_buf_init(&url, 8192);
+    if (qr_buf_append(&url, base, blen) || qr_buf_puts(&url, "/embeddings")) {
+        qr_buf_release(&url);
+        return qr_fail(err, QR_EINVAL, "embed.base_url is too long");
+    }
+    s->url = qr_buf_detach(&url);
+    s->model = strdup(model);
+    s->batch = (size_t)qr_config_int(cfg, "embed.batch_size");
+    s->timeout_ms = (long)qr_config_int(cfg, "embed.timeout_ms");
+    s->retries = (int)qr_config_int(cfg, "embed.retries");
+    s->send_dimensions = qr_config_bool(cfg, "embed.send_dimensions");
+    s->seed = (unsigned)(qr_now_ns() ^ (uint64_t)getpid());
+    if (!s->url || !s->model)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return qr_fail(err, QR_EINTERNAL, "cannot initialise libcurl");
+    s->curl = curl_easy_init();
+    if (!s->curl)
+        return qr_fail(err, QR_ENOMEM, "cannot create a libcurl handle");
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    if (h)
+        s->headers = h;
+    if (h && *key) {
+        qr_buf auth;
+        qr_buf_init(&auth, 8192);
+        if (qr_buf_printf(&auth, "Authorization: Bearer %s", key) == QR_OK)
+            h = curl_slist_append(s->headers, qr_buf_str(&auth));
+        else
+            h = NULL;
+        /* The key should not linger in freed memory longer than needed. */
+        if (auth.data)
+            memset(auth.data, 0, auth.len);
+        qr_buf_release(&auth);
+        if (h)
+            s->headers = h;
+    }
+    if (!h)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    long connect_ms = s->timeout_ms < CONNECT_TIMEOUT ? s->timeout_ms : CONNECT_TIMEOUT;
+    curl_easy_setopt(s->curl, CURLOPT_URL, s->url);
+    curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, s->headers);
+    curl_easy_setopt(s->curl, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(s->curl, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(s->curl, CURLOPT_TIMEOUT_MS, s->timeout_ms);
+    curl_easy_setopt(s->curl, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    curl_easy_setopt(s->curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(s->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(s->curl, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(s->curl, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(s->curl, CURLOPT_USERAGENT, "quarry/" QUARRY_VERSION);
+    return QR_OK;
+}
+
+qr_status embed_openai_open(const qr_config *cfg, ingest_embedder *e, char *err)
+{
+    openai_state *s = calloc(1, sizeof(*s));
+    if (!s)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    qr_status st = open_state(cfg, s, err);
+    if (!st) {
+        e->model = strdup(s->model);
+        if (!e->model)
+            st = qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    if (st) {
+        openai_free(s);
+        return st;
+    }
+    e->backend = &openai_backend;
+    e->state = s;
+    return QR_OK;
+}

@@ -1,0 +1,1199 @@
+/*
+ * ingest's unit tests: normalisation, type detection, every extractor on sample files the tests
+ * build themselves (text, markdown, HTML, a hand-written PDF, DOCX archives written with libzip),
+ * the limits (oversized documents, zip bombs by size and ratio, extractors that spin, eat memory
+ * or crash in the sandbox), chunker properties on random texts, token counting, hashing, the
+ * Porter stemmer and the local embedder.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zip.h>
+
+#include "ingest/ingest_int.h"
+#include "tests/harness.h"
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+static ingest_limits test_limits(void)
+{
+    ingest_limits lim;
+    ingest_limits_default(&lim);
+    lim.timeout_ms = 10000;
+    return lim;
+}
+
+static char *normalize_str(const char *in, size_t len, bool reject, qr_status *st, char *err)
+{
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    *st = ingest_normalize(in, len, reject, &out, err);
+    char *s = strdup(qr_buf_str(&out));
+    qr_buf_release(&out);
+    return s;
+}
+
+/* The section covering offset off, or NULL. */
+static const ingest_section *section_at(const ingest_text *t, size_t off)
+{
+    for (size_t i = 0; i < t->nsections; i++)
+        if (off >= t->sections[i].start && off < t->sections[i].end)
+            return &t->sections[i];
+    return NULL;
+}
+
+/* Sections are in order, contiguous and cover the whole text. */
+static bool sections_cover(const ingest_text *t)
+{
+    size_t pos = 0;
+    for (size_t i = 0; i < t->nsections; i++) {
+        if (t->sections[i].start != pos || t->sections[i].end < pos)
+            return false;
+        pos = t->sections[i].end;
+    }
+    return pos == t->len;
+}
+
+static const ingest_section *find_section(const ingest_text *t, const char *path)
+{
+    for (size_t i = 0; i < t->nsections; i++)
+        if (strcmp(t->sections[i].heading_path, path) == 0)
+            return &t->sections[i];
+    return NULL;
+}
+
+typedef struct {
+    const char *name;
+    const char *data;
+    size_t len; /* 0: strlen */
+} zip_item;
+
+/* Writes a zip archive of items with libzip (through a temporary file) into *out. */
+static bool make_zip(const zip_item *items, size_t n, char **out, size_t *outlen)
+{
+    char path[] = "/tmp/quarry-test-zip-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return false;
+    close(fd);
+    int zerr = 0;
+    zip_t *za = zip_open(path, ZIP_TRUNCATE, &zerr);
+    bool ok = za != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        size_t len = items[i].len ? items[i].len : strlen(items[i].data);
+        zip_source_t *src = zip_source_buffer(za, items[i].data, len, 0);
+        ok = src && zip_file_add(za, items[i].name, src, ZIP_FL_OVERWRITE) >= 0;
+        if (!ok && src)
+            zip_source_free(src);
+    }
+    if (za && (!ok || zip_close(za) != 0)) {
+        zip_discard(za);
+        ok = false;
+    }
+    char err[QR_ERR_LEN];
+    ok = ok && qr_read_file(path, 1u << 30, out, outlen, err) == QR_OK;
+    unlink(path);
+    return ok;
+}
+
+#define W_NS "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+static const char content_types[] =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Types "
+    "xmlns=\"http://schemas.openxmlformats.org/package/2006/content-types\"><Default Extension=\"xml\" "
+    "ContentType=\"application/xml\"/></Types>";
+
+/* A paragraph in style `style` (NULL: none) with text. */
+static void docx_para(qr_buf *b, const char *style, const char *text)
+{
+    qr_buf_puts(b, "<w:p>");
+    if (style)
+        qr_buf_printf(b, "<w:pPr><w:pStyle w:val=\"%s\"/></w:pPr>", style);
+    qr_buf_printf(b, "<w:r><w:t xml:space=\"preserve\">%s</w:t></w:r></w:p>", text);
+}
+
+/* A minimal PDF with one page, two text lines and a title, with a correct xref table. */
+static char *make_pdf(const char *title, const char *line1, const char *line2, size_t *len)
+{
+    qr_buf content, pdf;
+    qr_buf_init(&content, 1 << 20);
+    qr_buf_init(&pdf, 1 << 20);
+    qr_buf_printf(&content, "BT /F1 24 Tf 72 700 Td (%s) Tj 0 -40 Td /F1 12 Tf (%s) Tj ET", line1, line2);
+    char objs[6][512];
+    snprintf(objs[0], sizeof(objs[0]), "<< /Type /Catalog /Pages 2 0 R >>");
+    snprintf(objs[1], sizeof(objs[1]), "<< /Type /Pages /Kids [3 0 R] /Count 1 >>");
+    snprintf(
+        objs[2], sizeof(objs[2]),
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 "
+        "0 R >> >> >>");
+    snprintf(objs[3], sizeof(objs[3]), "<< /Length %zu >>\nstream\n%s\nendstream", content.len, content.data);
+    snprintf(objs[4], sizeof(objs[4]), "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>");
+    snprintf(objs[5], sizeof(objs[5]), "<< /Title (%s) >>", title);
+    size_t offs[6];
+    qr_buf_puts(&pdf, "%PDF-1.4\n");
+    for (int i = 0; i < 6; i++) {
+        offs[i] = pdf.len;
+        qr_buf_printf(&pdf, "%d 0 obj\n%s\nendobj\n", i + 1, objs[i]);
+    }
+    size_t xref = pdf.len;
+    qr_buf_puts(&pdf, "xref\n0 7\n0000000000 65535 f \n");
+    for (int i = 0; i < 6; i++)
+        qr_buf_printf(&pdf, "%010zu 00000 n \n", offs[i]);
+    qr_buf_printf(&pdf, "trailer\n<< /Size 7 /Root 1 0 R /Info 6 0 R >>\nstartxref\n%zu\n%%%%EOF\n", xref);
+    qr_buf_release(&content);
+    *len = pdf.len;
+    return qr_buf_detach(&pdf);
+}
+
+/* ---- normalisation ------------------------------------------------------------------------- */
+
+TEST(normalize_repairs_invalid_utf8)
+{
+    char err[QR_ERR_LEN];
+    qr_status st;
+    /* a lone continuation byte, a truncated 3-byte sequence, an overlong, a surrogate */
+    const char in[] = "a\x80 b\xE2\x82 c\xC0\xAF d\xED\xA0\x80 e";
+    char *out = normalize_str(in, sizeof(in) - 1, false, &st, err);
+    CHECK_OK(st, err);
+    CHECK_STR(
+        out, "a\xEF\xBF\xBD b\xEF\xBF\xBD c\xEF\xBF\xBD\xEF\xBF\xBD d\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD e");
+    CHECK(qr_utf8_valid(out, strlen(out)));
+    free(out);
+    /* valid multi-byte text passes unchanged */
+    const char valid[] = "caf\xC3\xA9 \xE6\x9D\xB1\xE4\xBA\xAC \xF0\x9F\x99\x82";
+    out = normalize_str(valid, sizeof(valid) - 1, false, &st, err);
+    CHECK_OK(st, err);
+    CHECK_STR(out, "caf\xC3\xA9 \xE6\x9D\xB1\xE4\xBA\xAC \xF0\x9F\x99\x82");
+    free(out);
+}
+
+TEST(normalize_rejects_invalid_utf8)
+{
+    char err[QR_ERR_LEN] = "";
+    qr_status st;
+    char *out = normalize_str("ok text \xFF more", 14, true, &st, err);
+    CHECK_INT(st, QR_EINVAL);
+    CHECK_MSG(strstr(err, "byte 8") != NULL, "error does not name the offset: %s", err);
+    free(out);
+    /* and through extraction, per ingest.invalid_utf8 */
+    ingest_limits lim = test_limits();
+    lim.reject_invalid_utf8 = true;
+    ingest_text t;
+    CHECK_INT(ingest_extract("bad \xC3\x28 byte", 12, "text/plain", NULL, &lim, &t, err), QR_EINVAL);
+    CHECK(t.text == NULL);
+    lim.reject_invalid_utf8 = false;
+    CHECK_OK(ingest_extract("bad \xC3\x28 byte", 12, "text/plain", NULL, &lim, &t, err), err);
+    CHECK_STR(t.text, "bad \xEF\xBF\xBD( byte");
+    ingest_text_release(&t);
+}
+
+TEST(normalize_removes_control_characters)
+{
+    char err[QR_ERR_LEN];
+    qr_status st;
+    const char in[] = "\xEF\xBB\xBF"
+                      "a\x00"
+                      "b\x07"
+                      "c\x1B[0m\x7F"
+                      "d\xC2\x80"
+                      "e\xC2\x9F"
+                      "f\xEF\xBF\xBEg";
+    char *out = normalize_str(in, sizeof(in) - 1, false, &st, err);
+    CHECK_OK(st, err);
+    CHECK_STR(out, "abc[0mdefg");
+    free(out);
+}
+
+TEST(normalize_whitespace)
+{
+    char err[QR_ERR_LEN];
+    qr_status st;
+    const char in[] =
+        " \t lead  and \t  spaces  \r\n\r\n\r\n\n  next\xC2\xA0word\xE2\x80\x83x \r line\xE2\x80\xA8"
+        "sep\fpage \n\n";
+    char *out = normalize_str(in, sizeof(in) - 1, false, &st, err);
+    CHECK_OK(st, err);
+    CHECK_STR(out, "lead and spaces\n\nnext word x\nline\nsep\n\npage");
+    free(out);
+    out = normalize_str(" \n\t ", 4, false, &st, err);
+    CHECK_OK(st, err);
+    CHECK_STR(out, "");
+    free(out);
+}
+
+TEST(normalize_random_properties)
+{
+    char err[QR_ERR_LEN];
+    unsigned seed = 12345;
+    static const char *const pieces[] = {"a",
+                                         "Z",
+                                         "9",
+                                         " ",
+                                         "\t",
+                                         "\n",
+                                         "\r\n",
+                                         "\r",
+                                         "\x00",
+                                         "\x1F",
+                                         "\x7F",
+                                         "\xC3\xA9",
+                                         "\xE2\x80\xA8",
+                                         "\xE2\x80\xA9",
+                                         "\xC2\xA0",
+                                         "\xC2\x85",
+                                         "\xEF\xBB\xBF",
+                                         "\xFF",
+                                         "\xE2\x82",
+                                         "\xF0\x9F\x99\x82",
+                                         "\f",
+                                         ".",
+                                         "#"};
+    for (int iter = 0; iter < 500; iter++) {
+        char in[512];
+        size_t len = 0;
+        int n = rand_r(&seed) % 80;
+        for (int i = 0; i < n; i++) {
+            const char *p = pieces[rand_r(&seed) % (sizeof(pieces) / sizeof(pieces[0]))];
+            size_t k = p[0] ? strlen(p) : 1;
+            memcpy(in + len, p, k);
+            len += k;
+        }
+        qr_status st;
+        char *once = normalize_str(in, len, false, &st, err);
+        CHECK_OK(st, err);
+        size_t ol = strlen(once);
+        CHECK(qr_utf8_valid(once, ol));
+        for (size_t i = 0; i < ol; i++) {
+            unsigned char c = (unsigned char)once[i];
+            CHECK_MSG(c >= 0x20 || c == '\n', "control byte 0x%02x left at %zu", c, i);
+            CHECK(c != 0x7F);
+        }
+        CHECK(strstr(once, "  ") == NULL && strstr(once, "\n\n\n") == NULL && strstr(once, " \n") == NULL &&
+              strstr(once, "\n ") == NULL && strstr(once, "\xEF\xBB\xBF") == NULL);
+        CHECK(ol == 0 || (once[0] != ' ' && once[0] != '\n' && once[ol - 1] != ' ' && once[ol - 1] != '\n'));
+        char *twice = normalize_str(once, ol, true, &st, err);
+        CHECK_OK(st, err);
+        CHECK_STR(twice, once); /* idempotent */
+        free(once);
+        free(twice);
+    }
+}
+
+/* ---- detection ----------------------------------------------------------------------------- */
+
+TEST(detect_declared_then_extension_then_magic)
+{
+    char err[QR_ERR_LEN];
+    const char *type;
+    const char html[] = "<!DOCTYPE html><html><body>x</body></html>";
+    /* the declared type wins over the extension and the bytes */
+    CHECK_OK(ingest_detect_type(html, strlen(html), "text/plain; charset=utf-8", "page.html", &type, err),
+             err);
+    CHECK_STR(type, "text/plain");
+    /* then the extension wins over the bytes */
+    CHECK_OK(ingest_detect_type("%PDF-1.4", 8, NULL, "dir/notes.MD", &type, err), err);
+    CHECK_STR(type, "text/markdown");
+    CHECK_OK(ingest_detect_type("plain", 5, "application/octet-stream", "x.htm", &type, err), err);
+    CHECK_STR(type, "text/html");
+    /* then the bytes */
+    CHECK_OK(ingest_detect_type("%PDF-1.7\n...", 12, NULL, NULL, &type, err), err);
+    CHECK_STR(type, "application/pdf");
+    CHECK_OK(ingest_detect_type(html, strlen(html), "", "README", &type, err), err);
+    CHECK_STR(type, "text/html");
+    CHECK_OK(ingest_detect_type("just words \xC3\xA9", 13, NULL, "notes", &type, err), err);
+    CHECK_STR(type, "text/plain");
+    zip_item items[] = {{"[Content_Types].xml", content_types, 0},
+                        {"word/document.xml", "<w:document xmlns:w=\"" W_NS "\"/>", 0}};
+    char *zip;
+    size_t zlen;
+    CHECK(make_zip(items, 2, &zip, &zlen));
+    CHECK_OK(ingest_detect_type(zip, zlen, NULL, "upload.bin", &type, err), err);
+    CHECK_STR(type, INGEST_TYPE_DOCX);
+    free(zip);
+    CHECK_OK(ingest_detect_type("x", 1, "text/html; charset=iso-8859-1", NULL, &type, err), err);
+    CHECK_STR(type, "text/html");
+}
+
+TEST(detect_unknown_type_is_an_error)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *type = "x";
+    const char bin[] = "\x89PNG\r\n\x1A\n\x00\x00\x00\rIHDR";
+    CHECK_INT(ingest_detect_type(bin, sizeof(bin) - 1, NULL, "picture", &type, err), QR_EINVAL);
+    CHECK(type == NULL);
+    CHECK_MSG(strstr(err, "cannot tell the type of 'picture'") != NULL, "%s", err);
+    CHECK_INT(ingest_detect_type("x", 1, "image/png", NULL, &type, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "unsupported content type 'image/png'") != NULL, "%s", err);
+    CHECK_INT(ingest_detect_type("x", 1, NULL, "budget.xlsx", &type, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, ".xlsx") != NULL, "%s", err);
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    CHECK_INT(ingest_extract(bin, sizeof(bin) - 1, NULL, NULL, &lim, &t, err), QR_EINVAL);
+    CHECK(t.text == NULL && t.nsections == 0);
+}
+
+/* ---- plain text and markdown --------------------------------------------------------------- */
+
+TEST(extract_plain_text)
+{
+    char err[QR_ERR_LEN];
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    const char doc[] = "First paragraph,\r\nsecond line.\r\n\r\n\r\nSecond   paragraph.\x07\n";
+    CHECK_OK(ingest_extract(doc, sizeof(doc) - 1, NULL, "notes.txt", &lim, &t, err), err);
+    CHECK_STR(t.content_type, "text/plain");
+    CHECK_STR(t.text, "First paragraph,\nsecond line.\n\nSecond paragraph.");
+    CHECK_INT(t.len, strlen(t.text));
+    CHECK(t.title == NULL);
+    CHECK_INT(t.nsections, 1);
+    CHECK_INT(t.sections[0].level, 0);
+    CHECK_STR(t.sections[0].heading_path, "");
+    CHECK(sections_cover(&t));
+    ingest_text_release(&t);
+    /* UTF-16 with a byte order mark */
+    const char u16[] = "\xFF\xFEh\0i\0 \0\xE9\0";
+    CHECK_OK(ingest_extract(u16, sizeof(u16) - 1, NULL, "w.txt", &lim, &t, err), err);
+    CHECK_STR(t.text, "hi \xC3\xA9");
+    ingest_text_release(&t);
+    /* an empty document has no text and no sections */
+    CHECK_OK(ingest_extract("", 0, "text/plain", NULL, &lim, &t, err), err);
+    CHECK_INT(t.len, 0);
+    CHECK_INT(t.nsections, 0);
+    ingest_text_release(&t);
+}
+
+TEST(extract_markdown_headings)
+{
+    char err[QR_ERR_LEN];
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    const char doc[] = "---\ntitle: \"Policy Handbook\"\nowner: hr\n---\n"
+                       "Preamble text.\n\n"
+                       "# Travel policy\n\nIntro to travel.\n\n"
+                       "## Reimbursement ##\nTrains are paid.\nTaxis are not.\n\n"
+                       "```\n# not a heading\n\ncode line\n```\n\n"
+                       "### Receipts\nKeep them.\n\n"
+                       "Expenses\n========\n\nBody of expenses.\n\n"
+                       "***\n\n"
+                       "Claims\n------\nLast words.\n";
+    CHECK_OK(ingest_extract(doc, sizeof(doc) - 1, NULL, "handbook.md", &lim, &t, err), err);
+    CHECK_STR(t.content_type, "text/markdown");
+    CHECK_STR(t.title, "Policy Handbook");
+    CHECK(strstr(t.text, "owner: hr") == NULL && strstr(t.text, "```") == NULL &&
+          strstr(t.text, "***") == NULL);
+    CHECK(strstr(t.text, "# not a heading\n\ncode line") != NULL);
+    CHECK(sections_cover(&t));
+    CHECK_INT(t.nsections, 6);
+    CHECK_STR(t.sections[0].heading_path, "");
+    CHECK_INT(t.sections[0].level, 0);
+    const ingest_section *s = find_section(&t, "Travel policy > Reimbursement");
+    CHECK(s != NULL);
+    CHECK_INT(s->level, 2);
+    CHECK(strncmp(t.text + s->start, "Reimbursement\n\nTrains are paid.\nTaxis are not.", 46) == 0);
+    CHECK(strstr(t.text + s->start, "# not a heading") <
+          t.text + s->end); /* the fence stays in its section */
+    s = find_section(&t, "Travel policy > Reimbursement > Receipts");
+    CHECK(s != NULL && s->level == 3);
+    s = find_section(&t, "Expenses");
+    CHECK(s != NULL && s->level == 1);
+    s = find_section(&t, "Expenses > Claims");
+    CHECK(s != NULL && s->level == 2);
+    CHECK(strcmp(t.text + s->start, "Claims\n\nLast words.") == 0);
+    ingest_text_release(&t);
+    /* without front matter the first level-1 heading is the title */
+    CHECK_OK(ingest_extract("## Minor\n\n# Major\n\ntext", 24, "text/markdown", NULL, &lim, &t, err), err);
+    CHECK_STR(t.title, "Major");
+    ingest_text_release(&t);
+}
+
+/* ---- HTML ---------------------------------------------------------------------------------- */
+
+TEST(extract_html_drops_script_style_nav)
+{
+    char err[QR_ERR_LEN];
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    const char doc[] =
+        "<!DOCTYPE html><html><head><title>Travel &amp; Expenses</title>"
+        "<style>body { color: red }</style><script>var secret = 'script text';</script></head><body>"
+        "<nav><a href=\"/\">Home</a> | <a href=\"/x\">Menu item</a></nav>"
+        "<div role=\"navigation\">Breadcrumb trail</div>"
+        "<p>Welcome   to the\n handbook.</p>"
+        "<h1>Travel policy</h1><p>Book early.<br>Always.</p>"
+        "<h2>Reimbursement</h2><ul><li>Trains</li><li>Planes &lt;economy&gt;</li></ul>"
+        "<pre>line one\n  line two</pre>"
+        "<div hidden>hidden text</div><noscript>enable js</noscript>"
+        "<table><tr><td>cell a</td><td>cell b</td></tr></table>"
+        "<h2>Per diem</h2><p>Fifty euros.</p><script>document.write('late script')</script>"
+        "</body></html>";
+    CHECK_OK(ingest_extract(doc, sizeof(doc) - 1, NULL, "page.html", &lim, &t, err), err);
+    CHECK_STR(t.content_type, "text/html");
+    CHECK_STR(t.title, "Travel & Expenses");
+    const char *dropped[] = {"script text", "color: red",  "Home",      "Menu item",
+                             "Breadcrumb",  "hidden text", "enable js", "late script"};
+    for (size_t i = 0; i < sizeof(dropped) / sizeof(dropped[0]); i++)
+        CHECK_MSG(strstr(t.text, dropped[i]) == NULL, "'%s' was not dropped: %s", dropped[i], t.text);
+    CHECK_MSG(strncmp(t.text, "Welcome to the handbook.\n\nTravel policy\n\nBook early.\nAlways.", 59) == 0,
+              "%s", t.text);
+    CHECK(strstr(t.text, "Trains\nPlanes <economy>") != NULL);
+    CHECK(strstr(t.text, "line one\nline two") != NULL);
+    CHECK(strstr(t.text, "cell a cell b") != NULL);
+    CHECK(sections_cover(&t));
+    const ingest_section *s = find_section(&t, "Travel policy > Reimbursement");
+    CHECK(s != NULL && s->level == 2);
+    CHECK(strncmp(t.text + s->start, "Reimbursement", 13) == 0);
+    s = find_section(&t, "Travel policy > Per diem");
+    CHECK(s != NULL);
+    CHECK_STR(t.text + s->start, "Per diem\n\nFifty euros.");
+    CHECK(find_section(&t, "Travel policy") != NULL && find_section(&t, "") != NULL);
+    ingest_text_release(&t);
+}
+
+TEST(extract_html_charsets)
+{
+    char err[QR_ERR_LEN];
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    const char latin1[] = "<html><head><meta charset=\"ISO-8859-1\"><title>Caf\xE9</title></head>"
+                          "<body><p>cr\xE8me br\xFBl\xE9"
+                          "e</p></body></html>";
+    CHECK_OK(ingest_extract(latin1, sizeof(latin1) - 1, "text/html", NULL, &lim, &t, err), err);
+    CHECK_STR(t.title, "Caf\xC3\xA9");
+    CHECK_STR(t.text, "cr\xC3\xA8me br\xC3\xBBl\xC3\xA9"
+                      "e");
+    ingest_text_release(&t);
+    /* undeclared: UTF-8, with invalid bytes repaired or rejected */
+    const char bad[] = "<html><body><p>ok \xE2\x82 bad</p></body></html>";
+    CHECK_OK(ingest_extract(bad, sizeof(bad) - 1, "text/html", NULL, &lim, &t, err), err);
+    CHECK_STR(t.text, "ok \xEF\xBF\xBD bad");
+    ingest_text_release(&t);
+    lim.reject_invalid_utf8 = true;
+    CHECK_INT(ingest_extract(bad, sizeof(bad) - 1, "text/html", NULL, &lim, &t, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "invalid UTF-8") != NULL, "%s", err);
+    const char odd[] = "<html><head><meta charset=\"x-no-such-charset\"></head><body>x</body></html>";
+    CHECK_INT(ingest_extract(odd, sizeof(odd) - 1, "text/html", NULL, &lim, &t, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "x-no-such-charset") != NULL, "%s", err);
+}
+
+/* ---- PDF ----------------------------------------------------------------------------------- */
+
+TEST(extract_pdf_with_pdftotext)
+{
+    char err[QR_ERR_LEN];
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    size_t len;
+    char *pdf = make_pdf("Quarry \\(PDF\\) <test> & more", "Travel policy & <rules>",
+                         "Employees are reimbursed for trains.", &len);
+    qr_status st = ingest_extract(pdf, len, NULL, "scan.pdf", &lim, &t, err);
+    free(pdf);
+    CHECK_MSG(st == QR_OK,
+              "PDF extraction failed (is poppler-utils installed? scripts/bootstrap installs it): %s", err);
+    CHECK_STR(t.content_type, "application/pdf");
+    CHECK_STR(t.title, "Quarry (PDF) <test> & more");
+    CHECK_MSG(strstr(t.text, "Travel policy & <rules>") != NULL, "%s", t.text);
+    CHECK(strstr(t.text, "Employees are reimbursed for trains.") != NULL);
+    CHECK(strstr(t.text, "<pre>") == NULL && strstr(t.text, "</pre>") == NULL);
+    CHECK(sections_cover(&t));
+    ingest_text_release(&t);
+}
+
+TEST(extract_pdf_damaged)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    const char junk[] = "%PDF-1.4\nthis is not really a PDF at all\n";
+    CHECK_INT(ingest_extract(junk, sizeof(junk) - 1, NULL, NULL, &lim, &t, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "pdftotext cannot read this PDF") != NULL, "%s", err);
+    CHECK(t.text == NULL);
+}
+
+/* ---- DOCX ---------------------------------------------------------------------------------- */
+
+TEST(extract_docx_styles_and_title)
+{
+    char err[QR_ERR_LEN];
+    ingest_limits lim = test_limits();
+    qr_buf body;
+    qr_buf_init(&body, 1 << 20);
+    qr_buf_puts(&body, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><w:document xmlns:w=\"" W_NS "\"><w:body>");
+    docx_para(&body, "Titel", "The Handbook");
+    docx_para(&body, NULL, "Opening words.");
+    docx_para(&body, "Kop1", "Travel policy");
+    qr_buf_puts(&body,
+                "<w:p><w:r><w:t>Book</w:t></w:r><w:r><w:tab/><w:t>early</w:t><w:br/><w:t>and "
+                "often.</w:t></w:r><w:del><w:r><w:delText>deleted words</w:delText></w:r></w:del></w:p>");
+    docx_para(&body, "Kop2", "Reimbursement");
+    docx_para(&body, NULL, "Trains &amp; planes.");
+    qr_buf_puts(&body, "<w:tbl><w:tr><w:tc><w:p><w:r><w:t>cell one</w:t></w:r></w:p></w:tc>"
+                       "<w:tc><w:p><w:r><w:t>cell two</w:t></w:r></w:p></w:tc></w:tr></w:tbl>");
+    qr_buf_puts(&body, "<w:p><w:pPr><w:outlineLvl w:val=\"0\"/></w:pPr><w:r><w:t>Appendix</w:t></w:r></w:p>");
+    docx_para(&body, NULL, "The end.");
+    qr_buf_puts(&body, "</w:body></w:document>");
+    /* style ids in another language; names say what they are */
+    const char styles[] =
+        "<?xml version=\"1.0\"?><w:styles xmlns:w=\"" W_NS "\">"
+        "<w:style w:type=\"paragraph\" w:styleId=\"Titel\"><w:name w:val=\"Title\"/></w:style>"
+        "<w:style w:type=\"paragraph\" w:styleId=\"Kop1\"><w:name w:val=\"heading 1\"/></w:style>"
+        "<w:style w:type=\"paragraph\" w:styleId=\"Kop2\"><w:name w:val=\"Kop 2 eigen\"/>"
+        "<w:basedOn w:val=\"Kop2Basis\"/></w:style>"
+        "<w:style w:type=\"paragraph\" w:styleId=\"Kop2Basis\"><w:name w:val=\"heading 2\"/>"
+        "</w:style></w:styles>";
+    const char core[] =
+        "<?xml version=\"1.0\"?><cp:coreProperties "
+        "xmlns:cp=\"http://schemas.openxmlformats.org/package/2006/metadata/core-properties\" "
+        "xmlns:dc=\"http://purl.org/dc/elements/1.1/\"><dc:title>Official Title</dc:title>"
+        "</cp:coreProperties>";
+    zip_item items[] = {{"[Content_Types].xml", content_types, 0},
+                        {"word/document.xml", body.data, body.len},
+                        {"word/styles.xml", styles, 0},
+                        {"docProps/core.xml", core, 0}};
+    char *zip;
+    size_t zlen;
+    CHECK(make_zip(items, 4, &zip, &zlen));
+    ingest_text t;
+    qr_status st = ingest_extract(zip, zlen, NULL, "handbook.docx", &lim, &t, err);
+    CHECK_OK(st, err);
+    CHECK_STR(t.content_type, INGEST_TYPE_DOCX);
+    CHECK_STR(t.title, "Official Title");
+    CHECK_MSG(
+        strncmp(t.text, "The Handbook\n\nOpening words.\n\nTravel policy\n\nBook early\nand often.", 66) == 0,
+        "%s", t.text);
+    CHECK(strstr(t.text, "deleted") == NULL);
+    CHECK(strstr(t.text, "Trains & planes.\n\ncell one\n\ncell two") != NULL);
+    CHECK(sections_cover(&t));
+    CHECK_INT(t.nsections, 4);
+    CHECK(find_section(&t, "Travel policy") != NULL);
+    const ingest_section *s = find_section(&t, "Travel policy > Reimbursement");
+    CHECK(s != NULL && s->level == 2);
+    s = find_section(&t, "Appendix");
+    CHECK(s != NULL && s->level == 1);
+    CHECK_STR(t.text + s->start, "Appendix\n\nThe end.");
+    ingest_text_release(&t);
+    free(zip);
+
+    /* without core.xml the Title-style paragraph is the title */
+    CHECK(make_zip(items, 3, &zip, &zlen));
+    CHECK_OK(ingest_extract(zip, zlen, INGEST_TYPE_DOCX, NULL, &lim, &t, err), err);
+    CHECK_STR(t.title, "The Handbook");
+    ingest_text_release(&t);
+    free(zip);
+    qr_buf_release(&body);
+}
+
+TEST(extract_docx_zip_bomb_ratio)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    /* 24 MiB of identical paragraphs compresses about a thousand times */
+    qr_buf body;
+    qr_buf_init(&body, 32u << 20);
+    qr_buf_puts(&body, "<w:document xmlns:w=\"" W_NS "\"><w:body>");
+    char para[1100];
+    memset(para, 'a', 1000);
+    para[1000] = '\0';
+    while (body.len < (24u << 20))
+        docx_para(&body, NULL, para);
+    qr_buf_puts(&body, "</w:body></w:document>");
+    size_t text_len = 0;
+    zip_item items[] = {{"[Content_Types].xml", content_types, 0},
+                        {"word/document.xml", body.data, body.len}};
+    char *zip;
+    size_t zlen;
+    bool made = make_zip(items, 2, &zip, &zlen);
+    qr_buf_release(&body);
+    CHECK(made);
+    CHECK_MSG(zlen < (1u << 20), "the test archive is %zu bytes", zlen);
+    ingest_text t;
+    CHECK_INT(ingest_extract(zip, zlen, NULL, "bomb.docx", &lim, &t, err), QR_ELIMIT);
+    CHECK_MSG(strstr(err, "zip_max_ratio") != NULL && strstr(err, "zip bomb") != NULL, "%s", err);
+    CHECK(t.text == NULL);
+    /* a higher ratio limit lets the same file through */
+    lim.zip_max_ratio = 100000;
+    CHECK_OK(ingest_extract(zip, zlen, NULL, "bomb.docx", &lim, &t, err), err);
+    text_len = t.len;
+    CHECK_MSG(text_len > (20u << 20), "%zu bytes of text", text_len);
+    ingest_text_release(&t);
+    free(zip);
+}
+
+TEST(extract_docx_zip_bomb_size)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    qr_buf body;
+    qr_buf_init(&body, 1 << 20);
+    qr_buf_puts(&body, "<w:document xmlns:w=\"" W_NS "\"><w:body>");
+    for (int i = 0; i < 100; i++)
+        docx_para(&body, NULL, "An ordinary sentence of an ordinary document.");
+    qr_buf_puts(&body, "</w:body></w:document>");
+    zip_item items[] = {{"[Content_Types].xml", content_types, 0},
+                        {"word/document.xml", body.data, body.len}};
+    char *zip;
+    size_t zlen;
+    CHECK(make_zip(items, 2, &zip, &zlen));
+    qr_buf_release(&body);
+    ingest_text t;
+    lim.zip_max_bytes = 4096;
+    CHECK_INT(ingest_extract(zip, zlen, NULL, "big.docx", &lim, &t, err), QR_ELIMIT);
+    CHECK_MSG(strstr(err, "zip_max_bytes") != NULL, "%s", err);
+    lim.zip_max_bytes = 1 << 20;
+    CHECK_OK(ingest_extract(zip, zlen, NULL, "big.docx", &lim, &t, err), err);
+    CHECK(strstr(t.text, "ordinary document.\n\nAn ordinary") != NULL);
+    ingest_text_release(&t);
+    free(zip);
+}
+
+TEST(extract_docx_bad_archives)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    zip_item items[] = {{"[Content_Types].xml", content_types, 0}, {"word/other.xml", "<x/>", 0}};
+    char *zip;
+    size_t zlen;
+    CHECK(make_zip(items, 2, &zip, &zlen));
+    CHECK_INT(ingest_extract(zip, zlen, NULL, "x.docx", &lim, &t, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "no word/document.xml") != NULL, "%s", err);
+    /* cut in half */
+    CHECK_INT(ingest_extract(zip, zlen / 2, NULL, "x.docx", &lim, &t, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "not a valid DOCX") != NULL, "%s", err);
+    free(zip);
+    /* malformed XML */
+    zip_item broken[] = {{"word/document.xml", "<w:document xmlns:w=\"" W_NS "\"><w:body><w:p>", 0}};
+    CHECK(make_zip(broken, 1, &zip, &zlen));
+    CHECK_INT(ingest_extract(zip, zlen, NULL, "x.docx", &lim, &t, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "not well-formed") != NULL, "%s", err);
+    free(zip);
+}
+
+/* ---- limits and the sandbox ---------------------------------------------------------------- */
+
+TEST(extract_refuses_oversized_documents)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    lim.max_document_bytes = 1000;
+    char *big = malloc(1001);
+    CHECK(big != NULL);
+    memset(big, 'x', 1001);
+    ingest_text t;
+    CHECK_INT(ingest_extract(big, 1001, "text/plain", NULL, &lim, &t, err), QR_ELIMIT);
+    CHECK_MSG(strstr(err, "max_document_bytes") != NULL, "%s", err);
+    CHECK_OK(ingest_extract(big, 1000, "text/plain", NULL, &lim, &t, err), err);
+    ingest_text_release(&t);
+    /* text that grows past the limit in extraction: 400 invalid bytes become 1200 */
+    memset(big, '\xFF', 400);
+    CHECK_INT(ingest_extract(big, 400, "text/plain", NULL, &lim, &t, err), QR_ELIMIT);
+    free(big);
+}
+
+static qr_status hostile_spin(const char *bytes, size_t len, const ingest_limits *lim, doc_builder *b,
+                              char *err)
+{
+    (void)bytes, (void)len, (void)lim, (void)b, (void)err;
+    for (volatile unsigned long i = 0;; i++) {
+    }
+    return QR_OK;
+}
+
+static qr_status hostile_alloc(const char *bytes, size_t len, const ingest_limits *lim, doc_builder *b,
+                               char *err)
+{
+    (void)bytes, (void)len, (void)lim, (void)b;
+    /* Touch every page so the memory is resident; stop at 8 GiB in case no limit applies. */
+    for (size_t total = 0; total < (8ull << 30); total += 1 << 20) {
+        char *p = malloc(1 << 20);
+        if (!p)
+            return qr_fail(err, QR_ENOMEM, "out of memory");
+        memset(p, 1, 1 << 20);
+    }
+    return qr_fail(err, QR_EINTERNAL, "no memory limit applied");
+}
+
+static qr_status hostile_crash(const char *bytes, size_t len, const ingest_limits *lim, doc_builder *b,
+                               char *err)
+{
+    (void)bytes, (void)len, (void)lim, (void)b, (void)err;
+    raise(SIGSEGV);
+    return QR_OK;
+}
+
+static qr_status friendly(const char *bytes, size_t len, const ingest_limits *lim, doc_builder *b, char *err)
+{
+    (void)lim;
+    qr_status st = builder_heading_add(b, 1, "Head", 4, err);
+    return st ? st : builder_paragraph(b, bytes, len, 0, err);
+}
+
+static bool no_children_left(void)
+{
+    return waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD;
+}
+
+TEST(sandbox_stops_a_spinning_extractor)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    lim.timeout_ms = 300;
+    ingest_text t;
+    uint64_t t0 = qr_now_ns();
+    CHECK_INT(ingest_sandbox_run(hostile_spin, "x", 1, &lim, &t, err), QR_ETIMEOUT);
+    uint64_t ms = (qr_now_ns() - t0) / 1000000;
+    CHECK_MSG(ms >= 290 && ms < 2000, "stopped after %llu ms", (unsigned long long)ms);
+    CHECK_MSG(strstr(err, "300 ms") != NULL, "%s", err);
+    CHECK(no_children_left());
+}
+
+TEST(sandbox_limits_memory)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    lim.memory_bytes = 64u << 20;
+    ingest_text t;
+    uint64_t t0 = qr_now_ns();
+    CHECK_INT(ingest_sandbox_run(hostile_alloc, "x", 1, &lim, &t, err), QR_ELIMIT);
+    uint64_t ms = (qr_now_ns() - t0) / 1000000;
+    CHECK_MSG(strstr(err, "64 MiB") != NULL, "%s", err);
+    CHECK_MSG(ms < 5000, "stopped after %llu ms", (unsigned long long)ms);
+    CHECK(no_children_left());
+}
+
+TEST(sandbox_reports_a_crash)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    CHECK_INT(ingest_sandbox_run(hostile_crash, "x", 1, &lim, &t, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "crashed") != NULL, "%s", err);
+    CHECK(t.text == NULL);
+    /* and the sandbox carries a good result back intact */
+    CHECK_OK(ingest_sandbox_run(friendly, "body text", 9, &lim, &t, err), err);
+    CHECK_STR(t.text, "Head\n\nbody text");
+    CHECK_INT(t.nsections, 1);
+    CHECK_STR(t.sections[0].heading_path, "Head");
+    ingest_text_release(&t);
+    CHECK(no_children_left());
+}
+
+TEST(sandbox_times_out_on_a_real_document)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_limits lim = test_limits();
+    /* 16 MiB of nested markup takes libxml2 far longer than 20 ms */
+    qr_buf html;
+    qr_buf_init(&html, 32u << 20);
+    qr_buf_puts(&html, "<html><body>");
+    while (html.len < (16u << 20))
+        qr_buf_puts(&html, "<div><p>text <b>bold</b> <i>it</i></p><table><tr><td>c</td></tr></table></div>");
+    qr_buf_puts(&html, "</body></html>");
+    lim.timeout_ms = 20;
+    ingest_text t;
+    CHECK_INT(ingest_extract(html.data, html.len, "text/html", NULL, &lim, &t, err), QR_ETIMEOUT);
+    CHECK_MSG(strstr(err, "ingest.extract_timeout_ms") != NULL, "%s", err);
+    qr_buf_release(&html);
+    CHECK(no_children_left());
+}
+
+/* ---- chunking ------------------------------------------------------------------------------ */
+
+TEST(count_tokens_approximation)
+{
+    CHECK_INT(ingest_count_tokens("", 0), 0);
+    CHECK_INT(ingest_count_tokens("hello world", 11), 2);
+    CHECK_INT(ingest_count_tokens("internationalization", 20), 4);
+    CHECK_INT(ingest_count_tokens("a, b.", 5), 4);
+    CHECK_INT(ingest_count_tokens("  \n\n ", 5), 0);
+    CHECK_INT(ingest_count_tokens("\xE6\x9D\xB1\xE4\xBA\xAC", 6), 2);        /* two ideographs */
+    CHECK_INT(ingest_count_tokens("caf\xC3\xA9s", 6), 1);                    /* one word of 5 letters */
+    CHECK_INT(ingest_count_tokens("\xD0\xBC\xD0\xB8\xD1\x80", 6), 1);        /* Cyrillic word */
+    CHECK_INT(ingest_count_tokens("e = mc\xC2\xB2 \xE2\x80\x94 ok", 14), 6); /* e = mc ² — ok */
+}
+
+/* Builds a random document: headings, paragraphs of sentences, monster words, CJK runs. */
+static void random_doc(unsigned *seed, doc_builder *b)
+{
+    static const char *const words[] = {"the",
+                                        "travel",
+                                        "policy",
+                                        "reimbursement",
+                                        "of",
+                                        "trains",
+                                        "a",
+                                        "internationalisation",
+                                        "x",
+                                        "caf\xC3\xA9",
+                                        "\xE6\x9D\xB1\xE4\xBA\xAC",
+                                        "42",
+                                        "e.g.",
+                                        "(see",
+                                        "below)",
+                                        "\xF0\x9F\x99\x82",
+                                        "well-known"};
+    char err[QR_ERR_LEN];
+    qr_buf para;
+    qr_buf_init(&para, 1 << 22);
+    int blocks = 1 + rand_r(seed) % 12;
+    for (int blk = 0; blk < blocks; blk++) {
+        int kind = rand_r(seed) % 10;
+        qr_buf_reset(&para);
+        if (kind == 0) {
+            char h[32];
+            snprintf(h, sizeof(h), "Heading %d", blk);
+            builder_heading_add(b, 1 + rand_r(seed) % 4, h, strlen(h), err);
+            continue;
+        }
+        if (kind == 1) {
+            /* a monster word, or a CJK run without spaces */
+            int n = 50 + rand_r(seed) % 3000;
+            bool cjk = rand_r(seed) % 2;
+            for (int i = 0; i < n; i++)
+                qr_buf_puts(&para, cjk ? "\xE8\xAA\x9E" : "abcdefghij" + (i % 10));
+        } else {
+            int sentences = 1 + rand_r(seed) % (kind == 2 ? 60 : 8);
+            for (int s = 0; s < sentences; s++) {
+                int n = 1 + rand_r(seed) % (kind == 3 ? 400 : 25);
+                for (int i = 0; i < n; i++) {
+                    qr_buf_puts(&para, words[rand_r(seed) % (sizeof(words) / sizeof(words[0]))]);
+                    qr_buf_puts(&para, i + 1 < n ? (rand_r(seed) % 15 ? " " : "\n") : "");
+                }
+                qr_buf_puts(&para, rand_r(seed) % 4 ? ". " : "? ");
+            }
+        }
+        builder_paragraph(b, para.data, para.len, 0, err);
+    }
+    qr_buf_release(&para);
+}
+
+/* Checks every property the chunker promises for t and o. */
+static void check_chunks(const ingest_text *t, const ingest_chunk_opts *o, const ingest_chunk *c, size_t n)
+{
+    if (t->len == 0) {
+        CHECK_INT(n, 0);
+        return;
+    }
+    CHECK(n > 0);
+    CHECK_INT(c[0].start, 0);
+    CHECK_INT(c[n - 1].end, t->len);
+    size_t covered = 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK_MSG(c[i].start < c[i].end, "chunk %zu is empty", i);
+        CHECK_MSG(c[i].start <= covered, "gap before chunk %zu (%zu > %zu)", i, c[i].start, covered);
+        CHECK(i == 0 || c[i].start > c[i - 1].start);
+        CHECK(c[i].end >= covered);
+        covered = c[i].end;
+        CHECK(((unsigned char)t->text[c[i].start] & 0xC0) != 0x80);
+        CHECK(c[i].end == t->len || ((unsigned char)t->text[c[i].end] & 0xC0) != 0x80);
+        size_t tokens = ingest_count_tokens(t->text + c[i].start, c[i].end - c[i].start);
+        CHECK_MSG(tokens <= o->max_tokens, "chunk %zu has %zu tokens, budget %zu", i, tokens, o->max_tokens);
+        /* one section per chunk, and its heading path */
+        const ingest_section *s = section_at(t, c[i].start);
+        CHECK(s != NULL);
+        CHECK_MSG(c[i].end <= s->end, "chunk %zu [%zu,%zu) leaves its section [%zu,%zu)", i, c[i].start,
+                  c[i].end, s->start, s->end);
+        CHECK_STR(c[i].headings, s->heading_path);
+        if (o->overlap == 0 && i > 0)
+            CHECK_MSG(c[i].start == c[i - 1].end, "chunks %zu and %zu overlap without overlap", i - 1, i);
+        if (i > 0 && c[i].start < c[i - 1].end) {
+            size_t ov = ingest_count_tokens(t->text + c[i].start, c[i - 1].end - c[i].start);
+            CHECK_MSG(ov <= (size_t)(o->overlap * (double)o->max_tokens), "overlap of %zu tokens", ov);
+        }
+    }
+    CHECK_INT(covered, t->len);
+}
+
+TEST(chunk_properties_on_random_texts)
+{
+    char err[QR_ERR_LEN];
+    unsigned seed = 2024;
+    const size_t budgets[] = {8, 20, 64, 300};
+    const double overlaps[] = {0.0, 0.15, 0.5};
+    for (int iter = 0; iter < 120; iter++) {
+        doc_builder b;
+        builder_init(&b, 1 << 24, false);
+        random_doc(&seed, &b);
+        ingest_text t;
+        CHECK_OK(builder_finish(&b, &t, err), err);
+        builder_release(&b);
+        for (size_t bi = 0; bi < 4; bi++) {
+            for (size_t oi = 0; oi < 3; oi++) {
+                ingest_chunk_opts o = {budgets[bi], overlaps[oi]};
+                ingest_chunk *c;
+                size_t n;
+                CHECK_OK(ingest_chunk_text(&t, &o, &c, &n, err), err);
+                check_chunks(&t, &o, c, n);
+                ingest_chunks_free(c, n);
+                if (harness_failed()) {
+                    fprintf(stderr, "iteration %d, budget %zu, overlap %g\n", iter, o.max_tokens, o.overlap);
+                    ingest_text_release(&t);
+                    return;
+                }
+            }
+        }
+        ingest_text_release(&t);
+    }
+}
+
+TEST(chunk_follows_structure)
+{
+    char err[QR_ERR_LEN];
+    /* four paragraphs of about 100 tokens: whole paragraphs are packed, never split */
+    qr_buf doc;
+    qr_buf_init(&doc, 1 << 20);
+    for (int p = 0; p < 4; p++) {
+        for (int s = 0; s < 10; s++)
+            qr_buf_printf(&doc, "Paragraph %d sentence %d has some words in it. ", p, s);
+        qr_buf_puts(&doc, "\n\n");
+    }
+    ingest_limits lim = test_limits();
+    ingest_text t;
+    CHECK_OK(ingest_extract(doc.data, doc.len, "text/plain", NULL, &lim, &t, err), err);
+    ingest_chunk_opts o = {300, 0.0};
+    ingest_chunk *c;
+    size_t n;
+    CHECK_OK(ingest_chunk_text(&t, &o, &c, &n, err), err);
+    CHECK_INT(n, 2);
+    CHECK(strncmp(t.text + c[1].start, "Paragraph 2 sentence 0", 22) == 0);
+    ingest_chunks_free(c, n);
+    /* a budget below a paragraph splits between sentences */
+    o.max_tokens = 40;
+    CHECK_OK(ingest_chunk_text(&t, &o, &c, &n, err), err);
+    for (size_t i = 0; i < n; i++)
+        CHECK_MSG(strncmp(t.text + c[i].start, "Paragraph ", 10) == 0, "chunk %zu starts mid-sentence: %.30s",
+                  i, t.text + c[i].start);
+    ingest_chunks_free(c, n);
+    /* with overlap, a chunk repeats the end of the one before, in whole words */
+    o.max_tokens = 40;
+    o.overlap = 0.25;
+    CHECK_OK(ingest_chunk_text(&t, &o, &c, &n, err), err);
+    size_t overlapping = 0;
+    for (size_t i = 1; i < n; i++) {
+        if (c[i].start < c[i - 1].end) {
+            overlapping++;
+            CHECK(t.text[c[i].start - 1] == ' ' || t.text[c[i].start - 1] == '\n');
+        }
+    }
+    CHECK_MSG(overlapping >= n / 2, "only %zu of %zu chunks overlap", overlapping, n);
+    check_chunks(&t, &o, c, n);
+    ingest_chunks_free(c, n);
+    ingest_text_release(&t);
+    qr_buf_release(&doc);
+}
+
+TEST(chunk_keeps_heading_paths)
+{
+    char err[QR_ERR_LEN];
+    ingest_limits lim = test_limits();
+    const char md[] = "# Travel policy\n\nIntro.\n\n## Reimbursement\n\nTrains are paid. Taxis are not.\n";
+    ingest_text t;
+    CHECK_OK(ingest_extract(md, sizeof(md) - 1, "text/markdown", NULL, &lim, &t, err), err);
+    ingest_chunk_opts o = {300, 0.15};
+    ingest_chunk *c;
+    size_t n;
+    CHECK_OK(ingest_chunk_text(&t, &o, &c, &n, err), err);
+    CHECK_INT(n, 2);
+    CHECK_STR(c[0].headings, "Travel policy");
+    CHECK_STR(c[1].headings, "Travel policy > Reimbursement");
+    CHECK(strncmp(t.text + c[1].start, "Reimbursement\n\nTrains", 21) == 0);
+    ingest_chunks_free(c, n);
+    ingest_text_release(&t);
+}
+
+TEST(chunk_rejects_bad_arguments)
+{
+    char err[QR_ERR_LEN] = "";
+    ingest_section sec[2] = {{"b", 1, 5, 10}, {"a", 1, 0, 5}};
+    ingest_text t = {.text = "0123456789", .len = 10, .sections = sec, .nsections = 2};
+    ingest_chunk *c = (ingest_chunk *)&t;
+    size_t n = 7;
+    ingest_chunk_opts o = {300, 0.15};
+    CHECK_INT(ingest_chunk_text(&t, &o, &c, &n, err), QR_EINVAL);
+    CHECK(c == NULL && n == 0);
+    CHECK_MSG(strstr(err, "out of order") != NULL, "%s", err);
+    t.nsections = 0;
+    o.max_tokens = 4;
+    CHECK_INT(ingest_chunk_text(&t, &o, &c, &n, err), QR_EINVAL);
+    o.max_tokens = 300;
+    o.overlap = 0.6;
+    CHECK_INT(ingest_chunk_text(&t, &o, &c, &n, err), QR_EINVAL);
+    o.overlap = 0;
+    ingest_text bad = {.text = "ab\xFF", .len = 3};
+    CHECK_INT(ingest_chunk_text(&bad, &o, &c, &n, err), QR_EINVAL);
+    CHECK_INT(ingest_chunk_text(NULL, &o, &c, &n, err), QR_EINVAL);
+    /* no sections: the whole text is one */
+    CHECK_OK(ingest_chunk_text(&t, &o, &c, &n, err), err);
+    CHECK_INT(n, 1);
+    CHECK_STR(c[0].headings, "");
+    ingest_chunks_free(c, n);
+}
+
+/* ---- hashing, stemming, embedding ---------------------------------------------------------- */
+
+TEST(content_hash_is_sha256)
+{
+    char hex[65];
+    ingest_content_hash("abc", 3, hex);
+    CHECK_STR(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    ingest_content_hash("", 0, hex);
+    CHECK_STR(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+TEST(porter_stemmer)
+{
+    /* pairs from Porter's paper and the reference vocabulary */
+    static const char *const cases[][2] = {
+        {"caresses", "caress"},
+        {"ponies", "poni"},
+        {"cats", "cat"},
+        {"feed", "feed"},
+        {"agreed", "agre"},
+        {"plastered", "plaster"},
+        {"motoring", "motor"},
+        {"sing", "sing"},
+        {"conflated", "conflat"},
+        {"troubled", "troubl"},
+        {"sized", "size"},
+        {"hopping", "hop"},
+        {"falling", "fall"},
+        {"hissing", "hiss"},
+        {"filing", "file"},
+        {"happy", "happi"},
+        {"relational", "relat"},
+        {"conditional", "condit"},
+        {"rational", "ration"},
+        {"valenci", "valenc"},
+        {"generalization", "gener"},
+        {"oscillators", "oscil"},
+        {"electrical", "electr"},
+        {"adjustment", "adjust"},
+        {"controlling", "control"},
+        {"roll", "roll"},
+        {"probate", "probat"},
+        {"rate", "rate"},
+        {"cease", "ceas"},
+        {"aerodynamics", "aerodynam"},
+        {"boundary", "boundari"},
+        {"is", "is"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char w[64];
+        snprintf(w, sizeof(w), "%s", cases[i][0]);
+        size_t n = embed_porter_stem(w, strlen(w));
+        w[n] = '\0';
+        CHECK_MSG(strcmp(w, cases[i][1]) == 0, "stem(%s) = %s, expected %s", cases[i][0], w, cases[i][1]);
+    }
+}
+
+static double cosine(const float *a, const float *b, int dim)
+{
+    double s = 0;
+    for (int i = 0; i < dim; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+TEST(embed_local_deterministic_and_normalised)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    CHECK(cfg != NULL);
+    ingest_embedder *e;
+    CHECK_OK(ingest_embedder_open(cfg, &e, err), err);
+    CHECK_STR(ingest_embedder_model(e), "local-hash-v1");
+    int dim = ingest_embedder_dim(e);
+    CHECK_INT(dim, 384);
+    const char *texts[] = {"Employees travelling by train are reimbursed.",
+                           "Reimbursement of train travel for employees",
+                           "Lattice quantum chromodynamics at finite temperature", "",
+                           "Employees travelling by train are reimbursed."};
+    float *v = calloc(5 * (size_t)dim, sizeof(float));
+    CHECK_OK(ingest_embed(e, texts, NULL, 5, v, err), err);
+    for (int i = 0; i < 5; i++) {
+        double norm = sqrt(cosine(v + i * dim, v + i * dim, dim));
+        CHECK_MSG(i == 3 ? norm == 0 : fabs(norm - 1.0) < 1e-5, "row %d has norm %g", i, norm);
+    }
+    CHECK(memcmp(v, v + 4 * dim, (size_t)dim * sizeof(float)) == 0);
+    double related = cosine(v, v + dim, dim), unrelated = cosine(v, v + 2 * dim, dim);
+    CHECK_MSG(related > 0.5 && related > unrelated + 0.3, "related %g, unrelated %g", related, unrelated);
+    /* a second embedder gives the same vectors: no state */
+    ingest_embedder *e2;
+    CHECK_OK(ingest_embedder_open(cfg, &e2, err), err);
+    float *w = calloc((size_t)dim, sizeof(float));
+    size_t len = strlen(texts[2]);
+    CHECK_OK(ingest_embed(e2, texts + 2, &len, 1, w, err), err);
+    CHECK(memcmp(w, v + 2 * dim, (size_t)dim * sizeof(float)) == 0);
+    /* another dimension */
+    CHECK_OK(qr_config_set(cfg, "embed.dim", "64", QR_CFG_SRC_CLI, err), err);
+    ingest_embedder *e3;
+    CHECK_OK(ingest_embedder_open(cfg, &e3, err), err);
+    CHECK_INT(ingest_embedder_dim(e3), 64);
+    CHECK_OK(ingest_embed(e3, texts, NULL, 1, w, err), err);
+    CHECK(fabs(sqrt(cosine(w, w, 64)) - 1.0) < 1e-5);
+    /* bad input */
+    const char *bad[] = {"ok", "\xFF"};
+    CHECK_INT(ingest_embed(e, bad, NULL, 2, v, err), QR_EINVAL);
+    const char *null_text[] = {NULL};
+    CHECK_INT(ingest_embed(e, null_text, NULL, 1, v, err), QR_EINVAL);
+    ingest_embedder_free(e);
+    ingest_embedder_free(e2);
+    ingest_embedder_free(e3);
+    free(v);
+    free(w);
+    qr_config_free(cfg);
+}
+
+TEST(embed_open_checks_settings)
+{
+    char err[QR_ERR_LEN] = "";
+    qr_config *cfg = qr_config_new();
+    CHECK(cfg != NULL);
+    ingest_embedder *e = (ingest_embedder *)cfg;
+    CHECK_OK(qr_config_set(cfg, "embed.backend", "openai", QR_CFG_SRC_CLI, err), err);
+    CHECK_INT(ingest_embedder_open(cfg, &e, err), QR_EINVAL);
+    CHECK(e == NULL);
+    CHECK_MSG(strstr(err, "embed.base_url") != NULL, "%s", err);
+    CHECK_OK(qr_config_set(cfg, "embed.base_url", "ftp://example.invalid", QR_CFG_SRC_CLI, err), err);
+    CHECK_INT(ingest_embedder_open(cfg, &e, err), QR_EINVAL);
+    CHECK_OK(qr_config_set(cfg, "embed.base_url", "http://127.0.0.1:9/v1", QR_CFG_SRC_CLI, err), err);
+    CHECK_INT(ingest_embedder_open(cfg, &e, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "embed.model") != NULL, "%s", err);
+    CHECK_OK(qr_config_set(cfg, "embed.model", "m", QR_CFG_SRC_CLI, err), err);
+    CHECK_OK(ingest_embedder_open(cfg, &e, err), err);
+    CHECK_STR(ingest_embedder_model(e), "m");
+    ingest_embedder_free(e);
+    CHECK(qr_config_set(cfg, "embed.backend", "word2vec", QR_CFG_SRC_CLI, err) != QR_OK);
+    qr_config_free(cfg);
+}
+
+TEST(limits_from_config)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    CHECK(cfg != NULL);
+    ingest_limits lim, def;
+    ingest_limits_default(&def);
+    ingest_limits_from_config(cfg, &lim);
+    CHECK(lim.max_document_bytes == def.max_document_bytes && lim.timeout_ms == def.timeout_ms &&
+          lim.memory_bytes == def.memory_bytes && lim.zip_max_bytes == def.zip_max_bytes &&
+          lim.zip_max_ratio == def.zip_max_ratio && lim.reject_invalid_utf8 == def.reject_invalid_utf8);
+    CHECK_OK(qr_config_set(cfg, "ingest.invalid_utf8", "reject", QR_CFG_SRC_CLI, err), err);
+    CHECK_OK(qr_config_set(cfg, "ingest.extract_memory_mb", "100", QR_CFG_SRC_CLI, err), err);
+    ingest_limits_from_config(cfg, &lim);
+    CHECK(lim.reject_invalid_utf8);
+    CHECK_INT(lim.memory_bytes, 100u << 20);
+    ingest_chunk_opts o;
+    ingest_chunk_opts_from_config(cfg, &o);
+    CHECK_INT(o.max_tokens, 300);
+    CHECK(fabs(o.overlap - 0.15) < 1e-12);
+    CHECK(qr_config_set(cfg, "chunk.overlap", "0.7", QR_CFG_SRC_CLI, err) != QR_OK);
+    CHECK_OK(qr_config_set(cfg, "chunk.overlap", "0", QR_CFG_SRC_CLI, err), err);
+    qr_config_free(cfg);
+}

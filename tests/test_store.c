@@ -1,0 +1,1473 @@
+/*
+ * Tests of the document store (index/store.c) on real SQLite databases in temporary
+ * directories: schema and reopening, puts (added, unchanged, updated, ACL-only), deletes, ACL
+ * changes, the embedding model check, bad input that must change nothing, FTS5 matching, the
+ * change log, readers during writes, damage detection, and the crash test (a writer killed with
+ * SIGKILL 50 times).
+ *
+ * Where a test must see what the store wrote, it opens the database file with its own SQLite
+ * connection and reads the tables directly, so that it does not trust the code under test to
+ * report on itself.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "index/index.h"
+#include "tests/harness.h"
+
+extern char **environ;
+
+#define DIM 4
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* A fresh directory under $TMPDIR (or /tmp); the path is static until the next call. */
+static const char *temp_dir(void)
+{
+    static char path[512];
+    const char *base = getenv("TMPDIR");
+    snprintf(path, sizeof(path), "%s/quarry-store-XXXXXX", base && base[0] ? base : "/tmp");
+    if (!mkdtemp(path))
+        return NULL;
+    return path;
+}
+
+static void rm_tree(const char *dir)
+{
+    if (dir)
+        nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The test's own connection to the store's file. */
+static sqlite3 *raw_open(const char *dir)
+{
+    char path[600];
+    sqlite3 *db = NULL;
+    snprintf(path, sizeof(path), "%s/quarry.db", dir);
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    return db;
+}
+
+/* First column of the first row as an integer; -999 on error (no test expects that value). */
+static int64_t raw_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *q = NULL;
+    int64_t v = -999;
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        v = sqlite3_column_int64(q, 0);
+    else
+        fprintf(stderr, "raw_int(%s): %s\n", sql, sqlite3_errmsg(db));
+    sqlite3_finalize(q);
+    return v;
+}
+
+/* First column of the first row as text, copied into out. */
+static const char *raw_str(sqlite3 *db, const char *sql, char *out, size_t n)
+{
+    sqlite3_stmt *q = NULL;
+    snprintf(out, n, "(error)");
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        snprintf(out, n, "%s", (const char *)sqlite3_column_text(q, 0));
+    sqlite3_finalize(q);
+    return out;
+}
+
+/* Same with one text parameter. */
+static int64_t raw_int_s(sqlite3 *db, const char *sql, const char *arg)
+{
+    sqlite3_stmt *q = NULL;
+    int64_t v = -999;
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(q, 1, arg, -1, SQLITE_TRANSIENT) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        v = sqlite3_column_int64(q, 0);
+    else
+        fprintf(stderr, "raw_int_s(%s): %s\n", sql, sqlite3_errmsg(db));
+    sqlite3_finalize(q);
+    return v;
+}
+
+static bool raw_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "raw_exec(%s): %s\n", sql, msg ? msg : "?");
+    sqlite3_free(msg);
+    return rc == SQLITE_OK;
+}
+
+/* Number of chunks whose FTS row matches an FTS5 query. */
+static int64_t fts_count(sqlite3 *db, const char *match)
+{
+    return raw_int_s(db, "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?1", match);
+}
+
+static void fake_hash(const char *seed, char out[65])
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = seed; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    for (int i = 0; i < 4; i++, h = h * 6364136223846793005ULL + 1)
+        snprintf(out + 16 * i, 17, "%016llx", (unsigned long long)h);
+}
+
+/* A document whose chunks are the lines of its text. */
+typedef struct {
+    store_document doc;
+    store_chunk chunks[16];
+    size_t nchunks;
+    float vectors[16 * DIM];
+    char hash[65];
+    char text[4096];
+} fixture;
+
+static void make_doc(fixture *f, const char *doc_id, const char *title, const char *text,
+                     const char *const *acl, size_t nacl)
+{
+    memset(f, 0, sizeof(*f));
+    snprintf(f->text, sizeof(f->text), "%s", text);
+    fake_hash(text, f->hash);
+    size_t len = strlen(f->text), start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if ((i == len || f->text[i] == '\n') && i > start) {
+            store_chunk *c = &f->chunks[f->nchunks];
+            c->start = start;
+            c->end = i;
+            c->headings = f->nchunks % 2 ? "Travel policy > Reimbursement" : "";
+            for (int d = 0; d < DIM; d++)
+                f->vectors[f->nchunks * DIM + d] =
+                    (float)(f->nchunks + 1) * (d + 1) + (float)(f->hash[d] % 7);
+            f->nchunks++;
+        }
+        if (i < len && f->text[i] == '\n')
+            start = i + 1;
+    }
+    f->doc = (store_document){.doc_id = doc_id,
+                              .title = title,
+                              .uri = "file:///docs/x.txt",
+                              .content_type = "text/plain",
+                              .metadata_json = "{\"dept\": \"finance\", \"year\": 2026}",
+                              .acl = acl,
+                              .nacl = nacl,
+                              .content_hash = f->hash,
+                              .text = f->text,
+                              .text_len = len};
+}
+
+static qr_status put(store *s, fixture *f, store_put_result *r, char *err)
+{
+    return store_put(s, &f->doc, f->chunks, f->nchunks, f->vectors, DIM, r, err);
+}
+
+static store *open_fresh(const char **dir, char *err)
+{
+    store *s = NULL;
+    *dir = temp_dir();
+    if (!*dir || store_open(*dir, &s, err) || store_check_embedding(s, "test-model", DIM, err)) {
+        store_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+static int64_t counter_of(store *s)
+{
+    store_stats st;
+    char err[QR_ERR_LEN];
+    return store_get_stats(s, &st, err) ? -1 : st.change_counter;
+}
+
+static const char *const ACL_AB[] = {"user:bob", "group:finance", "user:bob"};
+static const char *const TEXT1 = "Employees running errands are reimbursed within thirty days\n"
+                                 "Hotels above the nightly limit need manager approval\n"
+                                 "Receipts must be kept for audits";
+
+/* ---- schema, opening --------------------------------------------------------------------- */
+
+TEST(open_creates_private_dir_and_schema)
+{
+    char err[QR_ERR_LEN] = "", dir[600];
+    const char *base = temp_dir();
+    CHECK(base);
+    snprintf(dir, sizeof(dir), "%s/a/b/data", base);
+    store *s = NULL;
+    CHECK_OK(store_open(dir, &s, err), err);
+    store_close(s);
+    struct stat sb;
+    CHECK(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode));
+    CHECK_INT(sb.st_mode & 0777, 0700);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 1);
+    char mode[32];
+    CHECK_STR(raw_str(db, "PRAGMA journal_mode", mode, sizeof(mode)), "wal");
+    CHECK_INT(raw_int(db,
+                      "SELECT count(*) FROM sqlite_schema WHERE name IN ('documents', 'chunks', 'vectors',"
+                      " 'acl', 'chunks_fts', 'deleted_chunks', 'meta')"),
+              7);
+    /* reopening does not migrate again and keeps the data */
+    CHECK_OK(store_open(dir, &s, err), err);
+    CHECK_OK(store_check_embedding(s, "m", DIM, err), err);
+    fixture f;
+    store_put_result r;
+    make_doc(&f, "d1", "Travel", TEXT1, NULL, 0);
+    CHECK_OK(put(s, &f, &r, err), err);
+    store_close(s);
+    CHECK_OK(store_open(dir, &s, err), err);
+    store_stats stats;
+    CHECK_OK(store_get_stats(s, &stats, err), err);
+    CHECK_INT(stats.documents, 1);
+    CHECK_INT(stats.chunks, 3);
+    CHECK_STR(stats.embedding_model, "m");
+    store_close(s);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 1);
+    /* a store written by a newer quarry is refused, not damaged */
+    CHECK(raw_exec(db, "INSERT INTO schema_version VALUES (99, 0)"));
+    sqlite3_close(db);
+    CHECK_INT(store_open(dir, &s, err), QR_EINVAL);
+    CHECK(s == NULL);
+    CHECK_MSG(strstr(err, "schema version 99") && strstr(err, "newer"), "%s", err);
+    rm_tree(base);
+}
+
+TEST(open_refuses_what_is_not_a_store)
+{
+    char err[QR_ERR_LEN] = "", path[600];
+    const char *dir = temp_dir();
+    CHECK(dir);
+    snprintf(path, sizeof(path), "%s/quarry.db", dir);
+    FILE *fp = fopen(path, "w");
+    CHECK(fp);
+    for (int i = 0; i < 200; i++)
+        fputs("this is not a database, just text\n", fp);
+    fclose(fp);
+    store *s = NULL;
+    CHECK_INT(store_open(dir, &s, err), QR_EIO);
+    CHECK(s == NULL);
+    CHECK_MSG(strstr(err, path) && strstr(err, "not a database"), "%s", err);
+    /* a data directory that is a file */
+    snprintf(path, sizeof(path), "%s/quarry.db", dir);
+    CHECK_INT(store_open(path, &s, err), QR_EIO);
+    CHECK_MSG(strstr(err, "quarry.db"), "%s", err);
+    CHECK_INT(store_open("", &s, err), QR_EINVAL);
+    rm_tree(dir);
+}
+
+/* ---- puts -------------------------------------------------------------------------------- */
+
+TEST(put_then_get_document)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f;
+    store_put_result r;
+    make_doc(&f, "policies/travel.md", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_INT(r, STORE_ADDED);
+
+    store_doc_info *d = NULL;
+    CHECK_OK(store_get_document(s, "policies/travel.md", true, &d, err), err);
+    CHECK_STR(d->doc_id, "policies/travel.md");
+    CHECK_STR(d->title, "Travel policy");
+    CHECK_STR(d->uri, "file:///docs/x.txt");
+    CHECK_STR(d->content_type, "text/plain");
+    CHECK_STR(d->metadata_json, "{\"dept\":\"finance\",\"year\":2026}");
+    CHECK_STR(d->content_hash, f.hash);
+    CHECK_INT(d->version, 1);
+    CHECK(d->created_ms > 0 && d->updated_ms == d->created_ms);
+    CHECK_INT(d->text_len, strlen(TEXT1));
+    CHECK_INT(d->nacl, 2); /* duplicates folded, sorted */
+    CHECK_STR(d->acl[0], "group:finance");
+    CHECK_STR(d->acl[1], "user:bob");
+    CHECK_INT(d->chunk_count, 3);
+    CHECK_INT(d->nchunks, 3);
+    for (size_t i = 0; i < 3; i++) {
+        const store_chunk_row *c = &d->chunks[i];
+        CHECK_INT(c->start, f.chunks[i].start);
+        CHECK_INT(c->end, f.chunks[i].end);
+        CHECK_INT(c->text_len, c->end - c->start);
+        CHECK(memcmp(c->text, TEXT1 + c->start, c->text_len) == 0 && c->text[c->text_len] == '\0');
+        CHECK_STR(c->headings, f.chunks[i].headings);
+        float v[DIM];
+        CHECK_OK(store_get_vector(s, c->chunk_id, v, DIM, err), err);
+        CHECK(memcmp(v, &f.vectors[i * DIM], sizeof(v)) == 0);
+        if (i)
+            CHECK(c->chunk_id > d->chunks[i - 1].chunk_id);
+    }
+    store_doc_info_free(d);
+
+    char hash[65];
+    bool found;
+    CHECK_OK(store_get_hash(s, "policies/travel.md", hash, &found, err), err);
+    CHECK(found);
+    CHECK_STR(hash, f.hash);
+    CHECK_OK(store_get_hash(s, "absent", hash, &found, err), err);
+    CHECK(!found && hash[0] == '\0');
+    CHECK_INT(store_get_document(s, "absent", false, &d, err), QR_ENOTFOUND);
+    CHECK(d == NULL && strstr(err, "absent"));
+
+    store_stats stats;
+    CHECK_OK(store_get_stats(s, &stats, err), err);
+    CHECK_INT(stats.documents, 1);
+    CHECK_INT(stats.chunks, 3);
+    CHECK_INT(stats.text_bytes, strlen(TEXT1));
+    CHECK_INT(stats.embedding_dim, DIM);
+    CHECK_INT(stats.change_counter, 1);
+    CHECK_OK(store_verify(s, err), err);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(reput_same_hash_writes_nothing)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f;
+    store_put_result r;
+    make_doc(&f, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    int64_t data_version = raw_int(db, "PRAGMA data_version");
+    int64_t counter = counter_of(s);
+
+    /* the same document again, with the ACL in another order and the metadata spaced differently */
+    const char *acl[] = {"group:finance", "user:bob"};
+    f.doc.acl = acl;
+    f.doc.nacl = 2;
+    f.doc.metadata_json = "{ \"dept\" : \"finance\",\n \"year\" : 2026 }";
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_INT(r, STORE_UNCHANGED);
+    /* and once more without text, chunks or vectors, as ingest does after store_get_hash */
+    store_document bare = f.doc;
+    bare.text = NULL;
+    bare.text_len = 0;
+    CHECK_OK(store_put(s, &bare, NULL, 0, NULL, 0, &r, err), err);
+    CHECK_INT(r, STORE_UNCHANGED);
+    CHECK_INT(counter_of(s), counter);
+    /* data_version moves when another connection commits anything */
+    CHECK_INT(raw_int(db, "PRAGMA data_version"), data_version);
+    store_doc_info *d = NULL;
+    CHECK_OK(store_get_document(s, "d1", false, &d, err), err);
+    CHECK_INT(d->version, 1);
+    store_doc_info_free(d);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+/* Collects the change log. */
+typedef struct {
+    int64_t added[64], deleted[64];
+    size_t nadded, ndeleted;
+    int stop_after; /* 0: never */
+    float first_component[64];
+} changes;
+
+static qr_status collect(void *ctx, const store_change *c, char *err)
+{
+    changes *ch = ctx;
+    if (ch->stop_after && ch->nadded + ch->ndeleted == (size_t)ch->stop_after)
+        return qr_fail(err, QR_ELIMIT, "stopped by the callback");
+    if (c->deleted) {
+        if (c->vector || ch->ndeleted == 64)
+            return qr_fail(err, QR_EINTERNAL, "deleted change with a vector");
+        ch->deleted[ch->ndeleted++] = c->chunk_id;
+    } else {
+        if (!c->vector || c->dim != DIM || ch->nadded == 64)
+            return qr_fail(err, QR_EINTERNAL, "added change without its vector");
+        ch->first_component[ch->nadded] = c->vector[0];
+        ch->added[ch->nadded++] = c->chunk_id;
+    }
+    return QR_OK;
+}
+
+static int64_t chunk_ids(store *s, const char *doc_id, int64_t *ids, size_t *n)
+{
+    char err[QR_ERR_LEN];
+    store_doc_info *d = NULL;
+    *n = 0;
+    if (store_get_document(s, doc_id, true, &d, err))
+        return -1;
+    for (size_t i = 0; i < d->nchunks; i++)
+        ids[(*n)++] = d->chunks[i].chunk_id;
+    store_doc_info_free(d);
+    return 0;
+}
+
+TEST(new_content_replaces_chunks)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f1, f2, other;
+    store_put_result r;
+    make_doc(&other, "other", "Other", "Unrelated zebra paragraph", NULL, 0);
+    CHECK_OK(put(s, &other, &r, err), err);
+    make_doc(&f1, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f1, &r, err), err);
+    int64_t old_ids[16], new_ids[16];
+    size_t nold, nnew;
+    CHECK_INT(chunk_ids(s, "d1", old_ids, &nold), 0);
+    CHECK_INT(nold, 3);
+    int64_t counter_v1 = counter_of(s);
+
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK_INT(fts_count(db, "audits"), 1);
+    make_doc(&f2, "d1", "Travel policy",
+             "Flights are booked in economy class\nTrains are preferred below 500 km", ACL_AB, 3);
+    CHECK_OK(put(s, &f2, &r, err), err);
+    CHECK_INT(r, STORE_UPDATED);
+    CHECK_INT(chunk_ids(s, "d1", new_ids, &nnew), 0);
+    CHECK_INT(nnew, 2);
+    for (size_t i = 0; i < nnew; i++)
+        CHECK(new_ids[i] > old_ids[nold - 1]);
+    for (size_t i = 0; i < nold; i++) {
+        char sql[160];
+        float v[DIM];
+        CHECK_INT(store_get_vector(s, old_ids[i], v, DIM, err), QR_ENOTFOUND);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM chunks_fts_docsize WHERE id = %lld",
+                 (long long)old_ids[i]);
+        CHECK_INT(raw_int(db, sql), 0);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM chunks WHERE id = %lld", (long long)old_ids[i]);
+        CHECK_INT(raw_int(db, sql), 0);
+    }
+    CHECK_INT(fts_count(db, "audits"), 0);
+    CHECK_INT(fts_count(db, "economy"), 1);
+    CHECK_INT(fts_count(db, "zebra"), 1); /* the other document is untouched */
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM vectors"), 3);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 2);
+
+    /* the change log tells the vector index exactly what happened since v1 */
+    changes ch = {0};
+    int64_t now = 0;
+    CHECK_OK(store_changes_since(s, counter_v1, collect, &ch, &now, err), err);
+    CHECK_INT(now, counter_of(s));
+    CHECK_INT(ch.ndeleted, 3);
+    CHECK_INT(ch.nadded, 2);
+    for (size_t i = 0; i < 3; i++)
+        CHECK_INT(ch.deleted[i], old_ids[i]);
+    for (size_t i = 0; i < 2; i++) {
+        CHECK_INT(ch.added[i], new_ids[i]);
+        CHECK(ch.first_component[i] == f2.vectors[i * DIM]);
+    }
+    /* from the beginning: only live chunks are added, the replaced ones are deleted */
+    memset(&ch, 0, sizeof(ch));
+    CHECK_OK(store_changes_since(s, 0, collect, &ch, &now, err), err);
+    CHECK_INT(ch.nadded, 3);
+    CHECK_INT(ch.ndeleted, 3);
+    /* nothing new since now */
+    memset(&ch, 0, sizeof(ch));
+    CHECK_OK(store_changes_since(s, now, collect, &ch, &now, err), err);
+    CHECK_INT(ch.nadded + ch.ndeleted, 0);
+    /* a callback's failure stops the walk and comes back */
+    memset(&ch, 0, sizeof(ch));
+    ch.stop_after = 2;
+    CHECK_INT(store_changes_since(s, 0, collect, &ch, &now, err), QR_ELIMIT);
+    CHECK_STR(err, "stopped by the callback");
+    /* tombstones go once the vector index has folded them in */
+    CHECK_OK(store_prune_tombstones(s, now, err), err);
+    memset(&ch, 0, sizeof(ch));
+    CHECK_OK(store_changes_since(s, 0, collect, &ch, &now, err), err);
+    CHECK_INT(ch.ndeleted, 0);
+    CHECK_INT(ch.nadded, 3);
+    /* every vector, in id order, for a rebuild */
+    memset(&ch, 0, sizeof(ch));
+    CHECK_OK(store_each_vector(s, collect, &ch, &now, err), err);
+    CHECK_INT(ch.nadded, 3);
+    CHECK(ch.added[0] < ch.added[1] && ch.added[1] < ch.added[2]);
+    CHECK_OK(store_verify(s, err), err);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(same_hash_acl_or_title_change_keeps_chunks)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f;
+    store_put_result r;
+    make_doc(&f, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    int64_t ids[16], ids2[16];
+    size_t n, n2;
+    CHECK_INT(chunk_ids(s, "d1", ids, &n), 0);
+    int64_t counter = counter_of(s);
+
+    const char *acl[] = {"public"};
+    f.doc.acl = acl;
+    f.doc.nacl = 1;
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_INT(r, STORE_ACL_UPDATED);
+    CHECK_INT(counter_of(s), counter + 1);
+    CHECK_INT(chunk_ids(s, "d1", ids2, &n2), 0);
+    CHECK(n2 == n && memcmp(ids, ids2, n * sizeof(ids[0])) == 0);
+
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl WHERE principal = 'public'"), 1);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 1);
+    CHECK_INT(fts_count(db, "title:travel"), 3);
+    /* a metadata-only change is the same kind */
+    f.doc.metadata_json = "{\"dept\":\"hr\"}";
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_INT(r, STORE_ACL_UPDATED);
+
+    /* a new title is re-indexed under the same chunk ids; no change is logged for the vectors */
+    int64_t before = counter_of(s);
+    f.doc.title = "Expense handbook";
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_INT(r, STORE_UPDATED);
+    CHECK_INT(chunk_ids(s, "d1", ids2, &n2), 0);
+    CHECK(n2 == n && memcmp(ids, ids2, n * sizeof(ids[0])) == 0);
+    CHECK_INT(fts_count(db, "title:travel"), 0);
+    CHECK_INT(fts_count(db, "title:handbook"), 3);
+    changes ch = {0};
+    int64_t now;
+    CHECK_OK(store_changes_since(s, before, collect, &ch, &now, err), err);
+    CHECK_INT(ch.nadded + ch.ndeleted, 0);
+    store_doc_info *d = NULL;
+    CHECK_OK(store_get_document(s, "d1", false, &d, err), err);
+    CHECK_INT(d->version, 4);
+    CHECK_STR(d->title, "Expense handbook");
+    CHECK_STR(d->metadata_json, "{\"dept\":\"hr\"}");
+    store_doc_info_free(d);
+    CHECK_OK(store_verify(s, err), err);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+/* A fingerprint of everything but the ACL: chunk rows, vectors and indexed FTS rows. */
+static int64_t content_fingerprint(sqlite3 *db)
+{
+    return raw_int(db,
+                   "SELECT (SELECT total(id * 31 + start * 7 + \"end\" + length(body) + added) FROM chunks)"
+                   " + (SELECT total(chunk_id + length(vec) + unicode(hex(vec))) FROM vectors)"
+                   " + (SELECT total(id * 13) FROM chunks_fts_docsize)"
+                   " + (SELECT count(*) FROM chunks_fts_data)");
+}
+
+TEST(set_acl_rewrites_only_acl_rows)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f;
+    store_put_result r;
+    make_doc(&f, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    int64_t fp = content_fingerprint(db);
+    CHECK(fp > 0);
+    int64_t counter = counter_of(s);
+
+    const char *acl[] = {"group:Domain Users", "public"};
+    CHECK_OK(store_set_acl(s, "d1", acl, 2, err), err);
+    CHECK_INT(content_fingerprint(db), fp);
+    CHECK_INT(counter_of(s), counter + 1);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl WHERE principal IN ('group:Domain Users', 'public')"), 2);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 2);
+
+    /* the same ACL again writes nothing */
+    int64_t data_version = raw_int(db, "PRAGMA data_version");
+    CHECK_OK(store_set_acl(s, "d1", acl, 2, err), err);
+    CHECK_INT(raw_int(db, "PRAGMA data_version"), data_version);
+
+    /* an empty ACL: administrators only */
+    CHECK_OK(store_set_acl(s, "d1", NULL, 0, err), err);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 0);
+
+    const char *bad[] = {"public", "user:"};
+    CHECK_INT(store_set_acl(s, "d1", bad, 2, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "principal #1") && strstr(err, "'user:'"), "%s", err);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 0);
+    CHECK_INT(store_set_acl(s, "nope", acl, 2, err), QR_ENOTFOUND);
+    CHECK_MSG(strstr(err, "'nope'"), "%s", err);
+    CHECK_INT(content_fingerprint(db), fp);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(delete_removes_everything)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f, other;
+    store_put_result r;
+    make_doc(&f, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    make_doc(&other, "d2", "Other", "Unrelated zebra paragraph\nSecond zebra line", ACL_AB, 2);
+    CHECK_OK(put(s, &other, &r, err), err);
+    int64_t ids[16];
+    size_t n;
+    CHECK_INT(chunk_ids(s, "d1", ids, &n), 0);
+
+    CHECK_OK(store_delete(s, "d1", err), err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM documents"), 1);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks"), 2);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM vectors"), 2);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks_fts_docsize"), 2);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 2);
+    CHECK_INT(fts_count(db, "body:reimburse"), 0);
+    CHECK_INT(fts_count(db, "title:travel"), 0);
+    CHECK_INT(fts_count(db, "zebra"), 2);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM deleted_chunks WHERE chunk_id BETWEEN %lld AND %lld",
+             (long long)ids[0], (long long)ids[n - 1]);
+    CHECK_INT(raw_int(db, sql), 3);
+
+    CHECK_INT(store_delete(s, "d1", err), QR_ENOTFOUND);
+    CHECK_MSG(strstr(err, "'d1'"), "%s", err);
+    /* ids are never handed out again, even after the highest one was deleted */
+    CHECK_OK(store_delete(s, "d2", err), err);
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_INT(r, STORE_ADDED);
+    int64_t ids2[16];
+    size_t n2;
+    CHECK_INT(chunk_ids(s, "d1", ids2, &n2), 0);
+    CHECK(ids2[0] > ids[n - 1] + 2);
+    CHECK_OK(store_verify(s, err), err);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(embedding_model_mismatch_is_refused)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir = temp_dir();
+    store *s = NULL;
+    CHECK(dir);
+    CHECK_OK(store_open(dir, &s, err), err);
+    fixture f;
+    store_put_result r;
+    make_doc(&f, "d1", "T", TEXT1, NULL, 0);
+    /* vectors before any model is recorded */
+    CHECK_INT(put(s, &f, &r, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "store_check_embedding"), "%s", err);
+    CHECK_OK(store_check_embedding(s, "local-lsa-v1", DIM, err), err);
+    CHECK_OK(store_check_embedding(s, "local-lsa-v1", DIM, err), err);
+    CHECK_INT(store_check_embedding(s, "text-embedding-3-small", 1536, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "'local-lsa-v1'") && strstr(err, "'text-embedding-3-small'") &&
+                  strstr(err, "1536") && strstr(err, "dimension 4"),
+              "%s", err);
+    CHECK_INT(store_check_embedding(s, "local-lsa-v1", 8, err), QR_EINVAL);
+    CHECK_INT(store_check_embedding(s, "", DIM, err), QR_EINVAL);
+    CHECK_INT(store_check_embedding(s, "m", 0, err), QR_EINVAL);
+    CHECK_INT(store_check_embedding(s, "bad\nname", DIM, err), QR_EINVAL);
+    store_close(s);
+    /* it is recorded in the file, not in the handle */
+    CHECK_OK(store_open(dir, &s, err), err);
+    CHECK_INT(store_check_embedding(s, "other", DIM, err), QR_EINVAL);
+    store_stats stats;
+    CHECK_OK(store_get_stats(s, &stats, err), err);
+    CHECK_STR(stats.embedding_model, "local-lsa-v1");
+    CHECK_INT(stats.embedding_dim, DIM);
+    CHECK_INT(stats.change_counter, 0);
+    /* vectors of another dimension are refused by put as well */
+    float v8[3 * 8] = {0};
+    CHECK_INT(store_put(s, &f.doc, f.chunks, f.nchunks, v8, 8, &r, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "dimension 8") && strstr(err, "are 4"), "%s", err);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(principal_validation)
+{
+    const char *good[] = {"public",    "user:alice", "group:finance", "group:Domain Users",
+                          "user:josé", "group:a"};
+    const char *bad[] = {NULL,        "",          "Public",      "public ",     "user:",
+                         "group:",    "alice",     "user: alice", "user:alice ", "user:al\nice",
+                         "user:\x7f", "user:\xff", "group:a\tb",  "role:admin",  "user:\xc2\x85x",
+                         "USER:alice"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        CHECK_MSG(store_principal_valid(good[i]), "'%s' should be valid", good[i]);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK_MSG(!store_principal_valid(bad[i]), "bad principal #%zu accepted", i);
+    char longname[STORE_PRINCIPAL_MAX + 16];
+    memcpy(longname, "user:", 5);
+    memset(longname + 5, 'a', STORE_PRINCIPAL_MAX);
+    longname[5 + STORE_PRINCIPAL_MAX] = '\0';
+    CHECK(store_principal_valid(longname));
+    longname[5 + STORE_PRINCIPAL_MAX] = 'a';
+    longname[6 + STORE_PRINCIPAL_MAX] = '\0';
+    CHECK(!store_principal_valid(longname));
+}
+
+/* ---- bad input --------------------------------------------------------------------------- */
+
+typedef void (*mutate_fn)(fixture *f);
+
+static void m_empty_id(fixture *f)
+{
+    f->doc.doc_id = "";
+}
+static void m_null_id(fixture *f)
+{
+    f->doc.doc_id = NULL;
+}
+static void m_control_id(fixture *f)
+{
+    f->doc.doc_id = "docs/a\nb";
+}
+static void m_tab_id(fixture *f)
+{
+    f->doc.doc_id = "a\tb";
+}
+static void m_c1_id(fixture *f)
+{
+    f->doc.doc_id = "a\xc2\x9b[31m";
+}
+static void m_invalid_utf8_id(fixture *f)
+{
+    f->doc.doc_id = "caf\xe9";
+}
+static void m_long_id(fixture *f)
+{
+    static char id[STORE_DOC_ID_MAX + 2];
+    memset(id, 'x', sizeof(id) - 1);
+    f->doc.doc_id = id;
+}
+static void m_invalid_utf8_text(fixture *f)
+{
+    f->text[3] = (char)0xff;
+}
+static void m_overlong_text(fixture *f)
+{
+    f->text[3] = (char)0xc0; /* overlong encoding of '/' */
+    f->text[4] = (char)0xaf;
+}
+static void m_nul_text(fixture *f)
+{
+    f->text[5] = '\0';
+}
+static void m_offsets_outside(fixture *f)
+{
+    f->chunks[2].end = f->doc.text_len + 1;
+}
+static void m_empty_chunk(fixture *f)
+{
+    f->chunks[1].end = f->chunks[1].start;
+}
+static void m_reversed_chunk(fixture *f)
+{
+    f->chunks[1].start = f->chunks[1].end + 1;
+}
+static void m_split_char(fixture *f)
+{
+    /* "café" at the start: the é is bytes 3..4 */
+    memcpy(f->text, "café", 5);
+    f->text[5] = ' ';
+    f->chunks[0].end = 4;
+}
+static void m_bad_headings(fixture *f)
+{
+    f->chunks[1].headings = "A > \x1b[2JB";
+}
+static void m_none(fixture *f)
+{
+    (void)f; /* the case differs in its vectors or dimension */
+}
+static void m_nan_vector(fixture *f)
+{
+    f->vectors[5] = NAN;
+}
+static void m_inf_vector(fixture *f)
+{
+    f->vectors[0] = INFINITY;
+}
+static void m_bad_principal(fixture *f)
+{
+    static const char *acl[] = {"user:alice", "admins"};
+    f->doc.acl = acl;
+    f->doc.nacl = 2;
+}
+static void m_null_acl(fixture *f)
+{
+    f->doc.acl = NULL;
+    f->doc.nacl = 2;
+}
+static void m_metadata_array(fixture *f)
+{
+    f->doc.metadata_json = "[1, 2]";
+}
+static void m_metadata_invalid(fixture *f)
+{
+    f->doc.metadata_json = "{\"a\": 1";
+}
+static void m_metadata_injection(fixture *f)
+{
+    f->doc.metadata_json = "{}'); DROP TABLE documents; --";
+}
+static void m_short_hash(fixture *f)
+{
+    f->hash[63] = '\0';
+}
+static void m_nonhex_hash(fixture *f)
+{
+    f->hash[10] = 'g';
+}
+static void m_null_hash(fixture *f)
+{
+    f->doc.content_hash = NULL;
+}
+static void m_control_title(fixture *f)
+{
+    f->doc.title = "Title\r\nInjected: header";
+}
+static void m_null_text_new_doc(fixture *f)
+{
+    f->doc.text = NULL;
+    f->doc.text_len = 0;
+    f->nchunks = 0;
+}
+
+TEST(bad_input_changes_nothing)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture base;
+    store_put_result r;
+    make_doc(&base, "kept", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &base, &r, err), err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    int64_t data_version = raw_int(db, "PRAGMA data_version"), counter = counter_of(s);
+
+    static const struct {
+        const char *name;
+        mutate_fn fn;
+        int dim; /* 0: DIM */
+        bool no_vectors;
+        qr_status want;
+        const char *in_message;
+    } cases[] = {
+        {"empty doc id", m_empty_id, 0, false, QR_EINVAL, "doc_id: empty"},
+        {"NULL doc id", m_null_id, 0, false, QR_EINVAL, "doc_id"},
+        {"newline in doc id", m_control_id, 0, false, QR_EINVAL, "control character"},
+        {"tab in doc id", m_tab_id, 0, false, QR_EINVAL, "control character"},
+        {"C1 control in doc id", m_c1_id, 0, false, QR_EINVAL, "control character"},
+        {"invalid UTF-8 doc id", m_invalid_utf8_id, 0, false, QR_EINVAL, "UTF-8"},
+        {"over-long doc id", m_long_id, 0, false, QR_ELIMIT, "doc_id"},
+        {"invalid UTF-8 text", m_invalid_utf8_text, 0, false, QR_EINVAL, "not valid UTF-8"},
+        {"overlong UTF-8 text", m_overlong_text, 0, false, QR_EINVAL, "not valid UTF-8"},
+        {"NUL in text", m_nul_text, 0, false, QR_EINVAL, "NUL"},
+        {"chunk past the text", m_offsets_outside, 0, false, QR_EINVAL, "chunk 2"},
+        {"empty chunk", m_empty_chunk, 0, false, QR_EINVAL, "chunk 1"},
+        {"reversed chunk", m_reversed_chunk, 0, false, QR_EINVAL, "chunk 1"},
+        {"chunk splits a character", m_split_char, 0, false, QR_EINVAL, "splits a UTF-8 character"},
+        {"escape sequence in headings", m_bad_headings, 0, false, QR_EINVAL, "headings of chunk 1"},
+        {"NULL vectors", m_none, 0, true, QR_EINVAL, "no vectors"},
+        {"zero dimension", m_none, -1, false, QR_EINVAL, "dimension 0"},
+        {"wrong dimension", m_none, 3, false, QR_EINVAL, "dimension 3"},
+        {"NaN in a vector", m_nan_vector, 0, false, QR_EINVAL, "chunk 1 has a non-finite"},
+        {"infinity in a vector", m_inf_vector, 0, false, QR_EINVAL, "chunk 0 has a non-finite"},
+        {"invalid principal", m_bad_principal, 0, false, QR_EINVAL, "'admins'"},
+        {"NULL ACL with a count", m_null_acl, 0, false, QR_EINVAL, "ACL"},
+        {"metadata array", m_metadata_array, 0, false, QR_EINVAL, "JSON object, not array"},
+        {"metadata not JSON", m_metadata_invalid, 0, false, QR_EINVAL, "not valid JSON"},
+        {"metadata with SQL", m_metadata_injection, 0, false, QR_EINVAL, "not valid JSON"},
+        {"short hash", m_short_hash, 0, false, QR_EINVAL, "content_hash"},
+        {"non-hex hash", m_nonhex_hash, 0, false, QR_EINVAL, "content_hash"},
+        {"NULL hash", m_null_hash, 0, false, QR_EINVAL, "content_hash"},
+        {"control characters in title", m_control_title, 0, false, QR_EINVAL, "title"},
+        {"no text for new content", m_null_text_new_doc, 0, false, QR_EINVAL, "text is required"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fixture f;
+        /* another text than "kept": another hash, so the stored document is not "the same content" */
+        make_doc(&f, "new-doc", "Some title", "A first line\nA second line with caf\xc3\xa9\nA third line",
+                 ACL_AB, 3);
+        cases[i].fn(&f);
+        int dim = cases[i].dim == 0 ? DIM : cases[i].dim < 0 ? 0 : cases[i].dim;
+        err[0] = '\0';
+        qr_status st =
+            store_put(s, &f.doc, f.chunks, f.nchunks, cases[i].no_vectors ? NULL : f.vectors, dim, &r, err);
+        CHECK_MSG(st == cases[i].want, "%s: status %d (%s), want %d", cases[i].name, st, err, cases[i].want);
+        CHECK_MSG(strstr(err, cases[i].in_message), "%s: message '%s' lacks '%s'", cases[i].name, err,
+                  cases[i].in_message);
+        /* the same bad input against the stored document's id must not touch it either */
+        if (f.doc.doc_id && strcmp(f.doc.doc_id, "new-doc") == 0) {
+            f.doc.doc_id = "kept";
+            st = store_put(s, &f.doc, f.chunks, f.nchunks, cases[i].no_vectors ? NULL : f.vectors, dim, &r,
+                           err);
+            CHECK_MSG(st != QR_OK, "%s: accepted for the stored document", cases[i].name);
+        }
+        CHECK_MSG(raw_int(db, "PRAGMA data_version") == data_version, "%s: the database changed",
+                  cases[i].name);
+    }
+    CHECK_INT(counter_of(s), counter);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM documents"), 1);
+
+    /* the other entry points refuse bad ids the same way */
+    char hash[65];
+    bool found;
+    CHECK_INT(store_get_hash(s, "", hash, &found, err), QR_EINVAL);
+    CHECK_INT(store_get_hash(s, "a\x01", hash, &found, err), QR_EINVAL);
+    CHECK_INT(store_delete(s, "a\nb", err), QR_EINVAL);
+    CHECK_INT(store_delete(s, NULL, err), QR_EINVAL);
+    CHECK_INT(store_set_acl(s, "", NULL, 0, err), QR_EINVAL);
+    store_doc_info *d = NULL;
+    CHECK_INT(store_get_document(s, "\xff", false, &d, err), QR_EINVAL);
+    CHECK_INT(store_set_index_generation(s, 5, err), QR_OK);
+    CHECK_INT(store_set_index_generation(s, 4, err), QR_EINVAL);
+    CHECK_INT(counter_of(s), counter); /* generations are not content changes */
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM documents"), 1);
+    CHECK_OK(store_verify(s, err), err);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(sql_injection_is_stored_as_data)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    const char *id = "x'); DROP TABLE documents; --";
+    const char *title = "Robert'); DELETE FROM chunks WHERE ('1'='1";
+    const char *meta = "{\"q\": \"'; DROP TABLE acl; --\", \"n\": \"\\\"\"}";
+    const char *acl[] = {"group:'; DROP TABLE acl; --"};
+    fixture f;
+    store_put_result r;
+    make_doc(&f, id, title, TEXT1, acl, 1);
+    f.doc.metadata_json = meta;
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_INT(r, STORE_ADDED);
+    store_doc_info *d = NULL;
+    CHECK_OK(store_get_document(s, id, true, &d, err), err);
+    CHECK_STR(d->doc_id, id);
+    CHECK_STR(d->title, title);
+    CHECK_STR(d->acl[0], acl[0]);
+    CHECK_STR(d->metadata_json, "{\"q\":\"'; DROP TABLE acl; --\",\"n\":\"\\\"\"}");
+    CHECK_INT(d->nchunks, 3);
+    store_doc_info_free(d);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('documents', 'chunks', 'acl')"),
+              3);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks"), 3);
+    CHECK_OK(store_delete(s, id, err), err);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM documents"), 0);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+/* ---- failures while writing, and batches ------------------------------------------------ */
+
+static bool doc_exists(store *s, const char *doc_id)
+{
+    char err[QR_ERR_LEN], hash[65];
+    bool found = false;
+    return !store_get_hash(s, doc_id, hash, &found, err) && found;
+}
+
+TEST(failure_mid_write_leaves_nothing)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f, poisoned;
+    store_put_result r;
+    make_doc(&f, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    int64_t ids[16], ids2[16];
+    size_t n, n2;
+    CHECK_INT(chunk_ids(s, "d1", ids, &n), 0);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    /* SQLite refuses the second chunk of a document, after the document row and the first chunk
+     * were written: the stand-in for an I/O error or a full disk in the middle of a put */
+    CHECK(raw_exec(db, "CREATE TRIGGER poison BEFORE INSERT ON chunks WHEN NEW.body LIKE '%POISON%'"
+                       " BEGIN SELECT RAISE(ABORT, 'poisoned chunk'); END"));
+    int64_t counter = counter_of(s), data_version = raw_int(db, "PRAGMA data_version");
+    make_doc(&poisoned, "d2", "New", "A fine first chunk\nA POISON second chunk", NULL, 0);
+    CHECK(put(s, &poisoned, &r, err) != QR_OK);
+    CHECK_MSG(strstr(err, "poisoned chunk") && strstr(err, "quarry.db"), "%s", err);
+    CHECK(!doc_exists(s, "d2"));
+    /* new content for a stored document fails the same way: the old version stays whole */
+    poisoned.doc.doc_id = "d1";
+    CHECK(put(s, &poisoned, &r, err) != QR_OK);
+    CHECK_INT(chunk_ids(s, "d1", ids2, &n2), 0);
+    CHECK(n2 == n && memcmp(ids, ids2, n * sizeof(ids[0])) == 0);
+    CHECK_INT(counter_of(s), counter);
+    CHECK_INT(raw_int(db, "PRAGMA data_version"), data_version);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks"), 3);
+    CHECK_OK(store_verify(s, err), err);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(batch_commits_and_fails_as_a_whole)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err), *reader = NULL;
+    CHECK_MSG(s, "%s", err);
+    CHECK_OK(store_open(dir, &reader, err), err);
+    fixture f1, f2, bad, poisoned;
+    store_put_result r;
+    make_doc(&f1, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    make_doc(&f2, "d2", "Other", "Unrelated zebra paragraph", NULL, 0);
+    CHECK_INT(store_batch_commit(s, err), QR_EINVAL);
+
+    CHECK_OK(store_batch_begin(s, err), err);
+    CHECK_INT(store_batch_begin(s, err), QR_EINVAL);
+    CHECK_OK(put(s, &f1, &r, err), err);
+    CHECK_INT(r, STORE_ADDED);
+    CHECK_OK(put(s, &f2, &r, err), err);
+    const char *acl[] = {"public"};
+    CHECK_OK(store_set_acl(s, "d2", acl, 1, err), err);
+    /* failures before writing leave the batch open */
+    CHECK_INT(store_delete(s, "absent", err), QR_ENOTFOUND);
+    make_doc(&bad, "d3", "Bad", TEXT1, NULL, 0);
+    bad.doc.doc_id = "bad\nid";
+    CHECK_INT(put(s, &bad, &r, err), QR_EINVAL);
+    /* the writer sees its batch, other handles see nothing until it commits */
+    CHECK(doc_exists(s, "d1"));
+    CHECK(!doc_exists(reader, "d1"));
+    CHECK_INT(counter_of(reader), 0);
+    CHECK_OK(store_batch_commit(s, err), err);
+    CHECK(doc_exists(reader, "d1") && doc_exists(reader, "d2"));
+    CHECK_INT(counter_of(reader), 3);
+    CHECK_OK(store_verify(reader, err), err);
+
+    /* a failure while writing rolls the whole batch back */
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK(raw_exec(db, "CREATE TRIGGER poison BEFORE INSERT ON chunks WHEN NEW.body LIKE '%POISON%'"
+                       " BEGIN SELECT RAISE(ABORT, 'poisoned chunk'); END"));
+    sqlite3_close(db);
+    fixture f4, f6;
+    make_doc(&f4, "d4", "Four", "Fourth document text", NULL, 0);
+    make_doc(&f6, "d6", "Six", "Sixth document text", NULL, 0);
+    make_doc(&poisoned, "d5", "Five", "A fine first chunk\nA POISON second chunk", NULL, 0);
+    CHECK_OK(store_batch_begin(s, err), err);
+    CHECK_OK(put(s, &f4, &r, err), err);
+    CHECK_OK(store_delete(s, "d2", err), err);
+    CHECK(put(s, &poisoned, &r, err) != QR_OK);
+    CHECK_MSG(strstr(err, "poisoned chunk") && strstr(err, "batch was rolled back"), "%s", err);
+    qr_status st = put(s, &f6, &r, err);
+    CHECK(st != QR_OK);
+    CHECK_MSG(strstr(err, "rolled back by an earlier failure") && strstr(err, "poisoned chunk"), "%s", err);
+    CHECK_INT(store_batch_commit(s, err), st);
+    CHECK_MSG(strstr(err, "batch was rolled back") && strstr(err, "poisoned chunk"), "%s", err);
+    CHECK(!doc_exists(s, "d4") && !doc_exists(s, "d5") && !doc_exists(s, "d6"));
+    CHECK(doc_exists(s, "d2"));
+    CHECK_INT(counter_of(s), 3);
+    /* the handle works normally again */
+    CHECK_OK(put(s, &f4, &r, err), err);
+    CHECK_INT(counter_of(s), 4);
+
+    /* explicit rollback, and close with an open batch */
+    CHECK_OK(store_batch_begin(s, err), err);
+    CHECK_OK(put(s, &f6, &r, err), err);
+    store_batch_rollback(s);
+    store_batch_rollback(s); /* no batch: a no-op */
+    CHECK(!doc_exists(s, "d6"));
+    CHECK_OK(store_batch_begin(s, err), err);
+    CHECK_OK(put(s, &f6, &r, err), err);
+    store_close(s);
+    CHECK(!doc_exists(reader, "d6"));
+    CHECK_INT(counter_of(reader), 4);
+    CHECK_OK(store_verify(reader, err), err);
+    store_close(reader);
+    rm_tree(dir);
+}
+
+/* ---- FTS --------------------------------------------------------------------------------- */
+
+TEST(fts_matches_stems_title_and_headings)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f, g;
+    store_put_result r;
+    make_doc(&f, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    make_doc(&g, "d2", "Kantine", "Die Mitarbeiter essen gemeinsam\nDas Café öffnet früh", NULL, 0);
+    CHECK_OK(put(s, &g, &r, err), err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    /* porter: "run" finds "running", "reimburse" finds "reimbursed" */
+    CHECK_INT(fts_count(db, "run"), 1);
+    CHECK_INT(fts_count(db, "body:reimburse"), 1);
+    CHECK_INT(fts_count(db, "approve"), 1); /* approval */
+    /* the title is indexed with every chunk of its document, the heading path with its chunk */
+    CHECK_INT(fts_count(db, "title:travel"), 3);
+    CHECK_INT(fts_count(db, "title:travel AND hotels"), 1);
+    CHECK_INT(fts_count(db, "headings:reimbursement"), 2); /* one chunk of each document */
+    CHECK_INT(fts_count(db, "headings:reimbursement AND title:travel"), 1);
+    CHECK_INT(fts_count(db, "body:travel"), 0);
+    /* unicode61 folds case and diacritics */
+    CHECK_INT(fts_count(db, "cafe"), 1);
+    CHECK_INT(fts_count(db, "FRUH"), 1);
+    /* rowids are chunk ids and the text comes from the chunk table */
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks_fts f JOIN chunks c ON c.id = f.rowid"
+                          " WHERE chunks_fts MATCH 'audits' AND f.body = c.body AND c.body LIKE 'Receipts%'"),
+              1);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+/* ---- verification ------------------------------------------------------------------------ */
+
+/* The crash test's independent view of consistency: NULL when consistent, else what is wrong. */
+static const char *raw_inconsistency(sqlite3 *db, int dim)
+{
+    static char why[256];
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &q, NULL) != SQLITE_OK ||
+        sqlite3_step(q) != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(q, 0), "ok") != 0) {
+        snprintf(why, sizeof(why), "integrity_check: %s",
+                 q && sqlite3_column_text(q, 0) ? (const char *)sqlite3_column_text(q, 0)
+                                                : sqlite3_errmsg(db));
+        sqlite3_finalize(q);
+        return why;
+    }
+    sqlite3_finalize(q);
+    if (sqlite3_exec(db, "INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)", NULL, NULL,
+                     NULL) != SQLITE_OK) {
+        snprintf(why, sizeof(why), "FTS5 integrity-check: %s", sqlite3_errmsg(db));
+        return why;
+    }
+    char sizecheck[128];
+    snprintf(sizecheck, sizeof(sizecheck), "SELECT count(*) FROM vectors WHERE length(vec) != %d", 4 * dim);
+    const struct {
+        const char *sql, *what;
+    } zero[] = {
+        {"SELECT count(*) FROM chunks c LEFT JOIN documents d ON d.id = c.doc WHERE d.id IS NULL",
+         "orphan chunks"},
+        {"SELECT count(*) FROM chunks c LEFT JOIN vectors v ON v.chunk_id = c.id WHERE v.chunk_id IS NULL",
+         "chunks without vectors"},
+        {"SELECT count(*) FROM vectors v LEFT JOIN chunks c ON c.id = v.chunk_id WHERE c.id IS NULL",
+         "orphan vectors"},
+        {sizecheck, "vectors of the wrong size"},
+        {"SELECT count(*) FROM chunks WHERE id NOT IN (SELECT id FROM chunks_fts_docsize)",
+         "chunks without FTS rows"},
+        {"SELECT count(*) FROM chunks_fts_docsize WHERE id NOT IN (SELECT id FROM chunks)",
+         "orphan FTS rows"},
+        {"SELECT count(*) FROM documents d WHERE chunk_count != (SELECT count(*) FROM chunks WHERE doc = "
+         "d.id)",
+         "documents with a wrong chunk count"},
+        {"SELECT count(*) FROM documents d WHERE chunk_count = 0", "documents without chunks"},
+        {"SELECT count(*) FROM acl a LEFT JOIN documents d ON d.id = a.doc WHERE d.id IS NULL",
+         "orphan ACL rows"},
+        /* one transaction per version: all chunks of a document come from the same one ... */
+        {"SELECT count(*) FROM (SELECT doc FROM chunks GROUP BY doc HAVING count(DISTINCT added) > 1)",
+         "documents mixing chunks of two writes"},
+        /* ... and belong to the version the document row names (the writer starts each chunk
+         * with the hash) */
+        {"SELECT count(*) FROM chunks c JOIN documents d ON d.id = c.doc WHERE substr(c.body, 1, 12) !="
+         " substr(d.content_hash, 1, 12)",
+         "chunks of another version"},
+        {"SELECT count(*) FROM documents d WHERE (SELECT count(DISTINCT ordinal) = d.chunk_count AND "
+         "min(ordinal) = 0"
+         " AND max(ordinal) = d.chunk_count - 1 FROM chunks WHERE doc = d.id) IS NOT 1",
+         "documents with gaps in their chunks"},
+        {"SELECT count(*) FROM deleted_chunks WHERE chunk_id IN (SELECT id FROM chunks)",
+         "live chunks tombstoned"},
+    };
+    for (size_t i = 0; i < sizeof(zero) / sizeof(zero[0]); i++) {
+        int64_t n = raw_int(db, zero[i].sql);
+        if (n != 0) {
+            snprintf(why, sizeof(why), "%s: %lld", zero[i].what, (long long)n);
+            return why;
+        }
+    }
+    return NULL;
+}
+
+TEST(verify_detects_damage)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f;
+    store_put_result r;
+    /* every chunk starts with the hash's first 12 digits, as the crash writer's do, so that
+     * raw_inconsistency holds on a healthy store */
+    make_doc(&f, "d1", "Travel policy", "0123456789ab one\n0123456789ab two\n0123456789ab three", ACL_AB, 3);
+    memcpy(f.hash, "0123456789ab", 12);
+    CHECK_OK(put(s, &f, &r, err), err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK_OK(store_verify(s, err), err);
+    const char *why = raw_inconsistency(db, DIM);
+    CHECK_MSG(why == NULL, "%s", why);
+
+    /* a lost vector */
+    CHECK(raw_exec(db, "DELETE FROM vectors WHERE chunk_id = (SELECT max(id) FROM chunks)"));
+    CHECK_INT(store_verify(s, err), QR_EIO);
+    CHECK_MSG(strstr(err, "without a vector"), "%s", err);
+    CHECK(raw_inconsistency(db, DIM) != NULL);
+    CHECK(raw_exec(db, "INSERT INTO vectors SELECT max(id), zeroblob(16) FROM chunks"));
+    CHECK_OK(store_verify(s, err), err);
+
+    /* a chunk changed behind the full-text index's back */
+    CHECK(raw_exec(
+        db, "UPDATE chunks SET body = substr(body, 1, 12) || ' tampered' WHERE id = (SELECT min(id) FROM "
+            "chunks)"));
+    CHECK_INT(store_verify(s, err), QR_EIO);
+    CHECK_MSG(strstr(err, "full-text index"), "%s", err);
+    why = raw_inconsistency(db, DIM);
+    CHECK(why && strstr(why, "FTS5"));
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+/* ---- concurrency ------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *dir;
+    volatile int writing; /* 1 while the writer runs */
+    int writes, reads;
+    char err[QR_ERR_LEN];
+} shared_state;
+
+static void *writer_thread(void *arg)
+{
+    shared_state *sh = arg;
+    store *s = NULL;
+    if (store_open(sh->dir, &s, sh->err))
+        goto out;
+    for (int i = 0; i < 120; i++) {
+        fixture f;
+        char id[32], text[512];
+        store_put_result r;
+        snprintf(id, sizeof(id), "doc-%d", i % 40);
+        snprintf(text, sizeof(text), "version %d line one\nline two of %d\nline three\nline four %d", i, i,
+                 i);
+        make_doc(&f, id, "Concurrent", text, NULL, 0);
+        f.nchunks = 1 + (size_t)(i % 4);
+        if (store_put(s, &f.doc, f.chunks, f.nchunks, f.vectors, DIM, &r, sh->err))
+            goto out;
+        sh->writes++;
+    }
+out:
+    __atomic_store_n(&sh->writing, 0, __ATOMIC_SEQ_CST);
+    store_close(s);
+    return NULL;
+}
+
+TEST(readers_run_while_a_writer_writes)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    shared_state sh = {.dir = dir, .writing = 1};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, writer_thread, &sh) == 0);
+    int64_t last_counter = 0;
+    bool failed = false;
+    while (__atomic_load_n(&sh.writing, __ATOMIC_SEQ_CST) && !failed) {
+        for (int i = 0; i < 40 && !failed; i++) {
+            char id[32];
+            snprintf(id, sizeof(id), "doc-%d", i);
+            store_doc_info *d = NULL;
+            qr_status st = store_get_document(s, id, true, &d, err);
+            if (st == QR_ENOTFOUND)
+                continue;
+            if (st) {
+                failed = true;
+                break;
+            }
+            /* a document is seen whole: its chunk rows and the count in its row agree, and all
+             * chunks carry the text of one version */
+            if (d->nchunks != d->chunk_count || d->nchunks == 0 ||
+                strncmp(d->chunks[0].text, "version ", 8) != 0) {
+                snprintf(err, sizeof(err), "torn read of %s: %zu of %zu chunks", id, d->nchunks,
+                         d->chunk_count);
+                failed = true;
+            }
+            store_doc_info_free(d);
+            sh.reads++;
+        }
+        int64_t c = counter_of(s);
+        if (c < last_counter) {
+            snprintf(err, sizeof(err), "change counter went back from %lld to %lld", (long long)last_counter,
+                     (long long)c);
+            failed = true;
+        }
+        last_counter = c;
+    }
+    pthread_join(t, NULL);
+    CHECK_MSG(!failed, "reader: %s", err);
+    int reads_while_writing = sh.reads;
+    /* one pass after the writer finished, in case the scheduler let it run alone */
+    for (int i = 0; i < 40; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "doc-%d", i);
+        store_doc_info *d = NULL;
+        CHECK_OK(store_get_document(s, id, true, &d, err), err);
+        CHECK_INT(d->nchunks, d->chunk_count);
+        store_doc_info_free(d);
+        sh.reads++;
+    }
+    if (reads_while_writing == 0)
+        fprintf(stderr, "note: no read overlapped the writer in this run\n");
+    CHECK_MSG(sh.writes == 120, "writer: %s", sh.err);
+    CHECK(sh.reads > 0);
+    CHECK_INT(counter_of(s), 120);
+    store_stats stats;
+    CHECK_OK(store_get_stats(s, &stats, err), err);
+    CHECK_INT(stats.documents, 40);
+    CHECK_OK(store_verify(s, err), err);
+    store_close(s);
+    rm_tree(dir);
+}
+
+/* ---- crash test -------------------------------------------------------------------------- */
+
+/* Reads what the writer printed: the change counter after each write that returned. */
+static int64_t last_reported(int fd, int64_t *lines)
+{
+    static char buf[1 << 20];
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof(buf) - 1 && (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    int64_t last = -1;
+    *lines = 0;
+    /* a line cut by the kill has no newline: ignore it */
+    for (char *p = buf, *nl; (nl = strchr(p, '\n')); p = nl + 1) {
+        last = strtoll(p, NULL, 10);
+        (*lines)++;
+    }
+    return last;
+}
+
+TEST(crash_kill_50)
+{
+    char err[QR_ERR_LEN] = "", stderr_path[600];
+    const char *dir = temp_dir();
+    CHECK(dir);
+    char store_dir[600];
+    snprintf(store_dir, sizeof(store_dir), "%s/data", dir);
+    snprintf(stderr_path, sizeof(stderr_path), "%s/writer.stderr", dir);
+    srand((unsigned)time(NULL));
+    unsigned seed0 = (unsigned)rand();
+    int64_t prev_counter = 0, total_writes = 0;
+    int kills_mid_write = 0;
+    for (int round = 0; round < 50; round++) {
+        int fds[2];
+        CHECK(pipe(fds) == 0);
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+        posix_spawn_file_actions_addclose(&fa, fds[0]);
+        posix_spawn_file_actions_addopen(&fa, 2, stderr_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        char seed[32];
+        snprintf(seed, sizeof(seed), "%u", seed0 + (unsigned)round);
+        char *argv[] = {(char *)STORE_CRASH_BIN, store_dir, seed, NULL};
+        pid_t pid;
+        int rc = posix_spawn(&pid, STORE_CRASH_BIN, &fa, NULL, argv, environ);
+        posix_spawn_file_actions_destroy(&fa);
+        close(fds[1]);
+        CHECK_MSG(rc == 0, "cannot start %s: %s", STORE_CRASH_BIN, strerror(rc));
+        /* the first rounds give the writer time to create the store; later ones also kill it
+         * while it opens */
+        int delay_ms = 5 + rand() % 56;
+        struct timespec ts = {0, delay_ms * 1000000L};
+        nanosleep(&ts, NULL);
+        kill(pid, SIGKILL);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        int64_t lines = 0, reported = last_reported(fds[0], &lines);
+        close(fds[0]);
+        if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) {
+            char msg[512] = "";
+            FILE *fp = fopen(stderr_path, "r");
+            if (fp) {
+                size_t n = fread(msg, 1, sizeof(msg) - 1, fp);
+                msg[n] = '\0';
+                fclose(fp);
+            }
+            CHECK_MSG(false, "round %d (seed %s): the writer ended by itself (status %d): %s", round, seed,
+                      status, msg);
+        }
+        total_writes += lines;
+
+        struct stat sb;
+        if (stat(store_dir, &sb) != 0)
+            continue; /* killed before it created anything */
+        store *s = NULL;
+        CHECK_MSG(!store_open(store_dir, &s, err), "round %d (seed %s): reopen: %s", round, seed, err);
+        store_stats stats;
+        CHECK_OK(store_get_stats(s, &stats, err), err);
+        /* nothing committed by a call that returned is lost, and the counter never goes back */
+        CHECK_MSG(stats.change_counter >= reported, "round %d: counter %lld < last reported %lld", round,
+                  (long long)stats.change_counter, (long long)reported);
+        CHECK_MSG(stats.change_counter >= prev_counter, "round %d: counter went back", round);
+        if (stats.change_counter > reported && reported >= 0)
+            kills_mid_write++; /* the kill hit a write that committed but had not returned */
+        prev_counter = stats.change_counter;
+        qr_status st = store_verify(s, err);
+        CHECK_MSG(st == QR_OK, "round %d (seed %s): %s", round, seed, err);
+        store_close(s);
+        sqlite3 *db = raw_open(store_dir);
+        CHECK(db);
+        const char *why = raw_inconsistency(db, 8);
+        sqlite3_close(db);
+        CHECK_MSG(why == NULL, "round %d (seed %s): %s", round, seed, why);
+    }
+    /* the test means something only if the writer got work done between kills */
+    CHECK_MSG(prev_counter >= 50, "only %lld writes committed in 50 rounds", (long long)prev_counter);
+    fprintf(stderr,
+            "crash test: %lld writes or batches returned, final counter %lld; %d kills landed after a commit "
+            "reached the WAL but before it returned\n",
+            (long long)total_writes, (long long)prev_counter, kills_mid_write);
+    rm_tree(dir);
+}

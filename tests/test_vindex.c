@@ -1,0 +1,1592 @@
+/*
+ * Tests of the vector index (index/vindex.c) with real FAISS: type selection, persistence, a
+ * crash during publication (a child process killed at each step of it), the delta and
+ * tombstones, rebuilds that fold them in and carry newer changes over, concurrent searches
+ * while generations are published, detection of a stale or damaged index, the centroid seam of
+ * the GPU build path, and every search path against a naive oracle on random data.
+ *
+ * The oracle normalises and scores exactly as the index promises (double sums over the float32
+ * normalised rows, best first, equal scores by smaller id), so ids and scores must be identical,
+ * not merely close.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "index/index.h"
+#include "index/vindex_int.h"
+#include "tests/harness.h"
+
+/* ---- helpers --------------------------------------------------------------------------------- */
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s += 0x9e3779b97f4a7c15ull;
+    uint64_t z = *s;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double rng_unit(uint64_t *s)
+{
+    return (double)(rng_next(s) >> 11) / 9007199254740992.0;
+}
+
+static double rng_gauss(uint64_t *s)
+{
+    double u = rng_unit(s), v = rng_unit(s);
+    return sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v);
+}
+
+/* Random vectors; with nclusters > 0 they gather around random centres (like embeddings). */
+static float *random_vectors(size_t n, int dim, int nclusters, double noise, uint64_t seed)
+{
+    float *x = malloc(n * (size_t)dim * sizeof(float));
+    float *c = nclusters ? malloc((size_t)nclusters * (size_t)dim * sizeof(float)) : NULL;
+    uint64_t s = seed;
+    for (int j = 0; j < nclusters * dim; j++)
+        c[j] = (float)rng_gauss(&s);
+    for (size_t i = 0; i < n; i++) {
+        const float *centre = nclusters ? c + (rng_next(&s) % (uint64_t)nclusters) * (size_t)dim : NULL;
+        for (int j = 0; j < dim; j++)
+            x[i * (size_t)dim + j] = (float)((centre ? centre[j] : 0) + noise * rng_gauss(&s));
+    }
+    free(c);
+    return x;
+}
+
+/* The index's normalisation, restated: double sum of squares, rows times 1/sqrt in double. */
+static void normalize(const float *in, float *out, int dim)
+{
+    double sum = 0;
+    for (int i = 0; i < dim; i++)
+        sum += (double)in[i] * in[i];
+    double inv = 1.0 / sqrt(sum);
+    for (int i = 0; i < dim; i++)
+        out[i] = (float)(in[i] * inv);
+}
+
+static float score_of(const float *a, const float *b, int dim)
+{
+    double s = 0;
+    for (int i = 0; i < dim; i++)
+        s += (double)a[i] * b[i];
+    return (float)s;
+}
+
+/* A model of what the index should hold: ids, normalised rows, alive flags. */
+typedef struct {
+    int dim;
+    size_t n, cap;
+    int64_t *ids;
+    float *rows; /* normalised */
+    bool *alive;
+} model;
+
+static void model_add(model *m, int64_t id, const float *raw)
+{
+    if (m->n == m->cap) {
+        m->cap = m->cap ? m->cap * 2 : 1024;
+        m->ids = realloc(m->ids, m->cap * sizeof(int64_t));
+        m->rows = realloc(m->rows, m->cap * (size_t)m->dim * sizeof(float));
+        m->alive = realloc(m->alive, m->cap * sizeof(bool));
+    }
+    m->ids[m->n] = id;
+    normalize(raw, m->rows + m->n * (size_t)m->dim, m->dim);
+    m->alive[m->n] = true;
+    m->n++;
+}
+
+static void model_kill(model *m, int64_t id)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (m->ids[i] == id)
+            m->alive[i] = false;
+}
+
+static void model_free(model *m)
+{
+    free(m->ids);
+    free(m->rows);
+    free(m->alive);
+}
+
+typedef struct {
+    float score;
+    int64_t id;
+} ohit;
+
+static int cmp_ohit(const void *a, const void *b)
+{
+    const ohit *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Naive top k over the model's alive rows that permit accepts (NULL: all). */
+static size_t oracle(const model *m, const float *raw_query, size_t k, vindex_permit_fn permit, void *ctx,
+                     int64_t *ids, float *scores)
+{
+    float *q = malloc((size_t)m->dim * sizeof(float));
+    normalize(raw_query, q, m->dim);
+    ohit *h = malloc((m->n + 1) * sizeof(ohit));
+    size_t n = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        if (!m->alive[i] || (permit && !permit(ctx, m->ids[i])))
+            continue;
+        h[n].score = score_of(m->rows + i * (size_t)m->dim, q, m->dim);
+        h[n].id = m->ids[i];
+        n++;
+    }
+    qsort(h, n, sizeof(ohit), cmp_ohit);
+    if (n > k)
+        n = k;
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = h[i].id;
+        scores[i] = h[i].score;
+    }
+    free(h);
+    free(q);
+    return n;
+}
+
+/* A pull source over arrays (ids, raw vectors), for vindex_build. */
+typedef struct {
+    const int64_t *ids;
+    const float *vecs;
+    size_t n, pos;
+    int dim;
+    bool fail_midway;
+} source;
+
+static qr_status source_pull(void *ctx, int dim, int64_t *ids, float *vecs, size_t cap, size_t *n, char *err)
+{
+    source *s = ctx;
+    if (dim != s->dim)
+        return qr_fail(err, QR_EINVAL, "source has dimension %d", s->dim);
+    if (s->fail_midway && s->pos > 0)
+        return qr_fail(err, QR_EIO, "source failed on purpose");
+    size_t take = s->n - s->pos < cap ? s->n - s->pos : cap;
+    if (take > 1000)
+        take = 1000; /* several batches */
+    memcpy(ids, s->ids + s->pos, take * sizeof(int64_t));
+    memcpy(vecs, s->vecs + s->pos * (size_t)dim, take * (size_t)dim * sizeof(float));
+    s->pos += take;
+    *n = take;
+    return QR_OK;
+}
+
+static qr_status build_from(vindex *v, const int64_t *ids, const float *vecs, size_t n, int dim,
+                            int64_t counter, char *err)
+{
+    source src = {ids, vecs, n, 0, dim, false};
+    return vindex_build(v, source_pull, &src, counter, NULL, err);
+}
+
+static int64_t *sequential_ids(size_t n, int64_t first, int64_t step)
+{
+    int64_t *ids = malloc(n * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++)
+        ids[i] = first + (int64_t)i * step;
+    return ids;
+}
+
+static char *make_dir(void)
+{
+    char tmpl[] = "/tmp/quarry-vindex-test-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    return d ? strdup(d) : NULL;
+}
+
+static void remove_dir(char *dir)
+{
+    if (!dir)
+        return;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[512];
+    while (d && (e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+    free(dir);
+}
+
+/* The directory's file names, sorted and joined by spaces. */
+static void list_dir(const char *dir, char *out, size_t len)
+{
+    char names[32][64];
+    int n = 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) && n < 32) {
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            snprintf(names[n++], 64, "%.63s", e->d_name);
+    }
+    if (d)
+        closedir(d);
+    qsort(names, (size_t)n, 64, (int (*)(const void *, const void *))strcmp);
+    out[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        strncat(out, names[i], len - strlen(out) - 1);
+        if (i + 1 < n)
+            strncat(out, " ", len - strlen(out) - 1);
+    }
+}
+
+static char *read_whole(const char *path, size_t *len)
+{
+    char *text = NULL;
+    if (qr_read_file(path, 1u << 30, &text, len, NULL))
+        return NULL;
+    return text;
+}
+
+static void flip_byte(const char *path, long offset)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char c;
+    if (offset < 0)
+        offset += lseek(fd, 0, SEEK_END);
+    if (pread(fd, &c, 1, offset) == 1) {
+        c ^= 0x20;
+        if (pwrite(fd, &c, 1, offset) != 1)
+            abort();
+    }
+    close(fd);
+}
+
+static vindex_opts test_opts(const char *type)
+{
+    vindex_opts o;
+    vindex_opts_default(&o);
+    o.type = type;
+    return o;
+}
+
+/* Every search path compared with the oracle for some queries; returns false on the first
+ * difference (with a message). */
+static bool matches_oracle(vindex *v, const model *m, const float *queries, size_t nq, size_t k,
+                           vindex_permit_fn permit, void *ctx)
+{
+    int d = m->dim;
+    int64_t *ids = malloc(k * sizeof(int64_t)), *oids = malloc(k * sizeof(int64_t));
+    float *sc = malloc(k * sizeof(float)), *osc = malloc(k * sizeof(float));
+    char err[QR_ERR_LEN];
+    bool ok = true;
+    for (size_t qi = 0; qi < nq && ok; qi++) {
+        size_t found = 0;
+        const float *q = queries + qi * (size_t)d;
+        if (vindex_search(v, q, d, k, permit, ctx, ids, sc, &found, err) != QR_OK) {
+            harness_fail(__FILE__, __LINE__, "search failed: %s", err);
+            ok = false;
+            break;
+        }
+        size_t ofound = oracle(m, q, k, permit, ctx, oids, osc);
+        if (found != ofound) {
+            harness_fail(__FILE__, __LINE__, "query %zu: found %zu, oracle %zu", qi, found, ofound);
+            ok = false;
+        }
+        for (size_t i = 0; ok && i < found; i++) {
+            if (ids[i] != oids[i] || sc[i] != osc[i]) {
+                harness_fail(__FILE__, __LINE__, "query %zu rank %zu: got %lld (%.9g), oracle %lld (%.9g)",
+                             qi, i, (long long)ids[i], sc[i], (long long)oids[i], osc[i]);
+                ok = false;
+            }
+        }
+    }
+    free(ids);
+    free(oids);
+    free(sc);
+    free(osc);
+    return ok;
+}
+
+/* Permission predicates over ids. */
+static bool permit_mod(void *ctx, int64_t id)
+{
+    int64_t mod = *(const int64_t *)ctx;
+    return id % mod == 0;
+}
+
+static bool permit_hash(void *ctx, int64_t id)
+{
+    uint64_t s = (uint64_t)id * 0x9e3779b97f4a7c15ull;
+    s ^= s >> 29;
+    return s % 100 < *(const unsigned *)ctx;
+}
+
+/* ---- options, arguments, bad input ----------------------------------------------------------- */
+
+TEST(arguments_are_checked)
+{
+    char err[QR_ERR_LEN];
+    char *dir = make_dir();
+    vindex *v = NULL;
+    bool stale = true;
+    vindex_opts o = test_opts("auto");
+    const int d = 8;
+    CHECK_INT(vindex_open(dir, 0, &o, 0, &v, &stale, err), QR_EINVAL);
+    CHECK(v == NULL && strstr(err, "dimension"));
+    o.type = "lsh";
+    CHECK_INT(vindex_open(dir, d, &o, 0, &v, &stale, err), QR_EINVAL);
+    CHECK(strstr(err, "lsh") != NULL);
+    o = test_opts("auto");
+    o.train_per_list = 10;
+    CHECK_INT(vindex_open(dir, d, &o, 0, &v, &stale, err), QR_EINVAL);
+    o = test_opts("flat");
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK(!stale);
+    /* a second handle on the same directory is refused */
+    vindex *v2 = NULL;
+    CHECK_INT(vindex_open(dir, d, &o, 0, &v2, &stale, err), QR_EPERM);
+    CHECK(v2 == NULL && strstr(err, "in use"));
+
+    float *x = random_vectors(100, d, 0, 1.0, 1);
+    int64_t *ids = sequential_ids(100, 1, 1);
+    CHECK_OK(build_from(v, ids, x, 100, d, 5, err), err);
+
+    float q[8] = {1, 0, 0, 0, 0, 0, 0, 0}, scores[4];
+    int64_t out[4];
+    size_t found = 99;
+    CHECK_INT(vindex_search(v, q, d, 0, NULL, NULL, out, scores, &found, err), QR_EINVAL);
+    CHECK(found == 0 && strstr(err, "k must be"));
+    CHECK_INT(vindex_search(v, q, d, VINDEX_K_MAX + 1, NULL, NULL, out, scores, &found, err), QR_EINVAL);
+    CHECK_INT(vindex_search(v, q, d + 1, 4, NULL, NULL, out, scores, &found, err), QR_EINVAL);
+    CHECK(strstr(err, "dimension") != NULL);
+    float bad[8] = {1, NAN, 0, 0, 0, 0, 0, 0}, zero[8] = {0};
+    CHECK_INT(vindex_search(v, bad, d, 4, NULL, NULL, out, scores, &found, err), QR_EINVAL);
+    CHECK(strstr(err, "not finite") != NULL);
+    CHECK_INT(vindex_search(v, zero, d, 4, NULL, NULL, out, scores, &found, err), QR_EINVAL);
+    CHECK_INT(vindex_search_subset(v, q, d, 0, ids, 10, out, scores, &found, err), QR_EINVAL);
+    CHECK_INT(vindex_search_subset(v, bad, d, 4, ids, 10, out, scores, &found, err), QR_EINVAL);
+
+    /* bad adds change nothing */
+    int64_t new_ids[2] = {1000, 1001};
+    float rows[16];
+    memcpy(rows, x, sizeof(rows));
+    rows[9] = INFINITY;
+    CHECK_INT(vindex_add(v, new_ids, rows, 2, d, 6, err), QR_EINVAL);
+    CHECK(strstr(err, "1001") != NULL);
+    rows[9] = 0.5f;
+    CHECK_INT(vindex_add(v, new_ids, rows, 2, d + 1, 6, err), QR_EINVAL);
+    int64_t dup[2] = {1000, 1000};
+    CHECK_INT(vindex_add(v, dup, rows, 2, d, 6, err), QR_EEXIST);
+    int64_t neg[2] = {1000, -3};
+    CHECK_INT(vindex_add(v, neg, rows, 2, d, 6, err), QR_EINVAL);
+    int64_t existing[2] = {1000, 50};
+    CHECK_INT(vindex_add(v, existing, rows, 2, d, 6, err), QR_EEXIST);
+    CHECK(strstr(err, "50") != NULL);
+    CHECK_INT(vindex_add(v, new_ids, rows, 2, d, 4, err), QR_EINVAL); /* counter went backwards */
+    CHECK_INT(vindex_remove(v, neg, 2, 6, err), QR_EINVAL);
+    CHECK_INT(vindex_remove(v, new_ids, 2, 4, err), QR_EINVAL);
+    vindex_info info;
+    vindex_get_info(v, &info);
+    CHECK_INT(info.delta, 0);
+    CHECK_INT(info.tombstones, 0);
+    CHECK_INT(info.store_counter, 5);
+    CHECK_INT(info.count, 100);
+
+    /* build input errors: nothing published */
+    vindex_builder *b = NULL;
+    CHECK_OK(vindex_build_begin(v, NULL, &b, err), err);
+    vindex_builder *b2 = NULL;
+    CHECK_INT(vindex_build_begin(v, NULL, &b2, err), QR_EEXIST);
+    CHECK(b2 == NULL);
+    CHECK_INT(vindex_build_add(b, ids, x, 10, d + 1, err), QR_EINVAL);
+    CHECK_INT(vindex_build_add(b, neg, rows, 2, d, err), QR_EINVAL);
+    CHECK_OK(vindex_build_add(b, ids, x, 10, d, err), err);
+    CHECK_OK(vindex_build_add(b, ids + 5, x, 1, d, err), err); /* id 6 again */
+    CHECK_INT(vindex_build_commit(b, 7, err), QR_EINVAL);
+    CHECK(strstr(err, "twice") != NULL);
+    source failing = {ids, x, 100, 0, d, true};
+    CHECK_INT(vindex_build(v, source_pull, &failing, 7, NULL, err), QR_EIO);
+    CHECK(strstr(err, "on purpose") != NULL);
+    vindex_centroids c = {x, 4, d + 1};
+    CHECK_INT(vindex_build_begin(v, &c, &b, err), QR_EINVAL);
+    float cbuf[4 * 8];
+    CHECK_INT(vindex_get_centroids(v, cbuf, 4, err), QR_EINVAL); /* flat has no lists */
+    vindex_get_info(v, &info);
+    CHECK_INT(info.generation, 1);
+    CHECK_INT(info.count, 100);
+    char names[512];
+    list_dir(dir, names, sizeof(names));
+    CHECK_STR(names, "LOCK MANIFEST gen-1.faiss gen-1.vec");
+
+    vindex_close(v);
+    vindex_close(NULL);
+    vindex_build_abort(NULL);
+    free(x);
+    free(ids);
+    remove_dir(dir);
+}
+
+/* ---- type selection -------------------------------------------------------------------------- */
+
+TEST(type_follows_size_and_override)
+{
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t n = 2000;
+    float *x = random_vectors(n, d, 20, 0.3, 2);
+    int64_t *ids = sequential_ids(n, 10, 3);
+    static const struct {
+        const char *type;
+        size_t threshold, n;
+        const char *want;
+        size_t nlist;
+    } cases[] = {
+        {"auto", 1000, 1000, "flat", 0},
+        {"auto", 1000, 1001, "ivf_sq8", 25}, /* 4*sqrt(1001) = 127, capped at 1001/39 = 25 */
+        {"auto", 50000, 2000, "flat", 0},
+        {"auto", 10, 0, "flat", 0}, /* an empty build is always flat */
+        {"flat", 10, 2000, "flat", 0},
+        {"ivf_flat", 50000, 2000, "ivf_flat", 51},
+        {"ivf_sq8", 50000, 2000, "ivf_sq8", 51},
+        {"hnsw", 50000, 2000, "hnsw", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *dir = make_dir();
+        vindex_opts o = test_opts(cases[i].type);
+        o.exact_threshold = cases[i].threshold;
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        CHECK_OK(build_from(v, ids, x, cases[i].n, d, 1, err), err);
+        vindex_info info;
+        vindex_get_info(v, &info);
+        CHECK_MSG(strcmp(info.type, cases[i].want) == 0, "case %zu: type %s, want %s", i, info.type,
+                  cases[i].want);
+        CHECK_INT(info.count, cases[i].n);
+        CHECK_INT(info.nlist, cases[i].nlist);
+        if (cases[i].nlist)
+            CHECK_INT(info.nprobe, o.nprobe < cases[i].nlist ? o.nprobe : cases[i].nlist);
+        if (strcmp(cases[i].want, "hnsw") == 0)
+            CHECK_INT(info.ef_search, o.ef_search);
+        /* whatever the type, a stored vector finds itself first */
+        if (cases[i].n) {
+            int64_t out[3];
+            float sc[3];
+            size_t found;
+            CHECK_OK(vindex_search(v, x + 7 * (size_t)d, d, 3, NULL, NULL, out, sc, &found, err), err);
+            CHECK_INT(found, 3);
+            CHECK_INT(out[0], ids[7]);
+            CHECK(fabsf(sc[0] - 1.0f) < 1e-5f);
+        }
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    free(x);
+    free(ids);
+}
+
+/* ---- exact paths against the oracle ---------------------------------------------------------- */
+
+TEST(search_matches_oracle_with_predicate)
+{
+    char err[QR_ERR_LEN];
+    const int d = 24;
+    const size_t n = 3000, nq = 25;
+    char *dir = make_dir();
+    float *x = random_vectors(n, d, 0, 1.0, 3);
+    float *queries = random_vectors(nq, d, 0, 1.0, 4);
+    int64_t *ids = sequential_ids(n, 5, 7);
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    vindex_opts o = test_opts("flat");
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    unsigned pct;
+    int64_t mod;
+    for (size_t k = 1; k <= 64; k *= 4) {
+        CHECK(matches_oracle(v, &m, queries, nq, k, NULL, NULL));
+        pct = 30;
+        CHECK(matches_oracle(v, &m, queries, nq, k, permit_hash, &pct));
+        pct = 1; /* ~30 permitted of 3000: over-fetch runs out, the exact scan answers */
+        CHECK(matches_oracle(v, &m, queries, nq, k, permit_hash, &pct));
+        mod = 7 * 997; /* permits almost nothing */
+        CHECK(matches_oracle(v, &m, queries, nq, k, permit_mod, &mod));
+    }
+    /* more than exist */
+    CHECK(matches_oracle(v, &m, queries, 3, 5000, NULL, NULL));
+    vindex_close(v);
+    model_free(&m);
+    free(x);
+    free(queries);
+    free(ids);
+    remove_dir(dir);
+}
+
+/* Rows of four +-0.5 entries have norm 1 exactly and exact inner products in {-1, -0.75, ..., 1}:
+ * thousands of exact ties, which must come out by smaller id on every path. */
+static float *tie_vectors(size_t n, int dim, uint64_t seed)
+{
+    float *x = calloc(n * (size_t)dim, sizeof(float));
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) {
+        for (int j = 0; j < 4; j++) {
+            int pos;
+            do
+                pos = (int)(rng_next(&s) % (uint64_t)dim);
+            while (x[i * (size_t)dim + pos] != 0);
+            x[i * (size_t)dim + pos] = rng_next(&s) & 1 ? 0.5f : -0.5f;
+        }
+    }
+    return x;
+}
+
+TEST(ties_are_broken_by_smaller_id)
+{
+    char err[QR_ERR_LEN];
+    const int d = 8;
+    const size_t n = 2000, nq = 10;
+    char *dir = make_dir();
+    float *x = tie_vectors(n, d, 5);
+    float *queries = tie_vectors(nq, d, 6);
+    /* ids descend while rows are added, so index order and id order disagree */
+    int64_t *ids = sequential_ids(n, 100000, -11);
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    vindex_opts o = test_opts("flat");
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    unsigned pct = 50;
+    for (size_t k = 1; k <= 300; k = k * 3 + 1) {
+        CHECK(matches_oracle(v, &m, queries, nq, k, NULL, NULL));
+        CHECK(matches_oracle(v, &m, queries, nq, k, permit_hash, &pct));
+    }
+    /* the subset path over every other id, in reverse order with duplicates */
+    size_t ns = n / 2 + 10;
+    int64_t *subset = malloc(ns * sizeof(int64_t));
+    for (size_t i = 0; i < n / 2; i++)
+        subset[i] = ids[n - 1 - 2 * i];
+    for (size_t i = 0; i < 10; i++)
+        subset[n / 2 + i] = subset[i * 3];
+    model ms = {.dim = d};
+    for (size_t i = 0; i < n; i += 2)
+        model_add(&ms, ids[i + 1], x + (i + 1) * (size_t)d);
+    int64_t out[200], oout[200];
+    float sc[200], osc[200];
+    for (size_t qi = 0; qi < nq; qi++) {
+        size_t found;
+        CHECK_OK(vindex_search_subset(v, queries + qi * (size_t)d, d, 200, subset, ns, out, sc, &found, err),
+                 err);
+        size_t ofound = oracle(&ms, queries + qi * (size_t)d, 200, NULL, NULL, oout, osc);
+        CHECK_INT(found, ofound);
+        for (size_t i = 0; i < found; i++) {
+            CHECK_INT(out[i], oout[i]);
+            CHECK(sc[i] == osc[i]);
+        }
+    }
+    vindex_close(v);
+    model_free(&m);
+    model_free(&ms);
+    free(subset);
+    free(x);
+    free(queries);
+    free(ids);
+    remove_dir(dir);
+}
+
+/* Hundreds of near-duplicates (rows equal up to the last bits, as re-ingested boilerplate gives)
+ * whose exact scores differ by less than BLAS rounding: the exact paths must still rank them by
+ * exact score, then id, as the oracle does. */
+TEST(near_duplicates_rank_exactly)
+{
+    char err[QR_ERR_LEN];
+    const int d = 24;
+    const size_t ndup = 300, n = 1300, nq = 6;
+    char *dir = make_dir();
+    float *x = random_vectors(n, d, 0, 1.0, 101);
+    uint64_t s = 102;
+    for (size_t i = 1; i < ndup; i++)
+        for (int j = 0; j < d; j++)
+            x[i * d + j] = x[j] * (float)(1.0 + 2e-7 * rng_gauss(&s));
+    /* ids in random order against the rows */
+    int64_t *ids = sequential_ids(n, 1, 1);
+    for (size_t i = n - 1; i > 0; i--) {
+        size_t j = (size_t)(rng_next(&s) % (i + 1));
+        int64_t t = ids[i];
+        ids[i] = ids[j];
+        ids[j] = t;
+    }
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    float *queries = malloc(nq * d * sizeof(float));
+    for (size_t qi = 0; qi < nq; qi++)
+        for (int j = 0; j < d; j++)
+            queries[qi * d + j] = x[j] + (float)(0.3 * rng_gauss(&s));
+    vindex_opts o = test_opts("flat");
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    for (size_t k = 1; k <= 64; k *= 4) {
+        CHECK(matches_oracle(v, &m, queries, nq, k, NULL, NULL));
+        for (size_t qi = 0; qi < nq; qi++) {
+            int64_t out[64], oout[64];
+            float sc[64], osc[64];
+            size_t found;
+            CHECK_OK(vindex_search_subset(v, queries + qi * d, d, k, ids, n, out, sc, &found, err), err);
+            CHECK_INT(found, oracle(&m, queries + qi * d, k, NULL, NULL, oout, osc));
+            for (size_t i = 0; i < found; i++)
+                CHECK(out[i] == oout[i] && sc[i] == osc[i]);
+        }
+    }
+    vindex_close(v);
+    model_free(&m);
+    free(queries);
+    free(x);
+    free(ids);
+    remove_dir(dir);
+}
+
+TEST(subset_search_matches_oracle)
+{
+    char err[QR_ERR_LEN];
+    const int d = 32;
+    const size_t n = 5000, nq = 12;
+    char *dir = make_dir();
+    float *x = random_vectors(n + 300, d, 10, 0.5, 7);
+    float *queries = random_vectors(nq, d, 10, 0.5, 8);
+    int64_t *ids = sequential_ids(n + 300, 1, 2);
+    vindex_opts o = test_opts("ivf_sq8"); /* the subset path never uses the ANN index */
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    /* a delta of 300 and some tombstones in both */
+    CHECK_OK(vindex_add(v, ids + n, x + n * (size_t)d, 300, d, 2, err), err);
+    int64_t removed[4] = {ids[3], ids[100], ids[n + 5], ids[n + 299]};
+    CHECK_OK(vindex_remove(v, removed, 4, 3, err), err);
+
+    uint64_t s = 9;
+    for (int round = 0; round < 6; round++) {
+        /* a random subset: some ids twice, some unknown, unsorted */
+        size_t ns = round == 0 ? 0 : (size_t)(rng_next(&s) % 3000) + 1;
+        int64_t *subset = malloc((ns + 1) * sizeof(int64_t));
+        model m = {.dim = d};
+        for (size_t i = 0; i < ns; i++) {
+            uint64_t r = rng_next(&s) % (n + 400);
+            subset[i] = r < n + 300 ? ids[r] : (int64_t)(1000000 + r); /* unknown ids are skipped */
+        }
+        for (size_t i = 0; i < n + 300; i++) {
+            bool in = false;
+            for (size_t j = 0; j < ns && !in; j++)
+                in = subset[j] == ids[i];
+            if (in)
+                model_add(&m, ids[i], x + i * (size_t)d);
+        }
+        for (size_t i = 0; i < 4; i++)
+            model_kill(&m, removed[i]);
+        for (size_t k = 1; k <= 100; k *= 10) {
+            for (size_t qi = 0; qi < nq; qi++) {
+                int64_t out[100], oout[100];
+                float sc[100], osc[100];
+                size_t found;
+                CHECK_OK(
+                    vindex_search_subset(v, queries + qi * (size_t)d, d, k, subset, ns, out, sc, &found, err),
+                    err);
+                size_t ofound = oracle(&m, queries + qi * (size_t)d, k, NULL, NULL, oout, osc);
+                CHECK_INT(found, ofound);
+                for (size_t i = 0; i < found; i++) {
+                    CHECK_MSG(out[i] == oout[i] && sc[i] == osc[i],
+                              "round %d k %zu q %zu rank %zu: %lld vs %lld", round, k, qi, i,
+                              (long long)out[i], (long long)oout[i]);
+                }
+            }
+        }
+        model_free(&m);
+        free(subset);
+    }
+    vindex_close(v);
+    free(x);
+    free(queries);
+    free(ids);
+    remove_dir(dir);
+}
+
+/* ---- ANN types -------------------------------------------------------------------------------- */
+
+TEST(ann_types_recall_and_never_leak)
+{
+    char err[QR_ERR_LEN];
+    const int d = 32;
+    const size_t n = 6000, nq = 40, k = 10;
+    /* queries from the same clusters as the data, not indexed themselves */
+    float *x = random_vectors(n + nq, d, 30, 0.35, 11);
+    const float *queries = x + n * (size_t)d;
+    int64_t *ids = sequential_ids(n, 3, 5);
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    const char *types[] = {"ivf_flat", "ivf_sq8", "hnsw"};
+    for (size_t t = 0; t < 3; t++) {
+        char *dir = make_dir();
+        vindex_opts o = test_opts(types[t]);
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+        size_t hits = 0;
+        for (size_t qi = 0; qi < nq; qi++) {
+            int64_t out[10], oout[10];
+            float sc[10], osc[10];
+            size_t found;
+            const float *q = queries + qi * (size_t)d;
+            CHECK_OK(vindex_search(v, q, d, k, NULL, NULL, out, sc, &found, err), err);
+            CHECK_INT(found, k);
+            oracle(&m, q, k, NULL, NULL, oout, osc);
+            for (size_t i = 0; i < k; i++) {
+                for (size_t j = 0; j < k; j++)
+                    hits += out[i] == oout[j];
+                /* returned scores are exact, whatever FAISS computed */
+                ssize_t pos = -1;
+                for (size_t r = 0; r < n && pos < 0; r++)
+                    if (ids[r] == out[i])
+                        pos = (ssize_t)r;
+                CHECK(pos >= 0);
+                float qn[32];
+                normalize(q, qn, d);
+                CHECK(sc[i] == score_of(m.rows + (size_t)pos * d, qn, d));
+                CHECK(i == 0 || sc[i - 1] > sc[i] || (sc[i - 1] == sc[i] && out[i - 1] < out[i]));
+            }
+        }
+        double recall = (double)hits / (double)(nq * k);
+        CHECK_MSG(recall >= 0.95, "%s recall@10 %.3f", types[t], recall);
+        /* predicates of 40% and 2%: over-fetch still finds k, nothing unpermitted comes back, and
+         * recall holds */
+        unsigned pcts[2] = {40, 2};
+        for (int p = 0; p < 2; p++) {
+            size_t phits = 0;
+            for (size_t qi = 0; qi < nq; qi++) {
+                int64_t out[10], oout[10];
+                float sc[10], osc[10];
+                size_t found;
+                const float *q = queries + qi * (size_t)d;
+                CHECK_OK(vindex_search(v, q, d, k, permit_hash, &pcts[p], out, sc, &found, err), err);
+                CHECK_INT(found, k);
+                oracle(&m, q, k, permit_hash, &pcts[p], oout, osc);
+                for (size_t i = 0; i < found; i++) {
+                    CHECK(permit_hash(&pcts[p], out[i]));
+                    for (size_t j = 0; j < k; j++)
+                        phits += out[i] == oout[j];
+                }
+            }
+            recall = (double)phits / (double)(nq * k);
+            CHECK_MSG(recall >= 0.9, "%s recall@10 with a %u%% predicate: %.3f", types[t], pcts[p], recall);
+        }
+        /* about a dozen permitted chunks: the ANN index runs dry and the exact scan answers,
+         * exactly as the oracle does */
+        int64_t mod = 503;
+        size_t went_exact = 0;
+        for (size_t qi = 0; qi < nq; qi++) {
+            int64_t out[10], oout[10];
+            float sc[10], osc[10];
+            size_t found;
+            vindex_info a, b;
+            const float *q = queries + qi * (size_t)d;
+            vindex_get_info(v, &a);
+            CHECK_OK(vindex_search(v, q, d, k, permit_mod, &mod, out, sc, &found, err), err);
+            vindex_get_info(v, &b);
+            CHECK_INT(b.searches, a.searches + 1);
+            size_t ofound = oracle(&m, q, k, permit_mod, &mod, oout, osc);
+            CHECK_INT(found, ofound);
+            if (b.exact_scans == a.exact_scans)
+                continue;
+            went_exact++;
+            for (size_t i = 0; i < found; i++)
+                CHECK(out[i] == oout[i] && sc[i] == osc[i]);
+        }
+        CHECK_MSG(went_exact >= nq / 2, "%s: %zu of %zu searches went exact", types[t], went_exact, nq);
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    model_free(&m);
+    free(x);
+    free(ids);
+}
+
+/* ---- persistence ------------------------------------------------------------------------------ */
+
+TEST(persistence_round_trip)
+{
+    char err[QR_ERR_LEN];
+    const int d = 32;
+    const size_t n = 3000, nq = 10, k = 8;
+    float *x = random_vectors(n, d, 12, 0.4, 21);
+    float *queries = random_vectors(nq, d, 12, 0.4, 22);
+    int64_t *ids = sequential_ids(n, 1, 1);
+    const char *types[] = {"flat", "ivf_flat", "ivf_sq8", "hnsw"};
+    for (size_t t = 0; t < 4; t++) {
+        char *dir = make_dir();
+        vindex_opts o = test_opts(types[t]);
+        vindex *v = NULL;
+        bool stale = true;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        CHECK(!stale);
+        CHECK_OK(build_from(v, ids, x, n, d, 42, err), err);
+        int64_t before[10 * 8], after[10 * 8];
+        float sb[10 * 8], sa[10 * 8];
+        size_t found;
+        for (size_t qi = 0; qi < nq; qi++) {
+            CHECK_OK(vindex_search(v, queries + qi * d, d, k, NULL, NULL, before + qi * k, sb + qi * k,
+                                   &found, err),
+                     err);
+            CHECK_INT(found, k);
+        }
+        vindex_info i1, i2;
+        vindex_get_info(v, &i1);
+        vindex_close(v);
+
+        v = NULL;
+        stale = true;
+        CHECK_OK(vindex_open(dir, d, &o, 42, &v, &stale, err), err);
+        CHECK(!stale);
+        vindex_get_info(v, &i2);
+        CHECK_INT(i2.generation, i1.generation);
+        CHECK_STR(i2.type, i1.type);
+        CHECK_INT(i2.count, n);
+        CHECK_INT(i2.nlist, i1.nlist);
+        CHECK_INT(i2.nprobe, i1.nprobe);
+        CHECK_INT(i2.built_counter, 42);
+        CHECK_INT(i2.store_counter, 42);
+        for (size_t qi = 0; qi < nq; qi++) {
+            CHECK_OK(vindex_search(v, queries + qi * d, d, k, NULL, NULL, after + qi * k, sa + qi * k, &found,
+                                   err),
+                     err);
+            CHECK_INT(found, k);
+        }
+        CHECK(memcmp(before, after, sizeof(before)) == 0);
+        CHECK(memcmp(sb, sa, sizeof(sb)) == 0);
+        /* a second build replaces the generation and removes the first one's files */
+        CHECK_OK(build_from(v, ids, x, n / 2, d, 43, err), err);
+        char names[512], want[512];
+        list_dir(dir, names, sizeof(names));
+        snprintf(want, sizeof(want), "LOCK MANIFEST gen-%llu.faiss gen-%llu.vec",
+                 (unsigned long long)i1.generation + 1, (unsigned long long)i1.generation + 1);
+        CHECK_STR(names, want);
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    free(x);
+    free(queries);
+    free(ids);
+}
+
+/* ---- crash during publish ---------------------------------------------------------------------- */
+
+static void kill_self(const char *stage, void *arg)
+{
+    if (strcmp(stage, (const char *)arg) == 0)
+        kill(getpid(), SIGKILL);
+}
+
+#define CRASH_D 16
+#define CRASH_N 1500
+
+/* The child's part (a fresh process started by exec, so that FAISS's OpenMP starts clean):
+ * build generation 2 from other data and die at the named stage. */
+static void crash_child(const char *dir, const char *stage)
+{
+    char err[QR_ERR_LEN];
+    vindex_opts o = test_opts("ivf_flat");
+    vindex *v = NULL;
+    bool stale;
+    if (vindex_open(dir, CRASH_D, &o, 1, &v, &stale, err)) {
+        fprintf(stderr, "child: %s\n", err);
+        _exit(3);
+    }
+    float *x = random_vectors(CRASH_N, CRASH_D, 8, 0.3, 32);
+    int64_t *ids = sequential_ids(CRASH_N, 50000, 1);
+    vindex_test_set_hook(kill_self, (void *)stage);
+    build_from(v, ids, x, CRASH_N, CRASH_D, 2, err);
+    _exit(4); /* the hook should have killed us */
+}
+
+TEST(crash_during_publish)
+{
+    const char *child_dir = getenv("QUARRY_VINDEX_CRASH_DIR");
+    if (child_dir)
+        crash_child(child_dir, getenv("QUARRY_VINDEX_CRASH_STAGE"));
+
+    char err[QR_ERR_LEN];
+    const int d = CRASH_D;
+    float *x = random_vectors(CRASH_N, d, 8, 0.3, 31);
+    int64_t *ids = sequential_ids(CRASH_N, 1, 1);
+    float *q = random_vectors(1, d, 8, 0.3, 33);
+    const char *stages[] = {"files_written", "before_commit", "manifest_written", "published"};
+    for (size_t si = 0; si < 4; si++) {
+        char *dir = make_dir();
+        vindex_opts o = test_opts("flat");
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        CHECK_OK(build_from(v, ids, x, CRASH_N, d, 1, err), err);
+        int64_t before[5], after[5];
+        float sb[5], sa[5];
+        size_t found;
+        CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, before, sb, &found, err), err);
+        vindex_close(v);
+
+        pid_t pid = fork();
+        if (pid == 0) {
+            setenv("QUARRY_VINDEX_CRASH_DIR", dir, 1);
+            setenv("QUARRY_VINDEX_CRASH_STAGE", stages[si], 1);
+            execl("/proc/self/exe", "test_vindex", "crash_during_publish", (char *)NULL);
+            _exit(5);
+        }
+        int status = 0;
+        CHECK(waitpid(pid, &status, 0) == pid);
+        CHECK_MSG(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "stage %s: child status %d", stages[si],
+                  status);
+        char names[512];
+        list_dir(dir, names, sizeof(names));
+        bool committed = strcmp(stages[si], "published") == 0;
+        /* what the crash left: the new generation's files, maybe a manifest in flight */
+        CHECK_MSG(strstr(names, "gen-2.faiss") && strstr(names, "gen-2.vec"), "stage %s left: %s", stages[si],
+                  names);
+        if (strcmp(stages[si], "manifest_written") == 0)
+            CHECK(strstr(names, "MANIFEST.tmp") != NULL);
+        /* an interrupted manifest write of another attempt, too */
+        char path[512];
+        snprintf(path, sizeof(path), "%s/MANIFEST.tmp", dir);
+        if (!strstr(names, "MANIFEST.tmp")) {
+            FILE *f = fopen(path, "w");
+            fputs("quarry-vindex 1\ngenera", f);
+            fclose(f);
+        }
+
+        CHECK_OK(vindex_open(dir, d, &o, committed ? 2 : 1, &v, &stale, err), err);
+        CHECK(!stale);
+        vindex_info info;
+        vindex_get_info(v, &info);
+        CHECK_INT(info.generation, committed ? 2 : 1);
+        CHECK_STR(info.type, committed ? "ivf_flat" : "flat");
+        CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, after, sa, &found, err), err);
+        CHECK_INT(found, 5);
+        if (!committed) {
+            CHECK(memcmp(before, after, sizeof(before)) == 0);
+        } else {
+            for (int i = 0; i < 5; i++)
+                CHECK(after[i] >= 50000);
+        }
+        list_dir(dir, names, sizeof(names));
+        CHECK_STR(names,
+                  committed ? "LOCK MANIFEST gen-2.faiss gen-2.vec" : "LOCK MANIFEST gen-1.faiss gen-1.vec");
+        /* and the next build takes a fresh generation number */
+        CHECK_OK(build_from(v, ids, x, 100, d, 3, err), err);
+        vindex_get_info(v, &info);
+        CHECK_INT(info.generation, 3);
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    free(x);
+    free(ids);
+    free(q);
+}
+
+/* ---- delta, tombstones, rebuilds ---------------------------------------------------------------- */
+
+TEST(delta_and_tombstones)
+{
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t n = 2000, nd = 400, nq = 20;
+    char *dir = make_dir();
+    float *x = random_vectors(n + nd, d, 0, 1.0, 41);
+    float *queries = random_vectors(nq, d, 0, 1.0, 42);
+    int64_t *ids = sequential_ids(n + nd, 10, 10);
+    model m = {.dim = d};
+    vindex_opts o = test_opts("flat");
+    o.delta_max = 500;
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 100, err), err);
+    for (size_t i = 0; i < n; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    CHECK(!vindex_needs_rebuild(v));
+
+    /* the delta, in several adds, each a store change */
+    for (size_t i = 0; i < nd; i += 100) {
+        CHECK_OK(vindex_add(v, ids + n + i, x + (n + i) * (size_t)d, 100, d, 101 + (int64_t)i / 100, err),
+                 err);
+        for (size_t j = i; j < i + 100; j++)
+            model_add(&m, ids[n + j], x + (n + j) * (size_t)d);
+    }
+    CHECK(matches_oracle(v, &m, queries, nq, 10, NULL, NULL));
+    /* each query's best chunks, removed: from the main index and from the delta */
+    int64_t top[5];
+    float sc[5];
+    size_t found;
+    int64_t counter = 110;
+    for (size_t qi = 0; qi < 5; qi++) {
+        CHECK_OK(vindex_search(v, queries + qi * d, d, 5, NULL, NULL, top, sc, &found, err), err);
+        CHECK_OK(vindex_remove(v, top, 3, counter++, err), err);
+        for (int i = 0; i < 3; i++)
+            model_kill(&m, top[i]);
+    }
+    int64_t some_delta[3] = {ids[n + 1], ids[n + 2], 999999999 /* unknown: accepted */};
+    CHECK_OK(vindex_remove(v, some_delta, 3, counter++, err), err);
+    CHECK_OK(vindex_remove(v, some_delta, 2, counter++, err), err); /* twice: fine */
+    model_kill(&m, some_delta[0]);
+    model_kill(&m, some_delta[1]);
+    vindex_info info;
+    vindex_get_info(v, &info);
+    CHECK_INT(info.delta, nd);
+    CHECK(info.tombstones >= 3 && info.tombstones <= 18);
+    CHECK_INT(info.store_counter, counter - 1);
+    CHECK_INT(info.built_counter, 100);
+    CHECK(!vindex_needs_rebuild(v));
+    CHECK(matches_oracle(v, &m, queries, nq, 10, NULL, NULL));
+    unsigned pct = 25;
+    CHECK(matches_oracle(v, &m, queries, nq, 10, permit_hash, &pct));
+    /* removed ids are never reused */
+    CHECK_INT(vindex_add(v, some_delta, x, 1, d, counter, err), QR_EEXIST);
+    CHECK_INT(vindex_add(v, top, x, 1, d, counter, err), QR_EEXIST);
+
+    /* past delta_max the index asks for a rebuild */
+    float *more = random_vectors(100, d, 0, 1.0, 43);
+    int64_t *more_ids = sequential_ids(100, 500000, 1);
+    CHECK_OK(vindex_add(v, more_ids, more, 100, d, counter, err), err);
+    for (size_t i = 0; i < 100; i++)
+        model_add(&m, more_ids[i], more + i * (size_t)d);
+    CHECK(vindex_needs_rebuild(v));
+    CHECK(matches_oracle(v, &m, queries, nq, 10, NULL, NULL));
+
+    /* a rebuild from the store's state at `counter` folds everything in */
+    size_t alive = 0;
+    int64_t *aids = malloc(m.n * sizeof(int64_t));
+    float *avec = malloc(m.n * (size_t)d * sizeof(float));
+    for (size_t i = 0; i < m.n; i++) {
+        if (!m.alive[i])
+            continue;
+        aids[alive] = m.ids[i];
+        memcpy(avec + alive * (size_t)d, m.rows + i * (size_t)d, (size_t)d * sizeof(float));
+        alive++;
+    }
+    CHECK_OK(build_from(v, aids, avec, alive, d, counter, err), err);
+    vindex_get_info(v, &info);
+    CHECK_INT(info.delta, 0);
+    CHECK_INT(info.tombstones, 0);
+    CHECK_INT(info.count, alive);
+    CHECK(!vindex_needs_rebuild(v));
+    CHECK(matches_oracle(v, &m, queries, nq, 10, NULL, NULL));
+    CHECK(matches_oracle(v, &m, queries, nq, 10, permit_hash, &pct));
+
+    vindex_close(v);
+    model_free(&m);
+    free(aids);
+    free(avec);
+    free(more);
+    free(more_ids);
+    free(x);
+    free(queries);
+    free(ids);
+    remove_dir(dir);
+}
+
+/* Changes that arrive while a build runs: the hook adds and removes between the build's store
+ * snapshot and its commit. */
+typedef struct {
+    vindex *v;
+    const int64_t *add_ids;
+    const float *add_vecs;
+    int dim;
+    int64_t remove_id;
+    qr_status st;
+} during_build;
+
+static void change_during_build(const char *stage, void *arg)
+{
+    during_build *c = arg;
+    if (strcmp(stage, "before_commit") != 0)
+        return;
+    char err[QR_ERR_LEN];
+    c->st = vindex_add(c->v, c->add_ids, c->add_vecs, 2, c->dim, 13, err);
+    if (!c->st)
+        c->st = vindex_remove(c->v, &c->remove_id, 1, 14, err);
+}
+
+TEST(rebuild_carries_newer_changes_over)
+{
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t n = 1000;
+    char *dir = make_dir();
+    float *x = random_vectors(n + 10, d, 0, 1.0, 51);
+    int64_t *ids = sequential_ids(n + 10, 1, 1);
+    vindex_opts o = test_opts("auto");
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 10, err), err);
+    /* changes 11 and 12 reach the delta; the store snapshot at 12 has them too */
+    CHECK_OK(vindex_add(v, ids + n, x + n * (size_t)d, 1, d, 11, err), err);
+    CHECK_OK(vindex_remove(v, &ids[0], 1, 12, err), err);
+    during_build c = {v, ids + n + 1, x + (n + 1) * (size_t)d, d, ids[n], QR_OK};
+    vindex_test_set_hook(change_during_build, &c);
+    /* the store at 12: ids 2..n+1 */
+    qr_status st = build_from(v, ids + 1, x + d, n, d, 12, err);
+    vindex_test_set_hook(NULL, NULL);
+    CHECK_OK(st, err);
+    CHECK_OK(c.st, "change during build failed");
+    vindex_info info;
+    vindex_get_info(v, &info);
+    CHECK_INT(info.built_counter, 12);
+    CHECK_INT(info.store_counter, 14);
+    CHECK_INT(info.count, n);
+    CHECK_INT(info.delta, 2);      /* ids n+2, n+3 (change 13) */
+    CHECK_INT(info.tombstones, 1); /* id n+1 (change 14), now in the main index */
+    int64_t out[3];
+    float sc[3];
+    size_t found;
+    for (size_t i = 0; i < 4; i++) {
+        const int64_t id = ids[i == 0 ? 0 : n + i - 1];
+        CHECK_OK(vindex_search(v, x + (size_t)(id - 1) * d, d, 1, NULL, NULL, out, sc, &found, err), err);
+        CHECK_INT(found, 1);
+        bool gone = id == ids[0] || id == ids[n];
+        CHECK_MSG(gone ? out[0] != id : out[0] == id, "id %lld: got %lld", (long long)id, (long long)out[0]);
+    }
+    vindex_close(v);
+    free(x);
+    free(ids);
+    remove_dir(dir);
+}
+
+/* ---- concurrency ------------------------------------------------------------------------------ */
+
+#define CONC_D       16
+#define CONC_N       1500
+#define CONC_Q       12
+#define CONC_K       5
+#define CONC_READERS 6
+#define CONC_GENS    6
+
+typedef struct {
+    vindex *v;
+    const float *queries;
+    int64_t expect[2][CONC_Q][CONC_K]; /* per data set */
+    volatile int stop;
+    int failures, seen[2];
+    long searches;
+    pthread_mutex_t lock;
+} conc;
+
+static void *reader(void *arg)
+{
+    conc *c = arg;
+    char err[QR_ERR_LEN];
+    unsigned pct = 50;
+    int failures = 0, seen[2] = {0, 0};
+    long searches = 0;
+    while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
+        for (int qi = 0; qi < CONC_Q; qi++) {
+            int64_t out[CONC_K];
+            float sc[CONC_K];
+            size_t found;
+            if (vindex_search(c->v, c->queries + qi * CONC_D, CONC_D, CONC_K, NULL, NULL, out, sc, &found,
+                              err)) {
+                if (failures++ < 3)
+                    fprintf(stderr, "search failed: %s\n", err);
+                continue;
+            }
+            int which = -1;
+            for (int s = 0; s < 2; s++)
+                if (found == CONC_K && memcmp(out, c->expect[s][qi], sizeof(out)) == 0)
+                    which = s;
+            if (which < 0 && failures++ < 3)
+                fprintf(stderr, "query %d: found %zu, %lld %lld %lld %lld %lld\n", qi, found,
+                        (long long)out[0], (long long)out[1], (long long)out[2], (long long)out[3],
+                        (long long)out[4]);
+            else
+                seen[which]++;
+            /* the predicate path and the subset path run concurrently too */
+            if (vindex_search(c->v, c->queries + qi * CONC_D, CONC_D, CONC_K, permit_hash, &pct, out, sc,
+                              &found, err))
+                failures++;
+            int64_t subset[4] = {1, 2, 3, 4};
+            if (vindex_search_subset(c->v, c->queries + qi * CONC_D, CONC_D, 2, subset, 4, out, sc, &found,
+                                     err))
+                failures++;
+            searches += 3;
+        }
+    }
+    pthread_mutex_lock(&c->lock);
+    c->failures += failures;
+    c->seen[0] += seen[0];
+    c->seen[1] += seen[1];
+    c->searches += searches;
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+TEST(concurrent_readers_during_publish)
+{
+    char err[QR_ERR_LEN];
+    const int d = CONC_D;
+    char *dir = make_dir();
+    float *xs[2] = {random_vectors(CONC_N, d, 6, 0.4, 61), random_vectors(CONC_N, d, 6, 0.4, 62)};
+    int64_t *set_ids[2] = {sequential_ids(CONC_N, 1, 1), sequential_ids(CONC_N, 100000, 1)};
+    float *queries = random_vectors(CONC_Q, d, 6, 0.4, 63);
+    /* added rows are drawn until they score below every query's k-th result in both data sets,
+     * so the expected answers stay valid whatever adds a search sees */
+    float far[CONC_D], floor_score = 2;
+    uint64_t far_seed = 64;
+    conc *c = calloc(1, sizeof(*c));
+    pthread_mutex_init(&c->lock, NULL);
+    c->queries = queries;
+    for (int s = 0; s < 2; s++) {
+        model m = {.dim = d};
+        for (size_t i = 0; i < CONC_N; i++)
+            model_add(&m, set_ids[s][i], xs[s] + i * (size_t)d);
+        for (int qi = 0; qi < CONC_Q; qi++) {
+            float sc[CONC_K];
+            oracle(&m, queries + qi * d, CONC_K, NULL, NULL, c->expect[s][qi], sc);
+            if (sc[CONC_K - 1] < floor_score)
+                floor_score = sc[CONC_K - 1];
+        }
+        model_free(&m);
+    }
+    vindex_opts o = test_opts("flat");
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, set_ids[0], xs[0], CONC_N, d, 1, err), err);
+    c->v = v;
+    pthread_t threads[CONC_READERS];
+    for (int i = 0; i < CONC_READERS; i++)
+        pthread_create(&threads[i], NULL, reader, c);
+    int64_t counter = 2;
+    int adds = 0;
+    for (int g = 1; g <= CONC_GENS; g++) {
+        /* adds race with the searches and with the publication (they are carried over) */
+        for (int a = 0; a < 5; a++, adds++) {
+            for (bool ok = false; !ok;) {
+                float fn[CONC_D], qn[CONC_D];
+                for (int j = 0; j < d; j++)
+                    far[j] = (float)rng_gauss(&far_seed);
+                normalize(far, fn, d);
+                ok = true;
+                for (int qi = 0; qi < CONC_Q && ok; qi++) {
+                    normalize(queries + qi * d, qn, d);
+                    ok = score_of(fn, qn, d) < floor_score - 0.01f;
+                }
+            }
+            int64_t id = 900000 + adds;
+            CHECK_OK(vindex_add(v, &id, far, 1, d, counter++, err), err);
+        }
+        CHECK_OK(build_from(v, set_ids[g % 2], xs[g % 2], CONC_N, d, 1, err), err);
+    }
+    __atomic_store_n(&c->stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < CONC_READERS; i++)
+        pthread_join(threads[i], NULL);
+    CHECK_MSG(c->failures == 0, "%d of %ld searches failed or saw a torn snapshot", c->failures, c->searches);
+    CHECK(c->seen[0] > 0 && c->seen[1] > 0);
+    vindex_info info;
+    vindex_get_info(v, &info);
+    CHECK_INT(info.generation, CONC_GENS + 1);
+    CHECK_INT(info.delta, adds); /* built at counter 1: every add is newer and carried over */
+    char names[512], want[512];
+    list_dir(dir, names, sizeof(names));
+    snprintf(want, sizeof(want), "LOCK MANIFEST gen-%d.faiss gen-%d.vec", CONC_GENS + 1, CONC_GENS + 1);
+    CHECK_STR(names, want);
+    vindex_close(v);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+    for (int s = 0; s < 2; s++) {
+        free(xs[s]);
+        free(set_ids[s]);
+    }
+    free(queries);
+    remove_dir(dir);
+}
+
+/* ---- mismatch and damage ---------------------------------------------------------------------- */
+
+TEST(mismatch_and_damage_are_detected)
+{
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t n = 800;
+    char *dir = make_dir();
+    float *x = random_vectors(n, d, 0, 1.0, 71);
+    int64_t *ids = sequential_ids(n, 1, 1);
+    vindex_opts on = test_opts("flat"), off = test_opts("flat");
+    off.rebuild_on_mismatch = false;
+    vindex *v = NULL;
+    bool stale = false;
+    char names[512], names2[512];
+    size_t len2;
+
+    /* nothing built while the store has changes */
+    CHECK_INT(vindex_open(dir, d, &off, 3, &v, &stale, err), QR_EINVAL);
+    CHECK(v == NULL && strstr(err, "not been built"));
+    CHECK_OK(vindex_open(dir, d, &on, 3, &v, &stale, err), err);
+    CHECK(stale);
+    CHECK_OK(build_from(v, ids, x, n, d, 7, err), err);
+    vindex_close(v);
+
+    /* store counter */
+    CHECK_INT(vindex_open(dir, d, &off, 8, &v, &stale, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "stale") && strstr(err, "7") && strstr(err, "8"), "%s", err);
+    CHECK_OK(vindex_open(dir, d, &on, 8, &v, &stale, err), err);
+    CHECK(stale);
+    vindex_info info;
+    vindex_get_info(v, &info);
+    CHECK_INT(info.count, n); /* still served while it catches up */
+    CHECK_INT(info.store_counter, 7);
+    vindex_close(v);
+
+    /* dimension */
+    CHECK_INT(vindex_open(dir, d * 2, &off, 7, &v, &stale, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "16") && strstr(err, "32"), "%s", err);
+    list_dir(dir, names, sizeof(names));
+    CHECK_STR(names, "LOCK MANIFEST gen-1.faiss gen-1.vec");
+
+    /* a corrupted manifest, index file or vectors file; a missing file */
+    struct {
+        const char *file;
+        long offset; /* negative: from the end; 0: delete the file */
+        const char *msg;
+    } damage[] = {
+        {"MANIFEST", 20, "corrupted"},     {"MANIFEST", -20, "corrupted"},   {"MANIFEST", -1, "corrupted"},
+        {"gen-1.faiss", 200, "corrupted"}, {"gen-1.vec", -100, "corrupted"}, {"gen-1.vec", 0, "missing"},
+        {"gen-1.faiss", 0, "missing"},
+    };
+    for (size_t i = 0; i < sizeof(damage) / sizeof(damage[0]); i++) {
+        char victim[512];
+        snprintf(victim, sizeof(victim), "%s/%s", dir, damage[i].file);
+        char *orig = read_whole(victim, &len2);
+        CHECK(orig != NULL);
+        if (damage[i].offset)
+            flip_byte(victim, damage[i].offset);
+        else
+            unlink(victim);
+        list_dir(dir, names, sizeof(names));
+        qr_status dst = vindex_open(dir, d, &off, 7, &v, &stale, err);
+        CHECK_MSG(dst == QR_EIO, "damage %zu: status %d (%s)", i, dst, dst ? err : "opened");
+        CHECK_MSG(strstr(err, damage[i].file) != NULL, "damage %zu: %s", i, err);
+        list_dir(dir, names2, sizeof(names2));
+        CHECK_STR(names2, names); /* nothing changed */
+        /* with rebuilds allowed it opens empty and a build recovers */
+        CHECK_OK(vindex_open(dir, d, &on, 7, &v, &stale, err), err);
+        CHECK(stale);
+        vindex_get_info(v, &info);
+        CHECK_INT(info.count, 0);
+        list_dir(dir, names2, sizeof(names2));
+        CHECK_STR(names2, names); /* damaged files are kept until a build replaces them */
+        vindex_close(v);
+        /* restore for the next case */
+        FILE *f = fopen(victim, "w");
+        CHECK(f != NULL);
+        CHECK(fwrite(orig, 1, len2, f) == len2);
+        fclose(f);
+        free(orig);
+        CHECK_OK(vindex_open(dir, d, &off, 7, &v, &stale, err), err);
+        vindex_close(v);
+    }
+
+    /* the dimension changed and rebuilds are on: served empty in the new dimension, then built */
+    CHECK_OK(vindex_open(dir, d * 2, &on, 7, &v, &stale, err), err);
+    CHECK(stale);
+    vindex_get_info(v, &info);
+    CHECK_INT(info.dim, d * 2);
+    CHECK_INT(info.count, 0);
+    float *x2 = random_vectors(100, d * 2, 0, 1.0, 72);
+    CHECK_OK(build_from(v, ids, x2, 100, d * 2, 7, err), err);
+    vindex_get_info(v, &info);
+    CHECK_INT(info.generation, 2);
+    vindex_close(v);
+    CHECK_OK(vindex_open(dir, d * 2, &off, 7, &v, &stale, err), err);
+    CHECK(!stale);
+    list_dir(dir, names, sizeof(names));
+    CHECK_STR(names, "LOCK MANIFEST gen-2.faiss gen-2.vec");
+    vindex_close(v);
+    free(x);
+    free(x2);
+    free(ids);
+    remove_dir(dir);
+}
+
+/* ---- the centroid seam (GPU build path) -------------------------------------------------------- */
+
+/* Mean over the rows of their best inner product with a centroid (the spherical k-means
+ * objective), and optionally the normalised means of the rows each centroid wins. */
+static double kmeans_objective(const float *x, size_t n, int d, const float *c, size_t k, float *means)
+{
+    double total = 0;
+    double *sum = calloc(k * (size_t)d, sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        size_t best = 0;
+        float bs = -2;
+        for (size_t j = 0; j < k; j++) {
+            float s = 0;
+            for (int t = 0; t < d; t++)
+                s += x[i * d + t] * c[j * d + t];
+            if (s > bs) {
+                bs = s;
+                best = j;
+            }
+        }
+        total += bs;
+        for (int t = 0; t < d; t++)
+            sum[best * d + t] += x[i * d + t];
+    }
+    for (size_t j = 0; means && j < k; j++) {
+        double norm = 0;
+        for (int t = 0; t < d; t++)
+            norm += sum[j * d + t] * sum[j * d + t];
+        for (int t = 0; t < d; t++)
+            means[j * d + t] = norm > 0 ? (float)(sum[j * d + t] / sqrt(norm)) : c[j * d + t];
+    }
+    free(sum);
+    return total / (double)n;
+}
+
+TEST(kmeans_matches_faiss_quality)
+{
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t n = 4000, k = 20;
+    float *raw = random_vectors(n, d, 30, 0.35, 81);
+    float *x = malloc(n * d * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        normalize(raw + i * d, x + i * d, d);
+    float *c = malloc(k * d * sizeof(float)), *c2 = malloc(k * d * sizeof(float));
+    float *means = malloc(k * d * sizeof(float)), *fc = malloc(k * d * sizeof(float));
+    CHECK_INT(vindex_kmeans(x, n, d, 0, 5, 1, c, err), QR_EINVAL);
+    CHECK_INT(vindex_kmeans(x, 3, d, 8, 5, 1, c, err), QR_EINVAL);
+    float bad[32] = {NAN};
+    CHECK_INT(vindex_kmeans(bad, 2, d, 1, 5, 1, c, err), QR_EINVAL);
+
+    /* converged: one more Lloyd step (assign, normalised mean) leaves the centroids in place */
+    CHECK_OK(vindex_kmeans(x, n, d, k, 100, 3, c, err), err);
+    double converged = kmeans_objective(x, n, d, c, k, means);
+    for (size_t i = 0; i < k * d; i++)
+        CHECK_MSG(fabsf(means[i] - c[i]) < 1e-4f, "centroid value %zu moved: %g -> %g", i, c[i], means[i]);
+    for (size_t j = 0; j < k; j++) {
+        double norm = 0;
+        for (int t = 0; t < d; t++)
+            norm += (double)c[j * d + t] * c[j * d + t];
+        CHECK(fabs(norm - 1.0) < 1e-5);
+    }
+    /* iterations improve on the random initial centroids */
+    CHECK_OK(vindex_kmeans(x, n, d, k, 1, 3, c2, err), err);
+    CHECK(converged > kmeans_objective(x, n, d, c2, k, NULL));
+    /* deterministic for a seed */
+    CHECK_OK(vindex_kmeans(x, n, d, k, 100, 3, c2, err), err);
+    CHECK(memcmp(c, c2, k * d * sizeof(float)) == 0);
+
+    /* as good as FAISS's own k-means, taken from an IVF build (10 iterations, spherical) */
+    char *dir = make_dir();
+    vindex_opts o = test_opts("ivf_flat");
+    o.nlist = k;
+    vindex *v = NULL;
+    bool stale;
+    int64_t *ids = sequential_ids(n, 1, 1);
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, raw, n, d, 1, err), err);
+    CHECK_OK(vindex_get_centroids(v, fc, k, err), err);
+    double faiss = kmeans_objective(x, n, d, fc, k, NULL);
+    CHECK_OK(vindex_kmeans(x, n, d, k, 10, 5, c2, err), err);
+    double ours = kmeans_objective(x, n, d, c2, k, NULL);
+    CHECK_MSG(ours >= 0.98 * faiss, "objective: ours %.4f, FAISS %.4f", ours, faiss);
+    vindex_close(v);
+    remove_dir(dir);
+    free(ids);
+    free(raw);
+    free(x);
+    free(c);
+    free(c2);
+    free(means);
+    free(fc);
+}
+
+TEST(ivf_takes_external_centroids)
+{
+    char err[QR_ERR_LEN];
+    const int d = 32;
+    const size_t n = 5000, nlist = 40, nq = 30, k = 10;
+    /* queries from the same clusters as the data, not indexed themselves */
+    float *x = random_vectors(n + nq, d, 25, 0.35, 91);
+    const float *queries = x + n * (size_t)d;
+    int64_t *ids = sequential_ids(n, 7, 3);
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    /* k-means on a sample of the normalised rows, as the GPU path will do */
+    size_t ns = 2000;
+    float *cent = malloc(nlist * d * sizeof(float));
+    CHECK_OK(vindex_kmeans(m.rows, ns, d, nlist, 10, 7, cent, err), err);
+    const char *types[] = {"ivf_flat", "ivf_sq8"};
+    for (int t = 0; t < 2; t++) {
+        char *dir = make_dir();
+        vindex_opts o = test_opts(types[t]);
+        o.nprobe = 8;
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        vindex_centroids vc = {cent, nlist, d};
+        source src = {ids, x, n, 0, d, false};
+        CHECK_OK(vindex_build(v, source_pull, &src, 1, &vc, err), err);
+        vindex_info info;
+        vindex_get_info(v, &info);
+        CHECK_STR(info.type, types[t]);
+        CHECK_INT(info.nlist, nlist);
+        float *got = malloc(nlist * d * sizeof(float));
+        CHECK_INT(vindex_get_centroids(v, got, nlist + 1, err), QR_EINVAL);
+        CHECK_OK(vindex_get_centroids(v, got, nlist, err), err);
+        for (size_t i = 0; i < nlist * d; i++)
+            CHECK_MSG(fabsf(got[i] - cent[i]) < 1e-6f, "centroid value %zu: %g vs %g", i, got[i], cent[i]);
+        free(got);
+        size_t hits = 0;
+        for (size_t qi = 0; qi < nq; qi++) {
+            int64_t out[10], oout[10];
+            float sc[10], osc[10];
+            size_t found;
+            CHECK_OK(vindex_search(v, queries + qi * d, d, k, NULL, NULL, out, sc, &found, err), err);
+            oracle(&m, queries + qi * d, k, NULL, NULL, oout, osc);
+            for (size_t i = 0; i < k; i++)
+                for (size_t j = 0; j < k; j++)
+                    hits += out[i] == oout[j];
+        }
+        double recall = (double)hits / (double)(nq * k);
+        CHECK_MSG(recall >= 0.9, "%s with external centroids: recall@10 %.3f", types[t], recall);
+        vindex_close(v);
+        /* and the generation reloads with its lists */
+        CHECK_OK(vindex_open(dir, d, &o, 1, &v, &stale, err), err);
+        vindex_get_info(v, &info);
+        CHECK_INT(info.nlist, nlist);
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    model_free(&m);
+    free(cent);
+    free(x);
+    free(ids);
+}
