@@ -6,6 +6,7 @@
 #   make test-asan   the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make build       bootstrap and build only
 #   make format / format-check   clang-format the C sources / check them
+#   make fuzz-smoke  build ingest's libFuzzer targets (clang) and run each FUZZ_TIME s (default 30)
 #
 # Variables: JOBS (parallel jobs), CTEST_ARGS (e.g. CTEST_ARGS='-R core\.' or '-L unit'),
 # QUARRY_CUDA=AUTO|ON|OFF, FAISS_ROOT (a FAISS 1.7.3 prefix with the C API).

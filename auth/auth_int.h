@@ -122,9 +122,8 @@ void auth_conn_close_all(auth_ctx *ctx);
 qr_status auth_dir_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
                              const char *password, size_t password_len, auth_principal **out, char *err);
 /* A principal from parts (copied); groups are lower-cased, sorted and made unique. */
-qr_status auth_principal_new(const auth_ctx *ctx, const char *uid, const char *dn, const char *display_name,
-                             const char *mail, char **groups, size_t ngroups, bool is_admin,
-                             auth_principal **out);
+qr_status auth_principal_new(const char *uid, const char *dn, const char *display_name, const char *mail,
+                             char **groups, size_t ngroups, bool is_admin, auth_principal **out);
 
 /* ---- tokens (token.c) and keys (keys.c) --------------------------------------------------- */
 

@@ -95,8 +95,7 @@ static qr_status search_user(auth_ctx *ctx, auth_conn *c, uint64_t deadline, con
     memset(u, 0, sizeof(*u));
     qr_status st = auth_filter_expand(&filter, s->user_filter, name, len, NULL, NULL);
     if (st) {
-        st = qr_fail(err, st == QR_EINVAL ? QR_EINVAL : st, "ldap.user_filter '%s' cannot be filled in",
-                     s->user_filter);
+        st = qr_fail(err, st, "ldap.user_filter '%s' cannot be filled in", s->user_filter);
         goto out;
     }
     char *attrs[] = {s->uid_attr, "displayName", "cn", "mail", *s->memberof_attr ? s->memberof_attr : NULL,
@@ -169,7 +168,7 @@ typedef struct {
 } expansion;
 
 /* Records a group found by its DN and (possibly NULL) name; new groups join the next level. */
-static qr_status found_group(auth_ctx *ctx, expansion *x, const char *dn, char *name, char *err)
+static qr_status found_group(expansion *x, const char *dn, char *name, char *err)
 {
     qr_buf key;
     qr_buf_init(&key, FILTER_CAP);
@@ -205,7 +204,6 @@ static qr_status found_group(auth_ctx *ctx, expansion *x, const char *dn, char *
     free(name);
     if (!st)
         st = strvec_push(&x->next, strdup(dn));
-    (void)ctx;
     return st ? qr_fail(err, st, "out of memory") : QR_OK;
 }
 
@@ -230,7 +228,7 @@ static qr_status search_groups(auth_ctx *ctx, auth_conn *c, uint64_t deadline, e
          e = ldap_next_entry(c->svc, e)) {
         char *dn = ldap_get_dn(c->svc, e);
         if (dn)
-            st = found_group(ctx, x, dn, first_value(c->svc, e, s->group_name_attr), err);
+            st = found_group(x, dn, first_value(c->svc, e, s->group_name_attr), err);
         ldap_memfree(dn);
     }
     ldap_msgfree(res);
@@ -247,7 +245,7 @@ static qr_status groups_from_member_of(auth_ctx *ctx, auth_conn *c, uint64_t dea
         char type[64];
         char *name = auth_dn_first_value(u->member_of[i], type, sizeof(type));
         if (name && strcasecmp(type, ctx->s.group_name_attr) == 0) {
-            st = found_group(ctx, x, u->member_of[i], name, err);
+            st = found_group(x, u->member_of[i], name, err);
             continue;
         }
         free(name);
@@ -258,7 +256,7 @@ static qr_status groups_from_member_of(auth_ctx *ctx, auth_conn *c, uint64_t dea
                               &res, &rc, err);
         LDAPMessage *e = st || rc != LDAP_SUCCESS ? NULL : ldap_first_entry(c->svc, res);
         if (e)
-            st = found_group(ctx, x, u->member_of[i], first_value(c->svc, e, ctx->s.group_name_attr), err);
+            st = found_group(x, u->member_of[i], first_value(c->svc, e, ctx->s.group_name_attr), err);
         ldap_msgfree(res);
     }
     return st;
@@ -334,9 +332,7 @@ qr_status auth_dir_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, con
     st = expand_groups(ctx, c, deadline, &u, &x, err);
     if (st)
         goto out;
-    for (size_t i = 0; i < x.names.len; i++)
-        auth_ascii_lower(x.names.items[i]);
-    st = auth_principal_new(ctx, u.uid, u.dn, u.display_name, u.mail, x.names.items, x.names.len,
+    st = auth_principal_new(u.uid, u.dn, u.display_name, u.mail, x.names.items, x.names.len,
                             is_admin(ctx, x.names.items, x.names.len), out);
     if (st) {
         st = qr_fail(err, st, "out of memory");
@@ -372,11 +368,9 @@ static void sort_unique(char **v, size_t *n)
     *n = w;
 }
 
-qr_status auth_principal_new(const auth_ctx *ctx, const char *uid, const char *dn, const char *display_name,
-                             const char *mail, char **groups, size_t ngroups, bool admin,
-                             auth_principal **out)
+qr_status auth_principal_new(const char *uid, const char *dn, const char *display_name, const char *mail,
+                             char **groups, size_t ngroups, bool admin, auth_principal **out)
 {
-    (void)ctx;
     *out = NULL;
     auth_principal *p = calloc(1, sizeof(*p));
     if (!p)

@@ -447,8 +447,7 @@ qr_status auth_key_principal(auth_ctx *ctx, const char *key, const char *on_beha
     } else {
         char uid[8 + AUTH_KEY_ID_LEN];
         snprintf(uid, sizeof(uid), "key:%s", info.id);
-        st = auth_principal_new(ctx, uid, "", info.name, "", NULL, 0, (info.scopes & AUTH_SCOPE_ADMIN) != 0,
-                                out);
+        st = auth_principal_new(uid, "", info.name, "", NULL, 0, (info.scopes & AUTH_SCOPE_ADMIN) != 0, out);
         if (st)
             st = qr_fail(err, st, "out of memory");
     }

@@ -18,8 +18,8 @@
 
 #include "ingest/ingest_int.h"
 
-#define TOPK  100
-#define RRF_K 60.0
+#define TOPK   100
+#define RRF_K  60.0
 #define NSEEDS 5
 
 typedef struct {
@@ -501,7 +501,8 @@ int main(int argc, char **argv)
                 for (size_t q = 0; q < col->queries.n; q++) {
                     size_t n = vector_search(dv, col->docs.n, qv + q * (size_t)dim, dim, ranked);
                     add_metric(&vec, col, q, ranked, n);
-                    size_t nf = rrf(bm25_runs[c] + q * TOPK, bm25_lens[c][q], ranked, n, 1.0, col->docs.n, fusedr);
+                    size_t nf =
+                        rrf(bm25_runs[c] + q * TOPK, bm25_lens[c][q], ranked, n, 1.0, col->docs.n, fusedr);
                     add_metric(&fused, col, q, fusedr, nf);
                     nf = rrf(bm25_runs[c] + q * TOPK, bm25_lens[c][q], ranked, n, 0.5, col->docs.n, fusedr);
                     add_metric(&half, col, q, fusedr, nf);

@@ -18,10 +18,10 @@
 #include "cli/cli.h"
 #include "ingest/ingest.h"
 
-#define INGEST_BATCH_DOCS 50
-#define INGEST_MAX_ACL 256
+#define INGEST_BATCH_DOCS     50
+#define INGEST_MAX_ACL        256
 #define INGEST_FAILURES_SHOWN 20
-#define INGEST_MAX_DEPTH 64
+#define INGEST_MAX_DEPTH      64
 
 typedef struct {
     ingest_session *session;
@@ -67,8 +67,8 @@ static void progress(ingest_run *run, bool final)
             for (size_t i = 0; i < filled && i < 20; i++)
                 bar[i] = '#';
         }
-        fprintf(stderr, "\r[%s] %zu documents, %zu chunks, %.1f MB, %.1f MB/s%s   ", bar, run->docs, run->chunks,
-                run->bytes_done / 1e6, mbs, eta);
+        fprintf(stderr, "\r[%s] %zu documents, %zu chunks, %.1f MB, %.1f MB/s%s   ", bar, run->docs,
+                run->chunks, run->bytes_done / 1e6, mbs, eta);
         if (final)
             fputc('\n', stderr);
     } else {
@@ -359,7 +359,8 @@ static void ingest_jsonl(ingest_run *run, const char *path)
             if (acl_json) {
                 size_t i;
                 json_t *p;
-                json_array_foreach(acl_json, i, p) {
+                json_array_foreach(acl_json, i, p)
+                {
                     if (!json_is_string(p) || nacl == INGEST_MAX_ACL) {
                         ok = false;
                         break;
@@ -414,8 +415,8 @@ int cli_cmd_ingest(cli_ctx *ctx)
             const char *v = ctx->argv[++i];
             if (a[2] == 'a') {
                 if (!store_principal_valid(v))
-                    return cli_usage_error(ctx, "invalid principal '%s' (expected user:<uid>, group:<name> or public)",
-                                           v);
+                    return cli_usage_error(
+                        ctx, "invalid principal '%s' (expected user:<uid>, group:<name> or public)", v);
                 if (nacl == INGEST_MAX_ACL)
                     return cli_usage_error(ctx, "too many --acl (at most %d)", INGEST_MAX_ACL);
                 acl[nacl++] = v;
@@ -435,7 +436,8 @@ int cli_cmd_ingest(cli_ctx *ctx)
     if (!npaths && !njsonl)
         return cli_usage_error(ctx, "nothing to ingest: give PATH... or --jsonl FILE");
     if (!nacl)
-        fprintf(stderr, "quarry ingest: no --acl given: the documents will be visible to administrators only\n");
+        fprintf(stderr,
+                "quarry ingest: no --acl given: the documents will be visible to administrators only\n");
 
     char err[QR_ERR_LEN];
     ingest_run run = {
@@ -462,9 +464,10 @@ int cli_cmd_ingest(cli_ctx *ctx)
     ingest_session_close(run.session);
 
     double secs = (qr_now_ns() - run.started_ns) / 1e9;
-    printf("ingested %zu documents in %.1f s: %zu added, %zu updated, %zu acl/metadata updated, %zu unchanged, "
-           "%zu failed\n",
-           run.docs, secs, run.added, run.updated, run.acl_updated, run.unchanged, run.failed);
+    printf(
+        "ingested %zu documents in %.1f s: %zu added, %zu updated, %zu acl/metadata updated, %zu unchanged, "
+        "%zu failed\n",
+        run.docs, secs, run.added, run.updated, run.acl_updated, run.unchanged, run.failed);
     if (run.failed) {
         printf("failed:\n%s", qr_buf_str(&run.failures));
         if (run.failed > INGEST_FAILURES_SHOWN)

@@ -362,9 +362,10 @@ typedef qr_status (*vindex_source_fn)(void *ctx, int dim, int64_t *ids, float *v
 qr_status vindex_build(vindex *v, vindex_source_fn src, void *ctx, int64_t store_counter,
                        const vindex_centroids *centroids, char *err);
 
-/* Adds n chunks to the exact delta. store_counter is the store change that added them; it may
- * not go below the index's counter (vindex_get_info). QR_EEXIST when an id is already in the
- * index (removed ids included: chunk ids are never reused) or twice in the call. */
+/* Adds n chunks to the exact delta. store_counter (>= 0) is the store change that added them;
+ * changes may arrive in any order (store_changes_since reports deletions first), the index
+ * remembers the largest. QR_EEXIST when an id is already in the index (removed ids included:
+ * chunk ids are never reused) or twice in the call. */
 qr_status vindex_add(vindex *v, const int64_t *ids, const float *vecs, size_t n, int dim,
                      int64_t store_counter, char *err);
 /* Tombstones n chunk ids (from the main index or the delta) so that searches skip them. Ids the

@@ -16,6 +16,7 @@
 
 #define MIB            (1024u * 1024u)
 #define PATH_MAX_BYTES 4096 /* longest heading path kept; deeper text is cut */
+#define TITLE_MAX      1024 /* a title or one heading in a path longer than this is cut */
 
 void ingest_limits_default(ingest_limits *out)
 {
@@ -109,6 +110,16 @@ qr_status builder_paragraph(doc_builder *b, const char *raw, size_t len, unsigne
     return st;
 }
 
+/* The length of s[0..n) cut to at most max bytes at a character boundary. */
+static size_t cut_at(const char *s, size_t n, size_t max)
+{
+    if (n <= max)
+        return n;
+    while (max > 0 && ((unsigned char)s[max] & 0xC0) == 0x80)
+        max--;
+    return max;
+}
+
 /* Normalises raw onto one line in b->scratch. */
 static qr_status one_line(doc_builder *b, const char *raw, size_t len, char *err)
 {
@@ -125,7 +136,8 @@ qr_status builder_title(doc_builder *b, const char *raw, size_t len, char *err)
     qr_status st = one_line(b, raw, len, err);
     if (st || qr_buf_len(&b->scratch) == 0)
         return st;
-    b->title = strdup(qr_buf_str(&b->scratch));
+    b->title =
+        strndup(qr_buf_str(&b->scratch), cut_at(qr_buf_str(&b->scratch), qr_buf_len(&b->scratch), TITLE_MAX));
     return b->title ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory");
 }
 
@@ -145,7 +157,7 @@ qr_status builder_heading_add(doc_builder *b, int level, const char *raw, size_t
         free(b->stack[l]);
         b->stack[l] = NULL;
     }
-    b->stack[level] = strdup(heading);
+    b->stack[level] = strndup(heading, cut_at(heading, qr_buf_len(&b->scratch), TITLE_MAX / 4));
     if (!b->stack[level])
         return qr_fail(err, QR_ENOMEM, "out of memory");
     qr_buf path;

@@ -113,7 +113,7 @@ typedef struct {
     int char_ngram; /* 0 none, else n-grams of this length inside "<word>" */
     double ngram_weight;
     double bigram_weight;
-    int tf; /* EMBED_TF_RAW, EMBED_TF_LOG (1 + ln tf) or EMBED_TF_SQRT */
+    int tf;        /* EMBED_TF_RAW, EMBED_TF_LOG (1 + ln tf) or EMBED_TF_SQRT */
     uint64_t seed; /* perturbs every hash: bench/embed_eval measures collision noise; 0 in use */
 } embed_local_opts;
 

@@ -31,8 +31,8 @@ qr_status ingest_session_open(const qr_config *cfg, ingest_session **out, char *
     if (!st)
         st = store_open(qr_config_str(cfg, "data.dir"), &s->store, err);
     if (!st)
-        st = store_check_embedding(s->store, ingest_embedder_model(s->embedder), ingest_embedder_dim(s->embedder),
-                                   err);
+        st = store_check_embedding(s->store, ingest_embedder_model(s->embedder),
+                                   ingest_embedder_dim(s->embedder), err);
     if (st) {
         ingest_session_close(s);
         return st;
@@ -81,16 +81,20 @@ void ingest_session_batch_rollback(ingest_session *s)
 }
 
 /* The stored hash covers the bytes and whatever else shapes the chunks and vectors, so that
- * changing the chunk budget, the overlap, the declared type or the embedding model re-chunks a
- * document instead of keeping chunks made under the old settings. */
+ * changing the chunk budget, the overlap, the declared type, a given title or the embedding model
+ * re-chunks and re-embeds a document instead of keeping chunks made under the old settings. */
 static void source_hash(const ingest_session *s, const ingest_source *src, char out[65])
 {
-    char bytes_hash[65];
+    char bytes_hash[65], title_hash[65];
     ingest_content_hash(src->bytes, src->len, bytes_hash);
-    char settings[512];
-    int n = snprintf(settings, sizeof(settings), "%s\nquarry-ingest-v1 tokens=%zu overlap=%.4f type=%s model=%s",
-                     bytes_hash, s->chunk_opts.max_tokens, s->chunk_opts.overlap,
-                     src->declared_type ? src->declared_type : "", ingest_embedder_model(s->embedder));
+    /* a given title is embedded with every chunk, so a new one means new vectors */
+    ingest_content_hash(src->title ? src->title : "", src->title ? strlen(src->title) : 0, title_hash);
+    char settings[640];
+    int n = snprintf(settings, sizeof(settings),
+                     "%s\nquarry-ingest-v1 tokens=%zu overlap=%.4f type=%s model=%s title=%s%s", bytes_hash,
+                     s->chunk_opts.max_tokens, s->chunk_opts.overlap,
+                     src->declared_type ? src->declared_type : "", ingest_embedder_model(s->embedder),
+                     src->title ? "given:" : "extracted", title_hash);
     ingest_content_hash(settings, (size_t)n < sizeof(settings) ? (size_t)n : sizeof(settings) - 1, out);
 }
 
@@ -124,6 +128,8 @@ qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_resu
                      char *err)
 {
     ingest_text text = {0};
+    qr_arena arena;
+    qr_arena_init(&arena, 0);
     ingest_chunk *chunks = NULL;
     store_chunk *rows = NULL;
     const char **texts = NULL;
@@ -139,9 +145,10 @@ qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_resu
         return qr_fail(err, QR_EINVAL, "document '%s': no bytes", src->doc_id);
     for (size_t i = 0; i < src->nacl; i++)
         if (!store_principal_valid(src->acl[i]))
-            return qr_fail(err, QR_EINVAL,
-                           "document '%s': invalid principal '%s' (expected user:<uid>, group:<name> or public)",
-                           src->doc_id, src->acl[i]);
+            return qr_fail(
+                err, QR_EINVAL,
+                "document '%s': invalid principal '%s' (expected user:<uid>, group:<name> or public)",
+                src->doc_id, src->acl[i]);
 
     char hash[65], stored[65];
     bool found = false;
@@ -174,10 +181,21 @@ qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_resu
             goto out;
         }
     }
+    /* A chunk is embedded with its document title and heading path, as it is indexed for BM25:
+     * a passage under "Travel policy > Reimbursement" is about travel even when it never says so. */
+    const char *title = src->title ? src->title : text.title;
+    qr_arena_init(&arena, (size_t)1 << 31);
     for (size_t i = 0; i < n; i++) {
         rows[i] = (store_chunk){chunks[i].start, chunks[i].end, chunks[i].headings};
-        texts[i] = text.text + chunks[i].start;
-        lens[i] = chunks[i].end - chunks[i].start;
+        char *composite =
+            qr_arena_printf(&arena, "%s\n%s\n%.*s", title ? title : "", chunks[i].headings,
+                            (int)(chunks[i].end - chunks[i].start), text.text + chunks[i].start);
+        if (!composite) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory for %zu chunks", n);
+            goto out;
+        }
+        texts[i] = composite;
+        lens[i] = strlen(composite);
     }
     if (n) {
         st = ingest_embed(s->embedder, texts, lens, n, vectors, inner);
@@ -188,7 +206,7 @@ qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_resu
     }
     store_document doc = {
         .doc_id = src->doc_id,
-        .title = src->title ? src->title : text.title,
+        .title = title,
         .uri = src->uri,
         .content_type = text.content_type,
         .metadata_json = src->metadata_json,
@@ -202,6 +220,7 @@ qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_resu
     if (!st && nchunks)
         *nchunks = n;
 out:
+    qr_arena_release(&arena);
     free(vectors);
     free(lens);
     free(texts);

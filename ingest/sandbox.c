@@ -363,6 +363,7 @@ qr_status ingest_sandbox_run(sandbox_fn fn, const char *bytes, size_t len, const
      * still meets the deadline. */
     int wstatus = 0;
     bool reaped = false;
+    long pause_ns = 20000; /* the child is usually gone within microseconds of its EOF */
     for (;;) {
         pid_t w = waitpid(pid, &wstatus, state == DONE ? WNOHANG : 0);
         if (w == pid) {
@@ -380,8 +381,10 @@ qr_status ingest_sandbox_run(sandbox_fn fn, const char *bytes, size_t len, const
                 reaped = true;
                 break;
             }
-            struct timespec ts = {0, 1000000};
+            struct timespec ts = {0, pause_ns};
             nanosleep(&ts, NULL);
+            if (pause_ns < 1000000)
+                pause_ns *= 2;
         }
     }
     kill(-pid, SIGKILL); /* anything the child started and left behind */
@@ -408,6 +411,10 @@ qr_status ingest_sandbox_run(sandbox_fn fn, const char *bytes, size_t len, const
             int sig = WTERMSIG(wstatus);
             st = qr_fail(err, QR_EINVAL, "the extractor crashed on this document (signal %d, %s)", sig,
                          strsignal(sig));
+        } else if (reaped && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0 && msg.len == 0) {
+            /* a crash handler (a sanitizer's, say) ended the child before it could answer */
+            st = qr_fail(err, QR_EINVAL, "the extractor crashed on this document (exit status %d)",
+                         WEXITSTATUS(wstatus));
         } else {
             st = parse_result(msg.data ? msg.data : "", msg.len, out, err);
             if (st == QR_ENOMEM)

@@ -231,7 +231,7 @@ TEST(principal_sorted_unique_lower_case)
 {
     char *groups[] = {"Staff", "eng-backend", "staff", "R&D (lab)"};
     auth_principal *p = NULL;
-    CHECK_INT(auth_principal_new(NULL, "alice", "uid=alice", "", NULL, groups, 4, false, &p), QR_OK);
+    CHECK_INT(auth_principal_new("alice", "uid=alice", "", NULL, groups, 4, false, &p), QR_OK);
     CHECK_INT(p->ngroups, 3);
     CHECK_STR(p->groups[0], "eng-backend");
     CHECK_STR(p->groups[1], "r&d (lab)");

@@ -413,6 +413,28 @@ TEST(extract_markdown_headings)
     ingest_text_release(&t);
 }
 
+TEST(extract_caps_long_titles_and_paths)
+{
+    char err[QR_ERR_LEN];
+    ingest_limits lim = test_limits();
+    qr_buf md;
+    qr_buf_init(&md, 1 << 20);
+    qr_buf_puts(&md, "# ");
+    for (int i = 0; i < 3000; i++)
+        qr_buf_puts(&md, "\xC3\xA9"); /* 6000 bytes of two-byte characters */
+    qr_buf_puts(&md, "\n\n## Next\n\nbody\n");
+    ingest_text t;
+    CHECK_OK(ingest_extract(md.data, md.len, "text/markdown", NULL, &lim, &t, err), err);
+    CHECK_INT(strlen(t.title), 1024);
+    CHECK(qr_utf8_valid(t.title, strlen(t.title)));
+    CHECK_INT(strlen(t.sections[0].heading_path), 256);
+    CHECK_INT(strlen(t.sections[1].heading_path), 256 + strlen(" > Next"));
+    CHECK(strncmp(t.text + t.sections[1].start - 2, "\n\nNext", 6) == 0);
+    CHECK_INT(t.sections[0].end - t.sections[0].start, 6002); /* the heading text itself is whole */
+    ingest_text_release(&t);
+    qr_buf_release(&md);
+}
+
 /* ---- HTML ---------------------------------------------------------------------------------- */
 
 TEST(extract_html_drops_script_style_nav)

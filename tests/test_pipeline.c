@@ -62,8 +62,8 @@ static int quarry(qr_buf *out, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(args, sizeof(args), fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof(cmd), "cd '%s' && env -u QUARRY_CONFIG %s --data '%s/data' %s 2>&1", tmp, QUARRY_BIN, tmp,
-             args);
+    snprintf(cmd, sizeof(cmd), "cd '%s' && env -u QUARRY_CONFIG %s --data '%s/data' %s 2>&1", tmp, QUARRY_BIN,
+             tmp, args);
     FILE *p = popen(cmd, "r");
     if (!p)
         return -1;
@@ -99,14 +99,17 @@ TEST(folder_ingest_rerun_update_and_delete)
     CHECK(make_tmp());
     qr_buf out;
     qr_buf_init(&out, 1 << 20);
-    CHECK(write_file("docs/travel.md", "# Travel policy\n\nBook trains.\n\n## Reimbursement\n\nKeep receipts."));
+    CHECK(write_file("docs/travel.md",
+                     "# Travel policy\n\nBook trains.\n\n## Reimbursement\n\nKeep receipts."));
     CHECK(write_file("docs/notes.txt", "Plain notes about the quarterly budget."));
-    CHECK(write_file("docs/site/index.html", "<html><head><title>Intranet</title><script>evil()</script></head>"
-                                             "<body><nav>menu</nav><h1>Welcome</h1><p>Hello staff.</p></body></html>"));
+    CHECK(write_file("docs/site/index.html",
+                     "<html><head><title>Intranet</title><script>evil()</script></head>"
+                     "<body><nav>menu</nav><h1>Welcome</h1><p>Hello staff.</p></body></html>"));
     CHECK(write_file("docs/.hidden/secret.txt", "must not be ingested"));
     CHECK(write_file("docs/.dotfile", "must not be ingested either"));
     CHECK_INT(quarry(&out, "ingest --acl group:staff --acl user:alice docs"), 0);
-    CHECK_MSG(has(&out, "3 added, 0 updated, 0 acl/metadata updated, 0 unchanged, 0 failed"), "%s", qr_buf_str(&out));
+    CHECK_MSG(has(&out, "3 added, 0 updated, 0 acl/metadata updated, 0 unchanged, 0 failed"), "%s",
+              qr_buf_str(&out));
     CHECK_INT(quarry(&out, "stats --json"), 0);
     CHECK_MSG(has(&out, "\"documents\":3"), "%s", qr_buf_str(&out));
     CHECK(has(&out, "\"embedding_model\":\"local-hash-v1\""));
@@ -215,7 +218,8 @@ TEST(jsonl_ingest_with_malformed_lines)
                      "{\"_id\":\"d4\",\"text\":\"caf\xc3\xa9 and broken \xff bytes\"}\n"));
     CHECK_INT(quarry(&out, "ingest --acl public --jsonl corpus.jsonl"), 1);
     CHECK_MSG(has(&out, "2 added") && has(&out, "4 failed"), "%s", qr_buf_str(&out));
-    CHECK_MSG(has(&out, "corpus.jsonl:7: unable to decode byte"), "%s", qr_buf_str(&out)); /* JSON must be UTF-8 */
+    CHECK_MSG(has(&out, "corpus.jsonl:7: unable to decode byte"), "%s",
+              qr_buf_str(&out)); /* JSON must be UTF-8 */
     CHECK(has(&out, "corpus.jsonl:3:"));
     CHECK(has(&out, "corpus.jsonl:4: expected an object"));
     CHECK(has(&out, "invalid principal 'root'"));
@@ -242,13 +246,11 @@ TEST(cranfield_loads_then_is_unchanged)
     CHECK(make_tmp());
     qr_buf out;
     qr_buf_init(&out, 1 << 20);
-    CHECK_INT(quarry(&out, "ingest --acl public --jsonl %s", corpus),
-              0);
+    CHECK_INT(quarry(&out, "ingest --acl public --jsonl %s", corpus), 0);
     CHECK_MSG(has(&out, "1400 added"), "%s", qr_buf_str(&out));
     CHECK_INT(quarry(&out, "stats --json"), 0);
     CHECK(has(&out, "\"documents\":1400"));
-    CHECK_INT(quarry(&out, "ingest --acl public --jsonl %s", corpus),
-              0);
+    CHECK_INT(quarry(&out, "ingest --acl public --jsonl %s", corpus), 0);
     CHECK_MSG(has(&out, "1400 unchanged"), "%s", qr_buf_str(&out));
     qr_buf_release(&out);
     cleanup();
