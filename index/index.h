@@ -385,8 +385,13 @@ typedef bool (*vindex_permit_fn)(void *ctx, int64_t id);
  * index (approximate for IVF and HNSW) is asked for 2k candidates, then 4 times more while
  * fewer than k pass the tombstones and the predicate; when the ANN index has no more to give, or
  * past max(4096, 32k) candidates, the search goes exact (BLAS over the generation's vectors), so
- * if k permitted chunks exist, k are returned. The delta is always searched exactly.
- * *found < k only when fewer than k permitted chunks exist. */
+ * if k permitted chunks exist, k are returned. A flat index goes exact right after its first
+ * round, and its results are always the exact top k. The delta is always searched exactly.
+ * *found < k only when fewer than k permitted chunks exist.
+ * With IVF or HNSW, a predicate that passes few chunks costs recall (the permitted neighbours lie
+ * outside the lists visited) and, below about 0.1%, an exact scan of every vector: when the
+ * caller knows the permitted ids and they are few (up to some 10% of the index, see
+ * bench/README.md), vindex_search_subset is exact and faster. */
 qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex_permit_fn permit, void *ctx,
                         int64_t *ids, float *scores, size_t *found, char *err);
 

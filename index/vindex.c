@@ -1064,7 +1064,7 @@ qr_status vindex_open(const char *dir, int dim, const vindex_opts *o, int64_t st
     }
     if (problem_st) {
         *stale = true;
-        qr_log(QR_LOG_WARN, LOG_COMPONENT, "%s: it needs a rebuild", problem);
+        qr_log(QR_LOG_WARN, LOG_COMPONENT, "%s: it must catch up from the store or be rebuilt", problem);
     }
     if (!v->cur) {
         v->cur = snap_new(dim);

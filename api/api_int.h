@@ -1,0 +1,333 @@
+/*
+ * api's private header: the server and request structures shared by the files of the module,
+ * the route table, JSON I/O, streaming, authentication, metrics, audit and jobs. Nothing here
+ * leaves api/; libmicrohttpd and jansson types stop at this module.
+ *
+ * Threads, once and for all (each function below repeats only what differs):
+ *   - "MHD thread": one of libmicrohttpd's polling threads (server.threads of them). It runs the
+ *     access handler, the content reader of streamed responses and the request-completed
+ *     callback. It must never block: no LDAP, no store, no backend.
+ *   - "worker": one of the qr_pool threads (server.workers). Route handlers run here, with the
+ *     connection suspended, and may block.
+ *   - "job runner": the single thread that runs background ingestion and rebuild jobs.
+ */
+#ifndef QUARRY_API_INT_H
+#define QUARRY_API_INT_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "api/api.h"
+#include "auth/auth.h"
+#include "inference/inference.h"
+#include "ingest/ingest.h"
+
+#define API_REQUEST_ID_MAX 64
+#define API_STREAM_BUF_MAX (1u << 20) /* bytes a stream may hold before its producer waits */
+#define API_MAX_K          100        /* results one search may ask for */
+#define API_QUERY_MAX      4096       /* bytes of a query or question */
+#define API_MESSAGES_MAX   256        /* messages in one chat request */
+#define API_MESSAGE_MAX    (64 << 10) /* bytes of one chat message */
+
+typedef struct api_req api_req;
+typedef struct api_metrics api_metrics;
+typedef struct api_audit api_audit;
+typedef struct api_jobs api_jobs;
+
+/* ---- routes --------------------------------------------------------------------------------- */
+
+/* Who may call a route. */
+enum {
+    API_ACCESS_PUBLIC = 0, /* no credentials (only /healthz, and /v1/auth/token, which checks its own) */
+    API_ACCESS_USER,       /* any authenticated caller */
+    API_ACCESS_ADMIN,      /* administrators, and service keys with the admin scope */
+};
+
+/* A route handler. Runs on a worker (or on the MHD thread when the route is inline), after the
+ * caller was authenticated as the route demands; it answers with api_reply_* or api_stream_*. */
+typedef void (*api_handler_fn)(api_req *r);
+
+typedef struct {
+    const char *method;
+    const char *pattern; /* "/v1/documents/{id}"; at most one {param}, which may span slashes */
+    int access;
+    unsigned scope;      /* AUTH_SCOPE_* a service key needs (0: none) */
+    bool inline_;        /* answered on the MHD thread: cheap and never blocking */
+    api_handler_fn handler;
+} api_route;
+
+extern const api_route api_route_table[];
+extern const size_t api_route_count;
+
+/* Outcome of matching a request line against the table. */
+typedef enum {
+    API_MATCH_OK = 0,
+    API_MATCH_NOT_FOUND,   /* no route has this path */
+    API_MATCH_BAD_METHOD,  /* the path exists with other methods */
+    API_MATCH_BAD_ESCAPE,  /* malformed %XX, an encoded NUL or control character, invalid UTF-8 */
+} api_match;
+
+/* Matches method and the raw (still percent-encoded) path. On API_MATCH_OK *index is the route
+ * and *param (free() it) the decoded {param} or NULL. Pure function: any thread. */
+api_match api_route_find(const char *method, const char *raw_path, size_t *index, char **param);
+/* Percent-decodes s[0..n) into a new string (free() it). NULL for a malformed escape, a decoded
+ * NUL or control byte, or invalid UTF-8. plus_space: '+' means ' ' (query strings). */
+char *api_url_decode(const char *s, size_t n, bool plus_space);
+
+/* Route handlers (routes.c, search.c, documents.c, jobs.c, metrics.c, openapi.c). */
+void api_h_healthz(api_req *r);
+void api_h_readyz(api_req *r);
+void api_h_me(api_req *r);
+void api_h_token(api_req *r);
+void api_h_models(api_req *r);
+void api_h_openapi(api_req *r);
+void api_h_metrics(api_req *r);
+void api_h_search(api_req *r);
+void api_h_ask(api_req *r);
+void api_h_chat(api_req *r);
+void api_h_doc_create(api_req *r);
+void api_h_doc_put(api_req *r);
+void api_h_doc_acl(api_req *r);
+void api_h_doc_delete(api_req *r);
+void api_h_doc_get(api_req *r);
+void api_h_doc_list(api_req *r);
+void api_h_rebuild(api_req *r);
+void api_h_job_get(api_req *r);
+
+/* ---- the server ----------------------------------------------------------------------------- */
+
+typedef struct {
+    int threads, workers, queue_max, max_connections, per_ip_connections;
+    int connection_timeout_s, json_max_depth, shutdown_grace_s, chat_k;
+    size_t max_body_bytes, job_threshold_bytes;
+} api_settings;
+
+struct api_server {
+    const qr_config *cfg; /* borrowed: outlives the server */
+    api_settings set;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    char *tls_cert, *tls_key; /* PEM text, NULL without TLS */
+    char url[300];
+    int port;
+    char model[128]; /* the model name answers report */
+    int64_t started_ms;
+
+    struct MHD_Daemon *daemon;
+    qr_pool *pool;
+    auth_ctx *auth;
+    infer_client *infer;
+    api_metrics *metrics;
+    api_audit *audit;
+    api_jobs *jobs;
+    FILE *access_log; /* NULL: access lines go to the logger (component "access") */
+    pthread_mutex_t access_lock;
+
+    /* The writer: one ingestion session, one thread at a time (documents routes, jobs). */
+    ingest_session *ingest;
+    pthread_mutex_t ingest_lock;
+    /* Readers: a small pool of store handles, one per thread that holds one. */
+    store **stores;
+    bool *store_busy;
+    size_t nstores;
+    pthread_mutex_t store_lock;
+    pthread_cond_t store_cond;
+
+    /* Lifecycle of requests, for graceful shutdown. */
+    pthread_mutex_t lock;
+    pthread_cond_t idle;
+    int in_flight;  /* requests with a context (cleared by the completed callback) */
+    int suspended;  /* connections suspended by us; must be 0 before MHD_stop_daemon */
+    bool running, stopping;
+    atomic_bool cancel_all;
+    api_req *active; /* doubly linked list of live requests */
+};
+
+/* Takes a store handle for the calling thread (waits while all are busy). Never NULL. */
+store *api_store_acquire(api_server *srv);
+void api_store_release(api_server *srv, store *s);
+
+/* ---- requests ------------------------------------------------------------------------------- */
+
+/* A streamed response body (server-sent events): bytes the producer (a worker) appends and the
+ * content reader (MHD thread) drains; guarded by the request's lock. */
+typedef struct {
+    qr_buf buf;
+    size_t read_pos;
+    bool finished;
+    pthread_cond_t space; /* signalled when the reader drained bytes or the request was cancelled */
+} api_stream;
+
+struct api_req {
+    api_server *srv;
+    struct MHD_Connection *conn;
+    size_t route_index; /* SIZE_MAX when no route matched */
+    const api_route *route;
+    char method[16];
+    char *path;  /* raw path, owned */
+    char *param; /* decoded {param}, owned, or NULL */
+    char request_id[API_REQUEST_ID_MAX + 1];
+    char client[64];
+    uint64_t start_ns;
+
+    /* body, filled on the MHD thread */
+    qr_buf body;
+    size_t body_seen;
+    bool too_large;
+
+    /* caller, set by api_authenticate on the worker */
+    auth_principal *principal;
+    bool by_key;
+    char user[300]; /* uid for logs, "-" before authentication */
+
+    /* response, published under lock */
+    int status;
+    char error_code[48];
+    struct MHD_Response *response;
+    bool ready, queued, is_stream;
+    api_stream stream;
+    size_t bytes_out;
+
+    pthread_mutex_t lock;
+    int refs;       /* MHD's (until the completed callback), the worker's, the stream response's */
+    bool suspended; /* by us: the handler waiting for a worker, or the reader waiting for bytes */
+    atomic_bool cancelled;
+    api_req *prev, *next; /* in srv->active */
+};
+
+void api_req_ref(api_req *r);
+void api_req_unref(api_req *r);
+/* True once the client went away or the server is shutting down past its grace period. */
+bool api_req_cancelled(const api_req *r);
+/* A request header, or NULL. Any thread while the request lives. */
+const char *api_header(api_req *r, const char *name);
+/* A query-string argument, percent-decoded (free() it), or NULL when absent. *bad is set for a
+ * malformed escape. */
+char *api_query_arg(api_req *r, const char *name, bool *bad);
+
+/* ---- responses (json.c) --------------------------------------------------------------------- */
+
+/* Answers with a JSON body (steals the reference to body). */
+void api_reply_json(api_req *r, int status, json_t *body);
+/* Answers {"error":{"code","message"}} with the given HTTP status. */
+void api_reply_error(api_req *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Maps a qr_status to its HTTP status and code (qr_status_name) and answers with err. */
+void api_reply_status(api_req *r, qr_status st, const char *err);
+/* The HTTP status a qr_status maps to. */
+int api_http_status(qr_status st);
+/* Answers with raw bytes of the given content type (copied). */
+void api_reply_raw(api_req *r, int status, const char *content_type, const char *data, size_t len);
+/* Adds a header to the response already set (e.g. Retry-After, Location). */
+void api_reply_header(api_req *r, const char *name, const char *value);
+
+/* True when the JSON text nests arrays and objects at most max_depth deep (strings skipped). */
+bool api_json_depth_ok(const char *text, size_t len, int max_depth);
+/* Parses a request body as one JSON object within the server's limits. On failure answers the
+ * request (400 or 415) and returns NULL. */
+json_t *api_json_body(api_req *r);
+/* Parses text as a JSON object with the depth limit; NULL and err on failure (fuzzed). */
+json_t *api_json_parse(const char *text, size_t len, int max_depth, char *err);
+
+/* Typed field readers for request objects. They fill err ("'k' must be an integer") and return
+ * false when the field has the wrong type or range; an absent field gives the default. */
+bool api_get_str(json_t *obj, const char *key, const char **out, size_t max_len, bool required, char *err);
+bool api_get_int(json_t *obj, const char *key, int64_t *out, int64_t def, int64_t min, int64_t max, char *err);
+bool api_get_num(json_t *obj, const char *key, double *out, double def, double min, double max, char *err);
+bool api_get_bool(json_t *obj, const char *key, bool *out, bool def, char *err);
+
+/* ---- streaming (sse.c) ---------------------------------------------------------------------- */
+
+/* Starts a streamed response (chunked, text/event-stream) and hands the connection back to the
+ * MHD thread; the worker then appends with api_stream_write and ends with api_stream_end. On
+ * failure answers 500 and returns false. Worker only. */
+bool api_stream_begin(api_req *r, int status, const char *content_type);
+/* Appends bytes, waiting while the client is API_STREAM_BUF_MAX behind. Returns false when the
+ * request was cancelled (client gone, shutdown): stop producing. */
+bool api_stream_write(api_req *r, const char *data, size_t len);
+bool api_stream_printf(api_req *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Ends the stream; the reader finishes the body. Idempotent. */
+void api_stream_end(api_req *r);
+/* The content reader and its free callback (MHD thread). */
+ssize_t api_stream_reader(void *cls, uint64_t pos, char *buf, size_t max);
+void api_stream_free(void *cls);
+
+/* ---- authentication (authmw.c) ------------------------------------------------------------- */
+
+/* Authenticates the request as the route demands (Basic, bearer token, API key, X-Quarry-User)
+ * and checks admin access. Returns true with r->principal set; on failure answers (401, 403,
+ * 429, 503) and returns false. Worker only: may talk to LDAP. */
+bool api_authenticate(api_req *r);
+/* Decodes standard base64 (padding optional); NULL for bad input. *len gets the length. */
+unsigned char *api_base64_decode(const char *in, size_t in_len, size_t *len);
+/* True when the caller may read a document with this ACL: administrators read everything, others
+ * need one principal in common. */
+bool api_acl_permits(const auth_principal *p, const char *const *acl, size_t nacl);
+
+/* ---- metrics (metrics.c) -------------------------------------------------------------------- */
+
+api_metrics *api_metrics_new(void);
+void api_metrics_free(api_metrics *m);
+/* One finished request (MHD thread). route_index SIZE_MAX for unmatched paths. */
+void api_metrics_request(api_metrics *m, size_t route_index, int status, double seconds);
+/* One answer drafted (worker): its latency and mode. */
+void api_metrics_answer(api_metrics *m, double seconds, bool extractive, bool failed);
+/* Ingestion outcomes: kind is "added", "updated", "acl_updated", "unchanged", "deleted", "failed". */
+void api_metrics_ingest(api_metrics *m, const char *kind, size_t chunks);
+void api_metrics_error(api_metrics *m, const char *code);
+/* Renders the Prometheus text exposition of everything, store and auth included. */
+qr_status api_metrics_render(api_server *srv, qr_buf *out, char *err);
+
+/* ---- audit log (audit.c) -------------------------------------------------------------------- */
+
+/* Opens (appends to) the audit log; path "" means <data.dir>/audit.log, "off" disables it. */
+qr_status api_audit_open(const qr_config *cfg, api_audit **out, char *err);
+void api_audit_close(api_audit *a);
+/* Appends one JSON line: time, request id, user, route, SHA-256 of the query (never the query),
+ * and the doc ids returned or cited. Any thread. */
+void api_audit_record(api_audit *a, const api_req *r, const char *query, const char *const *doc_ids,
+                      size_t ndoc_ids, const char *action);
+
+/* ---- jobs (jobs.c) -------------------------------------------------------------------------- */
+
+/* One document of an ingestion job. Owned by the job once submitted. */
+typedef struct {
+    char *doc_id, *title, *uri, *content_type, *filename, *metadata_json;
+    char **acl;
+    size_t nacl;
+    char *bytes;
+    size_t len;
+} api_job_doc;
+
+void api_job_doc_release(api_job_doc *d);
+
+qr_status api_jobs_new(api_server *srv, api_jobs **out, char *err);
+qr_status api_jobs_start(api_jobs *j, char *err);
+/* Stops the runner after the document in progress; queued jobs end as "cancelled". */
+void api_jobs_stop(api_jobs *j);
+void api_jobs_free(api_jobs *j);
+/* Queues an ingestion of docs (taken over, also on error) for user; id receives the job id. */
+qr_status api_jobs_submit_ingest(api_jobs *j, api_job_doc *docs, size_t ndocs, const char *user, char id[33],
+                                 char *err);
+/* Queues a rebuild of the vector index. */
+qr_status api_jobs_submit_rebuild(api_jobs *j, const char *user, char id[33], char *err);
+/* The job as JSON (new reference), or NULL when unknown. */
+json_t *api_jobs_describe(api_jobs *j, const char *id);
+
+/* Ingests one document through the server's ingestion session (serialised). Any thread. */
+qr_status api_ingest_one(api_server *srv, const api_job_doc *d, store_put_result *result, size_t *nchunks,
+                         char *err);
+
+/* ---- misc ----------------------------------------------------------------------------------- */
+
+/* Fills out with n random bytes as 2n hex digits (out has 2n+1 bytes). */
+void api_random_hex(char *out, size_t n);
+/* Hex SHA-256 of text. */
+void api_sha256_hex(const char *text, size_t len, char out[65]);
+
+#endif
