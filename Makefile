@@ -1,7 +1,7 @@
 # quarry's two commands, `make run` and `make test`, each doing all set-up on a fresh Debian 12
 # machine: scripts/bootstrap (packages, FAISS), configure, build, then run or test.
 #
-#   make run         build and run quarry (for now: its help and self-check; the server lands with [api])
+#   make run         build, then the demo: slapd, demo corpus, quarry serve on 127.0.0.1:8080
 #   make test        optimised build with asserts, all tests (ctest: unit + integration)
 #   make test-asan   the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make build       bootstrap and build only
@@ -32,14 +32,10 @@ $(BUILD_DIR)/CMakeCache.txt: | bootstrap
 build: bootstrap $(BUILD_DIR)/CMakeCache.txt
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
+# The demo: a throwaway slapd with demo users, the demo corpus ingested, `quarry serve` on
+# 127.0.0.1:8080 and curl examples; Ctrl-C stops everything (scripts/run-demo).
 run: build
-	@echo
-	./$(BUILD_DIR)/quarry --help
-	@echo
-	./$(BUILD_DIR)/quarry selfcheck
-	@echo
-	@echo "The HTTP server (quarry serve) is not built yet: it lands with the [api] issue."
-	@echo "Built so far: the core library, the CLI (help, version, config, selfcheck) and the test harness."
+	QUARRY_BIN=$(CURDIR)/$(BUILD_DIR)/quarry ./scripts/run-demo
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)

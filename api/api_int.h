@@ -26,6 +26,7 @@
 #include "auth/auth.h"
 #include "inference/inference.h"
 #include "ingest/ingest.h"
+#include "retrieval/retrieval.h"
 
 #define API_REQUEST_ID_MAX 64
 #define API_STREAM_BUF_MAX (1u << 20) /* bytes a stream may hold before its producer waits */
@@ -56,8 +57,8 @@ typedef struct {
     const char *method;
     const char *pattern; /* "/v1/documents/{id}"; at most one {param}, which may span slashes */
     int access;
-    unsigned scope;      /* AUTH_SCOPE_* a service key needs (0: none) */
-    bool inline_;        /* answered on the MHD thread: cheap and never blocking */
+    unsigned scope; /* AUTH_SCOPE_* a service key needs (0: none) */
+    bool inline_;   /* answered on the MHD thread: cheap and never blocking */
     api_handler_fn handler;
 } api_route;
 
@@ -67,9 +68,9 @@ extern const size_t api_route_count;
 /* Outcome of matching a request line against the table. */
 typedef enum {
     API_MATCH_OK = 0,
-    API_MATCH_NOT_FOUND,   /* no route has this path */
-    API_MATCH_BAD_METHOD,  /* the path exists with other methods */
-    API_MATCH_BAD_ESCAPE,  /* malformed %XX, an encoded NUL or control character, invalid UTF-8 */
+    API_MATCH_NOT_FOUND,  /* no route has this path */
+    API_MATCH_BAD_METHOD, /* the path exists with other methods */
+    API_MATCH_BAD_ESCAPE, /* malformed %XX, an encoded NUL or control character, invalid UTF-8 */
 } api_match;
 
 /* Matches method and the raw (still percent-encoded) path. On API_MATCH_OK *index is the route
@@ -101,6 +102,13 @@ void api_h_job_get(api_req *r);
 
 /* ---- the server ----------------------------------------------------------------------------- */
 
+/* A store handle and the retrieval handle that borrows it: used by one thread at a time. */
+typedef struct {
+    store *store;
+    retrieval *retrieval;
+    bool busy;
+} api_slot;
+
 typedef struct {
     int threads, workers, queue_max, max_connections, per_ip_connections;
     int connection_timeout_s, json_max_depth, shutdown_grace_s, chat_k;
@@ -131,34 +139,55 @@ struct api_server {
     /* The writer: one ingestion session, one thread at a time (documents routes, jobs). */
     ingest_session *ingest;
     pthread_mutex_t ingest_lock;
-    /* Readers: a small pool of store handles, one per thread that holds one. */
-    store **stores;
-    bool *store_busy;
-    size_t nstores;
+    /* Query vectors: the ingestion embedder's twin (one caller at a time). */
+    ingest_embedder *embedder;
+    pthread_mutex_t embed_lock;
+    /* The vector index, kept in step with the store (NULL while the store has no vectors). */
+    vindex *vindex;
+    vindex_opts vopts;
+    pthread_mutex_t vindex_lock;
+    uint64_t vindex_checked_ns;
+    /* Readers: a small pool of store handles, each with its search handle, one thread each. */
+    api_slot *slots;
+    size_t nslots;
+    retrieval_opts ropts;
     pthread_mutex_t store_lock;
     pthread_cond_t store_cond;
 
     /* Lifecycle of requests, for graceful shutdown. */
     pthread_mutex_t lock;
     pthread_cond_t idle;
-    int in_flight;  /* requests with a context (cleared by the completed callback) */
-    int suspended;  /* connections suspended by us; must be 0 before MHD_stop_daemon */
+    int in_flight; /* requests with a context (cleared by the completed callback) */
+    int suspended; /* connections suspended by us; must be 0 before MHD_stop_daemon */
     bool running, stopping;
     atomic_bool cancel_all;
     api_req *active; /* doubly linked list of live requests */
 };
 
-/* Takes a store handle for the calling thread (waits while all are busy). Never NULL. */
+/* Brings the vector index up to the store's latest change (opening it when the store got its
+ * first vectors); force builds a new generation. rep may be NULL. Any thread; serialised. */
+qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, char *err);
+/* api_index_sync at most once a second, for searches: a `quarry ingest` run beside the server
+ * shows up without a restart. Errors are logged, not returned: search goes on with what is
+ * served. */
+void api_index_refresh(api_server *srv);
+
+/* Takes a slot (store and retrieval handle) for the calling thread, waiting while all are busy.
+ * Never NULL. */
+api_slot *api_slot_acquire(api_server *srv);
+void api_slot_release(api_server *srv, api_slot *slot);
+/* The same, for callers that need the store alone. */
 store *api_store_acquire(api_server *srv);
 void api_store_release(api_server *srv, store *s);
 
 /* ---- requests ------------------------------------------------------------------------------- */
 
 /* A streamed response body (server-sent events): bytes the producer (a worker) appends and the
- * content reader (MHD thread) drains; guarded by the request's lock. */
+ * content reader (MHD thread) drains, data[start, end) pending, at most API_STREAM_BUF_MAX of them;
+ * guarded by the request's lock. */
 typedef struct {
-    qr_buf buf;
-    size_t read_pos;
+    char *data;
+    size_t start, end;
     bool finished;
     pthread_cond_t space; /* signalled when the reader drained bytes or the request was cancelled */
 } api_stream;
@@ -237,9 +266,49 @@ json_t *api_json_parse(const char *text, size_t len, int max_depth, char *err);
 /* Typed field readers for request objects. They fill err ("'k' must be an integer") and return
  * false when the field has the wrong type or range; an absent field gives the default. */
 bool api_get_str(json_t *obj, const char *key, const char **out, size_t max_len, bool required, char *err);
-bool api_get_int(json_t *obj, const char *key, int64_t *out, int64_t def, int64_t min, int64_t max, char *err);
+bool api_get_int(json_t *obj, const char *key, int64_t *out, int64_t def, int64_t min, int64_t max,
+                 char *err);
 bool api_get_num(json_t *obj, const char *key, double *out, double def, double min, double max, char *err);
 bool api_get_bool(json_t *obj, const char *key, bool *out, bool def, char *err);
+
+/* ---- parsed requests (request.c: pure functions, fuzzed by fuzz/fuzz_request.c) ------------- */
+
+/* A search (POST /v1/search) or the retrieval part of an answer (POST /v1/ask). Strings point into
+ * the JSON object it was parsed from; release frees the arrays. */
+typedef struct {
+    const char *query;
+    size_t k;
+    const char *mode; /* "hybrid", "bm25" or "vector" */
+    const char **doc_ids;
+    size_t ndoc_ids;
+    const char *uri_prefix, *content_type;
+    int64_t updated_after_ms; /* 0: any */
+    size_t max_per_doc;       /* 0: the configured limit */
+    const char *cursor;       /* next_cursor of the previous page, or NULL */
+} api_search_req;
+
+/* Parses {query (or question when question_key), k, mode, filters{doc_ids, uri_prefix,
+ * content_type, updated_after}, max_per_doc, cursor}. default_k applies when k is absent. */
+qr_status api_parse_search(json_t *body, bool question_key, size_t default_k, api_search_req *out, char *err);
+void api_search_req_release(api_search_req *s);
+
+/* An OpenAI chat completion request. */
+typedef struct {
+    infer_message *history; /* user and assistant turns before the question, oldest first */
+    size_t nhistory;
+    char *question;     /* the last user message's text (owned) */
+    char *search_query; /* what retrieval searches for (owned) */
+    char **owned;       /* texts assembled from content parts */
+    size_t nowned;
+    bool stream, include_usage;
+    const char *model;  /* as requested (echoed back), or NULL */
+    int64_t max_tokens; /* 0: the server's inference.max_tokens */
+    double temperature; /* < 0: the server's inference.temperature */
+    size_t k;
+} api_chat_req;
+
+qr_status api_parse_chat(json_t *body, size_t default_k, api_chat_req *out, char *err);
+void api_chat_req_release(api_chat_req *c);
 
 /* ---- streaming (sse.c) ---------------------------------------------------------------------- */
 

@@ -34,5 +34,9 @@ int cli_cmd_stats(cli_ctx *ctx);
 int cli_cmd_keys(cli_ctx *ctx);
 int cli_cmd_auth(cli_ctx *ctx);
 int cli_cmd_models(cli_ctx *ctx);
+int cli_cmd_serve(cli_ctx *ctx);
+int cli_cmd_search(cli_ctx *ctx);
+int cli_cmd_eval(cli_ctx *ctx);
+int cli_cmd_index(cli_ctx *ctx);
 
 #endif

@@ -27,17 +27,19 @@ typedef struct {
 } cli_command;
 
 static const cli_command commands[] = {
-    {"serve", "quarry serve", "Run the HTTP API server (chat, search, ingestion, metrics).", "[api]", NULL},
+    {"serve", "quarry serve", "Run the HTTP API server (chat, search, ingestion, metrics).", NULL, cli_cmd_serve},
     {"ingest", "quarry ingest [--acl PRINCIPAL]... [--jsonl FILE] PATH...",
      "Ingest files, folders or a JSON-lines collection into the store.", NULL, cli_cmd_ingest},
     {"delete", "quarry delete DOC_ID...", "Delete documents by id.", NULL, cli_cmd_delete},
-    {"search", "quarry search [--as UID] [--mode hybrid|bm25|vector] [-k N] [--json] QUERY",
-     "Search with a user's permissions.", "[retrieval]", NULL},
+    {"search",
+     "quarry search [--as UID] [--mode hybrid|bm25|vector] [-k N] [--json] [--cursor C] [--doc ID]... "
+     "[--source PREFIX] [--type TYPE] [--after DATE] [--max-per-doc N] [--plain] [--explain] QUERY",
+     "Search with a user's permissions.", NULL, cli_cmd_search},
     {"ask", "quarry ask [--as UID] QUESTION", "Answer a question with citations.", "[inference]", NULL},
     {"index", "quarry index build [--gpu auto|on|off]",
-     "Build the vector index and publish a new generation.", "[vindex]", NULL},
+     "Build the vector index and publish a new generation.", NULL, cli_cmd_index},
     {"eval", "quarry eval --queries FILE --qrels FILE [--mode M]",
-     "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10).", "[retrieval]", NULL},
+     "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10).", NULL, cli_cmd_eval},
     {"stats", "quarry stats [--json]", "Show document, chunk and index counts.", NULL, cli_cmd_stats},
     {"models", "quarry models", "List the models the inference backend serves (inference.base_url).", NULL,
      cli_cmd_models},

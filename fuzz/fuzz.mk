@@ -28,6 +28,23 @@ $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_common.h $(FUZZ_SOURCES) ingest/inge
 	@mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SOURCES) $(FUZZ_LIBS)
 
+# The API's request parsing (fuzz_request): core/ and api/'s pure files only.
+FUZZ_TARGETS += request
+FUZZ_API_SOURCES := $(wildcard core/*.c) api/request.c api/multipart.c
+build: $(FUZZ_DIR)/fuzz_request
+$(FUZZ_DIR)/fuzz_request: fuzz/fuzz_request.c $(FUZZ_API_SOURCES) api/api_int.h api/multipart.h
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_API_SOURCES) $(FUZZ_LIBS)
+
+# retrieval's query parser (fuzz_query): core/ and retrieval's parser, with SQLite's FTS5 checking
+# that every expression it builds parses.
+FUZZ_TARGETS += query
+FUZZ_QUERY_SOURCES := $(wildcard core/*.c) retrieval/query.c retrieval/tokenchars.c
+build: $(FUZZ_DIR)/fuzz_query
+$(FUZZ_DIR)/fuzz_query: fuzz/fuzz_query.c $(FUZZ_QUERY_SOURCES) retrieval/retrieval_int.h
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_QUERY_SOURCES) $(FUZZ_LIBS) $(shell pkg-config --libs sqlite3)
+
 smoke: build
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/artifacts; \

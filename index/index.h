@@ -249,13 +249,120 @@ qr_status store_each_vector(store *s, store_change_fn fn, void *ctx, int64_t *co
  * everything: seconds per million chunks. */
 qr_status store_verify(store *s, char *err);
 
+/* One document as a listing shows it. Strings are valid during the callback only. */
+typedef struct {
+    const char *doc_id, *title, *uri, *content_type;
+    const char *acl_json; /* the ACL as a JSON array of principals, sorted */
+    int64_t version, created_ms, updated_ms;
+    size_t text_len, chunk_count;
+} store_doc_summary;
+typedef qr_status (*store_doc_fn)(void *ctx, const store_doc_summary *d, char *err);
+
+/* Lists documents in doc_id byte order, for cursor pagination: calls fn for at most `limit`
+ * (1..10000) documents whose doc_id sorts after `after` (NULL or "": from the first), all from one
+ * snapshot, and sets *more when further documents follow. fn's non-zero status stops the walk and
+ * is returned; fn must not call other store functions on the same handle. */
+qr_status store_list_documents(store *s, const char *after, size_t limit, store_doc_fn fn, void *ctx, bool *more,
+                               char *err);
+
+/*
+ * Search queries, for retrieval. They never see user text as syntax: retrieval hands in FTS5
+ * expressions it built from quoted tokens, and the store binds them (and everything else) as
+ * parameters.
+ *
+ * A store_filter says which chunks a search may see: those whose document's ACL holds one of
+ * the caller's principals (an indexed lookup of the acl table, which is keyed by principal) --
+ * or every document, ACL or not, for an administrator (all_documents) -- and that pass every
+ * metadata filter that is set. Every function below applies the whole filter in SQL, before any
+ * ranking or limit, so a limit never cuts permitted chunks in favour of forbidden ones.
+ */
+#define STORE_FILTER_PRINCIPALS_MAX 8192 /* principals of one caller */
+#define STORE_FILTER_DOC_IDS_MAX    1024 /* documents named by one filter */
+
+typedef struct {
+    const char *const *principals; /* the caller's ACL principals (store_principal_valid) */
+    size_t nprincipals;
+    bool all_documents;         /* an administrator: the ACL is not consulted */
+    const char *const *doc_ids; /* only these documents (external ids); none: any */
+    size_t ndoc_ids;
+    const char *uri_prefix;    /* only documents whose URI starts with this; NULL or "": any */
+    const char *content_type;  /* only documents of exactly this type; NULL or "": any */
+    int64_t updated_after_ms;  /* only documents changed after this time; <= 0: any */
+    const char *require_match; /* FTS5 expression every chunk must match; NULL or "": none */
+    const char *exclude_match; /* FTS5 expression no chunk may match; NULL or "": none */
+} store_filter;
+
+/* A chunk found by a search, with its document's internal key (for per-document limits). */
+typedef struct {
+    int64_t chunk_id;
+    int64_t doc;
+    double score;
+} store_hit;
+
+/* BM25 over the FTS5 index: the chunks that match the FTS5 expression `match` and pass f, best
+ * first, at most `limit` of them and, when max_per_doc > 0, at most max_per_doc per document
+ * (each document's best). Scores are FTS5's bm25() with the column weights weights[0..3) (title,
+ * headings, body), negated so that higher is better; equal scores are ordered by smaller chunk
+ * id. FTS5 computes bm25 from whole-index statistics, so a chunk scores the same whoever
+ * searches. *n gets the number written to out (room for limit hits). QR_EINVAL for a malformed
+ * expression (FTS5's message), an invalid principal or doc id, or more principals or doc ids
+ * than the limits above. */
+qr_status store_search_bm25(store *s, const char *match, const double weights[3], const store_filter *f,
+                            size_t max_per_doc, size_t limit, store_hit *out, size_t *n, char *err);
+
+/* The ids of up to `limit` chunks that pass f, in no particular order, into ids (*n of them);
+ * *more is true when further chunks pass. Used to search vectors over the permitted chunks only
+ * when they are few. */
+qr_status store_filter_chunks(store *s, const store_filter *f, size_t limit, int64_t *ids, size_t *n,
+                              bool *more, char *err);
+
+/* A per-chunk permission test built from a filter, for vindex_search's predicate when the
+ * permitted chunks are too many to list. store_permit_test answers whether a chunk exists and
+ * passes f, with one indexed query; it fails closed (false) on an error, which
+ * store_permit_close then returns. Use the store handle for nothing else between open and close,
+ * from the thread that opened it. */
+typedef struct store_permit store_permit;
+qr_status store_permit_open(store *s, const store_filter *f, store_permit **out, char *err);
+bool store_permit_test(store_permit *p, int64_t chunk_id);
+/* Frees the test and returns the first error a test met (QR_OK when none). NULL is a no-op. */
+qr_status store_permit_close(store_permit *p, char *err);
+
+/* Document keys of n chunks into docs (-1 for a chunk that no longer exists). */
+qr_status store_chunk_docs(store *s, const int64_t *ids, size_t n, int64_t *docs, char *err);
+
+/* A chunk and its document as a search result shows it. Strings are valid during the callback. */
+typedef struct {
+    int64_t chunk_id, doc;
+    const char *doc_id, *title, *uri, *content_type;
+    const char *headings; /* "" when none */
+    const char *text;     /* the chunk's text */
+    size_t text_len;
+    size_t start, end; /* the chunk's byte offsets in its document's normalised text */
+} store_chunk_view;
+typedef qr_status (*store_chunk_view_fn)(void *ctx, const store_chunk_view *c, char *err);
+
+/* Calls fn, in order, for each of ids[0..n) that still exists and passes f (checked again: a
+ * document deleted or whose ACL changed since the search is left out), all from one snapshot.
+ * fn must not call the store; its non-zero status stops the walk and is returned. */
+qr_status store_read_chunks(store *s, const int64_t *ids, size_t n, const store_filter *f,
+                            store_chunk_view_fn fn, void *ctx, char *err);
+
+/* Splits text into the tokens the FTS index holds (porter unicode61: case-folded, diacritics
+ * removed, Porter-stemmed) and calls fn with each token's indexed form and its byte range in
+ * text, in order. Retrieval matches query words against chunk text this way, for highlights,
+ * exactly as FTS5 matched them. fn's non-zero status stops and is returned. Touches no table. */
+typedef qr_status (*store_token_fn)(void *ctx, const char *form, size_t form_len, size_t start, size_t end,
+                                    char *err);
+qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn fn, void *ctx, char *err);
+
 /* ---- vector index (vindex.c) ------------------------------------------------------------- */
 
 /*
  * The vector index: FAISS over the chunks' embedding vectors, L2-normalised on the way in and
  * searched by inner product (so scores are cosines); FAISS ids are chunk ids (>= 0). The type
  * follows the size (vindex.type): exact (IndexFlatIP behind an id map) up to
- * vindex.exact_threshold vectors, IVF (Flat or SQ8, nlist about 4*sqrt(N)) or HNSW32 above.
+ * vindex.exact_threshold vectors, IVF above (SQ8 by default; Flat, or 4-bit PQ fast scan; nlist
+ * about 4*sqrt(N)), or HNSW32 when configured. bench/README.md has the measurements.
  * Every result is re-scored exactly from the float32 vectors kept per generation, so scores are
  * the same whichever path found a chunk, and equal scores are ordered by smaller chunk id.
  *
@@ -290,7 +397,7 @@ typedef struct vindex vindex;
 #define VINDEX_K_MAX   10000
 
 typedef struct {
-    const char *type;         /* "auto", "flat", "ivf_flat", "ivf_sq8" or "hnsw" (vindex.type) */
+    const char *type;         /* "auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw" (vindex.type) */
     size_t exact_threshold;   /* auto: flat up to this many vectors, ivf_sq8 above */
     size_t nlist;             /* IVF lists; 0: round(4 * sqrt(N)), at most N / 39 */
     size_t train_per_list;    /* IVF training sample: this many vectors per list (39..256) */
@@ -337,8 +444,8 @@ typedef struct {
 typedef struct vindex_builder vindex_builder;
 
 /* Starts a build. centroids may be NULL (FAISS k-means on a sample). QR_EEXIST when a build of
- * this index is already running; QR_EINVAL for centroids of another dimension, no rows or
- * non-finite values. */
+ * this index is already running; QR_EINVAL for centroids of another dimension, no rows, or a
+ * zero or non-finite row. */
 qr_status vindex_build_begin(vindex *v, const vindex_centroids *centroids, vindex_builder **out, char *err);
 /* Adds n vectors of dim floats with their chunk ids. On error nothing of this call is added and
  * the builder stays usable. */
@@ -382,7 +489,8 @@ typedef bool (*vindex_permit_fn)(void *ctx, int64_t id);
 
 /* The k best permitted chunks for query (dim floats, normalised here), best first, into
  * ids[0..*found) and scores[0..*found) (cosines). permit NULL permits everything. The main
- * index (approximate for IVF and HNSW) is asked for 2k candidates, then 4 times more while
+ * index (approximate for IVF and HNSW) is asked for 2k candidates (50k for ivf_pq, whose codes
+ * rank coarsely), all re-scored exactly, then more (2 to 64 times, by the pass rate seen) while
  * fewer than k pass the tombstones and the predicate; when the ANN index has no more to give, or
  * past max(4096, 32k) candidates, the search goes exact (BLAS over the generation's vectors), so
  * if k permitted chunks exist, k are returned. A flat index goes exact right after its first
@@ -403,7 +511,7 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
 
 typedef struct {
     uint64_t generation; /* 0: nothing built yet */
-    char type[16];       /* "flat", "ivf_flat", "ivf_sq8", "hnsw" or "none" */
+    char type[16];       /* "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw", "none" */
     int dim;
     size_t count;         /* vectors in the main index */
     size_t nlist, nprobe; /* IVF only */
@@ -418,5 +526,95 @@ typedef struct {
 
 /* Describes the served snapshot. */
 void vindex_get_info(vindex *v, vindex_info *out);
+
+/* ---- keeping the vector index up to date (sync.c) ---------------------------------------- */
+
+/*
+ * The store is the truth and the vector index a copy that can lag it. index_sync brings an open
+ * index up to the store's latest change: a lag of at most vindex.delta_max chunk changes is
+ * replayed from the change log into the index's delta, in memory; anything more, an index with
+ * no generation or another dimension, or a store whose change counter went backwards (a restored
+ * backup) builds a new generation from every stored vector, after which the store records the
+ * generation and forgets the tombstones it folded in. Same threading as the store: the store
+ * handle is used by the calling thread only.
+ */
+typedef struct {
+    bool rebuilt;          /* a new generation was built and published */
+    size_t added, removed; /* chunk changes replayed into the delta */
+    uint64_t generation;   /* the generation served afterwards */
+    char type[16];         /* its type ("flat", "ivf_sq8", ...) */
+    size_t count;          /* vectors in its main index */
+} index_sync_report;
+
+/* Brings v up to date with s as described above; force builds a new generation whatever the
+ * lag. rep may be NULL. QR_EINVAL when the store holds no vectors yet; the errors of the
+ * store's reads and of vindex_add/vindex_remove/vindex_build otherwise. A failed build leaves
+ * the previous generation served. */
+qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, index_sync_report *rep,
+                     char *err);
+
+/* Opens the vector index of the store under <data_dir>/vindex for the store's embedding
+ * dimension and change counter (vindex_open), then index_sync. With force the index is rebuilt
+ * even when vindex.rebuild_on_mismatch is off; without it, that setting decides whether a stale
+ * or damaged index is rebuilt or refused (QR_EINVAL/QR_EIO). When the store holds no vectors
+ * yet there is nothing to index: QR_OK with *out NULL. QR_EPERM when another process has the
+ * index open (a running server). On error *out is NULL. */
+qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, bool force, vindex **out,
+                          index_sync_report *rep, char *err);
+
+/* ---- GPU build path (gpu/) --------------------------------------------------------------- */
+
+/*
+ * IVF centroids trained on a GPU: FAISS's own k-means (spherical, as FAISS trains an IVF with
+ * inner product) with distances, assignments and sums on the device, handed to vindex_build as
+ * vindex_centroids, so the served index is the ordinary FAISS CPU index either way. What
+ * `quarry index build --gpu` does with it:
+ *   off   builds with centroids NULL: FAISS's CPU k-means on vindex's training sample.
+ *   auto  when index_gpu_wants_centroids says the build is an IVF and index_gpu_check is QR_OK:
+ *         index_gpu_train_centroids on the vectors to be built, then the build with those
+ *         centroids; if training fails, a warning and the build with centroids NULL. Otherwise
+ *         as off (no device, not compiled, a flat or HNSW build).
+ *   on    index_gpu_check must be QR_OK, else exit 1 with its message; a training failure is
+ *         an error, not a fallback. A build that trains no centroids (flat, HNSW) goes ahead.
+ */
+typedef struct {
+    char device[64];   /* the device's name */
+    size_t train_rows; /* rows clustered: all, or FAISS's subsample of 256 per list */
+    int iterations;
+    size_t splits;    /* empty clusters re-seeded, all iterations */
+    double objective; /* sum of the rows' inner products with their centroid (last iteration) */
+    bool resident;    /* rows uploaded once; false: streamed in batches every iteration */
+    size_t batch_rows, batches;
+    size_t peak_device_bytes; /* most device memory held at once */
+    double seconds;           /* the whole call: sampling, normalising, copies, k-means */
+} index_gpu_report;
+
+/* QR_OK when the GPU path can run here: compiled in, a CUDA device visible and cuBLAS loadable.
+ * Otherwise QR_EUNAVAILABLE, and err says which of the three is missing. */
+qr_status index_gpu_check(char *err);
+/* index_gpu_check(NULL) == QR_OK. */
+bool index_gpu_available(void);
+
+/* True when vindex_build of n vectors under options o builds an IVF index, whose coarse
+ * centroids can then come from index_gpu_train_centroids; *nlist (may be NULL) is the number of
+ * lists vindex would choose, to be passed as nlist. False for flat and HNSW builds. */
+bool index_gpu_wants_centroids(const vindex_opts *o, size_t n, size_t *nlist);
+
+/* Trains nlist centroids (nlist * dim floats into centroids_out) on n vectors of dim floats, as
+ * FAISS trains an IVF quantizer: more than 256 * nlist vectors are subsampled the way FAISS does,
+ * the rows are L2-normalised (as the index holds them), then `iterations` rounds of spherical
+ * k-means (FAISS's IVF: 10) from seed (FAISS's default: 1234; its low 31 bits are used). report
+ * may be NULL. QR_EINVAL for bad arguments, n < nlist, or a zero or non-finite vector;
+ * QR_EUNAVAILABLE without a usable GPU (see index_gpu_check); QR_ENOMEM; QR_EINTERNAL with
+ * CUDA's message. On error centroids_out is unchanged. */
+qr_status index_gpu_train_centroids(const float *vecs, size_t n, int dim, size_t nlist, int iterations,
+                                    uint64_t seed, float *centroids_out, index_gpu_report *report, char *err);
+
+/* Exact top k (1..100, at most nb) by inner product of nq queries among nb base rows, all as
+ * given (normalise first for cosines): ids[q * k + i] are base row numbers, best first, equal
+ * scores by the smaller row. Identical to a double-precision scan on the CPU. For ground truth
+ * and large exact subsets. Errors as index_gpu_train_centroids. */
+qr_status index_gpu_knn(const float *base, size_t nb, const float *queries, size_t nq, int dim, size_t k,
+                        int64_t *ids, float *scores, index_gpu_report *report, char *err);
 
 #endif

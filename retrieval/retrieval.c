@@ -1,9 +1,1035 @@
 /*
- * Retrieval's entry points. Empty until the [retrieval] issue.
+ * The search engine: one request in, one page of permitted results out. It parses the query
+ * (query.c), turns the caller and the request's filters into a store_filter, gets a BM25 list
+ * from the store and a vector list from the index -- both restricted to the permitted chunks
+ * before any ranking -- fuses them in hybrid mode, applies the per-document limit, cuts the
+ * page, and reads the page's chunks back with their highlighted matches to make snippets.
+ *
+ * Two rules shape the code. Permissions are applied inside each list, never to a finished
+ * ranking (trimming afterwards would return fewer than k, or need guesses at how much to
+ * over-fetch): BM25 in SQL, vectors either by an exact scan over the listed permitted chunks or
+ * by vindex_search's predicate, which keeps fetching until it has k permitted chunks. And the
+ * page's chunks are read back through the same filter, so a document deleted or re-permissioned
+ * while the search ran drops out instead of leaking.
+ *
+ * Pages are cut from one deterministic ranking (ties by chunk id) computed to the page's end,
+ * and the cursor carries the offset with a fingerprint of the request, so a cursor cannot be
+ * replayed against another query. Fusion scores do not depend on how deep the lists go (RRF
+ * uses ranks; weighted fusion divides by each list's best score), so later pages continue the
+ * first page's order.
  */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "retrieval/retrieval.h"
+#include "retrieval/retrieval_int.h"
+
+#define LOG_COMPONENT "retrieval"
+
+#define RESULT_ARENA_CAP ((size_t)1 << 30)
+#define QUERY_ARENA_CAP  ((size_t)64 << 20)
+#define EXPR_CAP         ((size_t)RQ_TEXT_MAX * 8 + 4096)
 
 bool retrieval_available(void)
 {
-    return false;
+    return true;
+}
+
+/* ---- modes and options ------------------------------------------------------------------- */
+
+const char *retrieval_mode_name(retrieval_mode m)
+{
+    switch (m) {
+    case RETRIEVAL_MODE_DEFAULT: return "default";
+    case RETRIEVAL_HYBRID: return "hybrid";
+    case RETRIEVAL_BM25: return "bm25";
+    case RETRIEVAL_VECTOR: return "vector";
+    }
+    return "?";
+}
+
+qr_status retrieval_mode_parse(const char *s, retrieval_mode *out, char *err)
+{
+    static const retrieval_mode modes[] = {RETRIEVAL_HYBRID, RETRIEVAL_BM25, RETRIEVAL_VECTOR};
+    for (size_t i = 0; s && i < 3; i++) {
+        if (strcmp(s, retrieval_mode_name(modes[i])) == 0) {
+            *out = modes[i];
+            return QR_OK;
+        }
+    }
+    return qr_fail(err, QR_EINVAL, "unknown search mode '%.64s': expected hybrid, bm25 or vector",
+                   s ? s : "");
+}
+
+void retrieval_opts_default(retrieval_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->mode = RETRIEVAL_HYBRID;
+    o->fusion = RETRIEVAL_FUSION_WEIGHTED;
+    o->rrf_k = 60;
+    o->vector_weight = 0.2;
+    o->weight_title = 2;
+    o->weight_headings = 1;
+    o->weight_body = 1;
+    o->stopwords = "default";
+    o->exact_share = 0.02;
+    o->exact_min = 2048;
+    o->max_per_doc = 0;
+    o->candidates = 100;
+    o->snippet_open = "<mark>";
+    o->snippet_close = "</mark>";
+    o->snippet_tokens = 32;
+}
+
+void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
+{
+    retrieval_opts_default(o);
+    retrieval_mode_parse(qr_config_str(cfg, "retrieval.mode"), &o->mode, NULL);
+    o->fusion = strcmp(qr_config_str(cfg, "retrieval.fusion"), "weighted") == 0 ? RETRIEVAL_FUSION_WEIGHTED
+                                                                                : RETRIEVAL_FUSION_RRF;
+    o->rrf_k = qr_config_double(cfg, "retrieval.rrf_k");
+    o->vector_weight = qr_config_double(cfg, "retrieval.vector_weight");
+    o->weight_title = qr_config_double(cfg, "retrieval.weight_title");
+    o->weight_headings = qr_config_double(cfg, "retrieval.weight_headings");
+    o->weight_body = qr_config_double(cfg, "retrieval.weight_body");
+    o->stopwords = qr_config_str(cfg, "retrieval.stopwords");
+    o->exact_share = qr_config_double(cfg, "retrieval.exact_share");
+    o->exact_min = (size_t)qr_config_int(cfg, "retrieval.exact_min");
+    o->max_per_doc = (size_t)qr_config_int(cfg, "retrieval.max_per_doc");
+    o->candidates = (size_t)qr_config_int(cfg, "retrieval.candidates");
+    o->snippet_open = qr_config_str(cfg, "retrieval.snippet_marker_open");
+    o->snippet_close = qr_config_str(cfg, "retrieval.snippet_marker_close");
+    o->snippet_tokens = (size_t)qr_config_int(cfg, "retrieval.snippet_tokens");
+}
+
+struct retrieval {
+    store *s;
+    vindex *v;
+    retrieval_opts o;
+    rq_stopwords *sw;
+};
+
+static bool weight_ok(double w)
+{
+    return isfinite(w) && w >= 0;
+}
+
+qr_status retrieval_open(store *s, vindex *v, const retrieval_opts *o, retrieval **out, char *err)
+{
+    if (!s || !o || !out)
+        return qr_fail(err, QR_EINVAL, "retrieval_open: NULL argument");
+    *out = NULL;
+    if (o->mode == RETRIEVAL_MODE_DEFAULT || o->mode > RETRIEVAL_VECTOR)
+        return qr_fail(err, QR_EINVAL, "retrieval: the default mode must be hybrid, bm25 or vector");
+    if (!weight_ok(o->weight_title) || !weight_ok(o->weight_headings) || !weight_ok(o->weight_body) ||
+        !weight_ok(o->vector_weight) || !(o->rrf_k > 0) || !isfinite(o->rrf_k))
+        return qr_fail(err, QR_EINVAL, "retrieval: weights must be finite and not negative, rrf_k positive");
+    if (!(o->exact_share >= 0 && o->exact_share <= 1))
+        return qr_fail(err, QR_EINVAL, "retrieval: exact_share must be 0..1");
+    if (o->candidates < 1 || o->candidates > RETRIEVAL_DEPTH_MAX || o->snippet_tokens < 1)
+        return qr_fail(err, QR_EINVAL, "retrieval: candidates must be 1..%d and snippet_tokens positive",
+                       RETRIEVAL_DEPTH_MAX);
+    if (!o->snippet_open || !o->snippet_close)
+        return qr_fail(err, QR_EINVAL, "retrieval: snippet markers missing");
+    retrieval *r = calloc(1, sizeof(*r));
+    if (!r)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    qr_status st = rq_stopwords_new(o->stopwords, &r->sw, err);
+    if (st) {
+        free(r);
+        return st;
+    }
+    r->s = s;
+    r->v = v;
+    r->o = *o;
+    *out = r;
+    return QR_OK;
+}
+
+void retrieval_close(retrieval *r)
+{
+    if (!r)
+        return;
+    rq_stopwords_free(r->sw);
+    free(r);
+}
+
+/* ---- ranked lists ------------------------------------------------------------------------ */
+
+typedef struct {
+    int64_t id, doc;
+    double score; /* the list's own score (fused in the fused list) */
+    int rank_b, rank_v;
+} item;
+
+typedef struct {
+    item *v;
+    size_t n, cap;
+} list;
+
+static void list_release(list *l)
+{
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+static qr_status list_push(list *l, int64_t id, int64_t doc, double score, char *err)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        item *v = realloc(l->v, cap * sizeof(*v));
+        if (!v)
+            return qr_fail(err, QR_ENOMEM, "out of memory for search results");
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = (item){.id = id, .doc = doc, .score = score};
+    return QR_OK;
+}
+
+/* Counts chunks per document while walking a ranking: an open-addressing table of doc keys. */
+typedef struct {
+    int64_t *keys;
+    size_t *counts;
+    size_t mask;
+} doc_counter;
+
+static qr_status counter_init(doc_counter *c, size_t n, char *err)
+{
+    size_t cap = 16;
+    while (cap < 2 * n + 2)
+        cap *= 2;
+    c->keys = malloc(cap * sizeof(int64_t));
+    c->counts = calloc(cap, sizeof(size_t));
+    c->mask = cap - 1;
+    if (!c->keys || !c->counts) {
+        free(c->keys);
+        free(c->counts);
+        return qr_fail(err, QR_ENOMEM, "out of memory for search results");
+    }
+    memset(c->keys, 0xff, cap * sizeof(int64_t)); /* -1: empty (doc keys are positive) */
+    return QR_OK;
+}
+
+/* Returns how many chunks of doc were seen before, and counts this one. */
+static size_t counter_bump(doc_counter *c, int64_t doc)
+{
+    size_t i = (size_t)((uint64_t)doc * 0x9e3779b97f4a7c15ull >> 17) & c->mask;
+    while (c->keys[i] != -1 && c->keys[i] != doc)
+        i = (i + 1) & c->mask;
+    c->keys[i] = doc;
+    return c->counts[i]++;
+}
+
+static void counter_release(doc_counter *c)
+{
+    free(c->keys);
+    free(c->counts);
+}
+
+/* Keeps at most cap items per document, in order (cap 0: all). */
+static qr_status apply_cap(list *l, size_t cap, char *err)
+{
+    if (!cap || !l->n)
+        return QR_OK;
+    doc_counter c;
+    qr_status st = counter_init(&c, l->n, err);
+    if (st)
+        return st;
+    size_t kept = 0;
+    for (size_t i = 0; i < l->n; i++)
+        if (counter_bump(&c, l->v[i].doc) < cap)
+            l->v[kept++] = l->v[i];
+    l->n = kept;
+    counter_release(&c);
+    return QR_OK;
+}
+
+/* ---- the vector list --------------------------------------------------------------------- */
+
+typedef struct {
+    bool exact;    /* the permitted chunks were listed and scanned exactly */
+    size_t listed; /* how many */
+} vector_path;
+
+static bool permit_cb(void *ctx, int64_t id)
+{
+    return store_permit_test(ctx, id);
+}
+
+/* The best `depth` permitted chunks by cosine into out (docs attached, chunks the store no longer
+ * has dropped), at most cap per document; fewer only when no further permitted chunk exists. */
+static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestricted, const float *vec,
+                             int dim, size_t depth, size_t cap, list *out, vector_path *path, char *err)
+{
+    qr_status st = QR_OK;
+    int64_t *permitted = NULL, *ids = NULL, *docs = NULL;
+    float *scores = NULL;
+    size_t npermitted = 0;
+    bool subset = false;
+    out->n = 0;
+    if (!unrestricted) {
+        /* few permitted chunks, or a small share of the index: list them and scan them exactly;
+         * listing stops one past the threshold, so a large permitted set costs little here */
+        vindex_info info;
+        vindex_get_info(r->v, &info);
+        size_t size = info.count + info.delta;
+        size_t threshold = (size_t)(r->o.exact_share * (double)size);
+        if (threshold < r->o.exact_min)
+            threshold = r->o.exact_min;
+        bool more = false;
+        if (!(permitted = malloc((threshold ? threshold : 1) * sizeof(int64_t))))
+            return qr_fail(err, QR_ENOMEM, "out of memory for the permitted chunks");
+        if ((st = store_filter_chunks(r->s, f, threshold, permitted, &npermitted, &more, err)))
+            goto out;
+        subset = !more;
+        if (subset && npermitted == 0)
+            goto out; /* nothing permitted: nothing to rank */
+    }
+    path->exact = subset;
+    path->listed = subset ? npermitted : 0;
+    size_t want = depth;
+    for (;;) {
+        if (want > VINDEX_K_MAX)
+            want = VINDEX_K_MAX;
+        size_t found = 0;
+        int64_t *ni = realloc(ids, want * sizeof(*ni));
+        if (ni)
+            ids = ni;
+        float *ns = ni ? realloc(scores, want * sizeof(*ns)) : NULL;
+        if (ns)
+            scores = ns;
+        int64_t *nd = ns ? realloc(docs, want * sizeof(*nd)) : NULL;
+        if (!nd) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory for vector results");
+            goto out;
+        }
+        docs = nd;
+        if (subset) {
+            st = vindex_search_subset(r->v, vec, dim, want, permitted, npermitted, ids, scores, &found, err);
+        } else if (unrestricted) {
+            st = vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, err);
+        } else {
+            store_permit *p = NULL;
+            if (!(st = store_permit_open(r->s, f, &p, err))) {
+                st = vindex_search(r->v, vec, dim, want, permit_cb, p, ids, scores, &found, err);
+                char perr[QR_ERR_LEN];
+                qr_status pst = store_permit_close(p, perr);
+                if (!st && pst)
+                    st = qr_fail(err, pst, "%s", perr);
+            }
+        }
+        if (st || (st = store_chunk_docs(r->s, ids, found, docs, err)))
+            goto out;
+        out->n = 0;
+        for (size_t i = 0; i < found; i++)
+            if (docs[i] >= 0 && (st = list_push(out, ids[i], docs[i], scores[i], err)))
+                goto out;
+        if ((st = apply_cap(out, cap, err)))
+            goto out;
+        /* a per-document limit or chunks the index has and the store no longer has can leave
+         * fewer than asked: fetch deeper while the index had more to give */
+        if (out->n >= depth || found < want || want >= VINDEX_K_MAX)
+            break;
+        want *= 4;
+    }
+    if (out->n > depth)
+        out->n = depth;
+out:
+    free(permitted);
+    free(ids);
+    free(scores);
+    free(docs);
+    return st;
+}
+
+/* ---- fusion ------------------------------------------------------------------------------ */
+
+static int cmp_by_id(const void *a, const void *b)
+{
+    const item *x = a, *y = b;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int cmp_by_score(const void *a, const void *b)
+{
+    const item *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Fuses the BM25 and vector lists into out, best first. RRF adds w / (rrf_k + rank); weighted
+ * fusion adds w * score / best score of the list (vector weight w, BM25 weight 1), so neither
+ * depends on how deep the lists were fetched. */
+static qr_status fuse(const retrieval_opts *o, const list *bm, const list *vec, list *out, char *err)
+{
+    out->n = 0;
+    qr_status st;
+    double best_b = bm->n ? bm->v[0].score : 0, best_v = vec->n ? vec->v[0].score : 0;
+    for (size_t i = 0; i < bm->n; i++) {
+        double s = o->fusion == RETRIEVAL_FUSION_RRF ? 1.0 / (o->rrf_k + (double)(i + 1))
+                                                     : (best_b > 0 ? bm->v[i].score / best_b : 0);
+        if ((st = list_push(out, bm->v[i].id, bm->v[i].doc, s, err)))
+            return st;
+        out->v[out->n - 1].rank_b = (int)i + 1;
+    }
+    for (size_t i = 0; i < vec->n; i++) {
+        double s = o->fusion == RETRIEVAL_FUSION_RRF ? 1.0 / (o->rrf_k + (double)(i + 1))
+                                                     : (best_v > 0 ? vec->v[i].score / best_v : 0);
+        if ((st = list_push(out, vec->v[i].id, vec->v[i].doc, o->vector_weight * s, err)))
+            return st;
+        out->v[out->n - 1].rank_v = (int)i + 1;
+    }
+    if (!out->n)
+        return QR_OK;
+    /* merge the two entries of a chunk found by both */
+    qsort(out->v, out->n, sizeof(item), cmp_by_id);
+    size_t u = 0;
+    for (size_t i = 0; i < out->n; i++) {
+        if (u && out->v[u - 1].id == out->v[i].id) {
+            item *m = &out->v[u - 1];
+            m->score += out->v[i].score;
+            if (out->v[i].rank_b)
+                m->rank_b = out->v[i].rank_b;
+            if (out->v[i].rank_v)
+                m->rank_v = out->v[i].rank_v;
+        } else {
+            out->v[u++] = out->v[i];
+        }
+    }
+    out->n = u;
+    qsort(out->v, out->n, sizeof(item), cmp_by_score);
+    return QR_OK;
+}
+
+/* ---- cursors ----------------------------------------------------------------------------- */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static uint64_t fnv_str(uint64_t h, const char *s)
+{
+    h = fnv(h, s ? s : "", s ? strlen(s) + 1 : 1);
+    return h;
+}
+
+/* A fingerprint of everything that decides the ranking, so that a cursor only continues the
+ * query that made it. */
+static uint64_t request_fingerprint(const retrieval_caller *c, const retrieval_request *q,
+                                    retrieval_mode mode, size_t cap)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv_str(h, retrieval_mode_name(mode));
+    h = fnv_str(h, q->query);
+    h = fnv(h, &q->plain, sizeof(q->plain));
+    for (size_t i = 0; i < q->ndoc_ids; i++)
+        h = fnv_str(h, q->doc_ids[i]);
+    h = fnv_str(h, q->source_prefix);
+    h = fnv_str(h, q->content_type);
+    h = fnv(h, &q->updated_after_ms, sizeof(q->updated_after_ms));
+    h = fnv(h, &cap, sizeof(cap));
+    h = fnv(h, &c->is_admin, sizeof(c->is_admin));
+    for (size_t i = 0; i < c->nprincipals; i++)
+        h = fnv_str(h, c->principals[i]);
+    return h;
+}
+
+/* Cursors read "c1.<offset>.<fingerprint in 16 hex digits>". */
+static qr_status parse_cursor(const char *cursor, uint64_t fp, size_t *offset, char *err)
+{
+    *offset = 0;
+    if (!cursor || !*cursor)
+        return QR_OK;
+    unsigned long long off = 0, got = 0;
+    int used = 0;
+    if (strlen(cursor) > 64 || sscanf(cursor, "c1.%llu.%16llx%n", &off, &got, &used) != 2 ||
+        cursor[used] != '\0' || strlen(strrchr(cursor, '.') + 1) != 16)
+        return qr_fail(err, QR_EINVAL, "invalid cursor: pass the next_cursor of the previous page unchanged");
+    if (got != fp)
+        return qr_fail(err, QR_EINVAL,
+                       "the cursor belongs to another query (text, mode, filters or caller changed)");
+    if (off >= RETRIEVAL_DEPTH_MAX)
+        return qr_fail(err, QR_ELIMIT, "invalid cursor: offset past %d results", RETRIEVAL_DEPTH_MAX);
+    *offset = (size_t)off;
+    return QR_OK;
+}
+
+/* ---- query words as the index holds them ------------------------------------------------ */
+
+/*
+ * FTS5 matches stems ("wings" finds "wing"), so query words are run through the index's own
+ * tokenizer (store_tokenize): an excluded word removes the searched words of the same stem, and
+ * snippets highlight exactly the tokens FTS5 matched, found by tokenizing the chunk the same way.
+ */
+typedef struct {
+    const char **forms; /* distinct indexed forms of the query's words */
+    bool *is_term;      /* forms[i] is searched on its own (highlighted wherever it occurs) */
+    size_t nforms, cap;
+    int **phrases; /* phrases of two or more words, as form ids */
+    size_t *phrase_len, nphrases;
+} vocab;
+
+typedef struct {
+    qr_arena *a;
+    const char *form;
+    size_t len;
+} first_form;
+
+static qr_status take_first(void *ctx, const char *form, size_t len, size_t start, size_t end, char *err)
+{
+    (void)start, (void)end;
+    first_form *f = ctx;
+    if (f->form)
+        return QR_OK;
+    if (!(f->form = qr_arena_strndup(f->a, form, len)))
+        return qr_fail(err, QR_ENOMEM, "out of memory parsing the query");
+    f->len = len;
+    return QR_OK;
+}
+
+/* The indexed form of one query word (the word itself should the tokenizer drop it). */
+static qr_status stem(retrieval *r, qr_arena *a, const char *word, const char **out, char *err)
+{
+    first_form f = {a, NULL, 0};
+    qr_status st = store_tokenize(r->s, word, strlen(word), take_first, &f, err);
+    if (st)
+        return st;
+    *out = f.form ? f.form : word;
+    return QR_OK;
+}
+
+static int vocab_find(const vocab *v, const char *form)
+{
+    for (size_t i = 0; i < v->nforms; i++)
+        if (strcmp(v->forms[i], form) == 0)
+            return (int)i;
+    return -1;
+}
+
+static qr_status vocab_add(vocab *v, qr_arena *a, const char *form, bool term, int *id, char *err)
+{
+    int i = vocab_find(v, form);
+    if (i < 0) {
+        if (v->nforms == v->cap) {
+            size_t cap = v->cap ? v->cap * 2 : 32;
+            const char **f = qr_arena_alloc(a, cap * sizeof(*f));
+            bool *t = qr_arena_calloc(a, cap, sizeof(*t));
+            if (!f || !t)
+                return qr_fail(err, QR_ENOMEM, "out of memory parsing the query");
+            if (v->nforms) {
+                memcpy(f, v->forms, v->nforms * sizeof(*f));
+                memcpy(t, v->is_term, v->nforms * sizeof(*t));
+            }
+            v->forms = f;
+            v->is_term = t;
+            v->cap = cap;
+        }
+        i = (int)v->nforms++;
+        v->forms[i] = form;
+    }
+    if (term)
+        v->is_term[i] = true;
+    if (id)
+        *id = i;
+    return QR_OK;
+}
+
+/* Stems the parsed query: drops OR terms whose stem is excluded (a word cannot be both wanted and
+ * excluded), and fills the highlighting vocabulary. Repeated words stay: each occurrence is an
+ * OR alternative, which is how FTS5's bm25 weighs query term frequency. */
+static qr_status stem_query(retrieval *r, qr_arena *a, rq_query *q, vocab *v, char *err)
+{
+    qr_status st;
+    memset(v, 0, sizeof(*v));
+    vocab excluded = {0};
+    for (size_t i = 0; i < q->nexcluded; i++) {
+        const char *f;
+        if (q->excluded[i].ntokens == 1 && ((st = stem(r, a, q->excluded[i].tokens[0], &f, err)) ||
+                                            (st = vocab_add(&excluded, a, f, true, NULL, err))))
+            return st;
+    }
+    if (q->nphrases) {
+        v->phrases = qr_arena_calloc(a, q->nphrases, sizeof(*v->phrases));
+        v->phrase_len = qr_arena_calloc(a, q->nphrases, sizeof(*v->phrase_len));
+        if (!v->phrases || !v->phrase_len)
+            return qr_fail(err, QR_ENOMEM, "out of memory parsing the query");
+    }
+    for (size_t i = 0; i < q->nphrases; i++) {
+        const rq_phrase *p = &q->phrases[i];
+        int *ids = qr_arena_alloc(a, p->ntokens * sizeof(int));
+        if (!ids)
+            return qr_fail(err, QR_ENOMEM, "out of memory parsing the query");
+        for (size_t j = 0; j < p->ntokens; j++) {
+            const char *f;
+            if ((st = stem(r, a, p->tokens[j], &f, err)) ||
+                (st = vocab_add(v, a, f, p->ntokens == 1, &ids[j], err)))
+                return st;
+        }
+        if (p->ntokens > 1) {
+            v->phrases[v->nphrases] = ids;
+            v->phrase_len[v->nphrases++] = p->ntokens;
+        }
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < q->nterms; i++) {
+        const char *f;
+        if ((st = stem(r, a, q->terms[i], &f, err)))
+            return st;
+        if (vocab_find(&excluded, f) >= 0)
+            continue;
+        if ((st = vocab_add(v, a, f, true, NULL, err)))
+            return st;
+        q->terms[kept++] = q->terms[i];
+    }
+    q->nterms = kept;
+    return QR_OK;
+}
+
+/* Parses, stems and turns a query into its three FTS5 expressions. */
+static qr_status prepare_query(retrieval *r, const char *text, bool plain, qr_arena *a, vocab *voc,
+                               qr_buf *rank, qr_buf *require, qr_buf *exclude, char *err)
+{
+    rq_query q;
+    qr_status st = rq_parse(text, strlen(text), r->sw, plain, a, &q, err);
+    if (st || (st = stem_query(r, a, &q, voc, err)))
+        return st;
+    if (rq_fts_rank(&q, rank) || rq_fts_require(&q, require) || rq_fts_exclude(&q, exclude))
+        return qr_fail(err, QR_ENOMEM, "out of memory building the full-text query");
+    return QR_OK;
+}
+
+qr_status retrieval_query_expressions(retrieval *r, const char *query, bool plain, qr_buf *rank,
+                                      qr_buf *require, qr_buf *exclude, char *err)
+{
+    if (!r || !rank || !require || !exclude)
+        return qr_fail(err, QR_EINVAL, "retrieval_query_expressions: NULL argument");
+    qr_arena a;
+    vocab voc;
+    qr_arena_init(&a, QUERY_ARENA_CAP);
+    qr_status st = prepare_query(r, query ? query : "", plain, &a, &voc, rank, require, exclude, err);
+    qr_arena_release(&a);
+    return st;
+}
+
+/* ---- snippets ---------------------------------------------------------------------------- */
+
+typedef struct {
+    size_t start, end;
+    int form; /* id in the query vocabulary, or -1 */
+} token;
+
+typedef struct {
+    const vocab *v;
+    token *t;
+    size_t n, cap;
+} token_list;
+
+static qr_status collect_token(void *ctx, const char *form, size_t len, size_t start, size_t end, char *err)
+{
+    token_list *l = ctx;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        token *t = realloc(l->t, cap * sizeof(*t));
+        if (!t)
+            return qr_fail(err, QR_ENOMEM, "out of memory for a snippet");
+        l->t = t;
+        l->cap = cap;
+    }
+    int id = -1;
+    for (size_t i = 0; i < l->v->nforms && id < 0; i++)
+        if (strlen(l->v->forms[i]) == len && memcmp(l->v->forms[i], form, len) == 0)
+            id = (int)i;
+    l->t[l->n++] = (token){start, end, id};
+    return QR_OK;
+}
+
+/* Marks the tokens FTS5 matched: words searched alone, and whole occurrences of phrases. */
+static void mark_matches(const vocab *v, const token *t, size_t n, unsigned char *hit)
+{
+    for (size_t i = 0; i < n; i++)
+        hit[i] = t[i].form >= 0 && v->is_term[t[i].form];
+    for (size_t p = 0; p < v->nphrases; p++) {
+        size_t len = v->phrase_len[p];
+        for (size_t i = 0; i + len <= n; i++) {
+            size_t j = 0;
+            while (j < len && t[i + j].form == v->phrases[p][j])
+                j++;
+            if (j == len)
+                memset(hit + i, 1, len);
+        }
+    }
+}
+
+static bool is_space_byte(char c)
+{
+    return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+
+/* Makes a snippet of text: the window of at most `want` tokens holding the most matched tokens
+ * (the first such), with the markers around each run of matched tokens; [*start, *end) is the
+ * window's byte range in text. */
+static qr_status make_snippet(retrieval *r, const vocab *v, const char *text, size_t len, qr_arena *a,
+                              const char **snippet, size_t *start, size_t *end, char *err)
+{
+    token_list l = {.v = v};
+    unsigned char *hit = NULL;
+    qr_buf out;
+    qr_buf_init(&out, RESULT_ARENA_CAP);
+    size_t want = r->o.snippet_tokens, best = 0;
+    qr_status st = store_tokenize(r->s, text, len, collect_token, &l, err);
+    if (st)
+        goto out;
+    if (!(hit = calloc(l.n ? l.n : 1, 1))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a snippet");
+        goto out;
+    }
+    mark_matches(v, l.t, l.n, hit);
+    if (l.n > want) {
+        /* sliding window: sum is the matched tokens of the window ending at token i */
+        size_t sum = 0, top = 0;
+        for (size_t i = 0; i < l.n; i++) {
+            sum += hit[i];
+            if (i >= want)
+                sum -= hit[i - want];
+            if (i + 1 >= want && sum > top) {
+                top = sum;
+                best = i + 1 - want;
+            }
+        }
+    }
+    size_t s = 0, e = len, first = 0, last = l.n;
+    if (l.n > want) {
+        first = best;
+        last = best + want;
+        s = best ? l.t[best].start : 0;
+        if (last < l.n) {
+            e = l.t[last - 1].end;
+            /* keep the punctuation that closes the last word ("wing." not "wing") */
+            while (e < len && !is_space_byte(text[e]) && e < l.t[last].start)
+                e++;
+        }
+    }
+    size_t at = s;
+    for (size_t i = first; i < last && !st; i++) {
+        if (!hit[i])
+            continue;
+        size_t j = i;
+        while (j + 1 < last && hit[j + 1])
+            j++;
+        if (qr_buf_append(&out, text + at, l.t[i].start - at) || qr_buf_puts(&out, r->o.snippet_open) ||
+            qr_buf_append(&out, text + l.t[i].start, l.t[j].end - l.t[i].start) ||
+            qr_buf_puts(&out, r->o.snippet_close))
+            st = qr_fail(err, QR_ENOMEM, "out of memory for a snippet");
+        at = l.t[j].end;
+        i = j;
+    }
+    if (!st && qr_buf_append(&out, text + at, e - at))
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a snippet");
+    if (!st && !(*snippet = qr_arena_strndup(a, qr_buf_str(&out), qr_buf_len(&out))))
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a snippet");
+    *start = s;
+    *end = e;
+out:
+    free(l.t);
+    free(hit);
+    qr_buf_release(&out);
+    return st;
+}
+
+/* ---- reading the page back ----------------------------------------------------------------- */
+
+typedef struct {
+    retrieval_result *res;
+    qr_arena *scratch; /* the chunks' texts, until their snippets are made */
+    const char **texts;
+    size_t *text_lens;
+    const item *page; /* the page's items in order, for scores and ranks */
+    size_t npage;
+    size_t next; /* where the next looked-up item may be (the store returns them in order) */
+} reader;
+
+static qr_status read_hit(void *ctx, const store_chunk_view *c, char *err)
+{
+    reader *rd = ctx;
+    retrieval_result *res = rd->res;
+    qr_arena *a = &res->arena_;
+    while (rd->next < rd->npage && rd->page[rd->next].id != c->chunk_id)
+        rd->next++;
+    if (rd->next == rd->npage)
+        return qr_fail(err, QR_EINTERNAL, "search: the store returned chunk %lld out of order",
+                       (long long)c->chunk_id);
+    const item *it = &rd->page[rd->next++];
+    retrieval_hit *h = &res->hits[res->nhits];
+    memset(h, 0, sizeof(*h));
+    h->chunk_id = c->chunk_id;
+    h->score = it->score;
+    h->bm25_rank = it->rank_b;
+    h->vector_rank = it->rank_v;
+    h->chunk_start = c->start;
+    h->chunk_end = c->end;
+    if (!(h->doc_id = qr_arena_strdup(a, c->doc_id)) || !(h->title = qr_arena_strdup(a, c->title)) ||
+        !(h->uri = qr_arena_strdup(a, c->uri)) || !(h->headings = qr_arena_strdup(a, c->headings)) ||
+        !(rd->texts[res->nhits] = qr_arena_strndup(rd->scratch, c->text, c->text_len)))
+        return qr_fail(err, QR_ENOMEM, "out of memory for search results");
+    rd->text_lens[res->nhits] = c->text_len;
+    res->nhits++;
+    return QR_OK;
+}
+
+/* ---- search ------------------------------------------------------------------------------ */
+
+void retrieval_result_free(retrieval_result *res)
+{
+    if (!res)
+        return;
+    qr_arena_release(&res->arena_);
+    free(res);
+}
+
+static bool zero_vector(const float *v, int dim)
+{
+    for (int i = 0; i < dim; i++)
+        if (v[i] != 0)
+            return false;
+    return true;
+}
+
+/* Checks the request; fills the effective mode and per-document limit. */
+static qr_status check_request(retrieval *r, const retrieval_caller *c, const retrieval_request *q,
+                               retrieval_mode *mode, size_t *cap, char *err)
+{
+    if (q->k < 1 || q->k > RETRIEVAL_K_MAX)
+        return qr_fail(err, QR_EINVAL, "k must be 1..%d (got %zu)", RETRIEVAL_K_MAX, q->k);
+    if (q->query && strlen(q->query) > RETRIEVAL_QUERY_MAX)
+        return qr_fail(err, QR_ELIMIT, "the query is longer than %d bytes", RETRIEVAL_QUERY_MAX);
+    if (c->nprincipals && !c->principals)
+        return qr_fail(err, QR_EINVAL, "search: NULL principal list");
+    if (c->nprincipals > STORE_FILTER_PRINCIPALS_MAX)
+        return qr_fail(err, QR_ELIMIT, "the caller has %zu principals, more than %d", c->nprincipals,
+                       STORE_FILTER_PRINCIPALS_MAX);
+    for (size_t i = 0; i < c->nprincipals; i++)
+        if (!store_principal_valid(c->principals[i]))
+            return qr_fail(
+                err, QR_EINVAL,
+                "invalid principal #%zu of the caller: expected public, user:<uid> or group:<name>", i);
+    if (q->ndoc_ids > STORE_FILTER_DOC_IDS_MAX)
+        return qr_fail(err, QR_ELIMIT, "at most %d document ids may be given (got %zu)",
+                       STORE_FILTER_DOC_IDS_MAX, q->ndoc_ids);
+    if (q->ndoc_ids && !q->doc_ids)
+        return qr_fail(err, QR_EINVAL, "search: NULL document id list");
+    if (q->vector && (q->dim <= 0 || q->dim > VINDEX_DIM_MAX))
+        return qr_fail(err, QR_EINVAL, "invalid query vector dimension %d", q->dim);
+    *mode = q->mode == RETRIEVAL_MODE_DEFAULT ? r->o.mode : q->mode;
+    if (*mode > RETRIEVAL_VECTOR)
+        return qr_fail(err, QR_EINVAL, "unknown search mode %d", (int)q->mode);
+    if (*mode == RETRIEVAL_VECTOR && !r->v)
+        return qr_fail(err, QR_EINVAL, "vector search needs the vector index (run `quarry index build`)");
+    if (*mode == RETRIEVAL_VECTOR && !q->vector)
+        return qr_fail(err, QR_EINVAL, "vector search needs the query's embedding");
+    if (q->vector && r->v && *mode != RETRIEVAL_BM25) {
+        vindex_info info;
+        vindex_get_info(r->v, &info);
+        if (info.dim && q->dim != info.dim)
+            return qr_fail(err, QR_EINVAL, "the query vector has dimension %d, the index's is %d", q->dim,
+                           info.dim);
+        for (int i = 0; i < q->dim; i++)
+            if (!isfinite(q->vector[i]))
+                return qr_fail(err, QR_EINVAL, "the query vector is not finite");
+    }
+    *cap = q->max_per_doc == 0 ? r->o.max_per_doc : q->max_per_doc == SIZE_MAX ? 0 : q->max_per_doc;
+    return QR_OK;
+}
+
+qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const retrieval_request *req,
+                           retrieval_result **out, char *err)
+{
+    if (!r || !caller || !req || !out)
+        return qr_fail(err, QR_EINVAL, "retrieval_search: NULL argument");
+    *out = NULL;
+    uint64_t t0 = qr_now_ns();
+    retrieval_mode mode = RETRIEVAL_MODE_DEFAULT;
+    size_t cap = 0, offset = 0;
+    qr_status st = check_request(r, caller, req, &mode, &cap, err);
+    if (st)
+        return st;
+    uint64_t fp = request_fingerprint(caller, req, mode, cap);
+    if ((st = parse_cursor(req->cursor, fp, &offset, err)))
+        return st;
+    if (offset + req->k > RETRIEVAL_DEPTH_MAX)
+        return qr_fail(err, QR_ELIMIT, "pages go at most %d results deep", RETRIEVAL_DEPTH_MAX);
+
+    retrieval_result *res = calloc(1, sizeof(*res));
+    if (!res)
+        return qr_fail(err, QR_ENOMEM, "out of memory for search results");
+    qr_arena_init(&res->arena_, RESULT_ARENA_CAP);
+    qr_arena qa;
+    qr_arena_init(&qa, QUERY_ARENA_CAP);
+    qr_buf rank, require, exclude;
+    qr_buf_init(&rank, EXPR_CAP);
+    qr_buf_init(&require, EXPR_CAP);
+    qr_buf_init(&exclude, EXPR_CAP);
+    list bm = {0}, vec = {0}, fused = {0};
+    const list *ranking = &fused;
+    const char *text = req->query ? req->query : "";
+    vocab voc;
+    if ((st = prepare_query(r, text, req->plain, &qa, &voc, &rank, &require, &exclude, err)))
+        goto out;
+
+    /* what can run: BM25 needs a word, vectors an index and a usable embedding */
+    bool words = qr_buf_len(&rank) > 0;
+    bool vectors = r->v && req->vector && !zero_vector(req->vector, req->dim);
+    bool run_bm25 = words && mode != RETRIEVAL_VECTOR;
+    bool run_vec = vectors && mode != RETRIEVAL_BM25;
+    res->mode = mode;
+    if (mode == RETRIEVAL_HYBRID && run_bm25 != run_vec)
+        res->mode = run_bm25 ? RETRIEVAL_BM25 : RETRIEVAL_VECTOR;
+
+    store_filter f = {
+        .principals = caller->principals,
+        .nprincipals = caller->nprincipals,
+        .all_documents = caller->is_admin,
+        .doc_ids = req->doc_ids,
+        .ndoc_ids = req->ndoc_ids,
+        .uri_prefix = req->source_prefix,
+        .content_type = req->content_type,
+        .updated_after_ms = req->updated_after_ms,
+        .require_match = qr_buf_str(&require),
+        .exclude_match = qr_buf_str(&exclude),
+    };
+    bool unrestricted = caller->is_admin && !req->ndoc_ids && !(req->source_prefix && *req->source_prefix) &&
+                        !(req->content_type && *req->content_type) && req->updated_after_ms <= 0 &&
+                        !qr_buf_len(&require) && !qr_buf_len(&exclude);
+    /* one more than the page's end tells whether a next page exists */
+    size_t need = offset + req->k + 1;
+    size_t depth = res->mode == RETRIEVAL_HYBRID && r->o.candidates > need ? r->o.candidates : need;
+
+    if (run_bm25) {
+        store_hit *hits = malloc(depth * sizeof(*hits));
+        size_t n = 0;
+        double w[3] = {r->o.weight_title, r->o.weight_headings, r->o.weight_body};
+        if (!hits) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory for search results");
+            goto out;
+        }
+        st = store_search_bm25(r->s, qr_buf_str(&rank), w, &f, cap, depth, hits, &n, err);
+        for (size_t i = 0; i < n && !st; i++)
+            st = list_push(&bm, hits[i].chunk_id, hits[i].doc, hits[i].score, err);
+        free(hits);
+        if (st)
+            goto out;
+        for (size_t i = 0; i < bm.n; i++)
+            bm.v[i].rank_b = (int)i + 1;
+    }
+    if (run_vec) {
+        vector_path path = {0};
+        if ((st = vector_list(r, &f, unrestricted, req->vector, req->dim, depth, cap, &vec, &path, err)))
+            goto out;
+        res->vector_exact = path.exact;
+        res->permitted_listed = path.listed;
+        for (size_t i = 0; i < vec.n; i++)
+            vec.v[i].rank_v = (int)i + 1;
+    }
+    if (res->mode == RETRIEVAL_HYBRID) {
+        if ((st = fuse(&r->o, &bm, &vec, &fused, err)) || (st = apply_cap(&fused, cap, err)))
+            goto out;
+    } else {
+        ranking = run_bm25 ? &bm : &vec;
+    }
+
+    /* the page */
+    size_t end = ranking->n < offset + req->k ? ranking->n : offset + req->k;
+    size_t npage = end > offset ? end - offset : 0;
+    const item *page = ranking->v + offset;
+    int64_t *ids = NULL;
+    if (npage) {
+        res->hits = qr_arena_calloc(&res->arena_, npage, sizeof(*res->hits));
+        ids = malloc(npage * sizeof(*ids));
+        const char **texts = qr_arena_calloc(&qa, npage, sizeof(*texts));
+        size_t *lens = qr_arena_calloc(&qa, npage, sizeof(*lens));
+        if (!res->hits || !ids || !texts || !lens) {
+            free(ids);
+            st = qr_fail(err, QR_ENOMEM, "out of memory for search results");
+            goto out;
+        }
+        for (size_t i = 0; i < npage; i++)
+            ids[i] = page[i].id;
+        reader rd = {res, &qa, texts, lens, page, npage, 0};
+        st = store_read_chunks(r->s, ids, npage, &f, read_hit, &rd, err);
+        free(ids);
+        for (size_t i = 0; i < res->nhits && !st; i++) {
+            retrieval_hit *h = &res->hits[i];
+            size_t s0 = 0, e0 = 0;
+            st = make_snippet(r, &voc, texts[i], lens[i], &res->arena_, &h->snippet, &s0, &e0, err);
+            h->start = h->chunk_start + s0;
+            h->end = h->chunk_start + e0;
+        }
+        if (st)
+            goto out;
+    }
+    if (ranking->n > offset + req->k) {
+        char cursor[64];
+        snprintf(cursor, sizeof(cursor), "c1.%zu.%016llx", offset + req->k, (unsigned long long)fp);
+        if (!(res->next_cursor = qr_arena_strdup(&res->arena_, cursor))) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory for search results");
+            goto out;
+        }
+    }
+    qr_log(QR_LOG_DEBUG, LOG_COMPONENT,
+           "search %s: %zu bm25 and %zu vector candidates%s, %zu results, %.2f ms",
+           retrieval_mode_name(res->mode), bm.n, vec.n, res->vector_exact ? " (exact vector scan)" : "",
+           res->nhits, (qr_now_ns() - t0) / 1e6);
+out:
+    list_release(&bm);
+    list_release(&vec);
+    list_release(&fused);
+    qr_buf_release(&rank);
+    qr_buf_release(&require);
+    qr_buf_release(&exclude);
+    qr_arena_release(&qa);
+    if (st) {
+        retrieval_result_free(res);
+        return st;
+    }
+    *out = res;
+    return QR_OK;
+}
+
+/* ---- JSON -------------------------------------------------------------------------------- */
+
+qr_status retrieval_result_json(const retrieval_result *res, qr_buf *out)
+{
+    if (!res || !out)
+        return QR_EINVAL;
+    qr_status st = qr_buf_puts(out, "{\"results\":[");
+    for (size_t i = 0; i < res->nhits && !st; i++) {
+        const retrieval_hit *h = &res->hits[i];
+        if ((i && (st = qr_buf_putc(out, ','))) ||
+            (st = qr_buf_printf(out, "{\"chunk_id\":%lld,\"doc_id\":", (long long)h->chunk_id)) ||
+            (st = qr_json_escape(out, h->doc_id, strlen(h->doc_id))) ||
+            (st = qr_buf_puts(out, ",\"title\":")) ||
+            (st = qr_json_escape(out, h->title, strlen(h->title))) || (st = qr_buf_puts(out, ",\"uri\":")) ||
+            (st = qr_json_escape(out, h->uri, strlen(h->uri))) || (st = qr_buf_puts(out, ",\"headings\":")) ||
+            (st = qr_json_escape(out, h->headings, strlen(h->headings))) ||
+            (st = qr_buf_printf(out, ",\"score\":%.9g,\"snippet\":", h->score)) ||
+            (st = qr_json_escape(out, h->snippet, strlen(h->snippet))) ||
+            (st = qr_buf_printf(out, ",\"start\":%zu,\"end\":%zu}", h->start, h->end)))
+            break;
+    }
+    if (!st)
+        st = qr_buf_printf(out, "],\"mode\":\"%s\",\"next_cursor\":", retrieval_mode_name(res->mode));
+    if (!st)
+        st = res->next_cursor ? qr_json_escape(out, res->next_cursor, strlen(res->next_cursor))
+                              : qr_buf_puts(out, "null");
+    return st ? st : qr_buf_putc(out, '}');
 }

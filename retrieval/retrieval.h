@@ -1,18 +1,185 @@
 /*
- * retrieval: query parsing, permission-trimmed BM25 and vector search, fusion, snippets and the
- * evaluation metrics.
+ * retrieval: permission-trimmed search over the store and the vector index. Query parsing (a
+ * small language of words, "exact phrases" and -exclusions that never reaches FTS5 as syntax),
+ * BM25 through FTS5, exact top-k vector search, fusion of the two (reciprocal rank or weighted
+ * scores), metadata filters, a per-document limit, pagination, snippets with highlighted matches,
+ * and the metrics of `quarry eval`.
  *
- * Built so far: nothing but the module's place in the build; search lands with the [retrieval]
- * issue.
+ * Permissions come first on every path. The caller (the CLI, the HTTP API) resolves who is asking
+ * (auth) and embeds the query (ingest); retrieval gets the caller's ACL principals and the query
+ * vector. BM25 is restricted in SQL to the chunks of documents whose ACL holds one of the
+ * principals; vector search only ever considers permitted chunks: an exact scan of their vectors
+ * when they are few (or a small share of the index), otherwise the index's permission-filtered
+ * search, which fetches more candidates until k permitted ones are found and falls back to an
+ * exact scan. Filters are applied the same way, before ranking. So a result is never outside
+ * what the caller may read, and when k permitted chunks match, k are returned -- for vectors,
+ * exactly the k best (equal scores: smaller chunk id first) whenever the index is exact (flat)
+ * or the exact path is taken.
+ *
+ * Threads: a retrieval handle borrows a store handle, and a store handle serves one thread at a
+ * time, so a handle is used by one thread at a time too (open one per worker thread, each with
+ * its own store handle). The vector index may be shared by all of them. Errors follow core/:
+ * a qr_status and a QR_ERR_LEN message; bad input (malformed query, unknown mode, invalid
+ * principal, k out of range, a cursor of another query) is QR_EINVAL or QR_ELIMIT and changes
+ * nothing.
  */
 #ifndef QUARRY_RETRIEVAL_H
 #define QUARRY_RETRIEVAL_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "core/core.h"
+#include "index/index.h"
 
-/* False until search exists; the CLI uses it to refuse `quarry search` and `quarry eval`. */
+#define RETRIEVAL_QUERY_MAX 8192  /* bytes of query text */
+#define RETRIEVAL_K_MAX     1000  /* results per page */
+#define RETRIEVAL_DEPTH_MAX 10000 /* results before the end of a page (offset + k) */
+
+/* True: search is built (kept for the API's readiness check, which asked before it was). */
 bool retrieval_available(void);
+
+typedef enum {
+    RETRIEVAL_MODE_DEFAULT = 0, /* the configured retrieval.mode */
+    RETRIEVAL_HYBRID,           /* BM25 and vectors, fused */
+    RETRIEVAL_BM25,
+    RETRIEVAL_VECTOR,
+} retrieval_mode;
+
+/* "hybrid", "bm25", "vector" ("default" for RETRIEVAL_MODE_DEFAULT). */
+const char *retrieval_mode_name(retrieval_mode m);
+/* Parses those names; QR_EINVAL names the accepted ones. */
+qr_status retrieval_mode_parse(const char *s, retrieval_mode *out, char *err);
+
+typedef enum {
+    RETRIEVAL_FUSION_RRF = 0,  /* sum of w / (rrf_k + rank) over the two lists */
+    RETRIEVAL_FUSION_WEIGHTED, /* sum of w * min-max normalised score over the two lists */
+} retrieval_fusion;
+
+/* Settings, from the retrieval.* configuration keys. Strings are borrowed: they must outlive
+ * the handle opened with them. */
+typedef struct {
+    retrieval_mode mode;     /* used when a request asks for RETRIEVAL_MODE_DEFAULT */
+    retrieval_fusion fusion; /* how hybrid mode fuses */
+    double rrf_k;            /* RRF's rank offset (60) */
+    double vector_weight;    /* weight of the vector list in fusion; BM25's is 1 */
+    double weight_title, weight_headings, weight_body; /* BM25 column weights */
+    const char *stopwords; /* "default", "none", or words (see retrieval.stopwords) */
+    double exact_share;    /* below this share of the index, vectors are searched exactly */
+    size_t exact_min;      /* up to this many permitted chunks, always exactly */
+    size_t max_per_doc;    /* at most this many chunks of one document per result list; 0: any */
+    size_t candidates;     /* depth of each list that hybrid mode fuses */
+    const char *snippet_open, *snippet_close; /* markers around matches in snippets */
+    size_t snippet_tokens;                    /* words in a snippet */
+} retrieval_opts;
+
+/* The defaults of the retrieval.* keys. */
+void retrieval_opts_default(retrieval_opts *o);
+/* Reads the retrieval.* keys; strings point into cfg. Cannot fail: the configuration validated
+ * them (the stopword list is checked by retrieval_open). */
+void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o);
+
+typedef struct retrieval retrieval;
+
+/* Opens a search handle over a store and, optionally, its vector index (NULL: no vector search;
+ * hybrid requests then run BM25 alone, and say so). Both are borrowed and must outlive the
+ * handle. QR_EINVAL for bad options (an invalid stopword entry, a negative weight). On error *out
+ * is NULL. */
+qr_status retrieval_open(store *s, vindex *v, const retrieval_opts *o, retrieval **out, char *err);
+/* Frees the handle (not the store or index); NULL is a no-op. */
+void retrieval_close(retrieval *r);
+
+/* Who is asking: the ACL principals auth resolved ("public", "user:<uid>", "group:<name>"), or
+ * an administrator, who may read every document. */
+typedef struct {
+    const char *const *principals;
+    size_t nprincipals;
+    bool is_admin;
+} retrieval_caller;
+
+typedef struct {
+    const char *query;   /* the user's text (see retrieval_int.h's query language); NULL is "" */
+    bool plain;          /* the text is plain words: quotes and dashes are not syntax (questions,
+                          * pasted text) */
+    const float *vector; /* the query's embedding, dim floats: needed by vector and hybrid
+                          * searches (NULL: hybrid runs BM25 alone, vector mode fails) */
+    int dim;
+    retrieval_mode mode; /* RETRIEVAL_MODE_DEFAULT: the configured mode */
+    size_t k;            /* results per page, 1..RETRIEVAL_K_MAX */
+    /* filters: all that are set must hold */
+    const char *const *doc_ids; /* only these documents */
+    size_t ndoc_ids;
+    const char *source_prefix; /* only documents whose URI starts with this */
+    const char *content_type;  /* only documents of this type ("text/markdown") */
+    int64_t updated_after_ms;  /* only documents changed after this time (Unix ms); 0: any */
+    size_t max_per_doc;        /* 0: the configured limit; SIZE_MAX: none */
+    const char *cursor;        /* next_cursor of the previous page; NULL for the first */
+} retrieval_request;
+
+/* One result. Strings live in the result. */
+typedef struct {
+    int64_t chunk_id;
+    const char *doc_id, *title, *uri;
+    const char *headings;          /* heading path "A > B"; "" when none */
+    double score;                  /* the mode's score: -bm25, cosine, or the fused score */
+    const char *snippet;           /* part of the chunk's text, matches between the snippet markers */
+    size_t start, end;             /* the snippet's byte offsets in the document's normalised text */
+    size_t chunk_start, chunk_end; /* the whole chunk's */
+    int bm25_rank, vector_rank;    /* 1-based ranks in the lists fused; 0: not in that list */
+} retrieval_hit;
+
+typedef struct {
+    retrieval_hit *hits;
+    size_t nhits;
+    retrieval_mode mode;     /* the mode that ran (hybrid without a vector runs bm25) */
+    const char *next_cursor; /* for the next page; NULL when this page is the last */
+    bool vector_exact;       /* the vector list came from an exact scan of the permitted chunks */
+    size_t permitted_listed; /* chunks listed for the exact scan (0 when not taken) */
+    qr_arena arena_;         /* private */
+} retrieval_result;
+
+/* Searches. k results at most, best first; fewer only when fewer chunks are permitted, pass the
+ * filters and match (BM25 needs a query word in the chunk; vectors rank every permitted chunk).
+ * A query of nothing but punctuation has no words: BM25 then finds nothing and hybrid runs
+ * vectors alone. On success *out holds the page (retrieval_result_free). Errors: QR_EINVAL/
+ * QR_ELIMIT for bad requests, QR_EIO/QR_ENOMEM/QR_EINTERNAL from the store and the index. Never
+ * logs the query text above debug level. */
+qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const retrieval_request *req,
+                           retrieval_result **out, char *err);
+/* NULL is a no-op. */
+void retrieval_result_free(retrieval_result *res);
+
+/* The FTS5 expressions a query becomes, for `quarry search --explain` and tests: the ranking
+ * expression (OR of the words and phrases), the phrases every result must hold (AND) and the
+ * excluded words and phrases (OR), each appended to its buffer ("" when none). */
+qr_status retrieval_query_expressions(retrieval *r, const char *query, bool plain, qr_buf *rank,
+                                      qr_buf *require, qr_buf *exclude, char *err);
+
+/* Appends the page as the JSON of DESIGN.md's contract:
+ * {"results":[{"chunk_id","doc_id","title","uri","headings","score","snippet","start","end"}],
+ *  "mode":"bm25","next_cursor":"..."|null}. */
+qr_status retrieval_result_json(const retrieval_result *res, qr_buf *out);
+
+/* ---- evaluation (eval.c) ----------------------------------------------------------------- */
+
+/* A relevance judgment of one query: a document and its grade (> 0: relevant). */
+typedef struct {
+    const char *doc_id;
+    int grade;
+} retrieval_judgment;
+
+typedef struct {
+    double ndcg10;    /* nDCG@10, gain = grade, discount log2(rank + 1), ideal from all judgments */
+    double recall100; /* relevant documents in the top 100 / all relevant */
+    double map100;    /* average precision at 100, over all relevant documents */
+    double mrr10;     /* 1 / rank of the first relevant document in the top 10, else 0 */
+} retrieval_metrics;
+
+/* Scores one ranking (document ids, best first, no duplicates) against the judgments of its
+ * query. A query without relevant judgments scores 0 everywhere (callers usually skip it).
+ * QR_EINVAL for NULL lists with non-zero lengths. */
+qr_status retrieval_eval_ranking(const char *const *ranked, size_t n, const retrieval_judgment *judged,
+                                 size_t njudged, retrieval_metrics *out, char *err);
 
 #endif

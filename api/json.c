@@ -1,0 +1,151 @@
+/*
+ * JSON in and out over HTTP: the request body as one JSON object (its Content-Type checked, then
+ * parsed within the limits by request.c), and the answers: JSON bodies, and errors in the one
+ * shape every route uses,
+ * {"error":{"code","message"}}, with the code a stable snake_case word (qr_status_name where a
+ * status fits) and the HTTP status that goes with it.
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/api_int.h"
+
+json_t *api_json_body(api_req *r)
+{
+    const char *ct = api_header(r, "Content-Type");
+    if (ct) {
+        size_t n = strcspn(ct, ";");
+        while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+            n--;
+        bool json = (n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
+                    (n > 5 && strncasecmp(ct + n - 5, "+json", 5) == 0);
+        if (!json) {
+            api_reply_error(r, 415, "unsupported_media_type",
+                            "expected Content-Type: application/json, got '%.*s'", (int)(n > 100 ? 100 : n),
+                            ct);
+            return NULL;
+        }
+    }
+    if (qr_buf_len(&r->body) == 0) {
+        api_reply_error(r, 400, "invalid_argument", "the request needs a JSON object body");
+        return NULL;
+    }
+    char err[QR_ERR_LEN];
+    json_t *v = api_json_parse(qr_buf_str(&r->body), qr_buf_len(&r->body), r->srv->set.json_max_depth, err);
+    if (!v) {
+        bool deep = strstr(err, "nested deeper") != NULL;
+        api_reply_error(r, deep ? 413 : 400, deep ? "limit_exceeded" : "invalid_json", "%s", err);
+    }
+    return v;
+}
+
+int api_http_status(qr_status st)
+{
+    switch (st) {
+    case QR_OK: return 200;
+    case QR_EINVAL: return 400;
+    case QR_EAUTH: return 401;
+    case QR_EPERM: return 403;
+    case QR_ENOTFOUND: return 404;
+    case QR_EEXIST: return 409;
+    case QR_ELIMIT: return 413;
+    case QR_ENOTIMPL: return 501;
+    case QR_EUNAVAILABLE: return 503;
+    case QR_ETIMEOUT: return 504;
+    case QR_ENOMEM:
+    case QR_EIO:
+    case QR_EINTERNAL: return 500;
+    }
+    return 500;
+}
+
+/* Sets the answer (any thread that owns the request's answer: the MHD thread before dispatch, the
+ * worker after). */
+static void set_response(api_req *r, int status, struct MHD_Response *resp)
+{
+    MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    pthread_mutex_lock(&r->lock);
+    struct MHD_Response *old = r->response;
+    r->response = resp;
+    r->status = status;
+    r->bytes_out = 0;
+    pthread_mutex_unlock(&r->lock);
+    if (old)
+        MHD_destroy_response(old);
+}
+
+void api_reply_raw(api_req *r, int status, const char *content_type, const char *data, size_t len)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return; /* the caller's guard answers 500 */
+    MHD_add_response_header(resp, "Content-Type", content_type);
+    set_response(r, status, resp);
+    r->bytes_out = len;
+}
+
+void api_reply_json(api_req *r, int status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(body);
+    if (!text) {
+        static const char oom[] =
+            "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"cannot encode the answer\"}}";
+        api_reply_raw(r, 500, "application/json", oom, sizeof(oom) - 1);
+        return;
+    }
+    size_t len = strlen(text);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    set_response(r, status, resp);
+    r->bytes_out = len;
+}
+
+void api_reply_error(api_req *r, int status, const char *code, const char *fmt, ...)
+{
+    char msg[QR_ERR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* messages may quote client input: make sure the JSON stays valid */
+    json_t *body = json_pack("{s:{s:s,s:s%}}", "error", "code", code, "message", msg, strlen(msg));
+    if (!body) {
+        qr_buf b;
+        qr_buf_init(&b, 4 * sizeof(msg));
+        qr_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+        qr_json_escape(&b, msg, strlen(msg));
+        qr_buf_puts(&b, "}}");
+        api_reply_raw(r, status, "application/json", qr_buf_str(&b), qr_buf_len(&b));
+        qr_buf_release(&b);
+    } else {
+        api_reply_json(r, status, body);
+    }
+    snprintf(r->error_code, sizeof(r->error_code), "%s", code);
+    if (status == 401)
+        api_reply_header(r, "WWW-Authenticate", "Basic realm=\"quarry\", charset=\"UTF-8\"");
+    api_metrics_error(r->srv->metrics, code);
+    if (status >= 500)
+        qr_log(QR_LOG_WARN, "http", "%s %s -> %d %s: %s (id=%s)", r->method,
+               r->route ? r->route->pattern : "-", status, code, msg, r->request_id);
+}
+
+void api_reply_status(api_req *r, qr_status st, const char *err)
+{
+    api_reply_error(r, api_http_status(st), qr_status_name(st), "%s", err && *err ? err : qr_status_name(st));
+}
+
+void api_reply_header(api_req *r, const char *name, const char *value)
+{
+    pthread_mutex_lock(&r->lock);
+    if (r->response)
+        MHD_add_response_header(r->response, name, value);
+    pthread_mutex_unlock(&r->lock);
+}

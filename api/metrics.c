@@ -1,0 +1,284 @@
+/*
+ * Prometheus metrics: counters and histograms kept in process, rendered in the text exposition
+ * format (version 0.0.4) at GET /metrics. Request series are labelled by route pattern (never the
+ * raw path, so ids cannot blow up the label space), method and status; the store, LDAP and the
+ * inference client are read at render time from their own counters. One mutex guards the
+ * counters: an update is a few additions, far cheaper than the request it records.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_int.h"
+
+static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+#define NBUCKETS     (sizeof(buckets) / sizeof(buckets[0]))
+#define SERIES_MAX   512
+#define CODES_MAX    64
+#define INGEST_KINDS 6
+
+typedef struct {
+    uint64_t count;
+    double sum;
+    uint64_t bucket[NBUCKETS];
+} histogram;
+
+typedef struct {
+    size_t route; /* SIZE_MAX: no route matched */
+    int status;
+    histogram h;
+} req_series;
+
+static const char *const ingest_kinds[INGEST_KINDS] = {"added",     "updated", "acl_updated",
+                                                       "unchanged", "deleted", "failed"};
+
+struct api_metrics {
+    pthread_mutex_t lock;
+    req_series series[SERIES_MAX];
+    size_t nseries;
+    uint64_t series_dropped;
+    histogram answer[2]; /* generative, extractive */
+    uint64_t answer_failed;
+    uint64_t ingest[INGEST_KINDS];
+    uint64_t ingest_chunks;
+    struct {
+        char code[48];
+        uint64_t count;
+    } errors[CODES_MAX];
+    size_t nerrors;
+};
+
+api_metrics *api_metrics_new(void)
+{
+    api_metrics *m = calloc(1, sizeof(*m));
+    if (m)
+        pthread_mutex_init(&m->lock, NULL);
+    return m;
+}
+
+void api_metrics_free(api_metrics *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+}
+
+static void observe(histogram *h, double v)
+{
+    h->count++;
+    h->sum += v;
+    for (size_t i = 0; i < NBUCKETS; i++)
+        if (v <= buckets[i])
+            h->bucket[i]++;
+}
+
+void api_metrics_request(api_metrics *m, size_t route_index, int status, double seconds)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    req_series *s = NULL;
+    for (size_t i = 0; i < m->nseries; i++)
+        if (m->series[i].route == route_index && m->series[i].status == status)
+            s = &m->series[i];
+    if (!s && m->nseries < SERIES_MAX) {
+        s = &m->series[m->nseries++];
+        s->route = route_index;
+        s->status = status;
+    }
+    if (s)
+        observe(&s->h, seconds);
+    else
+        m->series_dropped++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void api_metrics_answer(api_metrics *m, double seconds, bool extractive, bool failed)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    if (failed)
+        m->answer_failed++;
+    else
+        observe(&m->answer[extractive ? 1 : 0], seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void api_metrics_ingest(api_metrics *m, const char *kind, size_t chunks)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < INGEST_KINDS; i++)
+        if (strcmp(kind, ingest_kinds[i]) == 0)
+            m->ingest[i]++;
+    m->ingest_chunks += chunks;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void api_metrics_error(api_metrics *m, const char *code)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    size_t i = 0;
+    while (i < m->nerrors && strcmp(m->errors[i].code, code) != 0)
+        i++;
+    if (i == m->nerrors && m->nerrors < CODES_MAX)
+        snprintf(m->errors[m->nerrors++].code, sizeof(m->errors[0].code), "%s", code);
+    if (i < m->nerrors)
+        m->errors[i].count++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void head(qr_buf *o, const char *name, const char *type, const char *help)
+{
+    qr_buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void render_histogram(qr_buf *o, const char *name, const char *labels, const histogram *h)
+{
+    uint64_t cum = 0;
+    for (size_t i = 0; i < NBUCKETS; i++) {
+        cum = h->bucket[i];
+        qr_buf_printf(o, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, *labels ? "," : "", buckets[i],
+                      (unsigned long long)cum);
+    }
+    qr_buf_printf(o, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, *labels ? "," : "",
+                  (unsigned long long)h->count);
+    qr_buf_printf(o, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels, h->sum, name, labels,
+                  (unsigned long long)h->count);
+}
+
+qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
+{
+    api_metrics *m = srv->metrics;
+    /* Snapshot under the lock, format outside it. */
+    api_metrics *snap = malloc(sizeof(*snap));
+    if (!snap)
+        return qr_fail(err, QR_ENOMEM, "out of memory rendering metrics");
+    pthread_mutex_lock(&m->lock);
+    memcpy(snap, m, sizeof(*snap));
+    pthread_mutex_unlock(&m->lock);
+
+    head(o, "quarry_http_requests_total", "counter", "HTTP requests answered, by route, method and status.");
+    for (size_t i = 0; i < snap->nseries; i++) {
+        const req_series *s = &snap->series[i];
+        const char *route = s->route < api_route_count ? api_route_table[s->route].pattern : "unmatched";
+        const char *method = s->route < api_route_count ? api_route_table[s->route].method : "-";
+        qr_buf_printf(o, "quarry_http_requests_total{route=\"%s\",method=\"%s\",status=\"%d\"} %llu\n", route,
+                      method, s->status, (unsigned long long)s->h.count);
+    }
+    head(o, "quarry_http_request_duration_seconds", "histogram",
+         "Time from the first header to the end of the answer, by route, method and status.");
+    for (size_t i = 0; i < snap->nseries; i++) {
+        const req_series *s = &snap->series[i];
+        char labels[256];
+        snprintf(labels, sizeof(labels), "route=\"%s\",method=\"%s\",status=\"%d\"",
+                 s->route < api_route_count ? api_route_table[s->route].pattern : "unmatched",
+                 s->route < api_route_count ? api_route_table[s->route].method : "-", s->status);
+        render_histogram(o, "quarry_http_request_duration_seconds", labels, &s->h);
+    }
+    pthread_mutex_lock(&srv->lock);
+    int in_flight = srv->in_flight;
+    pthread_mutex_unlock(&srv->lock);
+    head(o, "quarry_http_requests_in_flight", "gauge", "Requests being read, worked on or written.");
+    qr_buf_printf(o, "quarry_http_requests_in_flight %d\n", in_flight);
+    head(o, "quarry_errors_total", "counter", "Error answers, by error code.");
+    for (size_t i = 0; i < snap->nerrors; i++)
+        qr_buf_printf(o, "quarry_errors_total{code=\"%s\"} %llu\n", snap->errors[i].code,
+                      (unsigned long long)snap->errors[i].count);
+
+    head(o, "quarry_ingest_documents_total", "counter", "Documents written through the API, by outcome.");
+    for (size_t i = 0; i < INGEST_KINDS; i++)
+        qr_buf_printf(o, "quarry_ingest_documents_total{outcome=\"%s\"} %llu\n", ingest_kinds[i],
+                      (unsigned long long)snap->ingest[i]);
+    head(o, "quarry_ingest_chunks_total", "counter", "Chunks written through the API.");
+    qr_buf_printf(o, "quarry_ingest_chunks_total %llu\n", (unsigned long long)snap->ingest_chunks);
+
+    store_stats st;
+    store *s = api_store_acquire(srv);
+    qr_status rc = store_get_stats(s, &st, err);
+    api_store_release(srv, s);
+    if (!rc) {
+        head(o, "quarry_index_documents", "gauge", "Documents in the store.");
+        qr_buf_printf(o, "quarry_index_documents %lld\n", (long long)st.documents);
+        head(o, "quarry_index_chunks", "gauge", "Chunks in the store (and the vector index once built).");
+        qr_buf_printf(o, "quarry_index_chunks %lld\n", (long long)st.chunks);
+        head(o, "quarry_index_text_bytes", "gauge", "Bytes of normalised text in the store.");
+        qr_buf_printf(o, "quarry_index_text_bytes %lld\n", (long long)st.text_bytes);
+        head(o, "quarry_index_generation", "gauge", "Generation of the vector index last published.");
+        qr_buf_printf(o, "quarry_index_generation %lld\n", (long long)st.index_generation);
+        head(o, "quarry_store_change_counter", "gauge",
+             "The store's change counter (grows with every write).");
+        qr_buf_printf(o, "quarry_store_change_counter %lld\n", (long long)st.change_counter);
+    }
+
+    auth_stats as;
+    auth_get_stats(srv->auth, &as);
+    head(o, "quarry_ldap_cache_hits_total", "counter", "Principals served fresh from the LDAP cache.");
+    qr_buf_printf(o, "quarry_ldap_cache_hits_total %llu\n", (unsigned long long)as.cache_hits);
+    head(o, "quarry_ldap_cache_misses_total", "counter", "Principal resolutions that went to LDAP.");
+    qr_buf_printf(o, "quarry_ldap_cache_misses_total %llu\n", (unsigned long long)as.cache_misses);
+    head(o, "quarry_ldap_stale_served_total", "counter", "Expired principals served because LDAP was down.");
+    qr_buf_printf(o, "quarry_ldap_stale_served_total %llu\n", (unsigned long long)as.stale_served);
+    head(o, "quarry_ldap_connects_total", "counter", "LDAP connections opened.");
+    qr_buf_printf(o, "quarry_ldap_connects_total %llu\n", (unsigned long long)as.connects);
+    head(o, "quarry_ldap_binds_total", "counter", "LDAP simple binds sent.");
+    qr_buf_printf(o, "quarry_ldap_binds_total %llu\n", (unsigned long long)as.binds);
+    head(o, "quarry_ldap_searches_total", "counter", "LDAP searches sent.");
+    qr_buf_printf(o, "quarry_ldap_searches_total %llu\n", (unsigned long long)as.searches);
+    head(o, "quarry_auth_login_failures_total", "counter", "Rejected credentials.");
+    qr_buf_printf(o, "quarry_auth_login_failures_total %llu\n", (unsigned long long)as.login_failures);
+    head(o, "quarry_auth_rate_limited_total", "counter", "Logins refused by the failed-login limits.");
+    qr_buf_printf(o, "quarry_auth_rate_limited_total %llu\n", (unsigned long long)as.rate_limited);
+
+    head(o, "quarry_answer_duration_seconds", "histogram", "Time to draft one answer, by mode.");
+    render_histogram(o, "quarry_answer_duration_seconds", "mode=\"generative\"", &snap->answer[0]);
+    render_histogram(o, "quarry_answer_duration_seconds", "mode=\"extractive\"", &snap->answer[1]);
+    head(o, "quarry_answer_failures_total", "counter", "Answers that failed (after streaming had begun).");
+    qr_buf_printf(o, "quarry_answer_failures_total %llu\n", (unsigned long long)snap->answer_failed);
+
+    infer_stats is;
+    infer_client_stats(srv->infer, &is);
+    head(o, "quarry_inference_calls_total", "counter", "Calls made to the inference backend.");
+    qr_buf_printf(o, "quarry_inference_calls_total %llu\n", (unsigned long long)is.calls);
+    head(o, "quarry_inference_attempts_total", "counter",
+         "HTTP requests sent to the backend (retries included).");
+    qr_buf_printf(o, "quarry_inference_attempts_total %llu\n", (unsigned long long)is.attempts);
+    head(o, "quarry_inference_retries_total", "counter", "Backend requests that were retries.");
+    qr_buf_printf(o, "quarry_inference_retries_total %llu\n", (unsigned long long)is.retries);
+    head(o, "quarry_inference_failures_total", "counter", "Backend calls that ended in an error.");
+    qr_buf_printf(o, "quarry_inference_failures_total %llu\n", (unsigned long long)is.failures);
+    head(o, "quarry_inference_rejected_total", "counter",
+         "Backend calls refused because the breaker was open.");
+    qr_buf_printf(o, "quarry_inference_rejected_total %llu\n", (unsigned long long)is.rejected);
+    head(o, "quarry_inference_in_flight", "gauge", "Backend requests running now.");
+    qr_buf_printf(o, "quarry_inference_in_flight %d\n", is.in_flight);
+    head(o, "quarry_inference_breaker_state", "gauge", "1 for the circuit breaker's current state.");
+    for (int b = INFER_BREAKER_CLOSED; b <= INFER_BREAKER_HALF_OPEN; b++)
+        qr_buf_printf(o, "quarry_inference_breaker_state{state=\"%s\"} %d\n",
+                      infer_breaker_state_name((infer_breaker_state)b), is.breaker == (infer_breaker_state)b);
+
+    head(o, "quarry_uptime_seconds", "gauge", "Seconds since the server started.");
+    qr_buf_printf(o, "quarry_uptime_seconds %.3f\n", (double)(qr_wall_ms() - srv->started_ms) / 1000.0);
+    head(o, "quarry_metrics_series_dropped_total", "counter",
+         "Request observations beyond the series limit.");
+    qr_buf_printf(o, "quarry_metrics_series_dropped_total %llu\n", (unsigned long long)snap->series_dropped);
+    free(snap);
+    return QR_OK;
+}
+
+void api_h_metrics(api_req *r)
+{
+    qr_buf out;
+    qr_buf_init(&out, 16 << 20);
+    char err[QR_ERR_LEN];
+    qr_status st = api_metrics_render(r->srv, &out, err);
+    if (st)
+        api_reply_status(r, st, err);
+    else
+        api_reply_raw(r, 200, "text/plain; version=0.0.4; charset=utf-8", qr_buf_str(&out), qr_buf_len(&out));
+    qr_buf_release(&out);
+}

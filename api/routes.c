@@ -1,0 +1,239 @@
+/*
+ * The route table and the small routes: health, readiness, who am I, tokens and the model list.
+ * The table is the single source of truth for what the server answers: the dispatcher matches
+ * against it, the OpenAPI document is checked against it, and its pattern strings label the
+ * metrics. Paths are matched still percent-encoded and decoded here, so that an id may contain
+ * an encoded slash (or a plain one: {param} is greedy) but never an encoded NUL or control byte.
+ */
+#define _GNU_SOURCE /* asprintf, memmem, strptime, timegm, explicit_bzero */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/api_int.h"
+#include "retrieval/retrieval.h"
+
+const api_route api_route_table[] = {
+    {"GET", "/healthz", API_ACCESS_PUBLIC, 0, true, api_h_healthz},
+    {"GET", "/readyz", API_ACCESS_USER, 0, false, api_h_readyz},
+    {"GET", "/metrics", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_metrics},
+    {"GET", "/openapi.json", API_ACCESS_USER, 0, false, api_h_openapi},
+    {"POST", "/v1/auth/token", API_ACCESS_PUBLIC, 0, false, api_h_token},
+    {"GET", "/v1/me", API_ACCESS_USER, 0, false, api_h_me},
+    {"GET", "/v1/models", API_ACCESS_USER, AUTH_SCOPE_CHAT, false, api_h_models},
+    {"POST", "/v1/chat/completions", API_ACCESS_USER, AUTH_SCOPE_CHAT, false, api_h_chat},
+    {"POST", "/v1/search", API_ACCESS_USER, AUTH_SCOPE_SEARCH, false, api_h_search},
+    {"POST", "/v1/ask", API_ACCESS_USER, AUTH_SCOPE_CHAT, false, api_h_ask},
+    {"POST", "/v1/documents", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_doc_create},
+    {"GET", "/v1/documents", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_doc_list},
+    {"PATCH", "/v1/documents/{id}/acl", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_doc_acl},
+    {"GET", "/v1/documents/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_doc_get},
+    {"PUT", "/v1/documents/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_doc_put},
+    {"DELETE", "/v1/documents/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_doc_delete},
+    {"POST", "/v1/index/rebuild", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_rebuild},
+    {"GET", "/v1/jobs/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, false, api_h_job_get},
+};
+const size_t api_route_count = sizeof(api_route_table) / sizeof(api_route_table[0]);
+
+static api_route_info route_info[sizeof(api_route_table) / sizeof(api_route_table[0])];
+
+static void fill_route_info(void)
+{
+    for (size_t i = 0; i < api_route_count; i++)
+        route_info[i] = (api_route_info){api_route_table[i].method, api_route_table[i].pattern};
+}
+
+const api_route_info *api_routes(size_t *count)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fill_route_info);
+    *count = api_route_count;
+    return route_info;
+}
+
+/* Does path match pattern? On a match with a {param}, *param_start/len locate it in path. */
+static bool path_matches(const char *pattern, const char *path, size_t *pstart, size_t *plen)
+{
+    const char *open = strchr(pattern, '{');
+    *plen = 0;
+    if (!open)
+        return strcmp(pattern, path) == 0;
+    const char *close = strchr(open, '}');
+    size_t prefix = (size_t)(open - pattern);
+    const char *suffix = close + 1;
+    size_t slen = strlen(suffix), n = strlen(path);
+    if (n < prefix + slen + 1 || strncmp(path, pattern, prefix) != 0 || strcmp(path + n - slen, suffix) != 0)
+        return false;
+    *pstart = prefix;
+    *plen = n - prefix - slen;
+    return true;
+}
+
+api_match api_route_find(const char *method, const char *raw_path, size_t *index, char **param)
+{
+    *param = NULL;
+    bool path_known = false;
+    for (size_t i = 0; i < api_route_count; i++) {
+        size_t start = 0, len = 0;
+        if (!path_matches(api_route_table[i].pattern, raw_path, &start, &len))
+            continue;
+        path_known = true;
+        if (strcmp(api_route_table[i].method, method) != 0)
+            continue;
+        if (len) {
+            if (!(*param = api_url_decode(raw_path + start, len, false)))
+                return API_MATCH_BAD_ESCAPE;
+        }
+        *index = i;
+        return API_MATCH_OK;
+    }
+    return path_known ? API_MATCH_BAD_METHOD : API_MATCH_NOT_FOUND;
+}
+
+/* ---- small routes ----------------------------------------------------------------------------- */
+
+void api_h_healthz(api_req *r)
+{
+    api_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+/* LDAP answers when a lookup of a user nobody has comes back "not found" rather than
+ * "unavailable". Not-found results are never cached, so this really asks the server. */
+static const char *ldap_state(api_server *srv)
+{
+    if (!*qr_config_str(srv->cfg, "ldap.uri"))
+        return "not_configured";
+    auth_principal *p = NULL;
+    char err[QR_ERR_LEN];
+    qr_status st = auth_resolve(srv->auth, "quarry-readiness-probe", &p, err);
+    auth_principal_release(p);
+    return st == QR_EUNAVAILABLE ? "unreachable" : "ok";
+}
+
+void api_h_readyz(api_req *r)
+{
+    api_server *srv = r->srv;
+    char err[QR_ERR_LEN];
+    store_stats stats;
+    store *s = api_store_acquire(srv);
+    qr_status st = store_get_stats(s, &stats, err);
+    api_store_release(srv, s);
+    const char *ldap = ldap_state(srv);
+    /* the vector index is opened at start (the ingestion session records the embedding first) */
+    vindex_info vi;
+    memset(&vi, 0, sizeof(vi));
+    bool index_ok = srv->vindex && retrieval_available();
+    if (srv->vindex)
+        vindex_get_info(srv->vindex, &vi);
+    bool ready = !st && index_ok && strcmp(ldap, "ok") == 0;
+    json_t *body =
+        json_pack("{s:s,s:{s:s,s:s,s:s}}", "status", ready ? "ready" : "not_ready", "checks", "store",
+                  st ? "error" : "ok", "index", index_ok ? "ok" : "not_loaded", "ldap", ldap);
+    if (body && !st) {
+        json_t *checks = json_object_get(body, "checks");
+        json_object_set_new(checks, "documents", json_integer(stats.documents));
+        json_object_set_new(checks, "chunks", json_integer(stats.chunks));
+        json_object_set_new(checks, "index_generation", json_integer((json_int_t)vi.generation));
+        json_object_set_new(checks, "index_vectors", json_integer((json_int_t)(vi.count + vi.delta)));
+    }
+    api_reply_json(r, ready ? 200 : 503, body);
+}
+
+static json_t *string_array(char **items, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++)
+        json_array_append_new(a, json_string(items[i]));
+    return a;
+}
+
+void api_h_me(api_req *r)
+{
+    const auth_principal *p = r->principal;
+    json_t *body = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o,s:b,s:s}", "uid", p->uid, "dn", p->dn, "display_name",
+                             p->display_name, "mail", p->mail, "groups", string_array(p->groups, p->ngroups),
+                             "principals", string_array(p->principals, p->nprincipals), "is_admin",
+                             p->is_admin, "via", r->by_key ? "api_key" : "user");
+    api_reply_json(r, 200, body);
+}
+
+void api_h_token(api_req *r)
+{
+    api_server *srv = r->srv;
+    char err[QR_ERR_LEN] = "";
+    const char *authz = api_header(r, "Authorization");
+    auth_principal *p = NULL;
+    json_t *req = NULL;
+    qr_status st;
+    if (authz && strncasecmp(authz, "Basic ", 6) == 0) {
+        const char *b64 = authz + 6;
+        while (*b64 == ' ')
+            b64++;
+        size_t len = 0;
+        unsigned char *raw = strlen(b64) <= 8192 ? api_base64_decode(b64, strcspn(b64, " \t"), &len) : NULL;
+        char *colon = raw ? memchr(raw, ':', len) : NULL;
+        if (!colon) {
+            st = qr_fail(err, QR_EAUTH, "malformed Basic credentials");
+        } else {
+            size_t ulen = (size_t)(colon - (char *)raw);
+            st = auth_authenticate(srv->auth, (char *)raw, ulen, colon + 1, len - ulen - 1, r->client, &p,
+                                   err);
+        }
+        if (raw)
+            explicit_bzero(raw, len);
+        free(raw);
+    } else {
+        if (!(req = api_json_body(r)))
+            return;
+        const char *user, *password;
+        if (!api_get_str(req, "username", &user, 256, true, err) ||
+            !api_get_str(req, "password", &password, 4096, true, err)) {
+            api_reply_error(r, 400, "invalid_argument", "%s (or send HTTP Basic credentials)", err);
+            json_decref(req);
+            return;
+        }
+        st = auth_authenticate(srv->auth, user, strlen(user), password, strlen(password), r->client, &p, err);
+    }
+    json_decref(req);
+    if (st) {
+        if (st == QR_ELIMIT) {
+            char secs[32];
+            snprintf(secs, sizeof(secs), "%lld",
+                     (long long)qr_config_int(srv->cfg, "auth.rate_limit_window_s"));
+            api_reply_error(r, 429, "rate_limited", "%s", err);
+            api_reply_header(r, "Retry-After", secs);
+        } else if (st == QR_EUNAVAILABLE) {
+            api_reply_error(r, 503, "unavailable", "cannot check credentials: %s", err);
+        } else if (st == QR_EAUTH || st == QR_EINVAL) {
+            api_reply_error(r, 401, "unauthenticated", "%s", err);
+        } else {
+            api_reply_status(r, st, err);
+        }
+        return;
+    }
+    snprintf(r->user, sizeof(r->user), "%s", p->uid);
+    char *token = NULL;
+    int64_t expires = 0;
+    st = auth_token_issue(srv->auth, p->uid, 0, &token, &expires, err);
+    if (st) {
+        auth_principal_release(p);
+        api_reply_status(r, st, err);
+        return;
+    }
+    int64_t ttl = expires - qr_wall_ms() / 1000;
+    api_reply_json(r, 200,
+                   json_pack("{s:s,s:s,s:I,s:I,s:s}", "access_token", token, "token_type", "Bearer",
+                             "expires_in", (json_int_t)(ttl > 0 ? ttl : 0), "expires_at", (json_int_t)expires,
+                             "uid", p->uid));
+    explicit_bzero(token, strlen(token));
+    free(token);
+    auth_principal_release(p);
+}
+
+void api_h_models(api_req *r)
+{
+    api_server *srv = r->srv;
+    json_t *model = json_pack("{s:s,s:s,s:I,s:s}", "id", srv->model, "object", "model", "created",
+                              (json_int_t)(srv->started_ms / 1000), "owned_by", "quarry");
+    api_reply_json(r, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", model));
+}

@@ -1,0 +1,1010 @@
+/*
+ * The HTTP server: libmicrohttpd's daemon with its own polling threads, the worker pool that runs
+ * route handlers, and the life of one request from its first header to the access log line. The
+ * MHD threads only read, route and write: a request whose body has arrived is handed to a worker
+ * and its connection suspended until the worker has an answer (or, for a stream, until it has
+ * bytes), so that LDAP, the store and the inference backend never block other connections.
+ * Limits are enforced here before anything is parsed: unknown routes, the body size (413, from
+ * Content-Length at once, else while reading), the connection count and per-connection idle
+ * timeout (slow clients are dropped by MHD), and the worker queue (503 when full).
+ *
+ * Graceful shutdown: stop accepting, let requests in flight finish until the grace deadline,
+ * then cancel the rest, drain the worker pool (every worker resumes what it suspended) and only
+ * then stop the daemon, because stopping it with suspended connections is undefined behaviour.
+ */
+#define _GNU_SOURCE /* asprintf, memmem, strptime, timegm, explicit_bzero */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/api_int.h"
+
+#define STORES_MAX   64
+#define TLS_FILE_MAX (1u << 20)
+
+void api_random_hex(char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[64];
+    if (n > sizeof(raw))
+        n = sizeof(raw);
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = getrandom(raw + got, n - got, 0);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            /* getrandom cannot fail on Linux >= 3.17 short of EINTR; fall back to the clock */
+            uint64_t t = qr_now_ns();
+            for (; got < n; got++)
+                raw[got] = (unsigned char)(t >> (8 * (got % 8)));
+            break;
+        }
+        got += (size_t)k;
+    }
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void api_sha256_hex(const char *text, size_t len, char out[65])
+{
+    ingest_content_hash(text, len, out);
+}
+
+/* ---- settings --------------------------------------------------------------------------------- */
+
+static void read_settings(const qr_config *cfg, api_settings *s)
+{
+    s->threads = (int)qr_config_int(cfg, "server.threads");
+    s->workers = (int)qr_config_int(cfg, "server.workers");
+    s->queue_max = (int)qr_config_int(cfg, "server.queue_max");
+    s->max_connections = (int)qr_config_int(cfg, "server.max_connections");
+    s->per_ip_connections = (int)qr_config_int(cfg, "server.per_ip_connections");
+    s->connection_timeout_s = (int)qr_config_int(cfg, "server.connection_timeout_s");
+    s->json_max_depth = (int)qr_config_int(cfg, "server.json_max_depth");
+    s->shutdown_grace_s = (int)qr_config_int(cfg, "server.shutdown_grace_s");
+    s->chat_k = (int)qr_config_int(cfg, "server.chat_k");
+    s->max_body_bytes = (size_t)qr_config_int(cfg, "server.max_body_bytes");
+    s->job_threshold_bytes = (size_t)qr_config_int(cfg, "server.job_threshold_bytes");
+}
+
+/* Parses "host:port" or "[v6]:port" into srv->addr. */
+static qr_status parse_listen(api_server *srv, const char *listen, char *err)
+{
+    char host[256];
+    const char *port;
+    if (listen[0] == '[') {
+        const char *close = strchr(listen, ']');
+        if (!close || close[1] != ':' || (size_t)(close - listen - 1) >= sizeof(host))
+            return qr_fail(err, QR_EINVAL, "server.listen: '%s' is not [address]:port", listen);
+        memcpy(host, listen + 1, (size_t)(close - listen - 1));
+        host[close - listen - 1] = '\0';
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(listen, ':');
+        if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof(host))
+            return qr_fail(err, QR_EINVAL, "server.listen: '%s' is not host:port", listen);
+        memcpy(host, listen, (size_t)(colon - listen));
+        host[colon - listen] = '\0';
+        port = colon + 1;
+    }
+    char *end;
+    errno = 0;
+    long p = strtol(port, &end, 10);
+    if (!*port || *end || errno || p < 0 || p > 65535)
+        return qr_fail(err, QR_EINVAL, "server.listen: '%s' has no valid port (0-65535)", listen);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0 || !res)
+        return qr_fail(err, QR_EINVAL, "server.listen: cannot resolve '%s': %s", host, gai_strerror(rc));
+    memcpy(&srv->addr, res->ai_addr, res->ai_addrlen);
+    srv->addr_len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return QR_OK;
+}
+
+/* ---- store handles ---------------------------------------------------------------------------- */
+
+api_slot *api_slot_acquire(api_server *srv)
+{
+    pthread_mutex_lock(&srv->store_lock);
+    for (;;) {
+        for (size_t i = 0; i < srv->nslots; i++) {
+            if (!srv->slots[i].busy) {
+                srv->slots[i].busy = true;
+                pthread_mutex_unlock(&srv->store_lock);
+                return &srv->slots[i];
+            }
+        }
+        pthread_cond_wait(&srv->store_cond, &srv->store_lock);
+    }
+}
+
+void api_slot_release(api_server *srv, api_slot *slot)
+{
+    if (!slot)
+        return;
+    pthread_mutex_lock(&srv->store_lock);
+    slot->busy = false;
+    pthread_cond_signal(&srv->store_cond);
+    pthread_mutex_unlock(&srv->store_lock);
+}
+
+store *api_store_acquire(api_server *srv)
+{
+    return api_slot_acquire(srv)->store;
+}
+
+void api_store_release(api_server *srv, store *s)
+{
+    for (size_t i = 0; s && i < srv->nslots; i++)
+        if (srv->slots[i].store == s)
+            api_slot_release(srv, &srv->slots[i]);
+}
+
+/* ---- the vector index ------------------------------------------------------------------------- */
+
+qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, char *err)
+{
+    index_sync_report local;
+    if (!rep)
+        rep = &local;
+    memset(rep, 0, sizeof(*rep));
+    pthread_mutex_lock(&srv->vindex_lock);
+    store *s = api_store_acquire(srv);
+    qr_status st;
+    if (srv->vindex)
+        st = index_sync(s, srv->vindex, &srv->vopts, force, rep, err);
+    else
+        st = index_sync_open(s, qr_config_str(srv->cfg, "data.dir"), &srv->vopts, force, &srv->vindex, rep,
+                             err);
+    api_store_release(srv, s);
+    srv->vindex_checked_ns = qr_now_ns();
+    pthread_mutex_unlock(&srv->vindex_lock);
+    if (!st && (rep->rebuilt || rep->added || rep->removed))
+        qr_log(QR_LOG_INFO, "index",
+               "vector index: generation %llu (%s, %zu vectors)%s, %zu added, %zu removed",
+               (unsigned long long)rep->generation, rep->type, rep->count, rep->rebuilt ? " rebuilt" : "",
+               rep->added, rep->removed);
+    return st;
+}
+
+void api_index_refresh(api_server *srv)
+{
+    pthread_mutex_lock(&srv->vindex_lock);
+    uint64_t now = qr_now_ns();
+    bool due = now - srv->vindex_checked_ns > 1000000000u;
+    if (due)
+        srv->vindex_checked_ns = now; /* one caller checks; the others go on searching */
+    pthread_mutex_unlock(&srv->vindex_lock);
+    if (!due)
+        return;
+    char err[QR_ERR_LEN];
+    if (api_index_sync(srv, false, NULL, err))
+        qr_log(QR_LOG_WARN, "index", "cannot bring the vector index up to date: %s", err);
+}
+
+/* ---- lifecycle -------------------------------------------------------------------------------- */
+
+qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
+{
+    *out = NULL;
+    qr_status st = QR_OK;
+    api_server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return qr_fail(err, QR_ENOMEM, "out of memory creating the server");
+    srv->cfg = cfg;
+    pthread_mutex_init(&srv->lock, NULL);
+    pthread_cond_init(&srv->idle, NULL);
+    pthread_mutex_init(&srv->access_lock, NULL);
+    pthread_mutex_init(&srv->ingest_lock, NULL);
+    pthread_mutex_init(&srv->store_lock, NULL);
+    pthread_cond_init(&srv->store_cond, NULL);
+    pthread_mutex_init(&srv->embed_lock, NULL);
+    pthread_mutex_init(&srv->vindex_lock, NULL);
+    vindex_opts_from_config(cfg, &srv->vopts);
+    atomic_init(&srv->cancel_all, false);
+    read_settings(cfg, &srv->set);
+    const char *model = qr_config_str(cfg, "inference.model");
+    snprintf(srv->model, sizeof(srv->model), "%s", *model ? model : "quarry");
+
+    if ((st = parse_listen(srv, qr_config_str(cfg, "server.listen"), err)))
+        goto out;
+    const char *cert = qr_config_str(cfg, "server.tls_cert"), *key = qr_config_str(cfg, "server.tls_key");
+    if (*cert || *key) {
+        if (!*cert || !*key) {
+            st = qr_fail(err, QR_EINVAL, "server.tls_cert and server.tls_key must be set together");
+            goto out;
+        }
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            st = qr_fail(err, QR_EINVAL, "server.tls_cert: this libmicrohttpd was built without TLS");
+            goto out;
+        }
+        char e2[QR_ERR_LEN];
+        if ((st = qr_read_file(cert, TLS_FILE_MAX, &srv->tls_cert, NULL, e2))) {
+            st = qr_fail(err, st, "server.tls_cert: %s", e2);
+            goto out;
+        }
+        if ((st = qr_read_file(key, TLS_FILE_MAX, &srv->tls_key, NULL, e2))) {
+            st = qr_fail(err, st, "server.tls_key: %s", e2);
+            goto out;
+        }
+    }
+
+    if ((st = auth_new(cfg, &srv->auth, err)) || (st = infer_client_new(cfg, &srv->infer, err)) ||
+        (st = ingest_session_open(cfg, &srv->ingest, err)) ||
+        (st = ingest_embedder_open(cfg, &srv->embedder, err)) || (st = api_audit_open(cfg, &srv->audit, err)))
+        goto out;
+    if (!(srv->metrics = api_metrics_new())) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory creating the metrics");
+        goto out;
+    }
+    /* one per worker and one for the job runner; each worker holds at most one at a time */
+    size_t nslots = (size_t)srv->set.workers + 1;
+    srv->nslots = nslots < STORES_MAX ? nslots : STORES_MAX;
+    if (!(srv->slots = calloc(srv->nslots, sizeof(*srv->slots)))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory creating the store handles");
+        goto out;
+    }
+    for (size_t i = 0; i < srv->nslots; i++)
+        if ((st = store_open(qr_config_str(cfg, "data.dir"), &srv->slots[i].store, err)))
+            goto out;
+
+    const char *access = qr_config_str(cfg, "server.access_log");
+    if (*access) {
+        if (!(srv->access_log = fopen(access, "a"))) {
+            st = qr_fail(err, QR_EIO, "server.access_log: cannot open '%s': %s", access, strerror(errno));
+            goto out;
+        }
+        setvbuf(srv->access_log, NULL, _IOLBF, 0);
+    }
+    if ((st = api_jobs_new(srv, &srv->jobs, err)))
+        goto out;
+    char e2[QR_ERR_LEN];
+    index_sync_report rep;
+    if ((st = api_index_sync(srv, false, &rep, e2))) {
+        st = qr_fail(err, st, "cannot open the vector index: %s", e2);
+        goto out;
+    }
+    /* the search handles borrow the store handles and the vector index opened above */
+    retrieval_opts_from_config(cfg, &srv->ropts);
+    for (size_t i = 0; i < srv->nslots; i++)
+        if ((st = retrieval_open(srv->slots[i].store, srv->vindex, &srv->ropts, &srv->slots[i].retrieval,
+                                 err)))
+            goto out;
+out:
+    if (st) {
+        api_server_free(srv);
+        return st;
+    }
+    *out = srv;
+    return QR_OK;
+}
+
+/* libmicrohttpd's own messages (MHD thread or the caller of MHD_start_daemon). */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char line[512];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    qr_log(QR_LOG_DEBUG, "http", "libmicrohttpd: %s", line);
+}
+
+/* Keeps the URL as the client sent it (MHD thread): the router decodes path segments itself, so
+ * that an encoded slash stays inside an id and an encoded NUL is refused instead of cutting the
+ * string short. */
+static size_t keep_escaped(void *cls, struct MHD_Connection *c, char *uri)
+{
+    (void)cls;
+    (void)c;
+    return strlen(uri);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls);
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe);
+
+qr_status api_server_start(api_server *srv, char *err)
+{
+    if (srv->running)
+        return qr_fail(err, QR_EINVAL, "the server is already running");
+    qr_status st = QR_OK;
+    char perr[QR_ERR_LEN];
+    if (!(srv->pool = qr_pool_new(srv->set.workers, (size_t)srv->set.queue_max, perr)))
+        return qr_fail(err, QR_ENOMEM, "cannot start the worker pool: %s", perr);
+    if ((st = api_jobs_start(srv->jobs, err)))
+        goto fail;
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+    if (MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES)
+        flags |= MHD_USE_EPOLL;
+    if (srv->addr.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    if (srv->tls_cert)
+        flags |= MHD_USE_TLS;
+    struct MHD_OptionItem opts[16];
+    size_t n = 0;
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &srv->addr};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, srv->set.max_connections, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, srv->set.connection_timeout_s, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, srv};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL};
+    /* Headers and the read buffer of one connection: 64 KiB holds any sane request line and
+     * header block; larger ones get 431 from MHD. */
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, 64 * 1024, NULL};
+    if (srv->set.threads > 1)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, srv->set.threads, NULL};
+    if (srv->set.per_ip_connections > 0)
+        opts[n++] =
+            (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT, srv->set.per_ip_connections, NULL};
+    if (srv->tls_cert) {
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, srv->tls_cert};
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, srv->tls_key};
+    }
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+
+    srv->daemon =
+        MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (!srv->daemon) {
+        char host[INET6_ADDRSTRLEN] = "?";
+        const void *a = srv->addr.ss_family == AF_INET6
+                            ? (const void *)&((struct sockaddr_in6 *)&srv->addr)->sin6_addr
+                            : (const void *)&((struct sockaddr_in *)&srv->addr)->sin_addr;
+        inet_ntop(srv->addr.ss_family, a, host, sizeof(host));
+        st = qr_fail(err, QR_EIO,
+                     "cannot listen on '%s' (%s): address in use, not local, or TLS files invalid",
+                     qr_config_str(srv->cfg, "server.listen"), host);
+        goto fail;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = info ? info->port : 0;
+    char host[INET6_ADDRSTRLEN] = "127.0.0.1";
+    if (srv->addr.ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&srv->addr)->sin6_addr, host, sizeof(host));
+        snprintf(srv->url, sizeof(srv->url), "%s://[%s]:%d", srv->tls_cert ? "https" : "http", host,
+                 srv->port);
+    } else {
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&srv->addr)->sin_addr, host, sizeof(host));
+        snprintf(srv->url, sizeof(srv->url), "%s://%s:%d", srv->tls_cert ? "https" : "http", host, srv->port);
+    }
+    srv->started_ms = qr_wall_ms();
+    srv->running = true;
+    qr_log(QR_LOG_INFO, "http", "listening on %s (%d I/O threads, %d workers, body limit %zu bytes)",
+           srv->url, srv->set.threads, srv->set.workers, srv->set.max_body_bytes);
+    return QR_OK;
+fail:
+    api_jobs_stop(srv->jobs);
+    qr_pool_free(srv->pool);
+    srv->pool = NULL;
+    return st;
+}
+
+int api_server_port(const api_server *srv)
+{
+    return srv ? srv->port : 0;
+}
+
+const char *api_server_url(const api_server *srv)
+{
+    return srv ? srv->url : "";
+}
+
+static void wait_until(api_server *srv, bool (*done)(api_server *), uint64_t deadline_ns)
+{
+    pthread_mutex_lock(&srv->lock);
+    while (!done(srv)) {
+        uint64_t now = qr_now_ns();
+        if (now >= deadline_ns)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t wait = deadline_ns - now;
+        if (wait > 100000000u)
+            wait = 100000000u; /* re-check at least every 100 ms */
+        ts.tv_nsec += (long)(wait % 1000000000u);
+        ts.tv_sec += (time_t)(wait / 1000000000u) + ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        pthread_cond_timedwait(&srv->idle, &srv->lock, &ts);
+    }
+    pthread_mutex_unlock(&srv->lock);
+}
+
+static bool no_requests(api_server *srv)
+{
+    return srv->in_flight == 0;
+}
+
+static bool none_suspended(api_server *srv)
+{
+    /* may dip below zero for a moment: a resume can be counted before its suspension */
+    return srv->suspended <= 0;
+}
+
+int api_server_stop(api_server *srv, int grace_s)
+{
+    if (!srv || !srv->running)
+        return 0;
+    if (grace_s < 0)
+        grace_s = srv->set.shutdown_grace_s;
+    pthread_mutex_lock(&srv->lock);
+    srv->stopping = true;
+    int waiting = srv->in_flight;
+    pthread_mutex_unlock(&srv->lock);
+    qr_log(QR_LOG_INFO, "http", "shutting down: %d requests in flight, up to %d s to finish", waiting,
+           grace_s);
+
+    /* No new connections; the ones open finish what they started. */
+    MHD_socket listen_fd = MHD_quiesce_daemon(srv->daemon);
+    if (listen_fd != MHD_INVALID_SOCKET)
+        close(listen_fd);
+    wait_until(srv, no_requests, qr_now_ns() + (uint64_t)grace_s * 1000000000u);
+
+    int cancelled = 0;
+    pthread_mutex_lock(&srv->lock);
+    atomic_store(&srv->cancel_all, true);
+    for (api_req *r = srv->active; r; r = r->next) {
+        pthread_mutex_lock(&r->lock);
+        if (!r->queued || r->is_stream) {
+            atomic_store(&r->cancelled, true);
+            pthread_cond_broadcast(&r->stream.space);
+            cancelled++;
+        }
+        pthread_mutex_unlock(&r->lock);
+    }
+    pthread_mutex_unlock(&srv->lock);
+    if (cancelled)
+        qr_log(QR_LOG_WARN, "http", "shutdown: cancelled %d requests still running after %d s", cancelled,
+               grace_s);
+
+    api_jobs_stop(srv->jobs);
+    /* Every task runs to its end and resumes the connection it suspended. */
+    qr_pool_free(srv->pool);
+    srv->pool = NULL;
+    wait_until(srv, none_suspended, qr_now_ns() + 5000000000u);
+    /* Give the MHD threads a moment to write the answers of the requests just finished. */
+    wait_until(srv, no_requests, qr_now_ns() + 1000000000u);
+    MHD_stop_daemon(srv->daemon);
+    srv->daemon = NULL;
+    srv->running = false;
+    qr_log(QR_LOG_INFO, "http", "stopped");
+    return cancelled;
+}
+
+void api_server_free(api_server *srv)
+{
+    if (!srv)
+        return;
+    if (srv->running)
+        api_server_stop(srv, 0);
+    api_jobs_free(srv->jobs);
+    for (size_t i = 0; srv->slots && i < srv->nslots; i++)
+        retrieval_close(srv->slots[i].retrieval);
+    vindex_close(srv->vindex);
+    for (size_t i = 0; srv->slots && i < srv->nslots; i++)
+        store_close(srv->slots[i].store);
+    free(srv->slots);
+    ingest_embedder_free(srv->embedder);
+    ingest_session_close(srv->ingest);
+    infer_client_free(srv->infer);
+    auth_free(srv->auth);
+    api_audit_close(srv->audit);
+    api_metrics_free(srv->metrics);
+    if (srv->access_log)
+        fclose(srv->access_log);
+    free(srv->tls_cert);
+    free(srv->tls_key);
+    pthread_mutex_destroy(&srv->lock);
+    pthread_cond_destroy(&srv->idle);
+    pthread_mutex_destroy(&srv->access_lock);
+    pthread_mutex_destroy(&srv->ingest_lock);
+    pthread_mutex_destroy(&srv->store_lock);
+    pthread_cond_destroy(&srv->store_cond);
+    pthread_mutex_destroy(&srv->embed_lock);
+    pthread_mutex_destroy(&srv->vindex_lock);
+    free(srv);
+}
+
+/* ---- requests --------------------------------------------------------------------------------- */
+
+void api_req_ref(api_req *r)
+{
+    pthread_mutex_lock(&r->lock);
+    r->refs++;
+    pthread_mutex_unlock(&r->lock);
+}
+
+void api_req_unref(api_req *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->lock);
+    int left = --r->refs;
+    pthread_mutex_unlock(&r->lock);
+    if (left > 0)
+        return;
+    if (r->response)
+        MHD_destroy_response(r->response);
+    auth_principal_release(r->principal);
+    qr_buf_release(&r->body);
+    free(r->stream.data);
+    pthread_cond_destroy(&r->stream.space);
+    pthread_mutex_destroy(&r->lock);
+    free(r->path);
+    free(r->param);
+    free(r);
+}
+
+bool api_req_cancelled(const api_req *r)
+{
+    return atomic_load(&r->cancelled) || atomic_load(&r->srv->cancel_all);
+}
+
+const char *api_header(api_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+char *api_query_arg(api_req *r, const char *name, bool *bad)
+{
+    const char *v = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+    if (!v)
+        return NULL;
+    char *d = api_url_decode(v, strlen(v), true);
+    if (!d)
+        *bad = true;
+    return d;
+}
+
+/* A client's X-Request-Id is kept when it is short and plain, so that it can go into logs and
+ * headers as it is; anything else is replaced by a random id. */
+static void set_request_id(api_req *r)
+{
+    const char *given = api_header(r, "X-Request-Id");
+    if (given) {
+        size_t n = strlen(given);
+        bool ok = n > 0 && n <= API_REQUEST_ID_MAX;
+        for (size_t i = 0; ok && i < n; i++) {
+            char c = given[i];
+            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                 c == '_' || c == '.' || c == ':';
+        }
+        if (ok) {
+            memcpy(r->request_id, given, n + 1);
+            return;
+        }
+    }
+    api_random_hex(r->request_id, 16);
+}
+
+static void set_client(api_req *r)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    snprintf(r->client, sizeof(r->client), "-");
+    if (!ci || !ci->client_addr)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, r->client, sizeof(r->client));
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, r->client, sizeof(r->client));
+}
+
+static api_req *req_new(api_server *srv, struct MHD_Connection *conn, const char *url, const char *method)
+{
+    api_req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->srv = srv;
+    r->conn = conn;
+    r->refs = 1;
+    r->start_ns = qr_now_ns();
+    r->route_index = SIZE_MAX;
+    snprintf(r->method, sizeof(r->method), "%s", method);
+    snprintf(r->user, sizeof(r->user), "-");
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->stream.space, NULL);
+    atomic_init(&r->cancelled, false);
+    qr_buf_init(&r->body, srv->set.max_body_bytes);
+    if (!(r->path = strdup(url))) {
+        api_req_unref(r);
+        return NULL;
+    }
+    set_request_id(r);
+    set_client(r);
+    pthread_mutex_lock(&srv->lock);
+    r->next = srv->active;
+    if (srv->active)
+        srv->active->prev = r;
+    srv->active = r;
+    srv->in_flight++;
+    pthread_mutex_unlock(&srv->lock);
+    return r;
+}
+
+/* Queues the response that is ready (MHD thread). */
+static enum MHD_Result queue(api_req *r)
+{
+    pthread_mutex_lock(&r->lock);
+    struct MHD_Response *resp = r->response;
+    int status = r->status;
+    r->response = NULL;
+    r->queued = true;
+    pthread_mutex_unlock(&r->lock);
+    if (!resp)
+        return MHD_NO;
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
+    /* MHD holds its own reference until the answer is sent; a stream's free callback runs then. */
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+/* Hands the finished answer to the MHD thread (worker). */
+static void publish(api_req *r)
+{
+    api_server *srv = r->srv;
+    pthread_mutex_lock(&r->lock);
+    r->ready = true;
+    bool resume = r->suspended;
+    r->suspended = false;
+    if (resume)
+        MHD_resume_connection(r->conn);
+    pthread_mutex_unlock(&r->lock);
+    if (resume) {
+        pthread_mutex_lock(&srv->lock);
+        srv->suspended--;
+        pthread_cond_broadcast(&srv->idle);
+        pthread_mutex_unlock(&srv->lock);
+    }
+}
+
+/* Runs a route on a worker: authentication, then the handler, then the answer goes back. */
+static void work(void *arg)
+{
+    api_req *r = arg;
+    const api_route *route = r->route;
+    if (api_req_cancelled(r))
+        api_reply_error(r, 503, "unavailable", "the server is shutting down");
+    else if (route->access == API_ACCESS_PUBLIC || api_authenticate(r))
+        route->handler(r);
+    if (r->is_stream) {
+        api_stream_end(r);
+    } else {
+        if (!r->response)
+            api_reply_error(r, 500, "internal_error", "the handler gave no answer");
+        publish(r);
+    }
+    api_req_unref(r);
+}
+
+/* Sends an error at once from the MHD thread (routing and size errors). */
+static enum MHD_Result fail_now(api_req *r, int status, const char *code, const char *fmt, const char *arg)
+{
+    api_reply_error(r, status, code, fmt, arg);
+    r->ready = true;
+    return queue(r);
+}
+
+/* The access handler (MHD thread): called once with the headers, once per piece of body, once at
+ * the end of the body, and once more after a worker resumed the connection. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    (void)upload_data;
+    api_server *srv = cls;
+    api_req *r = *con_cls;
+    if (!r) {
+        if (!(r = req_new(srv, conn, url, method)))
+            return MHD_NO;
+        *con_cls = r;
+        if (srv->stopping)
+            return fail_now(r, 503, "unavailable", "%s", "the server is shutting down");
+        size_t index = SIZE_MAX;
+        switch (api_route_find(method, url, &index, &r->param)) {
+        case API_MATCH_OK: break;
+        case API_MATCH_NOT_FOUND: return fail_now(r, 404, "not_found", "no route for path '%s'", url);
+        case API_MATCH_BAD_METHOD:
+            return fail_now(r, 405, "method_not_allowed", "this path does not accept %s", method);
+        case API_MATCH_BAD_ESCAPE:
+            return fail_now(r, 400, "invalid_argument", "%s",
+                            "malformed path: bad percent-escape, control character or invalid UTF-8");
+        }
+        r->route_index = index;
+        r->route = &api_route_table[index];
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl) {
+            char *end;
+            errno = 0;
+            unsigned long long len = strtoull(cl, &end, 10);
+            if (errno || *end || len > srv->set.max_body_bytes) {
+                char limit[32];
+                snprintf(limit, sizeof(limit), "%zu", srv->set.max_body_bytes);
+                return fail_now(r, 413, "payload_too_large",
+                                "request body over the limit of %s bytes (server.max_body_bytes)", limit);
+            }
+        }
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) {
+        if (!r->too_large && qr_buf_append(&r->body, upload_data, *upload_data_size))
+            r->too_large = true;
+        r->body_seen += *upload_data_size;
+        *upload_data_size = 0;
+        /* A chunked body past the limit is read and dropped so that the client gets its 413, but
+         * not forever. */
+        if (r->too_large && r->body_seen > 2 * srv->set.max_body_bytes + (1u << 20))
+            return MHD_NO;
+        return MHD_YES;
+    }
+
+    pthread_mutex_lock(&r->lock);
+    bool ready = r->ready, queued = r->queued, dispatched = r->suspended || r->refs > 1;
+    pthread_mutex_unlock(&r->lock);
+    if (queued)
+        return MHD_YES;
+    if (ready)
+        return queue(r);
+    if (dispatched)
+        return MHD_YES;
+    if (r->too_large) {
+        char limit[32];
+        snprintf(limit, sizeof(limit), "%zu", srv->set.max_body_bytes);
+        return fail_now(r, 413, "payload_too_large",
+                        "request body over the limit of %s bytes (server.max_body_bytes)", limit);
+    }
+    if (r->route->inline_) {
+        r->route->handler(r);
+        r->ready = true;
+        return queue(r);
+    }
+
+    /* Suspend first, then hand over: the worker may resume before submit even returns. */
+    api_req_ref(r);
+    pthread_mutex_lock(&r->lock);
+    r->suspended = true;
+    MHD_suspend_connection(conn);
+    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_lock(&srv->lock);
+    srv->suspended++;
+    pthread_mutex_unlock(&srv->lock);
+    if (qr_pool_submit(srv->pool, work, r) != QR_OK) {
+        api_reply_error(r, 503, "overloaded", "every worker is busy and the queue is full; retry later");
+        api_reply_header(r, "Retry-After", "1");
+        publish(r);
+        api_req_unref(r);
+    }
+    return MHD_YES;
+}
+
+static void access_line(api_req *r, int status, double ms)
+{
+    api_server *srv = r->srv;
+    char when[40];
+    qr_wall_iso8601(when, sizeof(when));
+    if (srv->access_log) {
+        qr_buf line;
+        qr_buf_init(&line, 8192);
+        qr_buf_printf(&line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"client\":\"%s\",\"method\":", when,
+                      r->request_id, r->client);
+        qr_json_escape(&line, r->method, strlen(r->method));
+        qr_buf_puts(&line, ",\"path\":");
+        qr_json_escape(&line, r->path ? r->path : "", r->path ? strlen(r->path) : 0);
+        qr_buf_printf(&line, ",\"route\":\"%s\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,\"user\":",
+                      r->route ? r->route->pattern : "-", status, r->bytes_out, ms);
+        qr_json_escape(&line, r->user, strlen(r->user));
+        qr_buf_puts(&line, "}\n");
+        pthread_mutex_lock(&srv->access_lock);
+        fwrite(qr_buf_str(&line), 1, qr_buf_len(&line), srv->access_log);
+        pthread_mutex_unlock(&srv->access_lock);
+        qr_buf_release(&line);
+    } else {
+        qr_log(QR_LOG_INFO, "access", "%s %s %s %d %zu bytes %.1f ms user=%s id=%s", r->client, r->method,
+               r->route ? r->route->pattern : "-", status, r->bytes_out, ms, r->user, r->request_id);
+    }
+}
+
+/* The request is over (MHD thread): answered, or the client went away. */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    api_server *srv = cls;
+    api_req *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    pthread_mutex_lock(&r->lock);
+    atomic_store(&r->cancelled, true);
+    pthread_cond_broadcast(&r->stream.space);
+    /* 499: the client closed the connection before its answer was (wholly) sent. */
+    int status = r->queued ? r->status : 499;
+    if (r->is_stream && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        status = 499;
+    /* An answer never queued (the connection died first) would keep a stream's request alive
+     * through its free callback: drop it here. */
+    struct MHD_Response *unsent = r->queued ? NULL : r->response;
+    r->response = NULL;
+    pthread_mutex_unlock(&r->lock);
+    if (unsent)
+        MHD_destroy_response(unsent);
+    double secs = (double)(qr_now_ns() - r->start_ns) / 1e9;
+    api_metrics_request(srv->metrics, r->route_index, status, secs);
+    access_line(r, status, secs * 1000.0);
+
+    pthread_mutex_lock(&srv->lock);
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        srv->active = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    srv->in_flight--;
+    pthread_cond_broadcast(&srv->idle);
+    pthread_mutex_unlock(&srv->lock);
+    api_req_unref(r);
+}
+
+/* ---- streams ---------------------------------------------------------------------------------- */
+
+bool api_stream_begin(api_req *r, int status, const char *content_type)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, api_stream_reader, r, api_stream_free);
+    if (!resp) {
+        api_reply_error(r, 500, "internal_error", "cannot create a streamed response");
+        return false;
+    }
+    api_req_ref(r); /* the response's, dropped by api_stream_free */
+    MHD_add_response_header(resp, "Content-Type", content_type);
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    pthread_mutex_lock(&r->lock);
+    r->response = resp;
+    r->status = status;
+    r->is_stream = true;
+    pthread_mutex_unlock(&r->lock);
+    publish(r);
+    return true;
+}
+
+/* Wakes the reader if it is parked (worker; r->lock held). */
+static void wake_reader(api_req *r, int *resumed)
+{
+    if (r->suspended) {
+        r->suspended = false;
+        MHD_resume_connection(r->conn);
+        (*resumed)++;
+    }
+}
+
+/* Counts resumes once r->lock is released (lock order: a request's lock, then the server's). */
+static void count_resumes(api_server *srv, int n)
+{
+    if (n <= 0)
+        return;
+    pthread_mutex_lock(&srv->lock);
+    srv->suspended -= n;
+    pthread_cond_broadcast(&srv->idle);
+    pthread_mutex_unlock(&srv->lock);
+}
+
+bool api_stream_write(api_req *r, const char *data, size_t len)
+{
+    bool ok = true;
+    int resumed = 0;
+    pthread_mutex_lock(&r->lock);
+    api_stream *s = &r->stream;
+    if (!s->data && !(s->data = malloc(API_STREAM_BUF_MAX)))
+        ok = false;
+    while (ok && len) {
+        if (api_req_cancelled(r) || s->finished) {
+            ok = false;
+            break;
+        }
+        size_t pending = s->end - s->start;
+        if (pending == API_STREAM_BUF_MAX) {
+            /* the client reads slower than the answer comes: wait for it (or for its departure) */
+            wake_reader(r, &resumed);
+            pthread_cond_wait(&s->space, &r->lock);
+            continue;
+        }
+        if (s->start) {
+            memmove(s->data, s->data + s->start, pending);
+            s->start = 0;
+            s->end = pending;
+        }
+        size_t n = len < API_STREAM_BUF_MAX - pending ? len : API_STREAM_BUF_MAX - pending;
+        memcpy(s->data + s->end, data, n);
+        s->end += n;
+        data += n;
+        len -= n;
+        wake_reader(r, &resumed);
+    }
+    pthread_mutex_unlock(&r->lock);
+    count_resumes(r->srv, resumed);
+    return ok;
+}
+
+bool api_stream_printf(api_req *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return false;
+    bool ok = api_stream_write(r, s, (size_t)n);
+    free(s);
+    return ok;
+}
+
+void api_stream_end(api_req *r)
+{
+    int resumed = 0;
+    pthread_mutex_lock(&r->lock);
+    r->stream.finished = true;
+    wake_reader(r, &resumed);
+    pthread_mutex_unlock(&r->lock);
+    count_resumes(r->srv, resumed);
+}
+
+ssize_t api_stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    api_req *r = cls;
+    ssize_t n;
+    bool parked = false;
+    pthread_mutex_lock(&r->lock);
+    api_stream *s = &r->stream;
+    size_t pending = s->end - s->start;
+    if (pending) {
+        size_t k = pending < max ? pending : max;
+        memcpy(buf, s->data + s->start, k);
+        s->start += k;
+        r->bytes_out += k;
+        pthread_cond_broadcast(&r->stream.space);
+        n = (ssize_t)k;
+    } else if (s->finished) {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        /* Nothing yet: park the connection until the producer wakes it (the pattern microhttpd.h
+         * prescribes instead of returning 0 in a busy loop). */
+        r->suspended = true;
+        MHD_suspend_connection(r->conn);
+        parked = true;
+        n = 0;
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (parked) {
+        pthread_mutex_lock(&r->srv->lock);
+        r->srv->suspended++;
+        pthread_mutex_unlock(&r->srv->lock);
+    }
+    return n;
+}
+
+void api_stream_free(void *cls)
+{
+    api_req_unref(cls);
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# bench/http/run.sh: wrk against quarry's POST /v1/search, for bench/README.md.
+#
+#   bench/http/run.sh [CHUNKS] [SECONDS]      (default 100000 chunks, 10 s per run)
+#
+# Builds a corpus of CHUNKS one-chunk documents from a fixed vocabulary (seeded, so every run has
+# the same text), spread over four ACL groups, ingests it with `quarry ingest --jsonl` into a
+# fresh data directory, starts the slapd fixture and `quarry serve`, gets a bearer token for alice
+# (who may read half of the documents), then runs wrk at 16 and 64 connections: GET /v1/me (HTTP and
+# authentication alone, the baseline), then searches in bm25, vector and hybrid modes, and prints
+# one table row per run. Needs wrk (Debian package `wrk`).
+# Environment: QUARRY_BIN (default build/release/quarry), BENCH_DIR (default build/bench-http).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+chunks=${1:-100000}
+secs=${2:-10}
+if [ "${BENCH_INSIDE:-}" != 1 ]; then
+    command -v wrk >/dev/null || { echo "bench/http: wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+    BENCH_INSIDE=1 exec "$root/tests/fixtures/slapd-fixture.sh" -- "$0" "$@"
+fi
+quarry=${QUARRY_BIN:-$root/build/release/quarry}
+dir=${BENCH_DIR:-$root/build/bench-http}
+unset QUARRY_BIN
+rm -rf "$dir"
+mkdir -p "$dir"
+export QUARRY_DATA_DIR="$dir/data" QUARRY_LOG_LEVEL=warn
+export QUARRY_LDAP_URI="$QUARRY_TEST_LDAP_URI" QUARRY_LDAP_BIND_DN="$QUARRY_TEST_LDAP_BIND_DN"
+export QUARRY_LDAP_BIND_PASSWORD="$QUARRY_TEST_LDAP_BIND_PW"
+export QUARRY_LDAP_USER_BASE="ou=people,$QUARRY_TEST_LDAP_BASE" QUARRY_LDAP_GROUP_BASE="ou=groups,$QUARRY_TEST_LDAP_BASE"
+
+# 2,000 pseudo-words; each document is 40 to 80 of them (one chunk), titled with three.
+awk -v n="$chunks" 'BEGIN {
+    srand(42); split("ba ce di fo gu ha je ki lo mu na pe ri so tu va we xi yo zu", syl, " ");
+    for (i = 1; i <= 2000; i++) { w = ""; len = 2 + int(rand() * 3);
+        for (j = 0; j < len; j++) w = w syl[1 + int(rand() * 20)]; vocab[i] = w }
+    split("group:eng-backend group:eng-frontend group:staff user:erin", acl, " ");
+    for (d = 0; d < n; d++) {
+        len = 40 + int(rand() * 40); text = "";
+        for (j = 0; j < len; j++) { r = rand(); text = text (j ? " " : "") vocab[1 + int(r * r * 2000)] }
+        printf "{\"_id\":\"doc-%06d\",\"title\":\"%s %s %s\",\"text\":\"%s\",\"acl\":[\"%s\"]}\n", d,
+            vocab[1 + int(rand() * 2000)], vocab[1 + int(rand() * 2000)], vocab[1 + int(rand() * 2000)], text,
+            acl[1 + d % 4]
+    }
+    words = ""; for (i = 1; i <= 300; i++) words = words vocab[i] " "; print words > "/dev/stderr"
+}' > "$dir/corpus.jsonl" 2> "$dir/words.txt"
+t0=$(date +%s)
+"$quarry" ingest --jsonl "$dir/corpus.jsonl" >/dev/null 2>"$dir/ingest.log"
+echo "ingested $chunks documents in $(( $(date +%s) - t0 )) s" >&2
+
+port=$(( 20000 + RANDOM % 10000 ))
+"$quarry" --set server.listen=127.0.0.1:$port serve >"$dir/serve.out" 2>"$dir/serve.err" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+# the first start builds the vector index generation from the stored vectors (IVF at this size)
+t0=$(date +%s)
+for _ in $(seq 1 6000); do
+    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+    kill -0 $pid 2>/dev/null || { echo "bench/http: quarry serve exited: $(tail -3 "$dir/serve.err")" >&2; exit 1; }
+    sleep 0.1
+done
+echo "quarry serve answered after $(( $(date +%s) - t0 )) s (vector index built at start)" >&2
+token=$(curl -s -u alice:Alice-pw-1 -X POST "http://127.0.0.1:$port/v1/auth/token" |
+    sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+export BENCH_TOKEN="$token" BENCH_WORDS="$(cat "$dir/words.txt")"
+echo "| mode | connections | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
+echo "|---|---|---|---|---|---|---|---|"
+for mode in me bm25 vector hybrid; do
+    for conns in 16 64; do
+        out=$(BENCH_MODE=$mode wrk -t2 -c$conns -d${secs}s --timeout 10s -s "$root/bench/http/search.lua" \
+            "http://127.0.0.1:$port/v1/search" | grep '^RESULT')
+        eval "${out#RESULT }"
+        echo "| $mode | $conns | $qps | $p50 | $p90 | $p99 | $max | $((errors + non200)) |"
+    done
+done

@@ -1,0 +1,537 @@
+/*
+ * Benchmark of permission-trimmed search (retrieval/): latency p50/p95/p99 of bm25, vector and
+ * hybrid searches (k = 10, one thread) on a generated collection, for callers who may read 100%,
+ * 10%, 1% and 0.1% of it, each with recall@10 against the exact answer; then the quality table of
+ * both shared collections in every mode (nDCG@10 and the rest, as `quarry eval` computes them).
+ *
+ * The generated collection: documents of 10 chunks of 80 pseudo-words drawn from a 30,000-word
+ * vocabulary with a Zipf-like skew, embedded by the local embedder (384 dimensions), written to a
+ * real store and indexed by the vector index the configuration's defaults choose (exact up to
+ * 50,000 vectors, IVF-SQ8 above). Every document carries group:all; one in 10 group:p10, one in
+ * 100 group:p1, one in 1,000 group:p01, so a caller holding one of those groups may read that
+ * share. Queries are 2 to 6 words of the same vocabulary. The exact answer is the same search
+ * with the exact vector path forced (retrieval.exact_share = 1: every permitted chunk listed and
+ * scanned), so recall@10 measures what the approximate index and its filtered search lose.
+ *
+ * Usage: bench_search [--chunks N] [--queries Q] [--datasets DIR] [--no-scale] [--no-eval] WORKDIR
+ * (WORKDIR is created and reused: a collection already generated there at the same size is kept.)
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "index/index.h"
+#include "ingest/ingest.h"
+#include "retrieval/retrieval.h"
+
+#define K          10
+#define CHUNKS_PER 10
+#define WORDS_PER  80
+#define VOCAB      30000
+#define BATCH_DOCS 50
+
+extern void omp_set_num_threads(int n);
+extern void openblas_set_num_threads(int n);
+
+static uint64_t rng_state = 0x5eedbeefull;
+
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* A Zipf-like word rank: small ranks are much more frequent. */
+static size_t zipf_word(void)
+{
+    double u = ((double)(rnd() >> 11) + 0.5) / 9007199254740992.0;
+    return (size_t)(pow((double)VOCAB, u)) - 1;
+}
+
+static void word(size_t i, char *out)
+{
+    static const char *syll[] = {"ka", "lo", "mi", "ne", "ru", "sa", "ti",
+                                 "vo", "ze", "pa", "do", "fi", "gu", "ha"};
+    size_t n = 0;
+    do {
+        n += (size_t)sprintf(out + n, "%s", syll[i % 14]);
+        i /= 14;
+    } while (i);
+    out[n++] = 'x'; /* no word is a stopword */
+    out[n] = '\0';
+}
+
+static void text_of(char *buf, size_t cap, size_t nwords)
+{
+    size_t n = 0;
+    char w[32];
+    for (size_t i = 0; i < nwords && n + 40 < cap; i++) {
+        word(zipf_word(), w);
+        n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? " " : "", w);
+    }
+    snprintf(buf + n, cap - n, ".");
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(const double *v, size_t n, double p)
+{
+    size_t r = (size_t)(p / 100.0 * (double)n + 0.999999);
+    return v[(r < 1 ? 1 : r > n ? n : r) - 1];
+}
+
+/* ---- the generated collection ----------------------------------------------------------------- */
+
+static int generate(const char *dir, size_t nchunks, ingest_embedder *e, char *err)
+{
+    store *s = NULL;
+    store_stats ss;
+    if (store_open(dir, &s, err) || store_get_stats(s, &ss, err))
+        goto fail;
+    if ((size_t)ss.chunks == nchunks) {
+        printf("reusing the %zu generated chunks in %s\n", nchunks, dir);
+        store_close(s);
+        return 0;
+    }
+    if (ss.chunks) {
+        snprintf(err, QR_ERR_LEN, "%.300s holds %lld chunks, not %zu: use another directory", dir,
+                 (long long)ss.chunks, nchunks);
+        goto fail;
+    }
+    if (store_check_embedding(s, ingest_embedder_model(e), ingest_embedder_dim(e), err))
+        goto fail;
+    int dim = ingest_embedder_dim(e);
+    size_t ndocs = nchunks / CHUNKS_PER;
+    char *text = malloc(CHUNKS_PER * WORDS_PER * 16);
+    float *vecs = malloc((size_t)CHUNKS_PER * (size_t)dim * sizeof(float));
+    uint64_t t0 = qr_now_ns();
+    for (size_t d = 0; d < ndocs; d++) {
+        if (d % BATCH_DOCS == 0 && store_batch_begin(s, err))
+            goto fail;
+        store_chunk chunks[CHUNKS_PER];
+        const char *texts[CHUNKS_PER];
+        size_t lens[CHUNKS_PER], len = 0;
+        for (size_t c = 0; c < CHUNKS_PER; c++) {
+            size_t start = len;
+            text_of(text + len, WORDS_PER * 16, WORDS_PER);
+            len += strlen(text + len);
+            chunks[c] = (store_chunk){start, len, ""};
+            texts[c] = text + start;
+            lens[c] = len - start;
+            text[len++] = ' ';
+        }
+        if (ingest_embed(e, texts, lens, CHUNKS_PER, vecs, err))
+            goto fail;
+        const char *acl[4];
+        size_t nacl = 0;
+        acl[nacl++] = "group:all";
+        if (d % 10 == 0)
+            acl[nacl++] = "group:p10";
+        if (d % 100 == 0)
+            acl[nacl++] = "group:p1";
+        if (d % 1000 == 0)
+            acl[nacl++] = "group:p01";
+        char id[32], title[64], hash[65];
+        snprintf(id, sizeof(id), "doc%zu", d);
+        text_of(title, sizeof(title), 3);
+        snprintf(hash, sizeof(hash), "%064zx", d + 1);
+        store_document doc = {.doc_id = id,
+                              .title = title,
+                              .content_type = "text/plain",
+                              .acl = acl,
+                              .nacl = nacl,
+                              .content_hash = hash,
+                              .text = text,
+                              .text_len = len - 1};
+        store_put_result res;
+        if (store_put(s, &doc, chunks, CHUNKS_PER, vecs, dim, &res, err))
+            goto fail;
+        if ((d % BATCH_DOCS == BATCH_DOCS - 1 || d + 1 == ndocs) && store_batch_commit(s, err))
+            goto fail;
+    }
+    printf("generated %zu chunks in %.1f s\n", ndocs * CHUNKS_PER, (qr_now_ns() - t0) / 1e9);
+    free(text);
+    free(vecs);
+    store_close(s);
+    return 0;
+fail:
+    store_close(s);
+    return 1;
+}
+
+/* ---- latency and recall ------------------------------------------------------------------------ */
+
+static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_config *cfg, ingest_embedder *e)
+{
+    char err[QR_ERR_LEN];
+    store *s = NULL;
+    vindex *v = NULL;
+    retrieval *r = NULL, *exact = NULL;
+    int rc = 1;
+    if (generate(dir, nchunks, e, err) || store_open(dir, &s, err)) {
+        fprintf(stderr, "bench_search: %s\n", err);
+        goto out;
+    }
+    vindex_opts vo;
+    vindex_opts_from_config(cfg, &vo);
+    index_sync_report rep;
+    uint64_t t0 = qr_now_ns();
+    if (index_sync_open(s, dir, &vo, false, &v, &rep, err)) {
+        fprintf(stderr, "bench_search: %s\n", err);
+        goto out;
+    }
+    printf("vector index: generation %llu, %s, %zu vectors (%s %.1f s)\n", (unsigned long long)rep.generation,
+           rep.type, rep.count, rep.rebuilt ? "built in" : "opened in", (qr_now_ns() - t0) / 1e9);
+    omp_set_num_threads(1);
+    openblas_set_num_threads(1);
+    retrieval_opts o, ox;
+    retrieval_opts_from_config(cfg, &o);
+    ox = o;
+    ox.exact_share = 1; /* the exact answer: every permitted chunk listed and scanned */
+    if (retrieval_open(s, v, &o, &r, err) || retrieval_open(s, v, &ox, &exact, err)) {
+        fprintf(stderr, "bench_search: %s\n", err);
+        goto out;
+    }
+    int dim = ingest_embedder_dim(e);
+    char(*queries)[256] = malloc(nqueries * sizeof(*queries));
+    float *qvec = malloc(nqueries * (size_t)dim * sizeof(float));
+    double *lat = malloc(nqueries * sizeof(double));
+    for (size_t i = 0; i < nqueries; i++) {
+        text_of(queries[i], sizeof(queries[i]), 2 + rnd() % 5);
+        const char *t = queries[i];
+        ingest_embed(e, &t, NULL, 1, qvec + i * (size_t)dim, err);
+    }
+    static const struct {
+        const char *name, *group;
+        double share;
+    } shares[] = {{"100%", "group:all", 1},
+                  {"10%", "group:p10", 0.1},
+                  {"1%", "group:p1", 0.01},
+                  {"0.1%", "group:p01", 0.001}};
+    static const retrieval_mode modes[] = {RETRIEVAL_BM25, RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    printf("\n| mode | permitted | p50 ms | p95 ms | p99 ms | recall@10 vs exact | vector path (exact scan / "
+           "filtered index) |\n");
+    printf("|---|---|---|---|---|---|---|\n");
+    for (size_t m = 0; m < 3; m++) {
+        for (size_t sh = 0; sh < 4; sh++) {
+            const char *principals[] = {shares[sh].group};
+            retrieval_caller caller = {principals, 1, false};
+            double recall = 0;
+            size_t counted = 0, exact_paths = 0;
+            for (size_t i = 0; i < nqueries; i++) {
+                retrieval_request q = {.query = queries[i],
+                                       .vector = qvec + i * (size_t)dim,
+                                       .dim = dim,
+                                       .mode = modes[m],
+                                       .k = K};
+                retrieval_result *res = NULL, *ref = NULL;
+                uint64_t q0 = qr_now_ns();
+                if (retrieval_search(r, &caller, &q, &res, err)) {
+                    fprintf(stderr, "bench_search: %s\n", err);
+                    goto out;
+                }
+                lat[i] = (qr_now_ns() - q0) / 1e6;
+                exact_paths += res->vector_exact;
+                if (retrieval_search(exact, &caller, &q, &ref, err)) {
+                    fprintf(stderr, "bench_search: %s\n", err);
+                    goto out;
+                }
+                if (ref->nhits) {
+                    size_t hit = 0;
+                    for (size_t a = 0; a < ref->nhits; a++)
+                        for (size_t b = 0; b < res->nhits; b++)
+                            hit += ref->hits[a].chunk_id == res->hits[b].chunk_id;
+                    recall += (double)hit / (double)ref->nhits;
+                    counted++;
+                }
+                retrieval_result_free(res);
+                retrieval_result_free(ref);
+            }
+            qsort(lat, nqueries, sizeof(double), cmp_double);
+            char path[64] = "";
+            if (modes[m] != RETRIEVAL_BM25)
+                snprintf(path, sizeof(path), "%zu / %zu", exact_paths, nqueries - exact_paths);
+            printf("| %s | %s | %.2f | %.2f | %.2f | %.3f | %s |\n", retrieval_mode_name(modes[m]),
+                   shares[sh].name, pct(lat, nqueries, 50), pct(lat, nqueries, 95), pct(lat, nqueries, 99),
+                   counted ? recall / (double)counted : 1.0, path);
+            fflush(stdout);
+        }
+    }
+    free(queries);
+    free(qvec);
+    free(lat);
+    rc = 0;
+out:
+    retrieval_close(r);
+    retrieval_close(exact);
+    vindex_close(v);
+    store_close(s);
+    return rc;
+}
+
+/* ---- quality on the shared collections ----------------------------------------------------------- */
+
+typedef struct {
+    char *id, *text;
+    retrieval_judgment *j;
+    size_t nj;
+} query;
+
+static size_t load_queries(const char *dir, query **out)
+{
+    char path[1024], line[1 << 16];
+    snprintf(path, sizeof(path), "%s/queries.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    size_t n = 0, cap = 0;
+    *out = NULL;
+    while (f && fgets(line, sizeof(line), f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        const char *id = json_string_value(json_object_get(o, "_id")),
+                   *t = json_string_value(json_object_get(o, "text"));
+        if (id && t) {
+            if (n == cap)
+                *out = realloc(*out, (cap = cap ? cap * 2 : 256) * sizeof(query));
+            (*out)[n++] = (query){strdup(id), strdup(t), NULL, 0};
+        }
+        json_decref(o);
+    }
+    if (f)
+        fclose(f);
+    snprintf(path, sizeof(path), "%s/qrels.tsv", dir);
+    f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        char q[64], d[64];
+        int g;
+        if (sscanf(line, "%63[^\t]\t%63[^\t]\t%d", q, d, &g) != 3)
+            continue;
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp((*out)[i].id, q) == 0) {
+                query *x = &(*out)[i];
+                x->j = realloc(x->j, (x->nj + 1) * sizeof(*x->j));
+                x->j[x->nj++] = (retrieval_judgment){strdup(d), g};
+            }
+        }
+    }
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static void free_queries(query *q, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(q[i].id);
+        free(q[i].text);
+        for (size_t j = 0; j < q[i].nj; j++)
+            free((char *)q[i].j[j].doc_id);
+        free(q[i].j);
+    }
+    free(q);
+}
+
+/* Ingests a collection as `quarry ingest --acl public --jsonl` does and evaluates every mode. */
+static int quality(const char *work, const char *datasets, const char *name, qr_config *cfg,
+                   ingest_embedder *e)
+{
+    char err[QR_ERR_LEN], dir[1024], src[1024];
+    snprintf(dir, sizeof(dir), "%s/%s", work, name);
+    snprintf(src, sizeof(src), "%s/%s", datasets, name);
+    if (qr_config_set(cfg, "data.dir", dir, QR_CFG_SRC_CLI, err))
+        return 1;
+    ingest_session *is = NULL;
+    if (ingest_session_open(cfg, &is, err)) {
+        fprintf(stderr, "bench_search: %s\n", err);
+        return 1;
+    }
+    char path[1100], *line = malloc(1 << 20);
+    snprintf(path, sizeof(path), "%s/corpus.jsonl", src);
+    FILE *f = fopen(path, "r");
+    const char *acl[] = {"public"};
+    size_t docs = 0;
+    ingest_session_batch_begin(is, err);
+    while (f && fgets(line, 1 << 20, f)) {
+        json_t *o = json_loads(line, 0, NULL);
+        const char *id = json_string_value(json_object_get(o, "_id")),
+                   *t = json_string_value(json_object_get(o, "text"));
+        if (id && t) {
+            ingest_source s = {.doc_id = id,
+                               .title = json_string_value(json_object_get(o, "title")),
+                               .declared_type = "text/plain",
+                               .acl = acl,
+                               .nacl = 1,
+                               .bytes = t,
+                               .len = strlen(t)};
+            store_put_result res;
+            size_t nch;
+            if (!ingest_put(is, &s, &res, &nch, err))
+                docs++;
+            if (docs % 50 == 0) {
+                ingest_session_batch_commit(is, err);
+                ingest_session_batch_begin(is, err);
+            }
+        }
+        json_decref(o);
+    }
+    ingest_session_batch_commit(is, err);
+    if (f)
+        fclose(f);
+    free(line);
+    store *s = ingest_session_store(is);
+    vindex *v = NULL;
+    vindex_opts vo;
+    vindex_opts_from_config(cfg, &vo);
+    if (index_sync_open(s, dir, &vo, false, &v, NULL, err)) {
+        fprintf(stderr, "bench_search: %s\n", err);
+        ingest_session_close(is);
+        return 1;
+    }
+    query *qs = NULL;
+    size_t nq = load_queries(src, &qs);
+    int dim = ingest_embedder_dim(e);
+    float *vec = malloc((size_t)dim * sizeof(float));
+    struct {
+        const char *label;
+        retrieval_mode mode;
+        retrieval_fusion fusion;
+        double w;
+    } runs[] = {
+        {"bm25", RETRIEVAL_BM25, RETRIEVAL_FUSION_WEIGHTED, 0},
+        {"vector", RETRIEVAL_VECTOR, RETRIEVAL_FUSION_WEIGHTED, 0},
+        {"hybrid, weighted, w 0.2 (default)", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_WEIGHTED, 0.2},
+        {"hybrid, weighted, w 0.1", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_WEIGHTED, 0.1},
+        {"hybrid, weighted, w 0.3", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_WEIGHTED, 0.3},
+        {"hybrid, weighted, w 0.5", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_WEIGHTED, 0.5},
+        {"hybrid, weighted, w 1", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_WEIGHTED, 1},
+        {"hybrid, RRF, w 0.1", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_RRF, 0.1},
+        {"hybrid, RRF, w 0.2", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_RRF, 0.2},
+        {"hybrid, RRF, w 0.5", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_RRF, 0.5},
+        {"hybrid, RRF, w 1", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_RRF, 1},
+    };
+    for (size_t ri = 0; ri < sizeof(runs) / sizeof(runs[0]); ri++) {
+        retrieval_opts o;
+        retrieval_opts_from_config(cfg, &o);
+        o.fusion = runs[ri].fusion;
+        o.vector_weight = runs[ri].w;
+        retrieval *r = NULL;
+        if (retrieval_open(s, v, &o, &r, err)) {
+            fprintf(stderr, "bench_search: %s\n", err);
+            break;
+        }
+        retrieval_metrics sum = {0};
+        size_t n = 0;
+        retrieval_caller admin = {.is_admin = true};
+        for (size_t i = 0; i < nq; i++) {
+            bool rel = false;
+            for (size_t j = 0; j < qs[i].nj; j++)
+                rel |= qs[i].j[j].grade > 0;
+            if (!rel)
+                continue;
+            const char *t = qs[i].text;
+            ingest_embed(e, &t, NULL, 1, vec, err);
+            retrieval_request q = {.query = t,
+                                   .plain = true,
+                                   .vector = vec,
+                                   .dim = dim,
+                                   .mode = runs[ri].mode,
+                                   .k = 100,
+                                   .max_per_doc = 1};
+            retrieval_result *res = NULL;
+            if (retrieval_search(r, &admin, &q, &res, err)) {
+                fprintf(stderr, "bench_search: %s\n", err);
+                continue;
+            }
+            const char *ranked[100];
+            for (size_t h = 0; h < res->nhits; h++)
+                ranked[h] = res->hits[h].doc_id;
+            retrieval_metrics m;
+            retrieval_eval_ranking(ranked, res->nhits, qs[i].j, qs[i].nj, &m, err);
+            sum.ndcg10 += m.ndcg10, sum.recall100 += m.recall100, sum.map100 += m.map100,
+                sum.mrr10 += m.mrr10;
+            n++;
+            retrieval_result_free(res);
+        }
+        retrieval_close(r);
+        printf("| %s | %s | %.4f | %.4f | %.4f | %.4f | %zu |\n", name, runs[ri].label, sum.ndcg10 / n,
+               sum.recall100 / n, sum.map100 / n, sum.mrr10 / n, n);
+        fflush(stdout);
+    }
+    free(vec);
+    free_queries(qs, nq);
+    vindex_close(v);
+    ingest_session_close(is);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    size_t nchunks = 100000, nqueries = 200;
+    const char *datasets = "../shared/datasets", *work = NULL;
+    bool do_scale = true, do_eval = true;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--chunks") == 0 && i + 1 < argc)
+            nchunks = strtoull(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--queries") == 0 && i + 1 < argc)
+            nqueries = strtoull(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--datasets") == 0 && i + 1 < argc)
+            datasets = argv[++i];
+        else if (strcmp(argv[i], "--no-scale") == 0)
+            do_scale = false;
+        else if (strcmp(argv[i], "--no-eval") == 0)
+            do_eval = false;
+        else if (argv[i][0] != '-')
+            work = argv[i];
+        else
+            work = NULL, i = argc;
+    }
+    if (!work || nchunks < CHUNKS_PER || !nqueries) {
+        fprintf(stderr, "usage: bench_search [--chunks N] [--queries Q] [--datasets DIR] [--no-scale] "
+                        "[--no-eval] WORKDIR\n");
+        return 2;
+    }
+    char err[QR_ERR_LEN];
+    qr_log_configure(QR_LOG_WARN, QR_LOG_TEXT, "", err);
+    qr_config *cfg = qr_config_new();
+    ingest_embedder *e = NULL;
+    if (!cfg || qr_config_load_env(cfg, NULL, err) || ingest_embedder_open(cfg, &e, err)) {
+        fprintf(stderr, "bench_search: %s\n", err);
+        return 1;
+    }
+    mkdir(work, 0700);
+    int rc = 0;
+    if (do_scale) {
+        char dir[1024];
+        snprintf(dir, sizeof(dir), "%s/generated-%zu", work, nchunks);
+        printf("## latency and recall: %zu generated chunks, %zu queries, k = %d, one thread\n\n", nchunks,
+               nqueries, K);
+        rc |= scale(dir, nchunks, nqueries, cfg, e);
+    }
+    if (do_eval) {
+        printf("\n## quality (as quarry eval: queries as plain text, documents at their best chunk)\n\n");
+        printf("| collection | mode | nDCG@10 | recall@100 | MAP@100 | MRR@10 | queries "
+               "|\n|---|---|---|---|---|---|---|\n");
+        static const char *names[] = {"cranfield", "cisi"};
+        for (int c = 0; c < 2; c++) {
+            char path[1024];
+            snprintf(path, sizeof(path), "%s/%s/corpus.jsonl", datasets, names[c]);
+            if (access(path, R_OK) != 0) {
+                printf("(%s not found: skipped)\n", path);
+                continue;
+            }
+            rc |= quality(work, datasets, names[c], cfg, e);
+        }
+    }
+    ingest_embedder_free(e);
+    qr_config_free(cfg);
+    return rc;
+}

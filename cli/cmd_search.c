@@ -1,0 +1,693 @@
+/*
+ * `quarry search`, `quarry eval` and `quarry index build`: searching the store as a user (or as
+ * an administrator), measuring retrieval quality on a judged collection, and building the vector
+ * index. These commands wire the modules together the way the HTTP API will: auth resolves who
+ * is asking, ingest's embedder embeds the query, index/sync.c brings the vector index up to the
+ * store, and retrieval searches with the caller's principals. retrieval itself sees neither LDAP
+ * nor the embedder.
+ */
+#define _GNU_SOURCE /* timegm */
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "auth/auth.h"
+#include "cli/cli.h"
+#include "index/index.h"
+#include "ingest/ingest.h"
+#include "retrieval/retrieval.h"
+
+#define EVAL_K           100
+#define EVAL_LINE_MAX    (1 << 20)
+#define EVAL_QUERIES_MAX 100000
+#define SEARCH_DOCS_MAX  64 /* --doc options */
+
+/* ---- what searching needs ------------------------------------------------------------------ */
+
+typedef struct {
+    store *s;
+    vindex *v;
+    ingest_embedder *e;
+    retrieval *r;
+    float *vec; /* the query embedding, the embedder's dimension */
+    int dim;
+} search_env;
+
+static void env_close(search_env *env)
+{
+    retrieval_close(env->r);
+    vindex_close(env->v);
+    ingest_embedder_free(env->e);
+    store_close(env->s);
+    free(env->vec);
+    memset(env, 0, sizeof(*env));
+}
+
+/* Opens the store, the embedder and the vector index (brought up to date with the store) when
+ * the mode uses vectors, and a retrieval handle. A vector index that another process holds (a
+ * running server) or a store without vectors leaves hybrid searches to BM25, with a note. */
+static int env_open(const cli_ctx *ctx, retrieval_mode mode, search_env *env)
+{
+    char err[QR_ERR_LEN];
+    const char *cmd = ctx->argv[0];
+    const char *dir = qr_config_str(ctx->cfg, "data.dir");
+    retrieval_opts ro;
+    store_stats ss;
+    memset(env, 0, sizeof(*env));
+    retrieval_opts_from_config(ctx->cfg, &ro);
+    if (mode == RETRIEVAL_MODE_DEFAULT)
+        mode = ro.mode;
+    if (store_open(dir, &env->s, err) || store_get_stats(env->s, &ss, err)) {
+        fprintf(stderr, "quarry %s: %s\n", cmd, err);
+        goto fail;
+    }
+    if (mode != RETRIEVAL_BM25 && ss.embedding_dim > 0) {
+        if (ingest_embedder_open(ctx->cfg, &env->e, err)) {
+            fprintf(stderr, "quarry %s: %s\n", cmd, err);
+            goto fail;
+        }
+        /* the query must be embedded the way the chunks were */
+        if (strcmp(ingest_embedder_model(env->e), ss.embedding_model) != 0 ||
+            ingest_embedder_dim(env->e) != ss.embedding_dim) {
+            fprintf(stderr,
+                    "quarry %s: the store was embedded with model '%s' (dimension %d) but the configured "
+                    "embedder is '%s' (dimension %d): configure the same embed.* settings as for ingest\n",
+                    cmd, ss.embedding_model, ss.embedding_dim, ingest_embedder_model(env->e),
+                    ingest_embedder_dim(env->e));
+            goto fail;
+        }
+        env->dim = ss.embedding_dim;
+        if (!(env->vec = malloc((size_t)env->dim * sizeof(float)))) {
+            fprintf(stderr, "quarry %s: out of memory\n", cmd);
+            goto fail;
+        }
+        vindex_opts vo;
+        vindex_opts_from_config(ctx->cfg, &vo);
+        index_sync_report rep;
+        qr_status st = index_sync_open(env->s, dir, &vo, false, &env->v, &rep, err);
+        if (st == QR_EPERM && mode == RETRIEVAL_HYBRID) {
+            fprintf(stderr, "quarry %s: %s; searching with BM25 only\n", cmd, err);
+        } else if (st) {
+            fprintf(stderr, "quarry %s: %s\n", cmd, err);
+            goto fail;
+        } else if (rep.rebuilt) {
+            fprintf(stderr, "quarry %s: built vector index generation %llu (%s, %zu vectors)\n", cmd,
+                    (unsigned long long)rep.generation, rep.type, rep.count);
+        }
+    }
+    if (mode == RETRIEVAL_VECTOR && !env->v) {
+        fprintf(stderr, "quarry %s: vector search needs vectors: the store holds none yet (ingest first)\n",
+                cmd);
+        goto fail;
+    }
+    if (retrieval_open(env->s, env->v, &ro, &env->r, err)) {
+        fprintf(stderr, "quarry %s: %s\n", cmd, err);
+        goto fail;
+    }
+    return CLI_EXIT_OK;
+fail:
+    env_close(env);
+    return CLI_EXIT_FAILURE;
+}
+
+/* Embeds the query when vectors are in use; on failure a hybrid search goes on with BM25. */
+static bool embed_query(const cli_ctx *ctx, search_env *env, retrieval_mode mode, const char *query)
+{
+    if (!env->v || !env->e || mode == RETRIEVAL_BM25)
+        return false;
+    char err[QR_ERR_LEN];
+    const char *texts[1] = {query};
+    if (ingest_embed(env->e, texts, NULL, 1, env->vec, err)) {
+        fprintf(stderr, "quarry %s: cannot embed the query: %s%s\n", ctx->argv[0], err,
+                mode == RETRIEVAL_VECTOR ? "" : "; searching with BM25 only");
+        return false;
+    }
+    return true;
+}
+
+/* ---- quarry search ------------------------------------------------------------------------- */
+
+/* Parses --after: Unix milliseconds, or a UTC date "YYYY-MM-DD" or time "YYYY-MM-DDTHH:MM:SSZ". */
+static bool parse_after(const char *s, int64_t *ms)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!errno && *s && !*end && v >= 0) {
+        *ms = v;
+        return true;
+    }
+    struct tm tm = {0};
+    const char *rest = strptime(s, "%Y-%m-%d", &tm);
+    if (rest && *rest == 'T')
+        rest = strptime(rest, "T%H:%M:%SZ", &tm);
+    if (!rest || *rest)
+        return false;
+    *ms = (int64_t)timegm(&tm) * 1000;
+    return true;
+}
+
+static void print_hits(const retrieval_result *res)
+{
+    if (!res->nhits)
+        printf("no results\n");
+    for (size_t i = 0; i < res->nhits; i++) {
+        const retrieval_hit *h = &res->hits[i];
+        printf("%zu. %s  [%s, chunk %lld]  score %.4g\n", i + 1, *h->title ? h->title : "(untitled)",
+               h->doc_id, (long long)h->chunk_id, h->score);
+        if (*h->headings)
+            printf("   %s\n", h->headings);
+        if (*h->uri)
+            printf("   %s\n", h->uri);
+        printf("   %s\n   (bytes %zu-%zu)\n", h->snippet, h->start, h->end);
+    }
+    if (res->next_cursor)
+        printf("more: --cursor %s\n", res->next_cursor);
+}
+
+/* Resolves --as through LDAP into a caller, or makes the administrator caller. */
+static int resolve_caller(const cli_ctx *ctx, const char *as, auth_ctx **auth, auth_principal **p,
+                          retrieval_caller *caller)
+{
+    char err[QR_ERR_LEN];
+    memset(caller, 0, sizeof(*caller));
+    if (!as) {
+        fprintf(stderr, "quarry %s: no --as given: searching as an administrator (every document)\n",
+                ctx->argv[0]);
+        caller->is_admin = true;
+        return CLI_EXIT_OK;
+    }
+    qr_status st = auth_new(ctx->cfg, auth, err);
+    if (!st)
+        st = auth_resolve(*auth, as, p, err);
+    if (st) {
+        fprintf(stderr, "quarry %s: cannot resolve user '%s': %s\n", ctx->argv[0], as, err);
+        return st == QR_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
+    }
+    caller->principals = (const char *const *)(*p)->principals;
+    caller->nprincipals = (*p)->nprincipals;
+    caller->is_admin = (*p)->is_admin;
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_search(cli_ctx *ctx)
+{
+    const char *as = NULL, *cursor = NULL, *source = NULL, *type = NULL;
+    const char *docs[SEARCH_DOCS_MAX];
+    size_t ndocs = 0, k = 10, max_per_doc = 0;
+    int64_t after = 0;
+    bool json = false, plain = false, explain = false;
+    retrieval_mode mode = RETRIEVAL_MODE_DEFAULT;
+    char err[QR_ERR_LEN];
+    qr_buf query;
+    qr_buf_init(&query, RETRIEVAL_QUERY_MAX);
+    for (int i = 1; i < ctx->argc; i++) {
+        const char *a = ctx->argv[i];
+        bool has_value = i + 1 < ctx->argc;
+        if (strcmp(a, "--json") == 0) {
+            json = true;
+        } else if (strcmp(a, "--plain") == 0) {
+            plain = true;
+        } else if (strcmp(a, "--explain") == 0) {
+            explain = true;
+        } else if (strcmp(a, "--as") == 0 || strcmp(a, "--mode") == 0 || strcmp(a, "-k") == 0 ||
+                   strcmp(a, "--cursor") == 0 || strcmp(a, "--doc") == 0 || strcmp(a, "--source") == 0 ||
+                   strcmp(a, "--type") == 0 || strcmp(a, "--after") == 0 || strcmp(a, "--max-per-doc") == 0) {
+            if (!has_value) {
+                qr_buf_release(&query);
+                return cli_usage_error(ctx, "%s needs a value", a);
+            }
+            const char *v = ctx->argv[++i];
+            char *end;
+            if (strcmp(a, "--as") == 0) {
+                as = v;
+            } else if (strcmp(a, "--mode") == 0) {
+                if (retrieval_mode_parse(v, &mode, err)) {
+                    qr_buf_release(&query);
+                    return cli_usage_error(ctx, "%s", err);
+                }
+            } else if (strcmp(a, "-k") == 0 || strcmp(a, "--max-per-doc") == 0) {
+                errno = 0;
+                unsigned long long n = strtoull(v, &end, 10);
+                bool is_k = a[1] == 'k';
+                if (errno || *end || !*v || n < 1 || n > (is_k ? RETRIEVAL_K_MAX : 10000)) {
+                    qr_buf_release(&query);
+                    return cli_usage_error(ctx, "%s must be 1..%d", a, is_k ? RETRIEVAL_K_MAX : 10000);
+                }
+                *(is_k ? &k : &max_per_doc) = (size_t)n;
+            } else if (strcmp(a, "--cursor") == 0) {
+                cursor = v;
+            } else if (strcmp(a, "--doc") == 0) {
+                if (ndocs == SEARCH_DOCS_MAX) {
+                    qr_buf_release(&query);
+                    return cli_usage_error(ctx, "too many --doc (at most %d)", SEARCH_DOCS_MAX);
+                }
+                docs[ndocs++] = v;
+            } else if (strcmp(a, "--source") == 0) {
+                source = v;
+            } else if (strcmp(a, "--type") == 0) {
+                type = v;
+            } else if (!parse_after(v, &after)) {
+                qr_buf_release(&query);
+                return cli_usage_error(ctx, "--after takes Unix milliseconds or a UTC date YYYY-MM-DD");
+            }
+        } else if (a[0] == '-' && a[1] == '-' && a[2]) {
+            qr_buf_release(&query);
+            return cli_usage_error(ctx, "unknown option '%s' (put the query after --, or quote it)", a);
+        } else if (strcmp(a, "--") == 0) {
+            for (i++; i < ctx->argc; i++)
+                if ((qr_buf_len(&query) && qr_buf_putc(&query, ' ')) || qr_buf_puts(&query, ctx->argv[i]))
+                    break;
+        } else if ((qr_buf_len(&query) && qr_buf_putc(&query, ' ')) || qr_buf_puts(&query, a)) {
+            qr_buf_release(&query);
+            return cli_usage_error(ctx, "the query is longer than %d bytes", RETRIEVAL_QUERY_MAX);
+        }
+    }
+    if (!qr_buf_len(&query)) {
+        qr_buf_release(&query);
+        return cli_usage_error(ctx, "give a QUERY");
+    }
+
+    auth_ctx *auth = NULL;
+    auth_principal *p = NULL;
+    search_env env;
+    retrieval_result *res = NULL;
+    retrieval_caller caller;
+    int rc = resolve_caller(ctx, as, &auth, &p, &caller);
+    if (rc)
+        goto out;
+    if ((rc = env_open(ctx, mode, &env)))
+        goto out;
+    retrieval_opts ro;
+    retrieval_opts_from_config(ctx->cfg, &ro);
+    retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro.mode : mode;
+    bool have_vec = embed_query(ctx, &env, effective, qr_buf_str(&query));
+    if (explain) {
+        /* what the query became: the expressions FTS5 is given, on stderr (they hold query text) */
+        qr_buf rank, require, exclude;
+        qr_buf_init(&rank, 1 << 20);
+        qr_buf_init(&require, 1 << 20);
+        qr_buf_init(&exclude, 1 << 20);
+        if (!retrieval_query_expressions(env.r, qr_buf_str(&query), plain, &rank, &require, &exclude, err))
+            fprintf(stderr, "rank:    %s\nrequire: %s\nexclude: %s\n", qr_buf_str(&rank),
+                    qr_buf_str(&require), qr_buf_str(&exclude));
+        qr_buf_release(&rank);
+        qr_buf_release(&require);
+        qr_buf_release(&exclude);
+    }
+    retrieval_request req = {
+        .query = qr_buf_str(&query),
+        .plain = plain,
+        .vector = have_vec ? env.vec : NULL,
+        .dim = env.dim,
+        .mode = mode,
+        .k = k,
+        .doc_ids = docs,
+        .ndoc_ids = ndocs,
+        .source_prefix = source,
+        .content_type = type,
+        .updated_after_ms = after,
+        .max_per_doc = max_per_doc,
+        .cursor = cursor,
+    };
+    qr_status st = retrieval_search(env.r, &caller, &req, &res, err);
+    if (st) {
+        fprintf(stderr, "quarry search: %s\n", err);
+        rc = st == QR_EINVAL || st == QR_ELIMIT ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
+    } else if (json) {
+        qr_buf out;
+        qr_buf_init(&out, (size_t)1 << 30);
+        if (retrieval_result_json(res, &out) || qr_buf_putc(&out, '\n')) {
+            fprintf(stderr, "quarry search: out of memory\n");
+            rc = CLI_EXIT_FAILURE;
+        } else {
+            fputs(qr_buf_str(&out), stdout);
+        }
+        qr_buf_release(&out);
+    } else {
+        if (effective != res->mode)
+            fprintf(stderr, "quarry search: ran as %s (%s)\n", retrieval_mode_name(res->mode),
+                    res->mode == RETRIEVAL_BM25 ? "no query vector or vector index"
+                                                : "the query has no words to match");
+        print_hits(res);
+    }
+    retrieval_result_free(res);
+    env_close(&env);
+out:
+    auth_principal_release(p);
+    auth_free(auth);
+    qr_buf_release(&query);
+    return rc;
+}
+
+/* ---- quarry eval ----------------------------------------------------------------------------- */
+
+typedef struct {
+    char *id, *text;
+    retrieval_judgment *judged;
+    size_t njudged, cap;
+} eval_query;
+
+typedef struct {
+    eval_query *q;
+    size_t n, cap;
+} eval_set;
+
+static void eval_set_release(eval_set *s)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->q[i].id);
+        free(s->q[i].text);
+        for (size_t j = 0; j < s->q[i].njudged; j++)
+            free((char *)s->q[i].judged[j].doc_id);
+        free(s->q[i].judged);
+    }
+    free(s->q);
+}
+
+static eval_query *find_query(eval_set *s, const char *id)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->q[i].id, id) == 0)
+            return &s->q[i];
+    return NULL;
+}
+
+/* Reads a BEIR queries.jsonl: {"_id": "...", "text": "..."} per line. */
+static int read_queries(const char *path, eval_set *s)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "quarry eval: cannot open '%s': %s\n", path, strerror(errno));
+        return CLI_EXIT_FAILURE;
+    }
+    char *line = malloc(EVAL_LINE_MAX);
+    size_t lineno = 0;
+    int rc = line ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
+    while (!rc && fgets(line, EVAL_LINE_MAX, f)) {
+        lineno++;
+        if (line[strspn(line, " \t\r\n")] == '\0')
+            continue;
+        json_error_t jerr;
+        json_t *o = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
+        json_t *id = json_object_get(o, "_id"), *text = json_object_get(o, "text");
+        if (!o || !json_is_string(id) || !json_is_string(text)) {
+            fprintf(stderr, "quarry eval: %s:%zu: expected {\"_id\": \"...\", \"text\": \"...\"}%s%s\n", path,
+                    lineno, o ? "" : ": ", o ? "" : jerr.text);
+            rc = CLI_EXIT_FAILURE;
+        } else if (find_query(s, json_string_value(id))) {
+            fprintf(stderr, "quarry eval: %s:%zu: query '%s' appears twice\n", path, lineno,
+                    json_string_value(id));
+            rc = CLI_EXIT_FAILURE;
+        } else if (s->n == EVAL_QUERIES_MAX) {
+            fprintf(stderr, "quarry eval: %s: more than %d queries\n", path, EVAL_QUERIES_MAX);
+            rc = CLI_EXIT_FAILURE;
+        } else {
+            if (s->n == s->cap) {
+                size_t cap = s->cap ? s->cap * 2 : 256;
+                eval_query *q = realloc(s->q, cap * sizeof(*q));
+                if (!q) {
+                    rc = CLI_EXIT_FAILURE;
+                    json_decref(o);
+                    break;
+                }
+                s->q = q;
+                s->cap = cap;
+            }
+            eval_query *q = &s->q[s->n];
+            memset(q, 0, sizeof(*q));
+            q->id = strdup(json_string_value(id));
+            q->text = strdup(json_string_value(text));
+            s->n++;
+            if (!q->id || !q->text)
+                rc = CLI_EXIT_FAILURE;
+        }
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+/* Reads qrels: "query-id<TAB>corpus-id<TAB>score" lines after a header line. Judgments of unknown
+ * queries are counted and skipped. */
+static int read_qrels(const char *path, eval_set *s, size_t *unknown)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "quarry eval: cannot open '%s': %s\n", path, strerror(errno));
+        return CLI_EXIT_FAILURE;
+    }
+    char line[4096];
+    size_t lineno = 0;
+    int rc = CLI_EXIT_OK;
+    *unknown = 0;
+    while (!rc && fgets(line, sizeof(line), f)) {
+        lineno++;
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!line[0])
+            continue;
+        char *qid = strtok(line, "\t"), *doc = strtok(NULL, "\t"), *grade = strtok(NULL, "\t");
+        char *end = NULL;
+        long g = grade ? strtol(grade, &end, 10) : 0;
+        if (!qid || !doc || !grade || *end || g < INT_MIN || g > INT_MAX) {
+            if (lineno == 1)
+                continue; /* the header */
+            fprintf(stderr, "quarry eval: %s:%zu: expected query-id, corpus-id and an integer score\n", path,
+                    lineno);
+            rc = CLI_EXIT_FAILURE;
+            break;
+        }
+        eval_query *q = find_query(s, qid);
+        if (!q) {
+            (*unknown)++;
+            continue;
+        }
+        if (q->njudged == q->cap) {
+            size_t cap = q->cap ? q->cap * 2 : 16;
+            retrieval_judgment *j = realloc(q->judged, cap * sizeof(*j));
+            if (!j) {
+                rc = CLI_EXIT_FAILURE;
+                break;
+            }
+            q->judged = j;
+            q->cap = cap;
+        }
+        q->judged[q->njudged].doc_id = strdup(doc);
+        q->judged[q->njudged].grade = (int)g;
+        if (!q->judged[q->njudged++].doc_id)
+            rc = CLI_EXIT_FAILURE;
+    }
+    fclose(f);
+    return rc;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The p-th percentile (0..100) of sorted values, nearest rank. */
+static double percentile(const double *v, size_t n, double p)
+{
+    if (!n)
+        return 0;
+    size_t rank = (size_t)(p / 100.0 * (double)n + 0.999999);
+    if (rank < 1)
+        rank = 1;
+    return v[(rank > n ? n : rank) - 1];
+}
+
+int cli_cmd_eval(cli_ctx *ctx)
+{
+    const char *queries = NULL, *qrels = NULL;
+    retrieval_mode mode = RETRIEVAL_MODE_DEFAULT;
+    char err[QR_ERR_LEN];
+    for (int i = 1; i < ctx->argc; i++) {
+        const char *a = ctx->argv[i];
+        if ((strcmp(a, "--queries") == 0 || strcmp(a, "--qrels") == 0 || strcmp(a, "--mode") == 0) &&
+            i + 1 < ctx->argc) {
+            const char *v = ctx->argv[++i];
+            if (strcmp(a, "--mode") == 0) {
+                if (retrieval_mode_parse(v, &mode, err))
+                    return cli_usage_error(ctx, "%s", err);
+            } else if (strcmp(a, "--queries") == 0) {
+                queries = v;
+            } else {
+                qrels = v;
+            }
+        } else {
+            return cli_usage_error(ctx, "unknown or incomplete argument '%s'", a);
+        }
+    }
+    if (!queries || !qrels)
+        return cli_usage_error(ctx, "give --queries FILE and --qrels FILE");
+
+    eval_set set = {0};
+    size_t unknown = 0;
+    int rc = read_queries(queries, &set);
+    if (!rc)
+        rc = read_qrels(qrels, &set, &unknown);
+    if (rc) {
+        eval_set_release(&set);
+        return rc;
+    }
+    search_env env;
+    if ((rc = env_open(ctx, mode, &env))) {
+        eval_set_release(&set);
+        return rc;
+    }
+    retrieval_opts ro;
+    retrieval_opts_from_config(ctx->cfg, &ro);
+    retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro.mode : mode;
+    double *lat = calloc(set.n ? set.n : 1, sizeof(double));
+    const char **ranked = calloc(EVAL_K, sizeof(char *));
+    retrieval_metrics sum = {0};
+    size_t evaluated = 0, degraded = 0;
+    retrieval_caller admin = {.is_admin = true};
+    if (!lat || !ranked) {
+        fprintf(stderr, "quarry eval: out of memory\n");
+        rc = CLI_EXIT_FAILURE;
+        goto out;
+    }
+    for (size_t i = 0; i < set.n; i++) {
+        eval_query *q = &set.q[i];
+        bool relevant = false;
+        for (size_t j = 0; j < q->njudged; j++)
+            relevant |= q->judged[j].grade > 0;
+        if (!relevant)
+            continue; /* trec_eval's convention: queries without relevant documents are not scored */
+        uint64_t t0 = qr_now_ns();
+        bool have_vec = embed_query(ctx, &env, effective, q->text);
+        /* documents are judged, not chunks: each document counts once, at its best chunk; the
+         * collections' queries are prose, so their quotes and dashes are not query syntax */
+        retrieval_request req = {.query = q->text,
+                                 .plain = true,
+                                 .vector = have_vec ? env.vec : NULL,
+                                 .dim = env.dim,
+                                 .mode = mode,
+                                 .k = EVAL_K,
+                                 .max_per_doc = 1};
+        retrieval_result *res = NULL;
+        if (retrieval_search(env.r, &admin, &req, &res, err)) {
+            fprintf(stderr, "quarry eval: query '%s': %s\n", q->id, err);
+            rc = CLI_EXIT_FAILURE;
+            goto out;
+        }
+        lat[evaluated] = (qr_now_ns() - t0) / 1e6;
+        degraded += res->mode != effective;
+        for (size_t j = 0; j < res->nhits; j++)
+            ranked[j] = res->hits[j].doc_id;
+        retrieval_metrics m;
+        qr_status st = retrieval_eval_ranking(ranked, res->nhits, q->judged, q->njudged, &m, err);
+        retrieval_result_free(res);
+        if (st) {
+            fprintf(stderr, "quarry eval: %s\n", err);
+            rc = CLI_EXIT_FAILURE;
+            goto out;
+        }
+        sum.ndcg10 += m.ndcg10;
+        sum.recall100 += m.recall100;
+        sum.map100 += m.map100;
+        sum.mrr10 += m.mrr10;
+        evaluated++;
+    }
+    if (!evaluated) {
+        fprintf(stderr, "quarry eval: no query has a relevant judgment in '%s'\n", qrels);
+        rc = CLI_EXIT_FAILURE;
+        goto out;
+    }
+    qsort(lat, evaluated, sizeof(double), cmp_double);
+    double n = (double)evaluated;
+    printf("quarry eval: %zu of %zu queries have relevant judgments; mode %s", evaluated, set.n,
+           retrieval_mode_name(effective));
+    if (effective != RETRIEVAL_VECTOR)
+        printf(", BM25 title weight %g", ro.weight_title);
+    if (effective == RETRIEVAL_HYBRID)
+        printf(" (%s fusion, vector weight %g)", ro.fusion == RETRIEVAL_FUSION_RRF ? "rrf" : "weighted",
+               ro.vector_weight);
+    printf("; queries as plain text, documents at their best chunk\n");
+    if (degraded)
+        printf("note: %zu queries ran in another mode (no words to match, or no query vector)\n", degraded);
+    if (unknown)
+        printf("note: %zu judgments name queries that are not in '%s'\n", unknown, queries);
+    printf("nDCG@10      %.4f\n", sum.ndcg10 / n);
+    printf("recall@100   %.4f\n", sum.recall100 / n);
+    printf("MAP@100      %.4f\n", sum.map100 / n);
+    printf("MRR@10       %.4f\n", sum.mrr10 / n);
+    printf("latency      p50 %.2f ms, p95 %.2f ms (embedding and search, one query at a time)\n",
+           percentile(lat, evaluated, 50), percentile(lat, evaluated, 95));
+    printf("ndcg@10=%.4f recall@100=%.4f map@100=%.4f mrr@10=%.4f queries=%zu\n", sum.ndcg10 / n,
+           sum.recall100 / n, sum.map100 / n, sum.mrr10 / n, evaluated);
+out:
+    free(lat);
+    free(ranked);
+    env_close(&env);
+    eval_set_release(&set);
+    return rc;
+}
+
+/* ---- quarry index build ---------------------------------------------------------------------- */
+
+int cli_cmd_index(cli_ctx *ctx)
+{
+    const char *gpu = "auto";
+    if (ctx->argc < 2 || strcmp(ctx->argv[1], "build") != 0)
+        return cli_usage_error(ctx, "expected 'build'");
+    for (int i = 2; i < ctx->argc; i++) {
+        const char *a = ctx->argv[i];
+        if (strcmp(a, "--gpu") == 0 && i + 1 < ctx->argc)
+            gpu = ctx->argv[++i];
+        else if (strncmp(a, "--gpu=", 6) == 0)
+            gpu = a + 6;
+        else
+            return cli_usage_error(ctx, "unknown argument '%s'", a);
+    }
+    if (strcmp(gpu, "auto") != 0 && strcmp(gpu, "on") != 0 && strcmp(gpu, "off") != 0)
+        return cli_usage_error(ctx, "--gpu takes auto, on or off");
+    if (strcmp(gpu, "on") == 0) {
+        /* refuse rather than quietly build on the CPU what was asked of the GPU */
+        if (!index_gpu_compiled())
+            fprintf(stderr, "quarry index: --gpu on, but this quarry was built without the CUDA path "
+                            "(QUARRY_CUDA=OFF, or no nvcc/cuBLAS at build time)\n");
+        else if (index_gpu_device_count() == 0)
+            fprintf(stderr, "quarry index: --gpu on, but no CUDA device is visible\n");
+        else
+            fprintf(stderr, "quarry index: --gpu on: building the index on the GPU is not implemented yet "
+                            "([gpu-build]); use --gpu auto or off\n");
+        return CLI_EXIT_FAILURE;
+    }
+
+    char err[QR_ERR_LEN];
+    const char *dir = qr_config_str(ctx->cfg, "data.dir");
+    store *s = NULL;
+    vindex *v = NULL;
+    store_stats ss;
+    vindex_opts vo;
+    index_sync_report rep;
+    int rc = CLI_EXIT_OK;
+    vindex_opts_from_config(ctx->cfg, &vo);
+    uint64_t t0 = qr_now_ns();
+    if (store_open(dir, &s, err) || store_get_stats(s, &ss, err) ||
+        index_sync_open(s, dir, &vo, true, &v, &rep, err)) {
+        fprintf(stderr, "quarry index: %s\n", err);
+        rc = CLI_EXIT_FAILURE;
+    } else if (!v) {
+        fprintf(stderr, "quarry index: nothing to index: the store holds no vectors yet (ingest first)\n");
+        rc = CLI_EXIT_FAILURE;
+    } else {
+        if (strcmp(gpu, "auto") == 0 && index_gpu_device_count() > 0)
+            fprintf(stderr, "quarry index: built on the CPU (the GPU build path lands with [gpu-build])\n");
+        printf("built vector index generation %llu: %s, %zu vectors, store change %lld, %.1f s\n",
+               (unsigned long long)rep.generation, rep.type, rep.count, (long long)ss.change_counter,
+               (qr_now_ns() - t0) / 1e9);
+    }
+    vindex_close(v);
+    store_close(s);
+    return rc;
+}

@@ -1,0 +1,276 @@
+/*
+ * Keeping the vector index in step with the store. The store is the truth: every chunk's vector
+ * is kept there and every change is in its change log. The vector index under <data.dir>/vindex
+ * is a derived copy that may lag (a process ingested while no index was open), be missing, or
+ * belong to another state of the store (a restored backup). Opening it through here always ends
+ * with an index that reflects the store's latest change: small lags are replayed from the change
+ * log into the index's in-memory delta (vindex_remove, vindex_add), anything else -- no
+ * generation yet, another dimension, a store whose counter went backwards, more changes than
+ * vindex.delta_max -- builds a new generation from every stored vector.
+ *
+ * After a build the store learns the published generation (store_set_index_generation, shown by
+ * `quarry stats`) and forgets the tombstones the generation folded in (store_prune_tombstones).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/index.h"
+
+#define LOG_COMPONENT "index"
+#define SYNC_BATCH    4096 /* vectors per vindex_build_add */
+
+/* ---- replaying the change log ------------------------------------------------------------ */
+
+/* The changes since the index's counter, collected before any is applied so that a lag too
+ * large for the delta is found before the index is touched. */
+typedef struct {
+    size_t max; /* more changes than this: give up and rebuild */
+    bool too_many;
+    int dim;
+    int64_t *del_ids, *del_counters;
+    size_t ndel, del_cap;
+    int64_t *add_ids, *add_counters;
+    float *add_vecs;
+    size_t nadd, add_cap;
+} replay;
+
+static void replay_release(replay *r)
+{
+    free(r->del_ids);
+    free(r->del_counters);
+    free(r->add_ids);
+    free(r->add_counters);
+    free(r->add_vecs);
+}
+
+static qr_status collect_change(void *ctx, const store_change *c, char *err)
+{
+    replay *r = ctx;
+    if (r->ndel + r->nadd >= r->max) {
+        r->too_many = true;
+        return QR_ELIMIT; /* stops the walk; not an error for the caller */
+    }
+    if (c->deleted) {
+        if (r->ndel == r->del_cap) {
+            size_t cap = r->del_cap ? r->del_cap * 2 : 256;
+            int64_t *ids = realloc(r->del_ids, cap * sizeof(*ids));
+            if (ids)
+                r->del_ids = ids;
+            int64_t *cs = ids ? realloc(r->del_counters, cap * sizeof(*cs)) : NULL;
+            if (!cs)
+                return qr_fail(err, QR_ENOMEM, "out of memory replaying the store's changes");
+            r->del_counters = cs;
+            r->del_cap = cap;
+        }
+        r->del_ids[r->ndel] = c->chunk_id;
+        r->del_counters[r->ndel++] = c->counter;
+        return QR_OK;
+    }
+    if (c->dim != r->dim)
+        return qr_fail(err, QR_EIO, "chunk %lld has a vector of dimension %d, the store's is %d",
+                       (long long)c->chunk_id, c->dim, r->dim);
+    if (r->nadd == r->add_cap) {
+        size_t cap = r->add_cap ? r->add_cap * 2 : 256;
+        int64_t *ids = realloc(r->add_ids, cap * sizeof(*ids));
+        if (ids)
+            r->add_ids = ids;
+        int64_t *cs = ids ? realloc(r->add_counters, cap * sizeof(*cs)) : NULL;
+        if (cs)
+            r->add_counters = cs;
+        float *vs = cs ? realloc(r->add_vecs, cap * (size_t)r->dim * sizeof(*vs)) : NULL;
+        if (!vs)
+            return qr_fail(err, QR_ENOMEM, "out of memory replaying the store's changes");
+        r->add_vecs = vs;
+        r->add_cap = cap;
+    }
+    r->add_ids[r->nadd] = c->chunk_id;
+    r->add_counters[r->nadd] = c->counter;
+    memcpy(r->add_vecs + r->nadd * (size_t)r->dim, c->vector, (size_t)r->dim * sizeof(float));
+    r->nadd++;
+    return QR_OK;
+}
+
+/* Applies the collected changes, one call per run of equal counters: each change reaches the
+ * index with the counter of the store transaction that made it, which a later build relies on
+ * to tell the changes it folded in from those it must carry over. */
+static qr_status apply_replay(vindex *v, const replay *r, char *err)
+{
+    qr_status st = QR_OK;
+    for (size_t i = 0; i < r->ndel && !st;) {
+        size_t j = i;
+        while (j < r->ndel && r->del_counters[j] == r->del_counters[i])
+            j++;
+        st = vindex_remove(v, r->del_ids + i, j - i, r->del_counters[i], err);
+        i = j;
+    }
+    for (size_t i = 0; i < r->nadd && !st;) {
+        size_t j = i;
+        while (j < r->nadd && r->add_counters[j] == r->add_counters[i])
+            j++;
+        st = vindex_add(v, r->add_ids + i, r->add_vecs + i * (size_t)r->dim, j - i, r->dim,
+                        r->add_counters[i], err);
+        i = j;
+    }
+    return st;
+}
+
+/* ---- rebuilding -------------------------------------------------------------------------- */
+
+typedef struct {
+    vindex_builder *b;
+    int dim;
+    int64_t ids[SYNC_BATCH];
+    float *vecs;
+    size_t n;
+} rebuild;
+
+static qr_status rebuild_flush(rebuild *r, char *err)
+{
+    qr_status st = r->n ? vindex_build_add(r->b, r->ids, r->vecs, r->n, r->dim, err) : QR_OK;
+    r->n = 0;
+    return st;
+}
+
+static qr_status rebuild_row(void *ctx, const store_change *c, char *err)
+{
+    rebuild *r = ctx;
+    if (c->dim != r->dim)
+        return qr_fail(err, QR_EIO, "chunk %lld has a vector of dimension %d, the store's is %d",
+                       (long long)c->chunk_id, c->dim, r->dim);
+    r->ids[r->n] = c->chunk_id;
+    memcpy(r->vecs + r->n * (size_t)r->dim, c->vector, (size_t)r->dim * sizeof(float));
+    return ++r->n == SYNC_BATCH ? rebuild_flush(r, err) : QR_OK;
+}
+
+/* Builds a generation from every stored vector and records it in the store. */
+static qr_status rebuild_all(store *s, vindex *v, int dim, index_sync_report *rep, char *err)
+{
+    rebuild r = {.dim = dim};
+    int64_t counter = 0;
+    qr_status st;
+    if (!(r.vecs = malloc((size_t)SYNC_BATCH * (size_t)dim * sizeof(float))))
+        return qr_fail(err, QR_ENOMEM, "out of memory rebuilding the vector index");
+    if ((st = vindex_build_begin(v, NULL, &r.b, err)))
+        goto out;
+    if ((st = store_each_vector(s, rebuild_row, &r, &counter, err)) || (st = rebuild_flush(&r, err))) {
+        vindex_build_abort(r.b);
+        goto out;
+    }
+    /* commit frees the builder, also on error */
+    if ((st = vindex_build_commit(r.b, counter, err)))
+        goto out;
+    vindex_info info;
+    vindex_get_info(v, &info);
+    rep->rebuilt = true;
+    rep->generation = info.generation;
+    rep->count = info.count;
+    snprintf(rep->type, sizeof(rep->type), "%s", info.type);
+    if ((st = store_prune_tombstones(s, info.built_counter, err)))
+        goto out;
+    char gerr[QR_ERR_LEN];
+    if (store_set_index_generation(s, (int64_t)info.generation, gerr))
+        /* a vector index directory that was removed restarts its numbering: the index still
+         * serves, only the number `quarry stats` shows is behind */
+        qr_log(QR_LOG_WARN, LOG_COMPONENT, "cannot record vector index generation %llu in the store: %s",
+               (unsigned long long)info.generation, gerr);
+out:
+    free(r.vecs);
+    return st;
+}
+
+/* ---- public ------------------------------------------------------------------------------ */
+
+qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, index_sync_report *rep, char *err)
+{
+    if (!s || !v || !o)
+        return qr_fail(err, QR_EINVAL, "index_sync: NULL argument");
+    index_sync_report scratch;
+    if (!rep)
+        rep = &scratch;
+    memset(rep, 0, sizeof(*rep));
+    store_stats ss;
+    vindex_info info;
+    replay r = {0};
+    qr_status st = store_get_stats(s, &ss, err);
+    if (st)
+        return st;
+    if (ss.embedding_dim <= 0)
+        return qr_fail(err, QR_EINVAL, "the store holds no vectors yet: ingest documents first");
+    vindex_get_info(v, &info);
+    bool build = force || info.generation == 0 || info.dim != ss.embedding_dim ||
+                 info.store_counter > ss.change_counter;
+    if (!build && info.store_counter < ss.change_counter) {
+        r.max = o->delta_max;
+        r.dim = ss.embedding_dim;
+        int64_t now = 0;
+        st = store_changes_since(s, info.store_counter, collect_change, &r, &now, err);
+        if (st == QR_ELIMIT && r.too_many) {
+            build = true;
+            st = QR_OK;
+        } else if (!st) {
+            if ((st = apply_replay(v, &r, err)))
+                goto out;
+            /* changes that touched no chunk (ACLs, titles) still move the index's counter */
+            if ((st = vindex_remove(v, NULL, 0, now, err)))
+                goto out;
+            rep->added = r.nadd;
+            rep->removed = r.ndel;
+            build = vindex_needs_rebuild(v);
+        }
+        if (st)
+            goto out;
+    }
+    if (build) {
+        if ((st = rebuild_all(s, v, ss.embedding_dim, rep, err)))
+            goto out;
+        qr_log(QR_LOG_INFO, LOG_COMPONENT,
+               "vector index rebuilt from the store: generation %llu, %s, %zu vectors",
+               (unsigned long long)rep->generation, rep->type, rep->count);
+    } else {
+        vindex_get_info(v, &info);
+        rep->generation = info.generation;
+        rep->count = info.count;
+        snprintf(rep->type, sizeof(rep->type), "%s", info.type);
+        if (rep->added || rep->removed)
+            qr_log(QR_LOG_INFO, LOG_COMPONENT,
+                   "vector index caught up with the store: %zu added, %zu removed", rep->added, rep->removed);
+    }
+out:
+    replay_release(&r);
+    return st;
+}
+
+qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, bool force, vindex **out,
+                          index_sync_report *rep, char *err)
+{
+    if (!s || !data_dir || !o || !out)
+        return qr_fail(err, QR_EINVAL, "index_sync_open: NULL argument");
+    *out = NULL;
+    if (rep)
+        memset(rep, 0, sizeof(*rep));
+    store_stats ss;
+    qr_status st = store_get_stats(s, &ss, err);
+    if (st || ss.embedding_dim <= 0)
+        return st; /* nothing embedded yet: no index to open */
+    size_t n = strlen(data_dir) + sizeof("/vindex");
+    char *dir = malloc(n);
+    if (!dir)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    snprintf(dir, n, "%s/vindex", data_dir);
+    /* a forced build replaces whatever is there, stale or damaged */
+    vindex_opts opts = *o;
+    if (force)
+        opts.rebuild_on_mismatch = true;
+    vindex *v = NULL;
+    bool stale = false;
+    if (!(st = vindex_open(dir, ss.embedding_dim, &opts, ss.change_counter, &v, &stale, err)))
+        st = index_sync(s, v, &opts, force, rep, err);
+    free(dir);
+    if (st) {
+        vindex_close(v);
+        return st;
+    }
+    *out = v;
+    return QR_OK;
+}

@@ -1,0 +1,1672 @@
+/*
+ * Integration tests of the HTTP API: a server in this process on a free loopback port, a real
+ * slapd (tests/fixtures/slapd-fixture.sh) for users and groups, the fake OpenAI-compatible server
+ * (tests/fixtures/fake-inference-fixture.sh) as the only stand-in, and real HTTP through libcurl
+ * (and, for one case, the official openai npm client through Node). Each case is its own ctest
+ * test and process, with its own data directory.
+ *
+ * Directory (tests/fixtures/directory.ldif): alice in eng-backend (engineering, staff), bob in
+ * eng-frontend (engineering, staff), erin in no group, dave and frank in the posix group ops,
+ * which the server is told is the administrators' group.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "auth/auth.h"
+#include "ingest/ingest.h"
+#include "tests/api_test_util.h"
+#include "tests/harness.h"
+
+static char ALICE[512], BOB[512], DAVE[512], ERIN[512], FRANK[512];
+
+static void creds(void)
+{
+    api_basic(ALICE, sizeof(ALICE), "alice", "Alice-pw-1");
+    api_basic(BOB, sizeof(BOB), "bob", "Bob-pw-2");
+    api_basic(DAVE, sizeof(DAVE), "dave", "p@ss, w0rd (*)"); /* ',', ' ' and '@' in a Basic password */
+    api_basic(ERIN, sizeof(ERIN), "erin", "Erin-pw-5");
+    api_basic(FRANK, sizeof(FRANK), "frank", "Frank-pw-6");
+}
+
+#define H(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static const char *fake_url(void)
+{
+    const char *u = getenv("QUARRY_TEST_INFERENCE_URL");
+    return u ? u : "http://127.0.0.1:9";
+}
+
+static bool fake_reset(void)
+{
+    api_resp r;
+    bool ok = api_http(fake_url(), "POST", "/_fake/reset", NULL, "{}", 0, &r) == 200;
+    api_resp_release(&r);
+    return ok;
+}
+
+/* Everything the fake backend received (its recorded requests' bodies), as one string. */
+static char *fake_received(void)
+{
+    api_resp r;
+    api_http(fake_url(), "GET", "/_fake/requests", NULL, NULL, 0, &r);
+    char *s = strdup(qr_buf_str(&r.body));
+    api_resp_release(&r);
+    return s;
+}
+
+static size_t fake_chat_requests(void)
+{
+    api_resp r;
+    api_http(fake_url(), "GET", "/_fake/requests", NULL, NULL, 0, &r);
+    size_t n = 0, i;
+    json_t *e;
+    json_array_foreach(r.json, i, e)
+    {
+        const char *path = json_string_value(json_object_get(e, "path"));
+        if (path && strstr(path, "/chat/completions"))
+            n++;
+    }
+    api_resp_release(&r);
+    return n;
+}
+
+/* Creates a service API key in the fixture's data directory (the server re-reads keys.json). */
+static char *make_key(api_fixture *f, const char *scopes)
+{
+    char err[QR_ERR_LEN];
+    auth_ctx *a = NULL;
+    unsigned mask = 0;
+    char *key = NULL;
+    if (auth_new(f->cfg, &a, err) || auth_scopes_parse(scopes, &mask, err) ||
+        auth_key_create(a, "test", mask, &key, NULL, err))
+        fprintf(stderr, "make_key: %s\n", err);
+    auth_free(a);
+    return key;
+}
+
+/* POST /v1/documents as dave (an administrator); returns the status. */
+static long put_doc(api_fixture *f, const char *doc_id, const char *title, const char *text,
+                    const char *acl_json)
+{
+    json_t *acl = acl_json ? json_loads(acl_json, 0, NULL) : NULL;
+    json_t *doc = json_pack("{s:s,s:s,s:s,s:s}", "doc_id", doc_id, "title", title, "text", text,
+                            "content_type", "text/markdown");
+    if (acl)
+        json_object_set_new(doc, "acl", acl);
+    char *body = json_dumps(doc, 0);
+    json_decref(doc);
+    api_resp r;
+    long st = api_http(f->base, "POST", "/v1/documents", H(DAVE), body, 0, &r);
+    if (st != 201 && st != 200)
+        fprintf(stderr, "put_doc %s: %ld %s\n", doc_id, st, qr_buf_str(&r.body));
+    api_resp_release(&r);
+    free(body);
+    return st;
+}
+
+/* Five documents about expense reimbursement, each readable by other people, each with a marker
+ * word that appears nowhere else. */
+static bool seed_corpus(api_fixture *f)
+{
+    return put_doc(f, "runbooks/backend.md", "Backend runbook",
+                   "# Backend deploys\n\nThe expense reimbursement service deploys blue-green on Tuesdays. "
+                   "Rollback with the release tool. Marker PINEAPPLEBACKEND.",
+                   "[\"group:eng-backend\"]") == 201 &&
+           put_doc(f, "runbooks/frontend.md", "Frontend runbook",
+                   "# Frontend releases\n\nThe expense reimbursement web app ships behind a feature flag. "
+                   "Marker MANGOFRONTEND.",
+                   "[\"group:eng-frontend\"]") == 201 &&
+           put_doc(f, "policies/expenses.md", "Expense policy",
+                   "# Expense reimbursement policy\n\nEvery employee files expense reimbursement claims "
+                   "within 30 "
+                   "days, with receipts. Marker KIWISTAFF.",
+                   "[\"group:staff\"]") == 201 &&
+           put_doc(
+               f, "hr/erin-review.md", "Erin's review",
+               "# Performance review\n\nErin's expense reimbursement for the conference was approved. Marker "
+               "PAPAYAERIN.",
+               "[\"user:erin\"]") == 201 &&
+           put_doc(f, "finance/board.md", "Board notes",
+                   "# Board notes\n\nExpense reimbursement totals for the quarter. Marker GUAVAADMIN.",
+                   NULL) == 201;
+}
+
+/* The doc ids of a search's results, comma-joined, in rank order. */
+static void result_ids(json_t *results, char *out, size_t len)
+{
+    size_t i, o = 0;
+    json_t *e;
+    out[0] = '\0';
+    json_array_foreach(results, i, e)
+    {
+        o += (size_t)snprintf(out + o, len > o ? len - o : 0, "%s%s", i ? "," : "",
+                              json_string_value(json_object_get(e, "doc_id")));
+    }
+}
+
+static const char *header_value(const api_resp *r, const char *name, char *out, size_t len)
+{
+    const char *h = qr_buf_str(&r->headers);
+    size_t n = strlen(name);
+    out[0] = '\0';
+    for (const char *line = h; line && *line;) {
+        if (strncasecmp(line, name, n) == 0 && line[n] == ':') {
+            const char *v = line + n + 1;
+            while (*v == ' ')
+                v++;
+            size_t k = strcspn(v, "\r\n");
+            snprintf(out, len, "%.*s", (int)k, v);
+            return out;
+        }
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    return NULL;
+}
+
+/* ---- server basics ------------------------------------------------------------------------------ */
+
+TEST(healthz_routing_and_request_ids)
+{
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/healthz", NULL, NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "status")), "ok");
+    char id[128];
+    CHECK(header_value(&r, "X-Request-Id", id, sizeof(id)) && strlen(id) == 32);
+    api_resp_release(&r);
+
+    /* a client's plain request id is kept; anything else is replaced */
+    CHECK_INT(api_http(f.base, "GET", "/healthz", H("X-Request-Id: trace-abc.123"), NULL, 0, &r), 200);
+    CHECK_STR(header_value(&r, "X-Request-Id", id, sizeof(id)), "trace-abc.123");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/healthz", H("X-Request-Id: bad id\"<>"), NULL, 0, &r), 200);
+    CHECK(header_value(&r, "X-Request-Id", id, sizeof(id)) && strcmp(id, "bad id\"<>") != 0 &&
+          strlen(id) == 32);
+    api_resp_release(&r);
+
+    CHECK_INT(api_http(f.base, "GET", "/nowhere", NULL, NULL, 0, &r), 404);
+    CHECK(api_error_shape(&r));
+    CHECK_STR(api_error_code(&r), "not_found");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "DELETE", "/healthz", NULL, NULL, 0, &r), 405);
+    CHECK(api_error_shape(&r));
+    CHECK_STR(api_error_code(&r), "method_not_allowed");
+    api_resp_release(&r);
+    /* an encoded NUL, a control byte or a broken escape in a path: refused before any route runs */
+    const char *bad[] = {"/v1/documents/abc%00def", "/v1/documents/abc%0adef", "/v1/documents/abc%zz",
+                         "/v1/documents/abc%e2%28%a1"};
+    for (size_t i = 0; i < 4; i++) {
+        CHECK_INT(api_http(f.base, "GET", bad[i], H(DAVE), NULL, 0, &r), 400);
+        CHECK(api_error_shape(&r));
+        api_resp_release(&r);
+    }
+    /* every route but /healthz needs credentials, /metrics and /readyz included */
+    const char *paths[] = {"/readyz", "/metrics", "/openapi.json", "/v1/me", "/v1/models", "/v1/documents"};
+    for (size_t i = 0; i < 6; i++) {
+        CHECK_INT(api_http(f.base, "GET", paths[i], NULL, NULL, 0, &r), 401);
+        CHECK(api_error_shape(&r));
+        CHECK_STR(api_error_code(&r), "unauthenticated");
+        char www[256];
+        CHECK(header_value(&r, "WWW-Authenticate", www, sizeof(www)) && strstr(www, "Basic"));
+        api_resp_release(&r);
+    }
+    api_fx_stop(&f);
+}
+
+TEST(basic_token_and_me)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "uid")), "alice");
+    json_t *groups = json_object_get(r.json, "groups");
+    char all[1024];
+    char *dumped = json_dumps(groups, 0);
+    snprintf(all, sizeof(all), "%s", dumped);
+    free(dumped);
+    CHECK_MSG(strstr(all, "\"eng-backend\"") && strstr(all, "\"engineering\"") && strstr(all, "\"staff\""),
+              "%s", all);
+    CHECK(json_is_false(json_object_get(r.json, "is_admin")));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(DAVE), NULL, 0, &r), 200);
+    CHECK(json_is_true(json_object_get(r.json, "is_admin")));
+    api_resp_release(&r);
+
+    char wrong[512];
+    api_basic(wrong, sizeof(wrong), "alice", "not-her-password");
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(wrong), NULL, 0, &r), 401);
+    CHECK(api_error_shape(&r));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H("Authorization: Basic !!!notbase64"), NULL, 0, &r), 401);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H("Authorization: Digest abc"), NULL, 0, &r), 401);
+    api_resp_release(&r);
+
+    /* a token from a JSON login, then used as a bearer token */
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", NULL,
+                       "{\"username\":\"bob\",\"password\":\"Bob-pw-2\"}", 0, &r),
+              200);
+    const char *tok = json_string_value(json_object_get(r.json, "access_token"));
+    CHECK(tok && strncmp(tok, "qt1.", 4) == 0);
+    CHECK_STR(json_string_value(json_object_get(r.json, "token_type")), "Bearer");
+    CHECK(json_integer_value(json_object_get(r.json, "expires_in")) > 3000);
+    char bearer[1024];
+    snprintf(bearer, sizeof(bearer), "Authorization: Bearer %s", tok);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(bearer), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "uid")), "bob");
+    api_resp_release(&r);
+    /* a token with one byte changed is refused */
+    bearer[strlen(bearer) - 2] = bearer[strlen(bearer) - 2] == 'A' ? 'B' : 'A';
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(bearer), NULL, 0, &r), 401);
+    api_resp_release(&r);
+    /* the same login through Basic; bad passwords and malformed bodies */
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", H(ERIN), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "uid")), "erin");
+    api_resp_release(&r);
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/auth/token", NULL, "{\"username\":\"bob\",\"password\":\"x\"}", 0, &r),
+        401);
+    CHECK(api_error_shape(&r));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", NULL, "{\"username\":\"bob\"}", 0, &r), 400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "status")), "ready");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(r.json, "checks"), "ldap")), "ok");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/models", H(ALICE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "object")), "list");
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+TEST(failed_logins_are_rate_limited)
+{
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "auth.rate_limit_user", "2", "auth.rate_limit_window_s", "60", NULL));
+    char wrong[512], right[512];
+    api_basic(wrong, sizeof(wrong), "carol", "nope");
+    api_basic(right, sizeof(right), "carol", "Carol-pw-3");
+    api_resp r;
+    for (int i = 0; i < 2; i++) {
+        CHECK_INT(api_http(f.base, "GET", "/v1/me", H(wrong), NULL, 0, &r), 401);
+        api_resp_release(&r);
+    }
+    /* past the limit even the right password is refused, without asking LDAP */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(right), NULL, 0, &r), 429);
+    CHECK(api_error_shape(&r));
+    char retry[32];
+    CHECK(header_value(&r, "Retry-After", retry, sizeof(retry)) && atoi(retry) > 0);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+TEST(api_keys_scopes_and_on_behalf_of)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    char *search_key = make_key(&f, "search");
+    char *portal_key = make_key(&f, "search,chat,on_behalf_of");
+    char *admin_key = make_key(&f, "admin");
+    CHECK(search_key && portal_key && admin_key);
+    char h1[256], h2[256], h3[256];
+    snprintf(h1, sizeof(h1), "Authorization: Bearer %s", search_key);
+    snprintf(h2, sizeof(h2), "X-API-Key: %s", portal_key);
+    snprintf(h3, sizeof(h3), "X-API-Key: %s", admin_key);
+    api_resp r;
+    /* a key acting as itself */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(h1), NULL, 0, &r), 200);
+    CHECK(strncmp(json_string_value(json_object_get(r.json, "uid")), "key:", 4) == 0);
+    CHECK_STR(json_string_value(json_object_get(r.json, "via")), "api_key");
+    api_resp_release(&r);
+    /* a scope it lacks */
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(h1),
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", 0, &r),
+              403);
+    CHECK_STR(api_error_code(&r), "permission_denied");
+    api_resp_release(&r);
+    /* on behalf of a user: that user's principal from LDAP */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(h2, "X-Quarry-User: bob"), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "uid")), "bob");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(h1, "X-Quarry-User: bob"), NULL, 0, &r), 403);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(h2, "X-Quarry-User: nobody-such"), NULL, 0, &r), 401);
+    api_resp_release(&r);
+    /* a user cannot claim to be someone else */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE, "X-Quarry-User: bob"), NULL, 0, &r), 403);
+    api_resp_release(&r);
+    /* an admin-scoped key reaches admin routes; the portal key does not */
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents", H(h3), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents", H(h2), NULL, 0, &r), 403);
+    api_resp_release(&r);
+    /* revoked: refused at once */
+    char err[QR_ERR_LEN];
+    auth_ctx *a = NULL;
+    CHECK_OK(auth_new(f.cfg, &a, err), err);
+    auth_key_info info;
+    CHECK_OK(auth_key_verify(a, search_key, &info, err), err);
+    CHECK_OK(auth_key_revoke(a, info.id, err), err);
+    auth_key_info_release(&info);
+    auth_free(a);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(h1), NULL, 0, &r), 401);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H("X-API-Key: qk_0000000000000000_nope"), NULL, 0, &r), 401);
+    api_resp_release(&r);
+    free(search_key);
+    free(portal_key);
+    free(admin_key);
+    api_fx_stop(&f);
+}
+
+TEST(admin_routes_refused_to_others)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK_INT(put_doc(&f, "a.md", "A", "alpha", "[\"public\"]"), 201);
+    struct {
+        const char *method, *path, *body;
+    } routes[] = {
+        {"POST", "/v1/documents", "{\"doc_id\":\"x\",\"text\":\"x\"}"},
+        {"GET", "/v1/documents", NULL},
+        {"GET", "/v1/documents/a.md", NULL},
+        {"PUT", "/v1/documents/a.md", "{\"text\":\"changed\"}"},
+        {"PATCH", "/v1/documents/a.md/acl", "{\"acl\":[\"user:alice\"]}"},
+        {"DELETE", "/v1/documents/a.md", NULL},
+        {"POST", "/v1/index/rebuild", "{}"},
+        {"GET", "/v1/jobs/0123456789abcdef0123456789abcdef", NULL},
+        {"GET", "/metrics", NULL},
+    };
+    api_resp r;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        CHECK_MSG(api_http(f.base, routes[i].method, routes[i].path, H(ALICE), routes[i].body, 0, &r) == 403,
+                  "%s %s gave %ld", routes[i].method, routes[i].path, r.status);
+        CHECK(api_error_shape(&r));
+        CHECK_STR(api_error_code(&r), "permission_denied");
+        api_resp_release(&r);
+    }
+    /* nothing changed */
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/a.md", H(DAVE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_array_get(json_object_get(r.json, "acl"), 0)), "public");
+    CHECK_INT(json_integer_value(json_object_get(r.json, "version")), 1);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/metrics", H(FRANK), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+/* ---- failing closed ----------------------------------------------------------------------------- */
+
+TEST(ldap_unreachable_is_503)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    /* port 1 on loopback: connections are refused at once */
+    CHECK(api_fx_start(&f, "ldap.uri", "ldap://127.0.0.1:1/", "ldap.timeout_ms", "800", NULL));
+    char *key = make_key(&f, "search,on_behalf_of");
+    CHECK(key);
+    char err[QR_ERR_LEN], *tok = NULL;
+    auth_ctx *a = NULL;
+    CHECK_OK(auth_new(f.cfg, &a, err), err);
+    CHECK_OK(auth_token_issue(a, "alice", 0, &tok, NULL, err), err);
+    auth_free(a);
+    char bearer[1024], keyh[256];
+    snprintf(bearer, sizeof(bearer), "Authorization: Bearer %s", tok);
+    snprintf(keyh, sizeof(keyh), "X-API-Key: %s", key);
+    free(tok);
+    api_resp r;
+    const char *const *cases[] = {H(ALICE), H(bearer), H(keyh, "X-Quarry-User: alice")};
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_MSG(api_http(f.base, "POST", "/v1/search", cases[i], "{\"query\":\"anything\"}", 0, &r) == 503,
+                  "case %zu gave %ld %s", i, r.status, qr_buf_str(&r.body));
+        CHECK(api_error_shape(&r));
+        CHECK_STR(api_error_code(&r), "unavailable");
+        api_resp_release(&r);
+    }
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", H(ALICE), NULL, 0, &r), 503);
+    api_resp_release(&r);
+    /* a key acting as itself needs no LDAP */
+    snprintf(keyh, sizeof(keyh), "X-API-Key: %s", key);
+    CHECK_INT(api_http(f.base, "GET", "/readyz", H(keyh), NULL, 0, &r), 503);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(r.json, "checks"), "ldap")), "unreachable");
+    api_resp_release(&r);
+    free(key);
+    api_fx_stop(&f);
+}
+
+static pid_t stopped_slapd;
+
+__attribute__((destructor)) static void resume_slapd(void)
+{
+    if (stopped_slapd > 0)
+        kill(stopped_slapd, SIGCONT);
+}
+
+TEST(ldap_silent_is_503)
+{
+    creds();
+    const char *pid = getenv("QUARRY_TEST_SLAPD_PID");
+    CHECK_MSG(pid, "run under tests/fixtures/slapd-fixture.sh");
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "ldap.timeout_ms", "700", "ldap.cache_ttl_s", "0", NULL));
+    api_resp r;
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", H(ALICE), NULL, 0, &r), 200);
+    char bearer[1024];
+    snprintf(bearer, sizeof(bearer), "Authorization: Bearer %s",
+             json_string_value(json_object_get(r.json, "access_token")));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(bearer), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    /* slapd stops answering: connections open, nothing comes back */
+    stopped_slapd = (pid_t)atoi(pid);
+    CHECK(kill(stopped_slapd, SIGSTOP) == 0);
+    uint64_t t0 = qr_now_ns();
+    long s1 = api_http(f.base, "GET", "/v1/me", H(bearer), NULL, 0, &r);
+    api_resp_release(&r);
+    long s2 = api_http(f.base, "GET", "/v1/me", H(ALICE), NULL, 0, &r);
+    bool shaped = api_error_shape(&r);
+    api_resp_release(&r);
+    double secs = (double)(qr_now_ns() - t0) / 1e9;
+    kill(stopped_slapd, SIGCONT);
+    stopped_slapd = 0;
+    CHECK_INT(s1, 503);
+    CHECK_INT(s2, 503);
+    CHECK(shaped);
+    CHECK_MSG(secs < 5, "two requests against a silent LDAP took %.1f s", secs);
+    /* and it recovers */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+/* ---- bad input ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    size_t left;
+} chunk_src;
+
+static size_t feed(char *buf, size_t size, size_t n, void *user)
+{
+    chunk_src *c = user;
+    size_t k = size * n < c->left ? size * n : c->left;
+    memset(buf, ' ', k);
+    c->left -= k;
+    return k;
+}
+
+TEST(body_and_json_limits)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.max_body_bytes", "4096", "server.json_max_depth", "8", NULL));
+    api_resp r;
+    /* Content-Length over the limit: refused before the body is read */
+    char big[8192];
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE), big, 0, &r), 413);
+    CHECK(api_error_shape(&r));
+    CHECK_STR(api_error_code(&r), "payload_too_large");
+    api_resp_release(&r);
+    /* a chunked body (no length) over the limit */
+    {
+        CURL *h = curl_easy_init();
+        char url[256];
+        snprintf(url, sizeof(url), "%s/v1/search", f.base);
+        struct curl_slist *list = curl_slist_append(NULL, "Transfer-Encoding: chunked");
+        list = curl_slist_append(list, "Content-Type: application/json");
+        list = curl_slist_append(list, ALICE);
+        chunk_src src = {64 * 1024};
+        qr_buf body;
+        qr_buf_init(&body, 1 << 20);
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
+        curl_easy_setopt(h, CURLOPT_READFUNCTION, feed);
+        curl_easy_setopt(h, CURLOPT_READDATA, &src);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, api_sink);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
+        CURLcode rc = curl_easy_perform(h);
+        long code = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+        curl_slist_free_all(list);
+        curl_easy_cleanup(h);
+        bool shaped = strstr(qr_buf_str(&body), "payload_too_large") != NULL;
+        qr_buf_release(&body);
+        CHECK_MSG(rc == CURLE_OK && code == 413 && shaped, "chunked: rc %d, status %ld", rc, code);
+    }
+    struct {
+        const char *body, *type;
+        long status;
+        const char *code;
+    } cases[] = {
+        {"{\"query\": \"unterminated", NULL, 400, "invalid_json"},
+        {"[1,2,3]", NULL, 400, "invalid_json"},
+        {"{\"query\":\"a\",\"query\":\"b\"}", NULL, 400, "invalid_json"},
+        {"{\"a\":[[[[[[[[[[1]]]]]]]]]]}", NULL, 413, "limit_exceeded"},
+        {"{\"query\":\"\xff\xfe\"}", NULL, 400, "invalid_json"},
+        {"{\"query\":\"ok\"}", "Content-Type: text/plain", 415, "unsupported_media_type"},
+        {"{\"query\":5}", NULL, 400, "invalid_argument"},
+        {"{\"query\":\"\"}", NULL, 400, "invalid_argument"},
+        {"{\"query\":\"ok\",\"k\":0}", NULL, 400, "invalid_argument"},
+        {"{\"query\":\"ok\",\"k\":1000000}", NULL, 400, "invalid_argument"},
+        {"{\"query\":\"ok\",\"mode\":\"magic\"}", NULL, 400, "invalid_argument"},
+        {"{\"query\":\"ok\",\"filters\":{\"colour\":\"red\"}}", NULL, 400, "invalid_argument"},
+        {"{\"query\":\"ok\",\"filters\":{\"updated_after\":\"yesterday\"}}", NULL, 400, "invalid_argument"},
+        {"{\"query\":\"ok\",\"cursor\":\"not-a-cursor\"}", NULL, 400, "invalid_argument"},
+        {"", NULL, 400, "invalid_argument"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        long st = api_http(f.base, "POST", "/v1/search", cases[i].type ? H(ALICE, cases[i].type) : H(ALICE),
+                           cases[i].body, strlen(cases[i].body) ? strlen(cases[i].body) : 0, &r);
+        if (!*cases[i].body) {
+            /* no body at all */
+            api_resp_release(&r);
+            st = api_http(f.base, "POST", "/v1/search", H(ALICE, "Content-Type: application/json"), NULL, 0,
+                          &r);
+        }
+        CHECK_MSG(st == cases[i].status && strcmp(api_error_code(&r), cases[i].code) == 0 &&
+                      api_error_shape(&r),
+                  "case %zu (%s): %ld %s", i, cases[i].body, st, qr_buf_str(&r.body));
+        api_resp_release(&r);
+    }
+    /* chat requests */
+    const char *chats[] = {
+        "{\"messages\":[]}",
+        "{\"messages\":[{\"role\":\"assistant\",\"content\":\"hi\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"system\",\"content\":\"x\"}]}",
+        "{\"messages\":[{\"role\":\"wizard\",\"content\":\"hi\"}]}",
+        "{\"messages\":[{\"role\":\"tool\",\"content\":\"hi\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"n\":3}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":7}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":\"yes\"}",
+    };
+    for (size_t i = 0; i < sizeof(chats) / sizeof(chats[0]); i++) {
+        CHECK_MSG(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), chats[i], 0, &r) == 400 &&
+                      api_error_shape(&r),
+                  "chat case %zu: %ld %s", i, r.status, qr_buf_str(&r.body));
+        api_resp_release(&r);
+    }
+    /* the server still answers */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+TEST(slow_client_is_dropped)
+{
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.connection_timeout_s", "1", NULL));
+    int port = api_server_port(f.srv);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    /* half a request, then nothing */
+    const char part[] = "POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n";
+    CHECK(write(fd, part, sizeof(part) - 1) == (ssize_t)(sizeof(part) - 1));
+    uint64_t t0 = qr_now_ns();
+    /* meanwhile other clients are served */
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/healthz", NULL, NULL, 0, &r), 200);
+    api_resp_release(&r);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int pr = poll(&p, 1, 6000);
+    char buf[256];
+    ssize_t n = pr > 0 ? read(fd, buf, sizeof(buf)) : -2;
+    double secs = (double)(qr_now_ns() - t0) / 1e9;
+    close(fd);
+    CHECK_MSG(pr > 0 && n <= 0, "the server did not close a stalled connection (poll %d, read %zd)", pr, n);
+    CHECK_MSG(secs >= 0.5 && secs < 4.5, "closed after %.2f s with a 1 s timeout", secs);
+    api_fx_stop(&f);
+}
+
+TEST(tls_serving)
+{
+    char dir[256];
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof(dir), "%s/quarry-api-tls.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    CHECK(mkdtemp(dir));
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext "
+             "subjectAltName=IP:127.0.0.1 -keyout '%s/key.pem' -out '%s/cert.pem' >/dev/null 2>&1",
+             dir, dir);
+    CHECK(system(cmd) == 0);
+    char cert[300], key[300];
+    snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+    snprintf(key, sizeof(key), "%s/key.pem", dir);
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    bool started = api_fx_start(&f, "server.tls_cert", cert, "server.tls_key", key, NULL);
+    CHECK(started);
+    CHECK(strncmp(f.base, "https://", 8) == 0);
+    CURL *h = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof(url), "%s/healthz", f.base);
+    qr_buf body;
+    qr_buf_init(&body, 1 << 16);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_CAINFO, cert);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, api_sink);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
+    CURLcode rc = curl_easy_perform(h);
+    long code = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(h);
+    bool ok = rc == CURLE_OK && code == 200 && strstr(qr_buf_str(&body), "\"ok\"");
+    qr_buf_release(&body);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", dir);
+    CHECK_MSG(ok, "https /healthz: curl %d, status %ld", rc, code);
+    api_fx_stop(&f);
+}
+
+/* ---- documents ---------------------------------------------------------------------------------- */
+
+TEST(documents_lifecycle)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    api_resp r;
+    const char *doc =
+        "{\"doc_id\":\"policies/travel.md\",\"title\":\"Travel\",\"text\":\"# Travel\\n\\nBook "
+        "economy for flights under six hours.\",\"content_type\":\"text/markdown\",\"acl\":[\"group:"
+        "staff\"],\"metadata\":{\"owner\":\"hr\"}}";
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE), doc, 0, &r), 201);
+    CHECK_STR(json_string_value(json_object_get(r.json, "result")), "added");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE), doc, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "result")), "unchanged");
+    api_resp_release(&r);
+    /* the id is one path segment encoded, or several plain */
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/policies%2Ftravel.md?chunks=true", H(DAVE), NULL, 0, &r),
+              200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "title")), "Travel");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(r.json, "metadata"), "owner")), "hr");
+    CHECK(json_array_size(json_object_get(r.json, "chunks")) >= 1);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/policies/travel.md", H(DAVE), NULL, 0, &r), 200);
+    CHECK(json_object_get(r.json, "chunks") == NULL);
+    api_resp_release(&r);
+
+    /* PUT replaces the text and keeps the ACL it was not given */
+    CHECK_INT(api_http(f.base, "PUT", "/v1/documents/policies%2Ftravel.md", H(DAVE),
+                       "{\"text\":\"# Travel\\n\\nBusiness class above eight hours.\"}", 0, &r),
+              200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "result")), "updated");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/policies%2Ftravel.md", H(DAVE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_array_get(json_object_get(r.json, "acl"), 0)), "group:staff");
+    CHECK_INT(json_integer_value(json_object_get(r.json, "version")), 2);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "PUT", "/v1/documents/other", H(DAVE), "{\"doc_id\":\"else\",\"text\":\"x\"}",
+                       0, &r),
+              400);
+    api_resp_release(&r);
+
+    /* ACL changes */
+    CHECK_INT(api_http(f.base, "PATCH", "/v1/documents/policies%2Ftravel.md/acl", H(DAVE),
+                       "{\"acl\":[\"user:alice\",\"group:sales, emea\"]}", 0, &r),
+              200);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/policies%2Ftravel.md", H(DAVE), NULL, 0, &r), 200);
+    CHECK_INT(json_array_size(json_object_get(r.json, "acl")), 2);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "PATCH", "/v1/documents/policies%2Ftravel.md/acl", H(DAVE),
+                       "{\"acl\":[\"everyone\"]}", 0, &r),
+              400);
+    CHECK(api_error_shape(&r));
+    api_resp_release(&r);
+    CHECK_INT(
+        api_http(f.base, "PATCH", "/v1/documents/missing/acl", H(DAVE), "{\"acl\":[\"public\"]}", 0, &r),
+        404);
+    api_resp_release(&r);
+
+    /* base64 bytes with a declared type: extracted as HTML */
+    const char *html =
+        "{\"doc_id\":\"kb/vpn.html\",\"content_base64\":\"PGh0bWw+PGJvZHk+PGgxPlZQTjwvaDE+PHA+Q29ubm"
+        "VjdCB3aXRoIHRoZSBjbGllbnQuPC9wPjwvYm9keT48L2h0bWw+\",\"content_type\":\"text/html\","
+        "\"acl\":[\"public\"]}";
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE), html, 0, &r), 201);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/kb%2Fvpn.html?chunks=1", H(DAVE), NULL, 0, &r), 200);
+    const char *text =
+        json_string_value(json_object_get(json_array_get(json_object_get(r.json, "chunks"), 0), "text"));
+    CHECK_MSG(text && strstr(text, "Connect with the client.") && !strstr(text, "<p>"), "%s",
+              text ? text : "");
+    CHECK_STR(json_string_value(json_object_get(r.json, "content_type")), "text/html");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE),
+                       "{\"doc_id\":\"x\",\"content_base64\":\"***\",\"content_type\":\"text/plain\"}", 0,
+                       &r),
+              400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE),
+                       "{\"doc_id\":\"x\",\"text\":\"a\",\"acl\":\"public\"}", 0, &r),
+              400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE), "{\"text\":\"no id\"}", 0, &r), 400);
+    api_resp_release(&r);
+
+    /* a multipart upload: the file name is the id, fields give the ACL and title */
+    const char *mp =
+        "--XyZ\r\nContent-Disposition: form-data; name=\"acl\"\r\n\r\ngroup:engineering\r\n"
+        "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nOn-call guide\r\n"
+        "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"../../oncall.md\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n# On call\n\nPage the secondary after 15 "
+        "minutes.\r\n--XyZ--\r\n";
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents",
+                       H(DAVE, "Content-Type: multipart/form-data; boundary=XyZ"), mp, 0, &r),
+              201);
+    CHECK_STR(json_string_value(json_object_get(r.json, "doc_id")), "oncall.md");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/oncall.md", H(DAVE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "title")), "On-call guide");
+    CHECK_STR(json_string_value(json_object_get(r.json, "content_type")), "text/markdown");
+    CHECK_STR(json_string_value(json_array_get(json_object_get(r.json, "acl"), 0)), "group:engineering");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents",
+                       H(DAVE, "Content-Type: multipart/form-data; boundary=XyZ"), "--XyZ\r\nno headers here",
+                       0, &r),
+              400);
+    api_resp_release(&r);
+
+    /* ids that look like paths reach no file: they are just documents that do not exist */
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/..%2F..%2F..%2Fetc%2Fpasswd", H(DAVE), NULL, 0, &r),
+              404);
+    CHECK_STR(api_error_code(&r), "not_found");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/../../etc/passwd", H(DAVE), NULL, 0, &r), 404);
+    api_resp_release(&r);
+
+    /* delete */
+    CHECK_INT(api_http(f.base, "DELETE", "/v1/documents/policies%2Ftravel.md", H(DAVE), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/policies%2Ftravel.md", H(DAVE), NULL, 0, &r), 404);
+    CHECK(api_error_shape(&r));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "DELETE", "/v1/documents/policies%2Ftravel.md", H(DAVE), NULL, 0, &r), 404);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+TEST(documents_listing_pages)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    const char *ids[] = {"a", "b/1", "b/2", "c", "d\xc3\xa9", "e", "f"};
+    for (size_t i = 0; i < 7; i++)
+        CHECK_INT(put_doc(&f, ids[i], ids[i], "some text here", "[\"public\"]"), 201);
+    char path[512] = "/v1/documents?limit=3";
+    char seen[256] = "";
+    int pages = 0;
+    for (;;) {
+        api_resp r;
+        CHECK_INT(api_http(f.base, "GET", path, H(DAVE), NULL, 0, &r), 200);
+        json_t *docs = json_object_get(r.json, "documents");
+        CHECK(json_array_size(docs) <= 3);
+        size_t i;
+        json_t *e;
+        json_array_foreach(docs, i, e)
+        {
+            strcat(seen, json_string_value(json_object_get(e, "doc_id")));
+            strcat(seen, ";");
+        }
+        pages++;
+        const char *next = json_string_value(json_object_get(r.json, "next_cursor"));
+        if (!next) {
+            api_resp_release(&r);
+            break;
+        }
+        snprintf(path, sizeof(path), "/v1/documents?limit=3&cursor=%s", next);
+        api_resp_release(&r);
+        CHECK(pages < 10);
+    }
+    CHECK_INT(pages, 3);
+    CHECK_STR(seen, "a;b/1;b/2;c;d\xc3\xa9;e;f;");
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents?limit=0", H(DAVE), NULL, 0, &r), 400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents?cursor=%%%%", H(DAVE), NULL, 0, &r), 400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents?cursor=bm90LW91cnM", H(DAVE), NULL, 0, &r), 400);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+static json_t *wait_job(api_fixture *f, const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/jobs/%s", id);
+    for (int i = 0; i < 300; i++) {
+        api_resp r;
+        api_http(f->base, "GET", path, H(DAVE), NULL, 0, &r);
+        const char *state = json_string_value(json_object_get(r.json, "state"));
+        if (state && strcmp(state, "queued") != 0 && strcmp(state, "running") != 0) {
+            json_t *j = json_incref(r.json);
+            api_resp_release(&r);
+            return j;
+        }
+        api_resp_release(&r);
+        usleep(50000);
+    }
+    return NULL;
+}
+
+TEST(jobs_for_large_uploads_and_rebuilds)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.job_threshold_bytes", "200", NULL));
+    api_resp r;
+    /* three files in one upload: a job */
+    qr_buf mp;
+    qr_buf_init(&mp, 1 << 20);
+    qr_buf_puts(&mp, "--B\r\nContent-Disposition: form-data; name=\"acl\"\r\n\r\npublic\r\n");
+    for (int i = 0; i < 3; i++)
+        qr_buf_printf(&mp,
+                      "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"note%d.txt\"\r\n"
+                      "Content-Type: text/plain\r\n\r\nNote %d about the quarterly budget forecast.\r\n",
+                      i, i);
+    qr_buf_puts(&mp, "--B--\r\n");
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents",
+                       H(DAVE, "Content-Type: multipart/form-data; boundary=B"), qr_buf_str(&mp),
+                       qr_buf_len(&mp), &r),
+              202);
+    qr_buf_release(&mp);
+    char id[64];
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(r.json, "job_id")));
+    char loc[128];
+    CHECK(header_value(&r, "Location", loc, sizeof(loc)) && strstr(loc, id));
+    api_resp_release(&r);
+    json_t *job = wait_job(&f, id);
+    CHECK(job);
+    char *dump = json_dumps(job, 0);
+    bool ok = strcmp(json_string_value(json_object_get(job, "state")), "succeeded") == 0 &&
+              json_integer_value(json_object_get(json_object_get(job, "progress"), "done")) == 3 &&
+              json_integer_value(json_object_get(json_object_get(job, "progress"), "total")) == 3 &&
+              json_array_size(json_object_get(job, "results")) == 3;
+    json_decref(job);
+    CHECK_MSG(ok, "%s", dump);
+    free(dump);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/note2.txt", H(DAVE), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    /* one document over the threshold: a job too; a failing document is reported, others go on */
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE),
+                       "{\"documents\":[{\"doc_id\":\"ok1\",\"text\":\"fine\"},{\"doc_id\":\"bad\","
+                       "\"content_base64\":\"AAEC\",\"content_type\":\"application/x-unknown\"}]}",
+                       0, &r),
+              202);
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(r.json, "job_id")));
+    api_resp_release(&r);
+    job = wait_job(&f, id);
+    CHECK(job);
+    ok = json_integer_value(json_object_get(json_object_get(job, "progress"), "failed")) == 1 &&
+         json_integer_value(json_object_get(json_object_get(job, "progress"), "done")) == 2;
+    json_decref(job);
+    CHECK(ok);
+    /* a rebuild publishes a new generation */
+    CHECK_INT(api_http(f.base, "POST", "/v1/index/rebuild", H(DAVE), "{}", 0, &r), 202);
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(r.json, "job_id")));
+    api_resp_release(&r);
+    job = wait_job(&f, id);
+    CHECK(job);
+    json_t *res = json_array_get(json_object_get(job, "results"), 0);
+    ok = strcmp(json_string_value(json_object_get(job, "state")), "succeeded") == 0 &&
+         json_integer_value(json_object_get(res, "generation")) >= 2 &&
+         json_integer_value(json_object_get(res, "vectors")) >= 4;
+    dump = json_dumps(job, 0);
+    json_decref(job);
+    CHECK_MSG(ok, "%s", dump);
+    free(dump);
+    CHECK_INT(api_http(f.base, "GET", "/v1/jobs/nothex", H(DAVE), NULL, 0, &r), 400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/jobs/..%2F..%2Fetc%2Fpasswd", H(DAVE), NULL, 0, &r), 400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/jobs/0123456789abcdef0123456789abcdef", H(DAVE), NULL, 0, &r),
+              404);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+/* ---- search and answers, trimmed to each caller ---------------------------------------------------- */
+
+static void search_ids(api_fixture *f, const char *who, const char *mode, char *out, size_t len, long *status)
+{
+    char body[256];
+    snprintf(body, sizeof(body), "{\"query\":\"expense reimbursement\",\"k\":10,\"mode\":\"%s\"}", mode);
+    api_resp r;
+    *status = api_http(f->base, "POST", "/v1/search", H(who), body, 0, &r);
+    result_ids(json_object_get(r.json, "results"), out, len);
+    api_resp_release(&r);
+}
+
+TEST(search_is_trimmed_per_user)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    const char *modes[] = {"bm25", "vector", "hybrid"};
+    for (size_t m = 0; m < 3; m++) {
+        char a[1024], b[1024], e[1024], d[1024];
+        long sa, sb, se, sd;
+        search_ids(&f, ALICE, modes[m], a, sizeof(a), &sa);
+        search_ids(&f, BOB, modes[m], b, sizeof(b), &sb);
+        search_ids(&f, ERIN, modes[m], e, sizeof(e), &se);
+        search_ids(&f, DAVE, modes[m], d, sizeof(d), &sd);
+        CHECK_MSG(sa == 200 && sb == 200 && se == 200 && sd == 200, "%s: %ld %ld %ld %ld", modes[m], sa, sb,
+                  se, sd);
+        /* alice: backend + staff; bob: frontend + staff; erin: her review; dave (admin): all five */
+        CHECK_MSG(strstr(a, "runbooks/backend.md") && strstr(a, "policies/expenses.md") &&
+                      !strstr(a, "frontend") && !strstr(a, "erin") && !strstr(a, "board"),
+                  "%s alice: %s", modes[m], a);
+        CHECK_MSG(strstr(b, "runbooks/frontend.md") && strstr(b, "policies/expenses.md") &&
+                      !strstr(b, "backend") && !strstr(b, "erin") && !strstr(b, "board"),
+                  "%s bob: %s", modes[m], b);
+        CHECK_MSG(strcmp(e, "hr/erin-review.md") == 0, "%s erin: %s", modes[m], e);
+        CHECK_MSG(strstr(d, "backend") && strstr(d, "frontend") && strstr(d, "erin") && strstr(d, "board") &&
+                      strstr(d, "expenses"),
+                  "%s dave: %s", modes[m], d);
+    }
+    /* result objects carry the contract's fields */
+    api_resp r;
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/search", H(ALICE), "{\"query\":\"blue-green deploys\",\"k\":1}", 0, &r),
+        200);
+    json_t *hit = json_array_get(json_object_get(r.json, "results"), 0);
+    const char *fields[] = {"chunk_id", "doc_id",  "title", "uri", "headings",
+                            "score",    "snippet", "start", "end"};
+    for (size_t i = 0; i < 9; i++)
+        CHECK_MSG(json_object_get(hit, fields[i]), "no %s in %s", fields[i], qr_buf_str(&r.body));
+    CHECK_STR(json_string_value(json_object_get(hit, "doc_id")), "runbooks/backend.md");
+    CHECK(json_is_string(json_object_get(r.json, "mode")));
+    api_resp_release(&r);
+    /* filters and pages */
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(DAVE),
+                       "{\"query\":\"expense reimbursement\",\"k\":2,\"mode\":\"bm25\"}", 0, &r),
+              200);
+    CHECK_INT(json_array_size(json_object_get(r.json, "results")), 2);
+    const char *cursor = json_string_value(json_object_get(r.json, "next_cursor"));
+    CHECK(cursor);
+    char first[256], body[1024];
+    result_ids(json_object_get(r.json, "results"), first, sizeof(first));
+    snprintf(body, sizeof(body),
+             "{\"query\":\"expense reimbursement\",\"k\":2,\"mode\":\"bm25\",\"cursor\":\"%s\"}", cursor);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(DAVE), body, 0, &r), 200);
+    char second[256];
+    result_ids(json_object_get(r.json, "results"), second, sizeof(second));
+    CHECK_INT(json_array_size(json_object_get(r.json, "results")), 2);
+    CHECK_MSG(!strstr(second, strtok(first, ",")), "page 2 (%s) repeats page 1", second);
+    api_resp_release(&r);
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/search", H(DAVE),
+                 "{\"query\":\"expense reimbursement\",\"filters\":{\"doc_ids\":[\"finance/board.md\"]}}", 0,
+                 &r),
+        200);
+    char only[256];
+    result_ids(json_object_get(r.json, "results"), only, sizeof(only));
+    CHECK_STR(only, "finance/board.md");
+    api_resp_release(&r);
+    /* a filter cannot widen what a user sees */
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE),
+                       "{\"query\":\"expense reimbursement\",\"filters\":{\"doc_ids\":[\"finance/board.md\","
+                       "\"hr/erin-review.md\"]}}",
+                       0, &r),
+              200);
+    CHECK_INT(json_array_size(json_object_get(r.json, "results")), 0);
+    api_resp_release(&r);
+
+    /* an ACL change takes effect at once */
+    CHECK_INT(api_http(f.base, "PATCH", "/v1/documents/finance%2Fboard.md/acl", H(DAVE),
+                       "{\"acl\":[\"user:alice\"]}", 0, &r),
+              200);
+    api_resp_release(&r);
+    char a[1024];
+    long sa;
+    search_ids(&f, ALICE, "hybrid", a, sizeof(a), &sa);
+    CHECK_MSG(strstr(a, "finance/board.md"), "after the ACL change alice sees: %s", a);
+    CHECK_INT(api_http(f.base, "DELETE", "/v1/documents/finance%2Fboard.md", H(DAVE), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    search_ids(&f, ALICE, "vector", a, sizeof(a), &sa);
+    CHECK_MSG(!strstr(a, "finance/board.md"), "after the delete alice sees: %s", a);
+    api_fx_stop(&f);
+}
+
+/* Checks an answer's citations and sources against what the user may read. */
+static bool citations_only_from(json_t *citations, const char *const *allowed, size_t n, char *why,
+                                size_t len)
+{
+    size_t i;
+    json_t *c;
+    json_array_foreach(citations, i, c)
+    {
+        const char *d = json_string_value(json_object_get(c, "doc_id"));
+        bool ok = false;
+        for (size_t k = 0; k < n && d; k++)
+            ok = ok || strcmp(d, allowed[k]) == 0;
+        if (!ok) {
+            snprintf(why, len, "cited %s", d ? d : "(none)");
+            return false;
+        }
+    }
+    return true;
+}
+
+TEST(answers_never_use_forbidden_chunks)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    struct {
+        const char *who;
+        const char *allowed[2];
+        const char *markers_ok[2];
+        const char *markers_forbidden[3];
+    } users[] = {
+        {ALICE,
+         {"runbooks/backend.md", "policies/expenses.md"},
+         {"PINEAPPLEBACKEND", "KIWISTAFF"},
+         {"MANGOFRONTEND", "PAPAYAERIN", "GUAVAADMIN"}},
+        {BOB,
+         {"runbooks/frontend.md", "policies/expenses.md"},
+         {"MANGOFRONTEND", "KIWISTAFF"},
+         {"PINEAPPLEBACKEND", "PAPAYAERIN", "GUAVAADMIN"}},
+    };
+    char first_sources[2][1024];
+    for (size_t u = 0; u < 2; u++) {
+        const char *routes[] = {"/v1/ask", "/v1/chat/completions"};
+        for (size_t k = 0; k < 2; k++) {
+            CHECK(fake_reset());
+            api_resp r;
+            const char *body =
+                k == 0 ? "{\"question\":\"How does expense reimbursement work?\"}"
+                       : "{\"model\":\"quarry\",\"messages\":[{\"role\":\"system\",\"content\":\"Be "
+                         "brief.\"},{\"role\":\"user\",\"content\":\"How does expense reimbursement "
+                         "work?\"}]}";
+            CHECK_INT(api_http(f.base, "POST", routes[k], H(users[u].who), body, 0, &r), 200);
+            json_t *cit = json_object_get(r.json, "citations");
+            CHECK_MSG(json_array_size(cit) >= 1, "%s: no citations: %s", routes[k], qr_buf_str(&r.body));
+            char why[256];
+            CHECK_MSG(citations_only_from(cit, users[u].allowed, 2, why, sizeof(why)), "%s user %zu: %s",
+                      routes[k], u, why);
+            if (k == 0) {
+                CHECK_STR(json_string_value(json_object_get(r.json, "mode")), "generative");
+                CHECK(citations_only_from(json_object_get(r.json, "sources"), users[u].allowed, 2, why,
+                                          sizeof(why)));
+                result_ids(json_object_get(r.json, "sources"), first_sources[u], sizeof(first_sources[u]));
+            } else {
+                CHECK_STR(json_string_value(json_object_get(r.json, "object")), "chat.completion");
+                json_t *msg =
+                    json_object_get(json_array_get(json_object_get(r.json, "choices"), 0), "message");
+                CHECK_STR(json_string_value(json_object_get(msg, "role")), "assistant");
+                CHECK(strstr(json_string_value(json_object_get(msg, "content")), "fake inference server"));
+                CHECK(json_integer_value(json_object_get(json_object_get(r.json, "usage"), "total_tokens")) >
+                      0);
+            }
+            api_resp_release(&r);
+            /* what the backend received: the permitted passages, never another's */
+            char *got = fake_received();
+            CHECK(got);
+            bool one_ok = strstr(got, users[u].markers_ok[0]) || strstr(got, users[u].markers_ok[1]);
+            const char *leak = NULL;
+            for (size_t m = 0; m < 3; m++)
+                if (strstr(got, users[u].markers_forbidden[m]))
+                    leak = users[u].markers_forbidden[m];
+            bool client_system = strstr(got, "Be brief.") != NULL;
+            free(got);
+            CHECK_MSG(one_ok, "%s: the backend got none of the user's passages", routes[k]);
+            CHECK_MSG(!leak, "%s: the backend received %s", routes[k], leak);
+            CHECK_MSG(!client_system, "a client's system message reached the backend");
+        }
+    }
+    /* two users, same question, different sources */
+    CHECK_MSG(strcmp(first_sources[0], first_sources[1]) != 0, "alice and bob got the same sources: %s",
+              first_sources[0]);
+    /* a user who may read nothing relevant: an answer without sources, nothing sent of others' */
+    CHECK(fake_reset());
+    api_resp r;
+    CHECK(put_doc(&f, "ops/only.md", "Ops", "Nothing about money here.", "[\"group:nobody\"]") == 201);
+    char noone[512];
+    api_basic(noone, sizeof(noone), "erin", "Erin-pw-5");
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/ask", H(noone), "{\"question\":\"quarterly board totals?\"}", 0, &r),
+        200);
+    char why[256];
+    const char *erin_allowed[] = {"hr/erin-review.md"};
+    CHECK_MSG(citations_only_from(json_object_get(r.json, "citations"), erin_allowed, 1, why, sizeof(why)),
+              "%s", why);
+    api_resp_release(&r);
+    char *got = fake_received();
+    CHECK(got && !strstr(got, "GUAVAADMIN") && !strstr(got, "KIWISTAFF"));
+    free(got);
+    api_fx_stop(&f);
+}
+
+/* Reads an SSE body into events (the data: payloads, in order). */
+static size_t sse_events(const char *body, char ***out)
+{
+    size_t n = 0;
+    char **ev = NULL;
+    const char *p = body;
+    while ((p = strstr(p, "data: "))) {
+        p += 6;
+        size_t k = strcspn(p, "\n");
+        ev = realloc(ev, (n + 1) * sizeof(*ev));
+        ev[n++] = strndup(p, k);
+        p += k;
+    }
+    *out = ev;
+    return n;
+}
+
+TEST(chat_stream_sse)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    CHECK(fake_reset());
+    api_resp plain, r;
+    const char *msgs =
+        "\"messages\":[{\"role\":\"user\",\"content\":\"Who approves expense reimbursement?\"}]";
+    char body[512];
+    snprintf(body, sizeof(body), "{%s}", msgs);
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(BOB), body, 0, &plain), 200);
+    snprintf(body, sizeof(body), "{%s,\"stream\":true,\"stream_options\":{\"include_usage\":true}}", msgs);
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(BOB), body, 0, &r), 200);
+    char ct[128];
+    CHECK(header_value(&r, "Content-Type", ct, sizeof(ct)) && strncmp(ct, "text/event-stream", 17) == 0);
+    char **ev = NULL;
+    size_t n = sse_events(qr_buf_str(&r.body), &ev);
+    CHECK_MSG(n >= 5, "%zu events: %s", n, qr_buf_str(&r.body));
+    CHECK_STR(ev[n - 1], "[DONE]");
+    qr_buf text;
+    qr_buf_init(&text, 1 << 20);
+    json_t *citations = NULL;
+    const char *finish = NULL;
+    bool role_first = false, usage_seen = false, ids_same = true;
+    char first_id[128] = "";
+    for (size_t i = 0; i + 1 < n; i++) {
+        json_t *c = json_loads(ev[i], 0, NULL);
+        CHECK_MSG(c, "event %zu is not JSON: %s", i, ev[i]);
+        CHECK_STR(json_string_value(json_object_get(c, "object")), "chat.completion.chunk");
+        const char *id = json_string_value(json_object_get(c, "id"));
+        if (!*first_id)
+            snprintf(first_id, sizeof(first_id), "%s", id);
+        ids_same = ids_same && id && strcmp(id, first_id) == 0;
+        json_t *choice = json_array_get(json_object_get(c, "choices"), 0);
+        json_t *delta = json_object_get(choice, "delta");
+        if (i == 0)
+            role_first = json_is_string(json_object_get(delta, "role"));
+        json_t *content = json_object_get(delta, "content");
+        if (json_is_string(content))
+            qr_buf_puts(&text, json_string_value(content));
+        if (json_is_string(json_object_get(choice, "finish_reason")))
+            finish = "set";
+        if (json_object_get(c, "citations"))
+            citations = json_incref(json_object_get(c, "citations"));
+        if (json_is_object(json_object_get(c, "usage")))
+            usage_seen = true;
+        json_decref(c);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(ev[i]);
+    free(ev);
+    CHECK(role_first && finish && usage_seen && ids_same);
+    CHECK_MSG(json_array_size(citations) >= 1, "no citations in the stream");
+    const char *allowed[] = {"runbooks/frontend.md", "policies/expenses.md"};
+    char why[256];
+    CHECK_MSG(citations_only_from(citations, allowed, 2, why, sizeof(why)), "%s", why);
+    json_decref(citations);
+    const char *whole = json_string_value(json_object_get(
+        json_object_get(json_array_get(json_object_get(plain.json, "choices"), 0), "message"), "content"));
+    CHECK_MSG(whole && strcmp(qr_buf_str(&text), whole) == 0, "stream \"%s\" != plain \"%s\"",
+              qr_buf_str(&text), whole ? whole : "");
+    qr_buf_release(&text);
+    api_resp_release(&plain);
+    api_resp_release(&r);
+    CHECK_INT(fake_chat_requests(), 2);
+    api_fx_stop(&f);
+}
+
+TEST(openai_npm_client)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    char *key = make_key(&f, "chat,on_behalf_of");
+    CHECK(key);
+    const char *dir = QUARRY_SOURCE_DIR "/tests/openai_client";
+    char cmd[2048];
+    struct stat sb;
+    if (stat(QUARRY_SOURCE_DIR "/tests/openai_client/node_modules/openai/package.json", &sb) != 0) {
+        /* a fresh clone: install the pinned client from the lock file */
+        snprintf(cmd, sizeof(cmd), "cd '%s' && npm ci --no-audit --no-fund --loglevel=error >&2", dir);
+        CHECK_MSG(system(cmd) == 0, "npm ci failed in %s", dir);
+    }
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && QUARRY_URL='%s' QUARRY_KEY='%s' QUARRY_USER=alice node run.mjs "
+             "'How are expense reimbursement claims filed?'",
+             dir, f.base, key);
+    free(key);
+    FILE *p = popen(cmd, "r");
+    CHECK(p);
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+        qr_buf_append(&out, chunk, n);
+    int status = pclose(p);
+    json_t *res = json_loads(qr_buf_str(&out), 0, NULL);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0 && res, "node: status %d, output %s", status,
+              qr_buf_str(&out));
+    json_t *plain = json_object_get(res, "plain"), *stream = json_object_get(res, "stream");
+    CHECK_STR(json_string_value(json_object_get(plain, "object")), "chat.completion");
+    CHECK_STR(json_string_value(json_object_get(plain, "finish_reason")), "stop");
+    CHECK_STR(json_string_value(json_object_get(stream, "finish_reason")), "stop");
+    const char *a = json_string_value(json_object_get(plain, "content"));
+    const char *b = json_string_value(json_object_get(stream, "content"));
+    CHECK_MSG(a && b && *a && strcmp(a, b) == 0, "plain \"%s\", streamed \"%s\"", a ? a : "", b ? b : "");
+    CHECK(json_integer_value(json_object_get(stream, "chunks")) >= 4);
+    CHECK_STR(json_string_value(json_array_get(json_object_get(stream, "roles"), 0)), "assistant");
+    CHECK(json_is_object(json_object_get(stream, "usage")));
+    const char *allowed[] = {"runbooks/backend.md", "policies/expenses.md"};
+    char why[256];
+    CHECK(json_array_size(json_object_get(plain, "citations")) >= 1);
+    CHECK(json_array_size(json_object_get(stream, "citations")) >= 1);
+    CHECK_MSG(citations_only_from(json_object_get(plain, "citations"), allowed, 2, why, sizeof(why)), "%s",
+              why);
+    CHECK_MSG(citations_only_from(json_object_get(stream, "citations"), allowed, 2, why, sizeof(why)), "%s",
+              why);
+    json_decref(res);
+    qr_buf_release(&out);
+    api_fx_stop(&f);
+}
+
+/* ---- concurrency -------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *base;
+    const char *auth;
+    char ids[1024];
+    long status;
+} search_job;
+
+static void *search_thread(void *arg)
+{
+    search_job *j = arg;
+    api_resp r;
+    j->status = api_http(j->base, "POST", "/v1/search", (const char *const[]){j->auth, NULL},
+                         "{\"query\":\"expense reimbursement\",\"k\":5}", 0, &r);
+    result_ids(json_object_get(r.json, "results"), j->ids, sizeof(j->ids));
+    api_resp_release(&r);
+    return NULL;
+}
+
+TEST(fifty_concurrent_searches)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    api_resp r;
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", H(ALICE), NULL, 0, &r), 200);
+    char alice_tok[1024], bob_tok[1024];
+    snprintf(alice_tok, sizeof(alice_tok), "Authorization: Bearer %s",
+             json_string_value(json_object_get(r.json, "access_token")));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", H(BOB), NULL, 0, &r), 200);
+    snprintf(bob_tok, sizeof(bob_tok), "Authorization: Bearer %s",
+             json_string_value(json_object_get(r.json, "access_token")));
+    api_resp_release(&r);
+    search_job ref_a = {f.base, alice_tok, "", 0}, ref_b = {f.base, bob_tok, "", 0};
+    search_thread(&ref_a);
+    search_thread(&ref_b);
+    CHECK(ref_a.status == 200 && ref_b.status == 200 && strcmp(ref_a.ids, ref_b.ids) != 0);
+    enum { N = 50 };
+    search_job jobs[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (search_job){f.base, i % 2 ? bob_tok : alice_tok, "", 0};
+        CHECK(pthread_create(&th[i], NULL, search_thread, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++) {
+        CHECK_MSG(jobs[i].status == 200, "search %d: %ld", i, jobs[i].status);
+        CHECK_MSG(strcmp(jobs[i].ids, i % 2 ? ref_b.ids : ref_a.ids) == 0, "search %d: %s", i, jobs[i].ids);
+    }
+    api_fx_stop(&f);
+}
+
+/* ---- the description, metrics and audit ------------------------------------------------------------- */
+
+TEST(openapi_and_routes_agree_both_ways)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/openapi.json", H(ALICE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "openapi")), "3.1.0");
+    json_t *paths = json_object_get(r.json, "paths");
+    size_t nroutes;
+    const api_route_info *routes = api_routes(&nroutes);
+    /* every route is described */
+    for (size_t i = 0; i < nroutes; i++) {
+        char lower[16];
+        size_t k = 0;
+        for (; routes[i].method[k]; k++)
+            lower[k] = (char)(routes[i].method[k] | 0x20);
+        lower[k] = '\0';
+        json_t *op = json_object_get(json_object_get(paths, routes[i].pattern), lower);
+        CHECK_MSG(op, "%s %s is not in the OpenAPI document", routes[i].method, routes[i].pattern);
+        CHECK_MSG(json_object_get(op, "responses") && json_object_get(op, "summary"), "%s %s lacks responses",
+                  routes[i].method, routes[i].pattern);
+        CHECK_MSG(!strstr(json_string_value(json_object_get(op, "summary")), "Undocumented"),
+                  "%s %s undocumented", routes[i].method, routes[i].pattern);
+    }
+    /* every described operation is a route the server answers (never 404/405 from the router) */
+    const char *path;
+    json_t *item;
+    size_t ops = 0;
+    json_object_foreach(paths, path, item)
+    {
+        const char *method;
+        json_t *op;
+        json_object_foreach(item, method, op)
+        {
+            char upper[16], concrete[256];
+            size_t k = 0;
+            for (; method[k] && k < 15; k++)
+                upper[k] = (char)(method[k] & ~0x20);
+            upper[k] = '\0';
+            bool in_table = false;
+            for (size_t i = 0; i < nroutes; i++)
+                in_table = in_table ||
+                           (strcmp(routes[i].method, upper) == 0 && strcmp(routes[i].pattern, path) == 0);
+            CHECK_MSG(in_table, "the OpenAPI document has %s %s, the route table does not", upper, path);
+            const char *brace = strchr(path, '{');
+            if (brace)
+                snprintf(concrete, sizeof(concrete), "%.*sprobe-id%s", (int)(brace - path), path,
+                         strchr(brace, '}') + 1);
+            else
+                snprintf(concrete, sizeof(concrete), "%s", path);
+            api_resp probe;
+            long st = api_http(f.base, upper, concrete, H(DAVE),
+                               strcmp(upper, "GET") && strcmp(upper, "DELETE") ? "{}" : NULL, 0, &probe);
+            bool routed =
+                st > 0 && !(st == 405) && !(st == 404 && strstr(qr_buf_str(&probe.body), "no route"));
+            api_resp_release(&probe);
+            CHECK_MSG(routed, "%s %s: the server does not route it (%ld)", upper, concrete, st);
+            ops++;
+        }
+    }
+    CHECK_INT(ops, nroutes);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+TEST(metrics_exposition)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    api_resp r;
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE), NULL, 0, &r), 200);
+        api_resp_release(&r);
+    }
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/ask", H(ALICE), "{\"question\":\"expense reimbursement?\"}", 0, &r),
+        200);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/nowhere", NULL, NULL, 0, &r), 404);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/metrics", H(DAVE), NULL, 0, &r), 200);
+    char ct[128];
+    CHECK(header_value(&r, "Content-Type", ct, sizeof(ct)) && strstr(ct, "text/plain"));
+    const char *m = qr_buf_str(&r.body);
+    CHECK(strstr(m, "quarry_http_requests_total{route=\"/v1/me\",method=\"GET\",status=\"200\"} 3\n"));
+    CHECK(strstr(m, "quarry_http_requests_total{route=\"unmatched\",method=\"-\",status=\"404\"} 1\n"));
+    CHECK(strstr(m,
+                 "quarry_http_request_duration_seconds_bucket{route=\"/v1/me\",method=\"GET\",status=\"200\","
+                 "le=\"+Inf\"} 3\n"));
+    CHECK(strstr(
+        m, "quarry_http_request_duration_seconds_count{route=\"/v1/me\",method=\"GET\",status=\"200\"} 3\n"));
+    CHECK(strstr(m, "quarry_ingest_documents_total{outcome=\"added\"} 5\n"));
+    CHECK(strstr(m, "quarry_index_documents 5\n"));
+    CHECK(strstr(m, "quarry_index_generation "));
+    CHECK(strstr(m, "quarry_ldap_cache_hits_total "));
+    CHECK(strstr(m, "quarry_ldap_cache_misses_total "));
+    CHECK(strstr(m, "quarry_answer_duration_seconds_count{mode=\"generative\"} 1\n"));
+    CHECK(strstr(m, "quarry_inference_breaker_state{state=\"closed\"} 1\n"));
+    CHECK(strstr(m, "quarry_errors_total{code=\"not_found\"} 1\n"));
+    /* every line is a comment or "name{labels} value"; bucket counts never decrease */
+    char *copy = strdup(m), *save = NULL;
+    double last_bucket = -1;
+    char last_series[512] = "";
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#') {
+            CHECK_MSG(strncmp(line, "# HELP ", 7) == 0 || strncmp(line, "# TYPE ", 7) == 0, "%s", line);
+            continue;
+        }
+        char *sp = strrchr(line, ' ');
+        CHECK_MSG(sp && sp > line, "%s", line);
+        char *end;
+        double v = strtod(sp + 1, &end);
+        CHECK_MSG(*end == '\0', "bad value: %s", line);
+        for (char *c = line; c < sp && *c != '{'; c++)
+            CHECK_MSG((*c >= 'a' && *c <= 'z') || *c == '_' || (*c >= '0' && *c <= '9'), "bad name: %s",
+                      line);
+        char *le = strstr(line, ",le=\"");
+        if (strstr(line, "_bucket{") && le) {
+            char series[512];
+            snprintf(series, sizeof(series), "%.*s", (int)(le - line), line);
+            if (strcmp(series, last_series) == 0)
+                CHECK_MSG(v >= last_bucket, "bucket decreases: %s", line);
+            snprintf(last_series, sizeof(last_series), "%s", series);
+            last_bucket = v;
+        }
+    }
+    free(copy);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+TEST(audit_log_records_queries_by_hash)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    api_resp r;
+    const char *query = "expense reimbursement deploys";
+    char body[256];
+    snprintf(body, sizeof(body), "{\"query\":\"%s\",\"k\":3}", query);
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE, "X-Request-Id: audit-check-1"), body, 0, &r),
+              200);
+    char first_result[256];
+    result_ids(json_object_get(r.json, "results"), first_result, sizeof(first_result));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/ask", H(BOB, "X-Request-Id: audit-check-2"),
+                       "{\"question\":\"How are frontend releases shipped?\"}", 0, &r),
+              200);
+    api_resp_release(&r);
+    char path[400], *log = NULL;
+    snprintf(path, sizeof(path), "%s/data/audit.log", f.dir);
+    char err[QR_ERR_LEN];
+    CHECK_OK(qr_read_file(path, 1 << 20, &log, NULL, err), err);
+    char hash[65];
+    ingest_content_hash(query, strlen(query), hash);
+    bool found_search = false, found_answer = false, query_leaked = strstr(log, query) != NULL;
+    for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        CHECK_MSG(j, "audit line is not JSON: %s", line);
+        const char *rid = json_string_value(json_object_get(j, "request_id"));
+        if (rid && strcmp(rid, "audit-check-1") == 0) {
+            found_search = strcmp(json_string_value(json_object_get(j, "user")), "alice") == 0 &&
+                           strcmp(json_string_value(json_object_get(j, "query_sha256")), hash) == 0 &&
+                           strcmp(json_string_value(json_object_get(j, "route")), "POST /v1/search") == 0 &&
+                           json_array_size(json_object_get(j, "doc_ids")) >= 1 &&
+                           json_is_string(json_object_get(j, "time"));
+        }
+        if (rid && strcmp(rid, "audit-check-2") == 0) {
+            json_t *ids = json_object_get(j, "doc_ids");
+            found_answer = strcmp(json_string_value(json_object_get(j, "user")), "bob") == 0 &&
+                           json_array_size(ids) >= 1;
+            size_t i;
+            json_t *e;
+            json_array_foreach(ids, i, e) found_answer =
+                found_answer && (strcmp(json_string_value(e), "runbooks/frontend.md") == 0 ||
+                                 strcmp(json_string_value(e), "policies/expenses.md") == 0);
+        }
+        /* document writes are audited too */
+        json_decref(j);
+    }
+    free(log);
+    CHECK(found_search);
+    CHECK(found_answer);
+    CHECK_MSG(!query_leaked, "the audit log holds the query text");
+    /* the access log has a line per request, without credentials */
+    snprintf(path, sizeof(path), "%s/access.log", f.dir);
+    CHECK_OK(qr_read_file(path, 1 << 20, &log, NULL, err), err);
+    CHECK(strstr(log, "\"request_id\":\"audit-check-1\""));
+    CHECK(!strstr(log, "Alice-pw-1") && !strstr(log, "Basic "));
+    free(log);
+    api_fx_stop(&f);
+}
+
+/* ---- `quarry serve` and graceful shutdown ------------------------------------------------------------ */
+
+typedef struct {
+    char base[128];
+    long status;
+    char answer[512];
+} slow_req;
+
+static void *slow_ask(void *arg)
+{
+    slow_req *s = arg;
+    char dave[512];
+    api_basic(dave, sizeof(dave), "dave", "p@ss, w0rd (*)");
+    api_resp r;
+    s->status = api_http(s->base, "POST", "/v1/ask", (const char *const[]){dave, NULL},
+                         "{\"question\":\"expense reimbursement?\"}", 0, &r);
+    const char *a = json_string_value(json_object_get(r.json, "answer"));
+    snprintf(s->answer, sizeof(s->answer), "%s", a ? a : qr_buf_str(&r.body));
+    api_resp_release(&r);
+    return NULL;
+}
+
+TEST(serve_shuts_down_gracefully)
+{
+    creds();
+    /* a store with documents, written by an in-process server that is then stopped */
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    api_server_free(f.srv);
+    f.srv = NULL;
+
+    char data[300];
+    snprintf(data, sizeof(data), "%s/data", f.dir);
+    char people[256], groups[256], inf[256];
+    snprintf(people, sizeof(people), "ldap.user_base=ou=people,%s", getenv("QUARRY_TEST_LDAP_BASE"));
+    snprintf(groups, sizeof(groups), "ldap.group_base=ou=groups,%s", getenv("QUARRY_TEST_LDAP_BASE"));
+    snprintf(inf, sizeof(inf), "inference.base_url=%s/v1", fake_url());
+    char uri[256], bind[256], pw[256];
+    snprintf(uri, sizeof(uri), "ldap.uri=%s", getenv("QUARRY_TEST_LDAP_URI"));
+    snprintf(bind, sizeof(bind), "ldap.bind_dn=%s", getenv("QUARRY_TEST_LDAP_BIND_DN"));
+    snprintf(pw, sizeof(pw), "ldap.bind_password=%s", getenv("QUARRY_TEST_LDAP_BIND_PW"));
+    int out[2];
+    CHECK(pipe(out) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        close(out[0]);
+        close(out[1]);
+        execl(QUARRY_BIN, "quarry", "--data", data, "--set", "server.listen=127.0.0.1:0", "--set", uri,
+              "--set", bind, "--set", pw, "--set", people, "--set", groups, "--set", "auth.admin_groups=ops",
+              "--set", inf, "--set", "inference.model=fake-chat-model", "--set", "server.shutdown_grace_s=10",
+              "--log-level", "warn", "serve", (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    FILE *o = fdopen(out[0], "r");
+    char line[512] = "";
+    bool got_line = fgets(line, sizeof(line), o) != NULL;
+    char *url = strstr(line, "http://");
+    if (!got_line || !url) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fclose(o);
+        CHECK_MSG(false, "quarry serve printed: %s", line);
+    }
+    slow_req s = {"", 0, ""};
+    snprintf(s.base, sizeof(s.base), "%.*s", (int)strcspn(url, " \n"), url);
+
+    /* the backend will sit on the next answer for 1.5 s */
+    CHECK(fake_reset());
+    api_resp r;
+    CHECK_INT(api_http(fake_url(), "POST", "/_fake/faults", NULL,
+                       "{\"mode\":\"stall_first_byte\",\"times\":1,\"stall_ms\":1500}", 0, &r),
+              200);
+    api_resp_release(&r);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, slow_ask, &s) == 0);
+    /* wait until the backend has the request, then ask the server to stop */
+    for (int i = 0; i < 100 && fake_chat_requests() == 0; i++)
+        usleep(20000);
+    uint64_t t0 = qr_now_ns();
+    CHECK(kill(pid, SIGTERM) == 0);
+    usleep(300000);
+    /* no new connections once shutdown began */
+    long refused = api_http(s.base, "GET", "/healthz", NULL, NULL, 0, &r);
+    api_resp_release(&r);
+    pthread_join(th, NULL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    double secs = (double)(qr_now_ns() - t0) / 1e9;
+    char rest[512] = "";
+    size_t k = fread(rest, 1, sizeof(rest) - 1, o);
+    rest[k] = '\0';
+    fclose(o);
+    CHECK_MSG(s.status == 200 && strstr(s.answer, "fake inference server"), "in-flight request: %ld %s",
+              s.status, s.answer);
+    CHECK_MSG(refused == -1, "a new connection during shutdown got %ld", refused);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "quarry serve exit status %d", status);
+    CHECK_MSG(secs < 8, "shutdown took %.1f s", secs);
+    CHECK_MSG(strstr(rest, "stopped"), "%s", rest);
+    api_fx_stop(&f);
+}

@@ -1,0 +1,855 @@
+/*
+ * Unit tests of retrieval: the query language and its tokenizer (checked against the SQLite that
+ * quarry links), injection attempts, BM25 and vector search over a real store and vector index
+ * with ACLs and filters, fusion, per-document limits, pagination, snippets, the JSON contract,
+ * the vector index's sync layer, and the evaluation metrics against hand-computed values.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "index/index.h"
+#include "retrieval/retrieval.h"
+#include "retrieval/retrieval_int.h"
+#include "tests/harness.h"
+
+/* ---- a small corpus ------------------------------------------------------------------------ */
+
+#define DIM 16
+
+typedef struct {
+    char dir[64];
+    store *s;
+    vindex *v;
+    retrieval *r;
+    retrieval_opts o;
+    int docs;
+} fx;
+
+/* A toy embedding: words hashed into DIM signed buckets (never zero for a text with a word). */
+static void embed(const char *text, float *v)
+{
+    memset(v, 0, DIM * sizeof(float));
+    size_t pos = 0, s, e, n = strlen(text);
+    while (rq_next_token(text, n, &pos, &s, &e)) {
+        uint64_t h = 1469598103934665603ull;
+        for (size_t i = s; i < e; i++) {
+            h ^= (unsigned char)(text[i] | 0x20);
+            h *= 1099511628211ull;
+        }
+        v[h % DIM] += (h >> 32) & 1 ? 1.0f : -1.0f;
+    }
+    v[0] += 0.01f; /* never a zero row */
+}
+
+static void fx_close(fx *f)
+{
+    retrieval_close(f->r);
+    vindex_close(f->v);
+    store_close(f->s);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+    if (f->dir[0] && system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", f->dir);
+    memset(f, 0, sizeof(*f));
+}
+
+static bool fx_open(fx *f, char *err)
+{
+    memset(f, 0, sizeof(*f));
+    qr_log_configure(QR_LOG_WARN, QR_LOG_TEXT, "index=error", err);
+    snprintf(f->dir, sizeof(f->dir), "/tmp/quarry-retrieval-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return false;
+    retrieval_opts_default(&f->o);
+    return store_open(f->dir, &f->s, err) == QR_OK && store_check_embedding(f->s, "toy", DIM, err) == QR_OK;
+}
+
+/* Adds a document whose chunks are the '|'-separated parts of text; acl is comma-separated. */
+static bool put(fx *f, const char *id, const char *title, const char *uri, const char *type, const char *acl,
+                const char *text, char *err)
+{
+    char buf[4096], aclbuf[512];
+    snprintf(buf, sizeof(buf), "%s", text);
+    snprintf(aclbuf, sizeof(aclbuf), "%s", acl);
+    const char *principals[16];
+    size_t np = 0;
+    for (char *p = strtok(aclbuf, ","); p && np < 16; p = strtok(NULL, ","))
+        principals[np++] = p;
+    store_chunk chunks[16];
+    float vecs[16 * DIM];
+    size_t n = 0, start = 0, len = strlen(buf);
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || buf[i] == '|') {
+            if (i < len)
+                buf[i] = ' ';
+            char part[4096];
+            snprintf(part, sizeof(part), "%.*s", (int)(i - start), buf + start);
+            embed(part, vecs + n * DIM);
+            chunks[n] = (store_chunk){start, i, n % 2 ? "Guide > Details" : ""};
+            n++;
+            start = i + 1;
+        }
+    }
+    char hash[65];
+    snprintf(hash, sizeof(hash), "%064x", ++f->docs);
+    store_document d = {.doc_id = id,
+                        .title = title,
+                        .uri = uri,
+                        .content_type = type,
+                        .acl = principals,
+                        .nacl = np,
+                        .content_hash = hash,
+                        .text = buf,
+                        .text_len = len};
+    store_put_result res;
+    return store_put(f->s, &d, chunks, n, vecs, DIM, &res, err) == QR_OK;
+}
+
+/* Opens (or brings up to date) the vector index and a retrieval handle with f->o. */
+static bool fx_ready(fx *f, char *err)
+{
+    retrieval_close(f->r);
+    f->r = NULL;
+    if (!f->v) {
+        vindex_opts vo;
+        vindex_opts_default(&vo);
+        if (index_sync_open(f->s, f->dir, &vo, false, &f->v, NULL, err))
+            return false;
+    }
+    return retrieval_open(f->s, f->v, &f->o, &f->r, err) == QR_OK;
+}
+
+/* The standard corpus of the search tests. */
+static bool fx_corpus(fx *f, char *err)
+{
+    return fx_open(f, err) &&
+           put(f, "wings", "Swept wings", "file:///docs/aero/wings.md", "text/markdown", "group:aero",
+               "Lift of swept wings at high speed.|The wing stalls early at low speed.", err) &&
+           put(f, "heat", "Heat transfer", "file:///docs/aero/heat.txt", "text/plain",
+               "group:thermo,user:bob", "Heat transfer in boundary layers of a wing.", err) &&
+           put(f, "budget", "Quarterly budget", "file:///docs/finance/budget.md", "text/markdown",
+               "group:finance", "The budget for wing tunnel tests and travel.", err) &&
+           put(f, "public", "Welcome", "https://intranet/welcome", "text/html", "public",
+               "Welcome to the wind tunnel. Book the tunnel for wing tests.", err) &&
+           put(f, "secret", "Board minutes", "file:///docs/board/minutes.txt", "text/plain", "",
+               "The board discussed the wing programme and the budget.", err) &&
+           fx_ready(f, err);
+}
+
+static retrieval_result *search(fx *f, const char *const *principals, size_t n, bool admin, const char *query,
+                                retrieval_mode mode, size_t k, char *err)
+{
+    float vec[DIM];
+    embed(query, vec);
+    retrieval_caller c = {principals, n, admin};
+    retrieval_request q = {.query = query, .vector = vec, .dim = DIM, .mode = mode, .k = k};
+    retrieval_result *res = NULL;
+    if (retrieval_search(f->r, &c, &q, &res, err))
+        return NULL;
+    return res;
+}
+
+static bool has_doc(const retrieval_result *r, const char *doc_id)
+{
+    for (size_t i = 0; i < r->nhits; i++)
+        if (strcmp(r->hits[i].doc_id, doc_id) == 0)
+            return true;
+    return false;
+}
+
+/* ---- tokens and the query language --------------------------------------------------------- */
+
+TEST(token_chars_match_fts5)
+{
+    /* ask the SQLite quarry links how unicode61 splits "q<cp>q" for every code point of the first
+     * three planes, and compare with quarry's table */
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(":memory:", &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db,
+                       "CREATE VIRTUAL TABLE t USING fts5(x, tokenize = 'unicode61');"
+                       "CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance');",
+                       NULL, NULL, NULL) == SQLITE_OK);
+    size_t mismatches = 0, checked = 0;
+    uint32_t first_bad = 0;
+    for (uint32_t base = 0x20; base < 0x30000; base += 0x4000) {
+        sqlite3_exec(db, "BEGIN; DELETE FROM t;", NULL, NULL, NULL);
+        sqlite3_stmt *ins = NULL, *q = NULL;
+        sqlite3_prepare_v2(db, "INSERT INTO t(rowid, x) VALUES (?1, ?2)", -1, &ins, NULL);
+        for (uint32_t cp = base; cp < base + 0x4000 && cp < 0x30000; cp++) {
+            if (cp >= 0xd800 && cp <= 0xdfff)
+                continue;
+            char s[8] = "q";
+            size_t n = 1;
+            if (cp < 0x80) {
+                s[n++] = (char)cp;
+            } else if (cp < 0x800) {
+                s[n++] = (char)(0xc0 | cp >> 6), s[n++] = (char)(0x80 | (cp & 0x3f));
+            } else if (cp < 0x10000) {
+                s[n++] = (char)(0xe0 | cp >> 12), s[n++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+                s[n++] = (char)(0x80 | (cp & 0x3f));
+            } else {
+                s[n++] = (char)(0xf0 | cp >> 18), s[n++] = (char)(0x80 | ((cp >> 12) & 0x3f));
+                s[n++] = (char)(0x80 | ((cp >> 6) & 0x3f)), s[n++] = (char)(0x80 | (cp & 0x3f));
+            }
+            s[n++] = 'q';
+            sqlite3_bind_int64(ins, 1, cp);
+            sqlite3_bind_text(ins, 2, s, (int)n, SQLITE_TRANSIENT);
+            sqlite3_step(ins);
+            sqlite3_reset(ins);
+        }
+        sqlite3_finalize(ins);
+        sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        sqlite3_prepare_v2(db, "SELECT doc, count(*) FROM v GROUP BY doc", -1, &q, NULL);
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            uint32_t cp = (uint32_t)sqlite3_column_int64(q, 0);
+            bool fts_token = sqlite3_column_int(q, 1) == 1;
+            checked++;
+            if (fts_token != rq_token_char(cp) && !mismatches++)
+                first_bad = cp;
+        }
+        sqlite3_finalize(q);
+    }
+    sqlite3_close(db);
+    CHECK(checked > 190000);
+    CHECK_MSG(mismatches == 0, "%zu code points disagree with FTS5 unicode61, first U+%04X", mismatches,
+              (unsigned)first_bad);
+}
+
+static bool phrase_is(const rq_phrase *p, const char *a, const char *b)
+{
+    return p->ntokens == (b ? 2u : 1u) && strcmp(p->tokens[0], a) == 0 &&
+           (!b || strcmp(p->tokens[1], b) == 0);
+}
+
+TEST(parse_words_phrases_exclusions)
+{
+    char err[QR_ERR_LEN];
+    rq_stopwords *sw = NULL;
+    CHECK_OK(rq_stopwords_new("default", &sw, err), err);
+    qr_arena a;
+    qr_arena_init(&a, 1 << 20);
+    rq_query q;
+    const char *t = "The Wings of WING-tip \"boundary layer\" -stall -\"low speed\" wings";
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_INT(q.nterms, 4); /* the dropped; repeats kept: wings ... wings */
+    CHECK_STR(q.terms[0], "wings");
+    CHECK_STR(q.terms[1], "wing");
+    CHECK_STR(q.terms[2], "tip");
+    CHECK_STR(q.terms[3], "wings");
+    CHECK_INT(q.nphrases, 1);
+    CHECK(phrase_is(&q.phrases[0], "boundary", "layer"));
+    CHECK_INT(q.nexcluded, 2);
+    CHECK(phrase_is(&q.excluded[0], "stall", NULL));
+    CHECK(phrase_is(&q.excluded[1], "low", "speed"));
+    qr_buf b;
+    qr_buf_init(&b, 1 << 16);
+    CHECK_OK(rq_fts_rank(&q, &b), "rank");
+    CHECK_STR(qr_buf_str(&b), "\"wings\" OR \"wing\" OR \"tip\" OR \"wings\" OR \"boundary layer\"");
+    qr_buf_reset(&b);
+    CHECK_OK(rq_fts_require(&q, &b), "require");
+    CHECK_STR(qr_buf_str(&b), "\"boundary layer\"");
+    qr_buf_reset(&b);
+    CHECK_OK(rq_fts_exclude(&q, &b), "exclude");
+    CHECK_STR(qr_buf_str(&b), "\"stall\" OR \"low speed\"");
+
+    /* FTS5 operators, columns, prefixes and brackets are just text; an unclosed quote ends at the end */
+    qr_arena_reset(&a);
+    t = "title:wing* OR (NEAR(lift drag) AND ^stall) NOT {body} \"open phrase";
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    qr_buf_reset(&b);
+    CHECK_OK(rq_fts_rank(&q, &b), "rank");
+    CHECK_STR(qr_buf_str(&b),
+              "\"title\" OR \"wing\" OR \"near\" OR \"lift\" OR \"drag\" OR \"stall\" OR \"body\" OR "
+              "\"open phrase\"");
+    /* a dash inside a word separates; at a word's start it excludes */
+    qr_arena_reset(&a);
+    t = "state-of-the-art -x";
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_INT(q.nterms, 2); /* state, art ("of", "the" are stopwords) */
+    CHECK_INT(q.nexcluded, 1);
+    /* nothing but stopwords: they are searched after all */
+    qr_arena_reset(&a);
+    t = "to be or not to be";
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_INT(q.nterms, 6);
+    /* plain mode: quotes and dashes are punctuation */
+    qr_arena_reset(&a);
+    t = "the \"training\" phase -- not -excluded";
+    CHECK_OK(rq_parse(t, strlen(t), sw, true, &a, &q, err), err);
+    CHECK_INT(q.nphrases, 0);
+    CHECK_INT(q.nexcluded, 0);
+    CHECK_INT(q.nterms, 3); /* training phase excluded */
+    /* nothing but punctuation: an empty query */
+    qr_arena_reset(&a);
+    t = "?!* \"\" -";
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK(q.nterms == 0 && q.nphrases == 0 && q.nexcluded == 0);
+    /* non-ASCII words are tokens; typographic quotes are separators, as for FTS5 */
+    qr_arena_reset(&a);
+    t = "Grüße \xE2\x80\x9C"
+        "déjà vu\xE2\x80\x9D 東京";
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_INT(q.nterms, 4);
+    CHECK_STR(q.terms[1], "déjà");
+    qr_buf_release(&b);
+    qr_arena_release(&a);
+    rq_stopwords_free(sw);
+}
+
+TEST(parse_refuses_bad_input)
+{
+    char err[QR_ERR_LEN];
+    qr_arena a;
+    qr_arena_init(&a, 1 << 22);
+    rq_query q;
+    CHECK_INT(rq_parse("caf\xe9", 4, NULL, false, &a, &q, err), QR_EINVAL);
+    CHECK(strstr(err, "UTF-8") != NULL);
+    CHECK_INT(rq_parse("a\0b", 3, NULL, false, &a, &q, err), QR_EINVAL);
+    char *big = malloc(RQ_TEXT_MAX + 2);
+    memset(big, 'a', RQ_TEXT_MAX + 1);
+    big[RQ_TEXT_MAX + 1] = '\0';
+    CHECK_INT(rq_parse(big, RQ_TEXT_MAX + 1, NULL, false, &a, &q, err), QR_ELIMIT);
+    CHECK_INT(rq_parse(big, RQ_TOKEN_MAX + 1, NULL, false, &a, &q, err), QR_ELIMIT); /* one long word */
+    for (size_t i = 0; i < RQ_TEXT_MAX; i += 2)
+        big[i] = 'a', big[i + 1] = ' ';
+    CHECK_INT(rq_parse(big, RQ_TEXT_MAX, NULL, false, &a, &q, err), QR_ELIMIT); /* 4096 words */
+    free(big);
+    rq_stopwords *sw = NULL;
+    CHECK_INT(rq_stopwords_new("default,two words", &sw, err), QR_EINVAL);
+    CHECK(sw == NULL);
+    CHECK_INT(rq_stopwords_new("a\"b", &sw, err), QR_EINVAL);
+    CHECK_OK(rq_stopwords_new("none", &sw, err), err);
+    CHECK(!rq_stopwords_has(sw, "the", 3));
+    rq_stopwords_free(sw);
+    CHECK_OK(rq_stopwords_new(" default , Quarry ", &sw, err), err);
+    CHECK(rq_stopwords_has(sw, "the", 3) && rq_stopwords_has(sw, "quarry", 6) &&
+          !rq_stopwords_has(sw, "wing", 4));
+    rq_stopwords_free(sw);
+    qr_arena_release(&a);
+}
+
+/* Whatever bytes a query holds, its expressions are quoted strings joined by operators of
+ * quarry's own, and FTS5 accepts them. */
+TEST(hostile_queries_never_reach_fts5_as_syntax)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    static const char alphabet[] = "\"'()*:^-+{}[]NOTANDORNEAR \t\n;\\/,.%_wing";
+    uint64_t state = 42;
+    qr_buf rank, req, exc;
+    qr_buf_init(&rank, 1 << 20);
+    qr_buf_init(&req, 1 << 20);
+    qr_buf_init(&exc, 1 << 20);
+    for (int i = 0; i < 3000; i++) {
+        char q[64];
+        size_t n = 1 + (size_t)(i % 60);
+        for (size_t j = 0; j < n; j++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            q[j] = alphabet[(state >> 33) % (sizeof(alphabet) - 1)];
+        }
+        q[n] = '\0';
+        qr_buf_reset(&rank);
+        qr_buf_reset(&req);
+        qr_buf_reset(&exc);
+        CHECK_OK(retrieval_query_expressions(f.r, q, false, &rank, &req, &exc, err), err);
+        const qr_buf *all[] = {&rank, &req, &exc};
+        for (int e = 0; e < 3; e++) {
+            /* outside quotes only " OR " and " AND " may appear */
+            const char *p = qr_buf_str(all[e]);
+            bool inside = false;
+            for (; *p; p++) {
+                if (*p == '"') {
+                    inside = !inside;
+                } else if (!inside) {
+                    bool op = strncmp(p, " OR ", 4) == 0 || strncmp(p, " AND ", 5) == 0;
+                    CHECK_MSG(op, "query '%s' made expression '%s'", q, qr_buf_str(all[e]));
+                    p += (strncmp(p, " OR ", 4) == 0 ? 4 : 5) - 1;
+                }
+            }
+            CHECK(!inside);
+        }
+        const char *admin[] = {"public"};
+        retrieval_result *res = search(&f, admin, 1, i % 2, q, RETRIEVAL_BM25, 5, err);
+        CHECK_MSG(res != NULL, "query '%s': %s", q, err);
+        retrieval_result_free(res);
+    }
+    qr_buf_release(&rank);
+    qr_buf_release(&req);
+    qr_buf_release(&exc);
+    fx_close(&f);
+}
+
+/* ---- permissions and filters ------------------------------------------------------------------ */
+
+TEST(every_mode_returns_only_permitted_chunks)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    const char *aero[] = {"group:aero", "public", "user:alice"};
+    const char *bob[] = {"public", "user:bob"};
+    const char *nobody[] = {"user:nobody"};
+    retrieval_mode modes[] = {RETRIEVAL_BM25, RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    for (int m = 0; m < 3; m++) {
+        retrieval_result *r = search(&f, aero, 3, false, "wing", modes[m], 50, err);
+        CHECK_MSG(r != NULL, "%s", err);
+        CHECK(has_doc(r, "wings") && has_doc(r, "public"));
+        CHECK(!has_doc(r, "heat") && !has_doc(r, "budget") && !has_doc(r, "secret"));
+        /* vectors rank every permitted chunk: k is reached when k are permitted */
+        if (modes[m] != RETRIEVAL_BM25)
+            CHECK_INT(r->nhits, 3); /* wings has 2 chunks, public 1 */
+        retrieval_result_free(r);
+        r = search(&f, bob, 2, false, "wing heat", modes[m], 50, err);
+        CHECK(r && has_doc(r, "heat") && has_doc(r, "public") && !has_doc(r, "wings"));
+        retrieval_result_free(r);
+        r = search(&f, nobody, 1, false, "wing", modes[m], 50, err);
+        CHECK(r && r->nhits == 0);
+        retrieval_result_free(r);
+        r = search(&f, NULL, 0, true, "wing", modes[m], 50, err); /* an administrator sees all */
+        CHECK(r && has_doc(r, "secret") && has_doc(r, "budget"));
+        retrieval_result_free(r);
+    }
+    /* principals compare byte for byte: "Group:aero" and "group:Aero" are other principals */
+    const char *wrong_case[] = {"group:Aero"};
+    retrieval_result *r = search(&f, wrong_case, 1, false, "wing", RETRIEVAL_HYBRID, 10, err);
+    CHECK(r && r->nhits == 0);
+    retrieval_result_free(r);
+    const char *invalid[] = {"Group:aero"};
+    CHECK(search(&f, invalid, 1, false, "wing", RETRIEVAL_BM25, 10, err) == NULL);
+    CHECK(strstr(err, "invalid principal") != NULL);
+    fx_close(&f);
+}
+
+TEST(acl_changes_and_deletes_take_effect_at_once)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    const char *aero[] = {"group:aero"};
+    /* the vector index is not told (it still holds the chunks): search must still trim */
+    const char *none[] = {"group:finance"};
+    CHECK_OK(store_set_acl(f.s, "wings", none, 1, err), err);
+    CHECK_OK(store_delete(f.s, "public", err), err);
+    const char *pub[] = {"public", "group:aero"};
+    retrieval_mode modes[] = {RETRIEVAL_BM25, RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    for (int m = 0; m < 3; m++) {
+        retrieval_result *r = search(&f, aero, 1, false, "swept wings", modes[m], 10, err);
+        CHECK_MSG(r && r->nhits == 0, "mode %d: %s", m, r ? "results" : err);
+        retrieval_result_free(r);
+        r = search(&f, pub, 2, false, "welcome tunnel", modes[m], 10, err);
+        CHECK(r && !has_doc(r, "public"));
+        retrieval_result_free(r);
+        r = search(&f, NULL, 0, true, "welcome tunnel", modes[m], 10, err); /* admin: deleted is gone */
+        CHECK(r && !has_doc(r, "public"));
+        retrieval_result_free(r);
+    }
+    fx_close(&f);
+}
+
+static retrieval_result *filtered(fx *f, retrieval_mode mode, const char *query, const char *const *docs,
+                                  size_t ndocs, const char *prefix, const char *type, int64_t after,
+                                  char *err)
+{
+    float vec[DIM];
+    embed(query, vec);
+    retrieval_caller c = {NULL, 0, true};
+    retrieval_request q = {.query = query,
+                           .vector = vec,
+                           .dim = DIM,
+                           .mode = mode,
+                           .k = 20,
+                           .doc_ids = docs,
+                           .ndoc_ids = ndocs,
+                           .source_prefix = prefix,
+                           .content_type = type,
+                           .updated_after_ms = after};
+    retrieval_result *res = NULL;
+    return retrieval_search(f->r, &c, &q, &res, err) ? NULL : res;
+}
+
+TEST(metadata_filters_apply_on_every_path)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    retrieval_mode modes[] = {RETRIEVAL_BM25, RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    for (int m = 0; m < 3; m++) {
+        const char *docs[] = {"heat", "budget"};
+        retrieval_result *r = filtered(&f, modes[m], "wing", docs, 2, NULL, NULL, 0, err);
+        CHECK_MSG(r, "%s", err);
+        CHECK(r->nhits == 2 && has_doc(r, "heat") && has_doc(r, "budget"));
+        retrieval_result_free(r);
+        r = filtered(&f, modes[m], "wing", NULL, 0, "file:///docs/aero/", NULL, 0, err);
+        CHECK(r && r->nhits == 3 && has_doc(r, "wings") && has_doc(r, "heat"));
+        retrieval_result_free(r);
+        r = filtered(&f, modes[m], "wing", NULL, 0, NULL, "text/markdown", 0, err);
+        CHECK(r && r->nhits == 3 && has_doc(r, "wings") && has_doc(r, "budget"));
+        retrieval_result_free(r);
+        r = filtered(&f, modes[m], "wing", NULL, 0, "file:///docs/", "text/plain", 0, err);
+        CHECK(r && r->nhits == 2 && has_doc(r, "heat") && has_doc(r, "secret"));
+        retrieval_result_free(r);
+    }
+    /* updated after: only documents changed since */
+    int64_t before = qr_wall_ms();
+    usleep(5000);
+    const char *acl[] = {"group:thermo"};
+    CHECK_OK(store_set_acl(f.s, "budget", acl, 1, err), err);
+    for (int m = 0; m < 3; m++) {
+        retrieval_result *r = filtered(&f, modes[m], "wing", NULL, 0, NULL, NULL, before, err);
+        CHECK(r && r->nhits == 1 && has_doc(r, "budget"));
+        retrieval_result_free(r);
+    }
+    fx_close(&f);
+}
+
+TEST(phrases_are_required_and_exclusions_excluded)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    retrieval_mode modes[] = {RETRIEVAL_BM25, RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    for (int m = 0; m < 3; m++) {
+        retrieval_result *r = search(&f, NULL, 0, true, "\"wind tunnel\" wing", modes[m], 10, err);
+        CHECK_MSG(r && r->nhits == 1 && has_doc(r, "public"), "mode %d", m);
+        retrieval_result_free(r);
+        r = search(&f, NULL, 0, true, "wing -budget", modes[m], 10, err);
+        CHECK(r && !has_doc(r, "budget") && !has_doc(r, "secret") && has_doc(r, "wings"));
+        retrieval_result_free(r);
+        /* an exclusion matches stems: -wings excludes "wing" too */
+        r = search(&f, NULL, 0, true, "tunnel -wings", modes[m], 10, err);
+        for (size_t i = 0; r && i < r->nhits; i++)
+            CHECK(strstr(r->hits[i].snippet, "wing") == NULL);
+        retrieval_result_free(r);
+    }
+    /* plain mode: the same text has no syntax */
+    float vec[DIM];
+    embed("wing -budget", vec);
+    retrieval_caller c = {NULL, 0, true};
+    retrieval_request q = {.query = "wing -budget", .plain = true, .mode = RETRIEVAL_BM25, .k = 10};
+    retrieval_result *r = NULL;
+    CHECK_OK(retrieval_search(f.r, &c, &q, &r, err), err);
+    CHECK(has_doc(r, "budget"));
+    retrieval_result_free(r);
+    fx_close(&f);
+}
+
+/* ---- ranking, pages, snippets ---------------------------------------------------------------- */
+
+TEST(per_document_limit_and_pages)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_open(&f, err), "%s", err);
+    /* a document with many matching chunks and others with one */
+    char text[4096] = "";
+    for (int i = 0; i < 12; i++)
+        snprintf(text + strlen(text), sizeof(text) - strlen(text), "%sstall stall stall number %d",
+                 i ? "|" : "", i);
+    CHECK_MSG(put(&f, "many", "Stall", "", "text/plain", "public", text, err), "%s", err);
+    for (int i = 0; i < 9; i++) {
+        char id[16], body[64];
+        snprintf(id, sizeof(id), "one%d", i);
+        snprintf(body, sizeof(body), "a stall at angle %d and more words here", i);
+        CHECK_MSG(put(&f, id, "", "", "text/plain", "public", body, err), "%s", err);
+    }
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    const char *pub[] = {"public"};
+    retrieval_mode modes[] = {RETRIEVAL_BM25, RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    for (int m = 0; m < 3; m++) {
+        float vec[DIM];
+        embed("stall", vec);
+        retrieval_caller c = {pub, 1, false};
+        retrieval_request q = {
+            .query = "stall", .vector = vec, .dim = DIM, .mode = modes[m], .k = 5, .max_per_doc = 2};
+        retrieval_result *r = NULL;
+        CHECK_OK(retrieval_search(f.r, &c, &q, &r, err), err);
+        CHECK_INT(r->nhits, 5);
+        size_t from_many = 0;
+        for (size_t i = 0; i < r->nhits; i++)
+            from_many += strcmp(r->hits[i].doc_id, "many") == 0;
+        CHECK(from_many <= 2);
+        retrieval_result_free(r);
+
+        /* pages of 4 concatenate to the one-page ranking of 21 (no limit per document) */
+        q.max_per_doc = SIZE_MAX;
+        q.k = 21;
+        retrieval_result *all = NULL;
+        CHECK_OK(retrieval_search(f.r, &c, &q, &all, err), err);
+        CHECK(all->next_cursor == NULL);
+        q.k = 4;
+        size_t seen = 0;
+        char cursor[64] = "";
+        for (int page = 0; page < 10; page++) {
+            q.cursor = page ? cursor : NULL;
+            CHECK_OK(retrieval_search(f.r, &c, &q, &r, err), err);
+            for (size_t i = 0; i < r->nhits; i++, seen++)
+                CHECK_INT(r->hits[i].chunk_id, all->hits[seen].chunk_id);
+            bool last = r->next_cursor == NULL;
+            if (!last)
+                snprintf(cursor, sizeof(cursor), "%s", r->next_cursor);
+            retrieval_result_free(r);
+            if (last)
+                break;
+        }
+        CHECK_INT(seen, all->nhits);
+        retrieval_result_free(all);
+        /* a cursor belongs to its query */
+        q.query = "angle";
+        q.cursor = cursor;
+        CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+        CHECK(strstr(err, "another query") != NULL);
+        q.cursor = "c1.4.zzzz";
+        CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+    }
+    fx_close(&f);
+}
+
+TEST(snippets_highlight_what_fts5_matched)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_open(&f, err), "%s", err);
+    const char *text =
+        "Preface words here. Swept wings stall early; the winged aircraft and a wing tip vortex "
+        "were measured in the tunnel with care and patience over many long days.";
+    CHECK_MSG(put(&f, "d", "T", "", "text/plain", "public", text, err), "%s", err);
+    f.o.snippet_tokens = 8;
+    f.o.snippet_open = "[";
+    f.o.snippet_close = "]";
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    retrieval_result *r = search(&f, NULL, 0, true, "wing \"tip vortex\"", RETRIEVAL_BM25, 1, err);
+    CHECK_MSG(r && r->nhits == 1, "%s", err);
+    const retrieval_hit *h = &r->hits[0];
+    /* the 8 words with the most matches; stems: winged and wing match "wing"; adjacent matches
+     * share one pair of markers */
+    CHECK_STR(h->snippet, "the [winged] aircraft and a [wing tip vortex]");
+    /* the offsets point at the snippet's text in the document */
+    CHECK_INT(h->end - h->start, strlen("the winged aircraft and a wing tip vortex"));
+    CHECK(strncmp(text + h->start, "the winged", 10) == 0);
+    CHECK_INT(h->chunk_start, 0);
+    CHECK_INT(h->chunk_end, strlen(text));
+    retrieval_result_free(r);
+    /* a vector hit without a matching word: the chunk's first words, nothing marked */
+    r = search(&f, NULL, 0, true, "zzz", RETRIEVAL_VECTOR, 1, err);
+    CHECK(r && r->nhits == 1);
+    CHECK_STR(r->hits[0].snippet, "Preface words here. Swept wings stall early; the");
+    retrieval_result_free(r);
+    fx_close(&f);
+}
+
+TEST(result_json_is_the_design_contract)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    retrieval_result *r = search(&f, NULL, 0, true, "wing \"swept wings\"", RETRIEVAL_HYBRID, 1, err);
+    CHECK_MSG(r && r->nhits == 1, "%s", err);
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    CHECK_OK(retrieval_result_json(r, &out), "json");
+    json_error_t jerr;
+    json_t *j = json_loads(qr_buf_str(&out), 0, &jerr);
+    CHECK_MSG(j != NULL, "%s: %s", jerr.text, qr_buf_str(&out));
+    CHECK_STR(json_string_value(json_object_get(j, "mode")), "hybrid");
+    CHECK(json_is_string(json_object_get(j, "next_cursor")));
+    json_t *results = json_object_get(j, "results");
+    CHECK(json_is_array(results) && json_array_size(results) == 1);
+    json_t *o = json_array_get(results, 0);
+    static const char *keys[] = {"chunk_id", "doc_id",  "title", "uri", "headings",
+                                 "score",    "snippet", "start", "end"};
+    CHECK_INT(json_object_size(o), 9);
+    for (size_t i = 0; i < 9; i++)
+        CHECK_MSG(json_object_get(o, keys[i]) != NULL, "missing %s", keys[i]);
+    CHECK_STR(json_string_value(json_object_get(o, "doc_id")), "wings");
+    CHECK(json_is_integer(json_object_get(o, "chunk_id")) && json_is_real(json_object_get(o, "score")));
+    CHECK(strstr(json_string_value(json_object_get(o, "snippet")), "<mark>swept wings</mark>") != NULL);
+    json_decref(j);
+    qr_buf_release(&out);
+    retrieval_result_free(r);
+    fx_close(&f);
+}
+
+TEST(fusion_follows_its_formulas)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    for (int weighted = 0; weighted < 2; weighted++) {
+        f.o.fusion = weighted ? RETRIEVAL_FUSION_WEIGHTED : RETRIEVAL_FUSION_RRF;
+        f.o.vector_weight = 0.3;
+        CHECK_MSG(fx_ready(&f, err), "%s", err);
+        retrieval_result *b = search(&f, NULL, 0, true, "wing speed", RETRIEVAL_BM25, 20, err);
+        retrieval_result *v = search(&f, NULL, 0, true, "wing speed", RETRIEVAL_VECTOR, 20, err);
+        retrieval_result *h = search(&f, NULL, 0, true, "wing speed", RETRIEVAL_HYBRID, 20, err);
+        CHECK_MSG(b && v && h, "%s", err);
+        CHECK(h->nhits >= b->nhits && h->nhits >= 2);
+        for (size_t i = 0; i < h->nhits; i++) {
+            const retrieval_hit *x = &h->hits[i];
+            double expect = 0;
+            if (x->bm25_rank) {
+                CHECK_INT(b->hits[x->bm25_rank - 1].chunk_id, x->chunk_id);
+                expect +=
+                    weighted ? b->hits[x->bm25_rank - 1].score / b->hits[0].score : 1.0 / (60 + x->bm25_rank);
+            }
+            if (x->vector_rank) {
+                CHECK_INT(v->hits[x->vector_rank - 1].chunk_id, x->chunk_id);
+                expect += 0.3 * (weighted ? v->hits[x->vector_rank - 1].score / v->hits[0].score
+                                          : 1.0 / (60 + x->vector_rank));
+            }
+            CHECK_MSG(fabs(x->score - expect) < 1e-12, "hit %zu: %.17g != %.17g", i, x->score, expect);
+            if (i)
+                CHECK(h->hits[i - 1].score > x->score ||
+                      (h->hits[i - 1].score == x->score && h->hits[i - 1].chunk_id < x->chunk_id));
+        }
+        retrieval_result_free(b);
+        retrieval_result_free(v);
+        retrieval_result_free(h);
+    }
+    fx_close(&f);
+}
+
+TEST(bad_requests_are_refused)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    float vec[DIM];
+    embed("wing", vec);
+    retrieval_caller c = {NULL, 0, true};
+    retrieval_result *r = NULL;
+    retrieval_request q = {.query = "wing", .vector = vec, .dim = DIM, .k = 0};
+    CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+    q.k = RETRIEVAL_K_MAX + 1;
+    CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+    q.k = 5;
+    q.dim = DIM - 1;
+    CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+    CHECK(strstr(err, "dimension") != NULL);
+    q.dim = DIM;
+    q.mode = RETRIEVAL_VECTOR;
+    q.vector = NULL;
+    CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+    q.vector = vec;
+    q.cursor = "c1.99999.0123456789abcdef";
+    CHECK(retrieval_search(f.r, &c, &q, &r, err) != QR_OK);
+    q.cursor = NULL;
+    q.query = "caf\xe9";
+    CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+    CHECK(r == NULL);
+    /* a hybrid search without a vector runs BM25 and says so; a query of punctuation runs vectors */
+    q.query = "wing";
+    q.mode = RETRIEVAL_HYBRID;
+    q.vector = NULL;
+    CHECK_OK(retrieval_search(f.r, &c, &q, &r, err), err);
+    CHECK_INT(r->mode, RETRIEVAL_BM25);
+    retrieval_result_free(r);
+    q.vector = vec;
+    q.query = "?!";
+    CHECK_OK(retrieval_search(f.r, &c, &q, &r, err), err);
+    CHECK_INT(r->mode, RETRIEVAL_VECTOR);
+    CHECK_INT(r->nhits, 5);
+    retrieval_result_free(r);
+    fx_close(&f);
+}
+
+/* ---- the vector index's sync layer ------------------------------------------------------------- */
+
+TEST(sync_replays_small_lags_and_rebuilds_large_ones)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_open(&f, err), "%s", err);
+    vindex_opts vo;
+    vindex_opts_default(&vo);
+    vo.delta_max = 5;
+    index_sync_report rep;
+    /* no vectors yet: nothing to open */
+    store *empty = NULL;
+    char dir2[80];
+    snprintf(dir2, sizeof(dir2), "%s/empty", f.dir);
+    CHECK_OK(store_open(dir2, &empty, err), err);
+    vindex *none = NULL;
+    CHECK_OK(index_sync_open(empty, dir2, &vo, false, &none, &rep, err), err);
+    CHECK(none == NULL);
+    store_close(empty);
+
+    CHECK_MSG(put(&f, "a", "", "", "", "public", "alpha one|alpha two", err), "%s", err);
+    CHECK_OK(index_sync_open(f.s, f.dir, &vo, false, &f.v, &rep, err), err);
+    CHECK(rep.rebuilt && rep.generation == 1 && rep.count == 2);
+    store_stats ss;
+    CHECK_OK(store_get_stats(f.s, &ss, err), err);
+    CHECK_INT(ss.index_generation, 1);
+    vindex_close(f.v);
+    f.v = NULL;
+    /* a small lag: replayed into the delta */
+    CHECK_MSG(put(&f, "b", "", "", "", "public", "beta one", err), "%s", err);
+    CHECK_OK(store_delete(f.s, "a", err), err);
+    const char *acl[] = {"group:x"};
+    CHECK_OK(store_set_acl(f.s, "b", acl, 1, err), err); /* changes no chunk, still moves the counter */
+    CHECK_OK(index_sync_open(f.s, f.dir, &vo, false, &f.v, &rep, err), err);
+    CHECK(!rep.rebuilt && rep.added == 1 && rep.removed == 2 && rep.generation == 1);
+    vindex_info info;
+    vindex_get_info(f.v, &info);
+    CHECK_OK(store_get_stats(f.s, &ss, err), err);
+    CHECK_INT(info.store_counter, ss.change_counter);
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    retrieval_result *r = search(&f, NULL, 0, true, "alpha beta", RETRIEVAL_VECTOR, 10, err);
+    CHECK(r && r->nhits == 1 && has_doc(r, "b"));
+    retrieval_result_free(r);
+    vindex_close(f.v);
+    f.v = NULL;
+    /* a large lag: rebuilt, and the store learns the generation */
+    for (int i = 0; i < 4; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), "c%d", i);
+        CHECK_MSG(put(&f, id, "", "", "", "public", "gamma one|gamma two", err), "%s", err);
+    }
+    CHECK_OK(index_sync_open(f.s, f.dir, &vo, false, &f.v, &rep, err), err);
+    CHECK(rep.rebuilt && rep.generation == 2 && rep.count == 9);
+    CHECK_OK(store_get_stats(f.s, &ss, err), err);
+    CHECK_INT(ss.index_generation, 2);
+    /* forced */
+    CHECK_OK(index_sync(f.s, f.v, &vo, true, &rep, err), err);
+    CHECK(rep.rebuilt && rep.generation == 3);
+    /* a second process cannot hold the index at the same time */
+    vindex *other = NULL;
+    CHECK_INT(index_sync_open(f.s, f.dir, &vo, false, &other, &rep, err), QR_EPERM);
+    fx_close(&f);
+}
+
+/* ---- evaluation metrics ------------------------------------------------------------------------ */
+
+TEST(eval_metrics_match_hand_computed_values)
+{
+    char err[QR_ERR_LEN];
+    retrieval_judgment j[] = {{"a", 3}, {"b", 2}, {"c", 1}, {"z", 0}};
+    const char *ranked[] = {"x", "b", "z", "a", "y"};
+    retrieval_metrics m;
+    CHECK_OK(retrieval_eval_ranking(ranked, 5, j, 4, &m, err), err);
+    /* DCG = 2/log2(3) + 3/log2(5); IDCG = 3 + 2/log2(3) + 1/2 */
+    double dcg = 2 / log2(3) + 3 / log2(5), idcg = 3 + 2 / log2(3) + 0.5;
+    CHECK(fabs(m.ndcg10 - dcg / idcg) < 1e-12);
+    CHECK(fabs(m.recall100 - 2.0 / 3) < 1e-12);
+    CHECK(fabs(m.map100 - (1.0 / 2 + 2.0 / 4) / 3) < 1e-12); /* relevant at ranks 2 and 4, of 3 */
+    CHECK(fabs(m.mrr10 - 0.5) < 1e-12);
+    /* a relevant document past rank 10 counts for recall and MAP only */
+    const char *late[12] = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "c", "11"};
+    CHECK_OK(retrieval_eval_ranking(late, 12, j, 4, &m, err), err);
+    CHECK(m.ndcg10 == 0 && m.mrr10 == 0);
+    CHECK(fabs(m.recall100 - 1.0 / 3) < 1e-12 && fabs(m.map100 - (1.0 / 11) / 3) < 1e-12);
+    /* perfect ranking */
+    const char *perfect[] = {"a", "b", "c"};
+    CHECK_OK(retrieval_eval_ranking(perfect, 3, j, 4, &m, err), err);
+    CHECK(fabs(m.ndcg10 - 1) < 1e-12 && m.recall100 == 1 && m.map100 == 1 && m.mrr10 == 1);
+    /* no relevant judgment: zeros */
+    retrieval_judgment none[] = {{"a", 0}};
+    CHECK_OK(retrieval_eval_ranking(perfect, 3, none, 1, &m, err), err);
+    CHECK(m.ndcg10 == 0 && m.recall100 == 0);
+    CHECK_INT(retrieval_eval_ranking(NULL, 2, j, 4, &m, err), QR_EINVAL);
+}

@@ -1,0 +1,318 @@
+/*
+ * The search commands as users run them: `quarry search` as LDAP users of the fixture directory
+ * (a real slapd, nested groups) and as an administrator, its JSON output and pages, `quarry index
+ * build` and its --gpu flag, and `quarry eval` on the shared collections, where the configured
+ * default mode must not score below BM25 alone.
+ */
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "tests/harness.h"
+
+static char tmp[64];
+
+static bool make_tmp(void)
+{
+    snprintf(tmp, sizeof(tmp), "/tmp/quarry-search-XXXXXX");
+    return mkdtemp(tmp) != NULL;
+}
+
+static void cleanup(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", tmp);
+}
+
+/* Runs quarry against <tmp>/data with the fixture's LDAP settings; stdout in out, stderr in errout
+ * (either may be NULL). */
+static int quarry(qr_buf *out, qr_buf *errout, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int quarry(qr_buf *out, qr_buf *errout, const char *fmt, ...)
+{
+    char args[2048], cmd[4096], errfile[96];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof(args), fmt, ap);
+    va_end(ap);
+    const char *uri = getenv("QUARRY_TEST_LDAP_URI"), *base = getenv("QUARRY_TEST_LDAP_BASE");
+    const char *dn = getenv("QUARRY_TEST_LDAP_BIND_DN"), *pw = getenv("QUARRY_TEST_LDAP_BIND_PW");
+    snprintf(errfile, sizeof(errfile), "%s/stderr", tmp);
+    snprintf(
+        cmd, sizeof(cmd),
+        "cd '%s' && env -u QUARRY_CONFIG QUARRY_LOG_LEVEL=warn QUARRY_LDAP_URI='%s' QUARRY_LDAP_BIND_DN='%s' "
+        "QUARRY_LDAP_BIND_PASSWORD='%s' QUARRY_LDAP_USER_BASE='ou=people,%s' "
+        "QUARRY_LDAP_GROUP_BASE='ou=groups,%s' %s --data '%s/data' %s 2>'%s'",
+        tmp, uri ? uri : "", dn ? dn : "", pw ? pw : "", base ? base : "", base ? base : "", QUARRY_BIN, tmp,
+        args, errfile);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    char chunk[4096];
+    size_t n;
+    if (out)
+        qr_buf_reset(out);
+    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+        if (out)
+            qr_buf_append(out, chunk, n);
+    int status = pclose(p);
+    if (errout) {
+        char *text = NULL;
+        size_t len = 0;
+        qr_buf_reset(errout);
+        if (qr_read_file(errfile, 1 << 20, &text, &len, NULL) == QR_OK)
+            qr_buf_append(errout, text, len);
+        free(text);
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static bool write_file(const char *name, const char *text)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/%s", tmp, name);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return false;
+    bool ok = fputs(text, f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+/* The doc ids of a `search --json` answer, comma-joined into ids. */
+static bool doc_ids(const qr_buf *out, char *ids, size_t len, json_t **keep)
+{
+    json_error_t jerr;
+    json_t *j = json_loads(qr_buf_str(out), 0, &jerr);
+    if (!j)
+        return false;
+    ids[0] = '\0';
+    json_t *results = json_object_get(j, "results");
+    for (size_t i = 0; i < json_array_size(results); i++) {
+        const char *id = json_string_value(json_object_get(json_array_get(results, i), "doc_id"));
+        snprintf(ids + strlen(ids), len - strlen(ids), "%s%s", i ? "," : "", id ? id : "?");
+    }
+    if (keep)
+        *keep = j;
+    else
+        json_decref(j);
+    return true;
+}
+
+static const char corpus[] =
+    "{\"_id\":\"backend\",\"title\":\"Backend runbook\",\"text\":\"Restart the wing service and check the "
+    "queue.\","
+    "\"acl\":[\"group:eng-backend\"]}\n"
+    "{\"_id\":\"staff\",\"title\":\"Staff handbook\",\"text\":\"The wing cafeteria opens at noon for all "
+    "staff.\","
+    "\"acl\":[\"group:staff\"]}\n"
+    "{\"_id\":\"audit\",\"title\":\"Audit notes\",\"text\":\"Auditors reviewed the wing budget.\","
+    "\"acl\":[\"group:auditors\"]}\n"
+    "{\"_id\":\"zoe\",\"title\":\"Sales plan\",\"text\":\"The sales wing targets the EMEA region.\","
+    "\"acl\":[\"group:sales, emea\"]}\n"
+    "{\"_id\":\"frank\",\"title\":\"Frank's notes\",\"text\":\"Private wing "
+    "notes.\",\"acl\":[\"user:frank\"]}\n"
+    "{\"_id\":\"public\",\"title\":\"Welcome\",\"text\":\"Welcome to the west wing.\",\"acl\":[\"public\"]}\n"
+    "{\"_id\":\"admins\",\"title\":\"Board\",\"text\":\"Board minutes about the wing.\",\"acl\":[]}\n";
+
+TEST(search_as_ldap_users_sees_only_their_documents)
+{
+    if (!getenv("QUARRY_TEST_LDAP_URI")) {
+        printf("skipped: run under tests/fixtures/slapd-fixture.sh\n");
+        exit(77);
+    }
+    CHECK(make_tmp());
+    qr_buf out, err;
+    qr_buf_init(&out, 1 << 20);
+    qr_buf_init(&err, 1 << 20);
+    CHECK(write_file("corpus.jsonl", corpus));
+    CHECK_INT(quarry(&out, NULL, "ingest --jsonl corpus.jsonl"), 0);
+    static const struct {
+        const char *user, *expect;
+    } cases[] = {
+        /* nested groups: alice is in eng-backend < engineering < staff, and in auditors */
+        {"alice", "audit,backend,public,staff"},
+        {"ALICE", "audit,backend,public,staff"}, /* uids are case-insensitive in LDAP */
+        {"bob", "public,staff"},
+        {"zoe", "public,staff,zoe"}, /* "sales, emea": a comma in a group name */
+        {"frank", "audit,frank,public"},
+        {"erin", "public"}, /* in no group */
+    };
+    char ids[512];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        for (int m = 0; m < 3; m++) {
+            static const char *modes[] = {"bm25", "vector", "hybrid"};
+            CHECK_INT(
+                quarry(&out, &err, "search --as %s --mode %s --json -k 20 wing", cases[i].user, modes[m]), 0);
+            CHECK_MSG(doc_ids(&out, ids, sizeof(ids), NULL), "%s", qr_buf_str(&out));
+            /* sort the ids to compare sets */
+            char *v[16];
+            size_t n = 0;
+            for (char *p = strtok(ids, ","); p && n < 16; p = strtok(NULL, ","))
+                v[n++] = p;
+            for (size_t a = 0; a < n; a++)
+                for (size_t b = a + 1; b < n; b++)
+                    if (strcmp(v[a], v[b]) > 0) {
+                        char *t = v[a];
+                        v[a] = v[b];
+                        v[b] = t;
+                    }
+            char sorted[512] = "";
+            for (size_t a = 0; a < n; a++)
+                snprintf(sorted + strlen(sorted), sizeof(sorted) - strlen(sorted), "%s%s", a ? "," : "",
+                         v[a]);
+            CHECK_MSG(strcmp(sorted, cases[i].expect) == 0, "%s (%s) saw %s, expected %s", cases[i].user,
+                      modes[m], sorted, cases[i].expect);
+        }
+    }
+    /* without --as: an administrator, and it says so */
+    CHECK_INT(quarry(&out, &err, "search --json -k 20 wing"), 0);
+    CHECK(strstr(qr_buf_str(&err), "administrator") != NULL);
+    CHECK(doc_ids(&out, ids, sizeof(ids), NULL) && strstr(ids, "admins") != NULL);
+    /* an unknown user is an error, never an empty or public search */
+    CHECK_INT(quarry(&out, &err, "search --as nosuchuser wing"), 1);
+    CHECK(strstr(qr_buf_str(&err), "nosuchuser") != NULL);
+    qr_buf_release(&out);
+    qr_buf_release(&err);
+    cleanup();
+}
+
+TEST(search_json_pages_and_usage_errors)
+{
+    CHECK(make_tmp());
+    qr_buf out, err;
+    qr_buf_init(&out, 1 << 20);
+    qr_buf_init(&err, 1 << 20);
+    CHECK(write_file("corpus.jsonl", corpus));
+    CHECK_INT(quarry(&out, NULL, "ingest --jsonl corpus.jsonl"), 0);
+    /* pages of one through the cursor add up to the page of seven */
+    char all[512], page[256], joined[1024] = "";
+    CHECK_INT(quarry(&out, &err, "search --json -k 7 --mode bm25 wing"), 0);
+    CHECK(doc_ids(&out, all, sizeof(all), NULL));
+    char cursor[128] = "";
+    for (int i = 0; i < 7; i++) {
+        json_t *j = NULL;
+        if (i)
+            CHECK_INT(quarry(&out, &err, "search --json -k 1 --mode bm25 --cursor %s wing", cursor), 0);
+        else
+            CHECK_INT(quarry(&out, &err, "search --json -k 1 --mode bm25 wing"), 0);
+        CHECK(doc_ids(&out, page, sizeof(page), &j));
+        CHECK_STR(json_string_value(json_object_get(j, "mode")), "bm25");
+        const char *next = json_string_value(json_object_get(j, "next_cursor"));
+        CHECK(i == 6 ? next == NULL : next != NULL);
+        snprintf(cursor, sizeof(cursor), "%s", next ? next : "");
+        snprintf(joined + strlen(joined), sizeof(joined) - strlen(joined), "%s%s", i ? "," : "", page);
+        json_decref(j);
+    }
+    CHECK_STR(joined, all);
+    /* filters from the command line */
+    CHECK_INT(quarry(&out, &err, "search --json --doc staff --doc public wing"), 0);
+    CHECK(doc_ids(&out, page, sizeof(page), NULL));
+    CHECK(strcmp(page, "staff,public") == 0 || strcmp(page, "public,staff") == 0);
+    CHECK_INT(quarry(&out, &err, "search --json --after 2000-01-01 -k 20 wing"), 0);
+    CHECK(doc_ids(&out, page, sizeof(page), NULL) && strlen(page) > 20);
+    CHECK_INT(quarry(&out, &err, "search --json --after 4000-01-01 wing"), 0);
+    CHECK(doc_ids(&out, page, sizeof(page), NULL) && page[0] == '\0');
+    /* the human format */
+    CHECK_INT(quarry(&out, &err, "search -k 1 'west wing'"), 0);
+    CHECK(strstr(qr_buf_str(&out), "1. Welcome  [public") != NULL);
+    CHECK(strstr(qr_buf_str(&out), "<mark>west wing</mark>") != NULL);
+    /* usage errors: exit 2 and a reason */
+    CHECK_INT(quarry(&out, &err, "search"), 2);
+    CHECK_INT(quarry(&out, &err, "search -k 0 wing"), 2);
+    CHECK_INT(quarry(&out, &err, "search --mode fancy wing"), 2);
+    CHECK(strstr(qr_buf_str(&err), "hybrid, bm25 or vector") != NULL);
+    CHECK_INT(quarry(&out, &err, "search --cursor c1.3.0000000000000000 wing"), 2);
+    CHECK(strstr(qr_buf_str(&err), "another query") != NULL);
+    CHECK_INT(quarry(&out, &err, "search --after yesterday wing"), 2);
+    qr_buf_release(&out);
+    qr_buf_release(&err);
+    cleanup();
+}
+
+TEST(index_build_and_its_gpu_flag)
+{
+    CHECK(make_tmp());
+    qr_buf out, err;
+    qr_buf_init(&out, 1 << 20);
+    qr_buf_init(&err, 1 << 20);
+    CHECK_INT(quarry(&out, &err, "index build"), 1); /* nothing ingested yet */
+    CHECK(strstr(qr_buf_str(&err), "no vectors") != NULL);
+    CHECK(write_file("corpus.jsonl", corpus));
+    CHECK_INT(quarry(&out, NULL, "ingest --jsonl corpus.jsonl"), 0);
+    CHECK_INT(quarry(&out, &err, "index build"), 0);
+    CHECK_MSG(strstr(qr_buf_str(&out), "built vector index generation 1: flat, 7 vectors") != NULL, "%s",
+              qr_buf_str(&out));
+    CHECK_INT(quarry(&out, &err, "index build --gpu off"), 0);
+    CHECK(strstr(qr_buf_str(&out), "generation 2") != NULL);
+    CHECK_INT(quarry(&out, &err, "stats"), 0);
+    CHECK(strstr(qr_buf_str(&out), "index generation  2") != NULL);
+    /* this build has no GPU path, or no device, or (until [gpu-build]) no GPU build: refused */
+    CHECK_INT(quarry(&out, &err, "index build --gpu on"), 1);
+    CHECK(strstr(qr_buf_str(&err), "--gpu on") != NULL);
+    CHECK_INT(quarry(&out, &err, "index build --gpu maybe"), 2);
+    CHECK_INT(quarry(&out, &err, "index rebuild"), 2);
+    qr_buf_release(&out);
+    qr_buf_release(&err);
+    cleanup();
+}
+
+/* Reads "ndcg@10=X ..." from eval's last line. */
+static double ndcg_of(const qr_buf *out)
+{
+    const char *p = strstr(qr_buf_str(out), "\nndcg@10=");
+    return p ? atof(p + 9) : -1;
+}
+
+TEST(eval_default_mode_is_not_worse_than_bm25)
+{
+    const char *names[] = {"cranfield", "cisi"};
+    const double floor[] = {0.35, 0.36};
+    char path[512];
+    snprintf(path, sizeof(path), "%s/cranfield/corpus.jsonl", QUARRY_DATASETS);
+    if (access(path, R_OK) != 0) {
+        printf("skipped: %s not found (set QUARRY_DATASETS when configuring)\n", path);
+        exit(77);
+    }
+    CHECK(make_tmp());
+    qr_buf out, err;
+    qr_buf_init(&out, 1 << 20);
+    qr_buf_init(&err, 1 << 20);
+    for (int c = 0; c < 2; c++) {
+        const char *d = QUARRY_DATASETS;
+        CHECK_INT(quarry(&out, &err, "--data %s/%s ingest --acl public --jsonl %s/%s/corpus.jsonl", tmp,
+                         names[c], d, names[c]),
+                  0);
+        CHECK_INT(
+            quarry(&out, &err,
+                   "--data %s/%s eval --mode bm25 --queries %s/%s/queries.jsonl --qrels %s/%s/qrels.tsv", tmp,
+                   names[c], d, names[c], d, names[c]),
+            0);
+        double bm25 = ndcg_of(&out);
+        CHECK_INT(quarry(&out, &err,
+                         "--data %s/%s eval --queries %s/%s/queries.jsonl --qrels %s/%s/qrels.tsv", tmp,
+                         names[c], d, names[c], d, names[c]),
+                  0);
+        double def = ndcg_of(&out);
+        printf("%s: bm25 nDCG@10 %.4f, default mode %.4f\n", names[c], bm25, def);
+        CHECK_MSG(bm25 >= floor[c], "%s: bm25 nDCG@10 %.4f below %.2f", names[c], bm25, floor[c]);
+        CHECK_MSG(def >= bm25, "%s: the default mode (%.4f) is worse than bm25 (%.4f)", names[c], def, bm25);
+        CHECK(strstr(qr_buf_str(&out), c ? "queries=76\n" : "queries=225\n") != NULL);
+        CHECK(strstr(qr_buf_str(&out), "latency") != NULL);
+    }
+    /* bad files are named */
+    CHECK(write_file("q.jsonl", "{\"_id\":\"1\",\"text\":\"wing\"}\nnot json\n"));
+    CHECK(write_file("r.tsv", "query-id\tcorpus-id\tscore\n1\t1\t1\n"));
+    CHECK_INT(quarry(&out, &err, "--data %s/cisi eval --queries q.jsonl --qrels r.tsv", tmp), 1);
+    CHECK(strstr(qr_buf_str(&err), "q.jsonl:2") != NULL);
+    CHECK_INT(quarry(&out, &err, "--data %s/cisi eval --queries missing.jsonl --qrels r.tsv", tmp), 1);
+    CHECK(strstr(qr_buf_str(&err), "missing.jsonl") != NULL);
+    CHECK_INT(quarry(&out, &err, "eval --queries q.jsonl"), 2);
+    qr_buf_release(&out);
+    qr_buf_release(&err);
+    cleanup();
+}
