@@ -193,6 +193,9 @@ void api_h_token(api_req *r)
             return;
         }
         st = auth_authenticate(srv->auth, user, strlen(user), password, strlen(password), r->client, &p, err);
+        /* the password is done with: do not leave it in freed memory */
+        explicit_bzero((char *)password, strlen(password));
+        explicit_bzero((char *)qr_buf_str(&r->body), qr_buf_len(&r->body));
     }
     json_decref(req);
     if (st) {

@@ -14,14 +14,19 @@
  * Builds use every core (OpenMP); queries run on one thread (OpenMP and OpenBLAS are set to one
  * thread before the timed part).
  *
- * Usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,hnsw]
+ * Usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw]
  *                     [--nprobe 8,16,32,64] [--ef 32,64,128,256] [--dir DIR] [--filters]
- *                     [--share-training]
+ *                     [--share-training] [--collection DIR]...
  * --share-training gives the second IVF type the first one's k-means centroids (through the
  * centroid seam of the GPU build path), halving the training time of large runs.
+ * --collection runs every type on a shared collection (BEIR layout: corpus.jsonl,
+ * queries.jsonl) embedded by ingest's local embedder instead of on generated vectors; the
+ * queries are the collection's own.
  */
 #include <cblas.h>
 #include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
 #include <malloc.h>
 #include <math.h>
 #include <stdio.h>
@@ -34,6 +39,7 @@
 #include "core/core.h"
 #include "index/index.h"
 #include "index/vindex_int.h"
+#include "ingest/ingest.h"
 
 #define DIM 384
 #define K   10
@@ -294,6 +300,195 @@ static void run_queries(vindex *v, const float *q, size_t nq, const int64_t *gt,
     free(lat);
 }
 
+typedef struct {
+    const char *types, *dir;
+    size_t nprobes[16], n_nprobe, efs[16], n_ef;
+    bool share_training;
+    int build_threads;
+} bench_cfg;
+
+/* Builds each type of cfg over (ids, base) and prints a table row per search setting, labelled
+ * label. The first IVF build's lists are kept in *shared_out (reused by the next IVF types with
+ * --share-training, and by the filter section). */
+static void run_types(const bench_cfg *cfg, const char *label, const int64_t *ids, const float *base,
+                      size_t n, const float *queries, size_t nq, const int64_t *gt, float **shared_out,
+                      size_t *shared_nlist_out)
+{
+    char err[QR_ERR_LEN];
+    float *shared_centroids = *shared_out;
+    size_t shared_nlist = *shared_nlist_out;
+    char typebuf[128];
+    snprintf(typebuf, sizeof(typebuf), "%s", cfg->types);
+    char *save = NULL;
+    for (char *type = strtok_r(typebuf, ",", &save); type; type = strtok_r(NULL, ",", &save)) {
+        clear_dir(cfg->dir);
+        bool ivf = strncmp(type, "ivf", 3) == 0, hnsw = strcmp(type, "hnsw") == 0;
+        vindex_opts o;
+        vindex_opts_default(&o);
+        o.type = type;
+        if (ivf)
+            o.nprobe = cfg->nprobes[0];
+        if (hnsw)
+            o.ef_search = cfg->efs[0];
+        omp_set_num_threads(cfg->build_threads);
+        openblas_set_num_threads(cfg->build_threads);
+        double rss0 = rss_anon_mb();
+        vindex *v = NULL;
+        bool stale;
+        uint64_t b0 = qr_now_ns();
+        if (vindex_open(cfg->dir, DIM, &o, 0, &v, &stale, err))
+            die("open", err);
+        vindex_builder *b = NULL;
+        vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
+        bool reused = ivf && shared_centroids && cfg->share_training;
+        if (vindex_build_begin(v, reused ? &shared : NULL, &b, err) ||
+            vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
+            die("build", err);
+        double build_s = (double)(qr_now_ns() - b0) / 1e9;
+        double heap = rss_anon_mb() - rss0;
+        double files = dir_mb(cfg->dir);
+        vindex_info info;
+        vindex_get_info(v, &info);
+        if (ivf && !shared_centroids) {
+            shared_nlist = info.nlist;
+            shared_centroids = malloc(shared_nlist * DIM * sizeof(float));
+            if (vindex_get_centroids(v, shared_centroids, shared_nlist, err))
+                die("centroids", err);
+        }
+        omp_set_num_threads(1);
+        openblas_set_num_threads(1);
+        size_t nparams = ivf ? cfg->n_nprobe : hnsw ? cfg->n_ef : 1;
+        for (size_t p = 0; p < nparams; p++) {
+            if (p > 0) {
+                vindex_close(v);
+                if (ivf)
+                    o.nprobe = cfg->nprobes[p];
+                else
+                    o.ef_search = cfg->efs[p];
+                if (vindex_open(cfg->dir, DIM, &o, 1, &v, &stale, err))
+                    die("reopen", err);
+            }
+            double recall, p50, p99;
+            run_queries(v, queries, nq, gt, NULL, NULL, NULL, 0, &recall, &p50, &p99);
+            char param[32] = "-";
+            if (ivf)
+                snprintf(param, sizeof(param), "%zu", cfg->nprobes[p]);
+            if (hnsw)
+                snprintf(param, sizeof(param), "%zu", cfg->efs[p]);
+            char nlist[32] = "-";
+            if (ivf)
+                snprintf(nlist, sizeof(nlist), "%zu", info.nlist);
+            printf("| %s | %s | %s | %s | %.1f%s | %.0f | %.0f | %.3f | %.3f | %.3f |\n", label, info.type,
+                   nlist, param, build_s, reused ? " (k-means reused)" : "", heap, files, recall, p50, p99);
+            fflush(stdout);
+        }
+        vindex_close(v);
+    }
+
+    *shared_out = shared_centroids;
+    *shared_nlist_out = shared_nlist;
+}
+
+/* The texts of a BEIR jsonl file: "title" and "text" joined by a newline (with_title), or "text". */
+static size_t read_texts(const char *path, bool with_title, char ***out)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die(path, strerror(errno));
+    size_t n = 0, cap = 0, len = 0;
+    char **texts = NULL, *line = NULL;
+    while (getline(&line, &len, f) > 0) {
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        if (!o)
+            die(path, je.text);
+        const char *title = with_title ? json_string_value(json_object_get(o, "title")) : NULL;
+        const char *text = json_string_value(json_object_get(o, "text"));
+        size_t need = (title ? strlen(title) + 1 : 0) + (text ? strlen(text) : 0) + 1;
+        char *t = malloc(need);
+        snprintf(t, need, "%s%s%s", title ? title : "", title && *title ? "\n" : "", text ? text : "");
+        if (n == cap) {
+            cap = cap ? cap * 2 : 1024;
+            texts = realloc(texts, cap * sizeof(*texts));
+        }
+        texts[n++] = t;
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    *out = texts;
+    return n;
+}
+
+/* Keeps the rows that are not zero (empty texts embed to zero, which the index refuses). */
+static size_t drop_zero_rows(float *rows, size_t n)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cblas_snrm2(DIM, rows + i * DIM, 1) == 0)
+            continue;
+        memmove(rows + kept * DIM, rows + i * DIM, DIM * sizeof(float));
+        kept++;
+    }
+    return kept;
+}
+
+/* A shared collection (BEIR layout) embedded by ingest's local embedder, then every type. */
+static void run_collection(const bench_cfg *cfg, const char *cdir)
+{
+    char path[1024], err[QR_ERR_LEN];
+    char **docs = NULL, **qs = NULL;
+    snprintf(path, sizeof(path), "%s/corpus.jsonl", cdir);
+    size_t nd = read_texts(path, true, &docs);
+    snprintf(path, sizeof(path), "%s/queries.jsonl", cdir);
+    size_t nq = read_texts(path, false, &qs);
+    qr_config *qc = qr_config_new();
+    ingest_embedder *e = NULL;
+    if (!qc || ingest_embedder_open(qc, &e, err))
+        die("embedder", err);
+    if (ingest_embedder_dim(e) != DIM)
+        die("embedder", "its dimension (embed.dim) is not 384");
+    float *base = malloc(nd * DIM * sizeof(float)), *queries = malloc(nq * DIM * sizeof(float));
+    uint64_t t0 = qr_now_ns();
+    if (ingest_embed(e, (const char *const *)docs, NULL, nd, base, err) ||
+        ingest_embed(e, (const char *const *)qs, NULL, nq, queries, err))
+        die("embed", err);
+    double embed_s = (double)(qr_now_ns() - t0) / 1e9;
+    size_t n = drop_zero_rows(base, nd), nqk = drop_zero_rows(queries, nq);
+    int64_t *ids = malloc(n * sizeof(int64_t)), *gt = malloc(nqk * K * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++)
+        ids[i] = (int64_t)i;
+    ground_truth(base, n, queries, nqk, gt);
+    double nn = 0;
+    for (size_t qi = 0; qi < nqk; qi++)
+        nn += cblas_sdot(DIM, queries + qi * DIM, 1, base + (size_t)gt[qi * K] * DIM, 1);
+    const char *name = strrchr(cdir, '/') ? strrchr(cdir, '/') + 1 : cdir;
+    printf(
+        "# collection %s: %zu documents (%zu empty dropped) and %zu queries embedded by %s (%d-d) in %.1f s; "
+        "mean cosine query to nearest %.3f\n\n",
+        name, n, nd - n, nqk, ingest_embedder_model(e), DIM, embed_s, nn / (double)(nqk ? nqk : 1));
+    printf("| collection | type | nlist | nprobe / efSearch | build s | RSS delta MB | files MB | recall@10 "
+           "| p50 ms | "
+           "p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    float *shared = NULL;
+    size_t shared_nlist = 0;
+    run_types(cfg, name, ids, base, n, queries, nqk, gt, &shared, &shared_nlist);
+    printf("\n");
+    free(shared);
+    for (size_t i = 0; i < nd; i++)
+        free(docs[i]);
+    for (size_t i = 0; i < nq; i++)
+        free(qs[i]);
+    free(docs);
+    free(qs);
+    free(base);
+    free(queries);
+    free(ids);
+    free(gt);
+    ingest_embedder_free(e);
+    qr_config_free(qc);
+}
+
 static size_t parse_list(const char *s, size_t *out, size_t max)
 {
     size_t n = 0;
@@ -308,11 +503,13 @@ static size_t parse_list(const char *s, size_t *out, size_t max)
 int main(int argc, char **argv)
 {
     size_t n = 100000, nq = 1000;
-    const char *types = "flat,ivf_flat,ivf_sq8,hnsw";
+    const char *types = "flat,ivf_flat,ivf_sq8,ivf_pq,hnsw";
     const char *dir = "/tmp/quarry-bench-vindex";
     size_t nprobes[16] = {8, 16, 32, 64}, efs[16] = {32, 64, 128, 256};
     size_t n_nprobe = 4, n_ef = 4;
     bool filters = false, share_training = false;
+    const char *collections[8];
+    size_t ncollections = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--n") == 0 && i + 1 < argc)
             n = strtoul(argv[++i], NULL, 10);
@@ -330,10 +527,13 @@ int main(int argc, char **argv)
             filters = true;
         else if (strcmp(argv[i], "--share-training") == 0)
             share_training = true;
+        else if (strcmp(argv[i], "--collection") == 0 && i + 1 < argc && ncollections < 8)
+            collections[ncollections++] = argv[++i];
         else {
             fprintf(stderr,
-                    "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,hnsw] "
-                    "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training]\n");
+                    "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
+                    "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
+                    "[--collection DIR]...\n");
             return 2;
         }
     }
@@ -342,6 +542,19 @@ int main(int argc, char **argv)
     if (mkdir(dir, 0700) != 0 && access(dir, W_OK) != 0)
         die(dir, "cannot create");
     int build_threads = omp_get_max_threads();
+    if (ncollections) {
+        bench_cfg cc = {types, dir, {0}, n_nprobe, {0}, n_ef, share_training, build_threads};
+        memcpy(cc.nprobes, nprobes, sizeof(nprobes));
+        memcpy(cc.efs, efs, sizeof(efs));
+        printf("# vindex bench on the shared collections; builds on %d threads, queries on 1; OpenBLAS "
+               "kernels: %s\n\n",
+               build_threads, openblas_get_corename());
+        for (size_t i = 0; i < ncollections; i++)
+            run_collection(&cc, collections[i]);
+        clear_dir(dir);
+        rmdir(dir);
+        return 0;
+    }
 
     uint64_t t0 = qr_now_ns();
     corpus c;
@@ -379,75 +592,14 @@ int main(int argc, char **argv)
            "|\n|---|---|---|---|---|---|---|---|---|---|\n");
     fflush(stdout);
 
+    bench_cfg cfg = {types, dir, {0}, n_nprobe, {0}, n_ef, share_training, build_threads};
+    memcpy(cfg.nprobes, nprobes, sizeof(nprobes));
+    memcpy(cfg.efs, efs, sizeof(efs));
     float *shared_centroids = NULL; /* the first IVF build's lists, reused by the next IVF type */
     size_t shared_nlist = 0;
-    char typebuf[128];
-    snprintf(typebuf, sizeof(typebuf), "%s", types);
-    char *save = NULL;
-    for (char *type = strtok_r(typebuf, ",", &save); type; type = strtok_r(NULL, ",", &save)) {
-        clear_dir(dir);
-        bool ivf = strncmp(type, "ivf", 3) == 0, hnsw = strcmp(type, "hnsw") == 0;
-        vindex_opts o;
-        vindex_opts_default(&o);
-        o.type = type;
-        if (ivf)
-            o.nprobe = nprobes[0];
-        if (hnsw)
-            o.ef_search = efs[0];
-        omp_set_num_threads(build_threads);
-        openblas_set_num_threads(build_threads);
-        double rss0 = rss_anon_mb();
-        vindex *v = NULL;
-        bool stale;
-        uint64_t b0 = qr_now_ns();
-        if (vindex_open(dir, DIM, &o, 0, &v, &stale, err))
-            die("open", err);
-        vindex_builder *b = NULL;
-        vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
-        bool reused = ivf && shared_centroids && share_training;
-        if (vindex_build_begin(v, reused ? &shared : NULL, &b, err) ||
-            vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
-            die("build", err);
-        double build_s = (double)(qr_now_ns() - b0) / 1e9;
-        double heap = rss_anon_mb() - rss0;
-        double files = dir_mb(dir);
-        vindex_info info;
-        vindex_get_info(v, &info);
-        if (ivf && !shared_centroids) {
-            shared_nlist = info.nlist;
-            shared_centroids = malloc(shared_nlist * DIM * sizeof(float));
-            if (vindex_get_centroids(v, shared_centroids, shared_nlist, err))
-                die("centroids", err);
-        }
-        omp_set_num_threads(1);
-        openblas_set_num_threads(1);
-        size_t nparams = ivf ? n_nprobe : hnsw ? n_ef : 1;
-        for (size_t p = 0; p < nparams; p++) {
-            if (p > 0) {
-                vindex_close(v);
-                if (ivf)
-                    o.nprobe = nprobes[p];
-                else
-                    o.ef_search = efs[p];
-                if (vindex_open(dir, DIM, &o, 1, &v, &stale, err))
-                    die("reopen", err);
-            }
-            double recall, p50, p99;
-            run_queries(v, queries, nq, gt, NULL, NULL, NULL, 0, &recall, &p50, &p99);
-            char param[32] = "-";
-            if (ivf)
-                snprintf(param, sizeof(param), "%zu", nprobes[p]);
-            if (hnsw)
-                snprintf(param, sizeof(param), "%zu", efs[p]);
-            char nlist[32] = "-";
-            if (ivf)
-                snprintf(nlist, sizeof(nlist), "%zu", info.nlist);
-            printf("| %zu | %s | %s | %s | %.1f%s | %.0f | %.0f | %.3f | %.3f | %.3f |\n", n, info.type,
-                   nlist, param, build_s, reused ? " (k-means reused)" : "", heap, files, recall, p50, p99);
-            fflush(stdout);
-        }
-        vindex_close(v);
-    }
+    char label[32];
+    snprintf(label, sizeof(label), "%zu", n);
+    run_types(&cfg, label, ids, base, n, queries, nq, gt, &shared_centroids, &shared_nlist);
 
     if (filters) {
         /* the served configuration (auto type, default parameters) under permission filtering */

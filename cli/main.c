@@ -31,10 +31,10 @@ static const cli_command commands[] = {
     {"ingest", "quarry ingest [--acl PRINCIPAL]... [--jsonl FILE] PATH...",
      "Ingest files, folders or a JSON-lines collection into the store.", NULL, cli_cmd_ingest},
     {"delete", "quarry delete DOC_ID...", "Delete documents by id.", NULL, cli_cmd_delete},
-    {"search",
-     "quarry search [--as UID] [--mode hybrid|bm25|vector] [-k N] [--json] [--cursor C] [--doc ID]... "
-     "[--source PREFIX] [--type TYPE] [--after DATE] [--max-per-doc N] [--plain] [--explain] QUERY",
-     "Search with a user's permissions.", NULL, cli_cmd_search},
+    {"search", "quarry search [--as UID] [--mode hybrid|bm25|vector] [-k N] [--json] QUERY",
+     "Search with a user's permissions (also: --cursor C, --doc ID, --source PREFIX, --type TYPE, "
+     "--after DATE, --max-per-doc N, --plain, --explain).",
+     NULL, cli_cmd_search},
     {"ask", "quarry ask [--as UID] QUESTION", "Answer a question with citations.", "[inference]", NULL},
     {"index", "quarry index build [--gpu auto|on|off]",
      "Build the vector index and publish a new generation.", NULL, cli_cmd_index},

@@ -208,7 +208,7 @@ static const qr_cfg_key config_table[] = {
     {"retrieval.exact_share", QR_CFG_DOUBLE, "0.02", 0, 1, NULL, false,
      "Permitted share of the vector index below which vectors are searched by an exact scan of the "
      "permitted chunks."},
-    {"retrieval.exact_min", QR_CFG_INT, "2048", 0, 1000000, NULL, false,
+    {"retrieval.exact_min", QR_CFG_INT, "20000", 0, 1000000, NULL, false,
      "Up to this many permitted chunks, vectors are always searched by an exact scan of them."},
     {"retrieval.max_per_doc", QR_CFG_INT, "0", 0, 10000, NULL, false,
      "Most chunks of one document in a result list (0: no limit)."},

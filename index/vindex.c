@@ -181,13 +181,19 @@ static bool normalize_row(const float *in, float *out, int dim)
     return true;
 }
 
+/* An AVX2 clone of dot_exact is picked at load time where the CPU has it. Products of two
+ * floats are exact in double, so fused or vectorised code computes the same sums: every clone
+ * gives the same bits. ThreadSanitizer instruments the clone resolver, which runs before its
+ * runtime is up, so TSan builds use the plain function. */
+#if defined(__SANITIZE_THREAD__)
+#define DOT_CLONES
+#else
+#define DOT_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+
 /* The one exact score: a fixed-order double sum, so that equal rows score equally wherever they
  * sit (BLAS kernels round differently by position). */
-/* An AVX2 clone is picked at load time where the CPU has it. Products of two floats are exact
- * in double, so fused or vectorised code computes the same sums: every clone gives the same
- * bits. */
-__attribute__((target_clones("avx2", "default"))) static float dot_exact(const float *a, const float *b,
-                                                                         int dim)
+DOT_CLONES static float dot_exact(const float *a, const float *b, int dim)
 {
     /* eight independent double sums (i mod 8), added pairwise at the end: the order is fixed, so
      * the result is too, and the chains overlap instead of waiting on one another */

@@ -75,7 +75,7 @@ void retrieval_opts_default(retrieval_opts *o)
     o->weight_body = 1;
     o->stopwords = "default";
     o->exact_share = 0.02;
-    o->exact_min = 2048;
+    o->exact_min = 20000;
     o->max_per_doc = 0;
     o->candidates = 100;
     o->snippet_open = "<mark>";

@@ -54,7 +54,7 @@ qr_status retrieval_mode_parse(const char *s, retrieval_mode *out, char *err);
 
 typedef enum {
     RETRIEVAL_FUSION_RRF = 0,  /* sum of w / (rrf_k + rank) over the two lists */
-    RETRIEVAL_FUSION_WEIGHTED, /* sum of w * min-max normalised score over the two lists */
+    RETRIEVAL_FUSION_WEIGHTED, /* sum of w * score / the list's best score over the two lists */
 } retrieval_fusion;
 
 /* Settings, from the retrieval.* configuration keys. Strings are borrowed: they must outlive

@@ -69,8 +69,8 @@ static const char *word(size_t i)
 }
 
 typedef struct {
-    char doc_id[16];
-    char uri[32];
+    char doc_id[24];
+    char uri[48];
     const char *type;
     char *acl[MAX_USERS + MAX_GROUPS + 1];
     size_t nacl;

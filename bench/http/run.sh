@@ -6,7 +6,7 @@
 # Builds a corpus of CHUNKS one-chunk documents from a fixed vocabulary (seeded, so every run has
 # the same text), spread over four ACL groups, ingests it with `quarry ingest --jsonl` into a
 # fresh data directory, starts the slapd fixture and `quarry serve`, gets a bearer token for alice
-# (who may read half of the documents), then runs wrk at 16 and 64 connections: GET /v1/me (HTTP and
+# (who may read half of the documents), then runs wrk at 1, 16 and 64 connections: GET /v1/me (HTTP and
 # authentication alone, the baseline), then searches in bm25, vector and hybrid modes, and prints
 # one table row per run. Needs wrk (Debian package `wrk`).
 # Environment: QUARRY_BIN (default build/release/quarry), BENCH_DIR (default build/bench-http).
@@ -48,7 +48,10 @@ t0=$(date +%s)
 echo "ingested $chunks documents in $(( $(date +%s) - t0 )) s" >&2
 
 port=$(( 20000 + RANDOM % 10000 ))
-"$quarry" --set server.listen=127.0.0.1:$port serve >"$dir/serve.out" 2>"$dir/serve.err" &
+# Requests already run in parallel on the server's workers: FAISS's own OpenMP threads per search
+# would only spin against them (OMP_NUM_THREADS is read when the library loads, hence here).
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$quarry" --set server.listen=127.0.0.1:$port serve \
+    >"$dir/serve.out" 2>"$dir/serve.err" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
 # the first start builds the vector index generation from the stored vectors (IVF at this size)
@@ -65,8 +68,9 @@ export BENCH_TOKEN="$token" BENCH_WORDS="$(cat "$dir/words.txt")"
 echo "| mode | connections | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
 echo "|---|---|---|---|---|---|---|---|"
 for mode in me bm25 vector hybrid; do
-    for conns in 16 64; do
-        out=$(BENCH_MODE=$mode wrk -t2 -c$conns -d${secs}s --timeout 10s -s "$root/bench/http/search.lua" \
+    for conns in 1 16 64; do
+        threads=$(( conns < 2 ? 1 : 2 ))
+        out=$(BENCH_MODE=$mode wrk -t$threads -c$conns -d${secs}s --timeout 10s -s "$root/bench/http/search.lua" \
             "http://127.0.0.1:$port/v1/search" | grep '^RESULT')
         eval "${out#RESULT }"
         echo "| $mode | $conns | $qps | $p50 | $p90 | $p99 | $max | $((errors + non200)) |"
