@@ -650,18 +650,9 @@ int cli_cmd_index(cli_ctx *ctx)
     }
     if (strcmp(gpu, "auto") != 0 && strcmp(gpu, "on") != 0 && strcmp(gpu, "off") != 0)
         return cli_usage_error(ctx, "--gpu takes auto, on or off");
-    if (strcmp(gpu, "on") == 0) {
-        /* refuse rather than quietly build on the CPU what was asked of the GPU */
-        if (!index_gpu_compiled())
-            fprintf(stderr, "quarry index: --gpu on, but this quarry was built without the CUDA path "
-                            "(QUARRY_CUDA=OFF, or no nvcc/cuBLAS at build time)\n");
-        else if (index_gpu_device_count() == 0)
-            fprintf(stderr, "quarry index: --gpu on, but no CUDA device is visible\n");
-        else
-            fprintf(stderr, "quarry index: --gpu on: building the index on the GPU is not implemented yet "
-                            "([gpu-build]); use --gpu auto or off\n");
-        return CLI_EXIT_FAILURE;
-    }
+    index_gpu_mode mode = strcmp(gpu, "on") == 0    ? INDEX_GPU_ON
+                          : strcmp(gpu, "off") == 0 ? INDEX_GPU_OFF
+                                                    : INDEX_GPU_AUTO;
 
     char err[QR_ERR_LEN];
     const char *dir = qr_config_str(ctx->cfg, "data.dir");
@@ -674,15 +665,15 @@ int cli_cmd_index(cli_ctx *ctx)
     vindex_opts_from_config(ctx->cfg, &vo);
     uint64_t t0 = qr_now_ns();
     if (store_open(dir, &s, err) || store_get_stats(s, &ss, err) ||
-        index_sync_open(s, dir, &vo, true, &v, &rep, err)) {
+        index_build_open(s, dir, &vo, mode, &v, &rep, err)) {
         fprintf(stderr, "quarry index: %s\n", err);
         rc = CLI_EXIT_FAILURE;
     } else if (!v) {
         fprintf(stderr, "quarry index: nothing to index: the store holds no vectors yet (ingest first)\n");
         rc = CLI_EXIT_FAILURE;
     } else {
-        if (strcmp(gpu, "auto") == 0 && index_gpu_device_count() > 0)
-            fprintf(stderr, "quarry index: built on the CPU (the GPU build path lands with [gpu-build])\n");
+        if (mode != INDEX_GPU_OFF && rep.gpu_note[0])
+            fprintf(stderr, "quarry index: --gpu %s: %s\n", gpu, rep.gpu_note);
         printf("built vector index generation %llu: %s, %zu vectors, store change %lld, %.1f s\n",
                (unsigned long long)rep.generation, rep.type, rep.count, (long long)ss.change_counter,
                (qr_now_ns() - t0) / 1e9);

@@ -3,9 +3,9 @@
  * (FAISS through its C API; vindex.c), with the GPU build path under gpu/. Only this module sees
  * sqlite3 and FAISS types.
  *
- * Built so far: the dependency layer (library versions and runtime checks that the libraries
- * quarry links behave as the build promised) and the document store. The vector index lands
- * with the [vindex] issue.
+ * Also here: the dependency layer (library versions and runtime checks that the libraries quarry
+ * links behave as the build promised) and sync.c, which keeps the vector index in step with the
+ * store.
  */
 #ifndef QUARRY_INDEX_H
 #define QUARRY_INDEX_H
@@ -262,8 +262,8 @@ typedef qr_status (*store_doc_fn)(void *ctx, const store_doc_summary *d, char *e
  * (1..10000) documents whose doc_id sorts after `after` (NULL or "": from the first), all from one
  * snapshot, and sets *more when further documents follow. fn's non-zero status stops the walk and
  * is returned; fn must not call other store functions on the same handle. */
-qr_status store_list_documents(store *s, const char *after, size_t limit, store_doc_fn fn, void *ctx, bool *more,
-                               char *err);
+qr_status store_list_documents(store *s, const char *after, size_t limit, store_doc_fn fn, void *ctx,
+                               bool *more, char *err);
 
 /*
  * Search queries, for retrieval. They never see user text as syntax: retrieval hands in FTS5
@@ -544,7 +544,12 @@ typedef struct {
     uint64_t generation;   /* the generation served afterwards */
     char type[16];         /* its type ("flat", "ivf_sq8", ...) */
     size_t count;          /* vectors in its main index */
+    bool gpu_trained;      /* index_build_open: the IVF centroids came from the GPU */
+    char gpu_note[192];    /* index_build_open: what the GPU path did, or why it was not used */
 } index_sync_report;
+
+/* What a build does with the GPU path (the GPU section below says exactly). */
+typedef enum { INDEX_GPU_OFF = 0, INDEX_GPU_AUTO, INDEX_GPU_ON } index_gpu_mode;
 
 /* Brings v up to date with s as described above; force builds a new generation whatever the
  * lag. rep may be NULL. QR_EINVAL when the store holds no vectors yet; the errors of the
@@ -561,6 +566,11 @@ qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, inde
  * index open (a running server). On error *out is NULL. */
 qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, bool force, vindex **out,
                           index_sync_report *rep, char *err);
+/* index_sync_open with force, building the new generation with IVF centroids trained on the GPU
+ * as gpu says (`quarry index build --gpu`). QR_EUNAVAILABLE for INDEX_GPU_ON without a usable
+ * GPU (nothing is built then); rep->gpu_note says what the GPU path did. */
+qr_status index_build_open(store *s, const char *data_dir, const vindex_opts *o, index_gpu_mode gpu,
+                           vindex **out, index_sync_report *rep, char *err);
 
 /* ---- GPU build path (gpu/) --------------------------------------------------------------- */
 

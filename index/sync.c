@@ -143,15 +143,100 @@ static qr_status rebuild_row(void *ctx, const store_change *c, char *err)
     return ++r->n == SYNC_BATCH ? rebuild_flush(r, err) : QR_OK;
 }
 
+/* Gathers every stored vector into one array, for GPU training. */
+typedef struct {
+    float *vecs;
+    size_t n, cap;
+    int dim;
+} gather;
+
+static qr_status gather_row(void *ctx, const store_change *c, char *err)
+{
+    gather *g = ctx;
+    if (c->dim != g->dim)
+        return qr_fail(err, QR_EIO, "chunk %lld has a vector of dimension %d, the store's is %d",
+                       (long long)c->chunk_id, c->dim, g->dim);
+    if (g->n == g->cap)
+        return qr_fail(err, QR_EIO, "the store gained vectors while they were read for GPU training");
+    memcpy(g->vecs + g->n * (size_t)g->dim, c->vector, (size_t)g->dim * sizeof(float));
+    g->n++;
+    return QR_OK;
+}
+
+/* Trains IVF centroids on the GPU when the mode asks for it and the build will be an IVF (see
+ * the GPU section of index.h for what off, auto and on mean). *centroids stays NULL when the
+ * build goes to FAISS's CPU k-means; with auto every GPU failure is a warning, with on an error. */
+static qr_status gpu_centroids(store *s, const vindex_opts *o, index_gpu_mode mode, int dim,
+                               float **centroids, size_t *nlist, index_sync_report *rep, char *err)
+{
+    *centroids = NULL;
+    if (mode == INDEX_GPU_OFF)
+        return QR_OK;
+    char gerr[QR_ERR_LEN];
+    store_stats ss;
+    gather g = {.dim = dim};
+    qr_status st = QR_OK;
+    if (index_gpu_check(gerr)) {
+        if (mode == INDEX_GPU_ON)
+            return qr_fail(err, QR_EUNAVAILABLE, "--gpu on: %s", gerr);
+        snprintf(rep->gpu_note, sizeof(rep->gpu_note), "built on the CPU: %.150s", gerr);
+        return QR_OK;
+    }
+    if ((st = store_get_stats(s, &ss, err)))
+        return st;
+    if (!index_gpu_wants_centroids(o, (size_t)ss.chunks, nlist)) {
+        snprintf(rep->gpu_note, sizeof(rep->gpu_note),
+                 "a flat or HNSW index trains no centroids: GPU not used");
+        return QR_OK;
+    }
+    g.cap = (size_t)ss.chunks;
+    g.vecs = malloc(g.cap * (size_t)dim * sizeof(float));
+    float *cent = malloc(*nlist * (size_t)dim * sizeof(float));
+    if (!g.vecs || !cent) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory reading %zu vectors for GPU training", g.cap);
+        goto out;
+    }
+    int64_t counter = 0;
+    if ((st = store_each_vector(s, gather_row, &g, &counter, err)))
+        goto out;
+    index_gpu_report report;
+    st = index_gpu_train_centroids(g.vecs, g.n, dim, *nlist, 10, 1234, cent, &report, gerr);
+    if (st && mode == INDEX_GPU_ON) {
+        qr_fail(err, st, "GPU training failed: %s", gerr);
+        goto out;
+    }
+    if (st) {
+        qr_log(QR_LOG_WARN, LOG_COMPONENT, "GPU training failed, building on the CPU: %s", gerr);
+        snprintf(rep->gpu_note, sizeof(rep->gpu_note), "GPU training failed, built on the CPU: %.120s", gerr);
+        st = QR_OK;
+        goto out;
+    }
+    snprintf(rep->gpu_note, sizeof(rep->gpu_note), "%zu centroids trained on %s in %.2f s (peak %zu MiB)",
+             *nlist, report.device, report.seconds, report.peak_device_bytes >> 20);
+    rep->gpu_trained = true;
+    *centroids = cent;
+    cent = NULL;
+out:
+    free(cent);
+    free(g.vecs);
+    return st;
+}
+
 /* Builds a generation from every stored vector and records it in the store. */
-static qr_status rebuild_all(store *s, vindex *v, int dim, index_sync_report *rep, char *err)
+static qr_status rebuild_all(store *s, vindex *v, int dim, const vindex_opts *o, index_gpu_mode gpu,
+                             index_sync_report *rep, char *err)
 {
     rebuild r = {.dim = dim};
     int64_t counter = 0;
+    float *centroids = NULL;
+    size_t nlist = 0;
     qr_status st;
     if (!(r.vecs = malloc((size_t)SYNC_BATCH * (size_t)dim * sizeof(float))))
         return qr_fail(err, QR_ENOMEM, "out of memory rebuilding the vector index");
-    if ((st = vindex_build_begin(v, NULL, &r.b, err)))
+    if ((st = gpu_centroids(s, o, gpu, dim, &centroids, &nlist, rep, err)))
+        goto out;
+    vindex_centroids cent = {centroids, nlist, dim};
+    if ((st = vindex_build_begin(v, centroids ? &cent : NULL, &r.b, err)))
         goto out;
     if ((st = store_each_vector(s, rebuild_row, &r, &counter, err)) || (st = rebuild_flush(&r, err))) {
         vindex_build_abort(r.b);
@@ -175,13 +260,15 @@ static qr_status rebuild_all(store *s, vindex *v, int dim, index_sync_report *re
         qr_log(QR_LOG_WARN, LOG_COMPONENT, "cannot record vector index generation %llu in the store: %s",
                (unsigned long long)info.generation, gerr);
 out:
+    free(centroids);
     free(r.vecs);
     return st;
 }
 
 /* ---- public ------------------------------------------------------------------------------ */
 
-qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, index_sync_report *rep, char *err)
+static qr_status sync_impl(store *s, vindex *v, const vindex_opts *o, bool force, index_gpu_mode gpu,
+                           index_sync_report *rep, char *err)
 {
     if (!s || !v || !o)
         return qr_fail(err, QR_EINVAL, "index_sync: NULL argument");
@@ -222,7 +309,7 @@ qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, inde
             goto out;
     }
     if (build) {
-        if ((st = rebuild_all(s, v, ss.embedding_dim, rep, err)))
+        if ((st = rebuild_all(s, v, ss.embedding_dim, o, gpu, rep, err)))
             goto out;
         qr_log(QR_LOG_INFO, LOG_COMPONENT,
                "vector index rebuilt from the store: generation %llu, %s, %zu vectors",
@@ -241,8 +328,13 @@ out:
     return st;
 }
 
-qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, bool force, vindex **out,
-                          index_sync_report *rep, char *err)
+qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, index_sync_report *rep, char *err)
+{
+    return sync_impl(s, v, o, force, INDEX_GPU_OFF, rep, err);
+}
+
+static qr_status open_impl(store *s, const char *data_dir, const vindex_opts *o, bool force,
+                           index_gpu_mode gpu, vindex **out, index_sync_report *rep, char *err)
 {
     if (!s || !data_dir || !o || !out)
         return qr_fail(err, QR_EINVAL, "index_sync_open: NULL argument");
@@ -265,7 +357,7 @@ qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, 
     vindex *v = NULL;
     bool stale = false;
     if (!(st = vindex_open(dir, ss.embedding_dim, &opts, ss.change_counter, &v, &stale, err)))
-        st = index_sync(s, v, &opts, force, rep, err);
+        st = sync_impl(s, v, &opts, force, gpu, rep, err);
     free(dir);
     if (st) {
         vindex_close(v);
@@ -273,4 +365,16 @@ qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, 
     }
     *out = v;
     return QR_OK;
+}
+
+qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, bool force, vindex **out,
+                          index_sync_report *rep, char *err)
+{
+    return open_impl(s, data_dir, o, force, INDEX_GPU_OFF, out, rep, err);
+}
+
+qr_status index_build_open(store *s, const char *data_dir, const vindex_opts *o, index_gpu_mode gpu,
+                           vindex **out, index_sync_report *rep, char *err)
+{
+    return open_impl(s, data_dir, o, true, gpu, out, rep, err);
 }

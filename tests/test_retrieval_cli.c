@@ -251,9 +251,15 @@ TEST(index_build_and_its_gpu_flag)
     CHECK(strstr(qr_buf_str(&out), "generation 2") != NULL);
     CHECK_INT(quarry(&out, &err, "stats"), 0);
     CHECK(strstr(qr_buf_str(&out), "index generation  2") != NULL);
-    /* this build has no GPU path, or no device, or (until [gpu-build]) no GPU build: refused */
+    /* the tests run where there is no GPU path or no device: auto builds on the CPU and says why,
+     * on is refused and builds nothing */
+    CHECK_INT(quarry(&out, &err, "index build --gpu auto"), 0);
+    CHECK(strstr(qr_buf_str(&out), "generation 3") != NULL);
+    CHECK_MSG(strstr(qr_buf_str(&err), "--gpu auto: built on the CPU") != NULL, "%s", qr_buf_str(&err));
     CHECK_INT(quarry(&out, &err, "index build --gpu on"), 1);
-    CHECK(strstr(qr_buf_str(&err), "--gpu on") != NULL);
+    CHECK_MSG(strstr(qr_buf_str(&err), "--gpu on:") != NULL, "%s", qr_buf_str(&err));
+    CHECK_INT(quarry(&out, &err, "stats"), 0);
+    CHECK(strstr(qr_buf_str(&out), "index generation  3") != NULL);
     CHECK_INT(quarry(&out, &err, "index build --gpu maybe"), 2);
     CHECK_INT(quarry(&out, &err, "index rebuild"), 2);
     qr_buf_release(&out);
