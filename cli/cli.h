@@ -31,6 +31,7 @@ int cli_cmd_selfcheck(cli_ctx *ctx);
 int cli_cmd_ingest(cli_ctx *ctx);
 int cli_cmd_delete(cli_ctx *ctx);
 int cli_cmd_stats(cli_ctx *ctx);
+int cli_cmd_ask(cli_ctx *ctx);
 int cli_cmd_keys(cli_ctx *ctx);
 int cli_cmd_auth(cli_ctx *ctx);
 int cli_cmd_models(cli_ctx *ctx);

@@ -14,10 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "auth/auth.h"
 #include "cli/cli.h"
 #include "index/index.h"
+#include "inference/inference.h"
 #include "ingest/ingest.h"
 #include "retrieval/retrieval.h"
 
@@ -680,5 +682,196 @@ int cli_cmd_index(cli_ctx *ctx)
     }
     vindex_close(v);
     store_close(s);
+    return rc;
+}
+
+/* ---- quarry ask ------------------------------------------------------------------------------ */
+
+#define ASK_PASSAGES 8
+
+/* The permitted passages of an answer, copied out of the store's snapshot. */
+typedef struct {
+    infer_passage *p;
+    size_t n;
+    qr_arena arena;
+} ask_passages;
+
+static qr_status ask_take(void *ctx, const store_chunk_view *c, char *err)
+{
+    ask_passages *a = ctx;
+    infer_passage *p = &a->p[a->n];
+    p->chunk_id = c->chunk_id;
+    p->doc_id = qr_arena_strdup(&a->arena, c->doc_id);
+    p->title = qr_arena_strdup(&a->arena, c->title ? c->title : "");
+    p->uri = qr_arena_strdup(&a->arena, c->uri ? c->uri : "");
+    p->headings = qr_arena_strdup(&a->arena, c->headings);
+    p->text = qr_arena_strndup(&a->arena, c->text, c->text_len);
+    p->start = c->start;
+    p->end = c->end;
+    if (!p->doc_id || !p->title || !p->uri || !p->headings || !p->text)
+        return qr_fail(err, QR_ENOMEM, "out of memory reading passages");
+    a->n++;
+    return QR_OK;
+}
+
+/* Streams the answer to a terminal as it is drafted. */
+static int ask_print_delta(const infer_event *ev, void *user)
+{
+    (void)user;
+    if (ev->type == INFER_EVENT_DELTA) {
+        fwrite(ev->text, 1, ev->len, stdout);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+int cli_cmd_ask(cli_ctx *ctx)
+{
+    const char *as = NULL;
+    bool json = false;
+    char err[QR_ERR_LEN];
+    qr_buf question;
+    qr_buf_init(&question, RETRIEVAL_QUERY_MAX);
+    for (int i = 1; i < ctx->argc; i++) {
+        const char *a = ctx->argv[i];
+        if (strcmp(a, "--as") == 0) {
+            if (i + 1 >= ctx->argc) {
+                qr_buf_release(&question);
+                return cli_usage_error(ctx, "--as needs a value");
+            }
+            as = ctx->argv[++i];
+        } else if (strcmp(a, "--json") == 0) {
+            json = true;
+        } else if (a[0] == '-' && a[1] == '-' && a[2]) {
+            qr_buf_release(&question);
+            return cli_usage_error(ctx, "unknown option '%s'", a);
+        } else if ((qr_buf_len(&question) && qr_buf_putc(&question, ' ')) || qr_buf_puts(&question, a)) {
+            qr_buf_release(&question);
+            return cli_usage_error(ctx, "the question is longer than %d bytes", RETRIEVAL_QUERY_MAX);
+        }
+    }
+    if (!qr_buf_len(&question)) {
+        qr_buf_release(&question);
+        return cli_usage_error(ctx, "give a QUESTION");
+    }
+
+    auth_ctx *auth = NULL;
+    auth_principal *pr = NULL;
+    search_env env;
+    bool env_ready = false;
+    retrieval_result *res = NULL;
+    retrieval_caller caller;
+    infer_client *client = NULL;
+    infer_result answer;
+    infer_result_init(&answer);
+    ask_passages passages = {0};
+    qr_arena_init(&passages.arena, (size_t)64 << 20);
+    int64_t ids[ASK_PASSAGES];
+    int rc = resolve_caller(ctx, as, &auth, &pr, &caller);
+    if (rc)
+        goto out;
+    if ((rc = env_open(ctx, RETRIEVAL_MODE_DEFAULT, &env)))
+        goto out;
+    env_ready = true;
+    retrieval_opts ro;
+    retrieval_opts_from_config(ctx->cfg, &ro);
+    bool have_vec = embed_query(ctx, &env, ro.mode, qr_buf_str(&question));
+    retrieval_request req = {
+        .query = qr_buf_str(&question),
+        .plain = true, /* a question is prose: its quotes are not phrase syntax */
+        .vector = have_vec ? env.vec : NULL,
+        .dim = env.dim,
+        .k = ASK_PASSAGES,
+    };
+    rc = CLI_EXIT_FAILURE;
+    if (retrieval_search(env.r, &caller, &req, &res, err)) {
+        fprintf(stderr, "quarry ask: %s\n", err);
+        goto out;
+    }
+    /* the passages' text is read again through the same permission filter: what the backend
+     * sees is exactly what this caller may read now */
+    for (size_t i = 0; i < res->nhits && i < ASK_PASSAGES; i++)
+        ids[i] = res->hits[i].chunk_id;
+    store_filter f = {
+        .principals = caller.principals,
+        .nprincipals = caller.nprincipals,
+        .all_documents = caller.is_admin,
+    };
+    if (!(passages.p = calloc(ASK_PASSAGES, sizeof(*passages.p))) ||
+        store_read_chunks(env.s, ids, res->nhits < ASK_PASSAGES ? res->nhits : ASK_PASSAGES, &f, ask_take,
+                          &passages, err)) {
+        fprintf(stderr, "quarry ask: %s\n", passages.p ? err : "out of memory");
+        goto out;
+    }
+    if (infer_client_new(ctx->cfg, &client, err)) {
+        fprintf(stderr, "quarry ask: %s\n", err);
+        goto out;
+    }
+    bool stream = !json && isatty(STDOUT_FILENO);
+    infer_request ireq = {
+        .question = qr_buf_str(&question),
+        .passages = passages.p,
+        .passage_count = passages.n,
+        .on_event = stream ? ask_print_delta : NULL,
+    };
+    if (infer_answer(client, &ireq, &answer, err)) {
+        fprintf(stderr, "quarry ask: %s\n", err);
+        goto out;
+    }
+    if (json) {
+        qr_buf out;
+        qr_buf_init(&out, (size_t)1 << 26);
+        qr_buf_puts(&out, "{\"answer\":");
+        qr_json_escape(&out, answer.text, strlen(answer.text));
+        qr_buf_printf(&out, ",\"mode\":\"%s\"", infer_mode_name(answer.mode));
+        if (answer.reason)
+            qr_buf_printf(&out, ",\"reason\":\"%s\"", answer.reason);
+        qr_buf_puts(&out, ",\"citations\":[");
+        for (size_t i = 0; i < answer.cited_count; i++) {
+            const infer_source *s = &answer.sources[answer.cited[i]];
+            qr_buf_printf(&out, "%s{\"number\":%d,\"chunk_id\":%lld,\"doc_id\":", i ? "," : "", s->number,
+                          (long long)s->chunk_id);
+            qr_json_escape(&out, s->doc_id, strlen(s->doc_id));
+            qr_buf_puts(&out, ",\"title\":");
+            qr_json_escape(&out, s->title, strlen(s->title));
+            qr_buf_puts(&out, ",\"uri\":");
+            qr_json_escape(&out, s->uri, strlen(s->uri));
+            qr_buf_printf(&out, ",\"start\":%zu,\"end\":%zu}", s->start, s->end);
+        }
+        if (qr_buf_puts(&out, "]}\n")) {
+            fprintf(stderr, "quarry ask: the answer is too large to print as JSON\n");
+        } else {
+            fputs(qr_buf_str(&out), stdout);
+            rc = CLI_EXIT_OK;
+        }
+        qr_buf_release(&out);
+        goto out;
+    }
+    if (!stream || answer.mode == INFER_MODE_EXTRACTIVE)
+        fputs(answer.text, stdout);
+    fputc('\n', stdout);
+    if (answer.mode == INFER_MODE_EXTRACTIVE)
+        fprintf(stderr, "quarry ask: extractive answer (%s%s%s)\n", answer.reason,
+                answer.detail && *answer.detail ? ": " : "", answer.detail ? answer.detail : "");
+    printf("\nSources:\n");
+    for (size_t i = 0; i < answer.cited_count; i++) {
+        const infer_source *s = &answer.sources[answer.cited[i]];
+        printf("  [%d] %s%s%s (%s)\n", s->number, *s->title ? s->title : s->doc_id, *s->headings ? " > " : "",
+               s->headings, *s->uri ? s->uri : s->doc_id);
+    }
+    if (!answer.cited_count)
+        printf("  (none cited; %zu passages retrieved)\n", answer.source_count);
+    rc = CLI_EXIT_OK;
+out:
+    infer_result_release(&answer);
+    infer_client_free(client);
+    free(passages.p);
+    qr_arena_release(&passages.arena);
+    retrieval_result_free(res);
+    if (env_ready)
+        env_close(&env);
+    auth_principal_release(pr);
+    auth_free(auth);
+    qr_buf_release(&question);
     return rc;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "api/api.h"
 #include "auth/auth.h"
@@ -27,7 +28,8 @@ typedef struct {
 } cli_command;
 
 static const cli_command commands[] = {
-    {"serve", "quarry serve", "Run the HTTP API server (chat, search, ingestion, metrics).", NULL, cli_cmd_serve},
+    {"serve", "quarry serve", "Run the HTTP API server (chat, search, ingestion, metrics).", NULL,
+     cli_cmd_serve},
     {"ingest", "quarry ingest [--acl PRINCIPAL]... [--jsonl FILE] PATH...",
      "Ingest files, folders or a JSON-lines collection into the store.", NULL, cli_cmd_ingest},
     {"delete", "quarry delete DOC_ID...", "Delete documents by id.", NULL, cli_cmd_delete},
@@ -35,7 +37,8 @@ static const cli_command commands[] = {
      "Search with a user's permissions (also: --cursor C, --doc ID, --source PREFIX, --type TYPE, "
      "--after DATE, --max-per-doc N, --plain, --explain).",
      NULL, cli_cmd_search},
-    {"ask", "quarry ask [--as UID] QUESTION", "Answer a question with citations.", "[inference]", NULL},
+    {"ask", "quarry ask [--as UID] QUESTION",
+     "Answer a question with citations from permitted passages (--json).", NULL, cli_cmd_ask},
     {"index", "quarry index build [--gpu auto|on|off]",
      "Build the vector index and publish a new generation.", NULL, cli_cmd_index},
     {"eval", "quarry eval --queries FILE --qrels FILE [--mode M]",
@@ -145,8 +148,34 @@ static bool is_option(const char *arg, const char *opt)
     return strncmp(arg, opt, len) == 0 && (arg[len] == '\0' || arg[len] == '=');
 }
 
+/* OpenBLAS picks its kernels and libgomp its idle policy when they are loaded, before main:
+ * Debian's OpenBLAS falls back to its slowest (Prescott) kernels on some virtual CPUs, and
+ * libgomp's idle threads spin, which on a busy server takes the cores that requests need. So
+ * quarry sets both for itself, unless the operator did, and starts again once with them. */
+static void tune_runtime_and_reexec(char **argv)
+{
+    bool changed = false;
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        changed = true;
+    }
+    if (!getenv("OPENBLAS_CORETYPE")) {
+        __builtin_cpu_init();
+        const char *core = __builtin_cpu_supports("avx512f") ? "SkylakeX"
+                           : __builtin_cpu_supports("avx2")  ? "Haswell"
+                                                             : NULL;
+        if (core) {
+            setenv("OPENBLAS_CORETYPE", core, 1);
+            changed = true;
+        }
+    }
+    if (changed)
+        execv("/proc/self/exe", argv); /* on failure quarry simply runs untuned */
+}
+
 int main(int argc, char **argv)
 {
+    tune_runtime_and_reexec(argv);
     char err[QR_ERR_LEN];
     int rc = CLI_EXIT_USAGE;
     qr_config *cfg = NULL;

@@ -63,16 +63,12 @@ TEST(version_prints_dependency_versions)
     qr_buf_release(&out);
 }
 
-TEST(unbuilt_commands_refuse)
+TEST(every_command_is_built_and_unknown_ones_refused)
 {
     qr_buf out;
     qr_buf_init(&out, 1 << 20);
-    const char *cmds[] = {"ask why"};
-    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-        CHECK_MSG(run_quarry(cmds[i], &out) == 69, "'quarry %s' did not exit 69: %s", cmds[i],
-                  qr_buf_str(&out));
-        CHECK_MSG(strstr(qr_buf_str(&out), "not built yet") != NULL, "%s", qr_buf_str(&out));
-    }
+    CHECK_INT(run_quarry("--help", &out), 0);
+    CHECK_MSG(strstr(qr_buf_str(&out), "not built yet") == NULL, "%s", qr_buf_str(&out));
     CHECK_INT(run_quarry("frobnicate", &out), 2);
     CHECK(strstr(qr_buf_str(&out), "unknown command 'frobnicate'") != NULL);
     qr_buf_release(&out);

@@ -322,3 +322,77 @@ TEST(eval_default_mode_is_not_worse_than_bm25)
     qr_buf_release(&err);
     cleanup();
 }
+
+/* The fake inference server's recorded requests (the prompts it received), as one string. */
+static bool fake_requests(qr_buf *out)
+{
+    const char *url = getenv("QUARRY_TEST_INFERENCE_URL");
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "curl -s '%s/_fake/requests'", url ? url : "");
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return false;
+    qr_buf_reset(out);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+        qr_buf_append(out, chunk, n);
+    return pclose(p) == 0 && qr_buf_len(out) > 0;
+}
+
+TEST(ask_drafts_from_permitted_passages_only)
+{
+    const char *url = getenv("QUARRY_TEST_INFERENCE_URL");
+    CHECK_MSG(url != NULL, "run under tests/fixtures/fake-inference-fixture.sh");
+    CHECK(make_tmp());
+    qr_buf out, err, rec;
+    qr_buf_init(&out, 1 << 20);
+    qr_buf_init(&err, 1 << 20);
+    qr_buf_init(&rec, 8 << 20);
+    CHECK(write_file("corpus.jsonl", corpus));
+    CHECK_INT(quarry(&out, NULL, "ingest --jsonl corpus.jsonl"), 0);
+
+    /* no backend configured: an extractive answer, flagged, with citations */
+    CHECK_INT(quarry(&out, &err, "ask --as erin --json 'when does the wing cafeteria open'"), 0);
+    CHECK_MSG(strstr(qr_buf_str(&out), "\"mode\":\"extractive\",\"reason\":\"no_backend\"") != NULL, "%s",
+              qr_buf_str(&out));
+    CHECK(strstr(qr_buf_str(&out), "\"doc_id\":\"public\"") != NULL);
+    CHECK(strstr(qr_buf_str(&out), "\"doc_id\":\"staff\"") == NULL); /* erin is in no group */
+
+    /* with the backend: erin's prompt holds only what erin may read */
+    char backend[512];
+    snprintf(backend, sizeof(backend), "--set inference.base_url=%s/v1 --set inference.model=fake-model",
+             url);
+    CHECK_INT(quarry(&out, &err, "%s ask --as erin --json 'what about the wing'", backend), 0);
+    CHECK_MSG(strstr(qr_buf_str(&out), "\"mode\":\"generative\"") != NULL, "%s %s", qr_buf_str(&out),
+              qr_buf_str(&err));
+    CHECK(strstr(qr_buf_str(&out), "\"doc_id\":\"public\"") != NULL);
+    CHECK(fake_requests(&rec));
+    CHECK(strstr(qr_buf_str(&rec), "Welcome to the west wing") != NULL);
+    const char *forbidden[] = {"Restart the wing service",
+                               "cafeteria",
+                               "Auditors reviewed",
+                               "sales wing",
+                               "Private wing",
+                               "Board minutes"};
+    for (size_t i = 0; i < sizeof(forbidden) / sizeof(forbidden[0]); i++)
+        CHECK_MSG(strstr(qr_buf_str(&rec), forbidden[i]) == NULL, "erin's prompt holds '%s'", forbidden[i]);
+
+    /* alice (eng-backend, auditors, staff) gets her documents into the prompt, never frank's */
+    CHECK_INT(quarry(&out, &err, "%s ask --as alice --json 'what about the wing'", backend), 0);
+    CHECK(fake_requests(&rec));
+    CHECK(strstr(qr_buf_str(&rec), "Restart the wing service") != NULL);
+    CHECK(strstr(qr_buf_str(&rec), "Private wing") == NULL);
+    CHECK(strstr(qr_buf_str(&rec), "Board minutes") == NULL);
+
+    /* usage errors and an unknown user change nothing and say why */
+    CHECK_INT(quarry(&out, &err, "ask"), 2);
+    CHECK_INT(quarry(&out, &err, "ask --as"), 2);
+    CHECK_INT(quarry(&out, &err, "ask --bogus why"), 2);
+    CHECK(quarry(&out, &err, "ask --as nobody-here why") != 0);
+    CHECK(strstr(qr_buf_str(&err), "nobody-here") != NULL);
+    qr_buf_release(&out);
+    qr_buf_release(&err);
+    qr_buf_release(&rec);
+    cleanup();
+}
