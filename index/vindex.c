@@ -164,8 +164,9 @@ static qr_status check_opts(const vindex_opts *o, vtype *type, char *err)
 /* ---- vector helpers ------------------------------------------------------------------------ */
 
 /* Copies a row normalised to unit length. Zero, NaN and infinite rows cannot be normalised and
- * would poison every inner product, so they are refused. */
-static bool normalize_row(const float *in, float *out, int dim)
+ * would poison every inner product, so they are refused. Shared with the GPU path (vindex_int.h),
+ * so that both train on exactly the rows the index holds. */
+bool vindex_normalize_row(const float *in, float *out, int dim)
 {
     double sum = 0;
     for (int i = 0; i < dim; i++) {
@@ -1238,7 +1239,8 @@ qr_status vindex_build_begin(vindex *v, const vindex_centroids *c, vindex_builde
             return qr_fail(err, QR_ENOMEM, "out of memory for %zu centroids", c->nlist);
         }
         for (size_t i = 0; i < c->nlist; i++) {
-            if (!normalize_row(c->data + i * (size_t)v->dim, b->centroids + i * (size_t)v->dim, v->dim)) {
+            if (!vindex_normalize_row(c->data + i * (size_t)v->dim, b->centroids + i * (size_t)v->dim,
+                                      v->dim)) {
                 free(b->centroids);
                 free(b);
                 return qr_fail(err, QR_EINVAL, "centroid %zu is zero or not finite", i);
@@ -1296,7 +1298,7 @@ qr_status vindex_build_add(vindex_builder *b, const int64_t *ids, const float *v
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0)
             return qr_fail(err, QR_EINVAL, "chunk id %" PRId64 " is negative", ids[i]);
-        if (!normalize_row(vecs + i * (size_t)d, b->rows + (b->n + i) * (size_t)d, d))
+        if (!vindex_normalize_row(vecs + i * (size_t)d, b->rows + (b->n + i) * (size_t)d, d))
             return qr_fail(err, QR_EINVAL, "vector of chunk %" PRId64 " is zero or not finite", ids[i]);
     }
     bool asc = b->ascending;
@@ -1784,7 +1786,7 @@ qr_status vindex_add(vindex *v, const int64_t *ids, const float *vecs, size_t n,
             st = qr_fail(err, QR_EINVAL, "chunk id %" PRId64 " is negative", ids[i]);
             goto out;
         }
-        if (!normalize_row(vecs + i * (size_t)d, rows + i * (size_t)d, d)) {
+        if (!vindex_normalize_row(vecs + i * (size_t)d, rows + i * (size_t)d, d)) {
             st = qr_fail(err, QR_EINVAL, "vector of chunk %" PRId64 " is zero or not finite", ids[i]);
             goto out;
         }
@@ -2199,7 +2201,7 @@ static qr_status check_query(const vindex *v, const float *query, int dim, size_
     *q = malloc((size_t)dim * sizeof(float));
     if (!*q)
         return qr_fail(err, QR_ENOMEM, "out of memory");
-    if (!normalize_row(query, *q, dim)) {
+    if (!vindex_normalize_row(query, *q, dim)) {
         free(*q);
         *q = NULL;
         return qr_fail(err, QR_EINVAL, "query vector is zero or not finite");

@@ -38,4 +38,8 @@ qr_status vindex_get_centroids(vindex *v, float *out, size_t nlist, char *err);
 typedef void (*vindex_test_hook_fn)(const char *stage, void *arg);
 void vindex_test_set_hook(vindex_test_hook_fn fn, void *arg);
 
+/* Copies a row normalised to unit length into out; false (out undefined) for a zero, NaN or
+ * infinite row. The one normalisation of every vector the index or its GPU training sees. */
+bool vindex_normalize_row(const float *in, float *out, int dim);
+
 #endif

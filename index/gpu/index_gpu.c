@@ -13,6 +13,7 @@
 
 #include "index/gpu/gpu.h"
 #include "index/index.h"
+#include "index/vindex_int.h"
 
 #define MAX_ITERATIONS 1000
 
@@ -74,23 +75,6 @@ static void copy_report(index_gpu_report *out, const gpu_report *in, uint64_t t0
     out->seconds = (double)(qr_now_ns() - t0) / 1e9;
 }
 
-/* Copies a row scaled to unit length; false for a zero or non-finite row. */
-static bool normalized_copy(const float *in, float *out, int dim)
-{
-    double sum = 0;
-    for (int i = 0; i < dim; i++) {
-        if (!isfinite(in[i]))
-            return false;
-        sum += (double)in[i] * in[i];
-    }
-    if (!(sum > 0) || !isfinite(sum))
-        return false;
-    double inv = 1.0 / sqrt(sum);
-    for (int i = 0; i < dim; i++)
-        out[i] = (float)(in[i] * inv);
-    return true;
-}
-
 qr_status index_gpu_train_centroids(const float *vecs, size_t n, int dim, size_t nlist, int iterations,
                                     uint64_t seed, float *centroids_out, index_gpu_report *report, char *err)
 {
@@ -122,7 +106,7 @@ qr_status index_gpu_train_centroids(const float *vecs, size_t n, int dim, size_t
     }
     for (size_t i = 0; i < nx; i++) {
         size_t row = rows ? rows[i] : i;
-        if (!normalized_copy(vecs + row * d, train + i * d, dim)) {
+        if (!vindex_normalize_row(vecs + row * d, train + i * d, dim)) {
             st = qr_fail(err, QR_EINVAL, "GPU training: vector %zu is zero or not finite", row);
             goto out;
         }
