@@ -355,6 +355,22 @@ typedef qr_status (*store_token_fn)(void *ctx, const char *form, size_t form_len
                                     char *err);
 qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn fn, void *ctx, char *err);
 
+/* A PROTOTYPE of pruned BM25 top-k ([bm25-topk], index/bm25topk.c); retrieval does not use it.
+ * store_bm25_build snapshots the full-text index's postings and row sizes into memory (not kept
+ * in step with later writes; call outside a batch). store_bm25_search ranks the chunks matching
+ * any of terms (indexed forms, as store_tokenize gives them; repeats count twice) by MaxScore and
+ * returns the same top `limit` -- chunks, scores and tie order -- as store_search_bm25 with the
+ * expression "t1" OR "t2" ... and a filter that lets through exactly the chunks in
+ * permitted[0..npermitted) (ascending chunk ids), or every chunk when all_permitted.
+ * store_bm25_free(NULL) is a no-op. QR_ENOMEM, QR_EIO, QR_EINVAL as store_search_bm25. */
+typedef struct store_bm25_index store_bm25_index;
+qr_status store_bm25_build(store *s, store_bm25_index **out, char *err);
+void store_bm25_free(store_bm25_index *x);
+size_t store_bm25_rows(const store_bm25_index *x);
+qr_status store_bm25_search(const store_bm25_index *x, const char *const *terms, size_t nterms,
+                            const double weights[3], const int64_t *permitted, size_t npermitted,
+                            bool all_permitted, size_t limit, store_hit *out, size_t *n, char *err);
+
 /* ---- vector index (vindex.c) ------------------------------------------------------------- */
 
 /*
@@ -477,7 +493,9 @@ qr_status vindex_add(vindex *v, const int64_t *ids, const float *vecs, size_t n,
                      int64_t store_counter, char *err);
 /* Tombstones n chunk ids (from the main index or the delta) so that searches skip them. Ids the
  * index does not hold, and ids already removed, are accepted: the store's change log reports
- * chunks added and deleted since a counter as deleted only. Same counter rule as vindex_add. */
+ * chunks added and deleted since a counter as deleted only. Same counter rule as vindex_add.
+ * n may be 0 (ids NULL): the call then only records store_counter, for store changes that
+ * touched no chunk (ACL or title edits), so that the index counts as up to date. */
 qr_status vindex_remove(vindex *v, const int64_t *ids, size_t n, int64_t store_counter, char *err);
 /* True when the delta rows plus tombstones exceed delta_max: time to build a new generation. */
 bool vindex_needs_rebuild(vindex *v);

@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -461,6 +462,39 @@ __attribute__((destructor)) static void resume_slapd(void)
         kill(stopped_slapd, SIGCONT);
 }
 
+/* True once every thread of pid is in the stopped state ('T' in /proc/<pid>/task/<tid>/stat). */
+static bool wait_stopped(pid_t pid)
+{
+    for (int tries = 0; tries < 500; tries++) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+        DIR *d = opendir(path);
+        if (!d)
+            return false;
+        bool all = true;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            char stat_path[600], buf[512];
+            snprintf(stat_path, sizeof(stat_path), "%s/%s/stat", path, e->d_name);
+            FILE *f = fopen(stat_path, "r");
+            size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+            if (f)
+                fclose(f);
+            buf[n] = '\0';
+            const char *rp = strrchr(buf, ')');
+            if (!rp || rp[1] != ' ' || (rp[2] != 'T' && rp[2] != 't'))
+                all = false;
+        }
+        closedir(d);
+        if (all)
+            return true;
+        usleep(2000);
+    }
+    return false;
+}
+
 TEST(ldap_silent_is_503)
 {
     creds();
@@ -479,6 +513,8 @@ TEST(ldap_silent_is_503)
     /* slapd stops answering: connections open, nothing comes back */
     stopped_slapd = (pid_t)atoi(pid);
     CHECK(kill(stopped_slapd, SIGSTOP) == 0);
+    /* kill() only queues the stop: wait until every slapd thread is stopped */
+    CHECK_MSG(wait_stopped(stopped_slapd), "slapd %d did not stop", (int)stopped_slapd);
     uint64_t t0 = qr_now_ns();
     long s1 = api_http(f.base, "GET", "/v1/me", H(bearer), NULL, 0, &r);
     api_resp_release(&r);
