@@ -37,6 +37,7 @@
 #include <sys/stat.h>
 
 #include "index/index.h"
+#include "index/store_int.h"
 
 /* Vectors are stored as the host's float32 bytes; the format is declared little-endian. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -862,6 +863,11 @@ out:
     return QR_OK;
 }
 
+sqlite3 *store_db(store *s)
+{
+    return s->db;
+}
+
 void store_close(store *s)
 {
     if (!s)
@@ -1468,8 +1474,8 @@ qr_status store_get_document(store *s, const char *doc_id, bool with_chunks, sto
     return QR_OK;
 }
 
-qr_status store_list_documents(store *s, const char *after, size_t limit, store_doc_fn fn, void *ctx, bool *more,
-                               char *err)
+qr_status store_list_documents(store *s, const char *after, size_t limit, store_doc_fn fn, void *ctx,
+                               bool *more, char *err)
 {
     if (!s || !fn || !more)
         return qr_fail(err, QR_EINVAL, "store_list_documents: NULL argument");

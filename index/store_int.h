@@ -1,0 +1,15 @@
+/*
+ * The store's handle for other files of index/ only (index/bm25topk.c): SQLite stays inside
+ * index/. Not part of the public interface in index/index.h.
+ */
+#ifndef QUARRY_STORE_INT_H
+#define QUARRY_STORE_INT_H
+
+#include <sqlite3.h>
+
+#include "index/index.h"
+
+/* The store's connection. The caller must not leave a transaction or statement open on it. */
+sqlite3 *store_db(store *s);
+
+#endif
