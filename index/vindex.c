@@ -1380,13 +1380,33 @@ static size_t choose_nlist(const vindex_opts *o, size_t n)
     return nlist ? nlist : 1;
 }
 
-static vtype choose_type(const vindex *v, size_t n)
+static vtype choose_type_for(vtype configured, const vindex_opts *o, size_t n)
 {
     if (n == 0)
         return VT_FLAT;
-    if (v->type == VT_AUTO)
-        return n <= v->opts.exact_threshold ? VT_FLAT : VT_IVF_SQ8;
-    return v->type;
+    if (configured == VT_AUTO)
+        return n <= o->exact_threshold ? VT_FLAT : VT_IVF_SQ8;
+    return configured;
+}
+
+static vtype choose_type(const vindex *v, size_t n)
+{
+    return choose_type_for(v->type, &v->opts, n);
+}
+
+bool vindex_plan_ivf(const vindex_opts *o, size_t n, size_t *nlist)
+{
+    vtype configured, type;
+    if (nlist)
+        *nlist = 0;
+    if (!o || !o->type || !parse_type(o->type, &configured))
+        return false;
+    type = choose_type_for(configured, o, n);
+    if (type != VT_IVF_FLAT && type != VT_IVF_SQ8 && type != VT_IVF_PQ)
+        return false;
+    if (nlist)
+        *nlist = choose_nlist(o, n);
+    return true;
 }
 
 /* A deterministic training sample: ntrain distinct rows chosen by a seeded partial shuffle. */

@@ -42,4 +42,9 @@ void vindex_test_set_hook(vindex_test_hook_fn fn, void *arg);
  * infinite row. The one normalisation of every vector the index or its GPU training sees. */
 bool vindex_normalize_row(const float *in, float *out, int dim);
 
+/* True when a build of n vectors under o is an IVF index (the type vindex_build would choose), with
+ * the number of lists it would use in *nlist (may be NULL). The GPU path asks this, so that the
+ * centroids it trains are exactly the ones the build wants. */
+bool vindex_plan_ivf(const vindex_opts *o, size_t n, size_t *nlist);
+
 #endif

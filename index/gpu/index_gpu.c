@@ -7,7 +7,6 @@
  * index_gpu_wants_centroids restates vindex.c's choice of index type and list count (they are
  * private to vindex.c); tests/test_gpu.c builds indexes to check that the two agree.
  */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,27 +34,7 @@ bool index_gpu_available(void)
 
 bool index_gpu_wants_centroids(const vindex_opts *o, size_t n, size_t *nlist)
 {
-    if (nlist)
-        *nlist = 0;
-    if (!o || !o->type || n == 0)
-        return false;
-    bool ivf;
-    if (strcmp(o->type, "auto") == 0)
-        ivf = n > o->exact_threshold; /* auto: flat up to the threshold, ivf_sq8 above */
-    else
-        ivf = strcmp(o->type, "ivf_flat") == 0 || strcmp(o->type, "ivf_sq8") == 0 ||
-              strcmp(o->type, "ivf_pq") == 0;
-    if (!ivf)
-        return false;
-    /* vindex: about 4 * sqrt(n), at most n / 39 unless configured, never more than n */
-    size_t lists = o->nlist ? o->nlist : 4 * (size_t)llround(sqrt((double)n));
-    if (!o->nlist && lists > n / 39)
-        lists = n / 39;
-    if (lists > n)
-        lists = n;
-    if (nlist)
-        *nlist = lists ? lists : 1;
-    return true;
+    return vindex_plan_ivf(o, n, nlist);
 }
 
 static void copy_report(index_gpu_report *out, const gpu_report *in, uint64_t t0)
