@@ -18,6 +18,7 @@
 #include "auth/auth_int.h"
 #include "tests/auth_test_util.h"
 #include "tests/harness.h"
+#include "tests/test_util.h"
 
 typedef struct {
     const char *uri, *ldaps_uri, *ca_file, *base, *bind_dn, *bind_pw, *admin_dn, *admin_pw;
@@ -930,16 +931,7 @@ static int run_quarry(const char *dir, const char *input, const char *args, qr_b
              "QUARRY_LDAP_BIND_PASSWORD='%s' QUARRY_LDAP_USER_BASE='ou=people,%s' "
              "QUARRY_LDAP_GROUP_BASE='ou=groups,%s' %s --data '%s' %s 2>&1",
              input, fx.uri, fx.bind_dn, fx.bind_pw, fx.base, fx.base, QUARRY_BIN, dir, args);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    char chunk[4096];
-    size_t n;
-    qr_buf_reset(out);
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        qr_buf_append(out, chunk, n);
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return test_capture(cmd, out);
 }
 
 /* Copies the line of text that starts with prefix into out. */

@@ -8,22 +8,14 @@
 
 #include "core/core.h"
 #include "tests/harness.h"
+#include "tests/test_util.h"
 
 /* Runs the quarry binary with a shell command line's arguments; captures stdout+stderr. */
 static int run_quarry(const char *args, qr_buf *out)
 {
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "env -u QUARRY_CONFIG %s %s 2>&1", QUARRY_BIN, args);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    char chunk[4096];
-    size_t n;
-    qr_buf_reset(out);
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        qr_buf_append(out, chunk, n);
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return test_capture(cmd, out);
 }
 
 TEST(help_lists_every_command)
@@ -115,13 +107,7 @@ TEST(environment_and_command_line_precedence)
         cmd, sizeof(cmd),
         "QUARRY_LDAP_TIMEOUT_MS=1234 QUARRY_LDAP_URI=ldap://env %s config --set ldap.uri=ldap://cli 2>&1",
         QUARRY_BIN);
-    FILE *p = popen(cmd, "r");
-    CHECK(p != NULL);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        qr_buf_append(&out, chunk, n);
-    CHECK_INT(pclose(p), 0);
+    CHECK_INT(test_capture(cmd, &out), 0);
     CHECK(strstr(qr_buf_str(&out), "1234") != NULL);
     CHECK(strstr(qr_buf_str(&out), "ldap://cli") != NULL);
     CHECK(strstr(qr_buf_str(&out), "ldap://env") == NULL);

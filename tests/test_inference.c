@@ -16,6 +16,7 @@
 
 #include "inference/inference.h"
 #include "tests/harness.h"
+#include "tests/test_util.h"
 
 #define ANSWER_ONE  "According to the source [1], the fake inference server found the answer."
 #define ANSWER_TWO  "According to the sources [1] and [2], the fake inference server found the answer."
@@ -1174,16 +1175,7 @@ static int run_quarry(const char *args, qr_buf *out)
 {
     char cmd[2048];
     snprintf(cmd, sizeof(cmd), "%s %s 2>&1", QUARRY_BIN, args);
-    qr_buf_reset(out);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        qr_buf_append(out, chunk, n);
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return test_capture(cmd, out);
 }
 
 TEST(cli_models)

@@ -12,6 +12,7 @@
 #include "core/core.h"
 #include "index/index.h"
 #include "tests/harness.h"
+#include "tests/test_util.h"
 
 static char tmp[64];
 
@@ -64,16 +65,7 @@ static int quarry(qr_buf *out, const char *fmt, ...)
     va_end(ap);
     snprintf(cmd, sizeof(cmd), "cd '%s' && env -u QUARRY_CONFIG %s --data '%s/data' %s 2>&1", tmp, QUARRY_BIN,
              tmp, args);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    qr_buf_reset(out);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        qr_buf_append(out, chunk, n);
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return test_capture(cmd, out);
 }
 
 static bool has(const qr_buf *out, const char *needle)

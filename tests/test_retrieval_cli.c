@@ -13,6 +13,7 @@
 
 #include "core/core.h"
 #include "tests/harness.h"
+#include "tests/test_util.h"
 
 static char tmp[64];
 
@@ -50,17 +51,7 @@ static int quarry(qr_buf *out, qr_buf *errout, const char *fmt, ...)
         "QUARRY_LDAP_GROUP_BASE='ou=groups,%s' %s --data '%s/data' %s 2>'%s'",
         tmp, uri ? uri : "", dn ? dn : "", pw ? pw : "", base ? base : "", base ? base : "", QUARRY_BIN, tmp,
         args, errfile);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    char chunk[4096];
-    size_t n;
-    if (out)
-        qr_buf_reset(out);
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        if (out)
-            qr_buf_append(out, chunk, n);
-    int status = pclose(p);
+    int status = test_capture(cmd, out);
     if (errout) {
         char *text = NULL;
         size_t len = 0;
@@ -69,7 +60,7 @@ static int quarry(qr_buf *out, qr_buf *errout, const char *fmt, ...)
             qr_buf_append(errout, text, len);
         free(text);
     }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return status;
 }
 
 static bool write_file(const char *name, const char *text)
@@ -329,15 +320,7 @@ static bool fake_requests(qr_buf *out)
     const char *url = getenv("QUARRY_TEST_INFERENCE_URL");
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "curl -s '%s/_fake/requests'", url ? url : "");
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return false;
-    qr_buf_reset(out);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        qr_buf_append(out, chunk, n);
-    return pclose(p) == 0 && qr_buf_len(out) > 0;
+    return test_capture(cmd, out) == 0 && qr_buf_len(out) > 0;
 }
 
 TEST(ask_drafts_from_permitted_passages_only)
