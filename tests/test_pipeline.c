@@ -188,6 +188,10 @@ TEST(bad_input_is_reported_and_counted)
     CHECK(has(&out, "invalid principal 'admins'"));
     CHECK_INT(quarry(&out, "ingest"), 2);
     CHECK_INT(quarry(&out, "ingest --bogus docs"), 2);
+    CHECK_INT(quarry(&out, "delete"), 2);
+    CHECK(has(&out, "give at least one DOC_ID"));
+    CHECK_INT(quarry(&out, "stats --bogus"), 2);
+    CHECK(has(&out, "unknown argument '--bogus'"));
     CHECK_INT(quarry(&out, "ingest --acl public no-such-folder"), 1);
     CHECK(has(&out, "no-such-folder"));
     qr_buf_release(&out);
