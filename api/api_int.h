@@ -147,6 +147,10 @@ struct api_server {
     vindex_opts vopts;
     pthread_mutex_t vindex_lock;
     uint64_t vindex_checked_ns;
+    /* The pruned BM25 index (NULL with retrieval.bm25_path = fts5, or when it cannot open: FTS5
+     * ranks then); shared by every search handle, synced with the vector index. */
+    bm25_index *bm25;
+    bm25_opts bopts;
     /* Readers: a small pool of store handles, each with its search handle, one thread each. */
     api_slot *slots;
     size_t nslots;

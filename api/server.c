@@ -168,6 +168,16 @@ qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, ch
     else
         st = index_sync_open(s, qr_config_str(srv->cfg, "data.dir"), &srv->vopts, force, &srv->vindex, rep,
                              err);
+    if (!st && srv->bm25) {
+        /* searches catch the BM25 index up themselves; rebuilds happen here, off their path */
+        bm25_report br;
+        char berr[QR_ERR_LEN];
+        if (bm25_sync(srv->bm25, s, true, force, &br, berr))
+            qr_log(QR_LOG_WARN, "index", "cannot bring the BM25 index up to date (FTS5 ranks meanwhile): %s",
+                   berr);
+        else if (br.rebuilt)
+            qr_log(QR_LOG_INFO, "index", "BM25 index rebuilt in %.1f s", br.seconds);
+    }
     api_store_release(srv, s);
     srv->vindex_checked_ns = qr_now_ns();
     pthread_mutex_unlock(&srv->vindex_lock);
@@ -276,12 +286,24 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
         st = qr_fail(err, st, "cannot open the vector index: %s", e2);
         goto out;
     }
-    /* the search handles borrow the store handles and the vector index opened above */
+    /* the search handles borrow the store handles and the indexes opened here */
     retrieval_opts_from_config(cfg, &srv->ropts);
-    for (size_t i = 0; i < srv->nslots; i++)
+    if (srv->ropts.bm25_pruned) {
+        bm25_opts_from_config(cfg, &srv->bopts);
+        store *s = api_store_acquire(srv);
+        bm25_report br;
+        if (bm25_open(s, qr_config_str(cfg, "data.dir"), &srv->bopts, false, &srv->bm25, &br, e2))
+            qr_log(QR_LOG_WARN, "index", "cannot open the BM25 index (FTS5 ranks instead): %s", e2);
+        else if (br.rebuilt)
+            qr_log(QR_LOG_INFO, "index", "BM25 index built in %.1f s", br.seconds);
+        api_store_release(srv, s);
+    }
+    for (size_t i = 0; i < srv->nslots; i++) {
         if ((st = retrieval_open(srv->slots[i].store, srv->vindex, &srv->ropts, &srv->slots[i].retrieval,
                                  err)))
             goto out;
+        retrieval_set_bm25(srv->slots[i].retrieval, srv->bm25);
+    }
 out:
     if (st) {
         api_server_free(srv);
@@ -497,6 +519,7 @@ void api_server_free(api_server *srv)
     for (size_t i = 0; srv->slots && i < srv->nslots; i++)
         retrieval_close(srv->slots[i].retrieval);
     vindex_close(srv->vindex);
+    bm25_close(srv->bm25);
     for (size_t i = 0; srv->slots && i < srv->nslots; i++)
         store_close(srv->slots[i].store);
     free(srv->slots);

@@ -182,7 +182,7 @@ typedef struct {
     double *doclen;
     double avgdl;
     size_t ndocs;
-} bm25_index;
+} eval_bm25_index;
 
 static uint64_t hash_str(const char *s, size_t n)
 {
@@ -194,7 +194,7 @@ static uint64_t hash_str(const char *s, size_t n)
     return h;
 }
 
-static posting *term_slot(bm25_index *ix, const char *t, size_t n, bool create)
+static posting *term_slot(eval_bm25_index *ix, const char *t, size_t n, bool create)
 {
     size_t s = hash_str(t, n) & ix->mask;
     while (ix->slots[s].term) {
@@ -236,7 +236,7 @@ static void free_terms(term_list *l)
     free(l->terms);
 }
 
-static void bm25_build(bm25_index *ix, char *const *texts, size_t ndocs)
+static void eval_bm25_build(eval_bm25_index *ix, char *const *texts, size_t ndocs)
 {
     ix->mask = (1u << 17) - 1;
     ix->slots = calloc(ix->mask + 1, sizeof(posting));
@@ -270,10 +270,10 @@ static void bm25_build(bm25_index *ix, char *const *texts, size_t ndocs)
 /* FTS5's bm25() over a table (title, text): idf from the rows that hold a term in any column,
  * term frequency and length normalisation per column, columns summed with weight 1. */
 typedef struct {
-    bm25_index all, field[2];
+    eval_bm25_index all, field[2];
 } bm25_model;
 
-static void bm25_free(bm25_index *ix)
+static void eval_bm25_free(eval_bm25_index *ix)
 {
     for (size_t i = 0; i <= ix->mask; i++) {
         free(ix->slots[i].term);
@@ -313,7 +313,7 @@ static size_t top_k(const double *scores, size_t n, size_t k, size_t *out, bool 
     return r;
 }
 
-static size_t bm25_search(const bm25_model *m, const char *query, size_t *out)
+static size_t eval_bm25_search(const bm25_model *m, const char *query, size_t *out)
 {
     term_list l = {.drop_stopwords = true};
     embed_words(query, strlen(query), collect_term, &l);
@@ -323,15 +323,16 @@ static size_t bm25_search(const bm25_model *m, const char *query, size_t *out)
         bool dup = false;
         for (size_t j = 0; j < i && !dup; j++)
             dup = strcmp(l.terms[i], l.terms[j]) == 0;
-        posting *p = dup ? NULL : term_slot((bm25_index *)&m->all, l.terms[i], strlen(l.terms[i]), false);
+        posting *p =
+            dup ? NULL : term_slot((eval_bm25_index *)&m->all, l.terms[i], strlen(l.terms[i]), false);
         if (!p)
             continue;
         double idf = log(((double)ndocs - (double)p->n + 0.5) / ((double)p->n + 0.5));
         if (idf <= 0)
             idf = 1e-6; /* FTS5's floor */
         for (int f = 0; f < 2; f++) {
-            const bm25_index *ix = &m->field[f];
-            posting *pf = term_slot((bm25_index *)ix, l.terms[i], strlen(l.terms[i]), false);
+            const eval_bm25_index *ix = &m->field[f];
+            posting *pf = term_slot((eval_bm25_index *)ix, l.terms[i], strlen(l.terms[i]), false);
             for (size_t k = 0; pf && k < pf->n; k++) {
                 double tf = pf->tfs[k], dl = ix->doclen[pf->docs[k]];
                 scores[pf->docs[k]] += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / ix->avgdl));
@@ -464,18 +465,18 @@ int main(int argc, char **argv)
             return 1;
         }
         bm25_model ix = {0};
-        bm25_build(&ix.all, cols[c].docs.texts, cols[c].docs.n);
-        bm25_build(&ix.field[0], cols[c].docs.fields[0], cols[c].docs.n);
-        bm25_build(&ix.field[1], cols[c].docs.fields[1], cols[c].docs.n);
+        eval_bm25_build(&ix.all, cols[c].docs.texts, cols[c].docs.n);
+        eval_bm25_build(&ix.field[0], cols[c].docs.fields[0], cols[c].docs.n);
+        eval_bm25_build(&ix.field[1], cols[c].docs.fields[1], cols[c].docs.n);
         bm25_runs[c] = calloc(cols[c].queries.n * TOPK, sizeof(size_t));
         bm25_lens[c] = calloc(cols[c].queries.n, sizeof(size_t));
         for (size_t q = 0; q < cols[c].queries.n; q++) {
-            bm25_lens[c][q] = bm25_search(&ix, cols[c].queries.texts[q], bm25_runs[c] + q * TOPK);
+            bm25_lens[c][q] = eval_bm25_search(&ix, cols[c].queries.texts[q], bm25_runs[c] + q * TOPK);
             add_metric(&bm25_m[c], &cols[c], q, bm25_runs[c] + q * TOPK, bm25_lens[c][q]);
         }
-        bm25_free(&ix.all);
-        bm25_free(&ix.field[0]);
-        bm25_free(&ix.field[1]);
+        eval_bm25_free(&ix.all);
+        eval_bm25_free(&ix.field[0]);
+        eval_bm25_free(&ix.field[1]);
     }
     printf("| BM25 alone (this bench's, in the RRF columns) |");
     for (size_t c = 0; c < ndirs; c++)

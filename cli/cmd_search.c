@@ -33,6 +33,7 @@
 typedef struct {
     store *s;
     vindex *v;
+    bm25_index *b;
     ingest_embedder *e;
     retrieval *r;
     float *vec; /* the query embedding, the embedder's dimension */
@@ -43,6 +44,7 @@ static void env_close(search_env *env)
 {
     retrieval_close(env->r);
     vindex_close(env->v);
+    bm25_close(env->b);
     ingest_embedder_free(env->e);
     store_close(env->s);
     free(env->vec);
@@ -109,6 +111,17 @@ static int env_open(const cli_ctx *ctx, retrieval_mode mode, search_env *env)
     if (retrieval_open(env->s, env->v, &ro, &env->r, err)) {
         fprintf(stderr, "quarry %s: %s\n", cmd, err);
         goto fail;
+    }
+    if (ro.bm25_pruned && mode != RETRIEVAL_VECTOR) {
+        /* the pruned BM25 index, brought up to date; without it FTS5 ranks (same results) */
+        bm25_opts bo;
+        bm25_report br;
+        bm25_opts_from_config(ctx->cfg, &bo);
+        if (bm25_open(env->s, dir, &bo, false, &env->b, &br, err))
+            fprintf(stderr, "quarry %s: %s; FTS5 ranks BM25 instead\n", cmd, err);
+        else if (br.rebuilt)
+            fprintf(stderr, "quarry %s: built the BM25 index (%.1f s)\n", cmd, br.seconds);
+        retrieval_set_bm25(env->r, env->b);
     }
     return CLI_EXIT_OK;
 fail:
@@ -679,6 +692,22 @@ int cli_cmd_index(cli_ctx *ctx)
         printf("built vector index generation %llu: %s, %zu vectors, store change %lld, %.1f s\n",
                (unsigned long long)rep.generation, rep.type, rep.count, (long long)ss.change_counter,
                (qr_now_ns() - t0) / 1e9);
+    }
+    if (rc == CLI_EXIT_OK) {
+        bm25_opts bo;
+        bm25_report br;
+        bm25_index *b = NULL;
+        bm25_info bi;
+        bm25_opts_from_config(ctx->cfg, &bo);
+        if (bm25_open(s, dir, &bo, true, &b, &br, err)) {
+            fprintf(stderr, "quarry index: %s\n", err);
+            rc = CLI_EXIT_FAILURE;
+        } else {
+            bm25_get_info(b, &bi);
+            printf("built BM25 index: %zu chunks, %zu terms, %llu postings, %.1f MB, %.1f s\n", bi.rows,
+                   bi.terms, (unsigned long long)bi.postings, bi.file_bytes / 1e6, br.seconds);
+        }
+        bm25_close(b);
     }
     vindex_close(v);
     store_close(s);

@@ -219,6 +219,15 @@ static const qr_cfg_key config_table[] = {
     {"retrieval.snippet_marker_close", QR_CFG_STRING, "</mark>", NO_RANGE, NULL, false,
      "Inserted after each query match in snippets."},
     {"retrieval.snippet_tokens", QR_CFG_INT, "32", 1, 1000, NULL, false, "Words in a snippet."},
+    {"retrieval.bm25_path", QR_CFG_STRING, "pruned", NO_RANGE, "pruned|fts5", false,
+     "How BM25 lists of word queries are ranked: pruned (quarry's index under <data.dir>/bm25, the same top "
+     "k "
+     "without scoring every match) or fts5 (FTS5 scores every match)."},
+    /* pruned BM25 index */
+    {"bm25.delta_max", QR_CFG_INT, "50000", 1, 1e9, NULL, false,
+     "Chunks added or deleted since the BM25 index's last build above which it is rebuilt."},
+    {"bm25.principal_cache", QR_CFG_INT, "1024", 1, 1e6, NULL, false,
+     "Principals whose readable-document sets the BM25 index keeps in memory."},
 };
 
 #define CONFIG_NKEYS (sizeof(config_table) / sizeof(config_table[0]))

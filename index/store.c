@@ -90,6 +90,16 @@ static const char *const store_migrations[] = {
     "  FROM chunks c JOIN documents d ON d.id = c.doc;"
     "CREATE VIRTUAL TABLE chunks_fts USING fts5(title, headings, body,"
     "  content = 'chunks_fts_source', content_rowid = 'id', tokenize = 'porter unicode61');",
+    /* 2: what changed in each document, for the pruned BM25 index (store_docs_changed_since).
+     * changed is the counter of the last write to the document row; fts_changed that of the last
+     * rewrite of its FTS rows under the same chunk ids (a new title, same content). Documents
+     * already stored get the current counter for both: their history is unknown, so a reader that
+     * saw an older counter must treat them as changed. */
+    "ALTER TABLE documents ADD COLUMN changed INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE documents ADD COLUMN fts_changed INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE documents SET changed = (SELECT value FROM meta WHERE key = 'change_counter'),"
+    "  fts_changed = (SELECT value FROM meta WHERE key = 'change_counter');"
+    "CREATE INDEX documents_changed ON documents(changed);",
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
 
@@ -129,6 +139,10 @@ enum {
     Q_CHANGED_ADDED,
     Q_VECS_ALL,
     Q_PRUNE,
+    Q_TEXT_ADDED,
+    Q_TEXT_ALL,
+    Q_DOCS_CHANGED,
+    Q_PRINCIPAL_DOCS,
     Q_COUNT
 };
 
@@ -148,12 +162,13 @@ static const char *const store_sql[Q_COUNT] = {
     [Q_DOC_READ] = "SELECT id, doc_id, title, uri, content_type, metadata, content_hash, version, created_ms,"
                    " updated_ms, text_len, chunk_count FROM documents WHERE doc_id = ?1",
     [Q_DOC_INSERT] = "INSERT INTO documents(doc_id, title, uri, content_type, metadata, content_hash,"
-                     " text_len, chunk_count, version, created_ms, updated_ms)"
-                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?9)",
+                     " text_len, chunk_count, version, created_ms, updated_ms, changed)"
+                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?9, ?10)",
     [Q_DOC_UPDATE] = "UPDATE documents SET title = ?2, uri = ?3, content_type = ?4, metadata = ?5,"
                      " content_hash = ?6, text_len = ?7, chunk_count = ?8, version = version + 1,"
-                     " updated_ms = ?9 WHERE id = ?1",
-    [Q_DOC_TOUCH] = "UPDATE documents SET version = version + 1, updated_ms = ?2 WHERE id = ?1",
+                     " updated_ms = ?9, changed = ?10,"
+                     " fts_changed = CASE WHEN ?11 THEN ?10 ELSE fts_changed END WHERE id = ?1",
+    [Q_DOC_TOUCH] = "UPDATE documents SET version = version + 1, updated_ms = ?2, changed = ?3 WHERE id = ?1",
     [Q_DOC_DELETE] = "DELETE FROM documents WHERE id = ?1",
     [Q_HASH_GET] = "SELECT content_hash FROM documents WHERE doc_id = ?1",
     [Q_CHUNK_INSERT] = "INSERT INTO chunks(doc, ordinal, start, \"end\", headings, body, added)"
@@ -184,6 +199,21 @@ static const char *const store_sql[Q_COUNT] = {
     [Q_VECS_ALL] = "SELECT v.chunk_id, c.added, v.vec FROM vectors v JOIN chunks c ON c.id = v.chunk_id"
                    " ORDER BY v.chunk_id",
     [Q_PRUNE] = "DELETE FROM deleted_chunks WHERE counter <= ?1",
+    /* A catch-up reads few chunks of many: INDEXED BY makes the planner, which has no statistics,
+     * take the range of the added index and sort those rows rather than scan every chunk in id
+     * order. CROSS JOIN keeps chunks the outer loop, with a primary-key lookup of the document. */
+    [Q_TEXT_ADDED] = "SELECT c.id, c.added, c.doc, d.title, c.headings, c.body"
+                     " FROM chunks c INDEXED BY chunks_added CROSS JOIN documents d ON d.id = c.doc"
+                     " WHERE c.added > ?1 ORDER BY c.id",
+    /* index builds: one pass over chunks in id order, no sort */
+    [Q_TEXT_ALL] = "SELECT c.id, c.added, c.doc, d.title, c.headings, c.body"
+                   " FROM chunks c CROSS JOIN documents d ON d.id = c.doc ORDER BY c.id",
+    /* one row per (document, principal), a NULL principal for an empty ACL; the changed index
+     * for the same reason as above */
+    [Q_DOCS_CHANGED] = "SELECT d.id, d.changed, d.fts_changed, a.principal"
+                       " FROM documents d INDEXED BY documents_changed LEFT JOIN acl a ON a.doc = d.id"
+                       " WHERE d.changed > ?1 ORDER BY d.id, a.principal",
+    [Q_PRINCIPAL_DOCS] = "SELECT doc FROM acl WHERE principal = ?1 ORDER BY doc",
 };
 
 enum { BATCH_NONE, BATCH_OPEN, BATCH_FAILED };
@@ -1083,15 +1113,18 @@ static qr_status insert_chunks(store *s, int64_t id, const char *title, const st
     return st;
 }
 
+/* Inserts or updates the document row, stamping it with the write's counter; fts_rewritten
+ * records that its FTS rows were rewritten under the same chunk ids (updates only). */
 static qr_status write_doc_row(store *s, const doc_row *r, const char *doc_id, const put_input *in,
-                               const char *hash, int64_t text_len, int64_t chunk_count, int64_t *id,
-                               char *err)
+                               const char *hash, int64_t text_len, int64_t chunk_count, int64_t counter,
+                               bool fts_rewritten, int64_t *id, char *err)
 {
     sqlite3_stmt *q = s->q[r->found ? Q_DOC_UPDATE : Q_DOC_INSERT];
     if ((r->found ? sqlite3_bind_int64(q, 1, r->id) : bind_str(q, 1, doc_id)) || bind_str(q, 2, in->title) ||
         bind_str(q, 3, in->uri) || bind_str(q, 4, in->content_type) || bind_str(q, 5, in->metadata) ||
         bind_str(q, 6, hash) || sqlite3_bind_int64(q, 7, text_len) || sqlite3_bind_int64(q, 8, chunk_count) ||
-        sqlite3_bind_int64(q, 9, qr_wall_ms()))
+        sqlite3_bind_int64(q, 9, qr_wall_ms()) || sqlite3_bind_int64(q, 10, counter) ||
+        (r->found && sqlite3_bind_int(q, 11, fts_rewritten)))
         return bind_fail(s, err);
     qr_status st = run(s, q, err, r->found ? "update a document" : "insert a document");
     *id = r->found ? r->id : sqlite3_last_insert_rowid(s->db);
@@ -1147,7 +1180,8 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
             goto out;
         if (!r.same_title && (st = fts_doc(s, Q_FTS_DELETE, r.id, err)))
             goto out;
-        if ((st = write_doc_row(s, &r, doc->doc_id, &in, r.hash, r.text_len, r.chunk_count, &id, err)))
+        if ((st = write_doc_row(s, &r, doc->doc_id, &in, r.hash, r.text_len, r.chunk_count, counter,
+                                !r.same_title, &id, err)))
             goto out;
         if (!r.same_title && (st = fts_doc(s, Q_FTS_INSERT, r.id, err)))
             goto out;
@@ -1169,8 +1203,8 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
         goto out;
     if (r.found && (st = remove_chunks(s, r.id, counter, err)))
         goto out;
-    if ((st = write_doc_row(s, &r, doc->doc_id, &in, in.hash, (int64_t)doc->text_len, (int64_t)nchunks, &id,
-                            err)))
+    if ((st = write_doc_row(s, &r, doc->doc_id, &in, in.hash, (int64_t)doc->text_len, (int64_t)nchunks,
+                            counter, false, &id, err)))
         goto out;
     if ((!r.found || !same_acl) && (st = write_acl(s, id, in.acl, in.nacl, err)))
         goto out;
@@ -1259,13 +1293,15 @@ qr_status store_set_acl(store *s, const char *doc_id, const char *const *acl, si
     }
     if ((st = acl_equal(s, r.id, sorted, nsorted, &same, err)) || same)
         goto out;
+    if ((st = bump_counter(s, &counter, err)))
+        goto out;
     sqlite3_stmt *q = s->q[Q_DOC_TOUCH];
-    if (sqlite3_bind_int64(q, 1, r.id) || sqlite3_bind_int64(q, 2, qr_wall_ms())) {
+    if (sqlite3_bind_int64(q, 1, r.id) || sqlite3_bind_int64(q, 2, qr_wall_ms()) ||
+        sqlite3_bind_int64(q, 3, counter)) {
         st = bind_fail(s, err);
         goto out;
     }
-    if ((st = bump_counter(s, &counter, err)) || (st = run(s, q, err, "update a document")) ||
-        (st = write_acl(s, r.id, sorted, nsorted, err)))
+    if ((st = run(s, q, err, "update a document")) || (st = write_acl(s, r.id, sorted, nsorted, err)))
         goto out;
     st = commit(s, err);
 out:
@@ -1667,13 +1703,216 @@ qr_status store_prune_tombstones(store *s, int64_t counter, char *err)
     if (!s)
         return qr_fail(err, QR_EINVAL, "store_prune_tombstones: NULL store");
     sqlite3_stmt *q = s->q[Q_PRUNE];
+    int64_t pruned = 0;
     qr_status st = begin_write(s, err);
     if (st)
         goto out;
     s->wrote = true;
     if ((st = sqlite3_bind_int64(q, 1, counter) ? bind_fail(s, err) : run(s, q, err, "prune tombstones")))
         goto out;
+    /* readers behind this counter can no longer learn every deletion (store_pruned_through) */
+    if ((st = meta_get_int(s, "tombstones_pruned", &pruned, err)) ||
+        (counter > pruned && (st = meta_set_int(s, "tombstones_pruned", counter, err))))
+        goto out;
     st = commit(s, err);
+out:
+    return end_call(s, st, err);
+}
+
+/* ---- feeds for the pruned BM25 index ----------------------------------------------------- */
+
+/* Reads one counter from the meta table in its own snapshot (or the open batch's). */
+static qr_status read_meta_counter(store *s, const char *key, int64_t *out, char *err)
+{
+    int64_t v = 0;
+    qr_status st;
+    if (!(st = begin_read(s, err)) && !(st = meta_get_int(s, key, &v, err)) && !(st = commit(s, err)))
+        *out = v;
+    return end_call(s, st, err);
+}
+
+qr_status store_change_counter(store *s, int64_t *counter, char *err)
+{
+    if (!s || !counter)
+        return qr_fail(err, QR_EINVAL, "store_change_counter: NULL argument");
+    return read_meta_counter(s, "change_counter", counter, err);
+}
+
+qr_status store_pruned_through(store *s, int64_t *counter, char *err)
+{
+    if (!s || !counter)
+        return qr_fail(err, QR_EINVAL, "store_pruned_through: NULL argument");
+    return read_meta_counter(s, "tombstones_pruned", counter, err);
+}
+
+/* Walks q's rows calling fn: (chunk id, counter) for deleted chunks, (chunk id, added, doc,
+ * title, headings, body) for live ones. */
+static qr_status walk_text(store *s, sqlite3_stmt *q, bool deleted, store_text_fn fn, void *ctx, char *err)
+{
+    bool row;
+    qr_status st;
+    while (!(st = step_row(s, q, &row, err, "read chunk texts")) && row) {
+        store_text t = {.chunk_id = sqlite3_column_int64(q, 0),
+                        .doc = -1,
+                        .counter = sqlite3_column_int64(q, 1),
+                        .deleted = deleted};
+        if (!deleted) {
+            t.doc = sqlite3_column_int64(q, 2);
+            for (int i = 0; i < 3; i++) {
+                t.col[i] = col_str(q, 3 + i); /* text before bytes: the length is the UTF-8 one */
+                t.col_len[i] = (size_t)sqlite3_column_bytes(q, 3 + i);
+            }
+        }
+        if ((st = fn(ctx, &t, err)))
+            break;
+    }
+    sqlite3_reset(q);
+    return st;
+}
+
+qr_status store_text_changes_since(store *s, int64_t since, store_text_fn fn, void *ctx, int64_t *counter,
+                                   char *err)
+{
+    if (!s || !fn || !counter)
+        return qr_fail(err, QR_EINVAL, "store_text_changes_since: NULL argument");
+    int64_t now = 0;
+    qr_status st;
+    if ((st = begin_read(s, err)) || (st = meta_get_int(s, "change_counter", &now, err)))
+        goto out;
+    if (sqlite3_bind_int64(s->q[Q_CHANGED_DELETED], 1, since) ||
+        sqlite3_bind_int64(s->q[Q_TEXT_ADDED], 1, since)) {
+        st = bind_fail(s, err);
+        goto out;
+    }
+    if ((st = walk_text(s, s->q[Q_CHANGED_DELETED], true, fn, ctx, err)) ||
+        (st = walk_text(s, s->q[Q_TEXT_ADDED], false, fn, ctx, err)) || (st = commit(s, err)))
+        goto out;
+    *counter = now;
+out:
+    return end_call(s, st, err);
+}
+
+qr_status store_each_text(store *s, store_text_fn fn, void *ctx, int64_t *counter, char *err)
+{
+    if (!s || !fn || !counter)
+        return qr_fail(err, QR_EINVAL, "store_each_text: NULL argument");
+    int64_t now = 0;
+    qr_status st;
+    if ((st = begin_read(s, err)) || (st = meta_get_int(s, "change_counter", &now, err)) ||
+        (st = walk_text(s, s->q[Q_TEXT_ALL], false, fn, ctx, err)) || (st = commit(s, err)))
+        goto out;
+    *counter = now;
+out:
+    return end_call(s, st, err);
+}
+
+/* One document's rows of Q_DOCS_CHANGED being gathered: the principals are copied, since the
+ * statement's column text does not outlive the next step. */
+typedef struct {
+    store_doc_change d;
+    const char **acl; /* malloc'd, cap entries; strings in arena */
+    size_t cap;
+    qr_arena arena;
+} doc_change_acc;
+
+static qr_status acc_add_principal(doc_change_acc *a, sqlite3_stmt *q, int col, char *err)
+{
+    if (a->d.nacl == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 16;
+        const char **bigger = realloc(a->acl, cap * sizeof(*bigger));
+        if (!bigger)
+            return qr_fail(err, QR_ENOMEM, "out of memory for an ACL of %zu principals", cap);
+        a->acl = bigger;
+        a->cap = cap;
+    }
+    const char *p = qr_arena_strndup(&a->arena, col_str(q, col), (size_t)sqlite3_column_bytes(q, col));
+    if (!p)
+        return qr_fail(err, QR_ENOMEM, "out of memory for an ACL");
+    a->acl[a->d.nacl++] = p;
+    return QR_OK;
+}
+
+qr_status store_docs_changed_since(store *s, int64_t since, store_doc_change_fn fn, void *ctx,
+                                   int64_t *counter, char *err)
+{
+    if (!s || !fn || !counter)
+        return qr_fail(err, QR_EINVAL, "store_docs_changed_since: NULL argument");
+    sqlite3_stmt *q = s->q[Q_DOCS_CHANGED];
+    doc_change_acc a = {0};
+    qr_arena_init(&a.arena, (size_t)64 << 20); /* one document's principals: about 1 MiB at most */
+    int64_t now = 0;
+    bool have = false, row;
+    qr_status st;
+    if ((st = begin_read(s, err)) || (st = meta_get_int(s, "change_counter", &now, err)))
+        goto out;
+    if (sqlite3_bind_int64(q, 1, since)) {
+        st = bind_fail(s, err);
+        goto out;
+    }
+    while (!(st = step_row(s, q, &row, err, "read changed documents")) && row) {
+        int64_t id = sqlite3_column_int64(q, 0);
+        if (have && id != a.d.doc) {
+            a.d.acl = a.acl;
+            if ((st = fn(ctx, &a.d, err)))
+                goto out;
+            have = false;
+        }
+        if (!have) {
+            qr_arena_reset(&a.arena);
+            a.d = (store_doc_change){.doc = id,
+                                     .counter = sqlite3_column_int64(q, 1),
+                                     .fts_rewritten = sqlite3_column_int64(q, 2) > since};
+            have = true;
+        }
+        if (sqlite3_column_type(q, 3) != SQLITE_NULL && (st = acc_add_principal(&a, q, 3, err)))
+            goto out;
+    }
+    if (st)
+        goto out;
+    sqlite3_reset(q);
+    if (have) {
+        a.d.acl = a.acl;
+        if ((st = fn(ctx, &a.d, err)))
+            goto out;
+    }
+    if ((st = commit(s, err)))
+        goto out;
+    *counter = now;
+out:
+    st = end_call(s, st, err);
+    free(a.acl);
+    qr_arena_release(&a.arena);
+    return st;
+}
+
+qr_status store_principal_docs(store *s, const char *principal, store_doc_key_fn fn, void *ctx,
+                               int64_t *counter, char *err)
+{
+    if (!s || !principal || !fn || !counter)
+        return qr_fail(err, QR_EINVAL, "store_principal_docs: NULL argument");
+    if (!store_principal_valid(principal))
+        return qr_fail(err, QR_EINVAL,
+                       "invalid principal: expected \"public\", \"user:<uid>\" or \"group:<name>\"");
+    sqlite3_stmt *q = s->q[Q_PRINCIPAL_DOCS];
+    int64_t now = 0;
+    bool row;
+    qr_status st;
+    if ((st = begin_read(s, err)) || (st = meta_get_int(s, "change_counter", &now, err)))
+        goto out;
+    if (bind_str(q, 1, principal)) {
+        st = bind_fail(s, err);
+        goto out;
+    }
+    while (!(st = step_row(s, q, &row, err, "read a principal's documents")) && row) {
+        if ((st = fn(ctx, sqlite3_column_int64(q, 0), err)))
+            goto out;
+    }
+    if (st)
+        goto out;
+    sqlite3_reset(q);
+    if ((st = commit(s, err)))
+        goto out;
+    *counter = now;
 out:
     return end_call(s, st, err);
 }

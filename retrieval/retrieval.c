@@ -81,6 +81,7 @@ void retrieval_opts_default(retrieval_opts *o)
     o->snippet_open = "<mark>";
     o->snippet_close = "</mark>";
     o->snippet_tokens = 32;
+    o->bm25_pruned = true;
 }
 
 void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
@@ -102,14 +103,22 @@ void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
     o->snippet_open = qr_config_str(cfg, "retrieval.snippet_marker_open");
     o->snippet_close = qr_config_str(cfg, "retrieval.snippet_marker_close");
     o->snippet_tokens = (size_t)qr_config_int(cfg, "retrieval.snippet_tokens");
+    o->bm25_pruned = strcmp(qr_config_str(cfg, "retrieval.bm25_path"), "pruned") == 0;
 }
 
 struct retrieval {
     store *s;
     vindex *v;
+    bm25_index *b; /* the pruned BM25 path, or NULL: FTS5 ranks */
     retrieval_opts o;
     rq_stopwords *sw;
 };
+
+void retrieval_set_bm25(retrieval *r, bm25_index *b)
+{
+    if (r)
+        r->b = b;
+}
 
 static bool weight_ok(double w)
 {
@@ -596,9 +605,18 @@ static qr_status stem_query(retrieval *r, qr_arena *a, rq_query *q, vocab *v, ch
     return QR_OK;
 }
 
-/* Parses, stems and turns a query into its three FTS5 expressions. */
+/* The query's OR terms as indexed forms, in query order with repeats, for the pruned BM25 path;
+ * only_terms is false when the query also has phrases or exclusions (FTS5 ranks those). */
+typedef struct {
+    const char **forms;
+    size_t n;
+    bool only_terms;
+} term_forms;
+
+/* Parses, stems and turns a query into its three FTS5 expressions (and, when tf is not NULL,
+ * its terms' indexed forms). */
 static qr_status prepare_query(retrieval *r, const char *text, bool plain, qr_arena *a, vocab *voc,
-                               qr_buf *rank, qr_buf *require, qr_buf *exclude, char *err)
+                               qr_buf *rank, qr_buf *require, qr_buf *exclude, term_forms *tf, char *err)
 {
     rq_query q;
     qr_status st = rq_parse(text, strlen(text), r->sw, plain, a, &q, err);
@@ -606,6 +624,15 @@ static qr_status prepare_query(retrieval *r, const char *text, bool plain, qr_ar
         return st;
     if (rq_fts_rank(&q, rank) || rq_fts_require(&q, require) || rq_fts_exclude(&q, exclude))
         return qr_fail(err, QR_ENOMEM, "out of memory building the full-text query");
+    if (tf) {
+        tf->n = 0;
+        tf->only_terms = !q.nphrases && !q.nexcluded;
+        if (q.nterms && !(tf->forms = qr_arena_calloc(a, q.nterms, sizeof(*tf->forms))))
+            return qr_fail(err, QR_ENOMEM, "out of memory parsing the query");
+        for (size_t i = 0; i < q.nterms; i++)
+            if ((st = stem(r, a, q.terms[i], &tf->forms[tf->n++], err)))
+                return st;
+    }
     return QR_OK;
 }
 
@@ -617,7 +644,7 @@ qr_status retrieval_query_expressions(retrieval *r, const char *query, bool plai
     qr_arena a;
     vocab voc;
     qr_arena_init(&a, QUERY_ARENA_CAP);
-    qr_status st = prepare_query(r, query ? query : "", plain, &a, &voc, rank, require, exclude, err);
+    qr_status st = prepare_query(r, query ? query : "", plain, &a, &voc, rank, require, exclude, NULL, err);
     qr_arena_release(&a);
     return st;
 }
@@ -883,7 +910,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     const list *ranking = &fused;
     const char *text = req->query ? req->query : "";
     vocab voc;
-    if ((st = prepare_query(r, text, req->plain, &qa, &voc, &rank, &require, &exclude, err)))
+    term_forms forms = {0};
+    if ((st = prepare_query(r, text, req->plain, &qa, &voc, &rank, &require, &exclude, &forms, err)))
         goto out;
 
     /* what can run: BM25 needs a word, vectors an index and a usable embedding */
@@ -922,7 +950,24 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
             st = qr_fail(err, QR_ENOMEM, "out of memory for search results");
             goto out;
         }
-        st = store_search_bm25(r->s, qr_buf_str(&rank), w, &f, cap, depth, hits, &n, err);
+        /* the pruned path answers word queries with no filter but permissions; FTS5 the rest,
+         * and any query while the pruned index waits for a rebuild */
+        bool pruned = r->b && r->o.bm25_pruned && forms.only_terms && forms.n && !req->ndoc_ids &&
+                      !(req->source_prefix && *req->source_prefix) &&
+                      !(req->content_type && *req->content_type) && req->updated_after_ms <= 0;
+        if (pruned) {
+            st = bm25_search(r->b, r->s, forms.forms, forms.n, w, caller->principals, caller->nprincipals,
+                             caller->is_admin, cap, depth, hits, &n, err);
+            if (st == QR_EUNAVAILABLE) {
+                qr_log(QR_LOG_DEBUG, LOG_COMPONENT, "pruned BM25 path unavailable, FTS5 ranks: %s",
+                       err ? err : "");
+                pruned = false;
+                st = QR_OK;
+            }
+        }
+        res->bm25_pruned = pruned;
+        if (!st && !pruned)
+            st = store_search_bm25(r->s, qr_buf_str(&rank), w, &f, cap, depth, hits, &n, err);
         for (size_t i = 0; i < n && !st; i++)
             st = list_push(&bm, hits[i].chunk_id, hits[i].doc, hits[i].score, err);
         free(hits);

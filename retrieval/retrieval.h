@@ -72,6 +72,7 @@ typedef struct {
     size_t candidates;     /* depth of each list that hybrid mode fuses */
     const char *snippet_open, *snippet_close; /* markers around matches in snippets */
     size_t snippet_tokens;                    /* words in a snippet */
+    bool bm25_pruned; /* retrieval.bm25_path: pruned (true) or fts5; see retrieval_set_bm25 */
 } retrieval_opts;
 
 /* The defaults of the retrieval.* keys. */
@@ -87,6 +88,11 @@ typedef struct retrieval retrieval;
  * handle. QR_EINVAL for bad options (an invalid stopword entry, a negative weight). On error *out
  * is NULL. */
 qr_status retrieval_open(store *s, vindex *v, const retrieval_opts *o, retrieval **out, char *err);
+/* Gives the handle the pruned BM25 index of its store (borrowed; NULL: none). With it and
+ * retrieval.bm25_path = pruned, BM25 lists of word queries come from bm25_search -- the same
+ * top k as FTS5's ranking, without scoring every match; queries with phrases, exclusions or
+ * metadata filters, and every query while the index waits for a rebuild, are ranked by FTS5. */
+void retrieval_set_bm25(retrieval *r, bm25_index *b);
 /* Frees the handle (not the store or index); NULL is a no-op. */
 void retrieval_close(retrieval *r);
 
@@ -136,6 +142,7 @@ typedef struct {
     const char *next_cursor; /* for the next page; NULL when this page is the last */
     bool vector_exact;       /* the vector list came from an exact scan of the permitted chunks */
     size_t permitted_listed; /* chunks listed for the exact scan (0 when not taken) */
+    bool bm25_pruned;        /* the BM25 list came from the pruned index, not FTS5's ranking */
     qr_arena arena_;         /* private */
 } retrieval_result;
 

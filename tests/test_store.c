@@ -1,9 +1,10 @@
 /*
  * Tests of the document store (index/store.c) on real SQLite databases in temporary
  * directories: schema and reopening, puts (added, unchanged, updated, ACL-only), deletes, ACL
- * changes, the embedding model check, bad input that must change nothing, FTS5 matching, the
- * change log, readers during writes, damage detection, and the crash test (a writer killed with
- * SIGKILL 50 times).
+ * changes, the embedding model check, the feeds of the pruned BM25 index (chunk texts, changed
+ * documents, principals' documents) and the schema migration they need, bad input that must
+ * change nothing, FTS5 matching, the change log, readers during writes, damage detection, and the
+ * crash test (a writer killed with SIGKILL 50 times).
  *
  * Where a test must see what the store wrote, it opens the database file with its own SQLite
  * connection and reads the tables directly, so that it does not trust the code under test to
@@ -220,7 +221,7 @@ TEST(open_creates_private_dir_and_schema)
     CHECK_INT(sb.st_mode & 0777, 0700);
     sqlite3 *db = raw_open(dir);
     CHECK(db);
-    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 1);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 2);
     char mode[32];
     CHECK_STR(raw_str(db, "PRAGMA journal_mode", mode, sizeof(mode)), "wal");
     CHECK_INT(raw_int(db,
@@ -242,7 +243,7 @@ TEST(open_creates_private_dir_and_schema)
     CHECK_INT(stats.chunks, 3);
     CHECK_STR(stats.embedding_model, "m");
     store_close(s);
-    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 1);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 2);
     /* a store written by a newer quarry is refused, not damaged */
     CHECK(raw_exec(db, "INSERT INTO schema_version VALUES (99, 0)"));
     sqlite3_close(db);
@@ -731,6 +732,516 @@ TEST(principal_validation)
     longname[5 + STORE_PRINCIPAL_MAX] = 'a';
     longname[6 + STORE_PRINCIPAL_MAX] = '\0';
     CHECK(!store_principal_valid(longname));
+}
+
+/* ---- feeds for the pruned BM25 index ----------------------------------------------------- */
+
+/* True when no connection holds a read snapshot: a TRUNCATE checkpoint then empties the WAL. */
+static bool no_reader(const char *dir)
+{
+    sqlite3 *db = raw_open(dir);
+    bool ok = db && raw_int(db, "PRAGMA wal_checkpoint(TRUNCATE)") == 0;
+    sqlite3_close(db);
+    return ok;
+}
+
+static int64_t doc_key(sqlite3 *db, const char *doc_id)
+{
+    return raw_int_s(db, "SELECT id FROM documents WHERE doc_id = ?1", doc_id);
+}
+
+/* Collects store_text callbacks, copying the strings. */
+typedef struct {
+    struct {
+        int64_t chunk_id, doc, counter;
+        bool deleted;
+        char col[3][256];
+    } row[64];
+    size_t n;
+    size_t stop_after; /* 0: never */
+} texts;
+
+static qr_status collect_text(void *ctx, const store_text *t, char *err)
+{
+    texts *x = ctx;
+    if (x->stop_after && x->n == x->stop_after)
+        return qr_fail(err, QR_ELIMIT, "stopped by the callback");
+    if (x->n == 64)
+        return qr_fail(err, QR_EINTERNAL, "too many texts");
+    for (int i = 0; i < 3; i++) {
+        if (t->deleted && (t->col[i] || t->col_len[i] || t->doc != -1))
+            return qr_fail(err, QR_EINTERNAL, "deleted chunk %lld with text or document",
+                           (long long)t->chunk_id);
+        if (!t->deleted && (!t->col[i] || strlen(t->col[i]) != t->col_len[i] || t->col_len[i] >= 256))
+            return qr_fail(err, QR_EINTERNAL, "chunk %lld: column %d missing or of the wrong length",
+                           (long long)t->chunk_id, i);
+    }
+    x->row[x->n].chunk_id = t->chunk_id;
+    x->row[x->n].doc = t->doc;
+    x->row[x->n].counter = t->counter;
+    x->row[x->n].deleted = t->deleted;
+    for (int i = 0; i < 3; i++)
+        snprintf(x->row[x->n].col[i], 256, "%s", t->deleted ? "" : t->col[i]);
+    x->n++;
+    return QR_OK;
+}
+
+TEST(change_counter_and_pruned_through)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    int64_t c = -1;
+    CHECK_OK(store_change_counter(s, &c, err), err);
+    CHECK_INT(c, 0);
+    CHECK_OK(store_pruned_through(s, &c, err), err);
+    CHECK_INT(c, 0);
+    fixture f;
+    store_put_result r;
+    make_doc(&f, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_OK(store_delete(s, "d1", err), err);
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_OK(store_change_counter(s, &c, err), err);
+    CHECK_INT(c, 3);
+    CHECK_INT(c, counter_of(s));
+
+    /* the largest counter pruned through is kept, a smaller one later does not lower it */
+    CHECK_OK(store_prune_tombstones(s, 2, err), err);
+    CHECK_OK(store_pruned_through(s, &c, err), err);
+    CHECK_INT(c, 2);
+    CHECK_OK(store_prune_tombstones(s, 1, err), err);
+    CHECK_OK(store_pruned_through(s, &c, err), err);
+    CHECK_INT(c, 2);
+    CHECK_OK(store_prune_tombstones(s, 3, err), err);
+    CHECK_OK(store_pruned_through(s, &c, err), err);
+    CHECK_INT(c, 3);
+    /* pruning does not count as a change */
+    CHECK_OK(store_change_counter(s, &c, err), err);
+    CHECK_INT(c, 3);
+
+    /* inside a batch, reads see the batch's writes */
+    CHECK_OK(store_batch_begin(s, err), err);
+    CHECK_OK(store_delete(s, "d1", err), err);
+    CHECK_OK(store_change_counter(s, &c, err), err);
+    CHECK_INT(c, 4);
+    CHECK_OK(store_batch_commit(s, err), err);
+    CHECK(no_reader(dir));
+
+    CHECK_INT(store_change_counter(s, NULL, err), QR_EINVAL);
+    CHECK_INT(store_pruned_through(NULL, &c, err), QR_EINVAL);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(text_changes_since_reports_deleted_then_added)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    fixture a, a2, b, c;
+    store_put_result r;
+    make_doc(&a, "a", "Travel policy", TEXT1, ACL_AB, 3);
+    make_doc(&b, "b", "Other", "Unrelated zebra paragraph", NULL, 0);
+    CHECK_OK(put(s, &a, &r, err), err);
+    CHECK_OK(put(s, &b, &r, err), err);
+    int64_t ka = doc_key(db, "a"), kb = doc_key(db, "b");
+    int64_t a_ids[16], b_ids[16], a2_ids[16], c_ids[16];
+    size_t na, nb, na2, nc;
+    CHECK_INT(chunk_ids(s, "a", a_ids, &na), 0);
+    CHECK_INT(chunk_ids(s, "b", b_ids, &nb), 0);
+
+    /* from the beginning: every chunk with its title, headings, body and document */
+    texts x = {0};
+    int64_t now = -1;
+    CHECK_OK(store_text_changes_since(s, 0, collect_text, &x, &now, err), err);
+    CHECK_INT(now, 2);
+    CHECK_INT(x.n, 4);
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_INT(x.row[i].chunk_id, a_ids[i]);
+        CHECK(!x.row[i].deleted);
+        CHECK_INT(x.row[i].doc, ka);
+        CHECK_INT(x.row[i].counter, 1);
+        CHECK_STR(x.row[i].col[0], "Travel policy");
+        CHECK_STR(x.row[i].col[1], a.chunks[i].headings);
+        char body[256];
+        snprintf(body, sizeof(body), "%.*s", (int)(a.chunks[i].end - a.chunks[i].start),
+                 TEXT1 + a.chunks[i].start);
+        CHECK_STR(x.row[i].col[2], body);
+    }
+    CHECK_INT(x.row[3].chunk_id, b_ids[0]);
+    CHECK_INT(x.row[3].doc, kb);
+    CHECK_INT(x.row[3].counter, 2);
+    CHECK_STR(x.row[3].col[0], "Other");
+    CHECK_STR(x.row[3].col[1], "");
+    CHECK_STR(x.row[3].col[2], "Unrelated zebra paragraph");
+
+    /* new content for a (3), c added (4) and deleted (5), b deleted (6) */
+    int64_t since = now;
+    make_doc(&a2, "a", "Travel policy", "Flights are booked in economy class\nTrains below 500 km", ACL_AB,
+             3);
+    CHECK_OK(put(s, &a2, &r, err), err);
+    CHECK_INT(r, STORE_UPDATED);
+    CHECK_INT(chunk_ids(s, "a", a2_ids, &na2), 0);
+    make_doc(&c, "c", "Short-lived", "Here and gone", NULL, 0);
+    CHECK_OK(put(s, &c, &r, err), err);
+    CHECK_INT(chunk_ids(s, "c", c_ids, &nc), 0);
+    CHECK_OK(store_delete(s, "c", err), err);
+    CHECK_OK(store_delete(s, "b", err), err);
+    /* a title change keeps the chunk ids: no chunk changes (store_docs_changed_since says it) */
+    a2.doc.title = "Expense handbook";
+    CHECK_OK(put(s, &a2, &r, err), err);
+    CHECK_INT(r, STORE_UPDATED);
+
+    memset(&x, 0, sizeof(x));
+    CHECK_OK(store_text_changes_since(s, since, collect_text, &x, &now, err), err);
+    CHECK_INT(now, 7);
+    CHECK_INT(x.n, 3 + 1 + 1 + 2); /* c is reported once, as deleted */
+    int64_t want_deleted[] = {a_ids[0], a_ids[1], a_ids[2], b_ids[0], c_ids[0]};
+    int64_t want_counter[] = {3, 3, 3, 6, 5};
+    for (size_t i = 0; i < 5; i++) {
+        CHECK_INT(x.row[i].chunk_id, want_deleted[i]);
+        CHECK(x.row[i].deleted);
+        CHECK_INT(x.row[i].doc, -1);
+        CHECK_INT(x.row[i].counter, want_counter[i]);
+    }
+    CHECK_INT(na2, 2);
+    for (size_t i = 0; i < 2; i++) {
+        CHECK_INT(x.row[5 + i].chunk_id, a2_ids[i]);
+        CHECK(!x.row[5 + i].deleted);
+        CHECK_INT(x.row[5 + i].doc, ka);
+        CHECK_INT(x.row[5 + i].counter, 3);
+        CHECK_STR(x.row[5 + i].col[0], "Expense handbook"); /* the title as the snapshot has it */
+    }
+    CHECK_STR(x.row[5].col[2], "Flights are booked in economy class");
+    CHECK_STR(x.row[6].col[1], "Travel policy > Reimbursement");
+    CHECK_STR(x.row[6].col[2], "Trains below 500 km");
+
+    /* nothing since now */
+    memset(&x, 0, sizeof(x));
+    CHECK_OK(store_text_changes_since(s, now, collect_text, &x, &now, err), err);
+    CHECK_INT(x.n, 0);
+    CHECK_INT(now, 7);
+    /* the callback's failure stops the walk, comes back, and leaves no snapshot open */
+    memset(&x, 0, sizeof(x));
+    x.stop_after = 2;
+    now = -1;
+    CHECK_INT(store_text_changes_since(s, since, collect_text, &x, &now, err), QR_ELIMIT);
+    CHECK_STR(err, "stopped by the callback");
+    CHECK_INT(x.n, 2);
+    CHECK_INT(now, -1);
+    CHECK(no_reader(dir));
+    CHECK_INT(store_text_changes_since(s, 0, NULL, &x, &now, err), QR_EINVAL);
+    CHECK_INT(store_text_changes_since(s, 0, collect_text, &x, NULL, err), QR_EINVAL);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(each_text_walks_every_live_chunk)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    fixture a, b, c;
+    store_put_result r;
+    make_doc(&a, "a", "Travel policy", TEXT1, ACL_AB, 3);
+    make_doc(&b, "b", "Other", "Unrelated zebra paragraph\nSecond zebra line", NULL, 0);
+    make_doc(&c, "c", "Third", "Third document\nwith\nfour\nlines", NULL, 0);
+    CHECK_OK(put(s, &a, &r, err), err);
+    CHECK_OK(put(s, &b, &r, err), err);
+    CHECK_OK(put(s, &c, &r, err), err);
+    CHECK_OK(store_delete(s, "b", err), err);
+
+    texts x = {0};
+    int64_t now = -1;
+    CHECK_OK(store_each_text(s, collect_text, &x, &now, err), err);
+    CHECK_INT(now, 4);
+    CHECK_INT(x.n, 7);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks"), 7);
+    for (size_t i = 0; i < x.n; i++) {
+        char sql[256], want[256];
+        CHECK(!x.row[i].deleted);
+        if (i)
+            CHECK(x.row[i].chunk_id > x.row[i - 1].chunk_id);
+        snprintf(sql, sizeof(sql),
+                 "SELECT d.title || '|' || c.headings || '|' || c.body || '|' || c.doc || '|' || c.added"
+                 " FROM chunks c JOIN documents d ON d.id = c.doc WHERE c.id = %lld",
+                 (long long)x.row[i].chunk_id);
+        char got[1024];
+        snprintf(got, sizeof(got), "%s|%s|%s|%lld|%lld", x.row[i].col[0], x.row[i].col[1], x.row[i].col[2],
+                 (long long)x.row[i].doc, (long long)x.row[i].counter);
+        CHECK_STR(got, raw_str(db, sql, want, sizeof(want)));
+    }
+    CHECK_INT(x.row[0].doc, doc_key(db, "a"));
+    CHECK_INT(x.row[6].doc, doc_key(db, "c"));
+    CHECK_INT(x.row[6].counter, 3);
+    /* stops on the callback's status */
+    memset(&x, 0, sizeof(x));
+    x.stop_after = 1;
+    CHECK_INT(store_each_text(s, collect_text, &x, &now, err), QR_ELIMIT);
+    CHECK(no_reader(dir));
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+/* Collects store_doc_change callbacks. */
+typedef struct {
+    struct {
+        int64_t doc, counter;
+        bool fts_rewritten;
+        char acl[8][64];
+        size_t nacl;
+    } row[16];
+    size_t n;
+} doc_changes;
+
+static qr_status collect_doc(void *ctx, const store_doc_change *d, char *err)
+{
+    doc_changes *x = ctx;
+    if (x->n == 16 || d->nacl > 8 || (d->nacl && !d->acl))
+        return qr_fail(err, QR_EINTERNAL, "unexpected document change");
+    x->row[x->n].doc = d->doc;
+    x->row[x->n].counter = d->counter;
+    x->row[x->n].fts_rewritten = d->fts_rewritten;
+    x->row[x->n].nacl = d->nacl;
+    for (size_t i = 0; i < d->nacl; i++)
+        snprintf(x->row[x->n].acl[i], 64, "%s", d->acl[i]);
+    x->n++;
+    return QR_OK;
+}
+
+static qr_status docs_since(store *s, int64_t since, doc_changes *x, char *err)
+{
+    int64_t now = -1;
+    memset(x, 0, sizeof(*x));
+    qr_status st = store_docs_changed_since(s, since, collect_doc, x, &now, err);
+    if (!st && now != counter_of(s))
+        st = qr_fail(err, QR_EINTERNAL, "counter %lld, the store's is %lld", (long long)now,
+                     (long long)counter_of(s));
+    return st;
+}
+
+TEST(docs_changed_since_reports_rows_and_acls)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    fixture a, b;
+    store_put_result r;
+    make_doc(&a, "a", "Travel policy", TEXT1, ACL_AB, 3);             /* 1 */
+    make_doc(&b, "b", "Other", "Unrelated zebra paragraph", NULL, 0); /* 2 */
+    CHECK_OK(put(s, &a, &r, err), err);
+    CHECK_OK(put(s, &b, &r, err), err);
+    int64_t ka = doc_key(db, "a"), kb = doc_key(db, "b");
+    CHECK(ka < kb);
+
+    doc_changes x;
+    CHECK_OK(docs_since(s, 0, &x, err), err);
+    CHECK_INT(x.n, 2);
+    CHECK_INT(x.row[0].doc, ka);
+    CHECK_INT(x.row[0].counter, 1);
+    CHECK(!x.row[0].fts_rewritten);
+    CHECK_INT(x.row[0].nacl, 2);
+    CHECK_STR(x.row[0].acl[0], "group:finance");
+    CHECK_STR(x.row[0].acl[1], "user:bob");
+    CHECK_INT(x.row[1].doc, kb);
+    CHECK_INT(x.row[1].counter, 2);
+    CHECK_INT(x.row[1].nacl, 0);
+    CHECK_OK(docs_since(s, 2, &x, err), err);
+    CHECK_INT(x.n, 0);
+
+    /* an ACL-only put (3): principals in byte order ("Z" < "a", "É" after ASCII) */
+    const char *acl[] = {"user:zed", "group:alpha", "public", "user:\xc3\x89mile", "group:Zeta"};
+    a.doc.acl = acl;
+    a.doc.nacl = 5;
+    CHECK_OK(put(s, &a, &r, err), err);
+    CHECK_INT(r, STORE_ACL_UPDATED);
+    CHECK_OK(docs_since(s, 2, &x, err), err);
+    CHECK_INT(x.n, 1);
+    CHECK_INT(x.row[0].doc, ka);
+    CHECK_INT(x.row[0].counter, 3);
+    CHECK(!x.row[0].fts_rewritten);
+    CHECK_INT(x.row[0].nacl, 5);
+    const char *sorted[] = {"group:Zeta", "group:alpha", "public", "user:zed", "user:\xc3\x89mile"};
+    for (size_t i = 0; i < 5; i++)
+        CHECK_STR(x.row[0].acl[i], sorted[i]);
+
+    /* store_set_acl (4); an equal ACL writes nothing */
+    const char *pub[] = {"public"};
+    CHECK_OK(store_set_acl(s, "b", pub, 1, err), err);
+    CHECK_OK(store_set_acl(s, "b", pub, 1, err), err);
+    CHECK_OK(docs_since(s, 3, &x, err), err);
+    CHECK_INT(x.n, 1);
+    CHECK_INT(x.row[0].doc, kb);
+    CHECK_INT(x.row[0].counter, 4);
+    CHECK(!x.row[0].fts_rewritten);
+    CHECK_INT(x.row[0].nacl, 1);
+    CHECK_STR(x.row[0].acl[0], "public");
+
+    /* fields only (5), then a new title under the same chunk ids (6) */
+    a.doc.metadata_json = "{\"dept\":\"hr\"}";
+    CHECK_OK(put(s, &a, &r, err), err);
+    CHECK_INT(r, STORE_ACL_UPDATED);
+    CHECK_OK(docs_since(s, 4, &x, err), err);
+    CHECK_INT(x.n, 1);
+    CHECK(x.row[0].doc == ka && x.row[0].counter == 5 && !x.row[0].fts_rewritten);
+    a.doc.title = "Expense handbook";
+    CHECK_OK(put(s, &a, &r, err), err);
+    CHECK_INT(r, STORE_UPDATED);
+    CHECK_OK(docs_since(s, 5, &x, err), err);
+    CHECK_INT(x.n, 1);
+    CHECK(x.row[0].doc == ka && x.row[0].counter == 6 && x.row[0].fts_rewritten);
+    CHECK_INT(x.row[0].nacl, 5);
+    CHECK_OK(docs_since(s, 0, &x, err), err);
+    CHECK_INT(x.n, 2);
+    CHECK(x.row[0].fts_rewritten && !x.row[1].fts_rewritten);
+
+    /* a later ACL change (7): the rewrite is reported to readers that had not seen it only */
+    CHECK_OK(store_set_acl(s, "a", pub, 1, err), err);
+    CHECK_OK(docs_since(s, 6, &x, err), err);
+    CHECK_INT(x.n, 1);
+    CHECK(x.row[0].counter == 7 && !x.row[0].fts_rewritten);
+    CHECK_OK(docs_since(s, 5, &x, err), err);
+    CHECK(x.n == 1 && x.row[0].counter == 7 && x.row[0].fts_rewritten);
+
+    /* new content (8) is new chunk ids, not a rewrite */
+    fixture b2;
+    make_doc(&b2, "b", "Other", "Replaced zebra paragraph", pub, 1);
+    CHECK_OK(put(s, &b2, &r, err), err);
+    CHECK_INT(r, STORE_UPDATED);
+    CHECK_OK(docs_since(s, 7, &x, err), err);
+    CHECK(x.n == 1 && x.row[0].doc == kb && x.row[0].counter == 8 && !x.row[0].fts_rewritten);
+
+    /* a deleted document is not reported (its chunks are, as deleted) */
+    CHECK_OK(store_delete(s, "a", err), err);
+    CHECK_OK(docs_since(s, 8, &x, err), err);
+    CHECK_INT(x.n, 0);
+    CHECK_OK(docs_since(s, 0, &x, err), err);
+    CHECK(x.n == 1 && x.row[0].doc == kb);
+    CHECK(no_reader(dir));
+    int64_t now;
+    CHECK_INT(store_docs_changed_since(s, 0, NULL, NULL, &now, err), QR_EINVAL);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+static qr_status collect_key(void *ctx, int64_t doc, char *err)
+{
+    doc_changes *x = ctx;
+    if (x->n == 16)
+        return qr_fail(err, QR_EINTERNAL, "too many keys");
+    x->row[x->n++].doc = doc;
+    return QR_OK;
+}
+
+TEST(principal_docs_lists_keys_ascending)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    const char *fin[] = {"group:finance"}, *both[] = {"user:bob", "group:finance"}, *bob[] = {"user:bob"};
+    const char *ids[] = {"d1", "d2", "d3", "d4"};
+    const char *const *acls[] = {fin, bob, both, fin};
+    size_t nacls[] = {1, 1, 2, 1};
+    fixture f;
+    store_put_result r;
+    for (int i = 3; i >= 0; i--) { /* keys in the opposite order of doc ids */
+        char text[64];
+        snprintf(text, sizeof(text), "Document number %d", i);
+        make_doc(&f, ids[i], "Doc", text, acls[i], nacls[i]);
+        CHECK_OK(put(s, &f, &r, err), err);
+    }
+    doc_changes x = {0};
+    int64_t now = -1;
+    CHECK_OK(store_principal_docs(s, "group:finance", collect_key, &x, &now, err), err);
+    CHECK_INT(now, 4);
+    CHECK_INT(x.n, 3);
+    int64_t want[] = {doc_key(db, "d4"), doc_key(db, "d3"), doc_key(db, "d1")};
+    for (size_t i = 0; i < 3; i++)
+        CHECK_INT(x.row[i].doc, want[i]);
+    CHECK(want[0] < want[1] && want[1] < want[2]);
+
+    CHECK_OK(store_delete(s, "d3", err), err);
+    memset(&x, 0, sizeof(x));
+    CHECK_OK(store_principal_docs(s, "group:finance", collect_key, &x, &now, err), err);
+    CHECK_INT(now, 5);
+    CHECK(x.n == 2 && x.row[0].doc == want[0] && x.row[1].doc == want[2]);
+    memset(&x, 0, sizeof(x));
+    CHECK_OK(store_principal_docs(s, "user:nobody", collect_key, &x, &now, err), err);
+    CHECK_INT(x.n, 0);
+    /* group:Finance is another principal: compared byte for byte */
+    CHECK_OK(store_principal_docs(s, "group:Finance", collect_key, &x, &now, err), err);
+    CHECK_INT(x.n, 0);
+
+    CHECK_INT(store_principal_docs(s, "finance", collect_key, &x, &now, err), QR_EINVAL);
+    CHECK_INT(store_principal_docs(s, "user: bob", collect_key, &x, &now, err), QR_EINVAL);
+    CHECK_INT(store_principal_docs(s, NULL, collect_key, &x, &now, err), QR_EINVAL);
+    CHECK_INT(store_principal_docs(s, "public", NULL, &x, &now, err), QR_EINVAL);
+    CHECK(no_reader(dir));
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+TEST(schema_1_store_migrates)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture a, b;
+    store_put_result r;
+    make_doc(&a, "a", "Travel policy", TEXT1, ACL_AB, 3);
+    make_doc(&b, "b", "Other", "Unrelated zebra paragraph", NULL, 0);
+    CHECK_OK(put(s, &a, &r, err), err);
+    CHECK_OK(put(s, &b, &r, err), err);
+    store_close(s);
+
+    /* take the file back to schema 1 */
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK(raw_exec(db, "DROP INDEX documents_changed;"
+                       "ALTER TABLE documents DROP COLUMN fts_changed;"
+                       "ALTER TABLE documents DROP COLUMN changed;"
+                       "DELETE FROM schema_version WHERE version = 2"));
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 1);
+
+    CHECK_OK(store_open(dir, &s, err), err);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 2);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'documents_changed'"), 1);
+    /* documents of unknown history count as changed at the counter of the migration */
+    doc_changes x;
+    CHECK_OK(docs_since(s, 1, &x, err), err);
+    CHECK_INT(x.n, 2);
+    CHECK(x.row[0].counter == 2 && x.row[0].fts_rewritten && x.row[0].nacl == 2);
+    CHECK(x.row[1].counter == 2 && x.row[1].fts_rewritten && x.row[1].nacl == 0);
+    CHECK_OK(docs_since(s, 2, &x, err), err);
+    CHECK_INT(x.n, 0);
+    /* and from there on every write stamps its documents */
+    const char *pub[] = {"public"};
+    CHECK_OK(store_set_acl(s, "b", pub, 1, err), err);
+    CHECK_OK(docs_since(s, 2, &x, err), err);
+    CHECK(x.n == 1 && x.row[0].doc == doc_key(db, "b") && x.row[0].counter == 3 && !x.row[0].fts_rewritten);
+    CHECK_OK(store_verify(s, err), err);
+    sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
 }
 
 /* ---- bad input --------------------------------------------------------------------------- */
