@@ -563,7 +563,7 @@ int cli_cmd_eval(cli_ctx *ctx)
     double *lat = calloc(set.n ? set.n : 1, sizeof(double));
     const char **ranked = calloc(EVAL_K, sizeof(char *));
     retrieval_metrics sum = {0};
-    size_t evaluated = 0, degraded = 0;
+    size_t evaluated = 0, degraded = 0, pruned = 0;
     retrieval_caller admin = {.is_admin = true};
     if (!lat || !ranked) {
         fprintf(stderr, "quarry eval: out of memory\n");
@@ -596,6 +596,7 @@ int cli_cmd_eval(cli_ctx *ctx)
         }
         lat[evaluated] = (qr_now_ns() - t0) / 1e6;
         degraded += res->mode != effective;
+        pruned += res->bm25_pruned;
         for (size_t j = 0; j < res->nhits; j++)
             ranked[j] = res->hits[j].doc_id;
         retrieval_metrics m;
@@ -627,6 +628,9 @@ int cli_cmd_eval(cli_ctx *ctx)
         printf(" (%s fusion, vector weight %g)", ro.fusion == RETRIEVAL_FUSION_RRF ? "rrf" : "weighted",
                ro.vector_weight);
     printf("; queries as plain text, documents at their best chunk\n");
+    if (effective != RETRIEVAL_VECTOR)
+        printf("BM25 lists: %zu of %zu from the pruned index (retrieval.bm25_path=%s), the rest ranked by FTS5\n",
+               pruned, evaluated, ro.bm25_pruned ? "pruned" : "fts5");
     if (degraded)
         printf("note: %zu queries ran in another mode (no words to match, or no query vector)\n", degraded);
     if (unknown)

@@ -25,6 +25,7 @@ typedef struct {
     char dir[64];
     store *s;
     vindex *v;
+    bm25_index *b; /* the pruned BM25 path, opened by fx_ready unless o.bm25_pruned is off */
     retrieval *r;
     retrieval_opts o;
     int docs;
@@ -50,6 +51,7 @@ static void fx_close(fx *f)
 {
     retrieval_close(f->r);
     vindex_close(f->v);
+    bm25_close(f->b);
     store_close(f->s);
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
@@ -121,7 +123,16 @@ static bool fx_ready(fx *f, char *err)
         if (index_sync_open(f->s, f->dir, &vo, false, &f->v, NULL, err))
             return false;
     }
-    return retrieval_open(f->s, f->v, &f->o, &f->r, err) == QR_OK;
+    if (f->o.bm25_pruned && !f->b) {
+        bm25_opts bo;
+        bm25_opts_default(&bo);
+        if (bm25_open(f->s, f->dir, &bo, false, &f->b, NULL, err))
+            return false;
+    }
+    if (retrieval_open(f->s, f->v, &f->o, &f->r, err))
+        return false;
+    retrieval_set_bm25(f->r, f->b);
+    return true;
 }
 
 /* The standard corpus of the search tests. */
@@ -824,6 +835,70 @@ TEST(sync_replays_small_lags_and_rebuilds_large_ones)
 }
 
 /* ---- evaluation metrics ------------------------------------------------------------------------ */
+
+/* The pruned BM25 path (the default, which every case above runs) against FTS5's ranking: the
+ * same hits, scores and order for word queries whoever asks, with and without a per-document
+ * limit; queries with phrases, exclusions or metadata filters are left to FTS5. */
+TEST(pruned_bm25_path_equals_fts5)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    for (int i = 0; i < 40; i++) {
+        char id[16], body[128];
+        snprintf(id, sizeof(id), "extra%d", i);
+        snprintf(body, sizeof(body), "%s wing tunnel %s|budget %d of the wing|stall speed %s", i % 3 ? "swept" : "heat",
+                 i % 2 ? "tests" : "travel", i, i % 5 ? "low" : "high");
+        CHECK_MSG(put(&f, id, i % 4 ? "Wing notes" : "Budget", "", "text/plain",
+                      i % 3 == 0 ? "group:aero" : i % 3 == 1 ? "public" : "user:bob", body, err),
+                  "%s", err);
+    }
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    retrieval *fts = NULL;
+    retrieval_opts o = f.o;
+    o.bm25_pruned = false;
+    CHECK_OK(retrieval_open(f.s, f.v, &o, &fts, err), err);
+    const char *queries[] = {"wing",          "swept wing tunnel tests", "budget budget wing", "heat transfer",
+                             "stall speed low", "nothing matches this",  "wing \"swept wings\"", "wing -budget"};
+    const char *aero[] = {"group:aero", "public"}, *bob[] = {"user:bob"};
+    struct {
+        const char *const *p;
+        size_t n;
+        bool admin;
+    } callers[] = {{NULL, 0, true}, {aero, 2, false}, {bob, 1, false}};
+    size_t compared = 0;
+    for (size_t qi = 0; qi < sizeof(queries) / sizeof(queries[0]); qi++)
+        for (size_t ci = 0; ci < 3; ci++)
+            for (size_t cap = 0; cap < 3; cap++)
+                for (int filt = 0; filt < 2; filt++) {
+                    retrieval_caller c = {callers[ci].p, callers[ci].n, callers[ci].admin};
+                    retrieval_request q = {.query = queries[qi],
+                                           .mode = RETRIEVAL_BM25,
+                                           .k = 7,
+                                           .max_per_doc = cap == 0 ? SIZE_MAX : cap,
+                                           .content_type = filt ? "text/plain" : NULL};
+                    retrieval_result *a = NULL, *b = NULL;
+                    CHECK_OK(retrieval_search(f.r, &c, &q, &a, err), err);
+                    CHECK_OK(retrieval_search(fts, &c, &q, &b, err), err);
+                    bool words_only = qi < 6 && !filt;
+                    CHECK_MSG(a->bm25_pruned == words_only, "query '%s' filter %d: pruned %d", queries[qi], filt,
+                              a->bm25_pruned);
+                    CHECK(!b->bm25_pruned);
+                    CHECK_MSG(a->nhits == b->nhits, "query '%s' caller %zu cap %zu: %zu vs %zu hits", queries[qi],
+                              ci, cap, a->nhits, b->nhits);
+                    for (size_t i = 0; i < a->nhits && i < b->nhits; i++) {
+                        CHECK_INT(a->hits[i].chunk_id, b->hits[i].chunk_id);
+                        CHECK(fabs(a->hits[i].score - b->hits[i].score) <= 1e-9 * fabs(b->hits[i].score));
+                    }
+                    CHECK((a->next_cursor == NULL) == (b->next_cursor == NULL));
+                    compared += a->nhits;
+                    retrieval_result_free(a);
+                    retrieval_result_free(b);
+                }
+    CHECK(compared > 100);
+    retrieval_close(fts);
+    fx_close(&f);
+}
 
 TEST(eval_metrics_match_hand_computed_values)
 {
