@@ -162,14 +162,9 @@ qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, ch
     memset(rep, 0, sizeof(*rep));
     pthread_mutex_lock(&srv->vindex_lock);
     store *s = api_store_acquire(srv);
-    qr_status st;
-    if (srv->vindex)
-        st = index_sync(s, srv->vindex, &srv->vopts, force, rep, err);
-    else
-        st = index_sync_open(s, qr_config_str(srv->cfg, "data.dir"), &srv->vopts, force, &srv->vindex, rep,
-                             err);
-    if (!st && srv->bm25) {
-        /* searches catch the BM25 index up themselves; rebuilds happen here, off their path */
+    if (srv->bm25) {
+        /* searches catch the BM25 index up themselves; rebuilds happen here, off their path.
+         * First, so that a vector build's pruning of tombstones finds it current. */
         bm25_report br;
         char berr[QR_ERR_LEN];
         if (bm25_sync(srv->bm25, s, true, force, &br, berr))
@@ -178,6 +173,12 @@ qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, ch
         else if (br.rebuilt)
             qr_log(QR_LOG_INFO, "index", "BM25 index rebuilt in %.1f s", br.seconds);
     }
+    qr_status st;
+    if (srv->vindex)
+        st = index_sync(s, srv->vindex, &srv->vopts, force, rep, err);
+    else
+        st = index_sync_open(s, qr_config_str(srv->cfg, "data.dir"), &srv->vopts, force, &srv->vindex, rep,
+                             err);
     api_store_release(srv, s);
     srv->vindex_checked_ns = qr_now_ns();
     pthread_mutex_unlock(&srv->vindex_lock);

@@ -69,6 +69,17 @@ static int env_open(const cli_ctx *ctx, retrieval_mode mode, search_env *env)
         fprintf(stderr, "quarry %s: %s\n", cmd, err);
         goto fail;
     }
+    if (ro.bm25_pruned && mode != RETRIEVAL_VECTOR) {
+        /* the pruned BM25 index, brought up to date (before the vector index, whose rebuild
+         * prunes tombstones); without it FTS5 ranks, with the same results */
+        bm25_opts bo;
+        bm25_report br;
+        bm25_opts_from_config(ctx->cfg, &bo);
+        if (bm25_open(env->s, dir, &bo, false, &env->b, &br, err))
+            fprintf(stderr, "quarry %s: %s; FTS5 ranks BM25 instead\n", cmd, err);
+        else if (br.rebuilt)
+            fprintf(stderr, "quarry %s: built the BM25 index (%.1f s)\n", cmd, br.seconds);
+    }
     if (mode != RETRIEVAL_BM25 && ss.embedding_dim > 0) {
         if (ingest_embedder_open(ctx->cfg, &env->e, err)) {
             fprintf(stderr, "quarry %s: %s\n", cmd, err);
@@ -112,17 +123,7 @@ static int env_open(const cli_ctx *ctx, retrieval_mode mode, search_env *env)
         fprintf(stderr, "quarry %s: %s\n", cmd, err);
         goto fail;
     }
-    if (ro.bm25_pruned && mode != RETRIEVAL_VECTOR) {
-        /* the pruned BM25 index, brought up to date; without it FTS5 ranks (same results) */
-        bm25_opts bo;
-        bm25_report br;
-        bm25_opts_from_config(ctx->cfg, &bo);
-        if (bm25_open(env->s, dir, &bo, false, &env->b, &br, err))
-            fprintf(stderr, "quarry %s: %s; FTS5 ranks BM25 instead\n", cmd, err);
-        else if (br.rebuilt)
-            fprintf(stderr, "quarry %s: built the BM25 index (%.1f s)\n", cmd, br.seconds);
-        retrieval_set_bm25(env->r, env->b);
-    }
+    retrieval_set_bm25(env->r, env->b);
     return CLI_EXIT_OK;
 fail:
     env_close(env);
@@ -629,7 +630,8 @@ int cli_cmd_eval(cli_ctx *ctx)
                ro.vector_weight);
     printf("; queries as plain text, documents at their best chunk\n");
     if (effective != RETRIEVAL_VECTOR)
-        printf("BM25 lists: %zu of %zu from the pruned index (retrieval.bm25_path=%s), the rest ranked by FTS5\n",
+        printf("BM25 lists: %zu of %zu from the pruned index (retrieval.bm25_path=%s), the rest ranked by "
+               "FTS5\n",
                pruned, evaluated, ro.bm25_pruned ? "pruned" : "fts5");
     if (degraded)
         printf("note: %zu queries ran in another mode (no words to match, or no query vector)\n", degraded);

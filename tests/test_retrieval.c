@@ -847,10 +847,13 @@ TEST(pruned_bm25_path_equals_fts5)
     for (int i = 0; i < 40; i++) {
         char id[16], body[128];
         snprintf(id, sizeof(id), "extra%d", i);
-        snprintf(body, sizeof(body), "%s wing tunnel %s|budget %d of the wing|stall speed %s", i % 3 ? "swept" : "heat",
-                 i % 2 ? "tests" : "travel", i, i % 5 ? "low" : "high");
+        snprintf(body, sizeof(body), "%s wing tunnel %s|budget %d of the wing|stall speed %s",
+                 i % 3 ? "swept" : "heat", i % 2 ? "tests" : "travel", i, i % 5 ? "low" : "high");
         CHECK_MSG(put(&f, id, i % 4 ? "Wing notes" : "Budget", "", "text/plain",
-                      i % 3 == 0 ? "group:aero" : i % 3 == 1 ? "public" : "user:bob", body, err),
+                      i % 3 == 0   ? "group:aero"
+                      : i % 3 == 1 ? "public"
+                                   : "user:bob",
+                      body, err),
                   "%s", err);
     }
     CHECK_MSG(fx_ready(&f, err), "%s", err);
@@ -858,8 +861,14 @@ TEST(pruned_bm25_path_equals_fts5)
     retrieval_opts o = f.o;
     o.bm25_pruned = false;
     CHECK_OK(retrieval_open(f.s, f.v, &o, &fts, err), err);
-    const char *queries[] = {"wing",          "swept wing tunnel tests", "budget budget wing", "heat transfer",
-                             "stall speed low", "nothing matches this",  "wing \"swept wings\"", "wing -budget"};
+    const char *queries[] = {"wing",
+                             "swept wing tunnel tests",
+                             "budget budget wing",
+                             "heat transfer",
+                             "stall speed low",
+                             "nothing matches this",
+                             "wing \"swept wings\"",
+                             "wing -budget"};
     const char *aero[] = {"group:aero", "public"}, *bob[] = {"user:bob"};
     struct {
         const char *const *p;
@@ -881,11 +890,11 @@ TEST(pruned_bm25_path_equals_fts5)
                     CHECK_OK(retrieval_search(f.r, &c, &q, &a, err), err);
                     CHECK_OK(retrieval_search(fts, &c, &q, &b, err), err);
                     bool words_only = qi < 6 && !filt;
-                    CHECK_MSG(a->bm25_pruned == words_only, "query '%s' filter %d: pruned %d", queries[qi], filt,
-                              a->bm25_pruned);
+                    CHECK_MSG(a->bm25_pruned == words_only, "query '%s' filter %d: pruned %d", queries[qi],
+                              filt, a->bm25_pruned);
                     CHECK(!b->bm25_pruned);
-                    CHECK_MSG(a->nhits == b->nhits, "query '%s' caller %zu cap %zu: %zu vs %zu hits", queries[qi],
-                              ci, cap, a->nhits, b->nhits);
+                    CHECK_MSG(a->nhits == b->nhits, "query '%s' caller %zu cap %zu: %zu vs %zu hits",
+                              queries[qi], ci, cap, a->nhits, b->nhits);
                     for (size_t i = 0; i < a->nhits && i < b->nhits; i++) {
                         CHECK_INT(a->hits[i].chunk_id, b->hits[i].chunk_id);
                         CHECK(fabs(a->hits[i].score - b->hits[i].score) <= 1e-9 * fabs(b->hits[i].score));
