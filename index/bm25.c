@@ -1314,6 +1314,12 @@ qr_status bm25_sync(bm25_index *x, store *s, bool rebuild_ok, bool force, bm25_r
     if (rep)
         memset(rep, 0, sizeof(*rep));
     uint64_t t0 = qr_now_ns();
+    /* a handle inside a batch reads writes that may be rolled back: the shared index must not
+     * learn them (nor write a generation from them); it may serve only if it is at the same
+     * counter, which the batch has not moved */
+    bool in_batch = store_in_batch(s);
+    if (in_batch && force)
+        return qr_fail(err, QR_EINVAL, "bm25_sync: a batch is open on the store handle");
     if (!force) {
         /* the common case, without waiting for anyone: nothing changed */
         int64_t now = 0;
@@ -1329,6 +1335,8 @@ qr_status bm25_sync(bm25_index *x, store *s, bool rebuild_ok, bool force, bm25_r
             return QR_OK;
         }
     }
+    if (in_batch)
+        return qr_fail(err, QR_EUNAVAILABLE, "the BM25 index does not follow a batch in progress");
     if (!rebuild_ok && !force && pthread_mutex_trylock(&x->sync_mu) != 0) {
         /* a catch-up is short: wait for it; a build is not: let FTS5 rank meanwhile */
         if (__atomic_load_n(&x->building, __ATOMIC_ACQUIRE))

@@ -140,6 +140,8 @@ qr_status store_batch_begin(store *s, char *err);
 qr_status store_batch_commit(store *s, char *err);
 /* Discards the batch's writes and ends it; a no-op without a batch. */
 void store_batch_rollback(store *s);
+/* Whether a batch is open on this handle (its reads see writes that may yet be rolled back). */
+bool store_in_batch(const store *s);
 
 /* Looks up the stored content hash (64 lowercase hex digits and NUL) of doc_id. An absent
  * document is not an error: *found is false and hash is "". QR_EINVAL for an invalid doc_id. */
@@ -491,7 +493,9 @@ qr_status bm25_open(store *s, const char *data_dir, const bm25_opts *o, bool for
 /* Brings x up to s's latest change: a no-op costing one read when nothing changed, a replay of
  * the change log otherwise. With rebuild false, a lag that needs a new generation is refused
  * with QR_EUNAVAILABLE (the index is left as it was: callers fall back to FTS5 and rebuild
- * elsewhere); with rebuild true it is built (force: always). rep may be NULL. */
+ * elsewhere); with rebuild true it is built (force: always). rep may be NULL. A handle with an
+ * open batch sees writes that may be rolled back, so the index never learns from one: unless
+ * nothing changed, QR_EUNAVAILABLE (QR_EINVAL with force). */
 qr_status bm25_sync(bm25_index *x, store *s, bool rebuild, bool force, bm25_report *rep, char *err);
 
 /* Frees the index; NULL is a no-op. Every other call on it must have returned. */

@@ -942,6 +942,11 @@ qr_status store_batch_commit(store *s, char *err)
     return st;
 }
 
+bool store_in_batch(const store *s)
+{
+    return s && s->batch != BATCH_NONE;
+}
+
 void store_batch_rollback(store *s)
 {
     if (s && s->batch != BATCH_NONE) {

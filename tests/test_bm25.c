@@ -5,9 +5,10 @@
  * in the same order, with the same scores (1e-9 relative). Random corpora of a Zipfian
  * vocabulary (words the Porter stemmer keeps and words it stems, in titles, headings and
  * bodies), random ACLs and callers; writes, deletes, ACL and title changes between searches;
- * reopening, catching up, rebuilding, damaged files; callers whose best matches are forbidden;
- * the shared Cranfield and CISI collections (tokenisation exactly FTS5's); searches on several
- * threads while a writer writes.
+ * searches inside a batch that is then rolled back; reopening, catching up, rebuilding, damaged
+ * files; callers whose best matches are forbidden; the shared Cranfield and CISI collections
+ * (tokenisation exactly FTS5's); searches on several threads while a writer writes. Small
+ * principal caches (1, 2) in some cases, so that evicted and reloaded sets are compared too.
  *
  * FTS5 is the oracle: the test never computes a score itself. A mismatch prints the corpus
  * seed, the query and both lists.
@@ -517,12 +518,14 @@ static void print_lists(const store_hit *want, size_t nwant, const store_hit *go
 
 typedef struct {
     size_t queries, nonempty, hits, mismatches;
-    bool quiet; /* count mismatches without printing them */
+    bool quiet;             /* count mismatches without printing them */
+    bool allow_unavailable; /* QR_EUNAVAILABLE from bm25_search is counted, not an error */
+    size_t unavailable;
 } tally;
 
 /* Runs q on FTS5 and on x and compares. QR_OK when both ran (a mismatch is counted in t and
- * printed, the first few in full, unless t->quiet); otherwise the failing call's status, with
- * err. */
+ * printed, the first few in full, unless t->quiet; so is QR_EUNAVAILABLE when
+ * t->allow_unavailable); otherwise the failing call's status, with err. */
 static qr_status compare_query(store *s, bm25_index *x, const query *q, const char *label, tally *t,
                                char *err)
 {
@@ -536,6 +539,11 @@ static qr_status compare_query(store *s, bm25_index *x, const query *q, const ch
     if (!st)
         st = bm25_search(x, s, q->terms, q->nterms, q->w, q->principals, q->nprincipals, q->all,
                          q->max_per_doc, q->limit, got, &ngot, err);
+    if (st == QR_EUNAVAILABLE && t->allow_unavailable) {
+        t->unavailable++;
+        free(got);
+        return QR_OK;
+    }
     if (st) {
         print_query(label, q);
         free(got);
@@ -594,6 +602,14 @@ static bm25_opts opts_with(size_t delta_max)
     return o;
 }
 
+/* With a cache of principal_cache principals (fewer than one caller may have): evictions. */
+static bm25_opts opts_cache(size_t delta_max, size_t principal_cache)
+{
+    bm25_opts o = opts_with(delta_max);
+    o.principal_cache = principal_cache;
+    return o;
+}
+
 /* A fresh store in a fresh directory (dim 1), or NULL. */
 static store *fresh_store(char *dir, size_t n, char *err)
 {
@@ -619,9 +635,9 @@ TEST(random_equal_fts5)
         uint64_t seed;
         size_t docs, vocab;
         int open_at;
-        size_t queries;
-    } corpora[] = {{11, 300, NVOCAB, 4, 300}, {12, 200, 8, 2, 250},  {13, 6, 6, 4, 150},
-                   {14, 400, NVOCAB, 0, 250}, {15, 150, 25, 2, 250}, {16, 3, 4, 0, 100}};
+        size_t queries, principal_cache; /* 0: the default */
+    } corpora[] = {{11, 300, NVOCAB, 4, 300, 0}, {12, 200, 8, 2, 250, 0},  {13, 6, 6, 4, 150, 0},
+                   {14, 400, NVOCAB, 0, 250, 2}, {15, 150, 25, 2, 250, 1}, {16, 3, 4, 0, 100, 0}};
     char err[QR_ERR_LEN] = "", dir[512] = "", label[64];
     tally total = {0};
     corpus *c = malloc(sizeof(*c));
@@ -632,6 +648,8 @@ TEST(random_equal_fts5)
         bm25_index *x = NULL;
         bm25_report rep;
         bm25_opts o = opts_with(BIG_DELTA);
+        if (corpora[k].principal_cache)
+            o = opts_cache(BIG_DELTA, corpora[k].principal_cache);
         size_t before = corpora[k].docs * (size_t)corpora[k].open_at / 4;
         qr_status st = s ? QR_OK : QR_EIO;
         if (!st)
@@ -755,7 +773,7 @@ TEST(follows_writes)
     store *s = fresh_store(dir, sizeof(dir), err);
     bm25_index *x = NULL;
     bm25_report rep;
-    bm25_opts o = opts_with(BIG_DELTA);
+    bm25_opts o = opts_cache(BIG_DELTA, 2);
     tally t = {0};
     qr_status st = s ? QR_OK : QR_EIO;
     if (!st)
@@ -766,6 +784,7 @@ TEST(follows_writes)
         st = run_queries(s, x, &c->r, c->vocab_n, 30, "before writes", &t, err);
     int64_t info_counter = 0, want_counter = 0, info_rows = 0, want_rows = 0;
     int reused = 0;
+    tally in_batch = {.allow_unavailable = true};
     for (int round = 0; round < 14 && !st && !t.mismatches; round++) {
         bool batch = round % 2 == 1;
         size_t nops = 1 + pick(&c->r, 12);
@@ -773,10 +792,11 @@ TEST(follows_writes)
             st = store_batch_begin(s, err);
         for (size_t i = 0; i < nops && !st; i++) {
             st = random_write(c, s, err);
-            /* inside a batch, this handle's searches see the batch's writes */
+            /* inside a batch, this handle's FTS5 sees the batch's writes: bm25_search must
+             * answer the same, or decline (see batch_rollback_never_serves_phantoms) */
             if (!st && batch && i == nops / 2) {
                 snprintf(label, sizeof(label), "round %d (inside a batch)", round);
-                st = run_queries(s, x, &c->r, c->vocab_n, 5, label, &t, err);
+                st = run_queries(s, x, &c->r, c->vocab_n, 5, label, &in_batch, err);
             }
         }
         if (batch) {
@@ -830,6 +850,8 @@ TEST(follows_writes)
     free(c);
     CHECK_OK(st, err);
     CHECK_MSG(t.mismatches == 0, "%zu of %zu queries differ from FTS5", t.mismatches, t.queries);
+    CHECK_MSG(in_batch.mismatches == 0, "inside batches: %zu of %zu queries differ from FTS5",
+              in_batch.mismatches, in_batch.queries);
     CHECK_INT(info_counter, want_counter);
     CHECK_INT(info_rows, want_rows);
     CHECK_MSG(reused > 0, "test setup: no document key was reused");
@@ -837,7 +859,158 @@ TEST(follows_writes)
     CHECK_INT(title_search, QR_EUNAVAILABLE);
     CHECK_INT(title_sync, QR_EUNAVAILABLE);
     CHECK(title_rebuilt);
-    printf("follows_writes: %zu queries (%zu with hits) equal to FTS5\n", t.queries, t.nonempty);
+    printf(
+        "follows_writes: %zu queries (%zu with hits) equal to FTS5; inside batches %zu equal, %zu declined\n",
+        t.queries, t.nonempty, in_batch.queries, in_batch.unavailable);
+}
+
+/*
+ * A search on a handle whose batch is open sees the batch's writes (FTS5 does too), but the
+ * index is shared: if it took them in and the batch is then rolled back, it would hold chunks,
+ * deletions and ACLs the store never committed -- and once later commits bring the change counter
+ * back to the same number, nothing would tell. Whatever bm25_search does inside a batch, after a
+ * rollback it must answer as FTS5 does or decline (QR_EUNAVAILABLE), never serve the phantoms; and
+ * other handles must never see the batch's writes.
+ */
+TEST(batch_rollback_never_serves_phantoms)
+{
+    char err[QR_ERR_LEN] = "", dir[512] = "";
+    corpus *c = malloc(sizeof(*c));
+    CHECK(c);
+    corpus_init(c, 71, 30);
+    store *s = fresh_store(dir, sizeof(dir), err), *s2 = NULL;
+    bm25_index *x = NULL;
+    bm25_opts o = opts_with(BIG_DELTA);
+    tally inside = {.allow_unavailable = true}, other = {.allow_unavailable = true},
+          after = {.allow_unavailable = true}, same_counter = {.allow_unavailable = true}, synced = {0};
+    int64_t batch_counter = 0, rolled_back = 0, caught_up = 0;
+    qr_status st = s ? add_docs(c, s, 60, 20, err) : QR_EIO;
+    if (!st)
+        st = store_open(dir, &s2, err);
+    if (!st)
+        st = bm25_open(s, dir, &o, false, &x, NULL, err);
+    for (int round = 0; round < 3 && !st; round++) {
+        /* in the batch: five new documents, one deleted, one ACL changed */
+        size_t ndocs = c->ndocs;
+        long del = live_slot(c), acl = live_slot(c);
+        doc_slot saved_acl = c->docs[acl];
+        char id[32];
+        if ((st = store_batch_begin(s, err)))
+            break;
+        for (int i = 0; i < 5 && !st; i++)
+            st = add_doc(c, s, err);
+        snprintf(id, sizeof(id), "doc-%ld", del);
+        if (!st)
+            st = store_delete(s, id, err);
+        snprintf(id, sizeof(id), "doc-%ld", acl);
+        random_acl(&c->r, &c->docs[acl]);
+        if (!st && del != acl)
+            st = store_set_acl(s, id, c->docs[acl].acl, c->docs[acl].nacl, err);
+        if (!st)
+            st = run_queries(s, x, &c->r, c->vocab_n, 10, "inside the batch", &inside, err);
+        /* another handle: the committed store only */
+        if (!st)
+            st = run_queries(s2, x, &c->r, c->vocab_n, 10, "another handle during the batch", &other, err);
+        batch_counter = store_counter(s);
+        bm25_info info;
+        bm25_get_info(x, &info);
+        caught_up = info.counter;
+        store_batch_rollback(s);
+        c->ndocs = ndocs;
+        c->docs[acl] = saved_acl;
+        rolled_back = store_counter(s);
+        if (st)
+            break;
+        st = run_queries(s, x, &c->r, c->vocab_n, 20, "after the rollback", &after, err);
+        /* commits up to and past the batch's counter: the numbers it had, other contents */
+        while (!st && store_counter(s) <= batch_counter)
+            st = add_doc(c, s, err);
+        if (!st)
+            st = run_queries(s, x, &c->r, c->vocab_n, 40, "commits past the batch's counter", &same_counter,
+                             err);
+        if (!st)
+            st = run_queries(s2, x, &c->r, c->vocab_n, 20, "commits past the batch's counter (other handle)",
+                             &same_counter, err);
+        /* a sync that may rebuild, then strict */
+        if (!st)
+            st = bm25_sync(x, s, true, false, NULL, err);
+        if (!st)
+            st = run_queries(s, x, &c->r, c->vocab_n, 20, "after a sync", &synced, err);
+        /* one round that went wrong is the story; later ones would only inherit its state */
+        if (inside.mismatches || other.mismatches || after.mismatches || same_counter.mismatches ||
+            synced.mismatches)
+            break;
+    }
+    /* a generation built inside a batch, which is then rolled back, must not be served later, nor
+     * loaded from the file after a restart */
+    tally built = {.allow_unavailable = true}, reopened = {.allow_unavailable = true};
+    int64_t batch2_counter = 0;
+    qr_status build_in_batch = QR_OK;
+    bm25_close(x), x = NULL;
+    if (!st)
+        st = bm25_open(s, dir, &o, true, &x, NULL, err);
+    if (!st && !(st = store_batch_begin(s, err))) {
+        size_t ndocs = c->ndocs;
+        for (int i = 0; i < 5 && !st; i++)
+            st = add_doc(c, s, err);
+        batch2_counter = store_counter(s);
+        char err2[QR_ERR_LEN];
+        if (!st)
+            build_in_batch = bm25_sync(x, s, true, true, NULL, err2);
+        store_batch_rollback(s);
+        c->ndocs = ndocs;
+    }
+    while (!st && store_counter(s) <= batch2_counter)
+        st = add_doc(c, s, err);
+    if (!st)
+        st = run_queries(s, x, &c->r, c->vocab_n, 20, "built in a rolled-back batch", &built, err);
+    bm25_close(x), x = NULL;
+    if (!st)
+        st = bm25_open(s, dir, &o, false, &x, NULL, err);
+    if (!st)
+        st = run_queries(s, x, &c->r, c->vocab_n, 20, "reopened after a build in a rolled-back batch",
+                         &reopened, err);
+    bm25_close(x);
+    store_close(s2);
+    store_close(s);
+    rm_tree(dir);
+    free(c);
+    printf("batch_rollback: batch at counter %lld, index caught up to %lld, store back at %lld after the "
+           "rollback\n",
+           (long long)batch_counter, (long long)caught_up, (long long)rolled_back);
+    printf("batch_rollback: (equal/differ/declined) inside the batch %zu/%zu/%zu, another handle during it "
+           "%zu/%zu/%zu, after the rollback %zu/%zu/%zu, after commits past its counter %zu/%zu/%zu, after "
+           "bm25_sync %zu/%zu\n",
+           inside.queries - inside.mismatches, inside.mismatches, inside.unavailable,
+           other.queries - other.mismatches, other.mismatches, other.unavailable,
+           after.queries - after.mismatches, after.mismatches, after.unavailable,
+           same_counter.queries - same_counter.mismatches, same_counter.mismatches, same_counter.unavailable,
+           synced.queries - synced.mismatches, synced.mismatches);
+    printf("batch_rollback: a forced bm25_sync inside a batch (at counter %lld) returned %d; after the "
+           "rollback and commits past its counter %zu/%zu/%zu, reopened %zu/%zu/%zu\n",
+           (long long)batch2_counter, (int)build_in_batch, built.queries - built.mismatches, built.mismatches,
+           built.unavailable, reopened.queries - reopened.mismatches, reopened.mismatches,
+           reopened.unavailable);
+    CHECK_OK(st, err);
+    CHECK_MSG(inside.mismatches == 0, "inside the batch: %zu of %zu queries differ from FTS5",
+              inside.mismatches, inside.queries);
+    CHECK_MSG(other.mismatches == 0, "another handle during the batch: %zu of %zu queries differ from FTS5",
+              other.mismatches, other.queries);
+    CHECK_MSG(after.mismatches == 0, "after the rollback: %zu of %zu queries differ from FTS5",
+              after.mismatches, after.queries);
+    CHECK_MSG(same_counter.mismatches == 0,
+              "after commits took the counter past the rolled-back batch's: %zu of %zu queries differ "
+              "from FTS5",
+              same_counter.mismatches, same_counter.queries);
+    CHECK_MSG(synced.mismatches == 0, "after bm25_sync: %zu of %zu queries differ from FTS5",
+              synced.mismatches, synced.queries);
+    CHECK_MSG(built.mismatches == 0,
+              "a generation built inside a rolled-back batch: %zu of %zu queries differ from FTS5",
+              built.mismatches, built.queries);
+    CHECK_MSG(
+        reopened.mismatches == 0,
+        "reopened on a generation built inside a rolled-back batch: %zu of %zu queries differ from FTS5",
+        reopened.mismatches, reopened.queries);
 }
 
 /* ---- 3. persistence, catching up, rebuilds ----------------------------------------------- */
