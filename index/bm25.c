@@ -241,12 +241,12 @@ static bool smap_grow(smap *m)
     return true;
 }
 
-/* Finds key or inserts it with value *val; *added says which. false: out of memory. */
-static bool smap_put(smap *m, const char *key, size_t n, size_t *val, bool *added)
+/* Finds key (whose hash_str is h) or inserts it with value *val; *added says which. false: out
+ * of memory. */
+static bool smap_put_hashed(smap *m, const char *key, size_t n, uint32_t h, size_t *val, bool *added)
 {
     if ((m->n + 1) * 2 > m->cap && !smap_grow(m))
         return false;
-    uint32_t h = hash_str(key, n);
     size_t i = smap_slot(m, key, n, h);
     *added = !m->keys[i];
     if (!*added) {
@@ -265,12 +265,26 @@ static bool smap_put(smap *m, const char *key, size_t n, size_t *val, bool *adde
     return true;
 }
 
+static bool smap_put(smap *m, const char *key, size_t n, size_t *val, bool *added)
+{
+    return smap_put_hashed(m, key, n, hash_str(key, n), val, added);
+}
+
 /* ---- tokenising a chunk ------------------------------------------------------------------- */
 
-/* The distinct terms of one chunk with their occurrences per column. */
+/* The distinct terms of one chunk with their occurrences per column: a table over a byte pool,
+ * reset (not freed) between chunks, since a build tokenises millions of them. */
 typedef struct {
-    smap terms; /* term -> index into tf */
-    uint32_t (*tf)[NCOLS];
+    uint32_t hash, off, len; /* the term is pool[off, off + len), NUL-terminated */
+    uint32_t tf[NCOLS];
+} chunk_term;
+
+typedef struct {
+    char *pool;
+    size_t pool_len, pool_cap;
+    uint32_t *slots; /* 0: empty, else an index into e plus one */
+    size_t nslots;
+    chunk_term *e;
     size_t n, cap;
     int col;
     uint32_t len; /* tokens over all columns */
@@ -278,19 +292,39 @@ typedef struct {
 
 static void chunk_terms_reset(chunk_terms *c)
 {
-    for (size_t i = 0; i < c->terms.cap; i++) {
-        free(c->terms.keys[i]);
-        c->terms.keys[i] = NULL;
+    for (size_t i = 0; i < c->n; i++) {
+        size_t j = c->e[i].hash & (c->nslots - 1);
+        while (c->slots[j])
+            c->slots[j] = 0, j = (j + 1) & (c->nslots - 1);
     }
-    c->terms.n = 0;
     c->n = 0;
+    c->pool_len = 0;
     c->len = 0;
 }
 
 static void chunk_terms_free(chunk_terms *c)
 {
-    smap_free(&c->terms);
-    free(c->tf);
+    free(c->pool);
+    free(c->slots);
+    free(c->e);
+}
+
+static bool chunk_terms_grow(chunk_terms *c)
+{
+    size_t ns = c->nslots ? c->nslots * 2 : 512;
+    uint32_t *slots = calloc(ns, sizeof(*slots));
+    if (!slots)
+        return false;
+    for (size_t i = 0; i < c->n; i++) {
+        size_t j = c->e[i].hash & (ns - 1);
+        while (slots[j])
+            j = (j + 1) & (ns - 1);
+        slots[j] = (uint32_t)i + 1;
+    }
+    free(c->slots);
+    c->slots = slots;
+    c->nslots = ns;
+    return true;
 }
 
 static qr_status on_chunk_token(void *ctx, const char *form, size_t form_len, size_t start, size_t end,
@@ -299,23 +333,43 @@ static qr_status on_chunk_token(void *ctx, const char *form, size_t form_len, si
     (void)start;
     (void)end;
     chunk_terms *c = ctx;
-    size_t at = c->n;
-    bool added;
-    if (!smap_put(&c->terms, form, form_len, &at, &added))
+    if (((c->n + 1) * 2 > c->nslots && !chunk_terms_grow(c)) || form_len > UINT32_MAX / 2)
         return qr_fail(err, QR_ENOMEM, "out of memory tokenising for the BM25 index");
-    if (added) {
-        if (c->n == c->cap) {
-            size_t cap = c->cap ? c->cap * 2 : 256;
-            uint32_t(*tf)[NCOLS] = realloc(c->tf, cap * sizeof(*tf));
-            if (!tf)
-                return qr_fail(err, QR_ENOMEM, "out of memory tokenising for the BM25 index");
-            c->tf = tf;
-            c->cap = cap;
+    uint32_t h = hash_str(form, form_len);
+    size_t j = h & (c->nslots - 1);
+    for (; c->slots[j]; j = (j + 1) & (c->nslots - 1)) {
+        chunk_term *t = &c->e[c->slots[j] - 1];
+        if (t->hash == h && t->len == form_len && memcmp(c->pool + t->off, form, form_len) == 0) {
+            t->tf[c->col]++;
+            c->len++;
+            return QR_OK;
         }
-        memset(c->tf[at], 0, sizeof(c->tf[at]));
-        c->n++;
     }
-    c->tf[at][c->col]++;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 256;
+        chunk_term *e = realloc(c->e, cap * sizeof(*e));
+        if (!e)
+            return qr_fail(err, QR_ENOMEM, "out of memory tokenising for the BM25 index");
+        c->e = e;
+        c->cap = cap;
+    }
+    if (c->pool_len + form_len + 1 > c->pool_cap) {
+        size_t cap = c->pool_cap ? c->pool_cap * 2 : 4096;
+        while (c->pool_len + form_len + 1 > cap)
+            cap *= 2;
+        char *pool = realloc(c->pool, cap);
+        if (!pool || cap > UINT32_MAX)
+            return qr_fail(err, QR_ENOMEM, "out of memory tokenising for the BM25 index");
+        c->pool = pool;
+        c->pool_cap = cap;
+    }
+    chunk_term *t = &c->e[c->n];
+    *t = (chunk_term){.hash = h, .off = (uint32_t)c->pool_len, .len = (uint32_t)form_len};
+    memcpy(c->pool + c->pool_len, form, form_len);
+    c->pool[c->pool_len + form_len] = '\0';
+    c->pool_len += form_len + 1;
+    t->tf[c->col] = 1;
+    c->slots[j] = (uint32_t)++c->n;
     c->len++;
     return QR_OK;
 }
@@ -445,13 +499,11 @@ static qr_status build_chunk(void *ctx, const store_text *t, char *err)
     b->lens[row] = b->ct.len;
     b->total_len += b->ct.len;
     b->nrows++;
-    for (size_t i = 0; i < b->ct.terms.cap; i++) {
-        const char *term = b->ct.terms.keys[i];
-        if (!term)
-            continue;
+    for (size_t i = 0; i < b->ct.n; i++) {
+        const chunk_term *ct = &b->ct.e[i];
         size_t at = b->ntb;
         bool added;
-        if (!smap_put(&b->terms, term, strlen(term), &at, &added))
+        if (!smap_put_hashed(&b->terms, b->ct.pool + ct->off, ct->len, ct->hash, &at, &added))
             return qr_fail(err, QR_ENOMEM, "out of memory building the BM25 index");
         if (added) {
             if (b->ntb == b->cap_tb) {
@@ -465,7 +517,7 @@ static qr_status build_chunk(void *ctx, const store_text *t, char *err)
             memset(&b->tb[at], 0, sizeof(b->tb[at]));
             b->ntb++;
         }
-        if (!builder_posting(&b->tb[at], row, b->ct.len, b->ct.tf[b->ct.terms.vals[i]]))
+        if (!builder_posting(&b->tb[at], row, b->ct.len, ct->tf))
             return qr_fail(err, QR_ENOMEM, "out of memory building the BM25 index");
     }
     return QR_OK;
@@ -1034,9 +1086,7 @@ static qr_status stage_chunk(void *ctx, const store_text *t, char *err)
     if (!GROW(g->add, g->nadd, g->cap_add, 256))
         return qr_fail(err, QR_ENOMEM, "out of memory catching up the BM25 index");
     g->add[g->nadd++] = (struct added){t->chunk_id, (uint32_t)t->doc, g->ct.len, g->nterms, g->ct.n};
-    for (size_t i = 0; i < g->ct.terms.cap; i++) {
-        if (!g->ct.terms.keys[i])
-            continue;
+    for (size_t i = 0; i < g->ct.n; i++) {
         if (g->nterms == g->cap_terms) {
             size_t cap = g->cap_terms ? g->cap_terms * 2 : 1024;
             char **terms = realloc(g->terms, cap * sizeof(*terms));
@@ -1048,9 +1098,9 @@ static qr_status stage_chunk(void *ctx, const store_text *t, char *err)
             g->tf = tf;
             g->cap_terms = cap;
         }
-        if (!(g->terms[g->nterms] = strdup(g->ct.terms.keys[i])))
+        if (!(g->terms[g->nterms] = strdup(g->ct.pool + g->ct.e[i].off)))
             return qr_fail(err, QR_ENOMEM, "out of memory catching up the BM25 index");
-        memcpy(g->tf[g->nterms], g->ct.tf[g->ct.terms.vals[i]], sizeof(g->tf[0]));
+        memcpy(g->tf[g->nterms], g->ct.e[i].tf, sizeof(g->tf[0]));
         g->nterms++;
     }
     return QR_OK;
