@@ -1734,10 +1734,10 @@ static qr_status live_df(bm25_index *x, const char *term, const file_term *gt, c
         if (x->ndead_gen) {
             size_t n_term = strlen(term);
             pthread_mutex_lock(&x->cache_mu);
-            size_t at = x->ndfc;
             bool added = false;
             if (x->df_terms.n >= DFCACHE_MAX)
                 dfcache_clear(x);
+            size_t at = x->ndfc;
             if (!x->dfc && !(x->dfc = malloc(DFCACHE_MAX * sizeof(*x->dfc)))) {
                 pthread_mutex_unlock(&x->cache_mu);
                 return qr_fail(err, QR_ENOMEM, "out of memory for a search");
