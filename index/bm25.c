@@ -46,6 +46,7 @@
 #define FILE_VERSION 1
 #define DOC_KEY_MAX  (UINT32_MAX - 1) /* document keys are stored as 32 bits */
 #define DFCACHE_MAX  65536            /* terms whose tombstoned-row counts are cached */
+#define UNION_CACHE  64               /* callers whose unions of principal sets are kept */
 
 /* ---- the file ---------------------------------------------------------------------------- */
 
@@ -782,6 +783,18 @@ struct bm25_index {
     /* permissions and caches (cache_mu) */
     pset *ps;
     size_t nps;
+    /* callers' unions of sets, by principal list; emptied (under the write lock) whenever a
+     * document's ACL may have changed, so a search may use one while it holds the read lock */
+    struct caller_union {
+        uint64_t key;
+        char **principals; /* sorted copies */
+        size_t np;
+        uint64_t *bits;
+        size_t nwords;
+        uint64_t used; /* tick of the last search that took it */
+        int refs;      /* searches using it now: it is not evicted while > 0 */
+    } unions[UNION_CACHE];
+    size_t nunions;
     uint64_t tick;
     smap df_terms; /* term -> index into dfc */
     df_entry *dfc;
@@ -816,8 +829,20 @@ static bool row_dead(const bm25_index *x, uint32_t row)
     return (size_t)(row >> 6) < x->dead_words && (x->dead[row >> 6] >> (row & 63) & 1);
 }
 
+static void unions_clear(bm25_index *x)
+{
+    for (size_t i = 0; i < x->nunions; i++) {
+        for (size_t j = 0; j < x->unions[i].np; j++)
+            free(x->unions[i].principals[j]);
+        free(x->unions[i].principals);
+        free(x->unions[i].bits);
+    }
+    x->nunions = 0;
+}
+
 static void psets_clear(bm25_index *x)
 {
+    unions_clear(x);
     for (size_t i = 0; i < x->nps; i++) {
         free(x->ps[i].name);
         free(x->ps[i].bits);
@@ -1260,6 +1285,8 @@ static qr_status apply(bm25_index *x, staged *g, char *err)
     /* documents whose ACL may have changed: each cached set learns the document's ACL now */
     pthread_mutex_lock(&x->cache_mu);
     qr_status st = QR_OK;
+    if (g->ndocs)
+        unions_clear(x);
     for (size_t i = 0; i < g->ndocs && !st; i++) {
         const struct changed_doc *d = &g->docs[i];
         for (size_t p = 0; p < x->nps && !st; p++) {
@@ -1816,28 +1843,97 @@ static qr_status principal_set(bm25_index *x, store *s, const char *principal, p
     return QR_OK;
 }
 
-/* The caller's readable documents: the union of its principals' sets. Caller holds x->lock
- * (read); *bits has *nwords words covering every document key of a row. */
+static int cmp_str_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The caller's readable documents: the union of its principals' sets, kept per principal list
+ * (the least recently used list no search is using makes room). Caller holds x->lock (read);
+ * *bits has *nwords words covering every document key of a row; *held is the cache entry to give
+ * back with caller_docs_done, or NULL when *bits is the caller's to free. */
 static qr_status caller_docs(bm25_index *x, store *s, const char *const *principals, size_t np,
-                             uint64_t **bits, size_t *nwords, char *err)
+                             uint64_t **bits, size_t *nwords, struct caller_union **held, char *err)
 {
     size_t nw = ((size_t)x->max_doc >> 6) + 1;
-    uint64_t *u = calloc(nw, sizeof(*u));
-    if (!u)
+    const char **sorted = malloc((np ? np : 1) * sizeof(*sorted));
+    if (!sorted)
         return qr_fail(err, QR_ENOMEM, "out of memory for a search");
+    memcpy(sorted, principals, np * sizeof(*sorted));
+    qsort(sorted, np, sizeof(*sorted), cmp_str_ptr);
+    uint64_t key = 1469598103934665603ULL;
+    for (size_t i = 0; i < np; i++)
+        key = (key ^ hash_str(sorted[i], strlen(sorted[i]))) * 1099511628211ULL;
     qr_status st = QR_OK;
     pthread_mutex_lock(&x->cache_mu);
+    for (size_t i = 0; i < x->nunions; i++) {
+        struct caller_union *c = &x->unions[i];
+        bool same = c->key == key && c->np == np && c->nwords == nw;
+        for (size_t j = 0; same && j < np; j++)
+            same = strcmp(c->principals[j], sorted[j]) == 0;
+        if (same) {
+            c->refs++;
+            c->used = ++x->tick;
+            pthread_mutex_unlock(&x->cache_mu);
+            free(sorted);
+            *bits = c->bits;
+            *nwords = nw;
+            *held = c;
+            return QR_OK;
+        }
+    }
+    uint64_t *u = calloc(nw, sizeof(*u));
+    if (!u)
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
     uint64_t tick = ++x->tick;
     for (size_t i = 0; i < np && !st; i++) {
         pset *p = NULL;
-        if ((st = principal_set(x, s, principals[i], &p, err)))
+        if ((st = principal_set(x, s, sorted[i], &p, err)))
             break;
         p->used = tick;
         size_t n = p->nwords < nw ? p->nwords : nw;
         for (size_t w = 0; w < n; w++)
             u[w] |= p->bits[w];
     }
+    *held = NULL;
+    size_t slot = x->nunions;
+    if (!st && slot == UNION_CACHE) {
+        for (size_t i = 0; i < x->nunions; i++)
+            if (!x->unions[i].refs && (slot == UNION_CACHE || x->unions[i].used < x->unions[slot].used))
+                slot = i;
+        if (slot < UNION_CACHE) {
+            struct caller_union *c = &x->unions[slot];
+            for (size_t j = 0; j < c->np; j++)
+                free(c->principals[j]);
+            free(c->principals);
+            free(c->bits);
+            x->unions[slot] = x->unions[--x->nunions];
+            slot = x->nunions;
+        }
+    }
+    if (!st && slot < UNION_CACHE) {
+        struct caller_union *c = &x->unions[slot];
+        c->principals = calloc(np ? np : 1, sizeof(char *));
+        bool ok = c->principals != NULL;
+        for (size_t j = 0; ok && j < np; j++)
+            ok = (c->principals[j] = strdup(sorted[j])) != NULL;
+        if (ok) {
+            c->key = key;
+            c->np = np;
+            c->bits = u;
+            c->nwords = nw;
+            c->used = tick;
+            c->refs = 1;
+            x->nunions++;
+            *held = c;
+        } else if (c->principals) {
+            for (size_t j = 0; j < np; j++)
+                free(c->principals[j]);
+            free(c->principals);
+        }
+    }
     pthread_mutex_unlock(&x->cache_mu);
+    free(sorted);
     if (st) {
         free(u);
         return st;
@@ -1845,6 +1941,17 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
     *bits = u;
     *nwords = nw;
     return QR_OK;
+}
+
+static void caller_docs_done(bm25_index *x, struct caller_union *held, uint64_t *bits)
+{
+    if (!held) {
+        free(bits);
+        return;
+    }
+    pthread_mutex_lock(&x->cache_mu);
+    held->refs--;
+    pthread_mutex_unlock(&x->cache_mu);
 }
 
 static bool delta_find(const bm25_index *x, const char *term, size_t n, const delta_list **out)
@@ -1870,13 +1977,14 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     double *cum = calloc(nterms, sizeof(*cum));
     uint64_t *allowed = NULL;
     size_t nallowed = 0;
+    struct caller_union *held = NULL;
     size_t k = limit < x->live_rows ? limit : (size_t)x->live_rows;
     topk top = {.h = calloc(k, sizeof(heap_item)), .k = k, .cap_doc = max_per_doc};
     if (!tc || !qmap || !order || !cum || !top.h) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
         goto out;
     }
-    if (!all && (st = caller_docs(x, s, principals, np, &allowed, &nallowed, err)))
+    if (!all && (st = caller_docs(x, s, principals, np, &allowed, &nallowed, &held, err)))
         goto out;
 
     /* one cursor per distinct term */
@@ -2009,7 +2117,8 @@ out:
     free(qmap);
     free(order);
     free(cum);
-    free(allowed);
+    if (allowed)
+        caller_docs_done(x, held, allowed);
     free(top.h);
     return st;
 }
