@@ -1520,11 +1520,8 @@ typedef struct {
     uint32_t tf[BLOCK][NCOLS];
     uint32_t bn, bi; /* postings in the buffer, the current one */
     double idf, bound;
-    size_t mult;      /* how many times the query names the term */
-    double f;         /* weighted frequency at the current candidate */
-    double blk_bound; /* bounds the term's score in any posting of the buffer */
-    const double *w;  /* the query's column weights */
-    double avgdl;
+    size_t mult; /* how many times the query names the term */
+    double f;    /* weighted frequency at the current candidate */
 } cursor;
 
 static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
@@ -1553,24 +1550,15 @@ static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
 }
 
 /* Fills the buffer with the next postings; false when the term has no more. */
-static double term_score(double idf, double f, double len, double avgdl);
-static double weighted_tf(const uint32_t tf[NCOLS], const double w[NCOLS]);
-
 static bool refill(const bm25_index *x, cursor *c)
 {
     if (c->gb < c->gb_end) {
-        const file_block *fb = &x->blocks[c->gb];
         decode_block(x, c, c->gb++);
-        if (c->bn) {
-            /* the block's own maxima bound it far tighter than the whole list's */
-            double fmax = c->w ? weighted_tf(fb->max_tf, c->w) : 0.0; /* no weights: a probe */
-            c->blk_bound = fmax > 0 ? term_score(c->idf, fmax, fb->min_len, c->avgdl) : 0.0;
+        if (c->bn)
             return true;
-        }
         c->gb = c->gb_end;
     }
     if (c->dl && c->dpos < c->dl->n) {
-        c->blk_bound = c->bound;
         size_t n = c->dl->n - c->dpos < BLOCK ? c->dl->n - c->dpos : BLOCK;
         memcpy(c->rows, c->dl->rows + c->dpos, n * sizeof(uint32_t));
         memcpy(c->tf, c->dl->tf + c->dpos, n * sizeof(c->tf[0]));
@@ -2014,8 +2002,6 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
         cursor *c = &tc[nc];
         qmap[i] = nc++;
         c->mult = 1;
-        c->w = w;
-        c->avgdl = avgdl;
         size_t len = strlen(terms[i]);
         c->gt = find_gen_term(x, terms[i], len);
         const delta_list *dl = NULL;
@@ -2078,17 +2064,6 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
         uint32_t doc = row_doc(x, row);
         bool ok = !row_dead(x, row) &&
                   (all || ((size_t)(doc >> 6) < nallowed && (allowed[doc >> 6] >> (doc & 63) & 1)));
-        if (ok && full) {
-            /* block-max: what the chunk could score by its postings' blocks and the bounds of
-             * the lists not walked; below the k-th score, nothing needs decoding or scoring */
-            double ub = essential ? cum[essential - 1] : 0.0;
-            for (size_t j = essential; j < nc; j++) {
-                const cursor *c = &tc[order[j]];
-                if (c->bi < c->bn && c->rows[c->bi] == row)
-                    ub += c->blk_bound * (double)c->mult;
-            }
-            ok = ub * (1 + BOUND_SLACK) >= threshold;
-        }
         double len = (double)row_len(x, row), partial = 0.0;
         for (size_t j = 0; j < nc; j++)
             tc[j].f = 0.0;
