@@ -352,6 +352,8 @@ void api_metrics_request(api_metrics *m, size_t route_index, int status, double 
 void api_metrics_answer(api_metrics *m, double seconds, bool extractive, bool failed);
 /* Ingestion outcomes: kind is "added", "updated", "acl_updated", "unchanged", "deleted", "failed". */
 void api_metrics_ingest(api_metrics *m, const char *kind, size_t chunks);
+/* One search's BM25 list: ranked by the pruned index, or by FTS5. */
+void api_metrics_bm25(api_metrics *m, bool pruned);
 void api_metrics_error(api_metrics *m, const char *code);
 /* Renders the Prometheus text exposition of everything, store and auth included. */
 qr_status api_metrics_render(api_server *srv, qr_buf *out, char *err);

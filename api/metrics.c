@@ -40,6 +40,7 @@ struct api_metrics {
     uint64_t answer_failed;
     uint64_t ingest[INGEST_KINDS];
     uint64_t ingest_chunks;
+    uint64_t bm25[2]; /* searches whose BM25 list FTS5 ranked, the pruned index ranked */
     struct {
         char code[48];
         uint64_t count;
@@ -114,6 +115,15 @@ void api_metrics_ingest(api_metrics *m, const char *kind, size_t chunks)
         if (strcmp(kind, ingest_kinds[i]) == 0)
             m->ingest[i]++;
     m->ingest_chunks += chunks;
+    pthread_mutex_unlock(&m->lock);
+}
+
+void api_metrics_bm25(api_metrics *m, bool pruned)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->bm25[pruned]++;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -213,6 +223,34 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
         head(o, "quarry_store_change_counter", "gauge",
              "The store's change counter (grows with every write).");
         qr_buf_printf(o, "quarry_store_change_counter %lld\n", (long long)st.change_counter);
+    }
+
+    head(o, "quarry_search_bm25_total", "counter",
+         "Searches with a BM25 list, by what ranked it: the pruned index or FTS5 (phrases, exclusions, "
+         "filters, retrieval.bm25_path=fts5, or the index waiting for a rebuild).");
+    qr_buf_printf(o, "quarry_search_bm25_total{path=\"pruned\"} %llu\n", (unsigned long long)snap->bm25[1]);
+    qr_buf_printf(o, "quarry_search_bm25_total{path=\"fts5\"} %llu\n", (unsigned long long)snap->bm25[0]);
+    head(o, "quarry_bm25_index_open", "gauge", "1 when the pruned BM25 index is open.");
+    qr_buf_printf(o, "quarry_bm25_index_open %d\n", srv->bm25 != NULL);
+    if (srv->bm25) {
+        bm25_info bi;
+        bm25_get_info(srv->bm25, &bi);
+        head(o, "quarry_bm25_index_chunks", "gauge", "Live chunks in the pruned BM25 index.");
+        qr_buf_printf(o, "quarry_bm25_index_chunks %zu\n", bi.rows);
+        head(o, "quarry_bm25_index_delta_chunks", "gauge",
+             "Chunks added since the BM25 index's generation was built (held in memory).");
+        qr_buf_printf(o, "quarry_bm25_index_delta_chunks %zu\n", bi.delta_rows);
+        head(o, "quarry_bm25_index_tombstones", "gauge",
+             "Chunks deleted since the BM25 generation was built.");
+        qr_buf_printf(o, "quarry_bm25_index_tombstones %zu\n", bi.tombstones);
+        head(o, "quarry_bm25_index_file_bytes", "gauge", "Size of the BM25 generation file (mapped).");
+        qr_buf_printf(o, "quarry_bm25_index_file_bytes %llu\n", (unsigned long long)bi.file_bytes);
+        head(o, "quarry_bm25_index_memory_bytes", "gauge",
+             "Heap the BM25 index holds besides its file (delta, permission sets, caches).");
+        qr_buf_printf(o, "quarry_bm25_index_memory_bytes %llu\n", (unsigned long long)bi.memory_bytes);
+        head(o, "quarry_bm25_index_change_counter", "gauge",
+             "The store change counter the BM25 index reflects.");
+        qr_buf_printf(o, "quarry_bm25_index_change_counter %lld\n", (long long)bi.counter);
     }
 
     auth_stats as;

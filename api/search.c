@@ -123,6 +123,8 @@ static qr_status run_retrieval(api_req *r, api_slot *slot, const api_search_req 
     if (st)
         return st;
     *mode_ran = retrieval_mode_name(res->mode);
+    if (res->mode != RETRIEVAL_VECTOR)
+        api_metrics_bm25(r->srv->metrics, res->bm25_pruned);
     if (res->nhits && !(*cands = calloc(res->nhits, sizeof(**cands)))) {
         retrieval_result_free(res);
         return qr_fail(err, QR_ENOMEM, "out of memory reading search results");

@@ -1514,6 +1514,11 @@ TEST(metrics_exposition)
     CHECK(strstr(m, "quarry_answer_duration_seconds_count{mode=\"generative\"} 1\n"));
     CHECK(strstr(m, "quarry_inference_breaker_state{state=\"closed\"} 1\n"));
     CHECK(strstr(m, "quarry_errors_total{code=\"not_found\"} 1\n"));
+    /* the answer's search was ranked by the pruned BM25 index, which holds the seeded corpus */
+    CHECK(strstr(m, "quarry_search_bm25_total{path=\"pruned\"} 1\n"));
+    CHECK(strstr(m, "quarry_search_bm25_total{path=\"fts5\"} 0\n"));
+    CHECK(strstr(m, "quarry_bm25_index_open 1\n"));
+    CHECK(strstr(m, "quarry_bm25_index_chunks ") && !strstr(m, "quarry_bm25_index_chunks 0\n"));
     /* every line is a comment or "name{labels} value"; bucket counts never decrease */
     char *copy = strdup(m), *save = NULL;
     double last_bucket = -1;
