@@ -57,7 +57,8 @@ typedef struct {
     uint64_t nrows, nterms, nblocks, total_len, data_len, strings_len;
     uint64_t off_ids, off_docs, off_lens, off_terms, off_strings, off_blocks, off_data, size;
     uint64_t checksum; /* of every byte after the header */
-    uint64_t reserved[3];
+    int64_t store_uid; /* store_uid of the store it was built from */
+    uint64_t reserved[2];
 } file_header;
 
 typedef struct {
@@ -577,7 +578,7 @@ static qr_status write_pad(writer *w, char *err)
     return pad ? write_all(w, zero, pad, err) : QR_OK;
 }
 
-static qr_status write_generation(builder *b, const char *dir, int64_t counter, char *err)
+static qr_status write_generation(builder *b, const char *dir, int64_t counter, int64_t uid, char *err)
 {
     char tmp[4096], path[4096];
     snprintf(path, sizeof(path), "%s/%s", dir, FILE_NAME);
@@ -597,6 +598,7 @@ static qr_status write_generation(builder *b, const char *dir, int64_t counter, 
     h.version = FILE_VERSION;
     h.ncols = NCOLS;
     h.counter = counter;
+    h.store_uid = uid;
     h.nrows = b->nrows;
     h.nterms = nt;
     h.total_len = b->total_len;
@@ -1004,13 +1006,15 @@ static qr_status rebuild(bm25_index *x, store *s, bm25_report *rep, char *err)
 {
     uint64_t t0 = qr_now_ns();
     builder b = {.s = s};
-    int64_t counter = 0;
+    int64_t counter = 0, uid = 0;
     /* the tokenizer is made on first use, which reads the schema: not inside the walk */
-    qr_status st = store_tokenize(s, "", 0, on_chunk_token, &b.ct, err);
+    qr_status st = store_uid(s, &uid, err);
+    if (!st)
+        st = store_tokenize(s, "", 0, on_chunk_token, &b.ct, err);
     if (!st)
         st = store_each_text(s, build_chunk, &b, &counter, err);
     if (!st)
-        st = write_generation(&b, x->dir, counter, err);
+        st = write_generation(&b, x->dir, counter, uid, err);
     builder_free(&b);
     if (st)
         return st;
@@ -1463,9 +1467,17 @@ qr_status bm25_open(store *s, const char *data_dir, const bm25_opts *o, bool for
     }
     if (!force) {
         char why[QR_ERR_LEN];
+        int64_t uid = 0;
         qr_status ls = load_generation(x, why);
         if (ls && ls != QR_ENOTFOUND)
             qr_log(QR_LOG_WARN, LOG_COMPONENT, "%s", why);
+        if (!ls && (st = store_uid(s, &uid, err)))
+            goto out;
+        if (!ls && x->h->store_uid != uid) {
+            qr_log(QR_LOG_WARN, LOG_COMPONENT,
+                   "the BM25 index under '%s' was built from another store: it will be rebuilt", x->dir);
+            drop_state(x);
+        }
     }
     char tmp[QR_ERR_LEN];
     st = bm25_sync(x, s, true, force, rep, err ? err : tmp);

@@ -365,6 +365,11 @@ qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn 
 /* The store's change counter (one indexed read): an index that saw this counter is current. */
 qr_status store_change_counter(store *s, int64_t *counter, char *err);
 
+/* The store's identity: a random number drawn when the store was created (or brought to schema
+ * 2). Copies and backups of the file keep it; another store has another. An index derived from a
+ * store records it and refuses to follow a store with another. */
+qr_status store_uid(store *s, int64_t *uid, char *err);
+
 /* The largest counter passed to store_prune_tombstones so far (0 when never): a reader that last
  * saw a smaller counter can no longer learn every deletion from the change log. */
 qr_status store_pruned_through(store *s, int64_t *counter, char *err);

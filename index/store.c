@@ -99,7 +99,9 @@ static const char *const store_migrations[] = {
     "ALTER TABLE documents ADD COLUMN fts_changed INTEGER NOT NULL DEFAULT 0;"
     "UPDATE documents SET changed = (SELECT value FROM meta WHERE key = 'change_counter'),"
     "  fts_changed = (SELECT value FROM meta WHERE key = 'change_counter');"
-    "CREATE INDEX documents_changed ON documents(changed);",
+    "CREATE INDEX documents_changed ON documents(changed);"
+    /* the store's identity, for indexes derived from it (store_uid) */
+    "INSERT INTO meta(key, value) VALUES ('store_uid', random() & 0x7fffffffffffffff);",
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
 
@@ -1741,6 +1743,13 @@ qr_status store_change_counter(store *s, int64_t *counter, char *err)
     if (!s || !counter)
         return qr_fail(err, QR_EINVAL, "store_change_counter: NULL argument");
     return read_meta_counter(s, "change_counter", counter, err);
+}
+
+qr_status store_uid(store *s, int64_t *uid, char *err)
+{
+    if (!s || !uid)
+        return qr_fail(err, QR_EINVAL, "store_uid: NULL argument");
+    return read_meta_counter(s, "store_uid", uid, err);
 }
 
 qr_status store_pruned_through(store *s, int64_t *counter, char *err)

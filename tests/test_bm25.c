@@ -1375,6 +1375,59 @@ TEST(persistence_and_rebuild)
     printf("persistence_and_rebuild: %zu queries (%zu with hits) equal to FTS5\n", t.queries, t.nonempty);
 }
 
+/* Another store at the same change counter (a data directory put together from two places): the
+ * file records the store it was built from, and another store's file is rebuilt, not followed. */
+TEST(another_stores_file_is_rebuilt)
+{
+    char err[QR_ERR_LEN] = "", dir1[512], dir2[512], path1[600], path2[600], sub[600];
+    corpus *c1 = malloc(sizeof(*c1)), *c2 = malloc(sizeof(*c2));
+    CHECK(c1 && c2);
+    corpus_init(c1, 41, NVOCAB);
+    corpus_init(c2, 42, NVOCAB);
+    store *s1 = fresh_store(dir1, sizeof(dir1), err), *s2 = fresh_store(dir2, sizeof(dir2), err);
+    CHECK_MSG(s1 && s2, "%s", err);
+    CHECK_OK(add_docs(c1, s1, 40, 10, err), err);
+    CHECK_OK(add_docs(c2, s2, 40, 10, err), err);
+    CHECK_INT(store_counter(s1), store_counter(s2));
+    int64_t uid1 = 0, uid2 = 0;
+    CHECK_OK(store_uid(s1, &uid1, err), err);
+    CHECK_OK(store_uid(s2, &uid2, err), err);
+    CHECK(uid1 != uid2);
+
+    bm25_opts o = opts_with(1000);
+    bm25_index *x = NULL;
+    bm25_report rep;
+    CHECK_OK(bm25_open(s1, dir1, &o, false, &x, &rep, err), err);
+    bm25_close(x);
+    x = NULL;
+    bm25_path(dir1, path1, sizeof(path1));
+    bm25_path(dir2, path2, sizeof(path2));
+    snprintf(sub, sizeof(sub), "%s/bm25", dir2);
+    CHECK(mkdir(sub, 0700) == 0);
+    char cmd[1400];
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", path1, path2);
+    CHECK(system(cmd) == 0);
+
+    CHECK_OK(bm25_open(s2, dir2, &o, false, &x, &rep, err), err);
+    CHECK_MSG(rep.rebuilt, "a file of another store was followed, not rebuilt");
+    tally t = {0};
+    CHECK_OK(run_queries(s2, x, &c2->r, c2->vocab_n, 60, "another store", &t, err), err);
+    CHECK_MSG(t.mismatches == 0 && t.nonempty > 0, "%zu of %zu queries differ (%zu with hits)", t.mismatches,
+              t.queries, t.nonempty);
+    bm25_close(x);
+    x = NULL;
+    /* and the rebuilt file is its own: the next open loads it */
+    CHECK_OK(bm25_open(s2, dir2, &o, false, &x, &rep, err), err);
+    CHECK(!rep.rebuilt);
+    bm25_close(x);
+    store_close(s1);
+    store_close(s2);
+    rm_tree(dir1);
+    rm_tree(dir2);
+    free(c1);
+    free(c2);
+}
+
 /* ---- 4. permissions ---------------------------------------------------------------------- */
 
 /* Puts doc_id with one or two chunks of the given texts (NULL second: one chunk). */

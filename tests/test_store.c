@@ -1217,6 +1217,7 @@ TEST(schema_1_store_migrates)
     sqlite3 *db = raw_open(dir);
     CHECK(db);
     CHECK(raw_exec(db, "DROP INDEX documents_changed;"
+                       "DELETE FROM meta WHERE key = 'store_uid';"
                        "ALTER TABLE documents DROP COLUMN fts_changed;"
                        "ALTER TABLE documents DROP COLUMN changed;"
                        "DELETE FROM schema_version WHERE version = 2"));
