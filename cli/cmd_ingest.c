@@ -519,14 +519,26 @@ int cli_cmd_stats(cli_ctx *ctx)
         return CLI_EXIT_FAILURE;
     }
     store_close(s);
+    /* the BM25 index as its file says: built at which change, and how far behind */
+    bm25_info bi;
+    char berr[QR_ERR_LEN];
+    qr_status bst = bm25_peek(qr_config_str(ctx->cfg, "data.dir"), &bi, berr);
     if (json) {
         qr_buf out;
         qr_buf_init(&out, 4096);
         qr_buf_printf(&out, "{\"documents\":%lld,\"chunks\":%lld,\"text_bytes\":%lld,\"embedding_model\":",
                       (long long)st.documents, (long long)st.chunks, (long long)st.text_bytes);
         qr_json_escape(&out, st.embedding_model, strlen(st.embedding_model));
-        qr_buf_printf(&out, ",\"embedding_dim\":%d,\"index_generation\":%lld,\"change_counter\":%lld}\n",
+        qr_buf_printf(&out, ",\"embedding_dim\":%d,\"index_generation\":%lld,\"change_counter\":%lld",
                       st.embedding_dim, (long long)st.index_generation, (long long)st.change_counter);
+        if (bst)
+            qr_buf_printf(&out, ",\"bm25_index\":null}\n");
+        else
+            qr_buf_printf(&out,
+                          ",\"bm25_index\":{\"change_counter\":%lld,\"chunks\":%zu,\"terms\":%zu,\"file_"
+                          "bytes\":%llu}}\n",
+                          (long long)bi.generation_counter, bi.rows, bi.terms,
+                          (unsigned long long)bi.file_bytes);
         fputs(qr_buf_str(&out), stdout);
         qr_buf_release(&out);
     } else {
@@ -537,6 +549,16 @@ int cli_cmd_stats(cli_ctx *ctx)
                st.embedding_dim);
         printf("index generation  %lld\n", (long long)st.index_generation);
         printf("change counter    %lld\n", (long long)st.change_counter);
+        if (bst == QR_ENOTFOUND)
+            printf("bm25 index        not built yet (the first search builds it)\n");
+        else if (bst)
+            printf("bm25 index        %s\n", berr);
+        else
+            printf("bm25 index        built at change %lld: %zu chunks, %zu terms, %.1f MB%s\n",
+                   (long long)bi.generation_counter, bi.rows, bi.terms, bi.file_bytes / 1e6,
+                   bi.generation_counter == st.change_counter
+                       ? ""
+                       : " (later changes are caught up at each search)");
     }
     return CLI_EXIT_OK;
 }

@@ -1490,6 +1490,31 @@ out:
     return QR_OK;
 }
 
+qr_status bm25_peek(const char *data_dir, bm25_info *out, char *err)
+{
+    if (!data_dir || !out)
+        return qr_fail(err, QR_EINVAL, "bm25_peek: NULL argument");
+    memset(out, 0, sizeof(*out));
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/bm25/%s", data_dir, FILE_NAME);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? qr_fail(err, QR_ENOTFOUND, "no BM25 index at '%s'", path)
+                               : qr_fail(err, QR_EIO, "cannot open '%s': %s", path, strerror(errno));
+    file_header h;
+    struct stat sb;
+    bool ok = fstat(fd, &sb) == 0 && pread(fd, &h, sizeof(h), 0) == (ssize_t)sizeof(h);
+    close(fd);
+    if (!ok || memcmp(h.magic, FILE_MAGIC, 8) != 0 || h.version != FILE_VERSION ||
+        h.size != (uint64_t)sb.st_size)
+        return qr_fail(err, QR_EIO, "'%s' is not a BM25 index of this version (it will be rebuilt)", path);
+    out->counter = out->generation_counter = h.counter;
+    out->rows = (size_t)h.nrows;
+    out->terms = (size_t)h.nterms;
+    out->file_bytes = (uint64_t)sb.st_size;
+    return QR_OK;
+}
+
 void bm25_get_info(bm25_index *x, bm25_info *out)
 {
     memset(out, 0, sizeof(*out));

@@ -508,6 +508,11 @@ void bm25_close(bm25_index *x);
 
 void bm25_get_info(bm25_index *x, bm25_info *out);
 
+/* What <data_dir>/bm25/current.bm25's header says (generation counter, rows, terms, file size;
+ * counter = generation_counter), without opening, checking or catching up the index: for
+ * `quarry stats`. QR_ENOTFOUND when there is no file, QR_EIO when it is not a BM25 index. */
+qr_status bm25_peek(const char *data_dir, bm25_info *out, char *err);
+
 #define BM25_TERMS_MAX 1024 /* words in one search (repeats count) */
 
 /* The top `limit` chunks for the OR of terms (indexed forms as store_tokenize gives them;

@@ -235,9 +235,15 @@ TEST(index_build_and_its_gpu_flag)
     CHECK(strstr(qr_buf_str(&err), "no vectors") != NULL);
     CHECK(write_file("corpus.jsonl", corpus));
     CHECK_INT(quarry(&out, NULL, "ingest --jsonl corpus.jsonl"), 0);
+    CHECK_INT(quarry(&out, &err, "stats"), 0);
+    CHECK(strstr(qr_buf_str(&out), "bm25 index        not built yet") != NULL);
     CHECK_INT(quarry(&out, &err, "index build"), 0);
     CHECK_MSG(strstr(qr_buf_str(&out), "built vector index generation 1: flat, 7 vectors") != NULL, "%s",
               qr_buf_str(&out));
+    /* the BM25 index is built beside it, over the same chunks */
+    CHECK_MSG(strstr(qr_buf_str(&out), "built BM25 index: 7 chunks") != NULL, "%s", qr_buf_str(&out));
+    CHECK_INT(quarry(&out, &err, "stats"), 0);
+    CHECK_MSG(strstr(qr_buf_str(&out), "bm25 index        built at change") != NULL, "%s", qr_buf_str(&out));
     CHECK_INT(quarry(&out, &err, "index build --gpu off"), 0);
     CHECK(strstr(qr_buf_str(&out), "generation 2") != NULL);
     CHECK_INT(quarry(&out, &err, "stats"), 0);
