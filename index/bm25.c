@@ -1291,20 +1291,27 @@ static qr_status apply(bm25_index *x, staged *g, char *err)
     qr_status st = QR_OK;
     if (g->ndocs)
         unions_clear(x);
+    /* by name: a catch-up may bring tens of thousands of documents and the cache a thousand
+     * principals */
+    smap names = {0};
+    for (size_t p = 0; p < x->nps && !st && g->ndocs; p++) {
+        size_t at = p;
+        bool added;
+        if (!smap_put(&names, x->ps[p].name, strlen(x->ps[p].name), &at, &added))
+            st = qr_fail(err, QR_ENOMEM, "out of memory catching up the BM25 index");
+    }
     for (size_t i = 0; i < g->ndocs && !st; i++) {
         const struct changed_doc *d = &g->docs[i];
-        for (size_t p = 0; p < x->nps && !st; p++) {
-            bool holds = false;
-            for (size_t j = d->first; j < d->first + d->n && !holds; j++)
-                holds = strcmp(g->principals[j], x->ps[p].name) == 0;
-            if (holds) {
-                if (!set_bit(&x->ps[p].bits, &x->ps[p].nwords, d->doc))
-                    st = qr_fail(err, QR_ENOMEM, "out of memory catching up the BM25 index");
-            } else {
-                clear_bit(x->ps[p].bits, x->ps[p].nwords, d->doc);
-            }
+        for (size_t p = 0; p < x->nps; p++)
+            clear_bit(x->ps[p].bits, x->ps[p].nwords, d->doc);
+        for (size_t j = d->first; j < d->first + d->n && !st; j++) {
+            size_t p;
+            if (smap_get(&names, g->principals[j], strlen(g->principals[j]), &p) &&
+                !set_bit(&x->ps[p].bits, &x->ps[p].nwords, d->doc))
+                st = qr_fail(err, QR_ENOMEM, "out of memory catching up the BM25 index");
         }
     }
+    smap_free(&names);
     pthread_mutex_unlock(&x->cache_mu);
     return st;
 }
