@@ -19,10 +19,12 @@
  * columns, the per-term values added in query order. N, the total length and every n are those
  * of the live rows, which are FTS5's rows, so the results are bit for bit store_search_bm25's.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -582,7 +584,11 @@ static qr_status write_generation(builder *b, const char *dir, int64_t counter, 
 {
     char tmp[4096], path[4096];
     snprintf(path, sizeof(path), "%s/%s", dir, FILE_NAME);
-    snprintf(tmp, sizeof(tmp), "%s/.%s.%ld.tmp", dir, FILE_NAME, (long)getpid());
+    /* the writer's pid (leftovers of dead writers are removed at open) and a sequence number
+     * (two indexes of one process may build at once) */
+    static unsigned long seq;
+    snprintf(tmp, sizeof(tmp), "%s/.%s.%ld.%lu.tmp", dir, FILE_NAME, (long)getpid(),
+             __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
     size_t *order = malloc((b->terms.n ? b->terms.n : 1) * sizeof(*order));
     if (!order)
         return qr_fail(err, QR_ENOMEM, "out of memory writing the BM25 index");
@@ -916,6 +922,31 @@ void bm25_close(bm25_index *x)
     pthread_mutex_destroy(&x->cache_mu);
     free(x->dir);
     free(x);
+}
+
+/* Removes temporary files that writers which no longer run left behind (a build killed midway). */
+static void remove_leftovers(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), ".%s.", FILE_NAME);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid = 0;
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || n < 4 ||
+            strcmp(e->d_name + n - 4, ".tmp") != 0 || sscanf(e->d_name + strlen(prefix), "%ld.", &pid) != 1 ||
+            pid <= 0)
+            continue;
+        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+            char path[4096];
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+    }
+    closedir(d);
 }
 
 /* Maps <dir>/current.bm25 and checks it whole. QR_ENOTFOUND when absent; QR_EIO when damaged. */
@@ -1472,6 +1503,7 @@ qr_status bm25_open(store *s, const char *data_dir, const bm25_opts *o, bool for
         st = qr_fail(err, QR_EIO, "cannot create '%s': %s", x->dir, strerror(errno));
         goto out;
     }
+    remove_leftovers(x->dir);
     if (!force) {
         char why[QR_ERR_LEN];
         int64_t uid = 0;

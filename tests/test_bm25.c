@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "index/index.h"
@@ -1373,6 +1374,38 @@ TEST(persistence_and_rebuild)
               (long long)file_counter, (long long)backwards.store_counter);
     CHECK_STEP_CURRENT(backwards);
     printf("persistence_and_rebuild: %zu queries (%zu with hits) equal to FTS5\n", t.queries, t.nonempty);
+}
+
+/* A build killed midway leaves its temporary file; the next open removes those of writers that no
+ * longer run, and leaves a running writer's alone. */
+TEST(dead_writers_leftovers_are_removed)
+{
+    char err[QR_ERR_LEN] = "", dir[512], sub[600], dead[700], live[700];
+    store *s = fresh_store(dir, sizeof(dir), err);
+    CHECK_MSG(s, "%s", err);
+    snprintf(sub, sizeof(sub), "%s/bm25", dir);
+    CHECK(mkdir(sub, 0700) == 0);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0)
+        _exit(0);
+    CHECK(waitpid(child, NULL, 0) == child); /* a pid that no longer runs */
+    snprintf(dead, sizeof(dead), "%s/.current.bm25.%ld.1.tmp", sub, (long)child);
+    snprintf(live, sizeof(live), "%s/.current.bm25.%ld.99.tmp", sub, (long)getpid());
+    FILE *f = fopen(dead, "w"), *g = fopen(live, "w");
+    CHECK(f && g);
+    fputs("half a generation", f);
+    fputs("a generation being written", g);
+    fclose(f);
+    fclose(g);
+    bm25_opts o = opts_with(1000);
+    bm25_index *x = NULL;
+    CHECK_OK(bm25_open(s, dir, &o, false, &x, NULL, err), err);
+    CHECK_MSG(access(dead, F_OK) != 0, "%s is still there", dead);
+    CHECK_MSG(access(live, F_OK) == 0, "%s (a running writer's) was removed", live);
+    bm25_close(x);
+    store_close(s);
+    rm_tree(dir);
 }
 
 /* Another store at the same change counter (a data directory put together from two places): the
