@@ -727,12 +727,17 @@ out:
 
 /* ---- the index --------------------------------------------------------------------------- */
 
+/* A term's postings among the rows added since the generation. Frequencies are packed in 32
+ * bits: title (7 bits) << 24 | headings (8) << 16 | body (16); larger ones have the top bit set
+ * and the index of their three counts in the index's d_over. */
 typedef struct {
     uint32_t *rows;
-    uint32_t (*tf)[NCOLS];
+    uint32_t *tfp;
     size_t n, cap;
     uint32_t max_tf[NCOLS], min_len;
 } delta_list;
+
+#define TF_OVER 0x80000000u
 
 typedef struct {
     char *name;
@@ -775,6 +780,8 @@ struct bm25_index {
     delta_list *dl;
     size_t ndl, cap_dl;
     uint64_t d_postings;
+    uint32_t (*d_over)[NCOLS]; /* frequencies too large to pack */
+    size_t n_over, cap_over;
 
     /* tombstones */
     uint64_t *dead; /* bitset over all rows */
@@ -891,8 +898,11 @@ static void drop_state(bm25_index *x)
     x->d_rows = x->d_cap = 0;
     for (size_t i = 0; i < x->ndl; i++) {
         free(x->dl[i].rows);
-        free(x->dl[i].tf);
+        free(x->dl[i].tfp);
     }
+    free(x->d_over);
+    x->d_over = NULL;
+    x->n_over = x->cap_over = 0;
     free(x->dl);
     x->dl = NULL;
     x->ndl = x->cap_dl = 0;
@@ -1296,18 +1306,26 @@ static qr_status apply(bm25_index *x, staged *g, char *err)
             }
             delta_list *l = &x->dl[at];
             if (l->n == l->cap) {
-                size_t cap = l->cap ? l->cap * 2 : 4;
+                size_t cap = l->cap ? l->cap * 2 : 2; /* most of a delta's terms are rare */
                 uint32_t *rows = realloc(l->rows, cap * sizeof(*rows));
                 if (rows)
                     l->rows = rows;
-                uint32_t(*tf)[NCOLS] = rows ? realloc(l->tf, cap * sizeof(*tf)) : NULL;
-                if (!tf)
+                uint32_t *tfp = rows ? realloc(l->tfp, cap * sizeof(*tfp)) : NULL;
+                if (!tfp)
                     return qr_fail(err, QR_ENOMEM, "out of memory catching up the BM25 index");
-                l->tf = tf;
+                l->tfp = tfp;
                 l->cap = cap;
             }
+            const uint32_t *tf = g->tf[j];
+            uint32_t packed = tf[0] << 24 | tf[1] << 16 | tf[2];
+            if (tf[0] >= 0x80 || tf[1] >= 0x100 || tf[2] >= 0x10000) {
+                if (x->n_over >= TF_OVER || !GROW(x->d_over, x->n_over, x->cap_over, 16))
+                    return qr_fail(err, QR_ENOMEM, "out of memory catching up the BM25 index");
+                memcpy(x->d_over[x->n_over], tf, sizeof(x->d_over[0]));
+                packed = TF_OVER | (uint32_t)x->n_over++;
+            }
             l->rows[l->n] = row;
-            memcpy(l->tf[l->n], g->tf[j], sizeof(l->tf[0]));
+            l->tfp[l->n] = packed;
             l->n++;
             x->d_postings++;
             for (int c = 0; c < NCOLS; c++)
@@ -1574,7 +1592,8 @@ void bm25_get_info(bm25_index *x, bm25_info *out)
     uint64_t mem = x->d_cap * (8 + 4 + 4) + x->dead_words * 8 + x->cap_dead_gen * 4 +
                    x->cap_dl * sizeof(delta_list) + x->d_terms.cap * (sizeof(char *) + 4 + sizeof(size_t));
     for (size_t i = 0; i < x->ndl; i++)
-        mem += x->dl[i].cap * (4 + NCOLS * 4);
+        mem += x->dl[i].cap * 8;
+    mem += x->cap_over * sizeof(x->d_over[0]);
     pthread_mutex_lock(&x->cache_mu);
     for (size_t i = 0; i < x->nps; i++)
         mem += x->ps[i].nwords * 8;
@@ -1637,7 +1656,16 @@ static bool refill(const bm25_index *x, cursor *c)
     if (c->dl && c->dpos < c->dl->n) {
         size_t n = c->dl->n - c->dpos < BLOCK ? c->dl->n - c->dpos : BLOCK;
         memcpy(c->rows, c->dl->rows + c->dpos, n * sizeof(uint32_t));
-        memcpy(c->tf, c->dl->tf + c->dpos, n * sizeof(c->tf[0]));
+        for (size_t i = 0; i < n; i++) {
+            uint32_t p = c->dl->tfp[c->dpos + i];
+            if (p & TF_OVER) {
+                memcpy(c->tf[i], x->d_over[p & ~TF_OVER], sizeof(c->tf[i]));
+            } else {
+                c->tf[i][0] = p >> 24;
+                c->tf[i][1] = (p >> 16) & 0xff;
+                c->tf[i][2] = p & 0xffff;
+            }
+        }
         c->dpos += n;
         c->bn = (uint32_t)n;
         c->bi = 0;

@@ -2182,3 +2182,90 @@ TEST(concurrent_searches)
     printf("concurrent_searches: %zu searches compared during writes (%zu not comparable), %zu after\n",
            during, skipped, after);
 }
+
+/* One chunk whose words occur far more often than the common encodings hold (title 200 times,
+ * headings 300, body 70,000): in the generation (escaped varints) and in the delta (frequencies
+ * kept apart from the packed ones), scored as FTS5 scores them. */
+static qr_status put_repeated(store *s, const char *doc_id, int ntitle, int nhead, int nbody, char *err)
+{
+    size_t cap = (size_t)(nbody + 8) * 6 + 64;
+    char *text = malloc(cap), *title = malloc(4096), *heads = malloc(4096), hash[65];
+    qr_status st = QR_ENOMEM;
+    if (text && title && heads) {
+        size_t n = 0, t = 0, h = 0;
+        title[0] = heads[0] = '\0';
+        for (int i = 0; i < ntitle; i++)
+            t += (size_t)snprintf(title + t, 4096 - t, "%salpha", i ? " " : "");
+        for (int i = 0; i < nhead; i++)
+            h += (size_t)snprintf(heads + h, 4096 - h, "%sbeta", i ? " " : "");
+        for (int i = 0; i < nbody; i++)
+            n += (size_t)snprintf(text + n, cap - n, "%sgamma", i ? " " : "");
+        n += (size_t)snprintf(text + n, cap - n, " delta %s", doc_id);
+        const char *acl[] = {"public"};
+        store_chunk chunk = {.start = 0, .end = n, .headings = heads};
+        float vec[1] = {1};
+        fake_hash(doc_id, hash);
+        store_document doc = {.doc_id = doc_id,
+                              .title = title,
+                              .acl = acl,
+                              .nacl = 1,
+                              .content_hash = hash,
+                              .text = text,
+                              .text_len = n};
+        store_put_result res;
+        st = store_put(s, &doc, &chunk, 1, vec, 1, &res, err);
+    }
+    free(text);
+    free(title);
+    free(heads);
+    return st;
+}
+
+TEST(large_frequencies_are_scored_exactly)
+{
+    char err[QR_ERR_LEN] = "", dir[512];
+    store *s = fresh_store(dir, sizeof(dir), err);
+    CHECK_MSG(s, "%s", err);
+    const char *pub[] = {"public"};
+    for (int i = 0; i < 6; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "small%d", i);
+        CHECK_OK(put_simple(s, id, i % 2 ? "alpha notes" : "other", pub, 1, "gamma ray and delta wing",
+                            i % 3 ? "beta test" : NULL, err),
+                 err);
+    }
+    CHECK_OK(put_repeated(s, "big-in-generation", 200, 300, 70000, err), err);
+    bm25_opts o = opts_with(1000);
+    bm25_index *x = NULL;
+    CHECK_OK(bm25_open(s, dir, &o, false, &x, NULL, err), err);
+    CHECK_OK(put_repeated(s, "big-in-delta", 150, 260, 66000, err), err);
+    CHECK_OK(put_repeated(s, "body-only-in-delta", 0, 0, 65536, err), err);
+    char forms[4][64];
+    const char *words[] = {"alpha", "beta", "gamma", "delta"};
+    const char *terms[4];
+    for (int i = 0; i < 4; i++) {
+        CHECK_OK(indexed_form(s, words[i], forms[i], sizeof(forms[i]), err), err);
+        terms[i] = forms[i];
+    }
+    const double weights[][3] = {{2, 1, 1}, {1, 0, 0}, {0, 1, 0}, {0, 0, 1}};
+    store_filter f = {.all_documents = true};
+    store_hit want[16], got[16];
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t w = 0; w < sizeof(weights) / sizeof(weights[0]); w++) {
+            size_t nw = 0, ng = 0;
+            CHECK_OK(store_search_bm25(s, "\"alpha\" OR \"beta\" OR \"gamma\" OR \"delta\"", weights[w], &f,
+                                       0, 16, want, &nw, err),
+                     err);
+            CHECK_OK(bm25_search(x, s, terms, 4, weights[w], NULL, 0, true, 0, 16, got, &ng, err), err);
+            CHECK_MSG(nw == 13 && same_hits(want, nw, got, ng), "pass %d weights %zu: %zu vs %zu hits differ",
+                      pass, w, nw, ng);
+        }
+        /* then all three in the generation */
+        bm25_close(x);
+        x = NULL;
+        CHECK_OK(bm25_open(s, dir, &o, true, &x, NULL, err), err);
+    }
+    bm25_close(x);
+    store_close(s);
+    rm_tree(dir);
+}
