@@ -8,7 +8,9 @@
  * Content-Length at once, else while reading), the connection count and per-connection idle
  * timeout (slow clients are dropped by MHD), and the worker queue (503 when full).
  *
- * Graceful shutdown: stop accepting, let requests in flight finish until the grace deadline,
+ * Graceful shutdown: stop accepting (an accept policy that refuses every connection once stopping:
+ * MHD_quiesce_daemon races with MHD's own epoll workers in libmicrohttpd 0.9.75 and can abort
+ * the process), let requests in flight finish until the grace deadline,
  * then cancel the rest, drain the worker pool (every worker resumes what it suspended) and only
  * then stop the daemon, because stopping it with suspended connections is undefined behaviour.
  */
@@ -342,6 +344,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe);
 
+/* MHD's accept policy: every connection is refused (closed at once) once shutdown began. */
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    (void)addr;
+    (void)addrlen;
+    api_server *srv = cls;
+    pthread_mutex_lock(&srv->lock);
+    bool stopping = srv->stopping;
+    pthread_mutex_unlock(&srv->lock);
+    return stopping ? MHD_NO : MHD_YES;
+}
+
 qr_status api_server_start(api_server *srv, char *err)
 {
     if (srv->running)
@@ -383,8 +397,8 @@ qr_status api_server_start(api_server *srv, char *err)
     }
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
-    srv->daemon =
-        MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    srv->daemon = MHD_start_daemon(flags, 0, accept_policy, srv, on_request, srv, MHD_OPTION_ARRAY, opts,
+                                   MHD_OPTION_END);
     if (!srv->daemon) {
         char host[INET6_ADDRSTRLEN] = "?";
         const void *a = srv->addr.ss_family == AF_INET6
@@ -473,10 +487,8 @@ int api_server_stop(api_server *srv, int grace_s)
     qr_log(QR_LOG_INFO, "http", "shutting down: %d requests in flight, up to %d s to finish", waiting,
            grace_s);
 
-    /* No new connections; the ones open finish what they started. */
-    MHD_socket listen_fd = MHD_quiesce_daemon(srv->daemon);
-    if (listen_fd != MHD_INVALID_SOCKET)
-        close(listen_fd);
+    /* No new connections (accept_policy refuses them now); the ones open finish what they
+     * started. */
     wait_until(srv, no_requests, qr_now_ns() + (uint64_t)grace_s * 1000000000u);
 
     int cancelled = 0;
