@@ -1120,18 +1120,18 @@ static void staged_free(staged *g)
     free(g->principals);
 }
 
-#define GROW(arr, n, cap, init) \
-    ((n) < (cap)                \
-         ? true                 \
-         : ((cap) = (cap) ? (cap)*2 : (init), (arr) = grow_array((arr), (cap), sizeof(*(arr)))) != NULL)
-
-static void *grow_array(void *p, size_t cap, size_t size)
-{
-    void *q = realloc(p, cap * size);
-    if (!q)
-        free(p);
-    return q;
-}
+/* Makes room for one more element of arr (n used of cap): true, or false with arr and cap as they
+ * were (so that what it holds is still freed). */
+#define GROW(arr, n, cap, init)                                          \
+    ((n) < (cap) || ({                                                   \
+         size_t cap_ = (cap) ? (cap)*2 : (init);                         \
+         __typeof__(arr) grown_ = realloc((arr), cap_ * sizeof(*(arr))); \
+         if (grown_) {                                                   \
+             (arr) = grown_;                                             \
+             (cap) = cap_;                                               \
+         }                                                               \
+         grown_ != NULL;                                                 \
+     }))
 
 static qr_status stage_chunk(void *ctx, const store_text *t, char *err)
 {
