@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "index/files_int.h"
 #include "index/index.h"
 
 #define LOG_COMPONENT "bm25"
@@ -60,7 +61,8 @@ typedef struct {
     uint64_t off_ids, off_docs, off_lens, off_terms, off_strings, off_blocks, off_data, size;
     uint64_t checksum; /* of every byte after the header */
     int64_t store_uid; /* store_uid of the store it was built from */
-    uint64_t reserved[2];
+    uint64_t npostings;
+    uint64_t reserved[1];
 } file_header;
 
 typedef struct {
@@ -79,55 +81,6 @@ typedef struct {
     uint32_t max_tf[NCOLS];
     uint32_t pad;
 } file_block;
-
-/* The file's checksum: 64-bit words mixed in four lanes, fed in any number of pieces. */
-typedef struct {
-    uint64_t h[4];
-    unsigned char tail[8];
-    size_t ntail, lane;
-} csum;
-
-static void csum_init(csum *c)
-{
-    memset(c, 0, sizeof(*c));
-    for (int i = 0; i < 4; i++)
-        c->h[i] = (uint64_t)i + 1;
-}
-
-static void csum_word(csum *c, uint64_t w)
-{
-    uint64_t *h = &c->h[c->lane];
-    *h = (*h ^ w) * 0x9e3779b97f4a7c15ULL;
-    *h ^= *h >> 29;
-    c->lane = (c->lane + 1) & 3;
-}
-
-static void csum_add(csum *c, const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    while (n && c->ntail) {
-        c->tail[c->ntail++] = *p++;
-        n--;
-        if (c->ntail == 8) {
-            uint64_t w;
-            memcpy(&w, c->tail, 8);
-            csum_word(c, w);
-            c->ntail = 0;
-        }
-    }
-    for (; n >= 8; p += 8, n -= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        csum_word(c, w);
-    }
-    while (n--)
-        c->tail[c->ntail++] = *p++;
-}
-
-static uint64_t csum_value(const csum *c)
-{
-    return c->h[0] ^ (c->h[1] * 3) ^ (c->h[2] * 5) ^ (c->h[3] * 7) ^ c->ntail;
-}
 
 static size_t put_varint(unsigned char *out, uint32_t v)
 {
@@ -541,43 +494,37 @@ static void builder_free(builder *b)
     chunk_terms_free(&b->ct);
 }
 
-/* Term order in the file: bytes, then length. */
-static const smap *sort_map;
-static int cmp_term_slot(const void *a, const void *b)
+/* A term of the build and its builder, sorted by bytes for the file's vocabulary. */
+typedef struct {
+    const char *key;
+    term_builder *tb;
+} sorted_term;
+
+static int cmp_sorted_term(const void *a, const void *b)
 {
-    return strcmp(sort_map->keys[*(const size_t *)a], sort_map->keys[*(const size_t *)b]);
+    return strcmp(((const sorted_term *)a)->key, ((const sorted_term *)b)->key);
 }
 
+/* The file being written: every byte after the header goes through the checksum. */
 typedef struct {
     int fd;
-    csum c;
+    qhash c;
     uint64_t at;
     const char *path;
 } writer;
 
-static qr_status write_all(writer *w, const void *p, size_t n, char *err)
+static qr_status writer_put(writer *w, const void *p, size_t n, char *err)
 {
-    const unsigned char *b = p;
-    csum_add(&w->c, p, n);
-    while (n) {
-        ssize_t k = write(w->fd, b, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return qr_fail(err, QR_EIO, "cannot write '%s': %s", w->path,
-                           k < 0 ? strerror(errno) : "short write");
-        b += k;
-        n -= (size_t)k;
-        w->at += (uint64_t)k;
-    }
-    return QR_OK;
+    qhash_update(&w->c, p, n);
+    w->at += n;
+    return index_write_all(w->fd, p, n, w->path, err);
 }
 
-static qr_status write_pad(writer *w, char *err)
+static qr_status writer_pad(writer *w, char *err)
 {
     static const unsigned char zero[8];
     size_t pad = (size_t)((8 - (w->at & 7)) & 7);
-    return pad ? write_all(w, zero, pad, err) : QR_OK;
+    return pad ? writer_put(w, zero, pad, err) : QR_OK;
 }
 
 static qr_status write_generation(builder *b, const char *dir, int64_t counter, int64_t uid, char *err)
@@ -589,15 +536,14 @@ static qr_status write_generation(builder *b, const char *dir, int64_t counter, 
     static unsigned long seq;
     snprintf(tmp, sizeof(tmp), "%s/.%s.%ld.%lu.tmp", dir, FILE_NAME, (long)getpid(),
              __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
-    size_t *order = malloc((b->terms.n ? b->terms.n : 1) * sizeof(*order));
+    sorted_term *order = malloc((b->terms.n ? b->terms.n : 1) * sizeof(*order));
     if (!order)
         return qr_fail(err, QR_ENOMEM, "out of memory writing the BM25 index");
     size_t nt = 0;
     for (size_t i = 0; i < b->terms.cap; i++)
         if (b->terms.keys[i])
-            order[nt++] = i;
-    sort_map = &b->terms;
-    qsort(order, nt, sizeof(*order), cmp_term_slot);
+            order[nt++] = (sorted_term){b->terms.keys[i], &b->tb[b->terms.vals[i]]};
+    qsort(order, nt, sizeof(*order), cmp_sorted_term);
 
     file_header h = {0};
     memcpy(h.magic, FILE_MAGIC, 8);
@@ -620,14 +566,15 @@ static qr_status write_generation(builder *b, const char *dir, int64_t counter, 
     at += nt * sizeof(file_term);
     h.off_strings = at;
     for (size_t i = 0; i < nt; i++) {
-        h.strings_len += strlen(b->terms.keys[order[i]]);
-        term_builder *tb = &b->tb[b->terms.vals[order[i]]];
+        h.strings_len += strlen(order[i].key);
+        term_builder *tb = order[i].tb;
         if (!close_block(tb)) {
             free(order);
             return qr_fail(err, QR_ENOMEM, "out of memory writing the BM25 index");
         }
         h.nblocks += tb->nblocks;
         h.data_len += tb->len;
+        h.npostings += tb->df;
     }
     at = ALIGN8(at + h.strings_len);
     h.off_blocks = at;
@@ -647,15 +594,15 @@ static qr_status write_generation(builder *b, const char *dir, int64_t counter, 
         goto out;
     }
     w.at = sizeof(h);
-    csum_init(&w.c);
-    if ((st = write_all(&w, b->ids, b->nrows * sizeof(int64_t), err)) || (st = write_pad(&w, err)) ||
-        (st = write_all(&w, b->docs, b->nrows * sizeof(uint32_t), err)) || (st = write_pad(&w, err)) ||
-        (st = write_all(&w, b->lens, b->nrows * sizeof(uint32_t), err)) || (st = write_pad(&w, err)))
+    qhash_init(&w.c);
+    if ((st = writer_put(&w, b->ids, b->nrows * sizeof(int64_t), err)) || (st = writer_pad(&w, err)) ||
+        (st = writer_put(&w, b->docs, b->nrows * sizeof(uint32_t), err)) || (st = writer_pad(&w, err)) ||
+        (st = writer_put(&w, b->lens, b->nrows * sizeof(uint32_t), err)) || (st = writer_pad(&w, err)))
         goto out;
     uint64_t str_off = 0, first_block = 0;
     for (size_t i = 0; i < nt && !st; i++) {
-        const char *key = b->terms.keys[order[i]];
-        term_builder *tb = &b->tb[b->terms.vals[order[i]]];
+        const char *key = order[i].key;
+        term_builder *tb = order[i].tb;
         file_term ft = {.str_off = str_off,
                         .str_len = (uint32_t)strlen(key),
                         .df = tb->df,
@@ -665,31 +612,29 @@ static qr_status write_generation(builder *b, const char *dir, int64_t counter, 
         memcpy(ft.max_tf, tb->max_tf, sizeof(ft.max_tf));
         str_off += ft.str_len;
         first_block += tb->nblocks;
-        st = write_all(&w, &ft, sizeof(ft), err);
+        st = writer_put(&w, &ft, sizeof(ft), err);
     }
     for (size_t i = 0; i < nt && !st; i++) {
-        const char *key = b->terms.keys[order[i]];
-        st = write_all(&w, key, strlen(key), err);
+        st = writer_put(&w, order[i].key, strlen(order[i].key), err);
     }
-    if (st || (st = write_pad(&w, err)))
+    if (st || (st = writer_pad(&w, err)))
         goto out;
     uint64_t data_off = 0;
     for (size_t i = 0; i < nt && !st; i++) {
-        term_builder *tb = &b->tb[b->terms.vals[order[i]]];
+        term_builder *tb = order[i].tb;
         for (size_t j = 0; j < tb->nblocks && !st; j++) {
             file_block fb = tb->blocks[j];
             fb.data_off += data_off;
-            st = write_all(&w, &fb, sizeof(fb), err);
+            st = writer_put(&w, &fb, sizeof(fb), err);
         }
         data_off += tb->len;
     }
     for (size_t i = 0; i < nt && !st; i++) {
-        term_builder *tb = &b->tb[b->terms.vals[order[i]]];
-        st = write_all(&w, tb->data, tb->len, err);
+        st = writer_put(&w, order[i].tb->data, order[i].tb->len, err);
     }
-    if (st || (st = write_pad(&w, err)))
+    if (st || (st = writer_pad(&w, err)))
         goto out;
-    h.checksum = csum_value(&w.c);
+    h.checksum = qhash_final(&w.c);
     if (w.at != h.size) {
         st = qr_fail(err, QR_EINTERNAL, "BM25 index file '%s': wrote %llu bytes, planned %llu", tmp,
                      (unsigned long long)w.at, (unsigned long long)h.size);
@@ -709,12 +654,7 @@ static qr_status write_generation(builder *b, const char *dir, int64_t counter, 
         st = qr_fail(err, QR_EIO, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
         goto out;
     }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        if (fsync(dfd) != 0)
-            st = qr_fail(err, QR_EIO, "cannot sync '%s': %s", dir, strerror(errno));
-        close(dfd);
-    }
+    st = index_fsync_path(dir, true, err);
 out:
     if (w.fd >= 0)
         close(w.fd);
@@ -779,7 +719,6 @@ struct bm25_index {
     smap d_terms; /* term -> index into dl */
     delta_list *dl;
     size_t ndl, cap_dl;
-    uint64_t d_postings;
     uint32_t (*d_over)[NCOLS]; /* frequencies too large to pack */
     size_t n_over, cap_over;
 
@@ -906,7 +845,6 @@ static void drop_state(bm25_index *x)
     free(x->dl);
     x->dl = NULL;
     x->ndl = x->cap_dl = 0;
-    x->d_postings = 0;
     smap_free(&x->d_terms);
     free(x->dead);
     x->dead = NULL;
@@ -998,10 +936,7 @@ static qr_status load_generation(bm25_index *x, char *err)
         h->off_data != h->off_blocks + h->nblocks * sizeof(file_block) || h->data_len > len ||
         h->off_data + h->data_len > len || (h->off_blocks & 7) || (h->off_terms & 7))
         BAD("its sections do not fit");
-    csum c;
-    csum_init(&c);
-    csum_add(&c, base + sizeof(*h), len - sizeof(*h));
-    if (csum_value(&c) != h->checksum)
+    if (qhash_bytes(base + sizeof(*h), len - sizeof(*h)) != h->checksum)
         BAD("checksum mismatch");
     const file_term *terms = (const file_term *)(base + h->off_terms);
     const file_block *blocks = (const file_block *)(base + h->off_blocks);
@@ -1327,7 +1262,6 @@ static qr_status apply(bm25_index *x, staged *g, char *err)
             l->rows[l->n] = row;
             l->tfp[l->n] = packed;
             l->n++;
-            x->d_postings++;
             for (int c = 0; c < NCOLS; c++)
                 if (g->tf[j][c] > l->max_tf[c])
                     l->max_tf[c] = g->tf[j][c];
@@ -1368,7 +1302,6 @@ static qr_status apply(bm25_index *x, staged *g, char *err)
 /* Reads the changes after x->counter; caller holds sync_mu. */
 static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, bm25_report *rep, char *err)
 {
-    uint64_t t0 = qr_now_ns();
     int64_t now = 0, pruned = 0;
     qr_status st = store_change_counter(s, &now, err);
     if (!st)
@@ -1437,7 +1370,6 @@ static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, 
         rep->removed += g.ndel;
         rep->docs_changed += g.ndocs;
         rep->counter = c1;
-        rep->seconds += (qr_now_ns() - t0) / 1e9;
     }
     (void)c2;
     staged_free(&g);
@@ -1582,10 +1514,7 @@ void bm25_get_info(bm25_index *x, bm25_info *out)
     out->generation_counter = x->h ? x->h->counter : 0;
     out->rows = (size_t)x->live_rows;
     out->terms = x->h ? (size_t)x->h->nterms : 0;
-    uint64_t postings = 0;
-    for (size_t b = 0; x->h && b < x->h->nblocks; b++)
-        postings += x->blocks[b].n;
-    out->postings = postings;
+    out->postings = x->h ? x->h->npostings : 0;
     out->delta_rows = x->d_rows;
     out->tombstones = x->ndead;
     out->file_bytes = x->map_len;

@@ -43,6 +43,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "index/files_int.h"
 #include "index/index.h"
 #include "index/vindex_int.h"
 
@@ -303,97 +304,6 @@ static void idmap_release(idmap *m)
     memset(m, 0, sizeof(*m));
 }
 
-/* ---- checksums ------------------------------------------------------------------------------ */
-
-/* A 64-bit checksum over 32-byte stripes in four lanes, for catching truncated, torn or
- * bit-flipped files (not an adversary: the directory is ours). */
-typedef struct {
-    uint64_t lane[4];
-    uint8_t tail[32];
-    size_t tail_n;
-    uint64_t total;
-} qhash;
-
-#define QH_P1 0x9e3779b185ebca87ull
-#define QH_P2 0xc2b2ae3d27d4eb4full
-
-static uint64_t rotl64(uint64_t x, int r)
-{
-    return (x << r) | (x >> (64 - r));
-}
-
-static uint64_t qh_round(uint64_t lane, uint64_t w)
-{
-    lane += w * QH_P2;
-    lane = rotl64(lane, 31);
-    return lane * QH_P1;
-}
-
-static void qhash_init(qhash *h)
-{
-    h->lane[0] = QH_P1 + QH_P2;
-    h->lane[1] = QH_P2;
-    h->lane[2] = 0;
-    h->lane[3] = (uint64_t)0 - QH_P1;
-    h->tail_n = 0;
-    h->total = 0;
-}
-
-static void qhash_stripe(qhash *h, const uint8_t *p)
-{
-    for (int i = 0; i < 4; i++) {
-        uint64_t w;
-        memcpy(&w, p + 8 * i, 8);
-        h->lane[i] = qh_round(h->lane[i], w);
-    }
-}
-
-static void qhash_update(qhash *h, const void *data, size_t n)
-{
-    if (n == 0)
-        return; /* data may be NULL then */
-    const uint8_t *p = data;
-    h->total += n;
-    if (h->tail_n) {
-        size_t take = 32 - h->tail_n < n ? 32 - h->tail_n : n;
-        memcpy(h->tail + h->tail_n, p, take);
-        h->tail_n += take;
-        p += take;
-        n -= take;
-        if (h->tail_n < 32)
-            return;
-        qhash_stripe(h, h->tail);
-        h->tail_n = 0;
-    }
-    for (; n >= 32; p += 32, n -= 32)
-        qhash_stripe(h, p);
-    memcpy(h->tail, p, n);
-    h->tail_n = n;
-}
-
-static uint64_t qhash_final(const qhash *h)
-{
-    uint64_t x =
-        rotl64(h->lane[0], 1) + rotl64(h->lane[1], 7) + rotl64(h->lane[2], 12) + rotl64(h->lane[3], 18);
-    x ^= h->total * QH_P1;
-    for (size_t i = 0; i < h->tail_n; i++)
-        x = rotl64(x ^ (h->tail[i] * QH_P2), 11) * QH_P1;
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return x;
-}
-
-static uint64_t qhash_bytes(const void *p, size_t n)
-{
-    qhash h;
-    qhash_init(&h);
-    qhash_update(&h, p, n);
-    return qhash_final(&h);
-}
-
 /* ---- file helpers ---------------------------------------------------------------------------- */
 
 static char *path_join(const char *dir, const char *name)
@@ -403,34 +313,6 @@ static char *path_join(const char *dir, const char *name)
     if (p)
         snprintf(p, n, "%s/%s", dir, name);
     return p;
-}
-
-static qr_status write_all(int fd, const void *data, size_t n, const char *path, char *err)
-{
-    const char *p = data;
-    while (n) {
-        ssize_t w = write(fd, p, n > (1u << 30) ? (1u << 30) : n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return qr_fail(err, QR_EIO, "cannot write '%s': %s", path, strerror(errno));
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return QR_OK;
-}
-
-static qr_status fsync_path(const char *path, bool dir, char *err)
-{
-    int fd = open(path, (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return qr_fail(err, QR_EIO, "cannot open '%s' to sync it: %s", path, strerror(errno));
-    qr_status st = QR_OK;
-    if (fsync(fd) != 0)
-        st = qr_fail(err, QR_EIO, "cannot sync '%s': %s", path, strerror(errno));
-    close(fd);
-    return st;
 }
 
 /* Size and checksum of a whole file. */
@@ -793,10 +675,10 @@ static qr_status vec_write(const char *path, int dim, const int64_t *ids, const 
     qhash_update(&h, ids, count * sizeof(int64_t));
     qhash_update(&h, pad, pad_n);
     qhash_update(&h, rows, count * (size_t)dim * sizeof(float));
-    if ((st = write_all(fd, header, sizeof(header), path, err)) ||
-        (st = write_all(fd, ids, count * sizeof(int64_t), path, err)) ||
-        (st = write_all(fd, pad, pad_n, path, err)) ||
-        (st = write_all(fd, rows, count * (size_t)dim * sizeof(float), path, err)))
+    if ((st = index_write_all(fd, header, sizeof(header), path, err)) ||
+        (st = index_write_all(fd, ids, count * sizeof(int64_t), path, err)) ||
+        (st = index_write_all(fd, pad, pad_n, path, err)) ||
+        (st = index_write_all(fd, rows, count * (size_t)dim * sizeof(float), path, err)))
         goto out;
     if (fsync(fd) != 0) {
         st = qr_fail(err, QR_EIO, "cannot sync '%s': %s", path, strerror(errno));
@@ -1634,7 +1516,8 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
         st = QR_EIO;
         goto out;
     }
-    if ((st = fsync_path(itmp, false, err)) || (st = hash_file(itmp, &m.index_size, &m.index_hash, err)))
+    if ((st = index_fsync_path(itmp, false, err)) ||
+        (st = hash_file(itmp, &m.index_size, &m.index_hash, err)))
         goto out;
     if ((st = vec_write(vtmp, d, b->ids, b->rows, b->n, &m.vectors_size, &m.vectors_hash, err)))
         goto out;
@@ -1642,7 +1525,7 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
         st = qr_fail(err, QR_EIO, "cannot rename the generation files in '%s': %s", v->dir, strerror(errno));
         goto out;
     }
-    if ((st = fsync_path(v->dir, true, err)))
+    if ((st = index_fsync_path(v->dir, true, err)))
         goto out;
     hook("files_written");
 
@@ -1679,7 +1562,7 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
         st = qr_fail(err, QR_EIO, "cannot create '%s': %s", mtmp, strerror(errno));
         goto out;
     }
-    st = write_all(fd, qr_buf_str(&mtext), qr_buf_len(&mtext), mtmp, err);
+    st = index_write_all(fd, qr_buf_str(&mtext), qr_buf_len(&mtext), mtmp, err);
     if (!st && fsync(fd) != 0)
         st = qr_fail(err, QR_EIO, "cannot sync '%s': %s", mtmp, strerror(errno));
     close(fd);
@@ -1692,7 +1575,7 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
         goto out;
     }
     files_made = false;
-    if (fsync_path(v->dir, true, NULL) != QR_OK)
+    if (index_fsync_path(v->dir, true, NULL) != QR_OK)
         qr_log(QR_LOG_WARN, LOG_COMPONENT, "cannot sync directory '%s' after publishing generation %" PRIu64,
                v->dir, gen);
     hook("published");

@@ -1398,12 +1398,28 @@ TEST(dead_writers_leftovers_are_removed)
     fputs("a generation being written", g);
     fclose(f);
     fclose(g);
+    bm25_info peek;
+    CHECK_INT(bm25_peek(dir, &peek, err), QR_ENOTFOUND); /* no generation yet */
     bm25_opts o = opts_with(1000);
     bm25_index *x = NULL;
     CHECK_OK(bm25_open(s, dir, &o, false, &x, NULL, err), err);
     CHECK_MSG(access(dead, F_OK) != 0, "%s is still there", dead);
     CHECK_MSG(access(live, F_OK) == 0, "%s (a running writer's) was removed", live);
     bm25_close(x);
+    /* what `quarry stats` reads: the header of the generation, or a clear error for another file */
+    CHECK_OK(bm25_peek(dir, &peek, err), err);
+    CHECK_INT(peek.generation_counter, store_counter(s));
+    CHECK_INT(bm25_peek(NULL, &peek, err), QR_EINVAL);
+    char path[700];
+    bm25_path(dir, path, sizeof(path));
+    FILE *junk = fopen(path, "w");
+    CHECK(junk);
+    fputs("not an index at all, but long enough to hold a header of its size: 0123456789abcdef"
+          "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+          junk);
+    fclose(junk);
+    CHECK_INT(bm25_peek(dir, &peek, err), QR_EIO);
+    CHECK(strstr(err, "not a BM25 index") != NULL);
     store_close(s);
     rm_tree(dir);
 }
