@@ -9,7 +9,11 @@
 #   make fuzz-smoke  build ingest's libFuzzer targets (clang) and run each FUZZ_TIME s (default 30)
 #
 # Variables: JOBS (parallel jobs), CTEST_ARGS (e.g. CTEST_ARGS='-R core\.' or '-L unit'),
-# QUARRY_CUDA=AUTO|ON|OFF, FAISS_ROOT (a FAISS 1.7.3 prefix with the C API).
+# QUARRY_CUDA=AUTO|ON|OFF, FAISS_ROOT (a FAISS 1.7.3 prefix with the C API), CC (e.g. CC=clang).
+#
+# Warnings are errors (QUARRY_WERROR=ON) in `make test` and `make test-asan`, the developers' and
+# CI's builds; `make build` and `make run` keep what the build directory was configured with
+# (OFF on a fresh clone), so a newer compiler's new warning never stops a user's build.
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 QUARRY_CUDA ?= AUTO
@@ -26,10 +30,13 @@ all: build
 bootstrap:
 	@./scripts/bootstrap
 
-$(BUILD_DIR)/CMakeCache.txt: | bootstrap
-	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUARRY_CUDA=$(QUARRY_CUDA) $(CMAKE_ARGS)
+# Configured on every build (seconds when nothing changed), so that `make test` can turn
+# QUARRY_WERROR on in a directory that `make run` configured first.
+WERROR_ARG = $(if $(QUARRY_WERROR),-DQUARRY_WERROR=$(QUARRY_WERROR))
 
-build: bootstrap $(BUILD_DIR)/CMakeCache.txt
+build: bootstrap
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUARRY_CUDA=$(QUARRY_CUDA) $(WERROR_ARG) \
+	  $(CMAKE_ARGS) >/dev/null
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
 # The demo: a throwaway slapd with demo users, the demo corpus ingested, `quarry serve` on
@@ -37,13 +44,15 @@ build: bootstrap $(BUILD_DIR)/CMakeCache.txt
 run: build
 	QUARRY_BIN=$(CURDIR)/$(BUILD_DIR)/quarry ./scripts/run-demo
 
+test: QUARRY_WERROR = ON
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
 # The sanitizer build skips CUDA: nvcc objects are not instrumented, and the CPU path is what
 # the sanitizers are for.
 test-asan: bootstrap
-	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DQUARRY_SANITIZE=ON -DQUARRY_CUDA=OFF $(CMAKE_ARGS)
+	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DQUARRY_SANITIZE=ON -DQUARRY_CUDA=OFF -DQUARRY_WERROR=ON \
+	  $(CMAKE_ARGS)
 	cmake --build $(ASAN_DIR) -j $(JOBS)
 	cd $(ASAN_DIR) && ASAN_OPTIONS=halt_on_error=1:abort_on_error=0:detect_leaks=1:strict_string_checks=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

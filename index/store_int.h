@@ -1,5 +1,5 @@
 /*
- * The store's handle for other files of index/ only (index/bm25topk.c): SQLite stays inside
+ * The store's handle for other files of index/ only (index/bm25.c): SQLite stays inside
  * index/. Not part of the public interface in index/index.h.
  */
 #ifndef QUARRY_STORE_INT_H

@@ -316,7 +316,7 @@ static qr_status read_phrase(parser *p, size_t *pos, const char ***tokens, size_
     size_t i = *pos + 1, s, e;
     qr_status st;
     while (rq_next_token(p->text, close, &i, &s, &e)) {
-        const char *w;
+        const char *w = NULL;
         if ((st = take_token(p, s, e, &w)) || (st = words_push(p, &p->scratch, w)))
             return st;
     }
@@ -390,7 +390,7 @@ static qr_status parse(parser *p)
         }
         size_t s, e;
         rq_next_token(p->text, p->len, &pos, &s, &e);
-        const char *w;
+        const char *w = NULL;
         if ((st = take_token(p, s, e, &w)))
             return st;
         bool stop = rq_stopwords_has(p->sw, w, e - s);

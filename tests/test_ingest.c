@@ -878,7 +878,7 @@ static void random_doc(unsigned *seed, doc_builder *b)
             int n = 50 + rand_r(seed) % 3000;
             bool cjk = rand_r(seed) % 2;
             for (int i = 0; i < n; i++)
-                qr_buf_puts(&para, cjk ? "\xE8\xAA\x9E" : "abcdefghij" + (i % 10));
+                qr_buf_puts(&para, cjk ? "\xE8\xAA\x9E" : &"abcdefghij"[i % 10]);
         } else {
             int sentences = 1 + rand_r(seed) % (kind == 2 ? 60 : 8);
             for (int s = 0; s < sentences; s++) {

@@ -62,7 +62,8 @@ static sqlite3 *raw_open(const char *dir)
 {
     char path[600];
     sqlite3 *db = NULL;
-    snprintf(path, sizeof(path), "%s/quarry.db", dir);
+    if (snprintf(path, sizeof(path), "%s/quarry.db", dir) >= (int)sizeof(path))
+        return NULL;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
         sqlite3_close(db);
         return NULL;
