@@ -113,6 +113,7 @@ typedef struct {
     int threads, workers, queue_max, max_connections, per_ip_connections;
     int connection_timeout_s, json_max_depth, shutdown_grace_s, chat_k;
     size_t max_body_bytes, job_threshold_bytes;
+    int64_t wait_for_ms; /* index.wait_for_ms */
 } api_settings;
 
 struct api_server {
@@ -142,15 +143,10 @@ struct api_server {
     /* Query vectors: the ingestion embedder's twin (one caller at a time). */
     ingest_embedder *embedder;
     pthread_mutex_t embed_lock;
-    /* The vector index, kept in step with the store (NULL while the store has no vectors). */
-    vindex *vindex;
+    /* The indexes: the maintainer's thread keeps the vector index and the pruned BM25 index in
+     * step with the store and publishes them; searches take whatever is published. */
+    index_maintainer *maint;
     vindex_opts vopts;
-    pthread_mutex_t vindex_lock;
-    uint64_t vindex_checked_ns;
-    /* The pruned BM25 index (NULL with retrieval.bm25_path = fts5, or when it cannot open: FTS5
-     * ranks then); shared by every search handle, synced with the vector index. */
-    bm25_index *bm25;
-    bm25_opts bopts;
     /* Readers: a small pool of store handles, each with its search handle, one thread each. */
     api_slot *slots;
     size_t nslots;
@@ -168,13 +164,16 @@ struct api_server {
     api_req *active; /* doubly linked list of live requests */
 };
 
-/* Brings the vector index up to the store's latest change (opening it when the store got its
- * first vectors); force builds a new generation. rep may be NULL. Any thread; serialised. */
+/* Waits until the indexes reflect the store's latest change (at most index.wait_for_ms:
+ * QR_ETIMEOUT); force asks the maintainer for new generations and waits for them. rep may be
+ * NULL. Any thread but a search's; the maintainer does the work. */
 qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, char *err);
-/* api_index_sync at most once a second, for searches: a `quarry ingest` run beside the server
- * shows up without a restart. Errors are logged, not returned: search goes on with what is
- * served. */
-void api_index_refresh(api_server *srv);
+/* Reads ?refresh= of a write route: absent or "false" (the write is searchable within
+ * index.refresh_ms), "wait_for" or "true" (reply once it is searchable). QR_EINVAL otherwise:
+ * call it before writing, so that a bad value changes nothing. */
+qr_status api_refresh_arg(api_req *r, bool *wait_for, char *err);
+/* After a write: wakes the maintainer, and with wait_for waits as api_index_sync. */
+qr_status api_index_written(api_server *srv, bool wait_for, char *err);
 
 /* Takes a slot (store and retrieval handle) for the calling thread, waiting while all are busy.
  * Never NULL. */

@@ -307,6 +307,13 @@ static void write_docs(api_req *r, api_job_doc *docs, size_t n, bool replace_kee
     size_t bytes = 0;
     for (size_t i = 0; i < n; i++)
         bytes += docs[i].len;
+    bool wait_for = false;
+    qr_status ast = api_refresh_arg(r, &wait_for, err);
+    if (ast) {
+        release_docs(docs, n);
+        api_reply_status(r, ast, err);
+        return;
+    }
     if (replace_keeps_acl) {
         for (size_t i = 0; i < n; i++) {
             qr_status st = keep_acl(srv, &docs[i], err);
@@ -343,13 +350,15 @@ static void write_docs(api_req *r, api_job_doc *docs, size_t n, bool replace_kee
     if (!st) {
         api_audit_record(srv->audit, r, NULL, ids, ids ? 1 : 0, "document_put");
         char ierr[QR_ERR_LEN];
-        if (api_index_sync(srv, false, NULL, ierr))
-            qr_log(QR_LOG_WARN, "index", "document %s written, vector index not updated: %s", docs[0].doc_id,
-                   ierr);
-        api_reply_json(r, result == STORE_ADDED ? 201 : 200,
-                       json_pack("{s:s,s:s,s:I,s:b}", "doc_id", docs[0].doc_id, "result",
-                                 put_result_name(result), "chunks", (json_int_t)nchunks, "acl_given",
-                                 docs[0].nacl > 0));
+        bool searchable = api_index_written(srv, wait_for, ierr) == QR_OK;
+        if (!searchable)
+            qr_log(QR_LOG_WARN, "index", "document %s written, not searchable yet: %s", docs[0].doc_id, ierr);
+        json_t *body =
+            json_pack("{s:s,s:s,s:I,s:b}", "doc_id", docs[0].doc_id, "result", put_result_name(result),
+                      "chunks", (json_int_t)nchunks, "acl_given", docs[0].nacl > 0);
+        if (body && wait_for)
+            json_object_set_new(body, "searchable", json_boolean(searchable));
+        api_reply_json(r, result == STORE_ADDED ? 201 : 200, body);
     } else {
         api_reply_status(r, st, err);
     }
@@ -464,6 +473,11 @@ void api_h_doc_acl(api_req *r)
     if (!body)
         return;
     api_job_doc d = {0};
+    bool wait_for = false;
+    if ((st = api_refresh_arg(r, &wait_for, err))) {
+        api_reply_status(r, st, err);
+        goto out;
+    }
     json_t *acl = json_object_get(body, "acl");
     if (!acl) {
         api_reply_error(r, 400, "invalid_argument", "'acl' is required: the new list of principals");
@@ -482,9 +496,11 @@ void api_h_doc_acl(api_req *r)
     }
     const char *ids[] = {r->param};
     api_audit_record(srv->audit, r, NULL, ids, 1, "acl_set");
+    /* searches see the new ACL at once (the store's permission checks); the indexes' cached
+     * permission sets follow with the maintainer */
     char ierr[QR_ERR_LEN];
-    if (api_index_sync(srv, false, NULL, ierr))
-        qr_log(QR_LOG_WARN, "index", "vector index not updated after an ACL change: %s", ierr);
+    if (api_index_written(srv, wait_for, ierr))
+        qr_log(QR_LOG_WARN, "index", "indexes not caught up after an ACL change: %s", ierr);
     api_reply_json(
         r, 200,
         json_pack("{s:s,s:o}", "doc_id", r->param, "acl", acl_array((const char *const *)d.acl, d.nacl)));
@@ -497,7 +513,10 @@ void api_h_doc_delete(api_req *r)
 {
     api_server *srv = r->srv;
     char err[QR_ERR_LEN];
+    bool wait_for = false;
     qr_status st = check_doc_id(r->param, err);
+    if (!st)
+        st = api_refresh_arg(r, &wait_for, err);
     if (st) {
         api_reply_status(r, st, err);
         return;
@@ -512,9 +531,10 @@ void api_h_doc_delete(api_req *r)
     api_metrics_ingest(srv->metrics, "deleted", 0);
     const char *ids[] = {r->param};
     api_audit_record(srv->audit, r, NULL, ids, 1, "document_delete");
+    /* gone from the very next search (the store's checks); the indexes follow */
     char ierr[QR_ERR_LEN];
-    if (api_index_sync(srv, false, NULL, ierr))
-        qr_log(QR_LOG_WARN, "index", "vector index not updated after a delete: %s", ierr);
+    if (api_index_written(srv, wait_for, ierr))
+        qr_log(QR_LOG_WARN, "index", "indexes not caught up after a delete: %s", ierr);
     api_reply_json(r, 200, json_pack("{s:s,s:b}", "doc_id", r->param, "deleted", 1));
 }
 

@@ -231,10 +231,11 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
     qr_buf_printf(o, "quarry_search_bm25_total{path=\"pruned\"} %llu\n", (unsigned long long)snap->bm25[1]);
     qr_buf_printf(o, "quarry_search_bm25_total{path=\"fts5\"} %llu\n", (unsigned long long)snap->bm25[0]);
     head(o, "quarry_bm25_index_open", "gauge", "1 when the pruned BM25 index is open.");
-    qr_buf_printf(o, "quarry_bm25_index_open %d\n", srv->bm25 != NULL);
-    if (srv->bm25) {
+    bm25_index *bm25 = index_maintainer_bm25(srv->maint);
+    qr_buf_printf(o, "quarry_bm25_index_open %d\n", bm25 != NULL);
+    if (bm25) {
         bm25_info bi;
-        bm25_get_info(srv->bm25, &bi);
+        bm25_get_info(bm25, &bi);
         head(o, "quarry_bm25_index_chunks", "gauge", "Live chunks in the pruned BM25 index.");
         qr_buf_printf(o, "quarry_bm25_index_chunks %zu\n", bi.rows);
         head(o, "quarry_bm25_index_delta_chunks", "gauge",
@@ -252,6 +253,21 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
              "The store change counter the BM25 index reflects.");
         qr_buf_printf(o, "quarry_bm25_index_change_counter %lld\n", (long long)bi.counter);
     }
+
+    index_maintainer_status ms;
+    index_maintainer_get_status(srv->maint, &ms);
+    head(o, "quarry_index_maintainer_passes_total", "counter", "Catch-up passes the index maintainer ran.");
+    qr_buf_printf(o, "quarry_index_maintainer_passes_total %llu\n", (unsigned long long)ms.passes);
+    head(o, "quarry_index_maintainer_builds_total", "counter",
+         "Maintainer passes that built a new generation of an index.");
+    qr_buf_printf(o, "quarry_index_maintainer_builds_total %llu\n", (unsigned long long)ms.builds);
+    head(o, "quarry_index_maintainer_busy", "gauge", "1 while the maintainer runs a pass.");
+    qr_buf_printf(o, "quarry_index_maintainer_busy %d\n", ms.busy);
+    head(o, "quarry_index_visible_change", "gauge",
+         "The store change both indexes reflect (-1 before the first pass).");
+    qr_buf_printf(o, "quarry_index_visible_change %lld\n", (long long)ms.visible);
+    head(o, "quarry_index_last_pass_seconds", "gauge", "Duration of the maintainer's last pass.");
+    qr_buf_printf(o, "quarry_index_last_pass_seconds %.6f\n", ms.last_pass_s);
 
     auth_stats as;
     auth_get_stats(srv->auth, &as);

@@ -119,16 +119,33 @@ void api_h_readyz(api_req *r)
     qr_status st = store_get_stats(s, &stats, err);
     api_store_release(srv, s);
     const char *ldap = ldap_state(srv);
-    /* the vector index is opened at start (the ingestion session records the embedding first) */
+    /* the maintainer opens the indexes in the background: until then searches rank with FTS5
+     * (ready), unless its first pass failed or the store has no vectors yet (not ready) */
+    vindex *v = index_maintainer_vindex(srv->maint);
+    index_maintainer_status ms;
+    index_maintainer_get_status(srv->maint, &ms);
     vindex_info vi;
     memset(&vi, 0, sizeof(vi));
-    bool index_ok = srv->vindex && retrieval_available();
-    if (srv->vindex)
-        vindex_get_info(srv->vindex, &vi);
-    bool ready = !st && index_ok && strcmp(ldap, "ok") == 0;
-    json_t *body =
-        json_pack("{s:s,s:{s:s,s:s,s:s}}", "status", ready ? "ready" : "not_ready", "checks", "store",
-                  st ? "error" : "ok", "index", index_ok ? "ok" : "not_loaded", "ldap", ldap);
+    if (v)
+        vindex_get_info(v, &vi);
+    const char *index = !retrieval_available() ? "not_loaded"
+                        : v                    ? "ok"
+                        : !ms.first_pass_done  ? "warming"
+                                               : "not_loaded";
+    bool ready = !st && strcmp(index, "not_loaded") != 0 && strcmp(ldap, "ok") == 0;
+    json_t *body = json_pack("{s:s,s:{s:s,s:s,s:s}}", "status", ready ? "ready" : "not_ready", "checks",
+                             "store", st ? "error" : "ok", "index", index, "ldap", ldap);
+    if (body) {
+        json_t *checks = json_object_get(body, "checks");
+        const char *bm25 = !srv->ropts.bm25_pruned             ? "off"
+                           : index_maintainer_bm25(srv->maint) ? "warm"
+                           : !ms.first_pass_done || ms.busy    ? "building"
+                                                               : "unavailable";
+        json_object_set_new(checks, "indexes",
+                            json_pack("{s:s,s:s,s:b,s:I}", "bm25", bm25, "vector",
+                                      v ? "warm" : (!ms.first_pass_done || ms.busy ? "building" : "none"),
+                                      "maintainer_busy", ms.busy, "visible_change", (json_int_t)ms.visible));
+    }
     if (body && !st) {
         json_t *checks = json_object_get(body, "checks");
         json_object_set_new(checks, "documents", json_integer(stats.documents));

@@ -222,7 +222,6 @@ static void make_filter(const api_req *r, const api_search_req *q, store_filter 
 static qr_status search_for(api_req *r, const api_search_req *q, api_hits *out, char *err)
 {
     memset(out, 0, sizeof(*out));
-    api_index_refresh(r->srv);
     candidate *cands = NULL;
     size_t n = 0;
     const char *mode = q->mode;

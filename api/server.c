@@ -77,6 +77,7 @@ static void read_settings(const qr_config *cfg, api_settings *s)
     s->chat_k = (int)qr_config_int(cfg, "server.chat_k");
     s->max_body_bytes = (size_t)qr_config_int(cfg, "server.max_body_bytes");
     s->job_threshold_bytes = (size_t)qr_config_int(cfg, "server.job_threshold_bytes");
+    s->wait_for_ms = qr_config_int(cfg, "index.wait_for_ms");
 }
 
 /* Parses "host:port" or "[v6]:port" into srv->addr. */
@@ -125,6 +126,10 @@ api_slot *api_slot_acquire(api_server *srv)
             if (!srv->slots[i].busy) {
                 srv->slots[i].busy = true;
                 pthread_mutex_unlock(&srv->store_lock);
+                /* whatever the maintainer has published by now (two atomic loads) */
+                retrieval_set_vindex(srv->slots[i].retrieval, index_maintainer_vindex(srv->maint));
+                retrieval_set_bm25(srv->slots[i].retrieval,
+                                   srv->ropts.bm25_pruned ? index_maintainer_bm25(srv->maint) : NULL);
                 return &srv->slots[i];
             }
         }
@@ -154,57 +159,46 @@ void api_store_release(api_server *srv, store *s)
             api_slot_release(srv, &srv->slots[i]);
 }
 
-/* ---- the vector index ------------------------------------------------------------------------- */
+/* ---- the indexes ------------------------------------------------------------------------------ */
 
 qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, char *err)
 {
-    index_sync_report local;
-    if (!rep)
-        rep = &local;
-    memset(rep, 0, sizeof(*rep));
-    pthread_mutex_lock(&srv->vindex_lock);
+    if (force)
+        return index_maintainer_rebuild(srv->maint, rep, err);
+    if (rep)
+        memset(rep, 0, sizeof(*rep));
+    int64_t counter = 0;
     store *s = api_store_acquire(srv);
-    if (srv->bm25) {
-        /* searches catch the BM25 index up themselves; rebuilds happen here, off their path.
-         * First, so that a vector build's pruning of tombstones finds it current. */
-        bm25_report br;
-        char berr[QR_ERR_LEN];
-        if (bm25_sync(srv->bm25, s, true, force, &br, berr))
-            qr_log(QR_LOG_WARN, "index", "cannot bring the BM25 index up to date (FTS5 ranks meanwhile): %s",
-                   berr);
-        else if (br.rebuilt)
-            qr_log(QR_LOG_INFO, "index", "BM25 index rebuilt in %.1f s", br.seconds);
-    }
-    qr_status st;
-    if (srv->vindex)
-        st = index_sync(s, srv->vindex, &srv->vopts, force, rep, err);
-    else
-        st = index_sync_open(s, qr_config_str(srv->cfg, "data.dir"), &srv->vopts, force, &srv->vindex, rep,
-                             err);
+    qr_status st = store_change_counter(s, &counter, err);
     api_store_release(srv, s);
-    srv->vindex_checked_ns = qr_now_ns();
-    pthread_mutex_unlock(&srv->vindex_lock);
-    if (!st && (rep->rebuilt || rep->added || rep->removed))
-        qr_log(QR_LOG_INFO, "index",
-               "vector index: generation %llu (%s, %zu vectors)%s, %zu added, %zu removed",
-               (unsigned long long)rep->generation, rep->type, rep->count, rep->rebuilt ? " rebuilt" : "",
-               rep->added, rep->removed);
+    if (st)
+        return st;
+    return index_maintainer_wait(srv->maint, counter, (uint64_t)srv->set.wait_for_ms, err);
+}
+
+qr_status api_refresh_arg(api_req *r, bool *wait_for, char *err)
+{
+    bool bad = false;
+    char *v = api_query_arg(r, "refresh", &bad);
+    *wait_for = false;
+    qr_status st = QR_OK;
+    if (bad)
+        st = qr_fail(err, QR_EINVAL, "refresh: not valid UTF-8");
+    else if (v && (strcmp(v, "wait_for") == 0 || strcmp(v, "true") == 0))
+        *wait_for = true;
+    else if (v && strcmp(v, "false") != 0)
+        st = qr_fail(err, QR_EINVAL, "refresh must be wait_for, true or false");
+    free(v);
     return st;
 }
 
-void api_index_refresh(api_server *srv)
+qr_status api_index_written(api_server *srv, bool wait_for, char *err)
 {
-    pthread_mutex_lock(&srv->vindex_lock);
-    uint64_t now = qr_now_ns();
-    bool due = now - srv->vindex_checked_ns > 1000000000u;
-    if (due)
-        srv->vindex_checked_ns = now; /* one caller checks; the others go on searching */
-    pthread_mutex_unlock(&srv->vindex_lock);
-    if (!due)
-        return;
-    char err[QR_ERR_LEN];
-    if (api_index_sync(srv, false, NULL, err))
-        qr_log(QR_LOG_WARN, "index", "cannot bring the vector index up to date: %s", err);
+    if (!wait_for) {
+        index_maintainer_signal(srv->maint);
+        return QR_OK;
+    }
+    return api_index_sync(srv, false, NULL, err);
 }
 
 /* ---- lifecycle -------------------------------------------------------------------------------- */
@@ -224,7 +218,6 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     pthread_mutex_init(&srv->store_lock, NULL);
     pthread_cond_init(&srv->store_cond, NULL);
     pthread_mutex_init(&srv->embed_lock, NULL);
-    pthread_mutex_init(&srv->vindex_lock, NULL);
     vindex_opts_from_config(cfg, &srv->vopts);
     atomic_init(&srv->cancel_all, false);
     read_settings(cfg, &srv->set);
@@ -283,30 +276,31 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     }
     if ((st = api_jobs_new(srv, &srv->jobs, err)))
         goto out;
-    char e2[QR_ERR_LEN];
-    index_sync_report rep;
-    if ((st = api_index_sync(srv, false, &rep, e2))) {
-        st = qr_fail(err, st, "cannot open the vector index: %s", e2);
-        goto out;
-    }
-    /* the search handles borrow the store handles and the indexes opened here */
+    /* the indexes are the maintainer's: it opens (or builds) them in the background; a short
+     * wait lets a small store start warm, a large one starts at once with FTS5 ranking */
     retrieval_opts_from_config(cfg, &srv->ropts);
-    if (srv->ropts.bm25_pruned) {
-        bm25_opts_from_config(cfg, &srv->bopts);
+    index_maintainer_opts mo = {.data_dir = qr_config_str(cfg, "data.dir"),
+                                .bm25 = srv->ropts.bm25_pruned,
+                                .refresh_ms = (uint64_t)qr_config_int(cfg, "index.refresh_ms")};
+    mo.vopts = srv->vopts;
+    bm25_opts_from_config(cfg, &mo.bopts);
+    if ((st = index_maintainer_start(&mo, &srv->maint, err)))
+        goto out;
+    int64_t startup_wait = qr_config_int(cfg, "index.startup_wait_ms");
+    if (startup_wait > 0) {
+        char e2[QR_ERR_LEN];
+        int64_t counter = 0;
         store *s = api_store_acquire(srv);
-        bm25_report br;
-        if (bm25_open(s, qr_config_str(cfg, "data.dir"), &srv->bopts, false, &srv->bm25, &br, e2))
-            qr_log(QR_LOG_WARN, "index", "cannot open the BM25 index (FTS5 ranks instead): %s", e2);
-        else if (br.rebuilt)
-            qr_log(QR_LOG_INFO, "index", "BM25 index built in %.1f s", br.seconds);
+        qr_status cst = store_change_counter(s, &counter, e2);
         api_store_release(srv, s);
+        if (!cst && (cst = index_maintainer_wait(srv->maint, counter, (uint64_t)startup_wait, e2)))
+            qr_log(QR_LOG_WARN, "index", "serving before the indexes are ready (FTS5 ranks meanwhile): %s",
+                   e2);
     }
-    for (size_t i = 0; i < srv->nslots; i++) {
-        if ((st = retrieval_open(srv->slots[i].store, srv->vindex, &srv->ropts, &srv->slots[i].retrieval,
-                                 err)))
+    /* the search handles borrow the store handles; the indexes are set on each acquire */
+    for (size_t i = 0; i < srv->nslots; i++)
+        if ((st = retrieval_open(srv->slots[i].store, NULL, &srv->ropts, &srv->slots[i].retrieval, err)))
             goto out;
-        retrieval_set_bm25(srv->slots[i].retrieval, srv->bm25);
-    }
 out:
     if (st) {
         api_server_free(srv);
@@ -531,8 +525,7 @@ void api_server_free(api_server *srv)
     api_jobs_free(srv->jobs);
     for (size_t i = 0; srv->slots && i < srv->nslots; i++)
         retrieval_close(srv->slots[i].retrieval);
-    vindex_close(srv->vindex);
-    bm25_close(srv->bm25);
+    index_maintainer_stop(srv->maint);
     for (size_t i = 0; srv->slots && i < srv->nslots; i++)
         store_close(srv->slots[i].store);
     free(srv->slots);
@@ -553,7 +546,6 @@ void api_server_free(api_server *srv)
     pthread_mutex_destroy(&srv->store_lock);
     pthread_cond_destroy(&srv->store_cond);
     pthread_mutex_destroy(&srv->embed_lock);
-    pthread_mutex_destroy(&srv->vindex_lock);
     free(srv);
 }
 

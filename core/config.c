@@ -223,6 +223,15 @@ static const qr_cfg_key config_table[] = {
      "How BM25 lists of word queries are ranked: pruned (quarry's index under <data.dir>/bm25, the same top "
      "k "
      "without scoring every match) or fts5 (FTS5 scores every match)."},
+    /* the index maintainer */
+    {"index.refresh_ms", QR_CFG_INT, "1000", 1, 3.6e6, NULL, false,
+     "Longest time before a change made outside the server (quarry ingest) is searchable; writes through "
+     "the API wake the maintainer at once."},
+    {"index.startup_wait_ms", QR_CFG_INT, "2000", 0, 3.6e6, NULL, false,
+     "How long the server waits at start for its indexes to open before it serves anyway (FTS5 ranks "
+     "while they build)."},
+    {"index.wait_for_ms", QR_CFG_INT, "60000", 1, 3.6e6, NULL, false,
+     "How long a write with ?refresh=wait_for waits for the indexes before it answers 504."},
     /* pruned BM25 index */
     {"bm25.delta_max", QR_CFG_INT, "50000", 1, 1e9, NULL, false,
      "Chunks added or deleted since the BM25 index's last build above which it is rebuilt."},

@@ -120,6 +120,12 @@ void retrieval_set_bm25(retrieval *r, bm25_index *b)
         r->b = b;
 }
 
+void retrieval_set_vindex(retrieval *r, vindex *v)
+{
+    if (r)
+        r->v = v;
+}
+
 static bool weight_ok(double w)
 {
     return isfinite(w) && w >= 0;

@@ -93,6 +93,9 @@ qr_status retrieval_open(store *s, vindex *v, const retrieval_opts *o, retrieval
  * top k as FTS5's ranking, without scoring every match; queries with phrases, exclusions or
  * metadata filters, and every query while the index waits for a rebuild, are ranked by FTS5. */
 void retrieval_set_bm25(retrieval *r, bm25_index *b);
+/* Gives the handle another vector index (borrowed; NULL: none), e.g. the one the maintainer
+ * published since the handle was opened. Not while a search runs on the handle. */
+void retrieval_set_vindex(retrieval *r, vindex *v);
 /* Frees the handle (not the store or index); NULL is a no-op. */
 void retrieval_close(retrieval *r);
 

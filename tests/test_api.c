@@ -17,12 +17,14 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 
+#include "api/api_int.h"
 #include "auth/auth.h"
 #include "ingest/ingest.h"
 #include "tests/api_test_util.h"
@@ -107,7 +109,8 @@ static long put_doc(api_fixture *f, const char *doc_id, const char *title, const
     char *body = json_dumps(doc, 0);
     json_decref(doc);
     api_resp r;
-    long st = api_http(f->base, "POST", "/v1/documents", H(DAVE), body, 0, &r);
+    /* searchable when the reply comes, so that the next search sees it on every path */
+    long st = api_http(f->base, "POST", "/v1/documents?refresh=wait_for", H(DAVE), body, 0, &r);
     if (st != 201 && st != 200)
         fprintf(stderr, "put_doc %s: %ld %s\n", doc_id, st, qr_buf_str(&r.body));
     api_resp_release(&r);
@@ -1005,6 +1008,133 @@ static void search_ids(api_fixture *f, const char *who, const char *mode, char *
     *status = api_http(f->base, "POST", "/v1/search", H(who), body, 0, &r);
     result_ids(json_object_get(r.json, "results"), out, len);
     api_resp_release(&r);
+}
+
+/* A maintainer slowed by a hook: each pass from `from` on sleeps `ms` first. */
+typedef struct {
+    atomic_uint_fast64_t from;
+    unsigned ms;
+} slow_maint;
+
+static void slow_hook(void *ctx, uint64_t pass)
+{
+    slow_maint *sm = ctx;
+    uint64_t from = atomic_load(&sm->from);
+    if (from && pass >= from)
+        usleep(sm->ms * 1000u);
+}
+
+static bool maint_busy(api_fixture *f)
+{
+    index_maintainer_status ms;
+    index_maintainer_get_status(f->srv->maint, &ms);
+    return ms.busy;
+}
+
+/* Milliseconds one request took. */
+static double timed_http(api_fixture *f, const char *method, const char *path, const char *who,
+                         const char *body, api_resp *r, long *status)
+{
+    uint64_t t0 = qr_now_ns();
+    *status = api_http(f->base, method, path, H(who), body, 0, r);
+    return (double)(qr_now_ns() - t0) / 1e6;
+}
+
+TEST(maintainer_never_blocks_requests)
+{
+    /* The maintainer is made to take 5 s over a pass. Meanwhile searches, a delete and an ACL
+     * change answer at once (a request that waited for it would take seconds: the bound is 1 s
+     * so that a loaded or sanitized build does not fail by noise), the deleted document is gone
+     * from the very next search and the revoked reader sees nothing of it, on every mode. */
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    static slow_maint sm = {.ms = 5000};
+    index_maintainer_set_hook(f.srv->maint, slow_hook, &sm);
+    index_maintainer_status before;
+    index_maintainer_get_status(f.srv->maint, &before);
+    atomic_store(&sm.from, before.passes + 1);
+    /* a write without wait_for wakes the maintainer, which now sleeps in its pass */
+    api_resp r;
+    long st;
+    double ms = timed_http(&f, "POST", "/v1/documents", DAVE,
+                           "{\"doc_id\":\"notes/new.md\",\"title\":\"New\",\"text\":\"Expense reimbursement "
+                           "for new hires. Marker LYCHEENEW.\",\"acl\":[\"group:staff\"]}",
+                           &r, &st);
+    api_resp_release(&r);
+    CHECK_MSG(st == 201 && ms < 1000, "PUT: status %ld in %.0f ms", st, ms);
+    for (int i = 0; i < 100 && !maint_busy(&f); i++)
+        usleep(10000);
+    CHECK_MSG(maint_busy(&f), "the maintainer never started its slowed pass");
+    const char *modes[] = {"bm25", "vector", "hybrid"};
+    char ids[1024], body[256];
+    for (size_t m = 0; m < 3; m++) {
+        snprintf(body, sizeof(body), "{\"query\":\"expense reimbursement\",\"k\":10,\"mode\":\"%s\"}",
+                 modes[m]);
+        ms = timed_http(&f, "POST", "/v1/search", ALICE, body, &r, &st);
+        result_ids(json_object_get(r.json, "results"), ids, sizeof(ids));
+        api_resp_release(&r);
+        CHECK_MSG(st == 200 && ms < 1000, "%s search during a pass: status %ld in %.0f ms", modes[m], st, ms);
+        CHECK_MSG(strstr(ids, "policies/expenses.md"), "%s: %s", modes[m], ids);
+    }
+    /* a delete: answered at once, and gone from the next search on every path */
+    ms = timed_http(&f, "DELETE", "/v1/documents/policies%2Fexpenses.md", DAVE, NULL, &r, &st);
+    api_resp_release(&r);
+    CHECK_MSG(st == 200 && ms < 1000, "DELETE during a pass: status %ld in %.0f ms", st, ms);
+    /* an ACL change: alice loses the backend runbook */
+    ms = timed_http(&f, "PATCH", "/v1/documents/runbooks%2Fbackend.md/acl", DAVE, "{\"acl\":[\"user:erin\"]}",
+                    &r, &st);
+    api_resp_release(&r);
+    CHECK_MSG(st == 200 && ms < 1000, "ACL change during a pass: status %ld in %.0f ms", st, ms);
+    CHECK(maint_busy(&f));
+    for (size_t m = 0; m < 3; m++) {
+        snprintf(body, sizeof(body), "{\"query\":\"expense reimbursement\",\"k\":10,\"mode\":\"%s\"}",
+                 modes[m]);
+        ms = timed_http(&f, "POST", "/v1/search", ALICE, body, &r, &st);
+        result_ids(json_object_get(r.json, "results"), ids, sizeof(ids));
+        api_resp_release(&r);
+        CHECK_MSG(st == 200 && ms < 1000, "%s search: status %ld in %.0f ms", modes[m], st, ms);
+        CHECK_MSG(!strstr(ids, "expenses") && !strstr(ids, "backend"), "%s after delete and revoke: %s",
+                  modes[m], ids);
+        ms = timed_http(&f, "POST", "/v1/search", DAVE, body, &r, &st);
+        result_ids(json_object_get(r.json, "results"), ids, sizeof(ids));
+        api_resp_release(&r);
+        CHECK_MSG(st == 200 && !strstr(ids, "expenses"), "%s as an administrator after delete: %s", modes[m],
+                  ids);
+    }
+    CHECK_MSG(maint_busy(&f), "the pass ended before the checks: they proved nothing");
+    /* a bad refresh value is refused before anything is written */
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents?refresh=soon", H(DAVE),
+                       "{\"doc_id\":\"notes/bad.md\",\"title\":\"Bad\",\"text\":\"never written\"}", 0, &r),
+              400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/notes%2Fbad.md", H(DAVE), NULL, 0, &r), 404);
+    api_resp_release(&r);
+    /* wait_for waits for the slowed pass, then the document is on every path */
+    atomic_store(&sm.from, 0);
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents?refresh=wait_for", H(DAVE),
+                       "{\"doc_id\":\"notes/later.md\",\"title\":\"Later\",\"text\":\"Durian reimbursement "
+                       "rules. Marker DURIANLATER.\",\"acl\":[\"group:staff\"]}",
+                       0, &r),
+              201);
+    CHECK(json_is_true(json_object_get(r.json, "searchable")));
+    api_resp_release(&r);
+    for (size_t m = 0; m < 3; m++) {
+        snprintf(body, sizeof(body), "{\"query\":\"durian reimbursement rules\",\"k\":3,\"mode\":\"%s\"}",
+                 modes[m]);
+        CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE), body, 0, &r), 200);
+        result_ids(json_object_get(r.json, "results"), ids, sizeof(ids));
+        api_resp_release(&r);
+        CHECK_MSG(strncmp(ids, "notes/later.md", 14) == 0, "%s after wait_for: %s", modes[m], ids);
+    }
+    /* readiness says what the indexes are doing */
+    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 200);
+    json_t *ix = json_object_get(json_object_get(r.json, "checks"), "indexes");
+    CHECK_STR(json_string_value(json_object_get(ix, "bm25")), "warm");
+    CHECK_STR(json_string_value(json_object_get(ix, "vector")), "warm");
+    api_resp_release(&r);
+    api_fx_stop(&f);
 }
 
 TEST(search_is_trimmed_per_user)

@@ -1,0 +1,316 @@
+/*
+ * The maintainer: the one thread per process that keeps the pruned BM25 index and the vector
+ * index caught up with the store (index.h, "the maintainer"). It owns the policy of when they
+ * catch up and when they are rebuilt, which used to run on request threads: a write signals it,
+ * a timer (index.refresh_ms) wakes it for writers in other processes, and a forced rebuild asks
+ * it. Each pass runs on the thread's own store handle, holds no lock a search takes while it
+ * works, and publishes an index the first time it exists by an atomic pointer store; later
+ * generations are swapped inside bm25.c and vindex.c, whose searches hold snapshots.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "index/index.h"
+
+#define LOG_COMPONENT "index"
+
+struct index_maintainer {
+    char *data_dir;
+    vindex_opts vopts;
+    bm25_opts bopts;
+    bool want_bm25;
+    uint64_t refresh_ns;
+    store *s; /* the thread's own handle */
+
+    _Atomic(vindex *) vindex;
+    _Atomic(bm25_index *) bm25;
+
+    pthread_t thread;
+    bool thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t wake; /* the thread waits here for work */
+    pthread_cond_t done; /* waiters wait here for passes to finish */
+    /* under mu */
+    bool stop, signalled;
+    uint64_t force_asked, force_done; /* forced rebuilds asked for / finished (sequence numbers) */
+    uint64_t started, finished;       /* passes */
+    qr_status last_st;                /* the last pass's outcome */
+    char last_err[QR_ERR_LEN];
+    qr_status force_st; /* the last forced pass's outcome and vector report */
+    char force_err[QR_ERR_LEN];
+    index_sync_report force_rep;
+    index_maintainer_status status;
+    index_maintainer_hook hook;
+    void *hook_ctx;
+};
+
+/* One pass: both indexes up to the store's counter as read at its start (force: new
+ * generations). Runs on the maintainer's thread only, without holding mu. */
+static qr_status pass(index_maintainer *m, bool force, int64_t *counter, bool *built, index_sync_report *rep,
+                      char *err)
+{
+    memset(rep, 0, sizeof(*rep));
+    *built = false;
+    qr_status st = store_change_counter(m->s, counter, err);
+    if (st)
+        return st;
+    qr_status bst = QR_OK;
+    char berr[QR_ERR_LEN] = "";
+    if (m->want_bm25) {
+        bm25_report br;
+        bm25_index *b = atomic_load_explicit(&m->bm25, memory_order_acquire);
+        if (b) {
+            bst = bm25_sync(b, m->s, true, force, &br, berr);
+        } else if (!(bst = bm25_open(m->s, m->data_dir, &m->bopts, force, &b, &br, berr))) {
+            atomic_store_explicit(&m->bm25, b, memory_order_release);
+            qr_log(QR_LOG_INFO, LOG_COMPONENT, "BM25 index ready (%s)", br.rebuilt ? "built" : "opened");
+        }
+        if (!bst && br.rebuilt) {
+            *built = true;
+            qr_log(QR_LOG_INFO, LOG_COMPONENT, "BM25 index rebuilt in %.1f s", br.seconds);
+        }
+        if (bst)
+            qr_log(QR_LOG_WARN, LOG_COMPONENT,
+                   "cannot bring the BM25 index up to date (FTS5 ranks meanwhile): %s", berr);
+    }
+    vindex *v = atomic_load_explicit(&m->vindex, memory_order_acquire);
+    if (v) {
+        st = index_sync(m->s, v, &m->vopts, force, rep, err);
+    } else if (!(st = index_sync_open(m->s, m->data_dir, &m->vopts, force, &v, rep, err)) && v) {
+        atomic_store_explicit(&m->vindex, v, memory_order_release);
+    }
+    if (!st && (rep->rebuilt || rep->added || rep->removed))
+        qr_log(QR_LOG_INFO, LOG_COMPONENT,
+               "vector index: generation %llu (%s, %zu vectors)%s, %zu added, %zu removed",
+               (unsigned long long)rep->generation, rep->type, rep->count, rep->rebuilt ? " rebuilt" : "",
+               rep->added, rep->removed);
+    if (st)
+        qr_log(QR_LOG_WARN, LOG_COMPONENT, "cannot bring the vector index up to date: %s", err);
+    *built = *built || (!st && rep->rebuilt);
+    if (!st && bst)
+        return qr_fail(err, bst, "%s", berr);
+    return st;
+}
+
+static void *run(void *arg)
+{
+    index_maintainer *m = arg;
+    pthread_mutex_lock(&m->mu);
+    bool first = true;
+    while (!m->stop) {
+        if (!first && !m->signalled && m->force_asked == m->force_done) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            uint64_t ns = (uint64_t)until.tv_nsec + m->refresh_ns;
+            until.tv_sec += (time_t)(ns / 1000000000u);
+            until.tv_nsec = (long)(ns % 1000000000u);
+            pthread_cond_timedwait(&m->wake, &m->mu, &until);
+            if (m->stop)
+                break;
+        }
+        first = false;
+        uint64_t force_seq = m->force_asked;
+        bool force = force_seq != m->force_done;
+        m->signalled = false;
+        uint64_t number = ++m->started;
+        m->status.busy = true;
+        index_maintainer_hook hook = m->hook;
+        void *hook_ctx = m->hook_ctx;
+        pthread_mutex_unlock(&m->mu);
+
+        if (hook)
+            hook(hook_ctx, number);
+        uint64_t t0 = qr_now_ns();
+        int64_t counter = -1;
+        bool built = false;
+        index_sync_report rep;
+        char err[QR_ERR_LEN] = "";
+        qr_status st = pass(m, force, &counter, &built, &rep, err);
+        double seconds = (double)(qr_now_ns() - t0) / 1e9;
+
+        pthread_mutex_lock(&m->mu);
+        m->finished = number;
+        m->last_st = st;
+        snprintf(m->last_err, sizeof(m->last_err), "%s", st ? err : "");
+        if (force) {
+            m->force_done = force_seq;
+            m->force_st = st;
+            snprintf(m->force_err, sizeof(m->force_err), "%s", m->last_err);
+            m->force_rep = rep;
+        }
+        index_maintainer_status *ss = &m->status;
+        ss->first_pass_done = true;
+        ss->busy = false;
+        ss->passes++;
+        ss->builds += built;
+        ss->last_pass_s = seconds;
+        snprintf(ss->last_error, sizeof(ss->last_error), "%s", m->last_err);
+        if (!st && counter > ss->visible)
+            ss->visible = counter;
+        ss->bm25_warm = atomic_load(&m->bm25) != NULL;
+        ss->vector_warm = atomic_load(&m->vindex) != NULL;
+        pthread_cond_broadcast(&m->done);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+qr_status index_maintainer_start(const index_maintainer_opts *o, index_maintainer **out, char *err)
+{
+    if (!out)
+        return qr_fail(err, QR_EINVAL, "index_maintainer_start: NULL argument");
+    *out = NULL;
+    if (!o || !o->data_dir || !*o->data_dir || o->refresh_ms < 1)
+        return qr_fail(err, QR_EINVAL, "the maintainer needs a data directory and index.refresh_ms >= 1");
+    index_maintainer *m = calloc(1, sizeof(*m));
+    if (!m || !(m->data_dir = strdup(o->data_dir))) {
+        free(m);
+        return qr_fail(err, QR_ENOMEM, "out of memory starting the index maintainer");
+    }
+    m->vopts = o->vopts;
+    m->bopts = o->bopts;
+    m->want_bm25 = o->bm25;
+    m->refresh_ns = o->refresh_ms * 1000000u;
+    m->status.visible = -1;
+    atomic_init(&m->vindex, NULL);
+    atomic_init(&m->bm25, NULL);
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->wake, NULL);
+    pthread_cond_init(&m->done, NULL);
+    qr_status st = store_open(m->data_dir, &m->s, err);
+    if (!st && pthread_create(&m->thread, NULL, run, m) != 0)
+        st = qr_fail(err, QR_EINTERNAL, "cannot start the index maintainer's thread");
+    if (st) {
+        index_maintainer_stop(m);
+        return st;
+    }
+    m->thread_started = true;
+    *out = m;
+    return QR_OK;
+}
+
+void index_maintainer_stop(index_maintainer *m)
+{
+    if (!m)
+        return;
+    if (m->thread_started) {
+        pthread_mutex_lock(&m->mu);
+        m->stop = true;
+        pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->mu);
+        pthread_join(m->thread, NULL);
+    }
+    vindex_close(atomic_load(&m->vindex));
+    bm25_close(atomic_load(&m->bm25));
+    store_close(m->s);
+    pthread_cond_destroy(&m->wake);
+    pthread_cond_destroy(&m->done);
+    pthread_mutex_destroy(&m->mu);
+    free(m->data_dir);
+    free(m);
+}
+
+void index_maintainer_signal(index_maintainer *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->signalled = true;
+    pthread_cond_signal(&m->wake);
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* Absolute CLOCK_REALTIME deadline timeout_ms from now, for pthread_cond_timedwait. */
+static struct timespec deadline_in(uint64_t timeout_ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    uint64_t ns = (uint64_t)t.tv_nsec + (timeout_ms % 1000u) * 1000000u;
+    t.tv_sec += (time_t)(timeout_ms / 1000u + ns / 1000000000u);
+    t.tv_nsec = (long)(ns % 1000000000u);
+    return t;
+}
+
+qr_status index_maintainer_wait(index_maintainer *m, int64_t counter, uint64_t timeout_ms, char *err)
+{
+    if (!m)
+        return qr_fail(err, QR_EINVAL, "index_maintainer_wait: NULL maintainer");
+    struct timespec until = deadline_in(timeout_ms);
+    qr_status st = QR_OK;
+    pthread_mutex_lock(&m->mu);
+    /* the write happened before this call: the next pass to start sees it */
+    uint64_t need = m->started + 1;
+    m->signalled = true;
+    pthread_cond_signal(&m->wake);
+    while (m->status.visible < counter) {
+        if (m->finished >= need && m->last_st) {
+            st = qr_fail(err, m->last_st, "the indexes could not catch up: %s", m->last_err);
+            break;
+        }
+        if (m->stop) {
+            st = qr_fail(err, QR_EUNAVAILABLE, "the index maintainer is stopping");
+            break;
+        }
+        if (pthread_cond_timedwait(&m->done, &m->mu, &until) != 0 && m->status.visible < counter) {
+            st = qr_fail(err, QR_ETIMEOUT, "the indexes did not reach change %lld within %llu ms",
+                         (long long)counter, (unsigned long long)timeout_ms);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+qr_status index_maintainer_rebuild(index_maintainer *m, index_sync_report *rep, char *err)
+{
+    if (!m)
+        return qr_fail(err, QR_EINVAL, "index_maintainer_rebuild: NULL maintainer");
+    qr_status st = QR_OK;
+    pthread_mutex_lock(&m->mu);
+    uint64_t seq = ++m->force_asked;
+    pthread_cond_signal(&m->wake);
+    while (m->force_done < seq && !m->stop)
+        pthread_cond_wait(&m->done, &m->mu);
+    if (m->force_done < seq)
+        st = qr_fail(err, QR_EUNAVAILABLE, "the index maintainer stopped before the rebuild");
+    else if (m->force_st)
+        st = qr_fail(err, m->force_st, "%s", m->force_err);
+    if (!st && rep)
+        *rep = m->force_rep; /* of this rebuild, or of a later one that took it in */
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+vindex *index_maintainer_vindex(index_maintainer *m)
+{
+    return m ? atomic_load_explicit(&m->vindex, memory_order_acquire) : NULL;
+}
+
+bm25_index *index_maintainer_bm25(index_maintainer *m)
+{
+    return m ? atomic_load_explicit(&m->bm25, memory_order_acquire) : NULL;
+}
+
+void index_maintainer_get_status(index_maintainer *m, index_maintainer_status *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    *out = m->status;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void index_maintainer_set_hook(index_maintainer *m, index_maintainer_hook fn, void *ctx)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->hook = fn;
+    m->hook_ctx = ctx;
+    pthread_mutex_unlock(&m->mu);
+}
