@@ -13,11 +13,18 @@
  * with the exact vector path forced (retrieval.exact_share = 1: every permitted chunk listed and
  * scanned), so recall@10 measures what the approximate index and its filtered search lose.
  *
- * Usage: bench_search [--chunks N] [--queries Q] [--datasets DIR] [--no-scale] [--no-eval] WORKDIR
+ * With --rebuild, the same kind of searches (as the 10% caller, each mode) run once with the index
+ * maintainer idle and then in a loop while it rebuilds both indexes from scratch (a forced rebuild,
+ * as POST /v1/index/rebuild), in one run: p50/p99/max of each and their ratio.
+ *
+ * Usage: bench_search [--chunks N] [--queries Q] [--datasets DIR] [--no-scale] [--no-eval] [--rebuild]
+ *        WORKDIR
  * (WORKDIR is created and reused: a collection already generated there at the same size is kept.)
  */
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -280,6 +287,123 @@ out:
     return rc;
 }
 
+/* ---- searches while the maintainer rebuilds ------------------------------------------------------- */
+
+typedef struct {
+    index_maintainer *m;
+    atomic_bool done;
+    qr_status st;
+    double seconds;
+    char err[QR_ERR_LEN];
+} rebuild_job;
+
+static void *rebuild_thread(void *arg)
+{
+    rebuild_job *j = arg;
+    uint64_t t0 = qr_now_ns();
+    j->st = index_maintainer_rebuild(j->m, NULL, j->err);
+    j->seconds = (qr_now_ns() - t0) / 1e9;
+    atomic_store(&j->done, true);
+    return NULL;
+}
+
+/* One search as the 10% caller; its latency in ms, or -1 on error (printed). */
+static double timed_search(retrieval *r, index_maintainer *m, const char *query, const float *vec, int dim,
+                           retrieval_mode mode)
+{
+    char err[QR_ERR_LEN];
+    const char *principals[] = {"group:p10"};
+    retrieval_caller caller = {principals, 1, false};
+    retrieval_request q = {.query = query, .vector = vec, .dim = dim, .mode = mode, .k = K};
+    retrieval_result *res = NULL;
+    uint64_t q0 = qr_now_ns();
+    /* what the server does on each request: take whatever the maintainer has published */
+    retrieval_set_vindex(r, index_maintainer_vindex(m));
+    retrieval_set_bm25(r, index_maintainer_bm25(m));
+    if (retrieval_search(r, &caller, &q, &res, err)) {
+        fprintf(stderr, "bench_search: %s\n", err);
+        return -1;
+    }
+    retrieval_result_free(res);
+    return (qr_now_ns() - q0) / 1e6;
+}
+
+/* Searches served while the index maintainer rebuilds both indexes (a forced rebuild, as
+ * POST /v1/index/rebuild asks), beside the same searches with the maintainer idle, in one run. */
+static int during_rebuild(const char *dir, size_t nchunks, size_t nqueries, const qr_config *cfg,
+                          ingest_embedder *e)
+{
+    char err[QR_ERR_LEN];
+    store *s = NULL;
+    retrieval *r = NULL;
+    index_maintainer *m = NULL;
+    int rc = 1;
+    int dim = ingest_embedder_dim(e);
+    char(*queries)[256] = malloc(nqueries * sizeof(*queries));
+    float *qvec = malloc(nqueries * (size_t)dim * sizeof(float));
+    size_t cap = 1 << 20, nlat = 0;
+    double *idle = malloc(nqueries * sizeof(double)), *busy = malloc(cap * sizeof(double));
+    for (size_t i = 0; i < nqueries; i++) {
+        text_of(queries[i], sizeof(queries[i]), 2 + rnd() % 5);
+        const char *t = queries[i];
+        ingest_embed(e, &t, NULL, 1, qvec + i * (size_t)dim, err);
+    }
+    index_maintainer_opts mo = {.data_dir = dir, .bm25 = true, .refresh_ms = 1000};
+    vindex_opts_from_config(cfg, &mo.vopts);
+    bm25_opts_from_config(cfg, &mo.bopts);
+    retrieval_opts o;
+    retrieval_opts_from_config(cfg, &o);
+    int64_t counter = 0;
+    if (generate(dir, nchunks, e, err) || store_open(dir, &s, err) ||
+        store_change_counter(s, &counter, err) || index_maintainer_start(&mo, &m, err) ||
+        index_maintainer_wait(m, counter, 3600000, err) || retrieval_open(s, NULL, &o, &r, err)) {
+        fprintf(stderr, "bench_search: %s\n", err);
+        goto out;
+    }
+    printf("\n| mode (10%% caller) | idle p50 ms | idle p99 ms | during rebuild p50 ms | p99 ms | max ms | "
+           "searches during | p99 ratio | rebuild s |\n|---|---|---|---|---|---|---|---|---|\n");
+    static const retrieval_mode modes[] = {RETRIEVAL_BM25, RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    for (size_t mi = 0; mi < 3; mi++) {
+        for (size_t i = 0; i < nqueries; i++)
+            if ((idle[i] = timed_search(r, m, queries[i], qvec + i * (size_t)dim, dim, modes[mi])) < 0)
+                goto out;
+        rebuild_job job = {.m = m};
+        atomic_init(&job.done, false);
+        pthread_t t;
+        if (pthread_create(&t, NULL, rebuild_thread, &job) != 0)
+            goto out;
+        nlat = 0;
+        for (size_t i = 0; !atomic_load(&job.done) && nlat < cap; i = (i + 1) % nqueries) {
+            double ms = timed_search(r, m, queries[i], qvec + i * (size_t)dim, dim, modes[mi]);
+            if (ms < 0)
+                break;
+            busy[nlat++] = ms;
+        }
+        pthread_join(t, NULL);
+        if (job.st) {
+            fprintf(stderr, "bench_search: rebuild: %s\n", job.err);
+            goto out;
+        }
+        qsort(idle, nqueries, sizeof(double), cmp_double);
+        qsort(busy, nlat, sizeof(double), cmp_double);
+        double p99i = pct(idle, nqueries, 99), p99b = nlat ? pct(busy, nlat, 99) : 0;
+        printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %zu | %.2f | %.1f |\n",
+               retrieval_mode_name(modes[mi]), pct(idle, nqueries, 50), p99i, nlat ? pct(busy, nlat, 50) : 0,
+               p99b, nlat ? busy[nlat - 1] : 0, nlat, p99i > 0 ? p99b / p99i : 0, job.seconds);
+        fflush(stdout);
+    }
+    rc = 0;
+out:
+    retrieval_close(r);
+    index_maintainer_stop(m);
+    store_close(s);
+    free(queries);
+    free(qvec);
+    free(idle);
+    free(busy);
+    return rc;
+}
+
 /* ---- quality on the shared collections ----------------------------------------------------------- */
 
 typedef struct {
@@ -477,7 +601,7 @@ int main(int argc, char **argv)
 {
     size_t nchunks = 100000, nqueries = 200;
     const char *datasets = "../shared/datasets", *work = NULL;
-    bool do_scale = true, do_eval = true;
+    bool do_scale = true, do_eval = true, do_rebuild = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--chunks") == 0 && i + 1 < argc)
             nchunks = strtoull(argv[++i], NULL, 10);
@@ -489,6 +613,8 @@ int main(int argc, char **argv)
             do_scale = false;
         else if (strcmp(argv[i], "--no-eval") == 0)
             do_eval = false;
+        else if (strcmp(argv[i], "--rebuild") == 0)
+            do_rebuild = true;
         else if (argv[i][0] != '-')
             work = argv[i];
         else
@@ -496,7 +622,7 @@ int main(int argc, char **argv)
     }
     if (!work || nchunks < CHUNKS_PER || !nqueries) {
         fprintf(stderr, "usage: bench_search [--chunks N] [--queries Q] [--datasets DIR] [--no-scale] "
-                        "[--no-eval] WORKDIR\n");
+                        "[--no-eval] [--rebuild] WORKDIR\n");
         return 2;
     }
     char err[QR_ERR_LEN];
@@ -515,6 +641,14 @@ int main(int argc, char **argv)
         printf("## latency and recall: %zu generated chunks, %zu queries, k = %d, one thread\n\n", nchunks,
                nqueries, K);
         rc |= scale(dir, nchunks, nqueries, cfg, e);
+    }
+    if (do_rebuild && !rc) {
+        char dir[1024];
+        snprintf(dir, sizeof(dir), "%s/generated-%zu", work, nchunks);
+        printf("\n## searches while the index maintainer rebuilds both indexes (%zu chunks, one search "
+               "thread)\n",
+               nchunks);
+        rc |= during_rebuild(dir, nchunks, nqueries, cfg, e);
     }
     if (do_eval) {
         printf("\n## quality (as quarry eval: queries as plain text, documents at their best chunk)\n\n");
