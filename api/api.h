@@ -14,6 +14,9 @@
 #define QUARRY_API_H
 
 #include "core/core.h"
+#include "index/index.h"
+#include "inference/inference.h"
+#include "retrieval/retrieval.h"
 
 /* "0.9.75": the libmicrohttpd in use at run time. */
 const char *api_mhd_version(void);
@@ -44,6 +47,71 @@ int api_server_stop(api_server *srv, int grace_s);
 
 /* Stops the server if it runs and frees everything. NULL is a no-op. */
 void api_server_free(api_server *srv);
+
+/* ---- the search service (service.c) -------------------------------------------------------- */
+
+/*
+ * One composition of store handles, indexes, the query embedder and retrieval handles, used by
+ * the server (every search, ask and chat route) and by the one-shot commands (`quarry search`,
+ * `ask`, `eval`), so that the same caller and query give the same page through either door.
+ * Pages are permission-trimmed twice: by retrieval, then once more against the store's current
+ * ACLs and tombstones (one indexed lookup per hit) before they leave the service.
+ *
+ * Threads: api_service_search, _passages, _embed and _acquire may be called from any number of
+ * threads at once (each takes one of the service's handles, waiting while all are busy); open
+ * and close from one thread.
+ */
+typedef struct api_service api_service;
+typedef struct api_service_handle api_service_handle;
+
+typedef struct {
+    size_t handles;      /* store + retrieval handles, one per concurrent caller (>= 1) */
+    bool background;     /* true (quarry serve): an index maintainer keeps the indexes in the
+                          * background; false (one command): they are opened and caught up now */
+    retrieval_mode mode; /* one command: the mode it will run (the indexes it needs); DEFAULT: the
+                          * configured one */
+    const char *who;     /* one command: the prefix of its notes on stderr ("quarry search") */
+} api_service_opts;
+
+void api_service_opts_default(api_service_opts *o);
+/* Opens data.dir's store handles and the indexes as o says (NULL: defaults, one-shot). The
+ * one-shot open may build indexes (printing a note) and fails with QR_EINVAL when the configured
+ * embedder is not the one the store was embedded with (and the mode needs vectors), or
+ * QR_EUNAVAILABLE for vector mode without vectors. On error *out is NULL. */
+qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_service **out, char *err);
+/* Stops the maintainer (background), closes everything. NULL is a no-op. */
+void api_service_close(api_service *svc);
+
+/* Searches as caller. With req->vector NULL the service embeds req->query when the mode needs
+ * it (hybrid goes on with BM25 when it cannot; vector mode fails with QR_EUNAVAILABLE). The page
+ * (retrieval_result_free) holds the chunks' text, read once, and only hits that passed the
+ * second check. Errors as retrieval_search. Costs one search plus one lookup per hit. */
+qr_status api_service_search(api_service *svc, const retrieval_caller *caller, const retrieval_request *req,
+                             retrieval_result **out, char *err);
+/* The passages for an answer to question: a plain-text search (quotes are prose) of k hits in the
+ * configured mode, as passages pointing into *page. Free *out (free()) before *page
+ * (retrieval_result_free). Errors as api_service_search. */
+qr_status api_service_passages(api_service *svc, const retrieval_caller *caller, const char *question,
+                               size_t k, retrieval_result **page, infer_passage **out, char *err);
+/* The page's hits as passages for the drafter, borrowing the page's strings (free() the array
+ * before the page); NULL when out of memory. */
+infer_passage *api_page_passages(const retrieval_result *res);
+/* The query embedding of text (*vec: free() it, *dim floats). QR_EUNAVAILABLE without an
+ * embedder (one-shot on a store without vectors), the embedder's errors. */
+qr_status api_service_embed(api_service *svc, const char *text, float **vec, int *dim, char *err);
+
+/* A store + retrieval handle for the calling thread, waiting while all are busy; never NULL.
+ * The retrieval handle sees the indexes published by now. Give it back with _release. */
+api_service_handle *api_service_acquire(api_service *svc);
+void api_service_release(api_service *svc, api_service_handle *h);
+/* Gives back the handle whose store s is (from api_service_handle_store). */
+void api_service_release_store(api_service *svc, store *s);
+store *api_service_handle_store(api_service_handle *h);
+retrieval *api_service_handle_retrieval(api_service_handle *h);
+/* The maintainer (background), NULL for a one-shot service. */
+index_maintainer *api_service_maintainer(api_service *svc);
+/* The retrieval.* settings the service searches with. */
+const retrieval_opts *api_service_retrieval_opts(const api_service *svc);
 
 /* ---- the route table (for the OpenAPI document and its tests) ----------------------------- */
 

@@ -102,13 +102,6 @@ void api_h_job_get(api_req *r);
 
 /* ---- the server ----------------------------------------------------------------------------- */
 
-/* A store handle and the retrieval handle that borrows it: used by one thread at a time. */
-typedef struct {
-    store *store;
-    retrieval *retrieval;
-    bool busy;
-} api_slot;
-
 typedef struct {
     int threads, workers, queue_max, max_connections, per_ip_connections;
     int connection_timeout_s, json_max_depth, shutdown_grace_s, chat_k;
@@ -140,19 +133,9 @@ struct api_server {
     /* The writer: one ingestion session, one thread at a time (documents routes, jobs). */
     ingest_session *ingest;
     pthread_mutex_t ingest_lock;
-    /* Query vectors: the ingestion embedder's twin (one caller at a time). */
-    ingest_embedder *embedder;
-    pthread_mutex_t embed_lock;
-    /* The indexes: the maintainer's thread keeps the vector index and the pruned BM25 index in
-     * step with the store and publishes them; searches take whatever is published. */
-    index_maintainer *maint;
-    vindex_opts vopts;
-    /* Readers: a small pool of store handles, each with its search handle, one thread each. */
-    api_slot *slots;
-    size_t nslots;
+    /* Searching: store and search handles, the query embedder and the index maintainer. */
+    api_service *svc;
     retrieval_opts ropts;
-    pthread_mutex_t store_lock;
-    pthread_cond_t store_cond;
 
     /* Lifecycle of requests, for graceful shutdown. */
     pthread_mutex_t lock;
@@ -175,11 +158,8 @@ qr_status api_refresh_arg(api_req *r, bool *wait_for, char *err);
 /* After a write: wakes the maintainer, and with wait_for waits as api_index_sync. */
 qr_status api_index_written(api_server *srv, bool wait_for, char *err);
 
-/* Takes a slot (store and retrieval handle) for the calling thread, waiting while all are busy.
- * Never NULL. */
-api_slot *api_slot_acquire(api_server *srv);
-void api_slot_release(api_server *srv, api_slot *slot);
-/* The same, for callers that need the store alone. */
+/* One of the search service's store handles for the calling thread, waiting while all are busy.
+ * Never NULL. Give it back with api_store_release. */
 store *api_store_acquire(api_server *srv);
 void api_store_release(api_server *srv, store *s);
 

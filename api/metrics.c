@@ -231,7 +231,7 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
     qr_buf_printf(o, "quarry_search_bm25_total{path=\"pruned\"} %llu\n", (unsigned long long)snap->bm25[1]);
     qr_buf_printf(o, "quarry_search_bm25_total{path=\"fts5\"} %llu\n", (unsigned long long)snap->bm25[0]);
     head(o, "quarry_bm25_index_open", "gauge", "1 when the pruned BM25 index is open.");
-    bm25_index *bm25 = index_maintainer_bm25(srv->maint);
+    bm25_index *bm25 = index_maintainer_bm25(api_service_maintainer(srv->svc));
     qr_buf_printf(o, "quarry_bm25_index_open %d\n", bm25 != NULL);
     if (bm25) {
         bm25_info bi;
@@ -255,7 +255,7 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
     }
 
     index_maintainer_status ms;
-    index_maintainer_get_status(srv->maint, &ms);
+    index_maintainer_get_status(api_service_maintainer(srv->svc), &ms);
     head(o, "quarry_index_maintainer_passes_total", "counter", "Catch-up passes the index maintainer ran.");
     qr_buf_printf(o, "quarry_index_maintainer_passes_total %llu\n", (unsigned long long)ms.passes);
     head(o, "quarry_index_maintainer_builds_total", "counter",

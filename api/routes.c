@@ -121,9 +121,9 @@ void api_h_readyz(api_req *r)
     const char *ldap = ldap_state(srv);
     /* the maintainer opens the indexes in the background: until then searches rank with FTS5
      * (ready), unless its first pass failed or the store has no vectors yet (not ready) */
-    vindex *v = index_maintainer_vindex(srv->maint);
+    vindex *v = index_maintainer_vindex(api_service_maintainer(srv->svc));
     index_maintainer_status ms;
-    index_maintainer_get_status(srv->maint, &ms);
+    index_maintainer_get_status(api_service_maintainer(srv->svc), &ms);
     vindex_info vi;
     memset(&vi, 0, sizeof(vi));
     if (v)
@@ -137,10 +137,10 @@ void api_h_readyz(api_req *r)
                              "store", st ? "error" : "ok", "index", index, "ldap", ldap);
     if (body) {
         json_t *checks = json_object_get(body, "checks");
-        const char *bm25 = !srv->ropts.bm25_pruned             ? "off"
-                           : index_maintainer_bm25(srv->maint) ? "warm"
-                           : !ms.first_pass_done || ms.busy    ? "building"
-                                                               : "unavailable";
+        const char *bm25 = !srv->ropts.bm25_pruned                                   ? "off"
+                           : index_maintainer_bm25(api_service_maintainer(srv->svc)) ? "warm"
+                           : !ms.first_pass_done || ms.busy                          ? "building"
+                                                                                     : "unavailable";
         json_object_set_new(checks, "indexes",
                             json_pack("{s:s,s:s,s:b,s:I}", "bm25", bm25, "vector",
                                       v ? "warm" : (!ms.first_pass_done || ms.busy ? "building" : "none"),

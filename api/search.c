@@ -3,11 +3,12 @@
  * (an answer with citations) and POST /v1/chat/completions (the same answer in OpenAI's shape,
  * as one JSON object or as server-sent chat.completion.chunk events ending with [DONE]).
  *
- * Permission trimming happens twice. Retrieval searches only the chunks the caller's principals
- * permit; then, before anything is returned, cited or sent to the inference backend, every hit
- * is read again from the store through the same permission filter (store_read_chunks), so a hit
- * whose document was deleted or whose ACL changed since the search -- or a retrieval bug -- is
- * dropped rather than shown. Only passages that passed that second check reach the drafter.
+ * Every search goes through the search service (api/service.c), the same one `quarry search` and
+ * `quarry ask` use: it trims each page twice -- retrieval searches only the chunks the caller's
+ * principals permit, then every hit is tested again against the store's current ACLs and
+ * tombstones -- so a hit whose document was deleted or whose ACL changed since the search, or a
+ * retrieval bug, is dropped before anything is returned, cited or sent to the inference backend.
+ * The chunks' text is read once, with the page.
  *
  * The audit log gets one line per request: a hash of the query and the doc ids returned (search)
  * or cited (answers).
@@ -19,94 +20,24 @@
 #include "api/api_int.h"
 #include "retrieval/retrieval.h"
 
-#define SNIPPET_OPEN  "<mark>"
-#define SNIPPET_CLOSE "</mark>"
+/* ---- the seam with the search service -------------------------------------------------------- */
 
-/* A hit after the second permission check, with everything the answer needs. Owned strings. */
-typedef struct {
-    int64_t chunk_id;
-    double score;
-    char *doc_id, *title, *uri, *headings, *snippet, *text;
-    size_t start, end;             /* the snippet's byte offsets in the document's text */
-    size_t chunk_start, chunk_end; /* the whole chunk's */
-} api_hit;
-
-typedef struct {
-    api_hit *hits;
-    size_t n;
-    char *next_cursor; /* the next page's, NULL after the last */
-    const char *mode;  /* the mode that ran */
-} api_hits;
-
-static void hits_release(api_hits *h)
+/* Searches for the caller through the search service (which trims the page twice: see
+ * api/service.c): the request's filters and page, plain for questions. *out: the page
+ * (retrieval_result_free). */
+static qr_status search_for(api_req *r, const api_search_req *q, bool plain, retrieval_result **out,
+                            char *err)
 {
-    for (size_t i = 0; i < h->n; i++) {
-        api_hit *x = &h->hits[i];
-        free(x->doc_id);
-        free(x->title);
-        free(x->uri);
-        free(x->headings);
-        free(x->snippet);
-        free(x->text);
-    }
-    free(h->hits);
-    free(h->next_cursor);
-    memset(h, 0, sizeof(*h));
-}
-
-/* A hit as retrieval hands it over, before the second check. */
-typedef struct {
-    int64_t chunk_id;
-    double score;
-    char *snippet;
-    size_t start, end; /* the snippet's offsets */
-} candidate;
-
-/* ---- the seam with retrieval --------------------------------------------------------------- */
-
-/* Embeds the query for vector and hybrid searches. NULL when it cannot: hybrid then runs BM25
- * alone (retrieval says so in the mode it reports), vector mode fails. */
-static float *embed_query(api_server *srv, const char *text, int *dim)
-{
-    *dim = ingest_embedder_dim(srv->embedder);
-    float *vec = malloc((size_t)*dim * sizeof(float));
-    if (!vec)
-        return NULL;
-    char err[QR_ERR_LEN];
-    pthread_mutex_lock(&srv->embed_lock);
-    qr_status st = ingest_embed(srv->embedder, &text, NULL, 1, vec, err);
-    pthread_mutex_unlock(&srv->embed_lock);
-    if (st) {
-        qr_log(QR_LOG_WARN, "api", "cannot embed a query (searching without vectors): %s", err);
-        free(vec);
-        return NULL;
-    }
-    return vec;
-}
-
-/* Runs the search for the caller and fills cands (best first) with up to q->k hits of the page
- * q->cursor names; *next_cursor (free() it) is the next page's, NULL after the last. The only
- * function that knows retrieval's API. */
-static qr_status run_retrieval(api_req *r, api_slot *slot, const api_search_req *q, candidate **cands,
-                               size_t *n, char **next_cursor, const char **mode_ran, char *err)
-{
-    *cands = NULL;
-    *n = 0;
-    *next_cursor = NULL;
+    *out = NULL;
     retrieval_mode mode;
     qr_status st = retrieval_mode_parse(q->mode, &mode, err);
     if (st)
         return st;
-    int dim = 0;
-    float *vec = mode == RETRIEVAL_BM25 ? NULL : embed_query(r->srv, q->query, &dim);
-    if (mode == RETRIEVAL_VECTOR && !vec)
-        return qr_fail(err, QR_EUNAVAILABLE, "vector search needs the query's embedding, which failed");
     const auth_principal *p = r->principal;
     retrieval_caller caller = {(const char *const *)p->principals, p->nprincipals, p->is_admin};
     retrieval_request req = {
         .query = q->query,
-        .vector = vec,
-        .dim = dim,
+        .plain = plain,
         .mode = mode,
         .k = q->k,
         .doc_ids = q->doc_ids,
@@ -117,170 +48,21 @@ static qr_status run_retrieval(api_req *r, api_slot *slot, const api_search_req 
         .max_per_doc = q->max_per_doc,
         .cursor = q->cursor,
     };
-    retrieval_result *res = NULL;
-    st = retrieval_search(slot->retrieval, &caller, &req, &res, err);
-    free(vec);
-    if (st)
+    if ((st = api_service_search(r->srv->svc, &caller, &req, out, err)))
         return st;
-    *mode_ran = retrieval_mode_name(res->mode);
-    if (res->mode != RETRIEVAL_VECTOR)
-        api_metrics_bm25(r->srv->metrics, res->bm25_pruned);
-    if (res->nhits && !(*cands = calloc(res->nhits, sizeof(**cands)))) {
-        retrieval_result_free(res);
-        return qr_fail(err, QR_ENOMEM, "out of memory reading search results");
-    }
-    for (size_t i = 0; i < res->nhits; i++) {
-        const retrieval_hit *h = &res->hits[i];
-        candidate *c = &(*cands)[(*n)++];
-        c->chunk_id = h->chunk_id;
-        c->score = h->score;
-        c->start = h->start;
-        c->end = h->end;
-        if (!(c->snippet = strdup(h->snippet ? h->snippet : "")))
-            st = qr_fail(err, QR_ENOMEM, "out of memory reading search results");
-    }
-    if (!st && res->next_cursor && !(*next_cursor = strdup(res->next_cursor)))
-        st = qr_fail(err, QR_ENOMEM, "out of memory reading search results");
-    retrieval_result_free(res);
-    return st;
-}
-
-/* ---- the second permission check ----------------------------------------------------------- */
-
-typedef struct {
-    const candidate *cands;
-    size_t ncands;
-    api_hit *hits; /* indexed like cands; doc_id NULL = not (or no longer) permitted */
-} hydrate_ctx;
-
-static char *dup_n(const char *s, size_t n)
-{
-    return strndup(s ? s : "", s ? n : 0);
-}
-
-/* A one-line excerpt of up to ~240 bytes, cut at a character boundary. */
-static char *make_snippet(const char *text, size_t len)
-{
-    size_t n = len < 240 ? len : 240;
-    while (n < len && n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80)
-        n--;
-    char *s = malloc(n + 4);
-    if (!s)
-        return NULL;
-    memcpy(s, text, n);
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '\n' || s[i] == '\t')
-            s[i] = ' ';
-    if (n < len)
-        memcpy(s + n, "…", 4);
-    else
-        s[n] = '\0';
-    return s;
-}
-
-static qr_status hydrate_one(void *ctx, const store_chunk_view *c, char *err)
-{
-    hydrate_ctx *h = ctx;
-    for (size_t i = 0; i < h->ncands; i++) {
-        if (h->cands[i].chunk_id != c->chunk_id || h->hits[i].doc_id)
-            continue;
-        api_hit *x = &h->hits[i];
-        x->chunk_id = c->chunk_id;
-        x->score = h->cands[i].score;
-        x->chunk_start = c->start;
-        x->chunk_end = c->end;
-        x->start = h->cands[i].snippet ? h->cands[i].start : c->start;
-        x->end = h->cands[i].snippet ? h->cands[i].end : c->end;
-        x->doc_id = strdup(c->doc_id);
-        x->title = strdup(c->title);
-        x->uri = strdup(c->uri);
-        x->headings = strdup(c->headings);
-        x->text = dup_n(c->text, c->text_len);
-        x->snippet = h->cands[i].snippet ? strdup(h->cands[i].snippet) : make_snippet(c->text, c->text_len);
-        if (!x->doc_id || !x->title || !x->uri || !x->headings || !x->text || !x->snippet)
-            return qr_fail(err, QR_ENOMEM, "out of memory reading search results");
-    }
+    if ((*out)->mode != RETRIEVAL_VECTOR)
+        api_metrics_bm25(r->srv->metrics, (*out)->bm25_pruned);
     return QR_OK;
-}
-
-/* The caller's permission filter plus the request's metadata filters. */
-static void make_filter(const api_req *r, const api_search_req *q, store_filter *f)
-{
-    const auth_principal *p = r->principal;
-    memset(f, 0, sizeof(*f));
-    f->principals = (const char *const *)p->principals;
-    f->nprincipals = p->nprincipals;
-    f->all_documents = p->is_admin;
-    f->doc_ids = q->doc_ids;
-    f->ndoc_ids = q->ndoc_ids;
-    f->uri_prefix = q->uri_prefix;
-    f->content_type = q->content_type;
-    f->updated_after_ms = q->updated_after_ms;
-}
-
-/* Searches, then keeps the hits the caller may still read, in rank order. */
-static qr_status search_for(api_req *r, const api_search_req *q, api_hits *out, char *err)
-{
-    memset(out, 0, sizeof(*out));
-    candidate *cands = NULL;
-    size_t n = 0;
-    const char *mode = q->mode;
-    api_slot *slot = api_slot_acquire(r->srv);
-    qr_status st = run_retrieval(r, slot, q, &cands, &n, &out->next_cursor, &mode, err);
-    hydrate_ctx h = {cands, n, NULL};
-    int64_t *ids = NULL;
-    if (st || n == 0)
-        goto out;
-    h.hits = calloc(n, sizeof(*h.hits));
-    ids = malloc(n * sizeof(*ids));
-    if (!h.hits || !ids) {
-        st = qr_fail(err, QR_ENOMEM, "out of memory reading search results");
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++)
-        ids[i] = cands[i].chunk_id;
-    store_filter f;
-    make_filter(r, q, &f);
-    if ((st = store_read_chunks(slot->store, ids, n, &f, hydrate_one, &h, err)))
-        goto out;
-    out->hits = calloc(n, sizeof(*out->hits));
-    if (!out->hits) {
-        st = qr_fail(err, QR_ENOMEM, "out of memory reading search results");
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (h.hits[i].doc_id) {
-            out->hits[out->n++] = h.hits[i];
-            memset(&h.hits[i], 0, sizeof(h.hits[i]));
-        } else {
-            qr_log(QR_LOG_WARN, "api", "chunk %lld dropped by the second permission check (request %s)",
-                   (long long)cands[i].chunk_id, r->request_id);
-        }
-    }
-out:
-    api_slot_release(r->srv, slot);
-    if (h.hits) {
-        api_hits tmp = {h.hits, n, NULL, NULL};
-        hits_release(&tmp);
-    }
-    for (size_t i = 0; i < n; i++)
-        free(cands[i].snippet);
-    free(cands);
-    free(ids);
-    if (st)
-        hits_release(out);
-    else
-        out->mode = mode;
-    return st;
 }
 
 /* ---- JSON of results ------------------------------------------------------------------------ */
 
-static json_t *hit_json(const api_hit *x)
+static json_t *hit_json(const retrieval_hit *x)
 {
     return json_pack("{s:I,s:s,s:s,s:s,s:s,s:f,s:s,s:I,s:I}", "chunk_id", (json_int_t)x->chunk_id, "doc_id",
                      x->doc_id, "title", x->title, "uri", x->uri, "headings", x->headings, "score", x->score,
-                     "snippet", x->snippet, "start", (json_int_t)x->start, "end", (json_int_t)x->end);
+                     "snippet", x->snippet ? x->snippet : "", "start", (json_int_t)x->start, "end",
+                     (json_int_t)x->end);
 }
 
 static json_t *source_json(const infer_source *s)
@@ -315,24 +97,25 @@ void api_h_search(api_req *r)
         return;
     }
     uint64_t t0 = qr_now_ns();
-    api_hits hits;
-    if ((st = search_for(r, &q, &hits, err))) {
+    retrieval_result *page = NULL;
+    if ((st = search_for(r, &q, false, &page, err))) {
         api_reply_status(r, st, err);
         goto out;
     }
     json_t *results = json_array();
-    const char **ids = calloc(hits.n ? hits.n : 1, sizeof(*ids));
-    for (size_t i = 0; i < hits.n; i++) {
-        json_array_append_new(results, hit_json(&hits.hits[i]));
+    const char **ids = calloc(page->nhits ? page->nhits : 1, sizeof(*ids));
+    for (size_t i = 0; i < page->nhits; i++) {
+        json_array_append_new(results, hit_json(&page->hits[i]));
         if (ids)
-            ids[i] = hits.hits[i].doc_id;
+            ids[i] = page->hits[i].doc_id;
     }
-    json_t *answer = json_pack("{s:o,s:s,s:s?,s:f}", "results", results, "mode", hits.mode, "next_cursor",
-                               hits.next_cursor, "took_ms", (double)(qr_now_ns() - t0) / 1e6);
-    api_audit_record(r->srv->audit, r, q.query, ids, ids ? hits.n : 0, "search");
+    json_t *answer =
+        json_pack("{s:o,s:s,s:s?,s:f}", "results", results, "mode", retrieval_mode_name(page->mode),
+                  "next_cursor", page->next_cursor, "took_ms", (double)(qr_now_ns() - t0) / 1e6);
+    api_audit_record(r->srv->audit, r, q.query, ids, ids ? page->nhits : 0, "search");
     api_reply_json(r, 200, answer);
     free(ids);
-    hits_release(&hits);
+    retrieval_result_free(page);
 out:
     api_search_req_release(&q);
     json_decref(body);
@@ -353,26 +136,6 @@ static int64_t estimate_tokens(const char *s)
             other++;
     }
     return (int64_t)((ascii + 3) / 4 + other);
-}
-
-/* Passages for the drafter: borrowed from the hits. */
-static infer_passage *passages_of(const api_hits *h)
-{
-    infer_passage *p = calloc(h->n ? h->n : 1, sizeof(*p));
-    for (size_t i = 0; p && i < h->n; i++) {
-        const api_hit *x = &h->hits[i];
-        p[i] = (infer_passage){.chunk_id = x->chunk_id,
-                               .doc_id = x->doc_id,
-                               .title = x->title,
-                               .uri = x->uri,
-                               .headings = x->headings,
-                               .text = x->text,
-                               .snippet = x->snippet,
-                               .start = x->chunk_start,
-                               .end = x->chunk_end,
-                               .score = x->score};
-    }
-    return p;
 }
 
 static void audit_answer(api_req *r, const char *question, const infer_result *res)
@@ -397,19 +160,20 @@ void api_h_ask(api_req *r)
         json_decref(body);
         return;
     }
-    api_hits hits = {0};
+    retrieval_result *page = NULL;
     infer_result res;
     infer_result_init(&res);
     infer_passage *passages = NULL;
-    if ((st = search_for(r, &q, &hits, err))) {
+    /* a question is prose: its quotes and dashes are not query syntax */
+    if ((st = search_for(r, &q, true, &page, err))) {
         api_reply_status(r, st, err);
         goto out;
     }
-    if (!(passages = passages_of(&hits))) {
+    if (!(passages = api_page_passages(page))) {
         api_reply_status(r, QR_ENOMEM, "out of memory");
         goto out;
     }
-    infer_request req = {.question = q.query, .passages = passages, .passage_count = hits.n};
+    infer_request req = {.question = q.query, .passages = passages, .passage_count = page->nhits};
     uint64_t t0 = qr_now_ns();
     st = infer_answer(r->srv->infer, &req, &res, err);
     api_metrics_answer(r->srv->metrics, (double)(qr_now_ns() - t0) / 1e9, res.mode == INFER_MODE_EXTRACTIVE,
@@ -429,7 +193,7 @@ void api_h_ask(api_req *r)
 out:
     free(passages);
     infer_result_release(&res);
-    hits_release(&hits);
+    retrieval_result_free(page);
     api_search_req_release(&q);
     json_decref(body);
 }
@@ -507,18 +271,18 @@ void api_h_chat(api_req *r)
         return;
     }
     api_search_req q = {.query = c.search_query, .k = c.k, .mode = "hybrid"};
-    api_hits hits = {0};
+    retrieval_result *page = NULL;
     infer_result res;
     infer_result_init(&res);
     infer_passage *passages = NULL;
     chat_stream cs = {
         .r = r, .created = qr_wall_ms() / 1000, .model = srv->model, .include_usage = c.include_usage};
     snprintf(cs.id, sizeof(cs.id), "chatcmpl-%s", r->request_id);
-    if ((st = search_for(r, &q, &hits, err))) {
+    if ((st = search_for(r, &q, true, &page, err))) {
         api_reply_status(r, st, err);
         goto out;
     }
-    if (!(passages = passages_of(&hits))) {
+    if (!(passages = api_page_passages(page))) {
         api_reply_status(r, QR_ENOMEM, "out of memory");
         goto out;
     }
@@ -526,7 +290,7 @@ void api_h_chat(api_req *r)
                          .history = c.history,
                          .history_count = c.nhistory,
                          .passages = passages,
-                         .passage_count = hits.n};
+                         .passage_count = page->nhits};
     if (c.stream) {
         if (!api_stream_begin(r, 200, "text/event-stream; charset=utf-8"))
             goto out;
@@ -583,7 +347,7 @@ void api_h_chat(api_req *r)
 out:
     free(passages);
     infer_result_release(&res);
-    hits_release(&hits);
+    retrieval_result_free(page);
     api_chat_req_release(&c);
     json_decref(body);
 }

@@ -118,45 +118,14 @@ static qr_status parse_listen(api_server *srv, const char *listen, char *err)
 
 /* ---- store handles ---------------------------------------------------------------------------- */
 
-api_slot *api_slot_acquire(api_server *srv)
-{
-    pthread_mutex_lock(&srv->store_lock);
-    for (;;) {
-        for (size_t i = 0; i < srv->nslots; i++) {
-            if (!srv->slots[i].busy) {
-                srv->slots[i].busy = true;
-                pthread_mutex_unlock(&srv->store_lock);
-                /* whatever the maintainer has published by now (two atomic loads) */
-                retrieval_set_vindex(srv->slots[i].retrieval, index_maintainer_vindex(srv->maint));
-                retrieval_set_bm25(srv->slots[i].retrieval,
-                                   srv->ropts.bm25_pruned ? index_maintainer_bm25(srv->maint) : NULL);
-                return &srv->slots[i];
-            }
-        }
-        pthread_cond_wait(&srv->store_cond, &srv->store_lock);
-    }
-}
-
-void api_slot_release(api_server *srv, api_slot *slot)
-{
-    if (!slot)
-        return;
-    pthread_mutex_lock(&srv->store_lock);
-    slot->busy = false;
-    pthread_cond_signal(&srv->store_cond);
-    pthread_mutex_unlock(&srv->store_lock);
-}
-
 store *api_store_acquire(api_server *srv)
 {
-    return api_slot_acquire(srv)->store;
+    return api_service_handle_store(api_service_acquire(srv->svc));
 }
 
 void api_store_release(api_server *srv, store *s)
 {
-    for (size_t i = 0; s && i < srv->nslots; i++)
-        if (srv->slots[i].store == s)
-            api_slot_release(srv, &srv->slots[i]);
+    api_service_release_store(srv->svc, s);
 }
 
 /* ---- the indexes ------------------------------------------------------------------------------ */
@@ -164,7 +133,7 @@ void api_store_release(api_server *srv, store *s)
 qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, char *err)
 {
     if (force)
-        return index_maintainer_rebuild(srv->maint, rep, err);
+        return index_maintainer_rebuild(api_service_maintainer(srv->svc), rep, err);
     if (rep)
         memset(rep, 0, sizeof(*rep));
     int64_t counter = 0;
@@ -173,7 +142,8 @@ qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, ch
     api_store_release(srv, s);
     if (st)
         return st;
-    return index_maintainer_wait(srv->maint, counter, (uint64_t)srv->set.wait_for_ms, err);
+    return index_maintainer_wait(api_service_maintainer(srv->svc), counter, (uint64_t)srv->set.wait_for_ms,
+                                 err);
 }
 
 qr_status api_refresh_arg(api_req *r, bool *wait_for, char *err)
@@ -195,7 +165,7 @@ qr_status api_refresh_arg(api_req *r, bool *wait_for, char *err)
 qr_status api_index_written(api_server *srv, bool wait_for, char *err)
 {
     if (!wait_for) {
-        index_maintainer_signal(srv->maint);
+        index_maintainer_signal(api_service_maintainer(srv->svc));
         return QR_OK;
     }
     return api_index_sync(srv, false, NULL, err);
@@ -215,10 +185,6 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     pthread_cond_init(&srv->idle, NULL);
     pthread_mutex_init(&srv->access_lock, NULL);
     pthread_mutex_init(&srv->ingest_lock, NULL);
-    pthread_mutex_init(&srv->store_lock, NULL);
-    pthread_cond_init(&srv->store_cond, NULL);
-    pthread_mutex_init(&srv->embed_lock, NULL);
-    vindex_opts_from_config(cfg, &srv->vopts);
     atomic_init(&srv->cancel_all, false);
     read_settings(cfg, &srv->set);
     const char *model = qr_config_str(cfg, "inference.model");
@@ -248,23 +214,22 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     }
 
     if ((st = auth_new(cfg, &srv->auth, err)) || (st = infer_client_new(cfg, &srv->infer, err)) ||
-        (st = ingest_session_open(cfg, &srv->ingest, err)) ||
-        (st = ingest_embedder_open(cfg, &srv->embedder, err)) || (st = api_audit_open(cfg, &srv->audit, err)))
+        (st = ingest_session_open(cfg, &srv->ingest, err)) || (st = api_audit_open(cfg, &srv->audit, err)))
         goto out;
     if (!(srv->metrics = api_metrics_new())) {
         st = qr_fail(err, QR_ENOMEM, "out of memory creating the metrics");
         goto out;
     }
-    /* one per worker and one for the job runner; each worker holds at most one at a time */
-    size_t nslots = (size_t)srv->set.workers + 1;
-    srv->nslots = nslots < STORES_MAX ? nslots : STORES_MAX;
-    if (!(srv->slots = calloc(srv->nslots, sizeof(*srv->slots)))) {
-        st = qr_fail(err, QR_ENOMEM, "out of memory creating the store handles");
+    /* the search service: one store and search handle per worker and one for the job runner
+     * (each worker holds at most one at a time), the query embedder, and the index maintainer,
+     * which opens (or builds) the indexes in the background */
+    api_service_opts so;
+    api_service_opts_default(&so);
+    so.background = true;
+    so.handles = (size_t)srv->set.workers + 1 < STORES_MAX ? (size_t)srv->set.workers + 1 : STORES_MAX;
+    if ((st = api_service_open(cfg, &so, &srv->svc, err)))
         goto out;
-    }
-    for (size_t i = 0; i < srv->nslots; i++)
-        if ((st = store_open(qr_config_str(cfg, "data.dir"), &srv->slots[i].store, err)))
-            goto out;
+    retrieval_opts_from_config(cfg, &srv->ropts);
 
     const char *access = qr_config_str(cfg, "server.access_log");
     if (*access) {
@@ -276,16 +241,8 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     }
     if ((st = api_jobs_new(srv, &srv->jobs, err)))
         goto out;
-    /* the indexes are the maintainer's: it opens (or builds) them in the background; a short
-     * wait lets a small store start warm, a large one starts at once with FTS5 ranking */
-    retrieval_opts_from_config(cfg, &srv->ropts);
-    index_maintainer_opts mo = {.data_dir = qr_config_str(cfg, "data.dir"),
-                                .bm25 = srv->ropts.bm25_pruned,
-                                .refresh_ms = (uint64_t)qr_config_int(cfg, "index.refresh_ms")};
-    mo.vopts = srv->vopts;
-    bm25_opts_from_config(cfg, &mo.bopts);
-    if ((st = index_maintainer_start(&mo, &srv->maint, err)))
-        goto out;
+    /* a short wait lets a small store start with its indexes warm; a large one starts at once,
+     * with FTS5 ranking until they are built */
     int64_t startup_wait = qr_config_int(cfg, "index.startup_wait_ms");
     if (startup_wait > 0) {
         char e2[QR_ERR_LEN];
@@ -293,14 +250,11 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
         store *s = api_store_acquire(srv);
         qr_status cst = store_change_counter(s, &counter, e2);
         api_store_release(srv, s);
-        if (!cst && (cst = index_maintainer_wait(srv->maint, counter, (uint64_t)startup_wait, e2)))
+        if (!cst && (cst = index_maintainer_wait(api_service_maintainer(srv->svc), counter,
+                                                 (uint64_t)startup_wait, e2)))
             qr_log(QR_LOG_WARN, "index", "serving before the indexes are ready (FTS5 ranks meanwhile): %s",
                    e2);
     }
-    /* the search handles borrow the store handles; the indexes are set on each acquire */
-    for (size_t i = 0; i < srv->nslots; i++)
-        if ((st = retrieval_open(srv->slots[i].store, NULL, &srv->ropts, &srv->slots[i].retrieval, err)))
-            goto out;
 out:
     if (st) {
         api_server_free(srv);
@@ -523,13 +477,7 @@ void api_server_free(api_server *srv)
     if (srv->running)
         api_server_stop(srv, 0);
     api_jobs_free(srv->jobs);
-    for (size_t i = 0; srv->slots && i < srv->nslots; i++)
-        retrieval_close(srv->slots[i].retrieval);
-    index_maintainer_stop(srv->maint);
-    for (size_t i = 0; srv->slots && i < srv->nslots; i++)
-        store_close(srv->slots[i].store);
-    free(srv->slots);
-    ingest_embedder_free(srv->embedder);
+    api_service_close(srv->svc);
     ingest_session_close(srv->ingest);
     infer_client_free(srv->infer);
     auth_free(srv->auth);
@@ -543,9 +491,6 @@ void api_server_free(api_server *srv)
     pthread_cond_destroy(&srv->idle);
     pthread_mutex_destroy(&srv->access_lock);
     pthread_mutex_destroy(&srv->ingest_lock);
-    pthread_mutex_destroy(&srv->store_lock);
-    pthread_cond_destroy(&srv->store_cond);
-    pthread_mutex_destroy(&srv->embed_lock);
     free(srv);
 }
 

@@ -1,10 +1,9 @@
 /*
- * `quarry search`, `quarry eval` and `quarry index build`: searching the store as a user (or as
- * an administrator), measuring retrieval quality on a judged collection, and building the vector
- * index. These commands wire the modules together the way the HTTP API will: auth resolves who
- * is asking, ingest's embedder embeds the query, index/sync.c brings the vector index up to the
- * store, and retrieval searches with the caller's principals. retrieval itself sees neither LDAP
- * nor the embedder.
+ * `quarry search`, `quarry ask`, `quarry eval` and `quarry index build`: searching the store as a
+ * user (or as an administrator), answering a question, measuring retrieval quality on a judged
+ * collection, and building the indexes. Searches go through the search service the HTTP API uses
+ * (api/service.c: the same indexes, query embedding, retrieval and second permission check), so a
+ * caller gets the same page here as from POST /v1/search; auth resolves who is asking.
  */
 #define _GNU_SOURCE /* timegm */
 #include <errno.h>
@@ -16,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/api.h"
 #include "auth/auth.h"
 #include "cli/cli.h"
 #include "index/index.h"
@@ -30,119 +30,22 @@
 
 /* ---- what searching needs ------------------------------------------------------------------ */
 
-typedef struct {
-    store *s;
-    vindex *v;
-    bm25_index *b;
-    ingest_embedder *e;
-    retrieval *r;
-    float *vec; /* the query embedding, the embedder's dimension */
-    int dim;
-} search_env;
-
-static void env_close(search_env *env)
+/* The search service `quarry serve` uses, opened for one command: the store, the indexes the mode
+ * needs (caught up with the store now, built when missing, with a note on stderr) and the query
+ * embedder. Errors are printed. */
+static int service_open(const cli_ctx *ctx, retrieval_mode mode, api_service **svc)
 {
-    retrieval_close(env->r);
-    vindex_close(env->v);
-    bm25_close(env->b);
-    ingest_embedder_free(env->e);
-    store_close(env->s);
-    free(env->vec);
-    memset(env, 0, sizeof(*env));
-}
-
-/* Opens the store, the embedder and the vector index (brought up to date with the store) when
- * the mode uses vectors, and a retrieval handle. A vector index that another process holds (a
- * running server) or a store without vectors leaves hybrid searches to BM25, with a note. */
-static int env_open(const cli_ctx *ctx, retrieval_mode mode, search_env *env)
-{
-    char err[QR_ERR_LEN];
-    const char *cmd = ctx->argv[0];
-    const char *dir = qr_config_str(ctx->cfg, "data.dir");
-    retrieval_opts ro;
-    store_stats ss;
-    memset(env, 0, sizeof(*env));
-    retrieval_opts_from_config(ctx->cfg, &ro);
-    if (mode == RETRIEVAL_MODE_DEFAULT)
-        mode = ro.mode;
-    if (store_open(dir, &env->s, err) || store_get_stats(env->s, &ss, err)) {
-        fprintf(stderr, "quarry %s: %s\n", cmd, err);
-        goto fail;
+    char err[QR_ERR_LEN], who[64];
+    snprintf(who, sizeof(who), "quarry %s", ctx->argv[0]);
+    api_service_opts o;
+    api_service_opts_default(&o);
+    o.mode = mode;
+    o.who = who;
+    if (api_service_open(ctx->cfg, &o, svc, err)) {
+        fprintf(stderr, "%s: %s\n", who, err);
+        return CLI_EXIT_FAILURE;
     }
-    if (ro.bm25_pruned && mode != RETRIEVAL_VECTOR) {
-        /* the pruned BM25 index, brought up to date (before the vector index, whose rebuild
-         * prunes tombstones); without it FTS5 ranks, with the same results */
-        bm25_opts bo;
-        bm25_report br;
-        bm25_opts_from_config(ctx->cfg, &bo);
-        if (bm25_open(env->s, dir, &bo, false, &env->b, &br, err))
-            fprintf(stderr, "quarry %s: %s; FTS5 ranks BM25 instead\n", cmd, err);
-        else if (br.rebuilt)
-            fprintf(stderr, "quarry %s: built the BM25 index (%.1f s)\n", cmd, br.seconds);
-    }
-    if (mode != RETRIEVAL_BM25 && ss.embedding_dim > 0) {
-        if (ingest_embedder_open(ctx->cfg, &env->e, err)) {
-            fprintf(stderr, "quarry %s: %s\n", cmd, err);
-            goto fail;
-        }
-        /* the query must be embedded the way the chunks were */
-        if (strcmp(ingest_embedder_model(env->e), ss.embedding_model) != 0 ||
-            ingest_embedder_dim(env->e) != ss.embedding_dim) {
-            fprintf(stderr,
-                    "quarry %s: the store was embedded with model '%s' (dimension %d) but the configured "
-                    "embedder is '%s' (dimension %d): configure the same embed.* settings as for ingest\n",
-                    cmd, ss.embedding_model, ss.embedding_dim, ingest_embedder_model(env->e),
-                    ingest_embedder_dim(env->e));
-            goto fail;
-        }
-        env->dim = ss.embedding_dim;
-        if (!(env->vec = malloc((size_t)env->dim * sizeof(float)))) {
-            fprintf(stderr, "quarry %s: out of memory\n", cmd);
-            goto fail;
-        }
-        vindex_opts vo;
-        vindex_opts_from_config(ctx->cfg, &vo);
-        index_sync_report rep;
-        qr_status st = index_sync_open(env->s, dir, &vo, false, &env->v, &rep, err);
-        if (st == QR_EPERM && mode == RETRIEVAL_HYBRID) {
-            fprintf(stderr, "quarry %s: %s; searching with BM25 only\n", cmd, err);
-        } else if (st) {
-            fprintf(stderr, "quarry %s: %s\n", cmd, err);
-            goto fail;
-        } else if (rep.rebuilt) {
-            fprintf(stderr, "quarry %s: built vector index generation %llu (%s, %zu vectors)\n", cmd,
-                    (unsigned long long)rep.generation, rep.type, rep.count);
-        }
-    }
-    if (mode == RETRIEVAL_VECTOR && !env->v) {
-        fprintf(stderr, "quarry %s: vector search needs vectors: the store holds none yet (ingest first)\n",
-                cmd);
-        goto fail;
-    }
-    if (retrieval_open(env->s, env->v, &ro, &env->r, err)) {
-        fprintf(stderr, "quarry %s: %s\n", cmd, err);
-        goto fail;
-    }
-    retrieval_set_bm25(env->r, env->b);
     return CLI_EXIT_OK;
-fail:
-    env_close(env);
-    return CLI_EXIT_FAILURE;
-}
-
-/* Embeds the query when vectors are in use; on failure a hybrid search goes on with BM25. */
-static bool embed_query(const cli_ctx *ctx, search_env *env, retrieval_mode mode, const char *query)
-{
-    if (!env->v || !env->e || mode == RETRIEVAL_BM25)
-        return false;
-    char err[QR_ERR_LEN];
-    const char *texts[1] = {query};
-    if (ingest_embed(env->e, texts, NULL, 1, env->vec, err)) {
-        fprintf(stderr, "quarry %s: cannot embed the query: %s%s\n", ctx->argv[0], err,
-                mode == RETRIEVAL_VECTOR ? "" : "; searching with BM25 only");
-        return false;
-    }
-    return true;
 }
 
 /* ---- quarry search ------------------------------------------------------------------------- */
@@ -290,25 +193,27 @@ int cli_cmd_search(cli_ctx *ctx)
 
     auth_ctx *auth = NULL;
     auth_principal *p = NULL;
-    search_env env;
+    api_service *svc = NULL;
     retrieval_result *res = NULL;
     retrieval_caller caller;
     int rc = resolve_caller(ctx, as, &auth, &p, &caller);
     if (rc)
         goto out;
-    if ((rc = env_open(ctx, mode, &env)))
+    if ((rc = service_open(ctx, mode, &svc)))
         goto out;
-    retrieval_opts ro;
-    retrieval_opts_from_config(ctx->cfg, &ro);
-    retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro.mode : mode;
-    bool have_vec = embed_query(ctx, &env, effective, qr_buf_str(&query));
+    const retrieval_opts *ro = api_service_retrieval_opts(svc);
+    retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro->mode : mode;
     if (explain) {
         /* what the query became: the expressions FTS5 is given, on stderr (they hold query text) */
         qr_buf rank, require, exclude;
         qr_buf_init(&rank, 1 << 20);
         qr_buf_init(&require, 1 << 20);
         qr_buf_init(&exclude, 1 << 20);
-        if (!retrieval_query_expressions(env.r, qr_buf_str(&query), plain, &rank, &require, &exclude, err))
+        api_service_handle *h = api_service_acquire(svc);
+        qr_status est = retrieval_query_expressions(api_service_handle_retrieval(h), qr_buf_str(&query),
+                                                    plain, &rank, &require, &exclude, err);
+        api_service_release(svc, h);
+        if (!est)
             fprintf(stderr, "rank:    %s\nrequire: %s\nexclude: %s\n", qr_buf_str(&rank),
                     qr_buf_str(&require), qr_buf_str(&exclude));
         qr_buf_release(&rank);
@@ -318,8 +223,6 @@ int cli_cmd_search(cli_ctx *ctx)
     retrieval_request req = {
         .query = qr_buf_str(&query),
         .plain = plain,
-        .vector = have_vec ? env.vec : NULL,
-        .dim = env.dim,
         .mode = mode,
         .k = k,
         .doc_ids = docs,
@@ -330,7 +233,7 @@ int cli_cmd_search(cli_ctx *ctx)
         .max_per_doc = max_per_doc,
         .cursor = cursor,
     };
-    qr_status st = retrieval_search(env.r, &caller, &req, &res, err);
+    qr_status st = api_service_search(svc, &caller, &req, &res, err);
     if (st) {
         fprintf(stderr, "quarry search: %s\n", err);
         rc = st == QR_EINVAL || st == QR_ELIMIT ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
@@ -352,8 +255,8 @@ int cli_cmd_search(cli_ctx *ctx)
         print_hits(res);
     }
     retrieval_result_free(res);
-    env_close(&env);
 out:
+    api_service_close(svc);
     auth_principal_release(p);
     auth_free(auth);
     qr_buf_release(&query);
@@ -553,14 +456,13 @@ int cli_cmd_eval(cli_ctx *ctx)
         eval_set_release(&set);
         return rc;
     }
-    search_env env;
-    if ((rc = env_open(ctx, mode, &env))) {
+    api_service *svc = NULL;
+    if ((rc = service_open(ctx, mode, &svc))) {
         eval_set_release(&set);
         return rc;
     }
-    retrieval_opts ro;
-    retrieval_opts_from_config(ctx->cfg, &ro);
-    retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro.mode : mode;
+    const retrieval_opts *ro = api_service_retrieval_opts(svc);
+    retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro->mode : mode;
     double *lat = calloc(set.n ? set.n : 1, sizeof(double));
     const char **ranked = calloc(EVAL_K, sizeof(char *));
     retrieval_metrics sum = {0};
@@ -579,18 +481,12 @@ int cli_cmd_eval(cli_ctx *ctx)
         if (!relevant)
             continue; /* trec_eval's convention: queries without relevant documents are not scored */
         uint64_t t0 = qr_now_ns();
-        bool have_vec = embed_query(ctx, &env, effective, q->text);
         /* documents are judged, not chunks: each document counts once, at its best chunk; the
          * collections' queries are prose, so their quotes and dashes are not query syntax */
-        retrieval_request req = {.query = q->text,
-                                 .plain = true,
-                                 .vector = have_vec ? env.vec : NULL,
-                                 .dim = env.dim,
-                                 .mode = mode,
-                                 .k = EVAL_K,
-                                 .max_per_doc = 1};
+        retrieval_request req = {
+            .query = q->text, .plain = true, .mode = mode, .k = EVAL_K, .max_per_doc = 1};
         retrieval_result *res = NULL;
-        if (retrieval_search(env.r, &admin, &req, &res, err)) {
+        if (api_service_search(svc, &admin, &req, &res, err)) {
             fprintf(stderr, "quarry eval: query '%s': %s\n", q->id, err);
             rc = CLI_EXIT_FAILURE;
             goto out;
@@ -624,15 +520,15 @@ int cli_cmd_eval(cli_ctx *ctx)
     printf("quarry eval: %zu of %zu queries have relevant judgments; mode %s", evaluated, set.n,
            retrieval_mode_name(effective));
     if (effective != RETRIEVAL_VECTOR)
-        printf(", BM25 title weight %g", ro.weight_title);
+        printf(", BM25 title weight %g", ro->weight_title);
     if (effective == RETRIEVAL_HYBRID)
-        printf(" (%s fusion, vector weight %g)", ro.fusion == RETRIEVAL_FUSION_RRF ? "rrf" : "weighted",
-               ro.vector_weight);
+        printf(" (%s fusion, vector weight %g)", ro->fusion == RETRIEVAL_FUSION_RRF ? "rrf" : "weighted",
+               ro->vector_weight);
     printf("; queries as plain text, documents at their best chunk\n");
     if (effective != RETRIEVAL_VECTOR)
         printf("BM25 lists: %zu of %zu from the pruned index (retrieval.bm25_path=%s), the rest ranked by "
                "FTS5\n",
-               pruned, evaluated, ro.bm25_pruned ? "pruned" : "fts5");
+               pruned, evaluated, ro->bm25_pruned ? "pruned" : "fts5");
     if (degraded)
         printf("note: %zu queries ran in another mode (no words to match, or no query vector)\n", degraded);
     if (unknown)
@@ -648,7 +544,7 @@ int cli_cmd_eval(cli_ctx *ctx)
 out:
     free(lat);
     free(ranked);
-    env_close(&env);
+    api_service_close(svc);
     eval_set_release(&set);
     return rc;
 }
@@ -722,33 +618,6 @@ int cli_cmd_index(cli_ctx *ctx)
 
 /* ---- quarry ask ------------------------------------------------------------------------------ */
 
-#define ASK_PASSAGES 8
-
-/* The permitted passages of an answer, copied out of the store's snapshot. */
-typedef struct {
-    infer_passage *p;
-    size_t n;
-    qr_arena arena;
-} ask_passages;
-
-static qr_status ask_take(void *ctx, const store_chunk_view *c, char *err)
-{
-    ask_passages *a = ctx;
-    infer_passage *p = &a->p[a->n];
-    p->chunk_id = c->chunk_id;
-    p->doc_id = qr_arena_strdup(&a->arena, c->doc_id);
-    p->title = qr_arena_strdup(&a->arena, c->title ? c->title : "");
-    p->uri = qr_arena_strdup(&a->arena, c->uri ? c->uri : "");
-    p->headings = qr_arena_strdup(&a->arena, c->headings);
-    p->text = qr_arena_strndup(&a->arena, c->text, c->text_len);
-    p->start = c->start;
-    p->end = c->end;
-    if (!p->doc_id || !p->title || !p->uri || !p->headings || !p->text)
-        return qr_fail(err, QR_ENOMEM, "out of memory reading passages");
-    a->n++;
-    return QR_OK;
-}
-
 /* Streams the answer to a terminal as it is drafted. */
 static int ask_print_delta(const infer_event *ev, void *user)
 {
@@ -792,50 +661,24 @@ int cli_cmd_ask(cli_ctx *ctx)
 
     auth_ctx *auth = NULL;
     auth_principal *pr = NULL;
-    search_env env;
-    bool env_ready = false;
-    retrieval_result *res = NULL;
+    api_service *svc = NULL;
+    retrieval_result *page = NULL;
     retrieval_caller caller;
     infer_client *client = NULL;
     infer_result answer;
     infer_result_init(&answer);
-    ask_passages passages = {0};
-    qr_arena_init(&passages.arena, (size_t)64 << 20);
-    int64_t ids[ASK_PASSAGES];
+    infer_passage *passages = NULL;
     int rc = resolve_caller(ctx, as, &auth, &pr, &caller);
     if (rc)
         goto out;
-    if ((rc = env_open(ctx, RETRIEVAL_MODE_DEFAULT, &env)))
+    if ((rc = service_open(ctx, RETRIEVAL_MODE_DEFAULT, &svc)))
         goto out;
-    env_ready = true;
-    retrieval_opts ro;
-    retrieval_opts_from_config(ctx->cfg, &ro);
-    bool have_vec = embed_query(ctx, &env, ro.mode, qr_buf_str(&question));
-    retrieval_request req = {
-        .query = qr_buf_str(&question),
-        .plain = true, /* a question is prose: its quotes are not phrase syntax */
-        .vector = have_vec ? env.vec : NULL,
-        .dim = env.dim,
-        .k = ASK_PASSAGES,
-    };
+    /* the passages POST /v1/ask drafts from for the same caller and question: the same service,
+     * the same count (server.chat_k), trimmed twice */
     rc = CLI_EXIT_FAILURE;
-    if (retrieval_search(env.r, &caller, &req, &res, err)) {
+    if (api_service_passages(svc, &caller, qr_buf_str(&question),
+                             (size_t)qr_config_int(ctx->cfg, "server.chat_k"), &page, &passages, err)) {
         fprintf(stderr, "quarry ask: %s\n", err);
-        goto out;
-    }
-    /* the passages' text is read again through the same permission filter: what the backend
-     * sees is exactly what this caller may read now */
-    for (size_t i = 0; i < res->nhits && i < ASK_PASSAGES; i++)
-        ids[i] = res->hits[i].chunk_id;
-    store_filter f = {
-        .principals = caller.principals,
-        .nprincipals = caller.nprincipals,
-        .all_documents = caller.is_admin,
-    };
-    if (!(passages.p = calloc(ASK_PASSAGES, sizeof(*passages.p))) ||
-        store_read_chunks(env.s, ids, res->nhits < ASK_PASSAGES ? res->nhits : ASK_PASSAGES, &f, ask_take,
-                          &passages, err)) {
-        fprintf(stderr, "quarry ask: %s\n", passages.p ? err : "out of memory");
         goto out;
     }
     if (infer_client_new(ctx->cfg, &client, err)) {
@@ -845,8 +688,8 @@ int cli_cmd_ask(cli_ctx *ctx)
     bool stream = !json && isatty(STDOUT_FILENO);
     infer_request ireq = {
         .question = qr_buf_str(&question),
-        .passages = passages.p,
-        .passage_count = passages.n,
+        .passages = passages,
+        .passage_count = page->nhits,
         .on_event = stream ? ask_print_delta : NULL,
     };
     if (infer_answer(client, &ireq, &answer, err)) {
@@ -900,11 +743,9 @@ int cli_cmd_ask(cli_ctx *ctx)
 out:
     infer_result_release(&answer);
     infer_client_free(client);
-    free(passages.p);
-    qr_arena_release(&passages.arena);
-    retrieval_result_free(res);
-    if (env_ready)
-        env_close(&env);
+    free(passages);
+    retrieval_result_free(page);
+    api_service_close(svc);
     auth_principal_release(pr);
     auth_free(auth);
     qr_buf_release(&question);

@@ -784,8 +784,7 @@ out:
 
 typedef struct {
     retrieval_result *res;
-    qr_arena *scratch; /* the chunks' texts, until their snippets are made */
-    const char **texts;
+    const char **texts; /* the chunks' texts (in the result: callers read them once, from here) */
     size_t *text_lens;
     const item *page; /* the page's items in order, for scores and ranks */
     size_t npage;
@@ -813,14 +812,25 @@ static qr_status read_hit(void *ctx, const store_chunk_view *c, char *err)
     h->chunk_end = c->end;
     if (!(h->doc_id = qr_arena_strdup(a, c->doc_id)) || !(h->title = qr_arena_strdup(a, c->title)) ||
         !(h->uri = qr_arena_strdup(a, c->uri)) || !(h->headings = qr_arena_strdup(a, c->headings)) ||
-        !(rd->texts[res->nhits] = qr_arena_strndup(rd->scratch, c->text, c->text_len)))
+        !(h->text = rd->texts[res->nhits] = qr_arena_strndup(a, c->text, c->text_len)))
         return qr_fail(err, QR_ENOMEM, "out of memory for search results");
-    rd->text_lens[res->nhits] = c->text_len;
+    h->text_len = rd->text_lens[res->nhits] = c->text_len;
     res->nhits++;
     return QR_OK;
 }
 
 /* ---- search ------------------------------------------------------------------------------ */
+
+size_t retrieval_result_filter(retrieval_result *res, bool (*keep)(void *ctx, const retrieval_hit *h), void *ctx)
+{
+    size_t kept = 0, n = res ? res->nhits : 0;
+    for (size_t i = 0; i < n; i++)
+        if (keep(ctx, &res->hits[i]))
+            res->hits[kept++] = res->hits[i];
+    if (res)
+        res->nhits = kept;
+    return n - kept;
+}
 
 void retrieval_result_free(retrieval_result *res)
 {
@@ -1015,7 +1025,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         }
         for (size_t i = 0; i < npage; i++)
             ids[i] = page[i].id;
-        reader rd = {res, &qa, texts, lens, page, npage, 0};
+        reader rd = {res, texts, lens, page, npage, 0};
         st = store_read_chunks(r->s, ids, npage, &f, read_hit, &rd, err);
         free(ids);
         for (size_t i = 0; i < res->nhits && !st; i++) {

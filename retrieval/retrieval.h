@@ -135,7 +135,9 @@ typedef struct {
     const char *snippet;           /* part of the chunk's text, matches between the snippet markers */
     size_t start, end;             /* the snippet's byte offsets in the document's normalised text */
     size_t chunk_start, chunk_end; /* the whole chunk's */
-    int bm25_rank, vector_rank;    /* 1-based ranks in the lists fused; 0: not in that list */
+    const char *text;              /* the whole chunk's text (text_len bytes, NUL-terminated) */
+    size_t text_len;
+    int bm25_rank, vector_rank; /* 1-based ranks in the lists fused; 0: not in that list */
 } retrieval_hit;
 
 typedef struct {
@@ -159,6 +161,9 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
                            retrieval_result **out, char *err);
 /* NULL is a no-op. */
 void retrieval_result_free(retrieval_result *res);
+/* Keeps only the hits keep(ctx, hit) accepts, in order (the page's second permission check).
+ * Returns how many were dropped. */
+size_t retrieval_result_filter(retrieval_result *res, bool (*keep)(void *ctx, const retrieval_hit *h), void *ctx);
 
 /* The FTS5 expressions a query becomes, for `quarry search --explain` and tests: the ranking
  * expression (OR of the words and phrases), the phrases every result must hold (AND) and the

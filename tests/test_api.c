@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -29,6 +30,7 @@
 #include "ingest/ingest.h"
 #include "tests/api_test_util.h"
 #include "tests/harness.h"
+#include "tests/test_util.h"
 
 static char ALICE[512], BOB[512], DAVE[512], ERIN[512], FRANK[512];
 
@@ -1027,7 +1029,7 @@ static void slow_hook(void *ctx, uint64_t pass)
 static bool maint_busy(api_fixture *f)
 {
     index_maintainer_status ms;
-    index_maintainer_get_status(f->srv->maint, &ms);
+    index_maintainer_get_status(api_service_maintainer(f->srv->svc), &ms);
     return ms.busy;
 }
 
@@ -1051,9 +1053,9 @@ TEST(maintainer_never_blocks_requests)
     CHECK(api_fx_start(&f, NULL));
     CHECK(seed_corpus(&f));
     static slow_maint sm = {.ms = 5000};
-    index_maintainer_set_hook(f.srv->maint, slow_hook, &sm);
+    index_maintainer_set_hook(api_service_maintainer(f.srv->svc), slow_hook, &sm);
     index_maintainer_status before;
-    index_maintainer_get_status(f.srv->maint, &before);
+    index_maintainer_get_status(api_service_maintainer(f.srv->svc), &before);
     atomic_store(&sm.from, before.passes + 1);
     /* a write without wait_for wakes the maintainer, which now sleeps in its pass */
     api_resp r;
@@ -1134,6 +1136,156 @@ TEST(maintainer_never_blocks_requests)
     CHECK_STR(json_string_value(json_object_get(ix, "bm25")), "warm");
     CHECK_STR(json_string_value(json_object_get(ix, "vector")), "warm");
     api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+/* The quarry command line for the fixture's data directory and directory server. */
+static void cli_prefix(api_fixture *f, char *out, size_t len)
+{
+    const char *base = getenv("QUARRY_TEST_LDAP_BASE");
+    snprintf(out, len,
+             "%s --data '%s/data' --set log.level=warn --set auth.admin_groups=ops --set ldap.uri='%s' --set "
+             "ldap.bind_dn='%s' --set ldap.bind_password='%s' --set ldap.user_base='ou=people,%s' --set "
+             "ldap.group_base='ou=groups,%s'",
+             QUARRY_BIN, f->dir, getenv("QUARRY_TEST_LDAP_URI"), getenv("QUARRY_TEST_LDAP_BIND_DN"),
+             getenv("QUARRY_TEST_LDAP_BIND_PW"), base ? base : "dc=quarry,dc=test",
+             base ? base : "dc=quarry,dc=test");
+}
+
+/* The first n queries' texts of a collection's queries.jsonl. */
+static size_t read_queries(const char *path, char queries[][512], size_t n)
+{
+    FILE *fp = fopen(path, "r");
+    char line[4096];
+    size_t got = 0;
+    while (fp && got < n && fgets(line, sizeof(line), fp)) {
+        json_t *j = json_loads(line, 0, NULL);
+        const char *t = json_string_value(json_object_get(j, "text"));
+        if (t && *t)
+            snprintf(queries[got++], 512, "%s", t);
+        json_decref(j);
+    }
+    if (fp)
+        fclose(fp);
+    return got;
+}
+
+/* Whether two result lists are the same: every field equal, scores to 1e-9 (JSON rounds them). */
+static bool same_results(json_t *a, json_t *b, char *why, size_t len)
+{
+    if (json_array_size(a) != json_array_size(b)) {
+        snprintf(why, len, "%zu vs %zu results", json_array_size(a), json_array_size(b));
+        return false;
+    }
+    static const char *strs[] = {"doc_id", "title", "uri", "headings", "snippet"};
+    static const char *ints[] = {"chunk_id", "start", "end"};
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        json_t *x = json_array_get(a, i), *y = json_array_get(b, i);
+        for (size_t k = 0; k < 3; k++)
+            if (json_integer_value(json_object_get(x, ints[k])) !=
+                json_integer_value(json_object_get(y, ints[k]))) {
+                snprintf(why, len, "result %zu: %s differs", i, ints[k]);
+                return false;
+            }
+        for (size_t k = 0; k < 5; k++) {
+            const char *u = json_string_value(json_object_get(x, strs[k]));
+            const char *v = json_string_value(json_object_get(y, strs[k]));
+            if (!u || !v || strcmp(u, v) != 0) {
+                snprintf(why, len, "result %zu: %s \"%s\" vs \"%s\"", i, strs[k], u ? u : "(none)",
+                         v ? v : "(none)");
+                return false;
+            }
+        }
+        double p = json_number_value(json_object_get(x, "score")),
+               q = json_number_value(json_object_get(y, "score"));
+        if (fabs(p - q) > 1e-9 * fmax(1, fabs(p))) {
+            snprintf(why, len, "result %zu: score %.17g vs %.17g", i, p, q);
+            return false;
+        }
+    }
+    return true;
+}
+
+TEST(cli_and_http_search_agree)
+{
+    /* The same caller and query give the same page -- results, order, snippets, offsets -- from
+     * `quarry search --json` as from POST /v1/search, on a shared collection in every mode. */
+    char corpus[512], qpath[512];
+    snprintf(corpus, sizeof(corpus), "%s/cranfield/corpus.jsonl", QUARRY_DATASETS);
+    snprintf(qpath, sizeof(qpath), "%s/cranfield/queries.jsonl", QUARRY_DATASETS);
+    if (access(corpus, R_OK) != 0) {
+        printf("skipped: %s not found (set QUARRY_DATASETS when configuring)\n", corpus);
+        exit(77);
+    }
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    static char queries[6][512];
+    size_t nq = read_queries(qpath, queries, 6);
+    CHECK(nq == 6);
+    CHECK(api_fx_start(&f, NULL));
+    /* the collection, readable by staff (alice); dave is an administrator */
+    api_server_free(f.srv);
+    f.srv = NULL;
+    char cli[2048], cmd[4096], err[QR_ERR_LEN];
+    cli_prefix(&f, cli, sizeof(cli));
+    qr_buf out;
+    qr_buf_init(&out, 1 << 24);
+    snprintf(cmd, sizeof(cmd), "%s ingest --acl group:staff --jsonl '%s' >/dev/null", cli, corpus);
+    CHECK_INT(test_capture(cmd, NULL), 0);
+    CHECK_MSG(!api_server_new(f.cfg, &f.srv, err) && !api_server_start(f.srv, err), "%s", err);
+    snprintf(f.base, sizeof(f.base), "%s", api_server_url(f.srv));
+    const char *modes[] = {"bm25", "vector", "hybrid"};
+    const char *users[] = {"alice", "dave"};
+    const char *auths[] = {ALICE, DAVE};
+    static json_t *http[2][3][6];
+    for (size_t u = 0; u < 2; u++)
+        for (size_t m = 0; m < 3; m++)
+            for (size_t i = 0; i < nq; i++) {
+                json_t *req = json_pack("{s:s,s:i,s:s}", "query", queries[i], "k", 10, "mode", modes[m]);
+                char *body = json_dumps(req, 0);
+                api_resp r;
+                CHECK_INT(api_http(f.base, "POST", "/v1/search", H(auths[u]), body, 0, &r), 200);
+                http[u][m][i] = json_incref(json_object_get(r.json, "results"));
+                CHECK_MSG(json_array_size(http[u][m][i]) > 0, "%s %s query %zu: no results", users[u],
+                          modes[m], i);
+                api_resp_release(&r);
+                free(body);
+                json_decref(req);
+            }
+    /* the server holds the vector index: the command runs once it is gone */
+    api_server_free(f.srv);
+    f.srv = NULL;
+    size_t compared = 0;
+    for (size_t u = 0; u < 2; u++)
+        for (size_t m = 0; m < 3; m++)
+            for (size_t i = 0; i < nq; i++) {
+                /* the query as one shell word: single quotes, with any of its own closed and reopened */
+                char quoted[1200];
+                size_t o = 0;
+                quoted[o++] = '\'';
+                for (const char *c = queries[i]; *c && o < sizeof(quoted) - 6; c++) {
+                    if (*c == '\'') {
+                        memcpy(quoted + o, "'\\''", 4);
+                        o += 4;
+                    } else {
+                        quoted[o++] = *c;
+                    }
+                }
+                quoted[o++] = '\'';
+                quoted[o] = '\0';
+                snprintf(cmd, sizeof(cmd), "%s search --json --as %s --mode %s -k 10 -- %s", cli, users[u],
+                         modes[m], quoted);
+                CHECK_INT(test_capture(cmd, &out), 0);
+                json_t *j = json_loads(qr_buf_str(&out), 0, NULL);
+                char why[512] = "";
+                CHECK_MSG(j && same_results(http[u][m][i], json_object_get(j, "results"), why, sizeof(why)),
+                          "%s %s query %zu: %s", users[u], modes[m], i, j ? why : "not JSON");
+                compared += json_array_size(http[u][m][i]);
+                json_decref(j);
+                json_decref(http[u][m][i]);
+            }
+    printf("%zu results compared\n", compared);
+    qr_buf_release(&out);
     api_fx_stop(&f);
 }
 

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -1913,7 +1914,7 @@ TEST(crash_kill_50)
     srand((unsigned)time(NULL));
     unsigned seed0 = (unsigned)rand();
     int64_t prev_counter = 0, total_writes = 0;
-    int kills_mid_write = 0;
+    int kills_mid_write = 0, rounds_with_writes = 0;
     for (int round = 0; round < 50; round++) {
         int fds[2];
         CHECK(pipe(fds) == 0);
@@ -1930,8 +1931,13 @@ TEST(crash_kill_50)
         posix_spawn_file_actions_destroy(&fa);
         close(fds[1]);
         CHECK_MSG(rc == 0, "cannot start %s: %s", STORE_CRASH_BIN, strerror(rc));
-        /* the first rounds give the writer time to create the store; later ones also kill it
-         * while it opens */
+        /* most rounds wait for the writer's first write to return (however slow the machine:
+         * a sanitizer build under load), so that every round of those kills it mid-work; every
+         * fourth may also kill it while it opens */
+        if (round % 4 != 3) {
+            struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+            poll(&pfd, 1, 5000);
+        }
         int delay_ms = 5 + rand() % 56;
         struct timespec ts = {0, delay_ms * 1000000L};
         nanosleep(&ts, NULL);
@@ -1966,6 +1972,7 @@ TEST(crash_kill_50)
         CHECK_MSG(stats.change_counter >= prev_counter, "round %d: counter went back", round);
         if (stats.change_counter > reported && reported >= 0)
             kills_mid_write++; /* the kill hit a write that committed but had not returned */
+        rounds_with_writes += stats.change_counter > prev_counter;
         prev_counter = stats.change_counter;
         qr_status st = store_verify(s, err);
         CHECK_MSG(st == QR_OK, "round %d (seed %s): %s", round, seed, err);
@@ -1976,8 +1983,10 @@ TEST(crash_kill_50)
         sqlite3_close(db);
         CHECK_MSG(why == NULL, "round %d (seed %s): %s", round, seed, why);
     }
-    /* the test means something only if the writer got work done between kills */
-    CHECK_MSG(prev_counter >= 50, "only %lld writes committed in 50 rounds", (long long)prev_counter);
+    /* the test means something only if the writer got work done between kills: in most rounds
+     * (counted, not timed, so that a slow machine passes as a fast one) */
+    CHECK_MSG(rounds_with_writes >= 25, "writes committed in only %d of 50 rounds (counter %lld)",
+              rounds_with_writes, (long long)prev_counter);
     fprintf(stderr,
             "crash test: %lld writes or batches returned, final counter %lld; %d kills landed after a commit "
             "reached the WAL but before it returned\n",
