@@ -821,7 +821,8 @@ static qr_status read_hit(void *ctx, const store_chunk_view *c, char *err)
 
 /* ---- search ------------------------------------------------------------------------------ */
 
-size_t retrieval_result_filter(retrieval_result *res, bool (*keep)(void *ctx, const retrieval_hit *h), void *ctx)
+size_t retrieval_result_filter(retrieval_result *res, bool (*keep)(void *ctx, const retrieval_hit *h),
+                               void *ctx)
 {
     size_t kept = 0, n = res ? res->nhits : 0;
     for (size_t i = 0; i < n; i++)

@@ -163,7 +163,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
 void retrieval_result_free(retrieval_result *res);
 /* Keeps only the hits keep(ctx, hit) accepts, in order (the page's second permission check).
  * Returns how many were dropped. */
-size_t retrieval_result_filter(retrieval_result *res, bool (*keep)(void *ctx, const retrieval_hit *h), void *ctx);
+size_t retrieval_result_filter(retrieval_result *res, bool (*keep)(void *ctx, const retrieval_hit *h),
+                               void *ctx);
 
 /* The FTS5 expressions a query becomes, for `quarry search --explain` and tests: the ranking
  * expression (OR of the words and phrases), the phrases every result must hold (AND) and the
