@@ -33,8 +33,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "index/feed.h"
 #include "index/files_int.h"
-#include "index/index.h"
+#include "index/text.h"
 
 #define LOG_COMPONENT "bm25"
 #define NCOLS         3

@@ -14,7 +14,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "index/index.h"
+#include "index/maintainer.h"
+#include "index/store.h"
 
 #define LOG_COMPONENT "index"
 

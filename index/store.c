@@ -36,7 +36,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "index/index.h"
+#include "index/feed.h"
+#include "index/store.h"
 #include "index/store_int.h"
 
 /* Vectors are stored as the host's float32 bytes; the format is declared little-endian. */

@@ -7,7 +7,7 @@
 
 #include <sqlite3.h>
 
-#include "index/index.h"
+#include "index/store.h"
 
 /* The store's connection. The caller must not leave a transaction or statement open on it. */
 sqlite3 *store_db(store *s);

@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "index/index.h"
+#include "index/feed.h"
+#include "index/store.h"
+#include "index/vector.h"
 
 #define LOG_COMPONENT "index"
 #define SYNC_BATCH    4096 /* vectors per vindex_build_add */

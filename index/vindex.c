@@ -44,7 +44,7 @@
 #include <unistd.h>
 
 #include "index/files_int.h"
-#include "index/index.h"
+#include "index/vector.h"
 #include "index/vindex_int.h"
 
 #define LOG_COMPONENT "index"

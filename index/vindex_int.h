@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
-#include "index/index.h"
+#include "index/vector.h"
 
 /* Clusters n rows of dim floats (expected L2-normalised, as the index holds them) into k unit
  * centroids written to centroids (k * dim floats) after niter iterations. seed picks the initial

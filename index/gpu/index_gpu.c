@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "index/gpu/gpu.h"
-#include "index/index.h"
+#include "index/vector.h"
 #include "index/vindex_int.h"
 
 #define MAX_ITERATIONS 1000
