@@ -189,7 +189,6 @@ void store_doc_info_free(store_doc_info *d);
  * QR_ENOTFOUND for an unknown chunk id, QR_EINVAL when dim is not the store's dimension. */
 qr_status store_get_vector(store *s, int64_t chunk_id, float *out, int dim, char *err);
 
-
 /* Checks the whole store: SQLite's integrity_check and foreign_key_check, FTS5's
  * integrity-check against the chunk table, and that every chunk has its document, FTS row and
  * vector of the right size, every document the chunk count its row records, and every ACL row
@@ -302,7 +301,6 @@ qr_status store_read_chunks(store *s, const int64_t *ids, size_t n, const store_
 typedef qr_status (*store_token_fn)(void *ctx, const char *form, size_t form_len, size_t start, size_t end,
                                     char *err);
 qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn fn, void *ctx, char *err);
-
 
 /* The store's change counter (one indexed read): an index that saw this counter is current. */
 qr_status store_change_counter(store *s, int64_t *counter, char *err);

@@ -231,7 +231,6 @@ qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, 
 qr_status index_build_open(store *s, const char *data_dir, const vindex_opts *o, index_gpu_mode gpu,
                            vindex **out, index_sync_report *rep, char *err);
 
-
 /* ---- GPU build path (gpu/) --------------------------------------------------------------- */
 
 /*

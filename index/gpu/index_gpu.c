@@ -4,8 +4,9 @@
  * IVF centroids and find exact top k on the device. Arguments are checked here, before anything
  * touches a device, so that bad input gets the same answer with or without one.
  *
- * index_gpu_wants_centroids restates vindex.c's choice of index type and list count (they are
- * private to vindex.c); tests/test_gpu.c builds indexes to check that the two agree.
+ * index_gpu_wants_centroids asks vindex_plan.c, which vindex_build.c also asks, for the index type
+ * and list count; both files are in quarry_gpu, so the GPU path needs nothing of quarry_index
+ * (which links quarry_gpu). tests/test_gpu.c builds indexes to check that the two agree.
  */
 #include <stdlib.h>
 #include <string.h>
