@@ -38,8 +38,8 @@
 #include "index/vindex_int.h"
 
 #define LOG_COMPONENT "index"
-#define SOURCE_BATCH         4096 /* rows per source pull in vindex_build */
-#define TRAIN_SEED           0x71756172727956ull
+#define SOURCE_BATCH  4096 /* rows per source pull in vindex_build */
+#define TRAIN_SEED    0x71756172727956ull
 
 /* PQ sub-quantizers for ivf_pq: 2 dimensions per 4-bit code, 1 for odd dimensions. Coarser
  * codes lose more than the re-ranking wins back (100k vectors, nprobe 128, depth 10: recall@10
@@ -64,7 +64,6 @@ void vindex_hook(const char *stage)
         test_hook(stage, test_hook_arg);
 }
 
-
 struct vindex_builder {
     vindex *v;
     int64_t *ids;
@@ -74,7 +73,6 @@ struct vindex_builder {
     float *centroids;
     size_t nlist;
 };
-
 
 /* ---- building -------------------------------------------------------------------------------- */
 
@@ -529,8 +527,8 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
     vindex_snap_release(v, old); /* searches still holding it keep its index and mapping alive */
     vindex_remove_leftovers(v->dir, gen);
     qr_log(QR_LOG_INFO, LOG_COMPONENT,
-           "published vector index generation %" PRIu64 ": %s, %zu vectors, %.1f s", gen, vindex_type_names[type],
-           b->n, (double)(qr_now_ns() - t0) / 1e9);
+           "published vector index generation %" PRIu64 ": %s, %zu vectors, %.1f s", gen,
+           vindex_type_names[type], b->n, (double)(qr_now_ns() - t0) / 1e9);
 out:
     if (write_locked)
         pthread_mutex_unlock(&v->write_lock);

@@ -32,8 +32,8 @@
 #include "index/vindex_int.h"
 
 #define LOG_COMPONENT "index"
-#define VEC_MAGIC            "QRVECS01"
-#define VEC_HEADER           64
+#define VEC_MAGIC     "QRVECS01"
+#define VEC_HEADER    64
 
 /* ---- file helpers ---------------------------------------------------------------------------- */
 
@@ -138,8 +138,8 @@ qr_status vindex_manifest_format(const manifest *m, qr_buf *out)
                       "store_counter %" PRId64 "\n"
                       "index %s %" PRIu64 " %016" PRIx64 "\n"
                       "vectors %s %" PRIu64 " %016" PRIx64 "\n",
-                      m->generation, vindex_type_names[m->type], m->dim, m->count, m->nlist, m->store_counter, idx,
-                      m->index_size, m->index_hash, vec, m->vectors_size, m->vectors_hash);
+                      m->generation, vindex_type_names[m->type], m->dim, m->count, m->nlist, m->store_counter,
+                      idx, m->index_size, m->index_hash, vec, m->vectors_size, m->vectors_hash);
     if (!st)
         st = qr_buf_printf(out, "check %016" PRIx64 "\n", qhash_bytes(qr_buf_str(out), qr_buf_len(out)));
     return st;

@@ -17,9 +17,9 @@
 #include "index/vector.h"
 #include "index/vindex_int.h"
 
-#define MANIFEST_NAME        "MANIFEST"
-#define MANIFEST_TMP         "MANIFEST.tmp"
-#define MANIFEST_MAX         (64u << 10)
+#define MANIFEST_NAME "MANIFEST"
+#define MANIFEST_TMP  "MANIFEST.tmp"
+#define MANIFEST_MAX  (64u << 10)
 
 typedef struct {
     int64_t *keys; /* -1: empty */
@@ -79,7 +79,6 @@ struct vindex {
     pthread_mutex_t build_lock;     /* one build at a time */
     uint64_t searches, exact_scans; /* atomic counters, for metrics */
 };
-
 
 /* vindex.c */
 bool vindex_is_ivf(vtype t);

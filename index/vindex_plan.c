@@ -45,7 +45,6 @@ bool vindex_normalize_row(const float *in, float *out, int dim)
     return true;
 }
 
-
 /* ---- planning a build ------------------------------------------------------------------------ */
 
 static size_t isqrt_round(double x)
@@ -73,7 +72,6 @@ vtype vindex_choose_type(vtype configured, const vindex_opts *o, size_t n)
         return n <= o->exact_threshold ? VT_FLAT : VT_IVF_SQ8;
     return configured;
 }
-
 
 bool vindex_plan_ivf(const vindex_opts *o, size_t n, size_t *nlist)
 {
