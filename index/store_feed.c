@@ -108,7 +108,8 @@ qr_status store_prune_tombstones(store *s, int64_t counter, char *err)
     if (st)
         goto out;
     s->wrote = true;
-    if ((st = sqlite3_bind_int64(q, 1, counter) ? store_bind_fail(s, err) : store_run(s, q, err, "prune tombstones")))
+    if ((st = sqlite3_bind_int64(q, 1, counter) ? store_bind_fail(s, err)
+                                                : store_run(s, q, err, "prune tombstones")))
         goto out;
     /* readers behind this counter can no longer learn every deletion (store_pruned_through) */
     if ((st = store_meta_get_int(s, "tombstones_pruned", &pruned, err)) ||
@@ -126,7 +127,8 @@ static qr_status read_meta_counter(store *s, const char *key, int64_t *out, char
 {
     int64_t v = 0;
     qr_status st;
-    if (!(st = store_begin_read(s, err)) && !(st = store_meta_get_int(s, key, &v, err)) && !(st = store_commit(s, err)))
+    if (!(st = store_begin_read(s, err)) && !(st = store_meta_get_int(s, key, &v, err)) &&
+        !(st = store_commit(s, err)))
         *out = v;
     return store_end_call(s, st, err);
 }

@@ -545,7 +545,7 @@ qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn 
     if (t.st)
         return t.st;
     if (rc != SQLITE_OK)
-        return qr_fail(err, store_sql_status(rc), "cannot tokenize text in store '%s' (FTS5 error %d)", s->path,
-                       rc);
+        return qr_fail(err, store_sql_status(rc), "cannot tokenize text in store '%s' (FTS5 error %d)",
+                       s->path, rc);
     return QR_OK;
 }

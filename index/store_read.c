@@ -195,7 +195,7 @@ out:
 
 /* Copies a vector BLOB into out (column data need not be aligned for float). */
 qr_status store_blob_vector(store *s, sqlite3_stmt *q, int col, int64_t chunk_id, float *out, int dim,
-                             char *err)
+                            char *err)
 {
     const void *blob = sqlite3_column_blob(q, col);
     size_t n = (size_t)sqlite3_column_bytes(q, col);

@@ -427,7 +427,8 @@ static qr_status insert_chunks(store *s, int64_t id, const char *title, const st
         sqlite3_stmt *q = s->q[Q_CHUNK_INSERT];
         if (sqlite3_bind_int64(q, 1, id) || sqlite3_bind_int64(q, 2, (int64_t)i) ||
             sqlite3_bind_int64(q, 3, (int64_t)c->start) || sqlite3_bind_int64(q, 4, (int64_t)c->end) ||
-            store_bind_str(q, 5, headings) || store_bind_text(q, 6, doc->text + c->start, c->end - c->start) ||
+            store_bind_str(q, 5, headings) ||
+            store_bind_text(q, 6, doc->text + c->start, c->end - c->start) ||
             sqlite3_bind_int64(q, 7, counter))
             return store_bind_fail(s, err);
         if ((st = store_run(s, q, err, "insert a chunk")))
@@ -441,8 +442,8 @@ static qr_status insert_chunks(store *s, int64_t id, const char *title, const st
         if ((st = store_run(s, q, err, "insert a vector")))
             break;
         q = s->q[Q_FTS_INSERT];
-        if (sqlite3_bind_int64(q, 1, chunk_id) || store_bind_str(q, 2, title) || store_bind_str(q, 3, headings) ||
-            store_bind_text(q, 4, doc->text + c->start, c->end - c->start))
+        if (sqlite3_bind_int64(q, 1, chunk_id) || store_bind_str(q, 2, title) ||
+            store_bind_str(q, 3, headings) || store_bind_text(q, 4, doc->text + c->start, c->end - c->start))
             return store_bind_fail(s, err);
         st = store_run(s, q, err, "add a chunk to the full-text index");
     }
@@ -456,11 +457,12 @@ static qr_status write_doc_row(store *s, const doc_row *r, const char *doc_id, c
                                bool fts_rewritten, int64_t *id, char *err)
 {
     sqlite3_stmt *q = s->q[r->found ? Q_DOC_UPDATE : Q_DOC_INSERT];
-    if ((r->found ? sqlite3_bind_int64(q, 1, r->id) : store_bind_str(q, 1, doc_id)) || store_bind_str(q, 2, in->title) ||
-        store_bind_str(q, 3, in->uri) || store_bind_str(q, 4, in->content_type) || store_bind_str(q, 5, in->metadata) ||
-        store_bind_str(q, 6, hash) || sqlite3_bind_int64(q, 7, text_len) || sqlite3_bind_int64(q, 8, chunk_count) ||
-        sqlite3_bind_int64(q, 9, qr_wall_ms()) || sqlite3_bind_int64(q, 10, counter) ||
-        (r->found && sqlite3_bind_int(q, 11, fts_rewritten)))
+    if ((r->found ? sqlite3_bind_int64(q, 1, r->id) : store_bind_str(q, 1, doc_id)) ||
+        store_bind_str(q, 2, in->title) || store_bind_str(q, 3, in->uri) ||
+        store_bind_str(q, 4, in->content_type) || store_bind_str(q, 5, in->metadata) ||
+        store_bind_str(q, 6, hash) || sqlite3_bind_int64(q, 7, text_len) ||
+        sqlite3_bind_int64(q, 8, chunk_count) || sqlite3_bind_int64(q, 9, qr_wall_ms()) ||
+        sqlite3_bind_int64(q, 10, counter) || (r->found && sqlite3_bind_int(q, 11, fts_rewritten)))
         return store_bind_fail(s, err);
     qr_status st = store_run(s, q, err, r->found ? "update a document" : "insert a document");
     *id = r->found ? r->id : sqlite3_last_insert_rowid(s->db);
@@ -695,7 +697,8 @@ qr_status store_get_stats(store *s, store_stats *out, char *err)
         out->text_bytes = sqlite3_column_int64(q, 2);
     }
     sqlite3_reset(q);
-    if ((st = store_meta_get_str(s, "embedding_model", out->embedding_model, sizeof(out->embedding_model), err)) ||
+    if ((st = store_meta_get_str(s, "embedding_model", out->embedding_model, sizeof(out->embedding_model),
+                                 err)) ||
         (st = store_meta_get_int(s, "embedding_dim", &dim, err)) ||
         (st = store_meta_get_int(s, "change_counter", &out->change_counter, err)) ||
         (st = store_meta_get_int(s, "index_generation", &out->index_generation, err)))
