@@ -27,7 +27,6 @@
 
 /* ---- a string-keyed map (open addressing; values are indices) ---------------------------- */
 
-
 uint32_t bm25_hash_str(const char *s, size_t n)
 {
     uint32_t h = 2166136261u;
@@ -126,7 +125,6 @@ bool bm25_smap_put(smap *m, const char *key, size_t n, size_t *val, bool *added)
 
 /* ---- tokenising a chunk ------------------------------------------------------------------- */
 
-
 static void chunk_terms_reset(chunk_terms *c)
 {
     for (size_t i = 0; i < c->n; i++) {
@@ -165,7 +163,7 @@ static bool chunk_terms_grow(chunk_terms *c)
 }
 
 qr_status bm25_on_chunk_token(void *ctx, const char *form, size_t form_len, size_t start, size_t end,
-                                char *err)
+                              char *err)
 {
     (void)start;
     (void)end;
@@ -225,7 +223,6 @@ qr_status bm25_tokenize_chunk(store *s, const store_text *t, chunk_terms *c, cha
 }
 
 /* ---- building a generation --------------------------------------------------------------- */
-
 
 bool bm25_close_block(term_builder *b)
 {

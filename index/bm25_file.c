@@ -2,8 +2,9 @@
  * bm25_file: the pruned BM25 index's generation file, current.bm25: its format (a header, then
  * the rows' chunk ids, document keys and lengths, the sorted vocabulary, and the postings in
  * blocks of BLOCK with per-block maxima, delta- and varint-coded), writing it under a temporary
- * name that is synced and renamed, mapping and checking it at open, and reading its header
- * alone for `quarry stats`. The checksum and the write helpers are index/files_int.h's.
+ * name that is synced and renamed (core's atomic file steps, core/file.c), mapping and checking it at open,
+ * and reading its header alone for `quarry stats`. The checksum and the write helpers are
+ * index/files_int.h's.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -25,12 +26,11 @@
 #include "index/text.h"
 
 #define LOG_COMPONENT "bm25"
-#define FILE_NAME    "current.bm25"
-#define FILE_MAGIC   "QRYBM25\x01"
-#define FILE_VERSION 1
+#define FILE_NAME     "current.bm25"
+#define FILE_MAGIC    "QRYBM25\x01"
+#define FILE_VERSION  1
 
 /* ---- the file ---------------------------------------------------------------------------- */
-
 
 static size_t put_varint(unsigned char *out, uint32_t v)
 {
@@ -95,7 +95,7 @@ static qr_status writer_put(writer *w, const void *p, size_t n, char *err)
 {
     qhash_update(&w->c, p, n);
     w->at += n;
-    return index_write_all(w->fd, p, n, w->path, err);
+    return qr_write_all(w->fd, p, n, w->path, err);
 }
 
 static qr_status writer_pad(writer *w, char *err)
@@ -107,13 +107,8 @@ static qr_status writer_pad(writer *w, char *err)
 
 qr_status bm25_write_generation(builder *b, const char *dir, int64_t counter, int64_t uid, char *err)
 {
-    char tmp[4096], path[4096];
+    char path[4096], *tmp = NULL;
     snprintf(path, sizeof(path), "%s/%s", dir, FILE_NAME);
-    /* the writer's pid (leftovers of dead writers are removed at open) and a sequence number
-     * (two indexes of one process may build at once) */
-    static unsigned long seq;
-    snprintf(tmp, sizeof(tmp), "%s/.%s.%ld.%lu.tmp", dir, FILE_NAME, (long)getpid(),
-             __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
     sorted_term *order = malloc((b->terms.n ? b->terms.n : 1) * sizeof(*order));
     if (!order)
         return qr_fail(err, QR_ENOMEM, "out of memory writing the BM25 index");
@@ -161,12 +156,16 @@ qr_status bm25_write_generation(builder *b, const char *dir, int64_t counter, in
     at = ALIGN8(at + h.data_len);
     h.size = at;
 
-    qr_status st = QR_OK;
-    writer w = {.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), .path = tmp};
-    if (w.fd < 0) {
+    /* "<dir>/.current.bm25.<pid>.<n>.tmp": the writer's pid, so that leftovers of dead writers are
+     * removed at open (bm25_remove_leftovers), and a number unique in the process (two indexes of
+     * one process may build at once) */
+    writer w = {.fd = -1};
+    qr_status st = qr_file_temp(path, 0600, &w.fd, &tmp, err);
+    if (st) {
         free(order);
-        return qr_fail(err, QR_EIO, "cannot create '%s': %s", tmp, strerror(errno));
+        return st;
     }
+    w.path = tmp;
     if (ftruncate(w.fd, (off_t)h.size) != 0 || lseek(w.fd, (off_t)sizeof(h), SEEK_SET) < 0) {
         st = qr_fail(err, QR_EIO, "cannot size '%s': %s", tmp, strerror(errno));
         goto out;
@@ -218,26 +217,19 @@ qr_status bm25_write_generation(builder *b, const char *dir, int64_t counter, in
                      (unsigned long long)w.at, (unsigned long long)h.size);
         goto out;
     }
-    if (pwrite(w.fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || fsync(w.fd) != 0) {
+    if (pwrite(w.fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
         st = qr_fail(err, QR_EIO, "cannot write '%s': %s", tmp, strerror(errno));
         goto out;
     }
-    if (close(w.fd) != 0) {
-        w.fd = -1;
-        st = qr_fail(err, QR_EIO, "cannot write '%s': %s", tmp, strerror(errno));
-        goto out;
-    }
+    /* sync, close, rename over current.bm25, sync the directory: core's one sequence */
+    st = qr_file_finish(w.fd, tmp, path, true, err);
     w.fd = -1;
-    if (rename(tmp, path) != 0) {
-        st = qr_fail(err, QR_EIO, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
-        goto out;
-    }
-    st = index_fsync_path(dir, true, err);
 out:
     if (w.fd >= 0)
         close(w.fd);
     if (st)
         unlink(tmp);
+    free(tmp);
     free(order);
     return st;
 #undef ALIGN8

@@ -15,10 +15,10 @@
 #include "index/feed.h"
 #include "index/text.h"
 
-#define NCOLS         3
-#define BLOCK         128 /* postings per block */
-#define DOC_KEY_MAX  (UINT32_MAX - 1) /* document keys are stored as 32 bits */
-#define UNION_CACHE  64               /* callers whose unions of principal sets are kept */
+#define NCOLS       3
+#define BLOCK       128              /* postings per block */
+#define DOC_KEY_MAX (UINT32_MAX - 1) /* document keys are stored as 32 bits */
+#define UNION_CACHE 64               /* callers whose unions of principal sets are kept */
 
 /* ---- the file (bm25_file.c) ------------------------------------------------------------------ */
 

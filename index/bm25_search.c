@@ -25,12 +25,12 @@
 #include "index/files_int.h"
 #include "index/text.h"
 
-#define BM25_K1       1.2
-#define BM25_B        0.75
+#define BM25_K1 1.2
+#define BM25_B  0.75
 /* A bound is compared with a score only after this relative slack, so that rounding in the
  * bound's sum can never prune a chunk whose exact score would have entered the top k. */
-#define BOUND_SLACK  1e-9
-#define DFCACHE_MAX  65536            /* terms whose tombstoned-row counts are cached */
+#define BOUND_SLACK 1e-9
+#define DFCACHE_MAX 65536 /* terms whose tombstoned-row counts are cached */
 
 /* ---- searching --------------------------------------------------------------------------- */
 

@@ -2,9 +2,10 @@
  * vindex_build: building a generation of the vector index. A builder collects (chunk id, vector)
  * pairs, sorts them by id, trains and fills the FAISS index the size calls for (vindex_plan.c
  * chooses the type and the number of IVF lists), writes the generation's files under temporary
- * names, syncs and renames them, commits by renaming MANIFEST last, then swaps the new snapshot
+ * names, syncs and renames them, and commits by renaming MANIFEST last, with core's atomic file
+ * steps (core/file.c: the fsync policy every quarry file follows); then it swaps the new snapshot
  * in for searches, carrying over the delta rows and tombstones made after the build's store
- * counter. Searches never wait for any of it: only the final swap takes the write lock.
+ * counter. Searches never wait for a build: they read the snapshot they hold.
  *
  * Also here: the CPU k-means that is the reference for the GPU build path (vindex_int.h).
  */
@@ -455,16 +456,14 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
         st = QR_EIO;
         goto out;
     }
-    if ((st = index_fsync_path(itmp, false, err)) ||
+    if ((st = qr_fsync_path(itmp, false, err)) ||
         (st = vindex_hash_file(itmp, &m.index_size, &m.index_hash, err)))
         goto out;
     if ((st = vindex_vec_write(vtmp, d, b->ids, b->rows, b->n, &m.vectors_size, &m.vectors_hash, err)))
         goto out;
-    if (rename(itmp, ipath) != 0 || rename(vtmp, vpath) != 0) {
-        st = qr_fail(err, QR_EIO, "cannot rename the generation files in '%s': %s", v->dir, strerror(errno));
-        goto out;
-    }
-    if ((st = index_fsync_path(v->dir, true, err)))
+    /* both files synced, renamed, then one sync of the directory: core's sequence (core/file.c) */
+    if ((st = qr_file_rename(itmp, ipath, true, err)) || (st = qr_file_rename(vtmp, vpath, true, err)) ||
+        (st = qr_fsync_dir_of(ipath, err)))
         goto out;
     vindex_hook("files_written");
 
@@ -501,20 +500,21 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
         st = qr_fail(err, QR_EIO, "cannot create '%s': %s", mtmp, strerror(errno));
         goto out;
     }
-    st = index_write_all(fd, qr_buf_str(&mtext), qr_buf_len(&mtext), mtmp, err);
-    if (!st && fsync(fd) != 0)
-        st = qr_fail(err, QR_EIO, "cannot sync '%s': %s", mtmp, strerror(errno));
-    close(fd);
-    if (st)
+    /* qr_file_finish's steps one by one (a test stops between the sync and the rename), under
+     * the fixed name MANIFEST.tmp that open and build clean up */
+    if ((st = qr_write_all(fd, qr_buf_str(&mtext), qr_buf_len(&mtext), mtmp, err))) {
+        close(fd);
+        goto out;
+    }
+    if ((st = qr_file_sync_close(fd, mtmp, err)))
         goto out;
     vindex_hook("manifest_written");
     /* the commit point: before this rename the old generation is the one on disk */
-    if (rename(mtmp, mpath) != 0) {
-        st = qr_fail(err, QR_EIO, "cannot rename '%s': %s", mtmp, strerror(errno));
+    if ((st = qr_file_rename(mtmp, mpath, true, err)))
         goto out;
-    }
     files_made = false;
-    if (index_fsync_path(v->dir, true, NULL) != QR_OK)
+    /* committed: a failed directory sync cannot be undone, only reported */
+    if (qr_fsync_dir_of(mpath, NULL) != QR_OK)
         qr_log(QR_LOG_WARN, LOG_COMPONENT, "cannot sync directory '%s' after publishing generation %" PRIu64,
                v->dir, gen);
     vindex_hook("published");

@@ -226,19 +226,20 @@ qr_status vindex_vec_write(const char *path, int dim, const int64_t *ids, const 
     qhash_update(&h, ids, count * sizeof(int64_t));
     qhash_update(&h, pad, pad_n);
     qhash_update(&h, rows, count * (size_t)dim * sizeof(float));
-    if ((st = index_write_all(fd, header, sizeof(header), path, err)) ||
-        (st = index_write_all(fd, ids, count * sizeof(int64_t), path, err)) ||
-        (st = index_write_all(fd, pad, pad_n, path, err)) ||
-        (st = index_write_all(fd, rows, count * (size_t)dim * sizeof(float), path, err)))
+    if ((st = qr_write_all(fd, header, sizeof(header), path, err)) ||
+        (st = qr_write_all(fd, ids, count * sizeof(int64_t), path, err)) ||
+        (st = qr_write_all(fd, pad, pad_n, path, err)) ||
+        (st = qr_write_all(fd, rows, count * (size_t)dim * sizeof(float), path, err)))
         goto out;
-    if (fsync(fd) != 0) {
-        st = qr_fail(err, QR_EIO, "cannot sync '%s': %s", path, strerror(errno));
+    st = qr_file_sync_close(fd, path, err);
+    fd = -1;
+    if (st)
         goto out;
-    }
     *size = rows_off + count * (size_t)dim * sizeof(float);
     *hash = qhash_final(&h);
 out:
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     return st;
 }
 
