@@ -28,6 +28,14 @@
  *
  * Threads: every function may be called from any thread. Published indexes stay valid until
  * index_maintainer_stop.
+ *
+ * Costs: index_maintainer_signal, the accessors and index_maintainer_get_status are an atomic
+ * load or a short mutex that the thread never holds across a pass, so they never wait for a pass
+ * or a build; index_maintainer_wait blocks its caller until a pass reaches the counter (one
+ * catch-up pass when the lag is small, a build when one is needed) or the timeout;
+ * index_maintainer_rebuild blocks its caller for a whole build of both indexes (tens of seconds
+ * per million chunks); index_maintainer_stop waits for a pass in progress.
+ * The passes themselves cost what index_sync and bm25_sync cost, on the maintainer's thread.
  */
 typedef struct index_maintainer index_maintainer;
 

@@ -1,5 +1,6 @@
 /*
- * index/store.h: the document store (store.c, store_write.c, store_read.c, store_query.c):
+ * index/store.h: the document store (store.c, store_write.c, store_read.c, store_query.c;
+ * store_feed.c behind index/feed.h):
  * documents, chunks, ACLs and the FTS5 index in one SQLite database, and the queries retrieval
  * runs on it. The change log and the feeds the indexes follow are in the private index/feed.h.
  */
@@ -27,6 +28,18 @@
  * any number of readers run while one writer writes, and a second writer waits up to 5 s
  * (then QR_ETIMEOUT). Every function that fails writes the reason into err (QR_ERR_LEN bytes,
  * may be NULL) and, unless it says otherwise, changes nothing.
+ *
+ * Costs, where a call does not say: a write (store_put, store_delete, store_set_acl,
+ * store_check_embedding on first use, store_set_index_generation) is one transaction, and outside
+ * a batch its commit syncs the WAL (a disk flush, milliseconds); store_put also writes every
+ * chunk's FTS5 rows and vector, store_delete removes them. Reads of one document or chunk
+ * (store_get_hash, store_get_vector, store_get_document, store_change_counter) are indexed
+ * lookups: microseconds, plus the document's ACL rows and chunks when asked for; per-id calls
+ * (store_chunk_docs, store_read_chunks, store_permit_test) are one indexed lookup per id;
+ * store_get_stats reads every document row (one pass over the documents table);
+ * store_list_documents reads at most `limit` documents with their ACL rows; the search queries
+ * cost what FTS5 or the filter reads (see each); store_tokenize touches no table; store_verify
+ * reads everything. store_open runs any pending migration, once.
  */
 typedef struct store store;
 

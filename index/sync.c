@@ -166,7 +166,7 @@ static qr_status gather_row(void *ctx, const store_change *c, char *err)
 }
 
 /* Trains IVF centroids on the GPU when the mode asks for it and the build will be an IVF (see
- * the GPU section of index.h for what off, auto and on mean). *centroids stays NULL when the
+ * the GPU section of index/vector.h for what off, auto and on mean). *centroids stays NULL when the
  * build goes to FAISS's CPU k-means; with auto every GPU failure is a warning, with on an error. */
 static qr_status gpu_centroids(store *s, const vindex_opts *o, index_gpu_mode mode, int dim,
                                float **centroids, size_t *nlist, index_sync_report *rep, char *err)

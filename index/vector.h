@@ -12,7 +12,7 @@
 #include "core/core.h"
 #include "index/store.h"
 
-/* ---- vector index (vindex.c) ------------------------------------------------------------- */
+/* ---- vector index (vindex*.c) ------------------------------------------------------------ */
 
 /*
  * The vector index: FAISS over the chunks' embedding vectors, L2-normalised on the way in and
@@ -42,6 +42,17 @@
  * a build; publishing a generation swaps the snapshot atomically. Adds, removes and the commit
  * of a build are serialised; one build runs at a time. vindex_close needs every other call on
  * the handle to have returned.
+ *
+ * Costs: vindex_search is milliseconds (the ANN index, the exact delta, and the exact re-scoring
+ * of its candidates; an exact scan of every vector when the predicate passes few, see below);
+ * vindex_search_subset costs one dot product per permitted id; vindex_add and vindex_remove cost
+ * what they hold (a copy of the rows, a tombstone each) under the write lock, never waiting for
+ * a build; a build (vindex_build, vindex_build_commit) trains and fills FAISS over every vector
+ * (seconds to minutes per million, bench/README.md), writes and syncs its files, and holds the
+ * write lock only for the short commit; vindex_open maps the generation and, with a checksum,
+ * reads it whole; vindex_get_info and vindex_needs_rebuild take a snapshot reference briefly.
+ * In the server only the maintainer (index/maintainer.h) opens, changes and builds; request
+ * threads only search.
  *
  * Errors: QR_EINVAL for bad arguments (wrong dimension, NaN/Inf or zero vectors, k outside
  * 1..VINDEX_K_MAX, negative or duplicate ids); QR_EIO and QR_ENOMEM from the system,
@@ -195,7 +206,9 @@ void vindex_get_info(vindex *v, vindex_info *out);
  * no generation or another dimension, or a store whose change counter went backwards (a restored
  * backup) builds a new generation from every stored vector, after which the store records the
  * generation and forgets the tombstones it folded in. Same threading as the store: the store
- * handle is used by the calling thread only.
+ * handle is used by the calling thread only. Cost: one indexed read when nothing changed, a read
+ * of the changed chunks' vectors for a replay, and for a build a read of every stored vector
+ * plus the build (see above). Searches on v go on meanwhile.
  */
 typedef struct {
     bool rebuilt;          /* a new generation was built and published */
@@ -257,6 +270,10 @@ typedef struct {
     size_t peak_device_bytes; /* most device memory held at once */
     double seconds;           /* the whole call: sampling, normalising, copies, k-means */
 } index_gpu_report;
+
+/* Threads and costs of the GPU calls: any thread; index_gpu_check loads cuBLAS on first use
+ * (about 0.1 s), later calls are cheap; training and top k run on the device for as long as the
+ * work takes (bench/README.md) and serialise on it. */
 
 /* QR_OK when the GPU path can run here: compiled in, a CUDA device visible and cuBLAS loadable.
  * Otherwise QR_EUNAVAILABLE, and err says which of the three is missing. */

@@ -1,5 +1,5 @@
 /*
- * The GPU build path as the rest of quarry sees it (the index_gpu_* block of index/index.h):
+ * The GPU build path as the rest of quarry sees it (the index_gpu_* block of index/vector.h):
  * whether a GPU can be used here, whether a build will want centroids, and the calls that train
  * IVF centroids and find exact top k on the device. Arguments are checked here, before anything
  * touches a device, so that bad input gets the same answer with or without one.
