@@ -72,9 +72,9 @@ void auth_sha256(const void *p, size_t n, unsigned char out[32]);
 /* "<data.dir>/auth/<name>" in a new string (free it); with create, makes the directories (auth/
  * with mode 0700). */
 qr_status auth_state_path(const auth_ctx *ctx, const char *name, bool create, char **out, char *err);
-/* Writes data to path atomically with mode 0600: a temporary file in the same directory, fsync,
- * then rename (replace true) or link (replace false: QR_EEXIST when path exists), then fsync of
- * the directory. */
+/* Writes data to path atomically with mode 0600 (qr_file_write): a temporary file in the same
+ * directory, fsync, then rename (replace true) or link (replace false: QR_EEXIST when path
+ * exists), then fsync of the directory, whose failure is reported too. */
 qr_status auth_write_file(const char *path, const void *data, size_t len, bool replace, char *err);
 
 /* ---- connections (conn.c) ------------------------------------------------------------------ */

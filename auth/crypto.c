@@ -1,7 +1,7 @@
 /*
  * The small pieces tokens and keys share: base64url and hex, random bytes and SHA-256 from
  * OpenSSL's libcrypto, and auth's state files under <data.dir>/auth/, which hold secrets and are
- * therefore written atomically with mode 0600 in a directory of mode 0700.
+ * therefore written atomically (core's qr_file_write) with mode 0600 in a directory of mode 0700.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -159,75 +159,11 @@ qr_status auth_state_path(const auth_ctx *ctx, const char *name, bool create, ch
     return QR_OK;
 }
 
-static void sync_dir_of(const char *path)
-{
-    char *dir = strdup(path);
-    if (!dir)
-        return;
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *slash = '\0';
-    int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
+/* core's one atomic writer (core/file.c): temporary file, fsync, rename or link, directory fsync,
+ * every failure reported. */
 qr_status auth_write_file(const char *path, const void *data, size_t len, bool replace, char *err)
 {
-    size_t tlen = strlen(path) + 32;
-    char *tmp = malloc(tlen);
-    if (!tmp)
-        return qr_fail(err, QR_ENOMEM, "out of memory");
-    unsigned char nonce[6];
-    char nonce_hex[13];
-    qr_status st = auth_random(nonce, sizeof(nonce), err);
-    if (st) {
-        free(tmp);
-        return st;
-    }
-    auth_hex(nonce, sizeof(nonce), nonce_hex);
-    snprintf(tmp, tlen, "%s.tmp-%s", path, nonce_hex);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        st = qr_fail(err, QR_EIO, "cannot create '%s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    const char *p = data;
-    size_t left = len;
-    while (left > 0) {
-        ssize_t n = write(fd, p, left);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            st = qr_fail(err, QR_EIO, "cannot write '%s': %s", tmp, strerror(errno));
-            break;
-        }
-        p += n;
-        left -= (size_t)n;
-    }
-    /* umask can only clear bits, but a stricter one must not stop us from reading it back */
-    if (!st && (fchmod(fd, 0600) != 0 || fsync(fd) != 0))
-        st = qr_fail(err, QR_EIO, "cannot sync '%s': %s", tmp, strerror(errno));
-    if (close(fd) != 0 && !st)
-        st = qr_fail(err, QR_EIO, "cannot close '%s': %s", tmp, strerror(errno));
-    if (st)
-        goto out;
-    if (replace) {
-        if (rename(tmp, path) != 0)
-            st = qr_fail(err, QR_EIO, "cannot replace '%s': %s", path, strerror(errno));
-    } else if (link(tmp, path) != 0) {
-        st = errno == EEXIST ? QR_EEXIST
-                             : qr_fail(err, QR_EIO, "cannot create '%s': %s", path, strerror(errno));
-    }
-    if (!st)
-        sync_dir_of(path);
-out:
-    unlink(tmp); /* after rename it no longer exists; after link it is a second name */
-    free(tmp);
-    return st;
+    return qr_file_write(path, data, len, 0600, replace, err);
 }
 
 void auth_file_sig_get(const char *path, auth_file_sig *sig)

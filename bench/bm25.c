@@ -1,6 +1,6 @@
 /*
  * Benchmark of BM25 top-k ([bm25-topk], issue 9): FTS5's ORDER BY rank (index/store.c,
- * store_search_bm25) beside the pruned index (index/bm25.c, bm25_search), on the same queries in
+ * store_search_bm25) beside the pruned index (index/bm25_search.c, bm25_search), on the same queries in
  * one run. It generates abstract-sized chunks (one chunk per document, about 200 words) from a
  * Zipfian vocabulary into a store, then times queries of 2, 5 and 10 terms built the way retrieval
  * builds them (an OR of quoted terms, weights title 2, headings 1, body 1), as an administrator and

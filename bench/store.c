@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "index/feed.h"
 #include "index/index.h"
 
 static uint64_t rng = 88172645463325252ULL;

@@ -236,6 +236,45 @@ void qr_pool_wait(qr_pool *pool);
 /* Runs the queued tasks to completion, stops the workers and frees the pool. NULL is a no-op. */
 void qr_pool_free(qr_pool *pool);
 
+/* ---- writing files atomically (file.c) --------------------------------------------------- */
+
+/*
+ * A file is replaced by writing a temporary file in its directory, syncing it, renaming it over
+ * the target and syncing the directory: readers and a crash see the old file or the new one,
+ * never part of one. qr_file_write does all of it for content in memory; writers that stream a
+ * large file use qr_file_temp (or a name of their own), qr_write_all, then qr_file_finish, which
+ * keeps the same order and fsync policy. Every step reports its failure (QR_EIO with the path and
+ * errno's text, QR_ENOMEM); the file sync and rename cost a disk flush each. Any thread may call
+ * them; two writers of the same target must be serialised by their caller (the last rename wins).
+ */
+
+/* Writes data to path with mode (e.g. 0600) that way. replace false creates path only when it
+ * does not exist (a link instead of a rename): QR_EEXIST otherwise, path untouched. On error the
+ * temporary file is removed and path is as it was (unless only the final directory sync failed:
+ * then the new content is in place but its name may not survive a power cut). */
+qr_status qr_file_write(const char *path, const void *data, size_t len, unsigned mode, bool replace,
+                        char *err);
+
+/* Creates and opens for writing a temporary file beside path, "<dir>/.<name>.<pid>.<n>.tmp",
+ * with mode, under a name no other file has (O_EXCL). *tmp is the name (free() it). On error *fd
+ * is -1 and *tmp NULL. */
+qr_status qr_file_temp(const char *path, unsigned mode, int *fd, char **tmp, char *err);
+/* Writes all n bytes to fd (path names it in the error), retrying short writes and EINTR. */
+qr_status qr_write_all(int fd, const void *data, size_t n, const char *path, char *err);
+/* Syncs and closes fd (always closed), then qr_file_commit. The caller removes tmp on error. */
+qr_status qr_file_finish(int fd, const char *tmp, const char *path, bool replace, char *err);
+/* The steps of qr_file_finish, for writers that must act between them: fsync and close fd
+ * (always closed; path names it in the error); the rename of tmp to path (or, with replace
+ * false, a link that fails with QR_EEXIST when path exists, and tmp's removal); and the two
+ * together with the sync of path's directory after the rename. */
+qr_status qr_file_sync_close(int fd, const char *path, char *err);
+qr_status qr_file_rename(const char *tmp, const char *path, bool replace, char *err);
+qr_status qr_file_commit(const char *tmp, const char *path, bool replace, char *err);
+/* fsync of a file, or of a directory (dir) after a rename in it. */
+qr_status qr_fsync_path(const char *path, bool dir, char *err);
+/* fsync of the directory that holds path. */
+qr_status qr_fsync_dir_of(const char *path, char *err);
+
 /* ---- small helpers ----------------------------------------------------------------------- */
 
 /* strdup that returns NULL for NULL. */

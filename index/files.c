@@ -1,8 +1,6 @@
-/* Checksums and file writes shared by the vector index and the BM25 index (files_int.h). */
-#include <errno.h>
-#include <fcntl.h>
+/* The checksum of the vector index's and the BM25 index's files (files_int.h). Their writes go
+ * through core's atomic file steps (core/file.c), so both follow one fsync policy. */
 #include <string.h>
-#include <unistd.h>
 
 #include "index/files_int.h"
 
@@ -86,34 +84,4 @@ uint64_t qhash_bytes(const void *p, size_t n)
     qhash_init(&h);
     qhash_update(&h, p, n);
     return qhash_final(&h);
-}
-
-/* ---- writing files ---------------------------------------------------------------------------- */
-
-qr_status index_write_all(int fd, const void *data, size_t n, const char *path, char *err)
-{
-    const char *p = data;
-    while (n) {
-        ssize_t w = write(fd, p, n > (1u << 30) ? (1u << 30) : n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return qr_fail(err, QR_EIO, "cannot write '%s': %s", path, strerror(errno));
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return QR_OK;
-}
-
-qr_status index_fsync_path(const char *path, bool dir, char *err)
-{
-    int fd = open(path, (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return qr_fail(err, QR_EIO, "cannot open '%s' to sync it: %s", path, strerror(errno));
-    qr_status st = QR_OK;
-    if (fsync(fd) != 0)
-        st = qr_fail(err, QR_EIO, "cannot sync '%s': %s", path, strerror(errno));
-    close(fd);
-    return st;
 }

@@ -1,6 +1,7 @@
 /*
- * Private to index/: what the files of the vector index (vindex.c) and of the BM25 index
- * (bm25.c) are written and checked with. Not part of the public interface in index/index.h.
+ * Private to index/: the checksum the files of the vector index (vindex_*.c) and of the BM25
+ * index (bm25_file.c) are checked with. They are written with core's atomic file steps
+ * (qr_write_all, qr_file_finish, ... in core/core.h).
  */
 #ifndef QUARRY_INDEX_FILES_INT_H
 #define QUARRY_INDEX_FILES_INT_H
@@ -25,10 +26,5 @@ void qhash_init(qhash *h);
 void qhash_update(qhash *h, const void *data, size_t n);
 uint64_t qhash_final(const qhash *h);
 uint64_t qhash_bytes(const void *p, size_t n);
-
-/* Writes all n bytes to fd (path names it in the error), retrying short writes and EINTR. */
-qr_status index_write_all(int fd, const void *data, size_t n, const char *path, char *err);
-/* fsync of a file, or of a directory (dir) after a rename in it. */
-qr_status index_fsync_path(const char *path, bool dir, char *err);
 
 #endif

@@ -1,11 +1,11 @@
 /*
  * The maintainer: the one thread per process that keeps the pruned BM25 index and the vector
- * index caught up with the store (index.h, "the maintainer"). It owns the policy of when they
+ * index caught up with the store (index/maintainer.h). It owns the policy of when they
  * catch up and when they are rebuilt, which used to run on request threads: a write signals it,
  * a timer (index.refresh_ms) wakes it for writers in other processes, and a forced rebuild asks
  * it. Each pass runs on the thread's own store handle, holds no lock a search takes while it
  * works, and publishes an index the first time it exists by an atomic pointer store; later
- * generations are swapped inside bm25.c and vindex.c, whose searches hold snapshots.
+ * generations are swapped inside the indexes (bm25_*.c, vindex_build.c), whose searches hold snapshots.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -14,7 +14,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "index/index.h"
+#include "index/maintainer.h"
+#include "index/store.h"
 
 #define LOG_COMPONENT "index"
 

@@ -1,15 +1,104 @@
 /*
- * The store's handle for other files of index/ only (index/bm25.c): SQLite stays inside
- * index/. Not part of the public interface in index/index.h.
+ * Private to index/: the store's handle and connection for the store's own files (store.c,
+ * store_write.c, store_read.c, store_feed.c, store_query.c), and store_db for any other file of
+ * index/. SQLite stays inside index/; none of this is part of index/store.h.
  */
 #ifndef QUARRY_STORE_INT_H
 #define QUARRY_STORE_INT_H
 
 #include <sqlite3.h>
 
-#include "index/index.h"
+#include "index/store.h"
 
 /* The store's connection. The caller must not leave a transaction or statement open on it. */
 sqlite3 *store_db(store *s);
+
+/* ---- shared by the store's files (store.c, store_write.c, store_read.c, store_feed.c,
+ * store_query.c) ------------------------------------------------------------------------------ */
+
+/* The prepared statements, by number (their SQL is store.c's store_sql). */
+enum {
+    Q_BEGIN_READ,
+    Q_BEGIN_WRITE,
+    Q_COMMIT,
+    Q_ROLLBACK,
+    Q_META_GET,
+    Q_META_SET,
+    Q_COUNTER_BUMP,
+    Q_JSON_CHECK,
+    Q_DOC_FIND,
+    Q_DOC_READ,
+    Q_DOC_INSERT,
+    Q_DOC_UPDATE,
+    Q_DOC_TOUCH,
+    Q_DOC_DELETE,
+    Q_HASH_GET,
+    Q_CHUNK_INSERT,
+    Q_CHUNKS_OF_DOC,
+    Q_CHUNKS_DELETE_DOC,
+    Q_VEC_INSERT,
+    Q_VEC_GET,
+    Q_VECS_DELETE_DOC,
+    Q_FTS_SOURCE_DOC,
+    Q_FTS_INSERT,
+    Q_FTS_DELETE,
+    Q_TOMBSTONE_DOC,
+    Q_ACL_LIST,
+    Q_ACL_INSERT,
+    Q_ACL_DELETE_DOC,
+    Q_STATS,
+    Q_CHANGED_DELETED,
+    Q_CHANGED_ADDED,
+    Q_VECS_ALL,
+    Q_PRUNE,
+    Q_TEXT_ADDED,
+    Q_TEXT_ALL,
+    Q_DOCS_CHANGED,
+    Q_PRINCIPAL_DOCS,
+    Q_COUNT
+};
+
+enum { BATCH_NONE, BATCH_OPEN, BATCH_FAILED };
+
+struct store {
+    sqlite3 *db;
+    char *path; /* <dir>/quarry.db, for messages */
+    sqlite3_stmt *q[Q_COUNT];
+    int batch;          /* BATCH_*: see store_batch_begin */
+    bool wrote;         /* the current call has written inside the transaction */
+    qr_status batch_st; /* the failure that rolled the batch back */
+    char batch_err[QR_ERR_LEN];
+    fts5_tokenizer tokenizer;   /* the FTS index's tokenizer, made on first store_tokenize */
+    Fts5Tokenizer *tokenizer_p; /* NULL until then */
+};
+
+/* store.c: SQLite's result codes become quarry statuses here, and only here; the definitions
+ * say what each helper does. */
+qr_status store_sql_status(int rc);
+qr_status store_sql_fail(store *s, int rc, char *err, const char *what);
+qr_status store_run(store *s, sqlite3_stmt *q, char *err, const char *what);
+qr_status store_step_row(store *s, sqlite3_stmt *q, bool *has_row, char *err, const char *what);
+int store_bind_text(sqlite3_stmt *q, int i, const char *v, size_t n);
+int store_bind_str(sqlite3_stmt *q, int i, const char *v);
+qr_status store_bind_fail(store *s, char *err);
+const char *store_col_str(sqlite3_stmt *q, int i);
+qr_status store_end_call(store *s, qr_status st, char *err);
+qr_status store_begin_write(store *s, char *err);
+qr_status store_begin_read(store *s, char *err);
+qr_status store_commit(store *s, char *err);
+qr_status store_meta_get_int(store *s, const char *key, int64_t *out, char *err);
+qr_status store_meta_get_str(store *s, const char *key, char *out, size_t n, char *err);
+qr_status store_meta_set_int(store *s, const char *key, int64_t v, char *err);
+qr_status store_meta_set_str(store *s, const char *key, const char *v, char *err);
+qr_status store_bump_counter(store *s, int64_t *counter, char *err);
+
+/* store_write.c: input checks the queries share */
+qr_status store_check_field(const char *what, const char *v, size_t max, bool allow_empty, char *err);
+qr_status store_check_doc_id(const char *doc_id, char *err);
+qr_status store_not_found(const char *doc_id, char *err);
+
+/* store_read.c */
+qr_status store_blob_vector(store *s, sqlite3_stmt *q, int col, int64_t chunk_id, float *out, int dim,
+                            char *err);
 
 #endif

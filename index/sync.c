@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "index/index.h"
+#include "index/feed.h"
+#include "index/store.h"
+#include "index/vector.h"
 
 #define LOG_COMPONENT "index"
 #define SYNC_BATCH    4096 /* vectors per vindex_build_add */
@@ -164,7 +166,7 @@ static qr_status gather_row(void *ctx, const store_change *c, char *err)
 }
 
 /* Trains IVF centroids on the GPU when the mode asks for it and the build will be an IVF (see
- * the GPU section of index.h for what off, auto and on mean). *centroids stays NULL when the
+ * the GPU section of index/vector.h for what off, auto and on mean). *centroids stays NULL when the
  * build goes to FAISS's CPU k-means; with auto every GPU failure is a warning, with on an error. */
 static qr_status gpu_centroids(store *s, const vindex_opts *o, index_gpu_mode mode, int dim,
                                float **centroids, size_t *nlist, index_sync_report *rep, char *err)

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
-#include "index/index.h"
+#include "index/vector.h"
 
 /* Clusters n rows of dim floats (expected L2-normalised, as the index holds them) into k unit
  * centroids written to centroids (k * dim floats) after niter iterations. seed picks the initial
@@ -37,6 +37,21 @@ qr_status vindex_get_centroids(vindex *v, float *out, size_t nlist, char *err);
  * NULL removes the hook. */
 typedef void (*vindex_test_hook_fn)(const char *stage, void *arg);
 void vindex_test_set_hook(vindex_test_hook_fn fn, void *arg);
+
+/* ---- the plan of a build (vindex_plan.c, in quarry_gpu with the GPU path) ------------------- */
+
+typedef enum { VT_NONE = 0, VT_FLAT, VT_IVF_FLAT, VT_IVF_SQ8, VT_IVF_PQ, VT_HNSW, VT_AUTO } vtype;
+
+/* The names of the types, by vtype ("none" .. "auto"), as vindex.type and MANIFEST spell them. */
+extern const char *const vindex_type_names[];
+
+/* The vtype named s (vindex_type_names, "none" excluded); false for anything else. */
+bool vindex_parse_type(const char *s, vtype *out);
+/* The type a build of n vectors gets when configured says type (VT_AUTO: by o->exact_threshold);
+ * an empty build is flat. */
+vtype vindex_choose_type(vtype configured, const vindex_opts *o, size_t n);
+/* The number of IVF lists for n vectors (see vindex_opts.nlist). */
+size_t vindex_choose_nlist(const vindex_opts *o, size_t n);
 
 /* Copies a row normalised to unit length into out; false (out undefined) for a zero, NaN or
  * infinite row. The one normalisation of every vector the index or its GPU training sees. */

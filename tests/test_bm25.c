@@ -27,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "index/feed.h"
 #include "index/index.h"
 #include "tests/harness.h"
 

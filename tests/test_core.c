@@ -1,10 +1,14 @@
 /*
  * Unit tests of core: status codes, buffers, arena, UTF-8 and JSON escaping, logging and its
- * secret scrubbing, time, file reading and the worker pool.
+ * secret scrubbing, time, file reading, atomic file writes and the worker pool.
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/core.h"
@@ -274,6 +278,74 @@ TEST(read_file_limits_and_errors)
     unlink(path);
     CHECK_INT(qr_read_file(path, 100, &data, &len, err), QR_ENOTFOUND);
     CHECK_INT(qr_read_file("/tmp", 100, &data, &len, err), QR_EINVAL);
+}
+
+/* Files of a directory other than . and .., counted; names joined into out. */
+static int dir_entries(const char *dir, char *out, size_t n)
+{
+    DIR *d = opendir(dir);
+    int count = 0;
+    out[0] = '\0';
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        count++;
+        strncat(out, e->d_name, n - strlen(out) - 1);
+        strncat(out, " ", n - strlen(out) - 1);
+    }
+    if (d)
+        closedir(d);
+    return count;
+}
+
+TEST(file_write_replaces_atomically_and_leaves_no_temporary)
+{
+    char dir[] = "/tmp/quarry-test-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[256], names[512], err[QR_ERR_LEN];
+    snprintf(path, sizeof(path), "%s/state", dir);
+    char *data = NULL;
+    size_t len = 0;
+
+    CHECK_OK(qr_file_write(path, "first", 5, 0600, true, err), err);
+    CHECK_OK(qr_file_write(path, "second", 6, 0600, true, err), err);
+    CHECK_OK(qr_read_file(path, 100, &data, &len, err), err);
+    CHECK_STR(data, "second");
+    free(data);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+    /* create-only: an existing file is kept and reported */
+    CHECK_INT(qr_file_write(path, "third", 5, 0600, false, err), QR_EEXIST);
+    CHECK_OK(qr_read_file(path, 100, &data, &len, err), err);
+    CHECK_STR(data, "second");
+    free(data);
+    CHECK_INT(dir_entries(dir, names, sizeof(names)), 1);
+
+    /* a streamed writer: temporary name beside the target, then the same finish */
+    int fd = -1;
+    char *tmp = NULL;
+    CHECK_OK(qr_file_temp(path, 0600, &fd, &tmp, err), err);
+    CHECK(strncmp(tmp, dir, strlen(dir)) == 0 && strstr(tmp, "/.state.") && strstr(tmp, ".tmp"));
+    CHECK_OK(qr_write_all(fd, "streamed", 8, tmp, err), err);
+    CHECK_OK(qr_file_finish(fd, tmp, path, true, err), err);
+    free(tmp);
+    CHECK_OK(qr_read_file(path, 100, &data, &len, err), err);
+    CHECK_STR(data, "streamed");
+    free(data);
+    CHECK_INT(dir_entries(dir, names, sizeof(names)), 1);
+
+    /* a failure is reported with the path, and the target is as it was */
+    char missing[300];
+    snprintf(missing, sizeof(missing), "%s/no/such/file", dir);
+    CHECK_INT(qr_file_write(missing, "x", 1, 0600, true, err), QR_EIO);
+    CHECK(strstr(err, missing) != NULL);
+    char sub[300];
+    snprintf(sub, sizeof(sub), "%s/state/x", dir); /* a file as the directory */
+    CHECK_INT(qr_file_write(sub, "x", 1, 0600, true, err), QR_EIO);
+    CHECK_INT(dir_entries(dir, names, sizeof(names)), 1);
+
+    unlink(path);
+    rmdir(dir);
 }
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;

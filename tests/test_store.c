@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "index/feed.h"
 #include "index/index.h"
 #include "tests/harness.h"
 

@@ -1,17 +1,18 @@
 /*
- * The GPU build path as the rest of quarry sees it (the index_gpu_* block of index/index.h):
+ * The GPU build path as the rest of quarry sees it (the index_gpu_* block of index/vector.h):
  * whether a GPU can be used here, whether a build will want centroids, and the calls that train
  * IVF centroids and find exact top k on the device. Arguments are checked here, before anything
  * touches a device, so that bad input gets the same answer with or without one.
  *
- * index_gpu_wants_centroids restates vindex.c's choice of index type and list count (they are
- * private to vindex.c); tests/test_gpu.c builds indexes to check that the two agree.
+ * index_gpu_wants_centroids asks vindex_plan.c, which vindex_build.c also asks, for the index type
+ * and list count; both files are in quarry_gpu, so the GPU path needs nothing of quarry_index
+ * (which links quarry_gpu). tests/test_gpu.c builds indexes to check that the two agree.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "index/gpu/gpu.h"
-#include "index/index.h"
+#include "index/vector.h"
 #include "index/vindex_int.h"
 
 #define MAX_ITERATIONS 1000

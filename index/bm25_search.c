@@ -1,0 +1,693 @@
+/*
+ * bm25_search: MaxScore top-k over the pruned BM25 index. Per term a cursor over the
+ * generation's blocks, then the delta's postings; terms sorted by their upper bounds, the
+ * non-essential ones only probed for candidates the essential ones found; the caller's
+ * permission set (the union of its principals' document bitsets, cached) and the tombstones
+ * tested before any scoring; a top-k heap with an optional per-document limit. Scores are
+ * FTS5's bm25() arithmetic over the live rows (see bm25.c).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "index/bm25_int.h"
+#include "index/feed.h"
+#include "index/files_int.h"
+#include "index/text.h"
+
+#define BM25_K1 1.2
+#define BM25_B  0.75
+/* A bound is compared with a score only after this relative slack, so that rounding in the
+ * bound's sum can never prune a chunk whose exact score would have entered the top k. */
+#define BOUND_SLACK 1e-9
+#define DFCACHE_MAX 65536 /* terms whose tombstoned-row counts are cached */
+
+/* ---- searching --------------------------------------------------------------------------- */
+
+/* A term's postings: generation blocks first, then the delta's (whose rows are all larger). */
+typedef struct {
+    const file_term *gt;  /* NULL: not in the generation */
+    const delta_list *dl; /* NULL: not in the delta */
+    uint64_t gb, gb_end;  /* next generation block to load, and the end */
+    size_t dpos;          /* next delta posting to load */
+    uint32_t rows[BLOCK];
+    uint32_t tf[BLOCK][NCOLS];
+    uint32_t bn, bi; /* postings in the buffer, the current one */
+    double idf, bound;
+    size_t mult; /* how many times the query names the term */
+    double f;    /* weighted frequency at the current candidate */
+} cursor;
+
+static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
+{
+    const file_block *fb = &x->blocks[b];
+    const unsigned char *p = x->data + fb->data_off, *end = x->data + x->h->data_len;
+    uint32_t row = fb->first_row, n = 0;
+    for (; n < fb->n && p; n++) {
+        uint32_t delta = 0;
+        if (!(p = bm25_get_varint(p, end, &delta)) || p >= end)
+            break;
+        row += delta;
+        c->rows[n] = row;
+        if (*p < 0x80) {
+            c->tf[n][0] = c->tf[n][1] = 0;
+            c->tf[n][2] = *p++;
+        } else {
+            p++;
+            for (int k = 0; k < NCOLS && p; k++)
+                p = bm25_get_varint(p, end, &c->tf[n][k]);
+        }
+    }
+    /* a block the checksum passed decodes whole; stop short rather than read past it */
+    c->bn = n;
+    c->bi = 0;
+}
+
+/* Fills the buffer with the next postings; false when the term has no more. */
+static bool refill(const bm25_index *x, cursor *c)
+{
+    if (c->gb < c->gb_end) {
+        decode_block(x, c, c->gb++);
+        if (c->bn)
+            return true;
+        c->gb = c->gb_end;
+    }
+    if (c->dl && c->dpos < c->dl->n) {
+        size_t n = c->dl->n - c->dpos < BLOCK ? c->dl->n - c->dpos : BLOCK;
+        memcpy(c->rows, c->dl->rows + c->dpos, n * sizeof(uint32_t));
+        for (size_t i = 0; i < n; i++) {
+            uint32_t p = c->dl->tfp[c->dpos + i];
+            if (p & TF_OVER) {
+                memcpy(c->tf[i], x->d_over[p & ~TF_OVER], sizeof(c->tf[i]));
+            } else {
+                c->tf[i][0] = p >> 24;
+                c->tf[i][1] = (p >> 16) & 0xff;
+                c->tf[i][2] = p & 0xffff;
+            }
+        }
+        c->dpos += n;
+        c->bn = (uint32_t)n;
+        c->bi = 0;
+        return true;
+    }
+    c->bn = c->bi = 0;
+    return false;
+}
+
+static uint32_t cur_row(const bm25_index *x, cursor *c)
+{
+    if (c->bi >= c->bn && !refill(x, c))
+        return UINT32_MAX;
+    return c->rows[c->bi];
+}
+
+/* Moves to the first posting at or after row: whole blocks are skipped by their last row. */
+static uint32_t seek(const bm25_index *x, cursor *c, uint32_t row)
+{
+    if (c->bi < c->bn && c->rows[c->bn - 1] >= row) {
+        uint32_t lo = c->bi, hi = c->bn - 1;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (c->rows[mid] < row)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        c->bi = lo;
+        return c->rows[lo];
+    }
+    if (c->gb < c->gb_end && x->blocks[c->gb_end - 1].last_row >= row) {
+        uint64_t lo = c->gb, hi = c->gb_end - 1;
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            if (x->blocks[mid].last_row < row)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        c->gb = lo;
+        c->bn = c->bi = 0;
+    } else if (c->gb < c->gb_end) {
+        c->gb = c->gb_end;
+        c->bn = c->bi = 0;
+    }
+    if (c->gb >= c->gb_end && c->dl && c->dpos < c->dl->n && (c->bi >= c->bn || c->rows[c->bn - 1] < row)) {
+        size_t lo = c->dpos, hi = c->dl->n;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (c->dl->rows[mid] < row)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        c->dpos = lo;
+        c->bn = c->bi = 0;
+    }
+    uint32_t r;
+    while ((r = cur_row(x, c)) < row)
+        c->bi++;
+    return r;
+}
+
+static double term_score(double idf, double f, double len, double avgdl)
+{
+    return idf * ((f * (BM25_K1 + 1.0)) / (f + BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl)));
+}
+
+/* One occurrence adds its column's weight, in column order, as FTS5 walks instances. */
+static double weighted_tf(const uint32_t tf[NCOLS], const double w[NCOLS])
+{
+    double f = 0.0;
+    for (int c = 0; c < NCOLS; c++)
+        for (uint32_t i = 0; i < tf[c]; i++)
+            f += w[c];
+    return f;
+}
+
+/* The top k, worst at the root (lower score, then larger row), with per-document counts when
+ * a per-document limit applies: a new chunk of a document that has its share replaces that
+ * document's worst if better (the exchange that keeps the best k under a partition limit). */
+typedef struct {
+    double score;
+    uint32_t row, doc;
+} heap_item;
+
+static bool worse(heap_item a, heap_item b)
+{
+    return a.score < b.score || (a.score == b.score && a.row > b.row);
+}
+
+typedef struct {
+    heap_item *h;
+    size_t n, k, cap_doc;
+} topk;
+
+static void sift_down(heap_item *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && worse(h[l], h[m]))
+            m = l;
+        if (r < n && worse(h[r], h[m]))
+            m = r;
+        if (m == i)
+            return;
+        heap_item t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+static void sift_up(heap_item *h, size_t i)
+{
+    while (i > 0 && worse(h[i], h[(i - 1) / 2])) {
+        heap_item t = h[i];
+        h[i] = h[(i - 1) / 2];
+        h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+static void topk_push(topk *t, heap_item it)
+{
+    if (t->n == t->k && !worse(t->h[0], it))
+        return; /* not better than the k-th: not better than its document's worst either */
+    if (t->cap_doc) {
+        size_t count = 0, w = SIZE_MAX;
+        for (size_t i = 0; i < t->n; i++)
+            if (t->h[i].doc == it.doc) {
+                count++;
+                if (w == SIZE_MAX || worse(t->h[i], t->h[w]))
+                    w = i;
+            }
+        if (count >= t->cap_doc) {
+            /* the document has its share: the new chunk replaces its worst, if better */
+            if (!worse(t->h[w], it))
+                return;
+            t->h[w] = it;
+            sift_down(t->h, t->n, w); /* better than before: it can only move down */
+            return;
+        }
+    }
+    if (t->n < t->k) {
+        t->h[t->n] = it;
+        sift_up(t->h, t->n++);
+    } else {
+        t->h[0] = it;
+        sift_down(t->h, t->n, 0);
+    }
+}
+
+static int cmp_hit(const void *a, const void *b)
+{
+    const heap_item *x = a, *y = b;
+    return worse(*y, *x) ? -1 : worse(*x, *y) ? 1 : 0;
+}
+
+static const file_term *find_gen_term(const bm25_index *x, const char *term, size_t n)
+{
+    size_t lo = 0, hi = x->h ? (size_t)x->h->nterms : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const file_term *t = &x->terms[mid];
+        size_t m = t->str_len < n ? t->str_len : n;
+        int c = memcmp(x->strings + t->str_off, term, m);
+        if (!c)
+            c = t->str_len < n ? -1 : t->str_len > n ? 1 : 0;
+        if (c < 0)
+            lo = mid + 1;
+        else if (c > 0)
+            hi = mid;
+        else
+            return t;
+    }
+    return NULL;
+}
+
+/* Whether generation row `row` holds the term t (a probe into its blocks). */
+static bool gen_has(const bm25_index *x, const file_term *t, uint32_t row)
+{
+    cursor c = {.gt = t, .gb = t->first_block, .gb_end = t->first_block + t->nblocks};
+    return seek(x, &c, row) == row;
+}
+
+/* Rows holding the term among the live ones: the generation's count less its tombstoned rows
+ * (counted once per term and tombstone, cached), plus the live delta postings. Caller holds
+ * x->lock (read) and not cache_mu. */
+static qr_status live_df(bm25_index *x, const char *term, const file_term *gt, const delta_list *dl,
+                         uint64_t *df, char *err)
+{
+    uint64_t n = 0;
+    if (gt) {
+        n = gt->df;
+        if (x->ndead_gen) {
+            size_t n_term = strlen(term);
+            pthread_mutex_lock(&x->cache_mu);
+            bool added = false;
+            if (x->df_terms.n >= DFCACHE_MAX)
+                bm25_dfcache_clear(x);
+            size_t at = x->ndfc;
+            if (!x->dfc && !(x->dfc = malloc(DFCACHE_MAX * sizeof(*x->dfc)))) {
+                pthread_mutex_unlock(&x->cache_mu);
+                return qr_fail(err, QR_ENOMEM, "out of memory for a search");
+            }
+            if (!bm25_smap_put(&x->df_terms, term, n_term, &at, &added)) {
+                pthread_mutex_unlock(&x->cache_mu);
+                return qr_fail(err, QR_ENOMEM, "out of memory for a search");
+            }
+            if (added)
+                x->dfc[x->ndfc++] = (df_entry){0, 0};
+            df_entry *e = &x->dfc[at];
+            for (; e->upto < x->ndead_gen; e->upto++)
+                if (gen_has(x, gt, x->dead_gen[e->upto]))
+                    e->dead++;
+            n -= e->dead;
+            pthread_mutex_unlock(&x->cache_mu);
+        }
+    }
+    if (dl)
+        for (size_t i = 0; i < dl->n; i++)
+            if (!bm25_row_dead(x, dl->rows[i]))
+                n++;
+    *df = n;
+    return QR_OK;
+}
+
+static qr_status set_doc_bit(void *ctx, int64_t doc, char *err)
+{
+    pset *p = ctx;
+    if (doc < 0 || doc > (int64_t)DOC_KEY_MAX)
+        return QR_OK; /* no row of the index can belong to it */
+    if (!bm25_set_bit(&p->bits, &p->nwords, (size_t)doc))
+        return qr_fail(err, QR_ENOMEM, "out of memory for a search");
+    return QR_OK;
+}
+
+/* The cached set of principal, read from the store on first use (the least recently used set
+ * makes room). Caller holds cache_mu. */
+static qr_status principal_set(bm25_index *x, store *s, const char *principal, pset **out, char *err)
+{
+    for (size_t j = 0; j < x->nps; j++)
+        if (strcmp(x->ps[j].name, principal) == 0) {
+            *out = &x->ps[j];
+            return QR_OK;
+        }
+    pset fresh = {0};
+    int64_t counter = 0;
+    if (!(fresh.name = strdup(principal)))
+        return qr_fail(err, QR_ENOMEM, "out of memory for a search");
+    qr_status st = store_principal_docs(s, principal, set_doc_bit, &fresh, &counter, err);
+    if (st) {
+        free(fresh.name);
+        free(fresh.bits);
+        return st;
+    }
+    size_t at = x->nps;
+    if (x->nps >= x->o.principal_cache) {
+        at = 0;
+        for (size_t j = 1; j < x->nps; j++)
+            if (x->ps[j].used < x->ps[at].used)
+                at = j;
+        free(x->ps[at].name);
+        free(x->ps[at].bits);
+    } else {
+        pset *ps = realloc(x->ps, (x->nps + 1) * sizeof(*ps));
+        if (!ps) {
+            free(fresh.name);
+            free(fresh.bits);
+            return qr_fail(err, QR_ENOMEM, "out of memory for a search");
+        }
+        x->ps = ps;
+        x->nps++;
+    }
+    x->ps[at] = fresh;
+    *out = &x->ps[at];
+    return QR_OK;
+}
+
+static int cmp_str_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The caller's readable documents: the union of its principals' sets, kept per principal list
+ * (the least recently used list no search is using makes room). Caller holds x->lock (read);
+ * *bits has *nwords words covering every document key of a row; *held is the cache entry to give
+ * back with caller_docs_done, or NULL when *bits is the caller's to free. */
+static qr_status caller_docs(bm25_index *x, store *s, const char *const *principals, size_t np,
+                             uint64_t **bits, size_t *nwords, struct caller_union **held, char *err)
+{
+    size_t nw = ((size_t)x->max_doc >> 6) + 1;
+    const char **sorted = malloc((np ? np : 1) * sizeof(*sorted));
+    if (!sorted)
+        return qr_fail(err, QR_ENOMEM, "out of memory for a search");
+    memcpy(sorted, principals, np * sizeof(*sorted));
+    qsort(sorted, np, sizeof(*sorted), cmp_str_ptr);
+    uint64_t key = 1469598103934665603ULL;
+    for (size_t i = 0; i < np; i++)
+        key = (key ^ bm25_hash_str(sorted[i], strlen(sorted[i]))) * 1099511628211ULL;
+    qr_status st = QR_OK;
+    pthread_mutex_lock(&x->cache_mu);
+    for (size_t i = 0; i < x->nunions; i++) {
+        struct caller_union *c = &x->unions[i];
+        bool same = c->key == key && c->np == np && c->nwords == nw;
+        for (size_t j = 0; same && j < np; j++)
+            same = strcmp(c->principals[j], sorted[j]) == 0;
+        if (same) {
+            c->refs++;
+            c->used = ++x->tick;
+            pthread_mutex_unlock(&x->cache_mu);
+            free(sorted);
+            *bits = c->bits;
+            *nwords = nw;
+            *held = c;
+            return QR_OK;
+        }
+    }
+    uint64_t *u = calloc(nw, sizeof(*u));
+    if (!u)
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+    uint64_t tick = ++x->tick;
+    for (size_t i = 0; i < np && !st; i++) {
+        pset *p = NULL;
+        if ((st = principal_set(x, s, sorted[i], &p, err)))
+            break;
+        p->used = tick;
+        size_t n = p->nwords < nw ? p->nwords : nw;
+        for (size_t w = 0; w < n; w++)
+            u[w] |= p->bits[w];
+    }
+    *held = NULL;
+    size_t slot = x->nunions;
+    if (!st && slot == UNION_CACHE) {
+        for (size_t i = 0; i < x->nunions; i++)
+            if (!x->unions[i].refs && (slot == UNION_CACHE || x->unions[i].used < x->unions[slot].used))
+                slot = i;
+        if (slot < UNION_CACHE) {
+            struct caller_union *c = &x->unions[slot];
+            for (size_t j = 0; j < c->np; j++)
+                free(c->principals[j]);
+            free(c->principals);
+            free(c->bits);
+            x->unions[slot] = x->unions[--x->nunions];
+            slot = x->nunions;
+        }
+    }
+    if (!st && slot < UNION_CACHE) {
+        struct caller_union *c = &x->unions[slot];
+        c->principals = calloc(np ? np : 1, sizeof(char *));
+        bool ok = c->principals != NULL;
+        for (size_t j = 0; ok && j < np; j++)
+            ok = (c->principals[j] = strdup(sorted[j])) != NULL;
+        if (ok) {
+            c->key = key;
+            c->np = np;
+            c->bits = u;
+            c->nwords = nw;
+            c->used = tick;
+            c->refs = 1;
+            x->nunions++;
+            *held = c;
+        } else if (c->principals) {
+            for (size_t j = 0; j < np; j++)
+                free(c->principals[j]);
+            free(c->principals);
+        }
+    }
+    pthread_mutex_unlock(&x->cache_mu);
+    free(sorted);
+    if (st) {
+        free(u);
+        return st;
+    }
+    *bits = u;
+    *nwords = nw;
+    return QR_OK;
+}
+
+static void caller_docs_done(bm25_index *x, struct caller_union *held, uint64_t *bits)
+{
+    if (!held) {
+        free(bits);
+        return;
+    }
+    pthread_mutex_lock(&x->cache_mu);
+    held->refs--;
+    pthread_mutex_unlock(&x->cache_mu);
+}
+
+static bool delta_find(const bm25_index *x, const char *term, size_t n, const delta_list **out)
+{
+    size_t at;
+    if (!bm25_smap_get(&x->d_terms, term, n, &at))
+        return false;
+    *out = &x->dl[at];
+    return true;
+}
+
+/* The search proper; caller holds x->lock (read). */
+static qr_status search_locked(bm25_index *x, store *s, const char *const *terms, size_t nterms,
+                               const double w[3], const char *const *principals, size_t np, bool all,
+                               size_t max_per_doc, size_t limit, store_hit *out, size_t *nout, char *err)
+{
+    if (!x->live_rows)
+        return QR_OK;
+    qr_status st = QR_OK;
+    cursor *tc = calloc(nterms, sizeof(*tc));
+    size_t *qmap = calloc(nterms, sizeof(*qmap)); /* query term -> cursor */
+    size_t *order = calloc(nterms, sizeof(*order));
+    double *cum = calloc(nterms, sizeof(*cum));
+    uint64_t *allowed = NULL;
+    size_t nallowed = 0;
+    struct caller_union *held = NULL;
+    size_t k = limit < x->live_rows ? limit : (size_t)x->live_rows;
+    topk top = {.h = calloc(k, sizeof(heap_item)), .k = k, .cap_doc = max_per_doc};
+    if (!tc || !qmap || !order || !cum || !top.h) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+        goto out;
+    }
+    if (!all && (st = caller_docs(x, s, principals, np, &allowed, &nallowed, &held, err)))
+        goto out;
+
+    /* one cursor per distinct term */
+    double N = (double)x->live_rows, avgdl = (double)x->live_len / N;
+    size_t nc = 0;
+    for (size_t i = 0; i < nterms; i++) {
+        size_t j = 0;
+        while (j < i && strcmp(terms[j], terms[i]) != 0)
+            j++;
+        if (j < i) {
+            qmap[i] = qmap[j];
+            tc[qmap[i]].mult++;
+            continue;
+        }
+        cursor *c = &tc[nc];
+        qmap[i] = nc++;
+        c->mult = 1;
+        size_t len = strlen(terms[i]);
+        c->gt = find_gen_term(x, terms[i], len);
+        const delta_list *dl = NULL;
+        if (delta_find(x, terms[i], len, &dl))
+            c->dl = dl;
+        if (c->gt) {
+            c->gb = c->gt->first_block;
+            c->gb_end = c->gt->first_block + c->gt->nblocks;
+        }
+        uint64_t df = 0;
+        if ((c->gt || c->dl) && (st = live_df(x, terms[i], c->gt, c->dl, &df, err)))
+            goto out;
+        double idf = log((N - (double)df + 0.5) / ((double)df + 0.5));
+        c->idf = idf <= 0.0 ? 1e-6 : idf;
+        uint32_t max_tf[NCOLS] = {0}, min_len = UINT32_MAX;
+        for (int col = 0; col < NCOLS; col++) {
+            if (c->gt && c->gt->max_tf[col] > max_tf[col])
+                max_tf[col] = c->gt->max_tf[col];
+            if (c->dl && c->dl->max_tf[col] > max_tf[col])
+                max_tf[col] = c->dl->max_tf[col];
+        }
+        if (c->gt && c->gt->min_len < min_len)
+            min_len = c->gt->min_len;
+        if (c->dl && c->dl->n && c->dl->min_len < min_len)
+            min_len = c->dl->min_len;
+        double fmax = weighted_tf(max_tf, w);
+        c->bound = df && fmax > 0 ? term_score(c->idf, fmax, min_len, avgdl) : 0.0;
+    }
+    /* MaxScore's order: lists by ascending bound; cum[j] bounds what lists order[0..j] add */
+    for (size_t i = 0; i < nc; i++)
+        order[i] = i;
+    for (size_t i = 1; i < nc; i++)
+        for (size_t j = i;
+             j > 0 && tc[order[j - 1]].bound * tc[order[j - 1]].mult > tc[order[j]].bound * tc[order[j]].mult;
+             j--) {
+            size_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (size_t j = 0; j < nc; j++)
+        cum[j] = (j ? cum[j - 1] : 0.0) + tc[order[j]].bound * (double)tc[order[j]].mult;
+
+    size_t essential = 0; /* lists order[essential..] are walked; the others only probed */
+    for (;;) {
+        bool full = top.n == top.k;
+        double threshold = full ? top.h[0].score : 0.0;
+        if (full)
+            while (essential < nc && cum[essential] * (1 + BOUND_SLACK) < threshold)
+                essential++;
+        if (essential == nc)
+            break;
+        uint32_t row = UINT32_MAX;
+        for (size_t j = essential; j < nc; j++) {
+            uint32_t r = cur_row(x, &tc[order[j]]);
+            if (r < row)
+                row = r;
+        }
+        if (row == UINT32_MAX)
+            break;
+        uint32_t doc = bm25_row_doc(x, row);
+        bool ok = !bm25_row_dead(x, row) &&
+                  (all || ((size_t)(doc >> 6) < nallowed && (allowed[doc >> 6] >> (doc & 63) & 1)));
+        double len = (double)bm25_row_len(x, row), partial = 0.0;
+        for (size_t j = 0; j < nc; j++)
+            tc[j].f = 0.0;
+        for (size_t j = essential; j < nc; j++) {
+            cursor *c = &tc[order[j]];
+            if (cur_row(x, c) == row) {
+                if (ok) {
+                    c->f = weighted_tf(c->tf[c->bi], w);
+                    partial += term_score(c->idf, c->f, len, avgdl) * (double)c->mult;
+                }
+                c->bi++;
+            }
+        }
+        if (!ok)
+            continue;
+        /* probe the non-essential lists, largest bound first, while the chunk can still enter */
+        for (size_t j = essential; j-- > 0;) {
+            if (full && (partial + cum[j]) * (1 + BOUND_SLACK) < threshold) {
+                ok = false;
+                break;
+            }
+            cursor *c = &tc[order[j]];
+            if (!c->gt && !c->dl)
+                continue;
+            if (seek(x, c, row) == row) {
+                c->f = weighted_tf(c->tf[c->bi], w);
+                partial += term_score(c->idf, c->f, len, avgdl) * (double)c->mult;
+            }
+        }
+        if (!ok)
+            continue;
+        /* the exact score, added up in query order as FTS5 does */
+        double score = 0.0;
+        for (size_t i = 0; i < nterms; i++) {
+            const cursor *c = &tc[qmap[i]];
+            score +=
+                c->idf * ((c->f * (BM25_K1 + 1.0)) / (c->f + BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl)));
+        }
+        topk_push(&top, (heap_item){score, row, doc});
+    }
+    qsort(top.h, top.n, sizeof(*top.h), cmp_hit);
+    for (size_t i = 0; i < top.n; i++) {
+        uint32_t row = top.h[i].row;
+        out[i] = (store_hit){.chunk_id = row < x->gen_rows ? x->gen_ids[row] : x->d_ids[row - x->gen_rows],
+                             .doc = top.h[i].doc,
+                             .score = top.h[i].score};
+    }
+    *nout = top.n;
+out:
+    free(tc);
+    free(qmap);
+    free(order);
+    free(cum);
+    if (allowed)
+        caller_docs_done(x, held, allowed);
+    free(top.h);
+    return st;
+}
+
+qr_status bm25_search(bm25_index *x, store *s, const char *const *terms, size_t nterms,
+                      const double weights[3], const char *const *principals, size_t nprincipals,
+                      bool all_documents, size_t max_per_doc, size_t limit, store_hit *out, size_t *n,
+                      char *err)
+{
+    if (!x || !s || (nterms && !terms) || !weights || !n || (limit && !out) || (nprincipals && !principals))
+        return qr_fail(err, QR_EINVAL, "bm25_search: NULL argument");
+    *n = 0;
+    if (nterms > BM25_TERMS_MAX)
+        return qr_fail(err, QR_ELIMIT, "search: %zu words, at most %d", nterms, BM25_TERMS_MAX);
+    if (nprincipals > STORE_FILTER_PRINCIPALS_MAX)
+        return qr_fail(err, QR_ELIMIT, "search: %zu principals, at most %d", nprincipals,
+                       STORE_FILTER_PRINCIPALS_MAX);
+    for (int i = 0; i < NCOLS; i++)
+        if (!isfinite(weights[i]) || weights[i] < 0)
+            return qr_fail(err, QR_EINVAL, "search: column weights must be finite and not negative");
+    for (size_t i = 0; i < nterms; i++)
+        if (!terms[i] || !terms[i][0])
+            return qr_fail(err, QR_EINVAL, "search: an empty word");
+    for (size_t i = 0; !all_documents && i < nprincipals; i++)
+        if (!store_principal_valid(principals[i]))
+            return qr_fail(err, QR_EINVAL, "search: invalid principal '%.100s'",
+                           principals[i] ? principals[i] : "");
+    qr_status st = bm25_sync(x, s, false, false, NULL, err);
+    if (st || !limit || !nterms || (!all_documents && !nprincipals))
+        return st;
+    pthread_rwlock_rdlock(&x->lock);
+    if (x->broken || !x->map)
+        st = qr_fail(err, QR_EUNAVAILABLE, "the BM25 index needs a rebuild");
+    else
+        st = search_locked(x, s, terms, nterms, weights, principals, nprincipals, all_documents, max_per_doc,
+                           limit, out, n, err);
+    pthread_rwlock_unlock(&x->lock);
+    return st;
+}

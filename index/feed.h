@@ -1,0 +1,111 @@
+/*
+ * index/feed.h, private to index/ (and its tests and benchmarks): the store's change log and the
+ * feeds the vector index (sync.c) and the pruned BM25 index (bm25_*.c) follow the store through
+ * (store_feed.c). Retrieval, the API and the CLI read the store through index/store.h only.
+ *
+ * Every feed reads one snapshot and reports its change counter; callbacks run on the caller's
+ * thread inside the read transaction. Costs: a walk reads every row it reports (the change log's
+ * rows are indexed by counter, so a catch-up costs what changed, a full walk what is stored).
+ */
+#ifndef QUARRY_INDEX_FEED_H
+#define QUARRY_INDEX_FEED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "index/store.h"
+
+/*
+ * The change log, for the vector index. Every write transaction that changes documents, chunks
+ * or ACLs bumps a monotonically increasing change counter and stamps the chunks it adds with
+ * it; chunks it deletes are kept as tombstones (chunk id, counter). Chunk ids are never reused.
+ *
+ * store_changes_since calls fn for every chunk deleted after counter `since` (deleted = true,
+ * vector NULL), then for every live chunk added after it (with its vector), in chunk id order,
+ * all from one snapshot, and sets *counter to that snapshot's change counter: the vector index
+ * records it and passes it as `since` next time. A chunk added and deleted after `since` is
+ * reported once, as deleted. fn runs on the caller's thread inside a read transaction; it must
+ * not call other store functions on the same handle, and the vector is valid only during the
+ * call. When fn returns non-zero status the walk stops and that status is returned (fn fills
+ * err itself). On a store error fn may have been called for a prefix of the changes.
+ */
+typedef struct {
+    int64_t chunk_id;
+    int64_t counter; /* the change that added or deleted it */
+    bool deleted;
+    const float *vector; /* dim floats, NULL when deleted */
+    int dim;
+} store_change;
+typedef qr_status (*store_change_fn)(void *ctx, const store_change *change, char *err);
+qr_status store_changes_since(store *s, int64_t since, store_change_fn fn, void *ctx, int64_t *counter,
+                              char *err);
+
+/* Forgets the tombstones of changes up to and including `counter` (the vector index calls it
+ * once a generation that folded them in is published). Nothing else changes. */
+qr_status store_prune_tombstones(store *s, int64_t counter, char *err);
+
+/* Calls fn for every (chunk id, vector) in chunk id order from one snapshot, for index
+ * rebuilds, and sets *counter to that snapshot's change counter. Same callback rules as
+ * store_changes_since (the change's counter field is the chunk's added counter). */
+qr_status store_each_vector(store *s, store_change_fn fn, void *ctx, int64_t *counter, char *err);
+
+/* The feeds of the pruned BM25 index, which keeps its own postings beside FTS5 and follows the
+ * store through these reads (with store_change_counter, in index/store.h). */
+
+/* The store's identity: a random number drawn when the store was created (or brought to schema
+ * 2). Copies and backups of the file keep it; another store has another. An index derived from a
+ * store records it and refuses to follow a store with another. */
+qr_status store_uid(store *s, int64_t *uid, char *err);
+
+/* The largest counter passed to store_prune_tombstones so far (0 when never): a reader that last
+ * saw a smaller counter can no longer learn every deletion from the change log. */
+qr_status store_pruned_through(store *s, int64_t *counter, char *err);
+
+/* A chunk's text as its FTS5 row holds it: the document's title, the chunk's heading path and
+ * body (the columns of chunks_fts, in that order). Strings are valid during the callback only and
+ * are NUL-terminated; col_len excludes the NUL. */
+typedef struct {
+    int64_t chunk_id;
+    int64_t doc;     /* the document's internal key; -1 for a deleted chunk */
+    int64_t counter; /* the change that added (or deleted) the chunk */
+    bool deleted;    /* store_text_changes_since: deleted after `since`; no text then */
+    const char *col[3];
+    size_t col_len[3];
+} store_text;
+typedef qr_status (*store_text_fn)(void *ctx, const store_text *t, char *err);
+
+/* As store_changes_since, with each added chunk's text and document key instead of its vector:
+ * chunks deleted after `since` (chunk id order), then live chunks added after it (chunk id
+ * order), from one snapshot; *counter gets the snapshot's counter. Same callback rules. */
+qr_status store_text_changes_since(store *s, int64_t since, store_text_fn fn, void *ctx, int64_t *counter,
+                                   char *err);
+
+/* Every live chunk's text and document key in chunk id order from one snapshot; *counter gets
+ * its counter. Same callback rules (counter is the chunk's added counter). */
+qr_status store_each_text(store *s, store_text_fn fn, void *ctx, int64_t *counter, char *err);
+
+/* A stored document whose row changed after some counter: added, new content, new ACL, new
+ * fields or title. Strings are valid during the callback only. */
+typedef struct {
+    int64_t doc;            /* internal key */
+    int64_t counter;        /* the last change to the document */
+    bool fts_rewritten;     /* after `since`, its FTS rows were rewritten under the same chunk
+                             * ids (a new title with the same content hash) */
+    const char *const *acl; /* its principals now, sorted; none = administrators only */
+    size_t nacl;
+} store_doc_change;
+typedef qr_status (*store_doc_change_fn)(void *ctx, const store_doc_change *d, char *err);
+
+/* Calls fn for every stored document changed after `since`, in key order, from one snapshot;
+ * *counter gets its counter. Deleted documents are not reported (their chunks are, as deleted,
+ * by store_text_changes_since); a key reused by a later document is reported as changed. */
+qr_status store_docs_changed_since(store *s, int64_t since, store_doc_change_fn fn, void *ctx,
+                                   int64_t *counter, char *err);
+
+/* The keys of the documents whose ACL holds principal (store_principal_valid), ascending, from
+ * one snapshot, through fn; *counter gets its counter. QR_EINVAL for an invalid principal. */
+typedef qr_status (*store_doc_key_fn)(void *ctx, int64_t doc, char *err);
+qr_status store_principal_docs(store *s, const char *principal, store_doc_key_fn fn, void *ctx,
+                               int64_t *counter, char *err);
+
+#endif

@@ -1,0 +1,321 @@
+/*
+ * index/store.h: the document store (store.c, store_write.c, store_read.c, store_query.c;
+ * store_feed.c behind index/feed.h):
+ * documents, chunks, ACLs and the FTS5 index in one SQLite database, and the queries retrieval
+ * runs on it. The change log and the feeds the indexes follow are in the private index/feed.h.
+ */
+#ifndef QUARRY_INDEX_STORE_H
+#define QUARRY_INDEX_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+/*
+ * The document store: one SQLite database, <dir>/quarry.db, in WAL mode. It holds documents,
+ * their chunks (text, heading path, offsets into the normalised text), ACL rows, one float32
+ * vector per chunk (so the vector index can be rebuilt without re-embedding) and an FTS5 index
+ * of the chunks (columns title, headings, body; tokenizer porter unicode61).
+ *
+ * Every write is one transaction (or part of a batch, below): after a crash (a killed process,
+ * a power cut) a document is wholly present or wholly absent. Commits are synced
+ * (synchronous=FULL), so a write that returned QR_OK outside a batch also survives power loss;
+ * the vector index relies on that, see store_changes_since.
+ *
+ * Threads: a store handle is used by one thread at a time. Open one handle per thread; WAL lets
+ * any number of readers run while one writer writes, and a second writer waits up to 5 s
+ * (then QR_ETIMEOUT). Every function that fails writes the reason into err (QR_ERR_LEN bytes,
+ * may be NULL) and, unless it says otherwise, changes nothing.
+ *
+ * Costs, where a call does not say: a write (store_put, store_delete, store_set_acl,
+ * store_check_embedding on first use, store_set_index_generation) is one transaction, and outside
+ * a batch its commit syncs the WAL (a disk flush, milliseconds); store_put also writes every
+ * chunk's FTS5 rows and vector, store_delete removes them. Reads of one document or chunk
+ * (store_get_hash, store_get_vector, store_get_document, store_change_counter) are indexed
+ * lookups: microseconds, plus the document's ACL rows and chunks when asked for; per-id calls
+ * (store_chunk_docs, store_read_chunks, store_permit_test) are one indexed lookup per id;
+ * store_get_stats reads every document row (one pass over the documents table);
+ * store_list_documents reads at most `limit` documents with their ACL rows; the search queries
+ * cost what FTS5 or the filter reads (see each); store_tokenize touches no table; store_verify
+ * reads everything. store_open runs any pending migration, once.
+ */
+typedef struct store store;
+
+/* Limits on what one document may carry; larger input is refused with QR_ELIMIT. */
+#define STORE_DOC_ID_MAX     512        /* bytes */
+#define STORE_PRINCIPAL_MAX  256        /* bytes after "user:" or "group:" */
+#define STORE_ACL_MAX        4096       /* principals per document */
+#define STORE_FIELD_MAX      4096       /* title, uri, content type, headings (bytes) */
+#define STORE_METADATA_MAX   (64 << 10) /* metadata JSON (bytes) */
+#define STORE_CHUNK_TEXT_MAX (1 << 20)  /* one chunk's text (bytes) */
+#define STORE_CHUNKS_MAX     (1 << 20)  /* chunks per document */
+#define STORE_MODEL_MAX      127        /* embedding model name (bytes) */
+#define STORE_DIM_MAX        16384      /* embedding dimension */
+
+/* Opens <dir>/quarry.db, creating dir (mode 0700, parents too) and the database when missing,
+ * and brings the schema up to date (migrations run in one transaction: a crash mid-migration
+ * leaves the old schema). On error *out is NULL and err names the path: QR_EIO when the
+ * directory or file cannot be created or read or is not a SQLite database, QR_EINVAL when the
+ * schema is newer than this quarry, QR_ETIMEOUT when another process holds the write lock. */
+qr_status store_open(const char *dir, store **out, char *err);
+/* Closes the handle; NULL is a no-op. */
+void store_close(store *s);
+
+/* True for "public", "user:<uid>" and "group:<name>" where the name is 1..STORE_PRINCIPAL_MAX
+ * bytes of valid UTF-8 without control characters or leading/trailing white space. Principals
+ * are compared byte for byte: auth must produce them in the same form ingest stores them. */
+bool store_principal_valid(const char *principal);
+
+typedef struct {
+    const char *doc_id; /* external stable id, 1..512 bytes valid UTF-8, no control chars */
+    const char *title;  /* NULL means "" (title, uri, content_type: UTF-8, no controls) */
+    const char *uri;
+    const char *content_type;
+    const char *metadata_json; /* a JSON object, or NULL for {} */
+    const char *const *acl;    /* principals; duplicates are folded; none = administrators only */
+    size_t nacl;
+    const char *content_hash; /* hex SHA-256 of the source bytes (64 hex digits) */
+    const char *text;         /* normalised text: valid UTF-8 without NUL; chunks point into it */
+    size_t text_len;
+} store_document;
+
+typedef struct {
+    size_t start, end;    /* byte offsets into text, start < end, on UTF-8 character boundaries */
+    const char *headings; /* heading path "A > B", or NULL/"" */
+} store_chunk;
+
+typedef enum {
+    STORE_ADDED,       /* a new doc_id */
+    STORE_UPDATED,     /* new content hash: chunks, vectors and FTS rows replaced (new chunk ids);
+                        * or, same hash with a new title: FTS rows rewritten, chunk ids kept */
+    STORE_UNCHANGED,   /* same hash, title, uri, content type, metadata and ACL: nothing written */
+    STORE_ACL_UPDATED, /* same hash and title: only ACL rows and document fields rewritten */
+} store_put_result;
+
+/* Writes a document in one transaction (or in the open batch). vectors holds nchunks * dim
+ * float32 values (chunk i at vectors[i * dim]); dim must equal the dimension recorded by
+ * store_check_embedding (call it first) and the values must be finite.
+ * When doc_id is stored with the same content_hash, the stored chunks and vectors are kept and
+ * text, chunks and vectors may be NULL/0 (so ingest can apply ACL or metadata changes without
+ * extraction or embedding); whatever is passed is still validated.
+ * Otherwise text is required, and the document's old chunks (their ids go to the change log as
+ * deleted), vectors and FTS rows are replaced by the new ones, whose ids are larger than any id
+ * ever used. Every call that writes bumps the change counter; STORE_UNCHANGED writes nothing.
+ * Errors: QR_EINVAL (with the offending field or chunk index) for bad input, QR_ELIMIT past
+ * the limits above, QR_EIO/QR_ETIMEOUT/QR_ENOMEM from SQLite. On error nothing changes (inside a
+ * batch, a failure while writing rolls the batch back: see below). */
+qr_status store_put(store *s, const store_document *doc, const store_chunk *chunks, size_t nchunks,
+                    const float *vectors, int dim, store_put_result *result, char *err);
+
+/*
+ * Batches, for bulk ingest. store_batch_begin opens one write transaction that the following
+ * store_put, store_delete, store_set_acl (and other writes) on this handle join, until
+ * store_batch_commit. FTS5 writes its pending index once per transaction, so batches of ~50
+ * documents make puts about 3x faster (bench/README.md). Each document stays atomic: after a
+ * crash every document of an uncommitted batch is as it was before the batch.
+ * While a batch is open this handle holds the store's write lock: other writers wait (up to 5 s,
+ * then QR_ETIMEOUT) and readers on other handles see none of it until it commits, so keep
+ * batches short (tens of documents, well under a second). Reads on this handle see its writes.
+ * Writes inside a batch are durable only once store_batch_commit returned QR_OK.
+ * A call inside a batch that fails before writing (bad input, QR_ENOTFOUND) changes nothing and
+ * the batch goes on. A call that fails while writing (I/O error, disk full) rolls the whole
+ * batch back: its message says so, later calls fail with the same status, and
+ * store_batch_commit returns it: re-send the batch's documents. store_close rolls an open batch
+ * back.
+ */
+/* QR_EINVAL when a batch is already open; QR_ETIMEOUT when another writer holds the lock. */
+qr_status store_batch_begin(store *s, char *err);
+/* Commits and ends the batch. QR_EINVAL when none is open; the first failure's status when the
+ * batch was rolled back; an SQLite failure of the commit itself (nothing of the batch stays). */
+qr_status store_batch_commit(store *s, char *err);
+/* Discards the batch's writes and ends it; a no-op without a batch. */
+void store_batch_rollback(store *s);
+/* Whether a batch is open on this handle (its reads see writes that may yet be rolled back). */
+bool store_in_batch(const store *s);
+
+/* Looks up the stored content hash (64 lowercase hex digits and NUL) of doc_id. An absent
+ * document is not an error: *found is false and hash is "". QR_EINVAL for an invalid doc_id. */
+qr_status store_get_hash(store *s, const char *doc_id, char hash[65], bool *found, char *err);
+
+/* Removes a document with its chunks, vectors, FTS rows and ACL rows in one transaction; the
+ * chunk ids go to the change log as deleted. QR_ENOTFOUND when doc_id is not stored. */
+qr_status store_delete(store *s, const char *doc_id, char *err);
+
+/* Replaces the ACL of a stored document: ACL rows only (plus the document's version and update
+ * time); chunks, vectors and FTS rows are untouched. An equal ACL writes nothing.
+ * QR_ENOTFOUND when doc_id is not stored, QR_EINVAL for an invalid principal. */
+qr_status store_set_acl(store *s, const char *doc_id, const char *const *acl, size_t nacl, char *err);
+
+/* Records the embedding model and dimension on first use. Afterwards a different model or
+ * dimension is refused with QR_EINVAL and a message naming the stored and the requested ones;
+ * the same pair is QR_OK. QR_EINVAL as well for an empty or over-long model name or a dim
+ * outside 1..STORE_DIM_MAX. */
+qr_status store_check_embedding(store *s, const char *model, int dim, char *err);
+
+typedef struct {
+    int64_t documents, chunks, text_bytes;
+    char embedding_model[STORE_MODEL_MAX + 1]; /* "" until store_check_embedding */
+    int embedding_dim;                         /* 0 until store_check_embedding */
+    int64_t change_counter;                    /* see store_changes_since */
+    int64_t index_generation;                  /* set by the vector index */
+} store_stats;
+
+/* Fills *out from one consistent snapshot. */
+qr_status store_get_stats(store *s, store_stats *out, char *err);
+
+/* Records the generation the vector index published (shown by `quarry stats`). Generations
+ * only go up: a smaller one is QR_EINVAL. Does not bump the change counter. */
+qr_status store_set_index_generation(store *s, int64_t generation, char *err);
+
+/* One stored chunk, as returned by store_get_document. */
+typedef struct {
+    int64_t chunk_id;
+    size_t start, end;    /* offsets into the document's normalised text */
+    const char *headings; /* "" when none */
+    const char *text;     /* text[start, end) of the document, NUL-terminated */
+    size_t text_len;
+} store_chunk_row;
+
+/* A stored document. Every pointer points into the struct's own memory. */
+typedef struct {
+    const char *doc_id, *title, *uri, *content_type, *metadata_json, *content_hash;
+    const char **acl; /* sorted, byte order */
+    size_t nacl;
+    int64_t version; /* 1 when added, +1 on every change */
+    int64_t created_ms, updated_ms;
+    size_t text_len;
+    size_t chunk_count;      /* chunks the document has */
+    store_chunk_row *chunks; /* in document order; NULL unless asked for */
+    size_t nchunks;
+    qr_arena arena_; /* private */
+} store_doc_info;
+
+/* Reads a document, and its chunks when with_chunks, from one snapshot. The caller frees *out
+ * with store_doc_info_free. QR_ENOTFOUND when doc_id is not stored (*out is NULL then). */
+qr_status store_get_document(store *s, const char *doc_id, bool with_chunks, store_doc_info **out, char *err);
+/* Frees a document read by store_get_document; NULL is a no-op. */
+void store_doc_info_free(store_doc_info *d);
+
+/* Copies the vector of a chunk into out (dim floats, the store's dimension).
+ * QR_ENOTFOUND for an unknown chunk id, QR_EINVAL when dim is not the store's dimension. */
+qr_status store_get_vector(store *s, int64_t chunk_id, float *out, int dim, char *err);
+
+/* Checks the whole store: SQLite's integrity_check and foreign_key_check, FTS5's
+ * integrity-check against the chunk table, and that every chunk has its document, FTS row and
+ * vector of the right size, every document the chunk count its row records, and every ACL row
+ * its document. QR_EIO with the first problem found when the store is inconsistent. Reads
+ * everything: seconds per million chunks. */
+qr_status store_verify(store *s, char *err);
+
+/* One document as a listing shows it. Strings are valid during the callback only. */
+typedef struct {
+    const char *doc_id, *title, *uri, *content_type;
+    const char *acl_json; /* the ACL as a JSON array of principals, sorted */
+    int64_t version, created_ms, updated_ms;
+    size_t text_len, chunk_count;
+} store_doc_summary;
+typedef qr_status (*store_doc_fn)(void *ctx, const store_doc_summary *d, char *err);
+
+/* Lists documents in doc_id byte order, for cursor pagination: calls fn for at most `limit`
+ * (1..10000) documents whose doc_id sorts after `after` (NULL or "": from the first), all from one
+ * snapshot, and sets *more when further documents follow. fn's non-zero status stops the walk and
+ * is returned; fn must not call other store functions on the same handle. */
+qr_status store_list_documents(store *s, const char *after, size_t limit, store_doc_fn fn, void *ctx,
+                               bool *more, char *err);
+
+/*
+ * Search queries, for retrieval. They never see user text as syntax: retrieval hands in FTS5
+ * expressions it built from quoted tokens, and the store binds them (and everything else) as
+ * parameters.
+ *
+ * A store_filter says which chunks a search may see: those whose document's ACL holds one of
+ * the caller's principals (an indexed lookup of the acl table, which is keyed by principal) --
+ * or every document, ACL or not, for an administrator (all_documents) -- and that pass every
+ * metadata filter that is set. Every function below applies the whole filter in SQL, before any
+ * ranking or limit, so a limit never cuts permitted chunks in favour of forbidden ones.
+ */
+#define STORE_FILTER_PRINCIPALS_MAX 8192 /* principals of one caller */
+#define STORE_FILTER_DOC_IDS_MAX    1024 /* documents named by one filter */
+
+typedef struct {
+    const char *const *principals; /* the caller's ACL principals (store_principal_valid) */
+    size_t nprincipals;
+    bool all_documents;         /* an administrator: the ACL is not consulted */
+    const char *const *doc_ids; /* only these documents (external ids); none: any */
+    size_t ndoc_ids;
+    const char *uri_prefix;    /* only documents whose URI starts with this; NULL or "": any */
+    const char *content_type;  /* only documents of exactly this type; NULL or "": any */
+    int64_t updated_after_ms;  /* only documents changed after this time; <= 0: any */
+    const char *require_match; /* FTS5 expression every chunk must match; NULL or "": none */
+    const char *exclude_match; /* FTS5 expression no chunk may match; NULL or "": none */
+} store_filter;
+
+/* A chunk found by a search, with its document's internal key (for per-document limits). */
+typedef struct {
+    int64_t chunk_id;
+    int64_t doc;
+    double score;
+} store_hit;
+
+/* BM25 over the FTS5 index: the chunks that match the FTS5 expression `match` and pass f, best
+ * first, at most `limit` of them and, when max_per_doc > 0, at most max_per_doc per document
+ * (each document's best). Scores are FTS5's bm25() with the column weights weights[0..3) (title,
+ * headings, body), negated so that higher is better; equal scores are ordered by smaller chunk
+ * id. FTS5 computes bm25 from whole-index statistics, so a chunk scores the same whoever
+ * searches. *n gets the number written to out (room for limit hits). QR_EINVAL for a malformed
+ * expression (FTS5's message), an invalid principal or doc id, or more principals or doc ids
+ * than the limits above. */
+qr_status store_search_bm25(store *s, const char *match, const double weights[3], const store_filter *f,
+                            size_t max_per_doc, size_t limit, store_hit *out, size_t *n, char *err);
+
+/* The ids of up to `limit` chunks that pass f, in no particular order, into ids (*n of them);
+ * *more is true when further chunks pass. Used to search vectors over the permitted chunks only
+ * when they are few. */
+qr_status store_filter_chunks(store *s, const store_filter *f, size_t limit, int64_t *ids, size_t *n,
+                              bool *more, char *err);
+
+/* A per-chunk permission test built from a filter, for vindex_search's predicate when the
+ * permitted chunks are too many to list. store_permit_test answers whether a chunk exists and
+ * passes f, with one indexed query; it fails closed (false) on an error, which
+ * store_permit_close then returns. Use the store handle for nothing else between open and close,
+ * from the thread that opened it. */
+typedef struct store_permit store_permit;
+qr_status store_permit_open(store *s, const store_filter *f, store_permit **out, char *err);
+bool store_permit_test(store_permit *p, int64_t chunk_id);
+/* Frees the test and returns the first error a test met (QR_OK when none). NULL is a no-op. */
+qr_status store_permit_close(store_permit *p, char *err);
+
+/* Document keys of n chunks into docs (-1 for a chunk that no longer exists). */
+qr_status store_chunk_docs(store *s, const int64_t *ids, size_t n, int64_t *docs, char *err);
+
+/* A chunk and its document as a search result shows it. Strings are valid during the callback. */
+typedef struct {
+    int64_t chunk_id, doc;
+    const char *doc_id, *title, *uri, *content_type;
+    const char *headings; /* "" when none */
+    const char *text;     /* the chunk's text */
+    size_t text_len;
+    size_t start, end; /* the chunk's byte offsets in its document's normalised text */
+} store_chunk_view;
+typedef qr_status (*store_chunk_view_fn)(void *ctx, const store_chunk_view *c, char *err);
+
+/* Calls fn, in order, for each of ids[0..n) that still exists and passes f (checked again: a
+ * document deleted or whose ACL changed since the search is left out), all from one snapshot.
+ * fn must not call the store; its non-zero status stops the walk and is returned. */
+qr_status store_read_chunks(store *s, const int64_t *ids, size_t n, const store_filter *f,
+                            store_chunk_view_fn fn, void *ctx, char *err);
+
+/* Splits text into the tokens the FTS index holds (porter unicode61: case-folded, diacritics
+ * removed, Porter-stemmed) and calls fn with each token's indexed form and its byte range in
+ * text, in order. Retrieval matches query words against chunk text this way, for highlights,
+ * exactly as FTS5 matched them. fn's non-zero status stops and is returned. Touches no table. */
+typedef qr_status (*store_token_fn)(void *ctx, const char *form, size_t form_len, size_t start, size_t end,
+                                    char *err);
+qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn fn, void *ctx, char *err);
+
+/* The store's change counter (one indexed read): an index that saw this counter is current. */
+qr_status store_change_counter(store *s, int64_t *counter, char *err);
+
+#endif

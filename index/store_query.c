@@ -1,0 +1,551 @@
+/*
+ * store_query: the store's search queries for retrieval: BM25 over FTS5, the permitted chunk ids
+ * and the per-chunk permission test that vector searches use, the re-read of a result page with
+ * its permission check, and the FTS index's tokenizer. A store_filter becomes SQL from fixed
+ * fragments with every value bound, and every query applies the whole filter before any ranking
+ * or limit.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/store.h"
+#include "index/store_int.h"
+
+/* ---- search queries ---------------------------------------------------------------------- */
+
+/*
+ * The filter becomes SQL from fixed fragments, one per condition that is set, over chunks `c`
+ * (and documents `d` where a fragment needs the document row); its values are bound by name.
+ * Two shapes: SET fragments for queries over many chunks, where the permitted documents are
+ * computed once per statement (SQLite materialises an uncorrelated IN subquery) and probed per
+ * chunk; ROW fragments for the one-chunk permission test, correlated so that a test costs index
+ * lookups for that chunk only instead of listing every permitted document each time.
+ */
+typedef enum { FILTER_SET, FILTER_ROW } filter_shape;
+
+/* The filter's values in bindable form: principals and doc ids as JSON arrays, read in SQL
+ * with json_each. */
+typedef struct {
+    const store_filter *f;
+    qr_buf principals, doc_ids;
+    bool acl, docs, uri, type, updated, require, exclude;
+} filter_sql;
+
+static void filter_sql_release(filter_sql *fs)
+{
+    qr_buf_release(&fs->principals);
+    qr_buf_release(&fs->doc_ids);
+}
+
+static qr_status json_array(qr_buf *out, const char *const *v, size_t n)
+{
+    qr_status st = qr_buf_putc(out, '[');
+    for (size_t i = 0; i < n && !st; i++) {
+        if (i)
+            st = qr_buf_putc(out, ',');
+        if (!st)
+            st = qr_json_escape(out, v[i], strlen(v[i]));
+    }
+    return st ? st : qr_buf_putc(out, ']');
+}
+
+/* Checks a filter and prepares its values. */
+static qr_status filter_prepare(const store_filter *f, filter_sql *fs, char *err)
+{
+    memset(fs, 0, sizeof(*fs));
+    qr_buf_init(&fs->principals, (size_t)STORE_FILTER_PRINCIPALS_MAX * (STORE_PRINCIPAL_MAX * 6 + 16));
+    qr_buf_init(&fs->doc_ids, (size_t)STORE_FILTER_DOC_IDS_MAX * (STORE_DOC_ID_MAX * 6 + 4));
+    fs->f = f;
+    if (!f)
+        return qr_fail(err, QR_EINVAL, "search: NULL filter");
+    if (f->nprincipals > STORE_FILTER_PRINCIPALS_MAX)
+        return qr_fail(err, QR_ELIMIT, "search: %zu principals, more than %d", f->nprincipals,
+                       STORE_FILTER_PRINCIPALS_MAX);
+    if (f->ndoc_ids > STORE_FILTER_DOC_IDS_MAX)
+        return qr_fail(err, QR_ELIMIT, "search: %zu document ids, more than %d", f->ndoc_ids,
+                       STORE_FILTER_DOC_IDS_MAX);
+    if ((f->nprincipals && !f->principals) || (f->ndoc_ids && !f->doc_ids))
+        return qr_fail(err, QR_EINVAL, "search: NULL list in the filter");
+    for (size_t i = 0; i < f->nprincipals; i++)
+        if (!store_principal_valid(f->principals[i]))
+            return qr_fail(err, QR_EINVAL, "search: invalid principal #%zu", i);
+    qr_status st;
+    for (size_t i = 0; i < f->ndoc_ids; i++)
+        if ((st = store_check_doc_id(f->doc_ids[i], err)))
+            return st;
+    const char *fields[] = {f->uri_prefix, f->content_type};
+    const char *names[] = {"URI prefix", "content type"};
+    for (int i = 0; i < 2; i++)
+        if (fields[i] && (st = store_check_field(names[i], fields[i], STORE_FIELD_MAX, true, err)))
+            return st;
+    fs->acl = !f->all_documents;
+    fs->docs = f->ndoc_ids > 0;
+    fs->uri = f->uri_prefix && *f->uri_prefix;
+    fs->type = f->content_type && *f->content_type;
+    fs->updated = f->updated_after_ms > 0;
+    fs->require = f->require_match && *f->require_match;
+    fs->exclude = f->exclude_match && *f->exclude_match;
+    if ((fs->acl && json_array(&fs->principals, f->principals, f->nprincipals)) ||
+        (fs->docs && json_array(&fs->doc_ids, f->doc_ids, f->ndoc_ids)))
+        return qr_fail(err, QR_ENOMEM, "out of memory for a search filter");
+    return QR_OK;
+}
+
+/* True when the fragments need the documents row `d`. */
+static bool filter_needs_doc(const filter_sql *fs, filter_shape shape)
+{
+    return fs->uri || fs->type || fs->updated || (shape == FILTER_ROW && fs->docs);
+}
+
+/* Appends the WHERE conditions (each starting with " AND "). */
+static qr_status filter_where(const filter_sql *fs, filter_shape shape, qr_buf *sql)
+{
+    qr_status st = QR_OK;
+    bool set = shape == FILTER_SET;
+    if (fs->acl)
+        st = qr_buf_puts(sql, set ? " AND c.doc IN (SELECT doc FROM acl WHERE principal IN"
+                                    " (SELECT value FROM json_each(:principals)))"
+                                  : " AND EXISTS (SELECT 1 FROM acl a WHERE a.doc = c.doc AND a.principal IN"
+                                    " (SELECT value FROM json_each(:principals)))");
+    if (!st && fs->docs)
+        st = qr_buf_puts(sql, set ? " AND c.doc IN (SELECT id FROM documents WHERE doc_id IN"
+                                    " (SELECT value FROM json_each(:doc_ids)))"
+                                  : " AND d.doc_id IN (SELECT value FROM json_each(:doc_ids))");
+    if (!st && fs->uri)
+        st = qr_buf_puts(sql, " AND substr(d.uri, 1, length(:uri_prefix)) = :uri_prefix");
+    if (!st && fs->type)
+        st = qr_buf_puts(sql, " AND d.content_type = :content_type");
+    if (!st && fs->updated)
+        st = qr_buf_puts(sql, " AND d.updated_ms > :updated_after");
+    if (!st && fs->require)
+        st = qr_buf_puts(sql,
+                         set ? " AND c.id IN (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH :require)"
+                             : " AND EXISTS (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH :require"
+                               " AND rowid = c.id)");
+    if (!st && fs->exclude)
+        st =
+            qr_buf_puts(sql, set ? " AND c.id NOT IN (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH"
+                                   " :exclude)"
+                                 : " AND NOT EXISTS (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH :exclude"
+                                   " AND rowid = c.id)");
+    return st;
+}
+
+/* Binds a text value by parameter name when the statement has that parameter (a copy: the
+ * statement may outlive the caller's strings). */
+static int bind_named_text(sqlite3_stmt *q, const char *name, const char *v, size_t n)
+{
+    int i = sqlite3_bind_parameter_index(q, name);
+    return i ? sqlite3_bind_text64(q, i, v, n, SQLITE_TRANSIENT, SQLITE_UTF8) : SQLITE_OK;
+}
+
+static int bind_named_int(sqlite3_stmt *q, const char *name, int64_t v)
+{
+    int i = sqlite3_bind_parameter_index(q, name);
+    return i ? sqlite3_bind_int64(q, i, v) : SQLITE_OK;
+}
+
+static int bind_named_double(sqlite3_stmt *q, const char *name, double v)
+{
+    int i = sqlite3_bind_parameter_index(q, name);
+    return i ? sqlite3_bind_double(q, i, v) : SQLITE_OK;
+}
+
+static int filter_bind(const filter_sql *fs, sqlite3_stmt *q)
+{
+    const store_filter *f = fs->f;
+    int rc = SQLITE_OK;
+    if (fs->acl)
+        rc = bind_named_text(q, ":principals", qr_buf_str(&fs->principals), qr_buf_len(&fs->principals));
+    if (!rc && fs->docs)
+        rc = bind_named_text(q, ":doc_ids", qr_buf_str(&fs->doc_ids), qr_buf_len(&fs->doc_ids));
+    if (!rc && fs->uri)
+        rc = bind_named_text(q, ":uri_prefix", f->uri_prefix, strlen(f->uri_prefix));
+    if (!rc && fs->type)
+        rc = bind_named_text(q, ":content_type", f->content_type, strlen(f->content_type));
+    if (!rc && fs->updated)
+        rc = bind_named_int(q, ":updated_after", f->updated_after_ms);
+    if (!rc && fs->require)
+        rc = bind_named_text(q, ":require", f->require_match, strlen(f->require_match));
+    if (!rc && fs->exclude)
+        rc = bind_named_text(q, ":exclude", f->exclude_match, strlen(f->exclude_match));
+    return rc;
+}
+
+/* A failure of a search statement: an FTS5 expression error is the caller's bad input. */
+static qr_status search_fail(store *s, int rc, char *err, const char *what)
+{
+    const char *why = sqlite3_errmsg(s->db);
+    if ((rc & 0xff) == SQLITE_ERROR && strncmp(why, "fts5:", 5) == 0)
+        return qr_fail(err, QR_EINVAL, "invalid full-text query: %s", why);
+    return store_sql_fail(s, rc, err, what);
+}
+
+/* Prepares one of the search statements (not cached: its text depends on the filter). */
+static qr_status prepare_search(store *s, const qr_buf *sql, sqlite3_stmt **q, char *err)
+{
+    int rc = sqlite3_prepare_v2(s->db, qr_buf_str(sql), (int)qr_buf_len(sql), q, NULL);
+    if (rc != SQLITE_OK) {
+        qr_status st = qr_fail(err, QR_EINTERNAL, "cannot prepare a search in store '%s': %s", s->path,
+                               sqlite3_errmsg(s->db));
+        sqlite3_finalize(*q);
+        *q = NULL;
+        return st;
+    }
+    return QR_OK;
+}
+
+qr_status store_search_bm25(store *s, const char *match, const double weights[3], const store_filter *f,
+                            size_t max_per_doc, size_t limit, store_hit *out, size_t *n, char *err)
+{
+    if (!s || !match || !weights || !n || (limit && !out))
+        return qr_fail(err, QR_EINVAL, "store_search_bm25: NULL argument");
+    *n = 0;
+    for (int i = 0; i < 3; i++)
+        if (!isfinite(weights[i]) || weights[i] < 0)
+            return qr_fail(err, QR_EINVAL, "search: column weights must be finite and not negative");
+    filter_sql fs;
+    qr_buf sql;
+    qr_buf_init(&sql, 1 << 16);
+    sqlite3_stmt *q = NULL;
+    qr_status st = filter_prepare(f, &fs, err);
+    if (st || !limit || !*match)
+        goto out;
+    /* bm25() can only run where the FTS5 cursor of the MATCH is, so the per-document limit
+     * ranks each document's chunks over a materialised copy of the scored matches */
+    if (qr_buf_puts(&sql, max_per_doc ? "WITH m AS MATERIALIZED (" : "SELECT id, doc, score FROM (") ||
+        qr_buf_puts(&sql,
+                    "SELECT chunks_fts.rowid AS id, c.doc AS doc, bm25(chunks_fts, :wt, :wh, :wb) AS score"
+                    " FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid") ||
+        (filter_needs_doc(&fs, FILTER_SET) && qr_buf_puts(&sql, " JOIN documents d ON d.id = c.doc")) ||
+        qr_buf_puts(&sql, " WHERE chunks_fts MATCH :match") || filter_where(&fs, FILTER_SET, &sql) ||
+        qr_buf_puts(&sql, max_per_doc
+                              ? ") SELECT id, doc, score FROM (SELECT id, doc, score, row_number() OVER"
+                                " (PARTITION BY doc ORDER BY score, id) AS r FROM m) WHERE r <= :cap"
+                              : ")") ||
+        qr_buf_puts(&sql, " ORDER BY score, id LIMIT :limit")) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+        goto out;
+    }
+    if ((st = prepare_search(s, &sql, &q, err)))
+        goto out;
+    if (filter_bind(&fs, q) || bind_named_text(q, ":match", match, strlen(match)) ||
+        bind_named_double(q, ":wt", weights[0]) || bind_named_double(q, ":wh", weights[1]) ||
+        bind_named_double(q, ":wb", weights[2]) || bind_named_int(q, ":cap", (int64_t)max_per_doc) ||
+        bind_named_int(q, ":limit", limit > INT64_MAX ? INT64_MAX : (int64_t)limit)) {
+        st = store_bind_fail(s, err);
+        goto out;
+    }
+    if ((st = store_begin_read(s, err)))
+        goto out;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW && *n < limit) {
+        out[*n].chunk_id = sqlite3_column_int64(q, 0);
+        out[*n].doc = sqlite3_column_int64(q, 1);
+        out[*n].score = -sqlite3_column_double(q, 2);
+        (*n)++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        st = search_fail(s, rc, err, "run a full-text search");
+        *n = 0;
+        goto out;
+    }
+    sqlite3_reset(q);
+    st = store_commit(s, err);
+out:
+    sqlite3_finalize(q);
+    qr_buf_release(&sql);
+    filter_sql_release(&fs);
+    if (st)
+        *n = 0;
+    return store_end_call(s, st, err);
+}
+
+qr_status store_filter_chunks(store *s, const store_filter *f, size_t limit, int64_t *ids, size_t *n,
+                              bool *more, char *err)
+{
+    if (!s || !n || !more || (limit && !ids))
+        return qr_fail(err, QR_EINVAL, "store_filter_chunks: NULL argument");
+    *n = 0;
+    *more = false;
+    filter_sql fs;
+    qr_buf sql;
+    qr_buf_init(&sql, 1 << 16);
+    sqlite3_stmt *q = NULL;
+    qr_status st = filter_prepare(f, &fs, err);
+    if (st)
+        goto out;
+    /* no ORDER BY: SQLite then walks from the permitted documents to their chunks (chunks_doc)
+     * instead of scanning every chunk in id order */
+    if (qr_buf_puts(&sql, "SELECT c.id FROM chunks c") ||
+        (filter_needs_doc(&fs, FILTER_SET) && qr_buf_puts(&sql, " JOIN documents d ON d.id = c.doc")) ||
+        qr_buf_puts(&sql, " WHERE 1") || filter_where(&fs, FILTER_SET, &sql) ||
+        qr_buf_puts(&sql, " LIMIT :limit")) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+        goto out;
+    }
+    if ((st = prepare_search(s, &sql, &q, err)))
+        goto out;
+    if (filter_bind(&fs, q) ||
+        bind_named_int(q, ":limit", limit >= INT64_MAX ? INT64_MAX : (int64_t)limit + 1)) {
+        st = store_bind_fail(s, err);
+        goto out;
+    }
+    if ((st = store_begin_read(s, err)))
+        goto out;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (*n == limit) {
+            *more = true;
+            rc = SQLITE_DONE;
+            break;
+        }
+        ids[(*n)++] = sqlite3_column_int64(q, 0);
+    }
+    if (rc != SQLITE_DONE) {
+        st = search_fail(s, rc, err, "list permitted chunks");
+        goto out;
+    }
+    sqlite3_reset(q);
+    st = store_commit(s, err);
+out:
+    sqlite3_finalize(q);
+    qr_buf_release(&sql);
+    filter_sql_release(&fs);
+    if (st) {
+        *n = 0;
+        *more = false;
+    }
+    return store_end_call(s, st, err);
+}
+
+struct store_permit {
+    store *s;
+    sqlite3_stmt *q;
+    qr_status st; /* the first failure of a test */
+    char err[QR_ERR_LEN];
+};
+
+qr_status store_permit_open(store *s, const store_filter *f, store_permit **out, char *err)
+{
+    if (!s || !out)
+        return qr_fail(err, QR_EINVAL, "store_permit_open: NULL argument");
+    *out = NULL;
+    filter_sql fs;
+    qr_buf sql;
+    qr_buf_init(&sql, 1 << 16);
+    store_permit *p = NULL;
+    qr_status st = filter_prepare(f, &fs, err);
+    if (st)
+        goto out;
+    if (!(p = calloc(1, sizeof(*p)))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a permission test");
+        goto out;
+    }
+    p->s = s;
+    if (qr_buf_puts(&sql, "SELECT 1 FROM chunks c") ||
+        (filter_needs_doc(&fs, FILTER_ROW) && qr_buf_puts(&sql, " JOIN documents d ON d.id = c.doc")) ||
+        qr_buf_puts(&sql, " WHERE c.id = :id") || filter_where(&fs, FILTER_ROW, &sql)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a permission test");
+        goto out;
+    }
+    if ((st = prepare_search(s, &sql, &p->q, err)))
+        goto out;
+    if (filter_bind(&fs, p->q))
+        st = store_bind_fail(s, err);
+out:
+    qr_buf_release(&sql);
+    filter_sql_release(&fs);
+    if (st) {
+        store_permit_close(p, NULL);
+        return st;
+    }
+    *out = p;
+    return QR_OK;
+}
+
+bool store_permit_test(store_permit *p, int64_t chunk_id)
+{
+    if (!p || p->st)
+        return false;
+    int rc = sqlite3_bind_int64(p->q, sqlite3_bind_parameter_index(p->q, ":id"), chunk_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(p->q);
+    bool ok = rc == SQLITE_ROW;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        p->st = search_fail(p->s, rc, p->err, "test a chunk's permission");
+    sqlite3_reset(p->q);
+    return ok;
+}
+
+qr_status store_permit_close(store_permit *p, char *err)
+{
+    if (!p)
+        return QR_OK;
+    qr_status st = p->st;
+    if (st && err)
+        snprintf(err, QR_ERR_LEN, "%s", p->err);
+    sqlite3_finalize(p->q);
+    free(p);
+    return st;
+}
+
+qr_status store_chunk_docs(store *s, const int64_t *ids, size_t n, int64_t *docs, char *err)
+{
+    if (!s || (n && (!ids || !docs)))
+        return qr_fail(err, QR_EINVAL, "store_chunk_docs: NULL argument");
+    sqlite3_stmt *q = NULL;
+    qr_status st = QR_OK;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT doc FROM chunks WHERE id = ?1", -1, &q, NULL);
+    if (rc != SQLITE_OK) {
+        st = store_sql_fail(s, rc, err, "prepare a chunk lookup");
+        goto out;
+    }
+    if ((st = store_begin_read(s, err)))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        bool row;
+        if (sqlite3_bind_int64(q, 1, ids[i])) {
+            st = store_bind_fail(s, err);
+            goto out;
+        }
+        if ((st = store_step_row(s, q, &row, err, "look up a chunk")))
+            goto out;
+        docs[i] = row ? sqlite3_column_int64(q, 0) : -1;
+        sqlite3_reset(q);
+    }
+    st = store_commit(s, err);
+out:
+    sqlite3_finalize(q);
+    return store_end_call(s, st, err);
+}
+
+qr_status store_read_chunks(store *s, const int64_t *ids, size_t n, const store_filter *f,
+                            store_chunk_view_fn fn, void *ctx, char *err)
+{
+    if (!s || !fn || (n && !ids))
+        return qr_fail(err, QR_EINVAL, "store_read_chunks: NULL argument");
+    filter_sql fs;
+    qr_buf sql;
+    qr_buf_init(&sql, 1 << 16);
+    sqlite3_stmt *q = NULL;
+    qr_status st = filter_prepare(f, &fs, err);
+    if (st)
+        goto out;
+    if (qr_buf_puts(&sql,
+                    "SELECT c.id, c.doc, d.doc_id, d.title, d.uri, d.content_type, c.headings, c.body,"
+                    " c.start, c.\"end\" FROM chunks c JOIN documents d ON d.id = c.doc WHERE c.id = :id") ||
+        filter_where(&fs, FILTER_ROW, &sql)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+        goto out;
+    }
+    if ((st = prepare_search(s, &sql, &q, err)))
+        goto out;
+    if (filter_bind(&fs, q)) {
+        st = store_bind_fail(s, err);
+        goto out;
+    }
+    if ((st = store_begin_read(s, err)))
+        goto out;
+    int id_param = sqlite3_bind_parameter_index(q, ":id");
+    for (size_t i = 0; i < n; i++) {
+        int rc = sqlite3_bind_int64(q, id_param, ids[i]);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(q);
+        if (rc == SQLITE_DONE) {
+            sqlite3_reset(q);
+            continue; /* gone, or no longer permitted */
+        }
+        if (rc != SQLITE_ROW) {
+            st = search_fail(s, rc, err, "read a search result");
+            goto out;
+        }
+        store_chunk_view v = {
+            .chunk_id = sqlite3_column_int64(q, 0),
+            .doc = sqlite3_column_int64(q, 1),
+            .doc_id = store_col_str(q, 2),
+            .title = store_col_str(q, 3),
+            .uri = store_col_str(q, 4),
+            .content_type = store_col_str(q, 5),
+            .headings = store_col_str(q, 6),
+            .text = store_col_str(q, 7),
+            .text_len = (size_t)sqlite3_column_bytes(q, 7),
+            .start = (size_t)sqlite3_column_int64(q, 8),
+            .end = (size_t)sqlite3_column_int64(q, 9),
+        };
+        st = fn(ctx, &v, err);
+        sqlite3_reset(q);
+        if (st)
+            goto out;
+    }
+    st = store_commit(s, err);
+out:
+    sqlite3_finalize(q);
+    qr_buf_release(&sql);
+    filter_sql_release(&fs);
+    return store_end_call(s, st, err);
+}
+
+/* ---- the index's tokenizer ------------------------------------------------------------------ */
+
+/* FTS5 hands its API out through a pointer-passing SQL function (sqlite3_bind_pointer), the way
+ * its documentation prescribes for code that links SQLite dynamically. */
+static fts5_api *fts5_api_of(sqlite3 *db)
+{
+    fts5_api *api = NULL;
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT fts5(?1)", -1, &q, NULL) == SQLITE_OK &&
+        sqlite3_bind_pointer(q, 1, (void *)&api, "fts5_api_ptr", NULL) == SQLITE_OK)
+        sqlite3_step(q);
+    sqlite3_finalize(q);
+    return api;
+}
+
+typedef struct {
+    store_token_fn fn;
+    void *ctx;
+    qr_status st;
+    char *err;
+} tokenize_ctx;
+
+static int on_token(void *pctx, int flags, const char *token, int ntoken, int start, int end)
+{
+    tokenize_ctx *t = pctx;
+    if (flags & FTS5_TOKEN_COLOCATED)
+        return SQLITE_OK; /* porter unicode61 makes no synonyms; a custom one would */
+    t->st = t->fn(t->ctx, token, (size_t)ntoken, (size_t)start, (size_t)end, t->err);
+    return t->st ? SQLITE_ABORT : SQLITE_OK;
+}
+
+qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn fn, void *ctx, char *err)
+{
+    if (!s || !fn || (len && !text))
+        return qr_fail(err, QR_EINVAL, "store_tokenize: NULL argument");
+    if (len > INT_MAX)
+        return qr_fail(err, QR_ELIMIT, "store_tokenize: %zu bytes, more than FTS5 takes", len);
+    if (!s->tokenizer_p) {
+        /* the schema's tokenize = 'porter unicode61' */
+        fts5_api *api = fts5_api_of(s->db);
+        void *user = NULL;
+        const char *args[] = {"unicode61"};
+        if (!api || api->xFindTokenizer(api, "porter", &user, &s->tokenizer) != SQLITE_OK ||
+            s->tokenizer.xCreate(user, args, 1, &s->tokenizer_p) != SQLITE_OK) {
+            s->tokenizer_p = NULL;
+            return qr_fail(err, QR_EINTERNAL, "cannot load FTS5's porter tokenizer in store '%s'", s->path);
+        }
+    }
+    tokenize_ctx t = {fn, ctx, QR_OK, err};
+    int rc = s->tokenizer.xTokenize(s->tokenizer_p, &t, FTS5_TOKENIZE_DOCUMENT, text ? text : "", (int)len,
+                                    on_token);
+    if (t.st)
+        return t.st;
+    if (rc != SQLITE_OK)
+        return qr_fail(err, store_sql_status(rc), "cannot tokenize text in store '%s' (FTS5 error %d)",
+                       s->path, rc);
+    return QR_OK;
+}

@@ -1,0 +1,118 @@
+/*
+ * Private to the files of the vector index (vindex.c, vindex_files.c, vindex_build.c,
+ * vindex_search.c): the handle, its snapshots and manifest, and the helpers they share. FAISS
+ * types appear here, so nothing outside those files includes it.
+ */
+#ifndef QUARRY_INDEX_VINDEX_IMPL_H
+#define QUARRY_INDEX_VINDEX_IMPL_H
+
+#include <faiss/c_api/Index_c.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/core.h"
+#include "index/vector.h"
+#include "index/vindex_int.h"
+
+#define MANIFEST_NAME "MANIFEST"
+#define MANIFEST_TMP  "MANIFEST.tmp"
+#define MANIFEST_MAX  (64u << 10)
+
+typedef struct {
+    int64_t *keys; /* -1: empty */
+    int64_t *vals;
+    size_t cap, n; /* cap is a power of two */
+} idmap;
+
+typedef struct {
+    uint64_t generation;
+    vtype type;
+    int dim;
+    uint64_t count;
+    uint64_t nlist;
+    int64_t store_counter;
+    uint64_t index_size, index_hash;
+    uint64_t vectors_size, vectors_hash;
+} manifest;
+
+/* What a search sees. The main part (index, mapped vectors) never changes; the delta and the
+ * tombstones grow under `lock`. */
+typedef struct vsnap {
+    int refs; /* guarded by vindex.snap_lock */
+    uint64_t generation;
+    vtype type;
+    int dim;
+    size_t nlist;
+    int64_t built_counter;
+    FaissIndex *index;
+    void *map;
+    size_t map_len;
+    const int64_t *ids; /* count ascending chunk ids */
+    const float *rows;  /* count * dim */
+    size_t count;
+
+    pthread_rwlock_t lock;
+    int64_t *d_ids;
+    float *d_rows;
+    int64_t *d_counter;
+    size_t d_n, d_cap;
+    idmap d_pos; /* id -> position in the delta */
+    idmap tomb;  /* id -> counter of the removal */
+    int64_t store_counter;
+} vsnap;
+
+struct vindex {
+    char *dir;
+    int dim;
+    vindex_opts opts;
+    char type_str[16];
+    vtype type;
+    int lock_fd;
+    uint64_t next_gen;
+
+    pthread_mutex_t snap_lock; /* guards cur and every snapshot's refs */
+    vsnap *cur;
+    pthread_mutex_t write_lock;     /* serialises add, remove and the commit of a build */
+    pthread_mutex_t build_lock;     /* one build at a time */
+    uint64_t searches, exact_scans; /* atomic counters, for metrics */
+};
+
+/* vindex.c */
+bool vindex_is_ivf(vtype t);
+/* FAISS reports failures through a thread-local message; vindex_faiss_fail is the one place it
+ * is read. */
+qr_status vindex_faiss_fail(char *err, const char *what);
+float vindex_dot_exact(const float *a, const float *b, int dim);
+bool vindex_idmap_get(const idmap *m, int64_t key, int64_t *val);
+qr_status vindex_idmap_reserve(idmap *m, size_t more);
+void vindex_idmap_put(idmap *m, int64_t key, int64_t val);
+void vindex_idmap_release(idmap *m);
+vsnap *vindex_snap_new(int dim);
+void vindex_snap_free(vsnap *s);
+vsnap *vindex_snap_acquire(vindex *v);
+void vindex_snap_release(vindex *v, vsnap *s);
+ssize_t vindex_main_find(const vsnap *s, int64_t id);
+qr_status vindex_apply_search_params(FaissIndex *index, vtype type, const vindex_opts *o, char *err);
+int vindex_cmp_i64(const void *a, const void *b);
+
+/* vindex_files.c */
+char *vindex_path_join(const char *dir, const char *name);
+qr_status vindex_hash_file(const char *path, uint64_t *size, uint64_t *hash, char *err);
+qr_status vindex_mkdir_p(const char *dir, char *err);
+void vindex_gen_name(char *out, size_t len, uint64_t gen, const char *ext);
+qr_status vindex_manifest_format(const manifest *m, qr_buf *out);
+qr_status vindex_manifest_parse(const char *path, const char *text, size_t len, manifest *m, char *err);
+qr_status vindex_vec_write(const char *path, int dim, const int64_t *ids, const float *rows, size_t count,
+                           uint64_t *size, uint64_t *hash, char *err);
+qr_status vindex_vec_map(vsnap *s, const char *path, const manifest *m, bool check_hash, char *err);
+qr_status vindex_load_generation(const vindex *v, const manifest *m, vsnap **out, char *err);
+uint64_t vindex_max_generation_on_disk(const char *dir);
+void vindex_remove_leftovers(const char *dir, uint64_t keep);
+
+/* vindex_build.c: the test hook (vindex_test_set_hook) at a named stage */
+void vindex_hook(const char *stage);
+
+#endif
