@@ -68,6 +68,48 @@ TEST(buf_cap_is_enforced_and_leaves_buffer_unchanged)
     qr_buf_release(&b);
 }
 
+TEST(buf_failure_is_sticky_until_reset)
+{
+    qr_buf b;
+    qr_buf_init(&b, 16);
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    CHECK_INT(qr_buf_cap(&b), 16);
+    CHECK_INT(qr_buf_puts(&b, "{\"a\":"), QR_OK);
+    /* the escaped \u0001 does not fit; the closing brace alone would, and once did, making the
+     * invalid line {"a":"abcdefg} */
+    CHECK_INT(qr_json_escape(&b, "abcdefg\x01", 8), QR_ELIMIT);
+    CHECK_INT(qr_buf_failed(&b), QR_ELIMIT);
+    CHECK_INT(qr_buf_len(&b), 13);
+    CHECK_INT(qr_buf_putc(&b, '}'), QR_ELIMIT);
+    CHECK_INT(qr_buf_puts(&b, ""), QR_ELIMIT);
+    CHECK_INT(qr_buf_append(&b, "x", 0), QR_ELIMIT);
+    CHECK_INT(qr_buf_printf(&b, "%d", 1), QR_ELIMIT);
+    CHECK_STR(qr_buf_str(&b), "{\"a\":\"abcdefg"); /* where the first failure left it */
+    CHECK_INT(qr_buf_failed(&b), QR_ELIMIT);
+    qr_buf_reset(&b);
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    CHECK_INT(qr_buf_puts(&b, "ok"), QR_OK);
+    CHECK_STR(qr_buf_str(&b), "ok");
+    /* release and detach forget a failure too */
+    CHECK_INT(qr_buf_puts(&b, "0123456789abcdefg"), QR_ELIMIT);
+    qr_buf_release(&b);
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    CHECK_INT(qr_buf_puts(&b, "x"), QR_OK);
+    CHECK_INT(qr_buf_puts(&b, "0123456789abcdefg"), QR_ELIMIT);
+    char *s = qr_buf_detach(&b);
+    CHECK_STR(s, "x");
+    free(s);
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    CHECK_INT(qr_buf_puts(&b, "y"), QR_OK);
+    /* wipe zeroes and resets */
+    CHECK_INT(qr_buf_puts(&b, "0123456789abcdefg"), QR_ELIMIT);
+    qr_buf_wipe(&b);
+    CHECK_INT(qr_buf_len(&b), 0);
+    CHECK_STR(qr_buf_str(&b), "");
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    qr_buf_release(&b);
+}
+
 TEST(arena_alignment_cap_and_reset)
 {
     qr_arena a;
