@@ -242,6 +242,17 @@ const char *api_header(api_req *r, const char *name);
  * malformed escape. */
 char *api_query_arg(api_req *r, const char *name, bool *bad);
 
+/* The most bytes of one access-log line, and the bytes of the path kept in a line that would
+ * have been longer (escaped, the cut path and a 300-byte user fit well within the line). */
+#define API_ACCESS_LINE_MAX 8192
+#define API_ACCESS_PATH_CUT 512
+/* Formats r's access record into line (emptied first; its cap bounds the record): one whole
+ * JSON object and a newline, never a part of one. A record over the cap is formatted again with
+ * the path cut to API_ACCESS_PATH_CUT bytes and "truncated":true. Returns QR_OK, or the line's
+ * failure when nothing whole could be formatted (write nothing then). `when` is the record's
+ * ISO 8601 time. */
+qr_status api_access_format(qr_buf *line, const api_req *r, int status, double ms, const char *when);
+
 /* ---- responses (json.c) --------------------------------------------------------------------- */
 
 /* Answers with a JSON body (steals the reference to body). */
@@ -366,6 +377,16 @@ void api_audit_close(api_audit *a);
  * and the doc ids returned or cited. Any thread. */
 void api_audit_record(api_audit *a, const api_req *r, const char *query, const char *const *doc_ids,
                       size_t ndoc_ids, const char *action);
+/* The most bytes of one audit line. */
+#define API_AUDIT_LINE_MAX (4u << 20)
+/* Formats the audit record into line (emptied first; its cap bounds the record): one whole JSON
+ * object and a newline, never a part of one. Doc ids past the cap are left out and the record
+ * says "truncated":true; when memory runs out partway, a record with "doc_ids":null and
+ * "truncated":true is tried instead. Returns QR_OK, or the line's failure when nothing whole
+ * could be formatted (a cap too small for the fixed fields, no memory): write nothing then.
+ * `when` is the record's ISO 8601 time. */
+qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query, const char *const *doc_ids,
+                           size_t ndoc_ids, const char *action, const char *when);
 
 /* ---- jobs (jobs.c) -------------------------------------------------------------------------- */
 
