@@ -417,6 +417,9 @@ json_t *api_jobs_describe(api_jobs *j, const char *id);
 /* Ingests one document through the server's ingestion session (serialised). Any thread. */
 qr_status api_ingest_one(api_server *srv, const api_job_doc *d, store_put_result *result, size_t *nchunks,
                          char *err);
+/* The name a write's outcome has in replies, job results and metrics: "added", "updated",
+ * "acl_updated" or "unchanged" (a static string; "?" for a value the store does not define). */
+const char *api_put_result_name(store_put_result r);
 
 /* ---- misc ----------------------------------------------------------------------------------- */
 

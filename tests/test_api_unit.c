@@ -382,3 +382,11 @@ TEST(audit_line_is_whole_json_even_when_capped)
     for (size_t i = 0; i < N; i++)
         free(ids[i]);
 }
+
+TEST(put_result_names)
+{
+    CHECK_STR(api_put_result_name(STORE_ADDED), "added");
+    CHECK_STR(api_put_result_name(STORE_UPDATED), "updated");
+    CHECK_STR(api_put_result_name(STORE_ACL_UPDATED), "acl_updated");
+    CHECK_STR(api_put_result_name(STORE_UNCHANGED), "unchanged");
+}
