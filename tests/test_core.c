@@ -181,7 +181,7 @@ TEST(json_escape_handles_controls_quotes_and_bad_utf8)
 }
 
 /* Captures log output in a temporary file and returns its contents (static buffer). */
-static char log_text[8192];
+static char log_text[1 << 17];
 static FILE *log_file;
 
 static void log_capture_begin(void)
@@ -242,6 +242,30 @@ TEST(log_json_lines_are_valid_and_one_per_message)
     CHECK(strstr(text, "\"component\":\"api\"") != NULL);
     CHECK(strstr(text, "\"msg\":\"line one\\nforged \\\"quote\\\"\"}") != NULL);
     CHECK_INT(strchr(text, '\n') - text + 1, (long long)strlen(text)); /* exactly one line */
+}
+
+TEST(log_json_line_of_a_long_escaped_message_is_whole)
+{
+    char err[QR_ERR_LEN];
+    CHECK_OK(qr_log_configure(QR_LOG_INFO, QR_LOG_JSON, NULL, err), err);
+    /* 5000 control characters escape to 30000 bytes: once over the line's cap, the line was cut
+     * without its closing brace and newline, and the next record ran into it */
+    char msg[5001];
+    memset(msg, '\x01', 5000);
+    msg[5000] = '\0';
+    log_capture_begin();
+    qr_log(QR_LOG_INFO, "api", "%s", msg);
+    qr_log(QR_LOG_INFO, "api", "next");
+    const char *text = log_capture_end();
+    CHECK_OK(qr_log_configure(QR_LOG_INFO, QR_LOG_TEXT, NULL, err), err);
+    const char *nl = strchr(text, '\n');
+    CHECK(nl && strncmp(text, "{\"ts\":\"", 7) == 0 && strncmp(nl - 2, "\"}", 2) == 0);
+    size_t escapes = 0;
+    for (const char *p = text; (p = strstr(p, "\\u0001")) && p < nl; p += 6)
+        escapes++;
+    CHECK_INT(escapes, 5000);
+    CHECK(strncmp(nl + 1, "{\"ts\":\"", 7) == 0 && strstr(nl + 1, "\"msg\":\"next\"}\n") != NULL);
+    CHECK_INT(strchr(nl + 1, '\n') - text + 1, (long long)strlen(text)); /* exactly two lines */
 }
 
 TEST(log_text_lines_cannot_be_forged_with_newlines)
