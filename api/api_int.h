@@ -365,7 +365,8 @@ void api_metrics_ingest(api_metrics *m, const char *kind, size_t chunks);
 /* One search's BM25 list: ranked by the pruned index, or by FTS5. */
 void api_metrics_bm25(api_metrics *m, bool pruned);
 void api_metrics_error(api_metrics *m, const char *code);
-/* Renders the Prometheus text exposition of everything, store and auth included. */
+/* Renders the Prometheus text exposition of everything, store and auth included. QR_ELIMIT when
+ * it would exceed out's cap, QR_ENOMEM: never a cut exposition. */
 qr_status api_metrics_render(api_server *srv, qr_buf *out, char *err);
 
 /* ---- audit log (audit.c) -------------------------------------------------------------------- */
