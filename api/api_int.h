@@ -222,6 +222,17 @@ const char *api_header(api_req *r, const char *name);
  * malformed escape. */
 char *api_query_arg(api_req *r, const char *name, bool *bad);
 
+/* The most bytes of one access-log line, and the bytes of the path kept in a line that would
+ * have been longer (escaped, the cut path and a 300-byte user fit well within the line). */
+#define API_ACCESS_LINE_MAX 8192
+#define API_ACCESS_PATH_CUT 512
+/* Formats r's access record into line (emptied first; its cap bounds the record): one whole
+ * JSON object and a newline, never a part of one. A record over the cap is formatted again with
+ * the path cut to API_ACCESS_PATH_CUT bytes and "truncated":true. Returns QR_OK, or the line's
+ * failure when nothing whole could be formatted (write nothing then). `when` is the record's
+ * ISO 8601 time. */
+qr_status api_access_format(qr_buf *line, const api_req *r, int status, double ms, const char *when);
+
 /* ---- responses (json.c) --------------------------------------------------------------------- */
 
 /* Answers with a JSON body (steals the reference to body). */
@@ -334,7 +345,8 @@ void api_metrics_ingest(api_metrics *m, const char *kind, size_t chunks);
 /* One search's BM25 list: ranked by the pruned index, or by FTS5. */
 void api_metrics_bm25(api_metrics *m, bool pruned);
 void api_metrics_error(api_metrics *m, const char *code);
-/* Renders the Prometheus text exposition of everything, store and auth included. */
+/* Renders the Prometheus text exposition of everything, store and auth included. QR_ELIMIT when
+ * it would exceed out's cap, QR_ENOMEM: never a cut exposition. */
 qr_status api_metrics_render(api_server *srv, qr_buf *out, char *err);
 
 /* ---- audit log (audit.c) -------------------------------------------------------------------- */
@@ -346,6 +358,16 @@ void api_audit_close(api_audit *a);
  * and the doc ids returned or cited. Any thread. */
 void api_audit_record(api_audit *a, const api_req *r, const char *query, const char *const *doc_ids,
                       size_t ndoc_ids, const char *action);
+/* The most bytes of one audit line. */
+#define API_AUDIT_LINE_MAX (4u << 20)
+/* Formats the audit record into line (emptied first; its cap bounds the record): one whole JSON
+ * object and a newline, never a part of one. Doc ids past the cap are left out and the record
+ * says "truncated":true; when memory runs out partway, a record with "doc_ids":null and
+ * "truncated":true is tried instead. Returns QR_OK, or the line's failure when nothing whole
+ * could be formatted (a cap too small for the fixed fields, no memory): write nothing then.
+ * `when` is the record's ISO 8601 time. */
+qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query, const char *const *doc_ids,
+                           size_t ndoc_ids, const char *action, const char *when);
 
 /* ---- jobs (jobs.c) -------------------------------------------------------------------------- */
 
@@ -376,6 +398,9 @@ json_t *api_jobs_describe(api_jobs *j, const char *id);
 /* Ingests one document through the server's ingestion session (serialised). Any thread. */
 qr_status api_ingest_one(api_server *srv, const api_job_doc *d, store_put_result *result, size_t *nchunks,
                          char *err);
+/* The name a write's outcome has in replies, job results and metrics: "added", "updated",
+ * "acl_updated" or "unchanged" (a static string; "?" for a value the store does not define). */
+const char *api_put_result_name(store_put_result r);
 
 /* ---- misc ----------------------------------------------------------------------------------- */
 

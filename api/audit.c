@@ -65,47 +65,90 @@ void api_audit_close(api_audit *a)
     free(a);
 }
 
-void api_audit_record(api_audit *a, const api_req *r, const char *query, const char *const *doc_ids,
-                      size_t ndoc_ids, const char *action)
+/* The fields before doc_ids, all bounded in size (the user is at most 300 bytes). */
+static void audit_head(qr_buf *line, const api_req *r, const char *query, const char *action,
+                       const char *when)
 {
-    if (!a)
-        return;
-    qr_buf line;
-    qr_buf_init(&line, 4 << 20);
-    char when[40], hash[65] = "";
-    qr_wall_iso8601(when, sizeof(when));
+    char hash[65] = "";
     if (query)
         api_sha256_hex(query, strlen(query), hash);
-    qr_buf_printf(&line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"user\":", when, r->request_id);
-    qr_json_escape(&line, r->user, strlen(r->user));
-    qr_buf_printf(&line,
+    qr_buf_printf(line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"user\":", when, r->request_id);
+    qr_json_escape(line, r->user, strlen(r->user));
+    qr_buf_printf(line,
                   ",\"via\":\"%s\",\"client\":\"%s\",\"route\":\"%s %s\",\"action\":\"%s\",\"query_sha256\":",
                   r->by_key ? "api_key" : "user", r->client, r->route ? r->route->method : r->method,
                   r->route ? r->route->pattern : "-", action);
     if (query)
-        qr_buf_printf(&line, "\"%s\"", hash);
+        qr_buf_printf(line, "\"%s\"", hash);
     else
-        qr_buf_puts(&line, "null");
-    qr_buf_puts(&line, ",\"doc_ids\":[");
-    for (size_t i = 0; i < ndoc_ids; i++) {
+        qr_buf_puts(line, "null");
+}
+
+/* Room kept for what closes a cut record: `],"truncated":true}` and the newline. */
+#define AUDIT_TAIL_RESERVE 32
+
+qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query, const char *const *doc_ids,
+                           size_t ndoc_ids, const char *action, const char *when)
+{
+    qr_buf_reset(line);
+    audit_head(line, r, query, action, when);
+    qr_buf_puts(line, ",\"doc_ids\":[");
+    /* Each id is escaped on its own first, so that one that would not fit is left out whole
+     * instead of failing the line. */
+    qr_buf one;
+    qr_buf_init(&one, qr_buf_cap(line));
+    bool truncated = false, first = true;
+    for (size_t i = 0; i < ndoc_ids && !truncated; i++) {
         /* the same document may be returned through several chunks: list it once */
         bool seen = false;
         for (size_t j = 0; j < i && !seen; j++)
             seen = strcmp(doc_ids[j], doc_ids[i]) == 0;
         if (seen)
             continue;
-        if (qr_buf_len(&line) > 1 && qr_buf_str(&line)[qr_buf_len(&line) - 1] != '[')
-            qr_buf_putc(&line, ',');
-        qr_json_escape(&line, doc_ids[i], strlen(doc_ids[i]));
+        qr_buf_reset(&one);
+        qr_json_escape(&one, doc_ids[i], strlen(doc_ids[i]));
+        size_t need = qr_buf_len(&one) + 1 + AUDIT_TAIL_RESERVE;
+        if (qr_buf_failed(&one) || qr_buf_len(line) > qr_buf_cap(line) ||
+            need > qr_buf_cap(line) - qr_buf_len(line)) {
+            truncated = true;
+            break;
+        }
+        if (!first)
+            qr_buf_putc(line, ',');
+        qr_buf_append(line, qr_buf_str(&one), qr_buf_len(&one));
+        first = false;
     }
-    qr_status st = qr_buf_puts(&line, "]}\n");
-    if (!st) {
+    qr_buf_release(&one);
+    qr_buf_putc(line, ']');
+    if (truncated)
+        qr_buf_puts(line, ",\"truncated\":true");
+    qr_buf_puts(line, "}\n");
+    if (!qr_buf_failed(line))
+        return QR_OK;
+    /* Out of memory partway: a record without its doc ids is still one. */
+    qr_buf_reset(line);
+    audit_head(line, r, query, action, when);
+    qr_buf_puts(line, ",\"doc_ids\":null,\"truncated\":true}\n");
+    return qr_buf_failed(line);
+}
+
+void api_audit_record(api_audit *a, const api_req *r, const char *query, const char *const *doc_ids,
+                      size_t ndoc_ids, const char *action)
+{
+    if (!a)
+        return;
+    char when[40];
+    qr_wall_iso8601(when, sizeof(when));
+    qr_buf line;
+    qr_buf_init(&line, API_AUDIT_LINE_MAX);
+    if (api_audit_format(&line, r, query, doc_ids, ndoc_ids, action, when) == QR_OK) {
         ssize_t w = write(a->fd, qr_buf_str(&line), qr_buf_len(&line));
         if (w != (ssize_t)qr_buf_len(&line))
             qr_log(QR_LOG_ERROR, "audit", "cannot write the audit log '%s': %s", a->path,
                    w < 0 ? strerror(errno) : "short write");
     } else {
-        qr_log(QR_LOG_ERROR, "audit", "audit line too long for request %s; not written", r->request_id);
+        qr_log(QR_LOG_ERROR, "audit", "cannot format the audit line for request %s (%s); not written",
+               r->request_id, qr_status_name(qr_buf_failed(&line)));
     }
     qr_buf_release(&line);
 }

@@ -288,17 +288,6 @@ static qr_status keep_acl(api_server *srv, api_job_doc *d, char *err)
     return d->acl ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory");
 }
 
-static const char *put_result_name(store_put_result r)
-{
-    switch (r) {
-    case STORE_ADDED: return "added";
-    case STORE_UPDATED: return "updated";
-    case STORE_ACL_UPDATED: return "acl_updated";
-    case STORE_UNCHANGED: return "unchanged";
-    }
-    return "?";
-}
-
 /* Writes the documents now, or queues them as a job. Takes docs over. */
 static void write_docs(api_req *r, api_job_doc *docs, size_t n, bool replace_keeps_acl)
 {
@@ -354,7 +343,7 @@ static void write_docs(api_req *r, api_job_doc *docs, size_t n, bool replace_kee
         if (!searchable)
             qr_log(QR_LOG_WARN, "index", "document %s written, not searchable yet: %s", docs[0].doc_id, ierr);
         json_t *body =
-            json_pack("{s:s,s:s,s:I,s:b}", "doc_id", docs[0].doc_id, "result", put_result_name(result),
+            json_pack("{s:s,s:s,s:I,s:b}", "doc_id", docs[0].doc_id, "result", api_put_result_name(result),
                       "chunks", (json_int_t)nchunks, "acl_given", docs[0].nacl > 0);
         if (body && wait_for)
             json_object_set_new(body, "searchable", json_boolean(searchable));

@@ -68,7 +68,7 @@ static void job_free(api_job *job)
     free(job);
 }
 
-static const char *result_name(store_put_result r)
+const char *api_put_result_name(store_put_result r)
 {
     switch (r) {
     case STORE_ADDED: return "added";
@@ -97,7 +97,7 @@ qr_status api_ingest_one(api_server *srv, const api_job_doc *d, store_put_result
     pthread_mutex_lock(&srv->ingest_lock);
     qr_status st = ingest_put(srv->ingest, &src, result, nchunks, err);
     pthread_mutex_unlock(&srv->ingest_lock);
-    api_metrics_ingest(srv->metrics, st ? "failed" : result_name(*result), st ? 0 : *nchunks);
+    api_metrics_ingest(srv->metrics, st ? "failed" : api_put_result_name(*result), st ? 0 : *nchunks);
     return st;
 }
 
@@ -121,7 +121,7 @@ static void run_ingest(api_jobs *j, api_job *job)
         json_t *row =
             st ? json_pack("{s:s,s:s,s:s}", "doc_id", job->docs[i].doc_id, "status", "failed", "error", err)
                : json_pack("{s:s,s:s,s:s,s:I}", "doc_id", job->docs[i].doc_id, "status", "ok", "result",
-                           result_name(result), "chunks", (json_int_t)nchunks);
+                           api_put_result_name(result), "chunks", (json_int_t)nchunks);
         pthread_mutex_lock(&j->lock);
         json_array_append_new(job->results, row);
         job->done++;

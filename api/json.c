@@ -118,11 +118,16 @@ void api_reply_error(api_req *r, int status, const char *code, const char *fmt, 
     /* messages may quote client input: make sure the JSON stays valid */
     json_t *body = json_pack("{s:{s:s,s:s%}}", "error", "code", code, "message", msg, strlen(msg));
     if (!body) {
+        /* jansson refused the message (invalid UTF-8) or ran out of memory: escape it here, with
+         * room for the worst case (six bytes a character), and without it should even that fail */
         qr_buf b;
-        qr_buf_init(&b, 4 * sizeof(msg));
+        qr_buf_init(&b, 6 * sizeof(msg) + 256);
         qr_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", code);
         qr_json_escape(&b, msg, strlen(msg));
-        qr_buf_puts(&b, "}}");
+        if (qr_buf_puts(&b, "}}")) {
+            qr_buf_reset(&b);
+            qr_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":\"\"}}", code);
+        }
         api_reply_raw(r, status, "application/json", qr_buf_str(&b), qr_buf_len(&b));
         qr_buf_release(&b);
     } else {

@@ -321,6 +321,11 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
          "Request observations beyond the series limit.");
     qr_buf_printf(o, "quarry_metrics_series_dropped_total %llu\n", (unsigned long long)snap->series_dropped);
     free(snap);
+    /* appends fail stickily: one check says whether the exposition is whole */
+    qr_status failed = qr_buf_failed(o);
+    if (failed)
+        return qr_fail(err, failed, "the metrics exposition exceeds %zu bytes or memory ran out",
+                       qr_buf_cap(o));
     return QR_OK;
 }
 

@@ -347,7 +347,7 @@ static qr_status message_text(api_chat_req *c, json_t *content, size_t index, co
                            "are supported",
                            index, i);
         }
-        if ((b.len && qr_buf_putc(&b, '\n')) ||
+        if ((qr_buf_len(&b) && qr_buf_putc(&b, '\n')) ||
             qr_buf_append(&b, json_string_value(text), json_string_length(text))) {
             qr_buf_release(&b);
             return qr_fail(err, QR_ELIMIT, "messages[%zu].content is longer than %d bytes", index,

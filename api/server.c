@@ -768,6 +768,35 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return MHD_YES;
 }
 
+/* One access record with the path cut to path_max bytes ("truncated":true when it was). The
+ * buffer's failure is sticky, so the last append reports whether the whole record fit. */
+static qr_status access_fields(qr_buf *line, const api_req *r, int status, double ms, const char *when,
+                               size_t path_max)
+{
+    size_t path_len = r->path ? strlen(r->path) : 0;
+    bool cut = path_len > path_max;
+    qr_buf_reset(line);
+    qr_buf_printf(line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"client\":\"%s\",\"method\":", when,
+                  r->request_id, r->client);
+    qr_json_escape(line, r->method, strlen(r->method));
+    qr_buf_puts(line, ",\"path\":");
+    /* a cut inside a UTF-8 sequence is safe: the escape turns the stray bytes into U+FFFD */
+    qr_json_escape(line, r->path ? r->path : "", cut ? path_max : path_len);
+    qr_buf_printf(line, ",\"route\":\"%s\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,\"user\":",
+                  r->route ? r->route->pattern : "-", status, r->bytes_out, ms);
+    qr_json_escape(line, r->user, strlen(r->user));
+    if (cut)
+        qr_buf_puts(line, ",\"truncated\":true");
+    return qr_buf_puts(line, "}\n");
+}
+
+qr_status api_access_format(qr_buf *line, const api_req *r, int status, double ms, const char *when)
+{
+    if (access_fields(line, r, status, ms, when, SIZE_MAX) == QR_OK)
+        return QR_OK;
+    return access_fields(line, r, status, ms, when, API_ACCESS_PATH_CUT);
+}
+
 static void access_line(api_req *r, int status, double ms)
 {
     api_server *srv = r->srv;
@@ -775,19 +804,15 @@ static void access_line(api_req *r, int status, double ms)
     qr_wall_iso8601(when, sizeof(when));
     if (srv->access_log) {
         qr_buf line;
-        qr_buf_init(&line, 8192);
-        qr_buf_printf(&line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"client\":\"%s\",\"method\":", when,
-                      r->request_id, r->client);
-        qr_json_escape(&line, r->method, strlen(r->method));
-        qr_buf_puts(&line, ",\"path\":");
-        qr_json_escape(&line, r->path ? r->path : "", r->path ? strlen(r->path) : 0);
-        qr_buf_printf(&line, ",\"route\":\"%s\",\"status\":%d,\"bytes\":%zu,\"ms\":%.3f,\"user\":",
-                      r->route ? r->route->pattern : "-", status, r->bytes_out, ms);
-        qr_json_escape(&line, r->user, strlen(r->user));
-        qr_buf_puts(&line, "}\n");
-        pthread_mutex_lock(&srv->access_lock);
-        fwrite(qr_buf_str(&line), 1, qr_buf_len(&line), srv->access_log);
-        pthread_mutex_unlock(&srv->access_lock);
+        qr_buf_init(&line, API_ACCESS_LINE_MAX);
+        if (api_access_format(&line, r, status, ms, when) == QR_OK) {
+            pthread_mutex_lock(&srv->access_lock);
+            fwrite(qr_buf_str(&line), 1, qr_buf_len(&line), srv->access_log);
+            pthread_mutex_unlock(&srv->access_lock);
+        } else {
+            qr_log(QR_LOG_ERROR, "access", "cannot format the access line for request %s (%s); not written",
+                   r->request_id, qr_status_name(qr_buf_failed(&line)));
+        }
         qr_buf_release(&line);
     } else {
         qr_log(QR_LOG_INFO, "access", "%s %s %s %d %zu bytes %.1f ms user=%s id=%s", r->client, r->method,

@@ -123,10 +123,13 @@ static int keys_list(cli_ctx *ctx, auth_ctx *auth)
     }
     if (json)
         qr_buf_puts(&out, "]}\n");
-    fputs(qr_buf_str(&out), stdout);
+    /* the appends' failure is sticky: print all of the list or none of it */
+    st = qr_buf_failed(&out);
+    if (!st)
+        fputs(qr_buf_str(&out), stdout);
     qr_buf_release(&out);
     auth_key_list_free(keys, n);
-    return CLI_EXIT_OK;
+    return st ? fail(ctx, st, "the key list is too large to print") : CLI_EXIT_OK;
 }
 
 static int keys_revoke(cli_ctx *ctx, auth_ctx *auth)
@@ -162,7 +165,8 @@ int cli_cmd_keys(cli_ctx *ctx)
 
 /* ---- quarry auth ------------------------------------------------------------------------------ */
 
-static void print_principal(const auth_principal *p, bool json)
+/* Prints all of it or, when it is too large to format (QR_ELIMIT, QR_ENOMEM), nothing. */
+static qr_status print_principal(const auth_principal *p, bool json)
 {
     qr_buf out;
     qr_buf_init(&out, 16u << 20);
@@ -201,8 +205,11 @@ static void print_principal(const auth_principal *p, bool json)
             qr_buf_printf(&out, " %s", p->principals[i]);
         qr_buf_putc(&out, '\n');
     }
-    fputs(qr_buf_str(&out), stdout);
+    qr_status st = qr_buf_failed(&out);
+    if (!st)
+        fputs(qr_buf_str(&out), stdout);
     qr_buf_release(&out);
+    return st;
 }
 
 /* Reads one line from stdin without echo when it is a terminal. Returns its length or -1. */
@@ -300,8 +307,8 @@ int cli_cmd_auth(cli_ctx *ctx)
             }
         }
     }
-    if (p)
-        print_principal(p, json);
+    if (p && (st = print_principal(p, json)))
+        snprintf(err, sizeof(err), "the principal is too large to print");
     rc = st ? fail(ctx, st, err) : CLI_EXIT_OK;
     auth_principal_release(p);
     auth_free(auth);

@@ -539,8 +539,15 @@ int cli_cmd_stats(cli_ctx *ctx)
                           "bytes\":%llu}}\n",
                           (long long)bi.generation_counter, bi.rows, bi.terms,
                           (unsigned long long)bi.file_bytes);
-        fputs(qr_buf_str(&out), stdout);
+        qr_status failed = qr_buf_failed(&out);
+        if (!failed)
+            fputs(qr_buf_str(&out), stdout);
         qr_buf_release(&out);
+        if (failed) {
+            fprintf(stderr, "quarry stats: the statistics are too large to print (%s)\n",
+                    qr_status_name(failed));
+            return CLI_EXIT_FAILURE;
+        }
     } else {
         printf("documents         %lld\n", (long long)st.documents);
         printf("chunks            %lld\n", (long long)st.chunks);

@@ -60,32 +60,49 @@ void qr_wall_iso8601(char *out, size_t len);
 /* ---- growable buffer with a size cap ----------------------------------------------------- */
 
 /* A byte buffer that is always NUL-terminated and never grows past `cap` bytes of content,
- * so hostile input cannot grow it without bound. Fields are private to core. */
+ * so hostile input cannot grow it without bound. Like curl's dynbuf, a failure is sticky: once
+ * an append fails (over the cap, out of memory), every later append fails with the same status
+ * until qr_buf_reset or qr_buf_release, so a capped line can never lose a piece in the middle
+ * and still be emitted as if whole. Callers keep the struct (on the stack or in their own
+ * structs), so its fields are visible, but they are private to core/buf.c: read a buffer only
+ * through the functions below. */
 typedef struct {
-    char *data;
-    size_t len;
-    size_t alloc;
-    size_t cap;
+    char *data_;
+    size_t len_;
+    size_t alloc_;
+    size_t cap_;
+    qr_status failed_;
 } qr_buf;
 
 /* Initialises an empty buffer (no allocation) whose content may not exceed cap bytes. */
 void qr_buf_init(qr_buf *b, size_t cap);
-/* Frees the contents; the buffer is empty and reusable afterwards. */
+/* Frees the contents; the buffer is empty, no longer failed, and reusable afterwards. */
 void qr_buf_release(qr_buf *b);
-/* Empties the buffer without freeing its memory. */
+/* Empties the buffer and forgets a failure, without freeing its memory. */
 void qr_buf_reset(qr_buf *b);
-/* Appends n bytes. Returns QR_ELIMIT past the cap, QR_ENOMEM on allocation failure; on error
- * the buffer is unchanged. */
+/* Appends n bytes. Returns QR_ELIMIT past the cap, QR_ENOMEM on allocation failure, or the
+ * status of an earlier failed append (see qr_buf_failed); on error the contents are unchanged
+ * and the buffer stays failed. */
 qr_status qr_buf_append(qr_buf *b, const void *p, size_t n);
 qr_status qr_buf_puts(qr_buf *b, const char *s);
 qr_status qr_buf_putc(qr_buf *b, char c);
 qr_status qr_buf_printf(qr_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 qr_status qr_buf_vprintf(qr_buf *b, const char *fmt, va_list ap);
+/* QR_OK while every append since the last init, reset or release succeeded; otherwise the
+ * status of the first one that failed. Check it before emitting a buffer built by appends whose
+ * statuses were not checked one by one: the contents then stop where the first failure was. */
+qr_status qr_buf_failed(const qr_buf *b);
 /* Contents as a string: "" for an empty buffer, never NULL. Valid until the next change. */
 const char *qr_buf_str(const qr_buf *b);
 size_t qr_buf_len(const qr_buf *b);
-/* Hands the contents to the caller (free() them) and empties the buffer. Returns NULL on
- * allocation failure for an empty buffer. */
+/* The most bytes of content the buffer accepts, as given to qr_buf_init. */
+size_t qr_buf_cap(const qr_buf *b);
+/* Overwrites every byte the buffer holds (content and spare room) with zeros, then resets it,
+ * for contents that must not linger in freed memory (credentials). Copies left behind by an
+ * earlier growth are not reached: size the buffer up front for such contents. */
+void qr_buf_wipe(qr_buf *b);
+/* Hands the contents to the caller (free() them) and empties the buffer, which is no longer
+ * failed. Returns NULL on allocation failure for an empty buffer. */
 char *qr_buf_detach(qr_buf *b);
 
 /* ---- arena ------------------------------------------------------------------------------- */

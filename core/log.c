@@ -200,7 +200,9 @@ void qr_logv(qr_log_level level, const char *component, const char *fmt, va_list
     qr_wall_iso8601(ts, sizeof(ts));
 
     qr_buf line;
-    qr_buf_init(&line, LOG_LINE_MAX * 2);
+    /* room for the message escaped at its worst (a control character takes six bytes), so that
+     * only running out of memory can fail the line */
+    qr_buf_init(&line, LOG_LINE_MAX * 6 + 512);
     pthread_mutex_lock(&log_lock);
     qr_log_format format = log_format;
     FILE *out = log_stream ? log_stream : stderr;
@@ -219,7 +221,15 @@ void qr_logv(qr_log_level level, const char *component, const char *fmt, va_list
                       component ? component : "quarry", msg);
     }
     pthread_mutex_lock(&log_lock);
-    fwrite(qr_buf_str(&line), 1, qr_buf_len(&line), out);
+    if (!qr_buf_failed(&line))
+        fwrite(qr_buf_str(&line), 1, qr_buf_len(&line), out);
+    else if (format == QR_LOG_JSON) /* never half a record; this one needs no memory */
+        fprintf(out,
+                "{\"ts\":\"%s\",\"level\":\"%s\",\"component\":\"log\",\"msg\":\"a message was lost: %s\"}\n",
+                ts, qr_log_level_name(level), qr_status_name(qr_buf_failed(&line)));
+    else
+        fprintf(out, "%s %-5s [log] a message was lost: %s\n", ts, qr_log_level_name(level),
+                qr_status_name(qr_buf_failed(&line)));
     fflush(out);
     pthread_mutex_unlock(&log_lock);
     qr_buf_release(&line);

@@ -101,7 +101,7 @@ static long backoff_ms(openai_state *s, int attempt)
 /* The server's error message from an OpenAI-shaped error body, or a cut of the raw body. */
 static void server_message(const qr_buf *body, char *out, size_t outlen)
 {
-    json_t *root = json_loadb(body->data ? body->data : "", body->len, 0, NULL);
+    json_t *root = json_loadb(qr_buf_str(body), qr_buf_len(body), 0, NULL);
     const char *msg = NULL;
     if (root) {
         json_t *e = json_object_get(root, "error");
@@ -110,7 +110,7 @@ static void server_message(const qr_buf *body, char *out, size_t outlen)
     if (msg)
         snprintf(out, outlen, "%s", msg);
     else
-        snprintf(out, outlen, "%.200s", body->data ? body->data : "");
+        snprintf(out, outlen, "%.200s", qr_buf_str(body));
     json_decref(root);
 }
 
@@ -142,7 +142,7 @@ static qr_status parse_vectors(const qr_buf *resp, int dim, const size_t *idx, s
                                char *err)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(resp->data ? resp->data : "", resp->len, 0, &jerr);
+    json_t *root = json_loadb(qr_buf_str(resp), qr_buf_len(resp), 0, &jerr);
     qr_status st = QR_OK;
     bool *seen = NULL;
     json_t *data = root ? json_object_get(root, "data") : NULL;
@@ -223,8 +223,8 @@ static qr_status send_batch(ingest_embedder *e, const char *const *texts, const 
         qr_buf_reset(&resp);
         curl_err[0] = '\0';
         s->retry_after_s = -1;
-        curl_easy_setopt(s->curl, CURLOPT_POSTFIELDS, body.data);
-        curl_easy_setopt(s->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body.len);
+        curl_easy_setopt(s->curl, CURLOPT_POSTFIELDS, qr_buf_str(&body));
+        curl_easy_setopt(s->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)qr_buf_len(&body));
         curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, &resp);
         curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, s);
         curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, curl_err);
@@ -348,8 +348,7 @@ static qr_status open_state(const qr_config *cfg, openai_state *s, char *err)
         else
             h = NULL;
         /* The key should not linger in freed memory longer than needed. */
-        if (auth.data)
-            memset(auth.data, 0, auth.len);
+        qr_buf_wipe(&auth);
         qr_buf_release(&auth);
         if (h)
             s->headers = h;

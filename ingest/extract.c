@@ -165,7 +165,7 @@ qr_status builder_heading_add(doc_builder *b, int level, const char *raw, size_t
     for (int l = 1; l <= level; l++) {
         if (!b->stack[l])
             continue;
-        if (path.len && qr_buf_append(&path, " > ", 3))
+        if (qr_buf_len(&path) && qr_buf_append(&path, " > ", 3))
             break;
         if (qr_buf_puts(&path, b->stack[l]))
             break;
@@ -195,12 +195,12 @@ qr_status builder_heading_add(doc_builder *b, int level, const char *raw, size_t
         return st == QR_ELIMIT ? qr_fail(err, st,
                                          "the text exceeds the limit of %zu bytes "
                                          "(ingest.max_document_bytes)",
-                                         b->text.cap)
+                                         qr_buf_cap(&b->text))
                                : qr_fail(err, st, "out of memory");
     }
     b->norm.started = true;
     norm_break(&b->norm, 2);
-    b->headings[b->nheadings].start = b->text.len - qr_buf_len(&b->scratch);
+    b->headings[b->nheadings].start = qr_buf_len(&b->text) - qr_buf_len(&b->scratch);
     b->headings[b->nheadings].level = level;
     b->headings[b->nheadings].path = p;
     b->nheadings++;
@@ -210,7 +210,7 @@ qr_status builder_heading_add(doc_builder *b, int level, const char *raw, size_t
 qr_status builder_finish(doc_builder *b, ingest_text *out, char *err)
 {
     memset(out, 0, sizeof(*out));
-    size_t len = b->text.len;
+    size_t len = qr_buf_len(&b->text);
     size_t n = b->nheadings + 1;
     ingest_section *sec = calloc(n, sizeof(*sec));
     if (!sec)

@@ -95,7 +95,7 @@ static qr_status read_entry(docx *d, const char *name, qr_buf *out)
     }
     zip_fclose(f);
     if (!st)
-        d->budget -= out->len;
+        d->budget -= qr_buf_len(out);
     else
         qr_buf_release(out);
     return st;
@@ -142,9 +142,9 @@ static qr_status check_bomb(docx *d, size_t archive_len, const ingest_limits *li
 
 static xmlTextReaderPtr open_reader(const qr_buf *xml, const char *name)
 {
-    if (xml->len > (size_t)INT32_MAX)
+    if (qr_buf_len(xml) > (size_t)INT32_MAX)
         return NULL;
-    xmlTextReaderPtr r = xmlReaderForMemory(xml->data ? xml->data : "", (int)xml->len, name, NULL,
+    xmlTextReaderPtr r = xmlReaderForMemory(qr_buf_str(xml), (int)qr_buf_len(xml), name, NULL,
                                             XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
     if (r)
         xmlTextReaderSetStructuredErrorHandler(r, silent_structured, NULL);
@@ -337,7 +337,8 @@ static qr_status para_append(docx *d, docx_para *p, const char *s, size_t n)
 {
     if (qr_buf_append(&p->text, s, n))
         return qr_fail(d->err, QR_ELIMIT,
-                       "the text exceeds the limit of %zu bytes (ingest.max_document_bytes)", p->text.cap);
+                       "the text exceeds the limit of %zu bytes (ingest.max_document_bytes)",
+                       qr_buf_cap(&p->text));
     return QR_OK;
 }
 

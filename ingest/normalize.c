@@ -28,7 +28,7 @@ void norm_break(norm_state *s, int breaks)
 static qr_status limit_error(const qr_buf *out, char *err)
 {
     return qr_fail(err, QR_ELIMIT, "the text exceeds the limit of %zu bytes (ingest.max_document_bytes)",
-                   out->cap);
+                   qr_buf_cap(out));
 }
 
 qr_status norm_flush(norm_state *s, qr_buf *out)
@@ -210,13 +210,14 @@ qr_status norm_utf8_repair(const char *in, size_t len, bool reject, qr_buf *buf,
             return qr_fail(err, QR_EINVAL, "invalid UTF-8 at byte %zu (ingest.invalid_utf8 is reject)", i);
         if (qr_buf_append(buf, in + run, i - run) || qr_buf_append(buf, "\xEF\xBF\xBD", 3))
             return qr_fail(err, QR_ELIMIT,
-                           "the text exceeds the limit of %zu bytes (ingest.max_document_bytes)", buf->cap);
+                           "the text exceeds the limit of %zu bytes (ingest.max_document_bytes)",
+                           qr_buf_cap(buf));
         i += k;
         run = i;
     }
     if (qr_buf_append(buf, in + run, len - run))
         return qr_fail(err, QR_ELIMIT, "the text exceeds the limit of %zu bytes (ingest.max_document_bytes)",
-                       buf->cap);
+                       qr_buf_cap(buf));
     *res = qr_buf_str(buf);
     *rlen = qr_buf_len(buf);
     return QR_OK;

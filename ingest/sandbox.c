@@ -411,12 +411,12 @@ qr_status ingest_sandbox_run(sandbox_fn fn, const char *bytes, size_t len, const
             int sig = WTERMSIG(wstatus);
             st = qr_fail(err, QR_EINVAL, "the extractor crashed on this document (signal %d, %s)", sig,
                          strsignal(sig));
-        } else if (reaped && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0 && msg.len == 0) {
+        } else if (reaped && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0 && qr_buf_len(&msg) == 0) {
             /* a crash handler (a sanitizer's, say) ended the child before it could answer */
             st = qr_fail(err, QR_EINVAL, "the extractor crashed on this document (exit status %d)",
                          WEXITSTATUS(wstatus));
         } else {
-            st = parse_result(msg.data ? msg.data : "", msg.len, out, err);
+            st = parse_result(qr_buf_str(&msg), qr_buf_len(&msg), out, err);
             if (st == QR_ENOMEM)
                 st = qr_fail(err, QR_ELIMIT, "extraction needed more than %zu MiB (ingest.extract_memory_mb)",
                              lim->memory_bytes / MIB);

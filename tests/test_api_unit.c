@@ -1,7 +1,7 @@
 /*
  * Unit tests of the API's pure parts, without a server: path matching and decoding, the JSON
- * depth check, request parsing for search and chat, multipart parsing, base64, and the OpenAPI
- * document's shape.
+ * depth check, request parsing for search and chat, multipart parsing, base64, the OpenAPI
+ * document's shape, and access and audit log lines that stay one whole JSON record when capped.
  */
 #include <jansson.h>
 #include <stdlib.h>
@@ -224,4 +224,169 @@ TEST(openapi_document_is_valid_json)
     }
     free(dump);
     json_decref(spec);
+}
+
+/* A request as the log formatters see it, without a server. */
+static api_req *log_req(const char *path, const char *user)
+{
+    api_req *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    size_t i;
+    char *param = NULL;
+    if (api_route_find("GET", "/v1/documents/x", &i, &param) == API_MATCH_OK)
+        r->route = &api_route_table[i];
+    free(param);
+    snprintf(r->method, sizeof(r->method), "GET");
+    snprintf(r->request_id, sizeof(r->request_id), "req-1");
+    snprintf(r->client, sizeof(r->client), "127.0.0.1");
+    snprintf(r->user, sizeof(r->user), "%s", user);
+    r->path = strdup(path);
+    r->bytes_out = 42;
+    return r;
+}
+
+static void log_req_free(api_req *r)
+{
+    if (r)
+        free(r->path);
+    free(r);
+}
+
+/* One line, ending in a newline, that parses as one JSON object (jansson also checks UTF-8). */
+static json_t *one_record(const qr_buf *line)
+{
+    const char *s = qr_buf_str(line);
+    size_t n = qr_buf_len(line);
+    if (n < 2 || s[n - 1] != '\n' || memchr(s, '\n', n - 1))
+        return NULL;
+    json_t *j = json_loadb(s, n - 1, 0, NULL);
+    if (j && !json_is_object(j)) {
+        json_decref(j);
+        j = NULL;
+    }
+    return j;
+}
+
+TEST(access_line_is_whole_json_even_when_capped)
+{
+    qr_buf line;
+    qr_buf_init(&line, API_ACCESS_LINE_MAX);
+    api_req *r = log_req("/v1/documents/a%20b", "al\"ice");
+    CHECK(r && r->route);
+    CHECK_INT(api_access_format(&line, r, 200, 1.5, "2026-01-01T00:00:00.000Z"), QR_OK);
+    json_t *j = one_record(&line);
+    CHECK_MSG(j, "not one JSON record: %s", qr_buf_str(&line));
+    CHECK_STR(json_string_value(json_object_get(j, "path")), "/v1/documents/a%20b");
+    CHECK_STR(json_string_value(json_object_get(j, "user")), "al\"ice");
+    CHECK_INT(json_integer_value(json_object_get(j, "status")), 200);
+    CHECK(json_object_get(j, "truncated") == NULL);
+    json_decref(j);
+    log_req_free(r);
+
+    /* A path far over the line's cap, of escapes and two-byte characters, the cut falling
+     * inside one of them: the line is whole, says it was cut, and keeps the path's start. */
+    char *path = malloc(40001);
+    CHECK(path);
+    path[0] = '/';
+    for (size_t i = 1; i < 40000; i += 2)
+        memcpy(path + i, i % 7 == 0 ? "\"\x01" : "\xC3\xA9", 2);
+    path[40000] = '\0';
+    r = log_req(path, "bob");
+    CHECK(r);
+    CHECK_INT(api_access_format(&line, r, 404, 2.0, "2026-01-01T00:00:00.000Z"), QR_OK);
+    CHECK(qr_buf_len(&line) <= API_ACCESS_LINE_MAX);
+    j = one_record(&line);
+    CHECK_MSG(j, "not one JSON record: %.300s", qr_buf_str(&line));
+    CHECK(json_is_true(json_object_get(j, "truncated")));
+    CHECK_STR(json_string_value(json_object_get(j, "user")), "bob");
+    CHECK_INT(json_integer_value(json_object_get(j, "status")), 404);
+    const char *kept = json_string_value(json_object_get(j, "path"));
+    CHECK(kept && strncmp(kept, path, 64) == 0);
+    json_decref(j);
+
+    /* The cap reached at every point of the path's end, where an escape that does not fit
+     * leaves room for a shorter field after it: every line is still one whole record. */
+    for (size_t pad = API_ACCESS_LINE_MAX - 200; pad < API_ACCESS_LINE_MAX; pad++) {
+        memset(path, 'a', pad);
+        memset(path + pad, '\x01', 16);
+        path[pad + 16] = '\0';
+        log_req_free(r);
+        r = log_req(path, "-");
+        CHECK(r);
+        CHECK_INT(api_access_format(&line, r, 200, 0.5, "2026-01-01T00:00:00.000Z"), QR_OK);
+        j = one_record(&line);
+        CHECK_MSG(j, "not one JSON record at pad %zu: ...%s", pad,
+                  qr_buf_str(&line) + qr_buf_len(&line) - 40);
+        json_decref(j);
+    }
+
+    /* a line too small for even the fixed fields: an error, never a part of a record */
+    qr_buf small;
+    qr_buf_init(&small, 64);
+    CHECK(api_access_format(&small, r, 404, 2.0, "2026-01-01T00:00:00.000Z") != QR_OK);
+    CHECK(qr_buf_failed(&small) != QR_OK);
+    qr_buf_release(&small);
+    log_req_free(r);
+    free(path);
+    qr_buf_release(&line);
+}
+
+TEST(audit_line_is_whole_json_even_when_capped)
+{
+    enum { N = 400 };
+    char *ids[N];
+    for (size_t i = 0; i < N; i++) {
+        ids[i] = malloc(64);
+        CHECK(ids[i]);
+        /* quotes and control characters grow when escaped; every id is listed twice */
+        snprintf(ids[i], 64, "doc-%zu-\"\x02-%s", i / 2, "padding-padding-padding");
+    }
+    api_req *r = log_req("/v1/search", "carol");
+    CHECK(r);
+    qr_buf line;
+    qr_buf_init(&line, API_AUDIT_LINE_MAX);
+    CHECK_INT(
+        api_audit_format(&line, r, "what", (const char *const *)ids, N, "search", "2026-01-01T00:00:00Z"),
+        QR_OK);
+    json_t *j = one_record(&line);
+    CHECK_MSG(j, "not one JSON record: %.300s", qr_buf_str(&line));
+    CHECK_INT(json_array_size(json_object_get(j, "doc_ids")), N / 2);
+    CHECK(json_object_get(j, "truncated") == NULL);
+    CHECK_INT(strlen(json_string_value(json_object_get(j, "query_sha256"))), 64);
+    json_decref(j);
+    qr_buf_release(&line);
+
+    /* a cap that holds a few ids: the record keeps those that fit, whole, and says so */
+    qr_buf_init(&line, 1024);
+    CHECK_INT(api_audit_format(&line, r, NULL, (const char *const *)ids, N, "search", "2026-01-01T00:00:00Z"),
+              QR_OK);
+    CHECK(qr_buf_len(&line) <= 1024);
+    j = one_record(&line);
+    CHECK_MSG(j, "not one JSON record: %.300s", qr_buf_str(&line));
+    CHECK(json_is_true(json_object_get(j, "truncated")));
+    CHECK(json_is_null(json_object_get(j, "query_sha256")));
+    json_t *kept = json_object_get(j, "doc_ids");
+    CHECK(json_array_size(kept) > 0 && json_array_size(kept) < N / 2);
+    for (size_t i = 0; i < json_array_size(kept); i++)
+        CHECK_STR(json_string_value(json_array_get(kept, i)), ids[2 * i]);
+    json_decref(j);
+    qr_buf_release(&line);
+
+    /* too small for the fixed fields: an error, never a part of a record */
+    qr_buf_init(&line, 80);
+    CHECK(api_audit_format(&line, r, NULL, (const char *const *)ids, N, "search", "2026-01-01T00:00:00Z") !=
+          QR_OK);
+    qr_buf_release(&line);
+    log_req_free(r);
+    for (size_t i = 0; i < N; i++)
+        free(ids[i]);
+}
+
+TEST(put_result_names)
+{
+    CHECK_STR(api_put_result_name(STORE_ADDED), "added");
+    CHECK_STR(api_put_result_name(STORE_UPDATED), "updated");
+    CHECK_STR(api_put_result_name(STORE_ACL_UPDATED), "acl_updated");
+    CHECK_STR(api_put_result_name(STORE_UNCHANGED), "unchanged");
 }

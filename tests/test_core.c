@@ -72,6 +72,48 @@ TEST(buf_cap_is_enforced_and_leaves_buffer_unchanged)
     qr_buf_release(&b);
 }
 
+TEST(buf_failure_is_sticky_until_reset)
+{
+    qr_buf b;
+    qr_buf_init(&b, 16);
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    CHECK_INT(qr_buf_cap(&b), 16);
+    CHECK_INT(qr_buf_puts(&b, "{\"a\":"), QR_OK);
+    /* the escaped \u0001 does not fit; the closing brace alone would, and once did, making the
+     * invalid line {"a":"abcdefg} */
+    CHECK_INT(qr_json_escape(&b, "abcdefg\x01", 8), QR_ELIMIT);
+    CHECK_INT(qr_buf_failed(&b), QR_ELIMIT);
+    CHECK_INT(qr_buf_len(&b), 13);
+    CHECK_INT(qr_buf_putc(&b, '}'), QR_ELIMIT);
+    CHECK_INT(qr_buf_puts(&b, ""), QR_ELIMIT);
+    CHECK_INT(qr_buf_append(&b, "x", 0), QR_ELIMIT);
+    CHECK_INT(qr_buf_printf(&b, "%d", 1), QR_ELIMIT);
+    CHECK_STR(qr_buf_str(&b), "{\"a\":\"abcdefg"); /* where the first failure left it */
+    CHECK_INT(qr_buf_failed(&b), QR_ELIMIT);
+    qr_buf_reset(&b);
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    CHECK_INT(qr_buf_puts(&b, "ok"), QR_OK);
+    CHECK_STR(qr_buf_str(&b), "ok");
+    /* release and detach forget a failure too */
+    CHECK_INT(qr_buf_puts(&b, "0123456789abcdefg"), QR_ELIMIT);
+    qr_buf_release(&b);
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    CHECK_INT(qr_buf_puts(&b, "x"), QR_OK);
+    CHECK_INT(qr_buf_puts(&b, "0123456789abcdefg"), QR_ELIMIT);
+    char *s = qr_buf_detach(&b);
+    CHECK_STR(s, "x");
+    free(s);
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    CHECK_INT(qr_buf_puts(&b, "y"), QR_OK);
+    /* wipe zeroes and resets */
+    CHECK_INT(qr_buf_puts(&b, "0123456789abcdefg"), QR_ELIMIT);
+    qr_buf_wipe(&b);
+    CHECK_INT(qr_buf_len(&b), 0);
+    CHECK_STR(qr_buf_str(&b), "");
+    CHECK_INT(qr_buf_failed(&b), QR_OK);
+    qr_buf_release(&b);
+}
+
 TEST(arena_alignment_cap_and_reset)
 {
     qr_arena a;
@@ -143,7 +185,7 @@ TEST(json_escape_handles_controls_quotes_and_bad_utf8)
 }
 
 /* Captures log output in a temporary file and returns its contents (static buffer). */
-static char log_text[8192];
+static char log_text[1 << 17];
 static FILE *log_file;
 
 static void log_capture_begin(void)
@@ -204,6 +246,30 @@ TEST(log_json_lines_are_valid_and_one_per_message)
     CHECK(strstr(text, "\"component\":\"api\"") != NULL);
     CHECK(strstr(text, "\"msg\":\"line one\\nforged \\\"quote\\\"\"}") != NULL);
     CHECK_INT(strchr(text, '\n') - text + 1, (long long)strlen(text)); /* exactly one line */
+}
+
+TEST(log_json_line_of_a_long_escaped_message_is_whole)
+{
+    char err[QR_ERR_LEN];
+    CHECK_OK(qr_log_configure(QR_LOG_INFO, QR_LOG_JSON, NULL, err), err);
+    /* 5000 control characters escape to 30000 bytes: once over the line's cap, the line was cut
+     * without its closing brace and newline, and the next record ran into it */
+    char msg[5001];
+    memset(msg, '\x01', 5000);
+    msg[5000] = '\0';
+    log_capture_begin();
+    qr_log(QR_LOG_INFO, "api", "%s", msg);
+    qr_log(QR_LOG_INFO, "api", "next");
+    const char *text = log_capture_end();
+    CHECK_OK(qr_log_configure(QR_LOG_INFO, QR_LOG_TEXT, NULL, err), err);
+    const char *nl = strchr(text, '\n');
+    CHECK(nl && strncmp(text, "{\"ts\":\"", 7) == 0 && strncmp(nl - 2, "\"}", 2) == 0);
+    size_t escapes = 0;
+    for (const char *p = text; (p = strstr(p, "\\u0001")) && p < nl; p += 6)
+        escapes++;
+    CHECK_INT(escapes, 5000);
+    CHECK(strncmp(nl + 1, "{\"ts\":\"", 7) == 0 && strstr(nl + 1, "\"msg\":\"next\"}\n") != NULL);
+    CHECK_INT(strchr(nl + 1, '\n') - text + 1, (long long)strlen(text)); /* exactly two lines */
 }
 
 TEST(log_text_lines_cannot_be_forged_with_newlines)

@@ -47,7 +47,7 @@ static json_t *control(const char *method, const char *path, const char *body)
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
     CURLcode cc = curl_easy_perform(c);
-    json_t *j = cc == CURLE_OK ? json_loadb(out.data ? out.data : "", out.len, 0, NULL) : NULL;
+    json_t *j = cc == CURLE_OK ? json_loadb(qr_buf_str(&out), qr_buf_len(&out), 0, NULL) : NULL;
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     qr_buf_release(&out);

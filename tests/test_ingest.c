@@ -133,22 +133,23 @@ static char *make_pdf(const char *title, const char *line1, const char *line2, s
         objs[2], sizeof(objs[2]),
         "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 "
         "0 R >> >> >>");
-    snprintf(objs[3], sizeof(objs[3]), "<< /Length %zu >>\nstream\n%s\nendstream", content.len, content.data);
+    snprintf(objs[3], sizeof(objs[3]), "<< /Length %zu >>\nstream\n%s\nendstream", qr_buf_len(&content),
+             qr_buf_str(&content));
     snprintf(objs[4], sizeof(objs[4]), "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>");
     snprintf(objs[5], sizeof(objs[5]), "<< /Title (%s) >>", title);
     size_t offs[6];
     qr_buf_puts(&pdf, "%PDF-1.4\n");
     for (int i = 0; i < 6; i++) {
-        offs[i] = pdf.len;
+        offs[i] = qr_buf_len(&pdf);
         qr_buf_printf(&pdf, "%d 0 obj\n%s\nendobj\n", i + 1, objs[i]);
     }
-    size_t xref = pdf.len;
+    size_t xref = qr_buf_len(&pdf);
     qr_buf_puts(&pdf, "xref\n0 7\n0000000000 65535 f \n");
     for (int i = 0; i < 6; i++)
         qr_buf_printf(&pdf, "%010zu 00000 n \n", offs[i]);
     qr_buf_printf(&pdf, "trailer\n<< /Size 7 /Root 1 0 R /Info 6 0 R >>\nstartxref\n%zu\n%%%%EOF\n", xref);
     qr_buf_release(&content);
-    *len = pdf.len;
+    *len = qr_buf_len(&pdf);
     return qr_buf_detach(&pdf);
 }
 
@@ -424,7 +425,7 @@ TEST(extract_caps_long_titles_and_paths)
         qr_buf_puts(&md, "\xC3\xA9"); /* 6000 bytes of two-byte characters */
     qr_buf_puts(&md, "\n\n## Next\n\nbody\n");
     ingest_text t;
-    CHECK_OK(ingest_extract(md.data, md.len, "text/markdown", NULL, &lim, &t, err), err);
+    CHECK_OK(ingest_extract(qr_buf_str(&md), qr_buf_len(&md), "text/markdown", NULL, &lim, &t, err), err);
     CHECK_INT(strlen(t.title), 1024);
     CHECK(qr_utf8_valid(t.title, strlen(t.title)));
     CHECK_INT(strlen(t.sections[0].heading_path), 256);
@@ -575,7 +576,7 @@ TEST(extract_docx_styles_and_title)
         "xmlns:dc=\"http://purl.org/dc/elements/1.1/\"><dc:title>Official Title</dc:title>"
         "</cp:coreProperties>";
     zip_item items[] = {{"[Content_Types].xml", content_types, 0},
-                        {"word/document.xml", body.data, body.len},
+                        {"word/document.xml", qr_buf_str(&body), qr_buf_len(&body)},
                         {"word/styles.xml", styles, 0},
                         {"docProps/core.xml", core, 0}};
     char *zip;
@@ -622,12 +623,12 @@ TEST(extract_docx_zip_bomb_ratio)
     char para[1100];
     memset(para, 'a', 1000);
     para[1000] = '\0';
-    while (body.len < (24u << 20))
+    while (qr_buf_len(&body) < (24u << 20))
         docx_para(&body, NULL, para);
     qr_buf_puts(&body, "</w:body></w:document>");
     size_t text_len = 0;
     zip_item items[] = {{"[Content_Types].xml", content_types, 0},
-                        {"word/document.xml", body.data, body.len}};
+                        {"word/document.xml", qr_buf_str(&body), qr_buf_len(&body)}};
     char *zip;
     size_t zlen;
     bool made = make_zip(items, 2, &zip, &zlen);
@@ -658,7 +659,7 @@ TEST(extract_docx_zip_bomb_size)
         docx_para(&body, NULL, "An ordinary sentence of an ordinary document.");
     qr_buf_puts(&body, "</w:body></w:document>");
     zip_item items[] = {{"[Content_Types].xml", content_types, 0},
-                        {"word/document.xml", body.data, body.len}};
+                        {"word/document.xml", qr_buf_str(&body), qr_buf_len(&body)}};
     char *zip;
     size_t zlen;
     CHECK(make_zip(items, 2, &zip, &zlen));
@@ -814,12 +815,13 @@ TEST(sandbox_times_out_on_a_real_document)
     qr_buf html;
     qr_buf_init(&html, 32u << 20);
     qr_buf_puts(&html, "<html><body>");
-    while (html.len < (16u << 20))
+    while (qr_buf_len(&html) < (16u << 20))
         qr_buf_puts(&html, "<div><p>text <b>bold</b> <i>it</i></p><table><tr><td>c</td></tr></table></div>");
     qr_buf_puts(&html, "</body></html>");
     lim.timeout_ms = 20;
     ingest_text t;
-    CHECK_INT(ingest_extract(html.data, html.len, "text/html", NULL, &lim, &t, err), QR_ETIMEOUT);
+    CHECK_INT(ingest_extract(qr_buf_str(&html), qr_buf_len(&html), "text/html", NULL, &lim, &t, err),
+              QR_ETIMEOUT);
     CHECK_MSG(strstr(err, "ingest.extract_timeout_ms") != NULL, "%s", err);
     qr_buf_release(&html);
     CHECK(no_children_left());
@@ -890,7 +892,7 @@ static void random_doc(unsigned *seed, doc_builder *b)
                 qr_buf_puts(&para, rand_r(seed) % 4 ? ". " : "? ");
             }
         }
-        builder_paragraph(b, para.data, para.len, 0, err);
+        builder_paragraph(b, qr_buf_str(&para), qr_buf_len(&para), 0, err);
     }
     qr_buf_release(&para);
 }
@@ -977,7 +979,7 @@ TEST(chunk_follows_structure)
     }
     ingest_limits lim = test_limits();
     ingest_text t;
-    CHECK_OK(ingest_extract(doc.data, doc.len, "text/plain", NULL, &lim, &t, err), err);
+    CHECK_OK(ingest_extract(qr_buf_str(&doc), qr_buf_len(&doc), "text/plain", NULL, &lim, &t, err), err);
     ingest_chunk_opts o = {300, 0.0};
     ingest_chunk *c;
     size_t n;
