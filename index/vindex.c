@@ -120,8 +120,10 @@ static qr_status check_opts(const vindex_opts *o, vtype *type, char *err)
 #endif
 
 /* The one exact score: a fixed-order double sum, so that equal rows score equally wherever they
- * sit (BLAS kernels round differently by position). */
-DOT_CLONES float vindex_dot_exact(const float *a, const float *b, int dim)
+ * sit (BLAS kernels round differently by position). Static with its clones, behind an ordinary
+ * function: clang resolves target_clones only where every declaration carries the attribute, so
+ * a multiversioned function called from other files fails to link there. */
+DOT_CLONES static float dot_exact(const float *a, const float *b, int dim)
 {
     /* eight independent double sums (i mod 8), added pairwise at the end: the order is fixed, so
      * the result is too, and the chains overlap instead of waiting on one another */
@@ -133,6 +135,11 @@ DOT_CLONES float vindex_dot_exact(const float *a, const float *b, int dim)
     for (int j = 0; i < dim; i++, j++)
         acc[j] += (double)a[i] * b[i];
     return (float)(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+}
+
+float vindex_dot_exact(const float *a, const float *b, int dim)
+{
+    return dot_exact(a, b, dim);
 }
 
 /* ---- id map: open addressing, int64 keys >= 0 ----------------------------------------------- */
