@@ -728,16 +728,21 @@ static qr_status hostile_spin(const char *bytes, size_t len, const ingest_limits
     return QR_OK;
 }
 
+void *volatile hostile_alloc_escape; /* see hostile_alloc */
+
 static qr_status hostile_alloc(const char *bytes, size_t len, const ingest_limits *lim, doc_builder *b,
                                char *err)
 {
     (void)bytes, (void)len, (void)lim, (void)b;
-    /* Touch every page so the memory is resident; stop at 8 GiB in case no limit applies. */
+    /* Touch every page so the memory is resident; stop at 8 GiB in case no limit applies. Each
+     * block escapes through a volatile pointer: otherwise an optimiser (clang -O2) may drop the
+     * unused allocations altogether and no limit is ever reached. */
     for (size_t total = 0; total < (8ull << 30); total += 1 << 20) {
         char *p = malloc(1 << 20);
         if (!p)
             return qr_fail(err, QR_ENOMEM, "out of memory");
         memset(p, 1, 1 << 20);
+        hostile_alloc_escape = p;
     }
     return qr_fail(err, QR_EINTERNAL, "no memory limit applied");
 }
