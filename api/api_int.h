@@ -135,7 +135,6 @@ struct api_server {
     pthread_mutex_t ingest_lock;
     /* Searching: store and search handles, the query embedder and the index maintainer. */
     api_service *svc;
-    retrieval_opts ropts;
 
     /* Lifecycle of requests, for graceful shutdown. */
     pthread_mutex_t lock;

@@ -137,7 +137,7 @@ void api_h_readyz(api_req *r)
                              "store", st ? "error" : "ok", "index", index, "ldap", ldap);
     if (body) {
         json_t *checks = json_object_get(body, "checks");
-        const char *bm25 = !srv->ropts.bm25_pruned                                   ? "off"
+        const char *bm25 = !api_service_retrieval_opts(srv->svc)->bm25_pruned        ? "off"
                            : index_maintainer_bm25(api_service_maintainer(srv->svc)) ? "warm"
                            : !ms.first_pass_done || ms.busy                          ? "building"
                                                                                      : "unavailable";

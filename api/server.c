@@ -229,7 +229,6 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     so.handles = (size_t)srv->set.workers + 1 < STORES_MAX ? (size_t)srv->set.workers + 1 : STORES_MAX;
     if ((st = api_service_open(cfg, &so, &srv->svc, err)))
         goto out;
-    retrieval_opts_from_config(cfg, &srv->ropts);
 
     const char *access = qr_config_str(cfg, "server.access_log");
     if (*access) {

@@ -18,7 +18,6 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "api/api_int.h"
 #include "ingest/ingest.h"
 
 struct api_service_handle {
