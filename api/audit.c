@@ -23,14 +23,14 @@ struct api_audit {
 qr_status api_audit_open(const qr_config *cfg, api_audit **out, char *err)
 {
     *out = NULL;
-    const char *setting = qr_config_str(cfg, "server.audit_log");
+    const char *setting = qr_config_settings(cfg)->server_audit_log;
     if (strcmp(setting, "off") == 0)
         return QR_OK;
     char *path = NULL;
     if (*setting) {
         path = strdup(setting);
     } else {
-        const char *dir = qr_config_str(cfg, "data.dir");
+        const char *dir = qr_config_settings(cfg)->data_dir;
         if (mkdir(dir, 0700) != 0 && errno != EEXIST)
             return qr_fail(err, QR_EIO, "cannot create data directory '%s': %s", dir, strerror(errno));
         if (asprintf(&path, "%s/audit.log", dir) < 0)

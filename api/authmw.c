@@ -74,7 +74,7 @@ static void auth_failed(api_req *r, qr_status st, const char *err)
     case QR_ELIMIT: {
         char secs[32];
         snprintf(secs, sizeof(secs), "%lld",
-                 (long long)qr_config_int(r->srv->cfg, "auth.rate_limit_window_s"));
+                 (long long)qr_config_settings(r->srv->cfg)->auth_rate_limit_window_s);
         api_reply_error(r, 429, "rate_limited", "%s", err);
         api_reply_header(r, "Retry-After", secs);
         break;

@@ -101,7 +101,7 @@ void api_h_healthz(api_req *r)
  * "unavailable". Not-found results are never cached, so this really asks the server. */
 static const char *ldap_state(api_server *srv)
 {
-    if (!*qr_config_str(srv->cfg, "ldap.uri"))
+    if (!*qr_config_settings(srv->cfg)->ldap_uri)
         return "not_configured";
     auth_principal *p = NULL;
     char err[QR_ERR_LEN];
@@ -219,7 +219,7 @@ void api_h_token(api_req *r)
         if (st == QR_ELIMIT) {
             char secs[32];
             snprintf(secs, sizeof(secs), "%lld",
-                     (long long)qr_config_int(srv->cfg, "auth.rate_limit_window_s"));
+                     (long long)qr_config_settings(srv->cfg)->auth_rate_limit_window_s);
             api_reply_error(r, 429, "rate_limited", "%s", err);
             api_reply_header(r, "Retry-After", secs);
         } else if (st == QR_EUNAVAILABLE) {

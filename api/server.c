@@ -66,18 +66,19 @@ void api_sha256_hex(const char *text, size_t len, char out[65])
 
 static void read_settings(const qr_config *cfg, api_settings *s)
 {
-    s->threads = (int)qr_config_int(cfg, "server.threads");
-    s->workers = (int)qr_config_int(cfg, "server.workers");
-    s->queue_max = (int)qr_config_int(cfg, "server.queue_max");
-    s->max_connections = (int)qr_config_int(cfg, "server.max_connections");
-    s->per_ip_connections = (int)qr_config_int(cfg, "server.per_ip_connections");
-    s->connection_timeout_s = (int)qr_config_int(cfg, "server.connection_timeout_s");
-    s->json_max_depth = (int)qr_config_int(cfg, "server.json_max_depth");
-    s->shutdown_grace_s = (int)qr_config_int(cfg, "server.shutdown_grace_s");
-    s->chat_k = (int)qr_config_int(cfg, "server.chat_k");
-    s->max_body_bytes = (size_t)qr_config_int(cfg, "server.max_body_bytes");
-    s->job_threshold_bytes = (size_t)qr_config_int(cfg, "server.job_threshold_bytes");
-    s->wait_for_ms = qr_config_int(cfg, "index.wait_for_ms");
+    const qr_settings *set = qr_config_settings(cfg);
+    s->threads = (int)set->server_threads;
+    s->workers = (int)set->server_workers;
+    s->queue_max = (int)set->server_queue_max;
+    s->max_connections = (int)set->server_max_connections;
+    s->per_ip_connections = (int)set->server_per_ip_connections;
+    s->connection_timeout_s = (int)set->server_connection_timeout_s;
+    s->json_max_depth = (int)set->server_json_max_depth;
+    s->shutdown_grace_s = (int)set->server_shutdown_grace_s;
+    s->chat_k = (int)set->server_chat_k;
+    s->max_body_bytes = (size_t)set->server_max_body_bytes;
+    s->job_threshold_bytes = (size_t)set->server_job_threshold_bytes;
+    s->wait_for_ms = set->index_wait_for_ms;
 }
 
 /* Parses "host:port" or "[v6]:port" into srv->addr. */
@@ -187,12 +188,13 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     pthread_mutex_init(&srv->ingest_lock, NULL);
     atomic_init(&srv->cancel_all, false);
     read_settings(cfg, &srv->set);
-    const char *model = qr_config_str(cfg, "inference.model");
+    const char *model = qr_config_settings(cfg)->inference_model;
     snprintf(srv->model, sizeof(srv->model), "%s", *model ? model : "quarry");
 
-    if ((st = parse_listen(srv, qr_config_str(cfg, "server.listen"), err)))
+    if ((st = parse_listen(srv, qr_config_settings(cfg)->server_listen, err)))
         goto out;
-    const char *cert = qr_config_str(cfg, "server.tls_cert"), *key = qr_config_str(cfg, "server.tls_key");
+    const char *cert = qr_config_settings(cfg)->server_tls_cert,
+               *key = qr_config_settings(cfg)->server_tls_key;
     if (*cert || *key) {
         if (!*cert || !*key) {
             st = qr_fail(err, QR_EINVAL, "server.tls_cert and server.tls_key must be set together");
@@ -230,7 +232,7 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     if ((st = api_service_open(cfg, &so, &srv->svc, err)))
         goto out;
 
-    const char *access = qr_config_str(cfg, "server.access_log");
+    const char *access = qr_config_settings(cfg)->server_access_log;
     if (*access) {
         if (!(srv->access_log = fopen(access, "a"))) {
             st = qr_fail(err, QR_EIO, "server.access_log: cannot open '%s': %s", access, strerror(errno));
@@ -242,7 +244,7 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
         goto out;
     /* a short wait lets a small store start with its indexes warm; a large one starts at once,
      * with FTS5 ranking until they are built */
-    int64_t startup_wait = qr_config_int(cfg, "index.startup_wait_ms");
+    int64_t startup_wait = qr_config_settings(cfg)->index_startup_wait_ms;
     if (startup_wait > 0) {
         char e2[QR_ERR_LEN];
         int64_t counter = 0;
@@ -354,7 +356,7 @@ qr_status api_server_start(api_server *srv, char *err)
         inet_ntop(srv->addr.ss_family, a, host, sizeof(host));
         st = qr_fail(err, QR_EIO,
                      "cannot listen on '%s' (%s): address in use, not local, or TLS files invalid",
-                     qr_config_str(srv->cfg, "server.listen"), host);
+                     qr_config_settings(srv->cfg)->server_listen, host);
         goto fail;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);

@@ -57,7 +57,7 @@ void api_service_opts_default(api_service_opts *o)
 static qr_status open_inline(api_service *svc, const qr_config *cfg, const api_service_opts *o, store *s,
                              char *err)
 {
-    const char *dir = qr_config_str(cfg, "data.dir");
+    const char *dir = qr_config_settings(cfg)->data_dir;
     retrieval_mode mode = o->mode == RETRIEVAL_MODE_DEFAULT ? svc->ropts.mode : o->mode;
     store_stats ss;
     qr_status st = store_get_stats(s, &ss, err);
@@ -125,7 +125,7 @@ qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_
     pthread_cond_init(&svc->freed, NULL);
     svc->background = o->background;
     retrieval_opts_from_config(cfg, &svc->ropts);
-    const char *dir = qr_config_str(cfg, "data.dir");
+    const char *dir = qr_config_settings(cfg)->data_dir;
     qr_status st = QR_OK;
     if (!(svc->handles = calloc(o->handles, sizeof(*svc->handles)))) {
         st = qr_fail(err, QR_ENOMEM, "out of memory opening the search service");
@@ -139,7 +139,7 @@ qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_
             goto out;
         index_maintainer_opts mo = {.data_dir = dir,
                                     .bm25 = svc->ropts.bm25_pruned,
-                                    .refresh_ms = (uint64_t)qr_config_int(cfg, "index.refresh_ms")};
+                                    .refresh_ms = (uint64_t)qr_config_settings(cfg)->index_refresh_ms};
         vindex_opts_from_config(cfg, &mo.vopts);
         bm25_opts_from_config(cfg, &mo.bopts);
         if ((st = index_maintainer_start(&mo, &svc->maint, err)))

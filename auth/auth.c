@@ -84,40 +84,41 @@ static qr_status split_list(const char *text, const char *seps, bool lower, char
 
 static qr_status load_settings(const qr_config *cfg, auth_settings *s, char *err)
 {
-    const char *req = qr_config_str(cfg, "ldap.require_cert");
+    const qr_settings *conf = qr_config_settings(cfg);
+    const char *req = conf->ldap_require_cert;
     s->require_cert = strcmp(req, "never") == 0   ? LDAP_OPT_X_TLS_NEVER
                       : strcmp(req, "allow") == 0 ? LDAP_OPT_X_TLS_ALLOW
                       : strcmp(req, "try") == 0   ? LDAP_OPT_X_TLS_TRY
                                                   : LDAP_OPT_X_TLS_DEMAND;
-    s->uris = strdup(qr_config_str(cfg, "ldap.uri"));
-    s->starttls = qr_config_bool(cfg, "ldap.starttls");
-    s->ca_file = strdup(qr_config_str(cfg, "ldap.ca_file"));
-    s->bind_dn = strdup(qr_config_str(cfg, "ldap.bind_dn"));
-    s->bind_password = strdup(qr_config_str(cfg, "ldap.bind_password"));
-    s->user_base = strdup(qr_config_str(cfg, "ldap.user_base"));
-    s->user_filter = strdup(qr_config_str(cfg, "ldap.user_filter"));
-    s->uid_attr = strdup(qr_config_str(cfg, "ldap.uid_attr"));
-    const char *gbase = qr_config_str(cfg, "ldap.group_base");
-    s->group_base = strdup(*gbase ? gbase : qr_config_str(cfg, "ldap.user_base"));
-    s->group_filter = strdup(qr_config_str(cfg, "ldap.group_filter"));
-    s->group_name_attr = strdup(qr_config_str(cfg, "ldap.group_name_attr"));
-    s->memberof_attr = strdup(qr_config_str(cfg, "ldap.memberof_attr"));
-    s->data_dir = strdup(qr_config_str(cfg, "data.dir"));
-    s->token_secret = strdup(qr_config_str(cfg, "auth.token_secret"));
-    s->nested_depth = (int)qr_config_int(cfg, "ldap.nested_depth");
-    s->timeout_ms = (int)qr_config_int(cfg, "ldap.timeout_ms");
-    s->pool_size = (int)qr_config_int(cfg, "ldap.pool_size");
-    s->cache_ttl_s = qr_config_int(cfg, "ldap.cache_ttl_s");
-    s->cache_max = (size_t)qr_config_int(cfg, "ldap.cache_max_entries");
-    s->stale_if_error = qr_config_bool(cfg, "auth.stale_if_error");
-    s->token_ttl_s = qr_config_int(cfg, "auth.token_ttl_s");
-    s->rate_limit_user = (int)qr_config_int(cfg, "auth.rate_limit_user");
-    s->rate_limit_addr = (int)qr_config_int(cfg, "auth.rate_limit_addr");
-    s->rate_limit_window_s = qr_config_int(cfg, "auth.rate_limit_window_s");
+    s->uris = strdup(conf->ldap_uri);
+    s->starttls = conf->ldap_starttls;
+    s->ca_file = strdup(conf->ldap_ca_file);
+    s->bind_dn = strdup(conf->ldap_bind_dn);
+    s->bind_password = strdup(conf->ldap_bind_password);
+    s->user_base = strdup(conf->ldap_user_base);
+    s->user_filter = strdup(conf->ldap_user_filter);
+    s->uid_attr = strdup(conf->ldap_uid_attr);
+    const char *gbase = conf->ldap_group_base;
+    s->group_base = strdup(*gbase ? gbase : conf->ldap_user_base);
+    s->group_filter = strdup(conf->ldap_group_filter);
+    s->group_name_attr = strdup(conf->ldap_group_name_attr);
+    s->memberof_attr = strdup(conf->ldap_memberof_attr);
+    s->data_dir = strdup(conf->data_dir);
+    s->token_secret = strdup(conf->auth_token_secret);
+    s->nested_depth = (int)conf->ldap_nested_depth;
+    s->timeout_ms = (int)conf->ldap_timeout_ms;
+    s->pool_size = (int)conf->ldap_pool_size;
+    s->cache_ttl_s = conf->ldap_cache_ttl_s;
+    s->cache_max = (size_t)conf->ldap_cache_max_entries;
+    s->stale_if_error = conf->auth_stale_if_error;
+    s->token_ttl_s = conf->auth_token_ttl_s;
+    s->rate_limit_user = (int)conf->auth_rate_limit_user;
+    s->rate_limit_addr = (int)conf->auth_rate_limit_addr;
+    s->rate_limit_window_s = conf->auth_rate_limit_window_s;
     if (!s->uris || !s->ca_file || !s->bind_dn || !s->bind_password || !s->user_base || !s->user_filter ||
         !s->uid_attr || !s->group_base || !s->group_filter || !s->group_name_attr || !s->memberof_attr ||
         !s->data_dir || !s->token_secret ||
-        split_list(qr_config_str(cfg, "auth.admin_groups"), ",", true, &s->admin_groups, &s->nadmin_groups) ||
+        split_list(conf->auth_admin_groups, ",", true, &s->admin_groups, &s->nadmin_groups) ||
         split_list(s->uris, ", \t", false, &s->uri_list, &s->nuris))
         return qr_fail(err, QR_ENOMEM, "out of memory");
     if (*s->uris && !*s->user_base)

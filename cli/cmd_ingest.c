@@ -443,7 +443,7 @@ int cli_cmd_ingest(cli_ctx *ctx)
     ingest_run run = {
         .acl = acl,
         .nacl = nacl,
-        .max_bytes = (size_t)qr_config_int(ctx->cfg, "ingest.max_document_bytes"),
+        .max_bytes = (size_t)qr_config_settings(ctx->cfg)->ingest_max_document_bytes,
         .tty = isatty(STDERR_FILENO),
     };
     qr_buf_init(&run.failures, 1 << 20);
@@ -483,7 +483,7 @@ int cli_cmd_delete(cli_ctx *ctx)
         return cli_usage_error(ctx, "give at least one DOC_ID");
     char err[QR_ERR_LEN];
     store *s = NULL;
-    if (store_open(qr_config_str(ctx->cfg, "data.dir"), &s, err)) {
+    if (store_open(qr_config_settings(ctx->cfg)->data_dir, &s, err)) {
         fprintf(stderr, "quarry delete: %s\n", err);
         return CLI_EXIT_FAILURE;
     }
@@ -513,7 +513,7 @@ int cli_cmd_stats(cli_ctx *ctx)
     char err[QR_ERR_LEN];
     store *s = NULL;
     store_stats st;
-    if (store_open(qr_config_str(ctx->cfg, "data.dir"), &s, err) || store_get_stats(s, &st, err)) {
+    if (store_open(qr_config_settings(ctx->cfg)->data_dir, &s, err) || store_get_stats(s, &st, err)) {
         fprintf(stderr, "quarry stats: %s\n", err);
         store_close(s);
         return CLI_EXIT_FAILURE;
@@ -522,7 +522,7 @@ int cli_cmd_stats(cli_ctx *ctx)
     /* the BM25 index as its file says: built at which change, and how far behind */
     bm25_info bi;
     char berr[QR_ERR_LEN];
-    qr_status bst = bm25_peek(qr_config_str(ctx->cfg, "data.dir"), &bi, berr);
+    qr_status bst = bm25_peek(qr_config_settings(ctx->cfg)->data_dir, &bi, berr);
     if (json) {
         qr_buf out;
         qr_buf_init(&out, 4096);

@@ -572,7 +572,7 @@ int cli_cmd_index(cli_ctx *ctx)
                                                     : INDEX_GPU_AUTO;
 
     char err[QR_ERR_LEN];
-    const char *dir = qr_config_str(ctx->cfg, "data.dir");
+    const char *dir = qr_config_settings(ctx->cfg)->data_dir;
     store *s = NULL;
     vindex *v = NULL;
     store_stats ss;
@@ -677,7 +677,7 @@ int cli_cmd_ask(cli_ctx *ctx)
      * the same count (server.chat_k), trimmed twice */
     rc = CLI_EXIT_FAILURE;
     if (api_service_passages(svc, &caller, qr_buf_str(&question),
-                             (size_t)qr_config_int(ctx->cfg, "server.chat_k"), &page, &passages, err)) {
+                             (size_t)qr_config_settings(ctx->cfg)->server_chat_k, &page, &passages, err)) {
         fprintf(stderr, "quarry ask: %s\n", err);
         goto out;
     }

@@ -50,13 +50,13 @@ int cli_cmd_serve(cli_ctx *ctx)
         return CLI_EXIT_FAILURE;
     }
     printf("quarry serve: listening on %s (data %s); SIGTERM or Ctrl-C stops\n", api_server_url(srv),
-           qr_config_str(ctx->cfg, "data.dir"));
+           qr_config_settings(ctx->cfg)->data_dir);
     fflush(stdout);
 
     int sig = 0;
     sigwait(&stop_signals, &sig);
     fprintf(stderr, "quarry serve: %s received, finishing requests in flight (up to %lld s)\n",
-            strsignal(sig), (long long)qr_config_int(ctx->cfg, "server.shutdown_grace_s"));
+            strsignal(sig), (long long)qr_config_settings(ctx->cfg)->server_shutdown_grace_s);
     pthread_t watcher;
     bool watching = pthread_create(&watcher, NULL, second_signal, NULL) == 0;
     int cancelled = api_server_stop(srv, -1);

@@ -16,228 +16,11 @@
 #include "core.h"
 
 #define CONFIG_FILE_MAX (1u << 20)
-#define NO_RANGE        1, 0
 
-static const qr_cfg_key config_table[] = {
-    /* data and logging */
-    {"data.dir", QR_CFG_STRING, "./data", NO_RANGE, NULL, false,
-     "Directory holding the store, the vector index generations and jobs (--data)."},
-    {"log.level", QR_CFG_STRING, "info", NO_RANGE, "trace|debug|info|warn|error|off", false,
-     "Default log level."},
-    {"log.format", QR_CFG_STRING, "text", NO_RANGE, "text|json", false,
-     "Log line format: text, or JSON lines for log collectors."},
-    {"log.components", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Per-component levels, e.g. \"auth=debug,index=warn\"."},
-    /* HTTP server */
-    {"server.listen", QR_CFG_STRING, "127.0.0.1:8080", NO_RANGE, NULL, false,
-     "Address and port the HTTP API listens on (host:port)."},
-    {"server.tls_cert", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "PEM certificate file; with server.tls_key, serves HTTPS."},
-    {"server.tls_key", QR_CFG_STRING, "", NO_RANGE, NULL, true, "PEM private key file."},
-    {"server.threads", QR_CFG_INT, "4", 1, 256, NULL, false,
-     "libmicrohttpd I/O threads (they read and write; route handlers run on server.workers)."},
-    {"server.workers", QR_CFG_INT, "16", 1, 1024, NULL, false,
-     "Threads that run route handlers (LDAP, store, retrieval, inference); also the store handles opened."},
-    {"server.queue_max", QR_CFG_INT, "256", 1, 100000, NULL, false,
-     "Requests waiting for a worker; beyond it the server answers 503 overloaded."},
-    {"server.max_connections", QR_CFG_INT, "1024", 1, 100000, NULL, false,
-     "Open connections accepted at once."},
-    {"server.per_ip_connections", QR_CFG_INT, "0", 0, 100000, NULL, false,
-     "Open connections accepted from one client address (0: no limit of its own)."},
-    {"server.connection_timeout_s", QR_CFG_INT, "30", 1, 3600, NULL, false,
-     "A connection idle this long (a slow or stalled client) is closed."},
-    {"server.max_body_bytes", QR_CFG_INT, "33554432", 1024, 4294967296.0, NULL, false,
-     "Largest request body; larger ones get 413."},
-    {"server.json_max_depth", QR_CFG_INT, "32", 2, 1000, NULL, false,
-     "Deepest nesting of arrays and objects accepted in a JSON body."},
-    {"server.shutdown_grace_s", QR_CFG_INT, "10", 0, 3600, NULL, false,
-     "On SIGTERM, how long requests in flight may take to finish before they are cancelled."},
-    {"server.job_threshold_bytes", QR_CFG_INT, "1048576", 0, 17179869184.0, NULL, false,
-     "Document uploads larger than this (or of several documents) run as background jobs (202)."},
-    {"server.chat_k", QR_CFG_INT, "8", 1, 100, NULL, false,
-     "Passages retrieved for /v1/ask and chat answers."},
-    {"server.audit_log", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Audit log file (JSON lines); empty: <data.dir>/audit.log; \"off\": none."},
-    {"server.access_log", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Access log file (JSON lines); empty: one line per request through the logger (component access)."},
-    /* LDAP */
-    {"ldap.uri", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "One or more ldap:// or ldaps:// URIs, separated by spaces or commas."},
-    {"ldap.starttls", QR_CFG_BOOL, "off", NO_RANGE, NULL, false,
-     "Upgrade ldap:// connections with StartTLS."},
-    {"ldap.ca_file", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "CA certificates (PEM) used to verify the LDAP server."},
-    {"ldap.require_cert", QR_CFG_STRING, "demand", NO_RANGE, "never|allow|try|demand", false,
-     "TLS certificate check for LDAP (demand verifies)."},
-    {"ldap.bind_dn", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Service account DN used to search users and groups (empty: anonymous)."},
-    {"ldap.bind_password", QR_CFG_STRING, "", NO_RANGE, NULL, true, "Service account password."},
-    {"ldap.user_base", QR_CFG_STRING, "", NO_RANGE, NULL, false, "Search base for users."},
-    {"ldap.user_filter", QR_CFG_STRING, "(uid=%s)", NO_RANGE, NULL, false,
-     "User search filter; %s is the escaped user name. AD: (sAMAccountName=%s)."},
-    {"ldap.group_base", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Search base for groups (empty: ldap.user_base)."},
-    {"ldap.group_filter", QR_CFG_STRING, "(|(member=%d)(uniqueMember=%d)(memberUid=%u))", NO_RANGE, NULL,
-     false, "Group membership filter; %d is the member's escaped DN, %u the user's escaped uid."},
-    {"ldap.group_name_attr", QR_CFG_STRING, "cn", NO_RANGE, NULL, false,
-     "Attribute naming a group in group:<name> principals."},
-    {"ldap.memberof_attr", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Optional memberOf-style attribute read from the user entry for the direct groups."},
-    {"ldap.uid_attr", QR_CFG_STRING, "uid", NO_RANGE, NULL, false,
-     "Attribute whose value becomes the principal's uid. AD: sAMAccountName."},
-    {"ldap.nested_depth", QR_CFG_INT, "8", 0, 64, NULL, false,
-     "Levels of nested groups followed beyond direct membership (0: direct groups only)."},
-    {"ldap.timeout_ms", QR_CFG_INT, "5000", 1, 600000, NULL, false,
-     "Deadline of each login or resolution as a whole: connecting, TLS, binds and searches together."},
-    {"ldap.cache_ttl_s", QR_CFG_INT, "300", 0, 86400, NULL, false,
-     "How long resolved principals are cached (0 disables the cache)."},
-    {"ldap.cache_max_entries", QR_CFG_INT, "10000", 1, 10000000, NULL, false,
-     "Most principals kept in the cache; the least recently used go first."},
-    {"ldap.pool_size", QR_CFG_INT, "4", 1, 256, NULL, false,
-     "LDAP connection slots (each a service and a user-bind connection) shared by all threads."},
-    {"auth.admin_groups", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Comma-separated groups whose members are administrators."},
-    {"auth.stale_if_error", QR_CFG_BOOL, "off", NO_RANGE, NULL, false,
-     "Serve an expired cached principal while LDAP is unreachable (default: fail closed)."},
-    {"auth.token_ttl_s", QR_CFG_INT, "3600", 60, 2592000, NULL, false, "Lifetime of issued bearer tokens."},
-    {"auth.token_secret", QR_CFG_STRING, "", NO_RANGE, NULL, true,
-     "Token signing secret, at least 32 characters (empty: generated in <data.dir>/auth/token.key)."},
-    {"auth.rate_limit_user", QR_CFG_INT, "5", 0, 100000, NULL, false,
-     "Failed logins per user name within the window before further attempts are refused (0: no limit)."},
-    {"auth.rate_limit_addr", QR_CFG_INT, "20", 0, 100000, NULL, false,
-     "Failed logins per client address within the window before further attempts are refused (0: no limit)."},
-    {"auth.rate_limit_window_s", QR_CFG_INT, "300", 1, 86400, NULL, false,
-     "Window of the failed-login limits, from the first failure."},
-    /* vector index */
-    {"vindex.type", QR_CFG_STRING, "auto", NO_RANGE, "auto|flat|ivf_flat|ivf_sq8|ivf_pq|hnsw", false,
-     "Vector index type; auto: exact (flat) up to vindex.exact_threshold vectors, ivf_sq8 above."},
-    {"vindex.exact_threshold", QR_CFG_INT, "50000", 0, 1e12, NULL, false,
-     "With vindex.type=auto, the largest collection served by exact search."},
-    {"vindex.nlist", QR_CFG_INT, "0", 0, 1e9, NULL, false, "IVF lists (0: about 4*sqrt(N), at most N/39)."},
-    {"vindex.train_per_list", QR_CFG_INT, "64", 39, 256, NULL, false,
-     "IVF training sample size, in vectors per list."},
-    {"vindex.nprobe", QR_CFG_INT, "128", 1, 1e6, NULL, false, "IVF lists visited per query."},
-    {"vindex.ef_search", QR_CFG_INT, "256", 1, 1e6, NULL, false, "HNSW candidate list length per query."},
-    {"vindex.delta_max", QR_CFG_INT, "20000", 1, 1e9, NULL, false,
-     "Chunks added or deleted since the last build above which the index asks for a rebuild."},
-    {"vindex.rebuild_on_mismatch", QR_CFG_BOOL, "on", NO_RANGE, NULL, false,
-     "Open a stale or damaged vector index and rebuild it (off: refuse to start)."},
-    /* inference backend */
-    {"inference.base_url", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (empty: extractive answers "
-     "only)."},
-    {"inference.model", QR_CFG_STRING, "", NO_RANGE, NULL, false, "Model name sent to the backend."},
-    {"inference.api_key", QR_CFG_STRING, "", NO_RANGE, NULL, true,
-     "API key, sent as Authorization: Bearer (or api-key for Azure OpenAI)."},
-    {"inference.api_version", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Azure OpenAI api-version; when set, the key goes in the api-key header."},
-    {"inference.headers", QR_CFG_STRING, "", NO_RANGE, NULL, true,
-     "Extra request headers as comma-separated \"Name: value\" pairs (values without commas); secret, since "
-     "gateways put credentials there."},
-    {"inference.connect_timeout_ms", QR_CFG_INT, "5000", 1, 600000, NULL, false,
-     "Deadline for connecting to the backend (TCP and TLS), per attempt."},
-    {"inference.first_token_timeout_ms", QR_CFG_INT, "30000", 1, 600000, NULL, false,
-     "Streamed replies: longest wait for the first answer text of an attempt, and between events after it."},
-    {"inference.total_timeout_ms", QR_CFG_INT, "120000", 1, 3600000, NULL, false,
-     "Deadline for a whole backend call, retries and waits included."},
-    {"inference.max_tokens", QR_CFG_INT, "1024", 1, 1000000, NULL, false,
-     "Most tokens the backend may generate for one answer."},
-    {"inference.temperature", QR_CFG_DOUBLE, "0.2", 0, 2, NULL, false,
-     "Sampling temperature sent to the backend."},
-    {"inference.retries", QR_CFG_INT, "2", 0, 10, NULL, false,
-     "Retries of a failed backend request (connection errors, 408, 429, 5xx, no first token)."},
-    {"inference.backoff_max_ms", QR_CFG_INT, "10000", 0, 600000, NULL, false,
-     "Cap on one wait between retries, Retry-After included."},
-    {"inference.breaker_failures", QR_CFG_INT, "5", 1, 1000, NULL, false,
-     "Consecutive failed backend calls that open the circuit breaker."},
-    {"inference.breaker_cooldown_ms", QR_CFG_INT, "30000", 0, 3600000, NULL, false,
-     "How long an open breaker refuses calls before one probe call is let through."},
-    {"inference.max_concurrent", QR_CFG_INT, "16", 1, 4096, NULL, false,
-     "Most backend requests in flight at once; further calls wait for a slot."},
-    {"inference.context_tokens", QR_CFG_INT, "8192", 512, 10000000, NULL, false,
-     "The model's context window; the prompt gets this minus inference.max_tokens (estimated tokens)."},
-    /* ingestion: extraction limits, chunking, embeddings */
-    {"ingest.max_document_bytes", QR_CFG_INT, "67108864", 1, 17179869184.0, NULL, false,
-     "Largest document accepted, and largest text extracted from one (bytes)."},
-    {"ingest.extract_timeout_ms", QR_CFG_INT, "30000", 10, 3600000, NULL, false,
-     "Wall-clock limit of one sandboxed extraction (HTML, PDF, DOCX); the extractor is killed after it."},
-    {"ingest.extract_memory_mb", QR_CFG_INT, "512", 16, 65536, NULL, false,
-     "Memory one sandboxed extraction may use beyond its starting size."},
-    {"ingest.zip_max_bytes", QR_CFG_INT, "268435456", 1024, 17179869184.0, NULL, false,
-     "Largest total uncompressed size of a DOCX archive; larger ones are refused as zip bombs."},
-    {"ingest.zip_max_ratio", QR_CFG_DOUBLE, "100", 2, 100000, NULL, false,
-     "Largest uncompressed/compressed ratio of a DOCX archive or entry over 1 MiB; higher is refused."},
-    {"ingest.invalid_utf8", QR_CFG_STRING, "repair", NO_RANGE, "repair|reject", false,
-     "Invalid UTF-8 in a document: repair (U+FFFD) or reject the document."},
-    {"chunk.max_tokens", QR_CFG_INT, "300", 8, 100000, NULL, false,
-     "Token budget of one chunk, overlap included (approximate tokens, see README)."},
-    {"chunk.overlap", QR_CFG_DOUBLE, "0.15", 0, 0.5, NULL, false,
-     "Fraction of the budget a chunk repeats from the end of the previous one (0 for none)."},
-    {"embed.backend", QR_CFG_STRING, "local", NO_RANGE, "local|openai", false,
-     "Embeddings: local (offline feature hashing) or openai (an OpenAI-compatible /embeddings server)."},
-    {"embed.base_url", QR_CFG_STRING, "", NO_RANGE, NULL, false,
-     "Base URL of the embeddings server, e.g. http://127.0.0.1:8000/v1 (embed.backend=openai)."},
-    {"embed.model", QR_CFG_STRING, "", NO_RANGE, NULL, false, "Embedding model name sent to the server."},
-    {"embed.api_key", QR_CFG_STRING, "", NO_RANGE, NULL, true, "API key of the embeddings server (Bearer)."},
-    {"embed.batch_size", QR_CFG_INT, "64", 1, 2048, NULL, false, "Texts per embeddings request."},
-    {"embed.timeout_ms", QR_CFG_INT, "30000", 100, 600000, NULL, false,
-     "Deadline of one embeddings request."},
-    {"embed.retries", QR_CFG_INT, "3", 0, 10, NULL, false,
-     "Retries of an embeddings request after 429, 5xx or a transport error (jittered backoff)."},
-    {"embed.dim", QR_CFG_INT, "384", 1, 8192, NULL, false,
-     "Vector dimension: of the local embedder, and the one required from (and requested of) the server."},
-    {"embed.send_dimensions", QR_CFG_BOOL, "on", NO_RANGE, NULL, false,
-     "Send embed.dim as `dimensions` (off for servers and models that refuse the parameter)."},
-    /* retrieval */
-    {"retrieval.mode", QR_CFG_STRING, "hybrid", NO_RANGE, "hybrid|bm25|vector", false,
-     "Search mode when a request names none: hybrid (BM25 and vectors fused), bm25 or vector."},
-    {"retrieval.fusion", QR_CFG_STRING, "weighted", NO_RANGE, "rrf|weighted", false,
-     "How hybrid search fuses the lists: rrf (reciprocal rank) or weighted (scores over each list's best)."},
-    {"retrieval.rrf_k", QR_CFG_DOUBLE, "60", 1, 10000, NULL, false,
-     "RRF rank offset: a chunk at rank r of a list adds the list's weight / (rrf_k + r)."},
-    {"retrieval.vector_weight", QR_CFG_DOUBLE, "0.2", 0, 100, NULL, false,
-     "Weight of the vector list in hybrid fusion (BM25's is 1)."},
-    {"retrieval.weight_title", QR_CFG_DOUBLE, "2", 0, 1000, NULL, false, "BM25 weight of the title column."},
-    {"retrieval.weight_headings", QR_CFG_DOUBLE, "1", 0, 1000, NULL, false,
-     "BM25 weight of the heading path column."},
-    {"retrieval.weight_body", QR_CFG_DOUBLE, "1", 0, 1000, NULL, false,
-     "BM25 weight of the chunk text column."},
-    {"retrieval.stopwords", QR_CFG_STRING, "default", NO_RANGE, NULL, false,
-     "Words dropped from queries: default (English function words), none, or a comma-separated list "
-     "(\"default,foo\" extends the default)."},
-    {"retrieval.exact_share", QR_CFG_DOUBLE, "0.02", 0, 1, NULL, false,
-     "Permitted share of the vector index below which vectors are searched by an exact scan of the "
-     "permitted chunks."},
-    {"retrieval.exact_min", QR_CFG_INT, "20000", 0, 1000000, NULL, false,
-     "Up to this many permitted chunks, vectors are always searched by an exact scan of them."},
-    {"retrieval.max_per_doc", QR_CFG_INT, "0", 0, 10000, NULL, false,
-     "Most chunks of one document in a result list (0: no limit)."},
-    {"retrieval.candidates", QR_CFG_INT, "100", 1, 10000, NULL, false,
-     "Depth of the BM25 and vector lists that hybrid search fuses."},
-    {"retrieval.snippet_marker_open", QR_CFG_STRING, "<mark>", NO_RANGE, NULL, false,
-     "Inserted before each query match in snippets."},
-    {"retrieval.snippet_marker_close", QR_CFG_STRING, "</mark>", NO_RANGE, NULL, false,
-     "Inserted after each query match in snippets."},
-    {"retrieval.snippet_tokens", QR_CFG_INT, "32", 1, 1000, NULL, false, "Words in a snippet."},
-    {"retrieval.bm25_path", QR_CFG_STRING, "pruned", NO_RANGE, "pruned|fts5", false,
-     "How BM25 lists of word queries are ranked: pruned (quarry's index under <data.dir>/bm25, the same top "
-     "k "
-     "without scoring every match) or fts5 (FTS5 scores every match)."},
-    /* the index maintainer */
-    {"index.refresh_ms", QR_CFG_INT, "1000", 1, 3.6e6, NULL, false,
-     "Longest time before a change made outside the server (quarry ingest) is searchable; writes through "
-     "the API wake the maintainer at once."},
-    {"index.startup_wait_ms", QR_CFG_INT, "2000", 0, 3.6e6, NULL, false,
-     "How long the server waits at start for its indexes to open before it serves anyway (FTS5 ranks "
-     "while they build)."},
-    {"index.wait_for_ms", QR_CFG_INT, "60000", 1, 3.6e6, NULL, false,
-     "How long a write with ?refresh=wait_for waits for the indexes before it answers 504."},
-    /* pruned BM25 index */
-    {"bm25.delta_max", QR_CFG_INT, "50000", 1, 1e9, NULL, false,
-     "Chunks added or deleted since the BM25 index's last build above which it is rebuilt."},
-    {"bm25.principal_cache", QR_CFG_INT, "1024", 1, 1e6, NULL, false,
-     "Principals whose readable-document sets the BM25 index keeps in memory."},
-};
+#define CONFIG_ROW(type, section, key, default_str, ...) \
+    {#section "." #key, QR_CFG_##type, default_str, __VA_ARGS__, offsetof(qr_settings, section##_##key)},
+
+static const qr_cfg_key config_table[] = {QR_CONFIG_KEYS(CONFIG_ROW)};
 
 #define CONFIG_NKEYS (sizeof(config_table) / sizeof(config_table[0]))
 
@@ -251,6 +34,7 @@ typedef struct {
 
 struct qr_config {
     cfg_value v[CONFIG_NKEYS];
+    qr_settings settings; /* the same values, typed; refreshed by every change */
 };
 
 const qr_cfg_key *qr_config_keys(size_t *count)
@@ -432,6 +216,22 @@ static qr_status parse_value(const qr_cfg_key *key, const char *value, cfg_value
     return out->str ? QR_OK : QR_ENOMEM;
 }
 
+/* Copies every value into its typed field. */
+static void settings_refresh(qr_config *cfg)
+{
+    char *base = (char *)&cfg->settings;
+    for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+        const cfg_value *v = &cfg->v[i];
+        void *field = base + config_table[i].offset;
+        switch (config_table[i].type) {
+        case QR_CFG_STRING: memcpy(field, &v->str, sizeof(v->str)); break;
+        case QR_CFG_INT: memcpy(field, &v->i, sizeof(v->i)); break;
+        case QR_CFG_DOUBLE: memcpy(field, &v->d, sizeof(v->d)); break;
+        case QR_CFG_BOOL: memcpy(field, &v->b, sizeof(v->b)); break;
+        }
+    }
+}
+
 qr_config *qr_config_new(void)
 {
     qr_config *cfg = calloc(1, sizeof(*cfg));
@@ -445,6 +245,7 @@ qr_config *qr_config_new(void)
             abort();
         }
     }
+    settings_refresh(cfg);
     return cfg;
 }
 
@@ -479,6 +280,7 @@ static void stage_commit(qr_config *cfg, cfg_stage *s)
         cfg->v[i] = s->v[i];
         s->set[i] = false;
     }
+    settings_refresh(cfg);
 }
 
 static qr_status stage_set(cfg_stage *s, const char *name, const char *value, qr_cfg_source src, char *err)
@@ -693,35 +495,9 @@ out:
     return st;
 }
 
-static const cfg_value *lookup(const qr_config *cfg, const char *name, qr_cfg_type type)
+const qr_settings *qr_config_settings(const qr_config *cfg)
 {
-    int k = key_index(name);
-    if (k < 0 || config_table[k].type != type) {
-        fprintf(stderr, "quarry: bug: configuration key '%s' %s\n", name,
-                k < 0 ? "does not exist" : "read with the wrong type");
-        abort();
-    }
-    return &cfg->v[k];
-}
-
-const char *qr_config_str(const qr_config *cfg, const char *name)
-{
-    return lookup(cfg, name, QR_CFG_STRING)->str;
-}
-
-int64_t qr_config_int(const qr_config *cfg, const char *name)
-{
-    return lookup(cfg, name, QR_CFG_INT)->i;
-}
-
-double qr_config_double(const qr_config *cfg, const char *name)
-{
-    return lookup(cfg, name, QR_CFG_DOUBLE)->d;
-}
-
-bool qr_config_bool(const qr_config *cfg, const char *name)
-{
-    return lookup(cfg, name, QR_CFG_BOOL)->b;
+    return &cfg->settings;
 }
 
 qr_cfg_source qr_config_source(const qr_config *cfg, const char *name)
@@ -767,9 +543,10 @@ qr_status qr_config_dump(const qr_config *cfg, bool json, qr_buf *out)
 qr_status qr_config_apply_logging(const qr_config *cfg, char *err)
 {
     qr_log_level level;
-    qr_status st = qr_log_level_parse(qr_config_str(cfg, "log.level"), &level, err);
+    const qr_settings *set = qr_config_settings(cfg);
+    qr_status st = qr_log_level_parse(set->log_level, &level, err);
     if (st)
         return st;
-    qr_log_format format = strcmp(qr_config_str(cfg, "log.format"), "json") == 0 ? QR_LOG_JSON : QR_LOG_TEXT;
-    return qr_log_configure(level, format, qr_config_str(cfg, "log.components"), err);
+    qr_log_format format = strcmp(set->log_format, "json") == 0 ? QR_LOG_JSON : QR_LOG_TEXT;
+    return qr_log_configure(level, format, set->log_components, err);
 }

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config_keys.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -196,7 +198,21 @@ typedef struct {
     const char *choices;     /* for strings: "a|b|c" or NULL for free text */
     bool secret;             /* masked by qr_config_dump and never logged */
     const char *help;
+    size_t offset; /* where the value lives in qr_settings */
 } qr_cfg_key;
+
+/* The effective values, one field per key of config_keys.h, named section_key
+ * (ldap.uri is ldap_uri): strings, int64_t, double or bool by the key's type. Read it through
+ * qr_config_settings, so that a misspelt key or a wrong type fails to compile. */
+#define QR_CFG_CTYPE_STRING                   const char *
+#define QR_CFG_CTYPE_INT                      int64_t
+#define QR_CFG_CTYPE_DOUBLE                   double
+#define QR_CFG_CTYPE_BOOL                     bool
+#define QR_CFG_FIELD(type, section, key, ...) QR_CFG_CTYPE_##type section##_##key;
+typedef struct {
+    QR_CONFIG_KEYS(QR_CFG_FIELD)
+} qr_settings;
+#undef QR_CFG_FIELD
 
 /* The effective configuration. Values are owned by the struct (qr_config_release frees). */
 typedef struct qr_config qr_config;
@@ -221,13 +237,12 @@ qr_status qr_config_set(qr_config *cfg, const char *name, const char *value, qr_
 /* Parses "section.key=value" (a command-line --set argument). */
 qr_status qr_config_set_arg(qr_config *cfg, const char *assignment, char *err);
 
-/* Typed getters. The key must exist in the table with the matching type; asking for an unknown
- * key or the wrong type is a programming error (abort with a message). Strings are owned by the
- * configuration and never NULL. */
-const char *qr_config_str(const qr_config *cfg, const char *name);
-int64_t qr_config_int(const qr_config *cfg, const char *name);
-double qr_config_double(const qr_config *cfg, const char *name);
-bool qr_config_bool(const qr_config *cfg, const char *name);
+/* The typed values (qr_config_settings(cfg)->server_threads). Strings are owned by the
+ * configuration, never NULL, and valid until the key is set again or the configuration freed.
+ * Any thread may read; setting keys while another thread reads is the caller's to prevent. */
+const qr_settings *qr_config_settings(const qr_config *cfg);
+/* Where a key's value came from, by its text name (as the user spells it); an unknown name reads
+ * as the default. */
 qr_cfg_source qr_config_source(const qr_config *cfg, const char *name);
 
 /* Writes the effective configuration as "section.key = value  # source" lines (or a JSON object

@@ -53,8 +53,8 @@ void bm25_opts_default(bm25_opts *o)
 void bm25_opts_from_config(const qr_config *cfg, bm25_opts *o)
 {
     bm25_opts_default(o);
-    o->delta_max = (size_t)qr_config_int(cfg, "bm25.delta_max");
-    o->principal_cache = (size_t)qr_config_int(cfg, "bm25.principal_cache");
+    o->delta_max = (size_t)qr_config_settings(cfg)->bm25_delta_max;
+    o->principal_cache = (size_t)qr_config_settings(cfg)->bm25_principal_cache;
 }
 
 uint32_t bm25_row_doc(const bm25_index *x, uint32_t row)

@@ -84,14 +84,15 @@ void vindex_opts_default(vindex_opts *o)
 
 void vindex_opts_from_config(const qr_config *cfg, vindex_opts *o)
 {
-    o->type = qr_config_str(cfg, "vindex.type");
-    o->exact_threshold = (size_t)qr_config_int(cfg, "vindex.exact_threshold");
-    o->nlist = (size_t)qr_config_int(cfg, "vindex.nlist");
-    o->train_per_list = (size_t)qr_config_int(cfg, "vindex.train_per_list");
-    o->nprobe = (size_t)qr_config_int(cfg, "vindex.nprobe");
-    o->ef_search = (size_t)qr_config_int(cfg, "vindex.ef_search");
-    o->delta_max = (size_t)qr_config_int(cfg, "vindex.delta_max");
-    o->rebuild_on_mismatch = qr_config_bool(cfg, "vindex.rebuild_on_mismatch");
+    const qr_settings *set = qr_config_settings(cfg);
+    o->type = set->vindex_type;
+    o->exact_threshold = (size_t)set->vindex_exact_threshold;
+    o->nlist = (size_t)set->vindex_nlist;
+    o->train_per_list = (size_t)set->vindex_train_per_list;
+    o->nprobe = (size_t)set->vindex_nprobe;
+    o->ef_search = (size_t)set->vindex_ef_search;
+    o->delta_max = (size_t)set->vindex_delta_max;
+    o->rebuild_on_mismatch = set->vindex_rebuild_on_mismatch;
 }
 
 static qr_status check_opts(const vindex_opts *o, vtype *type, char *err)

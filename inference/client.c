@@ -146,6 +146,7 @@ static qr_status parse_headers(infer_client *c, const char *spec, char *err)
 
 qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
 {
+    const qr_settings *set = qr_config_settings(cfg);
     infer_client *c = NULL;
     qr_status st = QR_OK;
     if (!out)
@@ -175,10 +176,10 @@ qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
         return qr_fail(err, QR_EINTERNAL, "cannot create a condition variable");
     }
 
-    c->base_url = strdup(qr_config_str(cfg, "inference.base_url"));
-    c->model = strdup(qr_config_str(cfg, "inference.model"));
-    c->api_key = strdup(qr_config_str(cfg, "inference.api_key"));
-    c->api_version = strdup(qr_config_str(cfg, "inference.api_version"));
+    c->base_url = strdup(set->inference_base_url);
+    c->model = strdup(set->inference_model);
+    c->api_key = strdup(set->inference_api_key);
+    c->api_version = strdup(set->inference_api_version);
     if (!c->base_url || !c->model || !c->api_key || !c->api_version) {
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
@@ -190,18 +191,18 @@ qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
     size_t blen = strlen(c->base_url);
     while (blen > 0 && c->base_url[blen - 1] == '/')
         c->base_url[--blen] = '\0';
-    st = parse_headers(c, qr_config_str(cfg, "inference.headers"), err);
+    st = parse_headers(c, set->inference_headers, err);
     if (st)
         goto out;
-    c->connect_timeout_ms = (long)qr_config_int(cfg, "inference.connect_timeout_ms");
-    c->first_token_timeout_ms = (long)qr_config_int(cfg, "inference.first_token_timeout_ms");
-    c->total_timeout_ms = (long)qr_config_int(cfg, "inference.total_timeout_ms");
-    c->backoff_max_ms = (long)qr_config_int(cfg, "inference.backoff_max_ms");
-    c->max_tokens = (long)qr_config_int(cfg, "inference.max_tokens");
-    c->temperature = qr_config_double(cfg, "inference.temperature");
-    c->retries = (int)qr_config_int(cfg, "inference.retries");
-    c->max_concurrent = (int)qr_config_int(cfg, "inference.max_concurrent");
-    c->context_tokens = (size_t)qr_config_int(cfg, "inference.context_tokens");
+    c->connect_timeout_ms = (long)set->inference_connect_timeout_ms;
+    c->first_token_timeout_ms = (long)set->inference_first_token_timeout_ms;
+    c->total_timeout_ms = (long)set->inference_total_timeout_ms;
+    c->backoff_max_ms = (long)set->inference_backoff_max_ms;
+    c->max_tokens = (long)set->inference_max_tokens;
+    c->temperature = set->inference_temperature;
+    c->retries = (int)set->inference_retries;
+    c->max_concurrent = (int)set->inference_max_concurrent;
+    c->context_tokens = (size_t)set->inference_context_tokens;
     if (c->context_tokens < (size_t)c->max_tokens + 256) {
         st = qr_fail(err, QR_EINVAL,
                      "inference.context_tokens (%zu) must exceed inference.max_tokens (%ld) by at least 256, "
@@ -209,8 +210,8 @@ qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
                      c->context_tokens, c->max_tokens);
         goto out;
     }
-    infer_breaker_init(&c->breaker, (int)qr_config_int(cfg, "inference.breaker_failures"),
-                       (uint64_t)qr_config_int(cfg, "inference.breaker_cooldown_ms"));
+    infer_breaker_init(&c->breaker, (int)set->inference_breaker_failures,
+                       (uint64_t)set->inference_breaker_cooldown_ms);
     if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng))
         c->rng = qr_now_ns() ^ (uint64_t)(uintptr_t)c;
     c->rng |= 1;

@@ -27,8 +27,8 @@
 
 void ingest_chunk_opts_from_config(const qr_config *cfg, ingest_chunk_opts *out)
 {
-    out->max_tokens = (size_t)qr_config_int(cfg, "chunk.max_tokens");
-    out->overlap = qr_config_double(cfg, "chunk.overlap");
+    out->max_tokens = (size_t)qr_config_settings(cfg)->chunk_max_tokens;
+    out->overlap = qr_config_settings(cfg)->chunk_overlap;
 }
 
 /* ---- token counting ------------------------------------------------------------------------ */

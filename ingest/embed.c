@@ -45,8 +45,8 @@ qr_status ingest_embedder_open(const qr_config *cfg, ingest_embedder **out, char
     *out = NULL;
     if (!cfg)
         return qr_fail(err, QR_EINVAL, "ingest_embedder_open: NULL configuration");
-    const char *backend = qr_config_str(cfg, "embed.backend");
-    int64_t dim = qr_config_int(cfg, "embed.dim");
+    const char *backend = qr_config_settings(cfg)->embed_backend;
+    int64_t dim = qr_config_settings(cfg)->embed_dim;
     if (dim < 1 || dim > 8192)
         return qr_fail(err, QR_EINVAL, "embed.dim %lld is outside [1, 8192]", (long long)dim);
     ingest_embedder *e = calloc(1, sizeof(*e));

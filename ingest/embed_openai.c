@@ -305,9 +305,9 @@ static const embed_backend openai_backend = {openai_embed, openai_free};
 
 static qr_status open_state(const qr_config *cfg, openai_state *s, char *err)
 {
-    const char *base = qr_config_str(cfg, "embed.base_url");
-    const char *model = qr_config_str(cfg, "embed.model");
-    const char *key = qr_config_str(cfg, "embed.api_key");
+    const char *base = qr_config_settings(cfg)->embed_base_url;
+    const char *model = qr_config_settings(cfg)->embed_model;
+    const char *key = qr_config_settings(cfg)->embed_api_key;
     if (!*base)
         return qr_fail(err, QR_EINVAL, "embed.backend is openai but embed.base_url is not set");
     if (strncasecmp(base, "http://", 7) != 0 && strncasecmp(base, "https://", 8) != 0)
@@ -325,10 +325,10 @@ static qr_status open_state(const qr_config *cfg, openai_state *s, char *err)
     }
     s->url = qr_buf_detach(&url);
     s->model = strdup(model);
-    s->batch = (size_t)qr_config_int(cfg, "embed.batch_size");
-    s->timeout_ms = (long)qr_config_int(cfg, "embed.timeout_ms");
-    s->retries = (int)qr_config_int(cfg, "embed.retries");
-    s->send_dimensions = qr_config_bool(cfg, "embed.send_dimensions");
+    s->batch = (size_t)qr_config_settings(cfg)->embed_batch_size;
+    s->timeout_ms = (long)qr_config_settings(cfg)->embed_timeout_ms;
+    s->retries = (int)qr_config_settings(cfg)->embed_retries;
+    s->send_dimensions = qr_config_settings(cfg)->embed_send_dimensions;
     s->seed = (unsigned)(qr_now_ns() ^ (uint64_t)getpid());
     if (!s->url || !s->model)
         return qr_fail(err, QR_ENOMEM, "out of memory");

@@ -30,12 +30,13 @@ void ingest_limits_default(ingest_limits *out)
 
 void ingest_limits_from_config(const qr_config *cfg, ingest_limits *out)
 {
-    out->max_document_bytes = (size_t)qr_config_int(cfg, "ingest.max_document_bytes");
-    out->timeout_ms = (unsigned)qr_config_int(cfg, "ingest.extract_timeout_ms");
-    out->memory_bytes = (size_t)qr_config_int(cfg, "ingest.extract_memory_mb") * MIB;
-    out->zip_max_bytes = (size_t)qr_config_int(cfg, "ingest.zip_max_bytes");
-    out->zip_max_ratio = qr_config_double(cfg, "ingest.zip_max_ratio");
-    out->reject_invalid_utf8 = strcmp(qr_config_str(cfg, "ingest.invalid_utf8"), "reject") == 0;
+    const qr_settings *set = qr_config_settings(cfg);
+    out->max_document_bytes = (size_t)set->ingest_max_document_bytes;
+    out->timeout_ms = (unsigned)set->ingest_extract_timeout_ms;
+    out->memory_bytes = (size_t)set->ingest_extract_memory_mb * MIB;
+    out->zip_max_bytes = (size_t)set->ingest_zip_max_bytes;
+    out->zip_max_ratio = set->ingest_zip_max_ratio;
+    out->reject_invalid_utf8 = strcmp(set->ingest_invalid_utf8, "reject") == 0;
 }
 
 void ingest_text_release(ingest_text *t)

@@ -29,7 +29,7 @@ qr_status ingest_session_open(const qr_config *cfg, ingest_session **out, char *
     ingest_chunk_opts_from_config(cfg, &s->chunk_opts);
     qr_status st = ingest_embedder_open(cfg, &s->embedder, err);
     if (!st)
-        st = store_open(qr_config_str(cfg, "data.dir"), &s->store, err);
+        st = store_open(qr_config_settings(cfg)->data_dir, &s->store, err);
     if (!st)
         st = store_check_embedding(s->store, ingest_embedder_model(s->embedder),
                                    ingest_embedder_dim(s->embedder), err);

@@ -86,24 +86,25 @@ void retrieval_opts_default(retrieval_opts *o)
 
 void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
 {
+    const qr_settings *set = qr_config_settings(cfg);
     retrieval_opts_default(o);
-    retrieval_mode_parse(qr_config_str(cfg, "retrieval.mode"), &o->mode, NULL);
-    o->fusion = strcmp(qr_config_str(cfg, "retrieval.fusion"), "weighted") == 0 ? RETRIEVAL_FUSION_WEIGHTED
-                                                                                : RETRIEVAL_FUSION_RRF;
-    o->rrf_k = qr_config_double(cfg, "retrieval.rrf_k");
-    o->vector_weight = qr_config_double(cfg, "retrieval.vector_weight");
-    o->weight_title = qr_config_double(cfg, "retrieval.weight_title");
-    o->weight_headings = qr_config_double(cfg, "retrieval.weight_headings");
-    o->weight_body = qr_config_double(cfg, "retrieval.weight_body");
-    o->stopwords = qr_config_str(cfg, "retrieval.stopwords");
-    o->exact_share = qr_config_double(cfg, "retrieval.exact_share");
-    o->exact_min = (size_t)qr_config_int(cfg, "retrieval.exact_min");
-    o->max_per_doc = (size_t)qr_config_int(cfg, "retrieval.max_per_doc");
-    o->candidates = (size_t)qr_config_int(cfg, "retrieval.candidates");
-    o->snippet_open = qr_config_str(cfg, "retrieval.snippet_marker_open");
-    o->snippet_close = qr_config_str(cfg, "retrieval.snippet_marker_close");
-    o->snippet_tokens = (size_t)qr_config_int(cfg, "retrieval.snippet_tokens");
-    o->bm25_pruned = strcmp(qr_config_str(cfg, "retrieval.bm25_path"), "pruned") == 0;
+    retrieval_mode_parse(set->retrieval_mode, &o->mode, NULL);
+    o->fusion =
+        strcmp(set->retrieval_fusion, "weighted") == 0 ? RETRIEVAL_FUSION_WEIGHTED : RETRIEVAL_FUSION_RRF;
+    o->rrf_k = set->retrieval_rrf_k;
+    o->vector_weight = set->retrieval_vector_weight;
+    o->weight_title = set->retrieval_weight_title;
+    o->weight_headings = set->retrieval_weight_headings;
+    o->weight_body = set->retrieval_weight_body;
+    o->stopwords = set->retrieval_stopwords;
+    o->exact_share = set->retrieval_exact_share;
+    o->exact_min = (size_t)set->retrieval_exact_min;
+    o->max_per_doc = (size_t)set->retrieval_max_per_doc;
+    o->candidates = (size_t)set->retrieval_candidates;
+    o->snippet_open = set->retrieval_snippet_marker_open;
+    o->snippet_close = set->retrieval_snippet_marker_close;
+    o->snippet_tokens = (size_t)set->retrieval_snippet_tokens;
+    o->bm25_pruned = strcmp(set->retrieval_bm25_path, "pruned") == 0;
 }
 
 struct retrieval {

@@ -25,13 +25,13 @@ TEST(config_defaults)
 {
     qr_config *cfg = qr_config_new();
     CHECK(cfg != NULL);
-    CHECK_STR(qr_config_str(cfg, "data.dir"), "./data");
-    CHECK_STR(qr_config_str(cfg, "server.listen"), "127.0.0.1:8080");
-    CHECK_STR(qr_config_str(cfg, "ldap.user_filter"), "(uid=%s)");
-    CHECK_STR(qr_config_str(cfg, "ldap.group_filter"), "(|(member=%d)(uniqueMember=%d)(memberUid=%u))");
-    CHECK_INT(qr_config_int(cfg, "ldap.nested_depth"), 8);
-    CHECK_INT(qr_config_int(cfg, "ldap.cache_ttl_s"), 300);
-    CHECK(!qr_config_bool(cfg, "auth.stale_if_error"));
+    CHECK_STR(qr_config_settings(cfg)->data_dir, "./data");
+    CHECK_STR(qr_config_settings(cfg)->server_listen, "127.0.0.1:8080");
+    CHECK_STR(qr_config_settings(cfg)->ldap_user_filter, "(uid=%s)");
+    CHECK_STR(qr_config_settings(cfg)->ldap_group_filter, "(|(member=%d)(uniqueMember=%d)(memberUid=%u))");
+    CHECK_INT(qr_config_settings(cfg)->ldap_nested_depth, 8);
+    CHECK_INT(qr_config_settings(cfg)->ldap_cache_ttl_s, 300);
+    CHECK(!qr_config_settings(cfg)->auth_stale_if_error);
     CHECK_INT(qr_config_source(cfg, "data.dir"), QR_CFG_SRC_DEFAULT);
     size_t n;
     const qr_cfg_key *keys = qr_config_keys(&n);
@@ -56,23 +56,23 @@ TEST(config_precedence_file_env_cli)
     CHECK(path != NULL);
     CHECK_OK(qr_config_load_file(cfg, path, err), err);
     unlink(path);
-    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "ldap://file:389");
-    CHECK_INT(qr_config_int(cfg, "ldap.nested_depth"), 3);
-    CHECK(qr_config_bool(cfg, "ldap.starttls"));
-    CHECK_STR(qr_config_str(cfg, "log.level"), "warn");
-    CHECK_STR(qr_config_str(cfg, "auth.admin_groups"), "admins,ops");
+    CHECK_STR(qr_config_settings(cfg)->ldap_uri, "ldap://file:389");
+    CHECK_INT(qr_config_settings(cfg)->ldap_nested_depth, 3);
+    CHECK(qr_config_settings(cfg)->ldap_starttls);
+    CHECK_STR(qr_config_settings(cfg)->log_level, "warn");
+    CHECK_STR(qr_config_settings(cfg)->auth_admin_groups, "admins,ops");
     CHECK_INT(qr_config_source(cfg, "ldap.uri"), QR_CFG_SRC_FILE);
 
     char *env[] = {"PATH=/bin", "QUARRY_LDAP_URI=ldaps://env:636", "QUARRY_LDAP_NESTED_DEPTH=5",
                    "QUARRY_TEST_SOMETHING=ignored", NULL};
     CHECK_OK(qr_config_load_env(cfg, env, err), err);
-    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "ldaps://env:636");
-    CHECK_INT(qr_config_int(cfg, "ldap.nested_depth"), 5);
+    CHECK_STR(qr_config_settings(cfg)->ldap_uri, "ldaps://env:636");
+    CHECK_INT(qr_config_settings(cfg)->ldap_nested_depth, 5);
     CHECK_INT(qr_config_source(cfg, "ldap.uri"), QR_CFG_SRC_ENV);
     CHECK_INT(qr_config_source(cfg, "ldap.starttls"), QR_CFG_SRC_FILE);
 
     CHECK_OK(qr_config_set_arg(cfg, "ldap.uri=ldap://cli:389", err), err);
-    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "ldap://cli:389");
+    CHECK_STR(qr_config_settings(cfg)->ldap_uri, "ldap://cli:389");
     CHECK_INT(qr_config_source(cfg, "ldap.uri"), QR_CFG_SRC_CLI);
     qr_config_free(cfg);
 }
@@ -110,8 +110,8 @@ TEST(config_rejects_bad_values_with_named_key)
         CHECK_MSG(strstr(err, bad[i].expect) != NULL, "'%s' -> '%s'", bad[i].assignment, err);
     }
     /* nothing changed */
-    CHECK_INT(qr_config_int(cfg, "ldap.nested_depth"), 8);
-    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "");
+    CHECK_INT(qr_config_settings(cfg)->ldap_nested_depth, 8);
+    CHECK_STR(qr_config_settings(cfg)->ldap_uri, "");
     qr_config_free(cfg);
 }
 
@@ -140,14 +140,14 @@ TEST(config_file_errors_change_nothing)
         CHECK_MSG(st == QR_EINVAL, "accepted %s", bad[i].text);
         CHECK_MSG(strstr(err, bad[i].expect) != NULL, "'%s' -> '%s'", bad[i].text, err);
         CHECK_MSG(strstr(err, path) != NULL, "message does not name the file: %s", err);
-        CHECK_STR(qr_config_str(cfg, "ldap.uri"), ""); /* the good key before the bad one is not applied */
+        CHECK_STR(qr_config_settings(cfg)->ldap_uri, ""); /* the good key before the bad one is not applied */
     }
     CHECK_INT(qr_config_load_file(cfg, "/nonexistent/quarry.json", err), QR_ENOTFOUND);
     CHECK(strstr(err, "/nonexistent/quarry.json") != NULL);
     char *env[] = {"QUARRY_LDAP_URI=ldap://ok", "QUARRY_LDAP_TIMEOUT_MS=0", NULL};
     CHECK_INT(qr_config_load_env(cfg, env, err), QR_EINVAL);
     CHECK(strstr(err, "QUARRY_LDAP_TIMEOUT_MS") != NULL);
-    CHECK_STR(qr_config_str(cfg, "ldap.uri"), "");
+    CHECK_STR(qr_config_settings(cfg)->ldap_uri, "");
     qr_config_free(cfg);
 }
 
@@ -157,7 +157,7 @@ TEST(config_dump_masks_secrets)
     qr_config *cfg = qr_config_new();
     CHECK_OK(qr_config_set(cfg, "ldap.bind_password", "hunter2", QR_CFG_SRC_ENV, err), err);
     CHECK_OK(qr_config_set(cfg, "inference.api_key", "sk-abc", QR_CFG_SRC_CLI, err), err);
-    CHECK_STR(qr_config_str(cfg, "ldap.bind_password"), "hunter2"); /* the program sees it */
+    CHECK_STR(qr_config_settings(cfg)->ldap_bind_password, "hunter2"); /* the program sees it */
     qr_buf out;
     qr_buf_init(&out, 1 << 20);
     CHECK_OK(qr_config_dump(cfg, false, &out), "dump");
