@@ -156,6 +156,7 @@ void bm25_close(bm25_index *x)
     bm25_psets_clear(x);
     pthread_rwlock_destroy(&x->lock);
     pthread_mutex_destroy(&x->sync_mu);
+    pthread_mutex_destroy(&x->build_mu);
     pthread_mutex_destroy(&x->cache_mu);
     free(x->dir);
     free(x);
@@ -177,6 +178,7 @@ qr_status bm25_open(store *s, const char *data_dir, const bm25_opts *o, bool for
         x->o.principal_cache = 1;
     pthread_rwlock_init(&x->lock, NULL);
     pthread_mutex_init(&x->sync_mu, NULL);
+    pthread_mutex_init(&x->build_mu, NULL);
     pthread_mutex_init(&x->cache_mu, NULL);
     size_t n = strlen(data_dir) + sizeof("/bm25");
     qr_status st = QR_OK;
@@ -217,6 +219,12 @@ out:
     }
     *out = x;
     return QR_OK;
+}
+
+void bm25_set_build_hook(bm25_index *x, void (*fn)(void *arg), void *arg)
+{
+    x->build_hook = fn;
+    x->build_hook_arg = arg;
 }
 
 void bm25_get_info(bm25_index *x, bm25_info *out)

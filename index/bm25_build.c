@@ -351,12 +351,18 @@ static void builder_free(builder *b)
 }
 
 /* Builds a generation from every chunk of s, writes it and serves it; the principal sets are
- * dropped (they may predate ACL changes the new generation's counter has passed). */
+ * dropped (they may predate ACL changes the new generation's counter has passed). The caller
+ * holds sync_mu; it is let go while the generation is built and written (seconds to a minute),
+ * which touches nothing a search reads, so that searches keep catching the published generation
+ * up meanwhile, and taken again to swap. build_mu keeps builds one at a time. */
 qr_status bm25_rebuild(bm25_index *x, store *s, bm25_report *rep, char *err)
 {
     uint64_t t0 = qr_now_ns();
     builder b = {.s = s};
     int64_t counter = 0, uid = 0;
+    __atomic_store_n(&x->building, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&x->sync_mu);
+    pthread_mutex_lock(&x->build_mu);
     /* the tokenizer is made on first use, which reads the schema: not inside the walk */
     qr_status st = store_uid(s, &uid, err);
     if (!st)
@@ -366,6 +372,11 @@ qr_status bm25_rebuild(bm25_index *x, store *s, bm25_report *rep, char *err)
     if (!st)
         st = bm25_write_generation(&b, x->dir, counter, uid, err);
     builder_free(&b);
+    if (x->build_hook)
+        x->build_hook(x->build_hook_arg);
+    pthread_mutex_lock(&x->sync_mu);
+    pthread_mutex_unlock(&x->build_mu);
+    __atomic_store_n(&x->building, 0, __ATOMIC_RELEASE);
     if (st)
         return st;
     pthread_rwlock_wrlock(&x->lock);
@@ -375,6 +386,7 @@ qr_status bm25_rebuild(bm25_index *x, store *s, bm25_report *rep, char *err)
     pthread_mutex_unlock(&x->cache_mu);
     st = bm25_load_generation(x, err);
     x->broken = st != QR_OK;
+    x->lagging = false;
     pthread_rwlock_unlock(&x->lock);
     if (st)
         return st;

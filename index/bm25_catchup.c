@@ -334,6 +334,9 @@ static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, 
             rep->counter = now;
         return QR_OK;
     }
+    if (!rebuild_ok && x->lagging)
+        return qr_fail(err, QR_EUNAVAILABLE, "the BM25 index needs a rebuild (%s)",
+                       __atomic_load_n(&x->building, __ATOMIC_ACQUIRE) ? "one is running" : "too far behind");
     const char *why = force           ? "asked to"
                       : !have         ? "no generation yet"
                       : broken        ? "a catch-up failed"
@@ -357,6 +360,8 @@ static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, 
             why = "more changes than bm25.delta_max";
         else if (g.needs_rebuild)
             why = "a title was rewritten under the same chunk ids";
+        /* staging up to delta_max changes is not cheap: no search repeats it until a swap */
+        x->lagging = why != NULL;
     }
     if (st) {
         staged_free(&g);
@@ -367,9 +372,7 @@ static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, 
         if (!rebuild_ok)
             return qr_fail(err, QR_EUNAVAILABLE, "the BM25 index needs a rebuild (%s)", why);
         qr_log(QR_LOG_INFO, LOG_COMPONENT, "rebuilding the BM25 index: %s", why);
-        __atomic_store_n(&x->building, 1, __ATOMIC_RELEASE);
         st = bm25_rebuild(x, s, rep, err);
-        __atomic_store_n(&x->building, 0, __ATOMIC_RELEASE);
         if (st)
             return st;
         return catch_up(x, s, false, false, rep, err); /* the changes made during the build */
@@ -422,14 +425,8 @@ qr_status bm25_sync(bm25_index *x, store *s, bool rebuild_ok, bool force, bm25_r
     }
     if (in_batch)
         return qr_fail(err, QR_EUNAVAILABLE, "the BM25 index does not follow a batch in progress");
-    if (!rebuild_ok && !force && pthread_mutex_trylock(&x->sync_mu) != 0) {
-        /* a catch-up is short: wait for it; a build is not: let FTS5 rank meanwhile */
-        if (__atomic_load_n(&x->building, __ATOMIC_ACQUIRE))
-            return qr_fail(err, QR_EUNAVAILABLE, "the BM25 index is being rebuilt");
-        pthread_mutex_lock(&x->sync_mu);
-    } else if (rebuild_ok || force) {
-        pthread_mutex_lock(&x->sync_mu);
-    }
+    /* held for catch-ups and a build's swap, both short; a build itself lets go of it */
+    pthread_mutex_lock(&x->sync_mu);
     qr_status st = catch_up(x, s, rebuild_ok || force, force, rep, err);
     pthread_mutex_unlock(&x->sync_mu);
     if (rep)

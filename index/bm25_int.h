@@ -131,11 +131,15 @@ typedef struct {
 struct bm25_index {
     char *dir;
     bm25_opts o;
-    pthread_rwlock_t lock;    /* searches read; catch-up and swaps write */
-    pthread_mutex_t sync_mu;  /* one catch-up or build at a time */
-    pthread_mutex_t cache_mu; /* principal sets, the df cache, the tick */
-    bool broken;              /* a catch-up failed halfway: rebuild before searching */
-    int building;             /* a generation is being built (atomic) */
+    pthread_rwlock_t lock;      /* searches read; catch-up and swaps write */
+    pthread_mutex_t sync_mu;    /* one catch-up or swap at a time (not held while building) */
+    pthread_mutex_t build_mu;   /* one build at a time */
+    pthread_mutex_t cache_mu;   /* principal sets, the df cache, the tick */
+    bool broken;                /* a catch-up failed halfway: rebuild before searching */
+    int building;               /* a generation is being built (atomic) */
+    bool lagging;               /* the published generation cannot be caught up (under sync_mu) */
+    void (*build_hook)(void *); /* tests: runs after a build, before its swap */
+    void *build_hook_arg;
 
     /* the generation, mapped */
     void *map;

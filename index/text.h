@@ -98,8 +98,17 @@ qr_status bm25_open(store *s, const char *data_dir, const bm25_opts *o, bool for
  * with QR_EUNAVAILABLE (the index is left as it was: callers fall back to FTS5 and rebuild
  * elsewhere); with rebuild true it is built (force: always). rep may be NULL. A handle with an
  * open batch sees writes that may be rolled back, so the index never learns from one: unless
- * nothing changed, QR_EUNAVAILABLE (QR_EINVAL with force). */
+ * nothing changed, QR_EUNAVAILABLE (QR_EINVAL with force).
+ * Threads: any, each with its own store handle; catch-ups run one at a time. A build holds
+ * nothing a search takes: while it reads the store and writes the new file, searches (and their
+ * catch-ups of the published generation) go on; only the swap and the catch-up after it, both
+ * short, make a search's catch-up wait. Once a catch-up found the lag too big for a replay,
+ * searches answer QR_EUNAVAILABLE at once (no repeated replay attempts) until a build swaps. */
 qr_status bm25_sync(bm25_index *x, store *s, bool rebuild, bool force, bm25_report *rep, char *err);
+
+/* For tests: fn(arg) runs on the building thread after each build has written its file and
+ * before it is swapped in (a slow build, made visible). NULL removes it. Set before builds run. */
+void bm25_set_build_hook(bm25_index *x, void (*fn)(void *arg), void *arg);
 
 /* Frees the index; NULL is a no-op. Every other call on it must have returned. */
 void bm25_close(bm25_index *x);

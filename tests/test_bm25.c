@@ -2218,6 +2218,94 @@ TEST(concurrent_searches)
     CHECK_MSG(during > 0, "no search during the writes could be compared");
 }
 
+/* A build that the hook holds until the test lets it go: searches meanwhile. */
+typedef struct {
+    const char *dir;
+    bm25_index *x;
+    volatile int in_build, release;
+    qr_status st;
+    bm25_report rep;
+    char err[QR_ERR_LEN];
+} slow_build;
+
+static void hold_build(void *arg)
+{
+    slow_build *b = arg;
+    __atomic_store_n(&b->in_build, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 60000 && !__atomic_load_n(&b->release, __ATOMIC_ACQUIRE); i++)
+        usleep(1000);
+}
+
+static void *forced_build_main(void *arg)
+{
+    slow_build *b = arg;
+    store *s = NULL;
+    b->st = store_open(b->dir, &s, b->err);
+    if (!b->st)
+        b->st = bm25_sync(b->x, s, true, true, &b->rep, b->err);
+    store_close(s);
+    __atomic_store_n(&b->in_build, 1, __ATOMIC_RELEASE); /* a build that failed early */
+    return NULL;
+}
+
+/* While a forced build runs (held in its hook), writes are caught up into the published
+ * generation and searches are answered by it, exactly; after the swap, by the new one. */
+TEST(searches_catch_up_while_a_build_runs)
+{
+    char err[QR_ERR_LEN] = "", dir[512] = "";
+    corpus *c = malloc(sizeof(*c));
+    CHECK(c);
+    corpus_init(c, 77, 30);
+    store *s = fresh_store(dir, sizeof(dir), err);
+    bm25_index *x = NULL;
+    bm25_opts o = opts_with(BIG_DELTA);
+    qr_status st = s ? add_docs(c, s, 120, 25, err) : QR_EIO;
+    if (!st)
+        st = bm25_open(s, dir, &o, false, &x, NULL, err);
+    slow_build b = {.dir = dir, .x = x};
+    pthread_t th;
+    bool started = false;
+    if (!st) {
+        bm25_set_build_hook(x, hold_build, &b);
+        started = pthread_create(&th, NULL, forced_build_main, &b) == 0;
+        for (int i = 0; started && i < 60000 && !__atomic_load_n(&b.in_build, __ATOMIC_ACQUIRE); i++)
+            usleep(1000);
+    }
+    tally during = {0}, after = {0};
+    int64_t during_counter = -1, want_counter = -2;
+    for (int i = 0; started && !st && i < 8; i++)
+        st = random_write(c, s, err);
+    if (started && !st)
+        st = run_queries(s, x, &c->r, c->vocab_n, 40, "while a build runs", &during, err);
+    if (started && !st) {
+        bm25_info info;
+        bm25_get_info(x, &info);
+        during_counter = info.counter, want_counter = store_counter(s);
+    }
+    bool was_building = started && !b.rep.rebuilt;
+    __atomic_store_n(&b.release, 1, __ATOMIC_RELEASE);
+    if (started)
+        pthread_join(th, NULL);
+    if (!st && started)
+        st = run_queries(s, x, &c->r, c->vocab_n, 40, "after the build", &after, err);
+    bm25_close(x);
+    store_close(s);
+    rm_tree(dir);
+    free(c);
+    CHECK_OK(st, err);
+    CHECK(started);
+    CHECK_MSG(was_building, "the build finished before the searches ran");
+    CHECK_MSG(b.st == QR_OK, "the forced build failed: %s", b.err);
+    CHECK(b.rep.rebuilt);
+    CHECK_MSG(during_counter == want_counter, "during the build the index stayed at %lld, the store at %lld",
+              (long long)during_counter, (long long)want_counter);
+    CHECK_MSG(during.mismatches == 0 && during.queries == 40, "%zu of %zu searches during the build differ",
+              during.mismatches, during.queries);
+    CHECK_MSG(during.nonempty > 0, "no search during the build found anything");
+    CHECK_MSG(after.mismatches == 0, "%zu of %zu searches after the build differ", after.mismatches,
+              after.queries);
+}
+
 /* One chunk whose words occur far more often than the common encodings hold (title 200 times,
  * headings 300, body 70,000): in the generation (escaped varints) and in the delta (frequencies
  * kept apart from the packed ones), scored as FTS5 scores them. */
