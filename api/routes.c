@@ -143,7 +143,10 @@ void api_h_readyz(api_req *r)
                                                                                      : "unavailable";
         json_object_set_new(checks, "indexes",
                             json_pack("{s:s,s:s,s:b,s:I}", "bm25", bm25, "vector",
-                                      v ? "warm" : (!ms.first_pass_done || ms.busy ? "building" : "none"),
+                                      v && vi.generation ? "warm"
+                                      : v ? "exact" /* every vector scanned while the first build runs */
+                                      : !ms.first_pass_done || ms.busy ? "building"
+                                                                       : "none",
                                       "maintainer_busy", ms.busy, "visible_change", (json_int_t)ms.visible));
     }
     if (body && !st) {

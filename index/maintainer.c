@@ -81,8 +81,17 @@ static qr_status pass(index_maintainer *m, bool force, int64_t *counter, bool *b
     vindex *v = atomic_load_explicit(&m->vindex, memory_order_acquire);
     if (v) {
         st = index_sync(m->s, v, &m->vopts, force, rep, err);
-    } else if (!(st = index_sync_open(m->s, m->data_dir, &m->vopts, force, &v, rep, err)) && v) {
+    } else if (force) {
+        if (!(st = index_sync_open(m->s, m->data_dir, &m->vopts, true, &v, rep, err)) && v)
+            atomic_store_explicit(&m->vindex, v, memory_order_release);
+    } else if (!(st = index_open_serving(m->s, m->data_dir, &m->vopts, &v, rep, err)) && v) {
+        /* served at once (exact over every vector when there was no generation), built after */
         atomic_store_explicit(&m->vindex, v, memory_order_release);
+        if (rep->added)
+            qr_log(QR_LOG_INFO, LOG_COMPONENT,
+                   "vector index: no generation yet; %zu vectors searched exactly while one is built",
+                   rep->added);
+        st = index_sync(m->s, v, &m->vopts, false, rep, err);
     }
     if (!st && (rep->rebuilt || rep->added || rep->removed))
         qr_log(QR_LOG_INFO, LOG_COMPONENT,

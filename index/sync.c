@@ -267,6 +267,64 @@ out:
     return st;
 }
 
+/* ---- serving before the first build ---------------------------------------------------------- */
+
+typedef struct {
+    vindex *v;
+    int dim;
+    int64_t ids[SYNC_BATCH];
+    float *vecs;
+    size_t n;
+    int64_t counter; /* the batch's latest change */
+} exact_fill;
+
+static qr_status exact_flush(exact_fill *f, char *err)
+{
+    qr_status st = f->n ? vindex_add(f->v, f->ids, f->vecs, f->n, f->dim, f->counter, err) : QR_OK;
+    f->n = 0;
+    f->counter = 0;
+    return st;
+}
+
+static qr_status exact_row(void *ctx, const store_change *c, char *err)
+{
+    exact_fill *f = ctx;
+    if (c->dim != f->dim)
+        return qr_fail(err, QR_EIO, "chunk %lld has a vector of dimension %d, the store's is %d",
+                       (long long)c->chunk_id, c->dim, f->dim);
+    f->ids[f->n] = c->chunk_id;
+    memcpy(f->vecs + f->n * (size_t)f->dim, c->vector, (size_t)f->dim * sizeof(float));
+    if (c->counter > f->counter)
+        f->counter = c->counter;
+    return ++f->n == SYNC_BATCH ? exact_flush(f, err) : QR_OK;
+}
+
+/* Puts every stored vector into v's exact delta (v has no generation): searches scan them all
+ * exactly, slower than a built index but right, until index_sync builds one. The rows carry
+ * counters no later than the walk's snapshot, which v's counter is then set to: a build folds
+ * them all in, and the next catch-up starts after the snapshot. */
+static qr_status fill_exact(store *s, vindex *v, int dim, index_sync_report *rep, char *err)
+{
+    exact_fill f = {.v = v, .dim = dim};
+    int64_t counter = 0;
+    if (!(f.vecs = malloc((size_t)SYNC_BATCH * (size_t)dim * sizeof(float))))
+        return qr_fail(err, QR_ENOMEM, "out of memory reading the stored vectors");
+    qr_status st = store_each_vector(s, exact_row, &f, &counter, err);
+    if (!st)
+        st = exact_flush(&f, err);
+    if (!st)
+        st = vindex_remove(v, NULL, 0, counter, err);
+    free(f.vecs);
+    if (!st) {
+        vindex_info info;
+        vindex_get_info(v, &info);
+        rep->added = info.delta;
+        rep->count = info.delta;
+        snprintf(rep->type, sizeof(rep->type), "exact delta");
+    }
+    return st;
+}
+
 /* ---- public ------------------------------------------------------------------------------ */
 
 static qr_status sync_impl(store *s, vindex *v, const vindex_opts *o, bool force, index_gpu_mode gpu,
@@ -335,14 +393,17 @@ qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, inde
     return sync_impl(s, v, o, force, INDEX_GPU_OFF, rep, err);
 }
 
-static qr_status open_impl(store *s, const char *data_dir, const vindex_opts *o, bool force,
+/* serve: open for serving at once (index_open_serving) instead of syncing first */
+static qr_status open_impl(store *s, const char *data_dir, const vindex_opts *o, bool force, bool serve,
                            index_gpu_mode gpu, vindex **out, index_sync_report *rep, char *err)
 {
     if (!s || !data_dir || !o || !out)
         return qr_fail(err, QR_EINVAL, "index_sync_open: NULL argument");
     *out = NULL;
-    if (rep)
-        memset(rep, 0, sizeof(*rep));
+    index_sync_report scratch;
+    if (!rep)
+        rep = &scratch;
+    memset(rep, 0, sizeof(*rep));
     store_stats ss;
     qr_status st = store_get_stats(s, &ss, err);
     if (st || ss.embedding_dim <= 0)
@@ -358,8 +419,14 @@ static qr_status open_impl(store *s, const char *data_dir, const vindex_opts *o,
         opts.rebuild_on_mismatch = true;
     vindex *v = NULL;
     bool stale = false;
-    if (!(st = vindex_open(dir, ss.embedding_dim, &opts, ss.change_counter, &v, &stale, err)))
-        st = sync_impl(s, v, &opts, force, gpu, rep, err);
+    if (!(st = vindex_open(dir, ss.embedding_dim, &opts, ss.change_counter, &v, &stale, err))) {
+        vindex_info info;
+        vindex_get_info(v, &info);
+        if (!serve)
+            st = sync_impl(s, v, &opts, force, gpu, rep, err);
+        else if (info.generation == 0 && info.delta == 0)
+            st = fill_exact(s, v, ss.embedding_dim, rep, err);
+    }
     free(dir);
     if (st) {
         vindex_close(v);
@@ -372,11 +439,17 @@ static qr_status open_impl(store *s, const char *data_dir, const vindex_opts *o,
 qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, bool force, vindex **out,
                           index_sync_report *rep, char *err)
 {
-    return open_impl(s, data_dir, o, force, INDEX_GPU_OFF, out, rep, err);
+    return open_impl(s, data_dir, o, force, false, INDEX_GPU_OFF, out, rep, err);
+}
+
+qr_status index_open_serving(store *s, const char *data_dir, const vindex_opts *o, vindex **out,
+                             index_sync_report *rep, char *err)
+{
+    return open_impl(s, data_dir, o, false, true, INDEX_GPU_OFF, out, rep, err);
 }
 
 qr_status index_build_open(store *s, const char *data_dir, const vindex_opts *o, index_gpu_mode gpu,
                            vindex **out, index_sync_report *rep, char *err)
 {
-    return open_impl(s, data_dir, o, true, gpu, out, rep, err);
+    return open_impl(s, data_dir, o, true, false, gpu, out, rep, err);
 }

@@ -238,6 +238,15 @@ qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, inde
  * index open (a running server). On error *out is NULL. */
 qr_status index_sync_open(store *s, const char *data_dir, const vindex_opts *o, bool force, vindex **out,
                           index_sync_report *rep, char *err);
+/* Opens the vector index for serving at once, without building: the generation on disk however
+ * far behind (index_sync then replays or rebuilds while it serves), or, when there is none
+ * usable (a fresh or damaged index), a vindex holding every stored vector in its exact delta:
+ * searches over it are exact, and cost a scan of every vector (bench/README.md: tens of ms per
+ * query at 1M) until index_sync builds a generation. Costs one read of every stored vector in the
+ * second case, the open alone in the first. The same settings and errors as index_sync_open
+ * (no force); rep->added counts the vectors put in the delta. The maintainer's first pass. */
+qr_status index_open_serving(store *s, const char *data_dir, const vindex_opts *o, vindex **out,
+                             index_sync_report *rep, char *err);
 /* index_sync_open with force, building the new generation with IVF centroids trained on the GPU
  * as gpu says (`quarry index build --gpu`). QR_EUNAVAILABLE for INDEX_GPU_ON without a usable
  * GPU (nothing is built then); rep->gpu_note says what the GPU path did. */
