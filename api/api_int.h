@@ -353,8 +353,9 @@ qr_status api_metrics_render(api_server *srv, qr_buf *out, char *err);
 /* Opens (appends to) the audit log; path "" means <data.dir>/audit.log, "off" disables it. */
 qr_status api_audit_open(const qr_config *cfg, api_audit **out, char *err);
 void api_audit_close(api_audit *a);
-/* Appends one JSON line: time, request id, user, route, SHA-256 of the query (never the query),
- * and the doc ids returned or cited. Any thread. */
+/* Appends one JSON line: time, request id, user, route, the keyed hash of the query
+ * (query_hmac: auth_keyed_hash, AUTH_PURPOSE_AUDIT_QUERY; never the query), and the doc ids
+ * returned or cited. Any thread. */
 void api_audit_record(api_audit *a, const api_req *r, const char *query, const char *const *doc_ids,
                       size_t ndoc_ids, const char *action);
 /* The most bytes of one audit line. */
@@ -364,8 +365,8 @@ void api_audit_record(api_audit *a, const api_req *r, const char *query, const c
  * says "truncated":true; when memory runs out partway, a record with "doc_ids":null and
  * "truncated":true is tried instead. Returns QR_OK, or the line's failure when nothing whole
  * could be formatted (a cap too small for the fixed fields, no memory): write nothing then.
- * `when` is the record's ISO 8601 time. */
-qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query, const char *const *doc_ids,
+ * `when` is the record's ISO 8601 time; query_hmac the query's hash (64 hex digits) or NULL. */
+qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query_hmac, const char *const *doc_ids,
                            size_t ndoc_ids, const char *action, const char *when);
 
 /* ---- jobs (jobs.c) -------------------------------------------------------------------------- */

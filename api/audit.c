@@ -2,8 +2,10 @@
  * The audit log: one JSON line per search, answer and administrative change, in its own file
  * (server.audit_log, default <data.dir>/audit.log, mode 0600), written whole with one write(2) on
  * an O_APPEND descriptor so that lines from concurrent requests never interleave. A line holds
- * the time, the request id, the user, the route, a SHA-256 of the query (never the query: the
- * log must not become a copy of what people asked) and the document ids returned or cited.
+ * the time, the request id, the user, the route, a keyed hash of the query (never the query: the
+ * log must not become a copy of what people asked; keyed, so that common queries cannot be
+ * recovered by hashing guesses without the data directory's secret, see auth_keyed_hash) and the
+ * document ids returned or cited.
  */
 #define _GNU_SOURCE /* asprintf, memmem, strptime, timegm, explicit_bzero */
 #include <errno.h>
@@ -66,20 +68,17 @@ void api_audit_close(api_audit *a)
 }
 
 /* The fields before doc_ids, all bounded in size (the user is at most 300 bytes). */
-static void audit_head(qr_buf *line, const api_req *r, const char *query, const char *action,
+static void audit_head(qr_buf *line, const api_req *r, const char *query_hmac, const char *action,
                        const char *when)
 {
-    char hash[65] = "";
-    if (query)
-        api_sha256_hex(query, strlen(query), hash);
     qr_buf_printf(line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"user\":", when, r->request_id);
     qr_json_escape(line, r->user, strlen(r->user));
     qr_buf_printf(line,
-                  ",\"via\":\"%s\",\"client\":\"%s\",\"route\":\"%s %s\",\"action\":\"%s\",\"query_sha256\":",
+                  ",\"via\":\"%s\",\"client\":\"%s\",\"route\":\"%s %s\",\"action\":\"%s\",\"query_hmac\":",
                   r->by_key ? "api_key" : "user", r->client, r->route ? r->route->method : r->method,
                   r->route ? r->route->pattern : "-", action);
-    if (query)
-        qr_buf_printf(line, "\"%s\"", hash);
+    if (query_hmac)
+        qr_buf_printf(line, "\"%.64s\"", query_hmac);
     else
         qr_buf_puts(line, "null");
 }
@@ -87,11 +86,11 @@ static void audit_head(qr_buf *line, const api_req *r, const char *query, const 
 /* Room kept for what closes a cut record: `],"truncated":true}` and the newline. */
 #define AUDIT_TAIL_RESERVE 32
 
-qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query, const char *const *doc_ids,
+qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query_hmac, const char *const *doc_ids,
                            size_t ndoc_ids, const char *action, const char *when)
 {
     qr_buf_reset(line);
-    audit_head(line, r, query, action, when);
+    audit_head(line, r, query_hmac, action, when);
     qr_buf_puts(line, ",\"doc_ids\":[");
     /* Each id is escaped on its own first, so that one that would not fit is left out whole
      * instead of failing the line. */
@@ -127,7 +126,7 @@ qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query, co
         return QR_OK;
     /* Out of memory partway: a record without its doc ids is still one. */
     qr_buf_reset(line);
-    audit_head(line, r, query, action, when);
+    audit_head(line, r, query_hmac, action, when);
     qr_buf_puts(line, ",\"doc_ids\":null,\"truncated\":true}\n");
     return qr_buf_failed(line);
 }
@@ -141,7 +140,13 @@ void api_audit_record(api_audit *a, const api_req *r, const char *query, const c
     qr_wall_iso8601(when, sizeof(when));
     qr_buf line;
     qr_buf_init(&line, API_AUDIT_LINE_MAX);
-    if (api_audit_format(&line, r, query, doc_ids, ndoc_ids, action, when) == QR_OK) {
+    char hmac[65], err[QR_ERR_LEN];
+    bool hashed = false;
+    if (query && !(hashed = auth_keyed_hash(r->srv->auth, AUTH_PURPOSE_AUDIT_QUERY, query, strlen(query),
+                                            hmac, err) == QR_OK))
+        qr_log(QR_LOG_ERROR, "audit", "cannot hash the query of request %s (written as null): %s",
+               r->request_id, err);
+    if (api_audit_format(&line, r, hashed ? hmac : NULL, doc_ids, ndoc_ids, action, when) == QR_OK) {
         ssize_t w = write(a->fd, qr_buf_str(&line), qr_buf_len(&line));
         if (w != (ssize_t)qr_buf_len(&line))
             qr_log(QR_LOG_ERROR, "audit", "cannot write the audit log '%s': %s", a->path,

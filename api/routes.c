@@ -149,7 +149,8 @@ void api_h_readyz(api_req *r)
                                                                        : "none",
                                       "maintainer_busy", ms.busy, "visible_change", (json_int_t)ms.visible));
     }
-    if (body && !st) {
+    /* how much is stored is the administrators' business, not every employee's */
+    if (body && !st && r->principal && r->principal->is_admin) {
         json_t *checks = json_object_get(body, "checks");
         json_object_set_new(checks, "documents", json_integer(stats.documents));
         json_object_set_new(checks, "chunks", json_integer(stats.chunks));

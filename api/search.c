@@ -185,9 +185,14 @@ void api_h_ask(api_req *r)
     json_t *sources = json_array();
     for (size_t i = 0; i < res.source_count; i++)
         json_array_append_new(sources, source_json(&res.sources[i]));
+    /* the detail names the backend and its errors: for administrators (and the log), not for
+     * everyone who chats */
+    if (res.detail && !r->principal->is_admin)
+        qr_log(QR_LOG_WARN, "ask", "request %s answered without the model (%s): %s", r->request_id,
+               res.reason ? res.reason : "?", res.detail);
     json_t *answer = json_pack("{s:s,s:o,s:o,s:s,s:s?,s:s?}", "answer", res.text, "citations",
                                citations_json(&res), "sources", sources, "mode", infer_mode_name(res.mode),
-                               "reason", res.reason, "detail", res.detail);
+                               "reason", res.reason, "detail", r->principal->is_admin ? res.detail : NULL);
     audit_answer(r, q.query, &res);
     api_reply_json(r, 200, answer);
 out:

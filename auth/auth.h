@@ -92,6 +92,15 @@ qr_status auth_flush(auth_ctx *ctx, char *err);
 
 /* ---- bearer tokens -------------------------------------------------------------------------- */
 
+/* A keyed hash of text for one purpose ("audit-query"): 64 hex digits of HMAC-SHA256 under a key
+ * derived from the token secret and purpose. Someone without the secret cannot test guesses
+ * against it (a plain SHA-256 of a common query is recovered by hashing candidates); whoever
+ * holds the secret can (`quarry auth audit-hash`). Same secret and errors as auth_token_issue; any
+ * thread. */
+#define AUTH_PURPOSE_AUDIT_QUERY "audit-query" /* the audit log's query_hmac */
+qr_status auth_keyed_hash(auth_ctx *ctx, const char *purpose, const char *text, size_t len, char out[65],
+                          char *err);
+
 /* Issues "qt1.<uid>.<expiry>.<key id>.<HMAC-SHA256>" for uid, valid ttl_s seconds (0:
  * auth.token_ttl_s). The token names the user only: groups are resolved again (through the
  * cache) each time it is used. *token is the caller's to free; *expires_at (may be NULL) gets

@@ -115,6 +115,26 @@ static void mac(const auth_ctx *ctx, const char *data, size_t len, unsigned char
     HMAC(EVP_sha256(), ctx->secret, (int)ctx->secret_len, (const unsigned char *)data, len, out, &n);
 }
 
+qr_status auth_keyed_hash(auth_ctx *ctx, const char *purpose, const char *text, size_t len, char out[65],
+                          char *err)
+{
+    if (!ctx || !purpose || (len && !text) || !out)
+        return qr_fail(err, QR_EINVAL, "auth_keyed_hash: NULL argument");
+    qr_status st = load_secret(ctx, err);
+    if (st)
+        return st;
+    /* a key of its own per purpose, so that no hash here can stand in for a token's MAC */
+    unsigned char key[32], digest[32];
+    unsigned int n = 32;
+    HMAC(EVP_sha256(), ctx->secret, (int)ctx->secret_len, (const unsigned char *)purpose, strlen(purpose),
+         key, &n);
+    n = 32;
+    HMAC(EVP_sha256(), key, 32, (const unsigned char *)(text ? text : ""), len, digest, &n);
+    OPENSSL_cleanse(key, sizeof(key));
+    auth_hex(digest, sizeof(digest), out);
+    return QR_OK;
+}
+
 qr_status auth_token_make(auth_ctx *ctx, const char *uid, int64_t expires_at, char **token, char *err)
 {
     *token = NULL;

@@ -239,13 +239,35 @@ static long read_password(char *buf, size_t size)
     return (long)len;
 }
 
+/* `quarry auth audit-hash QUERY`: the audit log's query_hmac for QUERY, so that an administrator
+ * holding the data directory can find who asked it (the log never holds the text). */
+static int audit_hash(cli_ctx *ctx)
+{
+    if (ctx->argc != 3)
+        return cli_usage_error(ctx, "auth audit-hash needs exactly one QUERY (quote it)");
+    auth_ctx *auth = NULL;
+    int rc = open_auth(ctx, &auth);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    char err[QR_ERR_LEN], hash[65];
+    qr_status st =
+        auth_keyed_hash(auth, AUTH_PURPOSE_AUDIT_QUERY, ctx->argv[2], strlen(ctx->argv[2]), hash, err);
+    auth_free(auth);
+    if (st)
+        return fail(ctx, st, err);
+    printf("%s\n", hash);
+    return CLI_EXIT_OK;
+}
+
 int cli_cmd_auth(cli_ctx *ctx)
 {
     if (ctx->argc < 2)
-        return cli_usage_error(ctx, "missing subcommand (flush, whoami or login)");
+        return cli_usage_error(ctx, "missing subcommand (flush, whoami, login or audit-hash)");
     const char *sub = ctx->argv[1];
     const char *as = NULL, *uid = NULL;
     bool json = false, token = false;
+    if (strcmp(sub, "audit-hash") == 0)
+        return audit_hash(ctx);
     if (strcmp(sub, "flush") != 0 && strcmp(sub, "whoami") != 0 && strcmp(sub, "login") != 0)
         return cli_usage_error(ctx, "unknown subcommand '%s'", sub);
     for (int i = 2; i < ctx->argc; i++) {

@@ -49,9 +49,10 @@ static const cli_command commands[] = {
     {"keys", "quarry keys create --name NAME --scopes LIST | list [--json] | revoke ID",
      "Create, list or revoke service API keys (scopes: search, chat, admin, on_behalf_of).", NULL,
      cli_cmd_keys},
-    {"auth", "quarry auth login UID [--token] [--json] | whoami --as UID [--json] | flush",
-     "Check a password (read from stdin), show a user's principal, or flush the principal cache.", NULL,
-     cli_cmd_auth},
+    {"auth", "quarry auth login UID [--token] [--json] | whoami --as UID [--json] | flush | audit-hash QUERY",
+     "Check a password (read from stdin), show a user's principal, flush the principal cache, or print the "
+     "audit log's keyed hash of a query.",
+     NULL, cli_cmd_auth},
     {"config", "quarry config [--json] [--keys]",
      "Print the effective configuration (secrets masked), or the table of keys.", NULL, cli_cmd_config},
     {"selfcheck", "quarry selfcheck", "Check that SQLite has FTS5, FAISS searches and report the GPU path.",

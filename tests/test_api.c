@@ -446,6 +446,9 @@ TEST(ldap_unreachable_is_503)
                   "case %zu gave %ld %s", i, r.status, qr_buf_str(&r.body));
         CHECK(api_error_shape(&r));
         CHECK_STR(api_error_code(&r), "unavailable");
+        /* whoever knocks learns that the directory is down, not where it lives */
+        CHECK_MSG(!strstr(qr_buf_str(&r.body), "ldap://") && !strstr(qr_buf_str(&r.body), "127.0.0.1"),
+                  "case %zu: %s", i, qr_buf_str(&r.body));
         api_resp_release(&r);
     }
     CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", H(ALICE), NULL, 0, &r), 503);
@@ -1769,6 +1772,46 @@ TEST(openapi_and_routes_agree_both_ways)
     api_fx_stop(&f);
 }
 
+/* What a caller learns beyond their own results: store sizes and the backend's address and errors
+ * are for administrators. */
+TEST(small_disclosures_are_for_administrators)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    api_resp r;
+    const char *sizes[] = {"documents", "chunks", "index_generation", "index_vectors"};
+    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 200);
+    for (size_t i = 0; i < 4; i++)
+        CHECK_MSG(!json_object_get(json_object_get(r.json, "checks"), sizes[i]), "alice sees %s: %s",
+                  sizes[i], qr_buf_str(&r.body));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/readyz", H(DAVE), NULL, 0, &r), 200);
+    for (size_t i = 0; i < 4; i++)
+        CHECK_MSG(json_object_get(json_object_get(r.json, "checks"), sizes[i]), "dave does not see %s: %s",
+                  sizes[i], qr_buf_str(&r.body));
+    api_resp_release(&r);
+
+    /* the backend fails every request: the answer falls back, and says why only to dave */
+    CHECK(fake_reset());
+    CHECK_INT(api_http(fake_url(), "POST", "/_fake/faults", NULL, "{\"mode\":\"500\",\"times\":1000}", 0, &r),
+              200);
+    api_resp_release(&r);
+    const char *ask = "{\"question\":\"How are expenses reimbursed?\"}";
+    CHECK_INT(api_http(f.base, "POST", "/v1/ask", H(ALICE), ask, 0, &r), 200);
+    CHECK_MSG(json_is_string(json_object_get(r.json, "reason")), "no reason: %s", qr_buf_str(&r.body));
+    CHECK_MSG(!json_is_string(json_object_get(r.json, "detail")) && !strstr(qr_buf_str(&r.body), "127.0.0.1"),
+              "alice sees the backend: %s", qr_buf_str(&r.body));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/ask", H(DAVE), ask, 0, &r), 200);
+    CHECK_MSG(json_is_string(json_object_get(r.json, "detail")), "dave sees no detail: %s",
+              qr_buf_str(&r.body));
+    api_resp_release(&r);
+    CHECK(fake_reset());
+    api_fx_stop(&f);
+}
+
 TEST(metrics_exposition)
 {
     creds();
@@ -1865,8 +1908,16 @@ TEST(audit_log_records_queries_by_hash)
     snprintf(path, sizeof(path), "%s/data/audit.log", f.dir);
     char err[QR_ERR_LEN];
     CHECK_OK(qr_read_file(path, 1 << 20, &log, NULL, err), err);
-    char hash[65];
-    ingest_content_hash(query, strlen(query), hash);
+    /* keyed: not the plain SHA-256 anyone could compute from a guess, but what the data
+     * directory's secret gives (quarry auth audit-hash) */
+    char hash[65], plain[65];
+    ingest_content_hash(query, strlen(query), plain);
+    auth_ctx *keyed = NULL;
+    CHECK_OK(auth_new(f.cfg, &keyed, err), err);
+    qr_status hst = auth_keyed_hash(keyed, AUTH_PURPOSE_AUDIT_QUERY, query, strlen(query), hash, err);
+    auth_free(keyed);
+    CHECK_OK(hst, err);
+    CHECK(strcmp(hash, plain) != 0 && strstr(log, plain) == NULL);
     bool found_search = false, found_answer = false, query_leaked = strstr(log, query) != NULL;
     for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n")) {
         json_t *j = json_loads(line, 0, NULL);
@@ -1874,7 +1925,7 @@ TEST(audit_log_records_queries_by_hash)
         const char *rid = json_string_value(json_object_get(j, "request_id"));
         if (rid && strcmp(rid, "audit-check-1") == 0) {
             found_search = strcmp(json_string_value(json_object_get(j, "user")), "alice") == 0 &&
-                           strcmp(json_string_value(json_object_get(j, "query_sha256")), hash) == 0 &&
+                           strcmp(json_string_value(json_object_get(j, "query_hmac")), hash) == 0 &&
                            strcmp(json_string_value(json_object_get(j, "route")), "POST /v1/search") == 0 &&
                            json_array_size(json_object_get(j, "doc_ids")) >= 1 &&
                            json_is_string(json_object_get(j, "time"));

@@ -346,14 +346,14 @@ TEST(audit_line_is_whole_json_even_when_capped)
     CHECK(r);
     qr_buf line;
     qr_buf_init(&line, API_AUDIT_LINE_MAX);
-    CHECK_INT(
-        api_audit_format(&line, r, "what", (const char *const *)ids, N, "search", "2026-01-01T00:00:00Z"),
-        QR_OK);
+    CHECK_INT(api_audit_format(&line, r, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                               (const char *const *)ids, N, "search", "2026-01-01T00:00:00Z"),
+              QR_OK);
     json_t *j = one_record(&line);
     CHECK_MSG(j, "not one JSON record: %.300s", qr_buf_str(&line));
     CHECK_INT(json_array_size(json_object_get(j, "doc_ids")), N / 2);
     CHECK(json_object_get(j, "truncated") == NULL);
-    CHECK_INT(strlen(json_string_value(json_object_get(j, "query_sha256"))), 64);
+    CHECK_INT(strlen(json_string_value(json_object_get(j, "query_hmac"))), 64);
     json_decref(j);
     qr_buf_release(&line);
 
@@ -365,7 +365,7 @@ TEST(audit_line_is_whole_json_even_when_capped)
     j = one_record(&line);
     CHECK_MSG(j, "not one JSON record: %.300s", qr_buf_str(&line));
     CHECK(json_is_true(json_object_get(j, "truncated")));
-    CHECK(json_is_null(json_object_get(j, "query_sha256")));
+    CHECK(json_is_null(json_object_get(j, "query_hmac")));
     json_t *kept = json_object_get(j, "doc_ids");
     CHECK(json_array_size(kept) > 0 && json_array_size(kept) < N / 2);
     for (size_t i = 0; i < json_array_size(kept); i++)
