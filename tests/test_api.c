@@ -383,6 +383,53 @@ TEST(api_keys_scopes_and_on_behalf_of)
     api_fx_stop(&f);
 }
 
+TEST(on_behalf_of_acts_as_admin_only_with_admin_scope)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    char *portal_key = make_key(&f, "search,chat,on_behalf_of");
+    char *admin_key = make_key(&f, "search,admin,on_behalf_of");
+    CHECK(portal_key && admin_key);
+    char portal[256], admin[256];
+    snprintf(portal, sizeof(portal), "X-API-Key: %s", portal_key);
+    snprintf(admin, sizeof(admin), "X-API-Key: %s", admin_key);
+    free(portal_key);
+    free(admin_key);
+    const char *query = "{\"query\":\"expense reimbursement\",\"k\":10,\"mode\":\"bm25\"}";
+    struct {
+        const char *key, *user;
+        bool admin; /* what the request may do: read everything, use admin routes */
+    } cases[] = {
+        {portal, "X-Quarry-User: dave", false}, /* dave is an administrator; the key is not */
+        {admin, "X-Quarry-User: dave", true},
+        {admin, "X-Quarry-User: alice", false}, /* the key is; alice is not */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        api_resp r;
+        CHECK_INT(api_http(f.base, "GET", "/v1/me", H(cases[i].key, cases[i].user), NULL, 0, &r), 200);
+        CHECK_MSG(json_is_true(json_object_get(r.json, "is_admin")) == cases[i].admin, "case %zu: /v1/me %s",
+                  i, qr_buf_str(&r.body));
+        api_resp_release(&r);
+        /* the administrators' document (no ACL) */
+        CHECK_INT(api_http(f.base, "POST", "/v1/search", H(cases[i].key, cases[i].user), query, 0, &r), 200);
+        char ids[1024];
+        result_ids(json_object_get(r.json, "results"), ids, sizeof(ids));
+        api_resp_release(&r);
+        CHECK_MSG((strstr(ids, "finance/board.md") != NULL) == cases[i].admin,
+                  "case %zu: the search found %s", i, ids);
+        /* the user's own documents, whatever the key */
+        CHECK_MSG(strstr(ids, "policies/expenses.md") || strstr(cases[i].user, "dave"),
+                  "case %zu: the search found %s", i, ids);
+        long st = api_http(f.base, "GET", "/v1/documents/finance%2Fboard.md", H(cases[i].key, cases[i].user),
+                           NULL, 0, &r);
+        api_resp_release(&r);
+        CHECK_MSG(st == (cases[i].admin ? 200 : 403), "case %zu: GET /v1/documents/{id} gave %ld", i, st);
+    }
+    api_fx_stop(&f);
+}
+
 TEST(admin_routes_refused_to_others)
 {
     creds();
