@@ -34,11 +34,14 @@
 #define API_QUERY_MAX      4096       /* bytes of a query or question */
 #define API_MESSAGES_MAX   256        /* messages in one chat request */
 #define API_MESSAGE_MAX    (64 << 10) /* bytes of one chat message */
+#define API_SMALL_BODY_MAX (32 << 10) /* bytes of a body that holds credentials or nothing */
 
 typedef struct api_req api_req;
 typedef struct api_metrics api_metrics;
 typedef struct api_audit api_audit;
 typedef struct api_jobs api_jobs;
+typedef struct api_guard api_guard;
+typedef struct api_conn api_conn;
 
 /* ---- routes --------------------------------------------------------------------------------- */
 
@@ -47,6 +50,14 @@ enum {
     API_ACCESS_PUBLIC = 0, /* no credentials (only /healthz, and /v1/auth/token, which checks its own) */
     API_ACCESS_USER,       /* any authenticated caller */
     API_ACCESS_ADMIN,      /* administrators, and service keys with the admin scope */
+};
+
+/* What a route reads from a request body, which bounds its size (the smaller of the class's limit
+ * and server.max_body_bytes). */
+enum {
+    API_BODY_SMALL = 0, /* nothing, or a login: API_SMALL_BODY_MAX */
+    API_BODY_JSON,      /* a request object: server.max_json_bytes */
+    API_BODY_UPLOAD,    /* documents: server.max_body_bytes */
 };
 
 /* A route handler. Runs on a worker (or on the MHD thread when the route is inline), after the
@@ -58,6 +69,7 @@ typedef struct {
     const char *pattern; /* "/v1/documents/{id}"; at most one {param}, which may span slashes */
     int access;
     unsigned scope; /* AUTH_SCOPE_* a service key needs (0: none) */
+    int body;       /* API_BODY_* */
     bool inline_;   /* answered on the MHD thread: cheap and never blocking */
     api_handler_fn handler;
 } api_route;
@@ -105,7 +117,9 @@ void api_h_job_get(api_req *r);
 typedef struct {
     int threads, workers, queue_max, max_connections, per_ip_connections;
     int connection_timeout_s, json_max_depth, shutdown_grace_s, chat_k;
-    size_t max_body_bytes, job_threshold_bytes;
+    int header_timeout_s, body_grace_s;
+    int64_t min_body_rate; /* bytes/s, 0: none */
+    size_t max_body_bytes, max_json_bytes, job_threshold_bytes;
     int64_t wait_for_ms; /* index.wait_for_ms */
 } api_settings;
 
@@ -121,6 +135,7 @@ struct api_server {
     int64_t started_ms;
 
     struct MHD_Daemon *daemon;
+    api_guard *guard; /* the connections' deadlines, while the daemon runs */
     qr_pool *pool;
     auth_ctx *auth;
     infer_client *infer;
@@ -164,6 +179,15 @@ void api_store_release(api_server *srv, store *s);
 
 /* ---- requests ------------------------------------------------------------------------------- */
 
+/* Where a request is. Credentials are in the headers, so a request is authenticated before a byte
+ * of its body is read: a caller without them never makes the server buffer anything. */
+typedef enum {
+    API_STAGE_AUTH = 0, /* a worker authenticates it (connection suspended) */
+    API_STAGE_ADMITTED, /* authenticated; the next call of the access handler starts the body */
+    API_STAGE_BODY,     /* its body is being read (MHD thread) */
+    API_STAGE_WORK,     /* its handler runs or ran */
+} api_stage;
+
 /* A streamed response body (server-sent events): bytes the producer (a worker) appends and the
  * content reader (MHD thread) drains, data[start, end) pending, at most API_STREAM_BUF_MAX of them;
  * guarded by the request's lock. */
@@ -185,10 +209,17 @@ struct api_req {
     char request_id[API_REQUEST_ID_MAX + 1];
     char client[64];
     uint64_t start_ns;
+    api_conn *guarded; /* the connection's deadlines (NULL: none); MHD thread only */
+    api_stage stage;   /* set on the MHD thread, or by the worker while suspended; under lock */
+    bool at_headers;   /* suspended at its headers: the access handler's next call is still at
+                        * them, where an answer queued makes libmicrohttpd 0.9.75 close the
+                        * connection after it (MHD thread) */
 
     /* body, filled on the MHD thread */
     qr_buf body;
-    size_t body_seen;
+    size_t body_seen, body_max;
+    bool expects_body; /* Content-Length > 0 or Transfer-Encoding: the worker that authenticates
+                        * a request without a body runs its handler at once */
     bool too_large;
 
     /* caller, set by api_authenticate on the worker */
@@ -231,6 +262,31 @@ char *api_query_arg(api_req *r, const char *name, bool *bad);
  * failure when nothing whole could be formatted (write nothing then). `when` is the record's
  * ISO 8601 time. */
 qr_status api_access_format(qr_buf *line, const api_req *r, int status, double ms, const char *when);
+
+/* ---- connection deadlines (guard.c) ------------------------------------------------------- */
+
+/* Starts the watchdog thread that closes connections past their deadlines (server.header_timeout_s,
+ * server.min_body_rate after server.body_grace_s). m (may be NULL) counts the closed ones as
+ * errors "header_timeout" and "body_too_slow". On error *out is NULL. */
+qr_status api_guard_new(const api_settings *set, api_metrics *m, api_guard **out, char *err);
+/* Stops the watchdog and frees the guard. Call after MHD_stop_daemon (every connection closed).
+ * NULL is a no-op. */
+void api_guard_free(api_guard *g);
+/* MHD_OPTION_NOTIFY_CONNECTION's callback (cls: the guard; MHD thread): registers a new
+ * connection (its header deadline starts now) and forgets a closed one, before MHD closes its
+ * socket. */
+void api_guard_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                      enum MHD_ConnectionNotificationCode code);
+/* The guarded connection of conn (its socket context), or NULL. */
+api_conn *api_guard_conn(struct MHD_Connection *conn);
+/* Phase changes, from the MHD thread serving the connection while it is open (never from a worker:
+ * the connection may be gone). NULL is a no-op. busy: a request's header block arrived; no deadline
+ * while it is authenticated, handled and answered. body: its body is being read; bytes: n more of
+ * it arrived. idle: its answer is done; the next header block is due within server.header_timeout_s. */
+void api_guard_busy(api_guard *g, api_conn *c);
+void api_guard_body(api_guard *g, api_conn *c);
+void api_guard_body_bytes(api_conn *c, size_t n);
+void api_guard_idle(api_guard *g, api_conn *c);
 
 /* ---- responses (json.c) --------------------------------------------------------------------- */
 

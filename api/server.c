@@ -1,12 +1,16 @@
 /*
  * The HTTP server: libmicrohttpd's daemon with its own polling threads, the worker pool that runs
  * route handlers, and the life of one request from its first header to the access log line. The
- * MHD threads only read, route and write: a request whose body has arrived is handed to a worker
- * and its connection suspended until the worker has an answer (or, for a stream, until it has
- * bytes), so that LDAP, the store and the inference backend never block other connections.
- * Limits are enforced here before anything is parsed: unknown routes, the body size (413, from
- * Content-Length at once, else while reading), the connection count and per-connection idle
- * timeout (slow clients are dropped by MHD), and the worker queue (503 when full).
+ * MHD threads only read, route and write; anything that may block (LDAP, the store, the inference
+ * backend) runs on a worker while the connection is suspended, so that it never stalls other
+ * connections. A request goes to a worker twice at most: once its headers are in, to be
+ * authenticated (credentials are in the headers: nobody without them makes the server read, let
+ * alone buffer, a byte of a body; they get their 401 and the body is discarded unread), and once
+ * its body is in, to be handled; a request without a body is handled by the first worker at once.
+ * Limits are enforced here before anything is parsed: unknown routes, the body size of the route
+ * (413, from Content-Length at once, else while reading), the connection count, per address and
+ * in all, the deadlines of guard.c (a whole header block within server.header_timeout_s, a body
+ * at server.min_body_rate), MHD's idle timeout, and the worker queue (503 when full).
  *
  * Graceful shutdown: stop accepting (an accept policy that refuses every connection once stopping:
  * MHD_quiesce_daemon races with MHD's own epoll workers in libmicrohttpd 0.9.75 and can abort
@@ -76,7 +80,11 @@ static void read_settings(const qr_config *cfg, api_settings *s)
     s->json_max_depth = (int)set->server_json_max_depth;
     s->shutdown_grace_s = (int)set->server_shutdown_grace_s;
     s->chat_k = (int)set->server_chat_k;
+    s->header_timeout_s = (int)set->server_header_timeout_s;
+    s->body_grace_s = (int)set->server_body_grace_s;
+    s->min_body_rate = set->server_min_body_rate;
     s->max_body_bytes = (size_t)set->server_max_body_bytes;
+    s->max_json_bytes = (size_t)set->server_max_json_bytes;
     s->job_threshold_bytes = (size_t)set->server_job_threshold_bytes;
     s->wait_for_ms = set->index_wait_for_ms;
 }
@@ -313,7 +321,8 @@ qr_status api_server_start(api_server *srv, char *err)
     char perr[QR_ERR_LEN];
     if (!(srv->pool = qr_pool_new(srv->set.workers, (size_t)srv->set.queue_max, perr)))
         return qr_fail(err, QR_ENOMEM, "cannot start the worker pool: %s", perr);
-    if ((st = api_jobs_start(srv->jobs, err)))
+    if ((st = api_jobs_start(srv->jobs, err)) ||
+        (st = api_guard_new(&srv->set, srv->metrics, &srv->guard, err)))
         goto fail;
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
@@ -330,6 +339,7 @@ qr_status api_server_start(api_server *srv, char *err)
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, srv->set.max_connections, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, srv->set.connection_timeout_s, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, srv};
+    opts[n++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)api_guard_notify, srv->guard};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t)keep_escaped, NULL};
     opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL};
     /* Headers and the read buffer of one connection: 64 KiB holds any sane request line and
@@ -377,6 +387,8 @@ qr_status api_server_start(api_server *srv, char *err)
     return QR_OK;
 fail:
     api_jobs_stop(srv->jobs);
+    api_guard_free(srv->guard);
+    srv->guard = NULL;
     qr_pool_free(srv->pool);
     srv->pool = NULL;
     return st;
@@ -466,6 +478,9 @@ int api_server_stop(api_server *srv, int grace_s)
     wait_until(srv, no_requests, qr_now_ns() + 1000000000u);
     MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
+    /* after the daemon: MHD_stop_daemon notifies the guard of every connection it closes */
+    api_guard_free(srv->guard);
+    srv->guard = NULL;
     srv->running = false;
     qr_log(QR_LOG_INFO, "http", "stopped");
     return cancelled;
@@ -590,12 +605,15 @@ static api_req *req_new(api_server *srv, struct MHD_Connection *conn, const char
     r->refs = 1;
     r->start_ns = qr_now_ns();
     r->route_index = SIZE_MAX;
+    r->guarded = api_guard_conn(conn);
     snprintf(r->method, sizeof(r->method), "%s", method);
     snprintf(r->user, sizeof(r->user), "-");
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->stream.space, NULL);
     atomic_init(&r->cancelled, false);
-    qr_buf_init(&r->body, srv->set.max_body_bytes);
+    /* until the route is known; nothing is read before */
+    r->body_max = API_SMALL_BODY_MAX;
+    qr_buf_init(&r->body, r->body_max);
     if (!(r->path = strdup(url))) {
         api_req_unref(r);
         return NULL;
@@ -629,12 +647,16 @@ static enum MHD_Result queue(api_req *r)
     return ok;
 }
 
-/* Hands the finished answer to the MHD thread (worker). */
-static void publish(api_req *r)
+/* Gives the suspended connection back to the MHD thread (worker): with its answer (answered), or
+ * authenticated and admitted to send its body. */
+static void hand_back(api_req *r, bool answered)
 {
     api_server *srv = r->srv;
     pthread_mutex_lock(&r->lock);
-    r->ready = true;
+    if (answered)
+        r->ready = true;
+    else
+        r->stage = API_STAGE_ADMITTED;
     bool resume = r->suspended;
     r->suspended = false;
     if (resume)
@@ -648,15 +670,40 @@ static void publish(api_req *r)
     }
 }
 
-/* Runs a route on a worker: authentication, then the handler, then the answer goes back. */
+/* Hands the finished answer to the MHD thread (worker). */
+static void publish(api_req *r)
+{
+    hand_back(r, true);
+}
+
+static void set_stage(api_req *r, api_stage stage)
+{
+    pthread_mutex_lock(&r->lock);
+    r->stage = stage;
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* Runs on a worker. At the authentication stage: authenticates the caller, then admits the body,
+ * or, when there is none, runs the handler at once; at the work stage (the body is in): runs the
+ * handler. Then the answer goes back. */
 static void work(void *arg)
 {
     api_req *r = arg;
-    const api_route *route = r->route;
-    if (api_req_cancelled(r))
+    pthread_mutex_lock(&r->lock);
+    api_stage stage = r->stage;
+    pthread_mutex_unlock(&r->lock);
+    if (api_req_cancelled(r)) {
         api_reply_error(r, 503, "unavailable", "the server is shutting down");
-    else if (route->access == API_ACCESS_PUBLIC || api_authenticate(r))
-        route->handler(r);
+    } else if (stage == API_STAGE_AUTH && !api_authenticate(r)) {
+        /* answered (401, 403, 429, 503); MHD discards the body unread */
+    } else if (stage == API_STAGE_AUTH && r->expects_body) {
+        hand_back(r, false);
+        api_req_unref(r);
+        return;
+    } else {
+        set_stage(r, API_STAGE_WORK);
+        r->route->handler(r);
+    }
     if (r->is_stream) {
         api_stream_end(r);
     } else {
@@ -667,95 +714,16 @@ static void work(void *arg)
     api_req_unref(r);
 }
 
-/* Sends an error at once from the MHD thread (routing and size errors). */
-static enum MHD_Result fail_now(api_req *r, int status, const char *code, const char *fmt, const char *arg)
+/* Suspends the connection and hands the request to a worker at the given stage (MHD thread). */
+static enum MHD_Result dispatch(api_req *r, api_stage stage)
 {
-    api_reply_error(r, status, code, fmt, arg);
-    r->ready = true;
-    return queue(r);
-}
-
-/* The access handler (MHD thread): called once with the headers, once per piece of body, once at
- * the end of the body, and once more after a worker resumed the connection. */
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-                                  const char *version, const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
-{
-    (void)version;
-    (void)upload_data;
-    api_server *srv = cls;
-    api_req *r = *con_cls;
-    if (!r) {
-        if (!(r = req_new(srv, conn, url, method)))
-            return MHD_NO;
-        *con_cls = r;
-        if (srv->stopping)
-            return fail_now(r, 503, "unavailable", "%s", "the server is shutting down");
-        size_t index = SIZE_MAX;
-        switch (api_route_find(method, url, &index, &r->param)) {
-        case API_MATCH_OK: break;
-        case API_MATCH_NOT_FOUND: return fail_now(r, 404, "not_found", "no route for path '%s'", url);
-        case API_MATCH_BAD_METHOD:
-            return fail_now(r, 405, "method_not_allowed", "this path does not accept %s", method);
-        case API_MATCH_BAD_ESCAPE:
-            return fail_now(r, 400, "invalid_argument", "%s",
-                            "malformed path: bad percent-escape, control character or invalid UTF-8");
-        }
-        r->route_index = index;
-        r->route = &api_route_table[index];
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        if (cl) {
-            char *end;
-            errno = 0;
-            unsigned long long len = strtoull(cl, &end, 10);
-            if (errno || *end || len > srv->set.max_body_bytes) {
-                char limit[32];
-                snprintf(limit, sizeof(limit), "%zu", srv->set.max_body_bytes);
-                return fail_now(r, 413, "payload_too_large",
-                                "request body over the limit of %s bytes (server.max_body_bytes)", limit);
-            }
-        }
-        return MHD_YES;
-    }
-
-    if (*upload_data_size) {
-        if (!r->too_large && qr_buf_append(&r->body, upload_data, *upload_data_size))
-            r->too_large = true;
-        r->body_seen += *upload_data_size;
-        *upload_data_size = 0;
-        /* A chunked body past the limit is read and dropped so that the client gets its 413, but
-         * not forever. */
-        if (r->too_large && r->body_seen > 2 * srv->set.max_body_bytes + (1u << 20))
-            return MHD_NO;
-        return MHD_YES;
-    }
-
-    pthread_mutex_lock(&r->lock);
-    bool ready = r->ready, queued = r->queued, dispatched = r->suspended || r->refs > 1;
-    pthread_mutex_unlock(&r->lock);
-    if (queued)
-        return MHD_YES;
-    if (ready)
-        return queue(r);
-    if (dispatched)
-        return MHD_YES;
-    if (r->too_large) {
-        char limit[32];
-        snprintf(limit, sizeof(limit), "%zu", srv->set.max_body_bytes);
-        return fail_now(r, 413, "payload_too_large",
-                        "request body over the limit of %s bytes (server.max_body_bytes)", limit);
-    }
-    if (r->route->inline_) {
-        r->route->handler(r);
-        r->ready = true;
-        return queue(r);
-    }
-
+    api_server *srv = r->srv;
     /* Suspend first, then hand over: the worker may resume before submit even returns. */
     api_req_ref(r);
     pthread_mutex_lock(&r->lock);
+    r->stage = stage;
     r->suspended = true;
-    MHD_suspend_connection(conn);
+    MHD_suspend_connection(r->conn);
     pthread_mutex_unlock(&r->lock);
     pthread_mutex_lock(&srv->lock);
     srv->suspended++;
@@ -767,6 +735,159 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         api_req_unref(r);
     }
     return MHD_YES;
+}
+
+/* Sends an error at once from the MHD thread (routing and size errors). */
+static enum MHD_Result fail_now(api_req *r, int status, const char *code, const char *fmt, const char *arg)
+{
+    api_reply_error(r, status, code, fmt, arg);
+    r->ready = true;
+    return queue(r);
+}
+
+/* The most body bytes route reads, and *key the setting that says so (NULL: a fixed limit). */
+static size_t body_limit(const api_server *srv, const api_route *route, const char **key)
+{
+    size_t limit = srv->set.max_body_bytes;
+    *key = "server.max_body_bytes";
+    if (route->body == API_BODY_JSON && srv->set.max_json_bytes < limit) {
+        limit = srv->set.max_json_bytes;
+        *key = "server.max_json_bytes";
+    } else if (route->body == API_BODY_SMALL && API_SMALL_BODY_MAX < limit) {
+        limit = API_SMALL_BODY_MAX;
+        *key = NULL;
+    }
+    return limit;
+}
+
+static enum MHD_Result refuse_too_large(api_req *r)
+{
+    const char *key;
+    size_t limit = body_limit(r->srv, r->route, &key);
+    char msg[160];
+    snprintf(msg, sizeof(msg), "request body over the limit of %zu bytes for this route%s%s%s", limit,
+             key ? " (" : "", key ? key : "", key ? ")" : "");
+    return fail_now(r, 413, "payload_too_large", "%s", msg);
+}
+
+/* The body may come now (MHD thread): its bytes go through the access handler, under the
+ * connection's body-rate deadline. */
+static void start_body(api_req *r)
+{
+    set_stage(r, API_STAGE_BODY);
+    api_guard_body(r->srv->guard, r->guarded);
+}
+
+/* The first call of the access handler, with the headers (MHD thread): routes, checks the declared
+ * body size, and sends the request to be authenticated before any of its body is read. */
+static enum MHD_Result on_headers(api_server *srv, struct MHD_Connection *conn, const char *url,
+                                  const char *method, void **con_cls)
+{
+    api_req *r = req_new(srv, conn, url, method);
+    if (!r)
+        return MHD_NO;
+    *con_cls = r;
+    api_guard_busy(srv->guard, r->guarded);
+    if (srv->stopping)
+        return fail_now(r, 503, "unavailable", "%s", "the server is shutting down");
+    size_t index = SIZE_MAX;
+    switch (api_route_find(method, url, &index, &r->param)) {
+    case API_MATCH_OK: break;
+    case API_MATCH_NOT_FOUND: return fail_now(r, 404, "not_found", "no route for path '%s'", url);
+    case API_MATCH_BAD_METHOD:
+        return fail_now(r, 405, "method_not_allowed", "this path does not accept %s", method);
+    case API_MATCH_BAD_ESCAPE:
+        return fail_now(r, 400, "invalid_argument", "%s",
+                        "malformed path: bad percent-escape, control character or invalid UTF-8");
+    }
+    r->route_index = index;
+    r->route = &api_route_table[index];
+    const char *key;
+    r->body_max = body_limit(srv, r->route, &key);
+    qr_buf_init(&r->body, r->body_max);
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    unsigned long long len = 0;
+    if (cl) {
+        char *end;
+        errno = 0;
+        len = strtoull(cl, &end, 10);
+        if (errno || *end || len > r->body_max)
+            return refuse_too_large(r);
+    }
+    r->expects_body = len > 0 || MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    if (r->route->access == API_ACCESS_PUBLIC) {
+        start_body(r);
+        return MHD_YES;
+    }
+    r->at_headers = true;
+    return dispatch(r, API_STAGE_AUTH);
+}
+
+/* The access handler (MHD thread): called once with the headers, once more after the worker that
+ * authenticated the request resumed it, once per piece of body, once at the end of the body, and
+ * once more after a worker resumed the connection with the answer. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    api_server *srv = cls;
+    api_req *r = *con_cls;
+    if (!r)
+        return on_headers(srv, conn, url, method, con_cls);
+
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        if (!r->too_large && qr_buf_append(&r->body, upload_data, n))
+            r->too_large = true;
+        r->body_seen += n;
+        *upload_data_size = 0;
+        api_guard_body_bytes(r->guarded, n);
+        /* A chunked body past the limit is read and dropped so that the client gets its 413, but
+         * not forever. */
+        if (r->too_large && r->body_seen > 2 * r->body_max + (1u << 20))
+            return MHD_NO;
+        return MHD_YES;
+    }
+
+    pthread_mutex_lock(&r->lock);
+    bool ready = r->ready, queued = r->queued;
+    api_stage stage = r->stage;
+    pthread_mutex_unlock(&r->lock);
+    /* the call after the authenticating worker resumed the connection is the last one at the
+     * headers: MHD goes on to the body, or to the final call, once it returns */
+    bool at_headers = r->at_headers;
+    r->at_headers = false;
+    if (queued)
+        return MHD_YES;
+    if (ready) {
+        /* Answered at the headers, MHD discards the body unread and closes the connection after the
+         * answer: right for a refused body, a waste of a kept-alive connection for a request without
+         * one, whose answer waits for the final call that comes right after this one. */
+        if (at_headers && !r->expects_body)
+            return MHD_YES;
+        return queue(r);
+    }
+    if (stage == API_STAGE_ADMITTED) {
+        /* the call right after the worker admitted the request: MHD reads the body (and sends
+         * 100 Continue first when the client waits for it) once this returns */
+        start_body(r);
+        return MHD_YES;
+    }
+    if (stage != API_STAGE_BODY)
+        return MHD_YES; /* a worker has it */
+
+    /* the whole body is in */
+    api_guard_busy(srv->guard, r->guarded);
+    if (r->too_large)
+        return refuse_too_large(r);
+    if (r->route->inline_) {
+        set_stage(r, API_STAGE_WORK);
+        r->route->handler(r);
+        r->ready = true;
+        return queue(r);
+    }
+    return dispatch(r, API_STAGE_WORK);
 }
 
 /* One access record with the path cut to path_max bytes ("truncated":true when it was). The
@@ -845,6 +966,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_unlock(&r->lock);
     if (unsent)
         MHD_destroy_response(unsent);
+    /* a kept-alive connection owes the next request's header block from now on */
+    api_guard_idle(srv->guard, r->guarded);
     double secs = (double)(qr_now_ns() - r->start_ns) / 1e9;
     api_metrics_request(srv->metrics, r->route_index, status, secs);
     access_line(r, status, secs * 1000.0);

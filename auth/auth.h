@@ -155,8 +155,10 @@ qr_status auth_key_revoke(auth_ctx *ctx, const char *id, char *err);
 qr_status auth_key_verify(auth_ctx *ctx, const char *key, auth_key_info *info, char *err);
 /* The principal a request with this key acts as. The key must hold every scope in `required`
  * (QR_EPERM otherwise). With on_behalf_of (a uid) the key needs the on_behalf_of scope and the
- * result is that user's principal (auth_resolve). Without it the key acts as itself: uid
- * "key:<id>", ACL principals {"public"}, is_admin when it has the admin scope. */
+ * result is that user's principal (auth_resolve), an administrator only when the key has the
+ * admin scope too (else a copy with is_admin false: the user's groups and ACL principals, not
+ * the right to read everything). Without it the key acts as itself: uid "key:<id>", ACL
+ * principals {"public"}, is_admin when it has the admin scope. */
 qr_status auth_key_principal(auth_ctx *ctx, const char *key, const char *on_behalf_of, unsigned required,
                              auth_principal **out, char *err);
 

@@ -427,6 +427,21 @@ qr_status auth_key_verify(auth_ctx *ctx, const char *key, auth_key_info *info, c
     return st;
 }
 
+/* Replaces *p (released) by a copy that is not an administrator: same uid, groups and ACL
+ * principals. On error *p is NULL. */
+static qr_status without_admin(auth_principal **p, char *err)
+{
+    const auth_principal *a = *p;
+    auth_principal *copy = NULL;
+    qr_status st =
+        auth_principal_new(a->uid, a->dn, a->display_name, a->mail, a->groups, a->ngroups, false, &copy);
+    auth_principal_release(*p);
+    *p = copy;
+    if (st)
+        return qr_fail(err, st, "out of memory");
+    return QR_OK;
+}
+
 qr_status auth_key_principal(auth_ctx *ctx, const char *key, const char *on_behalf_of, unsigned required,
                              auth_principal **out, char *err)
 {
@@ -444,6 +459,13 @@ qr_status auth_key_principal(auth_ctx *ctx, const char *key, const char *on_beha
                      info.id);
     } else if (on_behalf_of) {
         st = auth_resolve(ctx, on_behalf_of, out, err);
+        /* Acting as an administrator takes the key's own admin scope: a portal key that may
+         * search for users must not read every document, or reach admin routes, by naming one. */
+        if (!st && (*out)->is_admin && !(info.scopes & AUTH_SCOPE_ADMIN))
+            st = without_admin(out, err);
+        /* which names exist in the directory is for administrators to learn, not for every key */
+        if (st == QR_ENOTFOUND && !(info.scopes & AUTH_SCOPE_ADMIN))
+            qr_fail(err, QR_ENOTFOUND, "X-Quarry-User: not a user this key can act for");
     } else {
         char uid[8 + AUTH_KEY_ID_LEN];
         snprintf(uid, sizeof(uid), "key:%s", info.id);

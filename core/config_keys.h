@@ -32,12 +32,24 @@
     X(INT, server, queue_max, "256", 1, 100000, NULL, false,                                                 \
       "Requests waiting for a worker; beyond it the server answers 503 overloaded.")                         \
     X(INT, server, max_connections, "1024", 1, 100000, NULL, false, "Open connections accepted at once.")    \
-    X(INT, server, per_ip_connections, "0", 0, 100000, NULL, false,                                          \
-      "Open connections accepted from one client address (0: no limit of its own).")                         \
+    X(INT, server, per_ip_connections, "64", 0, 100000, NULL, false,                                         \
+      "Open connections accepted from one client address (0: no limit of its own; raise it behind a "        \
+      "reverse proxy, whose connections all come from its address).")                                        \
     X(INT, server, connection_timeout_s, "30", 1, 3600, NULL, false,                                         \
       "A connection idle this long (a slow or stalled client) is closed.")                                   \
+    X(INT, server, header_timeout_s, "10", 1, 3600, NULL, false,                                             \
+      "A connection must send a whole request header block within this many seconds of opening, or "         \
+      "of its previous answer (this also bounds an idle kept-alive connection); else it is closed.")         \
+    X(INT, server, min_body_rate, "1024", 0, 1073741824, NULL, false,                                        \
+      "Bytes per second a request body must average once server.body_grace_s has passed; a slower "          \
+      "one is closed (0: no minimum).")                                                                      \
+    X(INT, server, body_grace_s, "10", 1, 3600, NULL, false,                                                 \
+      "Seconds a request body may take before server.min_body_rate applies.")                                \
     X(INT, server, max_body_bytes, "33554432", 1024, 4294967296.0, NULL, false,                              \
-      "Largest request body; larger ones get 413.")                                                          \
+      "Largest request body (document uploads); larger ones get 413.")                                       \
+    X(INT, server, max_json_bytes, "1048576", 1024, 4294967296.0, NULL, false,                               \
+      "Largest body of the routes that take a JSON request object (search, ask, chat, ACL changes); "        \
+      "larger ones get 413. Never more than server.max_body_bytes.")                                         \
     X(INT, server, json_max_depth, "32", 2, 1000, NULL, false,                                               \
       "Deepest nesting of arrays and objects accepted in a JSON body.")                                      \
     X(INT, server, shutdown_grace_s, "10", 0, 3600, NULL, false,                                             \

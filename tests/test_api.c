@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -355,6 +356,17 @@ TEST(api_keys_scopes_and_on_behalf_of)
     CHECK_INT(api_http(f.base, "GET", "/v1/me", H(h1, "X-Quarry-User: bob"), NULL, 0, &r), 403);
     api_resp_release(&r);
     CHECK_INT(api_http(f.base, "GET", "/v1/me", H(h2, "X-Quarry-User: nobody-such"), NULL, 0, &r), 401);
+    /* the key learns that it cannot act for that name, not whether the directory has it */
+    CHECK_MSG(!strstr(qr_buf_str(&r.body), "no such user") && !strstr(qr_buf_str(&r.body), "nobody-such"),
+              "%s", qr_buf_str(&r.body));
+    api_resp_release(&r);
+    char *admin_obo_key = make_key(&f, "admin,on_behalf_of");
+    CHECK(admin_obo_key);
+    char h4[256];
+    snprintf(h4, sizeof(h4), "X-API-Key: %s", admin_obo_key);
+    free(admin_obo_key);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(h4, "X-Quarry-User: nobody-such"), NULL, 0, &r), 401);
+    CHECK_MSG(strstr(qr_buf_str(&r.body), "no such user 'nobody-such'"), "%s", qr_buf_str(&r.body));
     api_resp_release(&r);
     /* a user cannot claim to be someone else */
     CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE, "X-Quarry-User: bob"), NULL, 0, &r), 403);
@@ -380,6 +392,53 @@ TEST(api_keys_scopes_and_on_behalf_of)
     free(search_key);
     free(portal_key);
     free(admin_key);
+    api_fx_stop(&f);
+}
+
+TEST(on_behalf_of_acts_as_admin_only_with_admin_scope)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    char *portal_key = make_key(&f, "search,chat,on_behalf_of");
+    char *admin_key = make_key(&f, "search,admin,on_behalf_of");
+    CHECK(portal_key && admin_key);
+    char portal[256], admin[256];
+    snprintf(portal, sizeof(portal), "X-API-Key: %s", portal_key);
+    snprintf(admin, sizeof(admin), "X-API-Key: %s", admin_key);
+    free(portal_key);
+    free(admin_key);
+    const char *query = "{\"query\":\"expense reimbursement\",\"k\":10,\"mode\":\"bm25\"}";
+    struct {
+        const char *key, *user;
+        bool admin; /* what the request may do: read everything, use admin routes */
+    } cases[] = {
+        {portal, "X-Quarry-User: dave", false}, /* dave is an administrator; the key is not */
+        {admin, "X-Quarry-User: dave", true},
+        {admin, "X-Quarry-User: alice", false}, /* the key is; alice is not */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        api_resp r;
+        CHECK_INT(api_http(f.base, "GET", "/v1/me", H(cases[i].key, cases[i].user), NULL, 0, &r), 200);
+        CHECK_MSG(json_is_true(json_object_get(r.json, "is_admin")) == cases[i].admin, "case %zu: /v1/me %s",
+                  i, qr_buf_str(&r.body));
+        api_resp_release(&r);
+        /* the administrators' document (no ACL) */
+        CHECK_INT(api_http(f.base, "POST", "/v1/search", H(cases[i].key, cases[i].user), query, 0, &r), 200);
+        char ids[1024];
+        result_ids(json_object_get(r.json, "results"), ids, sizeof(ids));
+        api_resp_release(&r);
+        CHECK_MSG((strstr(ids, "finance/board.md") != NULL) == cases[i].admin,
+                  "case %zu: the search found %s", i, ids);
+        /* the user's own documents, whatever the key */
+        CHECK_MSG(strstr(ids, "policies/expenses.md") || strstr(cases[i].user, "dave"),
+                  "case %zu: the search found %s", i, ids);
+        long st = api_http(f.base, "GET", "/v1/documents/finance%2Fboard.md", H(cases[i].key, cases[i].user),
+                           NULL, 0, &r);
+        api_resp_release(&r);
+        CHECK_MSG(st == (cases[i].admin ? 200 : 403), "case %zu: GET /v1/documents/{id} gave %ld", i, st);
+    }
     api_fx_stop(&f);
 }
 
@@ -689,6 +748,392 @@ TEST(slow_client_is_dropped)
     close(fd);
     CHECK_MSG(pr > 0 && n <= 0, "the server did not close a stalled connection (poll %d, read %zd)", pr, n);
     CHECK_MSG(secs >= 0.5 && secs < 4.5, "closed after %.2f s with a 1 s timeout", secs);
+    api_fx_stop(&f);
+}
+
+/* ---- abusive connections ------------------------------------------------------------------------ */
+
+/* A raw connection to the fixture's server from source address `from` (NULL: any; every 127/8
+ * address is this host), non-blocking. -1 on failure. */
+static int raw_connect(const api_fixture *f, const char *from)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    if (from) {
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        inet_pton(AF_INET, from, &src.sin_addr);
+        if (bind(fd, (struct sockaddr *)&src, sizeof(src)) != 0) {
+            close(fd);
+            return -1;
+        }
+    }
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)api_server_port(f->srv))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
+/* Writes all of s (waiting while the socket is full); false when the server closed it. */
+static bool raw_send(int fd, const char *s, size_t n)
+{
+    while (n) {
+        ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EAGAIN) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            poll(&p, 1, 1000);
+            continue;
+        }
+        if (k <= 0)
+            return false;
+        s += k;
+        n -= (size_t)k;
+    }
+    return true;
+}
+
+/* Reads what is there without waiting, appending to buf (NUL-terminated, cap bytes); true once the
+ * server closed the connection (end of stream or reset). */
+static bool raw_drain(int fd, char *buf, size_t cap, size_t *len)
+{
+    for (;;) {
+        char tmp[4096];
+        ssize_t k = recv(fd, tmp, sizeof(tmp), 0);
+        if (k > 0) {
+            size_t c = (size_t)k < cap - 1 - *len ? (size_t)k : cap - 1 - *len;
+            memcpy(buf + *len, tmp, c);
+            *len += c;
+            buf[*len] = '\0';
+            continue;
+        }
+        return k == 0 || (errno != EAGAIN && errno != EINTR);
+    }
+}
+
+/* Waits up to timeout_ms for the server to answer (a whole header block) or close; returns the
+ * answer's status, 0 without one. *closed tells whether the server closed the connection. */
+static int raw_answer(int fd, int timeout_ms, bool *closed)
+{
+    char buf[8192] = "";
+    size_t len = 0;
+    uint64_t end = qr_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    *closed = false;
+    for (;;) {
+        *closed = raw_drain(fd, buf, sizeof(buf), &len);
+        if (*closed || strstr(buf, "\r\n\r\n") || qr_now_ns() >= end)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        poll(&p, 1, 50);
+    }
+    return strncmp(buf, "HTTP/1.1 ", 9) == 0 ? atoi(buf + 9) : 0;
+}
+
+/* VmRSS of this process, where the fixture's server runs, in bytes (-1: unknown). */
+static long long self_rss(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long long kib = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kib = atoll(line + 6);
+    if (f)
+        fclose(f);
+    return kib < 0 ? -1 : kib * 1024;
+}
+
+/* Sends the same request twice through one libcurl handle; true when the second went over the
+ * first's connection (the server kept it alive). *status gets the second answer's status. */
+static bool kept_alive(const api_fixture *f, const char *method, const char *path, const char *auth,
+                       const char *body, long *status)
+{
+    CURL *h = curl_easy_init();
+    struct curl_slist *list = curl_slist_append(NULL, "Content-Type: application/json");
+    list = curl_slist_append(list, "Expect:");
+    if (auth)
+        list = curl_slist_append(list, auth);
+    char url[256];
+    snprintf(url, sizeof(url), "%s%s", f->base, path);
+    qr_buf sink;
+    qr_buf_init(&sink, 1 << 20);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, api_sink);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 30000L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    if (body)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    long connects = -1;
+    *status = 0;
+    bool ok = curl_easy_perform(h) == CURLE_OK;
+    qr_buf_reset(&sink);
+    ok = ok && curl_easy_perform(h) == CURLE_OK;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &connects);
+    qr_buf_release(&sink);
+    curl_slist_free_all(list);
+    curl_easy_cleanup(h);
+    return ok && connects == 0;
+}
+
+TEST(bodies_wait_for_credentials)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    /* Credentials and rights are in the headers: a client that waits for 100 Continue gets its
+     * 401 or 403 instead, and its body is never asked for. */
+    struct {
+        const char *auth;
+        int status;
+    } early[] = {{"", 401}, {ALICE, 403}};
+    for (size_t i = 0; i < 2; i++) {
+        char head[1024];
+        int n =
+            snprintf(head, sizeof(head),
+                     "POST /v1/documents HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                     "Content-Length: 33554432\r\nExpect: 100-continue\r\n%s%s\r\n",
+                     early[i].auth, *early[i].auth ? "\r\n" : "");
+        int fd = raw_connect(&f, NULL);
+        CHECK(fd >= 0 && raw_send(fd, head, (size_t)n));
+        bool closed;
+        int status = raw_answer(fd, 10000, &closed);
+        close(fd);
+        CHECK_MSG(status == early[i].status, "case %zu: the first answer was %d, not %d", i, status,
+                  early[i].status);
+    }
+
+    /* 20 clients without credentials each send all but the last byte of a 32 MiB upload and hold:
+     * before, the server buffered every byte (about 640 MB); now each gets 401 at once and the
+     * server reads no body at all (what the kernel's socket buffers take is not its memory). */
+    enum { CONNS = 20 };
+    const long long length = 33554432;
+    static char chunk[1 << 16];
+    memset(chunk, 'x', sizeof(chunk));
+    int fd[CONNS];
+    long long sent[CONNS];
+    bool done[CONNS];
+    long long before = self_rss();
+    char head[256];
+    int hn = snprintf(head, sizeof(head),
+                      "POST /v1/documents HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                      "Content-Length: %lld\r\n\r\n",
+                      length);
+    for (int i = 0; i < CONNS; i++) {
+        fd[i] = raw_connect(&f, NULL);
+        CHECK(fd[i] >= 0 && raw_send(fd[i], head, (size_t)hn));
+        sent[i] = 0;
+        done[i] = false;
+    }
+    uint64_t t0 = qr_now_ns();
+    for (bool busy = true; busy && qr_now_ns() - t0 < 60000000000ull;) {
+        busy = false;
+        for (int i = 0; i < CONNS; i++) {
+            if (done[i])
+                continue;
+            long long want = length - 1 - sent[i];
+            ssize_t k = send(fd[i], chunk, want < (long long)sizeof(chunk) ? (size_t)want : sizeof(chunk),
+                             MSG_NOSIGNAL);
+            if (k > 0)
+                sent[i] += k;
+            /* the server closed it, or stopped reading: this client is as far as it gets */
+            done[i] = (k < 0 && errno != EAGAIN) || sent[i] == length - 1;
+            busy = busy || !done[i];
+        }
+        struct pollfd p[CONNS];
+        for (int i = 0; i < CONNS; i++)
+            p[i] = (struct pollfd){.fd = done[i] ? -1 : fd[i], .events = POLLOUT};
+        /* a client the server stopped reading from (and never answers) ends at the 60 s cap */
+        poll(p, CONNS, 100);
+    }
+    usleep(500000);
+    long long growth = self_rss() - before;
+    int answered = 0;
+    long long total = 0;
+    uint64_t until = qr_now_ns() + 5000000000ull; /* for all of them: a server that never answers */
+    for (int i = 0; i < CONNS; i++) {
+        bool closed;
+        uint64_t now = qr_now_ns();
+        answered += raw_answer(fd[i], now < until ? (int)((until - now) / 1000000u) : 0, &closed) == 401;
+        total += sent[i];
+    }
+    for (int i = 0; i < CONNS; i++)
+        close(fd[i]);
+    fprintf(stderr, "%d clients sent %lld MiB without credentials; the server grew by %lld MiB\n", CONNS,
+            total >> 20, growth >> 20);
+    CHECK(before > 0);
+    CHECK_MSG(growth < 100ll << 20, "the server grew by %lld MiB while %d unauthenticated bodies were held",
+              growth >> 20, CONNS);
+    CHECK_INT(answered, CONNS);
+
+    /* Authenticated callers: routes that take a small JSON object refuse big bodies with 413 long
+     * before server.max_body_bytes, which is for uploads. */
+    api_resp r;
+    size_t big = 2u << 20;
+    char *pad = malloc(big + 64);
+    CHECK(pad);
+    int pn = snprintf(pad, big + 64, "{\"query\":\"expense\",\"padding\":\"");
+    memset(pad + pn, 'a', big);
+    snprintf(pad + pn + big, 64, "\"}");
+    long st = api_http(f.base, "POST", "/v1/search", H(ALICE), pad, 0, &r);
+    free(pad);
+    CHECK_MSG(st == 413 && strcmp(api_error_code(&r), "payload_too_large") == 0 &&
+                  strstr(qr_buf_str(&r.body), "server.max_json_bytes"),
+              "a 2 MiB search: %ld %s", st, qr_buf_str(&r.body));
+    api_resp_release(&r);
+    char login[40 << 10];
+    memset(login, ' ', sizeof(login) - 1);
+    login[sizeof(login) - 1] = '\0';
+    memcpy(login, "{\"username\":\"alice\",\"password\":\"x\"}", 35);
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", NULL, login, 0, &r), 413);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE), "{\"query\":\"expense\"}", 0, &r), 200);
+    api_resp_release(&r);
+    /* answers keep their connection alive, whether they come from the headers alone (a request
+     * without a body is handled by the worker that authenticates it) or after a body */
+    struct {
+        const char *method, *path, *auth, *body;
+        long status;
+    } again[] = {
+        {"GET", "/v1/me", ALICE, NULL, 200},
+        {"GET", "/v1/me", NULL, NULL, 401},
+        {"POST", "/v1/search", ALICE, "{\"query\":\"expense\"}", 200},
+    };
+    for (size_t i = 0; i < sizeof(again) / sizeof(again[0]); i++) {
+        long status;
+        bool reused = kept_alive(&f, again[i].method, again[i].path, again[i].auth, again[i].body, &status);
+        CHECK_MSG(reused && status == again[i].status, "%s %s: status %ld, connection %s", again[i].method,
+                  again[i].path, status, reused ? "reused" : "not reused");
+    }
+    /* an administrator's upload that waits for 100 Continue gets it once authenticated */
+    const char doc[] = "{\"doc_id\":\"continue.md\",\"text\":\"Sent after 100 Continue.\"}";
+    char up[1024];
+    int un = snprintf(up, sizeof(up),
+                      "POST /v1/documents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nExpect: 100-continue\r\n%s\r\n\r\n",
+                      sizeof(doc) - 1, DAVE);
+    int ufd = raw_connect(&f, NULL);
+    CHECK(ufd >= 0 && raw_send(ufd, up, (size_t)un));
+    bool closed;
+    CHECK_INT(raw_answer(ufd, 10000, &closed), 100);
+    CHECK(raw_send(ufd, doc, sizeof(doc) - 1));
+    int created = raw_answer(ufd, 10000, &closed);
+    close(ufd);
+    CHECK_INT(created, 201);
+    api_fx_stop(&f);
+}
+
+TEST(slow_headers_and_bodies_are_cut)
+{
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.header_timeout_s", "2", "server.body_grace_s", "1", "server.min_body_rate",
+                       "100", NULL));
+    /* three slow clients, each well within MHD's 30 s idle timeout: one header line a second on a
+     * new connection; the same on a kept-alive one after a first answer; a body a byte per 0.25 s */
+    enum { HEADERS, KEPT_ALIVE, BODY, N };
+    const char *what[N] = {"slow headers", "slow headers after an answer", "slow body"};
+    int fd[N];
+    for (int i = 0; i < N; i++)
+        CHECK((fd[i] = raw_connect(&f, NULL)) >= 0);
+    const char first[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    CHECK(raw_send(fd[KEPT_ALIVE], first, sizeof(first) - 1));
+    bool closed;
+    CHECK_INT(raw_answer(fd[KEPT_ALIVE], 5000, &closed), 200);
+    CHECK(!closed);
+    const char line[] = "GET /healthz HTTP/1.1\r\n";
+    const char post[] = "POST /v1/auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        "Content-Length: 1000\r\n\r\n{";
+    CHECK(raw_send(fd[HEADERS], line, sizeof(line) - 1));
+    CHECK(raw_send(fd[KEPT_ALIVE], line, sizeof(line) - 1));
+    CHECK(raw_send(fd[BODY], post, sizeof(post) - 1));
+    uint64_t t0 = qr_now_ns();
+    double cut[N] = {0, 0, 0};
+    bool served = false;
+    for (int tick = 0; qr_now_ns() - t0 < 12000000000ull && (!cut[0] || !cut[1] || !cut[2]); tick++) {
+        usleep(250000);
+        double secs = (double)(qr_now_ns() - t0) / 1e9;
+        for (int i = 0; i < N; i++) {
+            if (cut[i])
+                continue;
+            char buf[4096] = "";
+            size_t len = 0;
+            bool gone = raw_drain(fd[i], buf, sizeof(buf), &len);
+            if (!gone && i == BODY)
+                gone = !raw_send(fd[i], " ", 1);
+            else if (!gone && tick % 4 == 3)
+                gone = !raw_send(fd[i], "X-Slow: 1\r\n", 11);
+            if (gone)
+                cut[i] = secs;
+        }
+        if (!served && secs > 1) {
+            /* meanwhile an ordinary client is served */
+            api_resp r;
+            served = api_http(f.base, "GET", "/healthz", NULL, NULL, 0, &r) == 200;
+            api_resp_release(&r);
+            CHECK(served);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        close(fd[i]);
+    fprintf(stderr, "closed after %.2f s (headers), %.2f s (kept alive), %.2f s (body)\n", cut[HEADERS],
+            cut[KEPT_ALIVE], cut[BODY]);
+    /* deadlines: 2 s for the header blocks, 1 s of grace plus 1 s per 100 bytes for the body */
+    for (int i = 0; i < N; i++)
+        CHECK_MSG(cut[i] >= 0.75 && cut[i] < 8, "%s: %s after %.2f s", what[i],
+                  cut[i] ? "closed" : "still open", cut[i] ? cut[i] : 12.0);
+    CHECK(served);
+    api_fx_stop(&f);
+}
+
+TEST(connections_per_address_are_limited)
+{
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    /* a long header deadline: the kept-alive connections must outlast a slow run of this test */
+    CHECK(api_fx_start(&f, "server.header_timeout_s", "120", NULL));
+    /* the default limit: 64 connections from one address, each kept alive after an answer (so the
+     * server surely holds all of them) */
+    enum { LIMIT = 64 };
+    int fd[LIMIT];
+    const char get[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (int i = 0; i < LIMIT; i++) {
+        bool closed;
+        CHECK((fd[i] = raw_connect(&f, "127.0.0.2")) >= 0);
+        CHECK(raw_send(fd[i], get, sizeof(get) - 1));
+        CHECK_MSG(raw_answer(fd[i], 5000, &closed) == 200 && !closed, "connection %d was not served", i);
+    }
+    /* one more from that address is closed at once, unanswered */
+    int extra = raw_connect(&f, "127.0.0.2");
+    CHECK(extra >= 0);
+    raw_send(extra, get, sizeof(get) - 1);
+    bool closed;
+    int status = raw_answer(extra, 5000, &closed);
+    close(extra);
+    CHECK_MSG(closed && status == 0, "connection %d from one address: status %d, %s", LIMIT + 1, status,
+              closed ? "closed" : "open");
+    /* another address is served meanwhile */
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/healthz", NULL, NULL, 0, &r), 200);
+    api_resp_release(&r);
+    /* and once one closes, the address may connect again */
+    close(fd[0]);
+    int again = 0;
+    for (int i = 0; i < 40 && again != 200; i++) {
+        usleep(50000);
+        int g = raw_connect(&f, "127.0.0.2");
+        if (g >= 0 && raw_send(g, get, sizeof(get) - 1))
+            again = raw_answer(g, 2000, &closed);
+        if (g >= 0)
+            close(g);
+    }
+    for (int i = 1; i < LIMIT; i++)
+        close(fd[i]);
+    CHECK_INT(again, 200);
     api_fx_stop(&f);
 }
 
