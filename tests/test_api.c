@@ -1139,6 +1139,183 @@ TEST(maintainer_never_blocks_requests)
     api_fx_stop(&f);
 }
 
+/* The doc ids a vector search for `query` finds as `who`, comma-joined; the status goes to *status. */
+static void vector_ids(api_fixture *f, const char *who, const char *query, char *out, size_t len,
+                       long *status)
+{
+    char body[512];
+    snprintf(body, sizeof(body), "{\"query\":\"%s\",\"k\":5,\"mode\":\"vector\"}", query);
+    api_resp r;
+    *status = api_http(f->base, "POST", "/v1/search", H(who), body, 0, &r);
+    result_ids(json_object_get(r.json, "results"), out, len);
+    api_resp_release(&r);
+}
+
+/* An integer of /readyz's checks.indexes, or -1. */
+static long long readyz_index_int(api_fixture *f, const char *field, long *status)
+{
+    api_resp r;
+    *status = api_http(f->base, "GET", "/readyz", H(ALICE), NULL, 0, &r);
+    json_t *v = json_object_get(json_object_get(json_object_get(r.json, "checks"), "indexes"), field);
+    long long n = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+    api_resp_release(&r);
+    return n;
+}
+
+/* The value of a metric line ("name value" or "name{labels} value"), or -1. */
+static double metric_value(api_fixture *f, const char *series)
+{
+    api_resp r;
+    double v = -1;
+    if (api_http(f->base, "GET", "/metrics", H(DAVE), NULL, 0, &r) == 200) {
+        const char *text = qr_buf_str(&r.body);
+        size_t n = strlen(series);
+        for (const char *line = text; line && *line;
+             line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+            if (strncmp(line, series, n) == 0 && line[n] == ' ')
+                v = atof(line + n + 1);
+    }
+    api_resp_release(&r);
+    return v;
+}
+
+TEST(poison_document_never_stops_the_vector_index)
+{
+    /* Texts with no word the local embedder knows ("x", "!", "the") embed to a zero vector, which
+     * cannot be normalised. Such a chunk is left out of vector search and counted; the catch-up
+     * goes on past it, so the next document is found by vector search, and so is it after a
+     * forced rebuild. */
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    /* a first document builds the vector index, so that what follows goes through catch-up */
+    CHECK_INT(
+        put_doc(&f, "notes/first.md", "First", "Wombat burrow surveys. Marker WOMBATFIRST.", "[\"public\"]"),
+        201);
+    api_resp r;
+    const char *poison[] = {"x", "!", "the"};
+    for (size_t i = 0; i < 3; i++) {
+        char body[128], id[16];
+        snprintf(id, sizeof(id), "rt-z%zu", i);
+        snprintf(body, sizeof(body), "{\"doc_id\":\"%s\",\"text\":\"%s\",\"acl\":[\"public\"]}", id,
+                 poison[i]);
+        CHECK_INT(api_http(f.base, "POST", "/v1/documents?refresh=wait_for", H(DAVE), body, 0, &r), 201);
+        CHECK_MSG(json_is_true(json_object_get(r.json, "searchable")), "%s: %s", id, qr_buf_str(&r.body));
+        api_resp_release(&r);
+    }
+    CHECK_INT(put_doc(&f, "notes/after.md", "After",
+                      "Quokka migration patterns on the western islands. Marker QUOKKAAFTER.",
+                      "[\"public\"]"),
+              201);
+    char ids[1024];
+    long st;
+    const char *who[] = {ALICE, DAVE}; /* exact scan of the permitted chunks; the index itself */
+    for (size_t w = 0; w < 2; w++) {
+        vector_ids(&f, who[w], "quokka migration patterns", ids, sizeof(ids), &st);
+        CHECK_MSG(st == 200 && strncmp(ids, "notes/after.md", 14) == 0, "caught up, %s: %ld %s",
+                  w ? "dave" : "alice", st, ids);
+    }
+    CHECK_INT(readyz_index_int(&f, "vectors_skipped", &st), 3);
+    CHECK_INT(st, 200);
+    CHECK_INT(readyz_index_int(&f, "vector_failed_passes", &st), 0);
+    CHECK(metric_value(&f, "quarry_index_vectors_skipped") == 3);
+    CHECK(metric_value(&f, "quarry_index_failed_passes{index=\"vector\"}") == 0);
+
+    /* a forced rebuild builds past them too */
+    CHECK_INT(api_http(f.base, "POST", "/v1/index/rebuild", H(DAVE), "{}", 0, &r), 202);
+    char job_id[64];
+    snprintf(job_id, sizeof(job_id), "%s", json_string_value(json_object_get(r.json, "job_id")));
+    api_resp_release(&r);
+    json_t *job = wait_job(&f, job_id);
+    CHECK(job);
+    json_t *res = json_array_get(json_object_get(job, "results"), 0);
+    bool ok = strcmp(json_string_value(json_object_get(job, "state")), "succeeded") == 0 &&
+              json_integer_value(json_object_get(res, "vectors")) == 2 &&
+              json_integer_value(json_object_get(res, "skipped")) == 3;
+    char *dump = json_dumps(job, 0);
+    json_decref(job);
+    CHECK_MSG(ok, "%s", dump);
+    free(dump);
+    CHECK_INT(put_doc(&f, "notes/later.md", "Later", "Platypus river counts. Marker PLATYPUSLATER.",
+                      "[\"public\"]"),
+              201);
+    for (size_t w = 0; w < 2; w++) {
+        vector_ids(&f, who[w], "quokka migration patterns", ids, sizeof(ids), &st);
+        CHECK_MSG(st == 200 && strncmp(ids, "notes/after.md", 14) == 0, "rebuilt, %s: %ld %s",
+                  w ? "dave" : "alice", st, ids);
+        vector_ids(&f, who[w], "platypus river counts", ids, sizeof(ids), &st);
+        CHECK_MSG(st == 200 && strncmp(ids, "notes/later.md", 14) == 0, "after the rebuild, %s: %ld %s",
+                  w ? "dave" : "alice", st, ids);
+    }
+    /* the count follows deletions */
+    CHECK_INT(api_http(f.base, "DELETE", "/v1/documents/rt-z1?refresh=wait_for", H(DAVE), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    CHECK_INT(readyz_index_int(&f, "vectors_skipped", &st), 2);
+    CHECK_INT(st, 200);
+    CHECK(metric_value(&f, "quarry_index_vectors_skipped") == 2);
+    api_fx_stop(&f);
+}
+
+TEST(readyz_says_when_the_vector_index_keeps_failing)
+{
+    /* With vindex.delta_max=1 every catch-up of two chunks is a build; with the index's directory
+     * replaced by a file every build fails, so the vector index stops following the store. Within
+     * a few passes /readyz says so (503, "failing"); once the directory is back it recovers. */
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "vindex.delta_max", "1", "index.refresh_ms", "50", NULL));
+    CHECK_INT(put_doc(&f, "notes/one.md", "One", "Echidna habitats. Marker ECHIDNAONE.", "[\"public\"]"),
+              201);
+    long st;
+    CHECK_INT(readyz_index_int(&f, "vector_failed_passes", &st), 0);
+    CHECK_INT(st, 200);
+    char vdir[400], away[400];
+    snprintf(vdir, sizeof(vdir), "%s/data/vindex", f.dir);
+    snprintf(away, sizeof(away), "%s/data/vindex.away", f.dir);
+    CHECK(rename(vdir, away) == 0);
+    FILE *blocker = fopen(vdir, "w");
+    CHECK(blocker != NULL);
+    fclose(blocker);
+    api_resp r;
+    CHECK_INT(
+        api_http(
+            f.base, "POST", "/v1/documents", H(DAVE),
+            "{\"documents\":[{\"doc_id\":\"notes/two.md\",\"text\":\"Bilby tracks.\",\"acl\":[\"public\"]},"
+            "{\"doc_id\":\"notes/three.md\",\"text\":\"Numbat nests.\",\"acl\":[\"public\"]}]}",
+            0, &r),
+        202);
+    api_resp_release(&r);
+    /* passes every 50 ms: well within 20 s on any machine */
+    long long failed = 0;
+    for (int i = 0; i < 400 && failed < INDEX_MAINTAINER_FAILING_PASSES; i++) {
+        failed = readyz_index_int(&f, "vector_failed_passes", &st);
+        usleep(50000);
+    }
+    CHECK_MSG(failed >= INDEX_MAINTAINER_FAILING_PASSES, "failed passes: %lld", failed);
+    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 503);
+    CHECK_STR(json_string_value(json_object_get(r.json, "status")), "not_ready");
+    json_t *checks = json_object_get(r.json, "checks");
+    CHECK_STR(json_string_value(json_object_get(checks, "index")), "failing");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(checks, "indexes"), "vector")), "failing");
+    api_resp_release(&r);
+    CHECK(metric_value(&f, "quarry_index_failed_passes{index=\"vector\"}") >=
+          INDEX_MAINTAINER_FAILING_PASSES);
+    /* the directory comes back: the next pass builds, and readiness follows */
+    CHECK(unlink(vdir) == 0 && rename(away, vdir) == 0);
+    failed = -1;
+    for (int i = 0; i < 400 && failed != 0; i++) {
+        failed = readyz_index_int(&f, "vector_failed_passes", &st);
+        if (failed != 0)
+            usleep(50000);
+    }
+    CHECK_INT(failed, 0);
+    CHECK_INT(st, 200);
+    char ids[1024];
+    vector_ids(&f, DAVE, "numbat nests", ids, sizeof(ids), &st);
+    CHECK_MSG(st == 200 && strncmp(ids, "notes/three.md", 14) == 0, "%ld %s", st, ids);
+    api_fx_stop(&f);
+}
+
 /* The quarry command line for the fixture's data directory and directory server. */
 static void cli_prefix(api_fixture *f, char *out, size_t len)
 {
