@@ -860,6 +860,98 @@ TEST(documents_lifecycle)
     api_fx_stop(&f);
 }
 
+/* The doc ids a BM25 search for `query` finds as `who`, comma-joined. */
+static void bm25_ids(api_fixture *f, const char *who, const char *query, char *out, size_t len)
+{
+    char body[256];
+    snprintf(body, sizeof(body), "{\"query\":\"%s\",\"k\":5,\"mode\":\"bm25\"}", query);
+    api_resp r;
+    api_http(f->base, "POST", "/v1/search", H(who), body, 0, &r);
+    result_ids(json_object_get(r.json, "results"), out, len);
+    api_resp_release(&r);
+}
+
+/* A response's ACL ("acl" of its JSON body), comma-joined. */
+static void acl_text(const api_resp *r, char *out, size_t len)
+{
+    size_t i, o = 0;
+    json_t *e;
+    out[0] = '\0';
+    json_array_foreach(json_object_get(r->json, "acl"), i, e)
+    {
+        o += (size_t)snprintf(out + o, len > o ? len - o : 0, "%s%s", i ? "," : "", json_string_value(e));
+    }
+}
+
+TEST(acl_principals_are_canonicalised)
+{
+    /* group:Engineering and user:ERIN could never match a caller: login lower-cases group and uid
+     * names. Every entry point stores them lower-cased; one that cannot be made valid is refused
+     * with a message that names it. */
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    api_resp r;
+    char ids[512], acl[256];
+    CHECK_INT(api_http(f.base, "PUT", "/v1/documents/notes%2Fcase.md?refresh=wait_for", H(DAVE),
+                       "{\"title\":\"Case\",\"text\":\"Marker CASEFOLDDOC for the engineers and erin.\","
+                       "\"acl\":[\"group:Engineering\",\"user:ERIN\"]}",
+                       0, &r),
+              201);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/notes%2Fcase.md", H(DAVE), NULL, 0, &r), 200);
+    acl_text(&r, acl, sizeof(acl));
+    api_resp_release(&r);
+    CHECK_STR(acl, "group:engineering,user:erin");
+    const char *readers[] = {BOB, ERIN};
+    for (size_t i = 0; i < 2; i++) {
+        bm25_ids(&f, readers[i], "CASEFOLDDOC", ids, sizeof(ids));
+        CHECK_MSG(strcmp(ids, "notes/case.md") == 0, "%s: %s", i ? "erin" : "bob", ids);
+    }
+    /* the ACL route */
+    CHECK_INT(api_http(f.base, "PATCH", "/v1/documents/notes%2Fcase.md/acl?refresh=wait_for", H(DAVE),
+                       "{\"acl\":[\"group:STAFF\"]}", 0, &r),
+              200);
+    acl_text(&r, acl, sizeof(acl));
+    api_resp_release(&r);
+    CHECK_STR(acl, "group:staff");
+    bm25_ids(&f, BOB, "CASEFOLDDOC", ids, sizeof(ids));
+    CHECK_MSG(strcmp(ids, "notes/case.md") == 0, "bob, staff: %s", ids);
+    bm25_ids(&f, ERIN, "CASEFOLDDOC", ids, sizeof(ids));
+    CHECK_MSG(ids[0] == '\0', "erin, in no group: %s", ids);
+    /* multipart acl fields */
+    const char *mp = "--B\r\nContent-Disposition: form-data; name=\"acl\"\r\n\r\nuser:Erin\r\n"
+                     "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"up.txt\"\r\n"
+                     "Content-Type: text/plain\r\n\r\nMarker UPLOADCASE for erin.\r\n--B--\r\n";
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents?refresh=wait_for",
+                       H(DAVE, "Content-Type: multipart/form-data; boundary=B"), mp, strlen(mp), &r),
+              201);
+    api_resp_release(&r);
+    bm25_ids(&f, ERIN, "UPLOADCASE", ids, sizeof(ids));
+    CHECK_MSG(strcmp(ids, "up.txt") == 0, "erin: %s", ids);
+    /* refusals name the principal, and change nothing */
+    CHECK_INT(api_http(f.base, "PATCH", "/v1/documents/notes%2Fcase.md/acl", H(DAVE),
+                       "{\"acl\":[\"public\",\"user: erin\"]}", 0, &r),
+              400);
+    const char *msg = json_string_value(json_object_get(json_object_get(r.json, "error"), "message"));
+    CHECK_MSG(msg && strstr(msg, "acl[1]") && strstr(msg, "'user: erin'") && strstr(msg, "space"), "%s",
+              msg ? msg : qr_buf_str(&r.body));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE),
+                       "{\"doc_id\":\"notes/bad.md\",\"text\":\"never\",\"acl\":[\"Admins\"]}", 0, &r),
+              400);
+    msg = json_string_value(json_object_get(json_object_get(r.json, "error"), "message"));
+    CHECK_MSG(msg && strstr(msg, "'Admins'") && strstr(msg, "group:<name>"), "%s", msg ? msg : "");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/notes%2Fbad.md", H(DAVE), NULL, 0, &r), 404);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/notes%2Fcase.md", H(DAVE), NULL, 0, &r), 200);
+    acl_text(&r, acl, sizeof(acl));
+    api_resp_release(&r);
+    CHECK_STR(acl, "group:staff");
+    api_fx_stop(&f);
+}
+
 TEST(documents_listing_pages)
 {
     creds();
