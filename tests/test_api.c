@@ -320,6 +320,37 @@ TEST(failed_logins_are_rate_limited)
     char retry[32];
     CHECK(header_value(&r, "Retry-After", retry, sizeof(retry)) && atoi(retry) > 0);
     api_resp_release(&r);
+    /* and so is every other spelling LDAP takes for carol, by Basic and by the token route */
+    static const char *const spellings[] = {"carol ", " carol",
+                                            "\xef\xbd\x83\xef\xbd\x81\xef\xbd\x92\xef\xbd\x8f\xef\xbd\x8c",
+                                            "c\xef\xbd\x81rol", "CAROL"};
+    for (size_t i = 0; i < sizeof(spellings) / sizeof(spellings[0]); i++) {
+        char basic[512], body[256];
+        api_basic(basic, sizeof(basic), spellings[i], "Carol-pw-3");
+        CHECK_MSG(api_http(f.base, "GET", "/v1/me", H(basic), NULL, 0, &r) == 429, "'%s': %ld", spellings[i],
+                  r.status);
+        api_resp_release(&r);
+        snprintf(body, sizeof(body), "{\"username\":\"%s\",\"password\":\"Carol-pw-3\"}", spellings[i]);
+        CHECK_MSG(api_http(f.base, "POST", "/v1/auth/token", NULL, body, 0, &r) == 429, "token '%s': %ld",
+                  spellings[i], r.status);
+        api_resp_release(&r);
+    }
+    /* a variant spelling that logs in is the directory's uid in the principal and the token */
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", NULL,
+                       "{\"username\":\"\xef\xbc\xa2ob \",\"password\":\"Bob-pw-2\"}", 0, &r),
+              200);
+    char bearer[1200];
+    snprintf(bearer, sizeof(bearer), "Authorization: Bearer %s",
+             json_string_value(json_object_get(r.json, "access_token")));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(bearer), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "uid")), "bob");
+    api_resp_release(&r);
+    char basic[512];
+    api_basic(basic, sizeof(basic), "BOB", "Bob-pw-2");
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(basic), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "uid")), "bob");
+    api_resp_release(&r);
     api_fx_stop(&f);
 }
 
