@@ -147,9 +147,11 @@ static int relay_event(const infer_event *ev, void *user)
         return 0;
     if (ev->type == INFER_EVENT_DELTA)
         return relay_text(r, ev->text, ev->len, false);
-    /* an error ends the stream: what was held back goes out first */
-    if (r->delivered)
-        relay_text(r, NULL, 0, true);
+    /* an error ends the stream. Nothing shown yet (all of it held back): the caller has seen no
+     * text, so the drafter answers extractively instead; else what was held back goes out first */
+    if (!r->delivered)
+        return 0;
+    relay_text(r, NULL, 0, true);
     return r->req->on_event(ev, r->req->user);
 }
 

@@ -1130,6 +1130,36 @@ TEST(answer_stall_mid_stream_ends_with_error_event)
     CHECK_INT(count_requests("/v1/chat/completions"), 1);
 }
 
+TEST(answer_held_back_text_then_a_break_falls_back)
+{
+    /* The stream breaks after its first word, a marker ("[9]") that waits for the next byte to be
+     * cleaned: the caller has seen no text, so it gets the extractive answer, not an error. */
+    char err[QR_ERR_LEN];
+    CHECK(fake_reset());
+    CHECK(fake_answer("[9] Twenty-five days."));
+    CHECK(fake_fault("reset_mid_stream", -1, 1, 0));
+    infer_client *c = client_with(NULL, err);
+    CHECK_MSG(c, "%s", err);
+    collector col;
+    collector_init(&col);
+    infer_request req = leave_question;
+    req.on_event = collect;
+    req.user = &col;
+    infer_result r;
+    qr_status st = infer_answer(c, &req, &r, err);
+    infer_client_free(c);
+    CHECK_OK(st, err);
+    CHECK_INT(r.mode, INFER_MODE_EXTRACTIVE);
+    CHECK_STR(r.reason, "backend_error");
+    CHECK_STR(qr_buf_str(&col.text), r.text);
+    CHECK_INT(col.errors, 0);
+    CHECK_INT(col.dones, 1);
+    CHECK(!col.out_of_order);
+    infer_result_release(&r);
+    qr_buf_release(&col.text);
+    CHECK(fake_clear_faults());
+}
+
 TEST(answer_without_callback_retries_a_broken_stream)
 {
     char err[QR_ERR_LEN];
