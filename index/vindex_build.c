@@ -183,6 +183,8 @@ qr_status vindex_build_skip(vindex_builder *b, const int64_t *ids, size_t n, cha
 {
     if (!b || (n && !ids))
         return qr_fail(err, QR_EINVAL, "vindex_build_skip: missing argument");
+    if (n == 0)
+        return QR_OK;
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0)
             return qr_fail(err, QR_EINVAL, "chunk id %" PRId64 " is negative", ids[i]);
@@ -211,7 +213,8 @@ static qr_status check_skipped(vindex_builder *b, char *err)
     qsort(b->skip, b->nskip, sizeof(int64_t), vindex_cmp_i64);
     for (size_t i = 0; i < b->nskip; i++) {
         int64_t id = b->skip[i];
-        if ((i && id == b->skip[i - 1]) || bsearch(&id, b->ids, b->n, sizeof(int64_t), vindex_cmp_i64))
+        if ((i && id == b->skip[i - 1]) ||
+            (b->n && bsearch(&id, b->ids, b->n, sizeof(int64_t), vindex_cmp_i64)))
             return qr_fail(err, QR_EINVAL, "chunk id %" PRId64 " appears twice in the build input", id);
     }
     return QR_OK;
