@@ -42,14 +42,23 @@ static qr_status acl_from_json(json_t *acl, api_job_doc *d, char *err)
         return qr_fail(err, QR_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
         json_t *p = json_array_get(acl, i);
-        if (!json_is_string(p) || !store_principal_valid(json_string_value(p)) ||
-            strlen(json_string_value(p)) != json_string_length(p))
+        if (!json_is_string(p) || strlen(json_string_value(p)) != json_string_length(p))
             return qr_fail(err, QR_EINVAL,
                            "acl[%zu] is not a principal (\"public\", \"user:<uid>\" or "
                            "\"group:<name>\")",
                            i);
-        if (!(d->acl[d->nacl++] = strdup(json_string_value(p))))
+        /* kept as the store keeps it (group:Engineering as group:engineering), so that replies
+         * show what is stored; one that cannot be made valid is refused by name */
+        const char *given = json_string_value(p);
+        char why[QR_ERR_LEN];
+        char *canonical = malloc(strlen(given) + 1);
+        if (!canonical)
             return qr_fail(err, QR_ENOMEM, "out of memory");
+        if (store_principal_canonical(given, canonical, strlen(given) + 1, why)) {
+            free(canonical);
+            return qr_fail(err, QR_EINVAL, "acl[%zu]: %s", i, why);
+        }
+        d->acl[d->nacl++] = canonical;
     }
     return QR_OK;
 }

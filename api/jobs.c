@@ -178,8 +178,9 @@ static void *runner(void *arg)
             job->state = "succeeded";
         if (job->kind == JOB_REBUILD && !st)
             json_array_append_new(job->results,
-                                  json_pack("{s:I,s:s,s:I}", "generation", (json_int_t)rep.generation, "type",
-                                            rep.type, "vectors", (json_int_t)rep.count));
+                                  json_pack("{s:I,s:s,s:I,s:I}", "generation", (json_int_t)rep.generation,
+                                            "type", rep.type, "vectors", (json_int_t)rep.count, "skipped",
+                                            (json_int_t)rep.skipped));
         qr_log(QR_LOG_INFO, "jobs", "job %s %s", job->id, job->state);
     }
     /* whatever is still queued will not run */

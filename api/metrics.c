@@ -268,6 +268,20 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
     qr_buf_printf(o, "quarry_index_visible_change %lld\n", (long long)ms.visible);
     head(o, "quarry_index_last_pass_seconds", "gauge", "Duration of the maintainer's last pass.");
     qr_buf_printf(o, "quarry_index_last_pass_seconds %.6f\n", ms.last_pass_s);
+    head(o, "quarry_index_failed_passes", "gauge",
+         "Consecutive maintainer passes that could not bring the index up to date (0: the last one did).");
+    qr_buf_printf(o, "quarry_index_failed_passes{index=\"vector\"} %llu\n",
+                  (unsigned long long)ms.vector_failures);
+    qr_buf_printf(o, "quarry_index_failed_passes{index=\"bm25\"} %llu\n",
+                  (unsigned long long)ms.bm25_failures);
+    vindex *v = index_maintainer_vindex(api_service_maintainer(srv->svc));
+    vindex_info vi;
+    memset(&vi, 0, sizeof(vi));
+    if (v)
+        vindex_get_info(v, &vi);
+    head(o, "quarry_index_vectors_skipped", "gauge",
+         "Chunks left out of vector search: their vector is zero, not finite or of another dimension.");
+    qr_buf_printf(o, "quarry_index_vectors_skipped %zu\n", vi.skipped);
 
     auth_stats as;
     auth_get_stats(srv->auth, &as);

@@ -22,7 +22,8 @@ typedef struct {
 
 static const route_doc docs[] = {
     {"GET", "/healthz", "Liveness: the process answers. No authentication.", NULL, "Health", 200, ""},
-    {"GET", "/readyz", "Readiness: the store opens, the vector index is loaded and LDAP answers.", NULL,
+    {"GET", "/readyz",
+     "Readiness: the store opens, the vector index is loaded and not failing, and LDAP answers.", NULL,
      "Ready", 200, "503"},
     {"GET", "/metrics", "Prometheus metrics (text exposition format 0.0.4). Administrators.", NULL, NULL, 200,
      "403"},

@@ -122,7 +122,9 @@ void api_h_readyz(api_req *r)
     api_store_release(srv, s);
     const char *ldap = ldap_state(srv);
     /* the maintainer opens the indexes in the background: until then searches rank with FTS5
-     * (ready), unless its first pass failed or the store has no vectors yet (not ready) */
+     * (ready), unless its first pass failed or the store has no vectors yet (not ready). A vector
+     * index the maintainer keeps failing to update serves stale results: not ready either. BM25
+     * failing is shown but not fatal: FTS5 ranks correctly meanwhile. */
     vindex *v = index_maintainer_vindex(api_service_maintainer(srv->svc));
     index_maintainer_status ms;
     index_maintainer_get_status(api_service_maintainer(srv->svc), &ms);
@@ -130,26 +132,36 @@ void api_h_readyz(api_req *r)
     memset(&vi, 0, sizeof(vi));
     if (v)
         vindex_get_info(v, &vi);
+    bool vector_failing = ms.vector_failures >= INDEX_MAINTAINER_FAILING_PASSES;
+    bool bm25_failing = ms.bm25_failures >= INDEX_MAINTAINER_FAILING_PASSES;
     const char *index = !retrieval_available() ? "not_loaded"
+                        : v && vector_failing  ? "failing"
                         : v                    ? "ok"
                         : !ms.first_pass_done  ? "warming"
                                                : "not_loaded";
-    bool ready = !st && strcmp(index, "not_loaded") != 0 && strcmp(ldap, "ok") == 0;
+    bool ready =
+        !st && strcmp(index, "not_loaded") != 0 && strcmp(index, "failing") != 0 && strcmp(ldap, "ok") == 0;
     json_t *body = json_pack("{s:s,s:{s:s,s:s,s:s}}", "status", ready ? "ready" : "not_ready", "checks",
                              "store", st ? "error" : "ok", "index", index, "ldap", ldap);
     if (body) {
         json_t *checks = json_object_get(body, "checks");
-        const char *bm25 = !api_service_retrieval_opts(srv->svc)->bm25_pruned        ? "off"
-                           : index_maintainer_bm25(api_service_maintainer(srv->svc)) ? "warm"
-                           : !ms.first_pass_done || ms.busy                          ? "building"
-                                                                                     : "unavailable";
+        bool bm25_open = index_maintainer_bm25(api_service_maintainer(srv->svc)) != NULL;
+        const char *bm25 = !api_service_retrieval_opts(srv->svc)->bm25_pruned ? "off"
+                           : bm25_failing                                     ? "failing"
+                           : bm25_open                                        ? "warm"
+                           : !ms.first_pass_done || ms.busy                   ? "building"
+                                                                              : "unavailable";
+        const char *vector = v && vector_failing  ? "failing"
+                             : v && vi.generation ? "warm"
+                             : v                  ? "exact" /* every vector scanned until the first build */
+                             : !ms.first_pass_done || ms.busy ? "building"
+                                                              : "none";
         json_object_set_new(checks, "indexes",
-                            json_pack("{s:s,s:s,s:b,s:I}", "bm25", bm25, "vector",
-                                      v && vi.generation ? "warm"
-                                      : v ? "exact" /* every vector scanned while the first build runs */
-                                      : !ms.first_pass_done || ms.busy ? "building"
-                                                                       : "none",
-                                      "maintainer_busy", ms.busy, "visible_change", (json_int_t)ms.visible));
+                            json_pack("{s:s,s:s,s:b,s:I,s:I,s:I,s:I}", "bm25", bm25, "vector", vector,
+                                      "maintainer_busy", ms.busy, "visible_change", (json_int_t)ms.visible,
+                                      "vector_failed_passes", (json_int_t)ms.vector_failures,
+                                      "bm25_failed_passes", (json_int_t)ms.bm25_failures, "vectors_skipped",
+                                      (json_int_t)vi.skipped));
     }
     /* how much is stored is the administrators' business, not every employee's */
     if (body && !st && r->principal && r->principal->is_admin) {

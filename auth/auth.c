@@ -3,8 +3,11 @@
  * (behind the failed-login limits) and refreshes the cache; auth_resolve serves principals from
  * the cache while fresh and from LDAP otherwise. The cache is an LRU map of uid -> principal with
  * the time it was fetched; it never holds a failure, and an expired entry serves only when LDAP
- * is unreachable and auth.stale_if_error is on. Failed-login counters (per lower-cased user name
- * and per client address) live in another bounded LRU map, so a flood of names cannot grow it.
+ * is unreachable and auth.stale_if_error is on; it is keyed by the directory's uid, whatever
+ * spelling of the name found the entry. Failed-login counters live in another bounded LRU map, so
+ * a flood of names cannot grow it: per directory entry (its DN, which every spelling LDAP matches
+ * to it shares), per user name (auth_limit_name's spelling, so that names matching no entry are
+ * limited too) and per client address.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -308,30 +311,83 @@ static void limit_count(auth_ctx *ctx, const char *key, int limit, uint64_t now)
     e->window_start_ns = now;
 }
 
-/* "u:<name>" and "a:<client>" keys; client may be NULL. */
-static void limit_keys(const char *name, const char *client, char *ukey, char *akey, size_t len)
+/* "u:<name>" (auth_limit_name's spelling) and "a:<client>" keys; client may be NULL. */
+static void limit_keys(const char *name, size_t len, const char *client, char *ukey, char *akey,
+                       size_t keylen)
 {
-    snprintf(ukey, len, "u:%s", name);
-    auth_ascii_lower(ukey);
-    snprintf(akey, len, "a:%s", client ? client : "");
+    ukey[0] = 'u';
+    ukey[1] = ':';
+    auth_limit_name(name, len, ukey + 2, keylen - 2);
+    snprintf(akey, keylen, "a:%s", client ? client : "");
+}
+
+/* "d:<DN>" in its canonical spelling (auth_dn_key): the key of a directory entry's failures.
+ * Free it; NULL when out of memory. */
+static char *dn_limit_key(const char *dn)
+{
+    qr_buf key;
+    qr_buf_init(&key, 1 << 16);
+    if (qr_buf_puts(&key, "d:") || auth_dn_key(dn, &key)) {
+        /* a DN the directory sent that does not parse: its own spelling, case-folded */
+        qr_buf_reset(&key);
+        if (qr_buf_puts(&key, "d:") || qr_buf_puts(&key, dn)) {
+            qr_buf_release(&key);
+            return NULL;
+        }
+    }
+    char *s = qr_buf_detach(&key);
+    qr_buf_release(&key);
+    if (s)
+        auth_ascii_lower(s);
+    return s;
+}
+
+/* Seconds to wait for the first of the keys (each may be NULL or empty) that is over its limit;
+ * 0 when none is. */
+static int64_t limits_wait(auth_ctx *ctx, const char *ukey, const char *dkey, const char *akey)
+{
+    uint64_t now = qr_now_ns();
+    int64_t wait = 0;
+    pthread_mutex_lock(&ctx->limit_lock);
+    if (ukey)
+        wait = limit_wait(ctx, ukey, ctx->s.rate_limit_user, now);
+    if (!wait && dkey)
+        wait = limit_wait(ctx, dkey, ctx->s.rate_limit_user, now);
+    if (!wait && akey[2])
+        wait = limit_wait(ctx, akey, ctx->s.rate_limit_addr, now);
+    pthread_mutex_unlock(&ctx->limit_lock);
+    return wait;
 }
 
 /* ---- authentication and resolution ----------------------------------------------------------- */
 
-static qr_status login_failed(auth_ctx *ctx, const char *ukey, const char *akey, const char *why, char *err)
+/* Counts a failed login for the name (ukey), the entry it found (dkey, NULL when none) and the
+ * client address (akey). who is the name as typed, for the log. */
+static qr_status login_failed(auth_ctx *ctx, const char *who, const char *ukey, const char *dkey,
+                              const char *akey, const char *why, char *err)
 {
     uint64_t now = qr_now_ns();
     pthread_mutex_lock(&ctx->limit_lock);
     if (ukey)
         limit_count(ctx, ukey, ctx->s.rate_limit_user, now);
+    if (dkey)
+        limit_count(ctx, dkey, ctx->s.rate_limit_user, now);
     if (akey[2])
         limit_count(ctx, akey, ctx->s.rate_limit_addr, now);
     pthread_mutex_unlock(&ctx->limit_lock);
     AUTH_COUNT(ctx, login_failures);
-    qr_log(QR_LOG_INFO, "auth", "login failed for '%s' from %s: %s", ukey ? ukey + 2 : "(malformed name)",
+    qr_log(QR_LOG_INFO, "auth", "login failed for '%s' from %s: %s", who ? who : "(malformed name)",
            akey[2] ? akey + 2 : "(unknown address)", why);
     /* one answer for every bad credential, so that callers cannot probe for user names */
     return qr_fail(err, QR_EAUTH, "invalid user name or password");
+}
+
+static qr_status login_limited(auth_ctx *ctx, const char *who, const char *akey, int64_t wait, char *err)
+{
+    AUTH_COUNT(ctx, rate_limited);
+    qr_log(QR_LOG_WARN, "auth", "login for '%s' from %s refused: too many failed logins", who,
+           akey[2] ? akey + 2 : "(unknown address)");
+    return qr_fail(err, QR_ELIMIT, "too many failed logins; try again in %lld s", (long long)wait);
 }
 
 qr_status auth_authenticate(auth_ctx *ctx, const char *user, size_t user_len, const char *password,
@@ -342,52 +398,64 @@ qr_status auth_authenticate(auth_ctx *ctx, const char *user, size_t user_len, co
     if (client && strlen(client) > AUTH_NAME_MAX)
         client = NULL;
     if (!user || !auth_name_ok(user, user_len)) {
-        limit_keys("", client, ukey, akey, sizeof(ukey));
-        return login_failed(ctx, NULL, akey, "malformed user name", err);
+        limit_keys("", 0, client, ukey, akey, sizeof(ukey));
+        return login_failed(ctx, NULL, NULL, NULL, akey, "malformed user name", err);
     }
     memcpy(name, user, user_len);
     name[user_len] = '\0';
-    limit_keys(name, client, ukey, akey, sizeof(ukey));
+    limit_keys(name, user_len, client, ukey, akey, sizeof(ukey));
 
-    uint64_t now = qr_now_ns();
-    pthread_mutex_lock(&ctx->limit_lock);
-    int64_t wait = limit_wait(ctx, ukey, ctx->s.rate_limit_user, now);
-    if (!wait && akey[2])
-        wait = limit_wait(ctx, akey, ctx->s.rate_limit_addr, now);
-    pthread_mutex_unlock(&ctx->limit_lock);
-    if (wait) {
-        AUTH_COUNT(ctx, rate_limited);
-        qr_log(QR_LOG_WARN, "auth", "login for '%s' from %s refused: too many failed logins", name,
-               akey[2] ? akey + 2 : "(unknown address)");
-        return qr_fail(err, QR_ELIMIT, "too many failed logins; try again in %lld s", (long long)wait);
-    }
+    /* the name, in any of its common spellings, and the address: refused without asking LDAP */
+    int64_t wait = limits_wait(ctx, ukey, NULL, akey);
+    if (wait)
+        return login_limited(ctx, name, akey, wait, err);
     /* an empty password would make the bind an unauthenticated one, which succeeds */
     if (!password || password_len == 0)
-        return login_failed(ctx, ukey, akey, "empty password", err);
+        return login_failed(ctx, name, ukey, NULL, akey, "empty password", err);
     if (password_len > AUTH_PASSWORD_MAX)
-        return login_failed(ctx, ukey, akey, "password too long", err);
+        return login_failed(ctx, name, ukey, NULL, akey, "password too long", err);
 
     uint64_t deadline = auth_deadline(ctx);
     auth_conn *c = NULL;
-    char why[QR_ERR_LEN];
+    auth_user u;
+    memset(&u, 0, sizeof(u));
+    char why[QR_ERR_LEN] = "", *dkey = NULL;
     qr_status st = auth_pool_acquire(ctx, deadline, &c, err);
     if (!st)
-        st = auth_dir_principal(ctx, c, deadline, name, user_len, password, password_len, out, why);
+        st = auth_dir_find_user(ctx, c, deadline, name, user_len, &u, why);
+    /* every spelling LDAP matches to one entry counts against that entry: past its limit even the
+     * right password is refused, before it is sent */
+    if (!st && !(dkey = dn_limit_key(u.dn)))
+        st = qr_fail(why, QR_ENOMEM, "out of memory");
+    if (!st && (wait = limits_wait(ctx, NULL, dkey, akey))) {
+        auth_pool_release(ctx, c);
+        st = login_limited(ctx, name, akey, wait, err);
+        goto out;
+    }
+    if (!st)
+        st = auth_dir_user_principal(ctx, c, deadline, &u, password, password_len, out, why);
     auth_pool_release(ctx, c);
-    if (st == QR_ENOTFOUND || st == QR_EAUTH)
-        return login_failed(ctx, ukey, akey, why, err);
+    if (st == QR_ENOTFOUND || st == QR_EAUTH) {
+        st = login_failed(ctx, name, ukey, dkey, akey, why, err);
+        goto out;
+    }
     if (st) {
         if (c)
             qr_fail(err, st, "%s", why);
-        return st;
+        goto out;
     }
     pthread_mutex_lock(&ctx->limit_lock);
     auth_lru_remove(ctx->limits, ukey);
+    auth_lru_remove(ctx->limits, dkey);
     pthread_mutex_unlock(&ctx->limit_lock);
     cache_put(ctx, (*out)->uid, *out);
-    qr_log(QR_LOG_INFO, "auth", "login ok for '%s' from %s", (*out)->uid,
-           akey[2] ? akey + 2 : "(unknown address)");
-    return QR_OK;
+    bool spelt_so = strcmp(name, (*out)->uid) == 0;
+    qr_log(QR_LOG_INFO, "auth", "login ok for '%s'%s%s%s from %s", (*out)->uid, spelt_so ? "" : " (as '",
+           spelt_so ? "" : name, spelt_so ? "" : "')", akey[2] ? akey + 2 : "(unknown address)");
+out:
+    auth_user_release(&u);
+    free(dkey);
+    return st;
 }
 
 qr_status auth_resolve(auth_ctx *ctx, const char *uid, auth_principal **out, char *err)
@@ -411,9 +479,9 @@ qr_status auth_resolve(auth_ctx *ctx, const char *uid, auth_principal **out, cha
         st = auth_dir_principal(ctx, c, deadline, uid, len, NULL, 0, out, err);
     auth_pool_release(ctx, c);
     if (!st) {
-        cache_put(ctx, key, *out);
-        if (strcmp(key, (*out)->uid) != 0)
-            cache_put(ctx, (*out)->uid, *out);
+        /* under the directory's uid only: another spelling of it ("ａｖａ", "ava ") asks LDAP again
+         * rather than leave a second copy of the principal, refreshed apart from the first */
+        cache_put(ctx, (*out)->uid, *out);
         return QR_OK;
     }
     if (st == QR_EUNAVAILABLE && ctx->s.stale_if_error && (*out = cache_get(ctx, key, true))) {

@@ -70,16 +70,23 @@ bool auth_principal_has(const auth_principal *p, const char *principal);
  * a name with a NUL byte, invalid UTF-8 or control characters, or longer than 256 bytes, and an
  * empty password are refused before anything is sent (an empty-password simple bind would
  * succeed as an unauthenticated bind). client is the caller's address for the rate limit (NULL:
- * per-user limit only).
+ * per-user limits only). Failures count against the directory entry the name finds (every
+ * spelling LDAP matches to it: "ava ", "AVA", fullwidth "ａｖａ"), against the name as LDAP would
+ * compare it (auth_int.h: auth_limit_name), and against the address. The principal's uid is the
+ * entry's ldap.uid_attr value, whatever the spelling.
  * Returns QR_OK with *out (release it); QR_EAUTH for any bad credential (unknown user, wrong or
- * empty password: callers cannot tell which); QR_ELIMIT when the user or address has too many
- * recent failures (nothing is sent to LDAP then); QR_EUNAVAILABLE when LDAP cannot be reached
- * or answered nothing in time. A success refreshes the cache; a failure is never cached. */
+ * empty password: callers cannot tell which); QR_ELIMIT when the name, its entry or the address
+ * has too many recent failures (no password is sent then; a name over its limit is refused
+ * without asking LDAP, another spelling of a limited entry after the search that finds it);
+ * QR_EUNAVAILABLE when LDAP cannot be reached or answered nothing in time. A success refreshes
+ * the cache; a failure is never cached. */
 qr_status auth_authenticate(auth_ctx *ctx, const char *user, size_t user_len, const char *password,
                             size_t password_len, const char *client, auth_principal **out, char *err);
 
 /* The principal of uid without a password (for tokens and keys acting for a user): from the
- * cache while fresh (ldap.cache_ttl_s), else from LDAP through the service account.
+ * cache while fresh (ldap.cache_ttl_s), else from LDAP through the service account. The cache is
+ * keyed by the directory's uid: another spelling of it ("Bob ", "ｂｏｂ") asks LDAP and gets the
+ * same principal, uid included.
  * Returns QR_ENOTFOUND when no such user exists, QR_EUNAVAILABLE as above (or the expired
  * cached principal when auth.stale_if_error is on), QR_EINVAL for a malformed uid. */
 qr_status auth_resolve(auth_ctx *ctx, const char *uid, auth_principal **out, char *err);

@@ -29,6 +29,14 @@
 bool auth_name_ok(const char *s, size_t n);
 /* Lower-cases ASCII letters in place; other bytes are left alone. */
 void auth_ascii_lower(char *s);
+/* The key under which failed logins of a user name that matches no entry are counted: the name
+ * (valid UTF-8, auth_name_ok) as LDAP's string matching would see it for the common variants:
+ * fullwidth ASCII as ASCII, space-like characters as spaces and invisible ones dropped (RFC 4518's
+ * mapping), ASCII letters lower-cased, spaces trimmed and runs of them made one. So "ava ",
+ * " AVA" and "ａｖａ" share one count, and a name can only be probed that many times, however
+ * it is spelt. (A name that finds an entry is also counted by the entry's DN, which no spelling
+ * escapes.) Writes at most cap - 1 bytes and a NUL into out. */
+void auth_limit_name(const char *name, size_t len, char *out, size_t cap);
 /* Appends s[0..n) escaped as an RFC 4515 assertion value: '*', '(', ')', '\\', NUL and every
  * byte outside printable ASCII become \XX. QR_ELIMIT past the buffer's cap. */
 qr_status auth_filter_escape(qr_buf *out, const char *s, size_t n);
@@ -116,9 +124,30 @@ void auth_conn_close_all(auth_ctx *ctx);
 
 /* ---- directory (directory.c) ---------------------------------------------------------------- */
 
-/* Looks up a user by name through the service account and builds the principal, groups
- * included. With a password (not NULL) the user's DN is bound with it first, on the slot's user
- * connection. QR_ENOTFOUND when no single entry matches, QR_EAUTH when the bind is refused. */
+/* A user's directory entry, as a login or resolution found it. */
+typedef struct {
+    char *dn;      /* as the directory returned it */
+    char *uid_raw; /* ldap.uid_attr's value as the directory spells it, for memberUid */
+    char *uid;     /* the same, lower-cased: the principal's uid whatever spelling found the entry */
+    char *display_name;
+    char *mail;
+    char **member_of;
+    size_t nmember_of;
+} auth_user;
+void auth_user_release(auth_user *u);
+
+/* Finds the one entry ldap.user_filter matches for name through the service account. The uid is
+ * always the entry's ldap.uid_attr value, never the name as typed: LDAP matches "ava ", "AVA" and
+ * fullwidth "ａｖａ" to ava's entry, and all of them become uid "ava". QR_ENOTFOUND when no single
+ * entry matches or the entry has no usable uid value (logged: a configuration to fix),
+ * QR_EUNAVAILABLE when LDAP cannot answer. On error *u is empty. */
+qr_status auth_dir_find_user(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
+                             auth_user *u, char *err);
+/* The principal of a found user, groups included. With a password (not NULL) the user's DN is
+ * bound with it first, on the slot's user connection: QR_EAUTH when the bind is refused. */
+qr_status auth_dir_user_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const auth_user *u,
+                                  const char *password, size_t password_len, auth_principal **out, char *err);
+/* auth_dir_find_user, then auth_dir_user_principal. */
 qr_status auth_dir_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
                              const char *password, size_t password_len, auth_principal **out, char *err);
 /* A principal from parts (copied); groups are lower-cased, sorted and made unique. */

@@ -17,16 +17,6 @@
 #define BATCH_GROUPS 32
 
 typedef struct {
-    char *dn;
-    char *uid_raw; /* as the directory spells it, for memberUid */
-    char *uid;     /* lower-cased */
-    char *display_name;
-    char *mail;
-    char **member_of;
-    size_t nmember_of;
-} user_entry;
-
-typedef struct {
     char **items;
     size_t len, cap;
 } strvec;
@@ -58,7 +48,7 @@ static qr_status strvec_push(strvec *v, char *s)
     return QR_OK;
 }
 
-static void user_entry_release(user_entry *u)
+void auth_user_release(auth_user *u)
 {
     free(u->dn);
     free(u->uid_raw);
@@ -85,8 +75,8 @@ static char *first_value(LDAP *ld, LDAPMessage *e, const char *attr)
     return s;
 }
 
-static qr_status search_user(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
-                             user_entry *u, char *err)
+qr_status auth_dir_find_user(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
+                             auth_user *u, char *err)
 {
     const auth_settings *s = &ctx->s;
     LDAPMessage *res = NULL;
@@ -125,17 +115,24 @@ static qr_status search_user(auth_ctx *ctx, auth_conn *c, uint64_t deadline, con
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
+    /* the uid is the directory's, never the name as typed: "ava ", " ava" and fullwidth "ａｖａ"
+     * all find ava's entry, and must all become the same principal, token and audit name */
     u->uid_raw = first_value(c->svc, e, s->uid_attr);
     if (!u->uid_raw || !auth_name_ok(u->uid_raw, strlen(u->uid_raw))) {
-        free(u->uid_raw);
-        u->uid_raw = strndup(name, len);
+        qr_log(
+            QR_LOG_WARN, "auth",
+            "the entry '%s' has no usable '%s' value (ldap.uid_attr names the attribute that gives a user's "
+            "uid): refused",
+            u->dn, s->uid_attr);
+        st = qr_fail(err, QR_ENOTFOUND, "the user's entry has no usable %s", s->uid_attr);
+        goto out;
     }
     u->uid = qr_strdup(u->uid_raw);
     u->display_name = first_value(c->svc, e, "displayName");
     if (!u->display_name)
         u->display_name = first_value(c->svc, e, "cn");
     u->mail = first_value(c->svc, e, "mail");
-    if (!u->uid || !u->uid_raw) {
+    if (!u->uid) {
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
@@ -154,7 +151,7 @@ static qr_status search_user(auth_ctx *ctx, auth_conn *c, uint64_t deadline, con
     }
 out:
     if (st)
-        user_entry_release(u);
+        auth_user_release(u);
     ldap_msgfree(res);
     qr_buf_release(&filter);
     return st;
@@ -238,7 +235,7 @@ static qr_status search_groups(auth_ctx *ctx, auth_conn *c, uint64_t deadline, e
 /* Level one from the user's memberOf values: the name from the RDN when it is the naming
  * attribute, else from the group entry. */
 static qr_status groups_from_member_of(auth_ctx *ctx, auth_conn *c, uint64_t deadline, expansion *x,
-                                       const user_entry *u, char *err)
+                                       const auth_user *u, char *err)
 {
     qr_status st = QR_OK;
     for (size_t i = 0; i < u->nmember_of && !st; i++) {
@@ -262,7 +259,7 @@ static qr_status groups_from_member_of(auth_ctx *ctx, auth_conn *c, uint64_t dea
     return st;
 }
 
-static qr_status expand_groups(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const user_entry *u,
+static qr_status expand_groups(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const auth_user *u,
                                expansion *x, char *err)
 {
     const auth_settings *s = &ctx->s;
@@ -309,18 +306,15 @@ static bool is_admin(const auth_ctx *ctx, char **groups, size_t n)
     return false;
 }
 
-qr_status auth_dir_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
-                             const char *password, size_t password_len, auth_principal **out, char *err)
+qr_status auth_dir_user_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const auth_user *u,
+                                  const char *password, size_t password_len, auth_principal **out, char *err)
 {
-    user_entry u;
     expansion x = {0};
     *out = NULL;
-    qr_status st = search_user(ctx, c, deadline, name, len, &u, err);
-    if (st)
-        return st;
+    qr_status st = QR_OK;
     /* groups are worth resolving only for the right password */
     if (password) {
-        st = auth_conn_bind_user(ctx, c, deadline, u.dn, password, password_len, err);
+        st = auth_conn_bind_user(ctx, c, deadline, u->dn, password, password_len, err);
         if (st)
             goto out;
     }
@@ -329,10 +323,10 @@ qr_status auth_dir_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, con
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
-    st = expand_groups(ctx, c, deadline, &u, &x, err);
+    st = expand_groups(ctx, c, deadline, u, &x, err);
     if (st)
         goto out;
-    st = auth_principal_new(u.uid, u.dn, u.display_name, u.mail, x.names.items, x.names.len,
+    st = auth_principal_new(u->uid, u->dn, u->display_name, u->mail, x.names.items, x.names.len,
                             is_admin(ctx, x.names.items, x.names.len), out);
     if (st) {
         st = qr_fail(err, st, "out of memory");
@@ -343,7 +337,19 @@ out:
     strvec_release(&x.frontier);
     strvec_release(&x.next);
     auth_lru_free(x.seen);
-    user_entry_release(&u);
+    return st;
+}
+
+qr_status auth_dir_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
+                             const char *password, size_t password_len, auth_principal **out, char *err)
+{
+    auth_user u;
+    *out = NULL;
+    qr_status st = auth_dir_find_user(ctx, c, deadline, name, len, &u, err);
+    if (st)
+        return st;
+    st = auth_dir_user_principal(ctx, c, deadline, &u, password, password_len, out, err);
+    auth_user_release(&u);
     return st;
 }
 

@@ -1,7 +1,8 @@
 /*
  * What auth puts into LDAP requests: user names checked before use, search filters built from
  * the configured templates with every value escaped per RFC 4515, and DNs parsed per RFC 4514
- * (by libldap) to compare them and to read a group's name from its first RDN.
+ * (by libldap) to compare them and to read a group's name from its first RDN; and the spelling
+ * under which failed logins of a name are counted.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,80 @@ void auth_ascii_lower(char *s)
     for (; *s; s++)
         if (*s >= 'A' && *s <= 'Z')
             *s = (char)(*s - 'A' + 'a');
+}
+
+/* The code point at s[*i] (valid UTF-8), advancing *i. */
+static uint32_t utf8_next(const unsigned char *s, size_t len, size_t *i)
+{
+    uint32_t c = s[(*i)++];
+    int more = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
+    c &= more == 3 ? 0x07 : more == 2 ? 0x0f : more == 1 ? 0x1f : 0x7f;
+    while (more-- > 0 && *i < len)
+        c = (c << 6) | (s[(*i)++] & 0x3f);
+    return c;
+}
+
+/* RFC 4518's mapping (section 2.2), the parts user names meet: invisible characters go ... */
+static bool maps_to_nothing(uint32_t c)
+{
+    return (c >= 0x80 && c <= 0x9f && c != 0x85) || c == 0xad || c == 0x34f || c == 0x6dd || c == 0x70f ||
+           c == 0x1806 || (c >= 0x180b && c <= 0x180e) || (c >= 0x200b && c <= 0x200f) ||
+           (c >= 0x202a && c <= 0x202e) || (c >= 0x2060 && c <= 0x2063) || (c >= 0x206a && c <= 0x206f) ||
+           (c >= 0xfe00 && c <= 0xfe0f) || c == 0xfeff || (c >= 0xfff9 && c <= 0xfffc);
+}
+
+/* ... and separators become a space */
+static bool maps_to_space(uint32_t c)
+{
+    return c == ' ' || c == 0x85 || c == 0xa0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 ||
+           c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+void auth_limit_name(const char *name, size_t len, char *out, size_t cap)
+{
+    const unsigned char *s = (const unsigned char *)name;
+    size_t o = 0, i = 0;
+    bool space = false;
+    if (cap == 0)
+        return;
+    while (i < len) {
+        uint32_t c = utf8_next(s, len, &i);
+        if (maps_to_nothing(c))
+            continue;
+        if (maps_to_space(c)) {
+            space = o > 0; /* leading spaces go; inner runs become one; trailing ones never land */
+            continue;
+        }
+        if (c >= 0xff01 && c <= 0xff5e) /* fullwidth ASCII, as NFKC has it */
+            c -= 0xfee0;
+        if (c >= 'A' && c <= 'Z')
+            c += 'a' - 'A';
+        unsigned char enc[6];
+        size_t n = 0;
+        if (space)
+            enc[n++] = ' ';
+        if (c < 0x80) {
+            enc[n++] = (unsigned char)c;
+        } else if (c < 0x800) {
+            enc[n++] = (unsigned char)(0xc0 | c >> 6);
+            enc[n++] = (unsigned char)(0x80 | (c & 0x3f));
+        } else if (c < 0x10000) {
+            enc[n++] = (unsigned char)(0xe0 | c >> 12);
+            enc[n++] = (unsigned char)(0x80 | ((c >> 6) & 0x3f));
+            enc[n++] = (unsigned char)(0x80 | (c & 0x3f));
+        } else {
+            enc[n++] = (unsigned char)(0xf0 | c >> 18);
+            enc[n++] = (unsigned char)(0x80 | ((c >> 12) & 0x3f));
+            enc[n++] = (unsigned char)(0x80 | ((c >> 6) & 0x3f));
+            enc[n++] = (unsigned char)(0x80 | (c & 0x3f));
+        }
+        if (o + n >= cap)
+            break;
+        memcpy(out + o, enc, n);
+        o += n;
+        space = false;
+    }
+    out[o] = '\0';
 }
 
 qr_status auth_filter_escape(qr_buf *out, const char *s, size_t n)

@@ -414,9 +414,11 @@ int cli_cmd_ingest(cli_ctx *ctx)
                 return cli_usage_error(ctx, "%s needs a value", a);
             const char *v = ctx->argv[++i];
             if (a[2] == 'a') {
-                if (!store_principal_valid(v))
-                    return cli_usage_error(
-                        ctx, "invalid principal '%s' (expected user:<uid>, group:<name> or public)", v);
+                char why[QR_ERR_LEN];
+                if (!store_principal_valid(v)) {
+                    store_principal_canonical(v, NULL, 0, why);
+                    return cli_usage_error(ctx, "--acl: %s", why);
+                }
                 if (nacl == INGEST_MAX_ACL)
                     return cli_usage_error(ctx, "too many --acl (at most %d)", INGEST_MAX_ACL);
                 acl[nacl++] = v;

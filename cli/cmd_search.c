@@ -594,6 +594,11 @@ int cli_cmd_index(cli_ctx *ctx)
         printf("built vector index generation %llu: %s, %zu vectors, store change %lld, %.1f s\n",
                (unsigned long long)rep.generation, rep.type, rep.count, (long long)ss.change_counter,
                (qr_now_ns() - t0) / 1e9);
+        if (rep.skipped)
+            printf(
+                "left out of vector search: %zu chunks without a usable vector (all zero, not finite or of "
+                "another dimension; BM25 still finds them)\n",
+                rep.skipped);
     }
     if (rc == CLI_EXIT_OK) {
         bm25_opts bo;

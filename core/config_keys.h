@@ -103,7 +103,8 @@
     X(STRING, auth, token_secret, "", NO_RANGE, NULL, true,                                                  \
       "Token signing secret, at least 32 characters (empty: generated in <data.dir>/auth/token.key).")       \
     X(INT, auth, rate_limit_user, "5", 0, 100000, NULL, false,                                               \
-      "Failed logins per user name within the window before further attempts are refused (0: no limit).")    \
+      "Failed logins per user (the directory entry, whatever spelling of the name; per name for names that " \
+      "find none) within the window before further attempts are refused (0: no limit).")                     \
     X(INT, auth, rate_limit_addr, "20", 0, 100000, NULL, false,                                              \
       "Failed logins per client address within the window before further attempts are refused (0: no "       \
       "limit).")                                                                                             \

@@ -52,11 +52,12 @@ struct index_maintainer {
 /* One pass: both indexes up to the store's counter as read at its start (force: new
  * generations). Runs on the maintainer's thread only, without holding mu. */
 static qr_status pass(index_maintainer *m, bool force, int64_t *counter, bool *built, index_sync_report *rep,
-                      char *err)
+                      qr_status *vst, qr_status *bm25st, char *err)
 {
     memset(rep, 0, sizeof(*rep));
     *built = false;
     qr_status st = store_change_counter(m->s, counter, err);
+    *vst = *bm25st = st;
     if (st)
         return st;
     qr_status bst = QR_OK;
@@ -101,6 +102,8 @@ static qr_status pass(index_maintainer *m, bool force, int64_t *counter, bool *b
     if (st)
         qr_log(QR_LOG_WARN, LOG_COMPONENT, "cannot bring the vector index up to date: %s", err);
     *built = *built || (!st && rep->rebuilt);
+    *vst = st;
+    *bm25st = bst;
     if (!st && bst)
         return qr_fail(err, bst, "%s", berr);
     return st;
@@ -139,7 +142,8 @@ static void *run(void *arg)
         bool built = false;
         index_sync_report rep;
         char err[QR_ERR_LEN] = "";
-        qr_status st = pass(m, force, &counter, &built, &rep, err);
+        qr_status vst, bm25st;
+        qr_status st = pass(m, force, &counter, &built, &rep, &vst, &bm25st, err);
         double seconds = (double)(qr_now_ns() - t0) / 1e9;
 
         pthread_mutex_lock(&m->mu);
@@ -158,6 +162,8 @@ static void *run(void *arg)
         ss->passes++;
         ss->builds += built;
         ss->last_pass_s = seconds;
+        ss->vector_failures = vst ? ss->vector_failures + 1 : 0;
+        ss->bm25_failures = bm25st ? ss->bm25_failures + 1 : 0;
         snprintf(ss->last_error, sizeof(ss->last_error), "%s", m->last_err);
         if (!st && counter > ss->visible)
             ss->visible = counter;

@@ -51,6 +51,10 @@ typedef struct {
  * tests that slow the maintainer down. Runs on the maintainer's thread. */
 typedef void (*index_maintainer_hook)(void *ctx, uint64_t pass);
 
+/* Consecutive failed passes after which an index counts as failing (index_maintainer_status):
+ * one failure can be a passing hiccup, this many in a row is not. */
+#define INDEX_MAINTAINER_FAILING_PASSES 3
+
 typedef struct {
     bool first_pass_done;        /* the cold start is over (whatever its outcome) */
     bool bm25_warm;              /* a pruned BM25 index is published */
@@ -61,6 +65,10 @@ typedef struct {
     uint64_t builds;             /* passes that built a new generation of either index */
     double last_pass_s;          /* duration of the last pass */
     char last_error[QR_ERR_LEN]; /* the last pass's error, "" when it succeeded */
+    /* Consecutive passes that could not bring each index up to date (0: the last one did). At
+     * INDEX_MAINTAINER_FAILING_PASSES or more the index is failing: it serves what it last had, and
+     * changes since then do not reach it. */
+    uint64_t vector_failures, bm25_failures;
 } index_maintainer_status;
 
 /* Opens a store handle on data_dir for the thread and starts it; the first pass begins at once.

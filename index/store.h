@@ -64,9 +64,17 @@ qr_status store_open(const char *dir, store **out, char *err);
 void store_close(store *s);
 
 /* True for "public", "user:<uid>" and "group:<name>" where the name is 1..STORE_PRINCIPAL_MAX
- * bytes of valid UTF-8 without control characters or leading/trailing white space. Principals
- * are compared byte for byte: auth must produce them in the same form ingest stores them. */
+ * bytes of valid UTF-8 without control characters or leading/trailing white space: a principal
+ * store_principal_canonical accepts. */
 bool store_principal_valid(const char *principal);
+/* The spelling an ACL principal is stored in. Principals are compared byte for byte, and auth
+ * lower-cases the ASCII letters of the uid and group names a caller holds (auth/auth.h), so the
+ * stored ACL does too: the name's ASCII letters lower-cased ("group:Engineering" is stored as
+ * "group:engineering", "user:AVA" as "user:ava"; other bytes are kept). Every write of
+ * an ACL (store_put, store_set_acl) stores this form. Writes it into out (strlen(principal) + 1
+ * bytes are enough). QR_EINVAL, err naming the principal (when it prints safely) and what is wrong
+ * with it, when it cannot be made valid (see store_principal_valid). */
+qr_status store_principal_canonical(const char *principal, char *out, size_t cap, char *err);
 
 typedef struct {
     const char *doc_id; /* external stable id, 1..512 bytes valid UTF-8, no control chars */

@@ -62,24 +62,65 @@ static bool is_space(unsigned char c)
     return c == ' ';
 }
 
-bool store_principal_valid(const char *principal)
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x)  STRINGIFY_(x)
+
+/* What is wrong with a principal; NULL when nothing is. */
+static const char *principal_problem(const char *principal)
 {
     if (!principal)
-        return false;
+        return "no principal";
     if (strcmp(principal, "public") == 0)
-        return true;
-    const char *name;
+        return NULL;
+    size_t at;
     if (strncmp(principal, "user:", 5) == 0)
-        name = principal + 5;
+        at = 5;
     else if (strncmp(principal, "group:", 6) == 0)
-        name = principal + 6;
+        at = 6;
     else
-        return false;
+        return "expected \"public\", \"user:<uid>\" or \"group:<name>\" (in lower case)";
+    const char *name = principal + at;
     size_t n = strlen(name);
-    if (n == 0 || n > STORE_PRINCIPAL_MAX || !qr_utf8_valid(name, n) || find_control(name, n) >= 0)
-        return false;
+    if (n == 0)
+        return "the name is empty";
+    if (n > STORE_PRINCIPAL_MAX)
+        return "the name is longer than " STRINGIFY(STORE_PRINCIPAL_MAX) " bytes";
+    if (!qr_utf8_valid(name, n))
+        return "the name is not valid UTF-8";
+    if (find_control(name, n) >= 0)
+        return "the name holds a control character";
     /* " alice" and "alice" would be different principals that print alike */
-    return !is_space((unsigned char)name[0]) && !is_space((unsigned char)name[n - 1]);
+    if (is_space((unsigned char)name[0]) || is_space((unsigned char)name[n - 1]))
+        return "the name starts or ends with a space";
+    return NULL;
+}
+
+bool store_principal_valid(const char *principal)
+{
+    return principal_problem(principal) == NULL;
+}
+
+qr_status store_principal_canonical(const char *principal, char *out, size_t cap, char *err)
+{
+    const char *why = principal_problem(principal);
+    if (why) {
+        /* echo it only when printing it cannot forge or garble a log line */
+        size_t n = principal ? strlen(principal) : 0;
+        bool printable =
+            principal && n <= 100 && qr_utf8_valid(principal, n) && find_control(principal, n) < 0;
+        return qr_fail(err, QR_EINVAL, "invalid principal%s%s%s: %s", printable ? " '" : "",
+                       printable ? principal : "", printable ? "'" : "", why);
+    }
+    size_t n = strlen(principal);
+    if (!out || cap <= n)
+        return qr_fail(err, QR_EINVAL, "store_principal_canonical: no room for %zu bytes", n + 1);
+    /* the name's ASCII letters in lower case (the kind is already): auth's spelling of uids and
+     * groups */
+    for (size_t i = 0; i <= n; i++) {
+        char c = principal[i];
+        out[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+    return QR_OK;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -87,8 +128,8 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Validates an ACL and returns it sorted and without duplicates in *out (free() the array, not
- * the strings, which stay the caller's). */
+/* Validates an ACL and returns it canonical (store_principal_canonical), sorted and without
+ * duplicates in *out: one allocation holding the array and the strings, so free() the array. */
 static qr_status normalise_acl(const char *const *acl, size_t nacl, const char ***out, size_t *nout,
                                char *err)
 {
@@ -98,25 +139,27 @@ static qr_status normalise_acl(const char *const *acl, size_t nacl, const char *
         return qr_fail(err, QR_EINVAL, "invalid ACL: NULL list of %zu principals", nacl);
     if (nacl > STORE_ACL_MAX)
         return qr_fail(err, QR_ELIMIT, "invalid ACL: %zu principals, more than %d", nacl, STORE_ACL_MAX);
+    size_t bytes = (nacl ? nacl : 1) * sizeof(char *);
     for (size_t i = 0; i < nacl; i++) {
-        if (store_principal_valid(acl[i]))
-            continue;
-        /* echo it only when printing it cannot forge or garble a log line */
-        size_t n = acl[i] ? strlen(acl[i]) : 0;
-        bool printable = acl[i] && n <= 100 && qr_utf8_valid(acl[i], n) && find_control(acl[i], n) < 0;
-        return qr_fail(
-            err, QR_EINVAL,
-            "invalid principal #%zu in ACL%s%s%s: expected \"public\", \"user:<uid>\" or \"group:<name>\" "
-            "(name 1..%d bytes of UTF-8, no control characters, no leading or trailing space)",
-            i, printable ? " '" : "", printable ? acl[i] : "", printable ? "'" : "", STORE_PRINCIPAL_MAX);
+        char why[QR_ERR_LEN];
+        if (!store_principal_valid(acl[i])) {
+            store_principal_canonical(acl[i], NULL, 0, why);
+            return qr_fail(err, QR_EINVAL, "ACL principal #%zu: %s", i, why);
+        }
+        bytes += strlen(acl[i]) + 1;
     }
-    const char **v = malloc((nacl ? nacl : 1) * sizeof(*v));
+    const char **v = malloc(bytes);
     if (!v)
         return qr_fail(err, QR_ENOMEM, "out of memory for an ACL of %zu principals", nacl);
-    if (nacl) { /* acl may be NULL for an empty ACL, and memcpy/qsort must not see NULL */
-        memcpy(v, acl, nacl * sizeof(*v));
-        qsort(v, nacl, sizeof(*v), cmp_str);
+    char *text = (char *)(v + (nacl ? nacl : 1));
+    for (size_t i = 0; i < nacl; i++) {
+        size_t n = strlen(acl[i]) + 1;
+        store_principal_canonical(acl[i], text, n, NULL); /* checked above: cannot fail */
+        v[i] = text;
+        text += n;
     }
+    if (nacl) /* qsort must not see NULL */
+        qsort(v, nacl, sizeof(*v), cmp_str);
     size_t n = 0;
     for (size_t i = 0; i < nacl; i++) {
         if (n == 0 || strcmp(v[n - 1], v[i]) != 0)
@@ -213,7 +256,7 @@ static qr_status check_vectors(const char *doc_id, size_t nchunks, const float *
 typedef struct {
     const char *title, *uri, *content_type;
     char *metadata;   /* canonical JSON (minified by SQLite's json()), malloc'd */
-    const char **acl; /* sorted, deduplicated; malloc'd array of the caller's strings */
+    const char **acl; /* canonical, sorted, deduplicated; one allocation with its strings */
     size_t nacl;
     char hash[65]; /* lowercase */
 } put_input;

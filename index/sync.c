@@ -10,6 +10,12 @@
  *
  * After a build the store learns the published generation (store_set_index_generation, shown by
  * `quarry stats`) and forgets the tombstones the generation folded in (store_prune_tombstones).
+ *
+ * A chunk whose stored vector cannot be indexed (all zero: a text with no word the embedder
+ * knows, such as "x" or "!"; NaN or infinite values; another dimension than the store's) is never
+ * an error here: catch-up, rebuild and GPU training all leave it out (vindex_skip,
+ * vindex_build_skip), so that one document can never stop the index from following the store.
+ * It stays searchable by BM25.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +41,8 @@ typedef struct {
     int64_t *add_ids, *add_counters;
     float *add_vecs;
     size_t nadd, add_cap;
+    int64_t *skip_ids, *skip_counters; /* chunks without a usable vector */
+    size_t nskip, skip_cap;
 } replay;
 
 static void replay_release(replay *r)
@@ -44,34 +52,48 @@ static void replay_release(replay *r)
     free(r->add_ids);
     free(r->add_counters);
     free(r->add_vecs);
+    free(r->skip_ids);
+    free(r->skip_counters);
+}
+
+/* Appends (id, counter) to a pair of growing arrays. */
+static qr_status push_pair(int64_t **ids, int64_t **counters, size_t *n, size_t *cap, int64_t id,
+                           int64_t counter, char *err)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 256;
+        int64_t *a = realloc(*ids, c * sizeof(**ids));
+        if (a)
+            *ids = a;
+        int64_t *b = a ? realloc(*counters, c * sizeof(**counters)) : NULL;
+        if (!b)
+            return qr_fail(err, QR_ENOMEM, "out of memory replaying the store's changes");
+        *counters = b;
+        *cap = c;
+    }
+    (*ids)[*n] = id;
+    (*counters)[(*n)++] = counter;
+    return QR_OK;
+}
+
+/* True when the change's vector can be indexed (the store's dimension, finite, not zero). */
+static bool change_usable(const store_change *c, int dim)
+{
+    return c->vector && c->dim == dim && vindex_vector_usable(c->vector, dim);
 }
 
 static qr_status collect_change(void *ctx, const store_change *c, char *err)
 {
     replay *r = ctx;
-    if (r->ndel + r->nadd >= r->max) {
+    if (r->ndel + r->nadd + r->nskip >= r->max) {
         r->too_many = true;
         return QR_ELIMIT; /* stops the walk; not an error for the caller */
     }
-    if (c->deleted) {
-        if (r->ndel == r->del_cap) {
-            size_t cap = r->del_cap ? r->del_cap * 2 : 256;
-            int64_t *ids = realloc(r->del_ids, cap * sizeof(*ids));
-            if (ids)
-                r->del_ids = ids;
-            int64_t *cs = ids ? realloc(r->del_counters, cap * sizeof(*cs)) : NULL;
-            if (!cs)
-                return qr_fail(err, QR_ENOMEM, "out of memory replaying the store's changes");
-            r->del_counters = cs;
-            r->del_cap = cap;
-        }
-        r->del_ids[r->ndel] = c->chunk_id;
-        r->del_counters[r->ndel++] = c->counter;
-        return QR_OK;
-    }
-    if (c->dim != r->dim)
-        return qr_fail(err, QR_EIO, "chunk %lld has a vector of dimension %d, the store's is %d",
-                       (long long)c->chunk_id, c->dim, r->dim);
+    if (c->deleted)
+        return push_pair(&r->del_ids, &r->del_counters, &r->ndel, &r->del_cap, c->chunk_id, c->counter, err);
+    if (!change_usable(c, r->dim))
+        return push_pair(&r->skip_ids, &r->skip_counters, &r->nskip, &r->skip_cap, c->chunk_id, c->counter,
+                         err);
     if (r->nadd == r->add_cap) {
         size_t cap = r->add_cap ? r->add_cap * 2 : 256;
         int64_t *ids = realloc(r->add_ids, cap * sizeof(*ids));
@@ -114,6 +136,13 @@ static qr_status apply_replay(vindex *v, const replay *r, char *err)
                         r->add_counters[i], err);
         i = j;
     }
+    for (size_t i = 0; i < r->nskip && !st;) {
+        size_t j = i;
+        while (j < r->nskip && r->skip_counters[j] == r->skip_counters[i])
+            j++;
+        st = vindex_skip(v, r->skip_ids + i, j - i, r->skip_counters[i], err);
+        i = j;
+    }
     return st;
 }
 
@@ -125,21 +154,27 @@ typedef struct {
     int64_t ids[SYNC_BATCH];
     float *vecs;
     size_t n;
+    int64_t skip[SYNC_BATCH]; /* chunks without a usable vector */
+    size_t nskip, skipped;
 } rebuild;
 
 static qr_status rebuild_flush(rebuild *r, char *err)
 {
     qr_status st = r->n ? vindex_build_add(r->b, r->ids, r->vecs, r->n, r->dim, err) : QR_OK;
-    r->n = 0;
+    if (!st && r->nskip)
+        st = vindex_build_skip(r->b, r->skip, r->nskip, err);
+    r->skipped += r->nskip;
+    r->n = r->nskip = 0;
     return st;
 }
 
 static qr_status rebuild_row(void *ctx, const store_change *c, char *err)
 {
     rebuild *r = ctx;
-    if (c->dim != r->dim)
-        return qr_fail(err, QR_EIO, "chunk %lld has a vector of dimension %d, the store's is %d",
-                       (long long)c->chunk_id, c->dim, r->dim);
+    if (!change_usable(c, r->dim)) {
+        r->skip[r->nskip] = c->chunk_id;
+        return ++r->nskip == SYNC_BATCH ? rebuild_flush(r, err) : QR_OK;
+    }
     r->ids[r->n] = c->chunk_id;
     memcpy(r->vecs + r->n * (size_t)r->dim, c->vector, (size_t)r->dim * sizeof(float));
     return ++r->n == SYNC_BATCH ? rebuild_flush(r, err) : QR_OK;
@@ -155,9 +190,8 @@ typedef struct {
 static qr_status gather_row(void *ctx, const store_change *c, char *err)
 {
     gather *g = ctx;
-    if (c->dim != g->dim)
-        return qr_fail(err, QR_EIO, "chunk %lld has a vector of dimension %d, the store's is %d",
-                       (long long)c->chunk_id, c->dim, g->dim);
+    if (!change_usable(c, g->dim))
+        return QR_OK; /* the build leaves it out, so training must not see it */
     if (g->n == g->cap)
         return qr_fail(err, QR_EIO, "the store gained vectors while they were read for GPU training");
     memcpy(g->vecs + g->n * (size_t)g->dim, c->vector, (size_t)g->dim * sizeof(float));
@@ -201,6 +235,12 @@ static qr_status gpu_centroids(store *s, const vindex_opts *o, index_gpu_mode mo
     int64_t counter = 0;
     if ((st = store_each_vector(s, gather_row, &g, &counter, err)))
         goto out;
+    /* chunks without a usable vector are not built: plan for the rows that are */
+    if (!index_gpu_wants_centroids(o, g.n, nlist)) {
+        snprintf(rep->gpu_note, sizeof(rep->gpu_note),
+                 "a flat or HNSW index trains no centroids: GPU not used");
+        goto out;
+    }
     index_gpu_report report;
     st = index_gpu_train_centroids(g.vecs, g.n, dim, *nlist, 10, 1234, cent, &report, gerr);
     if (st && mode == INDEX_GPU_ON) {
@@ -247,6 +287,12 @@ static qr_status rebuild_all(store *s, vindex *v, int dim, const vindex_opts *o,
     /* commit frees the builder, also on error */
     if ((st = vindex_build_commit(r.b, counter, err)))
         goto out;
+    rep->skipped = r.skipped;
+    if (r.skipped)
+        qr_log(QR_LOG_WARN, LOG_COMPONENT,
+               "%zu chunks have no usable vector (all zero, not finite or of another dimension): left out of "
+               "vector search, BM25 still finds them",
+               r.skipped);
     vindex_info info;
     vindex_get_info(v, &info);
     rep->rebuilt = true;
@@ -275,13 +321,17 @@ typedef struct {
     int64_t ids[SYNC_BATCH];
     float *vecs;
     size_t n;
+    int64_t skip[SYNC_BATCH]; /* chunks without a usable vector */
+    size_t nskip;
     int64_t counter; /* the batch's latest change */
 } exact_fill;
 
 static qr_status exact_flush(exact_fill *f, char *err)
 {
     qr_status st = f->n ? vindex_add(f->v, f->ids, f->vecs, f->n, f->dim, f->counter, err) : QR_OK;
-    f->n = 0;
+    if (!st && f->nskip)
+        st = vindex_skip(f->v, f->skip, f->nskip, f->counter, err);
+    f->n = f->nskip = 0;
     f->counter = 0;
     return st;
 }
@@ -289,13 +339,14 @@ static qr_status exact_flush(exact_fill *f, char *err)
 static qr_status exact_row(void *ctx, const store_change *c, char *err)
 {
     exact_fill *f = ctx;
-    if (c->dim != f->dim)
-        return qr_fail(err, QR_EIO, "chunk %lld has a vector of dimension %d, the store's is %d",
-                       (long long)c->chunk_id, c->dim, f->dim);
-    f->ids[f->n] = c->chunk_id;
-    memcpy(f->vecs + f->n * (size_t)f->dim, c->vector, (size_t)f->dim * sizeof(float));
     if (c->counter > f->counter)
         f->counter = c->counter;
+    if (!change_usable(c, f->dim)) { /* left out and counted, as catch-up and builds do */
+        f->skip[f->nskip] = c->chunk_id;
+        return ++f->nskip == SYNC_BATCH ? exact_flush(f, err) : QR_OK;
+    }
+    f->ids[f->n] = c->chunk_id;
+    memcpy(f->vecs + f->n * (size_t)f->dim, c->vector, (size_t)f->dim * sizeof(float));
     return ++f->n == SYNC_BATCH ? exact_flush(f, err) : QR_OK;
 }
 
@@ -320,6 +371,7 @@ static qr_status fill_exact(store *s, vindex *v, int dim, index_sync_report *rep
         vindex_get_info(v, &info);
         rep->added = info.delta;
         rep->count = info.delta;
+        rep->skipped = info.skipped;
         snprintf(rep->type, sizeof(rep->type), "exact delta");
     }
     return st;
@@ -363,6 +415,13 @@ static qr_status sync_impl(store *s, vindex *v, const vindex_opts *o, bool force
                 goto out;
             rep->added = r.nadd;
             rep->removed = r.ndel;
+            rep->skipped = r.nskip;
+            if (r.nskip)
+                qr_log(
+                    QR_LOG_WARN, LOG_COMPONENT,
+                    "%zu new chunks (chunk %lld%s) have no usable vector (all zero, not finite or of another "
+                    "dimension): left out of vector search, BM25 still finds them",
+                    r.nskip, (long long)r.skip_ids[0], r.nskip > 1 ? " and others" : "");
             build = vindex_needs_rebuild(v);
         }
         if (st)
@@ -379,9 +438,11 @@ static qr_status sync_impl(store *s, vindex *v, const vindex_opts *o, bool force
         rep->generation = info.generation;
         rep->count = info.count;
         snprintf(rep->type, sizeof(rep->type), "%s", info.type);
-        if (rep->added || rep->removed)
-            qr_log(QR_LOG_INFO, LOG_COMPONENT,
-                   "vector index caught up with the store: %zu added, %zu removed", rep->added, rep->removed);
+        if (rep->added || rep->removed || rep->skipped)
+            qr_log(
+                QR_LOG_INFO, LOG_COMPONENT,
+                "vector index caught up with the store: %zu added, %zu removed, %zu without a usable vector",
+                rep->added, rep->removed, rep->skipped);
     }
 out:
     replay_release(&r);

@@ -54,10 +54,17 @@
  * In the server only the maintainer (index/maintainer.h) opens, changes and builds; request
  * threads only search.
  *
- * Errors: QR_EINVAL for bad arguments (wrong dimension, NaN/Inf or zero vectors, k outside
- * 1..VINDEX_K_MAX, negative or duplicate ids); QR_EIO and QR_ENOMEM from the system,
- * QR_EINTERNAL with FAISS's message. Unless a function says otherwise, a call that fails changes
- * nothing.
+ * Chunks without a usable vector (zero, NaN or infinite values, or another dimension: a text with
+ * no words the embedder knows embeds to zero) cannot be normalised or searched. They are never
+ * fatal: whoever feeds the index from the store (sync.c, vindex_build) tells the index about them
+ * with vindex_skip or vindex_build_skip instead of adding them, so they are left out of every
+ * vector search, counted (vindex_info.skipped, persisted with the generation as gen-N.skip) and
+ * found by BM25 only; the store's change log moves past them like any other change.
+ *
+ * Errors: QR_EINVAL for bad arguments (wrong dimension, NaN/Inf or zero vectors given to
+ * vindex_add or vindex_build_add, k outside 1..VINDEX_K_MAX, negative or duplicate ids); QR_EIO
+ * and QR_ENOMEM from the system, QR_EINTERNAL with FAISS's message. Unless a function says
+ * otherwise, a call that fails changes nothing.
  */
 typedef struct vindex vindex;
 
@@ -119,6 +126,11 @@ qr_status vindex_build_begin(vindex *v, const vindex_centroids *centroids, vinde
  * the builder stays usable. */
 qr_status vindex_build_add(vindex_builder *b, const int64_t *ids, const float *vecs, size_t n, int dim,
                            char *err);
+/* Records n chunks of the snapshot being built that have no usable vector (vindex_vector_usable
+ * false): the generation leaves them out of searches and counts them (vindex_info.skipped). An id
+ * both added and skipped is a duplicate (QR_EINVAL at the commit). On error nothing of this call
+ * is recorded. */
+qr_status vindex_build_skip(vindex_builder *b, const int64_t *ids, size_t n, char *err);
 /* Builds the index of every vector added (type chosen by size or vindex.type; an empty build is
  * flat), writes the generation, commits its MANIFEST and swaps it in for searches, then removes
  * the old generation's files. store_counter is the store change counter the added vectors are a
@@ -130,7 +142,8 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
 void vindex_build_abort(vindex_builder *b);
 
 /* A pull source of vectors for vindex_build: fills up to cap rows (ids[i], vecs[i * dim]) and
- * sets *n; *n = 0 means the end. A non-zero status stops the build (the source fills err). */
+ * sets *n; *n = 0 means the end. A non-zero status stops the build (the source fills err). Rows
+ * with no usable vector are skipped (vindex_build_skip), never an error. */
 typedef qr_status (*vindex_source_fn)(void *ctx, int dim, int64_t *ids, float *vecs, size_t cap, size_t *n,
                                       char *err);
 /* vindex_build_begin, the source drained into vindex_build_add, vindex_build_commit. */
@@ -143,11 +156,19 @@ qr_status vindex_build(vindex *v, vindex_source_fn src, void *ctx, int64_t store
  * chunk ids are never reused) or twice in the call. */
 qr_status vindex_add(vindex *v, const int64_t *ids, const float *vecs, size_t n, int dim,
                      int64_t store_counter, char *err);
-/* Tombstones n chunk ids (from the main index or the delta) so that searches skip them. Ids the
- * index does not hold, and ids already removed, are accepted: the store's change log reports
- * chunks added and deleted since a counter as deleted only. Same counter rule as vindex_add.
- * n may be 0 (ids NULL): the call then only records store_counter, for store changes that
- * touched no chunk (ACL or title edits), so that the index counts as up to date. */
+/* True when vec (dim floats) can go into the index: every value finite and not all zero. The one
+ * test of vindex_add, vindex_build_add and the GPU path, for callers that sort rows out first. */
+bool vindex_vector_usable(const float *vec, int dim);
+/* Records n chunks that the store holds but that have no usable vector (zero, NaN or infinite,
+ * another dimension): searches never see them and vindex_info.skipped counts them until they are
+ * removed (vindex_remove) or a build from a store without them. Same counter and QR_EEXIST rules
+ * as vindex_add. */
+qr_status vindex_skip(vindex *v, const int64_t *ids, size_t n, int64_t store_counter, char *err);
+/* Tombstones n chunk ids (from the main index, the delta or the skipped ones) so that searches
+ * skip them. Ids the index does not hold, and ids already removed, are accepted: the store's
+ * change log reports chunks added and deleted since a counter as deleted only. Same counter rule
+ * as vindex_add. n may be 0 (ids NULL): the call then only records store_counter, for store
+ * changes that touched no chunk (ACL or title edits), so that the index counts as up to date. */
 qr_status vindex_remove(vindex *v, const int64_t *ids, size_t n, int64_t store_counter, char *err);
 /* True when the delta rows plus tombstones exceed delta_max: time to build a new generation. */
 bool vindex_needs_rebuild(vindex *v);
@@ -188,6 +209,7 @@ typedef struct {
     size_t ef_search;     /* HNSW only */
     size_t delta;         /* rows in the delta */
     size_t tombstones;
+    size_t skipped;        /* chunks left out: no usable vector (vindex_skip, vindex_build_skip) */
     int64_t built_counter; /* store change counter the generation was built from */
     int64_t store_counter; /* the latest change the index reflects (catch up from here) */
     uint64_t searches;     /* vindex_search calls answered since open */
@@ -213,6 +235,7 @@ void vindex_get_info(vindex *v, vindex_info *out);
 typedef struct {
     bool rebuilt;          /* a new generation was built and published */
     size_t added, removed; /* chunk changes replayed into the delta */
+    size_t skipped;        /* chunks this sync left out of vector search: no usable vector */
     uint64_t generation;   /* the generation served afterwards */
     char type[16];         /* its type ("flat", "ivf_sq8", ...) */
     size_t count;          /* vectors in its main index */

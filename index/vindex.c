@@ -13,7 +13,8 @@
  * covers their rounding.
  *
  * The module is five files, one idea each: this one has the options, the handle (open, close,
- * info), its snapshots, the exact score and the incremental changes (vindex_add, vindex_remove);
+ * info), its snapshots, the exact score and the incremental changes (vindex_add, vindex_skip,
+ * vindex_remove);
  * vindex_files.c the generation's files and manifest; vindex_build.c building and publishing a
  * generation; vindex_search.c the searches; vindex_plan.c (in quarry_gpu, shared with the GPU
  * path) the choice of type and list count. vindex_impl.h holds what they share. FAISS types and
@@ -256,6 +257,7 @@ void vindex_snap_free(vsnap *s)
     free(s->d_counter);
     vindex_idmap_release(&s->d_pos);
     vindex_idmap_release(&s->tomb);
+    vindex_idmap_release(&s->skip);
     pthread_rwlock_destroy(&s->lock);
     free(s);
 }
@@ -518,6 +520,7 @@ void vindex_get_info(vindex *v, vindex_info *out)
     pthread_rwlock_rdlock(&s->lock);
     out->delta = s->d_n;
     out->tombstones = s->tomb.n;
+    out->skipped = s->skip.n - s->skip_removed;
     out->store_counter = s->store_counter;
     pthread_rwlock_unlock(&s->lock);
     vindex_snap_release(v, s);
@@ -603,7 +606,8 @@ qr_status vindex_add(vindex *v, const int64_t *ids, const float *vecs, size_t n,
     }
     for (size_t i = 0; i < n; i++) {
         /* only this thread (holding the write lock) changes the delta: reading it unlocked is safe */
-        if (vindex_main_find(s, ids[i]) >= 0 || vindex_idmap_get(&s->d_pos, ids[i], NULL)) {
+        if (vindex_main_find(s, ids[i]) >= 0 || vindex_idmap_get(&s->d_pos, ids[i], NULL) ||
+            vindex_idmap_get(&s->skip, ids[i], NULL)) {
             st = qr_fail(err, QR_EEXIST, "chunk id %" PRId64 " is already in the vector index", ids[i]);
             goto unlock;
         }
@@ -651,6 +655,56 @@ out:
     return st;
 }
 
+qr_status vindex_skip(vindex *v, const int64_t *ids, size_t n, int64_t store_counter, char *err)
+{
+    qr_status st = QR_OK;
+    int64_t *sorted = NULL;
+    if (!v || (n && !ids))
+        return qr_fail(err, QR_EINVAL, "vindex_skip: missing argument");
+    if (store_counter < 0)
+        return qr_fail(err, QR_EINVAL, "store change counter %" PRId64 " is negative", store_counter);
+    if (n == 0)
+        return QR_OK;
+    if (!(sorted = malloc(n * sizeof(int64_t))))
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    memcpy(sorted, ids, n * sizeof(int64_t));
+    qsort(sorted, n, sizeof(int64_t), vindex_cmp_i64);
+    for (size_t i = 0; i < n; i++) {
+        if (sorted[i] < 0) {
+            st = qr_fail(err, QR_EINVAL, "chunk id %" PRId64 " is negative", sorted[i]);
+            goto out;
+        }
+        if (i && sorted[i] == sorted[i - 1]) {
+            st = qr_fail(err, QR_EEXIST, "chunk id %" PRId64 " appears twice in one skip", sorted[i]);
+            goto out;
+        }
+    }
+    pthread_mutex_lock(&v->write_lock);
+    vsnap *s = v->cur;
+    for (size_t i = 0; i < n; i++) {
+        if (vindex_main_find(s, ids[i]) >= 0 || vindex_idmap_get(&s->d_pos, ids[i], NULL) ||
+            vindex_idmap_get(&s->skip, ids[i], NULL)) {
+            st = qr_fail(err, QR_EEXIST, "chunk id %" PRId64 " is already in the vector index", ids[i]);
+            goto unlock;
+        }
+    }
+    pthread_rwlock_wrlock(&s->lock);
+    if (vindex_idmap_reserve(&s->skip, n)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory recording chunks without a vector");
+    } else {
+        for (size_t i = 0; i < n; i++)
+            vindex_idmap_put(&s->skip, ids[i], store_counter);
+        if (store_counter > s->store_counter)
+            s->store_counter = store_counter;
+    }
+    pthread_rwlock_unlock(&s->lock);
+unlock:
+    pthread_mutex_unlock(&v->write_lock);
+out:
+    free(sorted);
+    return st;
+}
+
 qr_status vindex_remove(vindex *v, const int64_t *ids, size_t n, int64_t store_counter, char *err)
 {
     qr_status st = QR_OK;
@@ -667,8 +721,11 @@ qr_status vindex_remove(vindex *v, const int64_t *ids, size_t n, int64_t store_c
     if (vindex_idmap_reserve(&s->tomb, n)) {
         st = qr_fail(err, QR_ENOMEM, "out of memory growing the tombstones");
     } else {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
+            if (!vindex_idmap_get(&s->tomb, ids[i], NULL) && vindex_idmap_get(&s->skip, ids[i], NULL))
+                s->skip_removed++;
             vindex_idmap_put(&s->tomb, ids[i], store_counter);
+        }
         if (store_counter > s->store_counter)
             s->store_counter = store_counter;
     }

@@ -70,6 +70,8 @@ struct vindex_builder {
     int64_t *ids;
     float *rows;
     size_t n, cap;
+    int64_t *skip; /* chunks without a usable vector (vindex_build_skip) */
+    size_t nskip, skip_cap;
     bool ascending;
     float *centroids;
     size_t nlist;
@@ -127,6 +129,7 @@ void vindex_build_abort(vindex_builder *b)
     pthread_mutex_unlock(&b->v->build_lock);
     free(b->ids);
     free(b->rows);
+    free(b->skip);
     free(b->centroids);
     free(b);
 }
@@ -173,6 +176,47 @@ qr_status vindex_build_add(vindex_builder *b, const int64_t *ids, const float *v
     memcpy(b->ids + b->n, ids, n * sizeof(int64_t));
     b->n += n;
     b->ascending = asc;
+    return QR_OK;
+}
+
+qr_status vindex_build_skip(vindex_builder *b, const int64_t *ids, size_t n, char *err)
+{
+    if (!b || (n && !ids))
+        return qr_fail(err, QR_EINVAL, "vindex_build_skip: missing argument");
+    if (n == 0)
+        return QR_OK;
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0)
+            return qr_fail(err, QR_EINVAL, "chunk id %" PRId64 " is negative", ids[i]);
+    if (n > SIZE_MAX / sizeof(int64_t) / 2 - b->nskip)
+        return qr_fail(err, QR_ELIMIT, "too many chunks without a vector");
+    if (b->nskip + n > b->skip_cap) {
+        size_t cap = b->skip_cap ? b->skip_cap : 64;
+        while (cap < b->nskip + n)
+            cap *= 2;
+        int64_t *grown = realloc(b->skip, cap * sizeof(int64_t));
+        if (!grown)
+            return qr_fail(err, QR_ENOMEM, "out of memory for %zu chunks without a vector", cap);
+        b->skip = grown;
+        b->skip_cap = cap;
+    }
+    memcpy(b->skip + b->nskip, ids, n * sizeof(int64_t));
+    b->nskip += n;
+    return QR_OK;
+}
+
+/* Sorts the skipped ids and checks that none is twice or also among the rows (sorted first). */
+static qr_status check_skipped(vindex_builder *b, char *err)
+{
+    if (b->nskip == 0)
+        return QR_OK;
+    qsort(b->skip, b->nskip, sizeof(int64_t), vindex_cmp_i64);
+    for (size_t i = 0; i < b->nskip; i++) {
+        int64_t id = b->skip[i];
+        if ((i && id == b->skip[i - 1]) ||
+            (b->n && bsearch(&id, b->ids, b->n, sizeof(int64_t), vindex_cmp_i64)))
+            return qr_fail(err, QR_EINVAL, "chunk id %" PRId64 " appears twice in the build input", id);
+    }
     return QR_OK;
 }
 
@@ -354,7 +398,12 @@ static qr_status carry_over(vsnap *old, vsnap *s, int64_t counter, char *err)
     for (size_t i = 0; i < old->d_n; i++)
         if (old->d_counter[i] > counter && vindex_main_find(s, old->d_ids[i]) < 0)
             keep++;
-    if (old->dim != d && (keep || old->tomb.n)) {
+    size_t keep_skip = 0;
+    for (size_t i = 0; i < old->skip.cap; i++)
+        if (old->skip.keys[i] != -1 && old->skip.vals[i] > counter &&
+            vindex_main_find(s, old->skip.keys[i]) < 0)
+            keep_skip++;
+    if (old->dim != d && (keep || keep_skip || old->tomb.n)) {
         st =
             qr_fail(err, QR_EINVAL, "changes of another dimension cannot be carried into the new generation");
         goto out;
@@ -378,6 +427,17 @@ static qr_status carry_over(vsnap *old, vsnap *s, int64_t counter, char *err)
             s->d_n++;
         }
     }
+    if (keep_skip) {
+        if (vindex_idmap_reserve(&s->skip, keep_skip)) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory carrying the skipped chunks over");
+            goto out;
+        }
+        for (size_t i = 0; i < old->skip.cap; i++) {
+            int64_t id = old->skip.keys[i];
+            if (id != -1 && old->skip.vals[i] > counter && vindex_main_find(s, id) < 0)
+                vindex_idmap_put(&s->skip, id, old->skip.vals[i]);
+        }
+    }
     if (old->tomb.n) {
         if (vindex_idmap_reserve(&s->tomb, old->tomb.n)) {
             st = qr_fail(err, QR_ENOMEM, "out of memory carrying the tombstones over");
@@ -387,8 +447,12 @@ static qr_status carry_over(vsnap *old, vsnap *s, int64_t counter, char *err)
             int64_t id = old->tomb.keys[i];
             if (id == -1 || old->tomb.vals[i] <= counter)
                 continue;
-            if (vindex_main_find(s, id) >= 0 || vindex_idmap_get(&s->d_pos, id, NULL))
+            bool skipped = vindex_idmap_get(&s->skip, id, NULL);
+            if ((vindex_main_find(s, id) >= 0 || vindex_idmap_get(&s->d_pos, id, NULL) || skipped) &&
+                !vindex_idmap_get(&s->tomb, id, NULL)) {
                 vindex_idmap_put(&s->tomb, id, old->tomb.vals[i]);
+                s->skip_removed += skipped;
+            }
         }
     }
     s->store_counter = old->store_counter > counter ? old->store_counter : counter;
@@ -406,8 +470,9 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
     int d = v->dim;
     FaissIndex *index = NULL;
     vsnap *s = NULL, *old = NULL;
-    char iname[64], vname[64];
+    char iname[64], vname[64], sname[64];
     char *ipath = NULL, *vpath = NULL, *itmp = NULL, *vtmp = NULL, *mpath = NULL, *mtmp = NULL;
+    char *spath = NULL, *stmp = NULL;
     bool write_locked = false, files_made = false;
     qr_buf mtext;
     qr_buf_init(&mtext, MANIFEST_MAX);
@@ -421,6 +486,8 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
             goto out;
         }
     }
+    if ((st = check_skipped(b, err)))
+        goto out;
     vtype type = choose_type(v, b->n);
     size_t nlist = 0;
     if ((st = build_faiss(b, type, &index, &nlist, err)))
@@ -429,8 +496,18 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
     uint64_t gen = __atomic_fetch_add(&v->next_gen, 1, __ATOMIC_RELAXED);
     vindex_gen_name(iname, sizeof(iname), gen, "faiss");
     vindex_gen_name(vname, sizeof(vname), gen, "vec");
+    vindex_gen_name(sname, sizeof(sname), gen, "skip");
     ipath = vindex_path_join(v->dir, iname);
     vpath = vindex_path_join(v->dir, vname);
+    if (b->nskip) {
+        spath = vindex_path_join(v->dir, sname);
+        stmp = spath ? malloc(strlen(spath) + 5) : NULL;
+        if (!stmp) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory");
+            goto out;
+        }
+        sprintf(stmp, "%s.tmp", spath);
+    }
     mpath = vindex_path_join(v->dir, MANIFEST_NAME);
     mtmp = vindex_path_join(v->dir, MANIFEST_TMP);
     if (ipath && vpath) {
@@ -449,7 +526,8 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
                   .dim = d,
                   .count = b->n,
                   .nlist = nlist,
-                  .store_counter = store_counter};
+                  .store_counter = store_counter,
+                  .skipped = b->nskip};
     files_made = true;
     if (faiss_write_index_fname(index, itmp) != 0) {
         st = vindex_faiss_fail(err, "cannot write the FAISS index");
@@ -461,9 +539,11 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
         goto out;
     if ((st = vindex_vec_write(vtmp, d, b->ids, b->rows, b->n, &m.vectors_size, &m.vectors_hash, err)))
         goto out;
-    /* both files synced, renamed, then one sync of the directory: core's sequence (core/file.c) */
+    if (b->nskip && (st = vindex_skip_write(stmp, b->skip, b->nskip, &m.skip_size, &m.skip_hash, err)))
+        goto out;
+    /* the files synced, renamed, then one sync of the directory: core's sequence (core/file.c) */
     if ((st = qr_file_rename(itmp, ipath, true, err)) || (st = qr_file_rename(vtmp, vpath, true, err)) ||
-        (st = qr_fsync_dir_of(ipath, err)))
+        (b->nskip && (st = qr_file_rename(stmp, spath, true, err))) || (st = qr_fsync_dir_of(ipath, err)))
         goto out;
     vindex_hook("files_written");
 
@@ -481,6 +561,12 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
     s->nlist = nlist;
     s->built_counter = store_counter;
     s->store_counter = store_counter;
+    if (b->nskip && vindex_idmap_reserve(&s->skip, b->nskip)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < b->nskip; i++)
+        vindex_idmap_put(&s->skip, b->skip[i], store_counter);
     /* the builder's copy of the rows is no longer needed: the mapped file has them */
     free(b->rows);
     b->rows = NULL;
@@ -527,14 +613,15 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
     vindex_snap_release(v, old); /* searches still holding it keep its index and mapping alive */
     vindex_remove_leftovers(v->dir, gen);
     qr_log(QR_LOG_INFO, LOG_COMPONENT,
-           "published vector index generation %" PRIu64 ": %s, %zu vectors, %.1f s", gen,
-           vindex_type_names[type], b->n, (double)(qr_now_ns() - t0) / 1e9);
+           "published vector index generation %" PRIu64 ": %s, %zu vectors, %zu chunks without a usable "
+           "vector left out, %.1f s",
+           gen, vindex_type_names[type], b->n, b->nskip, (double)(qr_now_ns() - t0) / 1e9);
 out:
     if (write_locked)
         pthread_mutex_unlock(&v->write_lock);
     if (files_made) {
         /* nothing was committed: the old generation stays; remove what this build wrote */
-        const char *paths[] = {itmp, vtmp, ipath, vpath, mtmp};
+        const char *paths[] = {itmp, vtmp, stmp, ipath, vpath, spath, mtmp};
         for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
             if (paths[i])
                 unlink(paths[i]);
@@ -549,6 +636,8 @@ out:
     free(vtmp);
     free(mpath);
     free(mtmp);
+    free(spath);
+    free(stmp);
     vindex_build_abort(b);
     return st;
 }
@@ -579,7 +668,23 @@ qr_status vindex_build(vindex *v, vindex_source_fn src, void *ctx, int64_t store
         }
         if (n == 0)
             break;
-        if ((st = vindex_build_add(b, ids, vecs, n, v->dim, err)))
+        /* rows without a usable vector are skipped, the others moved up in place */
+        size_t kept = 0, nskip = 0;
+        int64_t skipped[SOURCE_BATCH];
+        for (size_t i = 0; i < n; i++) {
+            const float *row = vecs + i * (size_t)v->dim;
+            if (!vindex_vector_usable(row, v->dim)) {
+                skipped[nskip++] = ids[i];
+                continue;
+            }
+            if (kept != i) {
+                ids[kept] = ids[i];
+                memmove(vecs + kept * (size_t)v->dim, row, (size_t)v->dim * sizeof(float));
+            }
+            kept++;
+        }
+        if ((st = vindex_build_add(b, ids, vecs, kept, v->dim, err)) ||
+            (st = vindex_build_skip(b, skipped, nskip, err)))
             goto out;
     }
     free(ids);

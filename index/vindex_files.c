@@ -1,7 +1,8 @@
 /*
  * vindex_files: the vector index's files under its directory. A generation is gen-N.faiss (the
  * FAISS index, written by FAISS) and gen-N.vec (the chunk ids and normalised rows, mapped into
- * memory for exact search); MANIFEST names the served one with a checksum of each file. This
+ * memory for exact search), and gen-N.skip when some chunks have no usable vector (their ids);
+ * MANIFEST names the served one with a checksum of each file. This
  * file formats and parses the manifest, writes and maps the vectors file, loads a generation
  * and checks it against its manifest, and removes what an interrupted build left behind. The
  * order of writes that makes a publication atomic is vindex_build.c's.
@@ -34,6 +35,8 @@
 #define LOG_COMPONENT "index"
 #define VEC_MAGIC     "QRVECS01"
 #define VEC_HEADER    64
+#define SKIP_MAGIC    "QRSKIP01"
+#define SKIP_HEADER   16 /* magic, then the count (uint64) */
 
 /* ---- file helpers ---------------------------------------------------------------------------- */
 
@@ -140,6 +143,13 @@ qr_status vindex_manifest_format(const manifest *m, qr_buf *out)
                       "vectors %s %" PRIu64 " %016" PRIx64 "\n",
                       m->generation, vindex_type_names[m->type], m->dim, m->count, m->nlist, m->store_counter,
                       idx, m->index_size, m->index_hash, vec, m->vectors_size, m->vectors_hash);
+    /* only a generation with skipped chunks has the line, so others read as before */
+    if (!st && m->skipped) {
+        char skip[64];
+        vindex_gen_name(skip, sizeof(skip), m->generation, "skip");
+        st = qr_buf_printf(out, "skipped %s %" PRIu64 " %" PRIu64 " %016" PRIx64 "\n", skip, m->skipped,
+                           m->skip_size, m->skip_hash);
+    }
     if (!st)
         st = qr_buf_printf(out, "check %016" PRIx64 "\n", qhash_bytes(qr_buf_str(out), qr_buf_len(out)));
     return st;
@@ -171,8 +181,19 @@ qr_status vindex_manifest_parse(const char *path, const char *text, size_t len, 
                      "store_counter %lld\nindex %63s %llu %16llx\nvectors %63s %llu %16llx\n%n",
                      &version, &gen, type, &dim, &count, &nlist, &counter, idx, &isize, &ihash, vec, &vsize,
                      &vhash, &used);
-    if (got != 13 || text + used != check)
+    if (got != 13)
         return qr_fail(err, QR_EIO, "vector index manifest '%s' is malformed", path);
+    /* the optional line of the chunks without a usable vector */
+    unsigned long long skipped = 0, ssize = 0, shash = 0;
+    if (text + used != check) {
+        char skip[64], want_skip[64];
+        int more = 0;
+        vindex_gen_name(want_skip, sizeof(want_skip), gen, "skip");
+        if (sscanf(text + used, "skipped %63s %llu %llu %16llx\n%n", skip, &skipped, &ssize, &shash, &more) !=
+                4 ||
+            text + used + more != check || strcmp(skip, want_skip) != 0 || skipped == 0)
+            return qr_fail(err, QR_EIO, "vector index manifest '%s' is malformed", path);
+    }
     if (version != 1)
         return qr_fail(err, QR_EIO, "vector index manifest '%s' has version %d; this quarry reads version 1",
                        path, version);
@@ -191,6 +212,9 @@ qr_status vindex_manifest_parse(const char *path, const char *text, size_t len, 
     m->index_hash = ihash;
     m->vectors_size = vsize;
     m->vectors_hash = vhash;
+    m->skipped = skipped;
+    m->skip_size = ssize;
+    m->skip_hash = shash;
     return QR_OK;
 }
 
@@ -240,6 +264,73 @@ qr_status vindex_vec_write(const char *path, int dim, const int64_t *ids, const 
 out:
     if (fd >= 0)
         close(fd);
+    return st;
+}
+
+qr_status vindex_skip_write(const char *path, const int64_t *ids, size_t count, uint64_t *size,
+                            uint64_t *hash, char *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return qr_fail(err, QR_EIO, "cannot create '%s': %s", path, strerror(errno));
+    uint8_t header[SKIP_HEADER];
+    uint64_t c = count;
+    memcpy(header, SKIP_MAGIC, 8);
+    memcpy(header + 8, &c, 8);
+    qhash h;
+    qhash_init(&h);
+    qhash_update(&h, header, sizeof(header));
+    qhash_update(&h, ids, count * sizeof(int64_t));
+    qr_status st;
+    if ((st = qr_write_all(fd, header, sizeof(header), path, err)) ||
+        (st = qr_write_all(fd, ids, count * sizeof(int64_t), path, err))) {
+        close(fd);
+        return st;
+    }
+    if ((st = qr_file_sync_close(fd, path, err)))
+        return st;
+    *size = SKIP_HEADER + count * sizeof(int64_t);
+    *hash = qhash_final(&h);
+    return QR_OK;
+}
+
+/* Reads gen-N.skip, checked against the manifest, into s->skip (each id with the generation's
+ * counter). */
+static qr_status skip_load(vsnap *s, const char *path, const manifest *m, char *err)
+{
+    char *data = NULL;
+    size_t len = 0;
+    qr_status st = QR_OK;
+    if (m->skipped > (SIZE_MAX - SKIP_HEADER) / sizeof(int64_t) ||
+        m->skip_size != SKIP_HEADER + m->skipped * sizeof(int64_t))
+        return qr_fail(err, QR_EIO, "vector index manifest gives '%s' an impossible size", path);
+    if ((st = qr_read_file(path, (size_t)m->skip_size, &data, &len, err)))
+        return st;
+    uint64_t c = 0;
+    if (len >= SKIP_HEADER)
+        memcpy(&c, data + 8, 8);
+    if (len != m->skip_size || qhash_bytes(data, len) != m->skip_hash || memcmp(data, SKIP_MAGIC, 8) != 0 ||
+        c != m->skipped) {
+        st = qr_fail(err, QR_EIO, "skipped-chunks file '%s' is corrupted (size, checksum or header)", path);
+        goto out;
+    }
+    if (vindex_idmap_reserve(&s->skip, (size_t)c)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory reading '%s'", path);
+        goto out;
+    }
+    int64_t prev = -1;
+    for (size_t i = 0; i < (size_t)c; i++) {
+        int64_t id;
+        memcpy(&id, data + SKIP_HEADER + i * sizeof(int64_t), sizeof(id));
+        if (id <= prev) {
+            st = qr_fail(err, QR_EIO, "skipped-chunks file '%s' has unsorted ids", path);
+            goto out;
+        }
+        prev = id;
+        vindex_idmap_put(&s->skip, id, m->store_counter);
+    }
+out:
+    free(data);
     return st;
 }
 
@@ -378,6 +469,18 @@ qr_status vindex_load_generation(const vindex *v, const manifest *m, vsnap **out
             qr_fail(err, QR_EIO, "vector index manifest names '%s', which is missing", vpath);
         st = QR_EIO;
         goto out;
+    }
+    if (m->skipped) {
+        vindex_gen_name(name, sizeof(name), m->generation, "skip");
+        char *spath = vindex_path_join(v->dir, name);
+        st = spath ? skip_load(s, spath, m, err) : qr_fail(err, QR_ENOMEM, "out of memory");
+        if (st == QR_ENOTFOUND)
+            qr_fail(err, QR_EIO, "vector index manifest names '%s', which is missing", spath);
+        free(spath);
+        if (st) {
+            st = st == QR_ENOMEM ? st : QR_EIO;
+            goto out;
+        }
     }
     if ((st = vindex_apply_search_params(s->index, m->type, &v->opts, err)))
         goto out;

@@ -36,6 +36,8 @@ typedef struct {
     int64_t store_counter;
     uint64_t index_size, index_hash;
     uint64_t vectors_size, vectors_hash;
+    uint64_t skipped; /* chunks without a usable vector, listed in gen-N.skip (none: no file) */
+    uint64_t skip_size, skip_hash;
 } manifest;
 
 /* What a search sees. The main part (index, mapped vectors) never changes; the delta and the
@@ -59,8 +61,10 @@ typedef struct vsnap {
     float *d_rows;
     int64_t *d_counter;
     size_t d_n, d_cap;
-    idmap d_pos; /* id -> position in the delta */
-    idmap tomb;  /* id -> counter of the removal */
+    idmap d_pos;         /* id -> position in the delta */
+    idmap tomb;          /* id -> counter of the removal */
+    idmap skip;          /* id -> counter: chunks without a usable vector, never searched */
+    size_t skip_removed; /* ids of `skip` that are also in `tomb` */
     int64_t store_counter;
 } vsnap;
 
@@ -108,6 +112,9 @@ qr_status vindex_manifest_parse(const char *path, const char *text, size_t len, 
 qr_status vindex_vec_write(const char *path, int dim, const int64_t *ids, const float *rows, size_t count,
                            uint64_t *size, uint64_t *hash, char *err);
 qr_status vindex_vec_map(vsnap *s, const char *path, const manifest *m, bool check_hash, char *err);
+/* Writes ascending chunk ids to path (gen-N.skip), syncs it, and returns its size and checksum. */
+qr_status vindex_skip_write(const char *path, const int64_t *ids, size_t count, uint64_t *size,
+                            uint64_t *hash, char *err);
 qr_status vindex_load_generation(const vindex *v, const manifest *m, vsnap **out, char *err);
 uint64_t vindex_max_generation_on_disk(const char *dir);
 void vindex_remove_leftovers(const char *dir, uint64_t keep);

@@ -26,6 +26,19 @@ bool vindex_parse_type(const char *s, vtype *out)
 
 /* ---- vector helpers ------------------------------------------------------------------------ */
 
+bool vindex_vector_usable(const float *vec, int dim)
+{
+    if (!vec || dim < 1)
+        return false;
+    double sum = 0;
+    for (int i = 0; i < dim; i++) {
+        if (!isfinite(vec[i]))
+            return false;
+        sum += (double)vec[i] * vec[i];
+    }
+    return sum > 0 && isfinite(sum);
+}
+
 /* Copies a row normalised to unit length. Zero, NaN and infinite rows cannot be normalised and
  * would poison every inner product, so they are refused. Shared with the GPU path (vindex_int.h),
  * so that both train on exactly the rows the index holds. */

@@ -1,9 +1,10 @@
 /*
  * The answer drafter: from a question and the passages retrieval permits, a cited answer. It
- * builds the fenced prompt, streams the backend's reply through to the caller, maps the reply's
- * citations to the passages that were actually sent, and, when no backend can answer before
- * any text has reached the caller, answers extractively and says why. The result owns copies of
- * everything it reports, so it outlives the passages it was built from.
+ * builds the fenced prompt, streams the backend's reply through to the caller with citations
+ * that point at no sent passage taken out on the way (so the streamed text is the answer's
+ * text), maps the reply's citations to the passages that were actually sent, and, when no
+ * backend can answer before any text has reached the caller, answers extractively and says why. The result
+ * owns copies of everything it reports, so it outlives the passages it was built from.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,12 +110,35 @@ static qr_status copy_sources(const infer_request *req, infer_result *out, char 
     return QR_OK;
 }
 
-/* Forwards text and errors to the caller and notes that text went out; the drafter sends the
- * final INFER_EVENT_DONE itself, after it knows which answer it returns. */
+/* Forwards text, cleaned of citations that point nowhere, and errors to the caller, and notes
+ * that text went out; the drafter sends the rest of the text and the final INFER_EVENT_DONE
+ * itself, after it knows which answer it returns. */
 typedef struct {
     const infer_request *req;
     bool delivered;
+    infer_cite_stream cites;
+    qr_status st; /* the first failure of the cleaning (out of memory) */
 } relay;
+
+/* Passes on what the cleaning lets through of text (final: everything held back too). Returns
+ * the caller's answer (non-zero: stop). */
+static int relay_text(relay *r, const char *text, size_t len, bool final)
+{
+    qr_buf out;
+    qr_buf_init(&out, SIZE_MAX / 8);
+    char err[QR_ERR_LEN];
+    int rc = 0;
+    qr_status st = infer_cite_stream_feed(&r->cites, text, len, final, &out, err);
+    if (st && !r->st)
+        r->st = st;
+    if (qr_buf_len(&out)) {
+        infer_event ev = {INFER_EVENT_DELTA, qr_buf_str(&out), qr_buf_len(&out), QR_OK};
+        r->delivered = true;
+        rc = r->req->on_event(&ev, r->req->user);
+    }
+    qr_buf_release(&out);
+    return st ? 1 : rc;
+}
 
 static int relay_event(const infer_event *ev, void *user)
 {
@@ -122,7 +146,12 @@ static int relay_event(const infer_event *ev, void *user)
     if (ev->type == INFER_EVENT_DONE)
         return 0;
     if (ev->type == INFER_EVENT_DELTA)
-        r->delivered = true;
+        return relay_text(r, ev->text, ev->len, false);
+    /* an error ends the stream. Nothing shown yet (all of it held back): the caller has seen no
+     * text, so the drafter answers extractively instead; else what was held back goes out first */
+    if (!r->delivered)
+        return 0;
+    relay_text(r, NULL, 0, true);
     return r->req->on_event(ev, r->req->user);
 }
 
@@ -179,6 +208,8 @@ qr_status infer_answer(infer_client *client, const infer_request *req, infer_res
     char *clean = NULL;
     int *cited = NULL;
     size_t ncited = 0;
+    relay r = {req, false, {0}, QR_OK};
+    infer_cite_stream_init(&r.cites, 0);
     qr_status st = infer_request_check(req, err);
     if (st)
         goto out;
@@ -202,10 +233,12 @@ qr_status infer_answer(infer_client *client, const infer_request *req, infer_res
     qr_log(QR_LOG_DEBUG, "inference", "prompt: %zu of %zu passages, %zu history turns, about %zu tokens",
            prompt.sent, req->passage_count, prompt.history_used, prompt.tokens);
 
-    relay r = {req, false};
+    infer_cite_stream_init(&r.cites, (int)prompt.sent);
     bool rejected = false;
     st = infer_chat_call(client, prompt.messages, prompt.count, true, req->on_event ? relay_event : NULL, &r,
                          &comp, &rejected, err);
+    if (!st && r.st)
+        st = qr_fail(err, r.st, "out of memory cleaning the answer's citations");
     if (!st && comp.content[strspn(comp.content, " \t\r\n")] == '\0') {
         st = qr_fail(err, QR_EIO, "the inference backend returned an empty answer");
         rejected = false;
@@ -228,6 +261,13 @@ qr_status infer_answer(infer_client *client, const infer_request *req, infer_res
     st = infer_cite_process(comp.content, (int)prompt.sent, &clean, &cited, &ncited, err);
     if (st)
         goto out;
+    /* the text held back while streaming (a marker at the very end, a trailing space) */
+    if (req->on_event)
+        relay_text(&r, NULL, 0, true);
+    if (r.st) {
+        st = qr_fail(err, r.st, "out of memory cleaning the answer's citations");
+        goto out;
+    }
     out->mode = INFER_MODE_GENERATIVE;
     out->text = clean;
     clean = NULL;
@@ -250,5 +290,6 @@ out:
     free(cited);
     infer_completion_release(&comp);
     infer_prompt_release(&prompt);
+    infer_cite_stream_release(&r.cites);
     return st;
 }

@@ -199,15 +199,17 @@ void infer_result_release(infer_result *r);
  * random per-call code, with any fence-like text inside them neutralised; the newest history
  * turns are kept within a quarter of the budget. Tokens are estimated, not counted: one per four
  * ASCII bytes (rounded up) plus one per non-ASCII character, plus four per message. The reply is
- * streamed from the backend; its [n], [n, m] and [n][m] citations are mapped to the sources sent,
- * and markers pointing at no sent source are dropped from the text and the cited list.
+ * streamed from the backend; its [n], [n, m], [n-m] and [n][m] citations are mapped to the sources
+ * sent, and markers pointing at no sent source ([7] of three, [0], [-1], [1000]) are dropped from
+ * the text and the cited list.
  *
  * Extractive: with client NULL or not configured, when the backend fails before any text was
  * passed to on_event (after retries), or while the breaker is open, the answer is the best
  * sentences of the top passages with [n] citations, mode INFER_MODE_EXTRACTIVE and the reason set;
  * never silently. on_event, when given, receives that text as one INFER_EVENT_DELTA and then
- * INFER_EVENT_DONE, so a streaming consumer always gets an answer. The streamed text is the
- * model's raw text; out->text is the same with dangling citations removed.
+ * INFER_EVENT_DONE, so a streaming consumer always gets an answer. The streamed text is the model's
+ * text cleaned as it comes (a few bytes, such as an unfinished "[1", wait for the next piece), and
+ * equals out->text.
  *
  * Errors: QR_EINVAL for a bad request (missing question, passage without doc_id or text, history
  * with a system message); QR_ELIMIT when the question and system prompt alone exceed the budget;

@@ -66,16 +66,34 @@ uint64_t infer_breaker_wait_ms(const infer_breaker *b, uint64_t now_ms);
 
 /* ---- citations --------------------------------------------------------------------------- */
 
-/* Largest number read as a citation: "[2023]" stays text. */
+/* Largest number a source can have. Larger ones ("[1000]") and signed ones ("[-1]") in a citation
+ * group point at no source; a lone bracketed four-digit year ("[2023]", 1800..2199) is text. */
 #define INFER_CITE_MAX 999
 
-/* Finds the citation groups in text: [n], [n, m] (commas or semicolons) and runs like [n][m].
- * Writes to *clean (malloc'd, caller frees) the text with every number outside 1..max_valid
- * removed from its group, and groups left empty removed with the space before them. Writes the
- * distinct valid numbers, in order of first appearance, to *cited (malloc'd, may be NULL when
- * *ncited is 0). On error nothing is allocated. */
+/* Finds the citation groups in text: [n], [n, m] (commas or semicolons), ranges [n-m] and runs
+ * like [n][m]; numbers of up to 9 digits, optionally signed. Writes to *clean (malloc'd, caller
+ * frees) the text with every number outside 1..max_valid removed from its group, and groups left
+ * empty removed with the space before them. Writes the distinct valid numbers, in order of first
+ * appearance, to *cited (malloc'd, may be NULL when *ncited is 0). On error nothing is
+ * allocated. */
 qr_status infer_cite_process(const char *text, int max_valid, char **clean, int **cited, size_t *ncited,
                              char *err);
+
+/* The same cleaning, piece by piece, for a streamed answer: each piece fed appends to out the text
+ * that no later piece can change, and keeps back the rest (an unfinished "[1", the space before
+ * it: a few bytes, at most one group's). Fed with final true (a last piece, possibly empty) it
+ * flushes everything. The concatenation of what it appends equals infer_cite_process's *clean
+ * for the concatenated pieces, however the text was cut. */
+typedef struct {
+    int max_valid;
+    qr_buf pending; /* fed, not yet decided */
+} infer_cite_stream;
+
+void infer_cite_stream_init(infer_cite_stream *cs, int max_valid);
+void infer_cite_stream_release(infer_cite_stream *cs);
+/* QR_ENOMEM (out may then hold part of this piece's text). */
+qr_status infer_cite_stream_feed(infer_cite_stream *cs, const char *text, size_t len, bool final, qr_buf *out,
+                                 char *err);
 
 /* ---- prompt ------------------------------------------------------------------------------ */
 

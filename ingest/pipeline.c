@@ -143,12 +143,15 @@ qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_resu
         return qr_fail(err, QR_EINVAL, "a document needs a non-empty doc_id");
     if (!src->bytes && src->len)
         return qr_fail(err, QR_EINVAL, "document '%s': no bytes", src->doc_id);
-    for (size_t i = 0; i < src->nacl; i++)
-        if (!store_principal_valid(src->acl[i]))
-            return qr_fail(
-                err, QR_EINVAL,
-                "document '%s': invalid principal '%s' (expected user:<uid>, group:<name> or public)",
-                src->doc_id, src->acl[i]);
+    /* the store keeps each principal in its canonical spelling (group:Engineering as
+     * group:engineering); one that cannot be made valid is refused here, by name */
+    for (size_t i = 0; i < src->nacl; i++) {
+        char why[QR_ERR_LEN];
+        if (!store_principal_valid(src->acl[i])) {
+            store_principal_canonical(src->acl[i], NULL, 0, why);
+            return qr_fail(err, QR_EINVAL, "document '%s': %s", src->doc_id, why);
+        }
+    }
 
     char hash[65], stored[65];
     bool found = false;

@@ -321,6 +321,37 @@ TEST(failed_logins_are_rate_limited)
     char retry[32];
     CHECK(header_value(&r, "Retry-After", retry, sizeof(retry)) && atoi(retry) > 0);
     api_resp_release(&r);
+    /* and so is every other spelling LDAP takes for carol, by Basic and by the token route */
+    static const char *const spellings[] = {"carol ", " carol",
+                                            "\xef\xbd\x83\xef\xbd\x81\xef\xbd\x92\xef\xbd\x8f\xef\xbd\x8c",
+                                            "c\xef\xbd\x81rol", "CAROL"};
+    for (size_t i = 0; i < sizeof(spellings) / sizeof(spellings[0]); i++) {
+        char basic[512], body[256];
+        api_basic(basic, sizeof(basic), spellings[i], "Carol-pw-3");
+        CHECK_MSG(api_http(f.base, "GET", "/v1/me", H(basic), NULL, 0, &r) == 429, "'%s': %ld", spellings[i],
+                  r.status);
+        api_resp_release(&r);
+        snprintf(body, sizeof(body), "{\"username\":\"%s\",\"password\":\"Carol-pw-3\"}", spellings[i]);
+        CHECK_MSG(api_http(f.base, "POST", "/v1/auth/token", NULL, body, 0, &r) == 429, "token '%s': %ld",
+                  spellings[i], r.status);
+        api_resp_release(&r);
+    }
+    /* a variant spelling that logs in is the directory's uid in the principal and the token */
+    CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", NULL,
+                       "{\"username\":\"\xef\xbc\xa2ob \",\"password\":\"Bob-pw-2\"}", 0, &r),
+              200);
+    char bearer[1200];
+    snprintf(bearer, sizeof(bearer), "Authorization: Bearer %s",
+             json_string_value(json_object_get(r.json, "access_token")));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(bearer), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "uid")), "bob");
+    api_resp_release(&r);
+    char basic[512];
+    api_basic(basic, sizeof(basic), "BOB", "Bob-pw-2");
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(basic), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "uid")), "bob");
+    api_resp_release(&r);
     api_fx_stop(&f);
 }
 
@@ -1308,6 +1339,98 @@ TEST(documents_lifecycle)
     api_fx_stop(&f);
 }
 
+/* The doc ids a BM25 search for `query` finds as `who`, comma-joined. */
+static void bm25_ids(api_fixture *f, const char *who, const char *query, char *out, size_t len)
+{
+    char body[256];
+    snprintf(body, sizeof(body), "{\"query\":\"%s\",\"k\":5,\"mode\":\"bm25\"}", query);
+    api_resp r;
+    api_http(f->base, "POST", "/v1/search", H(who), body, 0, &r);
+    result_ids(json_object_get(r.json, "results"), out, len);
+    api_resp_release(&r);
+}
+
+/* A response's ACL ("acl" of its JSON body), comma-joined. */
+static void acl_text(const api_resp *r, char *out, size_t len)
+{
+    size_t i, o = 0;
+    json_t *e;
+    out[0] = '\0';
+    json_array_foreach(json_object_get(r->json, "acl"), i, e)
+    {
+        o += (size_t)snprintf(out + o, len > o ? len - o : 0, "%s%s", i ? "," : "", json_string_value(e));
+    }
+}
+
+TEST(acl_principals_are_canonicalised)
+{
+    /* group:Engineering and user:ERIN could never match a caller: login lower-cases group and uid
+     * names. Every entry point stores them lower-cased; one that cannot be made valid is refused
+     * with a message that names it. */
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    api_resp r;
+    char ids[512], acl[256];
+    CHECK_INT(api_http(f.base, "PUT", "/v1/documents/notes%2Fcase.md?refresh=wait_for", H(DAVE),
+                       "{\"title\":\"Case\",\"text\":\"Marker CASEFOLDDOC for the engineers and erin.\","
+                       "\"acl\":[\"group:Engineering\",\"user:ERIN\"]}",
+                       0, &r),
+              201);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/notes%2Fcase.md", H(DAVE), NULL, 0, &r), 200);
+    acl_text(&r, acl, sizeof(acl));
+    api_resp_release(&r);
+    CHECK_STR(acl, "group:engineering,user:erin");
+    const char *readers[] = {BOB, ERIN};
+    for (size_t i = 0; i < 2; i++) {
+        bm25_ids(&f, readers[i], "CASEFOLDDOC", ids, sizeof(ids));
+        CHECK_MSG(strcmp(ids, "notes/case.md") == 0, "%s: %s", i ? "erin" : "bob", ids);
+    }
+    /* the ACL route */
+    CHECK_INT(api_http(f.base, "PATCH", "/v1/documents/notes%2Fcase.md/acl?refresh=wait_for", H(DAVE),
+                       "{\"acl\":[\"group:STAFF\"]}", 0, &r),
+              200);
+    acl_text(&r, acl, sizeof(acl));
+    api_resp_release(&r);
+    CHECK_STR(acl, "group:staff");
+    bm25_ids(&f, BOB, "CASEFOLDDOC", ids, sizeof(ids));
+    CHECK_MSG(strcmp(ids, "notes/case.md") == 0, "bob, staff: %s", ids);
+    bm25_ids(&f, ERIN, "CASEFOLDDOC", ids, sizeof(ids));
+    CHECK_MSG(ids[0] == '\0', "erin, in no group: %s", ids);
+    /* multipart acl fields */
+    const char *mp = "--B\r\nContent-Disposition: form-data; name=\"acl\"\r\n\r\nuser:Erin\r\n"
+                     "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"up.txt\"\r\n"
+                     "Content-Type: text/plain\r\n\r\nMarker UPLOADCASE for erin.\r\n--B--\r\n";
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents?refresh=wait_for",
+                       H(DAVE, "Content-Type: multipart/form-data; boundary=B"), mp, strlen(mp), &r),
+              201);
+    api_resp_release(&r);
+    bm25_ids(&f, ERIN, "UPLOADCASE", ids, sizeof(ids));
+    CHECK_MSG(strcmp(ids, "up.txt") == 0, "erin: %s", ids);
+    /* refusals name the principal, and change nothing */
+    CHECK_INT(api_http(f.base, "PATCH", "/v1/documents/notes%2Fcase.md/acl", H(DAVE),
+                       "{\"acl\":[\"public\",\"user: erin\"]}", 0, &r),
+              400);
+    const char *msg = json_string_value(json_object_get(json_object_get(r.json, "error"), "message"));
+    CHECK_MSG(msg && strstr(msg, "acl[1]") && strstr(msg, "'user: erin'") && strstr(msg, "space"), "%s",
+              msg ? msg : qr_buf_str(&r.body));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/documents", H(DAVE),
+                       "{\"doc_id\":\"notes/bad.md\",\"text\":\"never\",\"acl\":[\"Admins\"]}", 0, &r),
+              400);
+    msg = json_string_value(json_object_get(json_object_get(r.json, "error"), "message"));
+    CHECK_MSG(msg && strstr(msg, "'Admins'") && strstr(msg, "group:<name>"), "%s", msg ? msg : "");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/notes%2Fbad.md", H(DAVE), NULL, 0, &r), 404);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/documents/notes%2Fcase.md", H(DAVE), NULL, 0, &r), 200);
+    acl_text(&r, acl, sizeof(acl));
+    api_resp_release(&r);
+    CHECK_STR(acl, "group:staff");
+    api_fx_stop(&f);
+}
+
 TEST(documents_listing_pages)
 {
     creds();
@@ -1584,6 +1707,183 @@ TEST(maintainer_never_blocks_requests)
     CHECK_STR(json_string_value(json_object_get(ix, "bm25")), "warm");
     CHECK_STR(json_string_value(json_object_get(ix, "vector")), "warm");
     api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+/* The doc ids a vector search for `query` finds as `who`, comma-joined; the status goes to *status. */
+static void vector_ids(api_fixture *f, const char *who, const char *query, char *out, size_t len,
+                       long *status)
+{
+    char body[512];
+    snprintf(body, sizeof(body), "{\"query\":\"%s\",\"k\":5,\"mode\":\"vector\"}", query);
+    api_resp r;
+    *status = api_http(f->base, "POST", "/v1/search", H(who), body, 0, &r);
+    result_ids(json_object_get(r.json, "results"), out, len);
+    api_resp_release(&r);
+}
+
+/* An integer of /readyz's checks.indexes, or -1. */
+static long long readyz_index_int(api_fixture *f, const char *field, long *status)
+{
+    api_resp r;
+    *status = api_http(f->base, "GET", "/readyz", H(ALICE), NULL, 0, &r);
+    json_t *v = json_object_get(json_object_get(json_object_get(r.json, "checks"), "indexes"), field);
+    long long n = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+    api_resp_release(&r);
+    return n;
+}
+
+/* The value of a metric line ("name value" or "name{labels} value"), or -1. */
+static double metric_value(api_fixture *f, const char *series)
+{
+    api_resp r;
+    double v = -1;
+    if (api_http(f->base, "GET", "/metrics", H(DAVE), NULL, 0, &r) == 200) {
+        const char *text = qr_buf_str(&r.body);
+        size_t n = strlen(series);
+        for (const char *line = text; line && *line;
+             line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+            if (strncmp(line, series, n) == 0 && line[n] == ' ')
+                v = atof(line + n + 1);
+    }
+    api_resp_release(&r);
+    return v;
+}
+
+TEST(poison_document_never_stops_the_vector_index)
+{
+    /* Texts with no word the local embedder knows ("x", "!", "the") embed to a zero vector, which
+     * cannot be normalised. Such a chunk is left out of vector search and counted; the catch-up
+     * goes on past it, so the next document is found by vector search, and so is it after a
+     * forced rebuild. */
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    /* a first document builds the vector index, so that what follows goes through catch-up */
+    CHECK_INT(
+        put_doc(&f, "notes/first.md", "First", "Wombat burrow surveys. Marker WOMBATFIRST.", "[\"public\"]"),
+        201);
+    api_resp r;
+    const char *poison[] = {"x", "!", "the"};
+    for (size_t i = 0; i < 3; i++) {
+        char body[128], id[16];
+        snprintf(id, sizeof(id), "rt-z%zu", i);
+        snprintf(body, sizeof(body), "{\"doc_id\":\"%s\",\"text\":\"%s\",\"acl\":[\"public\"]}", id,
+                 poison[i]);
+        CHECK_INT(api_http(f.base, "POST", "/v1/documents?refresh=wait_for", H(DAVE), body, 0, &r), 201);
+        CHECK_MSG(json_is_true(json_object_get(r.json, "searchable")), "%s: %s", id, qr_buf_str(&r.body));
+        api_resp_release(&r);
+    }
+    CHECK_INT(put_doc(&f, "notes/after.md", "After",
+                      "Quokka migration patterns on the western islands. Marker QUOKKAAFTER.",
+                      "[\"public\"]"),
+              201);
+    char ids[1024];
+    long st;
+    const char *who[] = {ALICE, DAVE}; /* exact scan of the permitted chunks; the index itself */
+    for (size_t w = 0; w < 2; w++) {
+        vector_ids(&f, who[w], "quokka migration patterns", ids, sizeof(ids), &st);
+        CHECK_MSG(st == 200 && strncmp(ids, "notes/after.md", 14) == 0, "caught up, %s: %ld %s",
+                  w ? "dave" : "alice", st, ids);
+    }
+    CHECK_INT(readyz_index_int(&f, "vectors_skipped", &st), 3);
+    CHECK_INT(st, 200);
+    CHECK_INT(readyz_index_int(&f, "vector_failed_passes", &st), 0);
+    CHECK(metric_value(&f, "quarry_index_vectors_skipped") == 3);
+    CHECK(metric_value(&f, "quarry_index_failed_passes{index=\"vector\"}") == 0);
+
+    /* a forced rebuild builds past them too */
+    CHECK_INT(api_http(f.base, "POST", "/v1/index/rebuild", H(DAVE), "{}", 0, &r), 202);
+    char job_id[64];
+    snprintf(job_id, sizeof(job_id), "%s", json_string_value(json_object_get(r.json, "job_id")));
+    api_resp_release(&r);
+    json_t *job = wait_job(&f, job_id);
+    CHECK(job);
+    json_t *res = json_array_get(json_object_get(job, "results"), 0);
+    bool ok = strcmp(json_string_value(json_object_get(job, "state")), "succeeded") == 0 &&
+              json_integer_value(json_object_get(res, "vectors")) == 2 &&
+              json_integer_value(json_object_get(res, "skipped")) == 3;
+    char *dump = json_dumps(job, 0);
+    json_decref(job);
+    CHECK_MSG(ok, "%s", dump);
+    free(dump);
+    CHECK_INT(put_doc(&f, "notes/later.md", "Later", "Platypus river counts. Marker PLATYPUSLATER.",
+                      "[\"public\"]"),
+              201);
+    for (size_t w = 0; w < 2; w++) {
+        vector_ids(&f, who[w], "quokka migration patterns", ids, sizeof(ids), &st);
+        CHECK_MSG(st == 200 && strncmp(ids, "notes/after.md", 14) == 0, "rebuilt, %s: %ld %s",
+                  w ? "dave" : "alice", st, ids);
+        vector_ids(&f, who[w], "platypus river counts", ids, sizeof(ids), &st);
+        CHECK_MSG(st == 200 && strncmp(ids, "notes/later.md", 14) == 0, "after the rebuild, %s: %ld %s",
+                  w ? "dave" : "alice", st, ids);
+    }
+    /* the count follows deletions */
+    CHECK_INT(api_http(f.base, "DELETE", "/v1/documents/rt-z1?refresh=wait_for", H(DAVE), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    CHECK_INT(readyz_index_int(&f, "vectors_skipped", &st), 2);
+    CHECK_INT(st, 200);
+    CHECK(metric_value(&f, "quarry_index_vectors_skipped") == 2);
+    api_fx_stop(&f);
+}
+
+TEST(readyz_says_when_the_vector_index_keeps_failing)
+{
+    /* With vindex.delta_max=1 every catch-up of two chunks is a build; with the index's directory
+     * replaced by a file every build fails, so the vector index stops following the store. Within
+     * a few passes /readyz says so (503, "failing"); once the directory is back it recovers. */
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "vindex.delta_max", "1", "index.refresh_ms", "50", NULL));
+    CHECK_INT(put_doc(&f, "notes/one.md", "One", "Echidna habitats. Marker ECHIDNAONE.", "[\"public\"]"),
+              201);
+    long st;
+    CHECK_INT(readyz_index_int(&f, "vector_failed_passes", &st), 0);
+    CHECK_INT(st, 200);
+    char vdir[400], away[400];
+    snprintf(vdir, sizeof(vdir), "%s/data/vindex", f.dir);
+    snprintf(away, sizeof(away), "%s/data/vindex.away", f.dir);
+    CHECK(rename(vdir, away) == 0);
+    FILE *blocker = fopen(vdir, "w");
+    CHECK(blocker != NULL);
+    fclose(blocker);
+    api_resp r;
+    CHECK_INT(
+        api_http(
+            f.base, "POST", "/v1/documents", H(DAVE),
+            "{\"documents\":[{\"doc_id\":\"notes/two.md\",\"text\":\"Bilby tracks.\",\"acl\":[\"public\"]},"
+            "{\"doc_id\":\"notes/three.md\",\"text\":\"Numbat nests.\",\"acl\":[\"public\"]}]}",
+            0, &r),
+        202);
+    api_resp_release(&r);
+    /* passes every 50 ms: well within 20 s on any machine */
+    long long failed = 0;
+    for (int i = 0; i < 400 && failed < INDEX_MAINTAINER_FAILING_PASSES; i++) {
+        failed = readyz_index_int(&f, "vector_failed_passes", &st);
+        usleep(50000);
+    }
+    CHECK_MSG(failed >= INDEX_MAINTAINER_FAILING_PASSES, "failed passes: %lld", failed);
+    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 503);
+    CHECK_STR(json_string_value(json_object_get(r.json, "status")), "not_ready");
+    json_t *checks = json_object_get(r.json, "checks");
+    CHECK_STR(json_string_value(json_object_get(checks, "index")), "failing");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(checks, "indexes"), "vector")), "failing");
+    api_resp_release(&r);
+    CHECK(metric_value(&f, "quarry_index_failed_passes{index=\"vector\"}") >=
+          INDEX_MAINTAINER_FAILING_PASSES);
+    /* the directory comes back: the next pass builds, and readiness follows */
+    CHECK(unlink(vdir) == 0 && rename(away, vdir) == 0);
+    failed = -1;
+    for (int i = 0; i < 400 && failed != 0; i++) {
+        failed = readyz_index_int(&f, "vector_failed_passes", &st);
+        if (failed != 0)
+            usleep(50000);
+    }
+    CHECK_INT(failed, 0);
+    CHECK_INT(st, 200);
+    char ids[1024];
+    vector_ids(&f, DAVE, "numbat nests", ids, sizeof(ids), &st);
+    CHECK_MSG(st == 200 && strncmp(ids, "notes/three.md", 14) == 0, "%ld %s", st, ids);
     api_fx_stop(&f);
 }
 

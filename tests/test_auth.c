@@ -419,6 +419,91 @@ TEST(rate_limits_failed_logins)
     TEARDOWN();
 }
 
+TEST(rate_limit_counts_every_spelling_of_a_user)
+{
+    /* LDAP finds alice's entry for "alice ", " alice", fullwidth "ａｌｉｃｅ", "aｌice" and "ⓐlice"
+     * (NFKC) too: failures count against the entry, whatever spelling made them, and past the limit
+     * every spelling is refused, even with the right password, before a bind is sent. */
+    SETUP("auth.rate_limit_user", "5", "auth.rate_limit_addr", "0", "auth.rate_limit_window_s", "60");
+    static const char *const spellings[] = {
+        "alice",
+        "alice ",
+        " alice",
+        "\xef\xbd\x81\xef\xbd\x8c\xef\xbd\x89\xef\xbd\x83\xef\xbd\x85", /* ａｌｉｃｅ */
+        "a\xef\xbd\x8c"
+        "ice", /* aｌice */
+        "ALICE",
+        "\xe2\x93\x90"
+        "lice", /* ⓐlice: only the entry's count catches this one */
+    };
+    const size_t n = sizeof(spellings) / sizeof(spellings[0]);
+    auth_principal *p = NULL;
+    auth_stats before, after;
+    /* the five failures spread over five spellings */
+    for (size_t i = 2; i < n; i++)
+        CHECK_INT(auth_authenticate(ctx, spellings[i], strlen(spellings[i]), "wrong", 5, "10.2.0.1", &p, err),
+                  QR_EAUTH);
+    auth_get_stats(ctx, &before);
+    for (size_t i = 0; i < n; i++) {
+        qr_status st =
+            auth_authenticate(ctx, spellings[i], strlen(spellings[i]), "Alice-pw-1", 10, "10.2.0.2", &p, err);
+        CHECK_MSG(st == QR_ELIMIT && !p, "'%s' with the right password: %s", spellings[i],
+                  qr_status_name(st));
+    }
+    auth_get_stats(ctx, &after);
+    CHECK_INT(after.binds, before.binds);
+    CHECK_INT(after.rate_limited, before.rate_limited + n);
+    /* other users are not affected; a name that finds no entry is limited however it is spelt */
+    CHECK_OK(auth_authenticate(ctx, "bob", 3, "Bob-pw-2", 8, "10.2.0.2", &p, err), err);
+    auth_principal_release(p);
+    for (int i = 0; i < 5; i++)
+        CHECK_INT(auth_authenticate(ctx, "ghost", 5, "x", 1, "10.2.0.3", &p, err), QR_EAUTH);
+    const char *ghosts[] = {"ghost ", "GHOST", "\xef\xbd\x87host"};
+    for (size_t i = 0; i < 3; i++)
+        CHECK_INT(auth_authenticate(ctx, ghosts[i], strlen(ghosts[i]), "x", 1, "10.2.0.3", &p, err),
+                  QR_ELIMIT);
+    TEARDOWN();
+}
+
+TEST(variant_spellings_log_in_as_the_directory_uid)
+{
+    /* the uid, the cache key, a token and a resolution all carry the directory's uid, never the
+     * spelling that found the entry; a success clears the entry's count whatever the spelling */
+    SETUP("auth.rate_limit_user", "3", "auth.rate_limit_addr", "0", "auth.rate_limit_window_s", "60");
+    auth_principal *p = NULL;
+    const char *full = "\xef\xbd\x82\xef\xbd\x8f\xef\xbd\x82"; /* ｂｏｂ */
+    CHECK_INT(auth_authenticate(ctx, "bob ", 4, "wrong", 5, NULL, &p, err), QR_EAUTH);
+    CHECK_INT(auth_authenticate(ctx, "BOB", 3, "wrong", 5, NULL, &p, err), QR_EAUTH);
+    CHECK_OK(auth_authenticate(ctx, full, strlen(full), "Bob-pw-2", 8, NULL, &p, err), err);
+    CHECK_STR(p->uid, "bob");
+    CHECK(auth_principal_has(p, "user:bob") && auth_principal_has(p, "group:engineering"));
+    char *token = NULL, *uid = NULL;
+    CHECK_OK(auth_token_issue(ctx, p->uid, 0, &token, NULL, err), err);
+    auth_principal_release(p);
+    CHECK_OK(auth_token_verify(ctx, token, &uid, NULL, err), err);
+    CHECK_STR(uid, "bob");
+    free(uid);
+    free(token);
+    /* the count started again: two more failures do not reach the limit of three */
+    CHECK_INT(auth_authenticate(ctx, " bob", 4, "wrong", 5, NULL, &p, err), QR_EAUTH);
+    CHECK_INT(auth_authenticate(ctx, "bob", 3, "wrong", 5, NULL, &p, err), QR_EAUTH);
+    CHECK_OK(auth_authenticate(ctx, "bob", 3, "Bob-pw-2", 8, NULL, &p, err), err);
+    auth_principal_release(p);
+    /* resolving a variant gives the same principal, cached under the directory's uid only */
+    auth_stats before, after;
+    CHECK_OK(auth_resolve(ctx, " bob ", &p, err), err);
+    CHECK_STR(p->uid, "bob");
+    auth_principal_release(p);
+    auth_get_stats(ctx, &before);
+    CHECK_OK(auth_resolve(ctx, "bob", &p, err), err);
+    CHECK_STR(p->uid, "bob");
+    auth_principal_release(p);
+    auth_get_stats(ctx, &after);
+    CHECK_INT(after.searches, before.searches); /* the login cached it */
+    CHECK_INT(after.cache_hits, before.cache_hits + 1);
+    TEARDOWN();
+}
+
 /* ---- connections, threads, failures ------------------------------------------------------------- */
 
 TEST(connections_are_reused)

@@ -143,6 +143,46 @@ TEST(name_checks)
     CHECK_STR(s, "mixed-zo\xc3\x8b");
 }
 
+TEST(limit_name_folds_common_spellings)
+{
+    /* the spellings LDAP's matching (RFC 4518, NFKC for width) takes for one name share a
+     * failed-login count */
+    static const char *const same[] = {
+        "ava",
+        "ava ",
+        " ava",
+        "  AVA  ",
+        "\xef\xbd\x81\xef\xbd\x96\xef\xbd\x81", /* fullwidth ａｖａ */
+        "a\xef\xbd\x96"
+        "a",                                                /* aｖa */
+        "\xe3\x80\x80\xef\xbc\xa1\xef\xbc\xb6\xef\xbc\xa1", /* ideographic space, ＡＶＡ */
+        "a\xc2\xad"
+        "va\xe2\x80\x8b", /* soft hyphen, zero-width space */
+        "\xc2\xa0"
+        "ava\xc2\xa0", /* no-break spaces */
+    };
+    char out[AUTH_NAME_MAX + 1];
+    for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
+        auth_limit_name(same[i], strlen(same[i]), out, sizeof(out));
+        CHECK_MSG(strcmp(out, "ava") == 0, "'%s' -> '%s'", same[i], out);
+    }
+    /* inner runs of spaces become one; other characters are kept, ASCII lower-cased */
+    auth_limit_name("Mary  \xe2\x80\x83"
+                    "Ann",
+                    13, out, sizeof(out));
+    CHECK_STR(out, "mary ann");
+    auth_limit_name("Zo\xc3\xab", 4, out, sizeof(out));
+    CHECK_STR(out, "zo\xc3\xab");
+    auth_limit_name("\xf0\x9f\x99\x82x", 5, out, sizeof(out));
+    CHECK_STR(out, "\xf0\x9f\x99\x82x");
+    auth_limit_name("   ", 3, out, sizeof(out));
+    CHECK_STR(out, "");
+    /* a small buffer takes whole characters only */
+    char small[4];
+    auth_limit_name("ab\xc3\xab", 4, small, sizeof(small));
+    CHECK_STR(small, "ab");
+}
+
 TEST(b64url_round_trip)
 {
     unsigned char in[40], out[40];

@@ -2,7 +2,8 @@
  * The OpenAI-compatible embeddings backend against the fake inference server
  * (tests/fake_inference, started by the fixture, which exports QUARRY_TEST_INFERENCE_URL):
  * batching as the server records it, retries after 429 (with Retry-After) and 500, giving up,
- * a stalled server, a garbled answer, a dimension mismatch, and a server that is not there.
+ * a stalled server, a garbled answer, a dimension mismatch, a server that is not there, and a
+ * zero vector, which the vector index leaves out.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -327,4 +328,54 @@ TEST(openai_refused_request_is_not_retried)
     json_decref(all);
     ingest_embedder_free(e);
     qr_config_free(cfg);
+}
+
+/* Ingests one text through the pipeline (the session's embedder is the fake server's). */
+static qr_status put_text(ingest_session *s, const char *doc_id, const char *text, char *err)
+{
+    const char *acl[] = {"public"};
+    ingest_source src = {.doc_id = doc_id,
+                         .declared_type = "text/plain",
+                         .acl = acl,
+                         .nacl = 1,
+                         .bytes = text,
+                         .len = strlen(text)};
+    store_put_result r;
+    return ingest_put(s, &src, &r, NULL, err);
+}
+
+TEST(openai_zero_vector_is_left_out_of_the_vector_index)
+{
+    /* An embedding server that answers some text with all zeros (here "x"): the document is
+     * stored, the vector index leaves its chunk out and goes on to the next document. */
+    NEEDS_SERVER();
+    char err[QR_ERR_LEN] = "", tmpl[] = "/tmp/quarry-embed-test-XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    CHECK(dir != NULL);
+    json_decref(control("POST", "/_fake/embeddings", "{\"zero\":[\"x\"]}"));
+    qr_config *cfg = openai_config("16", "0");
+    CHECK_OK(qr_config_set(cfg, "data.dir", dir, QR_CFG_SRC_CLI, err), err);
+    ingest_session *s = NULL;
+    CHECK_OK(ingest_session_open(cfg, &s, err), err);
+    CHECK_OK(put_text(s, "first", "Wombat burrow surveys", err), err);
+    vindex_opts vo;
+    vindex_opts_default(&vo);
+    vindex *v = NULL;
+    index_sync_report rep;
+    CHECK_OK(index_sync_open(ingest_session_store(s), dir, &vo, false, &v, &rep, err), err);
+    CHECK(v && rep.rebuilt && rep.count == 1 && rep.skipped == 0);
+    CHECK_OK(put_text(s, "rt-z", "x", err), err);
+    CHECK_OK(put_text(s, "after", "Quokka migration patterns", err), err);
+    CHECK_OK(index_sync(ingest_session_store(s), v, &vo, false, &rep, err), err);
+    CHECK_MSG(!rep.rebuilt && rep.added == 1 && rep.skipped == 1, "added %zu, skipped %zu", rep.added,
+              rep.skipped);
+    CHECK_OK(index_sync(ingest_session_store(s), v, &vo, true, &rep, err), err);
+    CHECK(rep.rebuilt && rep.count == 2 && rep.skipped == 1);
+    vindex_close(v);
+    ingest_session_close(s);
+    qr_config_free(cfg);
+    reset_server();
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
 }

@@ -906,3 +906,79 @@ TEST(device_train_centroids_builds_an_index)
     free(cent);
     free(cc);
 }
+
+/* Stores a document of nchunks chunks with the given vectors (one line of text per chunk). */
+static qr_status store_rows(store *s, const char *doc_id, const float *vecs, size_t nchunks, int dim,
+                            char *err)
+{
+    size_t cap = nchunks * 48 + 1, len = 0;
+    char *text = malloc(cap);
+    store_chunk *chunks = calloc(nchunks ? nchunks : 1, sizeof(*chunks));
+    if (!text || !chunks) {
+        free(text);
+        free(chunks);
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < nchunks; i++) {
+        chunks[i].start = len;
+        len += (size_t)snprintf(text + len, cap - len, "%s chunk %zu words\n", doc_id, i);
+        chunks[i].end = len - 1;
+    }
+    /* any 64 hex digits do: the documents differ by id */
+    size_t h = 0;
+    for (const char *c = doc_id; *c; c++)
+        h = h * 131 + (unsigned char)*c;
+    char hash[65];
+    snprintf(hash, sizeof(hash), "%064zx", h);
+    const char *acl[] = {"public"};
+    store_document doc = {
+        .doc_id = doc_id, .acl = acl, .nacl = 1, .content_hash = hash, .text = text, .text_len = len};
+    store_put_result r;
+    qr_status st = store_put(s, &doc, chunks, nchunks, vecs, dim, &r, err);
+    free(text);
+    free(chunks);
+    return st;
+}
+
+TEST(device_build_leaves_out_unusable_rows)
+{
+    /* A store whose vectors include zero rows (texts the embedder has no word for): a build with
+     * --gpu on trains the IVF centroids on the usable rows only and builds past the others. */
+    NEED_DEVICE();
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t ndocs = 40, per = 100, n = ndocs * per;
+    float *x = clustered(n, d, 20, 0.35, 401, false);
+    size_t zeros = 0;
+    for (size_t i = 5; i < n; i += 97, zeros++)
+        memset(x + i * d, 0, d * sizeof(float));
+    char *dir = make_dir();
+    store *s = NULL;
+    CHECK_OK(store_open(dir, &s, err), err);
+    CHECK_OK(store_check_embedding(s, "test-model", d, err), err);
+    for (size_t i = 0; i < ndocs; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "doc-%zu", i);
+        CHECK_OK(store_rows(s, id, x + i * per * d, per, d, err), err);
+    }
+    vindex_opts vo;
+    vindex_opts_default(&vo);
+    vo.type = "ivf_flat";
+    vindex *v = NULL;
+    index_sync_report rep;
+    CHECK_OK(index_build_open(s, dir, &vo, INDEX_GPU_ON, &v, &rep, err), err);
+    CHECK_MSG(rep.gpu_trained, "%s", rep.gpu_note);
+    CHECK_INT(rep.count, n - zeros);
+    CHECK_INT(rep.skipped, zeros);
+    vindex_info info;
+    vindex_get_info(v, &info);
+    CHECK_STR(info.type, "ivf_flat");
+    CHECK_INT(info.skipped, zeros);
+    vindex_close(v);
+    store_close(s);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+    free(dir);
+    free(x);
+}

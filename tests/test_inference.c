@@ -856,6 +856,43 @@ TEST(answer_citation_mapping)
     infer_result_release(&r);
 }
 
+TEST(answer_stream_drops_markers_pointing_nowhere)
+{
+    /* Markers that name no source ([-1], [1000], [7] of three, the missing part of [1-5]) are gone
+     * from the streamed text as from the answer, whether the stream comes a word at a time or in
+     * pieces cut anywhere (split_events), and the streamed text is the answer's text. */
+    static const char answer[] = "Vacation is 25 days [1][-1]. Ask early [1000] and [2, 9]. Unrelated [7]. "
+                                 "Range [1-5]. In [2023] caf\xc3\xa9 rules [3][+2]";
+    static const char want[] = "Vacation is 25 days [1]. Ask early and [2]. Unrelated. Range [1, 2, 3]. "
+                               "In [2023] caf\xc3\xa9 rules [3]";
+    for (int split = 0; split < 2; split++) {
+        char err[QR_ERR_LEN];
+        CHECK(fake_reset());
+        CHECK(fake_answer(answer));
+        if (split)
+            CHECK(fake_fault("split_events", 1, 1, 0));
+        infer_client *c = client_with(NULL, err);
+        CHECK_MSG(c, "%s", err);
+        collector col;
+        collector_init(&col);
+        infer_request req = leave_question;
+        req.on_event = collect;
+        req.user = &col;
+        infer_result r;
+        qr_status st = infer_answer(c, &req, &r, err);
+        infer_client_free(c);
+        CHECK_OK(st, err);
+        CHECK_INT(r.mode, INFER_MODE_GENERATIVE);
+        CHECK_STR(r.text, want);
+        CHECK_MSG(strcmp(qr_buf_str(&col.text), want) == 0, "%s: streamed \"%s\"", split ? "split" : "words",
+                  qr_buf_str(&col.text));
+        CHECK(!col.bad_utf8 && !col.out_of_order && col.dones == 1 && col.errors == 0);
+        CHECK_INT(r.cited_count, 3);
+        infer_result_release(&r);
+        qr_buf_release(&col.text);
+    }
+}
+
 TEST(answer_cites_only_sources_that_fit)
 {
     char err[QR_ERR_LEN];
@@ -1091,6 +1128,36 @@ TEST(answer_stall_mid_stream_ends_with_error_event)
     CHECK(!col.out_of_order);
     qr_buf_release(&col.text);
     CHECK_INT(count_requests("/v1/chat/completions"), 1);
+}
+
+TEST(answer_held_back_text_then_a_break_falls_back)
+{
+    /* The stream breaks after its first word, a marker ("[9]") that waits for the next byte to be
+     * cleaned: the caller has seen no text, so it gets the extractive answer, not an error. */
+    char err[QR_ERR_LEN];
+    CHECK(fake_reset());
+    CHECK(fake_answer("[9] Twenty-five days."));
+    CHECK(fake_fault("reset_mid_stream", -1, 1, 0));
+    infer_client *c = client_with(NULL, err);
+    CHECK_MSG(c, "%s", err);
+    collector col;
+    collector_init(&col);
+    infer_request req = leave_question;
+    req.on_event = collect;
+    req.user = &col;
+    infer_result r;
+    qr_status st = infer_answer(c, &req, &r, err);
+    infer_client_free(c);
+    CHECK_OK(st, err);
+    CHECK_INT(r.mode, INFER_MODE_EXTRACTIVE);
+    CHECK_STR(r.reason, "backend_error");
+    CHECK_STR(qr_buf_str(&col.text), r.text);
+    CHECK_INT(col.errors, 0);
+    CHECK_INT(col.dones, 1);
+    CHECK(!col.out_of_order);
+    infer_result_release(&r);
+    qr_buf_release(&col.text);
+    CHECK(fake_clear_faults());
 }
 
 TEST(answer_without_callback_retries_a_broken_stream)

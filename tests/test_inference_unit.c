@@ -212,6 +212,18 @@ TEST(cite_drops_markers_pointing_nowhere)
     CHECK(ok);
     cite_case("Nothing was sent [1]", 0, "Nothing was sent", NULL, 0, &ok);
     CHECK(ok);
+    /* signed and out-of-range numbers name no source either */
+    cite_case("Minus [-1] and plus [+2] and big [1000].", 3, "Minus and plus and big.", NULL, 0, &ok);
+    CHECK(ok);
+    cite_case("Kept [1][-1] and [ 2, -3 ] and [999999999][3]", 3, "Kept [1] and [2] and [3]",
+              (int[]){1, 2, 3}, 3, &ok);
+    CHECK(ok);
+    cite_case("Spaced [ -1 ] end [12345].", 3, "Spaced end.", NULL, 0, &ok);
+    CHECK(ok);
+    /* ranges keep the numbers that were sent */
+    cite_case("Range [1-5] and [2 - 3] and [4-6].", 3, "Range [1, 2, 3] and [2 - 3] and.", (int[]){1, 2, 3},
+              3, &ok);
+    CHECK(ok);
 }
 
 TEST(cite_leaves_other_brackets)
@@ -222,6 +234,116 @@ TEST(cite_leaves_other_brackets)
     CHECK(ok);
     cite_case("[link](http://x) [2]", 2, "[link](http://x) [2]", (int[]){2}, 1, &ok);
     CHECK(ok);
+    /* a lone year is text; ten digits are some other number; odd ranges are not citations */
+    cite_case("Since [1999] and [2150], id [1234567890], [3-1], [0-2], [1--2], [-]", 3,
+              "Since [1999] and [2150], id [1234567890], [3-1], [0-2], [1--2], [-]", NULL, 0, &ok);
+    CHECK(ok);
+}
+
+/* Feeds text to a stream in pieces cut at the given offsets (ascending, < len) and returns what
+ * it passed on (malloc'd). */
+static char *cite_streamed(const char *text, int max_valid, const size_t *cuts, size_t ncuts)
+{
+    char err[QR_ERR_LEN];
+    infer_cite_stream cs;
+    infer_cite_stream_init(&cs, max_valid);
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    size_t from = 0, len = strlen(text);
+    bool ok = true;
+    for (size_t k = 0; k <= ncuts && ok; k++) {
+        size_t to = k < ncuts ? cuts[k] : len;
+        ok = infer_cite_stream_feed(&cs, text + from, to - from, false, &out, err) == QR_OK;
+        from = to;
+    }
+    ok = ok && infer_cite_stream_feed(&cs, NULL, 0, true, &out, err) == QR_OK;
+    infer_cite_stream_release(&cs);
+    char *s = ok ? qr_buf_detach(&out) : NULL;
+    qr_buf_release(&out);
+    return s;
+}
+
+TEST(cite_stream_equals_whole_answer)
+{
+    /* However the answer is cut into pieces, the streamed text is the cleaned answer: every cut
+     * into two pieces, byte by byte, and random cuts */
+    static const char *const texts[] = {
+        "The answer [7]. Leave is 25 days [1][-1].",
+        "Ask early [1000] and [2, 9]. Unrelated [7] Range [1-5].",
+        "In [2023] see [a] and [1.5] or [] or [1",
+        "trailing marker [4]",
+        "trailing space then marker  [9]",
+        "a  [7][8] b  [7] [8] [9]. c [7] [8] d [1] [7]. e [7]  [8]  ",
+        "chains [9][8][7][6]. then [1][9] [9][1] [9] [9]x [9]y",
+        "[8] at the start, [ 2 ,3 ] middle, and [1][2][9][3] runs [",
+        "caf\xc3\xa9 [2] \xe6\x9d\xb1\xe4\xba\xac [-3]!",
+        "[                                                                                          "
+        "                                                                                           "
+        "                                                                                          1]",
+    };
+    uint64_t seed = 42;
+    for (size_t t = 0; t < sizeof(texts) / sizeof(texts[0]); t++) {
+        for (int max_valid = 0; max_valid <= 3; max_valid += 3) {
+            char *whole = NULL, err[QR_ERR_LEN];
+            int *cited = NULL;
+            size_t n = 0, len = strlen(texts[t]);
+            CHECK_OK(infer_cite_process(texts[t], max_valid, &whole, &cited, &n, err), err);
+            free(cited);
+            for (size_t cut = 0; cut <= len; cut++) {
+                char *got = cite_streamed(texts[t], max_valid, &cut, 1);
+                CHECK_MSG(got && strcmp(got, whole) == 0, "\"%s\" cut at %zu: \"%s\", whole \"%s\"", texts[t],
+                          cut, got ? got : "(failed)", whole);
+                free(got);
+            }
+            size_t bytes[512];
+            for (size_t i = 0; i < len && i < 512; i++)
+                bytes[i] = i + 1;
+            char *got = cite_streamed(texts[t], max_valid, bytes, len ? len - 1 : 0);
+            CHECK_MSG(got && strcmp(got, whole) == 0, "\"%s\" byte by byte: \"%s\"", texts[t],
+                      got ? got : "");
+            free(got);
+            for (int round = 0; round < 50; round++) {
+                size_t cuts[16], ncuts = 0, at = 0;
+                while (ncuts < 16) {
+                    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                    at += 1 + (size_t)(seed >> 33) % 7;
+                    if (at >= len)
+                        break;
+                    cuts[ncuts++] = at;
+                }
+                got = cite_streamed(texts[t], max_valid, cuts, ncuts);
+                CHECK_MSG(got && strcmp(got, whole) == 0, "\"%s\" random cuts: \"%s\"", texts[t],
+                          got ? got : "");
+                free(got);
+            }
+            free(whole);
+        }
+    }
+    /* random strings of the characters that matter, every single cut */
+    static const char alphabet[] = "[[]]  0123-+,;.x\n";
+    for (int round = 0; round < 400; round++) {
+        char text[48];
+        size_t len = 0;
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        size_t want = (size_t)(seed >> 40) % (sizeof(text) - 1);
+        while (len < want) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            text[len++] = alphabet[(seed >> 33) % (sizeof(alphabet) - 1)];
+        }
+        text[len] = '\0';
+        char *whole = NULL, err[QR_ERR_LEN];
+        int *cited = NULL;
+        size_t n = 0;
+        CHECK_OK(infer_cite_process(text, 2, &whole, &cited, &n, err), err);
+        free(cited);
+        for (size_t cut = 0; cut <= len; cut++) {
+            char *got = cite_streamed(text, 2, &cut, 1);
+            CHECK_MSG(got && strcmp(got, whole) == 0, "\"%s\" cut at %zu: \"%s\", whole \"%s\"", text, cut,
+                      got ? got : "(failed)", whole);
+            free(got);
+        }
+        free(whole);
+    }
 }
 
 /* ---- fencing and prompts ------------------------------------------------------------------- */
@@ -501,5 +623,10 @@ TEST(extract_without_matches_or_passages)
     infer_passage q = {.doc_id = "d", .text = "Zebra stripes [4] are unique to each zebra animal."};
     CHECK_OK(infer_extract("zebra?", &q, 1, &text, cited, &n, err), err);
     CHECK_STR(text, "Zebra stripes are unique to each zebra animal [1].");
+    free(text);
+    /* nor are signed, large or ranged ones, which point at no source at all */
+    infer_passage r = {.doc_id = "d", .text = "Zebra herds [-1] roam [1000] the plains [2-3] of zebra land."};
+    CHECK_OK(infer_extract("zebra?", &r, 1, &text, cited, &n, err), err);
+    CHECK_STR(text, "Zebra herds roam the plains of zebra land [1].");
     free(text);
 }

@@ -186,6 +186,15 @@ TEST(bad_input_is_reported_and_counted)
     /* usage errors change nothing */
     CHECK_INT(quarry(&out, "ingest --acl 'admins' docs"), 2);
     CHECK(has(&out, "invalid principal 'admins'"));
+    CHECK_INT(quarry(&out, "ingest --acl 'user: ava' docs"), 2);
+    CHECK_MSG(has(&out, "invalid principal 'user: ava': the name starts or ends with a space"), "%s",
+              qr_buf_str(&out));
+    /* a name in capitals is stored as login spells it */
+    CHECK_INT(quarry(&out, "ingest --acl group:Engineering --acl user:AVA docs/good.txt"), 0);
+    info = get_doc("good.txt");
+    CHECK(info && info->nacl == 2 && strcmp(info->acl[0], "group:engineering") == 0 &&
+          strcmp(info->acl[1], "user:ava") == 0);
+    store_doc_info_free(info);
     CHECK_INT(quarry(&out, "ingest"), 2);
     CHECK_INT(quarry(&out, "ingest --bogus docs"), 2);
     CHECK_INT(quarry(&out, "delete"), 2);
@@ -206,7 +215,7 @@ TEST(jsonl_ingest_with_malformed_lines)
     CHECK(write_file("corpus.jsonl",
                      "{\"_id\":\"d1\",\"title\":\"Wings\",\"text\":\"Lift on swept wings at high speed.\"}\n"
                      "{\"_id\":\"d2\",\"title\":\"Heat\",\"text\":\"Heat transfer in boundary layers.\","
-                     "\"acl\":[\"group:aero\"],\"metadata\":{\"year\":1962}}\n"
+                     "\"acl\":[\"group:AERO\"],\"metadata\":{\"year\":1962}}\n"
                      "not json at all\n"
                      "{\"title\":\"no id\",\"text\":\"x\"}\n"
                      "{\"_id\":\"d3\",\"text\":\"bad acl\",\"acl\":[\"root\"]}\n"
@@ -222,7 +231,7 @@ TEST(jsonl_ingest_with_malformed_lines)
     store_doc_info *info = get_doc("d2");
     CHECK(info != NULL);
     CHECK_STR(info->title, "Heat");
-    CHECK(info->nacl == 1 && strcmp(info->acl[0], "group:aero") == 0);
+    CHECK(info->nacl == 1 && strcmp(info->acl[0], "group:aero") == 0); /* as login spells the group */
     CHECK(strstr(info->metadata_json, "1962") != NULL);
     store_doc_info_free(info);
     CHECK(get_doc("d4") == NULL);

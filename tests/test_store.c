@@ -583,6 +583,42 @@ static int64_t content_fingerprint(sqlite3 *db)
                    " + (SELECT count(*) FROM chunks_fts_data)");
 }
 
+TEST(acl_is_stored_as_auth_spells_principals)
+{
+    /* group:Finance and user:BOB could never match: login lower-cases group and uid names. The
+     * store keeps them lower-cased, folds the duplicates that makes, and a re-put in another case
+     * changes nothing. */
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f;
+    store_put_result r;
+    static const char *const mixed[] = {"group:Finance", "user:BOB", "group:finance"};
+    make_doc(&f, "d1", "Travel policy", TEXT1, mixed, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    store_doc_info *info = NULL;
+    CHECK_OK(store_get_document(s, "d1", false, &info, err), err);
+    CHECK(info->nacl == 2 && strcmp(info->acl[0], "group:finance") == 0 &&
+          strcmp(info->acl[1], "user:bob") == 0);
+    store_doc_info_free(info);
+    static const char *const upper[] = {"user:Bob", "group:FINANCE"};
+    make_doc(&f, "d1", "Travel policy", TEXT1, upper, 2);
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_INT(r, STORE_UNCHANGED);
+    static const char *const changed[] = {"group:Sales"};
+    CHECK_OK(store_set_acl(s, "d1", changed, 1, err), err);
+    CHECK_OK(store_get_document(s, "d1", false, &info, err), err);
+    CHECK(info->nacl == 1 && strcmp(info->acl[0], "group:sales") == 0);
+    store_doc_info_free(info);
+    static const char *const bad[] = {"group:sales", "user: bob"};
+    make_doc(&f, "d2", "Other", TEXT1, bad, 2);
+    CHECK_INT(put(s, &f, &r, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "'user: bob'") && strstr(err, "space"), "%s", err);
+    store_close(s);
+    rm_tree(dir);
+}
+
 TEST(set_acl_rewrites_only_acl_rows)
 {
     char err[QR_ERR_LEN] = "";
@@ -603,7 +639,8 @@ TEST(set_acl_rewrites_only_acl_rows)
     CHECK_OK(store_set_acl(s, "d1", acl, 2, err), err);
     CHECK_INT(content_fingerprint(db), fp);
     CHECK_INT(counter_of(s), counter + 1);
-    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl WHERE principal IN ('group:Domain Users', 'public')"), 2);
+    /* stored as auth spells the group at login (store_principal_canonical) */
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM acl WHERE principal IN ('group:domain users', 'public')"), 2);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 2);
 
     /* the same ACL again writes nothing */
@@ -727,6 +764,34 @@ TEST(principal_validation)
         CHECK_MSG(store_principal_valid(good[i]), "'%s' should be valid", good[i]);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECK_MSG(!store_principal_valid(bad[i]), "bad principal #%zu accepted", i);
+    /* canonical spellings: the name's ASCII letters in lower case, as auth spells them */
+    static const char *const canon[][2] = {
+        {"public", "public"},
+        {"user:AVA", "user:ava"},
+        {"group:Engineering", "group:engineering"},
+        {"group:Domain Users", "group:domain users"},
+        {"user:Jos\xc3\xa9", "user:jos\xc3\xa9"},
+        {"group:\xc3\x84rzte", "group:\xc3\x84rzte"}, /* other bytes as given, as auth keeps them */
+    };
+    char out[64], err[QR_ERR_LEN];
+    for (size_t i = 0; i < sizeof(canon) / sizeof(canon[0]); i++) {
+        CHECK_OK(store_principal_canonical(canon[i][0], out, sizeof(out), err), err);
+        CHECK_STR(out, canon[i][1]);
+    }
+    CHECK_INT(store_principal_canonical("user:AVA", out, 8, err), QR_EINVAL); /* no room */
+    /* refusals name the principal and what is wrong, unless it would not print safely */
+    static const char *const why[][2] = {
+        {"user: ava", "invalid principal 'user: ava': the name starts or ends with a space"},
+        {"group:", "invalid principal 'group:': the name is empty"},
+        {"admins", "invalid principal 'admins': expected \"public\", \"user:<uid>\" or \"group:<name>\""},
+        {"Public", "invalid principal 'Public': expected"},
+        {"user:al\nice", "invalid principal: the name holds a control character"},
+        {"user:\xff", "invalid principal: the name is not valid UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof(why) / sizeof(why[0]); i++) {
+        CHECK_INT(store_principal_canonical(why[i][0], out, sizeof(out), err), QR_EINVAL);
+        CHECK_MSG(strncmp(err, why[i][1], strlen(why[i][1])) == 0, "'%s': %s", why[i][0], err);
+    }
     char longname[STORE_PRINCIPAL_MAX + 16];
     memcpy(longname, "user:", 5);
     memset(longname + 5, 'a', STORE_PRINCIPAL_MAX);
@@ -1065,7 +1130,8 @@ TEST(docs_changed_since_reports_rows_and_acls)
     CHECK_OK(docs_since(s, 2, &x, err), err);
     CHECK_INT(x.n, 0);
 
-    /* an ACL-only put (3): principals in byte order ("Z" < "a", "É" after ASCII) */
+    /* an ACL-only put (3): principals canonical ("group:Zeta" is "group:zeta") in byte order ("É"
+     * after ASCII) */
     const char *acl[] = {"user:zed", "group:alpha", "public", "user:\xc3\x89mile", "group:Zeta"};
     a.doc.acl = acl;
     a.doc.nacl = 5;
@@ -1077,7 +1143,7 @@ TEST(docs_changed_since_reports_rows_and_acls)
     CHECK_INT(x.row[0].counter, 3);
     CHECK(!x.row[0].fts_rewritten);
     CHECK_INT(x.row[0].nacl, 5);
-    const char *sorted[] = {"group:Zeta", "group:alpha", "public", "user:zed", "user:\xc3\x89mile"};
+    const char *sorted[] = {"group:alpha", "group:zeta", "public", "user:zed", "user:\xc3\x89mile"};
     for (size_t i = 0; i < 5; i++)
         CHECK_STR(x.row[0].acl[i], sorted[i]);
 
@@ -1484,7 +1550,8 @@ TEST(sql_injection_is_stored_as_data)
     const char *id = "x'); DROP TABLE documents; --";
     const char *title = "Robert'); DELETE FROM chunks WHERE ('1'='1";
     const char *meta = "{\"q\": \"'; DROP TABLE acl; --\", \"n\": \"\\\"\"}";
-    const char *acl[] = {"group:'; DROP TABLE acl; --"};
+    /* lower case: ACL names are stored lower-cased (SQL reads the statement the same either way) */
+    const char *acl[] = {"group:'; drop table acl; --"};
     fixture f;
     store_put_result r;
     make_doc(&f, id, title, TEXT1, acl, 1);

@@ -1674,3 +1674,230 @@ TEST(ivf_takes_external_centroids)
     free(x);
     free(ids);
 }
+
+/* ---- chunks without a usable vector ----------------------------------------------------------- */
+
+TEST(unusable_vectors_are_skipped_and_counted)
+{
+    char err[QR_ERR_LEN];
+    const int d = 8;
+    const size_t n = 300, nq = 8;
+    float zero[8] = {0}, nan_row[8] = {1, NAN, 0, 0, 0, 0, 0, 0},
+          inf_row[8] = {0, 0, INFINITY, 0, 0, 0, 0, 0};
+    float tiny[8] = {1e-30f, 0, 0, 0, 0, 0, 0, 0};
+    CHECK(!vindex_vector_usable(zero, d) && !vindex_vector_usable(nan_row, d) &&
+          !vindex_vector_usable(inf_row, d) && !vindex_vector_usable(NULL, d));
+    CHECK(vindex_vector_usable(tiny, d) && !vindex_vector_usable(tiny, 0));
+
+    /* a source with every fourth row unusable: the build leaves those out */
+    float *x = random_vectors(n, d, 0, 1.0, 201);
+    float *queries = random_vectors(nq, d, 0, 1.0, 202);
+    int64_t *ids = sequential_ids(n, 10, 2);
+    model m = {.dim = d};
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        float *row = x + i * (size_t)d;
+        if (i % 4 == 1) {
+            memcpy(row, i % 3 == 0 ? zero : i % 3 == 1 ? nan_row : inf_row, sizeof(zero));
+            bad++;
+        } else {
+            model_add(&m, ids[i], row);
+        }
+    }
+    const char *types[] = {"flat", "ivf_flat", "ivf_sq8", "hnsw"};
+    for (size_t t = 0; t < 4; t++) {
+        char *dir = make_dir();
+        vindex_opts o = test_opts(types[t]);
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        CHECK_OK(build_from(v, ids, x, n, d, 5, err), err);
+        vindex_info info;
+        vindex_get_info(v, &info);
+        CHECK_STR(info.type, types[t]);
+        CHECK_INT(info.count, n - bad);
+        CHECK_INT(info.skipped, bad);
+        /* the exact paths equal the oracle of the usable rows; no path returns a skipped chunk */
+        if (strcmp(types[t], "flat") == 0)
+            CHECK(matches_oracle(v, &m, queries, nq, 10, NULL, NULL));
+        for (size_t qi = 0; qi < nq; qi++) {
+            int64_t out[50];
+            float sc[50];
+            size_t found = 0;
+            CHECK_OK(vindex_search(v, queries + qi * (size_t)d, d, 50, NULL, NULL, out, sc, &found, err),
+                     err);
+            CHECK_INT(found, 50);
+            for (size_t i = 0; i < found; i++)
+                CHECK_MSG((out[i] - 10) / 2 % 4 != 1, "%s returned skipped chunk %lld", types[t],
+                          (long long)out[i]);
+            CHECK_OK(vindex_search_subset(v, queries + qi * (size_t)d, d, 8, ids, 8, out, sc, &found, err),
+                     err);
+            CHECK_INT(found, 6); /* ids[1] and ids[5] have no vector */
+        }
+        vindex_close(v);
+        /* the count is part of the generation: it survives a reopen */
+        char names[512];
+        list_dir(dir, names, sizeof(names));
+        CHECK_MSG(strstr(names, "gen-1.skip") != NULL, "%s", names);
+        CHECK_OK(vindex_open(dir, d, &o, 5, &v, &stale, err), err);
+        CHECK(!stale);
+        vindex_get_info(v, &info);
+        CHECK_INT(info.skipped, bad);
+        vindex_close(v);
+        remove_dir(dir);
+    }
+
+    /* catch-up: vindex_skip counts, refuses ids the index holds, and removals uncount */
+    char *dir = make_dir();
+    vindex_opts o = test_opts("flat");
+    o.rebuild_on_mismatch = false;
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, 100, d, 5, err), err); /* ids 10..208, 25 of them skipped */
+    int64_t s1[3] = {1001, 1003, 1005};
+    CHECK_OK(vindex_skip(v, s1, 3, 6, err), err);
+    vindex_info info;
+    vindex_get_info(v, &info);
+    CHECK_INT(info.skipped, 28);
+    CHECK_INT(info.store_counter, 6);
+    int64_t held[2] = {1007, 10}, dup[2] = {1009, 1009}, neg[1] = {-4};
+    CHECK_INT(vindex_skip(v, held, 2, 7, err), QR_EEXIST); /* 10 is in the main index */
+    CHECK_INT(vindex_skip(v, dup, 2, 7, err), QR_EEXIST);
+    CHECK_INT(vindex_skip(v, neg, 1, 7, err), QR_EINVAL);
+    CHECK_INT(vindex_skip(v, s1, 1, -1, err), QR_EINVAL);
+    CHECK_INT(vindex_add(v, s1, x, 1, d, 7, err), QR_EEXIST); /* 1001 is known, without a vector */
+    int64_t gone[3] = {1003, 1003, 12};                       /* 12 (ids[1]) was skipped by the build */
+    CHECK_OK(vindex_remove(v, gone, 3, 8, err), err);
+    CHECK_OK(vindex_remove(v, gone, 1, 9, err), err); /* removing twice counts once */
+    vindex_get_info(v, &info);
+    CHECK_INT(info.skipped, 26);
+    /* a rebuild from a snapshot at 7 keeps the later changes: the removals at 8 and 9 */
+    vindex_builder *b = NULL;
+    CHECK_OK(vindex_build_begin(v, NULL, &b, err), err);
+    int64_t s2[4] = {1001, 1003, 12, 20};
+    CHECK_OK(vindex_build_add(b, ids + 2, x + 2 * (size_t)d, 2, d, err), err);
+    CHECK_OK(vindex_build_skip(b, s2, 4, err), err);
+    CHECK_OK(vindex_build_commit(b, 7, err), err);
+    vindex_get_info(v, &info);
+    CHECK_INT(info.count, 2);
+    CHECK_INT(info.skipped, 2); /* 1001 and 20; 1003 and 12 were removed after 7 */
+    /* an id both added and skipped is a duplicate */
+    CHECK_OK(vindex_build_begin(v, NULL, &b, err), err);
+    CHECK_OK(vindex_build_add(b, ids + 2, x + 2 * (size_t)d, 1, d, err), err);
+    CHECK_OK(vindex_build_skip(b, ids + 2, 1, err), err);
+    CHECK_INT(vindex_build_commit(b, 9, err), QR_EINVAL);
+    CHECK_OK(vindex_build_begin(v, NULL, &b, err), err);
+    CHECK_INT(vindex_build_skip(b, neg, 1, err), QR_EINVAL);
+    vindex_build_abort(b);
+    vindex_close(v);
+    /* a damaged list of skipped chunks is a damaged generation */
+    char path[512];
+    snprintf(path, sizeof(path), "%s/gen-2.skip", dir);
+    flip_byte(path, -1);
+    CHECK_INT(vindex_open(dir, d, &o, 9, &v, &stale, err), QR_EIO);
+    CHECK_MSG(strstr(err, "gen-2.skip") != NULL, "%s", err);
+    unlink(path);
+    CHECK_INT(vindex_open(dir, d, &o, 9, &v, &stale, err), QR_EIO);
+    CHECK_MSG(strstr(err, "missing") != NULL, "%s", err);
+    remove_dir(dir);
+    model_free(&m);
+    free(x);
+    free(queries);
+    free(ids);
+}
+
+/* A store with one vector per chunk as given; the text is one line per chunk. */
+static qr_status store_doc(store *s, const char *doc_id, const float *vecs, size_t nchunks, int dim,
+                           char *err)
+{
+    char text[1024] = "", hash[65];
+    store_chunk chunks[16];
+    size_t len = 0;
+    for (size_t i = 0; i < nchunks && i < 16; i++) {
+        chunks[i].start = len;
+        len += (size_t)snprintf(text + len, sizeof(text) - len, "%s chunk %zu words\n", doc_id, i);
+        chunks[i].end = len - 1;
+        chunks[i].headings = NULL;
+    }
+    /* any 64 hex digits do: the documents differ by id */
+    size_t h = 0;
+    for (const char *c = doc_id; *c; c++)
+        h = h * 131 + (unsigned char)*c;
+    snprintf(hash, sizeof(hash), "%064zx", h);
+    const char *acl[] = {"public"};
+    store_document doc = {
+        .doc_id = doc_id, .acl = acl, .nacl = 1, .content_hash = hash, .text = text, .text_len = len};
+    store_put_result r;
+    return store_put(s, &doc, chunks, nchunks, vecs, dim, &r, err);
+}
+
+TEST(sync_leaves_out_chunks_without_a_vector)
+{
+    /* One chunk whose stored vector is zero (a text the embedder has no word for) must never stop
+     * the index from following the store: not on the first build, not on catch-up, not on a
+     * forced rebuild, for the exact and the approximate index types. */
+    char err[QR_ERR_LEN];
+    const int d = 8;
+    const char *types[] = {"flat", "ivf_flat", "hnsw"};
+    for (size_t t = 0; t < 3; t++) {
+        char *dir = make_dir();
+        store *s = NULL;
+        CHECK_OK(store_open(dir, &s, err), err);
+        CHECK_OK(store_check_embedding(s, "test-model", d, err), err);
+        float *x = random_vectors(16 * 8, d, 0, 1.0, 300 + t);
+        float zero[8] = {0};
+        memcpy(x + 3 * (size_t)d, zero, sizeof(zero)); /* doc-0's fourth chunk */
+        for (int i = 0; i < 6; i++) {
+            char id[16];
+            snprintf(id, sizeof(id), "doc-%d", i);
+            CHECK_OK(store_doc(s, id, x + (size_t)i * 16 * d, 16, d, err), err);
+        }
+        vindex_opts o = test_opts(types[t]);
+        o.delta_max = 50;
+        vindex *v = NULL;
+        index_sync_report rep;
+        CHECK_OK(index_sync_open(s, dir, &o, false, &v, &rep, err), err);
+        CHECK(v && rep.rebuilt && rep.count == 95 && rep.skipped == 1);
+        /* catch-up past a document whose only chunk has no vector, then a normal one */
+        CHECK_OK(store_doc(s, "rt-z", zero, 1, d, err), err);
+        float *q = x + 16 * 6 * (size_t)d;
+        CHECK_OK(store_doc(s, "after", q, 1, d, err), err);
+        CHECK_OK(index_sync(s, v, &o, false, &rep, err), err);
+        CHECK(!rep.rebuilt && rep.added == 1 && rep.skipped == 1);
+        vindex_info info;
+        vindex_get_info(v, &info);
+        CHECK_INT(info.skipped, 2);
+        store_stats ss;
+        CHECK_OK(store_get_stats(s, &ss, err), err);
+        CHECK_INT(info.store_counter, ss.change_counter);
+        int64_t out[3];
+        float sc[3];
+        size_t found;
+        CHECK_OK(vindex_search(v, q, d, 3, NULL, NULL, out, sc, &found, err), err);
+        CHECK(found == 3 && sc[0] > 0.999f);
+        int64_t after_id = out[0];
+        /* forced rebuild */
+        CHECK_OK(index_sync(s, v, &o, true, &rep, err), err);
+        CHECK(rep.rebuilt && rep.count == 96 && rep.skipped == 2);
+        CHECK_OK(vindex_search(v, q, d, 3, NULL, NULL, out, sc, &found, err), err);
+        CHECK(found == 3 && out[0] == after_id);
+        /* deleting the poison document uncounts it */
+        CHECK_OK(store_delete(s, "rt-z", err), err);
+        CHECK_OK(index_sync(s, v, &o, false, &rep, err), err);
+        vindex_get_info(v, &info);
+        CHECK_INT(info.skipped, 1);
+        vindex_close(v);
+        /* a build with the GPU path asked for: off and auto build on the CPU past the zero row
+         * (a device, where there is one, trains on the usable rows only) */
+        CHECK_OK(index_build_open(s, dir, &o, INDEX_GPU_AUTO, &v, &rep, err), err);
+        CHECK(rep.rebuilt && rep.count == 96 && rep.skipped == 1);
+        vindex_close(v);
+        store_close(s);
+        free(x);
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        CHECK(system(cmd) == 0);
+        free(dir);
+    }
+}

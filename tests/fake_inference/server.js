@@ -119,6 +119,7 @@ const state = {
   requests: [],
   fault: null, // { mode, remaining (-1 = until reset), retry_after, stall_ms }
   answer: null,
+  zeroInputs: new Set(), // embedding inputs answered with an all-zero vector
 };
 
 let opts;
@@ -701,7 +702,9 @@ function handleEmbeddings(req, res, body, entry) {
     let tokens = 0;
     const data = inputs.map((text, index) => {
       tokens += countTokens(text);
-      const vec = embed(text, dim);
+      // some models answer text they have no token for with all zeros: the control route
+      // /_fake/embeddings names such inputs (compared after trimming white space)
+      const vec = state.zeroInputs.has(text.trim()) ? new Array(dim).fill(0) : embed(text, dim);
       return { object: 'embedding', index, embedding: format === 'base64' ? embeddingToBase64(vec) : vec };
     });
     sendBody(res, {
@@ -815,10 +818,26 @@ function handleControl(req, res, path, body, jsonError) {
     state.answer = body.content;
     return sendJson(res, 200, { ok: true, content: state.answer });
   }
+  if (path === '/_fake/embeddings') {
+    const view = () => ({ zero: [...state.zeroInputs] });
+    if (method === 'GET') return sendJson(res, 200, view());
+    if (method === 'DELETE') {
+      state.zeroInputs = new Set();
+      return sendJson(res, 200, { ok: true, ...view() });
+    }
+    if (method !== 'POST') return methodNotAllowed(res, 'GET, POST, DELETE');
+    if (!needObject()) return;
+    if (!Array.isArray(body.zero) || !body.zero.every((x) => typeof x === 'string')) {
+      return sendError(res, 400, "'zero' must be a list of strings", 'invalid_request_error', 'zero', null);
+    }
+    state.zeroInputs = new Set(body.zero.map((x) => x.trim()));
+    return sendJson(res, 200, { ok: true, ...view() });
+  }
   if (path === '/_fake/reset') {
     if (method !== 'POST') return methodNotAllowed(res, 'POST');
     state.fault = null;
     state.answer = null;
+    state.zeroInputs = new Set();
     state.requests = [];
     return sendJson(res, 200, { ok: true });
   }

@@ -431,6 +431,26 @@ suite('shared server', {}, async (t) => {
       assert.equal(missing.json().error.param, 'input');
     });
 
+    await t.test('embeddings: zero vectors for named inputs', async () => {
+      await reset();
+      const norm = (v) => Math.sqrt(cosine(v, v));
+      const before = (await post(port, '/v1/embeddings', { model: 'm', input: ['x', 'y'] })).json();
+      assert.ok(Math.abs(norm(before.data[0].embedding) - 1) < 1e-5, 'an ordinary vector for "x" by default');
+      assert.equal((await post(port, '/_fake/embeddings', { zero: ['x', ' ! '] })).status, 200);
+      assert.deepEqual((await request(port, { path: '/_fake/embeddings' })).json().zero, ['x', '!']);
+      const r = (await post(port, '/v1/embeddings', { model: 'm', input: ['\n\nx', 'y', '!'] })).json();
+      assert.ok(r.data[0].embedding.every((v) => v === 0));
+      assert.ok(r.data[2].embedding.every((v) => v === 0));
+      assert.deepEqual(r.data[1].embedding, before.data[1].embedding);
+      assert.equal((await post(port, '/_fake/embeddings', { zero: 'x' })).status, 400);
+      assert.equal((await request(port, { method: 'DELETE', path: '/_fake/embeddings' })).status, 200);
+      const after = (await post(port, '/v1/embeddings', { model: 'm', input: 'x' })).json();
+      assert.deepEqual(after.data[0].embedding, before.data[0].embedding);
+      await post(port, '/_fake/embeddings', { zero: ['x'] });
+      await reset();
+      assert.deepEqual((await request(port, { path: '/_fake/embeddings' })).json().zero, []);
+    });
+
     await t.test('models list', async () => {
       const r = await request(port, { path: '/v1/models' });
       assert.equal(r.status, 200);
