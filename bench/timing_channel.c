@@ -261,7 +261,7 @@ static int scenario(const char *work, size_t readable, size_t hidden, size_t run
         }
         retrieval_set_bm25(r, cases[c].pruned ? b : NULL);
         size_t hits[3] = {0};
-        bool exact[3] = {false};
+        char vpath[3][48] = {"", "", ""};
         for (size_t round = 0; round <= runs; round++) {
             for (size_t j = 0; j < 3; j++) {
                 size_t qi = (round + j) % 3; /* rotate so that no query always runs first */
@@ -281,17 +281,21 @@ static int scenario(const char *work, size_t readable, size_t hidden, size_t run
                 if (round) /* round 0 warms caches */
                     lat[qi * runs + round - 1] = ms;
                 hits[qi] = res->nhits;
-                exact[qi] = res->vector_exact;
+                if (!res->vector_exact)
+                    snprintf(vpath[qi], sizeof(vpath[qi]), "index, %zu fetched", res->vector_fetched);
+                else if (res->vector_fallback)
+                    snprintf(vpath[qi], sizeof(vpath[qi]), "%zu fetched, then exact", res->vector_fetched);
+                else
+                    snprintf(vpath[qi], sizeof(vpath[qi]), "exact, %zu listed", res->permitted_listed);
                 retrieval_result_free(res);
             }
         }
         double m[3];
         for (int i = 0; i < 3; i++)
             m[i] = median(lat + (size_t)i * runs, runs);
-        char path[64] = "";
+        char path[128] = "";
         if (cases[c].mode != RETRIEVAL_BM25)
-            snprintf(path, sizeof(path), "%s / %s", exact[0] ? "exact" : "index",
-                     exact[1] ? "exact" : "index");
+            snprintf(path, sizeof(path), "%s / %s", vpath[0], vpath[1]);
         printf("| %s | %s | %.2f | %.2f | %.2f | %+.2f | %zu / %zu / %zu | %s |\n", cases[c].mode_name,
                cases[c].path, m[0], m[1], m[2], m[0] - m[1], hits[0], hits[1], hits[2], path);
         fflush(stdout);

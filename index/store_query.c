@@ -324,6 +324,59 @@ out:
     return store_end_call(s, st, err);
 }
 
+qr_status store_filter_ids(store *s, const store_filter *f, const int64_t *ids, size_t n, int64_t *docs,
+                           char *err)
+{
+    if (!s || (n && (!ids || !docs)))
+        return qr_fail(err, QR_EINVAL, "store_filter_ids: NULL argument");
+    for (size_t i = 0; i < n; i++)
+        docs[i] = -1;
+    filter_sql fs;
+    qr_buf sql;
+    qr_buf_init(&sql, 1 << 16);
+    sqlite3_stmt *q = NULL;
+    qr_status st = filter_prepare(f, &fs, err);
+    if (st || !n)
+        goto out;
+    /* ROW fragments: each id costs its own lookups, whatever the size of the permitted set */
+    if (qr_buf_puts(&sql, "SELECT c.doc FROM chunks c") ||
+        (filter_needs_doc(&fs, FILTER_ROW) && qr_buf_puts(&sql, " JOIN documents d ON d.id = c.doc")) ||
+        qr_buf_puts(&sql, " WHERE c.id = :id") || filter_where(&fs, FILTER_ROW, &sql)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+        goto out;
+    }
+    if ((st = prepare_search(s, &sql, &q, err)))
+        goto out;
+    if (filter_bind(&fs, q)) {
+        st = store_bind_fail(s, err);
+        goto out;
+    }
+    if ((st = store_begin_read(s, err)))
+        goto out;
+    int id_param = sqlite3_bind_parameter_index(q, ":id");
+    for (size_t i = 0; i < n; i++) {
+        int rc = sqlite3_bind_int64(q, id_param, ids[i]);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(q);
+        if (rc == SQLITE_ROW)
+            docs[i] = sqlite3_column_int64(q, 0);
+        else if (rc != SQLITE_DONE) {
+            st = search_fail(s, rc, err, "test chunks' permissions");
+            goto out;
+        }
+        sqlite3_reset(q);
+    }
+    st = store_commit(s, err);
+out:
+    sqlite3_finalize(q);
+    qr_buf_release(&sql);
+    filter_sql_release(&fs);
+    if (st)
+        for (size_t i = 0; i < n; i++)
+            docs[i] = -1;
+    return store_end_call(s, st, err);
+}
+
 struct store_permit {
     store *s;
     sqlite3_stmt *q;

@@ -527,3 +527,20 @@ out:
     free(q);
     return st;
 }
+
+size_t vindex_sample_ids(vindex *v, size_t n, int64_t *ids)
+{
+    if (!v || !n || !ids)
+        return 0;
+    vsnap *s = vindex_snap_acquire(v);
+    pthread_rwlock_rdlock(&s->lock);
+    size_t total = s->count + s->d_n, got = 0;
+    /* rows i * total / n for i < n: main rows in id order, then the delta's in arrival order */
+    for (size_t i = 0; i < n && i < total; i++) {
+        size_t row = (size_t)((unsigned __int128)i * total / (n < total ? n : total));
+        ids[got++] = row < s->count ? s->ids[row] : s->d_ids[row - s->count];
+    }
+    pthread_rwlock_unlock(&s->lock);
+    vindex_snap_release(v, s);
+    return got;
+}
