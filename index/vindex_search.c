@@ -487,14 +487,21 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
                     row = s->d_rows + (size_t)dpos * (size_t)dim;
                 if (!row)
                     continue;
-                memcpy(block + nb * (size_t)dim, row, (size_t)dim * sizeof(float));
                 bids[nb] = id;
                 brows[nb] = row;
                 nb++;
             }
             if (nb == blk || (i == n && nb)) {
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)nb, dim, 1.0f, block, dim, q, 1, 0.0f,
-                            bscores, 1);
+                /* rows that lie one after the other (a permitted run of chunks) are scored where
+                 * they are; others are gathered first */
+                bool run = true;
+                for (size_t j = 1; j < nb && run; j++)
+                    run = brows[j] == brows[0] + j * (size_t)dim;
+                if (!run)
+                    for (size_t j = 0; j < nb; j++)
+                        memcpy(block + j * (size_t)dim, brows[j], (size_t)dim * sizeof(float));
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)nb, dim, 1.0f, run ? brows[0] : block, dim,
+                            q, 1, 0.0f, bscores, 1);
                 for (size_t j = 0; j < nb; j++)
                     if (cheap_wants(&c, bscores[j]))
                         cheap_offer(&c, bscores[j], bids[j], brows[j]);

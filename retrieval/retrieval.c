@@ -30,6 +30,9 @@
 
 #define LOG_COMPONENT "retrieval"
 
+static uint64_t fnv(uint64_t h, const void *p, size_t n);
+static uint64_t fnv_str(uint64_t h, const char *s);
+
 #define RESULT_ARENA_CAP ((size_t)1 << 30)
 #define QUERY_ARENA_CAP  ((size_t)64 << 20)
 #define EXPR_CAP         ((size_t)RQ_TEXT_MAX * 8 + 4096)
@@ -108,12 +111,34 @@ void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
     o->bm25_pruned = strcmp(qr_config_str(cfg, "retrieval.bm25_path"), "pruned") == 0;
 }
 
+/* Permitted chunk lists kept for the exact vector scans (see "the vector list"). */
+#define PLIST_ENTRIES 4
+#define PLIST_IDS     ((size_t)1 << 19) /* ids kept by one handle, all entries together (4 MiB) */
+
+typedef struct {
+    uint64_t key;    /* fingerprint of the filter; 0: empty */
+    int64_t counter; /* the store change it was listed at */
+    int64_t *ids;    /* ascending */
+    size_t n;
+    uint64_t used;
+} plist;
+
+/* A permitted_estimate kept for a filter (key as plist's) and a store change. */
+typedef struct {
+    uint64_t key;
+    int64_t counter;
+    size_t estimate;
+} pestimate;
+
 struct retrieval {
     store *s;
     vindex *v;
     bm25_index *b; /* the pruned BM25 path, or NULL: FTS5 ranks */
     retrieval_opts o;
     rq_stopwords *sw;
+    plist lists[PLIST_ENTRIES];
+    pestimate estimates[PLIST_ENTRIES]; /* by the filter's key modulo PLIST_ENTRIES */
+    uint64_t tick;
 };
 
 void retrieval_set_bm25(retrieval *r, bm25_index *b)
@@ -170,6 +195,8 @@ void retrieval_close(retrieval *r)
     if (!r)
         return;
     rq_stopwords_free(r->sw);
+    for (int i = 0; i < PLIST_ENTRIES; i++)
+        free(r->lists[i].ids);
     free(r);
 }
 
@@ -356,43 +383,140 @@ static qr_status vector_ranked(retrieval *r, const int64_t *permitted, size_t np
     return st;
 }
 
-/* Lists every permitted chunk (about n of them) and ranks them exactly. */
-static qr_status vector_exact(retrieval *r, const store_filter *f, size_t n, const float *vec, int dim,
-                              size_t depth, size_t cap, list *out, vector_path *path, char *err)
+static int cmp_i64(const void *a, const void *b)
 {
-    size_t room = n + n / 8 + 64, listed = 0;
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* A fingerprint of everything in f that decides which chunks pass. */
+static uint64_t filter_key(const store_filter *f)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv(h, &f->all_documents, sizeof(f->all_documents));
+    for (size_t i = 0; i < f->nprincipals; i++)
+        h = fnv_str(h, f->principals[i]);
+    h = fnv(h, "|", 1);
+    for (size_t i = 0; i < f->ndoc_ids; i++)
+        h = fnv_str(h, f->doc_ids[i]);
+    h = fnv_str(h, f->uri_prefix);
+    h = fnv_str(h, f->content_type);
+    h = fnv(h, &f->updated_after_ms, sizeof(f->updated_after_ms));
+    h = fnv_str(h, f->require_match);
+    h = fnv_str(h, f->exclude_match);
+    return h ? h : 1;
+}
+
+/*
+ * Every chunk that passes f, ascending, into *ids (*n of them; the handle's, valid until the next
+ * search), as of the store's latest change: a list the handle kept for the same filter and the
+ * same change is reused, so that the exact scan of a large permitted set costs its scan, not its
+ * listing, again. hint is the expected size. The list depends on the filter and the store only.
+ */
+static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint, const int64_t **ids,
+                                size_t *n, char *err)
+{
+    int64_t counter = 0;
+    qr_status st = store_change_counter(r->s, &counter, err);
+    if (st)
+        return st;
+    uint64_t key = filter_key(f);
+    plist *slot = &r->lists[0];
+    for (int i = 0; i < PLIST_ENTRIES; i++) {
+        plist *e = &r->lists[i];
+        if (e->key == key && e->counter == counter) {
+            e->used = ++r->tick;
+            *ids = e->ids;
+            *n = e->n;
+            return QR_OK;
+        }
+        if (e->used < slot->used)
+            slot = e;
+    }
+    size_t room = hint + hint / 8 + 64, listed = 0;
     bool more = true;
-    int64_t *permitted = NULL;
-    qr_status st = QR_OK;
+    int64_t *got = NULL;
     while (!st && more) {
-        int64_t *p = realloc(permitted, room * sizeof(int64_t));
+        int64_t *p = realloc(got, room * sizeof(int64_t));
         if (!p) {
             st = qr_fail(err, QR_ENOMEM, "out of memory for the permitted chunks");
             break;
         }
-        permitted = p;
-        st = store_filter_chunks(r->s, f, room, permitted, &listed, &more, err);
+        got = p;
+        st = store_filter_chunks(r->s, f, room, got, &listed, &more, err);
         room *= 2; /* the estimate was short, or documents were added meanwhile */
     }
-    if (!st) {
-        path->exact = true;
-        path->listed = listed;
-        st = listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, err) : QR_OK;
+    if (st) {
+        free(got);
+        return st;
     }
-    free(permitted);
-    return st;
+    qsort(got, listed, sizeof(int64_t), cmp_i64);
+    free(slot->ids);
+    if (listed > PLIST_IDS) {
+        /* too large to keep: this search uses it, and it is the first to go */
+        *slot = (plist){0, 0, got, listed, 0};
+        *ids = got;
+        *n = listed;
+        return QR_OK;
+    }
+    /* the least recently used list makes room, and more go while the handle holds too many ids */
+    *slot = (plist){key, counter, got, listed, ++r->tick};
+    for (;;) {
+        size_t total = 0;
+        plist *old = NULL;
+        for (int i = 0; i < PLIST_ENTRIES; i++) {
+            total += r->lists[i].n;
+            if (r->lists[i].key && &r->lists[i] != slot && (!old || r->lists[i].used < old->used))
+                old = &r->lists[i];
+        }
+        if (total <= PLIST_IDS || !old)
+            break;
+        free(old->ids);
+        *old = (plist){0};
+    }
+    *ids = slot->ids;
+    *n = slot->n;
+    return QR_OK;
 }
 
-/* The estimated number of chunks of the index that pass f (see above). */
+/* Ranks every permitted chunk (about n of them) exactly. */
+static qr_status vector_exact(retrieval *r, const store_filter *f, size_t n, const float *vec, int dim,
+                              size_t depth, size_t cap, list *out, vector_path *path, char *err)
+{
+    const int64_t *permitted = NULL;
+    size_t listed = 0;
+    qr_status st = permitted_list(r, f, n, &permitted, &listed, err);
+    if (st)
+        return st;
+    path->exact = true;
+    path->listed = listed;
+    return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, err) : QR_OK;
+}
+
+/* The estimated number of chunks of the index that pass f (see above); kept by the handle for
+ * the same filter and store change. */
 static qr_status permitted_estimate(retrieval *r, const store_filter *f, size_t size, size_t *out, char *err)
 {
-    int64_t ids[VECTOR_SAMPLE], docs[VECTOR_SAMPLE];
+    int64_t ids[VECTOR_SAMPLE], docs[VECTOR_SAMPLE], counter = 0;
+    uint64_t key = filter_key(f);
+    qr_status st = store_change_counter(r->s, &counter, err);
+    if (st)
+        return st;
+    pestimate *e = &r->estimates[key % PLIST_ENTRIES];
+    if (e->key == key && e->counter == counter) {
+        *out = e->estimate;
+        return QR_OK;
+    }
     size_t n = vindex_sample_ids(r->v, VECTOR_SAMPLE, ids), pass = 0;
-    qr_status st = store_filter_ids(r->s, f, ids, n, docs, err);
-    for (size_t i = 0; i < n && !st; i++)
+    if ((st = store_filter_ids(r->s, f, ids, n, docs, err)))
+        return st;
+    for (size_t i = 0; i < n; i++)
         pass += docs[i] >= 0;
-    *out = st || !n ? 0 : (size_t)ceil((double)pass * (double)size / (double)n);
-    return st;
+    *out = n ? (size_t)ceil((double)pass * (double)size / (double)n) : 0;
+    e->key = key;
+    e->counter = counter;
+    e->estimate = *out;
+    return QR_OK;
 }
 
 /* The best `depth` permitted chunks by cosine into out (docs attached, chunks the store no longer
@@ -413,27 +537,17 @@ static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestric
     if (st)
         return st;
     if (estimate <= 2 * threshold) {
-        /* near or under the threshold: list up to it to know */
+        /* near or under the threshold: list them to know */
+        const int64_t *permitted = NULL;
         size_t listed = 0;
-        bool more = false;
-        int64_t *permitted = malloc((threshold ? threshold : 1) * sizeof(int64_t));
-        if (!permitted)
-            return qr_fail(err, QR_ENOMEM, "out of memory for the permitted chunks");
-        st = store_filter_chunks(r->s, f, threshold, permitted, &listed, &more, err);
-        if (!st && !more) {
-            path->permitted = listed;
+        if ((st = permitted_list(r, f, estimate, &permitted, &listed, err)))
+            return st;
+        path->permitted = estimate = listed;
+        if (listed <= threshold) {
             path->exact = true;
             path->listed = listed;
-            if (listed)
-                st = vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, err);
-            free(permitted);
-            return st;
+            return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, err) : QR_OK;
         }
-        free(permitted);
-        if (st)
-            return st;
-        if (estimate <= threshold)
-            estimate = threshold + 1;
     }
     path->permitted = estimate;
     /* the fixed fetch: about VECTOR_FETCH_SLACK * depth permitted candidates expected */
