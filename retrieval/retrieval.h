@@ -149,7 +149,8 @@ typedef struct {
     bool vector_exact;       /* the vector list came from an exact scan of the permitted chunks */
     bool vector_fallback;    /* ... because the index's fixed fetch held too few permitted ones */
     size_t permitted_listed; /* chunks listed for the exact scan (0 when not taken) */
-    size_t permitted_chunks; /* chunks the caller may read (counted for restricted vector searches) */
+    size_t permitted_chunks; /* restricted vector searches: the chunks the caller may read, as
+                              * estimated from a sample of the index (counted when listed) */
     size_t vector_fetched;   /* candidates the vector index was asked for (0: not asked) */
     bool bm25_pruned;        /* the BM25 list came from the pruned index, not FTS5's ranking */
     qr_arena arena_;         /* private */
