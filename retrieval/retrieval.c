@@ -302,11 +302,11 @@ static qr_status apply_cap(list *l, size_t cap, char *err)
  *
  * The permitted share of the index is estimated from VECTOR_SAMPLE chunk ids spread evenly over
  * it (vindex_sample_ids), each tested against the filter: a fixed cost, the same ids for every
- * query. Then:
+ * query, paid once per filter and store change (the handle keeps the answer). Then:
  *   - few permitted chunks (up to exact_min, or less than exact_share of the index), or so small
  *     a share that the index would have to be asked for more than VECTOR_FETCH_MAX candidates:
- *     they are listed and scanned exactly (a share near the threshold is settled by listing up to
- *     it, as before, so a caller under exact_min always gets the exact answer);
+ *     they are listed and scanned exactly (an estimate up to twice the threshold is settled by
+ *     listing them, so a caller under exact_min always gets the exact answer);
  *   - otherwise the index is asked once, without any permission test, for a fixed number of
  *     candidates: VECTOR_FETCH_SLACK times the wanted depth divided by the permitted share.
  *     Every candidate is then tested (one indexed lookup each, permitted or not) and the
