@@ -541,10 +541,11 @@ size_t vindex_sample_ids(vindex *v, size_t n, int64_t *ids)
         return 0;
     vsnap *s = vindex_snap_acquire(v);
     pthread_rwlock_rdlock(&s->lock);
-    size_t total = s->count + s->d_n, got = 0;
-    /* rows i * total / n for i < n: main rows in id order, then the delta's in arrival order */
-    for (size_t i = 0; i < n && i < total; i++) {
-        size_t row = (size_t)((unsigned __int128)i * total / (n < total ? n : total));
+    size_t total = s->count + s->d_n, m = n < total ? n : total, got = 0;
+    /* rows i * total / m for i < m (without overflow): main rows in id order, then the delta's in
+     * arrival order */
+    for (size_t i = 0; i < m; i++) {
+        size_t row = i * (total / m) + (size_t)((uint64_t)i * (total % m) / m);
         ids[got++] = row < s->count ? s->ids[row] : s->d_ids[row - s->count];
     }
     pthread_rwlock_unlock(&s->lock);
