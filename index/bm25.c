@@ -79,6 +79,7 @@ void bm25_unions_clear(bm25_index *x)
             free(x->unions[i].principals[j]);
         free(x->unions[i].principals);
         free(x->unions[i].bits);
+        free(x->unions[i].groups);
     }
     x->nunions = 0;
 }
@@ -241,6 +242,8 @@ void bm25_get_info(bm25_index *x, bm25_info *out)
     out->delta_rows = x->d_rows;
     out->tombstones = x->ndead;
     out->file_bytes = x->map_len;
+    out->blocks_decoded = __atomic_load_n(&x->blocks_decoded, __ATOMIC_RELAXED);
+    out->blocks_skipped = __atomic_load_n(&x->blocks_skipped, __ATOMIC_RELAXED);
     uint64_t mem = x->d_cap * (8 + 4 + 4) + x->dead_words * 8 + x->cap_dead_gen * 4 +
                    x->cap_dl * sizeof(delta_list) + x->d_terms.cap * (sizeof(char *) + 4 + sizeof(size_t));
     for (size_t i = 0; i < x->ndl; i++)

@@ -186,12 +186,18 @@ struct bm25_index {
         size_t np;
         uint64_t *bits;
         size_t nwords;
+        /* groups[g] = how many of the 64-row groups before g hold a row of a readable document,
+         * for g <= ngroups (the whole groups of rows when the union was made): a block of
+         * postings within groups holding none is skipped undecoded (bm25_search.c) */
+        uint32_t *groups;
+        size_t ngroups;
         uint64_t used; /* tick of the last search that took it */
         int refs;      /* searches using it now: it is not evicted while > 0 */
     } unions[UNION_CACHE];
     size_t nunions;
     uint64_t tick;
-    smap df_terms; /* term -> index into dfc */
+    uint64_t blocks_decoded, blocks_skipped; /* atomic counters, for bm25_info */
+    smap df_terms;                           /* term -> index into dfc */
     df_entry *dfc;
     size_t ndfc;
 };

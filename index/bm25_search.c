@@ -34,6 +34,23 @@
 
 /* ---- searching --------------------------------------------------------------------------- */
 
+/* The documents a caller may read (a bit per document key) and, over the generation's rows, which
+ * groups of 64 rows hold one (see struct caller_union). */
+struct caller_set {
+    const uint64_t *bits;
+    size_t nwords;
+    const uint32_t *groups;
+    size_t ngroups;
+};
+
+/* False only when no row in [first, last] can belong to a document the caller may read: rows past
+ * the groups counted (added since) always may. */
+static bool rows_may_pass(const struct caller_set *cs, uint32_t first, uint32_t last)
+{
+    size_t a = first >> 6, b = last >> 6;
+    return !cs || !cs->groups || b >= cs->ngroups || cs->groups[b + 1] > cs->groups[a];
+}
+
 /* A term's postings: generation blocks first, then the delta's (whose rows are all larger). */
 typedef struct {
     const file_term *gt;  /* NULL: not in the generation */
@@ -44,8 +61,10 @@ typedef struct {
     uint32_t tf[BLOCK][NCOLS];
     uint32_t bn, bi; /* postings in the buffer, the current one */
     double idf, bound;
-    size_t mult; /* how many times the query names the term */
-    double f;    /* weighted frequency at the current candidate */
+    size_t mult;                 /* how many times the query names the term */
+    double f;                    /* weighted frequency at the current candidate */
+    const struct caller_set *cs; /* the caller's readable rows, or NULL: every row */
+    uint64_t decoded, skipped;   /* generation blocks, for bm25_info */
 } cursor;
 
 static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
@@ -76,7 +95,15 @@ static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
 /* Fills the buffer with the next postings; false when the term has no more. */
 static bool refill(const bm25_index *x, cursor *c)
 {
+    /* a block of postings only documents the caller may not read hold is passed over undecoded:
+     * a word that only hidden documents hold costs a test per block, not per posting */
+    while (c->gb < c->gb_end &&
+           !rows_may_pass(c->cs, x->blocks[c->gb].first_row, x->blocks[c->gb].last_row)) {
+        c->gb++;
+        c->skipped++;
+    }
     if (c->gb < c->gb_end) {
+        c->decoded++;
         decode_block(x, c, c->gb++);
         if (c->bn)
             return true;
@@ -381,12 +408,37 @@ static int cmp_str_ptr(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* Counts, for the generation's whole groups of 64 rows, those holding a row of a document in bits
+ * (see struct caller_union): O(rows), once per union. NULL when out of memory (nothing skipped). */
+static uint32_t *row_groups(const bm25_index *x, const uint64_t *bits, size_t nwords, size_t *ngroups)
+{
+    size_t ng = x->gen_rows >> 6;
+    uint32_t *g = malloc((ng + 1) * sizeof(*g));
+    *ngroups = 0;
+    if (!g)
+        return NULL;
+    uint32_t count = 0;
+    for (size_t gi = 0; gi < ng; gi++) {
+        g[gi] = count;
+        bool any = false;
+        for (size_t r = gi << 6; r < (gi + 1) << 6 && !any; r++) {
+            uint32_t doc = x->gen_docs[r];
+            any = (size_t)(doc >> 6) < nwords && (bits[doc >> 6] >> (doc & 63) & 1);
+        }
+        count += any;
+    }
+    g[ng] = count;
+    *ngroups = ng;
+    return g;
+}
+
 /* The caller's readable documents: the union of its principals' sets, kept per principal list
- * (the least recently used list no search is using makes room). Caller holds x->lock (read);
- * *bits has *nwords words covering every document key of a row; *held is the cache entry to give
- * back with caller_docs_done, or NULL when *bits is the caller's to free. */
+ * (the least recently used list no search is using makes room), with its row groups. Caller
+ * holds x->lock (read); cs->bits has cs->nwords words covering every document key of a row;
+ * *held is the cache entry to give back with caller_docs_done, or NULL when cs's arrays are the
+ * caller's to free. */
 static qr_status caller_docs(bm25_index *x, store *s, const char *const *principals, size_t np,
-                             uint64_t **bits, size_t *nwords, struct caller_union **held, char *err)
+                             struct caller_set *cs, struct caller_union **held, char *err)
 {
     size_t nw = ((size_t)x->max_doc >> 6) + 1;
     const char **sorted = malloc((np ? np : 1) * sizeof(*sorted));
@@ -409,8 +461,7 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             c->used = ++x->tick;
             pthread_mutex_unlock(&x->cache_mu);
             free(sorted);
-            *bits = c->bits;
-            *nwords = nw;
+            *cs = (struct caller_set){c->bits, nw, c->groups, c->ngroups};
             *held = c;
             return QR_OK;
         }
@@ -428,6 +479,8 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
         for (size_t w = 0; w < n; w++)
             u[w] |= p->bits[w];
     }
+    size_t ngroups = 0;
+    uint32_t *groups = st ? NULL : row_groups(x, u, nw, &ngroups);
     *held = NULL;
     size_t slot = x->nunions;
     if (!st && slot == UNION_CACHE) {
@@ -440,6 +493,7 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
                 free(c->principals[j]);
             free(c->principals);
             free(c->bits);
+            free(c->groups);
             x->unions[slot] = x->unions[--x->nunions];
             slot = x->nunions;
         }
@@ -455,6 +509,8 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             c->np = np;
             c->bits = u;
             c->nwords = nw;
+            c->groups = groups;
+            c->ngroups = ngroups;
             c->used = tick;
             c->refs = 1;
             x->nunions++;
@@ -469,17 +525,18 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
     free(sorted);
     if (st) {
         free(u);
+        free(groups);
         return st;
     }
-    *bits = u;
-    *nwords = nw;
+    *cs = (struct caller_set){u, nw, groups, ngroups};
     return QR_OK;
 }
 
-static void caller_docs_done(bm25_index *x, struct caller_union *held, uint64_t *bits)
+static void caller_docs_done(bm25_index *x, struct caller_union *held, struct caller_set *cs)
 {
     if (!held) {
-        free(bits);
+        free((void *)cs->bits);
+        free((void *)cs->groups);
         return;
     }
     pthread_mutex_lock(&x->cache_mu);
@@ -508,8 +565,7 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     size_t *qmap = calloc(nterms, sizeof(*qmap)); /* query term -> cursor */
     size_t *order = calloc(nterms, sizeof(*order));
     double *cum = calloc(nterms, sizeof(*cum));
-    uint64_t *allowed = NULL;
-    size_t nallowed = 0;
+    struct caller_set cs = {0};
     struct caller_union *held = NULL;
     size_t k = limit < x->live_rows ? limit : (size_t)x->live_rows;
     topk top = {.h = calloc(k, sizeof(heap_item)), .k = k, .cap_doc = max_per_doc};
@@ -517,7 +573,7 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
         st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
         goto out;
     }
-    if (!all && (st = caller_docs(x, s, principals, np, &allowed, &nallowed, &held, err)))
+    if (!all && (st = caller_docs(x, s, principals, np, &cs, &held, err)))
         goto out;
 
     /* one cursor per distinct term */
@@ -535,6 +591,7 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
         cursor *c = &tc[nc];
         qmap[i] = nc++;
         c->mult = 1;
+        c->cs = all ? NULL : &cs;
         size_t len = strlen(terms[i]);
         c->gt = find_gen_term(x, terms[i], len);
         const delta_list *dl = NULL;
@@ -596,7 +653,7 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
             break;
         uint32_t doc = bm25_row_doc(x, row);
         bool ok = !bm25_row_dead(x, row) &&
-                  (all || ((size_t)(doc >> 6) < nallowed && (allowed[doc >> 6] >> (doc & 63) & 1)));
+                  (all || ((size_t)(doc >> 6) < cs.nwords && (cs.bits[doc >> 6] >> (doc & 63) & 1)));
         double len = (double)bm25_row_len(x, row), partial = 0.0;
         for (size_t j = 0; j < nc; j++)
             tc[j].f = 0.0;
@@ -646,12 +703,19 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     }
     *nout = top.n;
 out:
+    if (tc) {
+        uint64_t decoded = 0, skipped = 0;
+        for (size_t j = 0; j < nterms; j++)
+            decoded += tc[j].decoded, skipped += tc[j].skipped;
+        __atomic_fetch_add(&x->blocks_decoded, decoded, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&x->blocks_skipped, skipped, __ATOMIC_RELAXED);
+    }
     free(tc);
     free(qmap);
     free(order);
     free(cum);
-    if (allowed)
-        caller_docs_done(x, held, allowed);
+    if (cs.bits)
+        caller_docs_done(x, held, &cs);
     free(top.h);
     return st;
 }

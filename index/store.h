@@ -284,6 +284,12 @@ qr_status store_search_bm25(store *s, const char *match, const double weights[3]
 qr_status store_filter_chunks(store *s, const store_filter *f, size_t limit, int64_t *ids, size_t *n,
                               bool *more, char *err);
 
+/* The permission test of a list of chunks: docs[i] gets the document key of chunk ids[i] when
+ * it exists and passes f, else -1. One indexed lookup (and the ACL rows of its document) per id,
+ * the same for a chunk that passes as for one that does not; every entry is -1 on error. */
+qr_status store_filter_ids(store *s, const store_filter *f, const int64_t *ids, size_t n, int64_t *docs,
+                           char *err);
+
 /* A per-chunk permission test built from a filter, for vindex_search's predicate when the
  * permitted chunks are too many to list. store_permit_test answers whether a chunk exists and
  * passes f, with one indexed query; it fails closed (false) on an error, which

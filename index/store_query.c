@@ -34,6 +34,7 @@ typedef struct {
     const store_filter *f;
     qr_buf principals, doc_ids;
     bool acl, docs, uri, type, updated, require, exclude;
+    bool acl_docset; /* SET shape: the ACL test reads a docset bound as :docset (below) */
 } filter_sql;
 
 static void filter_sql_release(filter_sql *fs)
@@ -107,7 +108,9 @@ static qr_status filter_where(const filter_sql *fs, filter_shape shape, qr_buf *
 {
     qr_status st = QR_OK;
     bool set = shape == FILTER_SET;
-    if (fs->acl)
+    if (fs->acl && set && fs->acl_docset)
+        st = qr_buf_puts(sql, " AND quarry_docset_has(:docset, c.doc)");
+    else if (fs->acl)
         st = qr_buf_puts(sql, set ? " AND c.doc IN (SELECT doc FROM acl WHERE principal IN"
                                     " (SELECT value FROM json_each(:principals)))"
                                   : " AND EXISTS (SELECT 1 FROM acl a WHERE a.doc = c.doc AND a.principal IN"
@@ -200,6 +203,80 @@ static qr_status prepare_search(store *s, const qr_buf *sql, sqlite3_stmt **q, c
     return QR_OK;
 }
 
+/*
+ * The caller's readable documents as a bitset over document keys, for the full-text search. In
+ * SQL the ACL test (an IN subquery) is materialised when the first matching chunk reaches it, so
+ * a word that some chunk holds -- one only other users may read included -- cost the listing of
+ * every document the caller may read, and a word no chunk holds did not: one hidden chunk showed
+ * in the time of a search. The bitset is read before the search, match or not, and the query
+ * tests each matching chunk against it through quarry_docset_has(:docset, doc), the set bound as
+ * a pointer (SQLite's pointer-passing interface, so SQL text can never forge one).
+ */
+typedef struct {
+    uint64_t *bits;
+    size_t nwords;
+} docset;
+
+static void docset_has(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    const docset *d = sqlite3_value_pointer(argv[0], "quarry_docset");
+    sqlite3_int64 doc = sqlite3_value_int64(argv[1]);
+    sqlite3_result_int(ctx, d && doc >= 0 && (uint64_t)doc / 64 < d->nwords &&
+                                (d->bits[(uint64_t)doc / 64] >> ((uint64_t)doc % 64) & 1));
+}
+
+/* Reads the documents whose ACL holds one of fs's principals into d (d->bits is the caller's to
+ * free, also on error). */
+static qr_status docset_load(store *s, const filter_sql *fs, docset *d, char *err)
+{
+    d->bits = NULL;
+    d->nwords = 0;
+    if (!s->docset_fn) {
+        int rc = sqlite3_create_function_v2(s->db, "quarry_docset_has", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY,
+                                            NULL, docset_has, NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            return store_sql_fail(s, rc, err, "register quarry_docset_has");
+        s->docset_fn = true;
+    }
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(
+        s->db, "SELECT doc FROM acl WHERE principal IN (SELECT value FROM json_each(?1))", -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return store_sql_fail(s, rc, err, "prepare the readable documents");
+    qr_status st = QR_OK;
+    if (sqlite3_bind_text64(q, 1, qr_buf_str(&fs->principals), qr_buf_len(&fs->principals), SQLITE_STATIC,
+                            SQLITE_UTF8)) {
+        st = store_bind_fail(s, err);
+        goto out;
+    }
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        sqlite3_int64 doc = sqlite3_column_int64(q, 0);
+        if (doc < 0)
+            continue;
+        size_t w = (size_t)((uint64_t)doc / 64);
+        if (w >= d->nwords) {
+            size_t n = d->nwords ? d->nwords : 64;
+            while (n <= w)
+                n *= 2;
+            uint64_t *b = realloc(d->bits, n * sizeof(*b));
+            if (!b) {
+                st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+                goto out;
+            }
+            memset(b + d->nwords, 0, (n - d->nwords) * sizeof(*b));
+            d->bits = b;
+            d->nwords = n;
+        }
+        d->bits[w] |= 1ull << ((uint64_t)doc % 64);
+    }
+    if (rc != SQLITE_DONE)
+        st = search_fail(s, rc, err, "read the readable documents");
+out:
+    sqlite3_finalize(q);
+    return st;
+}
+
 qr_status store_search_bm25(store *s, const char *match, const double weights[3], const store_filter *f,
                             size_t max_per_doc, size_t limit, store_hit *out, size_t *n, char *err)
 {
@@ -213,8 +290,14 @@ qr_status store_search_bm25(store *s, const char *match, const double weights[3]
     qr_buf sql;
     qr_buf_init(&sql, 1 << 16);
     sqlite3_stmt *q = NULL;
+    docset ds = {0};
     qr_status st = filter_prepare(f, &fs, err);
     if (st || !limit || !*match)
+        goto out;
+    if ((st = store_begin_read(s, err)))
+        goto out;
+    fs.acl_docset = fs.acl;
+    if (fs.acl && (st = docset_load(s, &fs, &ds, err)))
         goto out;
     /* bm25() can only run where the FTS5 cursor of the MATCH is, so the per-document limit
      * ranks each document's chunks over a materialised copy of the scored matches */
@@ -237,12 +320,12 @@ qr_status store_search_bm25(store *s, const char *match, const double weights[3]
     if (filter_bind(&fs, q) || bind_named_text(q, ":match", match, strlen(match)) ||
         bind_named_double(q, ":wt", weights[0]) || bind_named_double(q, ":wh", weights[1]) ||
         bind_named_double(q, ":wb", weights[2]) || bind_named_int(q, ":cap", (int64_t)max_per_doc) ||
-        bind_named_int(q, ":limit", limit > INT64_MAX ? INT64_MAX : (int64_t)limit)) {
+        bind_named_int(q, ":limit", limit > INT64_MAX ? INT64_MAX : (int64_t)limit) ||
+        (fs.acl &&
+         sqlite3_bind_pointer(q, sqlite3_bind_parameter_index(q, ":docset"), &ds, "quarry_docset", NULL))) {
         st = store_bind_fail(s, err);
         goto out;
     }
-    if ((st = store_begin_read(s, err)))
-        goto out;
     int rc;
     while ((rc = sqlite3_step(q)) == SQLITE_ROW && *n < limit) {
         out[*n].chunk_id = sqlite3_column_int64(q, 0);
@@ -259,6 +342,7 @@ qr_status store_search_bm25(store *s, const char *match, const double weights[3]
     st = store_commit(s, err);
 out:
     sqlite3_finalize(q);
+    free(ds.bits);
     qr_buf_release(&sql);
     filter_sql_release(&fs);
     if (st)
@@ -321,6 +405,59 @@ out:
         *n = 0;
         *more = false;
     }
+    return store_end_call(s, st, err);
+}
+
+qr_status store_filter_ids(store *s, const store_filter *f, const int64_t *ids, size_t n, int64_t *docs,
+                           char *err)
+{
+    if (!s || (n && (!ids || !docs)))
+        return qr_fail(err, QR_EINVAL, "store_filter_ids: NULL argument");
+    for (size_t i = 0; i < n; i++)
+        docs[i] = -1;
+    filter_sql fs;
+    qr_buf sql;
+    qr_buf_init(&sql, 1 << 16);
+    sqlite3_stmt *q = NULL;
+    qr_status st = filter_prepare(f, &fs, err);
+    if (st || !n)
+        goto out;
+    /* ROW fragments: each id costs its own lookups, whatever the size of the permitted set */
+    if (qr_buf_puts(&sql, "SELECT c.doc FROM chunks c") ||
+        (filter_needs_doc(&fs, FILTER_ROW) && qr_buf_puts(&sql, " JOIN documents d ON d.id = c.doc")) ||
+        qr_buf_puts(&sql, " WHERE c.id = :id") || filter_where(&fs, FILTER_ROW, &sql)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+        goto out;
+    }
+    if ((st = prepare_search(s, &sql, &q, err)))
+        goto out;
+    if (filter_bind(&fs, q)) {
+        st = store_bind_fail(s, err);
+        goto out;
+    }
+    if ((st = store_begin_read(s, err)))
+        goto out;
+    int id_param = sqlite3_bind_parameter_index(q, ":id");
+    for (size_t i = 0; i < n; i++) {
+        int rc = sqlite3_bind_int64(q, id_param, ids[i]);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(q);
+        if (rc == SQLITE_ROW)
+            docs[i] = sqlite3_column_int64(q, 0);
+        else if (rc != SQLITE_DONE) {
+            st = search_fail(s, rc, err, "test chunks' permissions");
+            goto out;
+        }
+        sqlite3_reset(q);
+    }
+    st = store_commit(s, err);
+out:
+    sqlite3_finalize(q);
+    qr_buf_release(&sql);
+    filter_sql_release(&fs);
+    if (st)
+        for (size_t i = 0; i < n; i++)
+            docs[i] = -1;
     return store_end_call(s, st, err);
 }
 

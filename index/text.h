@@ -80,6 +80,9 @@ typedef struct {
     uint64_t file_bytes;        /* size of current.bm25 */
     uint64_t memory_bytes;      /* heap held besides the mapped file (delta, sets, caches) */
     size_t principals_cached;
+    /* since open, over all searches: generation blocks of postings decoded, and passed over
+     * undecoded because no row they span belongs to a document the caller may read */
+    uint64_t blocks_decoded, blocks_skipped;
 } bm25_info;
 
 void bm25_opts_default(bm25_opts *o);

@@ -200,6 +200,12 @@ qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex
 qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
                                size_t n, int64_t *ids, float *scores, size_t *found, char *err);
 
+/* Up to n chunk ids spread evenly over the served index (main rows in id order, then the delta),
+ * into ids; returns how many (fewer only when the index holds fewer). The same ids for the same
+ * snapshot, whoever asks: callers estimate the share of the index a caller may read from them
+ * without looking at any query. Removed ids may be among them. */
+size_t vindex_sample_ids(vindex *v, size_t n, int64_t *ids);
+
 typedef struct {
     uint64_t generation; /* 0: nothing built yet */
     char type[16];       /* "flat", "ivf_flat", "ivf_sq8", "ivf_pq", "hnsw", "none" */

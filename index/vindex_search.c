@@ -487,14 +487,21 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
                     row = s->d_rows + (size_t)dpos * (size_t)dim;
                 if (!row)
                     continue;
-                memcpy(block + nb * (size_t)dim, row, (size_t)dim * sizeof(float));
                 bids[nb] = id;
                 brows[nb] = row;
                 nb++;
             }
             if (nb == blk || (i == n && nb)) {
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)nb, dim, 1.0f, block, dim, q, 1, 0.0f,
-                            bscores, 1);
+                /* rows that lie one after the other (a permitted run of chunks) are scored where
+                 * they are; others are gathered first */
+                bool run = true;
+                for (size_t j = 1; j < nb && run; j++)
+                    run = brows[j] == brows[0] + j * (size_t)dim;
+                if (!run)
+                    for (size_t j = 0; j < nb; j++)
+                        memcpy(block + j * (size_t)dim, brows[j], (size_t)dim * sizeof(float));
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)nb, dim, 1.0f, run ? brows[0] : block, dim,
+                            q, 1, 0.0f, bscores, 1);
                 for (size_t j = 0; j < nb; j++)
                     if (cheap_wants(&c, bscores[j]))
                         cheap_offer(&c, bscores[j], bids[j], brows[j]);
@@ -526,4 +533,22 @@ out:
     free(brows);
     free(q);
     return st;
+}
+
+size_t vindex_sample_ids(vindex *v, size_t n, int64_t *ids)
+{
+    if (!v || !n || !ids)
+        return 0;
+    vsnap *s = vindex_snap_acquire(v);
+    pthread_rwlock_rdlock(&s->lock);
+    size_t total = s->count + s->d_n, m = n < total ? n : total, got = 0;
+    /* rows i * total / m for i < m (without overflow): main rows in id order, then the delta's in
+     * arrival order */
+    for (size_t i = 0; i < m; i++) {
+        size_t row = i * (total / m) + (size_t)((uint64_t)i * (total % m) / m);
+        ids[got++] = row < s->count ? s->ids[row] : s->d_ids[row - s->count];
+    }
+    pthread_rwlock_unlock(&s->lock);
+    vindex_snap_release(v, s);
+    return got;
 }

@@ -7,10 +7,12 @@
  *
  * Two rules shape the code. Permissions are applied inside each list, never to a finished
  * ranking (trimming afterwards would return fewer than k, or need guesses at how much to
- * over-fetch): BM25 in SQL, vectors either by an exact scan over the listed permitted chunks or
- * by vindex_search's predicate, which keeps fetching until it has k permitted chunks. And the
- * page's chunks are read back through the same filter, so a document deleted or re-permissioned
- * while the search ran drops out instead of leaking.
+ * over-fetch): BM25 in SQL or the pruned index's permission sets, vectors either by an exact
+ * scan over the listed permitted chunks or by one fixed fetch from the vector index whose every
+ * candidate is tested (see "the vector list": the work depends on the size of the permitted set,
+ * never on where hidden chunks rank). And the page's chunks are read back through the same
+ * filter, so a document deleted or re-permissioned while the search ran drops out instead of
+ * leaking.
  *
  * Pages are cut from one deterministic ranking (ties by chunk id) computed to the page's end,
  * and the cursor carries the offset with a fingerprint of the request, so a cursor cannot be
@@ -27,6 +29,9 @@
 #include "retrieval/retrieval_int.h"
 
 #define LOG_COMPONENT "retrieval"
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n);
+static uint64_t fnv_str(uint64_t h, const char *s);
 
 #define RESULT_ARENA_CAP ((size_t)1 << 30)
 #define QUERY_ARENA_CAP  ((size_t)64 << 20)
@@ -107,12 +112,34 @@ void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
     o->bm25_pruned = strcmp(set->retrieval_bm25_path, "pruned") == 0;
 }
 
+/* Permitted chunk lists kept for the exact vector scans (see "the vector list"). */
+#define PLIST_ENTRIES 4
+#define PLIST_IDS     ((size_t)1 << 19) /* ids kept by one handle, all entries together (4 MiB) */
+
+typedef struct {
+    uint64_t key;    /* fingerprint of the filter; 0: empty */
+    int64_t counter; /* the store change it was listed at */
+    int64_t *ids;    /* ascending */
+    size_t n;
+    uint64_t used;
+} plist;
+
+/* A permitted_estimate kept for a filter (key as plist's) and a store change. */
+typedef struct {
+    uint64_t key;
+    int64_t counter;
+    size_t estimate;
+} pestimate;
+
 struct retrieval {
     store *s;
     vindex *v;
     bm25_index *b; /* the pruned BM25 path, or NULL: FTS5 ranks */
     retrieval_opts o;
     rq_stopwords *sw;
+    plist lists[PLIST_ENTRIES];
+    pestimate estimates[PLIST_ENTRIES]; /* by the filter's key modulo PLIST_ENTRIES */
+    uint64_t tick;
 };
 
 void retrieval_set_bm25(retrieval *r, bm25_index *b)
@@ -169,6 +196,8 @@ void retrieval_close(retrieval *r)
     if (!r)
         return;
     rq_stopwords_free(r->sw);
+    for (int i = 0; i < PLIST_ENTRIES; i++)
+        free(r->lists[i].ids);
     free(r);
 }
 
@@ -266,14 +295,229 @@ static qr_status apply_cap(list *l, size_t cap, char *err)
 
 /* ---- the vector list --------------------------------------------------------------------- */
 
+/*
+ * How a restricted caller's vectors are searched is decided before any vector is looked at, from
+ * the size of the permitted set alone, so that the work a search does never depends on where
+ * chunks the caller may not read rank (issue #16: a caller could time how many hidden chunks lay
+ * near a query when the search fetched more candidates until k permitted ones turned up).
+ *
+ * The permitted share of the index is estimated from VECTOR_SAMPLE chunk ids spread evenly over
+ * it (vindex_sample_ids), each tested against the filter: a fixed cost, the same ids for every
+ * query, paid once per filter and store change (the handle keeps the answer). Then:
+ *   - few permitted chunks (up to exact_min, or less than exact_share of the index), or so small
+ *     a share that the index would have to be asked for more than VECTOR_FETCH_MAX candidates:
+ *     they are listed and scanned exactly (an estimate up to twice the threshold is settled by
+ *     listing them, so a caller under exact_min always gets the exact answer);
+ *   - otherwise the index is asked once, without any permission test, for a fixed number of
+ *     candidates: VECTOR_FETCH_SLACK times the wanted depth divided by the permitted share.
+ *     Every candidate is then tested (one indexed lookup each, permitted or not) and the
+ *     permitted ones kept. About VECTOR_FETCH_SLACK times the depth are expected to pass; only
+ *     when chunks the caller may not read crowd the query's neighbourhood do fewer, and then the
+ *     permitted chunks are listed and scanned exactly: recall is never traded for it, the cost
+ *     stays bounded by the permitted set, and that case is the one residual timing difference
+ *     (bench/README.md, "Timing and hidden chunks").
+ */
+#define VECTOR_SAMPLE      512
+#define VECTOR_FETCH_SLACK 4
+#define VECTOR_FETCH_MAX   8192
+
 typedef struct {
-    bool exact;    /* the permitted chunks were listed and scanned exactly */
-    size_t listed; /* how many */
+    bool exact;       /* the permitted chunks were listed and scanned exactly */
+    bool fallback;    /* ... because the index's fixed fetch held too few permitted ones */
+    size_t listed;    /* how many were listed */
+    size_t permitted; /* restricted callers: the permitted chunks, as estimated from the sample */
+    size_t fetched;   /* candidates the vector index was asked for (0: not asked) */
 } vector_path;
 
-static bool permit_cb(void *ctx, int64_t id)
+/* Makes room for n ids, scores and document keys. */
+static qr_status vector_room(size_t n, int64_t **ids, float **scores, int64_t **docs, char *err)
 {
-    return store_permit_test(ctx, id);
+    int64_t *ni = realloc(*ids, (n ? n : 1) * sizeof(*ni));
+    if (ni)
+        *ids = ni;
+    float *ns = ni ? realloc(*scores, (n ? n : 1) * sizeof(*ns)) : NULL;
+    if (ns)
+        *scores = ns;
+    int64_t *nd = ns ? realloc(*docs, (n ? n : 1) * sizeof(*nd)) : NULL;
+    if (!nd)
+        return qr_fail(err, QR_ENOMEM, "out of memory for vector results");
+    *docs = nd;
+    return QR_OK;
+}
+
+/* The best `depth` of the listed chunks (exact scan), or with permitted NULL of the whole index
+ * (administrators), into out; at most cap per document. Asks for more while a per-document limit
+ * or chunks the store no longer has leave fewer than depth and the search had more to give. */
+static qr_status vector_ranked(retrieval *r, const int64_t *permitted, size_t npermitted, const float *vec,
+                               int dim, size_t depth, size_t cap, list *out, char *err)
+{
+    qr_status st = QR_OK;
+    int64_t *ids = NULL, *docs = NULL;
+    float *scores = NULL;
+    size_t want = depth;
+    for (;;) {
+        if (want > VINDEX_K_MAX)
+            want = VINDEX_K_MAX;
+        size_t found = 0;
+        if ((st = vector_room(want, &ids, &scores, &docs, err)))
+            break;
+        st = permitted
+                 ? vindex_search_subset(r->v, vec, dim, want, permitted, npermitted, ids, scores, &found, err)
+                 : vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, err);
+        if (st || (st = store_chunk_docs(r->s, ids, found, docs, err)))
+            break;
+        out->n = 0;
+        for (size_t i = 0; i < found && !st; i++)
+            if (docs[i] >= 0)
+                st = list_push(out, ids[i], docs[i], scores[i], err);
+        if (st || (st = apply_cap(out, cap, err)))
+            break;
+        if (out->n >= depth || found < want || want >= VINDEX_K_MAX)
+            break;
+        want *= 4;
+    }
+    if (!st && out->n > depth)
+        out->n = depth;
+    free(ids);
+    free(scores);
+    free(docs);
+    return st;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* A fingerprint of everything in f that decides which chunks pass. */
+static uint64_t filter_key(const store_filter *f)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv(h, &f->all_documents, sizeof(f->all_documents));
+    for (size_t i = 0; i < f->nprincipals; i++)
+        h = fnv_str(h, f->principals[i]);
+    h = fnv(h, "|", 1);
+    for (size_t i = 0; i < f->ndoc_ids; i++)
+        h = fnv_str(h, f->doc_ids[i]);
+    h = fnv_str(h, f->uri_prefix);
+    h = fnv_str(h, f->content_type);
+    h = fnv(h, &f->updated_after_ms, sizeof(f->updated_after_ms));
+    h = fnv_str(h, f->require_match);
+    h = fnv_str(h, f->exclude_match);
+    return h ? h : 1;
+}
+
+/*
+ * Every chunk that passes f, ascending, into *ids (*n of them; the handle's, valid until the next
+ * search), as of the store's latest change: a list the handle kept for the same filter and the
+ * same change is reused, so that the exact scan of a large permitted set costs its scan, not its
+ * listing, again. hint is the expected size. The list depends on the filter and the store only.
+ */
+static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint, const int64_t **ids,
+                                size_t *n, char *err)
+{
+    int64_t counter = 0;
+    qr_status st = store_change_counter(r->s, &counter, err);
+    if (st)
+        return st;
+    uint64_t key = filter_key(f);
+    plist *slot = &r->lists[0];
+    for (int i = 0; i < PLIST_ENTRIES; i++) {
+        plist *e = &r->lists[i];
+        if (e->key == key && e->counter == counter) {
+            e->used = ++r->tick;
+            *ids = e->ids;
+            *n = e->n;
+            return QR_OK;
+        }
+        if (e->used < slot->used)
+            slot = e;
+    }
+    size_t room = hint + hint / 8 + 64, listed = 0;
+    bool more = true;
+    int64_t *got = NULL;
+    while (!st && more) {
+        int64_t *p = realloc(got, room * sizeof(int64_t));
+        if (!p) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory for the permitted chunks");
+            break;
+        }
+        got = p;
+        st = store_filter_chunks(r->s, f, room, got, &listed, &more, err);
+        room *= 2; /* the estimate was short, or documents were added meanwhile */
+    }
+    if (st) {
+        free(got);
+        return st;
+    }
+    qsort(got, listed, sizeof(int64_t), cmp_i64);
+    free(slot->ids);
+    if (listed > PLIST_IDS) {
+        /* too large to keep: this search uses it, and it is the first to go */
+        *slot = (plist){0, 0, got, listed, 0};
+        *ids = got;
+        *n = listed;
+        return QR_OK;
+    }
+    /* the least recently used list makes room, and more go while the handle holds too many ids */
+    *slot = (plist){key, counter, got, listed, ++r->tick};
+    for (;;) {
+        size_t total = 0;
+        plist *old = NULL;
+        for (int i = 0; i < PLIST_ENTRIES; i++) {
+            total += r->lists[i].n;
+            if (r->lists[i].key && &r->lists[i] != slot && (!old || r->lists[i].used < old->used))
+                old = &r->lists[i];
+        }
+        if (total <= PLIST_IDS || !old)
+            break;
+        free(old->ids);
+        *old = (plist){0};
+    }
+    *ids = slot->ids;
+    *n = slot->n;
+    return QR_OK;
+}
+
+/* Ranks every permitted chunk (about n of them) exactly. */
+static qr_status vector_exact(retrieval *r, const store_filter *f, size_t n, const float *vec, int dim,
+                              size_t depth, size_t cap, list *out, vector_path *path, char *err)
+{
+    const int64_t *permitted = NULL;
+    size_t listed = 0;
+    qr_status st = permitted_list(r, f, n, &permitted, &listed, err);
+    if (st)
+        return st;
+    path->exact = true;
+    path->listed = listed;
+    return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, err) : QR_OK;
+}
+
+/* The estimated number of chunks of the index that pass f (see above); kept by the handle for
+ * the same filter and store change. */
+static qr_status permitted_estimate(retrieval *r, const store_filter *f, size_t size, size_t *out, char *err)
+{
+    int64_t ids[VECTOR_SAMPLE], docs[VECTOR_SAMPLE], counter = 0;
+    uint64_t key = filter_key(f);
+    qr_status st = store_change_counter(r->s, &counter, err);
+    if (st)
+        return st;
+    pestimate *e = &r->estimates[key % PLIST_ENTRIES];
+    if (e->key == key && e->counter == counter) {
+        *out = e->estimate;
+        return QR_OK;
+    }
+    size_t n = vindex_sample_ids(r->v, VECTOR_SAMPLE, ids), pass = 0;
+    if ((st = store_filter_ids(r->s, f, ids, n, docs, err)))
+        return st;
+    for (size_t i = 0; i < n; i++)
+        pass += docs[i] >= 0;
+    *out = n ? (size_t)ceil((double)pass * (double)size / (double)n) : 0;
+    e->key = key;
+    e->counter = counter;
+    e->estimate = *out;
+    return QR_OK;
 }
 
 /* The best `depth` permitted chunks by cosine into out (docs attached, chunks the store no longer
@@ -281,81 +525,62 @@ static bool permit_cb(void *ctx, int64_t id)
 static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestricted, const float *vec,
                              int dim, size_t depth, size_t cap, list *out, vector_path *path, char *err)
 {
-    qr_status st = QR_OK;
-    int64_t *permitted = NULL, *ids = NULL, *docs = NULL;
-    float *scores = NULL;
-    size_t npermitted = 0;
-    bool subset = false;
     out->n = 0;
-    if (!unrestricted) {
-        /* few permitted chunks, or a small share of the index: list them and scan them exactly;
-         * listing stops one past the threshold, so a large permitted set costs little here */
-        vindex_info info;
-        vindex_get_info(r->v, &info);
-        size_t size = info.count + info.delta;
-        size_t threshold = (size_t)(r->o.exact_share * (double)size);
-        if (threshold < r->o.exact_min)
-            threshold = r->o.exact_min;
-        bool more = false;
-        if (!(permitted = malloc((threshold ? threshold : 1) * sizeof(int64_t))))
-            return qr_fail(err, QR_ENOMEM, "out of memory for the permitted chunks");
-        if ((st = store_filter_chunks(r->s, f, threshold, permitted, &npermitted, &more, err)))
-            goto out;
-        subset = !more;
-        if (subset && npermitted == 0)
-            goto out; /* nothing permitted: nothing to rank */
-    }
-    path->exact = subset;
-    path->listed = subset ? npermitted : 0;
-    size_t want = depth;
-    for (;;) {
-        if (want > VINDEX_K_MAX)
-            want = VINDEX_K_MAX;
-        size_t found = 0;
-        int64_t *ni = realloc(ids, want * sizeof(*ni));
-        if (ni)
-            ids = ni;
-        float *ns = ni ? realloc(scores, want * sizeof(*ns)) : NULL;
-        if (ns)
-            scores = ns;
-        int64_t *nd = ns ? realloc(docs, want * sizeof(*nd)) : NULL;
-        if (!nd) {
-            st = qr_fail(err, QR_ENOMEM, "out of memory for vector results");
-            goto out;
+    if (unrestricted)
+        return vector_ranked(r, NULL, 0, vec, dim, depth, cap, out, err);
+    vindex_info info;
+    vindex_get_info(r->v, &info);
+    size_t size = info.count + info.delta, estimate = 0;
+    size_t threshold = (size_t)(r->o.exact_share * (double)size);
+    if (threshold < r->o.exact_min)
+        threshold = r->o.exact_min;
+    qr_status st = permitted_estimate(r, f, size, &estimate, err);
+    if (st)
+        return st;
+    if (estimate <= 2 * threshold) {
+        /* near or under the threshold: list them to know */
+        const int64_t *permitted = NULL;
+        size_t listed = 0;
+        if ((st = permitted_list(r, f, estimate, &permitted, &listed, err)))
+            return st;
+        path->permitted = estimate = listed;
+        if (listed <= threshold) {
+            path->exact = true;
+            path->listed = listed;
+            return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, err) : QR_OK;
         }
-        docs = nd;
-        if (subset) {
-            st = vindex_search_subset(r->v, vec, dim, want, permitted, npermitted, ids, scores, &found, err);
-        } else if (unrestricted) {
-            st = vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, err);
-        } else {
-            store_permit *p = NULL;
-            if (!(st = store_permit_open(r->s, f, &p, err))) {
-                st = vindex_search(r->v, vec, dim, want, permit_cb, p, ids, scores, &found, err);
-                char perr[QR_ERR_LEN];
-                qr_status pst = store_permit_close(p, perr);
-                if (!st && pst)
-                    st = qr_fail(err, pst, "%s", perr);
-            }
-        }
-        if (st || (st = store_chunk_docs(r->s, ids, found, docs, err)))
-            goto out;
-        out->n = 0;
-        for (size_t i = 0; i < found; i++)
-            if (docs[i] >= 0 && (st = list_push(out, ids[i], docs[i], scores[i], err)))
-                goto out;
-        if ((st = apply_cap(out, cap, err)))
-            goto out;
-        /* a per-document limit or chunks the index has and the store no longer has can leave
-         * fewer than asked: fetch deeper while the index had more to give */
-        if (out->n >= depth || found < want || want >= VINDEX_K_MAX)
-            break;
-        want *= 4;
     }
-    if (out->n > depth)
-        out->n = depth;
+    path->permitted = estimate;
+    /* the fixed fetch: about VECTOR_FETCH_SLACK * depth permitted candidates expected */
+    double fetch = (double)VECTOR_FETCH_SLACK * (double)depth * (double)size / (double)estimate;
+    if (fetch > VECTOR_FETCH_MAX)
+        return vector_exact(r, f, estimate, vec, dim, depth, cap, out, path, err);
+
+    size_t want = (size_t)ceil(fetch), found = 0;
+    if (want < depth)
+        want = depth;
+    int64_t *ids = NULL, *docs = NULL;
+    float *scores = NULL;
+    path->fetched = want;
+    if ((st = vector_room(want, &ids, &scores, &docs, err)) ||
+        (st = vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, err)) ||
+        (st = store_filter_ids(r->s, f, ids, found, docs, err)))
+        goto out;
+    for (size_t i = 0; i < found && !st; i++)
+        if (docs[i] >= 0)
+            st = list_push(out, ids[i], docs[i], scores[i], err);
+    if (st || (st = apply_cap(out, cap, err)))
+        goto out;
+    if (out->n >= depth || found < want) { /* enough, or the index held no more */
+        if (out->n > depth)
+            out->n = depth;
+        goto out;
+    }
+    /* chunks the caller may not read took the places: rank the permitted set itself */
+    path->fallback = true;
+    out->n = 0;
+    st = vector_exact(r, f, estimate, vec, dim, depth, cap, out, path, err);
 out:
-    free(permitted);
     free(ids);
     free(scores);
     free(docs);
@@ -999,7 +1224,10 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         if ((st = vector_list(r, &f, unrestricted, req->vector, req->dim, depth, cap, &vec, &path, err)))
             goto out;
         res->vector_exact = path.exact;
+        res->vector_fallback = path.fallback;
         res->permitted_listed = path.listed;
+        res->permitted_chunks = path.permitted;
+        res->vector_fetched = path.fetched;
         for (size_t i = 0; i < vec.n; i++)
             vec.v[i].rank_v = (int)i + 1;
     }

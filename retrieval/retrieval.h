@@ -8,13 +8,14 @@
  * Permissions come first on every path. The caller (the CLI, the HTTP API) resolves who is asking
  * (auth) and embeds the query (ingest); retrieval gets the caller's ACL principals and the query
  * vector. BM25 is restricted in SQL to the chunks of documents whose ACL holds one of the
- * principals; vector search only ever considers permitted chunks: an exact scan of their vectors
- * when they are few (or a small share of the index), otherwise the index's permission-filtered
- * search, which fetches more candidates until k permitted ones are found and falls back to an
- * exact scan. Filters are applied the same way, before ranking. So a result is never outside
- * what the caller may read, and when k permitted chunks match, k are returned -- for vectors,
- * exactly the k best (equal scores: smaller chunk id first) whenever the index is exact (flat)
- * or the exact path is taken.
+ * principals; vector search only ever returns permitted chunks: an exact scan of their vectors
+ * when they are few (or a small share of the index), otherwise one fetch from the index of a
+ * number of candidates fixed by the permitted share of the index, each tested, with an exact scan
+ * of the permitted chunks when hidden ones took too many places (so a search's work follows the
+ * permitted set, not where hidden chunks rank; see retrieval.c). Filters are applied the same
+ * way, before ranking. So a result is never outside what the caller may read, and when k
+ * permitted chunks match, k are returned -- for vectors, exactly the k best (equal scores:
+ * smaller chunk id first) whenever the index is exact (flat) or the exact path is taken.
  *
  * Threads: a retrieval handle borrows a store handle, and a store handle serves one thread at a
  * time, so a handle is used by one thread at a time too (open one per worker thread, each with
@@ -146,7 +147,11 @@ typedef struct {
     retrieval_mode mode;     /* the mode that ran (hybrid without a vector runs bm25) */
     const char *next_cursor; /* for the next page; NULL when this page is the last */
     bool vector_exact;       /* the vector list came from an exact scan of the permitted chunks */
+    bool vector_fallback;    /* ... because the index's fixed fetch held too few permitted ones */
     size_t permitted_listed; /* chunks listed for the exact scan (0 when not taken) */
+    size_t permitted_chunks; /* restricted vector searches: the chunks the caller may read, as
+                              * estimated from a sample of the index (counted when listed) */
+    size_t vector_fetched;   /* candidates the vector index was asked for (0: not asked) */
     bool bm25_pruned;        /* the BM25 list came from the pruned index, not FTS5's ranking */
     qr_arena arena_;         /* private */
 } retrieval_result;

@@ -2051,6 +2051,76 @@ static qr_status check_collection(const char *name, collection_tally *ct, char *
     return st;
 }
 
+TEST(hidden_postings_are_not_decoded)
+{
+    /* issue #16: a word only documents the caller may not read hold used to cost a test per
+     * posting, so the time of ava's search grew with ben's postings of it. Blocks whose rows lie
+     * in groups of 64 rows holding no document ava may read are now passed over undecoded. Here
+     * ava's 640 chunks come first and ben's 1280 after them (whole groups of rows): "plutonium"
+     * is in all of ben's, "kryptonite" in his first 64. */
+    static const char *const staff[] = {"group:staff"}, *const ben[] = {"user:ben"};
+    static const char *const ava[] = {"user:ava", "group:staff", "public"};
+    char err[QR_ERR_LEN] = "", dir[512] = "", id[32], text[1024];
+    prng r = {16};
+    store *s = fresh_store(dir, sizeof(dir), err);
+    CHECK_MSG(s, "%s", err);
+    qr_status st = store_batch_begin(s, err);
+    for (int i = 0; i < 640 && !st; i++) {
+        snprintf(id, sizeof(id), "ava-%d", i);
+        append_words(&r, NVOCAB, text, sizeof(text), 0, 12);
+        st = put_simple(s, id, "", staff, 1, text, NULL, err);
+    }
+    for (int i = 0; i < 1280 && !st; i++) {
+        snprintf(id, sizeof(id), "ben-%d", i);
+        size_t len = append_words(&r, NVOCAB, text, sizeof(text), 0, 12);
+        snprintf(text + len, sizeof(text) - len, " plutonium%s", i < 64 ? " kryptonite" : "");
+        st = put_simple(s, id, "", ben, 1, text, NULL, err);
+    }
+    if (st)
+        store_batch_rollback(s);
+    else
+        st = store_batch_commit(s, err);
+    bm25_index *x = NULL;
+    bm25_opts o = opts_with(BIG_DELTA);
+    if (!st)
+        st = bm25_open(s, dir, &o, false, &x, NULL, err);
+    char kryptonite[64] = "", plutonium[64] = "";
+    if (!st)
+        st = indexed_form(s, "kryptonite", kryptonite, sizeof(kryptonite), err);
+    if (!st)
+        st = indexed_form(s, "plutonium", plutonium, sizeof(plutonium), err);
+    const double w[3] = {2, 1, 1};
+    store_hit hits[10];
+    size_t n = 0;
+    bm25_info before, after;
+    struct {
+        const char *term;
+        const char *const *principals;
+        size_t np;
+        bool all;
+        size_t found, decoded, skipped;
+    } cases[] = {{kryptonite, ava, 3, false, 0, 0, 1},   /* 64 postings: one block, skipped */
+                 {plutonium, ava, 3, false, 0, 0, 10},   /* 1280: ten blocks, all skipped */
+                 {plutonium, ben, 1, false, 10, 10, 0},  /* ben reads them all */
+                 {plutonium, NULL, 0, true, 10, 10, 0}}; /* and so does an administrator */
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) && !st; i++) {
+        const char *terms[] = {cases[i].term};
+        bm25_get_info(x, &before);
+        st = bm25_search(x, s, terms, 1, w, cases[i].principals, cases[i].np, cases[i].all, 0, 10, hits, &n,
+                         err);
+        bm25_get_info(x, &after);
+        if (!st && (n != cases[i].found || after.blocks_decoded - before.blocks_decoded != cases[i].decoded ||
+                    after.blocks_skipped - before.blocks_skipped != cases[i].skipped))
+            st = qr_fail(err, QR_EINTERNAL, "case %zu: %zu found, %llu blocks decoded, %llu skipped", i, n,
+                         (unsigned long long)(after.blocks_decoded - before.blocks_decoded),
+                         (unsigned long long)(after.blocks_skipped - before.blocks_skipped));
+    }
+    bm25_close(x);
+    store_close(s);
+    rm_tree(dir);
+    CHECK_OK(st, err);
+}
+
 TEST(shared_collections)
 {
     static const char *const names[] = {"cranfield", "cisi"};

@@ -464,6 +464,74 @@ TEST(acl_changes_and_deletes_take_effect_at_once)
     fx_close(&f);
 }
 
+/* ava may read 20 documents of 10 chunks (group:staff); ben alone 10 more of 10 chunks, of which
+ * `secret` chunks say "kryptonite" three times (their vectors are the query's) and the others
+ * hold ordinary words. Opens the fixture with the vector index asked for a fixed fetch (exact
+ * scans only up to 8 permitted chunks). */
+static bool hidden_corpus(fx *f, int secret, char *err)
+{
+    if (!fx_open(f, err))
+        return false;
+    f->o.exact_min = 8;
+    f->o.exact_share = 0;
+    f->o.candidates = 10; /* hybrid lists 10 deep: a fetch smaller than the index */
+    for (int d = 0; d < 30; d++) {
+        char id[16], text[2048] = "";
+        bool ben = d >= 20;
+        for (int c = 0; c < 10; c++) {
+            int n = (d - 20) * 10 + c;
+            if (ben && n < secret)
+                snprintf(text + strlen(text), sizeof(text) - strlen(text),
+                         "%skryptonite kryptonite kryptonite", c ? "|" : "");
+            else
+                snprintf(text + strlen(text), sizeof(text) - strlen(text),
+                         "%s%s note %d of part %d about item %d", c ? "|" : "", ben ? "private" : "staff", d,
+                         c, d * 10 + c);
+        }
+        snprintf(id, sizeof(id), "%s%d", ben ? "ben" : "doc", d);
+        if (!put(f, id, "Notes", "", "text/plain", ben ? "user:ben" : "group:staff", text, err))
+            return false;
+    }
+    return fx_ready(f, err);
+}
+
+TEST(vector_work_does_not_depend_on_hidden_matches)
+{
+    /* issue #16: the vector index used to fetch more candidates until k permitted ones turned up,
+     * so the work of ava's search grew with the chunks near her query that only ben may read */
+    char err[QR_ERR_LEN];
+    const char *ava[] = {"user:ava", "group:staff", "public"};
+    int secrets[] = {0, 1, 3, 10, 100};
+    for (int i = 0; i < 5; i++) {
+        fx f;
+        CHECK_MSG(hidden_corpus(&f, secrets[i], err), "%s", err);
+        retrieval_mode modes[] = {RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+        for (int m = 0; m < 2; m++) {
+            retrieval_result *r = search(&f, ava, 3, false, "kryptonite", modes[m], 5, err);
+            CHECK_MSG(r != NULL, "%s", err);
+            CHECK_INT(r->nhits, 5);
+            for (size_t h = 0; h < r->nhits; h++)
+                CHECK(strncmp(r->hits[h].doc_id, "doc", 3) == 0);
+            CHECK_INT(r->permitted_chunks, 200);
+            /* the index is asked once, for as many candidates as the permitted share says:
+             * 4 * depth * 300 / 200 (depth k + 1 = 6, or the 10 hybrid candidates), whatever
+             * ben's chunks hold */
+            CHECK_INT(r->vector_fetched, modes[m] == RETRIEVAL_VECTOR ? 36 : 60);
+            if (secrets[i] <= 10) {
+                CHECK_MSG(!r->vector_exact && !r->vector_fallback, "%d secret chunks: exact %d fallback %d",
+                          secrets[i], r->vector_exact, r->vector_fallback);
+            } else {
+                /* ben's chunks fill every fetched place: ava's own chunks are ranked exactly, and
+                 * nothing else is scanned */
+                CHECK(r->vector_exact && r->vector_fallback);
+                CHECK_INT(r->permitted_listed, 200);
+            }
+            retrieval_result_free(r);
+        }
+        fx_close(&f);
+    }
+}
+
 static retrieval_result *filtered(fx *f, retrieval_mode mode, const char *query, const char *const *docs,
                                   size_t ndocs, const char *prefix, const char *type, int64_t after,
                                   char *err)

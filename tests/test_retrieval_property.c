@@ -8,7 +8,7 @@
  *   - every result is a chunk the caller may read and that passes the filters;
  *   - vectors: the k best permitted chunks by brute force (the index's documented score: both
  *     sides normalised to float32, a double dot product; ties by smaller chunk id), exactly,
- *     whether retrieval took the exact-subset path or the index's predicate path;
+ *     whether retrieval took the exact-subset path or the index's fixed-fetch path;
  *   - BM25: the unrestricted FTS5 query, run on a separate SQLite connection and filtered by
  *     permission afterwards, gives the same ids in the same order with the same scores, whether
  *     retrieval ranked with the pruned BM25 index (retrieval.bm25_path = pruned, the default: most
@@ -294,7 +294,7 @@ static bool build_corpus(corpus *c, int round, char *err)
     if (index_sync_open(c->s, c->dir, &vo, false, &c->v, NULL, err))
         return false;
     retrieval_opts_default(&c->o);
-    /* both vector paths: exact over listed chunks, and the index's predicate */
+    /* both vector paths: exact over listed chunks, and the index's fixed fetch */
     c->o.exact_min = round % 3 == 0 ? 0 : round % 3 == 1 ? 100000 : 40;
     c->o.exact_share = round % 3 == 2 ? 0.25 : 0;
     c->o.fusion = round % 4 < 2 ? RETRIEVAL_FUSION_RRF : RETRIEVAL_FUSION_WEIGHTED;
@@ -814,7 +814,7 @@ static bool check_query(corpus *c, tally *t, char *why, size_t whylen)
             "offset %zu, cap %zu, path %s, bm25 %s)",
             offset + i + 1, (long long)h->chunk_id, h->score, (long long)e->id, e->score,
             exact_tie ? ": an exact tie not won by the smaller chunk id" : "", text,
-            retrieval_mode_name(mode), k, offset, cap, res->vector_exact ? "exact" : "predicate",
+            retrieval_mode_name(mode), k, offset, cap, res->vector_exact ? "exact" : "index fetch",
             res->bm25_pruned ? "pruned" : "fts5");
         ok = false;
         goto out;
@@ -860,7 +860,7 @@ TEST(permission_trimmed_search_matches_oracles)
         CHECK_MSG(ok, "round %d (%d users, %d documents, seed 0x%llx): %s", round, nusers, ndocs,
                   (unsigned long long)seed, why);
     }
-    printf("%zu queries in %.1f s: %zu vector answers by exact subset scan, %zu by the index's predicate, "
+    printf("%zu queries in %.1f s: %zu vector answers by exact subset scan, %zu by the index's fixed fetch, "
            "%zu BM25 queries with matches, %zu BM25 lists by the pruned index and %zu by FTS5, %zu second "
            "pages, %zu near ties\n",
            t.queries, (qr_now_ns() - t0) / 1e9, t.exact_vector, t.predicate_vector, t.bm25_nonempty,

@@ -420,6 +420,15 @@ TEST(arguments_are_checked)
     CHECK_INT(info.store_counter, 5);
     CHECK_INT(info.count, 100);
 
+    /* samples are spread evenly over the rows, the same each time; all rows when fewer */
+    int64_t sample[128];
+    CHECK_INT(vindex_sample_ids(v, 4, sample), 4);
+    CHECK(sample[0] == 1 && sample[1] == 26 && sample[2] == 51 && sample[3] == 76);
+    CHECK_INT(vindex_sample_ids(v, 128, sample), 100);
+    CHECK(sample[0] == 1 && sample[99] == 100);
+    CHECK_INT(vindex_sample_ids(v, 0, sample), 0);
+    CHECK_INT(vindex_sample_ids(NULL, 4, sample), 0);
+
     /* build input errors: nothing published */
     vindex_builder *b = NULL;
     CHECK_OK(vindex_build_begin(v, NULL, &b, err), err);
