@@ -223,6 +223,17 @@ static const qr_cfg_key config_table[] = {
      "How BM25 lists of word queries are ranked: pruned (quarry's index under <data.dir>/bm25, the same top "
      "k "
      "without scoring every match) or fts5 (FTS5 scores every match)."},
+    {"retrieval.timeout_ms", QR_CFG_INT, "10000", 1, 3.6e6, NULL, false,
+     "Deadline of one search, checked inside its loops (FTS5, BM25, vectors); past it the search stops "
+     "with a timeout (HTTP 504). In the server it counts from the hand-over to a worker (time queued "
+     "counts)."},
+    {"retrieval.max_terms", QR_CFG_INT, "256", 1, 1024, NULL, false,
+     "Most words a query searches (stopwords dropped first; a repeated word and the words of quoted "
+     "phrases count); more is refused (HTTP 400)."},
+    {"retrieval.max_phrase_terms", QR_CFG_INT, "32", 1, 1024, NULL, false,
+     "Most words in one quoted or excluded phrase; longer is refused (HTTP 400)."},
+    {"retrieval.max_exclusions", QR_CFG_INT, "32", 0, 1024, NULL, false,
+     "Most excluded words and phrases (-word, -\"a phrase\") in a query; more is refused (HTTP 400)."},
     /* the index maintainer */
     {"index.refresh_ms", QR_CFG_INT, "1000", 1, 3.6e6, NULL, false,
      "Longest time before a change made outside the server (quarry ingest) is searchable; writes through "

@@ -70,6 +70,7 @@ struct store {
     char batch_err[QR_ERR_LEN];
     fts5_tokenizer tokenizer;   /* the FTS index's tokenizer, made on first store_tokenize */
     Fts5Tokenizer *tokenizer_p; /* NULL until then */
+    qr_cancel *cancel;          /* store_set_cancel's token: the progress handler checks it */
 };
 
 /* store.c: SQLite's result codes become quarry statuses here, and only here; the definitions
