@@ -60,6 +60,9 @@ static const qr_cfg_key config_table[] = {
      "Audit log file (JSON lines); empty: <data.dir>/audit.log; \"off\": none."},
     {"server.access_log", QR_CFG_STRING, "", NO_RANGE, NULL, false,
      "Access log file (JSON lines); empty: one line per request through the logger (component access)."},
+    {"server.user_share", QR_CFG_INT, "0", 0, 100000, NULL, false,
+     "Most requests of one user (or API key) that workers run at once; more get 429 with Retry-After "
+     "(0: max(2, server.workers / 4))."},
     /* LDAP */
     {"ldap.uri", QR_CFG_STRING, "", NO_RANGE, NULL, false,
      "One or more ldap:// or ldaps:// URIs, separated by spaces or commas."},
