@@ -35,6 +35,8 @@
 #define API_MESSAGES_MAX   256        /* messages in one chat request */
 #define API_MESSAGE_MAX    (64 << 10) /* bytes of one chat message */
 #define API_SMALL_BODY_MAX (32 << 10) /* bytes of a body that holds credentials or nothing */
+#define API_GONE_PROBE_MS  20         /* how often a running search asks whether its client left */
+#define API_UID_MAX        320        /* bytes of a uid in the per-user share (auth caps names at 256) */
 
 typedef struct api_req api_req;
 typedef struct api_metrics api_metrics;
@@ -119,9 +121,17 @@ typedef struct {
     int connection_timeout_s, json_max_depth, shutdown_grace_s, chat_k;
     int header_timeout_s, body_grace_s;
     int64_t min_body_rate; /* bytes/s, 0: none */
+    int user_share;        /* server.user_share, 0 resolved to max(2, workers / 4) */
     size_t max_body_bytes, max_json_bytes, job_threshold_bytes;
     int64_t wait_for_ms; /* index.wait_for_ms */
 } api_settings;
+
+/* One user's requests on workers now (server.user_share): a slot per user with any, so at most
+ * server.workers slots are ever in use. */
+typedef struct {
+    char uid[API_UID_MAX];
+    int running; /* 0: the slot is free */
+} api_share;
 
 struct api_server {
     const qr_config *cfg; /* borrowed: outlives the server */
@@ -159,6 +169,10 @@ struct api_server {
     bool running, stopping;
     atomic_bool cancel_all;
     api_req *active; /* doubly linked list of live requests */
+
+    /* The per-user share of the workers (share_lock): one slot per user with requests running. */
+    pthread_mutex_t share_lock;
+    api_share *shares; /* server.workers slots */
 };
 
 /* Waits until the indexes reflect the store's latest change (at most index.wait_for_ms:
@@ -238,13 +252,19 @@ struct api_req {
     pthread_mutex_t lock;
     int refs;       /* MHD's (until the completed callback), the worker's, the stream response's */
     bool suspended; /* by us: the handler waiting for a worker, or the reader waiting for bytes */
-    atomic_bool cancelled;
+    /* Cancelled when the client goes away (the completed callback, or the worker's probe of the
+     * socket while the connection is suspended, when MHD cannot see it close) or the server stops
+     * past its grace; its deadline, retrieval.timeout_ms from the hand-over to a worker, bounds
+     * the request's search. */
+    qr_cancel cancel;
+    int fd;               /* the connection's socket, polled by the probe; -1: unknown */
     api_req *prev, *next; /* in srv->active */
 };
 
 void api_req_ref(api_req *r);
 void api_req_unref(api_req *r);
-/* True once the client went away or the server is shutting down past its grace period. */
+/* True once the client went away or the server is shutting down past its grace period (the
+ * deadline is not consulted). */
 bool api_req_cancelled(const api_req *r);
 /* A request header, or NULL. Any thread while the request lives. */
 const char *api_header(api_req *r, const char *name);

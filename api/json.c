@@ -52,7 +52,8 @@ int api_http_status(qr_status st)
     case QR_EEXIST: return 409;
     case QR_ELIMIT: return 413;
     case QR_ENOTIMPL: return 501;
-    case QR_EUNAVAILABLE: return 503;
+    case QR_EUNAVAILABLE:
+    case QR_ECANCELED: return 503;
     case QR_ETIMEOUT: return 504;
     case QR_ENOMEM:
     case QR_EIO:

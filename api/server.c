@@ -12,6 +12,17 @@
  * in all, the deadlines of guard.c (a whole header block within server.header_timeout_s, a body
  * at server.min_body_rate), MHD's idle timeout, and the worker queue (503 when full).
  *
+ * Fairness and clients that leave. Authentication runs on the worker (it may ask LDAP), so who a
+ * request belongs to is known only there: right after it, a user (or API key) with
+ * server.user_share requests already on workers gets 429 with Retry-After at once, so that one
+ * user's slow searches can hold at most that many workers and never the others' share. MHD does
+ * not watch a suspended connection, so a client that hangs up while its request waits for a
+ * worker or searches goes unnoticed by MHD until the answer is written: the worker polls the
+ * socket instead (POLLRDHUP, no wait) when it takes the request -- a request whose client left
+ * never runs -- and, through the request's cancellation token, every API_GONE_PROBE_MS while its
+ * search runs, which then stops. The same token carries the search's deadline
+ * (retrieval.timeout_ms from the hand-over to a worker, so time spent queued counts).
+ *
  * Graceful shutdown: stop accepting (an accept policy that refuses every connection once stopping:
  * MHD_quiesce_daemon races with MHD's own epoll workers in libmicrohttpd 0.9.75 and can abort
  * the process), let requests in flight finish until the grace deadline,
@@ -22,6 +33,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +95,9 @@ static void read_settings(const qr_config *cfg, api_settings *s)
     s->header_timeout_s = (int)set->server_header_timeout_s;
     s->body_grace_s = (int)set->server_body_grace_s;
     s->min_body_rate = set->server_min_body_rate;
+    s->user_share = (int)set->server_user_share;
+    if (s->user_share == 0)
+        s->user_share = s->workers / 4 > 2 ? s->workers / 4 : 2;
     s->max_body_bytes = (size_t)set->server_max_body_bytes;
     s->max_json_bytes = (size_t)set->server_max_json_bytes;
     s->job_threshold_bytes = (size_t)set->server_job_threshold_bytes;
@@ -194,8 +209,13 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     pthread_cond_init(&srv->idle, NULL);
     pthread_mutex_init(&srv->access_lock, NULL);
     pthread_mutex_init(&srv->ingest_lock, NULL);
+    pthread_mutex_init(&srv->share_lock, NULL);
     atomic_init(&srv->cancel_all, false);
     read_settings(cfg, &srv->set);
+    if (!(srv->shares = calloc((size_t)srv->set.workers, sizeof(*srv->shares)))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory creating the server");
+        goto out;
+    }
     const char *model = qr_config_settings(cfg)->inference_model;
     snprintf(srv->model, sizeof(srv->model), "%s", *model ? model : "quarry");
 
@@ -458,7 +478,7 @@ int api_server_stop(api_server *srv, int grace_s)
     for (api_req *r = srv->active; r; r = r->next) {
         pthread_mutex_lock(&r->lock);
         if (!r->queued || r->is_stream) {
-            atomic_store(&r->cancelled, true);
+            qr_cancel_cancel(&r->cancel);
             pthread_cond_broadcast(&r->stream.space);
             cancelled++;
         }
@@ -507,6 +527,8 @@ void api_server_free(api_server *srv)
     pthread_cond_destroy(&srv->idle);
     pthread_mutex_destroy(&srv->access_lock);
     pthread_mutex_destroy(&srv->ingest_lock);
+    pthread_mutex_destroy(&srv->share_lock);
+    free(srv->shares);
     free(srv);
 }
 
@@ -542,7 +564,24 @@ void api_req_unref(api_req *r)
 
 bool api_req_cancelled(const api_req *r)
 {
-    return atomic_load(&r->cancelled) || atomic_load(&r->srv->cancel_all);
+    return qr_cancel_cancelled(&r->cancel) || atomic_load(&r->srv->cancel_all);
+}
+
+/* Whether the client closed its connection (worker). Only while the connection is suspended: MHD
+ * then neither reads nor closes the socket, so the descriptor is the request's own, and MHD, which
+ * would see the close itself, is not looking. A client that shuts down only its sending side
+ * counts as gone, as it does for nginx: HTTP clients do not half-close while they wait for an
+ * answer. */
+static bool client_gone(void *ctx)
+{
+    api_req *r = ctx;
+    pthread_mutex_lock(&r->lock);
+    bool parked = r->suspended && !r->ready;
+    pthread_mutex_unlock(&r->lock);
+    if (!parked || r->fd < 0)
+        return false;
+    struct pollfd p = {.fd = r->fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
 const char *api_header(api_req *r, const char *name)
@@ -610,7 +649,10 @@ static api_req *req_new(api_server *srv, struct MHD_Connection *conn, const char
     snprintf(r->user, sizeof(r->user), "-");
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->stream.space, NULL);
-    atomic_init(&r->cancelled, false);
+    qr_cancel_init(&r->cancel);
+    qr_cancel_set_probe(&r->cancel, client_gone, r, API_GONE_PROBE_MS);
+    const union MHD_ConnectionInfo *fdi = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    r->fd = fdi ? fdi->connect_fd : -1;
     /* until the route is known; nothing is read before */
     r->body_max = API_SMALL_BODY_MAX;
     qr_buf_init(&r->body, r->body_max);
@@ -670,6 +712,46 @@ static void hand_back(api_req *r, bool answered)
     }
 }
 
+/* Counts a request of r's caller in the per-user share (worker, after authentication). False,
+ * counting nothing, when the caller has server.user_share requests on workers already. A slot is
+ * always free: each request counted holds a worker, so no more users than workers hold slots. */
+static bool share_enter(api_req *r, int *running)
+{
+    api_server *srv = r->srv;
+    const char *uid = r->principal->uid;
+    api_share *mine = NULL, *free_slot = NULL;
+    pthread_mutex_lock(&srv->share_lock);
+    for (int i = 0; i < srv->set.workers && !mine; i++) {
+        api_share *sh = &srv->shares[i];
+        if (!sh->running)
+            free_slot = free_slot ? free_slot : sh;
+        else if (strncmp(sh->uid, uid, sizeof(sh->uid)) == 0)
+            mine = sh;
+    }
+    if (!mine && (mine = free_slot))
+        snprintf(mine->uid, sizeof(mine->uid), "%s", uid);
+    bool ok = mine && mine->running < srv->set.user_share;
+    if (ok)
+        mine->running++;
+    *running = mine ? mine->running : 0;
+    pthread_mutex_unlock(&srv->share_lock);
+    return ok;
+}
+
+static void share_leave(api_req *r)
+{
+    api_server *srv = r->srv;
+    pthread_mutex_lock(&srv->share_lock);
+    for (int i = 0; i < srv->set.workers; i++) {
+        api_share *sh = &srv->shares[i];
+        if (sh->running && strncmp(sh->uid, r->principal->uid, sizeof(sh->uid)) == 0) {
+            sh->running--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&srv->share_lock);
+}
+
 /* Hands the finished answer to the MHD thread (worker). */
 static void publish(api_req *r)
 {
@@ -685,25 +767,40 @@ static void set_stage(api_req *r, api_stage stage)
 
 /* Runs on a worker. At the authentication stage: authenticates the caller, then admits the body,
  * or, when there is none, runs the handler at once; at the work stage (the body is in): runs the
- * handler. Then the answer goes back. */
+ * handler, counted in the caller's share (server.user_share). Then the answer goes back. A request
+ * whose client left while it waited is answered 499 (written to nobody: the status is for the
+ * access log) without running. */
 static void work(void *arg)
 {
     api_req *r = arg;
     pthread_mutex_lock(&r->lock);
     api_stage stage = r->stage;
     pthread_mutex_unlock(&r->lock);
-    if (api_req_cancelled(r)) {
+    int running = 0;
+    bool shared = false;
+    if (atomic_load(&r->srv->cancel_all)) {
         api_reply_error(r, 503, "unavailable", "the server is shutting down");
+    } else if (api_req_cancelled(r) || client_gone(r)) {
+        qr_cancel_cancel(&r->cancel);
+        api_reply_error(r, 499, "cancelled", "the client closed the connection before a worker was free");
     } else if (stage == API_STAGE_AUTH && !api_authenticate(r)) {
         /* answered (401, 403, 429, 503); MHD discards the body unread */
     } else if (stage == API_STAGE_AUTH && r->expects_body) {
         hand_back(r, false);
         api_req_unref(r);
         return;
+    } else if (r->principal && !(shared = share_enter(r, &running))) {
+        api_reply_error(r, 429, "rate_limited",
+                        "you have %d requests running, the most one user may have at once "
+                        "(server.user_share); retry when one has finished",
+                        running);
+        api_reply_header(r, "Retry-After", "1");
     } else {
         set_stage(r, API_STAGE_WORK);
         r->route->handler(r);
     }
+    if (shared)
+        share_leave(r);
     if (r->is_stream) {
         api_stream_end(r);
     } else {
@@ -718,7 +815,9 @@ static void work(void *arg)
 static enum MHD_Result dispatch(api_req *r, api_stage stage)
 {
     api_server *srv = r->srv;
-    /* Suspend first, then hand over: the worker may resume before submit even returns. */
+    /* Suspend first, then hand over: the worker may resume before submit even returns. The
+     * search's deadline runs from here: time waiting for a worker counts. */
+    qr_cancel_set_deadline(&r->cancel, qr_now_ns(), api_service_retrieval_opts(srv->svc)->timeout_ms);
     api_req_ref(r);
     pthread_mutex_lock(&r->lock);
     r->stage = stage;
@@ -953,7 +1052,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     pthread_mutex_lock(&r->lock);
-    atomic_store(&r->cancelled, true);
+    qr_cancel_cancel(&r->cancel);
     pthread_cond_broadcast(&r->stream.space);
     /* 499: the client closed the connection before its answer was (wholly) sent. */
     int status = r->queued ? r->status : 499;

@@ -281,6 +281,12 @@ qr_status api_service_search(api_service *svc, const retrieval_caller *caller, c
     retrieval_request q = *req;
     retrieval_mode mode = q.mode == RETRIEVAL_MODE_DEFAULT ? svc->ropts.mode : q.mode;
     float *vec = NULL;
+    /* a request that spent its time waiting for a worker, or whose client left, is not embedded */
+    char why[QR_ERR_LEN];
+    qr_status st = qr_cancel_check(q.cancel, why);
+    if (st)
+        return qr_fail(err, st, "search stopped: %s%s", why,
+                       st == QR_ETIMEOUT ? " (retrieval.timeout_ms)" : "");
     bool have_index = svc->maint ? index_maintainer_vindex(svc->maint) != NULL : svc->v != NULL;
     if (!q.vector && mode != RETRIEVAL_BM25 && (have_index || mode == RETRIEVAL_VECTOR)) {
         /* without the query's vector hybrid runs BM25 alone (and says so); vector mode fails */
@@ -297,7 +303,7 @@ qr_status api_service_search(api_service *svc, const retrieval_caller *caller, c
     }
     api_service_handle *h = api_service_acquire(svc);
     retrieval_result *res = NULL;
-    qr_status st = retrieval_search(h->retrieval, caller, &q, &res, err);
+    st = retrieval_search(h->retrieval, caller, &q, &res, err);
     free(vec);
     if (!st && res->nhits) {
         /* the second check: the store's permissions as they are now, one lookup per hit */

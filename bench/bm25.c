@@ -406,7 +406,7 @@ static qr_status pruned_query(bench *b, const caller *c, char forms[][32], int n
     for (int t = 0; t < nterms; t++)
         terms[t] = forms[t];
     return bm25_search(b->x, b->s, terms, (size_t)nterms, weights, b->principals, (size_t)c->groups,
-                       c->groups == 0, 0, (size_t)b->k, b->phits, n, err);
+                       c->groups == 0, 0, (size_t)b->k, b->phits, n, NULL, err);
 }
 
 static bool same_hits(const store_hit *a, size_t na, const store_hit *b, size_t nb)

@@ -628,10 +628,10 @@ static int scale(const char *dir, qr_config *cfg)
             terms[t] = w.words[rs % w.n];
         }
         uint64_t t0 = qr_now_ns();
-        bm25_search(x, s, terms, nt, wts, staff, 3, false, 0, 11, hits, &n, err);
+        bm25_search(x, s, terms, nt, wts, staff, 3, false, 0, 11, hits, &n, NULL, err);
         uint64_t t1 = qr_now_ns();
         for (size_t t = 0; t < nt; t++)
-            bm25_search(x, s, &terms[t], 1, wts, staff, 3, false, 0, 1, hits, &n, err);
+            bm25_search(x, s, &terms[t], 1, wts, staff, 3, false, 0, 1, hits, &n, NULL, err);
         uint64_t t2 = qr_now_ns();
         search[i] = (t1 - t0) / 1e6;
         walk[i] = (t2 - t1) / 1e6;

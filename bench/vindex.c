@@ -278,13 +278,14 @@ static void run_queries(vindex *v, const float *q, size_t nq, const int64_t *gt,
     float scores[K];
     size_t found, hits = 0, want = 0;
     for (size_t qi = 0; qi < nq && qi < 20; qi++) /* warm the caches */
-        if (vindex_search(v, q + qi * DIM, DIM, K, permit, ctx, ids, scores, &found, err))
+        if (vindex_search(v, q + qi * DIM, DIM, K, permit, ctx, ids, scores, &found, NULL, err))
             die("search", err);
     for (size_t qi = 0; qi < nq; qi++) {
         uint64_t t0 = qr_now_ns();
         qr_status st =
-            subset ? vindex_search_subset(v, q + qi * DIM, DIM, K, subset, nsubset, ids, scores, &found, err)
-                   : vindex_search(v, q + qi * DIM, DIM, K, permit, ctx, ids, scores, &found, err);
+            subset ? vindex_search_subset(v, q + qi * DIM, DIM, K, subset, nsubset, ids, scores, &found, NULL,
+                                          err)
+                   : vindex_search(v, q + qi * DIM, DIM, K, permit, ctx, ids, scores, &found, NULL, err);
         lat[qi] = (double)(qr_now_ns() - t0) / 1e6;
         if (st)
             die("search", err);
@@ -650,7 +651,7 @@ int main(int argc, char **argv)
                 for (size_t j = 0; j < K; j++)
                     fgt[qi * K + j] = -1;
                 if (vindex_search_subset(v, queries + qi * DIM, DIM, K, permitted, np, fgt + qi * K, sc,
-                                         &found, err))
+                                         &found, NULL, err))
                     die("subset", err);
             }
             vindex_info before, after;

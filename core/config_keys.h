@@ -61,6 +61,9 @@
       "Audit log file (JSON lines); empty: <data.dir>/audit.log; \"off\": none.")                            \
     X(STRING, server, access_log, "", NO_RANGE, NULL, false,                                                 \
       "Access log file (JSON lines); empty: one line per request through the logger (component access).")    \
+    X(INT, server, user_share, "0", 0, 100000, NULL, false,                                                  \
+      "Most requests of one user (or API key) that workers run at once; more get 429 with Retry-After "      \
+      "(0: max(2, server.workers / 4)).")                                                                    \
     /* LDAP */                                                                                               \
     X(STRING, ldap, uri, "", NO_RANGE, NULL, false,                                                          \
       "One or more ldap:// or ldaps:// URIs, separated by spaces or commas.")                                \
@@ -226,6 +229,17 @@
       "top "                                                                                                 \
       "k "                                                                                                   \
       "without scoring every match) or fts5 (FTS5 scores every match).")                                     \
+    X(INT, retrieval, timeout_ms, "10000", 1, 3.6e6, NULL, false,                                            \
+      "Deadline of one search, checked inside its loops (FTS5, BM25, vectors); past it the search stops "    \
+      "with a timeout (HTTP 504). In the server it counts from the hand-over to a worker (time queued "      \
+      "counts).")                                                                                            \
+    X(INT, retrieval, max_terms, "256", 1, 1024, NULL, false,                                                \
+      "Most words a query searches (stopwords dropped first; a repeated word and the words of quoted "       \
+      "phrases count); more is refused (HTTP 400).")                                                         \
+    X(INT, retrieval, max_phrase_terms, "32", 1, 1024, NULL, false,                                          \
+      "Most words in one quoted or excluded phrase; longer is refused (HTTP 400).")                          \
+    X(INT, retrieval, max_exclusions, "32", 0, 1024, NULL, false,                                            \
+      "Most excluded words and phrases (-word, -\"a phrase\") in a query; more is refused (HTTP 400).")      \
     /* the index maintainer */                                                                               \
     X(INT, index, refresh_ms, "1000", 1, 3.6e6, NULL, false,                                                 \
       "Longest time before a change made outside the server (quarry ingest) is searchable; writes through "  \

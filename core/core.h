@@ -2,8 +2,9 @@
  * core: the pieces every quarry module stands on. Status codes with caller-supplied message
  * buffers, logging (levels, text or JSON lines, per-component levels, secret scrubbing), the
  * configuration table (file, then environment, then command line), growable buffers with size
- * caps, a per-request arena, monotonic time, UTF-8 checks, JSON string escaping and a small
- * worker pool. core depends on libc, pthreads and jansson (for the JSON config file) only.
+ * caps, a per-request arena, monotonic time, cancellation tokens with deadlines, UTF-8 checks,
+ * JSON string escaping and a small worker pool. core depends on libc, pthreads and jansson (for the JSON
+ * config file) only.
  */
 #ifndef QUARRY_CORE_H
 #define QUARRY_CORE_H
@@ -39,6 +40,7 @@ typedef enum {
     QR_EAUTH,        /* authentication failed */
     QR_EUNAVAILABLE, /* a dependency (LDAP, backend) cannot be reached */
     QR_ETIMEOUT,     /* a deadline passed */
+    QR_ECANCELED,    /* the work was called off (its client went away, the server is stopping) */
     QR_ENOTIMPL,     /* not built yet */
     QR_EINTERNAL,    /* a bug or an unexpected library failure */
 } qr_status;
@@ -58,6 +60,47 @@ uint64_t qr_now_ns(void);
 int64_t qr_wall_ms(void);
 /* Writes the current UTC time as "2026-11-26T13:31:21.123Z" into out (at least 32 bytes). */
 void qr_wall_iso8601(char *out, size_t len);
+
+/* ---- cancellation and deadlines (cancel.c) ---------------------------------------------- */
+
+/*
+ * A cancellation token: the deadline of one piece of work and a flag that any thread may raise,
+ * checked by the work's own loops (retrieval hands it to the store's progress handler and to the
+ * BM25 and vector loops). An optional probe asks the outside world -- the HTTP server: has the
+ * client closed its connection? -- at most once per probe interval, from the checking thread; a
+ * probe that answers yes raises the flag. Callers keep the struct (a request holds one), but its
+ * fields are private to core/cancel.c.
+ *
+ * Threads: qr_cancel_cancel and qr_cancel_cancelled from any thread; qr_cancel_check from the one
+ * thread doing the work (it runs the probe and keeps the probe's schedule). Cost of a check: a
+ * clock read and an atomic load, plus the probe when it is due.
+ */
+typedef bool (*qr_cancel_probe_fn)(void *ctx);
+
+typedef struct {
+    uint64_t deadline_ns_; /* qr_now_ns() clock; 0: none */
+    uint64_t timeout_ms_;  /* what the deadline was set from, for messages */
+    int cancelled_;        /* read and written with __atomic builtins */
+    qr_cancel_probe_fn probe_;
+    void *probe_ctx_;
+    uint64_t probe_every_ns_, next_probe_ns_;
+} qr_cancel;
+
+/* No deadline, no probe, not cancelled. */
+void qr_cancel_init(qr_cancel *c);
+/* The work must end timeout_ms after start_ns (a qr_now_ns() time); timeout_ms 0: no deadline. */
+void qr_cancel_set_deadline(qr_cancel *c, uint64_t start_ns, uint64_t timeout_ms);
+/* Asks fn(ctx) at most every every_ms from qr_cancel_check (fn NULL: no probe); fn returning true
+ * cancels the token. fn runs on the checking thread and must be cheap (a poll(2) with no wait). */
+void qr_cancel_set_probe(qr_cancel *c, qr_cancel_probe_fn fn, void *ctx, uint64_t every_ms);
+/* Raises the flag; it stays up. Any thread. */
+void qr_cancel_cancel(qr_cancel *c);
+/* Whether the flag is up (the deadline and the probe are not consulted). Any thread; NULL: false. */
+bool qr_cancel_cancelled(const qr_cancel *c);
+/* QR_OK while the work may go on (always for NULL); QR_ECANCELED once the flag is up (the probe
+ * is asked first when due); QR_ETIMEOUT once the deadline passed, with a message naming it. Once
+ * it failed it keeps failing. */
+qr_status qr_cancel_check(qr_cancel *c, char *err);
 
 /* ---- growable buffer with a size cap ----------------------------------------------------- */
 

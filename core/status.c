@@ -20,6 +20,7 @@ const char *qr_status_name(qr_status st)
     case QR_EAUTH: return "unauthenticated";
     case QR_EUNAVAILABLE: return "unavailable";
     case QR_ETIMEOUT: return "timeout";
+    case QR_ECANCELED: return "cancelled";
     case QR_ENOTIMPL: return "not_implemented";
     case QR_EINTERNAL: return "internal_error";
     }

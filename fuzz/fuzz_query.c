@@ -2,8 +2,9 @@
  * Fuzzes retrieval's query parser: any bytes either fail cleanly (invalid UTF-8, NUL, limits) or
  * parse into words made only of token characters, and the FTS5 expressions built from them are
  * quoted strings joined by quarry's own operators that a real FTS5 table accepts without a
- * syntax error -- user text never becomes FTS5 syntax. The first byte picks plain mode and the
- * stopword list.
+ * syntax error -- user text never becomes FTS5 syntax. The first byte picks plain mode, the
+ * stopword list and whether the retrieval.max_* limits (their defaults) apply; a query that
+ * passes them stays within them.
  */
 #include <sqlite3.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 static sqlite3 *db;
 static sqlite3_stmt *match;
 static rq_stopwords *stopwords[2];
+static const rq_limits limits = {.max_terms = 256, .max_phrase_terms = 32, .max_exclusions = 32};
 
 static void setup(void)
 {
@@ -88,20 +90,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     setup();
     bool plain = data[0] & 1;
     const rq_stopwords *sw = stopwords[(data[0] >> 1) & 1];
+    const rq_limits *lim = (data[0] >> 2) & 1 ? &limits : NULL;
     const char *text = (const char *)data + 1;
     size_t len = size - 1;
     qr_arena a;
     qr_arena_init(&a, 64u << 20);
     rq_query q;
     char err[QR_ERR_LEN] = "";
-    qr_status st = rq_parse(text, len, sw, plain, &a, &q, err);
+    qr_status st = rq_parse(text, len, sw, plain, lim, &a, &q, err);
     if (st) {
         CHECK(st == QR_EINVAL || st == QR_ELIMIT);
         CHECK(err[0] != '\0');
         CHECK(q.nterms == 0 && q.nphrases == 0 && q.nexcluded == 0);
         if (st == QR_EINVAL)
-            CHECK(!qr_utf8_valid(text, len) || memchr(text, '\0', len));
+            CHECK(!qr_utf8_valid(text, len) || memchr(text, '\0', len) ||
+                  (lim && strstr(err, "retrieval.max_")));
     } else {
+        if (lim) {
+            size_t searched = q.nterms;
+            for (size_t i = 0; i < q.nphrases; i++) {
+                searched += q.phrases[i].ntokens;
+                CHECK(q.phrases[i].ntokens <= lim->max_phrase_terms);
+            }
+            for (size_t i = 0; i < q.nexcluded; i++)
+                CHECK(q.excluded[i].ntokens <= lim->max_phrase_terms);
+            CHECK(searched <= lim->max_terms && q.nexcluded <= lim->max_exclusions);
+        }
         CHECK(qr_utf8_valid(text, len));
         for (size_t i = 0; i < q.nterms; i++)
             check_token(q.terms[i]);

@@ -209,6 +209,10 @@ qr_status store_sql_status(int rc)
 qr_status store_sql_fail(store *s, int rc, char *err, const char *what)
 {
     const char *why = sqlite3_errmsg(s->db);
+    /* the progress handler stopped the statement: the token says why */
+    qr_status stopped = (rc & 0xff) == SQLITE_INTERRUPT ? qr_cancel_check(s->cancel, err) : QR_OK;
+    if (stopped)
+        return stopped;
     if ((rc & 0xff) == SQLITE_BUSY)
         return qr_fail(err, QR_ETIMEOUT,
                        "cannot %s in store '%s': another process held it locked for %d ms (%s)", what,

@@ -260,6 +260,16 @@ typedef struct {
     const char *exclude_match; /* FTS5 expression no chunk may match; NULL or "": none */
 } store_filter;
 
+/* Puts this handle's statements under a cancellation token until the next call (NULL: none):
+ * while it is set, SQLite's progress handler checks the token every STORE_PROGRESS_OPS virtual
+ * machine instructions of any statement stepped on the handle -- FTS5 matching, the filters'
+ * subqueries, the page's reads -- and a failed check stops the statement, whose function then
+ * fails with the token's status (QR_ETIMEOUT past its deadline, QR_ECANCELED once cancelled) and
+ * changes nothing. The token is borrowed: it must outlive its use. Retrieval sets it for the time
+ * of one search. */
+#define STORE_PROGRESS_OPS 1000
+void store_set_cancel(store *s, qr_cancel *c);
+
 /* A chunk found by a search, with its document's internal key (for per-document limits). */
 typedef struct {
     int64_t chunk_id;

@@ -71,6 +71,7 @@ struct store {
     fts5_tokenizer tokenizer;   /* the FTS index's tokenizer, made on first store_tokenize */
     Fts5Tokenizer *tokenizer_p; /* NULL until then */
     bool docset_fn;             /* quarry_docset_has() is registered (store_query.c) */
+    qr_cancel *cancel;          /* store_set_cancel's token: the progress handler checks it */
 };
 
 /* store.c: SQLite's result codes become quarry statuses here, and only here; the definitions

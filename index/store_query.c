@@ -189,13 +189,31 @@ static qr_status search_fail(store *s, int rc, char *err, const char *what)
     return store_sql_fail(s, rc, err, what);
 }
 
+/* SQLite's progress handler (the searching thread): non-zero stops the running statement with
+ * SQLITE_INTERRUPT, which store_sql_fail turns back into the token's status. */
+static int on_progress(void *ctx)
+{
+    store *s = ctx;
+    return qr_cancel_check(s->cancel, NULL) != QR_OK;
+}
+
+void store_set_cancel(store *s, qr_cancel *c)
+{
+    if (!s)
+        return;
+    s->cancel = c;
+    sqlite3_progress_handler(s->db, c ? STORE_PROGRESS_OPS : 0, c ? on_progress : NULL, s);
+}
+
 /* Prepares one of the search statements (not cached: its text depends on the filter). */
 static qr_status prepare_search(store *s, const qr_buf *sql, sqlite3_stmt **q, char *err)
 {
     int rc = sqlite3_prepare_v2(s->db, qr_buf_str(sql), (int)qr_buf_len(sql), q, NULL);
     if (rc != SQLITE_OK) {
-        qr_status st = qr_fail(err, QR_EINTERNAL, "cannot prepare a search in store '%s': %s", s->path,
-                               sqlite3_errmsg(s->db));
+        qr_status st = (rc & 0xff) == SQLITE_INTERRUPT
+                           ? store_sql_fail(s, rc, err, "prepare a search")
+                           : qr_fail(err, QR_EINTERNAL, "cannot prepare a search in store '%s': %s", s->path,
+                                     sqlite3_errmsg(s->db));
         sqlite3_finalize(*q);
         *q = NULL;
         return st;

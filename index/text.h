@@ -132,11 +132,12 @@ qr_status bm25_peek(const char *data_dir, bm25_info *out, char *err);
  * whose ACL holds one of principals pass, or every chunk for all_documents. First catches up
  * with s as bm25_sync(x, s, false, false): QR_EUNAVAILABLE when that needs a rebuild. s is also
  * read for principals not cached yet. *n gets the number written to out (room for limit).
- * QR_EINVAL for bad arguments or an invalid principal, QR_ELIMIT past BM25_TERMS_MAX or
- * STORE_FILTER_PRINCIPALS_MAX. */
+ * cancel (NULL: none) is checked before anything and every few hundred candidates: the search
+ * then stops with its status (QR_ETIMEOUT, QR_ECANCELED; *n is 0). QR_EINVAL for bad arguments
+ * or an invalid principal, QR_ELIMIT past BM25_TERMS_MAX or STORE_FILTER_PRINCIPALS_MAX. */
 qr_status bm25_search(bm25_index *x, store *s, const char *const *terms, size_t nterms,
                       const double weights[3], const char *const *principals, size_t nprincipals,
                       bool all_documents, size_t max_per_doc, size_t limit, store_hit *out, size_t *n,
-                      char *err);
+                      qr_cancel *cancel, char *err);
 
 #endif

@@ -190,15 +190,20 @@ typedef bool (*vindex_permit_fn)(void *ctx, int64_t id);
  * With IVF or HNSW, a predicate that passes few chunks costs recall (the permitted neighbours lie
  * outside the lists visited) and, below about 0.1%, an exact scan of every vector: when the
  * caller knows the permitted ids and they are few (up to some 10% of the index, see
- * bench/README.md), vindex_search_subset is exact and faster. */
+ * bench/README.md), vindex_search_subset is exact and faster.
+ * cancel (NULL: none) is checked before anything, before each round of the main index and every
+ * few BLAS blocks of an exact scan: a failed check ends the search with its status (QR_ETIMEOUT,
+ * QR_ECANCELED) and nothing in ids. */
 qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex_permit_fn permit, void *ctx,
-                        int64_t *ids, float *scores, size_t *found, char *err);
+                        int64_t *ids, float *scores, size_t *found, qr_cancel *cancel, char *err);
 
 /* Exact top-k over an explicit set of permitted chunk ids (any order, duplicates allowed; ids
  * the index does not hold and removed ids are skipped): the rows are gathered by id and scored
- * with BLAS. The result is the true top-k of the set, equal scores by smaller id. */
+ * with BLAS. The result is the true top-k of the set, equal scores by smaller id. cancel as for
+ * vindex_search. */
 qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
-                               size_t n, int64_t *ids, float *scores, size_t *found, char *err);
+                               size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
+                               char *err);
 
 /* Up to n chunk ids spread evenly over the served index (main rows in id order, then the delta),
  * into ids; returns how many (fewer only when the index holds fewer). The same ids for the same

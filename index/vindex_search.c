@@ -25,6 +25,9 @@
 #define OVERFETCH_MIN_GROWTH 2
 #define OVERFETCH_MAX_GROWTH 64
 #define OVERFETCH_MIN_MAX    4096
+/* BLAS blocks between two checks of the search's cancellation token (a clock read each): about
+ * 40 µs of scanning at 384 dimensions. */
+#define CANCEL_BLOCKS 16
 
 /* Candidates fetched per wanted result before exact re-scoring. 4-bit PQ codes rank coarsely,
  * so ivf_pq needs a much deeper list than the types whose scores are nearly exact (measured in
@@ -180,6 +183,7 @@ typedef struct {
     const vsnap *s;
     vindex_permit_fn permit;
     void *ctx;
+    qr_cancel *cancel; /* checked between blocks and rounds; NULL: none */
 } filter;
 
 static bool filter_pass(const filter *f, int64_t id)
@@ -230,7 +234,9 @@ static qr_status exact_scan(const float *rows, const int64_t *ids, size_t count,
             goto out;
         }
         size_t blk = scan_block(dim);
-        for (size_t i = 0; i < count; i += blk) {
+        for (size_t i = 0, b = 0; i < count; i += blk, b++) {
+            if (b % CANCEL_BLOCKS == 0 && (st = qr_cancel_check(f->cancel, err)))
+                goto out;
             size_t n = count - i < blk ? count - i : blk;
             scan_rows(&h, rows + i * (size_t)dim, ids + i, n, q, dim, f, scores);
         }
@@ -264,6 +270,8 @@ static qr_status search_main(vindex *v, const vsnap *s, const float *q, size_t k
     if (kf > s->count)
         kf = s->count;
     for (;;) {
+        if ((st = qr_cancel_check(f->cancel, err)))
+            goto out;
         float *nd = realloc(dist, kf * sizeof(float));
         if (nd)
             dist = nd;
@@ -377,12 +385,14 @@ static void emit(hits *h, size_t k, int64_t *ids, float *scores, size_t *found)
 }
 
 qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex_permit_fn permit, void *ctx,
-                        int64_t *ids, float *scores, size_t *found, char *err)
+                        int64_t *ids, float *scores, size_t *found, qr_cancel *cancel, char *err)
 {
     float *q = NULL;
     if (!v)
         return qr_fail(err, QR_EINVAL, "vector search: missing index");
     qr_status st = check_query(v, query, dim, k, ids, scores, found, &q, err);
+    if (!st && (st = qr_cancel_check(cancel, err)))
+        free(q);
     if (st)
         return st;
     hits h = {0};
@@ -391,7 +401,7 @@ qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex
         st = qr_fail(err, QR_EINVAL, "the served vector index has dimension %d: build it first", s->dim);
         goto release;
     }
-    filter f = {s, permit, ctx};
+    filter f = {s, permit, ctx, cancel};
     pthread_rwlock_rdlock(&s->lock);
     if (s->d_n && (st = exact_scan(s->d_rows, s->d_ids, s->d_n, q, dim, k, &f, &h, err)))
         goto unlock;
@@ -409,12 +419,15 @@ release:
 }
 
 qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
-                               size_t n, int64_t *ids, float *scores, size_t *found, char *err)
+                               size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
+                               char *err)
 {
     float *q = NULL;
     if (!v || (n && !permitted))
         return qr_fail(err, QR_EINVAL, "vector search: missing argument");
     qr_status st = check_query(v, query, dim, k, ids, scores, found, &q, err);
+    if (!st && (st = qr_cancel_check(cancel, err)))
+        free(q);
     if (st)
         return st;
     hits h = {0};
@@ -463,7 +476,7 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
             st = qr_fail(err, QR_ENOMEM, "out of memory");
             break;
         }
-        size_t lo = 0, nb = 0;
+        size_t lo = 0, nb = 0, blocks = 0;
         for (size_t i = 0; i <= n; i++) {
             if (i < n) {
                 int64_t id = list[i];
@@ -492,6 +505,8 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
                 nb++;
             }
             if (nb == blk || (i == n && nb)) {
+                if (blocks++ % CANCEL_BLOCKS == 0 && (st = qr_cancel_check(cancel, err)))
+                    break;
                 /* rows that lie one after the other (a permitted run of chunks) are scored where
                  * they are; others are gathered first */
                 bool run = true;
@@ -508,6 +523,8 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
                 nb = 0;
             }
         }
+        if (st)
+            break;
         bool retry;
         h.n = 0;
         if (cheap_finish(&c, k, q, dim, &h, &retry)) {

@@ -230,6 +230,7 @@ typedef struct {
     size_t len;
     const rq_stopwords *sw;
     bool plain;
+    const rq_limits *lim; /* NULL: none */
     qr_arena *a;
     size_t ntokens; /* every token seen, for the limit */
     word_list terms, stopped, scratch;
@@ -306,8 +307,9 @@ static qr_status take_token(parser *p, size_t s, size_t e, const char **out)
 }
 
 /* Reads a quoted phrase whose opening quote is at *pos; leaves *pos after the closing quote (or
- * at the end). The phrase's tokens go to *tokens (arena), possibly none. */
-static qr_status read_phrase(parser *p, size_t *pos, const char ***tokens, size_t *n)
+ * at the end). The phrase's tokens go to *tokens (arena), possibly none; `what` names the phrase
+ * in the message of one over the length limit. */
+static qr_status read_phrase(parser *p, size_t *pos, const char *what, const char ***tokens, size_t *n)
 {
     size_t close = *pos + 1;
     while (close < p->len && p->text[close] != '"')
@@ -320,6 +322,10 @@ static qr_status read_phrase(parser *p, size_t *pos, const char ***tokens, size_
         if ((st = take_token(p, s, e, &w)) || (st = words_push(p, &p->scratch, w)))
             return st;
     }
+    if (p->lim && p->scratch.n > p->lim->max_phrase_terms)
+        return qr_fail(p->err, QR_EINVAL,
+                       "%s of the query has %zu words, more than retrieval.max_phrase_terms (%zu)", what,
+                       p->scratch.n, p->lim->max_phrase_terms);
     *pos = close < p->len ? close + 1 : p->len;
     *n = p->scratch.n;
     *tokens = NULL;
@@ -357,7 +363,7 @@ static qr_status parse(parser *p)
             /* plain text: quotes and dashes are punctuation like any other */
         } else if (c == '"') {
             const char **tokens;
-            if ((st = read_phrase(p, &pos, &tokens, &n)))
+            if ((st = read_phrase(p, &pos, "a quoted phrase", &tokens, &n)))
                 return st;
             if (n && (st = phrases_push(p, &p->phrases, tokens, n)))
                 return st;
@@ -367,7 +373,7 @@ static qr_status parse(parser *p)
             if (p->text[pos + 1] == '"') {
                 const char **tokens;
                 pos++;
-                if ((st = read_phrase(p, &pos, &tokens, &n)))
+                if ((st = read_phrase(p, &pos, "an excluded phrase", &tokens, &n)))
                     return st;
                 if (n && (st = phrases_push(p, &p->excluded, tokens, n)))
                     return st;
@@ -400,8 +406,24 @@ static qr_status parse(parser *p)
     return QR_OK;
 }
 
-qr_status rq_parse(const char *text, size_t len, const rq_stopwords *sw, bool plain, qr_arena *a, rq_query *q,
-                   char *err)
+/* The limits on the parsed query as a whole: what it searches and what it excludes. */
+static qr_status check_limits(const rq_limits *lim, const rq_query *q, char *err)
+{
+    size_t searched = q->nterms;
+    for (size_t i = 0; i < q->nphrases; i++)
+        searched += q->phrases[i].ntokens;
+    if (searched > lim->max_terms)
+        return qr_fail(err, QR_EINVAL, "the query searches %zu words, more than retrieval.max_terms (%zu)",
+                       searched, lim->max_terms);
+    if (q->nexcluded > lim->max_exclusions)
+        return qr_fail(err, QR_EINVAL,
+                       "the query excludes %zu words and phrases, more than retrieval.max_exclusions (%zu)",
+                       q->nexcluded, lim->max_exclusions);
+    return QR_OK;
+}
+
+qr_status rq_parse(const char *text, size_t len, const rq_stopwords *sw, bool plain, const rq_limits *lim,
+                   qr_arena *a, rq_query *q, char *err)
 {
     if (!q || !a || (len && !text))
         return qr_fail(err, QR_EINVAL, "rq_parse: NULL argument");
@@ -412,7 +434,7 @@ qr_status rq_parse(const char *text, size_t len, const rq_stopwords *sw, bool pl
         return qr_fail(err, QR_EINVAL, "the query is not valid UTF-8");
     if (memchr(text, '\0', len))
         return qr_fail(err, QR_EINVAL, "the query contains a NUL byte");
-    parser p = {.text = text, .len = len, .sw = sw, .plain = plain, .a = a, .err = err};
+    parser p = {.text = text, .len = len, .sw = sw, .plain = plain, .lim = lim, .a = a, .err = err};
     qr_status st = parse(&p);
     if (st)
         return st;
@@ -431,6 +453,10 @@ qr_status rq_parse(const char *text, size_t len, const rq_stopwords *sw, bool pl
     q->nphrases = p.phrases.n;
     q->excluded = p.excluded.v;
     q->nexcluded = p.excluded.n;
+    if (lim && (st = check_limits(lim, q, err))) {
+        memset(q, 0, sizeof(*q));
+        return st;
+    }
     return QR_OK;
 }
 

@@ -87,6 +87,10 @@ void retrieval_opts_default(retrieval_opts *o)
     o->snippet_close = "</mark>";
     o->snippet_tokens = 32;
     o->bm25_pruned = true;
+    o->timeout_ms = 10000;
+    o->max_terms = 256;
+    o->max_phrase_terms = 32;
+    o->max_exclusions = 32;
 }
 
 void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
@@ -110,6 +114,10 @@ void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
     o->snippet_close = set->retrieval_snippet_marker_close;
     o->snippet_tokens = (size_t)set->retrieval_snippet_tokens;
     o->bm25_pruned = strcmp(set->retrieval_bm25_path, "pruned") == 0;
+    o->timeout_ms = (uint64_t)set->retrieval_timeout_ms;
+    o->max_terms = (size_t)set->retrieval_max_terms;
+    o->max_phrase_terms = (size_t)set->retrieval_max_phrase_terms;
+    o->max_exclusions = (size_t)set->retrieval_max_exclusions;
 }
 
 /* Permitted chunk lists kept for the exact vector scans (see "the vector list"). */
@@ -136,6 +144,7 @@ struct retrieval {
     vindex *v;
     bm25_index *b; /* the pruned BM25 path, or NULL: FTS5 ranks */
     retrieval_opts o;
+    rq_limits limits; /* from o */
     rq_stopwords *sw;
     plist lists[PLIST_ENTRIES];
     pestimate estimates[PLIST_ENTRIES]; /* by the filter's key modulo PLIST_ENTRIES */
@@ -176,6 +185,9 @@ qr_status retrieval_open(store *s, vindex *v, const retrieval_opts *o, retrieval
                        RETRIEVAL_DEPTH_MAX);
     if (!o->snippet_open || !o->snippet_close)
         return qr_fail(err, QR_EINVAL, "retrieval: snippet markers missing");
+    if (!o->timeout_ms || !o->max_terms || !o->max_phrase_terms)
+        return qr_fail(err, QR_EINVAL,
+                       "retrieval: timeout_ms, max_terms and max_phrase_terms must be positive");
     retrieval *r = calloc(1, sizeof(*r));
     if (!r)
         return qr_fail(err, QR_ENOMEM, "out of memory");
@@ -187,6 +199,7 @@ qr_status retrieval_open(store *s, vindex *v, const retrieval_opts *o, retrieval
     r->s = s;
     r->v = v;
     r->o = *o;
+    r->limits = (rq_limits){o->max_terms, o->max_phrase_terms, o->max_exclusions};
     *out = r;
     return QR_OK;
 }
@@ -349,7 +362,7 @@ static qr_status vector_room(size_t n, int64_t **ids, float **scores, int64_t **
  * (administrators), into out; at most cap per document. Asks for more while a per-document limit
  * or chunks the store no longer has leave fewer than depth and the search had more to give. */
 static qr_status vector_ranked(retrieval *r, const int64_t *permitted, size_t npermitted, const float *vec,
-                               int dim, size_t depth, size_t cap, list *out, char *err)
+                               int dim, size_t depth, size_t cap, list *out, qr_cancel *cancel, char *err)
 {
     qr_status st = QR_OK;
     int64_t *ids = NULL, *docs = NULL;
@@ -361,9 +374,9 @@ static qr_status vector_ranked(retrieval *r, const int64_t *permitted, size_t np
         size_t found = 0;
         if ((st = vector_room(want, &ids, &scores, &docs, err)))
             break;
-        st = permitted
-                 ? vindex_search_subset(r->v, vec, dim, want, permitted, npermitted, ids, scores, &found, err)
-                 : vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, err);
+        st = permitted ? vindex_search_subset(r->v, vec, dim, want, permitted, npermitted, ids, scores,
+                                              &found, cancel, err)
+                       : vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, cancel, err);
         if (st || (st = store_chunk_docs(r->s, ids, found, docs, err)))
             break;
         out->n = 0;
@@ -482,7 +495,8 @@ static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint
 
 /* Ranks every permitted chunk (about n of them) exactly. */
 static qr_status vector_exact(retrieval *r, const store_filter *f, size_t n, const float *vec, int dim,
-                              size_t depth, size_t cap, list *out, vector_path *path, char *err)
+                              size_t depth, size_t cap, list *out, vector_path *path, qr_cancel *cancel,
+                              char *err)
 {
     const int64_t *permitted = NULL;
     size_t listed = 0;
@@ -491,7 +505,7 @@ static qr_status vector_exact(retrieval *r, const store_filter *f, size_t n, con
         return st;
     path->exact = true;
     path->listed = listed;
-    return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, err) : QR_OK;
+    return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, cancel, err) : QR_OK;
 }
 
 /* The estimated number of chunks of the index that pass f (see above); kept by the handle for
@@ -523,11 +537,12 @@ static qr_status permitted_estimate(retrieval *r, const store_filter *f, size_t 
 /* The best `depth` permitted chunks by cosine into out (docs attached, chunks the store no longer
  * has dropped), at most cap per document; fewer only when no further permitted chunk exists. */
 static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestricted, const float *vec,
-                             int dim, size_t depth, size_t cap, list *out, vector_path *path, char *err)
+                             int dim, size_t depth, size_t cap, list *out, vector_path *path,
+                             qr_cancel *cancel, char *err)
 {
     out->n = 0;
     if (unrestricted)
-        return vector_ranked(r, NULL, 0, vec, dim, depth, cap, out, err);
+        return vector_ranked(r, NULL, 0, vec, dim, depth, cap, out, cancel, err);
     vindex_info info;
     vindex_get_info(r->v, &info);
     size_t size = info.count + info.delta, estimate = 0;
@@ -547,14 +562,15 @@ static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestric
         if (listed <= threshold) {
             path->exact = true;
             path->listed = listed;
-            return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, err) : QR_OK;
+            return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, cancel, err)
+                          : QR_OK;
         }
     }
     path->permitted = estimate;
     /* the fixed fetch: about VECTOR_FETCH_SLACK * depth permitted candidates expected */
     double fetch = (double)VECTOR_FETCH_SLACK * (double)depth * (double)size / (double)estimate;
     if (fetch > VECTOR_FETCH_MAX)
-        return vector_exact(r, f, estimate, vec, dim, depth, cap, out, path, err);
+        return vector_exact(r, f, estimate, vec, dim, depth, cap, out, path, cancel, err);
 
     size_t want = (size_t)ceil(fetch), found = 0;
     if (want < depth)
@@ -563,7 +579,7 @@ static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestric
     float *scores = NULL;
     path->fetched = want;
     if ((st = vector_room(want, &ids, &scores, &docs, err)) ||
-        (st = vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, err)) ||
+        (st = vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, cancel, err)) ||
         (st = store_filter_ids(r->s, f, ids, found, docs, err)))
         goto out;
     for (size_t i = 0; i < found && !st; i++)
@@ -579,7 +595,7 @@ static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestric
     /* chunks the caller may not read took the places: rank the permitted set itself */
     path->fallback = true;
     out->n = 0;
-    st = vector_exact(r, f, estimate, vec, dim, depth, cap, out, path, err);
+    st = vector_exact(r, f, estimate, vec, dim, depth, cap, out, path, cancel, err);
 out:
     free(ids);
     free(scores);
@@ -851,7 +867,7 @@ static qr_status prepare_query(retrieval *r, const char *text, bool plain, qr_ar
                                qr_buf *rank, qr_buf *require, qr_buf *exclude, term_forms *tf, char *err)
 {
     rq_query q;
-    qr_status st = rq_parse(text, strlen(text), r->sw, plain, a, &q, err);
+    qr_status st = rq_parse(text, strlen(text), r->sw, plain, &r->limits, a, &q, err);
     if (st || (st = stem_query(r, a, &q, voc, err)))
         return st;
     if (rq_fts_rank(&q, rank) || rq_fts_require(&q, require) || rq_fts_exclude(&q, exclude))
@@ -1047,6 +1063,15 @@ static qr_status read_hit(void *ctx, const store_chunk_view *c, char *err)
 
 /* ---- search ------------------------------------------------------------------------------ */
 
+static retrieval_test_hook_fn test_hook;
+static void *test_hook_ctx;
+
+void retrieval_test_set_hook(retrieval_test_hook_fn fn, void *ctx)
+{
+    test_hook = fn;
+    test_hook_ctx = ctx;
+}
+
 size_t retrieval_result_filter(retrieval_result *res, bool (*keep)(void *ctx, const retrieval_hit *h),
                                void *ctx)
 {
@@ -1154,7 +1179,18 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     const char *text = req->query ? req->query : "";
     vocab voc;
     term_forms forms = {0};
+    /* the search's deadline: the caller's token, or retrieval.timeout_ms from now; the store's
+     * statements check it too, for as long as this search holds the handle */
+    qr_cancel own;
+    qr_cancel_init(&own);
+    qr_cancel_set_deadline(&own, t0, r->o.timeout_ms);
+    qr_cancel *cancel = req->cancel ? req->cancel : &own;
+    store_set_cancel(r->s, cancel);
     if ((st = prepare_query(r, text, req->plain, &qa, &voc, &rank, &require, &exclude, &forms, err)))
+        goto out;
+    if (test_hook)
+        test_hook(test_hook_ctx, req, cancel);
+    if ((st = qr_cancel_check(cancel, err)))
         goto out;
 
     /* what can run: BM25 needs a word, vectors an index and a usable embedding */
@@ -1200,7 +1236,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
                       !(req->content_type && *req->content_type) && req->updated_after_ms <= 0;
         if (pruned) {
             st = bm25_search(r->b, r->s, forms.forms, forms.n, w, caller->principals, caller->nprincipals,
-                             caller->is_admin, cap, depth, hits, &n, err);
+                             caller->is_admin, cap, depth, hits, &n, cancel, err);
             if (st == QR_EUNAVAILABLE) {
                 qr_log(QR_LOG_DEBUG, LOG_COMPONENT, "pruned BM25 path unavailable, FTS5 ranks: %s",
                        err ? err : "");
@@ -1221,7 +1257,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     }
     if (run_vec) {
         vector_path path = {0};
-        if ((st = vector_list(r, &f, unrestricted, req->vector, req->dim, depth, cap, &vec, &path, err)))
+        if ((st = vector_list(r, &f, unrestricted, req->vector, req->dim, depth, cap, &vec, &path, cancel,
+                              err)))
             goto out;
         res->vector_exact = path.exact;
         res->vector_fallback = path.fallback;
@@ -1238,7 +1275,9 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         ranking = run_bm25 ? &bm : &vec;
     }
 
-    /* the page */
+    /* the page: not read for a search already past its deadline */
+    if ((st = qr_cancel_check(cancel, err)))
+        goto out;
     size_t end = ranking->n < offset + req->k ? ranking->n : offset + req->k;
     size_t npage = end > offset ? end - offset : 0;
     const item *page = ranking->v + offset;
@@ -1281,6 +1320,16 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
            retrieval_mode_name(res->mode), bm.n, vec.n, res->vector_exact ? " (exact vector scan)" : "",
            res->nhits, (qr_now_ns() - t0) / 1e6);
 out:
+    store_set_cancel(r->s, NULL);
+    if (st == QR_ETIMEOUT || st == QR_ECANCELED) {
+        /* say why in the caller's words, unless the store timed out on a lock instead */
+        char why[QR_ERR_LEN];
+        if (qr_cancel_check(cancel, why) == st)
+            qr_fail(err, st, "search stopped: %s%s", why,
+                    st == QR_ETIMEOUT ? " (retrieval.timeout_ms); ask for less: fewer words, phrases or "
+                                        "exclusions, or narrower filters"
+                                      : "");
+    }
     list_release(&bm);
     list_release(&vec);
     list_release(&fused);

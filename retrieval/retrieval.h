@@ -74,6 +74,11 @@ typedef struct {
     const char *snippet_open, *snippet_close; /* markers around matches in snippets */
     size_t snippet_tokens;                    /* words in a snippet */
     bool bm25_pruned; /* retrieval.bm25_path: pruned (true) or fts5; see retrieval_set_bm25 */
+    /* what one search may cost: its deadline and the size of its query (see retrieval_search) */
+    uint64_t timeout_ms;     /* retrieval.timeout_ms */
+    size_t max_terms;        /* retrieval.max_terms: words searched, phrases' words included */
+    size_t max_phrase_terms; /* retrieval.max_phrase_terms: words in one phrase */
+    size_t max_exclusions;   /* retrieval.max_exclusions: excluded words and phrases */
 } retrieval_opts;
 
 /* The defaults of the retrieval.* keys. */
@@ -125,6 +130,9 @@ typedef struct {
     int64_t updated_after_ms;  /* only documents changed after this time (Unix ms); 0: any */
     size_t max_per_doc;        /* 0: the configured limit; SIZE_MAX: none */
     const char *cursor;        /* next_cursor of the previous page; NULL for the first */
+    qr_cancel *cancel;         /* the search's deadline and cancellation (the server's: from the request's
+                                * arrival, raised when the client leaves); NULL: retrieval.timeout_ms from
+                                * the start of retrieval_search */
 } retrieval_request;
 
 /* One result. Strings live in the result. */
@@ -159,13 +167,28 @@ typedef struct {
 /* Searches. k results at most, best first; fewer only when fewer chunks are permitted, pass the
  * filters and match (BM25 needs a query word in the chunk; vectors rank every permitted chunk).
  * A query of nothing but punctuation has no words: BM25 then finds nothing and hybrid runs
- * vectors alone. On success *out holds the page (retrieval_result_free). Errors: QR_EINVAL/
- * QR_ELIMIT for bad requests, QR_EIO/QR_ENOMEM/QR_EINTERNAL from the store and the index. Never
- * logs the query text above debug level. */
+ * vectors alone. On success *out holds the page (retrieval_result_free).
+ * Cost is bounded twice. Before anything runs, a query over retrieval.max_terms words searched,
+ * with a phrase over retrieval.max_phrase_terms words or over retrieval.max_exclusions
+ * exclusions is refused (QR_EINVAL naming the key). While it runs, the request's cancellation
+ * token (or a deadline of retrieval.timeout_ms) is checked between the stages and inside their
+ * loops: the store's statements (SQLite's progress handler, FTS5 included), the BM25 index's
+ * candidates and the vector scans; a search past its deadline stops with QR_ETIMEOUT, a
+ * cancelled one with QR_ECANCELED, and nothing is returned.
+ * Errors: QR_EINVAL/QR_ELIMIT for bad requests, QR_ETIMEOUT/QR_ECANCELED as above, QR_EIO/
+ * QR_ENOMEM/QR_EINTERNAL from the store and the index. Never logs the query text above debug
+ * level. */
 qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const retrieval_request *req,
                            retrieval_result **out, char *err);
 /* NULL is a no-op. */
 void retrieval_result_free(retrieval_result *res);
+
+/* Tests only: fn(ctx, req, cancel) runs at the start of every retrieval_search whose query parsed,
+ * on the searching thread, with the search's token (a hook may wait on it, or outlast its
+ * deadline, to make a search slow); the token is checked right after it. NULL removes the hook.
+ * Set it while no search runs. */
+typedef void (*retrieval_test_hook_fn)(void *ctx, const retrieval_request *req, qr_cancel *cancel);
+void retrieval_test_set_hook(retrieval_test_hook_fn fn, void *ctx);
 /* Keeps only the hits keep(ctx, hit) accepts, in order (the page's second permission check).
  * Returns how many were dropped. */
 size_t retrieval_result_filter(retrieval_result *res, bool (*keep)(void *ctx, const retrieval_hit *h),

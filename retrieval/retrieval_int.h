@@ -73,12 +73,24 @@ typedef struct {
     size_t nexcluded;
 } rq_query;
 
+/* What one query may ask for (the retrieval.max_* keys), so that its cost stays bounded: every word
+ * searched is a posting list FTS5 or the BM25 index walks, every word of a phrase a position list
+ * compared in every chunk that holds them all, every exclusion a posting list read for each search. */
+typedef struct {
+    size_t max_terms;        /* words searched: OR terms (repeats count) and the words of required
+                              * phrases, after stopwords are dropped */
+    size_t max_phrase_terms; /* words in one quoted or excluded phrase */
+    size_t max_exclusions;   /* excluded words and phrases (distinct) */
+} rq_limits;
+
 /* Parses text[0..len) into q; plain: no phrases or exclusions. Text must be valid UTF-8 without
  * NUL bytes (QR_EINVAL otherwise); control characters are separators. QR_ELIMIT past RQ_TEXT_MAX bytes,
- * RQ_TOKENS_MAX words or a word over RQ_TOKEN_MAX bytes; QR_ENOMEM when the arena is full. A query may come
- * out empty (nothing but punctuation). sw may be NULL (no stopwords). On error q is empty. */
-qr_status rq_parse(const char *text, size_t len, const rq_stopwords *sw, bool plain, qr_arena *a, rq_query *q,
-                   char *err);
+ * RQ_TOKENS_MAX words or a word over RQ_TOKEN_MAX bytes; QR_EINVAL, with a message naming the key,
+ * past one of lim's limits (lim NULL: none but those built in); QR_ENOMEM when the arena is full. A
+ * query may come out empty (nothing but punctuation). sw may be NULL (no stopwords). On error q is
+ * empty. */
+qr_status rq_parse(const char *text, size_t len, const rq_stopwords *sw, bool plain, const rq_limits *lim,
+                   qr_arena *a, rq_query *q, char *err);
 
 /* FTS5 MATCH expressions built from a parsed query, every word inside double quotes. Each
  * appends to out and leaves it unchanged when the query has nothing for it (out stays "");

@@ -147,10 +147,12 @@ static inline size_t api_sink(char *p, size_t size, size_t n, void *user)
     return qr_buf_append(user, p, size * n) ? 0 : size * n;
 }
 
-/* One request. hdrs: NULL-terminated header lines (may be NULL). body may be NULL; its Content-Type
- * is application/json unless a header line gives one. Returns the status (-1: transport error). */
-static inline long api_http(const char *base, const char *method, const char *path, const char *const *hdrs,
-                            const char *body, size_t len, api_resp *out)
+/* One request that gives up after timeout_ms. hdrs: NULL-terminated header lines (may be NULL). body
+ * may be NULL; its Content-Type is application/json unless a header line gives one. Returns the
+ * status (-1: transport error or timeout). */
+static inline long api_http_within(const char *base, const char *method, const char *path,
+                                   const char *const *hdrs, const char *body, size_t len, long timeout_ms,
+                                   api_resp *out)
 {
     memset(out, 0, sizeof(*out));
     qr_buf_init(&out->body, 64u << 20);
@@ -174,7 +176,7 @@ static inline long api_http(const char *base, const char *method, const char *pa
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &out->body);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, api_sink);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &out->headers);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 60000L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
     if (body) {
@@ -188,6 +190,13 @@ static inline long api_http(const char *base, const char *method, const char *pa
     curl_easy_cleanup(h);
     out->json = json_loadb(qr_buf_str(&out->body), qr_buf_len(&out->body), 0, NULL);
     return out->status;
+}
+
+/* api_http_within with a minute. */
+static inline long api_http(const char *base, const char *method, const char *path, const char *const *hdrs,
+                            const char *body, size_t len, api_resp *out)
+{
+    return api_http_within(base, method, path, hdrs, body, len, 60000L, out);
 }
 
 /* "Authorization: Basic base64(user:password)" into out (at least 512 bytes). */

@@ -2417,7 +2417,8 @@ TEST(fifty_concurrent_searches)
 {
     creds();
     static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
-    CHECK(api_fx_start(&f, NULL));
+    /* 25 searches of each user at once: more than the default share, which would answer 429 */
+    CHECK(api_fx_start(&f, "server.user_share", "64", NULL));
     CHECK(seed_corpus(&f));
     api_resp r;
     CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", H(ALICE), NULL, 0, &r), 200);
@@ -2446,6 +2447,306 @@ TEST(fifty_concurrent_searches)
         CHECK_MSG(jobs[i].status == 200, "search %d: %ld", i, jobs[i].status);
         CHECK_MSG(strcmp(jobs[i].ids, i % 2 ? ref_b.ids : ref_a.ids) == 0, "search %d: %s", i, jobs[i].ids);
     }
+    api_fx_stop(&f);
+}
+
+/* ---- what a search may cost -------------------------------------------------------------------- */
+
+/* A test hook on every search: searches whose query starts with "slow" are held until the gate
+ * opens or their token fails (at most 20 s); the others are counted. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int held;      /* held now */
+    int others;    /* searches of other queries seen */
+    int cancelled; /* held searches whose token was cancelled (client gone) */
+    int timed_out; /* held searches whose deadline passed */
+    bool open;
+} gate;
+
+static gate g_gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, false};
+
+static void gate_hook(void *ctx, const retrieval_request *req, qr_cancel *cancel)
+{
+    gate *g = ctx;
+    bool slow = req->query && strncmp(req->query, "slow", 4) == 0;
+    pthread_mutex_lock(&g->mu);
+    if (!slow) {
+        g->others++;
+        pthread_mutex_unlock(&g->mu);
+        return;
+    }
+    g->held++;
+    pthread_cond_broadcast(&g->cv);
+    qr_status st = QR_OK;
+    for (int i = 0; i < 2000 && !g->open && !(st = qr_cancel_check(cancel, NULL)); i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10000000;
+        ts.tv_sec += ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+    }
+    g->cancelled += st == QR_ECANCELED;
+    g->timed_out += st == QR_ETIMEOUT;
+    g->held--;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Waits up to secs for *field (under the gate's lock) to reach at least want. */
+static bool gate_wait(int *field, int want, int secs)
+{
+    bool ok = false;
+    for (int i = 0; i < secs * 100 && !ok; i++) {
+        pthread_mutex_lock(&g_gate.mu);
+        ok = *field >= want;
+        pthread_mutex_unlock(&g_gate.mu);
+        if (!ok)
+            usleep(10000);
+    }
+    return ok;
+}
+
+static void gate_open(void)
+{
+    pthread_mutex_lock(&g_gate.mu);
+    g_gate.open = true;
+    pthread_cond_broadcast(&g_gate.cv);
+    pthread_mutex_unlock(&g_gate.mu);
+}
+
+/* Sends a whole search request on a new connection and returns the socket, without reading. */
+static int send_search(api_fixture *f, const char *auth, const char *query)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)api_server_port(f->srv))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    char body[256], req[2048];
+    int blen = snprintf(body, sizeof(body), "{\"query\":\"%s\",\"mode\":\"bm25\"}", query);
+    int n = snprintf(req, sizeof(req),
+                     "POST /v1/search HTTP/1.1\r\nHost: x\r\n%s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\n\r\n%s",
+                     auth, blen, body);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Waits up to secs until the server has no request left (every answer written or dropped). */
+static bool server_idle(api_fixture *f, int secs)
+{
+    bool idle = false;
+    for (int i = 0; i < secs * 100 && !idle; i++) {
+        pthread_mutex_lock(&f->srv->lock);
+        idle = f->srv->in_flight == 0;
+        pthread_mutex_unlock(&f->srv->lock);
+        if (!idle)
+            usleep(10000);
+    }
+    return idle;
+}
+
+static int words_body(char *out, size_t len, size_t n, const char *prefix, bool quoted)
+{
+    size_t o = (size_t)snprintf(out, len, "{\"query\":\"wing %s", quoted ? "\\\"" : "");
+    for (size_t i = 0; i < n && o < len; i++)
+        o += (size_t)snprintf(out + o, len - o, "%s%sw%zu", i ? " " : "", prefix, i);
+    return snprintf(out + o, len > o ? len - o : 0, "%s\"}", quoted ? "\\\"" : "");
+}
+
+TEST(query_limits_are_400_naming_the_key)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    struct {
+        size_t n;
+        const char *prefix;
+        bool quoted;
+        const char *key;
+    } cases[] = {
+        {256, "", false, "retrieval.max_terms"},      /* "wing" and 256 words */
+        {33, "", true, "retrieval.max_phrase_terms"}, /* a phrase of 33 words */
+        {33, "-", false, "retrieval.max_exclusions"}, /* 33 exclusions */
+        {255, "", false, NULL},                       /* 256 words: the limit */
+        {32, "", true, NULL},
+        {32, "-", false, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char body[4096];
+        words_body(body, sizeof(body), cases[i].n, cases[i].prefix, cases[i].quoted);
+        api_resp r;
+        long status = api_http(f.base, "POST", "/v1/search", H(ALICE), body, 0, &r);
+        if (!cases[i].key) {
+            CHECK_MSG(status == 200, "case %zu: %ld %s", i, status, qr_buf_str(&r.body));
+        } else {
+            json_t *e = json_object_get(r.json, "error");
+            const char *msg = json_string_value(json_object_get(e, "message"));
+            CHECK_MSG(status == 400 && msg && strstr(msg, cases[i].key), "case %zu: %ld %s", i, status,
+                      qr_buf_str(&r.body));
+            CHECK_STR(json_string_value(json_object_get(e, "code")), "invalid_argument");
+        }
+        api_resp_release(&r);
+    }
+    api_fx_stop(&f);
+}
+
+TEST(search_past_its_deadline_is_504)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "retrieval.timeout_ms", "200", NULL));
+    retrieval_test_set_hook(gate_hook, &g_gate);
+    api_resp r;
+    long status = api_http(f.base, "POST", "/v1/search", H(ALICE), "{\"query\":\"slow search\"}", 0, &r);
+    json_t *e = json_object_get(r.json, "error");
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    CHECK_MSG(status == 504 && msg && strstr(msg, "retrieval.timeout_ms"), "%ld %s", status,
+              qr_buf_str(&r.body));
+    CHECK_STR(json_string_value(json_object_get(e, "code")), "timeout");
+    CHECK_INT(g_gate.timed_out, 1);
+    api_resp_release(&r);
+    /* the same for a question: its retrieval has the same deadline */
+    status = api_http(f.base, "POST", "/v1/ask", H(ALICE), "{\"question\":\"slow question\"}", 0, &r);
+    CHECK_MSG(status == 504, "%ld %s", status, qr_buf_str(&r.body));
+    api_resp_release(&r);
+    /* other searches are answered */
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE), "{\"query\":\"quick search\"}", 0, &r), 200);
+    api_resp_release(&r);
+    retrieval_test_set_hook(NULL, NULL);
+    api_fx_stop(&f);
+}
+
+TEST(a_search_stops_when_its_client_leaves)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    retrieval_test_set_hook(gate_hook, &g_gate);
+    int fd = send_search(&f, ALICE, "slow search");
+    CHECK(fd >= 0);
+    CHECK_MSG(gate_wait(&g_gate.held, 1, 20), "the search never started");
+    close(fd);
+    /* the worker's probe sees the socket closed and the search ends as cancelled, long before the
+     * hook's own 20 s */
+    CHECK_MSG(gate_wait(&g_gate.cancelled, 1, 10), "the search went on after its client left");
+    CHECK(server_idle(&f, 10));
+    retrieval_test_set_hook(NULL, NULL);
+    api_fx_stop(&f);
+}
+
+TEST(a_queued_request_whose_client_left_never_runs)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.workers", "1", NULL));
+    retrieval_test_set_hook(gate_hook, &g_gate);
+    int busy = send_search(&f, ALICE, "slow search");
+    CHECK(busy >= 0);
+    CHECK_MSG(gate_wait(&g_gate.held, 1, 20), "the first search never started");
+    /* the only worker is held: the next request waits in the queue, and its client gives up */
+    int queued = send_search(&f, BOB, "second search");
+    CHECK(queued >= 0);
+    bool waiting = false;
+    for (int i = 0; i < 2000 && !waiting; i++) {
+        pthread_mutex_lock(&f.srv->lock);
+        waiting = f.srv->suspended >= 2; /* both handed to the pool */
+        pthread_mutex_unlock(&f.srv->lock);
+        if (!waiting)
+            usleep(10000);
+    }
+    CHECK_MSG(waiting, "the second request never reached the queue");
+    close(queued);
+    usleep(100000);
+    gate_open();
+    /* the first is answered; the second is dropped without searching */
+    char buf[512];
+    struct pollfd p = {.fd = busy, .events = POLLIN};
+    CHECK(poll(&p, 1, 20000) == 1);
+    ssize_t n = read(busy, buf, sizeof(buf) - 1);
+    CHECK(n > 12);
+    buf[n] = '\0';
+    CHECK_MSG(strncmp(buf, "HTTP/1.1 200", 12) == 0, "%s", buf);
+    close(busy);
+    CHECK(server_idle(&f, 10));
+    CHECK_MSG(g_gate.others == 0, "the departed client's search ran");
+    retrieval_test_set_hook(NULL, NULL);
+    api_fx_stop(&f);
+}
+
+typedef struct {
+    const char *base, *auth, *body;
+    long status;
+    char retry_after[16];
+} share_req;
+
+static void *share_thread(void *arg)
+{
+    share_req *q = arg;
+    api_resp r;
+    long status =
+        api_http(q->base, "POST", "/v1/search", (const char *const[]){q->auth, NULL}, q->body, 0, &r);
+    header_value(&r, "Retry-After", q->retry_after, sizeof(q->retry_after));
+    api_resp_release(&r);
+    __atomic_store_n(&q->status, status, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+TEST(one_user_cannot_take_every_worker)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.workers", "4", "server.user_share", "2", NULL));
+    retrieval_test_set_hook(gate_hook, &g_gate);
+    /* alice sends four slow searches at once: two hold workers, two are refused at once */
+    enum { N = 4 };
+    share_req q[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        q[i] = (share_req){f.base, ALICE, "{\"query\":\"slow search\"}", 0, ""};
+        CHECK(pthread_create(&th[i], NULL, share_thread, &q[i]) == 0);
+    }
+    CHECK_MSG(gate_wait(&g_gate.held, 2, 20), "alice's searches never started");
+    int refused = 0;
+    for (int i = 0; i < 1500 && refused < 2; i++) {
+        refused = 0;
+        for (int j = 0; j < N; j++)
+            refused += __atomic_load_n(&q[j].status, __ATOMIC_ACQUIRE) == 429;
+        if (refused < 2)
+            usleep(10000);
+    }
+    CHECK_MSG(refused == 2, "%d of alice's searches beyond her share were refused", refused);
+    /* bob is answered while alice's two still hold their workers */
+    api_resp r;
+    long bob = api_http_within(f.base, "POST", "/v1/search", H(BOB), "{\"query\":\"expense\"}", 0, 15000, &r);
+    api_resp_release(&r);
+    pthread_mutex_lock(&g_gate.mu);
+    int held = g_gate.held;
+    pthread_mutex_unlock(&g_gate.mu);
+    gate_open();
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    CHECK_MSG(bob == 200, "bob's search: %ld", bob);
+    CHECK_INT(held, 2);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        ok += q[i].status == 200;
+        if (q[i].status == 429)
+            CHECK_STR(q[i].retry_after, "1");
+    }
+    CHECK_INT(ok, 2);
+    /* the share is given back: alice may search again */
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE), "{\"query\":\"expense\"}", 0, &r), 200);
+    api_resp_release(&r);
+    retrieval_test_set_hook(NULL, NULL);
     api_fx_stop(&f);
 }
 

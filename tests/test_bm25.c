@@ -540,7 +540,7 @@ static qr_status compare_query(store *s, bm25_index *x, const query *q, const ch
     qr_status st = store_search_bm25(s, q->match, q->w, &f, q->max_per_doc, q->limit, want, &nwant, err);
     if (!st)
         st = bm25_search(x, s, q->terms, q->nterms, q->w, q->principals, q->nprincipals, q->all,
-                         q->max_per_doc, q->limit, got, &ngot, err);
+                         q->max_per_doc, q->limit, got, &ngot, NULL, err);
     if (st == QR_EUNAVAILABLE && t->allow_unavailable) {
         t->unavailable++;
         free(got);
@@ -838,7 +838,7 @@ TEST(follows_writes)
         size_t n = 0;
         char err2[QR_ERR_LEN] = "";
         if (!st) {
-            title_search = bm25_search(x, s, terms, 1, w, NULL, 0, true, 0, 4, hits, &n, err2);
+            title_search = bm25_search(x, s, terms, 1, w, NULL, 0, true, 0, 4, hits, &n, NULL, err2);
             title_sync = bm25_sync(x, s, false, false, NULL, err2);
             st = bm25_sync(x, s, true, false, &rep, err);
             title_rebuilt = rep.rebuilt;
@@ -1187,7 +1187,7 @@ TEST(persistence_and_rebuild)
         st = add_docs(c, s, 12, 4, err);
     }
     if (!st) {
-        lag_search = bm25_search(x, s, terms, 1, w, NULL, 0, true, 0, 8, hits, &n, err2);
+        lag_search = bm25_search(x, s, terms, 1, w, NULL, 0, true, 0, 8, hits, &n, NULL, err2);
         lag_sync = bm25_sync(x, s, false, false, NULL, err2);
         bm25_get_info(x, &info);
         lag_counter_after = info.counter;
@@ -1234,7 +1234,7 @@ TEST(persistence_and_rebuild)
     if (!st)
         st = store_prune_tombstones(s, store_counter(s), err);
     if (!st) {
-        prune_search = bm25_search(x, s, terms, 1, w, NULL, 0, true, 0, 8, hits, &n, err2);
+        prune_search = bm25_search(x, s, terms, 1, w, NULL, 0, true, 0, 8, hits, &n, NULL, err2);
         prune_sync = bm25_sync(x, s, false, false, NULL, err2);
         st = bm25_sync(x, s, true, false, &rep, err);
         prune_rebuilt = rep.rebuilt;
@@ -1601,7 +1601,7 @@ TEST(permissions_never_take_places)
                 break;
             size_t limit = limits[li];
             n = 999;
-            st = bm25_search(x, s, terms, 1, w, caller, 2, false, mpd, limit, hits, &n, err);
+            st = bm25_search(x, s, terms, 1, w, caller, 2, false, mpd, limit, hits, &n, NULL, err);
             size_t expect =
                 mpd == 0 ? (limit < npermitted ? limit : npermitted) : (limit < 25 * mpd ? limit : 25 * mpd);
             if (!st && n != expect) {
@@ -1621,17 +1621,17 @@ TEST(permissions_never_take_places)
     const char *const nobody[] = {NOBODY};
     size_t nsecret = 0, nnobody = 99, nzero_limit = 99, nzero_terms = 99, nabsent = 99;
     if (!st)
-        st = bm25_search(x, s, terms, 1, w, secret_caller, 1, false, 0, 5, hits, &nsecret, err);
+        st = bm25_search(x, s, terms, 1, w, secret_caller, 1, false, 0, 5, hits, &nsecret, NULL, err);
     if (!st)
-        st = bm25_search(x, s, terms, 1, w, nobody, 1, false, 0, 5, hits, &nnobody, err);
+        st = bm25_search(x, s, terms, 1, w, nobody, 1, false, 0, 5, hits, &nnobody, NULL, err);
     /* limit 0 and no terms: nothing, and no error */
     if (!st)
-        st = bm25_search(x, s, terms, 1, w, NULL, 0, true, 0, 0, hits, &nzero_limit, err);
+        st = bm25_search(x, s, terms, 1, w, NULL, 0, true, 0, 0, hits, &nzero_limit, NULL, err);
     if (!st)
-        st = bm25_search(x, s, terms, 0, w, NULL, 0, true, 0, 10, hits, &nzero_terms, err);
+        st = bm25_search(x, s, terms, 0, w, NULL, 0, true, 0, 10, hits, &nzero_terms, NULL, err);
     const char *absent[] = {"zebra"};
     if (!st)
-        st = bm25_search(x, s, absent, 1, w, NULL, 0, true, 0, 10, hits, &nabsent, err);
+        st = bm25_search(x, s, absent, 1, w, NULL, 0, true, 0, 10, hits, &nabsent, NULL, err);
 
     /* bad arguments */
     static const char *const invalid[] = {"bogus", "user:", "group:", "group: padded", "User:alice", ""};
@@ -1640,20 +1640,21 @@ TEST(permissions_never_take_places)
     bool invalid_ok = true;
     for (int i = 0; i < 6; i++) {
         invalid_ok = invalid_ok && !store_principal_valid(invalid[i]);
-        inval[i] = bm25_search(x, s, terms, 1, w, &invalid[i], 1, false, 0, 5, hits, &n, NULL);
+        inval[i] = bm25_search(x, s, terms, 1, w, &invalid[i], 1, false, 0, 5, hits, &n, NULL, NULL);
     }
     const char *const mix[] = {"public", "bogus"};
-    mixed = bm25_search(x, s, terms, 1, w, mix, 2, false, 0, 5, hits, &n, NULL);
+    mixed = bm25_search(x, s, terms, 1, w, mix, 2, false, 0, 5, hits, &n, NULL, NULL);
     const double wneg[3] = {1, -1, 1}, wnan[3] = {1, NAN, 1};
-    neg = bm25_search(x, s, terms, 1, wneg, NULL, 0, true, 0, 5, hits, &n, NULL);
-    nan_w = bm25_search(x, s, terms, 1, wnan, NULL, 0, true, 0, 5, hits, &n, NULL);
+    neg = bm25_search(x, s, terms, 1, wneg, NULL, 0, true, 0, 5, hits, &n, NULL, NULL);
+    nan_w = bm25_search(x, s, terms, 1, wnan, NULL, 0, true, 0, 5, hits, &n, NULL, NULL);
     const char **many = malloc((BM25_TERMS_MAX + 1) * sizeof(*many));
     char **princ = calloc(STORE_FILTER_PRINCIPALS_MAX + 2, sizeof(*princ));
     bool alloc_ok = many && princ;
     if (alloc_ok) {
         for (size_t i = 0; i <= BM25_TERMS_MAX; i++)
             many[i] = i % 3 ? "treasur" : (i % 2 ? "gold" : "map");
-        too_many_terms = bm25_search(x, s, many, BM25_TERMS_MAX + 1, w, NULL, 0, true, 0, 5, hits, &n, NULL);
+        too_many_terms =
+            bm25_search(x, s, many, BM25_TERMS_MAX + 1, w, NULL, 0, true, 0, 5, hits, &n, NULL, NULL);
         for (size_t i = 0; i <= STORE_FILTER_PRINCIPALS_MAX && alloc_ok; i++) {
             princ[i] = malloc(32);
             alloc_ok = princ[i] != NULL;
@@ -1661,8 +1662,9 @@ TEST(permissions_never_take_places)
                 snprintf(princ[i], 32, "user:u%zu", i);
         }
         if (alloc_ok)
-            too_many_principals = bm25_search(x, s, terms, 1, w, (const char *const *)princ,
-                                              STORE_FILTER_PRINCIPALS_MAX + 1, false, 0, 5, hits, &n, NULL);
+            too_many_principals =
+                bm25_search(x, s, terms, 1, w, (const char *const *)princ, STORE_FILTER_PRINCIPALS_MAX + 1,
+                            false, 0, 5, hits, &n, NULL, NULL);
     }
     /* the maximum number of terms, against FTS5 */
     if (!st && alloc_ok) {
@@ -1676,7 +1678,8 @@ TEST(permissions_never_take_places)
         if (!st)
             st = store_search_bm25(s, qr_buf_str(&m), w, &fa, 0, 20, want, &nwant, err);
         if (!st) {
-            max_terms = bm25_search(x, s, many, BM25_TERMS_MAX, w, NULL, 0, true, 0, 20, hits, &ngot, err);
+            max_terms =
+                bm25_search(x, s, many, BM25_TERMS_MAX, w, NULL, 0, true, 0, 20, hits, &ngot, NULL, err);
             if (!max_terms && !same_hits(want, nwant, hits, ngot)) {
                 fprintf(stderr, "MISMATCH with %d terms:\n", BM25_TERMS_MAX);
                 print_lists(want, nwant, hits, ngot);
@@ -1998,7 +2001,7 @@ static qr_status check_collection(const char *name, collection_tally *ct, char *
         size_t nwant = 0, ngot = 0, ntop = 0;
         /* every match, as the administrator */
         if ((st = store_search_bm25(s, qr_buf_str(&match), w, &fa, 0, limit, want, &nwant, err)) ||
-            (st = bm25_search(x, s, terms, qt.n, w, NULL, 0, true, 0, limit, got, &ngot, err)))
+            (st = bm25_search(x, s, terms, qt.n, w, NULL, 0, true, 0, limit, got, &ngot, NULL, err)))
             break;
         ct->queries++;
         ct->matched += nwant;
@@ -2010,7 +2013,7 @@ static qr_status check_collection(const char *name, collection_tally *ct, char *
             }
         }
         /* the top 10 as a caller with the ACL (the pruned path) */
-        if ((st = bm25_search(x, s, terms, qt.n, w, pub, 1, false, 0, 10, top, &ntop, err)))
+        if ((st = bm25_search(x, s, terms, qt.n, w, pub, 1, false, 0, 10, top, &ntop, NULL, err)))
             break;
         if (!same_hits(want, nwant < 10 ? nwant : 10, top, ntop) && !ct->top_bad++) {
             fprintf(stderr, "%s query '%s': top 10 differ\n", name, qr_buf_str(&match));
@@ -2107,7 +2110,7 @@ TEST(hidden_postings_are_not_decoded)
         const char *terms[] = {cases[i].term};
         bm25_get_info(x, &before);
         st = bm25_search(x, s, terms, 1, w, cases[i].principals, cases[i].np, cases[i].all, 0, 10, hits, &n,
-                         err);
+                         NULL, err);
         bm25_get_info(x, &after);
         if (!st && (n != cases[i].found || after.blocks_decoded - before.blocks_decoded != cases[i].decoded ||
                     after.blocks_skipped - before.blocks_skipped != cases[i].skipped))
@@ -2449,7 +2452,7 @@ TEST(large_frequencies_are_scored_exactly)
             CHECK_OK(store_search_bm25(s, "\"alpha\" OR \"beta\" OR \"gamma\" OR \"delta\"", weights[w], &f,
                                        0, 16, want, &nw, err),
                      err);
-            CHECK_OK(bm25_search(x, s, terms, 4, weights[w], NULL, 0, true, 0, 16, got, &ng, err), err);
+            CHECK_OK(bm25_search(x, s, terms, 4, weights[w], NULL, 0, true, 0, 16, got, &ng, NULL, err), err);
             CHECK_MSG(nw == 13 && same_hits(want, nw, got, ng), "pass %d weights %zu: %zu vs %zu hits differ",
                       pass, w, nw, ng);
         }

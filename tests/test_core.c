@@ -324,6 +324,49 @@ TEST(time_is_monotonic)
     CHECK(ts[10] == 'T' && ts[23] == 'Z');
 }
 
+static bool probe_count_to_two(void *ctx)
+{
+    int *calls = ctx;
+    return ++*calls >= 2;
+}
+
+TEST(cancel_tokens)
+{
+    char err[QR_ERR_LEN] = "";
+    CHECK_INT(qr_cancel_check(NULL, err), QR_OK); /* no token: nothing to stop */
+    CHECK(!qr_cancel_cancelled(NULL));
+    qr_cancel c;
+    qr_cancel_init(&c);
+    CHECK_INT(qr_cancel_check(&c, err), QR_OK);
+    /* a deadline in the future holds; one in the past fails, naming its length, and keeps failing */
+    qr_cancel_set_deadline(&c, qr_now_ns(), 600000);
+    CHECK_INT(qr_cancel_check(&c, err), QR_OK);
+    qr_cancel_set_deadline(&c, qr_now_ns() - 5000000, 3);
+    CHECK_INT(qr_cancel_check(&c, err), QR_ETIMEOUT);
+    CHECK(strstr(err, "deadline of 3 ms") != NULL);
+    CHECK_INT(qr_cancel_check(&c, err), QR_ETIMEOUT);
+    CHECK(!qr_cancel_cancelled(&c)); /* a deadline is not the flag */
+    qr_cancel_set_deadline(&c, 0, 0);
+    CHECK_INT(qr_cancel_check(&c, err), QR_OK);
+    /* the flag wins over the deadline and stays up */
+    qr_cancel_cancel(&c);
+    CHECK(qr_cancel_cancelled(&c));
+    CHECK_INT(qr_cancel_check(&c, err), QR_ECANCELED);
+    CHECK(strstr(err, "cancelled") != NULL);
+    /* a probe runs at most once per interval and raises the flag when it answers yes */
+    int calls = 0;
+    qr_cancel_init(&c);
+    qr_cancel_set_probe(&c, probe_count_to_two, &calls, 600000);
+    CHECK_INT(qr_cancel_check(&c, err), QR_OK);
+    CHECK_INT(qr_cancel_check(&c, err), QR_OK);
+    CHECK_INT(calls, 1); /* the second check came before the interval was over */
+    qr_cancel_set_probe(&c, probe_count_to_two, &calls, 0);
+    CHECK_INT(qr_cancel_check(&c, err), QR_ECANCELED);
+    CHECK(calls == 2 && qr_cancel_cancelled(&c));
+    CHECK_INT(qr_cancel_check(&c, err), QR_ECANCELED);
+    CHECK_INT(calls, 2); /* once cancelled, the probe is not asked again */
+}
+
 TEST(read_file_limits_and_errors)
 {
     char path[] = "/tmp/quarry-test-XXXXXX";

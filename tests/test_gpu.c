@@ -709,7 +709,7 @@ static double recall(vindex *v, const float *x, size_t n, const float *q, size_t
     if (gpu_knn_cpu(x, n, q, nq, d, k, GPU_METRIC_IP, want, wsc, err))
         return -1;
     for (size_t qi = 0; qi < nq; qi++) {
-        if (vindex_search(v, q + qi * d, d, k, NULL, NULL, got, sc, &found, err))
+        if (vindex_search(v, q + qi * d, d, k, NULL, NULL, got, sc, &found, NULL, err))
             return -1;
         for (size_t i = 0; i < found; i++)
             for (size_t j = 0; j < k; j++)

@@ -247,7 +247,7 @@ TEST(parse_words_phrases_exclusions)
     qr_arena_init(&a, 1 << 20);
     rq_query q;
     const char *t = "The Wings of WING-tip \"boundary layer\" -stall -\"low speed\" wings";
-    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, NULL, &a, &q, err), err);
     CHECK_INT(q.nterms, 4); /* the dropped; repeats kept: wings ... wings */
     CHECK_STR(q.terms[0], "wings");
     CHECK_STR(q.terms[1], "wing");
@@ -272,7 +272,7 @@ TEST(parse_words_phrases_exclusions)
     /* FTS5 operators, columns, prefixes and brackets are just text; an unclosed quote ends at the end */
     qr_arena_reset(&a);
     t = "title:wing* OR (NEAR(lift drag) AND ^stall) NOT {body} \"open phrase";
-    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, NULL, &a, &q, err), err);
     qr_buf_reset(&b);
     CHECK_OK(rq_fts_rank(&q, &b), "rank");
     CHECK_STR(qr_buf_str(&b),
@@ -281,31 +281,31 @@ TEST(parse_words_phrases_exclusions)
     /* a dash inside a word separates; at a word's start it excludes */
     qr_arena_reset(&a);
     t = "state-of-the-art -x";
-    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, NULL, &a, &q, err), err);
     CHECK_INT(q.nterms, 2); /* state, art ("of", "the" are stopwords) */
     CHECK_INT(q.nexcluded, 1);
     /* nothing but stopwords: they are searched after all */
     qr_arena_reset(&a);
     t = "to be or not to be";
-    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, NULL, &a, &q, err), err);
     CHECK_INT(q.nterms, 6);
     /* plain mode: quotes and dashes are punctuation */
     qr_arena_reset(&a);
     t = "the \"training\" phase -- not -excluded";
-    CHECK_OK(rq_parse(t, strlen(t), sw, true, &a, &q, err), err);
+    CHECK_OK(rq_parse(t, strlen(t), sw, true, NULL, &a, &q, err), err);
     CHECK_INT(q.nphrases, 0);
     CHECK_INT(q.nexcluded, 0);
     CHECK_INT(q.nterms, 3); /* training phase excluded */
     /* nothing but punctuation: an empty query */
     qr_arena_reset(&a);
     t = "?!* \"\" -";
-    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, NULL, &a, &q, err), err);
     CHECK(q.nterms == 0 && q.nphrases == 0 && q.nexcluded == 0);
     /* non-ASCII words are tokens; typographic quotes are separators, as for FTS5 */
     qr_arena_reset(&a);
     t = "Grüße \xE2\x80\x9C"
         "déjà vu\xE2\x80\x9D 東京";
-    CHECK_OK(rq_parse(t, strlen(t), sw, false, &a, &q, err), err);
+    CHECK_OK(rq_parse(t, strlen(t), sw, false, NULL, &a, &q, err), err);
     CHECK_INT(q.nterms, 4);
     CHECK_STR(q.terms[1], "déjà");
     qr_buf_release(&b);
@@ -319,17 +319,17 @@ TEST(parse_refuses_bad_input)
     qr_arena a;
     qr_arena_init(&a, 1 << 22);
     rq_query q;
-    CHECK_INT(rq_parse("caf\xe9", 4, NULL, false, &a, &q, err), QR_EINVAL);
+    CHECK_INT(rq_parse("caf\xe9", 4, NULL, false, NULL, &a, &q, err), QR_EINVAL);
     CHECK(strstr(err, "UTF-8") != NULL);
-    CHECK_INT(rq_parse("a\0b", 3, NULL, false, &a, &q, err), QR_EINVAL);
+    CHECK_INT(rq_parse("a\0b", 3, NULL, false, NULL, &a, &q, err), QR_EINVAL);
     char *big = malloc(RQ_TEXT_MAX + 2);
     memset(big, 'a', RQ_TEXT_MAX + 1);
     big[RQ_TEXT_MAX + 1] = '\0';
-    CHECK_INT(rq_parse(big, RQ_TEXT_MAX + 1, NULL, false, &a, &q, err), QR_ELIMIT);
-    CHECK_INT(rq_parse(big, RQ_TOKEN_MAX + 1, NULL, false, &a, &q, err), QR_ELIMIT); /* one long word */
+    CHECK_INT(rq_parse(big, RQ_TEXT_MAX + 1, NULL, false, NULL, &a, &q, err), QR_ELIMIT);
+    CHECK_INT(rq_parse(big, RQ_TOKEN_MAX + 1, NULL, false, NULL, &a, &q, err), QR_ELIMIT); /* one long word */
     for (size_t i = 0; i < RQ_TEXT_MAX; i += 2)
         big[i] = 'a', big[i + 1] = ' ';
-    CHECK_INT(rq_parse(big, RQ_TEXT_MAX, NULL, false, &a, &q, err), QR_ELIMIT); /* 4096 words */
+    CHECK_INT(rq_parse(big, RQ_TEXT_MAX, NULL, false, NULL, &a, &q, err), QR_ELIMIT); /* 4096 words */
     free(big);
     rq_stopwords *sw = NULL;
     CHECK_INT(rq_stopwords_new("default,two words", &sw, err), QR_EINVAL);
@@ -835,6 +835,204 @@ TEST(bad_requests_are_refused)
     CHECK_INT(r->mode, RETRIEVAL_VECTOR);
     CHECK_INT(r->nhits, 5);
     retrieval_result_free(r);
+    fx_close(&f);
+}
+
+/* ---- what a query may cost ------------------------------------------------------------------- */
+
+/* "w0 w1 ... w(n-1)" with a prefix before each word ("" or "-"), optionally quoted as one phrase. */
+static char *words(size_t n, const char *prefix, bool quoted)
+{
+    char *q = malloc(n * 16 + 8);
+    size_t len = 0;
+    if (quoted)
+        q[len++] = '"';
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)sprintf(q + len, "%s%sw%zu", i ? " " : "", prefix, i);
+    if (quoted)
+        q[len++] = '"';
+    q[len] = '\0';
+    return q;
+}
+
+TEST(query_limits_are_refused_naming_their_key)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    retrieval_caller c = {NULL, 0, true};
+    retrieval_result *r = NULL;
+    struct {
+        size_t n;
+        const char *prefix;
+        bool quoted, plain;
+        const char *key; /* NULL: within the limits */
+    } cases[] = {
+        {255, "", false, false, NULL}, /* and "wing": 256 */
+        {256, "", false, false, "retrieval.max_terms"},
+        {256, "", false, true, "retrieval.max_terms"}, /* a pasted question too */
+        {32, "", true, false, NULL},
+        {33, "", true, false, "retrieval.max_phrase_terms"},
+        {32, "-", false, false, NULL},
+        {33, "-", false, false, "retrieval.max_exclusions"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *text = words(cases[i].n, cases[i].prefix, cases[i].quoted);
+        char *query = malloc(strlen(text) + 8);
+        sprintf(query, "wing %s", text); /* one word that matches, so that a search has results */
+        retrieval_request q = {.query = query, .plain = cases[i].plain, .mode = RETRIEVAL_BM25, .k = 5};
+        err[0] = '\0';
+        qr_status st = retrieval_search(f.r, &c, &q, &r, err);
+        bool refused = cases[i].key != NULL;
+        free(text);
+        free(query);
+        if (!refused) {
+            CHECK_MSG(st == QR_OK, "case %zu: %s", i, err);
+            retrieval_result_free(r);
+            continue;
+        }
+        CHECK_MSG(st == QR_EINVAL && r == NULL, "case %zu: status %d", i, (int)st);
+        CHECK_MSG(strstr(err, cases[i].key) != NULL, "case %zu: %s", i, err);
+    }
+    /* an excluded phrase is a phrase too; the limits come from the options */
+    retrieval_request q = {.query = "wing -\"a b c d\"", .mode = RETRIEVAL_BM25, .k = 5};
+    CHECK_OK(retrieval_search(f.r, &c, &q, &r, err), err);
+    retrieval_result_free(r);
+    f.o.max_phrase_terms = 3;
+    f.o.max_terms = 2;
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+    CHECK(strstr(err, "excluded phrase") && strstr(err, "retrieval.max_phrase_terms (3)"));
+    q.query = "wing tunnel budget";
+    CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_EINVAL);
+    CHECK(strstr(err, "searches 3 words") && strstr(err, "retrieval.max_terms (2)"));
+    /* stopwords are dropped before counting */
+    q.query = "the wing of the tunnel";
+    CHECK_OK(retrieval_search(f.r, &c, &q, &r, err), err);
+    retrieval_result_free(r);
+    fx_close(&f);
+}
+
+/* A test hook that holds a search until its token fails (deadline or cancellation), at most 10 s,
+ * or cancels it itself; counts the searches it saw. */
+typedef struct {
+    bool cancel; /* cancel the token instead of waiting */
+    int seen;
+    qr_status after; /* the token's status when the hook returned */
+} hold;
+
+static void hold_hook(void *ctx, const retrieval_request *req, qr_cancel *cancel)
+{
+    (void)req;
+    hold *h = ctx;
+    h->seen++;
+    if (h->cancel)
+        qr_cancel_cancel(cancel);
+    for (int i = 0; i < 1000 && qr_cancel_check(cancel, NULL) == QR_OK; i++)
+        usleep(10000);
+    h->after = qr_cancel_check(cancel, NULL);
+}
+
+TEST(searches_stop_at_their_deadline_or_when_cancelled)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_corpus(&f, err), "%s", err);
+    f.o.timeout_ms = 30;
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    const char *aero[] = {"group:aero", "public"};
+    retrieval_caller c = {aero, 2, false};
+    float vec[DIM];
+    embed("wing", vec);
+    retrieval_result *r = NULL;
+    hold h = {0};
+    retrieval_test_set_hook(hold_hook, &h);
+    for (retrieval_mode m = RETRIEVAL_HYBRID; m <= RETRIEVAL_VECTOR; m++) {
+        /* no token of the caller's: retrieval.timeout_ms from the start of the search */
+        retrieval_request q = {.query = "wing \"swept wings\"", .vector = vec, .dim = DIM, .mode = m, .k = 5};
+        h.seen = 0;
+        CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_ETIMEOUT);
+        CHECK(r == NULL && h.seen == 1 && h.after == QR_ETIMEOUT);
+        CHECK_MSG(strstr(err, "deadline of 30 ms") && strstr(err, "retrieval.timeout_ms"), "%s", err);
+        /* the caller's token: its flag */
+        qr_cancel tok;
+        qr_cancel_init(&tok);
+        q.cancel = &tok;
+        h.cancel = true;
+        CHECK_INT(retrieval_search(f.r, &c, &q, &r, err), QR_ECANCELED);
+        CHECK(r == NULL && h.after == QR_ECANCELED && strstr(err, "cancelled"));
+        h.cancel = false;
+    }
+    /* the handle stays usable: no hook, the default deadline */
+    retrieval_test_set_hook(NULL, NULL);
+    retrieval_request q = {.query = "wing", .vector = vec, .dim = DIM, .k = 5};
+    CHECK_OK(retrieval_search(f.r, &c, &q, &r, err), err);
+    CHECK(r->nhits > 0);
+    retrieval_result_free(r);
+    fx_close(&f);
+}
+
+/* A probe that cancels its token at its stop-th call (every check asks it: interval 0). */
+typedef struct {
+    int calls, stop;
+} probe_count;
+
+static bool probe_at(void *ctx)
+{
+    probe_count *p = ctx;
+    return ++p->calls >= p->stop;
+}
+
+TEST(store_and_bm25_loops_check_the_token)
+{
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_open(&f, err), "%s", err);
+    CHECK_OK(store_batch_begin(f.s, err), err);
+    for (int i = 0; i < 600; i++) {
+        char id[16], body[96];
+        snprintf(id, sizeof(id), "d%d", i);
+        snprintf(body, sizeof(body), "wing number %d of the tunnel %s", i, i % 2 ? "tests" : "travel");
+        CHECK_MSG(put(&f, id, "Wings", "", "text/plain", "public", body, err), "%s", err);
+    }
+    CHECK_OK(store_batch_commit(f.s, err), err);
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    double w[3] = {2, 1, 1};
+    store_filter filt = {.all_documents = true};
+    store_hit hits[10];
+    size_t n = 99;
+
+    /* an expired deadline stops a statement before it returns a row */
+    qr_cancel late;
+    qr_cancel_init(&late);
+    qr_cancel_set_deadline(&late, qr_now_ns() - 2000000, 1);
+    store_set_cancel(f.s, &late);
+    CHECK_INT(store_search_bm25(f.s, "\"wing\"", w, &filt, 0, 10, hits, &n, err), QR_ETIMEOUT);
+    CHECK(n == 0 && strstr(err, "deadline of 1 ms"));
+    /* a cancellation while FTS5 walks its 600 matches: the progress handler saw it mid-statement */
+    probe_count pc = {0, 3};
+    qr_cancel tok;
+    qr_cancel_init(&tok);
+    qr_cancel_set_probe(&tok, probe_at, &pc, 0);
+    store_set_cancel(f.s, &tok);
+    CHECK_INT(store_search_bm25(f.s, "\"wing\" OR \"tunnel\"", w, &filt, 0, 10, hits, &n, err), QR_ECANCELED);
+    CHECK_INT(pc.calls, 3);
+    /* without a token the handle works as before */
+    store_set_cancel(f.s, NULL);
+    CHECK_OK(store_search_bm25(f.s, "\"wing\"", w, &filt, 0, 10, hits, &n, err), err);
+    CHECK_INT(n, 10);
+
+    /* the pruned index: checked before anything, then every few hundred candidates */
+    const char *terms[] = {"wing"};
+    CHECK_INT(bm25_search(f.b, f.s, terms, 1, w, NULL, 0, true, 0, 10, hits, &n, &late, err), QR_ETIMEOUT);
+    CHECK_INT(n, 0);
+    pc = (probe_count){0, 3};
+    qr_cancel_init(&tok);
+    qr_cancel_set_probe(&tok, probe_at, &pc, 0);
+    CHECK_INT(bm25_search(f.b, f.s, terms, 1, w, NULL, 0, true, 0, 10, hits, &n, &tok, err), QR_ECANCELED);
+    CHECK_INT(pc.calls, 3); /* the check at the start, then after 256 and 512 candidates */
+    CHECK_OK(bm25_search(f.b, f.s, terms, 1, w, NULL, 0, true, 0, 10, hits, &n, NULL, err), err);
+    CHECK_INT(n, 10);
     fx_close(&f);
 }
 

@@ -310,7 +310,7 @@ static bool matches_oracle(vindex *v, const model *m, const float *queries, size
     for (size_t qi = 0; qi < nq && ok; qi++) {
         size_t found = 0;
         const float *q = queries + qi * (size_t)d;
-        if (vindex_search(v, q, d, k, permit, ctx, ids, sc, &found, err) != QR_OK) {
+        if (vindex_search(v, q, d, k, permit, ctx, ids, sc, &found, NULL, err) != QR_OK) {
             harness_fail(__FILE__, __LINE__, "search failed: %s", err);
             ok = false;
             break;
@@ -382,17 +382,18 @@ TEST(arguments_are_checked)
     float q[8] = {1, 0, 0, 0, 0, 0, 0, 0}, scores[4];
     int64_t out[4];
     size_t found = 99;
-    CHECK_INT(vindex_search(v, q, d, 0, NULL, NULL, out, scores, &found, err), QR_EINVAL);
+    CHECK_INT(vindex_search(v, q, d, 0, NULL, NULL, out, scores, &found, NULL, err), QR_EINVAL);
     CHECK(found == 0 && strstr(err, "k must be"));
-    CHECK_INT(vindex_search(v, q, d, VINDEX_K_MAX + 1, NULL, NULL, out, scores, &found, err), QR_EINVAL);
-    CHECK_INT(vindex_search(v, q, d + 1, 4, NULL, NULL, out, scores, &found, err), QR_EINVAL);
+    CHECK_INT(vindex_search(v, q, d, VINDEX_K_MAX + 1, NULL, NULL, out, scores, &found, NULL, err),
+              QR_EINVAL);
+    CHECK_INT(vindex_search(v, q, d + 1, 4, NULL, NULL, out, scores, &found, NULL, err), QR_EINVAL);
     CHECK(strstr(err, "dimension") != NULL);
     float bad[8] = {1, NAN, 0, 0, 0, 0, 0, 0}, zero[8] = {0};
-    CHECK_INT(vindex_search(v, bad, d, 4, NULL, NULL, out, scores, &found, err), QR_EINVAL);
+    CHECK_INT(vindex_search(v, bad, d, 4, NULL, NULL, out, scores, &found, NULL, err), QR_EINVAL);
     CHECK(strstr(err, "not finite") != NULL);
-    CHECK_INT(vindex_search(v, zero, d, 4, NULL, NULL, out, scores, &found, err), QR_EINVAL);
-    CHECK_INT(vindex_search_subset(v, q, d, 0, ids, 10, out, scores, &found, err), QR_EINVAL);
-    CHECK_INT(vindex_search_subset(v, bad, d, 4, ids, 10, out, scores, &found, err), QR_EINVAL);
+    CHECK_INT(vindex_search(v, zero, d, 4, NULL, NULL, out, scores, &found, NULL, err), QR_EINVAL);
+    CHECK_INT(vindex_search_subset(v, q, d, 0, ids, 10, out, scores, &found, NULL, err), QR_EINVAL);
+    CHECK_INT(vindex_search_subset(v, bad, d, 4, ids, 10, out, scores, &found, NULL, err), QR_EINVAL);
 
     /* bad adds change nothing */
     int64_t new_ids[2] = {1000, 1001};
@@ -511,7 +512,7 @@ TEST(type_follows_size_and_override)
             int64_t out[3];
             float sc[3];
             size_t found;
-            CHECK_OK(vindex_search(v, x + 7 * (size_t)d, d, 3, NULL, NULL, out, sc, &found, err), err);
+            CHECK_OK(vindex_search(v, x + 7 * (size_t)d, d, 3, NULL, NULL, out, sc, &found, NULL, err), err);
             CHECK_INT(found, 3);
             CHECK_INT(out[0], ids[7]);
             CHECK(fabsf(sc[0] - 1.0f) < 1e-5f);
@@ -618,8 +619,9 @@ TEST(ties_are_broken_by_smaller_id)
     float sc[200], osc[200];
     for (size_t qi = 0; qi < nq; qi++) {
         size_t found;
-        CHECK_OK(vindex_search_subset(v, queries + qi * (size_t)d, d, 200, subset, ns, out, sc, &found, err),
-                 err);
+        CHECK_OK(
+            vindex_search_subset(v, queries + qi * (size_t)d, d, 200, subset, ns, out, sc, &found, NULL, err),
+            err);
         size_t ofound = oracle(&ms, queries + qi * (size_t)d, 200, NULL, NULL, oout, osc);
         CHECK_INT(found, ofound);
         for (size_t i = 0; i < found; i++) {
@@ -677,7 +679,8 @@ TEST(near_duplicates_rank_exactly)
             int64_t out[64], oout[64];
             float sc[64], osc[64];
             size_t found;
-            CHECK_OK(vindex_search_subset(v, queries + qi * d, d, k, ids, n, out, sc, &found, err), err);
+            CHECK_OK(vindex_search_subset(v, queries + qi * d, d, k, ids, n, out, sc, &found, NULL, err),
+                     err);
             CHECK_INT(found, oracle(&m, queries + qi * d, k, NULL, NULL, oout, osc));
             for (size_t i = 0; i < found; i++)
                 CHECK(out[i] == oout[i] && sc[i] == osc[i]);
@@ -734,9 +737,9 @@ TEST(subset_search_matches_oracle)
                 int64_t out[100], oout[100];
                 float sc[100], osc[100];
                 size_t found;
-                CHECK_OK(
-                    vindex_search_subset(v, queries + qi * (size_t)d, d, k, subset, ns, out, sc, &found, err),
-                    err);
+                CHECK_OK(vindex_search_subset(v, queries + qi * (size_t)d, d, k, subset, ns, out, sc, &found,
+                                              NULL, err),
+                         err);
                 size_t ofound = oracle(&m, queries + qi * (size_t)d, k, NULL, NULL, oout, osc);
                 CHECK_INT(found, ofound);
                 for (size_t i = 0; i < found; i++) {
@@ -752,6 +755,79 @@ TEST(subset_search_matches_oracle)
     vindex_close(v);
     free(x);
     free(queries);
+    free(ids);
+    remove_dir(dir);
+}
+
+/* ---- cancellation ------------------------------------------------------------------------------ */
+
+typedef struct {
+    int calls, stop;
+} probe_count;
+
+/* Cancels its token at its stop-th call (every check asks it: interval 0). */
+static bool probe_at(void *ctx)
+{
+    probe_count *p = ctx;
+    return ++p->calls >= p->stop;
+}
+
+static bool permit_none(void *ctx, int64_t id)
+{
+    (void)ctx, (void)id;
+    return false;
+}
+
+TEST(searches_stop_when_their_token_fails)
+{
+    char err[QR_ERR_LEN];
+    const int d = 384; /* 21 rows per BLAS block: 5,000 rows are some 240 blocks */
+    const size_t n = 5000;
+    char *dir = make_dir();
+    float *x = random_vectors(n, d, 10, 0.5, 11);
+    int64_t *ids = sequential_ids(n, 1, 1);
+    vindex_opts o = test_opts("flat");
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    int64_t out[10];
+    float sc[10];
+    size_t found = 99;
+
+    qr_cancel late;
+    qr_cancel_init(&late);
+    qr_cancel_set_deadline(&late, qr_now_ns() - 2000000, 1);
+    CHECK_INT(vindex_search(v, x, d, 10, NULL, NULL, out, sc, &found, &late, err), QR_ETIMEOUT);
+    CHECK(found == 0 && strstr(err, "deadline"));
+    CHECK_INT(vindex_search_subset(v, x, d, 10, ids, n, out, sc, &found, &late, err), QR_ETIMEOUT);
+    CHECK_INT(found, 0);
+
+    /* a predicate that passes nothing sends the search to an exact scan of every row: the token is
+     * asked before anything (1), before the index's round (2), then every 16 blocks of the scan */
+    probe_count pc = {0, 6};
+    qr_cancel tok;
+    qr_cancel_init(&tok);
+    qr_cancel_set_probe(&tok, probe_at, &pc, 0);
+    CHECK_INT(vindex_search(v, x, d, 10, permit_none, NULL, out, sc, &found, &tok, err), QR_ECANCELED);
+    CHECK_INT(pc.calls, 6);
+    CHECK_INT(found, 0);
+    /* the subset scan: before anything, then every 16 blocks */
+    pc = (probe_count){0, 4};
+    qr_cancel_init(&tok);
+    qr_cancel_set_probe(&tok, probe_at, &pc, 0);
+    CHECK_INT(vindex_search_subset(v, x, d, 10, ids, n, out, sc, &found, &tok, err), QR_ECANCELED);
+    CHECK_INT(pc.calls, 4);
+    /* a token that never fails changes nothing */
+    qr_cancel calm;
+    qr_cancel_init(&calm);
+    qr_cancel_set_deadline(&calm, qr_now_ns(), 600000);
+    CHECK_OK(vindex_search(v, x, d, 10, NULL, NULL, out, sc, &found, &calm, err), err);
+    CHECK(found == 10 && out[0] == ids[0]);
+    CHECK_OK(vindex_search_subset(v, x, d, 10, ids, n, out, sc, &found, &calm, err), err);
+    CHECK(found == 10 && out[0] == ids[0]);
+    vindex_close(v);
+    free(x);
     free(ids);
     remove_dir(dir);
 }
@@ -784,7 +860,7 @@ TEST(ann_types_recall_and_never_leak)
             float sc[10], osc[10];
             size_t found;
             const float *q = queries + qi * (size_t)d;
-            CHECK_OK(vindex_search(v, q, d, k, NULL, NULL, out, sc, &found, err), err);
+            CHECK_OK(vindex_search(v, q, d, k, NULL, NULL, out, sc, &found, NULL, err), err);
             CHECK_INT(found, k);
             oracle(&m, q, k, NULL, NULL, oout, osc);
             for (size_t i = 0; i < k; i++) {
@@ -814,7 +890,7 @@ TEST(ann_types_recall_and_never_leak)
                 float sc[10], osc[10];
                 size_t found;
                 const float *q = queries + qi * (size_t)d;
-                CHECK_OK(vindex_search(v, q, d, k, permit_hash, &pcts[p], out, sc, &found, err), err);
+                CHECK_OK(vindex_search(v, q, d, k, permit_hash, &pcts[p], out, sc, &found, NULL, err), err);
                 CHECK_INT(found, k);
                 oracle(&m, q, k, permit_hash, &pcts[p], oout, osc);
                 for (size_t i = 0; i < found; i++) {
@@ -837,7 +913,7 @@ TEST(ann_types_recall_and_never_leak)
             vindex_info a, b;
             const float *q = queries + qi * (size_t)d;
             vindex_get_info(v, &a);
-            CHECK_OK(vindex_search(v, q, d, k, permit_mod, &mod, out, sc, &found, err), err);
+            CHECK_OK(vindex_search(v, q, d, k, permit_mod, &mod, out, sc, &found, NULL, err), err);
             vindex_get_info(v, &b);
             CHECK_INT(b.searches, a.searches + 1);
             size_t ofound = oracle(&m, q, k, permit_mod, &mod, oout, osc);
@@ -881,7 +957,7 @@ TEST(persistence_round_trip)
         size_t found;
         for (size_t qi = 0; qi < nq; qi++) {
             CHECK_OK(vindex_search(v, queries + qi * d, d, k, NULL, NULL, before + qi * k, sb + qi * k,
-                                   &found, err),
+                                   &found, NULL, err),
                      err);
             CHECK_INT(found, k);
         }
@@ -903,7 +979,7 @@ TEST(persistence_round_trip)
         CHECK_INT(i2.store_counter, 42);
         for (size_t qi = 0; qi < nq; qi++) {
             CHECK_OK(vindex_search(v, queries + qi * d, d, k, NULL, NULL, after + qi * k, sa + qi * k, &found,
-                                   err),
+                                   NULL, err),
                      err);
             CHECK_INT(found, k);
         }
@@ -976,7 +1052,7 @@ TEST(crash_during_publish)
         int64_t before[5], after[5];
         float sb[5], sa[5];
         size_t found;
-        CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, before, sb, &found, err), err);
+        CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, before, sb, &found, NULL, err), err);
         vindex_close(v);
 
         pid_t pid = fork();
@@ -1013,7 +1089,7 @@ TEST(crash_during_publish)
         vindex_get_info(v, &info);
         CHECK_INT(info.generation, committed ? 2 : 1);
         CHECK_STR(info.type, committed ? "ivf_flat" : "flat");
-        CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, after, sa, &found, err), err);
+        CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, after, sa, &found, NULL, err), err);
         CHECK_INT(found, 5);
         if (!committed) {
             CHECK(memcmp(before, after, sizeof(before)) == 0);
@@ -1072,7 +1148,7 @@ TEST(delta_and_tombstones)
     size_t found;
     int64_t counter = 110;
     for (size_t qi = 0; qi < 5; qi++) {
-        CHECK_OK(vindex_search(v, queries + qi * d, d, 5, NULL, NULL, top, sc, &found, err), err);
+        CHECK_OK(vindex_search(v, queries + qi * d, d, 5, NULL, NULL, top, sc, &found, NULL, err), err);
         CHECK_OK(vindex_remove(v, top, 3, counter++, err), err);
         for (int i = 0; i < 3; i++)
             model_kill(&m, top[i]);
@@ -1246,7 +1322,8 @@ TEST(rebuild_carries_newer_changes_over)
     size_t found;
     for (size_t i = 0; i < 4; i++) {
         const int64_t id = ids[i == 0 ? 0 : n + i - 1];
-        CHECK_OK(vindex_search(v, x + (size_t)(id - 1) * d, d, 1, NULL, NULL, out, sc, &found, err), err);
+        CHECK_OK(vindex_search(v, x + (size_t)(id - 1) * d, d, 1, NULL, NULL, out, sc, &found, NULL, err),
+                 err);
         CHECK_INT(found, 1);
         bool gone = id == ids[0] || id == ids[n];
         CHECK_MSG(gone ? out[0] != id : out[0] == id, "id %lld: got %lld", (long long)id, (long long)out[0]);
@@ -1289,7 +1366,7 @@ static void *reader(void *arg)
             float sc[CONC_K];
             size_t found;
             if (vindex_search(c->v, c->queries + qi * CONC_D, CONC_D, CONC_K, NULL, NULL, out, sc, &found,
-                              err)) {
+                              NULL, err)) {
                 if (failures++ < 3)
                     fprintf(stderr, "search failed: %s\n", err);
                 continue;
@@ -1306,11 +1383,11 @@ static void *reader(void *arg)
                 seen[which]++;
             /* the predicate path and the subset path run concurrently too */
             if (vindex_search(c->v, c->queries + qi * CONC_D, CONC_D, CONC_K, permit_hash, &pct, out, sc,
-                              &found, err))
+                              &found, NULL, err))
                 failures++;
             int64_t subset[4] = {1, 2, 3, 4};
             if (vindex_search_subset(c->v, c->queries + qi * CONC_D, CONC_D, 2, subset, 4, out, sc, &found,
-                                     err))
+                                     NULL, err))
                 failures++;
             searches += 3;
         }
@@ -1662,7 +1739,7 @@ TEST(ivf_takes_external_centroids)
             int64_t out[10], oout[10];
             float sc[10], osc[10];
             size_t found;
-            CHECK_OK(vindex_search(v, queries + qi * d, d, k, NULL, NULL, out, sc, &found, err), err);
+            CHECK_OK(vindex_search(v, queries + qi * d, d, k, NULL, NULL, out, sc, &found, NULL, err), err);
             oracle(&m, queries + qi * d, k, NULL, NULL, oout, osc);
             for (size_t i = 0; i < k; i++)
                 for (size_t j = 0; j < k; j++)
@@ -1733,14 +1810,16 @@ TEST(unusable_vectors_are_skipped_and_counted)
             int64_t out[50];
             float sc[50];
             size_t found = 0;
-            CHECK_OK(vindex_search(v, queries + qi * (size_t)d, d, 50, NULL, NULL, out, sc, &found, err),
-                     err);
+            CHECK_OK(
+                vindex_search(v, queries + qi * (size_t)d, d, 50, NULL, NULL, out, sc, &found, NULL, err),
+                err);
             CHECK_INT(found, 50);
             for (size_t i = 0; i < found; i++)
                 CHECK_MSG((out[i] - 10) / 2 % 4 != 1, "%s returned skipped chunk %lld", types[t],
                           (long long)out[i]);
-            CHECK_OK(vindex_search_subset(v, queries + qi * (size_t)d, d, 8, ids, 8, out, sc, &found, err),
-                     err);
+            CHECK_OK(
+                vindex_search_subset(v, queries + qi * (size_t)d, d, 8, ids, 8, out, sc, &found, NULL, err),
+                err);
             CHECK_INT(found, 6); /* ids[1] and ids[5] have no vector */
         }
         vindex_close(v);
@@ -1883,13 +1962,13 @@ TEST(sync_leaves_out_chunks_without_a_vector)
         int64_t out[3];
         float sc[3];
         size_t found;
-        CHECK_OK(vindex_search(v, q, d, 3, NULL, NULL, out, sc, &found, err), err);
+        CHECK_OK(vindex_search(v, q, d, 3, NULL, NULL, out, sc, &found, NULL, err), err);
         CHECK(found == 3 && sc[0] > 0.999f);
         int64_t after_id = out[0];
         /* forced rebuild */
         CHECK_OK(index_sync(s, v, &o, true, &rep, err), err);
         CHECK(rep.rebuilt && rep.count == 96 && rep.skipped == 2);
-        CHECK_OK(vindex_search(v, q, d, 3, NULL, NULL, out, sc, &found, err), err);
+        CHECK_OK(vindex_search(v, q, d, 3, NULL, NULL, out, sc, &found, NULL, err), err);
         CHECK(found == 3 && out[0] == after_id);
         /* deleting the poison document uncounts it */
         CHECK_OK(store_delete(s, "rt-z", err), err);
