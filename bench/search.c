@@ -348,7 +348,11 @@ static int during_rebuild(const char *dir, size_t nchunks, size_t nqueries, cons
         const char *t = queries[i];
         ingest_embed(e, &t, NULL, 1, qvec + i * (size_t)dim, err);
     }
-    index_maintainer_opts mo = {.data_dir = dir, .bm25 = true, .refresh_ms = 1000};
+    /* the maintainer as quarry serve runs it: index.* from the configuration (QUARRY_INDEX_* too) */
+    index_maintainer_opts mo = {.data_dir = dir,
+                                .bm25 = true,
+                                .refresh_ms = 1000,
+                                .nice = (int)qr_config_settings(cfg)->index_maintainer_nice};
     vindex_opts_from_config(cfg, &mo.vopts);
     bm25_opts_from_config(cfg, &mo.bopts);
     retrieval_opts o;

@@ -244,6 +244,9 @@
     X(INT, index, refresh_ms, "1000", 1, 3.6e6, NULL, false,                                                 \
       "Longest time before a change made outside the server (quarry ingest) is searchable; writes through "  \
       "the API wake the maintainer at once.")                                                                \
+    X(INT, index, maintainer_nice, "10", 0, 19, NULL, false,                                                 \
+      "Priority of the index maintainer's thread (and the FAISS threads a build starts from it) below the "  \
+      "request threads, as nice(1) counts: a build takes the CPU searches leave (0: the same priority).")    \
     X(INT, index, startup_wait_ms, "2000", 0, 3.6e6, NULL, false,                                            \
       "How long the server waits at start for its indexes to open before it serves anyway (FTS5 ranks "      \
       "while they build).")                                                                                  \

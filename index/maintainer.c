@@ -7,12 +7,16 @@
  * works, and publishes an index the first time it exists by an atomic pointer store; later
  * generations are swapped inside the indexes (bm25_*.c, vindex_build.c), whose searches hold snapshots.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "index/maintainer.h"
 #include "index/store.h"
@@ -25,6 +29,7 @@ struct index_maintainer {
     bm25_opts bopts;
     bool want_bm25;
     uint64_t refresh_ns;
+    int nice;
     store *s; /* the thread's own handle */
 
     _Atomic(vindex *) vindex;
@@ -112,6 +117,13 @@ static qr_status pass(index_maintainer *m, bool force, int64_t *counter, bool *b
 static void *run(void *arg)
 {
     index_maintainer *m = arg;
+    /* Linux keeps a nice value per thread, and threads inherit it from the one that starts them
+     * (FAISS's OpenMP team for a build is started from here): on a busy machine a build then takes
+     * the CPU that searches leave, instead of doubling their latency (bench/README.md). Lowering
+     * one's own priority needs no privilege. */
+    if (m->nice > 0 && setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), m->nice) != 0)
+        qr_log(QR_LOG_WARN, LOG_COMPONENT,
+               "cannot lower the maintainer's priority (index.maintainer_nice): %s", strerror(errno));
     pthread_mutex_lock(&m->mu);
     bool first = true;
     while (!m->stop) {
@@ -191,6 +203,7 @@ qr_status index_maintainer_start(const index_maintainer_opts *o, index_maintaine
     m->bopts = o->bopts;
     m->want_bm25 = o->bm25;
     m->refresh_ns = o->refresh_ms * 1000000u;
+    m->nice = o->nice;
     m->status.visible = -1;
     atomic_init(&m->vindex, NULL);
     atomic_init(&m->bm25, NULL);

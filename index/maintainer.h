@@ -45,6 +45,7 @@ typedef struct {
     bm25_opts bopts;      /* the pruned BM25 index's settings */
     bool bm25;            /* keep the pruned BM25 index (retrieval.bm25_path = pruned) */
     uint64_t refresh_ms;  /* index.refresh_ms: the longest an external change waits (>= 1) */
+    int nice;             /* index.maintainer_nice: the thread's priority below the searches' (0..19) */
 } index_maintainer_opts;
 
 /* Called by the thread before each pass that may build, with the pass's number (from 1); for

@@ -12,7 +12,8 @@
 # Environment: QUARRY_BIN (default build/release/quarry), BENCH_DIR (default build/bench-http),
 # BENCH_MODES (default "me bm25 vector hybrid"), BENCH_CONNS (default "1 16 64"), BENCH_REUSE=1
 # (keep BENCH_DIR's corpus and data directory from an earlier run of the same CHUNKS: at 1M the
-# ingest takes a quarter of an hour). The runs start once /readyz says both indexes are warm.
+# ingest takes a quarter of an hour). The runs start once /readyz says both indexes are warm and
+# the maintainer idle.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 chunks=${1:-100000}
@@ -80,9 +81,10 @@ done
 echo "quarry serve answered after $(( $(date +%s) - t0 )) s" >&2
 token=$(curl -s -u alice:Alice-pw-1 -X POST "http://127.0.0.1:$port/v1/auth/token" |
     sed 's/.*"access_token":"\([^"]*\)".*/\1/')
-# the maintainer builds or opens the indexes in the background: measure once both are warm
+# the maintainer builds or opens the indexes in the background: measure once both are warm and
+# its pass is over
 for _ in $(seq 1 36000); do
-    curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/readyz" | grep -q '"bm25": *"warm".*"vector": *"warm"\|"vector": *"warm".*"bm25": *"warm"' && break
+    curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/readyz" | grep '"bm25": *"warm"' | grep '"vector": *"warm"' | grep -q '"maintainer_busy": *false' && break
     sleep 0.1
 done
 echo "indexes warm after $(( $(date +%s) - t0 )) s: $(curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/readyz")" >&2
