@@ -146,7 +146,6 @@ static qr_status parse_headers(infer_client *c, const char *spec, char *err)
 
 qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
 {
-    const qr_settings *set = qr_config_settings(cfg);
     infer_client *c = NULL;
     qr_status st = QR_OK;
     if (!out)
@@ -154,6 +153,7 @@ qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
     *out = NULL;
     if (!cfg)
         return qr_fail(err, QR_EINVAL, "infer_client_new: no configuration");
+    const qr_settings *set = qr_config_settings(cfg);
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK)
         return qr_fail(err, QR_EINTERNAL, "cannot initialise libcurl: %s", curl_easy_strerror(curl_init_rc));
