@@ -426,6 +426,25 @@ out:
     return store_end_call(s, st, err);
 }
 
+/* Prepares `select` (ending in "WHERE c.id = :id") with fs's row conditions appended and bound:
+ * the statement the per-id lookups below step once per id. *id_param gets :id's index. On error
+ * *q may be set: the caller finalizes it. */
+static qr_status prepare_per_id(store *s, const filter_sql *fs, const char *select, sqlite3_stmt **q,
+                                int *id_param, char *err)
+{
+    qr_buf sql;
+    qr_buf_init(&sql, 1 << 16);
+    qr_status st = QR_OK;
+    if (qr_buf_puts(&sql, select) || filter_where(fs, FILTER_ROW, &sql))
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+    else if (!(st = prepare_search(s, &sql, q, err)) && filter_bind(fs, *q))
+        st = store_bind_fail(s, err);
+    else if (!st)
+        *id_param = sqlite3_bind_parameter_index(*q, ":id");
+    qr_buf_release(&sql);
+    return st;
+}
+
 qr_status store_filter_ids(store *s, const store_filter *f, const int64_t *ids, size_t n, int64_t *docs,
                            char *err)
 {
@@ -434,28 +453,20 @@ qr_status store_filter_ids(store *s, const store_filter *f, const int64_t *ids, 
     for (size_t i = 0; i < n; i++)
         docs[i] = -1;
     filter_sql fs;
-    qr_buf sql;
-    qr_buf_init(&sql, 1 << 16);
     sqlite3_stmt *q = NULL;
+    int id_param = 0;
     qr_status st = filter_prepare(f, &fs, err);
     if (st || !n)
         goto out;
     /* ROW fragments: each id costs its own lookups, whatever the size of the permitted set */
-    if (qr_buf_puts(&sql, "SELECT c.doc FROM chunks c") ||
-        (filter_needs_doc(&fs, FILTER_ROW) && qr_buf_puts(&sql, " JOIN documents d ON d.id = c.doc")) ||
-        qr_buf_puts(&sql, " WHERE c.id = :id") || filter_where(&fs, FILTER_ROW, &sql)) {
-        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+    if ((st = prepare_per_id(
+             s, &fs,
+             filter_needs_doc(&fs, FILTER_ROW)
+                 ? "SELECT c.doc FROM chunks c JOIN documents d ON d.id = c.doc WHERE c.id = :id"
+                 : "SELECT c.doc FROM chunks c WHERE c.id = :id",
+             &q, &id_param, err)) ||
+        (st = store_begin_read(s, err)))
         goto out;
-    }
-    if ((st = prepare_search(s, &sql, &q, err)))
-        goto out;
-    if (filter_bind(&fs, q)) {
-        st = store_bind_fail(s, err);
-        goto out;
-    }
-    if ((st = store_begin_read(s, err)))
-        goto out;
-    int id_param = sqlite3_bind_parameter_index(q, ":id");
     for (size_t i = 0; i < n; i++) {
         int rc = sqlite3_bind_int64(q, id_param, ids[i]);
         if (rc == SQLITE_OK)
@@ -471,7 +482,6 @@ qr_status store_filter_ids(store *s, const store_filter *f, const int64_t *ids, 
     st = store_commit(s, err);
 out:
     sqlite3_finalize(q);
-    qr_buf_release(&sql);
     filter_sql_release(&fs);
     if (st)
         for (size_t i = 0; i < n; i++)
@@ -492,9 +502,8 @@ qr_status store_permit_open(store *s, const store_filter *f, store_permit **out,
         return qr_fail(err, QR_EINVAL, "store_permit_open: NULL argument");
     *out = NULL;
     filter_sql fs;
-    qr_buf sql;
-    qr_buf_init(&sql, 1 << 16);
     store_permit *p = NULL;
+    int id_param = 0;
     qr_status st = filter_prepare(f, &fs, err);
     if (st)
         goto out;
@@ -503,18 +512,12 @@ qr_status store_permit_open(store *s, const store_filter *f, store_permit **out,
         goto out;
     }
     p->s = s;
-    if (qr_buf_puts(&sql, "SELECT 1 FROM chunks c") ||
-        (filter_needs_doc(&fs, FILTER_ROW) && qr_buf_puts(&sql, " JOIN documents d ON d.id = c.doc")) ||
-        qr_buf_puts(&sql, " WHERE c.id = :id") || filter_where(&fs, FILTER_ROW, &sql)) {
-        st = qr_fail(err, QR_ENOMEM, "out of memory for a permission test");
-        goto out;
-    }
-    if ((st = prepare_search(s, &sql, &p->q, err)))
-        goto out;
-    if (filter_bind(&fs, p->q))
-        st = store_bind_fail(s, err);
+    st = prepare_per_id(s, &fs,
+                        filter_needs_doc(&fs, FILTER_ROW)
+                            ? "SELECT 1 FROM chunks c JOIN documents d ON d.id = c.doc WHERE c.id = :id"
+                            : "SELECT 1 FROM chunks c WHERE c.id = :id",
+                        &p->q, &id_param, err);
 out:
-    qr_buf_release(&sql);
     filter_sql_release(&fs);
     if (st) {
         store_permit_close(p, NULL);
@@ -586,28 +589,18 @@ qr_status store_read_chunks(store *s, const int64_t *ids, size_t n, const store_
     if (!s || !fn || (n && !ids))
         return qr_fail(err, QR_EINVAL, "store_read_chunks: NULL argument");
     filter_sql fs;
-    qr_buf sql;
-    qr_buf_init(&sql, 1 << 16);
     sqlite3_stmt *q = NULL;
+    int id_param = 0;
     qr_status st = filter_prepare(f, &fs, err);
     if (st)
         goto out;
-    if (qr_buf_puts(&sql,
-                    "SELECT c.id, c.doc, d.doc_id, d.title, d.uri, d.content_type, c.headings, c.body,"
-                    " c.start, c.\"end\" FROM chunks c JOIN documents d ON d.id = c.doc WHERE c.id = :id") ||
-        filter_where(&fs, FILTER_ROW, &sql)) {
-        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+    if ((st = prepare_per_id(
+             s, &fs,
+             "SELECT c.id, c.doc, d.doc_id, d.title, d.uri, d.content_type, c.headings, c.body,"
+             " c.start, c.\"end\" FROM chunks c JOIN documents d ON d.id = c.doc WHERE c.id = :id",
+             &q, &id_param, err)) ||
+        (st = store_begin_read(s, err)))
         goto out;
-    }
-    if ((st = prepare_search(s, &sql, &q, err)))
-        goto out;
-    if (filter_bind(&fs, q)) {
-        st = store_bind_fail(s, err);
-        goto out;
-    }
-    if ((st = store_begin_read(s, err)))
-        goto out;
-    int id_param = sqlite3_bind_parameter_index(q, ":id");
     for (size_t i = 0; i < n; i++) {
         int rc = sqlite3_bind_int64(q, id_param, ids[i]);
         if (rc == SQLITE_OK)
@@ -641,7 +634,6 @@ qr_status store_read_chunks(store *s, const int64_t *ids, size_t n, const store_
     st = store_commit(s, err);
 out:
     sqlite3_finalize(q);
-    qr_buf_release(&sql);
     filter_sql_release(&fs);
     return store_end_call(s, st, err);
 }
