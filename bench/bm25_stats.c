@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bench/bench_corpus.h"
 #include "core/core.h"
 #include "index/feed.h"
 #include "index/index.h"
@@ -296,51 +297,6 @@ static size_t query_terms(retrieval *r, store *s, const mem_index *m, const char
 
 /* ---- the collections ------------------------------------------------------------------------ */
 
-typedef struct {
-    char *id, *text;
-    retrieval_judgment *j;
-    size_t nj;
-} query;
-
-static size_t load_queries(const char *dir, query **out)
-{
-    char path[1100], line[1 << 16];
-    snprintf(path, sizeof(path), "%.1000s/queries.jsonl", dir);
-    FILE *f = fopen(path, "r");
-    size_t n = 0, cap = 0;
-    *out = NULL;
-    while (f && fgets(line, sizeof(line), f)) {
-        json_t *o = json_loads(line, 0, NULL);
-        const char *id = json_string_value(json_object_get(o, "_id")),
-                   *t = json_string_value(json_object_get(o, "text"));
-        if (id && t) {
-            if (n == cap)
-                *out = realloc(*out, (cap = cap ? cap * 2 : 256) * sizeof(query));
-            (*out)[n++] = (query){strdup(id), strdup(t), NULL, 0};
-        }
-        json_decref(o);
-    }
-    if (f)
-        fclose(f);
-    snprintf(path, sizeof(path), "%.1000s/qrels.tsv", dir);
-    f = fopen(path, "r");
-    while (f && fgets(line, sizeof(line), f)) {
-        char q[64], d[64];
-        int g;
-        if (sscanf(line, "%63[^\t]\t%63[^\t]\t%d", q, d, &g) != 3)
-            continue;
-        for (size_t i = 0; i < n; i++)
-            if (strcmp((*out)[i].id, q) == 0) {
-                query *x = &(*out)[i];
-                x->j = realloc(x->j, (x->nj + 1) * sizeof(*x->j));
-                x->j[x->nj++] = (retrieval_judgment){strdup(d), g};
-            }
-    }
-    if (f)
-        fclose(f);
-    return n;
-}
-
 static qr_status ingest(const char *src, qr_config *cfg, store **out, ingest_session **is, char *err)
 {
     qr_status st = ingest_session_open(cfg, is, err);
@@ -430,8 +386,8 @@ static int quality(const char *work, const char *datasets, const char *name, qr_
         fprintf(stderr, "bench_bm25_stats: %s\n", err);
         goto out;
     }
-    query *qs = NULL;
-    size_t nq = load_queries(src, &qs);
+    bench_query *qs = NULL;
+    size_t nq = bench_load_queries(src, &qs);
     scored *buf = malloc(m.nchunks * sizeof(scored));
     qterm terms[512];
     char(*forms)[64] = malloc(512 * 64);
@@ -550,14 +506,7 @@ static int quality(const char *work, const char *datasets, const char *name, qr_
     }
     free(buf);
     free(forms);
-    for (size_t i = 0; i < nq; i++) {
-        free(qs[i].id);
-        free(qs[i].text);
-        for (size_t x = 0; x < qs[i].nj; x++)
-            free((char *)qs[i].j[x].doc_id);
-        free(qs[i].j);
-    }
-    free(qs);
+    bench_free_queries(qs, nq);
     rc = 0;
 out:
     retrieval_close(r);

@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bench/bench_corpus.h"
 #include "core/core.h"
 #include "index/index.h"
 #include "ingest/ingest.h"
@@ -45,42 +46,12 @@
 extern void omp_set_num_threads(int n);
 extern void openblas_set_num_threads(int n);
 
-static uint64_t rng_state = 0x5eedbeefull;
-
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-/* A Zipf-like word rank: small ranks are much more frequent. */
-static size_t zipf_word(void)
-{
-    double u = ((double)(rnd() >> 11) + 0.5) / 9007199254740992.0;
-    return (size_t)(pow((double)VOCAB, u)) - 1;
-}
-
-static void word(size_t i, char *out)
-{
-    static const char *syll[] = {"ka", "lo", "mi", "ne", "ru", "sa", "ti",
-                                 "vo", "ze", "pa", "do", "fi", "gu", "ha"};
-    size_t n = 0;
-    do {
-        n += (size_t)sprintf(out + n, "%s", syll[i % 14]);
-        i /= 14;
-    } while (i);
-    out[n++] = 'x'; /* no word is a stopword */
-    out[n] = '\0';
-}
-
 static void text_of(char *buf, size_t cap, size_t nwords)
 {
     size_t n = 0;
     char w[32];
     for (size_t i = 0; i < nwords && n + 40 < cap; i++) {
-        word(zipf_word(), w);
+        bench_word(bench_zipf_word(VOCAB), w);
         n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? " " : "", w);
     }
     snprintf(buf + n, cap - n, ".");
@@ -215,7 +186,7 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
     float *qvec = malloc(nqueries * (size_t)dim * sizeof(float));
     double *lat = malloc(nqueries * sizeof(double));
     for (size_t i = 0; i < nqueries; i++) {
-        text_of(queries[i], sizeof(queries[i]), 2 + rnd() % 5);
+        text_of(queries[i], sizeof(queries[i]), 2 + bench_rnd() % 5);
         const char *t = queries[i];
         ingest_embed(e, &t, NULL, 1, qvec + i * (size_t)dim, err);
     }
@@ -344,7 +315,7 @@ static int during_rebuild(const char *dir, size_t nchunks, size_t nqueries, cons
     size_t cap = 1 << 20, nlat = 0;
     double *idle = malloc(nqueries * sizeof(double)), *busy = malloc(cap * sizeof(double));
     for (size_t i = 0; i < nqueries; i++) {
-        text_of(queries[i], sizeof(queries[i]), 2 + rnd() % 5);
+        text_of(queries[i], sizeof(queries[i]), 2 + bench_rnd() % 5);
         const char *t = queries[i];
         ingest_embed(e, &t, NULL, 1, qvec + i * (size_t)dim, err);
     }
@@ -410,64 +381,6 @@ out:
 
 /* ---- quality on the shared collections ----------------------------------------------------------- */
 
-typedef struct {
-    char *id, *text;
-    retrieval_judgment *j;
-    size_t nj;
-} query;
-
-static size_t load_queries(const char *dir, query **out)
-{
-    char path[1024], line[1 << 16];
-    snprintf(path, sizeof(path), "%s/queries.jsonl", dir);
-    FILE *f = fopen(path, "r");
-    size_t n = 0, cap = 0;
-    *out = NULL;
-    while (f && fgets(line, sizeof(line), f)) {
-        json_t *o = json_loads(line, 0, NULL);
-        const char *id = json_string_value(json_object_get(o, "_id")),
-                   *t = json_string_value(json_object_get(o, "text"));
-        if (id && t) {
-            if (n == cap)
-                *out = realloc(*out, (cap = cap ? cap * 2 : 256) * sizeof(query));
-            (*out)[n++] = (query){strdup(id), strdup(t), NULL, 0};
-        }
-        json_decref(o);
-    }
-    if (f)
-        fclose(f);
-    snprintf(path, sizeof(path), "%s/qrels.tsv", dir);
-    f = fopen(path, "r");
-    while (f && fgets(line, sizeof(line), f)) {
-        char q[64], d[64];
-        int g;
-        if (sscanf(line, "%63[^\t]\t%63[^\t]\t%d", q, d, &g) != 3)
-            continue;
-        for (size_t i = 0; i < n; i++) {
-            if (strcmp((*out)[i].id, q) == 0) {
-                query *x = &(*out)[i];
-                x->j = realloc(x->j, (x->nj + 1) * sizeof(*x->j));
-                x->j[x->nj++] = (retrieval_judgment){strdup(d), g};
-            }
-        }
-    }
-    if (f)
-        fclose(f);
-    return n;
-}
-
-static void free_queries(query *q, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        free(q[i].id);
-        free(q[i].text);
-        for (size_t j = 0; j < q[i].nj; j++)
-            free((char *)q[i].j[j].doc_id);
-        free(q[i].j);
-    }
-    free(q);
-}
-
 /* Ingests a collection as `quarry ingest --acl public --jsonl` does and evaluates every mode. */
 static int quality(const char *work, const char *datasets, const char *name, qr_config *cfg,
                    ingest_embedder *e)
@@ -524,8 +437,8 @@ static int quality(const char *work, const char *datasets, const char *name, qr_
         ingest_session_close(is);
         return 1;
     }
-    query *qs = NULL;
-    size_t nq = load_queries(src, &qs);
+    bench_query *qs = NULL;
+    size_t nq = bench_load_queries(src, &qs);
     int dim = ingest_embedder_dim(e);
     float *vec = malloc((size_t)dim * sizeof(float));
     struct {
@@ -595,7 +508,7 @@ static int quality(const char *work, const char *datasets, const char *name, qr_
         fflush(stdout);
     }
     free(vec);
-    free_queries(qs, nq);
+    bench_free_queries(qs, nq);
     vindex_close(v);
     ingest_session_close(is);
     return 0;

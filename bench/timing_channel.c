@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bench/bench_corpus.h"
 #include "core/core.h"
 #include "index/index.h"
 #include "ingest/ingest.h"
@@ -42,46 +43,16 @@
 extern void omp_set_num_threads(int n);
 extern void openblas_set_num_threads(int n);
 
-static uint64_t rng_state;
-
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-/* A Zipf-like word rank: small ranks are much more frequent. */
-static size_t zipf_word(void)
-{
-    double u = ((double)(rnd() >> 11) + 0.5) / 9007199254740992.0;
-    return (size_t)(pow((double)VOCAB, u)) - 1;
-}
-
-static void word(size_t i, char *out)
-{
-    static const char *syll[] = {"ka", "lo", "mi", "ne", "ru", "sa", "ti",
-                                 "vo", "ze", "pa", "do", "fi", "gu", "ha"};
-    size_t n = 0;
-    do {
-        n += (size_t)sprintf(out + n, "%s", syll[i % 14]);
-        i /= 14;
-    } while (i);
-    out[n++] = 'x'; /* no word is a stopword */
-    out[n] = '\0';
-}
-
 /* nwords pseudo-words, the secret word at a random place when secret is set. */
 static void text_of(char *buf, size_t cap, size_t nwords, bool secret)
 {
-    size_t n = 0, at = secret ? rnd() % nwords : SIZE_MAX;
+    size_t n = 0, at = secret ? bench_rnd() % nwords : SIZE_MAX;
     char w[32];
     for (size_t i = 0; i < nwords && n + 40 < cap; i++) {
         if (i == at)
             snprintf(w, sizeof(w), "%s", SECRET);
         else
-            word(zipf_word(), w);
+            bench_word(bench_zipf_word(VOCAB), w);
         n += (size_t)snprintf(buf + n, cap - n, "%s%s", i ? " " : "", w);
     }
     snprintf(buf + n, cap - n, ".");
@@ -169,7 +140,7 @@ static int generate(const char *dir, size_t readable, size_t hidden, ingest_embe
     if (store_check_embedding(s, ingest_embedder_model(e), ingest_embedder_dim(e), err))
         goto fail;
     uint64_t t0 = qr_now_ns();
-    rng_state = 0x5eedbeefull; /* every scenario has the same readable documents */
+    bench_rng_state = 0x5eedbeefull; /* every scenario has the same readable documents */
     if (put_docs(s, e, 0, readable / CHUNKS_PER, CHUNKS_PER, false, err))
         goto fail;
     if (hidden >= CHUNKS_PER && put_docs(s, e, 0, hidden / CHUNKS_PER, CHUNKS_PER, true, err))
@@ -225,7 +196,7 @@ static int scenario(const char *work, size_t readable, size_t hidden, size_t run
            "/ common | vector path (secret / nowhere) |\n|---|---|---|---|---|---|---|---|\n");
     int dim = ingest_embedder_dim(e);
     char common[32];
-    word(0, common);
+    bench_word(0, common);
     const char *queries[3] = {SECRET, NOWHERE, common};
     float *qvec = malloc(3 * (size_t)dim * sizeof(float));
     if (!qvec)
