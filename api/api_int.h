@@ -239,7 +239,9 @@ struct api_req {
     /* caller, set by api_authenticate on the worker */
     auth_principal *principal;
     bool by_key;
-    char user[300]; /* uid for logs, "-" before authentication */
+    const char *auth_scheme;          /* "basic", "token", "oidc" or "api_key"; NULL before authentication */
+    char key_id[AUTH_KEY_ID_LEN + 1]; /* the service key's id (acting for a user or itself), else "" */
+    char user[300];                   /* uid for logs, "-" before authentication */
 
     /* response, published under lock */
     int status;
@@ -442,6 +444,11 @@ void api_audit_record(api_audit *a, const api_req *r, const char *query, const c
  * "truncated":true is tried instead. Returns QR_OK, or the line's failure when nothing whole
  * could be formatted (a cap too small for the fixed fields, no memory): write nothing then.
  * `when` is the record's ISO 8601 time; query_hmac the query's hash (64 hex digits) or NULL. */
+/* One line for credentials refused (401, 403 or 429 from authentication): the scheme, the status,
+ * the reason (never the credential) and, for an OIDC token, its issuer and user claim as far as
+ * they were verified. */
+void api_audit_refused(api_audit *a, const api_req *r, const char *scheme, int status, const char *reason,
+                       const auth_oidc_info *oidc);
 qr_status api_audit_format(qr_buf *line, const api_req *r, const char *query_hmac, const char *const *doc_ids,
                            size_t ndoc_ids, const char *action, const char *when);
 

@@ -73,10 +73,13 @@ static void audit_head(qr_buf *line, const api_req *r, const char *query_hmac, c
 {
     qr_buf_printf(line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"user\":", when, r->request_id);
     qr_json_escape(line, r->user, strlen(r->user));
-    qr_buf_printf(line,
-                  ",\"via\":\"%s\",\"client\":\"%s\",\"route\":\"%s %s\",\"action\":\"%s\",\"query_hmac\":",
-                  r->by_key ? "api_key" : "user", r->client, r->route ? r->route->method : r->method,
-                  r->route ? r->route->pattern : "-", action);
+    qr_buf_printf(line, ",\"via\":\"%s\",\"auth\":\"%s\"", r->by_key ? "api_key" : "user",
+                  r->auth_scheme ? r->auth_scheme : "-");
+    /* a key acting for a user: both identities, the user above and the key here */
+    if (*r->key_id)
+        qr_buf_printf(line, ",\"key_id\":\"%s\"", r->key_id);
+    qr_buf_printf(line, ",\"client\":\"%s\",\"route\":\"%s %s\",\"action\":\"%s\",\"query_hmac\":", r->client,
+                  r->route ? r->route->method : r->method, r->route ? r->route->pattern : "-", action);
     if (query_hmac)
         qr_buf_printf(line, "\"%.64s\"", query_hmac);
     else
@@ -154,6 +157,40 @@ void api_audit_record(api_audit *a, const api_req *r, const char *query, const c
     } else {
         qr_log(QR_LOG_ERROR, "audit", "cannot format the audit line for request %s (%s); not written",
                r->request_id, qr_status_name(qr_buf_failed(&line)));
+    }
+    qr_buf_release(&line);
+}
+
+void api_audit_refused(api_audit *a, const api_req *r, const char *scheme, int status, const char *reason,
+                       const auth_oidc_info *oidc)
+{
+    if (!a)
+        return;
+    char when[40];
+    qr_wall_iso8601(when, sizeof(when));
+    qr_buf line;
+    qr_buf_init(&line, API_AUDIT_LINE_MAX);
+    qr_buf_printf(&line, "{\"time\":\"%s\",\"request_id\":\"%s\",\"user\":null,\"auth\":\"%s\",", when,
+                  r->request_id, scheme);
+    qr_buf_printf(&line, "\"client\":\"%s\",\"route\":\"%s %s\",\"action\":\"auth_refused\",\"status\":%d,",
+                  r->client, r->route ? r->route->method : r->method, r->route ? r->route->pattern : "-",
+                  status);
+    qr_buf_puts(&line, "\"reason\":");
+    qr_json_escape(&line, reason, strlen(reason));
+    if (oidc && *oidc->issuer) {
+        qr_buf_puts(&line, ",\"issuer\":");
+        qr_json_escape(&line, oidc->issuer, strlen(oidc->issuer));
+        if (*oidc->subject) { /* set only once the signature verified */
+            qr_buf_puts(&line, ",\"subject\":");
+            qr_json_escape(&line, oidc->subject, strlen(oidc->subject));
+        }
+    }
+    qr_buf_puts(&line, "}\n");
+    if (!qr_buf_failed(&line)) {
+        ssize_t w = write(a->fd, qr_buf_str(&line), qr_buf_len(&line));
+        if (w != (ssize_t)qr_buf_len(&line))
+            qr_log(QR_LOG_ERROR, "audit", "cannot write the audit log '%s': %s", a->path,
+                   w < 0 ? strerror(errno) : "short write");
     }
     qr_buf_release(&line);
 }

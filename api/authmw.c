@@ -67,8 +67,25 @@ bool api_acl_permits(const auth_principal *p, const char *const *acl, size_t nac
     return false;
 }
 
-/* Answers an authentication failure with the status that fits it. */
-static void auth_failed(api_req *r, qr_status st, const char *err)
+/* Adds RFC 6750's challenge for a refused bearer token: error code and a description with the
+ * characters a quoted-string cannot hold replaced. */
+static void api_bearer_challenge(api_req *r, const char *error, const char *why)
+{
+    char desc[256];
+    size_t n = 0;
+    for (const char *p = why; *p && n + 1 < sizeof(desc); p++)
+        desc[n++] =
+            (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e) ? '\'' : *p;
+    desc[n] = '\0';
+    char value[512];
+    snprintf(value, sizeof(value), "Bearer realm=\"quarry\", error=\"%s\", error_description=\"%s\"", error,
+             desc);
+    api_reply_header(r, "WWW-Authenticate", value);
+}
+
+/* Answers an authentication failure with the status that fits it, and writes its audit line. */
+static void auth_failed(api_req *r, qr_status st, const char *scheme, const auth_oidc_info *oidc,
+                        const char *err)
 {
     switch (st) {
     case QR_ELIMIT: {
@@ -88,9 +105,14 @@ static void auth_failed(api_req *r, qr_status st, const char *err)
     case QR_EPERM: api_reply_error(r, 403, "permission_denied", "%s", err); break;
     case QR_EAUTH:
     case QR_ENOTFOUND:
-    case QR_EINVAL: api_reply_error(r, 401, "unauthenticated", "%s", err); break;
+    case QR_EINVAL:
+        api_reply_error(r, 401, "unauthenticated", "%s", err);
+        if (strcmp(scheme, "oidc") == 0) /* RFC 6750: say which bearer token failed and why */
+            api_bearer_challenge(r, "invalid_token", err);
+        break;
     default: api_reply_status(r, st, err); break;
     }
+    api_audit_refused(r->srv->audit, r, scheme, r->status, st == QR_EUNAVAILABLE ? "unavailable" : err, oidc);
 }
 
 /* Skips the scheme word and spaces: "Bearer   abc" -> "abc" when the scheme matches. */
@@ -135,38 +157,55 @@ bool api_authenticate(api_req *r)
     const char *xkey = api_header(r, "X-API-Key");
     const char *obo = api_header(r, "X-Quarry-User");
     const char *cred;
+    const char *scheme;
     auth_principal *p = NULL;
+    auth_oidc_info oidc;
+    memset(&oidc, 0, sizeof(oidc));
     qr_status st;
 
     if (xkey || (authz && (cred = after_scheme(authz, "Bearer")) && strncmp(cred, "qk_", 3) == 0)) {
         const char *key = xkey ? xkey : cred;
+        scheme = "api_key";
         if (obo && (!*obo || strlen(obo) > 256)) {
             api_reply_error(r, 400, "invalid_argument", "X-Quarry-User must be a user id of 1 to 256 bytes");
             return false;
         }
         st = auth_key_principal(r->srv->auth, key, obo, route->scope, &p, err);
         r->by_key = true;
+        /* "qk_<id>_<secret>": the id names the key in the audit log (verified by now on success) */
+        if (!st && strlen(key) > 3 + AUTH_KEY_ID_LEN)
+            snprintf(r->key_id, sizeof(r->key_id), "%.*s", AUTH_KEY_ID_LEN, key + 3);
     } else if (obo) {
         api_reply_error(
             r, 403, "permission_denied",
             "X-Quarry-User is accepted only with a service API key holding the on_behalf_of scope");
+        api_audit_refused(r->srv->audit, r, authz ? "bearer_or_basic" : "none", 403,
+                          "X-Quarry-User without a service API key", NULL);
         return false;
+    } else if (authz && (cred = after_scheme(authz, "Bearer")) && auth_oidc_looks_like(cred)) {
+        scheme = "oidc";
+        st = auth_oidc_principal(r->srv->auth, cred, &oidc, &p, err);
     } else if (authz && (cred = after_scheme(authz, "Bearer"))) {
+        scheme = "token";
         st = auth_token_principal(r->srv->auth, cred, &p, err);
     } else if (authz && (cred = after_scheme(authz, "Basic"))) {
+        scheme = "basic";
         st = basic_login(r, cred, &p, err);
     } else {
         api_reply_error(
             r, 401, "unauthenticated",
             authz ? "unsupported Authorization scheme (use Basic, or Bearer with a token or API key)"
                   : "credentials required: HTTP Basic, a bearer token or an API key");
+        if (authz)
+            api_audit_refused(r->srv->audit, r, "unsupported", 401, "unsupported Authorization scheme", NULL);
         return false;
     }
     if (st) {
-        auth_failed(r, st, err);
+        auth_failed(r, st, scheme, &oidc, err);
         return false;
     }
     r->principal = p;
+    r->auth_scheme = scheme;
     snprintf(r->user, sizeof(r->user), "%s", p->uid);
     if (route->access == API_ACCESS_ADMIN && !p->is_admin) {
         api_reply_error(r, 403, "permission_denied", "this route is for administrators (auth.admin_groups)");

@@ -157,6 +157,8 @@ qr_status auth_new(const qr_config *cfg, auth_ctx **out, char *err)
     pthread_mutex_init(&ctx->secret_lock, NULL);
     pthread_mutex_init(&ctx->keys_lock, NULL);
     qr_status st = load_settings(cfg, &ctx->s, err);
+    if (!st)
+        st = auth_oidc_setup(ctx, cfg, err);
     if (st) {
         auth_free(ctx);
         return st;
@@ -185,6 +187,7 @@ void auth_free(auth_ctx *ctx)
     auth_lru_free(ctx->cache);
     auth_lru_free(ctx->limits);
     auth_keys_release(ctx);
+    auth_oidc_release(ctx);
     free(ctx->flush_path);
     settings_release(&ctx->s);
     memset(ctx->secret, 0, sizeof(ctx->secret));
@@ -225,7 +228,7 @@ static void check_flush_marker(auth_ctx *ctx)
 }
 
 /* The cached principal for key: fresh only, or (stale true) whatever its age. */
-static auth_principal *cache_get(auth_ctx *ctx, const char *key, bool stale)
+auth_principal *auth_cache_get(auth_ctx *ctx, const char *key, bool stale)
 {
     if (ctx->s.cache_ttl_s <= 0)
         return NULL;
@@ -239,7 +242,7 @@ static auth_principal *cache_get(auth_ctx *ctx, const char *key, bool stale)
     return p;
 }
 
-static void cache_put(auth_ctx *ctx, const char *key, auth_principal *p)
+void auth_cache_put(auth_ctx *ctx, const char *key, auth_principal *p)
 {
     if (ctx->s.cache_ttl_s <= 0)
         return;
@@ -448,7 +451,7 @@ qr_status auth_authenticate(auth_ctx *ctx, const char *user, size_t user_len, co
     auth_lru_remove(ctx->limits, ukey);
     auth_lru_remove(ctx->limits, dkey);
     pthread_mutex_unlock(&ctx->limit_lock);
-    cache_put(ctx, (*out)->uid, *out);
+    auth_cache_put(ctx, (*out)->uid, *out);
     bool spelt_so = strcmp(name, (*out)->uid) == 0;
     qr_log(QR_LOG_INFO, "auth", "login ok for '%s'%s%s%s from %s", (*out)->uid, spelt_so ? "" : " (as '",
            spelt_so ? "" : name, spelt_so ? "" : "')", akey[2] ? akey + 2 : "(unknown address)");
@@ -467,7 +470,7 @@ qr_status auth_resolve(auth_ctx *ctx, const char *uid, auth_principal **out, cha
     char key[AUTH_NAME_MAX + 1];
     memcpy(key, uid, len + 1);
     auth_ascii_lower(key);
-    if ((*out = cache_get(ctx, key, false))) {
+    if ((*out = auth_cache_get(ctx, key, false))) {
         AUTH_COUNT(ctx, cache_hits);
         return QR_OK;
     }
@@ -481,10 +484,10 @@ qr_status auth_resolve(auth_ctx *ctx, const char *uid, auth_principal **out, cha
     if (!st) {
         /* under the directory's uid only: another spelling of it ("ａｖａ", "ava ") asks LDAP again
          * rather than leave a second copy of the principal, refreshed apart from the first */
-        cache_put(ctx, (*out)->uid, *out);
+        auth_cache_put(ctx, (*out)->uid, *out);
         return QR_OK;
     }
-    if (st == QR_EUNAVAILABLE && ctx->s.stale_if_error && (*out = cache_get(ctx, key, true))) {
+    if (st == QR_EUNAVAILABLE && ctx->s.stale_if_error && (*out = auth_cache_get(ctx, key, true))) {
         AUTH_COUNT(ctx, stale_served);
         qr_log(QR_LOG_WARN, "auth", "LDAP unavailable: serving the expired cached principal of '%s'", key);
         return QR_OK;

@@ -120,6 +120,47 @@ qr_status auth_token_verify(auth_ctx *ctx, const char *token, char **uid, int64_
 /* auth_token_verify, then auth_resolve of its user. */
 qr_status auth_token_principal(auth_ctx *ctx, const char *token, auth_principal **out, char *err);
 
+/* ---- OpenID Connect bearer tokens (oidc.c) ------------------------------------------------- */
+
+/* An access or ID token from an OpenID provider (Entra ID, Keycloak, Okta, ADFS...): a compact
+ * JWS signed with RS256, PS256 or ES256 by a key in the issuer's JWKS. The token names the user
+ * through oidc.user_claim; the directory finds the entry (oidc.user_filter) and gives the groups,
+ * so permissions come from LDAP exactly as for a password. */
+
+/* What a token said, as far as it was read (for `quarry auth whoami`, the audit log and
+ * messages); empty strings where it did not get that far. Never holds the token itself. */
+typedef struct {
+    char issuer[512];
+    char alg[16];
+    char kid[128];
+    char claim[64];     /* oidc.user_claim */
+    char subject[257];  /* the claim's value */
+    int64_t expires_at; /* exp, Unix seconds; 0 when unknown */
+} auth_oidc_info;
+
+/* True when oidc.issuer is set. */
+bool auth_oidc_enabled(const auth_ctx *ctx);
+/* True when cred has the shape of a compact JWS/JWE ("eyJ...", dots): the bearer credential
+ * then goes to auth_oidc_principal rather than quarry's own token check. */
+bool auth_oidc_looks_like(const char *cred);
+/* Checks a token without asking the directory: size (oidc.max_token_bytes), shape, header (alg
+ * RS256/PS256/ES256 only; no crit), issuer (exactly one of oidc.issuer), signature with the
+ * issuer's key (kid; its kty, curve, size, use and alg must fit the token's alg), exp/nbf/iat
+ * within oidc.clock_skew_s, aud, oidc.required_scope and the user claim. The issuer's keys are
+ * fetched on first use (discovery unless oidc.jwks_url), again when older than
+ * oidc.jwks_max_age_s and when a token names an unknown kid, at most once per
+ * oidc.jwks_min_refresh_s; while the issuer cannot be reached the keys already known serve.
+ * QR_EAUTH for any defect (err says which, without the token); QR_EUNAVAILABLE when no key could
+ * be fetched for the issuer; QR_EINVAL when OIDC is not configured. info (may be NULL) is filled
+ * as far as the token was read. Any thread. */
+qr_status auth_oidc_verify(auth_ctx *ctx, const char *token, auth_oidc_info *info, char *err);
+/* auth_oidc_verify, then the directory entry oidc.user_filter finds for the claim and its groups
+ * (cached like auth_resolve). QR_ENOTFOUND when the directory has no such single entry (never a
+ * public principal), QR_EUNAVAILABLE when LDAP cannot answer (or, with auth.stale_if_error, the
+ * expired cached principal). */
+qr_status auth_oidc_principal(auth_ctx *ctx, const char *token, auth_oidc_info *info, auth_principal **out,
+                              char *err);
+
 /* ---- service API keys ----------------------------------------------------------------------- */
 
 enum {

@@ -143,6 +143,9 @@ void auth_user_release(auth_user *u);
  * QR_EUNAVAILABLE when LDAP cannot answer. On error *u is empty. */
 qr_status auth_dir_find_user(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
                              auth_user *u, char *err);
+/* auth_dir_find_user with another filter template than ldap.user_filter (%s is the name). */
+qr_status auth_dir_find_user_by(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *tmpl,
+                                const char *name, size_t len, auth_user *u, char *err);
 /* The principal of a found user, groups included. With a password (not NULL) the user's DN is
  * bound with it first, on the slot's user connection: QR_EAUTH when the bind is refused. */
 qr_status auth_dir_user_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const auth_user *u,
@@ -153,6 +156,15 @@ qr_status auth_dir_principal(auth_ctx *ctx, auth_conn *c, uint64_t deadline, con
 /* A principal from parts (copied); groups are lower-cased, sorted and made unique. */
 qr_status auth_principal_new(const char *uid, const char *dn, const char *display_name, const char *mail,
                              char **groups, size_t ngroups, bool is_admin, auth_principal **out);
+
+/* ---- the principal cache (auth.c) ------------------------------------------------------------ */
+
+/* The cached principal under key (a new reference), NULL when absent or, unless stale, expired
+ * (ldap.cache_ttl_s). Keys are uids; other lookups that end in a principal (an OIDC claim value)
+ * use keys that start with a control byte, which no uid holds. */
+auth_principal *auth_cache_get(auth_ctx *ctx, const char *key, bool stale);
+/* Caches p under key (takes its own reference). A no-op with ldap.cache_ttl_s 0. */
+void auth_cache_put(auth_ctx *ctx, const char *key, auth_principal *p);
 
 /* ---- tokens (token.c) and keys (keys.c) --------------------------------------------------- */
 
@@ -227,10 +239,19 @@ struct auth_ctx {
     auth_file_sig keys_sig;
     bool keys_loaded;
     void *keys; /* keys.c's parsed table */
+
+    struct auth_oidc *oidc; /* oidc.c's issuers and keys; NULL when oidc.issuer is empty */
 };
 
 #define AUTH_COUNT(ctx, field) __atomic_add_fetch(&(ctx)->stats.field, 1, __ATOMIC_RELAXED)
 
 void auth_keys_release(auth_ctx *ctx);
+
+/* oidc.c: reads the oidc.* keys into ctx->oidc (left NULL when oidc.issuer is empty). */
+qr_status auth_oidc_setup(auth_ctx *ctx, const qr_config *cfg, char *err);
+void auth_oidc_release(auth_ctx *ctx);
+/* Installs keys for issuer number i (in oidc.issuer's order) from a JWKS document, as a fetch
+ * would: for tests and the fuzz target, which have no issuer to ask. */
+qr_status auth_oidc_load_jwks(auth_ctx *ctx, size_t i, const char *jwks, size_t len, char *err);
 
 #endif

@@ -78,14 +78,20 @@ static char *first_value(LDAP *ld, LDAPMessage *e, const char *attr)
 qr_status auth_dir_find_user(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *name, size_t len,
                              auth_user *u, char *err)
 {
+    return auth_dir_find_user_by(ctx, c, deadline, ctx->s.user_filter, name, len, u, err);
+}
+
+qr_status auth_dir_find_user_by(auth_ctx *ctx, auth_conn *c, uint64_t deadline, const char *tmpl,
+                                const char *name, size_t len, auth_user *u, char *err)
+{
     const auth_settings *s = &ctx->s;
     LDAPMessage *res = NULL;
     qr_buf filter;
     qr_buf_init(&filter, FILTER_CAP);
     memset(u, 0, sizeof(*u));
-    qr_status st = auth_filter_expand(&filter, s->user_filter, name, len, NULL, NULL);
+    qr_status st = auth_filter_expand(&filter, tmpl, name, len, NULL, NULL);
     if (st) {
-        st = qr_fail(err, st, "ldap.user_filter '%s' cannot be filled in", s->user_filter);
+        st = qr_fail(err, st, "the user filter '%s' cannot be filled in", tmpl);
         goto out;
     }
     char *attrs[] = {s->uid_attr, "displayName", "cn", "mail", *s->memberof_attr ? s->memberof_attr : NULL,

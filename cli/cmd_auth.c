@@ -259,12 +259,66 @@ static int audit_hash(cli_ctx *ctx)
     return CLI_EXIT_OK;
 }
 
+/* Prints what an OIDC token said, as far as it was read. */
+static void print_oidc_info(const auth_oidc_info *info, bool json)
+{
+    char when[32] = "";
+    if (info->expires_at)
+        iso_time(info->expires_at * 1000, when, sizeof(when));
+    const char *fields[][2] = {{"issuer", info->issuer}, {"alg", info->alg},         {"kid", info->kid},
+                               {"claim", info->claim},   {"subject", info->subject}, {"expires", when}};
+    qr_buf out;
+    qr_buf_init(&out, 1 << 16);
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (json) {
+            qr_buf_printf(&out, "%s\"%s\":", i ? "," : "{", fields[i][0]);
+            qr_json_escape(&out, fields[i][1], strlen(fields[i][1]));
+        } else {
+            qr_buf_printf(&out, "%-13s %s\n", fields[i][0], *fields[i][1] ? fields[i][1] : "-");
+        }
+    }
+    if (json)
+        qr_buf_puts(&out, "}\n");
+    if (!qr_buf_failed(&out))
+        fputs(qr_buf_str(&out), stdout);
+    qr_buf_release(&out);
+}
+
+/* `quarry auth whoami --token JWT`: how an OpenID Connect token maps to a directory user (issuer,
+ * claim, uid, groups), or why it is refused. "-" reads the token from standard input, which keeps
+ * it out of the shell's history. */
+static int whoami_token(cli_ctx *ctx, const char *jwt, bool json)
+{
+    char line[1 << 20];
+    if (strcmp(jwt, "-") == 0) {
+        if (!fgets(line, sizeof(line), stdin))
+            return cli_usage_error(ctx, "cannot read a token from standard input");
+        line[strcspn(line, "\r\n")] = '\0';
+        jwt = line;
+    }
+    auth_ctx *auth = NULL;
+    int rc = open_auth(ctx, &auth);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    char err[QR_ERR_LEN];
+    auth_oidc_info info;
+    auth_principal *p = NULL;
+    qr_status st = auth_oidc_principal(auth, jwt, &info, &p, err);
+    print_oidc_info(&info, json);
+    if (!st && (st = print_principal(p, json)))
+        snprintf(err, sizeof(err), "the principal is too large to print");
+    rc = st ? fail(ctx, st, err) : CLI_EXIT_OK;
+    auth_principal_release(p);
+    auth_free(auth);
+    return rc;
+}
+
 int cli_cmd_auth(cli_ctx *ctx)
 {
     if (ctx->argc < 2)
         return cli_usage_error(ctx, "missing subcommand (flush, whoami, login or audit-hash)");
     const char *sub = ctx->argv[1];
-    const char *as = NULL, *uid = NULL;
+    const char *as = NULL, *uid = NULL, *jwt = NULL;
     bool json = false, token = false;
     if (strcmp(sub, "audit-hash") == 0)
         return audit_hash(ctx);
@@ -276,6 +330,10 @@ int cli_cmd_auth(cli_ctx *ctx)
             as = ctx->argv[++i];
         else if (strcmp(sub, "whoami") == 0 && strncmp(a, "--as=", 5) == 0)
             as = a + 5;
+        else if (strcmp(sub, "whoami") == 0 && strcmp(a, "--token") == 0 && i + 1 < ctx->argc)
+            jwt = ctx->argv[++i];
+        else if (strcmp(sub, "whoami") == 0 && strncmp(a, "--token=", 8) == 0)
+            jwt = a + 8;
         else if (strcmp(sub, "flush") != 0 && strcmp(a, "--json") == 0)
             json = true;
         else if (strcmp(sub, "login") == 0 && strcmp(a, "--token") == 0)
@@ -285,8 +343,11 @@ int cli_cmd_auth(cli_ctx *ctx)
         else
             return cli_usage_error(ctx, "unknown argument '%s'", a);
     }
-    if (strcmp(sub, "whoami") == 0 && !as)
-        return cli_usage_error(ctx, "auth whoami needs --as UID");
+    if (strcmp(sub, "whoami") == 0 && !as == !jwt)
+        return cli_usage_error(ctx,
+                               "auth whoami needs --as UID or --token JWT (- reads it from standard input)");
+    if (jwt)
+        return whoami_token(ctx, jwt, json);
     if (strcmp(sub, "login") == 0 && !uid)
         return cli_usage_error(ctx, "auth login needs a user name");
 

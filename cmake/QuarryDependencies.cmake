@@ -1,11 +1,12 @@
 # Finds quarry's dependencies and fails with a message that says how to get each one.
-# Results: PkgConfig::SQLITE3, PkgConfig::LIBCURL, PkgConfig::JANSSON, PkgConfig::MHD,
+# Results: PkgConfig::SQLITE3, PkgConfig::LIBCURL, PkgConfig::JANSSON, PkgConfig::MHD, PkgConfig::CJOSE
+# (libcjose, MIT: JOSE signatures of OpenID Connect tokens),
 # quarry::ldap, OpenSSL::Crypto, quarry::faiss (FAISS_VERSION, FAISS_OPT_LEVEL), QUARRY_WITH_CUDA.
 
 find_package(PkgConfig REQUIRED)
 set(_quarry_hint "run scripts/bootstrap (as root it installs the Debian packages; otherwise it prints the apt command)")
 
-foreach(dep "SQLITE3 sqlite3" "LIBCURL libcurl" "JANSSON jansson" "MHD libmicrohttpd")
+foreach(dep "SQLITE3 sqlite3" "LIBCURL libcurl" "JANSSON jansson" "MHD libmicrohttpd" "CJOSE cjose")
   string(REPLACE " " ";" dep "${dep}")
   list(GET dep 0 var)
   list(GET dep 1 module)

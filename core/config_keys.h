@@ -113,6 +113,37 @@
       "limit).")                                                                                             \
     X(INT, auth, rate_limit_window_s, "300", 1, 86400, NULL, false,                                          \
       "Window of the failed-login limits, from the first failure.")                                          \
+    /* OpenID Connect bearer tokens */                                                                       \
+    X(STRING, oidc, issuer, "", NO_RANGE, NULL, false,                                                       \
+      "OpenID Connect issuers whose bearer tokens are accepted, each the exact `iss` value "                 \
+      "(comma-separated or a JSON list; empty: OIDC sign-in off).")                                          \
+    X(STRING, oidc, audience, "", NO_RANGE, NULL, false,                                                     \
+      "Accepted `aud` values (one or more; required with oidc.issuer), e.g. the API's application ID URI.")  \
+    X(STRING, oidc, jwks_url, "", NO_RANGE, NULL, false,                                                     \
+      "JWKS URL of each issuer, in the order of oidc.issuer (empty: from the issuer's "                      \
+      "/.well-known/openid-configuration).")                                                                 \
+    X(STRING, oidc, user_claim, "preferred_username", NO_RANGE, NULL, false,                                 \
+      "Token claim naming the user, looked up in LDAP with oidc.user_filter (Entra ID: upn or "              \
+      "preferred_username).")                                                                                \
+    X(STRING, oidc, user_filter, "(uid=%s)", NO_RANGE, NULL, false,                                          \
+      "LDAP filter finding the user's entry under ldap.user_base; %s is the claim's value, escaped. AD: "    \
+      "(userPrincipalName=%s).")                                                                             \
+    X(STRING, oidc, required_scope, "", NO_RANGE, NULL, false,                                               \
+      "Scopes a token must grant (in `scp` or `scope`; space- or comma-separated, all required; empty: "     \
+      "none).")                                                                                              \
+    X(INT, oidc, clock_skew_s, "60", 0, 3600, NULL, false,                                                   \
+      "Clock difference tolerated when checking exp, nbf and iat.")                                          \
+    X(INT, oidc, jwks_min_refresh_s, "60", 0, 86400, NULL, false,                                            \
+      "Least time between two fetches of an issuer's keys (a token with an unknown kid asks for one).")      \
+    X(INT, oidc, jwks_max_age_s, "3600", 60, 604800, NULL, false,                                            \
+      "Keys older than this are fetched again on use; while the issuer is unreachable the known keys are "   \
+      "kept.")                                                                                               \
+    X(INT, oidc, timeout_ms, "5000", 100, 60000, NULL, false,                                                \
+      "Timeout of a discovery or JWKS request to an issuer.")                                                \
+    X(INT, oidc, max_token_bytes, "16384", 1024, 1048576, NULL, false,                                       \
+      "Longest OIDC token accepted; longer ones are refused unread.")                                        \
+    X(STRING, oidc, ca_file, "", NO_RANGE, NULL, false,                                                      \
+      "PEM CA bundle for the issuers' HTTPS (empty: the system's).")                                         \
     /* vector index */                                                                                       \
     X(STRING, vindex, type, "auto", NO_RANGE, "auto|flat|ivf_flat|ivf_sq8|ivf_pq|hnsw", false,               \
       "Vector index type; auto: exact (flat) up to vindex.exact_threshold vectors, ivf_sq8 above.")          \

@@ -45,6 +45,16 @@ $(FUZZ_DIR)/fuzz_query: fuzz/fuzz_query.c $(FUZZ_QUERY_SOURCES) retrieval/retrie
 	@mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_QUERY_SOURCES) $(FUZZ_LIBS) $(shell pkg-config --libs sqlite3)
 
+# The OpenID Connect token path (fuzz_jwt): core/ and auth/, with libcjose, libldap (linked, never
+# reached) and libcurl (never reached: the keys are installed, not fetched).
+FUZZ_TARGETS += jwt
+FUZZ_JWT_SOURCES := $(wildcard core/*.c) $(wildcard auth/*.c)
+build: $(FUZZ_DIR)/fuzz_jwt
+$(FUZZ_DIR)/fuzz_jwt: fuzz/fuzz_jwt.c $(FUZZ_JWT_SOURCES) auth/auth.h auth/auth_int.h
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_JWT_SOURCES) $(FUZZ_LIBS) \
+	  $(shell pkg-config --libs cjose libcurl) -lldap -llber
+
 smoke: build
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/artifacts; \
