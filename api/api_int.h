@@ -44,6 +44,7 @@ typedef struct api_audit api_audit;
 typedef struct api_jobs api_jobs;
 typedef struct api_guard api_guard;
 typedef struct api_conn api_conn;
+typedef struct api_cors api_cors;
 
 /* ---- routes --------------------------------------------------------------------------------- */
 
@@ -90,6 +91,10 @@ typedef enum {
 /* Matches method and the raw (still percent-encoded) path. On API_MATCH_OK *index is the route
  * and *param (free() it) the decoded {param} or NULL. Pure function: any thread. */
 api_match api_route_find(const char *method, const char *raw_path, size_t *index, char **param);
+/* The methods some route serves for the raw path, as "GET, PUT, DELETE" (table order, each once)
+ * into out. API_MATCH_OK; API_MATCH_NOT_FOUND when no route has this path (out ""),
+ * API_MATCH_BAD_ESCAPE when its {param} is malformed. Pure function: any thread. */
+api_match api_route_methods(const char *raw_path, char *out, size_t len);
 /* Percent-decodes s[0..n) into a new string (free() it). NULL for a malformed escape, a decoded
  * NUL or control byte, or invalid UTF-8. plus_space: '+' means ' ' (query strings). */
 char *api_url_decode(const char *s, size_t n, bool plus_space);
@@ -152,6 +157,7 @@ struct api_server {
     api_metrics *metrics;
     api_audit *audit;
     api_jobs *jobs;
+    api_cors *cors;   /* server.cors_origins (no origins: no CORS headers) */
     FILE *access_log; /* NULL: access lines go to the logger (component "access") */
     pthread_mutex_t access_lock;
 
@@ -248,6 +254,7 @@ struct api_req {
     char error_code[48];
     struct MHD_Response *response;
     bool ready, queued, is_stream;
+    bool cors_done; /* the answer (to a preflight) carries its CORS headers already; MHD thread */
     api_stream stream;
     size_t bytes_out;
 
@@ -314,14 +321,19 @@ void api_guard_idle(api_guard *g, api_conn *c);
 
 /* Answers with a JSON body (steals the reference to body). */
 void api_reply_json(api_req *r, int status, json_t *body);
-/* Answers {"error":{"code","message"}} with the given HTTP status. */
+/* Answers OpenAI's error object, {"error":{"message","type","param":null,"code"}}, with the given
+ * HTTP status; type follows from the status (api_error_type). */
 void api_reply_error(api_req *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The OpenAI error type of an HTTP status: "invalid_request_error" (4xx but the ones below),
+ * "authentication_error" (401), "permission_error" (403), "not_found_error" (404),
+ * "rate_limit_error" (429), "server_error" (5xx and anything else). A static string. */
+const char *api_error_type(int status);
 /* Maps a qr_status to its HTTP status and code (qr_status_name) and answers with err. */
 void api_reply_status(api_req *r, qr_status st, const char *err);
 /* The HTTP status a qr_status maps to. */
 int api_http_status(qr_status st);
-/* Answers with raw bytes of the given content type (copied). */
+/* Answers with raw bytes of the given content type (copied; NULL: no Content-Type, for 204). */
 void api_reply_raw(api_req *r, int status, const char *content_type, const char *data, size_t len);
 /* Adds a header to the response already set (e.g. Retry-After, Location). */
 void api_reply_header(api_req *r, const char *name, const char *value);
@@ -396,6 +408,38 @@ void api_stream_end(api_req *r);
 /* The content reader and its free callback (MHD thread). */
 ssize_t api_stream_reader(void *cls, uint64_t pos, char *buf, size_t max);
 void api_stream_free(void *cls);
+
+/* ---- CORS (cors.c) ------------------------------------------------------------------------- */
+
+/* The request headers quarry reads, which a page may send (Access-Control-Allow-Headers), and the
+ * response headers a page may read beyond the safelisted ones (Access-Control-Expose-Headers). */
+#define API_CORS_ALLOW_HEADERS  "Authorization, Content-Type, X-Quarry-User, X-API-Key, X-Request-Id"
+#define API_CORS_EXPOSE_HEADERS "X-Request-Id, Retry-After, WWW-Authenticate, Location"
+#define API_CORS_MAX_AGE        "600" /* seconds a browser may reuse a preflight's answer */
+
+/* Parses server.cors_origins: comma-separated exact origins, scheme://host[:port] with scheme http
+ * or https; "" is no origin at all (CORS off). '*', "null", a path, a trailing slash, user info, a
+ * query or fragment and whitespace inside an entry are refused. On error *out is NULL and err names
+ * the entry and why. Pure function: any thread. */
+qr_status api_cors_new(const char *list, api_cors **out, char *err);
+/* NULL is a no-op. */
+void api_cors_free(api_cors *c);
+/* How many origins (0 for NULL). */
+size_t api_cors_count(const api_cors *c);
+/* True when origin (a request's Origin header; NULL: false) is one of c's, compared with scheme
+ * and host lower-cased and a default port dropped on both sides. */
+bool api_cors_allows(const api_cors *c, const char *origin);
+/* True when every name in an Access-Control-Request-Headers value is one of
+ * API_CORS_ALLOW_HEADERS (any case); else false, with the first other name in bad. */
+bool api_cors_headers_ok(const char *list, char *bad, size_t bad_len);
+/* Answers an OPTIONS request at its headers (MHD thread; no credentials, no worker): 404/400 for
+ * a path no route has, a preflight with 204 and the Access-Control-Allow-* headers or 403 without
+ * them, any other OPTIONS with 204 and Allow. */
+void api_cors_options(api_req *r, const char *url);
+/* Adds the CORS headers of an actual answer to resp (MHD thread, as it is queued): Vary: Origin
+ * when origins are configured, and Access-Control-Allow-Origin and -Expose-Headers when the
+ * request's Origin is one of them. */
+void api_cors_actual(api_req *r, struct MHD_Response *resp);
 
 /* ---- authentication (authmw.c) ------------------------------------------------------------- */
 

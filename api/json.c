@@ -1,9 +1,10 @@
 /*
  * JSON in and out over HTTP: the request body as one JSON object (its Content-Type checked, then
  * parsed within the limits by request.c), and the answers: JSON bodies, and errors in the one
- * shape every route uses,
- * {"error":{"code","message"}}, with the code a stable snake_case word (qr_status_name where a
- * status fits) and the HTTP status that goes with it.
+ * shape every route uses, OpenAI's error object {"error":{"message","type","param","code"}}, so
+ * that one client-side handler reads them all: the code a stable snake_case word (qr_status_name
+ * where a status fits), the type OpenAI's word for the HTTP status that goes with it, and param
+ * always null (messages name the field).
  */
 #include <stdarg.h>
 #include <stdlib.h>
@@ -62,6 +63,17 @@ int api_http_status(qr_status st)
     return 500;
 }
 
+const char *api_error_type(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 404: return "not_found_error";
+    case 429: return "rate_limit_error";
+    default: return status >= 400 && status < 500 ? "invalid_request_error" : "server_error";
+    }
+}
+
 /* Sets the answer (any thread that owns the request's answer: the MHD thread before dispatch, the
  * worker after). */
 static void set_response(api_req *r, int status, struct MHD_Response *resp)
@@ -83,7 +95,8 @@ void api_reply_raw(api_req *r, int status, const char *content_type, const char 
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
     if (!resp)
         return; /* the caller's guard answers 500 */
-    MHD_add_response_header(resp, "Content-Type", content_type);
+    if (content_type)
+        MHD_add_response_header(resp, "Content-Type", content_type);
     set_response(r, status, resp);
     r->bytes_out = len;
 }
@@ -94,7 +107,8 @@ void api_reply_json(api_req *r, int status, json_t *body)
     json_decref(body);
     if (!text) {
         static const char oom[] =
-            "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"cannot encode the answer\"}}";
+            "{\"error\":{\"message\":\"cannot encode the answer\",\"type\":\"server_error\","
+            "\"param\":null,\"code\":\"out_of_memory\"}}";
         api_reply_raw(r, 500, "application/json", oom, sizeof(oom) - 1);
         return;
     }
@@ -117,17 +131,20 @@ void api_reply_error(api_req *r, int status, const char *code, const char *fmt, 
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     /* messages may quote client input: make sure the JSON stays valid */
-    json_t *body = json_pack("{s:{s:s,s:s%}}", "error", "code", code, "message", msg, strlen(msg));
+    const char *type = api_error_type(status);
+    json_t *body = json_pack("{s:{s:s%,s:s,s:n,s:s}}", "error", "message", msg, strlen(msg), "type", type,
+                             "param", "code", code);
     if (!body) {
         /* jansson refused the message (invalid UTF-8) or ran out of memory: escape it here, with
          * room for the worst case (six bytes a character), and without it should even that fail */
         qr_buf b;
         qr_buf_init(&b, 6 * sizeof(msg) + 256);
-        qr_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+        qr_buf_puts(&b, "{\"error\":{\"message\":");
         qr_json_escape(&b, msg, strlen(msg));
-        if (qr_buf_puts(&b, "}}")) {
+        if (qr_buf_printf(&b, ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}", type, code)) {
             qr_buf_reset(&b);
-            qr_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":\"\"}}", code);
+            qr_buf_printf(&b, "{\"error\":{\"message\":\"\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
+                          type, code);
         }
         api_reply_raw(r, status, "application/json", qr_buf_str(&b), qr_buf_len(&b));
         qr_buf_release(&b);

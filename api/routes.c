@@ -92,6 +92,34 @@ api_match api_route_find(const char *method, const char *raw_path, size_t *index
     return path_known ? API_MATCH_BAD_METHOD : API_MATCH_NOT_FOUND;
 }
 
+api_match api_route_methods(const char *raw_path, char *out, size_t len)
+{
+    size_t o = 0;
+    if (len)
+        out[0] = '\0';
+    for (size_t i = 0; i < api_route_count; i++) {
+        size_t start = 0, plen = 0;
+        if (!path_matches(api_route_table[i].pattern, raw_path, &start, &plen))
+            continue;
+        if (plen) {
+            char *param = api_url_decode(raw_path + start, plen, false);
+            if (!param)
+                return API_MATCH_BAD_ESCAPE;
+            free(param);
+        }
+        const char *m = api_route_table[i].method;
+        bool seen = false;
+        for (size_t j = 0; j < i && !seen; j++) {
+            size_t s2 = 0, l2 = 0;
+            seen = strcmp(api_route_table[j].method, m) == 0 &&
+                   path_matches(api_route_table[j].pattern, raw_path, &s2, &l2);
+        }
+        if (!seen && o < len)
+            o += (size_t)snprintf(out + o, len - o, "%s%s", o ? ", " : "", m);
+    }
+    return o ? API_MATCH_OK : API_MATCH_NOT_FOUND;
+}
+
 /* ---- small routes ----------------------------------------------------------------------------- */
 
 void api_h_healthz(api_req *r)

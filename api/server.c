@@ -10,7 +10,9 @@
  * Limits are enforced here before anything is parsed: unknown routes, the body size of the route
  * (413, from Content-Length at once, else while reading), the connection count, per address and
  * in all, the deadlines of guard.c (a whole header block within server.header_timeout_s, a body
- * at server.min_body_rate), MHD's idle timeout, and the worker queue (503 when full).
+ * at server.min_body_rate), MHD's idle timeout, and the worker queue (503 when full). OPTIONS
+ * requests (CORS preflights, cors.c) are answered at their headers, on the MHD thread: browsers send
+ * no credentials with them, so they cost no worker, no authentication and no share.
  *
  * Fairness and clients that leave. Authentication runs on the worker (it may ask LDAP), so who a
  * request belongs to is known only there: right after it, a user (or API key) with
@@ -219,7 +221,8 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     const char *model = qr_config_settings(cfg)->inference_model;
     snprintf(srv->model, sizeof(srv->model), "%s", *model ? model : "quarry");
 
-    if ((st = parse_listen(srv, qr_config_settings(cfg)->server_listen, err)))
+    if ((st = parse_listen(srv, qr_config_settings(cfg)->server_listen, err)) ||
+        (st = api_cors_new(qr_config_settings(cfg)->server_cors_origins, &srv->cors, err)))
         goto out;
     const char *cert = qr_config_settings(cfg)->server_tls_cert,
                *key = qr_config_settings(cfg)->server_tls_key;
@@ -523,6 +526,7 @@ void api_server_free(api_server *srv)
         fclose(srv->access_log);
     free(srv->tls_cert);
     free(srv->tls_key);
+    api_cors_free(srv->cors);
     pthread_mutex_destroy(&srv->lock);
     pthread_cond_destroy(&srv->idle);
     pthread_mutex_destroy(&srv->access_lock);
@@ -683,6 +687,9 @@ static enum MHD_Result queue(api_req *r)
     pthread_mutex_unlock(&r->lock);
     if (!resp)
         return MHD_NO;
+    /* every answer passes here, whatever produced it: the one place for its CORS headers */
+    if (!r->cors_done)
+        api_cors_actual(r, resp);
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     /* MHD holds its own reference until the answer is sent; a stream's free callback runs then. */
     MHD_destroy_response(resp);
@@ -889,12 +896,33 @@ static enum MHD_Result on_headers(api_server *srv, struct MHD_Connection *conn, 
     api_guard_busy(srv->guard, r->guarded);
     if (srv->stopping)
         return fail_now(r, 503, "unavailable", "%s", "the server is shutting down");
+    if (strcmp(method, "OPTIONS") == 0) {
+        /* preflights come without credentials: answered here, before authentication and before
+         * any worker or share is spent on them */
+        api_cors_options(r, url);
+        r->ready = true;
+        /* Without a body the answer goes with the final call, which comes right after this one:
+         * queued here, at the headers, it would make libmicrohttpd close the connection after it,
+         * and a browser sends the actual request right after its preflight. */
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        r->expects_body = (cl && strcmp(cl, "0") != 0) ||
+                          MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+        return r->expects_body ? queue(r) : MHD_YES;
+    }
     size_t index = SIZE_MAX;
+    char allow[160];
     switch (api_route_find(method, url, &index, &r->param)) {
     case API_MATCH_OK: break;
     case API_MATCH_NOT_FOUND: return fail_now(r, 404, "not_found", "no route for path '%s'", url);
     case API_MATCH_BAD_METHOD:
-        return fail_now(r, 405, "method_not_allowed", "this path does not accept %s", method);
+        api_reply_error(r, 405, "method_not_allowed", "this path does not accept %s", method);
+        if (api_route_methods(url, allow, sizeof(allow)) == API_MATCH_OK) {
+            size_t n = strlen(allow);
+            snprintf(allow + n, sizeof(allow) - n, ", OPTIONS");
+            api_reply_header(r, "Allow", allow);
+        }
+        r->ready = true;
+        return queue(r);
     case API_MATCH_BAD_ESCAPE:
         return fail_now(r, 400, "invalid_argument", "%s",
                         "malformed path: bad percent-escape, control character or invalid UTF-8");

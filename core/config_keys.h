@@ -64,6 +64,9 @@
     X(INT, server, user_share, "0", 0, 100000, NULL, false,                                                  \
       "Most requests of one user (or API key) that workers run at once; more get 429 with Retry-After "      \
       "(0: max(2, server.workers / 4)).")                                                                    \
+    X(STRING, server, cors_origins, "", NO_RANGE, NULL, false,                                               \
+      "Origins (scheme://host[:port], exactly; no '*') whose pages may call the API from a browser, "        \
+      "e.g. an Outlook or Word add-in: comma-separated or a JSON list. Empty: no CORS headers.")             \
     /* LDAP */                                                                                               \
     X(STRING, ldap, uri, "", NO_RANGE, NULL, false,                                                          \
       "One or more ldap:// or ldaps:// URIs, separated by spaces or commas.")                                \

@@ -228,13 +228,22 @@ static inline const char *api_error_code(const api_resp *r)
     return json_is_string(c) ? json_string_value(c) : "";
 }
 
-/* True when the body is exactly {"error":{"code":string,"message":string}}. */
+/* True when the body is exactly OpenAI's error object,
+ * {"error":{"message":string,"type":string,"param":null,"code":string}}. */
 static inline bool api_error_shape(const api_resp *r)
 {
     json_t *e = json_object_get(r->json, "error");
     return json_is_object(r->json) && json_object_size(r->json) == 1 && json_is_object(e) &&
-           json_object_size(e) == 2 && json_is_string(json_object_get(e, "code")) &&
-           json_is_string(json_object_get(e, "message"));
+           json_object_size(e) == 4 && json_is_string(json_object_get(e, "code")) &&
+           json_is_string(json_object_get(e, "message")) && json_is_string(json_object_get(e, "type")) &&
+           json_is_null(json_object_get(e, "param"));
+}
+
+/* The error type of an error body, or "". */
+static inline const char *api_error_type_of(const api_resp *r)
+{
+    json_t *t = json_object_get(json_object_get(r->json, "error"), "type");
+    return json_is_string(t) ? json_string_value(t) : "";
 }
 
 #endif

@@ -2818,6 +2818,285 @@ TEST(openapi_and_routes_agree_both_ways)
     api_fx_stop(&f);
 }
 
+/* ---- CORS and error objects ------------------------------------------------------------------- */
+
+#define ADDIN "https://addin.example.com"
+
+/* True when any response header's name starts with Access-Control- (any case). */
+static bool any_cors_header(const api_resp *r)
+{
+    const char *h = qr_buf_str(&r->headers);
+    for (const char *line = h; line && *line;) {
+        if (strncasecmp(line, "Access-Control-", 15) == 0)
+            return true;
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    return false;
+}
+
+/* Preflights are answered before authentication: a listed origin, a method the path takes and
+ * headers quarry reads get 204 and the Allow-* headers; anything else 403 and none of them. */
+TEST(cors_preflight)
+{
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.cors_origins", ADDIN ", http://localhost:3000", NULL));
+    api_resp r;
+    char v[512];
+    CHECK_INT(api_http(f.base, "OPTIONS", "/v1/chat/completions",
+                       H("Origin: " ADDIN, "Access-Control-Request-Method: POST",
+                         "Access-Control-Request-Headers: authorization, content-type, x-quarry-user"),
+                       NULL, 0, &r),
+              204);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Methods", v, sizeof(v)), "POST");
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Headers", v, sizeof(v)),
+              "Authorization, Content-Type, X-Quarry-User, X-API-Key, X-Request-Id");
+    CHECK_STR(header_value(&r, "Access-Control-Max-Age", v, sizeof(v)), "600");
+    CHECK_STR(header_value(&r, "Vary", v, sizeof(v)),
+              "Origin, Access-Control-Request-Method, Access-Control-Request-Headers");
+    CHECK(!header_value(&r, "Access-Control-Allow-Credentials", v, sizeof(v)));
+    CHECK(!header_value(&r, "Access-Control-Expose-Headers", v, sizeof(v)));
+    CHECK_INT(qr_buf_len(&r.body), 0);
+    api_resp_release(&r);
+    /* a path with an id: every method it takes */
+    CHECK_INT(api_http(f.base, "OPTIONS", "/v1/documents/a%2Fb.md",
+                       H("Origin: http://localhost:3000", "Access-Control-Request-Method: DELETE"), NULL, 0,
+                       &r),
+              204);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), "http://localhost:3000");
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Methods", v, sizeof(v)), "GET, PUT, DELETE");
+    api_resp_release(&r);
+
+    /* refused: an origin not listed, a method the path does not take, a header quarry does not read */
+    const char *const *refused[] = {
+        H("Origin: https://evil.example", "Access-Control-Request-Method: POST"),
+        H("Origin: " ADDIN "/", "Access-Control-Request-Method: POST"),
+        H("Origin: null", "Access-Control-Request-Method: POST"),
+        H("Origin: " ADDIN, "Access-Control-Request-Method: DELETE"),
+        H("Origin: " ADDIN, "Access-Control-Request-Method: post"),
+        H("Origin: " ADDIN, "Access-Control-Request-Method: POST",
+          "Access-Control-Request-Headers: content-type, x-evil"),
+        H("Origin: " ADDIN, "Access-Control-Request-Method: POST", "Access-Control-Request-Headers: cookie"),
+    };
+    const char *why[] = {"not allowed",          "not allowed", "not allowed", "does not accept DELETE",
+                         "does not accept post", "'x-evil'",    "'cookie'"};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        CHECK_INT(api_http(f.base, "OPTIONS", "/v1/chat/completions", refused[i], NULL, 0, &r), 403);
+        CHECK(api_error_shape(&r));
+        CHECK_STR(api_error_code(&r), "cors_refused");
+        CHECK_STR(api_error_type_of(&r), "permission_error");
+        const char *msg = json_string_value(json_object_get(json_object_get(r.json, "error"), "message"));
+        CHECK_MSG(msg && strstr(msg, why[i]), "case %zu: %s", i, msg ? msg : "(none)");
+        CHECK_MSG(!any_cors_header(&r), "case %zu: %s", i, qr_buf_str(&r.headers));
+        api_resp_release(&r);
+    }
+
+    /* the connection stays open for the request the browser sends next */
+    long st = 0;
+    CHECK(kept_alive(&f, "OPTIONS", "/v1/chat/completions", "Origin: " ADDIN, NULL, &st));
+    CHECK_INT(st, 204);
+
+    /* an OPTIONS that is no preflight: what the path takes */
+    CHECK_INT(api_http(f.base, "OPTIONS", "/v1/chat/completions", NULL, NULL, 0, &r), 204);
+    CHECK_STR(header_value(&r, "Allow", v, sizeof(v)), "POST, OPTIONS");
+    CHECK(!any_cors_header(&r));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "OPTIONS", "/v1/documents", NULL, NULL, 0, &r), 204);
+    CHECK_STR(header_value(&r, "Allow", v, sizeof(v)), "POST, GET, OPTIONS");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "OPTIONS", "/nowhere",
+                       H("Origin: " ADDIN, "Access-Control-Request-Method: GET"), NULL, 0, &r),
+              404);
+    CHECK(api_error_shape(&r));
+    api_resp_release(&r);
+    /* and a method a path does not take says which it does */
+    CHECK_INT(api_http(f.base, "DELETE", "/healthz", NULL, NULL, 0, &r), 405);
+    CHECK_STR(header_value(&r, "Allow", v, sizeof(v)), "GET, OPTIONS");
+    api_resp_release(&r);
+
+    api_fx_stop(&f);
+}
+
+/* Every answer to a listed origin carries Access-Control-Allow-Origin, whatever produced it; an
+ * origin not listed is served without it. */
+TEST(cors_actual_responses)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.cors_origins", ADDIN, "server.max_json_bytes", "2048", NULL));
+    api_resp r;
+    char v[512];
+    /* authenticated GET and POST */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE, "Origin: " ADDIN), NULL, 0, &r), 200);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    CHECK_STR(header_value(&r, "Vary", v, sizeof(v)), "Origin");
+    CHECK(header_value(&r, "Access-Control-Expose-Headers", v, sizeof(v)) && strstr(v, "X-Request-Id") &&
+          strstr(v, "Retry-After") && strstr(v, "WWW-Authenticate"));
+    CHECK(!header_value(&r, "Access-Control-Allow-Credentials", v, sizeof(v)));
+    api_resp_release(&r);
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/search", H(ALICE, "Origin: " ADDIN), "{\"query\":\"expenses\"}", 0, &r),
+        200);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    api_resp_release(&r);
+    /* an origin not listed: served, but the browser may not read it */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE, "Origin: https://evil.example"), NULL, 0, &r), 200);
+    CHECK(!any_cors_header(&r));
+    CHECK_STR(header_value(&r, "Vary", v, sizeof(v)), "Origin");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE, "Origin: https://evil.example"),
+                       "{\"query\":\"expenses\"}", 0, &r),
+              200);
+    CHECK(!any_cors_header(&r));
+    api_resp_release(&r);
+    /* no Origin: no CORS headers */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE), NULL, 0, &r), 200);
+    CHECK(!any_cors_header(&r));
+    api_resp_release(&r);
+
+    /* answers that never reach a handler: authentication's 401, the router's 404, a 413 from the
+     * declared length, the public /healthz */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H("Origin: " ADDIN), NULL, 0, &r), 401);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    CHECK(header_value(&r, "WWW-Authenticate", v, sizeof(v)));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/nowhere", H("Origin: " ADDIN), NULL, 0, &r), 404);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    api_resp_release(&r);
+    char big[4096];
+    memset(big, ' ', sizeof(big) - 1);
+    big[0] = '{';
+    big[sizeof(big) - 2] = '}';
+    big[sizeof(big) - 1] = '\0';
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE, "Origin: " ADDIN), big, 0, &r), 413);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/healthz", H("Origin: " ADDIN), NULL, 0, &r), 200);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    api_resp_release(&r);
+    /* an OPTIONS from a listed page that is no preflight is an actual request */
+    CHECK_INT(api_http(f.base, "OPTIONS", "/v1/search", H("Origin: " ADDIN), NULL, 0, &r), 204);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    CHECK_STR(header_value(&r, "Allow", v, sizeof(v)), "POST, OPTIONS");
+    api_resp_release(&r);
+
+    /* a streamed chat completion */
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(BOB, "Origin: " ADDIN),
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"Who approves expenses?\"}],"
+                       "\"stream\":true}",
+                       0, &r),
+              200);
+    CHECK(header_value(&r, "Content-Type", v, sizeof(v)) && strncmp(v, "text/event-stream", 17) == 0);
+    CHECK_STR(header_value(&r, "Access-Control-Allow-Origin", v, sizeof(v)), ADDIN);
+    CHECK_STR(header_value(&r, "Vary", v, sizeof(v)), "Origin");
+    CHECK_MSG(strstr(qr_buf_str(&r.body), "data: [DONE]"), "%s", qr_buf_str(&r.body));
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+/* A server with a wildcard, "null" or anything but exact origins does not start. */
+TEST(cors_origins_are_validated)
+{
+    struct {
+        const char *list, *why;
+    } bad[] = {
+        {"*", "a wildcard would let any site call quarry with the user's credentials"},
+        {"null", "list exact origins"},
+        {"https://a.example/path", "no path"},
+        {ADDIN ", https://a.example/", "trailing slash"},
+        {"https://user:pw@a.example", "user name"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        qr_config *cfg = qr_config_new();
+        char err[QR_ERR_LEN] = "";
+        api_server *srv = NULL;
+        CHECK(cfg);
+        CHECK_OK(qr_config_set(cfg, "server.listen", "127.0.0.1:0", QR_CFG_SRC_CLI, err), err);
+        CHECK_OK(qr_config_set(cfg, "server.cors_origins", bad[i].list, QR_CFG_SRC_CLI, err), err);
+        qr_status st = api_server_new(cfg, &srv, err);
+        CHECK_MSG(st == QR_EINVAL && !srv, "'%s' accepted", bad[i].list);
+        CHECK_MSG(strstr(err, "server.cors_origins") && strstr(err, bad[i].why), "'%s': %s", bad[i].list,
+                  err);
+        qr_config_free(cfg);
+    }
+    /* a JSON list in the configuration file arrives comma-joined */
+    const char *tmp = getenv("TMPDIR");
+    char path[300], err[QR_ERR_LEN];
+    snprintf(path, sizeof(path), "%s/quarry-cors-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    static const char text[] = "{\"server\":{\"cors_origins\":[\"" ADDIN "\",\"http://localhost:3000\"]}}";
+    bool written = write(fd, text, sizeof(text) - 1) == (ssize_t)(sizeof(text) - 1);
+    close(fd);
+    qr_config *cfg = qr_config_new();
+    qr_status st = written ? qr_config_load_file(cfg, path, err) : QR_EIO;
+    unlink(path);
+    CHECK_OK(st, err);
+    CHECK_STR(qr_config_settings(cfg)->server_cors_origins, ADDIN ",http://localhost:3000");
+    api_cors *c = NULL;
+    CHECK_OK(api_cors_new(qr_config_settings(cfg)->server_cors_origins, &c, err), err);
+    CHECK_INT(api_cors_count(c), 2);
+    api_cors_free(c);
+    qr_config_free(cfg);
+}
+
+/* Every error is OpenAI's error object: message, type (from the status), param, code. */
+TEST(errors_are_openai_error_objects)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    api_resp r;
+    struct {
+        const char *method, *path;
+        const char *auth, *body;
+        long status;
+        const char *type, *code;
+    } cases[] = {
+        {"GET", "/v1/me", NULL, NULL, 401, "authentication_error", "unauthenticated"},
+        {"GET", "/nowhere", NULL, NULL, 404, "not_found_error", "not_found"},
+        {"POST", "/v1/search", ALICE, "{not json", 400, "invalid_request_error", "invalid_json"},
+        {"POST", "/v1/search", ALICE, "{\"k\":5}", 400, "invalid_request_error", "invalid_argument"},
+        {"GET", "/v1/documents", ALICE, NULL, 403, "permission_error", "permission_denied"},
+        {"DELETE", "/healthz", NULL, NULL, 405, "invalid_request_error", "method_not_allowed"},
+        {"POST", "/v1/search", ALICE, "{\"query\":\"a\",\"k\":\"x\"}", 400, "invalid_request_error",
+         "invalid_argument"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        CHECK_INT(api_http(f.base, cases[i].method, cases[i].path, cases[i].auth ? H(cases[i].auth) : NULL,
+                           cases[i].body, 0, &r),
+                  cases[i].status);
+        CHECK_MSG(api_error_shape(&r), "%s %s: %s", cases[i].method, cases[i].path, qr_buf_str(&r.body));
+        CHECK_STR(api_error_type_of(&r), cases[i].type);
+        CHECK_STR(api_error_code(&r), cases[i].code);
+        CHECK(json_is_null(json_object_get(json_object_get(r.json, "error"), "param")));
+        api_resp_release(&r);
+    }
+    /* without server.cors_origins: no CORS headers at all, and every preflight refused */
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H(ALICE, "Origin: " ADDIN), NULL, 0, &r), 200);
+    CHECK(!any_cors_header(&r));
+    char v[256];
+    CHECK(!header_value(&r, "Vary", v, sizeof(v)));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "OPTIONS", "/v1/me", H("Origin: " ADDIN, "Access-Control-Request-Method: GET"),
+                       NULL, 0, &r),
+              403);
+    CHECK(!any_cors_header(&r));
+    const char *msg = json_string_value(json_object_get(json_object_get(r.json, "error"), "message"));
+    CHECK(msg && strstr(msg, "server.cors_origins is empty"));
+    api_resp_release(&r);
+    /* a message quoting bytes that are not UTF-8 takes the escaping path, same shape */
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE, "Content-Type: text/\xff\xfe"), "{}", 0, &r),
+              415);
+    CHECK_MSG(api_error_shape(&r), "%s", qr_buf_str(&r.body));
+    CHECK_STR(api_error_type_of(&r), "invalid_request_error");
+    CHECK_STR(api_error_code(&r), "unsupported_media_type");
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
 /* What a caller learns beyond their own results: store sizes and the backend's address and errors
  * are for administrators. */
 TEST(small_disclosures_are_for_administrators)

@@ -39,6 +39,117 @@ TEST(route_matching)
     free(param);
 }
 
+TEST(route_methods)
+{
+    char m[128];
+    CHECK_INT(api_route_methods("/v1/chat/completions", m, sizeof(m)), API_MATCH_OK);
+    CHECK_STR(m, "POST");
+    CHECK_INT(api_route_methods("/v1/documents", m, sizeof(m)), API_MATCH_OK);
+    CHECK_STR(m, "POST, GET");
+    CHECK_INT(api_route_methods("/v1/documents/a%2Fb", m, sizeof(m)), API_MATCH_OK);
+    CHECK_STR(m, "GET, PUT, DELETE");
+    /* {param} is greedy: the ACL path is also a document id, as the router matches it */
+    CHECK_INT(api_route_methods("/v1/documents/a/acl", m, sizeof(m)), API_MATCH_OK);
+    CHECK_STR(m, "PATCH, GET, PUT, DELETE");
+    CHECK_INT(api_route_methods("/nowhere", m, sizeof(m)), API_MATCH_NOT_FOUND);
+    CHECK_STR(m, "");
+    CHECK_INT(api_route_methods("/v1/documents/%00", m, sizeof(m)), API_MATCH_BAD_ESCAPE);
+}
+
+TEST(cors_origin_list)
+{
+    char err[QR_ERR_LEN];
+    api_cors *c = NULL;
+    CHECK_OK(api_cors_new("", &c, err), err);
+    CHECK_INT(api_cors_count(c), 0);
+    CHECK(!api_cors_allows(c, "https://a.example"));
+    api_cors_free(c);
+    /* a JSON list in the file arrives comma-joined; spaces around entries are fine */
+    CHECK_OK(api_cors_new(" https://Addin.Example.com ,http://localhost:3000,https://b.example:443,"
+                          "http://[::1]:8080",
+                          &c, err),
+             err);
+    CHECK_INT(api_cors_count(c), 4);
+    CHECK(api_cors_allows(c, "https://addin.example.com"));
+    CHECK(api_cors_allows(c, "HTTPS://ADDIN.EXAMPLE.COM"));
+    CHECK(api_cors_allows(c, "http://localhost:3000"));
+    CHECK(api_cors_allows(c, "https://b.example")); /* the default port is never sent */
+    CHECK(api_cors_allows(c, "http://[::1]:8080"));
+    CHECK(!api_cors_allows(c, "http://addin.example.com"));       /* another scheme */
+    CHECK(!api_cors_allows(c, "https://addin.example.com:8443")); /* another port */
+    CHECK(!api_cors_allows(c, "http://localhost:3001"));
+    CHECK(!api_cors_allows(c, "https://evil-addin.example.com"));
+    CHECK(!api_cors_allows(c, "https://addin.example.com.evil.example"));
+    CHECK(!api_cors_allows(c, "https://addin.example.com/"));
+    CHECK(!api_cors_allows(c, "null"));
+    CHECK(!api_cors_allows(c, ""));
+    CHECK(!api_cors_allows(c, NULL));
+    api_cors_free(c);
+
+    struct {
+        const char *list, *why;
+    } bad[] = {
+        {"*", "wildcard"},
+        {"https://a.example,*", "wildcard"},
+        {"https://*.example.com", "wildcard"},
+        {"null", "'null'"},
+        {"https://a.example/path", "no path"},
+        {"https://a.example/", "trailing slash"},
+        {"https://user@a.example", "user name"},
+        {"https://a.example?x=1", "query"},
+        {"https://a.example#top", "fragment"},
+        {"https://a .example", "whitespace"},
+        {"ftp://a.example", "http or https"},
+        {"a.example", "http or https"},
+        {"https://", "http or https"},
+        {"https://a.example:0", "port"},
+        {"https://a.example:65536", "port"},
+        {"https://a.example:x", "port"},
+        {"https://a..example", "empty label"},
+        {"https://a.example.", "ends with"},
+        {"https://a.example,,https://b.example", "empty entry"},
+        {"https://a.example,", "empty entry"},
+        {"https://caf\xc3\xa9.example", "xn--"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        c = (api_cors *)1;
+        err[0] = '\0';
+        CHECK_MSG(api_cors_new(bad[i].list, &c, err) == QR_EINVAL, "'%s' accepted", bad[i].list);
+        CHECK(c == NULL);
+        CHECK_MSG(strstr(err, "server.cors_origins") && strstr(err, bad[i].why), "'%s': %s", bad[i].list,
+                  err);
+    }
+}
+
+TEST(cors_request_headers)
+{
+    char bad[80];
+    CHECK(api_cors_headers_ok("authorization, content-type", bad, sizeof(bad)));
+    CHECK(api_cors_headers_ok("Authorization,X-Quarry-User,x-api-key,X-REQUEST-ID", bad, sizeof(bad)));
+    CHECK(api_cors_headers_ok("", bad, sizeof(bad)));
+    CHECK(api_cors_headers_ok(" , authorization", bad, sizeof(bad)));
+    CHECK(!api_cors_headers_ok("authorization, x-evil", bad, sizeof(bad)));
+    CHECK_STR(bad, "x-evil");
+    CHECK(!api_cors_headers_ok("authorizationx", bad, sizeof(bad)));
+    CHECK(!api_cors_headers_ok("cookie", bad, sizeof(bad)));
+}
+
+TEST(error_types_follow_the_status)
+{
+    CHECK_STR(api_error_type(400), "invalid_request_error");
+    CHECK_STR(api_error_type(405), "invalid_request_error");
+    CHECK_STR(api_error_type(409), "invalid_request_error");
+    CHECK_STR(api_error_type(413), "invalid_request_error");
+    CHECK_STR(api_error_type(415), "invalid_request_error");
+    CHECK_STR(api_error_type(401), "authentication_error");
+    CHECK_STR(api_error_type(403), "permission_error");
+    CHECK_STR(api_error_type(404), "not_found_error");
+    CHECK_STR(api_error_type(429), "rate_limit_error");
+    CHECK_STR(api_error_type(500), "server_error");
+    CHECK_STR(api_error_type(503), "server_error");
+    CHECK_STR(api_error_type(504), "server_error");
+}
+
 TEST(url_decode)
 {
     char *s = api_url_decode("a+b%20c", 7, true);
