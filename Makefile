@@ -6,7 +6,7 @@
 #   make test-asan   the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make build       bootstrap and build only
 #   make format / format-check   clang-format the C sources / check them
-#   make fuzz-smoke  build ingest's libFuzzer targets (clang) and run each FUZZ_TIME s (default 30)
+#   make fuzz-smoke  build the libFuzzer targets of fuzz/ (clang) and run each FUZZ_TIME s (default 30)
 #
 # Variables: JOBS (parallel jobs), CTEST_ARGS (e.g. CTEST_ARGS='-R core\.' or '-L unit'),
 # QUARRY_CUDA=AUTO|ON|OFF, FAISS_ROOT (a FAISS 1.7.3 prefix with the C API), CC (e.g. CC=clang).
@@ -58,8 +58,8 @@ test-asan: bootstrap
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
-# libFuzzer targets for ingest's extractors, normaliser and chunker (clang, outside CMake; see
-# fuzz/fuzz.mk), FUZZ_TIME seconds each. Not part of `make test`.
+# libFuzzer targets for ingest, the API's and retrieval's parsers and inference's stream reader
+# (clang, outside CMake; see fuzz/fuzz.mk), FUZZ_TIME seconds each. Not part of `make test`.
 FUZZ_TIME ?= 30
 .PHONY: fuzz-smoke
 fuzz-smoke: bootstrap

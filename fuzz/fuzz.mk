@@ -1,6 +1,8 @@
 # quarry's libFuzzer targets (ingest: normaliser, text/markdown, HTML, DOCX, pdftotext output,
-# chunker), built with clang outside CMake (they need only core/ and ingest/, not FAISS) and
-# run for FUZZ_TIME seconds each. Called by `make fuzz-smoke` at the root.
+# chunker; the API's request parsing; retrieval's query parser; inference's server-sent-event
+# stream reader and citation filter; auth's OpenID Connect token checks), built with clang outside CMake (they need core/ and their
+# module's pure files, never FAISS or a network) and run for FUZZ_TIME seconds each. Called by
+# `make fuzz-smoke` at the root.
 #
 #   make fuzz-smoke                 # every target, 30 s each
 #   make fuzz-smoke FUZZ_TIME=5     # shorter
@@ -54,6 +56,16 @@ $(FUZZ_DIR)/fuzz_jwt: fuzz/fuzz_jwt.c $(FUZZ_JWT_SOURCES) auth/auth.h auth/auth_
 	@mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_JWT_SOURCES) $(FUZZ_LIBS) \
 	  $(shell pkg-config --libs cjose libcurl) -lldap -llber
+
+# inference's streamed-answer reading (fuzz_sse): the event parser, the chunk reader in client.c
+# with no transfer (it links libcurl, but opens no connection) and the citation filter.
+FUZZ_TARGETS += sse
+FUZZ_SSE_SOURCES := $(wildcard core/*.c) inference/sse.c inference/client.c inference/breaker.c \
+  inference/prompt.c inference/cite.c
+build: $(FUZZ_DIR)/fuzz_sse
+$(FUZZ_DIR)/fuzz_sse: fuzz/fuzz_sse.c $(FUZZ_SSE_SOURCES) inference/inference.h inference/inference_int.h
+	@mkdir -p $(FUZZ_DIR)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_SSE_SOURCES) $(FUZZ_LIBS) $(shell pkg-config --libs libcurl)
 
 smoke: build
 	@set -e; for t in $(FUZZ_TARGETS); do \

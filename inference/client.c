@@ -505,6 +505,15 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *user)
     return n;
 }
 
+/* A stream whose connection closed cleanly: without [DONE] or a finish reason the answer was cut
+ * short (a retryable QR_EIO). */
+static qr_status stream_end(const call_state *cs, char *err)
+{
+    if (!cs->saw_done && !cs->finish_reason)
+        return qr_fail(err, QR_EIO, "the inference backend's stream ended before its last event");
+    return QR_OK;
+}
+
 /* A whole, non-streamed reply: a chat.completion or a model list. */
 static qr_status parse_body(call_state *cs, infer_models *models, char *err)
 {
@@ -763,11 +772,8 @@ static qr_status attempt(call_state *cs, const char *url, const char *body, uint
         if (cs->http < 200 || cs->http >= 300) {
             st = map_http_error(cs, url, ai, err);
         } else if (cs->sse_mode) {
-            if (!cs->saw_done && !cs->finish_reason) {
-                /* the connection closed cleanly but the answer is cut short */
-                ai->retryable = true;
-                st = qr_fail(err, QR_EIO, "the inference backend's stream ended before its last event");
-            }
+            st = stream_end(cs, err);
+            ai->retryable = st != QR_OK;
         } else {
             st = parse_body(cs, models, err);
         }
@@ -835,6 +841,24 @@ static char *make_url(const infer_client *c, const char *path)
     char *url = st ? NULL : qr_buf_detach(&b);
     qr_buf_release(&b);
     return url;
+}
+
+/* Moves a successful chat's reply into *out. On error *out is empty. */
+static qr_status take_completion(call_state *cs, infer_completion *out, char *err)
+{
+    out->content = qr_buf_detach(&cs->content);
+    if (!out->content)
+        out->content = strdup("");
+    out->finish_reason = cs->finish_reason;
+    out->model = cs->model;
+    out->prompt_tokens = cs->prompt_tokens;
+    out->completion_tokens = cs->completion_tokens;
+    cs->finish_reason = cs->model = NULL;
+    if (!out->content) {
+        infer_completion_release(out);
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    return QR_OK;
 }
 
 /* The shared engine of chat and model listing. *rejected tells that the breaker refused it. */
@@ -940,20 +964,8 @@ static qr_status call(infer_client *c, call_kind kind, const char *body, bool st
     }
     if (st && models)
         infer_models_release(models);
-    if (!st && kind == KIND_CHAT) {
-        out->content = qr_buf_detach(&cs.content);
-        if (!out->content)
-            out->content = strdup("");
-        out->finish_reason = cs.finish_reason;
-        out->model = cs.model;
-        out->prompt_tokens = cs.prompt_tokens;
-        out->completion_tokens = cs.completion_tokens;
-        cs.finish_reason = cs.model = NULL;
-        if (!out->content) {
-            infer_completion_release(out);
-            st = qr_fail(err, QR_ENOMEM, "out of memory");
-        }
-    }
+    if (!st && kind == KIND_CHAT)
+        st = take_completion(&cs, out, err);
     if (kind == KIND_CHAT)
         out->attempts = attempts;
     if (!st && on_event) {
@@ -1117,4 +1129,36 @@ qr_status infer_chat_stream(infer_client *c, const infer_message *messages, size
         return qr_fail(err, QR_EINVAL, "infer_chat_stream needs an event callback");
     }
     return infer_chat_call(c, messages, count, true, on_event, user, out, &rejected, err);
+}
+
+/* ---- the stream reader without a transfer ------------------------------------------------ */
+
+qr_status infer_stream_read(const char *const *pieces, const size_t *lens, size_t count,
+                            infer_event_fn on_event, void *user, infer_completion *out, char *err)
+{
+    call_state cs;
+    memset(&cs, 0, sizeof(cs));
+    cs.stream = true;
+    cs.on_event = on_event;
+    cs.user = user;
+    qr_buf_init(&cs.body, BODY_MAX);
+    qr_buf_init(&cs.content, ANSWER_MAX);
+    infer_sse_init(&cs.sse, EVENT_MAX);
+    attempt_reset(&cs);
+    cs.head_checked = cs.sse_mode = true;
+    infer_completion_init(out);
+    qr_status st = QR_OK;
+    /* as on_body: the first failure stops the transfer */
+    for (size_t i = 0; i < count && !st; i++)
+        st = infer_sse_feed(&cs.sse, pieces[i], lens[i], on_sse_event, &cs, err);
+    if (!st)
+        st = stream_end(&cs, err);
+    if (!st)
+        st = take_completion(&cs, out, err);
+    qr_buf_release(&cs.body);
+    qr_buf_release(&cs.content);
+    infer_sse_release(&cs.sse);
+    free(cs.finish_reason);
+    free(cs.model);
+    return st;
 }

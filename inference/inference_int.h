@@ -152,6 +152,16 @@ qr_status infer_chat_call(infer_client *client, const infer_message *messages, s
                           infer_event_fn on_event, void *user, infer_completion *out, bool *rejected,
                           char *err);
 
+/* Reads a streamed chat reply (a text/event-stream body) from pieces as libcurl's write callback
+ * would receive them, with no transfer: the same event parsing, [DONE] and end-of-stream rules as
+ * a streamed infer_chat_call, for tests and fuzzing. on_event (may be NULL) gets each
+ * INFER_EVENT_DELTA, never DONE or ERROR. The first failure stops the reading, as it stops a
+ * transfer: QR_EIO (a malformed event, the backend's error event, a stream ended before [DONE] or
+ * a finish reason), QR_ELIMIT (an event or the answer too long), the callback's refusal as QR_EIO.
+ * On success *out holds the reply (release it); on error it is empty. */
+qr_status infer_stream_read(const char *const *pieces, const size_t *lens, size_t count,
+                            infer_event_fn on_event, void *user, infer_completion *out, char *err);
+
 /* Validates a request's shape (see infer_answer). */
 qr_status infer_request_check(const infer_request *req, char *err);
 

@@ -163,6 +163,45 @@ TEST(sse_callback_error_stops_parser)
     CHECK_STR(err, "refused");
 }
 
+/* The chunk reader on top: the same answer at every cut, and a stream without [DONE] or a finish
+ * reason fails as cut short. */
+static const char chunk_stream[] =
+    "data: {\"model\":\"m1\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\r\n\r\n"
+    ": keep-alive\n\n"
+    "data: {\"choices\":[{\"delta\":{\"content\":\"caf\xC3\xA9\"}}]}\n\n"
+    "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":7,"
+    "\"completion_tokens\":2}}\n\n"
+    "data: [DONE]\n\n";
+
+TEST(stream_read_same_answer_at_every_cut)
+{
+    char err[QR_ERR_LEN];
+    size_t n = sizeof(chunk_stream) - 1;
+    for (size_t i = 0; i <= n; i++) {
+        const char *pieces[2] = {chunk_stream, chunk_stream + i};
+        size_t lens[2] = {i, n - i};
+        infer_completion c;
+        CHECK_OK(infer_stream_read(pieces, lens, 2, NULL, NULL, &c, err), err);
+        CHECK_MSG(strcmp(c.content, "caf\xC3\xA9") == 0, "cut at %zu gave '%s'", i, c.content);
+        CHECK_STR(c.finish_reason, "stop");
+        CHECK_STR(c.model, "m1");
+        CHECK_INT(c.prompt_tokens, 7);
+        CHECK_INT(c.completion_tokens, 2);
+        infer_completion_release(&c);
+    }
+}
+
+TEST(stream_read_without_done_is_cut_short)
+{
+    char err[QR_ERR_LEN];
+    const char *body = "data: {\"choices\":[{\"delta\":{\"content\":\"half\"}}]}\n\n";
+    size_t len = strlen(body);
+    infer_completion c;
+    CHECK_INT(infer_stream_read(&body, &len, 1, NULL, NULL, &c, err), QR_EIO);
+    CHECK(strstr(err, "ended before its last event") != NULL);
+    CHECK(c.content == NULL);
+}
+
 /* ---- citations ----------------------------------------------------------------------------- */
 
 static void cite_case(const char *in, int max_valid, const char *want_text, const int *want, size_t nwant,
