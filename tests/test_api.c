@@ -3071,6 +3071,17 @@ TEST(audit_log_records_queries_by_hash)
                        "{\"question\":\"How are frontend releases shipped?\"}", 0, &r),
               200);
     api_resp_release(&r);
+    /* a key acting for a user: both identities on the line */
+    char *key = make_key(&f, "search,on_behalf_of");
+    CHECK(key);
+    char key_id[17], keyh[256];
+    snprintf(key_id, sizeof(key_id), "%.16s", key + 3);
+    snprintf(keyh, sizeof(keyh), "X-API-Key: %s", key);
+    free(key);
+    CHECK_INT(api_http(f.base, "POST", "/v1/search",
+                       H(keyh, "X-Quarry-User: erin", "X-Request-Id: audit-check-3"), body, 0, &r),
+              200);
+    api_resp_release(&r);
     char path[400], *log = NULL;
     snprintf(path, sizeof(path), "%s/data/audit.log", f.dir);
     char err[QR_ERR_LEN];
@@ -3085,7 +3096,8 @@ TEST(audit_log_records_queries_by_hash)
     auth_free(keyed);
     CHECK_OK(hst, err);
     CHECK(strcmp(hash, plain) != 0 && strstr(log, plain) == NULL);
-    bool found_search = false, found_answer = false, query_leaked = strstr(log, query) != NULL;
+    bool found_search = false, found_answer = false, found_obo = false,
+         query_leaked = strstr(log, query) != NULL;
     for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n")) {
         json_t *j = json_loads(line, 0, NULL);
         CHECK_MSG(j, "audit line is not JSON: %s", line);
@@ -3095,8 +3107,14 @@ TEST(audit_log_records_queries_by_hash)
                            strcmp(json_string_value(json_object_get(j, "query_hmac")), hash) == 0 &&
                            strcmp(json_string_value(json_object_get(j, "route")), "POST /v1/search") == 0 &&
                            json_array_size(json_object_get(j, "doc_ids")) >= 1 &&
-                           json_is_string(json_object_get(j, "time"));
+                           json_is_string(json_object_get(j, "time")) &&
+                           strcmp(json_string_value(json_object_get(j, "auth")), "basic") == 0 &&
+                           !json_object_get(j, "key_id");
         }
+        if (rid && strcmp(rid, "audit-check-3") == 0)
+            found_obo = strcmp(json_string_value(json_object_get(j, "user")), "erin") == 0 &&
+                        strcmp(json_string_value(json_object_get(j, "auth")), "api_key") == 0 &&
+                        strcmp(json_string_value(json_object_get(j, "key_id")), key_id) == 0;
         if (rid && strcmp(rid, "audit-check-2") == 0) {
             json_t *ids = json_object_get(j, "doc_ids");
             found_answer = strcmp(json_string_value(json_object_get(j, "user")), "bob") == 0 &&
@@ -3113,6 +3131,7 @@ TEST(audit_log_records_queries_by_hash)
     free(log);
     CHECK(found_search);
     CHECK(found_answer);
+    CHECK(found_obo);
     CHECK_MSG(!query_leaked, "the audit log holds the query text");
     /* the access log has a line per request, without credentials */
     snprintf(path, sizeof(path), "%s/access.log", f.dir);
