@@ -49,7 +49,9 @@ static const cli_command commands[] = {
     {"keys", "quarry keys create --name NAME --scopes LIST | list [--json] | revoke ID",
      "Create, list or revoke service API keys (scopes: search, chat, admin, on_behalf_of).", NULL,
      cli_cmd_keys},
-    {"auth", "quarry auth login UID [--token] [--json] | whoami (--as UID | --token JWT|-) [--json] | flush | audit-hash QUERY",
+    {"auth",
+     "quarry auth login UID [--token] [--json] | whoami (--as UID | --token JWT|-) [--json] | flush | "
+     "audit-hash QUERY",
      "Check a password (read from stdin), show a user's principal, flush the principal cache, or print the "
      "audit log's keyed hash of a query.",
      NULL, cli_cmd_auth},
