@@ -138,8 +138,11 @@ typedef struct {
     int running; /* 0: the slot is free */
 } api_share;
 
+typedef struct api_ui api_ui;
+
 struct api_server {
     const qr_config *cfg; /* borrowed: outlives the server */
+    api_ui *ui;           /* the web console; NULL with ui.enabled off */
     api_settings set;
     struct sockaddr_storage addr;
     socklen_t addr_len;
@@ -335,6 +338,18 @@ void api_reply_status(api_req *r, qr_status st, const char *err);
 int api_http_status(qr_status st);
 /* Answers with raw bytes of the given content type (copied; NULL: no Content-Type, for 204). */
 void api_reply_raw(api_req *r, int status, const char *content_type, const char *data, size_t len);
+/* ---- the web console (ui.c) ---- */
+/* Prepares the console's files (ETags, gzip copies), its Content-Security-Policy and config.json
+ * from ui.* and oidc.*; *out stays NULL with ui.enabled off. QR_EINVAL for a bad
+ * ui.frame_ancestors. */
+qr_status api_ui_new(const qr_config *cfg, api_ui **out, char *err);
+void api_ui_free(api_ui *ui);
+/* True for a request the console answers: GET or HEAD of / or /ui/... while it is on. */
+bool api_ui_path(const api_ui *ui, const char *method, const char *url);
+/* Answers a console request (a file, 304, config.json or 404) from the MHD thread. */
+void api_ui_serve(api_req *r, const char *url);
+/* api_reply_raw for bytes that outlive the server (the console's files): not copied. */
+void api_reply_static(api_req *r, int status, const char *content_type, const char *data, size_t len);
 /* Adds a header to the response already set (e.g. Retry-After, Location). */
 void api_reply_header(api_req *r, const char *name, const char *value);
 

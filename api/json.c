@@ -101,6 +101,17 @@ void api_reply_raw(api_req *r, int status, const char *content_type, const char 
     r->bytes_out = len;
 }
 
+void api_reply_static(api_req *r, int status, const char *content_type, const char *data, size_t len)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return; /* the caller's guard answers 500 */
+    if (content_type)
+        MHD_add_response_header(resp, "Content-Type", content_type);
+    set_response(r, status, resp);
+    r->bytes_out = len;
+}
+
 void api_reply_json(api_req *r, int status, json_t *body)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;

@@ -222,7 +222,8 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     snprintf(srv->model, sizeof(srv->model), "%s", *model ? model : "quarry");
 
     if ((st = parse_listen(srv, qr_config_settings(cfg)->server_listen, err)) ||
-        (st = api_cors_new(qr_config_settings(cfg)->server_cors_origins, &srv->cors, err)))
+        (st = api_cors_new(qr_config_settings(cfg)->server_cors_origins, &srv->cors, err)) ||
+        (st = api_ui_new(cfg, &srv->ui, err)))
         goto out;
     const char *cert = qr_config_settings(cfg)->server_tls_cert,
                *key = qr_config_settings(cfg)->server_tls_key;
@@ -527,6 +528,7 @@ void api_server_free(api_server *srv)
     free(srv->tls_cert);
     free(srv->tls_key);
     api_cors_free(srv->cors);
+    api_ui_free(srv->ui);
     pthread_mutex_destroy(&srv->lock);
     pthread_cond_destroy(&srv->idle);
     pthread_mutex_destroy(&srv->access_lock);
@@ -896,10 +898,14 @@ static enum MHD_Result on_headers(api_server *srv, struct MHD_Connection *conn, 
     api_guard_busy(srv->guard, r->guarded);
     if (srv->stopping)
         return fail_now(r, 503, "unavailable", "%s", "the server is shutting down");
-    if (strcmp(method, "OPTIONS") == 0) {
-        /* preflights come without credentials: answered here, before authentication and before
-         * any worker or share is spent on them */
-        api_cors_options(r, url);
+    bool console = api_ui_path(srv->ui, method, url);
+    if (strcmp(method, "OPTIONS") == 0 || console) {
+        /* preflights come without credentials, and the console's files need none: answered
+         * here, before authentication and before any worker or share is spent on them */
+        if (console)
+            api_ui_serve(r, url);
+        else
+            api_cors_options(r, url);
         r->ready = true;
         /* Without a body the answer goes with the final call, which comes right after this one:
          * queued here, at the headers, it would make libmicrohttpd close the connection after it,
