@@ -123,8 +123,10 @@ typedef struct {
 /* The routes the server answers, in table order. The array is static. */
 const api_route_info *api_routes(size_t *count);
 
-/* The OpenAPI 3.1 document the server serves at /openapi.json, as compact JSON (free() it), or
- * NULL when out of memory. */
-char *api_openapi_json(void);
+/* The OpenAPI 3.0.3 document the server serves at /openapi.json for configuration cfg
+ * (server.public_url, oidc.*), as compact JSON in *out (free() it). QR_EINVAL when a route has no
+ * entry in the document's operation table (a bug the tests catch) or the oidc.* keys the
+ * document reads contradict each other; QR_ENOMEM. On error *out is NULL. */
+qr_status api_openapi_json(const qr_config *cfg, char **out, char *err);
 
 #endif

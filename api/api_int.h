@@ -50,9 +50,10 @@ typedef struct api_cors api_cors;
 
 /* Who may call a route. */
 enum {
-    API_ACCESS_PUBLIC = 0, /* no credentials (only /healthz, and /v1/auth/token, which checks its own) */
-    API_ACCESS_USER,       /* any authenticated caller */
-    API_ACCESS_ADMIN,      /* administrators, and service keys with the admin scope */
+    /* no credentials: /healthz, /openapi.json, and /v1/auth/token, which checks its own */
+    API_ACCESS_PUBLIC = 0,
+    API_ACCESS_USER,  /* any authenticated caller */
+    API_ACCESS_ADMIN, /* administrators, and service keys with the admin scope */
 };
 
 /* What a route reads from a request body, which bounds its size (the smaller of the class's limit
@@ -161,6 +162,7 @@ struct api_server {
     api_audit *audit;
     api_jobs *jobs;
     api_cors *cors;   /* server.cors_origins (no origins: no CORS headers) */
+    char *openapi;    /* the document /openapi.json serves, built once from the configuration */
     FILE *access_log; /* NULL: access lines go to the logger (component "access") */
     pthread_mutex_t access_lock;
 

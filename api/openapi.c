@@ -1,9 +1,17 @@
 /*
- * The OpenAPI 3.1 description served at /openapi.json. Paths are generated from the route table
- * (so a route cannot exist without appearing here), each with its documentation from the table
- * below; a route the table below does not describe still appears, with a summary saying so, and
- * the tests check both directions against the running server. Schemas are written as JSON text:
- * they are documentation, read by people and client generators, and JSON is the clearest way to
+ * The OpenAPI 3.0.3 description served, without credentials, at /openapi.json: what client
+ * generators, Microsoft 365 Copilot API plugins and Teams message extensions import (they take
+ * 3.0.x). Paths come from the route table (api/routes.c), so a route cannot exist without
+ * appearing here; each takes its operationId, summary, description, parameters and bodies from
+ * the operation table below, which may describe routes this build lacks (unused) but must
+ * describe every route it has: building the document fails otherwise, and the tests check it.
+ * Descriptions are written for people and for the language model of a planner (Copilot reads
+ * them to decide which operation to call): what it does, when to use it, what the result means.
+ *
+ * The document depends on the configuration only through server.public_url (the `servers`
+ * entry) and the oidc.* keys (the OpenID Connect and OAuth 2.0 schemes); it is built once when
+ * the server is created and holds nothing secret: no listen address, no directory, no key.
+ * Schemas are written as JSON text: they are documentation, and JSON is the clearest way to
  * write them.
  */
 #include <stdlib.h>
@@ -13,284 +21,572 @@
 
 typedef struct {
     const char *method, *pattern;
-    const char *summary;
-    const char *request;  /* schema name in components, or NULL */
-    const char *response; /* schema name of the success body, or NULL */
-    int status;           /* success status */
-    const char *extra;    /* more statuses: "202,401,403" */
-} route_doc;
+    const char *operation_id; /* lowerCamelCase, stable: clients and plugins name operations by it */
+    const char *tag;
+    const char *summary;     /* at most 32 characters: a Teams command's title is cut there */
+    const char *description; /* the first 128 characters stand alone: a Teams command shows that many */
+    const char *params;      /* names in components/parameters, comma-separated: "DocumentId,Refresh" */
+    const char *request;     /* schema name in components, or NULL */
+    const char *response;    /* schema name of the success body, or NULL (see success_content) */
+    const char *success;     /* success statuses, the first the usual one: "201,200,202" */
+    const char *errors;      /* error statuses the route itself answers: "400,404" (401, 403, 429 and
+                              * 503 follow from the route's access and thread, 500 from any) */
+} op_doc;
 
-static const route_doc docs[] = {
-    {"GET", "/healthz", "Liveness: the process answers. No authentication.", NULL, "Health", 200, ""},
-    {"GET", "/readyz",
-     "Readiness: the store opens, the vector index is loaded and not failing, and LDAP answers.", NULL,
-     "Ready", 200, "503"},
-    {"GET", "/metrics", "Prometheus metrics (text exposition format 0.0.4). Administrators.", NULL, NULL, 200,
-     "403"},
-    {"GET", "/openapi.json", "This document.", NULL, NULL, 200, ""},
-    {"POST", "/v1/auth/token",
-     "Exchange a user name and password (JSON body or HTTP Basic) for a bearer token. No other "
-     "authentication.",
-     "TokenRequest", "Token", 200, "400,429,503"},
-    {"GET", "/v1/me", "The caller's principal: uid, DN, groups and ACL principals.", NULL, "Principal", 200,
-     ""},
-    {"GET", "/v1/models", "The model this server answers as (OpenAI-compatible list).", NULL, "ModelList",
-     200, ""},
-    {"POST", "/v1/chat/completions",
-     "OpenAI-compatible chat completion grounded in the documents the caller may read, with citations. With "
-     "stream=true, server-sent chat.completion.chunk events ending with data: [DONE]; the last chunk before "
-     "it "
-     "carries the citations.",
-     "ChatRequest", "ChatCompletion", 200, "400,413,503"},
-    {"POST", "/v1/search", "Knowledge-base search: passages with snippets, scores and citation data.",
-     "SearchRequest", "SearchResponse", 200, "400,413,501"},
-    {"POST", "/v1/ask", "A grounded answer with citations.", "AskRequest", "AskResponse", 200, "400,501"},
-    {"POST", "/v1/documents",
-     "Create or replace documents (administrators): JSON with text, JSON with base64 bytes and a content "
-     "type, a "
-     "{documents:[...]} batch, or a multipart/form-data upload. Several documents, or more bytes than "
-     "server.job_threshold_bytes, become a job (202).",
-     "DocumentInput", "DocumentWritten", 201, "200,202,400,413,415"},
-    {"GET", "/v1/documents", "List documents in id order with cursor pagination (administrators).", NULL,
-     "DocumentList", 200, "400"},
-    {"PATCH", "/v1/documents/{id}/acl", "Replace a document's ACL (administrators); effective at once.",
-     "AclInput", "AclOutput", 200, "400,404"},
-    {"GET", "/v1/documents/{id}", "A stored document; ?chunks=true adds its chunks (administrators).", NULL,
-     "Document", 200, "404"},
-    {"PUT", "/v1/documents/{id}",
-     "Create or replace the document with this id (administrators); without 'acl' the stored ACL is kept.",
-     "DocumentInput", "DocumentWritten", 200, "201,202,400,413,415"},
-    {"DELETE", "/v1/documents/{id}", "Delete a document and all its chunks (administrators).", NULL,
-     "Deleted", 200, "404"},
-    {"POST", "/v1/index/rebuild", "Rebuild the vector index as a new generation, as a job (administrators).",
-     NULL, "JobAccepted", 202, ""},
-    {"GET", "/v1/jobs/{id}", "A background job's state and progress (administrators).", NULL, "Job", 200,
-     "400,404"},
+static const op_doc ops[] = {
+    {"POST", "/v1/search", "searchKnowledgeBase", "knowledge", "Search the knowledge base",
+     "Searches the organisation's documents that the signed-in user may read and returns the best "
+     "passages. Use it to find documents, facts, policies, procedures or people's write-ups in company "
+     "knowledge, or to gather sources before answering yourself; use askQuestion instead when the user "
+     "wants one written answer. Each result is a passage with its document's title and uri (cite both), "
+     "a snippet, and a score that orders results within this response only. An empty results list means "
+     "nothing the user may read matched: say so rather than guess. For more results pass next_cursor "
+     "back as cursor; to list distinct documents set max_per_doc to 1.",
+     NULL, "SearchRequest", "SearchResponse", "200", "400,413,501,504"},
+    {"POST", "/v1/ask", "askQuestion", "knowledge", "Ask a question",
+     "Answers a question in a few sentences from the organisation's documents the signed-in user may "
+     "read, with numbered citations. Use it when the user asks a question whose answer is in company "
+     "knowledge (policies, procedures, how-tos) and wants the answer rather than a list of documents. "
+     "The answer's [n] markers refer to citations[n-1]: show the cited titles and uris. mode extractive "
+     "means the language model was unavailable and the answer quotes the best passages. An answer saying "
+     "the documents do not cover the question is final: do not retry with the same words.",
+     NULL, "AskRequest", "AskResponse", "200", "400,413,501,504"},
+    {"POST", "/v1/chat/completions", "createChatCompletion", "chat", "Chat about company knowledge",
+     "OpenAI-compatible chat completion grounded in the documents the caller may read: quarry searches "
+     "for the last user message (with the turn before it for short follow-ups) and answers from what it "
+     "finds, with citations. For OpenAI clients; a planner should prefer askQuestion. With stream=true, "
+     "server-sent chat.completion.chunk events follow, the last before data: [DONE] carrying the "
+     "citations.",
+     NULL, "ChatRequest", "ChatCompletion", "200", "400,413,501,504"},
+    {"GET", "/v1/models", "listModels", "chat", "List models",
+     "Lists the model quarry answers chat completions as (OpenAI's list shape: one entry).", NULL, NULL,
+     "ModelList", "200", ""},
+    {"GET", "/v1/models/{id}", "getModel", "chat", "Get a model",
+     "The model quarry answers chat completions as, when id names it (OpenAI's model object); 404 for any "
+     "other id.",
+     "ModelId", NULL, "Model", "200", "404"},
+    {"GET", "/v1/me", "getMe", "auth", "Who am I",
+     "Returns the signed-in caller: user name, directory entry, groups, the ACL principals results are "
+     "trimmed to, and whether the caller is an administrator. Use it to tell the user whose permissions "
+     "apply or why a document is not found.",
+     NULL, NULL, "Principal", "200", ""},
+    {"POST", "/v1/auth/token", "createToken", "auth", "Get a bearer token",
+     "Exchanges a user name and password (JSON, or HTTP Basic) for a bearer token valid for "
+     "auth.token_ttl_s. Not for planners: Copilot and Teams sign in through OAuth.",
+     NULL, "TokenRequest", "Token", "200", "400,401,429"},
+    {"GET", "/v1/documents", "listDocuments", "documents", "List documents",
+     "Lists stored documents in id order, a page at a time (administrators). Pass next_cursor back as "
+     "cursor for the next page.",
+     "Limit,Cursor", NULL, "DocumentList", "200", "400"},
+    {"POST", "/v1/documents", "createDocuments", "documents", "Add or replace documents",
+     "Creates or replaces documents (administrators): JSON with text, JSON with base64 bytes and a "
+     "content type, a {documents:[...]} batch, or a multipart/form-data upload. Several documents, or "
+     "more bytes than server.job_threshold_bytes, become a background job (202).",
+     "Refresh", "DocumentInput", "DocumentWritten", "201,200,202", "400,413,415"},
+    {"GET", "/v1/documents/{id}", "getDocument", "documents", "Get a document",
+     "A stored document's fields, ACL and version (administrators); ?chunks=true adds its passages.",
+     "DocumentId,Chunks", NULL, "Document", "200", "404"},
+    {"PUT", "/v1/documents/{id}", "putDocument", "documents", "Create or replace a document",
+     "Creates or replaces the document with this id (administrators); without acl the stored ACL is kept. "
+     "A large body becomes a background job (202).",
+     "DocumentId,Refresh", "DocumentFields", "DocumentWritten", "200,201,202", "400,413,415"},
+    {"DELETE", "/v1/documents/{id}", "deleteDocument", "documents", "Delete a document",
+     "Deletes a document and all its passages (administrators); searches stop returning it at once.",
+     "DocumentId,Refresh", NULL, "Deleted", "200", "404"},
+    {"PATCH", "/v1/documents/{id}/acl", "setDocumentAcl", "documents", "Set a document's ACL",
+     "Replaces who may read a document (administrators); effective for the very next search.",
+     "DocumentId,Refresh", "AclInput", "AclOutput", "200", "400,404"},
+    {"POST", "/v1/index/rebuild", "rebuildIndex", "admin", "Rebuild the index",
+     "Rebuilds the search indexes as new generations, as a background job (administrators); searches "
+     "go on meanwhile.",
+     NULL, NULL, "JobAccepted", "202", ""},
+    {"GET", "/v1/jobs/{id}", "getJob", "admin", "Get a job",
+     "A background job's state (queued, running, succeeded, failed, cancelled), progress and results "
+     "(administrators).",
+     "JobId", NULL, "Job", "200", "400,404"},
+    {"GET", "/healthz", "getHealth", "meta", "Liveness", "Answers while the process runs. No credentials.",
+     NULL, NULL, "Health", "200", ""},
+    {"GET", "/readyz", "getReadiness", "meta", "Readiness",
+     "Whether the server can answer searches: the store opens, the vector index is loaded and not "
+     "failing, and LDAP answers (503 otherwise); counts for administrators.",
+     NULL, NULL, "Ready", "200", ""},
+    {"GET", "/metrics", "getMetrics", "meta", "Prometheus metrics",
+     "Prometheus metrics, text exposition format 0.0.4 (administrators).", NULL, NULL, NULL, "200", ""},
+    {"GET", "/openapi.json", "getOpenApiDocument", "meta", "This OpenAPI document",
+     "This document (OpenAPI 3.0.3). No credentials.", NULL, NULL, NULL, "200", ""},
 };
 
 static const char schemas[] =
-    "{"
-    "\"Error\":{\"type\":\"object\",\"required\":[\"error\"],\"properties\":{\"error\":{\"type\":\"object\","
-    "\"required\":[\"message\",\"type\",\"param\",\"code\"],\"properties\":{\"message\":{\"type\":"
-    "\"string\"},\"type\":{\"enum\":[\"invalid_request_error\",\"authentication_error\",\"permission_error\","
-    "\"not_found_error\",\"rate_limit_error\",\"server_error\"]},\"param\":{\"type\":[\"string\",\"null\"]},"
-    "\"code\":{\"type\":\"string\",\"examples\":[\"invalid_argument\",\"unauthenticated\","
-    "\"permission_denied\",\"not_found\",\"payload_too_large\",\"unavailable\"]}}}}},"
-    "\"Health\":{\"type\":\"object\",\"properties\":{\"status\":{\"const\":\"ok\"}}},"
-    "\"Ready\":{\"type\":\"object\",\"properties\":{\"status\":{\"enum\":[\"ready\",\"not_ready\"]},"
-    "\"checks\":{\"type\":\"object\",\"additionalProperties\":true}}},"
-    "\"TokenRequest\":{\"type\":\"object\",\"required\":[\"username\",\"password\"],\"properties\":{"
-    "\"username\":{\"type\":\"string\"},\"password\":{\"type\":\"string\",\"format\":\"password\"}}},"
-    "\"Token\":{\"type\":\"object\",\"properties\":{\"access_token\":{\"type\":\"string\"},"
-    "\"token_type\":{\"const\":\"Bearer\"},\"expires_in\":{\"type\":\"integer\"},\"expires_at\":"
-    "{\"type\":\"integer\"},\"uid\":{\"type\":\"string\"}}},"
-    "\"Principal\":{\"type\":\"object\",\"properties\":{\"uid\":{\"type\":\"string\"},\"dn\":{\"type\":"
-    "\"string\"},\"display_name\":{\"type\":\"string\"},\"mail\":{\"type\":\"string\"},\"groups\":{\"type\":"
-    "\"array\",\"items\":{\"type\":\"string\"}},\"principals\":{\"type\":\"array\",\"items\":{\"type\":"
-    "\"string\"}},\"is_admin\":{\"type\":\"boolean\"},\"via\":{\"enum\":[\"user\",\"api_key\"]}}},"
-    "\"ModelList\":{\"type\":\"object\",\"properties\":{\"object\":{\"const\":\"list\"},\"data\":{\"type\":"
-    "\"array\",\"items\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"object\":"
-    "{\"const\":\"model\"}}}}}},"
-    "\"Filters\":{\"type\":\"object\",\"additionalProperties\":false,\"properties\":{\"doc_ids\":{\"type\":"
-    "\"array\",\"items\":{\"type\":\"string\"},\"maxItems\":1024},\"uri_prefix\":{\"type\":\"string\"},"
-    "\"content_type\":{\"type\":\"string\"},\"updated_after\":{\"oneOf\":[{\"type\":\"string\",\"format\":"
-    "\"date-time\"},{\"type\":\"string\",\"format\":\"date\"},{\"type\":\"integer\",\"description\":"
-    "\"milliseconds since 1970\"}]}}},"
+    "{\"Error\":{\"type\":\"object\",\"description\":\"An error, in OpenAI's shape, so that one client-si"
+    "de handler reads every error quarry answers.\",\"required\":[\"error\"],\"properties\":{\"error\":{"
+    "\"type\":\"object\",\"required\":[\"message\",\"type\",\"param\",\"code\"],\"properties\":{\"message"
+    "\":{\"type\":\"string\",\"description\":\"What went wrong, for people: names the field or the limit."
+    "\"},\"type\":{\"type\":\"string\",\"description\":\"The class of error, from the HTTP status.\",\"en"
+    "um\":[\"invalid_request_error\",\"authentication_error\",\"permission_error\",\"not_found_error\",\""
+    "rate_limit_error\",\"server_error\"]},\"param\":{\"type\":\"string\",\"description\":\"Always null: "
+    "the message names the field.\",\"nullable\":true},\"code\":{\"type\":\"string\",\"description\":\"A "
+    "stable snake_case code for programs, e.g. invalid_argument, unauthenticated, permission_denied, not_"
+    "found, payload_too_large, rate_limited, overloaded, unavailable, timeout.\",\"example\":\"invalid_ar"
+    "gument\"}}}}},\"Health\":{\"type\":\"object\",\"properties\":{\"status\":{\"type\":\"string\",\"desc"
+    "ription\":\"Always ok.\",\"enum\":[\"ok\"]}}},\"Ready\":{\"type\":\"object\",\"properties\":{\"statu"
+    "s\":{\"type\":\"string\",\"description\":\"ready, or not_ready (then the answer is 503).\",\"enum\":"
+    "[\"ready\",\"not_ready\"]},\"checks\":{\"type\":\"object\",\"description\":\"Each dependency's state"
+    ": store, index, ldap, indexes (warm, building, failing...); counts for administrators.\",\"propertie"
+    "s\":{},\"additionalProperties\":true}}},\"TokenRequest\":{\"type\":\"object\",\"required\":[\"userna"
+    "me\",\"password\"],\"properties\":{\"username\":{\"type\":\"string\",\"description\":\"The user's di"
+    "rectory (LDAP) name.\"},\"password\":{\"type\":\"string\",\"description\":\"The user's password.\","
+    "\"format\":\"password\"}}},\"Token\":{\"type\":\"object\",\"properties\":{\"access_token\":{\"type\""
+    ":\"string\",\"description\":\"Send it as Authorization: Bearer <access_token>.\"},\"token_type\":{\""
+    "type\":\"string\",\"enum\":[\"Bearer\"]},\"expires_in\":{\"type\":\"integer\",\"description\":\"Seco"
+    "nds until it expires.\"},\"expires_at\":{\"type\":\"integer\",\"description\":\"When it expires, in "
+    "seconds since 1970.\"},\"uid\":{\"type\":\"string\",\"description\":\"The user it was issued to.\"}}"
+    "},\"Principal\":{\"type\":\"object\",\"properties\":{\"uid\":{\"type\":\"string\",\"description\":\""
+    "The caller's user name.\"},\"dn\":{\"type\":\"string\",\"description\":\"The caller's directory entr"
+    "y.\"},\"display_name\":{\"type\":\"string\"},\"mail\":{\"type\":\"string\"},\"groups\":{\"type\":\"a"
+    "rray\",\"description\":\"Directory groups the caller is a member of (nested ones included).\",\"item"
+    "s\":{\"type\":\"string\"}},\"principals\":{\"type\":\"array\",\"description\":\"What document ACLs a"
+    "re matched against: public, user:<uid>, group:<name>.\",\"items\":{\"type\":\"string\"}},\"is_admin"
+    "\":{\"type\":\"boolean\",\"description\":\"Administrators see every document and may call the docume"
+    "nt and index routes.\"},\"via\":{\"type\":\"string\",\"description\":\"user: signed in as a person; "
+    "api_key: a service key acting as itself.\",\"enum\":[\"user\",\"api_key\"]}}},\"Model\":{\"type\":\""
+    "object\",\"properties\":{\"id\":{\"type\":\"string\",\"description\":\"The model name quarry answers"
+    " as.\"},\"object\":{\"type\":\"string\",\"enum\":[\"model\"]},\"created\":{\"type\":\"integer\",\"de"
+    "scription\":\"Seconds since 1970.\"},\"owned_by\":{\"type\":\"string\"}}},\"ModelList\":{\"type\":\""
+    "object\",\"properties\":{\"object\":{\"type\":\"string\",\"enum\":[\"list\"]},\"data\":{\"type\":\"a"
+    "rray\",\"items\":{\"$ref\":\"#/components/schemas/Model\"}}}},\"Filters\":{\"type\":\"object\",\"des"
+    "cription\":\"Restrict the search; every filter given must hold. Unknown filters are refused (400).\""
+    ",\"properties\":{\"doc_ids\":{\"type\":\"array\",\"description\":\"Only these documents (their doc_i"
+    "d values).\",\"items\":{\"type\":\"string\"},\"maxItems\":1024},\"uri_prefix\":{\"type\":\"string\","
+    "\"description\":\"Only documents whose uri starts with this, e.g. a folder or site: \\\"policies/\\"
+    "\".\"},\"content_type\":{\"type\":\"string\",\"description\":\"Only documents of this media type, e."
+    "g. text/markdown, application/pdf.\"},\"updated_after\":{\"type\":\"string\",\"description\":\"Only "
+    "documents changed after this date or time (\\\"2024-05-01\\\", \\\"2024-05-01T12:00:00Z\\\"); millis"
+    "econds since 1970 are accepted too.\",\"example\":\"2024-05-01\"}},\"additionalProperties\":false},"
     "\"SearchRequest\":{\"type\":\"object\",\"required\":[\"query\"],\"properties\":{\"query\":{\"type\":"
-    "\"string\",\"maxLength\":4096},\"k\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":100,\"default\":10}"
-    ","
-    "\"mode\":{\"enum\":[\"hybrid\",\"bm25\",\"vector\"],\"default\":\"hybrid\"},\"filters\":{\"$ref\":"
-    "\"#/components/schemas/Filters\"},\"max_per_doc\":{\"type\":\"integer\",\"minimum\":0},\"cursor\":"
-    "{\"type\":\"string\",\"description\":\"next_cursor of the previous page\"}}},"
-    "\"Result\":{\"type\":\"object\",\"properties\":{\"chunk_id\":{\"type\":\"integer\"},\"doc_id\":{"
-    "\"type\":"
-    "\"string\"},\"title\":{\"type\":\"string\"},\"uri\":{\"type\":\"string\"},\"headings\":{\"type\":"
-    "\"string\"},\"score\":{\"type\":\"number\"},\"snippet\":{\"type\":\"string\"},\"start\":{\"type\":"
-    "\"integer\"},\"end\":{\"type\":\"integer\"}}},"
-    "\"SearchResponse\":{\"type\":\"object\",\"properties\":{\"results\":{\"type\":\"array\",\"items\":{"
-    "\"$ref\":\"#/components/schemas/Result\"}},\"mode\":{\"type\":\"string\"},\"next_cursor\":{\"type\":"
-    "[\"string\",\"null\"]},\"took_ms\":{\"type\":\"number\"}}},"
-    "\"Citation\":{\"type\":\"object\",\"properties\":{\"number\":{\"type\":\"integer\"},\"chunk_id\":{"
-    "\"type\":"
-    "\"integer\"},\"doc_id\":{\"type\":\"string\"},\"title\":{\"type\":\"string\"},\"uri\":{\"type\":"
-    "\"string\"},"
-    "\"headings\":{\"type\":\"string\"},\"snippet\":{\"type\":\"string\"},\"start\":{\"type\":\"integer\"},"
-    "\"end\":{\"type\":\"integer\"},\"score\":{\"type\":\"number\"}}},"
-    "\"AskRequest\":{\"type\":\"object\",\"required\":[\"question\"],\"properties\":{\"question\":{\"type\":"
-    "\"string\",\"maxLength\":4096},\"k\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":100},\"mode\":{"
-    "\"enum\":"
-    "[\"hybrid\",\"bm25\",\"vector\"]},\"filters\":{\"$ref\":\"#/components/schemas/Filters\"}}},"
-    "\"AskResponse\":{\"type\":\"object\",\"properties\":{\"answer\":{\"type\":\"string\"},\"citations\":{"
-    "\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/"
-    "Citation\"}},\"sources\":{\"type\":\"array\","
-    "\"items\":{\"$ref\":\"#/components/schemas/"
-    "Citation\"}},\"mode\":{\"enum\":[\"generative\",\"extractive\"]},"
-    "\"reason\":{\"type\":\"string\"}}},"
-    "\"ChatMessage\":{\"type\":\"object\",\"required\":[\"role\"],\"properties\":{\"role\":{\"enum\":["
-    "\"system\","
-    "\"developer\",\"user\",\"assistant\"]},\"content\":{\"oneOf\":[{\"type\":\"string\"},{\"type\":"
-    "\"array\","
-    "\"items\":{\"type\":\"object\",\"properties\":{\"type\":{\"const\":\"text\"},\"text\":{\"type\":"
-    "\"string\"}}}},{\"type\":\"null\"}]}}},"
-    "\"ChatRequest\":{\"type\":\"object\",\"required\":[\"messages\"],\"properties\":{\"model\":{\"type\":"
-    "\"string\"},\"messages\":{\"type\":\"array\",\"minItems\":1,\"maxItems\":256,\"items\":{\"$ref\":"
-    "\"#/components/schemas/ChatMessage\"}},\"stream\":{\"type\":\"boolean\"},\"stream_options\":{\"type\":"
-    "\"object\",\"properties\":{\"include_usage\":{\"type\":\"boolean\"}}},\"max_tokens\":{\"type\":"
-    "\"integer\","
-    "\"minimum\":1},\"temperature\":{\"type\":\"number\",\"minimum\":0,\"maximum\":2},\"n\":{\"const\":1},"
-    "\"k\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":100,\"description\":\"passages to retrieve "
-    "(quarry)\"}}},"
-    "\"ChatCompletion\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"object\":{"
-    "\"const\":"
-    "\"chat.completion\"},\"created\":{\"type\":\"integer\"},\"model\":{\"type\":\"string\"},\"choices\":{"
-    "\"type\":\"array\",\"items\":{\"type\":\"object\",\"properties\":{\"index\":{\"type\":\"integer\"},"
-    "\"message\":{\"type\":\"object\",\"properties\":{\"role\":{\"const\":\"assistant\"},\"content\":{"
-    "\"type\":"
-    "\"string\"}}},\"finish_reason\":{\"type\":\"string\"}}}},\"usage\":{\"type\":\"object\",\"description\":"
-    "\"estimated token counts\"},\"citations\":{\"type\":\"array\",\"items\":{\"$ref\":"
-    "\"#/components/schemas/Citation\"}}}},"
-    "\"DocumentInput\":{\"oneOf\":[{\"type\":\"object\",\"required\":[\"doc_id\"],\"properties\":{\"doc_id\":"
-    "{\"type\":\"string\",\"maxLength\":512},\"text\":{\"type\":\"string\"},\"content_base64\":{\"type\":"
-    "\"string\",\"contentEncoding\":\"base64\"},\"content_type\":{\"type\":\"string\"},\"filename\":{"
-    "\"type\":"
-    "\"string\"},\"title\":{\"type\":\"string\"},\"uri\":{\"type\":\"string\"},\"acl\":{\"type\":\"array\","
-    "\"items\":{\"type\":\"string\",\"examples\":[\"public\",\"user:alice\",\"group:finance\"]}},"
-    "\"metadata\":"
-    "{\"type\":\"object\"}}},{\"type\":\"object\",\"required\":[\"documents\"],\"properties\":{\"documents\":"
-    "{\"type\":\"array\",\"items\":{\"type\":\"object\"}}}}]},"
-    "\"DocumentWritten\":{\"type\":\"object\",\"properties\":{\"doc_id\":{\"type\":\"string\"},\"result\":{"
-    "\"enum\":[\"added\",\"updated\",\"acl_updated\",\"unchanged\"]},\"chunks\":{\"type\":\"integer\"}}},"
-    "\"JobAccepted\":{\"type\":\"object\",\"properties\":{\"job_id\":{\"type\":\"string\"},\"status_url\":{"
-    "\"type\":\"string\"},\"state\":{\"const\":\"queued\"}}},"
-    "\"Job\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"kind\":{\"enum\":["
-    "\"ingest\","
-    "\"rebuild\"]},\"state\":{\"enum\":[\"queued\",\"running\",\"succeeded\",\"failed\",\"cancelled\"]},"
-    "\"progress\":{\"type\":\"object\",\"properties\":{\"done\":{\"type\":\"integer\"},\"total\":{\"type\":"
-    "\"integer\"},\"failed\":{\"type\":\"integer\"},\"percent\":{\"type\":\"number\"}}},\"results\":{"
-    "\"type\":"
-    "\"array\"},\"error\":{\"type\":\"string\"}}},"
-    "\"AclInput\":{\"type\":\"object\",\"required\":[\"acl\"],\"properties\":{\"acl\":{\"type\":\"array\","
-    "\"items\":{\"type\":\"string\"}}}},"
-    "\"AclOutput\":{\"type\":\"object\",\"properties\":{\"doc_id\":{\"type\":\"string\"},\"acl\":{\"type\":"
-    "\"array\",\"items\":{\"type\":\"string\"}}}},"
-    "\"Document\":{\"type\":\"object\",\"properties\":{\"doc_id\":{\"type\":\"string\"},\"title\":{\"type\":"
-    "\"string\"},\"uri\":{\"type\":\"string\"},\"content_type\":{\"type\":\"string\"},\"metadata\":{\"type\":"
-    "\"object\"},\"acl\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},\"version\":{\"type\":"
-    "\"integer\"},"
-    "\"chunk_count\":{\"type\":\"integer\"},\"chunks\":{\"type\":\"array\"}}},"
-    "\"DocumentList\":{\"type\":\"object\",\"properties\":{\"documents\":{\"type\":\"array\",\"items\":{\"$"
-    "ref\":"
-    "\"#/components/schemas/Document\"}},\"next_cursor\":{\"type\":[\"string\",\"null\"]}}},"
-    "\"Deleted\":{\"type\":\"object\",\"properties\":{\"doc_id\":{\"type\":\"string\"},\"deleted\":{"
-    "\"const\":"
-    "true}}}"
+    "\"string\",\"description\":\"What to look for, in the user's words or as keywords. Supports \\\"exac"
+    "t phrases\\\" and -excluded words.\",\"maxLength\":4096,\"example\":\"expense reimbursement deadline"
+    "\"},\"k\":{\"type\":\"integer\",\"description\":\"How many passages to return (1 to 100).\",\"minimu"
+    "m\":1,\"maximum\":100,\"default\":10},\"mode\":{\"type\":\"string\",\"description\":\"hybrid (keywor"
+    "ds and meaning, best in general), bm25 (exact keywords, names, codes) or vector (meaning only).\",\""
+    "enum\":[\"hybrid\",\"bm25\",\"vector\"],\"default\":\"hybrid\"},\"filters\":{\"$ref\":\"#/components"
+    "/schemas/Filters\"},\"max_per_doc\":{\"type\":\"integer\",\"description\":\"At most this many passag"
+    "es from one document (0: no limit); use 1 to list distinct documents.\",\"minimum\":0,\"maximum\":10"
+    "0,\"default\":0},\"cursor\":{\"type\":\"string\",\"description\":\"The next_cursor of the previous p"
+    "age, to get the next page of the same search.\",\"maxLength\":1024}}},\"SearchResult\":{\"type\":\"o"
+    "bject\",\"description\":\"A passage of a document the caller may read.\",\"properties\":{\"chunk_id"
+    "\":{\"type\":\"integer\",\"description\":\"The passage's id.\"},\"doc_id\":{\"type\":\"string\",\"de"
+    "scription\":\"The document's id; pass it to filters.doc_ids to search within it.\"},\"title\":{\"typ"
+    "e\":\"string\",\"description\":\"The document's title: show it when citing.\"},\"uri\":{\"type\":\"s"
+    "tring\",\"description\":\"Where the document lives (a link or a path): show it when citing.\"},\"hea"
+    "dings\":{\"type\":\"string\",\"description\":\"The section headings above the passage, outermost fir"
+    "st.\"},\"score\":{\"type\":\"number\",\"description\":\"Relevance: higher is better; comparable only"
+    " within one response.\"},\"snippet\":{\"type\":\"string\",\"description\":\"The passage's text aroun"
+    "d the words that matched.\"},\"start\":{\"type\":\"integer\",\"description\":\"Offset of the passage"
+    " in the document's text (characters).\"},\"end\":{\"type\":\"integer\",\"description\":\"End offset "
+    "of the passage in the document's text (characters).\"}}},\"SearchResponse\":{\"type\":\"object\",\"p"
+    "roperties\":{\"results\":{\"type\":\"array\",\"description\":\"The passages, best first; empty when "
+    "nothing the caller may read matched.\",\"items\":{\"$ref\":\"#/components/schemas/SearchResult\"}},"
+    "\"mode\":{\"type\":\"string\",\"description\":\"The mode that ranked the results.\"},\"next_cursor\""
+    ":{\"type\":\"string\",\"description\":\"Pass it as cursor for the next page; null on the last page."
+    "\",\"nullable\":true},\"took_ms\":{\"type\":\"number\",\"description\":\"Milliseconds the search too"
+    "k.\"}}},\"Citation\":{\"type\":\"object\",\"description\":\"A passage an answer is grounded in.\",\""
+    "properties\":{\"number\":{\"type\":\"integer\",\"description\":\"The [n] marker the answer uses for "
+    "this source.\"},\"chunk_id\":{\"type\":\"integer\"},\"doc_id\":{\"type\":\"string\"},\"title\":{\"ty"
+    "pe\":\"string\",\"description\":\"The document's title.\"},\"uri\":{\"type\":\"string\",\"descriptio"
+    "n\":\"Where the document lives.\"},\"headings\":{\"type\":\"string\"},\"snippet\":{\"type\":\"string"
+    "\",\"description\":\"The cited passage.\"},\"start\":{\"type\":\"integer\"},\"end\":{\"type\":\"inte"
+    "ger\"},\"score\":{\"type\":\"number\"}}},\"AskRequest\":{\"type\":\"object\",\"required\":[\"questio"
+    "n\"],\"properties\":{\"question\":{\"type\":\"string\",\"description\":\"The user's question, in the"
+    "ir words.\",\"maxLength\":4096,\"example\":\"How are expense reimbursement claims filed?\"},\"k\":{"
+    "\"type\":\"integer\",\"description\":\"Passages to read before answering (default: server.chat_k).\""
+    ",\"minimum\":1,\"maximum\":100},\"mode\":{\"type\":\"string\",\"description\":\"How to search for pa"
+    "ssages.\",\"enum\":[\"hybrid\",\"bm25\",\"vector\"],\"default\":\"hybrid\"},\"filters\":{\"$ref\":\""
+    "#/components/schemas/Filters\"}}},\"AskResponse\":{\"type\":\"object\",\"properties\":{\"answer\":{"
+    "\"type\":\"string\",\"description\":\"The answer, with [n] markers naming the citations it rests on."
+    "\"},\"citations\":{\"type\":\"array\",\"description\":\"The sources the answer cites, by number.\","
+    "\"items\":{\"$ref\":\"#/components/schemas/Citation\"}},\"sources\":{\"type\":\"array\",\"descriptio"
+    "n\":\"Every passage that was read, cited or not.\",\"items\":{\"$ref\":\"#/components/schemas/Citati"
+    "on\"}},\"mode\":{\"type\":\"string\",\"description\":\"generative: written by the language model; ex"
+    "tractive: the model could not be reached and the answer quotes the best passages.\",\"enum\":[\"gene"
+    "rative\",\"extractive\"]},\"reason\":{\"type\":\"string\",\"description\":\"Why the answer is extrac"
+    "tive.\"}}},\"ChatContentPart\":{\"type\":\"object\",\"required\":[\"type\",\"text\"],\"properties\":"
+    "{\"type\":{\"type\":\"string\",\"enum\":[\"text\"]},\"text\":{\"type\":\"string\"}}},\"ChatMessage\""
+    ":{\"type\":\"object\",\"required\":[\"role\"],\"properties\":{\"role\":{\"type\":\"string\",\"descri"
+    "ption\":\"system and developer messages are ignored (quarry's own instructions govern).\",\"enum\":["
+    "\"system\",\"developer\",\"user\",\"assistant\"]},\"content\":{\"description\":\"The message's text,"
+    " or a list of text parts (null is read as empty).\",\"oneOf\":[{\"type\":\"string\"},{\"type\":\"arr"
+    "ay\",\"items\":{\"$ref\":\"#/components/schemas/ChatContentPart\"}}]}}},\"ChatRequest\":{\"type\":\""
+    "object\",\"required\":[\"messages\"],\"properties\":{\"model\":{\"type\":\"string\",\"description\":"
+    "\"Accepted and ignored: quarry answers with its configured model.\"},\"messages\":{\"type\":\"array"
+    "\",\"description\":\"The conversation; the last message must be the user's question. Earlier turns g"
+    "ive context to short follow-ups.\",\"items\":{\"$ref\":\"#/components/schemas/ChatMessage\"},\"minIt"
+    "ems\":1,\"maxItems\":256},\"stream\":{\"type\":\"boolean\",\"description\":\"true: server-sent chat."
+    "completion.chunk events, then data: [DONE].\",\"default\":false},\"stream_options\":{\"type\":\"obje"
+    "ct\",\"properties\":{\"include_usage\":{\"type\":\"boolean\",\"description\":\"Send a last chunk wit"
+    "h usage.\"}}},\"max_tokens\":{\"type\":\"integer\",\"description\":\"Checked; the server's inference"
+    ".max_tokens applies.\",\"minimum\":1},\"max_completion_tokens\":{\"type\":\"integer\",\"description"
+    "\":\"Same as max_tokens.\",\"minimum\":1},\"temperature\":{\"type\":\"number\",\"description\":\"Che"
+    "cked; the server's inference.temperature applies.\",\"minimum\":0,\"maximum\":2},\"n\":{\"type\":\"i"
+    "nteger\",\"description\":\"Only 1.\",\"enum\":[1]},\"k\":{\"type\":\"integer\",\"description\":\"Pas"
+    "sages to retrieve for the answer (quarry's own; default server.chat_k).\",\"minimum\":1,\"maximum\":"
+    "100}}},\"ChatCompletion\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"object"
+    "\":{\"type\":\"string\",\"enum\":[\"chat.completion\"]},\"created\":{\"type\":\"integer\",\"descript"
+    "ion\":\"Seconds since 1970.\"},\"model\":{\"type\":\"string\"},\"choices\":{\"type\":\"array\",\"ite"
+    "ms\":{\"type\":\"object\",\"properties\":{\"index\":{\"type\":\"integer\"},\"message\":{\"type\":\"o"
+    "bject\",\"properties\":{\"role\":{\"type\":\"string\",\"enum\":[\"assistant\"]},\"content\":{\"type"
+    "\":\"string\",\"description\":\"The answer, with [n] markers naming its citations.\"}}},\"finish_rea"
+    "son\":{\"type\":\"string\",\"description\":\"stop, or length when the answer was cut short.\"}}}},\""
+    "usage\":{\"type\":\"object\",\"description\":\"Estimated token counts.\",\"properties\":{\"prompt_to"
+    "kens\":{\"type\":\"integer\"},\"completion_tokens\":{\"type\":\"integer\"},\"total_tokens\":{\"type"
+    "\":\"integer\"}}},\"citations\":{\"type\":\"array\",\"description\":\"The sources the answer cites ("
+    "quarry's addition to OpenAI's shape).\",\"items\":{\"$ref\":\"#/components/schemas/Citation\"}},\"qu"
+    "arry\":{\"type\":\"object\",\"description\":\"How the answer was made: extractive when the model cou"
+    "ld not be reached.\",\"properties\":{\"mode\":{\"type\":\"string\",\"enum\":[\"generative\",\"extrac"
+    "tive\"]},\"reason\":{\"type\":\"string\"}}}}},\"DocumentFields\":{\"type\":\"object\",\"properties\""
+    ":{\"doc_id\":{\"type\":\"string\",\"description\":\"The document's id (POST; PUT takes it from the p"
+    "ath).\",\"maxLength\":512},\"text\":{\"type\":\"string\",\"description\":\"The document's text (or c"
+    "ontent_base64 with content_type).\"},\"content_base64\":{\"type\":\"string\",\"description\":\"The d"
+    "ocument's bytes, base64 (PDF, Office, HTML...).\",\"format\":\"byte\"},\"content_type\":{\"type\":\""
+    "string\",\"description\":\"Media type of content_base64.\"},\"filename\":{\"type\":\"string\",\"desc"
+    "ription\":\"Original file name; helps to tell the type.\"},\"title\":{\"type\":\"string\"},\"uri\":{"
+    "\"type\":\"string\",\"description\":\"Where the document lives (a link shown with citations).\"},\"a"
+    "cl\":{\"type\":\"array\",\"description\":\"Who may read it: public, user:<uid>, group:<name>. Withou"
+    "t it, a new document is readable by administrators only and a replaced one keeps its ACL.\",\"items"
+    "\":{\"type\":\"string\",\"example\":\"group:finance\"}},\"metadata\":{\"type\":\"object\",\"descript"
+    "ion\":\"Free-form fields kept with the document.\",\"properties\":{},\"additionalProperties\":true}}"
+    "},\"DocumentBatch\":{\"type\":\"object\",\"required\":[\"documents\"],\"properties\":{\"documents\":"
+    "{\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/DocumentFields\"},\"maxItems\":10000}"
+    "}},\"DocumentInput\":{\"oneOf\":[{\"$ref\":\"#/components/schemas/DocumentFields\"},{\"$ref\":\"#/co"
+    "mponents/schemas/DocumentBatch\"}]},\"DocumentUpload\":{\"type\":\"object\",\"properties\":{\"file\""
+    ":{\"type\":\"string\",\"description\":\"A document's bytes; several file parts make a job.\",\"forma"
+    "t\":\"binary\"},\"doc_id\":{\"type\":\"string\"},\"title\":{\"type\":\"string\"},\"uri\":{\"type\":"
+    "\"string\"},\"acl\":{\"type\":\"array\",\"description\":\"acl fields, one principal each.\",\"items"
+    "\":{\"type\":\"string\"}},\"metadata\":{\"type\":\"string\",\"description\":\"A JSON object.\"}}},\""
+    "DocumentWritten\":{\"type\":\"object\",\"properties\":{\"doc_id\":{\"type\":\"string\"},\"result\":{"
+    "\"type\":\"string\",\"enum\":[\"added\",\"updated\",\"acl_updated\",\"unchanged\"]},\"chunks\":{\"ty"
+    "pe\":\"integer\",\"description\":\"Passages the document was split into.\"},\"searchable\":{\"type\""
+    ":\"boolean\",\"description\":\"With ?refresh=wait_for: whether the write became searchable in time."
+    "\"}}},\"JobAccepted\":{\"type\":\"object\",\"properties\":{\"job_id\":{\"type\":\"string\"},\"status"
+    "_url\":{\"type\":\"string\",\"description\":\"GET it to follow the job.\"},\"state\":{\"type\":\"str"
+    "ing\",\"enum\":[\"queued\"]}}},\"Job\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"strin"
+    "g\"},\"kind\":{\"type\":\"string\",\"enum\":[\"ingest\",\"rebuild\"]},\"state\":{\"type\":\"string\""
+    ",\"enum\":[\"queued\",\"running\",\"succeeded\",\"failed\",\"cancelled\"]},\"progress\":{\"type\":\""
+    "object\",\"properties\":{\"done\":{\"type\":\"integer\"},\"total\":{\"type\":\"integer\"},\"failed\""
+    ":{\"type\":\"integer\"},\"percent\":{\"type\":\"number\"}}},\"results\":{\"type\":\"array\",\"descri"
+    "ption\":\"One result per document (ingest jobs).\",\"items\":{\"type\":\"object\",\"properties\":{},"
+    "\"additionalProperties\":true}},\"error\":{\"type\":\"string\"}}},\"AclInput\":{\"type\":\"object\","
+    "\"required\":[\"acl\"],\"properties\":{\"acl\":{\"type\":\"array\",\"description\":\"The new ACL: pu"
+    "blic, user:<uid>, group:<name>.\",\"items\":{\"type\":\"string\"}}}},\"AclOutput\":{\"type\":\"objec"
+    "t\",\"properties\":{\"doc_id\":{\"type\":\"string\"},\"acl\":{\"type\":\"array\",\"items\":{\"type\""
+    ":\"string\"}}}},\"Chunk\":{\"type\":\"object\",\"properties\":{\"chunk_id\":{\"type\":\"integer\"},"
+    "\"text\":{\"type\":\"string\"},\"headings\":{\"type\":\"string\"},\"start\":{\"type\":\"integer\"},"
+    "\"end\":{\"type\":\"integer\"}},\"additionalProperties\":true},\"Document\":{\"type\":\"object\",\"p"
+    "roperties\":{\"doc_id\":{\"type\":\"string\"},\"title\":{\"type\":\"string\"},\"uri\":{\"type\":\"st"
+    "ring\"},\"content_type\":{\"type\":\"string\"},\"metadata\":{\"type\":\"object\",\"properties\":{},"
+    "\"additionalProperties\":true},\"acl\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},\"conten"
+    "t_hash\":{\"type\":\"string\"},\"version\":{\"type\":\"integer\",\"description\":\"Raised by every c"
+    "hange.\"},\"created\":{\"type\":\"string\",\"format\":\"date-time\"},\"updated\":{\"type\":\"string"
+    "\",\"format\":\"date-time\"},\"text_bytes\":{\"type\":\"integer\"},\"chunk_count\":{\"type\":\"integ"
+    "er\"},\"chunks\":{\"type\":\"array\",\"description\":\"With ?chunks=true.\",\"items\":{\"$ref\":\"#/"
+    "components/schemas/Chunk\"}}}},\"DocumentList\":{\"type\":\"object\",\"properties\":{\"documents\":{"
+    "\"type\":\"array\",\"items\":{\"$ref\":\"#/components/schemas/Document\"}},\"next_cursor\":{\"type\""
+    ":\"string\",\"description\":\"Pass it as cursor for the next page; null on the last page.\",\"nullab"
+    "le\":true}}},\"Deleted\":{\"type\":\"object\",\"properties\":{\"doc_id\":{\"type\":\"string\"},\"del"
+    "eted\":{\"type\":\"boolean\",\"enum\":[true]}}}}";
+
+/* The parameters the operations above name. */
+static const char parameters[] =
+    "{"
+    "\"DocumentId\":{\"name\":\"id\",\"in\":\"path\",\"required\":true,\"description\":\"The document's id "
+    "(doc_id), percent-encoded; an encoded or plain '/' is part of it.\",\"schema\":{\"type\":\"string\","
+    "\"maxLength\":512}},"
+    "\"JobId\":{\"name\":\"id\",\"in\":\"path\",\"required\":true,\"description\":\"The job's id (job_id "
+    "of a 202 answer).\",\"schema\":{\"type\":\"string\"}},"
+    "\"ModelId\":{\"name\":\"id\",\"in\":\"path\",\"required\":true,\"description\":\"A model id, as "
+    "listModels names it.\",\"schema\":{\"type\":\"string\"}},"
+    "\"Limit\":{\"name\":\"limit\",\"in\":\"query\",\"description\":\"Documents per page.\",\"schema\":{"
+    "\"type\":\"integer\",\"minimum\":1,\"maximum\":1000,\"default\":50}},"
+    "\"Cursor\":{\"name\":\"cursor\",\"in\":\"query\",\"description\":\"The next_cursor of the previous "
+    "page.\",\"schema\":{\"type\":\"string\"}},"
+    "\"Chunks\":{\"name\":\"chunks\",\"in\":\"query\",\"description\":\"true: add the document's passages."
+    "\",\"schema\":{\"type\":\"boolean\",\"default\":false}},"
+    "\"Refresh\":{\"name\":\"refresh\",\"in\":\"query\",\"description\":\"wait_for (or true): answer once "
+    "the change is searchable (at most index.wait_for_ms); false: within index.refresh_ms.\",\"schema\":{"
+    "\"type\":\"string\",\"enum\":[\"false\",\"true\",\"wait_for\"],\"default\":\"false\"}}"
     "}";
 
-static const route_doc *find_doc(const char *method, const char *pattern)
+/* The error answers, one shared response each, all with the Error body. */
+static const struct {
+    int status;
+    const char *name, *description;
+} errors[] = {
+    {400, "BadRequest",
+     "The request is malformed or a field is invalid; the message names it (invalid_argument, "
+     "invalid_json). Fix the request; retrying it unchanged fails again."},
+    {401, "Unauthorized", "No credentials, or wrong or expired ones (unauthenticated): sign in again."},
+    {403, "Forbidden",
+     "The caller may not do this (permission_denied): not an administrator, a service key "
+     "without the route's scope, or X-Quarry-User from a key without on_behalf_of."},
+    {404, "NotFound", "No such document, job or model (not_found)."},
+    {413, "PayloadTooLarge",
+     "The body is over the route's limit (payload_too_large) or nested too deep "
+     "(limit_exceeded)."},
+    {415, "UnsupportedMediaType", "A content type quarry cannot read (unsupported_media_type)."},
+    {429, "TooManyRequests",
+     "Too many failed logins, or too many of this user's requests at once "
+     "(rate_limited): retry after Retry-After seconds."},
+    {500, "InternalError", "An error in quarry; the X-Request-Id header finds it in the log."},
+    {501, "NotImplemented",
+     "The search mode needs what this server lacks (vector search without an "
+     "embedder)."},
+    {503, "Unavailable",
+     "A dependency (LDAP, the store) cannot be reached, or every worker is busy "
+     "(unavailable, overloaded): retry later."},
+    {504, "Timeout", "The search took longer than retrieval.timeout_ms (timeout)."},
+};
+
+static const op_doc *find_op(const char *method, const char *pattern)
 {
-    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++)
-        if (strcmp(docs[i].method, method) == 0 && strcmp(docs[i].pattern, pattern) == 0)
-            return &docs[i];
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+        if (strcmp(ops[i].method, method) == 0 && strcmp(ops[i].pattern, pattern) == 0)
+            return &ops[i];
     return NULL;
 }
 
-static json_t *ref(const char *name)
+static json_t *ref_to(const char *kind, const char *name)
 {
     char buf[128];
-    snprintf(buf, sizeof(buf), "#/components/schemas/%s", name);
+    snprintf(buf, sizeof(buf), "#/components/%s/%s", kind, name);
     return json_pack("{s:s}", "$ref", buf);
 }
 
-static json_t *error_response(const char *why)
+static const char *error_name(int status)
 {
-    return json_pack("{s:s,s:{s:{s:o}}}", "description", why, "content", "application/json", "schema",
-                     ref("Error"));
+    for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++)
+        if (errors[i].status == status)
+            return errors[i].name;
+    return NULL;
 }
 
-static json_t *operation(const api_route *route)
+/* Adds the error responses named in list ("400,404") to responses; false for a status the error
+ * table lacks (a bug in the operation table). */
+static bool add_errors(json_t *responses, const char *list)
 {
-    const route_doc *d = find_doc(route->method, route->pattern);
-    json_t *op = json_object();
-    json_object_set_new(op, "summary", json_string(d ? d->summary : "Undocumented route."));
-    char opid[128], *o = opid;
-    for (const char *p = route->method; *p && o < opid + 20; p++)
-        *o++ = (char)(*p | 0x20);
-    for (const char *p = route->pattern; *p && o < opid + sizeof(opid) - 1; p++)
-        *o++ = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ? *p : '_';
-    *o = '\0';
-    json_object_set_new(op, "operationId", json_string(opid));
-    if (route->access == API_ACCESS_PUBLIC)
-        json_object_set_new(op, "security", json_array());
-    if (strchr(route->pattern, '{'))
-        json_object_set_new(op, "parameters",
-                            json_pack("[{s:s,s:s,s:b,s:s,s:{s:s}}]", "name", "id", "in", "path", "required",
-                                      1, "description",
-                                      "the id, percent-encoded (an encoded or plain '/' is part of it)",
-                                      "schema", "type", "string"));
-    if (strcmp(route->pattern, "/v1/documents") == 0 && strcmp(route->method, "GET") == 0)
-        json_object_set_new(op, "parameters",
-                            json_pack("[{s:s,s:s,s:{s:s,s:i,s:i}},{s:s,s:s,s:{s:s}}]", "name", "limit", "in",
-                                      "query", "schema", "type", "integer", "minimum", 1, "maximum", 1000,
-                                      "name", "cursor", "in", "query", "schema", "type", "string"));
-    if (d && d->request) {
-        json_t *content = json_pack("{s:{s:o}}", "application/json", "schema", ref(d->request));
-        if (strcmp(d->request, "DocumentInput") == 0)
-            json_object_set_new(
-                content, "multipart/form-data",
-                json_pack("{s:{s:s,s:{s:{s:s,s:s},s:{s:s},s:{s:s},s:{s:s},s:{s:s,s:{s:s}},s:{s:s}}}}",
-                          "schema", "type", "object", "properties", "file", "type", "string",
-                          "contentMediaType", "application/octet-stream", "doc_id", "type", "string", "title",
-                          "type", "string", "uri", "type", "string", "acl", "type", "array", "items", "type",
-                          "string", "metadata", "type", "string"));
+    while (*list) {
+        int status = atoi(list);
+        const char *name = error_name(status);
+        char code[8];
+        if (!name)
+            return false;
+        snprintf(code, sizeof(code), "%d", status);
+        if (!json_object_get(responses, code))
+            json_object_set_new(responses, code, ref_to("responses", name));
+        list += strcspn(list, ",");
+        list += *list == ',';
+    }
+    return true;
+}
+
+static json_t *success_response(const op_doc *d, int status)
+{
+    const char *what = status == 201   ? "Created."
+                       : status == 202 ? "Accepted: the work runs as a background job; follow status_url."
+                       : status == 503 ? "Not ready: see checks."
+                                       : "OK.";
+    json_t *resp = json_pack("{s:s}", "description", what);
+    json_t *content = NULL;
+    if (status == 202)
+        content = json_pack("{s:{s:o}}", "application/json", "schema", ref_to("schemas", "JobAccepted"));
+    else if (d->response)
+        content = json_pack("{s:{s:o}}", "application/json", "schema", ref_to("schemas", d->response));
+    else if (strcmp(d->pattern, "/metrics") == 0)
+        content = json_pack("{s:{s:{s:s}}}", "text/plain", "schema", "type", "string");
+    else if (strcmp(d->pattern, "/openapi.json") == 0)
+        content = json_pack("{s:{s:{s:s,s:s,s:b}}}", "application/json", "schema", "type", "object",
+                            "description", "An OpenAPI 3.0.3 document.", "additionalProperties", 1);
+    if (content && strcmp(d->operation_id, "createChatCompletion") == 0)
+        json_object_set_new(content, "text/event-stream",
+                            json_pack("{s:{s:s,s:s}}", "schema", "type", "string", "description",
+                                      "With stream=true: data: {chat.completion.chunk} events, then "
+                                      "data: [DONE]."));
+    if (content)
+        json_object_set_new(resp, "content", content);
+    return resp;
+}
+
+/* The operation for route, with security (the same alternatives for every route that needs
+ * credentials, from the document's schemes), or NULL when the operation table lacks it. */
+static json_t *operation(const api_route *route, const op_doc *d, json_t *security)
+{
+    json_t *op = json_pack("{s:s,s:[s],s:s,s:s}", "operationId", d->operation_id, "tags", d->tag, "summary",
+                           d->summary, "description", d->description);
+    if (!op)
+        return NULL;
+    json_object_set_new(op, "security",
+                        route->access == API_ACCESS_PUBLIC ? json_array() : json_copy(security));
+    if (d->params) {
+        json_t *params = json_array();
+        for (const char *p = d->params; *p;) {
+            size_t n = strcspn(p, ",");
+            char name[48];
+            snprintf(name, sizeof(name), "%.*s", (int)n, p);
+            json_array_append_new(params, ref_to("parameters", name));
+            p += n + (p[n] == ',');
+        }
+        json_object_set_new(op, "parameters", params);
+    }
+    if (d->request) {
+        json_t *content = json_pack("{s:{s:o}}", "application/json", "schema", ref_to("schemas", d->request));
+        if (strcmp(d->request, "DocumentInput") == 0 || strcmp(d->request, "DocumentFields") == 0)
+            json_object_set_new(content, "multipart/form-data",
+                                json_pack("{s:o}", "schema", ref_to("schemas", "DocumentUpload")));
         json_object_set_new(op, "requestBody", json_pack("{s:b,s:o}", "required", 1, "content", content));
     }
     json_t *responses = json_object();
-    char status[8];
-    snprintf(status, sizeof(status), "%d", d ? d->status : 200);
-    json_t *ok = json_pack("{s:s}", "description", "success");
-    if (strcmp(route->pattern, "/metrics") == 0)
-        json_object_set_new(ok, "content",
-                            json_pack("{s:{s:{s:s}}}", "text/plain", "schema", "type", "string"));
-    else if (strcmp(route->pattern, "/openapi.json") == 0)
-        json_object_set_new(ok, "content",
-                            json_pack("{s:{s:{s:s}}}", "application/json", "schema", "type", "object"));
-    else if (d && d->response) {
-        json_t *content = json_pack("{s:{s:o}}", "application/json", "schema", ref(d->response));
-        if (strcmp(route->pattern, "/v1/chat/completions") == 0)
-            json_object_set_new(content, "text/event-stream",
-                                json_pack("{s:{s:s,s:s}}", "schema", "type", "string", "description",
-                                          "data: {chat.completion.chunk} events, then data: [DONE]"));
-        json_object_set_new(ok, "content", content);
-    }
-    json_object_set_new(responses, status, ok);
-    const char *extra = d ? d->extra : "";
-    while (*extra) {
+    for (const char *p = d->success; *p;) {
+        int status = atoi(p);
         char code[8];
-        size_t n = strcspn(extra, ",");
-        snprintf(code, sizeof(code), "%.*s", (int)n, extra);
-        json_object_set_new(responses, code, error_response("see the error code and message"));
-        extra += n + (extra[n] == ',');
+        snprintf(code, sizeof(code), "%d", status);
+        json_object_set_new(responses, code, success_response(d, status));
+        p += strcspn(p, ",");
+        p += *p == ',';
     }
-    if (route->access != API_ACCESS_PUBLIC) {
-        json_object_set_new(responses, "401", error_response("no or bad credentials"));
-        json_object_set_new(responses, "503",
-                            error_response("LDAP (or another dependency) cannot be reached"));
-    }
-    if (route->access == API_ACCESS_ADMIN)
-        json_object_set_new(responses, "403", error_response("administrators only"));
-    json_object_set_new(responses, "default", error_response("an error"));
+    bool ok = add_errors(responses, d->errors);
+    if (route->access != API_ACCESS_PUBLIC)
+        ok = ok && add_errors(responses, "401,403,429");
+    if (!route->inline_) /* a worker runs it: the queue can be full */
+        ok = ok && add_errors(responses, "503");
+    ok = ok && add_errors(responses, "500");
     json_object_set_new(op, "responses", responses);
+    if (!ok) {
+        json_decref(op);
+        return NULL;
+    }
     return op;
 }
 
-char *api_openapi_json(void)
+static json_t *tag_list(void)
 {
-    json_t *comp = json_loads(schemas, 0, NULL);
-    if (!comp)
-        return NULL;
-    json_t *paths = json_object();
+    return json_pack("[{s:s,s:s},{s:s,s:s},{s:s,s:s},{s:s,s:s},{s:s,s:s},{s:s,s:s}]", "name", "knowledge",
+                     "description", "Search and answers over the documents the caller may read.", "name",
+                     "chat", "description", "OpenAI-compatible chat completions.", "name", "auth",
+                     "description", "Sign-in and the caller's identity.", "name", "documents", "description",
+                     "Adding, reading and removing documents (administrators).", "name", "admin",
+                     "description", "The search indexes and background jobs (administrators).", "name",
+                     "meta", "description", "Health, readiness, metrics and this document.");
+}
+
+/* Splits a comma- or space-separated list into a JSON array of strings. */
+static json_t *word_list(const char *text)
+{
+    json_t *a = json_array();
+    for (const char *p = text; a && *p;) {
+        p += strspn(p, ", ");
+        size_t n = strcspn(p, ", ");
+        if (n)
+            json_array_append_new(a, json_stringn(p, n));
+        p += n;
+    }
+    return a;
+}
+
+/* The security schemes, and the alternatives every operation with credentials lists. */
+static qr_status security(const qr_settings *c, json_t *schemes, json_t *alternatives, char *err)
+{
+    json_object_set_new(schemes, "bearerAuth",
+                        json_pack("{s:s,s:s,s:s}", "type", "http", "scheme", "bearer", "description",
+                                  "A token from createToken, a service API key (qk_...), or an access token "
+                                  "from the organisation's OpenID Connect provider (oidc.issuer)."));
+    json_object_set_new(
+        schemes, "basicAuth",
+        json_pack("{s:s,s:s,s:s}", "type", "http", "scheme", "basic", "description",
+                  "The user's directory (LDAP) name and password, checked on every request."));
+    json_object_set_new(schemes, "apiKey",
+                        json_pack("{s:s,s:s,s:s,s:s}", "type", "apiKey", "in", "header", "name", "X-API-Key",
+                                  "description",
+                                  "A service API key (qk_...); with the on_behalf_of scope it may act for "
+                                  "the user named in X-Quarry-User."));
+    json_array_append_new(alternatives, json_pack("{s:[]}", "bearerAuth"));
+    json_array_append_new(alternatives, json_pack("{s:[]}", "basicAuth"));
+    json_array_append_new(alternatives, json_pack("{s:[]}", "apiKey"));
+    const char *issuer = c->oidc_issuer + strspn(c->oidc_issuer, " ");
+    size_t n = strcspn(issuer, ",");
+    while (n && (issuer[n - 1] == ' ' || issuer[n - 1] == '/'))
+        n--; /* OpenID Connect Discovery: a trailing '/' of the issuer goes before the well-known path */
+    bool oauth = *c->oidc_authorization_url || *c->oidc_token_url;
+    if (oauth && (!*c->oidc_authorization_url || !*c->oidc_token_url || !n))
+        return qr_fail(err, QR_EINVAL,
+                       "oidc.authorization_url and oidc.token_url go together, and with "
+                       "oidc.issuer");
+    if (!n)
+        return QR_OK;
+    json_t *scopes = word_list(*c->oidc_oauth_scopes ? c->oidc_oauth_scopes : c->oidc_required_scope);
+    char url[1200];
+    snprintf(url, sizeof(url), "%.*s/.well-known/openid-configuration", (int)(n < 1000 ? n : 1000), issuer);
+    json_object_set_new(
+        schemes, "openIdConnect",
+        json_pack("{s:s,s:s,s:s}", "type", "openIdConnect", "openIdConnectUrl", url, "description",
+                  "The organisation's identity provider (the first of oidc.issuer): its access "
+                  "tokens, sent as Authorization: Bearer, sign the user in."));
+    json_array_append_new(alternatives, json_pack("{s:O}", "openIdConnect", scopes));
+    if (oauth) {
+        json_t *scope_map = json_object();
+        size_t i;
+        json_t *s;
+        json_array_foreach(scopes, i, s)
+        {
+            json_object_set_new(scope_map, json_string_value(s),
+                                json_string("Search and read as the signed-in user."));
+        }
+        json_object_set_new(
+            schemes, "oauth2",
+            json_pack("{s:s,s:s,s:{s:{s:s,s:s,s:s,s:o}}}", "type", "oauth2", "description",
+                      "Sign the user in with the organisation's identity provider (authorization code flow; "
+                      "Copilot API plugins and Teams message extensions register this as their OAuth "
+                      "connection).",
+                      "flows", "authorizationCode", "authorizationUrl", c->oidc_authorization_url, "tokenUrl",
+                      c->oidc_token_url, "refreshUrl", c->oidc_token_url, "scopes", scope_map));
+        json_array_append_new(alternatives, json_pack("{s:O}", "oauth2", scopes));
+    }
+    json_decref(scopes);
+    return QR_OK;
+}
+
+qr_status api_openapi_json(const qr_config *cfg, char **out, char *err)
+{
+    *out = NULL;
+    const qr_settings *c = qr_config_settings(cfg);
+    qr_status st = QR_OK;
+    json_t *spec = NULL, *paths = json_object(), *schemes = json_object(), *alternatives = json_array();
+    json_t *schema_map = json_loads(schemas, 0, NULL), *param_map = json_loads(parameters, 0, NULL);
+    json_t *responses = json_object();
+    if (!paths || !schemes || !alternatives || !schema_map || !param_map || !responses) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory building the OpenAPI document");
+        goto out;
+    }
+    if ((st = security(c, schemes, alternatives, err)))
+        goto out;
+    for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++)
+        json_object_set_new(responses, errors[i].name,
+                            json_pack("{s:s,s:{s:{s:o}}}", "description", errors[i].description, "content",
+                                      "application/json", "schema", ref_to("schemas", "Error")));
+    json_object_set_new(json_object_get(responses, "TooManyRequests"), "headers",
+                        json_pack("{s:{s:s,s:{s:s}}}", "Retry-After", "description",
+                                  "Seconds to wait before retrying.", "schema", "type", "integer"));
     for (size_t i = 0; i < api_route_count; i++) {
         const api_route *route = &api_route_table[i];
+        const op_doc *d = find_op(route->method, route->pattern);
+        if (!d) {
+            st = qr_fail(err, QR_EINVAL, "the OpenAPI operation table has no entry for %s %s (api/openapi.c)",
+                         route->method, route->pattern);
+            goto out;
+        }
+        json_t *op = operation(route, d, alternatives);
+        if (!op) {
+            st = qr_fail(err, QR_EINVAL, "cannot describe %s %s (an error status api/openapi.c lacks?)",
+                         route->method, route->pattern);
+            goto out;
+        }
         json_t *item = json_object_get(paths, route->pattern);
         if (!item) {
             item = json_object();
@@ -301,30 +597,69 @@ char *api_openapi_json(void)
         for (; route->method[k] && k < sizeof(lower) - 1; k++)
             lower[k] = (char)(route->method[k] | 0x20);
         lower[k] = '\0';
-        json_object_set_new(item, lower, operation(route));
+        json_object_set_new(item, lower, op);
     }
-    json_t *spec = json_pack(
-        "{s:s,s:{s:s,s:s,s:s,s:{s:s}},s:o,s:{s:o,s:{s:{s:s,s:s},s:{s:s,s:s,s:s},s:{s:s,s:s,s:s}}},s:[{s:[]},{"
-        "s:[]},"
-        "{s:[]}]}",
-        "openapi", "3.1.0", "info", "title", "quarry", "version", QUARRY_VERSION, "description",
-        "Retrieval-augmented answers over enterprise documents, trimmed to each caller's LDAP permissions.",
-        "license", "name", "MIT", "paths", paths, "components", "schemas", comp, "securitySchemes", "basic",
-        "type", "http", "scheme", "basic", "bearer", "type", "http", "scheme", "bearer", "description",
-        "a token from POST /v1/auth/token, or a service API key (qk_...)", "apiKey", "type", "apiKey", "in",
-        "header", "name", "X-API-Key", "security", "basic", "bearer", "apiKey");
-    char *text = spec ? json_dumps(spec, JSON_COMPACT) : NULL;
+    /* parameters only the operations of routes this build lacks use (the model id) would be
+     * unused components, which linters warn about */
+    char *text = json_dumps(paths, JSON_COMPACT);
+    const char *name;
+    json_t *param, *unused = json_array();
+    if (!text || !unused) {
+        free(text);
+        json_decref(unused);
+        st = qr_fail(err, QR_ENOMEM, "out of memory building the OpenAPI document");
+        goto out;
+    }
+    json_object_foreach(param_map, name, param)
+    {
+        char needle[96];
+        snprintf(needle, sizeof(needle), "\"#/components/parameters/%s\"", name);
+        if (!strstr(text, needle))
+            json_array_append_new(unused, json_string(name));
+    }
+    size_t u;
+    json_t *unused_name;
+    json_array_foreach(unused, u, unused_name)
+    {
+        json_object_del(param_map, json_string_value(unused_name));
+    }
+    json_decref(unused);
+    free(text);
+    /* no trailing '/' (a server URL with one doubles the paths' slash); empty: relative to where the
+     * document was fetched from, never a Host header a client sent */
+    const char *public_url = c->server_public_url;
+    size_t n = strlen(public_url);
+    while (n > 0 && public_url[n - 1] == '/')
+        n--;
+    json_t *server =
+        n ? json_pack("{s:s%,s:s}", "url", public_url, n, "description", "quarry (server.public_url)")
+          : json_pack("{s:s,s:s}", "url", "/", "description",
+                      "This server, relative to where the document was fetched from. Set server.public_url: "
+                      "Microsoft 365 Copilot and Teams need an absolute https URL.");
+    spec = json_pack(
+        "{s:s,s:{s:s,s:s,s:s,s:{s:s,s:s}},s:[o],s:o,s:O,s:o,s:{s:o,s:o,s:o,s:o}}", "openapi", "3.0.3", "info",
+        "title", "quarry", "version", QUARRY_VERSION, "description",
+        "Search and answers over the organisation's documents, trimmed to what the signed-in user may read "
+        "(document ACLs against LDAP groups). searchKnowledgeBase finds passages; askQuestion answers a "
+        "question with citations.",
+        "license", "name", "MIT", "url", "https://opensource.org/licenses/MIT", "servers", server, "paths",
+        paths, "security", alternatives, "tags", tag_list(), "components", "schemas", schema_map,
+        "parameters", param_map, "responses", responses, "securitySchemes", schemes);
+    paths = schemes = schema_map = param_map = responses = NULL;
+    if (!spec || !(*out = json_dumps(spec, JSON_COMPACT)))
+        st = qr_fail(err, QR_ENOMEM, "out of memory building the OpenAPI document");
+out:
     json_decref(spec);
-    return text;
+    json_decref(paths);
+    json_decref(schemes);
+    json_decref(alternatives);
+    json_decref(schema_map);
+    json_decref(param_map);
+    json_decref(responses);
+    return st;
 }
 
 void api_h_openapi(api_req *r)
 {
-    char *text = api_openapi_json();
-    if (!text) {
-        api_reply_status(r, QR_ENOMEM, "cannot build the OpenAPI document");
-        return;
-    }
-    api_reply_raw(r, 200, "application/json", text, strlen(text));
-    free(text);
+    api_reply_raw(r, 200, "application/json", r->srv->openapi, strlen(r->srv->openapi));
 }

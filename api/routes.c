@@ -17,7 +17,7 @@ const api_route api_route_table[] = {
     {"GET", "/healthz", API_ACCESS_PUBLIC, 0, API_BODY_SMALL, true, api_h_healthz},
     {"GET", "/readyz", API_ACCESS_USER, 0, API_BODY_SMALL, false, api_h_readyz},
     {"GET", "/metrics", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_metrics},
-    {"GET", "/openapi.json", API_ACCESS_USER, 0, API_BODY_SMALL, false, api_h_openapi},
+    {"GET", "/openapi.json", API_ACCESS_PUBLIC, 0, API_BODY_SMALL, true, api_h_openapi},
     {"POST", "/v1/auth/token", API_ACCESS_PUBLIC, 0, API_BODY_SMALL, false, api_h_token},
     {"GET", "/v1/me", API_ACCESS_USER, 0, API_BODY_SMALL, false, api_h_me},
     {"GET", "/v1/models", API_ACCESS_USER, AUTH_SCOPE_CHAT, API_BODY_SMALL, false, api_h_models},

@@ -247,7 +247,9 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
         }
     }
 
-    if ((st = auth_new(cfg, &srv->auth, err)) || (st = infer_client_new(cfg, &srv->infer, err)) ||
+    /* after auth_new, which refuses issuers that are not https (or loopback http) */
+    if ((st = auth_new(cfg, &srv->auth, err)) || (st = api_openapi_json(cfg, &srv->openapi, err)) ||
+        (st = infer_client_new(cfg, &srv->infer, err)) ||
         (st = ingest_session_open(cfg, &srv->ingest, err)) || (st = api_audit_open(cfg, &srv->audit, err)))
         goto out;
     if (!(srv->metrics = api_metrics_new())) {
@@ -529,6 +531,7 @@ void api_server_free(api_server *srv)
     free(srv->tls_key);
     api_cors_free(srv->cors);
     api_ui_free(srv->ui);
+    free(srv->openapi);
     pthread_mutex_destroy(&srv->lock);
     pthread_cond_destroy(&srv->idle);
     pthread_mutex_destroy(&srv->access_lock);

@@ -106,9 +106,35 @@ static bool text_ok(const char *value)
     return true;
 }
 
+/* Checks an absolute URL that quarry only publishes (in /openapi.json), never fetches: http or
+ * https, a host, no user name or password (the document is public), no query, fragment or space.
+ * Returns NULL when it is fine, else why not. */
+static const char *published_url_problem(const char *url)
+{
+    size_t scheme = strncasecmp(url, "https://", 8) == 0 ? 8 : strncasecmp(url, "http://", 7) == 0 ? 7 : 0;
+    if (!scheme)
+        return "is not an http:// or https:// URL";
+    const char *host = url + scheme;
+    size_t authority = strcspn(host, "/");
+    if (authority == 0 || host[0] == ':')
+        return "has no host";
+    if (memchr(host, '@', authority))
+        return "must not hold a user name or password";
+    if (strpbrk(url, "?# \t\\\"<>{}|^`"))
+        return "must not hold a query, a fragment, spaces or characters a URL cannot";
+    return NULL;
+}
+
 /* Rules for particular keys beyond type and range. */
 static qr_status validate_special(const qr_cfg_key *key, const char *value, char *err)
 {
+    if ((strcmp(key->name, "server.public_url") == 0 || strcmp(key->name, "oidc.authorization_url") == 0 ||
+         strcmp(key->name, "oidc.token_url") == 0) &&
+        *value) {
+        const char *why = published_url_problem(value);
+        if (why)
+            return qr_fail(err, QR_EINVAL, "%s: '%s' %s", key->name, value, why);
+    }
     if (strcmp(key->name, "ldap.uri") == 0 && *value) {
         char *copy = strdup(value);
         if (!copy)

@@ -67,6 +67,9 @@
     X(STRING, server, cors_origins, "", NO_RANGE, NULL, false,                                               \
       "Origins (scheme://host[:port], exactly; no '*') whose pages may call the API from a browser, "        \
       "e.g. an Outlook or Word add-in: comma-separated or a JSON list. Empty: no CORS headers.")             \
+    X(STRING, server, public_url, "", NO_RANGE, NULL, false,                                                 \
+      "Absolute http(s) URL clients reach the API at (e.g. behind a reverse proxy), the `servers` entry of " \
+      "/openapi.json; empty: a relative \"/\" (Copilot and Teams need an absolute https URL).")              \
     /* LDAP */                                                                                               \
     X(STRING, ldap, uri, "", NO_RANGE, NULL, false,                                                          \
       "One or more ldap:// or ldaps:// URIs, separated by spaces or commas.")                                \
@@ -152,6 +155,14 @@
       "Longest OIDC token accepted; longer ones are refused unread.")                                        \
     X(STRING, oidc, ca_file, "", NO_RANGE, NULL, false,                                                      \
       "PEM CA bundle for the issuers' HTTPS (empty: the system's).")                                         \
+    X(STRING, oidc, authorization_url, "", NO_RANGE, NULL, false,                                            \
+      "The first issuer's OAuth 2.0 authorization endpoint; with oidc.token_url, /openapi.json gets an "     \
+      "oauth2 authorization-code scheme (Copilot API plugins and Teams register OAuth from it).")            \
+    X(STRING, oidc, token_url, "", NO_RANGE, NULL, false,                                                    \
+      "The first issuer's OAuth 2.0 token endpoint (with oidc.authorization_url).")                          \
+    X(STRING, oidc, oauth_scopes, "", NO_RANGE, NULL, false,                                                 \
+      "Scopes an OAuth client asks for, as its authorization request names them (Entra ID: "                 \
+      "api://<client id>/access_as_user), listed in /openapi.json; empty: oidc.required_scope's.")           \
     /* vector index */                                                                                       \
     X(STRING, vindex, type, "auto", NO_RANGE, "auto|flat|ivf_flat|ivf_sq8|ivf_pq|hnsw", false,               \
       "Vector index type; auto: exact (flat) up to vindex.exact_threshold vectors, ivf_sq8 above.")          \

@@ -72,8 +72,8 @@ TEST(healthz_routing_and_request_ids)
         CHECK(api_error_shape(&r));
         api_resp_release(&r);
     }
-    /* every route but /healthz needs credentials, /metrics and /readyz included */
-    const char *paths[] = {"/readyz", "/metrics", "/openapi.json", "/v1/me", "/v1/models", "/v1/documents"};
+    /* every route but /healthz and /openapi.json needs credentials, /metrics and /readyz included */
+    const char *paths[] = {"/readyz", "/metrics", "/v1/jobs/x", "/v1/me", "/v1/models", "/v1/documents"};
     for (size_t i = 0; i < 6; i++) {
         CHECK_INT(api_http(f.base, "GET", paths[i], NULL, NULL, 0, &r), 401);
         CHECK(api_error_shape(&r));
@@ -2600,8 +2600,9 @@ TEST(openapi_and_routes_agree_both_ways)
     static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
     CHECK(api_fx_start(&f, NULL));
     api_resp r;
-    CHECK_INT(api_http(f.base, "GET", "/openapi.json", H(ALICE), NULL, 0, &r), 200);
-    CHECK_STR(json_string_value(json_object_get(r.json, "openapi")), "3.1.0");
+    /* public: no credentials */
+    CHECK_INT(api_http(f.base, "GET", "/openapi.json", NULL, NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "openapi")), "3.0.3");
     json_t *paths = json_object_get(r.json, "paths");
     size_t nroutes;
     const api_route_info *routes = api_routes(&nroutes);
@@ -2657,6 +2658,67 @@ TEST(openapi_and_routes_agree_both_ways)
     }
     CHECK_INT(ops, nroutes);
     api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+/* The document as Copilot, Teams and client generators get it -- fetched without credentials,
+ * from a server with an OpenID Connect issuer, OAuth endpoints and a public URL -- passes
+ * swagger-parser, Redocly's recommended rules and m365-spec-parser (tests/openapi_lint, pinned
+ * versions; skipped without them and without a registry to install them from). */
+TEST(openapi_validators)
+{
+    const char *dir = QUARRY_SOURCE_DIR "/tests/openapi_lint";
+    char cmd[2048];
+    struct stat sb;
+    if (stat(QUARRY_SOURCE_DIR "/tests/openapi_lint/node_modules/@microsoft/m365-spec-parser/package.json",
+             &sb) != 0) {
+        snprintf(
+            cmd, sizeof(cmd),
+            "cd '%s' && npm ping --fetch-retries=0 --fetch-timeout=10000 --loglevel=silent >/dev/null 2>&1",
+            dir);
+        if (system(cmd) != 0) {
+            printf("skipped: no npm registry (the validators are not installed in %s)\n", dir);
+            exit(77);
+        }
+        snprintf(cmd, sizeof(cmd), "cd '%s' && npm ci --no-audit --no-fund --loglevel=error >&2", dir);
+        CHECK_MSG(system(cmd) == 0, "npm ci failed in %s although the registry answers", dir);
+    }
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "server.public_url", "https://quarry.contoso.com/", "oidc.issuer",
+                       "https://login.example.com/tenant-a/v2.0", "oidc.audience", "api://quarry",
+                       "oidc.required_scope", "access_as_user", "oidc.oauth_scopes",
+                       "api://quarry/access_as_user", "oidc.authorization_url",
+                       "https://login.example.com/tenant-a/oauth2/v2.0/authorize", "oidc.token_url",
+                       "https://login.example.com/tenant-a/oauth2/v2.0/token", NULL));
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/openapi.json", NULL, NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "openapi")), "3.0.3");
+    CHECK_STR(
+        json_string_value(json_object_get(json_array_get(json_object_get(r.json, "servers"), 0), "url")),
+        "https://quarry.contoso.com");
+    /* nothing of where the server listens */
+    CHECK(!strstr(qr_buf_str(&r.body), "127.0.0.1"));
+    json_t *schemes = json_object_get(json_object_get(r.json, "components"), "securitySchemes");
+    CHECK_STR(
+        json_string_value(json_object_get(json_object_get(schemes, "openIdConnect"), "openIdConnectUrl")),
+        "https://login.example.com/tenant-a/v2.0/.well-known/openid-configuration");
+    CHECK(json_object_get(schemes, "oauth2"));
+    api_resp_release(&r);
+    snprintf(cmd, sizeof(cmd), "cd '%s' && node validate.mjs '%s/openapi.json' 2>&1", dir, f.base);
+    FILE *p = popen(cmd, "r");
+    CHECK(p);
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+        qr_buf_append(&out, chunk, n);
+    int status = pclose(p);
+    printf("%s", qr_buf_str(&out)); /* the warnings, for whoever reads the test's log */
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the validators found errors:\n%s",
+              qr_buf_str(&out));
+    qr_buf_release(&out);
     api_fx_stop(&f);
 }
 

@@ -4,7 +4,10 @@
  * document's shape, and access and audit log lines that stay one whole JSON record when capped.
  */
 #include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "api/api_int.h"
 #include "api/multipart.h"
@@ -315,26 +318,266 @@ TEST(base64)
     CHECK(api_base64_decode("ab$d", 4, &n) == NULL);
 }
 
+/* The OpenAPI document for a configuration made of "key", "value" pairs (NULL-ended), parsed;
+ * NULL (and the reason in err) when the document cannot be built. */
+static json_t *openapi_for(char *err, ...)
+{
+    qr_config *cfg = qr_config_new();
+    va_list ap;
+    va_start(ap, err);
+    const char *key;
+    qr_status st = cfg ? QR_OK : QR_ENOMEM;
+    while (!st && (key = va_arg(ap, const char *)))
+        st = qr_config_set(cfg, key, va_arg(ap, const char *), QR_CFG_SRC_CLI, err);
+    va_end(ap);
+    char *text = NULL;
+    if (!st)
+        st = api_openapi_json(cfg, &text, err);
+    qr_config_free(cfg);
+    json_t *spec = text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
+    return spec;
+}
+
+/* Every "$ref" under v points at a component that exists; no keyword of OpenAPI 3.1 (JSON Schema
+ * 2020-12) that 3.0 importers reject. */
+static void check_refs_and_keywords(json_t *spec, json_t *v, const char *where)
+{
+    const char *key;
+    json_t *child;
+    size_t i;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, child)
+        {
+            check_refs_and_keywords(spec, child, where);
+        }
+        return;
+    }
+    if (!json_is_object(v))
+        return;
+    json_object_foreach(v, key, child)
+    {
+        if (strcmp(key, "$ref") == 0) {
+            const char *ref = json_string_value(child);
+            CHECK_MSG(ref && strncmp(ref, "#/components/", 13) == 0, "%s: odd $ref", where);
+            char kind[32], name[64];
+            CHECK_MSG(sscanf(ref + 13, "%31[^/]/%63s", kind, name) == 2, "%s: odd $ref %s", where, ref);
+            CHECK_MSG(json_object_get(json_object_get(json_object_get(spec, "components"), kind), name),
+                      "%s: dangling $ref %s", where, ref);
+        }
+        const char *only31[] = {"const", "examples", "contentEncoding", "contentMediaType", "$defs"};
+        for (size_t k = 0; k < sizeof(only31) / sizeof(only31[0]); k++)
+            CHECK_MSG(strcmp(key, only31[k]) != 0, "%s: '%s' is OpenAPI 3.1 only", where, key);
+        if (strcmp(key, "type") == 0)
+            CHECK_MSG(json_is_string(child), "%s: a list of types is OpenAPI 3.1 only", where);
+        if (strcmp(key, "properties") != 0)
+            check_refs_and_keywords(spec, child, key);
+        else {
+            const char *prop;
+            json_t *schema;
+            json_object_foreach(child, prop, schema)
+            {
+                check_refs_and_keywords(spec, schema, prop);
+            }
+        }
+    }
+}
+
+static bool lower_camel(const char *s)
+{
+    if (!s || !(*s >= 'a' && *s <= 'z'))
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')))
+            return false;
+    return true;
+}
+
 TEST(openapi_document_is_valid_json)
 {
-    char *text = api_openapi_json();
-    CHECK(text);
-    json_t *spec = json_loads(text, 0, NULL);
-    free(text);
-    CHECK(spec);
-    CHECK_STR(json_string_value(json_object_get(spec, "openapi")), "3.1.0");
+    char err[QR_ERR_LEN] = "";
+    json_t *spec = openapi_for(err, NULL);
+    CHECK_MSG(spec, "%s", err);
+    CHECK_STR(json_string_value(json_object_get(spec, "openapi")), "3.0.3");
     json_t *schemas = json_object_get(json_object_get(spec, "components"), "schemas");
     CHECK(json_object_size(schemas) > 10);
-    /* every $ref points at a schema that exists */
-    char *dump = json_dumps(spec, 0);
-    for (const char *p = dump; (p = strstr(p, "#/components/schemas/"));) {
-        p += strlen("#/components/schemas/");
-        char name[64];
-        snprintf(name, sizeof(name), "%.*s", (int)strcspn(p, "\""), p);
-        CHECK_MSG(json_object_get(schemas, name), "dangling $ref %s", name);
-    }
-    free(dump);
+    check_refs_and_keywords(spec, spec, "document");
+    /* no server.public_url: a relative server, never an address of this machine */
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(spec, "servers"), 0), "url")),
+              "/");
+    /* the shared error object, in OpenAI's shape */
+    json_t *error = json_object_get(json_object_get(schemas, "Error"), "properties");
+    json_t *fields = json_object_get(json_object_get(error, "error"), "properties");
+    const char *names[] = {"message", "type", "param", "code"};
+    for (size_t i = 0; i < 4; i++)
+        CHECK_MSG(json_object_get(fields, names[i]), "Error lacks %s", names[i]);
+    CHECK_INT(json_array_size(json_object_get(json_object_get(fields, "type"), "enum")), 6);
+    /* without oidc.issuer, no OpenID Connect or OAuth scheme */
+    json_t *schemes = json_object_get(json_object_get(spec, "components"), "securitySchemes");
+    CHECK_INT(json_object_size(schemes), 3);
+    CHECK(json_object_get(schemes, "basicAuth") && json_object_get(schemes, "bearerAuth") &&
+          json_object_get(schemes, "apiKey"));
     json_decref(spec);
+}
+
+/* Every route of the table has its entry in the operation table (else the document, and so the
+ * server, cannot be built): a stable lowerCamelCase operationId, unique, a summary short enough
+ * for a Teams command title, a description, and every error answer an Error. */
+TEST(openapi_operations_are_described)
+{
+    char err[QR_ERR_LEN] = "";
+    json_t *spec = openapi_for(err, NULL);
+    CHECK_MSG(spec, "%s", err);
+    json_t *paths = json_object_get(spec, "paths");
+    size_t nroutes;
+    const api_route_info *routes = api_routes(&nroutes);
+    char seen[64][48];
+    for (size_t i = 0; i < nroutes && i < 64; i++) {
+        char lower[16];
+        size_t k = 0;
+        for (; routes[i].method[k] && k < 15; k++)
+            lower[k] = (char)(routes[i].method[k] | 0x20);
+        lower[k] = '\0';
+        json_t *op = json_object_get(json_object_get(paths, routes[i].pattern), lower);
+        CHECK_MSG(op, "%s %s is not in the document", routes[i].method, routes[i].pattern);
+        const char *id = json_string_value(json_object_get(op, "operationId"));
+        CHECK_MSG(lower_camel(id), "%s %s: operationId '%s' is not lowerCamelCase", routes[i].method,
+                  routes[i].pattern, id ? id : "");
+        snprintf(seen[i], sizeof(seen[i]), "%s", id);
+        for (size_t j = 0; j < i; j++)
+            CHECK_MSG(strcmp(seen[j], id) != 0, "operationId %s twice", id);
+        const char *summary = json_string_value(json_object_get(op, "summary"));
+        const char *description = json_string_value(json_object_get(op, "description"));
+        CHECK_MSG(summary && *summary && strlen(summary) <= 32, "%s: summary '%s' (1 to 32 characters)", id,
+                  summary ? summary : "");
+        CHECK_MSG(description && strlen(description) >= 40, "%s: no real description", id);
+        CHECK_MSG(json_is_array(json_object_get(op, "security")), "%s: no security", id);
+        const char *code;
+        json_t *resp;
+        size_t errors = 0;
+        json_object_foreach(json_object_get(op, "responses"), code, resp)
+        {
+            if (code[0] < '4')
+                continue;
+            errors++;
+            const char *ref = json_string_value(json_object_get(resp, "$ref"));
+            CHECK_MSG(ref && strncmp(ref, "#/components/responses/", 23) == 0, "%s: %s is no shared error",
+                      id, code);
+            json_t *shared =
+                json_object_get(json_object_get(json_object_get(spec, "components"), "responses"), ref + 23);
+            json_t *schema = json_object_get(
+                json_object_get(json_object_get(shared, "content"), "application/json"), "schema");
+            CHECK_STR(json_string_value(json_object_get(schema, "$ref")), "#/components/schemas/Error");
+        }
+        CHECK_MSG(json_object_get(json_object_get(op, "responses"), "500"), "%s: no 500", id);
+        if (strcmp(routes[i].pattern, "/healthz") != 0 && strcmp(routes[i].pattern, "/openapi.json") != 0)
+            CHECK_MSG(errors >= 3, "%s: only %zu error answers", id, errors);
+    }
+    /* the names clients and plugins call them by: renaming one breaks them */
+    const char *expected[][3] = {
+        {"POST", "/v1/search", "searchKnowledgeBase"},
+        {"POST", "/v1/ask", "askQuestion"},
+        {"POST", "/v1/chat/completions", "createChatCompletion"},
+        {"GET", "/v1/models", "listModels"},
+        {"GET", "/v1/me", "getMe"},
+        {"POST", "/v1/auth/token", "createToken"},
+        {"GET", "/v1/documents", "listDocuments"},
+        {"GET", "/v1/documents/{id}", "getDocument"},
+        {"PUT", "/v1/documents/{id}", "putDocument"},
+        {"DELETE", "/v1/documents/{id}", "deleteDocument"},
+        {"PATCH", "/v1/documents/{id}/acl", "setDocumentAcl"},
+        {"GET", "/v1/jobs/{id}", "getJob"},
+        {"POST", "/v1/index/rebuild", "rebuildIndex"},
+        {"GET", "/healthz", "getHealth"},
+        {"GET", "/readyz", "getReadiness"},
+        {"GET", "/metrics", "getMetrics"},
+    };
+    for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]); i++) {
+        char lower[16];
+        size_t k = 0;
+        for (; expected[i][0][k]; k++)
+            lower[k] = (char)(expected[i][0][k] | 0x20);
+        lower[k] = '\0';
+        json_t *op = json_object_get(json_object_get(paths, expected[i][1]), lower);
+        CHECK_STR(json_string_value(json_object_get(op, "operationId")), expected[i][2]);
+    }
+    /* health and this document need no credentials; the rest need them */
+    CHECK_INT(json_array_size(
+                  json_object_get(json_object_get(json_object_get(paths, "/healthz"), "get"), "security")),
+              0);
+    CHECK_INT(json_array_size(json_object_get(json_object_get(json_object_get(paths, "/openapi.json"), "get"),
+                                              "security")),
+              0);
+    CHECK_INT(json_array_size(
+                  json_object_get(json_object_get(json_object_get(paths, "/v1/search"), "post"), "security")),
+              3);
+    json_decref(spec);
+}
+
+TEST(openapi_servers_and_schemes_follow_the_configuration)
+{
+    char err[QR_ERR_LEN] = "";
+    json_t *spec = openapi_for(
+        err, "server.public_url", "https://quarry.example.com/api/", "server.listen", "10.1.2.3:8080",
+        "ldap.uri", "ldap://ldap.internal.example:389", "ldap.bind_password", "bind-secret-1234",
+        "oidc.issuer", " https://login.example.com/tenant-1/v2.0/, https://login.example.com/tenant-2",
+        "oidc.required_scope", "access_as_user", "oidc.authorization_url",
+        "https://login.example.com/tenant-1/oauth2/v2.0/authorize", "oidc.token_url",
+        "https://login.example.com/tenant-1/oauth2/v2.0/token", NULL);
+    CHECK_MSG(spec, "%s", err);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(spec, "servers"), 0), "url")),
+              "https://quarry.example.com/api");
+    json_t *schemes = json_object_get(json_object_get(spec, "components"), "securitySchemes");
+    CHECK_STR(
+        json_string_value(json_object_get(json_object_get(schemes, "openIdConnect"), "openIdConnectUrl")),
+        "https://login.example.com/tenant-1/v2.0/.well-known/openid-configuration");
+    json_t *code =
+        json_object_get(json_object_get(json_object_get(schemes, "oauth2"), "flows"), "authorizationCode");
+    CHECK_STR(json_string_value(json_object_get(code, "authorizationUrl")),
+              "https://login.example.com/tenant-1/oauth2/v2.0/authorize");
+    CHECK_STR(json_string_value(json_object_get(code, "tokenUrl")),
+              "https://login.example.com/tenant-1/oauth2/v2.0/token");
+    CHECK(json_object_get(json_object_get(code, "scopes"), "access_as_user"));
+    json_t *security = json_object_get(
+        json_object_get(json_object_get(json_object_get(spec, "paths"), "/v1/search"), "post"), "security");
+    CHECK_INT(json_array_size(security), 5);
+    CHECK_STR(json_string_value(json_array_get(json_object_get(json_array_get(security, 4), "oauth2"), 0)),
+              "access_as_user");
+    /* public: nothing of the listen address, the directory or a secret */
+    char *text = json_dumps(spec, 0);
+    CHECK(text && !strstr(text, "10.1.2.3") && !strstr(text, "ldap.internal") &&
+          !strstr(text, "bind-secret"));
+    free(text);
+    json_decref(spec);
+
+    /* the full scope names an OAuth client asks for, when they differ from the token's */
+    spec = openapi_for(err, "oidc.issuer", "https://login.example.com/t", "oidc.required_scope",
+                       "access_as_user", "oidc.oauth_scopes", "api://quarry/access_as_user offline_access",
+                       NULL);
+    CHECK_MSG(spec, "%s", err);
+    schemes = json_object_get(json_object_get(spec, "components"), "securitySchemes");
+    CHECK(json_object_get(schemes, "openIdConnect") && !json_object_get(schemes, "oauth2"));
+    security = json_object_get(
+        json_object_get(json_object_get(json_object_get(spec, "paths"), "/v1/ask"), "post"), "security");
+    json_t *scopes = json_object_get(json_array_get(security, 3), "openIdConnect");
+    CHECK_INT(json_array_size(scopes), 2);
+    CHECK_STR(json_string_value(json_array_get(scopes, 0)), "api://quarry/access_as_user");
+    json_decref(spec);
+
+    /* half an OAuth configuration, or one without an issuer, is refused */
+    CHECK(!openapi_for(err, "oidc.issuer", "https://login.example.com/t", "oidc.authorization_url",
+                       "https://login.example.com/t/authorize", NULL));
+    CHECK_MSG(strstr(err, "oidc.token_url"), "%s", err);
+    CHECK(!openapi_for(err, "oidc.authorization_url", "https://login.example.com/t/authorize",
+                       "oidc.token_url", "https://login.example.com/t/token", NULL));
+    /* URLs that the public document must not carry are refused where they are set */
+    const char *bad[] = {
+        "ftp://quarry.example.com",        "https://user:pw@quarry.example.com", "https://",
+        "https://quarry.example.com/?x=1", "https://quarry.example.com/#top",    "quarry.example.com"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_MSG(!openapi_for(err, "server.public_url", bad[i], NULL), "accepted %s", bad[i]);
+        CHECK_MSG(strstr(err, "server.public_url"), "%s", err);
+    }
 }
 
 /* A request as the log formatters see it, without a server. */
