@@ -36,6 +36,9 @@ static const route_doc docs[] = {
      ""},
     {"GET", "/v1/models", "The model this server answers as (OpenAI-compatible list).", NULL, "ModelList",
      200, ""},
+    {"GET", "/v1/models/{id}",
+     "One model this server answers as (OpenAI-compatible); 404 model_not_found for others.", NULL, NULL, 200,
+     "404"},
     {"POST", "/v1/chat/completions",
      "OpenAI-compatible chat completion grounded in the documents the caller may read, with citations. With "
      "stream=true, server-sent chat.completion.chunk events ending with data: [DONE]; the last chunk before "
