@@ -28,15 +28,22 @@
 #include "ingest/ingest.h"
 #include "retrieval/retrieval.h"
 
-#define API_REQUEST_ID_MAX 64
-#define API_STREAM_BUF_MAX (1u << 20) /* bytes a stream may hold before its producer waits */
-#define API_MAX_K          100        /* results one search may ask for */
-#define API_QUERY_MAX      4096       /* bytes of a query or question */
-#define API_MESSAGES_MAX   256        /* messages in one chat request */
-#define API_MESSAGE_MAX    (64 << 10) /* bytes of one chat message */
-#define API_SMALL_BODY_MAX (32 << 10) /* bytes of a body that holds credentials or nothing */
-#define API_GONE_PROBE_MS  20         /* how often a running search asks whether its client left */
-#define API_UID_MAX        320        /* bytes of a uid in the per-user share (auth caps names at 256) */
+#define API_REQUEST_ID_MAX   64
+#define API_STREAM_BUF_MAX   (1u << 20) /* bytes a stream may hold before its producer waits */
+#define API_MAX_K            100        /* results one search may ask for */
+#define API_QUERY_MAX        4096       /* bytes of a query or question */
+#define API_MESSAGES_MAX     256        /* messages in one chat request */
+#define API_MESSAGE_MAX      (64 << 10) /* bytes of one chat message */
+#define API_SMALL_BODY_MAX   (32 << 10) /* bytes of a body that holds credentials or nothing */
+#define API_GONE_PROBE_MS    20         /* how often a running search asks whether its client left */
+#define API_UID_MAX          320        /* bytes of a uid in the per-user share (auth caps names at 256) */
+#define API_MODELS_MAX       64         /* ids in inference.models */
+#define API_MODEL_ID_MAX     128        /* bytes of one of them */
+#define API_END_USER_MAX     256        /* bytes of a chat request's `user` */
+#define API_STOP_MAX         4          /* stop sequences of one chat request */
+#define API_STOP_LEN_MAX     256        /* bytes of one of them */
+#define API_CITE_CONTENT_MAX 4096       /* bytes of a passage in message.context.citations[].content */
+#define API_PARAM_MAX        64         /* bytes of an error's param ("data_sources[0].parameters.filter") */
 
 typedef struct api_req api_req;
 typedef struct api_metrics api_metrics;
@@ -96,6 +103,15 @@ api_match api_route_find(const char *method, const char *raw_path, size_t *index
  * into out. API_MATCH_OK; API_MATCH_NOT_FOUND when no route has this path (out ""),
  * API_MATCH_BAD_ESCAPE when its {param} is malformed. Pure function: any thread. */
 api_match api_route_methods(const char *raw_path, char *out, size_t len);
+/* Parses inference.models: comma-separated ids (spaces around them dropped), each 1 to
+ * API_MODEL_ID_MAX bytes of letters, digits and "-_.:/@", at most API_MODELS_MAX, at least one, no
+ * repeats. On error *n is 0 and err names the id. Pure function: any thread. */
+qr_status api_models_parse(const char *list, char out[][API_MODEL_ID_MAX + 1], size_t *n, char *err);
+/* True when id is one of the served models. */
+bool api_model_served(const api_server *srv, const char *id);
+/* True for the routes that speak OpenAI's dialect (chat completions and models): their errors use
+ * OpenAI's codes (invalid_api_key, rate_limit_exceeded) where quarry's generic ones would go. */
+bool api_route_openai(const api_route *route);
 /* Percent-decodes s[0..n) into a new string (free() it). NULL for a malformed escape, a decoded
  * NUL or control byte, or invalid UTF-8. plus_space: '+' means ' ' (query strings). */
 char *api_url_decode(const char *s, size_t n, bool plus_space);
@@ -106,6 +122,7 @@ void api_h_readyz(api_req *r);
 void api_h_me(api_req *r);
 void api_h_token(api_req *r);
 void api_h_models(api_req *r);
+void api_h_model_get(api_req *r);
 void api_h_openapi(api_req *r);
 void api_h_metrics(api_req *r);
 void api_h_search(api_req *r);
@@ -150,7 +167,8 @@ struct api_server {
     char *tls_cert, *tls_key; /* PEM text, NULL without TLS */
     char url[300];
     int port;
-    char model[128]; /* the model name answers report */
+    char models[API_MODELS_MAX][API_MODEL_ID_MAX + 1]; /* inference.models: the ids served */
+    size_t nmodels;                                    /* at least 1 */
     int64_t started_ms;
 
     struct MHD_Daemon *daemon;
@@ -253,6 +271,7 @@ struct api_req {
     const char *auth_scheme;          /* "basic", "token", "oidc" or "api_key"; NULL before authentication */
     char key_id[AUTH_KEY_ID_LEN + 1]; /* the service key's id (acting for a user or itself), else "" */
     char user[300];                   /* uid for logs, "-" before authentication */
+    char end_user[API_END_USER_MAX + 1]; /* a chat request's `user` (the client's end user), else "" */
 
     /* response, published under lock */
     int status;
@@ -327,9 +346,15 @@ void api_guard_idle(api_guard *g, api_conn *c);
 /* Answers with a JSON body (steals the reference to body). */
 void api_reply_json(api_req *r, int status, json_t *body);
 /* Answers OpenAI's error object, {"error":{"message","type","param":null,"code"}}, with the given
- * HTTP status; type follows from the status (api_error_type). */
+ * HTTP status; type follows from the status (api_error_type). On the OpenAI-compatible routes
+ * (api_route_openai) unauthenticated goes out as invalid_api_key and rate_limited as
+ * rate_limit_exceeded; r->error_code, the access log and metrics keep quarry's code. */
 void api_reply_error(api_req *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The same with param, the offending field ("messages", "data_sources[0].type"; NULL or "": null).
+ * The code model_not_found answers with type invalid_request_error, as OpenAI does. */
+void api_reply_error_param(api_req *r, int status, const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 /* The OpenAI error type of an HTTP status: "invalid_request_error" (4xx but the ones below),
  * "authentication_error" (401), "permission_error" (403), "not_found_error" (404),
  * "rate_limit_error" (429), "server_error" (5xx and anything else). A static string. */
@@ -401,13 +426,31 @@ typedef struct {
     char **owned;       /* texts assembled from content parts */
     size_t nowned;
     bool stream, include_usage;
-    const char *model;  /* as requested (echoed back), or NULL */
-    int64_t max_tokens; /* 0: the server's inference.max_tokens */
-    double temperature; /* < 0: the server's inference.temperature */
-    size_t k;
+    const char *model;      /* as requested (echoed back), or NULL */
+    const char *end_user;   /* `user`: the end user's id, or NULL */
+    infer_options options;  /* max_tokens, temperature, top_p, stop, seed, penalties, user (its stop
+                             * strings point into the JSON object) */
+    api_search_req filters; /* data_sources[0]'s filters (only the filter fields are set) */
+    size_t k;               /* passages to retrieve: k, or data_sources[0].parameters.top_n_documents */
 } api_chat_req;
 
-qr_status api_parse_chat(json_t *body, size_t default_k, api_chat_req *out, char *err);
+/* What bounds a chat request. */
+typedef struct {
+    size_t default_k;   /* server.chat_k */
+    int64_t max_tokens; /* inference.max_tokens: the most max_tokens may ask for */
+} api_chat_limits;
+
+/* Why a request was refused, in OpenAI's terms: the field (the error's param) and the code when it
+ * is not the status's own (unknown_parameter, unsupported_parameter, unsupported_value). */
+typedef struct {
+    char param[API_PARAM_MAX]; /* "" when no one field is to blame */
+    const char *code;          /* a static string, or NULL: qr_status_name of the status */
+} api_refusal;
+
+/* Parses an OpenAI chat completion request, refusing (QR_EINVAL, with why filled) parameters quarry
+ * cannot honour and unknown top-level fields. why may be NULL. */
+qr_status api_parse_chat(json_t *body, const api_chat_limits *lim, api_chat_req *out, api_refusal *why,
+                         char *err);
 void api_chat_req_release(api_chat_req *c);
 
 /* ---- streaming (sse.c) ---------------------------------------------------------------------- */

@@ -67,7 +67,7 @@ void api_audit_close(api_audit *a)
     free(a);
 }
 
-/* The fields before doc_ids, all bounded in size (the user is at most 300 bytes). */
+/* The fields before doc_ids, all bounded in size (the user is at most 300 bytes, the end user 256). */
 static void audit_head(qr_buf *line, const api_req *r, const char *query_hmac, const char *action,
                        const char *when)
 {
@@ -78,6 +78,11 @@ static void audit_head(qr_buf *line, const api_req *r, const char *query_hmac, c
     /* a key acting for a user: both identities, the user above and the key here */
     if (*r->key_id)
         qr_buf_printf(line, ",\"key_id\":\"%s\"", r->key_id);
+    /* the end user a client names in a chat request's `user`: its word, next to the signed-in one */
+    if (*r->end_user) {
+        qr_buf_puts(line, ",\"end_user\":");
+        qr_json_escape(line, r->end_user, strlen(r->end_user));
+    }
     qr_buf_printf(line, ",\"client\":\"%s\",\"route\":\"%s %s\",\"action\":\"%s\",\"query_hmac\":", r->client,
                   r->route ? r->route->method : r->method, r->route ? r->route->pattern : "-", action);
     if (query_hmac)

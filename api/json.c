@@ -4,7 +4,9 @@
  * shape every route uses, OpenAI's error object {"error":{"message","type","param","code"}}, so
  * that one client-side handler reads them all: the code a stable snake_case word (qr_status_name
  * where a status fits), the type OpenAI's word for the HTTP status that goes with it, and param
- * always null (messages name the field).
+ * the offending field where the route knows one (the OpenAI-compatible routes always say; other
+ * routes leave it null and name the field in the message). On the OpenAI-compatible routes the
+ * codes with an OpenAI equivalent use it (invalid_api_key, rate_limit_exceeded).
  */
 #include <stdarg.h>
 #include <stdlib.h>
@@ -134,17 +136,31 @@ void api_reply_json(api_req *r, int status, json_t *body)
     r->bytes_out = len;
 }
 
-void api_reply_error(api_req *r, int status, const char *code, const char *fmt, ...)
+/* The code on the wire: on the OpenAI-compatible routes, OpenAI's own word where quarry's generic one
+ * has an OpenAI equivalent (the `openai` SDKs and LangChain branch on these). */
+static const char *wire_code(const api_req *r, const char *code)
+{
+    if (!api_route_openai(r->route))
+        return code;
+    if (strcmp(code, "unauthenticated") == 0)
+        return "invalid_api_key";
+    if (strcmp(code, "rate_limited") == 0)
+        return "rate_limit_exceeded";
+    return code;
+}
+
+static void reply_error(api_req *r, int status, const char *code, const char *param, const char *fmt,
+                        va_list ap)
 {
     char msg[QR_ERR_LEN];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
+    /* OpenAI answers an unknown model 404 with the type of a bad request, not of a missing route */
+    const char *type =
+        strcmp(code, "model_not_found") == 0 ? "invalid_request_error" : api_error_type(status);
+    const char *wire = wire_code(r, code);
     /* messages may quote client input: make sure the JSON stays valid */
-    const char *type = api_error_type(status);
-    json_t *body = json_pack("{s:{s:s%,s:s,s:n,s:s}}", "error", "message", msg, strlen(msg), "type", type,
-                             "param", "code", code);
+    json_t *body = json_pack("{s:{s:s%,s:s,s:s?,s:s}}", "error", "message", msg, strlen(msg), "type", type,
+                             "param", param, "code", wire);
     if (!body) {
         /* jansson refused the message (invalid UTF-8) or ran out of memory: escape it here, with
          * room for the worst case (six bytes a character), and without it should even that fail */
@@ -152,16 +168,19 @@ void api_reply_error(api_req *r, int status, const char *code, const char *fmt, 
         qr_buf_init(&b, 6 * sizeof(msg) + 256);
         qr_buf_puts(&b, "{\"error\":{\"message\":");
         qr_json_escape(&b, msg, strlen(msg));
-        if (qr_buf_printf(&b, ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}", type, code)) {
+        if (qr_buf_printf(&b, ",\"type\":\"%s\",\"param\":", type) ||
+            (param ? qr_json_escape(&b, param, strlen(param)) : qr_buf_puts(&b, "null")) ||
+            qr_buf_printf(&b, ",\"code\":\"%s\"}}", wire)) {
             qr_buf_reset(&b);
             qr_buf_printf(&b, "{\"error\":{\"message\":\"\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
-                          type, code);
+                          type, wire);
         }
         api_reply_raw(r, status, "application/json", qr_buf_str(&b), qr_buf_len(&b));
         qr_buf_release(&b);
     } else {
         api_reply_json(r, status, body);
     }
+    /* the access log and metrics keep quarry's code, whatever the route's dialect */
     snprintf(r->error_code, sizeof(r->error_code), "%s", code);
     if (status == 401)
         api_reply_header(r, "WWW-Authenticate", "Basic realm=\"quarry\", charset=\"UTF-8\"");
@@ -169,6 +188,22 @@ void api_reply_error(api_req *r, int status, const char *code, const char *fmt, 
     if (status >= 500)
         qr_log(QR_LOG_WARN, "http", "%s %s -> %d %s: %s (id=%s)", r->method,
                r->route ? r->route->pattern : "-", status, code, msg, r->request_id);
+}
+
+void api_reply_error(api_req *r, int status, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    reply_error(r, status, code, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void api_reply_error_param(api_req *r, int status, const char *code, const char *param, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    reply_error(r, status, code, param && *param ? param : NULL, fmt, ap);
+    va_end(ap);
 }
 
 void api_reply_status(api_req *r, qr_status st, const char *err)

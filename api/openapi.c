@@ -59,11 +59,11 @@ static const op_doc ops[] = {
      "citations.",
      NULL, "ChatRequest", "ChatCompletion", "200", "400,413,501,504"},
     {"GET", "/v1/models", "listModels", "chat", "List models",
-     "Lists the model quarry answers chat completions as (OpenAI's list shape: one entry).", NULL, NULL,
-     "ModelList", "200", ""},
+     "Lists the model ids quarry answers chat completions as (inference.models; OpenAI's list shape).", NULL,
+     NULL, "ModelList", "200", ""},
     {"GET", "/v1/models/{id}", "getModel", "chat", "Get a model",
-     "The model quarry answers chat completions as, when id names it (OpenAI's model object); 404 for any "
-     "other id.",
+     "One of the model ids quarry answers chat completions as (inference.models; OpenAI's model object); "
+     "404 model_not_found for any other id.",
      "ModelId", NULL, "Model", "200", "404"},
     {"GET", "/v1/me", "getMe", "auth", "Who am I",
      "Returns the signed-in caller: user name, directory entry, groups, the ACL principals results are "

@@ -21,6 +21,7 @@ const api_route api_route_table[] = {
     {"POST", "/v1/auth/token", API_ACCESS_PUBLIC, 0, API_BODY_SMALL, false, api_h_token},
     {"GET", "/v1/me", API_ACCESS_USER, 0, API_BODY_SMALL, false, api_h_me},
     {"GET", "/v1/models", API_ACCESS_USER, AUTH_SCOPE_CHAT, API_BODY_SMALL, false, api_h_models},
+    {"GET", "/v1/models/{id}", API_ACCESS_USER, AUTH_SCOPE_CHAT, API_BODY_SMALL, false, api_h_model_get},
     {"POST", "/v1/chat/completions", API_ACCESS_USER, AUTH_SCOPE_CHAT, API_BODY_JSON, false, api_h_chat},
     {"POST", "/v1/search", API_ACCESS_USER, AUTH_SCOPE_SEARCH, API_BODY_JSON, false, api_h_search},
     {"POST", "/v1/ask", API_ACCESS_USER, AUTH_SCOPE_CHAT, API_BODY_JSON, false, api_h_ask},
@@ -296,10 +297,83 @@ void api_h_token(api_req *r)
     auth_principal_release(p);
 }
 
+qr_status api_models_parse(const char *list, char out[][API_MODEL_ID_MAX + 1], size_t *n, char *err)
+{
+    *n = 0;
+    const char *p = list ? list : "";
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        size_t len = strcspn(p, ",");
+        size_t end = len;
+        while (end && (p[end - 1] == ' ' || p[end - 1] == '\t'))
+            end--;
+        if (end == 0 && !p[len] && *n > 0)
+            break; /* a trailing comma */
+        if (end == 0 || end > API_MODEL_ID_MAX ||
+            strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                      "0123456789-_.:/@") < end) {
+            *n = 0;
+            return qr_fail(err, QR_EINVAL,
+                           "inference.models: '%.*s' is not a model id (1 to %d bytes of letters, digits and "
+                           "-_.:/@, comma-separated)",
+                           (int)(end > 64 ? 64 : end), p, API_MODEL_ID_MAX);
+        }
+        for (size_t i = 0; i < *n; i++)
+            if (strlen(out[i]) == end && strncmp(out[i], p, end) == 0) {
+                *n = 0;
+                return qr_fail(err, QR_EINVAL, "inference.models: '%.*s' is listed twice", (int)end, p);
+            }
+        if (*n == API_MODELS_MAX) {
+            *n = 0;
+            return qr_fail(err, QR_EINVAL, "inference.models: more than %d ids", API_MODELS_MAX);
+        }
+        memcpy(out[*n], p, end);
+        out[(*n)++][end] = '\0';
+        if (!p[len])
+            break;
+        p += len + 1;
+    }
+    return QR_OK;
+}
+
+bool api_model_served(const api_server *srv, const char *id)
+{
+    for (size_t i = 0; id && i < srv->nmodels; i++)
+        if (strcmp(srv->models[i], id) == 0)
+            return true;
+    return false;
+}
+
+bool api_route_openai(const api_route *route)
+{
+    return route && (route->handler == api_h_chat || route->handler == api_h_models ||
+                     route->handler == api_h_model_get);
+}
+
+static json_t *model_json(const api_server *srv, const char *id)
+{
+    return json_pack("{s:s,s:s,s:I,s:s}", "id", id, "object", "model", "created",
+                     (json_int_t)(srv->started_ms / 1000), "owned_by", "quarry");
+}
+
 void api_h_models(api_req *r)
 {
     api_server *srv = r->srv;
-    json_t *model = json_pack("{s:s,s:s,s:I,s:s}", "id", srv->model, "object", "model", "created",
-                              (json_int_t)(srv->started_ms / 1000), "owned_by", "quarry");
-    api_reply_json(r, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", model));
+    json_t *data = json_array();
+    for (size_t i = 0; data && i < srv->nmodels; i++)
+        json_array_append_new(data, model_json(srv, srv->models[i]));
+    api_reply_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
+}
+
+void api_h_model_get(api_req *r)
+{
+    if (!api_model_served(r->srv, r->param)) {
+        /* OpenAI's answer for a model it does not have: 404, but an invalid request, not a route */
+        api_reply_error_param(r, 404, "model_not_found", "model",
+                              "the model '%.128s' does not exist (GET /v1/models lists the models served)",
+                              r->param ? r->param : "");
+        return;
+    }
+    api_reply_json(r, 200, model_json(r->srv, r->param));
 }

@@ -82,6 +82,36 @@ static json_t *citations_json(const infer_result *res)
     return a;
 }
 
+/* The citations again in Azure OpenAI's "On Your Data" shape (message.context), the same list in the
+ * same order as citations_json: content is the passage as retrieved (what quarry put in the prompt,
+ * cut at API_CITE_CONTENT_MAX bytes), filepath the doc id. passages are the ones the answer was
+ * drafted from (res->sources[i] is passages[i]); nothing is looked up again. intent, as Azure's, is
+ * a JSON list of the searches made, as a string. */
+static json_t *context_json(const infer_result *res, const infer_passage *passages, const char *search_query)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < res->cited_count; i++) {
+        const infer_source *s = &res->sources[res->cited[i]];
+        const char *text = passages[res->cited[i]].text;
+        size_t n = strlen(text);
+        if (n > API_CITE_CONTENT_MAX) {
+            n = API_CITE_CONTENT_MAX;
+            while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80)
+                n--;
+        }
+        char chunk_id[24];
+        snprintf(chunk_id, sizeof(chunk_id), "%lld", (long long)s->chunk_id);
+        json_array_append_new(a, json_pack("{s:s%,s:s,s:s,s:s,s:s}", "content", text, n, "title", s->title,
+                                           "url", s->uri, "filepath", s->doc_id, "chunk_id", chunk_id));
+    }
+    json_t *q = json_pack("[s]", search_query);
+    char *intent = q ? json_dumps(q, JSON_COMPACT) : NULL;
+    json_decref(q);
+    json_t *ctx = json_pack("{s:o,s:s?}", "citations", a, "intent", intent);
+    free(intent);
+    return ctx;
+}
+
 /* ---- POST /v1/search ------------------------------------------------------------------------- */
 
 void api_h_search(api_req *r)
@@ -262,6 +292,14 @@ static json_t *usage_json(const api_chat_req *c, const infer_result *res)
                      (json_int_t)completion, "total_tokens", (json_int_t)(prompt + completion));
 }
 
+/* Answers a refused chat request in OpenAI's terms: the field in param, OpenAI's code where one
+ * fits. */
+static void reply_refusal(api_req *r, qr_status st, const api_refusal *why, const char *err)
+{
+    api_reply_error_param(r, api_http_status(st), why->code ? why->code : qr_status_name(st), why->param,
+                          "%s", err);
+}
+
 void api_h_chat(api_req *r)
 {
     api_server *srv = r->srv;
@@ -270,19 +308,34 @@ void api_h_chat(api_req *r)
     if (!body)
         return;
     api_chat_req c;
-    qr_status st = api_parse_chat(body, (size_t)srv->set.chat_k, &c, err);
+    api_refusal why;
+    api_chat_limits lim = {(size_t)srv->set.chat_k, qr_config_settings(srv->cfg)->inference_max_tokens};
+    qr_status st = api_parse_chat(body, &lim, &c, &why, err);
     if (st) {
-        api_reply_status(r, st, err);
+        reply_refusal(r, st, &why, err);
         json_decref(body);
         return;
     }
-    api_search_req q = {.query = c.search_query, .k = c.k, .mode = "hybrid"};
+    /* the reply names the model asked for; none asked for is the first served */
+    const char *model = c.model ? c.model : srv->models[0];
     retrieval_result *page = NULL;
     infer_result res;
     infer_result_init(&res);
     infer_passage *passages = NULL;
+    if (!api_model_served(srv, model)) {
+        api_reply_error_param(r, 404, "model_not_found", "model",
+                              "the model '%.128s' does not exist (GET /v1/models lists the models served)",
+                              model);
+        goto out;
+    }
+    if (c.end_user)
+        snprintf(r->end_user, sizeof(r->end_user), "%s", c.end_user);
+    api_search_req q = c.filters;
+    q.query = c.search_query;
+    q.k = c.k;
+    q.mode = "hybrid";
     chat_stream cs = {
-        .r = r, .created = qr_wall_ms() / 1000, .model = srv->model, .include_usage = c.include_usage};
+        .r = r, .created = qr_wall_ms() / 1000, .model = model, .include_usage = c.include_usage};
     snprintf(cs.id, sizeof(cs.id), "chatcmpl-%s", r->request_id);
     if ((st = search_for(r, &q, true, &page, err))) {
         api_reply_status(r, st, err);
@@ -296,7 +349,8 @@ void api_h_chat(api_req *r)
                          .history = c.history,
                          .history_count = c.nhistory,
                          .passages = passages,
-                         .passage_count = page->nhits};
+                         .passage_count = page->nhits,
+                         .options = &c.options};
     if (c.stream) {
         if (!api_stream_begin(r, 200, "text/event-stream; charset=utf-8"))
             goto out;
@@ -310,21 +364,28 @@ void api_h_chat(api_req *r)
                        st != 0);
     if (!st)
         audit_answer(r, c.question, &res);
+    /* the question and quarry's prompt alone do not fit the model's window: OpenAI's word for it */
+    bool too_long = st == QR_ELIMIT;
     if (c.stream) {
         if (cs.failed || api_req_cancelled(r))
             goto out; /* nobody is listening */
         if (st) {
             /* the status line went out long ago: the error travels as an event, as OpenAI's do */
-            json_t *e = json_pack("{s:{s:s,s:s}}", "error", "code", qr_status_name(st), "message", err);
+            json_t *e = json_pack("{s:{s:s,s:s,s:s?}}", "error", "code",
+                                  too_long ? "context_length_exceeded" : qr_status_name(st), "message", err,
+                                  "param", too_long ? "messages" : NULL);
             char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
             if (text)
                 api_stream_printf(r, "data: %s\n\n", text);
             free(text);
             json_decref(e);
         } else {
+            /* the citations are known once the answer is: they come with its last chunk, on top
+             * (quarry's shape) and as delta.context (Azure OpenAI's) */
             json_t *extra = json_pack("{s:o,s:{s:s,s:s?}}", "citations", citations_json(&res), "quarry",
                                       "mode", infer_mode_name(res.mode), "reason", res.reason);
-            send_chunk(&cs, json_object(), res.finish_reason ? res.finish_reason : "stop", extra);
+            send_chunk(&cs, json_pack("{s:o}", "context", context_json(&res, passages, c.search_query)),
+                       res.finish_reason ? res.finish_reason : "stop", extra);
             if (c.include_usage) {
                 json_t *u = json_pack("{s:s,s:s,s:I,s:s,s:[],s:o}", "id", cs.id, "object",
                                       "chat.completion.chunk", "created", (json_int_t)cs.created, "model",
@@ -339,16 +400,21 @@ void api_h_chat(api_req *r)
         api_stream_write(r, "data: [DONE]\n\n", 14);
         goto out;
     }
+    if (too_long) {
+        api_reply_error_param(r, 400, "context_length_exceeded", "messages", "%s", err);
+        goto out;
+    }
     if (st) {
         api_reply_status(r, st, err);
         goto out;
     }
-    json_t *answer = json_pack(
-        "{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:s},s:n,s:s}],s:o,s:o,s:{s:s,s:s?}}", "id", cs.id, "object",
-        "chat.completion", "created", (json_int_t)cs.created, "model", srv->model, "choices", "index", 0,
-        "message", "role", "assistant", "content", res.text, "logprobs", "finish_reason",
-        res.finish_reason ? res.finish_reason : "stop", "usage", usage_json(&c, &res), "citations",
-        citations_json(&res), "quarry", "mode", infer_mode_name(res.mode), "reason", res.reason);
+    json_t *answer =
+        json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:s,s:o},s:n,s:s}],s:o,s:o,s:{s:s,s:s?}}", "id", cs.id,
+                  "object", "chat.completion", "created", (json_int_t)cs.created, "model", model, "choices",
+                  "index", 0, "message", "role", "assistant", "content", res.text, "context",
+                  context_json(&res, passages, c.search_query), "logprobs", "finish_reason",
+                  res.finish_reason ? res.finish_reason : "stop", "usage", usage_json(&c, &res), "citations",
+                  citations_json(&res), "quarry", "mode", infer_mode_name(res.mode), "reason", res.reason);
     api_reply_json(r, 200, answer);
 out:
     free(passages);

@@ -218,8 +218,8 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
         st = qr_fail(err, QR_ENOMEM, "out of memory creating the server");
         goto out;
     }
-    const char *model = qr_config_settings(cfg)->inference_model;
-    snprintf(srv->model, sizeof(srv->model), "%s", *model ? model : "quarry");
+    if ((st = api_models_parse(qr_config_settings(cfg)->inference_models, srv->models, &srv->nmodels, err)))
+        goto out;
 
     if ((st = parse_listen(srv, qr_config_settings(cfg)->server_listen, err)) ||
         (st = api_cors_new(qr_config_settings(cfg)->server_cors_origins, &srv->cors, err)) ||

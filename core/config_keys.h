@@ -182,6 +182,9 @@
       "Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (empty: extractive answers "   \
       "only).")                                                                                              \
     X(STRING, inference, model, "", NO_RANGE, NULL, false, "Model name sent to the backend.")                \
+    X(STRING, inference, models, "quarry", NO_RANGE, NULL, false,                                            \
+      "Model ids the OpenAI-compatible routes serve, comma-separated (GET /v1/models lists them; a chat "    \
+      "request naming another is 404 model_not_found, one naming none gets the first).")                     \
     X(STRING, inference, api_key, "", NO_RANGE, NULL, true,                                                  \
       "API key, sent as Authorization: Bearer (or api-key for Azure OpenAI).")                               \
     X(STRING, inference, api_version, "", NO_RANGE, NULL, false,                                             \

@@ -42,7 +42,8 @@ static void fuzz_json(const char *text, size_t len, int which)
         }
     } else {
         api_chat_req c;
-        if (api_parse_chat(body, 8, &c, err) == QR_OK) {
+        api_chat_limits lim = {8, 1024};
+        if (api_parse_chat(body, &lim, &c, NULL, err) == QR_OK) {
             FUZZ_CHECK(c.question && *c.question);
             FUZZ_CHECK(c.search_query && *c.search_query && strlen(c.search_query) <= API_QUERY_MAX + 1);
             FUZZ_CHECK(qr_utf8_valid(c.search_query, strlen(c.search_query)));

@@ -222,6 +222,9 @@ qr_status infer_answer(infer_client *client, const infer_request *req, infer_res
         goto out;
     }
 
+    /* a bad option is the asker's mistake, not the backend's: refused, never answered extractively */
+    if ((st = infer_options_check(client, req->options, err)))
+        goto out;
     char nonce[INFER_NONCE_LEN + 1];
     st = infer_nonce(nonce, err);
     if (!st)
@@ -235,8 +238,8 @@ qr_status infer_answer(infer_client *client, const infer_request *req, infer_res
 
     infer_cite_stream_init(&r.cites, (int)prompt.sent);
     bool rejected = false;
-    st = infer_chat_call(client, prompt.messages, prompt.count, true, req->on_event ? relay_event : NULL, &r,
-                         &comp, &rejected, err);
+    st = infer_chat_call(client, prompt.messages, prompt.count, true, req->options,
+                         req->on_event ? relay_event : NULL, &r, &comp, &rejected, err);
     if (!st && r.st)
         st = qr_fail(err, r.st, "out of memory cleaning the answer's citations");
     if (!st && comp.content[strspn(comp.content, " \t\r\n")] == '\0') {

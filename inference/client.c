@@ -12,6 +12,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1058,9 +1059,42 @@ static qr_status resolve_model(infer_client *c, char **model, bool *rejected, ch
     return st;
 }
 
-static qr_status chat_body(const infer_client *c, const char *model, const infer_message *messages,
-                           size_t count, bool stream, qr_buf *b)
+void infer_options_init(infer_options *o)
 {
+    memset(o, 0, sizeof(*o));
+    o->temperature = o->top_p = o->presence_penalty = o->frequency_penalty = NAN;
+}
+
+qr_status infer_options_check(const infer_client *c, const infer_options *o, char *err)
+{
+    if (!o)
+        return QR_OK;
+    if (o->max_tokens < 0 || o->max_tokens > c->max_tokens)
+        return qr_fail(err, QR_EINVAL, "max_tokens %lld is outside 1..%ld (inference.max_tokens)",
+                       (long long)o->max_tokens, c->max_tokens);
+    if (!isnan(o->temperature) && !(o->temperature >= 0 && o->temperature <= 2))
+        return qr_fail(err, QR_EINVAL, "temperature must be between 0 and 2");
+    if (!isnan(o->top_p) && !(o->top_p >= 0 && o->top_p <= 1))
+        return qr_fail(err, QR_EINVAL, "top_p must be between 0 and 1");
+    if ((!isnan(o->presence_penalty) && !(o->presence_penalty >= -2 && o->presence_penalty <= 2)) ||
+        (!isnan(o->frequency_penalty) && !(o->frequency_penalty >= -2 && o->frequency_penalty <= 2)))
+        return qr_fail(err, QR_EINVAL, "presence_penalty and frequency_penalty must be between -2 and 2");
+    if (o->stop_count > INFER_STOP_MAX)
+        return qr_fail(err, QR_EINVAL, "at most %d stop sequences", INFER_STOP_MAX);
+    for (size_t i = 0; i < o->stop_count; i++)
+        if (!o->stop[i] || !*o->stop[i])
+            return qr_fail(err, QR_EINVAL, "stop sequence %zu is empty", i + 1);
+    return QR_OK;
+}
+
+static qr_status chat_body(const infer_client *c, const char *model, const infer_message *messages,
+                           size_t count, bool stream, const infer_options *o, qr_buf *b)
+{
+    infer_options defaults;
+    if (!o) {
+        infer_options_init(&defaults);
+        o = &defaults;
+    }
     qr_status st = qr_buf_puts(b, "{\"model\":");
     if (!st)
         st = qr_json_escape(b, model, strlen(model));
@@ -1074,15 +1108,42 @@ static qr_status chat_body(const infer_client *c, const char *model, const infer
             st = qr_buf_putc(b, '}');
     }
     if (!st)
-        st = qr_buf_printf(b, "],\"max_tokens\":%ld,\"temperature\":%.4g,\"stream\":%s}", c->max_tokens,
-                           c->temperature, stream ? "true" : "false");
+        st = qr_buf_printf(b, "],\"max_tokens\":%lld,\"temperature\":%.4g",
+                           (long long)(o->max_tokens ? o->max_tokens : c->max_tokens),
+                           isnan(o->temperature) ? c->temperature : o->temperature);
+    if (!st && !isnan(o->top_p))
+        st = qr_buf_printf(b, ",\"top_p\":%.4g", o->top_p);
+    if (!st && !isnan(o->presence_penalty))
+        st = qr_buf_printf(b, ",\"presence_penalty\":%.4g", o->presence_penalty);
+    if (!st && !isnan(o->frequency_penalty))
+        st = qr_buf_printf(b, ",\"frequency_penalty\":%.4g", o->frequency_penalty);
+    if (!st && o->has_seed)
+        st = qr_buf_printf(b, ",\"seed\":%lld", (long long)o->seed);
+    if (!st && o->stop_count) {
+        st = qr_buf_puts(b, ",\"stop\":[");
+        for (size_t i = 0; i < o->stop_count && !st; i++) {
+            if (i)
+                st = qr_buf_putc(b, ',');
+            if (!st)
+                st = qr_json_escape(b, o->stop[i], strlen(o->stop[i]));
+        }
+        if (!st)
+            st = qr_buf_putc(b, ']');
+    }
+    if (!st && o->user) {
+        st = qr_buf_puts(b, ",\"user\":");
+        if (!st)
+            st = qr_json_escape(b, o->user, strlen(o->user));
+    }
+    if (!st)
+        st = qr_buf_printf(b, ",\"stream\":%s}", stream ? "true" : "false");
     return st;
 }
 
 /* Chat with either reply style; used by infer_chat, infer_chat_stream and infer_answer. */
 qr_status infer_chat_call(infer_client *c, const infer_message *messages, size_t count, bool stream,
-                          infer_event_fn on_event, void *user, infer_completion *out, bool *rejected,
-                          char *err)
+                          const infer_options *options, infer_event_fn on_event, void *user,
+                          infer_completion *out, bool *rejected, char *err)
 {
     char *model = NULL;
     qr_buf body;
@@ -1098,10 +1159,12 @@ qr_status infer_chat_call(infer_client *c, const infer_message *messages, size_t
         st = qr_fail(err, QR_EINVAL, "no inference backend is configured (inference.base_url is empty)");
         goto out;
     }
+    if ((st = infer_options_check(c, options, err)))
+        goto out;
     st = resolve_model(c, &model, rejected, err);
     if (st)
         goto out;
-    if (chat_body(c, model, messages, count, stream, &body)) {
+    if (chat_body(c, model, messages, count, stream, options, &body)) {
         st = qr_fail(err, QR_ELIMIT, "the request is larger than %u bytes", REQUEST_MAX);
         goto out;
     }
@@ -1116,7 +1179,7 @@ qr_status infer_chat(infer_client *c, const infer_message *messages, size_t coun
                      char *err)
 {
     bool rejected;
-    return infer_chat_call(c, messages, count, false, NULL, NULL, out, &rejected, err);
+    return infer_chat_call(c, messages, count, false, NULL, NULL, NULL, out, &rejected, err);
 }
 
 qr_status infer_chat_stream(infer_client *c, const infer_message *messages, size_t count,
@@ -1128,7 +1191,7 @@ qr_status infer_chat_stream(infer_client *c, const infer_message *messages, size
             infer_completion_init(out);
         return qr_fail(err, QR_EINVAL, "infer_chat_stream needs an event callback");
     }
-    return infer_chat_call(c, messages, count, true, on_event, user, out, &rejected, err);
+    return infer_chat_call(c, messages, count, true, NULL, on_event, user, out, &rejected, err);
 }
 
 /* ---- the stream reader without a transfer ------------------------------------------------ */

@@ -80,6 +80,25 @@ typedef struct {
 void infer_completion_init(infer_completion *c);
 void infer_completion_release(infer_completion *c);
 
+/* Per-request sampling options of a chat call, within what the configuration allows. Strings are
+ * borrowed for the duration of the call. */
+#define INFER_STOP_MAX 4 /* stop sequences, as OpenAI allows */
+typedef struct {
+    int64_t max_tokens;       /* 0: inference.max_tokens; more than it is refused (QR_EINVAL) */
+    double temperature;       /* NAN: inference.temperature; else 0..2 */
+    double top_p;             /* NAN: not sent (the backend's default); else 0..1 */
+    double presence_penalty;  /* NAN: not sent; else -2..2 */
+    double frequency_penalty; /* NAN: not sent; else -2..2 */
+    bool has_seed;            /* send seed (best effort: backends may ignore it) */
+    int64_t seed;
+    const char *stop[INFER_STOP_MAX]; /* sent as "stop" when stop_count > 0; non-empty strings */
+    size_t stop_count;
+    const char *user; /* the end user's id, sent as "user"; NULL: not sent */
+} infer_options;
+
+/* Every option at its configured default or not sent. */
+void infer_options_init(infer_options *o);
+
 /* Sends the messages and waits for the whole reply (POST {base_url}/chat/completions, not
  * streamed). Connection errors, 408, 429 and 5xx are retried (inference.retries) with jittered
  * exponential backoff, honouring Retry-After up to inference.backoff_max_ms; the whole call,
@@ -155,6 +174,7 @@ typedef struct {
     size_t passage_count;
     infer_event_fn on_event; /* optional: receives the answer as it is drafted */
     void *user;
+    const infer_options *options; /* NULL: the configured defaults */
 } infer_request;
 
 typedef enum { INFER_MODE_GENERATIVE = 0, INFER_MODE_EXTRACTIVE } infer_mode;

@@ -145,12 +145,16 @@ qr_status infer_extract(const char *question, const infer_passage *passages, siz
 
 /* Prompt budget: inference.context_tokens minus inference.max_tokens. */
 size_t infer_client_budget(const infer_client *client);
-/* Chat with the reply streamed or not. on_event may be NULL (the text is only collected, and
+/* Checks per-request options against the configured caps (inference.max_tokens) and OpenAI's
+ * ranges: QR_EINVAL naming the option. NULL options are fine. */
+qr_status infer_options_check(const infer_client *client, const infer_options *options, char *err);
+/* Chat with the reply streamed or not, with options (NULL: the configured defaults; checked
+ * against the configured caps, QR_EINVAL). on_event may be NULL (the text is only collected, and
  * failures stay retryable until the end since nothing was passed on). *rejected is set when the
  * breaker refused the call without sending anything. */
 qr_status infer_chat_call(infer_client *client, const infer_message *messages, size_t count, bool stream,
-                          infer_event_fn on_event, void *user, infer_completion *out, bool *rejected,
-                          char *err);
+                          const infer_options *options, infer_event_fn on_event, void *user,
+                          infer_completion *out, bool *rejected, char *err);
 
 /* Reads a streamed chat reply (a text/event-stream body) from pieces as libcurl's write callback
  * would receive them, with no transfer: the same event parsing, [DONE] and end-of-stream rules as

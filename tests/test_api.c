@@ -77,7 +77,8 @@ TEST(healthz_routing_and_request_ids)
     for (size_t i = 0; i < 6; i++) {
         CHECK_INT(api_http(f.base, "GET", paths[i], NULL, NULL, 0, &r), 401);
         CHECK(api_error_shape(&r));
-        CHECK_STR(api_error_code(&r), "unauthenticated");
+        /* the OpenAI-compatible routes say it in OpenAI's word */
+        CHECK_STR(api_error_code(&r), strcmp(paths[i], "/v1/models") ? "unauthenticated" : "invalid_api_key");
         char www[256];
         CHECK(header_value(&r, "WWW-Authenticate", www, sizeof(www)) && strstr(www, "Basic"));
         api_resp_release(&r);
@@ -595,8 +596,10 @@ TEST(body_and_json_limits)
         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":\"yes\"}",
     };
     for (size_t i = 0; i < sizeof(chats) / sizeof(chats[0]); i++) {
+        /* OpenAI's error object, with the offending field named in param */
         CHECK_MSG(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), chats[i], 0, &r) == 400 &&
-                      api_error_shape(&r),
+                      strcmp(api_error_type_of(&r), "invalid_request_error") == 0 &&
+                      json_is_string(json_object_get(json_object_get(r.json, "error"), "param")),
                   "chat case %zu: %ld %s", i, r.status, qr_buf_str(&r.body));
         api_resp_release(&r);
     }
@@ -2170,35 +2173,67 @@ TEST(chat_stream_sse)
     api_fx_stop(&f);
 }
 
-TEST(openai_npm_client)
+/* ---- OpenAI conventions on the OpenAI-compatible routes ---------------------------------------- */
+
+/* The param of an error body, or "" when null or absent. */
+static const char *error_param(const api_resp *r)
 {
-    const char *dir = QUARRY_SOURCE_DIR "/tests/openai_client";
-    char cmd[2048];
-    struct stat sb;
-    if (stat(QUARRY_SOURCE_DIR "/tests/openai_client/node_modules/openai/package.json", &sb) != 0) {
-        /* a fresh clone: install the pinned client from the lock file, if the registry answers;
-         * without it the case cannot run here, which is a skip, not a failure */
-        snprintf(
-            cmd, sizeof(cmd),
-            "cd '%s' && npm ping --fetch-retries=0 --fetch-timeout=10000 --loglevel=silent >/dev/null 2>&1",
-            dir);
-        if (system(cmd) != 0) {
-            printf("skipped: no npm registry (the openai client is not installed in %s)\n", dir);
-            exit(77);
+    json_t *p = json_object_get(json_object_get(r->json, "error"), "param");
+    return json_is_string(p) ? json_string_value(p) : "";
+}
+
+/* The body of the last chat completion request the fake backend received (new reference), or NULL. */
+static json_t *last_upstream_chat(void)
+{
+    api_resp r;
+    api_http(fake_url(), "GET", "/_fake/requests", NULL, NULL, 0, &r);
+    json_t *body = NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(r.json, i, e)
+    {
+        const char *path = json_string_value(json_object_get(e, "path"));
+        if (path && strstr(path, "/chat/completions")) {
+            json_decref(body);
+            body = json_incref(json_object_get(e, "body"));
         }
-        snprintf(cmd, sizeof(cmd), "cd '%s' && npm ci --no-audit --no-fund --loglevel=error >&2", dir);
-        CHECK_MSG(system(cmd) == 0, "npm ci failed in %s although the registry answers", dir);
     }
-    creds();
-    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
-    CHECK(api_fx_start(&f, NULL));
-    CHECK(seed_corpus(&f));
-    char *key = make_key(&f, "chat,on_behalf_of");
+    api_resp_release(&r);
+    return body;
+}
+
+/* Installs a test client's pinned packages from its lock file when they are missing (a fresh
+ * clone), if the registry answers; without it the case cannot run here, which is a skip (exit 77),
+ * not a failure. */
+static void npm_client_ready(const char *dir, const char *installed)
+{
+    char cmd[2048], path[1024];
+    struct stat sb;
+    snprintf(path, sizeof(path), "%s/node_modules/%s", dir, installed);
+    if (stat(path, &sb) == 0)
+        return;
+    snprintf(cmd, sizeof(cmd),
+             "cd '%s' && npm ping --fetch-retries=0 --fetch-timeout=10000 --loglevel=silent >/dev/null 2>&1",
+             dir);
+    if (system(cmd) != 0) {
+        printf("skipped: no npm registry (the client is not installed in %s)\n", dir);
+        exit(77);
+    }
+    snprintf(cmd, sizeof(cmd), "cd '%s' && npm ci --no-audit --no-fund --loglevel=error >&2", dir);
+    CHECK_MSG(system(cmd) == 0, "npm ci failed in %s although the registry answers", dir);
+}
+
+/* Runs `node run.mjs QUESTION` in dir against the fixture as alice (through a key acting for her)
+ * and parses the one JSON object it prints. */
+static void run_npm_client(api_fixture *f, const char *dir, json_t **res)
+{
+    char *key = make_key(f, "chat,on_behalf_of");
     CHECK(key);
+    char cmd[2048];
     snprintf(cmd, sizeof(cmd),
              "cd '%s' && QUARRY_URL='%s' QUARRY_KEY='%s' QUARRY_USER=alice node run.mjs "
              "'How are expense reimbursement claims filed?'",
-             dir, f.base, key);
+             dir, f->base, key);
     free(key);
     FILE *p = popen(cmd, "r");
     CHECK(p);
@@ -2209,11 +2244,46 @@ TEST(openai_npm_client)
     while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
         qr_buf_append(&out, chunk, n);
     int status = pclose(p);
-    json_t *res = json_loads(qr_buf_str(&out), 0, NULL);
-    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0 && res, "node: status %d, output %s", status,
+    *res = json_loads(qr_buf_str(&out), 0, NULL);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0 && *res, "node: status %d, output %s", status,
               qr_buf_str(&out));
+    qr_buf_release(&out);
+}
+
+/* context is Azure's {"citations":[{content, title, url, filepath, chunk_id}], "intent"} and lists the
+ * documents of citations, in order. */
+static bool context_of(json_t *context, json_t *citations)
+{
+    json_t *list = json_object_get(context, "citations");
+    if (!json_is_array(list) || json_array_size(list) == 0 ||
+        json_array_size(list) != json_array_size(citations))
+        return false;
+    size_t i;
+    json_t *c;
+    json_array_foreach(list, i, c)
+    {
+        const char *fp = json_string_value(json_object_get(c, "filepath"));
+        const char *doc = json_string_value(json_object_get(json_array_get(citations, i), "doc_id"));
+        if (!fp || !doc || strcmp(fp, doc) != 0 || !json_is_string(json_object_get(c, "content")) ||
+            !json_is_string(json_object_get(c, "chunk_id")))
+            return false;
+    }
+    return true;
+}
+
+TEST(openai_npm_client)
+{
+    const char *dir = QUARRY_SOURCE_DIR "/tests/openai_client";
+    npm_client_ready(dir, "openai/package.json");
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    json_t *res = NULL;
+    run_npm_client(&f, dir, &res);
     json_t *plain = json_object_get(res, "plain"), *stream = json_object_get(res, "stream");
     CHECK_STR(json_string_value(json_object_get(plain, "object")), "chat.completion");
+    CHECK_STR(json_string_value(json_object_get(plain, "model")), "quarry");
     CHECK_STR(json_string_value(json_object_get(plain, "finish_reason")), "stop");
     CHECK_STR(json_string_value(json_object_get(stream, "finish_reason")), "stop");
     const char *a = json_string_value(json_object_get(plain, "content"));
@@ -2230,10 +2300,520 @@ TEST(openai_npm_client)
               why);
     CHECK_MSG(citations_only_from(json_object_get(stream, "citations"), allowed, 2, why, sizeof(why)), "%s",
               why);
+    /* Azure's shape, through the SDK: choices[0].message.context and one delta.context */
+    CHECK(context_of(json_object_get(plain, "context"), json_object_get(plain, "citations")));
+    CHECK(context_of(json_object_get(stream, "context"), json_object_get(stream, "citations")));
+    CHECK_INT(json_integer_value(json_object_get(stream, "contexts")), 1);
+    /* models: the list, one retrieved, one missing as the SDK's NotFoundError */
+    json_t *models = json_object_get(res, "models");
+    CHECK_STR(json_string_value(json_array_get(json_object_get(models, "list"), 0)), "quarry");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(models, "retrieved"), "id")), "quarry");
+    json_t *missing = json_object_get(models, "missing");
+    CHECK(json_is_true(json_object_get(missing, "notFound")));
+    CHECK_STR(json_string_value(json_object_get(missing, "class")), "NotFoundError");
+    CHECK_STR(json_string_value(json_object_get(missing, "code")), "model_not_found");
+    CHECK_STR(json_string_value(json_object_get(missing, "param")), "model");
+    /* a bad key: the SDK's AuthenticationError, err.type authentication_error */
+    json_t *bad = json_object_get(res, "bad_key");
+    CHECK(json_is_true(json_object_get(bad, "authentication")));
+    CHECK_STR(json_string_value(json_object_get(bad, "class")), "AuthenticationError");
+    CHECK_STR(json_string_value(json_object_get(bad, "type")), "authentication_error");
+    CHECK_STR(json_string_value(json_object_get(bad, "code")), "invalid_api_key");
     json_decref(res);
-    qr_buf_release(&out);
     api_fx_stop(&f);
 }
+
+/* LangChain JS (tests/langchain_client): ChatOpenAI pointed at quarry works, and quarry's citations
+ * reach a LangChain user. A default ChatOpenAI keeps only the fields it maps (content, tool calls,
+ * audio, reasoning in additional_kwargs; model, usage, finish reason in response_metadata), so
+ * message.context and citations are dropped there; with __includeRawResponse: true the whole
+ * completion (and each streamed chunk) rides along in additional_kwargs.__raw_response. */
+TEST(langchain_client)
+{
+    const char *dir = QUARRY_SOURCE_DIR "/tests/langchain_client";
+    npm_client_ready(dir, "@langchain/openai/package.json");
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    CHECK(fake_reset());
+    json_t *res = NULL;
+    run_npm_client(&f, dir, &res);
+    json_t *plain = json_object_get(res, "plain"), *raw = json_object_get(res, "raw"),
+           *stream = json_object_get(res, "stream");
+    const char *a = json_string_value(json_object_get(plain, "content"));
+    CHECK_MSG(a && strstr(a, "fake inference server"), "%s", a ? a : "(no content)");
+    /* where the citations are not: a default ChatOpenAI drops them (if this starts failing, a newer
+     * LangChain maps them: tell integrators where) */
+    CHECK(json_is_false(json_object_get(plain, "context_in_additional_kwargs")));
+    CHECK(json_is_false(json_object_get(plain, "context_in_response_metadata")));
+    CHECK(json_is_false(json_object_get(plain, "citations_anywhere")));
+    /* where they are: the raw response */
+    CHECK_STR(json_string_value(json_object_get(raw, "content")), a);
+    CHECK(json_array_size(json_object_get(raw, "citations")) >= 1);
+    CHECK(context_of(json_object_get(raw, "context"), json_object_get(raw, "citations")));
+    const char *allowed[] = {"runbooks/backend.md", "policies/expenses.md"};
+    char why[256];
+    CHECK_MSG(citations_only_from(json_object_get(raw, "citations"), allowed, 2, why, sizeof(why)), "%s",
+              why);
+    CHECK_STR(json_string_value(json_object_get(stream, "content")), a);
+    CHECK_INT(json_integer_value(json_object_get(stream, "contexts")), 1);
+    CHECK(json_array_size(json_object_get(json_object_get(stream, "context"), "citations")) >= 1);
+    json_decref(res);
+    /* ChatOpenAI's options reached the backend through quarry */
+    json_t *up = last_upstream_chat();
+    CHECK(up);
+    CHECK(fabs(json_number_value(json_object_get(up, "temperature")) - 0.1) < 1e-9);
+    CHECK_INT(json_integer_value(json_object_get(up, "max_tokens")), 200);
+    json_decref(up);
+    api_fx_stop(&f);
+}
+
+static json_t *chat_message(const api_resp *r)
+{
+    return json_object_get(json_array_get(json_object_get(r->json, "choices"), 0), "message");
+}
+
+TEST(openai_models_list_retrieve_and_not_found)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "inference.models", "quarry, quarry-large", NULL));
+    CHECK(seed_corpus(&f));
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/v1/models", H(ALICE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "object")), "list");
+    json_t *data = json_object_get(r.json, "data");
+    CHECK_INT(json_array_size(data), 2);
+    CHECK_STR(json_string_value(json_object_get(json_array_get(data, 0), "id")), "quarry");
+    CHECK_STR(json_string_value(json_object_get(json_array_get(data, 1), "id")), "quarry-large");
+    for (size_t i = 0; i < 2; i++) {
+        json_t *m = json_array_get(data, i);
+        CHECK_STR(json_string_value(json_object_get(m, "object")), "model");
+        CHECK_STR(json_string_value(json_object_get(m, "owned_by")), "quarry");
+        CHECK(json_is_integer(json_object_get(m, "created")));
+    }
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/models/quarry-large", H(ALICE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "id")), "quarry-large");
+    CHECK_STR(json_string_value(json_object_get(r.json, "object")), "model");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/models/nope", H(ALICE), NULL, 0, &r), 404);
+    CHECK_STR(api_error_type_of(&r), "invalid_request_error");
+    CHECK_STR(api_error_code(&r), "model_not_found");
+    CHECK_STR(error_param(&r), "model");
+    api_resp_release(&r);
+
+    /* chat: an unknown model is 404 before anything is searched or sent */
+    CHECK(fake_reset());
+    const char *msgs =
+        "\"messages\":[{\"role\":\"user\",\"content\":\"How does expense reimbursement work?\"}]";
+    char body[512];
+    snprintf(body, sizeof(body), "{\"model\":\"nope\",%s}", msgs);
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), body, 0, &r), 404);
+    CHECK_STR(api_error_type_of(&r), "invalid_request_error");
+    CHECK_STR(api_error_code(&r), "model_not_found");
+    CHECK_STR(error_param(&r), "model");
+    api_resp_release(&r);
+    CHECK_INT(fake_chat_requests(), 0);
+    /* a listed model is echoed; the backend still gets inference.model */
+    snprintf(body, sizeof(body), "{\"model\":\"quarry-large\",%s}", msgs);
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), body, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "model")), "quarry-large");
+    api_resp_release(&r);
+    json_t *up = last_upstream_chat();
+    CHECK_STR(json_string_value(json_object_get(up, "model")), "fake-chat-model");
+    json_decref(up);
+    /* no model: the first listed */
+    snprintf(body, sizeof(body), "{%s}", msgs);
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), body, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "model")), "quarry");
+    api_resp_release(&r);
+
+    /* bad credentials: OpenAI's invalid_api_key on these routes, quarry's code elsewhere */
+    char bad[512];
+    api_basic(bad, sizeof(bad), "alice", "wrong-password");
+    const char *openai_paths[] = {"/v1/models", "/v1/models/quarry"};
+    for (size_t i = 0; i < 2; i++) {
+        CHECK_INT(
+            api_http(f.base, "GET", openai_paths[i], H("Authorization: Bearer qk_not_a_key"), NULL, 0, &r),
+            401);
+        CHECK_STR(api_error_type_of(&r), "authentication_error");
+        CHECK_STR(api_error_code(&r), "invalid_api_key");
+        api_resp_release(&r);
+    }
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", NULL, body, 0, &r), 401);
+    CHECK_STR(api_error_code(&r), "invalid_api_key");
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/me", H("Authorization: Bearer qk_not_a_key"), NULL, 0, &r), 401);
+    CHECK_STR(api_error_code(&r), "unauthenticated");
+    api_resp_release(&r);
+    /* too many failed logins: 429 rate_limit_exceeded (auth.rate_limit_user is 5) */
+    long st = 0;
+    for (int i = 0; i < 8 && st != 429; i++) {
+        st = api_http(f.base, "GET", "/v1/models", H(bad), NULL, 0, &r);
+        if (st == 429) {
+            CHECK_STR(api_error_type_of(&r), "rate_limit_error");
+            CHECK_STR(api_error_code(&r), "rate_limit_exceeded");
+        } else {
+            CHECK_INT(st, 401);
+            CHECK_STR(api_error_code(&r), "invalid_api_key");
+        }
+        api_resp_release(&r);
+    }
+    CHECK_INT(st, 429);
+    api_fx_stop(&f);
+}
+
+TEST(chat_refuses_what_it_cannot_honour_naming_the_param)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "inference.max_tokens", "300", NULL));
+    CHECK(fake_reset());
+#define MSGS "\"messages\":[{\"role\":\"user\",\"content\":\"How does expense reimbursement work?\"}]"
+    struct {
+        const char *extra; /* fields after the messages */
+        const char *param, *code;
+    } cases[] = {
+        {"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", "tools",
+         "unsupported_parameter"},
+        {"\"tool_choice\":\"auto\"", "tool_choice", "unsupported_parameter"},
+        {"\"functions\":[{\"name\":\"f\"}]", "functions", "unsupported_parameter"},
+        {"\"function_call\":\"auto\"", "function_call", "unsupported_parameter"},
+        {"\"parallel_tool_calls\":true", "parallel_tool_calls", "unsupported_parameter"},
+        {"\"top_logprobs\":2", "top_logprobs", "unsupported_parameter"},
+        {"\"logit_bias\":{\"50256\":-100}", "logit_bias", "unsupported_parameter"},
+        {"\"audio\":{\"voice\":\"alloy\",\"format\":\"wav\"}", "audio", "unsupported_parameter"},
+        {"\"response_format\":{\"type\":\"json_object\"}", "response_format", "unsupported_value"},
+        {"\"n\":2", "n", "unsupported_value"},
+        {"\"logprobs\":true", "logprobs", "unsupported_value"},
+        {"\"modalities\":[\"text\",\"audio\"]", "modalities", "unsupported_value"},
+        {"\"frobnicate\":1", "frobnicate", "unknown_parameter"},
+        {"\"max_tokens\":301", "max_tokens", "invalid_argument"},
+        {"\"max_completion_tokens\":100000", "max_completion_tokens", "invalid_argument"},
+        {"\"max_tokens\":0", "max_tokens", "invalid_argument"},
+        {"\"max_tokens\":10,\"max_completion_tokens\":20", "max_completion_tokens", "invalid_argument"},
+        {"\"temperature\":2.5", "temperature", "invalid_argument"},
+        {"\"temperature\":\"hot\"", "temperature", "invalid_argument"},
+        {"\"top_p\":1.5", "top_p", "invalid_argument"},
+        {"\"presence_penalty\":3", "presence_penalty", "invalid_argument"},
+        {"\"frequency_penalty\":-2.5", "frequency_penalty", "invalid_argument"},
+        {"\"seed\":\"x\"", "seed", "invalid_argument"},
+        {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop", "invalid_argument"},
+        {"\"stop\":[\"\"]", "stop", "invalid_argument"},
+        {"\"stop\":7", "stop", "invalid_argument"},
+        {"\"user\":5", "user", "invalid_argument"},
+        {"\"stream\":\"yes\"", "stream", "invalid_argument"},
+        {"\"stream_options\":5", "stream_options", "invalid_argument"},
+        {"\"model\":7", "model", "invalid_argument"},
+        {"\"metadata\":\"x\"", "metadata", "invalid_argument"},
+    };
+    api_resp r;
+    char body[1024];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(body, sizeof(body), "{" MSGS ",%s}", cases[i].extra);
+        CHECK_MSG(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), body, 0, &r) == 400, "%s: %s",
+                  cases[i].extra, qr_buf_str(&r.body));
+        CHECK_STR(api_error_type_of(&r), "invalid_request_error");
+        CHECK_MSG(strcmp(error_param(&r), cases[i].param) == 0 &&
+                      strcmp(api_error_code(&r), cases[i].code) == 0,
+                  "%s: %s", cases[i].extra, qr_buf_str(&r.body));
+        api_resp_release(&r);
+    }
+    /* the cap is in the message */
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), "{" MSGS ",\"max_tokens\":301}", 0, &r),
+        400);
+    const char *msg = json_string_value(json_object_get(json_object_get(r.json, "error"), "message"));
+    CHECK_MSG(msg && strstr(msg, "300") && strstr(msg, "inference.max_tokens"), "%s", msg ? msg : "");
+    api_resp_release(&r);
+    /* the messages themselves */
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), "{\"messages\":[]}", 0, &r), 400);
+    CHECK_STR(error_param(&r), "messages");
+    api_resp_release(&r);
+    CHECK_INT(
+        api_http(
+            f.base, "POST", "/v1/chat/completions", H(ALICE),
+            "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"},{\"role\":\"user\",\"content\":\"y\"}]}", 0,
+            &r),
+        400);
+    CHECK_STR(error_param(&r), "messages");
+    api_resp_release(&r);
+    /* nothing refused reached the backend */
+    CHECK_INT(fake_chat_requests(), 0);
+    /* accepted at the value that changes nothing, or ignored: bookkeeping */
+    const char *fine[] = {
+        "\"n\":1,\"logprobs\":false,\"response_format\":{\"type\":\"text\"},\"modalities\":[\"text\"]",
+        "\"metadata\":{\"team\":\"x\"},\"store\":false,\"stream_options\":null,\"tools\":null",
+        "\"max_tokens\":300,\"max_completion_tokens\":300",
+    };
+    for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+        snprintf(body, sizeof(body), "{" MSGS ",%s}", fine[i]);
+        CHECK_MSG(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), body, 0, &r) == 200, "%s: %s",
+                  fine[i], qr_buf_str(&r.body));
+        api_resp_release(&r);
+    }
+    /* other routes keep quarry's conventions: param null */
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE), "{\"query\":\"a\",\"k\":0}", 0, &r), 400);
+    CHECK(api_error_shape(&r));
+    api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+TEST(chat_parameters_reach_the_backend)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    CHECK(fake_reset());
+    api_resp r;
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/chat/completions", H(ALICE),
+                 "{" MSGS ",\"max_tokens\":5,\"temperature\":0.7,\"top_p\":0.5,\"stop\":[\"END\",\"STOP\"],"
+                 "\"user\":\"end-user-42\",\"seed\":11,\"presence_penalty\":0.5,\"frequency_penalty\":-0.5}",
+                 0, &r),
+        200);
+    /* the fake cuts its answer at max_tokens words */
+    CHECK_STR(json_string_value(
+                  json_object_get(json_array_get(json_object_get(r.json, "choices"), 0), "finish_reason")),
+              "length");
+    api_resp_release(&r);
+    json_t *up = last_upstream_chat();
+    CHECK_MSG(up, "the backend got no chat request");
+    CHECK_INT(json_integer_value(json_object_get(up, "max_tokens")), 5);
+    CHECK(fabs(json_number_value(json_object_get(up, "temperature")) - 0.7) < 1e-9);
+    CHECK(fabs(json_number_value(json_object_get(up, "top_p")) - 0.5) < 1e-9);
+    CHECK(fabs(json_number_value(json_object_get(up, "presence_penalty")) - 0.5) < 1e-9);
+    CHECK(fabs(json_number_value(json_object_get(up, "frequency_penalty")) + 0.5) < 1e-9);
+    CHECK_INT(json_integer_value(json_object_get(up, "seed")), 11);
+    CHECK_STR(json_string_value(json_object_get(up, "user")), "end-user-42");
+    json_t *stop = json_object_get(up, "stop");
+    CHECK(json_array_size(stop) == 2);
+    CHECK_STR(json_string_value(json_array_get(stop, 0)), "END");
+    CHECK_STR(json_string_value(json_array_get(stop, 1)), "STOP");
+    json_decref(up);
+    /* max_completion_tokens and a single stop string, streamed */
+    CHECK(fake_reset());
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE),
+                       "{" MSGS ",\"stream\":true,\"max_completion_tokens\":9,\"stop\":\"END\"}", 0, &r),
+              200);
+    api_resp_release(&r);
+    up = last_upstream_chat();
+    CHECK_INT(json_integer_value(json_object_get(up, "max_tokens")), 9);
+    CHECK_INT(json_array_size(json_object_get(up, "stop")), 1);
+    CHECK(!json_object_get(up, "user") && !json_object_get(up, "top_p") && !json_object_get(up, "seed"));
+    json_decref(up);
+    /* nothing asked: the configured values, nothing else */
+    CHECK(fake_reset());
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), "{" MSGS "}", 0, &r), 200);
+    api_resp_release(&r);
+    up = last_upstream_chat();
+    CHECK_INT(json_integer_value(json_object_get(up, "max_tokens")), 1024);
+    CHECK(fabs(json_number_value(json_object_get(up, "temperature")) - 0.2) < 1e-9);
+    CHECK(!json_object_get(up, "stop") && !json_object_get(up, "presence_penalty"));
+    json_decref(up);
+    /* the end user is on the audit line, next to the signed-in user */
+    char path[400], *log = NULL, err[QR_ERR_LEN];
+    snprintf(path, sizeof(path), "%s/data/audit.log", f.dir);
+    CHECK_OK(qr_read_file(path, 1 << 20, &log, NULL, err), err);
+    CHECK_MSG(strstr(log, "\"end_user\":\"end-user-42\""), "%s", log);
+    free(log);
+    api_fx_stop(&f);
+}
+
+/* Checks that context (message.context or delta.context) lists the same chunks as citations, in the
+ * same order, in Azure's shape. */
+static bool context_matches(json_t *context, json_t *citations, char *why, size_t len)
+{
+    json_t *list = json_object_get(context, "citations");
+    if (!json_is_array(list) || json_array_size(list) != json_array_size(citations) ||
+        !json_array_size(list)) {
+        snprintf(why, len, "%zu context citations, %zu citations", json_array_size(list),
+                 json_array_size(citations));
+        return false;
+    }
+    size_t i;
+    json_t *c;
+    json_array_foreach(list, i, c)
+    {
+        json_t *q = json_array_get(citations, i);
+        char id[32];
+        snprintf(id, sizeof(id), "%lld", (long long)json_integer_value(json_object_get(q, "chunk_id")));
+        const char *content = json_string_value(json_object_get(c, "content"));
+        if (strcmp(json_string_value(json_object_get(c, "filepath")),
+                   json_string_value(json_object_get(q, "doc_id"))) ||
+            strcmp(json_string_value(json_object_get(c, "chunk_id")), id) ||
+            strcmp(json_string_value(json_object_get(c, "title")),
+                   json_string_value(json_object_get(q, "title"))) ||
+            strcmp(json_string_value(json_object_get(c, "url")),
+                   json_string_value(json_object_get(q, "uri"))) ||
+            !content || !strstr(content, "Marker")) {
+            char *a = json_dumps(c, 0);
+            snprintf(why, len, "context citation %zu: %s", i, a ? a : "?");
+            free(a);
+            return false;
+        }
+    }
+    if (!json_is_string(json_object_get(context, "intent"))) {
+        snprintf(why, len, "no intent");
+        return false;
+    }
+    return true;
+}
+
+TEST(chat_context_citations_in_azure_shape)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    struct {
+        const char *who;
+        const char *allowed[2];
+    } users[] = {
+        {ALICE, {"runbooks/backend.md", "policies/expenses.md"}},
+        {BOB, {"runbooks/frontend.md", "policies/expenses.md"}},
+    };
+    char why[512];
+    for (size_t u = 0; u < 2; u++) {
+        api_resp r;
+        CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(users[u].who), "{" MSGS "}", 0, &r),
+                  200);
+        json_t *cit = json_object_get(r.json, "citations");
+        json_t *ctx = json_object_get(chat_message(&r), "context");
+        CHECK_MSG(json_array_size(cit) >= 1, "no citations: %s", qr_buf_str(&r.body));
+        CHECK_MSG(context_matches(ctx, cit, why, sizeof(why)), "user %zu: %s", u, why);
+        size_t i;
+        json_t *c;
+        json_array_foreach(json_object_get(ctx, "citations"), i, c)
+        {
+            const char *fp = json_string_value(json_object_get(c, "filepath"));
+            CHECK_MSG(strcmp(fp, users[u].allowed[0]) == 0 || strcmp(fp, users[u].allowed[1]) == 0,
+                      "user %zu: context cites %s", u, fp);
+        }
+        api_resp_release(&r);
+
+        /* streamed: delta.context once, in the chunk with the finish reason and the citations */
+        CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(users[u].who),
+                           "{" MSGS ",\"stream\":true}", 0, &r),
+                  200);
+        char **ev = NULL;
+        size_t n = sse_events(qr_buf_str(&r.body), &ev), contexts = 0;
+        json_t *sctx = NULL, *scit = NULL;
+        for (size_t i2 = 0; i2 + 1 < n; i2++) {
+            json_t *chunk = json_loads(ev[i2], 0, NULL);
+            json_t *delta = json_object_get(json_array_get(json_object_get(chunk, "choices"), 0), "delta");
+            if (json_object_get(delta, "context")) {
+                contexts++;
+                json_decref(sctx);
+                sctx = json_incref(json_object_get(delta, "context"));
+            }
+            if (json_object_get(chunk, "citations")) {
+                json_decref(scit);
+                scit = json_incref(json_object_get(chunk, "citations"));
+            }
+            json_decref(chunk);
+        }
+        for (size_t i2 = 0; i2 < n; i2++)
+            free(ev[i2]);
+        free(ev);
+        api_resp_release(&r);
+        CHECK_INT(contexts, 1);
+        CHECK_MSG(context_matches(sctx, scit, why, sizeof(why)), "user %zu streamed: %s", u, why);
+        CHECK_MSG(citations_only_from(scit, users[u].allowed, 2, why, sizeof(why)), "%s", why);
+        json_decref(sctx);
+        json_decref(scit);
+    }
+    api_fx_stop(&f);
+}
+
+TEST(chat_data_sources_narrow_the_search)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK(seed_corpus(&f));
+    api_resp r;
+    char why[256];
+    /* alice, unfiltered: her backend runbook is among the sources */
+    CHECK(fake_reset());
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), "{" MSGS "}", 0, &r), 200);
+    api_resp_release(&r);
+    char *got = fake_received();
+    CHECK(got && strstr(got, "PINEAPPLEBACKEND"));
+    free(got);
+    /* quarry's own filters: only the expense policy is searched, so only it is sent and cited */
+    const char *only[] = {"policies/expenses.md"};
+    const char *narrowed[] = {
+        "\"data_sources\":[{\"type\":\"quarry\",\"parameters\":{\"filter\":{\"doc_ids\":[\"policies/"
+        "expenses.md\"]}}}]",
+        /* bob's frontend runbook named too: a filter never widens what alice may read */
+        "\"data_sources\":[{\"type\":\"quarry\",\"parameters\":{\"filter\":{\"doc_ids\":[\"runbooks/"
+        "frontend.md\",\"policies/expenses.md\"]},\"in_scope\":true}}]",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        CHECK(fake_reset());
+        char body[1024];
+        snprintf(body, sizeof(body), "{" MSGS ",%s}", narrowed[i]);
+        CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), body, 0, &r), 200);
+        json_t *cit = json_object_get(r.json, "citations");
+        CHECK_MSG(json_array_size(cit) >= 1 && citations_only_from(cit, only, 1, why, sizeof(why)),
+                  "%zu: %s %s", i, why, qr_buf_str(&r.body));
+        CHECK(context_matches(json_object_get(chat_message(&r), "context"), cit, why, sizeof(why)));
+        api_resp_release(&r);
+        got = fake_received();
+        CHECK_MSG(got && strstr(got, "KIWISTAFF") && !strstr(got, "PINEAPPLEBACKEND") &&
+                      !strstr(got, "MANGOFRONTEND"),
+                  "%zu: the backend got %s", i, got ? got : "");
+        free(got);
+    }
+    /* top_n_documents: one passage (Azure's shape, with its connection settings ignored) */
+    CHECK(fake_reset());
+    CHECK_INT(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE),
+                       "{" MSGS ",\"data_sources\":[{\"type\":\"azure_search\",\"parameters\":{\"endpoint\":"
+                       "\"https://x.search.windows.net\",\"index_name\":\"i\",\"authentication\":{\"type\":"
+                       "\"api_key\",\"key\":\"k\"},\"filter\":\"\",\"top_n_documents\":1}}]}",
+                       0, &r),
+              200);
+    CHECK_INT(json_array_size(json_object_get(r.json, "citations")), 1);
+    api_resp_release(&r);
+    got = fake_received();
+    CHECK(got && !(strstr(got, "PINEAPPLEBACKEND") && strstr(got, "KIWISTAFF")));
+    free(got);
+    /* shapes quarry refuses, each naming the field */
+    struct {
+        const char *ds, *param;
+    } bad[] = {
+        {"[{\"type\":\"azure_search\",\"parameters\":{\"filter\":\"category eq 'policy'\"}}]",
+         "data_sources[0].parameters.filter"},
+        {"[{\"type\":\"elasticsearch\",\"parameters\":{}}]", "data_sources[0].type"},
+        {"[{\"parameters\":{}}]", "data_sources[0].type"},
+        {"[{\"type\":\"quarry\"},{\"type\":\"quarry\"}]", "data_sources"},
+        {"{\"type\":\"quarry\"}", "data_sources"},
+        {"[{\"type\":\"quarry\",\"parameters\":{\"in_scope\":false}}]",
+         "data_sources[0].parameters.in_scope"},
+        {"[{\"type\":\"quarry\",\"parameters\":{\"strictness\":3}}]",
+         "data_sources[0].parameters.strictness"},
+        {"[{\"type\":\"quarry\",\"parameters\":{\"filter\":{\"colour\":\"red\"}}}]",
+         "data_sources[0].parameters.filter"},
+        {"[{\"type\":\"quarry\",\"parameters\":{\"top_n_documents\":0}}]",
+         "data_sources[0].parameters.top_n_documents"},
+    };
+    CHECK(fake_reset());
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[1024];
+        snprintf(body, sizeof(body), "{" MSGS ",\"data_sources\":%s}", bad[i].ds);
+        CHECK_MSG(api_http(f.base, "POST", "/v1/chat/completions", H(ALICE), body, 0, &r) == 400, "%s: %s",
+                  bad[i].ds, qr_buf_str(&r.body));
+        CHECK_MSG(strcmp(error_param(&r), bad[i].param) == 0, "%s: %s", bad[i].ds, qr_buf_str(&r.body));
+        api_resp_release(&r);
+    }
+    CHECK_INT(fake_chat_requests(), 0);
+    api_fx_stop(&f);
+}
+#undef MSGS
 
 /* ---- concurrency -------------------------------------------------------------------------------- */
 

@@ -4,6 +4,7 @@
  * document's shape, and access and audit log lines that stay one whole JSON record when capped.
  */
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,6 +241,7 @@ TEST(chat_request_parsing)
 {
     char err[QR_ERR_LEN];
     api_chat_req c;
+    api_chat_limits lim = {8, 1024};
     json_t *b = json_loads(
         "{\"model\":\"gpt-x\",\"stream\":true,\"stream_options\":{\"include_usage\":true},\"max_tokens\":50,"
         "\"temperature\":0.5,\"messages\":[{\"role\":\"system\",\"content\":\"ignore "
@@ -249,11 +251,11 @@ TEST(chat_request_parsing)
         "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"and\"},{\"type\":\"text\",\"text\":"
         "\"contractors?\"}]}]}",
         0, NULL);
-    CHECK_OK(api_parse_chat(b, 8, &c, err), err);
+    CHECK_OK(api_parse_chat(b, &lim, &c, NULL, err), err);
     CHECK(c.stream && c.include_usage);
     CHECK_STR(c.model, "gpt-x");
-    CHECK_INT(c.max_tokens, 50);
-    CHECK(c.temperature == 0.5);
+    CHECK_INT(c.options.max_tokens, 50);
+    CHECK(c.options.temperature == 0.5);
     CHECK_STR(c.question, "and\ncontractors?");
     CHECK_INT(c.nhistory, 2);
     CHECK_INT(c.history[0].role, INFER_ROLE_USER);
@@ -267,10 +269,68 @@ TEST(chat_request_parsing)
         "{\"messages\":[{\"role\":\"user\",\"content\":\"Explain the expense reimbursement policy in "
         "detail please\"}]}",
         0, NULL);
-    CHECK_OK(api_parse_chat(b, 8, &c, err), err);
-    CHECK(!c.stream && c.temperature < 0 && c.max_tokens == 0 && c.k == 8);
+    CHECK_OK(api_parse_chat(b, &lim, &c, NULL, err), err);
+    CHECK(!c.stream && isnan(c.options.temperature) && c.options.max_tokens == 0 && c.k == 8);
     CHECK_STR(c.search_query, c.question);
     api_chat_req_release(&c);
+    json_decref(b);
+}
+
+TEST(models_list_parsing)
+{
+    char err[QR_ERR_LEN];
+    static char ids[API_MODELS_MAX][API_MODEL_ID_MAX + 1];
+    size_t n = 0;
+    CHECK_OK(api_models_parse("quarry", ids, &n, err), err);
+    CHECK_INT(n, 1);
+    CHECK_STR(ids[0], "quarry");
+    CHECK_OK(api_models_parse(" quarry , gpt-4o-mini,org/model:7b@v1,", ids, &n, err), err);
+    CHECK_INT(n, 3);
+    CHECK_STR(ids[1], "gpt-4o-mini");
+    CHECK_STR(ids[2], "org/model:7b@v1");
+    const char *bad[] = {"", " ", ",", "a,,b", "a b", "a,a", "caf\xc3\xa9", "a\"b"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_MSG(api_models_parse(bad[i], ids, &n, err) == QR_EINVAL && n == 0, "accepted '%s'", bad[i]);
+        CHECK(strstr(err, "inference.models"));
+    }
+}
+
+TEST(chat_request_options_and_data_sources)
+{
+    char err[QR_ERR_LEN];
+    api_chat_req c;
+    api_refusal why;
+    api_chat_limits lim = {8, 500};
+    json_t *b = json_loads(
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"Explain the expense reimbursement policy in "
+        "detail\"}],"
+        "\"max_completion_tokens\":40,\"top_p\":0.9,\"stop\":\"END\",\"user\":\"u1\",\"seed\":-3,"
+        "\"data_sources\":[{\"type\":\"quarry\",\"parameters\":{\"filter\":{\"doc_ids\":[\"a\",\"b\"],"
+        "\"uri_prefix\":\"https://wiki/\"},\"top_n_documents\":3}}]}",
+        0, NULL);
+    CHECK_OK(api_parse_chat(b, &lim, &c, &why, err), err);
+    CHECK_INT(c.options.max_tokens, 40);
+    CHECK(c.options.top_p == 0.9 && isnan(c.options.temperature) && isnan(c.options.presence_penalty));
+    CHECK_INT(c.options.stop_count, 1);
+    CHECK_STR(c.options.stop[0], "END");
+    CHECK_STR(c.options.user, "u1");
+    CHECK(c.options.has_seed && c.options.seed == -3);
+    CHECK_INT(c.k, 3);
+    CHECK_INT(c.filters.ndoc_ids, 2);
+    CHECK_STR(c.filters.uri_prefix, "https://wiki/");
+    CHECK_STR(why.param, "");
+    api_chat_req_release(&c);
+    json_decref(b);
+    /* a refusal names its field and OpenAI's code */
+    b = json_loads("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[]}", 0, NULL);
+    CHECK_INT(api_parse_chat(b, &lim, &c, &why, err), QR_EINVAL);
+    CHECK_STR(why.param, "tools");
+    CHECK_STR(why.code, "unsupported_parameter");
+    json_decref(b);
+    b = json_loads("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":501}", 0, NULL);
+    CHECK_INT(api_parse_chat(b, &lim, &c, &why, err), QR_EINVAL);
+    CHECK_STR(why.param, "max_tokens");
+    CHECK(why.code == NULL && strstr(err, "500"));
     json_decref(b);
 }
 
