@@ -20,8 +20,8 @@
 
 typedef struct {
     const api_ui_asset *a;
-    char etag[20];         /* "\"" + 16 hex digits + "\"" */
-    unsigned char *gz;     /* NULL when gzip would not make it smaller */
+    char etag[20];     /* "\"" + 16 hex digits + "\"" */
+    unsigned char *gz; /* NULL when gzip would not make it smaller */
     size_t gz_len;
 } ui_file;
 
@@ -121,8 +121,8 @@ qr_status api_ui_new(const qr_config *cfg, api_ui **out, char *err)
         char first[1024];
         snprintf(first, sizeof(first), "%.*s", (int)strcspn(s->oidc_issuer, ","), s->oidc_issuer);
         json_object_set_new(conf, "oidc",
-                            json_pack("{s:s,s:s,s:s}", "issuer", first, "client_id", s->ui_oidc_client_id, "scope",
-                                      s->ui_oidc_scope));
+                            json_pack("{s:s,s:s,s:s}", "issuer", first, "client_id", s->ui_oidc_client_id,
+                                      "scope", s->ui_oidc_scope));
     } else {
         json_object_set_new(conf, "oidc", json_null());
     }
@@ -198,7 +198,8 @@ static void security_headers(api_req *r, const api_ui *ui)
     api_reply_header(r, "Content-Security-Policy", ui->csp);
     api_reply_header(r, "X-Content-Type-Options", "nosniff");
     api_reply_header(r, "Referrer-Policy", "no-referrer");
-    api_reply_header(r, "Cache-Control", "no-cache"); /* revalidated by ETag: no stale page after an upgrade */
+    api_reply_header(r, "Cache-Control",
+                     "no-cache"); /* revalidated by ETag: no stale page after an upgrade */
 }
 
 void api_ui_serve(api_req *r, const char *url)

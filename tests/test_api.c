@@ -25,6 +25,7 @@
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <zlib.h>
 
 #include "api/api_int.h"
 #include "auth/auth.h"
@@ -3322,6 +3323,103 @@ static bool any_cors_header(const api_resp *r)
 
 /* Preflights are answered before authentication: a listed origin, a method the path takes and
  * headers quarry reads get 204 and the Allow-* headers; anything else 403 and none of them. */
+/* gunzips p[0..n) into out (cap bytes); the length, or -1. */
+static long gunzip(const char *p, size_t n, char *out, size_t cap)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (inflateInit2(&z, 15 + 16) != Z_OK)
+        return -1;
+    z.next_in = (unsigned char *)p;
+    z.avail_in = (uInt)n;
+    z.next_out = (unsigned char *)out;
+    z.avail_out = (uInt)cap;
+    int rc = inflate(&z, Z_FINISH);
+    long len = rc == Z_STREAM_END ? (long)z.total_out : -1;
+    inflateEnd(&z);
+    return len;
+}
+
+TEST(console_files_are_served_with_etag_gzip_and_csp)
+{
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, "ui.frame_ancestors", "'self' https://outlook.office.com", "oidc.issuer",
+                       "https://login.example.com/tenant/v2.0", "oidc.audience", "api://quarry",
+                       "ui.oidc_client_id", "console-client", "ldap.uri", "ldap://127.0.0.1:1",
+                       "ldap.user_base", "dc=x", NULL));
+    char *index = NULL, err[QR_ERR_LEN];
+    size_t index_len = 0;
+    CHECK_OK(qr_read_file(QUARRY_SOURCE_DIR "/ui/index.html", 1 << 24, &index, &index_len, err), err);
+    /* no credentials needed; the bytes are ui/index.html's */
+    api_resp r;
+    CHECK_INT(api_http(f.base, "GET", "/", NULL, NULL, 0, &r), 200);
+    CHECK(qr_buf_len(&r.body) == index_len && memcmp(qr_buf_str(&r.body), index, index_len) == 0);
+    char v[1024], etag[64];
+    CHECK(header_value(&r, "Content-Type", v, sizeof(v)) && strncmp(v, "text/html", 9) == 0);
+    CHECK(header_value(&r, "Content-Security-Policy", v, sizeof(v)));
+    CHECK_MSG(strstr(v, "default-src 'self'") && strstr(v, "script-src 'self';") &&
+                  strstr(v, "frame-ancestors 'self' https://outlook.office.com;") &&
+                  strstr(v, "connect-src 'self' https://login.example.com;") &&
+                  strstr(v, "object-src 'none'") && !strstr(v, "unsafe"),
+              "%s", v);
+    CHECK(header_value(&r, "X-Content-Type-Options", v, sizeof(v)) && strcmp(v, "nosniff") == 0);
+    CHECK(header_value(&r, "ETag", etag, sizeof(etag)) && etag[0] == '"' && strlen(etag) == 18);
+    api_resp_release(&r);
+    /* revalidation */
+    char inm[128];
+    snprintf(inm, sizeof(inm), "If-None-Match: %s", etag);
+    CHECK_INT(api_http(f.base, "GET", "/", H(inm), NULL, 0, &r), 304);
+    CHECK(qr_buf_len(&r.body) == 0);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/", H("If-None-Match: \"0000000000000000\""), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    /* gzip when asked, and only then; the same bytes once inflated */
+    CHECK_INT(api_http(f.base, "GET", "/ui/index.html", H("Accept-Encoding: gzip, br"), NULL, 0, &r), 200);
+    bool gz = header_value(&r, "Content-Encoding", v, sizeof(v)) && strcmp(v, "gzip") == 0;
+    if (gz) {
+        char *plain = malloc(index_len + 1);
+        CHECK(gunzip(qr_buf_str(&r.body), qr_buf_len(&r.body), plain, index_len + 1) == (long)index_len &&
+              memcmp(plain, index, index_len) == 0);
+        free(plain);
+        CHECK(header_value(&r, "Vary", v, sizeof(v)) && strstr(v, "Accept-Encoding"));
+    } else {
+        CHECK_MSG(index_len < 200, "a %zu-byte page was not gzipped", index_len);
+    }
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/ui/index.html", H("Accept-Encoding: gzip;q=0"), NULL, 0, &r), 200);
+    CHECK(!header_value(&r, "Content-Encoding", v, sizeof(v)));
+    api_resp_release(&r);
+    /* what the page needs to offer the provider's sign-in */
+    CHECK_INT(api_http(f.base, "GET", "/ui/config.json", NULL, NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(r.json, "oidc"), "issuer")),
+              "https://login.example.com/tenant/v2.0");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(r.json, "oidc"), "client_id")),
+              "console-client");
+    api_resp_release(&r);
+    /* only the table's paths: no traversal, nothing else from the filesystem */
+    const char *missing[] = {"/ui/",        "/ui/../CMakeLists.txt", "/ui/%2e%2e/README.md",
+                             "/ui/nope.js", "/ui/index.html/",       "/ui//index.html"};
+    for (size_t i = 0; i < sizeof(missing) / sizeof(missing[0]); i++) {
+        long st = api_http(f.base, "GET", missing[i], NULL, NULL, 0, &r);
+        CHECK_MSG(st == 404 || st == 400, "%s: %ld", missing[i], st);
+        api_resp_release(&r);
+    }
+    CHECK_INT(api_http(f.base, "POST", "/", NULL, "x", 0, &r), 404);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+    /* off: nothing served */
+    CHECK(api_fx_start(&f, "ui.enabled", "false", NULL));
+    CHECK_INT(api_http(f.base, "GET", "/", NULL, NULL, 0, &r), 404);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/ui/config.json", NULL, NULL, 0, &r), 404);
+    api_resp_release(&r);
+    api_fx_stop(&f);
+    /* a frame-ancestors value that would end the directive is refused at start */
+    CHECK(!api_fx_start(&f, "ui.frame_ancestors", "'self'; script-src *", NULL));
+    api_fx_stop(&f);
+    free(index);
+}
+
 TEST(cors_preflight)
 {
     static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
