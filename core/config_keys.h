@@ -120,10 +120,16 @@
     X(INT, auth, rate_limit_window_s, "300", 1, 86400, NULL, false,                                          \
       "Window of the failed-login limits, from the first failure.")                                          \
     /* web console */                                                                                        \
-    X(BOOL, ui, enabled, "on", NO_RANGE, NULL, false, "Serve the web console at / and /ui/ (off: those paths answer 404).")\
-    X(STRING, ui, frame_ancestors, "'self'", NO_RANGE, NULL, false, "Who may frame the console (CSP frame-ancestors, space-separated sources), e.g. the Office add-in hosts.")\
-    X(STRING, ui, oidc_client_id, "", NO_RANGE, NULL, false, "Client id of the console at the first oidc.issuer; set, the sign-in page offers the provider (authorization code + PKCE).")\
-    X(STRING, ui, oidc_scope, "openid profile", NO_RANGE, NULL, false, "Scopes the console asks the provider for (add the API scope oidc.required_scope names).")\
+    X(BOOL, ui, enabled, "on", NO_RANGE, NULL, false,                                                        \
+      "Serve the web console at / and /ui/ (off: those paths answer 404).")                                  \
+    X(STRING, ui, frame_ancestors, "'self'", NO_RANGE, NULL, false,                                          \
+      "Who may frame the console (CSP frame-ancestors, space-separated sources), e.g. the Office add-in "    \
+      "hosts.")                                                                                              \
+    X(STRING, ui, oidc_client_id, "", NO_RANGE, NULL, false,                                                 \
+      "Client id of the console at the first oidc.issuer; set, the sign-in page offers the provider "        \
+      "(authorization code + PKCE).")                                                                        \
+    X(STRING, ui, oidc_scope, "openid profile", NO_RANGE, NULL, false,                                       \
+      "Scopes the console asks the provider for (add the API scope oidc.required_scope names).")             \
     /* OpenID Connect bearer tokens */                                                                       \
     X(STRING, oidc, issuer, "", NO_RANGE, NULL, false,                                                       \
       "OpenID Connect issuers whose bearer tokens are accepted, each the exact `iss` value "                 \
