@@ -18,9 +18,9 @@ export function createSearch() {
   const prefix = h('input', { id: 'search-prefix', type: 'text', placeholder: 'e.g. policies/', autocomplete: 'off' });
   const after = h('input', { id: 'search-after', type: 'date' });
   const mode = h('select', { id: 'search-mode' },
-    h('option', { value: 'hybrid' }, 'Hybrid (words and meaning)'),
-    h('option', { value: 'bm25' }, 'Words only (BM25)'),
-    h('option', { value: 'vector' }, 'Meaning only (vectors)'));
+    h('option', { value: 'hybrid' }, 'Hybrid'),
+    h('option', { value: 'bm25' }, 'Words (BM25)'),
+    h('option', { value: 'vector' }, 'Meaning (vectors)'));
   const submit = h('button', { type: 'submit', class: 'btn btn-primary', 'data-testid': 'search-submit' }, 'Search');
   const form = h('form', { class: 'search-form', role: 'search', 'aria-label': 'Search documents' },
     h('div', { class: 'field grow' }, h('label', { for: 'search-input' }, 'Search for'),
