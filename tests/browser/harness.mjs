@@ -3,8 +3,8 @@
 // startStack() (run.mjs calls it once, inside tests/fixtures/slapd-fixture.sh and
 // fake-inference-fixture.sh, which export QUARRY_TEST_LDAP_* and QUARRY_TEST_INFERENCE_URL) starts
 // `quarry serve` on a free loopback port with a fresh data directory and the test configuration of
-// tests/api_test_util.h, seeds documents, and -- with QUARRY_UI_PROXY=1, the default until quarry
-// serves ui/ itself -- puts static-proxy.mjs in front of it. The test files read the resulting base
+// tests/api_test_util.h and seeds documents; quarry serves the console itself (ui/ compiled in, with
+// its Content-Security-Policy), so the tests see exactly what users get. The test files read its base
 // URL from QUARRY_BROWSER_BASE and use the helpers below: a headless Debian chromium, pages that
 // record console errors, page errors, CSP violations and requests to other hosts, sign-in, axe-core
 // and screenshots.
@@ -16,7 +16,6 @@ import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import assert from 'node:assert/strict';
 import puppeteer from 'puppeteer-core';
-import { startProxy } from './static-proxy.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(HERE, '../..');
@@ -78,7 +77,7 @@ export async function waitJob(base, id) {
   throw new Error(`job ${id} did not finish`);
 }
 
-/** Starts quarry (and the proxy); resolves to {base, quarry, dataDir, stop()}. */
+/** Starts quarry; resolves to {base, quarry, dataDir, stop()}. */
 export async function startStack() {
   const bin = process.env.QUARRY_BIN || path.join(ROOT, 'build/release/quarry');
   const ldap = process.env.QUARRY_TEST_LDAP_URI;
@@ -111,14 +110,11 @@ export async function startStack() {
     throw new Error(`quarry serve did not start:\n${fs.readFileSync(path.join(tmp, 'serve.log'), 'utf8')}`);
   }
   await seedCorpus(quarry);
-  const useProxy = (process.env.QUARRY_UI_PROXY ?? '1') !== '0';
-  const proxy = useProxy ? await startProxy({ upstream: quarry }) : null;
   return {
-    base: proxy ? proxy.url : quarry,
+    base: quarry,
     quarry,
     dir: tmp,
     async stop() {
-      await proxy?.close();
       child.kill('SIGTERM');
       await new Promise((r) => (child.exitCode !== null ? r() : child.once('exit', r)));
       if (!process.env.QUARRY_KEEP_TMP) fs.rmSync(tmp, { recursive: true, force: true });

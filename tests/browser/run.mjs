@@ -1,4 +1,4 @@
-// run.mjs: starts quarry (and the console proxy) once, then runs every *.test.mjs here with
+// run.mjs: starts quarry once, then runs every *.test.mjs here with
 // node --test, one file at a time (they share the server and the fake backend's switches).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';

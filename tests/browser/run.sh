@@ -2,8 +2,7 @@
 # tests/browser: quarry's web console (ui/) in headless Debian chromium, against a real `quarry
 # serve` with the slapd and fake inference fixtures. Exits 77 (skipped) without /usr/bin/chromium,
 # or without node_modules when the npm registry does not answer.
-#   tests/browser/run.sh [FILE.test.mjs ...]     QUARRY_BIN (default build/release/quarry),
-#   QUARRY_UI_PROXY=0 to test quarry's own serving of ui/ instead of static-proxy.mjs.
+#   tests/browser/run.sh [FILE.test.mjs ...]     QUARRY_BIN (default build/release/quarry).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
