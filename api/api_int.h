@@ -271,6 +271,7 @@ struct api_req {
     const char *auth_scheme;          /* "basic", "token", "oidc" or "api_key"; NULL before authentication */
     char key_id[AUTH_KEY_ID_LEN + 1]; /* the service key's id (acting for a user or itself), else "" */
     char user[300];                   /* uid for logs, "-" before authentication */
+    char challenge[512]; /* WWW-Authenticate of a 401 when set (a refused bearer token's reason) */
     char end_user[API_END_USER_MAX + 1]; /* a chat request's `user` (the client's end user), else "" */
 
     /* response, published under lock */

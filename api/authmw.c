@@ -67,8 +67,8 @@ bool api_acl_permits(const auth_principal *p, const char *const *acl, size_t nac
     return false;
 }
 
-/* Adds RFC 6750's challenge for a refused bearer token: error code and a description with the
- * characters a quoted-string cannot hold replaced. */
+/* Sets RFC 6750's challenge for a refused bearer token (sent by api_reply_error's 401): error code and a
+ * description with the characters a quoted-string cannot hold replaced. */
 static void api_bearer_challenge(api_req *r, const char *error, const char *why)
 {
     char desc[256];
@@ -77,10 +77,8 @@ static void api_bearer_challenge(api_req *r, const char *error, const char *why)
         desc[n++] =
             (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e) ? '\'' : *p;
     desc[n] = '\0';
-    char value[512];
-    snprintf(value, sizeof(value), "Bearer realm=\"quarry\", error=\"%s\", error_description=\"%s\"", error,
-             desc);
-    api_reply_header(r, "WWW-Authenticate", value);
+    snprintf(r->challenge, sizeof(r->challenge),
+             "Bearer realm=\"quarry\", error=\"%s\", error_description=\"%s\"", error, desc);
 }
 
 /* Answers an authentication failure with the status that fits it, and writes its audit line. */
@@ -106,9 +104,9 @@ static void auth_failed(api_req *r, qr_status st, const char *scheme, const auth
     case QR_EAUTH:
     case QR_ENOTFOUND:
     case QR_EINVAL:
-        api_reply_error(r, 401, "unauthenticated", "%s", err);
         if (strcmp(scheme, "oidc") == 0) /* RFC 6750: say which bearer token failed and why */
             api_bearer_challenge(r, "invalid_token", err);
+        api_reply_error(r, 401, "unauthenticated", "%s", err);
         break;
     default: api_reply_status(r, st, err); break;
     }

@@ -182,8 +182,16 @@ static void reply_error(api_req *r, int status, const char *code, const char *pa
     }
     /* the access log and metrics keep quarry's code, whatever the route's dialect */
     snprintf(r->error_code, sizeof(r->error_code), "%s", code);
-    if (status == 401)
-        api_reply_header(r, "WWW-Authenticate", "Basic realm=\"quarry\", charset=\"UTF-8\"");
+    if (status == 401) {
+        /* the challenge of the scheme the client tried: a Basic challenge to a page's fetch with a
+         * bearer token would make the browser open its own password dialog */
+        const char *authz = api_header(r, "Authorization");
+        bool bearer = authz && strncasecmp(authz, "Bearer ", 7) == 0;
+        api_reply_header(r, "WWW-Authenticate",
+                         *r->challenge ? r->challenge
+                         : bearer      ? "Bearer realm=\"quarry\""
+                                       : "Basic realm=\"quarry\", charset=\"UTF-8\"");
+    }
     api_metrics_error(r->srv->metrics, code);
     if (status >= 500)
         qr_log(QR_LOG_WARN, "http", "%s %s -> %d %s: %s (id=%s)", r->method,

@@ -263,6 +263,8 @@ TEST(oidc_refused_tokens_answer_401_and_leave_an_audit_line)
         CHECK_MSG(msg && strstr(msg, cases[i].reason), "%s: %s", cases[i].what, msg ? msg : "(none)");
         CHECK_MSG(strstr(qr_buf_str(&r.headers), "error=\"invalid_token\""), "%s: no Bearer challenge",
                   cases[i].what);
+        /* and no Basic challenge, which would open a browser's password dialog over a page */
+        CHECK_MSG(!strstr(qr_buf_str(&r.headers), "Basic realm"), "%s: a Basic challenge", cases[i].what);
         api_resp_release(&r);
         bool leak = false;
         CHECK_MSG(audit_lines(&f, "\"auth_refused\"", cases[i].reason, t, &leak) >= 1, "%s: no audit line",
