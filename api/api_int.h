@@ -116,7 +116,7 @@ bool api_route_openai(const api_route *route);
  * NUL or control byte, or invalid UTF-8. plus_space: '+' means ' ' (query strings). */
 char *api_url_decode(const char *s, size_t n, bool plus_space);
 
-/* Route handlers (routes.c, search.c, documents.c, jobs.c, metrics.c, openapi.c). */
+/* Route handlers (routes.c, search.c, documents.c, jobs.c, keys.c, metrics.c, openapi.c). */
 void api_h_healthz(api_req *r);
 void api_h_readyz(api_req *r);
 void api_h_me(api_req *r);
@@ -136,6 +136,10 @@ void api_h_doc_get(api_req *r);
 void api_h_doc_list(api_req *r);
 void api_h_rebuild(api_req *r);
 void api_h_job_get(api_req *r);
+void api_h_key_list(api_req *r);
+void api_h_key_create(api_req *r);
+void api_h_key_revoke(api_req *r);
+void api_h_audit_list(api_req *r);
 
 /* ---- the server ----------------------------------------------------------------------------- */
 
@@ -549,6 +553,13 @@ void api_audit_record(api_audit *a, const api_req *r, const char *query, const c
  * "truncated":true is tried instead. Returns QR_OK, or the line's failure when nothing whole
  * could be formatted (a cap too small for the fixed fields, no memory): write nothing then.
  * `when` is the record's ISO 8601 time; query_hmac the query's hash (64 hex digits) or NULL. */
+/* The bytes at the end of the audit log api_audit_tail reads. */
+#define API_AUDIT_TAIL_MAX (1u << 20)
+/* The last n complete records of the audit log, newest first, as a JSON array of objects (*out:
+ * the caller's reference), read from at most the last API_AUDIT_TAIL_MAX bytes of the file; a line
+ * that does not parse as an object is skipped, so fewer than n may come back. QR_EIO when the file
+ * cannot be read, QR_ENOMEM. Any thread. */
+qr_status api_audit_tail(api_audit *a, size_t n, json_t **out, char *err);
 /* One line for credentials refused (401, 403 or 429 from authentication): the scheme, the status,
  * the reason (never the credential) and, for an OIDC token, its issuer and user claim as far as
  * they were verified. */

@@ -199,3 +199,69 @@ void api_audit_refused(api_audit *a, const api_req *r, const char *scheme, int s
     }
     qr_buf_release(&line);
 }
+
+qr_status api_audit_tail(api_audit *a, size_t n, json_t **out, char *err)
+{
+    *out = NULL;
+    char *buf = NULL;
+    json_t *list = NULL;
+    qr_status st = QR_OK;
+    int fd = open(a->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return qr_fail(err, QR_EIO, "cannot read the audit log '%s': %s", a->path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        st = qr_fail(err, QR_EIO, "cannot read the audit log '%s': %s", a->path, strerror(errno));
+        goto out;
+    }
+    off_t from = sb.st_size > (off_t)API_AUDIT_TAIL_MAX ? sb.st_size - (off_t)API_AUDIT_TAIL_MAX : 0;
+    size_t want = (size_t)(sb.st_size - from), got = 0;
+    if (!(buf = malloc(want + 1)) || !(list = json_array())) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory reading the audit log");
+        goto out;
+    }
+    /* the file only grows (O_APPEND): bytes written after the fstat are left for the next read */
+    while (got < want) {
+        ssize_t k = pread(fd, buf + got, want - got, from + (off_t)got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            st = qr_fail(err, QR_EIO, "cannot read the audit log '%s': %s", a->path, strerror(errno));
+            goto out;
+        }
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    /* Complete lines only: the first one is cut when the read starts inside the file, the last
+     * one may still be being written by another process. */
+    size_t start = 0;
+    if (from > 0) {
+        char *nl = memchr(buf, '\n', got);
+        start = nl ? (size_t)(nl - buf) + 1 : got;
+    }
+    size_t end = got;
+    while (end > start && buf[end - 1] != '\n')
+        end--;
+    while (end > start && json_array_size(list) < n) {
+        size_t line_end = end - 1; /* the newline */
+        size_t line_start = line_end;
+        while (line_start > start && buf[line_start - 1] != '\n')
+            line_start--;
+        json_t *rec =
+            line_end > line_start ? json_loadb(buf + line_start, line_end - line_start, 0, NULL) : NULL;
+        if (json_is_object(rec))
+            json_array_append_new(list, rec);
+        else
+            json_decref(rec);
+        end = line_start;
+    }
+out:
+    close(fd);
+    free(buf);
+    if (st)
+        json_decref(list);
+    else
+        *out = list;
+    return st;
+}

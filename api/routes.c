@@ -35,6 +35,10 @@ const api_route api_route_table[] = {
      api_h_doc_delete},
     {"POST", "/v1/index/rebuild", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_rebuild},
     {"GET", "/v1/jobs/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_job_get},
+    {"GET", "/v1/keys", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_key_list},
+    {"POST", "/v1/keys", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_JSON, false, api_h_key_create},
+    {"DELETE", "/v1/keys/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_key_revoke},
+    {"GET", "/v1/audit", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_audit_list},
 };
 const size_t api_route_count = sizeof(api_route_table) / sizeof(api_route_table[0]);
 

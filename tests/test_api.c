@@ -345,6 +345,10 @@ TEST(admin_routes_refused_to_others)
         {"POST", "/v1/index/rebuild", "{}"},
         {"GET", "/v1/jobs/0123456789abcdef0123456789abcdef", NULL},
         {"GET", "/metrics", NULL},
+        {"GET", "/v1/keys", NULL},
+        {"POST", "/v1/keys", "{\"name\":\"mine\",\"scopes\":[\"admin\"]}"},
+        {"DELETE", "/v1/keys/0123456789abcdef", NULL},
+        {"GET", "/v1/audit", NULL},
     };
     api_resp r;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
@@ -361,6 +365,169 @@ TEST(admin_routes_refused_to_others)
     api_resp_release(&r);
     CHECK_INT(api_http(f.base, "GET", "/metrics", H(FRANK), NULL, 0, &r), 200);
     api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+static const char *error_param(const api_resp *r)
+{
+    json_t *p = json_object_get(json_object_get(r->json, "error"), "param");
+    return json_is_string(p) ? json_string_value(p) : "";
+}
+
+/* The key's entry in a GET /v1/keys answer, or NULL. */
+static json_t *listed_key(const api_resp *r, const char *id)
+{
+    size_t i;
+    json_t *k;
+    json_array_foreach(json_object_get(r->json, "data"), i, k)
+    {
+        const char *kid = json_string_value(json_object_get(k, "id"));
+        if (kid && strcmp(kid, id) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+TEST(api_keys_managed_over_http_and_audited)
+{
+    creds();
+    static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
+    CHECK(api_fx_start(&f, NULL));
+    CHECK_INT(put_doc(&f, "a.md", "A", "alpha kumquat", "[\"public\"]"), 201);
+    api_resp r;
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/keys", H(DAVE), "{\"name\":\"widget\",\"scopes\":[\"search\"]}", 0, &r),
+        201);
+    const char *key_text = json_string_value(json_object_get(r.json, "key"));
+    const char *id_text = json_string_value(json_object_get(r.json, "id"));
+    CHECK(key_text && id_text && strncmp(key_text, "qk_", 3) == 0);
+    char *key = strdup(key_text), *id = strdup(id_text);
+    CHECK_STR(json_string_value(json_object_get(r.json, "name")), "widget");
+    CHECK_STR(json_string_value(json_array_get(json_object_get(r.json, "scopes"), 0)), "search");
+    CHECK(json_is_string(json_object_get(r.json, "created_at")));
+    api_resp_release(&r);
+    const char *secret = strchr(key + 3, '_');
+    CHECK(secret && strlen(secret + 1) >= 32);
+    secret++;
+    /* listed, without its secret */
+    CHECK_INT(api_http(f.base, "GET", "/v1/keys", H(DAVE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "object")), "list");
+    json_t *k = listed_key(&r, id);
+    CHECK_MSG(k, "%s", qr_buf_str(&r.body));
+    CHECK(json_is_null(json_object_get(k, "revoked_at")));
+    CHECK(!json_object_get(k, "key") && !strstr(qr_buf_str(&r.body), secret));
+    api_resp_release(&r);
+    /* the key works */
+    char kh[256];
+    snprintf(kh, sizeof(kh), "X-API-Key: %s", key);
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/search", H(kh), "{\"query\":\"kumquat\",\"mode\":\"bm25\"}", 0, &r),
+        200);
+    api_resp_release(&r);
+    /* an API key mints no key, whatever its scopes */
+    char *admin_key = make_key(&f, "search,chat,admin,on_behalf_of");
+    CHECK(admin_key);
+    char ah[256];
+    snprintf(ah, sizeof(ah), "X-API-Key: %s", admin_key);
+    free(admin_key);
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/keys", H(ah), "{\"name\":\"escalate\",\"scopes\":[\"admin\"]}", 0, &r),
+        403);
+    CHECK_STR(api_error_code(&r), "permission_denied");
+    CHECK(strstr(qr_buf_str(&r.body), "signed in as a person"));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "POST", "/v1/keys", H(ah, "X-Quarry-User: dave"),
+                       "{\"name\":\"escalate\",\"scopes\":[\"admin\"]}", 0, &r),
+              403);
+    api_resp_release(&r);
+    /* bad bodies name the field */
+    struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{\"name\":\"x\",\"scopes\":[\"search\",\"root\"]}", "scopes"},
+        {"{\"name\":\"x\",\"scopes\":[]}", "scopes"},
+        {"{\"name\":\"x\"}", "scopes"},
+        {"{\"name\":\"x\",\"scopes\":[\"search,admin\"]}", "scopes"},
+        {"{\"name\":\"x\",\"scopes\":[7]}", "scopes"},
+        {"{\"name\":\"\",\"scopes\":[\"search\"]}", "name"},
+        {"{\"name\":\"a\\nb\",\"scopes\":[\"search\"]}", "name"},
+        {"{\"scopes\":[\"search\"]}", "name"},
+        {"{\"name\":"
+         "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+         "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\",\"scopes\":[\"search\"]}",
+         "name"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_MSG(api_http(f.base, "POST", "/v1/keys", H(DAVE), bad[i].body, 0, &r) == 400,
+                  "case %zu: %ld %s", i, r.status, qr_buf_str(&r.body));
+        CHECK_STR(error_param(&r), bad[i].param);
+        api_resp_release(&r);
+    }
+    CHECK_INT(api_http(f.base, "POST", "/v1/keys", H(DAVE), "{\"name\":\"x\",\"scopes\":[\"root\"]}", 0, &r),
+              400);
+    CHECK(strstr(qr_buf_str(&r.body), "root"));
+    api_resp_release(&r);
+    /* revoked: refused at once; twice is fine; unknown is 404 */
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/keys/%s", id);
+    CHECK_INT(api_http(f.base, "DELETE", path, H(DAVE), NULL, 0, &r), 200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "id")), id);
+    CHECK(json_is_true(json_object_get(r.json, "revoked")));
+    api_resp_release(&r);
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/search", H(kh), "{\"query\":\"kumquat\",\"mode\":\"bm25\"}", 0, &r),
+        401);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "DELETE", path, H(DAVE), NULL, 0, &r), 200);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "DELETE", "/v1/keys/0123456789abcdef", H(DAVE), NULL, 0, &r), 404);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/keys", H(DAVE), NULL, 0, &r), 200);
+    k = listed_key(&r, id);
+    CHECK(k && json_is_string(json_object_get(k, "revoked_at")));
+    api_resp_release(&r);
+    /* the audit log, newest first: the revocations, the search, the creation; never the secret */
+    CHECK_INT(api_http(f.base, "GET", "/v1/audit?limit=0", H(DAVE), NULL, 0, &r), 400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/audit?limit=501", H(DAVE), NULL, 0, &r), 400);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/audit", H(DAVE), NULL, 0, &r), 200);
+    CHECK_MSG(!strstr(qr_buf_str(&r.body), secret), "the audit route shows a key's secret");
+    json_t *data = json_object_get(r.json, "data");
+    CHECK(json_array_size(data) >= 4);
+    long at_create = -1, at_search = -1, at_revoke = -1;
+    size_t i;
+    json_array_foreach(data, i, k)
+    {
+        const char *action = json_string_value(json_object_get(k, "action"));
+        const char *first_id = json_string_value(json_array_get(json_object_get(k, "doc_ids"), 0));
+        if (action && strcmp(action, "key_create") == 0 && first_id && strcmp(first_id, id) == 0) {
+            at_create = (long)i;
+            CHECK_STR(json_string_value(json_object_get(k, "user")), "dave");
+        }
+        if (action && strcmp(action, "search") == 0 && at_search < 0)
+            at_search = (long)i;
+        if (action && strcmp(action, "key_revoke") == 0 && at_revoke < 0)
+            at_revoke = (long)i;
+    }
+    CHECK_MSG(at_revoke >= 0 && at_search > at_revoke && at_create > at_search,
+              "revoke %ld search %ld create %ld", at_revoke, at_search, at_create);
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/audit?limit=1", H(DAVE), NULL, 0, &r), 200);
+    CHECK_INT(json_array_size(json_object_get(r.json, "data")), 1);
+    CHECK_STR(
+        json_string_value(json_object_get(json_array_get(json_object_get(r.json, "data"), 0), "action")),
+        "key_revoke");
+    api_resp_release(&r);
+    /* the file itself holds no secret either */
+    char logpath[PATH_MAX];
+    snprintf(logpath, sizeof(logpath), "%s/data/audit.log", f.dir);
+    char *log = NULL, err[QR_ERR_LEN];
+    CHECK_OK(qr_read_file(logpath, 1 << 20, &log, NULL, err), err);
+    CHECK(strstr(log, "\"key_create\"") && !strstr(log, secret));
+    free(log);
+    free(key);
+    free(id);
     api_fx_stop(&f);
 }
 
@@ -2177,12 +2344,6 @@ TEST(chat_stream_sse)
 /* ---- OpenAI conventions on the OpenAI-compatible routes ---------------------------------------- */
 
 /* The param of an error body, or "" when null or absent. */
-static const char *error_param(const api_resp *r)
-{
-    json_t *p = json_object_get(json_object_get(r->json, "error"), "param");
-    return json_is_string(p) ? json_string_value(p) : "";
-}
-
 /* The body of the last chat completion request the fake backend received (new reference), or NULL. */
 static json_t *last_upstream_chat(void)
 {
