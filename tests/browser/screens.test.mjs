@@ -55,6 +55,7 @@ for (const width of [1280, 360]) {
     await page.goto(`${baseUrl()}/#/admin`);
     await page.waitForSelector('[data-testid="doc-row"]', { visible: true });
     await page.waitForFunction(() => document.querySelectorAll(".facts dt").length > 0);
+    await page.waitForSelector('[data-testid="audit-row"]', { visible: true });
     await page.click('[data-testid="doc-row"] [data-testid="acl-edit"]');
     await check(page, 'admin', width);
     assertClean(page);

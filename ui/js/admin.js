@@ -2,12 +2,21 @@
 // refuses these routes to everybody else anyway). Uploads (multipart POST /v1/documents: "file"
 // parts and one "acl" field per principal) with their jobs followed through GET /v1/jobs/{id};
 // the document list (GET /v1/documents, cursor pages) with each document's ACL edited in place
-// (PATCH /v1/documents/{id}/acl) and deletion after a confirmation; the index status (/readyz).
+// (PATCH /v1/documents/{id}/acl) and deletion after a confirmation; the index status (/readyz);
+// service API keys (GET/POST /v1/keys, DELETE /v1/keys/{id}: a new key's secret is shown once, in
+// a read-only field, and never kept); the audit log's latest records (GET /v1/audit).
 
 import { h, replace, announce, formatDate } from './dom.js';
 import { api, getSession, plainFetch } from './api.js';
 
 const FINAL = new Set(['succeeded', 'failed', 'cancelled']);
+const SCOPES = [
+  ['search', 'search: POST /v1/search'],
+  ['chat', 'chat: chat completions, ask, models'],
+  ['admin', 'admin: documents, index, keys, audit'],
+  ['on_behalf_of', 'on_behalf_of: act for the user named in X-Quarry-User'],
+];
+const AUDIT_ROWS = 50;
 const enc = encodeURIComponent;
 
 /** "group:staff, user:alice" (commas, semicolons or new lines) as a list of principals. */
@@ -251,6 +260,167 @@ export function createAdmin(ctx) {
   }
   indexRefresh.addEventListener('click', loadIndex);
 
+  // ---- API keys ------------------------------------------------------------------------------
+  const keyStatus = h('p', { class: 'notice', role: 'status', hidden: true });
+  const keyList = h('ul', { class: 'keys', 'aria-label': 'API keys' });
+  const keyName = h('input', { id: 'key-name', type: 'text', maxlength: 128, autocomplete: 'off', required: true, 'data-testid': 'key-name', placeholder: 'intranet search widget' });
+  const scopeBoxes = SCOPES.map(([scope, label]) => {
+    const id = `key-scope-${scope}`;
+    const box = h('input', { id, type: 'checkbox', value: scope, 'data-testid': `key-scope-${scope}` });
+    return { box, el: h('div', { class: 'check' }, box, h('label', { for: id }, label)) };
+  });
+  const keyCreate = h('button', { type: 'submit', class: 'btn btn-primary', 'data-testid': 'key-create' }, 'Create key');
+  const secretPanel = h('div', { class: 'secret-panel', hidden: true });
+  const keyForm = h('form', { class: 'stack' },
+    h('div', { class: 'field' }, h('label', { for: 'key-name' }, 'Name (what the key is for)'), keyName),
+    h('fieldset', { class: 'scopes' }, h('legend', {}, 'Scopes'), scopeBoxes.map((s) => s.el)),
+    h('div', { class: 'row' }, keyCreate), secretPanel);
+
+  function showSecret(created) {
+    const input = h('input', { id: 'key-secret', type: 'text', readonly: true, value: created.key, 'data-testid': 'key-secret', 'aria-describedby': 'key-secret-warning', autocomplete: 'off', spellcheck: 'false' });
+    const copy = h('button', { type: 'button', class: 'btn', 'data-testid': 'key-copy' }, 'Copy');
+    const done = h('button', { type: 'button', class: 'btn btn-quiet', 'data-testid': 'key-secret-done' }, 'I have stored it');
+    copy.addEventListener('click', async () => {
+      input.select();
+      try {
+        await navigator.clipboard.writeText(input.value);
+        announce(keyStatus, 'Key copied to the clipboard.');
+      } catch {
+        announce(keyStatus, 'Copying was refused: the key is selected, copy it with Ctrl+C.', 'error');
+      }
+    });
+    done.addEventListener('click', () => {
+      replace(secretPanel);
+      secretPanel.hidden = true;
+      keyName.focus();
+    });
+    replace(secretPanel,
+      h('p', { id: 'key-secret-warning', class: 'notice notice-warn' }, `Key "${created.name}" created. Copy it now: quarry keeps only its hash and will not show it again.`),
+      h('div', { class: 'field' }, h('label', { for: 'key-secret' }, 'The new key'), h('div', { class: 'row nowrap' }, input, copy)),
+      h('div', { class: 'row' }, done));
+    secretPanel.hidden = false;
+    input.focus();
+    input.select();
+  }
+
+  function keyRow(k) {
+    const actions = h('div', { class: 'row' });
+    const panel = h('div', { class: 'doc-panel', hidden: true });
+    const state = k.revoked_at ? `revoked ${formatDate(k.revoked_at)}` : 'active';
+    const li = h('li', { class: `key-row${k.revoked_at ? ' revoked' : ''}`, 'data-testid': 'key-row', 'data-key-id': k.id },
+      h('div', { class: 'doc-main' },
+        h('p', { class: 'doc-title' }, k.name, ' ', h('span', { class: `job-state ${k.revoked_at ? 'state-failed' : 'state-succeeded'}`, 'data-testid': 'key-state' }, k.revoked_at ? 'revoked' : 'active')),
+        h('p', { class: 'doc-id' }, `qk_${k.id}_...`),
+        h('p', { class: 'doc-meta' }, h('span', { class: 'label' }, 'Scopes: '), (k.scopes || []).join(', ')),
+        h('p', { class: 'muted small' }, `created ${formatDate(k.created_at)} - ${state}`)),
+      actions, panel);
+    if (!k.revoked_at) {
+      const revoke = h('button', { type: 'button', class: 'btn btn-small btn-danger', 'data-testid': 'key-revoke', 'aria-label': `Revoke key ${k.name} (${k.id})` }, 'Revoke');
+      actions.append(revoke);
+      revoke.addEventListener('click', () => {
+        const yes = h('button', { type: 'button', class: 'btn btn-danger btn-small', 'data-testid': 'key-revoke-confirm' }, 'Revoke for good');
+        const no = h('button', { type: 'button', class: 'btn btn-quiet btn-small' }, 'Keep it');
+        const msg = h('p', { class: 'notice', role: 'status', hidden: true });
+        no.addEventListener('click', () => {
+          panel.hidden = true;
+          revoke.focus();
+        });
+        yes.addEventListener('click', async () => {
+          yes.disabled = true;
+          try {
+            await api(`/v1/keys/${enc(k.id)}`, { method: 'DELETE', what: 'revoke API keys' });
+            announce(keyStatus, `Key ${k.name} revoked.`);
+            await loadKeys();
+            await loadAudit();
+            keyName.focus();
+          } catch (e) {
+            announce(msg, e.message, 'error');
+            yes.disabled = false;
+          }
+        });
+        replace(panel, h('div', { class: 'confirm', role: 'group', 'aria-label': 'Confirm revocation' },
+          h('p', {}, `Revoke ${k.name}? Every program using it is refused at once; this cannot be undone.`), h('div', { class: 'row' }, yes, no), msg));
+        panel.hidden = false;
+        no.focus();
+      });
+    }
+    return li;
+  }
+
+  async function loadKeys() {
+    try {
+      const list = await api('/v1/keys', { what: 'list API keys' });
+      // newest first: the one just created is on top
+      const rows = (list.data || []).slice().reverse().map(keyRow);
+      replace(keyList, rows.length ? rows : h('li', { class: 'muted' }, 'No API keys yet.'));
+    } catch (e) {
+      announce(keyStatus, e.message, 'error');
+    }
+  }
+
+  keyForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const scopes = scopeBoxes.filter((s) => s.box.checked).map((s) => s.box.value);
+    if (!keyName.value.trim()) {
+      announce(keyStatus, 'Give the key a name.', 'error');
+      keyName.focus();
+      return;
+    }
+    if (!scopes.length) {
+      announce(keyStatus, 'Choose at least one scope.', 'error');
+      scopeBoxes[0].box.focus();
+      return;
+    }
+    keyCreate.disabled = true;
+    try {
+      const created = await api('/v1/keys', { method: 'POST', json: { name: keyName.value.trim(), scopes }, what: 'create API keys' });
+      announce(keyStatus, '');
+      keyName.value = '';
+      for (const s of scopeBoxes) s.box.checked = false;
+      showSecret(created);
+      await loadKeys();
+      await loadAudit();
+    } catch (e) {
+      announce(keyStatus, e.message, 'error');
+    } finally {
+      keyCreate.disabled = false;
+    }
+  });
+
+  const keysCard = h('section', { class: 'card', 'aria-labelledby': 'keys-title' }, h('h2', { id: 'keys-title' }, 'API keys'),
+    h('p', { class: 'hint' }, 'Keys let programs call quarry without a person signing in. Only an administrator signed in as a person may create them.'),
+    keyStatus, keyForm, h('h3', {}, 'Keys'), keyList);
+
+  // ---- audit log -----------------------------------------------------------------------------
+  const auditStatus = h('p', { class: 'notice', role: 'status', hidden: true });
+  const auditList = h('ul', { class: 'audit', 'aria-label': 'Audit records, newest first' });
+  const auditRefresh = h('button', { type: 'button', class: 'btn btn-quiet', 'data-testid': 'audit-refresh' }, 'Refresh');
+  function auditRow(a) {
+    const ids = Array.isArray(a.doc_ids) ? a.doc_ids.join(', ') : '';
+    const who = a.key_id && !String(a.user || '').startsWith('key:') ? `${a.user} (key ${a.key_id})` : a.user;
+    return h('li', { class: 'audit-row', 'data-testid': 'audit-row', 'data-action': a.action || '' },
+      h('span', { class: 'audit-time' }, formatDate(a.time)),
+      h('span', { class: 'audit-action' }, a.action || '-'),
+      h('span', { class: 'audit-user' }, who || '-', h('span', { class: 'muted' }, ` via ${a.auth || '-'}`)),
+      h('span', { class: 'audit-route doc-id' }, a.route || ''),
+      h('span', { class: 'audit-ids' }, ids ? [h('span', { class: 'label' }, 'ids: '), ids] : ''));
+  }
+  async function loadAudit() {
+    try {
+      const list = await api(`/v1/audit?limit=${AUDIT_ROWS}`, { what: 'read the audit log' });
+      const rows = (list.data || []).map(auditRow);
+      replace(auditList, rows.length ? rows : h('li', { class: 'muted' }, 'The audit log is empty.'));
+      announce(auditStatus, '');
+    } catch (e) {
+      replace(auditList);
+      announce(auditStatus, e.message, 'error');
+    }
+  }
+  auditRefresh.addEventListener('click', loadAudit);
+  const auditCard = h('section', { class: 'card', 'aria-labelledby': 'audit-title' }, h('h2', { id: 'audit-title' }, 'Audit log'),
+    h('p', { class: 'hint' }, `The latest ${AUDIT_ROWS} records, newest first: searches, answers, changes and refused credentials.`),
+    h('div', { class: 'row' }, auditRefresh), auditStatus, auditList);
+
   const el = h('section', { class: 'screen screen-admin', 'aria-labelledby': 'admin-title' },
     h('h1', { id: 'admin-title' }, 'Administration'), status,
     h('section', { class: 'card', 'aria-labelledby': 'upload-title' }, h('h2', { id: 'upload-title' }, 'Upload documents'), uploadForm),
@@ -258,10 +428,7 @@ export function createAdmin(ctx) {
       h('div', { class: 'field' }, h('label', { for: 'doc-filter' }, 'Show only documents matching'), docFilter),
       h('div', { class: 'row' }, reloadDocs), docs, moreDocs),
     h('section', { class: 'card', 'aria-labelledby': 'index-title' }, h('h2', { id: 'index-title' }, 'Index'), indexInfo, indexRefresh),
-    h('section', { class: 'card', 'aria-labelledby': 'keys-title' }, h('h2', { id: 'keys-title' }, 'API keys and audit'),
-      h('p', {}, 'Service API keys are managed on the server with ', h('code', {}, 'quarry keys create | list | revoke'),
-        '; quarry has no HTTP route for them, so that a stolen console session cannot mint keys.'),
-      h('p', {}, 'The audit log is the file ', h('code', {}, '<data.dir>/audit.log'), ' on the server (no HTTP route).')));
+    keysCard, auditCard);
 
   return {
     el,
@@ -270,8 +437,14 @@ export function createAdmin(ctx) {
         replace(el, h('h1', { id: 'admin-title' }, 'Administration'), h('p', { class: 'notice notice-error', role: 'alert' }, 'Only administrators may use this screen.'));
         return;
       }
-      loadDocs(false);
-      loadIndex();
+      // one after another: quarry runs at most server.user_share (2 by default) requests of one
+      // user at once and answers 429 to the rest
+      (async () => {
+        await loadDocs(false);
+        await loadIndex();
+        await loadKeys();
+        await loadAudit();
+      })();
     },
   };
 }
