@@ -67,8 +67,11 @@ for (const width of [1280, 360]) {
 
     // the audit section: the creation, by dave, with the key's id; never the secret
     await page.click('[data-testid="audit-refresh"]');
-    await page.waitForFunction((kid) => [...document.querySelectorAll('[data-testid="audit-row"][data-action="key_create"]')]
-      .some((r) => r.textContent.includes(kid)), {}, id);
+    // the list shown before the click may already hold the creation: wait for the refreshed one,
+    // whose newest record is the refused search
+    await page.waitForFunction((kid) => document.querySelector('[data-testid="audit-row"]')?.dataset.action === 'auth_refused' &&
+      [...document.querySelectorAll('[data-testid="audit-row"][data-action="key_create"]')]
+        .some((r) => r.textContent.includes(kid)), {}, id);
     const audit = await page.$$eval('[data-testid="audit-row"]', (rows) => rows.map((r) => r.textContent));
     assert.ok(audit.length <= 50);
     // newest first: the refused search, then the revocation, ..., then the creation
