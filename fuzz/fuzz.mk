@@ -32,11 +32,14 @@ $(FUZZ_DIR)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_common.h $(FUZZ_SOURCES) ingest/inge
 
 # The API's request parsing (fuzz_request): core/ and api/'s pure files only.
 FUZZ_TARGETS += request
-FUZZ_API_SOURCES := $(wildcard core/*.c) api/request.c api/multipart.c
+# The chat parser fills inference's options (infer_options_init in inference/client.c), so the
+# inference sources come along, with libcurl linked but never reached.
+FUZZ_API_SOURCES := $(wildcard core/*.c) api/request.c api/multipart.c inference/sse.c inference/client.c \
+  inference/breaker.c inference/prompt.c inference/cite.c
 build: $(FUZZ_DIR)/fuzz_request
 $(FUZZ_DIR)/fuzz_request: fuzz/fuzz_request.c $(FUZZ_API_SOURCES) api/api_int.h api/multipart.h
 	@mkdir -p $(FUZZ_DIR)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_API_SOURCES) $(FUZZ_LIBS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_API_SOURCES) $(FUZZ_LIBS) $(shell pkg-config --libs libcurl)
 
 # retrieval's query parser (fuzz_query): core/ and retrieval's parser, with SQLite's FTS5 checking
 # that every expression it builds parses.
