@@ -56,18 +56,19 @@ static void settings_release(auth_settings *s)
     s->nadmin_groups = s->nuris = 0;
 }
 
-/* Splits text at any of seps into trimmed, non-empty items appended to *items. */
-static qr_status split_list(const char *text, const char *seps, bool lower, char ***items, size_t *n)
+qr_status auth_split_list(const char *text, const char *seps, bool lower, bool keep_empty, char ***items,
+                          size_t *n)
 {
-    const char *p = text;
-    while (*p) {
+    if (!*text)
+        return QR_OK;
+    for (const char *p = text;;) {
         size_t len = strcspn(p, seps);
         const char *a = p, *b = p + len;
         while (a < b && isspace((unsigned char)*a))
             a++;
         while (b > a && isspace((unsigned char)b[-1]))
             b--;
-        if (b > a) {
+        if (b > a || keep_empty) {
             char **v = realloc(*items, (*n + 1) * sizeof(char *));
             if (!v)
                 return QR_ENOMEM;
@@ -78,11 +79,10 @@ static qr_status split_list(const char *text, const char *seps, bool lower, char
                 auth_ascii_lower(v[*n]);
             ++*n;
         }
-        p += len;
-        if (*p)
-            p++;
+        if (!p[len])
+            return QR_OK;
+        p += len + 1;
     }
-    return QR_OK;
 }
 
 static qr_status load_settings(const qr_config *cfg, auth_settings *s, char *err)
@@ -121,8 +121,8 @@ static qr_status load_settings(const qr_config *cfg, auth_settings *s, char *err
     if (!s->uris || !s->ca_file || !s->bind_dn || !s->bind_password || !s->user_base || !s->user_filter ||
         !s->uid_attr || !s->group_base || !s->group_filter || !s->group_name_attr || !s->memberof_attr ||
         !s->data_dir || !s->token_secret ||
-        split_list(conf->auth_admin_groups, ",", true, &s->admin_groups, &s->nadmin_groups) ||
-        split_list(s->uris, ", \t", false, &s->uri_list, &s->nuris))
+        auth_split_list(conf->auth_admin_groups, ",", true, false, &s->admin_groups, &s->nadmin_groups) ||
+        auth_split_list(s->uris, ", \t", false, false, &s->uri_list, &s->nuris))
         return qr_fail(err, QR_ENOMEM, "out of memory");
     if (*s->uris && !*s->user_base)
         return qr_fail(err, QR_EINVAL, "ldap.user_base must be set when ldap.uri is");

@@ -27,6 +27,11 @@
 /* True when s[0..n) can be a user name: 1..AUTH_NAME_MAX bytes of valid UTF-8 without NUL or
  * other control characters. */
 bool auth_name_ok(const char *s, size_t n);
+/* Appends the items of text split at any of seps, trimmed of white space, to *items (*n of them;
+ * free each and the array): empty items are left out unless keep_empty (for lists whose positions
+ * count: "a,,b" is three items). lower lower-cases their ASCII letters. QR_ENOMEM on failure. */
+qr_status auth_split_list(const char *text, const char *seps, bool lower, bool keep_empty, char ***items,
+                          size_t *n);
 /* Lower-cases ASCII letters in place; other bytes are left alone. */
 void auth_ascii_lower(char *s);
 /* The key under which failed logins of a user name that matches no entry are counted: the name

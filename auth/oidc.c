@@ -74,36 +74,6 @@ static void free_list(char **v, size_t n)
     free(v);
 }
 
-/* Splits text at seps into trimmed items; with keep_empty, empty items stay (as ""). */
-static qr_status split(const char *text, const char *seps, bool keep_empty, char ***items, size_t *n)
-{
-    *items = NULL;
-    *n = 0;
-    if (!*text)
-        return QR_OK;
-    const char *p = text;
-    for (;;) {
-        size_t len = strcspn(p, seps);
-        const char *a = p, *b = p + len;
-        while (a < b && (*a == ' ' || *a == '\t'))
-            a++;
-        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
-            b--;
-        if (b > a || keep_empty) {
-            char **v = realloc(*items, (*n + 1) * sizeof(char *));
-            if (!v)
-                return QR_ENOMEM;
-            *items = v;
-            if (!(v[*n] = strndup(a, (size_t)(b - a))))
-                return QR_ENOMEM;
-            ++*n;
-        }
-        if (!p[len])
-            return QR_OK;
-        p += len + 1;
-    }
-}
-
 /* True for a URL quarry may fetch keys from: https, or http to a loopback host (tests, a local
  * provider), since keys fetched in clear from elsewhere could be anyone's. */
 static bool url_ok(const char *url)
@@ -162,7 +132,8 @@ qr_status auth_oidc_setup(auth_ctx *ctx, const qr_config *cfg, char *err)
     char **iss = NULL, **urls = NULL;
     size_t niss = 0, nurls = 0;
     qr_status st = QR_OK;
-    if (split(c->oidc_issuer, ",", false, &iss, &niss) || split(c->oidc_jwks_url, ",", true, &urls, &nurls)) {
+    if (auth_split_list(c->oidc_issuer, ",", false, false, &iss, &niss) ||
+        auth_split_list(c->oidc_jwks_url, ",", false, true, &urls, &nurls)) {
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
@@ -225,8 +196,8 @@ qr_status auth_oidc_setup(auth_ctx *ctx, const qr_config *cfg, char *err)
     o->timeout_ms = (long)c->oidc_timeout_ms;
     o->max_token = (size_t)c->oidc_max_token_bytes;
     if (!o->user_claim || !o->user_filter || !o->ca_file ||
-        split(c->oidc_audience, ",", false, &o->audiences, &o->naudiences) ||
-        split(c->oidc_required_scope, ", ", false, &o->scopes, &o->nscopes)) {
+        auth_split_list(c->oidc_audience, ",", false, false, &o->audiences, &o->naudiences) ||
+        auth_split_list(c->oidc_required_scope, ", ", false, false, &o->scopes, &o->nscopes)) {
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }

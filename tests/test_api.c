@@ -3411,20 +3411,7 @@ TEST(openapi_validators)
 {
     const char *dir = QUARRY_SOURCE_DIR "/tests/openapi_lint";
     char cmd[2048];
-    struct stat sb;
-    if (stat(QUARRY_SOURCE_DIR "/tests/openapi_lint/node_modules/@microsoft/m365-spec-parser/package.json",
-             &sb) != 0) {
-        snprintf(
-            cmd, sizeof(cmd),
-            "cd '%s' && npm ping --fetch-retries=0 --fetch-timeout=10000 --loglevel=silent >/dev/null 2>&1",
-            dir);
-        if (system(cmd) != 0) {
-            printf("skipped: no npm registry (the validators are not installed in %s)\n", dir);
-            exit(77);
-        }
-        snprintf(cmd, sizeof(cmd), "cd '%s' && npm ci --no-audit --no-fund --loglevel=error >&2", dir);
-        CHECK_MSG(system(cmd) == 0, "npm ci failed in %s although the registry answers", dir);
-    }
+    npm_client_ready(dir, "@microsoft/m365-spec-parser/package.json");
     creds();
     static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
     CHECK(api_fx_start(&f, "server.public_url", "https://quarry.contoso.com/", "oidc.issuer",
