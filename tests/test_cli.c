@@ -148,3 +148,27 @@ TEST(config_example_passes_validation)
     unlink(path);
     qr_buf_release(&out);
 }
+
+/* The manual page the Debian package installs (deploy/quarry.1) names every command --help lists. */
+TEST(man_page_lists_every_command)
+{
+    char err[QR_ERR_LEN];
+    char *man = NULL;
+    CHECK_OK(qr_read_file(QUARRY_SOURCE_DIR "/deploy/quarry.1", 1 << 20, &man, NULL, err), err);
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    CHECK_INT(run_quarry("--help", &out), 0);
+    const char *p = strstr(qr_buf_str(&out), "Commands:\n");
+    CHECK(p != NULL);
+    int commands = 0;
+    for (p = strchr(p, '\n') + 1; strncmp(p, "  ", 2) == 0; p = strchr(p, '\n') + 1) {
+        char name[32], line[48];
+        CHECK(sscanf(p, "%31s", name) == 1);
+        snprintf(line, sizeof(line), "\n.B %s\n", name);
+        CHECK_MSG(strstr(man, line) != NULL, "deploy/quarry.1 does not describe '%s'", name);
+        commands++;
+    }
+    CHECK(commands >= 10);
+    qr_buf_release(&out);
+    free(man);
+}
