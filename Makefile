@@ -7,6 +7,7 @@
 #   make build       bootstrap and build only
 #   make format / format-check   clang-format the C sources / check them
 #   make fuzz-smoke  build the libFuzzer targets of fuzz/ (clang) and run each FUZZ_TIME s (default 30)
+#   make deb         the Debian package (dpkg-buildpackage, debhelper) in build/deb/ (scripts/make-deb)
 #
 # Variables: JOBS (parallel jobs), CTEST_ARGS (e.g. CTEST_ARGS='-R core\.' or '-L unit'),
 # QUARRY_CUDA=AUTO|ON|OFF, FAISS_ROOT (a FAISS 1.7.3 prefix with the C API), CC (e.g. CC=clang).
@@ -23,7 +24,7 @@ ASAN_DIR := build/asan
 CMAKE_ARGS := $(if $(FAISS_ROOT),-DFAISS_ROOT=$(FAISS_ROOT))
 FORMAT_FILES = $(shell git ls-files '*.c' '*.h' '*.cu' 2>/dev/null)
 
-.PHONY: all bootstrap build run test test-asan format format-check clean
+.PHONY: all bootstrap build run test test-asan format format-check clean deb
 
 all: build
 
@@ -64,6 +65,12 @@ FUZZ_TIME ?= 30
 .PHONY: fuzz-smoke
 fuzz-smoke: bootstrap
 	$(MAKE) -f fuzz/fuzz.mk smoke FUZZ_TIME=$(FUZZ_TIME)
+
+# The Debian package, built with the distribution's tools from a copy of the tree in
+# build/deb/src/ (deploy/debian as its debian/); Release, QUARRY_CUDA=OFF, FAISS linked statically
+# from the bootstrap's prefix; lintian at the end. See README, Installing the Debian package.
+deb: bootstrap
+	JOBS=$(JOBS) $(if $(FAISS_ROOT),FAISS_ROOT=$(FAISS_ROOT)) ./scripts/make-deb
 
 format:
 	clang-format -i $(FORMAT_FILES)

@@ -1,8 +1,9 @@
 /*
  * Configuration as one table: every key quarry reads, with its type, default, limits and help.
  * Values come from the defaults, then a JSON config file, then QUARRY_SECTION_KEY environment
- * variables, then command-line --set arguments, each overriding the one before. Every value is
- * validated where it enters; a load that fails leaves the configuration as it was.
+ * variables, then command-line --set arguments, each overriding the one before. The file is JSON
+ * with // line comments. Every value is validated where it enters; a load that fails leaves the
+ * configuration as it was.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -408,6 +409,46 @@ static qr_status stage_json(cfg_stage *stage, const char *path, const char *name
     return st;
 }
 
+/* Blanks out the // comments of a config file (whole-line or trailing, outside strings) with
+ * spaces, in place, so that jansson's line and column numbers still point into the file as
+ * written. A '/' outside a string that does not start "//" (a C-style comment, say) is an error
+ * naming its line and column; an unterminated string is left for jansson to report. */
+static qr_status strip_comments(const char *path, char *text, size_t len, char *err)
+{
+    bool in_string = false;
+    int line = 1, col = 0;
+    for (size_t i = 0; i < len; i++) {
+        col++;
+        if (text[i] == '\n') {
+            line++;
+            col = 0;
+            continue;
+        }
+        if (in_string) {
+            if (text[i] == '\\' && i + 1 < len && text[i + 1] != '\n') {
+                i++;
+                col++;
+            } else if (text[i] == '"') {
+                in_string = false;
+            }
+            continue;
+        }
+        if (text[i] == '"') {
+            in_string = true;
+        } else if (text[i] == '/') {
+            if (i + 1 >= len || text[i + 1] != '/')
+                return qr_fail(err, QR_EINVAL,
+                               "%s:%d:%d: unexpected '/' (comments are whole or trailing lines "
+                               "starting with //; /* */ is not supported)",
+                               path, line, col);
+            while (i < len && text[i] != '\n')
+                text[i++] = ' ';
+            i--; /* the newline, if any, is counted on the next turn */
+        }
+    }
+    return QR_OK;
+}
+
 qr_status qr_config_load_file(qr_config *cfg, const char *path, char *err)
 {
     char *text = NULL;
@@ -415,6 +456,9 @@ qr_status qr_config_load_file(qr_config *cfg, const char *path, char *err)
     json_t *root = NULL;
     cfg_stage stage = {0};
     qr_status st = qr_read_file(path, CONFIG_FILE_MAX, &text, &len, err);
+    if (st)
+        goto out;
+    st = strip_comments(path, text, len, err);
     if (st)
         goto out;
     json_error_t jerr;

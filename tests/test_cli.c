@@ -123,3 +123,52 @@ TEST(selfcheck_command)
     CHECK(strstr(qr_buf_str(&out), "inner-product search: ok") != NULL);
     qr_buf_release(&out);
 }
+
+/* The example configuration the Debian package installs as /etc/quarry/quarry.json (// comments
+ * and all) passes `quarry config`'s validation; a copy with a bad value does not. */
+TEST(config_example_passes_validation)
+{
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    CHECK_INT(run_quarry("config --config " QUARRY_SOURCE_DIR "/deploy/quarry.json", &out), 0);
+    const char *s = qr_buf_str(&out);
+    CHECK_MSG(strstr(s, "/var/lib/quarry") != NULL, "%s", s);
+    CHECK(strstr(s, "/var/log/quarry/access.log") != NULL);
+    char path[] = "/tmp/quarry-example-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "sed 's/\"dim\": 384/\"dim\": 0/' %s/deploy/quarry.json > %s",
+             QUARRY_SOURCE_DIR, path);
+    CHECK_INT(system(cmd), 0);
+    snprintf(cmd, sizeof(cmd), "config --config %s", path);
+    CHECK_INT(run_quarry(cmd, &out), 2);
+    CHECK_MSG(strstr(qr_buf_str(&out), "embed.dim: 0 is out of range") != NULL, "%s", qr_buf_str(&out));
+    unlink(path);
+    qr_buf_release(&out);
+}
+
+/* The manual page the Debian package installs (deploy/quarry.1) names every command --help lists. */
+TEST(man_page_lists_every_command)
+{
+    char err[QR_ERR_LEN];
+    char *man = NULL;
+    CHECK_OK(qr_read_file(QUARRY_SOURCE_DIR "/deploy/quarry.1", 1 << 20, &man, NULL, err), err);
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    CHECK_INT(run_quarry("--help", &out), 0);
+    const char *p = strstr(qr_buf_str(&out), "Commands:\n");
+    CHECK(p != NULL);
+    int commands = 0;
+    for (p = strchr(p, '\n') + 1; strncmp(p, "  ", 2) == 0; p = strchr(p, '\n') + 1) {
+        char name[32], line[48];
+        CHECK(sscanf(p, "%31s", name) == 1);
+        snprintf(line, sizeof(line), "\n.B %s\n", name);
+        CHECK_MSG(strstr(man, line) != NULL, "deploy/quarry.1 does not describe '%s'", name);
+        commands++;
+    }
+    CHECK(commands >= 10);
+    qr_buf_release(&out);
+    free(man);
+}

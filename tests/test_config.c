@@ -203,3 +203,76 @@ TEST(config_readme_documents_every_key)
     }
     free(readme);
 }
+
+TEST(config_file_line_comments)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    const char *path =
+        write_temp("// quarry's configuration\n"
+                   "{\n"
+                   "  // the directory\n"
+                   "  \"ldap\": {\"uri\": \"ldap://a:389\", // trailing comment, \"quoted\"\n"
+                   "           \"bind_dn\": \"cn=x\\\\\", // a backslash ends this value\n"
+                   "           \"user_base\": \"ou=a\\\"//b\"},// an escaped quote stays inside\n"
+                   "  \"inference\": {\"base_url\": \"http://127.0.0.1:8000/v1\"}\n"
+                   "}\n"
+                   "// last line, no newline at the end");
+    CHECK(path != NULL);
+    CHECK_OK(qr_config_load_file(cfg, path, err), err);
+    unlink(path);
+    CHECK_STR(qr_config_settings(cfg)->ldap_uri, "ldap://a:389");
+    CHECK_STR(qr_config_settings(cfg)->ldap_bind_dn, "cn=x\\");
+    CHECK_STR(qr_config_settings(cfg)->ldap_user_base, "ou=a\"//b"); /* a // inside a string stays */
+    CHECK_STR(qr_config_settings(cfg)->inference_base_url, "http://127.0.0.1:8000/v1");
+    qr_config_free(cfg);
+}
+
+TEST(config_file_comment_errors_name_the_line)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    struct {
+        const char *text, *expect;
+    } bad[] = {
+        /* a C-style comment: refused with its line and column */
+        {"{\n  \"ldap\": {\"uri\": \"ldap://a\"}, /* no */\n  \"log\": {}\n}", ":2:32: unexpected '/'"},
+        {"{\"ldap\": {\"uri\": \"ldap://a\"}} /", ":1:31: unexpected '/'"},
+        /* jansson's errors keep the line numbers of the file as written */
+        {"// one\n// two\n{\"ldap\": {\"uri\": \"ldap://a\"} // three\n \"log\": {}}", ":4:"},
+        /* an unterminated string swallows what looks like a comment and still fails */
+        {"{\"ldap\": {\"uri\": \"ldap://a // not a comment}}\n", ":1:"},
+        {"{\"ldap\": {\"uri\": \"ldap://a\\\n\"}}", "invalid escape"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *path = write_temp(bad[i].text);
+        CHECK(path != NULL);
+        err[0] = '\0';
+        qr_status st = qr_config_load_file(cfg, path, err);
+        unlink(path);
+        CHECK_MSG(st == QR_EINVAL, "accepted %s", bad[i].text);
+        CHECK_MSG(strstr(err, bad[i].expect) != NULL, "'%s' -> '%s'", bad[i].text, err);
+        CHECK_MSG(strncmp(err, path, strlen(path)) == 0, "message does not start with the file: %s", err);
+        CHECK_STR(qr_config_settings(cfg)->ldap_uri, "");
+    }
+    qr_config_free(cfg);
+}
+
+/* The packaged example (/etc/quarry/quarry.json in the Debian package) loads and validates. */
+TEST(config_example_file_loads)
+{
+    char err[QR_ERR_LEN];
+    qr_config *cfg = qr_config_new();
+    CHECK_OK(qr_config_load_file(cfg, QUARRY_SOURCE_DIR "/deploy/quarry.json", err), err);
+    CHECK_STR(qr_config_settings(cfg)->data_dir, "/var/lib/quarry");
+    CHECK_INT(qr_config_source(cfg, "data.dir"), QR_CFG_SRC_FILE);
+    CHECK_INT(qr_config_source(cfg, "ldap.uri"), QR_CFG_SRC_FILE);
+    CHECK_INT(qr_config_source(cfg, "oidc.issuer"), QR_CFG_SRC_FILE);
+    CHECK_INT(qr_config_source(cfg, "inference.base_url"), QR_CFG_SRC_FILE);
+    CHECK_INT(qr_config_source(cfg, "embed.backend"), QR_CFG_SRC_FILE);
+    CHECK_INT(qr_config_source(cfg, "server.cors_origins"), QR_CFG_SRC_FILE);
+    CHECK_INT(qr_config_source(cfg, "server.public_url"), QR_CFG_SRC_FILE);
+    CHECK(strncmp(qr_config_settings(cfg)->server_access_log, "/var/log/quarry/", 16) == 0);
+    CHECK(strncmp(qr_config_settings(cfg)->server_audit_log, "/var/log/quarry/", 16) == 0);
+    qr_config_free(cfg);
+}
