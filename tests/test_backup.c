@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -221,9 +222,41 @@ static void *publish(void *arg)
     return NULL;
 }
 
-TEST(backup_during_ingest_restores_every_acknowledged_document)
+/* `quarry serve` on <tmp>/data in the background; its pid, or -1. */
+static pid_t start_server(void)
 {
-    need_ldap();
+    char pidfile[128], *text = NULL;
+    snprintf(pidfile, sizeof(pidfile), "%s/serve.pid", tmp);
+    int port = 20000 + (int)(getpid() % 20000);
+    /* quarry() sends the last command's output to files: here `true`, after serve went into the
+     * background with its own */
+    if (quarry(NULL, "data",
+               "serve --set server.listen=127.0.0.1:%d --set index.refresh_ms=20 >'%s/serve.log' 2>&1 "
+               "</dev/null & "
+               "echo $! > '%s'; true",
+               port, tmp, pidfile) != 0)
+        return -1;
+    pid_t pid = -1;
+    if (qr_read_file(pidfile, 64, &text, NULL, NULL) == QR_OK)
+        pid = (pid_t)atol(text);
+    free(text);
+    return pid;
+}
+
+static void stop_server(pid_t pid)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 500 && kill(pid, 0) == 0; i++)
+        usleep(20000);
+}
+
+/* A writer thread commits documents while `quarry backup` runs, and either `quarry serve` runs on
+ * the same directory (its maintainer catching up) or `quarry index build` publishes generation
+ * after generation. */
+static void backup_during_writes(bool serving)
+{
     CHECK(make_tmp());
     CHECK(copy_fixture("data"));
     char err[QR_ERR_LEN];
@@ -237,8 +270,12 @@ TEST(backup_during_ingest_restores_every_acknowledged_document)
     store_close(s);
     publisher p = {0};
     pthread_t wt, pt;
+    pid_t server = -1;
+    if (serving)
+        CHECK((server = start_server()) > 0);
     CHECK(pthread_create(&wt, NULL, write_docs, &w) == 0);
-    CHECK(pthread_create(&pt, NULL, publish, &p) == 0);
+    if (!serving)
+        CHECK(pthread_create(&pt, NULL, publish, &p) == 0);
     while (atomic_load(&w.acked) < 200 && !w.failed)
         usleep(10000);
     long before = atomic_load(&w.acked);
@@ -247,11 +284,13 @@ TEST(backup_during_ingest_restores_every_acknowledged_document)
     atomic_store(&w.stop, true);
     atomic_store(&p.stop, true);
     pthread_join(wt, NULL);
-    pthread_join(pt, NULL);
+    if (!serving)
+        pthread_join(pt, NULL);
+    stop_server(server);
     CHECK_MSG(!w.failed, "writer: %s", w.err);
     CHECK_MSG(rc == 0, "backup exited %d", rc);
-    printf("acknowledged before the backup: %ld, after it: %ld, index generations published meanwhile: %d\n",
-           before, after, p.builds);
+    printf("%s: acknowledged before the backup: %ld, after it: %ld, index builds meanwhile: %d\n",
+           serving ? "serving" : "building", before, after, p.builds);
 
     CHECK_INT(quarry(NULL, "restored", "restore '%s/bk'", tmp), 0);
     char dir[128];
@@ -283,6 +322,18 @@ TEST(backup_during_ingest_restores_every_acknowledged_document)
     CHECK(search_answer("restored", "bob", "bm25", "crusher", ids, sizeof(ids), scored, sizeof(scored)));
     CHECK(strstr(ids, "w-") != NULL);
     cleanup();
+}
+
+TEST(backup_during_ingest_restores_every_acknowledged_document)
+{
+    need_ldap();
+    backup_during_writes(false);
+}
+
+TEST(backup_while_serving_restores_every_acknowledged_document)
+{
+    need_ldap();
+    backup_during_writes(true);
 }
 
 TEST(restored_directory_answers_the_same_searches)
