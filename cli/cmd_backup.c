@@ -141,6 +141,21 @@ static bool join(char *out, const char *a, const char *b)
     return true;
 }
 
+/* Copies path without its trailing slashes ("bk/" and "bk" name one directory, and "bk/.tmp"
+ * must not be made from the first). False when it does not fit. */
+#define BASE_CAP (PATH_CAP - 64) /* a directory name, with room for the suffixes added to it */
+static bool trim_path(char out[BASE_CAP], const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    if (n + 1 > BASE_CAP)
+        return false;
+    memcpy(out, path, n);
+    out[n] = '\0';
+    return true;
+}
+
 /* 1 when dir is missing, 0 when it is an empty directory, -1 otherwise (errno set, ENOTEMPTY
  * when it has entries). */
 static int dir_state(const char *dir)
@@ -348,8 +363,10 @@ int cli_cmd_backup(cli_ctx *ctx)
 {
     if (ctx->argc != 2 || ctx->argv[1][0] == '-')
         return cli_usage_error(ctx, "give one DEST directory");
-    const char *data_dir = qr_config_settings(ctx->cfg)->data_dir, *dest = ctx->argv[1];
-    char tmp[PATH_CAP], err[QR_ERR_LEN] = "";
+    const char *data_dir = qr_config_settings(ctx->cfg)->data_dir;
+    char dest[BASE_CAP], tmp[PATH_CAP], err[QR_ERR_LEN] = "";
+    if (!trim_path(dest, ctx->argv[1]))
+        return cli_usage_error(ctx, "DEST is too long");
     file_list l = {0};
     index_backup_info info;
     int rc = CLI_EXIT_FAILURE;
@@ -622,8 +639,9 @@ int cli_cmd_restore(cli_ctx *ctx)
     }
     if (!src)
         return cli_usage_error(ctx, "give the SRC directory of a backup");
-    const char *target = qr_config_settings(ctx->cfg)->data_dir;
-    char err[QR_ERR_LEN] = "", stage[PATH_CAP], aside[PATH_CAP] = "";
+    char target[BASE_CAP], err[QR_ERR_LEN] = "", stage[PATH_CAP], aside[PATH_CAP] = "";
+    if (!trim_path(target, qr_config_settings(ctx->cfg)->data_dir))
+        return cli_usage_error(ctx, "the data directory's path is too long");
     file_list l = {0};
     json_t *m = NULL;
     bool staged = false;
