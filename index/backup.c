@@ -121,8 +121,8 @@ out:
     return st;
 }
 
-/* a/b into out (PATH_CAP bytes); false when it does not fit (then it is cut, and no such file
- * is found) */
+/* a/b into out (PATH_CAP bytes); false when it does not fit (then out is "", a name no file
+ * has) */
 static bool join(char *out, const char *a, const char *b)
 {
     size_t na = strlen(a), nb = strlen(b);

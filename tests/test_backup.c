@@ -163,7 +163,7 @@ typedef struct {
     char model[128];
     atomic_long acked; /* documents w-0 .. w-(acked-1) are committed */
     atomic_bool stop;
-    bool failed;
+    atomic_bool failed; /* then err says why */
     char err[QR_ERR_LEN];
 } writer;
 
@@ -173,7 +173,7 @@ static void *write_docs(void *arg)
     store *s = NULL;
     float *vec = calloc((size_t)w->dim, sizeof(float));
     if (!vec || store_open(w->dir, &s, w->err) || store_check_embedding(s, w->model, w->dim, w->err)) {
-        w->failed = true;
+        atomic_store(&w->failed, true);
         goto out;
     }
     static const char *const acl[] = {"public"};
@@ -195,7 +195,7 @@ static void *write_docs(void *arg)
                               .text_len = strlen(text)};
         store_put_result r;
         if (store_put(s, &doc, &c, 1, vec, w->dim, &r, w->err)) {
-            w->failed = true;
+            atomic_store(&w->failed, true);
             break;
         }
         atomic_store(&w->acked, i + 1); /* store_put returned: committed and synced */
@@ -276,7 +276,7 @@ static void backup_during_writes(bool serving)
     CHECK(pthread_create(&wt, NULL, write_docs, &w) == 0);
     if (!serving)
         CHECK(pthread_create(&pt, NULL, publish, &p) == 0);
-    while (atomic_load(&w.acked) < 200 && !w.failed)
+    while (atomic_load(&w.acked) < 200 && !atomic_load(&w.failed))
         usleep(10000);
     long before = atomic_load(&w.acked);
     int rc = quarry(NULL, "data", "backup '%s/bk'", tmp);
@@ -287,7 +287,7 @@ static void backup_during_writes(bool serving)
     if (!serving)
         pthread_join(pt, NULL);
     stop_server(server);
-    CHECK_MSG(!w.failed, "writer: %s", w.err);
+    CHECK_MSG(!atomic_load(&w.failed), "writer: %s", w.err);
     CHECK_MSG(rc == 0, "backup exited %d", rc);
     printf("%s: acknowledged before the backup: %ld, after it: %ld, index builds meanwhile: %d\n",
            serving ? "serving" : "building", before, after, p.builds);
