@@ -39,5 +39,7 @@ int cli_cmd_serve(cli_ctx *ctx);
 int cli_cmd_search(cli_ctx *ctx);
 int cli_cmd_eval(cli_ctx *ctx);
 int cli_cmd_index(cli_ctx *ctx);
+int cli_cmd_backup(cli_ctx *ctx);
+int cli_cmd_restore(cli_ctx *ctx);
 
 #endif

@@ -44,6 +44,14 @@ static const cli_command commands[] = {
     {"eval", "quarry eval --queries FILE --qrels FILE [--mode M]",
      "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10).", NULL, cli_cmd_eval},
     {"stats", "quarry stats [--json]", "Show document, chunk and index counts.", NULL, cli_cmd_stats},
+    {"backup", "quarry backup DEST",
+     "Copy the data directory (store, published indexes, auth state) into DEST with a checksummed "
+     "MANIFEST; safe while serving.",
+     NULL, cli_cmd_backup},
+    {"restore", "quarry restore SRC [--force]",
+     "Check a backup, restore it into the data directory (--force moves a non-empty one aside) and verify "
+     "it. Exit 3: backup damaged, 4: target not empty, 5: restored copy failed its checks.",
+     NULL, cli_cmd_restore},
     {"models", "quarry models", "List the models the inference backend serves (inference.base_url).", NULL,
      cli_cmd_models},
     {"keys", "quarry keys create --name NAME --scopes LIST | list [--json] | revoke ID",

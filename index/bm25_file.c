@@ -363,3 +363,57 @@ qr_status bm25_peek(const char *data_dir, bm25_info *out, char *err)
     out->file_bytes = (uint64_t)sb.st_size;
     return QR_OK;
 }
+
+/* ---- backups ----------------------------------------------------------------------------- */
+
+qr_status bm25_check_file(const char *dir, index_gen_copy *out, char *err)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, FILE_NAME);
+    memset(out, 0, sizeof(*out));
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? QR_OK : qr_fail(err, QR_EIO, "cannot open '%s': %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || sb.st_size < (off_t)sizeof(file_header)) {
+        close(fd);
+        return qr_fail(err, QR_EIO, "BM25 index '%s' is truncated", path);
+    }
+    size_t len = (size_t)sb.st_size;
+    const unsigned char *data = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (data == MAP_FAILED)
+        return qr_fail(err, QR_EIO, "cannot map '%s': %s", path, strerror(errno));
+    qr_status st = QR_OK;
+    file_header h;
+    memcpy(&h, data, sizeof(h));
+    if (memcmp(h.magic, FILE_MAGIC, 8) != 0 || h.version != FILE_VERSION || h.ncols != NCOLS)
+        st = qr_fail(err, QR_EIO, "'%s' is not a quarry BM25 index of version %d", path, FILE_VERSION);
+    else if (h.size != len)
+        st = qr_fail(err, QR_EIO, "BM25 index '%s' has %zu bytes, its header says %llu", path, len,
+                     (unsigned long long)h.size);
+    else if (qhash_bytes(data + sizeof(h), len - sizeof(h)) != h.checksum)
+        st = qr_fail(err, QR_EIO, "BM25 index '%s' is damaged (checksum mismatch)", path);
+    if (!st) {
+        out->present = true;
+        out->counter = h.counter;
+        out->store_uid = h.store_uid;
+    }
+    munmap((void *)data, len);
+    return st;
+}
+
+qr_status bm25_backup_file(const char *src_dir, const char *dest_dir, index_gen_copy *out, char *err)
+{
+    char src[4096], dest[4096];
+    snprintf(src, sizeof(src), "%s/%s", src_dir, FILE_NAME);
+    snprintf(dest, sizeof(dest), "%s/%s", dest_dir, FILE_NAME);
+    memset(out, 0, sizeof(*out));
+    /* a new generation is renamed over the name: the open file stays the one published now */
+    int fd = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? QR_OK : qr_fail(err, QR_EIO, "cannot open '%s': %s", src, strerror(errno));
+    qr_status st = index_copy_fd(fd, src, dest, err);
+    close(fd);
+    return st ? st : bm25_check_file(dest_dir, out, err);
+}

@@ -1,6 +1,11 @@
-/* The checksum of the vector index's and the BM25 index's files (files_int.h). Their writes go
- * through core's atomic file steps (core/file.c), so both follow one fsync policy. */
+/* The checksum of the vector index's and the BM25 index's files (files_int.h), and the plain copy
+ * a backup makes of them. Their writes go through core's atomic file steps (core/file.c), so both
+ * follow one fsync policy. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "index/files_int.h"
 
@@ -84,4 +89,47 @@ uint64_t qhash_bytes(const void *p, size_t n)
     qhash_init(&h);
     qhash_update(&h, p, n);
     return qhash_final(&h);
+}
+
+/* ---- copies for backups --------------------------------------------------------------------- */
+
+qr_status index_copy_fd(int fd, const char *src, const char *dest, char *err)
+{
+    qr_status st = QR_OK;
+    size_t bufsz = 1u << 20;
+    char *buf = malloc(bufsz);
+    int out = -1;
+    if (!buf) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory copying '%s'", src);
+        goto out;
+    }
+    out = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (out < 0) {
+        st = qr_fail(err, QR_EIO, "cannot create '%s': %s", dest, strerror(errno));
+        goto out;
+    }
+    if (lseek(fd, 0, SEEK_SET) < 0) {
+        st = qr_fail(err, QR_EIO, "cannot read '%s': %s", src, strerror(errno));
+        goto out;
+    }
+    for (;;) {
+        ssize_t r = read(fd, buf, bufsz);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            st = qr_fail(err, QR_EIO, "cannot read '%s': %s", src, strerror(errno));
+            goto out;
+        }
+        if (r == 0)
+            break;
+        if ((st = qr_write_all(out, buf, (size_t)r, dest, err)))
+            goto out;
+    }
+    st = qr_file_sync_close(out, dest, err);
+    out = -1;
+out:
+    if (out >= 0)
+        close(out);
+    free(buf);
+    return st;
 }

@@ -6,7 +6,8 @@
  *   index/text.h        the pruned BM25 index (bm25_*.c);
  *   index/vector.h      the vector index (FAISS; vindex*.c), sync.c which keeps it in step with
  *                       the store, and the GPU build path (gpu/);
- *   index/maintainer.h  the thread that keeps both indexes caught up.
+ *   index/maintainer.h  the thread that keeps both indexes caught up;
+ *   index/backup.h      consistent copies of the store and the indexes, and their checks.
  *
  * and declares the dependency layer (deps.c): library versions and runtime checks that the
  * libraries quarry links behave as the build promised. Only this module sees sqlite3 and FAISS
@@ -19,6 +20,7 @@
 #include <stdbool.h>
 
 #include "core/core.h"
+#include "index/backup.h"
 #include "index/maintainer.h"
 #include "index/store.h"
 #include "index/text.h"

@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "index/backup.h"
 #include "index/feed.h"
 #include "index/store.h"
 #include "index/store_int.h"
@@ -508,8 +509,8 @@ static qr_status migrate(store *s, char *err)
     if (version > STORE_SCHEMA_VERSION)
         return qr_fail(
             err, QR_EINVAL,
-            "store '%s' has schema version %d, newer than this quarry understands (%d): upgrade quarry",
-            s->path, version, STORE_SCHEMA_VERSION);
+            "data directory has schema %d, this quarry knows up to %d: upgrade quarry (store '%s')", version,
+            STORE_SCHEMA_VERSION, s->path);
     return QR_OK;
 }
 
@@ -579,6 +580,11 @@ out:
     }
     *out = s;
     return QR_OK;
+}
+
+int index_store_schema_version(void)
+{
+    return STORE_SCHEMA_VERSION;
 }
 
 sqlite3 *store_db(store *s)

@@ -539,3 +539,146 @@ void vindex_remove_leftovers(const char *dir, uint64_t keep)
     }
     closedir(d);
 }
+
+/* ---- backups --------------------------------------------------------------------------------- */
+
+/* The names of the files a manifest's generation consists of: 2 or 3. */
+static size_t generation_files(const manifest *m, char names[3][64])
+{
+    vindex_gen_name(names[0], 64, m->generation, "faiss");
+    vindex_gen_name(names[1], 64, m->generation, "vec");
+    if (!m->skipped)
+        return 2;
+    vindex_gen_name(names[2], 64, m->generation, "skip");
+    return 3;
+}
+
+qr_status vindex_check_files(const char *dir, index_gen_copy *out, char *err)
+{
+    char *mpath = vindex_path_join(dir, MANIFEST_NAME), *text = NULL;
+    size_t len = 0;
+    manifest m = {0};
+    qr_status st = QR_OK;
+    memset(out, 0, sizeof(*out));
+    if (!mpath)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    if ((st = qr_read_file(mpath, MANIFEST_MAX, &text, &len, err))) {
+        if (st == QR_ENOTFOUND)
+            st = QR_OK; /* nothing built */
+        goto out;
+    }
+    if ((st = vindex_manifest_parse(mpath, text, len, &m, err)))
+        goto out;
+    char names[3][64];
+    size_t n = generation_files(&m, names);
+    const uint64_t sizes[3] = {m.index_size, m.vectors_size, m.skip_size};
+    const uint64_t hashes[3] = {m.index_hash, m.vectors_hash, m.skip_hash};
+    for (size_t i = 0; i < n && !st; i++) {
+        char *p = vindex_path_join(dir, names[i]);
+        uint64_t size = 0, hash = 0;
+        if (!p) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory");
+            break;
+        }
+        st = vindex_hash_file(p, &size, &hash, err);
+        if (st == QR_ENOTFOUND)
+            st = qr_fail(err, QR_EIO, "vector index manifest '%s' names '%s', which is missing", mpath, p);
+        else if (!st && (size != sizes[i] || hash != hashes[i]))
+            st = qr_fail(err, QR_EIO, "vector index file '%s' does not match its manifest (%s)", p,
+                         size != sizes[i] ? "size" : "checksum");
+        free(p);
+    }
+    if (!st) {
+        out->present = true;
+        out->generation = m.generation;
+        out->counter = m.store_counter;
+    }
+out:
+    free(text);
+    free(mpath);
+    return st;
+}
+
+qr_status vindex_backup_files(const char *src_dir, const char *dest_dir, index_gen_copy *out, char *err)
+{
+    enum { ATTEMPTS = 20 };
+    char *mpath = vindex_path_join(src_dir, MANIFEST_NAME), *text = NULL, *dpath = NULL;
+    int fds[3] = {-1, -1, -1};
+    size_t len = 0, n = 0;
+    char names[3][64];
+    qr_status st = QR_OK;
+    memset(out, 0, sizeof(*out));
+    if (!mpath)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    for (int attempt = 0;; attempt++) {
+        manifest m = {0};
+        free(text);
+        text = NULL;
+        if ((st = qr_read_file(mpath, MANIFEST_MAX, &text, &len, err))) {
+            if (st == QR_ENOTFOUND)
+                st = QR_OK; /* nothing built: nothing to copy */
+            goto out;
+        }
+        if ((st = vindex_manifest_parse(mpath, text, len, &m, err)))
+            goto out;
+        n = generation_files(&m, names);
+        bool vanished = false;
+        for (size_t i = 0; i < n && !st; i++) {
+            char *p = vindex_path_join(src_dir, names[i]);
+            if (!p) {
+                st = qr_fail(err, QR_ENOMEM, "out of memory");
+                break;
+            }
+            fds[i] = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+            if (fds[i] < 0 && errno == ENOENT)
+                vanished = true; /* a newer generation was published: read its manifest */
+            else if (fds[i] < 0)
+                st = qr_fail(err, QR_EIO, "cannot open '%s': %s", p, strerror(errno));
+            free(p);
+            if (vanished)
+                break;
+        }
+        if (st)
+            goto out;
+        if (!vanished)
+            break;
+        for (size_t i = 0; i < 3; i++) {
+            if (fds[i] >= 0)
+                close(fds[i]);
+            fds[i] = -1;
+        }
+        if (attempt + 1 == ATTEMPTS) {
+            st = qr_fail(err, QR_ETIMEOUT,
+                         "vector index '%s' kept publishing new generations during the copy", src_dir);
+            goto out;
+        }
+    }
+    /* the files stay readable through fds even if the generation is replaced now */
+    for (size_t i = 0; i < n && !st; i++) {
+        char *from = vindex_path_join(src_dir, names[i]);
+        dpath = vindex_path_join(dest_dir, names[i]);
+        st = from && dpath ? index_copy_fd(fds[i], from, dpath, err)
+                           : qr_fail(err, QR_ENOMEM, "out of memory");
+        free(from);
+        free(dpath);
+        dpath = NULL;
+    }
+    if (st)
+        goto out;
+    dpath = vindex_path_join(dest_dir, MANIFEST_NAME);
+    if (!dpath) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((st = qr_file_write(dpath, text, len, 0600, false, err)))
+        goto out;
+    st = vindex_check_files(dest_dir, out, err);
+out:
+    for (size_t i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(dpath);
+    free(text);
+    free(mpath);
+    return st;
+}
