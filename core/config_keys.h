@@ -226,7 +226,8 @@
       "Reranker: none, cohere (POST {base_url}/rerank as Cohere, Jina, vLLM, Infinity serve it) or tei "     \
       "(Hugging Face text-embeddings-inference, POST {base_url}/rerank).")                                   \
     X(STRING, rerank, base_url, "", NO_RANGE, NULL, false,                                                   \
-      "Base URL of the reranker, e.g. http://127.0.0.1:7997/v1 (cohere) or http://127.0.0.1:8080 (tei); "    \
+      "Base URL of the reranker, e.g. http://127.0.0.1:8000/v1 (vLLM, cohere) or http://127.0.0.1:8080 "     \
+      "(tei); "                                                                                              \
       "quarry appends /rerank.")                                                                             \
     X(STRING, rerank, model, "", NO_RANGE, NULL, false,                                                      \
       "Reranking model sent as `model` (cohere; required there) and reported in results.")                   \
