@@ -15,6 +15,7 @@
 
 #include "tests/api_test_corpus.h"
 #include "tests/harness.h"
+#include "tests/test_util.h"
 
 /* ---- the fake reranker's record ------------------------------------------------------------ */
 
@@ -526,5 +527,62 @@ TEST(ask_and_chat_report_the_rerank)
               200);
     CHECK_MSG(strstr(qr_buf_str(&r.body), "\"rerank\":{\"applied\":true"), "%s", qr_buf_str(&r.body));
     api_resp_release(&r);
+    api_fx_stop(&f);
+}
+
+/* `quarry search --json` and `quarry ask --json` (the one-shot commands, their own search service)
+ * carry the same flag; the text output says on stderr when the order is the first stage's. */
+TEST(cli_search_and_ask_report_the_rerank)
+{
+    creds();
+    static api_fixture f;
+    CHECK(fake_reset());
+    CHECK(start_cohere(&f, NULL));
+    CHECK(seed_docs(&f));
+    const char *base = getenv("QUARRY_TEST_LDAP_BASE");
+    char cli[2048], cmd[4096];
+    snprintf(
+        cli, sizeof(cli),
+        "%s --data '%s/data' --set log.level=error --set auth.admin_groups=ops --set ldap.uri='%s' --set "
+        "ldap.bind_dn='%s' --set ldap.bind_password='%s' --set ldap.user_base='ou=people,%s' --set "
+        "ldap.group_base='ou=groups,%s' --set rerank.backend=cohere --set rerank.base_url='%s/v1' --set "
+        "rerank.model=cli-rerank-model --set rerank.retries=0 --set inference.base_url='%s/v1' --set "
+        "inference.model=fake-chat-model",
+        QUARRY_BIN, f.dir, getenv("QUARRY_TEST_LDAP_URI"), getenv("QUARRY_TEST_LDAP_BIND_DN"),
+        getenv("QUARRY_TEST_LDAP_BIND_PW"), base ? base : "dc=quarry,dc=test",
+        base ? base : "dc=quarry,dc=test", fake_url(), fake_url());
+    qr_buf out;
+    qr_buf_init(&out, 1 << 22);
+    snprintf(cmd, sizeof(cmd), "%s search --mode bm25 -k 10 --json '" QUERY "' 2>/dev/null", cli);
+    CHECK_INT(test_capture(cmd, &out), 0);
+    json_t *j = json_loads(qr_buf_str(&out), 0, NULL);
+    json_t *rr = json_object_get(j, "rerank");
+    CHECK_MSG(json_is_true(json_object_get(rr, "applied")), "%s", qr_buf_str(&out));
+    CHECK_STR(json_string_value(json_object_get(rr, "model")), "cli-rerank-model");
+    int sent[16], want[16], got[16];
+    int n = sent_order(sent, 16, NULL);
+    CHECK_INT(n, NDOCS);
+    predicted(sent, n, want);
+    CHECK_INT(result_order(json_object_get(j, "results"), got, 16), (size_t)n);
+    CHECK(same(got, want, (size_t)n));
+    json_decref(j);
+
+    /* a failing reranker: the first stage's order, said on stderr (2>&1 into the capture) */
+    CHECK(fake_post("/_fake/faults", "{\"mode\":\"500\",\"times\":-1}"));
+    snprintf(cmd, sizeof(cmd), "%s search --mode bm25 -k 10 '" QUERY "' 2>&1", cli);
+    CHECK_INT(test_capture(cmd, &out), 0);
+    CHECK_MSG(strstr(qr_buf_str(&out), "reranking failed (backend_error): first-stage order"), "%s",
+              qr_buf_str(&out));
+    CHECK(fake_post("/_fake/reset", "{}"));
+    CHECK(fake_post("/_fake/rerank", "{\"reply\":\"nan_score\",\"times\":-1}"));
+    snprintf(cmd, sizeof(cmd), "%s ask --json '" QUERY "' 2>/dev/null", cli);
+    CHECK_INT(test_capture(cmd, &out), 0);
+    j = json_loads(qr_buf_str(&out), 0, NULL);
+    rr = json_object_get(j, "rerank");
+    CHECK_MSG(json_is_false(json_object_get(rr, "applied")), "%s", qr_buf_str(&out));
+    CHECK_STR(json_string_value(json_object_get(rr, "reason")), "malformed_reply");
+    json_decref(j);
+    qr_buf_release(&out);
+    fake_reset();
     api_fx_stop(&f);
 }
