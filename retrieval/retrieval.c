@@ -1130,7 +1130,10 @@ static qr_status rerank_window(retrieval *r, const char *query, retrieval_result
         res->rerank_reason = qr_arena_strdup(&res->arena_, reason && *reason ? reason : "backend_error");
         if (!res->rerank_reason)
             st = qr_fail(err, QR_ENOMEM, "out of memory reranking");
-        qr_log(QR_LOG_WARN, LOG_COMPONENT, "reranking failed, first-stage order kept (%s): %s",
+        /* an open breaker refuses every search's call: its opening was logged once, not each */
+        bool open = reason && strcmp(reason, "breaker_open") == 0;
+        qr_log(open ? QR_LOG_DEBUG : QR_LOG_WARN, LOG_COMPONENT,
+               "reranking failed, first-stage order kept (%s): %s",
                res->rerank_reason ? res->rerank_reason : "", why);
         goto out;
     }
