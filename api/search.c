@@ -47,6 +47,7 @@ static qr_status search_for(api_req *r, const api_search_req *q, bool plain, ret
         .updated_after_ms = q->updated_after_ms,
         .max_per_doc = q->max_per_doc,
         .cursor = q->cursor,
+        .no_rerank = q->no_rerank,
         .cancel = &r->cancel, /* the client leaving or the deadline stops the search */
     };
     if ((st = api_service_search(r->srv->svc, &caller, &req, out, err)))

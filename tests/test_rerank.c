@@ -586,3 +586,47 @@ TEST(cli_search_and_ask_report_the_rerank)
     fake_reset();
     api_fx_stop(&f);
 }
+
+/* "rerank": false keeps the first stage (nothing is sent), and a cursor of one ranking is refused
+ * by the other. */
+TEST(a_request_can_opt_out)
+{
+    creds();
+    static api_fixture f;
+    CHECK(fake_reset());
+    CHECK(start_cohere(&f, NULL));
+    CHECK(seed_docs(&f));
+    api_resp on, off;
+    CHECK_INT(search(&f, DAVE, "{\"query\":\"" QUERY "\",\"k\":2,\"mode\":\"bm25\"}", &on), 200);
+    int sent[16], want[16], got[16];
+    int n = sent_order(sent, 16, NULL);
+    CHECK_INT(n, NDOCS);
+    CHECK(fake_post("/_fake/reset", "{}"));
+    CHECK_INT(search(&f, DAVE, "{\"query\":\"" QUERY "\",\"k\":10,\"mode\":\"bm25\",\"rerank\":false}", &off),
+              200);
+    json_t *reqs = rerank_requests();
+    CHECK_INT(json_array_size(reqs), 0);
+    json_decref(reqs);
+    CHECK_MSG(!rerank_applied(&off) && rerank_reason(&off) && strcmp(rerank_reason(&off), "disabled") == 0,
+              "%s", qr_buf_str(&off.body));
+    /* the first stage's order is the order the reranker had been sent */
+    CHECK_INT(result_order(json_object_get(off.json, "results"), got, 16), (size_t)n);
+    CHECK(same(got, sent, (size_t)n));
+    predicted(sent, n, want);
+    CHECK(!same(got, want, (size_t)n));
+    /* the reranked page's cursor does not continue the first stage's ranking */
+    const char *cursor = json_string_value(json_object_get(on.json, "next_cursor"));
+    CHECK(cursor);
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"query\":\"" QUERY "\",\"k\":2,\"mode\":\"bm25\",\"rerank\":false,\"cursor\":\"%s\"}",
+             cursor);
+    api_resp r;
+    CHECK_INT(search(&f, DAVE, body, &r), 400);
+    api_resp_release(&r);
+    CHECK_INT(search(&f, DAVE, "{\"query\":\"" QUERY "\",\"rerank\":\"no\"}", &r), 400);
+    api_resp_release(&r);
+    api_resp_release(&on);
+    api_resp_release(&off);
+    api_fx_stop(&f);
+}
