@@ -427,6 +427,15 @@ TEST(the_breaker_opens_after_repeated_failures)
     reqs = rerank_requests();
     CHECK_INT(json_array_size(reqs), 2);
     json_decref(reqs);
+    /* /metrics says so */
+    CHECK_INT(api_http(f.base, "GET", "/metrics", H(DAVE), NULL, 0, &r), 200);
+    const char *m = qr_buf_str(&r.body);
+    CHECK_MSG(strstr(m, "\nquarry_rerank_calls_total 3\n") &&
+                  strstr(m, "\nquarry_rerank_failures_total 2\n") &&
+                  strstr(m, "\nquarry_rerank_rejected_total 1\n") &&
+                  strstr(m, "\nquarry_rerank_breaker_state{state=\"open\"} 1\n"),
+              "%s", m);
+    api_resp_release(&r);
     api_fx_stop(&f);
 }
 
