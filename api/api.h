@@ -112,6 +112,8 @@ retrieval *api_service_handle_retrieval(api_service_handle *h);
 index_maintainer *api_service_maintainer(api_service *svc);
 /* The retrieval.* settings the service searches with. */
 const retrieval_opts *api_service_retrieval_opts(const api_service *svc);
+/* The reranking client the service's searches use (rerank.*), or NULL when rerank.backend is none. */
+infer_reranker *api_service_reranker(api_service *svc);
 
 /* ---- the route table (for the OpenAPI document and its tests) ----------------------------- */
 

@@ -415,10 +415,12 @@ typedef struct {
     int64_t updated_after_ms; /* 0: any */
     size_t max_per_doc;       /* 0: the configured limit */
     const char *cursor;       /* next_cursor of the previous page, or NULL */
+    bool no_rerank;           /* "rerank": false: the first stage's order even with a reranker */
 } api_search_req;
 
 /* Parses {query (or question when question_key), k, mode, filters{doc_ids, uri_prefix,
- * content_type, updated_after}, max_per_doc, cursor}. default_k applies when k is absent. */
+ * content_type, updated_after}, max_per_doc, cursor, rerank (boolean, default true)}. default_k applies when
+ * k is absent. */
 qr_status api_parse_search(json_t *body, bool question_key, size_t default_k, api_search_req *out, char *err);
 void api_search_req_release(api_search_req *s);
 

@@ -329,6 +329,30 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
         qr_buf_printf(o, "quarry_inference_breaker_state{state=\"%s\"} %d\n",
                       infer_breaker_state_name((infer_breaker_state)b), is.breaker == (infer_breaker_state)b);
 
+    infer_reranker *rr = api_service_reranker(srv->svc);
+    if (rr) {
+        /* only with rerank.backend set: the reranker's own client, breaker and counters */
+        infer_stats rs;
+        infer_reranker_stats(rr, &rs);
+        head(o, "quarry_rerank_calls_total", "counter",
+             "Calls made to the reranker (one per reranked page).");
+        qr_buf_printf(o, "quarry_rerank_calls_total %llu\n", (unsigned long long)rs.calls);
+        head(o, "quarry_rerank_retries_total", "counter", "Reranker requests that were retries.");
+        qr_buf_printf(o, "quarry_rerank_retries_total %llu\n", (unsigned long long)rs.retries);
+        head(o, "quarry_rerank_failures_total", "counter",
+             "Reranker calls that ended in an error (the page kept its first-stage order); refusals apart.");
+        qr_buf_printf(o, "quarry_rerank_failures_total %llu\n", (unsigned long long)rs.failures);
+        head(o, "quarry_rerank_rejected_total", "counter",
+             "Reranker calls refused because its breaker was open.");
+        qr_buf_printf(o, "quarry_rerank_rejected_total %llu\n", (unsigned long long)rs.rejected);
+        head(o, "quarry_rerank_breaker_state", "gauge",
+             "1 for the reranker's circuit breaker's current state.");
+        for (int b = INFER_BREAKER_CLOSED; b <= INFER_BREAKER_HALF_OPEN; b++)
+            qr_buf_printf(o, "quarry_rerank_breaker_state{state=\"%s\"} %d\n",
+                          infer_breaker_state_name((infer_breaker_state)b),
+                          rs.breaker == (infer_breaker_state)b);
+    }
+
     head(o, "quarry_uptime_seconds", "gauge", "Seconds since the server started.");
     qr_buf_printf(o, "quarry_uptime_seconds %.3f\n", (double)(qr_wall_ms() - srv->started_ms) / 1000.0);
     head(o, "quarry_metrics_series_dropped_total", "counter",

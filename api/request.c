@@ -277,12 +277,15 @@ qr_status api_parse_search(json_t *body, bool question_key, size_t default_k, ap
     memset(out, 0, sizeof(*out));
     const char *qkey = question_key ? "question" : "query";
     int64_t k, per_doc;
+    bool rerank = true;
     if (!api_get_str(body, qkey, &out->query, API_QUERY_MAX, true, err) ||
         !api_get_int(body, "k", &k, (int64_t)default_k, 1, API_MAX_K, err) ||
         !api_get_str(body, "mode", &out->mode, 16, false, err) ||
         !api_get_int(body, "max_per_doc", &per_doc, 0, 0, API_MAX_K, err) ||
-        !api_get_str(body, "cursor", &out->cursor, 1024, false, err))
+        !api_get_str(body, "cursor", &out->cursor, 1024, false, err) ||
+        !api_get_bool(body, "rerank", &rerank, true, err))
         goto fail;
+    out->no_rerank = !rerank;
     out->k = (size_t)k;
     out->max_per_doc = (size_t)per_doc;
     if (!*out->query) {

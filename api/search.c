@@ -47,6 +47,7 @@ static qr_status search_for(api_req *r, const api_search_req *q, bool plain, ret
         .updated_after_ms = q->updated_after_ms,
         .max_per_doc = q->max_per_doc,
         .cursor = q->cursor,
+        .no_rerank = q->no_rerank,
         .cancel = &r->cancel, /* the client leaving or the deadline stops the search */
     };
     if ((st = api_service_search(r->srv->svc, &caller, &req, out, err)))
@@ -64,6 +65,31 @@ static json_t *hit_json(const retrieval_hit *x)
                      x->doc_id, "title", x->title, "uri", x->uri, "headings", x->headings, "score", x->score,
                      "snippet", x->snippet ? x->snippet : "", "start", (json_int_t)x->start, "end",
                      (json_int_t)x->end);
+}
+
+/* What the rerank stage did to the page, or NULL when no reranker is configured:
+ * {"applied":true,"model":M,"candidates":N} or {"applied":false,"reason":R,...}. */
+static json_t *rerank_json(const retrieval_result *page)
+{
+    if (!page || page->rerank == RETRIEVAL_RERANK_OFF)
+        return NULL;
+    json_t *o = json_pack("{s:b,s:I}", "applied", page->rerank == RETRIEVAL_RERANK_APPLIED, "candidates",
+                          (json_int_t)page->rerank_candidates);
+    if (o && page->rerank != RETRIEVAL_RERANK_APPLIED)
+        json_object_set_new(o, "reason", json_string(page->rerank_reason ? page->rerank_reason : ""));
+    if (o && page->rerank_model && *page->rerank_model)
+        json_object_set_new(o, "model", json_string(page->rerank_model));
+    return o;
+}
+
+/* Adds "rerank" to obj when the page has a rerank object. */
+static void add_rerank(json_t *obj, const retrieval_result *page)
+{
+    json_t *x = rerank_json(page);
+    if (obj && x)
+        json_object_set_new(obj, "rerank", x);
+    else
+        json_decref(x);
 }
 
 static json_t *source_json(const infer_source *s)
@@ -143,6 +169,7 @@ void api_h_search(api_req *r)
     json_t *answer =
         json_pack("{s:o,s:s,s:s?,s:f}", "results", results, "mode", retrieval_mode_name(page->mode),
                   "next_cursor", page->next_cursor, "took_ms", (double)(qr_now_ns() - t0) / 1e6);
+    add_rerank(answer, page);
     api_audit_record(r->srv->audit, r, q.query, ids, ids ? page->nhits : 0, "search");
     api_reply_json(r, 200, answer);
     free(ids);
@@ -224,6 +251,7 @@ void api_h_ask(api_req *r)
     json_t *answer = json_pack("{s:s,s:o,s:o,s:s,s:s?,s:s?}", "answer", res.text, "citations",
                                citations_json(&res), "sources", sources, "mode", infer_mode_name(res.mode),
                                "reason", res.reason, "detail", r->principal->is_admin ? res.detail : NULL);
+    add_rerank(answer, page);
     audit_answer(r, q.query, &res);
     api_reply_json(r, 200, answer);
 out:
@@ -384,6 +412,7 @@ void api_h_chat(api_req *r)
              * (quarry's shape) and as delta.context (Azure OpenAI's) */
             json_t *extra = json_pack("{s:o,s:{s:s,s:s?}}", "citations", citations_json(&res), "quarry",
                                       "mode", infer_mode_name(res.mode), "reason", res.reason);
+            add_rerank(json_object_get(extra, "quarry"), page);
             send_chunk(&cs, json_pack("{s:o}", "context", context_json(&res, passages, c.search_query)),
                        res.finish_reason ? res.finish_reason : "stop", extra);
             if (c.include_usage) {
@@ -415,6 +444,7 @@ void api_h_chat(api_req *r)
                   context_json(&res, passages, c.search_query), "logprobs", "finish_reason",
                   res.finish_reason ? res.finish_reason : "stop", "usage", usage_json(&c, &res), "citations",
                   citations_json(&res), "quarry", "mode", infer_mode_name(res.mode), "reason", res.reason);
+    add_rerank(json_object_get(answer, "quarry"), page);
     api_reply_json(r, 200, answer);
 out:
     free(passages);

@@ -36,6 +36,8 @@ struct api_service {
     /* query vectors: one caller at a time; NULL when the store holds no vectors (one-shot) */
     ingest_embedder *embedder;
     pthread_mutex_t embed_lock;
+    /* the rerank stage's service (rerank.*); NULL when rerank.backend is none */
+    infer_reranker *reranker;
     /* handles: one thread each */
     api_service_handle *handles;
     size_t nhandles;
@@ -105,6 +107,16 @@ static qr_status open_inline(api_service *svc, const qr_config *cfg, const api_s
     return QR_OK;
 }
 
+/* retrieval's rerank hook, wired to inference's reranking client (retrieval does not know it). */
+static qr_status service_rerank(void *ctx, const char *query, const char *const *texts, const size_t *lens,
+                                size_t n, double *scores, const char **reason, char *err)
+{
+    infer_rerank_failure why = INFER_RERANK_OK;
+    qr_status st = infer_rerank(ctx, query, texts, lens, n, scores, &why, err);
+    *reason = st ? infer_rerank_failure_name(why) : NULL;
+    return st;
+}
+
 qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_service **out, char *err)
 {
     if (!out)
@@ -148,11 +160,18 @@ qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_
     } else if ((st = open_inline(svc, cfg, o, svc->handles[0].store, err))) {
         goto out;
     }
+    if ((st = infer_reranker_new(cfg, &svc->reranker, err)))
+        goto out;
+    retrieval_reranker rr = {.fn = svc->reranker ? service_rerank : NULL,
+                             .ctx = svc->reranker,
+                             .candidates = infer_reranker_candidates(svc->reranker),
+                             .model = infer_reranker_model(svc->reranker)};
     for (size_t i = 0; i < svc->nhandles; i++) {
         if ((st =
                  retrieval_open(svc->handles[i].store, svc->v, &svc->ropts, &svc->handles[i].retrieval, err)))
             goto out;
         retrieval_set_bm25(svc->handles[i].retrieval, svc->b);
+        retrieval_set_reranker(svc->handles[i].retrieval, &rr);
     }
 out:
     if (st) {
@@ -176,6 +195,7 @@ void api_service_close(api_service *svc)
         store_close(svc->handles[i].store);
     free(svc->handles);
     ingest_embedder_free(svc->embedder);
+    infer_reranker_free(svc->reranker);
     pthread_cond_destroy(&svc->freed);
     pthread_mutex_destroy(&svc->lock);
     pthread_mutex_destroy(&svc->embed_lock);
@@ -234,6 +254,11 @@ retrieval *api_service_handle_retrieval(api_service_handle *h)
 index_maintainer *api_service_maintainer(api_service *svc)
 {
     return svc ? svc->maint : NULL;
+}
+
+infer_reranker *api_service_reranker(api_service *svc)
+{
+    return svc ? svc->reranker : NULL;
 }
 
 const retrieval_opts *api_service_retrieval_opts(const api_service *svc)

@@ -70,6 +70,16 @@ static bool parse_after(const char *s, int64_t *ms)
     return true;
 }
 
+/* One line on stderr when a reranker is configured and did not reorder this page. */
+static void print_rerank(const retrieval_result *res)
+{
+    if (res->rerank == RETRIEVAL_RERANK_FALLBACK)
+        fprintf(stderr, "quarry: reranking failed (%s): first-stage order\n",
+                res->rerank_reason ? res->rerank_reason : "?");
+    else if (res->rerank == RETRIEVAL_RERANK_SKIPPED)
+        fprintf(stderr, "quarry: not reranked (%s)\n", res->rerank_reason ? res->rerank_reason : "?");
+}
+
 static void print_hits(const retrieval_result *res)
 {
     if (!res->nhits)
@@ -86,6 +96,7 @@ static void print_hits(const retrieval_result *res)
     }
     if (res->next_cursor)
         printf("more: --cursor %s\n", res->next_cursor);
+    print_rerank(res);
 }
 
 /* Resolves --as through LDAP into a caller, or makes the administrator caller. */
@@ -709,6 +720,8 @@ int cli_cmd_ask(cli_ctx *ctx)
         qr_buf_printf(&out, ",\"mode\":\"%s\"", infer_mode_name(answer.mode));
         if (answer.reason)
             qr_buf_printf(&out, ",\"reason\":\"%s\"", answer.reason);
+        if (page->rerank != RETRIEVAL_RERANK_OFF && !qr_buf_puts(&out, ",\"rerank\":"))
+            retrieval_rerank_json(page, &out);
         qr_buf_puts(&out, ",\"citations\":[");
         for (size_t i = 0; i < answer.cited_count; i++) {
             const infer_source *s = &answer.sources[answer.cited[i]];
@@ -733,6 +746,7 @@ int cli_cmd_ask(cli_ctx *ctx)
     if (!stream || answer.mode == INFER_MODE_EXTRACTIVE)
         fputs(answer.text, stdout);
     fputc('\n', stdout);
+    print_rerank(page);
     if (answer.mode == INFER_MODE_EXTRACTIVE)
         fprintf(stderr, "quarry ask: extractive answer (%s%s%s)\n", answer.reason,
                 answer.detail && *answer.detail ? ": " : "", answer.detail ? answer.detail : "");

@@ -221,6 +221,30 @@
       "Most backend requests in flight at once; further calls wait for a slot.")                             \
     X(INT, inference, context_tokens, "8192", 512, 10000000, NULL, false,                                    \
       "The model's context window; the prompt gets this minus inference.max_tokens (estimated tokens).")     \
+    /* reranking: a cross-encoder service reorders the top permitted passages */                             \
+    X(STRING, rerank, backend, "none", NO_RANGE, "none|cohere|tei", false,                                   \
+      "Reranker: none, cohere (POST {base_url}/rerank as Cohere, Jina, vLLM, Infinity serve it) or tei "     \
+      "(Hugging Face text-embeddings-inference, POST {base_url}/rerank).")                                   \
+    X(STRING, rerank, base_url, "", NO_RANGE, NULL, false,                                                   \
+      "Base URL of the reranker, e.g. http://127.0.0.1:8000/v1 (vLLM, cohere) or http://127.0.0.1:8080 "     \
+      "(tei); "                                                                                              \
+      "quarry appends /rerank.")                                                                             \
+    X(STRING, rerank, model, "", NO_RANGE, NULL, false,                                                      \
+      "Reranking model sent as `model` (cohere; required there) and reported in results.")                   \
+    X(STRING, rerank, api_key, "", NO_RANGE, NULL, true,                                                     \
+      "API key of the reranker, sent as Authorization: Bearer.")                                             \
+    X(INT, rerank, candidates, "50", 1, 1000, NULL, false,                                                   \
+      "First-stage results (after permission trimming and fusion) the reranker reorders.")                   \
+    X(INT, rerank, timeout_ms, "5000", 1, 600000, NULL, false,                                               \
+      "Deadline of one rerank call, retries included; past it the first-stage order is kept.")               \
+    X(INT, rerank, retries, "1", 0, 10, NULL, false,                                                         \
+      "Retries of a failed rerank request (connection errors, 408, 429, 5xx) within rerank.timeout_ms.")     \
+    X(INT, rerank, max_passage_chars, "4000", 16, 1000000, NULL, false,                                      \
+      "Longest passage sent to the reranker (characters; longer ones are cut at a character boundary).")     \
+    X(INT, rerank, breaker_failures, "5", 1, 1000, NULL, false,                                              \
+      "Consecutive failed rerank calls that open the reranker's circuit breaker.")                           \
+    X(INT, rerank, breaker_cooldown_ms, "30000", 0, 3600000, NULL, false,                                    \
+      "How long an open reranker breaker keeps the first-stage order before one probe call.")                \
     /* ingestion: extraction limits, chunking, embeddings */                                                 \
     X(INT, ingest, max_document_bytes, "67108864", 1, 17179869184.0, NULL, false,                            \
       "Largest document accepted, and largest text extracted from one (bytes).")                             \

@@ -33,7 +33,9 @@
 #define LOG             "inference"
 
 struct infer_client {
-    char *base_url; /* without a trailing '/' */
+    const char *what;   /* "inference backend", "reranker": how messages name the server */
+    const char *prefix; /* "inference" or "rerank": the configuration keys' section */
+    char *base_url;     /* without a trailing '/' */
     char *model;
     char *api_key;
     char *api_version;
@@ -55,13 +57,15 @@ struct infer_client {
     uint64_t calls, attempts, retried, failures, rejected;
 };
 
-typedef enum { KIND_CHAT = 0, KIND_MODELS } call_kind;
+typedef enum { KIND_CHAT = 0, KIND_MODELS, KIND_POST } call_kind;
 
 /* One call's state; the per-attempt part is reset before each attempt. */
 typedef struct {
     infer_client *c;
     call_kind kind;
     bool stream;
+    infer_reply_fn on_reply; /* KIND_POST: reads the whole 2xx reply */
+    void *reply_ctx;
     infer_event_fn on_event;
     void *user;
     bool passed_on; /* text reached on_event: no retries from here on */
@@ -126,7 +130,7 @@ static qr_status parse_headers(infer_client *c, const char *spec, char *err)
         while (name_len && (item[name_len - 1] == ' ' || item[name_len - 1] == '\t'))
             name_len--;
         if (!colon || !header_name_ok(item, name_len))
-            return qr_fail(err, QR_EINVAL, "inference.headers: '%.*s' is not 'Name: value'",
+            return qr_fail(err, QR_EINVAL, "%s.headers: '%.*s' is not 'Name: value'", c->prefix,
                            (int)(end - item), item);
         const char *value = colon + 1;
         while (value < end && (*value == ' ' || *value == '\t'))
@@ -145,16 +149,15 @@ static qr_status parse_headers(infer_client *c, const char *spec, char *err)
     return QR_OK;
 }
 
-qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
+qr_status infer_client_new_params(const infer_client_params *p, infer_client **out, char *err)
 {
     infer_client *c = NULL;
     qr_status st = QR_OK;
     if (!out)
         return qr_fail(err, QR_EINVAL, "infer_client_new: no place for the client");
     *out = NULL;
-    if (!cfg)
-        return qr_fail(err, QR_EINVAL, "infer_client_new: no configuration");
-    const qr_settings *set = qr_config_settings(cfg);
+    if (!p)
+        return qr_fail(err, QR_EINVAL, "infer_client_new: no settings");
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK)
         return qr_fail(err, QR_EINTERNAL, "cannot initialise libcurl: %s", curl_easy_strerror(curl_init_rc));
@@ -177,33 +180,35 @@ qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
         return qr_fail(err, QR_EINTERNAL, "cannot create a condition variable");
     }
 
-    c->base_url = strdup(set->inference_base_url);
-    c->model = strdup(set->inference_model);
-    c->api_key = strdup(set->inference_api_key);
-    c->api_version = strdup(set->inference_api_version);
+    c->what = p->what ? p->what : "inference backend";
+    c->prefix = p->prefix ? p->prefix : "inference";
+    c->base_url = strdup(p->base_url ? p->base_url : "");
+    c->model = strdup(p->model ? p->model : "");
+    c->api_key = strdup(p->api_key ? p->api_key : "");
+    c->api_version = strdup(p->api_version ? p->api_version : "");
     if (!c->base_url || !c->model || !c->api_key || !c->api_version) {
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
     if (strlen(c->api_key) > API_KEY_MAX) {
-        st = qr_fail(err, QR_EINVAL, "inference.api_key is longer than %d bytes", API_KEY_MAX);
+        st = qr_fail(err, QR_EINVAL, "%s.api_key is longer than %d bytes", c->prefix, API_KEY_MAX);
         goto out;
     }
     size_t blen = strlen(c->base_url);
     while (blen > 0 && c->base_url[blen - 1] == '/')
         c->base_url[--blen] = '\0';
-    st = parse_headers(c, set->inference_headers, err);
+    st = parse_headers(c, p->headers ? p->headers : "", err);
     if (st)
         goto out;
-    c->connect_timeout_ms = (long)set->inference_connect_timeout_ms;
-    c->first_token_timeout_ms = (long)set->inference_first_token_timeout_ms;
-    c->total_timeout_ms = (long)set->inference_total_timeout_ms;
-    c->backoff_max_ms = (long)set->inference_backoff_max_ms;
-    c->max_tokens = (long)set->inference_max_tokens;
-    c->temperature = set->inference_temperature;
-    c->retries = (int)set->inference_retries;
-    c->max_concurrent = (int)set->inference_max_concurrent;
-    c->context_tokens = (size_t)set->inference_context_tokens;
+    c->connect_timeout_ms = p->connect_timeout_ms;
+    c->first_token_timeout_ms = p->first_token_timeout_ms;
+    c->total_timeout_ms = p->total_timeout_ms;
+    c->backoff_max_ms = p->backoff_max_ms;
+    c->max_tokens = p->max_tokens;
+    c->temperature = p->temperature;
+    c->retries = p->retries;
+    c->max_concurrent = p->max_concurrent > 0 ? p->max_concurrent : 1;
+    c->context_tokens = p->context_tokens;
     if (c->context_tokens < (size_t)c->max_tokens + 256) {
         st = qr_fail(err, QR_EINVAL,
                      "inference.context_tokens (%zu) must exceed inference.max_tokens (%ld) by at least 256, "
@@ -211,8 +216,7 @@ qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
                      c->context_tokens, c->max_tokens);
         goto out;
     }
-    infer_breaker_init(&c->breaker, (int)set->inference_breaker_failures,
-                       (uint64_t)set->inference_breaker_cooldown_ms);
+    infer_breaker_init(&c->breaker, p->breaker_failures, p->breaker_cooldown_ms);
     if (getrandom(&c->rng, sizeof(c->rng), 0) != (ssize_t)sizeof(c->rng))
         c->rng = qr_now_ns() ^ (uint64_t)(uintptr_t)c;
     c->rng |= 1;
@@ -221,6 +225,36 @@ qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
 out:
     infer_client_free(c);
     return st;
+}
+
+qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err)
+{
+    if (out)
+        *out = NULL;
+    if (!cfg)
+        return qr_fail(err, QR_EINVAL, "infer_client_new: no configuration");
+    const qr_settings *set = qr_config_settings(cfg);
+    infer_client_params p = {
+        .what = "inference backend",
+        .prefix = "inference",
+        .base_url = set->inference_base_url,
+        .model = set->inference_model,
+        .api_key = set->inference_api_key,
+        .api_version = set->inference_api_version,
+        .headers = set->inference_headers,
+        .connect_timeout_ms = (long)set->inference_connect_timeout_ms,
+        .first_token_timeout_ms = (long)set->inference_first_token_timeout_ms,
+        .total_timeout_ms = (long)set->inference_total_timeout_ms,
+        .backoff_max_ms = (long)set->inference_backoff_max_ms,
+        .max_tokens = (long)set->inference_max_tokens,
+        .temperature = set->inference_temperature,
+        .retries = (int)set->inference_retries,
+        .max_concurrent = (int)set->inference_max_concurrent,
+        .breaker_failures = (int)set->inference_breaker_failures,
+        .breaker_cooldown_ms = (uint64_t)set->inference_breaker_cooldown_ms,
+        .context_tokens = (size_t)set->inference_context_tokens,
+    };
+    return infer_client_new_params(&p, out, err);
 }
 
 void infer_client_free(infer_client *c)
@@ -518,6 +552,8 @@ static qr_status stream_end(const call_state *cs, char *err)
 /* A whole, non-streamed reply: a chat.completion or a model list. */
 static qr_status parse_body(call_state *cs, infer_models *models, char *err)
 {
+    if (cs->kind == KIND_POST)
+        return cs->on_reply(cs->reply_ctx, qr_buf_str(&cs->body), qr_buf_len(&cs->body), err);
     json_error_t jerr;
     json_t *root = json_loadb(qr_buf_str(&cs->body), qr_buf_len(&cs->body), 0, &jerr);
     qr_status st = QR_OK;
@@ -623,13 +659,14 @@ fail:
     return NULL;
 }
 
-static qr_status map_curl_error(CURLcode rc, const char *detail, const char *url, attempt_info *ai, char *err)
+static qr_status map_curl_error(const infer_client *c, CURLcode rc, const char *detail, const char *url,
+                                attempt_info *ai, char *err)
 {
     const char *why = *detail ? detail : curl_easy_strerror(rc);
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
         ai->retryable = true;
-        return qr_fail(err, QR_ETIMEOUT, "the inference backend at %s timed out: %s", url, why);
+        return qr_fail(err, QR_ETIMEOUT, "the %s at %s timed out: %s", c->what, url, why);
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT:
@@ -641,11 +678,10 @@ static qr_status map_curl_error(CURLcode rc, const char *detail, const char *url
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
         ai->retryable = true;
-        return qr_fail(err, QR_EUNAVAILABLE, "cannot reach the inference backend at %s: %s", url, why);
+        return qr_fail(err, QR_EUNAVAILABLE, "cannot reach the %s at %s: %s", c->what, url, why);
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
-        return qr_fail(err, QR_EINVAL, "bad inference backend URL %s: %s", url, why);
-    default: return qr_fail(err, QR_EUNAVAILABLE, "inference backend request to %s failed: %s", url, why);
+    case CURLE_UNSUPPORTED_PROTOCOL: return qr_fail(err, QR_EINVAL, "bad %s URL %s: %s", c->what, url, why);
+    default: return qr_fail(err, QR_EUNAVAILABLE, "%s request to %s failed: %s", c->what, url, why);
     }
 }
 
@@ -661,14 +697,14 @@ static qr_status map_http_error(call_state *cs, const char *url, attempt_info *a
     }
     if (code == 408 || code == 429 || code >= 500) {
         ai->retryable = true;
-        return qr_fail(err, QR_EUNAVAILABLE, "the inference backend answered HTTP %ld: %s", code, msg);
+        return qr_fail(err, QR_EUNAVAILABLE, "the %s answered HTTP %ld: %s", cs->c->what, code, msg);
     }
     if (code == 401 || code == 403)
-        return qr_fail(err, QR_EAUTH, "the inference backend refused the credentials (HTTP %ld): %s", code,
+        return qr_fail(err, QR_EAUTH, "the %s refused the credentials (HTTP %ld): %s", cs->c->what, code,
                        msg);
     if (code == 404)
-        return qr_fail(err, QR_ENOTFOUND, "the inference backend has no %s (HTTP 404): %s", url, msg);
-    return qr_fail(err, QR_EINVAL, "the inference backend rejected the request (HTTP %ld): %s", code, msg);
+        return qr_fail(err, QR_ENOTFOUND, "the %s has no %s (HTTP 404): %s", cs->c->what, url, msg);
+    return qr_fail(err, QR_EINVAL, "the %s rejected the request (HTTP %ld): %s", cs->c->what, code, msg);
 }
 
 /* Runs one HTTP request to completion or to one of the deadlines. */
@@ -766,7 +802,7 @@ static qr_status attempt(call_state *cs, const char *url, const char *body, uint
         st = qr_fail(err, QR_ETIMEOUT, "the inference backend stalled for %ld ms in the middle of its answer",
                      c->first_token_timeout_ms);
     } else if (rc != CURLE_OK) {
-        st = map_curl_error(rc, curl_err, url, ai, err);
+        st = map_curl_error(c, rc, curl_err, url, ai, err);
     } else {
         if (!cs->head_checked)
             curl_easy_getinfo(cs->easy, CURLINFO_RESPONSE_CODE, &cs->http);
@@ -805,9 +841,8 @@ static qr_status take_slot(infer_client *c, uint64_t deadline_ns, char *err)
     while (c->in_flight >= c->max_concurrent) {
         if (pthread_cond_timedwait(&c->slot_free, &c->mu, &until) == ETIMEDOUT &&
             c->in_flight >= c->max_concurrent) {
-            st = qr_fail(err, QR_ETIMEOUT,
-                         "all %d inference backend slots stayed busy (inference.max_concurrent)",
-                         c->max_concurrent);
+            st = qr_fail(err, QR_ETIMEOUT, "all %d %s slots stayed busy (%s.max_concurrent)",
+                         c->max_concurrent, c->what, c->prefix);
             break;
         }
     }
@@ -862,9 +897,16 @@ static qr_status take_completion(call_state *cs, infer_completion *out, char *er
     return QR_OK;
 }
 
-/* The shared engine of chat and model listing. *rejected tells that the breaker refused it. */
-static qr_status call(infer_client *c, call_kind kind, const char *body, bool stream, infer_event_fn on_event,
-                      void *user, infer_completion *out, infer_models *models, bool *rejected, char *err)
+typedef struct {
+    infer_reply_fn fn;
+    void *ctx;
+} post_reader;
+
+/* The shared engine of chat, model listing and other JSON posts. *rejected tells that the breaker
+ * refused it. */
+static qr_status call(infer_client *c, call_kind kind, const char *path, const char *body, bool stream,
+                      infer_event_fn on_event, void *user, infer_completion *out, infer_models *models,
+                      bool *rejected, char *err)
 {
     char own_err[QR_ERR_LEN];
     if (!err)
@@ -876,6 +918,12 @@ static qr_status call(infer_client *c, call_kind kind, const char *body, bool st
     cs.stream = stream;
     cs.on_event = on_event;
     cs.user = user;
+    if (kind == KIND_POST) {
+        /* the reply reader travels in the slot that chat's event callback uses */
+        cs.on_reply = ((const post_reader *)user)->fn;
+        cs.reply_ctx = ((const post_reader *)user)->ctx;
+        cs.user = NULL;
+    }
     qr_buf_init(&cs.body, BODY_MAX);
     qr_buf_init(&cs.content, ANSWER_MAX);
     infer_sse_init(&cs.sse, EVENT_MAX);
@@ -883,7 +931,7 @@ static qr_status call(infer_client *c, call_kind kind, const char *body, bool st
     bool probe = false;
     int attempts = 0;
     *rejected = false;
-    char *url = make_url(c, kind == KIND_MODELS ? "/models" : "/chat/completions");
+    char *url = make_url(c, path ? path : kind == KIND_MODELS ? "/models" : "/chat/completions");
     if (!url) {
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
@@ -900,10 +948,9 @@ static qr_status call(infer_client *c, call_kind kind, const char *body, bool st
     pthread_mutex_unlock(&c->mu);
     if (!allowed) {
         *rejected = true;
-        st = qr_fail(
-            err, QR_EUNAVAILABLE,
-            "the inference backend's circuit breaker is open after repeated failures; next try in %llu ms",
-            (unsigned long long)wait_ms);
+        st = qr_fail(err, QR_EUNAVAILABLE,
+                     "the %s's circuit breaker is open after repeated failures; next try in %llu ms", c->what,
+                     (unsigned long long)wait_ms);
         goto out;
     }
 
@@ -927,11 +974,11 @@ static qr_status call(infer_client *c, call_kind kind, const char *body, bool st
             wait = (uint64_t)c->backoff_max_ms;
         uint64_t now = qr_now_ns();
         if (now + wait * 1000000ULL >= deadline) {
-            qr_log(QR_LOG_WARN, LOG, "not retrying: the %llu ms wait would pass inference.total_timeout_ms",
-                   (unsigned long long)wait);
+            qr_log(QR_LOG_WARN, LOG, "not retrying: the %llu ms wait would pass %s's deadline",
+                   (unsigned long long)wait, c->prefix);
             break;
         }
-        qr_log(QR_LOG_WARN, LOG, "inference attempt %d failed (%s); retrying in %llu ms", attempts, err,
+        qr_log(QR_LOG_WARN, LOG, "%s attempt %d failed (%s); retrying in %llu ms", c->what, attempts, err,
                (unsigned long long)wait);
         sleep_ms(wait);
         pthread_mutex_lock(&c->mu);
@@ -954,9 +1001,9 @@ static qr_status call(infer_client *c, call_kind kind, const char *body, bool st
         c->failures++;
     pthread_mutex_unlock(&c->mu);
     if (before != INFER_BREAKER_OPEN && after == INFER_BREAKER_OPEN)
-        qr_log(QR_LOG_WARN, LOG, "inference backend circuit breaker opened: %s", err);
+        qr_log(QR_LOG_WARN, LOG, "%s circuit breaker opened: %s", c->what, err);
     else if (before != INFER_BREAKER_CLOSED && after == INFER_BREAKER_CLOSED)
-        qr_log(QR_LOG_INFO, LOG, "inference backend circuit breaker closed");
+        qr_log(QR_LOG_INFO, LOG, "%s circuit breaker closed", c->what);
 
     if (st && cs.passed_on && !cs.cancelled && on_event) {
         infer_event ev = {INFER_EVENT_ERROR, err, 0, st};
@@ -1018,7 +1065,7 @@ static qr_status list_models(infer_client *c, infer_models *out, bool *rejected,
     out->count = 0;
     if (!infer_client_configured(c))
         return qr_fail(err, QR_EINVAL, "no inference backend is configured (inference.base_url is empty)");
-    return call(c, KIND_MODELS, NULL, false, NULL, NULL, NULL, out, rejected, err);
+    return call(c, KIND_MODELS, NULL, NULL, false, NULL, NULL, NULL, out, rejected, err);
 }
 
 qr_status infer_list_models(infer_client *c, infer_models *out, char *err)
@@ -1168,7 +1215,7 @@ qr_status infer_chat_call(infer_client *c, const infer_message *messages, size_t
         st = qr_fail(err, QR_ELIMIT, "the request is larger than %u bytes", REQUEST_MAX);
         goto out;
     }
-    st = call(c, KIND_CHAT, qr_buf_str(&body), stream, on_event, user, out, NULL, rejected, err);
+    st = call(c, KIND_CHAT, NULL, qr_buf_str(&body), stream, on_event, user, out, NULL, rejected, err);
 out:
     free(model);
     qr_buf_release(&body);
@@ -1192,6 +1239,19 @@ qr_status infer_chat_stream(infer_client *c, const infer_message *messages, size
         return qr_fail(err, QR_EINVAL, "infer_chat_stream needs an event callback");
     }
     return infer_chat_call(c, messages, count, true, NULL, on_event, user, out, &rejected, err);
+}
+
+qr_status infer_client_post(infer_client *c, const char *path, const char *body, infer_reply_fn on_reply,
+                            void *ctx, bool *rejected, char *err)
+{
+    *rejected = false;
+    if (!infer_client_configured(c))
+        return qr_fail(err, QR_EINVAL, "no %s is configured (%s.base_url is empty)", c ? c->what : "server",
+                       c ? c->prefix : "inference");
+    if (!path || !body || !on_reply)
+        return qr_fail(err, QR_EINVAL, "infer_client_post: NULL argument");
+    post_reader reader = {on_reply, ctx};
+    return call(c, KIND_POST, path, body, false, NULL, &reader, NULL, NULL, rejected, err);
 }
 
 /* ---- the stream reader without a transfer ------------------------------------------------ */

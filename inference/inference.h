@@ -150,6 +150,52 @@ typedef struct {
 qr_status infer_list_models(infer_client *client, infer_models *out, char *err);
 void infer_models_release(infer_models *models);
 
+/* ---- rerank ------------------------------------------------------------------------------ */
+
+/* The wire shape of a reranking service. */
+typedef enum {
+    INFER_RERANK_NONE = 0, /* rerank.backend = none */
+    INFER_RERANK_COHERE,   /* POST {base_url}/rerank {model, query, documents, top_n} ->
+                            * {results:[{index, relevance_score}]} (Cohere, Jina, vLLM, Infinity) */
+    INFER_RERANK_TEI,      /* POST {base_url}/rerank {query, texts, raw_scores:false} -> [{index, score}]
+                            * (text-embeddings-inference) */
+} infer_rerank_shape;
+
+/* A reranking client built from the rerank.* keys: its own libcurl client (retries within
+ * rerank.timeout_ms, its own circuit breaker and counters), thread-safe like infer_client. */
+typedef struct infer_reranker infer_reranker;
+
+/* Builds the reranker. rerank.backend = none gives *out NULL and QR_OK (nothing to call). A
+ * backend without rerank.base_url, or cohere without rerank.model, is QR_EINVAL naming the key.
+ * Sends nothing over the network. */
+qr_status infer_reranker_new(const qr_config *cfg, infer_reranker **out, char *err);
+/* NULL is a no-op. No call on it may be running. */
+void infer_reranker_free(infer_reranker *rr);
+/* rerank.model ("" when unset), rerank.candidates, "cohere"/"tei". */
+const char *infer_reranker_model(const infer_reranker *rr);
+size_t infer_reranker_candidates(const infer_reranker *rr);
+const char *infer_reranker_backend(const infer_reranker *rr);
+
+/* Why a rerank call gave no order; "" after success. */
+typedef enum {
+    INFER_RERANK_OK = 0,
+    INFER_RERANK_TIMEOUT,      /* "timeout": rerank.timeout_ms passed */
+    INFER_RERANK_BREAKER_OPEN, /* "breaker_open": refused without a call after repeated failures */
+    INFER_RERANK_MALFORMED,    /* "malformed_reply": not JSON, wrong types, bad or missing indexes */
+    INFER_RERANK_ERROR,        /* "backend_error": HTTP errors, connection failures, refused requests */
+} infer_rerank_failure;
+
+const char *infer_rerank_failure_name(infer_rerank_failure f);
+
+/* Scores n passages against query: scores[i] is the service's relevance of texts[i] (higher is
+ * better). Each text is cut to rerank.max_passage_chars characters (at a UTF-8 boundary; invalid
+ * UTF-8 becomes U+FFFD) before it is sent; nothing but the query and these texts leaves quarry.
+ * On error *why says which kind of failure it was, err says more, and scores are unspecified. */
+qr_status infer_rerank(infer_reranker *rr, const char *query, const char *const *texts, const size_t *lens,
+                       size_t n, double *scores, infer_rerank_failure *why, char *err);
+/* Counters of the reranker's client (calls, retries, failures, breaker). */
+void infer_reranker_stats(infer_reranker *rr, infer_stats *out);
+
 /* ---- answers with citations -------------------------------------------------------------- */
 
 /* One passage that retrieval has already trimmed to what the asker may read. The drafter sends

@@ -166,6 +166,43 @@ qr_status infer_chat_call(infer_client *client, const infer_message *messages, s
 qr_status infer_stream_read(const char *const *pieces, const size_t *lens, size_t count,
                             infer_event_fn on_event, void *user, infer_completion *out, char *err);
 
+/* What a client is built from: infer_client_new reads it from inference.*, the reranker from
+ * rerank.*. Strings are copied. */
+typedef struct {
+    const char *what;   /* how messages name the server: "inference backend", "reranker" */
+    const char *prefix; /* the keys' section, named in messages: "inference", "rerank" */
+    const char *base_url, *model, *api_key, *api_version, *headers;
+    long connect_timeout_ms, first_token_timeout_ms, total_timeout_ms, backoff_max_ms;
+    long max_tokens;
+    double temperature;
+    int retries, max_concurrent, breaker_failures;
+    uint64_t breaker_cooldown_ms;
+    size_t context_tokens; /* must exceed max_tokens by 256 */
+} infer_client_params;
+
+qr_status infer_client_new_params(const infer_client_params *p, infer_client **out, char *err);
+
+/* Reads a whole 2xx reply body (len bytes, NUL-terminated). A non-OK return ends the call with
+ * it; QR_EIO (a malformed reply) counts as a backend failure for the breaker, and is not retried. */
+typedef qr_status (*infer_reply_fn)(void *ctx, const char *body, size_t len, char *err);
+
+/* POSTs a JSON body to {base_url}{path} with the client's retries, backoff, deadline
+ * (total_timeout_ms), breaker and concurrency cap, and hands the 2xx reply to on_reply (on the
+ * calling thread, at most once per attempt, never after the call returned). Errors as infer_chat's;
+ * *rejected is set when the breaker refused the call without sending anything. */
+qr_status infer_client_post(infer_client *c, const char *path, const char *body, infer_reply_fn on_reply,
+                            void *ctx, bool *rejected, char *err);
+
+/* ---- rerank replies (rerank.c) ------------------------------------------------------------ */
+
+/* Reads a reranker's reply to a request of n documents into scores[0..n): Cohere's shape
+ * {"results":[{"index":i,"relevance_score":s},...]} or TEI's [{"index":i,"score":s},...]. Every
+ * index 0..n-1 must appear exactly once with a finite number as its score; anything else (wrong
+ * types, an index out of range or repeated, a missing one, more entries than documents, extra
+ * nesting) is QR_EIO naming what was wrong, and scores are then unspecified. */
+qr_status infer_rerank_parse(infer_rerank_shape shape, const char *body, size_t len, size_t n, double *scores,
+                             char *err);
+
 /* Validates a request's shape (see infer_answer). */
 qr_status infer_request_check(const infer_request *req, char *err);
 

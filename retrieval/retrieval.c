@@ -149,7 +149,20 @@ struct retrieval {
     plist lists[PLIST_ENTRIES];
     pestimate estimates[PLIST_ENTRIES]; /* by the filter's key modulo PLIST_ENTRIES */
     uint64_t tick;
+    retrieval_reranker rr; /* fn NULL: none */
 };
+
+void retrieval_set_reranker(retrieval *r, const retrieval_reranker *rr)
+{
+    if (!r)
+        return;
+    memset(&r->rr, 0, sizeof(r->rr));
+    if (rr && rr->fn) {
+        r->rr = *rr;
+        if (r->rr.candidates < 1)
+            r->rr.candidates = 1;
+    }
+}
 
 void retrieval_set_bm25(retrieval *r, bm25_index *b)
 {
@@ -684,9 +697,11 @@ static uint64_t fnv_str(uint64_t h, const char *s)
 /* A fingerprint of everything that decides the ranking, so that a cursor only continues the
  * query that made it. */
 static uint64_t request_fingerprint(const retrieval_caller *c, const retrieval_request *q,
-                                    retrieval_mode mode, size_t cap)
+                                    retrieval_mode mode, size_t cap, size_t window)
 {
     uint64_t h = 0xcbf29ce484222325ull;
+    if (window) /* a reranked ranking is another ranking; none leaves old cursors valid */
+        h = fnv(h, &window, sizeof(window));
     h = fnv_str(h, retrieval_mode_name(mode));
     h = fnv_str(h, q->query);
     h = fnv(h, &q->plain, sizeof(q->plain));
@@ -1031,6 +1046,7 @@ typedef struct {
     const item *page; /* the page's items in order, for scores and ranks */
     size_t npage;
     size_t next; /* where the next looked-up item may be (the store returns them in order) */
+    size_t *pos; /* per hit read: its item's index in page[] */
 } reader;
 
 static qr_status read_hit(void *ctx, const store_chunk_view *c, char *err)
@@ -1043,6 +1059,7 @@ static qr_status read_hit(void *ctx, const store_chunk_view *c, char *err)
     if (rd->next == rd->npage)
         return qr_fail(err, QR_EINTERNAL, "search: the store returned chunk %lld out of order",
                        (long long)c->chunk_id);
+    rd->pos[res->nhits] = rd->next;
     const item *it = &rd->page[rd->next++];
     retrieval_hit *h = &res->hits[res->nhits];
     memset(h, 0, sizeof(*h));
@@ -1059,6 +1076,110 @@ static qr_status read_hit(void *ctx, const store_chunk_view *c, char *err)
     h->text_len = rd->text_lens[res->nhits] = c->text_len;
     res->nhits++;
     return QR_OK;
+}
+
+/* ---- reranking --------------------------------------------------------------------------- */
+
+/* The rerank stage. A reranker sees the first rerank.candidates hits of the permission-trimmed,
+ * fused ranking (read back through the permission filter, like any page), and its scores reorder
+ * that window; the whole ranking is then the reordered window followed by the first-stage hits
+ * past it, and pages are cut from it, so paging stays one consistent order as long as the
+ * reranker answers the same way. When it fails (or gives a non-finite score) the window keeps its
+ * first-stage order and the page says why. */
+
+typedef struct {
+    double score;
+    size_t at; /* position in the first-stage order: ties keep it */
+} ranked;
+
+static int cmp_ranked(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* Reorders hits[0..m) (and their texts) by the reranker's scores. Only running out of memory is
+ * an error: a failing reranker leaves the order as it was and marks the result. */
+static qr_status rerank_window(retrieval *r, const char *query, retrieval_result *res, const char **texts,
+                               size_t *lens, size_t m, char *err)
+{
+    qr_status st = QR_OK;
+    double *scores = calloc(m, sizeof(*scores));
+    ranked *order = calloc(m, sizeof(*order));
+    retrieval_hit *hits = calloc(m, sizeof(*hits));
+    const char **t2 = calloc(m, sizeof(*t2));
+    size_t *l2 = calloc(m, sizeof(*l2));
+    if (!scores || !order || !hits || !t2 || !l2) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory reranking");
+        goto out;
+    }
+    const char *reason = NULL;
+    char why[QR_ERR_LEN] = "";
+    res->rerank_candidates = m;
+    uint64_t t0 = qr_now_ns();
+    qr_status hst = r->rr.fn(r->rr.ctx, query, texts, lens, m, scores, &reason, why);
+    for (size_t i = 0; i < m && !hst; i++)
+        if (!isfinite(scores[i])) {
+            hst = qr_fail(why, QR_EIO, "the reranker gave passage %zu a score that is not finite", i);
+            reason = "malformed_reply";
+        }
+    if (hst) {
+        res->rerank = RETRIEVAL_RERANK_FALLBACK;
+        res->rerank_reason = qr_arena_strdup(&res->arena_, reason && *reason ? reason : "backend_error");
+        if (!res->rerank_reason)
+            st = qr_fail(err, QR_ENOMEM, "out of memory reranking");
+        /* an open breaker refuses every search's call: its opening was logged once, not each */
+        bool open = reason && strcmp(reason, "breaker_open") == 0;
+        qr_log(open ? QR_LOG_DEBUG : QR_LOG_WARN, LOG_COMPONENT,
+               "reranking failed, first-stage order kept (%s): %s",
+               res->rerank_reason ? res->rerank_reason : "", why);
+        goto out;
+    }
+    for (size_t i = 0; i < m; i++)
+        order[i] = (ranked){scores[i], i};
+    qsort(order, m, sizeof(*order), cmp_ranked);
+    for (size_t i = 0; i < m; i++) {
+        hits[i] = res->hits[order[i].at];
+        hits[i].score = order[i].score;
+        t2[i] = texts[order[i].at];
+        l2[i] = lens[order[i].at];
+    }
+    memcpy(res->hits, hits, m * sizeof(*hits));
+    memcpy(texts, t2, m * sizeof(*t2));
+    memcpy(lens, l2, m * sizeof(*l2));
+    res->rerank = RETRIEVAL_RERANK_APPLIED;
+    qr_log(QR_LOG_DEBUG, LOG_COMPONENT, "reranked %zu passages in %.2f ms", m, (qr_now_ns() - t0) / 1e6);
+out:
+    free(scores);
+    free(order);
+    free(hits);
+    free(t2);
+    free(l2);
+    return st;
+}
+
+qr_status retrieval_rerank_json(const retrieval_result *res, qr_buf *out)
+{
+    if (!res || !out)
+        return QR_EINVAL;
+    if (res->rerank == RETRIEVAL_RERANK_OFF)
+        return QR_OK;
+    qr_status st;
+    if (res->rerank == RETRIEVAL_RERANK_APPLIED)
+        st = qr_buf_puts(out, "{\"applied\":true");
+    else if ((st = qr_buf_puts(out, "{\"applied\":false,\"reason\":")) == QR_OK)
+        st = qr_json_escape(out, res->rerank_reason ? res->rerank_reason : "",
+                            strlen(res->rerank_reason ? res->rerank_reason : ""));
+    if (!st && res->rerank_model && *res->rerank_model) {
+        st = qr_buf_puts(out, ",\"model\":");
+        if (!st)
+            st = qr_json_escape(out, res->rerank_model, strlen(res->rerank_model));
+    }
+    if (!st)
+        st = qr_buf_printf(out, ",\"candidates\":%zu}", res->rerank_candidates);
+    return st;
 }
 
 /* ---- search ------------------------------------------------------------------------------ */
@@ -1158,7 +1279,9 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     qr_status st = check_request(r, caller, req, &mode, &cap, err);
     if (st)
         return st;
-    uint64_t fp = request_fingerprint(caller, req, mode, cap);
+    /* the rerank window: the first this-many results of the ranking are reranked */
+    size_t window = r->rr.fn && !req->no_rerank ? r->rr.candidates : 0;
+    uint64_t fp = request_fingerprint(caller, req, mode, cap, window);
     if ((st = parse_cursor(req->cursor, fp, &offset, err)))
         return st;
     if (offset + req->k > RETRIEVAL_DEPTH_MAX)
@@ -1168,6 +1291,12 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     if (!res)
         return qr_fail(err, QR_ENOMEM, "out of memory for search results");
     qr_arena_init(&res->arena_, RESULT_ARENA_CAP);
+    res->rerank_model = r->rr.fn ? r->rr.model : NULL;
+    res->rerank_window = window;
+    if (r->rr.fn && req->no_rerank) {
+        res->rerank = RETRIEVAL_RERANK_SKIPPED;
+        res->rerank_reason = "disabled";
+    }
     qr_arena qa;
     qr_arena_init(&qa, QUERY_ARENA_CAP);
     qr_buf rank, require, exclude;
@@ -1219,6 +1348,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
                         !qr_buf_len(&require) && !qr_buf_len(&exclude);
     /* one more than the page's end tells whether a next page exists */
     size_t need = offset + req->k + 1;
+    if (window > need)
+        need = window;
     size_t depth = res->mode == RETRIEVAL_HYBRID && r->o.candidates > need ? r->o.candidates : need;
 
     if (run_bm25) {
@@ -1280,23 +1411,51 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         goto out;
     size_t end = ranking->n < offset + req->k ? ranking->n : offset + req->k;
     size_t npage = end > offset ? end - offset : 0;
-    const item *page = ranking->v + offset;
+    /* a page that starts inside the rerank window is cut from the reranked window (read whole)
+     * followed by the first-stage hits past it; a page past the window is first-stage order */
+    size_t wn = window < ranking->n ? window : ranking->n;
+    bool reranking = window && offset < wn;
+    if (window && !reranking) {
+        res->rerank = RETRIEVAL_RERANK_SKIPPED;
+        res->rerank_reason = wn ? "past_window" : "no_candidates";
+    }
+    size_t from = reranking ? 0 : offset;
+    size_t nread = reranking ? (wn > end ? wn : end) : npage;
+    const item *page = ranking->v + from;
     int64_t *ids = NULL;
-    if (npage) {
-        res->hits = qr_arena_calloc(&res->arena_, npage, sizeof(*res->hits));
-        ids = malloc(npage * sizeof(*ids));
-        const char **texts = qr_arena_calloc(&qa, npage, sizeof(*texts));
-        size_t *lens = qr_arena_calloc(&qa, npage, sizeof(*lens));
-        if (!res->hits || !ids || !texts || !lens) {
+    if (nread) {
+        res->hits = qr_arena_calloc(&res->arena_, nread, sizeof(*res->hits));
+        ids = malloc(nread * sizeof(*ids));
+        const char **texts = qr_arena_calloc(&qa, nread, sizeof(*texts));
+        size_t *lens = qr_arena_calloc(&qa, nread, sizeof(*lens));
+        size_t *pos = qr_arena_calloc(&qa, nread, sizeof(*pos));
+        if (!res->hits || !ids || !texts || !lens || !pos) {
             free(ids);
             st = qr_fail(err, QR_ENOMEM, "out of memory for search results");
             goto out;
         }
-        for (size_t i = 0; i < npage; i++)
+        for (size_t i = 0; i < nread; i++)
             ids[i] = page[i].id;
-        reader rd = {res, texts, lens, page, npage, 0};
-        st = store_read_chunks(r->s, ids, npage, &f, read_hit, &rd, err);
+        reader rd = {res, texts, lens, page, nread, 0, pos};
+        st = store_read_chunks(r->s, ids, nread, &f, read_hit, &rd, err);
         free(ids);
+        if (!st && reranking) {
+            size_t m = 0;
+            while (m < res->nhits && pos[m] < wn)
+                m++;
+            if (m) {
+                st = rerank_window(r, text, res, texts, lens, m, err);
+            } else {
+                res->rerank = RETRIEVAL_RERANK_SKIPPED;
+                res->rerank_reason = "no_candidates";
+            }
+            size_t lo = offset < res->nhits ? offset : res->nhits;
+            size_t hi = offset + req->k < res->nhits ? offset + req->k : res->nhits;
+            memmove(res->hits, res->hits + lo, (hi - lo) * sizeof(*res->hits));
+            memmove(texts, texts + lo, (hi - lo) * sizeof(*texts));
+            memmove(lens, lens + lo, (hi - lo) * sizeof(*lens));
+            res->nhits = hi - lo;
+        }
         for (size_t i = 0; i < res->nhits && !st; i++) {
             retrieval_hit *h = &res->hits[i];
             size_t s0 = 0, e0 = 0;
@@ -1371,5 +1530,7 @@ qr_status retrieval_result_json(const retrieval_result *res, qr_buf *out)
     if (!st)
         st = res->next_cursor ? qr_json_escape(out, res->next_cursor, strlen(res->next_cursor))
                               : qr_buf_puts(out, "null");
+    if (!st && res->rerank != RETRIEVAL_RERANK_OFF && !(st = qr_buf_puts(out, ",\"rerank\":")))
+        st = retrieval_rerank_json(res, out);
     return st ? st : qr_buf_putc(out, '}');
 }

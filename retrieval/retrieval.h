@@ -89,6 +89,39 @@ void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o);
 
 typedef struct retrieval retrieval;
 
+/* ---- reranking --------------------------------------------------------------------------- */
+
+/* Scores n passages for query: scores[i] for texts[i] (lens[i] bytes), higher is better. It runs
+ * on the searching thread, inside retrieval_search, and is only ever given passages the caller
+ * may read (the window is cut from the permission-trimmed, fused ranking and read back through
+ * the permission filter). On failure it returns non-OK with *reason set to a short static word
+ * ("timeout", "breaker_open", "malformed_reply", "backend_error") and err filled; the search then
+ * keeps the first-stage order and reports the reason. Scores must be finite. */
+typedef qr_status (*retrieval_rerank_fn)(void *ctx, const char *query, const char *const *texts,
+                                         const size_t *lens, size_t n, double *scores, const char **reason,
+                                         char *err);
+
+typedef struct {
+    retrieval_rerank_fn fn; /* NULL: no reranking */
+    void *ctx;
+    size_t candidates; /* the window: this many first-stage results are reranked (>= 1) */
+    const char *model; /* named in results; borrowed, must outlive the handle */
+} retrieval_reranker;
+
+/* What reranking did to a page. */
+typedef enum {
+    RETRIEVAL_RERANK_OFF = 0,  /* no reranker on the handle */
+    RETRIEVAL_RERANK_APPLIED,  /* the page comes from the reranked window */
+    RETRIEVAL_RERANK_FALLBACK, /* the reranker failed: first-stage order, rerank_reason says why */
+    RETRIEVAL_RERANK_SKIPPED,  /* not asked: the request opted out (rerank_reason "disabled"), the
+                                * page lies past the window ("past_window") or nothing matched
+                                * ("no_candidates") */
+} retrieval_rerank_state;
+
+/* Gives the handle a reranker (copied; NULL or fn NULL removes it). Not while a search runs on
+ * the handle. */
+void retrieval_set_reranker(retrieval *r, const retrieval_reranker *rr);
+
 /* Opens a search handle over a store and, optionally, its vector index (NULL: no vector search;
  * hybrid requests then run BM25 alone, and say so). Both are borrowed and must outlive the
  * handle. QR_EINVAL for bad options (an invalid stopword entry, a negative weight). On error *out
@@ -130,6 +163,7 @@ typedef struct {
     int64_t updated_after_ms;  /* only documents changed after this time (Unix ms); 0: any */
     size_t max_per_doc;        /* 0: the configured limit; SIZE_MAX: none */
     const char *cursor;        /* next_cursor of the previous page; NULL for the first */
+    bool no_rerank;            /* keep the first-stage order even when the handle has a reranker */
     qr_cancel *cancel;         /* the search's deadline and cancellation (the server's: from the request's
                                 * arrival, raised when the client leaves); NULL: retrieval.timeout_ms from
                                 * the start of retrieval_search */
@@ -140,7 +174,8 @@ typedef struct {
     int64_t chunk_id;
     const char *doc_id, *title, *uri;
     const char *headings;          /* heading path "A > B"; "" when none */
-    double score;                  /* the mode's score: -bm25, cosine, or the fused score */
+    double score;                  /* the mode's score: -bm25, cosine, or the fused score; in a reranked
+                                    * window the reranker's relevance score */
     const char *snippet;           /* part of the chunk's text, matches between the snippet markers */
     size_t start, end;             /* the snippet's byte offsets in the document's normalised text */
     size_t chunk_start, chunk_end; /* the whole chunk's */
@@ -161,7 +196,12 @@ typedef struct {
                               * estimated from a sample of the index (counted when listed) */
     size_t vector_fetched;   /* candidates the vector index was asked for (0: not asked) */
     bool bm25_pruned;        /* the BM25 list came from the pruned index, not FTS5's ranking */
-    qr_arena arena_;         /* private */
+    retrieval_rerank_state rerank;
+    const char *rerank_reason; /* FALLBACK and SKIPPED: why ("timeout", "past_window", ...); else NULL */
+    const char *rerank_model;  /* the handle's reranker's model when one is set; else NULL */
+    size_t rerank_candidates;  /* passages the reranker was given (APPLIED and FALLBACK) */
+    size_t rerank_window;      /* the window this page's ranking used (0: none) */
+    qr_arena arena_;           /* private */
 } retrieval_result;
 
 /* Searches. k results at most, best first; fewer only when fewer chunks are permitted, pass the
@@ -202,8 +242,14 @@ qr_status retrieval_query_expressions(retrieval *r, const char *query, bool plai
 
 /* Appends the page as the JSON of DESIGN.md's contract:
  * {"results":[{"chunk_id","doc_id","title","uri","headings","score","snippet","start","end"}],
- *  "mode":"bm25","next_cursor":"..."|null}. */
+ *  "mode":"bm25","next_cursor":"..."|null}, and, when the handle has a reranker,
+ *  "rerank":{...} (see retrieval_rerank_json). */
 qr_status retrieval_result_json(const retrieval_result *res, qr_buf *out);
+
+/* Appends the rerank object of a page: {"applied":true,"model":M,"candidates":N} or
+ * {"applied":false,"reason":R,"model":M} (model omitted when empty). Nothing (QR_OK, nothing
+ * appended) for RETRIEVAL_RERANK_OFF. */
+qr_status retrieval_rerank_json(const retrieval_result *res, qr_buf *out);
 
 /* ---- evaluation (eval.c) ----------------------------------------------------------------- */
 

@@ -750,6 +750,156 @@ function authorized(req) {
 }
 
 // ---------------------------------------------------------------------------
+// Rerank: POST /v1/rerank (Cohere's shape, also Jina's, vLLM's and Infinity's)
+// and POST /rerank (Hugging Face text-embeddings-inference). A document's score
+// is the share of the query's distinct words (lower-cased runs of letters and
+// digits) that it contains, so tests can predict the order; ties keep the
+// order sent. POST /_fake/rerank {"reply": R, "times": N} makes the next N
+// rerank replies invalid in one way (RERANK_BAD_REPLIES).
+
+const RERANK_BAD_REPLIES = [
+  'out_of_range_index', // an index equal to the number of documents
+  'negative_index', // index -1
+  'duplicate_index', // the first result repeated in place of the last
+  'missing_index', // the last result dropped
+  'string_score', // the scores as strings
+  'nan_score', // a bare NaN where a score belongs (not JSON)
+  'huge_array', // 100000 results
+];
+const rerankState = { bad: null }; // { reply, remaining }
+
+function rerankWords(text) {
+  return new Set(String(text).toLowerCase().match(/[\p{L}\p{N}]+/gu) || []);
+}
+
+function rerankScore(query, doc) {
+  const q = rerankWords(query);
+  if (q.size === 0) return 0;
+  const d = rerankWords(doc);
+  let shared = 0;
+  for (const w of q) if (d.has(w)) shared += 1;
+  return shared / q.size;
+}
+
+function takeRerankBad() {
+  const b = rerankState.bad;
+  if (!b) return null;
+  if (b.remaining > 0) {
+    b.remaining -= 1;
+    if (b.remaining === 0) rerankState.bad = null;
+  }
+  return b.reply;
+}
+
+// Breaks a list of {index, <key>} results the way `bad` says; returns the
+// reply object, or a string to send as it is.
+function rerankBreak(results, key, n, bad, wrap) {
+  const out = results.map((r) => Object.assign({}, r));
+  switch (bad) {
+    case 'out_of_range_index':
+      out[0].index = n;
+      break;
+    case 'negative_index':
+      out[0].index = -1;
+      break;
+    case 'duplicate_index':
+      if (out.length > 1) out[out.length - 1] = Object.assign({}, out[0]);
+      else out.push(Object.assign({}, out[0]));
+      break;
+    case 'missing_index':
+      out.pop();
+      break;
+    case 'string_score':
+      for (const r of out) r[key] = String(r[key]);
+      break;
+    case 'nan_score': {
+      const text = JSON.stringify(wrap(out));
+      return text.replace(new RegExp(`"${key}":[-0-9.eE+]+`), `"${key}":NaN`);
+    }
+    case 'huge_array':
+      for (let i = out.length; i < 100000; i++) out.push({ index: i % n, [key]: 0 });
+      break;
+    default:
+      break;
+  }
+  return wrap(out);
+}
+
+function handleRerank(req, res, body, entry, shape) {
+  const cohere = shape === 'cohere';
+  if (!isObject(body)) {
+    sendError(res, 400, 'The request body must be a JSON object.', 'invalid_request_error', null, null);
+    return;
+  }
+  if (cohere && (typeof body.model !== 'string' || body.model.length === 0)) {
+    sendError(res, 400, 'you must provide a model parameter', 'invalid_request_error', 'model', 'missing_required_parameter');
+    return;
+  }
+  const field = cohere ? 'documents' : 'texts';
+  const docs = body[field];
+  if (typeof body.query !== 'string' || !Array.isArray(docs) || docs.length === 0 || !docs.every((d) => typeof d === 'string')) {
+    sendError(res, 400, `'query' must be a string and '${field}' a non-empty array of strings.`, 'invalid_request_error', field, 'invalid_value');
+    return;
+  }
+  let topN = docs.length;
+  if (cohere && body.top_n !== undefined && body.top_n !== null) {
+    if (!Number.isInteger(body.top_n) || body.top_n < 1) {
+      sendError(res, 400, "Invalid 'top_n': expected a positive integer.", 'invalid_request_error', 'top_n', 'invalid_value');
+      return;
+    }
+    topN = Math.min(topN, body.top_n);
+  }
+  if (!cohere && body.raw_scores !== undefined && typeof body.raw_scores !== 'boolean') {
+    sendError(res, 400, "Invalid 'raw_scores': expected a boolean.", 'invalid_request_error', 'raw_scores', 'invalid_value');
+    return;
+  }
+  const picked = pickFault(req, true);
+  if (picked.error) {
+    sendError(res, 400, picked.error, 'invalid_request_error', null, null);
+    return;
+  }
+  const bad = takeRerankBad();
+  entry.fault = picked.fault ? picked.fault.mode : bad;
+  applyLeadingFault(res, picked.fault, (fault) => {
+    const key = cohere ? 'relevance_score' : 'score';
+    const results = docs
+      .map((d, index) => ({ index, [key]: rerankScore(body.query, d) }))
+      .sort((a, b) => b[key] - a[key] || a.index - b.index)
+      .slice(0, topN);
+    const wrap = cohere
+      ? (list) => ({ id: `rerank_fake_${entry.seq}`, results: list, meta: { billed_units: { search_units: 1 } } })
+      : (list) => list;
+    const reply = rerankBreak(results, key, docs.length, bad, wrap);
+    if (typeof reply === 'string') {
+      sendRaw(res, 200, { 'Content-Type': 'application/json' }, Buffer.from(reply, 'utf8'));
+      return;
+    }
+    sendBody(res, reply, fault);
+  });
+}
+
+// /_fake/rerank: GET shows, DELETE drops, POST {"reply": R, "times": N} sets.
+function handleRerankControl(req, res, body, jsonError) {
+  if (req.method === 'GET') {
+    return sendJson(res, 200, rerankState.bad ? { reply: rerankState.bad.reply, times: rerankState.bad.remaining } : null);
+  }
+  if (req.method === 'DELETE') {
+    rerankState.bad = null;
+    return sendJson(res, 200, { ok: true });
+  }
+  if (req.method !== 'POST') return methodNotAllowed(res, 'GET, POST, DELETE');
+  if (jsonError || !isObject(body) || !RERANK_BAD_REPLIES.includes(body.reply)) {
+    return sendError(res, 400, `expected {"reply": one of ${RERANK_BAD_REPLIES.join(', ')}, "times": N}`, 'invalid_request_error', 'reply', null);
+  }
+  const times = body.times === undefined ? 1 : body.times;
+  if (!Number.isInteger(times) || times < -1) {
+    return sendError(res, 400, "'times' must be an integer >= -1", 'invalid_request_error', 'times', null);
+  }
+  rerankState.bad = times === 0 ? null : { reply: body.reply, remaining: times };
+  return sendJson(res, 200, { ok: true });
+}
+
+// ---------------------------------------------------------------------------
 // /_fake control routes
 
 function handleControl(req, res, path, body, jsonError) {
@@ -839,6 +989,7 @@ function handleControl(req, res, path, body, jsonError) {
     state.answer = null;
     state.zeroInputs = new Set();
     state.requests = [];
+    rerankState.bad = null;
     return sendJson(res, 200, { ok: true });
   }
   sendError(res, 404, `Unknown control route: ${method} ${path}`, 'invalid_request_error', null, 'unknown_url');
@@ -895,6 +1046,10 @@ async function handle(req, res) {
     }
   }
 
+  if (path === '/_fake/rerank') {
+    handleRerankControl(req, res, body, jsonError);
+    return;
+  }
   if (path.startsWith('/_fake/')) {
     handleControl(req, res, path, body, jsonError);
     return;
@@ -926,6 +1081,14 @@ async function handle(req, res) {
     fn();
   };
 
+  if (path === '/v1/rerank' || path === '/rerank') {
+    if (path === '/rerank' && !authorized(req)) {
+      sendError(res, 401, 'Incorrect API key provided (fake server).', 'invalid_request_error', null, 'invalid_api_key');
+      return;
+    }
+    const shape = path === '/rerank' ? 'tei' : 'cohere';
+    return route(['POST'], () => needJson(() => handleRerank(req, res, body, entry, shape)));
+  }
   if (path === '/v1/chat/completions') {
     return route(['POST'], () => needJson(() => handleChat(req, res, body, entry)));
   }

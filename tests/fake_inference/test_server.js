@@ -720,6 +720,82 @@ suite('SIGTERM stops the server promptly with a stalled connection open', {}, as
   await assert.rejects(stalled, (err) => err.code !== 'CLIENT_TIMEOUT');
 });
 
+// ---------------------------------------------------------------------------
+// Rerank routes: both wire shapes, the scoring tests predict, recording,
+// faults and the wrong replies of /_fake/rerank
+
+suite('rerank routes', {}, async (t) => {
+  const srv = await startServer(['--api-key', 'rk']);
+  const port = srv.port;
+  const auth = { Authorization: 'Bearer rk' };
+  const docs = ['a dog', 'the red fox', 'red'];
+  try {
+    await t.test('cohere shape: sorted by word overlap, ties by index, top_n', async () => {
+      const r = await post(port, '/v1/rerank', { model: 'm', query: 'Red fox', documents: docs, top_n: 2 }, auth);
+      assert.equal(r.status, 200);
+      const j = r.json();
+      assert.deepEqual(j.results, [{ index: 1, relevance_score: 1 }, { index: 2, relevance_score: 0.5 }]);
+      const all = (await post(port, '/v1/rerank', { model: 'm', query: 'cat', documents: docs }, auth)).json();
+      assert.deepEqual(all.results.map((x) => x.index), [0, 1, 2]);
+    });
+
+    await t.test('tei shape and its key', async () => {
+      const r = await post(port, '/rerank', { query: 'red fox', texts: docs, raw_scores: false }, auth);
+      assert.equal(r.status, 200);
+      assert.deepEqual(r.json(), [{ index: 1, score: 1 }, { index: 2, score: 0.5 }, { index: 0, score: 0 }]);
+      assert.equal((await post(port, '/rerank', { query: 'x', texts: docs })).status, 401);
+    });
+
+    await t.test('bad requests are 400 with OpenAI error objects', async () => {
+      for (const [p, body] of [
+        ['/v1/rerank', { query: 'x', documents: docs }],
+        ['/v1/rerank', { model: 'm', query: 'x', documents: [] }],
+        ['/v1/rerank', { model: 'm', query: 'x', documents: [1] }],
+        ['/v1/rerank', { model: 'm', query: 'x', documents: docs, top_n: 0 }],
+        ['/rerank', { query: 1, texts: docs }],
+        ['/rerank', { query: 'x', texts: docs, raw_scores: 'no' }],
+      ]) {
+        const r = await post(port, p, body, auth);
+        assert.equal(r.status, 400, `${p} ${JSON.stringify(body)}`);
+        assertErrorObject(r.json());
+      }
+    });
+
+    await t.test('recorded, faults apply, wrong replies', async () => {
+      await post(port, '/_fake/reset', {});
+      await post(port, '/rerank', { query: 'q', texts: ['only this'] }, auth);
+      const recs = (await request(port, { path: '/_fake/requests' })).json();
+      assert.equal(recs.length, 1);
+      assert.deepEqual(recs[0].body.texts, ['only this']);
+      await post(port, '/_fake/faults', { mode: '500' });
+      assert.equal((await post(port, '/v1/rerank', { model: 'm', query: 'q', documents: docs }, auth)).status, 500);
+      const want = {
+        out_of_range_index: (j) => j.results.some((x) => x.index === 3),
+        negative_index: (j) => j.results.some((x) => x.index === -1),
+        duplicate_index: (j) => new Set(j.results.map((x) => x.index)).size < j.results.length,
+        missing_index: (j) => j.results.length === 2,
+        string_score: (j) => j.results.every((x) => typeof x.relevance_score === 'string'),
+        huge_array: (j) => j.results.length === 100000,
+      };
+      for (const [reply, check] of Object.entries(want)) {
+        assert.equal((await post(port, '/_fake/rerank', { reply })).status, 200);
+        const r = await post(port, '/v1/rerank', { model: 'm', query: 'red', documents: docs }, auth);
+        assert.ok(check(r.json()), reply);
+        // times defaults to 1
+        const ok = (await post(port, '/v1/rerank', { model: 'm', query: 'red', documents: docs }, auth)).json();
+        assert.equal(ok.results.length, 3);
+      }
+      await post(port, '/_fake/rerank', { reply: 'nan_score' });
+      const nan = await post(port, '/rerank', { query: 'red', texts: docs }, auth);
+      assert.match(nan.text, /"score":NaN/);
+      assert.throws(() => JSON.parse(nan.text));
+      assert.equal((await post(port, '/_fake/rerank', { reply: 'nope' })).status, 400);
+    });
+  } finally {
+    await srv.stop();
+  }
+});
+
 const fixtureSkip = process.platform === 'win32' || !fs.existsSync(FIXTURE_SH) ? 'needs bash and the fixture script' : false;
 
 // Each fixture run gets its own TMPDIR, removed once the run has exited, so
