@@ -47,10 +47,9 @@ static const embed_backend local_backend = {local_embed, local_free};
 static qr_status take_prefix(const char *key, const char *v, char **out, char *err)
 {
     size_t n = strlen(v);
+    /* the configuration has checked that it is text */
     if (n > PREFIX_MAX)
         return qr_fail(err, QR_EINVAL, "%s is %zu bytes, more than %d", key, n, PREFIX_MAX);
-    if (!qr_utf8_valid(v, n))
-        return qr_fail(err, QR_EINVAL, "%s is not valid UTF-8", key);
     *out = strdup(v);
     return *out ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory");
 }

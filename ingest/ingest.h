@@ -146,7 +146,7 @@ typedef struct ingest_embedder ingest_embedder;
  * embed.model, embed.api_key, embed.batch_size, embed.timeout_ms, embed.retries, and for openai
  * and azure `dimensions` = embed.dim unless embed.send_dimensions is off. Checks the settings only
  * (no request is sent): a missing or non-HTTP base URL, a missing model (azure: a base URL naming
- * no deployment) or api-version, or a prefix that is not UTF-8 or longer than 1 KiB is QR_EINVAL. */
+ * no deployment) or api-version, or a prefix longer than 1 KiB is QR_EINVAL. */
 qr_status ingest_embedder_open(const qr_config *cfg, ingest_embedder **out, char *err);
 /* The identity recorded in the store and compared before a search: "local-hash-v1" for the local
  * backend, embed.model for the others (azure without one: its deployment name), followed by
