@@ -898,6 +898,10 @@ TEST(other_prefixes_or_model_are_refused_and_nothing_is_written)
         rc = quarry(dir, sh, others[i], ingest, &out);
         CHECK_MSG(rc != 0 && strstr(qr_buf_str(&out), "holds vectors of embedding model"), "case %zu: %s", i,
                   qr_buf_str(&out));
+        /* and a server (which ingests uploads and embeds queries) does not start */
+        rc = quarry(dir, sh, others[i], "serve --set server.listen=127.0.0.1:0", &out);
+        CHECK_MSG(rc != 0 && strstr(qr_buf_str(&out), "BAAI/bge-small-en-v1.5 +prefixes:"), "case %zu: %s", i,
+                  qr_buf_str(&out));
         all = control("GET", "/_fake/requests", NULL);
         CHECK_MSG(json_array_size(all) == 0, "case %zu: %zu requests", i, json_array_size(all));
         json_decref(all);
