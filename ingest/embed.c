@@ -165,34 +165,34 @@ static qr_status embed_with(ingest_embedder *e, const char *prefix, const char *
             return qr_fail(err, QR_EINVAL, "ingest_embed: text %zu is not valid UTF-8", i);
     }
     size_t plen = strlen(prefix);
-    char **joined = NULL;
+    char **joined = NULL; /* owned copies; NULL for empty texts */
+    const char **view = NULL;
     size_t *jlens = NULL;
     qr_status st = QR_OK;
     if (plen) {
         joined = calloc(n, sizeof(*joined));
+        view = calloc(n, sizeof(*view));
         jlens = calloc(n, sizeof(*jlens));
-        if (!joined || !jlens) {
+        if (!joined || !view || !jlens) {
             st = qr_fail(err, QR_ENOMEM, "out of memory");
             goto out;
         }
-        for (size_t i = 0; i < n && !st; i++) {
+        for (size_t i = 0; i < n; i++) {
             size_t len = lens ? lens[i] : strlen(texts[i]);
-            if (!len) {
-                joined[i] = NULL;
+            view[i] = "";
+            if (!len)
                 continue;
-            }
             if (!(joined[i] = malloc(plen + len + 1))) {
                 st = qr_fail(err, QR_ENOMEM, "out of memory");
-                break;
+                goto out;
             }
             memcpy(joined[i], prefix, plen);
             memcpy(joined[i] + plen, texts[i], len);
             joined[i][plen + len] = '\0';
+            view[i] = joined[i];
             jlens[i] = plen + len;
         }
-        if (st)
-            goto out;
-        st = e->backend->embed(e, (const char *const *)joined, jlens, n, out, err);
+        st = e->backend->embed(e, view, jlens, n, out, err);
     } else {
         st = e->backend->embed(e, texts, lens, n, out, err);
     }
@@ -203,6 +203,7 @@ out:
         for (size_t i = 0; i < n; i++)
             free(joined[i]);
     free(joined);
+    free(view);
     free(jlens);
     return st;
 }

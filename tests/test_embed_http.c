@@ -655,6 +655,13 @@ TEST(prefixes_make_their_own_identity)
     const char *joined = "passage: wombat burrows";
     CHECK_OK(ingest_embed(plain, &joined, NULL, 1, p, err), err);
     CHECK(memcmp(d, p, sizeof(d)) == 0);
+    /* an empty text stays empty (a zero vector), prefix or not */
+    const char *two[] = {"", "wombat burrows"};
+    float z[2 * 384];
+    CHECK_OK(ingest_embed(e5, two, NULL, 2, z, err), err);
+    for (int k = 0; k < 384; k++)
+        CHECK(z[k] == 0);
+    CHECK(memcmp(z + 384, d, sizeof(d)) == 0);
     ingest_embedder_free(plain);
     ingest_embedder_free(e5);
     ingest_embedder_free(swapped);
