@@ -53,6 +53,21 @@ void api_service_opts_default(api_service_opts *o)
     o->who = "quarry";
 }
 
+/* The query must be embedded the way the chunks were: the same model, dimension and prefixes
+ * (the recorded identity covers all three). A store without vectors yet takes any embedder. */
+static qr_status check_embedder(const ingest_embedder *e, const store_stats *ss, char *err)
+{
+    if (ss->embedding_dim <= 0 || (strcmp(ingest_embedder_model(e), ss->embedding_model) == 0 &&
+                                   ingest_embedder_dim(e) == ss->embedding_dim))
+        return QR_OK;
+    return qr_fail(err, QR_EINVAL,
+                   "the store was embedded as '%s' (dimension %d) but the configured embedder is '%s' "
+                   "(dimension %d): configure the same embed.* settings as for ingest (model, dim, "
+                   "query_prefix and document_prefix; the part after +prefixes: is a hash of the two "
+                   "prefixes), or ingest into a new data directory",
+                   ss->embedding_model, ss->embedding_dim, ingest_embedder_model(e), ingest_embedder_dim(e));
+}
+
 /* One-shot: the indexes the mode needs, opened and caught up now. A vector index another process
  * holds (a running server) or a store without vectors leaves hybrid searches to BM25, with a
  * note on stderr; vector mode then fails. */
@@ -80,15 +95,8 @@ static qr_status open_inline(api_service *svc, const qr_config *cfg, const api_s
     if (mode != RETRIEVAL_BM25 && ss.embedding_dim > 0) {
         if ((st = ingest_embedder_open(cfg, &svc->embedder, err)))
             return st;
-        /* the query must be embedded the way the chunks were */
-        if (strcmp(ingest_embedder_model(svc->embedder), ss.embedding_model) != 0 ||
-            ingest_embedder_dim(svc->embedder) != ss.embedding_dim)
-            return qr_fail(
-                err, QR_EINVAL,
-                "the store was embedded with model '%s' (dimension %d) but the configured embedder "
-                "is '%s' (dimension %d): configure the same embed.* settings as for ingest",
-                ss.embedding_model, ss.embedding_dim, ingest_embedder_model(svc->embedder),
-                ingest_embedder_dim(svc->embedder));
+        if ((st = check_embedder(svc->embedder, &ss, err)))
+            return st;
         vindex_opts vo;
         vindex_opts_from_config(cfg, &vo);
         index_sync_report rep;
@@ -147,7 +155,10 @@ qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_
         if ((st = store_open(dir, &svc->handles[svc->nhandles].store, err)))
             goto out;
     if (o->background) {
-        if ((st = ingest_embedder_open(cfg, &svc->embedder, err)))
+        store_stats ss;
+        if ((st = ingest_embedder_open(cfg, &svc->embedder, err)) ||
+            (st = store_get_stats(svc->handles[0].store, &ss, err)) ||
+            (st = check_embedder(svc->embedder, &ss, err)))
             goto out;
         index_maintainer_opts mo = {.data_dir = dir,
                                     .bm25 = svc->ropts.bm25_pruned,
@@ -282,7 +293,7 @@ qr_status api_service_embed(api_service *svc, const char *text, float **vec, int
     if (!v)
         return qr_fail(err, QR_ENOMEM, "out of memory embedding the query");
     pthread_mutex_lock(&svc->embed_lock);
-    qr_status st = ingest_embed(svc->embedder, &text, NULL, 1, v, err);
+    qr_status st = ingest_embed_query(svc->embedder, text, v, err);
     pthread_mutex_unlock(&svc->embed_lock);
     if (st) {
         free(v);

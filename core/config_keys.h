@@ -262,12 +262,25 @@
       "Token budget of one chunk, overlap included (approximate tokens, see README).")                       \
     X(DOUBLE, chunk, overlap, "0.15", 0, 0.5, NULL, false,                                                   \
       "Fraction of the budget a chunk repeats from the end of the previous one (0 for none).")               \
-    X(STRING, embed, backend, "local", NO_RANGE, "local|openai", false,                                      \
-      "Embeddings: local (offline feature hashing) or openai (an OpenAI-compatible /embeddings server).")    \
+    X(STRING, embed, backend, "local", NO_RANGE, "local|openai|azure|ollama|tei", false,                     \
+      "Embeddings: local (offline feature hashing), openai (OpenAI-compatible /embeddings: OpenAI, "         \
+      "llama.cpp, vLLM), azure (Azure OpenAI deployment), ollama (/api/embed) or tei (Hugging Face "         \
+      "text-embeddings-inference /embed).")                                                                  \
     X(STRING, embed, base_url, "", NO_RANGE, NULL, false,                                                    \
-      "Base URL of the embeddings server, e.g. http://127.0.0.1:8000/v1 (embed.backend=openai).")            \
-    X(STRING, embed, model, "", NO_RANGE, NULL, false, "Embedding model name sent to the server.")           \
-    X(STRING, embed, api_key, "", NO_RANGE, NULL, true, "API key of the embeddings server (Bearer).")        \
+      "Base URL of the embeddings server, e.g. http://127.0.0.1:8000/v1 (openai), "                          \
+      "https://RES.openai.azure.com/openai/deployments/DEPLOYMENT (azure), http://127.0.0.1:11434 "          \
+      "(ollama), http://127.0.0.1:8080 (tei).")                                                              \
+    X(STRING, embed, model, "", NO_RANGE, NULL, false,                                                       \
+      "Embedding model name sent to the server and recorded in the store (optional for azure and tei).")     \
+    X(STRING, embed, api_key, "", NO_RANGE, NULL, true,                                                      \
+      "API key of the embeddings server (Authorization: Bearer; the api-key header for azure).")             \
+    X(STRING, embed, api_version, "", NO_RANGE, NULL, false,                                                 \
+      "Azure OpenAI api-version sent as ?api-version= (required with embed.backend=azure).")                 \
+    X(STRING, embed, query_prefix, "", NO_RANGE, NULL, false,                                                \
+      "Text put before every query before it is embedded (e5: \"query: \", nomic: \"search_query: \").")     \
+    X(STRING, embed, document_prefix, "", NO_RANGE, NULL, false,                                             \
+      "Text put before every chunk before it is embedded (e5: \"passage: \", nomic: "                        \
+      "\"search_document: \").")                                                                             \
     X(INT, embed, batch_size, "64", 1, 2048, NULL, false, "Texts per embeddings request.")                   \
     X(INT, embed, timeout_ms, "30000", 100, 600000, NULL, false, "Deadline of one embeddings request.")      \
     X(INT, embed, retries, "3", 0, 10, NULL, false,                                                          \

@@ -140,23 +140,33 @@ void ingest_chunks_free(ingest_chunk *c, size_t n);
 typedef struct ingest_embedder ingest_embedder;
 
 /* Opens the backend named by embed.backend: "local" (offline feature hashing, dimension
- * embed.dim) or "openai" (POST embed.base_url + "/embeddings" with embed.model, embed.api_key,
- * embed.batch_size, embed.timeout_ms, embed.retries, and `dimensions` = embed.dim unless
- * embed.send_dimensions is off). Checks the settings only (no request is sent): a missing or
- * non-HTTP base URL or a missing model is QR_EINVAL. */
+ * embed.dim) or an embeddings server at embed.base_url in its wire shape: "openai" (POST
+ * /embeddings; also llama.cpp's server and vLLM), "azure" (a deployment URL, ?api-version=
+ * embed.api_version, api-key header), "ollama" (POST /api/embed) or "tei" (POST /embed), with
+ * embed.model, embed.api_key, embed.batch_size, embed.timeout_ms, embed.retries, and for openai
+ * and azure `dimensions` = embed.dim unless embed.send_dimensions is off. Checks the settings only
+ * (no request is sent): a missing or non-HTTP base URL, a missing model (azure: a base URL naming
+ * no deployment) or api-version, or a prefix longer than 1 KiB is QR_EINVAL. */
 qr_status ingest_embedder_open(const qr_config *cfg, ingest_embedder **out, char *err);
-/* The model name recorded in the store: "local-hash-v1" for the local backend, embed.model for
- * openai. Owned by the embedder. */
+/* The identity recorded in the store and compared before a search: "local-hash-v1" for the local
+ * backend, embed.model for the others (azure without one: its deployment name), followed by
+ * " +prefixes:" and 12 hex digits of a hash of embed.query_prefix and embed.document_prefix when
+ * either is set. Owned by the embedder. */
 const char *ingest_embedder_model(const ingest_embedder *e);
 int ingest_embedder_dim(const ingest_embedder *e);
-/* Embeds n texts (texts[i] of lens[i] bytes; lens may be NULL for NUL-terminated texts) into
- * out[n * dim], each row L2-normalised (an empty text gives a zero row locally). The openai
- * backend sends batches of embed.batch_size, retries 429 (honouring Retry-After) and 5xx and
- * transport errors with jittered exponential backoff up to embed.retries times, and checks that
- * every vector has embed.dim numbers (QR_EINVAL otherwise); a server that cannot be reached is
- * QR_EUNAVAILABLE, a request past embed.timeout_ms QR_ETIMEOUT. Not thread-safe per embedder. */
+/* Embeds n document texts (texts[i] of lens[i] bytes; lens may be NULL for NUL-terminated texts)
+ * into out[n * dim], embed.document_prefix before each non-empty one, each row L2-normalised (an
+ * empty text gives a zero row). Server backends send batches of embed.batch_size, retry 429
+ * (honouring Retry-After) and 5xx and transport errors with jittered exponential backoff up to
+ * embed.retries times, and check that the answer holds one vector per text, each of embed.dim
+ * finite numbers (QR_EINVAL otherwise); a server that cannot be reached is QR_EUNAVAILABLE, a
+ * request past embed.timeout_ms QR_ETIMEOUT, an answer larger than n vectors can be QR_ELIMIT. On
+ * error out is all zeros. Not thread-safe per embedder. */
 qr_status ingest_embed(ingest_embedder *e, const char *const *texts, const size_t *lens, size_t n, float *out,
                        char *err);
+/* Embeds one query (NUL-terminated) into out[dim] as ingest_embed does, with embed.query_prefix
+ * before it instead. */
+qr_status ingest_embed_query(ingest_embedder *e, const char *text, float *out, char *err);
 /* Frees the embedder; NULL is a no-op. */
 void ingest_embedder_free(ingest_embedder *e);
 

@@ -135,11 +135,12 @@ bool embed_is_stopword(const char *w, size_t n);
 /* Porter (1980) stemmer, in place on a lower-case ASCII word; returns the new length. */
 size_t embed_porter_stem(char *w, size_t n);
 
-/* ---- embedder backends (embed.c, embed_openai.c) ------------------------------------------- */
+/* ---- embedder backends (embed.c, embed_http.c) --------------------------------------------- */
 
 struct ingest_embedder {
     const struct embed_backend *backend;
-    char *model;
+    char *model; /* the identity the store records (see embed.c) */
+    char *query_prefix, *document_prefix;
     int dim;
     void *state;
 };
@@ -150,6 +151,17 @@ typedef struct embed_backend {
     void (*free_state)(void *state);
 } embed_backend;
 
-qr_status embed_openai_open(const qr_config *cfg, ingest_embedder *e, char *err);
+/* The wire shapes of embedding servers (embed_http.c). */
+typedef enum {
+    EMBED_WIRE_OPENAI, /* POST {base}/embeddings, data[].embedding: OpenAI, llama.cpp, vLLM */
+    EMBED_WIRE_AZURE,  /* the same under a deployment URL, ?api-version=, api-key header */
+    EMBED_WIRE_OLLAMA, /* POST {base}/api/embed, {model, input} -> {embeddings: [[...]]} */
+    EMBED_WIRE_TEI,    /* POST {base}/embed, {inputs, normalize, truncate} -> [[...]] */
+} embed_wire;
+
+/* Opens an HTTP backend of the given shape on e (e->dim set): fills e->backend, e->state and
+ * e->model (the server's model name; for azure without embed.model, the deployment). Checks the
+ * settings only; on error e is unchanged. */
+qr_status embed_http_open(const qr_config *cfg, embed_wire wire, ingest_embedder *e, char *err);
 
 #endif

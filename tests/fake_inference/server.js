@@ -120,6 +120,7 @@ const state = {
   fault: null, // { mode, remaining (-1 = until reset), retry_after, stall_ms }
   answer: null,
   zeroInputs: new Set(), // embedding inputs answered with an all-zero vector
+  embedShape: null, // /_fake/embed_shape: { flavor, hostile, dim } or null (see embedShapeOf)
 };
 
 let opts;
@@ -360,7 +361,7 @@ function writeSplit(res, buf, done) {
 
 // Sends a complete, non-streamed JSON success body, applying body-level faults.
 function sendBody(res, obj, fault, headers) {
-  const text = JSON.stringify(obj);
+  const text = typeof obj === 'string' ? obj : JSON.stringify(obj);
   const buf = Buffer.from(text, 'utf8');
   const baseHeaders = Object.assign({ 'Content-Type': 'application/json' }, headers || {});
   const mode = fault ? fault.mode : null;
@@ -692,6 +693,8 @@ function handleEmbeddings(req, res, body, entry) {
     sendError(res, 400, "Invalid 'encoding_format': expected 'float' or 'base64'.", 'invalid_request_error', 'encoding_format', 'invalid_value');
     return;
   }
+  dim = openaiFlavorDim(body, dim, res);
+  if (dim === null) return;
   const picked = pickFault(req, true);
   if (picked.error) {
     sendError(res, 400, picked.error, 'invalid_request_error', null, null);
@@ -707,13 +710,255 @@ function handleEmbeddings(req, res, body, entry) {
       const vec = state.zeroInputs.has(text.trim()) ? new Array(dim).fill(0) : embed(text, dim);
       return { object: 'embedding', index, embedding: format === 'base64' ? embeddingToBase64(vec) : vec };
     });
-    sendBody(res, {
+    sendBody(res, openaiFlavorBody({
       object: 'list',
       data,
       model: body.model,
       usage: { prompt_tokens: tokens, total_tokens: tokens },
-    }, fault, { 'x-request-id': `req_fake_${entry.seq}` });
+    }, entry), fault, { 'x-request-id': `req_fake_${entry.seq}` });
   });
+}
+
+// ---------------------------------------------------------------------------
+// Embedding wire shapes beyond OpenAI's (Azure OpenAI deployments, Ollama's
+// /api/embed, text-embeddings-inference's /embed), the OpenAI-shaped answers of
+// llama.cpp's server and vLLM, and hostile answers. Set with /_fake/embed_shape.
+
+const EMBED_FLAVORS = ['openai', 'llamacpp', 'vllm'];
+const EMBED_HOSTILE = ['wrong_count', 'ragged', 'nan', 'overflow', 'huge'];
+const TEI_MAX_BATCH = 32; // text-embeddings-inference's default --max-client-batch-size
+const HUGE_PADDING_BYTES = 8 * 1024 * 1024;
+
+function embedShapeOf() {
+  return Object.assign({ flavor: 'openai', hostile: null, dim: DEFAULT_DIMENSIONS }, state.embedShape || {});
+}
+
+// Vectors made hostile as the configured mode says; placeholders stand for what
+// JSON.stringify cannot write (NaN, a number beyond float range).
+function hostileVectors(vectors) {
+  const mode = embedShapeOf().hostile;
+  const out = vectors.map((v) => v.slice());
+  if (mode === 'wrong_count') out.pop();
+  else if (mode === 'ragged' && out.length > 0) out[out.length - 1].pop();
+  else if (mode === 'nan' && out.length > 0) out[0][0] = '__FAKE_NAN__';
+  else if (mode === 'overflow' && out.length > 0) out[0][0] = '__FAKE_OVERFLOW__';
+  return out;
+}
+
+// JSON text of an answer, with the placeholders written as Python's json does (NaN) and as a
+// double that no float holds; 'huge' puts megabytes of padding in front of the vectors.
+function hostileJson(obj) {
+  let text = JSON.stringify(obj)
+    .replace(/"__FAKE_NAN__"/g, 'NaN')
+    .replace(/"__FAKE_OVERFLOW__"/g, '1e39');
+  if (embedShapeOf().hostile === 'huge') {
+    const pad = JSON.stringify({ padding: ' '.repeat(HUGE_PADDING_BYTES) });
+    text = Array.isArray(obj) ? `[${pad},${text.slice(1)}` : `{${pad.slice(1, -1)},${text.slice(1)}`;
+  }
+  return text;
+}
+
+// /v1/embeddings: llama.cpp's server ignores `dimensions` (the model's size is the answer's);
+// vLLM refuses one that is not the model's unless the model is matryoshka-trained. Returns the
+// dimension to answer in, or null after sending the refusal.
+function openaiFlavorDim(body, dim, res) {
+  const shape = embedShapeOf();
+  const asked = body.dimensions !== undefined && body.dimensions !== null;
+  if (shape.flavor === 'llamacpp') return shape.dim;
+  if (shape.flavor === 'vllm') {
+    if (asked && body.dimensions !== shape.dim) {
+      sendJson(res, 400, {
+        error: {
+          message: `Model "${body.model}" does not support matryoshka representation, changing output dimensions will lead to poor results.`,
+          type: 'BadRequestError',
+          param: null,
+          code: 400,
+        },
+      });
+      return null;
+    }
+    return shape.dim;
+  }
+  return dim;
+}
+
+// /v1/embeddings answer as the flavor writes it: llama.cpp without usage, vLLM with an id,
+// created and usage's completion_tokens; vectors made hostile when asked.
+function openaiFlavorBody(obj, entry) {
+  const shape = embedShapeOf();
+  const vectors = hostileVectors(obj.data.map((d) => d.embedding));
+  const data = vectors.map((embedding, index) => ({ object: 'embedding', index, embedding }));
+  let out;
+  if (shape.flavor === 'llamacpp') {
+    out = { model: obj.model, object: 'list', data };
+  } else if (shape.flavor === 'vllm') {
+    out = {
+      id: `embd-fake${entry.seq}`,
+      object: 'list',
+      created: MODEL_CREATED,
+      model: obj.model,
+      data,
+      usage: { prompt_tokens: obj.usage.prompt_tokens, total_tokens: obj.usage.total_tokens, completion_tokens: 0 },
+    };
+  } else {
+    out = Object.assign({}, obj, { data });
+  }
+  return hostileJson(out);
+}
+
+function embedTexts(texts, dim) {
+  return texts.map((t) => (state.zeroInputs.has(t.trim()) ? new Array(dim).fill(0) : embed(t, dim)));
+}
+
+function stringList(v) {
+  if (typeof v === 'string') return [v];
+  if (Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'string')) return v;
+  return null;
+}
+
+// Runs a model request of a native shape through the failure switches, then answers with make().
+function answerModelRequest(req, res, entry, make, refuse) {
+  const picked = pickFault(req, true);
+  if (picked.error) return refuse(400, picked.error);
+  entry.fault = picked.fault ? picked.fault.mode : null;
+  applyLeadingFault(res, picked.fault, (fault) => sendBody(res, make(), fault));
+}
+
+// Azure OpenAI: POST /openai/deployments/{deployment}/embeddings?api-version=V, key in the
+// api-key header (Authorization: Bearer would be an Entra ID token, which the fake does not
+// take); the body's model is optional and ignored, the deployment decides.
+function handleAzureEmbeddings(req, res, url, body, entry, deployment) {
+  const azureError = (status, code, message) => sendJson(res, status, { error: { code, message } });
+  const key = req.headers['api-key'];
+  if (typeof key !== 'string' || (opts.apiKey !== null && key.trim() !== opts.apiKey)) {
+    return azureError(401, '401', 'Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.');
+  }
+  if (!url.searchParams.get('api-version')) return azureError(404, '404', 'Resource not found');
+  if (!isObject(body)) return azureError(400, 'BadRequest', 'The request body must be a JSON object.');
+  const inputs = embeddingInputs(body.input);
+  if (!inputs) return azureError(400, 'BadRequest', "'input' is a required property: a string or an array of strings.");
+  let dim = DEFAULT_DIMENSIONS;
+  if (body.dimensions !== undefined && body.dimensions !== null) {
+    if (!Number.isInteger(body.dimensions) || body.dimensions < 1 || body.dimensions > MAX_DIMENSIONS) {
+      return azureError(400, 'BadRequest', `'dimensions' must be an integer between 1 and ${MAX_DIMENSIONS}.`);
+    }
+    dim = body.dimensions;
+  }
+  answerModelRequest(req, res, entry, () => {
+    const tokens = inputs.reduce((n, t) => n + countTokens(t), 0);
+    const vectors = hostileVectors(embedTexts(inputs, dim));
+    return hostileJson({
+      object: 'list',
+      data: vectors.map((embedding, index) => ({ object: 'embedding', index, embedding })),
+      model: `${deployment}-model`,
+      usage: { prompt_tokens: tokens, total_tokens: tokens },
+    });
+  }, (status, msg) => azureError(status, 'BadRequest', msg));
+}
+
+// Ollama: POST /api/embed {model, input: string | [string], truncate, dimensions} ->
+// {model, embeddings: [[...]], total_duration, load_duration, prompt_eval_count}; errors are
+// {"error": "..."}.
+function handleOllamaEmbed(req, res, body, entry) {
+  const ollamaError = (status, message) => sendJson(res, status, { error: message });
+  if (!isObject(body)) return ollamaError(400, 'invalid request body');
+  if (typeof body.model !== 'string' || body.model.length === 0) return ollamaError(400, 'model is required');
+  if (!opts.models.includes(body.model)) {
+    return ollamaError(404, `model "${body.model}" not found, try pulling it first`);
+  }
+  const inputs = stringList(body.input);
+  if (!inputs) return ollamaError(400, 'invalid input type');
+  let dim = embedShapeOf().dim;
+  if (body.dimensions !== undefined) {
+    if (!Number.isInteger(body.dimensions) || body.dimensions < 1 || body.dimensions > MAX_DIMENSIONS) {
+      return ollamaError(400, 'dimensions must be a positive integer');
+    }
+    dim = body.dimensions;
+  }
+  answerModelRequest(req, res, entry, () => hostileJson({
+    model: body.model,
+    embeddings: hostileVectors(embedTexts(inputs, dim)),
+    total_duration: 1000000,
+    load_duration: 1000,
+    prompt_eval_count: inputs.reduce((n, t) => n + countTokens(t), 0),
+  }), ollamaError);
+}
+
+// text-embeddings-inference: POST /embed {inputs: string | [string], normalize (default true),
+// truncate (default false)} -> [[...], ...]; errors {"error", "error_type"}, 422 for a bad or
+// too large batch; a Bearer key when the server has one (--api-key).
+function handleTeiEmbed(req, res, body, entry) {
+  const teiError = (status, type, message) => sendJson(res, status, { error: message, error_type: type });
+  if (opts.apiKey !== null) {
+    const m = typeof req.headers.authorization === 'string' && req.headers.authorization.match(/^Bearer\s+(.+)$/i);
+    if (!m || m[1].trim() !== opts.apiKey) return teiError(401, 'Unauthorized', 'Unauthorized');
+  }
+  if (!isObject(body)) return teiError(422, 'Validation', 'Failed to deserialize the JSON body');
+  const inputs = stringList(body.inputs);
+  if (!inputs) return teiError(422, 'Validation', '`inputs` cannot be empty');
+  if (inputs.length > TEI_MAX_BATCH) {
+    return teiError(422, 'Validation', `batch size ${inputs.length} > maximum allowed batch size ${TEI_MAX_BATCH}`);
+  }
+  if (inputs.some((t) => t.length === 0)) return teiError(422, 'Validation', '`inputs` cannot be empty');
+  const normalize = body.normalize === undefined ? true : body.normalize === true;
+  const dim = embedShapeOf().dim;
+  answerModelRequest(req, res, entry, () => {
+    // without normalize the fake's unit vectors are scaled, as a model's raw output would be
+    const vectors = embedTexts(inputs, dim).map((v) => (normalize ? v : v.map((x) => x * 3)));
+    return hostileJson(hostileVectors(vectors));
+  }, (status, msg) => teiError(status, 'Validation', msg));
+}
+
+function handleEmbedShapeControl(req, res, body, jsonError) {
+  if (req.method === 'GET') return sendJson(res, 200, embedShapeOf());
+  if (req.method === 'DELETE') {
+    state.embedShape = null;
+    return sendJson(res, 200, { ok: true, ...embedShapeOf() });
+  }
+  if (req.method !== 'POST') return methodNotAllowed(res, 'GET, POST, DELETE');
+  if (jsonError || !isObject(body)) {
+    return sendError(res, 400, 'expected a JSON object body', 'invalid_request_error', null, null);
+  }
+  const next = {};
+  if (body.flavor !== undefined) {
+    if (!EMBED_FLAVORS.includes(body.flavor)) {
+      return sendError(res, 400, `'flavor' must be one of ${EMBED_FLAVORS.join(', ')}`, 'invalid_request_error', 'flavor', null);
+    }
+    next.flavor = body.flavor;
+  }
+  if (body.hostile !== undefined && body.hostile !== null) {
+    if (!EMBED_HOSTILE.includes(body.hostile)) {
+      return sendError(res, 400, `'hostile' must be one of ${EMBED_HOSTILE.join(', ')}`, 'invalid_request_error', 'hostile', null);
+    }
+    next.hostile = body.hostile;
+  }
+  if (body.dim !== undefined) {
+    if (!Number.isInteger(body.dim) || body.dim < 1 || body.dim > MAX_DIMENSIONS) {
+      return sendError(res, 400, `'dim' must be an integer between 1 and ${MAX_DIMENSIONS}`, 'invalid_request_error', 'dim', null);
+    }
+    next.dim = body.dim;
+  }
+  state.embedShape = next;
+  return sendJson(res, 200, { ok: true, ...embedShapeOf() });
+}
+
+// Routes of the shapes above; returns true when the path was one of them.
+function routeEmbedShapes(req, res, url, body, entry, route, needJson) {
+  const path = url.pathname;
+  const azure = path.match(/^\/openai\/deployments\/([^/]+)\/embeddings$/);
+  if (azure) {
+    route(['POST'], () => needJson(() => handleAzureEmbeddings(req, res, url, body, entry, decodeURIComponent(azure[1]))));
+    return true;
+  }
+  if (path === '/api/embed') {
+    route(['POST'], () => needJson(() => handleOllamaEmbed(req, res, body, entry)));
+    return true;
+  }
+  if (path === '/embed') {
+    route(['POST'], () => needJson(() => handleTeiEmbed(req, res, body, entry)));
+    return true;
+  }
+  return false;
 }
 
 function modelObject(id) {
@@ -983,8 +1228,10 @@ function handleControl(req, res, path, body, jsonError) {
     state.zeroInputs = new Set(body.zero.map((x) => x.trim()));
     return sendJson(res, 200, { ok: true, ...view() });
   }
+  if (path === '/_fake/embed_shape') return handleEmbedShapeControl(req, res, body, jsonError);
   if (path === '/_fake/reset') {
     if (method !== 'POST') return methodNotAllowed(res, 'POST');
+    state.embedShape = null;
     state.fault = null;
     state.answer = null;
     state.zeroInputs = new Set();
@@ -1098,6 +1345,7 @@ async function handle(req, res) {
   if (path === '/v1/models') {
     return route(['GET'], () => handleModels(req, res, entry));
   }
+  if (routeEmbedShapes(req, res, url, body, entry, route, needJson)) return;
   const modelMatch = path.match(/^\/v1\/models\/([^/]+)$/);
   if (modelMatch) {
     return route(['GET'], () => handleModels(req, res, entry, decodeURIComponent(modelMatch[1])));

@@ -431,6 +431,66 @@ suite('shared server', {}, async (t) => {
       assert.equal(missing.json().error.param, 'input');
     });
 
+    await t.test('embeddings: Azure, Ollama and TEI shapes give the /v1 vectors', async () => {
+      await reset();
+      const text = 'The alpha handbook describes retrieval pipelines.';
+      const ref = (await post(port, '/v1/embeddings', { model: 'm', input: [text] })).json().data[0].embedding;
+      const azurePath = '/openai/deployments/dep/embeddings?api-version=2024-10-21';
+      const azure = await request(port, { method: 'POST', path: azurePath, headers: { 'api-key': 'k' }, body: { input: [text] } });
+      assert.equal(azure.status, 200);
+      assert.equal(azure.json().model, 'dep-model');
+      assert.deepEqual(azure.json().data[0].embedding, ref);
+      const noKey = await request(port, { method: 'POST', path: azurePath, headers: { authorization: 'Bearer k' }, body: { input: [text] } });
+      assert.equal(noKey.status, 401);
+      const noVersion = await request(port, { method: 'POST', path: '/openai/deployments/dep/embeddings', headers: { 'api-key': 'k' }, body: { input: [text] } });
+      assert.equal(noVersion.status, 404);
+      assert.equal(noVersion.json().error.message, 'Resource not found');
+      const ollama = await post(port, '/api/embed', { model: 'fake-embedding-model', input: [text, text] });
+      assert.equal(ollama.status, 200);
+      assert.deepEqual(ollama.json().embeddings, [ref, ref]);
+      const unknown = await post(port, '/api/embed', { model: 'nope', input: [text] });
+      assert.equal(unknown.status, 404);
+      assert.match(unknown.json().error, /try pulling it first/);
+      const tei = await post(port, '/embed', { inputs: [text], normalize: true, truncate: true });
+      assert.equal(tei.status, 200);
+      assert.deepEqual(tei.json(), [ref]);
+      const raw = await post(port, '/embed', { inputs: [text], normalize: false });
+      assert.ok(Math.abs(Math.sqrt(cosine(raw.json()[0], raw.json()[0])) - 3) < 1e-5);
+      const big = await post(port, '/embed', { inputs: new Array(33).fill('x') });
+      assert.equal(big.status, 422);
+      assert.equal(big.json().error_type, 'Validation');
+      const paths = JSON.parse((await request(port, { path: '/_fake/requests' })).text).map((r) => r.path);
+      assert.ok(paths.includes('/api/embed') && paths.includes('/embed') && paths.includes('/openai/deployments/dep/embeddings'));
+    });
+
+    await t.test('embeddings: llama.cpp and vLLM flavours, hostile answers', async () => {
+      await reset();
+      assert.equal((await post(port, '/_fake/embed_shape', { flavor: 'llamacpp', dim: 8 })).status, 200);
+      const l = (await post(port, '/v1/embeddings', { model: 'm', input: ['a b'], dimensions: 64 })).json();
+      assert.equal(l.usage, undefined);
+      assert.equal(l.data[0].embedding.length, 8);
+      await post(port, '/_fake/embed_shape', { flavor: 'vllm', dim: 8 });
+      const v = (await post(port, '/v1/embeddings', { model: 'm', input: ['a b'] })).json();
+      assert.equal(v.usage.completion_tokens, 0);
+      assert.match(v.id, /^embd-/);
+      const refused = await post(port, '/v1/embeddings', { model: 'm', input: ['a b'], dimensions: 4 });
+      assert.equal(refused.status, 400);
+      assert.match(refused.json().error.message, /matryoshka/);
+      await post(port, '/_fake/embed_shape', { hostile: 'nan', dim: 4 });
+      const nan = await post(port, '/embed', { inputs: ['a', 'b'] });
+      assert.match(nan.text, /^\[\[NaN,/);
+      await post(port, '/_fake/embed_shape', { hostile: 'wrong_count', dim: 4 });
+      assert.equal((await post(port, '/api/embed', { model: 'fake-embedding-model', input: ['a', 'b'] })).json().embeddings.length, 1);
+      await post(port, '/_fake/embed_shape', { hostile: 'ragged', dim: 4 });
+      const ragged = (await post(port, '/embed', { inputs: ['a', 'b'] })).json();
+      assert.deepEqual(ragged.map((x) => x.length), [4, 3]);
+      await post(port, '/_fake/embed_shape', { hostile: 'huge' });
+      assert.ok((await post(port, '/v1/embeddings', { model: 'm', input: ['a'] })).text.length > 8 * 1024 * 1024);
+      assert.equal((await post(port, '/_fake/embed_shape', { hostile: 'bogus' })).status, 400);
+      await reset();
+      assert.deepEqual((await request(port, { path: '/_fake/embed_shape' })).json(), { flavor: 'openai', hostile: null, dim: 384 });
+    });
+
     await t.test('embeddings: zero vectors for named inputs', async () => {
       await reset();
       const norm = (v) => Math.sqrt(cosine(v, v));
