@@ -446,6 +446,26 @@ TEST(search_default_follows_the_embedder)
     CHECK(doc_ids(&out, ids, sizeof(ids), &j));
     CHECK_STR(json_string_value(json_object_get(j, "mode")), "hybrid");
     json_decref(j);
+    /* eval --json: one row for the default; --compare --json: every row, the default bm25 */
+    CHECK(write_file("q.jsonl", "{\"_id\":\"1\",\"text\":\"restart the wing service\"}\n"));
+    CHECK(write_file("r.tsv", "query-id\tcorpus-id\tscore\n1\tbackend\t1\n"));
+    CHECK_INT(quarry(&out, &err, "eval --json --queries q.jsonl --qrels r.tsv"), 0);
+    CHECK_MSG((j = json_loads(qr_buf_str(&out), 0, NULL)) != NULL, "%s", qr_buf_str(&out));
+    json_t *row = json_array_get(json_object_get(j, "rows"), 0);
+    CHECK_STR(json_string_value(json_object_get(row, "row")), "default");
+    CHECK_STR(json_string_value(json_object_get(row, "mode")), "bm25");
+    CHECK(json_number_value(json_object_get(row, "mrr@10")) == 1); /* the runbook ranks first */
+    json_decref(j);
+    CHECK_INT(quarry(&out, &err,
+                     "--set retrieval.mode=hybrid eval --compare --json --queries q.jsonl --qrels r.tsv"),
+              0);
+    CHECK_MSG((j = json_loads(qr_buf_str(&out), 0, NULL)) != NULL, "%s", qr_buf_str(&out));
+    CHECK_INT(json_array_size(json_object_get(j, "rows")), 5);
+    row = json_array_get(json_object_get(j, "rows"), 4);
+    CHECK_STR(json_string_value(json_object_get(row, "row")), "default: hybrid (set)");
+    CHECK_STR(json_string_value(json_object_get(row, "mode")), "hybrid");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(j, "search_default"), "source")), "config");
+    json_decref(j);
     qr_buf_release(&out);
     qr_buf_release(&err);
     cleanup();
