@@ -65,13 +65,8 @@ typedef enum {
 typedef struct {
     retrieval_mode mode;     /* used when a request asks for RETRIEVAL_MODE_DEFAULT */
     retrieval_fusion fusion; /* how hybrid mode fuses */
-    /* which default is in force and why (retrieval_opts_from_config): retrieval.mode and
-     * retrieval.fusion = auto follow embed.backend (mode_auto, fusion_auto), otherwise they were
-     * set; default_reason says it in a sentence, for `quarry stats` and /readyz */
-    bool mode_auto, fusion_auto;
-    char default_reason[RETRIEVAL_REASON_LEN];
-    double rrf_k;                                      /* RRF's rank offset (60) */
-    double vector_weight;                              /* weight of the vector list in fusion; BM25's is 1 */
+    double rrf_k;            /* RRF's rank offset (60) */
+    double vector_weight;    /* weight of the vector list in fusion; BM25's is 1 */
     double weight_title, weight_headings, weight_body; /* BM25 column weights */
     const char *stopwords; /* "default", "none", or words (see retrieval.stopwords) */
     double exact_share;    /* below this share of the index, vectors are searched exactly */
@@ -86,6 +81,11 @@ typedef struct {
     size_t max_terms;        /* retrieval.max_terms: words searched, phrases' words included */
     size_t max_phrase_terms; /* retrieval.max_phrase_terms: words in one phrase */
     size_t max_exclusions;   /* retrieval.max_exclusions: excluded words and phrases */
+    /* which default is in force and why (retrieval_opts_from_config): retrieval.mode and
+     * retrieval.fusion = auto follow embed.backend (mode_auto, fusion_auto), otherwise they were
+     * set; default_reason says it in a sentence, for `quarry stats` and /readyz */
+    bool mode_auto, fusion_auto;
+    char default_reason[RETRIEVAL_REASON_LEN];
 } retrieval_opts;
 
 /* The defaults of the retrieval.* keys with the default embedder (embed.backend=local): BM25,
