@@ -688,10 +688,13 @@ int cli_cmd_eval(cli_ctx *ctx)
         print_score_json(&out, mode == RETRIEVAL_MODE_DEFAULT ? "default" : retrieval_mode_name(mode),
                          effective, &s);
         qr_buf_printf(&out, "]}\n");
-        if (!qr_buf_failed(&out))
+        qr_status failed = qr_buf_failed(&out);
+        if (!failed) {
             fputs(qr_buf_str(&out), stdout);
-        else
+        } else {
+            fprintf(stderr, "quarry eval: out of memory printing the result (%s)\n", qr_status_name(failed));
             rc = CLI_EXIT_FAILURE;
+        }
         qr_buf_release(&out);
         goto out;
     }
