@@ -71,6 +71,9 @@ typedef struct {
     retrieval_mode mode; /* one command: the mode it will run (the indexes it needs); DEFAULT: the
                           * configured one */
     const char *who;     /* one command: the prefix of its notes on stderr ("quarry search") */
+    /* the retrieval settings (copied); NULL: the configuration's (`quarry eval --compare` runs
+     * each fusion through its own) */
+    const retrieval_opts *retrieval;
 } api_service_opts;
 
 void api_service_opts_default(api_service_opts *o);
@@ -114,6 +117,11 @@ index_maintainer *api_service_maintainer(api_service *svc);
 const retrieval_opts *api_service_retrieval_opts(const api_service *svc);
 /* The reranking client the service's searches use (rerank.*), or NULL when rerank.backend is none. */
 infer_reranker *api_service_reranker(api_service *svc);
+/* Which default search mode is in force and why, as one JSON object appended to out, the same
+ * for `quarry stats --json` and /readyz: {"mode":"bm25","source":"auto"|"config","reason":"...",
+ * "fusion":"weighted","fusion_source":"auto"|"config","vector_weight":0.2,"rrf_k":60}. QR_ENOMEM
+ * or the buffer's cap. */
+qr_status api_search_default_json(const retrieval_opts *o, qr_buf *out);
 
 /* ---- the route table (for the OpenAPI document and its tests) ----------------------------- */
 

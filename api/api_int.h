@@ -119,6 +119,8 @@ char *api_url_decode(const char *s, size_t n, bool plus_space);
 /* Route handlers (routes.c, search.c, documents.c, jobs.c, keys.c, metrics.c, openapi.c). */
 void api_h_healthz(api_req *r);
 void api_h_readyz(api_req *r);
+/* api_search_default_json as a jansson object (NULL when out of memory), for /readyz. */
+json_t *api_search_default(const retrieval_opts *o);
 void api_h_me(api_req *r);
 void api_h_token(api_req *r);
 void api_h_models(api_req *r);
@@ -408,7 +410,7 @@ bool api_get_bool(json_t *obj, const char *key, bool *out, bool def, char *err);
 typedef struct {
     const char *query;
     size_t k;
-    const char *mode; /* "hybrid", "bm25" or "vector" */
+    const char *mode; /* "hybrid", "bm25" or "vector"; NULL: the configured default (retrieval.mode) */
     const char **doc_ids;
     size_t ndoc_ids;
     const char *uri_prefix, *content_type;

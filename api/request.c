@@ -292,9 +292,8 @@ qr_status api_parse_search(json_t *body, bool question_key, size_t default_k, ap
         qr_fail(err, QR_EINVAL, "'%s' must not be empty", qkey);
         goto fail;
     }
-    if (!out->mode)
-        out->mode = "hybrid";
-    if (strcmp(out->mode, "hybrid") != 0 && strcmp(out->mode, "bm25") != 0 &&
+    /* no mode: the server's default (retrieval.mode) */
+    if (out->mode && strcmp(out->mode, "hybrid") != 0 && strcmp(out->mode, "bm25") != 0 &&
         strcmp(out->mode, "vector") != 0) {
         qr_fail(err, QR_EINVAL, "'mode' must be \"hybrid\", \"bm25\" or \"vector\"");
         goto fail;

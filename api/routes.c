@@ -203,6 +203,8 @@ void api_h_readyz(api_req *r)
         json_object_set_new(checks, "chunks", json_integer(stats.chunks));
         json_object_set_new(checks, "index_generation", json_integer((json_int_t)vi.generation));
         json_object_set_new(checks, "index_vectors", json_integer((json_int_t)(vi.count + vi.delta)));
+        json_object_set_new(checks, "search_default",
+                            api_search_default(api_service_retrieval_opts(srv->svc)));
     }
     api_reply_json(r, ready ? 200 : 503, body);
 }

@@ -29,8 +29,8 @@ static qr_status search_for(api_req *r, const api_search_req *q, bool plain, ret
                             char *err)
 {
     *out = NULL;
-    retrieval_mode mode;
-    qr_status st = retrieval_mode_parse(q->mode, &mode, err);
+    retrieval_mode mode = RETRIEVAL_MODE_DEFAULT; /* none named: retrieval.mode, resolved by the service */
+    qr_status st = q->mode ? retrieval_mode_parse(q->mode, &mode, err) : QR_OK;
     if (st)
         return st;
     const auth_principal *p = r->principal;
@@ -361,7 +361,7 @@ void api_h_chat(api_req *r)
     api_search_req q = c.filters;
     q.query = c.search_query;
     q.k = c.k;
-    q.mode = "hybrid";
+    q.mode = NULL; /* the configured default */
     chat_stream cs = {
         .r = r, .created = qr_wall_ms() / 1000, .model = model, .include_usage = c.include_usage};
     snprintf(cs.id, sizeof(cs.id), "chatcmpl-%s", r->request_id);

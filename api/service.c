@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "api/api_int.h"
 #include "ingest/ingest.h"
 
 struct api_service_handle {
@@ -144,7 +145,10 @@ qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_
     pthread_mutex_init(&svc->lock, NULL);
     pthread_cond_init(&svc->freed, NULL);
     svc->background = o->background;
-    retrieval_opts_from_config(cfg, &svc->ropts);
+    if (o->retrieval)
+        svc->ropts = *o->retrieval;
+    else
+        retrieval_opts_from_config(cfg, &svc->ropts);
     const char *dir = qr_config_settings(cfg)->data_dir;
     qr_status st = QR_OK;
     if (!(svc->handles = calloc(o->handles, sizeof(*svc->handles)))) {
@@ -275,6 +279,26 @@ infer_reranker *api_service_reranker(api_service *svc)
 const retrieval_opts *api_service_retrieval_opts(const api_service *svc)
 {
     return &svc->ropts;
+}
+
+json_t *api_search_default(const retrieval_opts *o)
+{
+    return json_pack("{s:s,s:s,s:s,s:s,s:s,s:f,s:f}", "mode", retrieval_mode_name(o->mode), "source",
+                     o->mode_auto ? "auto" : "config", "reason", o->default_reason, "fusion",
+                     retrieval_fusion_name(o->fusion), "fusion_source", o->fusion_auto ? "auto" : "config",
+                     "vector_weight", o->vector_weight, "rrf_k", o->rrf_k);
+}
+
+qr_status api_search_default_json(const retrieval_opts *o, qr_buf *out)
+{
+    json_t *j = api_search_default(o);
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(j);
+    if (!text)
+        return QR_ENOMEM;
+    qr_status st = qr_buf_append(out, text, strlen(text));
+    free(text);
+    return st;
 }
 
 int api_service_embedding_dim(api_service *svc)

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "api/api.h"
 #include "cli/cli.h"
 #include "ingest/ingest.h"
 
@@ -525,6 +526,9 @@ int cli_cmd_stats(cli_ctx *ctx)
     bm25_info bi;
     char berr[QR_ERR_LEN];
     qr_status bst = bm25_peek(qr_config_settings(ctx->cfg)->data_dir, &bi, berr);
+    /* the search mode a request that names none gets, and why */
+    retrieval_opts ro;
+    retrieval_opts_from_config(ctx->cfg, &ro);
     if (json) {
         qr_buf out;
         qr_buf_init(&out, 4096);
@@ -534,13 +538,17 @@ int cli_cmd_stats(cli_ctx *ctx)
         qr_buf_printf(&out, ",\"embedding_dim\":%d,\"index_generation\":%lld,\"change_counter\":%lld",
                       st.embedding_dim, (long long)st.index_generation, (long long)st.change_counter);
         if (bst)
-            qr_buf_printf(&out, ",\"bm25_index\":null}\n");
+            qr_buf_printf(&out, ",\"bm25_index\":null");
         else
             qr_buf_printf(&out,
                           ",\"bm25_index\":{\"change_counter\":%lld,\"chunks\":%zu,\"terms\":%zu,\"file_"
-                          "bytes\":%llu}}\n",
+                          "bytes\":%llu}",
                           (long long)bi.generation_counter, bi.rows, bi.terms,
                           (unsigned long long)bi.file_bytes);
+        qr_buf_printf(&out, ",\"search_default\":");
+        if (api_search_default_json(&ro, &out))
+            qr_buf_printf(&out, "null");
+        qr_buf_printf(&out, "}\n");
         qr_status failed = qr_buf_failed(&out);
         if (!failed)
             fputs(qr_buf_str(&out), stdout);
@@ -568,6 +576,10 @@ int cli_cmd_stats(cli_ctx *ctx)
                    bi.generation_counter == st.change_counter
                        ? ""
                        : " (later changes are caught up at each search)");
+        printf("search default    %s (%s: %s)\n", retrieval_mode_name(ro.mode), ro.mode_auto ? "auto" : "set",
+               ro.default_reason);
+        printf("hybrid fusion     %s (%s), vector weight %g, rrf k %g\n", retrieval_fusion_name(ro.fusion),
+               ro.fusion_auto ? "auto" : "set", ro.vector_weight, ro.rrf_k);
     }
     return CLI_EXIT_OK;
 }

@@ -433,59 +433,33 @@ static double percentile(const double *v, size_t n, double p)
     return v[(rank > n ? n : rank) - 1];
 }
 
-int cli_cmd_eval(cli_ctx *ctx)
-{
-    const char *queries = NULL, *qrels = NULL;
-    retrieval_mode mode = RETRIEVAL_MODE_DEFAULT;
-    char err[QR_ERR_LEN];
-    for (int i = 1; i < ctx->argc; i++) {
-        const char *a = ctx->argv[i];
-        if ((strcmp(a, "--queries") == 0 || strcmp(a, "--qrels") == 0 || strcmp(a, "--mode") == 0) &&
-            i + 1 < ctx->argc) {
-            const char *v = ctx->argv[++i];
-            if (strcmp(a, "--mode") == 0) {
-                if (retrieval_mode_parse(v, &mode, err))
-                    return cli_usage_error(ctx, "%s", err);
-            } else if (strcmp(a, "--queries") == 0) {
-                queries = v;
-            } else {
-                qrels = v;
-            }
-        } else {
-            return cli_usage_error(ctx, "unknown or incomplete argument '%s'", a);
-        }
-    }
-    if (!queries || !qrels)
-        return cli_usage_error(ctx, "give --queries FILE and --qrels FILE");
+/* What one mode scored over the judged queries. */
+typedef struct {
+    retrieval_metrics mean;
+    double p50_ms, p95_ms;
+    size_t evaluated, degraded, pruned;
+} eval_score;
 
-    eval_set set = {0};
-    size_t unknown = 0;
-    int rc = read_queries(queries, &set);
-    if (!rc)
-        rc = read_qrels(qrels, &set, &unknown);
-    if (rc) {
-        eval_set_release(&set);
-        return rc;
-    }
-    api_service *svc = NULL;
-    if ((rc = service_open(ctx, mode, &svc))) {
-        eval_set_release(&set);
-        return rc;
-    }
+/* Runs every judged query of set through svc in mode and averages the metrics. Errors are
+ * printed. */
+static int eval_run(api_service *svc, const eval_set *set, retrieval_mode mode, eval_score *out)
+{
+    char err[QR_ERR_LEN];
     const retrieval_opts *ro = api_service_retrieval_opts(svc);
     retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro->mode : mode;
-    double *lat = calloc(set.n ? set.n : 1, sizeof(double));
+    double *lat = calloc(set->n ? set->n : 1, sizeof(double));
     const char **ranked = calloc(EVAL_K, sizeof(char *));
     retrieval_metrics sum = {0};
-    size_t evaluated = 0, degraded = 0, pruned = 0;
     retrieval_caller admin = {.is_admin = true};
+    int rc = CLI_EXIT_OK;
+    memset(out, 0, sizeof(*out));
     if (!lat || !ranked) {
         fprintf(stderr, "quarry eval: out of memory\n");
         rc = CLI_EXIT_FAILURE;
         goto out;
     }
-    for (size_t i = 0; i < set.n; i++) {
-        eval_query *q = &set.q[i];
+    for (size_t i = 0; i < set->n; i++) {
+        eval_query *q = &set->q[i];
         bool relevant = false;
         for (size_t j = 0; j < q->njudged; j++)
             relevant |= q->judged[j].grade > 0;
@@ -502,9 +476,9 @@ int cli_cmd_eval(cli_ctx *ctx)
             rc = CLI_EXIT_FAILURE;
             goto out;
         }
-        lat[evaluated] = (qr_now_ns() - t0) / 1e6;
-        degraded += res->mode != effective;
-        pruned += res->bm25_pruned;
+        lat[out->evaluated] = (qr_now_ns() - t0) / 1e6;
+        out->degraded += res->mode != effective;
+        out->pruned += res->bm25_pruned;
         for (size_t j = 0; j < res->nhits; j++)
             ranked[j] = res->hits[j].doc_id;
         retrieval_metrics m;
@@ -519,42 +493,248 @@ int cli_cmd_eval(cli_ctx *ctx)
         sum.recall100 += m.recall100;
         sum.map100 += m.map100;
         sum.mrr10 += m.mrr10;
-        evaluated++;
+        out->evaluated++;
     }
-    if (!evaluated) {
+    if (out->evaluated) {
+        double n = (double)out->evaluated;
+        out->mean = (retrieval_metrics){sum.ndcg10 / n, sum.recall100 / n, sum.map100 / n, sum.mrr10 / n};
+        qsort(lat, out->evaluated, sizeof(double), cmp_double);
+        out->p50_ms = percentile(lat, out->evaluated, 50);
+        out->p95_ms = percentile(lat, out->evaluated, 95);
+    }
+out:
+    free(lat);
+    free(ranked);
+    return rc;
+}
+
+/* One row of `quarry eval --compare`: a mode, and for hybrid the fusion it runs with. */
+typedef struct {
+    char label[64];
+    retrieval_mode mode;     /* RETRIEVAL_MODE_DEFAULT: the default row, as configured */
+    retrieval_fusion fusion; /* hybrid rows */
+} compare_row;
+
+#define COMPARE_ROWS_MAX 16
+
+/* The rows, in the order printed: each mode on its own, both fusions, then the default. */
+static size_t compare_rows(const qr_config *cfg, const retrieval_opts *ro, compare_row *rows)
+{
+    size_t n = 0;
+    retrieval_opts w = *ro;
+    rows[n++] = (compare_row){"bm25", RETRIEVAL_BM25, ro->fusion};
+    rows[n++] = (compare_row){"vector", RETRIEVAL_VECTOR, ro->fusion};
+    rows[n] = (compare_row){"", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_WEIGHTED};
+    retrieval_opts_with_fusion(cfg, RETRIEVAL_FUSION_WEIGHTED, &w);
+    snprintf(rows[n++].label, sizeof(rows[0].label), "hybrid weighted (w=%g)", w.vector_weight);
+    rows[n] = (compare_row){"", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_RRF};
+    retrieval_opts_with_fusion(cfg, RETRIEVAL_FUSION_RRF, &w);
+    snprintf(rows[n++].label, sizeof(rows[0].label), "hybrid rrf (k=%g, w=%g)", ro->rrf_k, w.vector_weight);
+    rows[n] = (compare_row){"", RETRIEVAL_MODE_DEFAULT, ro->fusion};
+    snprintf(rows[n++].label, sizeof(rows[0].label), "default: %s (%s)", retrieval_mode_name(ro->mode),
+             ro->mode_auto ? "auto" : "set");
+    /* RERANK ROWS: once the reranking stage exists (rerank.backend, from the [quality] reranking
+     * branch), when rerank.backend is not none each row above is added again with reranking
+     * ("bm25 + rerank", ...), run through a service whose retrieval options turn the stage on. */
+    return n;
+}
+
+static void print_score_json(qr_buf *out, const char *label, retrieval_mode mode, const eval_score *s)
+{
+    qr_buf_printf(out, "{\"row\":");
+    qr_json_escape(out, label, strlen(label));
+    qr_buf_printf(
+        out,
+        ",\"mode\":\"%s\",\"ndcg@10\":%.4f,\"recall@100\":%.4f,\"mrr@10\":%.4f,\"map@100\":%.4f,"
+        "\"latency_p50_ms\":%.2f,\"latency_p95_ms\":%.2f,\"queries\":%zu,\"other_mode_queries\":%zu}",
+        retrieval_mode_name(mode), s->mean.ndcg10, s->mean.recall100, s->mean.mrr10, s->mean.map100,
+        s->p50_ms, s->p95_ms, s->evaluated, s->degraded);
+}
+
+/* `quarry eval --compare`: every row's service opened in turn (the same store and indexes; each
+ * with the fusion its row names), one table. */
+static int eval_compare(cli_ctx *ctx, const eval_set *set, size_t unknown, const char *queries, bool json)
+{
+    retrieval_opts configured;
+    retrieval_opts_from_config(ctx->cfg, &configured);
+    compare_row rows[COMPARE_ROWS_MAX];
+    size_t nrows = compare_rows(ctx->cfg, &configured, rows);
+    eval_score scores[COMPARE_ROWS_MAX];
+    int rc = CLI_EXIT_OK;
+    for (size_t i = 0; i < nrows && !rc; i++) {
+        retrieval_opts ro = configured;
+        if (rows[i].mode == RETRIEVAL_HYBRID)
+            retrieval_opts_with_fusion(ctx->cfg, rows[i].fusion, &ro);
+        char err[QR_ERR_LEN];
+        api_service_opts o;
+        api_service_opts_default(&o);
+        o.mode = rows[i].mode;
+        o.who = "quarry eval";
+        o.retrieval = &ro;
+        api_service *svc = NULL;
+        if (api_service_open(ctx->cfg, &o, &svc, err)) {
+            fprintf(stderr, "quarry eval: %s: %s\n", rows[i].label, err);
+            return CLI_EXIT_FAILURE;
+        }
+        rc = eval_run(svc, set, rows[i].mode, &scores[i]);
+        api_service_close(svc);
+    }
+    if (rc)
+        return rc;
+    if (!scores[0].evaluated) {
+        fprintf(stderr, "quarry eval: no query has a relevant judgment\n");
+        return CLI_EXIT_FAILURE;
+    }
+    if (json) {
+        qr_buf out;
+        qr_buf_init(&out, 1 << 20);
+        qr_buf_printf(&out, "{\"queries\":%zu,\"judged_queries\":%zu,\"rows\":[", set->n,
+                      scores[0].evaluated);
+        for (size_t i = 0; i < nrows; i++) {
+            if (i)
+                qr_buf_putc(&out, ',');
+            print_score_json(&out, rows[i].label,
+                             rows[i].mode == RETRIEVAL_MODE_DEFAULT ? configured.mode : rows[i].mode,
+                             &scores[i]);
+        }
+        qr_buf_printf(&out, "],\"search_default\":");
+        if (api_search_default_json(&configured, &out))
+            qr_buf_printf(&out, "null");
+        qr_buf_printf(&out, "}\n");
+        qr_status failed = qr_buf_failed(&out);
+        if (!failed)
+            fputs(qr_buf_str(&out), stdout);
+        qr_buf_release(&out);
+        if (failed) {
+            fprintf(stderr, "quarry eval: out of memory printing the table (%s)\n", qr_status_name(failed));
+            return CLI_EXIT_FAILURE;
+        }
+        return CLI_EXIT_OK;
+    }
+    printf(
+        "quarry eval --compare: %zu of %zu queries have relevant judgments; queries as plain text, documents "
+        "at their best chunk; BM25 title weight %g\n",
+        scores[0].evaluated, set->n, configured.weight_title);
+    if (unknown)
+        printf("note: %zu judgments name queries that are not in '%s'\n", unknown, queries);
+    printf("%-26s %8s %11s %7s %8s %8s %8s\n", "mode", "nDCG@10", "recall@100", "MRR@10", "MAP@100", "p50 ms",
+           "p95 ms");
+    for (size_t i = 0; i < nrows; i++) {
+        const eval_score *s = &scores[i];
+        printf("%-26s %8.4f %11.4f %7.4f %8.4f %8.2f %8.2f\n", rows[i].label, s->mean.ndcg10,
+               s->mean.recall100, s->mean.mrr10, s->mean.map100, s->p50_ms, s->p95_ms);
+    }
+    for (size_t i = 0; i < nrows; i++)
+        if (scores[i].degraded)
+            printf("note: %s: %zu queries ran in another mode (no words to match, or no query vector)\n",
+                   rows[i].label, scores[i].degraded);
+    printf("default: %s (%s): %s\n", retrieval_mode_name(configured.mode),
+           configured.mode_auto ? "auto" : "set", configured.default_reason);
+    printf("latency: embedding and search, one query at a time\n");
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_eval(cli_ctx *ctx)
+{
+    const char *queries = NULL, *qrels = NULL;
+    retrieval_mode mode = RETRIEVAL_MODE_DEFAULT;
+    bool compare = false, json = false;
+    char err[QR_ERR_LEN];
+    for (int i = 1; i < ctx->argc; i++) {
+        const char *a = ctx->argv[i];
+        if (strcmp(a, "--compare") == 0) {
+            compare = true;
+        } else if (strcmp(a, "--json") == 0) {
+            json = true;
+        } else if ((strcmp(a, "--queries") == 0 || strcmp(a, "--qrels") == 0 || strcmp(a, "--mode") == 0) &&
+                   i + 1 < ctx->argc) {
+            const char *v = ctx->argv[++i];
+            if (strcmp(a, "--mode") == 0) {
+                if (retrieval_mode_parse(v, &mode, err))
+                    return cli_usage_error(ctx, "%s", err);
+            } else if (strcmp(a, "--queries") == 0) {
+                queries = v;
+            } else {
+                qrels = v;
+            }
+        } else {
+            return cli_usage_error(ctx, "unknown or incomplete argument '%s'", a);
+        }
+    }
+    if (!queries || !qrels)
+        return cli_usage_error(ctx, "give --queries FILE and --qrels FILE");
+    if (compare && mode != RETRIEVAL_MODE_DEFAULT)
+        return cli_usage_error(ctx, "--compare runs every mode: leave out --mode");
+
+    eval_set set = {0};
+    size_t unknown = 0;
+    int rc = read_queries(queries, &set);
+    if (!rc)
+        rc = read_qrels(qrels, &set, &unknown);
+    if (rc || compare) {
+        if (!rc)
+            rc = eval_compare(ctx, &set, unknown, queries, json);
+        eval_set_release(&set);
+        return rc;
+    }
+    api_service *svc = NULL;
+    if ((rc = service_open(ctx, mode, &svc))) {
+        eval_set_release(&set);
+        return rc;
+    }
+    const retrieval_opts *ro = api_service_retrieval_opts(svc);
+    retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro->mode : mode;
+    eval_score s;
+    if ((rc = eval_run(svc, &set, mode, &s)))
+        goto out;
+    if (!s.evaluated) {
         fprintf(stderr, "quarry eval: no query has a relevant judgment in '%s'\n", qrels);
         rc = CLI_EXIT_FAILURE;
         goto out;
     }
-    qsort(lat, evaluated, sizeof(double), cmp_double);
-    double n = (double)evaluated;
-    printf("quarry eval: %zu of %zu queries have relevant judgments; mode %s", evaluated, set.n,
+    if (json) {
+        qr_buf out;
+        qr_buf_init(&out, 1 << 16);
+        qr_buf_printf(&out, "{\"queries\":%zu,\"judged_queries\":%zu,\"rows\":[", set.n, s.evaluated);
+        print_score_json(&out, mode == RETRIEVAL_MODE_DEFAULT ? "default" : retrieval_mode_name(mode),
+                         effective, &s);
+        qr_buf_printf(&out, "]}\n");
+        qr_status failed = qr_buf_failed(&out);
+        if (!failed) {
+            fputs(qr_buf_str(&out), stdout);
+        } else {
+            fprintf(stderr, "quarry eval: out of memory printing the result (%s)\n", qr_status_name(failed));
+            rc = CLI_EXIT_FAILURE;
+        }
+        qr_buf_release(&out);
+        goto out;
+    }
+    printf("quarry eval: %zu of %zu queries have relevant judgments; mode %s", s.evaluated, set.n,
            retrieval_mode_name(effective));
+    if (mode == RETRIEVAL_MODE_DEFAULT)
+        printf(" (the default, %s)", ro->mode_auto ? "auto" : "set");
     if (effective != RETRIEVAL_VECTOR)
         printf(", BM25 title weight %g", ro->weight_title);
     if (effective == RETRIEVAL_HYBRID)
-        printf(" (%s fusion, vector weight %g)", ro->fusion == RETRIEVAL_FUSION_RRF ? "rrf" : "weighted",
-               ro->vector_weight);
+        printf(" (%s fusion, vector weight %g)", retrieval_fusion_name(ro->fusion), ro->vector_weight);
     printf("; queries as plain text, documents at their best chunk\n");
     if (effective != RETRIEVAL_VECTOR)
         printf("BM25 lists: %zu of %zu from the pruned index (retrieval.bm25_path=%s), the rest ranked by "
                "FTS5\n",
-               pruned, evaluated, ro->bm25_pruned ? "pruned" : "fts5");
-    if (degraded)
-        printf("note: %zu queries ran in another mode (no words to match, or no query vector)\n", degraded);
+               s.pruned, s.evaluated, ro->bm25_pruned ? "pruned" : "fts5");
+    if (s.degraded)
+        printf("note: %zu queries ran in another mode (no words to match, or no query vector)\n", s.degraded);
     if (unknown)
         printf("note: %zu judgments name queries that are not in '%s'\n", unknown, queries);
-    printf("nDCG@10      %.4f\n", sum.ndcg10 / n);
-    printf("recall@100   %.4f\n", sum.recall100 / n);
-    printf("MAP@100      %.4f\n", sum.map100 / n);
-    printf("MRR@10       %.4f\n", sum.mrr10 / n);
-    printf("latency      p50 %.2f ms, p95 %.2f ms (embedding and search, one query at a time)\n",
-           percentile(lat, evaluated, 50), percentile(lat, evaluated, 95));
-    printf("ndcg@10=%.4f recall@100=%.4f map@100=%.4f mrr@10=%.4f queries=%zu\n", sum.ndcg10 / n,
-           sum.recall100 / n, sum.map100 / n, sum.mrr10 / n, evaluated);
+    printf("nDCG@10      %.4f\n", s.mean.ndcg10);
+    printf("recall@100   %.4f\n", s.mean.recall100);
+    printf("MAP@100      %.4f\n", s.mean.map100);
+    printf("MRR@10       %.4f\n", s.mean.mrr10);
+    printf("latency      p50 %.2f ms, p95 %.2f ms (embedding and search, one query at a time)\n", s.p50_ms,
+           s.p95_ms);
+    printf("ndcg@10=%.4f recall@100=%.4f map@100=%.4f mrr@10=%.4f queries=%zu\n", s.mean.ndcg10,
+           s.mean.recall100, s.mean.map100, s.mean.mrr10, s.evaluated);
 out:
-    free(lat);
-    free(ranked);
     api_service_close(svc);
     eval_set_release(&set);
     return rc;

@@ -34,16 +34,20 @@ static const cli_command commands[] = {
      "Ingest files, folders or a JSON-lines collection into the store.", NULL, cli_cmd_ingest},
     {"delete", "quarry delete DOC_ID...", "Delete documents by id.", NULL, cli_cmd_delete},
     {"search", "quarry search [--as UID] [--mode hybrid|bm25|vector] [-k N] [--json] QUERY",
-     "Search with a user's permissions (also: --cursor C, --doc ID, --source PREFIX, --type TYPE, "
-     "--after DATE, --max-per-doc N, --plain, --explain).",
+     "Search with a user's permissions; the mode defaults to retrieval.mode (auto: bm25 with the local "
+     "embedder, hybrid with a real one; see quarry stats) (also: --cursor C, --doc ID, --source PREFIX, "
+     "--type TYPE, --after DATE, --max-per-doc N, --plain, --explain).",
      NULL, cli_cmd_search},
     {"ask", "quarry ask [--as UID] QUESTION",
      "Answer a question with citations from permitted passages (--json).", NULL, cli_cmd_ask},
     {"index", "quarry index build [--gpu auto|on|off]",
      "Build the vector index and publish a new generation.", NULL, cli_cmd_index},
-    {"eval", "quarry eval --queries FILE --qrels FILE [--mode M]",
-     "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10).", NULL, cli_cmd_eval},
-    {"stats", "quarry stats [--json]", "Show document, chunk and index counts.", NULL, cli_cmd_stats},
+    {"eval", "quarry eval --queries FILE --qrels FILE [--mode M | --compare] [--json]",
+     "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10, latency); --compare: every mode "
+     "and fusion in one table.",
+     NULL, cli_cmd_eval},
+    {"stats", "quarry stats [--json]",
+     "Show document, chunk and index counts, and the search default and why.", NULL, cli_cmd_stats},
     {"backup", "quarry backup DEST",
      "Copy the data directory (store, published indexes, auth state) into DEST with a checksummed "
      "MANIFEST; safe while serving.",

@@ -290,15 +290,16 @@
     X(BOOL, embed, send_dimensions, "on", NO_RANGE, NULL, false,                                             \
       "Send embed.dim as `dimensions` (off for servers and models that refuse the parameter).")              \
     /* retrieval */                                                                                          \
-    X(STRING, retrieval, mode, "hybrid", NO_RANGE, "hybrid|bm25|vector", false,                              \
-      "Search mode when a request names none: hybrid (BM25 and vectors fused), bm25 or vector.")             \
-    X(STRING, retrieval, fusion, "weighted", NO_RANGE, "rrf|weighted", false,                                \
+    X(STRING, retrieval, mode, "auto", NO_RANGE, "auto|hybrid|bm25|vector", false,                           \
+      "Search mode when a request names none: auto (bm25 with embed.backend=local, hybrid with a real "      \
+      "embeddings backend), hybrid (BM25 and vectors fused), bm25 or vector.")                               \
+    X(STRING, retrieval, fusion, "auto", NO_RANGE, "auto|rrf|weighted", false,                               \
       "How hybrid search fuses the lists: rrf (reciprocal rank) or weighted (scores over each list's "       \
-      "best).")                                                                                              \
+      "best); auto: weighted with embed.backend=local, rrf with a real embeddings backend.")                 \
     X(DOUBLE, retrieval, rrf_k, "60", 1, 10000, NULL, false,                                                 \
       "RRF rank offset: a chunk at rank r of a list adds the list's weight / (rrf_k + r).")                  \
     X(DOUBLE, retrieval, vector_weight, "0.2", 0, 100, NULL, false,                                          \
-      "Weight of the vector list in hybrid fusion (BM25's is 1).")                                           \
+      "Weight of the vector list in hybrid fusion (BM25's is 1); unset, rrf fusion weighs both lists 1.")    \
     X(DOUBLE, retrieval, weight_title, "2", 0, 1000, NULL, false, "BM25 weight of the title column.")        \
     X(DOUBLE, retrieval, weight_headings, "1", 0, 1000, NULL, false,                                         \
       "BM25 weight of the heading path column.")                                                             \

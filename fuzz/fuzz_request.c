@@ -34,8 +34,8 @@ static void fuzz_json(const char *text, size_t len, int which)
         if (api_parse_search(body, which == 1, 8, &q, err) == QR_OK) {
             FUZZ_CHECK(q.query && *q.query && strlen(q.query) <= API_QUERY_MAX);
             FUZZ_CHECK(q.k >= 1 && q.k <= API_MAX_K);
-            FUZZ_CHECK(q.mode &&
-                       (!strcmp(q.mode, "hybrid") || !strcmp(q.mode, "bm25") || !strcmp(q.mode, "vector")));
+            FUZZ_CHECK(!q.mode || !strcmp(q.mode, "hybrid") || !strcmp(q.mode, "bm25") ||
+                       !strcmp(q.mode, "vector")); /* NULL: the server's default */
             for (size_t i = 0; i < q.ndoc_ids; i++)
                 FUZZ_CHECK(q.doc_ids[i] && *q.doc_ids[i]);
             api_search_req_release(&q);

@@ -68,11 +68,21 @@ qr_status retrieval_mode_parse(const char *s, retrieval_mode *out, char *err)
                    s ? s : "");
 }
 
+const char *retrieval_fusion_name(retrieval_fusion f)
+{
+    return f == RETRIEVAL_FUSION_RRF ? "rrf" : "weighted";
+}
+
+#define REASON_LOCAL \
+    "embed.backend=local: the local hash embedder does not improve on BM25 (see README Search quality)"
+
 void retrieval_opts_default(retrieval_opts *o)
 {
     memset(o, 0, sizeof(*o));
-    o->mode = RETRIEVAL_HYBRID;
+    o->mode = RETRIEVAL_BM25;
     o->fusion = RETRIEVAL_FUSION_WEIGHTED;
+    o->mode_auto = o->fusion_auto = true;
+    snprintf(o->default_reason, sizeof(o->default_reason), "%s", REASON_LOCAL);
     o->rrf_k = 60;
     o->vector_weight = 0.2;
     o->weight_title = 2;
@@ -93,15 +103,67 @@ void retrieval_opts_default(retrieval_opts *o)
     o->max_exclusions = 32;
 }
 
+/* How a key's value came to be, in words. */
+static const char *source_words(const qr_config *cfg, const char *key)
+{
+    switch (qr_config_source(cfg, key)) {
+    case QR_CFG_SRC_FILE: return "in the configuration file";
+    case QR_CFG_SRC_ENV: return "in the environment";
+    case QR_CFG_SRC_CLI: return "on the command line";
+    case QR_CFG_SRC_DEFAULT: break;
+    }
+    return "as the default";
+}
+
+void retrieval_opts_with_fusion(const qr_config *cfg, retrieval_fusion f, retrieval_opts *o)
+{
+    o->fusion = f;
+    o->vector_weight = qr_config_settings(cfg)->retrieval_vector_weight;
+    if (f == RETRIEVAL_FUSION_RRF && qr_config_source(cfg, "retrieval.vector_weight") == QR_CFG_SRC_DEFAULT)
+        o->vector_weight = 1;
+}
+
+/* retrieval.mode and retrieval.fusion: auto follows embed.backend (see retrieval.h); the reason
+ * is kept for `quarry stats` and /readyz. */
+static void resolve_defaults(const qr_config *cfg, retrieval_opts *o)
+{
+    const qr_settings *set = qr_config_settings(cfg);
+    bool local = strcmp(set->embed_backend, "local") == 0;
+    o->mode_auto = strcmp(set->retrieval_mode, "auto") == 0;
+    o->fusion_auto = strcmp(set->retrieval_fusion, "auto") == 0;
+    if (o->mode_auto)
+        o->mode = local ? RETRIEVAL_BM25 : RETRIEVAL_HYBRID;
+    else
+        retrieval_mode_parse(set->retrieval_mode, &o->mode, NULL);
+    if (o->fusion_auto)
+        retrieval_opts_with_fusion(cfg, local ? RETRIEVAL_FUSION_WEIGHTED : RETRIEVAL_FUSION_RRF, o);
+    else
+        retrieval_opts_with_fusion(cfg,
+                                   strcmp(set->retrieval_fusion, "weighted") == 0 ? RETRIEVAL_FUSION_WEIGHTED
+                                                                                  : RETRIEVAL_FUSION_RRF,
+                                   o);
+    if (o->mode_auto && local)
+        snprintf(o->default_reason, sizeof(o->default_reason), "%s", REASON_LOCAL);
+    else if (o->mode_auto && o->fusion == RETRIEVAL_FUSION_RRF)
+        snprintf(o->default_reason, sizeof(o->default_reason),
+                 "embed.backend=%.32s: a real embedding model, so hybrid with rrf fusion, k=%g, vector "
+                 "weight %g (the common default: no model could be run to measure a better fusion)",
+                 set->embed_backend, o->rrf_k, o->vector_weight);
+    else if (o->mode_auto)
+        snprintf(o->default_reason, sizeof(o->default_reason),
+                 "embed.backend=%.32s: a real embedding model, so hybrid (retrieval.fusion=weighted set %s)",
+                 set->embed_backend, source_words(cfg, "retrieval.fusion"));
+    else
+        snprintf(o->default_reason, sizeof(o->default_reason), "retrieval.mode=%s set %s",
+                 retrieval_mode_name(o->mode), source_words(cfg, "retrieval.mode"));
+}
+
 void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
 {
     const qr_settings *set = qr_config_settings(cfg);
     retrieval_opts_default(o);
-    retrieval_mode_parse(set->retrieval_mode, &o->mode, NULL);
-    o->fusion =
-        strcmp(set->retrieval_fusion, "weighted") == 0 ? RETRIEVAL_FUSION_WEIGHTED : RETRIEVAL_FUSION_RRF;
     o->rrf_k = set->retrieval_rrf_k;
-    o->vector_weight = set->retrieval_vector_weight;
+    resolve_defaults(cfg, o);
     o->weight_title = set->retrieval_weight_title;
     o->weight_headings = set->retrieval_weight_headings;
     o->weight_body = set->retrieval_weight_body;

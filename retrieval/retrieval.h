@@ -58,6 +58,8 @@ typedef enum {
     RETRIEVAL_FUSION_WEIGHTED, /* sum of w * score / the list's best score over the two lists */
 } retrieval_fusion;
 
+#define RETRIEVAL_REASON_LEN 256
+
 /* Settings, from the retrieval.* configuration keys. Strings are borrowed: they must outlive
  * the handle opened with them. */
 typedef struct {
@@ -79,13 +81,31 @@ typedef struct {
     size_t max_terms;        /* retrieval.max_terms: words searched, phrases' words included */
     size_t max_phrase_terms; /* retrieval.max_phrase_terms: words in one phrase */
     size_t max_exclusions;   /* retrieval.max_exclusions: excluded words and phrases */
+    /* which default is in force and why (retrieval_opts_from_config): retrieval.mode and
+     * retrieval.fusion = auto follow embed.backend (mode_auto, fusion_auto), otherwise they were
+     * set; default_reason says it in a sentence, for `quarry stats` and /readyz */
+    bool mode_auto, fusion_auto;
+    char default_reason[RETRIEVAL_REASON_LEN];
 } retrieval_opts;
 
-/* The defaults of the retrieval.* keys. */
+/* The defaults of the retrieval.* keys with the default embedder (embed.backend=local): BM25,
+ * and weighted fusion for hybrid requests. */
 void retrieval_opts_default(retrieval_opts *o);
 /* Reads the retrieval.* keys; strings point into cfg. Cannot fail: the configuration validated
- * them (the stopword list is checked by retrieval_open). */
+ * them (the stopword list is checked by retrieval_open). retrieval.mode = auto resolves here, the
+ * one place it does: bm25 with embed.backend=local (the offline hash embedder adds the lexical
+ * overlap BM25 already has, and lowered nDCG@10 on a held-out collection at every weight), hybrid
+ * with any other (a real model). retrieval.fusion = auto: weighted with the local embedder (its
+ * vector_weight was tuned for it), rrf with a real model (RRF k=60, the common default: no model
+ * could be run here to measure a better fusion), with equal weights unless retrieval.vector_weight
+ * is set. */
 void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o);
+/* Sets o's fusion to f with its vector weight: retrieval.vector_weight when it was set, else its
+ * default (0.2, tuned for the local embedder with weighted fusion) for weighted fusion and 1 for
+ * rrf (equal weights, RRF as commonly run). retrieval_opts_from_config applies it. */
+void retrieval_opts_with_fusion(const qr_config *cfg, retrieval_fusion f, retrieval_opts *o);
+/* "rrf" or "weighted". */
+const char *retrieval_fusion_name(retrieval_fusion f);
 
 typedef struct retrieval retrieval;
 

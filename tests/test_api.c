@@ -2089,7 +2089,14 @@ TEST(search_is_trimmed_per_user)
     for (size_t i = 0; i < 9; i++)
         CHECK_MSG(json_object_get(hit, fields[i]), "no %s in %s", fields[i], qr_buf_str(&r.body));
     CHECK_STR(json_string_value(json_object_get(hit, "doc_id")), "runbooks/backend.md");
-    CHECK(json_is_string(json_object_get(r.json, "mode")));
+    /* no mode named: the default, which with the local embedder is bm25 (retrieval.mode=auto) */
+    CHECK_STR(json_string_value(json_object_get(r.json, "mode")), "bm25");
+    api_resp_release(&r);
+    /* hybrid stays there to choose */
+    CHECK_INT(api_http(f.base, "POST", "/v1/search", H(ALICE),
+                       "{\"query\":\"blue-green deploys\",\"k\":1,\"mode\":\"hybrid\"}", 0, &r),
+              200);
+    CHECK_STR(json_string_value(json_object_get(r.json, "mode")), "hybrid");
     api_resp_release(&r);
     /* filters and pages */
     CHECK_INT(api_http(f.base, "POST", "/v1/search", H(DAVE),
@@ -3836,9 +3843,9 @@ TEST(small_disclosures_are_for_administrators)
     CHECK(api_fx_start(&f, NULL));
     CHECK(seed_corpus(&f));
     api_resp r;
-    const char *sizes[] = {"documents", "chunks", "index_generation", "index_vectors"};
+    const char *sizes[] = {"documents", "chunks", "index_generation", "index_vectors", "search_default"};
     CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 200);
-    for (size_t i = 0; i < 4; i++)
+    for (size_t i = 0; i < 5; i++)
         CHECK_MSG(!json_object_get(json_object_get(r.json, "checks"), sizes[i]), "alice sees %s: %s",
                   sizes[i], qr_buf_str(&r.body));
     api_resp_release(&r);
@@ -3846,6 +3853,13 @@ TEST(small_disclosures_are_for_administrators)
     for (size_t i = 0; i < 4; i++)
         CHECK_MSG(json_object_get(json_object_get(r.json, "checks"), sizes[i]), "dave does not see %s: %s",
                   sizes[i], qr_buf_str(&r.body));
+    /* and which search default is in force, and why */
+    json_t *def = json_object_get(json_object_get(r.json, "checks"), "search_default");
+    CHECK_MSG(def, "no search_default: %s", qr_buf_str(&r.body));
+    CHECK_STR(json_string_value(json_object_get(def, "mode")), "bm25");
+    CHECK_STR(json_string_value(json_object_get(def, "source")), "auto");
+    CHECK_STR(json_string_value(json_object_get(def, "fusion")), "weighted");
+    CHECK(strncmp(json_string_value(json_object_get(def, "reason")), "embed.backend=local:", 20) == 0);
     api_resp_release(&r);
 
     /* the backend fails every request: the answer falls back, and says why only to dave */

@@ -69,6 +69,8 @@ static bool fx_open(fx *f, char *err)
     if (!mkdtemp(f->dir))
         return false;
     retrieval_opts_default(&f->o);
+    f->o.mode = RETRIEVAL_HYBRID; /* requests that name no mode search both lists here
+                                   * (retrieval.mode=hybrid; auto would be bm25) */
     return store_open(f->dir, &f->s, err) == QR_OK && store_check_embedding(f->s, "toy", DIM, err) == QR_OK;
 }
 

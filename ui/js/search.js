@@ -17,7 +17,9 @@ export function createSearch() {
   const type = h('select', { id: 'search-type' }, h('option', { value: '' }, 'Any type'), TYPES.map((t) => h('option', { value: t }, t)));
   const prefix = h('input', { id: 'search-prefix', type: 'text', placeholder: 'e.g. policies/', autocomplete: 'off' });
   const after = h('input', { id: 'search-after', type: 'date' });
+  // no mode sent by default: the server's retrieval.mode (bm25 with the built-in embedder)
   const mode = h('select', { id: 'search-mode' },
+    h('option', { value: '' }, 'Default'),
     h('option', { value: 'hybrid' }, 'Hybrid'),
     h('option', { value: 'bm25' }, 'Words (BM25)'),
     h('option', { value: 'vector' }, 'Meaning (vectors)'));
@@ -76,7 +78,8 @@ export function createSearch() {
     if (type.value) filters.content_type = type.value;
     if (prefix.value.trim()) filters.uri_prefix = prefix.value.trim();
     if (after.value) filters.updated_after = after.value;
-    const body = { query: q, k: 10, mode: mode.value };
+    const body = { query: q, k: 10 };
+    if (mode.value) body.mode = mode.value;
     if (Object.keys(filters).length) body.filters = filters;
     run(body, false);
   });
