@@ -438,11 +438,13 @@ typedef struct {
     retrieval_metrics mean;
     double p50_ms, p95_ms;
     size_t evaluated, degraded, pruned;
+    size_t rerank_fallbacks; /* queries whose rerank failed (first-stage order kept) */
 } eval_score;
 
-/* Runs every judged query of set through svc in mode and averages the metrics. Errors are
- * printed. */
-static int eval_run(api_service *svc, const eval_set *set, retrieval_mode mode, eval_score *out)
+/* Runs every judged query of set through svc in mode and averages the metrics; no_rerank keeps the
+ * first-stage order when the service has a reranker. Errors are printed. */
+static int eval_run(api_service *svc, const eval_set *set, retrieval_mode mode, bool no_rerank,
+                    eval_score *out)
 {
     char err[QR_ERR_LEN];
     const retrieval_opts *ro = api_service_retrieval_opts(svc);
@@ -468,8 +470,12 @@ static int eval_run(api_service *svc, const eval_set *set, retrieval_mode mode, 
         uint64_t t0 = qr_now_ns();
         /* documents are judged, not chunks: each document counts once, at its best chunk; the
          * collections' queries are prose, so their quotes and dashes are not query syntax */
-        retrieval_request req = {
-            .query = q->text, .plain = true, .mode = mode, .k = EVAL_K, .max_per_doc = 1};
+        retrieval_request req = {.query = q->text,
+                                 .plain = true,
+                                 .mode = mode,
+                                 .k = EVAL_K,
+                                 .max_per_doc = 1,
+                                 .no_rerank = no_rerank};
         retrieval_result *res = NULL;
         if (api_service_search(svc, &admin, &req, &res, err)) {
             fprintf(stderr, "quarry eval: query '%s': %s\n", q->id, err);
@@ -479,6 +485,7 @@ static int eval_run(api_service *svc, const eval_set *set, retrieval_mode mode, 
         lat[out->evaluated] = (qr_now_ns() - t0) / 1e6;
         out->degraded += res->mode != effective;
         out->pruned += res->bm25_pruned;
+        out->rerank_fallbacks += res->rerank == RETRIEVAL_RERANK_FALLBACK;
         for (size_t j = 0; j < res->nhits; j++)
             ranked[j] = res->hits[j].doc_id;
         retrieval_metrics m;
@@ -513,29 +520,35 @@ typedef struct {
     char label[64];
     retrieval_mode mode;     /* RETRIEVAL_MODE_DEFAULT: the default row, as configured */
     retrieval_fusion fusion; /* hybrid rows */
+    bool rerank;             /* the rerank stage on (rerank.backend is not none) */
 } compare_row;
 
 #define COMPARE_ROWS_MAX 16
 
-/* The rows, in the order printed: each mode on its own, both fusions, then the default. */
+/* The rows, in the order printed: each mode on its own, both fusions, then the default; with a
+ * reranker configured (rerank.backend), each of them again with the rerank stage. */
 static size_t compare_rows(const qr_config *cfg, const retrieval_opts *ro, compare_row *rows)
 {
     size_t n = 0;
     retrieval_opts w = *ro;
-    rows[n++] = (compare_row){"bm25", RETRIEVAL_BM25, ro->fusion};
-    rows[n++] = (compare_row){"vector", RETRIEVAL_VECTOR, ro->fusion};
-    rows[n] = (compare_row){"", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_WEIGHTED};
+    rows[n++] = (compare_row){"bm25", RETRIEVAL_BM25, ro->fusion, false};
+    rows[n++] = (compare_row){"vector", RETRIEVAL_VECTOR, ro->fusion, false};
+    rows[n] = (compare_row){"", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_WEIGHTED, false};
     retrieval_opts_with_fusion(cfg, RETRIEVAL_FUSION_WEIGHTED, &w);
     snprintf(rows[n++].label, sizeof(rows[0].label), "hybrid weighted (w=%g)", w.vector_weight);
-    rows[n] = (compare_row){"", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_RRF};
+    rows[n] = (compare_row){"", RETRIEVAL_HYBRID, RETRIEVAL_FUSION_RRF, false};
     retrieval_opts_with_fusion(cfg, RETRIEVAL_FUSION_RRF, &w);
     snprintf(rows[n++].label, sizeof(rows[0].label), "hybrid rrf (k=%g, w=%g)", ro->rrf_k, w.vector_weight);
-    rows[n] = (compare_row){"", RETRIEVAL_MODE_DEFAULT, ro->fusion};
+    rows[n] = (compare_row){"", RETRIEVAL_MODE_DEFAULT, ro->fusion, false};
     snprintf(rows[n++].label, sizeof(rows[0].label), "default: %s (%s)", retrieval_mode_name(ro->mode),
              ro->mode_auto ? "auto" : "set");
-    /* RERANK ROWS: once the reranking stage exists (rerank.backend, from the [quality] reranking
-     * branch), when rerank.backend is not none each row above is added again with reranking
-     * ("bm25 + rerank", ...), run through a service whose retrieval options turn the stage on. */
+    if (strcmp(qr_config_settings(cfg)->rerank_backend, "none") != 0) {
+        for (size_t i = 0, first = n; i < first && n < COMPARE_ROWS_MAX; i++) {
+            rows[n] = rows[i];
+            rows[n].rerank = true;
+            snprintf(rows[n++].label, sizeof(rows[0].label), "%.48s + rerank", rows[i].label);
+        }
+    }
     return n;
 }
 
@@ -546,9 +559,10 @@ static void print_score_json(qr_buf *out, const char *label, retrieval_mode mode
     qr_buf_printf(
         out,
         ",\"mode\":\"%s\",\"ndcg@10\":%.4f,\"recall@100\":%.4f,\"mrr@10\":%.4f,\"map@100\":%.4f,"
-        "\"latency_p50_ms\":%.2f,\"latency_p95_ms\":%.2f,\"queries\":%zu,\"other_mode_queries\":%zu}",
+        "\"latency_p50_ms\":%.2f,\"latency_p95_ms\":%.2f,\"queries\":%zu,\"other_mode_queries\":%zu,"
+        "\"rerank_fallbacks\":%zu}",
         retrieval_mode_name(mode), s->mean.ndcg10, s->mean.recall100, s->mean.mrr10, s->mean.map100,
-        s->p50_ms, s->p95_ms, s->evaluated, s->degraded);
+        s->p50_ms, s->p95_ms, s->evaluated, s->degraded, s->rerank_fallbacks);
 }
 
 /* `quarry eval --compare`: every row's service opened in turn (the same store and indexes; each
@@ -576,7 +590,7 @@ static int eval_compare(cli_ctx *ctx, const eval_set *set, size_t unknown, const
             fprintf(stderr, "quarry eval: %s: %s\n", rows[i].label, err);
             return CLI_EXIT_FAILURE;
         }
-        rc = eval_run(svc, set, rows[i].mode, &scores[i]);
+        rc = eval_run(svc, set, rows[i].mode, !rows[i].rerank, &scores[i]);
         api_service_close(svc);
     }
     if (rc)
@@ -617,17 +631,21 @@ static int eval_compare(cli_ctx *ctx, const eval_set *set, size_t unknown, const
         scores[0].evaluated, set->n, configured.weight_title);
     if (unknown)
         printf("note: %zu judgments name queries that are not in '%s'\n", unknown, queries);
-    printf("%-26s %8s %11s %7s %8s %8s %8s\n", "mode", "nDCG@10", "recall@100", "MRR@10", "MAP@100", "p50 ms",
+    printf("%-34s %8s %11s %7s %8s %8s %8s\n", "mode", "nDCG@10", "recall@100", "MRR@10", "MAP@100", "p50 ms",
            "p95 ms");
     for (size_t i = 0; i < nrows; i++) {
         const eval_score *s = &scores[i];
-        printf("%-26s %8.4f %11.4f %7.4f %8.4f %8.2f %8.2f\n", rows[i].label, s->mean.ndcg10,
+        printf("%-34s %8.4f %11.4f %7.4f %8.4f %8.2f %8.2f\n", rows[i].label, s->mean.ndcg10,
                s->mean.recall100, s->mean.mrr10, s->mean.map100, s->p50_ms, s->p95_ms);
     }
     for (size_t i = 0; i < nrows; i++)
         if (scores[i].degraded)
             printf("note: %s: %zu queries ran in another mode (no words to match, or no query vector)\n",
                    rows[i].label, scores[i].degraded);
+    for (size_t i = 0; i < nrows; i++)
+        if (scores[i].rerank_fallbacks)
+            printf("note: %s: the reranker failed on %zu queries (first-stage order kept)\n", rows[i].label,
+                   scores[i].rerank_fallbacks);
     printf("default: %s (%s): %s\n", retrieval_mode_name(configured.mode),
            configured.mode_auto ? "auto" : "set", configured.default_reason);
     printf("latency: embedding and search, one query at a time\n");
@@ -685,7 +703,7 @@ int cli_cmd_eval(cli_ctx *ctx)
     const retrieval_opts *ro = api_service_retrieval_opts(svc);
     retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro->mode : mode;
     eval_score s;
-    if ((rc = eval_run(svc, &set, mode, &s)))
+    if ((rc = eval_run(svc, &set, mode, false, &s)))
         goto out;
     if (!s.evaluated) {
         fprintf(stderr, "quarry eval: no query has a relevant judgment in '%s'\n", qrels);
