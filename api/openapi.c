@@ -100,9 +100,13 @@ static const op_doc ops[] = {
      "Rebuilds the search indexes as new generations, as a background job (administrators); searches "
      "go on meanwhile.",
      NULL, NULL, "JobAccepted", "202", ""},
+    {"GET", "/v1/jobs", "listJobs", "admin", "List jobs",
+     "Lists background jobs, newest first, a page at a time (administrators), optionally only those in "
+     "one state. Pass next_cursor back as cursor for the next page; results per document are in getJob.",
+     "JobState,JobLimit,Cursor", NULL, "JobList", "200", "400"},
     {"GET", "/v1/jobs/{id}", "getJob", "admin", "Get a job",
-     "A background job's state (queued, running, succeeded, failed, cancelled), progress and results "
-     "(administrators).",
+     "A background job's state (queued, running, interrupted, succeeded, failed), progress and results "
+     "(administrators). Jobs survive restarts; finished ones are kept for server.job_retention_s.",
      "JobId", NULL, "Job", "200", "400,404"},
     {"GET", "/v1/keys", "listApiKeys", "admin", "List API keys",
      "Lists the service API keys, revoked ones included, oldest first (administrators): id, name, scopes "
@@ -320,12 +324,25 @@ static const char schemas[] =
     "rties\":{\"job_id\":{\"type\":\"string\"},\"status_url\":{\"type\":\"string\",\"description\":\""
     "GET it to follow the job.\"},\"state\":{\"type\":\"string\",\"enum\":[\"queued\"]}}},\"Job\":{\""
     "type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"},\"kind\":{\"type\":\"string\",\"e"
-    "num\":[\"ingest\",\"rebuild\"]},\"state\":{\"type\":\"string\",\"enum\":[\"queued\",\"running\","
-    "\"succeeded\",\"failed\",\"cancelled\"]},\"progress\":{\"type\":\"object\",\"properties\":{\"don"
-    "e\":{\"type\":\"integer\"},\"total\":{\"type\":\"integer\"},\"failed\":{\"type\":\"integer\"},\""
-    "percent\":{\"type\":\"number\"}}},\"results\":{\"type\":\"array\",\"description\":\"One result p"
-    "er document (ingest jobs).\",\"items\":{\"type\":\"object\",\"properties\":{},\"additionalProper"
-    "ties\":true}},\"error\":{\"type\":\"string\"}}},\"AclInput\":{\"type\":\"object\",\"required\":["
+    "num\":[\"ingest\",\"rebuild\"]},\"state\":{\"type\":\"string\",\"description\":\"queued, running"
+    ", interrupted (stopped by a shutdown: it resumes at the next start), succeeded or failed (error "
+    "says why).\",\"enum\":[\"queued\",\"running\",\"interrupted\",\"succeeded\",\"failed\"]},\"user\""
+    ":{\"type\":\"string\",\"description\":\"Who submitted it.\"},\"progress\":{\"type\":\"object\",\""
+    "properties\":{\"done\":{\"type\":\"integer\"},\"total\":{\"type\":\"integer\"},\"failed\":{\"typ"
+    "e\":\"integer\"},\"percent\":{\"type\":\"number\"},\"chunks\":{\"type\":\"integer\",\"descriptio"
+    "n\":\"Passages written so far.\"}}},\"results\":{\"type\":\"array\",\"description\":\"One result"
+    " per document (ingest jobs).\",\"items\":{\"type\":\"object\",\"properties\":{},\"additionalProp"
+    "erties\":true}},\"error\":{\"type\":\"string\",\"description\":\"Why the job failed (a staged fi"
+    "le missing or damaged names the file), else absent.\"},\"created\":{\"type\":\"string\",\"format"
+    "\":\"date-time\"},\"started\":{\"type\":\"string\",\"format\":\"date-time\",\"nullable\":true},\""
+    "finished\":{\"type\":\"string\",\"format\":\"date-time\",\"nullable\":true}},\"description\":\"A"
+    " background job (ingestion of an upload, or an index rebuild). Jobs are kept in the data directo"
+    "ry: they survive a restart, and finished ones are kept for server.job_retention_s.\"},\"JobList\""
+    ":{\"type\":\"object\",\"properties\":{\"jobs\":{\"type\":\"array\",\"description\":\"Jobs, newes"
+    "t first, without their per-document results (GET /v1/jobs/{id} has them).\",\"items\":{\"$ref\":"
+    "\"#/components/schemas/Job\"}},\"next_cursor\":{\"type\":\"string\",\"description\":\"Pass it as"
+    " cursor for the next page; null on the last page.\",\"nullable\":true}}},\"AclInput\":{\"type\":"
+    "\"object\",\"required\":["
     "\"acl\"],\"properties\":{\"acl\":{\"type\":\"array\",\"description\":\"The new ACL: public, user"
     ":<uid>, group:<name>.\",\"items\":{\"type\":\"string\"}}}},\"AclOutput\":{\"type\":\"object\",\""
     "properties\":{\"doc_id\":{\"type\":\"string\"},\"acl\":{\"type\":\"array\",\"items\":{\"type\":"
@@ -397,6 +414,10 @@ static const char parameters[] =
     "\"maxLength\":512}},"
     "\"JobId\":{\"name\":\"id\",\"in\":\"path\",\"required\":true,\"description\":\"The job's id (job_id "
     "of a 202 answer).\",\"schema\":{\"type\":\"string\"}},"
+    "\"JobState\":{\"name\":\"state\",\"in\":\"query\",\"description\":\"Only jobs in this state.\",\""
+    "schema\":{\"type\":\"string\",\"enum\":[\"queued\",\"running\",\"interrupted\",\"succeeded\",\"f"
+    "ailed\"]}},\"JobLimit\":{\"name\":\"limit\",\"in\":\"query\",\"description\":\"Jobs per page.\","
+    "\"schema\":{\"type\":\"integer\",\"minimum\":1,\"maximum\":1000,\"default\":50}},"
     "\"KeyId\":{\"name\":\"id\",\"in\":\"path\",\"required\":true,\"description\":\"The API key's id "
     "(the 16 hex digits after qk_).\",\"schema\":{\"type\":\"string\"}},"
     "\"AuditLimit\":{\"name\":\"limit\",\"in\":\"query\",\"description\":\"How many records, newest "

@@ -224,13 +224,13 @@ TEST(open_creates_private_dir_and_schema)
     CHECK_INT(sb.st_mode & 0777, 0700);
     sqlite3 *db = raw_open(dir);
     CHECK(db);
-    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 2);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 3);
     char mode[32];
     CHECK_STR(raw_str(db, "PRAGMA journal_mode", mode, sizeof(mode)), "wal");
     CHECK_INT(raw_int(db,
                       "SELECT count(*) FROM sqlite_schema WHERE name IN ('documents', 'chunks', 'vectors',"
-                      " 'acl', 'chunks_fts', 'deleted_chunks', 'meta')"),
-              7);
+                      " 'acl', 'chunks_fts', 'deleted_chunks', 'meta', 'jobs', 'job_results')"),
+              9);
     /* reopening does not migrate again and keeps the data */
     CHECK_OK(store_open(dir, &s, err), err);
     CHECK_OK(store_check_embedding(s, "m", DIM, err), err);
@@ -246,7 +246,7 @@ TEST(open_creates_private_dir_and_schema)
     CHECK_INT(stats.chunks, 3);
     CHECK_STR(stats.embedding_model, "m");
     store_close(s);
-    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 2);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 3);
     /* a store written by a newer quarry is refused, not damaged */
     CHECK(raw_exec(db, "INSERT INTO schema_version VALUES (99, 0)"));
     sqlite3_close(db);
@@ -1285,7 +1285,9 @@ TEST(schema_1_store_migrates)
     /* take the file back to schema 1 */
     sqlite3 *db = raw_open(dir);
     CHECK(db);
-    CHECK(raw_exec(db, "DROP INDEX documents_changed;"
+    CHECK(raw_exec(db, "DROP TABLE job_results; DROP TABLE jobs;"
+                       "DELETE FROM schema_version WHERE version = 3;"
+                       "DROP INDEX documents_changed;"
                        "DELETE FROM meta WHERE key = 'store_uid';"
                        "ALTER TABLE documents DROP COLUMN fts_changed;"
                        "ALTER TABLE documents DROP COLUMN changed;"
@@ -1293,7 +1295,8 @@ TEST(schema_1_store_migrates)
     CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 1);
 
     CHECK_OK(store_open(dir, &s, err), err);
-    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 2);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 3);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('jobs', 'job_results')"), 2);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'documents_changed'"), 1);
     /* documents of unknown history count as changed at the counter of the migration */
     doc_changes x;
