@@ -5,8 +5,8 @@
  * GET /v1/jobs/{id} and GET /v1/jobs report.
  *
  * Jobs are durable. Each lives in the store's jobs table (store_job_*), and an upload's documents
- * are staged as files under <data.dir>/jobs/<job-id>/ (one file per document, its metadata,
- * size and SHA-256 in the row's manifest), written and synced, directory included, and the row
+ * are staged as one file, <data.dir>/jobs/<job-id>/upload (each document's metadata, offset,
+ * size and SHA-256 in the row's manifest), written and synced, directories included, and the row
  * committed before the 202 is sent: what was acknowledged survives a crash. The runner records
  * each document's result with the job's counts in one transaction, so after a crash or a
  * restart a job left queued, running or interrupted resumes at its first document without a
@@ -35,6 +35,7 @@
 #define JOBS_QUEUED_MAX 1000
 #define LIST_DEFAULT    50
 #define LIST_MAX        1000
+#define STAGED_FILE     "upload" /* in <data.dir>/jobs/<job-id>/ */
 
 /* A job waiting in the runner's queue; everything else about it is in the store. */
 typedef struct api_job {
@@ -150,40 +151,30 @@ static void drop_staged(api_jobs *j, const char *id)
         qr_log(QR_LOG_WARN, "jobs", "job %s: %s", id, err);
 }
 
-/* Writes one document's bytes to a new file and syncs it. */
-static qr_status write_staged(const char *path, const api_job_doc *d, char *err)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return qr_fail(err, QR_EIO, "cannot create '%s': %s", path, strerror(errno));
-    qr_status st = qr_write_all(fd, d->bytes ? d->bytes : "", d->len, path, err);
-    if (st) {
-        close(fd);
-        return st;
-    }
-    return qr_file_sync_close(fd, path, err);
-}
-
-static json_t *manifest_entry(const api_job_doc *d, const char *file, const char *sha)
+static json_t *manifest_entry(const api_job_doc *d, size_t offset, const char *sha)
 {
     json_t *acl = json_array();
     for (size_t i = 0; acl && i < d->nacl; i++)
         json_array_append_new(acl, json_string(d->acl[i]));
-    return json_pack("{s:s,s:s?,s:s?,s:s?,s:s?,s:s?,s:o*,s:s,s:I,s:s}", "doc_id", d->doc_id, "title",
+    return json_pack("{s:s,s:s?,s:s?,s:s?,s:s?,s:s?,s:o*,s:I,s:I,s:s}", "doc_id", d->doc_id, "title",
                      d->title, "uri", d->uri, "content_type", d->content_type, "filename", d->filename,
-                     "metadata", d->metadata_json, "acl", acl, "file", file, "size", (json_int_t)d->len,
-                     "sha256", sha);
+                     "metadata", d->metadata_json, "acl", acl, "offset", (json_int_t)offset, "size",
+                     (json_int_t)d->len, "sha256", sha);
 }
 
-/* Stages docs under <jobs>/<id>/: a file per document, synced, then the directory and its parent
- * synced. *manifest receives the job's manifest (JSON text, free() it). On error nothing is left. */
+/* Stages docs as <jobs>/<id>/upload, their bytes back to back: the file synced, then its
+ * directory and the jobs directory (one file, so that an upload of thousands of documents costs
+ * three syncs, not thousands). *manifest receives the job's manifest (JSON text, free() it): per
+ * document its fields, offset, size and SHA-256. On error nothing is left. */
 static qr_status stage(api_jobs *j, const char *id, const api_job_doc *docs, size_t n, char **manifest,
                        char *err)
 {
     char dir[PATH_MAX + 40], path[PATH_MAX + 80];
     snprintf(dir, sizeof(dir), "%s/%s", j->dir, id);
+    snprintf(path, sizeof(path), "%s/" STAGED_FILE, dir);
     json_t *man = json_array();
     qr_status st = QR_OK;
+    int fd = -1;
     *manifest = NULL;
     if (!man)
         return qr_fail(err, QR_ENOMEM, "out of memory staging a job");
@@ -192,15 +183,22 @@ static qr_status stage(api_jobs *j, const char *id, const api_job_doc *docs, siz
         return qr_fail(err, QR_EIO, "cannot create the job's staging directory '%s': %s", dir,
                        strerror(errno));
     }
+    if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
+        st = qr_fail(err, QR_EIO, "cannot create '%s': %s", path, strerror(errno));
+    size_t offset = 0;
     for (size_t i = 0; i < n && !st; i++) {
-        char file[32], sha[65];
-        snprintf(file, sizeof(file), "doc-%06zu", i);
-        snprintf(path, sizeof(path), "%s/%s", dir, file);
-        if ((st = write_staged(path, &docs[i], err)))
+        char sha[65];
+        const char *bytes = docs[i].bytes ? docs[i].bytes : "";
+        if ((st = qr_write_all(fd, bytes, docs[i].len, path, err)))
             break;
-        api_sha256_hex(docs[i].bytes ? docs[i].bytes : "", docs[i].len, sha);
-        if (json_array_append_new(man, manifest_entry(&docs[i], file, sha)) != 0)
+        api_sha256_hex(bytes, docs[i].len, sha);
+        if (json_array_append_new(man, manifest_entry(&docs[i], offset, sha)) != 0)
             st = qr_fail(err, QR_ENOMEM, "out of memory staging a job");
+        offset += docs[i].len;
+    }
+    if (fd >= 0) {
+        qr_status cst = st ? (close(fd), QR_OK) : qr_file_sync_close(fd, path, err);
+        st = st ? st : cst;
     }
     if (!st && !(st = qr_fsync_path(dir, true, err)) && !(st = qr_fsync_path(j->dir, true, err)) &&
         !(*manifest = json_dumps(man, JSON_COMPACT)))
@@ -220,45 +218,61 @@ static char *dup_field(json_t *o, const char *key)
     return v ? strdup(v) : NULL;
 }
 
-/* Checks that a staged file is there with its recorded size (cheap: before a job resumes). */
-static qr_status check_staged(api_jobs *j, const char *id, json_t *entry, char *err)
+/* Opens a job's staged upload and checks its size against the manifest (cheap: before a job
+ * resumes, so that a job whose file is lost fails before writing half of what is left). */
+static qr_status open_staged(api_jobs *j, const char *id, json_t *man, int *fd, char *err)
 {
-    const char *file = json_string_value(json_object_get(entry, "file"));
-    const char *doc = json_string_value(json_object_get(entry, "doc_id"));
-    json_int_t size = json_integer_value(json_object_get(entry, "size"));
-    if (!file || !doc || strchr(file, '/'))
-        return qr_fail(err, QR_EIO, "the manifest of job %s is damaged", id);
     char path[PATH_MAX + 80];
-    snprintf(path, sizeof(path), "%s/%s/%s", j->dir, id, file);
-    struct stat sb;
-    if (stat(path, &sb) != 0)
-        return qr_fail(err, QR_EIO, "staged file '%s' of document '%s' is missing: %s", path, doc,
-                       strerror(errno));
-    if (!S_ISREG(sb.st_mode) || (json_int_t)sb.st_size != size)
-        return qr_fail(err, QR_EIO, "staged file '%s' of document '%s' is damaged: %lld bytes, %lld expected",
-                       path, doc, (long long)sb.st_size, (long long)size);
+    snprintf(path, sizeof(path), "%s/%s/" STAGED_FILE, j->dir, id);
+    json_int_t want = 0;
+    for (size_t i = 0; i < json_array_size(man); i++) {
+        json_t *e = json_array_get(man, i);
+        json_int_t off = json_integer_value(json_object_get(e, "offset"));
+        json_int_t size = json_integer_value(json_object_get(e, "size"));
+        if (!json_string_value(json_object_get(e, "doc_id")) || off != want || size < 0)
+            return qr_fail(err, QR_EIO, "the manifest of job %s is damaged", id);
+        want += size;
+    }
+    struct stat sb = {0};
+    if ((*fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return qr_fail(err, QR_EIO, "staged file '%s' is missing: %s", path, strerror(errno));
+    if (fstat(*fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (json_int_t)sb.st_size != want) {
+        close(*fd);
+        *fd = -1;
+        return qr_fail(err, QR_EIO, "staged file '%s' is damaged: %lld bytes, %lld expected", path,
+                       (long long)sb.st_size, (long long)want);
+    }
     return QR_OK;
 }
 
-/* Reads a staged document back into d (released by the caller), checking its size and hash. */
-static qr_status load_staged(api_jobs *j, const char *id, json_t *entry, api_job_doc *d, char *err)
+/* Reads a staged document back into d (released by the caller), checking its hash. */
+static qr_status load_staged(api_jobs *j, const char *id, int fd, json_t *entry, api_job_doc *d, char *err)
 {
-    qr_status st = check_staged(j, id, entry, err);
-    if (st)
-        return st;
-    char path[PATH_MAX + 80];
     const char *doc = json_string_value(json_object_get(entry, "doc_id"));
-    snprintf(path, sizeof(path), "%s/%s/%s", j->dir, id, json_string_value(json_object_get(entry, "file")));
+    size_t off = (size_t)json_integer_value(json_object_get(entry, "offset"));
     size_t size = (size_t)json_integer_value(json_object_get(entry, "size"));
-    char why[QR_ERR_LEN];
-    if (qr_read_file(path, size, &d->bytes, &d->len, why))
-        return qr_fail(err, QR_EIO, "staged file of document '%s' cannot be read: %s", doc, why);
+    if (!(d->bytes = malloc(size + 1)))
+        return qr_fail(err, QR_ENOMEM, "out of memory loading staged document '%s'", doc);
+    size_t got = 0;
+    while (got < size) {
+        ssize_t k = pread(fd, d->bytes + got, size - got, (off_t)(off + got));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return qr_fail(err, QR_EIO, "cannot read staged document '%s' of job %s: %s", doc, id,
+                           k < 0 ? strerror(errno) : "the file is shorter than its manifest");
+        got += (size_t)k;
+    }
+    d->bytes[size] = '\0';
+    d->len = size;
     char sha[65];
     api_sha256_hex(d->bytes, d->len, sha);
     const char *want = json_string_value(json_object_get(entry, "sha256"));
     if (!want || strcmp(sha, want) != 0)
-        return qr_fail(err, QR_EIO, "staged file '%s' of document '%s' is damaged: its SHA-256 differs", path,
-                       doc);
+        return qr_fail(err, QR_EIO,
+                       "staged file '%s/%s/" STAGED_FILE "' is damaged: document '%s' (bytes %zu to %zu) "
+                       "differs from its SHA-256",
+                       j->dir, id, doc, off, off + size);
     d->doc_id = dup_field(entry, "doc_id");
     d->title = dup_field(entry, "title");
     d->uri = dup_field(entry, "uri");
@@ -304,15 +318,13 @@ static bool run_ingest(api_jobs *j, store_job *row, const char *staged, char *re
 {
     json_t *man = json_loads(staged, 0, NULL);
     bool interrupted = false;
+    int fd = -1;
     if (!json_is_array(man) || (int64_t)json_array_size(man) != row->docs) {
         snprintf(reason, QR_ERR_LEN, "the manifest of job %s is damaged", row->id);
         goto out;
     }
-    /* every file still needed is there before any is written: a job with a lost file fails
-     * without writing half of what is left */
-    for (size_t i = (size_t)row->done; i < json_array_size(man); i++)
-        if (check_staged(j, row->id, json_array_get(man, i), reason))
-            goto out;
+    if (row->done < row->docs && open_staged(j, row->id, man, &fd, reason))
+        goto out;
     for (size_t i = (size_t)row->done; i < json_array_size(man); i++) {
         if (stopping(j)) {
             interrupted = true;
@@ -320,7 +332,7 @@ static bool run_ingest(api_jobs *j, store_job *row, const char *staged, char *re
         }
         char err[QR_ERR_LEN];
         api_job_doc d = {0};
-        if (load_staged(j, row->id, json_array_get(man, i), &d, reason)) {
+        if (load_staged(j, row->id, fd, json_array_get(man, i), &d, reason)) {
             api_job_doc_release(&d);
             break;
         }
@@ -351,6 +363,8 @@ static bool run_ingest(api_jobs *j, store_job *row, const char *staged, char *re
             row->chunks += (int64_t)nchunks;
     }
 out:
+    if (fd >= 0)
+        close(fd);
     json_decref(man);
     return interrupted;
 }
