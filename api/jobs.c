@@ -32,10 +32,12 @@
 
 #include "api/api_int.h"
 
-#define JOBS_QUEUED_MAX 1000
-#define LIST_DEFAULT    50
-#define LIST_MAX        1000
-#define STAGED_FILE     "upload" /* in <data.dir>/jobs/<job-id>/ */
+#define JOBS_QUEUED_MAX  1000
+#define LIST_DEFAULT     50
+#define LIST_MAX         1000
+#define STAGED_FILE      "upload" /* in <data.dir>/jobs/<job-id>/ */
+#define RESULTS_BATCH    64       /* documents' results recorded in one transaction, at most */
+#define RESULTS_FLUSH_MS 250      /* and at least this often */
 
 /* A job waiting in the runner's queue; everything else about it is in the store. */
 typedef struct api_job {
@@ -296,11 +298,26 @@ static qr_status load_staged(api_jobs *j, const char *id, int fd, json_t *entry,
 
 /* ---- the runner ------------------------------------------------------------------------------ */
 
+/* A store handle for a write to the jobs tables, under the server's writer lock: the job runner
+ * writes documents back to back, and a job's row written through another connection beside it
+ * would only get SQLite's busy retries, which can starve for as long as a job runs. */
+static store *writer_acquire(api_jobs *j)
+{
+    pthread_mutex_lock(&j->srv->ingest_lock);
+    return api_store_acquire(j->srv);
+}
+
+static void writer_release(api_jobs *j, store *s)
+{
+    api_store_release(j->srv, s);
+    pthread_mutex_unlock(&j->srv->ingest_lock);
+}
+
 static qr_status save(api_jobs *j, const store_job *row, char *err)
 {
-    store *s = api_store_acquire(j->srv);
+    store *s = writer_acquire(j);
     qr_status st = store_job_update(s, row, err);
-    api_store_release(j->srv, s);
+    writer_release(j, s);
     return st;
 }
 
@@ -312,13 +329,53 @@ static bool stopping(api_jobs *j)
     return stop;
 }
 
+/* Results written to the store but not yet recorded with the job (run_ingest). */
+typedef struct {
+    store_job_result r[RESULTS_BATCH];
+    char *text[RESULTS_BATCH];
+    size_t n;
+    int64_t since_ms; /* when the first of them was written */
+} pending_results;
+
+/* Records the pending results and moves row's counts; on failure *reason says why. */
+static qr_status flush_results(api_jobs *j, store_job *row, pending_results *p, char *reason)
+{
+    char err[QR_ERR_LEN];
+    qr_status st = QR_OK;
+    if (p->n) {
+        store *s = writer_acquire(j);
+        st = store_job_add_results(s, row->id, p->r, p->n, err);
+        writer_release(j, s);
+    }
+    if (st)
+        snprintf(reason, QR_ERR_LEN, "cannot record the job's progress: %.400s", err);
+    for (size_t i = 0; i < p->n; i++) {
+        if (!st) {
+            row->done++;
+            row->failed += p->r[i].failed;
+            row->chunks += p->r[i].chunks;
+        }
+        free(p->text[i]);
+    }
+    p->n = 0;
+    return st;
+}
+
 /* Ingests the job's documents from row->done on. Returns true when it was interrupted by a
- * shutdown; *reason is set when the job cannot go on (staged files, the store). */
+ * shutdown; *reason is set when the job cannot go on (staged files, the store). Results are
+ * recorded in batches (RESULTS_BATCH documents or RESULTS_FLUSH_MS, whichever comes first): a
+ * crash loses at most a batch of results, whose documents are written again after the restart
+ * and come back "unchanged" (the same bytes), at a fraction of the cost of a commit each. */
 static bool run_ingest(api_jobs *j, store_job *row, const char *staged, char *reason)
 {
     json_t *man = json_loads(staged, 0, NULL);
     bool interrupted = false;
     int fd = -1;
+    pending_results *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(reason, QR_ERR_LEN, "out of memory running job %s", row->id);
+        goto out;
+    }
     if (!json_is_array(man) || (int64_t)json_array_size(man) != row->docs) {
         snprintf(reason, QR_ERR_LEN, "the manifest of job %s is damaged", row->id);
         goto out;
@@ -345,24 +402,25 @@ static bool run_ingest(api_jobs *j, store_job *row, const char *staged, char *re
         char *text = res ? json_dumps(res, JSON_COMPACT) : NULL;
         json_decref(res);
         api_job_doc_release(&d);
-        char e2[QR_ERR_LEN];
-        store *s = api_store_acquire(j->srv);
-        qr_status rst = text ? store_job_add_result(s, row->id, (int64_t)i, st != QR_OK,
-                                                    st ? 0 : (int64_t)nchunks, text, e2)
-                             : qr_fail(e2, QR_ENOMEM, "out of memory recording a result");
-        api_store_release(j->srv, s);
-        free(text);
-        if (rst) {
-            snprintf(reason, QR_ERR_LEN, "cannot record the job's progress: %.400s", e2);
+        if (!text) {
+            snprintf(reason, QR_ERR_LEN, "out of memory recording a result of job %s", row->id);
             break;
         }
-        row->done++;
-        if (st)
-            row->failed++;
-        else
-            row->chunks += (int64_t)nchunks;
+        if (!p->n)
+            p->since_ms = qr_wall_ms();
+        p->text[p->n] = text;
+        p->r[p->n++] = (store_job_result){(int64_t)i, st != QR_OK, st ? 0 : (int64_t)nchunks, text};
+        if ((p->n == RESULTS_BATCH || qr_wall_ms() - p->since_ms >= RESULTS_FLUSH_MS) &&
+            flush_results(j, row, p, reason))
+            break;
     }
 out:
+    if (p && p->n) {
+        char why[QR_ERR_LEN];
+        if (flush_results(j, row, p, why) && !*reason)
+            snprintf(reason, QR_ERR_LEN, "%s", why);
+    }
+    free(p);
     if (fd >= 0)
         close(fd);
     json_decref(man);
@@ -427,10 +485,11 @@ static void run_job(api_jobs *j, const char *id)
                       "vectors", (json_int_t)rep.count, "skipped", (json_int_t)rep.skipped);
         char *text = res ? json_dumps(res, JSON_COMPACT) : NULL;
         json_decref(res);
-        s = api_store_acquire(j->srv);
-        if (text && (st = store_job_add_result(s, id, 0, false, 0, text, err)))
+        s = writer_acquire(j);
+        store_job_result one = {0, false, 0, text};
+        if (text && (st = store_job_add_results(s, id, &one, 1, err)))
             qr_log(QR_LOG_WARN, "jobs", "job %s: %s", id, err);
-        api_store_release(j->srv, s);
+        writer_release(j, s);
         free(text);
         row.done = 1;
     }
@@ -452,9 +511,9 @@ static void prune(api_jobs *j)
 {
     char err[QR_ERR_LEN];
     size_t n = 0;
-    store *s = api_store_acquire(j->srv);
+    store *s = writer_acquire(j);
     qr_status st = store_job_prune(s, qr_wall_ms() - j->retention_ms, &n, err);
-    api_store_release(j->srv, s);
+    writer_release(j, s);
     if (st)
         qr_log(QR_LOG_WARN, "jobs", "cannot prune finished jobs: %s", err);
     else if (n)
@@ -657,9 +716,9 @@ static qr_status accepting(api_jobs *j, char *err)
  * store: it was accepted and runs at the next start. */
 static qr_status submit(api_jobs *j, const store_job *row, const char *manifest, char *err)
 {
-    store *s = api_store_acquire(j->srv);
+    store *s = writer_acquire(j);
     qr_status st = store_job_insert(s, row, manifest, err);
-    api_store_release(j->srv, s);
+    writer_release(j, s);
     if (st)
         return st;
     pthread_mutex_lock(&j->lock);

@@ -367,11 +367,18 @@ qr_status store_job_insert(store *s, const store_job *job, const char *staged, c
 qr_status store_job_get(store *s, const char *id, store_job *out, char **staged, char **results, char *err);
 /* Writes the job's state, times, counts and error (the row must exist: QR_ENOTFOUND). */
 qr_status store_job_update(store *s, const store_job *job, char *err);
-/* Records document ordinal's result (JSON text) and moves the job's counts in one transaction:
- * done by one, failed by one when failed, chunks by chunks. A result already recorded for the
- * ordinal (a document redone after a crash) is replaced and the counts are left as they were. */
-qr_status store_job_add_result(store *s, const char *id, int64_t ordinal, bool failed, int64_t chunks,
-                               const char *result, char *err);
+/* One document's result for store_job_add_results: result is JSON text. */
+typedef struct {
+    int64_t ordinal;
+    bool failed;
+    int64_t chunks;
+    const char *result;
+} store_job_result;
+/* Records n documents' results and moves the job's counts in one transaction: done by one per
+ * result, failed by one per failed result, chunks by their chunks. A result already recorded
+ * for an ordinal (a document redone after a crash) is replaced and the counts are left as they
+ * were for it. */
+qr_status store_job_add_results(store *s, const char *id, const store_job_result *r, size_t n, char *err);
 /* A page of jobs, newest first (created_ms, then id, descending), state "" or NULL for any;
  * after_ms/after_id (after_id NULL: from the newest) continue a listing after that job. *out is
  * calloc'd (free() it) with *n jobs; *more when later jobs exist. limit 1..10000. */

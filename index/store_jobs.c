@@ -3,8 +3,9 @@
  * job here, so that a restart finds what was queued or running and resumes it: one row per job
  * (kind, state, owner, times, counts, error and the manifest of its staged upload, which the
  * store keeps as opaque text) and one job_results row per document done. A document's result
- * and the job's counts move in one transaction, so the counts always equal the results recorded
- * and a resumed job starts at the first document without a result.
+ * and the job's counts move in one transaction (several documents' at once: the runner records
+ * them in batches), so the counts always equal the results recorded and a resumed job starts at
+ * the first document without a result.
  *
  * Job calls are rare next to searches and writes (a few per document ingested), so their
  * statements are prepared per call rather than cached with store.c's.
@@ -194,48 +195,43 @@ out:
     return store_end_call(s, st, err);
 }
 
-qr_status store_job_add_result(store *s, const char *id, int64_t ordinal, bool failed, int64_t chunks,
-                               const char *result, char *err)
+qr_status store_job_add_results(store *s, const char *id, const store_job_result *r, size_t n, char *err)
 {
-    if (!s || !result)
-        return qr_fail(err, QR_EINVAL, "store_job_add_result: NULL argument");
+    if (!s || (!r && n))
+        return qr_fail(err, QR_EINVAL, "store_job_add_results: NULL argument");
     qr_status st = check_id(id, err);
     if (st)
         return st;
-    sqlite3_stmt *ins = NULL, *up = NULL;
-    bool again = false;
+    sqlite3_stmt *look = NULL, *ins = NULL, *up = NULL;
     if ((st = store_begin_write(s, err)) ||
-        (st = prepare(s, "SELECT 1 FROM job_results WHERE job = ?1 AND ordinal = ?2", &ins, err,
-                      "prepare a job result's lookup")))
+        (st = prepare(s, "SELECT 1 FROM job_results WHERE job = ?1 AND ordinal = ?2", &look, err,
+                      "prepare a job result's lookup")) ||
+        (st = prepare(s, "INSERT OR REPLACE INTO job_results(job, ordinal, result) VALUES (?1, ?2, ?3)", &ins,
+                      err, "prepare a job result's insertion")) ||
+        (st = prepare(
+             s, "UPDATE jobs SET done = done + 1, failed = failed + ?2, chunks = chunks + ?3 WHERE id = ?1",
+             &up, err, "prepare a job's progress")))
         goto out;
-    if (store_bind_str(ins, 1, id) || sqlite3_bind_int64(ins, 2, ordinal)) {
-        st = store_bind_fail(s, err);
-        goto out;
-    }
-    if ((st = store_step_row(s, ins, &again, err, "look up a job result")))
-        goto out;
-    sqlite3_finalize(ins);
-    ins = NULL;
-    if ((st = prepare(s, "INSERT OR REPLACE INTO job_results(job, ordinal, result) VALUES (?1, ?2, ?3)", &ins,
-                      err, "prepare a job result's insertion")))
-        goto out;
-    if (store_bind_str(ins, 1, id) || sqlite3_bind_int64(ins, 2, ordinal) || store_bind_str(ins, 3, result)) {
-        st = store_bind_fail(s, err);
-        goto out;
-    }
-    if ((st = store_run(s, ins, err, "record a job result")))
-        goto out;
-    if (!again) {
-        if ((st = prepare(s,
-                          "UPDATE jobs SET done = done + 1, failed = failed + ?2, chunks = chunks + ?3"
-                          " WHERE id = ?1",
-                          &up, err, "prepare a job's progress")))
+    for (size_t i = 0; i < n; i++) {
+        bool again = false;
+        if (!r[i].result) {
+            st = qr_fail(err, QR_EINVAL, "store_job_add_results: NULL result");
             goto out;
-        if (store_bind_str(up, 1, id) || sqlite3_bind_int64(up, 2, failed ? 1 : 0) ||
-            sqlite3_bind_int64(up, 3, chunks)) {
+        }
+        if (store_bind_str(look, 1, id) || sqlite3_bind_int64(look, 2, r[i].ordinal) ||
+            store_bind_str(ins, 1, id) || sqlite3_bind_int64(ins, 2, r[i].ordinal) ||
+            store_bind_str(ins, 3, r[i].result) || store_bind_str(up, 1, id) ||
+            sqlite3_bind_int64(up, 2, r[i].failed ? 1 : 0) || sqlite3_bind_int64(up, 3, r[i].chunks)) {
             st = store_bind_fail(s, err);
             goto out;
         }
+        if ((st = store_step_row(s, look, &again, err, "look up a job result")))
+            goto out;
+        sqlite3_reset(look);
+        if ((st = store_run(s, ins, err, "record a job result")))
+            goto out;
+        if (again)
+            continue;
         if ((st = store_run(s, up, err, "record a job's progress")))
             goto out;
         if (sqlite3_changes(store_db(s)) == 0) {
@@ -245,6 +241,7 @@ qr_status store_job_add_result(store *s, const char *id, int64_t ordinal, bool f
     }
     st = store_commit(s, err);
 out:
+    sqlite3_finalize(look);
     sqlite3_finalize(ins);
     sqlite3_finalize(up);
     return store_end_call(s, st, err);
