@@ -604,7 +604,11 @@ static bool owned(const store_job *jobs, size_t n, const char *id)
  * job owns. Before the server listens, so no request stages anything meanwhile. */
 static qr_status recover(api_jobs *j, char *err)
 {
-    if (mkdir(j->dir, 0700) != 0 && errno != EEXIST)
+    if (mkdir(j->dir, 0700) == 0) {
+        qr_status dst = qr_fsync_dir_of(j->dir, err);
+        if (dst)
+            return dst;
+    } else if (errno != EEXIST)
         return qr_fail(err, QR_EIO, "cannot create the jobs directory '%s': %s", j->dir, strerror(errno));
     store_job *jobs = NULL;
     size_t n = 0;

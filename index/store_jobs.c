@@ -204,7 +204,22 @@ qr_status store_job_add_results(store *s, const char *id, const store_job_result
         return st;
     sqlite3_stmt *look = NULL, *ins = NULL, *up = NULL;
     if ((st = store_begin_write(s, err)) ||
-        (st = prepare(s, "SELECT 1 FROM job_results WHERE job = ?1 AND ordinal = ?2", &look, err,
+        (st = prepare(s, "SELECT 1 FROM jobs WHERE id = ?1", &look, err, "prepare a job's lookup")))
+        goto out;
+    bool known = false;
+    if (store_bind_str(look, 1, id)) {
+        st = store_bind_fail(s, err);
+        goto out;
+    }
+    if ((st = store_step_row(s, look, &known, err, "look up a job")))
+        goto out;
+    if (!known) {
+        st = qr_fail(err, QR_ENOTFOUND, "no job '%s'", id);
+        goto out;
+    }
+    sqlite3_finalize(look);
+    look = NULL;
+    if ((st = prepare(s, "SELECT 1 FROM job_results WHERE job = ?1 AND ordinal = ?2", &look, err,
                       "prepare a job result's lookup")) ||
         (st = prepare(s, "INSERT OR REPLACE INTO job_results(job, ordinal, result) VALUES (?1, ?2, ?3)", &ins,
                       err, "prepare a job result's insertion")) ||
