@@ -138,6 +138,7 @@ void api_h_doc_get(api_req *r);
 void api_h_doc_list(api_req *r);
 void api_h_rebuild(api_req *r);
 void api_h_job_get(api_req *r);
+void api_h_job_list(api_req *r);
 void api_h_key_list(api_req *r);
 void api_h_key_create(api_req *r);
 void api_h_key_revoke(api_req *r);
@@ -586,16 +587,21 @@ typedef struct {
 void api_job_doc_release(api_job_doc *d);
 
 qr_status api_jobs_new(api_server *srv, api_jobs **out, char *err);
+/* Queues the jobs the store holds unfinished (a previous run's), removes staging directories no
+ * unfinished job owns, and starts the runner. Before the server listens. */
 qr_status api_jobs_start(api_jobs *j, char *err);
-/* Stops the runner after the document in progress; queued jobs end as "cancelled". */
+/* Stops the runner after the document in progress; that job becomes "interrupted" and queued
+ * ones stay "queued" in the store, both to resume at the next start. */
 void api_jobs_stop(api_jobs *j);
 void api_jobs_free(api_jobs *j);
-/* Queues an ingestion of docs (taken over, also on error) for user; id receives the job id. */
+/* Stages docs under <data.dir>/jobs/<id>/ (files and directory synced), records the job in the
+ * store and queues it: when this returns QR_OK the job survives a crash. docs are taken over,
+ * also on error (then nothing is left staged); id receives the job id. */
 qr_status api_jobs_submit_ingest(api_jobs *j, api_job_doc *docs, size_t ndocs, const char *user, char id[33],
                                  char *err);
 /* Queues a rebuild of the vector index. */
 qr_status api_jobs_submit_rebuild(api_jobs *j, const char *user, char id[33], char *err);
-/* The job as JSON (new reference), or NULL when unknown. */
+/* The job as JSON (new reference), or NULL when unknown. Reads the store. */
 json_t *api_jobs_describe(api_jobs *j, const char *id);
 
 /* Ingests one document through the server's ingestion session (serialised). Any thread. */

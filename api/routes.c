@@ -34,6 +34,7 @@ const api_route api_route_table[] = {
     {"DELETE", "/v1/documents/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false,
      api_h_doc_delete},
     {"POST", "/v1/index/rebuild", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_rebuild},
+    {"GET", "/v1/jobs", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_job_list},
     {"GET", "/v1/jobs/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_job_get},
     {"GET", "/v1/keys", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_key_list},
     {"POST", "/v1/keys", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_JSON, false, api_h_key_create},

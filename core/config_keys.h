@@ -56,6 +56,8 @@
       "On SIGTERM, how long requests in flight may take to finish before they are cancelled.")               \
     X(INT, server, job_threshold_bytes, "1048576", 0, 17179869184.0, NULL, false,                            \
       "Document uploads larger than this (or of several documents) run as background jobs (202).")           \
+    X(INT, server, job_retention_s, "604800", 1, 315360000, NULL, false,                                     \
+      "Seconds a finished background job (and GET /v1/jobs/{id}) is kept before the job runner prunes it.")  \
     X(INT, server, chat_k, "8", 1, 100, NULL, false, "Passages retrieved for /v1/ask and chat answers.")     \
     X(STRING, server, audit_log, "", NO_RANGE, NULL, false,                                                  \
       "Audit log file (JSON lines); empty: <data.dir>/audit.log; \"off\": none.")                            \

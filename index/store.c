@@ -109,6 +109,24 @@ static const char *const store_migrations[] = {
     "CREATE INDEX documents_changed ON documents(changed);"
     /* the store's identity, for indexes derived from it (store_uid) */
     "INSERT INTO meta(key, value) VALUES ('store_uid', random() & 0x7fffffffffffffff);",
+    /* 3: background jobs (store_jobs.c), so that a restart resumes them. staged is the job's
+     * upload manifest (JSON text, opaque here); each document's result is a row of job_results,
+     * written in the transaction that moves the job's counts. No change counter: jobs are not
+     * documents, and no index follows them. */
+    "CREATE TABLE jobs("
+    "  id TEXT PRIMARY KEY,"
+    "  kind TEXT NOT NULL, state TEXT NOT NULL, user TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL, started_ms INTEGER NOT NULL DEFAULT 0,"
+    "  finished_ms INTEGER NOT NULL DEFAULT 0,"
+    "  docs INTEGER NOT NULL DEFAULT 0, done INTEGER NOT NULL DEFAULT 0,"
+    "  failed INTEGER NOT NULL DEFAULT 0, chunks INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT NOT NULL DEFAULT '', staged TEXT NOT NULL DEFAULT '[]') WITHOUT ROWID;"
+    "CREATE INDEX jobs_created ON jobs(created_ms, id);"
+    "CREATE INDEX jobs_finished ON jobs(finished_ms);"
+    "CREATE TABLE job_results("
+    "  job TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  ordinal INTEGER NOT NULL, result TEXT NOT NULL,"
+    "  PRIMARY KEY (job, ordinal)) WITHOUT ROWID;",
 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
 

@@ -342,4 +342,51 @@ qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn 
 /* The store's change counter (one indexed read): an index that saw this counter is current. */
 qr_status store_change_counter(store *s, int64_t *counter, char *err);
 
+/* ---- background jobs (store_jobs.c) --------------------------------------------------------- */
+
+/* A background job as the jobs table holds it (the API's ingestion and rebuild jobs). state is
+ * "queued", "running", "interrupted" (stopped by a shutdown; resumes at the next start),
+ * "succeeded" or "failed"; finished_ms is 0 until it ends. */
+typedef struct {
+    char id[33];
+    char kind[16];
+    char state[16];
+    char user[320];
+    int64_t created_ms, started_ms, finished_ms;
+    int64_t docs, done, failed, chunks;
+    char error[QR_ERR_LEN];
+} store_job;
+
+/* Records a new job (counts as given; no results yet) with staged, the job's manifest: text the
+ * store keeps as it is (the API writes JSON), "" for none. QR_EEXIST when the id is taken. The
+ * row is durable when this returns. */
+qr_status store_job_insert(store *s, const store_job *job, const char *staged, char *err);
+/* Reads job id into *out. With staged or results non-NULL, *staged receives the manifest and
+ * *results the per-document results as a JSON array in order ("[]" for none); free() both.
+ * QR_ENOTFOUND for an unknown id (nothing is allocated). One snapshot. */
+qr_status store_job_get(store *s, const char *id, store_job *out, char **staged, char **results, char *err);
+/* Writes the job's state, times, counts and error (the row must exist: QR_ENOTFOUND). */
+qr_status store_job_update(store *s, const store_job *job, char *err);
+/* One document's result for store_job_add_results: result is JSON text. */
+typedef struct {
+    int64_t ordinal;
+    bool failed;
+    int64_t chunks;
+    const char *result;
+} store_job_result;
+/* Records n documents' results and moves the job's counts in one transaction: done by one per
+ * result, failed by one per failed result, chunks by their chunks. A result already recorded
+ * for an ordinal (a document redone after a crash) is replaced and the counts are left as they
+ * were for it. */
+qr_status store_job_add_results(store *s, const char *id, const store_job_result *r, size_t n, char *err);
+/* A page of jobs, newest first (created_ms, then id, descending), state "" or NULL for any;
+ * after_ms/after_id (after_id NULL: from the newest) continue a listing after that job. *out is
+ * calloc'd (free() it) with *n jobs; *more when later jobs exist. limit 1..10000. */
+qr_status store_job_list(store *s, const char *state, int64_t after_ms, const char *after_id, size_t limit,
+                         store_job **out, size_t *n, bool *more, char *err);
+/* The jobs not finished (queued, running or interrupted), oldest first; free() *out. */
+qr_status store_job_unfinished(store *s, store_job **out, size_t *n, char *err);
+/* Deletes the jobs that finished before before_ms, with their results; *pruned counts them. */
+qr_status store_job_prune(store *s, int64_t before_ms, size_t *pruned, char *err);
+
 #endif

@@ -547,6 +547,7 @@ TEST(openapi_operations_are_described)
         {"DELETE", "/v1/documents/{id}", "deleteDocument"},
         {"PATCH", "/v1/documents/{id}/acl", "setDocumentAcl"},
         {"GET", "/v1/jobs/{id}", "getJob"},
+        {"GET", "/v1/jobs", "listJobs"},
         {"POST", "/v1/index/rebuild", "rebuildIndex"},
         {"GET", "/healthz", "getHealth"},
         {"GET", "/readyz", "getReadiness"},

@@ -224,13 +224,13 @@ TEST(open_creates_private_dir_and_schema)
     CHECK_INT(sb.st_mode & 0777, 0700);
     sqlite3 *db = raw_open(dir);
     CHECK(db);
-    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 2);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 3);
     char mode[32];
     CHECK_STR(raw_str(db, "PRAGMA journal_mode", mode, sizeof(mode)), "wal");
     CHECK_INT(raw_int(db,
                       "SELECT count(*) FROM sqlite_schema WHERE name IN ('documents', 'chunks', 'vectors',"
-                      " 'acl', 'chunks_fts', 'deleted_chunks', 'meta')"),
-              7);
+                      " 'acl', 'chunks_fts', 'deleted_chunks', 'meta', 'jobs', 'job_results')"),
+              9);
     /* reopening does not migrate again and keeps the data */
     CHECK_OK(store_open(dir, &s, err), err);
     CHECK_OK(store_check_embedding(s, "m", DIM, err), err);
@@ -246,7 +246,7 @@ TEST(open_creates_private_dir_and_schema)
     CHECK_INT(stats.chunks, 3);
     CHECK_STR(stats.embedding_model, "m");
     store_close(s);
-    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 2);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 3);
     /* a store written by a newer quarry is refused, not damaged */
     CHECK(raw_exec(db, "INSERT INTO schema_version VALUES (99, 0)"));
     sqlite3_close(db);
@@ -1287,7 +1287,9 @@ TEST(schema_1_store_migrates)
     /* take the file back to schema 1 */
     sqlite3 *db = raw_open(dir);
     CHECK(db);
-    CHECK(raw_exec(db, "DROP INDEX documents_changed;"
+    CHECK(raw_exec(db, "DROP TABLE job_results; DROP TABLE jobs;"
+                       "DELETE FROM schema_version WHERE version = 3;"
+                       "DROP INDEX documents_changed;"
                        "DELETE FROM meta WHERE key = 'store_uid';"
                        "ALTER TABLE documents DROP COLUMN fts_changed;"
                        "ALTER TABLE documents DROP COLUMN changed;"
@@ -1295,7 +1297,8 @@ TEST(schema_1_store_migrates)
     CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 1);
 
     CHECK_OK(store_open(dir, &s, err), err);
-    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 2);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 3);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('jobs', 'job_results')"), 2);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'documents_changed'"), 1);
     /* documents of unknown history count as changed at the counter of the migration */
     doc_changes x;
@@ -2062,4 +2065,78 @@ TEST(crash_kill_50)
             "reached the WAL but before it returned\n",
             (long long)total_writes, (long long)prev_counter, kills_mid_write);
     rm_tree(dir);
+}
+
+/* ---- the jobs table ------------------------------------------------------------------------ */
+
+TEST(jobs_table_records_progress_once_per_document)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *base = temp_dir();
+    CHECK(base);
+    store *s = NULL;
+    CHECK_OK(store_open(base, &s, err), err);
+    store_job a = {
+        .id = "aaaa", .kind = "ingest", .state = "queued", .user = "dave", .created_ms = 1000, .docs = 3};
+    store_job b = {.id = "bbbb", .kind = "rebuild", .state = "queued", .user = "frank", .created_ms = 2000};
+    CHECK_OK(store_job_insert(s, &a, "[{\"doc_id\":\"x\"}]", err), err);
+    CHECK_OK(store_job_insert(s, &b, "", err), err);
+    CHECK_INT(store_job_insert(s, &a, "", err), QR_EEXIST);
+
+    /* two results in one call, then the second again (a document redone after a crash) */
+    store_job_result r[2] = {{0, false, 4, "{\"doc_id\":\"x\",\"n\":1}"}, {1, true, 0, "{\"doc_id\":\"y\"}"}};
+    CHECK_OK(store_job_add_results(s, "aaaa", r, 2, err), err);
+    store_job_result again = {1, false, 2, "{\"doc_id\":\"y\",\"again\":true}"};
+    CHECK_OK(store_job_add_results(s, "aaaa", &again, 1, err), err);
+    store_job got;
+    char *staged = NULL, *results = NULL;
+    CHECK_OK(store_job_get(s, "aaaa", &got, &staged, &results, err), err);
+    CHECK_INT(got.done, 2);
+    CHECK_INT(got.failed, 1);
+    CHECK_INT(got.chunks, 4);
+    CHECK_STR(staged, "[{\"doc_id\":\"x\"}]");
+    CHECK_STR(results, "[{\"doc_id\":\"x\",\"n\":1},{\"doc_id\":\"y\",\"again\":true}]");
+    free(staged);
+    free(results);
+    CHECK_INT(store_job_add_results(s, "nope", r, 1, err), QR_ENOTFOUND);
+    CHECK_INT(store_job_get(s, "nope", &got, NULL, NULL, err), QR_ENOTFOUND);
+
+    /* unfinished oldest first; the listing newest first, by state, in pages */
+    store_job *jobs = NULL;
+    size_t n = 0;
+    bool more = false;
+    CHECK_OK(store_job_unfinished(s, &jobs, &n, err), err);
+    CHECK_INT(n, 2);
+    CHECK_STR(jobs[0].id, "aaaa");
+    free(jobs);
+    CHECK_OK(store_job_list(s, NULL, 0, NULL, 1, &jobs, &n, &more, err), err);
+    CHECK(n == 1 && more);
+    CHECK_STR(jobs[0].id, "bbbb");
+    free(jobs);
+    CHECK_OK(store_job_list(s, NULL, 2000, "bbbb", 1, &jobs, &n, &more, err), err);
+    CHECK(n == 1 && !more);
+    CHECK_STR(jobs[0].id, "aaaa");
+    free(jobs);
+
+    /* finished jobs go once older than the cut, with their results; unfinished ones stay */
+    snprintf(a.state, sizeof(a.state), "succeeded");
+    a.finished_ms = 5000;
+    a.done = 2;
+    CHECK_OK(store_job_update(s, &a, err), err);
+    CHECK_OK(store_job_list(s, "succeeded", 0, NULL, 10, &jobs, &n, &more, err), err);
+    CHECK_INT(n, 1);
+    free(jobs);
+    size_t pruned = 0;
+    CHECK_OK(store_job_prune(s, 5000, &pruned, err), err);
+    CHECK_INT(pruned, 0);
+    CHECK_OK(store_job_prune(s, 5001, &pruned, err), err);
+    CHECK_INT(pruned, 1);
+    CHECK_INT(store_job_get(s, "aaaa", &got, NULL, NULL, err), QR_ENOTFOUND);
+    CHECK_OK(store_job_get(s, "bbbb", &got, NULL, NULL, err), err);
+    store_close(s);
+    sqlite3 *db = raw_open(base);
+    CHECK(db);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM job_results"), 0);
+    sqlite3_close(db);
+    rm_tree(base);
 }
