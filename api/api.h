@@ -47,6 +47,14 @@ int api_server_stop(api_server *srv, int grace_s);
 
 /* Stops the server if it runs and frees everything. NULL is a no-op. */
 void api_server_free(api_server *srv);
+/* SIGHUP's work: reopens the log, access-log and audit-log files (logrotate moved them), then
+ * applies `loaded` (the configuration read again; NULL when reading it failed, which changes
+ * nothing) to the keys marked QR_RELOAD in core/config_keys.h: log levels, failed-login limits,
+ * CORS origins, the inference backend's settings. A changed key that needs a restart is logged
+ * "<key> changed: needs restart" and keeps its value. All or nothing: a value the server
+ * refuses (a bad CORS origin) changes nothing. Requests in flight finish with the settings they
+ * started with. One line in the log says what changed. Call from one thread at a time. */
+qr_status api_server_reload(api_server *srv, const qr_config *loaded, char *err);
 
 /* ---- the search service (service.c) -------------------------------------------------------- */
 
