@@ -123,6 +123,9 @@ char *api_url_decode(const char *s, size_t n, bool plus_space);
 void api_h_healthz(api_req *r);
 void api_h_readyz(api_req *r);
 void api_h_status(api_req *r);
+/* Whether /readyz would answer 200; *ldap_ok: LDAP answered (or is not configured). Runs the
+ * checks (LDAP's answer is cached, see API_PROBE_LDAP_NS). Any thread. */
+bool api_ready(api_server *srv, bool *ldap_ok);
 void api_h_me(api_req *r);
 void api_h_token(api_req *r);
 void api_h_models(api_req *r);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "api/api_int.h"
@@ -455,6 +456,31 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
     head(o, "quarry_metrics_series_dropped_total", "counter",
          "Request observations beyond the series limit.");
     qr_buf_printf(o, "quarry_metrics_series_dropped_total %llu\n", (unsigned long long)snap->series_dropped);
+    bool ldap_ok = false;
+    bool ready = api_ready(srv, &ldap_ok);
+    head(o, "quarry_ready", "gauge", "1 when /readyz answers 200 (store, indexes and LDAP are fine).");
+    qr_buf_printf(o, "quarry_ready %d\n", ready);
+    head(o, "quarry_ldap_reachable", "gauge",
+         "1 when LDAP answered the last readiness check (or none is set).");
+    qr_buf_printf(o, "quarry_ldap_reachable %d\n", ldap_ok);
+    struct statvfs vfs;
+    head(o, "quarry_data_dir_free_bytes", "gauge",
+         "Bytes available to quarry on the data directory's file system.");
+    if (statvfs(qr_config_settings(srv->cfg)->data_dir, &vfs) == 0)
+        qr_buf_printf(o, "quarry_data_dir_free_bytes %llu\n",
+                      (unsigned long long)vfs.f_bavail * vfs.f_frsize);
+    head(o, "quarry_data_dir_size_bytes", "gauge", "Size of the data directory's file system.");
+    if (statvfs(qr_config_settings(srv->cfg)->data_dir, &vfs) == 0)
+        qr_buf_printf(o, "quarry_data_dir_size_bytes %llu\n",
+                      (unsigned long long)vfs.f_blocks * vfs.f_frsize);
+    pthread_mutex_lock(&srv->reload_lock);
+    uint64_t reloads = srv->reloads, reload_failures = srv->reload_failures;
+    pthread_mutex_unlock(&srv->reload_lock);
+    head(o, "quarry_config_reloads_total", "counter", "Configuration reloads (SIGHUP) applied.");
+    qr_buf_printf(o, "quarry_config_reloads_total %llu\n", (unsigned long long)reloads);
+    head(o, "quarry_config_reload_failures_total", "counter",
+         "SIGHUP reloads that changed nothing because the configuration was refused.");
+    qr_buf_printf(o, "quarry_config_reload_failures_total %llu\n", (unsigned long long)reload_failures);
     build_info(o);
     process_series(o);
     free(snap);

@@ -164,17 +164,17 @@ static const char *ldap_state(api_server *srv)
     return st == QR_EUNAVAILABLE ? "unreachable" : "ok";
 }
 
-/* The readiness checks: the body /v1/status answers (with counts: administrators only), and
- * whether the server is ready. */
-static json_t *readiness(api_req *r, bool *ready_out)
+/* The readiness checks: the body /v1/status answers (counts with `counts`), and whether the
+ * server is ready; *ldap_ok says whether LDAP answered (or is not configured). */
+static json_t *readiness(api_server *srv, bool counts, bool *ready_out, bool *ldap_ok)
 {
-    api_server *srv = r->srv;
     char err[QR_ERR_LEN];
     store_stats stats;
     store *s = api_store_acquire(srv);
     qr_status st = store_get_stats(s, &stats, err);
     api_store_release(srv, s);
     const char *ldap = ldap_state(srv);
+    *ldap_ok = strcmp(ldap, "unreachable") != 0;
     /* the maintainer opens the indexes in the background: until then searches rank with FTS5
      * (ready), unless its first pass failed or the store has no vectors yet (not ready). A vector
      * index the maintainer keeps failing to update serves stale results: not ready either. BM25
@@ -218,7 +218,7 @@ static json_t *readiness(api_req *r, bool *ready_out)
                                       (json_int_t)vi.skipped));
     }
     /* how much is stored is the administrators' business, not every employee's */
-    if (body && !st && r->principal && r->principal->is_admin) {
+    if (body && !st && counts) {
         json_t *checks = json_object_get(body, "checks");
         json_object_set_new(checks, "documents", json_integer(stats.documents));
         json_object_set_new(checks, "chunks", json_integer(stats.chunks));
@@ -228,17 +228,24 @@ static json_t *readiness(api_req *r, bool *ready_out)
     return body;
 }
 
-void api_h_readyz(api_req *r)
+bool api_ready(api_server *srv, bool *ldap_ok)
 {
     bool ready = false;
-    json_decref(readiness(r, &ready));
+    json_decref(readiness(srv, false, &ready, ldap_ok));
+    return ready;
+}
+
+void api_h_readyz(api_req *r)
+{
+    bool ready = false, ldap_ok = false;
+    json_decref(readiness(r->srv, false, &ready, &ldap_ok));
     api_reply_json(r, ready ? 200 : 503, json_pack("{s:s}", "status", ready ? "ok" : "unavailable"));
 }
 
 void api_h_status(api_req *r)
 {
-    bool ready = false;
-    json_t *body = readiness(r, &ready);
+    bool ready = false, ldap_ok = false;
+    json_t *body = readiness(r->srv, r->principal && r->principal->is_admin, &ready, &ldap_ok);
     api_reply_json(r, ready ? 200 : 503, body);
 }
 

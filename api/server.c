@@ -647,11 +647,12 @@ qr_status api_server_reload(api_server *srv, const qr_config *loaded, char *err)
     next = NULL;
     srv->reloads++;
 out:
-    if (st && loaded) {
+    if (st) {
         /* the log level may have been set before a later piece refused its value: back to the
          * one in force */
         char e3[QR_ERR_LEN];
-        qr_config_apply_logging(srv->live, e3);
+        if (loaded && qr_config_apply_logging(srv->live, e3))
+            qr_log(QR_LOG_ERROR, "reload", "cannot restore the log settings: %s", e3);
         srv->reload_failures++;
     }
     pthread_mutex_unlock(&srv->reload_lock);
