@@ -23,25 +23,28 @@ trap cleanup EXIT INT TERM
 
 fail() {
     echo "ops_live $CASE: FAIL: $1" >&2
-    [ -f "$TMP/serve.log" ] && { echo "--- server log (tail):" >&2; tail -n 30 "$TMP/serve.log" >&2; }
+    for f in "$TMP/serve.log" "$TMP/quarry.log"; do
+        [ -f "$f" ] && { echo "--- $f (tail):" >&2; tail -n 30 "$f" >&2; }
+    done
     exit 1
 }
 need() { command -v "$1" >/dev/null 2>&1 || { echo "ops_live $CASE: $1 not installed, skipped" >&2; exit 77; }; }
 need curl
 
-# config LEVEL ORIGIN MODEL LISTEN: writes the configuration file the server reads (and rereads)
+# config LEVEL ORIGIN MODEL LISTEN [USER_LIMIT]: writes the configuration file the server reads (and
+# rereads); USER_LIMIT is auth.rate_limit_user (default 5)
 config() {
     cat >"$TMP/quarry.json" <<JSON
 {
   "data": {"dir": "$TMP/data"},
-  "log": {"level": "$1"},
+  "log": {"level": "$1", "file": "$TMP/quarry.log"},
   "server": {"listen": "$4", "threads": 1, "workers": 4, "access_log": "$TMP/access.log",
              "cors_origins": "$2"},
   "ldap": {"uri": "${QUARRY_TEST_LDAP_URI:-}", "bind_dn": "${QUARRY_TEST_LDAP_BIND_DN:-}",
            "user_base": "ou=people,${QUARRY_TEST_LDAP_BASE:-dc=quarry,dc=test}",
            "group_base": "ou=groups,${QUARRY_TEST_LDAP_BASE:-dc=quarry,dc=test}"},
-  "auth": {"admin_groups": "ops"},
-  "inference": {"model": "$3"}
+  "auth": {"admin_groups": "ops", "rate_limit_user": ${5:-5}},
+  "inference": {"model": "$3", "base_url": "${QUARRY_TEST_INFERENCE_URL:-http://127.0.0.1:9}/v1", "retries": 0}
 }
 JSON
 }
@@ -76,10 +79,10 @@ preflight() {
         -H 'Access-Control-Request-Method: POST' "$BASE/v1/search"
 }
 
-# wait_log PATTERN: waits (5 s at most) for a line of the server log matching PATTERN (grep -E)
+# wait_log PATTERN: waits (5 s at most) for a line of the log (log.file) matching PATTERN (grep -E)
 wait_log() {
     for _ in $(seq 50); do
-        grep -Eq "$1" "$TMP/serve.log" && return 0
+        grep -Eq "$1" "$TMP/quarry.log" && return 0
         sleep 0.1
     done
     fail "the log never said: $1"
@@ -145,33 +148,64 @@ deploy_metric_names)
     done
     ;;
 sighup_reload)
+    [ -n "${QUARRY_TEST_INFERENCE_URL:-}" ] || fail "run me under tests/fixtures/fake-inference-fixture.sh"
     config warn https://old.example m1 127.0.0.1:0
     start
     [ "$(preflight https://old.example)" = 204 ] || fail "old origin refused before the reload"
     [ "$(preflight https://new.example)" = 403 ] || fail "new origin allowed before the reload"
-    grep -q ' info ' "$TMP/serve.log" && fail "info lines logged at log.level=warn"
+    # a document alice may read, so that /v1/ask calls the backend
+    get '/v1/documents/ops%2Fnote.md?refresh=wait_for' -X PUT -H "Authorization: Bearer $KEY" \
+        -H 'Content-Type: application/json' \
+        -d '{"title":"Rotation","text":"Logs are rotated weekly by logrotate.","acl":["user:alice"]}'
+    [ "$STATUS" = 201 ] || [ "$STATUS" = 200 ] || fail "PUT document answered $STATUS: $(cat "$TMP/body")"
+    # model_of_last_ask: the model the backend was asked for by a fresh /v1/ask of alice's
+    model_of_last_ask() {
+        curl -s -X DELETE "$QUARRY_TEST_INFERENCE_URL/_fake/requests" >/dev/null
+        get /v1/ask -u alice:Alice-pw-1 -H 'Content-Type: application/json' \
+            -d '{"question":"How often are logs rotated?"}'
+        [ "$STATUS" = 200 ] || fail "/v1/ask answered $STATUS: $(cat "$TMP/body")"
+        curl -s "$QUARRY_TEST_INFERENCE_URL/_fake/requests" |
+            python3 -c 'import json,sys; print(",".join(sorted({r["body"]["model"] for r in json.load(sys.stdin) if r.get("body") and "model" in r["body"]})))'
+    }
+    [ "$(model_of_last_ask)" = m1 ] || fail "the backend was not asked for m1 before the reload"
+    grep -q ' info ' "$TMP/quarry.log" && fail "info lines logged at log.level=warn"
+    # at 5 failed logins per user, one failure does not lock carol out
+    get /v1/me -u carol:wrong
+    get /v1/me -u carol:Carol-pw-3
+    [ "$STATUS" = 200 ] || fail "carol locked out after one failure before the reload ($STATUS)"
     get /healthz
-    chmod 0640 "$TMP/access.log"
+    [ -f "$TMP/data/audit.log" ] || fail "no audit log"
+    for f in "$TMP/access.log" "$TMP/data/audit.log" "$TMP/quarry.log"; do chmod 0640 "$f"; done
     # logrotate's move, then the reload with new values
     mv "$TMP/access.log" "$TMP/access.log.1"
-    config info https://new.example m2 127.0.0.1:1
+    mv "$TMP/data/audit.log" "$TMP/data/audit.log.1"
+    mv "$TMP/quarry.log" "$TMP/quarry.log.1"
+    config info https://new.example m2 127.0.0.1:1 1
     kill -HUP "$PID"
     wait_log 'info +\[reload\] configuration reloaded: applied '
-    line=$(grep 'configuration reloaded' "$TMP/serve.log" | tail -n 1)
-    for k in log.level server.cors_origins inference.model; do
+    line=$(grep 'configuration reloaded' "$TMP/quarry.log" | tail -n 1)
+    for k in log.level server.cors_origins inference.model auth.rate_limit_user; do
         echo "$line" | grep -q "$k" || fail "the reload line does not name $k: $line"
     done
-    grep -q 'server.listen changed: needs restart' "$TMP/serve.log" || fail "server.listen not reported as needing a restart"
+    grep -q 'server.listen changed: needs restart' "$TMP/quarry.log" || fail "server.listen not reported as needing a restart"
     echo "$line" | grep -q 'server.listen' && fail "server.listen reported as applied"
     kill -0 "$PID" 2>/dev/null || fail "the server died on SIGHUP"
     [ "$(preflight https://new.example)" = 204 ] || fail "new origin refused after the reload"
     [ "$(preflight https://old.example)" = 403 ] || fail "old origin still allowed after the reload"
+    [ "$(model_of_last_ask)" = m2 ] || fail "the backend was not asked for m2 after the reload"
+    # at 1 failed login per user, erin is refused after one failure, even with her password
+    get /v1/me -u erin:wrong
+    get /v1/me -u erin:Erin-pw-5
+    [ "$STATUS" = 429 ] || fail "auth.rate_limit_user=1 not in force after the reload (erin got $STATUS)"
     get /healthz
     [ "$STATUS" = 200 ] || fail "/healthz answered $STATUS after the reload"
-    # the moved access log: a new file, with the old one's mode, holding the requests since
-    [ -f "$TMP/access.log" ] || fail "no new access log after SIGHUP"
-    [ "$(stat -c %a "$TMP/access.log")" = 640 ] || fail "new access log has mode $(stat -c %a "$TMP/access.log"), not 640"
+    # the moved logs: new files, with the old ones' mode, holding what came since
+    for f in "$TMP/access.log" "$TMP/data/audit.log" "$TMP/quarry.log"; do
+        [ -f "$f" ] || fail "no new $f after SIGHUP"
+        [ "$(stat -c %a "$f")" = 640 ] || fail "new $f has mode $(stat -c %a "$f"), not 640"
+    done
     grep -q '"/healthz"' "$TMP/access.log" || fail "the new access log has no line for /healthz"
+    grep -q '"action":"answer"' "$TMP/data/audit.log" || fail "the new audit log has no line for the ask"
     n_old=$(wc -l <"$TMP/access.log.1")
     get /healthz
     [ "$(wc -l <"$TMP/access.log.1")" = "$n_old" ] || fail "the moved access log is still written"
@@ -179,18 +213,20 @@ sighup_reload)
     echo '{"log": {"level": "debug"}, "server": {' >"$TMP/quarry.json"
     kill -HUP "$PID"
     wait_log 'the configuration was not reloaded, nothing changed'
-    grep -q ' debug ' "$TMP/serve.log" && fail "log.level changed by a broken file"
+    grep -q ' debug ' "$TMP/quarry.log" && fail "log.level changed by a broken file"
     [ "$(preflight https://new.example)" = 204 ] || fail "a broken file changed the CORS origins"
     [ "$(preflight https://old.example)" = 403 ] || fail "a broken file changed the CORS origins"
     # a well-formed file with a value the server refuses (a CORS origin with a path): nothing changes
     config debug https://bad.example/path m3 127.0.0.1:0
     kill -HUP "$PID"
-    wait_log 'SIGHUP: nothing changed: .*server.cors_origins|SIGHUP: nothing changed'
+    wait_log 'SIGHUP: nothing changed'
     [ "$(preflight https://new.example)" = 204 ] || fail "a refused reload changed the CORS origins"
-    grep -q ' debug ' "$TMP/serve.log" && fail "a refused reload changed log.level"
+    grep -q ' debug ' "$TMP/quarry.log" && fail "a refused reload changed log.level"
+    [ "$(model_of_last_ask)" = m2 ] || fail "a refused reload changed inference.model"
     scrape
     grep -q '^quarry_config_reloads_total 1$' "$TMP/metrics.txt" || fail "quarry_config_reloads_total is not 1"
     grep -q '^quarry_config_reload_failures_total 2$' "$TMP/metrics.txt" || fail "quarry_config_reload_failures_total is not 2"
+    grep -q '^quarry_inference_calls_total 3$' "$TMP/metrics.txt" || fail "backend calls of replaced clients not counted: $(grep '^quarry_inference_calls_total' "$TMP/metrics.txt")"
     # SIGTERM stays graceful
     kill -TERM "$PID"
     wait "$PID"
