@@ -144,10 +144,11 @@ deploy_metric_names)
         "$SRC/deploy/grafana/quarry-dashboard.json" | sort -u)
     [ "$(echo "$names" | wc -l)" -ge 20 ] || fail "too few metric names found in deploy/"
     for n in $names; do
-        grep -qE "^$n[{ ]" "$TMP/metrics.txt" || fail "deploy/ uses $n, which the scrape does not have"
+        grep -qE "^${n}[{ ]" "$TMP/metrics.txt" || fail "deploy/ uses $n, which the scrape does not have"
     done
     ;;
 sighup_reload)
+    need python3
     [ -n "${QUARRY_TEST_INFERENCE_URL:-}" ] || fail "run me under tests/fixtures/fake-inference-fixture.sh"
     config warn https://old.example m1 127.0.0.1:0
     start
