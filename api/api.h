@@ -2,8 +2,9 @@
  * api: the HTTP front door (libmicrohttpd). An OpenAI-compatible chat endpoint for office-tool
  * plugins, a knowledge-base search API, administrators' document and index routes with
  * background jobs, health, readiness, Prometheus metrics, an OpenAPI 3.1 description and an
- * audit log. Every route but /healthz authenticates the caller (HTTP Basic through LDAP, bearer
- * tokens, service API keys) and every result is trimmed to what that caller may read.
+ * audit log. Every route but the probes (/healthz, /readyz) and /openapi.json authenticates the
+ * caller (HTTP Basic through LDAP, bearer tokens, service API keys) and every result is trimmed to
+ * what that caller may read.
  *
  * Threads: libmicrohttpd's own pool (server.threads) reads requests and writes responses and
  * never blocks; anything that may block (LDAP, the store, retrieval, the inference backend) runs

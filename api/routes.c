@@ -311,8 +311,7 @@ void api_h_token(api_req *r)
     if (st) {
         if (st == QR_ELIMIT) {
             char secs[32];
-            snprintf(secs, sizeof(secs), "%lld",
-                     (long long)qr_config_settings(srv->cfg)->auth_rate_limit_window_s);
+            snprintf(secs, sizeof(secs), "%lld", (long long)auth_rate_limit_window_s(srv->auth));
             api_reply_error(r, 429, "rate_limited", "%s", err);
             api_reply_header(r, "Retry-After", secs);
         } else if (st == QR_EUNAVAILABLE) {

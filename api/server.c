@@ -606,13 +606,8 @@ qr_status api_server_reload(api_server *srv, const qr_config *loaded, char *err)
     /* everything that can refuse a value is built before anything changes */
     const qr_settings *now = qr_config_settings(srv->live), *set = qr_config_settings(next);
     bool cors_changed = strcmp(now->server_cors_origins, set->server_cors_origins) != 0;
-    bool infer_changed = false;
-    size_t nkeys;
-    const qr_cfg_key *keys = qr_config_keys(&nkeys);
-    for (size_t i = 0; i < nkeys; i++)
-        if (keys[i].reload && strncmp(keys[i].name, "inference.", 10) == 0 &&
-            strstr(qr_buf_str(&changed), keys[i].name))
-            infer_changed = true;
+    /* `changed` names reloadable keys only, and every reloadable inference.* key is the client's */
+    bool infer_changed = strstr(qr_buf_str(&changed), "inference.") != NULL;
     if ((cors_changed || infer_changed) && srv->nretired == API_RELOADS_KEPT) {
         st = qr_fail(err, QR_ELIMIT,
                      "%d reloads replaced the backend client or CORS origins; restart to apply more",
