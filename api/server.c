@@ -616,16 +616,20 @@ qr_status api_server_reload(api_server *srv, const qr_config *loaded, char *err)
     }
     char e2[QR_ERR_LEN];
     qr_log_level level;
-    if ((st = qr_log_level_parse(set->log_level, &level, e2)) ||
-        (st = qr_log_configure(level, strcmp(set->log_format, "json") == 0 ? QR_LOG_JSON : QR_LOG_TEXT,
-                               set->log_components, e2))) {
-        st = qr_fail(err, st, "log: %s", e2);
+    if ((st = qr_log_level_parse(set->log_level, &level, e2))) {
+        st = qr_fail(err, st, "log.level: %s", e2);
         goto out;
     }
     if (cors_changed && (st = api_cors_new(set->server_cors_origins, &cors, err)))
         goto out;
     if (infer_changed && (st = infer_client_new(next, &infer, err)))
         goto out;
+    /* the last check, and the first change: the logger takes all of it or nothing */
+    if ((st = qr_log_configure(level, strcmp(set->log_format, "json") == 0 ? QR_LOG_JSON : QR_LOG_TEXT,
+                               set->log_components, e2))) {
+        st = qr_fail(err, st, "log.components: %s", e2);
+        goto out;
+    }
 
     /* apply: nothing below fails */
     auth_set_rate_limits(srv->auth, (int)set->auth_rate_limit_user, (int)set->auth_rate_limit_addr,
@@ -642,14 +646,8 @@ qr_status api_server_reload(api_server *srv, const qr_config *loaded, char *err)
     next = NULL;
     srv->reloads++;
 out:
-    if (st) {
-        /* the log level may have been set before a later piece refused its value: back to the
-         * one in force */
-        char e3[QR_ERR_LEN];
-        if (loaded && qr_config_apply_logging(srv->live, e3))
-            qr_log(QR_LOG_ERROR, "reload", "cannot restore the log settings: %s", e3);
+    if (st)
         srv->reload_failures++;
-    }
     pthread_mutex_unlock(&srv->reload_lock);
     if (!st) {
         const char *restart_list = qr_buf_len(&restart) ? qr_buf_str(&restart) : NULL;
