@@ -2,8 +2,9 @@
  * api: the HTTP front door (libmicrohttpd). An OpenAI-compatible chat endpoint for office-tool
  * plugins, a knowledge-base search API, administrators' document and index routes with
  * background jobs, health, readiness, Prometheus metrics, an OpenAPI 3.1 description and an
- * audit log. Every route but /healthz authenticates the caller (HTTP Basic through LDAP, bearer
- * tokens, service API keys) and every result is trimmed to what that caller may read.
+ * audit log. Every route but the probes (/healthz, /readyz) and /openapi.json authenticates the
+ * caller (HTTP Basic through LDAP, bearer tokens, service API keys) and every result is trimmed to
+ * what that caller may read.
  *
  * Threads: libmicrohttpd's own pool (server.threads) reads requests and writes responses and
  * never blocks; anything that may block (LDAP, the store, retrieval, the inference backend) runs
@@ -47,6 +48,14 @@ int api_server_stop(api_server *srv, int grace_s);
 
 /* Stops the server if it runs and frees everything. NULL is a no-op. */
 void api_server_free(api_server *srv);
+/* SIGHUP's work: reopens the log, access-log and audit-log files (logrotate moved them), then
+ * applies `loaded` (the configuration read again; NULL when reading it failed, which changes
+ * nothing) to the keys marked QR_RELOAD in core/config_keys.h: log levels, failed-login limits,
+ * CORS origins, the inference backend's settings. A changed key that needs a restart is logged
+ * "<key> changed: needs restart" and keeps its value. All or nothing: a value the server
+ * refuses (a bad CORS origin) changes nothing. Requests in flight finish with the settings they
+ * started with. One line in the log says what changed. Call from one thread at a time. */
+qr_status api_server_reload(api_server *srv, const qr_config *loaded, char *err);
 
 /* ---- the search service (service.c) -------------------------------------------------------- */
 

@@ -45,6 +45,9 @@
 #define API_CITE_CONTENT_MAX 4096       /* bytes of a passage in message.context.citations[].content */
 #define API_PARAM_MAX        64         /* bytes of an error's param ("data_sources[0].parameters.filter") */
 
+#define API_PROBE_LDAP_NS 2000000000ull /* how long /readyz's answer from LDAP is reused */
+#define API_RELOADS_KEPT  256           /* reloads that may replace the backend client or the CORS list */
+
 typedef struct api_req api_req;
 typedef struct api_metrics api_metrics;
 typedef struct api_audit api_audit;
@@ -121,6 +124,10 @@ void api_h_healthz(api_req *r);
 void api_h_readyz(api_req *r);
 /* api_search_default_json as a jansson object (NULL when out of memory), for /readyz. */
 json_t *api_search_default(const retrieval_opts *o);
+void api_h_status(api_req *r);
+/* Whether /readyz would answer 200; *ldap_ok: LDAP answered (or is not configured). Runs the
+ * checks (LDAP's answer is cached, see API_PROBE_LDAP_NS). Any thread. */
+bool api_ready(api_server *srv, bool *ldap_ok);
 void api_h_me(api_req *r);
 void api_h_token(api_req *r);
 void api_h_models(api_req *r);
@@ -182,13 +189,13 @@ struct api_server {
     api_guard *guard; /* the connections' deadlines, while the daemon runs */
     qr_pool *pool;
     auth_ctx *auth;
-    infer_client *infer;
+    infer_client *_Atomic infer; /* swapped by a reload: read it once per request (api_infer) */
     api_metrics *metrics;
     api_audit *audit;
     api_jobs *jobs;
-    api_cors *cors;   /* server.cors_origins (no origins: no CORS headers) */
-    char *openapi;    /* the document /openapi.json serves, built once from the configuration */
-    FILE *access_log; /* NULL: access lines go to the logger (component "access") */
+    api_cors *_Atomic cors; /* server.cors_origins (no origins: no CORS headers); swapped by a reload */
+    char *openapi;          /* the document /openapi.json serves, built once from the configuration */
+    FILE *access_log;       /* NULL: access lines go to the logger (component "access") */
     pthread_mutex_t access_lock;
 
     /* The writer: one ingestion session, one thread at a time (documents routes, jobs). */
@@ -206,6 +213,21 @@ struct api_server {
     atomic_bool cancel_all;
     api_req *active; /* doubly linked list of live requests */
 
+    /* Reloads (SIGHUP, reload_lock): the configuration in force (cfg's values, the reloadable keys
+     * as last reloaded), and what reloads replaced, kept until the server is freed so that a
+     * request still holding a replaced client or CORS list never sees it freed. */
+    /* /readyz's LDAP check, kept API_PROBE_LDAP_NS (probe_lock) */
+    pthread_mutex_t probe_lock;
+    uint64_t ldap_probe_ns; /* when LDAP was last asked (0: never) */
+    bool ldap_probe_ok, ldap_probing;
+
+    pthread_mutex_t reload_lock;
+    qr_config *live;
+    infer_client *retired_infer[API_RELOADS_KEPT];
+    api_cors *retired_cors[API_RELOADS_KEPT];
+    size_t nretired;
+    uint64_t reloads, reload_failures;
+
     /* The per-user share of the workers (share_lock): one slot per user with requests running. */
     pthread_mutex_t share_lock;
     api_share *shares; /* server.workers slots */
@@ -221,6 +243,12 @@ qr_status api_index_sync(api_server *srv, bool force, index_sync_report *rep, ch
 qr_status api_refresh_arg(api_req *r, bool *wait_for, char *err);
 /* After a write: wakes the maintainer, and with wait_for waits as api_index_sync. */
 qr_status api_index_written(api_server *srv, bool wait_for, char *err);
+
+/* The inference client in force now. A request takes it once and keeps it to its end. */
+static inline infer_client *api_infer(api_server *srv)
+{
+    return atomic_load(&srv->infer);
+}
 
 /* One of the search service's store handles for the calling thread, waiting while all are busy.
  * Never NULL. Give it back with api_store_release. */
@@ -545,6 +573,8 @@ qr_status api_metrics_render(api_server *srv, qr_buf *out, char *err);
 /* Opens (appends to) the audit log; path "" means <data.dir>/audit.log, "off" disables it. */
 qr_status api_audit_open(const qr_config *cfg, api_audit **out, char *err);
 void api_audit_close(api_audit *a);
+/* Reopens the audit log at its path (logrotate moved it). Nothing with the audit log off. */
+qr_status api_audit_reopen(api_audit *a, char *err);
 /* Appends one JSON line: time, request id, user, route, the keyed hash of the query
  * (query_hmac: auth_keyed_hash, AUTH_PURPOSE_AUDIT_QUERY; never the query), and the doc ids
  * returned or cited. Any thread. */

@@ -67,6 +67,11 @@ void api_audit_close(api_audit *a)
     free(a);
 }
 
+qr_status api_audit_reopen(api_audit *a, char *err)
+{
+    return a ? qr_reopen_append(a->fd, a->path, err) : QR_OK;
+}
+
 /* The fields before doc_ids, all bounded in size (the user is at most 300 bytes, the end user 256). */
 static void audit_head(qr_buf *line, const api_req *r, const char *query_hmac, const char *action,
                        const char *when)

@@ -88,8 +88,7 @@ static void auth_failed(api_req *r, qr_status st, const char *scheme, const auth
     switch (st) {
     case QR_ELIMIT: {
         char secs[32];
-        snprintf(secs, sizeof(secs), "%lld",
-                 (long long)qr_config_settings(r->srv->cfg)->auth_rate_limit_window_s);
+        snprintf(secs, sizeof(secs), "%lld", (long long)auth_rate_limit_window_s(r->srv->auth));
         api_reply_error(r, 429, "rate_limited", "%s", err);
         api_reply_header(r, "Retry-After", secs);
         break;

@@ -3,10 +3,17 @@
  * format (version 0.0.4) at GET /metrics. Request series are labelled by route pattern (never the
  * raw path, so ids cannot blow up the label space), method and status; the store, LDAP and the
  * inference client are read at render time from their own counters. One mutex guards the
- * counters: an update is a few additions, far cheaper than the request it records.
+ * counters: an update is a few additions, far cheaper than the request it records. Also here:
+ * quarry_build_info and the standard process_* series, read from /proc/self at render time. The
+ * exposition passes `promtool check metrics` (a test scrapes a live server with it).
  */
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "api/api_int.h"
 
@@ -161,6 +168,122 @@ static void render_histogram(qr_buf *o, const char *name, const char *labels, co
                   (unsigned long long)h->count);
 }
 
+/* The backend client's counters, plus those of the clients reloads replaced (so that counters
+ * never go down); the breaker and requests in flight are the current client's. */
+static void infer_stats_all(api_server *srv, infer_stats *out)
+{
+    pthread_mutex_lock(&srv->reload_lock);
+    infer_client_stats(api_infer(srv), out);
+    for (size_t i = 0; i < srv->nretired; i++) {
+        if (!srv->retired_infer[i])
+            continue;
+        infer_stats old;
+        infer_client_stats(srv->retired_infer[i], &old);
+        out->calls += old.calls;
+        out->attempts += old.attempts;
+        out->retries += old.retries;
+        out->failures += old.failures;
+        out->rejected += old.rejected;
+        out->in_flight += old.in_flight;
+    }
+    pthread_mutex_unlock(&srv->reload_lock);
+}
+
+/* A label value as the exposition format wants it: backslash, quote and newline escaped. */
+static void label_value(qr_buf *o, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            qr_buf_printf(o, "\\%c", *v);
+        else if (*v == '\n')
+            qr_buf_puts(o, "\\n");
+        else
+            qr_buf_putc(o, *v);
+    }
+}
+
+static void build_info(qr_buf *o)
+{
+    head(o, "quarry_build_info", "gauge",
+         "Always 1; the labels say which versions this binary was built with.");
+    const char *names[] = {"version", "faiss", "sqlite", "curl", "ldap", "microhttpd", "cuda"};
+    const char *values[] = {QUARRY_VERSION,
+                            index_faiss_version(),
+                            index_sqlite_version(),
+                            infer_curl_version(),
+                            auth_ldap_version(),
+                            api_mhd_version(),
+                            index_gpu_compiled() ? index_gpu_cuda_version() : "none"};
+    qr_buf_puts(o, "quarry_build_info{");
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        qr_buf_printf(o, "%s%s=\"", i ? "," : "", names[i]);
+        label_value(o, values[i] ? values[i] : "unknown");
+        qr_buf_putc(o, '"');
+    }
+    qr_buf_puts(o, "} 1\n");
+}
+
+/* The process collector's series as Prometheus' client libraries name them, from /proc/self. A
+ * value that cannot be read is left out (its HELP and TYPE stay). */
+static void process_series(qr_buf *o)
+{
+    long ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    unsigned long long utime = 0, stime = 0, starttime = 0, vsize = 0;
+    long long rss = 0;
+    bool have_stat = false;
+    char buf[2048];
+    FILE *f = fopen("/proc/self/stat", "re");
+    if (f) {
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        /* the command name, in parentheses, may hold spaces: fields count from the last ')' */
+        char *p = strrchr(buf, ')');
+        have_stat =
+            p && sscanf(p + 2,
+                        "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d "
+                        "%llu %llu %lld",
+                        &utime, &stime, &starttime, &vsize, &rss) == 5;
+    }
+    double boot = -1;
+    if ((f = fopen("/proc/stat", "re"))) {
+        while (fgets(buf, sizeof(buf), f))
+            if (sscanf(buf, "btime %lf", &boot) == 1)
+                break;
+        fclose(f);
+    }
+    head(o, "process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.");
+    if (have_stat && ticks > 0)
+        qr_buf_printf(o, "process_cpu_seconds_total %.2f\n", (double)(utime + stime) / (double)ticks);
+    head(o, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+    if (have_stat && page > 0)
+        qr_buf_printf(o, "process_resident_memory_bytes %lld\n", rss * page);
+    head(o, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.");
+    if (have_stat)
+        qr_buf_printf(o, "process_virtual_memory_bytes %llu\n", vsize);
+    head(o, "process_start_time_seconds", "gauge",
+         "Start time of the process since the Unix epoch, in seconds.");
+    if (have_stat && boot >= 0 && ticks > 0)
+        qr_buf_printf(o, "process_start_time_seconds %.2f\n", boot + (double)starttime / (double)ticks);
+    long fds = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (e->d_name[0] != '.')
+                fds++;
+        closedir(d);
+        fds--; /* the directory stream's own descriptor */
+    }
+    head(o, "process_open_fds", "gauge", "Number of open file descriptors.");
+    if (d)
+        qr_buf_printf(o, "process_open_fds %ld\n", fds);
+    struct rlimit rl;
+    head(o, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        qr_buf_printf(o, "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+}
+
 qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
 {
     api_metrics *m = srv->metrics;
@@ -220,9 +343,8 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
         qr_buf_printf(o, "quarry_index_text_bytes %lld\n", (long long)st.text_bytes);
         head(o, "quarry_index_generation", "gauge", "Generation of the vector index last published.");
         qr_buf_printf(o, "quarry_index_generation %lld\n", (long long)st.index_generation);
-        head(o, "quarry_store_change_counter", "gauge",
-             "The store's change counter (grows with every write).");
-        qr_buf_printf(o, "quarry_store_change_counter %lld\n", (long long)st.change_counter);
+        head(o, "quarry_store_changes", "gauge", "The store's change counter (grows with every write).");
+        qr_buf_printf(o, "quarry_store_changes %lld\n", (long long)st.change_counter);
     }
 
     head(o, "quarry_search_bm25_total", "counter",
@@ -249,9 +371,9 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
         head(o, "quarry_bm25_index_memory_bytes", "gauge",
              "Heap the BM25 index holds besides its file (delta, permission sets, caches).");
         qr_buf_printf(o, "quarry_bm25_index_memory_bytes %llu\n", (unsigned long long)bi.memory_bytes);
-        head(o, "quarry_bm25_index_change_counter", "gauge",
+        head(o, "quarry_bm25_index_changes_applied", "gauge",
              "The store change counter the BM25 index reflects.");
-        qr_buf_printf(o, "quarry_bm25_index_change_counter %lld\n", (long long)bi.counter);
+        qr_buf_printf(o, "quarry_bm25_index_changes_applied %lld\n", (long long)bi.counter);
     }
 
     index_maintainer_status ms;
@@ -309,7 +431,7 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
     qr_buf_printf(o, "quarry_answer_failures_total %llu\n", (unsigned long long)snap->answer_failed);
 
     infer_stats is;
-    infer_client_stats(srv->infer, &is);
+    infer_stats_all(srv, &is);
     head(o, "quarry_inference_calls_total", "counter", "Calls made to the inference backend.");
     qr_buf_printf(o, "quarry_inference_calls_total %llu\n", (unsigned long long)is.calls);
     head(o, "quarry_inference_attempts_total", "counter",
@@ -358,6 +480,33 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
     head(o, "quarry_metrics_series_dropped_total", "counter",
          "Request observations beyond the series limit.");
     qr_buf_printf(o, "quarry_metrics_series_dropped_total %llu\n", (unsigned long long)snap->series_dropped);
+    bool ldap_ok = false;
+    bool ready = api_ready(srv, &ldap_ok);
+    head(o, "quarry_ready", "gauge", "1 when /readyz answers 200 (store, indexes and LDAP are fine).");
+    qr_buf_printf(o, "quarry_ready %d\n", ready);
+    head(o, "quarry_ldap_reachable", "gauge",
+         "1 when LDAP answered the last readiness check (or none is set).");
+    qr_buf_printf(o, "quarry_ldap_reachable %d\n", ldap_ok);
+    struct statvfs vfs;
+    head(o, "quarry_data_dir_free_bytes", "gauge",
+         "Bytes available to quarry on the data directory's file system.");
+    if (statvfs(qr_config_settings(srv->cfg)->data_dir, &vfs) == 0)
+        qr_buf_printf(o, "quarry_data_dir_free_bytes %llu\n",
+                      (unsigned long long)vfs.f_bavail * vfs.f_frsize);
+    head(o, "quarry_data_dir_size_bytes", "gauge", "Size of the data directory's file system.");
+    if (statvfs(qr_config_settings(srv->cfg)->data_dir, &vfs) == 0)
+        qr_buf_printf(o, "quarry_data_dir_size_bytes %llu\n",
+                      (unsigned long long)vfs.f_blocks * vfs.f_frsize);
+    pthread_mutex_lock(&srv->reload_lock);
+    uint64_t reloads = srv->reloads, reload_failures = srv->reload_failures;
+    pthread_mutex_unlock(&srv->reload_lock);
+    head(o, "quarry_config_reloads_total", "counter", "Configuration reloads (SIGHUP) applied.");
+    qr_buf_printf(o, "quarry_config_reloads_total %llu\n", (unsigned long long)reloads);
+    head(o, "quarry_config_reload_failures_total", "counter",
+         "SIGHUP reloads that changed nothing because the configuration was refused.");
+    qr_buf_printf(o, "quarry_config_reload_failures_total %llu\n", (unsigned long long)reload_failures);
+    build_info(o);
+    process_series(o);
     free(snap);
     /* appends fail stickily: one check says whether the exposition is whole */
     qr_status failed = qr_buf_failed(o);

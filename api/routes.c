@@ -15,7 +15,7 @@
 
 const api_route api_route_table[] = {
     {"GET", "/healthz", API_ACCESS_PUBLIC, 0, API_BODY_SMALL, true, api_h_healthz},
-    {"GET", "/readyz", API_ACCESS_USER, 0, API_BODY_SMALL, false, api_h_readyz},
+    {"GET", "/readyz", API_ACCESS_PUBLIC, 0, API_BODY_SMALL, false, api_h_readyz},
     {"GET", "/metrics", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_metrics},
     {"GET", "/openapi.json", API_ACCESS_PUBLIC, 0, API_BODY_SMALL, true, api_h_openapi},
     {"POST", "/v1/auth/token", API_ACCESS_PUBLIC, 0, API_BODY_SMALL, false, api_h_token},
@@ -40,6 +40,7 @@ const api_route api_route_table[] = {
     {"POST", "/v1/keys", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_JSON, false, api_h_key_create},
     {"DELETE", "/v1/keys/{id}", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_key_revoke},
     {"GET", "/v1/audit", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_audit_list},
+    {"GET", "/v1/status", API_ACCESS_ADMIN, AUTH_SCOPE_ADMIN, API_BODY_SMALL, false, api_h_status},
 };
 const size_t api_route_count = sizeof(api_route_table) / sizeof(api_route_table[0]);
 
@@ -134,27 +135,47 @@ void api_h_healthz(api_req *r)
 }
 
 /* LDAP answers when a lookup of a user nobody has comes back "not found" rather than
- * "unavailable". Not-found results are never cached, so this really asks the server. */
+ * "unavailable". Not-found results are never cached by auth, so this really asks the server; the
+ * answer is kept API_PROBE_LDAP_NS here, and while one probe asks, the others take the last
+ * answer: /readyz needs no credentials, and probes must not be a way to hammer the directory. */
 static const char *ldap_state(api_server *srv)
 {
     if (!*qr_config_settings(srv->cfg)->ldap_uri)
         return "not_configured";
+    uint64_t now = qr_now_ns();
+    pthread_mutex_lock(&srv->probe_lock);
+    bool fresh = srv->ldap_probe_ns && now - srv->ldap_probe_ns < API_PROBE_LDAP_NS;
+    bool ask = !fresh && !srv->ldap_probing;
+    /* none known yet (the first probe still asking): not ready */
+    const char *known = srv->ldap_probe_ns && srv->ldap_probe_ok ? "ok" : "unreachable";
+    if (ask)
+        srv->ldap_probing = true;
+    pthread_mutex_unlock(&srv->probe_lock);
+    if (!ask)
+        return known;
     auth_principal *p = NULL;
     char err[QR_ERR_LEN];
     qr_status st = auth_resolve(srv->auth, "quarry-readiness-probe", &p, err);
     auth_principal_release(p);
+    pthread_mutex_lock(&srv->probe_lock);
+    srv->ldap_probing = false;
+    srv->ldap_probe_ok = st != QR_EUNAVAILABLE;
+    srv->ldap_probe_ns = qr_now_ns();
+    pthread_mutex_unlock(&srv->probe_lock);
     return st == QR_EUNAVAILABLE ? "unreachable" : "ok";
 }
 
-void api_h_readyz(api_req *r)
+/* The readiness checks: the body /v1/status answers (counts with `counts`), and whether the
+ * server is ready; *ldap_ok says whether LDAP answered (or is not configured). */
+static json_t *readiness(api_server *srv, bool counts, bool *ready_out, bool *ldap_ok)
 {
-    api_server *srv = r->srv;
     char err[QR_ERR_LEN];
     store_stats stats;
     store *s = api_store_acquire(srv);
     qr_status st = store_get_stats(s, &stats, err);
     api_store_release(srv, s);
     const char *ldap = ldap_state(srv);
+    *ldap_ok = strcmp(ldap, "unreachable") != 0;
     /* the maintainer opens the indexes in the background: until then searches rank with FTS5
      * (ready), unless its first pass failed or the store has no vectors yet (not ready). A vector
      * index the maintainer keeps failing to update serves stale results: not ready either. BM25
@@ -173,7 +194,7 @@ void api_h_readyz(api_req *r)
                         : v                    ? "ok"
                         : !ms.first_pass_done  ? "warming"
                                                : "not_loaded";
-    bool ready =
+    bool ready = *ready_out =
         !st && strcmp(index, "not_loaded") != 0 && strcmp(index, "failing") != 0 && strcmp(ldap, "ok") == 0;
     json_t *body = json_pack("{s:s,s:{s:s,s:s,s:s}}", "status", ready ? "ready" : "not_ready", "checks",
                              "store", st ? "error" : "ok", "index", index, "ldap", ldap);
@@ -198,7 +219,7 @@ void api_h_readyz(api_req *r)
                                       (json_int_t)vi.skipped));
     }
     /* how much is stored is the administrators' business, not every employee's */
-    if (body && !st && r->principal && r->principal->is_admin) {
+    if (body && !st && counts) {
         json_t *checks = json_object_get(body, "checks");
         json_object_set_new(checks, "documents", json_integer(stats.documents));
         json_object_set_new(checks, "chunks", json_integer(stats.chunks));
@@ -207,6 +228,27 @@ void api_h_readyz(api_req *r)
         json_object_set_new(checks, "search_default",
                             api_search_default(api_service_retrieval_opts(srv->svc)));
     }
+    return body;
+}
+
+bool api_ready(api_server *srv, bool *ldap_ok)
+{
+    bool ready = false;
+    json_decref(readiness(srv, false, &ready, ldap_ok));
+    return ready;
+}
+
+void api_h_readyz(api_req *r)
+{
+    bool ready = false, ldap_ok = false;
+    json_decref(readiness(r->srv, false, &ready, &ldap_ok));
+    api_reply_json(r, ready ? 200 : 503, json_pack("{s:s}", "status", ready ? "ok" : "unavailable"));
+}
+
+void api_h_status(api_req *r)
+{
+    bool ready = false, ldap_ok = false;
+    json_t *body = readiness(r->srv, r->principal && r->principal->is_admin, &ready, &ldap_ok);
     api_reply_json(r, ready ? 200 : 503, body);
 }
 
@@ -272,8 +314,7 @@ void api_h_token(api_req *r)
     if (st) {
         if (st == QR_ELIMIT) {
             char secs[32];
-            snprintf(secs, sizeof(secs), "%lld",
-                     (long long)qr_config_settings(srv->cfg)->auth_rate_limit_window_s);
+            snprintf(secs, sizeof(secs), "%lld", (long long)auth_rate_limit_window_s(srv->auth));
             api_reply_error(r, 429, "rate_limited", "%s", err);
             api_reply_header(r, "Retry-After", secs);
         } else if (st == QR_EUNAVAILABLE) {

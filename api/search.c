@@ -233,7 +233,7 @@ void api_h_ask(api_req *r)
     }
     infer_request req = {.question = q.query, .passages = passages, .passage_count = page->nhits};
     uint64_t t0 = qr_now_ns();
-    st = infer_answer(r->srv->infer, &req, &res, err);
+    st = infer_answer(api_infer(r->srv), &req, &res, err);
     api_metrics_answer(r->srv->metrics, (double)(qr_now_ns() - t0) / 1e9, res.mode == INFER_MODE_EXTRACTIVE,
                        st != 0);
     if (st) {
@@ -337,7 +337,9 @@ void api_h_chat(api_req *r)
         return;
     api_chat_req c;
     api_refusal why;
-    api_chat_limits lim = {(size_t)srv->set.chat_k, qr_config_settings(srv->cfg)->inference_max_tokens};
+    /* one backend client for the whole request, whatever a SIGHUP swaps in meanwhile */
+    infer_client *infer = api_infer(srv);
+    api_chat_limits lim = {(size_t)srv->set.chat_k, infer_client_max_tokens(infer)};
     qr_status st = api_parse_chat(body, &lim, &c, &why, err);
     if (st) {
         reply_refusal(r, st, &why, err);
@@ -387,7 +389,7 @@ void api_h_chat(api_req *r)
         req.user = &cs;
     }
     uint64_t t0 = qr_now_ns();
-    st = infer_answer(srv->infer, &req, &res, err);
+    st = infer_answer(infer, &req, &res, err);
     api_metrics_answer(srv->metrics, (double)(qr_now_ns() - t0) / 1e9, res.mode == INFER_MODE_EXTRACTIVE,
                        st != 0);
     if (!st)

@@ -212,7 +212,15 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     pthread_mutex_init(&srv->access_lock, NULL);
     pthread_mutex_init(&srv->ingest_lock, NULL);
     pthread_mutex_init(&srv->share_lock, NULL);
+    pthread_mutex_init(&srv->reload_lock, NULL);
+    pthread_mutex_init(&srv->probe_lock, NULL);
     atomic_init(&srv->cancel_all, false);
+    atomic_init(&srv->infer, NULL);
+    atomic_init(&srv->cors, NULL);
+    if (!(srv->live = qr_config_clone(cfg))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory creating the server");
+        goto out;
+    }
     read_settings(cfg, &srv->set);
     if (!(srv->shares = calloc((size_t)srv->set.workers, sizeof(*srv->shares)))) {
         st = qr_fail(err, QR_ENOMEM, "out of memory creating the server");
@@ -221,9 +229,12 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     if ((st = api_models_parse(qr_config_settings(cfg)->inference_models, srv->models, &srv->nmodels, err)))
         goto out;
 
-    if ((st = parse_listen(srv, qr_config_settings(cfg)->server_listen, err)) ||
-        (st = api_cors_new(qr_config_settings(cfg)->server_cors_origins, &srv->cors, err)) ||
-        (st = api_ui_new(cfg, &srv->ui, err)))
+    api_cors *cors = NULL;
+    st = parse_listen(srv, qr_config_settings(cfg)->server_listen, err);
+    if (!st)
+        st = api_cors_new(qr_config_settings(cfg)->server_cors_origins, &cors, err);
+    atomic_store(&srv->cors, cors);
+    if (st || (st = api_ui_new(cfg, &srv->ui, err)))
         goto out;
     const char *cert = qr_config_settings(cfg)->server_tls_cert,
                *key = qr_config_settings(cfg)->server_tls_key;
@@ -248,9 +259,13 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
     }
 
     /* after auth_new, which refuses issuers that are not https (or loopback http) */
-    if ((st = auth_new(cfg, &srv->auth, err)) || (st = api_openapi_json(cfg, &srv->openapi, err)) ||
-        (st = infer_client_new(cfg, &srv->infer, err)) ||
-        (st = ingest_session_open(cfg, &srv->ingest, err)) || (st = api_audit_open(cfg, &srv->audit, err)))
+    infer_client *infer = NULL;
+    if ((st = auth_new(cfg, &srv->auth, err)) || (st = api_openapi_json(cfg, &srv->openapi, err)))
+        goto out;
+    st = infer_client_new(cfg, &infer, err);
+    atomic_store(&srv->infer, infer);
+    if (st || (st = ingest_session_open(cfg, &srv->ingest, err)) ||
+        (st = api_audit_open(cfg, &srv->audit, err)))
         goto out;
     if (!(srv->metrics = api_metrics_new())) {
         st = qr_fail(err, QR_ENOMEM, "out of memory creating the metrics");
@@ -521,7 +536,12 @@ void api_server_free(api_server *srv)
     api_jobs_free(srv->jobs);
     api_service_close(srv->svc);
     ingest_session_close(srv->ingest);
-    infer_client_free(srv->infer);
+    infer_client_free(atomic_load(&srv->infer));
+    for (size_t i = 0; i < srv->nretired; i++) {
+        infer_client_free(srv->retired_infer[i]);
+        api_cors_free(srv->retired_cors[i]);
+    }
+    qr_config_free(srv->live);
     auth_free(srv->auth);
     api_audit_close(srv->audit);
     api_metrics_free(srv->metrics);
@@ -529,7 +549,7 @@ void api_server_free(api_server *srv)
         fclose(srv->access_log);
     free(srv->tls_cert);
     free(srv->tls_key);
-    api_cors_free(srv->cors);
+    api_cors_free(atomic_load(&srv->cors));
     api_ui_free(srv->ui);
     free(srv->openapi);
     pthread_mutex_destroy(&srv->lock);
@@ -537,8 +557,119 @@ void api_server_free(api_server *srv)
     pthread_mutex_destroy(&srv->access_lock);
     pthread_mutex_destroy(&srv->ingest_lock);
     pthread_mutex_destroy(&srv->share_lock);
+    pthread_mutex_destroy(&srv->reload_lock);
+    pthread_mutex_destroy(&srv->probe_lock);
     free(srv->shares);
     free(srv);
+}
+
+/* ---- reload (SIGHUP) -------------------------------------------------------------------------- */
+
+/* Reopens the three logs; each failure is logged and the others still reopen. */
+static void reopen_logs(api_server *srv)
+{
+    char e2[QR_ERR_LEN];
+    if (qr_log_reopen(e2))
+        qr_log(QR_LOG_ERROR, "reload", "log.file: %s", e2);
+    if (srv->access_log) {
+        pthread_mutex_lock(&srv->access_lock);
+        fflush(srv->access_log);
+        qr_status st =
+            qr_reopen_append(fileno(srv->access_log), qr_config_settings(srv->cfg)->server_access_log, e2);
+        pthread_mutex_unlock(&srv->access_lock);
+        if (st)
+            qr_log(QR_LOG_ERROR, "reload", "server.access_log: %s", e2);
+    }
+    if (api_audit_reopen(srv->audit, e2))
+        qr_log(QR_LOG_ERROR, "reload", "server.audit_log: %s", e2);
+}
+
+qr_status api_server_reload(api_server *srv, const qr_config *loaded, char *err)
+{
+    qr_status st = QR_OK;
+    qr_config *next = NULL;
+    infer_client *infer = NULL;
+    api_cors *cors = NULL;
+    qr_buf changed, restart;
+    qr_buf_init(&changed, 64 << 10);
+    qr_buf_init(&restart, 64 << 10);
+    pthread_mutex_lock(&srv->reload_lock);
+    reopen_logs(srv);
+    if (!loaded) {
+        st = qr_fail(err, QR_EINVAL, "no configuration to apply");
+        goto out;
+    }
+    if (!(next = qr_config_clone(srv->live)) || qr_config_reload(next, loaded, &changed, &restart)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory reloading the configuration");
+        goto out;
+    }
+    /* everything that can refuse a value is built before anything changes */
+    const qr_settings *now = qr_config_settings(srv->live), *set = qr_config_settings(next);
+    bool cors_changed = strcmp(now->server_cors_origins, set->server_cors_origins) != 0;
+    /* `changed` names reloadable keys only, and every reloadable inference.* key is the client's */
+    bool infer_changed = strstr(qr_buf_str(&changed), "inference.") != NULL;
+    if ((cors_changed || infer_changed) && srv->nretired == API_RELOADS_KEPT) {
+        st = qr_fail(err, QR_ELIMIT,
+                     "%d reloads replaced the backend client or CORS origins; restart to apply more",
+                     API_RELOADS_KEPT);
+        goto out;
+    }
+    char e2[QR_ERR_LEN];
+    qr_log_level level;
+    if ((st = qr_log_level_parse(set->log_level, &level, e2))) {
+        st = qr_fail(err, st, "log.level: %s", e2);
+        goto out;
+    }
+    if (cors_changed && (st = api_cors_new(set->server_cors_origins, &cors, err)))
+        goto out;
+    if (infer_changed && (st = infer_client_new(next, &infer, err)))
+        goto out;
+    /* the last check, and the first change: the logger takes all of it or nothing */
+    if ((st = qr_log_configure(level, strcmp(set->log_format, "json") == 0 ? QR_LOG_JSON : QR_LOG_TEXT,
+                               set->log_components, e2))) {
+        st = qr_fail(err, st, "log.components: %s", e2);
+        goto out;
+    }
+
+    /* apply: nothing below fails */
+    auth_set_rate_limits(srv->auth, (int)set->auth_rate_limit_user, (int)set->auth_rate_limit_addr,
+                         set->auth_rate_limit_window_s);
+    if (cors || infer) {
+        srv->retired_cors[srv->nretired] = cors ? atomic_exchange(&srv->cors, cors) : NULL;
+        srv->retired_infer[srv->nretired] = infer ? atomic_exchange(&srv->infer, infer) : NULL;
+        srv->nretired++;
+        cors = NULL;
+        infer = NULL;
+    }
+    qr_config_free(srv->live);
+    srv->live = next;
+    next = NULL;
+    srv->reloads++;
+out:
+    if (st)
+        srv->reload_failures++;
+    pthread_mutex_unlock(&srv->reload_lock);
+    if (!st) {
+        const char *restart_list = qr_buf_len(&restart) ? qr_buf_str(&restart) : NULL;
+        if (restart_list) {
+            /* one line per key, the form operators grep for */
+            char *list = strdup(restart_list);
+            for (char *save = NULL, *k = list ? strtok_r(list, ", ", &save) : NULL; k;
+                 k = strtok_r(NULL, ", ", &save))
+                qr_log(QR_LOG_WARN, "reload", "%s changed: needs restart (the old value stays in force)", k);
+            free(list);
+        }
+        qr_log(QR_LOG_INFO, "reload", "configuration reloaded: %s%s%s",
+               qr_buf_len(&changed) ? "applied " : "nothing to apply",
+               qr_buf_len(&changed) ? qr_buf_str(&changed) : "",
+               restart_list ? "; keys that need a restart changed (see above)" : "");
+    }
+    infer_client_free(infer);
+    api_cors_free(cors);
+    qr_config_free(next);
+    qr_buf_release(&changed);
+    qr_buf_release(&restart);
+    return st;
 }
 
 /* ---- requests --------------------------------------------------------------------------------- */

@@ -362,6 +362,23 @@ static int64_t limits_wait(auth_ctx *ctx, const char *ukey, const char *dkey, co
     return wait;
 }
 
+void auth_set_rate_limits(auth_ctx *ctx, int per_user, int per_addr, int64_t window_s)
+{
+    pthread_mutex_lock(&ctx->limit_lock);
+    ctx->s.rate_limit_user = per_user;
+    ctx->s.rate_limit_addr = per_addr;
+    ctx->s.rate_limit_window_s = window_s;
+    pthread_mutex_unlock(&ctx->limit_lock);
+}
+
+int64_t auth_rate_limit_window_s(auth_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->limit_lock);
+    int64_t w = ctx->s.rate_limit_window_s;
+    pthread_mutex_unlock(&ctx->limit_lock);
+    return w;
+}
+
 /* ---- authentication and resolution ----------------------------------------------------------- */
 
 /* Counts a failed login for the name (ukey), the entry it found (dkey, NULL when none) and the

@@ -96,6 +96,11 @@ qr_status auth_resolve(auth_ctx *ctx, const char *uid, auth_principal **out, cha
  * checks at most once a second. Returns QR_EIO when the marker cannot be written (this
  * process's cache is emptied anyway). */
 qr_status auth_flush(auth_ctx *ctx, char *err);
+/* Applies new failed-login limits (auth.rate_limit_user, _addr, _window_s; a reloaded
+ * configuration's): the counts so far are kept and judged by the new limits. Any thread. */
+void auth_set_rate_limits(auth_ctx *ctx, int per_user, int per_addr, int64_t window_s);
+/* The failed-login window in force (auth.rate_limit_window_s, as last set), for Retry-After. */
+int64_t auth_rate_limit_window_s(auth_ctx *ctx);
 
 /* ---- bearer tokens -------------------------------------------------------------------------- */
 

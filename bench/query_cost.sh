@@ -85,7 +85,7 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$quarry" --set server.listen=127.0.0.1:$p
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
 for _ in $(seq 1 6000); do
-    ready=$(curl -s -H "Authorization: Bearer $key_m" "$url/readyz" || true)
+    ready=$(curl -s -H "Authorization: Bearer $key_m" "$url/v1/status" || true)
     case "$ready" in *'"bm25":"warm"'*'"vector":"warm"'*) break ;; esac
     kill -0 $pid 2>/dev/null || { echo "bench/query_cost: quarry serve exited: $(tail -3 "$dir/serve.err")" >&2; exit 1; }
     sleep 0.2

@@ -20,7 +20,15 @@ typedef struct {
     int argc;             /* the subcommand's own arguments; argv[0] is its name */
     char **argv;
     const char *usage; /* the subcommand's usage line, for error messages */
+    /* where the configuration came from, so that `quarry serve` can read it again on SIGHUP */
+    const char *config_file; /* NULL or "" for none */
+    char **sets;             /* --set assignments, in order */
+    int nsets;
 } cli_ctx;
+
+/* Reads the configuration as quarry starts: defaults, the file (when set), the environment, then
+ * the --set assignments. On error *out is NULL and err names the key and where it came from. */
+qr_status cli_load_config(const char *config_file, char *const *sets, int nsets, qr_config **out, char *err);
 
 /* Prints "quarry NAME: message" and the usage line to stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const cli_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

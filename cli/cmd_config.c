@@ -24,9 +24,9 @@ int cli_cmd_config(cli_ctx *ctx)
         const qr_cfg_key *table = qr_config_keys(&n);
         static const char *const type_names[] = {"string", "int", "number", "bool"};
         for (size_t i = 0; i < n; i++)
-            printf("%-24s %-7s default %-12s %s%s\n", table[i].name, type_names[table[i].type],
+            printf("%-24s %-7s default %-12s %s%s%s\n", table[i].name, type_names[table[i].type],
                    *table[i].default_str ? table[i].default_str : "\"\"", table[i].help,
-                   table[i].secret ? " (secret)" : "");
+                   table[i].secret ? " (secret)" : "", table[i].reload ? " (reloads on SIGHUP)" : "");
         return CLI_EXIT_OK;
     }
     qr_buf out;

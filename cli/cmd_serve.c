@@ -1,9 +1,11 @@
 /*
- * `quarry serve`: runs the HTTP API until SIGTERM, SIGINT or SIGHUP. The signals are blocked in
- * every thread (they are blocked here before the server starts its threads, which inherit the
- * mask) and taken synchronously with sigwait, so no handler runs in an arbitrary thread. The
- * first signal starts a graceful shutdown (server.shutdown_grace_s for requests in flight); a
- * second one during it exits at once.
+ * `quarry serve`: runs the HTTP API until SIGTERM or SIGINT; SIGHUP reloads. The signals are
+ * blocked in every thread (they are blocked here before the server starts its threads, which
+ * inherit the mask) and taken synchronously with sigwait, so no handler runs in an arbitrary
+ * thread. SIGHUP reopens the log files and reads the configuration again (file, environment and
+ * the same --set arguments), which the server applies to the keys that may change while it runs;
+ * a file that fails to load changes nothing. The first stop signal starts a graceful shutdown
+ * (server.shutdown_grace_s for requests in flight); a second one during it exits at once.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -39,8 +41,9 @@ int cli_cmd_serve(cli_ctx *ctx)
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGTERM);
     sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    sigset_t waited = stop_signals; /* during the shutdown a SIGHUP stays blocked and waits */
+    sigaddset(&waited, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &waited, NULL);
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up must not kill the server */
 
     api_server *srv = NULL;
@@ -54,7 +57,17 @@ int cli_cmd_serve(cli_ctx *ctx)
     fflush(stdout);
 
     int sig = 0;
-    sigwait(&stop_signals, &sig);
+    while (sigwait(&waited, &sig) == 0 && sig == SIGHUP) {
+        qr_config *loaded = NULL;
+        char lerr[QR_ERR_LEN];
+        if (cli_load_config(ctx->config_file, ctx->sets, ctx->nsets, &loaded, lerr))
+            qr_log(QR_LOG_ERROR, "reload", "SIGHUP: the configuration was not reloaded, nothing changed: %s",
+                   lerr);
+        /* with loaded NULL only the log files are reopened */
+        if (api_server_reload(srv, loaded, err) && loaded)
+            qr_log(QR_LOG_ERROR, "reload", "SIGHUP: nothing changed: %s", err);
+        qr_config_free(loaded);
+    }
     fprintf(stderr, "quarry serve: %s received, finishing requests in flight (up to %lld s)\n",
             strsignal(sig), (long long)qr_config_settings(ctx->cfg)->server_shutdown_grace_s);
     pthread_t watcher;

@@ -188,6 +188,27 @@ static void tune_runtime_and_reexec(char **argv)
         execv("/proc/self/exe", argv); /* on failure quarry simply runs untuned */
 }
 
+qr_status cli_load_config(const char *config_file, char *const *sets, int nsets, qr_config **out, char *err)
+{
+    *out = NULL;
+    qr_config *cfg = qr_config_new();
+    if (!cfg)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    qr_status st = QR_OK;
+    if (config_file && *config_file)
+        st = qr_config_load_file(cfg, config_file, err);
+    if (!st)
+        st = qr_config_load_env(cfg, NULL, err);
+    for (int i = 0; i < nsets && !st; i++)
+        st = qr_config_set_arg(cfg, sets[i], err);
+    if (st) {
+        qr_config_free(cfg);
+        return st;
+    }
+    *out = cfg;
+    return QR_OK;
+}
+
 int main(int argc, char **argv)
 {
     tune_runtime_and_reexec(argv);
@@ -264,22 +285,12 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    cfg = qr_config_new();
-    if (!cfg) {
-        fprintf(stderr, "quarry: out of memory\n");
-        rc = CLI_EXIT_FAILURE;
-        goto out;
-    }
-    if ((config_file && *config_file && qr_config_load_file(cfg, config_file, err)) ||
-        qr_config_load_env(cfg, NULL, err)) {
+    qr_status lst = cli_load_config(config_file, sets, nsets, &cfg, err);
+    if (lst) {
         fprintf(stderr, "quarry: %s\n", err);
+        if (lst == QR_ENOMEM)
+            rc = CLI_EXIT_FAILURE;
         goto out;
-    }
-    for (int i = 0; i < nsets; i++) {
-        if (qr_config_set_arg(cfg, sets[i], err)) {
-            fprintf(stderr, "quarry: %s\n", err);
-            goto out;
-        }
     }
     if (qr_config_apply_logging(cfg, err)) {
         fprintf(stderr, "quarry: %s\n", err);
@@ -290,7 +301,7 @@ int main(int argc, char **argv)
         rc = CLI_EXIT_NOT_BUILT;
         goto out;
     }
-    cli_ctx ctx = {cfg, nrest, rest, cmd->usage};
+    cli_ctx ctx = {cfg, nrest, rest, cmd->usage, config_file, sets, nsets};
     rc = cmd->run(&ctx);
 out:
     if (sets)

@@ -618,5 +618,59 @@ qr_status qr_config_apply_logging(const qr_config *cfg, char *err)
     if (st)
         return st;
     qr_log_format format = strcmp(set->log_format, "json") == 0 ? QR_LOG_JSON : QR_LOG_TEXT;
-    return qr_log_configure(level, format, set->log_components, err);
+    if ((st = qr_log_configure(level, format, set->log_components, err)))
+        return st;
+    return *set->log_file ? qr_log_open_file(set->log_file, err) : QR_OK;
+}
+
+qr_config *qr_config_clone(const qr_config *cfg)
+{
+    qr_config *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+        c->v[i] = cfg->v[i];
+        if (!(c->v[i].str = strdup(cfg->v[i].str))) {
+            qr_config_free(c);
+            return NULL;
+        }
+    }
+    settings_refresh(c);
+    return c;
+}
+
+static bool value_equal(qr_cfg_type type, const cfg_value *a, const cfg_value *b)
+{
+    switch (type) {
+    case QR_CFG_INT: return a->i == b->i;
+    case QR_CFG_DOUBLE: return a->d == b->d;
+    case QR_CFG_BOOL: return a->b == b->b;
+    case QR_CFG_STRING: break;
+    }
+    return strcmp(a->str, b->str) == 0;
+}
+
+qr_status qr_config_reload(qr_config *live, const qr_config *loaded, qr_buf *changed, qr_buf *restart)
+{
+    cfg_stage stage;
+    memset(&stage, 0, sizeof(stage));
+    qr_status st = QR_OK;
+    for (size_t i = 0; i < CONFIG_NKEYS && !st; i++) {
+        if (value_equal(config_table[i].type, &live->v[i], &loaded->v[i]))
+            continue;
+        qr_buf *list = config_table[i].reload ? changed : restart;
+        st = qr_buf_printf(list, "%s%s", qr_buf_len(list) ? ", " : "", config_table[i].name);
+        if (st || !config_table[i].reload)
+            continue;
+        stage.v[i] = loaded->v[i];
+        if (!(stage.v[i].str = strdup(loaded->v[i].str)))
+            st = QR_ENOMEM;
+        else
+            stage.set[i] = true;
+    }
+    if (st)
+        stage_release(&stage);
+    else
+        stage_commit(live, &stage);
+    return st;
 }

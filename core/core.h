@@ -209,6 +209,16 @@ const char *qr_log_level_name(qr_log_level level);
 qr_status qr_log_configure(qr_log_level level, qr_log_format format, const char *components, char *err);
 /* Where log lines go (default stderr). The stream is not closed by core. */
 void qr_log_set_stream(void *file_stream);
+/* Sends log lines to the file at path (appended; created 0640) instead of stderr. Called once
+ * more with the same path it does nothing. */
+qr_status qr_log_open_file(const char *path, char *err);
+/* Reopens log.file at its path (after logrotate moved it); nothing without a log file. */
+qr_status qr_log_reopen(char *err);
+/* Points the open descriptor fd, an append-only log, at a new file at path: the file there, or
+ * one created with fd's current mode when there is none (logrotate moved the old one away).
+ * Atomic for writers using fd (dup2): a write lands in the old file or the new, whole. On error
+ * fd still writes to the old file. */
+qr_status qr_reopen_append(int fd, const char *path, char *err);
 /* True when a message of this level from this component would be written. */
 bool qr_log_enabled(const char *component, qr_log_level level);
 /* Writes one line. Values that look like secrets (password=..., token=..., Authorization:
@@ -232,6 +242,11 @@ typedef enum {
     QR_CFG_SRC_CLI,
 } qr_cfg_source;
 
+/* The reload column of config_keys.h: whether `quarry serve` applies a changed value on SIGHUP
+ * (QR_RELOAD) or reports that it needs a restart (QR_RESTART). */
+#define QR_RELOAD  true
+#define QR_RESTART false
+
 /* One configuration key's description, from the table in config.c. */
 typedef struct {
     const char *name; /* "section.key" */
@@ -240,6 +255,7 @@ typedef struct {
     double min, max;         /* for numbers; ignored when min > max */
     const char *choices;     /* for strings: "a|b|c" or NULL for free text */
     bool secret;             /* masked by qr_config_dump and never logged */
+    bool reload;             /* QR_RELOAD: a running server applies a new value on SIGHUP */
     const char *help;
     size_t offset; /* where the value lives in qr_settings */
 } qr_cfg_key;
@@ -292,8 +308,17 @@ qr_cfg_source qr_config_source(const qr_config *cfg, const char *name);
  * when json is true) with secrets masked as "********" when set. */
 qr_status qr_config_dump(const qr_config *cfg, bool json, qr_buf *out);
 
-/* Applies log.level, log.format and log.components to the logger. */
+/* Applies log.level, log.format and log.components to the logger, and opens log.file (once:
+ * a later call keeps the file open, SIGHUP's qr_log_reopen moves to a new one). */
 qr_status qr_config_apply_logging(const qr_config *cfg, char *err);
+
+/* A copy of cfg, values and sources. NULL when memory runs out. */
+qr_config *qr_config_clone(const qr_config *cfg);
+/* What a reload changes: takes from `loaded` the value of every reloadable key (QR_RELOAD) that
+ * differs from live's, and names them, comma-separated, in `changed`; the keys that differ but
+ * need a restart are named in `restart` and keep live's value. Values compare by type ("05" and
+ * "5" are the same number). QR_ENOMEM leaves live unchanged. */
+qr_status qr_config_reload(qr_config *live, const qr_config *loaded, qr_buf *changed, qr_buf *restart);
 
 /* ---- worker pool ------------------------------------------------------------------------- */
 

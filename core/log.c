@@ -1,14 +1,20 @@
 /*
  * Logging: one line per message, as text or JSON lines, with a default level and per-component
  * overrides. Every line passes through a scrubber that masks secret-looking values, so a
- * careless caller cannot leak a password or a token into the log.
+ * careless caller cannot leak a password or a token into the log. Lines go to stderr or to
+ * log.file; append-only logs (this one, the access and audit logs) are reopened in place after
+ * logrotate moves them (qr_reopen_append), so that writers never see a closed descriptor.
  */
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core.h"
 
@@ -27,6 +33,8 @@ static qr_log_format log_format = QR_LOG_TEXT;
 static log_component log_components[LOG_MAX_COMPONENTS];
 static size_t log_ncomponents;
 static FILE *log_stream;
+static FILE *log_file; /* log.file, opened by qr_log_open_file; never closed */
+static char *log_file_path;
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error", "off"};
 
@@ -101,6 +109,72 @@ void qr_log_set_stream(void *file_stream)
     pthread_mutex_lock(&log_lock);
     log_stream = file_stream;
     pthread_mutex_unlock(&log_lock);
+}
+
+qr_status qr_reopen_append(int fd, const char *path, char *err)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return qr_fail(err, QR_EIO, "cannot reopen '%s': %s", path, strerror(errno));
+    /* a new file gets the old one's mode; an existing one (not rotated, or made by logrotate's
+     * `create`) keeps its own */
+    int nfd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 07777);
+    if (nfd >= 0) {
+        /* past the umask; no log line here: qr_log_reopen holds the log's lock (the file is
+         * ours, so this only fails on a read-only or odd file system, where open would have) */
+        int chmod_rc = fchmod(nfd, st.st_mode & 07777);
+        (void)chmod_rc;
+    } else if (errno == EEXIST) {
+        nfd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    }
+    if (nfd < 0)
+        return qr_fail(err, QR_EIO, "cannot reopen '%s': %s", path, strerror(errno));
+    qr_status rc = QR_OK;
+    if (dup2(nfd, fd) < 0)
+        rc = qr_fail(err, QR_EIO, "cannot reopen '%s': %s", path, strerror(errno));
+    close(nfd);
+    return rc;
+}
+
+qr_status qr_log_open_file(const char *path, char *err)
+{
+    qr_status rc = QR_OK;
+    pthread_mutex_lock(&log_lock);
+    if (log_file) {
+        if (strcmp(log_file_path, path) != 0)
+            rc = qr_fail(err, QR_EINVAL, "log.file: already writing to '%s'", log_file_path);
+        goto out;
+    }
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "a");
+    char *copy = strdup(path);
+    if (!f || !copy) {
+        rc = qr_fail(err, QR_EIO, "log.file: cannot open '%s': %s", path, strerror(errno));
+        if (f)
+            fclose(f);
+        else if (fd >= 0)
+            close(fd);
+        free(copy);
+        goto out;
+    }
+    log_file = f;
+    log_file_path = copy;
+    log_stream = f;
+out:
+    pthread_mutex_unlock(&log_lock);
+    return rc;
+}
+
+qr_status qr_log_reopen(char *err)
+{
+    qr_status rc = QR_OK;
+    pthread_mutex_lock(&log_lock);
+    if (log_file) {
+        fflush(log_file);
+        rc = qr_reopen_append(fileno(log_file), log_file_path, err);
+    }
+    pthread_mutex_unlock(&log_lock);
+    return rc;
 }
 
 /* Caller holds log_lock. */

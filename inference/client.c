@@ -283,6 +283,11 @@ bool infer_client_configured(const infer_client *c)
     return c && c->base_url && *c->base_url;
 }
 
+long infer_client_max_tokens(const infer_client *c)
+{
+    return c->max_tokens;
+}
+
 void infer_client_stats(infer_client *c, infer_stats *out)
 {
     memset(out, 0, sizeof(*out));

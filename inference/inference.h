@@ -35,6 +35,8 @@ qr_status infer_client_new(const qr_config *cfg, infer_client **out, char *err);
 void infer_client_free(infer_client *client);
 /* True when a backend URL is set. */
 bool infer_client_configured(const infer_client *client);
+/* inference.max_tokens as this client was made with. */
+long infer_client_max_tokens(const infer_client *client);
 
 typedef enum {
     INFER_BREAKER_CLOSED = 0, /* calls go through */

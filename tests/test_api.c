@@ -73,8 +73,8 @@ TEST(healthz_routing_and_request_ids)
         CHECK(api_error_shape(&r));
         api_resp_release(&r);
     }
-    /* every route but /healthz and /openapi.json needs credentials, /metrics and /readyz included */
-    const char *paths[] = {"/readyz", "/metrics", "/v1/jobs/x", "/v1/me", "/v1/models", "/v1/documents"};
+    /* every route but the probes and /openapi.json needs credentials, /metrics and /v1/status included */
+    const char *paths[] = {"/v1/status", "/metrics", "/v1/jobs/x", "/v1/me", "/v1/models", "/v1/documents"};
     for (size_t i = 0; i < 6; i++) {
         CHECK_INT(api_http(f.base, "GET", paths[i], NULL, NULL, 0, &r), 401);
         CHECK(api_error_shape(&r));
@@ -147,7 +147,7 @@ TEST(basic_token_and_me)
     api_resp_release(&r);
     CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", NULL, "{\"username\":\"bob\"}", 0, &r), 400);
     api_resp_release(&r);
-    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 200);
+    CHECK_INT(api_http(f.base, "GET", "/v1/status", H(DAVE), NULL, 0, &r), 200);
     CHECK_STR(json_string_value(json_object_get(r.json, "status")), "ready");
     CHECK_STR(json_string_value(json_object_get(json_object_get(r.json, "checks"), "ldap")), "ok");
     api_resp_release(&r);
@@ -564,10 +564,9 @@ TEST(ldap_unreachable_is_503)
     }
     CHECK_INT(api_http(f.base, "POST", "/v1/auth/token", H(ALICE), NULL, 0, &r), 503);
     api_resp_release(&r);
-    /* a key acting as itself needs no LDAP */
-    snprintf(keyh, sizeof(keyh), "X-API-Key: %s", key);
-    CHECK_INT(api_http(f.base, "GET", "/readyz", H(keyh), NULL, 0, &r), 503);
-    CHECK_STR(json_string_value(json_object_get(json_object_get(r.json, "checks"), "ldap")), "unreachable");
+    /* the public probe says so, and nothing more */
+    CHECK_INT(api_http(f.base, "GET", "/readyz", NULL, NULL, 0, &r), 503);
+    CHECK_STR(qr_buf_str(&r.body), "{\"status\":\"unavailable\"}");
     api_resp_release(&r);
     free(key);
     api_fx_stop(&f);
@@ -1715,7 +1714,7 @@ TEST(maintainer_never_blocks_requests)
         CHECK_MSG(strncmp(ids, "notes/later.md", 14) == 0, "%s after wait_for: %s", modes[m], ids);
     }
     /* readiness says what the indexes are doing */
-    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 200);
+    CHECK_INT(api_http(f.base, "GET", "/v1/status", H(DAVE), NULL, 0, &r), 200);
     json_t *ix = json_object_get(json_object_get(r.json, "checks"), "indexes");
     CHECK_STR(json_string_value(json_object_get(ix, "bm25")), "warm");
     CHECK_STR(json_string_value(json_object_get(ix, "vector")), "warm");
@@ -1735,11 +1734,11 @@ static void vector_ids(api_fixture *f, const char *who, const char *query, char 
     api_resp_release(&r);
 }
 
-/* An integer of /readyz's checks.indexes, or -1. */
+/* An integer of /v1/status's checks.indexes, or -1. */
 static long long readyz_index_int(api_fixture *f, const char *field, long *status)
 {
     api_resp r;
-    *status = api_http(f->base, "GET", "/readyz", H(ALICE), NULL, 0, &r);
+    *status = api_http(f->base, "GET", "/v1/status", H(DAVE), NULL, 0, &r);
     json_t *v = json_object_get(json_object_get(json_object_get(r.json, "checks"), "indexes"), field);
     long long n = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
     api_resp_release(&r);
@@ -1844,7 +1843,7 @@ TEST(readyz_says_when_the_vector_index_keeps_failing)
 {
     /* With vindex.delta_max=1 every catch-up of two chunks is a build; with the index's directory
      * replaced by a file every build fails, so the vector index stops following the store. Within
-     * a few passes /readyz says so (503, "failing"); once the directory is back it recovers. */
+     * a few passes /v1/status says so (503, "failing"); once the directory is back it recovers. */
     creds();
     static api_fixture f; /* static: the exit handler may stop it after a failed CHECK */
     CHECK(api_fx_start(&f, "vindex.delta_max", "1", "index.refresh_ms", "50", NULL));
@@ -1876,7 +1875,7 @@ TEST(readyz_says_when_the_vector_index_keeps_failing)
         usleep(50000);
     }
     CHECK_MSG(failed >= INDEX_MAINTAINER_FAILING_PASSES, "failed passes: %lld", failed);
-    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 503);
+    CHECK_INT(api_http(f.base, "GET", "/v1/status", H(DAVE), NULL, 0, &r), 503);
     CHECK_STR(json_string_value(json_object_get(r.json, "status")), "not_ready");
     json_t *checks = json_object_get(r.json, "checks");
     CHECK_STR(json_string_value(json_object_get(checks, "index")), "failing");
@@ -3844,13 +3843,18 @@ TEST(small_disclosures_are_for_administrators)
     CHECK(seed_corpus(&f));
     api_resp r;
     const char *sizes[] = {"documents", "chunks", "index_generation", "index_vectors", "search_default"};
-    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 200);
-    for (size_t i = 0; i < 5; i++)
-        CHECK_MSG(!json_object_get(json_object_get(r.json, "checks"), sizes[i]), "alice sees %s: %s",
-                  sizes[i], qr_buf_str(&r.body));
+    /* the readiness details are the administrators': alice gets 403, anyone the bare status */
+    CHECK_INT(api_http(f.base, "GET", "/v1/status", H(ALICE), NULL, 0, &r), 403);
+    CHECK(api_error_shape(&r));
     api_resp_release(&r);
-    CHECK_INT(api_http(f.base, "GET", "/readyz", H(DAVE), NULL, 0, &r), 200);
-    for (size_t i = 0; i < 4; i++)
+    CHECK_INT(api_http(f.base, "GET", "/readyz", H(ALICE), NULL, 0, &r), 200);
+    CHECK_STR(qr_buf_str(&r.body), "{\"status\":\"ok\"}");
+    for (size_t i = 0; i < 5; i++)
+        CHECK_MSG(!strstr(qr_buf_str(&r.body), sizes[i]), "/readyz tells %s: %s", sizes[i],
+                  qr_buf_str(&r.body));
+    api_resp_release(&r);
+    CHECK_INT(api_http(f.base, "GET", "/v1/status", H(DAVE), NULL, 0, &r), 200);
+    for (size_t i = 0; i < 5; i++)
         CHECK_MSG(json_object_get(json_object_get(r.json, "checks"), sizes[i]), "dave does not see %s: %s",
                   sizes[i], qr_buf_str(&r.body));
     /* and which search default is in force, and why */

@@ -199,7 +199,15 @@ TEST(config_readme_documents_every_key)
     for (size_t i = 0; i < n; i++) {
         char row[96];
         snprintf(row, sizeof(row), "| `%s` |", keys[i].name);
-        CHECK_MSG(strstr(readme, row) != NULL, "README.md has no row for %s", keys[i].name);
+        const char *at = strstr(readme, row);
+        CHECK_MSG(at != NULL, "README.md has no row for %s", keys[i].name);
+        /* the row says whether SIGHUP applies the key, as the table's reload column does */
+        const char *eol = strchr(at, '\n');
+        const char *mark = strstr(at, "*(reloads on SIGHUP)*");
+        bool marked = mark && (!eol || mark < eol);
+        CHECK_MSG(marked == keys[i].reload, "README.md's row for %s %s", keys[i].name,
+                  keys[i].reload ? "does not say it reloads on SIGHUP"
+                                 : "says it reloads on SIGHUP, it does not");
     }
     free(readme);
 }
@@ -275,4 +283,46 @@ TEST(config_example_file_loads)
     CHECK(strncmp(qr_config_settings(cfg)->server_access_log, "/var/log/quarry/", 16) == 0);
     CHECK(strncmp(qr_config_settings(cfg)->server_audit_log, "/var/log/quarry/", 16) == 0);
     qr_config_free(cfg);
+}
+
+/* A reload takes the reloadable keys' new values, keeps the others and names both; numbers
+ * compare as numbers. */
+TEST(config_reload_takes_only_reloadable_keys)
+{
+    char err[QR_ERR_LEN];
+    qr_config *live = qr_config_new(), *loaded = qr_config_new();
+    CHECK(live && loaded);
+    CHECK_OK(qr_config_set(live, "inference.max_tokens", "512", QR_CFG_SRC_FILE, err), err);
+    CHECK_OK(qr_config_set(loaded, "inference.max_tokens", "0512", QR_CFG_SRC_FILE, err), err);
+    CHECK_OK(qr_config_set(loaded, "log.level", "debug", QR_CFG_SRC_FILE, err), err);
+    CHECK_OK(qr_config_set(loaded, "server.cors_origins", "https://a.example", QR_CFG_SRC_FILE, err), err);
+    CHECK_OK(qr_config_set(loaded, "server.listen", "127.0.0.1:9999", QR_CFG_SRC_FILE, err), err);
+    CHECK_OK(qr_config_set(loaded, "data.dir", "/elsewhere", QR_CFG_SRC_ENV, err), err);
+    qr_config *copy = qr_config_clone(live);
+    CHECK(copy);
+    qr_buf changed, restart;
+    qr_buf_init(&changed, 4096);
+    qr_buf_init(&restart, 4096);
+    CHECK_OK(qr_config_reload(copy, loaded, &changed, &restart), "reload");
+    CHECK_STR(qr_buf_str(&changed), "log.level, server.cors_origins");
+    CHECK_STR(qr_buf_str(&restart), "data.dir, server.listen");
+    CHECK_STR(qr_config_settings(copy)->log_level, "debug");
+    CHECK_STR(qr_config_settings(copy)->server_cors_origins, "https://a.example");
+    CHECK_STR(qr_config_settings(copy)->server_listen, "127.0.0.1:8080");
+    CHECK_STR(qr_config_settings(copy)->data_dir, "./data");
+    CHECK_INT(qr_config_settings(copy)->inference_max_tokens, 512);
+    CHECK_INT(qr_config_source(copy, "log.level"), QR_CFG_SRC_FILE);
+    /* the clone is a copy: live is as it was */
+    CHECK_STR(qr_config_settings(live)->log_level, "info");
+    /* the same file again: nothing to apply, the restart keys still named */
+    qr_buf_reset(&changed);
+    qr_buf_reset(&restart);
+    CHECK_OK(qr_config_reload(copy, loaded, &changed, &restart), "reload");
+    CHECK_STR(qr_buf_str(&changed), "");
+    CHECK_STR(qr_buf_str(&restart), "data.dir, server.listen");
+    qr_buf_release(&changed);
+    qr_buf_release(&restart);
+    qr_config_free(copy);
+    qr_config_free(live);
+    qr_config_free(loaded);
 }

@@ -3,6 +3,7 @@
  * secret scrubbing, time, file reading, atomic file writes and the worker pool.
  */
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -529,4 +530,48 @@ TEST(pool_queue_is_bounded)
     pthread_cond_broadcast(&gate_cond);
     pthread_mutex_unlock(&gate_lock);
     qr_pool_free(pool);
+}
+
+/* logrotate moves a log away; reopening points the same descriptor at a new file with the old
+ * one's mode, and later writes land there, whole. */
+TEST(reopen_append_follows_a_moved_log)
+{
+    char err[QR_ERR_LEN], path[64], moved[80];
+    snprintf(path, sizeof(path), "/tmp/quarry-reopen-XXXXXX");
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    fd = open(path, O_WRONLY | O_APPEND);
+    CHECK(fd >= 0);
+    CHECK(fchmod(fd, 0604) == 0);
+    CHECK(write(fd, "one\n", 4) == 4);
+    snprintf(moved, sizeof(moved), "%s.1", path);
+    CHECK(rename(path, moved) == 0);
+    CHECK_OK(qr_reopen_append(fd, path, err), err);
+    CHECK(write(fd, "two\n", 4) == 4);
+    struct stat st;
+    CHECK(stat(path, &st) == 0);
+    CHECK_INT(st.st_mode & 07777, 0604);
+    char *a = NULL, *b = NULL;
+    CHECK_OK(qr_read_file(moved, 1024, &a, NULL, err), err);
+    CHECK_OK(qr_read_file(path, 1024, &b, NULL, err), err);
+    CHECK_STR(a, "one\n");
+    CHECK_STR(b, "two\n");
+    /* not moved: the same file goes on */
+    CHECK_OK(qr_reopen_append(fd, path, err), err);
+    CHECK(write(fd, "three\n", 6) == 6);
+    free(b);
+    CHECK_OK(qr_read_file(path, 1024, &b, NULL, err), err);
+    CHECK_STR(b, "two\nthree\n");
+    /* a directory that is gone: an error naming the path, the old file still written */
+    char gone[96];
+    snprintf(gone, sizeof(gone), "%s.d/x.log", path);
+    CHECK_INT(qr_reopen_append(fd, gone, err), QR_EIO);
+    CHECK(strstr(err, gone) != NULL);
+    CHECK(write(fd, "four\n", 5) == 5);
+    close(fd);
+    free(a);
+    free(b);
+    unlink(path);
+    unlink(moved);
 }

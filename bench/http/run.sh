@@ -12,7 +12,7 @@
 # Environment: QUARRY_BIN (default build/release/quarry), BENCH_DIR (default build/bench-http),
 # BENCH_MODES (default "me bm25 vector hybrid"), BENCH_CONNS (default "1 16 64"), BENCH_REUSE=1
 # (keep BENCH_DIR's corpus and data directory from an earlier run of the same CHUNKS: at 1M the
-# ingest takes a quarter of an hour). The runs start once /readyz says both indexes are warm and
+# ingest takes a quarter of an hour). The runs start once /v1/status says both indexes are warm and
 # the maintainer idle.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -67,7 +67,7 @@ port=$(( 20000 + RANDOM % 10000 ))
 # (server.user_share keeps one user to 4 of the 16 workers by default); this measures the server,
 # not the fairness.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$quarry" --set server.listen=127.0.0.1:$port \
-    --set server.per_ip_connections=0 --set server.user_share=1024 serve \
+    --set server.per_ip_connections=0 --set server.user_share=1024 --set auth.admin_groups=ops serve \
     >"$dir/serve.out" 2>"$dir/serve.err" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
@@ -82,12 +82,14 @@ echo "quarry serve answered after $(( $(date +%s) - t0 )) s" >&2
 token=$(curl -s -u alice:Alice-pw-1 -X POST "http://127.0.0.1:$port/v1/auth/token" |
     sed 's/.*"access_token":"\([^"]*\)".*/\1/')
 # the maintainer builds or opens the indexes in the background: measure once both are warm and
-# its pass is over
+# its pass is over (GET /v1/status is an administrator's: dave, of the ops group)
+admin=$(curl -s -u 'dave:p@ss, w0rd (*)' -X POST "http://127.0.0.1:$port/v1/auth/token" |
+    sed 's/.*"access_token":"\([^"]*\)".*/\1/')
 for _ in $(seq 1 36000); do
-    curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/readyz" | grep '"bm25": *"warm"' | grep '"vector": *"warm"' | grep -q '"maintainer_busy": *false' && break
+    curl -s -H "Authorization: Bearer $admin" "http://127.0.0.1:$port/v1/status" | grep '"bm25": *"warm"' | grep '"vector": *"warm"' | grep -q '"maintainer_busy": *false' && break
     sleep 0.1
 done
-echo "indexes warm after $(( $(date +%s) - t0 )) s: $(curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$port/readyz")" >&2
+echo "indexes warm after $(( $(date +%s) - t0 )) s: $(curl -s -H "Authorization: Bearer $admin" "http://127.0.0.1:$port/v1/status")" >&2
 export BENCH_TOKEN="$token" BENCH_WORDS="$(cat "$dir/words.txt")"
 echo "| mode | connections | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
 echo "|---|---|---|---|---|---|---|---|"

@@ -2,7 +2,7 @@
 // refuses these routes to everybody else anyway). Uploads (multipart POST /v1/documents: "file"
 // parts and one "acl" field per principal) with their jobs followed through GET /v1/jobs/{id};
 // the document list (GET /v1/documents, cursor pages) with each document's ACL edited in place
-// (PATCH /v1/documents/{id}/acl) and deletion after a confirmation; the index status (/readyz);
+// (PATCH /v1/documents/{id}/acl) and deletion after a confirmation; the index status (/v1/status);
 // service API keys (GET/POST /v1/keys, DELETE /v1/keys/{id}: a new key's secret is shown once, in
 // a read-only field, and never kept); the audit log's latest records (GET /v1/audit).
 
@@ -242,8 +242,8 @@ export function createAdmin(ctx) {
   const indexRefresh = h('button', { type: 'button', class: 'btn btn-quiet' }, 'Refresh');
   async function loadIndex() {
     try {
-      // /readyz answers 503 with the same body when not ready: read it either way
-      const res = await plainFetch('/readyz', { headers: { Authorization: `Bearer ${getSession()?.token}` }, cache: 'no-store' });
+      // /v1/status answers 503 with the same body when not ready: read it either way
+      const res = await plainFetch('/v1/status', { headers: { Authorization: `Bearer ${getSession()?.token}` }, cache: 'no-store' });
       const body = await res.json();
       const c = body.checks || {};
       const ix = c.indexes || {};
