@@ -24,6 +24,7 @@
 #include "retrieval/retrieval.h"
 
 #define EVAL_K           100
+#define EVAL_STAGES      7 /* the stages eval times, after the whole search (eval_stage_names) */
 #define EVAL_LINE_MAX    (1 << 20)
 #define EVAL_QUERIES_MAX 100000
 #define SEARCH_DOCS_MAX  64 /* --doc options */
@@ -405,6 +406,11 @@ static int read_qrels(const char *path, eval_set *s, size_t *unknown)
     return rc;
 }
 
+/* parse..permit: retrieval_result's timings; json: retrieval_result_json; other: the rest (the
+ * query's embedding, taking a handle, the result's allocation and release) */
+static const char *const eval_stage_names[EVAL_STAGES] = {"parse",  "rank", "hydrate", "snippets",
+                                                          "permit", "json", "other"};
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -424,17 +430,29 @@ static double percentile(const double *v, size_t n, double p)
 
 int cli_cmd_eval(cli_ctx *ctx)
 {
-    const char *queries = NULL, *qrels = NULL;
+    const char *queries = NULL, *qrels = NULL, *run_path = NULL;
     retrieval_mode mode = RETRIEVAL_MODE_DEFAULT;
+    size_t k = EVAL_K, repeat = 1;
     char err[QR_ERR_LEN];
     for (int i = 1; i < ctx->argc; i++) {
         const char *a = ctx->argv[i];
-        if ((strcmp(a, "--queries") == 0 || strcmp(a, "--qrels") == 0 || strcmp(a, "--mode") == 0) &&
+        if ((strcmp(a, "--queries") == 0 || strcmp(a, "--qrels") == 0 || strcmp(a, "--mode") == 0 ||
+             strcmp(a, "--k") == 0 || strcmp(a, "--repeat") == 0 || strcmp(a, "--run") == 0) &&
             i + 1 < ctx->argc) {
             const char *v = ctx->argv[++i];
             if (strcmp(a, "--mode") == 0) {
                 if (retrieval_mode_parse(v, &mode, err))
                     return cli_usage_error(ctx, "%s", err);
+            } else if (strcmp(a, "--k") == 0 || strcmp(a, "--repeat") == 0) {
+                char *end = NULL;
+                errno = 0;
+                unsigned long n = strtoul(v, &end, 10);
+                unsigned long max = strcmp(a, "--k") == 0 ? EVAL_K : 100;
+                if (errno || !end || *end || *v == '-' || n < 1 || n > max)
+                    return cli_usage_error(ctx, "%s takes a whole number from 1 to %lu, not '%s'", a, max, v);
+                *(strcmp(a, "--k") == 0 ? &k : &repeat) = n;
+            } else if (strcmp(a, "--run") == 0) {
+                run_path = v;
             } else if (strcmp(a, "--queries") == 0) {
                 queries = v;
             } else {
@@ -463,59 +481,116 @@ int cli_cmd_eval(cli_ctx *ctx)
     }
     const retrieval_opts *ro = api_service_retrieval_opts(svc);
     retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro->mode : mode;
-    double *lat = calloc(set.n ? set.n : 1, sizeof(double));
+    /* per pass and query: the whole search, then its stages (see eval_stage_names) */
+    double *lat = calloc((set.n ? set.n : 1) * (1 + EVAL_STAGES), sizeof(double));
+    double *p50 = calloc(repeat * (1 + EVAL_STAGES), sizeof(double));
+    double *p95 = calloc(repeat * (1 + EVAL_STAGES), sizeof(double));
     const char **ranked = calloc(EVAL_K, sizeof(char *));
     retrieval_metrics sum = {0};
     size_t evaluated = 0, degraded = 0, pruned = 0;
     retrieval_caller admin = {.is_admin = true};
-    if (!lat || !ranked) {
+    FILE *run = NULL;
+    qr_buf json;
+    qr_buf_init(&json, 64u << 20);
+    if (!lat || !p50 || !p95 || !ranked) {
         fprintf(stderr, "quarry eval: out of memory\n");
         rc = CLI_EXIT_FAILURE;
         goto out;
     }
-    for (size_t i = 0; i < set.n; i++) {
-        eval_query *q = &set.q[i];
-        bool relevant = false;
-        for (size_t j = 0; j < q->njudged; j++)
-            relevant |= q->judged[j].grade > 0;
-        if (!relevant)
-            continue; /* trec_eval's convention: queries without relevant documents are not scored */
-        uint64_t t0 = qr_now_ns();
-        /* documents are judged, not chunks: each document counts once, at its best chunk; the
-         * collections' queries are prose, so their quotes and dashes are not query syntax */
-        retrieval_request req = {
-            .query = q->text, .plain = true, .mode = mode, .k = EVAL_K, .max_per_doc = 1};
-        retrieval_result *res = NULL;
-        if (api_service_search(svc, &admin, &req, &res, err)) {
-            fprintf(stderr, "quarry eval: query '%s': %s\n", q->id, err);
+    if (run_path && !(run = fopen(run_path, "w"))) {
+        fprintf(stderr, "quarry eval: cannot create '%s': %s\n", run_path, strerror(errno));
+        rc = CLI_EXIT_FAILURE;
+        goto out;
+    }
+    for (size_t pass = 0; pass < repeat; pass++) {
+        size_t timed = 0;
+        for (size_t i = 0; i < set.n; i++) {
+            eval_query *q = &set.q[i];
+            bool relevant = false;
+            for (size_t j = 0; j < q->njudged; j++)
+                relevant |= q->judged[j].grade > 0;
+            if (!relevant)
+                continue; /* trec_eval's convention: queries without relevant documents are not scored */
+            uint64_t t0 = qr_now_ns();
+            /* documents are judged, not chunks: each document counts once, at its best chunk; the
+             * collections' queries are prose, so their quotes and dashes are not query syntax */
+            retrieval_request req = {.query = q->text, .plain = true, .mode = mode, .k = k, .max_per_doc = 1};
+            retrieval_result *res = NULL;
+            if (api_service_search(svc, &admin, &req, &res, err)) {
+                fprintf(stderr, "quarry eval: query '%s': %s\n", q->id, err);
+                rc = CLI_EXIT_FAILURE;
+                goto out;
+            }
+            uint64_t t1 = qr_now_ns();
+            /* the page as the server would send it (the time only; eval prints metrics) */
+            qr_buf_reset(&json);
+            if (retrieval_result_json(res, &json)) {
+                retrieval_result_free(res);
+                fprintf(stderr, "quarry eval: out of memory\n");
+                rc = CLI_EXIT_FAILURE;
+                goto out;
+            }
+            uint64_t t2 = qr_now_ns();
+            double *row = lat + timed * (1 + EVAL_STAGES);
+            row[0] = (t2 - t0) / 1e6;
+            row[1] = res->parse_ns / 1e6;
+            row[2] = res->rank_ns / 1e6;
+            row[3] = res->hydrate_ns / 1e6;
+            row[4] = res->snippet_ns / 1e6;
+            row[5] = res->permit_ns / 1e6;
+            row[6] = (t2 - t1) / 1e6;
+            row[7] = row[0] - row[1] - row[2] - row[3] - row[4] - row[5] - row[6];
+            timed++;
+            if (pass) {
+                retrieval_result_free(res);
+                continue;
+            }
+            degraded += res->mode != effective;
+            pruned += res->bm25_pruned;
+            for (size_t j = 0; j < res->nhits; j++) {
+                ranked[j] = res->hits[j].doc_id;
+                if (run && j < 10)
+                    fprintf(run, "%s\t%zu\t%s\n", q->id, j + 1, res->hits[j].doc_id);
+            }
+            retrieval_metrics m;
+            qr_status st = retrieval_eval_ranking(ranked, res->nhits, q->judged, q->njudged, &m, err);
+            retrieval_result_free(res);
+            if (st) {
+                fprintf(stderr, "quarry eval: %s\n", err);
+                rc = CLI_EXIT_FAILURE;
+                goto out;
+            }
+            sum.ndcg10 += m.ndcg10;
+            sum.recall100 += m.recall100;
+            sum.map100 += m.map100;
+            sum.mrr10 += m.mrr10;
+            evaluated++;
+        }
+        /* each column's percentiles over this pass */
+        double *col = calloc(timed ? timed : 1, sizeof(double));
+        if (!col) {
+            fprintf(stderr, "quarry eval: out of memory\n");
             rc = CLI_EXIT_FAILURE;
             goto out;
         }
-        lat[evaluated] = (qr_now_ns() - t0) / 1e6;
-        degraded += res->mode != effective;
-        pruned += res->bm25_pruned;
-        for (size_t j = 0; j < res->nhits; j++)
-            ranked[j] = res->hits[j].doc_id;
-        retrieval_metrics m;
-        qr_status st = retrieval_eval_ranking(ranked, res->nhits, q->judged, q->njudged, &m, err);
-        retrieval_result_free(res);
-        if (st) {
-            fprintf(stderr, "quarry eval: %s\n", err);
-            rc = CLI_EXIT_FAILURE;
-            goto out;
+        for (size_t c = 0; c <= EVAL_STAGES; c++) {
+            for (size_t i = 0; i < timed; i++)
+                col[i] = lat[i * (1 + EVAL_STAGES) + c];
+            qsort(col, timed, sizeof(double), cmp_double);
+            p50[c * repeat + pass] = percentile(col, timed, 50);
+            p95[c * repeat + pass] = percentile(col, timed, 95);
         }
-        sum.ndcg10 += m.ndcg10;
-        sum.recall100 += m.recall100;
-        sum.map100 += m.map100;
-        sum.mrr10 += m.mrr10;
-        evaluated++;
+        free(col);
     }
     if (!evaluated) {
         fprintf(stderr, "quarry eval: no query has a relevant judgment in '%s'\n", qrels);
         rc = CLI_EXIT_FAILURE;
         goto out;
     }
-    qsort(lat, evaluated, sizeof(double), cmp_double);
+    for (size_t c = 0; c <= EVAL_STAGES; c++) {
+        qsort(p50 + c * repeat, repeat, sizeof(double), cmp_double);
+        qsort(p95 + c * repeat, repeat, sizeof(double), cmp_double);
+    }
     double n = (double)evaluated;
     printf("quarry eval: %zu of %zu queries have relevant judgments; mode %s", evaluated, set.n,
            retrieval_mode_name(effective));
@@ -537,12 +612,26 @@ int cli_cmd_eval(cli_ctx *ctx)
     printf("recall@100   %.4f\n", sum.recall100 / n);
     printf("MAP@100      %.4f\n", sum.map100 / n);
     printf("MRR@10       %.4f\n", sum.mrr10 / n);
-    printf("latency      p50 %.2f ms, p95 %.2f ms (embedding and search, one query at a time)\n",
-           percentile(lat, evaluated, 50), percentile(lat, evaluated, 95));
+    printf("latency      p50 %.2f ms, p95 %.2f ms (embedding, search and the page's JSON, one query at a "
+           "time, %zu results",
+           percentile(p50, repeat, 50), percentile(p95, repeat, 50), k);
+    if (repeat > 1)
+        printf("; medians of %zu passes", repeat);
+    printf(")\n");
+    for (size_t c = 1; c <= EVAL_STAGES; c++)
+        printf("stage %-9s p50 %.3f ms, p95 %.3f ms\n", eval_stage_names[c - 1],
+               percentile(p50 + c * repeat, repeat, 50), percentile(p95 + c * repeat, repeat, 50));
     printf("ndcg@10=%.4f recall@100=%.4f map@100=%.4f mrr@10=%.4f queries=%zu\n", sum.ndcg10 / n,
            sum.recall100 / n, sum.map100 / n, sum.mrr10 / n, evaluated);
 out:
+    if (run && fclose(run) && !rc) {
+        fprintf(stderr, "quarry eval: cannot write '%s': %s\n", run_path, strerror(errno));
+        rc = CLI_EXIT_FAILURE;
+    }
+    qr_buf_release(&json);
     free(lat);
+    free(p50);
+    free(p95);
     free(ranked);
     api_service_close(svc);
     eval_set_release(&set);

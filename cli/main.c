@@ -41,7 +41,7 @@ static const cli_command commands[] = {
      "Answer a question with citations from permitted passages (--json).", NULL, cli_cmd_ask},
     {"index", "quarry index build [--gpu auto|on|off]",
      "Build the vector index and publish a new generation.", NULL, cli_cmd_index},
-    {"eval", "quarry eval --queries FILE --qrels FILE [--mode M]",
+    {"eval", "quarry eval --queries FILE --qrels FILE [--mode M] [--k N] [--repeat R] [--run FILE]",
      "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10).", NULL, cli_cmd_eval},
     {"stats", "quarry stats [--json]", "Show document, chunk and index counts.", NULL, cli_cmd_stats},
     {"models", "quarry models", "List the models the inference backend serves (inference.base_url).", NULL,

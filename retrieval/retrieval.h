@@ -161,7 +161,12 @@ typedef struct {
                               * estimated from a sample of the index (counted when listed) */
     size_t vector_fetched;   /* candidates the vector index was asked for (0: not asked) */
     bool bm25_pruned;        /* the BM25 list came from the pruned index, not FTS5's ranking */
-    qr_arena arena_;         /* private */
+    /* where the search's time went, in nanoseconds (for quarry eval and bench/bm25_fixed_cost.sh):
+     * parsing and stemming the query, ranking (BM25 and vector lists, fusion), reading the page's
+     * chunks from the store, and their snippets; permit_ns is filled by api_service_search (its
+     * second permission check), 0 here */
+    uint64_t parse_ns, rank_ns, hydrate_ns, snippet_ns, permit_ns;
+    qr_arena arena_; /* private */
 } retrieval_result;
 
 /* Searches. k results at most, best first; fewer only when fewer chunks are permitted, pass the
