@@ -377,9 +377,11 @@ qr_status api_service_search(api_service *svc, const retrieval_caller *caller, c
                           .content_type = q.content_type,
                           .updated_after_ms = q.updated_after_ms};
         store_permit *p = NULL;
+        uint64_t t0 = qr_now_ns();
         if (!(st = store_permit_open(h->store, &f, &p, err))) {
             size_t dropped = retrieval_result_filter(res, still_readable, p);
             st = store_permit_close(p, err);
+            res->permit_ns = qr_now_ns() - t0;
             if (dropped)
                 qr_log(QR_LOG_WARN, "search", "%zu hits dropped by the second permission check", dropped);
         }

@@ -24,6 +24,7 @@
 #include "retrieval/retrieval.h"
 
 #define EVAL_K           100
+#define EVAL_STAGES      7 /* the stages eval times, after the whole search (eval_stage_names) */
 #define EVAL_LINE_MAX    (1 << 20)
 #define EVAL_QUERIES_MAX 100000
 #define SEARCH_DOCS_MAX  64 /* --doc options */
@@ -416,6 +417,11 @@ static int read_qrels(const char *path, eval_set *s, size_t *unknown)
     return rc;
 }
 
+/* parse..permit: retrieval_result's timings; json: retrieval_result_json; other: the rest (the
+ * query's embedding, taking a handle, the result's allocation and release) */
+static const char *const eval_stage_names[EVAL_STAGES] = {"parse",  "rank", "hydrate", "snippets",
+                                                          "permit", "json", "other"};
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -436,81 +442,144 @@ static double percentile(const double *v, size_t n, double p)
 /* What one mode scored over the judged queries. */
 typedef struct {
     retrieval_metrics mean;
-    double p50_ms, p95_ms;
+    double p50_ms, p95_ms;                                 /* the whole search, medians over the passes */
+    double stage_p50[EVAL_STAGES], stage_p95[EVAL_STAGES]; /* eval_stage_names, medians over the passes */
     size_t evaluated, degraded, pruned;
     size_t rerank_fallbacks; /* queries whose rerank failed (first-stage order kept) */
 } eval_score;
 
+/* How eval_run runs: k results per query (metrics at 10 and 100 need EVAL_K), repeat timed passes
+ * (metrics from the first), and where each query's top 10 is written (NULL: nowhere). */
+typedef struct {
+    size_t k, repeat;
+    FILE *run;
+} eval_opts;
+
 /* Runs every judged query of set through svc in mode and averages the metrics; no_rerank keeps the
  * first-stage order when the service has a reranker. Errors are printed. */
 static int eval_run(api_service *svc, const eval_set *set, retrieval_mode mode, bool no_rerank,
-                    eval_score *out)
+                    const eval_opts *eo, eval_score *out)
 {
     char err[QR_ERR_LEN];
     const retrieval_opts *ro = api_service_retrieval_opts(svc);
     retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro->mode : mode;
-    double *lat = calloc(set->n ? set->n : 1, sizeof(double));
+    size_t repeat = eo->repeat ? eo->repeat : 1;
+    /* per query of a pass: the whole search, then its stages (see eval_stage_names) */
+    double *lat = calloc((set->n ? set->n : 1) * (1 + EVAL_STAGES), sizeof(double));
+    double *p50 = calloc(repeat * (1 + EVAL_STAGES), sizeof(double));
+    double *p95 = calloc(repeat * (1 + EVAL_STAGES), sizeof(double));
+    double *col = calloc(set->n ? set->n : 1, sizeof(double));
     const char **ranked = calloc(EVAL_K, sizeof(char *));
     retrieval_metrics sum = {0};
     retrieval_caller admin = {.is_admin = true};
+    qr_buf json;
+    qr_buf_init(&json, 64u << 20);
     int rc = CLI_EXIT_OK;
     memset(out, 0, sizeof(*out));
-    if (!lat || !ranked) {
+    if (!lat || !p50 || !p95 || !col || !ranked) {
         fprintf(stderr, "quarry eval: out of memory\n");
         rc = CLI_EXIT_FAILURE;
         goto out;
     }
-    for (size_t i = 0; i < set->n; i++) {
-        eval_query *q = &set->q[i];
-        bool relevant = false;
-        for (size_t j = 0; j < q->njudged; j++)
-            relevant |= q->judged[j].grade > 0;
-        if (!relevant)
-            continue; /* trec_eval's convention: queries without relevant documents are not scored */
-        uint64_t t0 = qr_now_ns();
-        /* documents are judged, not chunks: each document counts once, at its best chunk; the
-         * collections' queries are prose, so their quotes and dashes are not query syntax */
-        retrieval_request req = {.query = q->text,
-                                 .plain = true,
-                                 .mode = mode,
-                                 .k = EVAL_K,
-                                 .max_per_doc = 1,
-                                 .no_rerank = no_rerank};
-        retrieval_result *res = NULL;
-        if (api_service_search(svc, &admin, &req, &res, err)) {
-            fprintf(stderr, "quarry eval: query '%s': %s\n", q->id, err);
-            rc = CLI_EXIT_FAILURE;
-            goto out;
+    for (size_t pass = 0; pass < repeat; pass++) {
+        size_t timed = 0;
+        for (size_t i = 0; i < set->n; i++) {
+            eval_query *q = &set->q[i];
+            bool relevant = false;
+            for (size_t j = 0; j < q->njudged; j++)
+                relevant |= q->judged[j].grade > 0;
+            if (!relevant)
+                continue; /* trec_eval's convention: queries without relevant documents are not scored */
+            uint64_t t0 = qr_now_ns();
+            /* documents are judged, not chunks: each document counts once, at its best chunk; the
+             * collections' queries are prose, so their quotes and dashes are not query syntax */
+            retrieval_request req = {.query = q->text,
+                                     .plain = true,
+                                     .mode = mode,
+                                     .k = eo->k,
+                                     .max_per_doc = 1,
+                                     .no_rerank = no_rerank};
+            retrieval_result *res = NULL;
+            if (api_service_search(svc, &admin, &req, &res, err)) {
+                fprintf(stderr, "quarry eval: query '%s': %s\n", q->id, err);
+                rc = CLI_EXIT_FAILURE;
+                goto out;
+            }
+            uint64_t t1 = qr_now_ns();
+            /* the page as the server would send it (the time only; eval prints metrics) */
+            qr_buf_reset(&json);
+            if (retrieval_result_json(res, &json)) {
+                retrieval_result_free(res);
+                fprintf(stderr, "quarry eval: out of memory\n");
+                rc = CLI_EXIT_FAILURE;
+                goto out;
+            }
+            uint64_t t2 = qr_now_ns();
+            double *row = lat + timed * (1 + EVAL_STAGES);
+            row[0] = (t2 - t0) / 1e6;
+            row[1] = res->parse_ns / 1e6;
+            row[2] = res->rank_ns / 1e6;
+            row[3] = res->hydrate_ns / 1e6;
+            row[4] = res->snippet_ns / 1e6;
+            row[5] = res->permit_ns / 1e6;
+            row[6] = (t2 - t1) / 1e6;
+            row[7] = row[0] - row[1] - row[2] - row[3] - row[4] - row[5] - row[6];
+            timed++;
+            if (pass) {
+                retrieval_result_free(res);
+                continue;
+            }
+            out->degraded += res->mode != effective;
+            out->pruned += res->bm25_pruned;
+            out->rerank_fallbacks += res->rerank == RETRIEVAL_RERANK_FALLBACK;
+            for (size_t j = 0; j < res->nhits; j++) {
+                ranked[j] = res->hits[j].doc_id;
+                if (eo->run && j < 10)
+                    fprintf(eo->run, "%s\t%zu\t%s\n", q->id, j + 1, res->hits[j].doc_id);
+            }
+            retrieval_metrics m;
+            qr_status st = retrieval_eval_ranking(ranked, res->nhits, q->judged, q->njudged, &m, err);
+            retrieval_result_free(res);
+            if (st) {
+                fprintf(stderr, "quarry eval: %s\n", err);
+                rc = CLI_EXIT_FAILURE;
+                goto out;
+            }
+            sum.ndcg10 += m.ndcg10;
+            sum.recall100 += m.recall100;
+            sum.map100 += m.map100;
+            sum.mrr10 += m.mrr10;
+            out->evaluated++;
         }
-        lat[out->evaluated] = (qr_now_ns() - t0) / 1e6;
-        out->degraded += res->mode != effective;
-        out->pruned += res->bm25_pruned;
-        out->rerank_fallbacks += res->rerank == RETRIEVAL_RERANK_FALLBACK;
-        for (size_t j = 0; j < res->nhits; j++)
-            ranked[j] = res->hits[j].doc_id;
-        retrieval_metrics m;
-        qr_status st = retrieval_eval_ranking(ranked, res->nhits, q->judged, q->njudged, &m, err);
-        retrieval_result_free(res);
-        if (st) {
-            fprintf(stderr, "quarry eval: %s\n", err);
-            rc = CLI_EXIT_FAILURE;
-            goto out;
+        /* each column's percentiles over this pass */
+        for (size_t c = 0; c <= EVAL_STAGES; c++) {
+            for (size_t i = 0; i < timed; i++)
+                col[i] = lat[i * (1 + EVAL_STAGES) + c];
+            qsort(col, timed, sizeof(double), cmp_double);
+            p50[c * repeat + pass] = percentile(col, timed, 50);
+            p95[c * repeat + pass] = percentile(col, timed, 95);
         }
-        sum.ndcg10 += m.ndcg10;
-        sum.recall100 += m.recall100;
-        sum.map100 += m.map100;
-        sum.mrr10 += m.mrr10;
-        out->evaluated++;
     }
     if (out->evaluated) {
         double n = (double)out->evaluated;
         out->mean = (retrieval_metrics){sum.ndcg10 / n, sum.recall100 / n, sum.map100 / n, sum.mrr10 / n};
-        qsort(lat, out->evaluated, sizeof(double), cmp_double);
-        out->p50_ms = percentile(lat, out->evaluated, 50);
-        out->p95_ms = percentile(lat, out->evaluated, 95);
+        for (size_t c = 0; c <= EVAL_STAGES; c++) {
+            qsort(p50 + c * repeat, repeat, sizeof(double), cmp_double);
+            qsort(p95 + c * repeat, repeat, sizeof(double), cmp_double);
+        }
+        out->p50_ms = percentile(p50, repeat, 50);
+        out->p95_ms = percentile(p95, repeat, 50);
+        for (size_t c = 1; c <= EVAL_STAGES; c++) {
+            out->stage_p50[c - 1] = percentile(p50 + c * repeat, repeat, 50);
+            out->stage_p95[c - 1] = percentile(p95 + c * repeat, repeat, 50);
+        }
     }
 out:
+    qr_buf_release(&json);
     free(lat);
+    free(p50);
+    free(p95);
+    free(col);
     free(ranked);
     return rc;
 }
@@ -567,7 +636,8 @@ static void print_score_json(qr_buf *out, const char *label, retrieval_mode mode
 
 /* `quarry eval --compare`: every row's service opened in turn (the same store and indexes; each
  * with the fusion its row names), one table. */
-static int eval_compare(cli_ctx *ctx, const eval_set *set, size_t unknown, const char *queries, bool json)
+static int eval_compare(cli_ctx *ctx, const eval_set *set, size_t unknown, const char *queries, bool json,
+                        const eval_opts *eo)
 {
     retrieval_opts configured;
     retrieval_opts_from_config(ctx->cfg, &configured);
@@ -590,7 +660,7 @@ static int eval_compare(cli_ctx *ctx, const eval_set *set, size_t unknown, const
             fprintf(stderr, "quarry eval: %s: %s\n", rows[i].label, err);
             return CLI_EXIT_FAILURE;
         }
-        rc = eval_run(svc, set, rows[i].mode, !rows[i].rerank, &scores[i]);
+        rc = eval_run(svc, set, rows[i].mode, !rows[i].rerank, eo, &scores[i]);
         api_service_close(svc);
     }
     if (rc)
@@ -648,15 +718,16 @@ static int eval_compare(cli_ctx *ctx, const eval_set *set, size_t unknown, const
                    scores[i].rerank_fallbacks);
     printf("default: %s (%s): %s\n", retrieval_mode_name(configured.mode),
            configured.mode_auto ? "auto" : "set", configured.default_reason);
-    printf("latency: embedding and search, one query at a time\n");
+    printf("latency: embedding, search and the page's JSON, one query at a time\n");
     return CLI_EXIT_OK;
 }
 
 int cli_cmd_eval(cli_ctx *ctx)
 {
-    const char *queries = NULL, *qrels = NULL;
+    const char *queries = NULL, *qrels = NULL, *run_path = NULL;
     retrieval_mode mode = RETRIEVAL_MODE_DEFAULT;
     bool compare = false, json = false;
+    size_t k = EVAL_K, repeat = 1;
     char err[QR_ERR_LEN];
     for (int i = 1; i < ctx->argc; i++) {
         const char *a = ctx->argv[i];
@@ -664,12 +735,23 @@ int cli_cmd_eval(cli_ctx *ctx)
             compare = true;
         } else if (strcmp(a, "--json") == 0) {
             json = true;
-        } else if ((strcmp(a, "--queries") == 0 || strcmp(a, "--qrels") == 0 || strcmp(a, "--mode") == 0) &&
+        } else if ((strcmp(a, "--queries") == 0 || strcmp(a, "--qrels") == 0 || strcmp(a, "--mode") == 0 ||
+                    strcmp(a, "--k") == 0 || strcmp(a, "--repeat") == 0 || strcmp(a, "--run") == 0) &&
                    i + 1 < ctx->argc) {
             const char *v = ctx->argv[++i];
             if (strcmp(a, "--mode") == 0) {
                 if (retrieval_mode_parse(v, &mode, err))
                     return cli_usage_error(ctx, "%s", err);
+            } else if (strcmp(a, "--k") == 0 || strcmp(a, "--repeat") == 0) {
+                char *end = NULL;
+                errno = 0;
+                unsigned long n = strtoul(v, &end, 10);
+                unsigned long max = strcmp(a, "--k") == 0 ? EVAL_K : 100;
+                if (errno || !end || *end || *v == '-' || n < 1 || n > max)
+                    return cli_usage_error(ctx, "%s takes a whole number from 1 to %lu, not '%s'", a, max, v);
+                *(strcmp(a, "--k") == 0 ? &k : &repeat) = n;
+            } else if (strcmp(a, "--run") == 0) {
+                run_path = v;
             } else if (strcmp(a, "--queries") == 0) {
                 queries = v;
             } else {
@@ -689,21 +771,23 @@ int cli_cmd_eval(cli_ctx *ctx)
     int rc = read_queries(queries, &set);
     if (!rc)
         rc = read_qrels(qrels, &set, &unknown);
-    if (rc || compare) {
-        if (!rc)
-            rc = eval_compare(ctx, &set, unknown, queries, json);
-        eval_set_release(&set);
-        return rc;
+    eval_opts eo = {.k = k, .repeat = repeat, .run = NULL};
+    if (!rc && run_path && !(eo.run = fopen(run_path, "w"))) {
+        fprintf(stderr, "quarry eval: cannot create '%s': %s\n", run_path, strerror(errno));
+        rc = CLI_EXIT_FAILURE;
     }
     api_service *svc = NULL;
-    if ((rc = service_open(ctx, mode, &svc))) {
-        eval_set_release(&set);
-        return rc;
+    if (rc || compare) {
+        if (!rc)
+            rc = eval_compare(ctx, &set, unknown, queries, json, &eo);
+        goto out;
     }
+    if ((rc = service_open(ctx, mode, &svc)))
+        goto out;
     const retrieval_opts *ro = api_service_retrieval_opts(svc);
     retrieval_mode effective = mode == RETRIEVAL_MODE_DEFAULT ? ro->mode : mode;
     eval_score s;
-    if ((rc = eval_run(svc, &set, mode, false, &s)))
+    if ((rc = eval_run(svc, &set, mode, false, &eo, &s)))
         goto out;
     if (!s.evaluated) {
         fprintf(stderr, "quarry eval: no query has a relevant judgment in '%s'\n", qrels);
@@ -748,11 +832,21 @@ int cli_cmd_eval(cli_ctx *ctx)
     printf("recall@100   %.4f\n", s.mean.recall100);
     printf("MAP@100      %.4f\n", s.mean.map100);
     printf("MRR@10       %.4f\n", s.mean.mrr10);
-    printf("latency      p50 %.2f ms, p95 %.2f ms (embedding and search, one query at a time)\n", s.p50_ms,
-           s.p95_ms);
+    printf("latency      p50 %.2f ms, p95 %.2f ms (embedding, search and the page's JSON, one query at a "
+           "time, %zu results",
+           s.p50_ms, s.p95_ms, k);
+    if (repeat > 1)
+        printf("; medians of %zu passes", repeat);
+    printf(")\n");
+    for (size_t c = 0; c < EVAL_STAGES; c++)
+        printf("stage %-9s p50 %.3f ms, p95 %.3f ms\n", eval_stage_names[c], s.stage_p50[c], s.stage_p95[c]);
     printf("ndcg@10=%.4f recall@100=%.4f map@100=%.4f mrr@10=%.4f queries=%zu\n", s.mean.ndcg10,
            s.mean.recall100, s.mean.map100, s.mean.mrr10, s.evaluated);
 out:
+    if (eo.run && fclose(eo.run) && !rc) {
+        fprintf(stderr, "quarry eval: cannot write '%s': %s\n", run_path, strerror(errno));
+        rc = CLI_EXIT_FAILURE;
+    }
     api_service_close(svc);
     eval_set_release(&set);
     return rc;

@@ -42,7 +42,9 @@ static const cli_command commands[] = {
      "Answer a question with citations from permitted passages (--json).", NULL, cli_cmd_ask},
     {"index", "quarry index build [--gpu auto|on|off]",
      "Build the vector index and publish a new generation.", NULL, cli_cmd_index},
-    {"eval", "quarry eval --queries FILE --qrels FILE [--mode M | --compare] [--json]",
+    {"eval",
+     "quarry eval --queries FILE --qrels FILE [--mode M | --compare] [--json] [--k N] [--repeat R] [--run "
+     "FILE]",
      "Measure retrieval quality (nDCG@10, recall@100, MAP@100, MRR@10, latency); --compare: every mode "
      "and fusion in one table.",
      NULL, cli_cmd_eval},

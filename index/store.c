@@ -618,6 +618,7 @@ void store_close(store *s)
         rollback(s);
     for (int i = 0; i < Q_COUNT; i++)
         sqlite3_finalize(s->q[i]);
+    store_stmt_cache_clear(s);
     if (s->tokenizer_p)
         s->tokenizer.xDelete(s->tokenizer_p);
     sqlite3_close(s->db); /* all statements are finalized: closes now */

@@ -308,7 +308,9 @@ qr_status store_filter_ids(store *s, const store_filter *f, const int64_t *ids, 
 typedef struct store_permit store_permit;
 qr_status store_permit_open(store *s, const store_filter *f, store_permit **out, char *err);
 bool store_permit_test(store_permit *p, int64_t chunk_id);
-/* Frees the test and returns the first error a test met (QR_OK when none). NULL is a no-op. */
+/* The tests share one read transaction, begun by store_permit_open and ended here: they see the
+ * store as it was at open. Frees the test and returns the first error a test met (QR_OK when
+ * none). NULL is a no-op. */
 qr_status store_permit_close(store_permit *p, char *err);
 
 /* Document keys of n chunks into docs (-1 for a chunk that no longer exists). */

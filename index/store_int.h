@@ -60,6 +60,9 @@ enum {
 
 enum { BATCH_NONE, BATCH_OPEN, BATCH_FAILED };
 
+/* Search statements a handle keeps between calls (store_query.c's prepare_search). */
+#define STORE_STMT_CACHE 16
+
 struct store {
     sqlite3 *db;
     char *path; /* <dir>/quarry.db, for messages */
@@ -72,7 +75,14 @@ struct store {
     Fts5Tokenizer *tokenizer_p; /* NULL until then */
     bool docset_fn;             /* quarry_docset_has() is registered (store_query.c) */
     qr_cancel *cancel;          /* store_set_cancel's token: the progress handler checks it */
+    /* store_query.c's search statements, reset and unbound, found again by their SQL text;
+     * NULL slots are free (a statement in use is out of the cache) */
+    sqlite3_stmt *stmt_cache[STORE_STMT_CACHE];
+    unsigned stmt_next; /* the slot replaced next when every slot is taken */
 };
+
+/* store_query.c: finalizes the cached search statements (store_close, before sqlite3_close). */
+void store_stmt_cache_clear(store *s);
 
 /* store.c: SQLite's result codes become quarry statuses here, and only here; the definitions
  * say what each helper does. */

@@ -206,9 +206,22 @@ void store_set_cancel(store *s, qr_cancel *c)
 }
 
 /* Prepares one of the search statements (not cached: its text depends on the filter). */
+/* Search statements are built from the request's filter, but the same shapes come back query after
+ * query: a handle keeps the last STORE_STMT_CACHE of them, so a repeated search skips SQLite's
+ * parser and planner. A statement is taken out of the cache while it is used (a handle serves one
+ * thread at a time, but a call may hold two) and put back reset and unbound (release_search). */
 static qr_status prepare_search(store *s, const qr_buf *sql, sqlite3_stmt **q, char *err)
 {
-    int rc = sqlite3_prepare_v2(s->db, qr_buf_str(sql), (int)qr_buf_len(sql), q, NULL);
+    for (int i = 0; i < STORE_STMT_CACHE; i++) {
+        sqlite3_stmt *c = s->stmt_cache[i];
+        if (c && strcmp(sqlite3_sql(c), qr_buf_str(sql)) == 0) {
+            s->stmt_cache[i] = NULL;
+            *q = c;
+            return QR_OK;
+        }
+    }
+    int rc =
+        sqlite3_prepare_v3(s->db, qr_buf_str(sql), (int)qr_buf_len(sql), SQLITE_PREPARE_PERSISTENT, q, NULL);
     if (rc != SQLITE_OK) {
         qr_status st = (rc & 0xff) == SQLITE_INTERRUPT
                            ? store_sql_fail(s, rc, err, "prepare a search")
@@ -219,6 +232,33 @@ static qr_status prepare_search(store *s, const qr_buf *sql, sqlite3_stmt **q, c
         return st;
     }
     return QR_OK;
+}
+
+/* Puts a statement from prepare_search back in the cache (NULL: nothing), replacing the oldest
+ * when every slot is taken. */
+static void release_search(store *s, sqlite3_stmt *q)
+{
+    if (!q)
+        return;
+    sqlite3_reset(q);
+    sqlite3_clear_bindings(q);
+    int slot = -1;
+    for (int i = 0; i < STORE_STMT_CACHE && slot < 0; i++)
+        if (!s->stmt_cache[i])
+            slot = i;
+    if (slot < 0) {
+        slot = (int)(s->stmt_next++ % STORE_STMT_CACHE);
+        sqlite3_finalize(s->stmt_cache[slot]);
+    }
+    s->stmt_cache[slot] = q;
+}
+
+void store_stmt_cache_clear(store *s)
+{
+    for (int i = 0; i < STORE_STMT_CACHE; i++) {
+        sqlite3_finalize(s->stmt_cache[i]);
+        s->stmt_cache[i] = NULL;
+    }
 }
 
 /*
@@ -359,7 +399,7 @@ qr_status store_search_bm25(store *s, const char *match, const double weights[3]
     sqlite3_reset(q);
     st = store_commit(s, err);
 out:
-    sqlite3_finalize(q);
+    release_search(s, q);
     free(ds.bits);
     qr_buf_release(&sql);
     filter_sql_release(&fs);
@@ -416,7 +456,7 @@ qr_status store_filter_chunks(store *s, const store_filter *f, size_t limit, int
     sqlite3_reset(q);
     st = store_commit(s, err);
 out:
-    sqlite3_finalize(q);
+    release_search(s, q);
     qr_buf_release(&sql);
     filter_sql_release(&fs);
     if (st) {
@@ -428,7 +468,7 @@ out:
 
 /* Prepares `select` (ending in "WHERE c.id = :id") with fs's row conditions appended and bound:
  * the statement the per-id lookups below step once per id. *id_param gets :id's index. On error
- * *q may be set: the caller finalizes it. */
+ * *q may be set: the caller releases it (release_search). */
 static qr_status prepare_per_id(store *s, const filter_sql *fs, const char *select, sqlite3_stmt **q,
                                 int *id_param, char *err)
 {
@@ -481,7 +521,7 @@ qr_status store_filter_ids(store *s, const store_filter *f, const int64_t *ids, 
     }
     st = store_commit(s, err);
 out:
-    sqlite3_finalize(q);
+    release_search(s, q);
     filter_sql_release(&fs);
     if (st)
         for (size_t i = 0; i < n; i++)
@@ -492,6 +532,7 @@ out:
 struct store_permit {
     store *s;
     sqlite3_stmt *q;
+    bool in_read; /* holds the read transaction its tests share (store_permit_close ends it) */
     qr_status st; /* the first failure of a test */
     char err[QR_ERR_LEN];
 };
@@ -517,6 +558,10 @@ qr_status store_permit_open(store *s, const store_filter *f, store_permit **out,
                             ? "SELECT 1 FROM chunks c JOIN documents d ON d.id = c.doc WHERE c.id = :id"
                             : "SELECT 1 FROM chunks c WHERE c.id = :id",
                         &p->q, &id_param, err);
+    /* one read transaction for every test: without it each lookup begins and ends its own
+     * (file locks and the WAL header each time), which cost more than the lookup */
+    if (!st && !(st = store_begin_read(s, err)))
+        p->in_read = true;
 out:
     filter_sql_release(&fs);
     if (st) {
@@ -548,7 +593,17 @@ qr_status store_permit_close(store_permit *p, char *err)
     qr_status st = p->st;
     if (st && err)
         snprintf(err, QR_ERR_LEN, "%s", p->err);
-    sqlite3_finalize(p->q);
+    release_search(p->s, p->q);
+    if (p->in_read) {
+        char e2[QR_ERR_LEN];
+        qr_status cs = store_commit(p->s, e2);
+        if (!st && cs) {
+            st = cs;
+            if (err)
+                snprintf(err, QR_ERR_LEN, "%s", e2);
+        }
+        st = store_end_call(p->s, st, st ? err : NULL);
+    }
     free(p);
     return st;
 }
@@ -633,7 +688,7 @@ qr_status store_read_chunks(store *s, const int64_t *ids, size_t n, const store_
     }
     st = store_commit(s, err);
 out:
-    sqlite3_finalize(q);
+    release_search(s, q);
     filter_sql_release(&fs);
     return store_end_call(s, st, err);
 }

@@ -808,6 +808,7 @@ static qr_status parse_cursor(const char *cursor, uint64_t fp, size_t *offset, c
  */
 typedef struct {
     const char **forms; /* distinct indexed forms of the query's words */
+    size_t *form_len;   /* strlen(forms[i]), for the snippets' comparisons of every token */
     bool *is_term;      /* forms[i] is searched on its own (highlighted wherever it occurs) */
     size_t nforms, cap;
     int **phrases; /* phrases of two or more words, as form ids */
@@ -858,19 +859,23 @@ static qr_status vocab_add(vocab *v, qr_arena *a, const char *form, bool term, i
         if (v->nforms == v->cap) {
             size_t cap = v->cap ? v->cap * 2 : 32;
             const char **f = qr_arena_alloc(a, cap * sizeof(*f));
+            size_t *fl = qr_arena_alloc(a, cap * sizeof(*fl));
             bool *t = qr_arena_calloc(a, cap, sizeof(*t));
-            if (!f || !t)
+            if (!f || !fl || !t)
                 return qr_fail(err, QR_ENOMEM, "out of memory parsing the query");
             if (v->nforms) {
                 memcpy(f, v->forms, v->nforms * sizeof(*f));
+                memcpy(fl, v->form_len, v->nforms * sizeof(*fl));
                 memcpy(t, v->is_term, v->nforms * sizeof(*t));
             }
             v->forms = f;
+            v->form_len = fl;
             v->is_term = t;
             v->cap = cap;
         }
         i = (int)v->nforms++;
         v->forms[i] = form;
+        v->form_len[i] = strlen(form);
     }
     if (term)
         v->is_term[i] = true;
@@ -1000,7 +1005,7 @@ static qr_status collect_token(void *ctx, const char *form, size_t len, size_t s
     }
     int id = -1;
     for (size_t i = 0; i < l->v->nforms && id < 0; i++)
-        if (strlen(l->v->forms[i]) == len && memcmp(l->v->forms[i], form, len) == 0)
+        if (l->v->form_len[i] == len && memcmp(l->v->forms[i], form, len) == 0)
             id = (int)i;
     l->t[l->n++] = (token){start, end, id};
     return QR_OK;
@@ -1379,6 +1384,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     store_set_cancel(r->s, cancel);
     if ((st = prepare_query(r, text, req->plain, &qa, &voc, &rank, &require, &exclude, &forms, err)))
         goto out;
+    uint64_t t1 = qr_now_ns();
+    res->parse_ns = t1 - t0;
     if (test_hook)
         test_hook(test_hook_ctx, req, cancel);
     if ((st = qr_cancel_check(cancel, err)))
@@ -1471,6 +1478,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     /* the page: not read for a search already past its deadline */
     if ((st = qr_cancel_check(cancel, err)))
         goto out;
+    uint64_t t2 = qr_now_ns();
+    res->rank_ns = t2 - t1;
     size_t end = ranking->n < offset + req->k ? ranking->n : offset + req->k;
     size_t npage = end > offset ? end - offset : 0;
     /* a page that starts inside the rerank window is cut from the reranked window (read whole)
@@ -1501,6 +1510,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         reader rd = {res, texts, lens, page, nread, 0, pos};
         st = store_read_chunks(r->s, ids, nread, &f, read_hit, &rd, err);
         free(ids);
+        uint64_t t3 = qr_now_ns();
+        res->hydrate_ns = t3 - t2;
         if (!st && reranking) {
             size_t m = 0;
             while (m < res->nhits && pos[m] < wn)
@@ -1525,6 +1536,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
             h->start = h->chunk_start + s0;
             h->end = h->chunk_start + e0;
         }
+        res->snippet_ns = qr_now_ns() - t3;
         if (st)
             goto out;
     }

@@ -221,7 +221,12 @@ typedef struct {
     const char *rerank_model;  /* the handle's reranker's model when one is set; else NULL */
     size_t rerank_candidates;  /* passages the reranker was given (APPLIED and FALLBACK) */
     size_t rerank_window;      /* the window this page's ranking used (0: none) */
-    qr_arena arena_;           /* private */
+    /* where the search's time went, in nanoseconds (for quarry eval and bench/bm25_fixed_cost.sh):
+     * parsing and stemming the query, ranking (BM25 and vector lists, fusion), reading the page's
+     * chunks from the store, and their snippets; permit_ns is filled by api_service_search (its
+     * second permission check), 0 here */
+    uint64_t parse_ns, rank_ns, hydrate_ns, snippet_ns, permit_ns;
+    qr_arena arena_; /* private */
 } retrieval_result;
 
 /* Searches. k results at most, best first; fewer only when fewer chunks are permitted, pass the

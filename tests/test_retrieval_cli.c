@@ -471,6 +471,69 @@ TEST(search_default_follows_the_embedder)
     cleanup();
 }
 
+/* eval's page size, passes and run file: the top 10 and nDCG@10 do not depend on --k, every stage
+ * is timed, and bad values are usage errors. */
+TEST(eval_k_repeat_and_run_file)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/cranfield/corpus.jsonl", QUARRY_DATASETS);
+    if (access(path, R_OK) != 0) {
+        printf("skipped: %s not found (set QUARRY_DATASETS when configuring)\n", path);
+        exit(77);
+    }
+    CHECK(make_tmp());
+    qr_buf out, err, run10, run100;
+    qr_buf_init(&out, 1 << 20);
+    qr_buf_init(&err, 1 << 20);
+    qr_buf_init(&run10, 1 << 22);
+    qr_buf_init(&run100, 1 << 22);
+    const char *d = QUARRY_DATASETS;
+    CHECK_INT(
+        quarry(&out, &err, "--data %s/cr ingest --acl public --jsonl %s/cranfield/corpus.jsonl", tmp, d), 0);
+    const char *qs = "--queries %s/cranfield/queries.jsonl --qrels %s/cranfield/qrels.tsv";
+    char args[1024];
+    snprintf(args, sizeof(args), qs, d, d);
+    CHECK_INT(quarry(&out, &err, "--data %s/cr eval --mode bm25 %s --k 10 --repeat 2 --run %s/run10.tsv", tmp,
+                     args, tmp),
+              0);
+    double ndcg10 = ndcg_of(&out);
+    CHECK(strstr(qr_buf_str(&out), "10 results; medians of 2 passes") != NULL);
+    const char *stages[] = {"parse", "rank", "hydrate", "snippets", "permit", "json", "other"};
+    for (size_t i = 0; i < sizeof(stages) / sizeof(*stages); i++) {
+        char want[64];
+        snprintf(want, sizeof(want), "\nstage %-9s p50 ", stages[i]);
+        CHECK_MSG(strstr(qr_buf_str(&out), want) != NULL, "no '%s' in %s", stages[i], qr_buf_str(&out));
+    }
+    CHECK_INT(quarry(&out, &err, "--data %s/cr eval --mode bm25 %s --run %s/run100.tsv", tmp, args, tmp), 0);
+    CHECK(strstr(qr_buf_str(&out), "100 results)") != NULL);
+    double ndcg100 = ndcg_of(&out);
+    CHECK_MSG(ndcg10 > 0 && ndcg10 == ndcg100, "nDCG@10 %.4f with --k 10, %.4f with 100", ndcg10, ndcg100);
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "cat %s/run10.tsv", tmp);
+    CHECK_INT(test_capture(cmd, &run10), 0);
+    snprintf(cmd, sizeof(cmd), "cat %s/run100.tsv", tmp);
+    CHECK_INT(test_capture(cmd, &run100), 0);
+    /* 225 queries, ten lines each (every query matches more than ten abstracts) */
+    size_t lines = 0;
+    for (const char *p = qr_buf_str(&run10); *p; p++)
+        lines += *p == '\n';
+    CHECK_MSG(lines == 2250, "%zu lines in the run file", lines);
+    const char *tab = strchr(qr_buf_str(&run10), '\t'); /* query-id, rank 1, a document id */
+    CHECK(tab && strncmp(tab, "\t1\t", 3) == 0 && tab[3] != '\n' && strstr(qr_buf_str(&run10), "\t10\t"));
+    CHECK(strcmp(qr_buf_str(&run10), qr_buf_str(&run100)) == 0);
+    CHECK_INT(quarry(&out, &err, "--data %s/cr eval %s --k 0", tmp, args), 2);
+    CHECK(strstr(qr_buf_str(&err), "--k takes a whole number from 1 to 100") != NULL);
+    CHECK_INT(quarry(&out, &err, "--data %s/cr eval %s --k 101", tmp, args), 2);
+    CHECK_INT(quarry(&out, &err, "--data %s/cr eval %s --repeat x", tmp, args), 2);
+    CHECK_INT(quarry(&out, &err, "--data %s/cr eval %s --run %s/no/such/dir/run.tsv", tmp, args, tmp), 1);
+    CHECK(strstr(qr_buf_str(&err), "cannot create") != NULL);
+    qr_buf_release(&out);
+    qr_buf_release(&err);
+    qr_buf_release(&run10);
+    qr_buf_release(&run100);
+    cleanup();
+}
+
 /* The fake inference server's recorded requests (the prompts it received), as one string. */
 static bool fake_requests(qr_buf *out)
 {
