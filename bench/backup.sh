@@ -9,7 +9,7 @@ set -euo pipefail
 bin=$(realpath "${1:-build/release/quarry}")
 repeat=${2:-4}
 runs=${3:-5}
-datasets=${QUARRY_DATASETS:-$(dirname "$0")/../../shared/datasets}
+datasets=${QUARRY_TEST_DATASETS:-$(dirname "$0")/../../shared/datasets}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 - "$datasets" "$repeat" > "$work/corpus.jsonl" <<'PY'

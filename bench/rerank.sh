@@ -8,13 +8,13 @@
 # loopback, and runs build/release/bench_rerank: N queries with the first stage alone, then with
 # windows of 10, 50 and 200 passages.
 # Environment: QUARRY_BIN (default build/release/quarry), BENCH_DIR (default build/bench-rerank),
-# QUARRY_DATASETS (default ../shared/datasets).
+# QUARRY_TEST_DATASETS (default ../shared/datasets).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 n=${1:-100}
 quarry=${QUARRY_BIN:-$root/build/release/quarry}
 dir=${BENCH_DIR:-$root/build/bench-rerank}
-data=${QUARRY_DATASETS:-$root/../shared/datasets}/cranfield
+data=${QUARRY_TEST_DATASETS:-$root/../shared/datasets}/cranfield
 mkdir -p "$dir"
 if [ ! -f "$dir/ingested" ]; then
     rm -rf "$dir/data"
