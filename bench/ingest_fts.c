@@ -8,7 +8,7 @@
  * bench/ingest_e2e.sh runs it beside `quarry ingest` on the same input and prints the ratio.
  *
  * usage: bench_ingest_fts [--automerge N] [--crisismerge N] [--pgsz N] [--optimize] CORPUS.jsonl DB
- * prints: seconds chunks input_bytes
+ * prints: seconds chunks input_bytes cpu_seconds
  */
 #define _GNU_SOURCE
 #include <jansson.h>
@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ingest/ingest.h"
@@ -116,6 +117,8 @@ int main(int argc, char **argv)
         unlink(path);
     }
     uint64_t t0 = qr_now_ns();
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
     sqlite3 *db = NULL;
     if (sqlite3_open(dbpath, &db) != SQLITE_OK || exec(db, "PRAGMA journal_mode = WAL") ||
         exec(db, "PRAGMA synchronous = FULL") ||
@@ -158,7 +161,9 @@ int main(int argc, char **argv)
         return 1;
     sqlite3_close(db);
     double secs = (qr_now_ns() - t0) / 1e9;
-    printf("%.4f %zu %zu\n", secs, nrows, bytes);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    double cpu = (double)(c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) / 1e9;
+    printf("%.4f %zu %zu %.4f\n", secs, nrows, bytes, cpu);
     for (size_t i = 0; i < nrows; i++) {
         free(rows[i].title);
         free(rows[i].headings);

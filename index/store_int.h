@@ -72,6 +72,7 @@ struct store {
     Fts5Tokenizer *tokenizer_p; /* NULL until then */
     bool docset_fn;             /* quarry_docset_has() is registered (store_query.c) */
     qr_cancel *cancel;          /* store_set_cancel's token: the progress handler checks it */
+    int64_t embedding_dim;      /* the recorded vector dimension once read (never changes then); 0 */
 };
 
 /* store.c: SQLite's result codes become quarry statuses here, and only here; the definitions
