@@ -3,9 +3,11 @@
  * files and over JSON lines, then `quarry stats` and `quarry delete`, against a real store in a
  * temporary data directory. Covers re-runs (unchanged), content and ACL changes, hidden files,
  * symbolic links leaving the tree, malformed lines and the exit status when anything failed, and
- * that several preparing threads (ingest.threads) leave exactly the store one thread leaves.
+ * that several preparing threads (ingest.threads) leave exactly the store one thread leaves, and
+ * that a threaded ingest killed mid-way leaves every document whole or absent.
  */
 #include <math.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -441,5 +443,90 @@ TEST(threads_write_the_same_store_as_one)
     sqlite3_close(b);
     qr_buf_release(&one);
     qr_buf_release(&many);
+    cleanup();
+}
+
+/* The number of rows one query over the store file under dir answers with (its first column). */
+static long long count_of(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *q = NULL;
+    long long n = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        n = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return n;
+}
+
+TEST(killed_threaded_ingest_leaves_whole_documents)
+{
+    CHECK(make_tmp());
+    /* enough documents for several batches: the kill lands between or inside commits */
+    qr_buf c;
+    qr_buf_init(&c, 64 << 20);
+    for (int d = 0; d < 30000; d++) {
+        qr_buf_printf(&c, "{\"_id\":\"k%05d\",\"title\":\"Note %d\",\"text\":\"", d, d);
+        for (int w = 0; w < 60 + d % 200; w++)
+            qr_buf_printf(&c, "%sword%d", w ? " " : "", (d * 7 + w * 13) % 997);
+        qr_buf_printf(&c, "\",\"acl\":[\"user:u%d\"]}\n", d % 50);
+    }
+    CHECK(!qr_buf_failed(&c) && write_bytes("kill.jsonl", qr_buf_str(&c), qr_buf_len(&c)));
+    qr_buf_release(&c);
+    char data[128], db_path[160];
+    snprintf(data, sizeof(data), "%s/data", tmp);
+    snprintf(db_path, sizeof(db_path), "%s/quarry.db", data);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        char kill_jsonl[128];
+        snprintf(kill_jsonl, sizeof(kill_jsonl), "%s/kill.jsonl", tmp);
+        if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr))
+            _exit(126);
+        execl(QUARRY_BIN, QUARRY_BIN, "--data", data, "--set", "ingest.threads=3", "ingest", "--acl",
+              "public", "--jsonl", kill_jsonl, (char *)NULL);
+        _exit(127);
+    }
+    /* killed once its first batch is visible to a reader */
+    long long seen = 0;
+    for (int i = 0; i < 6000 && seen <= 0; i++) {
+        usleep(10000);
+        sqlite3 *db = NULL;
+        if (access(db_path, R_OK) == 0 &&
+            sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
+            seen = count_of(db, "SELECT count(*) FROM documents");
+        sqlite3_close(db);
+    }
+    kill(pid, SIGKILL);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK_MSG(seen > 0, "no batch was committed before the kill");
+    sqlite3 *db = open_store_db("data");
+    CHECK(db);
+    long long docs = count_of(db, "SELECT count(*) FROM documents");
+    printf("killed with %lld of 30000 documents stored\n", docs);
+    CHECK(docs >= seen);
+    /* each stored document has all its chunks, each chunk its vector and FTS row, each document its ACL */
+    CHECK_INT(count_of(db, "SELECT count(*) FROM documents d"
+                           " WHERE chunk_count != (SELECT count(*) FROM chunks c WHERE c.doc = d.id)"),
+              0);
+    CHECK_INT(count_of(db, "SELECT count(*) FROM chunks c WHERE NOT EXISTS"
+                           " (SELECT 1 FROM vectors v WHERE v.chunk_id = c.id)"),
+              0);
+    CHECK_INT(
+        count_of(
+            db, "SELECT count(*) FROM documents d WHERE NOT EXISTS (SELECT 1 FROM acl a WHERE a.doc = d.id)"),
+        0);
+    CHECK_INT(count_of(db, "SELECT count(DISTINCT doc) FROM temp.fts_instances"),
+              count_of(db, "SELECT count(*) FROM chunks"));
+    CHECK(sqlite3_exec(db, "INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)", NULL,
+                       NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    /* the same command again completes the load, the stored documents unchanged */
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    CHECK_INT(quarry(&out, "--set ingest.threads=3 ingest --acl public --jsonl kill.jsonl"), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "%lld added", 30000 - docs);
+    CHECK_MSG(docs == 30000 || has(&out, want), "%s", qr_buf_str(&out));
+    qr_buf_release(&out);
     cleanup();
 }
