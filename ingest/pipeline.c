@@ -3,7 +3,9 @@
  * the document changed (content hash over the source bytes and the settings that shape chunks),
  * and only then extracts, normalises, chunks and embeds it and hands everything to the store in
  * one write, so that a document is wholly present or wholly absent. ACL, title and metadata
- * changes of unchanged content go to the store without extraction or embedding.
+ * changes of unchanged content go to the store without extraction or embedding. The work before
+ * the store can run apart (ingest_prepare, on the pool's threads: pool.c) from the write
+ * (ingest_put_prepared); ingest_put is the two in a row, with the same checks and errors.
  */
 #include <stdio.h>
 #include <stdlib.h>
