@@ -548,10 +548,8 @@ qr_status store_open(const char *dir, store **out, char *err)
         goto out;
     }
     sprintf(s->path, "%s/%s", dir, STORE_FILE);
-    /* one thread at a time per handle (store.h): SQLite's own per-call locking is not needed */
-    int rc = sqlite3_open_v2(
-        s->path, &s->db,
-        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX, NULL);
+    int rc = sqlite3_open_v2(s->path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW, NULL);
     if (rc != SQLITE_OK) {
         if (!s->db) {
             st = qr_fail(err, QR_ENOMEM, "out of memory opening store '%s'", s->path);
