@@ -613,9 +613,10 @@ static size_t compare_rows(const qr_config *cfg, const retrieval_opts *ro, compa
              ro->mode_auto ? "auto" : "set");
     if (strcmp(qr_config_settings(cfg)->rerank_backend, "none") != 0) {
         for (size_t i = 0, first = n; i < first && n < COMPARE_ROWS_MAX; i++) {
-            rows[n] = rows[i];
-            rows[n].rerank = true;
-            snprintf(rows[n++].label, sizeof(rows[0].label), "%.48s + rerank", rows[i].label);
+            compare_row r = rows[i];
+            r.rerank = true;
+            snprintf(r.label, sizeof(r.label), "%.48s + rerank", rows[i].label);
+            rows[n++] = r;
         }
     }
     return n;
