@@ -54,14 +54,16 @@ static const char *const kind_names[K_COUNT] = {
     "page2",       "job_poll",      "verify_write",  "final_sweep"};
 
 #define MAX_USERS 8
-#define MAX_ACLS 8
-#define BATCH 3
-#define BODY_CAP (4u << 20)
+#define MAX_ACLS  8
+#define BATCH     3
+#define BODY_CAP  (4u << 20)
 
 struct cfg {
     char url[256], key[256], events[512];
     double duration_s, rate, drain_s, timeout_s;
     unsigned seed, max_inflight, ndocs;
+    int lie; /* the oracle's self-test: 1 sends "public" ACLs it records as written, 2 deletes it records as
+                not */
     double weight[K_SCHEDULED];
     char *users[MAX_USERS];
     unsigned nusers;
@@ -146,7 +148,10 @@ static void *xrealloc(void *p, size_t n)
     return q;
 }
 
-static double urand(void) { return ((double)rand() + 0.5) / ((double)RAND_MAX + 1.0); }
+static double urand(void)
+{
+    return ((double)rand() + 0.5) / ((double)RAND_MAX + 1.0);
+}
 
 /* Splits S on SEP into at most MAX owned strings; returns how many. */
 static unsigned split(const char *s, char sep, char **out, unsigned max)
@@ -206,6 +211,8 @@ static void load_config(const char *path)
             C.max_inflight = (unsigned)atoi(v);
         else if (strcmp(line, "docs") == 0)
             C.ndocs = (unsigned)atoi(v);
+        else if (strcmp(line, "lie") == 0)
+            C.lie = strcmp(v, "leak") == 0 ? 1 : strcmp(v, "loss") == 0 ? 2 : 0;
         else if (strcmp(line, "users") == 0)
             C.nusers = split(v, ',', C.users, MAX_USERS);
         else if (strcmp(line, "acls") == 0)
@@ -279,8 +286,14 @@ static unsigned add_write(unsigned d, int exists, unsigned mask)
     return doc->nhist++;
 }
 
-static void doc_id(unsigned d, char *out, size_t n) { snprintf(out, n, "load-%s-%04u", run_id, d); }
-static void doc_token(unsigned d, char *out, size_t n) { snprintf(out, n, "lt%sq%04u", run_id, d); }
+static void doc_id(unsigned d, char *out, size_t n)
+{
+    snprintf(out, n, "load-%s-%04u", run_id, d);
+}
+static void doc_token(unsigned d, char *out, size_t n)
+{
+    snprintf(out, n, "lt%sq%04u", run_id, d);
+}
 
 /* Checks the doc ids of a JSON array of results or citations seen by R's user. */
 static void check_results(const struct req *r, json_t *arr, double t_recv)
@@ -294,7 +307,8 @@ static void check_results(const struct req *r, json_t *arr, double t_recv)
         if (!id)
             continue;
         checks++;
-        if (strncmp(id, "load-", 5) != 0 || strncmp(id + 5, run_id, strlen(run_id)) != 0 || strlen(id) <= plen)
+        if (strncmp(id, "load-", 5) != 0 || strncmp(id + 5, run_id, strlen(run_id)) != 0 ||
+            strlen(id) <= plen)
             continue;
         unsigned d = (unsigned)atoi(id + plen);
         if (d < C.ndocs && !may_read(d, r->user, r->sent, t_recv)) {
@@ -527,7 +541,9 @@ static int start_scheduled(struct req *r)
         doc_id((unsigned)d, id, sizeof id);
         text_for((unsigned)d, text, sizeof text);
         snprintf(path, sizeof path, "/v1/documents/%s?refresh=wait_for", id);
-        send_req(r, "PUT", path, dumps(json_pack("{s:s,s:s,s:o}", "title", id, "text", text, "acl", acl_json(mask))));
+        send_req(r, "PUT", path,
+                 dumps(json_pack("{s:s,s:s,s:o}", "title", id, "text", text, "acl",
+                                 C.lie == 1 ? json_pack("[s]", "public") : acl_json(mask))));
         return 1;
     }
     case K_ACL:
@@ -537,7 +553,7 @@ static int start_scheduled(struct req *r)
         const struct write_rec *last = &docs[d].hist[docs[d].nhist - 1];
         unsigned mask = r->kind == K_ACL ? random_mask() : last->mask;
         r->user = -1, r->docs[0] = (unsigned)d, r->ndocs = 1;
-        r->wrec[0] = add_write((unsigned)d, r->kind == K_ACL, mask);
+        r->wrec[0] = add_write((unsigned)d, r->kind == K_ACL || C.lie == 2, mask);
         doc_id((unsigned)d, id, sizeof id);
         if (r->kind == K_ACL) {
             snprintf(path, sizeof path, "/v1/documents/%s/acl?refresh=wait_for", id);
@@ -558,12 +574,12 @@ static int start_scheduled(struct req *r)
             }
         }
         return 0;
-    default:
-        return 0;
+    default: return 0;
     }
 }
 
-static void record(const struct req *r, long status, double t_done)
+/* DEGRADED: a chat answered by the extractive fallback (quarry.mode), which recovery does not count */
+static void record(const struct req *r, long status, double t_done, int degraded)
 {
     struct route_stats *s = &stats[r->kind];
     s->done++;
@@ -578,7 +594,8 @@ static void record(const struct req *r, long status, double t_done)
         s->lat[s->nlat++] = (t_done - r->sched) * 1000.0;
     }
     if (events)
-        fprintf(events, "%.3f %ld %s\n", t_done, status, kind_names[r->kind]);
+        fprintf(events, "%.3f %ld %s%s\n", t_done, status, kind_names[r->kind],
+                degraded ? " extractive" : "");
 }
 
 static void finish_writes(struct req *r, int ok, double t)
@@ -637,9 +654,10 @@ static void complete(struct req *r, long status, CURLcode cc)
     json_t *j = NULL;
     if (r->aborted)
         status = 299; /* dropped by us on purpose */
-    record(r, cc == CURLE_OK || r->aborted ? status : 0, t);
-    if (ok && r->body && r->kind != K_CHAT_STREAM)
+    if (ok && r->body && r->kind != K_CHAT_STREAM && r->kind != K_CHAT_DROP)
         j = json_loads(r->body, 0, NULL);
+    const char *mode = json_string_value(json_object_get(json_object_get(j, "quarry"), "mode"));
+    record(r, cc == CURLE_OK || r->aborted ? status : 0, t, mode && strcmp(mode, "extractive") == 0);
     switch (r->kind) {
     case K_SEARCH_BM25:
     case K_SEARCH_HYBRID:
@@ -737,8 +755,7 @@ static void complete(struct req *r, long status, CURLcode cc)
             defer(again, again->sched);
         }
         break;
-    default:
-        break;
+    default: break;
     }
     json_decref(j);
 }
@@ -804,7 +821,8 @@ static double pct(const struct route_stats *s, double p)
 
 static void report(double elapsed)
 {
-    printf("| route | offered/s | achieved/s | requests | ok | p50 ms | p99 ms | p99.9 ms | not ok, by status |\n");
+    printf("| route | offered/s | achieved/s | requests | ok | p50 ms | p99 ms | p99.9 ms | not ok, by "
+           "status |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
     for (int k = 0; k < K_COUNT; k++) {
         struct route_stats *s = &stats[k];
@@ -823,7 +841,8 @@ static void report(double elapsed)
                                             s->status[st]);
             }
         if (s->status[299])
-            off += (size_t)snprintf(errs + off, sizeof errs - off, "%sdropped:%lu", off ? " " : "", s->status[299]);
+            off += (size_t)snprintf(errs + off, sizeof errs - off, "%sdropped:%lu", off ? " " : "",
+                                    s->status[299]);
         printf("| %s | %.2f | %.2f | %lu | %lu | %.1f | %.1f | %.1f | %s |\n", kind_names[k],
                k < K_SCHEDULED ? (double)s->offered / elapsed : 0.0, (double)s->ok / elapsed, s->done, s->ok,
                pct(s, 0.5), pct(s, 0.99), pct(s, 0.999), off ? errs : "-");
@@ -857,8 +876,10 @@ static void load_principals(void)
             if (json_is_array(ps)) {
                 size_t i;
                 json_t *p;
-                json_array_foreach(ps, i, p) for (unsigned a = 0; a < C.nacls; a++) if (
-                    json_string_value(p) && strcmp(json_string_value(p), C.acls[a]) == 0) user_mask[u] |= 1u << a;
+                json_array_foreach(ps, i, p) for (unsigned a = 0; a < C.nacls;
+                                                  a++) if (json_string_value(p) &&
+                                                           strcmp(json_string_value(p), C.acls[a]) == 0)
+                    user_mask[u] |= 1u << a;
                 json_decref(j);
                 req_free(r);
                 break;
