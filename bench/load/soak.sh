@@ -240,27 +240,11 @@ recovery() {
     echo
     awk -v s="$t_start" -v d="$duration" 'NR == 1 { first = $2 } $1 - s > d * 0.1 && !w { w = $2 }
         { if ($2 > max) max = $2; if ($3 > maxfd) maxfd = $3; last = $2; lastfd = $3 }
-        END { printf "RSS: %.1f MiB at start, %.1f after warm-up (10%%), %.1f at the end (peak %.1f); open fds at the end %d (peak %d)\n",
-              first / 1024, w / 1024, last / 1024, max / 1024, lastfd, maxfd }' "$out/resources.tsv"
+        END { printf "RSS: %.1f MiB at start, %.1f after warm-up (the first 10%% of the run), %.1f at the end (%+.1f%% since warm-up; peak %.1f); open fds at the end %d (peak %d)\n",
+              first / 1024, w / 1024, last / 1024, w ? 100 * (last - w) / w : 0, max / 1024, lastfd, maxfd }' "$out/resources.tsv"
     echo "Store integrity after the run: $integrity; quarry died on its own: $([ "$crashed" = 1 ] && echo yes || echo no)"
 } >"$out/report.md"
-if command -v gnuplot >/dev/null 2>&1; then
-    gnuplot <<GP 2>/dev/null || log "gnuplot failed: no plot"
-set terminal pngcairo size 900,420 noenhanced
-set output "$out/resources.png"
-set title "quarry serve under bench/load/soak.sh: RSS and open descriptors"
-set xlabel "seconds"
-set ylabel "RSS MiB"
-set y2label "open fds"
-set y2tics
-set ytics nomirror
-set yrange [0:*]
-set y2range [0:*]
-set key bottom right
-plot "$out/resources.tsv" using (\$1-$t_start):(\$2/1024) with lines title "RSS MiB", \
-     "$out/resources.tsv" using (\$1-$t_start):3 axes x1y2 with lines title "open fds"
-GP
-fi
+"$here/plot.sh" "$out" || log "no plot (gnuplot missing or failed)"
 cat "$out/report.md"
 grep -E '^(LEAK|LOSS|RESURRECTION)' "$out/load.log" | head -20 >&2
 if [ -n "$expect_fail" ]; then # the oracle's self-test: it must have caught the lie
