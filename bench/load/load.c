@@ -112,6 +112,7 @@ static struct doc *docs;
 static struct route_stats stats[K_COUNT];
 static unsigned user_mask[MAX_USERS];
 static unsigned long leaks, losses, resurrections, checks, skipped;
+static unsigned long jobs_succeeded, jobs_failed, jobs_unfinished;
 static CURLM *multi;
 static unsigned inflight;
 static struct task *tasks;
@@ -725,12 +726,14 @@ static void complete(struct req *r, long status, CURLcode cc)
         const char *state = j ? json_string_value(json_object_get(j, "state")) : NULL;
         struct req *p = NULL;
         if (state && strcmp(state, "succeeded") == 0) {
+            jobs_succeeded++;
             finish_writes(r, 1, t);
             for (unsigned i = 0; i < r->ndocs; i++) {
                 struct req *v = req_new(K_VERIFY_WRITE, t, -1);
                 send_verify(v, r->docs[i]);
             }
         } else if (state && strcmp(state, "failed") == 0) {
+            jobs_failed++;
             finish_writes(r, 0, t);
         } else if (r->tries < 600) { /* queued, running, interrupted, or unreachable: poll again */
             p = req_new(K_JOB_POLL, t + 0.25, -1);
@@ -740,6 +743,7 @@ static void complete(struct req *r, long status, CURLcode cc)
             p->ndocs = r->ndocs, p->tries = r->tries + 1;
             defer(p, p->sched);
         } else {
+            jobs_unfinished++;
             finish_writes(r, 0, t);
         }
         break;
@@ -847,8 +851,12 @@ static void report(double elapsed)
                k < K_SCHEDULED ? (double)s->offered / elapsed : 0.0, (double)s->ok / elapsed, s->done, s->ok,
                pct(s, 0.5), pct(s, 0.99), pct(s, 0.999), off ? errs : "-");
     }
+    for (size_t i = 0; i < ntasks; i++)
+        jobs_unfinished += tasks[i].r->kind == K_JOB_POLL;
     printf("\nchecks %lu, leaks %lu, losses %lu, resurrections %lu, writes skipped (no free document) %lu\n",
            checks, leaks, losses, resurrections, skipped);
+    printf("upload jobs: %lu succeeded, %lu failed, %lu unfinished at the end\n", jobs_succeeded, jobs_failed,
+           jobs_unfinished);
 }
 
 /* Reads each user's ACL principals from GET /v1/me; the oracle's only source of who may read. */

@@ -96,7 +96,7 @@ cat >"$tmp/quarry.json" <<JSON
            "cache_ttl_s": 2, "timeout_ms": 2000},
   "auth": {"admin_groups": "ops"},
   "inference": {"model": "fake-chat-model", "base_url": "$QUARRY_TEST_INFERENCE_URL/v1", "retries": 0,
-                "first_token_timeout_ms": 2000, "total_timeout_ms": 10000}
+                "first_token_timeout_ms": 2000, "total_timeout_ms": 10000, "breaker_cooldown_ms": 5000}
 }
 JSON
 
