@@ -40,18 +40,20 @@ enum kind {
     K_ACL,
     K_DELETE,
     K_VERIFY,
+    K_KEY_CREATE,
     K_SCHEDULED, /* kinds below are follow-ups, never scheduled */
     K_PAGE2 = K_SCHEDULED,
     K_JOB_POLL,
     K_VERIFY_WRITE,
     K_FINAL_SWEEP,
+    K_KEY_REVOKE,
     K_COUNT
 };
 
 static const char *const kind_names[K_COUNT] = {
-    "search_bm25", "search_hybrid", "search_filter", "search_page", "chat",   "chat_stream",
-    "chat_drop",   "upload_job",    "put",           "acl",         "delete", "verify",
-    "page2",       "job_poll",      "verify_write",  "final_sweep"};
+    "search_bm25", "search_hybrid", "search_filter", "search_page",  "chat",        "chat_stream",
+    "chat_drop",   "upload_job",    "put",           "acl",          "delete",      "verify",
+    "key_create",  "page2",         "job_poll",      "verify_write", "final_sweep", "key_revoke"};
 
 #define MAX_USERS 8
 #define MAX_ACLS  8
@@ -60,6 +62,7 @@ static const char *const kind_names[K_COUNT] = {
 
 struct cfg {
     char url[256], key[256], events[512];
+    char admin_user[64], admin_password[128]; /* an administrator who is a person: keys are made by one */
     double duration_s, rate, drain_s, timeout_s;
     unsigned seed, max_inflight, ndocs;
     int lie; /* the oracle's self-test: 1 sends "public" ACLs it records as written, 2 deletes it records as
@@ -196,6 +199,10 @@ static void load_config(const char *path)
             snprintf(C.url, sizeof C.url, "%s", v);
         else if (strcmp(line, "key") == 0)
             snprintf(C.key, sizeof C.key, "%s", v);
+        else if (strcmp(line, "admin_user") == 0)
+            snprintf(C.admin_user, sizeof C.admin_user, "%s", v);
+        else if (strcmp(line, "admin_password") == 0)
+            snprintf(C.admin_password, sizeof C.admin_password, "%s", v);
         else if (strcmp(line, "events") == 0)
             snprintf(C.events, sizeof C.events, "%s", v);
         else if (strcmp(line, "duration_s") == 0)
@@ -365,8 +372,13 @@ static void send_req(struct req *r, const char *method, const char *path, char *
     if (!e)
         die("curl_easy_init failed");
     snprintf(url, sizeof url, "%s%s", C.url, path);
-    snprintf(h, sizeof h, "Authorization: Bearer %s", C.key);
-    r->headers = curl_slist_append(r->headers, h);
+    if (r->kind == K_KEY_CREATE) { /* HTTP Basic: the password is checked by LDAP */
+        curl_easy_setopt(e, CURLOPT_USERNAME, C.admin_user);
+        curl_easy_setopt(e, CURLOPT_PASSWORD, C.admin_password);
+    } else {
+        snprintf(h, sizeof h, "Authorization: Bearer %s", C.key);
+        r->headers = curl_slist_append(r->headers, h);
+    }
     if (r->user >= 0) {
         snprintf(h, sizeof h, "X-Quarry-User: %s", C.users[r->user]);
         r->headers = curl_slist_append(r->headers, h);
@@ -565,6 +577,14 @@ static int start_scheduled(struct req *r)
         }
         return 1;
     }
+    case K_KEY_CREATE: {
+        if (!C.admin_user[0])
+            return 0;
+        r->user = -1;
+        snprintf(text, sizeof text, "load-%s-%lu", run_id, stats[K_KEY_CREATE].offered);
+        send_req(r, "POST", "/v1/keys", dumps(json_pack("{s:s,s:[s]}", "name", text, "scopes", "search")));
+        return 1;
+    }
     case K_VERIFY:
         for (int tries = 0; tries < 32; tries++) {
             unsigned v = (unsigned)rand() % C.ndocs;
@@ -748,6 +768,14 @@ static void complete(struct req *r, long status, CURLcode cc)
         }
         break;
     }
+    case K_KEY_CREATE: /* revoked at once, so that keys.json holds only revoked load keys */
+        if (j && json_string_value(json_object_get(j, "id"))) {
+            char path[128];
+            struct req *k = req_new(K_KEY_REVOKE, t, -1);
+            snprintf(path, sizeof path, "/v1/keys/%s", json_string_value(json_object_get(j, "id")));
+            send_req(k, "DELETE", path, NULL);
+        }
+        break;
     case K_VERIFY:
     case K_VERIFY_WRITE:
     case K_FINAL_SWEEP:
