@@ -182,11 +182,11 @@ static qr_status stage(api_jobs *j, const char *id, const api_job_doc *docs, siz
         return qr_fail(err, QR_ENOMEM, "out of memory staging a job");
     if (mkdir(dir, 0700) != 0) {
         json_decref(man);
-        return qr_fail(err, QR_EIO, "cannot create the job's staging directory '%s': %s", dir,
+        return qr_fail(err, qr_errno_status(errno), "cannot create the job's staging directory '%s': %s", dir,
                        strerror(errno));
     }
     if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
-        st = qr_fail(err, QR_EIO, "cannot create '%s': %s", path, strerror(errno));
+        st = qr_fail(err, qr_errno_status(errno), "cannot create '%s': %s", path, strerror(errno));
     size_t offset = 0;
     for (size_t i = 0; i < n && !st; i++) {
         char sha[65];

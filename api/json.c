@@ -58,6 +58,7 @@ int api_http_status(qr_status st)
     case QR_EUNAVAILABLE:
     case QR_ECANCELED: return 503;
     case QR_ETIMEOUT: return 504;
+    case QR_ENOSPC: return 507;
     case QR_ENOMEM:
     case QR_EIO:
     case QR_EINTERNAL: return 500;

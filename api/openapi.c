@@ -484,6 +484,8 @@ static const struct {
      "A dependency (LDAP, the store) cannot be reached, or every worker is busy "
      "(unavailable, overloaded): retry later."},
     {504, "Timeout", "The search took longer than retrieval.timeout_ms (timeout)."},
+    {507, "InsufficientStorage",
+     "The data directory's file system is full (no_space): nothing was written; searches go on."},
 };
 
 static const op_doc *find_op(const char *method, const char *pattern)
@@ -597,6 +599,8 @@ static json_t *operation(const api_route *route, const op_doc *d, json_t *securi
         ok = ok && add_errors(responses, "401,403,429");
     if (!route->inline_) /* a worker runs it: the queue can be full */
         ok = ok && add_errors(responses, "503");
+    if (!route->inline_ && strcmp(route->method, "GET") != 0) /* it writes: the disk can be full */
+        ok = ok && add_errors(responses, "507");
     ok = ok && add_errors(responses, "500");
     json_object_set_new(op, "responses", responses);
     if (!ok) {

@@ -45,6 +45,9 @@ int cli_cmd_serve(cli_ctx *ctx)
     sigaddset(&waited, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &waited, NULL);
     signal(SIGPIPE, SIG_IGN); /* a client that hangs up must not kill the server */
+    /* a file size limit (RLIMIT_FSIZE, systemd's LimitFSIZE=) refuses the write like a full disk:
+     * the request gets 507, the server goes on */
+    signal(SIGXFSZ, SIG_IGN);
 
     api_server *srv = NULL;
     if (api_server_new(ctx->cfg, &srv, err) || api_server_start(srv, err)) {

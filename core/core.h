@@ -42,8 +42,17 @@ typedef enum {
     QR_ETIMEOUT,     /* a deadline passed */
     QR_ECANCELED,    /* the work was called off (its client went away, the server is stopping) */
     QR_ENOTIMPL,     /* not built yet */
+    QR_ENOSPC,       /* the file system is full (or a file size or quota limit was reached) */
     QR_EINTERNAL,    /* a bug or an unexpected library failure */
 } qr_status;
+
+/* QR_ENOSPC for an errno that means no room to write (ENOSPC, EDQUOT, EFBIG), else QR_EIO. */
+qr_status qr_errno_status(int e);
+
+/* Whether a write near path may have failed for want of room when its errno is lost (SQLite
+ * reports an I/O error without it): the file system holding path has under 1 MiB free, or this
+ * process runs under a file size limit (RLIMIT_FSIZE). */
+bool qr_fs_full(const char *path);
 
 /* Stable snake_case name of a status ("invalid_argument"), for logs and HTTP error codes. */
 const char *qr_status_name(qr_status st);

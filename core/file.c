@@ -31,7 +31,7 @@ qr_status qr_write_all(int fd, const void *data, size_t n, const char *path, cha
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            return qr_fail(err, QR_EIO, "cannot write '%s': %s", path, strerror(errno));
+            return qr_fail(err, qr_errno_status(errno), "cannot write '%s': %s", path, strerror(errno));
         }
         p += w;
         n -= (size_t)w;

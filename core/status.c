@@ -2,7 +2,10 @@
  * Status codes and their names. The names double as the `code` of HTTP error bodies, so they
  * are stable snake_case words.
  */
+#include <errno.h>
 #include <stdio.h>
+#include <sys/resource.h>
+#include <sys/statvfs.h>
 
 #include "core.h"
 
@@ -22,9 +25,24 @@ const char *qr_status_name(qr_status st)
     case QR_ETIMEOUT: return "timeout";
     case QR_ECANCELED: return "cancelled";
     case QR_ENOTIMPL: return "not_implemented";
+    case QR_ENOSPC: return "no_space";
     case QR_EINTERNAL: return "internal_error";
     }
     return "unknown_status";
+}
+
+qr_status qr_errno_status(int e)
+{
+    return e == ENOSPC || e == EDQUOT || e == EFBIG ? QR_ENOSPC : QR_EIO;
+}
+
+bool qr_fs_full(const char *path)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        return true;
+    struct statvfs v;
+    return statvfs(path, &v) == 0 && (unsigned long long)v.f_bavail * v.f_frsize < (1u << 20);
 }
 
 qr_status qr_fail(char *err, qr_status st, const char *fmt, ...)

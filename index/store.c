@@ -211,8 +211,8 @@ qr_status store_sql_status(int rc)
     case SQLITE_LOCKED: return QR_ETIMEOUT;
     case SQLITE_NOMEM: return QR_ENOMEM;
     case SQLITE_TOOBIG: return QR_ELIMIT;
+    case SQLITE_FULL: return QR_ENOSPC;
     case SQLITE_IOERR:
-    case SQLITE_FULL:
     case SQLITE_CANTOPEN:
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
@@ -236,6 +236,15 @@ qr_status store_sql_fail(store *s, int rc, char *err, const char *what)
         return qr_fail(err, QR_ETIMEOUT,
                        "cannot %s in store '%s': another process held it locked for %d ms (%s)", what,
                        s->path, STORE_BUSY_TIMEOUT_MS, why);
+    /* SQLite says SQLITE_FULL for ENOSPC only; a quota or a file size limit (EDQUOT, EFBIG) is a
+     * write error whose errno is usually gone by now, so the file system is asked */
+    if ((rc & 0xff) == SQLITE_FULL ||
+        ((rc == SQLITE_IOERR_WRITE || rc == SQLITE_IOERR_TRUNCATE || rc == SQLITE_IOERR_SHMSIZE) &&
+         (qr_errno_status(sqlite3_system_errno(s->db)) == QR_ENOSPC || qr_fs_full(s->path))))
+        return qr_fail(err, QR_ENOSPC,
+                       "cannot %s in store '%s': the data directory's file system is full or a file "
+                       "size limit was reached (%s)",
+                       what, s->path, why);
     return qr_fail(err, store_sql_status(rc), "cannot %s in store '%s': %s", what, s->path, why);
 }
 

@@ -166,6 +166,7 @@ child_main(sandbox_fn fn, const char *bytes, size_t len, const ingest_limits *li
     if (getppid() != parent)
         _exit(111);
     signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
     limit_child(lim->memory_bytes);
     xmlMemSetup(free, counting_malloc, counting_realloc, counting_strdup);
 

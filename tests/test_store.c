@@ -21,6 +21,7 @@
 #include <spawn.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1626,6 +1627,42 @@ TEST(failure_mid_write_leaves_nothing)
     CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks"), 3);
     CHECK_OK(store_verify(s, err), err);
     sqlite3_close(db);
+    store_close(s);
+    rm_tree(dir);
+}
+
+/* A full disk, as a file size limit of one byte stands in for it (no file may grow; SIGXFSZ
+ * ignored, as quarry serve does): the write is refused as QR_ENOSPC, naming the cause, nothing of
+ * it is stored, and once the limit is lifted writes go on and the store is whole. */
+TEST(full_disk_refuses_writes_with_no_space)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f1, f2;
+    store_put_result r;
+    make_doc(&f1, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f1, &r, err), err);
+    int64_t counter = counter_of(s);
+    struct rlimit old;
+    CHECK(getrlimit(RLIMIT_FSIZE, &old) == 0);
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit tiny = {1, old.rlim_max};
+    CHECK(setrlimit(RLIMIT_FSIZE, &tiny) == 0);
+    make_doc(&f2, "d2", "New", "A second document\nwith two chunks of its own text", NULL, 0);
+    qr_status st = put(s, &f2, &r, err);
+    qr_status st_acl = store_set_acl(s, "d1", (const char *[]){"public"}, 1, NULL);
+    CHECK(setrlimit(RLIMIT_FSIZE, &old) == 0);
+    signal(SIGXFSZ, old_handler);
+    CHECK_INT(st, QR_ENOSPC);
+    CHECK_MSG(strstr(err, "file system is full") && strstr(err, "quarry.db"), "%s", err);
+    CHECK_INT(st_acl, QR_ENOSPC);
+    CHECK(!doc_exists(s, "d2"));
+    CHECK_INT(counter_of(s), counter);
+    CHECK_OK(put(s, &f2, &r, err), err);
+    CHECK_INT(r, STORE_ADDED);
+    CHECK_OK(store_verify(s, err), err);
     store_close(s);
     rm_tree(dir);
 }

@@ -4,13 +4,15 @@
 # after another: slapd stopped and restarted, slapd silent (SIGSTOP/SIGCONT), the fake backend's
 # 500, 429, first-byte stall and mid-stream reset, quarry killed with SIGKILL and started again
 # (jobs resume), and the data directory's file system filled (a tmpfs mounted for the run, when
-# this runs as root and may mount). Clients that drop mid-stream are part of the mix (chat_drop).
+# this runs as root and may mount; otherwise, or with --disk-full rlimit, a file size limit of one
+# byte set on the running quarry with prlimit). Clients that drop mid-stream are part of the mix (chat_drop).
 # It samples the server's RSS and open descriptors every second from /proc, measures the recovery
 # after each fault (the first success of an affected route after the fault ends), and writes a
 # report: bench_load's table, the faults, and a gnuplot PNG of RSS and descriptors over time.
 #
 #   bench/load/soak.sh [--duration S] [--rate R] [--faults LIST|all|none] [--hold S] [--out DIR]
 #                      [--repeat N] [--mix FILE] [--mix-set KEY=VALUE]... [--expect-oracle-failure]
+#                      [--disk-full tmpfs|rlimit]
 #                      QUARRY_BIN BENCH_LOAD
 #
 # LIST: comma-separated among ldap_stop, ldap_sigstop, backend_500, backend_429, backend_stall,
@@ -24,6 +26,7 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
 duration=600 rate=20 faults=all hold=8 repeat=1 out= mix="$here/mix.conf" mixset=() expect_fail=
+disk_full_by=tmpfs
 args=("$@")
 while [ $# -gt 0 ]; do
     case $1 in
@@ -32,6 +35,7 @@ while [ $# -gt 0 ]; do
     --faults) faults=$2; shift 2 ;;
     --hold) hold=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
+    --disk-full) disk_full_by=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --mix) mix=$2; shift 2 ;;
     --mix-set) mixset+=("$2"); shift 2 ;;
@@ -73,12 +77,20 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 log() { printf '%s soak: %s\n' "$(date -u +%T)" "$*" >&2; }
 
+# disk_full fills a 512 MiB tmpfs mounted on the data directory where this may mount (root);
+# elsewhere, or with --disk-full rlimit, it sets quarry's RLIMIT_FSIZE to 1 byte with prlimit for
+# the fault: no file of the data directory may grow (SQLite's WAL and database, the staged
+# uploads, new files), overwriting what is there still works, as on a full disk.
+mkdir -p "$data"
 case ",$faults," in *,disk_full,*)
-    mkdir -p "$data"
-    if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=512m quarry-soak "$data" 2>/dev/null; then
-        mounted=1
+    if [ "$disk_full_by" != rlimit ] && [ "$(id -u)" = 0 ] &&
+        mount -t tmpfs -o size=512m quarry-soak "$data" 2>/dev/null; then
+        mounted=1 disk_full_by=tmpfs
+    elif command -v prlimit >/dev/null 2>&1; then
+        [ "$disk_full_by" = tmpfs ] && log "cannot mount a tmpfs here (not root, or no mount rights): RLIMIT_FSIZE instead"
+        disk_full_by=rlimit
     else
-        log "cannot mount a tmpfs here (not root, or no mount rights): disk_full left out"
+        log "cannot mount a tmpfs here and prlimit is missing: disk_full left out"
         faults=$(echo ",$faults," | sed 's/,disk_full,/,/; s/^,//; s/,$//')
     fi ;;
 esac
@@ -131,7 +143,7 @@ log "quarry serve at $url, data in $data${mounted:+ (a 512 MiB tmpfs)}"
         p=$(cat "$tmp/pid" 2>/dev/null)
         rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)
         fds=$(ls "/proc/$p/fd" 2>/dev/null | wc -l)
-        [ -n "$rss" ] && printf '%s %s %s\n' "$(date +%s.%N)" "$rss" "$fds"
+        [ -n "$rss" ] && printf '%s %s %s %s\n' "$(date +%s.%N)" "$rss" "$fds" "$p"
         sleep 1
     done
 ) >"$out/resources.tsv" &
@@ -170,10 +182,16 @@ inject() {
         sleep 1
         start ;;
     disk_full)
-        fallocate -l "$(df -B1 --output=avail "$data" | tail -n 1)" "$data/filler" 2>/dev/null ||
-            dd if=/dev/zero of="$data/filler" bs=1M 2>/dev/null
-        sleep "$hold"
-        rm -f "$data/filler" ;;
+        if [ "$disk_full_by" = rlimit ]; then
+            prlimit --pid "$pid" --fsize=1: || { echo "soak: prlimit --pid $pid failed" >&2; exit 1; }
+            sleep "$hold"
+            prlimit --pid "$pid" --fsize=unlimited: || { echo "soak: prlimit --pid $pid failed" >&2; exit 1; }
+        else
+            fallocate -l "$(df -B1 --output=avail "$data" | tail -n 1)" "$data/filler" 2>/dev/null ||
+                dd if=/dev/zero of="$data/filler" bs=1M 2>/dev/null
+            sleep "$hold"
+            rm -f "$data/filler"
+        fi ;;
     *) echo "soak: unknown fault $1" >&2; exit 1 ;;
     esac
 }
@@ -227,7 +245,7 @@ recovery() {
         END { if (!found) printf "none" }' "$out/events.txt"
 }
 {
-    echo "Command: \`bench/load/soak.sh --duration $duration --rate $rate --hold $hold --repeat $repeat --faults $faults\`"
+    echo "Command: \`bench/load/soak.sh --duration $duration --rate $rate --hold $hold --repeat $repeat --faults $faults${disk_full_by:+ --disk-full $disk_full_by}\`"
     echo "($(nproc) cores, $(date -u +%F))"
     echo
     cat "$out/load.md"
@@ -242,6 +260,19 @@ recovery() {
         { if ($2 > max) max = $2; if ($3 > maxfd) maxfd = $3; last = $2; lastfd = $3 }
         END { printf "RSS: %.1f MiB at start, %.1f after warm-up (the first 10%% of the run), %.1f at the end (%+.1f%% since warm-up; peak %.1f); open fds at the end %d (peak %d)\n",
               first / 1024, w / 1024, last / 1024, w ? 100 * (last - w) / w : 0, max / 1024, lastfd, maxfd }' "$out/resources.tsv"
+    # a kill9 starts a new process: RSS per process, each after its own warm-up (its first 10% of
+    # the run's length, at least 60 s), so that a restart cannot hide a slow leak
+    echo
+    echo "| quarry process | lived s | RSS after its warm-up MiB | at its end MiB | growth | peak MiB |"
+    echo "|---|---|---|---|---|---|"
+    awk -v d="$duration" '{ p = $4; if (!(p in t0)) { order[++n] = p; t0[p] = $1; w[p] = -1 }
+        warm = d * 0.1 < 60 ? 60 : d * 0.1
+        if ($1 - t0[p] >= warm && w[p] < 0) w[p] = $2
+        t1[p] = $1; last[p] = $2; if ($2 > max[p]) max[p] = $2 }
+        END { for (i = 1; i <= n; i++) { p = order[i]
+            if (w[p] < 0) printf "| %d | %.0f | - (shorter than its warm-up) | %.1f | - | %.1f |\n", i, t1[p] - t0[p], last[p] / 1024, max[p] / 1024
+            else printf "| %d | %.0f | %.1f | %.1f | %+.1f%% | %.1f |\n", i, t1[p] - t0[p], w[p] / 1024, last[p] / 1024, 100 * (last[p] - w[p]) / w[p], max[p] / 1024 } }' "$out/resources.tsv"
+    echo
     echo "Store integrity after the run: $integrity; quarry died on its own: $([ "$crashed" = 1 ] && echo yes || echo no)"
 } >"$out/report.md"
 "$here/plot.sh" "$out" || log "no plot (gnuplot missing or failed)"
