@@ -8,7 +8,7 @@
 #   make format / format-check   clang-format the C sources / check them
 #   make fuzz-smoke  build the libFuzzer targets of fuzz/ (clang) and run each FUZZ_TIME s (default 30)
 #   make deb         the Debian package (dpkg-buildpackage, debhelper) in build/deb/ (scripts/make-deb)
-#   make soak        the load, soak and fault harness (bench/load/soak.sh): DURATION=600 RATE=10 FAULTS=all
+#   make soak        the load, soak and fault harness (bench/load/soak.sh): DURATION=600 RATE=10 FAULTS=all REPEAT=1 HOLD=8
 #
 # Variables: JOBS (parallel jobs), CTEST_ARGS (e.g. CTEST_ARGS='-R core\.' or '-L unit'),
 # QUARRY_CUDA=AUTO|ON|OFF, FAISS_ROOT (a FAISS 1.7.3 prefix with the C API), CC (e.g. CC=clang).
@@ -64,17 +64,18 @@ test-asan: bootstrap
 # (clang, outside CMake; see fuzz/fuzz.mk), FUZZ_TIME seconds each. Not part of `make test`.
 FUZZ_TIME ?= 30
 # The load, soak and fault harness (bench/load/): DURATION seconds of mixed traffic at RATE requests/s
-# against quarry serve with FAULTS injected REPEAT times each (see bench/load/soak.sh), its report
+# against quarry serve with FAULTS injected REPEAT times each for HOLD seconds (see bench/load/soak.sh), its report
 # and PNG in SOAK_OUT. Not part of `make test` (its 60-second smoke is: ctest -R load.).
 DURATION ?= 600
 RATE ?= 10
 FAULTS ?= all
 REPEAT ?= 1
+HOLD ?= 8
 SOAK_OUT ?= $(BUILD_DIR)/soak
 .PHONY: soak
 soak: build
 	bench/load/soak.sh --duration $(DURATION) --rate $(RATE) --faults $(FAULTS) --repeat $(REPEAT) \
-	  --out $(SOAK_OUT) $(BUILD_DIR)/quarry $(BUILD_DIR)/bench_load
+	  --hold $(HOLD) --out $(SOAK_OUT) $(BUILD_DIR)/quarry $(BUILD_DIR)/bench_load
 
 .PHONY: fuzz-smoke
 fuzz-smoke: bootstrap

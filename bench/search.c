@@ -1,6 +1,7 @@
 /*
  * Benchmark of permission-trimmed search (retrieval/): latency p50/p95/p99 of bm25, vector and
- * hybrid searches (k = 10, one thread) on a generated collection, for callers who may read 100%,
+ * hybrid searches (k = 10, one thread) on a generated collection, for an administrator (no permission
+ * test) and callers who may read 100%,
  * 10%, 1% and 0.1% of it, each with recall@10 against the exact answer; then the quality table of
  * both shared collections in every mode (nDCG@10 and the rest, as `quarry eval` computes them).
  *
@@ -18,7 +19,7 @@
  * as POST /v1/index/rebuild), in one run: p50/p99/max of each and their ratio.
  *
  * Usage: bench_search [--chunks N] [--queries Q] [--datasets DIR] [--no-scale] [--no-eval] [--rebuild]
- *        WORKDIR
+ *        [--modes bm25,vector,hybrid] WORKDIR
  * (WORKDIR is created and reused: a collection already generated there at the same size is kept.)
  */
 #include <jansson.h>
@@ -150,7 +151,8 @@ fail:
 
 /* ---- latency and recall ------------------------------------------------------------------------ */
 
-static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_config *cfg, ingest_embedder *e)
+static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_config *cfg, ingest_embedder *e,
+                 const char *only)
 {
     char err[QR_ERR_LEN];
     store *s = NULL;
@@ -193,7 +195,8 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
     static const struct {
         const char *name, *group;
         double share;
-    } shares[] = {{"100%", "group:all", 1},
+    } shares[] = {{"admin", NULL, 1},
+                  {"100%", "group:all", 1},
                   {"10%", "group:p10", 0.1},
                   {"1%", "group:p1", 0.01},
                   {"0.1%", "group:p01", 0.001}};
@@ -202,9 +205,13 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
            "filtered index) |\n");
     printf("|---|---|---|---|---|---|---|\n");
     for (size_t m = 0; m < 3; m++) {
-        for (size_t sh = 0; sh < 4; sh++) {
+        if (only && !strstr(only, retrieval_mode_name(modes[m])))
+            continue;
+        for (size_t sh = 0; sh < sizeof(shares) / sizeof(shares[0]); sh++) {
+            if (getenv("BENCH_SHARES") && !strstr(getenv("BENCH_SHARES"), shares[sh].name))
+                continue;
             const char *principals[] = {shares[sh].group};
-            retrieval_caller caller = {principals, 1, false};
+            retrieval_caller caller = {principals, shares[sh].group ? 1 : 0, !shares[sh].group};
             double recall = 0;
             size_t counted = 0, exact_paths = 0;
             for (size_t i = 0; i < nqueries; i++) {
@@ -221,6 +228,10 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
                 }
                 lat[i] = (qr_now_ns() - q0) / 1e6;
                 exact_paths += res->vector_exact;
+                if (getenv("BENCH_NO_RECALL")) { /* latency only (profiling) */
+                    retrieval_result_free(res);
+                    continue;
+                }
                 if (retrieval_search(exact, &caller, &q, &ref, err)) {
                     fprintf(stderr, "bench_search: %s\n", err);
                     goto out;
@@ -517,7 +528,7 @@ static int quality(const char *work, const char *datasets, const char *name, qr_
 int main(int argc, char **argv)
 {
     size_t nchunks = 100000, nqueries = 200;
-    const char *datasets = "../shared/datasets", *work = NULL;
+    const char *datasets = "../shared/datasets", *work = NULL, *modes = NULL;
     bool do_scale = true, do_eval = true, do_rebuild = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--chunks") == 0 && i + 1 < argc)
@@ -526,6 +537,8 @@ int main(int argc, char **argv)
             nqueries = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--datasets") == 0 && i + 1 < argc)
             datasets = argv[++i];
+        else if (strcmp(argv[i], "--modes") == 0 && i + 1 < argc)
+            modes = argv[++i];
         else if (strcmp(argv[i], "--no-scale") == 0)
             do_scale = false;
         else if (strcmp(argv[i], "--no-eval") == 0)
@@ -539,7 +552,7 @@ int main(int argc, char **argv)
     }
     if (!work || nchunks < CHUNKS_PER || !nqueries) {
         fprintf(stderr, "usage: bench_search [--chunks N] [--queries Q] [--datasets DIR] [--no-scale] "
-                        "[--no-eval] [--rebuild] WORKDIR\n");
+                        "[--no-eval] [--rebuild] [--modes bm25,vector,hybrid] WORKDIR\n");
         return 2;
     }
     char err[QR_ERR_LEN];
@@ -557,7 +570,7 @@ int main(int argc, char **argv)
         snprintf(dir, sizeof(dir), "%s/generated-%zu", work, nchunks);
         printf("## latency and recall: %zu generated chunks, %zu queries, k = %d, one thread\n\n", nchunks,
                nqueries, K);
-        rc |= scale(dir, nchunks, nqueries, cfg, e);
+        rc |= scale(dir, nchunks, nqueries, cfg, e, modes);
     }
     if (do_rebuild && !rc) {
         char dir[1024];

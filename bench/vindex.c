@@ -16,12 +16,15 @@
  *
  * Usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw]
  *                     [--nprobe 8,16,32,64] [--ef 32,64,128,256] [--dir DIR] [--filters]
- *                     [--share-training] [--collection DIR]...
+ *                     [--share-training] [--collection DIR]... [--store DATA_DIR]
  * --share-training gives the second IVF type the first one's k-means centroids (through the
  * centroid seam of the GPU build path), halving the training time of large runs.
  * --collection runs every type on a shared collection (BEIR layout: corpus.jsonl,
  * queries.jsonl) embedded by ingest's local embedder instead of on generated vectors; the
  * queries are the collection's own.
+ * --store runs every type on the vectors of a quarry data directory (at most --n of them, in chunk
+ * id order: e.g. bench_search's generated collection, embedded by the local embedder) with
+ * queries of 2 to 6 Zipf pseudo-words of the same vocabulary embedded by the local embedder.
  */
 #include <cblas.h>
 #include <dirent.h>
@@ -36,7 +39,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bench/bench_corpus.h"
 #include "core/core.h"
+#include "index/feed.h"
 #include "index/index.h"
 #include "index/vindex_int.h"
 #include "ingest/ingest.h"
@@ -490,6 +495,86 @@ static void run_collection(const bench_cfg *cfg, const char *cdir)
     qr_config_free(qc);
 }
 
+typedef struct {
+    float *rows;
+    int64_t *ids;
+    size_t n, cap;
+} store_rows;
+
+static qr_status take_vector(void *ctx, const store_change *c, char *err)
+{
+    store_rows *r = ctx;
+    if (r->n == r->cap || !c->vector)
+        return QR_OK; /* enough, or a chunk without a vector */
+    if (c->dim != DIM)
+        return qr_fail(err, QR_EINVAL, "the store's vectors have %d dimensions, not %d", c->dim, DIM);
+    memcpy(r->rows + r->n * DIM, c->vector, DIM * sizeof(float));
+    r->ids[r->n++] = c->chunk_id;
+    return QR_OK;
+}
+
+/* The vectors of a quarry data directory (the first n by chunk id) and generated queries, then
+ * every type. */
+static void run_store(const bench_cfg *cfg, const char *data, size_t n, size_t nq)
+{
+    char err[QR_ERR_LEN];
+    store *s = NULL;
+    store_rows r = {malloc(n * DIM * sizeof(float)), malloc(n * sizeof(int64_t)), 0, n};
+    int64_t counter = 0;
+    uint64_t t0 = qr_now_ns();
+    if (!r.rows || !r.ids)
+        die("allocation", "out of memory");
+    if (store_open(data, &s, err) || store_each_vector(s, take_vector, &r, &counter, err))
+        die(data, err);
+    store_close(s);
+    double read_s = (double)(qr_now_ns() - t0) / 1e9;
+    qr_config *qc = qr_config_new();
+    ingest_embedder *e = NULL;
+    if (!qc || ingest_embedder_open(qc, &e, err))
+        die("embedder", err);
+    float *queries = malloc(nq * DIM * sizeof(float));
+    int64_t *gt = malloc(nq * K * sizeof(int64_t));
+    for (size_t qi = 0; qi < nq; qi++) {
+        char text[256], w[64];
+        size_t len = 0, words = 2 + bench_rnd() % 5;
+        for (size_t j = 0; j < words; j++) {
+            bench_word(bench_zipf_word(30000), w);
+            len += (size_t)snprintf(text + len, sizeof(text) - len, "%s%s", j ? " " : "", w);
+        }
+        const char *t = text;
+        if (ingest_embed(e, &t, NULL, 1, queries + qi * DIM, err))
+            die("embed", err);
+    }
+    size_t nqk = drop_zero_rows(queries, nq);
+    t0 = qr_now_ns();
+    ground_truth(r.rows, r.n, queries, nqk, gt);
+    double gt_s = (double)(qr_now_ns() - t0) / 1e9;
+    double nn = 0;
+    for (size_t qi = 0; qi < nqk; qi++)
+        nn += cblas_sdot(DIM, queries + qi * DIM, 1, r.rows + (size_t)gt[qi * K] * DIM, 1);
+    for (size_t j = 0; j < nqk * K; j++) /* rows to chunk ids, as the index knows them */
+        gt[j] = gt[j] >= 0 ? r.ids[gt[j]] : -1;
+    printf("# store %s: %zu vectors read in %.1f s; %zu queries of 2 to 6 words embedded by %s; exact ground "
+           "truth in %.1f s; mean cosine query to nearest %.3f\n\n",
+           data, r.n, read_s, nqk, ingest_embedder_model(e), gt_s, nn / (double)(nqk ? nqk : 1));
+    printf("| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB | files MB | recall@10 | "
+           "p50 ms "
+           "| p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    fflush(stdout);
+    float *shared = NULL;
+    size_t shared_nlist = 0;
+    char label[48];
+    snprintf(label, sizeof(label), "%zu (store)", r.n);
+    run_types(cfg, label, r.ids, r.rows, r.n, queries, nqk, gt, &shared, &shared_nlist);
+    free(shared);
+    free(queries);
+    free(gt);
+    free(r.rows);
+    free(r.ids);
+    ingest_embedder_free(e);
+    qr_config_free(qc);
+}
+
 static size_t parse_list(const char *s, size_t *out, size_t max)
 {
     size_t n = 0;
@@ -509,7 +594,7 @@ int main(int argc, char **argv)
     size_t nprobes[16] = {8, 16, 32, 64}, efs[16] = {32, 64, 128, 256};
     size_t n_nprobe = 4, n_ef = 4;
     bool filters = false, share_training = false;
-    const char *collections[8];
+    const char *collections[8], *store_dir = NULL;
     size_t ncollections = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--n") == 0 && i + 1 < argc)
@@ -530,11 +615,13 @@ int main(int argc, char **argv)
             share_training = true;
         else if (strcmp(argv[i], "--collection") == 0 && i + 1 < argc && ncollections < 8)
             collections[ncollections++] = argv[++i];
+        else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc)
+            store_dir = argv[++i];
         else {
             fprintf(stderr,
                     "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
                     "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
-                    "[--collection DIR]...\n");
+                    "[--collection DIR]... [--store DATA_DIR]\n");
             return 2;
         }
     }
@@ -543,6 +630,18 @@ int main(int argc, char **argv)
     if (mkdir(dir, 0700) != 0 && access(dir, W_OK) != 0)
         die(dir, "cannot create");
     int build_threads = omp_get_max_threads();
+    if (store_dir) {
+        bench_cfg sc = {types, dir, {0}, n_nprobe, {0}, n_ef, share_training, build_threads};
+        memcpy(sc.nprobes, nprobes, sizeof(nprobes));
+        memcpy(sc.efs, efs, sizeof(efs));
+        printf(
+            "# vindex bench on a store's vectors; builds on %d threads, queries on 1; OpenBLAS kernels: %s\n",
+            build_threads, openblas_get_corename());
+        run_store(&sc, store_dir, n, nq);
+        clear_dir(dir);
+        rmdir(dir);
+        return 0;
+    }
     if (ncollections) {
         bench_cfg cc = {types, dir, {0}, n_nprobe, {0}, n_ef, share_training, build_threads};
         memcpy(cc.nprobes, nprobes, sizeof(nprobes));

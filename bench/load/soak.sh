@@ -16,7 +16,7 @@
 #                      QUARRY_BIN BENCH_LOAD
 #
 # LIST: comma-separated among ldap_stop, ldap_sigstop, backend_500, backend_429, backend_stall,
-# backend_reset, kill9, disk_full; each is injected --repeat times (default 1), spread evenly.
+# backend_reset, disk_full, kill9; each is injected --repeat times (default 1), spread evenly.
 # Without QUARRY_TEST_LDAP_URI it starts itself under tests/fixtures/slapd-fixture.sh and
 # fake-inference-fixture.sh. Exit: 0 clean; 2 leaks, losses or resurrections; 3 quarry died on
 # its own or the store failed its integrity check; 1 the run could not be made; 77 a tool is
@@ -54,7 +54,9 @@ if [ -z "${QUARRY_TEST_LDAP_URI:-}" ] || [ -z "${QUARRY_TEST_INFERENCE_URL:-}" ]
     exec "$src/tests/fixtures/slapd-fixture.sh" -- "$src/tests/fixtures/fake-inference-fixture.sh" -- \
         "$0" "${args[@]}"
 fi
-[ "$faults" = all ] && faults=ldap_stop,ldap_sigstop,backend_500,backend_429,backend_stall,backend_reset,kill9,disk_full
+# kill9 last in each round: the processes between restarts live as long as they can, so that their
+# RSS after warm-up shows growth a restart would hide
+[ "$faults" = all ] && faults=ldap_stop,ldap_sigstop,backend_500,backend_429,backend_stall,backend_reset,disk_full,kill9
 [ "$faults" = none ] && faults=
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/quarry-soak.XXXXXX") || exit 1
