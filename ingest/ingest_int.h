@@ -7,6 +7,8 @@
 #ifndef QUARRY_INGEST_INT_H
 #define QUARRY_INGEST_INT_H
 
+#include <sys/types.h>
+
 #include "ingest/ingest.h"
 
 /* ---- incremental normaliser (normalize.c) -------------------------------------------------- */
@@ -99,6 +101,8 @@ typedef qr_status (*sandbox_fn)(const char *bytes, size_t len, const ingest_limi
  * crash QR_EINVAL, and fn's own error is returned as fn returned it. */
 qr_status ingest_sandbox_run(sandbox_fn fn, const char *bytes, size_t len, const ingest_limits *lim,
                              ingest_text *out, char *err);
+/* The pid of this process's extraction zygote (see sandbox.c), 0 while none runs; for tests. */
+pid_t ingest_sandbox_zygote(void);
 
 /* ---- local embedder (embed_local.c) -------------------------------------------------------- */
 

@@ -8,22 +8,39 @@
  * the whole group when either limit is passed. The child sends the finished document back as
  * one length-prefixed message, which the parent checks field by field before trusting it.
  *
- * fork() in a threaded process: the child only runs the extractor and _exit()s. glibc keeps
- * malloc usable in the child, libxml2 is initialised before the fork, and anything the child
- * might still block on is covered by the deadline.
+ * The children come from a zygote. fork() in a threaded process (quarry serve's workers, a
+ * threaded ingest) copies whatever locks other threads hold at that instant -- libxml2's, the
+ * dynamic loader's, the sanitizers' allocator's -- and a child that needs one waits for ever
+ * (until the deadline kills it, failing a good document). exec'ing a fresh program per document
+ * costs about 40 ms (fifty shared libraries and their initialisers). So the first sandboxed
+ * extraction of a process starts one helper, the zygote: this same program (/proc/self/exe)
+ * re-executed with QUARRY_SANDBOX_ZYGOTE set, which a constructor notices before main() runs.
+ * The zygote is single-threaded: it forks each child for the parent on request (over a
+ * SOCK_SEQPACKET socket, the input as a memory file, the result pipe and a reply socket passed
+ * with SCM_RIGHTS), tells the parent the child's pid, reaps it and sends its wait status back.
+ * The parent keeps every limit as before: it reads the result, watches the child's size and
+ * kills its process group. The zygote ends when the parent does (its socket closes) and is
+ * started again should it die. Where it cannot be used (no /proc, an extractor function
+ * outside the main executable), the child is forked directly, as before.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libxml/xmlmemory.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,6 +62,13 @@
 #define RESULT_FD       3
 #define WATCH_PERIOD_MS 20
 #define MIB             (1024u * 1024u)
+#define ZYGOTE_ENV      "QUARRY_SANDBOX_ZYGOTE"
+#define ZYGOTE_FD       3           /* the zygote's end of its control socket */
+#define ZYGOTE_MAGIC    0x51525a47u /* "QRZG" */
+#define ZYGOTE_START_MS 10000       /* for the zygote to say it is ready */
+#define ZYGOTE_REAP_MS  2000        /* for a killed child's wait status */
+
+extern char **environ;
 
 /* ---- the child ----------------------------------------------------------------------------- */
 
@@ -183,6 +207,375 @@ child_main(sandbox_fn fn, const char *bytes, size_t len, const ingest_limits *li
     _exit(sent ? 0 : 112);
 }
 
+/* ---- the zygote ---------------------------------------------------------------------------- */
+
+/* One request: the extractor (its offset from ingest_sandbox_run in this executable), the limits
+ * and the input's length. Sent with three descriptors: the input (a memory file), the write end
+ * of the result pipe and the reply socket, on which the zygote sends the child's pid (int64, or
+ * -errno when it could not fork) and later its wait status (int64). */
+typedef struct {
+    uint32_t magic;
+    int64_t fn_offset;
+    uint64_t len;
+    ingest_limits lim;
+} zygote_request;
+
+static void zygote_reply(int fd, int64_t v)
+{
+    (void)!send(fd, &v, sizeof(v), MSG_NOSIGNAL);
+}
+
+/* The forked child of a request: maps its input and runs the extractor (never returns). */
+static void __attribute__((noreturn))
+zygote_child(int ctl, int sigfd, const zygote_request *q, int in, int result, pid_t zygote)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    close(ctl);
+    close(sigfd);
+    if (result != RESULT_FD) {
+        if (dup2(result, RESULT_FD) < 0)
+            _exit(113);
+        close(result);
+    }
+    const char *bytes = "";
+    if (q->len) {
+        void *m = mmap(NULL, (size_t)q->len, PROT_READ, MAP_PRIVATE, in, 0);
+        if (m == MAP_FAILED)
+            _exit(114);
+        bytes = m;
+    }
+    close(in);
+    close_range(RESULT_FD + 1, ~0u, 0);
+    sandbox_fn fn = (sandbox_fn)(void *)((uintptr_t)(void *)ingest_sandbox_run + (uintptr_t)q->fn_offset);
+    child_main(fn, bytes, (size_t)q->len, &q->lim, zygote);
+}
+
+/* Receives one request and its three descriptors; false when the parent is gone. A malformed
+ * request (not from quarry) is dropped with its descriptors. */
+static bool zygote_receive(int ctl, zygote_request *q, int fds[3], bool *ok)
+{
+    union {
+        char buf[CMSG_SPACE(3 * sizeof(int))];
+        struct cmsghdr align;
+    } c;
+    struct iovec iov = {q, sizeof(*q)};
+    struct msghdr m = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = c.buf, .msg_controllen = sizeof(c.buf)};
+    ssize_t n;
+    while ((n = recvmsg(ctl, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    if (n <= 0)
+        return false;
+    int got = 0;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h))
+        if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS) {
+            size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < k; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+                if (got < 3)
+                    fds[got++] = fd;
+                else
+                    close(fd);
+            }
+        }
+    *ok = got == 3 && (size_t)n == sizeof(*q) && q->magic == ZYGOTE_MAGIC && !(m.msg_flags & MSG_CTRUNC);
+    if (!*ok)
+        for (int i = 0; i < got; i++)
+            close(fds[i]);
+    return true;
+}
+
+typedef struct {
+    pid_t pid;
+    int reply;
+} zygote_kid;
+
+/* The zygote's loop: a child per request, its status back when it ends. Ends (killing what it
+ * started) when its socket says the parent is gone: the parent's end is close-on-exec and no
+ * child of the parent keeps it, so it closes when the parent process ends, however it ends.
+ * (Not PR_SET_PDEATHSIG: that fires when the parent's *thread* that started it ends, and any
+ * thread may be the first to extract.) */
+static void __attribute__((noreturn)) zygote_main(pid_t parent)
+{
+    if (getppid() != parent)
+        _exit(0);
+    close_range(ZYGOTE_FD + 1, ~0u, 0);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int sigfd = signalfd(-1, &chld, SFD_CLOEXEC), ctl = ZYGOTE_FD;
+    fcntl(ctl, F_SETFD, FD_CLOEXEC);
+    if (sigfd < 0)
+        _exit(1);
+    zygote_kid *kids = NULL;
+    size_t nkids = 0, cap = 0;
+    char ready = 1;
+    if (send(ctl, &ready, 1, MSG_NOSIGNAL) != 1)
+        _exit(0);
+    for (;;) {
+        struct pollfd p[2] = {{ctl, POLLIN, 0}, {sigfd, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0)
+            continue;
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            (void)!read(sigfd, &si, sizeof(si));
+            int wstatus;
+            pid_t w;
+            while ((w = waitpid(-1, &wstatus, WNOHANG)) > 0)
+                for (size_t i = 0; i < nkids; i++)
+                    if (kids[i].pid == w) {
+                        zygote_reply(kids[i].reply, wstatus);
+                        close(kids[i].reply);
+                        kids[i] = kids[--nkids];
+                        break;
+                    }
+        }
+        if (!p[0].revents)
+            continue;
+        zygote_request q;
+        int fds[3];
+        bool ok;
+        if (!zygote_receive(ctl, &q, fds, &ok)) {
+            for (size_t i = 0; i < nkids; i++) {
+                kill(-kids[i].pid, SIGKILL);
+                kill(kids[i].pid, SIGKILL);
+            }
+            _exit(0);
+        }
+        if (!ok)
+            continue;
+        if (nkids == cap) {
+            size_t nc = cap ? 2 * cap : 16;
+            zygote_kid *nk = realloc(kids, nc * sizeof(*nk));
+            if (!nk) {
+                zygote_reply(fds[2], -ENOMEM);
+                for (int i = 0; i < 3; i++)
+                    close(fds[i]);
+                continue;
+            }
+            kids = nk;
+            cap = nc;
+        }
+        pid_t self = getpid(), pid = fork();
+        if (pid == 0)
+            zygote_child(ctl, sigfd, &q, fds[0], fds[1], self);
+        if (pid > 0)
+            setpgid(pid, pid); /* also done by the child: whichever runs first */
+        zygote_reply(fds[2], pid > 0 ? pid : -errno);
+        close(fds[0]);
+        close(fds[1]);
+        if (pid > 0)
+            kids[nkids++] = (zygote_kid){pid, fds[2]};
+        else
+            close(fds[2]);
+    }
+}
+
+/* In every process of this program, before main(): a zygote serves and never returns. */
+__attribute__((constructor)) static void sandbox_zygote_entry(void)
+{
+    const char *v = getenv(ZYGOTE_ENV);
+    if (!v)
+        return;
+    pid_t parent = (pid_t)strtol(v, NULL, 10);
+    unsetenv(ZYGOTE_ENV); /* not for the extractors' own programs */
+    zygote_main(parent);
+}
+
+/* The parent's handle on its zygote (one per process, started on first use). */
+static struct {
+    pthread_mutex_t mu;
+    int ctl; /* -1: none */
+    pid_t pid;
+    size_t rss;  /* its resident size when ready: what each child starts from */
+    bool failed; /* it could not be started: fork directly */
+} zyg = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, false};
+
+/* Starts the zygote; with zyg.mu held. */
+static qr_status zygote_start(char *err)
+{
+    if (zyg.ctl >= 0) {
+        close(zyg.ctl);
+        zyg.ctl = -1;
+    }
+    if (zyg.pid > 0) { /* the one before: gone or going, reap it */
+        kill(zyg.pid, SIGKILL);
+        waitpid(zyg.pid, NULL, 0);
+        zyg.pid = 0;
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        return qr_fail(err, QR_EIO, "cannot create the extraction zygote's socket: %s", strerror(errno));
+    size_t n = 0;
+    while (environ && environ[n])
+        n++;
+    char **env = calloc(n + 2, sizeof(*env)), var[64];
+    if (!env) {
+        close(sv[0]);
+        close(sv[1]);
+        return qr_fail(err, QR_ENOMEM, "out of memory starting the extraction zygote");
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], ZYGOTE_ENV "=", sizeof(ZYGOTE_ENV)) != 0)
+            env[k++] = environ[i];
+    snprintf(var, sizeof(var), ZYGOTE_ENV "=%d", (int)getpid());
+    env[k++] = var;
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], ZYGOTE_FD);
+    posix_spawnattr_init(&at);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    char *argv[] = {"quarry-extract-zygote", NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, &at, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    free(env);
+    close(sv[1]);
+    if (rc != 0) {
+        close(sv[0]);
+        return qr_fail(err, QR_EIO, "cannot start the extraction zygote: %s", strerror(rc));
+    }
+    struct pollfd p = {sv[0], POLLIN, 0};
+    char ready = 0;
+    if (poll(&p, 1, ZYGOTE_START_MS) != 1 || recv(sv[0], &ready, 1, 0) != 1 || ready != 1) {
+        close(sv[0]);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return qr_fail(err, QR_EIO, "the extraction zygote did not start");
+    }
+    size_t vm;
+    proc_sizes(pid, &vm, &zyg.rss);
+    zyg.ctl = sv[0];
+    zyg.pid = pid;
+    return QR_OK;
+}
+
+pid_t ingest_sandbox_zygote(void)
+{
+    pthread_mutex_lock(&zyg.mu);
+    pid_t pid = zyg.ctl >= 0 ? zyg.pid : 0;
+    pthread_mutex_unlock(&zyg.mu);
+    return pid;
+}
+
+/* Whether fn lies in the same object as this file (its offset then means the same in the
+ * zygote, which runs the same executable). */
+static bool same_object(sandbox_fn fn)
+{
+    Dl_info a, b;
+    return dladdr((void *)fn, &a) && dladdr((void *)ingest_sandbox_run, &b) && a.dli_fbase == b.dli_fbase;
+}
+
+/* Asks the zygote for a child running fn on bytes with lim, its result on result_w. On success
+ * *pid is the child, *reply the socket its wait status arrives on, *base_rss what it started
+ * from. QR_ENOTIMPL when no zygote can serve (then the caller forks directly). */
+static qr_status zygote_launch(sandbox_fn fn, const char *bytes, size_t len, const ingest_limits *lim,
+                               int result_w, pid_t *pid, int *reply, size_t *base_rss, char *err)
+{
+    if (!same_object(fn))
+        return QR_ENOTIMPL;
+    int in = memfd_create("quarry-extract-input", MFD_CLOEXEC), rp[2] = {-1, -1};
+    if (in < 0)
+        return qr_fail(err, QR_EIO, "cannot create a memory file for the extractor: %s", strerror(errno));
+    qr_status st = len ? qr_write_all(in, bytes, len, "the extractor's input", err) : QR_OK;
+    if (!st && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, rp) != 0)
+        st = qr_fail(err, QR_EIO, "cannot create the extractor's socket: %s", strerror(errno));
+    if (st) {
+        close(in);
+        return st;
+    }
+    zygote_request q;
+    memset(&q, 0, sizeof(q));
+    q.magic = ZYGOTE_MAGIC;
+    q.fn_offset = (int64_t)((uintptr_t)(void *)fn - (uintptr_t)(void *)ingest_sandbox_run);
+    q.len = len;
+    q.lim = *lim;
+    int fds[3] = {in, result_w, rp[1]};
+    union {
+        char buf[CMSG_SPACE(sizeof(fds))];
+        struct cmsghdr align;
+    } c;
+    memset(&c, 0, sizeof(c));
+    struct iovec iov = {&q, sizeof(q)};
+    struct msghdr m = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = c.buf, .msg_controllen = sizeof(c.buf)};
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(fds));
+    memcpy(CMSG_DATA(h), fds, sizeof(fds));
+
+    pthread_mutex_lock(&zyg.mu);
+    bool sent = false;
+    for (int attempt = 0; attempt < 2 && !sent && !st; attempt++) {
+        if (zyg.ctl < 0 && !zyg.failed && zygote_start(err)) {
+            zyg.failed = true; /* no /proc, no exec: fork directly from now on */
+            qr_log(QR_LOG_WARN, "ingest", "extractions are forked from this process directly: %s", err);
+        }
+        if (zyg.failed)
+            break;
+        ssize_t w;
+        while ((w = sendmsg(zyg.ctl, &m, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+            ;
+        if (w == (ssize_t)sizeof(q)) {
+            sent = true;
+        } else if (w < 0 && (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)) {
+            close(zyg.ctl); /* it died (killed?): start another */
+            zyg.ctl = -1;
+        } else {
+            st = qr_fail(err, QR_EIO, "cannot reach the extraction zygote: %s",
+                         w < 0 ? strerror(errno) : "short send");
+        }
+    }
+    size_t rss = zyg.rss;
+    bool failed = zyg.failed;
+    pthread_mutex_unlock(&zyg.mu);
+    close(in);
+    close(rp[1]);
+    if (!sent) {
+        close(rp[0]);
+        return st ? st : failed ? QR_ENOTIMPL : qr_fail(err, QR_EIO, "cannot reach the extraction zygote");
+    }
+    int64_t got = 0;
+    struct pollfd p = {rp[0], POLLIN, 0};
+    if (poll(&p, 1, ZYGOTE_START_MS) != 1 || recv(rp[0], &got, sizeof(got), 0) != sizeof(got) || got == 0) {
+        close(rp[0]);
+        return qr_fail(err, QR_EIO, "the extraction zygote did not start the extractor");
+    }
+    if (got < 0) {
+        close(rp[0]);
+        return qr_fail(err, QR_EIO, "cannot start the extractor process: %s", strerror((int)-got));
+    }
+    *pid = (pid_t)got;
+    *reply = rp[0];
+    *base_rss = rss;
+    return QR_OK;
+}
+
+/* The wait status of a zygote's child from its reply socket, waiting up to ms (-1: for ever);
+ * false when none came. */
+static bool zygote_status(int reply, int ms, int *wstatus)
+{
+    struct pollfd p = {reply, POLLIN, 0};
+    int64_t v;
+    if (poll(&p, 1, ms) != 1 || recv(reply, &v, sizeof(v), 0) != sizeof(v))
+        return false;
+    *wstatus = (int)v;
+    return true;
+}
+
 /* ---- the parent ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -285,29 +678,40 @@ qr_status ingest_sandbox_run(sandbox_fn fn, const char *bytes, size_t len, const
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
         return qr_fail(err, QR_EIO, "cannot create the extractor's pipe: %s", strerror(errno));
-    size_t parent_vm, parent_rss;
-    proc_sizes(getpid(), &parent_vm, &parent_rss);
-    pid_t self = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
+    pid_t pid = -1;
+    int reply = -1; /* a zygote's child: its wait status arrives here */
+    size_t base_rss = 0;
+    qr_status launched = zygote_launch(fn, bytes, len, lim, fds[1], &pid, &reply, &base_rss, err);
+    if (launched && launched != QR_ENOTIMPL) {
         close(fds[0]);
         close(fds[1]);
-        return qr_fail(err, QR_EIO, "cannot start the extractor process: %s", strerror(e));
+        return launched;
     }
-    if (pid == 0) {
-        close(fds[0]);
-        if (fds[1] != RESULT_FD) {
-            if (dup2(fds[1], RESULT_FD) < 0)
-                _exit(113);
+    if (launched == QR_ENOTIMPL) { /* no zygote here: a direct fork */
+        size_t parent_vm;
+        proc_sizes(getpid(), &parent_vm, &base_rss);
+        pid_t self = getpid();
+        pid = fork();
+        if (pid < 0) {
+            int e = errno;
+            close(fds[0]);
             close(fds[1]);
-        } else {
-            fcntl(RESULT_FD, F_SETFD, 0);
+            return qr_fail(err, QR_EIO, "cannot start the extractor process: %s", strerror(e));
         }
-        close_range(RESULT_FD + 1, ~0u, 0);
-        child_main(fn, bytes, len, lim, self);
+        if (pid == 0) {
+            close(fds[0]);
+            if (fds[1] != RESULT_FD) {
+                if (dup2(fds[1], RESULT_FD) < 0)
+                    _exit(113);
+                close(fds[1]);
+            } else {
+                fcntl(RESULT_FD, F_SETFD, 0);
+            }
+            close_range(RESULT_FD + 1, ~0u, 0);
+            child_main(fn, bytes, len, lim, self);
+        }
+        setpgid(pid, pid); /* also done by the child; whichever runs first wins the race */
     }
-    setpgid(pid, pid); /* also done by the child; whichever runs first wins the race */
     close(fds[1]);
 
     qr_buf msg;
@@ -351,7 +755,7 @@ qr_status ingest_sandbox_run(sandbox_fn fn, const char *bytes, size_t len, const
         }
         size_t vm, rss;
         proc_sizes(pid, &vm, &rss);
-        if (lim->memory_bytes && rss > parent_rss + lim->memory_bytes)
+        if (lim->memory_bytes && rss > base_rss + lim->memory_bytes)
             state = MEMORY;
     }
     close(fds[0]);
@@ -365,7 +769,19 @@ qr_status ingest_sandbox_run(sandbox_fn fn, const char *bytes, size_t len, const
     int wstatus = 0;
     bool reaped = false;
     long pause_ns = 20000; /* the child is usually gone within microseconds of its EOF */
-    for (;;) {
+    if (reply >= 0) {
+        uint64_t elapsed = ms_since(t0);
+        int left = elapsed < lim->timeout_ms ? (int)(lim->timeout_ms - elapsed) : 0;
+        reaped = zygote_status(reply, state == DONE ? left : ZYGOTE_REAP_MS, &wstatus);
+        if (!reaped && state == DONE) {
+            state = TIMED_OUT;
+            kill(-pid, SIGKILL);
+            kill(pid, SIGKILL);
+            reaped = zygote_status(reply, ZYGOTE_REAP_MS, &wstatus);
+        }
+        close(reply);
+    }
+    for (; reply < 0;) {
         pid_t w = waitpid(pid, &wstatus, state == DONE ? WNOHANG : 0);
         if (w == pid) {
             reaped = true;
