@@ -13,19 +13,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api/api.h"
 #include "cli/cli.h"
 #include "ingest/ingest.h"
 
-#define INGEST_BATCH_DOCS     50
+/* A batch (one transaction, one fdatasync) ends at whichever comes first; every document in it is
+ * still written whole or not at all. */
+#define INGEST_BATCH_DOCS     2000
+#define INGEST_BATCH_BYTES    ((uint64_t)32 << 20)
+#define INGEST_BATCH_NS       1000000000u
 #define INGEST_MAX_ACL        256
 #define INGEST_FAILURES_SHOWN 20
 #define INGEST_MAX_DEPTH      64
 
 typedef struct {
     ingest_session *session;
+    ingest_pool *pool;      /* prepares documents on ingest.threads threads; this thread writes them */
     const char *const *acl; /* from --acl */
     size_t nacl;
     size_t max_bytes; /* ingest.max_document_bytes */
@@ -38,8 +44,19 @@ typedef struct {
     size_t added, updated, acl_updated, unchanged, failed;
     qr_buf failures; /* "doc: reason\n" lines, the first INGEST_FAILURES_SHOWN */
     size_t in_batch; /* documents in the open batch */
+    uint64_t batch_started_ns, batch_bytes;
+    uint64_t write_cpu_ns; /* this thread's CPU time in the store (and preparing, with one thread) */
     size_t batch_added, batch_updated, batch_acl, batch_unchanged; /* not yet committed */
 } ingest_run;
+
+/* CPU time of the calling thread. */
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void record_failure(ingest_run *run, const char *what, const char *reason)
 {
@@ -85,7 +102,10 @@ static void batch_end(ingest_run *run)
         return;
     char err[QR_ERR_LEN];
     size_t n = run->batch_added + run->batch_updated + run->batch_acl + run->batch_unchanged;
-    if (ingest_session_batch_commit(run->session, err)) {
+    uint64_t cpu = thread_cpu_ns();
+    qr_status st = ingest_session_batch_commit(run->session, err);
+    run->write_cpu_ns += thread_cpu_ns() - cpu;
+    if (st) {
         char what[64];
         snprintf(what, sizeof(what), "batch of %zu documents", n);
         record_failure(run, what, err);
@@ -100,19 +120,27 @@ static void batch_end(ingest_run *run)
     run->batch_added = run->batch_updated = run->batch_acl = run->batch_unchanged = 0;
 }
 
-static void ingest_one(ingest_run *run, const ingest_source *src)
+/* Writes one prepared document into the open batch (beginning one when none is). */
+static void write_one(ingest_run *run, ingest_prepared *p)
 {
+    const ingest_source *src = ingest_prepared_source(p);
     char err[QR_ERR_LEN];
     if (!run->in_batch) {
         if (ingest_session_batch_begin(run->session, err)) {
             record_failure(run, src->doc_id, err);
             return;
         }
+        run->batch_started_ns = qr_now_ns();
+        run->batch_bytes = 0;
     }
     run->in_batch++;
+    run->batch_bytes += src->len;
     store_put_result result;
     size_t nchunks = 0;
-    if (ingest_put(run->session, src, &result, &nchunks, err)) {
+    uint64_t cpu = thread_cpu_ns();
+    qr_status st = ingest_put_prepared(run->session, p, &result, &nchunks, err);
+    run->write_cpu_ns += thread_cpu_ns() - cpu;
+    if (st) {
         record_failure(run, src->doc_id, err);
     } else {
         switch (result) {
@@ -123,11 +151,51 @@ static void ingest_one(ingest_run *run, const ingest_source *src)
         }
         run->chunks += nchunks;
     }
+    if (run->in_batch >= INGEST_BATCH_DOCS || run->batch_bytes >= INGEST_BATCH_BYTES ||
+        qr_now_ns() - run->batch_started_ns >= INGEST_BATCH_NS)
+        batch_end(run);
+}
+
+/* Writes the documents the pool has ready, in input order; with wait, at least the oldest. */
+static void write_ready(ingest_run *run, bool wait)
+{
+    ingest_prepared *p;
+    while ((p = ingest_pool_next(run->pool, wait))) {
+        write_one(run, p);
+        ingest_prepared_free(p);
+        wait = false;
+    }
+    progress(run, false);
+}
+
+/* Writes every queued document. */
+static void drain(ingest_run *run)
+{
+    ingest_prepared *p;
+    while ((p = ingest_pool_next(run->pool, true))) {
+        write_one(run, p);
+        ingest_prepared_free(p);
+    }
+}
+
+/* A failure of the input itself (a line, a file, a folder): reported after the documents read
+ * before it, so that the failures are listed in input order whatever the threads. */
+static void record_input_failure(ingest_run *run, const char *what, const char *reason)
+{
+    drain(run);
+    record_failure(run, what, reason);
+}
+
+static void ingest_one(ingest_run *run, const ingest_source *src)
+{
+    char err[QR_ERR_LEN];
+    while (ingest_pool_full(run->pool))
+        write_ready(run, true);
+    if (ingest_pool_submit(run->pool, src, err))
+        record_input_failure(run, src->doc_id, err);
     run->docs++;
     run->bytes_done += src->len;
-    if (run->in_batch >= INGEST_BATCH_DOCS)
-        batch_end(run);
-    progress(run, false);
+    write_ready(run, false);
 }
 
 /* ---- folders and files ------------------------------------------------------------------- */
@@ -139,7 +207,7 @@ static void ingest_file(ingest_run *run, const char *path, const char *rel)
     char *data = NULL;
     size_t len = 0;
     if (qr_read_file(path, run->max_bytes, &data, &len, err)) {
-        record_failure(run, rel, err);
+        record_input_failure(run, rel, err);
         run->docs++;
         return;
     }
@@ -196,7 +264,7 @@ static void walk(ingest_run *run, const char *path, const char *rel, const char 
 {
     struct stat sb;
     if (lstat(path, &sb) != 0) {
-        record_failure(run, *rel ? rel : path, strerror(errno));
+        record_input_failure(run, *rel ? rel : path, strerror(errno));
         return;
     }
     if (S_ISLNK(sb.st_mode)) {
@@ -204,14 +272,14 @@ static void walk(ingest_run *run, const char *path, const char *rel, const char 
         size_t root_len = strlen(root_real);
         if (!realpath(path, target) || strncmp(target, root_real, root_len) != 0 ||
             (target[root_len] != '/' && target[root_len] != '\0')) {
-            record_failure(run, *rel ? rel : path, "symbolic link leaves the ingested tree: refused");
+            record_input_failure(run, *rel ? rel : path, "symbolic link leaves the ingested tree: refused");
             return;
         }
         if (stat(path, &sb) != 0 || S_ISDIR(sb.st_mode)) {
             /* links to folders inside the tree would visit them twice; only linked files count */
             if (S_ISDIR(sb.st_mode))
                 return;
-            record_failure(run, rel, strerror(errno));
+            record_input_failure(run, rel, strerror(errno));
             return;
         }
     }
@@ -222,12 +290,12 @@ static void walk(ingest_run *run, const char *path, const char *rel, const char 
     if (!S_ISDIR(sb.st_mode))
         return; /* sockets, devices, fifos: not documents */
     if (depth > INGEST_MAX_DEPTH) {
-        record_failure(run, rel, "folder nesting deeper than 64: skipped");
+        record_input_failure(run, rel, "folder nesting deeper than 64: skipped");
         return;
     }
     DIR *dir = opendir(path);
     if (!dir) {
-        record_failure(run, *rel ? rel : path, strerror(errno));
+        record_input_failure(run, *rel ? rel : path, strerror(errno));
         return;
     }
     char **names = NULL;
@@ -254,7 +322,7 @@ static void walk(ingest_run *run, const char *path, const char *rel, const char 
         if ((size_t)snprintf(child, sizeof(child), "%s/%s", path, names[i]) >= sizeof(child) ||
             (size_t)snprintf(child_rel, sizeof(child_rel), "%s%s%s", rel, *rel ? "/" : "", names[i]) >=
                 sizeof(child_rel))
-            record_failure(run, names[i], "path too long");
+            record_input_failure(run, names[i], "path too long");
         else
             walk(run, child, child_rel, root_real, depth + 1);
         free(names[i]);
@@ -267,7 +335,7 @@ static void ingest_path(ingest_run *run, const char *path)
     char root_real[PATH_MAX];
     struct stat sb;
     if (!realpath(path, root_real) || stat(path, &sb) != 0) {
-        record_failure(run, path, strerror(errno));
+        record_input_failure(run, path, strerror(errno));
         return;
     }
     if (S_ISDIR(sb.st_mode)) {
@@ -318,7 +386,7 @@ static void ingest_jsonl(ingest_run *run, const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        record_failure(run, path, strerror(errno));
+        record_input_failure(run, path, strerror(errno));
         return;
     }
     struct stat sb;
@@ -333,7 +401,8 @@ static void ingest_jsonl(ingest_run *run, const char *path)
         char where[PATH_MAX + 32];
         snprintf(where, sizeof(where), "%s:%zu", path, lineno);
         if (r < 0) {
-            record_failure(run, where, "line longer than the document limit (ingest.max_document_bytes)");
+            record_input_failure(run, where,
+                                 "line longer than the document limit (ingest.max_document_bytes)");
             continue;
         }
         if (qr_buf_len(&line) == 0)
@@ -348,13 +417,13 @@ static void ingest_jsonl(ingest_run *run, const char *path)
         size_t nacl = 0;
         char *metadata = NULL;
         if (!obj) {
-            record_failure(run, where, jerr.text);
+            record_input_failure(run, where, jerr.text);
         } else if (!json_is_object(obj) || !id || !*id || !text) {
-            record_failure(run, where, "expected an object with string fields \"_id\" and \"text\"");
+            record_input_failure(run, where, "expected an object with string fields \"_id\" and \"text\"");
         } else if (acl_json && !json_is_array(acl_json)) {
-            record_failure(run, where, "\"acl\" must be a list of principals");
+            record_input_failure(run, where, "\"acl\" must be a list of principals");
         } else if (meta_json && !json_is_object(meta_json)) {
-            record_failure(run, where, "\"metadata\" must be an object");
+            record_input_failure(run, where, "\"metadata\" must be an object");
         } else {
             bool ok = true;
             if (acl_json) {
@@ -375,7 +444,7 @@ static void ingest_jsonl(ingest_run *run, const char *path)
             if (meta_json)
                 metadata = json_dumps(meta_json, JSON_COMPACT | JSON_SORT_KEYS);
             if (!ok) {
-                record_failure(run, where, "\"acl\" must be a list of at most 256 principal strings");
+                record_input_failure(run, where, "\"acl\" must be a list of at most 256 principal strings");
             } else {
                 const char *uri = json_str(obj, "url");
                 ingest_source src = {
@@ -397,7 +466,7 @@ static void ingest_jsonl(ingest_run *run, const char *path)
         json_decref(obj);
     }
     if (ferror(f))
-        record_failure(run, path, "read error");
+        record_input_failure(run, path, "read error");
     qr_buf_release(&line);
     fclose(f);
 }
@@ -455,6 +524,13 @@ int cli_cmd_ingest(cli_ctx *ctx)
         qr_buf_release(&run.failures);
         return CLI_EXIT_FAILURE;
     }
+    if (ingest_pool_open(run.session, ctx->cfg, (int)qr_config_settings(ctx->cfg)->ingest_threads, &run.pool,
+                         err)) {
+        fprintf(stderr, "quarry ingest: %s\n", err);
+        ingest_session_close(run.session);
+        qr_buf_release(&run.failures);
+        return CLI_EXIT_FAILURE;
+    }
     run.started_ns = run.last_report_ns = qr_now_ns();
     for (size_t i = 0; i < npaths; i++)
         run.bytes_total += tree_bytes(paths[i], 0);
@@ -462,15 +538,19 @@ int cli_cmd_ingest(cli_ctx *ctx)
         ingest_path(&run, paths[i]);
     for (size_t i = 0; i < njsonl; i++)
         ingest_jsonl(&run, jsonl[i]);
+    drain(&run);
     batch_end(&run);
     progress(&run, true);
+    int threads = ingest_pool_threads(run.pool);
+    ingest_pool_close(run.pool);
     ingest_session_close(run.session);
 
     double secs = (qr_now_ns() - run.started_ns) / 1e9;
-    printf(
-        "ingested %zu documents in %.1f s: %zu added, %zu updated, %zu acl/metadata updated, %zu unchanged, "
-        "%zu failed\n",
-        run.docs, secs, run.added, run.updated, run.acl_updated, run.unchanged, run.failed);
+    printf("ingested %zu documents in %.1f s (%d preparing thread%s, %.2f s CPU writing): %zu added, %zu "
+           "updated, "
+           "%zu acl/metadata updated, %zu unchanged, %zu failed\n",
+           run.docs, secs, threads ? threads : 1, threads > 1 ? "s" : "", run.write_cpu_ns / 1e9, run.added,
+           run.updated, run.acl_updated, run.unchanged, run.failed);
     if (run.failed) {
         printf("failed:\n%s", qr_buf_str(&run.failures));
         if (run.failed > INGEST_FAILURES_SHOWN)

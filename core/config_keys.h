@@ -271,6 +271,8 @@
       "Largest uncompressed/compressed ratio of a DOCX archive or entry over 1 MiB; higher is refused.")     \
     X(STRING, ingest, invalid_utf8, "repair", NO_RANGE, "repair|reject", false, QR_RESTART,                  \
       "Invalid UTF-8 in a document: repair (U+FFFD) or reject the document.")                                \
+    X(INT, ingest, threads, "0", 0, 64, NULL, false, QR_RESTART,                                             \
+      "Threads preparing documents (extract, chunk, embed) for `quarry ingest`; 0: one per core.")           \
     X(INT, chunk, max_tokens, "300", 8, 100000, NULL, false, QR_RESTART,                                     \
       "Token budget of one chunk, overlap included (approximate tokens, see README).")                       \
     X(DOUBLE, chunk, overlap, "0.15", 0, 0.5, NULL, false, QR_RESTART,                                       \

@@ -78,7 +78,8 @@ struct store {
     /* store_query.c's search statements, reset and unbound, found again by their SQL text;
      * NULL slots are free (a statement in use is out of the cache) */
     sqlite3_stmt *stmt_cache[STORE_STMT_CACHE];
-    unsigned stmt_next; /* the slot replaced next when every slot is taken */
+    unsigned stmt_next;    /* the slot replaced next when every slot is taken */
+    int64_t embedding_dim; /* the recorded vector dimension once read (never changes then); 0 */
 };
 
 /* store_query.c: finalizes the cached search statements (store_close, before sqlite3_close). */

@@ -272,8 +272,8 @@ static void put_input_release(put_input *in)
 static qr_status canonical_metadata(store *s, const char *doc_id, const char *json, char **out, char *err)
 {
     *out = NULL;
-    if (!json)
-        json = "{}";
+    if (!json) /* what SQLite's json() makes of "{}": no statement needed */
+        return (*out = strdup("{}")) ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory for metadata");
     size_t n = strlen(json);
     if (n > STORE_METADATA_MAX)
         return qr_fail(err, QR_ELIMIT, "document '%.200s': metadata of %zu bytes, more than %d", doc_id, n,
@@ -390,12 +390,16 @@ static qr_status acl_equal(store *s, int64_t id, const char **acl, size_t nacl, 
     return st;
 }
 
-static qr_status write_acl(store *s, int64_t id, const char **acl, size_t nacl, char *err)
+/* Replaces the ACL rows of document `id` (a new document has none to delete). */
+static qr_status write_acl(store *s, int64_t id, bool is_new, const char **acl, size_t nacl, char *err)
 {
     sqlite3_stmt *q = s->q[Q_ACL_DELETE_DOC];
-    if (sqlite3_bind_int64(q, 1, id))
-        return store_bind_fail(s, err);
-    qr_status st = store_run(s, q, err, "delete ACL rows");
+    qr_status st = QR_OK;
+    if (!is_new) {
+        if (sqlite3_bind_int64(q, 1, id))
+            return store_bind_fail(s, err);
+        st = store_run(s, q, err, "delete ACL rows");
+    }
     q = s->q[Q_ACL_INSERT];
     for (size_t i = 0; !st && i < nacl; i++) {
         if (sqlite3_bind_int64(q, 1, id) || store_bind_str(q, 2, acl[i]))
@@ -517,10 +521,11 @@ static qr_status check_store_dim(store *s, const char *doc_id, size_t nchunks, i
 {
     if (!nchunks)
         return QR_OK;
-    int64_t stored = 0;
-    qr_status st = store_meta_get_int(s, "embedding_dim", &stored, err);
+    int64_t stored = s->embedding_dim;
+    qr_status st = stored ? QR_OK : store_meta_get_int(s, "embedding_dim", &stored, err);
     if (st)
         return st;
+    s->embedding_dim = stored; /* once recorded it never changes (store_check_embedding) */
     if (stored == 0)
         return qr_fail(err, QR_EINVAL,
                        "document '%.200s': the store has no embedding model recorded yet (call "
@@ -566,7 +571,7 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
             goto out;
         if (!r.same_title && (st = fts_doc(s, Q_FTS_INSERT, r.id, err)))
             goto out;
-        if (!same_acl && (st = write_acl(s, r.id, in.acl, in.nacl, err)))
+        if (!same_acl && (st = write_acl(s, r.id, false, in.acl, in.nacl, err)))
             goto out;
         if ((st = store_commit(s, err)))
             goto out;
@@ -587,7 +592,7 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
     if ((st = write_doc_row(s, &r, doc->doc_id, &in, in.hash, (int64_t)doc->text_len, (int64_t)nchunks,
                             counter, false, &id, err)))
         goto out;
-    if ((!r.found || !same_acl) && (st = write_acl(s, id, in.acl, in.nacl, err)))
+    if ((!r.found || !same_acl) && (st = write_acl(s, id, !r.found, in.acl, in.nacl, err)))
         goto out;
     if ((st = insert_chunks(s, id, in.title, doc, chunks, nchunks, vectors, dim, counter, err)))
         goto out;
@@ -682,7 +687,8 @@ qr_status store_set_acl(store *s, const char *doc_id, const char *const *acl, si
         st = store_bind_fail(s, err);
         goto out;
     }
-    if ((st = store_run(s, q, err, "update a document")) || (st = write_acl(s, r.id, sorted, nsorted, err)))
+    if ((st = store_run(s, q, err, "update a document")) ||
+        (st = write_acl(s, r.id, false, sorted, nsorted, err)))
         goto out;
     st = store_commit(s, err);
 out:

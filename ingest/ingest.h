@@ -212,6 +212,46 @@ typedef struct {
  * embedding or store failure, each named in err) the store is unchanged. */
 qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_result *result, size_t *nchunks,
                      char *err);
+/* ---- the same in parts, for several threads (pipeline.c, pool.c) ---------------------------- */
+
+/* A document on its way through ingest_put's stages, holding copies of its source. */
+typedef struct ingest_prepared ingest_prepared;
+/* Copies src (strings, ACL, bytes) into a new prepared document. QR_ENOMEM. */
+qr_status ingest_prepared_new(const ingest_source *src, ingest_prepared **out, char *err);
+/* Checks the source, hashes it, and extracts, chunks and embeds it with e, keeping any failure
+ * for ingest_put_prepared to report. Reads only the session's settings: any thread, one
+ * embedder per thread; e NULL: only the checks and the hash (the write does the rest). ro, when given, is a
+ * store connection of this thread: a document whose committed hash is already this one is left unextracted
+ * (the write does it if needed after all). */
+void ingest_prepare(const ingest_session *s, ingest_embedder *e, store *ro, ingest_prepared *p);
+/* Writes a prepared document exactly as ingest_put writes its source (same results, same errors);
+ * on the session's thread. p stays the caller's. */
+qr_status ingest_put_prepared(ingest_session *s, ingest_prepared *p, store_put_result *result,
+                              size_t *nchunks, char *err);
+const ingest_source *ingest_prepared_source(const ingest_prepared *p);
+void ingest_prepared_free(ingest_prepared *p);
+
+/* A pool of threads preparing documents (ingest_prepare) while the caller's thread writes them in
+ * the order they were submitted: extraction, chunking and embedding on every core, one writer
+ * owning the store's transaction. threads 0: one per online core; 1: no thread, each document is
+ * prepared by ingest_pool_next on the caller's thread. */
+typedef struct ingest_pool ingest_pool;
+qr_status ingest_pool_open(ingest_session *s, const qr_config *cfg, int threads, ingest_pool **out,
+                           char *err);
+/* Worker threads (0 when documents are prepared on the caller's thread). */
+int ingest_pool_threads(const ingest_pool *p);
+/* True when ingest_pool_submit would exceed the queue's room (documents or bytes): take a
+ * result with ingest_pool_next first. */
+bool ingest_pool_full(const ingest_pool *p);
+/* Queues a copy of src. QR_ENOMEM; QR_EINVAL when the pool is full. */
+qr_status ingest_pool_submit(ingest_pool *p, const ingest_source *src, char *err);
+/* The oldest submitted document once prepared (waiting for it when wait), to be written with
+ * ingest_put_prepared and freed with ingest_prepared_free; NULL when none is queued or (without
+ * wait) the oldest is not ready. */
+ingest_prepared *ingest_pool_next(ingest_pool *p, bool wait);
+/* Stops the threads and frees documents not taken; NULL is a no-op. */
+void ingest_pool_close(ingest_pool *p);
+
 /* Deletes a document and everything of it. QR_ENOTFOUND when it is not stored. */
 qr_status ingest_remove(ingest_session *s, const char *doc_id, char *err);
 

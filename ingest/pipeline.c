@@ -3,7 +3,9 @@
  * the document changed (content hash over the source bytes and the settings that shape chunks),
  * and only then extracts, normalises, chunks and embeds it and hands everything to the store in
  * one write, so that a document is wholly present or wholly absent. ACL, title and metadata
- * changes of unchanged content go to the store without extraction or embedding.
+ * changes of unchanged content go to the store without extraction or embedding. The work before
+ * the store can run apart (ingest_prepare, on the pool's threads: pool.c) from the write
+ * (ingest_put_prepared); ingest_put is the two in a row, with the same checks and errors.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,75 +126,96 @@ static qr_status put_unchanged(ingest_session *s, const ingest_source *src, cons
     return st;
 }
 
-qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_result *result, size_t *nchunks,
-                     char *err)
+/* ---- prepared documents ------------------------------------------------------------------ */
+
+/* A document carried from the work that needs no store (checks, content hash, extraction,
+ * chunking, embedding: ingest_prepare, on any thread) to the write (ingest_put_prepared, on the
+ * session's thread). Each stage's failure is kept, status and message, and reported by the write
+ * in the order ingest_put always checked them, so that both paths fail alike. */
+struct ingest_prepared {
+    ingest_source src;
+    bool owned;         /* src's strings, ACL and bytes are copies owned here */
+    qr_status early_st; /* a bad source: reported before the store is asked anything */
+    char early_err[QR_ERR_LEN];
+    char hash[65];
+    bool worked; /* extraction, chunking and embedding ran (work_st says how) */
+    qr_status work_st;
+    char work_err[QR_ERR_LEN];
+    ingest_text text;
+    ingest_chunk *chunks;
+    size_t n;
+    store_chunk *rows;
+    float *vectors;
+    int dim;
+};
+
+/* The checks of a source and its content hash. */
+static void prepare_check(const ingest_session *s, ingest_prepared *p)
 {
-    ingest_text text = {0};
-    qr_arena arena;
-    qr_arena_init(&arena, 0);
-    ingest_chunk *chunks = NULL;
-    store_chunk *rows = NULL;
-    const char **texts = NULL;
-    size_t *lens = NULL;
-    float *vectors = NULL;
-    size_t n = 0;
-    qr_status st = QR_OK;
-    if (nchunks)
-        *nchunks = 0;
-    if (!src->doc_id || !*src->doc_id)
-        return qr_fail(err, QR_EINVAL, "a document needs a non-empty doc_id");
-    if (!src->bytes && src->len)
-        return qr_fail(err, QR_EINVAL, "document '%s': no bytes", src->doc_id);
+    const ingest_source *src = &p->src;
+    if (!src->doc_id || !*src->doc_id) {
+        p->early_st = qr_fail(p->early_err, QR_EINVAL, "a document needs a non-empty doc_id");
+        return;
+    }
+    if (!src->bytes && src->len) {
+        p->early_st = qr_fail(p->early_err, QR_EINVAL, "document '%s': no bytes", src->doc_id);
+        return;
+    }
     /* the store keeps each principal in its canonical spelling (group:Engineering as
      * group:engineering); one that cannot be made valid is refused here, by name */
     for (size_t i = 0; i < src->nacl; i++) {
         char why[QR_ERR_LEN];
         if (!store_principal_valid(src->acl[i])) {
             store_principal_canonical(src->acl[i], NULL, 0, why);
-            return qr_fail(err, QR_EINVAL, "document '%s': %s", src->doc_id, why);
+            p->early_st = qr_fail(p->early_err, QR_EINVAL, "document '%s': %s", src->doc_id, why);
+            return;
         }
     }
+    source_hash(s, src, p->hash);
+}
 
-    char hash[65], stored[65];
-    bool found = false;
-    source_hash(s, src, hash);
-    st = store_get_hash(s->store, src->doc_id, stored, &found, err);
-    if (st)
-        return st;
-    if (found && strcmp(hash, stored) == 0)
-        return put_unchanged(s, src, hash, result, nchunks, err);
-
-    char inner[QR_ERR_LEN];
-    st = ingest_extract(src->bytes, src->len, src->declared_type, src->filename, &s->limits, &text, inner);
+/* Extraction, chunking and embedding with embedder e (one thread at a time per embedder). */
+static void prepare_work(const ingest_session *s, ingest_embedder *e, ingest_prepared *p)
+{
+    const ingest_source *src = &p->src;
+    char *err = p->work_err, inner[QR_ERR_LEN];
+    const char **texts = NULL;
+    size_t *lens = NULL;
+    qr_arena arena;
+    qr_arena_init(&arena, 0);
+    qr_status st = QR_OK;
+    p->worked = true;
+    p->dim = ingest_embedder_dim(e);
+    st = ingest_extract(src->bytes, src->len, src->declared_type, src->filename, &s->limits, &p->text, inner);
     if (st) {
         qr_fail(err, st, "%s", inner);
         goto out;
     }
-    st = ingest_chunk_text(&text, &s->chunk_opts, &chunks, &n, inner);
+    st = ingest_chunk_text(&p->text, &s->chunk_opts, &p->chunks, &p->n, inner);
     if (st) {
         qr_fail(err, st, "chunking: %s", inner);
         goto out;
     }
-    int dim = ingest_embedder_dim(s->embedder);
+    size_t n = p->n;
     if (n) {
-        rows = calloc(n, sizeof(*rows));
+        p->rows = calloc(n, sizeof(*p->rows));
         texts = calloc(n, sizeof(*texts));
         lens = calloc(n, sizeof(*lens));
-        vectors = calloc(n * (size_t)dim, sizeof(float));
-        if (!rows || !texts || !lens || !vectors) {
+        p->vectors = calloc(n * (size_t)p->dim, sizeof(float));
+        if (!p->rows || !texts || !lens || !p->vectors) {
             st = qr_fail(err, QR_ENOMEM, "out of memory for %zu chunks", n);
             goto out;
         }
     }
     /* A chunk is embedded with its document title and heading path, as it is indexed for BM25:
      * a passage under "Travel policy > Reimbursement" is about travel even when it never says so. */
-    const char *title = src->title ? src->title : text.title;
+    const char *title = src->title ? src->title : p->text.title;
     qr_arena_init(&arena, (size_t)1 << 31);
     for (size_t i = 0; i < n; i++) {
-        rows[i] = (store_chunk){chunks[i].start, chunks[i].end, chunks[i].headings};
+        p->rows[i] = (store_chunk){p->chunks[i].start, p->chunks[i].end, p->chunks[i].headings};
         char *composite =
-            qr_arena_printf(&arena, "%s\n%s\n%.*s", title ? title : "", chunks[i].headings,
-                            (int)(chunks[i].end - chunks[i].start), text.text + chunks[i].start);
+            qr_arena_printf(&arena, "%s\n%s\n%.*s", title ? title : "", p->chunks[i].headings,
+                            (int)(p->chunks[i].end - p->chunks[i].start), p->text.text + p->chunks[i].start);
         if (!composite) {
             st = qr_fail(err, QR_ENOMEM, "out of memory for %zu chunks", n);
             goto out;
@@ -201,35 +224,165 @@ qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_resu
         lens[i] = strlen(composite);
     }
     if (n) {
-        st = ingest_embed(s->embedder, texts, lens, n, vectors, inner);
-        if (st) {
+        st = ingest_embed(e, texts, lens, n, p->vectors, inner);
+        if (st)
             qr_fail(err, st, "embedding: %s", inner);
-            goto out;
-        }
     }
+out:
+    p->work_st = st;
+    qr_arena_release(&arena);
+    free(lens);
+    free(texts);
+}
+
+static void prepared_release(ingest_prepared *p)
+{
+    free(p->vectors);
+    free(p->rows);
+    ingest_chunks_free(p->chunks, p->n);
+    ingest_text_release(&p->text);
+    if (p->owned) {
+        for (size_t i = 0; i < p->src.nacl; i++)
+            free((char *)p->src.acl[i]);
+        free((void *)p->src.acl);
+        free((char *)p->src.doc_id);
+        free((char *)p->src.title);
+        free((char *)p->src.uri);
+        free((char *)p->src.declared_type);
+        free((char *)p->src.filename);
+        free((char *)p->src.metadata_json);
+        free((void *)p->src.bytes);
+    }
+}
+
+void ingest_prepared_free(ingest_prepared *p)
+{
+    if (!p)
+        return;
+    prepared_release(p);
+    free(p);
+}
+
+const ingest_source *ingest_prepared_source(const ingest_prepared *p)
+{
+    return &p->src;
+}
+
+/* A copy of s that is NULL only when s is (ok false when out of memory). */
+static char *copy_str(const char *s, bool *ok)
+{
+    char *c = s ? strdup(s) : NULL;
+    if (s && !c)
+        *ok = false;
+    return c;
+}
+
+qr_status ingest_prepared_new(const ingest_source *src, ingest_prepared **out, char *err)
+{
+    *out = NULL;
+    ingest_prepared *p = calloc(1, sizeof(*p));
+    if (!p)
+        return qr_fail(err, QR_ENOMEM, "out of memory queueing a document");
+    p->owned = true;
+    bool ok = true;
+    p->src.doc_id = copy_str(src->doc_id, &ok);
+    p->src.title = copy_str(src->title, &ok);
+    p->src.uri = copy_str(src->uri, &ok);
+    p->src.declared_type = copy_str(src->declared_type, &ok);
+    p->src.filename = copy_str(src->filename, &ok);
+    p->src.metadata_json = copy_str(src->metadata_json, &ok);
+    if (src->nacl && src->acl) {
+        const char **acl = calloc(src->nacl, sizeof(*acl));
+        if (acl) {
+            p->src.acl = acl;
+            p->src.nacl = src->nacl;
+            for (size_t i = 0; i < src->nacl; i++)
+                acl[i] = copy_str(src->acl[i] ? src->acl[i] : "", &ok);
+        } else {
+            ok = false;
+        }
+    } else {
+        p->src.nacl = src->nacl; /* a NULL list of principals is refused by the checks, as before */
+    }
+    if (src->bytes) {
+        void *b = malloc(src->len ? src->len : 1);
+        if (b)
+            memcpy(b, src->bytes, src->len);
+        else
+            ok = false;
+        p->src.bytes = b;
+    }
+    p->src.len = src->len;
+    if (!ok) {
+        ingest_prepared_free(p);
+        return qr_fail(err, QR_ENOMEM, "out of memory queueing document '%.200s'",
+                       src->doc_id ? src->doc_id : "");
+    }
+    *out = p;
+    return QR_OK;
+}
+
+void ingest_prepare(const ingest_session *s, ingest_embedder *e, store *ro, ingest_prepared *p)
+{
+    prepare_check(s, p);
+    if (p->early_st || !e)
+        return;
+    /* a document whose committed content hash is already this one will most likely be found
+     * unchanged by the write: skip the work (the write does it after all when it is not) */
+    if (ro) {
+        char stored[65], ignored[QR_ERR_LEN];
+        bool found = false;
+        if (!store_get_hash(ro, p->src.doc_id, stored, &found, ignored) && found &&
+            strcmp(stored, p->hash) == 0)
+            return;
+    }
+    prepare_work(s, e, p);
+}
+
+qr_status ingest_put_prepared(ingest_session *s, ingest_prepared *p, store_put_result *result,
+                              size_t *nchunks, char *err)
+{
+    if (nchunks)
+        *nchunks = 0;
+    if (p->early_st)
+        return qr_fail(err, p->early_st, "%s", p->early_err);
+    const ingest_source *src = &p->src;
+    char stored[65];
+    bool found = false;
+    qr_status st = store_get_hash(s->store, src->doc_id, stored, &found, err);
+    if (st)
+        return st;
+    if (found && strcmp(p->hash, stored) == 0)
+        return put_unchanged(s, src, p->hash, result, nchunks, err);
+    if (!p->worked)
+        prepare_work(s, s->embedder, p);
+    if (p->work_st)
+        return qr_fail(err, p->work_st, "%s", p->work_err);
     store_document doc = {
         .doc_id = src->doc_id,
-        .title = title,
+        .title = src->title ? src->title : p->text.title,
         .uri = src->uri,
-        .content_type = text.content_type,
+        .content_type = p->text.content_type,
         .metadata_json = src->metadata_json,
         .acl = src->acl,
         .nacl = src->nacl,
-        .content_hash = hash,
-        .text = text.text ? text.text : "",
-        .text_len = text.len,
+        .content_hash = p->hash,
+        .text = p->text.text ? p->text.text : "",
+        .text_len = p->text.len,
     };
-    st = store_put(s->store, &doc, rows, n, vectors, dim, result, err);
+    st = store_put(s->store, &doc, p->rows, p->n, p->vectors, p->dim, result, err);
     if (!st && nchunks)
-        *nchunks = n;
-out:
-    qr_arena_release(&arena);
-    free(vectors);
-    free(lens);
-    free(texts);
-    free(rows);
-    ingest_chunks_free(chunks, n);
-    ingest_text_release(&text);
+        *nchunks = p->n;
+    return st;
+}
+
+qr_status ingest_put(ingest_session *s, const ingest_source *src, store_put_result *result, size_t *nchunks,
+                     char *err)
+{
+    ingest_prepared p = {.src = *src};
+    prepare_check(s, &p);
+    qr_status st = ingest_put_prepared(s, &p, result, nchunks, err);
+    prepared_release(&p);
     return st;
 }
 

@@ -2,8 +2,13 @@
  * End-to-end tests of ingestion as an administrator runs it: `quarry ingest` over folders of real
  * files and over JSON lines, then `quarry stats` and `quarry delete`, against a real store in a
  * temporary data directory. Covers re-runs (unchanged), content and ACL changes, hidden files,
- * symbolic links leaving the tree, malformed lines and the exit status when anything failed.
+ * symbolic links leaving the tree, malformed lines and the exit status when anything failed, and
+ * that several preparing threads (ingest.threads) leave exactly the store one thread leaves, and
+ * that a threaded ingest killed mid-way leaves every document whole or absent.
  */
+#include <math.h>
+#include <signal.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -257,6 +262,271 @@ TEST(cranfield_loads_then_is_unchanged)
     CHECK(has(&out, "\"documents\":1400"));
     CHECK_INT(quarry(&out, "ingest --acl public --jsonl %s", corpus), 0);
     CHECK_MSG(has(&out, "1400 unchanged"), "%s", qr_buf_str(&out));
+    qr_buf_release(&out);
+    cleanup();
+}
+
+/* ---- several preparing threads write what one does ----------------------------------------- */
+
+/* Every row of one query over the store under dir, as text (vectors by value, to a tolerance
+ * checked apart), one line per row. */
+static bool dump_query(sqlite3 *db, const char *sql, qr_buf *out)
+{
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK) {
+        fprintf(stderr, "%s: %s\n", sql, sqlite3_errmsg(db));
+        return false;
+    }
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        for (int i = 0; i < sqlite3_column_count(q); i++) {
+            const unsigned char *v = sqlite3_column_text(q, i);
+            qr_buf_printf(out, "%s%s", i ? "|" : "", v ? (const char *)v : "NULL");
+        }
+        qr_buf_printf(out, "\n");
+    }
+    sqlite3_finalize(q);
+    return rc == SQLITE_DONE;
+}
+
+static const char *const same_store_queries[] = {
+    "SELECT id, doc_id, title, uri, content_type, metadata, content_hash, text_len, chunk_count, version,"
+    " changed, fts_changed FROM documents ORDER BY id",
+    "SELECT id, doc, ordinal, start, \"end\", headings, body, added FROM chunks ORDER BY id",
+    "SELECT doc, principal FROM acl ORDER BY doc, principal",
+    "SELECT chunk_id, counter FROM deleted_chunks ORDER BY chunk_id",
+    "SELECT key, value FROM meta WHERE key IN ('change_counter', 'embedding_model', 'embedding_dim')"
+    " ORDER BY key",
+    "SELECT term, doc, col, offset FROM temp.fts_instances ORDER BY term, doc, col, offset",
+    "SELECT count(*) FROM vectors",
+};
+
+/* Opens data dir's store file for the comparison (with a view of the FTS index's instances). */
+static sqlite3 *open_store_db(const char *dir)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s/quarry.db", tmp, dir);
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
+        sqlite3_exec(db,
+                     "CREATE VIRTUAL TABLE temp.fts_instances USING fts5vocab(main, chunks_fts, instance)",
+                     NULL, NULL, NULL) != SQLITE_OK) {
+        fprintf(stderr, "%s: %s\n", path, db ? sqlite3_errmsg(db) : "cannot open");
+        sqlite3_close(db);
+        return NULL;
+    }
+    return db;
+}
+
+/* The two stores' vectors, chunk by chunk, within float tolerance. */
+static bool same_vectors(sqlite3 *a, sqlite3 *b, size_t *compared)
+{
+    const char *sql = "SELECT chunk_id, vec FROM vectors ORDER BY chunk_id";
+    sqlite3_stmt *qa = NULL, *qb = NULL;
+    bool same = sqlite3_prepare_v2(a, sql, -1, &qa, NULL) == SQLITE_OK &&
+                sqlite3_prepare_v2(b, sql, -1, &qb, NULL) == SQLITE_OK;
+    *compared = 0;
+    while (same) {
+        int ra = sqlite3_step(qa), rb = sqlite3_step(qb);
+        if (ra != rb) {
+            same = false;
+        } else if (ra != SQLITE_ROW) {
+            same = ra == SQLITE_DONE;
+            break;
+        } else {
+            int na = sqlite3_column_bytes(qa, 1), nb = sqlite3_column_bytes(qb, 1);
+            const float *va = sqlite3_column_blob(qa, 1), *vb = sqlite3_column_blob(qb, 1);
+            same = sqlite3_column_int64(qa, 0) == sqlite3_column_int64(qb, 0) && na == nb && na > 0;
+            for (int i = 0; same && i < na / (int)sizeof(float); i++)
+                same = fabsf(va[i] - vb[i]) <= 1e-6f;
+            (*compared)++;
+        }
+    }
+    sqlite3_finalize(qa);
+    sqlite3_finalize(qb);
+    return same;
+}
+
+/* A corpus of documents of one to many chunks, with headings, ACLs and metadata, a document
+ * given twice (its second text wins), one line repeated unchanged, bad lines among them. */
+static bool write_threads_corpus(void)
+{
+    qr_buf c;
+    qr_buf_init(&c, 16 << 20);
+    static const char *const words[] = {"wing",  "lift",     "shock",   "boundary", "layer",     "heat",
+                                        "flow",  "pressure", "nozzle",  "vortex",   "drag",      "mach",
+                                        "plate", "cylinder", "laminar", "surface",  "caf\\u00e9"};
+    unsigned r = 12345;
+    for (int d = 0; d < 240; d++) {
+        int paragraphs = 1 + d % 7, per = 20 + (d * 37) % 180;
+        qr_buf_printf(&c, "{\"_id\":\"doc-%03d\",\"title\":\"Report %d on %s\",\"text\":\"", d, d,
+                      words[d % 17]);
+        for (int p = 0; p < paragraphs; p++) {
+            if (p && d % 3 == 0)
+                qr_buf_printf(&c, "\\n\\n# Part %d\\n\\n", p);
+            else if (p)
+                qr_buf_printf(&c, "\\n\\n");
+            for (int w = 0; w < per; w++) {
+                r = r * 1103515245u + 12345u;
+                qr_buf_printf(&c, "%s%s%s", w ? " " : "", words[(r >> 16) % 17],
+                              (r >> 8) % 11 == 0 ? "." : "");
+            }
+        }
+        qr_buf_printf(&c, "\"");
+        if (d % 4 == 1)
+            qr_buf_printf(&c, ",\"acl\":[\"group:Aero\",\"user:alice\"]");
+        if (d % 5 == 2)
+            qr_buf_printf(&c, ",\"metadata\":{\"year\":%d}", 1950 + d % 30);
+        qr_buf_printf(&c, "}\n");
+        if (d == 50)
+            qr_buf_printf(&c,
+                          "{\"_id\":\"doc-010\",\"title\":\"Again\",\"text\":\"The second text of ten.\"}\n");
+        if (d == 60)
+            qr_buf_printf(&c, "{\"_id\":\"doc-020\",\"text\":\"bad acl\",\"acl\":[\"root\"]}\nnot json\n");
+        if (d == 70)
+            qr_buf_printf(&c,
+                          "{\"_id\":\"doc-010\",\"title\":\"Again\",\"text\":\"The second text of ten.\"}\n");
+    }
+    bool ok = !qr_buf_failed(&c) && write_bytes("threads.jsonl", qr_buf_str(&c), qr_buf_len(&c));
+    qr_buf_release(&c);
+    return ok;
+}
+
+TEST(threads_write_the_same_store_as_one)
+{
+    CHECK(make_tmp());
+    CHECK(write_threads_corpus());
+    CHECK(write_file("docs/a.md",
+                     "# Alpha\n\nText of alpha under its heading.\n\n## Beta\n\nMore text here.\n"));
+    CHECK(write_file("docs/b.html", "<html><head><title>Bee</title></head><body><h1>Bee</h1><p>Sandboxed "
+                                    "HTML text.</p></body></html>"));
+    CHECK(write_file("docs/c.txt", "plain text document"));
+    qr_buf one, many;
+    qr_buf_init(&one, 1 << 20);
+    qr_buf_init(&many, 1 << 20);
+    const char *dirs[] = {"data1", "data4"};
+    const char *threads[] = {"1", "4"};
+    qr_buf *outs[] = {&one, &many};
+    for (int i = 0; i < 2; i++) {
+        /* the run's summary lines, without the time it took */
+        CHECK_INT(quarry(outs[i], "--set ingest.threads=%s ingest --acl public docs --jsonl threads.jsonl",
+                         threads[i]),
+                  1);
+        char cmd[256];
+        snprintf(cmd, sizeof(cmd), "mv '%s/data' '%s/%s'", tmp, tmp, dirs[i]);
+        CHECK(system(cmd) == 0);
+    }
+    CHECK_MSG(has(&one, "(1 preparing thread, "), "%s", qr_buf_str(&one));
+    CHECK_MSG(has(&many, "(4 preparing threads, "), "%s", qr_buf_str(&many));
+    const char *o = strstr(qr_buf_str(&one), " writing): "), *m = strstr(qr_buf_str(&many), " writing): ");
+    CHECK(o && m);
+    CHECK_STR(o, m); /* counts and the failures listed */
+    CHECK_MSG(has(&many, "243 added, 1 updated, 0 acl/metadata updated, 1 unchanged, 2 failed"), "%s",
+              qr_buf_str(&many));
+    sqlite3 *a = open_store_db("data1"), *b = open_store_db("data4");
+    CHECK(a && b);
+    for (size_t i = 0; i < sizeof(same_store_queries) / sizeof(same_store_queries[0]); i++) {
+        qr_buf da, db;
+        qr_buf_init(&da, 256 << 20);
+        qr_buf_init(&db, 256 << 20);
+        CHECK(dump_query(a, same_store_queries[i], &da));
+        CHECK(dump_query(b, same_store_queries[i], &db));
+        CHECK_MSG(qr_buf_len(&da) > 2, "%s: no rows", same_store_queries[i]);
+        CHECK_MSG(strcmp(qr_buf_str(&da), qr_buf_str(&db)) == 0, "differs: %s", same_store_queries[i]);
+        qr_buf_release(&da);
+        qr_buf_release(&db);
+    }
+    size_t compared = 0;
+    CHECK(same_vectors(a, b, &compared));
+    CHECK(compared > 240);
+    sqlite3_close(a);
+    sqlite3_close(b);
+    qr_buf_release(&one);
+    qr_buf_release(&many);
+    cleanup();
+}
+
+/* The number of rows one query over the store file under dir answers with (its first column). */
+static long long count_of(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *q = NULL;
+    long long n = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
+        n = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return n;
+}
+
+TEST(killed_threaded_ingest_leaves_whole_documents)
+{
+    CHECK(make_tmp());
+    /* enough documents for several batches: the kill lands between or inside commits */
+    qr_buf c;
+    qr_buf_init(&c, 64 << 20);
+    for (int d = 0; d < 30000; d++) {
+        qr_buf_printf(&c, "{\"_id\":\"k%05d\",\"title\":\"Note %d\",\"text\":\"", d, d);
+        for (int w = 0; w < 60 + d % 200; w++)
+            qr_buf_printf(&c, "%sword%d", w ? " " : "", (d * 7 + w * 13) % 997);
+        qr_buf_printf(&c, "\",\"acl\":[\"user:u%d\"]}\n", d % 50);
+    }
+    CHECK(!qr_buf_failed(&c) && write_bytes("kill.jsonl", qr_buf_str(&c), qr_buf_len(&c)));
+    qr_buf_release(&c);
+    char data[128], db_path[160];
+    snprintf(data, sizeof(data), "%s/data", tmp);
+    snprintf(db_path, sizeof(db_path), "%s/quarry.db", data);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        char kill_jsonl[128];
+        snprintf(kill_jsonl, sizeof(kill_jsonl), "%s/kill.jsonl", tmp);
+        if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr))
+            _exit(126);
+        execl(QUARRY_BIN, QUARRY_BIN, "--data", data, "--set", "ingest.threads=3", "ingest", "--acl",
+              "public", "--jsonl", kill_jsonl, (char *)NULL);
+        _exit(127);
+    }
+    /* killed once its first batch is visible to a reader */
+    long long seen = 0;
+    for (int i = 0; i < 6000 && seen <= 0; i++) {
+        usleep(10000);
+        sqlite3 *db = NULL;
+        if (access(db_path, R_OK) == 0 &&
+            sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
+            seen = count_of(db, "SELECT count(*) FROM documents");
+        sqlite3_close(db);
+    }
+    kill(pid, SIGKILL);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK_MSG(seen > 0, "no batch was committed before the kill");
+    sqlite3 *db = open_store_db("data");
+    CHECK(db);
+    long long docs = count_of(db, "SELECT count(*) FROM documents");
+    printf("killed with %lld of 30000 documents stored\n", docs);
+    CHECK(docs >= seen);
+    /* each stored document has all its chunks, each chunk its vector and FTS row, each document its ACL */
+    CHECK_INT(count_of(db, "SELECT count(*) FROM documents d"
+                           " WHERE chunk_count != (SELECT count(*) FROM chunks c WHERE c.doc = d.id)"),
+              0);
+    CHECK_INT(count_of(db, "SELECT count(*) FROM chunks c WHERE NOT EXISTS"
+                           " (SELECT 1 FROM vectors v WHERE v.chunk_id = c.id)"),
+              0);
+    CHECK_INT(
+        count_of(
+            db, "SELECT count(*) FROM documents d WHERE NOT EXISTS (SELECT 1 FROM acl a WHERE a.doc = d.id)"),
+        0);
+    CHECK_INT(count_of(db, "SELECT count(DISTINCT doc) FROM temp.fts_instances"),
+              count_of(db, "SELECT count(*) FROM chunks"));
+    CHECK(sqlite3_exec(db, "INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)", NULL,
+                       NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    /* the same command again completes the load, the stored documents unchanged */
+    qr_buf out;
+    qr_buf_init(&out, 1 << 20);
+    CHECK_INT(quarry(&out, "--set ingest.threads=3 ingest --acl public --jsonl kill.jsonl"), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "%lld added", 30000 - docs);
+    CHECK_MSG(docs == 30000 || has(&out, want), "%s", qr_buf_str(&out));
     qr_buf_release(&out);
     cleanup();
 }
