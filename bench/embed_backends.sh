@@ -6,7 +6,9 @@
 # per request. The fake computes its vectors in JavaScript, so the times are an upper bound of
 # quarry's own share of a request (JSON writing, HTTP, parsing and checking the answer).
 #
-# usage: bench/embed_backends.sh QUARRY_BIN [CORPUS_JSONL]
+# THREADS sets ingest.threads (default: quarry's own, one per core).
+#
+# usage: [THREADS=N] bench/embed_backends.sh QUARRY_BIN [CORPUS_JSONL]
 set -eu
 QUARRY=${1:?usage: bench/embed_backends.sh QUARRY_BIN [CORPUS_JSONL]}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -48,7 +50,7 @@ for backend in local openai azure ollama tei; do
     curl -s -X POST "$BASE/_fake/reset" -d '{}' >/dev/null
     start=$(date +%s.%N)
     "$QUARRY" ingest --data "$WORK/$backend" --acl public --set embed.backend=$backend --set embed.retries=0 \
-        "$@" --jsonl "$CORPUS" >/dev/null 2>&1
+        --set ingest.threads="${THREADS:-0}" "$@" --jsonl "$CORPUS" >/dev/null 2>&1
     end=$(date +%s.%N)
     n=$(count_requests)
     awk -v b=$backend -v s="$start" -v e="$end" -v n="$n" 'BEGIN {

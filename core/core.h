@@ -49,9 +49,9 @@ typedef enum {
 /* QR_ENOSPC for an errno that means no room to write (ENOSPC, EDQUOT, EFBIG), else QR_EIO. */
 qr_status qr_errno_status(int e);
 
-/* Whether a write near path may have failed for want of room when its errno is lost (SQLite
- * reports an I/O error without it): the file system holding path has under 1 MiB free, or this
- * process runs under a file size limit (RLIMIT_FSIZE). */
+/* Whether a write to path may have failed for want of room when its errno is lost (SQLite
+ * reports an I/O error without it): the file system holding path has under 1 MiB free, or path
+ * (or its SQLite WAL, path-wal) is within 1 MiB of this process's file size limit (RLIMIT_FSIZE). */
 bool qr_fs_full(const char *path);
 
 /* Stable snake_case name of a status ("invalid_argument"), for logs and HTTP error codes. */

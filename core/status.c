@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 
 #include "core.h"
@@ -39,8 +40,16 @@ qr_status qr_errno_status(int e)
 bool qr_fs_full(const char *path)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-        return true;
+    if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        /* the file, or SQLite's WAL beside it, within 1 MiB of the limit */
+        char wal[4096];
+        struct stat st;
+        snprintf(wal, sizeof(wal), "%s-wal", path);
+        const char *files[] = {path, wal};
+        for (int i = 0; i < 2; i++)
+            if (stat(files[i], &st) == 0 && (unsigned long long)st.st_size + (1u << 20) >= rl.rlim_cur)
+                return true;
+    }
     struct statvfs v;
     return statvfs(path, &v) == 0 && (unsigned long long)v.f_bavail * v.f_frsize < (1u << 20);
 }

@@ -3,6 +3,7 @@
  * secret scrubbing, time, file reading, atomic file writes and the worker pool.
  */
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -27,6 +28,12 @@ TEST(status_names_are_distinct)
     CHECK_INT(qr_fail(err, QR_ENOTFOUND, "cannot open '%s'", "x.db"), QR_ENOTFOUND);
     CHECK_STR(err, "cannot open 'x.db'");
     CHECK_INT(qr_fail(NULL, QR_EIO, "ignored"), QR_EIO); /* a NULL buffer is allowed */
+    /* no room to write: ENOSPC, a quota, a file size limit; other errors stay I/O errors */
+    CHECK_INT(qr_errno_status(ENOSPC), QR_ENOSPC);
+    CHECK_INT(qr_errno_status(EDQUOT), QR_ENOSPC);
+    CHECK_INT(qr_errno_status(EFBIG), QR_ENOSPC);
+    CHECK_INT(qr_errno_status(EIO), QR_EIO);
+    CHECK_STR(qr_status_name(QR_ENOSPC), "no_space");
     /* long messages are truncated, never overflow */
     char big[2000];
     memset(big, 'a', sizeof(big) - 1);
