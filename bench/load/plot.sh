@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Draws soak.sh's resources.tsv (time, RSS KiB, open descriptors of quarry serve, once a second) as
+# Draws soak.sh's resources.tsv (time, RSS KiB, open descriptors, pid and, in newer runs, anonymous
+# RSS KiB of quarry serve, once a second) as
 # DIR/resources.png with gnuplot, the faults of DIR/faults.txt as dashed lines where they began.
 # Time 0 is the first sample.
 #   bench/load/plot.sh DIR
@@ -23,5 +24,9 @@ t0=$(awk 'NR == 1 { print $1 }' "$dir/resources.tsv")
         done <"$dir/faults.txt"
     fi
     echo "plot '$dir/resources.tsv' using (\$1-$t0):(\$2/1024) with lines lw 2 title 'RSS MiB', \\"
+    # newer runs sample the anonymous part of RSS too (column 5)
+    if awk 'NF >= 5 { found = 1; exit } END { exit !found }' "$dir/resources.tsv"; then
+        echo "     '$dir/resources.tsv' using (\$1-$t0):(\$5/1024) with lines lw 1 title 'anonymous RSS MiB', \\"
+    fi
     echo "     '$dir/resources.tsv' using (\$1-$t0):3 axes x1y2 with lines title 'open fds'"
 } | gnuplot

@@ -270,15 +270,16 @@ recovery() {
     # a kill9 starts a new process: RSS per process, each after its own warm-up (its first 10% of
     # the run's length, at least 60 s), so that a restart cannot hide a slow leak
     echo
-    echo "| quarry process | lived s | RSS after its warm-up MiB | at its end MiB | growth | peak MiB |"
-    echo "|---|---|---|---|---|---|"
+    echo "| quarry process | lived s | RSS after its warm-up MiB | at its end MiB | growth | peak MiB | anonymous RSS after warm-up / at end MiB |"
+    echo "|---|---|---|---|---|---|---|"
     awk -v d="$duration" '{ p = $4; if (!(p in t0)) { order[++n] = p; t0[p] = $1; w[p] = -1 }
         warm = d * 0.1 < 60 ? 60 : d * 0.1
-        if ($1 - t0[p] >= warm && w[p] < 0) w[p] = $2
-        t1[p] = $1; last[p] = $2; if ($2 > max[p]) max[p] = $2 }
+        if ($1 - t0[p] >= warm && w[p] < 0) { w[p] = $2; wa[p] = $5 }
+        t1[p] = $1; last[p] = $2; lasta[p] = $5; if ($2 > max[p]) max[p] = $2 }
         END { for (i = 1; i <= n; i++) { p = order[i]
-            if (w[p] < 0) printf "| %d | %.0f | - (shorter than its warm-up) | %.1f | - | %.1f |\n", i, t1[p] - t0[p], last[p] / 1024, max[p] / 1024
-            else printf "| %d | %.0f | %.1f | %.1f | %+.1f%% | %.1f |\n", i, t1[p] - t0[p], w[p] / 1024, last[p] / 1024, 100 * (last[p] - w[p]) / w[p], max[p] / 1024 } }' "$out/resources.tsv"
+            if (w[p] < 0) printf "| %d | %.0f | - (shorter than its warm-up) | %.1f | - | %.1f | - |\n", i, t1[p] - t0[p], last[p] / 1024, max[p] / 1024
+            else printf "| %d | %.0f | %.1f | %.1f | %+.1f%% | %.1f | %s |\n", i, t1[p] - t0[p], w[p] / 1024, last[p] / 1024, 100 * (last[p] - w[p]) / w[p], max[p] / 1024,
+                wa[p] != "" ? sprintf("%.1f / %.1f", wa[p] / 1024, lasta[p] / 1024) : "-" } }' "$out/resources.tsv"
     echo
     echo "Store integrity after the run: $integrity; quarry died on its own: $([ "$crashed" = 1 ] && echo yes || echo no)"
 } >"$out/report.md"
