@@ -922,8 +922,8 @@ static void load_principals(void)
             }
             json_decref(j);
             req_free(r);
-            if (attempt >= 50)
-                die("GET /v1/me as %s answered %ld", C.users[u], status);
+            if (attempt >= 300) /* a minute: a sanitizer build on a loaded machine starts slowly */
+                die("GET /v1/me as %s answered %ld for a minute", C.users[u], status);
             struct timespec ts = {0, 200000000};
             nanosleep(&ts, NULL);
         }

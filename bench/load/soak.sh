@@ -286,6 +286,7 @@ recovery() {
 "$here/plot.sh" "$out" || log "no plot (gnuplot missing or failed)"
 cat "$out/report.md"
 grep -E '^(LEAK|LOSS|RESURRECTION)' "$out/load.log" | head -20 >&2
+case $rc in 0 | 2) ;; *) log "bench_load exited $rc:"; grep -vE '^(LEAK|LOSS|RESURRECTION)' "$out/load.log" | tail -n 5 >&2 ;; esac
 if [ -n "$expect_fail" ]; then # the oracle's self-test: it must have caught the lie
     [ "$rc" = 2 ] && { log "the oracle caught the lie, as it must"; exit 0; }
     log "the oracle did not catch the lie (bench_load exited $rc)"
