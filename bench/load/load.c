@@ -862,7 +862,8 @@ static void report(double elapsed)
         size_t off = 0;
         if (!s->done && !s->offered)
             continue;
-        qsort(s->lat, s->nlat, sizeof *s->lat, cmp_double);
+        if (s->nlat) /* a route offered but never answered has no samples (and lat is NULL) */
+            qsort(s->lat, s->nlat, sizeof *s->lat, cmp_double);
         for (int st = 0; st < 600; st++)
             if (s->status[st] && (st < 200 || st >= 300) && off < sizeof errs - 32) {
                 if (st)
