@@ -100,16 +100,11 @@ esac
 key=$("$quarry" keys create --name load --scopes admin,search,chat,on_behalf_of --data "$data" 2>/dev/null | head -n 1)
 case $key in qk_*) ;; *) echo "soak: quarry keys create gave no key" >&2; exit 1 ;; esac
 base_dn=${QUARRY_TEST_LDAP_BASE:-dc=quarry,dc=test}
-# The indexes' deltas are folded into new generations after 2,000 vector and 5,000 BM25 changes
-# (defaults 20,000 and 50,000): an hour of this mix writes about 7,500 chunks, so the maintainer
-# rebuilds both several times under load, as months of production would, and the deltas (held in
-# memory until then) do not read as a leak in the RSS curve.
 cat >"$tmp/quarry.json" <<JSON
 {
   "data": {"dir": "$data"},
   "log": {"level": "warn", "file": "$tmp/quarry.log"},
   "server": {"listen": "127.0.0.1:0", "workers": 8, "user_share": 64},
-  "vindex": {"delta_max": 2000}, "bm25": {"delta_max": 5000},
   "ldap": {"uri": "$QUARRY_TEST_LDAP_URI", "bind_dn": "$QUARRY_TEST_LDAP_BIND_DN",
            "user_base": "ou=people,$base_dn", "group_base": "ou=groups,$base_dn",
            "cache_ttl_s": 2, "timeout_ms": 2000},
