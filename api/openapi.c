@@ -82,24 +82,24 @@ static const op_doc ops[] = {
      "Creates or replaces documents (administrators): JSON with text, JSON with base64 bytes and a "
      "content type, a {documents:[...]} batch, or a multipart/form-data upload. Several documents, or "
      "more bytes than server.job_threshold_bytes, become a background job (202).",
-     "Refresh", "DocumentInput", "DocumentWritten", "201,200,202", "400,413,415"},
+     "Refresh", "DocumentInput", "DocumentWritten", "201,200,202", "400,413,415,507"},
     {"GET", "/v1/documents/{id}", "getDocument", "documents", "Get a document",
      "A stored document's fields, ACL and version (administrators); ?chunks=true adds its passages.",
      "DocumentId,Chunks", NULL, "Document", "200", "404"},
     {"PUT", "/v1/documents/{id}", "putDocument", "documents", "Create or replace a document",
      "Creates or replaces the document with this id (administrators); without acl the stored ACL is kept. "
      "A large body becomes a background job (202).",
-     "DocumentId,Refresh", "DocumentFields", "DocumentWritten", "200,201,202", "400,413,415"},
+     "DocumentId,Refresh", "DocumentFields", "DocumentWritten", "200,201,202", "400,413,415,507"},
     {"DELETE", "/v1/documents/{id}", "deleteDocument", "documents", "Delete a document",
      "Deletes a document and all its passages (administrators); searches stop returning it at once.",
-     "DocumentId,Refresh", NULL, "Deleted", "200", "404"},
+     "DocumentId,Refresh", NULL, "Deleted", "200", "404,507"},
     {"PATCH", "/v1/documents/{id}/acl", "setDocumentAcl", "documents", "Set a document's ACL",
      "Replaces who may read a document (administrators); effective for the very next search.",
-     "DocumentId,Refresh", "AclInput", "AclOutput", "200", "400,404"},
+     "DocumentId,Refresh", "AclInput", "AclOutput", "200", "400,404,507"},
     {"POST", "/v1/index/rebuild", "rebuildIndex", "admin", "Rebuild the index",
      "Rebuilds the search indexes as new generations, as a background job (administrators); searches "
      "go on meanwhile.",
-     NULL, NULL, "JobAccepted", "202", ""},
+     NULL, NULL, "JobAccepted", "202", "507"},
     {"GET", "/v1/jobs", "listJobs", "admin", "List jobs",
      "Lists background jobs, newest first, a page at a time (administrators), optionally only those in "
      "one state. Pass next_cursor back as cursor for the next page; results per document are in getJob.",
@@ -116,11 +116,11 @@ static const op_doc ops[] = {
      "Creates a service API key with the given name and scopes and returns it, the only time its secret "
      "is shown. Only an administrator signed in as a person may (403 for any API key, so that no key "
      "can mint one with more scopes than it holds). 400 names a bad name or scope in param.",
-     NULL, "ApiKeyInput", "ApiKeyCreated", "201", "400"},
+     NULL, "ApiKeyInput", "ApiKeyCreated", "201", "400,507"},
     {"DELETE", "/v1/keys/{id}", "revokeApiKey", "admin", "Revoke an API key",
      "Revokes a service API key (administrators); it stops working at once. Revoking twice is fine; 404 "
      "for an unknown id.",
-     "KeyId", NULL, "ApiKeyRevoked", "200", "404"},
+     "KeyId", NULL, "ApiKeyRevoked", "200", "404,507"},
     {"GET", "/v1/audit", "listAuditRecords", "admin", "Read the audit log",
      "The latest records of the audit log, newest first (administrators): searches, answers, document, "
      "index and key changes, refused credentials. Read from the last MiB of server.audit_log; 404 when "
@@ -599,8 +599,6 @@ static json_t *operation(const api_route *route, const op_doc *d, json_t *securi
         ok = ok && add_errors(responses, "401,403,429");
     if (!route->inline_) /* a worker runs it: the queue can be full */
         ok = ok && add_errors(responses, "503");
-    if (!route->inline_ && strcmp(route->method, "GET") != 0) /* it writes: the disk can be full */
-        ok = ok && add_errors(responses, "507");
     ok = ok && add_errors(responses, "500");
     json_object_set_new(op, "responses", responses);
     if (!ok) {

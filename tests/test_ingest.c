@@ -910,7 +910,6 @@ TEST(sandbox_from_many_threads_never_waits_on_a_copied_lock)
     atomic_store(&churn_stop, false);
     for (int i = 0; i < 2; i++)
         CHECK(pthread_create(&churners[i], NULL, churn, NULL) == 0);
-    uint64_t t0 = qr_now_ns();
     for (int i = 0; i < 4; i++)
         CHECK(pthread_create(&workers[i], NULL, extract_many, &jobs[i]) == 0);
     for (int i = 0; i < 4; i++)
@@ -918,11 +917,11 @@ TEST(sandbox_from_many_threads_never_waits_on_a_copied_lock)
     atomic_store(&churn_stop, true);
     for (int i = 0; i < 2; i++)
         pthread_join(churners[i], NULL);
-    uint64_t ms = (qr_now_ns() - t0) / 1000000;
+    /* a child waiting on a copied lock fails its extraction at the 20 s deadline: no timing is
+     * asserted here, the machine's speed does not decide the verdict */
     for (int i = 0; i < 4; i++)
         CHECK_MSG(jobs[i].ok == 12 && jobs[i].failed == 0, "thread %d: %d ok, %d failed (%s)", i, jobs[i].ok,
                   jobs[i].failed, jobs[i].err);
-    CHECK_MSG(ms < 15000, "48 small extractions took %llu ms", (unsigned long long)ms);
     CHECK(no_children_left());
 }
 
