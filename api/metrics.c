@@ -275,6 +275,9 @@ static void process_series(qr_buf *o)
         closedir(d);
         fds--; /* the directory stream's own descriptor */
     }
+    head(o, "quarry_sqlite_memory_bytes", "gauge",
+         "Heap memory SQLite holds, every store handle together (bounded near data.cache_mib).");
+    qr_buf_printf(o, "quarry_sqlite_memory_bytes %lld\n", (long long)store_memory_used());
     head(o, "process_open_fds", "gauge", "Number of open file descriptors.");
     if (d)
         qr_buf_printf(o, "process_open_fds %ld\n", fds);

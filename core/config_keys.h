@@ -15,6 +15,10 @@
     /* data and logging */                                                                                   \
     X(STRING, data, dir, "./data", NO_RANGE, NULL, false, QR_RESTART,                                        \
       "Directory holding the store, the vector index generations and jobs (--data).")                        \
+    X(INT, data, cache_mib, "16", 0, 1048576, NULL, false, QR_RESTART,                                      \
+      "Most heap memory SQLite holds in the process, all store connections together (MiB; 0: no limit): "    \
+      "near it the page caches reuse their oldest pages instead of growing, and the file system cache "     \
+      "serves the rest.")                                                                                    \
     X(STRING, log, level, "info", NO_RANGE, "trace|debug|info|warn|error|off", false, QR_RELOAD,             \
       "Default log level.")                                                                                  \
     X(STRING, log, format, "text", NO_RANGE, "text|json", false, QR_RESTART,                                 \

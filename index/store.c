@@ -541,6 +541,16 @@ static qr_status migrate(store *s, char *err)
     return QR_OK;
 }
 
+void store_set_memory_limit(int64_t bytes)
+{
+    sqlite3_soft_heap_limit64(bytes > 0 ? bytes : 0);
+}
+
+int64_t store_memory_used(void)
+{
+    return (int64_t)sqlite3_memory_used();
+}
+
 qr_status store_open(const char *dir, store **out, char *err)
 {
     qr_status st = QR_OK;

@@ -63,6 +63,15 @@ qr_status store_open(const char *dir, store **out, char *err);
 /* Closes the handle; NULL is a no-op. */
 void store_close(store *s);
 
+/* Bounds the heap memory SQLite holds in this process, every handle together: near `bytes` the
+ * page caches reuse their least recently used pages instead of allocating more (a soft limit:
+ * nothing fails for it; 0 lifts it). Without it each handle's cache grows to its own 2 MB as
+ * the handle meets new pages, which with a server's many handles reads as slow, steady growth.
+ * Process-wide; `quarry serve` sets it from data.cache_mib before it opens its handles. */
+void store_set_memory_limit(int64_t bytes);
+/* Bytes of heap SQLite holds now in this process (for /metrics). */
+int64_t store_memory_used(void);
+
 /* True for "public", "user:<uid>" and "group:<name>" where the name is 1..STORE_PRINCIPAL_MAX
  * bytes of valid UTF-8 without control characters or leading/trailing white space: a principal
  * store_principal_canonical accepts. */

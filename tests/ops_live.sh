@@ -119,10 +119,13 @@ promtool_metrics)
     for series in 'quarry_build_info{version="' process_cpu_seconds_total process_resident_memory_bytes \
         process_virtual_memory_bytes process_open_fds process_max_fds process_start_time_seconds \
         'quarry_http_request_duration_seconds_bucket{route="/v1/search",method="POST",status="200",le=' \
-        quarry_store_changes quarry_ready; do
+        quarry_store_changes quarry_ready quarry_sqlite_memory_bytes; do
         grep -qF "$series" "$TMP/metrics.txt" || fail "no $series in the scrape"
     done
     grep -q '_change_counter' "$TMP/metrics.txt" && fail "a *_change_counter series is still exposed"
+    # SQLite's heap after the traffic: the handles' page caches hold something, never nothing
+    awk '$1 == "quarry_sqlite_memory_bytes" { found = 1; if ($2 + 0 <= 0) exit 1 } END { exit !found }' \
+        "$TMP/metrics.txt" || fail "quarry_sqlite_memory_bytes is not a positive number"
     ;;
 promtool_rules)
     need promtool
