@@ -19,8 +19,8 @@
 # backend_reset, disk_full, kill9; each is injected --repeat times (default 1), spread evenly.
 # Without QUARRY_TEST_LDAP_URI it starts itself under tests/fixtures/slapd-fixture.sh and
 # fake-inference-fixture.sh. Exit: 0 clean; 2 leaks, losses or resurrections; 3 quarry died on
-# its own or the store failed its integrity check; 1 the run could not be made; 77 a tool is
-# missing (node, curl). --expect-oracle-failure (the oracle's self-test, with --mix-set lie=...):
+# its own, did not exit 0 after the final SIGTERM, or the store failed its integrity check; 1 the
+# run could not be made; 77 a tool is missing (node, curl). --expect-oracle-failure (the oracle's self-test, with --mix-set lie=...):
 # 0 when bench_load reported leaks or losses, 1 otherwise.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -226,7 +226,10 @@ rc=$?
 alive
 
 # the store after it all: a clean stop, then SQLite's integrity check and quarry's own
-kill -TERM "$pid" && wait "$pid" 2>/dev/null
+# (its exit status too: a graceful stop exits 0; a sanitizer build reports leaks and fails here)
+kill -TERM "$pid"
+wait "$pid" 2>/dev/null
+stop_rc=$?
 pid=
 integrity=skipped
 if command -v sqlite3 >/dev/null 2>&1; then
@@ -276,7 +279,7 @@ recovery() {
             else printf "| %d | %.0f | %.1f | %.1f | %+.1f%% | %.1f | %s |\n", i, t1[p] - t0[p], w[p] / 1024, last[p] / 1024, 100 * (last[p] - w[p]) / w[p], max[p] / 1024,
                 wa[p] != "" ? sprintf("%.1f / %.1f", wa[p] / 1024, lasta[p] / 1024) : "-" } }' "$out/resources.tsv"
     echo
-    echo "Store integrity after the run: $integrity; quarry died on its own: $([ "$crashed" = 1 ] && echo yes || echo no)"
+    echo "Store integrity after the run: $integrity; quarry died on its own: $([ "$crashed" = 1 ] && echo yes || echo no); exit status after SIGTERM: $stop_rc"
 } >"$out/report.md"
 "$here/plot.sh" "$out" || log "no plot (gnuplot missing or failed)"
 cat "$out/report.md"
@@ -290,4 +293,5 @@ fi
 [ "$rc" -ne 0 ] && exit "$rc"
 case $integrity in skipped | "ok "*) ;; *) log "integrity: $integrity"; exit 3 ;; esac
 [ "$crashed" = 1 ] && exit 3
+[ "$stop_rc" -ne 0 ] && { log "quarry exited $stop_rc after SIGTERM:"; tail -n 20 "$tmp/serve.log" >&2; exit 3; }
 exit 0
