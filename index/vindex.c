@@ -261,6 +261,7 @@ void vindex_snap_free(vsnap *s)
     vindex_idmap_release(&s->tomb);
     vindex_idmap_release(&s->skip);
     free(s->lay_off);
+    free(s->lay_ids);
     free(s->lay_pos);
     pthread_mutex_destroy(&s->lay_lock);
     pthread_rwlock_destroy(&s->lock);

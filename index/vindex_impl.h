@@ -67,12 +67,13 @@ typedef struct vsnap {
     size_t skip_removed; /* ids of `skip` that are also in `tomb` */
     int64_t store_counter;
 
-    /* IVF generations: the inverted lists' members as positions into ids/rows (list l holds
-     * lay_pos[lay_off[l] .. lay_off[l + 1])), read by the first vindex_search_permitted
-     * (vindex_scan.c) under lay_lock; lay_ready is set once they are complete. */
+    /* IVF generations: the inverted lists' members, their chunk ids and their positions into
+     * ids/rows (list l holds lay_ids/lay_pos[lay_off[l] .. lay_off[l + 1])), read by the first
+     * vindex_search_permitted (vindex_scan.c) under lay_lock; lay_ready is set once complete. */
     pthread_mutex_t lay_lock;
     bool lay_ready;
     uint32_t *lay_off;
+    int64_t *lay_ids;
     uint32_t *lay_pos;
 } vsnap;
 
