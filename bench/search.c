@@ -58,6 +58,12 @@ static void text_of(char *buf, size_t cap, size_t nwords)
     snprintf(buf + n, cap - n, ".");
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -149,6 +155,88 @@ fail:
     return 1;
 }
 
+/* ---- the IVF scan against the fixed fetch, by permitted share (BENCH_CROSSOVER) ---------------- */
+
+/* For permitted sets of several shares (a hash of the chunk id), per query at the vector index
+ * alone (no store): the permission test inside the IVF scan (vindex_search_permitted), and the
+ * fixed fetch restricted callers get otherwise (vindex_search for 4 * K / share candidates, then
+ * the permitted ones kept; its per-candidate SQL test is not counted here), each with recall@10
+ * against the exact top 10 of the set (vindex_search_subset). */
+static void crossover(vindex *v, const float *qvec, size_t nq, int dim)
+{
+    char err[QR_ERR_LEN];
+    static const double shares[] = {1, 0.5, 0.25, 0.1, 0.01};
+    vindex_info vi;
+    vindex_get_info(v, &vi);
+    size_t total = vi.count + vi.delta;
+    int64_t *all = malloc((total + 1) * sizeof(int64_t)), *set = malloc((total + 1) * sizeof(int64_t));
+    double *ls = malloc(nq * sizeof(double)), *lf = malloc(nq * sizeof(double));
+    size_t n = vindex_sample_ids(v, total, all);
+    qsort(all, n, sizeof(int64_t), cmp_i64);
+    printf("\n| share | IVF scan p50 ms | p95 ms | recall@10 | lists probed | rows scored | fixed fetch p50 "
+           "ms | p95 ms "
+           "| recall@10 | candidates |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for (size_t si = 0; si < sizeof(shares) / sizeof(shares[0]); si++) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t h = (uint64_t)all[i] * 0x9e3779b97f4a7c15ull;
+            if ((double)((h >> 11) % 1000000) < shares[si] * 1e6)
+                set[m++] = all[i];
+        }
+        size_t want = (size_t)ceil(4.0 * K / shares[si]);
+        int64_t *fids = malloc(want * sizeof(int64_t));
+        float *fsc = malloc(want * sizeof(float));
+        double rs = 0, rf = 0, probes = 0, scored = 0;
+        for (size_t qi = 0; qi < nq; qi++) {
+            const float *q = qvec + qi * (size_t)dim;
+            int64_t ref[K], got[K];
+            float rsc[K], gsc[K];
+            size_t nref = 0, ngot = 0, nf = 0;
+            vindex_scan_report rep;
+            if (vindex_search_subset(v, q, dim, K, set, m, ref, rsc, &nref, NULL, err))
+                goto fail;
+            uint64_t t0 = qr_now_ns();
+            if (vindex_search_permitted(v, q, dim, K, set, m, got, gsc, &ngot, NULL, &rep, err))
+                goto fail;
+            ls[qi] = (qr_now_ns() - t0) / 1e6;
+            probes += (double)rep.probes;
+            scored += (double)rep.scored;
+            for (size_t a = 0; a < nref; a++)
+                for (size_t b = 0; b < ngot; b++)
+                    rs += ref[a] == got[b] ? 1.0 / (double)nref : 0;
+            t0 = qr_now_ns();
+            if (vindex_search(v, q, dim, want, NULL, NULL, fids, fsc, &nf, NULL, err))
+                goto fail;
+            size_t kept = 0;
+            for (size_t i = 0; i < nf && kept < K; i++)
+                if (bsearch(&fids[i], set, m, sizeof(int64_t), cmp_i64))
+                    got[kept++] = fids[i];
+            lf[qi] = (qr_now_ns() - t0) / 1e6;
+            for (size_t a = 0; a < nref; a++)
+                for (size_t b = 0; b < kept; b++)
+                    rf += ref[a] == got[b] ? 1.0 / (double)nref : 0;
+        }
+        qsort(ls, nq, sizeof(double), cmp_double);
+        qsort(lf, nq, sizeof(double), cmp_double);
+        printf("| %g%% | %.2f | %.2f | %.3f | %.0f | %.0f | %.2f | %.2f | %.3f | %zu |\n", shares[si] * 100,
+               pct(ls, nq, 50), pct(ls, nq, 95), rs / (double)nq, probes / (double)nq, scored / (double)nq,
+               pct(lf, nq, 50), pct(lf, nq, 95), rf / (double)nq, want);
+        fflush(stdout);
+        free(fids);
+        free(fsc);
+        continue;
+    fail:
+        fprintf(stderr, "bench_search: %s\n", err);
+        free(fids);
+        free(fsc);
+        break;
+    }
+    free(all);
+    free(set);
+    free(ls);
+    free(lf);
+}
+
 /* ---- latency and recall ------------------------------------------------------------------------ */
 
 static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_config *cfg, ingest_embedder *e,
@@ -208,6 +296,14 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
         text_of(queries[i], sizeof(queries[i]), 2 + bench_rnd() % 5);
         const char *t = queries[i];
         ingest_embed(e, &t, NULL, 1, qvec + i * (size_t)dim, err);
+    }
+    if (getenv("BENCH_CROSSOVER")) {
+        crossover(v, qvec, nqueries, dim);
+        free(queries);
+        free(qvec);
+        free(lat);
+        rc = 0;
+        goto out;
     }
     static const struct {
         const char *name, *group;
