@@ -227,7 +227,7 @@ typedef struct {
  * Answered by vindex_search_subset instead (exact, rep->subset) when the generation is flat or
  * HNSW, when walking the lists would cost more than scoring every permitted chunk (fewer than
  * 1/16 of the members walked), and when the probed lists hold fewer than k permitted chunks and
- * the set has more. The first call on an IVF generation reads its inverted lists (4 bytes per
+ * the set has more. The first call on an IVF generation reads its inverted lists (12 bytes per
  * vector; at 1M vectors, rep->layout_ms in bench/README.md), later ones reuse them. rep may be
  * NULL. cancel as for vindex_search. */
 qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
