@@ -1135,6 +1135,76 @@ TEST(permitted_scan_tests_permission_inside_ivf)
     free(ids);
 }
 
+TEST(permitted_scan_work_does_not_depend_on_hidden_chunks)
+{
+    /* issue #16 kept: the same permitted chunks, the same IVF lists (the same centroids), and 500
+     * chunks the caller may not read either crowding the first query or far from every query.
+     * The lists probed, the chunks scored and the answers must be the same either way. */
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t np = 1500, nh = 500, nq = 8, k = 10, nlist = 16;
+    float *x = random_vectors(np + nq, d, 12, 0.4, 41);
+    const float *queries = x + np * (size_t)d;
+    int64_t *ids = sequential_ids(np + nh, 1, 1); /* permitted 1..1500, hidden 1501..2000 */
+    model m = {.dim = d};
+    for (size_t i = 0; i < np; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    float *cent = malloc(nlist * d * sizeof(float));
+    CHECK_OK(vindex_kmeans(m.rows, np, d, nlist, 10, 3, cent, err), err);
+    uint64_t s = 43;
+    float *rows = malloc((np + nh) * (size_t)d * sizeof(float));
+    vindex_scan_report reps[2][8];
+    int64_t got[2][8][10];
+    float gsc[2][8][10];
+    size_t found[2][8];
+    for (int near = 0; near < 2; near++) {
+        memcpy(rows, x, np * (size_t)d * sizeof(float));
+        for (size_t h = 0; h < nh; h++)
+            for (int j = 0; j < d; j++)
+                rows[(np + h) * (size_t)d + j] =
+                    (near ? 1.0f : -1.0f) * queries[j] + 0.01f * (float)rng_gauss(&s);
+        char *dir = make_dir();
+        vindex_opts o = test_opts("ivf_flat");
+        o.nprobe = 3;
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        vindex_centroids vc = {cent, nlist, d};
+        source src = {ids, rows, np + nh, 0, d, false};
+        CHECK_OK(vindex_build(v, source_pull, &src, 1, &vc, err), err);
+        for (size_t qi = 0; qi < nq; qi++) {
+            CHECK_OK(vindex_search_permitted(v, queries + qi * d, d, k, ids, np, got[near][qi], gsc[near][qi],
+                                             &found[near][qi], NULL, &reps[near][qi], err),
+                     err);
+            CHECK(!reps[near][qi].subset);
+            CHECK_INT(found[near][qi], k);
+        }
+        if (near) {
+            /* the hidden chunks do crowd the first query: an unfiltered search sees only them */
+            int64_t out[10];
+            float sc[10];
+            size_t n = 0;
+            CHECK_OK(vindex_search(v, queries, d, k, NULL, NULL, out, sc, &n, NULL, err), err);
+            for (size_t i = 0; i < n; i++)
+                CHECK(out[i] > (int64_t)np);
+        }
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    for (size_t qi = 0; qi < nq; qi++) {
+        CHECK_INT(reps[0][qi].probes, reps[1][qi].probes);
+        CHECK_INT(reps[0][qi].scored, reps[1][qi].scored);
+        CHECK_INT(found[0][qi], found[1][qi]);
+        for (size_t i = 0; i < found[0][qi]; i++)
+            CHECK(got[0][qi][i] == got[1][qi][i] && gsc[0][qi][i] == gsc[1][qi][i]);
+    }
+    free(rows);
+    free(cent);
+    model_free(&m);
+    free(x);
+    free(ids);
+}
+
 TEST(permitted_scan_on_flat_and_hnsw_is_exact)
 {
     char err[QR_ERR_LEN];
