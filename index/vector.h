@@ -222,14 +222,14 @@ typedef struct {
  * generation's rows; the delta's permitted rows are scored too. The lists probed are
  * vindex.nprobe times 1/sqrt(permitted share), and enough to hold 8k permitted chunks on
  * average, at most 16 times nprobe (the share is n over the index's rows): so the work depends on
- * the query, the index and the permitted set, never on where chunks outside the set rank, and
- * recall against the exact permitted top k is at least the index's own at vindex.nprobe.
+ * the query, the index and the permitted set, never on where chunks outside the set rank; the
+ * smaller the share, the more lists (bench/README.md has recall by share).
  * Answered by vindex_search_subset instead (exact, rep->subset) when the generation is flat or
- * HNSW, when walking the lists would cost more than scoring every permitted chunk (fewer than
- * 1/16 of the members walked), and when the probed lists hold fewer than k permitted chunks and
- * the set has more. The first call on an IVF generation reads its inverted lists (12 bytes per
- * vector; at 1M vectors, rep->layout_ms in bench/README.md), later ones reuse them. rep may be
- * NULL. cancel as for vindex_search. */
+ * HNSW, when walking the lists would cost more than scoring every permitted chunk (the set is
+ * smaller than 1/16 of the members the lists hold), and when the probed lists hold fewer than k
+ * permitted chunks and the set has more. The first call on an IVF generation reads its inverted
+ * lists (12 bytes per vector; at 1M vectors, rep->layout_ms in bench/README.md), later ones
+ * reuse them. rep may be NULL. cancel as for vindex_search. */
 qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
                                   size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
                                   vindex_scan_report *rep, char *err);

@@ -345,6 +345,10 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
     vsnap *s = vindex_snap_acquire(v);
     size_t nprobe = 0, probes = 0;
 
+    if (s->dim != dim) {
+        st = qr_fail(err, QR_EINVAL, "the served vector index has dimension %d: build it first", s->dim);
+        goto out;
+    }
     if (!vindex_is_ivf(s->type) || !s->count) {
         subset = true;
         goto out;
