@@ -58,6 +58,12 @@ static void text_of(char *buf, size_t cap, size_t nwords)
     snprintf(buf + n, cap - n, ".");
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -149,6 +155,88 @@ fail:
     return 1;
 }
 
+/* ---- the IVF scan against the fixed fetch, by permitted share (BENCH_CROSSOVER) ---------------- */
+
+/* For permitted sets of several shares (a hash of the chunk id), per query at the vector index
+ * alone (no store): the permission test inside the IVF scan (vindex_search_permitted), and the
+ * fixed fetch restricted callers get otherwise (vindex_search for 4 * K / share candidates, then
+ * the permitted ones kept; its per-candidate SQL test is not counted here), each with recall@10
+ * against the exact top 10 of the set (vindex_search_subset). */
+static void crossover(vindex *v, const float *qvec, size_t nq, int dim)
+{
+    char err[QR_ERR_LEN];
+    static const double shares[] = {1, 0.5, 0.25, 0.1, 0.01};
+    vindex_info vi;
+    vindex_get_info(v, &vi);
+    size_t total = vi.count + vi.delta;
+    int64_t *all = malloc((total + 1) * sizeof(int64_t)), *set = malloc((total + 1) * sizeof(int64_t));
+    double *ls = malloc(nq * sizeof(double)), *lf = malloc(nq * sizeof(double));
+    size_t n = vindex_sample_ids(v, total, all);
+    qsort(all, n, sizeof(int64_t), cmp_i64);
+    printf("\n| share | IVF scan p50 ms | p95 ms | recall@10 | lists probed | rows scored | fixed fetch p50 "
+           "ms | p95 ms "
+           "| recall@10 | candidates |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for (size_t si = 0; si < sizeof(shares) / sizeof(shares[0]); si++) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t h = (uint64_t)all[i] * 0x9e3779b97f4a7c15ull;
+            if ((double)((h >> 11) % 1000000) < shares[si] * 1e6)
+                set[m++] = all[i];
+        }
+        size_t want = (size_t)ceil(4.0 * K / shares[si]);
+        int64_t *fids = malloc(want * sizeof(int64_t));
+        float *fsc = malloc(want * sizeof(float));
+        double rs = 0, rf = 0, probes = 0, scored = 0;
+        for (size_t qi = 0; qi < nq; qi++) {
+            const float *q = qvec + qi * (size_t)dim;
+            int64_t ref[K], got[K];
+            float rsc[K], gsc[K];
+            size_t nref = 0, ngot = 0, nf = 0;
+            vindex_scan_report rep;
+            if (vindex_search_subset(v, q, dim, K, set, m, ref, rsc, &nref, NULL, err))
+                goto fail;
+            uint64_t t0 = qr_now_ns();
+            if (vindex_search_permitted(v, q, dim, K, set, m, got, gsc, &ngot, NULL, &rep, err))
+                goto fail;
+            ls[qi] = (qr_now_ns() - t0) / 1e6;
+            probes += (double)rep.probes;
+            scored += (double)rep.scored;
+            for (size_t a = 0; a < nref; a++)
+                for (size_t b = 0; b < ngot; b++)
+                    rs += ref[a] == got[b] ? 1.0 / (double)nref : 0;
+            t0 = qr_now_ns();
+            if (vindex_search(v, q, dim, want, NULL, NULL, fids, fsc, &nf, NULL, err))
+                goto fail;
+            size_t kept = 0;
+            for (size_t i = 0; i < nf && kept < K; i++)
+                if (bsearch(&fids[i], set, m, sizeof(int64_t), cmp_i64))
+                    got[kept++] = fids[i];
+            lf[qi] = (qr_now_ns() - t0) / 1e6;
+            for (size_t a = 0; a < nref; a++)
+                for (size_t b = 0; b < kept; b++)
+                    rf += ref[a] == got[b] ? 1.0 / (double)nref : 0;
+        }
+        qsort(ls, nq, sizeof(double), cmp_double);
+        qsort(lf, nq, sizeof(double), cmp_double);
+        printf("| %g%% | %.2f | %.2f | %.3f | %.0f | %.0f | %.2f | %.2f | %.3f | %zu |\n", shares[si] * 100,
+               pct(ls, nq, 50), pct(ls, nq, 95), rs / (double)nq, probes / (double)nq, scored / (double)nq,
+               pct(lf, nq, 50), pct(lf, nq, 95), rf / (double)nq, want);
+        fflush(stdout);
+        free(fids);
+        free(fsc);
+        continue;
+    fail:
+        fprintf(stderr, "bench_search: %s\n", err);
+        free(fids);
+        free(fsc);
+        break;
+    }
+    free(all);
+    free(set);
+    free(ls);
+    free(lf);
+}
+
 /* ---- latency and recall ------------------------------------------------------------------------ */
 
 static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_config *cfg, ingest_embedder *e,
@@ -187,10 +275,56 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
     char(*queries)[256] = malloc(nqueries * sizeof(*queries));
     float *qvec = malloc(nqueries * (size_t)dim * sizeof(float));
     double *lat = malloc(nqueries * sizeof(double));
+    {
+        /* what the first IVF-scan search of a generation pays: reading its inverted lists */
+        vindex_info vi;
+        vindex_get_info(v, &vi);
+        int64_t *all = malloc((vi.count + vi.delta + 1) * sizeof(int64_t)), found_ids[K];
+        float *q = calloc((size_t)dim, sizeof(float)), found_sc[K];
+        size_t n = vindex_sample_ids(v, vi.count + vi.delta, all), found = 0;
+        vindex_scan_report srep;
+        q[0] = 1;
+        uint64_t l0 = qr_now_ns();
+        if (vi.nlist &&
+            !vindex_search_permitted(v, q, dim, K, all, n, found_ids, found_sc, &found, NULL, &srep, err))
+            printf("IVF layout: read in %.1f ms (first vindex_search_permitted %.1f ms, %zu lists probed)\n",
+                   srep.layout_ms, (qr_now_ns() - l0) / 1e6, srep.probes);
+        free(all);
+        free(q);
+    }
     for (size_t i = 0; i < nqueries; i++) {
         text_of(queries[i], sizeof(queries[i]), 2 + bench_rnd() % 5);
         const char *t = queries[i];
         ingest_embed(e, &t, NULL, 1, qvec + i * (size_t)dim, err);
+    }
+    if (getenv("BENCH_CROSSOVER")) {
+        /* what a restricted caller's first IVF-scan search after a store change adds: the listing
+         * of its permitted chunks (store_filter_chunks, as retrieval lists them), median of 5 */
+        static const char *const groups[] = {"group:p10", "group:p1"};
+        vindex_info vi;
+        vindex_get_info(v, &vi);
+        int64_t *listed = malloc((vi.count + vi.delta + 1) * sizeof(int64_t));
+        for (size_t g = 0; g < 2; g++) {
+            store_filter f = {.principals = &groups[g], .nprincipals = 1};
+            double t[5];
+            size_t n = 0;
+            bool more = false;
+            for (int i = 0; i < 5; i++) {
+                uint64_t l0 = qr_now_ns();
+                if (store_filter_chunks(s, &f, vi.count + vi.delta + 1, listed, &n, &more, err))
+                    fprintf(stderr, "bench_search: %s\n", err);
+                t[i] = (qr_now_ns() - l0) / 1e6;
+            }
+            qsort(t, 5, sizeof(double), cmp_double);
+            printf("listing the chunks %s may read: %zu in %.1f ms (median of 5)\n", groups[g], n, t[2]);
+        }
+        free(listed);
+        crossover(v, qvec, nqueries, dim);
+        free(queries);
+        free(qvec);
+        free(lat);
+        rc = 0;
+        goto out;
     }
     static const struct {
         const char *name, *group;
@@ -202,7 +336,7 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
                   {"0.1%", "group:p01", 0.001}};
     static const retrieval_mode modes[] = {RETRIEVAL_BM25, RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
     printf("\n| mode | permitted | p50 ms | p95 ms | p99 ms | recall@10 vs exact | vector path (exact scan / "
-           "filtered index) |\n");
+           "IVF scan / filtered index) |\n");
     printf("|---|---|---|---|---|---|---|\n");
     for (size_t m = 0; m < 3; m++) {
         if (only && !strstr(only, retrieval_mode_name(modes[m])))
@@ -213,7 +347,7 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
             const char *principals[] = {shares[sh].group};
             retrieval_caller caller = {principals, shares[sh].group ? 1 : 0, !shares[sh].group};
             double recall = 0;
-            size_t counted = 0, exact_paths = 0;
+            size_t counted = 0, exact_paths = 0, scan_paths = 0;
             for (size_t i = 0; i < nqueries; i++) {
                 retrieval_request q = {.query = queries[i],
                                        .vector = qvec + i * (size_t)dim,
@@ -228,6 +362,7 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
                 }
                 lat[i] = (qr_now_ns() - q0) / 1e6;
                 exact_paths += res->vector_exact;
+                scan_paths += res->vector_scanned;
                 if (getenv("BENCH_NO_RECALL")) { /* latency only (profiling) */
                     retrieval_result_free(res);
                     continue;
@@ -250,7 +385,8 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
             qsort(lat, nqueries, sizeof(double), cmp_double);
             char path[64] = "";
             if (modes[m] != RETRIEVAL_BM25)
-                snprintf(path, sizeof(path), "%zu / %zu", exact_paths, nqueries - exact_paths);
+                snprintf(path, sizeof(path), "%zu / %zu / %zu", exact_paths, scan_paths,
+                         nqueries - exact_paths - scan_paths);
             printf("| %s | %s | %.2f | %.2f | %.2f | %.3f | %s |\n", retrieval_mode_name(modes[m]),
                    shares[sh].name, pct(lat, nqueries, 50), pct(lat, nqueries, 95), pct(lat, nqueries, 99),
                    counted ? recall / (double)counted : 1.0, path);

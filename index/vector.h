@@ -205,6 +205,35 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
                                size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
                                char *err);
 
+/* What one vindex_search_permitted did (for benchmarks and tests). */
+typedef struct {
+    bool subset;      /* answered by vindex_search_subset (see below) */
+    size_t probes;    /* IVF lists walked */
+    size_t walked;    /* their members, each tested against the permitted set */
+    size_t scored;    /* permitted, not removed: scored, with the delta's permitted rows */
+    double layout_ms; /* this call read the generation's IVF layout first, taking this long */
+} vindex_scan_report;
+
+/* The k best chunks among permitted (ascending, distinct chunk ids: QR_EINVAL otherwise; ids the
+ * index does not hold and removed ids are skipped), best first, with exact scores, as
+ * vindex_search_subset returns them but with the permission test inside the IVF scan: the coarse
+ * quantizer names the query's nearest lists, their members are tested against the permitted set
+ * (a bitmap over the ids) and the tombstones, and the permitted ones are scored exactly from the
+ * generation's rows; the delta's permitted rows are scored too. The lists probed are
+ * vindex.nprobe times 1/sqrt(permitted share), and enough to hold 8k permitted chunks on
+ * average, at most 16 times nprobe (the share is n over the index's rows): so the work depends on
+ * the query, the index and the permitted set, never on where chunks outside the set rank; the
+ * smaller the share, the more lists (bench/README.md has recall by share).
+ * Answered by vindex_search_subset instead (exact, rep->subset) when the generation is flat or
+ * HNSW, when walking the lists would cost more than scoring every permitted chunk (the set is
+ * smaller than 1/16 of the members the lists hold), and when the probed lists hold fewer than k
+ * permitted chunks and the set has more. The first call on an IVF generation reads its inverted
+ * lists (12 bytes per vector; at 1M vectors, rep->layout_ms in bench/README.md), later ones
+ * reuse them. rep may be NULL. cancel as for vindex_search. */
+qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
+                                  size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
+                                  vindex_scan_report *rep, char *err);
+
 /* Up to n chunk ids spread evenly over the served index (main rows in id order, then the delta),
  * into ids; returns how many (fewer only when the index holds fewer). The same ids for the same
  * snapshot, whoever asks: callers estimate the share of the index a caller may read from them

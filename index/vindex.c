@@ -12,11 +12,12 @@
  * equal vectors tie exactly; BLAS and FAISS scores only choose candidates, with a margin that
  * covers their rounding.
  *
- * The module is five files, one idea each: this one has the options, the handle (open, close,
+ * The module is six files, one idea each: this one has the options, the handle (open, close,
  * info), its snapshots, the exact score and the incremental changes (vindex_add, vindex_skip,
  * vindex_remove);
  * vindex_files.c the generation's files and manifest; vindex_build.c building and publishing a
- * generation; vindex_search.c the searches; vindex_plan.c (in quarry_gpu, shared with the GPU
+ * generation; vindex_search.c the searches; vindex_scan.c the search with the permission test
+ * inside the IVF scan; vindex_plan.c (in quarry_gpu, shared with the GPU
  * path) the choice of type and list count. vindex_impl.h holds what they share. FAISS types and
  * faiss_get_last_error() stay in these files.
  */
@@ -239,6 +240,7 @@ vsnap *vindex_snap_new(int dim)
     pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&s->lock, &attr);
     pthread_rwlockattr_destroy(&attr);
+    pthread_mutex_init(&s->lay_lock, NULL);
     s->refs = 1;
     s->dim = dim;
     return s;
@@ -258,6 +260,10 @@ void vindex_snap_free(vsnap *s)
     vindex_idmap_release(&s->d_pos);
     vindex_idmap_release(&s->tomb);
     vindex_idmap_release(&s->skip);
+    free(s->lay_off);
+    free(s->lay_ids);
+    free(s->lay_pos);
+    pthread_mutex_destroy(&s->lay_lock);
     pthread_rwlock_destroy(&s->lock);
     free(s);
 }

@@ -1,6 +1,6 @@
 /*
  * Private to the files of the vector index (vindex.c, vindex_files.c, vindex_build.c,
- * vindex_search.c): the handle, its snapshots and manifest, and the helpers they share. FAISS
+ * vindex_search.c, vindex_scan.c): the handle, its snapshots and manifest, and the helpers they share. FAISS
  * types appear here, so nothing outside those files includes it.
  */
 #ifndef QUARRY_INDEX_VINDEX_IMPL_H
@@ -66,6 +66,15 @@ typedef struct vsnap {
     idmap skip;          /* id -> counter: chunks without a usable vector, never searched */
     size_t skip_removed; /* ids of `skip` that are also in `tomb` */
     int64_t store_counter;
+
+    /* IVF generations: the inverted lists' members, their chunk ids and their positions into
+     * ids/rows (list l holds lay_ids/lay_pos[lay_off[l] .. lay_off[l + 1])), read by the first
+     * vindex_search_permitted (vindex_scan.c) under lay_lock; lay_ready is set once complete. */
+    pthread_mutex_t lay_lock;
+    bool lay_ready;
+    uint32_t *lay_off;
+    int64_t *lay_ids;
+    uint32_t *lay_pos;
 } vsnap;
 
 struct vindex {

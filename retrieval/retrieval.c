@@ -396,8 +396,17 @@ static qr_status apply_cap(list *l, size_t cap, char *err)
  *     a share that the index would have to be asked for more than VECTOR_FETCH_MAX candidates:
  *     they are listed and scanned exactly (an estimate up to twice the threshold is settled by
  *     listing them, so a caller under exact_min always gets the exact answer);
- *   - otherwise the index is asked once, without any permission test, for a fixed number of
- *     candidates: VECTOR_FETCH_SLACK times the wanted depth divided by the permitted share.
+ *   - an IVF index, a share up to VECTOR_SCAN_SHARE and a permitted set the handle can keep
+ *     listed (up to PLIST_IDS chunks): the permitted chunks are listed (once per filter and store
+ *     change) and the permission test runs inside the IVF scan (vindex_search_permitted): the
+ *     query's nearest lists, more of them the smaller the share, are walked and only their
+ *     permitted members scored exactly, so the work depends on the permitted set and never on
+ *     chunks the caller may not read. Above that share the scan scores more rows than the fixed
+ *     fetch below costs, for little recall (bench/README.md, "The permission test inside the
+ *     IVF scan");
+ *   - otherwise (flat and HNSW indexes, and large shares) the index is asked
+ *     once, without any permission test, for a fixed number of candidates: VECTOR_FETCH_SLACK
+ *     times the wanted depth divided by the permitted share.
  *     Every candidate is then tested (one indexed lookup each, permitted or not) and the
  *     permitted ones kept. About VECTOR_FETCH_SLACK times the depth are expected to pass; only
  *     when chunks the caller may not read crowd the query's neighbourhood do fewer, and then the
@@ -408,9 +417,11 @@ static qr_status apply_cap(list *l, size_t cap, char *err)
 #define VECTOR_SAMPLE      512
 #define VECTOR_FETCH_SLACK 4
 #define VECTOR_FETCH_MAX   8192
+#define VECTOR_SCAN_SHARE  0.25
 
 typedef struct {
     bool exact;       /* the permitted chunks were listed and scanned exactly */
+    bool scanned;     /* ... listed and tested inside the IVF scan (vindex_search_permitted) */
     bool fallback;    /* ... because the index's fixed fetch held too few permitted ones */
     size_t listed;    /* how many were listed */
     size_t permitted; /* restricted callers: the permitted chunks, as estimated from the sample */
@@ -433,11 +444,13 @@ static qr_status vector_room(size_t n, int64_t **ids, float **scores, int64_t **
     return QR_OK;
 }
 
-/* The best `depth` of the listed chunks (exact scan), or with permitted NULL of the whole index
- * (administrators), into out; at most cap per document. Asks for more while a per-document limit
- * or chunks the store no longer has leave fewer than depth and the search had more to give. */
-static qr_status vector_ranked(retrieval *r, const int64_t *permitted, size_t npermitted, const float *vec,
-                               int dim, size_t depth, size_t cap, list *out, qr_cancel *cancel, char *err)
+/* The best `depth` of the listed chunks (exact scan, or with scan the permission test inside the
+ * IVF scan), or with permitted NULL of the whole index (administrators), into out; at most cap
+ * per document. Asks for more while a per-document limit or chunks the store no longer has leave
+ * fewer than depth and the search had more to give. */
+static qr_status vector_ranked(retrieval *r, const int64_t *permitted, size_t npermitted, bool scan,
+                               const float *vec, int dim, size_t depth, size_t cap, list *out,
+                               qr_cancel *cancel, char *err)
 {
     qr_status st = QR_OK;
     int64_t *ids = NULL, *docs = NULL;
@@ -449,9 +462,14 @@ static qr_status vector_ranked(retrieval *r, const int64_t *permitted, size_t np
         size_t found = 0;
         if ((st = vector_room(want, &ids, &scores, &docs, err)))
             break;
-        st = permitted ? vindex_search_subset(r->v, vec, dim, want, permitted, npermitted, ids, scores,
-                                              &found, cancel, err)
-                       : vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, cancel, err);
+        if (!permitted)
+            st = vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, cancel, err);
+        else if (scan)
+            st = vindex_search_permitted(r->v, vec, dim, want, permitted, npermitted, ids, scores, &found,
+                                         cancel, NULL, err);
+        else
+            st = vindex_search_subset(r->v, vec, dim, want, permitted, npermitted, ids, scores, &found,
+                                      cancel, err);
         if (st || (st = store_chunk_docs(r->s, ids, found, docs, err)))
             break;
         out->n = 0;
@@ -580,7 +598,8 @@ static qr_status vector_exact(retrieval *r, const store_filter *f, size_t n, con
         return st;
     path->exact = true;
     path->listed = listed;
-    return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, cancel, err) : QR_OK;
+    return listed ? vector_ranked(r, permitted, listed, false, vec, dim, depth, cap, out, cancel, err)
+                  : QR_OK;
 }
 
 /* The estimated number of chunks of the index that pass f (see above); kept by the handle for
@@ -617,7 +636,7 @@ static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestric
 {
     out->n = 0;
     if (unrestricted)
-        return vector_ranked(r, NULL, 0, vec, dim, depth, cap, out, cancel, err);
+        return vector_ranked(r, NULL, 0, false, vec, dim, depth, cap, out, cancel, err);
     vindex_info info;
     vindex_get_info(r->v, &info);
     size_t size = info.count + info.delta, estimate = 0;
@@ -627,21 +646,32 @@ static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestric
     qr_status st = permitted_estimate(r, f, size, &estimate, err);
     if (st)
         return st;
+    const int64_t *permitted = NULL;
+    size_t listed = 0;
+    bool known = false;
     if (estimate <= 2 * threshold) {
         /* near or under the threshold: list them to know */
-        const int64_t *permitted = NULL;
-        size_t listed = 0;
         if ((st = permitted_list(r, f, estimate, &permitted, &listed, err)))
             return st;
         path->permitted = estimate = listed;
+        known = true;
         if (listed <= threshold) {
             path->exact = true;
             path->listed = listed;
-            return listed ? vector_ranked(r, permitted, listed, vec, dim, depth, cap, out, cancel, err)
+            return listed ? vector_ranked(r, permitted, listed, false, vec, dim, depth, cap, out, cancel, err)
                           : QR_OK;
         }
     }
     path->permitted = estimate;
+    if (info.nlist && estimate <= PLIST_IDS && (double)estimate <= VECTOR_SCAN_SHARE * (double)size) {
+        /* IVF: the permission test inside the scan, over the listed set (kept by the handle) */
+        if (!known && (st = permitted_list(r, f, estimate, &permitted, &listed, err)))
+            return st;
+        path->scanned = true;
+        path->listed = listed;
+        return listed ? vector_ranked(r, permitted, listed, true, vec, dim, depth, cap, out, cancel, err)
+                      : QR_OK;
+    }
     /* the fixed fetch: about VECTOR_FETCH_SLACK * depth permitted candidates expected */
     double fetch = (double)VECTOR_FETCH_SLACK * (double)depth * (double)size / (double)estimate;
     if (fetch > VECTOR_FETCH_MAX)
@@ -1461,6 +1491,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
                               err)))
             goto out;
         res->vector_exact = path.exact;
+        res->vector_scanned = path.scanned;
         res->vector_fallback = path.fallback;
         res->permitted_listed = path.listed;
         res->permitted_chunks = path.permitted;

@@ -211,7 +211,8 @@ typedef struct {
     const char *next_cursor; /* for the next page; NULL when this page is the last */
     bool vector_exact;       /* the vector list came from an exact scan of the permitted chunks */
     bool vector_fallback;    /* ... because the index's fixed fetch held too few permitted ones */
-    size_t permitted_listed; /* chunks listed for the exact scan (0 when not taken) */
+    bool vector_scanned;     /* the permitted chunks were listed and tested inside the IVF scan */
+    size_t permitted_listed; /* chunks listed for the exact or the IVF scan (0 when not taken) */
     size_t permitted_chunks; /* restricted vector searches: the chunks the caller may read, as
                               * estimated from a sample of the index (counted when listed) */
     size_t vector_fetched;   /* candidates the vector index was asked for (0: not asked) */

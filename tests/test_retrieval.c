@@ -534,6 +534,65 @@ TEST(vector_work_does_not_depend_on_hidden_matches)
     }
 }
 
+TEST(mid_share_caller_is_served_by_the_ivf_scan_without_forbidden_chunks)
+{
+    /* 160 documents of 10 chunks; one in five readable by group:fifth (20%), the rest by
+     * group:rest. An IVF index of 20 lists, 2 probed: a 20% caller is searched with the
+     * permission test inside the scan, and must never see a group:rest chunk */
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_open(&f, err), "%s", err);
+    uint64_t seed = 5;
+    for (int d = 0; d < 160; d++) {
+        char id[16], text[2048] = "";
+        for (int c = 0; c < 10; c++) {
+            snprintf(text + strlen(text), sizeof(text) - strlen(text), "%s", c ? "|" : "");
+            for (int w = 0; w < 8; w++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                snprintf(text + strlen(text), sizeof(text) - strlen(text), "%sw%u", w ? " " : "",
+                         (unsigned)((seed >> 33) % 300));
+            }
+        }
+        bool fifth = d % 5 == 0;
+        snprintf(id, sizeof(id), "%s%d", fifth ? "fifth" : "rest", d);
+        CHECK_MSG(put(&f, id, "Notes", "", "text/plain", fifth ? "group:fifth" : "group:rest", text, err),
+                  "%s", err);
+    }
+    vindex_opts vo;
+    vindex_opts_default(&vo);
+    vo.type = "ivf_flat";
+    vo.nlist = 20;
+    vo.nprobe = 2;
+    CHECK_OK(index_sync_open(f.s, f.dir, &vo, false, &f.v, NULL, err), err);
+    f.o.exact_min = 0;
+    f.o.exact_share = 0.01; /* 16 chunks: the 320 permitted ones are not scanned exactly */
+    f.o.candidates = 20;
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    const char *caller[] = {"group:fifth"};
+    retrieval_mode modes[] = {RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    size_t served = 0;
+    for (int qi = 0; qi < 20; qi++) {
+        char query[64];
+        snprintf(query, sizeof(query), "w%d w%d w%d", qi * 7 % 300, qi * 13 % 300, qi * 29 % 300);
+        for (int m = 0; m < 2; m++) {
+            retrieval_result *r = search(&f, caller, 1, false, query, modes[m], 10, err);
+            CHECK_MSG(r != NULL, "%s", err);
+            CHECK_INT(r->nhits, 10);
+            CHECK_MSG(r->vector_scanned && !r->vector_exact && r->vector_fetched == 0,
+                      "query %d mode %d: scanned %d exact %d fetched %zu", qi, m, r->vector_scanned,
+                      r->vector_exact, r->vector_fetched);
+            CHECK_INT(r->permitted_listed, 320);
+            for (size_t h = 0; h < r->nhits; h++)
+                CHECK_MSG(strncmp(r->hits[h].doc_id, "fifth", 5) == 0, "query %d: %s returned", qi,
+                          r->hits[h].doc_id);
+            served += r->vector_scanned;
+            retrieval_result_free(r);
+        }
+    }
+    CHECK_INT(served, 40);
+    fx_close(&f);
+}
+
 static retrieval_result *filtered(fx *f, retrieval_mode mode, const char *query, const char *const *docs,
                                   size_t ndocs, const char *prefix, const char *type, int64_t after,
                                   char *err)

@@ -933,6 +933,320 @@ TEST(ann_types_recall_and_never_leak)
     free(ids);
 }
 
+/* ---- the permission test inside the IVF scan (vindex_search_permitted) ----------------------- */
+
+/* ctx: an ascending id list; the oracle's predicate for it. */
+typedef struct {
+    const int64_t *ids;
+    size_t n;
+} idset;
+
+static bool permit_set(void *ctx, int64_t id)
+{
+    const idset *p = ctx;
+    size_t a = 0, b = p->n;
+    while (a < b) {
+        size_t mid = a + (b - a) / 2;
+        if (p->ids[mid] < id)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    return a < p->n && p->ids[a] == id;
+}
+
+/* The ids of the index (main and delta) that permit_hash(pct) passes, plus one id the index does
+ * not hold after every third of them, ascending. */
+static int64_t *permitted_ids(const int64_t *ids, size_t n, unsigned pct, size_t *out_n)
+{
+    int64_t *p = malloc((2 * n + 1) * sizeof(int64_t));
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!permit_hash(&pct, ids[i]))
+            continue;
+        p[m++] = ids[i];
+        if (m % 3 == 0)
+            p[m++] = ids[i] + 1; /* ids are odd: even ones are unknown */
+    }
+    *out_n = m;
+    return p;
+}
+
+/* Searches q with the permitted scan and checks every hit: permitted, alive, its exact score,
+ * in order. Returns the number found (or SIZE_MAX after a failure). */
+static size_t check_permitted_hits(vindex *v, const model *m, const float *q, size_t k, const idset *set,
+                                   int64_t *out, float *sc, vindex_scan_report *rep)
+{
+    char err[QR_ERR_LEN];
+    size_t found = 0;
+    int d = m->dim;
+    if (vindex_search_permitted(v, q, d, k, set->ids, set->n, out, sc, &found, NULL, rep, err) != QR_OK) {
+        harness_fail(__FILE__, __LINE__, "permitted search failed: %s", err);
+        return SIZE_MAX;
+    }
+    float qn[64];
+    normalize(q, qn, d);
+    for (size_t i = 0; i < found; i++) {
+        ssize_t pos = -1;
+        for (size_t r = 0; r < m->n && pos < 0; r++)
+            if (m->ids[r] == out[i])
+                pos = (ssize_t)r;
+        if (pos < 0 || !m->alive[pos] || !permit_set((void *)set, out[i]) ||
+            sc[i] != score_of(m->rows + (size_t)pos * d, qn, d) ||
+            (i && !(sc[i - 1] > sc[i] || (sc[i - 1] == sc[i] && out[i - 1] < out[i])))) {
+            harness_fail(__FILE__, __LINE__, "rank %zu: id %lld is not a permitted, alive chunk in order", i,
+                         (long long)out[i]);
+            return SIZE_MAX;
+        }
+    }
+    return found;
+}
+
+TEST(permitted_scan_tests_permission_inside_ivf)
+{
+    char err[QR_ERR_LEN];
+    const int d = 32;
+    const size_t n = 4000, nd = 300, nq = 30, k = 10;
+    float *x = random_vectors(n + nd + nq, d, 20, 0.4, 21);
+    const float *queries = x + (n + nd) * (size_t)d;
+    int64_t *ids = sequential_ids(n + nd, 1, 2); /* odd ids: even ones are never in the index */
+    model m = {.dim = d};
+    for (size_t i = 0; i < n + nd; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    /* nprobe 3 of 40 lists: the scan path; nprobe 40 of 40: every list, so the exact answer */
+    size_t probes[2] = {3, 40};
+    for (int pi = 0; pi < 2; pi++) {
+        char *dir = make_dir();
+        vindex_opts o = test_opts("ivf_flat");
+        o.nlist = 40;
+        o.nprobe = probes[pi];
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+        CHECK_OK(vindex_add(v, ids + n, x + n * (size_t)d, nd, d, 2, err), err);
+        int64_t removed[3] = {ids[10], ids[500], ids[n + 7]};
+        CHECK_OK(vindex_remove(v, removed, 3, 3, err), err);
+        model alive = m;
+        alive.alive = malloc((n + nd) * sizeof(bool));
+        memcpy(alive.alive, m.alive, (n + nd) * sizeof(bool));
+        for (int i = 0; i < 3; i++)
+            model_kill(&alive, removed[i]);
+
+        unsigned pcts[2] = {30, 60};
+        for (int p = 0; p < 2; p++) {
+            size_t np = 0;
+            int64_t *perm = permitted_ids(ids, n + nd, pcts[p], &np);
+            idset set = {perm, np};
+            size_t delta_hits = 0, hits = 0;
+            for (size_t qi = 0; qi < nq; qi++) {
+                int64_t out[10], oout[10];
+                float sc[10], osc[10];
+                vindex_scan_report rep;
+                const float *q = queries + qi * (size_t)d;
+                size_t found = check_permitted_hits(v, &alive, q, k, &set, out, sc, &rep);
+                CHECK(found != SIZE_MAX);
+                CHECK_INT(found, k);
+                CHECK_MSG(!rep.subset, "%u%%, nprobe %zu: answered by the subset path", pcts[p], probes[pi]);
+                CHECK(rep.probes >= probes[pi] && rep.walked > 0 && rep.scored >= k);
+                size_t ofound = oracle(&alive, q, k, permit_set, &set, oout, osc);
+                CHECK_INT(ofound, k);
+                for (size_t i = 0; i < found; i++) {
+                    delta_hits += out[i] > ids[n - 1];
+                    for (size_t j = 0; j < ofound; j++)
+                        hits += out[i] == oout[j];
+                    if (probes[pi] == 40)
+                        CHECK_MSG(out[i] == oout[i] && sc[i] == osc[i], "%u%% q %zu rank %zu: %lld vs %lld",
+                                  pcts[p], qi, i, (long long)out[i], (long long)oout[i]);
+                }
+            }
+            CHECK_MSG(delta_hits > 0, "%u%%: no delta row was ever returned", pcts[p]);
+            /* the lists probed grow as the share shrinks: recall holds near the index's own */
+            double recall = (double)hits / (double)(nq * k);
+            CHECK_MSG(recall >= 0.8, "%u%%, nprobe %zu: recall@10 %.3f", pcts[p], probes[pi], recall);
+
+            /* a tombstone takes a chunk out at once: remove the best hit of a query, search again */
+            if (p == 0) {
+                int64_t out[10], out2[10];
+                float sc[10], sc2[10];
+                const float *q = queries;
+                CHECK_INT(check_permitted_hits(v, &alive, q, k, &set, out, sc, NULL), k);
+                CHECK_OK(vindex_remove(v, out, 1, 4, err), err);
+                model_kill(&alive, out[0]);
+                CHECK_INT(check_permitted_hits(v, &alive, q, k, &set, out2, sc2, NULL), k);
+                for (size_t i = 0; i < k; i++)
+                    CHECK(out2[i] != out[0]);
+                CHECK(out2[0] == out[1]);
+            }
+            /* k above the permitted members of the probed lists: the exact answer over the set */
+            {
+                const size_t kb = 1000;
+                int64_t *out = malloc(kb * sizeof(int64_t)), *oout = malloc(kb * sizeof(int64_t));
+                float *sc = malloc(kb * sizeof(float)), *osc = malloc(kb * sizeof(float));
+                vindex_scan_report rep;
+                size_t found = check_permitted_hits(v, &alive, queries + d, kb, &set, out, sc, &rep);
+                size_t ofound = oracle(&alive, queries + d, kb, permit_set, &set, oout, osc);
+                CHECK_INT(found, ofound);
+                for (size_t i = 0; i < found && i < ofound; i++)
+                    CHECK(out[i] == oout[i] && sc[i] == osc[i]);
+                free(out);
+                free(oout);
+                free(sc);
+                free(osc);
+            }
+            free(perm);
+        }
+
+        /* no permitted chunk, or none the index holds: nothing, and no error */
+        int64_t out[100], oout[100];
+        float sc[100], osc[100];
+        size_t found = 99;
+        CHECK_OK(vindex_search_permitted(v, queries, d, k, NULL, 0, out, sc, &found, NULL, NULL, err), err);
+        CHECK_INT(found, 0);
+        int64_t unknown[4] = {0, 2, 4, 1000000};
+        CHECK_OK(vindex_search_permitted(v, queries, d, k, unknown, 4, out, sc, &found, NULL, NULL, err),
+                 err);
+        CHECK_INT(found, 0);
+        /* k above the permitted set: every permitted, alive chunk, in the exact order */
+        int64_t few[60];
+        for (size_t i = 0; i < 60; i++)
+            few[i] = ids[i * 70];
+        idset fset = {few, 60};
+        found = check_permitted_hits(v, &alive, queries + 2 * d, 100, &fset, out, sc, NULL);
+        size_t ofound = oracle(&alive, queries + 2 * d, 100, permit_set, &fset, oout, osc);
+        CHECK_INT(found, ofound);
+        CHECK(found <= 60 && found >= 59); /* one may be the best hit removed above */
+        for (size_t i = 0; i < found; i++)
+            CHECK(out[i] == oout[i] && sc[i] == osc[i]);
+        /* bad input: unsorted or repeated ids */
+        int64_t unsorted[3] = {5, 3, 7}, twice[3] = {3, 3, 7};
+        CHECK_INT(vindex_search_permitted(v, queries, d, k, unsorted, 3, out, sc, &found, NULL, NULL, err),
+                  QR_EINVAL);
+        CHECK_INT(vindex_search_permitted(v, queries, d, k, twice, 3, out, sc, &found, NULL, NULL, err),
+                  QR_EINVAL);
+        CHECK_INT(vindex_search_permitted(v, queries, d + 1, k, few, 60, out, sc, &found, NULL, NULL, err),
+                  QR_EINVAL);
+        free(alive.alive);
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    model_free(&m);
+    free(x);
+    free(ids);
+}
+
+TEST(permitted_scan_work_does_not_depend_on_hidden_chunks)
+{
+    /* issue #16 kept: the same permitted chunks, the same IVF lists (the same centroids), and 500
+     * chunks the caller may not read either crowding the first query or far from every query.
+     * The lists probed, the chunks scored and the answers must be the same either way. */
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t np = 1500, nh = 500, nq = 8, k = 10, nlist = 16;
+    float *x = random_vectors(np + nq, d, 12, 0.4, 41);
+    const float *queries = x + np * (size_t)d;
+    int64_t *ids = sequential_ids(np + nh, 1, 1); /* permitted 1..1500, hidden 1501..2000 */
+    model m = {.dim = d};
+    for (size_t i = 0; i < np; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    float *cent = malloc(nlist * d * sizeof(float));
+    CHECK_OK(vindex_kmeans(m.rows, np, d, nlist, 10, 3, cent, err), err);
+    uint64_t s = 43;
+    float *rows = malloc((np + nh) * (size_t)d * sizeof(float));
+    vindex_scan_report reps[2][8];
+    int64_t got[2][8][10];
+    float gsc[2][8][10];
+    size_t found[2][8];
+    for (int near = 0; near < 2; near++) {
+        memcpy(rows, x, np * (size_t)d * sizeof(float));
+        for (size_t h = 0; h < nh; h++)
+            for (int j = 0; j < d; j++)
+                rows[(np + h) * (size_t)d + j] =
+                    (near ? 1.0f : -1.0f) * queries[j] + 0.01f * (float)rng_gauss(&s);
+        char *dir = make_dir();
+        vindex_opts o = test_opts("ivf_flat");
+        o.nprobe = 3;
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        vindex_centroids vc = {cent, nlist, d};
+        source src = {ids, rows, np + nh, 0, d, false};
+        CHECK_OK(vindex_build(v, source_pull, &src, 1, &vc, err), err);
+        for (size_t qi = 0; qi < nq; qi++) {
+            CHECK_OK(vindex_search_permitted(v, queries + qi * d, d, k, ids, np, got[near][qi], gsc[near][qi],
+                                             &found[near][qi], NULL, &reps[near][qi], err),
+                     err);
+            CHECK(!reps[near][qi].subset);
+            CHECK_INT(found[near][qi], k);
+        }
+        if (near) {
+            /* the hidden chunks do crowd the first query: an unfiltered search sees only them */
+            int64_t out[10];
+            float sc[10];
+            size_t n = 0;
+            CHECK_OK(vindex_search(v, queries, d, k, NULL, NULL, out, sc, &n, NULL, err), err);
+            for (size_t i = 0; i < n; i++)
+                CHECK(out[i] > (int64_t)np);
+        }
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    for (size_t qi = 0; qi < nq; qi++) {
+        CHECK_INT(reps[0][qi].probes, reps[1][qi].probes);
+        CHECK_INT(reps[0][qi].scored, reps[1][qi].scored);
+        CHECK_INT(found[0][qi], found[1][qi]);
+        for (size_t i = 0; i < found[0][qi]; i++)
+            CHECK(got[0][qi][i] == got[1][qi][i] && gsc[0][qi][i] == gsc[1][qi][i]);
+    }
+    free(rows);
+    free(cent);
+    model_free(&m);
+    free(x);
+    free(ids);
+}
+
+TEST(permitted_scan_on_flat_and_hnsw_is_exact)
+{
+    char err[QR_ERR_LEN];
+    const int d = 16;
+    const size_t n = 2000, nq = 10, k = 10;
+    float *x = random_vectors(n + nq, d, 10, 0.5, 31);
+    int64_t *ids = sequential_ids(n, 1, 2);
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    size_t np = 0;
+    int64_t *perm = permitted_ids(ids, n, 40, &np);
+    idset set = {perm, np};
+    const char *types[2] = {"flat", "hnsw"};
+    for (int t = 0; t < 2; t++) {
+        char *dir = make_dir();
+        vindex_opts o = test_opts(types[t]);
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+        for (size_t qi = 0; qi < nq; qi++) {
+            int64_t out[10], oout[10];
+            float sc[10], osc[10];
+            vindex_scan_report rep;
+            const float *q = x + (n + qi) * (size_t)d;
+            size_t found = check_permitted_hits(v, &m, q, k, &set, out, sc, &rep);
+            CHECK(rep.subset);
+            size_t ofound = oracle(&m, q, k, permit_set, &set, oout, osc);
+            CHECK_INT(found, ofound);
+            for (size_t i = 0; i < found && i < ofound; i++)
+                CHECK(out[i] == oout[i] && sc[i] == osc[i]);
+        }
+        vindex_close(v);
+        remove_dir(dir);
+    }
+    free(perm);
+    model_free(&m);
+    free(x);
+    free(ids);
+}
+
 /* ---- persistence ------------------------------------------------------------------------------ */
 
 TEST(persistence_round_trip)

@@ -1,0 +1,459 @@
+/*
+ * vindex_search_permitted: top-k over a caller's permitted chunks with the permission test inside
+ * the IVF scan. FAISS 1.7.3's C API cannot filter a search, so the generation's inverted lists
+ * are read once (the IVF layout: for each list, the positions of its members among the
+ * generation's rows), and a search asks the coarse quantizer for the query's nearest lists, walks
+ * their members, keeps those the caller may read and that are not tombstoned, and scores them
+ * exactly from the generation's float32 rows, with the delta's permitted rows beside them. The
+ * lists probed grow with the inverse square root of the permitted share (never with anything the
+ * scan finds), so the work is set by the query, the index and the permitted set; chunks the
+ * caller may not read only cost a bit test each. Flat and HNSW generations, and permitted sets so
+ * small that scoring each of them is cheaper than walking the lists, go to vindex_search_subset.
+ */
+#define _GNU_SOURCE
+#include <cblas.h>
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/vector.h"
+#include "index/vindex_impl.h"
+#include "index/vindex_int.h"
+
+/* Probes are widened by 1/sqrt(share) up to this factor of vindex.nprobe. */
+#define PROBE_WIDEN_MAX 16
+/* Permitted members expected in the probed lists per wanted result, at the least. */
+#define PROBE_PER_RESULT 8
+/* Walking a list member costs a bit test; scoring a permitted id directly costs a lookup and a
+ * dot product: above this ratio of members walked to permitted ids, the exact subset is cheaper. */
+#define SUBSET_RATIO 16
+/* Rows gathered per BLAS call: 8192 floats, kept on the calling thread (see vindex_search.c). */
+#define GATHER_FLOATS 8192
+#define CANCEL_BLOCKS 16
+
+/* ---- the IVF layout -------------------------------------------------------------------------- */
+
+/* Reads every inverted list of s->index into s->lay_off, lay_ids and lay_pos. The ids are kept in
+ * list order beside the positions so that walking a list reads memory in order: looking each
+ * member's id up by its position instead costs a cache miss per member. Called under
+ * s->lay_lock. */
+static qr_status layout_build(vsnap *s, char *err)
+{
+    _Static_assert(sizeof(idx_t) == sizeof(int64_t), "FAISS ids must be 64-bit");
+    qr_status st = QR_OK;
+    FaissIndexIVF *ivf = faiss_IndexIVF_cast(s->index);
+    uint32_t *off = NULL, *pos = NULL;
+    int64_t *lids = NULL;
+    if (!ivf)
+        return qr_fail(err, QR_EINTERNAL, "vector index is not an IVF index");
+    size_t nlist = faiss_IndexIVF_nlist(ivf), total = 0;
+    if (s->count > UINT32_MAX)
+        return qr_fail(err, QR_EINTERNAL, "vector index: %zu rows are too many for the IVF layout", s->count);
+    off = malloc((nlist + 1) * sizeof(uint32_t));
+    pos = malloc((s->count ? s->count : 1) * sizeof(uint32_t));
+    lids = malloc((s->count ? s->count : 1) * sizeof(int64_t));
+    if (!off || !pos || !lids) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for the IVF layout");
+        goto out;
+    }
+    for (size_t l = 0; l < nlist; l++) {
+        off[l] = (uint32_t)total;
+        total += faiss_IndexIVF_get_list_size(ivf, l);
+        if (total > s->count)
+            break;
+    }
+    if (total != s->count) {
+        st = qr_fail(err, QR_EINTERNAL, "vector index: the IVF lists hold %zu vectors, the generation %zu",
+                     total, s->count);
+        goto out;
+    }
+    off[nlist] = (uint32_t)total;
+    for (size_t l = 0; l < nlist; l++) {
+        size_t len = off[l + 1] - off[l];
+        int64_t *ids = lids + off[l];
+        if (!len)
+            continue;
+        faiss_IndexIVF_invlists_get_ids(ivf, l, (idx_t *)ids);
+        for (size_t i = 0; i < len; i++) {
+            ssize_t p = vindex_main_find(s, ids[i]);
+            if (p < 0) {
+                st = qr_fail(err, QR_EINTERNAL,
+                             "vector index: IVF list %zu holds id %lld, unknown to the generation", l,
+                             (long long)ids[i]);
+                goto out;
+            }
+            pos[off[l] + i] = (uint32_t)p;
+        }
+    }
+    s->lay_off = off;
+    s->lay_ids = lids;
+    s->lay_pos = pos;
+    off = NULL;
+    lids = NULL;
+    pos = NULL;
+out:
+    free(off);
+    free(lids);
+    free(pos);
+    return st;
+}
+
+/* The layout of s, built by the first search that needs it (*built_ms: how long that took, when
+ * this call built it). */
+static qr_status layout_get(vsnap *s, double *built_ms, char *err)
+{
+    if (__atomic_load_n(&s->lay_ready, __ATOMIC_ACQUIRE))
+        return QR_OK;
+    qr_status st = QR_OK;
+    pthread_mutex_lock(&s->lay_lock);
+    if (!s->lay_ready) {
+        uint64_t t0 = qr_now_ns();
+        if (!(st = layout_build(s, err))) {
+            *built_ms = (double)(qr_now_ns() - t0) / 1e6;
+            __atomic_store_n(&s->lay_ready, true, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&s->lay_lock);
+    return st;
+}
+
+/* ---- the permitted set ----------------------------------------------------------------------- */
+
+/* Membership in an ascending id list: a bitmap over [lo, hi] when it is not much larger than the
+ * list, binary search otherwise. */
+typedef struct {
+    const int64_t *ids;
+    size_t n;
+    int64_t lo, hi;
+    uint64_t *bits; /* NULL: binary search */
+} permset;
+
+static qr_status permset_init(permset *p, const int64_t *ids, size_t n)
+{
+    memset(p, 0, sizeof(*p));
+    p->ids = ids;
+    p->n = n;
+    if (!n)
+        return QR_OK;
+    p->lo = ids[0];
+    p->hi = ids[n - 1];
+    uint64_t words = ((uint64_t)(p->hi - p->lo) >> 6) + 1;
+    if (words > 4 * (uint64_t)n + 1024)
+        return QR_OK; /* sparse ids: the list itself is smaller */
+    p->bits = calloc(words, sizeof(uint64_t));
+    if (!p->bits)
+        return QR_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t b = (uint64_t)(ids[i] - p->lo);
+        p->bits[b >> 6] |= 1ull << (b & 63);
+    }
+    return QR_OK;
+}
+
+static bool permset_has(const permset *p, int64_t id)
+{
+    if (!p->n || id < p->lo || id > p->hi)
+        return false;
+    if (p->bits) {
+        uint64_t b = (uint64_t)(id - p->lo);
+        return (p->bits[b >> 6] >> (b & 63)) & 1;
+    }
+    size_t a = 0, z = p->n;
+    while (a < z) {
+        size_t mid = a + (z - a) / 2;
+        if (p->ids[mid] < id)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    return a < p->n && p->ids[a] == id;
+}
+
+/* ---- scoring --------------------------------------------------------------------------------- */
+
+typedef struct {
+    float approx;
+    int64_t id;
+    const float *row;
+} cand;
+
+typedef struct {
+    cand *v;
+    size_t n, cap;
+    /* the block being gathered */
+    float *block, *scores;
+    const float **rows;
+    int64_t *ids;
+    size_t nb, blk;
+    int dim;
+    const float *q;
+} scorer;
+
+static qr_status scorer_flush(scorer *c)
+{
+    if (!c->nb)
+        return QR_OK;
+    if (c->n + c->nb > c->cap) {
+        size_t cap = c->cap ? c->cap : 256;
+        while (cap < c->n + c->nb)
+            cap *= 2;
+        cand *nv = realloc(c->v, cap * sizeof(cand));
+        if (!nv)
+            return QR_ENOMEM;
+        c->v = nv;
+        c->cap = cap;
+    }
+    for (size_t j = 0; j < c->nb; j++)
+        memcpy(c->block + j * (size_t)c->dim, c->rows[j], (size_t)c->dim * sizeof(float));
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)c->nb, c->dim, 1.0f, c->block, c->dim, c->q, 1, 0.0f,
+                c->scores, 1);
+    for (size_t j = 0; j < c->nb; j++)
+        c->v[c->n++] = (cand){c->scores[j], c->ids[j], c->rows[j]};
+    c->nb = 0;
+    return QR_OK;
+}
+
+static qr_status scorer_add(scorer *c, int64_t id, const float *row)
+{
+    c->ids[c->nb] = id;
+    c->rows[c->nb] = row;
+    return ++c->nb == c->blk ? scorer_flush(c) : QR_OK;
+}
+
+/* Best first; equal scores by smaller id. */
+static int cmp_exact(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->approx != y->approx)
+        return x->approx > y->approx ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* The k-th largest approximate score of v[0..n) (n >= k): a min-heap of the k largest. */
+static float kth_largest(const cand *v, size_t n, size_t k, float *heap)
+{
+    size_t h = 0;
+    for (size_t i = 0; i < n; i++) {
+        float x = v[i].approx;
+        if (h < k) {
+            size_t j = h++;
+            heap[j] = x;
+            while (j && heap[j] < heap[(j - 1) / 2]) {
+                float t = heap[j];
+                heap[j] = heap[(j - 1) / 2];
+                heap[(j - 1) / 2] = t;
+                j = (j - 1) / 2;
+            }
+        } else if (x > heap[0]) {
+            heap[0] = x;
+            for (size_t j = 0;;) {
+                size_t l = 2 * j + 1, r = l + 1, w = j;
+                if (l < k && heap[l] < heap[w])
+                    w = l;
+                if (r < k && heap[r] < heap[w])
+                    w = r;
+                if (w == j)
+                    break;
+                float t = heap[j];
+                heap[j] = heap[w];
+                heap[w] = t;
+                j = w;
+            }
+        }
+    }
+    return heap[0];
+}
+
+/* Re-scores exactly every candidate whose BLAS score is within the rounding slack of the k-th
+ * one (none of the true top k can lie below), sorts them and emits the best k. */
+static qr_status scorer_finish(scorer *c, size_t k, int64_t *ids, float *scores, size_t *found)
+{
+    size_t kept = 0;
+    if (c->n > k) {
+        float *heap = malloc(k * sizeof(float));
+        if (!heap)
+            return QR_ENOMEM;
+        float floor = kth_largest(c->v, c->n, k, heap) - 2.0f * (float)c->dim * FLT_EPSILON;
+        free(heap);
+        for (size_t i = 0; i < c->n; i++)
+            if (c->v[i].approx >= floor)
+                c->v[kept++] = c->v[i];
+    } else {
+        kept = c->n;
+    }
+    for (size_t i = 0; i < kept; i++)
+        c->v[i].approx = vindex_dot_exact(c->v[i].row, c->q, c->dim);
+    if (kept)
+        qsort(c->v, kept, sizeof(cand), cmp_exact);
+    *found = kept < k ? kept : k;
+    for (size_t i = 0; i < *found; i++) {
+        ids[i] = c->v[i].id;
+        scores[i] = c->v[i].approx;
+    }
+    return QR_OK;
+}
+
+/* ---- the search ------------------------------------------------------------------------------ */
+
+/* Lists to probe for a permitted share of n out of total rows: vindex.nprobe times
+ * 1/sqrt(share) (the permitted top k lie about as deep among all chunks as the top k/share, which
+ * more lists reach), and enough lists to hold PROBE_PER_RESULT * k permitted members on average;
+ * at most PROBE_WIDEN_MAX * nprobe and nlist. */
+static size_t probes_for(size_t nprobe, size_t nlist, size_t count, size_t n, size_t total, size_t k)
+{
+    double share = total ? (double)n / (double)total : 1;
+    if (share > 1)
+        share = 1;
+    double want = (double)nprobe / sqrt(share);
+    double enough = (double)PROBE_PER_RESULT * (double)k * (double)nlist / ((double)count * share);
+    if (want < enough)
+        want = enough;
+    if (want > (double)nprobe * PROBE_WIDEN_MAX)
+        want = (double)nprobe * PROBE_WIDEN_MAX;
+    size_t p = (size_t)ceil(want);
+    if (p < nprobe)
+        p = nprobe;
+    return p > nlist ? nlist : p;
+}
+
+qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
+                                  size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
+                                  vindex_scan_report *rep, char *err)
+{
+    if (rep)
+        memset(rep, 0, sizeof(*rep));
+    if (!v || (n && !permitted) || !query || !ids || !scores || !found)
+        return qr_fail(err, QR_EINVAL, "vector search: missing argument");
+    *found = 0;
+    if (dim != v->dim)
+        return qr_fail(err, QR_EINVAL, "query dimension %d does not match the index's %d", dim, v->dim);
+    if (k < 1 || k > VINDEX_K_MAX)
+        return qr_fail(err, QR_EINVAL, "k must be 1..%d (got %zu)", VINDEX_K_MAX, k);
+    for (size_t i = 1; i < n; i++)
+        if (permitted[i - 1] >= permitted[i])
+            return qr_fail(err, QR_EINVAL, "permitted chunk ids must be ascending and distinct");
+    qr_status st = QR_OK;
+    float *q = NULL, *dist = NULL;
+    idx_t *lists = NULL;
+    permset ps = {0};
+    scorer c = {0};
+    bool subset = false, locked = false;
+    vsnap *s = vindex_snap_acquire(v);
+    size_t nprobe = 0, probes = 0;
+
+    if (s->dim != dim) {
+        st = qr_fail(err, QR_EINVAL, "the served vector index has dimension %d: build it first", s->dim);
+        goto out;
+    }
+    if (!vindex_is_ivf(s->type) || !s->count) {
+        subset = true;
+        goto out;
+    }
+    nprobe = faiss_IndexIVF_nprobe(faiss_IndexIVF_cast(s->index));
+    pthread_rwlock_rdlock(&s->lock);
+    size_t total = s->count + s->d_n;
+    pthread_rwlock_unlock(&s->lock);
+    probes = probes_for(nprobe, s->nlist, s->count, n, total, k);
+    if ((double)probes * (double)s->count / (double)s->nlist >= (double)SUBSET_RATIO * (double)n) {
+        subset = true; /* few permitted chunks: score each of them */
+        goto out;
+    }
+    double built_ms = 0;
+    if ((st = qr_cancel_check(cancel, err)) || (st = layout_get(s, &built_ms, err)))
+        goto out;
+    q = malloc((size_t)dim * sizeof(float));
+    dist = malloc(probes * sizeof(float));
+    lists = malloc(probes * sizeof(idx_t));
+    c.blk = GATHER_FLOATS / (size_t)dim ? GATHER_FLOATS / (size_t)dim : 1;
+    c.block = malloc(c.blk * (size_t)dim * sizeof(float));
+    c.scores = malloc(c.blk * sizeof(float));
+    c.rows = malloc(c.blk * sizeof(*c.rows));
+    c.ids = malloc(c.blk * sizeof(int64_t));
+    if (!q || !dist || !lists || !c.block || !c.scores || !c.rows || !c.ids ||
+        permset_init(&ps, permitted, n)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (!vindex_normalize_row(query, q, dim)) {
+        st = qr_fail(err, QR_EINVAL, "query vector is zero or not finite");
+        goto out;
+    }
+    c.dim = dim;
+    c.q = q;
+    if (faiss_Index_search(faiss_IndexIVF_quantizer(faiss_IndexIVF_cast(s->index)), 1, q, (idx_t)probes, dist,
+                           lists) != 0) {
+        st = vindex_faiss_fail(err, "vector search: cannot rank the IVF lists");
+        goto out;
+    }
+    pthread_rwlock_rdlock(&s->lock);
+    locked = true;
+    bool tombs = s->tomb.n > 0;
+    size_t walked = 0, blocks = 0;
+    for (size_t p = 0; p < probes && !st; p++) {
+        if (lists[p] < 0 || (size_t)lists[p] >= s->nlist)
+            continue;
+        if (blocks++ % CANCEL_BLOCKS == 0 && (st = qr_cancel_check(cancel, err)))
+            break;
+        size_t a = s->lay_off[lists[p]], z = s->lay_off[lists[p] + 1];
+        walked += z - a;
+        for (size_t i = a; i < z; i++) {
+            int64_t id = s->lay_ids[i];
+            if (!permset_has(&ps, id) || (tombs && vindex_idmap_get(&s->tomb, id, NULL)))
+                continue;
+            if (scorer_add(&c, id, s->rows + (size_t)s->lay_pos[i] * (size_t)dim)) {
+                st = qr_fail(err, QR_ENOMEM, "out of memory");
+                break;
+            }
+        }
+    }
+    /* the delta is small and exact: every permitted row of it */
+    for (size_t i = 0; i < s->d_n && !st; i++) {
+        int64_t id = s->d_ids[i];
+        if (!permset_has(&ps, id) || (tombs && vindex_idmap_get(&s->tomb, id, NULL)))
+            continue;
+        if (scorer_add(&c, id, s->d_rows + i * (size_t)dim))
+            st = qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    if (!st && scorer_flush(&c))
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+    if (st)
+        goto out;
+    if (rep) {
+        rep->probes = probes;
+        rep->walked = walked;
+        rep->scored = c.n;
+        rep->layout_ms = built_ms;
+    }
+    if (c.n < k && c.n < n) {
+        /* the probed lists hold fewer than k permitted chunks (a count of permitted chunks only,
+         * whatever lies hidden around the query): the exact scan of the set answers instead */
+        subset = true;
+        goto out;
+    }
+    if (scorer_finish(&c, k, ids, scores, found))
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+    __atomic_fetch_add(&v->searches, 1, __ATOMIC_RELAXED);
+out:
+    if (locked)
+        pthread_rwlock_unlock(&s->lock);
+    vindex_snap_release(v, s);
+    free(q);
+    free(dist);
+    free(lists);
+    free(ps.bits);
+    free(c.v);
+    free(c.block);
+    free(c.scores);
+    free(c.rows);
+    free(c.ids);
+    if (subset && !st) {
+        if (rep)
+            rep->subset = true;
+        st = vindex_search_subset(v, query, dim, k, permitted, n, ids, scores, found, cancel, err);
+    }
+    return st;
+}
