@@ -196,7 +196,8 @@
     X(INT, vindex, ef_search, "256", 1, 1e6, NULL, false, QR_RESTART,                                        \
       "HNSW candidate list length per query.")                                                               \
     X(INT, vindex, delta_max, "20000", 1, 1e9, NULL, false, QR_RESTART,                                      \
-      "Chunks added or deleted since the last build above which the index asks for a rebuild.")              \
+      "Chunks added or deleted since the last build above which the index asks for a rebuild (a smaller "    \
+      "index sooner: past a quarter of its chunks, at least 1,000).")                                        \
     X(BOOL, vindex, rebuild_on_mismatch, "on", NO_RANGE, NULL, false, QR_RESTART,                            \
       "Open a stale or damaged vector index and rebuild it (off: refuse to start).")                         \
     /* inference backend */                                                                                  \
@@ -373,7 +374,8 @@
       "How long a write with ?refresh=wait_for waits for the indexes before it answers 504.")                \
     /* pruned BM25 index */                                                                                  \
     X(INT, bm25, delta_max, "50000", 1, 1e9, NULL, false, QR_RESTART,                                        \
-      "Chunks added or deleted since the BM25 index's last build above which it is rebuilt.")                \
+      "Chunks added or deleted since the BM25 index's last build above which it is rebuilt (a smaller "     \
+      "index sooner: past a quarter of its chunks, at least 1,000).")                                        \
     X(INT, bm25, principal_cache, "1024", 1, 1e6, NULL, false, QR_RESTART,                                   \
       "Principals whose readable-document sets the BM25 index keeps in memory.")                             \
     /* end of the list */

@@ -315,6 +315,15 @@ static qr_status apply(bm25_index *x, staged *g, char *err)
     return st;
 }
 
+/* Chunk changes a generation of gen_rows rows takes in memory before a rebuild: bm25.delta_max,
+ * or a quarter of the generation when that is less (at least 1,000), so that a small index is
+ * rebuilt, cheaply, instead of carrying a delta that grows the server's memory for hours. */
+static size_t delta_limit(size_t gen_rows, size_t delta_max)
+{
+    size_t limit = gen_rows / 4 > 1000 ? gen_rows / 4 : 1000;
+    return limit < delta_max ? limit : delta_max;
+}
+
 /* Reads the changes after x->counter; caller holds sync_mu. */
 static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, bm25_report *rep, char *err)
 {
@@ -327,7 +336,9 @@ static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, 
     pthread_rwlock_rdlock(&x->lock);
     int64_t seen = x->counter;
     bool have = x->map != NULL, broken = x->broken;
-    size_t changes = x->changes;
+    /* the maintainer (rebuild_ok) rebuilds a small index early; a search catches up to delta_max */
+    size_t changes = x->changes,
+           limit = rebuild_ok ? delta_limit(x->gen_rows, x->o.delta_max) : x->o.delta_max;
     pthread_rwlock_unlock(&x->lock);
     if (have && !broken && !force && now == seen) {
         if (rep)
@@ -343,7 +354,7 @@ static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, 
                       : now < seen    ? "the store's counter went back"
                       : pruned > seen ? "the store forgot tombstones the index needs"
                                       : NULL;
-    staged g = {.s = s, .max = x->o.delta_max > changes ? x->o.delta_max - changes : 0};
+    staged g = {.s = s, .max = limit > changes ? limit - changes : 0};
     int64_t c1 = 0, c2 = 0;
     if (!why) {
         st = store_tokenize(s, "", 0, bm25_on_chunk_token, &g.ct, err);
@@ -357,7 +368,7 @@ static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, 
                 st = QR_OK;
         }
         if (g.too_many)
-            why = "more changes than bm25.delta_max";
+            why = "more changes than bm25.delta_max (or a quarter of the index)";
         else if (g.needs_rebuild)
             why = "a title was rewritten under the same chunk ids";
         /* staging up to delta_max changes is not cheap: no search repeats it until a swap */

@@ -170,8 +170,12 @@ qr_status vindex_skip(vindex *v, const int64_t *ids, size_t n, int64_t store_cou
  * as vindex_add. n may be 0 (ids NULL): the call then only records store_counter, for store
  * changes that touched no chunk (ACL or title edits), so that the index counts as up to date. */
 qr_status vindex_remove(vindex *v, const int64_t *ids, size_t n, int64_t store_counter, char *err);
-/* True when the delta rows plus tombstones exceed delta_max: time to build a new generation. */
+/* True when the delta rows plus tombstones exceed vindex_delta_limit: time to build a new
+ * generation. */
 bool vindex_needs_rebuild(vindex *v);
+/* The delta rows plus tombstones a generation of count rows carries before a rebuild: delta_max,
+ * or a quarter of the generation when that is less, but at least 1,000. */
+size_t vindex_delta_limit(size_t count, size_t delta_max);
 
 /* Permission predicate for vindex_search: true when the caller may read chunk id. Called on the
  * searching thread, any number of times per search, while the snapshot's delta is read-locked:

@@ -740,11 +740,25 @@ qr_status vindex_remove(vindex *v, const int64_t *ids, size_t n, int64_t store_c
     return st;
 }
 
+/* Delta rows plus tombstones a generation of `count` rows carries before a rebuild: delta_max,
+ * or a quarter of the generation when that is less (at least DELTA_FLOOR). The delta lives in
+ * memory (a vector's 4 bytes per dimension, for ever until the rebuild) and every search scans it
+ * exactly, so a small index is rebuilt, cheaply, long before its delta outgrows it: an index of
+ * 2,000 chunks under steady writes carried up to 20,000 delta rows (30 MB at 384 dimensions),
+ * the server's memory growing all the while (bench/README.md, "Where the RSS growth went"). */
+#define DELTA_FLOOR 1000
+
+size_t vindex_delta_limit(size_t count, size_t delta_max)
+{
+    size_t limit = count / 4 > DELTA_FLOOR ? count / 4 : DELTA_FLOOR;
+    return limit < delta_max ? limit : delta_max;
+}
+
 bool vindex_needs_rebuild(vindex *v)
 {
     vsnap *s = vindex_snap_acquire(v);
     pthread_rwlock_rdlock(&s->lock);
-    bool r = s->d_n + s->tomb.n > v->opts.delta_max;
+    bool r = s->d_n + s->tomb.n > vindex_delta_limit(s->count, v->opts.delta_max);
     pthread_rwlock_unlock(&s->lock);
     vindex_snap_release(v, s);
     return r;

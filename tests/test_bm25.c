@@ -766,6 +766,43 @@ static qr_status reused_key(corpus *c, store *s, bm25_index *x, tally *t, int *r
     return QR_OK;
 }
 
+TEST(small_index_is_rebuilt_before_delta_max)
+{
+    /* the maintainer's sync rebuilds a small index once its changes pass a quarter of it (at
+     * least 1,000), far below bm25.delta_max; a search catches up to delta_max instead */
+    char err[QR_ERR_LEN] = "", dir[512] = "";
+    corpus *c = malloc(sizeof(*c));
+    CHECK(c);
+    corpus_init(c, 21, NVOCAB);
+    store *s = fresh_store(dir, sizeof(dir), err);
+    CHECK_OK(s ? QR_OK : QR_EIO, err);
+    CHECK_OK(add_docs(c, s, 20, 20, err), err);
+    bm25_index *x = NULL;
+    bm25_report rep;
+    bm25_opts o = opts_with(BIG_DELTA);
+    CHECK_OK(bm25_open(s, dir, &o, false, &x, &rep, err), err);
+    int64_t base = store_chunks(s);
+    /* more than 1,000 chunk changes: a search catches up over them */
+    while (store_chunks(s) - base <= 1000)
+        CHECK_OK(add_docs(c, s, 20, 20, err), err);
+    CHECK_OK(bm25_sync(x, s, false, false, &rep, err), err);
+    CHECK(!rep.rebuilt);
+    bm25_info info = {0};
+    bm25_get_info(x, &info);
+    CHECK_INT(info.rows, store_chunks(s));
+    /* ... and the maintainer's next sync rebuilds rather than carry them */
+    CHECK_OK(add_docs(c, s, 1, 1, err), err);
+    CHECK_OK(bm25_sync(x, s, true, false, &rep, err), err);
+    CHECK_MSG(rep.rebuilt, "a delta past a quarter of a small index (and 1,000) was not rebuilt");
+    bm25_get_info(x, &info);
+    CHECK_INT(info.rows, store_chunks(s));
+    CHECK_INT(info.counter, store_counter(s));
+    bm25_close(x);
+    store_close(s);
+    rm_tree(dir);
+    free(c);
+}
+
 TEST(follows_writes)
 {
     char err[QR_ERR_LEN] = "", dir[512] = "", label[64];

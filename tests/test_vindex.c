@@ -1428,6 +1428,39 @@ TEST(crash_during_publish)
 
 /* ---- delta, tombstones, rebuilds ---------------------------------------------------------------- */
 
+TEST(small_index_rebuilds_before_delta_max)
+{
+    /* a quarter of the generation, at least 1,000, never above delta_max */
+    CHECK_INT(vindex_delta_limit(1000000, 20000), 20000);
+    CHECK_INT(vindex_delta_limit(40000, 20000), 10000);
+    CHECK_INT(vindex_delta_limit(200, 20000), 1000);
+    CHECK_INT(vindex_delta_limit(0, 20000), 1000);
+    CHECK_INT(vindex_delta_limit(200, 50), 50);
+
+    char err[QR_ERR_LEN];
+    const int d = 8;
+    const size_t n = 200, nd = 1001;
+    char *dir = make_dir();
+    float *x = random_vectors(n + nd, d, 0, 1.0, 51);
+    int64_t *ids = sequential_ids(n + nd, 1, 1);
+    vindex_opts o = test_opts("flat");
+    o.delta_max = 20000;
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    /* 1,000 delta rows on a 200-row generation: at the limit, not past it */
+    CHECK_OK(vindex_add(v, ids + n, x + n * (size_t)d, nd - 1, d, 2, err), err);
+    CHECK(!vindex_needs_rebuild(v));
+    /* one more: a rebuild is due, far below delta_max */
+    CHECK_OK(vindex_add(v, ids + n + nd - 1, x + (n + nd - 1) * (size_t)d, 1, d, 3, err), err);
+    CHECK(vindex_needs_rebuild(v));
+    vindex_close(v);
+    free(x);
+    free(ids);
+    remove_dir(dir);
+}
+
 TEST(delta_and_tombstones)
 {
     char err[QR_ERR_LEN];
