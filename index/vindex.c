@@ -743,9 +743,10 @@ qr_status vindex_remove(vindex *v, const int64_t *ids, size_t n, int64_t store_c
 /* Delta rows plus tombstones a generation of `count` rows carries before a rebuild: delta_max,
  * or a quarter of the generation when that is less (at least DELTA_FLOOR). The delta lives in
  * memory (a vector's 4 bytes per dimension, for ever until the rebuild) and every search scans it
- * exactly, so a small index is rebuilt, cheaply, long before its delta outgrows it: an index of
- * 2,000 chunks under steady writes carried up to 20,000 delta rows (30 MB at 384 dimensions),
- * the server's memory growing all the while (bench/README.md, "Where the RSS growth went"). */
+ * exactly, so a small index is rebuilt, cheaply, long before its delta outgrows it: the soak's
+ * index of 250 chunks under steady writes carried thousands of delta rows (towards 20,000, 30 MB
+ * at 384 dimensions), the server's memory growing all the while (bench/README.md, "Where the RSS
+ * growth went"). */
 #define DELTA_FLOOR 1000
 
 size_t vindex_delta_limit(size_t count, size_t delta_max)
