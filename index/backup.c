@@ -20,8 +20,13 @@
 #include "index/files_int.h"
 #include "index/store.h"
 
-#define STORE_FILE   "quarry.db"
-#define BACKUP_TRIES 3
+#define STORE_FILE "quarry.db"
+/* Copies of the indexes and the store tried before an index that does not follow the store copy
+ * is left out: each try after the first waits TRY_WAIT_MS times its number first, so that a
+ * maintainer publishing generation after generation (each pruning tombstones the last copy
+ * needed) is likely between two builds. */
+#define BACKUP_TRIES 8
+#define TRY_WAIT_MS  50
 #define BUSY_WAIT_MS 5000
 #define PATH_CAP     4096
 
@@ -182,6 +187,8 @@ qr_status index_backup(const char *data_dir, const char *dest_dir, index_backup_
     qr_status st = QR_OK;
     index_gen_copy v = {0}, b = {0};
     for (int attempt = 1;; attempt++) {
+        if (attempt > 1)
+            usleep((useconds_t)(TRY_WAIT_MS * attempt) * 1000u);
         if ((st = fresh_dir(dst_v, err)) || (st = fresh_dir(dst_b, err)))
             return st;
         if (unlink(dst_store) != 0 && errno != ENOENT)
