@@ -15,9 +15,9 @@
     /* data and logging */                                                                                   \
     X(STRING, data, dir, "./data", NO_RANGE, NULL, false, QR_RESTART,                                        \
       "Directory holding the store, the vector index generations and jobs (--data).")                        \
-    X(INT, data, cache_mib, "16", 0, 1048576, NULL, false, QR_RESTART,                                      \
+    X(INT, data, cache_mib, "16", 0, 1048576, NULL, false, QR_RESTART,                                       \
       "Most heap memory SQLite holds in the process, all store connections together (MiB; 0: no limit): "    \
-      "near it the page caches reuse their oldest pages instead of growing, and the file system cache "     \
+      "near it the page caches reuse their oldest pages instead of growing, and the file system cache "      \
       "serves the rest.")                                                                                    \
     X(STRING, log, level, "info", NO_RANGE, "trace|debug|info|warn|error|off", false, QR_RELOAD,             \
       "Default log level.")                                                                                  \
@@ -374,7 +374,7 @@
       "How long a write with ?refresh=wait_for waits for the indexes before it answers 504.")                \
     /* pruned BM25 index */                                                                                  \
     X(INT, bm25, delta_max, "50000", 1, 1e9, NULL, false, QR_RESTART,                                        \
-      "Chunks added or deleted since the BM25 index's last build above which it is rebuilt (a smaller "     \
+      "Chunks added or deleted since the BM25 index's last build above which it is rebuilt (a smaller "      \
       "index sooner: past a quarter of its chunks, at least 1,000).")                                        \
     X(INT, bm25, principal_cache, "1024", 1, 1e6, NULL, false, QR_RESTART,                                   \
       "Principals whose readable-document sets the BM25 index keeps in memory.")                             \
