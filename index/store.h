@@ -66,8 +66,8 @@ void store_close(store *s);
 /* Bounds the heap memory SQLite holds in this process, every handle together: near `bytes` the
  * page caches reuse their least recently used pages instead of allocating more (a soft limit:
  * nothing fails for it; 0 lifts it). Without it each handle's cache grows to its own 2 MB as
- * the handle meets new pages, which with a server's many handles reads as slow, steady growth.
- * Process-wide; `quarry serve` sets it from data.cache_mib before it opens its handles. */
+ * the handle meets new pages, which adds up over a server's many handles. Process-wide;
+ * `quarry serve` sets it from data.cache_mib before it opens its handles. */
 void store_set_memory_limit(int64_t bytes);
 /* Bytes of heap SQLite holds now in this process (for /metrics). */
 int64_t store_memory_used(void);
