@@ -287,6 +287,7 @@ struct api_req {
     char request_id[API_REQUEST_ID_MAX + 1];
     char client[64];
     uint64_t start_ns;
+    uint64_t auth_ns;  /* time api_authenticate took (quarry_search_stage_seconds_total) */
     api_conn *guarded; /* the connection's deadlines (NULL: none); MHD thread only */
     api_stage stage;   /* set on the MHD thread, or by the worker while suspended; under lock */
     bool at_headers;   /* suspended at its headers: the access handler's next call is still at
@@ -563,6 +564,11 @@ void api_metrics_answer(api_metrics *m, double seconds, bool extractive, bool fa
 void api_metrics_ingest(api_metrics *m, const char *kind, size_t chunks);
 /* One search's BM25 list: ranked by the pruned index, or by FTS5. */
 void api_metrics_bm25(api_metrics *m, bool pruned);
+/* Where an answered POST /v1/search spent its time, in nanoseconds per stage, in the order of
+ * api_metrics_stage_names (API_SEARCH_STAGES of them). */
+#define API_SEARCH_STAGES 11
+extern const char *const api_metrics_stage_names[API_SEARCH_STAGES];
+void api_metrics_search_stages(api_metrics *m, const uint64_t ns[API_SEARCH_STAGES]);
 void api_metrics_error(api_metrics *m, const char *code);
 /* Renders the Prometheus text exposition of everything, store and auth included. QR_ELIMIT when
  * it would exceed out's cap, QR_ENOMEM: never a cut exposition. */

@@ -146,7 +146,18 @@ static qr_status basic_login(api_req *r, const char *b64, auth_principal **out, 
     return st;
 }
 
+static bool authenticate(api_req *r);
+
 bool api_authenticate(api_req *r)
+{
+    uint64_t t0 = qr_now_ns();
+    bool ok = authenticate(r);
+    r->auth_ns = qr_now_ns() - t0;
+    return ok;
+}
+
+/* Authenticates r's caller by the route's rules (api_authenticate). */
+static bool authenticate(api_req *r)
 {
     char err[QR_ERR_LEN] = "";
     const api_route *route = r->route;

@@ -47,7 +47,9 @@ struct api_metrics {
     uint64_t answer_failed;
     uint64_t ingest[INGEST_KINDS];
     uint64_t ingest_chunks;
-    uint64_t bm25[2]; /* searches whose BM25 list FTS5 ranked, the pruned index ranked */
+    uint64_t bm25[2];                     /* searches whose BM25 list FTS5 ranked, the pruned index ranked */
+    uint64_t stage_ns[API_SEARCH_STAGES]; /* answered searches' time per stage */
+    uint64_t staged;                      /* ... and how many searches */
     struct {
         char code[48];
         uint64_t count;
@@ -131,6 +133,20 @@ void api_metrics_bm25(api_metrics *m, bool pruned)
         return;
     pthread_mutex_lock(&m->lock);
     m->bm25[pruned]++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+const char *const api_metrics_stage_names[API_SEARCH_STAGES] = {
+    "auth", "embed", "parse", "bm25", "vector", "fusion", "hydrate", "rerank", "snippets", "permit", "json"};
+
+void api_metrics_search_stages(api_metrics *m, const uint64_t ns[API_SEARCH_STAGES])
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < API_SEARCH_STAGES; i++)
+        m->stage_ns[i] += ns[i];
+    m->staged++;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -355,6 +371,16 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
          "filters, retrieval.bm25_path=fts5, or the index waiting for a rebuild).");
     qr_buf_printf(o, "quarry_search_bm25_total{path=\"pruned\"} %llu\n", (unsigned long long)snap->bm25[1]);
     qr_buf_printf(o, "quarry_search_bm25_total{path=\"fts5\"} %llu\n", (unsigned long long)snap->bm25[0]);
+    head(o, "quarry_search_stage_seconds_total", "counter",
+         "Time answered POST /v1/search requests spent in each stage: authentication, the query's "
+         "embedding, parsing, the BM25 list, the vector list, fusion, reading the page, reranking, "
+         "snippets, the second permission check and the JSON answer.");
+    for (size_t i = 0; i < API_SEARCH_STAGES; i++)
+        qr_buf_printf(o, "quarry_search_stage_seconds_total{stage=\"%s\"} %.9f\n", api_metrics_stage_names[i],
+                      (double)snap->stage_ns[i] / 1e9);
+    head(o, "quarry_search_staged_total", "counter",
+         "Answered POST /v1/search requests counted in quarry_search_stage_seconds_total.");
+    qr_buf_printf(o, "quarry_search_staged_total %llu\n", (unsigned long long)snap->staged);
     head(o, "quarry_bm25_index_open", "gauge", "1 when the pruned BM25 index is open.");
     bm25_index *bm25 = index_maintainer_bm25(api_service_maintainer(srv->svc));
     qr_buf_printf(o, "quarry_bm25_index_open %d\n", bm25 != NULL);

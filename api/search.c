@@ -159,6 +159,7 @@ void api_h_search(api_req *r)
         api_reply_status(r, st, err);
         goto out;
     }
+    uint64_t tj = qr_now_ns();
     json_t *results = json_array();
     const char **ids = calloc(page->nhits ? page->nhits : 1, sizeof(*ids));
     for (size_t i = 0; i < page->nhits; i++) {
@@ -172,6 +173,12 @@ void api_h_search(api_req *r)
     add_rerank(answer, page);
     api_audit_record(r->srv->audit, r, q.query, ids, ids ? page->nhits : 0, "search");
     api_reply_json(r, 200, answer);
+    /* the audit record is counted with the JSON answer: both are the answer's writing */
+    uint64_t stages[API_SEARCH_STAGES] = {r->auth_ns,       page->embed_ns,  page->parse_ns,
+                                          page->bm25_ns,    page->vector_ns, page->fusion_ns,
+                                          page->hydrate_ns, page->rerank_ns, page->snippet_ns,
+                                          page->permit_ns,  qr_now_ns() - tj};
+    api_metrics_search_stages(r->srv->metrics, stages);
     free(ids);
     retrieval_result_free(page);
 out:

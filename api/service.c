@@ -349,6 +349,7 @@ qr_status api_service_search(api_service *svc, const retrieval_caller *caller, c
         return qr_fail(err, st, "search stopped: %s%s", why,
                        st == QR_ETIMEOUT ? " (retrieval.timeout_ms)" : "");
     bool have_index = svc->maint ? index_maintainer_vindex(svc->maint) != NULL : svc->v != NULL;
+    uint64_t te = qr_now_ns();
     if (!q.vector && mode != RETRIEVAL_BM25 && (have_index || mode == RETRIEVAL_VECTOR)) {
         /* without the query's vector hybrid runs BM25 alone (and says so); vector mode fails */
         char e2[QR_ERR_LEN];
@@ -362,10 +363,13 @@ qr_status api_service_search(api_service *svc, const retrieval_caller *caller, c
             qr_log(QR_LOG_WARN, "search", "cannot embed a query (searching without vectors): %s", e2);
         }
     }
+    uint64_t embed_ns = qr_now_ns() - te;
     api_service_handle *h = api_service_acquire(svc);
     retrieval_result *res = NULL;
     st = retrieval_search(h->retrieval, caller, &q, &res, err);
     free(vec);
+    if (!st)
+        res->embed_ns = embed_ns;
     if (!st && res->nhits) {
         /* the second check: the store's permissions as they are now, one lookup per hit */
         store_filter f = {.principals = caller->principals,

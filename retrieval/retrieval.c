@@ -1451,6 +1451,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         need = window;
     size_t depth = res->mode == RETRIEVAL_HYBRID && r->o.candidates > need ? r->o.candidates : need;
 
+    uint64_t tb = qr_now_ns();
     if (run_bm25) {
         store_hit *hits = malloc(depth * sizeof(*hits));
         size_t n = 0;
@@ -1485,6 +1486,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         for (size_t i = 0; i < bm.n; i++)
             bm.v[i].rank_b = (int)i + 1;
     }
+    uint64_t tv = qr_now_ns();
+    res->bm25_ns = run_bm25 ? tv - tb : 0;
     if (run_vec) {
         vector_path path = {0};
         if ((st = vector_list(r, &f, unrestricted, req->vector, req->dim, depth, cap, &vec, &path, cancel,
@@ -1499,6 +1502,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         for (size_t i = 0; i < vec.n; i++)
             vec.v[i].rank_v = (int)i + 1;
     }
+    uint64_t tf = qr_now_ns();
+    res->vector_ns = run_vec ? tf - tv : 0;
     if (res->mode == RETRIEVAL_HYBRID) {
         if ((st = fuse(&r->o, &bm, &vec, &fused, err)) || (st = apply_cap(&fused, cap, err)))
             goto out;
@@ -1511,6 +1516,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         goto out;
     uint64_t t2 = qr_now_ns();
     res->rank_ns = t2 - t1;
+    res->fusion_ns = t2 - tf;
     size_t end = ranking->n < offset + req->k ? ranking->n : offset + req->k;
     size_t npage = end > offset ? end - offset : 0;
     /* a page that starts inside the rerank window is cut from the reranked window (read whole)
@@ -1549,6 +1555,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
                 m++;
             if (m) {
                 st = rerank_window(r, text, res, texts, lens, m, err);
+                res->rerank_ns = qr_now_ns() - t3;
             } else {
                 res->rerank = RETRIEVAL_RERANK_SKIPPED;
                 res->rerank_reason = "no_candidates";
@@ -1567,7 +1574,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
             h->start = h->chunk_start + s0;
             h->end = h->chunk_start + e0;
         }
-        res->snippet_ns = qr_now_ns() - t3;
+        res->snippet_ns = qr_now_ns() - t3 - res->rerank_ns;
         if (st)
             goto out;
     }

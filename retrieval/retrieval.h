@@ -222,11 +222,13 @@ typedef struct {
     const char *rerank_model;  /* the handle's reranker's model when one is set; else NULL */
     size_t rerank_candidates;  /* passages the reranker was given (APPLIED and FALLBACK) */
     size_t rerank_window;      /* the window this page's ranking used (0: none) */
-    /* where the search's time went, in nanoseconds (for quarry eval and bench/bm25_fixed_cost.sh):
-     * parsing and stemming the query, ranking (BM25 and vector lists, fusion), reading the page's
-     * chunks from the store, and their snippets; permit_ns is filled by api_service_search (its
-     * second permission check), 0 here */
-    uint64_t parse_ns, rank_ns, hydrate_ns, snippet_ns, permit_ns;
+    /* where the search's time went, in nanoseconds (quarry eval, bench/bm25_fixed_cost.sh and the
+     * server's quarry_search_stage_seconds_total): parsing and stemming the query, ranking (rank_ns:
+     * the BM25 list, the vector list and their fusion, each also apart), reading the page's chunks
+     * from the store, reranking them, and their snippets; embed_ns (the query's embedding) and
+     * permit_ns (the second permission check) are filled by api_service_search, 0 here */
+    uint64_t parse_ns, rank_ns, bm25_ns, vector_ns, fusion_ns, hydrate_ns, rerank_ns, snippet_ns;
+    uint64_t embed_ns, permit_ns;
     qr_arena arena_; /* private */
 } retrieval_result;
 

@@ -3902,6 +3902,10 @@ TEST(metrics_exposition)
     api_resp_release(&r);
     CHECK_INT(api_http(f.base, "GET", "/nowhere", NULL, NULL, 0, &r), 404);
     api_resp_release(&r);
+    CHECK_INT(
+        api_http(f.base, "POST", "/v1/search", H(ALICE), "{\"query\":\"expense\",\"mode\":\"bm25\"}", 0, &r),
+        200);
+    api_resp_release(&r);
     CHECK_INT(api_http(f.base, "GET", "/metrics", H(DAVE), NULL, 0, &r), 200);
     char ct[128];
     CHECK(header_value(&r, "Content-Type", ct, sizeof(ct)) && strstr(ct, "text/plain"));
@@ -3921,10 +3925,18 @@ TEST(metrics_exposition)
     CHECK(strstr(m, "quarry_answer_duration_seconds_count{mode=\"generative\"} 1\n"));
     CHECK(strstr(m, "quarry_inference_breaker_state{state=\"closed\"} 1\n"));
     CHECK(strstr(m, "quarry_errors_total{code=\"not_found\"} 1\n"));
-    /* the answer's search was ranked by the pruned BM25 index, which holds the seeded corpus */
-    CHECK(strstr(m, "quarry_search_bm25_total{path=\"pruned\"} 1\n"));
+    /* the answer's and the search's BM25 lists were ranked by the pruned index (the seeded corpus) */
+    CHECK(strstr(m, "quarry_search_bm25_total{path=\"pruned\"} 2\n"));
     CHECK(strstr(m, "quarry_search_bm25_total{path=\"fts5\"} 0\n"));
     CHECK(strstr(m, "quarry_bm25_index_open 1\n"));
+    /* the stage split counts POST /v1/search only (the ask searched too); a bm25 search spent
+     * time authenticating and ranking, none in the vector list */
+    CHECK(strstr(m, "quarry_search_staged_total 1\n"));
+    CHECK(strstr(m, "quarry_search_stage_seconds_total{stage=\"vector\"} 0.000000000\n"));
+    const char *auth_line = strstr(m, "quarry_search_stage_seconds_total{stage=\"auth\"} ");
+    const char *bm25_line = strstr(m, "quarry_search_stage_seconds_total{stage=\"bm25\"} ");
+    CHECK(auth_line && strtod(strchr(auth_line, '}') + 2, NULL) > 0);
+    CHECK(bm25_line && strtod(strchr(bm25_line, '}') + 2, NULL) > 0);
     CHECK(strstr(m, "quarry_bm25_index_chunks ") && !strstr(m, "quarry_bm25_index_chunks 0\n"));
     /* every line is a comment or "name{labels} value"; bucket counts never decrease */
     char *copy = strdup(m), *save = NULL;

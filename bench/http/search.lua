@@ -32,8 +32,8 @@ response = function(status, headers, body)
   if status ~= 200 then bad = bad + 1 end
 end
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT qps=%.1f p50=%.2f p90=%.2f p99=%.2f max=%.2f errors=%d non200=%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+  io.write(string.format("RESULT requests=%d qps=%.1f p50=%.2f p90=%.2f p99=%.2f max=%.2f errors=%d non200=%d\n",
+    summary.requests, summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(90) / 1000,
     latency:percentile(99) / 1000, latency.max / 1000,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
     summary.errors.status))
