@@ -78,7 +78,7 @@ static qr_status open_inline(api_service *svc, const qr_config *cfg, const api_s
     const char *dir = qr_config_settings(cfg)->data_dir;
     retrieval_mode mode = o->mode == RETRIEVAL_MODE_DEFAULT ? svc->ropts.mode : o->mode;
     store_stats ss;
-    qr_status st = store_get_stats(s, &ss, err);
+    qr_status st = store_get_heads(s, &ss, err);
     if (st)
         return st;
     char e2[QR_ERR_LEN];
@@ -161,7 +161,7 @@ qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_
     if (o->background) {
         store_stats ss;
         if ((st = ingest_embedder_open(cfg, &svc->embedder, err)) ||
-            (st = store_get_stats(svc->handles[0].store, &ss, err)) ||
+            (st = store_get_heads(svc->handles[0].store, &ss, err)) ||
             (st = check_embedder(svc->embedder, &ss, err)))
             goto out;
         index_maintainer_opts mo = {.data_dir = dir,

@@ -101,6 +101,8 @@ qr_status store_begin_read(store *s, char *err);
 qr_status store_commit(store *s, char *err);
 qr_status store_meta_get_int(store *s, const char *key, int64_t *out, char *err);
 qr_status store_meta_get_str(store *s, const char *key, char *out, size_t n, char *err);
+/* store_get_heads' reads, inside the caller's transaction. */
+qr_status store_read_heads(store *s, store_stats *out, char *err);
 qr_status store_meta_set_int(store *s, const char *key, int64_t v, char *err);
 qr_status store_meta_set_str(store *s, const char *key, const char *v, char *err);
 qr_status store_bump_counter(store *s, int64_t *counter, char *err);

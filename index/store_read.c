@@ -194,6 +194,31 @@ out:
 }
 
 /* Copies a vector BLOB into out (column data need not be aligned for float). */
+qr_status store_read_heads(store *s, store_stats *out, char *err)
+{
+    int64_t dim = 0;
+    qr_status st;
+    if ((st = store_meta_get_str(s, "embedding_model", out->embedding_model, sizeof(out->embedding_model),
+                                 err)) ||
+        (st = store_meta_get_int(s, "embedding_dim", &dim, err)) ||
+        (st = store_meta_get_int(s, "change_counter", &out->change_counter, err)) ||
+        (st = store_meta_get_int(s, "index_generation", &out->index_generation, err)))
+        return st;
+    out->embedding_dim = (int)dim;
+    return QR_OK;
+}
+
+qr_status store_get_heads(store *s, store_stats *out, char *err)
+{
+    if (!s || !out)
+        return qr_fail(err, QR_EINVAL, "store_get_heads: NULL argument");
+    memset(out, 0, sizeof(*out));
+    qr_status st = store_begin_read(s, err);
+    if (!st && !(st = store_read_heads(s, out, err)))
+        st = store_commit(s, err);
+    return store_end_call(s, st, err);
+}
+
 qr_status store_blob_vector(store *s, sqlite3_stmt *q, int col, int64_t chunk_id, float *out, int dim,
                             char *err)
 {

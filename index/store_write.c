@@ -736,7 +736,6 @@ qr_status store_get_stats(store *s, store_stats *out, char *err)
     memset(out, 0, sizeof(*out));
     sqlite3_stmt *q = s->q[Q_STATS];
     bool row;
-    int64_t dim = 0;
     qr_status st;
     if ((st = store_begin_read(s, err)) || (st = store_step_row(s, q, &row, err, "count documents")))
         goto out;
@@ -746,14 +745,8 @@ qr_status store_get_stats(store *s, store_stats *out, char *err)
         out->text_bytes = sqlite3_column_int64(q, 2);
     }
     sqlite3_reset(q);
-    if ((st = store_meta_get_str(s, "embedding_model", out->embedding_model, sizeof(out->embedding_model),
-                                 err)) ||
-        (st = store_meta_get_int(s, "embedding_dim", &dim, err)) ||
-        (st = store_meta_get_int(s, "change_counter", &out->change_counter, err)) ||
-        (st = store_meta_get_int(s, "index_generation", &out->index_generation, err)))
-        goto out;
-    out->embedding_dim = (int)dim;
-    st = store_commit(s, err);
+    if (!(st = store_read_heads(s, out, err)))
+        st = store_commit(s, err);
 out:
     st = store_end_call(s, st, err);
     return st;

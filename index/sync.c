@@ -391,7 +391,7 @@ static qr_status sync_impl(store *s, vindex *v, const vindex_opts *o, bool force
     store_stats ss;
     vindex_info info;
     replay r = {0};
-    qr_status st = store_get_stats(s, &ss, err);
+    qr_status st = store_get_heads(s, &ss, err);
     if (st)
         return st;
     if (ss.embedding_dim <= 0)
@@ -466,7 +466,7 @@ static qr_status open_impl(store *s, const char *data_dir, const vindex_opts *o,
         rep = &scratch;
     memset(rep, 0, sizeof(*rep));
     store_stats ss;
-    qr_status st = store_get_stats(s, &ss, err);
+    qr_status st = store_get_heads(s, &ss, err);
     if (st || ss.embedding_dim <= 0)
         return st; /* nothing embedded yet: no index to open */
     size_t n = strlen(data_dir) + sizeof("/vindex");

@@ -344,6 +344,15 @@ TEST(put_then_get_document)
     CHECK_INT(stats.text_bytes, strlen(TEXT1));
     CHECK_INT(stats.embedding_dim, DIM);
     CHECK_INT(stats.change_counter, 1);
+    /* the heads: the same embedding and counters, no counts */
+    store_stats heads;
+    CHECK_OK(store_get_heads(s, &heads, err), err);
+    CHECK_INT(heads.documents + heads.chunks + heads.text_bytes, 0);
+    CHECK_INT(heads.embedding_dim, DIM);
+    CHECK_STR(heads.embedding_model, stats.embedding_model);
+    CHECK_INT(heads.change_counter, stats.change_counter);
+    CHECK_INT(heads.index_generation, stats.index_generation);
+    CHECK_INT(store_get_heads(NULL, &heads, err), QR_EINVAL);
     CHECK_OK(store_verify(s, err), err);
     store_close(s);
     rm_tree(dir);

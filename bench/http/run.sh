@@ -110,9 +110,9 @@ password() {
 # seconds spent in each search stage so far, as "stage=seconds" lines (quarry_search_stage_seconds_total)
 stages() {
     curl -s -H "Authorization: Bearer $admin" "http://127.0.0.1:$port/metrics" |
-        sed -n 's/^quarry_search_stage_seconds_total{stage="\([a-z_]*\)"} \([0-9.e+-]*\)$/\1=\2/p'
+        sed -n 's/^quarry_search_stage_seconds_total{stage="\([a-z0-9_]*\)"} \([0-9.e+-]*\)$/\1=\2/p'
 }
-stage_names="auth embed parse bm25 vector fusion hydrate snippets permit json"
+stage_names="auth embed parse bm25 vector fusion hydrate rerank snippets permit json"
 export BENCH_WORDS="$(cat "$dir/words.txt")"
 echo "| user | mode | connections | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors | ms per search: $stage_names |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
