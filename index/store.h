@@ -307,6 +307,17 @@ qr_status store_search_bm25(store *s, const char *match, const double weights[3]
 qr_status store_filter_chunks(store *s, const store_filter *f, size_t limit, int64_t *ids, size_t *n,
                               bool *more, char *err);
 
+/* How the chunks that pass f changed after counter `since`, from one snapshot whose counter goes
+ * to *counter: fn(ctx, chunk_id, passes) for every chunk deleted after `since` (passes false) and
+ * every chunk of a document written after it (its content, ACL or metadata), first with passes
+ * false, then once more with passes true when it passes f now. So a list of the chunks that passed
+ * f at `since` becomes the list at *counter by removing every chunk reported and adding those
+ * reported as passing. QR_ELIMIT, with fn not called, when more than `limit` rows would be reported
+ * or the tombstones after `since` were pruned (store_pruned_through): list them again instead. */
+typedef qr_status (*store_filter_change_fn)(void *ctx, int64_t chunk_id, bool passes, char *err);
+qr_status store_filter_changes(store *s, const store_filter *f, int64_t since, size_t limit,
+                               store_filter_change_fn fn, void *ctx, int64_t *counter, char *err);
+
 /* The permission test of a list of chunks: docs[i] gets the document key of chunk ids[i] when
  * it exists and passes f, else -1. One indexed lookup (and the ACL rows of its document) per id,
  * the same for a chunk that passes as for one that does not; every entry is -1 on error. */

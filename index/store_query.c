@@ -466,6 +466,100 @@ out:
     return store_end_call(s, st, err);
 }
 
+/* Counts the rows q gives, up to limit + 1. */
+static qr_status count_rows(store *s, sqlite3_stmt *q, size_t limit, size_t *n, char *err)
+{
+    int rc = SQLITE_DONE;
+    *n = 0;
+    while (*n <= limit && (rc = sqlite3_step(q)) == SQLITE_ROW)
+        (*n)++;
+    if (*n <= limit && rc != SQLITE_DONE)
+        return search_fail(s, rc, err, "count changed chunks");
+    sqlite3_reset(q);
+    return QR_OK;
+}
+
+/* Calls fn for each row of q (a chunk id) with passes. */
+static qr_status report_rows(store *s, sqlite3_stmt *q, bool passes, store_filter_change_fn fn, void *ctx,
+                             char *err)
+{
+    int rc = SQLITE_DONE;
+    qr_status st = QR_OK;
+    while (!st && (rc = sqlite3_step(q)) == SQLITE_ROW)
+        st = fn(ctx, sqlite3_column_int64(q, 0), passes, err);
+    if (!st && rc != SQLITE_DONE)
+        st = search_fail(s, rc, err, "read changed chunks");
+    sqlite3_reset(q);
+    return st;
+}
+
+qr_status store_filter_changes(store *s, const store_filter *f, int64_t since, size_t limit,
+                               store_filter_change_fn fn, void *ctx, int64_t *counter, char *err)
+{
+    if (!s || !fn || !counter)
+        return qr_fail(err, QR_EINVAL, "store_filter_changes: NULL argument");
+    filter_sql fs;
+    qr_buf sql;
+    qr_buf_init(&sql, 1 << 16);
+    sqlite3_stmt *gone = NULL, *touched = NULL, *passing = NULL;
+    int64_t now = 0, pruned = 0;
+    size_t ngone = 0, ntouched = 0;
+    qr_status st = filter_prepare(f, &fs, err);
+    if (st)
+        goto out;
+    /* the chunks of documents written after `since`, and those of them that pass f now */
+    static const char touched_sql[] = "SELECT c.id FROM documents d INDEXED BY documents_changed"
+                                      " JOIN chunks c ON c.doc = d.id WHERE d.changed > :since";
+    if (qr_buf_puts(&sql, "SELECT c.id FROM documents d INDEXED BY documents_changed JOIN chunks c"
+                          " ON c.doc = d.id WHERE d.changed > :since") ||
+        filter_where(&fs, FILTER_ROW, &sql)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
+        goto out;
+    }
+    if (sqlite3_prepare_v2(s->db, "SELECT chunk_id FROM deleted_chunks WHERE counter > :since", -1, &gone,
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db, touched_sql, -1, &touched, NULL) != SQLITE_OK) {
+        st = qr_fail(err, QR_EINTERNAL, "cannot prepare the changed chunks' queries: %s",
+                     sqlite3_errmsg(s->db));
+        goto out;
+    }
+    if ((st = prepare_search(s, &sql, &passing, err)))
+        goto out;
+    if (bind_named_int(gone, ":since", since) || bind_named_int(touched, ":since", since) ||
+        bind_named_int(passing, ":since", since) || filter_bind(&fs, passing)) {
+        st = store_bind_fail(s, err);
+        goto out;
+    }
+    if ((st = store_begin_read(s, err)) || (st = store_meta_get_int(s, "change_counter", &now, err)) ||
+        (st = store_meta_get_int(s, "tombstones_pruned", &pruned, err)))
+        goto out;
+    if (since < pruned) {
+        st = qr_fail(err, QR_ELIMIT, "tombstones after change %lld were pruned (through %lld)",
+                     (long long)since, (long long)pruned);
+        goto out;
+    }
+    if ((st = count_rows(s, gone, limit, &ngone, err)) ||
+        (st = count_rows(s, touched, limit - (ngone < limit ? ngone : limit), &ntouched, err)))
+        goto out;
+    if (ngone + ntouched > limit) {
+        st = qr_fail(err, QR_ELIMIT, "more than %zu chunks changed after change %lld", limit,
+                     (long long)since);
+        goto out;
+    }
+    if ((st = report_rows(s, gone, false, fn, ctx, err)) ||
+        (st = report_rows(s, touched, false, fn, ctx, err)) ||
+        (st = report_rows(s, passing, true, fn, ctx, err)) || (st = store_commit(s, err)))
+        goto out;
+    *counter = now;
+out:
+    sqlite3_finalize(gone);
+    sqlite3_finalize(touched);
+    release_search(s, passing);
+    qr_buf_release(&sql);
+    filter_sql_release(&fs);
+    return store_end_call(s, st, err);
+}
+
 /* Prepares `select` (ending in "WHERE c.id = :id") with fs's row conditions appended and bound:
  * the statement the per-id lookups below step once per id. *id_param gets :id's index. On error
  * *q may be set: the caller releases it (release_search). */

@@ -210,9 +210,15 @@ struct retrieval {
     rq_stopwords *sw;
     plist lists[PLIST_ENTRIES];
     pestimate estimates[PLIST_ENTRIES]; /* by the filter's key modulo PLIST_ENTRIES */
+    uint64_t list_updates;              /* permitted lists brought up to date (not listed again) */
     uint64_t tick;
     retrieval_reranker rr; /* fn NULL: none */
 };
+
+uint64_t retrieval_list_updates(const retrieval *r)
+{
+    return r ? r->list_updates : 0;
+}
 
 void retrieval_set_reranker(retrieval *r, const retrieval_reranker *rr)
 {
@@ -519,11 +525,86 @@ static uint64_t filter_key(const store_filter *f)
     return h ? h : 1;
 }
 
+/* The chunks store_filter_changes reported: every one (rm), and those that pass now (add). */
+typedef struct {
+    int64_t *rm, *add;
+    size_t nrm, nadd, cap_rm, cap_add;
+} plist_delta;
+
+static qr_status delta_push(int64_t **v, size_t *n, size_t *cap, int64_t id, char *err)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? 2 * *cap : 256;
+        int64_t *p = realloc(*v, c * sizeof(*p));
+        if (!p)
+            return qr_fail(err, QR_ENOMEM, "out of memory for the permitted chunks' changes");
+        *v = p;
+        *cap = c;
+    }
+    (*v)[(*n)++] = id;
+    return QR_OK;
+}
+
+static qr_status delta_collect(void *ctx, int64_t chunk_id, bool passes, char *err)
+{
+    plist_delta *d = ctx;
+    return passes ? delta_push(&d->add, &d->nadd, &d->cap_add, chunk_id, err)
+                  : delta_push(&d->rm, &d->nrm, &d->cap_rm, chunk_id, err);
+}
+
+/* e's list (as of its counter) brought to the store's present through the changes since then:
+ * into *out (n_out ids, ascending, malloc'd), *counter the change it reflects. QR_ELIMIT when the
+ * changes are too many to be worth it (more than an eighth of the list, at least 1,024) or can no
+ * longer be known (pruned tombstones): the caller lists the chunks again. */
+static qr_status permitted_update(retrieval *r, const store_filter *f, const plist *e, int64_t **out,
+                                  size_t *n_out, int64_t *counter, char *err)
+{
+    plist_delta d = {0};
+    size_t limit = e->n / 8 > 1024 ? e->n / 8 : 1024;
+    int64_t *got = NULL;
+    qr_status st = store_filter_changes(r->s, f, e->counter, limit, delta_collect, &d, counter, err);
+    if (st)
+        goto out;
+    qsort(d.rm, d.nrm, sizeof(int64_t), cmp_i64);
+    qsort(d.add, d.nadd, sizeof(int64_t), cmp_i64);
+    if (!(got = malloc((e->n + d.nadd + 1) * sizeof(*got)))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for the permitted chunks");
+        goto out;
+    }
+    /* (list minus every chunk reported) merged with those that pass: the added are among the
+     * reported, so no id comes from both sides */
+    size_t i = 0, j = 0, a = 0, n = 0;
+    while (i < e->n || a < d.nadd) {
+        if (a >= d.nadd || (i < e->n && e->ids[i] < d.add[a])) {
+            int64_t id = e->ids[i++];
+            while (j < d.nrm && d.rm[j] < id)
+                j++;
+            if (j < d.nrm && d.rm[j] == id)
+                continue;
+            got[n++] = id;
+        } else {
+            if (n == 0 || got[n - 1] != d.add[a]) /* a chunk reported twice */
+                got[n++] = d.add[a];
+            a++;
+        }
+    }
+    *out = got;
+    *n_out = n;
+    got = NULL;
+out:
+    free(got);
+    free(d.rm);
+    free(d.add);
+    return st;
+}
+
 /*
  * Every chunk that passes f, ascending, into *ids (*n of them; the handle's, valid until the next
  * search), as of the store's latest change: a list the handle kept for the same filter and the
  * same change is reused, so that the exact scan of a large permitted set costs its scan, not its
- * listing, again. hint is the expected size. The list depends on the filter and the store only.
+ * listing, again, and one kept for an earlier change is brought up to date through the changes
+ * since (permitted_update), so that writes cost their own size, not the list's. hint is the
+ * expected size. The list depends on the filter and the store only.
  */
 static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint, const int64_t **ids,
                                 size_t *n, char *err)
@@ -533,7 +614,7 @@ static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint
     if (st)
         return st;
     uint64_t key = filter_key(f);
-    plist *slot = &r->lists[0];
+    plist *slot = &r->lists[0], *older = NULL;
     for (int i = 0; i < PLIST_ENTRIES; i++) {
         plist *e = &r->lists[i];
         if (e->key == key && e->counter == counter) {
@@ -542,12 +623,25 @@ static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint
             *n = e->n;
             return QR_OK;
         }
+        if (e->key == key && e->counter < counter)
+            older = e;
         if (e->used < slot->used)
             slot = e;
     }
     size_t room = hint + hint / 8 + 64, listed = 0;
-    bool more = true;
+    bool more = !older, updated = false;
     int64_t *got = NULL;
+    if (older) {
+        slot = older;
+        st = permitted_update(r, f, older, &got, &listed, &counter, err);
+        if (st == QR_ELIMIT) {
+            more = true;
+            st = QR_OK;
+        } else if (!st) {
+            updated = true;
+            r->list_updates++;
+        }
+    }
     while (!st && more) {
         int64_t *p = realloc(got, room * sizeof(int64_t));
         if (!p) {
@@ -562,7 +656,8 @@ static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint
         free(got);
         return st;
     }
-    qsort(got, listed, sizeof(int64_t), cmp_i64);
+    if (!updated)
+        qsort(got, listed, sizeof(int64_t), cmp_i64);
     free(slot->ids);
     if (listed > PLIST_IDS) {
         /* too large to keep: this search uses it, and it is the first to go */

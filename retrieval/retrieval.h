@@ -157,6 +157,9 @@ void retrieval_set_bm25(retrieval *r, bm25_index *b);
 void retrieval_set_vindex(retrieval *r, vindex *v);
 /* Frees the handle (not the store or index); NULL is a no-op. */
 void retrieval_close(retrieval *r);
+/* How many times the handle brought a permitted list it kept up to date through the store's
+ * changes instead of listing the permitted chunks again (tests, benches). */
+uint64_t retrieval_list_updates(const retrieval *r);
 
 /* Who is asking: the ACL principals auth resolved ("public", "user:<uid>", "group:<name>"), or
  * an administrator, who may read every document. */

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/core.h"
+#include "index/feed.h"
 #include "index/index.h"
 #include "retrieval/retrieval.h"
 #include "retrieval/retrieval_int.h"
@@ -590,6 +591,87 @@ TEST(mid_share_caller_is_served_by_the_ivf_scan_without_forbidden_chunks)
         }
     }
     CHECK_INT(served, 40);
+    fx_close(&f);
+}
+
+TEST(permitted_list_follows_writes_without_listing_again)
+{
+    /* a restricted caller's permitted list is kept by the handle; after writes it is brought up
+     * to date through the store's changes (store_filter_changes) and must equal a new listing */
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_open(&f, err), "%s", err);
+    uint64_t seed = 11;
+    for (int d = 0; d < 40; d++) {
+        char id[16], text[512] = "";
+        for (int w = 0; w < 8; w++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            snprintf(text + strlen(text), sizeof(text) - strlen(text), "%sw%u", w ? " " : "",
+                     (unsigned)((seed >> 33) % 200));
+        }
+        bool team = d % 4 == 0;
+        snprintf(id, sizeof(id), "%s%d", team ? "team" : "other", d);
+        CHECK_MSG(put(&f, id, "Notes", "", "text/plain", team ? "group:team" : "group:other", text, err),
+                  "%s", err);
+    }
+    f.o.exact_min = 1000; /* every restricted caller's chunks are listed and scanned exactly */
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    const char *caller[] = {"group:team"};
+    const char *query = "kumquat lychee durian";
+    retrieval_result *r = search(&f, caller, 1, false, query, RETRIEVAL_VECTOR, 20, err);
+    CHECK_MSG(r != NULL, "%s", err);
+    CHECK(r->vector_exact);
+    CHECK_INT(r->permitted_listed, 10);
+    CHECK_INT(retrieval_list_updates(f.r), 0);
+    retrieval_result_free(r);
+
+    /* a new team document that is the query itself, one revoked, one deleted, one rewritten
+     * (new chunk ids), and an outsider's document that also matches the query */
+    const char *other[] = {"group:other"};
+    CHECK_MSG(put(&f, "team-new", "Notes", "", "text/plain", "group:team", query, err), "%s", err);
+    CHECK_OK(store_set_acl(f.s, "team0", other, 1, err), err);
+    CHECK_OK(store_delete(f.s, "team4", err), err);
+    CHECK_MSG(put(&f, "team8", "Notes", "", "text/plain", "group:team", "w1 w2 w3|w4 w5", err), "%s", err);
+    CHECK_MSG(put(&f, "other-new", "Notes", "", "text/plain", "group:other", query, err), "%s", err);
+    vindex_opts vo;
+    vindex_opts_default(&vo);
+    CHECK_OK(index_sync(f.s, f.v, &vo, false, NULL, err), err);
+
+    r = search(&f, caller, 1, false, query, RETRIEVAL_VECTOR, 20, err);
+    CHECK_MSG(r != NULL, "%s", err);
+    CHECK_INT(retrieval_list_updates(f.r), 1);
+    CHECK_INT(r->permitted_listed, 10); /* 10 - team0 - team4 + team-new + one more chunk of team8 */
+    CHECK_INT(r->nhits, 10);            /* every permitted chunk: k is 20 */
+    CHECK(r->nhits && strcmp(r->hits[0].doc_id, "team-new") == 0);
+    for (size_t h = 0; h < r->nhits; h++)
+        CHECK_MSG(strncmp(r->hits[h].doc_id, "team", 4) == 0 && strcmp(r->hits[h].doc_id, "team0") != 0 &&
+                      strcmp(r->hits[h].doc_id, "team4") != 0,
+                  "%s returned", r->hits[h].doc_id);
+    /* the same page as a handle that lists the permitted chunks anew */
+    CHECK_MSG(fx_ready(&f, err), "%s", err);
+    retrieval_result *fresh = search(&f, caller, 1, false, query, RETRIEVAL_VECTOR, 20, err);
+    CHECK_MSG(fresh != NULL, "%s", err);
+    CHECK_INT(retrieval_list_updates(f.r), 0);
+    CHECK_INT(fresh->permitted_listed, r->permitted_listed);
+    CHECK_INT(fresh->nhits, r->nhits);
+    for (size_t h = 0; h < r->nhits && h < fresh->nhits; h++)
+        CHECK_INT(fresh->hits[h].chunk_id, r->hits[h].chunk_id);
+    retrieval_result_free(fresh);
+    retrieval_result_free(r);
+
+    /* once the tombstones it would need are pruned, the list is made again */
+    int64_t now = 0;
+    CHECK_OK(store_change_counter(f.s, &now, err), err);
+    CHECK_OK(store_delete(f.s, "team12", err), err);
+    CHECK_OK(index_sync(f.s, f.v, &vo, false, NULL, err), err);
+    CHECK_OK(store_prune_tombstones(f.s, now + 1, err), err);
+    r = search(&f, caller, 1, false, query, RETRIEVAL_VECTOR, 20, err);
+    CHECK_MSG(r != NULL, "%s", err);
+    CHECK_INT(retrieval_list_updates(f.r), 0);
+    CHECK_INT(r->permitted_listed, 9);
+    for (size_t h = 0; h < r->nhits; h++)
+        CHECK(strcmp(r->hits[h].doc_id, "team12") != 0);
+    retrieval_result_free(r);
     fx_close(&f);
 }
 

@@ -2186,3 +2186,107 @@ TEST(jobs_table_records_progress_once_per_document)
     sqlite3_close(db);
     rm_tree(base);
 }
+
+/* Applies store_filter_changes' reports to a sorted id list (test side: a plain array). */
+typedef struct {
+    int64_t ids[64];
+    size_t n;
+    int64_t rm[64], add[64];
+    size_t nrm, nadd;
+} change_acc;
+
+static qr_status change_collect(void *ctx, int64_t chunk_id, bool passes, char *err)
+{
+    change_acc *a = ctx;
+    if (a->nrm == 64 || a->nadd == 64)
+        return qr_fail(err, QR_ELIMIT, "test accumulator full");
+    if (passes)
+        a->add[a->nadd++] = chunk_id;
+    else
+        a->rm[a->nrm++] = chunk_id;
+    return QR_OK;
+}
+
+static int cmp_id(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return (a > b) - (a < b);
+}
+
+static void list_filter(store *s, const store_filter *f, int64_t *ids, size_t *n, char *err)
+{
+    bool more = false;
+    CHECK_OK(store_filter_chunks(s, f, 64, ids, n, &more, err), err);
+    CHECK(!more);
+    qsort(ids, *n, sizeof(int64_t), cmp_id);
+}
+
+TEST(filter_changes_bring_a_permitted_list_up_to_date)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    const char *const team[] = {"group:team"}, *const other[] = {"group:other"};
+    fixture fx;
+    store_put_result r;
+    const char *names[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++) {
+        make_doc(&fx, names[i], "Doc", i % 2 ? "one line\ntwo lines" : "a single line", i < 3 ? team : other,
+                 1);
+        CHECK_OK(put(s, &fx, &r, err), err);
+    }
+    const char *mine[] = {"group:team"};
+    store_filter f = {.principals = mine, .nprincipals = 1};
+    change_acc acc = {0};
+    list_filter(s, &f, acc.ids, &acc.n, err);
+    CHECK_INT(acc.n, 4); /* a (1 chunk), b (2), c (1) */
+    int64_t since = counter_of(s), now = 0;
+
+    /* b revoked, c rewritten with two new chunks, d granted, e added for another group */
+    CHECK_OK(store_set_acl(s, "b", other, 1, err), err);
+    make_doc(&fx, "c", "Doc", "new text\nmore new text", team, 1);
+    CHECK_OK(put(s, &fx, &r, err), err);
+    CHECK_OK(store_set_acl(s, "d", team, 1, err), err);
+    make_doc(&fx, "e", "Doc", "elsewhere", other, 1);
+    CHECK_OK(put(s, &fx, &r, err), err);
+    CHECK_INT(store_filter_changes(s, &f, since, 2, change_collect, &acc, &now, err), QR_ELIMIT);
+    CHECK(acc.nrm == 0 && acc.nadd == 0 && strstr(err, "more than 2"));
+    CHECK_OK(store_filter_changes(s, &f, since, 100, change_collect, &acc, &now, err), err);
+    CHECK_INT(now, counter_of(s));
+    /* the list minus every reported chunk, plus those that pass: a fresh listing */
+    int64_t next[64], want[64];
+    size_t n = 0, nwant = 0;
+    for (size_t i = 0; i < acc.n; i++) {
+        bool gone = false;
+        for (size_t j = 0; j < acc.nrm; j++)
+            gone |= acc.rm[j] == acc.ids[i];
+        if (!gone)
+            next[n++] = acc.ids[i];
+    }
+    for (size_t j = 0; j < acc.nadd; j++) {
+        bool reported = false;
+        for (size_t i = 0; i < acc.nrm; i++)
+            reported |= acc.rm[i] == acc.add[j];
+        CHECK(reported); /* every passing chunk was first reported as removed */
+        next[n++] = acc.add[j];
+    }
+    qsort(next, n, sizeof(int64_t), cmp_id);
+    list_filter(s, &f, want, &nwant, err);
+    CHECK_INT(n, nwant);
+    CHECK_INT(nwant, 5); /* a (1), c (2 new), d (2) */
+    for (size_t i = 0; i < n && i < nwant; i++)
+        CHECK_INT(next[i], want[i]);
+
+    /* nothing changed since now: nothing reported */
+    acc.nrm = acc.nadd = 0;
+    CHECK_OK(store_filter_changes(s, &f, now, 100, change_collect, &acc, &now, err), err);
+    CHECK(acc.nrm == 0 && acc.nadd == 0);
+    /* tombstones pruned past `since`: the changes can no longer be known */
+    CHECK_OK(store_prune_tombstones(s, now, err), err);
+    CHECK_INT(store_filter_changes(s, &f, since, 100, change_collect, &acc, &now, err), QR_ELIMIT);
+    CHECK(strstr(err, "pruned"));
+    CHECK_INT(store_filter_changes(NULL, &f, since, 100, change_collect, &acc, &now, err), QR_EINVAL);
+    store_close(s);
+    rm_tree(dir);
+}
