@@ -237,6 +237,78 @@ static void crossover(vindex *v, const float *qvec, size_t nq, int dim)
     free(lf);
 }
 
+/* ---- searches after writes ---------------------------------------------------------------------- */
+
+/* BENCH_WRITES: what a write costs the next vector search of a 10% and a 1% caller on the same
+ * handle. Rounds of the queries: without writes, then with a write before each search (doc0's
+ * ACL toggled between group:all and group:all + the caller's group: one change, one document),
+ * where the handle brings its permitted list up to date through the change; beside them the cost
+ * of listing the permitted chunks again (store_filter_chunks), what every search after a write
+ * paid before. Leaves doc0's ACL as generate() wrote it. */
+static int writes_between(store *s, vindex *v, retrieval *r, char (*queries)[256], const float *qvec,
+                          size_t nq, int dim, double *lat)
+{
+    static const char *const groups[] = {"group:p10", "group:p1"};
+    char err[QR_ERR_LEN];
+    vindex_info vi;
+    vindex_get_info(v, &vi);
+    int64_t *listed = malloc((vi.count + vi.delta + 1) * sizeof(int64_t));
+    printf("\n| caller | vector p50 ms, no writes | p95 | p50 ms, a write before each | p95 | list updates | "
+           "listing again ms (median of 5) |\n|---|---|---|---|---|---|---|\n");
+    for (size_t g = 0; g < 2; g++) {
+        const char *principals[] = {groups[g]};
+        const char *with[] = {"group:all", groups[g]}, *without[] = {"group:all"};
+        retrieval_caller caller = {principals, 1, false};
+        double p[4];
+        uint64_t updates0 = retrieval_list_updates(r);
+        for (int round = 0; round < 2; round++) {
+            for (size_t i = 0; i < nq; i++) {
+                if (round && store_set_acl(s, "doc0", i % 2 ? with : without, i % 2 ? 2 : 1, err)) {
+                    fprintf(stderr, "bench_search: %s\n", err);
+                    free(listed);
+                    return 1;
+                }
+                retrieval_request q = {.query = queries[i],
+                                       .vector = qvec + i * (size_t)dim,
+                                       .dim = dim,
+                                       .mode = RETRIEVAL_VECTOR,
+                                       .k = K};
+                retrieval_result *res = NULL;
+                uint64_t q0 = qr_now_ns();
+                if (retrieval_search(r, &caller, &q, &res, err)) {
+                    fprintf(stderr, "bench_search: %s\n", err);
+                    free(listed);
+                    return 1;
+                }
+                lat[i] = (qr_now_ns() - q0) / 1e6;
+                retrieval_result_free(res);
+            }
+            qsort(lat, nq, sizeof(double), cmp_double);
+            p[2 * round] = pct(lat, nq, 50);
+            p[2 * round + 1] = pct(lat, nq, 95);
+        }
+        static const char *const doc0[] = {"group:all", "group:p10", "group:p1", "group:p01"};
+        if (store_set_acl(s, "doc0", doc0, 4, err))
+            fprintf(stderr, "bench_search: doc0's ACL not restored: %s\n", err);
+        store_filter f = {.principals = principals, .nprincipals = 1};
+        double t[5];
+        size_t n = 0;
+        bool more = false;
+        for (int i = 0; i < 5; i++) {
+            uint64_t l0 = qr_now_ns();
+            if (store_filter_chunks(s, &f, vi.count + vi.delta + 1, listed, &n, &more, err))
+                fprintf(stderr, "bench_search: %s\n", err);
+            t[i] = (qr_now_ns() - l0) / 1e6;
+        }
+        qsort(t, 5, sizeof(double), cmp_double);
+        printf("| %s (%zu chunks) | %.2f | %.2f | %.2f | %.2f | %llu | %.1f |\n", groups[g], n, p[0], p[1],
+               p[2], p[3], (unsigned long long)(retrieval_list_updates(r) - updates0), t[2]);
+        fflush(stdout);
+    }
+    free(listed);
+    return 0;
+}
+
 /* ---- latency and recall ------------------------------------------------------------------------ */
 
 static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_config *cfg, ingest_embedder *e,
@@ -324,6 +396,13 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
         free(qvec);
         free(lat);
         rc = 0;
+        goto out;
+    }
+    if (getenv("BENCH_WRITES")) {
+        rc = writes_between(s, v, r, queries, qvec, nqueries, dim, lat);
+        free(queries);
+        free(qvec);
+        free(lat);
         goto out;
     }
     static const struct {
