@@ -5,7 +5,9 @@
  * one write, so that a document is wholly present or wholly absent. ACL, title and metadata
  * changes of unchanged content go to the store without extraction or embedding. The work before
  * the store can run apart (ingest_prepare, on the pool's threads: pool.c) from the write
- * (ingest_put_prepared); ingest_put is the two in a row, with the same checks and errors.
+ * (ingest_put_prepared); ingest_put is the two in a row, with the same checks and errors. Raw
+ * input (a JSON line) can be parsed there too, by its reader's parser, so that the writing thread
+ * only writes.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,7 +136,15 @@ static qr_status put_unchanged(ingest_session *s, const ingest_source *src, cons
  * in the order ingest_put always checked them, so that both paths fail alike. */
 struct ingest_prepared {
     ingest_source src;
-    bool owned;         /* src's strings, ACL and bytes are copies owned here */
+    bool owned; /* src's strings, ACL and bytes are copies owned here */
+    /* raw input (ingest_prepared_new_raw): parsed into src by the first ingest_prepare */
+    const ingest_parser *parser;
+    char *raw;
+    size_t raw_len;
+    char *where;
+    void *hold; /* what src borrows from, for parser->release */
+    bool unparsed;
+    char parse_err[QR_ERR_LEN];
     qr_status early_st; /* a bad source: reported before the store is asked anything */
     char early_err[QR_ERR_LEN];
     char hash[65];
@@ -237,6 +247,10 @@ out:
 
 static void prepared_release(ingest_prepared *p)
 {
+    if (p->hold)
+        p->parser->release(p->hold);
+    free(p->raw);
+    free(p->where);
     free(p->vectors);
     free(p->rows);
     ingest_chunks_free(p->chunks, p->n);
@@ -322,8 +336,52 @@ qr_status ingest_prepared_new(const ingest_source *src, ingest_prepared **out, c
     return QR_OK;
 }
 
+qr_status ingest_prepared_new_raw(const ingest_parser *parser, char *raw, size_t len, const char *where,
+                                  ingest_prepared **out, char *err)
+{
+    *out = NULL;
+    ingest_prepared *p = calloc(1, sizeof(*p));
+    char *w = strdup(where ? where : "");
+    if (!p || !w) {
+        free(p);
+        free(w);
+        free(raw);
+        return qr_fail(err, QR_ENOMEM, "out of memory queueing input '%.200s'", where ? where : "");
+    }
+    p->parser = parser;
+    p->raw = raw;
+    p->raw_len = len;
+    p->where = w;
+    *out = p;
+    return QR_OK;
+}
+
+bool ingest_prepared_unparsed(const ingest_prepared *p, const char **where, const char **why)
+{
+    if (!p->unparsed)
+        return false;
+    *where = p->where;
+    *why = p->parse_err;
+    return true;
+}
+
+/* Turns raw input into the source, once; the raw bytes are not needed after. */
+static void prepare_parse(ingest_prepared *p)
+{
+    if (!p->raw)
+        return;
+    /* src borrows from hold, never from the raw bytes */
+    p->unparsed =
+        p->parser->parse(p->parser->ctx, p->raw, p->raw_len, &p->src, &p->hold, p->parse_err) != QR_OK;
+    free(p->raw);
+    p->raw = NULL;
+}
+
 void ingest_prepare(const ingest_session *s, ingest_embedder *e, store *ro, ingest_prepared *p)
 {
+    prepare_parse(p);
+    if (p->unparsed)
+        return;
     prepare_check(s, p);
     if (p->early_st || !e)
         return;
@@ -344,20 +402,28 @@ qr_status ingest_put_prepared(ingest_session *s, ingest_prepared *p, store_put_r
 {
     if (nchunks)
         *nchunks = 0;
+    if (p->unparsed)
+        return qr_fail(err, QR_EINVAL, "%s: %s", p->where, p->parse_err);
     if (p->early_st)
         return qr_fail(err, p->early_st, "%s", p->early_err);
     const ingest_source *src = &p->src;
-    char stored[65];
-    bool found = false;
-    qr_status st = store_get_hash(s->store, src->doc_id, stored, &found, err);
-    if (st)
-        return st;
-    if (found && strcmp(p->hash, stored) == 0)
-        return put_unchanged(s, src, p->hash, result, nchunks, err);
-    if (!p->worked)
-        prepare_work(s, s->embedder, p);
-    if (p->work_st)
-        return qr_fail(err, p->work_st, "%s", p->work_err);
+    qr_status st;
+    /* Prepared in full (a pool thread found no committed copy of this content): store_put looks
+     * the document up once and compares the hash itself, keeping the stored chunks when it is the
+     * same (a document twice in one batch), as put_unchanged would. Otherwise the hash decides
+     * first, so that an unchanged document is never extracted nor its failure reported. */
+    if (!p->worked || p->work_st) {
+        char stored[65];
+        bool found = false;
+        if ((st = store_get_hash(s->store, src->doc_id, stored, &found, err)))
+            return st;
+        if (found && strcmp(p->hash, stored) == 0)
+            return put_unchanged(s, src, p->hash, result, nchunks, err);
+        if (!p->worked)
+            prepare_work(s, s->embedder, p);
+        if (p->work_st)
+            return qr_fail(err, p->work_st, "%s", p->work_err);
+    }
     store_document doc = {
         .doc_id = src->doc_id,
         .title = src->title ? src->title : p->text.title,
