@@ -10,7 +10,9 @@
  * every commit, so a commit that returned also survives power loss. synchronous=NORMAL keeps
  * the same guarantees against a killed process (the WAL frames are in the OS before COMMIT
  * returns) but could lose the last commits on power loss, and then hand out again chunk ids and
- * change counters that a vector index saved to its own files had already seen. Foreign
+ * change counters that a vector index saved to its own files had already seen (a bulk load,
+ * store_bulk_begin, runs under NORMAL and ends with a synced commit that makes all of it
+ * durable at once). Foreign
  * keys are on, as a second line of defence behind the explicit deletes. A batch
  * (store_batch_begin) only widens the transaction to several documents: each is still written
  * whole inside it, and a failure half-way through a write rolls the whole batch back.
@@ -691,6 +693,63 @@ void store_batch_rollback(store *s)
         rollback(s);
         s->batch = BATCH_NONE;
     }
+}
+
+/* ---- bulk loads -------------------------------------------------------------------------- */
+
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x)  STRINGIFY_(x)
+
+/* SQLite's default page cache (2 MB) is what a server's many handles each keep; a bulk load's
+ * batches dirty more than that, and pages spilled or dropped mid-batch are written or read again:
+ * measured on 23 MB of input, 16 MB took pwrite calls from 27,700 to 20,200 and pread from 15,700
+ * to 6,300 (64 MB: no fewer). */
+#define STORE_BULK_CACHE_KIB 16384
+
+qr_status store_bulk_begin(store *s, char *err)
+{
+    if (!s)
+        return qr_fail(err, QR_EINVAL, "store_bulk_begin: NULL store");
+    if (s->batch != BATCH_NONE)
+        return qr_fail(err, QR_EINVAL, "bulk mode cannot start inside a batch on store '%s'", s->path);
+    qr_status st =
+        exec_sql(s,
+                 "PRAGMA synchronous = NORMAL;"
+                 " PRAGMA wal_autocheckpoint = " STRINGIFY(
+                     STORE_BULK_CHECKPOINT_PAGES) ";"
+                                                  " PRAGMA cache_size = -" STRINGIFY(STORE_BULK_CACHE_KIB),
+                 err, "enter bulk mode");
+    if (!st)
+        s->bulk = true;
+    return st;
+}
+
+qr_status store_bulk_end(store *s, char *err)
+{
+    if (!s)
+        return qr_fail(err, QR_EINVAL, "store_bulk_end: NULL store");
+    if (!s->bulk)
+        return QR_OK;
+    if (s->batch != BATCH_NONE)
+        return qr_fail(err, QR_EINVAL, "bulk mode cannot end inside a batch on store '%s'", s->path);
+    /* SQLite refuses to change synchronous inside a transaction, so the last batch committed
+     * under NORMAL: one more commit under FULL syncs the WAL file, and with it every frame of
+     * the load. It rewrites one meta row with its own value (a write, so a frame and a sync; no
+     * change anyone can see but the file's change counter). */
+    qr_status st = exec_sql(s,
+                            "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000;"
+                            " PRAGMA cache_size = -2000",
+                            err, "leave bulk mode");
+    if (st)
+        return st;
+    s->bulk = false;
+    st = exec_sql(s,
+                  "BEGIN IMMEDIATE;"
+                  " UPDATE meta SET value = value WHERE key = 'change_counter';"
+                  " COMMIT",
+                  err, "sync the bulk load to disk");
+    rollback(s); /* a failed COMMIT can leave the transaction open */
+    return st;
 }
 
 /* ---- verification ------------------------------------------------------------------------ */

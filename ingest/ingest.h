@@ -189,6 +189,10 @@ const char *ingest_session_model(const ingest_session *s);
 qr_status ingest_session_batch_begin(ingest_session *s, char *err);
 qr_status ingest_session_batch_commit(ingest_session *s, char *err);
 void ingest_session_batch_rollback(ingest_session *s);
+/* A bulk load's durability (store_bulk_begin/end): batches commit without an fdatasync each, and
+ * the end's synced commit makes all of them durable; outside a batch. */
+qr_status ingest_session_bulk_begin(ingest_session *s, char *err);
+qr_status ingest_session_bulk_end(ingest_session *s, char *err);
 
 /* One document to ingest. Strings are borrowed for the call. */
 typedef struct {

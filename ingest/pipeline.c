@@ -84,6 +84,16 @@ void ingest_session_batch_rollback(ingest_session *s)
     store_batch_rollback(s->store);
 }
 
+qr_status ingest_session_bulk_begin(ingest_session *s, char *err)
+{
+    return store_bulk_begin(s->store, err);
+}
+
+qr_status ingest_session_bulk_end(ingest_session *s, char *err)
+{
+    return store_bulk_end(s->store, err);
+}
+
 /* The stored hash covers the bytes and whatever else shapes the chunks and vectors, so that
  * changing the chunk budget, the overlap, the declared type, a given title or the embedding model
  * re-chunks and re-embeds a document instead of keeping chunks made under the old settings. */
@@ -223,15 +233,22 @@ static void prepare_work(const ingest_session *s, ingest_embedder *e, ingest_pre
     qr_arena_init(&arena, (size_t)1 << 31);
     for (size_t i = 0; i < n; i++) {
         p->rows[i] = (store_chunk){p->chunks[i].start, p->chunks[i].end, p->chunks[i].headings};
-        char *composite =
-            qr_arena_printf(&arena, "%s\n%s\n%.*s", title ? title : "", p->chunks[i].headings,
-                            (int)(p->chunks[i].end - p->chunks[i].start), p->text.text + p->chunks[i].start);
+        /* "title\nheadings\nbody", put together with memcpy (printf's %.*s was 2% of a bulk load) */
+        const char *t = title ? title : "", *h = p->chunks[i].headings ? p->chunks[i].headings : "";
+        size_t tn = strlen(t), hn = strlen(h), bn = p->chunks[i].end - p->chunks[i].start;
+        char *composite = qr_arena_alloc(&arena, tn + hn + bn + 3);
         if (!composite) {
             st = qr_fail(err, QR_ENOMEM, "out of memory for %zu chunks", n);
             goto out;
         }
+        memcpy(composite, t, tn);
+        composite[tn] = '\n';
+        memcpy(composite + tn + 1, h, hn);
+        composite[tn + 1 + hn] = '\n';
+        memcpy(composite + tn + hn + 2, p->text.text + p->chunks[i].start, bn);
+        composite[tn + hn + 2 + bn] = '\0';
         texts[i] = composite;
-        lens[i] = strlen(composite);
+        lens[i] = tn + hn + 2 + bn;
     }
     if (n) {
         st = ingest_embed(e, texts, lens, n, p->vectors, inner);

@@ -158,7 +158,11 @@ static qr_status enqueue(ingest_pool *p, ingest_prepared *doc, size_t bytes, cha
     slot->state = SLOT_QUEUED;
     p->tail++;
     p->queued_bytes += bytes;
-    if (p->nworkers)
+    /* Waking a worker is a system call on this thread, which is the bottleneck: wake one only
+     * once half the queue waits untaken, so that it takes several documents per wake-up (a
+     * full queue still has the other half prepared for the writer); ingest_pool_next wakes them
+     * when the writer is about to wait for an untaken document. */
+    if (p->nworkers && p->tail - p->take >= (p->cap + 1) / 2)
         pthread_cond_signal(&p->work_cv);
     pthread_mutex_unlock(&p->mu);
     return QR_OK;
@@ -200,6 +204,8 @@ ingest_prepared *ingest_pool_next(ingest_pool *p, bool wait)
         pthread_mutex_lock(&p->mu);
         slot->state = SLOT_DONE;
     }
+    if (wait && slot->state == SLOT_QUEUED)
+        pthread_cond_broadcast(&p->work_cv); /* enqueue may not have woken anyone yet */
     while (wait && slot->state != SLOT_DONE)
         pthread_cond_wait(&p->done_cv, &p->mu);
     if (slot->state != SLOT_DONE)
