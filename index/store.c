@@ -734,8 +734,9 @@ qr_status store_bulk_end(store *s, char *err)
         return qr_fail(err, QR_EINVAL, "bulk mode cannot end inside a batch on store '%s'", s->path);
     /* SQLite refuses to change synchronous inside a transaction, so the last batch committed
      * under NORMAL: one more commit under FULL syncs the WAL file, and with it every frame of
-     * the load. It rewrites one meta row with its own value (a write, so a frame and a sync; no
-     * change anyone can see but the file's change counter). */
+     * the load. It adds a meta row and removes it again: pages change, so the commit writes a
+     * frame and syncs (rewriting a row with its own value would not: SQLite skips identical
+     * content), and nothing anyone reads has changed. */
     qr_status st = exec_sql(s,
                             "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000;"
                             " PRAGMA cache_size = -2000",
@@ -745,7 +746,8 @@ qr_status store_bulk_end(store *s, char *err)
     s->bulk = false;
     st = exec_sql(s,
                   "BEGIN IMMEDIATE;"
-                  " UPDATE meta SET value = value WHERE key = 'change_counter';"
+                  " INSERT INTO meta(key, value) VALUES ('bulk_load_sync', 1);"
+                  " DELETE FROM meta WHERE key = 'bulk_load_sync';"
                   " COMMIT",
                   err, "sync the bulk load to disk");
     rollback(s); /* a failed COMMIT can leave the transaction open */
