@@ -1756,7 +1756,10 @@ typedef struct {
 
 static sqlite3_vfs *count_real;
 static sqlite3_vfs count_vfs;
-static int wal_syncs, wal_writes_unsynced, db_syncs;
+static pthread_t count_thread; /* the test's own thread: the store's writer */
+/* syncs of the WAL by the writer's thread and by others (bulk mode's checkpointing thread), WAL
+ * writes since its last sync by anyone, syncs of the database file */
+static _Atomic int wal_syncs, other_wal_syncs, wal_writes_unsynced, db_syncs;
 
 #define REAL(f) (((count_file *)(f))->real)
 static int cf_close(sqlite3_file *f)
@@ -1782,7 +1785,10 @@ static int cf_truncate(sqlite3_file *f, sqlite3_int64 size)
 static int cf_sync(sqlite3_file *f, int flags)
 {
     if (((count_file *)f)->wal) {
-        wal_syncs++;
+        if (pthread_equal(pthread_self(), count_thread))
+            wal_syncs++;
+        else
+            other_wal_syncs++;
         wal_writes_unsynced = 0;
     } else {
         db_syncs++;
@@ -1861,6 +1867,7 @@ static int cf_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flag
 /* Makes the counting VFS the default (the store opens its files through it). */
 static void count_vfs_install(void)
 {
+    count_thread = pthread_self();
     count_real = sqlite3_vfs_find(NULL);
     count_vfs = *count_real;
     count_vfs.zName = "quarry-test-count";
@@ -1897,8 +1904,10 @@ TEST(bulk_load_ends_with_a_synced_commit)
     CHECK_INT(wal_syncs, before + 1);
     CHECK_INT(wal_writes_unsynced, 0);
 
-    /* bulk mode: batches commit without a sync, yet a reader sees them */
+    /* bulk mode: batches commit without a sync on the writer's thread (the checkpointing
+     * thread's syncs come when they come), yet a reader sees them */
     CHECK_OK(store_bulk_begin(s, err), err);
+    CHECK_OK(store_bulk_begin(s, err), err); /* already on: a no-op */
     before = wal_syncs;
     int db_before = db_syncs;
     for (int b = 1; b < 4; b++) {
@@ -1909,24 +1918,26 @@ TEST(bulk_load_ends_with_a_synced_commit)
         CHECK_OK(store_batch_commit(s, err), err);
     }
     CHECK_INT(wal_syncs, before);
-    CHECK_INT(db_syncs, db_before); /* no checkpoint either */
-    CHECK(wal_writes_unsynced > 0);
     CHECK_OK(store_open(dir, &reader, err), err);
     CHECK(doc_exists(reader, "d4"));
     CHECK_INT(counter_of(reader), 4);
 
-    /* the end is one synced commit after the last frame: the whole load is on disk */
+    /* the end is one synced commit after the last frame: the whole load is on disk, and the
+     * checkpointing thread has copied it into the database file and synced that */
     CHECK_OK(store_bulk_end(s, err), err);
-    CHECK_INT(wal_syncs, before + 1);
+    CHECK(wal_syncs > before); /* two when the WAL started over: its header is synced too */
     CHECK_INT(wal_writes_unsynced, 0);
+    before = wal_syncs;
+    CHECK_MSG(other_wal_syncs > 0 && db_syncs > db_before, "checkpoints: %d WAL syncs, %d database syncs",
+              (int)other_wal_syncs, db_syncs - db_before);
     CHECK_INT(counter_of(reader), 4);      /* it changed nothing anyone reads */
     CHECK_OK(store_bulk_end(s, err), err); /* a second end is a no-op */
-    CHECK_INT(wal_syncs, before + 1);
+    CHECK_INT(wal_syncs, before);
     /* and the handle is back to a synced commit each */
     make_doc(&f[0], "d1", "Travel policy, new title", TEXT1, ACL_AB, 3);
     CHECK_OK(put(s, &f[0], &r, err), err);
     CHECK_INT(r, STORE_UPDATED);
-    CHECK_INT(wal_syncs, before + 2);
+    CHECK(wal_syncs > before);
     CHECK_INT(wal_writes_unsynced, 0);
     CHECK_INT(store_batch_begin(s, err), QR_OK);
     CHECK_INT(store_bulk_begin(s, err), QR_EINVAL); /* not inside a batch */
