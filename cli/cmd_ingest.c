@@ -586,6 +586,8 @@ int cli_cmd_ingest(cli_ctx *ctx)
         .max_bytes = (size_t)qr_config_settings(ctx->cfg)->ingest_max_document_bytes,
         .tty = isatty(STDERR_FILENO),
     };
+    /* the preparing threads parse lines: jansson's hash seed is set here, before they start */
+    json_object_seed(0);
     jsonl_defaults defaults = {.acl = acl, .nacl = nacl};
     run.jsonl = (ingest_parser){.parse = jsonl_parse, .release = jsonl_release, .ctx = &defaults};
     qr_buf_init(&run.failures, 1 << 20);
