@@ -9,7 +9,10 @@
 # from process start to exit (about 0.3 s of it is starting quarry). On a shared machine the
 # threads' gain hides behind other load, so the writer's own CPU time (the store part, from the
 # summary line) is compared with the bare insert's CPU time too: the ratio the writer allows.
-# Usage: bench/ingest_e2e.sh [BUILD_DIR] [DATASETS_DIR]   (RUNS=5, COPIES=8 by default)
+# `quarry ingest` commits its batches under synchronous=NORMAL and ends with one synced commit
+# (store_bulk_begin): the anchor stays at FULL, and is run under NORMAL too, beside it. BEFORE,
+# when set, is another quarry binary (e.g. the integration branch's) run in the same rounds.
+# Usage: [BEFORE=path/to/quarry] bench/ingest_e2e.sh [BUILD_DIR] [DATASETS_DIR]   (RUNS=5, COPIES=8)
 set -euo pipefail
 build=${1:-build/release}
 datasets=${2:-../shared/datasets}
@@ -30,39 +33,56 @@ done > "$tmp/both.jsonl"
 median() { sort -g | sed -n "$(( (runs + 1) / 2 ))p"; }
 
 # "wall_seconds writer_cpu_seconds" of one fresh `quarry ingest` with ingest.threads=$2 on file $1
+# (binary $3, default this build's)
 ingest_s() {
   rm -rf "$tmp/data"
   local start end
   start=$(date +%s.%N)
-  "$bin" --data "$tmp/data" --log-level error --set "ingest.threads=$2" ingest --acl public --jsonl "$1" \
+  "${3:-$bin}" --data "$tmp/data" --log-level error --set "ingest.threads=$2" ingest --acl public --jsonl "$1" \
     > "$tmp/out" 2>&1
   end=$(date +%s.%N)
   echo "$(echo "$end - $start" | bc -l) $(grep -o '[0-9.]* s CPU writing' "$tmp/out" | cut -d' ' -f1)"
 }
 
-printf '| corpus | MB (jsonl) | docs | chunks | bare FTS5 s (CPU s) | FTS5 MB/s | ingest 1 thread s | MB/s | x FTS5 | ingest all cores s | MB/s | x FTS5 | writer CPU s | x FTS5 CPU |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+before=${BEFORE:-}
+printf '| corpus | MB (jsonl) | docs | chunks | bare FTS5 FULL s (CPU s) | MB/s | bare FTS5 NORMAL s | before: all cores s | MB/s | x FTS5 | 1 thread s | x FTS5 | all cores s | MB/s | x FTS5 | writer CPU s | x FTS5 CPU |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for c in cranfield cisi both; do
   if [ "$c" = both ]; then f=$tmp/both.jsonl; name="both x$copies"; else f=$datasets/$c/corpus.jsonl; name=$c; fi
   bytes=$(stat -c %s "$f")
   docs=$(wc -l < "$f")
-  t1=(); tn=(); wn=(); tf=(); cf=(); chunks=0
+  t0=(); t1=(); tn=(); wn=(); tf=(); cf=(); tq=(); chunks=0
   for _ in $(seq "$runs"); do
+    if [ -n "$before" ]; then
+      read -r w _ < <(ingest_s "$f" 0 "$before")
+      t0+=("$w")
+    else
+      t0+=(0)
+    fi
     read -r w _ < <(ingest_s "$f" 1)
     t1+=("$w")
     read -r w cpu < <(ingest_s "$f" 0)
     tn+=("$w"); wn+=("$cpu")
     read -r s chunks _ cpu < <("$fts" "$f" "$tmp/bare.db")
     tf+=("$s"); cf+=("$cpu")
+    read -r s _ < <("$fts" --normal "$f" "$tmp/bare.db")
+    tq+=("$s")
   done
+  m0=$(printf '%s\n' "${t0[@]}" | median)
   m1=$(printf '%s\n' "${t1[@]}" | median)
   mn=$(printf '%s\n' "${tn[@]}" | median)
   mw=$(printf '%s\n' "${wn[@]}" | median)
   mf=$(printf '%s\n' "${tf[@]}" | median)
   mc=$(printf '%s\n' "${cf[@]}" | median)
+  mq=$(printf '%s\n' "${tq[@]}" | median)
   mb=$(echo "$bytes / 1000000" | bc -l)
-  printf '| %s | %.2f | %d | %d | %.3f (%.3f) | %.1f | %.3f | %.1f | %.2f | %.3f | %.1f | %.2f | %.3f | %.2f |\n' \
-    "$name" "$mb" "$docs" "$chunks" "$mf" "$mc" "$(echo "$mb / $mf" | bc -l)" "$m1" "$(echo "$mb / $m1" | bc -l)" \
+  if [ -n "$before" ]; then
+    b0=$(printf '%.3f | %.1f | %.2f' "$m0" "$(echo "$mb / $m0" | bc -l)" "$(echo "$mf / $m0" | bc -l)")
+  else
+    b0='- | - | -'
+  fi
+  printf '| %s | %.2f | %d | %d | %.3f (%.3f) | %.1f | %.3f | %s | %.3f | %.2f | %.3f | %.1f | %.2f | %.3f | %.2f |\n' \
+    "$name" "$mb" "$docs" "$chunks" "$mf" "$mc" "$(echo "$mb / $mf" | bc -l)" "$mq" "$b0" "$m1" \
     "$(echo "$mf / $m1" | bc -l)" "$mn" "$(echo "$mb / $mn" | bc -l)" "$(echo "$mf / $mn" | bc -l)" "$mw" \
     "$(echo "$mc / $mw" | bc -l)"
 done

@@ -4,11 +4,13 @@
  * extraction and chunking with the default settings, which are not timed), into a fresh SQLite
  * database in WAL mode with synchronous=FULL, one transaction, the store's tokenizer (porter
  * unicode61). Only the open, the inserts and the commit are timed. Options set FTS5's automerge,
- * crisismerge and pgsz, or run 'optimize' after the load (timed), to measure their effect.
+ * crisismerge and pgsz, or run 'optimize' after the load (timed), to measure their effect, and
+ * --normal runs it under synchronous=NORMAL (what `quarry ingest`'s batches use in bulk mode), to
+ * be reported beside the FULL anchor, never instead of it.
  * bench/ingest_e2e.sh runs it beside `quarry ingest` on the same input and prints the ratio.
  *
- * usage: bench_ingest_fts [--automerge N] [--crisismerge N] [--pgsz N] [--optimize] CORPUS.jsonl DB
- * prints: seconds chunks input_bytes cpu_seconds
+ * usage: bench_ingest_fts [--automerge N] [--crisismerge N] [--pgsz N] [--optimize] [--normal] CORPUS.jsonl
+ * DB prints: seconds chunks input_bytes cpu_seconds
  */
 #define _GNU_SOURCE
 #include <jansson.h>
@@ -39,7 +41,7 @@ static int exec(sqlite3 *db, const char *sql)
 int main(int argc, char **argv)
 {
     int automerge = -1, crisismerge = -1, pgsz = -1;
-    bool optimize = false;
+    bool optimize = false, normal = false;
     const char *in = NULL, *dbpath = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--automerge") == 0 && i + 1 < argc)
@@ -50,6 +52,8 @@ int main(int argc, char **argv)
             pgsz = atoi(argv[++i]);
         else if (strcmp(argv[i], "--optimize") == 0)
             optimize = true;
+        else if (strcmp(argv[i], "--normal") == 0)
+            normal = true;
         else if (!in)
             in = argv[i];
         else
@@ -57,7 +61,7 @@ int main(int argc, char **argv)
     }
     if (!in || !dbpath) {
         fprintf(stderr, "usage: bench_ingest_fts [--automerge N] [--crisismerge N] [--pgsz N] [--optimize] "
-                        "CORPUS.jsonl DB\n");
+                        "[--normal] CORPUS.jsonl DB\n");
         return 2;
     }
     char err[QR_ERR_LEN];
@@ -121,7 +125,7 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
     sqlite3 *db = NULL;
     if (sqlite3_open(dbpath, &db) != SQLITE_OK || exec(db, "PRAGMA journal_mode = WAL") ||
-        exec(db, "PRAGMA synchronous = FULL") ||
+        exec(db, normal ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL") ||
         exec(db, "CREATE VIRTUAL TABLE fts USING fts5(title, headings, body, tokenize = 'porter unicode61')"))
         return 1;
     char sql[256];

@@ -47,6 +47,7 @@ typedef struct {
     uint64_t batch_started_ns, batch_bytes;
     uint64_t write_cpu_ns; /* this thread's CPU time in the store (and preparing, with one thread) */
     size_t batch_added, batch_updated, batch_acl, batch_unchanged; /* not yet committed */
+    ingest_parser jsonl; /* parses JSON lines on the preparing threads */
 } ingest_run;
 
 /* CPU time of the calling thread. */
@@ -120,11 +121,18 @@ static void batch_end(ingest_run *run)
     run->batch_added = run->batch_updated = run->batch_acl = run->batch_unchanged = 0;
 }
 
-/* Writes one prepared document into the open batch (beginning one when none is). */
+/* Writes one prepared document into the open batch (beginning one when none is); input that did
+ * not parse is reported here, in input order. */
 static void write_one(ingest_run *run, ingest_prepared *p)
 {
     const ingest_source *src = ingest_prepared_source(p);
     char err[QR_ERR_LEN];
+    const char *where, *why;
+    if (ingest_prepared_unparsed(p, &where, &why)) {
+        record_failure(run, where, why);
+        return;
+    }
+    run->docs++;
     if (!run->in_batch) {
         if (ingest_session_batch_begin(run->session, err)) {
             record_failure(run, src->doc_id, err);
@@ -137,9 +145,7 @@ static void write_one(ingest_run *run, ingest_prepared *p)
     run->batch_bytes += src->len;
     store_put_result result;
     size_t nchunks = 0;
-    uint64_t cpu = thread_cpu_ns();
     qr_status st = ingest_put_prepared(run->session, p, &result, &nchunks, err);
-    run->write_cpu_ns += thread_cpu_ns() - cpu;
     if (st) {
         record_failure(run, src->doc_id, err);
     } else {
@@ -156,15 +162,21 @@ static void write_one(ingest_run *run, ingest_prepared *p)
         batch_end(run);
 }
 
-/* Writes the documents the pool has ready, in input order; with wait, at least the oldest. */
+/* Writes the documents the pool has ready, in input order; with wait, at least the oldest. The
+ * CPU clock of a thread is a system call: read around the run of documents, not each one. */
 static void write_ready(ingest_run *run, bool wait)
 {
     ingest_prepared *p;
+    uint64_t cpu = 0;
     while ((p = ingest_pool_next(run->pool, wait))) {
+        if (!cpu)
+            cpu = thread_cpu_ns();
         write_one(run, p);
         ingest_prepared_free(p);
         wait = false;
     }
+    if (cpu)
+        run->write_cpu_ns += thread_cpu_ns() - cpu;
     progress(run, false);
 }
 
@@ -172,10 +184,15 @@ static void write_ready(ingest_run *run, bool wait)
 static void drain(ingest_run *run)
 {
     ingest_prepared *p;
+    uint64_t cpu = 0;
     while ((p = ingest_pool_next(run->pool, true))) {
+        if (!cpu)
+            cpu = thread_cpu_ns();
         write_one(run, p);
         ingest_prepared_free(p);
     }
+    if (cpu)
+        run->write_cpu_ns += thread_cpu_ns() - cpu;
 }
 
 /* A failure of the input itself (a line, a file, a folder): reported after the documents read
@@ -191,9 +208,10 @@ static void ingest_one(ingest_run *run, const ingest_source *src)
     char err[QR_ERR_LEN];
     while (ingest_pool_full(run->pool))
         write_ready(run, true);
-    if (ingest_pool_submit(run->pool, src, err))
+    if (ingest_pool_submit(run->pool, src, err)) {
         record_input_failure(run, src->doc_id, err);
-    run->docs++;
+        run->docs++; /* counted by write_one otherwise */
+    }
     run->bytes_done += src->len;
     write_ready(run, false);
 }
@@ -382,6 +400,100 @@ static const char *json_str(json_t *obj, const char *key)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
+/* What a parsed line's source borrows from: the parsed object, the metadata as text and the ACL. */
+typedef struct {
+    json_t *obj;
+    char *metadata;
+    const char *acl[];
+} jsonl_hold;
+
+/* The --acl list, given to documents whose line has no "acl". */
+typedef struct {
+    const char *const *acl;
+    size_t nacl;
+} jsonl_defaults;
+
+static void jsonl_release(void *hold)
+{
+    jsonl_hold *h = hold;
+    free(h->metadata);
+    json_decref(h->obj);
+    free(h);
+}
+
+/* Parses one line into a source, on a preparing thread (ingest_parser): the same checks, in the
+ * same order, with the same messages as when the reading thread parsed. */
+static qr_status jsonl_parse(void *ctx, const char *raw, size_t len, ingest_source *src, void **hold,
+                             char *err)
+{
+    const jsonl_defaults *d = ctx;
+    json_error_t jerr;
+    json_t *obj = json_loadb(raw, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!obj)
+        return qr_fail(err, QR_EINVAL, "%s", jerr.text);
+    const char *id = json_str(obj, "_id");
+    const char *text = json_str(obj, "text");
+    json_t *acl_json = json_object_get(obj, "acl");
+    json_t *meta_json = json_object_get(obj, "metadata");
+    jsonl_hold *h = NULL;
+    qr_status st = QR_OK;
+    if (!json_is_object(obj) || !id || !*id || !text) {
+        st = qr_fail(err, QR_EINVAL, "expected an object with string fields \"_id\" and \"text\"");
+        goto out;
+    }
+    if (acl_json && !json_is_array(acl_json)) {
+        st = qr_fail(err, QR_EINVAL, "\"acl\" must be a list of principals");
+        goto out;
+    }
+    if (meta_json && !json_is_object(meta_json)) {
+        st = qr_fail(err, QR_EINVAL, "\"metadata\" must be an object");
+        goto out;
+    }
+    size_t nacl = acl_json ? json_array_size(acl_json) : d->nacl;
+    if (nacl > INGEST_MAX_ACL) {
+        st = qr_fail(err, QR_EINVAL, "\"acl\" must be a list of at most 256 principal strings");
+        goto out;
+    }
+    if (!(h = calloc(1, sizeof(*h) + (nacl ? nacl : 1) * sizeof(h->acl[0])))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory parsing a line");
+        goto out;
+    }
+    for (size_t i = 0; i < nacl; i++) {
+        json_t *p = acl_json ? json_array_get(acl_json, i) : NULL;
+        if (acl_json && !json_is_string(p)) {
+            st = qr_fail(err, QR_EINVAL, "\"acl\" must be a list of at most 256 principal strings");
+            goto out;
+        }
+        h->acl[i] = acl_json ? json_string_value(p) : d->acl[i];
+    }
+    if (meta_json && !(h->metadata = json_dumps(meta_json, JSON_COMPACT | JSON_SORT_KEYS))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for the metadata of a line");
+        goto out;
+    }
+    const char *uri = json_str(obj, "url");
+    *src = (ingest_source){
+        .doc_id = id,
+        .title = json_str(obj, "title"),
+        .uri = uri ? uri : json_str(obj, "uri"),
+        .declared_type = "text/plain",
+        .metadata_json = h->metadata,
+        .acl = h->acl,
+        .nacl = nacl,
+        .bytes = text,
+        .len = strlen(text),
+    };
+    h->obj = obj;
+    *hold = h;
+    return QR_OK;
+out:
+    if (h)
+        free(h->metadata);
+    free(h);
+    json_decref(obj);
+    return st;
+}
+
+/* Reads the lines of a corpus.jsonl and queues each, unparsed, for the preparing threads. */
 static void ingest_jsonl(ingest_run *run, const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -398,72 +510,28 @@ static void ingest_jsonl(ingest_run *run, const char *path)
     int r;
     while ((r = read_line(f, &line)) != 0) {
         lineno++;
-        char where[PATH_MAX + 32];
+        char where[PATH_MAX + 32], err[QR_ERR_LEN];
         snprintf(where, sizeof(where), "%s:%zu", path, lineno);
         if (r < 0) {
             record_input_failure(run, where,
                                  "line longer than the document limit (ingest.max_document_bytes)");
             continue;
         }
-        if (qr_buf_len(&line) == 0)
+        size_t len = qr_buf_len(&line);
+        if (len == 0)
             continue;
-        json_error_t jerr;
-        json_t *obj = json_loadb(qr_buf_str(&line), qr_buf_len(&line), JSON_REJECT_DUPLICATES, &jerr);
-        const char *id = obj ? json_str(obj, "_id") : NULL;
-        const char *text = obj ? json_str(obj, "text") : NULL;
-        json_t *acl_json = obj ? json_object_get(obj, "acl") : NULL;
-        json_t *meta_json = obj ? json_object_get(obj, "metadata") : NULL;
-        const char *acl[INGEST_MAX_ACL];
-        size_t nacl = 0;
-        char *metadata = NULL;
-        if (!obj) {
-            record_input_failure(run, where, jerr.text);
-        } else if (!json_is_object(obj) || !id || !*id || !text) {
-            record_input_failure(run, where, "expected an object with string fields \"_id\" and \"text\"");
-        } else if (acl_json && !json_is_array(acl_json)) {
-            record_input_failure(run, where, "\"acl\" must be a list of principals");
-        } else if (meta_json && !json_is_object(meta_json)) {
-            record_input_failure(run, where, "\"metadata\" must be an object");
-        } else {
-            bool ok = true;
-            if (acl_json) {
-                size_t i;
-                json_t *p;
-                json_array_foreach(acl_json, i, p)
-                {
-                    if (!json_is_string(p) || nacl == INGEST_MAX_ACL) {
-                        ok = false;
-                        break;
-                    }
-                    acl[nacl++] = json_string_value(p);
-                }
-            } else {
-                for (size_t i = 0; i < run->nacl && i < INGEST_MAX_ACL; i++)
-                    acl[nacl++] = run->acl[i];
-            }
-            if (meta_json)
-                metadata = json_dumps(meta_json, JSON_COMPACT | JSON_SORT_KEYS);
-            if (!ok) {
-                record_input_failure(run, where, "\"acl\" must be a list of at most 256 principal strings");
-            } else {
-                const char *uri = json_str(obj, "url");
-                ingest_source src = {
-                    .doc_id = id,
-                    .title = json_str(obj, "title"),
-                    .uri = uri ? uri : json_str(obj, "uri"),
-                    .declared_type = "text/plain",
-                    .metadata_json = metadata,
-                    .acl = acl,
-                    .nacl = nacl,
-                    .bytes = text,
-                    .len = strlen(text),
-                };
-                ingest_one(run, &src);
-                run->bytes_done += qr_buf_len(&line) - src.len; /* count the JSON around the text too */
-            }
+        char *raw = malloc(len);
+        if (!raw) {
+            record_input_failure(run, where, "out of memory reading a line");
+            continue;
         }
-        free(metadata);
-        json_decref(obj);
+        memcpy(raw, qr_buf_str(&line), len);
+        while (ingest_pool_full(run->pool))
+            write_ready(run, true);
+        if (ingest_pool_submit_raw(run->pool, &run->jsonl, raw, len, where, err))
+            record_input_failure(run, where, err);
+        run->bytes_done += len;
+        write_ready(run, false);
     }
     if (ferror(f))
         record_input_failure(run, path, "read error");
@@ -518,6 +586,10 @@ int cli_cmd_ingest(cli_ctx *ctx)
         .max_bytes = (size_t)qr_config_settings(ctx->cfg)->ingest_max_document_bytes,
         .tty = isatty(STDERR_FILENO),
     };
+    /* the preparing threads parse lines: jansson's hash seed is set here, before they start */
+    json_object_seed(0);
+    jsonl_defaults defaults = {.acl = acl, .nacl = nacl};
+    run.jsonl = (ingest_parser){.parse = jsonl_parse, .release = jsonl_release, .ctx = &defaults};
     qr_buf_init(&run.failures, 1 << 20);
     if (ingest_session_open(ctx->cfg, &run.session, err)) {
         fprintf(stderr, "quarry ingest: %s\n", err);
@@ -531,6 +603,14 @@ int cli_cmd_ingest(cli_ctx *ctx)
         qr_buf_release(&run.failures);
         return CLI_EXIT_FAILURE;
     }
+    /* batches commit without an fdatasync each; the synced commit at the end makes them durable */
+    if (ingest_session_bulk_begin(run.session, err)) {
+        fprintf(stderr, "quarry ingest: %s\n", err);
+        ingest_pool_close(run.pool);
+        ingest_session_close(run.session);
+        qr_buf_release(&run.failures);
+        return CLI_EXIT_FAILURE;
+    }
     run.started_ns = run.last_report_ns = qr_now_ns();
     for (size_t i = 0; i < npaths; i++)
         run.bytes_total += tree_bytes(paths[i], 0);
@@ -540,6 +620,12 @@ int cli_cmd_ingest(cli_ctx *ctx)
         ingest_jsonl(&run, jsonl[i]);
     drain(&run);
     batch_end(&run);
+    if (ingest_session_bulk_end(run.session, err)) {
+        /* what the batches committed may not survive a power cut: say so, and count them failed */
+        record_failure(&run, "the final sync", err);
+        run.failed += run.added + run.updated + run.acl_updated;
+        run.added = run.updated = run.acl_updated = 0;
+    }
     progress(&run, true);
     int threads = ingest_pool_threads(run.pool);
     ingest_pool_close(run.pool);

@@ -152,6 +152,24 @@ void store_batch_rollback(store *s);
 /* Whether a batch is open on this handle (its reads see writes that may yet be rolled back). */
 bool store_in_batch(const store *s);
 
+/*
+ * Bulk loads (`quarry ingest`): from store_bulk_begin to store_bulk_end this handle's commits are
+ * written to the WAL without an fdatasync each (synchronous=NORMAL), the WAL is checkpointed
+ * after each commit by a thread of its own (with its own connection) and started over once it
+ * holds more than STORE_BULK_CHECKPOINT_PAGES pages, and the handle's page cache is 16 MB
+ * instead of 2. A killed process loses
+ * nothing committed (the frames are in the kernel before COMMIT returns); a power cut during the
+ * load may lose its last commits, never part of a document, and leaves a consistent store.
+ * store_bulk_end restores synchronous=FULL and ends with a synced commit, which carries every
+ * frame written before it to disk (one fdatasync of the WAL file; checkpoints sync as always): a
+ * load whose store_bulk_end returned QR_OK is exactly as durable as one committed with FULL.
+ * Both outside a batch (QR_EINVAL otherwise). Other handles, a server's, keep FULL.
+ */
+#define STORE_BULK_CHECKPOINT_PAGES 1000
+qr_status store_bulk_begin(store *s, char *err);
+/* Ends bulk mode with the synced commit; a no-op when none was begun. */
+qr_status store_bulk_end(store *s, char *err);
+
 /* Looks up the stored content hash (64 lowercase hex digits and NUL) of doc_id. An absent
  * document is not an error: *found is false and hash is "". QR_EINVAL for an invalid doc_id. */
 qr_status store_get_hash(store *s, const char *doc_id, char hash[65], bool *found, char *err);

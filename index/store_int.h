@@ -67,9 +67,11 @@ struct store {
     sqlite3 *db;
     char *path; /* <dir>/quarry.db, for messages */
     sqlite3_stmt *q[Q_COUNT];
-    int batch;          /* BATCH_*: see store_batch_begin */
-    bool wrote;         /* the current call has written inside the transaction */
-    qr_status batch_st; /* the failure that rolled the batch back */
+    int batch;               /* BATCH_*: see store_batch_begin */
+    bool wrote;              /* the current call has written inside the transaction */
+    bool bulk;               /* between store_bulk_begin and store_bulk_end */
+    struct store_ckpt *ckpt; /* bulk mode's checkpointing thread (store.c); NULL outside it */
+    qr_status batch_st;      /* the failure that rolled the batch back */
     char batch_err[QR_ERR_LEN];
     fts5_tokenizer tokenizer;   /* the FTS index's tokenizer, made on first store_tokenize */
     Fts5Tokenizer *tokenizer_p; /* NULL until then */

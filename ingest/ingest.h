@@ -189,6 +189,10 @@ const char *ingest_session_model(const ingest_session *s);
 qr_status ingest_session_batch_begin(ingest_session *s, char *err);
 qr_status ingest_session_batch_commit(ingest_session *s, char *err);
 void ingest_session_batch_rollback(ingest_session *s);
+/* A bulk load's durability (store_bulk_begin/end): batches commit without an fdatasync each, and
+ * the end's synced commit makes all of them durable; outside a batch. */
+qr_status ingest_session_bulk_begin(ingest_session *s, char *err);
+qr_status ingest_session_bulk_end(ingest_session *s, char *err);
 
 /* One document to ingest. Strings are borrowed for the call. */
 typedef struct {
@@ -231,6 +235,22 @@ qr_status ingest_put_prepared(ingest_session *s, ingest_prepared *p, store_put_r
 const ingest_source *ingest_prepared_source(const ingest_prepared *p);
 void ingest_prepared_free(ingest_prepared *p);
 
+/* Raw input that becomes a source on a pool thread (a JSON line, parsed by its reader's code, so
+ * that the writing thread never parses). parse fills *src, whose strings stay valid until
+ * release(*hold); or it fails with a message, and the input is then no document: the writer
+ * reports it in input order (ingest_prepared_unparsed). Called on any thread: ctx is read only. */
+typedef struct {
+    qr_status (*parse)(void *ctx, const char *raw, size_t len, ingest_source *src, void **hold, char *err);
+    void (*release)(void *hold);
+    void *ctx;
+} ingest_parser;
+/* Takes raw (malloc'd, len bytes) over, with a copy of the label where (e.g. "file:line") to report
+ * a failure under; parser must outlive the document. QR_ENOMEM (raw is freed). */
+qr_status ingest_prepared_new_raw(const ingest_parser *parser, char *raw, size_t len, const char *where,
+                                  ingest_prepared **out, char *err);
+/* For raw input that did not parse: true, with the label and the parser's message. */
+bool ingest_prepared_unparsed(const ingest_prepared *p, const char **where, const char **why);
+
 /* A pool of threads preparing documents (ingest_prepare) while the caller's thread writes them in
  * the order they were submitted: extraction, chunking and embedding on every core, one writer
  * owning the store's transaction. threads 0: one per online core; 1: no thread, each document is
@@ -245,6 +265,10 @@ int ingest_pool_threads(const ingest_pool *p);
 bool ingest_pool_full(const ingest_pool *p);
 /* Queues a copy of src. QR_ENOMEM; QR_EINVAL when the pool is full. */
 qr_status ingest_pool_submit(ingest_pool *p, const ingest_source *src, char *err);
+/* Queues raw input to be parsed by parser on a pool thread, then prepared (see
+ * ingest_prepared_new_raw: raw is taken over, even on failure). QR_ENOMEM; QR_EINVAL when full. */
+qr_status ingest_pool_submit_raw(ingest_pool *p, const ingest_parser *parser, char *raw, size_t len,
+                                 const char *where, char *err);
 /* The oldest submitted document once prepared (waiting for it when wait), to be written with
  * ingest_put_prepared and freed with ingest_prepared_free; NULL when none is queued or (without
  * wait) the oldest is not ready. */

@@ -6,7 +6,7 @@
  * its own embedder (the local one keeps a cache, an HTTP one a connection) and its own read-only
  * use of a store connection, to skip the work for documents whose committed hash is unchanged.
  * The queue is bounded by documents and bytes; its order makes the result independent of the
- * number of threads.
+ * number of threads. Raw input (ingest_pool_submit_raw) is parsed on the workers too.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -24,6 +24,7 @@
 
 typedef struct {
     ingest_prepared *doc;
+    size_t bytes; /* counted in queued_bytes */
     int state;
 } pool_slot;
 
@@ -65,7 +66,7 @@ static void *worker_main(void *arg)
         ingest_prepare(p->session, w->embedder, w->ro, slot->doc);
         pthread_mutex_lock(&p->mu);
         slot->state = SLOT_DONE;
-        pthread_cond_broadcast(&p->done_cv);
+        pthread_cond_signal(&p->done_cv); /* only the writer waits on it */
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -125,14 +126,46 @@ int ingest_pool_threads(const ingest_pool *p)
     return p->nworkers;
 }
 
+/* With mu held. */
+static bool full_locked(const ingest_pool *p)
+{
+    size_t queued = p->tail - p->head;
+    return queued == p->cap || (queued && p->queued_bytes >= POOL_MAX_BYTES);
+}
+
 bool ingest_pool_full(const ingest_pool *p)
 {
     struct ingest_pool *m = (struct ingest_pool *)p;
     pthread_mutex_lock(&m->mu);
-    size_t queued = p->tail - p->head;
-    bool full = queued == p->cap || (queued && p->queued_bytes >= POOL_MAX_BYTES);
+    bool full = full_locked(p);
     pthread_mutex_unlock(&m->mu);
     return full;
+}
+
+/* Queues doc (bytes of input), or frees it when the queue is full. One lock per document: the
+ * writer's thread is the bottleneck of a bulk load, and each contended lock is a system call. */
+static qr_status enqueue(ingest_pool *p, ingest_prepared *doc, size_t bytes, char *err)
+{
+    pthread_mutex_lock(&p->mu);
+    if (full_locked(p)) {
+        pthread_mutex_unlock(&p->mu);
+        ingest_prepared_free(doc);
+        return qr_fail(err, QR_EINVAL, "the ingestion queue is full: take a document first");
+    }
+    pool_slot *slot = &p->slots[p->tail % p->cap];
+    slot->doc = doc;
+    slot->bytes = bytes;
+    slot->state = SLOT_QUEUED;
+    p->tail++;
+    p->queued_bytes += bytes;
+    /* Waking a worker is a system call on this thread, which is the bottleneck: wake one only
+     * once half the queue waits untaken, so that it takes several documents per wake-up (a
+     * full queue still has the other half prepared for the writer); ingest_pool_next wakes them
+     * when the writer is about to wait for an untaken document. */
+    if (p->nworkers && p->tail - p->take >= (p->cap + 1) / 2)
+        pthread_cond_signal(&p->work_cv);
+    pthread_mutex_unlock(&p->mu);
+    return QR_OK;
 }
 
 qr_status ingest_pool_submit(ingest_pool *p, const ingest_source *src, char *err)
@@ -143,15 +176,17 @@ qr_status ingest_pool_submit(ingest_pool *p, const ingest_source *src, char *err
     qr_status st = ingest_prepared_new(src, &doc, err);
     if (st)
         return st;
-    pthread_mutex_lock(&p->mu);
-    pool_slot *slot = &p->slots[p->tail % p->cap];
-    slot->doc = doc;
-    slot->state = SLOT_QUEUED;
-    p->tail++;
-    p->queued_bytes += src->len;
-    pthread_cond_signal(&p->work_cv);
-    pthread_mutex_unlock(&p->mu);
-    return QR_OK;
+    return enqueue(p, doc, src->len, err);
+}
+
+qr_status ingest_pool_submit_raw(ingest_pool *p, const ingest_parser *parser, char *raw, size_t len,
+                                 const char *where, char *err)
+{
+    ingest_prepared *doc = NULL;
+    qr_status st = ingest_prepared_new_raw(parser, raw, len, where, &doc, err);
+    if (st)
+        return st;
+    return enqueue(p, doc, len, err);
 }
 
 ingest_prepared *ingest_pool_next(ingest_pool *p, bool wait)
@@ -169,6 +204,8 @@ ingest_prepared *ingest_pool_next(ingest_pool *p, bool wait)
         pthread_mutex_lock(&p->mu);
         slot->state = SLOT_DONE;
     }
+    if (wait && slot->state == SLOT_QUEUED)
+        pthread_cond_broadcast(&p->work_cv); /* enqueue may not have woken anyone yet */
     while (wait && slot->state != SLOT_DONE)
         pthread_cond_wait(&p->done_cv, &p->mu);
     if (slot->state != SLOT_DONE)
@@ -176,8 +213,7 @@ ingest_prepared *ingest_pool_next(ingest_pool *p, bool wait)
     doc = slot->doc;
     slot->doc = NULL;
     p->head++;
-    size_t len = ingest_prepared_source(doc)->len;
-    p->queued_bytes -= len < p->queued_bytes ? len : p->queued_bytes;
+    p->queued_bytes -= slot->bytes;
 out:
     pthread_mutex_unlock(&p->mu);
     return doc;

@@ -457,6 +457,9 @@ static long long count_of(sqlite3 *db, const char *sql)
     return n;
 }
 
+/* quarry ingest runs in the store's bulk mode (batches under synchronous=NORMAL, checkpoints on a
+ * thread of their own, one synced commit at the end): a kill mid-load, during a checkpoint or
+ * not, must still leave whole documents and a consistent full-text index. */
 TEST(killed_threaded_ingest_leaves_whole_documents)
 {
     CHECK(make_tmp());

@@ -1753,6 +1753,211 @@ TEST(batch_commits_and_fails_as_a_whole)
     rm_tree(dir);
 }
 
+/* ---- bulk loads: a VFS that counts what reaches the disk -------------------------------- */
+
+/* A shim over the default VFS that forwards every call and counts, per kind of file, the syncs
+ * and the writes since the last sync: what store_bulk_end promises is visible only there. */
+typedef struct {
+    sqlite3_file base;
+    sqlite3_file *real; /* the default VFS's file, right after this struct */
+    bool wal;
+} count_file;
+
+static sqlite3_vfs *count_real;
+static sqlite3_vfs count_vfs;
+static pthread_t count_thread; /* the test's own thread: the store's writer */
+/* syncs of the WAL by the writer's thread and by others (bulk mode's checkpointing thread), WAL
+ * writes since its last sync by anyone, syncs of the database file */
+static _Atomic int wal_syncs, other_wal_syncs, wal_writes_unsynced, db_syncs;
+
+#define REAL(f) (((count_file *)(f))->real)
+static int cf_close(sqlite3_file *f)
+{
+    int rc = REAL(f)->pMethods->xClose(REAL(f));
+    f->pMethods = NULL;
+    return rc;
+}
+static int cf_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
+{
+    return REAL(f)->pMethods->xRead(REAL(f), b, n, o);
+}
+static int cf_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
+{
+    if (((count_file *)f)->wal)
+        wal_writes_unsynced++;
+    return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
+}
+static int cf_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+    return REAL(f)->pMethods->xTruncate(REAL(f), size);
+}
+static int cf_sync(sqlite3_file *f, int flags)
+{
+    if (((count_file *)f)->wal) {
+        if (pthread_equal(pthread_self(), count_thread))
+            wal_syncs++;
+        else
+            other_wal_syncs++;
+        wal_writes_unsynced = 0;
+    } else {
+        db_syncs++;
+    }
+    return REAL(f)->pMethods->xSync(REAL(f), flags);
+}
+static int cf_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+    return REAL(f)->pMethods->xFileSize(REAL(f), size);
+}
+static int cf_lock(sqlite3_file *f, int l)
+{
+    return REAL(f)->pMethods->xLock(REAL(f), l);
+}
+static int cf_unlock(sqlite3_file *f, int l)
+{
+    return REAL(f)->pMethods->xUnlock(REAL(f), l);
+}
+static int cf_reserved(sqlite3_file *f, int *out)
+{
+    return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
+}
+static int cf_control(sqlite3_file *f, int op, void *arg)
+{
+    return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
+}
+static int cf_sector(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xSectorSize(REAL(f));
+}
+static int cf_device(sqlite3_file *f)
+{
+    return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+static int cf_shm_map(sqlite3_file *f, int i, int size, int extend, void volatile **p)
+{
+    return REAL(f)->pMethods->xShmMap(REAL(f), i, size, extend, p);
+}
+static int cf_shm_lock(sqlite3_file *f, int offset, int n, int flags)
+{
+    return REAL(f)->pMethods->xShmLock(REAL(f), offset, n, flags);
+}
+static void cf_shm_barrier(sqlite3_file *f)
+{
+    REAL(f)->pMethods->xShmBarrier(REAL(f));
+}
+static int cf_shm_unmap(sqlite3_file *f, int del)
+{
+    return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
+static int cf_fetch(sqlite3_file *f, sqlite3_int64 o, int n, void **p)
+{
+    return REAL(f)->pMethods->xFetch(REAL(f), o, n, p);
+}
+static int cf_unfetch(sqlite3_file *f, sqlite3_int64 o, void *p)
+{
+    return REAL(f)->pMethods->xUnfetch(REAL(f), o, p);
+}
+static const sqlite3_io_methods count_io = {
+    3,           cf_close,       cf_read,      cf_write,   cf_truncate, cf_sync,   cf_size,
+    cf_lock,     cf_unlock,      cf_reserved,  cf_control, cf_sector,   cf_device, cf_shm_map,
+    cf_shm_lock, cf_shm_barrier, cf_shm_unmap, cf_fetch,   cf_unfetch,
+};
+
+static int cf_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out_flags)
+{
+    (void)vfs;
+    count_file *c = (count_file *)f;
+    c->real = (sqlite3_file *)(c + 1);
+    c->wal = (flags & SQLITE_OPEN_WAL) != 0;
+    int rc = count_real->xOpen(count_real, name, c->real, flags, out_flags);
+    f->pMethods = c->real->pMethods ? &count_io : NULL;
+    return rc;
+}
+
+/* Makes the counting VFS the default (the store opens its files through it). */
+static void count_vfs_install(void)
+{
+    count_thread = pthread_self();
+    count_real = sqlite3_vfs_find(NULL);
+    count_vfs = *count_real;
+    count_vfs.zName = "quarry-test-count";
+    count_vfs.szOsFile = (int)sizeof(count_file) + count_real->szOsFile;
+    count_vfs.xOpen = cf_open;
+    sqlite3_vfs_register(&count_vfs, 1);
+}
+
+static void count_vfs_remove(void)
+{
+    sqlite3_vfs_register(count_real, 1);
+    sqlite3_vfs_unregister(&count_vfs);
+}
+
+TEST(bulk_load_ends_with_a_synced_commit)
+{
+    count_vfs_install();
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err), *reader = NULL;
+    CHECK_MSG(s, "%s", err);
+    fixture f[4];
+    store_put_result r;
+    make_doc(&f[0], "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    make_doc(&f[1], "d2", "Other", "Unrelated zebra paragraph", NULL, 0);
+    make_doc(&f[2], "d3", "Third", "A third text\nwith two chunks", NULL, 0);
+    make_doc(&f[3], "d4", "Fourth", "The fourth text", NULL, 0);
+
+    /* the counter works: outside bulk mode each commit syncs the WAL, and nothing stays unsynced */
+    int before = wal_syncs;
+    CHECK_OK(store_batch_begin(s, err), err);
+    CHECK_OK(put(s, &f[0], &r, err), err);
+    CHECK_OK(store_batch_commit(s, err), err);
+    CHECK_INT(wal_syncs, before + 1);
+    CHECK_INT(wal_writes_unsynced, 0);
+
+    /* bulk mode: batches commit without a sync on the writer's thread (the checkpointing
+     * thread's syncs come when they come), yet a reader sees them */
+    CHECK_OK(store_bulk_begin(s, err), err);
+    CHECK_OK(store_bulk_begin(s, err), err); /* already on: a no-op */
+    before = wal_syncs;
+    int db_before = db_syncs;
+    for (int b = 1; b < 4; b++) {
+        CHECK_OK(store_batch_begin(s, err), err);
+        CHECK_INT(store_bulk_end(s, err), QR_EINVAL); /* not inside a batch */
+        CHECK_OK(put(s, &f[b], &r, err), err);
+        CHECK_INT(r, STORE_ADDED);
+        CHECK_OK(store_batch_commit(s, err), err);
+    }
+    CHECK_INT(wal_syncs, before);
+    CHECK_OK(store_open(dir, &reader, err), err);
+    CHECK(doc_exists(reader, "d4"));
+    CHECK_INT(counter_of(reader), 4);
+
+    /* the end is one synced commit after the last frame: the whole load is on disk, and the
+     * checkpointing thread has copied it into the database file and synced that */
+    CHECK_OK(store_bulk_end(s, err), err);
+    CHECK(wal_syncs > before); /* two when the WAL started over: its header is synced too */
+    CHECK_INT(wal_writes_unsynced, 0);
+    before = wal_syncs;
+    CHECK_MSG(other_wal_syncs > 0 && db_syncs > db_before, "checkpoints: %d WAL syncs, %d database syncs",
+              (int)other_wal_syncs, db_syncs - db_before);
+    CHECK_INT(counter_of(reader), 4);      /* it changed nothing anyone reads */
+    CHECK_OK(store_bulk_end(s, err), err); /* a second end is a no-op */
+    CHECK_INT(wal_syncs, before);
+    /* and the handle is back to a synced commit each */
+    make_doc(&f[0], "d1", "Travel policy, new title", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f[0], &r, err), err);
+    CHECK_INT(r, STORE_UPDATED);
+    CHECK(wal_syncs > before);
+    CHECK_INT(wal_writes_unsynced, 0);
+    CHECK_INT(store_batch_begin(s, err), QR_OK);
+    CHECK_INT(store_bulk_begin(s, err), QR_EINVAL); /* not inside a batch */
+    store_batch_rollback(s);
+    CHECK_OK(store_verify(reader, err), err);
+    store_close(reader);
+    store_close(s);
+    count_vfs_remove();
+    rm_tree(dir);
+}
+
 /* ---- FTS --------------------------------------------------------------------------------- */
 
 TEST(fts_matches_stems_title_and_headings)
