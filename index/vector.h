@@ -78,6 +78,8 @@ typedef struct {
     size_t train_per_list;    /* IVF training sample: this many vectors per list (39..256) */
     size_t nprobe;            /* IVF lists visited per query */
     size_t ef_search;         /* HNSW candidate list length per query */
+    const char *scan;         /* IVF scan: "int8" (quarry's scanner of int8 codes) or "faiss" */
+    size_t rerank;            /* int8 scan: candidates re-scored exactly per query (at least 2k) */
     size_t delta_max;         /* vindex_needs_rebuild above this many delta rows + tombstones */
     bool rebuild_on_mismatch; /* vindex_open: a stale or damaged index is reported, not an error */
 } vindex_opts;

@@ -75,6 +75,13 @@ typedef struct vsnap {
     uint32_t *lay_off;
     int64_t *lay_ids;
     uint32_t *lay_pos;
+    /* built with the layout (vindex_i8.c): the rows' int8 codes and scales in layout order, the
+     * coarse centroids as floats and as int8 codes */
+    int8_t *i8_codes;
+    float *i8_scale;
+    float *cent;
+    int8_t *i8_cent;
+    float *i8_cscale;
 } vsnap;
 
 struct vindex {
@@ -127,6 +134,32 @@ qr_status vindex_skip_write(const char *path, const int64_t *ids, size_t count, 
 qr_status vindex_load_generation(const vindex *v, const manifest *m, vsnap **out, char *err);
 uint64_t vindex_max_generation_on_disk(const char *dir);
 void vindex_remove_leftovers(const char *dir, uint64_t keep);
+
+/* vindex_scan.c: the IVF layout (and the int8 codes), read by the first search that needs it
+ * (*built_ms: how long that took, when this call read it) */
+qr_status vindex_layout_get(vsnap *s, double *built_ms, char *err);
+/* The int8 scan of the main rows of IVF snapshot s (the caller holds s->lock for reading): the
+ * probes lists nearest q (normalised) by the int8 centroids, re-ranked exactly; their live
+ * members (those in permitted too when it is not NULL: n ascending ids) ranked by int8 codes;
+ * the best max(rerank, 2k) of them scored exactly into cids/cscores (room for that many), their
+ * number in *ncand. rep (may be NULL) gets walked and scored. */
+qr_status vindex_i8_scan_main(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank,
+                              const int64_t *permitted, size_t n, qr_cancel *cancel, int64_t *cids,
+                              float *cscores, size_t *ncand, vindex_scan_report *rep, char *err);
+
+/* vindex_i8.c */
+/* True when o asks for the int8 scan (vindex.scan; NULL means the default, int8). */
+bool vindex_scan_int8(const vindex_opts *o);
+/* Fills s->i8_codes, i8_scale, cent, i8_cent and i8_cscale from the rows in layout order and
+ * the IVF quantizer; called under s->lay_lock once the layout is read. */
+qr_status vindex_i8_prepare(vsnap *s, char *err);
+/* code = round(x / scale) in -127..127 with scale = max |x_i| / 127 (0 and zero codes for a zero
+ * row). */
+void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale);
+/* out[r] = sum over i of codes[r * dim + i] * q[i], for n rows of codes. */
+void vindex_i8_dots(const int8_t *codes, size_t n, int dim, const int8_t *q, int32_t *out);
+/* The candidates an int8 scan re-scores exactly for top k under o. */
+size_t vindex_i8_rerank(const vindex_opts *o, size_t k);
 
 /* vindex_build.c: the test hook (vindex_test_set_hook) at a named stage */
 void vindex_hook(const char *stage);

@@ -12,6 +12,7 @@
 #ifndef QUARRY_INDEX_VINDEX_INT_H
 #define QUARRY_INDEX_VINDEX_INT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,6 +38,12 @@ qr_status vindex_get_centroids(vindex *v, float *out, size_t nlist, char *err);
  * NULL removes the hook. */
 typedef void (*vindex_test_hook_fn)(const char *stage, void *arg);
 void vindex_test_set_hook(vindex_test_hook_fn fn, void *arg);
+
+/* Test-only: makes every int8 dot product of the vector index (vindex_i8.c) use the portable
+ * kernel instead of the AVX2 one (on: true), process-wide; vindex_i8_has_avx2 says whether the
+ * CPU has the AVX2 kernel at all. */
+void vindex_i8_use_portable(bool on);
+bool vindex_i8_has_avx2(void);
 
 /* ---- the plan of a build (vindex_plan.c, in quarry_gpu with the GPU path) ------------------- */
 

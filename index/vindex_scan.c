@@ -31,6 +31,9 @@
 /* Walking a list member costs a bit test; scoring a permitted id directly costs a lookup and a
  * dot product: above this ratio of members walked to permitted ids, the exact subset is cheaper. */
 #define SUBSET_RATIO 16
+/* The same with the int8 scan, where a permitted member met costs a dot product of its codes:
+ * walking lists stays cheaper than the exact subset up to about this ratio (bench/README.md). */
+#define SUBSET_RATIO_I8 64
 /* Rows gathered per BLAS call: 8192 floats, kept on the calling thread (see vindex_search.c). */
 #define GATHER_FLOATS 8192
 #define CANCEL_BLOCKS 16
@@ -102,9 +105,7 @@ out:
     return st;
 }
 
-/* The layout of s, built by the first search that needs it (*built_ms: how long that took, when
- * this call built it). */
-static qr_status layout_get(vsnap *s, double *built_ms, char *err)
+qr_status vindex_layout_get(vsnap *s, double *built_ms, char *err)
 {
     if (__atomic_load_n(&s->lay_ready, __ATOMIC_ACQUIRE))
         return QR_OK;
@@ -112,7 +113,15 @@ static qr_status layout_get(vsnap *s, double *built_ms, char *err)
     pthread_mutex_lock(&s->lay_lock);
     if (!s->lay_ready) {
         uint64_t t0 = qr_now_ns();
-        if (!(st = layout_build(s, err))) {
+        if (!(st = layout_build(s, err)) && (st = vindex_i8_prepare(s, err))) {
+            free(s->lay_off);
+            free(s->lay_ids);
+            free(s->lay_pos);
+            s->lay_off = NULL;
+            s->lay_ids = NULL;
+            s->lay_pos = NULL;
+        }
+        if (!st) {
             *built_ms = (double)(qr_now_ns() - t0) / 1e6;
             __atomic_store_n(&s->lay_ready, true, __ATOMIC_RELEASE);
         }
@@ -320,6 +329,260 @@ static size_t probes_for(size_t nprobe, size_t nlist, size_t count, size_t n, si
     return p > nlist ? nlist : p;
 }
 
+/* ---- the int8 scan ---------------------------------------------------------------------------- */
+
+/* A candidate of the int8 scan: its approximate score and its place in the layout. */
+typedef struct {
+    float approx;
+    uint32_t at;
+} i8cand;
+
+/* Worse: lower score, or the later place for equal scores (so the kept set is deterministic). */
+static bool i8_worse(const i8cand *a, const i8cand *b)
+{
+    return a->approx < b->approx || (a->approx == b->approx && a->at > b->at);
+}
+
+/* A bounded min-heap of the best cap candidates; the root is the worst kept. */
+static void i8_offer(i8cand *h, size_t *n, size_t cap, float approx, uint32_t at)
+{
+    i8cand c = {approx, at};
+    size_t i;
+    if (*n < cap) {
+        i = (*n)++;
+        while (i && i8_worse(&c, &h[(i - 1) / 2])) {
+            h[i] = h[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+        h[i] = c;
+        return;
+    }
+    if (!i8_worse(&h[0], &c))
+        return;
+    i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, w = i;
+        const i8cand *wc = &c;
+        if (l < cap && i8_worse(&h[l], wc)) {
+            w = l;
+            wc = &h[l];
+        }
+        if (r < cap && i8_worse(&h[r], wc))
+            w = r;
+        if (w == i)
+            break;
+        h[i] = h[w];
+        i = w;
+    }
+    h[i] = c;
+}
+
+typedef struct {
+    float score;
+    uint32_t list;
+} lscore;
+
+static int cmp_lscore(const void *a, const void *b)
+{
+    const lscore *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return x->list < y->list ? -1 : x->list > y->list;
+}
+
+size_t vindex_i8_rerank(const vindex_opts *o, size_t k)
+{
+    size_t r = o->rerank;
+    return r < 2 * k ? 2 * k : r;
+}
+
+/* The probes lists nearest q: every centroid ranked by its int8 code, the best probes + probes/4
+ * + 16 of those ranked again exactly. */
+static qr_status coarse_lists(const vsnap *s, const float *q, const int8_t *qc, size_t probes, uint32_t *lists,
+                              char *err)
+{
+    size_t nlist = s->nlist, m = probes + probes / 4 + 16;
+    if (m > nlist)
+        m = nlist;
+    int32_t *d = malloc(nlist * sizeof(int32_t));
+    i8cand *h = malloc(m * sizeof(i8cand));
+    lscore *ls = malloc(m * sizeof(lscore));
+    if (!d || !h || !ls) {
+        free(d);
+        free(h);
+        free(ls);
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    vindex_i8_dots(s->i8_cent, nlist, s->dim, qc, d);
+    size_t n = 0;
+    for (size_t l = 0; l < nlist; l++)
+        i8_offer(h, &n, m, (float)d[l] * s->i8_cscale[l], (uint32_t)l);
+    for (size_t i = 0; i < n; i++)
+        ls[i] = (lscore){vindex_dot_exact(s->cent + (size_t)h[i].at * (size_t)s->dim, q, s->dim), h[i].at};
+    qsort(ls, n, sizeof(lscore), cmp_lscore);
+    for (size_t i = 0; i < probes && i < n; i++)
+        lists[i] = ls[i].list;
+    free(d);
+    free(h);
+    free(ls);
+    return QR_OK;
+}
+
+#define I8_BATCH 256
+
+/* vindex_i8_scan_main with the permitted set as a permset (NULL: every chunk). */
+static qr_status i8_scan(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank, const permset *ps,
+                         qr_cancel *cancel, int64_t *cids, float *cscores, size_t *ncand, vindex_scan_report *rep,
+                         char *err)
+{
+    qr_status st = QR_OK;
+    int dim = s->dim;
+    size_t cap = rerank < 2 * k ? 2 * k : rerank, nh = 0, walked = 0, scored = 0;
+    int8_t *qc = malloc((size_t)dim);
+    uint32_t *lists = malloc((probes ? probes : 1) * sizeof(uint32_t));
+    i8cand *h = malloc(cap * sizeof(i8cand));
+    int32_t dots[I8_BATCH];
+    float qs;
+    *ncand = 0;
+    if (!qc || !lists || !h) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (probes > s->nlist)
+        probes = s->nlist;
+    vindex_i8_quantize(q, dim, qc, &qs);
+    if ((st = coarse_lists(s, q, qc, probes, lists, err)))
+        goto out;
+    bool tombs = s->tomb.n > 0;
+    for (size_t p = 0; p < probes; p++) {
+        if (p % CANCEL_BLOCKS == 0 && (st = qr_cancel_check(cancel, err)))
+            goto out;
+        size_t a = s->lay_off[lists[p]], z = s->lay_off[lists[p] + 1];
+        walked += z - a;
+        if (ps) {
+            for (size_t i = a; i < z; i++) {
+                int64_t id = s->lay_ids[i];
+                if (!permset_has(ps, id) || (tombs && vindex_idmap_get(&s->tomb, id, NULL)))
+                    continue;
+                vindex_i8_dots(s->i8_codes + i * (size_t)dim, 1, dim, qc, dots);
+                scored++;
+                i8_offer(h, &nh, cap, (float)dots[0] * s->i8_scale[i], (uint32_t)i);
+            }
+            continue;
+        }
+        for (size_t i = a; i < z; i += I8_BATCH) {
+            size_t b = z - i < I8_BATCH ? z - i : I8_BATCH;
+            vindex_i8_dots(s->i8_codes + i * (size_t)dim, b, dim, qc, dots);
+            for (size_t j = 0; j < b; j++) {
+                if (tombs && vindex_idmap_get(&s->tomb, s->lay_ids[i + j], NULL))
+                    continue;
+                scored++;
+                i8_offer(h, &nh, cap, (float)dots[j] * s->i8_scale[i + j], (uint32_t)(i + j));
+            }
+        }
+    }
+    for (size_t i = 0; i < nh; i++) {
+        cids[i] = s->lay_ids[h[i].at];
+        cscores[i] = vindex_dot_exact(s->rows + (size_t)s->lay_pos[h[i].at] * (size_t)dim, q, dim);
+    }
+    *ncand = nh;
+    if (rep) {
+        rep->probes = probes;
+        rep->walked = walked;
+        rep->scored = scored;
+    }
+out:
+    free(qc);
+    free(lists);
+    free(h);
+    return st;
+}
+
+qr_status vindex_i8_scan_main(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank,
+                              const int64_t *permitted, size_t n, qr_cancel *cancel, int64_t *cids,
+                              float *cscores, size_t *ncand, vindex_scan_report *rep, char *err)
+{
+    permset ps = {0};
+    *ncand = 0;
+    if (permitted && permset_init(&ps, permitted, n))
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    qr_status st = i8_scan(s, q, k, probes, rerank, permitted ? &ps : NULL, cancel, cids, cscores, ncand, rep, err);
+    free(ps.bits);
+    return st;
+}
+
+/* Best first; equal scores by smaller id. */
+static int cmp_idscore(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->approx != y->approx)
+        return x->approx > y->approx ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* vindex_search_permitted's int8 path: the main rows by vindex_i8_scan_main, the delta's
+ * permitted rows exactly. *few: fewer than k permitted chunks were met (the caller answers with
+ * the exact subset then). */
+static qr_status permitted_i8(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank,
+                              const int64_t *permitted, size_t n, qr_cancel *cancel, int64_t *ids, float *scores,
+                              size_t *found, bool *few, vindex_scan_report *rep, char *err)
+{
+    qr_status st = QR_OK;
+    int dim = s->dim;
+    size_t cap = rerank < 2 * k ? 2 * k : rerank, nc = 0, nd = 0;
+    int64_t *cids = malloc(cap * sizeof(int64_t));
+    float *cscores = malloc(cap * sizeof(float));
+    cand *all = NULL;
+    permset ps = {0};
+    *few = false;
+    if (!cids || !cscores || permset_init(&ps, permitted, n)) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    vindex_scan_report r = {0};
+    if ((st = i8_scan(s, q, k, probes, rerank, &ps, cancel, cids, cscores, &nc, &r, err)))
+        goto out;
+    bool tombs = s->tomb.n > 0;
+    for (size_t i = 0; i < s->d_n; i++)
+        nd += permset_has(&ps, s->d_ids[i]) && !(tombs && vindex_idmap_get(&s->tomb, s->d_ids[i], NULL));
+    r.scored += nd;
+    if (rep) {
+        rep->probes = r.probes;
+        rep->walked = r.walked;
+        rep->scored = r.scored;
+    }
+    if (r.scored < k && r.scored < n) {
+        *few = true;
+        goto out;
+    }
+    all = malloc((nc + nd + 1) * sizeof(cand));
+    if (!all) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < nc; i++)
+        all[m++] = (cand){cscores[i], cids[i], NULL};
+    for (size_t i = 0; i < s->d_n; i++) {
+        int64_t id = s->d_ids[i];
+        if (!permset_has(&ps, id) || (tombs && vindex_idmap_get(&s->tomb, id, NULL)))
+            continue;
+        all[m++] = (cand){vindex_dot_exact(s->d_rows + i * (size_t)dim, q, dim), id, NULL};
+    }
+    qsort(all, m, sizeof(cand), cmp_idscore);
+    *found = m < k ? m : k;
+    for (size_t i = 0; i < *found; i++) {
+        ids[i] = all[i].id;
+        scores[i] = all[i].approx;
+    }
+out:
+    free(cids);
+    free(cscores);
+    free(all);
+    free(ps.bits);
+    return st;
+}
+
 qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
                                   size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
                                   vindex_scan_report *rep, char *err)
@@ -358,13 +621,40 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
     size_t total = s->count + s->d_n;
     pthread_rwlock_unlock(&s->lock);
     probes = probes_for(nprobe, s->nlist, s->count, n, total, k);
-    if ((double)probes * (double)s->count / (double)s->nlist >= (double)SUBSET_RATIO * (double)n) {
+    bool i8 = vindex_scan_int8(&v->opts);
+    if ((double)probes * (double)s->count / (double)s->nlist >=
+        (double)(i8 ? SUBSET_RATIO_I8 : SUBSET_RATIO) * (double)n) {
         subset = true; /* few permitted chunks: score each of them */
         goto out;
     }
     double built_ms = 0;
-    if ((st = qr_cancel_check(cancel, err)) || (st = layout_get(s, &built_ms, err)))
+    if ((st = qr_cancel_check(cancel, err)) || (st = vindex_layout_get(s, &built_ms, err)))
         goto out;
+    if (i8) {
+        q = malloc((size_t)dim * sizeof(float));
+        if (!q) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory");
+            goto out;
+        }
+        if (!vindex_normalize_row(query, q, dim)) {
+            st = qr_fail(err, QR_EINVAL, "query vector is zero or not finite");
+            goto out;
+        }
+        pthread_rwlock_rdlock(&s->lock);
+        locked = true;
+        bool few = false;
+        st = permitted_i8(s, q, k, probes, vindex_i8_rerank(&v->opts, k), permitted, n, cancel, ids, scores, found,
+                          &few, rep, err);
+        if (rep)
+            rep->layout_ms = built_ms;
+        if (!st && few) {
+            *found = 0;
+            subset = true;
+        } else if (!st) {
+            __atomic_fetch_add(&v->searches, 1, __ATOMIC_RELAXED);
+        }
+        goto out;
+    }
     q = malloc((size_t)dim * sizeof(float));
     dist = malloc(probes * sizeof(float));
     lists = malloc(probes * sizeof(idx_t));

@@ -350,6 +350,39 @@ out:
     return st;
 }
 
+/* An unfiltered search of an IVF generation by the int8 scan (vindex_scan.c): the best
+ * vindex.rerank of the nprobe nearest lists by int8 codes, scored exactly, appended to out.
+ * *done is false when the lists probed hold fewer than k live chunks (search_main answers). */
+static qr_status search_i8(vsnap *s, const float *q, size_t k, const vindex_opts *o, qr_cancel *cancel, hits *out,
+                           bool *done, char *err)
+{
+    qr_status st = QR_OK;
+    double built_ms = 0;
+    size_t cap = vindex_i8_rerank(o, k), nc = 0;
+    int64_t *cids = malloc(cap * sizeof(int64_t));
+    float *cscores = malloc(cap * sizeof(float));
+    *done = false;
+    if (!cids || !cscores) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((st = vindex_layout_get(s, &built_ms, err)) ||
+        (st = vindex_i8_scan_main(s, q, k, o->nprobe, cap, NULL, 0, cancel, cids, cscores, &nc, NULL, err)))
+        goto out;
+    if (nc < k)
+        goto out;
+    for (size_t i = 0; i < nc; i++)
+        if (hits_push(out, cscores[i], cids[i])) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory");
+            goto out;
+        }
+    *done = true;
+out:
+    free(cids);
+    free(cscores);
+    return st;
+}
+
 static qr_status check_query(const vindex *v, const float *query, int dim, size_t k, int64_t *ids,
                              float *scores, size_t *found, float **q, char *err)
 {
@@ -405,7 +438,11 @@ qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex
     pthread_rwlock_rdlock(&s->lock);
     if (s->d_n && (st = exact_scan(s->d_rows, s->d_ids, s->d_n, q, dim, k, &f, &h, err)))
         goto unlock;
-    if (s->count && (st = search_main(v, s, q, k, &f, &h, err)))
+    bool done = false;
+    if (s->count && !permit && vindex_is_ivf(s->type) && vindex_scan_int8(&v->opts) &&
+        (st = search_i8(s, q, k, &v->opts, cancel, &h, &done, err)))
+        goto unlock;
+    if (s->count && !done && (st = search_main(v, s, q, k, &f, &h, err)))
         goto unlock;
     __atomic_fetch_add(&v->searches, 1, __ATOMIC_RELAXED);
     emit(&h, k, ids, scores, found);

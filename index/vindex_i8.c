@@ -1,0 +1,170 @@
+/*
+ * The int8 codes of an IVF generation and the integer dot products that scan them. Every vector of
+ * the generation is kept as dim signed bytes and one float scale (row ~ scale * code, codes in
+ * -127..127), in the order of the IVF layout (vindex_scan.c), so that scanning a list reads its
+ * codes in one run; the coarse centroids are kept the same way, with their float rows for the
+ * exact ranking of the lists. The codes are derived from the generation's float rows when the
+ * layout is first read, never written to disk: the generation files are unchanged.
+ *
+ * The scores they give are approximate; searches keep the best few by code (vindex.rerank) and
+ * score those exactly from the float rows (vindex_dot_exact). The dot product has an AVX2 kernel,
+ * chosen at run time where the CPU has AVX2 (no -march flags), and a portable one; both compute
+ * the same integer sums, so they rank alike.
+ */
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/vindex_impl.h"
+#include "index/vindex_int.h"
+
+typedef void (*dots_fn)(const int8_t *codes, size_t n, int dim, const int8_t *q, int32_t *out);
+
+static void dots_portable(const int8_t *codes, size_t n, int dim, const int8_t *q, int32_t *out)
+{
+    for (size_t r = 0; r < n; r++) {
+        const int8_t *c = codes + r * (size_t)dim;
+        int32_t sum = 0;
+        for (int i = 0; i < dim; i++)
+            sum += (int32_t)c[i] * (int32_t)q[i];
+        out[r] = sum;
+    }
+}
+
+/* 32 bytes a step: |q| (unsigned) times code * sign(q) (signed), pairs summed to 16 bits (at most
+ * 2 * 127 * 127, no saturation), then to 32 bits. */
+__attribute__((target("avx2"))) static void dots_avx2(const int8_t *codes, size_t n, int dim, const int8_t *q,
+                                                      int32_t *out)
+{
+    int vec = dim & ~31;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (size_t r = 0; r < n; r++) {
+        const int8_t *c = codes + r * (size_t)dim;
+        __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+        int i = 0;
+        for (; i + 64 <= vec; i += 64) {
+            __m256i q0 = _mm256_loadu_si256((const __m256i *)(q + i));
+            __m256i q1 = _mm256_loadu_si256((const __m256i *)(q + i + 32));
+            __m256i c0 = _mm256_loadu_si256((const __m256i *)(c + i));
+            __m256i c1 = _mm256_loadu_si256((const __m256i *)(c + i + 32));
+            __m256i p0 = _mm256_maddubs_epi16(_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(c0, q0));
+            __m256i p1 = _mm256_maddubs_epi16(_mm256_sign_epi8(q1, q1), _mm256_sign_epi8(c1, q1));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, ones));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(p1, ones));
+        }
+        for (; i < vec; i += 32) {
+            __m256i q0 = _mm256_loadu_si256((const __m256i *)(q + i));
+            __m256i c0 = _mm256_loadu_si256((const __m256i *)(c + i));
+            __m256i p0 = _mm256_maddubs_epi16(_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(c0, q0));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(p0, ones));
+        }
+        __m256i acc = _mm256_add_epi32(acc0, acc1);
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+        int32_t sum = _mm_cvtsi128_si32(s);
+        for (; i < dim; i++)
+            sum += (int32_t)c[i] * (int32_t)q[i];
+        out[r] = sum;
+    }
+}
+
+static dots_fn dots_chosen; /* NULL until the first call */
+static bool force_portable;
+
+void vindex_i8_use_portable(bool on)
+{
+    __atomic_store_n(&force_portable, on, __ATOMIC_RELAXED);
+}
+
+bool vindex_i8_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+
+void vindex_i8_dots(const int8_t *codes, size_t n, int dim, const int8_t *q, int32_t *out)
+{
+    if (__atomic_load_n(&force_portable, __ATOMIC_RELAXED)) {
+        dots_portable(codes, n, dim, q, out);
+        return;
+    }
+    dots_fn f = __atomic_load_n(&dots_chosen, __ATOMIC_ACQUIRE);
+    if (!f) {
+        f = vindex_i8_has_avx2() ? dots_avx2 : dots_portable;
+        __atomic_store_n(&dots_chosen, f, __ATOMIC_RELEASE);
+    }
+    f(codes, n, dim, q, out);
+}
+
+bool vindex_scan_int8(const vindex_opts *o)
+{
+    return !o->scan || strcmp(o->scan, "faiss") != 0;
+}
+
+void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale)
+{
+    float m = 0;
+    for (int i = 0; i < dim; i++)
+        m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    if (!(m > 0)) {
+        memset(code, 0, (size_t)dim);
+        *scale = 0;
+        return;
+    }
+    float inv = 127.0f / m;
+    for (int i = 0; i < dim; i++) {
+        long c = lrintf(x[i] * inv);
+        code[i] = (int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
+    }
+    *scale = m / 127.0f;
+}
+
+qr_status vindex_i8_prepare(vsnap *s, char *err)
+{
+    qr_status st = QR_OK;
+    size_t dim = (size_t)s->dim, nlist = s->nlist;
+    int8_t *codes = malloc((s->count ? s->count : 1) * dim);
+    float *scale = malloc((s->count ? s->count : 1) * sizeof(float));
+    float *cent = malloc((nlist ? nlist : 1) * dim * sizeof(float));
+    int8_t *ccodes = malloc((nlist ? nlist : 1) * dim);
+    float *cscale = malloc((nlist ? nlist : 1) * sizeof(float));
+    if (!codes || !scale || !cent || !ccodes || !cscale) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for the int8 codes of the vector index");
+        goto out;
+    }
+    FaissIndex *quant = faiss_IndexIVF_quantizer(faiss_IndexIVF_cast(s->index));
+    if (!quant || (size_t)faiss_Index_ntotal(quant) != nlist) {
+        st = qr_fail(err, QR_EINTERNAL, "vector index: the IVF quantizer does not hold %zu lists", nlist);
+        goto out;
+    }
+    if (nlist && faiss_Index_reconstruct_n(quant, 0, (idx_t)nlist, cent) != 0) {
+        st = vindex_faiss_fail(err, "cannot read the IVF centroids");
+        goto out;
+    }
+    for (size_t l = 0; l < nlist; l++)
+        vindex_i8_quantize(cent + l * dim, s->dim, ccodes + l * dim, cscale + l);
+    for (size_t i = 0; i < s->count; i++)
+        vindex_i8_quantize(s->rows + (size_t)s->lay_pos[i] * dim, s->dim, codes + i * dim, scale + i);
+    s->i8_codes = codes;
+    s->i8_scale = scale;
+    s->cent = cent;
+    s->i8_cent = ccodes;
+    s->i8_cscale = cscale;
+    codes = NULL;
+    scale = NULL;
+    cent = NULL;
+    ccodes = NULL;
+    cscale = NULL;
+out:
+    free(codes);
+    free(scale);
+    free(cent);
+    free(ccodes);
+    free(cscale);
+    return st;
+}
