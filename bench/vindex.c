@@ -227,6 +227,46 @@ static double dir_mb(const char *dir)
     return bytes / 1048576.0;
 }
 
+/* --scan: the IVF scans compared (vindex.scan values); --rerank: vindex.rerank */
+static const char *scans[4] = {"int8"};
+static size_t nscans = 1, rerank_opt;
+/* --keep DIR: built indexes are kept under DIR/<type>-<n> and reused by later runs (the generated
+ * data is the same for the same --n); their build time is then not measured */
+static const char *keep_dir;
+
+static void clear_dir(const char *dir);
+
+/* The directory an index of this type and size is built in: cfg's, or a kept one under --keep. */
+static const char *index_dir(const char *dir, const char *type, size_t n, char *buf, size_t len)
+{
+    if (!keep_dir)
+        return dir;
+    mkdir(keep_dir, 0700);
+    snprintf(buf, len, "%s/%s-%zu", keep_dir, type, n);
+    mkdir(buf, 0700);
+    return buf;
+}
+
+/* Opens a kept index of n vectors in dir as it was built (store counter 1); false (and the
+ * directory emptied) when there is none. */
+static bool open_kept(const char *dir, const vindex_opts *o, size_t n, vindex **v)
+{
+    char err[QR_ERR_LEN];
+    bool stale = true;
+    vindex_opts ko = *o;
+    ko.rebuild_on_mismatch = true;
+    if (keep_dir && vindex_open(dir, DIM, &ko, 1, v, &stale, err) == QR_OK) {
+        vindex_info info;
+        vindex_get_info(*v, &info);
+        if (!stale && info.count == n)
+            return true;
+        vindex_close(*v);
+    }
+    *v = NULL;
+    clear_dir(dir);
+    return false;
+}
+
 static void clear_dir(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -260,6 +300,7 @@ static void die(const char *what, const char *err)
     fprintf(stderr, "bench_vindex: %s: %s\n", what, err);
     exit(1);
 }
+
 
 typedef struct {
     unsigned pct;
@@ -306,6 +347,49 @@ static void run_queries(vindex *v, const float *q, size_t nq, const int64_t *gt,
     free(lat);
 }
 
+/* Times vindex_search_permitted over an ascending permitted list; recall against gt (the exact
+ * filtered top k), mean lists probed, answers by the exact subset, and the first call's layout
+ * time. */
+static void run_permitted(vindex *v, const float *q, size_t nq, const int64_t *gt, const int64_t *permitted,
+                          size_t np, double *recall, double *p50, double *p99, double *probes, size_t *subsets,
+                          double *layout_ms)
+{
+    char err[QR_ERR_LEN];
+    double *lat = malloc(nq * sizeof(double));
+    int64_t ids[K];
+    float scores[K];
+    size_t found, hits = 0, want = 0, nsub = 0;
+    double pr = 0;
+    vindex_scan_report rep;
+    *layout_ms = 0;
+    for (size_t qi = 0; qi < nq && qi < 20; qi++) { /* warm the caches; the first reads the layout */
+        if (vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found, NULL, &rep, err))
+            die("permitted search", err);
+        *layout_ms += rep.layout_ms;
+    }
+    for (size_t qi = 0; qi < nq; qi++) {
+        uint64_t t0 = qr_now_ns();
+        qr_status st =
+            vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found, NULL, &rep, err);
+        lat[qi] = (double)(qr_now_ns() - t0) / 1e6;
+        if (st)
+            die("permitted search", err);
+        nsub += rep.subset;
+        pr += (double)rep.probes;
+        for (size_t j = 0; j < K; j++) {
+            want += gt[qi * K + j] >= 0;
+            for (size_t i = 0; i < found; i++)
+                hits += gt[qi * K + j] >= 0 && ids[i] == gt[qi * K + j];
+        }
+    }
+    *recall = want ? (double)hits / (double)want : -1;
+    *p50 = percentile(lat, nq, 0.50);
+    *p99 = percentile(lat, nq, 0.99);
+    *probes = pr / (double)nq;
+    *subsets = nsub;
+    free(lat);
+}
+
 typedef struct {
     const char *types, *dir;
     size_t nprobes[16], n_nprobe, efs[16], n_ef;
@@ -327,11 +411,16 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
     snprintf(typebuf, sizeof(typebuf), "%s", cfg->types);
     char *save = NULL;
     for (char *type = strtok_r(typebuf, ",", &save); type; type = strtok_r(NULL, ",", &save)) {
-        clear_dir(cfg->dir);
+        char kbuf[1024];
+        const char *tdir = index_dir(cfg->dir, type, n, kbuf, sizeof(kbuf));
+        if (!keep_dir)
+            clear_dir(tdir);
         bool ivf = strncmp(type, "ivf", 3) == 0, hnsw = strcmp(type, "hnsw") == 0;
         vindex_opts o;
         vindex_opts_default(&o);
         o.type = type;
+        if (rerank_opt)
+            o.rerank = rerank_opt;
         if (ivf)
             o.nprobe = cfg->nprobes[0];
         if (hnsw)
@@ -342,17 +431,20 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
         vindex *v = NULL;
         bool stale;
         uint64_t b0 = qr_now_ns();
-        if (vindex_open(cfg->dir, DIM, &o, 0, &v, &stale, err))
-            die("open", err);
-        vindex_builder *b = NULL;
+        bool kept = open_kept(tdir, &o, n, &v);
         vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
         bool reused = ivf && shared_centroids && cfg->share_training;
-        if (vindex_build_begin(v, reused ? &shared : NULL, &b, err) ||
-            vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
-            die("build", err);
+        if (!kept) {
+            if (vindex_open(tdir, DIM, &o, 0, &v, &stale, err))
+                die("open", err);
+            vindex_builder *b = NULL;
+            if (vindex_build_begin(v, reused ? &shared : NULL, &b, err) ||
+                vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
+                die("build", err);
+        }
         double build_s = (double)(qr_now_ns() - b0) / 1e9;
         double heap = rss_anon_mb() - rss0;
-        double files = dir_mb(cfg->dir);
+        double files = dir_mb(tdir);
         vindex_info info;
         vindex_get_info(v, &info);
         if (ivf && !shared_centroids) {
@@ -364,14 +456,17 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
         omp_set_num_threads(1);
         openblas_set_num_threads(1);
         size_t nparams = ivf ? cfg->n_nprobe : hnsw ? cfg->n_ef : 1;
-        for (size_t p = 0; p < nparams; p++) {
-            if (p > 0) {
+        for (size_t pp = 0; pp < nparams * (ivf ? nscans : 1); pp++) {
+            size_t p = ivf ? pp / nscans : pp;
+            if (pp > 0 || (ivf && strcmp(scans[0], o.scan) != 0)) {
                 vindex_close(v);
-                if (ivf)
+                if (ivf) {
                     o.nprobe = cfg->nprobes[p];
-                else
+                    o.scan = scans[pp % nscans];
+                } else {
                     o.ef_search = cfg->efs[p];
-                if (vindex_open(cfg->dir, DIM, &o, 1, &v, &stale, err))
+                }
+                if (vindex_open(tdir, DIM, &o, 1, &v, &stale, err))
                     die("reopen", err);
             }
             double recall, p50, p99;
@@ -384,8 +479,12 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
             char nlist[32] = "-";
             if (ivf)
                 snprintf(nlist, sizeof(nlist), "%zu", info.nlist);
-            printf("| %s | %s | %s | %s | %.1f%s | %.0f | %.0f | %.3f | %.3f | %.3f |\n", label, info.type,
-                   nlist, param, build_s, reused ? " (k-means reused)" : "", heap, files, recall, p50, p99);
+            char tname[48];
+            snprintf(tname, sizeof(tname), "%s%s%s%s", info.type, ivf ? " (" : "", ivf ? o.scan : "",
+                     ivf ? " scan)" : "");
+            printf("| %s | %s | %s | %s | %.1f%s | %.0f | %.0f | %.3f | %.3f | %.3f |\n", label, tname,
+                   nlist, param, kept ? 0.0 : build_s,
+                   kept ? " (kept, not built)" : reused ? " (k-means reused)" : "", heap, files, recall, p50, p99);
             fflush(stdout);
         }
         vindex_close(v);
@@ -594,6 +693,7 @@ int main(int argc, char **argv)
     size_t nprobes[16] = {8, 16, 32, 64}, efs[16] = {32, 64, 128, 256};
     size_t n_nprobe = 4, n_ef = 4;
     bool filters = false, share_training = false;
+    size_t served_nprobe = 0;
     const char *collections[8], *store_dir = NULL;
     size_t ncollections = 0;
     for (int i = 1; i < argc; i++) {
@@ -611,6 +711,16 @@ int main(int argc, char **argv)
             n_ef = parse_list(argv[++i], efs, 16);
         else if (strcmp(argv[i], "--filters") == 0)
             filters = true;
+        else if (strcmp(argv[i], "--scan") == 0 && i + 1 < argc) {
+            static char scanbuf[64];
+            snprintf(scanbuf, sizeof(scanbuf), "%s", argv[++i]);
+            nscans = 0;
+            for (char *t = strtok(scanbuf, ","); t && nscans < 4; t = strtok(NULL, ","))
+                scans[nscans++] = t;
+        } else if (strcmp(argv[i], "--rerank") == 0 && i + 1 < argc)
+            rerank_opt = strtoul(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--served-nprobe") == 0 && i + 1 < argc)
+            served_nprobe = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--share-training") == 0)
             share_training = true;
         else if (strcmp(argv[i], "--collection") == 0 && i + 1 < argc && ncollections < 8)
@@ -621,7 +731,8 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
                     "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
-                    "[--collection DIR]... [--store DATA_DIR]\n");
+                    "[--collection DIR]... [--store DATA_DIR] [--scan int8,faiss] [--rerank R] "
+                    "[--served-nprobe N] [--keep DIR]\n");
             return 2;
         }
     }
@@ -706,6 +817,11 @@ int main(int argc, char **argv)
         clear_dir(dir);
         vindex_opts o;
         vindex_opts_default(&o);
+        if (served_nprobe)
+            o.nprobe = served_nprobe;
+        if (rerank_opt)
+            o.rerank = rerank_opt;
+        o.scan = scans[0];
         omp_set_num_threads(build_threads);
         openblas_set_num_threads(build_threads);
         vindex *v = NULL;
@@ -714,9 +830,11 @@ int main(int argc, char **argv)
         /* the lists of an earlier IVF build are reused: only the search paths are measured here */
         vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
         bool reuse = shared_centroids && n > o.exact_threshold;
-        if (vindex_open(dir, DIM, &o, 0, &v, &stale, err) ||
-            vindex_build_begin(v, reuse ? &shared : NULL, &b, err) ||
-            vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
+        char kbuf[1024];
+        const char *sdir = index_dir(dir, "served", n, kbuf, sizeof(kbuf));
+        if (!open_kept(sdir, &o, n, &v) &&
+            (vindex_open(sdir, DIM, &o, 0, &v, &stale, err) || vindex_build_begin(v, reuse ? &shared : NULL, &b, err) ||
+             vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err)))
             die("build", err);
         /* exact filtered ground truth costs a subset search per query: fewer queries here */
         size_t nqf = nq < 300 ? nq : 300;
@@ -725,9 +843,9 @@ int main(int argc, char **argv)
         vindex_info info;
         vindex_get_info(v, &info);
         printf(
-            "\nFiltered search on the served default (%s, nprobe %zu), %zu vectors, k=%d, %zu queries, one "
-            "thread:\n\n",
-            info.type, info.nprobe, n, K, nqf);
+            "\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%d, %zu "
+            "queries, one thread:\n\n",
+            info.type, info.nprobe, o.rerank, n, K, nqf);
         printf("| filter | permitted | exact-scan fallbacks | recall@10 vs exact filtered | p50 ms | p99 ms "
                "|\n|---|---|---|---|---|---|\n");
         unsigned pcts[] = {1000, 100, 10, 1};
@@ -763,6 +881,23 @@ int main(int argc, char **argv)
                    (unsigned long long)(after.exact_scans - before.exact_scans), nqf + (nqf < 20 ? nqf : 20),
                    recall, p50, p99);
             fflush(stdout);
+            /* the permitted list through vindex_search_permitted (what retrieval passes for
+             * restricted callers), with each scan */
+            for (size_t si = 0; si < nscans; si++) {
+                if (strcmp(o.scan, scans[si]) != 0) {
+                    vindex_close(v);
+                    o.scan = scans[si];
+                    if (vindex_open(sdir, DIM, &o, 1, &v, &stale, err))
+                        die("reopen", err);
+                }
+                double pr, lay;
+                size_t subs;
+                run_permitted(v, queries, nqf, fgt, permitted, np, &recall, &p50, &p99, &pr, &subs, &lay);
+                printf("| permitted list, %.1f%% (%s scan; %.0f lists, %zu exact-subset answers; layout %.0f ms) | "
+                       "%zu | - | %.3f | %.3f | %.3f |\n",
+                       pcts[i] / 10.0, o.scan, pr, subs, lay, np, recall, p50, p99);
+                fflush(stdout);
+            }
             free(permitted);
             free(fgt);
         }
