@@ -411,7 +411,7 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
     snprintf(typebuf, sizeof(typebuf), "%s", cfg->types);
     char *save = NULL;
     for (char *type = strtok_r(typebuf, ",", &save); type; type = strtok_r(NULL, ",", &save)) {
-        char kbuf[1024];
+        char kbuf[512];
         const char *tdir = index_dir(cfg->dir, type, n, kbuf, sizeof(kbuf));
         if (!keep_dir)
             clear_dir(tdir);
@@ -717,7 +717,9 @@ int main(int argc, char **argv)
             nscans = 0;
             for (char *t = strtok(scanbuf, ","); t && nscans < 4; t = strtok(NULL, ","))
                 scans[nscans++] = t;
-        } else if (strcmp(argv[i], "--rerank") == 0 && i + 1 < argc)
+        } else if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc)
+            keep_dir = argv[++i];
+        else if (strcmp(argv[i], "--rerank") == 0 && i + 1 < argc)
             rerank_opt = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--served-nprobe") == 0 && i + 1 < argc)
             served_nprobe = strtoul(argv[++i], NULL, 10);
@@ -830,7 +832,7 @@ int main(int argc, char **argv)
         /* the lists of an earlier IVF build are reused: only the search paths are measured here */
         vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
         bool reuse = shared_centroids && n > o.exact_threshold;
-        char kbuf[1024];
+        char kbuf[512];
         const char *sdir = index_dir(dir, "served", n, kbuf, sizeof(kbuf));
         if (!open_kept(sdir, &o, n, &v) &&
             (vindex_open(sdir, DIM, &o, 0, &v, &stale, err) || vindex_build_begin(v, reuse ? &shared : NULL, &b, err) ||

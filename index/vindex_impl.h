@@ -156,8 +156,6 @@ qr_status vindex_i8_prepare(vsnap *s, char *err);
 /* code = round(x / scale) in -127..127 with scale = max |x_i| / 127 (0 and zero codes for a zero
  * row). */
 void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale);
-/* out[r] = sum over i of codes[r * dim + i] * q[i], for n rows of codes. */
-void vindex_i8_dots(const int8_t *codes, size_t n, int dim, const int8_t *q, int32_t *out);
 /* The candidates an int8 scan re-scores exactly for top k under o. */
 size_t vindex_i8_rerank(const vindex_opts *o, size_t k);
 

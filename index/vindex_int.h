@@ -44,6 +44,10 @@ void vindex_test_set_hook(vindex_test_hook_fn fn, void *arg);
  * CPU has the AVX2 kernel at all. */
 void vindex_i8_use_portable(bool on);
 bool vindex_i8_has_avx2(void);
+/* out[r] = sum over i of codes[r * dim + i] * q[i] for n rows of int8 codes (each in -127..127),
+ * by the AVX2 kernel where the CPU has it, else (or under vindex_i8_use_portable) the portable
+ * one; both give the same sums. */
+void vindex_i8_dots(const int8_t *codes, size_t n, int dim, const int8_t *q, int32_t *out);
 
 /* ---- the plan of a build (vindex_plan.c, in quarry_gpu with the GPU path) ------------------- */
 
