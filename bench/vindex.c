@@ -234,6 +234,21 @@ static size_t nscans = 1, rerank_opt;
  * data is the same for the same --n); their build time is then not measured */
 static const char *keep_dir;
 
+/* --dump DIR: the generated vectors, queries and exact top 10 as raw little-endian files
+ * (base.f32: n x 384 float32, normalised as the index holds them; queries.f32; gt.i64: queries x
+ * 10 row numbers), for bench/vindex_hnswlib.py to run hnswlib on the same data */
+static void die(const char *what, const char *err);
+
+static void dump_raw(const char *dir, const char *name, const void *data, size_t bytes)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    mkdir(dir, 0700);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, bytes, f) != bytes || fclose(f) != 0)
+        die(path, "cannot write");
+}
+
 static void clear_dir(const char *dir);
 
 /* The directory an index of this type and size is built in: cfg's, or a kept one under --keep. */
@@ -694,6 +709,7 @@ int main(int argc, char **argv)
     size_t n_nprobe = 4, n_ef = 4;
     bool filters = false, share_training = false;
     size_t served_nprobe = 0;
+    const char *dump_dir = NULL;
     const char *collections[8], *store_dir = NULL;
     size_t ncollections = 0;
     for (int i = 1; i < argc; i++) {
@@ -734,7 +750,7 @@ int main(int argc, char **argv)
                     "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
                     "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
                     "[--collection DIR]... [--store DATA_DIR] [--scan int8,faiss] [--rerank R] "
-                    "[--served-nprobe N] [--keep DIR]\n");
+                    "[--served-nprobe N] [--keep DIR] [--dump DIR]\n");
             return 2;
         }
     }
@@ -786,6 +802,25 @@ int main(int argc, char **argv)
     t0 = qr_now_ns();
     ground_truth(base, n, queries, nq, gt);
     double gt_s = (double)(qr_now_ns() - t0) / 1e9;
+    if (dump_dir) {
+        float *row = malloc(DIM * sizeof(float));
+        char path[512];
+        snprintf(path, sizeof(path), "%s/base.f32", dump_dir);
+        mkdir(dump_dir, 0700);
+        FILE *f = fopen(path, "wb");
+        for (size_t i = 0; f && i < n; i++) {
+            vindex_normalize_row(base + i * DIM, row, DIM);
+            if (fwrite(row, sizeof(float), DIM, f) != DIM)
+                die(path, "cannot write");
+        }
+        if (!f || fclose(f) != 0)
+            die(path, "cannot write");
+        free(row);
+        dump_raw(dump_dir, "queries.f32", queries, nq * DIM * sizeof(float));
+        dump_raw(dump_dir, "gt.i64", gt, nq * K * sizeof(int64_t));
+        printf("# dumped to %s\n", dump_dir);
+        return 0;
+    }
     /* nearest-neighbour and random-pair cosines, to show the data looks like embeddings */
     double nn = 0, rnd = 0;
     for (size_t qi = 0; qi < nq; qi++) {
