@@ -15,9 +15,11 @@
 #include <faiss/c_api/Index_c.h>
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "index/vindex_impl.h"
 #include "index/vindex_int.h"
@@ -106,6 +108,29 @@ bool vindex_scan_int8(const vindex_opts *o)
     return !o->scan || strcmp(o->scan, "faiss") != 0;
 }
 
+void vindex_i8_dots_at(const int8_t *codes, const float *scale, const uint32_t *at, size_t n, int dim,
+                       const int8_t *q, float *out)
+{
+    /* the rows lie far apart in a large array: each is a few cache misses, so the next ones are
+     * asked for (I8_AHEAD rows on) while this one is scored */
+    enum { I8_AHEAD = 6 };
+    size_t row = (size_t)dim;
+    for (size_t j = 0; j < n && j < I8_AHEAD; j++)
+        for (size_t o = 0; o < row; o += 64)
+            __builtin_prefetch(codes + (size_t)at[j] * row + o);
+    for (size_t j = 0; j < n; j++) {
+        if (j + I8_AHEAD < n) {
+            const int8_t *next = codes + (size_t)at[j + I8_AHEAD] * row;
+            for (size_t o = 0; o < row; o += 64)
+                __builtin_prefetch(next + o);
+            __builtin_prefetch(scale + at[j + I8_AHEAD]);
+        }
+        int32_t d;
+        vindex_i8_dots(codes + (size_t)at[j] * row, 1, dim, q, &d);
+        out[j] = (float)d * scale[at[j]];
+    }
+}
+
 void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale)
 {
     float m = 0;
@@ -124,16 +149,39 @@ void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale)
     *scale = m / 127.0f;
 }
 
+/* One share of the rows to quantize: rows [from, to) in row order, written at their place in
+ * the layout. */
+typedef struct {
+    const vsnap *s;
+    const uint32_t *at; /* row -> place in the layout */
+    int8_t *codes;
+    float *scale;
+    size_t from, to;
+} qjob;
+
+static void *quantize_rows(void *arg)
+{
+    qjob *j = arg;
+    size_t dim = (size_t)j->s->dim;
+    for (size_t r = j->from; r < j->to; r++)
+        vindex_i8_quantize(j->s->rows + r * dim, j->s->dim, j->codes + (size_t)j->at[r] * dim,
+                           j->scale + j->at[r]);
+    return NULL;
+}
+
+#define QUANTIZE_THREADS 4
+
 qr_status vindex_i8_prepare(vsnap *s, char *err)
 {
     qr_status st = QR_OK;
     size_t dim = (size_t)s->dim, nlist = s->nlist;
     int8_t *codes = malloc((s->count ? s->count : 1) * dim);
     float *scale = malloc((s->count ? s->count : 1) * sizeof(float));
+    uint32_t *at = malloc((s->count ? s->count : 1) * sizeof(uint32_t));
     float *cent = malloc((nlist ? nlist : 1) * dim * sizeof(float));
     int8_t *ccodes = malloc((nlist ? nlist : 1) * dim);
     float *cscale = malloc((nlist ? nlist : 1) * sizeof(float));
-    if (!codes || !scale || !cent || !ccodes || !cscale) {
+    if (!codes || !scale || !at || !cent || !ccodes || !cscale) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for the int8 codes of the vector index");
         goto out;
     }
@@ -148,8 +196,34 @@ qr_status vindex_i8_prepare(vsnap *s, char *err)
     }
     for (size_t l = 0; l < nlist; l++)
         vindex_i8_quantize(cent + l * dim, s->dim, ccodes + l * dim, cscale + l);
+    /* the rows are read in their own order (the mapped file forwards), a share per thread */
     for (size_t i = 0; i < s->count; i++)
-        vindex_i8_quantize(s->rows + (size_t)s->lay_pos[i] * dim, s->dim, codes + i * dim, scale + i);
+        at[s->lay_pos[i]] = (uint32_t)i;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t nt = cpus < 1 ? 1 : cpus > QUANTIZE_THREADS ? QUANTIZE_THREADS : (size_t)cpus;
+    if (s->count < 65536)
+        nt = 1;
+    pthread_t th[QUANTIZE_THREADS];
+    qjob jobs[QUANTIZE_THREADS];
+    size_t started = 0;
+    for (size_t t = 0; t < nt; t++) {
+        jobs[t] = (qjob){s, at, codes, scale, s->count * t / nt, s->count * (t + 1) / nt};
+        if (t + 1 == nt || pthread_create(&th[t], NULL, quantize_rows, &jobs[t]) != 0) {
+            /* the last share (or one a thread could not take) runs here */
+            jobs[t].to = s->count * (t + 1 == nt ? nt : t + 1) / nt;
+            quantize_rows(&jobs[t]);
+            if (t + 1 < nt) {
+                /* no thread: the rest of the rows here too */
+                qjob rest = {s, at, codes, scale, jobs[t].to, s->count};
+                quantize_rows(&rest);
+                break;
+            }
+        } else {
+            started++;
+        }
+    }
+    for (size_t t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
     s->i8_codes = codes;
     s->i8_scale = scale;
     s->cent = cent;
@@ -163,6 +237,7 @@ qr_status vindex_i8_prepare(vsnap *s, char *err)
 out:
     free(codes);
     free(scale);
+    free(at);
     free(cent);
     free(ccodes);
     free(cscale);

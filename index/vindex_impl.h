@@ -135,9 +135,10 @@ qr_status vindex_load_generation(const vindex *v, const manifest *m, vsnap **out
 uint64_t vindex_max_generation_on_disk(const char *dir);
 void vindex_remove_leftovers(const char *dir, uint64_t keep);
 
-/* vindex_scan.c: the IVF layout (and the int8 codes), read by the first search that needs it
- * (*built_ms: how long that took, when this call read it) */
-qr_status vindex_layout_get(vsnap *s, double *built_ms, char *err);
+/* vindex_scan.c: the IVF layout (and with i8 the int8 codes), read by the first search that needs
+ * it (*built_ms: how long that took, when this call read it). A handle asks with the same i8
+ * always (vindex.scan). */
+qr_status vindex_layout_get(vsnap *s, bool i8, double *built_ms, char *err);
 /* The int8 scan of the main rows of IVF snapshot s (the caller holds s->lock for reading): the
  * probes lists nearest q (normalised) by the int8 centroids, re-ranked exactly; their live
  * members (those in permitted too when it is not NULL: n ascending ids) ranked by int8 codes;
@@ -156,6 +157,10 @@ qr_status vindex_i8_prepare(vsnap *s, char *err);
 /* code = round(x / scale) in -127..127 with scale = max |x_i| / 127 (0 and zero codes for a zero
  * row). */
 void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale);
+/* out[j] = scale[at[j]] times the dot product of q with the codes of row at[j] (rows far
+ * apart: the next ones are prefetched). */
+void vindex_i8_dots_at(const int8_t *codes, const float *scale, const uint32_t *at, size_t n, int dim,
+                       const int8_t *q, float *out);
 /* The candidates an int8 scan re-scores exactly for top k under o. */
 size_t vindex_i8_rerank(const vindex_opts *o, size_t k);
 

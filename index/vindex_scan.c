@@ -105,7 +105,7 @@ out:
     return st;
 }
 
-qr_status vindex_layout_get(vsnap *s, double *built_ms, char *err)
+qr_status vindex_layout_get(vsnap *s, bool i8, double *built_ms, char *err)
 {
     if (__atomic_load_n(&s->lay_ready, __ATOMIC_ACQUIRE))
         return QR_OK;
@@ -113,7 +113,7 @@ qr_status vindex_layout_get(vsnap *s, double *built_ms, char *err)
     pthread_mutex_lock(&s->lay_lock);
     if (!s->lay_ready) {
         uint64_t t0 = qr_now_ns();
-        if (!(st = layout_build(s, err)) && (st = vindex_i8_prepare(s, err))) {
+        if (!(st = layout_build(s, err)) && i8 && (st = vindex_i8_prepare(s, err))) {
             free(s->lay_off);
             free(s->lay_ids);
             free(s->lay_pos);
@@ -430,6 +430,26 @@ static qr_status coarse_lists(const vsnap *s, const float *q, const int8_t *qc, 
 
 #define I8_BATCH 256
 
+/* Scores the selected layout places sel[0..*nsel) (tombstoned ones dropped first) by their int8
+ * codes into the heap, and empties sel. */
+static void score_selected(const vsnap *s, const int8_t *qc, uint32_t *sel, size_t *nsel, bool tombs,
+                           float *approx, i8cand *h, size_t *nh, size_t cap, size_t *scored)
+{
+    size_t n = *nsel;
+    if (tombs) {
+        size_t m = 0;
+        for (size_t j = 0; j < n; j++)
+            if (!vindex_idmap_get(&s->tomb, s->lay_ids[sel[j]], NULL))
+                sel[m++] = sel[j];
+        n = m;
+    }
+    vindex_i8_dots_at(s->i8_codes, s->i8_scale, sel, n, s->dim, qc, approx);
+    for (size_t j = 0; j < n; j++)
+        i8_offer(h, nh, cap, approx[j], sel[j]);
+    *scored += n;
+    *nsel = 0;
+}
+
 /* vindex_i8_scan_main with the permitted set as a permset (NULL: every chunk). */
 static qr_status i8_scan(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank, const permset *ps,
                          qr_cancel *cancel, int64_t *cids, float *cscores, size_t *ncand, vindex_scan_report *rep,
@@ -442,6 +462,10 @@ static qr_status i8_scan(vsnap *s, const float *q, size_t k, size_t probes, size
     uint32_t *lists = malloc((probes ? probes : 1) * sizeof(uint32_t));
     i8cand *h = malloc(cap * sizeof(i8cand));
     int32_t dots[I8_BATCH];
+    uint32_t sel[I8_BATCH];
+    float approx[I8_BATCH];
+    size_t nsel = 0;
+    uint64_t span = ps && ps->n ? (uint64_t)(ps->hi - ps->lo) : 0;
     float qs;
     *ncand = 0;
     if (!qc || !lists || !h) {
@@ -460,13 +484,21 @@ static qr_status i8_scan(vsnap *s, const float *q, size_t k, size_t probes, size
         size_t a = s->lay_off[lists[p]], z = s->lay_off[lists[p] + 1];
         walked += z - a;
         if (ps) {
+            /* the permitted members are picked out first, then scored together (their codes
+             * fetched ahead) */
             for (size_t i = a; i < z; i++) {
-                int64_t id = s->lay_ids[i];
-                if (!permset_has(ps, id) || (tombs && vindex_idmap_get(&s->tomb, id, NULL)))
-                    continue;
-                vindex_i8_dots(s->i8_codes + i * (size_t)dim, 1, dim, qc, dots);
-                scored++;
-                i8_offer(h, &nh, cap, (float)dots[0] * s->i8_scale[i], (uint32_t)i);
+                if (ps->bits) {
+                    /* without a branch on the bit: which members are permitted is not
+                     * predictable, and most are not */
+                    uint64_t b = (uint64_t)(s->lay_ids[i] - ps->lo);
+                    uint64_t in = b <= span ? (ps->bits[b >> 6] >> (b & 63)) & 1 : 0;
+                    sel[nsel] = (uint32_t)i;
+                    nsel += (size_t)in;
+                } else if (permset_has(ps, s->lay_ids[i])) {
+                    sel[nsel++] = (uint32_t)i;
+                }
+                if (nsel == I8_BATCH)
+                    score_selected(s, qc, sel, &nsel, tombs, approx, h, &nh, cap, &scored);
             }
             continue;
         }
@@ -481,6 +513,8 @@ static qr_status i8_scan(vsnap *s, const float *q, size_t k, size_t probes, size
             }
         }
     }
+    if (nsel)
+        score_selected(s, qc, sel, &nsel, tombs, approx, h, &nh, cap, &scored);
     for (size_t i = 0; i < nh; i++) {
         cids[i] = s->lay_ids[h[i].at];
         cscores[i] = vindex_dot_exact(s->rows + (size_t)s->lay_pos[h[i].at] * (size_t)dim, q, dim);
@@ -628,7 +662,7 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
         goto out;
     }
     double built_ms = 0;
-    if ((st = qr_cancel_check(cancel, err)) || (st = vindex_layout_get(s, &built_ms, err)))
+    if ((st = qr_cancel_check(cancel, err)) || (st = vindex_layout_get(s, vindex_scan_int8(&v->opts), &built_ms, err)))
         goto out;
     if (i8) {
         q = malloc((size_t)dim * sizeof(float));

@@ -366,7 +366,7 @@ static qr_status search_i8(vsnap *s, const float *q, size_t k, const vindex_opts
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
-    if ((st = vindex_layout_get(s, &built_ms, err)) ||
+    if ((st = vindex_layout_get(s, true, &built_ms, err)) ||
         (st = vindex_i8_scan_main(s, q, k, o->nprobe, cap, NULL, 0, cancel, cids, cscores, &nc, NULL, err)))
         goto out;
     if (nc < k)
