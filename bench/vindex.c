@@ -730,7 +730,7 @@ int main(int argc, char **argv)
     size_t n_nprobe = 4, n_ef = 4;
     bool filters = false, share_training = false;
     size_t served_nprobe = 0;
-    const char *dump_dir = NULL;
+    const char *dump_dir = NULL, *widen = NULL;
     const char *collections[8], *store_dir = NULL;
     size_t ncollections = 0;
     for (int i = 1; i < argc; i++) {
@@ -756,6 +756,10 @@ int main(int argc, char **argv)
                 scans[nscans++] = t;
         } else if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc)
             keep_dir = argv[++i];
+        else if (strcmp(argv[i], "--widen") == 0 && i + 1 < argc)
+            widen = argv[++i];
+        else if (strcmp(argv[i], "--dump") == 0 && i + 1 < argc)
+            dump_dir = argv[++i];
         else if (strcmp(argv[i], "--rerank") == 0 && i + 1 < argc)
             rerank_opt = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--served-nprobe") == 0 && i + 1 < argc)
@@ -771,7 +775,7 @@ int main(int argc, char **argv)
                     "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
                     "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
                     "[--collection DIR]... [--store DATA_DIR] [--scan int8,faiss] [--rerank R] "
-                    "[--served-nprobe N] [--keep DIR] [--dump DIR]\n");
+                    "[--served-nprobe N] [--keep DIR] [--dump DIR] [--widen 0.5,0.25]\n");
             return 2;
         }
     }
@@ -946,13 +950,25 @@ int main(int argc, char **argv)
                     if (vindex_open(sdir, DIM, &o, 1, &v, &stale, err))
                         die("reopen", err);
                 }
-                double pr, lay;
-                size_t subs;
-                run_permitted(v, queries, nqf, fgt, permitted, np, &recall, &p50, &p99, &pr, &subs, &lay);
-                printf("| permitted list, %.1f%% (%s scan; %.0f lists, %zu exact-subset answers; layout %.0f ms) | "
-                       "%zu | - | %.3f | %.3f | %.3f | %.3f |\n",
-                       pcts[i] / 10.0, o.scan, pr, subs, lay, np, recall, p50, p99, cpu_p50);
-                fflush(stdout);
+                size_t widens[8];
+                double wv[8] = {0.25};
+                size_t nw = 1;
+                if (widen && strcmp(o.scan, "int8") == 0) {
+                    nw = parse_list(widen, widens, 8); /* hundredths */
+                    for (size_t w = 0; w < nw; w++)
+                        wv[w] = (double)widens[w] / 100.0;
+                }
+                for (size_t w = 0; w < nw; w++) {
+                    double pr, lay;
+                    size_t subs;
+                    vindex_test_set_widen(wv[w]);
+                    run_permitted(v, queries, nqf, fgt, permitted, np, &recall, &p50, &p99, &pr, &subs, &lay);
+                    printf("| permitted list, %.1f%% (%s scan, widen 1/share^%.2f: %.0f lists, %zu exact-subset "
+                           "answers; layout %.0f ms) | %zu | - | %.3f | %.3f | %.3f | %.3f |\n",
+                           pcts[i] / 10.0, o.scan, wv[w], pr, subs, lay, np, recall, p50, p99, cpu_p50);
+                    fflush(stdout);
+                }
+                vindex_test_set_widen(0.25);
             }
             free(permitted);
             free(fgt);

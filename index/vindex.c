@@ -271,6 +271,7 @@ void vindex_snap_free(vsnap *s)
     free(s->lay_pos);
     free(s->i8_codes);
     free(s->i8_scale);
+    free(s->i8_at);
     free(s->cent);
     free(s->i8_cent);
     free(s->i8_cscale);

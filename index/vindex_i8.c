@@ -226,6 +226,8 @@ qr_status vindex_i8_prepare(vsnap *s, char *err)
         pthread_join(th[t], NULL);
     s->i8_codes = codes;
     s->i8_scale = scale;
+    s->i8_at = at;
+    at = NULL;
     s->cent = cent;
     s->i8_cent = ccodes;
     s->i8_cscale = cscale;

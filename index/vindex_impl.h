@@ -79,6 +79,7 @@ typedef struct vsnap {
      * coarse centroids as floats and as int8 codes */
     int8_t *i8_codes;
     float *i8_scale;
+    uint32_t *i8_at; /* row -> place in the layout */
     float *cent;
     int8_t *i8_cent;
     float *i8_cscale;
@@ -147,6 +148,12 @@ qr_status vindex_layout_get(vsnap *s, bool i8, double *built_ms, char *err);
 qr_status vindex_i8_scan_main(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank,
                               const int64_t *permitted, size_t n, qr_cancel *cancel, int64_t *cids,
                               float *cscores, size_t *ncand, vindex_scan_report *rep, char *err);
+
+/* vindex_search_subset's exact top k by the int8 codes (the caller holds s->lock for reading;
+ * list ascending, duplicates allowed): every listed row ranked by its codes with a bound on
+ * their error, and those that may belong to the top k scored exactly; into out (k entries). */
+qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *list, size_t n, qr_cancel *cancel,
+                           int64_t *ids, float *scores, size_t *found, char *err);
 
 /* vindex_i8.c */
 /* True when o asks for the int8 scan (vindex.scan; NULL means the default, int8). */

@@ -44,6 +44,9 @@ void vindex_test_set_hook(vindex_test_hook_fn fn, void *arg);
  * CPU has the AVX2 kernel at all. */
 void vindex_i8_use_portable(bool on);
 bool vindex_i8_has_avx2(void);
+/* Bench-only: vindex_search_permitted with the int8 scan probes vindex.nprobe / share^exponent
+ * lists (default 0.25). Not thread-safe: set it before searching. */
+void vindex_test_set_widen(double exponent);
 /* out[r] = sum over i of codes[r * dim + i] * q[i] for n rows of int8 codes (each in -127..127),
  * by the AVX2 kernel where the CPU has it, else (or under vindex_i8_use_portable) the portable
  * one; both give the same sums. */

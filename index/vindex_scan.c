@@ -26,6 +26,15 @@
 
 /* Probes are widened by 1/sqrt(share) up to this factor of vindex.nprobe. */
 #define PROBE_WIDEN_MAX 16
+/* With the int8 scan the probes are widened by 1/share^widen_i8 (bench/README.md: recall by
+ * share); vindex_test_set_widen changes it for benchmarks. */
+static double widen_i8 = 0.25;
+
+void vindex_test_set_widen(double exponent)
+{
+    widen_i8 = exponent;
+}
+
 /* Permitted members expected in the probed lists per wanted result, at the least. */
 #define PROBE_PER_RESULT 8
 /* Walking a list member costs a bit test; scoring a permitted id directly costs a lookup and a
@@ -312,12 +321,12 @@ static qr_status scorer_finish(scorer *c, size_t k, int64_t *ids, float *scores,
  * 1/sqrt(share) (the permitted top k lie about as deep among all chunks as the top k/share, which
  * more lists reach), and enough lists to hold PROBE_PER_RESULT * k permitted members on average;
  * at most PROBE_WIDEN_MAX * nprobe and nlist. */
-static size_t probes_for(size_t nprobe, size_t nlist, size_t count, size_t n, size_t total, size_t k)
+static size_t probes_for(size_t nprobe, size_t nlist, size_t count, size_t n, size_t total, size_t k, bool i8)
 {
     double share = total ? (double)n / (double)total : 1;
     if (share > 1)
         share = 1;
-    double want = (double)nprobe / sqrt(share);
+    double want = (double)nprobe / pow(share, i8 ? widen_i8 : 0.5);
     double enough = (double)PROBE_PER_RESULT * (double)k * (double)nlist / ((double)count * share);
     if (want < enough)
         want = enough;
@@ -617,6 +626,183 @@ out:
     return st;
 }
 
+/* ---- the exact subset by int8 codes ------------------------------------------------------------ */
+
+/* A listed chunk that may belong to the top k: an upper bound of its score, and where its row is
+ * (a place in the layout, or a delta row whose score is exact already). */
+typedef struct {
+    float upper;
+    float exact; /* delta rows: the score */
+    int64_t id;
+    int64_t where; /* >= 0: layout place; < 0: -1 - delta row */
+} subcand;
+
+/* A min-heap of the k largest lower bounds: its root, once full, is a score that k listed chunks
+ * reach at least, so a chunk whose upper bound is below it cannot be among the top k. */
+static void lower_offer(float *heap, size_t *n, size_t k, float x)
+{
+    size_t i;
+    if (*n < k) {
+        i = (*n)++;
+        while (i && x < heap[(i - 1) / 2]) {
+            heap[i] = heap[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+        heap[i] = x;
+        return;
+    }
+    if (x <= heap[0])
+        return;
+    i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, w = i;
+        float wx = x;
+        if (l < k && heap[l] < wx) {
+            w = l;
+            wx = heap[l];
+        }
+        if (r < k && heap[r] < wx)
+            w = r;
+        if (w == i)
+            break;
+        heap[i] = heap[w];
+        i = w;
+    }
+    heap[i] = x;
+}
+
+static int cmp_subcand_exact(const void *a, const void *b)
+{
+    const subcand *x = a, *y = b;
+    if (x->exact != y->exact)
+        return x->exact > y->exact ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* The first place in ids[lo..n) holding a value >= id: galloping from lo (the listed ids are
+ * ascending, so the next one is usually a little further on), then binary search. */
+static size_t gallop(const int64_t *ids, size_t lo, size_t n, int64_t id)
+{
+    size_t step = 1, a = lo, z = lo;
+    while (z < n && ids[z] < id) {
+        a = z + 1;
+        z += step;
+        step *= 2;
+    }
+    if (z > n)
+        z = n;
+    while (a < z) {
+        size_t mid = a + (z - a) / 2;
+        if (ids[mid] < id)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    return a;
+}
+
+qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *list, size_t n, qr_cancel *cancel,
+                           int64_t *ids, float *scores, size_t *found, char *err)
+{
+    qr_status st = QR_OK;
+    int dim = s->dim;
+    int8_t *qc = malloc((size_t)dim);
+    float *lower = malloc(k * sizeof(float));
+    subcand *c = NULL;
+    size_t nc = 0, cap = 0, nl = 0, nsel = 0, lo = 0;
+    uint32_t sel[I8_BATCH];
+    int64_t selid[I8_BATCH];
+    float approx[I8_BATCH];
+    float qs;
+    bool tombs = s->tomb.n > 0;
+    *found = 0;
+    if (!qc || !lower) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    vindex_i8_quantize(q, dim, qc, &qs);
+    /* |score - approx| <= qs*xs*|qc|_1/2 + qs*sqrt(d)*(1 + sqrt(d)*xs/2)/2 + d*qs*xs/4 for a unit
+     * row x ~ xs * code (each code off by at most half a step, on either side), plus the float
+     * rounding of both scores */
+    double q1 = 0, sd = sqrt((double)dim);
+    for (int i = 0; i < dim; i++)
+        q1 += abs(qc[i]);
+    float e_fixed = (float)(0.5 * qs * sd) + 4.0f * (float)dim * FLT_EPSILON;
+    float e_per_xs = (float)(0.5 * qs * q1 + 0.25 * qs * sd * sd + 0.25 * qs * (double)dim);
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n) {
+            int64_t id = list[i];
+            if (id < 0 || (i && list[i - 1] == id) || (tombs && vindex_idmap_get(&s->tomb, id, NULL)))
+                continue;
+            lo = gallop(s->ids, lo, s->count, id);
+            int64_t dpos;
+            if (lo < s->count && s->ids[lo] == id) {
+                sel[nsel] = s->i8_at[lo];
+                selid[nsel++] = id;
+            } else if (vindex_idmap_get(&s->d_pos, id, &dpos)) {
+                float sc = vindex_dot_exact(s->d_rows + (size_t)dpos * (size_t)dim, q, dim);
+                lower_offer(lower, &nl, k, sc);
+                if (nc == cap) {
+                    size_t ncap = cap ? cap * 2 : 256;
+                    subcand *nv = realloc(c, ncap * sizeof(subcand));
+                    if (!nv) {
+                        st = qr_fail(err, QR_ENOMEM, "out of memory");
+                        goto out;
+                    }
+                    c = nv;
+                    cap = ncap;
+                }
+                c[nc++] = (subcand){sc, sc, id, -1 - dpos};
+            }
+        }
+        if (nsel == I8_BATCH || (i == n && nsel)) {
+            if ((st = qr_cancel_check(cancel, err)))
+                goto out;
+            vindex_i8_dots_at(s->i8_codes, s->i8_scale, sel, nsel, dim, qc, approx);
+            for (size_t j = 0; j < nsel; j++) {
+                float xs = s->i8_scale[sel[j]], e = e_fixed + e_per_xs * xs;
+                e += e * 1e-5f;
+                float a = approx[j] * qs;
+                lower_offer(lower, &nl, k, a - e);
+                if (nl == k && a + e < lower[0])
+                    continue;
+                if (nc == cap) {
+                    size_t ncap = cap ? cap * 2 : 256;
+                    subcand *nv = realloc(c, ncap * sizeof(subcand));
+                    if (!nv) {
+                        st = qr_fail(err, QR_ENOMEM, "out of memory");
+                        goto out;
+                    }
+                    c = nv;
+                    cap = ncap;
+                }
+                c[nc++] = (subcand){a + e, 0, selid[j], (int64_t)sel[j]};
+            }
+            nsel = 0;
+        }
+    }
+    /* the bound only rose: drop what fell below it, score the rest exactly */
+    size_t m = 0;
+    for (size_t i = 0; i < nc; i++) {
+        if (nl == k && c[i].upper < lower[0])
+            continue;
+        if (c[i].where >= 0)
+            c[i].exact = vindex_dot_exact(s->rows + (size_t)s->lay_pos[c[i].where] * (size_t)dim, q, dim);
+        c[m++] = c[i];
+    }
+    qsort(c, m, sizeof(subcand), cmp_subcand_exact);
+    *found = m < k ? m : k;
+    for (size_t i = 0; i < *found; i++) {
+        ids[i] = c[i].id;
+        scores[i] = c[i].exact;
+    }
+out:
+    free(qc);
+    free(lower);
+    free(c);
+    return st;
+}
+
 qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
                                   size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
                                   vindex_scan_report *rep, char *err)
@@ -654,8 +840,8 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
     pthread_rwlock_rdlock(&s->lock);
     size_t total = s->count + s->d_n;
     pthread_rwlock_unlock(&s->lock);
-    probes = probes_for(nprobe, s->nlist, s->count, n, total, k);
     bool i8 = vindex_scan_int8(&v->opts);
+    probes = probes_for(nprobe, s->nlist, s->count, n, total, k, i8);
     if ((double)probes * (double)s->count / (double)s->nlist >=
         (double)(i8 ? SUBSET_RATIO_I8 : SUBSET_RATIO) * (double)n) {
         subset = true; /* few permitted chunks: score each of them */

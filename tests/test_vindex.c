@@ -1414,6 +1414,65 @@ TEST(int8_scan_same_answers_with_either_kernel_and_as_faiss)
     free(ids);
 }
 
+TEST(int8_subset_is_exact_among_near_duplicates)
+{
+    /* vindex_search_subset on an IVF index ranks the listed chunks by their int8 codes and
+     * scores exactly every chunk whose error bound reaches the k-th: among 300 rows closer to
+     * one another than an int8 step the codes cannot order them, the answer must still be the
+     * exact one */
+    char err[QR_ERR_LEN];
+    const int d = 96;
+    const size_t n = 3000, ndup = 300, nq = 6;
+    float *x = random_vectors(n, d, 0, 1.0, 123);
+    uint64_t s = 124;
+    float centre[96];
+    for (int j = 0; j < d; j++)
+        centre[j] = (float)rng_gauss(&s);
+    for (size_t i = 0; i < ndup; i++)
+        for (int j = 0; j < d; j++)
+            x[i * 7 * (size_t)d + j] = centre[j] + 0.002f * (float)rng_gauss(&s); /* every 7th row */
+    int64_t *ids = sequential_ids(n, 5, 1);
+    char *dir = make_dir();
+    vindex_opts o = test_opts("ivf_flat");
+    o.nlist = 30;
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    /* the subset: every near-duplicate and every 3rd other row, ascending */
+    int64_t *subset = malloc(n * sizeof(int64_t));
+    size_t ns = 0;
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        if ((i % 7 == 0 && i / 7 < ndup) || i % 3 == 0) {
+            subset[ns++] = ids[i];
+            model_add(&m, ids[i], x + i * (size_t)d);
+        }
+    float q[96];
+    for (size_t qi = 0; qi < nq; qi++) {
+        for (int j = 0; j < d; j++)
+            q[j] = centre[j] + (qi ? 0.3f * (float)rng_gauss(&s) : 0);
+        const size_t ks[3] = {1, 10, 50};
+        for (int ki = 0; ki < 3; ki++) {
+            int64_t out[50], oout[50];
+            float sc[50], osc[50];
+            size_t found = 0;
+            CHECK_OK(vindex_search_subset(v, q, d, ks[ki], subset, ns, out, sc, &found, NULL, err), err);
+            size_t ofound = oracle(&m, q, ks[ki], NULL, NULL, oout, osc);
+            CHECK_INT(found, ofound);
+            for (size_t i = 0; i < found; i++)
+                CHECK_MSG(out[i] == oout[i] && sc[i] == osc[i], "q %zu k %zu rank %zu: %lld vs %lld", qi, ks[ki],
+                          i, (long long)out[i], (long long)oout[i]);
+        }
+    }
+    model_free(&m);
+    free(subset);
+    vindex_close(v);
+    remove_dir(dir);
+    free(x);
+    free(ids);
+}
+
 TEST(int8_scan_options_are_checked)
 {
     char err[QR_ERR_LEN];
