@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "index/vindex_impl.h"
@@ -131,7 +132,8 @@ void vindex_i8_dots_at(const int8_t *codes, const float *scale, const uint32_t *
     }
 }
 
-void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale)
+/* The portable quantizer: the max |x_i|, then x_i * 127 / max rounded half away from zero. */
+static void quantize_portable(const float *x, int dim, int8_t *code, float *scale)
 {
     float m = 0;
     for (int i = 0; i < dim; i++)
@@ -141,8 +143,6 @@ void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale)
         *scale = 0;
         return;
     }
-    /* rounded half away from zero by hand: a call to lrintf per element took most of the time
-     * of quantizing a generation */
     float inv = 127.0f / m;
     for (int i = 0; i < dim; i++) {
         float y = x[i] * inv;
@@ -150,6 +150,62 @@ void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale)
         code[i] = (int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
     }
     *scale = m / 127.0f;
+}
+
+/* The same operations eight at a time (the same products and sums, so the same codes):
+ * quantizing a generation one element at a time took seconds at 1M vectors. */
+__attribute__((target("avx2"))) static void quantize_avx2(const float *x, int dim, int8_t *code, float *scale)
+{
+    int vec = dim & ~7;
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    __m256 mv = _mm256_setzero_ps();
+    for (int i = 0; i < vec; i += 8)
+        mv = _mm256_max_ps(mv, _mm256_and_ps(_mm256_loadu_ps(x + i), _mm256_castsi256_ps(absmask)));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, mv);
+    float m = 0;
+    for (int j = 0; j < 8; j++)
+        m = lanes[j] > m ? lanes[j] : m;
+    for (int i = vec; i < dim; i++)
+        m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    if (!(m > 0)) {
+        memset(code, 0, (size_t)dim);
+        *scale = 0;
+        return;
+    }
+    float inv = 127.0f / m;
+    const __m256 vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps();
+    const __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    int32_t c32[8];
+    for (int i = 0; i < vec; i += 8) {
+        __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv);
+        __m256 neg = _mm256_cmp_ps(y, zero, _CMP_LT_OQ);
+        __m256 h = _mm256_blendv_ps(half, _mm256_sub_ps(zero, half), neg);
+        __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, h), lo), hi);
+        _mm256_storeu_si256((__m256i *)c32, _mm256_cvttps_epi32(r));
+        for (int j = 0; j < 8; j++)
+            code[i + j] = (int8_t)c32[j];
+    }
+    for (int i = vec; i < dim; i++) {
+        float y = x[i] * inv;
+        int c = (int)(y + (y < 0 ? -0.5f : 0.5f));
+        code[i] = (int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
+    }
+    *scale = m / 127.0f;
+}
+
+void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale)
+{
+    static int avx2 = -1; /* -1: not asked yet */
+    int a = __atomic_load_n(&avx2, __ATOMIC_RELAXED);
+    if (a < 0) {
+        a = vindex_i8_has_avx2();
+        __atomic_store_n(&avx2, a, __ATOMIC_RELAXED);
+    }
+    if (a && !__atomic_load_n(&force_portable, __ATOMIC_RELAXED))
+        quantize_avx2(x, dim, code, scale);
+    else
+        quantize_portable(x, dim, code, scale);
 }
 
 /* One share of the rows to quantize: rows [from, to) in row order, written at their place in
@@ -199,7 +255,11 @@ qr_status vindex_i8_prepare(vsnap *s, char *err)
     }
     for (size_t l = 0; l < nlist; l++)
         vindex_i8_quantize(cent + l * dim, s->dim, ccodes + l * dim, cscale + l);
-    /* the rows are read in their own order (the mapped file forwards), a share per thread */
+    /* the rows are read in their own order (the mapped file forwards), a share per thread; the
+     * mapping is advised random for searches (no read-ahead), which made this pass fault in
+     * every page on its own: sequential for the pass */
+    if (s->map)
+        madvise(s->map, s->map_len, MADV_SEQUENTIAL);
     for (size_t i = 0; i < s->count; i++)
         at[s->lay_pos[i]] = (uint32_t)i;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -227,6 +287,8 @@ qr_status vindex_i8_prepare(vsnap *s, char *err)
     }
     for (size_t t = 0; t < started; t++)
         pthread_join(th[t], NULL);
+    if (s->map)
+        madvise(s->map, s->map_len, MADV_RANDOM);
     s->i8_codes = codes;
     s->i8_scale = scale;
     s->i8_at = at;

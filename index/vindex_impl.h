@@ -161,9 +161,6 @@ bool vindex_scan_int8(const vindex_opts *o);
 /* Fills s->i8_codes, i8_scale, cent, i8_cent and i8_cscale from the rows in layout order and
  * the IVF quantizer; called under s->lay_lock once the layout is read. */
 qr_status vindex_i8_prepare(vsnap *s, char *err);
-/* code = round(x / scale) in -127..127 with scale = max |x_i| / 127 (0 and zero codes for a zero
- * row). */
-void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale);
 /* out[j] = scale[at[j]] times the dot product of q with the codes of row at[j] (rows far
  * apart: the next ones are prefetched). */
 void vindex_i8_dots_at(const int8_t *codes, const float *scale, const uint32_t *at, size_t n, int dim,

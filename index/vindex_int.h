@@ -47,6 +47,9 @@ bool vindex_i8_has_avx2(void);
 /* Bench-only: vindex_search_permitted with the int8 scan probes vindex.nprobe / share^exponent
  * lists (default 0.25). Not thread-safe: set it before searching. */
 void vindex_test_set_widen(double exponent);
+/* code = x / scale rounded half away from zero, in -127..127, with scale = max |x_i| / 127 (0
+ * and zero codes for a zero row); the AVX2 and portable versions give the same codes. */
+void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale);
 /* out[r] = sum over i of codes[r * dim + i] * q[i] for n rows of int8 codes (each in -127..127),
  * by the AVX2 kernel where the CPU has it, else (or under vindex_i8_use_portable) the portable
  * one; both give the same sums. */

@@ -1296,6 +1296,29 @@ TEST(int8_kernels_agree)
         free(codes);
         free(q);
     }
+    /* the quantizers: the same codes and scale, |x - scale * code| at most half a step */
+    for (size_t di = 0; di < sizeof(dims) / sizeof(dims[0]); di++) {
+        int d = dims[di];
+        float *x = malloc((size_t)d * sizeof(float));
+        int8_t *c1 = malloc((size_t)d), *c2 = malloc((size_t)d);
+        for (int round = 0; round < 20; round++) {
+            for (int i = 0; i < d; i++)
+                x[i] = round == 0 ? (float)(i % 255 - 127) / 2.0f : (float)rng_gauss(&s); /* round 0: halves */
+            float s1, s2;
+            vindex_i8_use_portable(false);
+            vindex_i8_quantize(x, d, c1, &s1);
+            vindex_i8_use_portable(true);
+            vindex_i8_quantize(x, d, c2, &s2);
+            vindex_i8_use_portable(false);
+            CHECK(s1 == s2 && memcmp(c1, c2, (size_t)d) == 0);
+            for (int i = 0; i < d; i++)
+                CHECK_MSG(fabsf(x[i] - s1 * (float)c1[i]) <= 0.5001f * s1 && c1[i] >= -127,
+                          "dim %d elem %d: %g vs %d * %g", d, i, x[i], c1[i], s1);
+        }
+        free(x);
+        free(c1);
+        free(c2);
+    }
 }
 
 TEST(int8_scan_matches_oracle_when_every_list_is_probed)
