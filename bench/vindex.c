@@ -330,7 +330,6 @@ static void die(const char *what, const char *err)
     exit(1);
 }
 
-
 typedef struct {
     unsigned pct;
 } permit_ctx;
@@ -383,8 +382,8 @@ static void run_queries(vindex *v, const float *q, size_t nq, const int64_t *gt,
  * filtered top k), mean lists probed, answers by the exact subset, and the first call's layout
  * time. */
 static void run_permitted(vindex *v, const float *q, size_t nq, const int64_t *gt, const int64_t *permitted,
-                          size_t np, double *recall, double *p50, double *p99, double *probes, size_t *subsets,
-                          double *layout_ms)
+                          size_t np, double *recall, double *p50, double *p99, double *probes,
+                          size_t *subsets, double *layout_ms)
 {
     char err[QR_ERR_LEN];
     double *lat = malloc(nq * sizeof(double)), *cpu = malloc(nq * sizeof(double));
@@ -395,14 +394,15 @@ static void run_permitted(vindex *v, const float *q, size_t nq, const int64_t *g
     vindex_scan_report rep;
     *layout_ms = 0;
     for (size_t qi = 0; qi < nq && qi < 20; qi++) { /* warm the caches; the first reads the layout */
-        if (vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found, NULL, &rep, err))
+        if (vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found, NULL, &rep,
+                                    err))
             die("permitted search", err);
         *layout_ms += rep.layout_ms;
     }
     for (size_t qi = 0; qi < nq; qi++) {
         uint64_t t0 = qr_now_ns(), c0 = cpu_ns();
-        qr_status st =
-            vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found, NULL, &rep, err);
+        qr_status st = vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found,
+                                               NULL, &rep, err);
         lat[qi] = (double)(qr_now_ns() - t0) / 1e6;
         cpu[qi] = (double)(cpu_ns() - c0) / 1e6;
         if (st)
@@ -532,8 +532,10 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
                 scan_mb = rss_anon_mb() - rss0 - heap; /* what the first searches added (the codes) */
             printf("| %s | %s | %s | %s | %.1f%s | %.0f + %.0f | %.0f | %.3f | %.3f | %.3f | %.3f |\n", label,
                    tname, nlist, param, kept ? 0.0 : build_s,
-                   kept ? " (kept, not built)" : reused ? " (k-means reused)" : "", heap, scan_mb, files, recall,
-                   p50, p99, cpu_p50);
+                   kept     ? " (kept, not built)"
+                   : reused ? " (k-means reused)"
+                            : "",
+                   heap, scan_mb, files, recall, p50, p99, cpu_p50);
             fflush(stdout);
         }
         vindex_close(v);
@@ -621,7 +623,8 @@ static void run_collection(const bench_cfg *cfg, const char *cdir)
         "# collection %s: %zu documents (%zu empty dropped) and %zu queries embedded by %s (%d-d) in %.1f s; "
         "mean cosine query to nearest %.3f\n\n",
         name, n, nd - n, nqk, ingest_embedder_model(e), DIM, embed_s, nn / (double)(nqk ? nqk : 1));
-    printf("| collection | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files MB | "
+    printf("| collection | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files "
+           "MB | "
            "recall@10 | p50 ms | p99 ms | p50 CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     float *shared = NULL;
     size_t shared_nlist = 0;
@@ -704,8 +707,9 @@ static void run_store(const bench_cfg *cfg, const char *data, size_t n, size_t n
     printf("# store %s: %zu vectors read in %.1f s; %zu queries of 2 to 6 words embedded by %s; exact ground "
            "truth in %.1f s; mean cosine query to nearest %.3f\n\n",
            data, r.n, read_s, nqk, ingest_embedder_model(e), gt_s, nn / (double)(nqk ? nqk : 1));
-    printf("| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files MB | "
-           "recall@10 | p50 ms | p99 ms | p50 CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files MB | "
+        "recall@10 | p50 ms | p99 ms | p50 CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     fflush(stdout);
     float *shared = NULL;
     size_t shared_nlist = 0;
@@ -870,8 +874,9 @@ int main(int argc, char **argv)
     printf("# mean cosine: query to nearest %.3f, query to random %.3f; builds on %d threads, queries on 1; "
            "OpenBLAS kernels: %s\n\n",
            nn / (double)nq, rnd / (double)nq, build_threads, openblas_get_corename());
-    printf("| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files MB | "
-           "recall@10 | p50 ms | p99 ms | p50 CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files MB | "
+        "recall@10 | p50 ms | p99 ms | p50 CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     fflush(stdout);
 
     bench_cfg cfg = {types, dir, {0}, n_nprobe, {0}, n_ef, share_training, build_threads};
@@ -904,7 +909,8 @@ int main(int argc, char **argv)
         char kbuf[512];
         const char *sdir = index_dir(dir, "served", n, kbuf, sizeof(kbuf));
         if (!open_kept(sdir, &o, n, &v) &&
-            (vindex_open(sdir, DIM, &o, 0, &v, &stale, err) || vindex_build_begin(v, reuse ? &shared : NULL, &b, err) ||
+            (vindex_open(sdir, DIM, &o, 0, &v, &stale, err) ||
+             vindex_build_begin(v, reuse ? &shared : NULL, &b, err) ||
              vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err)))
             die("build", err);
         /* exact filtered ground truth costs a subset search per query: fewer queries here */
@@ -913,11 +919,11 @@ int main(int argc, char **argv)
         openblas_set_num_threads(1);
         vindex_info info;
         vindex_get_info(v, &info);
-        printf(
-            "\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%d, %zu "
-            "queries, one thread:\n\n",
-            info.type, info.nprobe, o.rerank, n, K, nqf);
-        printf("| filter | permitted | exact-scan fallbacks | recall@10 vs exact filtered | p50 ms | p99 ms | p50 "
+        printf("\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%d, %zu "
+               "queries, one thread:\n\n",
+               info.type, info.nprobe, o.rerank, n, K, nqf);
+        printf("| filter | permitted | exact-scan fallbacks | recall@10 vs exact filtered | p50 ms | p99 ms "
+               "| p50 "
                "CPU ms |\n|---|---|---|---|---|---|---|\n");
         unsigned pcts[] = {1000, 100, 10, 1};
         for (size_t i = 0; i < sizeof(pcts) / sizeof(pcts[0]); i++) {
@@ -948,9 +954,9 @@ int main(int argc, char **argv)
             run_queries(v, queries, nqf, fgt, pcts[i] == 1000 ? NULL : permit_pct, &pc, NULL, 0, &recall,
                         &p50, &p99);
             vindex_get_info(v, &after);
-            printf("| predicate, %.1f%% | %zu | %llu of %zu | %.3f | %.3f | %.3f | %.3f |\n", pcts[i] / 10.0, np,
-                   (unsigned long long)(after.exact_scans - before.exact_scans), nqf + (nqf < 20 ? nqf : 20),
-                   recall, p50, p99, cpu_p50);
+            printf("| predicate, %.1f%% | %zu | %llu of %zu | %.3f | %.3f | %.3f | %.3f |\n", pcts[i] / 10.0,
+                   np, (unsigned long long)(after.exact_scans - before.exact_scans),
+                   nqf + (nqf < 20 ? nqf : 20), recall, p50, p99, cpu_p50);
             fflush(stdout);
             /* the permitted list through vindex_search_permitted (what retrieval passes for
              * restricted callers), with each scan */
@@ -974,10 +980,11 @@ int main(int argc, char **argv)
                     size_t subs;
                     vindex_test_set_widen(wv[w]);
                     run_permitted(v, queries, nqf, fgt, permitted, np, &recall, &p50, &p99, &pr, &subs, &lay);
-                    printf("| permitted list, %.1f%% (%s scan, widen 1/share^%.2f: %.0f lists, %zu exact-subset "
-                           "answers; layout %.0f ms) | %zu | - | %.3f | %.3f | %.3f | %.3f |\n",
-                           pcts[i] / 10.0, o.scan, strcmp(o.scan, "int8") == 0 ? wv[w] : 0.5, pr, subs, lay, np,
-                           recall, p50, p99, cpu_p50);
+                    printf(
+                        "| permitted list, %.1f%% (%s scan, widen 1/share^%.2f: %.0f lists, %zu exact-subset "
+                        "answers; layout %.0f ms) | %zu | - | %.3f | %.3f | %.3f | %.3f |\n",
+                        pcts[i] / 10.0, o.scan, strcmp(o.scan, "int8") == 0 ? wv[w] : 0.5, pr, subs, lay, np,
+                        recall, p50, p99, cpu_p50);
                     fflush(stdout);
                 }
                 vindex_test_set_widen(0.25);
@@ -985,9 +992,10 @@ int main(int argc, char **argv)
                     /* the same list through vindex_search_subset: retrieval's path under its exact
                      * threshold (retrieval.exact_min, exact_share) */
                     run_queries(v, queries, nqf, fgt, NULL, NULL, permitted, np, &recall, &p50, &p99);
-                    printf("| permitted list, %.1f%%, exact subset (%s scan) | %zu | - | %.3f | %.3f | %.3f | "
-                           "%.3f |\n",
-                           pcts[i] / 10.0, o.scan, np, recall, p50, p99, cpu_p50);
+                    printf(
+                        "| permitted list, %.1f%%, exact subset (%s scan) | %zu | - | %.3f | %.3f | %.3f | "
+                        "%.3f |\n",
+                        pcts[i] / 10.0, o.scan, np, recall, p50, p99, cpu_p50);
                     fflush(stdout);
                 }
             }
@@ -1008,7 +1016,8 @@ int main(int argc, char **argv)
                 }
                 double recall, p50, p99;
                 run_queries(v, queries, nqf, NULL, NULL, NULL, subset, sizes[i], &recall, &p50, &p99);
-                printf("| explicit subset (random ids, unsorted; %s scan) | %zu | - (always exact) | 1 (exact) | "
+                printf("| explicit subset (random ids, unsorted; %s scan) | %zu | - (always exact) | 1 "
+                       "(exact) | "
                        "%.3f | %.3f | %.3f |\n",
                        o.scan, sizes[i], p50, p99, cpu_p50);
                 fflush(stdout);

@@ -152,8 +152,8 @@ qr_status vindex_i8_scan_main(vsnap *s, const float *q, size_t k, size_t probes,
 /* vindex_search_subset's exact top k by the int8 codes (the caller holds s->lock for reading;
  * list ascending, duplicates allowed): every listed row ranked by its codes with a bound on
  * their error, and those that may belong to the top k scored exactly; into out (k entries). */
-qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *list, size_t n, qr_cancel *cancel,
-                           int64_t *ids, float *scores, size_t *found, char *err);
+qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *list, size_t n,
+                           qr_cancel *cancel, int64_t *ids, float *scores, size_t *found, char *err);
 
 /* vindex_i8.c */
 /* True when o asks for the int8 scan (vindex.scan; NULL means the default, int8). */

@@ -9,6 +9,12 @@
  * scan finds), so the work is set by the query, the index and the permitted set; chunks the
  * caller may not read only cost a bit test each. Flat and HNSW generations, and permitted sets so
  * small that scoring each of them is cheaper than walking the lists, go to vindex_search_subset.
+ *
+ * Under vindex.scan=int8 (the default) the same walk ranks members by their int8 codes
+ * (vindex_i8.c) and scores only the best vindex.rerank exactly, and the lists come from the int8
+ * centroids (the best re-ranked exactly); vindex_search uses that scan for unfiltered IVF
+ * searches (vindex_i8_scan_main), and vindex_search_subset the codes with a bound on their error
+ * for its exact answer (vindex_i8_subset).
  */
 #define _GNU_SOURCE
 #include <cblas.h>
@@ -407,8 +413,8 @@ size_t vindex_i8_rerank(const vindex_opts *o, size_t k)
 
 /* The probes lists nearest q: every centroid ranked by its int8 code, the best probes + probes/4
  * + 16 of those ranked again exactly. */
-static qr_status coarse_lists(const vsnap *s, const float *q, const int8_t *qc, size_t probes, uint32_t *lists,
-                              char *err)
+static qr_status coarse_lists(const vsnap *s, const float *q, const int8_t *qc, size_t probes,
+                              uint32_t *lists, char *err)
 {
     size_t nlist = s->nlist, m = probes + probes / 4 + 16;
     if (m > nlist)
@@ -461,8 +467,8 @@ static void score_selected(const vsnap *s, const int8_t *qc, uint32_t *sel, size
 
 /* vindex_i8_scan_main with the permitted set as a permset (NULL: every chunk). */
 static qr_status i8_scan(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank, const permset *ps,
-                         qr_cancel *cancel, int64_t *cids, float *cscores, size_t *ncand, vindex_scan_report *rep,
-                         char *err)
+                         qr_cancel *cancel, int64_t *cids, float *cscores, size_t *ncand,
+                         vindex_scan_report *rep, char *err)
 {
     qr_status st = QR_OK;
     int dim = s->dim;
@@ -549,7 +555,8 @@ qr_status vindex_i8_scan_main(vsnap *s, const float *q, size_t k, size_t probes,
     *ncand = 0;
     if (permitted && permset_init(&ps, permitted, n))
         return qr_fail(err, QR_ENOMEM, "out of memory");
-    qr_status st = i8_scan(s, q, k, probes, rerank, permitted ? &ps : NULL, cancel, cids, cscores, ncand, rep, err);
+    qr_status st =
+        i8_scan(s, q, k, probes, rerank, permitted ? &ps : NULL, cancel, cids, cscores, ncand, rep, err);
     free(ps.bits);
     return st;
 }
@@ -567,8 +574,8 @@ static int cmp_idscore(const void *a, const void *b)
  * permitted rows exactly. *few: fewer than k permitted chunks were met (the caller answers with
  * the exact subset then). */
 static qr_status permitted_i8(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank,
-                              const int64_t *permitted, size_t n, qr_cancel *cancel, int64_t *ids, float *scores,
-                              size_t *found, bool *few, vindex_scan_report *rep, char *err)
+                              const int64_t *permitted, size_t n, qr_cancel *cancel, int64_t *ids,
+                              float *scores, size_t *found, bool *few, vindex_scan_report *rep, char *err)
 {
     qr_status st = QR_OK;
     int dim = s->dim;
@@ -701,8 +708,8 @@ static size_t gallop(const int64_t *ids, size_t lo, size_t n, int64_t id)
     return a;
 }
 
-qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *list, size_t n, qr_cancel *cancel,
-                           int64_t *ids, float *scores, size_t *found, char *err)
+qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *list, size_t n,
+                           qr_cancel *cancel, int64_t *ids, float *scores, size_t *found, char *err)
 {
     qr_status st = QR_OK;
     int dim = s->dim;
@@ -848,7 +855,8 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
         goto out;
     }
     double built_ms = 0;
-    if ((st = qr_cancel_check(cancel, err)) || (st = vindex_layout_get(s, vindex_scan_int8(&v->opts), &built_ms, err)))
+    if ((st = qr_cancel_check(cancel, err)) ||
+        (st = vindex_layout_get(s, vindex_scan_int8(&v->opts), &built_ms, err)))
         goto out;
     if (i8) {
         q = malloc((size_t)dim * sizeof(float));
@@ -863,8 +871,8 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
         pthread_rwlock_rdlock(&s->lock);
         locked = true;
         bool few = false;
-        st = permitted_i8(s, q, k, probes, vindex_i8_rerank(&v->opts, k), permitted, n, cancel, ids, scores, found,
-                          &few, rep, err);
+        st = permitted_i8(s, q, k, probes, vindex_i8_rerank(&v->opts, k), permitted, n, cancel, ids, scores,
+                          found, &few, rep, err);
         if (rep)
             rep->layout_ms = built_ms;
         if (!st && few) {

@@ -353,8 +353,8 @@ out:
 /* An unfiltered search of an IVF generation by the int8 scan (vindex_scan.c): the best
  * vindex.rerank of the nprobe nearest lists by int8 codes, scored exactly, appended to out.
  * *done is false when the lists probed hold fewer than k live chunks (search_main answers). */
-static qr_status search_i8(vsnap *s, const float *q, size_t k, const vindex_opts *o, qr_cancel *cancel, hits *out,
-                           bool *done, char *err)
+static qr_status search_i8(vsnap *s, const float *q, size_t k, const vindex_opts *o, qr_cancel *cancel,
+                           hits *out, bool *done, char *err)
 {
     qr_status st = QR_OK;
     double built_ms = 0;

@@ -1303,7 +1303,8 @@ TEST(int8_kernels_agree)
         int8_t *c1 = malloc((size_t)d), *c2 = malloc((size_t)d);
         for (int round = 0; round < 20; round++) {
             for (int i = 0; i < d; i++)
-                x[i] = round == 0 ? (float)(i % 255 - 127) / 2.0f : (float)rng_gauss(&s); /* round 0: halves */
+                x[i] =
+                    round == 0 ? (float)(i % 255 - 127) / 2.0f : (float)rng_gauss(&s); /* round 0: halves */
             float s1, s2;
             vindex_i8_use_portable(false);
             vindex_i8_quantize(x, d, c1, &s1);
@@ -1484,8 +1485,8 @@ TEST(int8_subset_is_exact_among_near_duplicates)
             size_t ofound = oracle(&m, q, ks[ki], NULL, NULL, oout, osc);
             CHECK_INT(found, ofound);
             for (size_t i = 0; i < found; i++)
-                CHECK_MSG(out[i] == oout[i] && sc[i] == osc[i], "q %zu k %zu rank %zu: %lld vs %lld", qi, ks[ki],
-                          i, (long long)out[i], (long long)oout[i]);
+                CHECK_MSG(out[i] == oout[i] && sc[i] == osc[i], "q %zu k %zu rank %zu: %lld vs %lld", qi,
+                          ks[ki], i, (long long)out[i], (long long)oout[i]);
         }
     }
     model_free(&m);
