@@ -744,7 +744,7 @@ qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *li
             lo = gallop(s->ids, lo, s->count, id);
             int64_t dpos;
             if (lo < s->count && s->ids[lo] == id) {
-                sel[nsel] = s->i8_at[lo];
+                sel[nsel] = (uint32_t)lo; /* the row; its place in the layout is looked up below */
                 selid[nsel++] = id;
             } else if (vindex_idmap_get(&s->d_pos, id, &dpos)) {
                 float sc = vindex_dot_exact(s->d_rows + (size_t)dpos * (size_t)dim, q, dim);
@@ -765,6 +765,14 @@ qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *li
         if (nsel == I8_BATCH || (i == n && nsel)) {
             if ((st = qr_cancel_check(cancel, err)))
                 goto out;
+            /* rows to places: reads far apart in a 4-byte-per-row map, asked for ahead */
+            for (size_t j = 0; j < nsel && j < 16; j++)
+                __builtin_prefetch(s->i8_at + sel[j]);
+            for (size_t j = 0; j < nsel; j++) {
+                if (j + 16 < nsel)
+                    __builtin_prefetch(s->i8_at + sel[j + 16]);
+                sel[j] = s->i8_at[sel[j]];
+            }
             vindex_i8_dots_at(s->i8_codes, s->i8_scale, sel, nsel, dim, qc, approx);
             for (size_t j = 0; j < nsel; j++) {
                 float xs = s->i8_scale[sel[j]], e = e_fixed + e_per_xs * xs;
