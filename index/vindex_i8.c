@@ -11,6 +11,7 @@
  * chosen at run time where the CPU has AVX2 (no -march flags), and a portable one; both compute
  * the same integer sums, so they rank alike.
  */
+#define _GNU_SOURCE
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <immintrin.h>
