@@ -196,8 +196,8 @@
     X(INT, vindex, ef_search, "256", 1, 1e6, NULL, false, QR_RESTART,                                        \
       "HNSW candidate list length per query.")                                                               \
     X(STRING, vindex, scan, "int8", NO_RANGE, "int8|faiss", false, QR_RESTART,                               \
-      "How IVF lists are scanned: int8 (quarry's scanner of int8 codes, then exact re-scoring of "           \
-      "vindex.rerank candidates) or faiss (FAISS's own codes).")                                             \
+      "How ivf_flat and ivf_sq8 lists are scanned (ivf_pq: FAISS's fast scan): int8 (quarry's scanner of "   \
+      "int8 codes, then exact re-scoring of vindex.rerank candidates) or faiss (FAISS's own codes).")        \
     X(INT, vindex, rerank, "64", 1, 1e5, NULL, false, QR_RESTART,                                            \
       "With vindex.scan=int8, candidates per query re-scored exactly (at least twice k).")                   \
     X(INT, vindex, delta_max, "20000", 1, 1e9, NULL, false, QR_RESTART,                                      \

@@ -78,7 +78,7 @@ typedef struct {
     size_t train_per_list;    /* IVF training sample: this many vectors per list (39..256) */
     size_t nprobe;            /* IVF lists visited per query */
     size_t ef_search;         /* HNSW candidate list length per query */
-    const char *scan;         /* IVF scan: "int8" (quarry's scanner of int8 codes) or "faiss" */
+    const char *scan;         /* ivf_flat/ivf_sq8 scan: "int8" (quarry's, of int8 codes) or "faiss" */
     size_t rerank;            /* int8 scan: candidates re-scored exactly per query (at least 2k) */
     size_t delta_max;         /* vindex_needs_rebuild above this many delta rows + tombstones */
     bool rebuild_on_mismatch; /* vindex_open: a stale or damaged index is reported, not an error */
@@ -193,12 +193,11 @@ typedef bool (*vindex_permit_fn)(void *ctx, int64_t id);
  * if k permitted chunks exist, k are returned. A flat index goes exact right after its first
  * round, and its results are always the exact top k. The delta is always searched exactly.
  * *found < k only when fewer than k permitted chunks exist.
- * An IVF index under vindex.scan=int8 (the default) with permit NULL is searched by quarry's own
- * scanner instead: the vindex.nprobe nearest lists (centroids ranked by int8 codes, the best
- * ranked again exactly), every live member ranked by its int8 codes, the best max(vindex.rerank,
- * 2k) scored exactly; the first such search of a generation reads its inverted lists and
- * quantizes its rows (about 2 s at 1M vectors on a 2-core VM; 385 MB at 1M x 384). When those
- * lists hold fewer than k live chunks the path above answers.
+ * An ivf_flat or ivf_sq8 index under vindex.scan=int8 (the default) with permit NULL is searched by quarry's
+ * own scanner instead: the vindex.nprobe nearest lists (centroids ranked by int8 codes, the best ranked again
+ * exactly), every live member ranked by its int8 codes, the best max(vindex.rerank, 2k) scored exactly; the
+ * first such search of a generation reads its inverted lists and quantizes its rows (about 2 s at 1M vectors
+ * on a 2-core VM; 385 MB at 1M x 384). When those lists hold fewer than k live chunks the path above answers.
  * With IVF or HNSW, a predicate that passes few chunks costs recall (the permitted neighbours lie
  * outside the lists visited) and, below about 0.1%, an exact scan of every vector: when the
  * caller knows the permitted ids and they are few (up to some 10% of the index, see

@@ -195,6 +195,11 @@ __attribute__((target("avx2"))) static void quantize_avx2(const float *x, int di
     *scale = m / 127.0f;
 }
 
+bool vindex_i8_serves(const vindex_opts *o, vtype type)
+{
+    return (type == VT_IVF_FLAT || type == VT_IVF_SQ8) && vindex_scan_int8(o);
+}
+
 void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale)
 {
     static int avx2 = -1; /* -1: not asked yet */

@@ -158,6 +158,9 @@ qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *li
 /* vindex_i8.c */
 /* True when o asks for the int8 scan (vindex.scan; NULL means the default, int8). */
 bool vindex_scan_int8(const vindex_opts *o);
+/* True when a generation of this type is scanned by the int8 codes under o: ivf_flat and ivf_sq8
+ * (ivf_pq keeps FAISS's fast scan: its point is a small index, and the codes take 385 MB at 1M). */
+bool vindex_i8_serves(const vindex_opts *o, vtype type);
 /* Fills s->i8_codes, i8_scale, cent, i8_cent and i8_cscale from the rows in layout order and
  * the IVF quantizer; called under s->lay_lock once the layout is read. */
 qr_status vindex_i8_prepare(vsnap *s, char *err);

@@ -855,7 +855,7 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
     pthread_rwlock_rdlock(&s->lock);
     size_t total = s->count + s->d_n;
     pthread_rwlock_unlock(&s->lock);
-    bool i8 = vindex_scan_int8(&v->opts);
+    bool i8 = vindex_i8_serves(&v->opts, s->type);
     probes = probes_for(nprobe, s->nlist, s->count, n, total, k, i8);
     if ((double)probes * (double)s->count / (double)s->nlist >=
         (double)(i8 ? SUBSET_RATIO_I8 : SUBSET_RATIO) * (double)n) {
@@ -863,8 +863,7 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
         goto out;
     }
     double built_ms = 0;
-    if ((st = qr_cancel_check(cancel, err)) ||
-        (st = vindex_layout_get(s, vindex_scan_int8(&v->opts), &built_ms, err)))
+    if ((st = qr_cancel_check(cancel, err)) || (st = vindex_layout_get(s, i8, &built_ms, err)))
         goto out;
     if (i8) {
         q = malloc((size_t)dim * sizeof(float));

@@ -439,7 +439,7 @@ qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex
     if (s->d_n && (st = exact_scan(s->d_rows, s->d_ids, s->d_n, q, dim, k, &f, &h, err)))
         goto unlock;
     bool done = false;
-    if (s->count && !permit && vindex_is_ivf(s->type) && vindex_scan_int8(&v->opts) &&
+    if (s->count && !permit && vindex_i8_serves(&v->opts, s->type) &&
         (st = search_i8(s, q, k, &v->opts, cancel, &h, &done, err)))
         goto unlock;
     if (s->count && !done && (st = search_main(v, s, q, k, &f, &h, err)))
@@ -503,7 +503,7 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
         goto out;
     }
     pthread_rwlock_rdlock(&s->lock);
-    if (s->count && vindex_is_ivf(s->type) && vindex_scan_int8(&v->opts)) {
+    if (s->count && vindex_i8_serves(&v->opts, s->type)) {
         /* the int8 codes with a bound on their error: 4 times fewer bytes per listed chunk, and
          * still the exact answer */
         double built_ms = 0;
