@@ -195,9 +195,10 @@ typedef bool (*vindex_permit_fn)(void *ctx, int64_t id);
  * *found < k only when fewer than k permitted chunks exist.
  * An ivf_flat or ivf_sq8 index under vindex.scan=int8 (the default) with permit NULL is searched by quarry's
  * own scanner instead: the vindex.nprobe nearest lists (centroids ranked by int8 codes, the best ranked again
- * exactly), every live member ranked by its int8 codes, the best max(vindex.rerank, 2k) scored exactly; the
- * first such search of a generation reads its inverted lists and quantizes its rows (about 2 s at 1M vectors
- * on a 2-core VM; 385 MB at 1M x 384). When those lists hold fewer than k live chunks the path above answers.
+ * exactly), every live member ranked by its int8 codes, the best max(vindex.rerank, 2k) scored
+ * exactly. vindex_open and the publication of a build read the generation's inverted lists and
+ * quantize its rows first (about 2 s at 1M vectors on a 2-core VM; 385 MB at 1M x 384), so no
+ * search pays for it. When those lists hold fewer than k live chunks the path above answers.
  * With IVF or HNSW, a predicate that passes few chunks costs recall (the permitted neighbours lie
  * outside the lists visited) and, below about 0.1%, an exact scan of every vector: when the
  * caller knows the permitted ids and they are few (up to some 10% of the index, see

@@ -140,6 +140,10 @@ void vindex_remove_leftovers(const char *dir, uint64_t keep);
  * it (*built_ms: how long that took, when this call read it). A handle asks with the same i8
  * always (vindex.scan). */
 qr_status vindex_layout_get(vsnap *s, bool i8, double *built_ms, char *err);
+/* Reads the layout and the int8 codes of a snapshot that will be served (vindex_open, a build's
+ * publication) when o scans it by its codes, so that no search pays for it (about 2 s at 1M
+ * vectors); on failure logs it, and the first search tries again. */
+void vindex_layout_warm(const vindex_opts *o, vsnap *s);
 /* The int8 scan of the main rows of IVF snapshot s (the caller holds s->lock for reading): the
  * probes lists nearest q (normalised) by the int8 centroids, re-ranked exactly; their live
  * members (those in permitted too when it is not NULL: n ascending ids) ranked by int8 codes;

@@ -145,6 +145,17 @@ qr_status vindex_layout_get(vsnap *s, bool i8, double *built_ms, char *err)
     return st;
 }
 
+void vindex_layout_warm(const vindex_opts *o, vsnap *s)
+{
+    char err[QR_ERR_LEN];
+    double built_ms = 0;
+    if (!s->count || !vindex_i8_serves(o, s->type))
+        return;
+    if (vindex_layout_get(s, true, &built_ms, err) != QR_OK)
+        qr_log(QR_LOG_WARN, "index",
+               "vector index: the int8 codes are not ready (%s); the first search tries again", err);
+}
+
 /* ---- the permitted set ----------------------------------------------------------------------- */
 
 /* Membership in an ascending id list: a bitmap over [lo, hi] when it is not much larger than the
