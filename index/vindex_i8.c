@@ -295,13 +295,13 @@ qr_status vindex_i8_prepare(vsnap *s, char *err)
         pthread_join(th[t], NULL);
     if (s->map)
         madvise(s->map, s->map_len, MADV_RANDOM);
-    s->i8_codes = codes;
     s->i8_scale = scale;
     s->i8_at = at;
     at = NULL;
     s->cent = cent;
     s->i8_cent = ccodes;
     s->i8_cscale = cscale;
+    __atomic_store_n(&s->i8_codes, codes, __ATOMIC_RELEASE); /* last: vindex_layout_get reads it */
     codes = NULL;
     scale = NULL;
     cent = NULL;

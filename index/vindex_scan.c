@@ -122,24 +122,27 @@ out:
 
 qr_status vindex_layout_get(vsnap *s, bool i8, double *built_ms, char *err)
 {
-    if (__atomic_load_n(&s->lay_ready, __ATOMIC_ACQUIRE))
+    /* lay_ready is set once the layout and, when asked for, the codes are complete; codes asked
+     * for after a layout read without them (not done by quarry: a handle's scan is fixed) are
+     * read then */
+    if (__atomic_load_n(&s->lay_ready, __ATOMIC_ACQUIRE) &&
+        (!i8 || __atomic_load_n(&s->i8_codes, __ATOMIC_ACQUIRE)))
         return QR_OK;
     qr_status st = QR_OK;
     pthread_mutex_lock(&s->lay_lock);
-    if (!s->lay_ready) {
-        uint64_t t0 = qr_now_ns();
-        if (!(st = layout_build(s, err)) && i8 && (st = vindex_i8_prepare(s, err))) {
-            free(s->lay_off);
-            free(s->lay_ids);
-            free(s->lay_pos);
-            s->lay_off = NULL;
-            s->lay_ids = NULL;
-            s->lay_pos = NULL;
-        }
-        if (!st) {
-            *built_ms = (double)(qr_now_ns() - t0) / 1e6;
-            __atomic_store_n(&s->lay_ready, true, __ATOMIC_RELEASE);
-        }
+    uint64_t t0 = qr_now_ns();
+    bool built = false;
+    if (!s->lay_off) {
+        st = layout_build(s, err);
+        built = !st;
+    }
+    if (!st && i8 && !s->i8_codes) {
+        st = vindex_i8_prepare(s, err);
+        built = !st;
+    }
+    if (!st && built) {
+        *built_ms = (double)(qr_now_ns() - t0) / 1e6;
+        __atomic_store_n(&s->lay_ready, true, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&s->lay_lock);
     return st;
