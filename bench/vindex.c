@@ -26,6 +26,7 @@
  * id order: e.g. bench_search's generated collection, embedded by the local embedder) with
  * queries of 2 to 6 Zipf pseudo-words of the same vocabulary embedded by the local embedder.
  */
+#define _GNU_SOURCE
 #include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
@@ -37,6 +38,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench/bench_corpus.h"
@@ -227,6 +229,61 @@ static double dir_mb(const char *dir)
     return bytes / 1048576.0;
 }
 
+/* --scan: the IVF scans compared (vindex.scan values); --rerank: vindex.rerank */
+static const char *scans[4] = {"int8"};
+static size_t nscans = 1, rerank_opt;
+/* --keep DIR: built indexes are kept under DIR/<type>-<n> and reused by later runs (the generated
+ * data is the same for the same --n); their build time is then not measured */
+static const char *keep_dir;
+
+/* --dump DIR: the generated vectors, queries and exact top 10 as raw little-endian files
+ * (base.f32: n x 384 float32, normalised as the index holds them; queries.f32; gt.i64: queries x
+ * 10 row numbers), for bench/vindex_hnswlib.py to run hnswlib on the same data */
+static void die(const char *what, const char *err);
+
+static void dump_raw(const char *dir, const char *name, const void *data, size_t bytes)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    mkdir(dir, 0700);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, bytes, f) != bytes || fclose(f) != 0)
+        die(path, "cannot write");
+}
+
+static void clear_dir(const char *dir);
+
+/* The directory an index of this type and size is built in: cfg's, or a kept one under --keep. */
+static const char *index_dir(const char *dir, const char *type, size_t n, char *buf, size_t len)
+{
+    if (!keep_dir)
+        return dir;
+    mkdir(keep_dir, 0700);
+    snprintf(buf, len, "%s/%s-%zu", keep_dir, type, n);
+    mkdir(buf, 0700);
+    return buf;
+}
+
+/* Opens a kept index of n vectors in dir as it was built (store counter 1); false (and the
+ * directory emptied) when there is none. */
+static bool open_kept(const char *dir, const vindex_opts *o, size_t n, vindex **v)
+{
+    char err[QR_ERR_LEN];
+    bool stale = true;
+    vindex_opts ko = *o;
+    ko.rebuild_on_mismatch = true;
+    if (keep_dir && vindex_open(dir, DIM, &ko, 1, v, &stale, err) == QR_OK) {
+        vindex_info info;
+        vindex_get_info(*v, &info);
+        if (!stale && info.count == n)
+            return true;
+        vindex_close(*v);
+    }
+    *v = NULL;
+    clear_dir(dir);
+    return false;
+}
+
 static void clear_dir(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -247,6 +304,18 @@ static int cmp_double(const void *a, const void *b)
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
 }
+
+/* The calling thread's CPU time in ns: what a query cost the core it ran on, whatever else the
+ * shared machine was running (wall-clock latencies grow with the load average). */
+static uint64_t cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* p50 of the CPU time of the last run_queries or run_permitted */
+static double cpu_p50;
 
 static double percentile(double *v, size_t n, double p)
 {
@@ -278,7 +347,7 @@ static void run_queries(vindex *v, const float *q, size_t nq, const int64_t *gt,
                         double *p99)
 {
     char err[QR_ERR_LEN];
-    double *lat = malloc(nq * sizeof(double));
+    double *lat = malloc(nq * sizeof(double)), *cpu = malloc(nq * sizeof(double));
     int64_t ids[K];
     float scores[K];
     size_t found, hits = 0, want = 0;
@@ -286,12 +355,13 @@ static void run_queries(vindex *v, const float *q, size_t nq, const int64_t *gt,
         if (vindex_search(v, q + qi * DIM, DIM, K, permit, ctx, ids, scores, &found, NULL, err))
             die("search", err);
     for (size_t qi = 0; qi < nq; qi++) {
-        uint64_t t0 = qr_now_ns();
+        uint64_t t0 = qr_now_ns(), c0 = cpu_ns();
         qr_status st =
             subset ? vindex_search_subset(v, q + qi * DIM, DIM, K, subset, nsubset, ids, scores, &found, NULL,
                                           err)
                    : vindex_search(v, q + qi * DIM, DIM, K, permit, ctx, ids, scores, &found, NULL, err);
         lat[qi] = (double)(qr_now_ns() - t0) / 1e6;
+        cpu[qi] = (double)(cpu_ns() - c0) / 1e6;
         if (st)
             die("search", err);
         for (size_t j = 0; gt && j < K; j++) {
@@ -303,6 +373,55 @@ static void run_queries(vindex *v, const float *q, size_t nq, const int64_t *gt,
     *recall = gt && want ? (double)hits / (double)want : -1;
     *p50 = percentile(lat, nq, 0.50);
     *p99 = percentile(lat, nq, 0.99);
+    cpu_p50 = percentile(cpu, nq, 0.50);
+    free(cpu);
+    free(lat);
+}
+
+/* Times vindex_search_permitted over an ascending permitted list; recall against gt (the exact
+ * filtered top k), mean lists probed, answers by the exact subset, and the first call's layout
+ * time. */
+static void run_permitted(vindex *v, const float *q, size_t nq, const int64_t *gt, const int64_t *permitted,
+                          size_t np, double *recall, double *p50, double *p99, double *probes,
+                          size_t *subsets, double *layout_ms)
+{
+    char err[QR_ERR_LEN];
+    double *lat = malloc(nq * sizeof(double)), *cpu = malloc(nq * sizeof(double));
+    int64_t ids[K];
+    float scores[K];
+    size_t found, hits = 0, want = 0, nsub = 0;
+    double pr = 0;
+    vindex_scan_report rep;
+    *layout_ms = 0;
+    for (size_t qi = 0; qi < nq && qi < 20; qi++) { /* warm the caches; the first reads the layout */
+        if (vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found, NULL, &rep,
+                                    err))
+            die("permitted search", err);
+        *layout_ms += rep.layout_ms;
+    }
+    for (size_t qi = 0; qi < nq; qi++) {
+        uint64_t t0 = qr_now_ns(), c0 = cpu_ns();
+        qr_status st = vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found,
+                                               NULL, &rep, err);
+        lat[qi] = (double)(qr_now_ns() - t0) / 1e6;
+        cpu[qi] = (double)(cpu_ns() - c0) / 1e6;
+        if (st)
+            die("permitted search", err);
+        nsub += rep.subset;
+        pr += (double)rep.probes;
+        for (size_t j = 0; j < K; j++) {
+            want += gt[qi * K + j] >= 0;
+            for (size_t i = 0; i < found; i++)
+                hits += gt[qi * K + j] >= 0 && ids[i] == gt[qi * K + j];
+        }
+    }
+    *recall = want ? (double)hits / (double)want : -1;
+    *p50 = percentile(lat, nq, 0.50);
+    *p99 = percentile(lat, nq, 0.99);
+    cpu_p50 = percentile(cpu, nq, 0.50);
+    free(cpu);
+    *probes = pr / (double)nq;
+    *subsets = nsub;
     free(lat);
 }
 
@@ -327,11 +446,16 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
     snprintf(typebuf, sizeof(typebuf), "%s", cfg->types);
     char *save = NULL;
     for (char *type = strtok_r(typebuf, ",", &save); type; type = strtok_r(NULL, ",", &save)) {
-        clear_dir(cfg->dir);
+        char kbuf[512];
+        const char *tdir = index_dir(cfg->dir, type, n, kbuf, sizeof(kbuf));
+        if (!keep_dir)
+            clear_dir(tdir);
         bool ivf = strncmp(type, "ivf", 3) == 0, hnsw = strcmp(type, "hnsw") == 0;
         vindex_opts o;
         vindex_opts_default(&o);
         o.type = type;
+        if (rerank_opt)
+            o.rerank = rerank_opt;
         if (ivf)
             o.nprobe = cfg->nprobes[0];
         if (hnsw)
@@ -342,17 +466,20 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
         vindex *v = NULL;
         bool stale;
         uint64_t b0 = qr_now_ns();
-        if (vindex_open(cfg->dir, DIM, &o, 0, &v, &stale, err))
-            die("open", err);
-        vindex_builder *b = NULL;
+        bool kept = open_kept(tdir, &o, n, &v);
         vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
         bool reused = ivf && shared_centroids && cfg->share_training;
-        if (vindex_build_begin(v, reused ? &shared : NULL, &b, err) ||
-            vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
-            die("build", err);
+        if (!kept) {
+            if (vindex_open(tdir, DIM, &o, 0, &v, &stale, err))
+                die("open", err);
+            vindex_builder *b = NULL;
+            if (vindex_build_begin(v, reused ? &shared : NULL, &b, err) ||
+                vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
+                die("build", err);
+        }
         double build_s = (double)(qr_now_ns() - b0) / 1e9;
-        double heap = rss_anon_mb() - rss0;
-        double files = dir_mb(cfg->dir);
+        double heap = rss_anon_mb() - rss0, scan_mb = 0;
+        double files = dir_mb(tdir);
         vindex_info info;
         vindex_get_info(v, &info);
         if (ivf && !shared_centroids) {
@@ -364,15 +491,29 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
         omp_set_num_threads(1);
         openblas_set_num_threads(1);
         size_t nparams = ivf ? cfg->n_nprobe : hnsw ? cfg->n_ef : 1;
-        for (size_t p = 0; p < nparams; p++) {
-            if (p > 0) {
+        for (size_t pp = 0; pp < nparams * (ivf ? nscans : 1); pp++) {
+            size_t p = ivf ? pp / nscans : pp;
+            if (pp > 0 || (ivf && strcmp(scans[0], o.scan) != 0)) {
                 vindex_close(v);
-                if (ivf)
+                if (ivf) {
                     o.nprobe = cfg->nprobes[p];
-                else
+                    o.scan = scans[pp % nscans];
+                } else {
                     o.ef_search = cfg->efs[p];
-                if (vindex_open(cfg->dir, DIM, &o, 1, &v, &stale, err))
+                }
+                if (vindex_open(tdir, DIM, &o, 1, &v, &stale, err))
                     die("reopen", err);
+            }
+            if (ivf) {
+                /* the first search of a generation reads its IVF layout (and the int8 codes) */
+                int64_t fids[K];
+                float fsc[K];
+                size_t ffound;
+                uint64_t f0 = qr_now_ns();
+                if (vindex_search(v, queries, DIM, K, NULL, NULL, fids, fsc, &ffound, NULL, err))
+                    die("search", err);
+                fprintf(stderr, "# %s scan, nprobe %zu: first search %.0f ms\n", o.scan, o.nprobe,
+                        (double)(qr_now_ns() - f0) / 1e6);
             }
             double recall, p50, p99;
             run_queries(v, queries, nq, gt, NULL, NULL, NULL, 0, &recall, &p50, &p99);
@@ -384,8 +525,17 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
             char nlist[32] = "-";
             if (ivf)
                 snprintf(nlist, sizeof(nlist), "%zu", info.nlist);
-            printf("| %s | %s | %s | %s | %.1f%s | %.0f | %.0f | %.3f | %.3f | %.3f |\n", label, info.type,
-                   nlist, param, build_s, reused ? " (k-means reused)" : "", heap, files, recall, p50, p99);
+            char tname[48];
+            snprintf(tname, sizeof(tname), "%s%s%s%s", info.type, ivf ? " (" : "", ivf ? o.scan : "",
+                     ivf ? " scan)" : "");
+            if (p == 0 && pp == 0 && ivf)
+                scan_mb = rss_anon_mb() - rss0 - heap; /* what the first searches added (the codes) */
+            printf("| %s | %s | %s | %s | %.1f%s | %.0f + %.0f | %.0f | %.3f | %.3f | %.3f | %.3f |\n", label,
+                   tname, nlist, param, kept ? 0.0 : build_s,
+                   kept     ? " (kept, not built)"
+                   : reused ? " (k-means reused)"
+                            : "",
+                   heap, scan_mb, files, recall, p50, p99, cpu_p50);
             fflush(stdout);
         }
         vindex_close(v);
@@ -473,9 +623,9 @@ static void run_collection(const bench_cfg *cfg, const char *cdir)
         "# collection %s: %zu documents (%zu empty dropped) and %zu queries embedded by %s (%d-d) in %.1f s; "
         "mean cosine query to nearest %.3f\n\n",
         name, n, nd - n, nqk, ingest_embedder_model(e), DIM, embed_s, nn / (double)(nqk ? nqk : 1));
-    printf("| collection | type | nlist | nprobe / efSearch | build s | RSS delta MB | files MB | recall@10 "
-           "| p50 ms | "
-           "p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| collection | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files "
+           "MB | "
+           "recall@10 | p50 ms | p99 ms | p50 CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     float *shared = NULL;
     size_t shared_nlist = 0;
     run_types(cfg, name, ids, base, n, queries, nqk, gt, &shared, &shared_nlist);
@@ -557,9 +707,9 @@ static void run_store(const bench_cfg *cfg, const char *data, size_t n, size_t n
     printf("# store %s: %zu vectors read in %.1f s; %zu queries of 2 to 6 words embedded by %s; exact ground "
            "truth in %.1f s; mean cosine query to nearest %.3f\n\n",
            data, r.n, read_s, nqk, ingest_embedder_model(e), gt_s, nn / (double)(nqk ? nqk : 1));
-    printf("| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB | files MB | recall@10 | "
-           "p50 ms "
-           "| p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files MB | "
+        "recall@10 | p50 ms | p99 ms | p50 CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     fflush(stdout);
     float *shared = NULL;
     size_t shared_nlist = 0;
@@ -594,6 +744,8 @@ int main(int argc, char **argv)
     size_t nprobes[16] = {8, 16, 32, 64}, efs[16] = {32, 64, 128, 256};
     size_t n_nprobe = 4, n_ef = 4;
     bool filters = false, share_training = false;
+    size_t served_nprobe = 0;
+    const char *dump_dir = NULL, *widen = NULL;
     const char *collections[8], *store_dir = NULL;
     size_t ncollections = 0;
     for (int i = 1; i < argc; i++) {
@@ -611,6 +763,22 @@ int main(int argc, char **argv)
             n_ef = parse_list(argv[++i], efs, 16);
         else if (strcmp(argv[i], "--filters") == 0)
             filters = true;
+        else if (strcmp(argv[i], "--scan") == 0 && i + 1 < argc) {
+            static char scanbuf[64];
+            snprintf(scanbuf, sizeof(scanbuf), "%s", argv[++i]);
+            nscans = 0;
+            for (char *t = strtok(scanbuf, ","); t && nscans < 4; t = strtok(NULL, ","))
+                scans[nscans++] = t;
+        } else if (strcmp(argv[i], "--keep") == 0 && i + 1 < argc)
+            keep_dir = argv[++i];
+        else if (strcmp(argv[i], "--widen") == 0 && i + 1 < argc)
+            widen = argv[++i];
+        else if (strcmp(argv[i], "--dump") == 0 && i + 1 < argc)
+            dump_dir = argv[++i];
+        else if (strcmp(argv[i], "--rerank") == 0 && i + 1 < argc)
+            rerank_opt = strtoul(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--served-nprobe") == 0 && i + 1 < argc)
+            served_nprobe = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--share-training") == 0)
             share_training = true;
         else if (strcmp(argv[i], "--collection") == 0 && i + 1 < argc && ncollections < 8)
@@ -621,7 +789,8 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
                     "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
-                    "[--collection DIR]... [--store DATA_DIR]\n");
+                    "[--collection DIR]... [--store DATA_DIR] [--scan int8,faiss] [--rerank R] "
+                    "[--served-nprobe N] [--keep DIR] [--dump DIR] [--widen 0.5,0.25]\n");
             return 2;
         }
     }
@@ -673,6 +842,25 @@ int main(int argc, char **argv)
     t0 = qr_now_ns();
     ground_truth(base, n, queries, nq, gt);
     double gt_s = (double)(qr_now_ns() - t0) / 1e9;
+    if (dump_dir) {
+        float *row = malloc(DIM * sizeof(float));
+        char path[512];
+        snprintf(path, sizeof(path), "%s/base.f32", dump_dir);
+        mkdir(dump_dir, 0700);
+        FILE *f = fopen(path, "wb");
+        for (size_t i = 0; f && i < n; i++) {
+            vindex_normalize_row(base + i * DIM, row, DIM);
+            if (fwrite(row, sizeof(float), DIM, f) != DIM)
+                die(path, "cannot write");
+        }
+        if (!f || fclose(f) != 0)
+            die(path, "cannot write");
+        free(row);
+        dump_raw(dump_dir, "queries.f32", queries, nq * DIM * sizeof(float));
+        dump_raw(dump_dir, "gt.i64", gt, nq * K * sizeof(int64_t));
+        printf("# dumped to %s\n", dump_dir);
+        return 0;
+    }
     /* nearest-neighbour and random-pair cosines, to show the data looks like embeddings */
     double nn = 0, rnd = 0;
     for (size_t qi = 0; qi < nq; qi++) {
@@ -686,10 +874,9 @@ int main(int argc, char **argv)
     printf("# mean cosine: query to nearest %.3f, query to random %.3f; builds on %d threads, queries on 1; "
            "OpenBLAS kernels: %s\n\n",
            nn / (double)nq, rnd / (double)nq, build_threads, openblas_get_corename());
-    printf("| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB | files MB | recall@10 | "
-           "p50 ms "
-           "| p99 ms "
-           "|\n|---|---|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "| vectors | type | nlist | nprobe / efSearch | build s | RSS delta MB (index + scan) | files MB | "
+        "recall@10 | p50 ms | p99 ms | p50 CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     fflush(stdout);
 
     bench_cfg cfg = {types, dir, {0}, n_nprobe, {0}, n_ef, share_training, build_threads};
@@ -706,6 +893,11 @@ int main(int argc, char **argv)
         clear_dir(dir);
         vindex_opts o;
         vindex_opts_default(&o);
+        if (served_nprobe)
+            o.nprobe = served_nprobe;
+        if (rerank_opt)
+            o.rerank = rerank_opt;
+        o.scan = scans[0];
         omp_set_num_threads(build_threads);
         openblas_set_num_threads(build_threads);
         vindex *v = NULL;
@@ -714,9 +906,12 @@ int main(int argc, char **argv)
         /* the lists of an earlier IVF build are reused: only the search paths are measured here */
         vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
         bool reuse = shared_centroids && n > o.exact_threshold;
-        if (vindex_open(dir, DIM, &o, 0, &v, &stale, err) ||
-            vindex_build_begin(v, reuse ? &shared : NULL, &b, err) ||
-            vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
+        char kbuf[512];
+        const char *sdir = index_dir(dir, "served", n, kbuf, sizeof(kbuf));
+        if (!open_kept(sdir, &o, n, &v) &&
+            (vindex_open(sdir, DIM, &o, 0, &v, &stale, err) ||
+             vindex_build_begin(v, reuse ? &shared : NULL, &b, err) ||
+             vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err)))
             die("build", err);
         /* exact filtered ground truth costs a subset search per query: fewer queries here */
         size_t nqf = nq < 300 ? nq : 300;
@@ -724,12 +919,12 @@ int main(int argc, char **argv)
         openblas_set_num_threads(1);
         vindex_info info;
         vindex_get_info(v, &info);
-        printf(
-            "\nFiltered search on the served default (%s, nprobe %zu), %zu vectors, k=%d, %zu queries, one "
-            "thread:\n\n",
-            info.type, info.nprobe, n, K, nqf);
+        printf("\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%d, %zu "
+               "queries, one thread:\n\n",
+               info.type, info.nprobe, o.rerank, n, K, nqf);
         printf("| filter | permitted | exact-scan fallbacks | recall@10 vs exact filtered | p50 ms | p99 ms "
-               "|\n|---|---|---|---|---|---|\n");
+               "| p50 "
+               "CPU ms |\n|---|---|---|---|---|---|---|\n");
         unsigned pcts[] = {1000, 100, 10, 1};
         for (size_t i = 0; i < sizeof(pcts) / sizeof(pcts[0]); i++) {
             permit_ctx pc = {pcts[i]};
@@ -759,10 +954,51 @@ int main(int argc, char **argv)
             run_queries(v, queries, nqf, fgt, pcts[i] == 1000 ? NULL : permit_pct, &pc, NULL, 0, &recall,
                         &p50, &p99);
             vindex_get_info(v, &after);
-            printf("| predicate, %.1f%% | %zu | %llu of %zu | %.3f | %.3f | %.3f |\n", pcts[i] / 10.0, np,
-                   (unsigned long long)(after.exact_scans - before.exact_scans), nqf + (nqf < 20 ? nqf : 20),
-                   recall, p50, p99);
+            printf("| predicate, %.1f%% | %zu | %llu of %zu | %.3f | %.3f | %.3f | %.3f |\n", pcts[i] / 10.0,
+                   np, (unsigned long long)(after.exact_scans - before.exact_scans),
+                   nqf + (nqf < 20 ? nqf : 20), recall, p50, p99, cpu_p50);
             fflush(stdout);
+            /* the permitted list through vindex_search_permitted (what retrieval passes for
+             * restricted callers), with each scan */
+            for (size_t si = 0; si < nscans; si++) {
+                if (strcmp(o.scan, scans[si]) != 0) {
+                    vindex_close(v);
+                    o.scan = scans[si];
+                    if (vindex_open(sdir, DIM, &o, 1, &v, &stale, err))
+                        die("reopen", err);
+                }
+                size_t widens[8];
+                double wv[8] = {0.25};
+                size_t nw = 1;
+                if (widen && strcmp(o.scan, "int8") == 0) {
+                    nw = parse_list(widen, widens, 8); /* hundredths */
+                    for (size_t w = 0; w < nw; w++)
+                        wv[w] = (double)widens[w] / 100.0;
+                }
+                for (size_t w = 0; w < nw; w++) {
+                    double pr, lay;
+                    size_t subs;
+                    vindex_test_set_widen(wv[w]);
+                    run_permitted(v, queries, nqf, fgt, permitted, np, &recall, &p50, &p99, &pr, &subs, &lay);
+                    printf(
+                        "| permitted list, %.1f%% (%s scan, widen 1/share^%.2f: %.0f lists, %zu exact-subset "
+                        "answers; layout %.0f ms) | %zu | - | %.3f | %.3f | %.3f | %.3f |\n",
+                        pcts[i] / 10.0, o.scan, strcmp(o.scan, "int8") == 0 ? wv[w] : 0.5, pr, subs, lay, np,
+                        recall, p50, p99, cpu_p50);
+                    fflush(stdout);
+                }
+                vindex_test_set_widen(0.25);
+                if (np <= 100000 && pcts[i] < 1000) {
+                    /* the same list through vindex_search_subset: retrieval's path under its exact
+                     * threshold (retrieval.exact_min, exact_share) */
+                    run_queries(v, queries, nqf, fgt, NULL, NULL, permitted, np, &recall, &p50, &p99);
+                    printf(
+                        "| permitted list, %.1f%%, exact subset (%s scan) | %zu | - | %.3f | %.3f | %.3f | "
+                        "%.3f |\n",
+                        pcts[i] / 10.0, o.scan, np, recall, p50, p99, cpu_p50);
+                    fflush(stdout);
+                }
+            }
             free(permitted);
             free(fgt);
         }
@@ -771,12 +1007,21 @@ int main(int argc, char **argv)
             int64_t *subset = malloc(sizes[i] * sizeof(int64_t));
             for (size_t j = 0; j < sizes[i]; j++)
                 subset[j] = (int64_t)(rng_next() % n);
-            double recall, p50, p99;
-            run_queries(v, queries, nqf, NULL, NULL, NULL, subset, sizes[i], &recall, &p50, &p99);
-            printf("| explicit subset (random ids, unsorted) | %zu | - (always exact) | 1 (exact) | %.3f | "
-                   "%.3f |\n",
-                   sizes[i], p50, p99);
-            fflush(stdout);
+            for (size_t si = 0; si < nscans; si++) {
+                if (strcmp(o.scan, scans[si]) != 0) {
+                    vindex_close(v);
+                    o.scan = scans[si];
+                    if (vindex_open(sdir, DIM, &o, 1, &v, &stale, err))
+                        die("reopen", err);
+                }
+                double recall, p50, p99;
+                run_queries(v, queries, nqf, NULL, NULL, NULL, subset, sizes[i], &recall, &p50, &p99);
+                printf("| explicit subset (random ids, unsorted; %s scan) | %zu | - (always exact) | 1 "
+                       "(exact) | "
+                       "%.3f | %.3f | %.3f |\n",
+                       o.scan, sizes[i], p50, p99, cpu_p50);
+                fflush(stdout);
+            }
             free(subset);
         }
         vindex_close(v);

@@ -195,6 +195,11 @@
     X(INT, vindex, nprobe, "128", 1, 1e6, NULL, false, QR_RESTART, "IVF lists visited per query.")           \
     X(INT, vindex, ef_search, "256", 1, 1e6, NULL, false, QR_RESTART,                                        \
       "HNSW candidate list length per query.")                                                               \
+    X(STRING, vindex, scan, "int8", NO_RANGE, "int8|faiss", false, QR_RESTART,                               \
+      "How ivf_flat and ivf_sq8 lists are scanned (ivf_pq: FAISS's fast scan): int8 (quarry's scanner of "   \
+      "int8 codes, then exact re-scoring of vindex.rerank candidates) or faiss (FAISS's own codes).")        \
+    X(INT, vindex, rerank, "64", 1, 1e5, NULL, false, QR_RESTART,                                            \
+      "With vindex.scan=int8, candidates per query re-scored exactly (at least twice k).")                   \
     X(INT, vindex, delta_max, "20000", 1, 1e9, NULL, false, QR_RESTART,                                      \
       "Chunks added or deleted since the last build above which the index asks for a rebuild (a smaller "    \
       "index sooner: past a quarter of its chunks, at least 1,000).")                                        \

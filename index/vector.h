@@ -78,6 +78,8 @@ typedef struct {
     size_t train_per_list;    /* IVF training sample: this many vectors per list (39..256) */
     size_t nprobe;            /* IVF lists visited per query */
     size_t ef_search;         /* HNSW candidate list length per query */
+    const char *scan;         /* ivf_flat/ivf_sq8 scan: "int8" (quarry's, of int8 codes) or "faiss" */
+    size_t rerank;            /* int8 scan: candidates re-scored exactly per query (at least 2k) */
     size_t delta_max;         /* vindex_needs_rebuild above this many delta rows + tombstones */
     bool rebuild_on_mismatch; /* vindex_open: a stale or damaged index is reported, not an error */
 } vindex_opts;
@@ -191,6 +193,12 @@ typedef bool (*vindex_permit_fn)(void *ctx, int64_t id);
  * if k permitted chunks exist, k are returned. A flat index goes exact right after its first
  * round, and its results are always the exact top k. The delta is always searched exactly.
  * *found < k only when fewer than k permitted chunks exist.
+ * An ivf_flat or ivf_sq8 index under vindex.scan=int8 (the default) with permit NULL is searched by quarry's
+ * own scanner instead: the vindex.nprobe nearest lists (centroids ranked by int8 codes, the best ranked again
+ * exactly), every live member ranked by its int8 codes, the best max(vindex.rerank, 2k) scored
+ * exactly. vindex_open and the publication of a build read the generation's inverted lists and
+ * quantize its rows first (about 2 s at 1M vectors on a 2-core VM; 385 MB at 1M x 384), so no
+ * search pays for it. When those lists hold fewer than k live chunks the path above answers.
  * With IVF or HNSW, a predicate that passes few chunks costs recall (the permitted neighbours lie
  * outside the lists visited) and, below about 0.1%, an exact scan of every vector: when the
  * caller knows the permitted ids and they are few (up to some 10% of the index, see
@@ -203,8 +211,10 @@ qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex
 
 /* Exact top-k over an explicit set of permitted chunk ids (any order, duplicates allowed; ids
  * the index does not hold and removed ids are skipped): the rows are gathered by id and scored
- * with BLAS. The result is the true top-k of the set, equal scores by smaller id. cancel as for
- * vindex_search. */
+ * with BLAS, or on an IVF index under vindex.scan=int8 ranked by their int8 codes with a bound
+ * on the codes' error, and every row whose bound reaches the k-th scored exactly (a quarter of
+ * the bytes per row). The result is the true top-k of the set, equal scores by smaller id, either
+ * way. cancel as for vindex_search. */
 qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
                                size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
                                char *err);
@@ -223,17 +233,19 @@ typedef struct {
  * vindex_search_subset returns them but with the permission test inside the IVF scan: the coarse
  * quantizer names the query's nearest lists, their members are tested against the permitted set
  * (a bitmap over the ids) and the tombstones, and the permitted ones are scored exactly from the
- * generation's rows; the delta's permitted rows are scored too. The lists probed are
- * vindex.nprobe times 1/sqrt(permitted share), and enough to hold 8k permitted chunks on
- * average, at most 16 times nprobe (the share is n over the index's rows): so the work depends on
+ * generation's rows (under vindex.scan=int8: ranked by their int8 codes, the best
+ * max(vindex.rerank, 2k) scored exactly); the delta's permitted rows are scored too. The lists
+ * probed are vindex.nprobe times 1/sqrt(permitted share) (1/share^0.25 under vindex.scan=int8),
+ * and enough to hold 8k permitted chunks on average, at most 16 times nprobe (the share is n over
+ * the index's rows): so the work depends on
  * the query, the index and the permitted set, never on where chunks outside the set rank; the
  * smaller the share, the more lists (bench/README.md has recall by share).
  * Answered by vindex_search_subset instead (exact, rep->subset) when the generation is flat or
  * HNSW, when walking the lists would cost more than scoring every permitted chunk (the set is
- * smaller than 1/16 of the members the lists hold), and when the probed lists hold fewer than k
- * permitted chunks and the set has more. The first call on an IVF generation reads its inverted
- * lists (12 bytes per vector; at 1M vectors, rep->layout_ms in bench/README.md), later ones
- * reuse them. rep may be NULL. cancel as for vindex_search. */
+ * smaller than 1/16 of the members the lists hold, 1/64 under vindex.scan=int8), and when the probed lists
+ * hold fewer than k permitted chunks and the set has more. The first call on an IVF generation reads its
+ * inverted lists (12 bytes per vector; at 1M vectors, rep->layout_ms in bench/README.md), later ones reuse
+ * them. rep may be NULL. cancel as for vindex_search. */
 qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t k, const int64_t *permitted,
                                   size_t n, int64_t *ids, float *scores, size_t *found, qr_cancel *cancel,
                                   vindex_scan_report *rep, char *err);

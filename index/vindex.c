@@ -80,6 +80,8 @@ void vindex_opts_default(vindex_opts *o)
     o->train_per_list = 64;
     o->nprobe = 128;    /* recall@10 >= 0.95 at 100k and 1M vectors (bench/README.md) */
     o->ef_search = 256; /* recall@10 0.97 at 100k */
+    o->scan = "int8";
+    o->rerank = 64;
     o->delta_max = 20000;
     o->rebuild_on_mismatch = true;
 }
@@ -93,6 +95,8 @@ void vindex_opts_from_config(const qr_config *cfg, vindex_opts *o)
     o->train_per_list = (size_t)set->vindex_train_per_list;
     o->nprobe = (size_t)set->vindex_nprobe;
     o->ef_search = (size_t)set->vindex_ef_search;
+    o->scan = set->vindex_scan;
+    o->rerank = (size_t)set->vindex_rerank;
     o->delta_max = (size_t)set->vindex_delta_max;
     o->rebuild_on_mismatch = set->vindex_rebuild_on_mismatch;
 }
@@ -107,6 +111,8 @@ static qr_status check_opts(const vindex_opts *o, vtype *type, char *err)
                        o->type ? o->type : "(null)");
     if (o->nprobe < 1 || o->ef_search < 1 || o->delta_max < 1)
         return qr_fail(err, QR_EINVAL, "vindex nprobe, ef_search and delta_max must be at least 1");
+    if (o->scan && strcmp(o->scan, "int8") != 0 && strcmp(o->scan, "faiss") != 0)
+        return qr_fail(err, QR_EINVAL, "unknown vector index scan '%s' (int8 or faiss)", o->scan);
     if (o->train_per_list < 39 || o->train_per_list > 256)
         return qr_fail(err, QR_EINVAL, "vindex train_per_list must be 39..256 (got %zu)", o->train_per_list);
     return QR_OK;
@@ -263,6 +269,12 @@ void vindex_snap_free(vsnap *s)
     free(s->lay_off);
     free(s->lay_ids);
     free(s->lay_pos);
+    free(s->i8_codes);
+    free(s->i8_scale);
+    free(s->i8_at);
+    free(s->cent);
+    free(s->i8_cent);
+    free(s->i8_cscale);
     pthread_mutex_destroy(&s->lay_lock);
     pthread_rwlock_destroy(&s->lock);
     free(s);
@@ -407,6 +419,7 @@ qr_status vindex_open(const char *dir, int dim, const vindex_opts *o, int64_t st
     v->type = type;
     snprintf(v->type_str, sizeof(v->type_str), "%s", vindex_type_names[type]);
     v->opts.type = v->type_str;
+    v->opts.scan = vindex_scan_int8(o) ? "int8" : "faiss"; /* o's string may not outlive the handle */
     pthread_mutex_init(&v->snap_lock, NULL);
     pthread_mutex_init(&v->write_lock, NULL);
     pthread_mutex_init(&v->build_lock, NULL);

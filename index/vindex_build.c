@@ -571,6 +571,9 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
     free(b->rows);
     b->rows = NULL;
 
+    /* the int8 codes read now, before the snapshot is served (no lock is held) */
+    vindex_layout_warm(&v->opts, s);
+
     vindex_hook("before_commit");
     pthread_mutex_lock(&v->write_lock);
     write_locked = true;

@@ -489,6 +489,7 @@ qr_status vindex_load_generation(const vindex *v, const manifest *m, vsnap **out
     s->nlist = (size_t)m->nlist;
     s->built_counter = m->store_counter;
     s->store_counter = m->store_counter;
+    vindex_layout_warm(&v->opts, s);
 out:
     free(ipath);
     free(vpath);

@@ -75,6 +75,14 @@ typedef struct vsnap {
     uint32_t *lay_off;
     int64_t *lay_ids;
     uint32_t *lay_pos;
+    /* built with the layout (vindex_i8.c): the rows' int8 codes and scales in layout order, the
+     * coarse centroids as floats and as int8 codes */
+    int8_t *i8_codes;
+    float *i8_scale;
+    uint32_t *i8_at; /* row -> place in the layout */
+    float *cent;
+    int8_t *i8_cent;
+    float *i8_cscale;
 } vsnap;
 
 struct vindex {
@@ -127,6 +135,45 @@ qr_status vindex_skip_write(const char *path, const int64_t *ids, size_t count, 
 qr_status vindex_load_generation(const vindex *v, const manifest *m, vsnap **out, char *err);
 uint64_t vindex_max_generation_on_disk(const char *dir);
 void vindex_remove_leftovers(const char *dir, uint64_t keep);
+
+/* vindex_scan.c: the IVF layout (and with i8 the int8 codes), read by the first search that needs
+ * it (*built_ms: how long that took, when this call read it). A handle asks with the same i8
+ * always (vindex.scan). */
+qr_status vindex_layout_get(vsnap *s, bool i8, double *built_ms, char *err);
+/* Reads the layout and the int8 codes of a snapshot that will be served (vindex_open, a build's
+ * publication) when o scans it by its codes, so that no search pays for it (about 2 s at 1M
+ * vectors); on failure logs it, and the first search tries again. */
+void vindex_layout_warm(const vindex_opts *o, vsnap *s);
+/* The int8 scan of the main rows of IVF snapshot s (the caller holds s->lock for reading): the
+ * probes lists nearest q (normalised) by the int8 centroids, re-ranked exactly; their live
+ * members (those in permitted too when it is not NULL: n ascending ids) ranked by int8 codes;
+ * the best max(rerank, 2k) of them scored exactly into cids/cscores (room for that many), their
+ * number in *ncand. rep (may be NULL) gets walked and scored. */
+qr_status vindex_i8_scan_main(vsnap *s, const float *q, size_t k, size_t probes, size_t rerank,
+                              const int64_t *permitted, size_t n, qr_cancel *cancel, int64_t *cids,
+                              float *cscores, size_t *ncand, vindex_scan_report *rep, char *err);
+
+/* vindex_search_subset's exact top k by the int8 codes (the caller holds s->lock for reading;
+ * list ascending, duplicates allowed): every listed row ranked by its codes with a bound on
+ * their error, and those that may belong to the top k scored exactly; into out (k entries). */
+qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *list, size_t n,
+                           qr_cancel *cancel, int64_t *ids, float *scores, size_t *found, char *err);
+
+/* vindex_i8.c */
+/* True when o asks for the int8 scan (vindex.scan; NULL means the default, int8). */
+bool vindex_scan_int8(const vindex_opts *o);
+/* True when a generation of this type is scanned by the int8 codes under o: ivf_flat and ivf_sq8
+ * (ivf_pq keeps FAISS's fast scan: its point is a small index, and the codes take 385 MB at 1M). */
+bool vindex_i8_serves(const vindex_opts *o, vtype type);
+/* Fills s->i8_codes, i8_scale, cent, i8_cent and i8_cscale from the rows in layout order and
+ * the IVF quantizer; called under s->lay_lock once the layout is read. */
+qr_status vindex_i8_prepare(vsnap *s, char *err);
+/* out[j] = scale[at[j]] times the dot product of q with the codes of row at[j] (rows far
+ * apart: the next ones are prefetched). */
+void vindex_i8_dots_at(const int8_t *codes, const float *scale, const uint32_t *at, size_t n, int dim,
+                       const int8_t *q, float *out);
+/* The candidates an int8 scan re-scores exactly for top k under o. */
+size_t vindex_i8_rerank(const vindex_opts *o, size_t k);
 
 /* vindex_build.c: the test hook (vindex_test_set_hook) at a named stage */
 void vindex_hook(const char *stage);

@@ -12,6 +12,7 @@
 #ifndef QUARRY_INDEX_VINDEX_INT_H
 #define QUARRY_INDEX_VINDEX_INT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,6 +38,22 @@ qr_status vindex_get_centroids(vindex *v, float *out, size_t nlist, char *err);
  * NULL removes the hook. */
 typedef void (*vindex_test_hook_fn)(const char *stage, void *arg);
 void vindex_test_set_hook(vindex_test_hook_fn fn, void *arg);
+
+/* Test-only: makes every int8 dot product of the vector index (vindex_i8.c) use the portable
+ * kernel instead of the AVX2 one (on: true), process-wide; vindex_i8_has_avx2 says whether the
+ * CPU has the AVX2 kernel at all. */
+void vindex_i8_use_portable(bool on);
+bool vindex_i8_has_avx2(void);
+/* Bench-only: vindex_search_permitted with the int8 scan probes vindex.nprobe / share^exponent
+ * lists (default 0.25). Not thread-safe: set it before searching. */
+void vindex_test_set_widen(double exponent);
+/* code = x / scale rounded half away from zero, in -127..127, with scale = max |x_i| / 127 (0
+ * and zero codes for a zero row); the AVX2 and portable versions give the same codes. */
+void vindex_i8_quantize(const float *x, int dim, int8_t *code, float *scale);
+/* out[r] = sum over i of codes[r * dim + i] * q[i] for n rows of int8 codes (each in -127..127),
+ * by the AVX2 kernel where the CPU has it, else (or under vindex_i8_use_portable) the portable
+ * one; both give the same sums. */
+void vindex_i8_dots(const int8_t *codes, size_t n, int dim, const int8_t *q, int32_t *out);
 
 /* ---- the plan of a build (vindex_plan.c, in quarry_gpu with the GPU path) ------------------- */
 

@@ -350,6 +350,39 @@ out:
     return st;
 }
 
+/* An unfiltered search of an IVF generation by the int8 scan (vindex_scan.c): the best
+ * vindex.rerank of the nprobe nearest lists by int8 codes, scored exactly, appended to out.
+ * *done is false when the lists probed hold fewer than k live chunks (search_main answers). */
+static qr_status search_i8(vsnap *s, const float *q, size_t k, const vindex_opts *o, qr_cancel *cancel,
+                           hits *out, bool *done, char *err)
+{
+    qr_status st = QR_OK;
+    double built_ms = 0;
+    size_t cap = vindex_i8_rerank(o, k), nc = 0;
+    int64_t *cids = malloc(cap * sizeof(int64_t));
+    float *cscores = malloc(cap * sizeof(float));
+    *done = false;
+    if (!cids || !cscores) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((st = vindex_layout_get(s, true, &built_ms, err)) ||
+        (st = vindex_i8_scan_main(s, q, k, o->nprobe, cap, NULL, 0, cancel, cids, cscores, &nc, NULL, err)))
+        goto out;
+    if (nc < k)
+        goto out;
+    for (size_t i = 0; i < nc; i++)
+        if (hits_push(out, cscores[i], cids[i])) {
+            st = qr_fail(err, QR_ENOMEM, "out of memory");
+            goto out;
+        }
+    *done = true;
+out:
+    free(cids);
+    free(cscores);
+    return st;
+}
+
 static qr_status check_query(const vindex *v, const float *query, int dim, size_t k, int64_t *ids,
                              float *scores, size_t *found, float **q, char *err)
 {
@@ -405,7 +438,11 @@ qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex
     pthread_rwlock_rdlock(&s->lock);
     if (s->d_n && (st = exact_scan(s->d_rows, s->d_ids, s->d_n, q, dim, k, &f, &h, err)))
         goto unlock;
-    if (s->count && (st = search_main(v, s, q, k, &f, &h, err)))
+    bool done = false;
+    if (s->count && !permit && vindex_i8_serves(&v->opts, s->type) &&
+        (st = search_i8(s, q, k, &v->opts, cancel, &h, &done, err)))
+        goto unlock;
+    if (s->count && !done && (st = search_main(v, s, q, k, &f, &h, err)))
         goto unlock;
     __atomic_fetch_add(&v->searches, 1, __ATOMIC_RELAXED);
     emit(&h, k, ids, scores, found);
@@ -466,6 +503,15 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
         goto out;
     }
     pthread_rwlock_rdlock(&s->lock);
+    if (s->count && vindex_i8_serves(&v->opts, s->type)) {
+        /* the int8 codes with a bound on their error: 4 times fewer bytes per listed chunk, and
+         * still the exact answer */
+        double built_ms = 0;
+        if (!(st = vindex_layout_get(s, true, &built_ms, err)))
+            st = vindex_i8_subset(s, q, k, list, n, cancel, ids, scores, found, err);
+        pthread_rwlock_unlock(&s->lock);
+        goto out;
+    }
     size_t margin = EXACT_MARGIN, blk = scan_block(dim);
     for (;;) {
         c.cap = k + margin;

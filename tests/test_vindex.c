@@ -27,6 +27,12 @@
 #include "index/vindex_int.h"
 #include "tests/harness.h"
 
+static int vindex_cmp_ids(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* ---- helpers --------------------------------------------------------------------------------- */
 
 /* FAISS builds run OpenMP teams (and OpenBLAS its threads) whose idle threads spin; on the shared
@@ -1248,6 +1254,290 @@ TEST(permitted_scan_on_flat_and_hnsw_is_exact)
 }
 
 /* ---- persistence ------------------------------------------------------------------------------ */
+
+/* ---- the int8 scan (vindex_i8.c, vindex_scan.c) --------------------------------------------- */
+
+TEST(int8_kernels_agree)
+{
+    /* the AVX2 kernel, the portable one and a plain loop give the same integer sums, at the
+     * extremes of the codes and for dimensions around the kernel's 32- and 64-byte steps */
+    uint64_t s = 7;
+    const int dims[] = {1, 16, 31, 32, 33, 63, 64, 65, 100, 384};
+    const size_t n = 40;
+    if (!vindex_i8_has_avx2())
+        fprintf(stderr, "int8_kernels_agree: this CPU has no AVX2; both calls take the portable kernel\n");
+    for (size_t di = 0; di < sizeof(dims) / sizeof(dims[0]); di++) {
+        int d = dims[di];
+        int8_t *codes = malloc(n * (size_t)d), *q = malloc((size_t)d);
+        for (size_t i = 0; i < n * (size_t)d; i++) {
+            int r = (int)(rng_next(&s) % 255) - 127;
+            codes[i] = (int8_t)(i < (size_t)d ? 127 : i < 2 * (size_t)d ? -127 : r); /* rows 0, 1: extremes */
+        }
+        for (int i = 0; i < d; i++)
+            q[i] = (int8_t)(i % 2 ? -127 : 127);
+        int32_t fast[40], slow[40];
+        for (int round = 0; round < 2; round++) {
+            if (round)
+                for (int i = 0; i < d; i++)
+                    q[i] = (int8_t)((int)(rng_next(&s) % 255) - 127);
+            vindex_i8_use_portable(false);
+            vindex_i8_dots(codes, n, d, q, fast);
+            vindex_i8_use_portable(true);
+            vindex_i8_dots(codes, n, d, q, slow);
+            vindex_i8_use_portable(false);
+            for (size_t r = 0; r < n; r++) {
+                int32_t want = 0;
+                for (int i = 0; i < d; i++)
+                    want += (int32_t)codes[r * (size_t)d + i] * q[i];
+                CHECK_MSG(fast[r] == want && slow[r] == want, "dim %d row %zu: %d / %d, want %d", d, r,
+                          fast[r], slow[r], want);
+            }
+        }
+        free(codes);
+        free(q);
+    }
+    /* the quantizers: the same codes and scale, |x - scale * code| at most half a step */
+    for (size_t di = 0; di < sizeof(dims) / sizeof(dims[0]); di++) {
+        int d = dims[di];
+        float *x = malloc((size_t)d * sizeof(float));
+        int8_t *c1 = malloc((size_t)d), *c2 = malloc((size_t)d);
+        for (int round = 0; round < 20; round++) {
+            for (int i = 0; i < d; i++)
+                x[i] =
+                    round == 0 ? (float)(i % 255 - 127) / 2.0f : (float)rng_gauss(&s); /* round 0: halves */
+            float s1, s2;
+            vindex_i8_use_portable(false);
+            vindex_i8_quantize(x, d, c1, &s1);
+            vindex_i8_use_portable(true);
+            vindex_i8_quantize(x, d, c2, &s2);
+            vindex_i8_use_portable(false);
+            CHECK(s1 == s2 && memcmp(c1, c2, (size_t)d) == 0);
+            for (int i = 0; i < d; i++)
+                CHECK_MSG(fabsf(x[i] - s1 * (float)c1[i]) <= 0.5001f * s1 && c1[i] >= -127,
+                          "dim %d elem %d: %g vs %d * %g", d, i, x[i], c1[i], s1);
+        }
+        free(x);
+        free(c1);
+        free(c2);
+    }
+}
+
+TEST(int8_scan_matches_oracle_when_every_list_is_probed)
+{
+    /* every list probed: the int8 scan's candidates, re-scored exactly, are the exact top k,
+     * with the delta and the tombstones; dimension 48 takes the kernel's tail too */
+    char err[QR_ERR_LEN];
+    const int d = 48;
+    const size_t n = 3000, nd = 200, nq = 20;
+    float *x = random_vectors(n + nd + nq, d, 30, 0.5, 91);
+    const float *queries = x + (n + nd) * (size_t)d;
+    int64_t *ids = sequential_ids(n + nd, 10, 3);
+    const char *types[2] = {"ivf_flat", "ivf_sq8"};
+    for (int t = 0; t < 2; t++) {
+        model m = {.dim = d};
+        for (size_t i = 0; i < n + nd; i++)
+            model_add(&m, ids[i], x + i * (size_t)d);
+        char *dir = make_dir();
+        vindex_opts o = test_opts(types[t]);
+        o.nlist = 20;
+        o.nprobe = 20;
+        vindex *v = NULL;
+        bool stale;
+        CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+        CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+        CHECK_OK(vindex_add(v, ids + n, x + n * (size_t)d, nd, d, 2, err), err);
+        CHECK(matches_oracle(v, &m, queries, nq, 1, NULL, NULL));
+        CHECK(matches_oracle(v, &m, queries, nq, 10, NULL, NULL));
+        CHECK(matches_oracle(v, &m, queries, nq, 30, NULL, NULL));
+        /* remove each query's best main hit and one delta row: gone at once, the rest exact */
+        int64_t gone[21];
+        for (size_t qi = 0; qi < nq; qi++) {
+            int64_t out[1];
+            float sc[1];
+            size_t found = 0;
+            CHECK_OK(vindex_search(v, queries + qi * (size_t)d, d, 1, NULL, NULL, out, sc, &found, NULL, err),
+                     err);
+            CHECK_INT(found, 1);
+            gone[qi] = out[0];
+        }
+        gone[nq] = ids[n + 5];
+        qsort(gone, nq + 1, sizeof(int64_t), vindex_cmp_ids);
+        size_t ng = 0;
+        for (size_t i = 0; i <= nq; i++)
+            if (!ng || gone[ng - 1] != gone[i])
+                gone[ng++] = gone[i];
+        CHECK_OK(vindex_remove(v, gone, ng, 3, err), err);
+        for (size_t i = 0; i < ng; i++)
+            model_kill(&m, gone[i]);
+        CHECK(matches_oracle(v, &m, queries, nq, 10, NULL, NULL));
+        /* the portable kernel gives the same answers */
+        vindex_i8_use_portable(true);
+        CHECK(matches_oracle(v, &m, queries, nq, 10, NULL, NULL));
+        vindex_i8_use_portable(false);
+        vindex_close(v);
+        remove_dir(dir);
+        model_free(&m);
+    }
+    free(x);
+    free(ids);
+}
+
+TEST(int8_scan_same_answers_with_either_kernel_and_as_faiss)
+{
+    /* a few lists of many probed, on well separated random vectors: the AVX2 and portable
+     * kernels give the same top k, and so does FAISS's own scan of the same lists (the float
+     * scores of these vectors are far apart next to the int8 rounding) */
+    char err[QR_ERR_LEN];
+    const int d = 64;
+    const size_t n = 4000, nq = 25, k = 10;
+    float *x = random_vectors(n + nq, d, 0, 1.0, 5);
+    const float *queries = x + n * (size_t)d;
+    int64_t *ids = sequential_ids(n, 1, 1);
+    char *dir = make_dir();
+    vindex_opts o = test_opts("ivf_flat");
+    o.nlist = 40;
+    o.nprobe = 6;
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    int64_t got[3][25][10];
+    float sc[3][25][10];
+    size_t found[3][25];
+    for (int run = 0; run < 3; run++) {
+        if (run == 2) {
+            vindex_close(v);
+            o.scan = "faiss";
+            CHECK_OK(vindex_open(dir, d, &o, 1, &v, &stale, err), err);
+        }
+        vindex_i8_use_portable(run == 1);
+        for (size_t qi = 0; qi < nq; qi++)
+            CHECK_OK(vindex_search(v, queries + qi * (size_t)d, d, k, NULL, NULL, got[run][qi], sc[run][qi],
+                                   &found[run][qi], NULL, err),
+                     err);
+        vindex_i8_use_portable(false);
+    }
+    size_t same_as_faiss = 0;
+    for (size_t qi = 0; qi < nq; qi++) {
+        CHECK_INT(found[0][qi], k);
+        CHECK_INT(found[1][qi], k);
+        bool faiss_same = found[2][qi] == k;
+        for (size_t i = 0; i < k; i++) {
+            CHECK(got[0][qi][i] == got[1][qi][i] && sc[0][qi][i] == sc[1][qi][i]);
+            faiss_same = faiss_same && got[0][qi][i] == got[2][qi][i] && sc[0][qi][i] == sc[2][qi][i];
+        }
+        same_as_faiss += faiss_same;
+    }
+    /* the lists each scan probes are ranked by FAISS's float quantizer or by int8 codes then
+     * exactly: a list at the probe boundary may differ, rarely */
+    CHECK_MSG(same_as_faiss >= nq - 2, "%zu of %zu queries answered as FAISS's scan answers them",
+              same_as_faiss, nq);
+    vindex_close(v);
+    remove_dir(dir);
+    free(x);
+    free(ids);
+}
+
+TEST(int8_subset_is_exact_among_near_duplicates)
+{
+    /* vindex_search_subset on an IVF index ranks the listed chunks by their int8 codes and
+     * scores exactly every chunk whose error bound reaches the k-th: among 300 rows closer to
+     * one another than an int8 step the codes cannot order them, the answer must still be the
+     * exact one */
+    char err[QR_ERR_LEN];
+    const int d = 96;
+    const size_t n = 3000, ndup = 300, nq = 6;
+    float *x = random_vectors(n, d, 0, 1.0, 123);
+    uint64_t s = 124;
+    float centre[96];
+    for (int j = 0; j < d; j++)
+        centre[j] = (float)rng_gauss(&s);
+    for (size_t i = 0; i < ndup; i++)
+        for (int j = 0; j < d; j++)
+            x[i * 7 * (size_t)d + j] = centre[j] + 0.002f * (float)rng_gauss(&s); /* every 7th row */
+    int64_t *ids = sequential_ids(n, 5, 1);
+    char *dir = make_dir();
+    vindex_opts o = test_opts("ivf_flat");
+    o.nlist = 30;
+    vindex *v = NULL;
+    bool stale;
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    /* the subset: every near-duplicate and every 3rd other row, ascending */
+    int64_t *subset = malloc(n * sizeof(int64_t));
+    size_t ns = 0;
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        if ((i % 7 == 0 && i / 7 < ndup) || i % 3 == 0) {
+            subset[ns++] = ids[i];
+            model_add(&m, ids[i], x + i * (size_t)d);
+        }
+    float q[96];
+    for (size_t qi = 0; qi < nq; qi++) {
+        for (int j = 0; j < d; j++)
+            q[j] = centre[j] + (qi ? 0.3f * (float)rng_gauss(&s) : 0);
+        const size_t ks[3] = {1, 10, 50};
+        for (int ki = 0; ki < 3; ki++) {
+            int64_t out[50], oout[50];
+            float sc[50], osc[50];
+            size_t found = 0;
+            CHECK_OK(vindex_search_subset(v, q, d, ks[ki], subset, ns, out, sc, &found, NULL, err), err);
+            size_t ofound = oracle(&m, q, ks[ki], NULL, NULL, oout, osc);
+            CHECK_INT(found, ofound);
+            for (size_t i = 0; i < found; i++)
+                CHECK_MSG(out[i] == oout[i] && sc[i] == osc[i], "q %zu k %zu rank %zu: %lld vs %lld", qi,
+                          ks[ki], i, (long long)out[i], (long long)oout[i]);
+        }
+    }
+    model_free(&m);
+    free(subset);
+    vindex_close(v);
+    remove_dir(dir);
+    free(x);
+    free(ids);
+}
+
+TEST(int8_scan_options_are_checked)
+{
+    char err[QR_ERR_LEN];
+    char *dir = make_dir();
+    vindex_opts o = test_opts("ivf_sq8");
+    o.scan = "int4";
+    vindex *v = NULL;
+    bool stale;
+    CHECK_INT(vindex_open(dir, 8, &o, 0, &v, &stale, err), QR_EINVAL);
+    CHECK(v == NULL && strstr(err, "scan") && strstr(err, "int4"));
+    /* a small rerank is raised to 2k: the scan still finds k */
+    o = test_opts("ivf_flat");
+    o.rerank = 1;
+    o.nlist = 8;
+    o.nprobe = 8;
+    const int d = 8;
+    const size_t n = 400;
+    float *x = random_vectors(n + 1, d, 0, 1.0, 77);
+    int64_t *ids = sequential_ids(n, 1, 1);
+    model m = {.dim = d};
+    for (size_t i = 0; i < n; i++)
+        model_add(&m, ids[i], x + i * (size_t)d);
+    CHECK_OK(vindex_open(dir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 1, err), err);
+    CHECK(matches_oracle(v, &m, x + n * (size_t)d, 1, 5, NULL, NULL));
+    /* a zero query is refused, not scanned */
+    float zero[8] = {0};
+    int64_t out[5];
+    float sc[5];
+    size_t found = 9;
+    CHECK_INT(vindex_search(v, zero, d, 5, NULL, NULL, out, sc, &found, NULL, err), QR_EINVAL);
+    CHECK_INT(found, 0);
+    int64_t all[400];
+    memcpy(all, ids, sizeof(all));
+    CHECK_INT(vindex_search_permitted(v, zero, d, 5, all, n, out, sc, &found, NULL, NULL, err), QR_EINVAL);
+    vindex_close(v);
+    remove_dir(dir);
+    model_free(&m);
+    free(x);
+    free(ids);
+}
 
 TEST(persistence_round_trip)
 {
