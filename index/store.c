@@ -628,6 +628,21 @@ out:
     return QR_OK;
 }
 
+qr_status store_open_another(const store *s, store **out, char *err)
+{
+    if (!s || !out)
+        return qr_fail(err, QR_EINVAL, "store_open_another: NULL argument");
+    size_t n = strlen(s->path) - (sizeof("/" STORE_FILE) - 1);
+    char *dir = malloc(n + 1);
+    if (!dir)
+        return qr_fail(err, QR_ENOMEM, "out of memory opening the store again");
+    memcpy(dir, s->path, n);
+    dir[n] = '\0';
+    qr_status st = store_open(dir, out, err);
+    free(dir);
+    return st;
+}
+
 int index_store_schema_version(void)
 {
     return STORE_SCHEMA_VERSION;

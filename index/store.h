@@ -60,6 +60,8 @@ typedef struct store store;
  * directory or file cannot be created or read or is not a SQLite database, QR_EINVAL when the
  * schema is newer than this quarry, QR_ETIMEOUT when another process holds the write lock. */
 qr_status store_open(const char *dir, store **out, char *err);
+/* Opens another handle on s's store (the same data directory), e.g. for a second thread. */
+qr_status store_open_another(const store *s, store **out, char *err);
 /* Closes the handle; NULL is a no-op. */
 void store_close(store *s);
 

@@ -21,6 +21,7 @@
  * first page's order.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,7 @@ void retrieval_opts_default(retrieval_opts *o)
     o->snippet_close = "</mark>";
     o->snippet_tokens = 32;
     o->bm25_pruned = true;
+    o->parallel = true;
     o->timeout_ms = 10000;
     o->max_terms = 256;
     o->max_phrase_terms = 32;
@@ -176,6 +178,7 @@ void retrieval_opts_from_config(const qr_config *cfg, retrieval_opts *o)
     o->snippet_close = set->retrieval_snippet_marker_close;
     o->snippet_tokens = (size_t)set->retrieval_snippet_tokens;
     o->bm25_pruned = strcmp(set->retrieval_bm25_path, "pruned") == 0;
+    o->parallel = set->retrieval_parallel;
     o->timeout_ms = (uint64_t)set->retrieval_timeout_ms;
     o->max_terms = (size_t)set->retrieval_max_terms;
     o->max_phrase_terms = (size_t)set->retrieval_max_phrase_terms;
@@ -211,6 +214,8 @@ struct retrieval {
     plist lists[PLIST_ENTRIES];
     pestimate estimates[PLIST_ENTRIES]; /* by the filter's key modulo PLIST_ENTRIES */
     uint64_t list_updates;              /* permitted lists brought up to date (not listed again) */
+    store *vs;   /* the store handle the vector list reads: s, or twin while the lists run at once */
+    store *twin; /* a second handle on s's store for the vector list's thread (opened on first use) */
     uint64_t tick;
     retrieval_reranker rr; /* fn NULL: none */
 };
@@ -278,6 +283,7 @@ qr_status retrieval_open(store *s, vindex *v, const retrieval_opts *o, retrieval
         return st;
     }
     r->s = s;
+    r->vs = s;
     r->v = v;
     r->o = *o;
     r->limits = (rq_limits){o->max_terms, o->max_phrase_terms, o->max_exclusions};
@@ -292,6 +298,7 @@ void retrieval_close(retrieval *r)
     rq_stopwords_free(r->sw);
     for (int i = 0; i < PLIST_ENTRIES; i++)
         free(r->lists[i].ids);
+    store_close(r->twin);
     free(r);
 }
 
@@ -481,7 +488,7 @@ static qr_status vector_ranked(retrieval *r, const int64_t *permitted, size_t np
         else
             st = vindex_search_subset(r->v, vec, dim, want, permitted, npermitted, ids, scores, &found,
                                       cancel, err);
-        if (st || (st = store_chunk_docs(r->s, ids, found, docs, err)))
+        if (st || (st = store_chunk_docs(r->vs, ids, found, docs, err)))
             break;
         out->n = 0;
         for (size_t i = 0; i < found && !st; i++)
@@ -562,7 +569,7 @@ static qr_status permitted_update(retrieval *r, const store_filter *f, const pli
     plist_delta d = {0};
     size_t limit = e->n / 8 > 1024 ? e->n / 8 : 1024;
     int64_t *got = NULL;
-    qr_status st = store_filter_changes(r->s, f, e->counter, limit, delta_collect, &d, counter, err);
+    qr_status st = store_filter_changes(r->vs, f, e->counter, limit, delta_collect, &d, counter, err);
     if (st)
         goto out;
     qsort(d.rm, d.nrm, sizeof(int64_t), cmp_i64);
@@ -610,7 +617,7 @@ static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint
                                 size_t *n, char *err)
 {
     int64_t counter = 0;
-    qr_status st = store_change_counter(r->s, &counter, err);
+    qr_status st = store_change_counter(r->vs, &counter, err);
     if (st)
         return st;
     uint64_t key = filter_key(f);
@@ -649,7 +656,7 @@ static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint
             break;
         }
         got = p;
-        st = store_filter_chunks(r->s, f, room, got, &listed, &more, err);
+        st = store_filter_chunks(r->vs, f, room, got, &listed, &more, err);
         room *= 2; /* the estimate was short, or documents were added meanwhile */
     }
     if (st) {
@@ -711,7 +718,7 @@ static qr_status permitted_estimate(retrieval *r, const store_filter *f, size_t 
 {
     int64_t ids[VECTOR_SAMPLE], docs[VECTOR_SAMPLE], counter = 0;
     uint64_t key = filter_key(f);
-    qr_status st = store_change_counter(r->s, &counter, err);
+    qr_status st = store_change_counter(r->vs, &counter, err);
     if (st)
         return st;
     pestimate *e = &r->estimates[key % PLIST_ENTRIES];
@@ -721,7 +728,7 @@ static qr_status permitted_estimate(retrieval *r, const store_filter *f, size_t 
         return QR_OK;
     }
     size_t n = vindex_sample_ids(r->v, VECTOR_SAMPLE, ids), pass = 0;
-    if ((st = store_filter_ids(r->s, f, ids, n, docs, err)))
+    if ((st = store_filter_ids(r->vs, f, ids, n, docs, err)))
         return st;
     for (size_t i = 0; i < n; i++)
         pass += docs[i] >= 0;
@@ -800,7 +807,7 @@ static qr_status vector_list(retrieval *r, const store_filter *f, bool unrestric
     path->fetched = want;
     if ((st = vector_room(want, &ids, &scores, &docs, err)) ||
         (st = vindex_search(r->v, vec, dim, want, NULL, NULL, ids, scores, &found, cancel, err)) ||
-        (st = store_filter_ids(r->s, f, ids, found, docs, err)))
+        (st = store_filter_ids(r->vs, f, ids, found, docs, err)))
         goto out;
     for (size_t i = 0; i < found && !st; i++)
         if (docs[i] >= 0)
@@ -821,6 +828,58 @@ out:
     free(scores);
     free(docs);
     return st;
+}
+
+/* The vector list of a hybrid search, run on a thread of its own beside the BM25 list (both
+ * cores: at 1M chunks each list costs a few milliseconds). It reads the store through r->twin,
+ * a second handle, since a handle serves one thread at a time; the lists and estimates the
+ * handle keeps are the vector list's alone. */
+typedef struct {
+    retrieval *r;
+    const store_filter *f;
+    bool unrestricted;
+    const float *vec;
+    int dim;
+    size_t depth, cap;
+    list *out;
+    vector_path path;
+    qr_cancel *cancel;
+    qr_status st;
+    uint64_t ns;
+    char err[QR_ERR_LEN];
+} vector_job;
+
+static void *vector_job_run(void *arg)
+{
+    vector_job *j = arg;
+    uint64_t t0 = qr_now_ns();
+    j->st = vector_list(j->r, j->f, j->unrestricted, j->vec, j->dim, j->depth, j->cap, j->out, &j->path,
+                        j->cancel, j->err);
+    j->ns = qr_now_ns() - t0;
+    return NULL;
+}
+
+/* Starts j on a thread when the handle may (retrieval.parallel) and can (a second store handle,
+ * a thread): true when started, false when the caller runs it itself. */
+static bool vector_job_start(vector_job *j, pthread_t *thread)
+{
+    retrieval *r = j->r;
+    if (!r->o.parallel)
+        return false;
+    char err[QR_ERR_LEN];
+    if (!r->twin && store_open_another(r->s, &r->twin, err)) {
+        qr_log(QR_LOG_WARN, LOG_COMPONENT, "hybrid lists run one after the other: %s", err);
+        r->o.parallel = false;
+        return false;
+    }
+    r->vs = r->twin;
+    store_set_cancel(r->twin, j->cancel);
+    if (pthread_create(thread, NULL, vector_job_run, j) != 0) {
+        store_set_cancel(r->twin, NULL);
+        r->vs = r->s;
+        return false;
+    }
+    return true;
 }
 
 /* ---- fusion ------------------------------------------------------------------------------ */
@@ -1488,6 +1547,8 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     uint64_t t0 = qr_now_ns();
     retrieval_mode mode = RETRIEVAL_MODE_DEFAULT;
     size_t cap = 0, offset = 0;
+    bool parallel = false, parallel_joined = false; /* the vector list on its own thread */
+    pthread_t vthread;
     qr_status st = check_request(r, caller, req, &mode, &cap, err);
     if (st)
         return st;
@@ -1566,6 +1627,9 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         need = window;
     size_t depth = res->mode == RETRIEVAL_HYBRID && r->o.candidates > need ? r->o.candidates : need;
 
+    /* both lists: the vector list on a second thread while this one ranks BM25 */
+    vector_job vj = {r, &f, unrestricted, req->vector, req->dim, depth, cap, &vec, {0}, cancel, QR_OK, 0, ""};
+    parallel = run_bm25 && run_vec && vector_job_start(&vj, &vthread);
     uint64_t tb = qr_now_ns();
     if (run_bm25) {
         store_hit *hits = malloc(depth * sizeof(*hits));
@@ -1596,17 +1660,27 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         for (size_t i = 0; i < n && !st; i++)
             st = list_push(&bm, hits[i].chunk_id, hits[i].doc, hits[i].score, err);
         free(hits);
-        if (st)
-            goto out;
-        for (size_t i = 0; i < bm.n; i++)
-            bm.v[i].rank_b = (int)i + 1;
     }
     uint64_t tv = qr_now_ns();
     res->bm25_ns = run_bm25 ? tv - tb : 0;
+    if (parallel) {
+        /* the vector thread stops early when the search's token is cancelled or its deadline
+         * passes; a BM25 failure waits for it all the same (it uses this handle's state) */
+        pthread_join(vthread, NULL);
+        parallel_joined = true;
+        store_set_cancel(r->twin, NULL);
+        r->vs = r->s;
+        if (!st && vj.st)
+            st = qr_fail(err, vj.st, "%s", vj.err);
+    }
+    if (st)
+        goto out;
+    for (size_t i = 0; i < bm.n; i++)
+        bm.v[i].rank_b = (int)i + 1;
     if (run_vec) {
-        vector_path path = {0};
-        if ((st = vector_list(r, &f, unrestricted, req->vector, req->dim, depth, cap, &vec, &path, cancel,
-                              err)))
+        vector_path path = vj.path;
+        if (!parallel && (st = vector_list(r, &f, unrestricted, req->vector, req->dim, depth, cap, &vec,
+                                           &path, cancel, err)))
             goto out;
         res->vector_exact = path.exact;
         res->vector_scanned = path.scanned;
@@ -1618,7 +1692,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
             vec.v[i].rank_v = (int)i + 1;
     }
     uint64_t tf = qr_now_ns();
-    res->vector_ns = run_vec ? tf - tv : 0;
+    res->vector_ns = !run_vec ? 0 : parallel ? vj.ns : tf - tv;
     if (res->mode == RETRIEVAL_HYBRID) {
         if ((st = fuse(&r->o, &bm, &vec, &fused, err)) || (st = apply_cap(&fused, cap, err)))
             goto out;
@@ -1706,6 +1780,11 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
            retrieval_mode_name(res->mode), bm.n, vec.n, res->vector_exact ? " (exact vector scan)" : "",
            res->nhits, (qr_now_ns() - t0) / 1e6);
 out:
+    if (parallel && !parallel_joined) { /* a BM25 step failed before the join */
+        pthread_join(vthread, NULL);
+        store_set_cancel(r->twin, NULL);
+        r->vs = r->s;
+    }
     store_set_cancel(r->s, NULL);
     if (st == QR_ETIMEOUT || st == QR_ECANCELED) {
         /* say why in the caller's words, unless the store timed out on a lock instead */

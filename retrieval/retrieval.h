@@ -76,6 +76,7 @@ typedef struct {
     const char *snippet_open, *snippet_close; /* markers around matches in snippets */
     size_t snippet_tokens;                    /* words in a snippet */
     bool bm25_pruned; /* retrieval.bm25_path: pruned (true) or fts5; see retrieval_set_bm25 */
+    bool parallel;    /* retrieval.parallel: hybrid's two lists at once, on two threads */
     /* what one search may cost: its deadline and the size of its query (see retrieval_search) */
     uint64_t timeout_ms;     /* retrieval.timeout_ms */
     size_t max_terms;        /* retrieval.max_terms: words searched, phrases' words included */

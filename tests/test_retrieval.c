@@ -675,6 +675,72 @@ TEST(permitted_list_follows_writes_without_listing_again)
     fx_close(&f);
 }
 
+TEST(hybrid_lists_at_once_give_the_same_page)
+{
+    /* retrieval.parallel: the vector list on a second thread and store handle, beside BM25; the
+     * pages must equal those of the lists run one after the other, for every kind of caller */
+    char err[QR_ERR_LEN];
+    fx f;
+    CHECK_MSG(fx_open(&f, err), "%s", err);
+    uint64_t seed = 23;
+    for (int d = 0; d < 60; d++) {
+        char id[16], text[1024] = "";
+        for (int c = 0; c < 3; c++) {
+            snprintf(text + strlen(text), sizeof(text) - strlen(text), "%s", c ? "|" : "");
+            for (int w = 0; w < 8; w++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                snprintf(text + strlen(text), sizeof(text) - strlen(text), "%sw%u", w ? " " : "",
+                         (unsigned)((seed >> 33) % 120));
+            }
+        }
+        snprintf(id, sizeof(id), "doc%d", d);
+        CHECK_MSG(put(&f, id, "Notes", "", "text/plain", d % 10 == 0 ? "group:few" : "group:many", text, err),
+                  "%s", err);
+    }
+    f.o.exact_min = 10; /* group:few (18 chunks) is listed; group:many (162) takes the fixed fetch */
+    f.o.exact_share = 0;
+    f.o.candidates = 20;
+    const char *few[] = {"group:few"}, *many[] = {"group:many"}, *both[] = {"group:few", "group:many"};
+    struct {
+        const char *const *p;
+        size_t n;
+        bool admin;
+    } callers[] = {{NULL, 0, true}, {few, 1, false}, {many, 1, false}, {both, 2, false}};
+    retrieval_result *pages[2][4][6] = {{{0}}};
+    for (int par = 0; par < 2; par++) {
+        f.o.parallel = par == 1;
+        CHECK_MSG(fx_ready(&f, err), "%s", err);
+        for (int c = 0; c < 4; c++)
+            for (int q = 0; q < 6; q++) {
+                char query[64];
+                snprintf(query, sizeof(query), "w%d w%d w%d", q * 7 % 120, q * 13 % 120, q * 29 % 120);
+                pages[par][c][q] = search(&f, callers[c].p, callers[c].n, callers[c].admin, query,
+                                          RETRIEVAL_HYBRID, 10, err);
+                CHECK_MSG(pages[par][c][q] != NULL, "%s", err);
+            }
+    }
+    for (int c = 0; c < 4; c++)
+        for (int q = 0; q < 6; q++) {
+            retrieval_result *a = pages[0][c][q], *b = pages[1][c][q];
+            if (!a || !b)
+                continue;
+            CHECK_INT(a->mode, RETRIEVAL_HYBRID);
+            CHECK_INT(b->nhits, a->nhits);
+            CHECK(a->nhits > 0);
+            for (size_t h = 0; h < a->nhits && h < b->nhits; h++) {
+                CHECK_MSG(a->hits[h].chunk_id == b->hits[h].chunk_id, "caller %d query %d hit %zu", c, q, h);
+                CHECK(a->hits[h].score == b->hits[h].score);
+                CHECK_INT(b->hits[h].vector_rank, a->hits[h].vector_rank);
+            }
+            CHECK_INT(b->vector_exact, a->vector_exact);
+            CHECK_INT(b->vector_fetched, a->vector_fetched);
+            CHECK(b->vector_ns > 0 && b->bm25_ns > 0);
+            retrieval_result_free(a);
+            retrieval_result_free(b);
+        }
+    fx_close(&f);
+}
+
 static retrieval_result *filtered(fx *f, retrieval_mode mode, const char *query, const char *const *docs,
                                   size_t ndocs, const char *prefix, const char *type, int64_t after,
                                   char *err)
