@@ -344,9 +344,9 @@
       "Most chunks of one document in a result list (0: no limit).")                                         \
     X(INT, retrieval, candidates, "100", 1, 10000, NULL, false, QR_RESTART,                                  \
       "Depth of the BM25 and vector lists that hybrid search fuses.")                                        \
-    X(BOOL, retrieval, parallel, "on", NO_RANGE, NULL, false, QR_RESTART,                                    \
-      "Hybrid search ranks its BM25 and vector lists at once, on two threads (each search handle opens "     \
-      "a second store connection for it); off: one after the other.")                                        \
+    X(BOOL, retrieval, parallel, "off", NO_RANGE, NULL, false, QR_RESTART,                                   \
+      "Hybrid search ranks its BM25 and vector lists at once, on two threads, while the process has a "      \
+      "core to spare (each search handle opens a second store connection for it).")                          \
     X(STRING, retrieval, snippet_marker_open, "<mark>", NO_RANGE, NULL, false, QR_RESTART,                   \
       "Inserted before each query match in snippets.")                                                       \
     X(STRING, retrieval, snippet_marker_close, "</mark>", NO_RANGE, NULL, false, QR_RESTART,                 \

@@ -22,9 +22,11 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "retrieval/retrieval.h"
 #include "retrieval/retrieval_int.h"
@@ -98,7 +100,7 @@ void retrieval_opts_default(retrieval_opts *o)
     o->snippet_close = "</mark>";
     o->snippet_tokens = 32;
     o->bm25_pruned = true;
-    o->parallel = true;
+    o->parallel = false;
     o->timeout_ms = 10000;
     o->max_terms = 256;
     o->max_phrase_terms = 32;
@@ -859,12 +861,31 @@ static void *vector_job_run(void *arg)
     return NULL;
 }
 
-/* Starts j on a thread when the handle may (retrieval.parallel) and can (a second store handle,
- * a thread): true when started, false when the caller runs it itself. */
+/* Searches running in this process (retrieval_search), and the cores it may use: a second
+ * thread per search helps only while there are cores to spare for it. Measured at 1M chunks on
+ * two cores (bench/README.md): at one connection hybrid p50 5 to 12% lower; with the cores
+ * saturated 7% fewer searches a second when every search took two threads, and still 7 to 29%
+ * fewer with this gate (noisy runs), hence retrieval.parallel is off by default. */
+static atomic_int searches_running;
+static int cores_online(void)
+{
+    static atomic_int cores;
+    int n = atomic_load_explicit(&cores, memory_order_relaxed);
+    if (!n) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 && c < 4096 ? (int)c : 1;
+        atomic_store_explicit(&cores, n, memory_order_relaxed);
+    }
+    return n;
+}
+
+/* Starts j on a thread when the handle may (retrieval.parallel), the process has a core to spare
+ * (two threads per running search fit in the cores online) and can (a second store handle, a
+ * thread): true when started, false when the caller runs it itself. */
 static bool vector_job_start(vector_job *j, pthread_t *thread)
 {
     retrieval *r = j->r;
-    if (!r->o.parallel)
+    if (!r->o.parallel || 2 * atomic_load_explicit(&searches_running, memory_order_relaxed) > cores_online())
         return false;
     char err[QR_ERR_LEN];
     if (!r->twin && store_open_another(r->s, &r->twin, err)) {
@@ -1563,6 +1584,7 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
     retrieval_result *res = calloc(1, sizeof(*res));
     if (!res)
         return qr_fail(err, QR_ENOMEM, "out of memory for search results");
+    atomic_fetch_add_explicit(&searches_running, 1, memory_order_relaxed); /* until out: below */
     qr_arena_init(&res->arena_, RESULT_ARENA_CAP);
     res->rerank_model = r->rr.fn ? r->rr.model : NULL;
     res->rerank_window = window;
@@ -1785,6 +1807,7 @@ out:
         store_set_cancel(r->twin, NULL);
         r->vs = r->s;
     }
+    atomic_fetch_sub_explicit(&searches_running, 1, memory_order_relaxed);
     store_set_cancel(r->s, NULL);
     if (st == QR_ETIMEOUT || st == QR_ECANCELED) {
         /* say why in the caller's words, unless the store timed out on a lock instead */
