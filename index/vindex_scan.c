@@ -325,7 +325,7 @@ static qr_status scorer_finish(scorer *c, size_t k, int64_t *ids, float *scores,
     }
     for (size_t i = 0; i < kept; i++)
         c->v[i].approx = vindex_dot_exact(c->v[i].row, c->q, c->dim);
-    if (kept)
+    if (kept > 1)
         qsort(c->v, kept, sizeof(cand), cmp_exact);
     *found = kept < k ? kept : k;
     for (size_t i = 0; i < *found; i++) {
@@ -448,7 +448,8 @@ static qr_status coarse_lists(const vsnap *s, const float *q, const int8_t *qc, 
         i8_offer(h, &n, m, (float)d[l] * s->i8_cscale[l], (uint32_t)l);
     for (size_t i = 0; i < n; i++)
         ls[i] = (lscore){vindex_dot_exact(s->cent + (size_t)h[i].at * (size_t)s->dim, q, s->dim), h[i].at};
-    qsort(ls, n, sizeof(lscore), cmp_lscore);
+    if (n > 1)
+        qsort(ls, n, sizeof(lscore), cmp_lscore);
     for (size_t i = 0; i < probes && i < n; i++)
         lists[i] = ls[i].list;
     free(d);
@@ -633,7 +634,8 @@ static qr_status permitted_i8(vsnap *s, const float *q, size_t k, size_t probes,
             continue;
         all[m++] = (cand){vindex_dot_exact(s->d_rows + i * (size_t)dim, q, dim), id, NULL};
     }
-    qsort(all, m, sizeof(cand), cmp_idscore);
+    if (m > 1)
+        qsort(all, m, sizeof(cand), cmp_idscore);
     *found = m < k ? m : k;
     for (size_t i = 0; i < *found; i++) {
         ids[i] = all[i].id;
@@ -819,7 +821,8 @@ qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *li
             c[i].exact = vindex_dot_exact(s->rows + (size_t)s->lay_pos[c[i].where] * (size_t)dim, q, dim);
         c[m++] = c[i];
     }
-    qsort(c, m, sizeof(subcand), cmp_subcand_exact);
+    if (m > 1)
+        qsort(c, m, sizeof(subcand), cmp_subcand_exact);
     *found = m < k ? m : k;
     for (size_t i = 0; i < *found; i++) {
         ids[i] = c[i].id;

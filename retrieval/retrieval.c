@@ -574,8 +574,10 @@ static qr_status permitted_update(retrieval *r, const store_filter *f, const pli
     qr_status st = store_filter_changes(r->vs, f, e->counter, limit, delta_collect, &d, counter, err);
     if (st)
         goto out;
-    qsort(d.rm, d.nrm, sizeof(int64_t), cmp_i64);
-    qsort(d.add, d.nadd, sizeof(int64_t), cmp_i64);
+    if (d.nrm > 1)
+        qsort(d.rm, d.nrm, sizeof(int64_t), cmp_i64);
+    if (d.nadd > 1)
+        qsort(d.add, d.nadd, sizeof(int64_t), cmp_i64);
     if (!(got = malloc((e->n + d.nadd + 1) * sizeof(*got)))) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for the permitted chunks");
         goto out;
@@ -666,7 +668,8 @@ static qr_status permitted_list(retrieval *r, const store_filter *f, size_t hint
         return st;
     }
     if (!updated)
-        qsort(got, listed, sizeof(int64_t), cmp_i64);
+        if (listed > 1)
+            qsort(got, listed, sizeof(int64_t), cmp_i64);
     free(slot->ids);
     if (listed > PLIST_IDS) {
         /* too large to keep: this search uses it, and it is the first to go */
