@@ -237,6 +237,25 @@ static void crossover(vindex *v, const float *qvec, size_t nq, int dim)
     free(lf);
 }
 
+/* The median of 5 listings of the chunks principal may read (store_filter_chunks, as retrieval
+ * lists them) into listed (cap ids), in ms; *n gets how many there are. */
+static double listing_ms(store *s, const char *principal, int64_t *listed, size_t cap, size_t *n)
+{
+    char err[QR_ERR_LEN];
+    store_filter f = {.principals = &principal, .nprincipals = 1};
+    double t[5];
+    bool more = false;
+    *n = 0;
+    for (int i = 0; i < 5; i++) {
+        uint64_t l0 = qr_now_ns();
+        if (store_filter_chunks(s, &f, cap, listed, n, &more, err))
+            fprintf(stderr, "bench_search: %s\n", err);
+        t[i] = (qr_now_ns() - l0) / 1e6;
+    }
+    qsort(t, 5, sizeof(double), cmp_double);
+    return t[2];
+}
+
 /* ---- searches after writes ---------------------------------------------------------------------- */
 
 /* BENCH_WRITES: what a write costs the next vector search of a 10% and a 1% caller on the same
@@ -290,19 +309,10 @@ static int writes_between(store *s, vindex *v, retrieval *r, char (*queries)[256
         static const char *const doc0[] = {"group:all", "group:p10", "group:p1", "group:p01"};
         if (store_set_acl(s, "doc0", doc0, 4, err))
             fprintf(stderr, "bench_search: doc0's ACL not restored: %s\n", err);
-        store_filter f = {.principals = principals, .nprincipals = 1};
-        double t[5];
         size_t n = 0;
-        bool more = false;
-        for (int i = 0; i < 5; i++) {
-            uint64_t l0 = qr_now_ns();
-            if (store_filter_chunks(s, &f, vi.count + vi.delta + 1, listed, &n, &more, err))
-                fprintf(stderr, "bench_search: %s\n", err);
-            t[i] = (qr_now_ns() - l0) / 1e6;
-        }
-        qsort(t, 5, sizeof(double), cmp_double);
+        double ms = listing_ms(s, groups[g], listed, vi.count + vi.delta + 1, &n);
         printf("| %s (%zu chunks) | %.2f | %.2f | %.2f | %.2f | %llu | %.1f |\n", groups[g], n, p[0], p[1],
-               p[2], p[3], (unsigned long long)(retrieval_list_updates(r) - updates0), t[2]);
+               p[2], p[3], (unsigned long long)(retrieval_list_updates(r) - updates0), ms);
         fflush(stdout);
     }
     free(listed);
@@ -377,18 +387,9 @@ static int scale(const char *dir, size_t nchunks, size_t nqueries, const qr_conf
         vindex_get_info(v, &vi);
         int64_t *listed = malloc((vi.count + vi.delta + 1) * sizeof(int64_t));
         for (size_t g = 0; g < 2; g++) {
-            store_filter f = {.principals = &groups[g], .nprincipals = 1};
-            double t[5];
             size_t n = 0;
-            bool more = false;
-            for (int i = 0; i < 5; i++) {
-                uint64_t l0 = qr_now_ns();
-                if (store_filter_chunks(s, &f, vi.count + vi.delta + 1, listed, &n, &more, err))
-                    fprintf(stderr, "bench_search: %s\n", err);
-                t[i] = (qr_now_ns() - l0) / 1e6;
-            }
-            qsort(t, 5, sizeof(double), cmp_double);
-            printf("listing the chunks %s may read: %zu in %.1f ms (median of 5)\n", groups[g], n, t[2]);
+            double ms = listing_ms(s, groups[g], listed, vi.count + vi.delta + 1, &n);
+            printf("listing the chunks %s may read: %zu in %.1f ms (median of 5)\n", groups[g], n, ms);
         }
         free(listed);
         crossover(v, qvec, nqueries, dim);
