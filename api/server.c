@@ -275,6 +275,7 @@ qr_status api_server_new(const qr_config *cfg, api_server **out, char *err)
      * (each worker holds at most one at a time), the query embedder, and the index maintainer,
      * which opens (or builds) the indexes in the background */
     store_set_memory_limit((int64_t)qr_config_settings(cfg)->data_cache_mib << 20);
+    store_set_mmap((int64_t)qr_config_settings(cfg)->data_mmap_mib << 20);
     api_service_opts so;
     api_service_opts_default(&so);
     so.background = true;

@@ -170,8 +170,7 @@ static void clear_bit(uint64_t *bits, size_t nwords, size_t bit)
         bits[bit >> 6] &= ~(1ULL << (bit & 63));
 }
 
-/* The row of chunk_id, or UINT32_MAX. */
-static uint32_t find_row(const bm25_index *x, int64_t chunk_id)
+uint32_t bm25_find_row(const bm25_index *x, int64_t chunk_id)
 {
     const int64_t *ids = x->gen_ids;
     size_t n = x->gen_rows, base = 0;
@@ -195,7 +194,7 @@ static uint32_t find_row(const bm25_index *x, int64_t chunk_id)
 static qr_status apply(bm25_index *x, staged *g, char *err)
 {
     for (size_t i = 0; i < g->ndel; i++) {
-        uint32_t row = find_row(x, g->del[i]);
+        uint32_t row = bm25_find_row(x, g->del[i]);
         if (row == UINT32_MAX || bm25_row_dead(x, row))
             continue; /* added and deleted while the index was not looking */
         if (!bm25_set_bit(&x->dead, &x->dead_words, row))

@@ -206,6 +206,9 @@ struct bm25_index {
 uint32_t bm25_row_doc(const bm25_index *x, uint32_t row);
 uint32_t bm25_row_len(const bm25_index *x, uint32_t row);
 bool bm25_row_dead(const bm25_index *x, uint32_t row);
+/* bm25_catchup.c: the row of chunk_id (generation or delta, dead or alive), or UINT32_MAX. Caller
+ * holds x->lock. */
+uint32_t bm25_find_row(const bm25_index *x, int64_t chunk_id);
 void bm25_unions_clear(bm25_index *x);
 void bm25_psets_clear(bm25_index *x);
 void bm25_dfcache_clear(bm25_index *x);

@@ -764,3 +764,47 @@ qr_status bm25_search(bm25_index *x, store *s, const char *const *terms, size_t 
     pthread_rwlock_unlock(&x->lock);
     return st;
 }
+
+qr_status bm25_filter_chunks(bm25_index *x, store *s, const char *const *principals, size_t nprincipals,
+                             bool all_documents, const int64_t *ids, size_t n, int64_t *docs, char *err)
+{
+    if (!x || !s || (n && (!ids || !docs)) || (nprincipals && !principals))
+        return qr_fail(err, QR_EINVAL, "bm25_filter_chunks: NULL argument");
+    if (nprincipals > STORE_FILTER_PRINCIPALS_MAX)
+        return qr_fail(err, QR_ELIMIT, "search: %zu principals, at most %d", nprincipals,
+                       STORE_FILTER_PRINCIPALS_MAX);
+    for (size_t i = 0; !all_documents && i < nprincipals; i++)
+        if (!store_principal_valid(principals[i]))
+            return qr_fail(err, QR_EINVAL, "search: invalid principal '%.100s'",
+                           principals[i] ? principals[i] : "");
+    for (size_t i = 0; i < n; i++)
+        docs[i] = -1;
+    qr_status st = n ? bm25_sync(x, s, false, false, NULL, err) : QR_OK;
+    if (st || !n || (!all_documents && !nprincipals))
+        return st;
+    struct caller_set cs = {0};
+    struct caller_union *held = NULL;
+    pthread_rwlock_rdlock(&x->lock);
+    if (x->broken || !x->map)
+        st = qr_fail(err, QR_EUNAVAILABLE, "the BM25 index needs a rebuild");
+    else if (!all_documents)
+        st = caller_docs(x, s, principals, nprincipals, &cs, &held, err);
+    for (size_t i = 0; i < n && !st; i++) {
+        uint32_t row = bm25_find_row(x, ids[i]);
+        if (row == UINT32_MAX) {
+            docs[i] = -2;
+            continue;
+        }
+        uint32_t doc = bm25_row_doc(x, row);
+        if (!bm25_row_dead(x, row) &&
+            (all_documents || ((size_t)(doc >> 6) < cs.nwords && (cs.bits[doc >> 6] >> (doc & 63) & 1))))
+            docs[i] = doc;
+    }
+    if (cs.bits)
+        caller_docs_done(x, held, &cs);
+    pthread_rwlock_unlock(&x->lock);
+    if (st)
+        for (size_t i = 0; i < n; i++)
+            docs[i] = -1;
+    return st;
+}

@@ -549,6 +549,13 @@ void store_set_memory_limit(int64_t bytes)
     sqlite3_soft_heap_limit64(bytes > 0 ? bytes : 0);
 }
 
+static _Atomic int64_t store_mmap_bytes;
+
+void store_set_mmap(int64_t bytes)
+{
+    store_mmap_bytes = bytes > 0 ? bytes : 0;
+}
+
 int64_t store_memory_used(void)
 {
     return (int64_t)sqlite3_memory_used();
@@ -611,6 +618,13 @@ qr_status store_open(const char *dir, store **out, char *err)
         goto out;
     if ((st = migrate(s, err)))
         goto out;
+    int64_t map = store_mmap_bytes;
+    if (map > 0) {
+        char sql[64];
+        snprintf(sql, sizeof(sql), "PRAGMA mmap_size = %lld", (long long)map);
+        if ((st = exec_sql(s, sql, err, "map the store into memory")))
+            goto out;
+    }
     for (int i = 0; i < Q_COUNT; i++) {
         rc = sqlite3_prepare_v3(s->db, store_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->q[i], NULL);
         if (rc != SQLITE_OK) {

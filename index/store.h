@@ -71,6 +71,10 @@ void store_close(store *s);
  * the handle meets new pages, which adds up over a server's many handles. Process-wide;
  * `quarry serve` sets it from data.cache_mib before it opens its handles. */
 void store_set_memory_limit(int64_t bytes);
+/* Has every store handle opened from now on read the first `bytes` of the database file through a
+ * memory map (PRAGMA mmap_size; SQLite caps it; 0, the default, maps nothing). Process-wide;
+ * `quarry serve` sets it from data.mmap_mib before it opens its handles. */
+void store_set_mmap(int64_t bytes);
 /* Bytes of heap SQLite holds now in this process (for /metrics). */
 int64_t store_memory_used(void);
 

@@ -140,4 +140,14 @@ qr_status bm25_search(bm25_index *x, store *s, const char *const *terms, size_t 
                       bool all_documents, size_t max_per_doc, size_t limit, store_hit *out, size_t *n,
                       qr_cancel *cancel, char *err);
 
+/* Which of the chunks ids[0..n) the caller may read, from the index's own rows and permission
+ * sets instead of a store lookup per chunk (the vector list's permission test: retrieval.c):
+ * docs[i] gets the chunk's document key, or -1 when the chunk is gone (deleted, or never in the
+ * store) or, unless all_documents, its document's ACL holds none of principals. Catches up with s
+ * first, as bm25_search does (QR_EUNAVAILABLE when that needs a rebuild); chunks the index does
+ * not hold get -2: the caller asks the store about those. The same answers as store_filter_ids
+ * with a filter of principals (or all_documents) alone, as of the store's latest change. */
+qr_status bm25_filter_chunks(bm25_index *x, store *s, const char *const *principals, size_t nprincipals,
+                             bool all_documents, const int64_t *ids, size_t n, int64_t *docs, char *err);
+
 #endif

@@ -903,6 +903,100 @@ TEST(follows_writes)
         t.queries, t.nonempty, in_batch.queries, in_batch.unavailable);
 }
 
+/* bm25_filter_chunks against store_filter_ids for every chunk id up to a few past the largest
+ * (gone and never-made ids among them) and random callers; counts disagreements into *bad. */
+static qr_status compare_filters(corpus *c, store *s, bm25_index *x, size_t callers, size_t *bad,
+                                 size_t *passed, size_t *asked, char *err)
+{
+    store_filter all = {.all_documents = true};
+    size_t cap = 4 * MAX_DOCS * 8, n = 0;
+    bool more = false;
+    int64_t *ids = malloc(cap * sizeof(*ids)), *want = malloc(cap * sizeof(*want)),
+            *got = malloc(cap * sizeof(*got));
+    qr_status st = ids && want && got ? store_filter_chunks(s, &all, cap, ids, &n, &more, err)
+                                      : qr_fail(err, QR_ENOMEM, "out of memory");
+    int64_t top = 0;
+    for (size_t i = 0; !st && i < n; i++)
+        if (ids[i] > top)
+            top = ids[i];
+    size_t m = (size_t)top + 3 < cap ? (size_t)top + 3 : cap;
+    for (size_t i = 0; i < m; i++)
+        ids[i] = (int64_t)i + 1; /* live, deleted and never-made ids */
+    for (size_t k = 0; k < callers && !st; k++) {
+        query q;
+        random_caller(&c->r, &q);
+        store_filter f = {.principals = q.principals, .nprincipals = q.nprincipals, .all_documents = q.all};
+        if ((st = store_filter_ids(s, &f, ids, m, want, err)) ||
+            (st = bm25_filter_chunks(x, s, q.principals, q.nprincipals, q.all, ids, m, got, err)))
+            break;
+        for (size_t i = 0; i < m; i++) {
+            /* -2: not held by the index, which must then be a chunk the store has not either */
+            bool same = got[i] == -2 ? want[i] == -1 : got[i] == want[i];
+            if (!same && (*bad)++ < 5)
+                printf("chunk %lld, caller %zu principals%s: store %lld, index %lld\n", (long long)ids[i],
+                       q.nprincipals, q.all ? " (all)" : "", (long long)want[i], (long long)got[i]);
+            *passed += want[i] >= 0;
+        }
+        *asked += m;
+    }
+    free(ids);
+    free(want);
+    free(got);
+    return st;
+}
+
+/* The vector list's permission test through the index (retrieval.c's chunk_docs) answers as the
+ * store does, through writes, ACL changes, deletes, reused document keys and principal sets
+ * evicted from a small cache. */
+TEST(filter_chunks_answers_as_the_store)
+{
+    char err[QR_ERR_LEN] = "", dir[512] = "";
+    corpus *c = malloc(sizeof(*c));
+    CHECK(c);
+    corpus_init(c, 33, 30);
+    store *s = fresh_store(dir, sizeof(dir), err);
+    bm25_index *x = NULL;
+    bm25_report rep;
+    bm25_opts o = opts_cache(BIG_DELTA, 2);
+    size_t bad = 0, passed = 0, asked = 0;
+    int reused = 0;
+    tally t = {0};
+    qr_status st = s ? QR_OK : QR_EIO;
+    if (!st)
+        st = add_docs(c, s, 120, 20, err);
+    if (!st)
+        st = bm25_open(s, dir, &o, false, &x, &rep, err);
+    if (!st)
+        st = compare_filters(c, s, x, 12, &bad, &passed, &asked, err);
+    for (int round = 0; round < 10 && !st; round++) {
+        size_t nops = 1 + pick(&c->r, 10);
+        for (size_t i = 0; i < nops && !st; i++)
+            st = random_write(c, s, err);
+        if (!st)
+            st = compare_filters(c, s, x, 6, &bad, &passed, &asked, err);
+    }
+    if (!st)
+        st = reused_key(c, s, x, &t, &reused, err);
+    if (!st)
+        st = compare_filters(c, s, x, 6, &bad, &passed, &asked, err);
+    /* bad arguments */
+    int64_t one = 1, doc = 0;
+    const char *badp[] = {"nobody"};
+    qr_status null_ids = x ? bm25_filter_chunks(x, s, NULL, 0, true, NULL, 1, &doc, err) : QR_OK;
+    qr_status bad_principal = x ? bm25_filter_chunks(x, s, badp, 1, false, &one, 1, &doc, err) : QR_OK;
+    bm25_close(x);
+    store_close(s);
+    rm_tree(dir);
+    free(c);
+    CHECK_OK(st, err);
+    CHECK_MSG(bad == 0, "%zu of %zu answers differ from the store's", bad, asked);
+    CHECK_MSG(passed > 0 && passed < asked, "test setup: %zu of %zu passed", passed, asked);
+    CHECK_MSG(reused > 0, "test setup: no document key was reused");
+    CHECK_INT(null_ids, QR_EINVAL);
+    CHECK_INT(bad_principal, QR_EINVAL);
+    printf("filter_chunks: %zu answers equal to the store's (%zu passing)\n", asked, passed);
+}
+
 /*
  * A search on a handle whose batch is open sees the batch's writes (FTS5 does too), but the
  * index is shared: if it took them in and the batch is then rolled back, it would hold chunks,

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -355,6 +356,74 @@ TEST(put_then_get_document)
     CHECK_INT(store_get_heads(NULL, &heads, err), QR_EINVAL);
     CHECK_OK(store_verify(s, err), err);
     store_close(s);
+    rm_tree(dir);
+}
+
+/* True when /proc/self/maps shows a mapping of path. */
+static bool file_is_mapped(const char *path)
+{
+    FILE *m = fopen("/proc/self/maps", "r");
+    char line[1024];
+    bool found = false;
+    while (m && !found && fgets(line, sizeof(line), m)) {
+        size_t n = strlen(line);
+        if (n && line[n - 1] == '\n')
+            line[--n] = '\0';
+        found = n >= strlen(path) && strcmp(line + n - strlen(path), path) == 0;
+    }
+    if (m)
+        fclose(m);
+    return found;
+}
+
+/* data.mmap_mib: handles opened after store_set_mmap read the file through a map (a map smaller
+ * than the store will be) and read what another handle writes meanwhile; 0 maps nothing. */
+TEST(mapped_store_reads_what_is_written)
+{
+    char err[QR_ERR_LEN] = "", path[600], real[PATH_MAX];
+    const char *dir;
+    store *w = open_fresh(&dir, err), *r = NULL, *plain = NULL;
+    CHECK_MSG(w, "%s", err);
+    snprintf(path, sizeof(path), "%s/quarry.db", dir);
+    CHECK(realpath(path, real));
+    fixture f;
+    store_put_result res;
+    make_doc(&f, "a", "First", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(w, &f, &res, err), err);
+    store_close(w); /* the last handle: its pages go from the WAL into the file */
+    store_set_mmap(256 << 10);
+    qr_status st = store_open(dir, &r, err);
+    store_set_mmap(0);
+    CHECK_OK(st, err);
+    CHECK_OK(store_open(dir, &w, err), err);
+    store_doc_info *d = NULL;
+    CHECK_OK(store_get_document(r, "a", true, &d, err), err);
+    CHECK_INT(d->nchunks, 3);
+    store_doc_info_free(d);
+    CHECK_MSG(file_is_mapped(real), "%s is not mapped", real);
+    for (int i = 0; i < 40; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "more-%d", i);
+        make_doc(&f, id, "More", TEXT1, ACL_AB, 3);
+        CHECK_OK(put(w, &f, &res, err), err);
+    }
+    store_stats stats;
+    CHECK_OK(store_get_stats(r, &stats, err), err);
+    CHECK_INT(stats.documents, 41);
+    CHECK_INT(stats.chunks, 123);
+    CHECK_OK(store_get_document(r, "more-39", true, &d, err), err);
+    CHECK_INT(d->nchunks, 3);
+    store_doc_info_free(d);
+    CHECK_OK(store_verify(r, err), err);
+    store_close(r);
+    /* with 0 (the default) a new handle maps nothing */
+    CHECK(!file_is_mapped(real));
+    CHECK_OK(store_open(dir, &plain, err), err);
+    CHECK_OK(store_get_stats(plain, &stats, err), err);
+    CHECK_INT(stats.documents, 41);
+    CHECK(!file_is_mapped(real));
+    store_close(plain);
+    store_close(w);
     rm_tree(dir);
 }
 
