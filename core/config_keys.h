@@ -19,11 +19,11 @@
       "Most heap memory SQLite holds in the process, all store connections together (MiB; 0: no limit): "    \
       "near it the page caches reuse their oldest pages instead of growing, and the file system cache "      \
       "serves the rest.")                                                                                    \
-    X(INT, data, mmap_mib, "0", 0, 1048576, NULL, false, QR_RESTART,                                        \
+    X(INT, data, mmap_mib, "0", 0, 1048576, NULL, false, QR_RESTART,                                         \
       "Leading part of the store file each connection of quarry serve reads through a memory map (MiB; "     \
-      "0: none, reads go through read calls; SQLite caps it, 2 GiB in Debian's build). Saves a system "    \
-      "call and a copy per page read; an I/O error on a mapped page stops the process (SIGBUS) instead "   \
-      "of failing one request, and mapped pages count in the process's RSS.")                              \
+      "0: none, reads go through read calls; SQLite caps it, 2 GiB in Debian's build). Saves a system "      \
+      "call and a copy per page read; an I/O error on a mapped page stops the process (SIGBUS) instead "     \
+      "of failing one request, and mapped pages count in the process's RSS.")                                \
     X(STRING, log, level, "info", NO_RANGE, "trace|debug|info|warn|error|off", false, QR_RELOAD,             \
       "Default log level.")                                                                                  \
     X(STRING, log, format, "text", NO_RANGE, "text|json", false, QR_RESTART,                                 \
