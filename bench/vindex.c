@@ -48,8 +48,11 @@
 #include "index/vindex_int.h"
 #include "ingest/ingest.h"
 
-#define DIM 384
-#define K   10
+#define DIM      384
+#define TOPK_MAX 1000
+
+/* results per query (--k; the ground truth and recall are at the same depth) */
+static size_t top_k = 10;
 
 /* libgomp (linked by FAISS) and OpenBLAS thread controls: the timed queries run on one thread */
 extern void omp_set_num_threads(int n);
@@ -162,13 +165,13 @@ static void corpus_release(corpus *c)
     free(c->cum);
 }
 
-/* Exact top-K of every query by BLAS, blockwise. */
+/* Exact top_k of every query by BLAS, blockwise. */
 static void ground_truth(const float *base, size_t n, const float *q, size_t nq, int64_t *gt)
 {
     size_t blk = 8192;
     float *scores = malloc(nq * blk * sizeof(float));
-    float *best = malloc(nq * K * sizeof(float));
-    for (size_t i = 0; i < nq * K; i++) {
+    float *best = malloc(nq * top_k * sizeof(float));
+    for (size_t i = 0; i < nq * top_k; i++) {
         best[i] = -INFINITY;
         gt[i] = -1;
     }
@@ -177,13 +180,13 @@ static void ground_truth(const float *base, size_t n, const float *q, size_t nq,
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nb, DIM, 1.0f, q, DIM,
                     base + b0 * DIM, DIM, 0.0f, scores, (int)nb);
         for (size_t qi = 0; qi < nq; qi++) {
-            float *bs = best + qi * K;
-            int64_t *bi = gt + qi * K;
+            float *bs = best + qi * top_k;
+            int64_t *bi = gt + qi * top_k;
             for (size_t j = 0; j < nb; j++) {
                 float s = scores[qi * nb + j];
-                if (s <= bs[K - 1])
+                if (s <= bs[top_k - 1])
                     continue;
-                int p = K - 1;
+                int p = (int)top_k - 1;
                 while (p > 0 && bs[p - 1] < s) {
                     bs[p] = bs[p - 1];
                     bi[p] = bi[p - 1];
@@ -348,26 +351,26 @@ static void run_queries(vindex *v, const float *q, size_t nq, const int64_t *gt,
 {
     char err[QR_ERR_LEN];
     double *lat = malloc(nq * sizeof(double)), *cpu = malloc(nq * sizeof(double));
-    int64_t ids[K];
-    float scores[K];
+    int64_t ids[TOPK_MAX];
+    float scores[TOPK_MAX];
     size_t found, hits = 0, want = 0;
     for (size_t qi = 0; qi < nq && qi < 20; qi++) /* warm the caches */
-        if (vindex_search(v, q + qi * DIM, DIM, K, permit, ctx, ids, scores, &found, NULL, err))
+        if (vindex_search(v, q + qi * DIM, DIM, top_k, permit, ctx, ids, scores, &found, NULL, err))
             die("search", err);
     for (size_t qi = 0; qi < nq; qi++) {
         uint64_t t0 = qr_now_ns(), c0 = cpu_ns();
         qr_status st =
-            subset ? vindex_search_subset(v, q + qi * DIM, DIM, K, subset, nsubset, ids, scores, &found, NULL,
-                                          err)
-                   : vindex_search(v, q + qi * DIM, DIM, K, permit, ctx, ids, scores, &found, NULL, err);
+            subset ? vindex_search_subset(v, q + qi * DIM, DIM, top_k, subset, nsubset, ids, scores, &found,
+                                          NULL, err)
+                   : vindex_search(v, q + qi * DIM, DIM, top_k, permit, ctx, ids, scores, &found, NULL, err);
         lat[qi] = (double)(qr_now_ns() - t0) / 1e6;
         cpu[qi] = (double)(cpu_ns() - c0) / 1e6;
         if (st)
             die("search", err);
-        for (size_t j = 0; gt && j < K; j++) {
-            want += gt[qi * K + j] >= 0; /* fewer than K exist under a narrow filter */
+        for (size_t j = 0; gt && j < top_k; j++) {
+            want += gt[qi * top_k + j] >= 0; /* fewer than top_k exist under a narrow filter */
             for (size_t i = 0; i < found; i++)
-                hits += gt[qi * K + j] >= 0 && ids[i] == gt[qi * K + j];
+                hits += gt[qi * top_k + j] >= 0 && ids[i] == gt[qi * top_k + j];
         }
     }
     *recall = gt && want ? (double)hits / (double)want : -1;
@@ -387,32 +390,32 @@ static void run_permitted(vindex *v, const float *q, size_t nq, const int64_t *g
 {
     char err[QR_ERR_LEN];
     double *lat = malloc(nq * sizeof(double)), *cpu = malloc(nq * sizeof(double));
-    int64_t ids[K];
-    float scores[K];
+    int64_t ids[TOPK_MAX];
+    float scores[TOPK_MAX];
     size_t found, hits = 0, want = 0, nsub = 0;
     double pr = 0;
     vindex_scan_report rep;
     *layout_ms = 0;
     for (size_t qi = 0; qi < nq && qi < 20; qi++) { /* warm the caches; the first reads the layout */
-        if (vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found, NULL, &rep,
-                                    err))
+        if (vindex_search_permitted(v, q + qi * DIM, DIM, top_k, permitted, np, ids, scores, &found, NULL,
+                                    &rep, err))
             die("permitted search", err);
         *layout_ms += rep.layout_ms;
     }
     for (size_t qi = 0; qi < nq; qi++) {
         uint64_t t0 = qr_now_ns(), c0 = cpu_ns();
-        qr_status st = vindex_search_permitted(v, q + qi * DIM, DIM, K, permitted, np, ids, scores, &found,
-                                               NULL, &rep, err);
+        qr_status st = vindex_search_permitted(v, q + qi * DIM, DIM, top_k, permitted, np, ids, scores,
+                                               &found, NULL, &rep, err);
         lat[qi] = (double)(qr_now_ns() - t0) / 1e6;
         cpu[qi] = (double)(cpu_ns() - c0) / 1e6;
         if (st)
             die("permitted search", err);
         nsub += rep.subset;
         pr += (double)rep.probes;
-        for (size_t j = 0; j < K; j++) {
-            want += gt[qi * K + j] >= 0;
+        for (size_t j = 0; j < top_k; j++) {
+            want += gt[qi * top_k + j] >= 0;
             for (size_t i = 0; i < found; i++)
-                hits += gt[qi * K + j] >= 0 && ids[i] == gt[qi * K + j];
+                hits += gt[qi * top_k + j] >= 0 && ids[i] == gt[qi * top_k + j];
         }
     }
     *recall = want ? (double)hits / (double)want : -1;
@@ -506,11 +509,11 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
             }
             if (ivf) {
                 /* the first search of a generation reads its IVF layout (and the int8 codes) */
-                int64_t fids[K];
-                float fsc[K];
+                int64_t fids[TOPK_MAX];
+                float fsc[TOPK_MAX];
                 size_t ffound;
                 uint64_t f0 = qr_now_ns();
-                if (vindex_search(v, queries, DIM, K, NULL, NULL, fids, fsc, &ffound, NULL, err))
+                if (vindex_search(v, queries, DIM, top_k, NULL, NULL, fids, fsc, &ffound, NULL, err))
                     die("search", err);
                 fprintf(stderr, "# %s scan, nprobe %zu: first search %.0f ms\n", o.scan, o.nprobe,
                         (double)(qr_now_ns() - f0) / 1e6);
@@ -611,13 +614,13 @@ static void run_collection(const bench_cfg *cfg, const char *cdir)
         die("embed", err);
     double embed_s = (double)(qr_now_ns() - t0) / 1e9;
     size_t n = drop_zero_rows(base, nd), nqk = drop_zero_rows(queries, nq);
-    int64_t *ids = malloc(n * sizeof(int64_t)), *gt = malloc(nqk * K * sizeof(int64_t));
+    int64_t *ids = malloc(n * sizeof(int64_t)), *gt = malloc(nqk * top_k * sizeof(int64_t));
     for (size_t i = 0; i < n; i++)
         ids[i] = (int64_t)i;
     ground_truth(base, n, queries, nqk, gt);
     double nn = 0;
     for (size_t qi = 0; qi < nqk; qi++)
-        nn += cblas_sdot(DIM, queries + qi * DIM, 1, base + (size_t)gt[qi * K] * DIM, 1);
+        nn += cblas_sdot(DIM, queries + qi * DIM, 1, base + (size_t)gt[qi * top_k] * DIM, 1);
     const char *name = strrchr(cdir, '/') ? strrchr(cdir, '/') + 1 : cdir;
     printf(
         "# collection %s: %zu documents (%zu empty dropped) and %zu queries embedded by %s (%d-d) in %.1f s; "
@@ -683,7 +686,7 @@ static void run_store(const bench_cfg *cfg, const char *data, size_t n, size_t n
     if (!qc || ingest_embedder_open(qc, &e, err))
         die("embedder", err);
     float *queries = malloc(nq * DIM * sizeof(float));
-    int64_t *gt = malloc(nq * K * sizeof(int64_t));
+    int64_t *gt = malloc(nq * top_k * sizeof(int64_t));
     for (size_t qi = 0; qi < nq; qi++) {
         char text[256], w[64];
         size_t len = 0, words = 2 + bench_rnd() % 5;
@@ -701,8 +704,8 @@ static void run_store(const bench_cfg *cfg, const char *data, size_t n, size_t n
     double gt_s = (double)(qr_now_ns() - t0) / 1e9;
     double nn = 0;
     for (size_t qi = 0; qi < nqk; qi++)
-        nn += cblas_sdot(DIM, queries + qi * DIM, 1, r.rows + (size_t)gt[qi * K] * DIM, 1);
-    for (size_t j = 0; j < nqk * K; j++) /* rows to chunk ids, as the index knows them */
+        nn += cblas_sdot(DIM, queries + qi * DIM, 1, r.rows + (size_t)gt[qi * top_k] * DIM, 1);
+    for (size_t j = 0; j < nqk * top_k; j++) /* rows to chunk ids, as the index knows them */
         gt[j] = gt[j] >= 0 ? r.ids[gt[j]] : -1;
     printf("# store %s: %zu vectors read in %.1f s; %zu queries of 2 to 6 words embedded by %s; exact ground "
            "truth in %.1f s; mean cosine query to nearest %.3f\n\n",
@@ -761,7 +764,11 @@ int main(int argc, char **argv)
             n_nprobe = parse_list(argv[++i], nprobes, 16);
         else if (strcmp(argv[i], "--ef") == 0 && i + 1 < argc)
             n_ef = parse_list(argv[++i], efs, 16);
-        else if (strcmp(argv[i], "--filters") == 0)
+        else if (strcmp(argv[i], "--k") == 0 && i + 1 < argc) {
+            top_k = strtoul(argv[++i], NULL, 10);
+            if (top_k < 1 || top_k > TOPK_MAX)
+                die("--k", "must be 1..1000");
+        } else if (strcmp(argv[i], "--filters") == 0)
             filters = true;
         else if (strcmp(argv[i], "--scan") == 0 && i + 1 < argc) {
             static char scanbuf[64];
@@ -789,7 +796,7 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
                     "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
-                    "[--collection DIR]... [--store DATA_DIR] [--scan int8,faiss] [--rerank R] "
+                    "[--collection DIR]... [--store DATA_DIR] [--scan int8,faiss] [--rerank R] [--k K] "
                     "[--served-nprobe N] [--keep DIR] [--dump DIR] [--widen 0.5,0.25]\n");
             return 2;
         }
@@ -831,7 +838,7 @@ int main(int argc, char **argv)
     float *base = malloc(n * DIM * sizeof(float));
     float *queries = malloc(nq * DIM * sizeof(float));
     int64_t *ids = malloc(n * sizeof(int64_t));
-    int64_t *gt = malloc(nq * K * sizeof(int64_t));
+    int64_t *gt = malloc(nq * top_k * sizeof(int64_t));
     if (!base || !queries || !ids || !gt)
         die("allocation", "out of memory");
     corpus_sample(&c, base, n);
@@ -857,14 +864,14 @@ int main(int argc, char **argv)
             die(path, "cannot write");
         free(row);
         dump_raw(dump_dir, "queries.f32", queries, nq * DIM * sizeof(float));
-        dump_raw(dump_dir, "gt.i64", gt, nq * K * sizeof(int64_t));
+        dump_raw(dump_dir, "gt.i64", gt, nq * top_k * sizeof(int64_t));
         printf("# dumped to %s\n", dump_dir);
         return 0;
     }
     /* nearest-neighbour and random-pair cosines, to show the data looks like embeddings */
     double nn = 0, rnd = 0;
     for (size_t qi = 0; qi < nq; qi++) {
-        nn += cblas_sdot(DIM, queries + qi * DIM, 1, base + (size_t)gt[qi * K] * DIM, 1);
+        nn += cblas_sdot(DIM, queries + qi * DIM, 1, base + (size_t)gt[qi * top_k] * DIM, 1);
         rnd += cblas_sdot(DIM, queries + qi * DIM, 1, base + (rng_next() % n) * DIM, 1);
     }
     printf("# vindex bench: %zu vectors, %d-d, %zu clusters (Zipf sizes), %zu queries; generated in %.1f s, "
@@ -919,9 +926,9 @@ int main(int argc, char **argv)
         openblas_set_num_threads(1);
         vindex_info info;
         vindex_get_info(v, &info);
-        printf("\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%d, %zu "
+        printf("\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%zu, %zu "
                "queries, one thread:\n\n",
-               info.type, info.nprobe, o.rerank, n, K, nqf);
+               info.type, info.nprobe, o.rerank, n, top_k, nqf);
         printf("| filter | permitted | exact-scan fallbacks | recall@10 vs exact filtered | p50 ms | p99 ms "
                "| p50 "
                "CPU ms |\n|---|---|---|---|---|---|---|\n");
@@ -934,18 +941,18 @@ int main(int argc, char **argv)
             for (size_t j = 0; j < n; j++)
                 if (permit_pct(&pc, (int64_t)j))
                     permitted[np++] = (int64_t)j;
-            int64_t *fgt = malloc(nqf * K * sizeof(int64_t));
+            int64_t *fgt = malloc(nqf * top_k * sizeof(int64_t));
             for (size_t qi = 0; qi < nqf; qi++) {
-                float sc[K];
+                float sc[TOPK_MAX];
                 if (pcts[i] == 1000) { /* unfiltered: the global ground truth */
-                    memcpy(fgt + qi * K, gt + qi * K, K * sizeof(int64_t));
+                    memcpy(fgt + qi * top_k, gt + qi * top_k, top_k * sizeof(int64_t));
                     continue;
                 }
                 size_t found;
-                for (size_t j = 0; j < K; j++)
-                    fgt[qi * K + j] = -1;
-                if (vindex_search_subset(v, queries + qi * DIM, DIM, K, permitted, np, fgt + qi * K, sc,
-                                         &found, NULL, err))
+                for (size_t j = 0; j < top_k; j++)
+                    fgt[qi * top_k + j] = -1;
+                if (vindex_search_subset(v, queries + qi * DIM, DIM, top_k, permitted, np, fgt + qi * top_k,
+                                         sc, &found, NULL, err))
                     die("subset", err);
             }
             vindex_info before, after;
