@@ -926,9 +926,10 @@ int main(int argc, char **argv)
         openblas_set_num_threads(1);
         vindex_info info;
         vindex_get_info(v, &info);
-        printf("\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%zu, %zu "
-               "queries, one thread:\n\n",
-               info.type, info.nprobe, o.rerank, n, top_k, nqf);
+        printf(
+            "\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%zu, %zu "
+            "queries, one thread:\n\n",
+            info.type, info.nprobe, o.rerank, n, top_k, nqf);
         printf("| filter | permitted | exact-scan fallbacks | recall@10 vs exact filtered | p50 ms | p99 ms "
                "| p50 "
                "CPU ms |\n|---|---|---|---|---|---|---|\n");
