@@ -755,6 +755,15 @@ static void top_offer(subcand *heap, size_t *n, size_t k, subcand x)
  * ascending, so the next one is usually a little further on), then binary search. */
 static size_t gallop(const int64_t *ids, size_t lo, size_t n, int64_t id)
 {
+    /* distinct ascending integers: the place sought lies at most id - ids[lo] places after lo,
+     * and exactly there when no id between is missing (chunk ids are dense but for deletes), so
+     * that place is tried first, and bounds the search when it misses */
+    if (lo < n && ids[lo] < id && (uint64_t)(id - ids[lo]) < (uint64_t)(n - lo)) {
+        size_t at = lo + (size_t)(id - ids[lo]);
+        if (ids[at] == id)
+            return at;
+        n = at + 1;
+    }
     size_t step = 1, a = lo, z = lo;
     while (z < n && ids[z] < id) {
         a = z + 1;
