@@ -471,10 +471,11 @@ TEST(acl_changes_and_deletes_take_effect_at_once)
  * `secret` chunks say "kryptonite" three times (their vectors are the query's) and the others
  * hold ordinary words. Opens the fixture with the vector index asked for a fixed fetch (exact
  * scans only up to 8 permitted chunks). */
-static bool hidden_corpus(fx *f, int secret, char *err)
+static bool hidden_corpus_with(fx *f, int secret, bool pruned, char *err)
 {
     if (!fx_open(f, err))
         return false;
+    f->o.bm25_pruned = pruned;
     f->o.exact_min = 8;
     f->o.exact_share = 0;
     f->o.candidates = 10; /* hybrid lists 10 deep: a fetch smaller than the index */
@@ -496,6 +497,11 @@ static bool hidden_corpus(fx *f, int secret, char *err)
             return false;
     }
     return fx_ready(f, err);
+}
+
+static bool hidden_corpus(fx *f, int secret, char *err)
+{
+    return hidden_corpus_with(f, secret, true, err);
 }
 
 TEST(vector_work_does_not_depend_on_hidden_matches)
@@ -533,6 +539,68 @@ TEST(vector_work_does_not_depend_on_hidden_matches)
         }
         fx_close(&f);
     }
+}
+
+/* The same page, chunk for chunk and score for score, from a and b (the message names the case). */
+static bool same_page(const retrieval_result *a, const retrieval_result *b, const char *what)
+{
+    bool same = a && b && a->nhits == b->nhits && a->vector_fetched == b->vector_fetched;
+    for (size_t i = 0; same && i < a->nhits; i++)
+        same = a->hits[i].chunk_id == b->hits[i].chunk_id && a->hits[i].score == b->hits[i].score;
+    if (!same)
+        printf("%s: %zu hits against %zu\n", what, a ? a->nhits : 0, b ? b->nhits : 0);
+    return same;
+}
+
+TEST(vector_candidates_tested_by_the_bm25_index_as_by_the_store)
+{
+    /* the vector list tests its candidates (the fixed fetch's, and every list's liveness) through
+     * the pruned BM25 index's rows and permission sets when it is attached, and in SQL when not:
+     * the same pages, also after ACL changes and deletes the vector index has not been told of */
+    char err[QR_ERR_LEN];
+    fx a, b;
+    CHECK_MSG(hidden_corpus_with(&a, 3, true, err), "%s", err);
+    CHECK_MSG(hidden_corpus_with(&b, 3, false, err), "%s", err);
+    CHECK(a.b != NULL && b.b == NULL);
+    const char *ava[] = {"user:ava", "group:staff", "public"}, *ben[] = {"user:ben"};
+    const char *queries[] = {"kryptonite", "staff note item", "private note part"};
+    retrieval_mode modes[] = {RETRIEVAL_VECTOR, RETRIEVAL_HYBRID};
+    size_t pages = 0;
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) {
+            /* ava loses doc3, doc4 goes, ben's ben21 becomes staff's: the vector index still
+             * holds every chunk as it was */
+            const char *none[] = {"group:nobody"}, *staff[] = {"group:staff"};
+            fx *both[] = {&a, &b};
+            for (int i = 0; i < 2; i++) {
+                CHECK_OK(store_set_acl(both[i]->s, "doc3", none, 1, err), err);
+                CHECK_OK(store_delete(both[i]->s, "doc4", err), err);
+                CHECK_OK(store_set_acl(both[i]->s, "ben21", staff, 1, err), err);
+            }
+        }
+        for (size_t qi = 0; qi < 3; qi++)
+            for (int m = 0; m < 2; m++)
+                for (int who = 0; who < 3; who++) {
+                    const char *const *p = who == 0 ? ava : ben;
+                    size_t np = who == 0 ? 3 : who == 1 ? 1 : 0;
+                    retrieval_result *x = search(&a, p, np, who == 2, queries[qi], modes[m], 8, err);
+                    retrieval_result *y = search(&b, p, np, who == 2, queries[qi], modes[m], 8, err);
+                    char what[128];
+                    snprintf(what, sizeof(what), "round %d query '%s' mode %d caller %d", round, queries[qi],
+                             m, who);
+                    CHECK_MSG(x && y, "%s: %s", what, err);
+                    CHECK(same_page(x, y, what));
+                    for (size_t h = 0; round == 1 && h < x->nhits; h++)
+                        CHECK(strcmp(x->hits[h].doc_id, "doc4") != 0 &&
+                              (who != 0 || strcmp(x->hits[h].doc_id, "doc3") != 0));
+                    pages += x->nhits > 0;
+                    retrieval_result_free(x);
+                    retrieval_result_free(y);
+                }
+    }
+    CHECK_MSG(pages >= 30, "test setup: only %zu pages had hits", pages);
+    fx_close(&a);
+    fx_close(&b);
 }
 
 TEST(mid_share_caller_is_served_by_the_ivf_scan_without_forbidden_chunks)
