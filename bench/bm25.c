@@ -18,7 +18,7 @@
  * again, with the top k checked against FTS5 while the index carries that delta.
  *
  * Usage: bench_bm25 [--chunks N] [--queries Q] [--fts-queries F] [--words W] [--vocab V] [--k K]
- *                   [--add A] [--no-pruned] (DIR | --reuse STORE)
+ *                   [--add A] [--no-pruned] [--keep-index] [--dump FILE] (DIR | --reuse STORE)
  * Without --reuse a fresh store is created in a new directory inside DIR (left there: remove it
  * afterwards). With --reuse the store in STORE is used as it is when it holds chunks (--chunks,
  * --words and --vocab then only describe how it was made), or generated there first when it is
@@ -28,6 +28,11 @@
  * per row; FTS5 runs the first F of them (default Q; 0: none), and only those are compared.
  * Every document's ACL is one of 100 groups (group:g<doc mod 100>), so a caller holding 100, 10
  * or 1 of them may read 100%, 10% or 1% of the chunks.
+ *
+ * --keep-index (with --reuse) opens STORE/bm25 as it is, building it only when there is none, so
+ * that runs of two builds of the searching code can alternate on the same index; --dump writes
+ * every pruned search's hits (chunk, score to 17 digits), a line per query, to FILE, so that two
+ * builds' results can be compared with cmp(1) (the timings are not in it).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -385,6 +390,7 @@ typedef struct {
     store_hit *hits, *phits;
     double *lat, *plat;
     int mismatches;
+    FILE *dump; /* --dump: every pruned search's hits */
 } bench;
 
 static store_filter filter_of(const bench *b, const caller *c)
@@ -474,6 +480,12 @@ static qr_status run_row(bench *b, int nterms, const caller *c, int nq, int nfts
             return st;
         b->plat[q] = (double)(qr_now_ns() - t0) / 1e6;
         ptotal += b->plat[q];
+        if (b->dump) {
+            fprintf(b->dump, "%d %s %d:", nterms, c->name, q);
+            for (size_t i = 0; i < pn; i++)
+                fprintf(b->dump, " %lld:%.17g", (long long)b->phits[i].chunk_id, b->phits[i].score);
+            fprintf(b->dump, "\n");
+        }
         if (q < nfts) {
             if (same_hits(b->hits, n, b->phits, pn))
                 same++;
@@ -638,15 +650,15 @@ static qr_status catch_up(bench *b, int first, int nadd, int nwords, int nq, int
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_bm25 [--chunks N] [--queries Q] [--fts-queries F] [--words W] [--vocab V] "
-                    "[--k K] [--add A] [--no-pruned] (DIR | --reuse STORE)\n");
+                    "[--k K] [--add A] [--no-pruned] [--keep-index] [--dump FILE] (DIR | --reuse STORE)\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int nchunks = 100000, nqueries = 200, nfts = -1, nwords = 200, k = 10, nadd = 1000;
-    bool pruned = true;
-    const char *base = NULL, *reuse = NULL;
+    bool pruned = true, keep = false;
+    const char *base = NULL, *reuse = NULL, *dump = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--chunks") == 0 && i + 1 < argc)
             nchunks = atoi(argv[++i]);
@@ -664,6 +676,10 @@ int main(int argc, char **argv)
             pruned = false;
         else if (strcmp(argv[i], "--k") == 0 && i + 1 < argc)
             k = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--keep-index") == 0)
+            keep = true;
+        else if (strcmp(argv[i], "--dump") == 0 && i + 1 < argc)
+            dump = argv[++i];
         else if (strcmp(argv[i], "--reuse") == 0 && i + 1 < argc)
             reuse = argv[++i];
         else if (argv[i][0] != '-' && !base)
@@ -675,8 +691,8 @@ int main(int argc, char **argv)
         nfts = nqueries;
     if (!pruned && nfts == 0)
         nfts = nqueries;
-    if (!!base == !!reuse || nchunks <= 0 || nqueries <= 0 || nwords <= 0 || k <= 0 || nadd < 0 ||
-        vocab < 200 || vocab > 65536)
+    if (!!base == !!reuse || (keep && !reuse) || nchunks <= 0 || nqueries <= 0 || nwords <= 0 || k <= 0 ||
+        nadd < 0 || vocab < 200 || vocab > 65536)
         usage();
     zipf_init();
 
@@ -705,6 +721,10 @@ int main(int argc, char **argv)
     }
     if (!b.hits || !b.phits || !b.lat || !b.plat || !principals[GROUPS - 1]) {
         st = qr_fail(err, QR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (dump && !(b.dump = fopen(dump, "w"))) {
+        st = qr_fail(err, QR_EIO, "cannot write '%s': %s", dump, strerror(errno));
         goto out;
     }
     b.principals = (const char *const *)principals;
@@ -749,11 +769,17 @@ int main(int argc, char **argv)
         bm25_opts_default(&o);
         if (o.principal_cache < GROUPS)
             o.principal_cache = GROUPS;
-        if (reuse)
+        char path[4200];
+        struct stat fst;
+        snprintf(path, sizeof(path), "%s/bm25/current.bm25", dir);
+        bool have = keep && stat(path, &fst) == 0;
+        if (reuse && !keep)
             remove_index_files(dir);
         bm25_report rep;
         rss_kb r0 = read_rss();
         uint64_t t0 = qr_now_ns();
+        if (have)
+            goto load; /* --keep-index: the index there is opened as it is */
         if ((st = bm25_open(s, dir, &o, false, &x, &rep, err)))
             goto out;
         double build_s = (double)(qr_now_ns() - t0) / 1e9;
@@ -775,15 +801,13 @@ int main(int argc, char **argv)
                "%.1f)\n",
                (double)r0.rss / 1024, (double)r0.anon / 1024, (double)r1.rss / 1024, (double)r1.anon / 1024);
 
-        char path[4200];
-        struct stat fst;
-        snprintf(path, sizeof(path), "%s/bm25/current.bm25", dir);
         if (stat(path, &fst) == 0)
             printf("%s: %.1f MiB (%.2fx FTS5's)\n", path, mib((double)fst.st_size),
                    fts > 0 ? (double)fst.st_size / fts : 0.0);
         else
             printf("%s: cannot stat: %s\n", path, strerror(errno));
 
+    load:
         r0 = read_rss();
         t0 = qr_now_ns();
         if ((st = bm25_open(s, dir, &o, false, &x, &rep, err)))
@@ -823,6 +847,10 @@ int main(int argc, char **argv)
 out:
     if (st)
         fprintf(stderr, "bench_bm25: %s\n", err);
+    if (b.dump && fclose(b.dump) != 0) {
+        fprintf(stderr, "bench_bm25: cannot write '%s': %s\n", dump, strerror(errno));
+        rc = 1;
+    }
     bm25_close(x);
     store_close(s);
     for (int g = 0; g < GROUPS; g++)
