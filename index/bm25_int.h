@@ -202,10 +202,24 @@ struct bm25_index {
     size_t ndfc;
 };
 
+/* A row's document key, its length in tokens, whether it is tombstoned (inline: a search asks
+ * for every candidate row). */
+static inline uint32_t bm25_row_doc(const bm25_index *x, uint32_t row)
+{
+    return row < x->gen_rows ? x->gen_docs[row] : x->d_docs[row - x->gen_rows];
+}
+
+static inline uint32_t bm25_row_len(const bm25_index *x, uint32_t row)
+{
+    return row < x->gen_rows ? x->gen_lens[row] : x->d_lens[row - x->gen_rows];
+}
+
+static inline bool bm25_row_dead(const bm25_index *x, uint32_t row)
+{
+    return (size_t)(row >> 6) < x->dead_words && (x->dead[row >> 6] >> (row & 63) & 1);
+}
+
 /* bm25.c */
-uint32_t bm25_row_doc(const bm25_index *x, uint32_t row);
-uint32_t bm25_row_len(const bm25_index *x, uint32_t row);
-bool bm25_row_dead(const bm25_index *x, uint32_t row);
 void bm25_unions_clear(bm25_index *x);
 void bm25_psets_clear(bm25_index *x);
 void bm25_dfcache_clear(bm25_index *x);

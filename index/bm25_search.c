@@ -66,10 +66,19 @@ typedef struct {
     uint32_t bn, bi; /* postings in the buffer, the current one */
     double idf, bound;
     size_t mult;                 /* how many times the query names the term */
-    double f;                    /* weighted frequency at the current candidate */
     const struct caller_set *cs; /* the caller's readable rows, or NULL: every row */
     uint64_t decoded, skipped;   /* generation blocks, for bm25_info */
 } cursor;
+
+/* A varint, the one-byte case inline (most row gaps and frequencies of a common term). */
+static inline const unsigned char *get_varint(const unsigned char *p, const unsigned char *end, uint32_t *v)
+{
+    if (p < end && *p < 0x80) {
+        *v = *p;
+        return p + 1;
+    }
+    return bm25_get_varint(p, end, v);
+}
 
 static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
 {
@@ -78,7 +87,7 @@ static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
     uint32_t row = fb->first_row, n = 0;
     for (; n < fb->n && p; n++) {
         uint32_t delta = 0;
-        if (!(p = bm25_get_varint(p, end, &delta)) || p >= end)
+        if (!(p = get_varint(p, end, &delta)) || p >= end)
             break;
         row += delta;
         c->rows[n] = row;
@@ -88,7 +97,7 @@ static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
         } else {
             p++;
             for (int k = 0; k < NCOLS && p; k++)
-                p = bm25_get_varint(p, end, &c->tf[n][k]);
+                p = get_varint(p, end, &c->tf[n][k]);
         }
     }
     /* a block the checksum passed decodes whole; stop short rather than read past it */
@@ -140,6 +149,14 @@ static uint32_t cur_row(const bm25_index *x, cursor *c)
     if (c->bi >= c->bn && !refill(x, c))
         return UINT32_MAX;
     return c->rows[c->bi];
+}
+
+/* Steps past the current posting; the next one's row, or UINT32_MAX when the term has no more. */
+static inline uint32_t step(const bm25_index *x, cursor *c)
+{
+    if (++c->bi < c->bn)
+        return c->rows[c->bi];
+    return refill(x, c) ? c->rows[0] : UINT32_MAX;
 }
 
 /* Moves to the first posting at or after row: whole blocks are skipped by their last row. */
@@ -570,11 +587,13 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     size_t *qmap = calloc(nterms, sizeof(*qmap)); /* query term -> cursor */
     size_t *order = calloc(nterms, sizeof(*order));
     double *cum = calloc(nterms, sizeof(*cum));
+    double *sc = calloc(nterms, sizeof(*sc));
+    uint32_t *cur = calloc(nterms, sizeof(*cur));
     struct caller_set cs = {0};
     struct caller_union *held = NULL;
     size_t k = limit < x->live_rows ? limit : (size_t)x->live_rows;
     topk top = {.h = calloc(k, sizeof(heap_item)), .k = k, .cap_doc = max_per_doc};
-    if (!tc || !qmap || !order || !cum || !top.h) {
+    if (!tc || !qmap || !order || !cum || !sc || !cur || !top.h) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
         goto out;
     }
@@ -639,6 +658,10 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     for (size_t j = 0; j < nc; j++)
         cum[j] = (j ? cum[j - 1] : 0.0) + tc[order[j]].bound * (double)tc[order[j]].mult;
 
+    /* cur[j]: the row list order[j] is at, while it is essential; sc[i]: cursor i's score at the
+     * current candidate (0 where the chunk lacks the term) */
+    for (size_t j = 0; j < nc; j++)
+        cur[j] = cur_row(x, &tc[order[j]]);
     size_t essential = 0; /* lists order[essential..] are walked; the others only probed */
     for (size_t steps = 1;; steps++) {
         if (steps % CANCEL_EVERY == 0 && (st = qr_cancel_check(cancel, err)))
@@ -651,54 +674,57 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
         if (essential == nc)
             break;
         uint32_t row = UINT32_MAX;
-        for (size_t j = essential; j < nc; j++) {
-            uint32_t r = cur_row(x, &tc[order[j]]);
-            if (r < row)
-                row = r;
-        }
+        for (size_t j = essential; j < nc; j++)
+            if (cur[j] < row)
+                row = cur[j];
         if (row == UINT32_MAX)
             break;
         uint32_t doc = bm25_row_doc(x, row);
         bool ok = !bm25_row_dead(x, row) &&
                   (all || ((size_t)(doc >> 6) < cs.nwords && (cs.bits[doc >> 6] >> (doc & 63) & 1)));
-        double len = (double)bm25_row_len(x, row), partial = 0.0;
-        for (size_t j = 0; j < nc; j++)
-            tc[j].f = 0.0;
-        for (size_t j = essential; j < nc; j++) {
-            cursor *c = &tc[order[j]];
-            if (cur_row(x, c) == row) {
-                if (ok) {
-                    c->f = weighted_tf(c->tf[c->bi], w);
-                    partial += term_score(c->idf, c->f, len, avgdl) * (double)c->mult;
-                }
-                c->bi++;
-            }
-        }
-        if (!ok)
+        if (!ok) {
+            for (size_t j = essential; j < nc; j++)
+                if (cur[j] == row)
+                    cur[j] = step(x, &tc[order[j]]);
             continue;
+        }
+        /* the length part of the denominator, as term_score computes it */
+        double len = (double)bm25_row_len(x, row), kd = BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl);
+        double partial = 0.0;
+        for (size_t j = 0; j < nc; j++)
+            sc[j] = 0.0;
+        for (size_t j = essential; j < nc; j++) {
+            if (cur[j] != row)
+                continue;
+            size_t i = order[j];
+            cursor *c = &tc[i];
+            double f = weighted_tf(c->tf[c->bi], w);
+            sc[i] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
+            partial += sc[i] * (double)c->mult;
+            cur[j] = step(x, c);
+        }
         /* probe the non-essential lists, largest bound first, while the chunk can still enter */
         for (size_t j = essential; j-- > 0;) {
             if (full && (partial + cum[j]) * (1 + BOUND_SLACK) < threshold) {
                 ok = false;
                 break;
             }
-            cursor *c = &tc[order[j]];
+            size_t i = order[j];
+            cursor *c = &tc[i];
             if (!c->gt && !c->dl)
                 continue;
             if (seek(x, c, row) == row) {
-                c->f = weighted_tf(c->tf[c->bi], w);
-                partial += term_score(c->idf, c->f, len, avgdl) * (double)c->mult;
+                double f = weighted_tf(c->tf[c->bi], w);
+                sc[i] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
+                partial += sc[i] * (double)c->mult;
             }
         }
         if (!ok)
             continue;
         /* the exact score, added up in query order as FTS5 does */
         double score = 0.0;
-        for (size_t i = 0; i < nterms; i++) {
-            const cursor *c = &tc[qmap[i]];
-            score +=
-                c->idf * ((c->f * (BM25_K1 + 1.0)) / (c->f + BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl)));
-        }
+        for (size_t i = 0; i < nterms; i++)
+            score += sc[qmap[i]];
         topk_push(&top, (heap_item){score, row, doc});
     }
     qsort(top.h, top.n, sizeof(*top.h), cmp_hit);
@@ -721,6 +747,8 @@ out:
     free(qmap);
     free(order);
     free(cum);
+    free(sc);
+    free(cur);
     if (cs.bits)
         caller_docs_done(x, held, &cs);
     free(top.h);
