@@ -35,6 +35,7 @@
  * a candidate a few hundred nanoseconds, so the token costs well under 1% and is seen within
  * about a tenth of a millisecond. */
 #define CANCEL_EVERY 256
+#define UB_TF        16 /* body frequencies whose posting bound a cursor keeps in a table */
 
 /* ---- searching --------------------------------------------------------------------------- */
 
@@ -65,6 +66,8 @@ typedef struct {
     uint32_t tf[BLOCK][NCOLS];
     uint32_t bn, bi; /* postings in the buffer, the current one */
     double idf, bound;
+    uint32_t min_len;            /* the shortest row holding the term */
+    double ub[UB_TF];            /* ub[t]: posting_bound of a posting with t occurrences, all in the body */
     size_t mult;                 /* how many times the query names the term */
     const struct caller_set *cs; /* the caller's readable rows, or NULL: every row */
     uint64_t decoded, skipped;   /* generation blocks, for bm25_info */
@@ -220,6 +223,19 @@ static double weighted_tf(const uint32_t tf[NCOLS], const double w[NCOLS])
         for (uint32_t i = 0; i < tf[c]; i++)
             f += w[c];
     return f;
+}
+
+/* An upper bound of what the cursor's current posting adds to its row's score (times the term's
+ * multiplicity): its frequencies scored as if the row were the term's shortest. It needs neither
+ * the row's length nor a division for the usual postings (a few occurrences in the body), so
+ * that a candidate which cannot enter the top k is passed over before either. */
+static inline double posting_bound(const cursor *c, const double w[NCOLS], double avgdl)
+{
+    const uint32_t *tf = c->tf[c->bi];
+    if (!tf[0] && !tf[1] && tf[2] < UB_TF)
+        return c->ub[tf[2]];
+    double f = weighted_tf(tf, w);
+    return f > 0 ? term_score(c->idf, f, (double)c->min_len, avgdl) * (double)c->mult : 0.0;
 }
 
 /* The top k, worst at the root (lower score, then larger row), with per-document counts when
@@ -589,11 +605,12 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     double *cum = calloc(nterms, sizeof(*cum));
     double *sc = calloc(nterms, sizeof(*sc));
     uint32_t *cur = calloc(nterms, sizeof(*cur));
+    size_t *m = calloc(nterms, sizeof(*m));
     struct caller_set cs = {0};
     struct caller_union *held = NULL;
     size_t k = limit < x->live_rows ? limit : (size_t)x->live_rows;
     topk top = {.h = calloc(k, sizeof(heap_item)), .k = k, .cap_doc = max_per_doc};
-    if (!tc || !qmap || !order || !cum || !sc || !cur || !top.h) {
+    if (!tc || !qmap || !order || !cum || !sc || !cur || !m || !top.h) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
         goto out;
     }
@@ -643,6 +660,16 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
             min_len = c->dl->min_len;
         double fmax = weighted_tf(max_tf, w);
         c->bound = df && fmax > 0 ? term_score(c->idf, fmax, min_len, avgdl) : 0.0;
+        c->min_len = min_len;
+    }
+    for (size_t i = 0; i < nc; i++) {
+        cursor *c = &tc[i];
+        for (uint32_t t = 0; t < UB_TF; t++) {
+            double f = weighted_tf((const uint32_t[NCOLS]){0, 0, t}, w);
+            c->ub[t] = f > 0 && c->min_len != UINT32_MAX
+                           ? term_score(c->idf, f, (double)c->min_len, avgdl) * (double)c->mult
+                           : 0.0;
+        }
     }
     /* MaxScore's order: lists by ascending bound; cum[j] bounds what lists order[0..j] add */
     for (size_t i = 0; i < nc; i++)
@@ -673,19 +700,37 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
                 essential++;
         if (essential == nc)
             break;
+        /* the smallest row of the essential lists, and the lists at it (m[0..nm)) */
         uint32_t row = UINT32_MAX;
-        for (size_t j = essential; j < nc; j++)
-            if (cur[j] < row)
-                row = cur[j];
+        size_t nm = 0;
+        for (size_t j = essential; j < nc; j++) {
+            uint32_t r = cur[j];
+            if (r < row) {
+                row = r;
+                nm = 0;
+            }
+            if (r == row)
+                m[nm++] = j;
+        }
         if (row == UINT32_MAX)
             break;
+        if (full) {
+            /* first a bound from the postings alone: most candidates stop here */
+            double ub = essential ? cum[essential - 1] : 0.0;
+            for (size_t a = 0; a < nm; a++)
+                ub += posting_bound(&tc[order[m[a]]], w, avgdl);
+            if (ub * (1 + BOUND_SLACK) < threshold) {
+                for (size_t a = 0; a < nm; a++)
+                    cur[m[a]] = step(x, &tc[order[m[a]]]);
+                continue;
+            }
+        }
         uint32_t doc = bm25_row_doc(x, row);
         bool ok = !bm25_row_dead(x, row) &&
                   (all || ((size_t)(doc >> 6) < cs.nwords && (cs.bits[doc >> 6] >> (doc & 63) & 1)));
         if (!ok) {
-            for (size_t j = essential; j < nc; j++)
-                if (cur[j] == row)
-                    cur[j] = step(x, &tc[order[j]]);
+            for (size_t a = 0; a < nm; a++)
+                cur[m[a]] = step(x, &tc[order[m[a]]]);
             continue;
         }
         /* the length part of the denominator, as term_score computes it */
@@ -693,15 +738,13 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
         double partial = 0.0;
         for (size_t j = 0; j < nc; j++)
             sc[j] = 0.0;
-        for (size_t j = essential; j < nc; j++) {
-            if (cur[j] != row)
-                continue;
-            size_t i = order[j];
+        for (size_t a = 0; a < nm; a++) {
+            size_t i = order[m[a]];
             cursor *c = &tc[i];
             double f = weighted_tf(c->tf[c->bi], w);
             sc[i] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
             partial += sc[i] * (double)c->mult;
-            cur[j] = step(x, c);
+            cur[m[a]] = step(x, c);
         }
         /* probe the non-essential lists, largest bound first, while the chunk can still enter */
         for (size_t j = essential; j-- > 0;) {
@@ -749,6 +792,7 @@ out:
     free(cum);
     free(sc);
     free(cur);
+    free(m);
     if (cs.bits)
         caller_docs_done(x, held, &cs);
     free(top.h);
