@@ -65,6 +65,7 @@ void bm25_unions_clear(bm25_index *x)
         free(x->unions[i].principals);
         free(x->unions[i].bits);
         free(x->unions[i].groups);
+        free(x->unions[i].rows);
     }
     x->nunions = 0;
 }
@@ -237,6 +238,9 @@ void bm25_get_info(bm25_index *x, bm25_info *out)
     pthread_mutex_lock(&x->cache_mu);
     for (size_t i = 0; i < x->nps; i++)
         mem += x->ps[i].nwords * 8;
+    for (size_t i = 0; i < x->nunions; i++) /* callers' unions: documents, row groups, rows */
+        mem +=
+            x->unions[i].nwords * 8 + (x->unions[i].ngroups + 1) * 4 + ((x->unions[i].nrows + 63) >> 6) * 8;
     out->principals_cached = x->nps;
     pthread_mutex_unlock(&x->cache_mu);
     out->memory_bytes = mem;

@@ -191,6 +191,8 @@ struct bm25_index {
          * postings within groups holding none is skipped undecoded (bm25_search.c) */
         uint32_t *groups;
         size_t ngroups;
+        uint64_t *rows; /* a bit per generation row (nrows of them): its document is readable */
+        size_t nrows;
         uint64_t used; /* tick of the last search that took it */
         int refs;      /* searches using it now: it is not evicted while > 0 */
     } unions[UNION_CACHE];

@@ -46,6 +46,8 @@ struct caller_set {
     size_t nwords;
     const uint32_t *groups;
     size_t ngroups;
+    const uint64_t *rows; /* a bit per generation row below nrows: its document is readable */
+    size_t nrows;
 };
 
 /* False only when no row in [first, last] can belong to a document the caller may read: rows past
@@ -54,6 +56,16 @@ static bool rows_may_pass(const struct caller_set *cs, uint32_t first, uint32_t 
 {
     size_t a = first >> 6, b = last >> 6;
     return !cs || !cs->groups || b >= cs->ngroups || cs->groups[b + 1] > cs->groups[a];
+}
+
+/* Whether the caller may read row's document: a bit of the row's own for the generation's rows,
+ * the document's bit for the others. */
+static inline bool may_read(const bm25_index *x, const struct caller_set *cs, uint32_t row)
+{
+    if (row < cs->nrows)
+        return cs->rows[row >> 6] >> (row & 63) & 1;
+    uint32_t doc = bm25_row_doc(x, row);
+    return (size_t)(doc >> 6) < cs->nwords && (cs->bits[doc >> 6] >> (doc & 63) & 1);
 }
 
 /* A term's postings: generation blocks first, then the delta's (whose rows are all larger). */
@@ -445,28 +457,39 @@ static int cmp_str_ptr(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Counts, for the generation's whole groups of 64 rows, those holding a row of a document in bits
- * (see struct caller_union): O(rows), once per union. NULL when out of memory (nothing skipped). */
-static uint32_t *row_groups(const bm25_index *x, const uint64_t *bits, size_t nwords, size_t *ngroups)
+/* Over the generation's rows, which ones belong to a document in bits (*rows, a bit per row, so
+ * that a search tests a candidate without reading its document key) and, for the whole groups of
+ * 64 rows, how many groups before each hold one (see struct caller_union): O(rows), once per
+ * union. False when out of memory. */
+static bool row_sets(const bm25_index *x, const uint64_t *bits, size_t nwords, uint32_t **groups,
+                     size_t *ngroups, uint64_t **rows)
 {
-    size_t ng = x->gen_rows >> 6;
+    size_t ng = x->gen_rows >> 6, nrw = (x->gen_rows + 63) >> 6;
     uint32_t *g = malloc((ng + 1) * sizeof(*g));
+    uint64_t *rb = calloc(nrw ? nrw : 1, sizeof(*rb));
     *ngroups = 0;
-    if (!g)
-        return NULL;
+    *groups = NULL;
+    *rows = NULL;
+    if (!g || !rb) {
+        free(g);
+        free(rb);
+        return false;
+    }
+    for (size_t r = 0; r < x->gen_rows; r++) {
+        uint32_t doc = x->gen_docs[r];
+        if ((size_t)(doc >> 6) < nwords && (bits[doc >> 6] >> (doc & 63) & 1))
+            rb[r >> 6] |= 1ULL << (r & 63);
+    }
     uint32_t count = 0;
     for (size_t gi = 0; gi < ng; gi++) {
         g[gi] = count;
-        bool any = false;
-        for (size_t r = gi << 6; r < (gi + 1) << 6 && !any; r++) {
-            uint32_t doc = x->gen_docs[r];
-            any = (size_t)(doc >> 6) < nwords && (bits[doc >> 6] >> (doc & 63) & 1);
-        }
-        count += any;
+        count += rb[gi] != 0;
     }
     g[ng] = count;
     *ngroups = ng;
-    return g;
+    *groups = g;
+    *rows = rb;
+    return true;
 }
 
 /* The caller's readable documents: the union of its principals' sets, kept per principal list
@@ -498,7 +521,7 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             c->used = ++x->tick;
             pthread_mutex_unlock(&x->cache_mu);
             free(sorted);
-            *cs = (struct caller_set){c->bits, nw, c->groups, c->ngroups};
+            *cs = (struct caller_set){c->bits, nw, c->groups, c->ngroups, c->rows, c->nrows};
             *held = c;
             return QR_OK;
         }
@@ -517,7 +540,10 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             u[w] |= p->bits[w];
     }
     size_t ngroups = 0;
-    uint32_t *groups = st ? NULL : row_groups(x, u, nw, &ngroups);
+    uint32_t *groups = NULL;
+    uint64_t *rows = NULL;
+    if (!st && !row_sets(x, u, nw, &groups, &ngroups, &rows))
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
     *held = NULL;
     size_t slot = x->nunions;
     if (!st && slot == UNION_CACHE) {
@@ -531,6 +557,7 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             free(c->principals);
             free(c->bits);
             free(c->groups);
+            free(c->rows);
             x->unions[slot] = x->unions[--x->nunions];
             slot = x->nunions;
         }
@@ -548,6 +575,8 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             c->nwords = nw;
             c->groups = groups;
             c->ngroups = ngroups;
+            c->rows = rows;
+            c->nrows = x->gen_rows;
             c->used = tick;
             c->refs = 1;
             x->nunions++;
@@ -563,9 +592,10 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
     if (st) {
         free(u);
         free(groups);
+        free(rows);
         return st;
     }
-    *cs = (struct caller_set){u, nw, groups, ngroups};
+    *cs = (struct caller_set){u, nw, groups, ngroups, rows, x->gen_rows};
     return QR_OK;
 }
 
@@ -574,6 +604,7 @@ static void caller_docs_done(bm25_index *x, struct caller_union *held, struct ca
     if (!held) {
         free((void *)cs->bits);
         free((void *)cs->groups);
+        free((void *)cs->rows);
         return;
     }
     pthread_mutex_lock(&x->cache_mu);
@@ -725,9 +756,7 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
                 continue;
             }
         }
-        uint32_t doc = bm25_row_doc(x, row);
-        bool ok = !bm25_row_dead(x, row) &&
-                  (all || ((size_t)(doc >> 6) < cs.nwords && (cs.bits[doc >> 6] >> (doc & 63) & 1)));
+        bool ok = !bm25_row_dead(x, row) && (all || may_read(x, &cs, row));
         if (!ok) {
             for (size_t a = 0; a < nm; a++)
                 cur[m[a]] = step(x, &tc[order[m[a]]]);
@@ -768,7 +797,7 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
         double score = 0.0;
         for (size_t i = 0; i < nterms; i++)
             score += sc[qmap[i]];
-        topk_push(&top, (heap_item){score, row, doc});
+        topk_push(&top, (heap_item){score, row, bm25_row_doc(x, row)});
     }
     qsort(top.h, top.n, sizeof(*top.h), cmp_hit);
     for (size_t i = 0; i < top.n; i++) {
