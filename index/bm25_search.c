@@ -31,11 +31,12 @@
  * bound's sum can never prune a chunk whose exact score would have entered the top k. */
 #define BOUND_SLACK 1e-9
 #define DFCACHE_MAX 65536 /* terms whose tombstoned-row counts are cached */
-/* Candidate rows between two checks of the search's cancellation token: a check is a clock read,
- * a candidate a few hundred nanoseconds, so the token costs well under 1% and is seen within
- * about a tenth of a millisecond. */
-#define CANCEL_EVERY 256
-#define UB_TF        16 /* body frequencies whose posting bound a cursor keeps in a table */
+#define UB_TF       16    /* body frequencies whose posting bound a cursor keeps in a table */
+#define WINDOW      2048  /* rows of a window of candidates, at most (a multiple of 64) */
+/* Windows of candidates between two checks of the search's cancellation token: a check is a clock
+ * read, a window at most WINDOW rows of each essential list's postings (tens of microseconds),
+ * so the token costs well under 1% and is seen within about a tenth of a millisecond. */
+#define CANCEL_WINDOWS 4
 
 /* ---- searching --------------------------------------------------------------------------- */
 
@@ -101,6 +102,15 @@ static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
     const unsigned char *p = x->data + fb->data_off, *end = x->data + x->h->data_len;
     uint32_t row = fb->first_row, n = 0;
     for (; n < fb->n && p; n++) {
+        /* the usual posting, a one-byte row gap and one byte of body frequency, at once */
+        if (end - p >= 2 && p[0] < 0x80 && p[1] < 0x80) {
+            row += p[0];
+            c->rows[n] = row;
+            c->tf[n][0] = c->tf[n][1] = 0;
+            c->tf[n][2] = p[1];
+            p += 2;
+            continue;
+        }
         uint32_t delta = 0;
         if (!(p = get_varint(p, end, &delta)) || p >= end)
             break;
@@ -166,14 +176,6 @@ static uint32_t cur_row(const bm25_index *x, cursor *c)
     return c->rows[c->bi];
 }
 
-/* Steps past the current posting; the next one's row, or UINT32_MAX when the term has no more. */
-static inline uint32_t step(const bm25_index *x, cursor *c)
-{
-    if (++c->bi < c->bn)
-        return c->rows[c->bi];
-    return refill(x, c) ? c->rows[0] : UINT32_MAX;
-}
-
 /* Moves to the first posting at or after row: whole blocks are skipped by their last row. */
 static uint32_t seek(const bm25_index *x, cursor *c, uint32_t row)
 {
@@ -237,13 +239,13 @@ static double weighted_tf(const uint32_t tf[NCOLS], const double w[NCOLS])
     return f;
 }
 
-/* An upper bound of what the cursor's current posting adds to its row's score (times the term's
+/* An upper bound of what the cursor's posting i (in its buffer) adds to its row's score (times the term's
  * multiplicity): its frequencies scored as if the row were the term's shortest. It needs neither
  * the row's length nor a division for the usual postings (a few occurrences in the body), so
  * that a candidate which cannot enter the top k is passed over before either. */
-static inline double posting_bound(const cursor *c, const double w[NCOLS], double avgdl)
+static inline double posting_bound(const cursor *c, uint32_t i, const double w[NCOLS], double avgdl)
 {
-    const uint32_t *tf = c->tf[c->bi];
+    const uint32_t *tf = c->tf[i];
     if (!tf[0] && !tf[1] && tf[2] < UB_TF)
         return c->ub[tf[2]];
     double f = weighted_tf(tf, w);
@@ -636,12 +638,14 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     double *cum = calloc(nterms, sizeof(*cum));
     double *sc = calloc(nterms, sizeof(*sc));
     uint32_t *cur = calloc(nterms, sizeof(*cur));
-    size_t *m = calloc(nterms, sizeof(*m));
+    uint32_t *lo = calloc(nterms, sizeof(*lo)), *hi = calloc(nterms, sizeof(*hi));
+    double *acc = malloc(WINDOW * sizeof(*acc));
+    uint64_t hit[WINDOW / 64] = {0}; /* the window's rows that some essential list holds */
     struct caller_set cs = {0};
     struct caller_union *held = NULL;
     size_t k = limit < x->live_rows ? limit : (size_t)x->live_rows;
     topk top = {.h = calloc(k, sizeof(heap_item)), .k = k, .cap_doc = max_per_doc};
-    if (!tc || !qmap || !order || !cum || !sc || !cur || !m || !top.h) {
+    if (!tc || !qmap || !order || !cum || !sc || !cur || !lo || !hi || !acc || !top.h) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
         goto out;
     }
@@ -716,13 +720,19 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     for (size_t j = 0; j < nc; j++)
         cum[j] = (j ? cum[j - 1] : 0.0) + tc[order[j]].bound * (double)tc[order[j]].mult;
 
-    /* cur[j]: the row list order[j] is at, while it is essential; sc[i]: cursor i's score at the
-     * current candidate (0 where the chunk lacks the term) */
+    /* The candidates go by windows of rows: a window starts at the smallest row of the essential
+     * lists and ends at most WINDOW rows on, where the first of their buffers ends, so that every
+     * essential posting of the window is in a buffer. A first pass adds up, per row of the
+     * window, the bounds of its essential postings (posting_bound: no row length, no division);
+     * a second visits the rows in order and scores in full only those that bound can still bring
+     * into the top k, each list's postings in its buffer passed over in the same order. cur[j]: the row list
+     * order[j] is at, while essential; lo[j], hi[j]: its buffer's postings in the window not yet
+     * passed; sc[i]: cursor i's score at the current candidate (0 where the chunk lacks it). */
     for (size_t j = 0; j < nc; j++)
         cur[j] = cur_row(x, &tc[order[j]]);
     size_t essential = 0; /* lists order[essential..] are walked; the others only probed */
-    for (size_t steps = 1;; steps++) {
-        if (steps % CANCEL_EVERY == 0 && (st = qr_cancel_check(cancel, err)))
+    for (size_t windows = 1;; windows++) {
+        if (windows % CANCEL_WINDOWS == 0 && (st = qr_cancel_check(cancel, err)))
             goto out;
         bool full = top.n == top.k;
         double threshold = full ? top.h[0].score : 0.0;
@@ -731,73 +741,101 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
                 essential++;
         if (essential == nc)
             break;
-        /* the smallest row of the essential lists, and the lists at it (m[0..nm)) */
-        uint32_t row = UINT32_MAX;
-        size_t nm = 0;
-        for (size_t j = essential; j < nc; j++) {
-            uint32_t r = cur[j];
-            if (r < row) {
-                row = r;
-                nm = 0;
-            }
-            if (r == row)
-                m[nm++] = j;
-        }
-        if (row == UINT32_MAX)
+        uint32_t base = UINT32_MAX;
+        for (size_t j = essential; j < nc; j++)
+            if (cur[j] < base)
+                base = cur[j];
+        if (base == UINT32_MAX)
             break;
-        if (full) {
-            /* first a bound from the postings alone: most candidates stop here */
-            double ub = essential ? cum[essential - 1] : 0.0;
-            for (size_t a = 0; a < nm; a++)
-                ub += posting_bound(&tc[order[m[a]]], w, avgdl);
-            if (ub * (1 + BOUND_SLACK) < threshold) {
-                for (size_t a = 0; a < nm; a++)
-                    cur[m[a]] = step(x, &tc[order[m[a]]]);
+        uint32_t wend = base > UINT32_MAX - WINDOW ? UINT32_MAX - 1 : base + (WINDOW - 1);
+        for (size_t j = essential; j < nc; j++) {
+            const cursor *c = &tc[order[j]];
+            if (cur[j] != UINT32_MAX && c->rows[c->bn - 1] < wend)
+                wend = c->rows[c->bn - 1];
+        }
+        for (size_t j = essential; j < nc; j++) {
+            const cursor *c = &tc[order[j]];
+            uint32_t i = c->bi;
+            lo[j] = i;
+            if (cur[j] != UINT32_MAX)
+                for (; i < c->bn && c->rows[i] <= wend; i++) {
+                    uint32_t o = c->rows[i] - base;
+                    double bound = posting_bound(c, i, w, avgdl);
+                    if (hit[o >> 6] >> (o & 63) & 1) {
+                        acc[o] += bound;
+                    } else {
+                        hit[o >> 6] |= 1ULL << (o & 63);
+                        acc[o] = bound;
+                    }
+                }
+            hi[j] = i;
+        }
+        double rest = essential ? cum[essential - 1] : 0.0; /* what the other lists may add */
+        size_t nwords = ((size_t)(wend - base) >> 6) + 1;
+        for (size_t wi = 0; wi < nwords; wi++) {
+            uint64_t bits = hit[wi];
+            hit[wi] = 0;
+            for (; bits; bits &= bits - 1) {
+                uint32_t o = (uint32_t)(wi << 6) | (uint32_t)__builtin_ctzll(bits), row = base + o;
+                if (full && (acc[o] + rest) * (1 + BOUND_SLACK) < threshold)
+                    continue;
+                if (bm25_row_dead(x, row) || (!all && !may_read(x, &cs, row)))
+                    continue;
+                /* the length part of the denominator, as term_score computes it */
+                double len = (double)bm25_row_len(x, row), kd = BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl);
+                double partial = 0.0;
+                for (size_t i = 0; i < nc; i++)
+                    sc[i] = 0.0;
+                for (size_t j = essential; j < nc; j++) {
+                    const cursor *c = &tc[order[j]];
+                    uint32_t l = lo[j];
+                    while (l < hi[j] && c->rows[l] < row)
+                        l++;
+                    lo[j] = l;
+                    if (l < hi[j] && c->rows[l] == row) {
+                        double f = weighted_tf(c->tf[l], w);
+                        sc[order[j]] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
+                        partial += sc[order[j]] * (double)c->mult;
+                        lo[j] = l + 1;
+                    }
+                }
+                /* probe the non-essential lists, largest bound first, while the chunk can still
+                 * enter */
+                bool in = true;
+                for (size_t j = essential; j-- > 0;) {
+                    if (full && (partial + cum[j]) * (1 + BOUND_SLACK) < threshold) {
+                        in = false;
+                        break;
+                    }
+                    size_t i = order[j];
+                    cursor *c = &tc[i];
+                    if (!c->gt && !c->dl)
+                        continue;
+                    if (seek(x, c, row) == row) {
+                        double f = weighted_tf(c->tf[c->bi], w);
+                        sc[i] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
+                        partial += sc[i] * (double)c->mult;
+                    }
+                }
+                if (!in)
+                    continue;
+                /* the exact score, added up in query order as FTS5 does */
+                double score = 0.0;
+                for (size_t i = 0; i < nterms; i++)
+                    score += sc[qmap[i]];
+                topk_push(&top, (heap_item){score, row, bm25_row_doc(x, row)});
+                full = top.n == top.k;
+                threshold = full ? top.h[0].score : 0.0;
+            }
+        }
+        /* the essential lists move past the window */
+        for (size_t j = essential; j < nc; j++) {
+            if (cur[j] == UINT32_MAX)
                 continue;
-            }
+            cursor *c = &tc[order[j]];
+            c->bi = hi[j];
+            cur[j] = c->bi < c->bn ? c->rows[c->bi] : refill(x, c) ? c->rows[0] : UINT32_MAX;
         }
-        bool ok = !bm25_row_dead(x, row) && (all || may_read(x, &cs, row));
-        if (!ok) {
-            for (size_t a = 0; a < nm; a++)
-                cur[m[a]] = step(x, &tc[order[m[a]]]);
-            continue;
-        }
-        /* the length part of the denominator, as term_score computes it */
-        double len = (double)bm25_row_len(x, row), kd = BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl);
-        double partial = 0.0;
-        for (size_t j = 0; j < nc; j++)
-            sc[j] = 0.0;
-        for (size_t a = 0; a < nm; a++) {
-            size_t i = order[m[a]];
-            cursor *c = &tc[i];
-            double f = weighted_tf(c->tf[c->bi], w);
-            sc[i] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
-            partial += sc[i] * (double)c->mult;
-            cur[m[a]] = step(x, c);
-        }
-        /* probe the non-essential lists, largest bound first, while the chunk can still enter */
-        for (size_t j = essential; j-- > 0;) {
-            if (full && (partial + cum[j]) * (1 + BOUND_SLACK) < threshold) {
-                ok = false;
-                break;
-            }
-            size_t i = order[j];
-            cursor *c = &tc[i];
-            if (!c->gt && !c->dl)
-                continue;
-            if (seek(x, c, row) == row) {
-                double f = weighted_tf(c->tf[c->bi], w);
-                sc[i] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
-                partial += sc[i] * (double)c->mult;
-            }
-        }
-        if (!ok)
-            continue;
-        /* the exact score, added up in query order as FTS5 does */
-        double score = 0.0;
-        for (size_t i = 0; i < nterms; i++)
-            score += sc[qmap[i]];
-        topk_push(&top, (heap_item){score, row, bm25_row_doc(x, row)});
     }
     qsort(top.h, top.n, sizeof(*top.h), cmp_hit);
     for (size_t i = 0; i < top.n; i++) {
@@ -821,7 +859,9 @@ out:
     free(cum);
     free(sc);
     free(cur);
-    free(m);
+    free(lo);
+    free(hi);
+    free(acc);
     if (cs.bits)
         caller_docs_done(x, held, &cs);
     free(top.h);
