@@ -224,6 +224,20 @@ static uint32_t seek(const bm25_index *x, cursor *c, uint32_t row)
     return r;
 }
 
+/* seek for a row at or after the cursor's current one: a few postings on within the buffer (the
+ * usual probe of a candidate, rows coming in order) without a call or a bisection. */
+static inline uint32_t probe(const bm25_index *x, cursor *c, uint32_t row)
+{
+    uint32_t i = c->bi;
+    if (i < c->bn && c->rows[c->bn - 1] >= row)
+        for (uint32_t stop = i + 8; i < stop; i++)
+            if (c->rows[i] >= row) {
+                c->bi = i;
+                return c->rows[i];
+            }
+    return seek(x, c, row);
+}
+
 static double term_score(double idf, double f, double len, double avgdl)
 {
     return idf * ((f * (BM25_K1 + 1.0)) / (f + BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl)));
@@ -781,44 +795,45 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
                     continue;
                 if (bm25_row_dead(x, row) || (!all && !may_read(x, &cs, row)))
                     continue;
-                /* the length part of the denominator, as term_score computes it */
-                double len = (double)bm25_row_len(x, row), kd = BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl);
-                double partial = 0.0;
-                for (size_t i = 0; i < nc; i++)
-                    sc[i] = 0.0;
-                for (size_t j = essential; j < nc; j++) {
-                    const cursor *c = &tc[order[j]];
-                    uint32_t l = lo[j];
-                    while (l < hi[j] && c->rows[l] < row)
-                        l++;
-                    lo[j] = l;
-                    if (l < hi[j] && c->rows[l] == row) {
-                        double f = weighted_tf(c->tf[l], w);
-                        sc[order[j]] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
-                        partial += sc[order[j]] * (double)c->mult;
-                        lo[j] = l + 1;
-                    }
-                }
                 /* probe the non-essential lists, largest bound first, while the chunk can still
-                 * enter */
+                 * enter by the bounds of its postings */
+                double ub = acc[o];
                 bool in = true;
                 for (size_t j = essential; j-- > 0;) {
-                    if (full && (partial + cum[j]) * (1 + BOUND_SLACK) < threshold) {
+                    if (full && (ub + cum[j]) * (1 + BOUND_SLACK) < threshold) {
                         in = false;
                         break;
                     }
-                    size_t i = order[j];
-                    cursor *c = &tc[i];
-                    if (!c->gt && !c->dl)
-                        continue;
-                    if (seek(x, c, row) == row) {
-                        double f = weighted_tf(c->tf[c->bi], w);
-                        sc[i] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
-                        partial += sc[i] * (double)c->mult;
-                    }
+                    cursor *c = &tc[order[j]];
+                    if ((c->gt || c->dl) && probe(x, c, row) == row)
+                        ub += posting_bound(c, c->bi, w, avgdl);
                 }
                 if (!in)
                     continue;
+                /* it may: its exact terms, the length part of the denominator as term_score
+                 * computes it */
+                double len = (double)bm25_row_len(x, row), kd = BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl);
+                for (size_t i = 0; i < nc; i++)
+                    sc[i] = 0.0;
+                for (size_t j = 0; j < nc; j++) {
+                    const cursor *c = &tc[order[j]];
+                    uint32_t l;
+                    if (j >= essential) {
+                        for (l = lo[j]; l < hi[j] && c->rows[l] < row; l++)
+                            ;
+                        lo[j] = l;
+                        if (l >= hi[j] || c->rows[l] != row)
+                            continue;
+                        lo[j] = l + 1;
+                    } else {
+                        /* probed above: at row if it holds it */
+                        l = c->bi;
+                        if (l >= c->bn || c->rows[l] != row)
+                            continue;
+                    }
+                    double f = weighted_tf(c->tf[l], w);
+                    sc[order[j]] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
+                }
                 /* the exact score, added up in query order as FTS5 does */
                 double score = 0.0;
                 for (size_t i = 0; i < nterms; i++)
