@@ -1,10 +1,12 @@
 /*
  * bm25_search: MaxScore top-k over the pruned BM25 index. Per term a cursor over the
  * generation's blocks, then the delta's postings; terms sorted by their upper bounds, the
- * non-essential ones only probed for candidates the essential ones found; the caller's
- * permission set (the union of its principals' document bitsets, cached) and the tombstones
- * tested before any scoring; a top-k heap with an optional per-document limit. Scores are
- * FTS5's bm25() arithmetic over the live rows (see bm25.c).
+ * non-essential ones only probed for candidates the essential ones found. Candidates go by
+ * windows of rows, first bounded from their postings alone (no row length, no division), then
+ * tested against the caller's permissions (a bit per row of the union of its principals'
+ * document sets, cached) and the tombstones, probed in the other lists on bounds, and scored
+ * exactly only when they may still enter; a top-k heap with an optional per-document limit.
+ * Scores are FTS5's bm25() arithmetic over the live rows (see bm25.c).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -739,7 +741,7 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
      * essential posting of the window is in a buffer. A first pass adds up, per row of the
      * window, the bounds of its essential postings (posting_bound: no row length, no division);
      * a second visits the rows in order and scores in full only those that bound can still bring
-     * into the top k, each list's postings in its buffer passed over in the same order. cur[j]: the row list
+     * into the top k, each list's buffer passed over in the same order. cur[j]: the row list
      * order[j] is at, while essential; lo[j], hi[j]: its buffer's postings in the window not yet
      * passed; sc[i]: cursor i's score at the current candidate (0 where the chunk lacks it). */
     for (size_t j = 0; j < nc; j++)
@@ -795,6 +797,10 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
                     continue;
                 if (bm25_row_dead(x, row) || (!all && !may_read(x, &cs, row)))
                     continue;
+                if (row < x->gen_rows) { /* its length and document, while the probes run */
+                    __builtin_prefetch(&x->gen_lens[row]);
+                    __builtin_prefetch(&x->gen_docs[row]);
+                }
                 /* probe the non-essential lists, largest bound first, while the chunk can still
                  * enter by the bounds of its postings */
                 double ub = acc[o];
@@ -838,7 +844,11 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
                 double score = 0.0;
                 for (size_t i = 0; i < nterms; i++)
                     score += sc[qmap[i]];
-                topk_push(&top, (heap_item){score, row, bm25_row_doc(x, row)});
+                heap_item it = {score, row, 0};
+                if (full && !worse(top.h[0], it))
+                    continue; /* not better than the k-th: its document need not be read */
+                it.doc = bm25_row_doc(x, row);
+                topk_push(&top, it);
                 full = top.n == top.k;
                 threshold = full ? top.h[0].score : 0.0;
             }
