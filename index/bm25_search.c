@@ -35,10 +35,10 @@
 #define DFCACHE_MAX 65536 /* terms whose tombstoned-row counts are cached */
 #define UB_TF       16    /* body frequencies whose posting bound a cursor keeps in a table */
 #define WINDOW      2048  /* rows of a window of candidates, at most (a multiple of 64) */
-/* Windows of candidates between two checks of the search's cancellation token: a check is a clock
- * read, a window at most WINDOW rows of each essential list's postings (tens of microseconds),
- * so the token costs well under 1% and is seen within about a tenth of a millisecond. */
-#define CANCEL_WINDOWS 4
+/* Candidate rows between two checks of the search's cancellation token: a check is a clock read,
+ * a candidate at most a few hundred nanoseconds, so the token costs well under 1% and is seen
+ * within about a tenth of a millisecond. */
+#define CANCEL_EVERY 256
 
 /* ---- searching --------------------------------------------------------------------------- */
 
@@ -747,9 +747,8 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     for (size_t j = 0; j < nc; j++)
         cur[j] = cur_row(x, &tc[order[j]]);
     size_t essential = 0; /* lists order[essential..] are walked; the others only probed */
-    for (size_t windows = 1;; windows++) {
-        if (windows % CANCEL_WINDOWS == 0 && (st = qr_cancel_check(cancel, err)))
-            goto out;
+    size_t steps = 0;     /* candidate rows */
+    for (;;) {
         bool full = top.n == top.k;
         double threshold = full ? top.h[0].score : 0.0;
         if (full)
@@ -792,6 +791,8 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
             uint64_t bits = hit[wi];
             hit[wi] = 0;
             for (; bits; bits &= bits - 1) {
+                if (++steps % CANCEL_EVERY == 0 && (st = qr_cancel_check(cancel, err)))
+                    goto out;
                 uint32_t o = (uint32_t)(wi << 6) | (uint32_t)__builtin_ctzll(bits), row = base + o;
                 if (full && (acc[o] + rest) * (1 + BOUND_SLACK) < threshold)
                     continue;
