@@ -18,7 +18,7 @@
  * again, with the top k checked against FTS5 while the index carries that delta.
  *
  * Usage: bench_bm25 [--chunks N] [--queries Q] [--fts-queries F] [--words W] [--vocab V] [--k K]
- *                   [--add A] [--no-pruned] (DIR | --reuse STORE)
+ *                   [--add A] [--no-pruned] [--cpu] [--keep-index] [--dump FILE] (DIR | --reuse STORE)
  * Without --reuse a fresh store is created in a new directory inside DIR (left there: remove it
  * afterwards). With --reuse the store in STORE is used as it is when it holds chunks (--chunks,
  * --words and --vocab then only describe how it was made), or generated there first when it is
@@ -28,6 +28,13 @@
  * per row; FTS5 runs the first F of them (default Q; 0: none), and only those are compared.
  * Every document's ACL is one of 100 groups (group:g<doc mod 100>), so a caller holding 100, 10
  * or 1 of them may read 100%, 10% or 1% of the chunks.
+ *
+ * --cpu times each query by the thread's CPU clock (CLOCK_THREAD_CPUTIME_ID) instead of the wall
+ * clock, so that A/B runs on a shared, loaded machine count only the search's own work.
+ * --keep-index (with --reuse) opens STORE/bm25 as it is, building it only when there is none, so
+ * that runs of two builds of the searching code can alternate on the same index; --dump writes
+ * every pruned search's hits (chunk, score to 17 digits), a line per query, to FILE, so that two
+ * builds' results can be compared with cmp(1) (the timings are not in it).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -38,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "index/index.h"
@@ -48,6 +56,17 @@
 #define WARMUPS    3
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+static bool cpu_clock; /* --cpu */
+
+/* The clock the queries are timed by (ns). */
+static uint64_t query_clock(void)
+{
+    struct timespec ts;
+    if (!cpu_clock)
+        return qr_now_ns();
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 static uint64_t rnd(void)
 {
@@ -385,6 +404,7 @@ typedef struct {
     store_hit *hits, *phits;
     double *lat, *plat;
     int mismatches;
+    FILE *dump; /* --dump: every pruned search's hits */
 } bench;
 
 static store_filter filter_of(const bench *b, const caller *c)
@@ -461,19 +481,25 @@ static qr_status run_row(bench *b, int nterms, const caller *c, int nq, int nfts
         make_query(query, nterms, forms);
         uint64_t t0;
         if (q < nfts) {
-            t0 = qr_now_ns();
+            t0 = query_clock();
             if ((st = fts_query(b, c, query, &n, err)))
                 return st;
-            b->lat[q] = (double)(qr_now_ns() - t0) / 1e6;
+            b->lat[q] = (double)(query_clock() - t0) / 1e6;
             total += b->lat[q];
         }
         if (!b->x)
             continue;
-        t0 = qr_now_ns();
+        t0 = query_clock();
         if ((st = pruned_query(b, c, forms, nterms, &pn, err)))
             return st;
-        b->plat[q] = (double)(qr_now_ns() - t0) / 1e6;
+        b->plat[q] = (double)(query_clock() - t0) / 1e6;
         ptotal += b->plat[q];
+        if (b->dump) {
+            fprintf(b->dump, "%d %s %d:", nterms, c->name, q);
+            for (size_t i = 0; i < pn; i++)
+                fprintf(b->dump, " %lld:%.17g", (long long)b->phits[i].chunk_id, b->phits[i].score);
+            fprintf(b->dump, "\n");
+        }
         if (q < nfts) {
             if (same_hits(b->hits, n, b->phits, pn))
                 same++;
@@ -637,16 +663,17 @@ static qr_status catch_up(bench *b, int first, int nadd, int nwords, int nq, int
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: bench_bm25 [--chunks N] [--queries Q] [--fts-queries F] [--words W] [--vocab V] "
-                    "[--k K] [--add A] [--no-pruned] (DIR | --reuse STORE)\n");
+    fprintf(stderr,
+            "usage: bench_bm25 [--chunks N] [--queries Q] [--fts-queries F] [--words W] [--vocab V] "
+            "[--k K] [--add A] [--no-pruned] [--cpu] [--keep-index] [--dump FILE] (DIR | --reuse STORE)\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int nchunks = 100000, nqueries = 200, nfts = -1, nwords = 200, k = 10, nadd = 1000;
-    bool pruned = true;
-    const char *base = NULL, *reuse = NULL;
+    bool pruned = true, keep = false;
+    const char *base = NULL, *reuse = NULL, *dump = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--chunks") == 0 && i + 1 < argc)
             nchunks = atoi(argv[++i]);
@@ -664,6 +691,12 @@ int main(int argc, char **argv)
             pruned = false;
         else if (strcmp(argv[i], "--k") == 0 && i + 1 < argc)
             k = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--cpu") == 0)
+            cpu_clock = true;
+        else if (strcmp(argv[i], "--keep-index") == 0)
+            keep = true;
+        else if (strcmp(argv[i], "--dump") == 0 && i + 1 < argc)
+            dump = argv[++i];
         else if (strcmp(argv[i], "--reuse") == 0 && i + 1 < argc)
             reuse = argv[++i];
         else if (argv[i][0] != '-' && !base)
@@ -675,8 +708,8 @@ int main(int argc, char **argv)
         nfts = nqueries;
     if (!pruned && nfts == 0)
         nfts = nqueries;
-    if (!!base == !!reuse || nchunks <= 0 || nqueries <= 0 || nwords <= 0 || k <= 0 || nadd < 0 ||
-        vocab < 200 || vocab > 65536)
+    if (!!base == !!reuse || (keep && !reuse) || nchunks <= 0 || nqueries <= 0 || nwords <= 0 || k <= 0 ||
+        nadd < 0 || vocab < 200 || vocab > 65536)
         usage();
     zipf_init();
 
@@ -707,6 +740,10 @@ int main(int argc, char **argv)
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
+    if (dump && !(b.dump = fopen(dump, "w"))) {
+        st = qr_fail(err, QR_EIO, "cannot write '%s': %s", dump, strerror(errno));
+        goto out;
+    }
     b.principals = (const char *const *)principals;
 
     store_stats stats;
@@ -734,8 +771,8 @@ int main(int argc, char **argv)
     else
         printf("reused as it was (made with --words and --vocab as given: %d, %u)", nwords, vocab);
     printf("; %d queries a row on the pruned path, the first %d of them on FTS5; one thread; all %u words of "
-           "the vocabulary are their own indexed forms (store_tokenize)\n\n",
-           nqueries, nfts, vocab);
+           "the vocabulary are their own indexed forms (store_tokenize); queries timed by the %s clock\n\n",
+           nqueries, nfts, vocab, cpu_clock ? "thread's CPU" : "wall");
 
     const char *how = "";
     double fts = fts_bytes(dir, fts_detail, sizeof(fts_detail), &how);
@@ -749,11 +786,17 @@ int main(int argc, char **argv)
         bm25_opts_default(&o);
         if (o.principal_cache < GROUPS)
             o.principal_cache = GROUPS;
-        if (reuse)
+        char path[4200];
+        struct stat fst;
+        snprintf(path, sizeof(path), "%s/bm25/current.bm25", dir);
+        bool have = keep && stat(path, &fst) == 0;
+        if (reuse && !keep)
             remove_index_files(dir);
         bm25_report rep;
         rss_kb r0 = read_rss();
         uint64_t t0 = qr_now_ns();
+        if (have)
+            goto load; /* --keep-index: the index there is opened as it is */
         if ((st = bm25_open(s, dir, &o, false, &x, &rep, err)))
             goto out;
         double build_s = (double)(qr_now_ns() - t0) / 1e9;
@@ -775,15 +818,13 @@ int main(int argc, char **argv)
                "%.1f)\n",
                (double)r0.rss / 1024, (double)r0.anon / 1024, (double)r1.rss / 1024, (double)r1.anon / 1024);
 
-        char path[4200];
-        struct stat fst;
-        snprintf(path, sizeof(path), "%s/bm25/current.bm25", dir);
         if (stat(path, &fst) == 0)
             printf("%s: %.1f MiB (%.2fx FTS5's)\n", path, mib((double)fst.st_size),
                    fts > 0 ? (double)fst.st_size / fts : 0.0);
         else
             printf("%s: cannot stat: %s\n", path, strerror(errno));
 
+    load:
         r0 = read_rss();
         t0 = qr_now_ns();
         if ((st = bm25_open(s, dir, &o, false, &x, &rep, err)))
@@ -823,6 +864,10 @@ int main(int argc, char **argv)
 out:
     if (st)
         fprintf(stderr, "bench_bm25: %s\n", err);
+    if (b.dump && fclose(b.dump) != 0) {
+        fprintf(stderr, "bench_bm25: cannot write '%s': %s\n", dump, strerror(errno));
+        rc = 1;
+    }
     bm25_close(x);
     store_close(s);
     for (int g = 0; g < GROUPS; g++)

@@ -57,21 +57,6 @@ void bm25_opts_from_config(const qr_config *cfg, bm25_opts *o)
     o->principal_cache = (size_t)qr_config_settings(cfg)->bm25_principal_cache;
 }
 
-uint32_t bm25_row_doc(const bm25_index *x, uint32_t row)
-{
-    return row < x->gen_rows ? x->gen_docs[row] : x->d_docs[row - x->gen_rows];
-}
-
-uint32_t bm25_row_len(const bm25_index *x, uint32_t row)
-{
-    return row < x->gen_rows ? x->gen_lens[row] : x->d_lens[row - x->gen_rows];
-}
-
-bool bm25_row_dead(const bm25_index *x, uint32_t row)
-{
-    return (size_t)(row >> 6) < x->dead_words && (x->dead[row >> 6] >> (row & 63) & 1);
-}
-
 void bm25_unions_clear(bm25_index *x)
 {
     for (size_t i = 0; i < x->nunions; i++) {
@@ -80,6 +65,7 @@ void bm25_unions_clear(bm25_index *x)
         free(x->unions[i].principals);
         free(x->unions[i].bits);
         free(x->unions[i].groups);
+        free(x->unions[i].rows);
     }
     x->nunions = 0;
 }
@@ -252,6 +238,9 @@ void bm25_get_info(bm25_index *x, bm25_info *out)
     pthread_mutex_lock(&x->cache_mu);
     for (size_t i = 0; i < x->nps; i++)
         mem += x->ps[i].nwords * 8;
+    for (size_t i = 0; i < x->nunions; i++) /* callers' unions: documents, row groups, rows */
+        mem +=
+            x->unions[i].nwords * 8 + (x->unions[i].ngroups + 1) * 4 + ((x->unions[i].nrows + 63) >> 6) * 8;
     out->principals_cached = x->nps;
     pthread_mutex_unlock(&x->cache_mu);
     out->memory_bytes = mem;

@@ -191,6 +191,8 @@ struct bm25_index {
          * postings within groups holding none is skipped undecoded (bm25_search.c) */
         uint32_t *groups;
         size_t ngroups;
+        uint64_t *rows; /* a bit per generation row (nrows of them): its document is readable */
+        size_t nrows;
         uint64_t used; /* tick of the last search that took it */
         int refs;      /* searches using it now: it is not evicted while > 0 */
     } unions[UNION_CACHE];
@@ -202,17 +204,32 @@ struct bm25_index {
     size_t ndfc;
 };
 
+/* A row's document key, its length in tokens, whether it is tombstoned (inline: a search asks
+ * for every candidate row). */
+static inline uint32_t bm25_row_doc(const bm25_index *x, uint32_t row)
+{
+    return row < x->gen_rows ? x->gen_docs[row] : x->d_docs[row - x->gen_rows];
+}
+
+static inline uint32_t bm25_row_len(const bm25_index *x, uint32_t row)
+{
+    return row < x->gen_rows ? x->gen_lens[row] : x->d_lens[row - x->gen_rows];
+}
+
+static inline bool bm25_row_dead(const bm25_index *x, uint32_t row)
+{
+    return (size_t)(row >> 6) < x->dead_words && (x->dead[row >> 6] >> (row & 63) & 1);
+}
+
 /* bm25.c */
-uint32_t bm25_row_doc(const bm25_index *x, uint32_t row);
-uint32_t bm25_row_len(const bm25_index *x, uint32_t row);
-bool bm25_row_dead(const bm25_index *x, uint32_t row);
-/* bm25_catchup.c: the row of chunk_id (generation or delta, dead or alive), or UINT32_MAX. Caller
- * holds x->lock. */
-uint32_t bm25_find_row(const bm25_index *x, int64_t chunk_id);
 void bm25_unions_clear(bm25_index *x);
 void bm25_psets_clear(bm25_index *x);
 void bm25_dfcache_clear(bm25_index *x);
 void bm25_drop_state(bm25_index *x);
+
+/* bm25_catchup.c: the row of chunk_id (generation or delta, dead or alive), or UINT32_MAX. Caller
+ * holds x->lock. */
+uint32_t bm25_find_row(const bm25_index *x, int64_t chunk_id);
 
 /* bm25_file.c */
 const unsigned char *bm25_get_varint(const unsigned char *p, const unsigned char *end, uint32_t *v);

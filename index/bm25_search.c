@@ -1,10 +1,12 @@
 /*
  * bm25_search: MaxScore top-k over the pruned BM25 index. Per term a cursor over the
  * generation's blocks, then the delta's postings; terms sorted by their upper bounds, the
- * non-essential ones only probed for candidates the essential ones found; the caller's
- * permission set (the union of its principals' document bitsets, cached) and the tombstones
- * tested before any scoring; a top-k heap with an optional per-document limit. Scores are
- * FTS5's bm25() arithmetic over the live rows (see bm25.c).
+ * non-essential ones only probed for candidates the essential ones found. Candidates go by
+ * windows of rows, first bounded from their postings alone (no row length, no division), then
+ * tested against the caller's permissions (a bit per row of the union of its principals'
+ * document sets, cached) and the tombstones, probed in the other lists on bounds, and scored
+ * exactly only when they may still enter; a top-k heap with an optional per-document limit.
+ * Scores are FTS5's bm25() arithmetic over the live rows (see bm25.c).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -31,9 +33,11 @@
  * bound's sum can never prune a chunk whose exact score would have entered the top k. */
 #define BOUND_SLACK 1e-9
 #define DFCACHE_MAX 65536 /* terms whose tombstoned-row counts are cached */
+#define UB_TF       16    /* body frequencies whose posting bound a cursor keeps in a table */
+#define WINDOW      2048  /* rows of a window of candidates, at most (a multiple of 64) */
 /* Candidate rows between two checks of the search's cancellation token: a check is a clock read,
- * a candidate a few hundred nanoseconds, so the token costs well under 1% and is seen within
- * about a tenth of a millisecond. */
+ * a candidate at most a few hundred nanoseconds, so the token costs well under 1% and is seen
+ * within about a tenth of a millisecond. */
 #define CANCEL_EVERY 256
 
 /* ---- searching --------------------------------------------------------------------------- */
@@ -45,6 +49,8 @@ struct caller_set {
     size_t nwords;
     const uint32_t *groups;
     size_t ngroups;
+    const uint64_t *rows; /* a bit per generation row below nrows: its document is readable */
+    size_t nrows;
 };
 
 /* False only when no row in [first, last] can belong to a document the caller may read: rows past
@@ -53,6 +59,16 @@ static bool rows_may_pass(const struct caller_set *cs, uint32_t first, uint32_t 
 {
     size_t a = first >> 6, b = last >> 6;
     return !cs || !cs->groups || b >= cs->ngroups || cs->groups[b + 1] > cs->groups[a];
+}
+
+/* Whether the caller may read row's document: a bit of the row's own for the generation's rows,
+ * the document's bit for the others. */
+static inline bool may_read(const bm25_index *x, const struct caller_set *cs, uint32_t row)
+{
+    if (row < cs->nrows)
+        return cs->rows[row >> 6] >> (row & 63) & 1;
+    uint32_t doc = bm25_row_doc(x, row);
+    return (size_t)(doc >> 6) < cs->nwords && (cs->bits[doc >> 6] >> (doc & 63) & 1);
 }
 
 /* A term's postings: generation blocks first, then the delta's (whose rows are all larger). */
@@ -65,11 +81,22 @@ typedef struct {
     uint32_t tf[BLOCK][NCOLS];
     uint32_t bn, bi; /* postings in the buffer, the current one */
     double idf, bound;
+    uint32_t min_len;            /* the shortest row holding the term */
+    double ub[UB_TF];            /* ub[t]: posting_bound of a posting with t occurrences, all in the body */
     size_t mult;                 /* how many times the query names the term */
-    double f;                    /* weighted frequency at the current candidate */
     const struct caller_set *cs; /* the caller's readable rows, or NULL: every row */
     uint64_t decoded, skipped;   /* generation blocks, for bm25_info */
 } cursor;
+
+/* A varint, the one-byte case inline (most row gaps and frequencies of a common term). */
+static inline const unsigned char *get_varint(const unsigned char *p, const unsigned char *end, uint32_t *v)
+{
+    if (p < end && *p < 0x80) {
+        *v = *p;
+        return p + 1;
+    }
+    return bm25_get_varint(p, end, v);
+}
 
 static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
 {
@@ -77,8 +104,17 @@ static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
     const unsigned char *p = x->data + fb->data_off, *end = x->data + x->h->data_len;
     uint32_t row = fb->first_row, n = 0;
     for (; n < fb->n && p; n++) {
+        /* the usual posting, a one-byte row gap and one byte of body frequency, at once */
+        if (end - p >= 2 && p[0] < 0x80 && p[1] < 0x80) {
+            row += p[0];
+            c->rows[n] = row;
+            c->tf[n][0] = c->tf[n][1] = 0;
+            c->tf[n][2] = p[1];
+            p += 2;
+            continue;
+        }
         uint32_t delta = 0;
-        if (!(p = bm25_get_varint(p, end, &delta)) || p >= end)
+        if (!(p = get_varint(p, end, &delta)) || p >= end)
             break;
         row += delta;
         c->rows[n] = row;
@@ -88,7 +124,7 @@ static void decode_block(const bm25_index *x, cursor *c, uint64_t b)
         } else {
             p++;
             for (int k = 0; k < NCOLS && p; k++)
-                p = bm25_get_varint(p, end, &c->tf[n][k]);
+                p = get_varint(p, end, &c->tf[n][k]);
         }
     }
     /* a block the checksum passed decodes whole; stop short rather than read past it */
@@ -190,6 +226,20 @@ static uint32_t seek(const bm25_index *x, cursor *c, uint32_t row)
     return r;
 }
 
+/* seek for a row at or after the cursor's current one: a few postings on within the buffer (the
+ * usual probe of a candidate, rows coming in order) without a call or a bisection. */
+static inline uint32_t probe(const bm25_index *x, cursor *c, uint32_t row)
+{
+    uint32_t i = c->bi;
+    if (i < c->bn && c->rows[c->bn - 1] >= row)
+        for (uint32_t stop = i + 8; i < stop; i++)
+            if (c->rows[i] >= row) {
+                c->bi = i;
+                return c->rows[i];
+            }
+    return seek(x, c, row);
+}
+
 static double term_score(double idf, double f, double len, double avgdl)
 {
     return idf * ((f * (BM25_K1 + 1.0)) / (f + BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl)));
@@ -203,6 +253,19 @@ static double weighted_tf(const uint32_t tf[NCOLS], const double w[NCOLS])
         for (uint32_t i = 0; i < tf[c]; i++)
             f += w[c];
     return f;
+}
+
+/* An upper bound of what the cursor's posting i (in its buffer) adds to its row's score (times the term's
+ * multiplicity): its frequencies scored as if the row were the term's shortest. It needs neither
+ * the row's length nor a division for the usual postings (a few occurrences in the body), so
+ * that a candidate which cannot enter the top k is passed over before either. */
+static inline double posting_bound(const cursor *c, uint32_t i, const double w[NCOLS], double avgdl)
+{
+    const uint32_t *tf = c->tf[i];
+    if (!tf[0] && !tf[1] && tf[2] < UB_TF)
+        return c->ub[tf[2]];
+    double f = weighted_tf(tf, w);
+    return f > 0 ? term_score(c->idf, f, (double)c->min_len, avgdl) * (double)c->mult : 0.0;
 }
 
 /* The top k, worst at the root (lower score, then larger row), with per-document counts when
@@ -412,28 +475,39 @@ static int cmp_str_ptr(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Counts, for the generation's whole groups of 64 rows, those holding a row of a document in bits
- * (see struct caller_union): O(rows), once per union. NULL when out of memory (nothing skipped). */
-static uint32_t *row_groups(const bm25_index *x, const uint64_t *bits, size_t nwords, size_t *ngroups)
+/* Over the generation's rows, which ones belong to a document in bits (*rows, a bit per row, so
+ * that a search tests a candidate without reading its document key) and, for the whole groups of
+ * 64 rows, how many groups before each hold one (see struct caller_union): O(rows), once per
+ * union. False when out of memory. */
+static bool row_sets(const bm25_index *x, const uint64_t *bits, size_t nwords, uint32_t **groups,
+                     size_t *ngroups, uint64_t **rows)
 {
-    size_t ng = x->gen_rows >> 6;
+    size_t ng = x->gen_rows >> 6, nrw = (x->gen_rows + 63) >> 6;
     uint32_t *g = malloc((ng + 1) * sizeof(*g));
+    uint64_t *rb = calloc(nrw ? nrw : 1, sizeof(*rb));
     *ngroups = 0;
-    if (!g)
-        return NULL;
+    *groups = NULL;
+    *rows = NULL;
+    if (!g || !rb) {
+        free(g);
+        free(rb);
+        return false;
+    }
+    for (size_t r = 0; r < x->gen_rows; r++) {
+        uint32_t doc = x->gen_docs[r];
+        if ((size_t)(doc >> 6) < nwords && (bits[doc >> 6] >> (doc & 63) & 1))
+            rb[r >> 6] |= 1ULL << (r & 63);
+    }
     uint32_t count = 0;
     for (size_t gi = 0; gi < ng; gi++) {
         g[gi] = count;
-        bool any = false;
-        for (size_t r = gi << 6; r < (gi + 1) << 6 && !any; r++) {
-            uint32_t doc = x->gen_docs[r];
-            any = (size_t)(doc >> 6) < nwords && (bits[doc >> 6] >> (doc & 63) & 1);
-        }
-        count += any;
+        count += rb[gi] != 0;
     }
     g[ng] = count;
     *ngroups = ng;
-    return g;
+    *groups = g;
+    *rows = rb;
+    return true;
 }
 
 /* The caller's readable documents: the union of its principals' sets, kept per principal list
@@ -465,7 +539,7 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             c->used = ++x->tick;
             pthread_mutex_unlock(&x->cache_mu);
             free(sorted);
-            *cs = (struct caller_set){c->bits, nw, c->groups, c->ngroups};
+            *cs = (struct caller_set){c->bits, nw, c->groups, c->ngroups, c->rows, c->nrows};
             *held = c;
             return QR_OK;
         }
@@ -484,7 +558,10 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             u[w] |= p->bits[w];
     }
     size_t ngroups = 0;
-    uint32_t *groups = st ? NULL : row_groups(x, u, nw, &ngroups);
+    uint32_t *groups = NULL;
+    uint64_t *rows = NULL;
+    if (!st && !row_sets(x, u, nw, &groups, &ngroups, &rows))
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
     *held = NULL;
     size_t slot = x->nunions;
     if (!st && slot == UNION_CACHE) {
@@ -498,6 +575,7 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             free(c->principals);
             free(c->bits);
             free(c->groups);
+            free(c->rows);
             x->unions[slot] = x->unions[--x->nunions];
             slot = x->nunions;
         }
@@ -515,6 +593,8 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
             c->nwords = nw;
             c->groups = groups;
             c->ngroups = ngroups;
+            c->rows = rows;
+            c->nrows = x->gen_rows;
             c->used = tick;
             c->refs = 1;
             x->nunions++;
@@ -530,9 +610,10 @@ static qr_status caller_docs(bm25_index *x, store *s, const char *const *princip
     if (st) {
         free(u);
         free(groups);
+        free(rows);
         return st;
     }
-    *cs = (struct caller_set){u, nw, groups, ngroups};
+    *cs = (struct caller_set){u, nw, groups, ngroups, rows, x->gen_rows};
     return QR_OK;
 }
 
@@ -541,6 +622,7 @@ static void caller_docs_done(bm25_index *x, struct caller_union *held, struct ca
     if (!held) {
         free((void *)cs->bits);
         free((void *)cs->groups);
+        free((void *)cs->rows);
         return;
     }
     pthread_mutex_lock(&x->cache_mu);
@@ -570,11 +652,16 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     size_t *qmap = calloc(nterms, sizeof(*qmap)); /* query term -> cursor */
     size_t *order = calloc(nterms, sizeof(*order));
     double *cum = calloc(nterms, sizeof(*cum));
+    double *sc = calloc(nterms, sizeof(*sc));
+    uint32_t *cur = calloc(nterms, sizeof(*cur));
+    uint32_t *lo = calloc(nterms, sizeof(*lo)), *hi = calloc(nterms, sizeof(*hi));
+    double *acc = malloc(WINDOW * sizeof(*acc));
+    uint64_t hit[WINDOW / 64] = {0}; /* the window's rows that some essential list holds */
     struct caller_set cs = {0};
     struct caller_union *held = NULL;
     size_t k = limit < x->live_rows ? limit : (size_t)x->live_rows;
     topk top = {.h = calloc(k, sizeof(heap_item)), .k = k, .cap_doc = max_per_doc};
-    if (!tc || !qmap || !order || !cum || !top.h) {
+    if (!tc || !qmap || !order || !cum || !sc || !cur || !lo || !hi || !acc || !top.h) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for a search");
         goto out;
     }
@@ -624,6 +711,16 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
             min_len = c->dl->min_len;
         double fmax = weighted_tf(max_tf, w);
         c->bound = df && fmax > 0 ? term_score(c->idf, fmax, min_len, avgdl) : 0.0;
+        c->min_len = min_len;
+    }
+    for (size_t i = 0; i < nc; i++) {
+        cursor *c = &tc[i];
+        for (uint32_t t = 0; t < UB_TF; t++) {
+            double f = weighted_tf((const uint32_t[NCOLS]){0, 0, t}, w);
+            c->ub[t] = f > 0 && c->min_len != UINT32_MAX
+                           ? term_score(c->idf, f, (double)c->min_len, avgdl) * (double)c->mult
+                           : 0.0;
+        }
     }
     /* MaxScore's order: lists by ascending bound; cum[j] bounds what lists order[0..j] add */
     for (size_t i = 0; i < nc; i++)
@@ -639,10 +736,19 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
     for (size_t j = 0; j < nc; j++)
         cum[j] = (j ? cum[j - 1] : 0.0) + tc[order[j]].bound * (double)tc[order[j]].mult;
 
+    /* The candidates go by windows of rows: a window starts at the smallest row of the essential
+     * lists and ends at most WINDOW rows on, where the first of their buffers ends, so that every
+     * essential posting of the window is in a buffer. A first pass adds up, per row of the
+     * window, the bounds of its essential postings (posting_bound: no row length, no division);
+     * a second visits the rows in order and scores in full only those that bound can still bring
+     * into the top k, each list's buffer passed over in the same order. cur[j]: the row list
+     * order[j] is at, while essential; lo[j], hi[j]: its buffer's postings in the window not yet
+     * passed; sc[i]: cursor i's score at the current candidate (0 where the chunk lacks it). */
+    for (size_t j = 0; j < nc; j++)
+        cur[j] = cur_row(x, &tc[order[j]]);
     size_t essential = 0; /* lists order[essential..] are walked; the others only probed */
-    for (size_t steps = 1;; steps++) {
-        if (steps % CANCEL_EVERY == 0 && (st = qr_cancel_check(cancel, err)))
-            goto out;
+    size_t steps = 0;     /* candidate rows */
+    for (;;) {
         bool full = top.n == top.k;
         double threshold = full ? top.h[0].score : 0.0;
         if (full)
@@ -650,56 +756,112 @@ static qr_status search_locked(bm25_index *x, store *s, const char *const *terms
                 essential++;
         if (essential == nc)
             break;
-        uint32_t row = UINT32_MAX;
-        for (size_t j = essential; j < nc; j++) {
-            uint32_t r = cur_row(x, &tc[order[j]]);
-            if (r < row)
-                row = r;
-        }
-        if (row == UINT32_MAX)
+        uint32_t base = UINT32_MAX;
+        for (size_t j = essential; j < nc; j++)
+            if (cur[j] < base)
+                base = cur[j];
+        if (base == UINT32_MAX)
             break;
-        uint32_t doc = bm25_row_doc(x, row);
-        bool ok = !bm25_row_dead(x, row) &&
-                  (all || ((size_t)(doc >> 6) < cs.nwords && (cs.bits[doc >> 6] >> (doc & 63) & 1)));
-        double len = (double)bm25_row_len(x, row), partial = 0.0;
-        for (size_t j = 0; j < nc; j++)
-            tc[j].f = 0.0;
+        uint32_t wend = base > UINT32_MAX - WINDOW ? UINT32_MAX - 1 : base + (WINDOW - 1);
         for (size_t j = essential; j < nc; j++) {
-            cursor *c = &tc[order[j]];
-            if (cur_row(x, c) == row) {
-                if (ok) {
-                    c->f = weighted_tf(c->tf[c->bi], w);
-                    partial += term_score(c->idf, c->f, len, avgdl) * (double)c->mult;
+            const cursor *c = &tc[order[j]];
+            if (cur[j] != UINT32_MAX && c->rows[c->bn - 1] < wend)
+                wend = c->rows[c->bn - 1];
+        }
+        for (size_t j = essential; j < nc; j++) {
+            const cursor *c = &tc[order[j]];
+            uint32_t i = c->bi;
+            lo[j] = i;
+            if (cur[j] != UINT32_MAX)
+                for (; i < c->bn && c->rows[i] <= wend; i++) {
+                    uint32_t o = c->rows[i] - base;
+                    double bound = posting_bound(c, i, w, avgdl);
+                    if (hit[o >> 6] >> (o & 63) & 1) {
+                        acc[o] += bound;
+                    } else {
+                        hit[o >> 6] |= 1ULL << (o & 63);
+                        acc[o] = bound;
+                    }
                 }
-                c->bi++;
+            hi[j] = i;
+        }
+        double rest = essential ? cum[essential - 1] : 0.0; /* what the other lists may add */
+        size_t nwords = ((size_t)(wend - base) >> 6) + 1;
+        for (size_t wi = 0; wi < nwords; wi++) {
+            uint64_t bits = hit[wi];
+            hit[wi] = 0;
+            for (; bits; bits &= bits - 1) {
+                if (++steps % CANCEL_EVERY == 0 && (st = qr_cancel_check(cancel, err)))
+                    goto out;
+                uint32_t o = (uint32_t)(wi << 6) | (uint32_t)__builtin_ctzll(bits), row = base + o;
+                if (full && (acc[o] + rest) * (1 + BOUND_SLACK) < threshold)
+                    continue;
+                if (bm25_row_dead(x, row) || (!all && !may_read(x, &cs, row)))
+                    continue;
+                if (row < x->gen_rows) { /* its length and document, while the probes run */
+                    __builtin_prefetch(&x->gen_lens[row]);
+                    __builtin_prefetch(&x->gen_docs[row]);
+                }
+                /* probe the non-essential lists, largest bound first, while the chunk can still
+                 * enter by the bounds of its postings */
+                double ub = acc[o];
+                bool in = true;
+                for (size_t j = essential; j-- > 0;) {
+                    if (full && (ub + cum[j]) * (1 + BOUND_SLACK) < threshold) {
+                        in = false;
+                        break;
+                    }
+                    cursor *c = &tc[order[j]];
+                    if ((c->gt || c->dl) && probe(x, c, row) == row)
+                        ub += posting_bound(c, c->bi, w, avgdl);
+                }
+                if (!in)
+                    continue;
+                /* it may: its exact terms, the length part of the denominator as term_score
+                 * computes it */
+                double len = (double)bm25_row_len(x, row), kd = BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl);
+                for (size_t i = 0; i < nc; i++)
+                    sc[i] = 0.0;
+                for (size_t j = 0; j < nc; j++) {
+                    const cursor *c = &tc[order[j]];
+                    uint32_t l;
+                    if (j >= essential) {
+                        for (l = lo[j]; l < hi[j] && c->rows[l] < row; l++)
+                            ;
+                        lo[j] = l;
+                        if (l >= hi[j] || c->rows[l] != row)
+                            continue;
+                        lo[j] = l + 1;
+                    } else {
+                        /* probed above: at row if it holds it */
+                        l = c->bi;
+                        if (l >= c->bn || c->rows[l] != row)
+                            continue;
+                    }
+                    double f = weighted_tf(c->tf[l], w);
+                    sc[order[j]] = c->idf * ((f * (BM25_K1 + 1.0)) / (f + kd));
+                }
+                /* the exact score, added up in query order as FTS5 does */
+                double score = 0.0;
+                for (size_t i = 0; i < nterms; i++)
+                    score += sc[qmap[i]];
+                heap_item it = {score, row, 0};
+                if (full && !worse(top.h[0], it))
+                    continue; /* not better than the k-th: its document need not be read */
+                it.doc = bm25_row_doc(x, row);
+                topk_push(&top, it);
+                full = top.n == top.k;
+                threshold = full ? top.h[0].score : 0.0;
             }
         }
-        if (!ok)
-            continue;
-        /* probe the non-essential lists, largest bound first, while the chunk can still enter */
-        for (size_t j = essential; j-- > 0;) {
-            if (full && (partial + cum[j]) * (1 + BOUND_SLACK) < threshold) {
-                ok = false;
-                break;
-            }
-            cursor *c = &tc[order[j]];
-            if (!c->gt && !c->dl)
+        /* the essential lists move past the window */
+        for (size_t j = essential; j < nc; j++) {
+            if (cur[j] == UINT32_MAX)
                 continue;
-            if (seek(x, c, row) == row) {
-                c->f = weighted_tf(c->tf[c->bi], w);
-                partial += term_score(c->idf, c->f, len, avgdl) * (double)c->mult;
-            }
+            cursor *c = &tc[order[j]];
+            c->bi = hi[j];
+            cur[j] = c->bi < c->bn ? c->rows[c->bi] : refill(x, c) ? c->rows[0] : UINT32_MAX;
         }
-        if (!ok)
-            continue;
-        /* the exact score, added up in query order as FTS5 does */
-        double score = 0.0;
-        for (size_t i = 0; i < nterms; i++) {
-            const cursor *c = &tc[qmap[i]];
-            score +=
-                c->idf * ((c->f * (BM25_K1 + 1.0)) / (c->f + BM25_K1 * (1 - BM25_B + BM25_B * len / avgdl)));
-        }
-        topk_push(&top, (heap_item){score, row, doc});
     }
     qsort(top.h, top.n, sizeof(*top.h), cmp_hit);
     for (size_t i = 0; i < top.n; i++) {
@@ -721,6 +883,11 @@ out:
     free(qmap);
     free(order);
     free(cum);
+    free(sc);
+    free(cur);
+    free(lo);
+    free(hi);
+    free(acc);
     if (cs.bits)
         caller_docs_done(x, held, &cs);
     free(top.h);
