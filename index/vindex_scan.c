@@ -711,46 +711,6 @@ static int cmp_subcand_upper(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
-/* True when x ranks below y: a lower exact score, or the same and a larger id. */
-static bool subcand_below(const subcand *x, const subcand *y)
-{
-    return x->exact < y->exact || (x->exact == y->exact && x->id > y->id);
-}
-
-/* A min-heap of the k best candidates by exact score (ties by smaller id): its root is the one
- * the next better candidate replaces. */
-static void top_offer(subcand *heap, size_t *n, size_t k, subcand x)
-{
-    size_t i;
-    if (*n < k) {
-        i = (*n)++;
-        while (i && subcand_below(&x, &heap[(i - 1) / 2])) {
-            heap[i] = heap[(i - 1) / 2];
-            i = (i - 1) / 2;
-        }
-        heap[i] = x;
-        return;
-    }
-    if (!subcand_below(&heap[0], &x))
-        return;
-    i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, w = i;
-        const subcand *wx = &x;
-        if (l < k && subcand_below(&heap[l], wx)) {
-            w = l;
-            wx = &heap[l];
-        }
-        if (r < k && subcand_below(&heap[r], wx))
-            w = r;
-        if (w == i)
-            break;
-        heap[i] = heap[w];
-        i = w;
-    }
-    heap[i] = x;
-}
-
 /* The first place in ids[lo..n) holding a value >= id: galloping from lo (the listed ids are
  * ascending, so the next one is usually a little further on), then binary search. */
 static size_t gallop(const int64_t *ids, size_t lo, size_t n, int64_t id)
@@ -789,7 +749,7 @@ qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *li
     int dim = s->dim;
     int8_t *qc = malloc((size_t)dim);
     float *lower = malloc(k * sizeof(float));
-    subcand *c = NULL, *top = NULL;
+    subcand *c = NULL;
     size_t nc = 0, cap = 0, nl = 0, nsel = 0, lo = 0;
     uint32_t sel[I8_BATCH];
     int64_t selid[I8_BATCH];
@@ -871,39 +831,36 @@ qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *li
         }
     }
     /* the bound only rose: drop what fell below it; score the rest exactly from the highest
-     * upper bound down, and stop at the first whose bound is below the k-th exact score found:
-     * no later one can enter (an equal bound goes on, for ties broken by id). The bounds hold
-     * for the worst case and the errors are mostly far smaller, so this scores fewer rows than
-     * every chunk the bound cannot rule out. */
-    size_t m = 0, nt = 0;
+     * upper bound down, and stop at the first whose bound is below the k-th exact score found
+     * (lower now keeps the k best exact scores): no later one can enter (an equal bound goes
+     * on, for ties broken by id). The bounds hold for the worst case and the errors are mostly
+     * far smaller, so this scores fewer rows than every chunk the bound cannot rule out. */
+    size_t m = 0, scored = 0;
     for (size_t i = 0; i < nc; i++)
         if (!(nl == k && c[i].upper < lower[0]))
             c[m++] = c[i];
     if (m > 1)
         qsort(c, m, sizeof(subcand), cmp_subcand_upper);
-    if (!(top = malloc(k * sizeof(subcand)))) {
-        st = qr_fail(err, QR_ENOMEM, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < m; i++) {
-        if (nt == k && c[i].upper < top[0].exact)
+    nl = 0;
+    for (; scored < m; scored++) {
+        if (nl == k && c[scored].upper < lower[0])
             break;
-        if (c[i].where >= 0)
-            c[i].exact = vindex_dot_exact(s->rows + (size_t)s->lay_pos[c[i].where] * (size_t)dim, q, dim);
-        top_offer(top, &nt, k, c[i]);
+        if (c[scored].where >= 0)
+            c[scored].exact =
+                vindex_dot_exact(s->rows + (size_t)s->lay_pos[c[scored].where] * (size_t)dim, q, dim);
+        lower_offer(lower, &nl, k, c[scored].exact);
     }
-    if (nt > 1)
-        qsort(top, nt, sizeof(subcand), cmp_subcand_exact);
-    *found = nt;
-    for (size_t i = 0; i < nt; i++) {
-        ids[i] = top[i].id;
-        scores[i] = top[i].exact;
+    if (scored > 1)
+        qsort(c, scored, sizeof(subcand), cmp_subcand_exact);
+    *found = scored < k ? scored : k;
+    for (size_t i = 0; i < *found; i++) {
+        ids[i] = c[i].id;
+        scores[i] = c[i].exact;
     }
 out:
     free(qc);
     free(lower);
     free(c);
-    free(top);
     return st;
 }
 
