@@ -423,7 +423,7 @@ out:
 /* A manifest path: one or two plain components under the names a data directory holds. */
 static bool path_allowed(const char *p)
 {
-    static const char *const tops[] = {"quarry.db", "vindex/", "bm25/", "auth/"};
+    static const char *const tops[] = {"quarry.db", "quarry.vec", "vindex/", "bm25/", "auth/"};
     bool top = false;
     for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++) {
         size_t n = strlen(tops[i]);

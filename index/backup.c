@@ -48,8 +48,10 @@ static qr_status query_int(sqlite3 *db, const char *sql, const char *path, int64
                                                  : sql_fail(db, err, "read the copy of the store", path);
 }
 
-/* Copies the store at src to the new file dst and reads the copy's schema version and counters. */
-static qr_status backup_store(const char *src, const char *dst, index_backup_info *info, char *err)
+/* Copies the store at src to the new file dst and reads the copy's schema version, counters and
+ * largest chunk id. */
+static qr_status backup_store(const char *src, const char *dst, index_backup_info *info, int64_t *max_chunk,
+                              char *err)
 {
     sqlite3 *from = NULL, *to = NULL;
     sqlite3_backup *b = NULL;
@@ -110,7 +112,8 @@ static qr_status backup_store(const char *src, const char *dst, index_backup_inf
                         err)) ||
         (st = query_int(to, "SELECT value FROM meta WHERE key = 'tombstones_pruned'", dst,
                         &info->tombstones_pruned, err)) ||
-        (st = query_int(to, "SELECT value FROM meta WHERE key = 'store_uid'", dst, &info->store_uid, err)))
+        (st = query_int(to, "SELECT value FROM meta WHERE key = 'store_uid'", dst, &info->store_uid, err)) ||
+        (st = query_int(to, "SELECT coalesce(max(id), 0) FROM chunks", dst, max_chunk, err)))
         goto out;
 out:
     if (b)
@@ -177,30 +180,48 @@ qr_status index_backup(const char *data_dir, const char *dest_dir, index_backup_
         return qr_fail(err, QR_EINVAL, "index_backup: NULL argument");
     memset(info, 0, sizeof(*info));
     char src_store[PATH_CAP], dst_store[PATH_CAP], src_v[PATH_CAP], dst_v[PATH_CAP], src_b[PATH_CAP],
-        dst_b[PATH_CAP];
+        dst_b[PATH_CAP], dst_vec[PATH_CAP];
     join(src_store, data_dir, STORE_FILE);
     join(dst_store, dest_dir, STORE_FILE);
+    join(dst_vec, dest_dir, STORE_VEC_FILE);
     join(src_v, data_dir, "vindex");
     join(dst_v, dest_dir, "vindex");
     join(src_b, data_dir, "bm25");
     join(dst_b, dest_dir, "bm25");
     qr_status st = QR_OK;
     index_gen_copy v = {0}, b = {0};
+    int64_t max_chunk = 0;
+    /* the vectors file: held from before the store's snapshot until its copy is done, so that no
+     * row of a chunk the snapshot holds is freed meanwhile (a store without one has no chunks) */
+    store_vectors *vecs = NULL;
+    st = store_vectors_open(data_dir, &vecs, err);
+    if (st == QR_ENOTFOUND)
+        st = QR_OK;
+    else if (!st)
+        st = store_vectors_hold(vecs, err);
+    if (st)
+        goto out;
     for (int attempt = 1;; attempt++) {
         if (attempt > 1)
             usleep((useconds_t)(TRY_WAIT_MS * attempt) * 1000u);
         if ((st = fresh_dir(dst_v, err)) || (st = fresh_dir(dst_b, err)))
-            return st;
-        if (unlink(dst_store) != 0 && errno != ENOENT)
-            return qr_fail(err, QR_EIO, "cannot remove '%s': %s", dst_store, strerror(errno));
+            goto out;
+        if (unlink(dst_store) != 0 && errno != ENOENT) {
+            st = qr_fail(err, QR_EIO, "cannot remove '%s': %s", dst_store, strerror(errno));
+            goto out;
+        }
         if ((st = vindex_backup_files(src_v, dst_v, &v, err)) ||
             (st = bm25_backup_file(src_b, dst_b, &b, err)) ||
-            (st = backup_store(src_store, dst_store, info, err)))
-            return st;
+            (st = backup_store(src_store, dst_store, info, &max_chunk, err)))
+            goto out;
         if ((index_follows(v.present, v.counter, info) && index_follows(b.present, b.counter, info)) ||
             attempt == BACKUP_TRIES)
             break;
     }
+    if (vecs && (st = store_vectors_copy(vecs, max_chunk, dst_vec, err)))
+        goto out;
+    store_vectors_close(vecs); /* the lock goes with it */
+    vecs = NULL;
     /* an index that still cannot follow the store copy is left out: the maintainer rebuilds it */
     if (!index_follows(v.present, v.counter, info)) {
         snprintf(info->note, sizeof(info->note),
@@ -209,7 +230,7 @@ qr_status index_backup(const char *data_dir, const char *dest_dir, index_backup_
                  (unsigned long long)v.generation, (long long)v.counter);
         v.present = false;
         if ((st = fresh_dir(dst_v, err)))
-            return st;
+            goto out;
     }
     if (!index_follows(b.present, b.counter, info) || (b.present && b.store_uid != info->store_uid)) {
         size_t n = strlen(info->note);
@@ -219,17 +240,19 @@ qr_status index_backup(const char *data_dir, const char *dest_dir, index_backup_
                  n ? "; " : "", (long long)b.counter);
         b.present = false;
         if ((st = fresh_dir(dst_b, err)))
-            return st;
+            goto out;
     }
     info->has_vector = v.present;
     info->vector_generation = v.generation;
     info->vector_counter = v.counter;
     info->has_bm25 = b.present;
     info->bm25_counter = b.counter;
-    if ((st = qr_fsync_path(dst_v, true, err)) || (st = qr_fsync_path(dst_b, true, err)) ||
-        (st = qr_fsync_path(dest_dir, true, err)))
-        return st;
-    return QR_OK;
+    if ((st = qr_fsync_path(dst_v, true, err)) || (st = qr_fsync_path(dst_b, true, err)))
+        goto out;
+    st = qr_fsync_path(dest_dir, true, err);
+out:
+    store_vectors_close(vecs);
+    return st;
 }
 
 qr_status index_backup_verify(const char *data_dir, index_backup_info *info, char *err)

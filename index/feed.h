@@ -49,6 +49,34 @@ qr_status store_prune_tombstones(store *s, int64_t counter, char *err);
  * store_changes_since (the change's counter field is the chunk's added counter). */
 qr_status store_each_vector(store *s, store_change_fn fn, void *ctx, int64_t *counter, char *err);
 
+/*
+ * The store's vectors file, read directly (store_vec.c has its layout and consistency rules): the
+ * vector index reads its exact scores from it instead of keeping rows of its own. The row of chunk
+ * id i is dim floats, L2-normalised (zeros for a zero vector), at base + i * dim; it is readable
+ * for every chunk the store has committed, never changes while the chunk lives, and reads as zeros
+ * once the chunk is deleted and its delete durable. A handle may be used from several threads.
+ */
+#define STORE_VEC_FILE "quarry.vec" /* in the data directory, beside quarry.db */
+typedef struct store_vectors store_vectors;
+/* Opens <data_dir>/quarry.vec read-only. QR_ENOTFOUND when the store has no vectors file yet (no
+ * chunk was ever written), QR_EIO for a damaged header. */
+qr_status store_vectors_open(const char *data_dir, store_vectors **out, char *err);
+int store_vectors_dim(const store_vectors *f);
+/* The uid of the store the file belongs to (store_uid). */
+int64_t store_vectors_uid(const store_vectors *f);
+/* Sets *base so that rows up to max_id can be read; the pointer stays valid until the handle is
+ * closed (a longer file may be mapped anew, older mappings stay). QR_EIO when the file is too
+ * short for max_id (damage: a committed chunk always has its row). */
+qr_status store_vectors_map(store_vectors *f, int64_t max_id, const float **base, char *err);
+/* Takes a shared lock on the file until the handle is closed: rows of deleted chunks are not
+ * freed meanwhile (a backup holds it from before its snapshot of the store until its copy of
+ * the file is done). */
+qr_status store_vectors_hold(store_vectors *f, char *err);
+/* Copies the file's header and rows up to max_id (0: the header only) to the new file dest, holes
+ * kept as holes, and syncs it. */
+qr_status store_vectors_copy(store_vectors *f, int64_t max_id, const char *dest, char *err);
+void store_vectors_close(store_vectors *f);
+
 /* The feeds of the pruned BM25 index, which keeps its own postings beside FTS5 and follows the
  * store through these reads (with store_change_counter, in index/store.h). */
 

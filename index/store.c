@@ -130,8 +130,12 @@ static const char *const store_migrations[] = {
     "  job TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
     "  ordinal INTEGER NOT NULL, result TEXT NOT NULL,"
     "  PRIMARY KEY (job, ordinal)) WITHOUT ROWID;",
+    /* 4: the vectors move out of the database into the vectors file (store_vec.c):
+     * vectors_to_file copies them first, inside the migration's transaction */
+    "DROP TABLE vectors;",
 };
-#define STORE_SCHEMA_VERSION ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
+#define MIGRATION_VECTORS_OUT 3 /* the migration from version 3 to 4 */
+#define STORE_SCHEMA_VERSION  ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
 
 /* ---- prepared statements ----------------------------------------------------------------- */
 
@@ -165,9 +169,12 @@ static const char *const store_sql[Q_COUNT] = {
     [Q_CHUNKS_OF_DOC] =
         "SELECT id, start, \"end\", headings, body FROM chunks WHERE doc = ?1 ORDER BY ordinal",
     [Q_CHUNKS_DELETE_DOC] = "DELETE FROM chunks WHERE doc = ?1",
-    [Q_VEC_INSERT] = "INSERT INTO vectors(chunk_id, vec) VALUES (?1, ?2)",
-    [Q_VEC_GET] = "SELECT vec FROM vectors WHERE chunk_id = ?1",
-    [Q_VECS_DELETE_DOC] = "DELETE FROM vectors WHERE chunk_id IN (SELECT id FROM chunks WHERE doc = ?1)",
+    [Q_CHUNK_EXISTS] = "SELECT 1 FROM chunks WHERE id = ?1",
+    [Q_CHUNK_RANGE_DOC] = "SELECT min(id), max(id) FROM chunks WHERE doc = ?1",
+    /* the live neighbours of a deleted range: the rows between them are free */
+    [Q_CHUNK_BELOW] = "SELECT max(id) FROM chunks WHERE id < ?1",
+    [Q_CHUNK_ABOVE] = "SELECT min(id) FROM chunks WHERE id > ?1",
+    [Q_CHUNK_SEQ] = "SELECT seq FROM sqlite_sequence WHERE name = 'chunks'",
     /* FTS rows are written one by one: a multi-row INSERT ... SELECT into FTS5 opens a statement
      * savepoint, at which FTS5 flushes its pending terms into a new segment (measured: 45% slower
      * per document, and no gain from larger transactions) */
@@ -183,10 +190,8 @@ static const char *const store_sql[Q_COUNT] = {
     [Q_ACL_DELETE_DOC] = "DELETE FROM acl WHERE doc = ?1",
     [Q_STATS] = "SELECT count(*), coalesce(sum(chunk_count), 0), coalesce(sum(text_len), 0) FROM documents",
     [Q_CHANGED_DELETED] = "SELECT chunk_id, counter FROM deleted_chunks WHERE counter > ?1 ORDER BY chunk_id",
-    [Q_CHANGED_ADDED] = "SELECT c.id, c.added, v.vec FROM chunks c JOIN vectors v ON v.chunk_id = c.id"
-                        " WHERE c.added > ?1 ORDER BY c.id",
-    [Q_VECS_ALL] = "SELECT v.chunk_id, c.added, v.vec FROM vectors v JOIN chunks c ON c.id = v.chunk_id"
-                   " ORDER BY v.chunk_id",
+    [Q_CHANGED_ADDED] = "SELECT id, added FROM chunks WHERE added > ?1 ORDER BY id",
+    [Q_VECS_ALL] = "SELECT id, added FROM chunks ORDER BY id",
     [Q_PRUNE] = "DELETE FROM deleted_chunks WHERE counter <= ?1",
     /* A catch-up reads few chunks of many: INDEXED BY makes the planner, which has no statistics,
      * take the range of the added index and sort those rows rather than scan every chunk in id
@@ -303,6 +308,20 @@ static void rollback(store *s)
         sqlite3_step(s->q[Q_ROLLBACK]);
         sqlite3_reset(s->q[Q_ROLLBACK]);
     }
+    store_vec_rolled_back(s);
+}
+
+/* COMMIT of the open transaction: the vector rows it wrote are synced first, so that no commit
+ * reaches the disk before its rows; after it, the rows its deletes freed may go once durable
+ * (every commit outside bulk mode is synced). */
+static qr_status commit(store *s, char *err, const char *what)
+{
+    qr_status st = store_vec_sync(s, err);
+    if (!st)
+        st = store_run(s, s->q[Q_COMMIT], err, what);
+    if (!st)
+        store_vec_committed(s, !s->bulk);
+    return st;
 }
 
 /* Ends a public call and returns st. Every statement is reset (a statement left mid-query would
@@ -360,7 +379,19 @@ qr_status store_commit(store *s, char *err)
 {
     if (s->batch == BATCH_OPEN)
         return QR_OK;
-    return store_run(s, s->q[Q_COMMIT], err, "commit");
+    return commit(s, err, "commit");
+}
+
+qr_status store_chunk_seq(store *s, int64_t *seq, char *err)
+{
+    sqlite3_stmt *q = s->q[Q_CHUNK_SEQ];
+    bool row;
+    qr_status st = store_step_row(s, q, &row, err, "read the largest chunk id");
+    if (st)
+        return st;
+    *seq = row ? sqlite3_column_int64(q, 0) : 0;
+    sqlite3_reset(q);
+    return QR_OK;
 }
 
 /* ---- meta values ------------------------------------------------------------------------- */
@@ -490,11 +521,52 @@ static qr_status schema_version(store *s, int *version, char *err)
     return QR_OK;
 }
 
+/* Migration 4's first half: every row of the vectors table into the vectors file (normalised),
+ * synced before the table is dropped in the same transaction. A crash before the commit leaves
+ * the table, and the next open copies again over what the file holds. */
+static qr_status vectors_to_file(store *s, char *err)
+{
+    int64_t dim = 0;
+    qr_status st = QR_OK;
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(
+        s->db, "SELECT coalesce((SELECT value FROM meta WHERE key = 'embedding_dim'), 0)", -1, &q, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW)
+        dim = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    q = NULL;
+    if (rc != SQLITE_ROW)
+        return store_sql_fail(s, rc, err, "read the embedding dimension");
+    if (dim > 0 && dim <= STORE_DIM_MAX && (st = store_vec_create(s, (int)dim, err)))
+        return st;
+    rc = sqlite3_prepare_v2(s->db, "SELECT chunk_id, vec FROM vectors ORDER BY chunk_id", -1, &q, NULL);
+    while (!st && rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(q, 0);
+        const void *v = sqlite3_column_blob(q, 1);
+        if (dim < 1 || dim > STORE_DIM_MAX || !v ||
+            (size_t)sqlite3_column_bytes(q, 1) != (size_t)dim * sizeof(float) || id < 1)
+            st = qr_fail(err, QR_EIO,
+                         "store '%s' is inconsistent: vector of chunk %lld has %d bytes, expected %lld",
+                         s->path, (long long)id, sqlite3_column_bytes(q, 1), (long long)dim * 4);
+        else
+            st = store_vec_write(s, id, v, 1, (int)dim, err);
+        rc = SQLITE_OK;
+    }
+    if (!st && rc != SQLITE_DONE)
+        st = store_sql_fail(s, rc, err, "move the vectors into their file");
+    sqlite3_finalize(q);
+    if (!st)
+        st = store_vec_sync(s, err);
+    return st;
+}
+
 static qr_status apply_migration(store *s, int from, char *err)
 {
     char what[64];
     snprintf(what, sizeof(what), "migrate the schema to version %d", from + 1);
-    qr_status st = exec_sql(s, store_migrations[from], err, what);
+    qr_status st = from == MIGRATION_VECTORS_OUT ? vectors_to_file(s, err) : QR_OK;
+    if (!st)
+        st = exec_sql(s, store_migrations[from], err, what);
     if (st)
         return st;
     sqlite3_stmt *q = NULL;
@@ -572,7 +644,12 @@ qr_status store_open(const char *dir, store **out, char *err)
         return qr_fail(err, QR_EINVAL, "store_open: empty data directory");
     if ((st = make_dirs(dir, err)))
         return st;
-    if (!(s = calloc(1, sizeof(*s))) || !(s->path = malloc(strlen(dir) + sizeof("/" STORE_FILE)))) {
+    if (!(s = calloc(1, sizeof(*s)))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory opening the store");
+        goto out;
+    }
+    s->vec_fd = -1;
+    if (!(s->path = malloc(strlen(dir) + sizeof("/" STORE_FILE))) || !(s->dir = strdup(dir))) {
         st = qr_fail(err, QR_ENOMEM, "out of memory opening the store");
         goto out;
     }
@@ -682,7 +759,9 @@ void store_close(store *s)
     if (s->tokenizer_p)
         s->tokenizer.xDelete(s->tokenizer_p);
     sqlite3_close(s->db); /* all statements are finalized: closes now */
+    store_vec_close(s);
     free(s->path);
+    free(s->dir);
     free(s);
 }
 
@@ -710,7 +789,7 @@ qr_status store_batch_commit(store *s, char *err)
         return qr_fail(err, QR_EINVAL, "no batch is open on store '%s'", s->path);
     if (batch == BATCH_FAILED)
         return qr_fail(err, s->batch_st, "the batch was rolled back: %s", s->batch_err);
-    qr_status st = store_run(s, s->q[Q_COMMIT], err, "commit a batch");
+    qr_status st = commit(s, err, "commit a batch");
     rollback(s); /* a failed COMMIT can leave the transaction open */
     return st;
 }
@@ -883,13 +962,17 @@ qr_status store_bulk_end(store *s, char *err)
     if (st)
         return st;
     s->bulk = false;
+    if ((st = store_vec_sync(s, err)))
+        return st;
     st = exec_sql(s,
                   "BEGIN IMMEDIATE;"
                   " INSERT INTO meta(key, value) VALUES ('bulk_load_sync', 1);"
                   " DELETE FROM meta WHERE key = 'bulk_load_sync';"
                   " COMMIT",
                   err, "sync the bulk load to disk");
-    rollback(s); /* a failed COMMIT can leave the transaction open */
+    if (!st)
+        store_vec_committed(s, true); /* the load is durable: its deletes' rows may go */
+    rollback(s);                      /* a failed COMMIT can leave the transaction open */
     return st;
 }
 
@@ -903,16 +986,6 @@ static const struct {
     {"SELECT count(*), min(c.id) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.id = "
      "c.doc)",
      "chunks without their document (first chunk id %s)"},
-    {"SELECT count(*), min(c.id) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM vectors v WHERE v.chunk_id = "
-     "c.id)",
-     "chunks without a vector (first chunk id %s)"},
-    {"SELECT count(*), min(v.chunk_id) FROM vectors v WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = "
-     "v.chunk_id)",
-     "vectors without their chunk (first chunk id %s)"},
-    {"SELECT count(*), min(v.chunk_id) FROM vectors v WHERE length(v.vec) != 4 * coalesce((SELECT value FROM "
-     "meta "
-     "WHERE key = 'embedding_dim'), 0)",
-     "vectors of the wrong size (first chunk id %s)"},
     {"SELECT count(*), min(c.id) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM chunks_fts_docsize f WHERE "
      "f.id = "
      "c.id)",
@@ -995,6 +1068,8 @@ qr_status store_verify(store *s, char *err)
         sqlite3_finalize(q);
         q = NULL;
     }
+    if ((st = store_vec_verify(s, err)))
+        goto out;
     /* rank 1: compare the index with the content it was built from, not only its own structure */
     rc = sqlite3_exec(s->db, "INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)", NULL,
                       NULL, NULL);

@@ -243,7 +243,8 @@ qr_status store_get_document(store *s, const char *doc_id, bool with_chunks, sto
 /* Frees a document read by store_get_document; NULL is a no-op. */
 void store_doc_info_free(store_doc_info *d);
 
-/* Copies the vector of a chunk into out (dim floats, the store's dimension).
+/* Copies the vector of a chunk into out (dim floats, the store's dimension), as stored:
+ * L2-normalised (the store normalises every vector it is given; a zero vector stays zeros).
  * QR_ENOTFOUND for an unknown chunk id, QR_EINVAL when dim is not the store's dimension. */
 qr_status store_get_vector(store *s, int64_t chunk_id, float *out, int dim, char *err);
 

@@ -20,7 +20,7 @@
 
 /* ---- change log and vector iteration ----------------------------------------------------- */
 
-/* Walks q's rows (chunk id, counter[, vector]) calling fn. */
+/* Walks q's rows (chunk id, counter) calling fn, with the vector of each added chunk. */
 static qr_status walk(store *s, sqlite3_stmt *q, bool deleted, int dim, float *vec, store_change_fn fn,
                       void *ctx, char *err)
 {
@@ -32,7 +32,7 @@ static qr_status walk(store *s, sqlite3_stmt *q, bool deleted, int dim, float *v
                           .deleted = deleted,
                           .vector = deleted ? NULL : vec,
                           .dim = deleted ? 0 : dim};
-        if (!deleted && (st = store_blob_vector(s, q, 2, c.chunk_id, vec, dim, err)))
+        if (!deleted && (st = store_vec_read(s, c.chunk_id, vec, dim, err)))
             break;
         if ((st = fn(ctx, &c, err)))
             break;

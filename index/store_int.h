@@ -8,6 +8,7 @@
 
 #include <sqlite3.h>
 
+#include "index/feed.h"
 #include "index/store.h"
 
 /* The store's connection. The caller must not leave a transaction or statement open on it. */
@@ -36,9 +37,11 @@ enum {
     Q_CHUNK_INSERT,
     Q_CHUNKS_OF_DOC,
     Q_CHUNKS_DELETE_DOC,
-    Q_VEC_INSERT,
-    Q_VEC_GET,
-    Q_VECS_DELETE_DOC,
+    Q_CHUNK_EXISTS,
+    Q_CHUNK_RANGE_DOC,
+    Q_CHUNK_BELOW,
+    Q_CHUNK_ABOVE,
+    Q_CHUNK_SEQ,
     Q_FTS_SOURCE_DOC,
     Q_FTS_INSERT,
     Q_FTS_DELETE,
@@ -59,6 +62,11 @@ enum {
 };
 
 enum { BATCH_NONE, BATCH_OPEN, BATCH_FAILED };
+
+/* Chunk ids [lo, hi) whose rows a delete freed. */
+typedef struct {
+    int64_t lo, hi;
+} store_vec_hole;
 
 /* Search statements a handle keeps between calls (store_query.c's prepare_search). */
 #define STORE_STMT_CACHE 16
@@ -82,6 +90,19 @@ struct store {
     sqlite3_stmt *stmt_cache[STORE_STMT_CACHE];
     unsigned stmt_next;    /* the slot replaced next when every slot is taken */
     int64_t embedding_dim; /* the recorded vector dimension once read (never changes then); 0 */
+    char *dir;             /* the data directory */
+    /* the vectors file (store_vec.c): written through vec_fd (opened on the first write, rows
+     * normalised in vec_buf), read through vec_read (opened on the first read) */
+    int vec_fd;
+    int vec_dim;
+    bool vec_dirty; /* rows written since the last sync */
+    float *vec_buf;
+    size_t vec_cap;
+    store_vec_hole *vec_holes; /* ranges of deleted chunk ids whose rows are to be freed: the */
+    size_t vec_nholes;         /* first vec_ready were committed, the rest are the open */
+    size_t vec_capholes;       /* transaction's */
+    size_t vec_ready;
+    store_vectors *vec_read;
 };
 
 /* store_query.c: finalizes the cached search statements (store_close, before sqlite3_close). */
@@ -114,8 +135,33 @@ qr_status store_check_field(const char *what, const char *v, size_t max, bool al
 qr_status store_check_doc_id(const char *doc_id, char *err);
 qr_status store_not_found(const char *doc_id, char *err);
 
-/* store_read.c */
-qr_status store_blob_vector(store *s, sqlite3_stmt *q, int col, int64_t chunk_id, float *out, int dim,
-                            char *err);
+/* store.c: the largest chunk id ever handed out (sqlite_sequence), inside the caller's
+ * transaction. */
+qr_status store_chunk_seq(store *s, int64_t *seq, char *err);
+
+/* store_vec.c: the vectors file (the comment at its top says how it stays consistent). */
+/* Writes the rows of chunk ids first_id .. first_id + n - 1 (normalised), inside the caller's
+ * write transaction; creates the file on first use. */
+qr_status store_vec_write(store *s, int64_t first_id, const float *vectors, size_t n, int dim, char *err);
+/* Opens the file for writing (made when no chunk id was handed out yet): before the
+ * transaction inserts its first chunk. */
+qr_status store_vec_open_write(store *s, int dim, char *err);
+/* Makes the file anew, empty, for vectors of dim (the migration that fills it). */
+qr_status store_vec_create(store *s, int dim, char *err);
+/* Syncs the rows written since the last sync: before every commit. */
+qr_status store_vec_sync(store *s, char *err);
+/* Copies the row of a committed chunk into out; dim is the store's dimension. */
+qr_status store_vec_read(store *s, int64_t chunk_id, float *out, int dim, char *err);
+/* Records that the open transaction deleted the chunks [lo, hi) (widened to the live neighbours). */
+qr_status store_vec_free(store *s, int64_t lo, int64_t hi, char *err);
+/* The open transaction committed; durable: the commit was synced (the rows of every delete
+ * committed so far may go). */
+void store_vec_committed(store *s, bool durable);
+/* The open transaction rolled back: its deletes are forgotten. */
+void store_vec_rolled_back(store *s);
+/* store_verify's rules for the file: its header is the store's, it holds a row for every chunk,
+ * and each live chunk's row is finite and normalised (or zero). */
+qr_status store_vec_verify(store *s, char *err);
+void store_vec_close(store *s);
 
 #endif

@@ -193,7 +193,6 @@ out:
     return store_end_call(s, st, err);
 }
 
-/* Copies a vector BLOB into out (column data need not be aligned for float). */
 qr_status store_read_heads(store *s, store_stats *out, char *err)
 {
     int64_t dim = 0;
@@ -219,19 +218,6 @@ qr_status store_get_heads(store *s, store_stats *out, char *err)
     return store_end_call(s, st, err);
 }
 
-qr_status store_blob_vector(store *s, sqlite3_stmt *q, int col, int64_t chunk_id, float *out, int dim,
-                            char *err)
-{
-    const void *blob = sqlite3_column_blob(q, col);
-    size_t n = (size_t)sqlite3_column_bytes(q, col);
-    if (n != (size_t)dim * sizeof(float) || !blob)
-        return qr_fail(err, QR_EIO,
-                       "store '%s' is inconsistent: vector of chunk %lld has %zu bytes, expected %zu",
-                       s->path, (long long)chunk_id, n, (size_t)dim * sizeof(float));
-    memcpy(out, blob, n);
-    return QR_OK;
-}
-
 qr_status store_get_vector(store *s, int64_t chunk_id, float *out, int dim, char *err)
 {
     if (!s || !out)
@@ -240,7 +226,7 @@ qr_status store_get_vector(store *s, int64_t chunk_id, float *out, int dim, char
         return qr_fail(err, QR_EINVAL, "invalid vector dimension %d", dim);
     int64_t stored = 0;
     bool row;
-    sqlite3_stmt *q = s->q[Q_VEC_GET];
+    sqlite3_stmt *q = s->q[Q_CHUNK_EXISTS];
     qr_status st;
     if ((st = store_begin_read(s, err)) || (st = store_meta_get_int(s, "embedding_dim", &stored, err)))
         goto out;
@@ -253,13 +239,13 @@ qr_status store_get_vector(store *s, int64_t chunk_id, float *out, int dim, char
         st = store_bind_fail(s, err);
         goto out;
     }
-    if ((st = store_step_row(s, q, &row, err, "read a vector")))
+    if ((st = store_step_row(s, q, &row, err, "find a chunk")))
         goto out;
     if (!row) {
         st = qr_fail(err, QR_ENOTFOUND, "no chunk %lld in the store", (long long)chunk_id);
         goto out;
     }
-    if (!(st = store_blob_vector(s, q, 0, chunk_id, out, dim, err)))
+    if (!(st = store_vec_read(s, chunk_id, out, dim, err)))
         st = store_commit(s, err);
 out:
     st = store_end_call(s, st, err);

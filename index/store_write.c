@@ -447,27 +447,77 @@ static qr_status fts_doc(store *s, int which, int64_t id, char *err)
     return st;
 }
 
-/* Removes the chunks of document `id` with their FTS rows and vectors, and records them as
- * deleted at `counter`. */
+/* One integer (or *null) from statement which, bound to v. */
+static qr_status id_query(store *s, int which, int64_t v, int64_t *out, bool *null, char *err)
+{
+    sqlite3_stmt *q = s->q[which];
+    bool row;
+    if (sqlite3_bind_int64(q, 1, v))
+        return store_bind_fail(s, err);
+    qr_status st = store_step_row(s, q, &row, err, "read chunk ids");
+    if (st)
+        return st;
+    *null = !row || sqlite3_column_type(q, 0) == SQLITE_NULL;
+    *out = *null ? 0 : sqlite3_column_int64(q, 0);
+    sqlite3_reset(q);
+    return QR_OK;
+}
+
+/* Records the rows of the deleted chunks [first, last] as free, widened to the live chunks on
+ * either side (the rows between were freed with them, and a block they share is whole now);
+ * past the last live chunk, up to the largest id handed out. After the chunks are deleted. */
+static qr_status free_rows(store *s, int64_t first, int64_t last, char *err)
+{
+    int64_t below, above, seq;
+    bool none_below, none_above;
+    qr_status st;
+    if ((st = id_query(s, Q_CHUNK_BELOW, first, &below, &none_below, err)) ||
+        (st = id_query(s, Q_CHUNK_ABOVE, last, &above, &none_above, err)))
+        return st;
+    if (none_above) {
+        if ((st = store_chunk_seq(s, &seq, err)))
+            return st;
+        above = (seq > last ? seq : last) + 1;
+    }
+    return store_vec_free(s, none_below ? 1 : below + 1, above, err);
+}
+
+/* Removes the chunks of document `id` with their FTS rows, records them as deleted at `counter`
+ * and their vector rows as free. */
 static qr_status remove_chunks(store *s, int64_t id, int64_t counter, char *err)
 {
-    qr_status st = doc_stmt(s, Q_TOMBSTONE_DOC, id, counter, err, "record deleted chunks");
+    sqlite3_stmt *q = s->q[Q_CHUNK_RANGE_DOC];
+    bool row;
+    if (sqlite3_bind_int64(q, 1, id))
+        return store_bind_fail(s, err);
+    qr_status st = store_step_row(s, q, &row, err, "read chunk ids");
+    if (st)
+        return st;
+    bool none = !row || sqlite3_column_type(q, 0) == SQLITE_NULL;
+    int64_t first = none ? 0 : sqlite3_column_int64(q, 0), last = none ? 0 : sqlite3_column_int64(q, 1);
+    sqlite3_reset(q);
+    st = doc_stmt(s, Q_TOMBSTONE_DOC, id, counter, err, "record deleted chunks");
     if (!st)
         st = fts_doc(s, Q_FTS_DELETE, id, err);
     if (!st)
-        st = doc_stmt(s, Q_VECS_DELETE_DOC, id, counter, err, "delete vectors");
-    if (!st)
         st = doc_stmt(s, Q_CHUNKS_DELETE_DOC, id, counter, err, "delete chunks");
+    if (!st && !none)
+        st = free_rows(s, first, last, err);
     return st;
 }
 
 /* Inserts the chunks of document `id` (whose row already holds `title`) with their vectors and
- * FTS rows. */
+ * FTS rows. The chunks get consecutive ids (one writer, AUTOINCREMENT), so their rows are written
+ * at once; ids that are not consecutive are written one by one. */
 static qr_status insert_chunks(store *s, int64_t id, const char *title, const store_document *doc,
                                const store_chunk *chunks, size_t nchunks, const float *vectors, int dim,
                                int64_t counter, char *err)
 {
     qr_status st = QR_OK;
+    int64_t run_first = 0; /* the first id of the rows not written yet, chunks [run_at, i) */
+    size_t run_at = 0;
+    if (nchunks && (st = store_vec_open_write(s, dim, err)))
+        return st;
     for (size_t i = 0; i < nchunks && !st; i++) {
         const store_chunk *c = &chunks[i];
         const char *headings = c->headings ? c->headings : "";
@@ -481,19 +531,22 @@ static qr_status insert_chunks(store *s, int64_t id, const char *title, const st
         if ((st = store_run(s, q, err, "insert a chunk")))
             break;
         int64_t chunk_id = sqlite3_last_insert_rowid(s->db);
-        q = s->q[Q_VEC_INSERT];
-        if (sqlite3_bind_int64(q, 1, chunk_id) ||
-            sqlite3_bind_blob64(q, 2, vectors + i * (size_t)dim, (sqlite3_uint64)dim * sizeof(float),
-                                SQLITE_STATIC))
-            return store_bind_fail(s, err);
-        if ((st = store_run(s, q, err, "insert a vector")))
-            break;
+        if (i == run_at)
+            run_first = chunk_id;
+        else if (chunk_id != run_first + (int64_t)(i - run_at)) {
+            if ((st = store_vec_write(s, run_first, vectors + run_at * (size_t)dim, i - run_at, dim, err)))
+                break;
+            run_at = i;
+            run_first = chunk_id;
+        }
         q = s->q[Q_FTS_INSERT];
         if (sqlite3_bind_int64(q, 1, chunk_id) || store_bind_str(q, 2, title) ||
             store_bind_str(q, 3, headings) || store_bind_text(q, 4, doc->text + c->start, c->end - c->start))
             return store_bind_fail(s, err);
         st = store_run(s, q, err, "add a chunk to the full-text index");
     }
+    if (!st && nchunks > run_at)
+        st = store_vec_write(s, run_first, vectors + run_at * (size_t)dim, nchunks - run_at, dim, err);
     return st;
 }
 

@@ -114,6 +114,65 @@ static int64_t raw_int_s(sqlite3 *db, const char *sql, const char *arg)
     return v;
 }
 
+/* What is wrong with the vectors file under dir, read by the test itself, or NULL: every live
+ * chunk (ids from db) must have its row in the file, finite and of length 1 (the store keeps
+ * vectors normalised; the tests' vectors are never zero). *rows gets the number of rows checked. */
+static const char *vec_file_problem(const char *dir, sqlite3 *db, int dim, int64_t *rows)
+{
+    static char why[256];
+    char path[600];
+    snprintf(path, sizeof(path), "%s/quarry.vec", dir);
+    *rows = 0;
+    int fd = open(path, O_RDONLY);
+    sqlite3_stmt *q = NULL;
+    why[0] = '\0';
+    if (fd < 0) {
+        snprintf(why, sizeof(why), "no vectors file: %s", strerror(errno));
+        return why;
+    }
+    float row[64];
+    if (dim > 64 || sqlite3_prepare_v2(db, "SELECT id FROM chunks ORDER BY id", -1, &q, NULL) != SQLITE_OK)
+        snprintf(why, sizeof(why), "cannot list chunks");
+    while (!why[0] && sqlite3_step(q) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(q, 0);
+        size_t rb = (size_t)dim * sizeof(float);
+        if (pread(fd, row, rb, (off_t)(4096 + (size_t)id * rb)) != (ssize_t)rb) {
+            snprintf(why, sizeof(why), "chunk %lld has no row in the vectors file", (long long)id);
+            break;
+        }
+        double n2 = 0;
+        for (int d = 0; d < dim; d++)
+            n2 += isfinite(row[d]) ? (double)row[d] * row[d] : NAN;
+        if (!(fabs(n2 - 1.0) < 1e-4))
+            snprintf(why, sizeof(why), "chunk %lld's row has squared length %g", (long long)id, n2);
+        (*rows)++;
+    }
+    sqlite3_finalize(q);
+    close(fd);
+    return why[0] ? why : NULL;
+}
+
+/* Live chunks whose rows are sound (-1 when one is not). */
+static int64_t vec_rows(const char *dir, sqlite3 *db, int dim)
+{
+    int64_t n;
+    const char *why = vec_file_problem(dir, db, dim, &n);
+    if (why)
+        fprintf(stderr, "vectors file: %s\n", why);
+    return why ? -1 : n;
+}
+
+/* The vector the store keeps for v: normalised. */
+static void normalised(const float *v, float *out, int dim)
+{
+    double n2 = 0;
+    for (int d = 0; d < dim; d++)
+        n2 += (double)v[d] * v[d];
+    double inv = 1.0 / sqrt(n2);
+    for (int d = 0; d < dim; d++)
+        out[d] = (float)(v[d] * inv);
+}
+
 static bool raw_exec(sqlite3 *db, const char *sql)
 {
     char *msg = NULL;
@@ -226,13 +285,13 @@ TEST(open_creates_private_dir_and_schema)
     CHECK_INT(sb.st_mode & 0777, 0700);
     sqlite3 *db = raw_open(dir);
     CHECK(db);
-    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 3);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 4);
     char mode[32];
     CHECK_STR(raw_str(db, "PRAGMA journal_mode", mode, sizeof(mode)), "wal");
-    CHECK_INT(raw_int(db,
-                      "SELECT count(*) FROM sqlite_schema WHERE name IN ('documents', 'chunks', 'vectors',"
-                      " 'acl', 'chunks_fts', 'deleted_chunks', 'meta', 'jobs', 'job_results')"),
-              9);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('documents', 'chunks',"
+                          " 'acl', 'chunks_fts', 'deleted_chunks', 'meta', 'jobs', 'job_results')"),
+              8);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'vectors'"), 0);
     /* reopening does not migrate again and keeps the data */
     CHECK_OK(store_open(dir, &s, err), err);
     CHECK_OK(store_check_embedding(s, "m", DIM, err), err);
@@ -248,7 +307,7 @@ TEST(open_creates_private_dir_and_schema)
     CHECK_INT(stats.chunks, 3);
     CHECK_STR(stats.embedding_model, "m");
     store_close(s);
-    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 3);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM schema_version"), 4);
     /* a store written by a newer quarry is refused, not damaged */
     CHECK(raw_exec(db, "INSERT INTO schema_version VALUES (99, 0)"));
     sqlite3_close(db);
@@ -320,9 +379,11 @@ TEST(put_then_get_document)
         CHECK_INT(c->text_len, c->end - c->start);
         CHECK(memcmp(c->text, TEXT1 + c->start, c->text_len) == 0 && c->text[c->text_len] == '\0');
         CHECK_STR(c->headings, f.chunks[i].headings);
-        float v[DIM];
+        float v[DIM], want[DIM];
         CHECK_OK(store_get_vector(s, c->chunk_id, v, DIM, err), err);
-        CHECK(memcmp(v, &f.vectors[i * DIM], sizeof(v)) == 0);
+        normalised(&f.vectors[i * DIM], want, DIM);
+        for (int k = 0; k < DIM; k++)
+            CHECK(fabsf(v[k] - want[k]) < 1e-6f);
         if (i)
             CHECK(c->chunk_id > d->chunks[i - 1].chunk_id);
     }
@@ -548,7 +609,7 @@ TEST(new_content_replaces_chunks)
     CHECK_INT(fts_count(db, "audits"), 0);
     CHECK_INT(fts_count(db, "economy"), 1);
     CHECK_INT(fts_count(db, "zebra"), 1); /* the other document is untouched */
-    CHECK_INT(raw_int(db, "SELECT count(*) FROM vectors"), 3);
+    CHECK_INT(vec_rows(dir, db, DIM), 3);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 2);
 
     /* the change log tells the vector index exactly what happened since v1 */
@@ -562,7 +623,9 @@ TEST(new_content_replaces_chunks)
         CHECK_INT(ch.deleted[i], old_ids[i]);
     for (size_t i = 0; i < 2; i++) {
         CHECK_INT(ch.added[i], new_ids[i]);
-        CHECK(ch.first_component[i] == f2.vectors[i * DIM]);
+        float want[DIM];
+        normalised(&f2.vectors[i * DIM], want, DIM);
+        CHECK(fabsf(ch.first_component[i] - want[0]) < 1e-6f);
     }
     /* from the beginning: only live chunks are added, the replaced ones are deleted */
     memset(&ch, 0, sizeof(ch));
@@ -654,12 +717,21 @@ TEST(same_hash_acl_or_title_change_keeps_chunks)
     rm_tree(dir);
 }
 
-/* A fingerprint of everything but the ACL: chunk rows, vectors and indexed FTS rows. */
-static int64_t content_fingerprint(sqlite3 *db)
+/* A fingerprint of everything but the ACL: chunk rows, the vectors file's bytes and indexed FTS
+ * rows. */
+static int64_t content_fingerprint(const char *dir, sqlite3 *db)
 {
-    return raw_int(db,
+    char path[600];
+    snprintf(path, sizeof(path), "%s/quarry.vec", dir);
+    uint64_t h = 1469598103934665603ull;
+    FILE *f = fopen(path, "rb");
+    for (int c; f && (c = fgetc(f)) != EOF;)
+        h = (h ^ (uint64_t)c) * 1099511628211ull;
+    if (f)
+        fclose(f);
+    return (int64_t)(h >> 2) +
+           raw_int(db,
                    "SELECT (SELECT total(id * 31 + start * 7 + \"end\" + length(body) + added) FROM chunks)"
-                   " + (SELECT total(chunk_id + length(vec) + unicode(hex(vec))) FROM vectors)"
                    " + (SELECT total(id * 13) FROM chunks_fts_docsize)"
                    " + (SELECT count(*) FROM chunks_fts_data)");
 }
@@ -712,13 +784,13 @@ TEST(set_acl_rewrites_only_acl_rows)
     CHECK_OK(put(s, &f, &r, err), err);
     sqlite3 *db = raw_open(dir);
     CHECK(db);
-    int64_t fp = content_fingerprint(db);
+    int64_t fp = content_fingerprint(dir, db);
     CHECK(fp > 0);
     int64_t counter = counter_of(s);
 
     const char *acl[] = {"group:Domain Users", "public"};
     CHECK_OK(store_set_acl(s, "d1", acl, 2, err), err);
-    CHECK_INT(content_fingerprint(db), fp);
+    CHECK_INT(content_fingerprint(dir, db), fp);
     CHECK_INT(counter_of(s), counter + 1);
     /* stored as auth spells the group at login (store_principal_canonical) */
     CHECK_INT(raw_int(db, "SELECT count(*) FROM acl WHERE principal IN ('group:domain users', 'public')"), 2);
@@ -739,7 +811,7 @@ TEST(set_acl_rewrites_only_acl_rows)
     CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 0);
     CHECK_INT(store_set_acl(s, "nope", acl, 2, err), QR_ENOTFOUND);
     CHECK_MSG(strstr(err, "'nope'"), "%s", err);
-    CHECK_INT(content_fingerprint(db), fp);
+    CHECK_INT(content_fingerprint(dir, db), fp);
     sqlite3_close(db);
     store_close(s);
     rm_tree(dir);
@@ -766,7 +838,7 @@ TEST(delete_removes_everything)
     CHECK(db);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM documents"), 1);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks"), 2);
-    CHECK_INT(raw_int(db, "SELECT count(*) FROM vectors"), 2);
+    CHECK_INT(vec_rows(dir, db, DIM), 2);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM chunks_fts_docsize"), 2);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM acl"), 2);
     CHECK_INT(fts_count(db, "body:reimburse"), 0);
@@ -1363,9 +1435,31 @@ TEST(schema_1_store_migrates)
     CHECK_OK(put(s, &b, &r, err), err);
     store_close(s);
 
-    /* take the file back to schema 1 */
+    /* take the file back to schema 1: the vectors in a table of the database, as they were given */
     sqlite3 *db = raw_open(dir);
     CHECK(db);
+    CHECK(raw_exec(db, "CREATE TABLE vectors(chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE"
+                       " CASCADE, vec BLOB NOT NULL); DELETE FROM schema_version WHERE version = 4"));
+    const fixture *both[] = {&a, &b};
+    for (int d = 0; d < 2; d++) {
+        sqlite3_stmt *q = NULL;
+        CHECK(
+            sqlite3_prepare_v2(db,
+                               "INSERT INTO vectors SELECT c.id, ?2 FROM chunks c JOIN documents d ON d.id ="
+                               " c.doc WHERE d.doc_id = ?1 AND c.ordinal = ?3",
+                               -1, &q, NULL) == SQLITE_OK);
+        for (size_t i = 0; i < both[d]->nchunks; i++) {
+            sqlite3_bind_text(q, 1, both[d]->doc.doc_id, -1, SQLITE_STATIC);
+            sqlite3_bind_blob(q, 2, &both[d]->vectors[i * DIM], DIM * sizeof(float), SQLITE_STATIC);
+            sqlite3_bind_int64(q, 3, (int64_t)i);
+            CHECK(sqlite3_step(q) == SQLITE_DONE && sqlite3_changes(db) == 1);
+            sqlite3_reset(q);
+        }
+        sqlite3_finalize(q);
+    }
+    char vpath[600];
+    snprintf(vpath, sizeof(vpath), "%s/quarry.vec", dir);
+    CHECK(unlink(vpath) == 0);
     CHECK(raw_exec(db, "DROP TABLE job_results; DROP TABLE jobs;"
                        "DELETE FROM schema_version WHERE version = 3;"
                        "DROP INDEX documents_changed;"
@@ -1376,8 +1470,23 @@ TEST(schema_1_store_migrates)
     CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 1);
 
     CHECK_OK(store_open(dir, &s, err), err);
-    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 3);
+    CHECK_INT(raw_int(db, "SELECT max(version) FROM schema_version"), 4);
     CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name IN ('jobs', 'job_results')"), 2);
+    /* the vectors moved into their file, normalised */
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'vectors'"), 0);
+    CHECK_INT(vec_rows(dir, db, DIM), (int64_t)(a.nchunks + b.nchunks));
+    for (int d = 0; d < 2; d++) {
+        int64_t ids[16];
+        size_t n;
+        CHECK_INT(chunk_ids(s, both[d]->doc.doc_id, ids, &n), 0);
+        for (size_t i = 0; i < n; i++) {
+            float v[DIM], want[DIM];
+            CHECK_OK(store_get_vector(s, ids[i], v, DIM, err), err);
+            normalised(&both[d]->vectors[i * DIM], want, DIM);
+            for (int k = 0; k < DIM; k++)
+                CHECK(fabsf(v[k] - want[k]) < 1e-6f);
+        }
+    }
     CHECK_INT(raw_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'documents_changed'"), 1);
     /* documents of unknown history count as changed at the counter of the migration */
     doc_changes x;
@@ -2068,7 +2177,7 @@ TEST(fts_matches_stems_title_and_headings)
 /* ---- verification ------------------------------------------------------------------------ */
 
 /* The crash test's independent view of consistency: NULL when consistent, else what is wrong. */
-static const char *raw_inconsistency(sqlite3 *db, int dim)
+static const char *raw_inconsistency(const char *dir, sqlite3 *db, int dim)
 {
     static char why[256];
     sqlite3_stmt *q = NULL;
@@ -2086,18 +2195,17 @@ static const char *raw_inconsistency(sqlite3 *db, int dim)
         snprintf(why, sizeof(why), "FTS5 integrity-check: %s", sqlite3_errmsg(db));
         return why;
     }
-    char sizecheck[128];
-    snprintf(sizecheck, sizeof(sizecheck), "SELECT count(*) FROM vectors WHERE length(vec) != %d", 4 * dim);
+    int64_t rows;
+    const char *vwhy = vec_file_problem(dir, db, dim, &rows);
+    if (vwhy) {
+        snprintf(why, sizeof(why), "%s", vwhy);
+        return why;
+    }
     const struct {
         const char *sql, *what;
     } zero[] = {
         {"SELECT count(*) FROM chunks c LEFT JOIN documents d ON d.id = c.doc WHERE d.id IS NULL",
          "orphan chunks"},
-        {"SELECT count(*) FROM chunks c LEFT JOIN vectors v ON v.chunk_id = c.id WHERE v.chunk_id IS NULL",
-         "chunks without vectors"},
-        {"SELECT count(*) FROM vectors v LEFT JOIN chunks c ON c.id = v.chunk_id WHERE c.id IS NULL",
-         "orphan vectors"},
-        {sizecheck, "vectors of the wrong size"},
         {"SELECT count(*) FROM chunks WHERE id NOT IN (SELECT id FROM chunks_fts_docsize)",
          "chunks without FTS rows"},
         {"SELECT count(*) FROM chunks_fts_docsize WHERE id NOT IN (SELECT id FROM chunks)",
@@ -2133,6 +2241,162 @@ static const char *raw_inconsistency(sqlite3 *db, int dim)
     return NULL;
 }
 
+/* ---- the vectors file's rows of deleted chunks ------------------------------------------- */
+
+#define WIDE 1000 /* 4,000-byte rows: most straddle two 4 KiB blocks */
+
+/* Puts document id with n one-line chunks and WIDE-dimensional vectors. */
+static qr_status put_wide(store *s, const char *id, size_t n, char *err)
+{
+    static fixture f;
+    static float v[16 * WIDE];
+    char text[1024] = "";
+    for (size_t i = 0; i < n; i++)
+        snprintf(text + strlen(text), sizeof(text) - strlen(text), "%s line %zu of %s", i ? "\n" : "", i, id);
+    make_doc(&f, id, "Wide", text, NULL, 0);
+    for (size_t i = 0; i < n * WIDE; i++)
+        v[i] = (float)((i * 7919 + strlen(id)) % 97) + 1.0f;
+    store_put_result r;
+    return store_put(s, &f.doc, f.chunks, f.nchunks, v, WIDE, &r, err);
+}
+
+/* Whether chunk id's row in the file under dir reads as zeros (1), as a unit vector (0), or
+ * neither (-1). */
+static int wide_row_state(const char *dir, int64_t id)
+{
+    char path[600];
+    static float row[WIDE];
+    snprintf(path, sizeof(path), "%s/quarry.vec", dir);
+    int fd = open(path, O_RDONLY);
+    ssize_t got = fd < 0 ? -1 : pread(fd, row, sizeof(row), (off_t)(4096 + (size_t)id * sizeof(row)));
+    if (fd >= 0)
+        close(fd);
+    if (got != (ssize_t)sizeof(row))
+        return -1;
+    double n2 = 0;
+    for (int d = 0; d < WIDE; d++)
+        n2 += (double)row[d] * row[d];
+    return n2 == 0 ? 1 : fabs(n2 - 1) < 1e-4 ? 0 : -1;
+}
+
+/* Bytes the file system allocates for the vectors file under dir. */
+static long long vec_allocated(const char *dir)
+{
+    char path[600];
+    struct stat sb;
+    snprintf(path, sizeof(path), "%s/quarry.vec", dir);
+    return stat(path, &sb) == 0 ? (long long)sb.st_blocks * 512 : -1;
+}
+
+/* Whether the file system under dir frees punched ranges (tmpfs and ext4 do). */
+static bool punch_supported(const char *dir)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/punch-probe", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    char block[8192];
+    memset(block, 1, sizeof(block));
+    bool ok = fd >= 0 && pwrite(fd, block, sizeof(block), 0) == (ssize_t)sizeof(block) &&
+              fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096) == 0;
+    if (fd >= 0)
+        close(fd);
+    unlink(path);
+    return ok;
+}
+
+/* The rows of deleted chunks are freed once the delete is durable, and only then: at once
+ * outside bulk mode, at the end of a bulk load, never for a batch that rolled back, not while a
+ * backup holds the file (then after the next commit); the rows of live chunks are never touched,
+ * and deleting documents in any order frees the blocks they shared. */
+TEST(deleted_chunks_rows_are_freed_when_durable)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir = temp_dir();
+    CHECK(dir);
+    store *s = NULL;
+    CHECK_OK(store_open(dir, &s, err), err);
+    CHECK_OK(store_check_embedding(s, "wide", WIDE, err), err);
+    bool holes = punch_supported(dir);
+    const char *names[] = {"a", "b", "c", "d", "e", "f"};
+    int64_t ids[6][16];
+    size_t n[6];
+    for (int d = 0; d < 6; d++) {
+        CHECK_OK(put_wide(s, names[d], 5, err), err);
+        CHECK_INT(chunk_ids(s, names[d], ids[d], &n[d]), 0);
+        CHECK_INT(n[d], 5);
+    }
+    long long full = vec_allocated(dir), before;
+    CHECK(full >= 4096 + 30 * 4000);
+    /* five rows are 20,000 bytes: at least three whole blocks of 4 KiB lie inside them */
+#define FREED(b) (!holes || vec_allocated(dir) <= (b)-3 * 4096)
+#define KEPT(b)  (vec_allocated(dir) == (b))
+    /* freed at once; the rows of the neighbours, which share a block with b's, stay whole */
+    CHECK_OK(store_delete(s, "b", err), err);
+    CHECK(FREED(full));
+    for (size_t i = 0; i < 5; i++) {
+        CHECK_INT(wide_row_state(dir, ids[0][i]), 0);
+        CHECK_INT(wide_row_state(dir, ids[2][i]), 0);
+    }
+    /* not while a backup holds the file; after the next commit once it is let go */
+    store_vectors *held = NULL;
+    CHECK_OK(store_vectors_open(dir, &held, err), err);
+    CHECK_OK(store_vectors_hold(held, err), err);
+    before = vec_allocated(dir);
+    CHECK_OK(store_delete(s, "d", err), err);
+    CHECK(KEPT(before));
+    for (size_t i = 0; i < 5; i++)
+        CHECK_INT(wide_row_state(dir, ids[3][i]), 0);
+    store_vectors_close(held);
+    CHECK_OK(store_set_acl(s, "a", (const char *[]){"public"}, 1, err), err);
+    CHECK(FREED(before));
+    for (size_t i = 0; i < 5; i++) {
+        CHECK_INT(wide_row_state(dir, ids[2][i]), 0);
+        CHECK_INT(wide_row_state(dir, ids[4][i]), 0);
+    }
+    /* a batch that rolls back frees nothing */
+    before = vec_allocated(dir);
+    CHECK_OK(store_batch_begin(s, err), err);
+    CHECK_OK(store_delete(s, "e", err), err);
+    store_batch_rollback(s);
+    CHECK(KEPT(before));
+    CHECK_OK(store_set_acl(s, "e", (const char *[]){"public"}, 1, err), err); /* a commit after it */
+    CHECK(KEPT(before));
+    float v[WIDE];
+    CHECK_OK(store_get_vector(s, ids[4][0], v, WIDE, err), err);
+    for (size_t i = 0; i < 5; i++)
+        CHECK_INT(wide_row_state(dir, ids[4][i]), 0);
+    /* bulk mode: only once the load is synced */
+    CHECK_OK(store_bulk_begin(s, err), err);
+    CHECK_OK(store_delete(s, "e", err), err);
+    CHECK(KEPT(before));
+    CHECK_OK(store_bulk_end(s, err), err);
+    CHECK(FREED(before));
+    /* new content: the old chunks' rows go, the new ones are whole */
+    before = vec_allocated(dir);
+    CHECK_OK(put_wide(s, "a", 3, err), err);
+    int64_t now[16];
+    size_t nn;
+    CHECK_INT(chunk_ids(s, "a", now, &nn), 0);
+    CHECK(!holes || vec_allocated(dir) < before); /* 20,000 bytes freed, 12,000 written */
+    for (size_t i = 0; i < nn; i++)
+        CHECK_INT(wide_row_state(dir, now[i]), 0);
+    for (size_t i = 0; i < 5; i++)
+        CHECK_INT(wide_row_state(dir, ids[2][i]), 0);
+#undef FREED
+#undef KEPT
+    CHECK_OK(store_verify(s, err), err);
+    /* everything deleted, in no particular order: the blocks rows shared are freed as well */
+    CHECK_OK(store_delete(s, "f", err), err);
+    CHECK_OK(store_delete(s, "c", err), err);
+    CHECK_OK(store_delete(s, "a", err), err);
+    if (holes)
+        CHECK_MSG(vec_allocated(dir) <= 4 * 4096, "%lld bytes still allocated of %lld", vec_allocated(dir),
+                  full);
+    CHECK_OK(store_verify(s, err), err);
+    store_close(s);
+    rm_tree(dir);
+}
+
 TEST(verify_detects_damage)
 {
     char err[QR_ERR_LEN] = "";
@@ -2149,15 +2413,33 @@ TEST(verify_detects_damage)
     sqlite3 *db = raw_open(dir);
     CHECK(db);
     CHECK_OK(store_verify(s, err), err);
-    const char *why = raw_inconsistency(db, DIM);
+    const char *why = raw_inconsistency(dir, db, DIM);
     CHECK_MSG(why == NULL, "%s", why);
 
-    /* a lost vector */
-    CHECK(raw_exec(db, "DELETE FROM vectors WHERE chunk_id = (SELECT max(id) FROM chunks)"));
+    /* a lost vector: the file cut short of the last chunk's row */
+    char vpath[600];
+    snprintf(vpath, sizeof(vpath), "%s/quarry.vec", dir);
+    struct stat vsb;
+    CHECK(stat(vpath, &vsb) == 0);
+    CHECK(truncate(vpath, vsb.st_size - 4) == 0);
     CHECK_INT(store_verify(s, err), QR_EIO);
-    CHECK_MSG(strstr(err, "without a vector"), "%s", err);
-    CHECK(raw_inconsistency(db, DIM) != NULL);
-    CHECK(raw_exec(db, "INSERT INTO vectors SELECT max(id), zeroblob(16) FROM chunks"));
+    CHECK_MSG(strstr(err, "too short"), "%s", err);
+    CHECK(raw_inconsistency(dir, db, DIM) != NULL);
+    CHECK(truncate(vpath, vsb.st_size) == 0); /* the last value reads 0 now: still not normalised */
+    CHECK_INT(store_verify(s, err), QR_EIO);
+    CHECK_MSG(strstr(err, "is damaged"), "%s", err);
+    /* a row overwritten with a value that is not a number */
+    int vfd = open(vpath, O_WRONLY);
+    CHECK(vfd >= 0);
+    float nan_row[DIM] = {NAN, 0, 0, 0};
+    CHECK(pwrite(vfd, nan_row, sizeof(nan_row), vsb.st_size - (off_t)sizeof(nan_row)) ==
+          (ssize_t)sizeof(nan_row));
+    CHECK_INT(store_verify(s, err), QR_EIO);
+    CHECK(raw_inconsistency(dir, db, DIM) != NULL);
+    float unit_row[DIM] = {1, 0, 0, 0};
+    CHECK(pwrite(vfd, unit_row, sizeof(unit_row), vsb.st_size - (off_t)sizeof(unit_row)) ==
+          (ssize_t)sizeof(unit_row));
+    close(vfd);
     CHECK_OK(store_verify(s, err), err);
 
     /* a chunk changed behind the full-text index's back */
@@ -2166,7 +2448,7 @@ TEST(verify_detects_damage)
             "chunks)"));
     CHECK_INT(store_verify(s, err), QR_EIO);
     CHECK_MSG(strstr(err, "full-text index"), "%s", err);
-    why = raw_inconsistency(db, DIM);
+    why = raw_inconsistency(dir, db, DIM);
     CHECK(why && strstr(why, "FTS5"));
     sqlite3_close(db);
     store_close(s);
@@ -2372,7 +2654,7 @@ TEST(crash_kill_50)
         store_close(s);
         sqlite3 *db = raw_open(store_dir);
         CHECK(db);
-        const char *why = raw_inconsistency(db, 8);
+        const char *why = raw_inconsistency(store_dir, db, 8);
         sqlite3_close(db);
         CHECK_MSG(why == NULL, "round %d (seed %s): %s", round, seed, why);
     }
