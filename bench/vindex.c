@@ -17,6 +17,7 @@
  * Usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw]
  *                     [--nprobe 8,16,32,64] [--ef 32,64,128,256] [--dir DIR] [--filters]
  *                     [--share-training] [--collection DIR]... [--store DATA_DIR]
+ *                     [--rows copy,external]
  * --share-training gives the second IVF type the first one's k-means centroids (through the
  * centroid seam of the GPU build path), halving the training time of large runs.
  * --collection runs every type on a shared collection (BEIR layout: corpus.jsonl,
