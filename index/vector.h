@@ -24,13 +24,13 @@
  * the same whichever path found a chunk, and equal scores are ordered by smaller chunk id.
  *
  * On disk, under dir: generation N is gen-N.faiss (the FAISS index) and gen-N.vec (chunk ids in
- * ascending order and their normalised float32 rows, mapped into memory for exact search; opened
- * with vindex_open_rows, the ids only: the rows are the store's, see below), and MANIFEST names the served
- * generation with its type, dimension, count, the store change counter it was built from and a checksum of
- * every file. A build writes its files under temporary names, syncs and renames them, and commits by renaming
- * MANIFEST last: a crash at any moment leaves the previous generation served, and leftovers are removed at
- * the next open or build. One process at a time may open a directory (a lock file; the second open is
- * QR_EPERM).
+ * ascending order and their normalised float32 rows, mapped into memory for exact search; in
+ * rows mode the ids only, the rows being the store's, see below), and MANIFEST names the served
+ * generation with its type, dimension, count, the store change counter it was built from and a
+ * checksum of every file. A build writes its files under temporary names, syncs and renames
+ * them, and commits by renaming MANIFEST last: a crash at any moment leaves the previous
+ * generation served, and leftovers are removed at the next open or build. One process at a time
+ * may open a directory (a lock file; the second open is QR_EPERM).
  *
  * Incremental changes live in memory: vindex_add puts chunks into an exact delta searched with
  * the main index, vindex_remove records tombstones filtered at search time. They are not written
