@@ -17,6 +17,7 @@
  * Usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw]
  *                     [--nprobe 8,16,32,64] [--ef 32,64,128,256] [--dir DIR] [--filters]
  *                     [--share-training] [--collection DIR]... [--store DATA_DIR]
+ *                     [--rows copy,external]
  * --share-training gives the second IVF type the first one's k-means centroids (through the
  * centroid seam of the GPU build path), halving the training time of large runs.
  * --collection runs every type on a shared collection (BEIR layout: corpus.jsonl,
@@ -25,6 +26,11 @@
  * --store runs every type on the vectors of a quarry data directory (at most --n of them, in chunk
  * id order: e.g. bench_search's generated collection, embedded by the local embedder) with
  * queries of 2 to 6 Zipf pseudo-words of the same vocabulary embedded by the local embedder.
+ * --rows copy,external builds and searches every index (and the filtered section's) in each of
+ * the vector index's row modes on the same vectors: copy (its own rows in gen-N.vec) and
+ * external (vindex_open_rows: the rows read from a provider, here an array of the normalised
+ * vectors laid out by chunk id as the store's vector file is, in memory and not counted in the
+ * RSS delta; gen-N.vec then holds the ids only).
  */
 #define _GNU_SOURCE
 #include <cblas.h>
@@ -239,10 +245,71 @@ static size_t nscans = 1, rerank_opt;
  * data is the same for the same --n); their build time is then not measured */
 static const char *keep_dir;
 
+/* --rows: the row modes run, "copy" and/or "external" (vindex_open_rows); an external index lives
+ * in its directory's sibling "<dir>-rows" */
+static const char *row_modes[2] = {"copy"};
+static size_t nrow_modes = 1;
+
+/* The provider of external rows: the normalised vectors by chunk id (rows of ids without a
+ * vector are zero), as the store's vector file lays them out. */
+static float *ext_rows;
+static int64_t ext_max = -1;
+
+static qr_status ext_map(void *ctx, int64_t max_id, const float **base, char *err)
+{
+    (void)ctx;
+    if (max_id > ext_max)
+        return qr_fail(err, QR_EINVAL, "the bench's rows end at chunk %lld, not %lld", (long long)ext_max,
+                       (long long)max_id);
+    *base = ext_rows;
+    return QR_OK;
+}
+
+static void die(const char *what, const char *err);
+
+/* Lays out (ids, vecs) for ext_map, replacing what was there. */
+static void ext_fill(const int64_t *ids, const float *vecs, size_t n)
+{
+    int64_t max = -1;
+    for (size_t i = 0; i < n; i++)
+        max = ids[i] > max ? ids[i] : max;
+    free(ext_rows);
+    ext_rows = calloc((size_t)(max + 1) * DIM, sizeof(float));
+    if (!ext_rows)
+        die("allocation", "out of memory for the external rows");
+    for (size_t i = 0; i < n; i++)
+        if (!vindex_normalize_row(vecs + i * DIM, ext_rows + (size_t)ids[i] * DIM, DIM))
+            die("external rows", "a vector is zero or not finite");
+    ext_max = max;
+}
+
+static bool row_mode_external(size_t rm)
+{
+    return strcmp(row_modes[rm], "external") == 0;
+}
+
+/* The directory of row mode rm for an index directory (created when missing). */
+static const char *mode_dir(const char *dir, size_t rm, char *buf, size_t len)
+{
+    if (!row_mode_external(rm))
+        return dir;
+    snprintf(buf, len, "%s-rows", dir);
+    mkdir(buf, 0700);
+    return buf;
+}
+
+/* vindex_open, or vindex_open_rows over the bench's provider for the external mode. */
+static qr_status open_mode(const char *dir, size_t rm, const vindex_opts *o, int64_t counter, vindex **v,
+                           bool *stale, char *err)
+{
+    vindex_rows rows = {ext_map, NULL, 1};
+    return row_mode_external(rm) ? vindex_open_rows(dir, DIM, o, &rows, counter, v, stale, err)
+                                 : vindex_open(dir, DIM, o, counter, v, stale, err);
+}
+
 /* --dump DIR: the generated vectors, queries and exact top 10 as raw little-endian files
  * (base.f32: n x 384 float32, normalised as the index holds them; queries.f32; gt.i64: queries x
  * 10 row numbers), for bench/vindex_hnswlib.py to run hnswlib on the same data */
-static void die(const char *what, const char *err);
 
 static void dump_raw(const char *dir, const char *name, const void *data, size_t bytes)
 {
@@ -269,13 +336,13 @@ static const char *index_dir(const char *dir, const char *type, size_t n, char *
 
 /* Opens a kept index of n vectors in dir as it was built (store counter 1); false (and the
  * directory emptied) when there is none. */
-static bool open_kept(const char *dir, const vindex_opts *o, size_t n, vindex **v)
+static bool open_kept(const char *dir, size_t rm, const vindex_opts *o, size_t n, vindex **v)
 {
     char err[QR_ERR_LEN];
     bool stale = true;
     vindex_opts ko = *o;
     ko.rebuild_on_mismatch = true;
-    if (keep_dir && vindex_open(dir, DIM, &ko, 1, v, &stale, err) == QR_OK) {
+    if (keep_dir && open_mode(dir, rm, &ko, 1, v, &stale, err) == QR_OK) {
         vindex_info info;
         vindex_get_info(*v, &info);
         if (!stale && info.count == n)
@@ -448,101 +515,108 @@ static void run_types(const bench_cfg *cfg, const char *label, const int64_t *id
     char typebuf[128];
     snprintf(typebuf, sizeof(typebuf), "%s", cfg->types);
     char *save = NULL;
-    for (char *type = strtok_r(typebuf, ",", &save); type; type = strtok_r(NULL, ",", &save)) {
-        char kbuf[512];
-        const char *tdir = index_dir(cfg->dir, type, n, kbuf, sizeof(kbuf));
-        if (!keep_dir)
-            clear_dir(tdir);
-        bool ivf = strncmp(type, "ivf", 3) == 0, hnsw = strcmp(type, "hnsw") == 0;
-        vindex_opts o;
-        vindex_opts_default(&o);
-        o.type = type;
-        if (rerank_opt)
-            o.rerank = rerank_opt;
-        if (ivf)
-            o.nprobe = cfg->nprobes[0];
-        if (hnsw)
-            o.ef_search = cfg->efs[0];
-        omp_set_num_threads(cfg->build_threads);
-        openblas_set_num_threads(cfg->build_threads);
-        double rss0 = rss_anon_mb();
-        vindex *v = NULL;
-        bool stale;
-        uint64_t b0 = qr_now_ns();
-        bool kept = open_kept(tdir, &o, n, &v);
-        vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
-        bool reused = ivf && shared_centroids && cfg->share_training;
-        if (!kept) {
-            if (vindex_open(tdir, DIM, &o, 0, &v, &stale, err))
-                die("open", err);
-            vindex_builder *b = NULL;
-            if (vindex_build_begin(v, reused ? &shared : NULL, &b, err) ||
-                vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
-                die("build", err);
-        }
-        double build_s = (double)(qr_now_ns() - b0) / 1e9;
-        double heap = rss_anon_mb() - rss0, scan_mb = 0;
-        double files = dir_mb(tdir);
-        vindex_info info;
-        vindex_get_info(v, &info);
-        if (ivf && !shared_centroids) {
-            shared_nlist = info.nlist;
-            shared_centroids = malloc(shared_nlist * DIM * sizeof(float));
-            if (vindex_get_centroids(v, shared_centroids, shared_nlist, err))
-                die("centroids", err);
-        }
-        omp_set_num_threads(1);
-        openblas_set_num_threads(1);
-        size_t nparams = ivf ? cfg->n_nprobe : hnsw ? cfg->n_ef : 1;
-        for (size_t pp = 0; pp < nparams * (ivf ? nscans : 1); pp++) {
-            size_t p = ivf ? pp / nscans : pp;
-            if (pp > 0 || (ivf && strcmp(scans[0], o.scan) != 0)) {
-                vindex_close(v);
-                if (ivf) {
-                    o.nprobe = cfg->nprobes[p];
-                    o.scan = scans[pp % nscans];
-                } else {
-                    o.ef_search = cfg->efs[p];
-                }
-                if (vindex_open(tdir, DIM, &o, 1, &v, &stale, err))
-                    die("reopen", err);
-            }
-            if (ivf) {
-                /* the first search of a generation reads its IVF layout (and the int8 codes) */
-                int64_t fids[TOPK_MAX];
-                float fsc[TOPK_MAX];
-                size_t ffound;
-                uint64_t f0 = qr_now_ns();
-                if (vindex_search(v, queries, DIM, top_k, NULL, NULL, fids, fsc, &ffound, NULL, err))
-                    die("search", err);
-                fprintf(stderr, "# %s scan, nprobe %zu: first search %.0f ms\n", o.scan, o.nprobe,
-                        (double)(qr_now_ns() - f0) / 1e6);
-            }
-            double recall, p50, p99;
-            run_queries(v, queries, nq, gt, NULL, NULL, NULL, 0, &recall, &p50, &p99);
-            char param[32] = "-";
+    for (size_t rm = 0; rm < nrow_modes; rm++)
+        if (row_mode_external(rm))
+            ext_fill(ids, base, n);
+    for (char *type = strtok_r(typebuf, ",", &save); type; type = strtok_r(NULL, ",", &save))
+        for (size_t rm = 0; rm < nrow_modes; rm++) {
+            char kbuf[512], mbuf[600];
+            const char *tdir =
+                mode_dir(index_dir(cfg->dir, type, n, kbuf, sizeof(kbuf)), rm, mbuf, sizeof(mbuf));
+            if (!keep_dir)
+                clear_dir(tdir);
+            bool ivf = strncmp(type, "ivf", 3) == 0, hnsw = strcmp(type, "hnsw") == 0;
+            vindex_opts o;
+            vindex_opts_default(&o);
+            o.type = type;
+            if (rerank_opt)
+                o.rerank = rerank_opt;
             if (ivf)
-                snprintf(param, sizeof(param), "%zu", cfg->nprobes[p]);
+                o.nprobe = cfg->nprobes[0];
             if (hnsw)
-                snprintf(param, sizeof(param), "%zu", cfg->efs[p]);
-            char nlist[32] = "-";
-            if (ivf)
-                snprintf(nlist, sizeof(nlist), "%zu", info.nlist);
-            char tname[48];
-            snprintf(tname, sizeof(tname), "%s%s%s%s", info.type, ivf ? " (" : "", ivf ? o.scan : "",
-                     ivf ? " scan)" : "");
-            if (p == 0 && pp == 0 && ivf)
-                scan_mb = rss_anon_mb() - rss0 - heap; /* what the first searches added (the codes) */
-            printf("| %s | %s | %s | %s | %.1f%s | %.0f + %.0f | %.0f | %.3f | %.3f | %.3f | %.3f |\n", label,
-                   tname, nlist, param, kept ? 0.0 : build_s,
-                   kept     ? " (kept, not built)"
-                   : reused ? " (k-means reused)"
-                            : "",
-                   heap, scan_mb, files, recall, p50, p99, cpu_p50);
-            fflush(stdout);
+                o.ef_search = cfg->efs[0];
+            omp_set_num_threads(cfg->build_threads);
+            openblas_set_num_threads(cfg->build_threads);
+            double rss0 = rss_anon_mb();
+            vindex *v = NULL;
+            bool stale;
+            uint64_t b0 = qr_now_ns();
+            bool kept = open_kept(tdir, rm, &o, n, &v);
+            vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
+            bool reused = ivf && shared_centroids && cfg->share_training;
+            if (!kept) {
+                if (open_mode(tdir, rm, &o, 0, &v, &stale, err))
+                    die("open", err);
+                vindex_builder *b = NULL;
+                if (vindex_build_begin(v, reused ? &shared : NULL, &b, err) ||
+                    vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err))
+                    die("build", err);
+            }
+            double build_s = (double)(qr_now_ns() - b0) / 1e9;
+            double heap = rss_anon_mb() - rss0, scan_mb = 0;
+            double files = dir_mb(tdir);
+            fprintf(stderr, "# %s, rows %s: generation files %.1f MB\n", type, row_modes[rm], files);
+            vindex_info info;
+            vindex_get_info(v, &info);
+            if (ivf && !shared_centroids) {
+                shared_nlist = info.nlist;
+                shared_centroids = malloc(shared_nlist * DIM * sizeof(float));
+                if (vindex_get_centroids(v, shared_centroids, shared_nlist, err))
+                    die("centroids", err);
+            }
+            omp_set_num_threads(1);
+            openblas_set_num_threads(1);
+            size_t nparams = ivf ? cfg->n_nprobe : hnsw ? cfg->n_ef : 1;
+            for (size_t pp = 0; pp < nparams * (ivf ? nscans : 1); pp++) {
+                size_t p = ivf ? pp / nscans : pp;
+                if (pp > 0 || (ivf && strcmp(scans[0], o.scan) != 0)) {
+                    vindex_close(v);
+                    if (ivf) {
+                        o.nprobe = cfg->nprobes[p];
+                        o.scan = scans[pp % nscans];
+                    } else {
+                        o.ef_search = cfg->efs[p];
+                    }
+                    if (open_mode(tdir, rm, &o, 1, &v, &stale, err))
+                        die("reopen", err);
+                }
+                if (ivf) {
+                    /* the first search of a generation reads its IVF layout (and the int8 codes) */
+                    int64_t fids[TOPK_MAX];
+                    float fsc[TOPK_MAX];
+                    size_t ffound;
+                    uint64_t f0 = qr_now_ns();
+                    if (vindex_search(v, queries, DIM, top_k, NULL, NULL, fids, fsc, &ffound, NULL, err))
+                        die("search", err);
+                    fprintf(stderr, "# %s scan, nprobe %zu: first search %.0f ms\n", o.scan, o.nprobe,
+                            (double)(qr_now_ns() - f0) / 1e6);
+                }
+                double recall, p50, p99;
+                run_queries(v, queries, nq, gt, NULL, NULL, NULL, 0, &recall, &p50, &p99);
+                char param[32] = "-";
+                if (ivf)
+                    snprintf(param, sizeof(param), "%zu", cfg->nprobes[p]);
+                if (hnsw)
+                    snprintf(param, sizeof(param), "%zu", cfg->efs[p]);
+                char nlist[32] = "-";
+                if (ivf)
+                    snprintf(nlist, sizeof(nlist), "%zu", info.nlist);
+                char tname[80];
+                snprintf(tname, sizeof(tname), "%s%s%s%s%s", info.type, ivf ? " (" : "", ivf ? o.scan : "",
+                         ivf ? " scan)" : "",
+                         nrow_modes > 1 ? (row_mode_external(rm) ? ", rows external" : ", rows copy") : "");
+                if (p == 0 && pp == 0 && ivf)
+                    scan_mb = rss_anon_mb() - rss0 - heap; /* what the first searches added (the codes) */
+                printf("| %s | %s | %s | %s | %.1f%s | %.0f + %.0f | %.0f | %.3f | %.3f | %.3f | %.3f |\n",
+                       label, tname, nlist, param, kept ? 0.0 : build_s,
+                       kept     ? " (kept, not built)"
+                       : reused ? " (k-means reused)"
+                                : "",
+                       heap, scan_mb, files, recall, p50, p99, cpu_p50);
+                fflush(stdout);
+            }
+            vindex_close(v);
         }
-        vindex_close(v);
-    }
 
     *shared_out = shared_centroids;
     *shared_nlist_out = shared_nlist;
@@ -728,6 +802,21 @@ static void run_store(const bench_cfg *cfg, const char *data, size_t n, size_t n
     qr_config_free(qc);
 }
 
+/* Removes the bench's index directories (the external mode's sibling too) and the provider's rows. */
+static void remove_dirs(const char *dir)
+{
+    clear_dir(dir);
+    rmdir(dir);
+    if (!keep_dir) {
+        char rbuf[600];
+        snprintf(rbuf, sizeof(rbuf), "%s-rows", dir);
+        clear_dir(rbuf);
+        rmdir(rbuf);
+    }
+    free(ext_rows);
+    ext_rows = NULL;
+}
+
 static size_t parse_list(const char *s, size_t *out, size_t max)
 {
     size_t n = 0;
@@ -792,12 +881,24 @@ int main(int argc, char **argv)
             collections[ncollections++] = argv[++i];
         else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc)
             store_dir = argv[++i];
-        else {
-            fprintf(stderr,
-                    "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
-                    "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
-                    "[--collection DIR]... [--store DATA_DIR] [--scan int8,faiss] [--rerank R] [--k K] "
-                    "[--served-nprobe N] [--keep DIR] [--dump DIR] [--widen 0.5,0.25]\n");
+        else if (strcmp(argv[i], "--rows") == 0 && i + 1 < argc) {
+            static char rowbuf[64];
+            snprintf(rowbuf, sizeof(rowbuf), "%s", argv[++i]);
+            nrow_modes = 0;
+            for (char *t = strtok(rowbuf, ","); t && nrow_modes < 2; t = strtok(NULL, ","))
+                row_modes[nrow_modes++] = t;
+            for (size_t rm = 0; rm < nrow_modes; rm++)
+                if (strcmp(row_modes[rm], "copy") != 0 && strcmp(row_modes[rm], "external") != 0)
+                    die("--rows", "modes are copy and external");
+            if (!nrow_modes)
+                die("--rows", "give copy, external or both");
+        } else {
+            fprintf(
+                stderr,
+                "usage: bench_vindex [--n N] [--queries Q] [--types flat,ivf_flat,ivf_sq8,ivf_pq,hnsw] "
+                "[--nprobe 8,16,32] [--ef 32,64,128] [--dir DIR] [--filters] [--share-training] "
+                "[--collection DIR]... [--store DATA_DIR] [--scan int8,faiss] [--rerank R] [--k K] "
+                "[--served-nprobe N] [--keep DIR] [--dump DIR] [--widen 0.5,0.25] [--rows copy,external]\n");
             return 2;
         }
     }
@@ -814,8 +915,7 @@ int main(int argc, char **argv)
             "# vindex bench on a store's vectors; builds on %d threads, queries on 1; OpenBLAS kernels: %s\n",
             build_threads, openblas_get_corename());
         run_store(&sc, store_dir, n, nq);
-        clear_dir(dir);
-        rmdir(dir);
+        remove_dirs(dir);
         return 0;
     }
     if (ncollections) {
@@ -827,8 +927,7 @@ int main(int argc, char **argv)
                build_threads, openblas_get_corename());
         for (size_t i = 0; i < ncollections; i++)
             run_collection(&cc, collections[i]);
-        clear_dir(dir);
-        rmdir(dir);
+        remove_dirs(dir);
         return 0;
     }
 
@@ -896,40 +995,50 @@ int main(int argc, char **argv)
     run_types(&cfg, label, ids, base, n, queries, nq, gt, &shared_centroids, &shared_nlist);
 
     if (filters) {
-        /* the served configuration (auto type, default parameters) under permission filtering */
+        /* the served configuration (auto type, default parameters) under permission filtering, in
+         * each row mode (vm[rm]); the exact filtered ground truth comes from the first */
         clear_dir(dir);
-        vindex_opts o;
-        vindex_opts_default(&o);
-        if (served_nprobe)
-            o.nprobe = served_nprobe;
-        if (rerank_opt)
-            o.rerank = rerank_opt;
-        o.scan = scans[0];
+        vindex_opts om[2];
+        vindex *vm[2] = {NULL, NULL};
+        const char *sdirs[2];
+        char kbuf[512], mbufs[2][600];
         omp_set_num_threads(build_threads);
         openblas_set_num_threads(build_threads);
-        vindex *v = NULL;
-        bool stale;
-        vindex_builder *b = NULL;
-        /* the lists of an earlier IVF build are reused: only the search paths are measured here */
-        vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
-        bool reuse = shared_centroids && n > o.exact_threshold;
-        char kbuf[512];
-        const char *sdir = index_dir(dir, "served", n, kbuf, sizeof(kbuf));
-        if (!open_kept(sdir, &o, n, &v) &&
-            (vindex_open(sdir, DIM, &o, 0, &v, &stale, err) ||
-             vindex_build_begin(v, reuse ? &shared : NULL, &b, err) ||
-             vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err)))
-            die("build", err);
+        for (size_t rm = 0; rm < nrow_modes; rm++) {
+            vindex_opts *o = &om[rm];
+            vindex_opts_default(o);
+            if (served_nprobe)
+                o->nprobe = served_nprobe;
+            if (rerank_opt)
+                o->rerank = rerank_opt;
+            o->scan = scans[0];
+            bool stale;
+            vindex_builder *b = NULL;
+            /* the lists of an earlier IVF build are reused: only the search paths are measured here */
+            vindex_centroids shared = {shared_centroids, shared_nlist, DIM};
+            bool reuse = shared_centroids && n > o->exact_threshold;
+            sdirs[rm] =
+                mode_dir(index_dir(dir, "served", n, kbuf, sizeof(kbuf)), rm, mbufs[rm], sizeof(mbufs[rm]));
+            if (!keep_dir)
+                clear_dir(sdirs[rm]);
+            if (!open_kept(sdirs[rm], rm, o, n, &vm[rm]) &&
+                (open_mode(sdirs[rm], rm, o, 0, &vm[rm], &stale, err) ||
+                 vindex_build_begin(vm[rm], reuse ? &shared : NULL, &b, err) ||
+                 vindex_build_add(b, ids, base, n, DIM, err) || vindex_build_commit(b, 1, err)))
+                die("build", err);
+            fprintf(stderr, "# served index, rows %s: generation files %.1f MB\n", row_modes[rm],
+                    dir_mb(sdirs[rm]));
+        }
         /* exact filtered ground truth costs a subset search per query: fewer queries here */
         size_t nqf = nq < 300 ? nq : 300;
         omp_set_num_threads(1);
         openblas_set_num_threads(1);
         vindex_info info;
-        vindex_get_info(v, &info);
+        vindex_get_info(vm[0], &info);
         printf(
             "\nFiltered search on the served default (%s, nprobe %zu, rerank %zu), %zu vectors, k=%zu, %zu "
             "queries, one thread:\n\n",
-            info.type, info.nprobe, o.rerank, n, top_k, nqf);
+            info.type, info.nprobe, om[0].rerank, n, top_k, nqf);
         printf("| filter | permitted | exact-scan fallbacks | recall@10 vs exact filtered | p50 ms | p99 ms "
                "| p50 "
                "CPU ms |\n|---|---|---|---|---|---|---|\n");
@@ -952,59 +1061,67 @@ int main(int argc, char **argv)
                 size_t found;
                 for (size_t j = 0; j < top_k; j++)
                     fgt[qi * top_k + j] = -1;
-                if (vindex_search_subset(v, queries + qi * DIM, DIM, top_k, permitted, np, fgt + qi * top_k,
-                                         sc, &found, NULL, err))
+                if (vindex_search_subset(vm[0], queries + qi * DIM, DIM, top_k, permitted, np,
+                                         fgt + qi * top_k, sc, &found, NULL, err))
                     die("subset", err);
             }
-            vindex_info before, after;
-            vindex_get_info(v, &before);
-            double recall, p50, p99;
-            run_queries(v, queries, nqf, fgt, pcts[i] == 1000 ? NULL : permit_pct, &pc, NULL, 0, &recall,
-                        &p50, &p99);
-            vindex_get_info(v, &after);
-            printf("| predicate, %.1f%% | %zu | %llu of %zu | %.3f | %.3f | %.3f | %.3f |\n", pcts[i] / 10.0,
-                   np, (unsigned long long)(after.exact_scans - before.exact_scans),
-                   nqf + (nqf < 20 ? nqf : 20), recall, p50, p99, cpu_p50);
-            fflush(stdout);
-            /* the permitted list through vindex_search_permitted (what retrieval passes for
-             * restricted callers), with each scan */
-            for (size_t si = 0; si < nscans; si++) {
-                if (strcmp(o.scan, scans[si]) != 0) {
-                    vindex_close(v);
-                    o.scan = scans[si];
-                    if (vindex_open(sdir, DIM, &o, 1, &v, &stale, err))
-                        die("reopen", err);
-                }
-                size_t widens[8];
-                double wv[8] = {0.25};
-                size_t nw = 1;
-                if (widen && strcmp(o.scan, "int8") == 0) {
-                    nw = parse_list(widen, widens, 8); /* hundredths */
-                    for (size_t w = 0; w < nw; w++)
-                        wv[w] = (double)widens[w] / 100.0;
-                }
-                for (size_t w = 0; w < nw; w++) {
-                    double pr, lay;
-                    size_t subs;
-                    vindex_test_set_widen(wv[w]);
-                    run_permitted(v, queries, nqf, fgt, permitted, np, &recall, &p50, &p99, &pr, &subs, &lay);
-                    printf(
-                        "| permitted list, %.1f%% (%s scan, widen 1/share^%.2f: %.0f lists, %zu exact-subset "
-                        "answers; layout %.0f ms) | %zu | - | %.3f | %.3f | %.3f | %.3f |\n",
-                        pcts[i] / 10.0, o.scan, strcmp(o.scan, "int8") == 0 ? wv[w] : 0.5, pr, subs, lay, np,
-                        recall, p50, p99, cpu_p50);
-                    fflush(stdout);
-                }
-                vindex_test_set_widen(0.25);
-                if (np <= 100000 && pcts[i] < 1000) {
-                    /* the same list through vindex_search_subset: retrieval's path under its exact
-                     * threshold (retrieval.exact_min, exact_share) */
-                    run_queries(v, queries, nqf, fgt, NULL, NULL, permitted, np, &recall, &p50, &p99);
-                    printf(
-                        "| permitted list, %.1f%%, exact subset (%s scan) | %zu | - | %.3f | %.3f | %.3f | "
-                        "%.3f |\n",
-                        pcts[i] / 10.0, o.scan, np, recall, p50, p99, cpu_p50);
-                    fflush(stdout);
+            for (size_t rm = 0; rm < nrow_modes; rm++) {
+                vindex_opts *o = &om[rm];
+                char mode[32] = "";
+                if (nrow_modes > 1)
+                    snprintf(mode, sizeof(mode), ", rows %s", row_modes[rm]);
+                bool stale;
+                vindex_info before, after;
+                vindex_get_info(vm[rm], &before);
+                double recall, p50, p99;
+                run_queries(vm[rm], queries, nqf, fgt, pcts[i] == 1000 ? NULL : permit_pct, &pc, NULL, 0,
+                            &recall, &p50, &p99);
+                vindex_get_info(vm[rm], &after);
+                printf("| predicate, %.1f%%%s | %zu | %llu of %zu | %.3f | %.3f | %.3f | %.3f |\n",
+                       pcts[i] / 10.0, mode, np, (unsigned long long)(after.exact_scans - before.exact_scans),
+                       nqf + (nqf < 20 ? nqf : 20), recall, p50, p99, cpu_p50);
+                fflush(stdout);
+                /* the permitted list through vindex_search_permitted (what retrieval passes for
+                 * restricted callers), with each scan */
+                for (size_t si = 0; si < nscans; si++) {
+                    if (strcmp(o->scan, scans[si]) != 0) {
+                        vindex_close(vm[rm]);
+                        o->scan = scans[si];
+                        if (open_mode(sdirs[rm], rm, o, 1, &vm[rm], &stale, err))
+                            die("reopen", err);
+                    }
+                    size_t widens[8];
+                    double wv[8] = {0.25};
+                    size_t nw = 1;
+                    if (widen && strcmp(o->scan, "int8") == 0) {
+                        nw = parse_list(widen, widens, 8); /* hundredths */
+                        for (size_t w = 0; w < nw; w++)
+                            wv[w] = (double)widens[w] / 100.0;
+                    }
+                    for (size_t w = 0; w < nw; w++) {
+                        double pr, lay;
+                        size_t subs;
+                        vindex_test_set_widen(wv[w]);
+                        run_permitted(vm[rm], queries, nqf, fgt, permitted, np, &recall, &p50, &p99, &pr,
+                                      &subs, &lay);
+                        printf("| permitted list, %.1f%% (%s scan, widen 1/share^%.2f: %.0f lists, %zu "
+                               "exact-subset answers; layout %.0f ms%s) | %zu | - | %.3f | %.3f | %.3f | "
+                               "%.3f |\n",
+                               pcts[i] / 10.0, o->scan, strcmp(o->scan, "int8") == 0 ? wv[w] : 0.5, pr, subs,
+                               lay, mode, np, recall, p50, p99, cpu_p50);
+                        fflush(stdout);
+                    }
+                    vindex_test_set_widen(0.25);
+                    if (np <= 100000 && pcts[i] < 1000) {
+                        /* the same list through vindex_search_subset: retrieval's path under its exact
+                         * threshold (retrieval.exact_min, exact_share) */
+                        run_queries(vm[rm], queries, nqf, fgt, NULL, NULL, permitted, np, &recall, &p50,
+                                    &p99);
+                        printf("| permitted list, %.1f%%, exact subset (%s scan%s) | %zu | - | %.3f | %.3f | "
+                               "%.3f | %.3f |\n",
+                               pcts[i] / 10.0, o->scan, mode, np, recall, p50, p99, cpu_p50);
+                        fflush(stdout);
+                    }
                 }
             }
             free(permitted);
@@ -1015,31 +1132,38 @@ int main(int argc, char **argv)
             int64_t *subset = malloc(sizes[i] * sizeof(int64_t));
             for (size_t j = 0; j < sizes[i]; j++)
                 subset[j] = (int64_t)(rng_next() % n);
-            for (size_t si = 0; si < nscans; si++) {
-                if (strcmp(o.scan, scans[si]) != 0) {
-                    vindex_close(v);
-                    o.scan = scans[si];
-                    if (vindex_open(sdir, DIM, &o, 1, &v, &stale, err))
-                        die("reopen", err);
+            for (size_t rm = 0; rm < nrow_modes; rm++) {
+                vindex_opts *o = &om[rm];
+                for (size_t si = 0; si < nscans; si++) {
+                    if (strcmp(o->scan, scans[si]) != 0) {
+                        bool stale;
+                        vindex_close(vm[rm]);
+                        o->scan = scans[si];
+                        if (open_mode(sdirs[rm], rm, o, 1, &vm[rm], &stale, err))
+                            die("reopen", err);
+                    }
+                    double recall, p50, p99;
+                    run_queries(vm[rm], queries, nqf, NULL, NULL, NULL, subset, sizes[i], &recall, &p50,
+                                &p99);
+                    printf(
+                        "| explicit subset (random ids, unsorted; %s scan%s%s) | %zu | - (always exact) | 1 "
+                        "(exact) | "
+                        "%.3f | %.3f | %.3f |\n",
+                        o->scan, nrow_modes > 1 ? ", rows " : "", nrow_modes > 1 ? row_modes[rm] : "",
+                        sizes[i], p50, p99, cpu_p50);
+                    fflush(stdout);
                 }
-                double recall, p50, p99;
-                run_queries(v, queries, nqf, NULL, NULL, NULL, subset, sizes[i], &recall, &p50, &p99);
-                printf("| explicit subset (random ids, unsorted; %s scan) | %zu | - (always exact) | 1 "
-                       "(exact) | "
-                       "%.3f | %.3f | %.3f |\n",
-                       o.scan, sizes[i], p50, p99, cpu_p50);
-                fflush(stdout);
             }
             free(subset);
         }
-        vindex_close(v);
+        for (size_t rm = 0; rm < nrow_modes; rm++)
+            vindex_close(vm[rm]);
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("\n# peak RSS of the whole run %.0f MB (includes the generated vectors: %.0f MB)\n",
            ru.ru_maxrss / 1024.0, (double)n * DIM * 4 / 1048576.0);
-    clear_dir(dir);
-    rmdir(dir);
+    remove_dirs(dir);
     free(shared_centroids);
     corpus_release(&c);
     free(base);

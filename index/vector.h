@@ -24,12 +24,13 @@
  * the same whichever path found a chunk, and equal scores are ordered by smaller chunk id.
  *
  * On disk, under dir: generation N is gen-N.faiss (the FAISS index) and gen-N.vec (chunk ids in
- * ascending order and their normalised float32 rows, mapped into memory for exact search), and
- * MANIFEST names the served generation with its type, dimension, count, the store change counter
- * it was built from and a checksum of every file. A build writes its files under temporary
- * names, syncs and renames them, and commits by renaming MANIFEST last: a crash at any moment
- * leaves the previous generation served, and leftovers are removed at the next open or build.
- * One process at a time may open a directory (a lock file; the second open is QR_EPERM).
+ * ascending order and their normalised float32 rows, mapped into memory for exact search; in
+ * rows mode the ids only, the rows being the store's, see below), and MANIFEST names the served
+ * generation with its type, dimension, count, the store change counter it was built from and a
+ * checksum of every file. A build writes its files under temporary names, syncs and renames
+ * them, and commits by renaming MANIFEST last: a crash at any moment leaves the previous
+ * generation served, and leftovers are removed at the next open or build. One process at a time
+ * may open a directory (a lock file; the second open is QR_EPERM).
  *
  * Incremental changes live in memory: vindex_add puts chunks into an exact delta searched with
  * the main index, vindex_remove records tombstones filtered at search time. They are not written
@@ -105,6 +106,41 @@ qr_status vindex_open(const char *dir, int dim, const vindex_opts *o, int64_t st
                       bool *stale, char *err);
 /* Closes the handle; the files stay. NULL is a no-op. */
 void vindex_close(vindex *v);
+
+/*
+ * Rows mode: the normalised float32 rows of a generation's chunks are read from their owner (the
+ * store's vector file) instead of from a copy in gen-N.vec, which then holds the chunk ids only,
+ * so the data directory keeps one float copy fewer. Every exact score of a main row (re-scoring
+ * of ANN and int8 candidates, exact and subset scans) reads it there; the FAISS index, its
+ * centroids and the int8 codes are computed as before (from the vectors given to
+ * vindex_build_add, the same rows; and the int8 codes from the provider's rows when a generation
+ * is loaded or published). The delta keeps its own copy, in memory, as before.
+ *
+ * map: sets *base so that the row of chunk id i (dim floats, exactly vindex_normalize_row of
+ * the chunk's vector) is at base + i * dim for every id the index was given, up to max_id. The
+ * whole range base[0 .. (max_id + 1) * dim) must be readable memory: exact scans read runs of
+ * rows across the ids between a generation's (the scores of ids the index does not hold are
+ * discarded). The row of a chunk the index has removed (vindex_remove) may read as anything
+ * finite, all zeros where the owner freed it: it is never returned. The memory stays valid until
+ * vindex_close (a later map may return another base; earlier ones stay valid too). Called on
+ * the thread that opens the index (when it loads a generation) or commits a build (before the
+ * commit takes any lock), never during a search, and not for a generation with no rows. A
+ * non-zero status fails the open (or leaves it stale, with rebuild_on_mismatch) or the commit,
+ * with the provider's status and err.
+ * uid: the identity of the rows' owner (the store's uid), recorded in MANIFEST with the mode.
+ */
+typedef struct {
+    qr_status (*map)(void *ctx, int64_t max_id, const float **base, char *err);
+    void *ctx;
+    int64_t uid;
+} vindex_rows;
+
+/* vindex_open in rows mode (rows NULL: vindex_open itself, a copy of the rows in gen-N.vec).
+ * *rows is copied. A generation of the other mode, or in rows mode of another uid, is stale like
+ * one of another dimension: with o->rebuild_on_mismatch the open succeeds with *stale true and
+ * serves nothing until a build; without it QR_EINVAL. A failed map is reported as above. */
+qr_status vindex_open_rows(const char *dir, int dim, const vindex_opts *o, const vindex_rows *rows,
+                           int64_t store_counter, vindex **out, bool *stale, char *err);
 
 /* Coarse centroids computed elsewhere (the GPU build path, or vindex_kmeans): nlist rows of dim
  * floats. An IVF build given centroids skips FAISS's k-means and uses them (normalised) as its

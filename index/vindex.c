@@ -8,9 +8,9 @@
  * chunk ids (FAISS 1.7.3's C API has no id selector, so filtering is ours).
  *
  * Every candidate is re-scored with one deterministic double-precision dot product over the
- * generation's own float32 rows, so a chunk has the same score whichever path found it and
- * equal vectors tie exactly; BLAS and FAISS scores only choose candidates, with a margin that
- * covers their rounding.
+ * generation's float32 rows (its own copy, or in rows mode the store's, vindex_open_rows), so a
+ * chunk has the same score whichever path found it and equal vectors tie exactly; BLAS and FAISS
+ * scores only choose candidates, with a margin that covers their rounding.
  *
  * The module is six files, one idea each: this one has the options, the handle (open, close,
  * info), its snapshots, the exact score and the incremental changes (vindex_add, vindex_skip,
@@ -391,6 +391,12 @@ static void vindex_free(vindex *v)
 qr_status vindex_open(const char *dir, int dim, const vindex_opts *o, int64_t store_counter, vindex **out,
                       bool *stale, char *err)
 {
+    return vindex_open_rows(dir, dim, o, NULL, store_counter, out, stale, err);
+}
+
+qr_status vindex_open_rows(const char *dir, int dim, const vindex_opts *o, const vindex_rows *rows,
+                           int64_t store_counter, vindex **out, bool *stale, char *err)
+{
     qr_status st = QR_OK;
     vindex *v = NULL;
     char *mpath = NULL, *lpath = NULL, *text = NULL;
@@ -404,6 +410,8 @@ qr_status vindex_open(const char *dir, int dim, const vindex_opts *o, int64_t st
         return qr_fail(err, QR_EINVAL, "vindex_open: missing argument");
     if (dim < 1 || dim > VINDEX_DIM_MAX)
         return qr_fail(err, QR_EINVAL, "vector dimension %d is outside 1..%d", dim, VINDEX_DIM_MAX);
+    if (rows && !rows->map)
+        return qr_fail(err, QR_EINVAL, "vindex_open_rows: the rows' provider has no map function");
     if ((st = check_opts(o, &type, err)))
         return st;
     *stale = false;
@@ -415,6 +423,9 @@ qr_status vindex_open(const char *dir, int dim, const vindex_opts *o, int64_t st
     }
     v->lock_fd = -1;
     v->dim = dim;
+    v->external = rows != NULL;
+    if (rows)
+        v->rows = *rows;
     v->opts = *o;
     v->type = type;
     snprintf(v->type_str, sizeof(v->type_str), "%s", vindex_type_names[type]);
@@ -468,6 +479,21 @@ qr_status vindex_open(const char *dir, int dim, const vindex_opts *o, int64_t st
             snprintf(problem, sizeof(problem),
                      "vector index '%s' holds %d-dimensional vectors, the embeddings have %d dimensions", dir,
                      m.dim, dim);
+        } else if (m.external != v->external) {
+            problem_st = QR_EINVAL;
+            snprintf(problem, sizeof(problem),
+                     m.external
+                         ? "vector index '%s' reads its vectors from a store (%" PRId64
+                           "), this one is opened with its own copy"
+                         : "vector index '%s' holds its own copy of the vectors, this one is opened to "
+                           "read them from the store (%" PRId64 ")",
+                     dir, m.external ? m.rows_uid : v->rows.uid);
+        } else if (m.external && m.rows_uid != v->rows.uid) {
+            problem_st = QR_EINVAL;
+            snprintf(problem, sizeof(problem),
+                     "vector index '%s' was built over the vectors of store %" PRId64
+                     ", this store is %" PRId64,
+                     dir, m.rows_uid, v->rows.uid);
         } else if ((problem_st = vindex_load_generation(v, &m, &v->cur, problem)) != QR_OK) {
             manifest_ok = false; /* its files are damaged: keep them for inspection */
         } else if (m.store_counter != store_counter) {

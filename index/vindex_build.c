@@ -527,7 +527,9 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
                   .count = b->n,
                   .nlist = nlist,
                   .store_counter = store_counter,
-                  .skipped = b->nskip};
+                  .skipped = b->nskip,
+                  .external = v->external,
+                  .rows_uid = v->external ? v->rows.uid : 0};
     files_made = true;
     if (faiss_write_index_fname(index, itmp) != 0) {
         st = vindex_faiss_fail(err, "cannot write the FAISS index");
@@ -537,7 +539,9 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
     if ((st = qr_fsync_path(itmp, false, err)) ||
         (st = vindex_hash_file(itmp, &m.index_size, &m.index_hash, err)))
         goto out;
-    if ((st = vindex_vec_write(vtmp, d, b->ids, b->rows, b->n, &m.vectors_size, &m.vectors_hash, err)))
+    /* in rows mode the file holds the ids only: the provider has the rows */
+    if ((st = vindex_vec_write(vtmp, d, b->ids, b->rows, b->n, v->external, &m.vectors_size, &m.vectors_hash,
+                               err)))
         goto out;
     if (b->nskip && (st = vindex_skip_write(stmp, b->skip, b->nskip, &m.skip_size, &m.skip_hash, err)))
         goto out;
@@ -552,7 +556,7 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
-    if ((st = vindex_vec_map(s, vpath, &m, false, err)))
+    if ((st = vindex_vec_map(s, vpath, &m, false, err)) || (st = vindex_rows_attach(v, s, err)))
         goto out;
     s->index = index;
     index = NULL;
@@ -567,7 +571,8 @@ qr_status vindex_build_commit(vindex_builder *b, int64_t store_counter, char *er
     }
     for (size_t i = 0; i < b->nskip; i++)
         vindex_idmap_put(&s->skip, b->skip[i], store_counter);
-    /* the builder's copy of the rows is no longer needed: the mapped file has them */
+    /* the builder's copy of the rows is no longer needed: the mapped file (or the provider) has
+     * them */
     free(b->rows);
     b->rows = NULL;
 

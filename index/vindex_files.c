@@ -1,7 +1,8 @@
 /*
  * vindex_files: the vector index's files under its directory. A generation is gen-N.faiss (the
  * FAISS index, written by FAISS) and gen-N.vec (the chunk ids and normalised rows, mapped into
- * memory for exact search), and gen-N.skip when some chunks have no usable vector (their ids);
+ * memory for exact search; in rows mode the ids only, the rows being mapped from their owner
+ * through vindex_rows), and gen-N.skip when some chunks have no usable vector (their ids);
  * MANIFEST names the served one with a checksum of each file. This
  * file formats and parses the manifest, writes and maps the vectors file, loads a generation
  * and checks it against its manifest, and removes what an interrupted build left behind. The
@@ -34,6 +35,7 @@
 
 #define LOG_COMPONENT "index"
 #define VEC_MAGIC     "QRVECS01"
+#define VEC_IDS_MAGIC "QRVIDS01" /* rows mode: the ids only, rows_off 0 */
 #define VEC_HEADER    64
 #define SKIP_MAGIC    "QRSKIP01"
 #define SKIP_HEADER   16 /* magic, then the count (uint64) */
@@ -143,7 +145,10 @@ qr_status vindex_manifest_format(const manifest *m, qr_buf *out)
                       "vectors %s %" PRIu64 " %016" PRIx64 "\n",
                       m->generation, vindex_type_names[m->type], m->dim, m->count, m->nlist, m->store_counter,
                       idx, m->index_size, m->index_hash, vec, m->vectors_size, m->vectors_hash);
-    /* only a generation with skipped chunks has the line, so others read as before */
+    /* only a generation in rows mode has this line, and only one with skipped chunks the next,
+     * so others read as before */
+    if (!st && m->external)
+        st = qr_buf_printf(out, "rows external %" PRId64 "\n", m->rows_uid);
     if (!st && m->skipped) {
         char skip[64];
         vindex_gen_name(skip, sizeof(skip), m->generation, "skip");
@@ -183,7 +188,16 @@ qr_status vindex_manifest_parse(const char *path, const char *text, size_t len, 
                      &vhash, &used);
     if (got != 13)
         return qr_fail(err, QR_EIO, "vector index manifest '%s' is malformed", path);
-    /* the optional line of the chunks without a usable vector */
+    /* the optional line of rows mode, then that of the chunks without a usable vector */
+    long long rows_uid = 0;
+    bool external = false;
+    if (text + used != check && strncmp(text + used, "rows ", 5) == 0) {
+        int more = 0;
+        if (sscanf(text + used, "rows external %lld\n%n", &rows_uid, &more) != 1 || more == 0)
+            return qr_fail(err, QR_EIO, "vector index manifest '%s' is malformed", path);
+        external = true;
+        used += more;
+    }
     unsigned long long skipped = 0, ssize = 0, shash = 0;
     if (text + used != check) {
         char skip[64], want_skip[64];
@@ -215,6 +229,8 @@ qr_status vindex_manifest_parse(const char *path, const char *text, size_t len, 
     m->skipped = skipped;
     m->skip_size = ssize;
     m->skip_hash = shash;
+    m->external = external;
+    m->rows_uid = rows_uid;
     return QR_OK;
 }
 
@@ -226,9 +242,10 @@ static size_t vec_rows_offset(uint64_t count)
     return (off + 63) & ~(size_t)63;
 }
 
-/* Writes ids (ascending) and rows to path, syncs it, and returns its size and checksum. */
+/* Writes ids (ascending) and rows to path (the ids only with ids_only: rows mode, rows_off 0 in
+ * the header), syncs it, and returns its size and checksum. */
 qr_status vindex_vec_write(const char *path, int dim, const int64_t *ids, const float *rows, size_t count,
-                           uint64_t *size, uint64_t *hash, char *err)
+                           bool ids_only, uint64_t *size, uint64_t *hash, char *err)
 {
     qr_status st = QR_OK;
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -236,30 +253,30 @@ qr_status vindex_vec_write(const char *path, int dim, const int64_t *ids, const 
         return qr_fail(err, QR_EIO, "cannot create '%s': %s", path, strerror(errno));
     uint8_t header[VEC_HEADER] = {0};
     uint32_t d = (uint32_t)dim;
-    uint64_t c = count, ids_off = VEC_HEADER, rows_off = vec_rows_offset(count);
-    memcpy(header, VEC_MAGIC, 8);
+    uint64_t c = count, ids_off = VEC_HEADER, rows_off = ids_only ? 0 : vec_rows_offset(count);
+    size_t rows_len = ids_only ? 0 : count * (size_t)dim * sizeof(float);
+    memcpy(header, ids_only ? VEC_IDS_MAGIC : VEC_MAGIC, 8);
     memcpy(header + 8, &d, 4);
     memcpy(header + 16, &c, 8);
     memcpy(header + 24, &ids_off, 8);
     memcpy(header + 32, &rows_off, 8);
     static const uint8_t pad[64];
-    size_t pad_n = rows_off - VEC_HEADER - count * sizeof(int64_t);
+    size_t pad_n = ids_only ? 0 : rows_off - VEC_HEADER - count * sizeof(int64_t);
     qhash h;
     qhash_init(&h);
     qhash_update(&h, header, sizeof(header));
     qhash_update(&h, ids, count * sizeof(int64_t));
     qhash_update(&h, pad, pad_n);
-    qhash_update(&h, rows, count * (size_t)dim * sizeof(float));
+    qhash_update(&h, rows, rows_len);
     if ((st = qr_write_all(fd, header, sizeof(header), path, err)) ||
         (st = qr_write_all(fd, ids, count * sizeof(int64_t), path, err)) ||
-        (st = qr_write_all(fd, pad, pad_n, path, err)) ||
-        (st = qr_write_all(fd, rows, count * (size_t)dim * sizeof(float), path, err)))
+        (st = qr_write_all(fd, pad, pad_n, path, err)) || (st = qr_write_all(fd, rows, rows_len, path, err)))
         goto out;
     st = qr_file_sync_close(fd, path, err);
     fd = -1;
     if (st)
         goto out;
-    *size = rows_off + count * (size_t)dim * sizeof(float);
+    *size = VEC_HEADER + count * sizeof(int64_t) + pad_n + rows_len;
     *hash = qhash_final(&h);
 out:
     if (fd >= 0)
@@ -370,14 +387,18 @@ qr_status vindex_vec_map(vsnap *s, const char *path, const manifest *m, bool che
     memcpy(&c, h + 16, 8);
     memcpy(&ids_off, h + 24, 8);
     memcpy(&rows_off, h + 32, 8);
-    if (memcmp(h, VEC_MAGIC, 8) != 0 || (int)d != m->dim || c != m->count || ids_off != VEC_HEADER ||
-        c > (SIZE_MAX - VEC_HEADER) / sizeof(int64_t) || rows_off != vec_rows_offset(c) ||
-        rows_off + c * d * sizeof(float) != s->map_len) {
+    bool header_ok = memcmp(h, m->external ? VEC_IDS_MAGIC : VEC_MAGIC, 8) == 0 && (int)d == m->dim &&
+                     c == m->count && ids_off == VEC_HEADER && c <= (SIZE_MAX - VEC_HEADER) / sizeof(int64_t);
+    if (header_ok && m->external)
+        header_ok = rows_off == 0 && VEC_HEADER + c * sizeof(int64_t) == s->map_len;
+    else if (header_ok)
+        header_ok = rows_off == vec_rows_offset(c) && rows_off + c * d * sizeof(float) == s->map_len;
+    if (!header_ok) {
         st = qr_fail(err, QR_EIO, "vectors file '%s' has an invalid header", path);
         goto out;
     }
     s->ids = (const int64_t *)(h + ids_off);
-    s->rows = (const float *)(h + rows_off);
+    s->rows = m->external ? NULL : (const float *)(h + rows_off);
     s->count = (size_t)c;
     for (size_t i = 1; i < s->count; i++) {
         if (s->ids[i] <= s->ids[i - 1]) {
@@ -484,6 +505,9 @@ qr_status vindex_load_generation(const vindex *v, const manifest *m, vsnap **out
     }
     if ((st = vindex_apply_search_params(s->index, m->type, &v->opts, err)))
         goto out;
+    /* the provider's status as it is: its message says what failed */
+    if ((st = vindex_rows_attach(v, s, err)))
+        goto out;
     s->generation = m->generation;
     s->type = m->type;
     s->nlist = (size_t)m->nlist;
@@ -499,6 +523,23 @@ out:
     }
     *out = s;
     return st;
+}
+
+qr_status vindex_rows_attach(const vindex *v, vsnap *s, char *err)
+{
+    if (!v->external || !s->count)
+        return QR_OK;
+    const float *base = NULL;
+    char perr[QR_ERR_LEN] = "";
+    qr_status st = v->rows.map(v->rows.ctx, s->ids[s->count - 1], &base, perr);
+    if (st)
+        return qr_fail(err, st, "cannot map the vector rows of chunks up to %" PRId64 ": %s",
+                       s->ids[s->count - 1], perr[0] ? perr : "the provider gave no reason");
+    if (!base)
+        return qr_fail(err, QR_EINTERNAL, "the vector rows' provider mapped chunks up to %" PRId64 " at NULL",
+                       s->ids[s->count - 1]);
+    s->base = base;
+    return QR_OK;
 }
 
 /* Largest generation number among the files in dir, so that a new one never reuses a name. */

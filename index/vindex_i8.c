@@ -229,8 +229,8 @@ static void *quantize_rows(void *arg)
     qjob *j = arg;
     size_t dim = (size_t)j->s->dim;
     for (size_t r = j->from; r < j->to; r++)
-        vindex_i8_quantize(j->s->rows + r * dim, j->s->dim, j->codes + (size_t)j->at[r] * dim,
-                           j->scale + j->at[r]);
+        vindex_i8_quantize(vindex_main_row(j->s, r, j->s->ids[r]), j->s->dim,
+                           j->codes + (size_t)j->at[r] * dim, j->scale + j->at[r]);
     return NULL;
 }
 
@@ -263,8 +263,9 @@ qr_status vindex_i8_prepare(vsnap *s, char *err)
         vindex_i8_quantize(cent + l * dim, s->dim, ccodes + l * dim, cscale + l);
     /* the rows are read in their own order (the mapped file forwards), a share per thread; the
      * mapping is advised random for searches (no read-ahead), which made this pass fault in
-     * every page on its own: sequential for the pass */
-    if (s->map)
+     * every page on its own: sequential for the pass (in rows mode the provider's mapping is
+     * read in id order, forwards too, under whatever advice its owner gave) */
+    if (s->map && s->rows)
         madvise(s->map, s->map_len, MADV_SEQUENTIAL);
     for (size_t i = 0; i < s->count; i++)
         at[s->lay_pos[i]] = (uint32_t)i;
@@ -293,7 +294,7 @@ qr_status vindex_i8_prepare(vsnap *s, char *err)
     }
     for (size_t t = 0; t < started; t++)
         pthread_join(th[t], NULL);
-    if (s->map)
+    if (s->map && s->rows)
         madvise(s->map, s->map_len, MADV_RANDOM);
     s->i8_scale = scale;
     s->i8_at = at;

@@ -38,6 +38,8 @@ typedef struct {
     uint64_t vectors_size, vectors_hash;
     uint64_t skipped; /* chunks without a usable vector, listed in gen-N.skip (none: no file) */
     uint64_t skip_size, skip_hash;
+    bool external; /* rows mode: gen-N.vec holds the ids only, the rows are rows_uid's */
+    int64_t rows_uid;
 } manifest;
 
 /* What a search sees. The main part (index, mapped vectors) never changes; the delta and the
@@ -53,7 +55,8 @@ typedef struct vsnap {
     void *map;
     size_t map_len;
     const int64_t *ids; /* count ascending chunk ids */
-    const float *rows;  /* count * dim */
+    const float *rows;  /* count * dim; NULL in rows mode */
+    const float *base;  /* rows mode: the row of chunk id i at base + i * dim; NULL otherwise */
     size_t count;
 
     pthread_rwlock_t lock;
@@ -93,6 +96,8 @@ struct vindex {
     vtype type;
     int lock_fd;
     uint64_t next_gen;
+    bool external; /* rows mode (vindex_open_rows): the main rows are read through `rows` */
+    vindex_rows rows;
 
     pthread_mutex_t snap_lock; /* guards cur and every snapshot's refs */
     vsnap *cur;
@@ -116,6 +121,12 @@ void vindex_snap_free(vsnap *s);
 vsnap *vindex_snap_acquire(vindex *v);
 void vindex_snap_release(vindex *v, vsnap *s);
 ssize_t vindex_main_find(const vsnap *s, int64_t id);
+/* The normalised row of the main rows' position pos, whose chunk id is id (s->ids[pos]): in the
+ * generation's own copy, or in rows mode where the provider keeps it. */
+static inline const float *vindex_main_row(const vsnap *s, size_t pos, int64_t id)
+{
+    return s->base ? s->base + (size_t)id * (size_t)s->dim : s->rows + pos * (size_t)s->dim;
+}
 qr_status vindex_apply_search_params(FaissIndex *index, vtype type, const vindex_opts *o, char *err);
 int vindex_cmp_i64(const void *a, const void *b);
 
@@ -126,9 +137,13 @@ qr_status vindex_mkdir_p(const char *dir, char *err);
 void vindex_gen_name(char *out, size_t len, uint64_t gen, const char *ext);
 qr_status vindex_manifest_format(const manifest *m, qr_buf *out);
 qr_status vindex_manifest_parse(const char *path, const char *text, size_t len, manifest *m, char *err);
+/* Writes gen-N.vec: ids (ascending) and rows, or the ids only (rows mode: rows unused). */
 qr_status vindex_vec_write(const char *path, int dim, const int64_t *ids, const float *rows, size_t count,
-                           uint64_t *size, uint64_t *hash, char *err);
+                           bool ids_only, uint64_t *size, uint64_t *hash, char *err);
 qr_status vindex_vec_map(vsnap *s, const char *path, const manifest *m, bool check_hash, char *err);
+/* Rows mode: asks v's provider for the rows of s's ids (s->base); nothing to do for another mode
+ * or no rows. On error s->base stays NULL and err has the provider's message. */
+qr_status vindex_rows_attach(const vindex *v, vsnap *s, char *err);
 /* Writes ascending chunk ids to path (gen-N.skip), syncs it, and returns its size and checksum. */
 qr_status vindex_skip_write(const char *path, const int64_t *ids, size_t count, uint64_t *size,
                             uint64_t *hash, char *err);

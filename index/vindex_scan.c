@@ -547,7 +547,7 @@ static qr_status i8_scan(vsnap *s, const float *q, size_t k, size_t probes, size
         score_selected(s, qc, sel, &nsel, tombs, approx, h, &nh, cap, &scored);
     for (size_t i = 0; i < nh; i++) {
         cids[i] = s->lay_ids[h[i].at];
-        cscores[i] = vindex_dot_exact(s->rows + (size_t)s->lay_pos[h[i].at] * (size_t)dim, q, dim);
+        cscores[i] = vindex_dot_exact(vindex_main_row(s, s->lay_pos[h[i].at], cids[i]), q, dim);
     }
     *ncand = nh;
     if (rep) {
@@ -847,7 +847,7 @@ qr_status vindex_i8_subset(vsnap *s, const float *q, size_t k, const int64_t *li
             break;
         if (c[scored].where >= 0)
             c[scored].exact =
-                vindex_dot_exact(s->rows + (size_t)s->lay_pos[c[scored].where] * (size_t)dim, q, dim);
+                vindex_dot_exact(vindex_main_row(s, s->lay_pos[c[scored].where], c[scored].id), q, dim);
         lower_offer(lower, &nl, k, c[scored].exact);
     }
     if (scored > 1)
@@ -975,7 +975,7 @@ qr_status vindex_search_permitted(vindex *v, const float *query, int dim, size_t
             int64_t id = s->lay_ids[i];
             if (!permset_has(&ps, id) || (tombs && vindex_idmap_get(&s->tomb, id, NULL)))
                 continue;
-            if (scorer_add(&c, id, s->rows + (size_t)s->lay_pos[i] * (size_t)dim)) {
+            if (scorer_add(&c, id, vindex_main_row(s, s->lay_pos[i], id))) {
                 st = qr_fail(err, QR_ENOMEM, "out of memory");
                 break;
             }

@@ -212,15 +212,41 @@ static void scan_rows(cheap *h, const float *rows, const int64_t *ids, size_t n,
     }
 }
 
-/* Exact top k over contiguous rows (the main vectors or the delta) with the filter, into out. */
-static qr_status exact_scan(const float *rows, const int64_t *ids, size_t count, const float *q, int dim,
-                            size_t k, const filter *f, hits *out, char *err)
+/* Rows mode: offers the rows of ids[0..n) (ascending), which lie in base by id, to the heap.
+ * dense: BLAS scores every row from the first id to the last where they lie (ids with gaps, as
+ * deletions leave them; at most a scan block of rows), and the gaps' scores are dropped;
+ * otherwise the rows are gathered into block first. */
+static void scan_rows_by_id(cheap *h, const float *base, const int64_t *ids, size_t n, bool dense,
+                            const float *q, int dim, const filter *f, float *scores, float *block)
+{
+    const float *first = base + (size_t)ids[0] * (size_t)dim;
+    if (dense) {
+        size_t span = (size_t)(ids[n - 1] - ids[0]) + 1;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)span, dim, 1.0f, first, dim, q, 1, 0.0f, scores, 1);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            memcpy(block + i * (size_t)dim, base + (size_t)ids[i] * (size_t)dim, (size_t)dim * sizeof(float));
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, dim, 1.0f, block, dim, q, 1, 0.0f, scores, 1);
+    }
+    for (size_t i = 0; i < n; i++) {
+        float sc = scores[dense ? (size_t)(ids[i] - ids[0]) : i];
+        if (!cheap_wants(h, sc) || !filter_pass(f, ids[i]))
+            continue;
+        cheap_offer(h, sc, ids[i], base + (size_t)ids[i] * (size_t)dim);
+    }
+}
+
+/* Exact top k with the filter, into out, over count rows: contiguous rows (the generation's own
+ * copy, or the delta) when base is NULL, else (rows mode) the rows of ids in base by id. */
+static qr_status exact_scan(const float *rows, const float *base, const int64_t *ids, size_t count,
+                            const float *q, int dim, size_t k, const filter *f, hits *out, char *err)
 {
     qr_status st = QR_OK;
     size_t margin = EXACT_MARGIN;
     float *scores = malloc(SCAN_BLOCK * sizeof(float));
+    float *block = base ? malloc((size_t)SCAN_BLOCK * (size_t)dim * sizeof(float)) : NULL;
     cheap h = {0};
-    if (!scores) {
+    if (!scores || (base && !block)) {
         st = qr_fail(err, QR_ENOMEM, "out of memory");
         goto out;
     }
@@ -234,11 +260,24 @@ static qr_status exact_scan(const float *rows, const int64_t *ids, size_t count,
             goto out;
         }
         size_t blk = scan_block(dim);
-        for (size_t i = 0, b = 0; i < count; i += blk, b++) {
+        for (size_t i = 0, b = 0, n; i < count; i += n, b++) {
             if (b % CANCEL_BLOCKS == 0 && (st = qr_cancel_check(f->cancel, err)))
                 goto out;
-            size_t n = count - i < blk ? count - i : blk;
-            scan_rows(&h, rows + i * (size_t)dim, ids + i, n, q, dim, f, scores);
+            n = count - i < blk ? count - i : blk;
+            if (!base) {
+                scan_rows(&h, rows + i * (size_t)dim, ids + i, n, q, dim, f, scores);
+                continue;
+            }
+            /* the ids that lie within a block's rows of the first are scored where they lie when
+             * they fill half of those rows at least; sparser ones are gathered, a block of them */
+            size_t m = n;
+            while (ids[i + m - 1] - ids[i] >= (int64_t)blk)
+                m--;
+            size_t span = (size_t)(ids[i + m - 1] - ids[i]) + 1;
+            bool dense = 2 * m >= span && (m == n || 2 * m >= blk);
+            if (dense)
+                n = m;
+            scan_rows_by_id(&h, base, ids + i, n, dense, q, dim, f, scores, block);
         }
         bool retry;
         if (cheap_finish(&h, k, q, dim, out, &retry)) {
@@ -252,6 +291,7 @@ static qr_status exact_scan(const float *rows, const int64_t *ids, size_t count,
 out:
     free(h.v);
     free(scores);
+    free(block);
     return st;
 }
 
@@ -294,7 +334,7 @@ static qr_status search_main(vindex *v, const vsnap *s, const float *q, size_t k
             ssize_t pos = vindex_main_find(s, id);
             if (pos < 0)
                 continue; /* cannot happen with a verified generation */
-            if (hits_push(out, vindex_dot_exact(s->rows + (size_t)pos * (size_t)dim, q, dim), id)) {
+            if (hits_push(out, vindex_dot_exact(vindex_main_row(s, (size_t)pos, id), q, dim), id)) {
                 st = qr_fail(err, QR_ENOMEM, "out of memory");
                 goto out;
             }
@@ -341,7 +381,7 @@ static qr_status search_main(vindex *v, const vsnap *s, const float *q, size_t k
     if (exact) {
         __atomic_fetch_add(&v->exact_scans, 1, __ATOMIC_RELAXED);
         out->n = base;
-        st = exact_scan(s->rows, s->ids, s->count, q, dim, k, f, out, err);
+        st = exact_scan(s->rows, s->base, s->ids, s->count, q, dim, k, f, out, err);
     }
 out:
     free(dist);
@@ -436,7 +476,7 @@ qr_status vindex_search(vindex *v, const float *query, int dim, size_t k, vindex
     }
     filter f = {s, permit, ctx, cancel};
     pthread_rwlock_rdlock(&s->lock);
-    if (s->d_n && (st = exact_scan(s->d_rows, s->d_ids, s->d_n, q, dim, k, &f, &h, err)))
+    if (s->d_n && (st = exact_scan(s->d_rows, NULL, s->d_ids, s->d_n, q, dim, k, &f, &h, err)))
         goto unlock;
     bool done = false;
     if (s->count && !permit && vindex_i8_serves(&v->opts, s->type) &&
@@ -541,7 +581,7 @@ qr_status vindex_search_subset(vindex *v, const float *query, int dim, size_t k,
                 lo = a;
                 int64_t dpos;
                 if (a < s->count && s->ids[a] == id)
-                    row = s->rows + a * (size_t)dim;
+                    row = vindex_main_row(s, a, id);
                 else if (vindex_idmap_get(&s->d_pos, id, &dpos))
                     row = s->d_rows + (size_t)dpos * (size_t)dim;
                 if (!row)

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "index/files_int.h"
 #include "index/index.h"
 #include "index/vindex_int.h"
 #include "tests/harness.h"
@@ -2625,4 +2626,493 @@ TEST(sync_leaves_out_chunks_without_a_vector)
         CHECK(system(cmd) == 0);
         free(dir);
     }
+}
+
+/* ---- rows mode: the main rows read from their owner (vindex_open_rows) ------------------------ */
+
+/* A provider of rows by chunk id, as the store's vector file lays them out: row i at rows + i *
+ * dim, vindex_normalize_row of the chunk's vector, for ids up to max. Rows of ids that hold no
+ * chunk are filled with large finite values, so that a score read at the wrong row shows. */
+typedef struct {
+    int dim;
+    size_t cap; /* rows allocated: ids 0 .. cap - 1 */
+    float *rows;
+    int64_t max; /* largest id stored */
+    int64_t uid;
+    int maps;      /* map calls */
+    bool fail;     /* map fails */
+    int64_t asked; /* max_id of the last map */
+} rowstore;
+
+static void rowstore_init(rowstore *r, int dim, size_t cap, int64_t uid, uint64_t seed)
+{
+    memset(r, 0, sizeof(*r));
+    r->dim = dim;
+    r->cap = cap;
+    r->uid = uid;
+    r->max = -1;
+    r->rows = malloc(cap * (size_t)dim * sizeof(float));
+    uint64_t s = seed;
+    for (size_t i = 0; i < cap * (size_t)dim; i++)
+        r->rows[i] = (float)(40.0 * rng_gauss(&s));
+}
+
+static void rowstore_put(rowstore *r, const int64_t *ids, const float *vecs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!vindex_normalize_row(vecs + i * (size_t)r->dim, r->rows + (size_t)ids[i] * (size_t)r->dim,
+                                  r->dim))
+            abort();
+        if (ids[i] > r->max)
+            r->max = ids[i];
+    }
+}
+
+/* What the store does with a deleted chunk's row: frees it, and it reads as zeros. */
+static void rowstore_zero(rowstore *r, const int64_t *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        memset(r->rows + (size_t)ids[i] * (size_t)r->dim, 0, (size_t)r->dim * sizeof(float));
+}
+
+static qr_status rowstore_map(void *ctx, int64_t max_id, const float **base, char *err)
+{
+    rowstore *r = ctx;
+    r->maps++;
+    r->asked = max_id;
+    if (r->fail)
+        return qr_fail(err, QR_EIO, "row store is unavailable on purpose");
+    if (max_id < 0 || max_id > r->max)
+        return qr_fail(err, QR_EINVAL, "row store holds chunks up to %lld, not %lld", (long long)r->max,
+                       (long long)max_id);
+    *base = r->rows;
+    return QR_OK;
+}
+
+static vindex_rows rowstore_rows(rowstore *r)
+{
+    vindex_rows rows = {rowstore_map, r, r->uid};
+    return rows;
+}
+
+/* Compares two result lists exactly (ids and the bits of the scores); every score finite. */
+static bool same_hits(const char *what, size_t qi, const int64_t *a, const float *as, size_t na,
+                      const int64_t *b, const float *bs, size_t nb)
+{
+    if (na != nb) {
+        harness_fail(__FILE__, __LINE__, "%s, query %zu: copy mode found %zu, rows mode %zu", what, qi, na,
+                     nb);
+        return false;
+    }
+    for (size_t i = 0; i < na; i++) {
+        if (a[i] != b[i] || memcmp(&as[i], &bs[i], sizeof(float)) != 0 || !isfinite(bs[i])) {
+            harness_fail(__FILE__, __LINE__,
+                         "%s, query %zu rank %zu: copy mode %lld (%.9g), rows mode %lld (%.9g)", what, qi, i,
+                         (long long)a[i], as[i], (long long)b[i], bs[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Every search entry point, with and without filters, on the copy-mode index a and the rows-mode
+ * index b: the same ids and scores. ids_all: every id that ever was in the index (ascending),
+ * from which the permitted sets are drawn, with ids the index does not hold beside them.
+ * *results counts the hits compared. */
+static bool rows_same_answers(vindex *a, vindex *b, int d, const float *queries, size_t nq,
+                              const int64_t *ids_all, size_t nall, size_t *results)
+{
+    enum { K_MAX = 50 };
+    char err[QR_ERR_LEN];
+    int64_t ia[K_MAX], ib[K_MAX];
+    float sa[K_MAX], sb[K_MAX];
+    size_t na = 0, nb = 0;
+    unsigned pcts[3] = {30, 3, 1};
+    /* permitted lists: a share of every id ever held, and an id next to some of them (not held) */
+    int64_t *lists[3];
+    size_t nlists[3];
+    for (int p = 0; p < 3; p++) {
+        lists[p] = malloc((2 * nall + 1) * sizeof(int64_t));
+        nlists[p] = 0;
+        for (size_t i = 0; i < nall; i++) {
+            if (!permit_hash(&pcts[p], ids_all[i]))
+                continue;
+            lists[p][nlists[p]++] = ids_all[i];
+            if (i % 5 == 0 && (i + 1 == nall || ids_all[i + 1] != ids_all[i] + 1))
+                lists[p][nlists[p]++] = ids_all[i] + 1;
+        }
+    }
+    /* the subset path also takes unsorted lists with duplicates */
+    int64_t *shuffled = malloc((nlists[1] * 2 + 1) * sizeof(int64_t));
+    size_t nshuf = 0;
+    for (size_t i = nlists[1]; i-- > 0;) {
+        shuffled[nshuf++] = lists[1][i];
+        if (i % 4 == 0)
+            shuffled[nshuf++] = lists[1][i];
+    }
+    bool ok = true;
+    for (size_t qi = 0; qi < nq && ok; qi++) {
+        const float *q = queries + qi * (size_t)d;
+        size_t ks[3] = {1, 10, K_MAX};
+        for (int ki = 0; ki < 3 && ok; ki++) {
+            size_t k = ks[ki];
+            ok = vindex_search(a, q, d, k, NULL, NULL, ia, sa, &na, NULL, err) == QR_OK &&
+                 vindex_search(b, q, d, k, NULL, NULL, ib, sb, &nb, NULL, err) == QR_OK &&
+                 same_hits("search", qi, ia, sa, na, ib, sb, nb);
+            *results += nb;
+        }
+        for (int p = 0; p < 3 && ok; p++) {
+            const size_t k = 10;
+            ok = vindex_search(a, q, d, k, permit_hash, &pcts[p], ia, sa, &na, NULL, err) == QR_OK &&
+                 vindex_search(b, q, d, k, permit_hash, &pcts[p], ib, sb, &nb, NULL, err) == QR_OK &&
+                 same_hits("search with a predicate", qi, ia, sa, na, ib, sb, nb);
+            *results += nb;
+            ok = ok &&
+                 vindex_search_subset(a, q, d, k, lists[p], nlists[p], ia, sa, &na, NULL, err) == QR_OK &&
+                 vindex_search_subset(b, q, d, k, lists[p], nlists[p], ib, sb, &nb, NULL, err) == QR_OK &&
+                 same_hits("subset", qi, ia, sa, na, ib, sb, nb);
+            *results += nb;
+            vindex_scan_report ra, rb;
+            ok = ok &&
+                 vindex_search_permitted(a, q, d, k, lists[p], nlists[p], ia, sa, &na, NULL, &ra, err) ==
+                     QR_OK &&
+                 vindex_search_permitted(b, q, d, k, lists[p], nlists[p], ib, sb, &nb, NULL, &rb, err) ==
+                     QR_OK &&
+                 same_hits("permitted", qi, ia, sa, na, ib, sb, nb);
+            *results += nb;
+            if (ok && ra.subset != rb.subset) {
+                harness_fail(__FILE__, __LINE__, "permitted, query %zu: the modes took different paths", qi);
+                ok = false;
+            }
+        }
+        ok = ok && vindex_search_subset(a, q, d, 10, shuffled, nshuf, ia, sa, &na, NULL, err) == QR_OK &&
+             vindex_search_subset(b, q, d, 10, shuffled, nshuf, ib, sb, &nb, NULL, err) == QR_OK &&
+             same_hits("subset, unsorted", qi, ia, sa, na, ib, sb, nb);
+        *results += nb;
+    }
+    if (!ok && !harness_failed())
+        harness_fail(__FILE__, __LINE__, "a search failed: %s", err);
+    for (int p = 0; p < 3; p++)
+        free(lists[p]);
+    free(shuffled);
+    return ok;
+}
+
+/* The ids of a rows-mode test set: a run with small gaps, a long gap, a sparse stretch (every
+ * ninth id), a dense run; n of them, ascending. */
+static int64_t *rows_test_ids(size_t n, uint64_t seed)
+{
+    int64_t *ids = malloc(n * sizeof(int64_t));
+    uint64_t s = seed;
+    int64_t id = 3;
+    for (size_t i = 0; i < n; i++) {
+        if (i < n * 4 / 10)
+            id += 1 + (rng_next(&s) % 10 == 0 ? (int64_t)(rng_next(&s) % 4) : 0);
+        else if (i == n * 4 / 10)
+            id += 2000;
+        else if (i < n * 6 / 10)
+            id += 9;
+        else
+            id += 1;
+        ids[i] = id;
+    }
+    return ids;
+}
+
+static void merge_ids(int64_t *all, size_t *nall, const int64_t *ids, size_t n)
+{
+    memcpy(all + *nall, ids, n * sizeof(int64_t));
+    *nall += n;
+    qsort(all, *nall, sizeof(int64_t), vindex_cmp_ids);
+}
+
+TEST(rows_mode_answers_as_copy_mode)
+{
+    /* The same vectors in an index with its own copy of the rows and in one reading them from a
+     * provider (whose rows of removed chunks are zeroed, as the store frees them): every search
+     * entry point gives the same ids and scores, with a delta and tombstones, after a reopen and
+     * after a rebuild, for the exact and the IVF types under either scan. */
+    char err[QR_ERR_LEN];
+    const int d = 32;
+    const size_t n = 3000, nd = 150, nd2 = 100, nq = 10, nrm = 120;
+    const size_t total = n + nd + nd2 + nq;
+    float *x = random_vectors(total, d, 16, 0.5, 501);
+    int64_t *ids = rows_test_ids(n, 502);
+    int64_t next = ids[n - 1] + 1;
+    int64_t *dids = sequential_ids(nd, next, 1), *dids2 = sequential_ids(nd2, next + (int64_t)nd + 5, 1);
+    float *queries = malloc(nq * (size_t)d * sizeof(float));
+    memcpy(queries, x + (n + nd + nd2) * (size_t)d, (nq - 3) * (size_t)d * sizeof(float));
+    /* removed ids: spread over the main rows (the sparse stretch too) and the delta */
+    int64_t removed[120 + 10], removed2[50];
+    for (size_t i = 0; i < nrm; i++)
+        removed[i] = ids[(i * 7919) % n];
+    for (size_t i = 0; i < 10; i++)
+        removed[nrm + i] = dids[i * 13];
+    /* three queries are removed chunks' own vectors: their nearest rows are the zeroed ones */
+    for (size_t i = 0; i < 3; i++) {
+        size_t pos = (i * 7919) % n;
+        memcpy(queries + (nq - 3 + i) * (size_t)d, x + pos * (size_t)d, (size_t)d * sizeof(float));
+    }
+    const char *types[] = {"flat", "ivf_flat", "ivf_sq8"};
+    const char *scans[] = {"int8", "faiss"};
+    for (size_t t = 0; t < 3; t++) {
+        for (size_t sc = 0; sc < 2; sc++) {
+            char *dir_a = make_dir(), *dir_b = make_dir();
+            vindex_opts o = test_opts(types[t]);
+            o.scan = scans[sc];
+            rowstore r;
+            rowstore_init(&r, d, (size_t)(next + (int64_t)(nd + nd2) + 10), 77, 503);
+            rowstore_put(&r, ids, x, n);
+            vindex_rows rows = rowstore_rows(&r);
+            vindex *a = NULL, *b = NULL;
+            bool stale = true;
+            CHECK_OK(vindex_open(dir_a, d, &o, 0, &a, &stale, err), err);
+            CHECK_OK(vindex_open_rows(dir_b, d, &o, &rows, 0, &b, &stale, err), err);
+            CHECK(!stale);
+            CHECK_OK(build_from(a, ids, x, n, d, 1, err), err);
+            CHECK_OK(build_from(b, ids, x, n, d, 1, err), err);
+            CHECK_MSG(r.maps == 1 && r.asked == ids[n - 1], "map called %d times, last for %lld", r.maps,
+                      (long long)r.asked);
+            vindex_info ia, ib;
+            vindex_get_info(b, &ib);
+            CHECK_STR(ib.type, types[t]);
+
+            int64_t *all = malloc((n + nd + nd2) * sizeof(int64_t));
+            size_t nall = 0, results = 0;
+            merge_ids(all, &nall, ids, n);
+            merge_ids(all, &nall, dids, nd);
+            /* phase 1: the generation with a delta and tombstones; the removed rows zeroed */
+            for (int side = 0; side < 2; side++) {
+                vindex *v = side ? b : a;
+                CHECK_OK(vindex_add(v, dids, x + n * (size_t)d, nd, d, 2, err), err);
+                CHECK_OK(vindex_remove(v, removed, nrm + 10, 3, err), err);
+            }
+            rowstore_zero(&r, removed, nrm);
+            CHECK(rows_same_answers(a, b, d, queries, nq, all, nall, &results));
+
+            /* phase 2: reopened (the delta and tombstones replayed, as sync does from the log) */
+            vindex_close(a);
+            vindex_close(b);
+            a = b = NULL;
+            CHECK_OK(vindex_open(dir_a, d, &o, 1, &a, &stale, err), err);
+            CHECK(!stale);
+            CHECK_OK(vindex_open_rows(dir_b, d, &o, &rows, 1, &b, &stale, err), err);
+            CHECK(!stale);
+            CHECK_INT(r.maps, 2);
+            for (int side = 0; side < 2; side++) {
+                vindex *v = side ? b : a;
+                CHECK_OK(vindex_add(v, dids, x + n * (size_t)d, nd, d, 2, err), err);
+                CHECK_OK(vindex_remove(v, removed, nrm + 10, 3, err), err);
+            }
+            CHECK(rows_same_answers(a, b, d, queries, nq, all, nall, &results));
+
+            /* phase 3: rebuilt from the live chunks (the store now holds the delta's rows), then a
+             * new delta and tombstones */
+            int64_t *live = malloc((n + nd) * sizeof(int64_t));
+            float *lvec = malloc((n + nd) * (size_t)d * sizeof(float));
+            size_t nlive = 0;
+            for (size_t i = 0; i < n + nd; i++) {
+                int64_t id = i < n ? ids[i] : dids[i - n];
+                bool gone = false;
+                for (size_t j = 0; j < nrm + 10 && !gone; j++)
+                    gone = removed[j] == id;
+                if (gone)
+                    continue;
+                live[nlive] = id;
+                memcpy(lvec + nlive * (size_t)d, x + i * (size_t)d, (size_t)d * sizeof(float));
+                nlive++;
+            }
+            rowstore_put(&r, dids, x + n * (size_t)d, nd);
+            rowstore_zero(&r, removed, nrm + 10);
+            CHECK_OK(build_from(a, live, lvec, nlive, d, 3, err), err);
+            CHECK_OK(build_from(b, live, lvec, nlive, d, 3, err), err);
+            CHECK_MSG(r.maps == 3 && r.asked == live[nlive - 1], "map called %d times, last for %lld", r.maps,
+                      (long long)r.asked);
+            vindex_get_info(a, &ia);
+            vindex_get_info(b, &ib);
+            CHECK_INT(ib.count, nlive);
+            CHECK_INT(ib.delta + ib.tombstones, 0);
+            CHECK_STR(ia.type, ib.type);
+            merge_ids(all, &nall, dids2, nd2);
+            for (size_t i = 0; i < 50; i++)
+                removed2[i] = live[(i * 104729) % nlive];
+            for (int side = 0; side < 2; side++) {
+                vindex *v = side ? b : a;
+                CHECK_OK(vindex_add(v, dids2, x + (n + nd) * (size_t)d, nd2, d, 4, err), err);
+                CHECK_OK(vindex_remove(v, removed2, 50, 5, err), err);
+            }
+            rowstore_zero(&r, removed2, 50);
+            CHECK(rows_same_answers(a, b, d, queries, nq, all, nall, &results));
+            CHECK_MSG(results > nq * 20, "only %zu hits compared", results);
+
+            free(live);
+            free(lvec);
+            free(all);
+            vindex_close(a);
+            vindex_close(b);
+            free(r.rows);
+            remove_dir(dir_a);
+            remove_dir(dir_b);
+        }
+    }
+    free(x);
+    free(ids);
+    free(dids);
+    free(dids2);
+    free(queries);
+}
+
+TEST(rows_mode_files_staleness_and_provider_failures)
+{
+    /* In rows mode gen-N.vec holds the ids only; MANIFEST records the mode and the owner, and a
+     * backup copies and checks the generation like any other. Another owner or the other mode is
+     * stale; a provider that cannot map fails the open (or leaves it stale) and the commit, with
+     * its message. */
+    char err[QR_ERR_LEN];
+    const int d = 24;
+    const size_t n = 2500;
+    float *x = random_vectors(n + 1, d, 10, 0.5, 601);
+    const float *q = x + n * (size_t)d;
+    int64_t *ids = rows_test_ids(n, 602);
+    rowstore r;
+    rowstore_init(&r, d, (size_t)ids[n - 1] + 1, 1234, 603);
+    rowstore_put(&r, ids, x, n);
+    vindex_rows rows = rowstore_rows(&r);
+    char *dir = make_dir(), *copy = make_dir();
+    vindex_opts o = test_opts("ivf_sq8");
+    vindex *v = NULL;
+    bool stale = true;
+    CHECK_OK(vindex_open_rows(dir, d, &o, &rows, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 9, err), err);
+    int64_t top[5], top2[5];
+    float sc[5], sc2[5];
+    size_t found = 0, found2 = 0;
+    CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, top, sc, &found, NULL, err), err);
+    CHECK_INT(found, 5);
+
+    /* the files: ids only, a fraction of the rows' bytes */
+    char path[600], names[512];
+    list_dir(dir, names, sizeof(names));
+    CHECK_STR(names, "LOCK MANIFEST gen-1.faiss gen-1.vec");
+    snprintf(path, sizeof(path), "%s/gen-1.vec", dir);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0);
+    CHECK_MSG((size_t)sb.st_size == 64 + n * sizeof(int64_t), "gen-1.vec has %lld bytes",
+              (long long)sb.st_size);
+    CHECK((size_t)sb.st_size < n * (size_t)d * sizeof(float) / 2);
+    snprintf(path, sizeof(path), "%s/MANIFEST", dir);
+    size_t len = 0;
+    char *text = read_whole(path, &len);
+    CHECK(text && strstr(text, "\nrows external 1234\n"));
+    free(text);
+
+    /* a backup copies the ids-only file and checks it against the manifest */
+    index_gen_copy gc;
+    CHECK_OK(vindex_backup_files(dir, copy, &gc, err), err);
+    CHECK(gc.present && gc.generation == 1 && gc.counter == 9);
+    CHECK_OK(vindex_check_files(copy, &gc, err), err);
+    snprintf(path, sizeof(path), "%s/gen-1.vec", copy);
+    flip_byte(path, 64 + 8 * 3);
+    CHECK_INT(vindex_check_files(copy, &gc, err), QR_EIO);
+    vindex_close(v);
+    v = NULL;
+
+    /* the copy's damaged ids are found when it is opened */
+    vindex_opts strict = o;
+    strict.rebuild_on_mismatch = false;
+    CHECK_INT(vindex_open_rows(copy, d, &strict, &rows, 9, &v, &stale, err), QR_EIO);
+    CHECK(strstr(err, "gen-1.vec"));
+
+    /* reopened by the same owner: the same answers */
+    CHECK_OK(vindex_open_rows(dir, d, &strict, &rows, 9, &v, &stale, err), err);
+    CHECK(!stale);
+    CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, top2, sc2, &found2, NULL, err), err);
+    CHECK_INT(found2, 5);
+    CHECK(memcmp(top, top2, sizeof(top)) == 0 && memcmp(sc, sc2, sizeof(sc)) == 0);
+    vindex_close(v);
+    v = NULL;
+
+    /* another owner: stale, serving nothing; an error when strict */
+    rowstore other = r;
+    other.uid = 99;
+    vindex_rows orows = rowstore_rows(&other);
+    CHECK_INT(vindex_open_rows(dir, d, &strict, &orows, 9, &v, &stale, err), QR_EINVAL);
+    CHECK_MSG(strstr(err, "store 1234") && strstr(err, "99"), "%s", err);
+    CHECK_OK(vindex_open_rows(dir, d, &o, &orows, 9, &v, &stale, err), err);
+    CHECK(stale);
+    vindex_info info;
+    vindex_get_info(v, &info);
+    CHECK_INT(info.generation, 0);
+    CHECK_INT(info.count, 0);
+    vindex_close(v);
+    v = NULL;
+
+    /* the other mode, either way round */
+    CHECK_INT(vindex_open(dir, d, &strict, 9, &v, &stale, err), QR_EINVAL);
+    CHECK_OK(vindex_open(dir, d, &o, 9, &v, &stale, err), err);
+    CHECK(stale);
+    vindex_get_info(v, &info);
+    CHECK_INT(info.generation, 0);
+    vindex_close(v);
+    v = NULL;
+    char *copydir = make_dir();
+    CHECK_OK(vindex_open(copydir, d, &o, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, n, d, 9, err), err);
+    vindex_close(v);
+    v = NULL;
+    CHECK_INT(vindex_open_rows(copydir, d, &strict, &rows, 9, &v, &stale, err), QR_EINVAL);
+    CHECK_OK(vindex_open_rows(copydir, d, &o, &rows, 9, &v, &stale, err), err);
+    CHECK(stale);
+    vindex_get_info(v, &info);
+    CHECK_INT(info.generation, 0);
+    vindex_close(v);
+    v = NULL;
+
+    /* a provider that cannot map: the open fails with its message, or is stale */
+    r.fail = true;
+    CHECK_INT(vindex_open_rows(dir, d, &strict, &rows, 9, &v, &stale, err), QR_EIO);
+    CHECK_MSG(strstr(err, "row store is unavailable on purpose"), "%s", err);
+    CHECK_OK(vindex_open_rows(dir, d, &o, &rows, 9, &v, &stale, err), err);
+    CHECK(stale);
+    vindex_get_info(v, &info);
+    CHECK_INT(info.generation, 0);
+    vindex_close(v);
+    v = NULL;
+
+    /* nor can a build commit without its rows: the served generation stays */
+    r.fail = false;
+    CHECK_OK(vindex_open_rows(dir, d, &strict, &rows, 9, &v, &stale, err), err);
+    r.fail = true;
+    CHECK_INT(build_from(v, ids, x, n, d, 10, err), QR_EIO);
+    CHECK_MSG(strstr(err, "row store is unavailable on purpose"), "%s", err);
+    vindex_get_info(v, &info);
+    CHECK_INT(info.generation, 1);
+    CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, top2, sc2, &found2, NULL, err), err);
+    CHECK(found2 == 5 && memcmp(top, top2, sizeof(top)) == 0);
+    list_dir(dir, names, sizeof(names));
+    CHECK_STR(names, "LOCK MANIFEST gen-1.faiss gen-1.vec");
+    vindex_close(v);
+    v = NULL;
+
+    /* a generation with no rows asks the provider for none */
+    char *empty = make_dir();
+    int maps = r.maps;
+    CHECK_OK(vindex_open_rows(empty, d, &strict, &rows, 0, &v, &stale, err), err);
+    CHECK_OK(build_from(v, ids, x, 0, d, 0, err), err);
+    vindex_close(v);
+    v = NULL;
+    CHECK_OK(vindex_open_rows(empty, d, &strict, &rows, 0, &v, &stale, err), err);
+    CHECK(!stale);
+    CHECK_OK(vindex_search(v, q, d, 5, NULL, NULL, top2, sc2, &found2, NULL, err), err);
+    CHECK_INT(found2, 0);
+    CHECK_INT(r.maps, maps);
+    vindex_close(v);
+    remove_dir(empty);
+
+    free(r.rows);
+    free(x);
+    free(ids);
+    remove_dir(dir);
+    remove_dir(copy);
+    remove_dir(copydir);
 }
