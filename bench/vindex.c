@@ -302,7 +302,7 @@ static const char *mode_dir(const char *dir, size_t rm, char *buf, size_t len)
 static qr_status open_mode(const char *dir, size_t rm, const vindex_opts *o, int64_t counter, vindex **v,
                            bool *stale, char *err)
 {
-    vindex_rows rows = {ext_map, NULL, 1};
+    vindex_rows rows = {.map = ext_map, .ctx = NULL, .uid = 1};
     return row_mode_external(rm) ? vindex_open_rows(dir, DIM, o, &rows, counter, v, stale, err)
                                  : vindex_open(dir, DIM, o, counter, v, stale, err);
 }

@@ -17,6 +17,7 @@
  * vindex_build_skip), so that one document can never stop the index from following the store.
  * It stays searchable by BM25.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -454,6 +455,62 @@ qr_status index_sync(store *s, vindex *v, const vindex_opts *o, bool force, inde
     return sync_impl(s, v, o, force, INDEX_GPU_OFF, rep, err);
 }
 
+/* ---- the rows the index reads: the store's vectors file ---------------------------------- */
+
+/* The vector index reads its exact scores from the store's own rows (vindex_open_rows), so
+ * the data directory keeps one float copy. The file is opened when first needed: a store with
+ * no chunk yet has none. The index owns this and releases it when it closes. */
+typedef struct {
+    pthread_mutex_t mu;
+    char *data_dir;
+    int dim;
+    store_vectors *file;
+} store_rows;
+
+static qr_status store_rows_map(void *ctx, int64_t max_id, const float **base, char *err)
+{
+    store_rows *r = ctx;
+    qr_status st = QR_OK;
+    pthread_mutex_lock(&r->mu);
+    if (!r->file && (st = store_vectors_open(r->data_dir, &r->file, err)) == QR_ENOTFOUND)
+        st = qr_fail(err, QR_EIO,
+                     "the vector index needs chunk vectors, and the store under '%s' has no vectors file",
+                     r->data_dir);
+    if (!st && store_vectors_dim(r->file) != r->dim)
+        st = qr_fail(err, QR_EIO, "the store's vectors file has dimension %d, the index %d",
+                     store_vectors_dim(r->file), r->dim);
+    pthread_mutex_unlock(&r->mu);
+    return st ? st : store_vectors_map(r->file, max_id, base, err);
+}
+
+static void store_rows_release(void *ctx)
+{
+    store_rows *r = ctx;
+    if (!r)
+        return;
+    store_vectors_close(r->file);
+    pthread_mutex_destroy(&r->mu);
+    free(r->data_dir);
+    free(r);
+}
+
+static qr_status store_rows_new(store *s, const char *data_dir, int dim, vindex_rows *out, char *err)
+{
+    int64_t uid = 0;
+    qr_status st = store_uid(s, &uid, err);
+    if (st)
+        return st;
+    store_rows *r = calloc(1, sizeof(*r));
+    if (!r || !(r->data_dir = strdup(data_dir))) {
+        free(r);
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    r->dim = dim;
+    *out = (vindex_rows){.map = store_rows_map, .release = store_rows_release, .ctx = r, .uid = uid};
+    return QR_OK;
+}
+
 /* serve: open for serving at once (index_open_serving) instead of syncing first */
 static qr_status open_impl(store *s, const char *data_dir, const vindex_opts *o, bool force, bool serve,
                            index_gpu_mode gpu, vindex **out, index_sync_report *rep, char *err)
@@ -480,7 +537,15 @@ static qr_status open_impl(store *s, const char *data_dir, const vindex_opts *o,
         opts.rebuild_on_mismatch = true;
     vindex *v = NULL;
     bool stale = false;
-    if (!(st = vindex_open(dir, ss.embedding_dim, &opts, ss.change_counter, &v, &stale, err))) {
+    vindex_rows rows;
+    if ((st = store_rows_new(s, data_dir, ss.embedding_dim, &rows, err))) {
+        free(dir);
+        return st;
+    }
+    st = vindex_open_rows(dir, ss.embedding_dim, &opts, &rows, ss.change_counter, &v, &stale, err);
+    if (st)
+        store_rows_release(rows.ctx); /* a failed open leaves it to us */
+    else {
         vindex_info info;
         vindex_get_info(v, &info);
         if (!serve)

@@ -128,9 +128,13 @@ void vindex_close(vindex *v);
  * non-zero status fails the open (or leaves it stale, with rebuild_on_mismatch) or the commit,
  * with the provider's status and err.
  * uid: the identity of the rows' owner (the store's uid), recorded in MANIFEST with the mode.
+ * release (may be NULL): called once by vindex_close, after the last read of the provider's
+ * memory, so that the index can own the provider; a failed open does not call it (the caller
+ * still owns ctx then).
  */
 typedef struct {
     qr_status (*map)(void *ctx, int64_t max_id, const float **base, char *err);
+    void (*release)(void *ctx);
     void *ctx;
     int64_t uid;
 } vindex_rows;

@@ -379,6 +379,8 @@ static void vindex_free(vindex *v)
         return;
     if (v->cur)
         vindex_snap_free(v->cur);
+    if (v->rows.release) /* no snapshot reads the provider's memory any more */
+        v->rows.release(v->rows.ctx);
     if (v->lock_fd >= 0)
         close(v->lock_fd);
     pthread_mutex_destroy(&v->snap_lock);
@@ -536,6 +538,8 @@ out:
     free(mpath);
     free(lpath);
     if (st) {
+        if (v)
+            v->rows.release = NULL; /* a failed open leaves the provider to the caller */
         vindex_free(v);
         v = NULL;
     }

@@ -2691,7 +2691,7 @@ static qr_status rowstore_map(void *ctx, int64_t max_id, const float **base, cha
 
 static vindex_rows rowstore_rows(rowstore *r)
 {
-    vindex_rows rows = {rowstore_map, r, r->uid};
+    vindex_rows rows = {.map = rowstore_map, .ctx = r, .uid = r->uid};
     return rows;
 }
 
