@@ -400,9 +400,11 @@ static const char *json_str(json_t *obj, const char *key)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-/* What a parsed line's source borrows from: the parsed object, the metadata as text and the ACL. */
+/* What a parsed line's source borrows from: the parsed object (or the scanner's block of
+ * strings), the metadata as text and the ACL. */
 typedef struct {
     json_t *obj;
+    char *block;
     char *metadata;
     const char *acl[];
 } jsonl_hold;
@@ -418,7 +420,44 @@ static void jsonl_release(void *hold)
     jsonl_hold *h = hold;
     free(h->metadata);
     json_decref(h->obj);
+    free(h->block);
     free(h);
+}
+
+/* A line ingest_jsonl_scan read: the same source as from json_loadb below. False when the line
+ * needs the general parser after all (no "_id" or "text", too many principals: its messages). */
+static bool jsonl_fast(const jsonl_defaults *d, const ingest_jsonl_line *l, char *block, ingest_source *src,
+                       void **hold)
+{
+    size_t nacl = l->has_acl ? l->nacl : d->nacl;
+    if (!l->id || !*l->id || !l->text || nacl > INGEST_MAX_ACL)
+        return false;
+    jsonl_hold *h = calloc(1, sizeof(*h) + (nacl ? nacl : 1) * sizeof(h->acl[0]));
+    if (!h)
+        return false;
+    const char *p = l->acl;
+    for (size_t i = 0; i < nacl; i++) {
+        if (l->has_acl) {
+            h->acl[i] = p;
+            p += strlen(p) + 1;
+        } else {
+            h->acl[i] = d->acl[i];
+        }
+    }
+    h->block = block;
+    *src = (ingest_source){
+        .doc_id = l->id,
+        .title = l->title,
+        .uri = l->url ? l->url : l->uri,
+        .declared_type = "text/plain",
+        .metadata_json = l->metadata_empty ? "{}" : NULL, /* json_dumps of an empty object */
+        .acl = h->acl,
+        .nacl = nacl,
+        .bytes = l->text,
+        .len = l->text_len,
+    };
+    *hold = h;
+    return true;
 }
 
 /* Parses one line into a source, on a preparing thread (ingest_parser): the same checks, in the
@@ -427,6 +466,13 @@ static qr_status jsonl_parse(void *ctx, const char *raw, size_t len, ingest_sour
                              char *err)
 {
     const jsonl_defaults *d = ctx;
+    ingest_jsonl_line line;
+    char *block = NULL;
+    if (ingest_jsonl_scan(raw, len, &line, &block)) {
+        if (jsonl_fast(d, &line, block, src, hold))
+            return QR_OK;
+        free(block);
+    }
     json_error_t jerr;
     json_t *obj = json_loadb(raw, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj)

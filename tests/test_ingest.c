@@ -3,11 +3,12 @@
  * build themselves (text, markdown, HTML, a hand-written PDF, DOCX archives written with libzip),
  * the limits (oversized documents, zip bombs by size and ratio, extractors that spin, eat memory
  * or crash in the sandbox), chunker properties on random texts, token counting, hashing, the
- * Porter stemmer and the local embedder.
+ * Porter stemmer, the local embedder, and the JSON-lines scanner against jansson.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1368,4 +1369,147 @@ TEST(limits_from_config)
     CHECK(qr_config_set(cfg, "chunk.overlap", "0.7", QR_CFG_SRC_CLI, err) != QR_OK);
     CHECK_OK(qr_config_set(cfg, "chunk.overlap", "0", QR_CFG_SRC_CLI, err), err);
     qr_config_free(cfg);
+}
+
+/* ---- JSON lines ---------------------------------------------------------------------------- */
+
+/* NULL when ingest_jsonl_scan and json_loadb(JSON_REJECT_DUPLICATES) agree on line: the scanner
+ * declined it, or jansson read the same fields from it; otherwise what differs. *accepted tells
+ * whether the scanner read it. */
+static const char *jsonl_disagreement(const char *line, size_t len, bool *accepted)
+{
+    ingest_jsonl_line l;
+    char *block = NULL;
+    *accepted = ingest_jsonl_scan(line, len, &l, &block);
+    if (!*accepted)
+        return block ? "a block without a result" : NULL;
+    const char *why = NULL;
+    json_error_t jerr;
+    json_t *obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(obj)) {
+        why = "read a line jansson refuses";
+        goto out;
+    }
+    const char *names[] = {"_id", "text", "title", "url", "uri"};
+    const char *mine[] = {l.id, l.text, l.title, l.url, l.uri};
+    for (size_t i = 0; i < 5; i++) {
+        json_t *v = json_object_get(obj, names[i]);
+        if (!v != !mine[i] || (v && (!json_is_string(v) || strcmp(json_string_value(v), mine[i]) != 0))) {
+            why = names[i];
+            goto out;
+        }
+    }
+    if (l.text && json_string_length(json_object_get(obj, "text")) != l.text_len) {
+        why = "text length";
+        goto out;
+    }
+    json_t *acl = json_object_get(obj, "acl");
+    if (!acl != !l.has_acl || (acl && json_array_size(acl) != l.nacl)) {
+        why = "acl";
+        goto out;
+    }
+    const char *p = l.acl;
+    for (size_t i = 0; acl && i < l.nacl; i++, p += strlen(p) + 1) {
+        if (!json_is_string(json_array_get(acl, i)) ||
+            strcmp(json_string_value(json_array_get(acl, i)), p) != 0) {
+            why = "an acl principal";
+            goto out;
+        }
+    }
+    json_t *meta = json_object_get(obj, "metadata");
+    if (!meta != !l.metadata_empty || (meta && (!json_is_object(meta) || json_object_size(meta) != 0)))
+        why = "metadata";
+out:
+    json_decref(obj);
+    free(block);
+    return why;
+}
+
+TEST(jsonl_scan_reads_common_lines_as_jansson_does)
+{
+    static const char *const lines[] = {
+        "{\"_id\": \"1\", \"title\": \"T\", \"text\": \"hello world\"}",
+        "{\"_id\":\"a\\u00e9\\ud83d\\ude00\\u6771\",\"text\":\"x\\n\\t\\\"\\\\\\/"
+        "y\\b\\f\\r\",\"title\":\"\"}",
+        "{\"_id\":\"d\",\"text\":\"t\",\"acl\":[\"group:eng\", \"user:b\\u00f6b\"],\"url\":\"http://x/1\"}",
+        "{\"_id\":\"d\",\"text\":\"t\",\"acl\":[ ],\"uri\":\"file:///a\"}",
+        "{\"_id\":\"d\",\"text\":\"t\",\"metadata\": { }, \"lang\": \"en\"}",
+        " \t{ \"text\" : \"caf\xC3\xA9 \xE6\x9D\xB1 \xF0\x9F\x99\x82 \x7F\" , \"_id\" : \"\xF4\x8F\xBF\xBF\" "
+        "} \r",
+        "{}",
+        "{\"_id\":\"only\"}",
+    };
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        bool accepted = false;
+        const char *why = jsonl_disagreement(lines[i], strlen(lines[i]), &accepted);
+        CHECK_MSG(accepted && !why, "line %zu: %s", i, why ? why : "declined");
+    }
+    /* what the scanner leaves to jansson: errors, other value types, repeated or escaped keys */
+    static const char *const declined[] = {
+        "{\"_id\":\"a\",\"_id\":\"b\",\"text\":\"t\"}",
+        "{\"_id\":\"a\",\"text\":\"t\\u0000\"}",
+        "{\"_id\":\"a\",\"text\":\"\\ud800\"}",
+        "{\"_id\":\"a\",\"text\":\"\\udc00\"}",
+        "{\"_id\":\"a\",\"text\":\"\\ud800\\u0041\"}",
+        "{\"_id\":\"a\",\"text\":\"\\x\"}",
+        "{\"_id\":\"a\",\"text\":\"\\u12\"}",
+        "{\"_id\":\"a\",\"text\":\"t\"} x",
+        "{\"_id\":\"a\",\"text\":\"t\",}",
+        "{\"_id\":1,\"text\":\"t\"}",
+        "{\"_id\":\"a\",\"text\":\"t\",\"metadata\":{\"k\":\"v\"}}",
+        "{\"_id\":\"a\",\"text\":\"t\",\"acl\":\"public\"}",
+        "{\"_id\":\"a\",\"text\":\"t\",\"acl\":[\"a\",1]}",
+        "{\"\\u005fid\":\"a\",\"text\":\"t\"}",
+        "{\"_id\":\"a\",\"text\":\"\xC3\"}",
+        "{\"_id\":\"a\",\"text\":\"\xED\xA0\x80\"}",
+        "{\"_id\":\"a\",\"text\":\"tab\there\"}",
+        "[\"_id\"]",
+        "{\"_id\":\"a\",\"text\":\"t\"",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(declined) / sizeof(declined[0]); i++) {
+        ingest_jsonl_line l;
+        char *block = (char *)1;
+        CHECK_MSG(!ingest_jsonl_scan(declined[i], strlen(declined[i]), &l, &block) && !block, "line %zu read",
+                  i);
+    }
+}
+
+TEST(jsonl_scan_agrees_with_jansson_on_mutated_lines)
+{
+    static const char *const seeds[] = {
+        "{\"_id\": \"d1\", \"title\": \"T\\u00e9\", \"text\": \"a \\\"b\\\" \\ud83d\\ude00 caf\xC3\xA9\"}",
+        "{\"_id\":\"d2\",\"text\":\"t\",\"acl\":[\"group:eng\",\"user:b\"],\"metadata\":{}}",
+    };
+    static const unsigned char bytes[] = {'"',  '\\', '{',  '}',  '[',  ']',  ',',  ':',  ' ',  'u',  '0',
+                                          'd',  'D',  '8',  'n',  0x00, 0x1F, 0x7F, 0x80, 0xA9, 0xBF, 0xC3,
+                                          0xE0, 0xED, 0xF0, 0xF4, 0xFF, 'x',  '1',  '\t', '/'};
+    unsigned seed = 4242;
+    size_t accepted_mutants = 0;
+    for (int round = 0; round < 20000; round++) {
+        const char *base = seeds[round % 2];
+        char line[256];
+        size_t n = strlen(base);
+        memcpy(line, base, n);
+        for (int m = 1 + rand_r(&seed) % 3; m > 0; m--) {
+            size_t at = (size_t)rand_r(&seed) % (n + 1);
+            unsigned char b = bytes[rand_r(&seed) % sizeof(bytes)];
+            int op = rand_r(&seed) % 3;
+            if (op == 0 && at < n) {
+                line[at] = (char)b;
+            } else if (op == 1 && n + 1 < sizeof(line)) {
+                memmove(line + at + 1, line + at, n - at);
+                line[at] = (char)b;
+                n++;
+            } else if (at < n) {
+                memmove(line + at, line + at + 1, n - at - 1);
+                n--;
+            }
+        }
+        bool accepted = false;
+        const char *why = jsonl_disagreement(line, n, &accepted);
+        CHECK_MSG(!why, "round %d: %s on '%.*s'", round, why, (int)n, line);
+        accepted_mutants += accepted;
+    }
+    CHECK(accepted_mutants > 100); /* many mutants are still good lines: the comparison ran */
 }
