@@ -989,6 +989,37 @@ TEST(count_tokens_approximation)
     CHECK_INT(ingest_count_tokens("caf\xC3\xA9s", 6), 1);                    /* one word of 5 letters */
     CHECK_INT(ingest_count_tokens("\xD0\xBC\xD0\xB8\xD1\x80", 6), 1);        /* Cyrillic word */
     CHECK_INT(ingest_count_tokens("e = mc\xC2\xB2 \xE2\x80\x94 ok", 14), 6); /* e = mc ² — ok */
+    /* random texts against a character-by-character count: a word's run of characters (ASCII or
+     * not) costs a token per WORD_CHARS (6) begun, a symbol one, a space none */
+    static const struct {
+        const char *s;
+        int cls; /* 0 symbol, 1 space, 2 word */
+    } pieces[] = {{"a", 2},        {"Z", 2},        {"7", 2},
+                  {" ", 1},        {"\n", 1},       {".", 0},
+                  {"-", 0},        {"\xC3\xA9", 2}, {"\xE6\x9D\xB1", 0},
+                  {"\xC2\xA0", 1}, {"\xD0\xBC", 2}};
+    unsigned seed = 99;
+    for (int round = 0; round < 2000; round++) {
+        char text[512];
+        size_t n = 0, tokens = 0, run = 0;
+        for (int k = rand_r(&seed) % 120; k > 0; k--) {
+            /* mostly letters, so that long words occur */
+            size_t pick = rand_r(&seed) % 3 ? (size_t)rand_r(&seed) % 3 : (size_t)rand_r(&seed) % 11;
+            size_t pn = strlen(pieces[pick].s);
+            memcpy(text + n, pieces[pick].s, pn);
+            n += pn;
+            if (pieces[pick].cls == 2) {
+                tokens += run % 6 == 0;
+                run++;
+            } else {
+                run = 0;
+                tokens += pieces[pick].cls == 0;
+            }
+        }
+        CHECK_MSG(ingest_count_tokens(text, n) == tokens,
+                  "round %d: %zu tokens counted, %zu expected in '%.*s'", round, ingest_count_tokens(text, n),
+                  tokens, (int)n, text);
+    }
 }
 
 /* Builds a random document: headings, paragraphs of sentences, monster words, CJK runs. */
