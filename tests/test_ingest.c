@@ -1354,6 +1354,65 @@ TEST(embed_local_deterministic_and_normalised)
     qr_config_free(cfg);
 }
 
+/* The word cache (with the positions of each word's features it keeps) only saves time: every
+ * vector is bit for bit the one computed without it, whatever the options, for words seen
+ * before, words too long for a slot, and n-gram lengths whose features do not fit a slot. */
+TEST(embed_local_cache_changes_no_bit)
+{
+    static const char *const words[] = {"the",
+                                        "Travel",
+                                        "reimbursement",
+                                        "trains",
+                                        "a",
+                                        "x",
+                                        "42",
+                                        "internationalisation",
+                                        "caf\xC3\xA9",
+                                        "\xE6\x9D\xB1\xE4\xBA\xAC",
+                                        "electroencephalographically",
+                                        "of",
+                                        "Lattice",
+                                        "QCD",
+                                        "e.g.",
+                                        "thermodynamics",
+                                        "ab"};
+    embed_local_opts opts[6];
+    embed_local_defaults(&opts[0], 384);
+    embed_local_defaults(&opts[1], 64);
+    embed_local_defaults(&opts[2], 384);
+    opts[2].char_ngram = 1; /* more features than a slot keeps */
+    embed_local_defaults(&opts[3], 384);
+    opts[3].char_ngram = 3;
+    opts[3].seed = 7;
+    embed_local_defaults(&opts[4], 384);
+    opts[4].tf = EMBED_TF_LOG;
+    embed_local_defaults(&opts[5], 384);
+    opts[5].bigrams = true;
+    opts[5].bigram_weight = 0.5;
+    unsigned seed = 5;
+    float a[384], b[384];
+    for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]); k++) {
+        embed_cache *cache = embed_cache_new();
+        CHECK(cache != NULL);
+        for (int round = 0; round < 300; round++) {
+            char text[1024];
+            size_t n = 0;
+            for (int w = rand_r(&seed) % 40; w > 0; w--) {
+                const char *word = words[rand_r(&seed) % (sizeof(words) / sizeof(words[0]))];
+                size_t wn = strlen(word);
+                memcpy(text + n, word, wn);
+                n += wn;
+                text[n++] = rand_r(&seed) % 4 ? ' ' : ',';
+            }
+            CHECK_INT(embed_local_one(&opts[k], cache, text, n, a), QR_OK);
+            CHECK_INT(embed_local_one(&opts[k], NULL, text, n, b), QR_OK);
+            CHECK_MSG(memcmp(a, b, (size_t)opts[k].dim * sizeof(float)) == 0, "options %zu, round %d: '%.*s'",
+                      k, round, (int)n, text);
+        }
+        embed_cache_free(cache);
+    }
+}
+
 TEST(embed_open_checks_settings)
 {
     char err[QR_ERR_LEN] = "";
