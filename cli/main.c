@@ -184,10 +184,11 @@ static const char *command_name(int argc, char **argv)
  * are loaded, before main: Debian's OpenBLAS falls back to its slowest (Prescott) kernels on some
  * virtual CPUs, and libgomp's idle threads spin, which on a busy server takes the cores that
  * requests need. So quarry sets both for itself, unless the operator did, and starts again once
- * with them. `quarry ingest` calls neither BLAS nor OpenMP, but OpenBLAS starts a thread per core
- * at load anyway, each spinning on sched_yield for about 0.1 s of CPU before it sleeps (4% of a
- * 23 MB ingest's samples, more than starting twice costs: 35-40 ms); so ingest starts again with
- * one OpenBLAS thread, which means none beside the caller's (bench/README.md, "Start-up"). */
+ * with them. `quarry ingest` calls neither BLAS nor OpenMP, but OpenBLAS starts its threads at
+ * load anyway (one per core beside the caller's), each spinning on sched_yield for about 0.1 s of
+ * CPU before it sleeps (4% of a 23 MB ingest's samples, more than starting twice costs: 35-40 ms);
+ * so ingest starts again with OPENBLAS_NUM_THREADS=1, which starts none (bench/README.md,
+ * "Preparing threads and start-up"). */
 static void tune_runtime_and_reexec(int argc, char **argv)
 {
     bool changed = false;
