@@ -371,6 +371,8 @@ static void ingest_path(ingest_run *run, const char *path)
 
 /* ---- JSON lines (BEIR corpus.jsonl) ------------------------------------------------------ */
 
+#define INPUT_BUFFER ((size_t)1 << 20)
+
 /* Reads one line of at most cap bytes into line (without the newline). Returns 1 for a line, 0 at
  * the end, -1 for a line over the cap (skipped to its end). */
 static int read_line(FILE *f, qr_buf *line)
@@ -547,6 +549,12 @@ static void ingest_jsonl(ingest_run *run, const char *path)
         record_input_failure(run, path, strerror(errno));
         return;
     }
+    /* stdio's 4 KiB buffer made a read(2) per 4 KiB on the writing thread (5,770 for 23 MB; system
+     * calls are dear on a VM): 1 MiB reads, when the buffer can be had (glibc ignores the size
+     * without one) */
+    char *inbuf = malloc(INPUT_BUFFER);
+    if (inbuf)
+        setvbuf(f, inbuf, _IOFBF, INPUT_BUFFER);
     struct stat sb;
     if (fstat(fileno(f), &sb) == 0)
         run->bytes_total += (uint64_t)sb.st_size;
@@ -583,6 +591,7 @@ static void ingest_jsonl(ingest_run *run, const char *path)
         record_input_failure(run, path, "read error");
     qr_buf_release(&line);
     fclose(f);
+    free(inbuf);
 }
 
 int cli_cmd_ingest(cli_ctx *ctx)
