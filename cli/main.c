@@ -165,11 +165,31 @@ static bool is_option(const char *arg, const char *opt)
     return strncmp(arg, opt, len) == 0 && (arg[len] == '\0' || arg[len] == '=');
 }
 
-/* OpenBLAS picks its kernels and libgomp its idle policy when they are loaded, before main:
- * Debian's OpenBLAS falls back to its slowest (Prescott) kernels on some virtual CPUs, and
- * libgomp's idle threads spin, which on a busy server takes the cores that requests need. So
- * quarry sets both for itself, unless the operator did, and starts again once with them. */
-static void tune_runtime_and_reexec(char **argv)
+/* The subcommand's name in argv: the first argument that is neither a global option nor the
+ * value of one (as main reads them); NULL when there is none. */
+static const char *command_name(int argc, char **argv)
+{
+    static const char *const takes_value[] = {"--config", "--data", "--log-level", "--set"};
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] != '-')
+            return argv[i];
+        for (size_t k = 0; k < sizeof(takes_value) / sizeof(takes_value[0]); k++)
+            if (strcmp(argv[i], takes_value[k]) == 0)
+                i++; /* "--data DIR": DIR is no command */
+    }
+    return NULL;
+}
+
+/* OpenBLAS picks its kernels and starts its threads, and libgomp reads its idle policy, when they
+ * are loaded, before main: Debian's OpenBLAS falls back to its slowest (Prescott) kernels on some
+ * virtual CPUs, and libgomp's idle threads spin, which on a busy server takes the cores that
+ * requests need. So quarry sets both for itself, unless the operator did, and starts again once
+ * with them. `quarry ingest` calls neither BLAS nor OpenMP, but OpenBLAS starts its threads at
+ * load anyway (one per core beside the caller's), each spinning on sched_yield for about 0.1 s of
+ * CPU before it sleeps (4% of a 23 MB ingest's samples, more than starting twice costs: 35-40 ms);
+ * so ingest starts again with OPENBLAS_NUM_THREADS=1, which starts none (bench/README.md,
+ * "Preparing threads and start-up"). */
+static void tune_runtime_and_reexec(int argc, char **argv)
 {
     bool changed = false;
     if (!getenv("OMP_WAIT_POLICY")) {
@@ -185,6 +205,11 @@ static void tune_runtime_and_reexec(char **argv)
             setenv("OPENBLAS_CORETYPE", core, 1);
             changed = true;
         }
+    }
+    const char *cmd = command_name(argc, argv);
+    if (cmd && strcmp(cmd, "ingest") == 0 && !getenv("OPENBLAS_NUM_THREADS")) {
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        changed = true;
     }
     if (changed)
         execv("/proc/self/exe", argv); /* on failure quarry simply runs untuned */
@@ -213,7 +238,7 @@ qr_status cli_load_config(const char *config_file, char *const *sets, int nsets,
 
 int main(int argc, char **argv)
 {
-    tune_runtime_and_reexec(argv);
+    tune_runtime_and_reexec(argc, argv);
     char err[QR_ERR_LEN];
     int rc = CLI_EXIT_USAGE;
     qr_config *cfg = NULL;

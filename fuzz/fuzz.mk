@@ -1,6 +1,6 @@
 # quarry's libFuzzer targets (ingest: normaliser, text/markdown, HTML, DOCX, pdftotext output,
-# chunker; the API's request parsing; retrieval's query parser; inference's server-sent-event
-# stream reader and citation filter; auth's OpenID Connect token checks), built with clang outside CMake (they need core/ and their
+# chunker, the JSON-lines scanner against jansson; the API's request parsing; retrieval's query
+# parser; inference's server-sent-event stream reader and citation filter; auth's OpenID Connect token checks), built with clang outside CMake (they need core/ and their
 # module's pure files, never FAISS or a network) and run for FUZZ_TIME seconds each. Called by
 # `make fuzz-smoke` at the root.
 #
@@ -14,13 +14,14 @@
 FUZZ_TIME ?= 30
 FUZZ_CC ?= clang
 FUZZ_DIR ?= build/fuzz
-FUZZ_TARGETS := normalize text html docx pdftotext chunk
+FUZZ_TARGETS := normalize text html docx pdftotext chunk jsonl
 FUZZ_PKGS := libxml-2.0 libzip libcrypto jansson
 FUZZ_CFLAGS := -std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=undefined -I. $(shell pkg-config --cflags $(FUZZ_PKGS))
 FUZZ_LIBS := $(shell pkg-config --libs $(FUZZ_PKGS)) -lpthread -lm
 FUZZ_SOURCES := $(wildcard core/*.c) ingest/extract.c ingest/extract_text.c ingest/extract_html.c \
-  ingest/extract_pdf.c ingest/extract_docx.c ingest/normalize.c ingest/sandbox.c ingest/chunk.c
+  ingest/extract_pdf.c ingest/extract_docx.c ingest/normalize.c ingest/sandbox.c ingest/chunk.c \
+  ingest/jsonl.c
 
 .PHONY: build smoke
 

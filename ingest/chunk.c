@@ -109,6 +109,18 @@ size_t ingest_count_tokens(const char *s, size_t len)
     size_t i = 0;
     while (i < len) {
         unsigned char b = p[i];
+        if (b < 0x80 && ascii_class[b] == CLS_WORD) {
+            /* a run of r ASCII word characters at once: count_char would add a token at each
+             * position k of [run, run + r) with k % WORD_CHARS == 0 */
+            size_t j = i + 1;
+            while (j < len && p[j] < 0x80 && ascii_class[p[j]] == CLS_WORD)
+                j++;
+            size_t r = j - i;
+            c.tokens += (c.run + r + WORD_CHARS - 1) / WORD_CHARS - (c.run + WORD_CHARS - 1) / WORD_CHARS;
+            c.run += r;
+            i = j;
+            continue;
+        }
         if (b < 0x80) {
             count_char(&c, (char_class)ascii_class[b]);
             i++;

@@ -343,6 +343,14 @@ void embed_words(const char *text, size_t len, void (*fn)(const char *w, size_t 
 
 /* ---- feature hashing ----------------------------------------------------------------------- */
 
+/* Sizes of the per-embedder word cache (below). A slot keeps at most CACHE_FEATS features: the
+ * word's and its n-grams' (n + 3 - char_ngram of a word of n bytes); a word with more is not kept.
+ * FEAT_NEG marks a kept feature whose weight is subtracted. */
+#define CACHE_SLOTS 4096 /* power of two */
+#define CACHE_WORD  22
+#define CACHE_FEATS (CACHE_WORD + 1)
+#define FEAT_NEG    0x8000u
+
 static uint64_t mix64(uint64_t x)
 {
     x ^= x >> 30;
@@ -366,6 +374,9 @@ typedef struct {
     size_t used;
     float *out;
     embed_cache *cache;
+    bool keep;     /* raw tf, no bigrams, dim <= 32768: slots keep their words' features */
+    uint16_t *rec; /* with keep: where add_feature records the current word's features */
+    unsigned char nrec;
     uint64_t prev; /* hash of the previous kept word, 0 at the start */
     bool oom;
 } feat_acc;
@@ -391,6 +402,11 @@ static void add_feature(feat_acc *a, uint64_t key, float weight)
     if (!a->table) {
         /* raw tf: the sum of occurrences is the vector, no counting needed */
         add_to_vector(a->out, a->o->dim, key, weight);
+        if (a->rec && a->nrec < CACHE_FEATS)
+            a->rec[a->nrec++] =
+                (uint16_t)((((key >> 32) * (uint64_t)a->o->dim) >> 32) | ((key & 1) ? FEAT_NEG : 0));
+        else if (a->rec)
+            a->nrec = CACHE_FEATS + 1; /* more than a slot holds: not kept */
         return;
     }
     if (a->used * 2 >= a->mask + 1) {
@@ -427,14 +443,18 @@ static void add_feature(feat_acc *a, uint64_t key, float weight)
 
 /* Stopword checks and Porter stemming cost more than the rest of a word's features together;
  * a direct-mapped cache of each word's outcome (its feature key, or "stopword") removes them for
- * the frequent words that make up most of any text. */
-#define CACHE_SLOTS 4096 /* power of two */
-#define CACHE_WORD  22
+ * the frequent words that make up most of any text. With raw tf and no bigrams (the defaults) a
+ * word adds the same numbers to the same places of the vector wherever it occurs, so the slot also
+ * keeps where its word and character n-gram features land, in the order they are added: a word
+ * seen before is then added without hashing its n-grams again, with the same float additions in
+ * the same order (the vectors stay bit for bit the same). */
 
 typedef struct {
     uint64_t key; /* the word's feature key; 0 for a stopword */
     unsigned char len;
+    unsigned char nfeat; /* kept features (0: not kept, add them the long way) */
     char word[CACHE_WORD];
+    uint16_t feat[CACHE_FEATS]; /* vector position | FEAT_NEG; the first is the word's */
 } cache_slot;
 
 struct embed_cache {
@@ -479,21 +499,37 @@ static void on_word(const char *w, size_t n, void *arg)
     cache_slot *slot = NULL;
     if (a->cache && n <= CACHE_WORD) {
         slot = &a->cache->slots[fnv1a(w, n, FNV_BASIS) & (CACHE_SLOTS - 1)];
-        if (slot->len == n && memcmp(slot->word, w, n) == 0)
+        if (slot->len == n && memcmp(slot->word, w, n) == 0) {
             h = slot->key;
-        else
+            if (h && slot->nfeat) {
+                /* the additions add_feature made when the word was first seen */
+                float ww = 1.0f, wn = (float)o->ngram_weight;
+                for (unsigned i = 0; i < slot->nfeat; i++) {
+                    float wt = i ? wn : ww;
+                    a->out[slot->feat[i] & ~FEAT_NEG] += (slot->feat[i] & FEAT_NEG) ? -wt : wt;
+                }
+                a->prev = h;
+                return;
+            }
+        } else {
             slot->len = 0;
+        }
     }
     if (!slot || slot->len == 0) {
         h = word_key(o, w, n);
         if (slot) {
             slot->key = h;
             slot->len = (unsigned char)n;
+            slot->nfeat = 0;
             memcpy(slot->word, w, n);
         }
     }
     if (h == 0)
         return;
+    if (slot && a->keep && !slot->nfeat) {
+        a->rec = slot->feat;
+        a->nrec = 0;
+    }
     add_feature(a, h, 1.0f);
     if (o->bigrams && a->prev)
         add_feature(a, mix64((a->prev * 31 + h) ^ SALT_BIGRAM), (float)o->bigram_weight);
@@ -515,6 +551,10 @@ static void on_word(const char *w, size_t n, void *arg)
                 x = fnv1a(padded + i, g, FNV_BASIS);
             add_feature(a, mix64(x ^ salt), (float)o->ngram_weight);
         }
+    }
+    if (a->rec) {
+        slot->nfeat = a->nrec <= CACHE_FEATS ? a->nrec : 0;
+        a->rec = NULL;
     }
 }
 
@@ -539,6 +579,7 @@ qr_status embed_local_one(const embed_local_opts *o, embed_cache *cache, const c
 {
     memset(out, 0, (size_t)o->dim * sizeof(float));
     feat_acc a = {.o = o, .mask = 255, .out = out, .cache = cache};
+    a.keep = cache && o->tf == EMBED_TF_RAW && !o->bigrams && o->dim <= (int)FEAT_NEG;
     if (o->tf != EMBED_TF_RAW) {
         a.table = calloc(a.mask + 1, sizeof(*a.table));
         if (!a.table)

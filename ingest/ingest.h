@@ -251,6 +251,23 @@ qr_status ingest_prepared_new_raw(const ingest_parser *parser, char *raw, size_t
 /* For raw input that did not parse: true, with the label and the parser's message. */
 bool ingest_prepared_unparsed(const ingest_prepared *p, const char **where, const char **why);
 
+/* The fields of a JSON-lines corpus line as ingest_jsonl_scan decodes them: NUL-terminated
+ * strings in its block, NULL when absent. */
+typedef struct {
+    const char *id, *text, *title, *url, *uri;
+    size_t text_len;
+    bool has_acl; /* an "acl" list: its nacl strings follow each other from acl */
+    const char *acl;
+    size_t nacl;
+    bool metadata_empty; /* "metadata": {} */
+} ingest_jsonl_line;
+/* Reads a line shaped as most corpus lines are (an object of string fields, an "acl" list of
+ * strings, an empty "metadata" object) without a general JSON parser; true with *out filled and
+ * its strings in *buf (free() it) when the line is such an object and json_loadb with
+ * JSON_REJECT_DUPLICATES would read the same values from it. False, *buf NULL, for any other line,
+ * valid or not, and when out of memory: parse it with a general parser (which words the errors). */
+bool ingest_jsonl_scan(const char *raw, size_t len, ingest_jsonl_line *out, char **buf);
+
 /* A pool of threads preparing documents (ingest_prepare) while the caller's thread writes them in
  * the order they were submitted: extraction, chunking and embedding on every core, one writer
  * owning the store's transaction. threads 0: one per online core; 1: no thread, each document is

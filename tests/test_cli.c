@@ -1,8 +1,12 @@
 /*
  * Tests of the quarry command as a user runs it: help, version, configuration output and
- * errors, and that subcommands whose modules are not built yet refuse instead of pretending.
+ * errors, that subcommands whose modules are not built yet refuse instead of pretending, and
+ * the environment quarry starts again with (OpenBLAS and libgomp settings).
  */
+#include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -171,4 +175,80 @@ TEST(man_page_lists_every_command)
     CHECK(commands >= 10);
     qr_buf_release(&out);
     free(man);
+}
+
+/* Whether /proc/<pid>/environ holds the assignment var (e.g. "A=1"): the environment the process
+ * was executed with, so after quarry's start-again the one it set. */
+static bool environ_has(pid_t pid, const char *var)
+{
+    char path[64], buf[65536];
+    snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
+        if (strcmp(buf + i, var) == 0)
+            return true;
+    return false;
+}
+
+/* `quarry ingest` calls no BLAS: it starts again with one OpenBLAS thread (no idle thread spinning
+ * beside the workers), besides the settings every command gets. The ingest waits on a FIFO as
+ * its --jsonl input while its environment is read. */
+TEST(ingest_starts_with_one_openblas_thread)
+{
+    char dir[] = "/tmp/quarry-cli-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char fifo[64], data[64], cmd[256];
+    snprintf(fifo, sizeof(fifo), "%s/in.jsonl", dir);
+    snprintf(data, sizeof(data), "%s/data", dir);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        unsetenv("OPENBLAS_NUM_THREADS");
+        unsetenv("OMP_WAIT_POLICY");
+        unsetenv("QUARRY_CONFIG");
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execl(QUARRY_BIN, "quarry", "--log-level", "error", "--data", data, "ingest", "--acl", "public",
+              "--jsonl", fifo, (char *)NULL);
+        _exit(127);
+    }
+    bool blas_one = false, passive = false;
+    for (int i = 0; i < 200 && !(blas_one && passive); i++) {
+        usleep(50000);
+        blas_one = environ_has(pid, "OPENBLAS_NUM_THREADS=1");
+        passive = environ_has(pid, "OMP_WAIT_POLICY=passive");
+    }
+    /* the ingest's one line of input, once it has opened the FIFO (unless it ended before) */
+    int fd = -1, status = 0;
+    bool ended = false;
+    for (int i = 0; i < 400 && fd < 0 && !ended; i++) {
+        fd = open(fifo, O_WRONLY | O_NONBLOCK);
+        if (fd < 0) {
+            ended = waitpid(pid, &status, WNOHANG) == pid;
+            usleep(25000);
+        }
+    }
+    if (fd >= 0) {
+        const char line[] = "{\"_id\": \"d1\", \"text\": \"hello\"}\n";
+        CHECK(write(fd, line, sizeof(line) - 1) == (ssize_t)(sizeof(line) - 1));
+        close(fd);
+    }
+    if (fd < 0 && !ended)
+        kill(pid, SIGKILL); /* it never read its input */
+    if (!ended)
+        CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "quarry ingest ended with status %d", status);
+    CHECK(blas_one);
+    CHECK(passive);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
 }

@@ -179,6 +179,20 @@ TEST(utf8_validation)
     CHECK(!qr_utf8_valid("\xFF", 1));
     CHECK(qr_utf8_valid("\xF4\x8F\xBF\xBF", 4)); /* U+10FFFF itself */
     CHECK(qr_utf8_valid("\xEF\xBF\xBD", 3));     /* U+FFFD */
+    /* ASCII runs are checked eight bytes at a time: a bad or truncated sequence is found at any
+     * offset and after runs of any length, and a good one is accepted there */
+    for (size_t at = 0; at < 24; at++) {
+        char t[32];
+        memset(t, 'a', sizeof(t));
+        memcpy(t + at, "\xC3\xA9", 2);
+        CHECK(qr_utf8_valid(t, sizeof(t)));
+        CHECK(qr_utf8_valid(t, at + 2));
+        CHECK(!qr_utf8_valid(t, at + 1)); /* cut inside the character */
+        t[at] = (char)0xFF;
+        CHECK(!qr_utf8_valid(t, sizeof(t)));
+        t[at] = (char)0x80;
+        CHECK(!qr_utf8_valid(t, sizeof(t)));
+    }
 }
 
 TEST(json_escape_handles_controls_quotes_and_bad_utf8)

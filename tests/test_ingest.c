@@ -3,11 +3,12 @@
  * build themselves (text, markdown, HTML, a hand-written PDF, DOCX archives written with libzip),
  * the limits (oversized documents, zip bombs by size and ratio, extractors that spin, eat memory
  * or crash in the sandbox), chunker properties on random texts, token counting, hashing, the
- * Porter stemmer and the local embedder.
+ * Porter stemmer, the local embedder, and the JSON-lines scanner against jansson.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -988,6 +989,37 @@ TEST(count_tokens_approximation)
     CHECK_INT(ingest_count_tokens("caf\xC3\xA9s", 6), 1);                    /* one word of 5 letters */
     CHECK_INT(ingest_count_tokens("\xD0\xBC\xD0\xB8\xD1\x80", 6), 1);        /* Cyrillic word */
     CHECK_INT(ingest_count_tokens("e = mc\xC2\xB2 \xE2\x80\x94 ok", 14), 6); /* e = mc ² — ok */
+    /* random texts against a character-by-character count: a word's run of characters (ASCII or
+     * not) costs a token per WORD_CHARS (6) begun, a symbol one, a space none */
+    static const struct {
+        const char *s;
+        int cls; /* 0 symbol, 1 space, 2 word */
+    } pieces[] = {{"a", 2},        {"Z", 2},        {"7", 2},
+                  {" ", 1},        {"\n", 1},       {".", 0},
+                  {"-", 0},        {"\xC3\xA9", 2}, {"\xE6\x9D\xB1", 0},
+                  {"\xC2\xA0", 1}, {"\xD0\xBC", 2}};
+    unsigned seed = 99;
+    for (int round = 0; round < 2000; round++) {
+        char text[512];
+        size_t n = 0, tokens = 0, run = 0;
+        for (int k = rand_r(&seed) % 120; k > 0; k--) {
+            /* mostly letters, so that long words occur */
+            size_t pick = rand_r(&seed) % 3 ? (size_t)rand_r(&seed) % 3 : (size_t)rand_r(&seed) % 11;
+            size_t pn = strlen(pieces[pick].s);
+            memcpy(text + n, pieces[pick].s, pn);
+            n += pn;
+            if (pieces[pick].cls == 2) {
+                tokens += run % 6 == 0;
+                run++;
+            } else {
+                run = 0;
+                tokens += pieces[pick].cls == 0;
+            }
+        }
+        CHECK_MSG(ingest_count_tokens(text, n) == tokens,
+                  "round %d: %zu tokens counted, %zu expected in '%.*s'", round, ingest_count_tokens(text, n),
+                  tokens, (int)n, text);
+    }
 }
 
 /* Builds a random document: headings, paragraphs of sentences, monster words, CJK runs. */
@@ -1322,6 +1354,65 @@ TEST(embed_local_deterministic_and_normalised)
     qr_config_free(cfg);
 }
 
+/* The word cache (with the positions of each word's features it keeps) only saves time: every
+ * vector is bit for bit the one computed without it, whatever the options, for words seen
+ * before, words too long for a slot, and n-gram lengths whose features do not fit a slot. */
+TEST(embed_local_cache_changes_no_bit)
+{
+    static const char *const words[] = {"the",
+                                        "Travel",
+                                        "reimbursement",
+                                        "trains",
+                                        "a",
+                                        "x",
+                                        "42",
+                                        "internationalisation",
+                                        "caf\xC3\xA9",
+                                        "\xE6\x9D\xB1\xE4\xBA\xAC",
+                                        "electroencephalographically",
+                                        "of",
+                                        "Lattice",
+                                        "QCD",
+                                        "e.g.",
+                                        "thermodynamics",
+                                        "ab"};
+    embed_local_opts opts[6];
+    embed_local_defaults(&opts[0], 384);
+    embed_local_defaults(&opts[1], 64);
+    embed_local_defaults(&opts[2], 384);
+    opts[2].char_ngram = 1; /* more features than a slot keeps */
+    embed_local_defaults(&opts[3], 384);
+    opts[3].char_ngram = 3;
+    opts[3].seed = 7;
+    embed_local_defaults(&opts[4], 384);
+    opts[4].tf = EMBED_TF_LOG;
+    embed_local_defaults(&opts[5], 384);
+    opts[5].bigrams = true;
+    opts[5].bigram_weight = 0.5;
+    unsigned seed = 5;
+    float a[384], b[384];
+    for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]); k++) {
+        embed_cache *cache = embed_cache_new();
+        CHECK(cache != NULL);
+        for (int round = 0; round < 300; round++) {
+            char text[1024];
+            size_t n = 0;
+            for (int w = rand_r(&seed) % 40; w > 0; w--) {
+                const char *word = words[rand_r(&seed) % (sizeof(words) / sizeof(words[0]))];
+                size_t wn = strlen(word);
+                memcpy(text + n, word, wn);
+                n += wn;
+                text[n++] = rand_r(&seed) % 4 ? ' ' : ',';
+            }
+            CHECK_INT(embed_local_one(&opts[k], cache, text, n, a), QR_OK);
+            CHECK_INT(embed_local_one(&opts[k], NULL, text, n, b), QR_OK);
+            CHECK_MSG(memcmp(a, b, (size_t)opts[k].dim * sizeof(float)) == 0, "options %zu, round %d: '%.*s'",
+                      k, round, (int)n, text);
+        }
+        embed_cache_free(cache);
+    }
+}
+
 TEST(embed_open_checks_settings)
 {
     char err[QR_ERR_LEN] = "";
@@ -1368,4 +1459,147 @@ TEST(limits_from_config)
     CHECK(qr_config_set(cfg, "chunk.overlap", "0.7", QR_CFG_SRC_CLI, err) != QR_OK);
     CHECK_OK(qr_config_set(cfg, "chunk.overlap", "0", QR_CFG_SRC_CLI, err), err);
     qr_config_free(cfg);
+}
+
+/* ---- JSON lines ---------------------------------------------------------------------------- */
+
+/* NULL when ingest_jsonl_scan and json_loadb(JSON_REJECT_DUPLICATES) agree on line: the scanner
+ * declined it, or jansson read the same fields from it; otherwise what differs. *accepted tells
+ * whether the scanner read it. */
+static const char *jsonl_disagreement(const char *line, size_t len, bool *accepted)
+{
+    ingest_jsonl_line l;
+    char *block = NULL;
+    *accepted = ingest_jsonl_scan(line, len, &l, &block);
+    if (!*accepted)
+        return block ? "a block without a result" : NULL;
+    const char *why = NULL;
+    json_error_t jerr;
+    json_t *obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(obj)) {
+        why = "read a line jansson refuses";
+        goto out;
+    }
+    const char *names[] = {"_id", "text", "title", "url", "uri"};
+    const char *mine[] = {l.id, l.text, l.title, l.url, l.uri};
+    for (size_t i = 0; i < 5; i++) {
+        json_t *v = json_object_get(obj, names[i]);
+        if (!v != !mine[i] || (v && (!json_is_string(v) || strcmp(json_string_value(v), mine[i]) != 0))) {
+            why = names[i];
+            goto out;
+        }
+    }
+    if (l.text && json_string_length(json_object_get(obj, "text")) != l.text_len) {
+        why = "text length";
+        goto out;
+    }
+    json_t *acl = json_object_get(obj, "acl");
+    if (!acl != !l.has_acl || (acl && json_array_size(acl) != l.nacl)) {
+        why = "acl";
+        goto out;
+    }
+    const char *p = l.acl;
+    for (size_t i = 0; acl && i < l.nacl; i++, p += strlen(p) + 1) {
+        if (!json_is_string(json_array_get(acl, i)) ||
+            strcmp(json_string_value(json_array_get(acl, i)), p) != 0) {
+            why = "an acl principal";
+            goto out;
+        }
+    }
+    json_t *meta = json_object_get(obj, "metadata");
+    if (!meta != !l.metadata_empty || (meta && (!json_is_object(meta) || json_object_size(meta) != 0)))
+        why = "metadata";
+out:
+    json_decref(obj);
+    free(block);
+    return why;
+}
+
+TEST(jsonl_scan_reads_common_lines_as_jansson_does)
+{
+    static const char *const lines[] = {
+        "{\"_id\": \"1\", \"title\": \"T\", \"text\": \"hello world\"}",
+        "{\"_id\":\"a\\u00e9\\ud83d\\ude00\\u6771\",\"text\":\"x\\n\\t\\\"\\\\\\/"
+        "y\\b\\f\\r\",\"title\":\"\"}",
+        "{\"_id\":\"d\",\"text\":\"t\",\"acl\":[\"group:eng\", \"user:b\\u00f6b\"],\"url\":\"http://x/1\"}",
+        "{\"_id\":\"d\",\"text\":\"t\",\"acl\":[ ],\"uri\":\"file:///a\"}",
+        "{\"_id\":\"d\",\"text\":\"t\",\"metadata\": { }, \"lang\": \"en\"}",
+        " \t{ \"text\" : \"caf\xC3\xA9 \xE6\x9D\xB1 \xF0\x9F\x99\x82 \x7F\" , \"_id\" : \"\xF4\x8F\xBF\xBF\" "
+        "} \r",
+        "{}",
+        "{\"_id\":\"only\"}",
+    };
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        bool accepted = false;
+        const char *why = jsonl_disagreement(lines[i], strlen(lines[i]), &accepted);
+        CHECK_MSG(accepted && !why, "line %zu: %s", i, why ? why : "declined");
+    }
+    /* what the scanner leaves to jansson: errors, other value types, repeated or escaped keys */
+    static const char *const declined[] = {
+        "{\"_id\":\"a\",\"_id\":\"b\",\"text\":\"t\"}",
+        "{\"_id\":\"a\",\"text\":\"t\\u0000\"}",
+        "{\"_id\":\"a\",\"text\":\"\\ud800\"}",
+        "{\"_id\":\"a\",\"text\":\"\\udc00\"}",
+        "{\"_id\":\"a\",\"text\":\"\\ud800\\u0041\"}",
+        "{\"_id\":\"a\",\"text\":\"\\x\"}",
+        "{\"_id\":\"a\",\"text\":\"\\u12\"}",
+        "{\"_id\":\"a\",\"text\":\"t\"} x",
+        "{\"_id\":\"a\",\"text\":\"t\",}",
+        "{\"_id\":1,\"text\":\"t\"}",
+        "{\"_id\":\"a\",\"text\":\"t\",\"metadata\":{\"k\":\"v\"}}",
+        "{\"_id\":\"a\",\"text\":\"t\",\"acl\":\"public\"}",
+        "{\"_id\":\"a\",\"text\":\"t\",\"acl\":[\"a\",1]}",
+        "{\"\\u005fid\":\"a\",\"text\":\"t\"}",
+        "{\"_id\":\"a\",\"text\":\"\xC3\"}",
+        "{\"_id\":\"a\",\"text\":\"\xED\xA0\x80\"}",
+        "{\"_id\":\"a\",\"text\":\"tab\there\"}",
+        "[\"_id\"]",
+        "{\"_id\":\"a\",\"text\":\"t\"",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(declined) / sizeof(declined[0]); i++) {
+        ingest_jsonl_line l;
+        char *block = (char *)1;
+        CHECK_MSG(!ingest_jsonl_scan(declined[i], strlen(declined[i]), &l, &block) && !block, "line %zu read",
+                  i);
+    }
+}
+
+TEST(jsonl_scan_agrees_with_jansson_on_mutated_lines)
+{
+    static const char *const seeds[] = {
+        "{\"_id\": \"d1\", \"title\": \"T\\u00e9\", \"text\": \"a \\\"b\\\" \\ud83d\\ude00 caf\xC3\xA9\"}",
+        "{\"_id\":\"d2\",\"text\":\"t\",\"acl\":[\"group:eng\",\"user:b\"],\"metadata\":{}}",
+    };
+    static const unsigned char bytes[] = {'"',  '\\', '{',  '}',  '[',  ']',  ',',  ':',  ' ',  'u',  '0',
+                                          'd',  'D',  '8',  'n',  0x00, 0x1F, 0x7F, 0x80, 0xA9, 0xBF, 0xC3,
+                                          0xE0, 0xED, 0xF0, 0xF4, 0xFF, 'x',  '1',  '\t', '/'};
+    unsigned seed = 4242;
+    size_t accepted_mutants = 0;
+    for (int round = 0; round < 20000; round++) {
+        const char *base = seeds[round % 2];
+        char line[256];
+        size_t n = strlen(base);
+        memcpy(line, base, n);
+        for (int m = 1 + rand_r(&seed) % 3; m > 0; m--) {
+            size_t at = (size_t)rand_r(&seed) % (n + 1);
+            unsigned char b = bytes[rand_r(&seed) % sizeof(bytes)];
+            int op = rand_r(&seed) % 3;
+            if (op == 0 && at < n) {
+                line[at] = (char)b;
+            } else if (op == 1 && n + 1 < sizeof(line)) {
+                memmove(line + at + 1, line + at, n - at);
+                line[at] = (char)b;
+                n++;
+            } else if (at < n) {
+                memmove(line + at, line + at + 1, n - at - 1);
+                n--;
+            }
+        }
+        bool accepted = false;
+        const char *why = jsonl_disagreement(line, n, &accepted);
+        CHECK_MSG(!why, "round %d: %s on '%.*s'", round, why, (int)n, line);
+        accepted_mutants += accepted;
+    }
+    CHECK(accepted_mutants > 100); /* many mutants are still good lines: the comparison ran */
 }
