@@ -96,8 +96,10 @@ struct store {
     int vec_fd;
     int vec_dim;
     bool vec_dirty; /* rows written since the last sync */
-    float *vec_buf;
+    float *vec_buf; /* rows of ids vec_pend_first.. not yet written (vec_pend_n of them) */
     size_t vec_cap;
+    int64_t vec_pend_first;
+    size_t vec_pend_n;
     store_vec_hole *vec_holes; /* ranges of deleted chunk ids whose rows are to be freed: the */
     size_t vec_nholes;         /* first vec_ready were committed, the rest are the open */
     size_t vec_capholes;       /* transaction's */
