@@ -14,7 +14,8 @@
  *   write-back, before the rows it refers to. Rows written by a transaction that rolls back, or
  *   that a crash undoes, belong to ids the next chunks get again: they are simply overwritten.
  * - A deleted chunk's row is freed by punching a hole in the file (the blocks then read as
- *   zeros), only after the delete is durable: at once after a synced commit, at the end of a bulk
+ *   zeros; the bytes in blocks shared with live rows are overwritten with zeros), only after the
+ *   delete is durable: at once after a synced commit, at the end of a bulk
  *   load otherwise (store_vec_committed). A hole covers the deleted range widened to its live
  *   neighbours, only whole blocks inside it, and never past the largest id handed out when the
  *   range was computed, so a writer in another process appending rows is never touched. A
@@ -576,7 +577,22 @@ void store_vec_rolled_back(store *s)
     s->vec_pend_n = 0; /* rows of ids the next chunks get again */
 }
 
-/* Punches the holes of every durable delete; keeps them when a backup holds the file. */
+/* Overwrites bytes [from, to) of fd with zeros. */
+static void zero_range(int fd, uint64_t from, uint64_t to)
+{
+    static const char zeros[VEC_BLOCK];
+    while (from < to) {
+        size_t n = to - from < sizeof(zeros) ? (size_t)(to - from) : sizeof(zeros);
+        ssize_t w = pwrite(fd, zeros, n, (off_t)from);
+        if (w <= 0 && errno != EINTR)
+            return; /* space, not correctness: the chunks are gone from the store */
+        from += w > 0 ? (uint64_t)w : 0;
+    }
+}
+
+/* Frees the rows of every durable delete: the whole blocks inside a range are punched out of the
+ * file, the bytes at its ends (blocks shared with live rows) overwritten with zeros, so that no
+ * byte of a deleted chunk's vector stays in the file. Kept for later while a backup holds it. */
 static void punch(store *s)
 {
     if (!s->vec_ready || s->vec_fd < 0)
@@ -585,13 +601,19 @@ static void punch(store *s)
         return; /* a backup copies the file: after the next commit */
     size_t rowb = (size_t)s->vec_dim * sizeof(float);
     for (size_t i = 0; i < s->vec_ready; i++) {
-        uint64_t from = VEC_HEADER + (uint64_t)s->vec_holes[i].lo * rowb;
-        uint64_t to = VEC_HEADER + (uint64_t)s->vec_holes[i].hi * rowb;
-        from = (from + VEC_BLOCK - 1) / VEC_BLOCK * VEC_BLOCK;
-        to = to / VEC_BLOCK * VEC_BLOCK;
-        /* a file system without holes keeps the rows: space, not correctness */
-        if (to > from)
-            fallocate(s->vec_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from, (off_t)(to - from));
+        uint64_t start = VEC_HEADER + (uint64_t)s->vec_holes[i].lo * rowb;
+        uint64_t end = VEC_HEADER + (uint64_t)s->vec_holes[i].hi * rowb;
+        uint64_t from = (start + VEC_BLOCK - 1) / VEC_BLOCK * VEC_BLOCK, to = end / VEC_BLOCK * VEC_BLOCK;
+        if (to <= from) {
+            zero_range(s->vec_fd, start, end);
+            continue;
+        }
+        /* a file system without holes gets zeros instead */
+        if (fallocate(s->vec_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from,
+                      (off_t)(to - from)) != 0)
+            zero_range(s->vec_fd, from, to);
+        zero_range(s->vec_fd, start, from);
+        zero_range(s->vec_fd, to, end);
     }
     flock(s->vec_fd, LOCK_UN);
     memmove(s->vec_holes, s->vec_holes + s->vec_ready,

@@ -2334,6 +2334,7 @@ TEST(deleted_chunks_rows_are_freed_when_durable)
     CHECK_OK(store_delete(s, "b", err), err);
     CHECK(FREED(full));
     for (size_t i = 0; i < 5; i++) {
+        CHECK_INT(wide_row_state(dir, ids[1][i]), 1); /* no byte of a deleted vector is left */
         CHECK_INT(wide_row_state(dir, ids[0][i]), 0);
         CHECK_INT(wide_row_state(dir, ids[2][i]), 0);
     }
@@ -2350,6 +2351,7 @@ TEST(deleted_chunks_rows_are_freed_when_durable)
     CHECK_OK(store_set_acl(s, "a", (const char *[]){"public"}, 1, err), err);
     CHECK(FREED(before));
     for (size_t i = 0; i < 5; i++) {
+        CHECK_INT(wide_row_state(dir, ids[3][i]), 1);
         CHECK_INT(wide_row_state(dir, ids[2][i]), 0);
         CHECK_INT(wide_row_state(dir, ids[4][i]), 0);
     }
@@ -2371,6 +2373,8 @@ TEST(deleted_chunks_rows_are_freed_when_durable)
     CHECK(KEPT(before));
     CHECK_OK(store_bulk_end(s, err), err);
     CHECK(FREED(before));
+    for (size_t i = 0; i < 5; i++)
+        CHECK_INT(wide_row_state(dir, ids[4][i]), 1);
     /* new content: the old chunks' rows go, the new ones are whole */
     before = vec_allocated(dir);
     CHECK_OK(put_wide(s, "a", 3, err), err);
