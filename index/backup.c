@@ -49,7 +49,8 @@ static qr_status query_int(sqlite3 *db, const char *sql, const char *path, int64
 }
 
 /* Copies the store at src to the new file dst and reads the copy's schema version, counters and
- * largest chunk id. */
+ * the largest chunk id it ever handed out (an index generation copied before it may hold chunks
+ * deleted since, whose rows it reads as well: the vectors file is copied up to there). */
 static qr_status backup_store(const char *src, const char *dst, index_backup_info *info, int64_t *max_chunk,
                               char *err)
 {
@@ -113,7 +114,8 @@ static qr_status backup_store(const char *src, const char *dst, index_backup_inf
         (st = query_int(to, "SELECT value FROM meta WHERE key = 'tombstones_pruned'", dst,
                         &info->tombstones_pruned, err)) ||
         (st = query_int(to, "SELECT value FROM meta WHERE key = 'store_uid'", dst, &info->store_uid, err)) ||
-        (st = query_int(to, "SELECT coalesce(max(id), 0) FROM chunks", dst, max_chunk, err)))
+        (st = query_int(to, "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'chunks'), 0)",
+                        dst, max_chunk, err)))
         goto out;
 out:
     if (b)

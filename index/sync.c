@@ -464,6 +464,7 @@ typedef struct {
     pthread_mutex_t mu;
     char *data_dir;
     int dim;
+    int64_t uid;
     store_vectors *file;
 } store_rows;
 
@@ -476,9 +477,13 @@ static qr_status store_rows_map(void *ctx, int64_t max_id, const float **base, c
         st = qr_fail(err, QR_EIO,
                      "the vector index needs chunk vectors, and the store under '%s' has no vectors file",
                      r->data_dir);
-    if (!st && store_vectors_dim(r->file) != r->dim)
-        st = qr_fail(err, QR_EIO, "the store's vectors file has dimension %d, the index %d",
-                     store_vectors_dim(r->file), r->dim);
+    if (!st && (store_vectors_dim(r->file) != r->dim || store_vectors_uid(r->file) != r->uid))
+        st = qr_fail(
+            err, QR_EIO,
+            "the vectors file under '%s' is not the store's (dimension %d, uid %lld; the store's: %d, "
+            "%lld)",
+            r->data_dir, store_vectors_dim(r->file), (long long)store_vectors_uid(r->file), r->dim,
+            (long long)r->uid);
     pthread_mutex_unlock(&r->mu);
     return st ? st : store_vectors_map(r->file, max_id, base, err);
 }
@@ -507,6 +512,7 @@ static qr_status store_rows_new(store *s, const char *data_dir, int dim, vindex_
     }
     pthread_mutex_init(&r->mu, NULL);
     r->dim = dim;
+    r->uid = uid;
     *out = (vindex_rows){.map = store_rows_map, .release = store_rows_release, .ctx = r, .uid = uid};
     return QR_OK;
 }
