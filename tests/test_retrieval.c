@@ -1392,7 +1392,8 @@ TEST(vector_index_reads_the_stores_rows)
     vo.type = "ivf_sq8";
     vo.nlist = 2;
     vo.train_per_list = 39;
-    const char *words[] = {"wing", "tunnel", "budget", "stall", "lift", "drag", "flutter", "gust", "shock", "boundary"};
+    const char *words[] = {"wing", "tunnel",  "budget", "stall", "lift",
+                           "drag", "flutter", "gust",   "shock", "boundary"};
     for (int d = 0; d < 12; d++) {
         char id[8], text[1024] = "";
         snprintf(id, sizeof(id), "d%d", d);
