@@ -189,8 +189,9 @@ qr_status store_vectors_map(store_vectors *f, int64_t max_id, const float **base
             free(m);
             goto out;
         }
-        /* exact scores jump from row to row: no read-ahead */
-        madvise(a, len, MADV_RANDOM);
+        /* the kernel's default read-ahead: a generation's int8 codes are made from every row in
+         * id order when it opens (advised random, that pass faulted in each page on its own);
+         * exact scores of a warm server read rows the page cache holds */
         *m = (vec_map){a, len, f->maps};
         f->maps = m;
     }
