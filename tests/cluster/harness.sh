@@ -98,6 +98,7 @@ ours() {
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$DIR/"
 }
 
+gone() { ! ours "$1"; }
 pid_of() { if [ -r "$DIR/pids/$1" ]; then cat "$DIR/pids/$1"; fi; }
 postmaster_pid() { if [ -r "$DIR/$1/data/postmaster.pid" ]; then head -n 1 "$DIR/$1/data/postmaster.pid"; fi; }
 
@@ -339,7 +340,7 @@ cmd_kill_leader() {
     kill -KILL "$pm" "${kids[@]}" 2>/dev/null || true
   fi
   for p in $ppid $pm; do
-    wait_for "pid $p to die" 10 sh -c "! kill -0 $p 2>/dev/null" || true
+    wait_for "pid $p to die" 10 gone "$p" || true
   done
   echo "KILLED=$leader"
 }
