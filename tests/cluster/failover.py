@@ -12,7 +12,9 @@ Its last line is `cluster-infra: failover_s=... lost=N acked=N ...`; it exits 1 
 lost or no write succeeded after the kill within the timeout.
 """
 import argparse
+import datetime
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -43,6 +45,36 @@ def percentile(values, p):
     s = sorted(values)
     i = min(len(s) - 1, max(0, int(round(p / 100.0 * (len(s) - 1)))))
     return s[i]
+
+
+def first_event_after(path, wall_after, pattern):
+    """Wall time of the first line of a Patroni or HAProxy log matching pattern, stamped at or
+    after wall_after; None when there is none. Patroni stamps local time ("2026-12-07
+    12:04:10,065"), HAProxy's iso format ISO 8601 with an offset."""
+    try:
+        f = open(path, errors="replace")
+    except OSError:
+        return None
+    with f:
+        for line in f:
+            if pattern not in line:
+                continue
+            m = re.match(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d),(\d{3}) ", line)
+            if m:
+                t = time.mktime(time.strptime(m.group(1) + " " + m.group(2), "%Y-%m-%d %H:%M:%S")) + int(m.group(3)) / 1000.0
+            else:
+                m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)(Z|[+-]\d\d:?\d\d)?", line)
+                if not m:
+                    continue
+                stamp = m.group(1) + (m.group(2) or "")
+                stamp = stamp.replace("Z", "+00:00")
+                try:
+                    t = datetime.datetime.fromisoformat(stamp).timestamp()
+                except ValueError:
+                    continue
+            if t >= wall_after - 0.002:
+                return t
+    return None
 
 
 class Cluster:
@@ -190,6 +222,7 @@ def main():
         time.sleep(a.before)
         pre_kill.set()
         t_kill_call = time.monotonic()
+        wall_kill_call = time.time()
         k = subprocess.run([os.path.join(HERE, "harness.sh"), "kill-leader", a.dir], capture_output=True, text=True)
         t_kill = time.monotonic()
         if k.returncode != 0:
@@ -241,6 +274,21 @@ def main():
     vis = [max(0.0, run.seen[i] - acked[i]) * 1000 for i in pre_ids if i in run.seen]
     unseen = len([i for i in pre_ids if i not in run.seen])
     lag = run.lags_ms
+
+    # Where the failover time went: the survivor's Patroni taking the leader key, HAProxy's write
+    # backend marking it up, the first acknowledged write.
+    survivor = names.get(new_port)
+    if survivor and first_after is not None:
+        def rel(t):
+            return "%.1f s" % (t - wall_kill_call) if t is not None else "not found"
+        promoted = first_event_after(os.path.join(a.dir, "logs", "patroni-%s.log" % survivor), wall_kill_call,
+                                     "promoted self to leader")
+        routed = first_event_after(os.path.join(a.dir, "logs", "haproxy.log"), wall_kill_call,
+                                   "Server pg_write/%s is UP" % survivor)
+        print("failover: after the kill: %s promoted itself at +%s, HAProxy's write backend had it up at +%s, "
+              "first acknowledged write at +%.1f s (the last one before at %+.2f s)"
+              % (survivor, rel(promoted), rel(routed), first_after - t_kill_call,
+                 (last_before - t_kill_call) if last_before is not None else float("nan")))
 
     failover_s = (first_after - last_before) if (first_after is not None and last_before is not None) else None
     print("failover: old primary %s, new primary %s (in recovery: %s)" % (names.get(old_port, old_port), names.get(new_port, new_port), in_recovery))

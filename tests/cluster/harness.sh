@@ -95,7 +95,7 @@ start() {
 # True when PID runs and its command line names DIR (so a recycled pid is never signalled).
 ours() {
   local pid=$1
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$DIR/"
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF "$DIR/"
 }
 
 gone() { ! ours "$1"; }
@@ -128,7 +128,7 @@ survivors() {
       postgres | patroni | etcd | haproxy | psql | pg_basebackup | pg_rewind | initdb | pg_ctl) ;;
       *) continue ;;
     esac
-    tr '\0' ' ' <"$f" 2>/dev/null | grep -qF "$DIR/" && echo "$pid"
+    tr '\0' ' ' 2>/dev/null <"$f" | grep -qF "$DIR/" && echo "$pid"
   done
   return 0
 }
@@ -159,7 +159,7 @@ do_down() {
   stop_pid "$(pid_of etcd)" 10
   # Anything else still naming DIR (a postgres child whose postmaster was SIGKILLed, a psql).
   for pid in $(survivors); do
-    say "left over: pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-80)): SIGKILL"
+    say "left over: pid $pid ($(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | cut -c1-80)): SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
   done
   sleep 0.3
