@@ -180,7 +180,7 @@ cmd_down() {
   say "stopped everything in $DIR"
 }
 
-http_ok() { curl -fsS -m 2 -o /dev/null "$1"; }
+http_ok() { curl -fsS -m 2 -o /dev/null "$1" 2>/dev/null; }
 
 psql_write() { PGPASSWORD=$PATRONI_SUPERUSER_PASSWORD psql -X -q -At -h 127.0.0.1 -p "$PG_WRITE_PORT" -U "$PATRONI_SUPERUSER_USERNAME" -d postgres "$@"; }
 psql_read() { PGPASSWORD=$PATRONI_SUPERUSER_PASSWORD psql -X -q -At -h 127.0.0.1 -p "$PG_READ_PORT" -U "$PATRONI_SUPERUSER_USERNAME" -d postgres "$@"; }
