@@ -79,14 +79,19 @@ soak: build
 	  --hold $(HOLD) --out $(SOAK_OUT) $(BUILD_DIR)/quarry $(BUILD_DIR)/bench_load
 
 # The loopback cluster infrastructure of issue #24 (tests/cluster/): etcd, two PostgreSQL 15 nodes
-# under Patroni and HAProxy started in CLUSTER_DIR, the leader SIGKILLed under single-row writes
-# (tests/cluster/failover.sh), then everything stopped, also when the check fails. Prints the line
-# `cluster-infra: failover_s=... lost=N acked=N ...`. Not part of `make test` (about a minute).
+# under Patroni and HAProxy started in CLUSTER_DIR; under single-row writes the leader is
+# SIGKILLed (tests/cluster/failover.sh), then on a fresh cluster etcd is stopped for 30 s; each
+# time everything is stopped after, also when the check fails. Prints the lines
+# `cluster-infra: failover_s=... lost=N acked=N ...` and `cluster-infra: fault=etcd ...`.
+# Not part of `make test` (about two and a half minutes).
 CLUSTER_DIR ?= build/cluster
 .PHONY: cluster-infra
 cluster-infra: bootstrap
 	tests/cluster/harness.sh up $(CLUSTER_DIR)
 	rc=0; tests/cluster/failover.sh $(CLUSTER_DIR) || rc=$$?; tests/cluster/harness.sh down $(CLUSTER_DIR); exit $$rc
+	tests/cluster/harness.sh up $(CLUSTER_DIR) >/dev/null
+	rc=0; tests/cluster/failover.sh $(CLUSTER_DIR) --fault etcd --hold 30 || rc=$$?; \
+	  tests/cluster/harness.sh down $(CLUSTER_DIR); exit $$rc
 
 .PHONY: fuzz-smoke
 fuzz-smoke: bootstrap

@@ -10,6 +10,11 @@ keeps retrying through HAProxy. The run reports the failover time (last acknowle
 the kill to the first after it) and checks that every acknowledged row is on the new primary.
 Its last line is `cluster-infra: failover_s=... lost=N acked=N ...`; it exits 1 when a row was
 lost or no write succeeded after the kill within the timeout.
+
+With --fault etcd the same writer and follower run while etcd is stopped for HOLD seconds
+instead (harness.sh stop/start DIR etcd): it reports when writes stopped being acknowledged, the
+longest gap in acknowledged writes and in successful reads, how soon after etcd's return writes
+were acknowledged again, and lost rows (`cluster-infra: fault=etcd ...`).
 """
 import argparse
 import datetime
@@ -110,6 +115,7 @@ class Run:
         self.seen = {}  # id -> monotonic time the follower first saw max(id) >= id
         self.seen_on_primary = 0  # follower polls answered by a primary (read port fallback)
         self.polls = 0
+        self.poll_ok = []  # monotonic times of successful follower polls
         self.lags_ms = []  # replay_lag samples while a standby streamed
 
     def writer(self):
@@ -152,6 +158,7 @@ class Run:
                     top, standby = cur.fetchone()
                 t = time.monotonic()
                 self.polls += 1
+                self.poll_ok.append(t)
                 if not standby:
                     self.seen_on_primary += 1
                 if top > last:
@@ -188,6 +195,90 @@ class Run:
             conn.close()
 
 
+def largest_gap(times, start, end):
+    """The longest interval inside [start, end] without an event of times."""
+    pts = [start] + sorted(t for t in times if start < t < end) + [end]
+    return max(b - a for a, b in zip(pts, pts[1:]))
+
+
+def harness(a, *args):
+    return subprocess.run([os.path.join(HERE, "harness.sh"), args[0], a.dir] + list(args[1:]),
+                          capture_output=True, text=True)
+
+
+def etcd_outage(a, c):
+    run = Run(c, "x" * a.payload)
+    threads = [threading.Thread(target=run.writer), threading.Thread(target=run.follower)]
+    for t in threads:
+        t.start()
+    t_back = None
+    try:
+        time.sleep(a.before)
+        k = harness(a, "stop", "etcd")
+        t_stop = time.monotonic()
+        if k.returncode != 0:
+            print("failover: error: harness.sh stop etcd failed: %s" % k.stderr.strip(), file=sys.stderr)
+            return 1
+        print("failover: etcd stopped for %.0f s" % a.hold)
+        time.sleep(a.hold)
+        k = harness(a, "start", "etcd")
+        t_start = time.monotonic()
+        if k.returncode != 0:
+            print("failover: error: harness.sh start etcd failed: %s" % k.stderr.strip(), file=sys.stderr)
+            return 1
+        deadline = t_start + a.timeout
+        while time.monotonic() < deadline:
+            with run.lock:
+                back = [t for t in run.acked.values() if t > t_start]
+            if back:
+                t_back = min(back)
+                break
+            time.sleep(0.05)
+        if t_back is not None:
+            time.sleep(a.after)
+    finally:
+        run.stop.set()
+        for t in threads:
+            t.join()
+    t_end = time.monotonic()
+    acked = dict(run.acked)
+    during = sorted(t for t in acked.values() if t_stop <= t <= t_start)
+    last_ok = max(during) - t_stop if during else 0.0
+    first_err = min([t for t, _ in run.errors if t >= t_stop], default=None)
+    write_gap = largest_gap(acked.values(), t_stop, t_end)
+    read_gap = largest_gap(run.poll_ok, t_stop, t_end)
+    try:
+        conn = c.connect("PG_WRITE_PORT", timeout=5)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM cluster_probe")
+            present = {r[0] for r in cur.fetchall()}
+        conn.close()
+    except psycopg2.Error as e:
+        print("failover: error: cannot read the primary through HAProxy after etcd's return: %s" % e, file=sys.stderr)
+        return 1
+    lost = sorted(set(acked) - present)
+    kinds = sorted({m for t, m in run.errors if t >= t_stop})
+    print("failover: writes acknowledged until +%.1f s after etcd stopped; first failure at %s" %
+          (last_ok, "+%.1f s" % (first_err - t_stop) if first_err is not None else "none"))
+    print("failover: write errors while etcd was away: %s" % ("; ".join(k[:90] for k in kinds[:3]) or "none"))
+    print("failover: longest gap in acknowledged writes %.1f s; in successful reads on the read port %.1f s (%d polls)" %
+          (write_gap, read_gap, run.polls))
+    print("failover: writes acknowledged again %s after etcd came back" %
+          ("%.1f s" % (t_back - t_start) if t_back is not None else "NOT within %.0f s" % a.timeout))
+    rc = 0
+    if lost:
+        print("failover: LOST acknowledged rows: %s%s" % (lost[:20], " ..." if len(lost) > 20 else ""))
+        rc = 1
+    if t_back is None:
+        rc = 1
+    print("cluster-infra: fault=etcd etcd_down_s=%.0f writes_until_s=%.1f write_gap_s=%.1f read_gap_s=%.1f "
+          "writes_back_s=%s lost=%d acked=%d" %
+          (a.hold, last_ok, write_gap, read_gap, "%.1f" % (t_back - t_start) if t_back is not None else "none",
+           len(lost), len(acked)))
+    return rc
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dir", help="the harness's directory (tests/cluster/harness.sh up DIR)")
@@ -195,6 +286,9 @@ def main():
     ap.add_argument("--after", type=float, default=3.0, help="seconds of writes after the first post-kill ack")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a write after the kill")
     ap.add_argument("--payload", type=int, default=1500, help="bytes of payload per row")
+    ap.add_argument("--fault", choices=("leader", "etcd"), default="leader",
+                    help="SIGKILL the leader (default) or stop etcd for --hold seconds")
+    ap.add_argument("--hold", type=float, default=30.0, help="seconds etcd stays down (--fault etcd)")
     a = ap.parse_args()
 
     c = Cluster(a.dir)
@@ -210,6 +304,8 @@ def main():
         cur.execute("DROP TABLE IF EXISTS cluster_probe")
         cur.execute("CREATE TABLE cluster_probe (id bigint PRIMARY KEY, payload text NOT NULL)")
     conn.close()
+    if a.fault == "etcd":
+        return etcd_outage(a, c)
 
     run = Run(c, "x" * a.payload)
     pre_kill = threading.Event()

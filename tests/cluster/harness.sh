@@ -9,6 +9,10 @@
 #   harness.sh status DIR       the processes, Patroni's view and HAProxy's servers
 #   harness.sh kill-leader DIR  SIGKILL the leader's Patroni and PostgreSQL (all its processes)
 #   harness.sh env DIR          print the assignments again (DIR/cluster.env)
+#   harness.sh stop DIR NAME    stop one component (etcd, patroni-pg1, patroni-pg2, haproxy) with
+#                               SIGTERM; Patroni stops its PostgreSQL
+#   harness.sh start DIR NAME   start it again as `up` did, on its data (a Patroni node that was
+#                               the leader rejoins as a standby, rewound with pg_rewind if needed)
 #
 # `up` on a DIR that holds a running cluster stops it first; a failed `up` stops what it
 # started. PostgreSQL and Patroni run as the `postgres` system user when this runs as root.
@@ -32,7 +36,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -84,10 +88,13 @@ render() {
     "$1" >"$2"
 }
 
-# start NAME LOG COMMAND...: starts COMMAND in a session of its own, its pid in DIR/pids/NAME.
+# start NAME LOG COMMAND...: starts COMMAND in a session of its own, its pid in DIR/pids/NAME,
+# the command line in DIR/cmds/NAME for `harness.sh start`.
 start() {
   local name=$1 log=$2
   shift 2
+  mkdir -p "$DIR/cmds"
+  printf '%s\0' "$log" "$@" >"$DIR/cmds/$name"
   setsid "$@" >>"$log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/$name"
 }
@@ -214,7 +221,7 @@ cmd_up() {
   fi
   if [ -e "$DIR/$MARKER" ]; then
     do_down || die "could not stop the cluster already running in $DIR"
-    rm -rf "${DIR:?}"/etcd "${DIR:?}"/pg1 "${DIR:?}"/pg2 "${DIR:?}"/haproxy "${DIR:?}"/logs "${DIR:?}"/pids \
+    rm -rf "${DIR:?}"/etcd "${DIR:?}"/pg1 "${DIR:?}"/pg2 "${DIR:?}"/haproxy "${DIR:?}"/logs "${DIR:?}"/pids "${DIR:?}"/cmds \
       "$DIR/cluster.env" "$DIR/secrets.env"
   fi
   for b in etcd patroni haproxy curl psql ss setpriv perl; do
@@ -345,6 +352,26 @@ cmd_kill_leader() {
   echo "KILLED=$leader"
 }
 
+cmd_stop_one() {
+  local name=$1
+  load_env
+  [ -r "$DIR/cmds/$name" ] || die "no component $name in $DIR (etcd, patroni-pg1, patroni-pg2, haproxy)"
+  ours "$(pid_of "$name")" || die "$name is not running"
+  stop_pid "$(pid_of "$name")" 40
+  say "stopped $name"
+}
+
+cmd_start_one() {
+  local name=$1 cmd
+  load_env
+  [ -r "$DIR/cmds/$name" ] || die "no component $name in $DIR (etcd, patroni-pg1, patroni-pg2, haproxy)"
+  if ours "$(pid_of "$name")"; then die "$name is already running"; fi
+  export PATRONI_SUPERUSER_USERNAME PATRONI_SUPERUSER_PASSWORD PATRONI_REPLICATION_USERNAME PATRONI_REPLICATION_PASSWORD
+  mapfile -d '' cmd <"$DIR/cmds/$name"
+  start "$name" "${cmd[@]}"
+  say "started $name (pid $(pid_of "$name"))"
+}
+
 cmd_status() {
   local n pid state
   load_env
@@ -368,9 +395,15 @@ cmd_status() {
   fi
 }
 
-[ $# -eq 2 ] || usage
+[ $# -ge 2 ] || usage
 DIR=$(realpath -m "$2")
 case $1 in
+  stop | start) [ $# -eq 3 ] || usage ;;
+  *) [ $# -eq 2 ] || usage ;;
+esac
+case $1 in
+  stop) cmd_stop_one "$3" ;;
+  start) cmd_start_one "$3" ;;
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
