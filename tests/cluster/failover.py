@@ -20,6 +20,7 @@ import argparse
 import datetime
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -38,9 +39,9 @@ def load_env(path):
             if not line or line.startswith("#") or "=" not in line:
                 continue
             k, v = line.split("=", 1)
-            if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
-                v = v[1:-1]
-            env[k] = v
+            # Values are written by bash's printf %q: undo its quoting as a shell would.
+            words = shlex.split(v)
+            env[k] = words[0] if words else ""
     return env
 
 
