@@ -1,21 +1,21 @@
 /*
- * The document store: documents, chunks, ACL rows, chunk vectors and the FTS5 index of the chunks
- * in one SQLite database (<dir>/quarry.db), and the change log the vector index follows.
+ * The document store: documents, chunks, ACL rows and the FTS5 index of the chunks in one SQLite
+ * database (<dir>/quarry.db), the chunk vectors in a file beside it (<dir>/quarry.vec, whose
+ * rules store_vec.c states), and the change log the vector index follows.
  *
  * Consistency rests on three choices. Every write is one IMMEDIATE transaction (the write lock
  * is taken up front, so two writers never deadlock upgrading a read lock), and the rows of a
- * document -- its documents row, chunk rows, FTS rows, vectors, ACL rows -- are written and
- * removed together inside it. The database runs in WAL mode with synchronous=FULL: WAL alone
- * keeps the file consistent across a killed process or a power cut, and FULL syncs the WAL at
- * every commit, so a commit that returned also survives power loss. synchronous=NORMAL keeps
- * the same guarantees against a killed process (the WAL frames are in the OS before COMMIT
- * returns) but could lose the last commits on power loss, and then hand out again chunk ids and
- * change counters that a vector index saved to its own files had already seen (a bulk load,
- * store_bulk_begin, runs under NORMAL and ends with a synced commit that makes all of it
- * durable at once). Foreign
- * keys are on, as a second line of defence behind the explicit deletes. A batch
- * (store_batch_begin) only widens the transaction to several documents: each is still written
- * whole inside it, and a failure half-way through a write rolls the whole batch back.
+ * document -- its documents row, chunk rows, FTS rows, ACL rows -- are written and removed
+ * together inside it (its vector rows are written and synced before that transaction commits). The database
+ * runs in WAL mode with synchronous=FULL: WAL alone keeps the file consistent across a killed process or a
+ * power cut, and FULL syncs the WAL at every commit, so a commit that returned also survives power loss.
+ * synchronous=NORMAL keeps the same guarantees against a killed process (the WAL frames are in the OS before
+ * COMMIT returns) but could lose the last commits on power loss, and then hand out again chunk ids and change
+ * counters that a vector index saved to its own files had already seen (a bulk load, store_bulk_begin, runs
+ * under NORMAL and ends with a synced commit that makes all of it durable at once). Foreign keys are on, as a
+ * second line of defence behind the explicit deletes. A batch (store_batch_begin) only widens the transaction
+ * to several documents: each is still written whole inside it, and a failure half-way through a write rolls
+ * the whole batch back.
  *
  * The FTS5 table is external-content: its content table is the view chunks_fts_source, which
  * joins each chunk's heading path and text with its document's title. The chunk text is thus

@@ -14,10 +14,11 @@
 #include "core/core.h"
 
 /*
- * The document store: one SQLite database, <dir>/quarry.db, in WAL mode. It holds documents,
- * their chunks (text, heading path, offsets into the normalised text), ACL rows, one float32
- * vector per chunk (so the vector index can be rebuilt without re-embedding) and an FTS5 index
- * of the chunks (columns title, headings, body; tokenizer porter unicode61).
+ * The document store: one SQLite database, <dir>/quarry.db, in WAL mode, and a vectors file
+ * beside it, <dir>/quarry.vec. It holds documents, their chunks (text, heading path, offsets
+ * into the normalised text), ACL rows, one float32 vector per chunk, L2-normalised, in the file
+ * (so the vector index can be rebuilt without re-embedding, and reads its exact scores there)
+ * and an FTS5 index of the chunks (columns title, headings, body; tokenizer porter unicode61).
  *
  * Every write is one transaction (or part of a batch, below): after a crash (a killed process,
  * a power cut) a document is wholly present or wholly absent. Commits are synced
