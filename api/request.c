@@ -67,17 +67,6 @@ json_t *api_json_parse(const char *text, size_t len, int max_depth, char *err)
 
 /* ---- URLs ------------------------------------------------------------------------------------- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 char *api_url_decode(const char *s, size_t n, bool plus_space)
 {
     char *out = malloc(n + 1);
@@ -89,7 +78,7 @@ char *api_url_decode(const char *s, size_t n, bool plus_space)
         if (c == '%') {
             if (i + 2 >= n)
                 goto bad;
-            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+            int hi = qr_hex_digit((unsigned char)s[i + 1]), lo = qr_hex_digit((unsigned char)s[i + 2]);
             if (hi < 0 || lo < 0)
                 goto bad;
             c = (unsigned char)(hi * 16 + lo);

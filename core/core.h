@@ -191,6 +191,11 @@ void qr_arena_release(qr_arena *a);
 
 /* True when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF). */
 bool qr_utf8_valid(const char *s, size_t n);
+/* Length of the well-formed UTF-8 sequence at s (n >= 1 bytes there), 0 when it is malformed:
+ * the table of well-formed sequences in Unicode 15, section 3.9 (D92). */
+size_t qr_utf8_seq_len(const unsigned char *s, size_t n);
+/* The value of hex digit c (0-9, a-f, A-F), or -1 for any other character. */
+int qr_hex_digit(int c);
 /* Appends s[0..n) as a JSON string literal with quotes; invalid UTF-8 becomes U+FFFD and
  * control characters are escaped. */
 qr_status qr_json_escape(qr_buf *out, const char *s, size_t n);

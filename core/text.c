@@ -7,9 +7,7 @@
 
 #include "core.h"
 
-/* Length of the well-formed UTF-8 sequence at s (at most n bytes), or 0 if it is malformed.
- * Follows the table of well-formed sequences in Unicode 15, section 3.9 (D92). */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
+size_t qr_utf8_seq_len(const unsigned char *s, size_t n)
 {
     unsigned char c = s[0];
     if (c < 0x80)
@@ -42,6 +40,17 @@ static size_t utf8_seq_len(const unsigned char *s, size_t n)
     return 0;
 }
 
+int qr_hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 bool qr_utf8_valid(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -56,7 +65,7 @@ bool qr_utf8_valid(const char *s, size_t n)
                 continue;
             }
         }
-        size_t k = utf8_seq_len(p + i, n - i);
+        size_t k = qr_utf8_seq_len(p + i, n - i);
         if (!k)
             return false;
         i += k;
@@ -72,7 +81,7 @@ qr_status qr_json_escape(qr_buf *out, const char *s, size_t n)
     size_t i = 0;
     while (!st && i < n) {
         unsigned char c = p[i];
-        size_t k = utf8_seq_len(p + i, n - i);
+        size_t k = qr_utf8_seq_len(p + i, n - i);
         if (k == 0) {
             st = qr_buf_puts(out, "\xEF\xBF\xBD"); /* U+FFFD */
             i++;

@@ -26,17 +26,6 @@ static void skip_ws(scanner *s)
         s->p++;
 }
 
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The four hex digits after "\u" at p (end bounds the input); -1 when there are not four. */
 static long hex4(const unsigned char *p, const unsigned char *end)
 {
@@ -44,34 +33,12 @@ static long hex4(const unsigned char *p, const unsigned char *end)
         return -1;
     long v = 0;
     for (int i = 0; i < 4; i++) {
-        int h = hex_value(p[i]);
+        int h = qr_hex_digit(p[i]);
         if (h < 0)
             return -1;
         v = v * 16 + h;
     }
     return v;
-}
-
-/* Length of the well-formed UTF-8 sequence at p (Unicode's table D92, as jansson checks it), 0
- * when malformed. */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    unsigned char c = p[0];
-    size_t n = (size_t)(end - p);
-    if (c < 0xC2 || c > 0xF4)
-        return 0;
-    if (c < 0xE0)
-        return n >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
-    if (c < 0xF0) {
-        if (n < 3 || (p[2] & 0xC0) != 0x80)
-            return 0;
-        unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-        return p[1] >= lo && p[1] <= hi ? 3 : 0;
-    }
-    if (n < 4 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
-        return 0;
-    unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-    return p[1] >= lo && p[1] <= hi ? 4 : 0;
 }
 
 static char *put_utf8(char *o, unsigned long cp)
@@ -112,7 +79,7 @@ static bool scan_string(scanner *s, size_t *len)
         if (*p == '"')
             break;
         if (*p >= 0x80) {
-            size_t k = utf8_len(p, end);
+            size_t k = qr_utf8_seq_len(p, (size_t)(end - p));
             if (!k)
                 return false;
             memcpy(o, p, k);
