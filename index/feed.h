@@ -136,4 +136,34 @@ typedef qr_status (*store_doc_key_fn)(void *ctx, int64_t doc, char *err);
 qr_status store_principal_docs(store *s, const char *principal, store_doc_key_fn fn, void *ctx,
                                int64_t *counter, char *err);
 
+/*
+ * Following another system of record (issue #24: store.backend = postgres). A follower's store
+ * is written from a feed of document states, never by store_put: each record is one document's
+ * whole state as of change `counter` of the system of record, whose counters are in commit order,
+ * with the document key and chunk ids the primary assigned, so that the counters, keys and ids
+ * the derived indexes record mean the same on every node. A batch of records is applied in one
+ * local transaction, in counter order, and the local change counter becomes the batch's
+ * `through`: every change of the system of record up to it is applied.
+ */
+typedef struct {
+    int64_t counter;          /* the change that wrote this state (> the follower's counter) */
+    int64_t doc_key;          /* the primary's internal key of the document (> 0) */
+    bool deleted;             /* the document is gone: doc.doc_id and doc_key only */
+    store_document doc;       /* every field, the ACL, the content hash and the text */
+    const store_chunk *chunks;
+    size_t nchunks;
+    const int64_t *chunk_ids; /* nchunks ids the primary assigned, increasing */
+    const float *vectors;     /* nchunks * dim floats (chunk i at vectors[i * dim]) */
+    int dim;
+} store_follow_doc;
+typedef qr_status (*store_follow_emit_fn)(void *ctx, const store_follow_doc *d, char *err);
+
+/* A source of such records (pgstore_pull for PostgreSQL): calls emit for every document whose
+ * state changed after `since`, and every deletion after it, in counter order, from one snapshot;
+ * about `limit` records at most, but never part of one counter's changes; sets *through to the
+ * counter the records bring a follower to (every change up to it was emitted) and *head to the
+ * snapshot's counter (*through == *head when nothing was left out). */
+typedef qr_status (*store_follow_pull_fn)(void *ctx, int64_t since, size_t limit, store_follow_emit_fn emit,
+                                          void *emit_ctx, int64_t *through, int64_t *head, char *err);
+
 #endif
