@@ -24,6 +24,24 @@
       "0: none, reads go through read calls; SQLite caps it, 2 GiB in Debian's build). Saves a system "      \
       "call and a copy per page read; an I/O error on a mapped page stops the process (SIGBUS) instead "     \
       "of failing one request, and mapped pages count in the process's RSS.")                                \
+    /* the system of record: this node's own SQLite store, or PostgreSQL followed by every node */       \
+    X(STRING, store, backend, "sqlite", NO_RANGE, "sqlite|postgres", false, QR_RESTART,                      \
+      "System of record: sqlite (this node's own store, the default) or postgres (PostgreSQL, shared by "    \
+      "several nodes: writes go there and this node's store follows its change feed).")                      \
+    X(STRING, store, postgres, "", NO_RANGE, NULL, true, QR_RESTART,                                         \
+      "libpq connection string or URI of the PostgreSQL primary (writes and fences; behind HAProxy: its "    \
+      "write port), with store.backend = postgres.")                                                         \
+    X(STRING, store, postgres_read, "", NO_RANGE, NULL, true, QR_RESTART,                                    \
+      "Connection string the change feed is read from (a standby: HAProxy's read port, or "                  \
+      "target_session_attrs=prefer-standby); empty: store.postgres.")                                        \
+    X(INT, store, poll_ms, "20", 1, 60000, NULL, false, QR_RESTART,                                          \
+      "How often the feed follower asks PostgreSQL for changes (ms), with store.backend = postgres.")        \
+    X(INT, store, fence_ms, "1000", 1, 60000, NULL, false, QR_RESTART,                                       \
+      "Longest a search or a write waits for this node to apply the changes PostgreSQL's primary had when "  \
+      "it began (ms); past it the request fails closed with 503.")                                           \
+    X(INT, store, max_lag_ms, "5000", 1, 3.6e6, NULL, false, QR_RESTART,                                     \
+      "GET /readyz fails once this node has been behind PostgreSQL's primary (or unable to reach it) "       \
+      "this long (ms), so that a load balancer stops sending it searches.")                                  \
     X(STRING, log, level, "info", NO_RANGE, "trace|debug|info|warn|error|off", false, QR_RELOAD,             \
       "Default log level.")                                                                                  \
     X(STRING, log, format, "text", NO_RANGE, "text|json", false, QR_RESTART,                                 \
