@@ -199,10 +199,16 @@ static json_t *readiness(api_server *srv, bool counts, bool *ready_out, bool *ld
                         : v                    ? "ok"
                         : !ms.first_pass_done  ? "warming"
                                                : "not_loaded";
-    bool ready = *ready_out =
-        !st && strcmp(index, "not_loaded") != 0 && strcmp(index, "failing") != 0 && strcmp(ldap, "ok") == 0;
-    json_t *body = json_pack("{s:s,s:{s:s,s:s,s:s}}", "status", ready ? "ready" : "not_ready", "checks",
-                             "store", st ? "error" : "ok", "index", index, "ldap", ldap);
+    /* store.backend = postgres: a node cut from its system of record, or behind it longer than
+     * store.max_lag_ms, is not ready (its searches would wait for the fence or fail closed) */
+    const char *feed = !ms.following ? "off"
+                       : ms.feed_behind_ms > (uint64_t)qr_config_settings(srv->cfg)->store_max_lag_ms
+                           ? (ms.feed_ok ? "behind" : "unreachable")
+                           : "ok";
+    bool ready = *ready_out = !st && strcmp(index, "not_loaded") != 0 && strcmp(index, "failing") != 0 &&
+                              strcmp(ldap, "ok") == 0 && (strcmp(feed, "off") == 0 || strcmp(feed, "ok") == 0);
+    json_t *body = json_pack("{s:s,s:{s:s,s:s,s:s,s:s}}", "status", ready ? "ready" : "not_ready", "checks",
+                             "store", st ? "error" : "ok", "index", index, "ldap", ldap, "feed", feed);
     if (body) {
         json_t *checks = json_object_get(body, "checks");
         bool bm25_open = index_maintainer_bm25(api_service_maintainer(srv->svc)) != NULL;
@@ -222,6 +228,13 @@ static json_t *readiness(api_server *srv, bool counts, bool *ready_out, bool *ld
                                       "vector_failed_passes", (json_int_t)ms.vector_failures,
                                       "bm25_failed_passes", (json_int_t)ms.bm25_failures, "vectors_skipped",
                                       (json_int_t)vi.skipped));
+    }
+    if (body && counts && ms.following) {
+        json_t *checks = json_object_get(body, "checks");
+        json_object_set_new(checks, "feed_detail",
+                            json_pack("{s:I,s:I,s:I,s:I,s:s}", "counter", (json_int_t)ms.feed_counter, "primary",
+                                      (json_int_t)ms.feed_primary, "behind_ms", (json_int_t)ms.feed_behind_ms,
+                                      "last_lag_ms", (json_int_t)ms.feed_lag_last_ms, "error", ms.feed_error));
     }
     /* how much is stored is the administrators' business, not every employee's */
     if (body && !st && counts) {

@@ -167,7 +167,8 @@ qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_
         index_maintainer_opts mo = {.data_dir = dir,
                                     .bm25 = svc->ropts.bm25_pruned,
                                     .refresh_ms = (uint64_t)qr_config_settings(cfg)->index_refresh_ms,
-                                    .nice = (int)qr_config_settings(cfg)->index_maintainer_nice};
+                                    .nice = (int)qr_config_settings(cfg)->index_maintainer_nice,
+                                    .poll_ms = (uint64_t)qr_config_settings(cfg)->store_poll_ms};
         vindex_opts_from_config(cfg, &mo.vopts);
         bm25_opts_from_config(cfg, &mo.bopts);
         if ((st = index_maintainer_start(&mo, &svc->maint, err)))

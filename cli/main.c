@@ -323,6 +323,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "quarry: %s\n", err);
         goto out;
     }
+    /* store.backend = postgres: every store handle this process opens writes to PostgreSQL and
+     * follows its feed (index/store.h, store_set_primary) */
+    const qr_settings *qs = qr_config_settings(cfg);
+    if (strcmp(qs->store_backend, "postgres") == 0 &&
+        store_set_primary(qs->store_postgres, qs->store_postgres_read, qs->store_fence_ms, err)) {
+        fprintf(stderr, "quarry: %s\n", err);
+        goto out;
+    }
     if (!cmd->run) {
         fprintf(stderr, "quarry %s: not built yet; it lands with the %s issue\n", cmd->name, cmd->issue);
         rc = CLI_EXIT_NOT_BUILT;

@@ -166,4 +166,13 @@ typedef qr_status (*store_follow_emit_fn)(void *ctx, const store_follow_doc *d, 
 typedef qr_status (*store_follow_pull_fn)(void *ctx, int64_t since, size_t limit, store_follow_emit_fn emit,
                                           void *emit_ctx, int64_t *through, int64_t *head, char *err);
 
+/* A routed store's feed follower (index/store_route.c, for the maintainer's follower thread): one
+ * batch of at most `limit` records from the feed's connection (follow_step), after reading the
+ * primary's counter into *primary_head; *counter and *head as follow_step sets them. */
+qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *head, int64_t *primary_head,
+                            char *err);
+/* Records on the primary that this node (a name unique to it) applied every change up to
+ * watermark, so that tombstones it still needs are kept. */
+qr_status store_route_register(store *s, const char *node, int64_t watermark, char *err);
+
 #endif

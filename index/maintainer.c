@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "index/feed.h"
 #include "index/maintainer.h"
 #include "index/store.h"
 
@@ -40,6 +41,7 @@ struct index_maintainer {
     pthread_mutex_t mu;
     pthread_cond_t wake; /* the thread waits here for work */
     pthread_cond_t done; /* waiters wait here for passes to finish */
+    pthread_cond_t follow_wake; /* the feed follower sleeps here between polls */
     /* under mu */
     bool stop, signalled;
     uint64_t force_asked, force_done; /* forced rebuilds asked for / finished (sequence numbers) */
@@ -52,6 +54,15 @@ struct index_maintainer {
     index_maintainer_status status;
     index_maintainer_hook hook;
     void *hook_ctx;
+
+    /* the feed follower (store.backend = postgres): its thread and handle; its status fields are
+     * in status, under mu */
+    store *fs;
+    pthread_t follow_thread;
+    bool follow_started;
+    uint64_t poll_ns;
+    int64_t behind_target;      /* a primary counter the store had not reached when read (0: none) */
+    uint64_t behind_since_ns;   /* when it was read, or when polls started failing */
 };
 
 /* One pass: both indexes up to the store's counter as read at its start (force: new
@@ -187,6 +198,85 @@ static void *run(void *arg)
     return NULL;
 }
 
+/* How long a poll's failure or a counter not yet applied has lasted, under mu. */
+static uint64_t behind_ms(const index_maintainer *m, uint64_t now)
+{
+    return m->behind_since_ns ? (now - m->behind_since_ns) / 1000000u : 0;
+}
+
+/* The feed follower's thread: every poll_ns, one batch of the system of record's feed into the
+ * local store (store_follow_poll), the maintainer signalled when it applied something, and this
+ * node's applied counter registered with the primary every few seconds (tombstones are pruned
+ * below every node's). Runs only on a routed store. */
+static void *follow(void *arg)
+{
+    index_maintainer *m = arg;
+    char node[300], host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(node, sizeof(node), "%.120s:%.120s", host, m->data_dir);
+    uint64_t registered_ns = 0;
+    int64_t registered = -1;
+    pthread_mutex_lock(&m->mu);
+    while (!m->stop) {
+        int64_t before = m->status.feed_counter;
+        pthread_mutex_unlock(&m->mu);
+        char err[QR_ERR_LEN] = "";
+        int64_t counter = 0, head = 0, primary = 0;
+        qr_status st = store_follow_poll(m->fs, 512, &counter, &head, &primary, err);
+        uint64_t now = qr_now_ns();
+        if (!st && counter != registered && now - registered_ns > 5000000000u) {
+            char e2[QR_ERR_LEN];
+            if (store_route_register(m->fs, node, counter, e2))
+                qr_log(QR_LOG_WARN, LOG_COMPONENT, "cannot register this node's feed position: %s", e2);
+            else {
+                registered = counter;
+                registered_ns = now;
+            }
+        }
+        pthread_mutex_lock(&m->mu);
+        index_maintainer_status *ss = &m->status;
+        ss->feed_ok = !st;
+        snprintf(ss->feed_error, sizeof(ss->feed_error), "%s", st ? err : "");
+        if (st) {
+            if (!m->behind_since_ns)
+                m->behind_since_ns = now;
+        } else {
+            ss->feed_counter = counter;
+            ss->feed_primary = primary;
+            if (m->behind_target && counter >= m->behind_target) {
+                ss->feed_lag_last_ms = behind_ms(m, now);
+                m->behind_target = 0;
+                m->behind_since_ns = 0;
+            }
+            if (!m->behind_target && counter < primary) {
+                m->behind_target = primary;
+                m->behind_since_ns = now;
+            } else if (!m->behind_target) {
+                m->behind_since_ns = 0;
+            }
+        }
+        ss->feed_behind_ms = behind_ms(m, now);
+        if (!st && counter != before) {
+            m->signalled = true;
+            pthread_cond_signal(&m->wake);
+        }
+        /* a batch cut short (more to apply) goes on at once */
+        if (st || counter >= head) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            uint64_t ns = (uint64_t)until.tv_nsec + m->poll_ns;
+            until.tv_sec += (time_t)(ns / 1000000000u);
+            until.tv_nsec = (long)(ns % 1000000000u);
+            if (!m->stop)
+                pthread_cond_timedwait(&m->follow_wake, &m->mu, &until);
+        }
+        if (st)
+            qr_log(QR_LOG_WARN, LOG_COMPONENT, "the feed follower: %s", err);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
 qr_status index_maintainer_start(const index_maintainer_opts *o, index_maintainer **out, char *err)
 {
     if (!out)
@@ -210,7 +300,16 @@ qr_status index_maintainer_start(const index_maintainer_opts *o, index_maintaine
     pthread_mutex_init(&m->mu, NULL);
     pthread_cond_init(&m->wake, NULL);
     pthread_cond_init(&m->done, NULL);
+    pthread_cond_init(&m->follow_wake, NULL);
+    m->poll_ns = (o->poll_ms ? o->poll_ms : 20) * 1000000u;
     qr_status st = store_open(m->data_dir, &m->s, err);
+    if (!st && store_routed(m->s) && !(st = store_open_another(m->s, &m->fs, err))) {
+        m->status.following = true;
+        if (pthread_create(&m->follow_thread, NULL, follow, m) != 0)
+            st = qr_fail(err, QR_EINTERNAL, "cannot start the feed follower's thread");
+        else
+            m->follow_started = true;
+    }
     if (!st && pthread_create(&m->thread, NULL, run, m) != 0)
         st = qr_fail(err, QR_EINTERNAL, "cannot start the index maintainer's thread");
     if (st) {
@@ -226,18 +325,22 @@ void index_maintainer_stop(index_maintainer *m)
 {
     if (!m)
         return;
-    if (m->thread_started) {
-        pthread_mutex_lock(&m->mu);
-        m->stop = true;
-        pthread_cond_broadcast(&m->wake);
-        pthread_mutex_unlock(&m->mu);
+    pthread_mutex_lock(&m->mu);
+    m->stop = true;
+    pthread_cond_broadcast(&m->wake);
+    pthread_cond_broadcast(&m->follow_wake);
+    pthread_mutex_unlock(&m->mu);
+    if (m->thread_started)
         pthread_join(m->thread, NULL);
-    }
+    if (m->follow_started)
+        pthread_join(m->follow_thread, NULL);
+    store_close(m->fs);
     vindex_close(atomic_load(&m->vindex));
     bm25_close(atomic_load(&m->bm25));
     store_close(m->s);
     pthread_cond_destroy(&m->wake);
     pthread_cond_destroy(&m->done);
+    pthread_cond_destroy(&m->follow_wake);
     pthread_mutex_destroy(&m->mu);
     free(m->data_dir);
     free(m);
@@ -331,6 +434,8 @@ void index_maintainer_get_status(index_maintainer *m, index_maintainer_status *o
         return;
     pthread_mutex_lock(&m->mu);
     *out = m->status;
+    if (out->following) /* a poll that hangs still counts */
+        out->feed_behind_ms = behind_ms(m, qr_now_ns());
     pthread_mutex_unlock(&m->mu);
 }
 

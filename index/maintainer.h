@@ -46,6 +46,8 @@ typedef struct {
     bool bm25;            /* keep the pruned BM25 index (retrieval.bm25_path = pruned) */
     uint64_t refresh_ms;  /* index.refresh_ms: the longest an external change waits (>= 1) */
     int nice;             /* index.maintainer_nice: the thread's priority below the searches' (0..19) */
+    uint64_t poll_ms;     /* store.poll_ms: how often the feed follower polls, when the store is routed
+                           * to a system of record (store_set_primary); 0: 20 ms */
 } index_maintainer_opts;
 
 /* Called by the thread before each pass that may build, with the pass's number (from 1); for
@@ -70,6 +72,18 @@ typedef struct {
      * INDEX_MAINTAINER_FAILING_PASSES or more the index is failing: it serves what it last had, and
      * changes since then do not reach it. */
     uint64_t vector_failures, bm25_failures;
+    /* With a system of record (store.backend = postgres) a second thread follows its feed into
+     * the local store every poll_ms and wakes the pass above when it applied something. */
+    bool following;              /* that thread runs */
+    bool feed_ok;                /* its last poll read the primary's counter and applied the feed */
+    int64_t feed_counter;        /* the local store's counter after its last poll */
+    int64_t feed_primary;        /* the primary's counter as its last poll read it */
+    /* How long this node has been behind a counter the primary had (from when a poll first read
+     * a counter the store had not reached until a poll reaches it), or unable to poll; 0: caught
+     * up. /readyz compares it with store.max_lag_ms. */
+    uint64_t feed_behind_ms;
+    uint64_t feed_lag_last_ms;   /* the last counter's wait: read on the primary to applied here */
+    char feed_error[QR_ERR_LEN]; /* the last poll's error, "" when it succeeded */
 } index_maintainer_status;
 
 /* Opens a store handle on data_dir for the thread and starts it; the first pass begins at once.

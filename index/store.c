@@ -338,7 +338,7 @@ qr_status store_end_call(store *s, qr_status st, char *err)
             sqlite3_clear_bindings(s->q[i]);
         }
     }
-    if (s->batch != BATCH_OPEN) {
+    if (s->batch != BATCH_OPEN || s->route) { /* a routed batch holds no transaction here */
         rollback(s);
         return st;
     }
@@ -710,6 +710,7 @@ qr_status store_open(const char *dir, store **out, char *err)
             goto out;
         }
     }
+    st = store_route_attach(s, err);
 out:
     if (st) {
         store_close(s);
@@ -750,8 +751,9 @@ void store_close(store *s)
 {
     if (!s)
         return;
-    if (s->batch == BATCH_OPEN)
+    if (s->batch == BATCH_OPEN && !s->route)
         rollback(s);
+    store_route_detach(s);
     ckpt_stop(s);
     for (int i = 0; i < Q_COUNT; i++)
         sqlite3_finalize(s->q[i]);
@@ -773,6 +775,10 @@ qr_status store_batch_begin(store *s, char *err)
         return qr_fail(err, QR_EINVAL, "store_batch_begin: NULL store");
     if (s->batch != BATCH_NONE)
         return qr_fail(err, QR_EINVAL, "a batch is already open on store '%s'", s->path);
+    if (s->route) { /* each write commits on the primary; the batch only defers the catch-up */
+        s->batch = BATCH_OPEN;
+        return QR_OK;
+    }
     qr_status st = store_run(s, s->q[Q_BEGIN_WRITE], err, "start a batch");
     if (!st)
         s->batch = BATCH_OPEN;
@@ -789,6 +795,8 @@ qr_status store_batch_commit(store *s, char *err)
         return qr_fail(err, QR_EINVAL, "no batch is open on store '%s'", s->path);
     if (batch == BATCH_FAILED)
         return qr_fail(err, s->batch_st, "the batch was rolled back: %s", s->batch_err);
+    if (s->route)
+        return store_route_batch_end(s, err);
     qr_status st = commit(s, err, "commit a batch");
     rollback(s); /* a failed COMMIT can leave the transaction open */
     return st;

@@ -76,6 +76,28 @@ void store_set_memory_limit(int64_t bytes);
  * memory map (PRAGMA mmap_size; SQLite caps it; 0, the default, maps nothing). Process-wide;
  * `quarry serve` sets it from data.mmap_mib before it opens its handles. */
 void store_set_mmap(int64_t bytes);
+/*
+ * A system of record (store.backend = postgres, issue #24; index/store_route.c). After
+ * store_set_primary every store handle the process opens is routed: store_put, store_delete,
+ * store_set_acl and store_check_embedding write to PostgreSQL's primary (conninfo) and then apply
+ * its change feed to the local store up to their own write before they return (inside a batch: at
+ * store_batch_commit; bulk mode changes nothing then), and the local store follows the primary's
+ * identity, document keys, chunk ids and counters. The feed is read from feed_conninfo (a standby;
+ * NULL or "": conninfo). Process-wide; set it before opening handles. Connections are opened on
+ * first use. QR_EINVAL without a conninfo or with fence_ms < 1.
+ */
+qr_status store_set_primary(const char *conninfo, const char *feed_conninfo, int64_t fence_ms, char *err);
+/* Handles opened from now on are not routed (tests). */
+void store_clear_primary(void);
+/* Whether the handle writes to a system of record. */
+bool store_routed(const store *s);
+/* Before a search on a routed handle: reads the primary's change counter and applies the feed up
+ * to it (from the standby, then from the primary) within fence_ms, so that every delete and ACL
+ * change committed before the call is in the local rows the search's permission checks read.
+ * QR_EUNAVAILABLE when that cannot be done (the primary unreachable, the feed too far behind):
+ * the search must fail closed. QR_OK at once on a handle that is not routed. */
+qr_status store_fence(store *s, char *err);
+
 /* Bytes of heap SQLite holds now in this process (for /metrics). */
 int64_t store_memory_used(void);
 

@@ -105,6 +105,7 @@ struct store {
     size_t vec_capholes;       /* transaction's */
     size_t vec_ready;
     store_vectors *vec_read;
+    struct store_route *route; /* store_route.c: the system of record, or NULL */
 };
 
 /* store_query.c: finalizes the cached search statements (store_close, before sqlite3_close). */
@@ -165,5 +166,17 @@ void store_vec_rolled_back(store *s);
  * and each live chunk's row is finite and normalised (or zero). */
 qr_status store_vec_verify(store *s, char *err);
 void store_vec_close(store *s);
+
+/* store_route.c: a routed handle (store_set_primary). attach at open (a no-op without a primary),
+ * detach at close; the write calls forward to the primary and catch the local store up;
+ * batch_end applies a batch's writes at its commit. */
+qr_status store_route_attach(store *s, char *err);
+void store_route_detach(store *s);
+qr_status store_route_put(store *s, const store_document *doc, const store_chunk *chunks, size_t nchunks,
+                          const float *vectors, int dim, store_put_result *result, char *err);
+qr_status store_route_delete(store *s, const char *doc_id, char *err);
+qr_status store_route_set_acl(store *s, const char *doc_id, const char *const *acl, size_t nacl, char *err);
+qr_status store_route_check_embedding(store *s, const char *model, int dim, char *err);
+qr_status store_route_batch_end(store *s, char *err);
 
 #endif

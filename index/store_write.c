@@ -595,6 +595,8 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
 {
     if (!s || !doc || !result)
         return qr_fail(err, QR_EINVAL, "store_put: NULL argument");
+    if (s->route)
+        return store_route_put(s, doc, chunks, nchunks, vectors, dim, result, err);
     put_input in = {0};
     doc_row r;
     int64_t counter = 0, id = 0;
@@ -691,6 +693,8 @@ qr_status store_delete(store *s, const char *doc_id, char *err)
 {
     if (!s)
         return qr_fail(err, QR_EINVAL, "store_delete: NULL store");
+    if (s->route)
+        return store_route_delete(s, doc_id, err);
     qr_status st = store_check_doc_id(doc_id, err);
     doc_row r;
     int64_t counter;
@@ -716,6 +720,8 @@ qr_status store_set_acl(store *s, const char *doc_id, const char *const *acl, si
 {
     if (!s)
         return qr_fail(err, QR_EINVAL, "store_set_acl: NULL store");
+    if (s->route)
+        return store_route_set_acl(s, doc_id, acl, nacl, err);
     const char **sorted = NULL;
     size_t nsorted = 0;
     doc_row r;
@@ -761,6 +767,13 @@ qr_status store_check_embedding(store *s, const char *model, int dim, char *err)
         return st;
     if (dim <= 0 || dim > STORE_DIM_MAX)
         return qr_fail(err, QR_EINVAL, "invalid embedding dimension %d: expected 1..%d", dim, STORE_DIM_MAX);
+    /* routed: the primary records it first (whichever node comes first), then this store, in a
+     * transaction of its own even inside a batch (a routed batch holds none) */
+    int batch = s->batch;
+    if (s->route && (st = store_route_check_embedding(s, model, dim, err)))
+        return st;
+    if (s->route)
+        s->batch = BATCH_NONE;
     char stored[STORE_MODEL_MAX + 1];
     int64_t stored_dim = 0;
     if ((st = store_begin_write(s, err)) ||
@@ -779,6 +792,8 @@ qr_status store_check_embedding(store *s, const char *model, int dim, char *err)
     }
 out:
     st = store_end_call(s, st, err);
+    if (s->route)
+        s->batch = batch;
     return st;
 }
 

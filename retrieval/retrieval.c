@@ -1641,6 +1641,11 @@ qr_status retrieval_search(retrieval *r, const retrieval_caller *caller, const r
         return st;
     if (offset + req->k > RETRIEVAL_DEPTH_MAX)
         return qr_fail(err, QR_ELIMIT, "pages go at most %d results deep", RETRIEVAL_DEPTH_MAX);
+    /* a node that follows a system of record (store.backend = postgres) first applies every
+     * change committed there before now, so that the permission checks below see every delete
+     * and revocation; when it cannot, the search fails closed (QR_EUNAVAILABLE) */
+    if ((st = store_fence(r->s, err)))
+        return st;
 
     retrieval_result *res = calloc(1, sizeof(*res));
     if (!res)

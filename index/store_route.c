@@ -1,0 +1,271 @@
+/*
+ * index/store_route.c: a store whose system of record is PostgreSQL (store.backend = postgres,
+ * issue #24). Once store_set_primary has named the primary, every store handle the process opens
+ * is routed:
+ *
+ * - Writes (store_put, store_delete, store_set_acl, store_check_embedding) go to PostgreSQL
+ *   (pgstore.c) in a transaction of their own, and the handle then applies the feed from the
+ *   primary up to that write's counter before it returns (follow.c), so that whoever wrote reads
+ *   the write back on this node at once. Inside a batch (quarry ingest) the catch-up waits for
+ *   store_batch_commit.
+ * - Searches call store_fence first: the primary's counter F is read, and the feed applied up to
+ *   F within store.fence_ms (from the standby, then from the primary). Only then does a search
+ *   read the local store, so a delete or ACL change committed anywhere before the search began is
+ *   in the local rows its permission checks read; when neither PostgreSQL node can bring this one
+ *   to F, the search fails closed (QR_EUNAVAILABLE: 503).
+ * - store_follow_poll is the background follower's step (maintainer.c): a batch from the standby.
+ *
+ * The local store is a follower (store_follow.c): it takes the primary's uid, document keys,
+ * chunk ids and counters. PostgreSQL connections are opened on first use and dropped after a
+ * connection failure, so that the next call reconnects (through HAProxy, to a new primary after
+ * a failover).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/follow.h"
+#include "index/pgstore.h"
+#include "index/store_int.h"
+
+struct store_route {
+    pgstore *w;      /* the primary: writes and the fence's counter */
+    pgstore *r;      /* the feed: store.postgres_read, or the primary */
+    bool identified; /* the local store follows the primary's uid */
+    int64_t batch_counter; /* the last write of the open batch (0: none) */
+};
+
+/* Process-wide, set once before the handles are opened (as store_set_mmap). */
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *g_primary, *g_feed;
+static int64_t g_fence_ms = 1000;
+
+qr_status store_set_primary(const char *conninfo, const char *feed_conninfo, int64_t fence_ms, char *err)
+{
+    if (!conninfo || !*conninfo)
+        return qr_fail(err, QR_EINVAL, "store.postgres: a connection string is required with store.backend = postgres");
+    if (fence_ms < 1)
+        return qr_fail(err, QR_EINVAL, "store.fence_ms: must be at least 1");
+    char *w = strdup(conninfo), *r = strdup(feed_conninfo && *feed_conninfo ? feed_conninfo : conninfo);
+    if (!w || !r) {
+        free(w);
+        free(r);
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&g_mu);
+    free(g_primary);
+    free(g_feed);
+    g_primary = w;
+    g_feed = r;
+    g_fence_ms = fence_ms;
+    pthread_mutex_unlock(&g_mu);
+    return QR_OK;
+}
+
+void store_clear_primary(void)
+{
+    pthread_mutex_lock(&g_mu);
+    free(g_primary);
+    free(g_feed);
+    g_primary = g_feed = NULL;
+    pthread_mutex_unlock(&g_mu);
+}
+
+bool store_routed(const store *s)
+{
+    return s && s->route;
+}
+
+qr_status store_route_attach(store *s, char *err)
+{
+    pthread_mutex_lock(&g_mu);
+    bool on = g_primary != NULL;
+    pthread_mutex_unlock(&g_mu);
+    if (!on)
+        return QR_OK;
+    s->route = calloc(1, sizeof(*s->route));
+    return s->route ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory");
+}
+
+void store_route_detach(store *s)
+{
+    if (!s->route)
+        return;
+    pgstore_close(s->route->w);
+    pgstore_close(s->route->r);
+    free(s->route);
+    s->route = NULL;
+}
+
+static int64_t fence_ms(void)
+{
+    pthread_mutex_lock(&g_mu);
+    int64_t ms = g_fence_ms;
+    pthread_mutex_unlock(&g_mu);
+    return ms;
+}
+
+/* A connection failure drops the handle, so that the next call connects again. */
+static qr_status pg_failed(pgstore **pg, qr_status st)
+{
+    if (st == QR_EUNAVAILABLE || st == QR_EIO) {
+        pgstore_close(*pg);
+        *pg = NULL;
+    }
+    return st;
+}
+
+static qr_status pg_open(pgstore **pg, bool feed, char *err)
+{
+    if (*pg)
+        return QR_OK;
+    pthread_mutex_lock(&g_mu);
+    char *conninfo = strdup(feed ? g_feed : g_primary);
+    pthread_mutex_unlock(&g_mu);
+    if (!conninfo)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    char e2[QR_ERR_LEN] = "";
+    qr_status st = pgstore_open(conninfo, pg, e2);
+    free(conninfo);
+    if (st)
+        return qr_fail(err, st == QR_EINVAL ? QR_EINVAL : QR_EUNAVAILABLE, "the system of record (%s): %s",
+                       feed ? "store.postgres_read" : "store.postgres", e2);
+    return QR_OK;
+}
+
+/* The primary's connection, and the local store marked as following it. */
+static qr_status primary(store *s, char *err)
+{
+    struct store_route *rt = s->route;
+    qr_status st = pg_open(&rt->w, false, err);
+    if (!st && !rt->identified && !(st = store_follow_identity(s, pgstore_uid(rt->w), err)))
+        rt->identified = true;
+    return st;
+}
+
+/* Applies the feed until the local counter reaches target: from the feed's connection first
+ * (a standby may be behind), then from the primary, which has everything it acknowledged. */
+static qr_status catch_up(store *s, int64_t target, char *err)
+{
+    struct store_route *rt = s->route;
+    int64_t budget = fence_ms(), start = (int64_t)(qr_now_ns() / 1000000), counter = 0;
+    char e2[QR_ERR_LEN] = "";
+    qr_status st = store_change_counter(s, &counter, err);
+    if (st || counter >= target)
+        return st;
+    if (!(st = pg_open(&rt->r, true, e2))) {
+        st = follow_until(s, pgstore_pull, rt->r, target, budget / 2, &counter, e2);
+        pg_failed(&rt->r, st);
+        if (!st)
+            return QR_OK;
+    }
+    if (st != QR_ETIMEOUT && st != QR_EUNAVAILABLE && st != QR_EIO)
+        return qr_fail(err, st, "%s", e2); /* the store refused the feed: not a matter of waiting */
+    int64_t left = budget - ((int64_t)(qr_now_ns() / 1000000) - start);
+    if ((st = primary(s, e2)) ||
+        (st = follow_until(s, pgstore_pull, rt->w, target, left > 1 ? left : 1, &counter, e2))) {
+        pg_failed(&rt->w, st);
+        if (st == QR_ETIMEOUT || st == QR_EUNAVAILABLE || st == QR_EIO)
+            return qr_fail(err, QR_EUNAVAILABLE,
+                           "this node could not apply the system of record's changes up to %lld within "
+                           "store.fence_ms (%lld ms; it is at %lld): failing closed: %s",
+                           (long long)target, (long long)budget, (long long)counter, e2);
+        return qr_fail(err, st, "%s", e2);
+    }
+    return QR_OK;
+}
+
+/* After a write of counter c: now, or at the batch's commit. */
+static qr_status written(store *s, int64_t c, char *err)
+{
+    if (c <= 0)
+        return QR_OK;
+    if (s->batch != BATCH_NONE) {
+        s->route->batch_counter = c;
+        return QR_OK;
+    }
+    return catch_up(s, c, err);
+}
+
+qr_status store_route_put(store *s, const store_document *doc, const store_chunk *chunks, size_t nchunks,
+                          const float *vectors, int dim, store_put_result *result, char *err)
+{
+    int64_t c = 0;
+    qr_status st = primary(s, err);
+    if (st || (st = pg_failed(&s->route->w, pgstore_put(s->route->w, doc, chunks, nchunks, vectors, dim,
+                                                         result, &c, err))))
+        return st;
+    return written(s, c, err);
+}
+
+qr_status store_route_delete(store *s, const char *doc_id, char *err)
+{
+    int64_t c = 0;
+    qr_status st = primary(s, err);
+    if (st || (st = pg_failed(&s->route->w, pgstore_delete(s->route->w, doc_id, &c, err))))
+        return st;
+    return written(s, c, err);
+}
+
+qr_status store_route_set_acl(store *s, const char *doc_id, const char *const *acl, size_t nacl, char *err)
+{
+    int64_t c = 0;
+    qr_status st = primary(s, err);
+    if (st || (st = pg_failed(&s->route->w, pgstore_set_acl(s->route->w, doc_id, acl, nacl, &c, err))))
+        return st;
+    return written(s, c, err);
+}
+
+/* The primary records the model first (whichever node comes first), then the local store. */
+qr_status store_route_check_embedding(store *s, const char *model, int dim, char *err)
+{
+    qr_status st = primary(s, err);
+    if (st || (st = pg_failed(&s->route->w, pgstore_check_embedding(s->route->w, model, dim, err))))
+        return st;
+    return QR_OK;
+}
+
+/* The end of a batch on a routed handle: its writes are all on the primary; apply them here. */
+qr_status store_route_batch_end(store *s, char *err)
+{
+    int64_t c = s->route->batch_counter;
+    s->route->batch_counter = 0;
+    return c > 0 ? catch_up(s, c, err) : QR_OK;
+}
+
+qr_status store_fence(store *s, char *err)
+{
+    if (!s)
+        return qr_fail(err, QR_EINVAL, "store_fence: NULL store");
+    if (!s->route)
+        return QR_OK;
+    int64_t f = 0;
+    char e2[QR_ERR_LEN] = "";
+    qr_status st = primary(s, e2);
+    if (st || (st = pg_failed(&s->route->w, pgstore_counter(s->route->w, &f, e2))))
+        return qr_fail(err, st == QR_EINVAL ? QR_EINVAL : QR_EUNAVAILABLE,
+                       "the system of record's change counter cannot be read: failing closed: %s", e2);
+    return catch_up(s, f, err);
+}
+
+qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *head, int64_t *primary_head,
+                            char *err)
+{
+    if (!s || !s->route)
+        return qr_fail(err, QR_EINVAL, "store_follow_poll: the store has no system of record");
+    struct store_route *rt = s->route;
+    qr_status st = primary(s, err);
+    if (st || (st = pg_failed(&rt->w, pgstore_counter(rt->w, primary_head, err))))
+        return st;
+    if ((st = pg_open(&rt->r, true, err)))
+        return st;
+    return pg_failed(&rt->r, follow_step(s, pgstore_pull, rt->r, limit, counter, head, err));
+}
+
+qr_status store_route_register(store *s, const char *node, int64_t watermark, char *err)
+{
+    if (!s || !s->route)
+        return qr_fail(err, QR_EINVAL, "store_route_register: the store has no system of record");
+    qr_status st = primary(s, err);
+    return st ? st : pg_failed(&s->route->w, pgstore_register_node(s->route->w, node, watermark, err));
+}

@@ -1,0 +1,394 @@
+/*
+ * Several quarry nodes on one PostgreSQL system of record (store.backend = postgres, issue #24),
+ * in one process: each node is a data directory of its own whose store handles are routed
+ * (store_set_primary) to a throwaway PostgreSQL 15 on loopback (tests/pg_fixture.c). Writes made
+ * through one node are read back at once there and reach the others under the same chunk ids and
+ * counters; a revocation or delete made through one node is never returned by a search on another
+ * that began after it; a node cut from PostgreSQL fails its searches closed; the maintainer's
+ * follower thread applies the feed in the background.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/core.h"
+#include "index/feed.h"
+#include "index/index.h"
+#include "index/maintainer.h"
+#include "retrieval/retrieval.h"
+#include "tests/harness.h"
+#include "tests/pg_fixture.h"
+
+#define DIM 8
+
+static pg_fixture fx;
+static bool pg_running;
+
+static void stop_pg(void)
+{
+    if (pg_running)
+        pg_fixture_stop(&fx);
+    pg_running = false;
+}
+
+static bool start_pg(void)
+{
+    char err[512];
+    int rc = pg_fixture_start(&fx, err);
+    if (rc == PG_FIXTURE_SKIP) {
+        printf("skipped: %s\n", err);
+        exit(PG_FIXTURE_SKIP);
+    }
+    if (rc)
+        harness_fail(__FILE__, __LINE__, "cannot start PostgreSQL: %s", err);
+    pg_running = rc == 0;
+    char e2[QR_ERR_LEN];
+    if (!rc && store_set_primary(fx.conninfo, NULL, 5000, e2)) {
+        harness_fail(__FILE__, __LINE__, "store_set_primary: %s", e2);
+        stop_pg();
+        return false;
+    }
+    qr_log_configure(QR_LOG_ERROR, QR_LOG_TEXT, NULL, e2);
+    return rc == 0;
+}
+
+/* Each case runs on a server of its own, stopped and removed even when a check fails. */
+#define RUN_WITH_PG(name)         \
+    do {                          \
+        if (start_pg()) {         \
+            run_##name();         \
+            store_clear_primary(); \
+            stop_pg();            \
+        }                         \
+    } while (0)
+
+/* A node: a data directory, a routed store handle on it and a retrieval handle (FTS5 ranks). */
+typedef struct {
+    char dir[64];
+    store *s;
+    retrieval *r;
+} node;
+
+static bool node_open(node *n, char *err)
+{
+    memset(n, 0, sizeof(*n));
+    snprintf(n->dir, sizeof(n->dir), "/tmp/quarry-nodes-XXXXXX");
+    if (!mkdtemp(n->dir))
+        return false;
+    retrieval_opts o;
+    retrieval_opts_default(&o);
+    o.mode = RETRIEVAL_BM25;
+    o.bm25_pruned = false;
+    return !store_open(n->dir, &n->s, err) && store_routed(n->s) && !retrieval_open(n->s, NULL, &o, &n->r, err);
+}
+
+static void node_close(node *n)
+{
+    retrieval_close(n->r);
+    store_close(n->s);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", n->dir);
+    if (n->dir[0] && system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", n->dir);
+    memset(n, 0, sizeof(*n));
+}
+
+/* A document of one or two chunks ('|' splits them), readable by acl (comma-separated). */
+static qr_status put(store *s, const char *id, const char *acl, const char *text, int version, char *err)
+{
+    char buf[512], aclbuf[256], hash[65];
+    snprintf(buf, sizeof(buf), "%s", text);
+    snprintf(aclbuf, sizeof(aclbuf), "%s", acl);
+    const char *principals[8];
+    size_t np = 0;
+    for (char *p = strtok(aclbuf, ","); p && np < 8; p = strtok(NULL, ","))
+        principals[np++] = p;
+    store_chunk chunks[2];
+    size_t nc = 0, len = strlen(buf);
+    char *bar = strchr(buf, '|');
+    if (bar) {
+        *bar = ' ';
+        chunks[nc++] = (store_chunk){0, (size_t)(bar - buf), ""};
+        chunks[nc++] = (store_chunk){(size_t)(bar - buf) + 1, len, "Part > Two"};
+    } else {
+        chunks[nc++] = (store_chunk){0, len, ""};
+    }
+    float vecs[2 * DIM];
+    for (size_t i = 0; i < nc * DIM; i++)
+        vecs[i] = (float)((i * 7 + (size_t)version + strlen(id)) % 11) - 5.0f;
+    snprintf(hash, sizeof(hash), "%064x", (unsigned)(version * 7919 + (int)strlen(text)));
+    store_document d = {.doc_id = id,
+                        .title = id,
+                        .uri = "file:///x",
+                        .content_type = "text/plain",
+                        .acl = principals,
+                        .nacl = np,
+                        .content_hash = hash,
+                        .text = buf,
+                        .text_len = len};
+    store_put_result res;
+    return store_put(s, &d, chunks, nc, vecs, DIM, &res, err);
+}
+
+/* Whether a search on n as principal finds doc_id (BM25 over FTS5, words of its text). */
+static qr_status finds(node *n, const char *principal, const char *query, const char *doc_id, bool *found,
+                       char *err)
+{
+    const char *p[1] = {principal};
+    retrieval_caller c = {p, 1, false};
+    retrieval_request q = {.query = query, .mode = RETRIEVAL_BM25, .k = 10};
+    retrieval_result *res = NULL;
+    qr_status st = retrieval_search(n->r, &c, &q, &res, err);
+    *found = false;
+    for (size_t i = 0; !st && i < res->nhits; i++)
+        *found |= strcmp(res->hits[i].doc_id, doc_id) == 0;
+    retrieval_result_free(res);
+    return st;
+}
+
+/* Every chunk (id, counter, first vector value) a store's change log reports from 0, as text. */
+static qr_status chunk_list(void *ctx, const store_change *c, char *err)
+{
+    (void)err;
+    qr_buf_printf(ctx, "%lld@%lld:%s%.4f;", (long long)c->chunk_id, (long long)c->counter, c->deleted ? "x" : "",
+                  c->vector ? (double)c->vector[0] : 0.0);
+    return QR_OK;
+}
+
+static bool same_chunks(store *a, store *b, char *err)
+{
+    qr_buf x, y;
+    qr_buf_init(&x, 1 << 22);
+    qr_buf_init(&y, 1 << 22);
+    int64_t ca = 0, cb = 0;
+    err[0] = '\0';
+    bool same = !store_changes_since(a, 0, chunk_list, &x, &ca, err) &&
+                !store_changes_since(b, 0, chunk_list, &y, &cb, err) && !qr_buf_failed(&x) && !qr_buf_failed(&y) &&
+                ca == cb && qr_buf_len(&x) > 0 && strcmp(qr_buf_str(&x), qr_buf_str(&y)) == 0;
+    if (!same && !*err)
+        snprintf(err, QR_ERR_LEN, "counters %lld / %lld, chunks %.200s / %.200s", (long long)ca, (long long)cb,
+                 qr_buf_str(&x), qr_buf_str(&y));
+    qr_buf_release(&x);
+    qr_buf_release(&y);
+    return same;
+}
+
+/* ---- cases ----------------------------------------------------------------------------------- */
+
+static void run_writes_reach_every_node(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    char id[32], text[128];
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof(id), "doc-%d", i);
+        snprintf(text, sizeof(text), "turbine blade number%d|coolant channel %d", i, i);
+        CHECK_OK(put(a.s, id, i % 2 ? "group:eng" : "public", text, 1, err), err);
+        /* read back at once on the node that wrote it */
+        char hash[65];
+        bool found = false;
+        CHECK_OK(store_get_hash(a.s, id, hash, &found, err), err);
+        CHECK(found);
+    }
+    CHECK_OK(put(a.s, "doc-3", "group:eng", "turbine blade rewritten|second part", 2, err), err); /* new ids */
+    CHECK_OK(store_delete(a.s, "doc-4", err), err);
+    const char *acl[] = {"user:ann"};
+    CHECK_OK(store_set_acl(a.s, "doc-5", acl, 1, err), err);
+    /* node b has seen nothing yet: a search there fences first */
+    bool found = false;
+    CHECK_OK(finds(&b, "user:ann", "turbine", "doc-5", &found, err), err);
+    CHECK(found);
+    CHECK_OK(finds(&b, "group:eng", "number4", "doc-4", &found, err), err);
+    CHECK(!found);
+    CHECK_MSG(same_chunks(a.s, b.s, err), "the nodes differ: %s", err);
+    /* a third node starting from nothing arrives at the same chunks and counters */
+    node c;
+    CHECK_OK(node_open(&c, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_fence(c.s, err), err);
+    CHECK_MSG(same_chunks(a.s, c.s, err), "a new node differs: %s", err);
+    CHECK_OK(store_verify(c.s, err), err);
+    node_close(&a);
+    node_close(&b);
+    node_close(&c);
+}
+TEST(writes_reach_every_node)
+{
+    RUN_WITH_PG(writes_reach_every_node);
+}
+
+static void run_revocations_are_effective_at_once(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    CHECK_OK(put(a.s, "secret", "user:ann", "quarterly forecast figures", 1, err), err);
+    CHECK_OK(put(a.s, "other", "public", "quarterly newsletter", 1, err), err);
+    const char *ann[] = {"user:ann"}, *nobody[] = {"group:board"};
+    int stale = 0, missed = 0;
+    for (int i = 0; i < 200; i++) {
+        bool found = false;
+        if (i % 10 == 9) { /* a delete and a re-add instead of an ACL change */
+            CHECK_OK(store_delete(a.s, "secret", err), err);
+            CHECK_OK(finds(&b, "user:ann", "forecast", "secret", &found, err), err);
+            stale += found;
+            CHECK_OK(put(a.s, "secret", "user:ann", "quarterly forecast figures", i, err), err);
+        } else {
+            CHECK_OK(store_set_acl(a.s, "secret", nobody, 1, err), err);
+            CHECK_OK(finds(&b, "user:ann", "forecast", "secret", &found, err), err);
+            stale += found;
+            CHECK_OK(store_set_acl(a.s, "secret", ann, 1, err), err);
+        }
+        CHECK_OK(finds(&b, "user:ann", "forecast", "secret", &found, err), err);
+        missed += !found;
+    }
+    CHECK_MSG(stale == 0, "a revoked or deleted document was returned %d times", stale);
+    CHECK_MSG(missed == 0, "a granted document was missed %d times", missed);
+    node_close(&a);
+    node_close(&b);
+}
+TEST(revocations_are_effective_at_once)
+{
+    RUN_WITH_PG(revocations_are_effective_at_once);
+}
+
+static void run_cut_off_node_fails_closed(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    CHECK_OK(put(a.s, "d1", "public", "harbour crane manual", 1, err), err);
+    bool found = false;
+    CHECK_OK(finds(&b, "public", "crane", "d1", &found, err), err);
+    CHECK(found);
+    int64_t before = 0, after = 0;
+    CHECK_OK(store_change_counter(b.s, &before, err), err);
+    stop_pg();
+    /* PostgreSQL is gone: searches fail closed, writes fail and change nothing */
+    CHECK(finds(&b, "public", "crane", "d1", &found, err) == QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "failing closed") != NULL, "%s", err);
+    CHECK(put(a.s, "d2", "public", "harbour crane spare parts", 1, err) == QR_EUNAVAILABLE);
+    char hash[65];
+    CHECK_OK(store_get_hash(a.s, "d2", hash, &found, err), err);
+    CHECK(!found);
+    CHECK_OK(store_change_counter(b.s, &after, err), err);
+    CHECK_INT(after, before);
+    node_close(&a);
+    node_close(&b);
+}
+TEST(cut_off_node_fails_closed)
+{
+    RUN_WITH_PG(cut_off_node_fails_closed);
+}
+
+typedef struct {
+    const char *dir;
+    int thread;
+    qr_status st;
+    char err[QR_ERR_LEN];
+} writer_arg;
+
+/* 40 writes through a handle of its own: shared and own documents, updates, deletes. */
+static void *writer(void *p)
+{
+    writer_arg *w = p;
+    store *s = NULL;
+    if ((w->st = store_open(w->dir, &s, w->err)))
+        return NULL;
+    char id[32], text[96];
+    for (int i = 0; i < 40 && !w->st; i++) {
+        snprintf(id, sizeof(id), i % 3 ? "own-%d-%d" : "shared-%d", i % 3 ? w->thread : i % 7, i);
+        snprintf(text, sizeof(text), "valve %d pressure %d|written by %d", i, w->thread, w->thread);
+        w->st = put(s, id, w->thread % 2 ? "group:ops" : "public", text, w->thread * 100 + i, w->err);
+        if (!w->st && i % 5 == 4) {
+            w->st = store_delete(s, id, w->err);
+            if (w->st == QR_ENOTFOUND) /* another writer deleted the shared one first */
+                w->st = QR_OK;
+        }
+    }
+    store_close(s);
+    return NULL;
+}
+
+static void run_concurrent_writers_converge(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b, c;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    CHECK_OK(store_check_embedding(b.s, "toy", DIM, err), err);
+    pthread_t t[4];
+    writer_arg w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (writer_arg){.dir = i % 2 ? b.dir : a.dir, .thread = i};
+        CHECK(pthread_create(&t[i], NULL, writer, &w[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < 4; i++)
+        CHECK_MSG(w[i].st == QR_OK, "writer %d: %s", i, w[i].err);
+    CHECK_OK(store_fence(a.s, err), err);
+    CHECK_OK(store_fence(b.s, err), err);
+    CHECK_MSG(same_chunks(a.s, b.s, err), "the writers' nodes differ: %s", err);
+    CHECK_OK(node_open(&c, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_fence(c.s, err), err);
+    CHECK_MSG(same_chunks(a.s, c.s, err), "a new node differs: %s", err);
+    CHECK_OK(store_verify(a.s, err), err);
+    CHECK_OK(store_verify(b.s, err), err);
+    node_close(&a);
+    node_close(&b);
+    node_close(&c);
+}
+TEST(concurrent_writers_converge)
+{
+    RUN_WITH_PG(concurrent_writers_converge);
+}
+
+static void run_maintainer_follows_in_the_background(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    index_maintainer_opts mo = {.data_dir = b.dir, .refresh_ms = 1000, .poll_ms = 10};
+    vindex_opts_default(&mo.vopts);
+    bm25_opts_default(&mo.bopts);
+    index_maintainer *m = NULL;
+    CHECK_OK(index_maintainer_start(&mo, &m, err), err);
+    CHECK_OK(put(a.s, "bg", "public", "background follower test", 1, err), err);
+    int64_t target = 0;
+    CHECK_OK(store_change_counter(a.s, &target, err), err);
+    index_maintainer_status ms;
+    for (int i = 0; i < 1000; i++) { /* up to 10 s: the follower polls every 10 ms */
+        index_maintainer_get_status(m, &ms);
+        if (ms.feed_counter >= target && ms.visible >= target)
+            break;
+        usleep(10000);
+    }
+    CHECK(ms.following);
+    CHECK_MSG(ms.feed_ok, "%s", ms.feed_error);
+    CHECK_INT(ms.feed_counter, target);
+    /* applied without a fence: a plain read of node b's store finds it */
+    char hash[65];
+    bool found = false;
+    CHECK_OK(store_get_hash(b.s, "bg", hash, &found, err), err);
+    CHECK(found);
+    index_maintainer_stop(m);
+    node_close(&a);
+    node_close(&b);
+}
+TEST(maintainer_follows_in_the_background)
+{
+    RUN_WITH_PG(maintainer_follows_in_the_background);
+}
