@@ -223,12 +223,20 @@ static void pg_rollback(pgstore *pg)
         PQclear(PQexec(pg->conn, "ROLLBACK"));
 }
 
+/* The server's notices ("already exists, skipping") are not for quarry's users. */
+static void ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 /* The session's settings, after every (re)connection: writers wait for the counter row lock
  * at most PG_LOCK_TIMEOUT, as the local store's writers wait for its write lock. */
 static qr_status pg_session(pgstore *pg, char *err)
 {
     if (PQstatus(pg->conn) != CONNECTION_OK)
         return pg_fail(pg, NULL, err, "connect");
+    PQsetNoticeProcessor(pg->conn, ignore_notice, NULL);
     if (PQsetClientEncoding(pg->conn, "UTF8") != 0)
         return pg_fail(pg, NULL, err, "set the client encoding to UTF8");
     const char *enc = PQparameterStatus(pg->conn, "server_encoding");
@@ -841,14 +849,15 @@ qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char
         st = store_not_found(doc_id, err);
         goto out;
     }
-    pg_params p = {0};
+    pg_params p = {0}, k = {0};
     p_int(&p, d.key);
     p_str(&p, doc_id);
     p_int(&p, c);
+    p_int(&k, d.key);
     /* the document's chunks, vectors and ACL rows go with it (ON DELETE CASCADE) */
     if ((st = pg_exec(pg, "INSERT INTO quarry.tombstones(doc, doc_id, counter) VALUES ($1, $2, $3)", &p,
                       false, NULL, err, "record a deletion")) ||
-        (st = pg_exec(pg, "DELETE FROM quarry.documents WHERE key = $1 AND doc_id = $2", &p, false, NULL, err,
+        (st = pg_exec(pg, "DELETE FROM quarry.documents WHERE key = $1", &k, false, NULL, err,
                       "delete a document")) ||
         (st = pg_commit(pg, err)))
         goto out;
