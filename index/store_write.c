@@ -130,8 +130,7 @@ static int cmp_str(const void *a, const void *b)
 
 /* Validates an ACL and returns it canonical (store_principal_canonical), sorted and without
  * duplicates in *out: one allocation holding the array and the strings, so free() the array. */
-static qr_status normalise_acl(const char *const *acl, size_t nacl, const char ***out, size_t *nout,
-                               char *err)
+qr_status normalise_acl(const char *const *acl, size_t nacl, const char ***out, size_t *nout, char *err)
 {
     *out = NULL;
     *nout = 0;
@@ -175,7 +174,7 @@ static bool is_hex(char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-static qr_status check_hash(const char *hash, char out[65], char *err)
+qr_status check_hash(const char *hash, char out[65], char *err)
 {
     if (!hash || strlen(hash) != 64)
         return qr_fail(err, QR_EINVAL, "invalid content_hash: expected 64 hex digits (SHA-256)");
@@ -193,8 +192,8 @@ static bool is_continuation(unsigned char c)
     return (c & 0xc0) == 0x80;
 }
 
-static qr_status check_text_and_chunks(const char *doc_id, const store_document *doc,
-                                       const store_chunk *chunks, size_t nchunks, char *err)
+qr_status check_text_and_chunks(const char *doc_id, const store_document *doc, const store_chunk *chunks,
+                                size_t nchunks, char *err)
 {
     if (nchunks && !chunks)
         return qr_fail(err, QR_EINVAL, "document '%.200s': NULL chunk list of %zu chunks", doc_id, nchunks);
@@ -235,7 +234,7 @@ static qr_status check_text_and_chunks(const char *doc_id, const store_document 
     return QR_OK;
 }
 
-static qr_status check_vectors(const char *doc_id, size_t nchunks, const float *vectors, int dim, char *err)
+qr_status check_vectors(const char *doc_id, size_t nchunks, const float *vectors, int dim, char *err)
 {
     if (!nchunks)
         return QR_OK;

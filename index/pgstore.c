@@ -1,0 +1,1191 @@
+/*
+ * pgstore: PostgreSQL as quarry's system of record (index/pgstore.h has the contract, the
+ * tables and the counter argument). Writes check a document exactly as store_write.c does (its
+ * checks are shared through store_int.h; metadata is made canonical by SQLite's json(), in a
+ * private in-memory database, so that the text PostgreSQL keeps is the text a follower's store
+ * keeps), then run one READ COMMITTED transaction that begins by bumping the counter row, and
+ * decides what to write only after that row lock is held. Reads for followers (pgstore_pull) are
+ * one REPEATABLE READ, READ ONLY transaction with results in binary format: vectors travel as
+ * the raw float32 bytes they are stored as, integers as 8 bytes, with no text to parse.
+ *
+ * libpq's messages and SQLSTATEs become quarry statuses in one place (pg_fail). Every value
+ * goes to the server as a bound parameter; none is formatted into SQL.
+ */
+#include <endian.h>
+#include <libpq-fe.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/pgstore.h"
+#include "index/store_int.h"
+#include "index/vindex_int.h"
+
+/* Vectors are stored as the host's float32 bytes, declared little-endian as in the local store. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "pgstore's vector bytes are little-endian float32");
+
+#define PG_LOCK_TIMEOUT  "5s"
+#define PG_NODE_NAME_MAX 128
+#define PG_BUF_CAP       ((size_t)1 << 34)
+/* pg_advisory_xact_lock's key for schema migrations: "quarry01" in ASCII */
+#define PG_MIGRATE_LOCK "8175547842735714353"
+/* chunks and vectors go to the server in groups of at most this many bytes of vectors */
+#define PG_GROUP_BYTES  ((size_t)32 << 20)
+#define PG_GROUP_CHUNKS 65536
+
+/* PostgreSQL type OIDs (pg_type.h is server-side only) of the columns pgstore_pull reads */
+#define OID_BOOL  16
+#define OID_BYTEA 17
+#define OID_INT8  20
+#define OID_TEXT  25
+
+struct pgstore {
+    PGconn *conn;
+    int64_t uid;
+    int64_t dim;   /* the recorded embedding dimension once read (never changes); 0 */
+    sqlite3 *json; /* in-memory, for canonical metadata */
+    sqlite3_stmt *json_q;
+};
+
+/* ---- schema ------------------------------------------------------------------------------ */
+
+/* Migration i brings the schema from version i to i + 1, inside the transaction that records
+ * it. Never edit a released migration: add one. */
+static const char *const pg_migrations[] = {
+    /* 1: the initial schema */
+    "CREATE TABLE quarry.meta(key text PRIMARY KEY, value text NOT NULL);"
+    /* the store's identity: 63 random bits from gen_random_uuid (a strong source), never 0 */
+    "INSERT INTO quarry.meta(key, value) VALUES"
+    "  ('store_uid', greatest(1, ('x' || substr(md5(gen_random_uuid()::text), 1, 16))::bit(64)::bigint"
+    "                            & 9223372036854775807)::text),"
+    "  ('tombstones_pruned', '0');"
+    /* the one row every write transaction updates first (see pgstore.h) */
+    "CREATE TABLE quarry.counter("
+    "  one boolean PRIMARY KEY DEFAULT true CHECK (one),"
+    "  value bigint NOT NULL, next_chunk bigint NOT NULL, next_doc bigint NOT NULL);"
+    "INSERT INTO quarry.counter(value, next_chunk, next_doc) VALUES (0, 1, 1);"
+    "CREATE TABLE quarry.documents("
+    "  key bigint PRIMARY KEY, doc_id text NOT NULL UNIQUE,"
+    "  title text NOT NULL, uri text NOT NULL, content_type text NOT NULL, metadata text NOT NULL,"
+    "  content_hash text NOT NULL, text text NOT NULL, counter bigint NOT NULL);"
+    "CREATE INDEX documents_counter ON quarry.documents(counter);"
+    "CREATE TABLE quarry.chunks("
+    "  id bigint PRIMARY KEY,"
+    "  doc bigint NOT NULL REFERENCES quarry.documents(key) ON DELETE CASCADE,"
+    "  ordinal integer NOT NULL, start bigint NOT NULL, \"end\" bigint NOT NULL,"
+    "  headings text NOT NULL, counter bigint NOT NULL, UNIQUE (doc, ordinal));"
+    "CREATE TABLE quarry.vectors("
+    "  chunk_id bigint PRIMARY KEY REFERENCES quarry.chunks(id) ON DELETE CASCADE,"
+    "  vec bytea NOT NULL, counter bigint NOT NULL);"
+    /* float32 rows do not compress: spare the server pglz's attempt on large dimensions */
+    "ALTER TABLE quarry.vectors ALTER COLUMN vec SET STORAGE EXTERNAL;"
+    /* COLLATE "C": principals sort and compare byte by byte, as the local store's */
+    "CREATE TABLE quarry.acl("
+    "  doc bigint NOT NULL REFERENCES quarry.documents(key) ON DELETE CASCADE,"
+    "  principal text COLLATE \"C\" NOT NULL, counter bigint NOT NULL,"
+    "  PRIMARY KEY (doc, principal));"
+    /* document keys are never reused, so one deletion per key */
+    "CREATE TABLE quarry.tombstones(doc bigint PRIMARY KEY, doc_id text NOT NULL, counter bigint NOT NULL);"
+    "CREATE INDEX tombstones_counter ON quarry.tombstones(counter);"
+    "CREATE TABLE quarry.nodes(name text PRIMARY KEY, watermark bigint NOT NULL, updated_ms bigint NOT "
+    "NULL);",
+};
+#define PG_SCHEMA_VERSION ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
+
+/* ---- errors and statements ----------------------------------------------------------------- */
+
+/* The status a failed result (or a lost connection, r NULL) stands for. */
+static qr_status pg_status(PGconn *c, const PGresult *r)
+{
+    if (PQstatus(c) == CONNECTION_BAD)
+        return QR_EUNAVAILABLE;
+    const char *code = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (!code)
+        return QR_EIO;
+    if (strncmp(code, "08", 2) == 0 || strncmp(code, "57P", 3) == 0 || strcmp(code, "25006") == 0)
+        return QR_EUNAVAILABLE; /* connection, shutdown, or a write on a standby */
+    if (strcmp(code, "55P03") == 0 || strcmp(code, "57014") == 0)
+        return QR_ETIMEOUT; /* lock_timeout, statement_timeout */
+    if (strcmp(code, "53100") == 0)
+        return QR_ENOSPC;
+    if (strcmp(code, "53200") == 0)
+        return QR_ENOMEM;
+    return QR_EIO;
+}
+
+/* Fills err with "cannot <what>: <server message on one line>" and returns the status. */
+static qr_status pg_fail(pgstore *pg, const PGresult *r, char *err, const char *what)
+{
+    const char *msg = r ? PQresultErrorMessage(r) : "";
+    if (!msg[0])
+        msg = PQerrorMessage(pg->conn);
+    char line[QR_ERR_LEN];
+    snprintf(line, sizeof(line), "%s", msg);
+    for (char *p = line; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    size_t n = strlen(line);
+    while (n && line[n - 1] == ' ')
+        line[--n] = '\0';
+    return qr_fail(err, pg_status(pg->conn, r), "cannot %s in PostgreSQL: %s", what, line);
+}
+
+/* Bound parameters of one statement, in text format but for p_bytes: bytes with their length in
+ * binary format (a text value's binary form is its bytes), which need no NUL at their end. */
+#define PG_MAX_PARAMS 10
+typedef struct {
+    const char *v[PG_MAX_PARAMS];
+    int len[PG_MAX_PARAMS];
+    int fmt[PG_MAX_PARAMS];
+    char num[PG_MAX_PARAMS][24];
+    int n;
+} pg_params;
+
+static void p_int(pg_params *p, int64_t v)
+{
+    snprintf(p->num[p->n], sizeof(p->num[0]), "%lld", (long long)v);
+    p->v[p->n] = p->num[p->n];
+    p->len[p->n] = 0;
+    p->fmt[p->n++] = 0;
+}
+
+static void p_bytes(pg_params *p, const void *v, size_t n)
+{
+    p->v[p->n] = n ? v : "";
+    p->len[p->n] = (int)n;
+    p->fmt[p->n++] = 1;
+}
+
+static void p_str(pg_params *p, const char *s)
+{
+    p->v[p->n] = s;
+    p->len[p->n] = 0;
+    p->fmt[p->n++] = 0;
+}
+
+/* Runs sql with p's parameters; on success *out (may be NULL: cleared) holds the result, rows in
+ * text format, or binary when binary. */
+static qr_status pg_exec(pgstore *pg, const char *sql, const pg_params *p, bool binary, PGresult **out,
+                         char *err, const char *what)
+{
+    if (out)
+        *out = NULL;
+    PGresult *r = PQexecParams(pg->conn, sql, p ? p->n : 0, NULL, p ? p->v : NULL, p ? p->len : NULL,
+                               p ? p->fmt : NULL, binary);
+    ExecStatusType es = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK) {
+        qr_status st = pg_fail(pg, r, err, what);
+        PQclear(r);
+        return st;
+    }
+    if (out)
+        *out = r;
+    else
+        PQclear(r);
+    return QR_OK;
+}
+
+/* Runs a script of several statements without parameters (a migration). */
+static qr_status pg_script(pgstore *pg, const char *sql, char *err, const char *what)
+{
+    PGresult *r = PQexec(pg->conn, sql);
+    qr_status st = r && PQresultStatus(r) == PGRES_COMMAND_OK ? QR_OK : pg_fail(pg, r, err, what);
+    PQclear(r);
+    return st;
+}
+
+/* An int64 of a text result; 0 when the row is absent or the value NULL. */
+static int64_t text_i64(const PGresult *r, int row, int col)
+{
+    if (PQntuples(r) <= row || PQgetisnull(r, row, col))
+        return 0;
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static qr_status pg_int(pgstore *pg, const char *sql, const pg_params *p, int64_t *out, char *err,
+                        const char *what)
+{
+    PGresult *r;
+    qr_status st = pg_exec(pg, sql, p, false, &r, err, what);
+    if (!st) {
+        *out = text_i64(r, 0, 0);
+        PQclear(r);
+    }
+    return st;
+}
+
+/* Ends whatever transaction the connection is in (after a failure: nothing of it stays). */
+static void pg_rollback(pgstore *pg)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(pg->conn);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+        PQclear(PQexec(pg->conn, "ROLLBACK"));
+}
+
+/* The server's notices ("already exists, skipping") are not for quarry's users. */
+static void ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+/* The session's settings, after every (re)connection: writers wait for the counter row lock
+ * at most PG_LOCK_TIMEOUT, as the local store's writers wait for its write lock. */
+static qr_status pg_session(pgstore *pg, char *err)
+{
+    if (PQstatus(pg->conn) != CONNECTION_OK)
+        return pg_fail(pg, NULL, err, "connect");
+    PQsetNoticeProcessor(pg->conn, ignore_notice, NULL);
+    if (PQsetClientEncoding(pg->conn, "UTF8") != 0)
+        return pg_fail(pg, NULL, err, "set the client encoding to UTF8");
+    const char *enc = PQparameterStatus(pg->conn, "server_encoding");
+    if (!enc || strcmp(enc, "UTF8") != 0)
+        return qr_fail(err, QR_EINVAL,
+                       "the PostgreSQL database's encoding is %s; quarry needs UTF8 (CREATE "
+                       "DATABASE ... ENCODING 'UTF8')",
+                       enc ? enc : "unknown");
+    return pg_exec(pg, "SET lock_timeout = '" PG_LOCK_TIMEOUT "'", NULL, false, NULL, err,
+                   "set lock_timeout");
+}
+
+/* Makes sure the connection is up before a call: a connection lost earlier (a failover, a
+ * restarted server) is made again. */
+static qr_status pg_ready(pgstore *pg, char *err)
+{
+    if (PQstatus(pg->conn) == CONNECTION_OK)
+        return QR_OK;
+    PQreset(pg->conn);
+    return pg_session(pg, err);
+}
+
+static qr_status pg_begin(pgstore *pg, char *err)
+{
+    return pg_exec(pg, "BEGIN", NULL, false, NULL, err, "begin a transaction");
+}
+
+static qr_status pg_commit(pgstore *pg, char *err)
+{
+    return pg_exec(pg, "COMMIT", NULL, false, NULL, err, "commit");
+}
+
+/* ---- opening --------------------------------------------------------------------------------- */
+
+static qr_status schema_version(pgstore *pg, int64_t *version, char *err)
+{
+    return pg_int(pg, "SELECT coalesce(max(version), 0) FROM quarry.schema_version", NULL, version, err,
+                  "read the schema version");
+}
+
+/* Brings the schema to PG_SCHEMA_VERSION in one transaction under an advisory lock, so that of
+ * two nodes starting together one migrates and the other then finds the schema current. */
+static qr_status migrate(pgstore *pg, char *err)
+{
+    int64_t version = 0;
+    qr_status st;
+    if ((st = pg_begin(pg, err)) ||
+        (st = pg_exec(pg, "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK ")", NULL, false, NULL, err,
+                      "take the migration lock")) ||
+        (st = pg_script(pg,
+                        "CREATE SCHEMA IF NOT EXISTS quarry;"
+                        "CREATE TABLE IF NOT EXISTS quarry.schema_version("
+                        "  version integer PRIMARY KEY, applied_ms bigint NOT NULL)",
+                        err, "create the schema version table")) ||
+        (st = schema_version(pg, &version, err)))
+        goto out;
+    for (int v = (int)version; v < PG_SCHEMA_VERSION; v++) {
+        char what[64];
+        snprintf(what, sizeof(what), "migrate the schema to version %d", v + 1);
+        pg_params p = {0};
+        p_int(&p, v + 1);
+        p_int(&p, qr_wall_ms());
+        /* a multi-statement string cannot take parameters: the migration, then its record */
+        if ((st = pg_script(pg, pg_migrations[v], err, what)) ||
+            (st = pg_exec(pg, "INSERT INTO quarry.schema_version(version, applied_ms) VALUES ($1, $2)", &p,
+                          false, NULL, err, what)))
+            goto out;
+    }
+    if (version > PG_SCHEMA_VERSION) {
+        st = qr_fail(err, QR_EINVAL,
+                     "the PostgreSQL store has schema %lld, this quarry knows up to %d: upgrade quarry",
+                     (long long)version, PG_SCHEMA_VERSION);
+        goto out;
+    }
+    st = pg_commit(pg, err);
+out:
+    pg_rollback(pg);
+    return st;
+}
+
+/* On a standby nothing can be created: the schema must be there, and current. */
+static qr_status check_schema(pgstore *pg, char *err)
+{
+    int64_t exists = 0, version = 0;
+    qr_status st = pg_int(
+        pg, "SELECT count(*) FROM pg_tables WHERE schemaname = 'quarry' AND tablename = 'schema_version'",
+        NULL, &exists, err, "look for quarry's schema");
+    if (st)
+        return st;
+    if (!exists)
+        return qr_fail(err, QR_EINVAL,
+                       "the PostgreSQL server is a standby without quarry's schema: open the "
+                       "store on the primary first");
+    if ((st = schema_version(pg, &version, err)))
+        return st;
+    if (version != PG_SCHEMA_VERSION)
+        return qr_fail(err, QR_EINVAL, "the PostgreSQL standby has quarry schema %lld, this quarry needs %d",
+                       (long long)version, PG_SCHEMA_VERSION);
+    return QR_OK;
+}
+
+qr_status pgstore_open(const char *conninfo, pgstore **out, char *err)
+{
+    if (!conninfo || !out)
+        return qr_fail(err, QR_EINVAL, "pgstore_open: NULL argument");
+    *out = NULL;
+    pgstore *pg = calloc(1, sizeof(*pg));
+    if (!pg)
+        return qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL handle");
+    qr_status st = QR_OK;
+    int64_t standby = 0;
+    pg->conn = PQconnectdb(conninfo);
+    if (!pg->conn) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL connection");
+        goto out;
+    }
+    if ((st = pg_session(pg, err)) ||
+        (st = pg_int(pg, "SELECT pg_is_in_recovery()::int", NULL, &standby, err,
+                     "ask whether the server is a standby")) ||
+        (st = standby ? check_schema(pg, err) : migrate(pg, err)) ||
+        (st = pg_int(pg, "SELECT value::bigint FROM quarry.meta WHERE key = 'store_uid'", NULL, &pg->uid, err,
+                     "read the store uid")))
+        goto out;
+    int rc = sqlite3_open_v2(":memory:", &pg->json, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(pg->json,
+                                "SELECT CASE WHEN json_valid(?1) THEN json_type(?1) END,"
+                                " CASE WHEN json_valid(?1) THEN json(?1) END",
+                                -1, &pg->json_q, NULL);
+    if (rc != SQLITE_OK)
+        st = qr_fail(err, rc == SQLITE_NOMEM ? QR_ENOMEM : QR_EINTERNAL,
+                     "cannot prepare the metadata check: %s",
+                     pg->json ? sqlite3_errmsg(pg->json) : sqlite3_errstr(rc));
+out:
+    if (st) {
+        pgstore_close(pg);
+        return st;
+    }
+    *out = pg;
+    return QR_OK;
+}
+
+void pgstore_close(pgstore *pg)
+{
+    if (!pg)
+        return;
+    sqlite3_finalize(pg->json_q);
+    sqlite3_close(pg->json);
+    PQfinish(pg->conn);
+    free(pg);
+}
+
+int64_t pgstore_uid(const pgstore *pg)
+{
+    return pg ? pg->uid : 0;
+}
+
+/* ---- embedding ------------------------------------------------------------------------------ */
+
+static qr_status read_dim(pgstore *pg, char *err)
+{
+    if (pg->dim)
+        return QR_OK;
+    return pg_int(pg, "SELECT value::bigint FROM quarry.meta WHERE key = 'embedding_dim'", NULL, &pg->dim,
+                  err, "read the embedding dimension");
+}
+
+qr_status pgstore_check_embedding(pgstore *pg, const char *model, int dim, char *err)
+{
+    if (!pg || !model)
+        return qr_fail(err, QR_EINVAL, "pgstore_check_embedding: NULL argument");
+    qr_status st = store_check_field("embedding model name", model, STORE_MODEL_MAX, false, err);
+    if (st)
+        return st;
+    if (dim <= 0 || dim > STORE_DIM_MAX)
+        return qr_fail(err, QR_EINVAL, "invalid embedding dimension %d: expected 1..%d", dim, STORE_DIM_MAX);
+    if ((st = pg_ready(pg, err)))
+        return st;
+    pg_params p = {0};
+    PGresult *r = NULL;
+    p_str(&p, model);
+    p_int(&p, dim);
+    /* the first node to record a model wins; a node racing it waits for its commit, inserts
+     * nothing and compares with what it recorded */
+    if ((st = pg_begin(pg, err)) ||
+        (st = pg_exec(
+             pg,
+             "INSERT INTO quarry.meta(key, value) VALUES ('embedding_model', $1), ('embedding_dim', $2)"
+             " ON CONFLICT (key) DO NOTHING",
+             &p, false, NULL, err, "record the embedding model")) ||
+        (st = pg_exec(pg,
+                      "SELECT (SELECT value FROM quarry.meta WHERE key = 'embedding_model'),"
+                      " (SELECT value::bigint FROM quarry.meta WHERE key = 'embedding_dim')",
+                      NULL, false, &r, err, "read the embedding model")))
+        goto out;
+    const char *stored = PQgetvalue(r, 0, 0);
+    int64_t stored_dim = text_i64(r, 0, 1);
+    if (strcmp(stored, model) != 0 || stored_dim != dim) {
+        st = qr_fail(
+            err, QR_EINVAL,
+            "the PostgreSQL store holds vectors of embedding model '%s' (dimension %lld); refusing model "
+            "'%s' (dimension %d): use the same model, or a new store",
+            stored, (long long)stored_dim, model, dim);
+        goto out;
+    }
+    if (!(st = pg_commit(pg, err)))
+        pg->dim = dim;
+out:
+    PQclear(r);
+    pg_rollback(pg);
+    return st;
+}
+
+/* ---- checking a document ---------------------------------------------------------------------- */
+
+/* As store_write.c's canonical_metadata, through the handle's in-memory SQLite. */
+static qr_status canonical_metadata(pgstore *pg, const char *doc_id, const char *json, char **out, char *err)
+{
+    *out = NULL;
+    if (!json)
+        return (*out = strdup("{}")) ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory for metadata");
+    size_t n = strlen(json);
+    if (n > STORE_METADATA_MAX)
+        return qr_fail(err, QR_ELIMIT, "document '%.200s': metadata of %zu bytes, more than %d", doc_id, n,
+                       STORE_METADATA_MAX);
+    if (!qr_utf8_valid(json, n))
+        return qr_fail(err, QR_EINVAL, "document '%.200s': metadata is not valid UTF-8", doc_id);
+    sqlite3_stmt *q = pg->json_q;
+    qr_status st = QR_OK;
+    int rc = sqlite3_bind_text(q, 1, json, (int)n, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW) {
+        st = qr_fail(err, rc == SQLITE_NOMEM ? QR_ENOMEM : QR_EINTERNAL, "cannot check metadata: %s",
+                     sqlite3_errmsg(pg->json));
+    } else if (sqlite3_column_type(q, 0) == SQLITE_NULL) {
+        st = qr_fail(err, QR_EINVAL, "document '%.200s': metadata is not valid JSON", doc_id);
+    } else if (strcmp((const char *)sqlite3_column_text(q, 0), "object") != 0) {
+        st = qr_fail(err, QR_EINVAL, "document '%.200s': metadata must be a JSON object, not %s", doc_id,
+                     (const char *)sqlite3_column_text(q, 0));
+    } else if (!(*out = strdup((const char *)sqlite3_column_text(q, 1)))) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for metadata");
+    }
+    sqlite3_reset(q);
+    sqlite3_clear_bindings(q);
+    return st;
+}
+
+/* A document's fields, checked and canonical (store_write.c's put_input). */
+typedef struct {
+    const char *title, *uri, *content_type;
+    char *metadata;
+    const char **acl;
+    size_t nacl;
+    char hash[65];
+} pg_input;
+
+static void pg_input_release(pg_input *in)
+{
+    free(in->metadata);
+    free(in->acl);
+}
+
+/* store_put's checks, in store_put's order, so the same bad input gets the same status. */
+static qr_status check_input(pgstore *pg, const store_document *doc, const store_chunk *chunks,
+                             size_t nchunks, const float *vectors, int dim, pg_input *in, char *err)
+{
+    qr_status st = store_check_doc_id(doc->doc_id, err);
+    if (st)
+        return st;
+    const char *id = doc->doc_id;
+    in->title = doc->title ? doc->title : "";
+    in->uri = doc->uri ? doc->uri : "";
+    in->content_type = doc->content_type ? doc->content_type : "";
+    const char *names[] = {"title", "uri", "content_type"};
+    const char *values[] = {in->title, in->uri, in->content_type};
+    for (int i = 0; i < 3; i++) {
+        char what[256];
+        snprintf(what, sizeof(what), "%s of document '%.200s'", names[i], id);
+        if ((st = store_check_field(what, values[i], STORE_FIELD_MAX, true, err)))
+            return st;
+    }
+    if ((st = check_hash(doc->content_hash, in->hash, err)) ||
+        (st = check_text_and_chunks(id, doc, chunks, nchunks, err)) ||
+        (st = check_vectors(id, nchunks, vectors, dim, err)) ||
+        (st = normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
+        return st;
+    return canonical_metadata(pg, id, doc->metadata_json, &in->metadata, err);
+}
+
+/* A PostgreSQL array literal of strings ({"a","b \"c\""}) for a text[] parameter. */
+static qr_status text_array(qr_buf *b, const char *const *v, size_t n, size_t stride, char *err)
+{
+    qr_buf_reset(b);
+    qr_buf_putc(b, '{');
+    for (size_t i = 0; i < n; i++) {
+        const char *s = *(const char *const *)((const char *)v + i * stride);
+        qr_buf_puts(b, i ? ",\"" : "\"");
+        for (; s && *s; s++) {
+            if (*s == '"' || *s == '\\')
+                qr_buf_putc(b, '\\');
+            qr_buf_putc(b, *s);
+        }
+        qr_buf_putc(b, '"');
+    }
+    qr_buf_putc(b, '}');
+    qr_status st = qr_buf_failed(b);
+    return st ? qr_fail(err, st, "out of memory for an array of %zu strings", n) : QR_OK;
+}
+
+/* ---- writing ---------------------------------------------------------------------------------- */
+
+/* What the store holds for a doc_id, compared with a write's input. */
+typedef struct {
+    bool found;
+    int64_t key;
+    bool same_hash, same_title, same_fields, same_acl;
+} pg_doc;
+
+/* Looks doc_id up, comparing with in (NULL: presence only) and the sorted ACL acl_lit. */
+static qr_status find_doc(pgstore *pg, const char *doc_id, const pg_input *in, const char *hash,
+                          const char *acl_lit, pg_doc *d, char *err)
+{
+    pg_params p = {0};
+    PGresult *r;
+    memset(d, 0, sizeof(*d));
+    p_str(&p, doc_id);
+    p_str(&p, acl_lit ? acl_lit : "{}");
+    qr_status st =
+        pg_exec(pg,
+                "SELECT key, content_hash, title, uri, content_type, metadata,"
+                " (array(SELECT principal FROM quarry.acl a WHERE a.doc = d.key ORDER BY principal)"
+                "  = $2::text[])::int"
+                " FROM quarry.documents d WHERE doc_id = $1",
+                &p, false, &r, err, "look up a document");
+    if (st)
+        return st;
+    if (PQntuples(r) == 1) {
+        d->found = true;
+        d->key = text_i64(r, 0, 0);
+        d->same_acl = text_i64(r, 0, 6) == 1;
+        if (in) {
+            d->same_hash = strcmp(PQgetvalue(r, 0, 1), hash) == 0;
+            d->same_title = strcmp(PQgetvalue(r, 0, 2), in->title) == 0;
+            d->same_fields = strcmp(PQgetvalue(r, 0, 3), in->uri) == 0 &&
+                             strcmp(PQgetvalue(r, 0, 4), in->content_type) == 0 &&
+                             strcmp(PQgetvalue(r, 0, 5), in->metadata) == 0;
+        }
+    }
+    PQclear(r);
+    return QR_OK;
+}
+
+/* Takes the counter row (and its lock, to commit) and the write's counter: see pgstore.h. */
+static qr_status bump_counter(pgstore *pg, int64_t *counter, char *err)
+{
+    return pg_int(pg, "UPDATE quarry.counter SET value = value + 1 RETURNING value", NULL, counter, err,
+                  "move the change counter");
+}
+
+/* Hands out nchunks chunk ids and, for a new document, its key, from the counter row the
+ * transaction holds. */
+static qr_status take_ids(pgstore *pg, size_t nchunks, bool new_doc, int64_t *first_chunk, int64_t *key,
+                          char *err)
+{
+    pg_params p = {0};
+    PGresult *r;
+    p_int(&p, (int64_t)nchunks);
+    p_int(&p, new_doc ? 1 : 0);
+    qr_status st = pg_exec(pg,
+                           "UPDATE quarry.counter SET next_chunk = next_chunk + $1, next_doc = next_doc + $2"
+                           " RETURNING next_chunk - $1, next_doc - $2",
+                           &p, false, &r, err, "hand out chunk ids");
+    if (st)
+        return st;
+    *first_chunk = text_i64(r, 0, 0);
+    if (new_doc)
+        *key = text_i64(r, 0, 1);
+    PQclear(r);
+    return QR_OK;
+}
+
+static qr_status write_acl(pgstore *pg, int64_t key, bool is_new, const char *acl_lit, int64_t counter,
+                           char *err)
+{
+    pg_params p = {0};
+    p_int(&p, key);
+    qr_status st = is_new ? QR_OK
+                          : pg_exec(pg, "DELETE FROM quarry.acl WHERE doc = $1", &p, false, NULL, err,
+                                    "delete ACL rows");
+    p_str(&p, acl_lit);
+    p_int(&p, counter);
+    if (!st)
+        st = pg_exec(pg,
+                     "INSERT INTO quarry.acl(doc, principal, counter) SELECT $1::bigint, unnest($2::text[]), "
+                     "$3::bigint",
+                     &p, false, NULL, err, "insert ACL rows");
+    return st;
+}
+
+/* Inserts chunks [0, nchunks) with ids first.. and their vectors, L2-normalised as the local
+ * store keeps them (a zero vector stays zeros), in groups of bounded size. */
+static qr_status insert_chunks(pgstore *pg, int64_t key, const store_chunk *chunks, size_t nchunks,
+                               const float *vectors, int dim, int64_t first, int64_t counter, char *err)
+{
+    size_t rowb = (size_t)dim * sizeof(float);
+    size_t per = nchunks ? PG_GROUP_BYTES / rowb : 0;
+    per = per < 1 ? 1 : per > PG_GROUP_CHUNKS ? PG_GROUP_CHUNKS : per;
+    qr_buf starts, ends, heads;
+    qr_buf_init(&starts, PG_BUF_CAP);
+    qr_buf_init(&ends, PG_BUF_CAP);
+    qr_buf_init(&heads, PG_BUF_CAP);
+    float *rows = NULL;
+    qr_status st = QR_OK;
+    if (nchunks && !(rows = malloc((nchunks < per ? nchunks : per) * rowb)))
+        st = qr_fail(err, QR_ENOMEM, "out of memory for %zu vectors", nchunks < per ? nchunks : per);
+    for (size_t at = 0; !st && at < nchunks; at += per) {
+        size_t n = nchunks - at < per ? nchunks - at : per;
+        qr_buf_reset(&starts);
+        qr_buf_reset(&ends);
+        for (size_t i = 0; i < n; i++) {
+            qr_buf_printf(&starts, "%c%zu", i ? ',' : '{', chunks[at + i].start);
+            qr_buf_printf(&ends, "%c%zu", i ? ',' : '{', chunks[at + i].end);
+            if (!vindex_normalize_row(vectors + (at + i) * (size_t)dim, rows + i * (size_t)dim, dim))
+                memset(rows + i * (size_t)dim, 0, rowb);
+        }
+        qr_buf_putc(&starts, '}');
+        qr_buf_putc(&ends, '}');
+        if ((st = qr_buf_failed(&starts)) || (st = qr_buf_failed(&ends))) {
+            st = qr_fail(err, st, "out of memory for %zu chunk offsets", n);
+            break;
+        }
+        if ((st = text_array(&heads, (const char *const *)&chunks[at].headings, n, sizeof(store_chunk), err)))
+            break;
+        pg_params p = {0};
+        p_int(&p, first + (int64_t)at);
+        p_int(&p, key);
+        p_int(&p, counter);
+        p_str(&p, qr_buf_str(&starts));
+        p_str(&p, qr_buf_str(&ends));
+        p_str(&p, qr_buf_str(&heads));
+        p_int(&p, (int64_t)at);
+        if ((st = pg_exec(
+                 pg,
+                 "INSERT INTO quarry.chunks(id, doc, ordinal, start, \"end\", headings, counter)"
+                 " SELECT $1::bigint + t.o - 1, $2::bigint, $7::int + t.o - 1, t.s, t.e, t.h, $3::bigint"
+                 " FROM unnest($4::bigint[], $5::bigint[], $6::text[]) WITH ORDINALITY AS t(s, e, h, o)",
+                 &p, false, NULL, err, "insert chunks")))
+            break;
+        pg_params v = {0};
+        p_int(&v, first + (int64_t)at);
+        p_bytes(&v, rows, n * rowb);
+        p_int(&v, (int64_t)rowb);
+        p_int(&v, (int64_t)n);
+        p_int(&v, counter);
+        st = pg_exec(
+            pg,
+            "INSERT INTO quarry.vectors(chunk_id, vec, counter)"
+            " SELECT $1::bigint + i, substring($2::bytea FROM i * $3::int + 1 FOR $3::int), $5::bigint"
+            " FROM generate_series(0, $4::int - 1) AS i",
+            &v, false, NULL, err, "insert vectors");
+    }
+    free(rows);
+    qr_buf_release(&starts);
+    qr_buf_release(&ends);
+    qr_buf_release(&heads);
+    return st;
+}
+
+/* store_write.c's check_store_dim: vectors need the recorded dimension. */
+static qr_status check_dim(pgstore *pg, const char *doc_id, size_t nchunks, int dim, char *err)
+{
+    if (!nchunks)
+        return QR_OK;
+    qr_status st = read_dim(pg, err);
+    if (st)
+        return st;
+    if (pg->dim == 0)
+        return qr_fail(err, QR_EINVAL,
+                       "document '%.200s': the store has no embedding model recorded yet (call "
+                       "pgstore_check_embedding first)",
+                       doc_id);
+    if (pg->dim != dim)
+        return qr_fail(err, QR_EINVAL, "document '%.200s': vectors have dimension %d, the store's are %lld",
+                       doc_id, dim, (long long)pg->dim);
+    return QR_OK;
+}
+
+static bool unchanged(const pg_doc *d)
+{
+    return d->found && d->same_hash && d->same_title && d->same_fields && d->same_acl;
+}
+
+qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk *chunks, size_t nchunks,
+                      const float *vectors, int dim, store_put_result *result, int64_t *counter, char *err)
+{
+    if (!pg || !doc || !result)
+        return qr_fail(err, QR_EINVAL, "pgstore_put: NULL argument");
+    if (counter)
+        *counter = 0;
+    pg_input in = {0};
+    pg_doc d;
+    int64_t c = 0, key = 0, first = 0;
+    qr_buf acl;
+    qr_buf_init(&acl, PG_BUF_CAP);
+    qr_status st = check_input(pg, doc, chunks, nchunks, vectors, dim, &in, err);
+    if (st || (st = text_array(&acl, in.acl, in.nacl, sizeof(char *), err)) || (st = pg_ready(pg, err)))
+        goto out;
+    /* an unchanged document (a re-ingest) is answered without waiting for the counter row */
+    if ((st = pg_begin(pg, err)) ||
+        (st = find_doc(pg, doc->doc_id, &in, in.hash, qr_buf_str(&acl), &d, err)) ||
+        (st = check_dim(pg, doc->doc_id, nchunks, dim, err)))
+        goto out;
+    if (unchanged(&d)) {
+        *result = STORE_UNCHANGED;
+        goto out;
+    }
+    /* decide on what the store holds once this transaction holds the counter row */
+    if ((st = bump_counter(pg, &c, err)) ||
+        (st = find_doc(pg, doc->doc_id, &in, in.hash, qr_buf_str(&acl), &d, err)))
+        goto out;
+    if (unchanged(&d)) {
+        *result = STORE_UNCHANGED; /* the rollback gives the counter back */
+        goto out;
+    }
+    pg_params p = {0};
+    if (d.found && d.same_hash) {
+        /* the content is what the store has: chunks, vectors and their ids stay */
+        p_int(&p, d.key);
+        p_str(&p, in.title);
+        p_str(&p, in.uri);
+        p_str(&p, in.content_type);
+        p_str(&p, in.metadata);
+        p_int(&p, c);
+        if ((st =
+                 pg_exec(pg,
+                         "UPDATE quarry.documents SET title = $2, uri = $3, content_type = $4, metadata = $5,"
+                         " counter = $6 WHERE key = $1",
+                         &p, false, NULL, err, "update a document")) ||
+            (!d.same_acl && (st = write_acl(pg, d.key, false, qr_buf_str(&acl), c, err))) ||
+            (st = pg_commit(pg, err)))
+            goto out;
+        *result = d.same_title ? STORE_ACL_UPDATED : STORE_UPDATED;
+        goto out;
+    }
+    if (!doc->text) {
+        st = qr_fail(err, QR_EINVAL, "document '%.200s': text is required (its content hash is new)",
+                     doc->doc_id);
+        goto out;
+    }
+    key = d.key;
+    if ((st = take_ids(pg, nchunks, !d.found, &first, &key, err)))
+        goto out;
+    p_int(&p, key);
+    p_str(&p, doc->doc_id);
+    p_str(&p, in.title);
+    p_str(&p, in.uri);
+    p_str(&p, in.content_type);
+    p_str(&p, in.metadata);
+    p_str(&p, in.hash);
+    p_bytes(&p, doc->text, doc->text_len);
+    p_int(&p, c);
+    if (d.found) {
+        pg_params k = {0};
+        p_int(&k, key);
+        /* the old chunks go (their vectors with them); the follower replaces them by the record */
+        if ((st = pg_exec(pg, "DELETE FROM quarry.chunks WHERE doc = $1", &k, false, NULL, err,
+                          "delete chunks")) ||
+            (st =
+                 pg_exec(pg,
+                         "UPDATE quarry.documents SET title = $3, uri = $4, content_type = $5, metadata = $6,"
+                         " content_hash = $7, text = $8, counter = $9 WHERE key = $1 AND doc_id = $2",
+                         &p, false, NULL, err, "update a document")))
+            goto out;
+    } else if ((st = pg_exec(pg,
+                             "INSERT INTO quarry.documents(key, doc_id, title, uri, content_type, metadata,"
+                             " content_hash, text, counter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                             &p, false, NULL, err, "insert a document"))) {
+        goto out;
+    }
+    if (((!d.found || !d.same_acl) && (st = write_acl(pg, key, !d.found, qr_buf_str(&acl), c, err))) ||
+        (st = insert_chunks(pg, key, chunks, nchunks, vectors, dim, first, c, err)) ||
+        (st = pg_commit(pg, err)))
+        goto out;
+    *result = d.found ? STORE_UPDATED : STORE_ADDED;
+out:
+    pg_rollback(pg);
+    if (!st && counter && *result != STORE_UNCHANGED)
+        *counter = c;
+    pg_input_release(&in);
+    qr_buf_release(&acl);
+    return st;
+}
+
+qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char *err)
+{
+    if (!pg)
+        return qr_fail(err, QR_EINVAL, "pgstore_delete: NULL handle");
+    if (counter)
+        *counter = 0;
+    pg_doc d;
+    int64_t c = 0;
+    qr_status st = store_check_doc_id(doc_id, err);
+    if (st || (st = pg_ready(pg, err)))
+        return st;
+    if ((st = pg_begin(pg, err)) || (st = bump_counter(pg, &c, err)) ||
+        (st = find_doc(pg, doc_id, NULL, NULL, NULL, &d, err)))
+        goto out;
+    if (!d.found) {
+        st = store_not_found(doc_id, err);
+        goto out;
+    }
+    pg_params p = {0}, k = {0};
+    p_int(&p, d.key);
+    p_str(&p, doc_id);
+    p_int(&p, c);
+    p_int(&k, d.key);
+    /* the document's chunks, vectors and ACL rows go with it (ON DELETE CASCADE) */
+    if ((st = pg_exec(pg, "INSERT INTO quarry.tombstones(doc, doc_id, counter) VALUES ($1, $2, $3)", &p,
+                      false, NULL, err, "record a deletion")) ||
+        (st = pg_exec(pg, "DELETE FROM quarry.documents WHERE key = $1", &k, false, NULL, err,
+                      "delete a document")) ||
+        (st = pg_commit(pg, err)))
+        goto out;
+    if (counter)
+        *counter = c;
+out:
+    pg_rollback(pg);
+    return st;
+}
+
+qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *acl, size_t nacl,
+                          int64_t *counter, char *err)
+{
+    if (!pg)
+        return qr_fail(err, QR_EINVAL, "pgstore_set_acl: NULL handle");
+    if (counter)
+        *counter = 0;
+    const char **sorted = NULL;
+    size_t nsorted = 0;
+    pg_doc d;
+    int64_t c = 0;
+    qr_buf lit;
+    qr_buf_init(&lit, PG_BUF_CAP);
+    qr_status st = store_check_doc_id(doc_id, err);
+    if (st || (st = normalise_acl(acl, nacl, &sorted, &nsorted, err)) ||
+        (st = text_array(&lit, sorted, nsorted, sizeof(char *), err)) || (st = pg_ready(pg, err)))
+        goto out;
+    if ((st = pg_begin(pg, err)) || (st = bump_counter(pg, &c, err)) ||
+        (st = find_doc(pg, doc_id, NULL, NULL, qr_buf_str(&lit), &d, err)))
+        goto out;
+    if (!d.found) {
+        st = store_not_found(doc_id, err);
+        goto out;
+    }
+    if (d.same_acl)
+        goto out; /* an equal ACL writes nothing: the rollback gives the counter back */
+    pg_params p = {0};
+    p_int(&p, d.key);
+    p_int(&p, c);
+    if ((st = pg_exec(pg, "UPDATE quarry.documents SET counter = $2 WHERE key = $1", &p, false, NULL, err,
+                      "update a document")) ||
+        (st = write_acl(pg, d.key, false, qr_buf_str(&lit), c, err)) || (st = pg_commit(pg, err)))
+        goto out;
+    if (counter)
+        *counter = c;
+out:
+    pg_rollback(pg);
+    free(sorted);
+    qr_buf_release(&lit);
+    return st;
+}
+
+qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err)
+{
+    if (!pg || !counter)
+        return qr_fail(err, QR_EINVAL, "pgstore_counter: NULL argument");
+    qr_status st = pg_ready(pg, err);
+    if (!st)
+        st = pg_int(pg, "SELECT value FROM quarry.counter", NULL, counter, err, "read the change counter");
+    return st;
+}
+
+/* ---- following -------------------------------------------------------------------------------- */
+
+/* Column types of a binary result, one letter each (b bool, y bytea, i int8, t text). */
+static qr_status check_types(const PGresult *r, const char *types, char *err)
+{
+    for (int i = 0; types[i]; i++) {
+        Oid want = types[i] == 'b'   ? OID_BOOL
+                   : types[i] == 'y' ? OID_BYTEA
+                   : types[i] == 'i' ? OID_INT8
+                                     : OID_TEXT;
+        if (i >= PQnfields(r) || PQftype(r, i) != want)
+            return qr_fail(err, QR_EIO,
+                           "quarry's PostgreSQL schema is not what this quarry expects (column %d)", i);
+    }
+    return QR_OK;
+}
+
+static int64_t bin_i64(const PGresult *r, int row, int col)
+{
+    uint64_t v;
+    memcpy(&v, PQgetvalue(r, row, col), sizeof(v));
+    return (int64_t)be64toh(v);
+}
+
+/* Reused buffers of one pull: a record's chunks, ids and vectors. */
+typedef struct {
+    store_chunk *chunks;
+    int64_t *ids;
+    float *vecs;
+    const char **acl;
+    size_t cap_chunks, cap_ids, cap_vecs, cap_acl;
+} pull_bufs;
+
+static qr_status grow(void **p, size_t *cap, size_t need, size_t size, char *err)
+{
+    if (need <= *cap)
+        return QR_OK;
+    size_t n = *cap ? *cap : 16;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(*p, n * size);
+    if (!q)
+        return qr_fail(err, QR_ENOMEM, "out of memory for a record of %zu rows", need);
+    *p = q;
+    *cap = n;
+    return QR_OK;
+}
+
+/* The three ordered results of a pull -- records, ACL rows, chunk rows -- walked together: the
+ * ACL and chunk rows of the document records come in the records' order. */
+typedef struct {
+    PGresult *docs, *acl, *chunks;
+    int nacl_rows, nchunk_rows;
+    int at_acl, at_chunk;
+    int dim;
+    pull_bufs b;
+} pull_walk;
+
+static qr_status emit_record(pull_walk *w, int row, store_follow_emit_fn emit, void *emit_ctx, char *err)
+{
+    PGresult *r = w->docs;
+    store_follow_doc f = {.counter = bin_i64(r, row, 0), .doc_key = bin_i64(r, row, 1)};
+    f.deleted = PQgetvalue(r, row, 2)[0] != 0;
+    f.doc.doc_id = PQgetvalue(r, row, 3);
+    qr_status st;
+    if (!f.deleted) {
+        size_t na = 0, nc = 0;
+        while (w->at_acl + (int)na < w->nacl_rows && bin_i64(w->acl, w->at_acl + (int)na, 0) == f.doc_key)
+            na++;
+        while (w->at_chunk + (int)nc < w->nchunk_rows &&
+               bin_i64(w->chunks, w->at_chunk + (int)nc, 0) == f.doc_key)
+            nc++;
+        if ((st = grow((void **)&w->b.acl, &w->b.cap_acl, na, sizeof(char *), err)) ||
+            (st = grow((void **)&w->b.chunks, &w->b.cap_chunks, nc, sizeof(store_chunk), err)) ||
+            (st = grow((void **)&w->b.ids, &w->b.cap_ids, nc, sizeof(int64_t), err)) ||
+            (st = grow((void **)&w->b.vecs, &w->b.cap_vecs, nc * (size_t)w->dim, sizeof(float), err)))
+            return st;
+        for (size_t i = 0; i < na; i++)
+            w->b.acl[i] = PQgetvalue(w->acl, w->at_acl + (int)i, 1);
+        size_t rowb = (size_t)w->dim * sizeof(float);
+        for (size_t i = 0; i < nc; i++) {
+            int cr = w->at_chunk + (int)i;
+            w->b.ids[i] = bin_i64(w->chunks, cr, 1);
+            w->b.chunks[i].start = (size_t)bin_i64(w->chunks, cr, 2);
+            w->b.chunks[i].end = (size_t)bin_i64(w->chunks, cr, 3);
+            w->b.chunks[i].headings = PQgetvalue(w->chunks, cr, 4);
+            if ((size_t)PQgetlength(w->chunks, cr, 5) != rowb || !rowb)
+                return qr_fail(err, QR_EIO, "chunk %lld's vector in PostgreSQL has %d bytes, expected %zu",
+                               (long long)w->b.ids[i], PQgetlength(w->chunks, cr, 5), rowb);
+            memcpy(w->b.vecs + i * (size_t)w->dim, PQgetvalue(w->chunks, cr, 5), rowb);
+        }
+        w->at_acl += (int)na;
+        w->at_chunk += (int)nc;
+        f.doc.title = PQgetvalue(r, row, 4);
+        f.doc.uri = PQgetvalue(r, row, 5);
+        f.doc.content_type = PQgetvalue(r, row, 6);
+        f.doc.metadata_json = PQgetvalue(r, row, 7);
+        f.doc.content_hash = PQgetvalue(r, row, 8);
+        f.doc.text = PQgetvalue(r, row, 9);
+        f.doc.text_len = (size_t)PQgetlength(r, row, 9);
+        f.doc.acl = w->b.acl;
+        f.doc.nacl = na;
+        f.chunks = w->b.chunks;
+        f.nchunks = nc;
+        f.chunk_ids = w->b.ids;
+        f.vectors = nc ? w->b.vecs : NULL;
+        f.dim = nc ? w->dim : 0;
+    }
+    return emit(emit_ctx, &f, err);
+}
+
+qr_status pgstore_pull(void *ctx, int64_t since, size_t limit, store_follow_emit_fn emit, void *emit_ctx,
+                       int64_t *through, int64_t *head, char *err)
+{
+    pgstore *pg = ctx;
+    if (!pg || !emit || !through || !head)
+        return qr_fail(err, QR_EINVAL, "pgstore_pull: NULL argument");
+    if (limit < 1 || limit > INT32_MAX || since < 0)
+        return qr_fail(err, QR_EINVAL, "pgstore_pull: limit %zu outside 1..%d or since %lld below 0", limit,
+                       INT32_MAX, (long long)since);
+    pull_walk w = {0};
+    PGresult *r = NULL;
+    int64_t now = 0, pruned = 0, bound;
+    qr_status st = pg_ready(pg, err);
+    if (st ||
+        (st = pg_exec(pg, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", NULL, false, NULL, err,
+                      "begin a read transaction")) ||
+        (st = pg_exec(
+             pg,
+             "SELECT c.value, (SELECT value::bigint FROM quarry.meta WHERE key = 'tombstones_pruned'),"
+             " (SELECT value::bigint FROM quarry.meta WHERE key = 'embedding_dim') FROM quarry.counter c",
+             NULL, false, &r, err, "read the change counter")))
+        goto out;
+    now = text_i64(r, 0, 0);
+    pruned = text_i64(r, 0, 1);
+    w.dim = (int)text_i64(r, 0, 2);
+    PQclear(r);
+    r = NULL;
+    /* a follower with nothing yet (since 0) needs no deletions */
+    if (since && since < pruned) {
+        st = qr_fail(err, QR_ELIMIT,
+                     "tombstones after change %lld were pruned (through %lld): this node cannot learn every "
+                     "deletion from the feed and must be rebuilt",
+                     (long long)since, (long long)pruned);
+        goto out;
+    }
+    *head = now;
+    *through = since > now ? since : now; /* a source behind the follower has nothing for it yet */
+    if (since >= now)
+        goto commit;
+    /* the cut: the counter of the limit-th record, unless no more than limit records are left */
+    pg_params p = {0};
+    p_int(&p, since);
+    p_int(&p, (int64_t)limit + 1);
+    if ((st = pg_exec(pg,
+                      "SELECT counter FROM (SELECT counter FROM quarry.documents WHERE counter > $1"
+                      " UNION ALL SELECT counter FROM quarry.tombstones WHERE counter > $1) c"
+                      " ORDER BY counter LIMIT $2",
+                      &p, false, &r, err, "find the changes after a counter")))
+        goto out;
+    bound = PQntuples(r) > (int)limit ? text_i64(r, (int)limit - 1, 0) : now;
+    PQclear(r);
+    r = NULL;
+    pg_params q = {0};
+    p_int(&q, since);
+    p_int(&q, bound);
+    /* in a counter, a deletion before the document records: a doc_id deleted and added again */
+    if ((st = pg_exec(
+             pg,
+             "SELECT counter, key, deleted, doc_id, title, uri, content_type, metadata, content_hash, text"
+             " FROM (SELECT counter, key, false AS deleted, doc_id, title, uri, content_type, metadata,"
+             "       content_hash, text FROM quarry.documents WHERE counter > $1 AND counter <= $2"
+             "     UNION ALL SELECT counter, doc, true, doc_id, NULL, NULL, NULL, NULL, NULL, NULL"
+             "       FROM quarry.tombstones WHERE counter > $1 AND counter <= $2) r"
+             " ORDER BY counter, deleted DESC, key",
+             &q, true, &w.docs, err, "read changed documents")) ||
+        (st = check_types(w.docs, "iibttttttt", err)) ||
+        (st = pg_exec(pg,
+                      "SELECT a.doc, a.principal FROM quarry.acl a JOIN quarry.documents d ON d.key = a.doc"
+                      " WHERE d.counter > $1 AND d.counter <= $2 ORDER BY d.counter, d.key, a.principal",
+                      &q, true, &w.acl, err, "read ACL rows")) ||
+        (st = check_types(w.acl, "it", err)) ||
+        (st = pg_exec(pg,
+                      "SELECT c.doc, c.id, c.start, c.\"end\", c.headings, v.vec FROM quarry.chunks c"
+                      " JOIN quarry.documents d ON d.key = c.doc JOIN quarry.vectors v ON v.chunk_id = c.id"
+                      " WHERE d.counter > $1 AND d.counter <= $2 ORDER BY d.counter, d.key, c.ordinal",
+                      &q, true, &w.chunks, err, "read chunks")) ||
+        (st = check_types(w.chunks, "iiiity", err)))
+        goto out;
+    w.nacl_rows = PQntuples(w.acl);
+    w.nchunk_rows = PQntuples(w.chunks);
+    for (int i = 0; i < PQntuples(w.docs); i++)
+        if ((st = emit_record(&w, i, emit, emit_ctx, err)))
+            goto out;
+    *through = bound;
+commit:
+    st = pg_commit(pg, err);
+out:
+    pg_rollback(pg);
+    PQclear(r);
+    PQclear(w.docs);
+    PQclear(w.acl);
+    PQclear(w.chunks);
+    free(w.b.chunks);
+    free(w.b.ids);
+    free(w.b.vecs);
+    free(w.b.acl);
+    return st;
+}
+
+/* ---- tombstone pruning ---------------------------------------------------------------------- */
+
+qr_status pgstore_register_node(pgstore *pg, const char *node, int64_t watermark, char *err)
+{
+    if (!pg || !node)
+        return qr_fail(err, QR_EINVAL, "pgstore_register_node: NULL argument");
+    qr_status st = store_check_field("node name", node, PG_NODE_NAME_MAX, false, err);
+    if (st)
+        return st;
+    if (watermark < 0)
+        return qr_fail(err, QR_EINVAL, "node watermark %lld is negative", (long long)watermark);
+    if ((st = pg_ready(pg, err)))
+        return st;
+    pg_params p = {0};
+    p_str(&p, node);
+    p_int(&p, watermark);
+    p_int(&p, qr_wall_ms());
+    return pg_exec(
+        pg,
+        "INSERT INTO quarry.nodes(name, watermark, updated_ms) VALUES ($1, $2, $3)"
+        " ON CONFLICT (name) DO UPDATE SET watermark = excluded.watermark, updated_ms = excluded.updated_ms",
+        &p, false, NULL, err, "register a node");
+}
+
+qr_status pgstore_prune(pgstore *pg, int64_t *pruned_through, char *err)
+{
+    if (!pg)
+        return qr_fail(err, QR_EINVAL, "pgstore_prune: NULL handle");
+    int64_t low = 0, nodes = 0, pruned = 0;
+    PGresult *r = NULL;
+    qr_status st = pg_ready(pg, err);
+    if (st || (st = pg_begin(pg, err)) ||
+        (st = pg_exec(pg, "SELECT count(*), coalesce(min(watermark), 0) FROM quarry.nodes", NULL, false, &r,
+                      err, "read the nodes' watermarks")))
+        goto out;
+    nodes = text_i64(r, 0, 0);
+    low = text_i64(r, 0, 1);
+    if (nodes) {
+        pg_params p = {0};
+        p_int(&p, low);
+        if ((st = pg_exec(pg, "DELETE FROM quarry.tombstones WHERE counter <= $1", &p, false, NULL, err,
+                          "prune tombstones")) ||
+            (st = pg_exec(pg,
+                          "UPDATE quarry.meta SET value = greatest(value::bigint, $1)::text"
+                          " WHERE key = 'tombstones_pruned'",
+                          &p, false, NULL, err, "record the pruned counter")))
+            goto out;
+    }
+    if ((st = pg_int(pg, "SELECT value::bigint FROM quarry.meta WHERE key = 'tombstones_pruned'", NULL,
+                     &pruned, err, "read the pruned counter")) ||
+        (st = pg_commit(pg, err)))
+        goto out;
+    if (pruned_through)
+        *pruned_through = pruned;
+out:
+    PQclear(r);
+    pg_rollback(pg);
+    return st;
+}

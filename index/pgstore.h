@@ -1,0 +1,95 @@
+/*
+ * index/pgstore.h, private to index/ (and its tests and benchmarks): PostgreSQL as quarry's
+ * system of record (issue #24, store.backend = postgres). Documents, chunks, vectors and ACLs are
+ * written to PostgreSQL with the same checks and results as the local store (store_put,
+ * store_delete, store_set_acl); every write moves one commit-ordered change counter, and each
+ * node's local store follows it through pgstore_pull (a store_follow_pull_fn, index/feed.h).
+ * libpq stays inside pgstore.c: no PGconn or PGresult leaves it.
+ *
+ * Schema (in PostgreSQL schema "quarry", created and migrated by pgstore_open; pgstore.c has the
+ * SQL): counter (one row: the change counter, the next chunk id, the next document key), meta
+ * (store_uid, embedding_model, embedding_dim, tombstones_pruned), documents (key, doc_id, fields,
+ * canonical metadata, content hash, text, counter of the last change), chunks (id, document key,
+ * ordinal, byte offsets, heading path, counter), vectors (chunk id, dim float32 L2-normalised as
+ * little-endian bytes, counter), acl (document key, canonical principal, counter), tombstones
+ * (doc_id, document key, counter of its deletion), nodes (follower name, applied counter).
+ *
+ * The counter argument: every write transaction first runs UPDATE on the counter row. The row
+ * lock that UPDATE takes is held to commit, so writers pass that point one at a time and each
+ * sees the previous one committed: counters are handed out in commit order, and a reader whose
+ * snapshot shows counter c sees every transaction with a counter <= c. A sequence would not do:
+ * nextval() does not wait, so a transaction could draw 7, commit after another's 8, and a reader
+ * that already moved past 8 would miss 7 for ever. Chunk ids and document keys come from the
+ * same row in the same UPDATE, so they too increase in commit order. The document lookup that
+ * decides added/updated/unchanged runs after that UPDATE (READ COMMITTED gives each statement a
+ * fresh snapshot, which then holds every earlier writer), so two puts of one new doc_id cannot
+ * both insert it. A write that turns out to change nothing rolls back: the counter stays.
+ *
+ * Threads: a handle is one connection, used by one thread at a time; open one per thread. Every
+ * function that fails writes the reason into err (QR_ERR_LEN bytes, may be NULL) and, unless it
+ * says otherwise, changes nothing. PostgreSQL errors become QR_EUNAVAILABLE (connection lost, or
+ * a write reached a standby), QR_ETIMEOUT (a lock waited more than 5 s, a statement timeout),
+ * QR_ENOSPC, QR_ENOMEM, else QR_EIO. A lost connection is re-established by the next call.
+ */
+#ifndef QUARRY_INDEX_PGSTORE_H
+#define QUARRY_INDEX_PGSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index/feed.h"
+#include "index/store.h"
+
+typedef struct pgstore pgstore;
+
+/* Connects (conninfo is a libpq key=value string or a postgresql:// URI) and, on a primary,
+ * creates or migrates quarry's schema in one transaction under an advisory lock (two nodes that
+ * start together migrate once); on a standby the schema must already be there. The database's
+ * encoding must be UTF8. QR_EUNAVAILABLE when the server cannot be reached, QR_EINVAL for a
+ * schema newer than this quarry, a non-UTF8 database, or a standby without the schema yet. */
+qr_status pgstore_open(const char *conninfo, pgstore **out, char *err);
+/* Closes the connection; NULL is a no-op. */
+void pgstore_close(pgstore *pg);
+
+/* The store's identity, drawn once when the schema was created (a random positive int64). */
+int64_t pgstore_uid(const pgstore *pg);
+
+/* As store_check_embedding: records the model and dimension on first use (once, whichever node
+ * comes first), then refuses another with QR_EINVAL. */
+qr_status pgstore_check_embedding(pgstore *pg, const char *model, int dim, char *err);
+
+/* As store_put, store_delete and store_set_acl (the same checks, statuses and results), one
+ * transaction each. *counter (may be NULL) gets the change counter of the write, 0 when nothing
+ * was written (STORE_UNCHANGED, an equal ACL). Chunk ids are handed out by PostgreSQL. */
+qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk *chunks, size_t nchunks,
+                      const float *vectors, int dim, store_put_result *result, int64_t *counter, char *err);
+qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char *err);
+qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *acl, size_t nacl,
+                          int64_t *counter, char *err);
+
+/* The change counter as this connection sees it now (on the primary, the fence of a search). */
+qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err);
+
+/* A store_follow_pull_fn (ctx is the pgstore *): one REPEATABLE READ, READ ONLY transaction, so
+ * it works on a hot standby. Records come in counter order: a document's record is its whole
+ * state now (at its last change), a deletion's record carries doc_id and key. When a batch is
+ * cut (*through < *head), a document changed both at or below *through and again later comes
+ * with its later change, in a later batch: a follower holds the primary's state as of *head
+ * exactly when a pull returned *through == *head. A source behind the follower (a lagging
+ * standby: since > *head) emits nothing and sets *through to since. limit >= 1. QR_ELIMIT when
+ * since is above 0 and below the counter through which tombstones were pruned (pgstore_prune):
+ * the follower can no longer learn every deletion and must be rebuilt (core has no "stale"
+ * status; QR_ELIMIT is what store_filter_changes answers for pruned tombstones too). emit's
+ * non-zero status stops the pull and is returned. */
+qr_status pgstore_pull(void *ctx, int64_t since, size_t limit, store_follow_emit_fn emit, void *emit_ctx,
+                       int64_t *through, int64_t *head, char *err);
+
+/* Records that follower `node` (1..128 bytes of printable UTF-8) applied every change up to
+ * watermark; a node's watermark is replaced by each call. */
+qr_status pgstore_register_node(pgstore *pg, const char *node, int64_t watermark, char *err);
+/* Deletes the tombstones at or below the smallest registered watermark (none without a
+ * registered node) and records that counter as pruned; *pruned_through (may be NULL) gets the
+ * counter pruned through so far. */
+qr_status pgstore_prune(pgstore *pg, int64_t *pruned_through, char *err);
+
+#endif
