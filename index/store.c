@@ -349,11 +349,13 @@ qr_status store_end_call(store *s, qr_status st, char *err)
             sqlite3_clear_bindings(s->q[i]);
         }
     }
+    bool wrote = s->wrote;
+    s->wrote = false; /* a later call that fails before store_begin_write has written nothing */
     if (s->batch != BATCH_OPEN) {
         rollback(s);
         return st;
     }
-    if (st && (s->wrote || sqlite3_get_autocommit(s->db))) {
+    if (st && (wrote || sqlite3_get_autocommit(s->db))) {
         rollback(s);
         s->batch = BATCH_FAILED;
         s->batch_st = st;

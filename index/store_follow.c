@@ -342,6 +342,7 @@ qr_status store_follow_apply(store *s, const store_follow_doc *d, char *err)
         return qr_fail(err, QR_EINVAL, "no follow batch is open on store '%s' (store_follow_begin)", s->path);
     store_put_input in = {0};
     follow_row r;
+    s->wrote = false; /* nothing yet: a refused record leaves the batch open */
     qr_status st = store_check_doc_id(d->doc.doc_id, err);
     if (st || (st = check_record(s, d, err)))
         return st;
