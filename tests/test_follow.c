@@ -938,6 +938,54 @@ TEST(follower_identity_and_refused_writes)
     rm_tree(dc);
 }
 
+/* A document whose chunk ids lie below ids the follower holds arrives in the batch that deletes
+ * its neighbour: the delete's hole in the vectors file (widened to the live neighbours, up to the
+ * largest id) covers the late ids, and their rows must survive the commit's punch. */
+TEST(late_chunk_ids_keep_their_vectors)
+{
+    char err[QR_ERR_LEN] = "", db[256];
+    CHECK(temp_dir(db, sizeof(db)));
+    source src = {0};
+    doc p, q, r;
+    doc_init(&p, "p.md", 1, 2);
+    doc_init(&q, "q.md", 2, 1);
+    doc_init(&r, "r.md", 3, 2);
+    const int64_t pid[] = {20, 21}, qid[] = {30}, rid[] = {25, 26};
+    src_add(&src, 1, 1, false, &p, pid);
+    src_add(&src, 2, 2, false, &q, qid);
+    src_add(&src, 3, 2, true, &q, NULL);
+    src_add(&src, 4, 3, false, &r, rid);
+    store *b = NULL;
+    int64_t counter = 0, head = 0;
+    CHECK_OK(open_follower(db, &b, err), err);
+    CHECK_OK(follow_step(b, src_pull, &src, 2, &counter, &head, err), err);
+    CHECK_INT(counter, 2);
+    CHECK_OK(follow_step(b, src_pull, &src, 2, &counter, &head, err), err);
+    CHECK_INT(counter, 4);
+    CHECK_OK(store_verify(b, err), err);
+    store_vectors *f = NULL;
+    const float *rows;
+    CHECK_OK(store_vectors_open(db, &f, err), err);
+    CHECK_OK(store_vectors_map(f, 30, &rows, err), err);
+    for (int c = 0; c < 2; c++) {
+        const float *row = rows + rid[c] * DIM, *in = r.vecs + c * DIM;
+        double norm = 0, dot = 0;
+        for (int k = 0; k < DIM; k++) {
+            norm += (double)in[k] * in[k];
+            dot += (double)row[k] * in[k];
+        }
+        /* the row is the input normalised: its dot product with the input is the input's length */
+        CHECK_MSG(fabs(dot - sqrt(norm)) < 1e-4, "the row of chunk %lld is lost (dot %g, length %g)",
+                  (long long)rid[c], dot, sqrt(norm));
+    }
+    for (int k = 0; k < DIM; k++)
+        CHECK(rows[qid[0] * DIM + k] == 0); /* the deleted chunk's row is freed */
+    store_vectors_close(f);
+    store_close(b);
+    src_free(&src);
+    rm_tree(db);
+}
+
 /* ---- 5. a batch that never commits ------------------------------------------------------- */
 
 /* Records 4..8 over the three of counters 1..3: a new version (chunks replaced), a delete, new
