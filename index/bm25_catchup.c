@@ -323,6 +323,22 @@ static size_t delta_limit(size_t gen_rows, size_t delta_max)
     return limit < delta_max ? limit : delta_max;
 }
 
+/* Whether a staged chunk has an id below the last row the index holds without being one of its
+ * rows. The index keeps its rows in id order and appends what a catch-up adds; a store's new chunk
+ * ids are larger than every earlier one, except in a follower's store (store_follow.c), which may
+ * learn of a document after others that changed later and so add ids below those it has: only a
+ * rebuild places them. */
+static bool added_below_rows(bm25_index *x, const staged *g)
+{
+    bool below = false;
+    pthread_rwlock_rdlock(&x->lock);
+    int64_t last = x->d_rows ? x->d_ids[x->d_rows - 1] : x->gen_rows ? x->gen_ids[x->gen_rows - 1] : 0;
+    for (size_t i = 0; i < g->nadd && !below; i++)
+        below = g->add[i].chunk_id <= last && bm25_find_row(x, g->add[i].chunk_id) == UINT32_MAX;
+    pthread_rwlock_unlock(&x->lock);
+    return below;
+}
+
 /* Reads the changes after x->counter; caller holds sync_mu. */
 static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, bm25_report *rep, char *err)
 {
@@ -370,6 +386,8 @@ static qr_status catch_up(bm25_index *x, store *s, bool rebuild_ok, bool force, 
             why = "more changes than bm25.delta_max (or a quarter of the index)";
         else if (g.needs_rebuild)
             why = "a title was rewritten under the same chunk ids";
+        else if (added_below_rows(x, &g))
+            why = "chunks were added under ids below the index's rows";
         /* staging up to delta_max changes is not cheap: no search repeats it until a swap */
         x->lagging = why != NULL;
     }

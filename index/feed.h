@@ -146,10 +146,10 @@ qr_status store_principal_docs(store *s, const char *principal, store_doc_key_fn
  * `through`: every change of the system of record up to it is applied.
  */
 typedef struct {
-    int64_t counter;          /* the change that wrote this state (> the follower's counter) */
-    int64_t doc_key;          /* the primary's internal key of the document (> 0) */
-    bool deleted;             /* the document is gone: doc.doc_id and doc_key only */
-    store_document doc;       /* every field, the ACL, the content hash and the text */
+    int64_t counter;    /* the change that wrote this state (> the follower's counter) */
+    int64_t doc_key;    /* the primary's internal key of the document (> 0) */
+    bool deleted;       /* the document is gone: doc.doc_id and doc_key only */
+    store_document doc; /* every field, the ACL, the content hash and the text */
     const store_chunk *chunks;
     size_t nchunks;
     const int64_t *chunk_ids; /* nchunks ids the primary assigned, increasing */
@@ -165,6 +165,54 @@ typedef qr_status (*store_follow_emit_fn)(void *ctx, const store_follow_doc *d, 
  * snapshot's counter (*through == *head when nothing was left out). */
 typedef qr_status (*store_follow_pull_fn)(void *ctx, int64_t since, size_t limit, store_follow_emit_fn emit,
                                           void *emit_ctx, int64_t *through, int64_t *head, char *err);
+
+/*
+ * The follower's side (store_follow.c). A follower's store refuses store_put, store_delete and
+ * store_set_acl (QR_EINVAL: its writes go to the system of record); store_check_embedding, the
+ * indexes' own writes (generations, tombstone pruning) and jobs are still its own.
+ */
+
+/* Marks the store as a follower of the system of record whose identity is uid (> 0). On a store
+ * that never held a chunk or a document (change counter 0) the store's own uid (store_uid)
+ * becomes uid too, so that index generations stamped with it read the same on every node. Again
+ * with the same uid: QR_OK, nothing changes. QR_EINVAL for another uid, for a store that holds
+ * writes of its own, or for uid <= 0. */
+qr_status store_follow_identity(store *s, int64_t uid, char *err);
+
+/* Opens a follow batch: one write transaction (store_batch_begin's, with its rules: the write
+ * lock is held until commit or rollback, so keep a batch short) that store_follow_apply fills.
+ * QR_EINVAL on a store that is not a follower or when a batch is already open; QR_ETIMEOUT
+ * when another writer holds the lock. */
+qr_status store_follow_begin(store *s, char *err);
+
+/* Makes the local state of document d->doc.doc_id exactly the record's, inside the follow batch:
+ * deleted, the document (and whatever local document holds d->doc_key) is removed with its
+ * chunks (tombstoned at d->counter), FTS rows, ACL rows and vector rows; otherwise it is stored
+ * under d->doc_key with the given chunk ids. When the local document already has those chunk ids
+ * (and content hash) only its fields, ACL and, for a new title, FTS rows are rewritten; else its
+ * chunks are replaced: the old ones tombstoned at d->counter, the new ones written with their
+ * vectors. A local document with the same doc_id under another key, or another doc_id under
+ * d->doc_key, is removed first (the system of record deleted and re-added it). Rows are stamped
+ * with d->counter as store_put stamps its own counter. A record equal to the local state writes
+ * nothing.
+ * The record is checked whole before anything is written, as store_put checks its input (same
+ * messages and limits), and: d->counter must be greater than the store's change counter when
+ * the batch began and not less than the previous record's; doc_key > 0; the text is required
+ * (unless deleted); chunk ids positive and increasing, none of them held by another document or
+ * deleted before (chunk ids are never reused; either means the feed diverged from this store).
+ * A refused record (QR_EINVAL, QR_ELIMIT) changes nothing and the batch goes on; a failure while
+ * writing rolls the whole batch back, as in store_batch_begin's rules (later calls and
+ * store_follow_commit return it). QR_EINVAL without an open follow batch. */
+qr_status store_follow_apply(store *s, const store_follow_doc *d, char *err);
+
+/* Sets the store's change counter to `through` and commits the batch (the vectors file synced
+ * before the COMMIT, as every commit). through must be at least every applied record's counter
+ * and the counter the batch began at; otherwise QR_EINVAL and the batch is rolled back. Ends the
+ * batch in every case: the first failure's status when it was rolled back meanwhile. */
+qr_status store_follow_commit(store *s, int64_t through, char *err);
+
+/* Discards the follow batch; a no-op without one. store_close rolls an open one back too. */
+void store_follow_rollback(store *s);
 
 /* A routed store's feed follower (index/store_route.c, for the maintainer's follower thread): one
  * batch of at most `limit` records from the feed's connection (follow_step), after reading the

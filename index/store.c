@@ -208,6 +208,17 @@ static const char *const store_sql[Q_COUNT] = {
                        " FROM documents d INDEXED BY documents_changed LEFT JOIN acl a ON a.doc = d.id"
                        " WHERE d.changed > ?1 ORDER BY d.id, a.principal",
     [Q_PRINCIPAL_DOCS] = "SELECT doc FROM acl WHERE principal = ?1 ORDER BY doc",
+    /* a follower's store (store_follow.c) keeps the keys and chunk ids its system of record gave */
+    [Q_FOLLOW_DOC_BY_KEY] = "SELECT doc_id FROM documents WHERE id = ?1",
+    [Q_FOLLOW_DOC_INSERT] =
+        "INSERT INTO documents(id, doc_id, title, uri, content_type, metadata, content_hash,"
+        " text_len, chunk_count, version, created_ms, updated_ms, changed)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, ?10, ?11)",
+    [Q_FOLLOW_CHUNK_IDS] = "SELECT id FROM chunks WHERE doc = ?1 ORDER BY ordinal",
+    [Q_FOLLOW_CHUNK_DOC] = "SELECT doc FROM chunks WHERE id = ?1",
+    [Q_FOLLOW_CHUNK_INSERT] = "INSERT INTO chunks(id, doc, ordinal, start, \"end\", headings, body, added)"
+                              " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [Q_FOLLOW_TOMBSTONED] = "SELECT 1 FROM deleted_chunks WHERE chunk_id = ?1",
 };
 
 /* ---- SQLite errors, translated once ------------------------------------------------------ */
@@ -338,11 +349,13 @@ qr_status store_end_call(store *s, qr_status st, char *err)
             sqlite3_clear_bindings(s->q[i]);
         }
     }
+    bool wrote = s->wrote;
+    s->wrote = false; /* a later call that fails before store_begin_write has written nothing */
     if (s->batch != BATCH_OPEN || s->route) { /* a routed batch holds no transaction here */
         rollback(s);
         return st;
     }
-    if (st && (s->wrote || sqlite3_get_autocommit(s->db))) {
+    if (st && (wrote || sqlite3_get_autocommit(s->db))) {
         rollback(s);
         s->batch = BATCH_FAILED;
         s->batch_st = st;

@@ -58,6 +58,12 @@ enum {
     Q_TEXT_ALL,
     Q_DOCS_CHANGED,
     Q_PRINCIPAL_DOCS,
+    Q_FOLLOW_DOC_BY_KEY,
+    Q_FOLLOW_DOC_INSERT,
+    Q_FOLLOW_CHUNK_IDS,
+    Q_FOLLOW_CHUNK_DOC,
+    Q_FOLLOW_CHUNK_INSERT,
+    Q_FOLLOW_TOMBSTONED,
     Q_COUNT
 };
 
@@ -106,6 +112,10 @@ struct store {
     size_t vec_ready;
     store_vectors *vec_read;
     struct store_route *route; /* store_route.c: the system of record, or NULL */
+    /* a follow batch (store_follow.c): open, the change counter it began at, and the counter of
+     * the last record it applied (follow_since before the first) */
+    bool follow_open;
+    int64_t follow_since, follow_last;
 };
 
 /* store_query.c: finalizes the cached search statements (store_close, before sqlite3_close). */
@@ -146,6 +156,30 @@ qr_status check_text_and_chunks(const char *doc_id, const store_document *doc, c
                                 size_t nchunks, char *err);
 qr_status check_vectors(const char *doc_id, size_t nchunks, const float *vectors, int dim, char *err);
 
+/* store_write.c: store_put's checks and the writes of a document's rows, which a follower's store
+ * (store_follow.c) applies too; the definitions say what each does. */
+typedef struct {
+    const char *title, *uri, *content_type;
+    char *metadata;   /* canonical JSON (minified by SQLite's json()), malloc'd */
+    const char **acl; /* canonical, sorted, deduplicated; one allocation with its strings */
+    size_t nacl;
+    char hash[65]; /* lowercase */
+} store_put_input;
+qr_status store_check_put_input(store *s, const store_document *doc, const store_chunk *chunks,
+                                size_t nchunks, const float *vectors, int dim, store_put_input *in,
+                                char *err);
+void store_put_input_release(store_put_input *in);
+qr_status store_check_dim(store *s, const char *doc_id, size_t nchunks, int dim, char *err);
+qr_status store_acl_equal(store *s, int64_t id, const char **acl, size_t nacl, bool *equal, char *err);
+qr_status store_write_acl(store *s, int64_t id, bool is_new, const char **acl, size_t nacl, char *err);
+qr_status store_doc_stmt(store *s, int which, int64_t id, int64_t counter, char *err, const char *what);
+qr_status store_fts_doc(store *s, int which, int64_t id, char *err);
+qr_status store_remove_chunks(store *s, int64_t id, int64_t counter, char *err);
+
+/* store_follow.c: QR_EINVAL when the store follows a system of record (store_follow_identity), whose
+ * writes only a feed brings; inside the caller's write transaction. */
+qr_status store_follow_refuse(store *s, char *err);
+
 /* store.c: the largest chunk id ever handed out (sqlite_sequence), inside the caller's
  * transaction. */
 qr_status store_chunk_seq(store *s, int64_t *seq, char *err);
@@ -170,6 +204,9 @@ qr_status store_vec_free(store *s, int64_t lo, int64_t hi, char *err);
 void store_vec_committed(store *s, bool durable);
 /* The open transaction rolled back: its deletes are forgotten. */
 void store_vec_rolled_back(store *s);
+/* The chunk ids [lo, hi) live again (a follower's store receives ids below ones it holds): no
+ * recorded hole, committed or not, frees their rows. */
+qr_status store_vec_unfree(store *s, int64_t lo, int64_t hi, char *err);
 /* store_verify's rules for the file: its header is the store's, it holds a row for every chunk,
  * and each live chunk's row is finite and normalised (or zero). */
 qr_status store_vec_verify(store *s, char *err);

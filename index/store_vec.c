@@ -640,3 +640,43 @@ void store_vec_close(store *s)
     free(s->vec_buf);
     free(s->vec_holes);
 }
+
+/* ---- ids that come back -------------------------------------------------------------------- */
+
+/* A hole is only ever recorded over ids no live chunk holds, widened up to the largest id handed
+ * out; a follower's store may afterwards receive a chunk whose id lies in it (its system of record
+ * handed the id out earlier, and the follower learns of the chunk later), and the punch after the
+ * commit would then zero the row just written. The recorded holes give those ids up; a hole split
+ * in two stays on the same side of vec_ready (committed or the open transaction's). */
+qr_status store_vec_unfree(store *s, int64_t lo, int64_t hi, char *err)
+{
+    for (size_t i = 0; i < s->vec_nholes && lo < hi; i++) {
+        store_vec_hole h = s->vec_holes[i];
+        if (h.hi <= lo || hi <= h.lo)
+            continue;
+        if (h.lo < lo && hi < h.hi) {
+            if (s->vec_nholes == s->vec_capholes) {
+                size_t cap = 2 * s->vec_capholes;
+                store_vec_hole *bigger = realloc(s->vec_holes, cap * sizeof(*bigger));
+                if (!bigger)
+                    return qr_fail(err, QR_ENOMEM, "out of memory");
+                s->vec_holes = bigger;
+                s->vec_capholes = cap;
+            }
+            memmove(&s->vec_holes[i + 2], &s->vec_holes[i + 1], (s->vec_nholes - i - 1) * sizeof(h));
+            s->vec_holes[i] = (store_vec_hole){h.lo, lo};
+            s->vec_holes[i + 1] = (store_vec_hole){hi, h.hi};
+            s->vec_nholes++;
+            if (i < s->vec_ready)
+                s->vec_ready++;
+            i++;
+        } else if (h.lo < lo) {
+            s->vec_holes[i].hi = lo;
+        } else if (hi < h.hi) {
+            s->vec_holes[i].lo = hi;
+        } else {
+            s->vec_holes[i].hi = h.lo; /* wholly given up: an empty hole punches nothing */
+        }
+    }
+    return QR_OK;
+}

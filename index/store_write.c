@@ -251,16 +251,7 @@ qr_status check_vectors(const char *doc_id, size_t nchunks, const float *vectors
     return QR_OK;
 }
 
-/* The validated, normalised form of a store_document's fields. */
-typedef struct {
-    const char *title, *uri, *content_type;
-    char *metadata;   /* canonical JSON (minified by SQLite's json()), malloc'd */
-    const char **acl; /* canonical, sorted, deduplicated; one allocation with its strings */
-    size_t nacl;
-    char hash[65]; /* lowercase */
-} put_input;
-
-static void put_input_release(put_input *in)
+void store_put_input_release(store_put_input *in)
 {
     free(in->metadata);
     free(in->acl);
@@ -299,8 +290,8 @@ static qr_status canonical_metadata(store *s, const char *doc_id, const char *js
     return st;
 }
 
-static qr_status check_put_input(store *s, const store_document *doc, const store_chunk *chunks,
-                                 size_t nchunks, const float *vectors, int dim, put_input *in, char *err)
+qr_status store_check_put_input(store *s, const store_document *doc, const store_chunk *chunks,
+                                size_t nchunks, const float *vectors, int dim, store_put_input *in, char *err)
 {
     qr_status st = store_check_doc_id(doc->doc_id, err);
     if (st)
@@ -339,7 +330,7 @@ typedef struct {
     char hash[65];
 } doc_row;
 
-static qr_status find_doc(store *s, const char *doc_id, const put_input *in, doc_row *r, char *err)
+static qr_status find_doc(store *s, const char *doc_id, const store_put_input *in, doc_row *r, char *err)
 {
     sqlite3_stmt *q = s->q[Q_DOC_FIND];
     bool row;
@@ -367,7 +358,7 @@ out:
 }
 
 /* Compares the stored ACL of document `id` with a sorted, deduplicated list. */
-static qr_status acl_equal(store *s, int64_t id, const char **acl, size_t nacl, bool *equal, char *err)
+qr_status store_acl_equal(store *s, int64_t id, const char **acl, size_t nacl, bool *equal, char *err)
 {
     sqlite3_stmt *q = s->q[Q_ACL_LIST];
     size_t i = 0;
@@ -390,7 +381,7 @@ static qr_status acl_equal(store *s, int64_t id, const char **acl, size_t nacl, 
 }
 
 /* Replaces the ACL rows of document `id` (a new document has none to delete). */
-static qr_status write_acl(store *s, int64_t id, bool is_new, const char **acl, size_t nacl, char *err)
+qr_status store_write_acl(store *s, int64_t id, bool is_new, const char **acl, size_t nacl, char *err)
 {
     sqlite3_stmt *q = s->q[Q_ACL_DELETE_DOC];
     qr_status st = QR_OK;
@@ -409,7 +400,7 @@ static qr_status write_acl(store *s, int64_t id, bool is_new, const char **acl, 
 }
 
 /* Runs one of the per-document statements (?1 = internal document id, ?2 = counter). */
-static qr_status doc_stmt(store *s, int which, int64_t id, int64_t counter, char *err, const char *what)
+qr_status store_doc_stmt(store *s, int which, int64_t id, int64_t counter, char *err, const char *what)
 {
     sqlite3_stmt *q = s->q[which];
     if (sqlite3_bind_int64(q, 1, id) ||
@@ -421,7 +412,7 @@ static qr_status doc_stmt(store *s, int which, int64_t id, int64_t counter, char
 /* Adds (Q_FTS_INSERT) or removes (Q_FTS_DELETE) the FTS rows of document `id`, reading the
  * values from the view chunks_fts_source: to remove, they must be exactly those indexed, so this
  * runs before the chunks or the title change. */
-static qr_status fts_doc(store *s, int which, int64_t id, char *err)
+qr_status store_fts_doc(store *s, int which, int64_t id, char *err)
 {
     sqlite3_stmt *src = s->q[Q_FTS_SOURCE_DOC], *q = s->q[which];
     const char *what = which == Q_FTS_INSERT ? "add chunks to the full-text index"
@@ -483,7 +474,7 @@ static qr_status free_rows(store *s, int64_t first, int64_t last, char *err)
 
 /* Removes the chunks of document `id` with their FTS rows, records them as deleted at `counter`
  * and their vector rows as free. */
-static qr_status remove_chunks(store *s, int64_t id, int64_t counter, char *err)
+qr_status store_remove_chunks(store *s, int64_t id, int64_t counter, char *err)
 {
     sqlite3_stmt *q = s->q[Q_CHUNK_RANGE_DOC];
     bool row;
@@ -495,11 +486,11 @@ static qr_status remove_chunks(store *s, int64_t id, int64_t counter, char *err)
     bool none = !row || sqlite3_column_type(q, 0) == SQLITE_NULL;
     int64_t first = none ? 0 : sqlite3_column_int64(q, 0), last = none ? 0 : sqlite3_column_int64(q, 1);
     sqlite3_reset(q);
-    st = doc_stmt(s, Q_TOMBSTONE_DOC, id, counter, err, "record deleted chunks");
+    st = store_doc_stmt(s, Q_TOMBSTONE_DOC, id, counter, err, "record deleted chunks");
     if (!st)
-        st = fts_doc(s, Q_FTS_DELETE, id, err);
+        st = store_fts_doc(s, Q_FTS_DELETE, id, err);
     if (!st)
-        st = doc_stmt(s, Q_CHUNKS_DELETE_DOC, id, counter, err, "delete chunks");
+        st = store_doc_stmt(s, Q_CHUNKS_DELETE_DOC, id, counter, err, "delete chunks");
     if (!st && !none)
         st = free_rows(s, first, last, err);
     return st;
@@ -551,7 +542,7 @@ static qr_status insert_chunks(store *s, int64_t id, const char *title, const st
 
 /* Inserts or updates the document row, stamping it with the write's counter; fts_rewritten
  * records that its FTS rows were rewritten under the same chunk ids (updates only). */
-static qr_status write_doc_row(store *s, const doc_row *r, const char *doc_id, const put_input *in,
+static qr_status write_doc_row(store *s, const doc_row *r, const char *doc_id, const store_put_input *in,
                                const char *hash, int64_t text_len, int64_t chunk_count, int64_t counter,
                                bool fts_rewritten, int64_t *id, char *err)
 {
@@ -569,7 +560,7 @@ static qr_status write_doc_row(store *s, const doc_row *r, const char *doc_id, c
 }
 
 /* The vector dimension the store records; refuses vectors before store_check_embedding. */
-static qr_status check_store_dim(store *s, const char *doc_id, size_t nchunks, int dim, char *err)
+qr_status store_check_dim(store *s, const char *doc_id, size_t nchunks, int dim, char *err)
 {
     if (!nchunks)
         return QR_OK;
@@ -596,18 +587,19 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
         return qr_fail(err, QR_EINVAL, "store_put: NULL argument");
     if (s->route)
         return store_route_put(s, doc, chunks, nchunks, vectors, dim, result, err);
-    put_input in = {0};
+    store_put_input in = {0};
     doc_row r;
     int64_t counter = 0, id = 0;
     bool same_acl = false;
-    qr_status st = check_put_input(s, doc, chunks, nchunks, vectors, dim, &in, err);
+    qr_status st = store_check_put_input(s, doc, chunks, nchunks, vectors, dim, &in, err);
     if (st)
         goto out;
-    if ((st = store_begin_write(s, err)) || (st = find_doc(s, doc->doc_id, &in, &r, err)))
+    if ((st = store_begin_write(s, err)) || (st = store_follow_refuse(s, err)) ||
+        (st = find_doc(s, doc->doc_id, &in, &r, err)))
         goto out;
-    if (r.found && (st = acl_equal(s, r.id, in.acl, in.nacl, &same_acl, err)))
+    if (r.found && (st = store_acl_equal(s, r.id, in.acl, in.nacl, &same_acl, err)))
         goto out;
-    if ((st = check_store_dim(s, doc->doc_id, nchunks, dim, err)))
+    if ((st = store_check_dim(s, doc->doc_id, nchunks, dim, err)))
         goto out;
 
     if (r.found && r.same_hash) {
@@ -618,14 +610,14 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
         }
         if ((st = store_bump_counter(s, &counter, err)))
             goto out;
-        if (!r.same_title && (st = fts_doc(s, Q_FTS_DELETE, r.id, err)))
+        if (!r.same_title && (st = store_fts_doc(s, Q_FTS_DELETE, r.id, err)))
             goto out;
         if ((st = write_doc_row(s, &r, doc->doc_id, &in, r.hash, r.text_len, r.chunk_count, counter,
                                 !r.same_title, &id, err)))
             goto out;
-        if (!r.same_title && (st = fts_doc(s, Q_FTS_INSERT, r.id, err)))
+        if (!r.same_title && (st = store_fts_doc(s, Q_FTS_INSERT, r.id, err)))
             goto out;
-        if (!same_acl && (st = write_acl(s, r.id, false, in.acl, in.nacl, err)))
+        if (!same_acl && (st = store_write_acl(s, r.id, false, in.acl, in.nacl, err)))
             goto out;
         if ((st = store_commit(s, err)))
             goto out;
@@ -641,12 +633,12 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
     }
     if ((st = store_bump_counter(s, &counter, err)))
         goto out;
-    if (r.found && (st = remove_chunks(s, r.id, counter, err)))
+    if (r.found && (st = store_remove_chunks(s, r.id, counter, err)))
         goto out;
     if ((st = write_doc_row(s, &r, doc->doc_id, &in, in.hash, (int64_t)doc->text_len, (int64_t)nchunks,
                             counter, false, &id, err)))
         goto out;
-    if ((!r.found || !same_acl) && (st = write_acl(s, id, !r.found, in.acl, in.nacl, err)))
+    if ((!r.found || !same_acl) && (st = store_write_acl(s, id, !r.found, in.acl, in.nacl, err)))
         goto out;
     if ((st = insert_chunks(s, id, in.title, doc, chunks, nchunks, vectors, dim, counter, err)))
         goto out;
@@ -655,7 +647,7 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
     *result = r.found ? STORE_UPDATED : STORE_ADDED;
 out:
     st = store_end_call(s, st, err);
-    put_input_release(&in);
+    store_put_input_release(&in);
     return st;
 }
 
@@ -699,15 +691,16 @@ qr_status store_delete(store *s, const char *doc_id, char *err)
     int64_t counter;
     if (st)
         return st;
-    if ((st = store_begin_write(s, err)) || (st = find_doc(s, doc_id, NULL, &r, err)))
+    if ((st = store_begin_write(s, err)) || (st = store_follow_refuse(s, err)) ||
+        (st = find_doc(s, doc_id, NULL, &r, err)))
         goto out;
     if (!r.found) {
         st = store_not_found(doc_id, err);
         goto out;
     }
-    if ((st = store_bump_counter(s, &counter, err)) || (st = remove_chunks(s, r.id, counter, err)) ||
-        (st = doc_stmt(s, Q_ACL_DELETE_DOC, r.id, counter, err, "delete ACL rows")) ||
-        (st = doc_stmt(s, Q_DOC_DELETE, r.id, counter, err, "delete a document")))
+    if ((st = store_bump_counter(s, &counter, err)) || (st = store_remove_chunks(s, r.id, counter, err)) ||
+        (st = store_doc_stmt(s, Q_ACL_DELETE_DOC, r.id, counter, err, "delete ACL rows")) ||
+        (st = store_doc_stmt(s, Q_DOC_DELETE, r.id, counter, err, "delete a document")))
         goto out;
     st = store_commit(s, err);
 out:
@@ -729,13 +722,14 @@ qr_status store_set_acl(store *s, const char *doc_id, const char *const *acl, si
     qr_status st = store_check_doc_id(doc_id, err);
     if (st || (st = normalise_acl(acl, nacl, &sorted, &nsorted, err)))
         goto out;
-    if ((st = store_begin_write(s, err)) || (st = find_doc(s, doc_id, NULL, &r, err)))
+    if ((st = store_begin_write(s, err)) || (st = store_follow_refuse(s, err)) ||
+        (st = find_doc(s, doc_id, NULL, &r, err)))
         goto out;
     if (!r.found) {
         st = store_not_found(doc_id, err);
         goto out;
     }
-    if ((st = acl_equal(s, r.id, sorted, nsorted, &same, err)) || same)
+    if ((st = store_acl_equal(s, r.id, sorted, nsorted, &same, err)) || same)
         goto out;
     if ((st = store_bump_counter(s, &counter, err)))
         goto out;
@@ -746,7 +740,7 @@ qr_status store_set_acl(store *s, const char *doc_id, const char *const *acl, si
         goto out;
     }
     if ((st = store_run(s, q, err, "update a document")) ||
-        (st = write_acl(s, r.id, false, sorted, nsorted, err)))
+        (st = store_write_acl(s, r.id, false, sorted, nsorted, err)))
         goto out;
     st = store_commit(s, err);
 out:

@@ -1931,6 +1931,31 @@ TEST(batch_commits_and_fails_as_a_whole)
     rm_tree(dir);
 }
 
+/* Bad input refused right after a write of the same batch (whose call had set the handle's
+ * "wrote" flag) still leaves the batch open, as store_batch_begin says. */
+TEST(batch_bad_input_right_after_a_write)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    fixture f1, bad;
+    store_put_result r;
+    make_doc(&f1, "d1", "Travel policy", TEXT1, ACL_AB, 3);
+    make_doc(&bad, "d2", "Bad", TEXT1, NULL, 0);
+    bad.doc.doc_id = "bad\nid";
+    CHECK_OK(store_batch_begin(s, err), err);
+    CHECK_OK(put(s, &f1, &r, err), err);
+    CHECK_INT(put(s, &bad, &r, err), QR_EINVAL);
+    CHECK_MSG(!strstr(err, "rolled back"), "%s", err);
+    CHECK(store_in_batch(s));
+    CHECK_OK(store_batch_commit(s, err), err);
+    CHECK(doc_exists(s, "d1"));
+    CHECK_INT(counter_of(s), 1);
+    store_close(s);
+    rm_tree(dir);
+}
+
 /* ---- bulk loads: a VFS that counts what reaches the disk -------------------------------- */
 
 /* A shim over the default VFS that forwards every call and counts, per kind of file, the syncs
