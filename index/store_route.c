@@ -299,10 +299,14 @@ qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *h
     return pg_failed(&rt->r, follow_step(s, pgstore_pull, rt->r, limit, counter, head, err));
 }
 
-qr_status store_route_register(store *s, const char *node, int64_t watermark, char *err)
+qr_status store_route_register(store *s, const char *node, int64_t watermark, bool prune, char *err)
 {
     if (!s || !s->route)
         return qr_fail(err, QR_EINVAL, "store_route_register: the store has no system of record");
     qr_status st = primary(s, err);
-    return st ? st : pg_failed(&s->route->w, pgstore_register_node(s->route->w, node, watermark, err));
+    if (!st)
+        st = pg_failed(&s->route->w, pgstore_register_node(s->route->w, node, watermark, err));
+    if (!st && prune)
+        st = pg_failed(&s->route->w, pgstore_prune(s->route->w, NULL, err));
+    return st;
 }
