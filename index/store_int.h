@@ -1,7 +1,7 @@
 /*
  * Private to index/: the store's handle and connection for the store's own files (store.c,
- * store_write.c, store_read.c, store_feed.c, store_query.c), and store_db for any other file of
- * index/. SQLite stays inside index/; none of this is part of index/store.h.
+ * store_write.c, store_read.c, store_feed.c, store_query.c, store_follow.c), and store_db for any other file
+ * of index/. SQLite stays inside index/; none of this is part of index/store.h.
  */
 #ifndef QUARRY_STORE_INT_H
 #define QUARRY_STORE_INT_H
