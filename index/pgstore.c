@@ -114,7 +114,7 @@ static qr_status pg_status(PGconn *c, const PGresult *r)
     return QR_EIO;
 }
 
-/* Fills err with "cannot <what>: <server message on one line>" and returns the status. */
+/* Fills err with "PostgreSQL: cannot <what>: <its message on one line>" and returns the status. */
 static qr_status pg_fail(pgstore *pg, const PGresult *r, char *err, const char *what)
 {
     const char *msg = r ? PQresultErrorMessage(r) : "";
@@ -128,7 +128,7 @@ static qr_status pg_fail(pgstore *pg, const PGresult *r, char *err, const char *
     size_t n = strlen(line);
     while (n && line[n - 1] == ' ')
         line[--n] = '\0';
-    return qr_fail(err, pg_status(pg->conn, r), "cannot %s in PostgreSQL: %s", what, line);
+    return qr_fail(err, pg_status(pg->conn, r), "PostgreSQL: cannot %s: %s", what, line);
 }
 
 /* Bound parameters of one statement, in text format but for p_bytes: bytes with their length in
@@ -343,6 +343,15 @@ qr_status pgstore_open(const char *conninfo, pgstore **out, char *err)
     if (!conninfo || !out)
         return qr_fail(err, QR_EINVAL, "pgstore_open: NULL argument");
     *out = NULL;
+    char *why = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &why);
+    if (!opts) {
+        qr_status bad = why ? qr_fail(err, QR_EINVAL, "invalid PostgreSQL connection string: %s", why)
+                            : qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL connection string");
+        PQfreemem(why);
+        return bad;
+    }
+    PQconninfoFree(opts);
     pgstore *pg = calloc(1, sizeof(*pg));
     if (!pg)
         return qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL handle");
@@ -548,6 +557,9 @@ static qr_status text_array(qr_buf *b, const char *const *v, size_t n, size_t st
 }
 
 /* ---- writing ---------------------------------------------------------------------------------- */
+
+/* PostgreSQL keeps at most 1 GB in one field. */
+#define PG_FIELD_MAX ((size_t)1 << 30)
 
 /* What the store holds for a doc_id, compared with a write's input. */
 typedef struct {
@@ -785,6 +797,12 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
     if (!doc->text) {
         st = qr_fail(err, QR_EINVAL, "document '%.200s': text is required (its content hash is new)",
                      doc->doc_id);
+        goto out;
+    }
+    if (doc->text_len >= PG_FIELD_MAX) {
+        st = qr_fail(err, QR_ELIMIT,
+                     "document '%.200s': text of %zu bytes, more than PostgreSQL keeps in a field",
+                     doc->doc_id, doc->text_len);
         goto out;
     }
     key = d.key;

@@ -569,6 +569,24 @@ static void run_bad_input_changes_nothing(void)
     CHECK_INT(m.records, 0);
     CHECK_INT(through, before);
 
+    /* connection strings: malformed, nothing listening; a connection the server ended fails the
+     * call that finds it gone, and the next call connects again */
+    pgstore *bad = NULL;
+    CHECK_INT(pgstore_open("host=127.0.0.1 dbname='unterminated", &bad, err), QR_EINVAL);
+    CHECK(bad == NULL);
+    CHECK_INT(pgstore_open("host=127.0.0.1 port=1 user=quarry connect_timeout=5", &bad, err),
+              QR_EUNAVAILABLE);
+    PGconn *raw = PQconnectdb(fx.conninfo);
+    PGresult *res = PQexec(raw, "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
+                                " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'");
+    bool killed = PQresultStatus(res) == PGRES_TUPLES_OK && strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    PQclear(res);
+    PQfinish(raw);
+    CHECK(killed);
+    CHECK_INT(pgstore_counter(pg, &c, err), QR_EUNAVAILABLE);
+    CHECK_OK(pgstore_counter(pg, &c, err), err);
+    CHECK_INT(c, before);
+
     /* text that looks like SQL or like an array literal is data: stored and read back as sent */
     static const char *sql_id = "x'); DROP TABLE documents;--";
     const char *sql_acl[] = {"group:x'); DROP TABLE quarry.acl;--", "user:\"},{\"public"};
