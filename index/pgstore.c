@@ -317,25 +317,41 @@ out:
     return st;
 }
 
-/* On a standby nothing can be created: the schema must be there, and current. */
-static qr_status check_schema(pgstore *pg, char *err)
+/* Whether quarry's schema is there and its version (0 when not), read without taking a lock or
+ * creating anything: what a standby, or a node opening a current store, needs. */
+static qr_status read_schema(pgstore *pg, int64_t *version, char *err)
 {
-    int64_t exists = 0, version = 0;
+    int64_t exists = 0;
+    *version = 0;
     qr_status st = pg_int(
         pg, "SELECT count(*) FROM pg_tables WHERE schemaname = 'quarry' AND tablename = 'schema_version'",
         NULL, &exists, err, "look for quarry's schema");
-    if (st)
+    return st || !exists ? st : schema_version(pg, version, err);
+}
+
+/* Makes sure the schema is current: migrates it on a primary when it is older (or absent); a
+ * standby cannot create anything, so there it must be current already. */
+static qr_status prepare_schema(pgstore *pg, char *err)
+{
+    int64_t standby = 0, version = 0;
+    qr_status st;
+    if ((st = pg_int(pg, "SELECT pg_is_in_recovery()::int", NULL, &standby, err,
+                     "ask whether the server is a standby")) ||
+        (st = read_schema(pg, &version, err)))
         return st;
-    if (!exists)
+    if (version > PG_SCHEMA_VERSION)
         return qr_fail(err, QR_EINVAL,
-                       "the PostgreSQL server is a standby without quarry's schema: open the "
-                       "store on the primary first");
-    if ((st = schema_version(pg, &version, err)))
-        return st;
-    if (version != PG_SCHEMA_VERSION)
-        return qr_fail(err, QR_EINVAL, "the PostgreSQL standby has quarry schema %lld, this quarry needs %d",
+                       "the PostgreSQL store has schema %lld, this quarry knows up to %d: upgrade quarry",
                        (long long)version, PG_SCHEMA_VERSION);
-    return QR_OK;
+    if (version == PG_SCHEMA_VERSION)
+        return QR_OK;
+    if (standby)
+        return qr_fail(
+            err, QR_EINVAL,
+            "the PostgreSQL server is a standby and quarry's schema there is at version %lld, not %d: "
+            "open the store on the primary first",
+            (long long)version, PG_SCHEMA_VERSION);
+    return migrate(pg, err);
 }
 
 qr_status pgstore_open(const char *conninfo, pgstore **out, char *err)
@@ -356,16 +372,12 @@ qr_status pgstore_open(const char *conninfo, pgstore **out, char *err)
     if (!pg)
         return qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL handle");
     qr_status st = QR_OK;
-    int64_t standby = 0;
     pg->conn = PQconnectdb(conninfo);
     if (!pg->conn) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL connection");
         goto out;
     }
-    if ((st = pg_session(pg, err)) ||
-        (st = pg_int(pg, "SELECT pg_is_in_recovery()::int", NULL, &standby, err,
-                     "ask whether the server is a standby")) ||
-        (st = standby ? check_schema(pg, err) : migrate(pg, err)) ||
+    if ((st = pg_session(pg, err)) || (st = prepare_schema(pg, err)) ||
         (st = pg_int(pg, "SELECT value::bigint FROM quarry.meta WHERE key = 'store_uid'", NULL, &pg->uid, err,
                      "read the store uid")))
         goto out;

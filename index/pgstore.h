@@ -22,14 +22,18 @@
  * that already moved past 8 would miss 7 for ever. Chunk ids and document keys come from the
  * same row in the same UPDATE, so they too increase in commit order. The document lookup that
  * decides added/updated/unchanged runs after that UPDATE (READ COMMITTED gives each statement a
- * fresh snapshot, which then holds every earlier writer), so two puts of one new doc_id cannot
- * both insert it. A write that turns out to change nothing rolls back: the counter stays.
+ * fresh snapshot, which then holds every earlier writer; it cannot be part of the UPDATE's own
+ * statement, whose snapshot predates the wait), so two puts of one new doc_id cannot both insert
+ * it. A write that turns out to change nothing rolls back: the counter stays, and counters are
+ * gap-free.
  *
  * Threads: a handle is one connection, used by one thread at a time; open one per thread. Every
  * function that fails writes the reason into err (QR_ERR_LEN bytes, may be NULL) and, unless it
  * says otherwise, changes nothing. PostgreSQL errors become QR_EUNAVAILABLE (connection lost, or
  * a write reached a standby), QR_ETIMEOUT (a lock waited more than 5 s, a statement timeout),
- * QR_ENOSPC, QR_ENOMEM, else QR_EIO. A lost connection is re-established by the next call.
+ * QR_ENOSPC, QR_ENOMEM, else QR_EIO. The call that finds the connection lost fails with
+ * QR_EUNAVAILABLE (for a write whose COMMIT got no answer, its outcome is unknown: write it again,
+ * writes are idempotent by doc_id); the next call connects again.
  */
 #ifndef QUARRY_INDEX_PGSTORE_H
 #define QUARRY_INDEX_PGSTORE_H

@@ -608,6 +608,16 @@ static void run_bad_input_changes_nothing(void)
     CHECK(strstr(e->state, " '\"},{\"x\\\"' ") != NULL);
     CHECK_INT(through, c);
 
+    /* a schema newer than this quarry is refused, never migrated down or used */
+    raw = PQconnectdb(fx.conninfo);
+    res = PQexec(raw, "INSERT INTO quarry.schema_version(version, applied_ms) VALUES (99, 0)");
+    bool newer = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    PQfinish(raw);
+    CHECK(newer);
+    CHECK_INT(pgstore_open(fx.conninfo, &bad, err), QR_EINVAL);
+    CHECK(strstr(err, "schema 99") != NULL);
+
     map_free(&m);
     pgstore_close(pg);
     store_close(s);
