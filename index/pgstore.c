@@ -105,6 +105,8 @@ static qr_status pg_status(PGconn *c, const PGresult *r)
         return QR_EIO;
     if (strncmp(code, "08", 2) == 0 || strncmp(code, "57P", 3) == 0 || strcmp(code, "25006") == 0)
         return QR_EUNAVAILABLE; /* connection, shutdown, or a write on a standby */
+    if (strcmp(code, "40001") == 0 || strcmp(code, "40P01") == 0)
+        return QR_EUNAVAILABLE; /* transient: a standby cancelled a read that held back its replay */
     if (strcmp(code, "55P03") == 0 || strcmp(code, "57014") == 0)
         return QR_ETIMEOUT; /* lock_timeout, statement_timeout */
     if (strcmp(code, "53100") == 0)

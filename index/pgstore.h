@@ -33,7 +33,7 @@
  * a write reached a standby), QR_ETIMEOUT (a lock waited more than 5 s, a statement timeout),
  * QR_ENOSPC, QR_ENOMEM, else QR_EIO. The call that finds the connection lost fails with
  * QR_EUNAVAILABLE (for a write whose COMMIT got no answer, its outcome is unknown: write it again,
- * writes are idempotent by doc_id); the next call connects again.
+ * a put or an ACL change can simply be sent again); the next call connects again.
  */
 #ifndef QUARRY_INDEX_PGSTORE_H
 #define QUARRY_INDEX_PGSTORE_H
