@@ -29,11 +29,11 @@
  *
  * Threads: a handle is one connection, used by one thread at a time; open one per thread. Every
  * function that fails writes the reason into err (QR_ERR_LEN bytes, may be NULL) and, unless it
- * says otherwise, changes nothing. PostgreSQL errors become QR_EUNAVAILABLE (connection lost, or
- * a write reached a standby), QR_ETIMEOUT (a lock waited more than 5 s, a statement timeout),
- * QR_ENOSPC, QR_ENOMEM, else QR_EIO. The call that finds the connection lost fails with
- * QR_EUNAVAILABLE (for a write whose COMMIT got no answer, its outcome is unknown: write it again,
- * a put or an ACL change can simply be sent again); the next call connects again.
+ * says otherwise, changes nothing. PostgreSQL errors become QR_EUNAVAILABLE (connection lost, a
+ * write reached a standby, a standby cancelled a read for its replay), QR_ETIMEOUT (a lock waited more than 5
+ * s, a statement timeout), QR_ENOSPC, QR_ENOMEM, else QR_EIO. The call that finds the connection lost fails
+ * with QR_EUNAVAILABLE (for a write whose COMMIT got no answer, its outcome is unknown: write it again, a put
+ * or an ACL change can simply be sent again); the next call connects again.
  */
 #ifndef QUARRY_INDEX_PGSTORE_H
 #define QUARRY_INDEX_PGSTORE_H
