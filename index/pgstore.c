@@ -45,6 +45,7 @@ struct pgstore {
     int64_t uid;
     int64_t dim;   /* the recorded embedding dimension once read (never changes); 0 */
     sqlite3 *json; /* in-memory, for canonical metadata */
+    int piped;     /* statements sent in the open pipeline (pipe_begin); -1 outside one */
     sqlite3_stmt *json_q;
 };
 
@@ -173,6 +174,14 @@ static qr_status pg_exec(pgstore *pg, const char *sql, const pg_params *p, bool 
 {
     if (out)
         *out = NULL;
+    if (pg->piped >= 0) {
+        /* in a pipeline: sent now (libpq copies the values), its result read by pipe_end */
+        if (!PQsendQueryParams(pg->conn, sql, p ? p->n : 0, NULL, p ? p->v : NULL, p ? p->len : NULL,
+                               p ? p->fmt : NULL, binary))
+            return pg_fail(pg, NULL, err, what);
+        pg->piped++;
+        return QR_OK;
+    }
     PGresult *r = PQexecParams(pg->conn, sql, p ? p->n : 0, NULL, p ? p->v : NULL, p ? p->len : NULL,
                                p ? p->fmt : NULL, binary);
     ExecStatusType es = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
@@ -186,6 +195,42 @@ static qr_status pg_exec(pgstore *pg, const char *sql, const pg_params *p, bool 
     else
         PQclear(r);
     return QR_OK;
+}
+
+/* A pipeline (libpq 14): the statements pg_exec is given from pipe_begin to pipe_end go to the
+ * server together and cost one round trip, for writes whose results the next ones do not need.
+ * They run in order; after a failure the server skips the rest, and pipe_end returns the first
+ * failure. */
+static qr_status pipe_begin(pgstore *pg, char *err)
+{
+    if (!PQenterPipelineMode(pg->conn))
+        return pg_fail(pg, NULL, err, "start a pipeline");
+    pg->piped = 0;
+    return QR_OK;
+}
+
+static qr_status pipe_end(pgstore *pg, qr_status st, char *err, const char *what)
+{
+    int n = pg->piped;
+    pg->piped = -1;
+    if (!PQpipelineSync(pg->conn) && !st)
+        st = pg_fail(pg, NULL, err, what);
+    /* every statement sent has its result and a NULL; then the sync's result */
+    for (int i = 0; i <= n; i++) {
+        PGresult *r = PQgetResult(pg->conn);
+        if (!r)
+            break; /* the connection is gone: nothing more will come */
+        ExecStatusType es = PQresultStatus(r);
+        if (!st && es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK && es != PGRES_PIPELINE_SYNC &&
+            es != PGRES_PIPELINE_ABORTED)
+            st = pg_fail(pg, r, err, what);
+        PQclear(r);
+        if (es != PGRES_PIPELINE_SYNC)
+            PQclear(PQgetResult(pg->conn));
+    }
+    if (!PQexitPipelineMode(pg->conn) && !st)
+        st = pg_fail(pg, NULL, err, what);
+    return st;
 }
 
 /* Runs a script of several statements without parameters (a migration). */
@@ -373,6 +418,7 @@ qr_status pgstore_open(const char *conninfo, pgstore **out, char *err)
     pgstore *pg = calloc(1, sizeof(*pg));
     if (!pg)
         return qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL handle");
+    pg->piped = -1;
     qr_status st = QR_OK;
     pg->conn = PQconnectdb(conninfo);
     if (!pg->conn) {
@@ -797,13 +843,17 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
         p_str(&p, in.content_type);
         p_str(&p, in.metadata);
         p_int(&p, c);
-        if ((st =
-                 pg_exec(pg,
-                         "UPDATE quarry.documents SET title = $2, uri = $3, content_type = $4, metadata = $5,"
-                         " counter = $6 WHERE key = $1",
-                         &p, false, NULL, err, "update a document")) ||
-            (!d.same_acl && (st = write_acl(pg, d.key, false, qr_buf_str(&acl), c, err))) ||
-            (st = pg_commit(pg, err)))
+        if ((st = pipe_begin(pg, err)))
+            goto out;
+        st = pg_exec(pg,
+                     "UPDATE quarry.documents SET title = $2, uri = $3, content_type = $4, metadata = $5,"
+                     " counter = $6 WHERE key = $1",
+                     &p, false, NULL, err, "update a document");
+        if (!st && !d.same_acl)
+            st = write_acl(pg, d.key, false, qr_buf_str(&acl), c, err);
+        if (!st)
+            st = pg_commit(pg, err);
+        if ((st = pipe_end(pg, st, err, "update a document")))
             goto out;
         *result = d.same_title ? STORE_ACL_UPDATED : STORE_UPDATED;
         goto out;
@@ -831,27 +881,30 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
     p_str(&p, in.hash);
     p_bytes(&p, doc->text, doc->text_len);
     p_int(&p, c);
+    /* what is left needs no answer before the next statement: one round trip to the commit */
+    if ((st = pipe_begin(pg, err)))
+        goto out;
     if (d.found) {
         pg_params k = {0};
         p_int(&k, key);
         /* the old chunks go (their vectors with them); the follower replaces them by the record */
-        if ((st = pg_exec(pg, "DELETE FROM quarry.chunks WHERE doc = $1", &k, false, NULL, err,
-                          "delete chunks")) ||
-            (st =
-                 pg_exec(pg,
+        if (!(st = pg_exec(pg, "DELETE FROM quarry.chunks WHERE doc = $1", &k, false, NULL, err,
+                           "delete chunks")))
+            st = pg_exec(pg,
                          "UPDATE quarry.documents SET title = $3, uri = $4, content_type = $5, metadata = $6,"
                          " content_hash = $7, text = $8, counter = $9 WHERE key = $1 AND doc_id = $2",
-                         &p, false, NULL, err, "update a document")))
-            goto out;
-    } else if ((st = pg_exec(pg,
-                             "INSERT INTO quarry.documents(key, doc_id, title, uri, content_type, metadata,"
-                             " content_hash, text, counter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                             &p, false, NULL, err, "insert a document"))) {
-        goto out;
+                         &p, false, NULL, err, "update a document");
+    } else {
+        st = pg_exec(pg,
+                     "INSERT INTO quarry.documents(key, doc_id, title, uri, content_type, metadata,"
+                     " content_hash, text, counter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     &p, false, NULL, err, "insert a document");
     }
-    if (((!d.found || !d.same_acl) && (st = write_acl(pg, key, !d.found, qr_buf_str(&acl), c, err))) ||
-        (st = insert_chunks(pg, key, chunks, nchunks, vectors, dim, first, c, err)) ||
-        (st = pg_commit(pg, err)))
+    if (!st && (!d.found || !d.same_acl))
+        st = write_acl(pg, key, !d.found, qr_buf_str(&acl), c, err);
+    if (!st && !(st = insert_chunks(pg, key, chunks, nchunks, vectors, dim, first, c, err)))
+        st = pg_commit(pg, err);
+    if ((st = pipe_end(pg, st, err, "write a document")))
         goto out;
     *result = d.found ? STORE_UPDATED : STORE_ADDED;
 out:
@@ -887,11 +940,14 @@ qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char
     p_int(&p, c);
     p_int(&k, d.key);
     /* the document's chunks, vectors and ACL rows go with it (ON DELETE CASCADE) */
-    if ((st = pg_exec(pg, "INSERT INTO quarry.tombstones(doc, doc_id, counter) VALUES ($1, $2, $3)", &p,
-                      false, NULL, err, "record a deletion")) ||
-        (st = pg_exec(pg, "DELETE FROM quarry.documents WHERE key = $1", &k, false, NULL, err,
-                      "delete a document")) ||
-        (st = pg_commit(pg, err)))
+    if ((st = pipe_begin(pg, err)))
+        goto out;
+    st = pg_exec(pg, "INSERT INTO quarry.tombstones(doc, doc_id, counter) VALUES ($1, $2, $3)", &p, false,
+                 NULL, err, "record a deletion");
+    if (!st && !(st = pg_exec(pg, "DELETE FROM quarry.documents WHERE key = $1", &k, false, NULL, err,
+                              "delete a document")))
+        st = pg_commit(pg, err);
+    if ((st = pipe_end(pg, st, err, "delete a document")))
         goto out;
     if (counter)
         *counter = c;
@@ -929,9 +985,13 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
     pg_params p = {0};
     p_int(&p, d.key);
     p_int(&p, c);
-    if ((st = pg_exec(pg, "UPDATE quarry.documents SET counter = $2 WHERE key = $1", &p, false, NULL, err,
-                      "update a document")) ||
-        (st = write_acl(pg, d.key, false, qr_buf_str(&lit), c, err)) || (st = pg_commit(pg, err)))
+    if ((st = pipe_begin(pg, err)))
+        goto out;
+    st = pg_exec(pg, "UPDATE quarry.documents SET counter = $2 WHERE key = $1", &p, false, NULL, err,
+                 "update a document");
+    if (!st && !(st = write_acl(pg, d.key, false, qr_buf_str(&lit), c, err)))
+        st = pg_commit(pg, err);
+    if ((st = pipe_end(pg, st, err, "change an ACL")))
         goto out;
     if (counter)
         *counter = c;

@@ -608,6 +608,37 @@ static void run_bad_input_changes_nothing(void)
     CHECK(strstr(e->state, " '\"},{\"x\\\"' ") != NULL);
     CHECK_INT(through, c);
 
+    /* a write the server refuses half-way (here a constraint the test adds) leaves nothing, and
+     * the handle goes on */
+    raw = PQconnectdb(fx.conninfo);
+    res =
+        PQexec(raw, "ALTER TABLE quarry.acl ADD CONSTRAINT test_refuses CHECK (principal <> 'user:refused')");
+    bool altered = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    PQfinish(raw);
+    CHECK(altered);
+    const char *refused[] = {"user:refused"};
+    doc_a(&t);
+    t.doc.doc_id = "refused half-way";
+    t.doc.acl = refused;
+    t.doc.nacl = 1;
+    store_put_result r;
+    CHECK_INT(pgstore_put(pg, &t.doc, t.chunks, 3, t.vecs, DIM, &r, &c, err), QR_EIO);
+    CHECK(strstr(err, "test_refuses") != NULL);
+    CHECK_INT(c, 0);
+    CHECK_INT(pgstore_set_acl(pg, sql_id, refused, 1, &c, err), QR_EIO);
+    int64_t now;
+    CHECK_OK(pgstore_counter(pg, &now, err), err);
+    CHECK_INT(now, through);
+    map_free(&m);
+    CHECK_OK(pull_all(pg, 0, &m, &through, &head, err), err);
+    CHECK_INT(m.n, 2);
+    CHECK(!map_find(&m, "refused half-way"));
+    t.doc.acl = good_acl;
+    CHECK_OK(pgstore_put(pg, &t.doc, t.chunks, 3, t.vecs, DIM, &r, &c, err), err);
+    CHECK_INT(r, STORE_ADDED);
+    CHECK_INT(c, now + 1);
+
     /* a schema newer than this quarry is refused, never migrated down or used */
     raw = PQconnectdb(fx.conninfo);
     res = PQexec(raw, "INSERT INTO quarry.schema_version(version, applied_ms) VALUES (99, 0)");
