@@ -629,8 +629,8 @@ typedef struct {
 } pg_doc;
 
 /* Looks doc_id up, comparing with in (NULL: presence only) and the sorted ACL acl_lit. */
-static qr_status find_doc(pgstore *pg, const char *doc_id, const pg_input *in, const char *hash,
-                          const char *acl_lit, pg_doc *d, char *err)
+static qr_status find_doc(pgstore *pg, const char *doc_id, const pg_input *in, const char *acl_lit, pg_doc *d,
+                          char *err)
 {
     pg_params p = {0};
     PGresult *r;
@@ -651,7 +651,7 @@ static qr_status find_doc(pgstore *pg, const char *doc_id, const pg_input *in, c
         d->key = text_i64(r, 0, 0);
         d->same_acl = text_i64(r, 0, 6) == 1;
         if (in) {
-            d->same_hash = strcmp(PQgetvalue(r, 0, 1), hash) == 0;
+            d->same_hash = strcmp(PQgetvalue(r, 0, 1), in->hash) == 0;
             d->same_title = strcmp(PQgetvalue(r, 0, 2), in->title) == 0;
             d->same_fields = strcmp(PQgetvalue(r, 0, 3), in->uri) == 0 &&
                              strcmp(PQgetvalue(r, 0, 4), in->content_type) == 0 &&
@@ -818,8 +818,7 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
     if (st || (st = text_array(&acl, in.acl, in.nacl, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
     /* an unchanged document (a re-ingest) is answered without waiting for the counter row */
-    if ((st = pg_begin(pg, err)) ||
-        (st = find_doc(pg, doc->doc_id, &in, in.hash, qr_buf_str(&acl), &d, err)) ||
+    if ((st = pg_begin(pg, err)) || (st = find_doc(pg, doc->doc_id, &in, qr_buf_str(&acl), &d, err)) ||
         (st = check_dim(pg, doc->doc_id, nchunks, dim, err)))
         goto out;
     if (unchanged(&d)) {
@@ -827,8 +826,7 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
         goto out;
     }
     /* decide on what the store holds once this transaction holds the counter row */
-    if ((st = bump_counter(pg, &c, err)) ||
-        (st = find_doc(pg, doc->doc_id, &in, in.hash, qr_buf_str(&acl), &d, err)))
+    if ((st = bump_counter(pg, &c, err)) || (st = find_doc(pg, doc->doc_id, &in, qr_buf_str(&acl), &d, err)))
         goto out;
     if (unchanged(&d)) {
         *result = STORE_UNCHANGED; /* the rollback gives the counter back */
@@ -928,7 +926,7 @@ qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char
     if (st || (st = pg_ready(pg, err)))
         return st;
     if ((st = pg_begin(pg, err)) || (st = bump_counter(pg, &c, err)) ||
-        (st = find_doc(pg, doc_id, NULL, NULL, NULL, &d, err)))
+        (st = find_doc(pg, doc_id, NULL, NULL, &d, err)))
         goto out;
     if (!d.found) {
         st = store_not_found(doc_id, err);
@@ -974,7 +972,7 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
         (st = text_array(&lit, sorted, nsorted, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
     if ((st = pg_begin(pg, err)) || (st = bump_counter(pg, &c, err)) ||
-        (st = find_doc(pg, doc_id, NULL, NULL, qr_buf_str(&lit), &d, err)))
+        (st = find_doc(pg, doc_id, NULL, qr_buf_str(&lit), &d, err)))
         goto out;
     if (!d.found) {
         st = store_not_found(doc_id, err);
