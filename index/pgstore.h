@@ -20,7 +20,7 @@
  * snapshot shows counter c sees every transaction with a counter <= c. A sequence would not do:
  * nextval() does not wait, so a transaction could draw 7, commit after another's 8, and a reader
  * that already moved past 8 would miss 7 for ever. Chunk ids and document keys come from the
- * same row in the same UPDATE, so they too increase in commit order. The document lookup that
+ * same row under the same lock, so they too increase in commit order. The document lookup that
  * decides added/updated/unchanged runs after that UPDATE (READ COMMITTED gives each statement a
  * fresh snapshot, which then holds every earlier writer; it cannot be part of the UPDATE's own
  * statement, whose snapshot predates the wait), so two puts of one new doc_id cannot both insert
@@ -29,11 +29,12 @@
  *
  * Threads: a handle is one connection, used by one thread at a time; open one per thread. Every
  * function that fails writes the reason into err (QR_ERR_LEN bytes, may be NULL) and, unless it
- * says otherwise, changes nothing. PostgreSQL errors become QR_EUNAVAILABLE (connection lost, a
- * write reached a standby, a standby cancelled a read for its replay), QR_ETIMEOUT (a lock waited more than 5
- * s, a statement timeout), QR_ENOSPC, QR_ENOMEM, else QR_EIO. The call that finds the connection lost fails
- * with QR_EUNAVAILABLE (for a write whose COMMIT got no answer, its outcome is unknown: write it again, a put
- * or an ACL change can simply be sent again); the next call connects again.
+ * says otherwise, changes nothing. PostgreSQL errors become QR_EUNAVAILABLE (the connection is
+ * lost, a write reached a standby, a standby cancelled a read for its replay), QR_ETIMEOUT (a
+ * lock waited more than 5 s, a statement timeout), QR_ENOSPC, QR_ENOMEM, else QR_EIO. The call
+ * that finds the connection lost fails with QR_EUNAVAILABLE (a write whose COMMIT got no answer
+ * may or may not have happened: a put or an ACL change can simply be sent again); the next call
+ * connects again.
  */
 #ifndef QUARRY_INDEX_PGSTORE_H
 #define QUARRY_INDEX_PGSTORE_H
