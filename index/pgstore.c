@@ -209,24 +209,32 @@ static qr_status pipe_begin(pgstore *pg, char *err)
     return QR_OK;
 }
 
-static qr_status pipe_end(pgstore *pg, qr_status st, char *err, const char *what)
+/* keep[i] (i < nkeep, may be NULL) receives the rows of the i-th statement sent, when it
+ * succeeded: PQclear() them. */
+static qr_status pipe_end(pgstore *pg, qr_status st, PGresult **keep, int nkeep, char *err, const char *what)
 {
     int n = pg->piped;
     pg->piped = -1;
+    for (int i = 0; i < nkeep; i++)
+        keep[i] = NULL;
     if (!PQpipelineSync(pg->conn) && !st)
         st = pg_fail(pg, NULL, err, what);
-    /* every statement sent has its result and a NULL; then the sync's result */
+    /* every statement sent has its result, then a NULL; the sync has its result alone */
     for (int i = 0; i <= n; i++) {
         PGresult *r = PQgetResult(pg->conn);
         if (!r)
             break; /* the connection is gone: nothing more will come */
         ExecStatusType es = PQresultStatus(r);
+        if (i < n)
+            PQclear(PQgetResult(pg->conn));
         if (!st && es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK && es != PGRES_PIPELINE_SYNC &&
             es != PGRES_PIPELINE_ABORTED)
             st = pg_fail(pg, r, err, what);
+        if (i < nkeep && es == PGRES_TUPLES_OK) {
+            keep[i] = r;
+            continue;
+        }
         PQclear(r);
-        if (es != PGRES_PIPELINE_SYNC)
-            PQclear(PQgetResult(pg->conn));
     }
     if (!PQexitPipelineMode(pg->conn) && !st)
         st = pg_fail(pg, NULL, err, what);
@@ -628,67 +636,83 @@ typedef struct {
     bool same_hash, same_title, same_fields, same_acl;
 } pg_doc;
 
-/* Looks doc_id up, comparing with in (NULL: presence only) and the sorted ACL acl_lit. */
-static qr_status find_doc(pgstore *pg, const char *doc_id, const pg_input *in, const char *acl_lit, pg_doc *d,
-                          char *err)
+/* Looks doc_id up (its parameters: doc_id, the sorted ACL as an array literal). */
+#define FIND_DOC_SQL                                                                     \
+    "SELECT key, content_hash, title, uri, content_type, metadata,"                      \
+    " (array(SELECT principal FROM quarry.acl a WHERE a.doc = d.key ORDER BY principal)" \
+    "  = $2::text[])::int"                                                               \
+    " FROM quarry.documents d WHERE doc_id = $1"
+
+/* FIND_DOC_SQL's row compared with in (NULL: presence and ACL only). */
+static void read_doc(const PGresult *r, const pg_input *in, pg_doc *d)
 {
-    pg_params p = {0};
-    PGresult *r;
     memset(d, 0, sizeof(*d));
-    p_str(&p, doc_id);
-    p_str(&p, acl_lit ? acl_lit : "{}");
-    qr_status st =
-        pg_exec(pg,
-                "SELECT key, content_hash, title, uri, content_type, metadata,"
-                " (array(SELECT principal FROM quarry.acl a WHERE a.doc = d.key ORDER BY principal)"
-                "  = $2::text[])::int"
-                " FROM quarry.documents d WHERE doc_id = $1",
-                &p, false, &r, err, "look up a document");
-    if (st)
-        return st;
-    if (PQntuples(r) == 1) {
-        d->found = true;
-        d->key = text_i64(r, 0, 0);
-        d->same_acl = text_i64(r, 0, 6) == 1;
-        if (in) {
-            d->same_hash = strcmp(PQgetvalue(r, 0, 1), in->hash) == 0;
-            d->same_title = strcmp(PQgetvalue(r, 0, 2), in->title) == 0;
-            d->same_fields = strcmp(PQgetvalue(r, 0, 3), in->uri) == 0 &&
-                             strcmp(PQgetvalue(r, 0, 4), in->content_type) == 0 &&
-                             strcmp(PQgetvalue(r, 0, 5), in->metadata) == 0;
-        }
+    if (PQntuples(r) != 1)
+        return;
+    d->found = true;
+    d->key = text_i64(r, 0, 0);
+    d->same_acl = text_i64(r, 0, 6) == 1;
+    if (in) {
+        d->same_hash = strcmp(PQgetvalue(r, 0, 1), in->hash) == 0;
+        d->same_title = strcmp(PQgetvalue(r, 0, 2), in->title) == 0;
+        d->same_fields = strcmp(PQgetvalue(r, 0, 3), in->uri) == 0 &&
+                         strcmp(PQgetvalue(r, 0, 4), in->content_type) == 0 &&
+                         strcmp(PQgetvalue(r, 0, 5), in->metadata) == 0;
     }
-    PQclear(r);
-    return QR_OK;
 }
 
-/* Takes the counter row (and its lock, to commit) and the write's counter: see pgstore.h. */
-static qr_status bump_counter(pgstore *pg, int64_t *counter, char *err)
-{
-    return pg_int(pg, "UPDATE quarry.counter SET value = value + 1 RETURNING value", NULL, counter, err,
-                  "move the change counter");
-}
+/* The ids a write takes with the counter row. */
+typedef struct {
+    int64_t counter;     /* the write's change counter */
+    int64_t first_chunk; /* the first of the nchunks chunk ids asked for */
+    int64_t doc_key;     /* a key for the document, should it turn out new */
+} pg_ids;
 
-/* Hands out nchunks chunk ids and, for a new document, its key, from the counter row the
- * transaction holds. */
-static qr_status take_ids(pgstore *pg, size_t nchunks, bool new_doc, int64_t *first_chunk, int64_t *key,
-                          char *err)
+/*
+ * Looks doc_id up (with BEGIN, as the write's transaction begins, when begin) and, when lock,
+ * then takes the counter row -- its lock, to commit, and the ids -- and looks doc_id up again
+ * under that lock; *d has the last lookup. All in one pipeline, one round trip: the second lookup
+ * is a statement of its own, so its snapshot is taken once the UPDATE holds the lock and holds
+ * every earlier writer (pgstore.h). The UPDATE hands out nchunks chunk ids and one document key
+ * before it is known whether the document is new or its content changed: ids a write does not use
+ * are left unused, which nothing minds (they only need to increase).
+ */
+static qr_status look_up(pgstore *pg, bool begin, bool lock, const char *doc_id, const pg_input *in,
+                         const char *acl_lit, size_t nchunks, pg_ids *ids, pg_doc *d, char *err)
 {
-    pg_params p = {0};
-    PGresult *r;
-    p_int(&p, (int64_t)nchunks);
-    p_int(&p, new_doc ? 1 : 0);
-    qr_status st = pg_exec(pg,
-                           "UPDATE quarry.counter SET next_chunk = next_chunk + $1, next_doc = next_doc + $2"
-                           " RETURNING next_chunk - $1, next_doc - $2",
-                           &p, false, &r, err, "hand out chunk ids");
+    PGresult *res[4];
+    pg_params f = {0}, u = {0};
+    p_str(&f, doc_id);
+    p_str(&f, acl_lit ? acl_lit : "{}");
+    p_int(&u, (int64_t)nchunks);
+    qr_status st = pipe_begin(pg, err);
     if (st)
         return st;
-    *first_chunk = text_i64(r, 0, 0);
-    if (new_doc)
-        *key = text_i64(r, 0, 1);
-    PQclear(r);
-    return QR_OK;
+    int at = 0, updated = -1, found = -1;
+    if (begin && !(st = pg_exec(pg, "BEGIN", NULL, false, NULL, err, "begin a transaction")))
+        at++;
+    if (!st && !lock && !(st = pg_exec(pg, FIND_DOC_SQL, &f, false, NULL, err, "look up a document")))
+        found = at++;
+    if (!st && lock &&
+        !(st = pg_exec(pg,
+                       "UPDATE quarry.counter SET value = value + 1, next_chunk = next_chunk + $1,"
+                       " next_doc = next_doc + 1 RETURNING value, next_chunk - $1, next_doc - 1",
+                       &u, false, NULL, err, "move the change counter")))
+        updated = at++;
+    if (!st && lock && !(st = pg_exec(pg, FIND_DOC_SQL, &f, false, NULL, err, "look up a document")))
+        found = at++;
+    if ((st = pipe_end(pg, st, res, at, err, lock ? "move the change counter" : "look up a document")))
+        goto out;
+    if (updated >= 0) {
+        ids->counter = text_i64(res[updated], 0, 0);
+        ids->first_chunk = text_i64(res[updated], 0, 1);
+        ids->doc_key = text_i64(res[updated], 0, 2);
+    }
+    read_doc(res[found], in, d);
+out:
+    for (int i = 0; i < at; i++)
+        PQclear(res[i]);
+    return st;
 }
 
 static qr_status write_acl(pgstore *pg, int64_t key, bool is_new, const char *acl_lit, int64_t counter,
@@ -811,14 +835,15 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
         *counter = 0;
     pg_input in = {0};
     pg_doc d;
-    int64_t c = 0, key = 0, first = 0;
+    pg_ids ids = {0};
+    int64_t c = 0, key;
     qr_buf acl;
     qr_buf_init(&acl, PG_BUF_CAP);
     qr_status st = check_input(pg, doc, chunks, nchunks, vectors, dim, &in, err);
     if (st || (st = text_array(&acl, in.acl, in.nacl, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
     /* an unchanged document (a re-ingest) is answered without waiting for the counter row */
-    if ((st = pg_begin(pg, err)) || (st = find_doc(pg, doc->doc_id, &in, qr_buf_str(&acl), &d, err)) ||
+    if ((st = look_up(pg, true, false, doc->doc_id, &in, qr_buf_str(&acl), 0, NULL, &d, err)) ||
         (st = check_dim(pg, doc->doc_id, nchunks, dim, err)))
         goto out;
     if (unchanged(&d)) {
@@ -826,8 +851,10 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
         goto out;
     }
     /* decide on what the store holds once this transaction holds the counter row */
-    if ((st = bump_counter(pg, &c, err)) || (st = find_doc(pg, doc->doc_id, &in, qr_buf_str(&acl), &d, err)))
+    if ((st = look_up(pg, false, true, doc->doc_id, &in, qr_buf_str(&acl), doc->text ? nchunks : 0, &ids, &d,
+                      err)))
         goto out;
+    c = ids.counter;
     if (unchanged(&d)) {
         *result = STORE_UNCHANGED; /* the rollback gives the counter back */
         goto out;
@@ -851,7 +878,7 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
             st = write_acl(pg, d.key, false, qr_buf_str(&acl), c, err);
         if (!st)
             st = pg_commit(pg, err);
-        if ((st = pipe_end(pg, st, err, "update a document")))
+        if ((st = pipe_end(pg, st, NULL, 0, err, "update a document")))
             goto out;
         *result = d.same_title ? STORE_ACL_UPDATED : STORE_UPDATED;
         goto out;
@@ -867,9 +894,7 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
                      doc->doc_id, doc->text_len);
         goto out;
     }
-    key = d.key;
-    if ((st = take_ids(pg, nchunks, !d.found, &first, &key, err)))
-        goto out;
+    key = d.found ? d.key : ids.doc_key;
     p_int(&p, key);
     p_str(&p, doc->doc_id);
     p_str(&p, in.title);
@@ -900,9 +925,9 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
     }
     if (!st && (!d.found || !d.same_acl))
         st = write_acl(pg, key, !d.found, qr_buf_str(&acl), c, err);
-    if (!st && !(st = insert_chunks(pg, key, chunks, nchunks, vectors, dim, first, c, err)))
+    if (!st && !(st = insert_chunks(pg, key, chunks, nchunks, vectors, dim, ids.first_chunk, c, err)))
         st = pg_commit(pg, err);
-    if ((st = pipe_end(pg, st, err, "write a document")))
+    if ((st = pipe_end(pg, st, NULL, 0, err, "write a document")))
         goto out;
     *result = d.found ? STORE_UPDATED : STORE_ADDED;
 out:
@@ -921,13 +946,14 @@ qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char
     if (counter)
         *counter = 0;
     pg_doc d;
+    pg_ids ids = {0};
     int64_t c = 0;
     qr_status st = store_check_doc_id(doc_id, err);
     if (st || (st = pg_ready(pg, err)))
         return st;
-    if ((st = pg_begin(pg, err)) || (st = bump_counter(pg, &c, err)) ||
-        (st = find_doc(pg, doc_id, NULL, NULL, &d, err)))
+    if ((st = look_up(pg, true, true, doc_id, NULL, NULL, 0, &ids, &d, err)))
         goto out;
+    c = ids.counter;
     if (!d.found) {
         st = store_not_found(doc_id, err);
         goto out;
@@ -945,7 +971,7 @@ qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char
     if (!st && !(st = pg_exec(pg, "DELETE FROM quarry.documents WHERE key = $1", &k, false, NULL, err,
                               "delete a document")))
         st = pg_commit(pg, err);
-    if ((st = pipe_end(pg, st, err, "delete a document")))
+    if ((st = pipe_end(pg, st, NULL, 0, err, "delete a document")))
         goto out;
     if (counter)
         *counter = c;
@@ -964,6 +990,7 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
     const char **sorted = NULL;
     size_t nsorted = 0;
     pg_doc d;
+    pg_ids ids = {0};
     int64_t c = 0;
     qr_buf lit;
     qr_buf_init(&lit, PG_BUF_CAP);
@@ -971,9 +998,9 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
     if (st || (st = normalise_acl(acl, nacl, &sorted, &nsorted, err)) ||
         (st = text_array(&lit, sorted, nsorted, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
-    if ((st = pg_begin(pg, err)) || (st = bump_counter(pg, &c, err)) ||
-        (st = find_doc(pg, doc_id, NULL, qr_buf_str(&lit), &d, err)))
+    if ((st = look_up(pg, true, true, doc_id, NULL, qr_buf_str(&lit), 0, &ids, &d, err)))
         goto out;
+    c = ids.counter;
     if (!d.found) {
         st = store_not_found(doc_id, err);
         goto out;
@@ -989,7 +1016,7 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
                  "update a document");
     if (!st && !(st = write_acl(pg, d.key, false, qr_buf_str(&lit), c, err)))
         st = pg_commit(pg, err);
-    if ((st = pipe_end(pg, st, err, "change an ACL")))
+    if ((st = pipe_end(pg, st, NULL, 0, err, "change an ACL")))
         goto out;
     if (counter)
         *counter = c;
