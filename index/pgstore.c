@@ -3,10 +3,12 @@
  * tables and the counter argument). Writes check a document exactly as store_write.c does (its
  * checks are shared through store_int.h; metadata is made canonical by SQLite's json(), in a
  * private in-memory database, so that the text PostgreSQL keeps is the text a follower's store
- * keeps), then run one READ COMMITTED transaction that begins by bumping the counter row, and
- * decides what to write only after that row lock is held. Reads for followers (pgstore_pull) are
- * one REPEATABLE READ, READ ONLY transaction with results in binary format: vectors travel as
- * the raw float32 bytes they are stored as, integers as 8 bytes, with no text to parse.
+ * keeps), then run one READ COMMITTED transaction in three round trips: a lookup (an unchanged
+ * document ends there, without waiting for anyone), the counter row's UPDATE and the lookup again
+ * under its lock in one libpq pipeline, and the writes with the COMMIT in another. Reads for
+ * followers (pgstore_pull) are one REPEATABLE READ, READ ONLY transaction with results in binary
+ * format: vectors travel as the raw float32 bytes they are stored as, integers as 8 bytes, with
+ * no text to parse.
  *
  * libpq's messages and SQLSTATEs become quarry statuses in one place (pg_fail). Every value
  * goes to the server as a bound parameter; none is formatted into SQL.

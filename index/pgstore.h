@@ -14,15 +14,15 @@
  * little-endian bytes, counter), acl (document key, canonical principal, counter), tombstones
  * (doc_id, document key, counter of its deletion), nodes (follower name, applied counter).
  *
- * The counter argument: every write transaction first runs UPDATE on the counter row. The row
- * lock that UPDATE takes is held to commit, so writers pass that point one at a time and each
- * sees the previous one committed: counters are handed out in commit order, and a reader whose
- * snapshot shows counter c sees every transaction with a counter <= c. A sequence would not do:
- * nextval() does not wait, so a transaction could draw 7, commit after another's 8, and a reader
- * that already moved past 8 would miss 7 for ever. Chunk ids and document keys come from the
- * same row under the same lock, so they too increase in commit order. The document lookup that
- * decides added/updated/unchanged runs after that UPDATE (READ COMMITTED gives each statement a
- * fresh snapshot, which then holds every earlier writer; it cannot be part of the UPDATE's own
+ * The counter argument: every write transaction runs UPDATE on the counter row before it writes
+ * anything else. The row lock that UPDATE takes is held to commit, so writers pass that point one
+ * at a time and each sees the previous one committed: counters are handed out in commit order, and
+ * a reader whose snapshot shows counter c sees every transaction with a counter <= c. A sequence
+ * would not do: nextval() does not wait, so a transaction could draw 7, commit after another's 8,
+ * and a reader that already moved past 8 would miss 7 for ever. Chunk ids and document keys come
+ * from the same row under the same lock, so they too increase in commit order. The document lookup
+ * that decides added/updated/unchanged runs after that UPDATE (READ COMMITTED gives each statement
+ * a fresh snapshot, which then holds every earlier writer; it cannot be part of the UPDATE's own
  * statement, whose snapshot predates the wait), so two puts of one new doc_id cannot both insert
  * it. A write that turns out to change nothing rolls back: the counter stays, and counters are
  * gap-free.
