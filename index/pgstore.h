@@ -65,7 +65,9 @@ qr_status pgstore_check_embedding(pgstore *pg, const char *model, int dim, char 
 
 /* As store_put, store_delete and store_set_acl (the same checks, statuses and results), one
  * transaction each. *counter (may be NULL) gets the change counter of the write, 0 when nothing
- * was written (STORE_UNCHANGED, an equal ACL). Chunk ids are handed out by PostgreSQL. */
+ * was written (STORE_UNCHANGED, an equal ACL). Chunk ids (consecutive within a document) and
+ * document keys are handed out by PostgreSQL, increasing in commit order, with gaps (ids a write
+ * took but did not need). */
 qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk *chunks, size_t nchunks,
                       const float *vectors, int dim, store_put_result *result, int64_t *counter, char *err);
 qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char *err);
