@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "index/follow.h"
 #include "index/pgstore.h"
@@ -154,33 +155,59 @@ static qr_status primary(store *s, char *err)
     return QR_OK;
 }
 
-/* Applies the feed until the local counter reaches target: from the feed's connection first
- * (a standby may be behind), then from the primary, which has everything it acknowledged. */
+/* Records a fence's batch asks for: what a node that keeps up has to apply is a few records, and a
+ * whole pull is what makes the store exact. */
+#define FENCE_BATCH 1024
+
+/* Batches from src until every change up to target is in the store (store_follow_exact), or the
+ * deadline. A source behind target is asked again every few milliseconds. */
+static qr_status follow_exactly(store *s, pgstore *src, int64_t target, uint64_t deadline, int64_t *exact,
+                                char *err)
+{
+    qr_status st = store_follow_exact(s, exact, err);
+    while (!st && *exact < target) {
+        if (qr_now_ns() >= deadline)
+            return qr_fail(err, QR_ETIMEOUT, "the feed reached change %lld of %lld in time", (long long)*exact,
+                           (long long)target);
+        int64_t counter = 0, head = 0, before = *exact;
+        if ((st = follow_step(s, pgstore_pull, src, FENCE_BATCH, &counter, &head, err)) ||
+            (st = store_follow_exact(s, exact, err)))
+            break;
+        if (*exact == before && head < target) {
+            struct timespec pause = {0, 2000000L};
+            nanosleep(&pause, NULL);
+        }
+    }
+    return st;
+}
+
+/* Applies the feed until every change up to target is in the local store: from the feed's
+ * connection first (a standby may be behind), then from the primary, which has everything it
+ * acknowledged. */
 static qr_status catch_up(store *s, int64_t target, char *err)
 {
     struct store_route *rt = s->route;
-    int64_t budget = fence_ms(), start = (int64_t)(qr_now_ns() / 1000000), counter = 0;
+    int64_t budget = fence_ms(), exact = 0;
+    uint64_t start = qr_now_ns();
     char e2[QR_ERR_LEN] = "";
-    qr_status st = store_change_counter(s, &counter, err);
-    if (st || counter >= target)
+    qr_status st = store_follow_exact(s, &exact, err);
+    if (st || exact >= target)
         return st;
     if (!(st = pg_open(&rt->r, true, e2))) {
-        st = follow_until(s, pgstore_pull, rt->r, target, budget / 2, &counter, e2);
-        pg_failed(&rt->r, st);
+        st = pg_failed(&rt->r, follow_exactly(s, rt->r, target, start + (uint64_t)budget * 500000u, &exact, e2));
         if (!st)
             return QR_OK;
     }
     if (st != QR_ETIMEOUT && st != QR_EUNAVAILABLE && st != QR_EIO)
         return qr_fail(err, st, "%s", e2); /* the store refused the feed: not a matter of waiting */
-    int64_t left = budget - ((int64_t)(qr_now_ns() / 1000000) - start);
     if ((st = primary(s, e2)) ||
-        (st = follow_until(s, pgstore_pull, rt->w, target, left > 1 ? left : 1, &counter, e2))) {
+        (st = follow_exactly(s, rt->w, target, start + (uint64_t)budget * 1000000u, &exact, e2))) {
         pg_failed(&rt->w, st);
         if (st == QR_ETIMEOUT || st == QR_EUNAVAILABLE || st == QR_EIO)
             return qr_fail(err, QR_EUNAVAILABLE,
                            "this node could not apply the system of record's changes up to %lld within "
-                           "store.fence_ms (%lld ms; it is at %lld): failing closed: %s",
-                           (long long)target, (long long)budget, (long long)counter, e2);
+                           "store.fence_ms (%lld ms; it has every change up to %lld): failing closed: %s",
+                           (long long)target, (long long)budget, (long long)exact, e2);
         return qr_fail(err, st, "%s", e2);
     }
     return QR_OK;
