@@ -117,6 +117,13 @@ static qr_status pg_failed(pgstore **pg, qr_status st)
     return st;
 }
 
+/* The same for the primary's connection, except inside a batch, whose transaction lives on it: the
+ * calls after a lost connection fail (pgstore_batch_commit too) instead of reconnecting. */
+static qr_status w_failed(store *s, qr_status st)
+{
+    return s->route->batch ? st : pg_failed(&s->route->w, st);
+}
+
 static qr_status pg_open(pgstore **pg, bool feed, char *err)
 {
     if (*pg)
@@ -230,8 +237,7 @@ qr_status store_route_put(store *s, const store_document *doc, const store_chunk
 {
     int64_t c = 0;
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&s->route->w, pgstore_put(s->route->w, doc, chunks, nchunks, vectors, dim,
-                                                         result, &c, err))))
+    if (st || (st = w_failed(s, pgstore_put(s->route->w, doc, chunks, nchunks, vectors, dim, result, &c, err))))
         return st;
     return written(s, c, err);
 }
@@ -240,7 +246,7 @@ qr_status store_route_delete(store *s, const char *doc_id, char *err)
 {
     int64_t c = 0;
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&s->route->w, pgstore_delete(s->route->w, doc_id, &c, err))))
+    if (st || (st = w_failed(s, pgstore_delete(s->route->w, doc_id, &c, err))))
         return st;
     return written(s, c, err);
 }
@@ -249,7 +255,7 @@ qr_status store_route_set_acl(store *s, const char *doc_id, const char *const *a
 {
     int64_t c = 0;
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&s->route->w, pgstore_set_acl(s->route->w, doc_id, acl, nacl, &c, err))))
+    if (st || (st = w_failed(s, pgstore_set_acl(s->route->w, doc_id, acl, nacl, &c, err))))
         return st;
     return written(s, c, err);
 }
@@ -258,17 +264,20 @@ qr_status store_route_set_acl(store *s, const char *doc_id, const char *const *a
 qr_status store_route_check_embedding(store *s, const char *model, int dim, char *err)
 {
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&s->route->w, pgstore_check_embedding(s->route->w, model, dim, err))))
+    if (st || (st = w_failed(s, pgstore_check_embedding(s->route->w, model, dim, err))))
         return st;
     return QR_OK;
 }
 
-/* A batch on a routed handle groups no writes (each commits on the primary as it is made, and each
- * document stays atomic): it defers the local catch-up to its end. */
+/* A batch on a routed handle is a batch on the primary (pgstore_batch_begin: one transaction, each
+ * document in a savepoint of its own); the local catch-up waits for its commit. */
 qr_status store_route_batch_begin(store *s, char *err)
 {
     if (s->route->batch || s->batch != BATCH_NONE)
         return qr_fail(err, QR_EINVAL, "a batch is already open on store '%s'", s->path);
+    qr_status st = primary(s, err);
+    if (st || (st = pg_failed(&s->route->w, pgstore_batch_begin(s->route->w, err))))
+        return st;
     s->route->batch = true;
     s->route->batch_counter = 0;
     return QR_OK;
@@ -281,15 +290,17 @@ qr_status store_route_batch_end(store *s, char *err)
     int64_t c = s->route->batch_counter;
     s->route->batch = false;
     s->route->batch_counter = 0;
-    return c > 0 ? catch_up(s, c, err) : QR_OK;
+    qr_status st = s->route->w ? pg_failed(&s->route->w, pgstore_batch_commit(s->route->w, err))
+                               : qr_fail(err, QR_EUNAVAILABLE, "the batch was rolled back: its connection to "
+                                                               "PostgreSQL was lost");
+    return st ? st : c > 0 ? catch_up(s, c, err) : QR_OK;
 }
 
-/* Nothing to discard: the batch's writes are committed on the primary, and reach this store
- * through the feed like any other node's. */
 void store_route_batch_rollback(store *s)
 {
     s->route->batch = false;
     s->route->batch_counter = 0;
+    pgstore_batch_rollback(s->route->w);
 }
 
 bool store_route_in_batch(const store *s)

@@ -415,3 +415,52 @@ TEST(maintainer_follows_in_the_background)
 {
     RUN_WITH_PG(maintainer_follows_in_the_background);
 }
+
+/* A batch on a routed handle is one transaction on the primary: nothing of it is seen before
+ * its commit, everything after; a refused document leaves the rest; a rolled-back batch leaves
+ * nothing. */
+static void run_batches_commit_on_the_primary_at_once(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    CHECK_OK(put(a.s, "before", "public", "gearbox before the batch", 1, err), err);
+    CHECK_OK(store_batch_begin(a.s, err), err);
+    CHECK(store_in_batch(a.s));
+    char id[32], text[96];
+    for (int i = 0; i < 30; i++) {
+        snprintf(id, sizeof(id), "batch-%d", i);
+        snprintf(text, sizeof(text), "gearbox oil %d|bearing %d", i, i);
+        CHECK_OK(put(a.s, id, "public", text, 1, err), err);
+    }
+    CHECK_OK(put(a.s, "before", "public", "gearbox before the batch", 1, err), err); /* unchanged */
+    CHECK(put(a.s, "bad", "no-such-kind:x", "gearbox", 1, err) == QR_EINVAL);           /* refused */
+    /* not committed: another node sees none of it */
+    bool found = false;
+    CHECK_OK(finds(&b, "public", "bearing", "batch-3", &found, err), err);
+    CHECK(!found);
+    CHECK_OK(store_batch_commit(a.s, err), err);
+    CHECK(!store_in_batch(a.s));
+    CHECK_OK(finds(&b, "public", "bearing", "batch-3", &found, err), err);
+    CHECK(found);
+    CHECK_MSG(same_chunks(a.s, b.s, err), "the nodes differ: %s", err);
+    /* a rolled-back batch leaves nothing on the primary */
+    CHECK_OK(store_batch_begin(a.s, err), err);
+    CHECK_OK(put(a.s, "gone", "public", "gearbox rolled back", 1, err), err);
+    store_batch_rollback(a.s);
+    CHECK_OK(finds(&b, "public", "rolled", "gone", &found, err), err);
+    CHECK(!found);
+    char hash[65];
+    CHECK_OK(store_fence(a.s, err), err);
+    CHECK_OK(store_get_hash(a.s, "gone", hash, &found, err), err);
+    CHECK(!found);
+    CHECK_MSG(same_chunks(a.s, b.s, err), "the nodes differ: %s", err);
+    node_close(&a);
+    node_close(&b);
+}
+TEST(batches_commit_on_the_primary_at_once)
+{
+    RUN_WITH_PG(batches_commit_on_the_primary_at_once);
+}
