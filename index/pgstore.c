@@ -673,10 +673,10 @@ static qr_status check_input(pgstore *pg, const store_document *doc, const store
         if ((st = store_check_field(what, values[i], STORE_FIELD_MAX, true, err)))
             return st;
     }
-    if ((st = check_hash(doc->content_hash, in->hash, err)) ||
-        (st = check_text_and_chunks(id, doc, chunks, nchunks, err)) ||
-        (st = check_vectors(id, nchunks, vectors, dim, err)) ||
-        (st = normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
+    if ((st = store_check_hash(doc->content_hash, in->hash, err)) ||
+        (st = store_check_text_and_chunks(id, doc, chunks, nchunks, err)) ||
+        (st = store_check_vectors(id, nchunks, vectors, dim, err)) ||
+        (st = store_normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
         return st;
     return canonical_metadata(pg, id, doc->metadata_json, &in->metadata, err);
 }
@@ -1072,7 +1072,7 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
     qr_buf lit;
     qr_buf_init(&lit, PG_BUF_CAP);
     qr_status st = store_check_doc_id(doc_id, err);
-    if (st || (st = normalise_acl(acl, nacl, &sorted, &nsorted, err)) ||
+    if (st || (st = store_normalise_acl(acl, nacl, &sorted, &nsorted, err)) ||
         (st = text_array(&lit, sorted, nsorted, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
     if ((st = look_up(pg, true, true, doc_id, NULL, qr_buf_str(&lit), 0, &ids, &d, err)))

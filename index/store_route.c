@@ -30,8 +30,8 @@
 #include "index/store_int.h"
 
 struct store_route {
-    pgstore *w;      /* the primary: writes and the fence's counter */
-    pgstore *r;      /* the feed: store.postgres_read, or the primary */
+    pgstore *w;            /* the primary: writes and the fence's counter */
+    pgstore *r;            /* the feed: store.postgres_read, or the primary */
     bool identified;       /* the local store follows the primary's uid */
     bool batch;            /* store_batch_begin: the catch-up waits for store_batch_commit */
     int64_t batch_counter; /* the last write of the open batch (0: none) */
@@ -45,7 +45,8 @@ static int64_t g_fence_ms = 1000;
 qr_status store_set_primary(const char *conninfo, const char *feed_conninfo, int64_t fence_ms, char *err)
 {
     if (!conninfo || !*conninfo)
-        return qr_fail(err, QR_EINVAL, "store.postgres: a connection string is required with store.backend = postgres");
+        return qr_fail(err, QR_EINVAL,
+                       "store.postgres: a connection string is required with store.backend = postgres");
     if (fence_ms < 1)
         return qr_fail(err, QR_EINVAL, "store.fence_ms: must be at least 1");
     char *w = strdup(conninfo), *r = strdup(feed_conninfo && *feed_conninfo ? feed_conninfo : conninfo);
@@ -174,8 +175,8 @@ static qr_status follow_exactly(store *s, pgstore *src, int64_t target, uint64_t
     qr_status st = store_follow_exact(s, exact, err);
     while (!st && *exact < target) {
         if (qr_now_ns() >= deadline)
-            return qr_fail(err, QR_ETIMEOUT, "the feed reached change %lld of %lld in time", (long long)*exact,
-                           (long long)target);
+            return qr_fail(err, QR_ETIMEOUT, "the feed reached change %lld of %lld in time",
+                           (long long)*exact, (long long)target);
         int64_t counter = 0, head = 0, before = *exact;
         if ((st = follow_step(s, pgstore_pull, src, FENCE_BATCH, &counter, &head, err)) ||
             (st = store_follow_exact(s, exact, err)))
@@ -201,7 +202,8 @@ static qr_status catch_up(store *s, int64_t target, char *err)
     if (st || exact >= target)
         return st;
     if (!(st = pg_open(&rt->r, true, e2))) {
-        st = pg_failed(&rt->r, follow_exactly(s, rt->r, target, start + (uint64_t)budget * 500000u, &exact, e2));
+        st = pg_failed(&rt->r,
+                       follow_exactly(s, rt->r, target, start + (uint64_t)budget * 500000u, &exact, e2));
         if (!st)
             return QR_OK;
     }
@@ -237,7 +239,8 @@ qr_status store_route_put(store *s, const store_document *doc, const store_chunk
 {
     int64_t c = 0;
     qr_status st = primary(s, err);
-    if (st || (st = w_failed(s, pgstore_put(s->route->w, doc, chunks, nchunks, vectors, dim, result, &c, err))))
+    if (st ||
+        (st = w_failed(s, pgstore_put(s->route->w, doc, chunks, nchunks, vectors, dim, result, &c, err))))
         return st;
     return written(s, c, err);
 }
@@ -291,8 +294,9 @@ qr_status store_route_batch_end(store *s, char *err)
     s->route->batch = false;
     s->route->batch_counter = 0;
     qr_status st = s->route->w ? pg_failed(&s->route->w, pgstore_batch_commit(s->route->w, err))
-                               : qr_fail(err, QR_EUNAVAILABLE, "the batch was rolled back: its connection to "
-                                                               "PostgreSQL was lost");
+                               : qr_fail(err, QR_EUNAVAILABLE,
+                                         "the batch was rolled back: its connection to "
+                                         "PostgreSQL was lost");
     return st ? st : c > 0 ? catch_up(s, c, err) : QR_OK;
 }
 
