@@ -312,18 +312,37 @@ bool store_route_in_batch(const store *s)
     return s->route && s->route->batch;
 }
 
+/* The primary's counter is never below what this node applied from it, unless the primary lost
+ * writes it had acknowledged and this node had applied: after a failover to a standby that
+ * missed them (Patroni's synchronous_mode is not strict: a leader alone acknowledges writes).
+ * Its next writes would then reuse those counters with other changes, which this node would never
+ * apply: it must not serve, and must be rebuilt from an empty data directory. */
+static qr_status diverged(store *s, int64_t local, int64_t primary_counter, char *err)
+{
+    return qr_fail(err, QR_EUNAVAILABLE,
+                   "the system of record's change counter (%lld) is below the %lld this node's store '%s' "
+                   "applied: the primary lost writes this node had applied (a failover to a standby that "
+                   "missed them): failing closed; rebuild this node from an empty data directory",
+                   (long long)primary_counter, (long long)local, s->path);
+}
+
 qr_status store_fence(store *s, char *err)
 {
     if (!s)
         return qr_fail(err, QR_EINVAL, "store_fence: NULL store");
     if (!s->route)
         return QR_OK;
-    int64_t f = 0;
+    int64_t f = 0, local = 0;
     char e2[QR_ERR_LEN] = "";
-    qr_status st = primary(s, e2);
-    if (st || (st = pg_failed(&s->route->w, pgstore_counter(s->route->w, &f, e2))))
+    /* the local counter first: whatever the follower applies after this read is newer still */
+    qr_status st = store_change_counter(s, &local, err);
+    if (st)
+        return st;
+    if ((st = primary(s, e2)) || (st = pg_failed(&s->route->w, pgstore_counter(s->route->w, &f, e2))))
         return qr_fail(err, st == QR_EINVAL ? QR_EINVAL : QR_EUNAVAILABLE,
                        "the system of record's change counter cannot be read: failing closed: %s", e2);
+    if (f < local)
+        return diverged(s, local, f, err);
     return catch_up(s, f, err);
 }
 
@@ -334,11 +353,13 @@ qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *h
         return qr_fail(err, QR_EINVAL, "store_follow_poll: the store has no system of record");
     struct store_route *rt = s->route;
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&rt->w, pgstore_counter(rt->w, primary_head, err))))
+    if (st || (st = pg_open(&rt->r, true, err)) ||
+        (st = pg_failed(&rt->r, follow_step(s, pgstore_pull, rt->r, limit, counter, head, err))))
         return st;
-    if ((st = pg_open(&rt->r, true, err)))
+    /* read after the pull, so that it is at least what the pull saw, unless the primary diverged */
+    if ((st = pg_failed(&rt->w, pgstore_counter(rt->w, primary_head, err))))
         return st;
-    return pg_failed(&rt->r, follow_step(s, pgstore_pull, rt->r, limit, counter, head, err));
+    return *primary_head < *counter ? diverged(s, *counter, *primary_head, err) : QR_OK;
 }
 
 qr_status store_route_register(store *s, const char *node, int64_t watermark, bool prune, char *err)

@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
+
 #include "core/core.h"
 #include "index/feed.h"
 #include "index/index.h"
@@ -466,4 +468,47 @@ static void run_batches_commit_on_the_primary_at_once(void)
 TEST(batches_commit_on_the_primary_at_once)
 {
     RUN_WITH_PG(batches_commit_on_the_primary_at_once);
+}
+
+/* A primary whose counter went below what a node applied (a failover to a standby that missed
+ * acknowledged writes, simulated by setting the counter row back) makes that node fail closed,
+ * its searches and its follower's polls, with a message that says to rebuild it. */
+static void run_diverged_primary_fails_closed(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    char id[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "d%d", i);
+        CHECK_OK(put(a.s, id, "public", "turbine housing", i + 1, err), err);
+    }
+    bool found = false;
+    CHECK_OK(finds(&b, "public", "turbine", "d4", &found, err), err);
+    CHECK(found);
+    PGconn *c = PQconnectdb(fx.conninfo);
+    CHECK(PQstatus(c) == CONNECTION_OK);
+    PGresult *r = PQexec(c, "UPDATE quarry.counter SET value = 2");
+    bool updated = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    PQfinish(c);
+    CHECK(updated);
+    CHECK(finds(&b, "public", "turbine", "d4", &found, err) == QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "rebuild this node") != NULL, "%s", err);
+    int64_t counter = 0, head = 0, primary = 0;
+    CHECK(store_follow_poll(b.s, 16, &counter, &head, &primary, err) == QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "rebuild this node") != NULL, "%s", err);
+    /* a node that starts from nothing follows the primary as it is now */
+    node c2;
+    CHECK_OK(node_open(&c2, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_fence(c2.s, err), err);
+    node_close(&a);
+    node_close(&b);
+    node_close(&c2);
+}
+TEST(diverged_primary_fails_closed)
+{
+    RUN_WITH_PG(diverged_primary_fails_closed);
 }
