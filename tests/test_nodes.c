@@ -512,3 +512,52 @@ TEST(diverged_primary_fails_closed)
 {
     RUN_WITH_PG(diverged_primary_fails_closed);
 }
+
+/* A new node may start from a peer's snapshot (quarry backup of a follower's data directory, with
+ * its index generations) instead of the feed from 0: the copy keeps the identity, keys, chunk ids
+ * and counters, so the new node then follows the feed from where the copy was. */
+static void run_peer_snapshot_starts_a_node(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b, c;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    char id[16], text[64];
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof(id), "s%d", i);
+        snprintf(text, sizeof(text), "pump station %d|valve %d", i, i);
+        CHECK_OK(put(a.s, id, i % 3 ? "public" : "group:ops", text, 1, err), err);
+    }
+    CHECK_OK(store_delete(a.s, "s4", err), err);
+    CHECK_OK(store_fence(b.s, err), err);
+    memset(&c, 0, sizeof(c));
+    snprintf(c.dir, sizeof(c.dir), "/tmp/quarry-nodes-XXXXXX");
+    CHECK(mkdtemp(c.dir) != NULL);
+    index_backup_info info;
+    CHECK_OK(index_backup(b.dir, c.dir, &info, err), err);
+    /* writes after the snapshot reach the new node through the feed */
+    CHECK_OK(put(a.s, "after", "public", "pump station after the copy", 1, err), err);
+    const char *acl[] = {"group:ops"};
+    CHECK_OK(store_set_acl(a.s, "s1", acl, 1, err), err);
+    retrieval_opts o;
+    retrieval_opts_default(&o);
+    o.mode = RETRIEVAL_BM25;
+    o.bm25_pruned = false;
+    CHECK_OK(store_open(c.dir, &c.s, err), err);
+    CHECK_OK(retrieval_open(c.s, NULL, &o, &c.r, err), err);
+    bool found = false;
+    CHECK_OK(finds(&c, "public", "after", "after", &found, err), err);
+    CHECK(found);
+    CHECK_OK(finds(&c, "public", "pump", "s1", &found, err), err);
+    CHECK(!found);
+    CHECK_MSG(same_chunks(a.s, c.s, err), "the node started from a snapshot differs: %s", err);
+    CHECK_OK(store_verify(c.s, err), err);
+    node_close(&a);
+    node_close(&b);
+    node_close(&c);
+}
+TEST(peer_snapshot_starts_a_node)
+{
+    RUN_WITH_PG(peer_snapshot_starts_a_node);
+}
