@@ -162,7 +162,9 @@ typedef qr_status (*store_follow_emit_fn)(void *ctx, const store_follow_doc *d, 
  * state changed after `since`, and every deletion after it, in counter order, from one snapshot;
  * about `limit` records at most, but never part of one counter's changes; sets *through to the
  * counter the records bring a follower to (every change up to it was emitted) and *head to the
- * snapshot's counter (*through == *head when nothing was left out). */
+ * snapshot's counter (*through == *head when nothing was left out). A pull from since 0 (a node
+ * that has nothing) may ignore the limit: a source whose deletions are pruned must send a whole
+ * snapshot then (pgstore_pull does). */
 typedef qr_status (*store_follow_pull_fn)(void *ctx, int64_t since, size_t limit, store_follow_emit_fn emit,
                                           void *emit_ctx, int64_t *through, int64_t *head, char *err);
 

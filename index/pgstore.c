@@ -1264,17 +1264,24 @@ qr_status pgstore_pull(void *ctx, int64_t since, size_t limit, store_follow_emit
     *through = since > now ? since : now; /* a source behind the follower has nothing for it yet */
     if (since >= now)
         goto commit;
-    /* the cut: the counter of the limit-th record, unless no more than limit records are left */
+    /* the cut: the counter of the limit-th record, unless no more than limit records are left.
+     * A pull from 0 is never cut: a node that has nothing must take one whole snapshot, since
+     * the tombstones a later pull from inside it would need may already be pruned (they were of
+     * documents that snapshot no longer holds, which the node never had). It costs memory and a
+     * local transaction the size of the store: start a large node from a peer's backup instead. */
+    bound = now;
     pg_params p = {0};
     p_int(&p, since);
     p_int(&p, (int64_t)limit + 1);
-    if ((st = pg_exec(pg,
+    if (since > 0 &&
+        (st = pg_exec(pg,
                       "SELECT counter FROM (SELECT counter FROM quarry.documents WHERE counter > $1"
                       " UNION ALL SELECT counter FROM quarry.tombstones WHERE counter > $1) c"
                       " ORDER BY counter LIMIT $2",
                       &p, false, &r, err, "find the changes after a counter")))
         goto out;
-    bound = PQntuples(r) > (int)limit ? text_i64(r, (int)limit - 1, 0) : now;
+    if (since > 0 && PQntuples(r) > (int)limit)
+        bound = text_i64(r, (int)limit - 1, 0);
     PQclear(r);
     r = NULL;
     pg_params q = {0};

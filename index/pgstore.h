@@ -101,7 +101,8 @@ qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err);
  * cut (*through < *head), a document changed both at or below *through and again later comes
  * with its later change, in a later batch: a follower holds the primary's state as of *head
  * exactly when a pull returned *through == *head. A source behind the follower (a lagging
- * standby: since > *head) emits nothing and sets *through to since. limit >= 1. QR_ELIMIT when
+ * standby: since > *head) emits nothing and sets *through to since. limit >= 1; a pull from since 0
+ * is never cut (a whole snapshot: see feed.h). QR_ELIMIT when
  * since is above 0 and below the counter through which tombstones were pruned (pgstore_prune):
  * the follower can no longer learn every deletion and must be rebuilt (core has no "stale"
  * status; QR_ELIMIT is what store_filter_changes answers for pruned tombstones too). emit's

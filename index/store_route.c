@@ -207,19 +207,16 @@ static qr_status catch_up(store *s, int64_t target, char *err)
         if (!st)
             return QR_OK;
     }
-    if (st != QR_ETIMEOUT && st != QR_EUNAVAILABLE && st != QR_EIO)
-        return qr_fail(err, st, "%s", e2); /* the store refused the feed: not a matter of waiting */
-    if ((st = primary(s, e2)) ||
-        (st = follow_exactly(s, rt->w, target, start + (uint64_t)budget * 1000000u, &exact, e2))) {
-        pg_failed(&rt->w, st);
-        if (st == QR_ETIMEOUT || st == QR_EUNAVAILABLE || st == QR_EIO)
-            return qr_fail(err, QR_EUNAVAILABLE,
-                           "this node could not apply the system of record's changes up to %lld within "
-                           "store.fence_ms (%lld ms; it has every change up to %lld): failing closed: %s",
-                           (long long)target, (long long)budget, (long long)exact, e2);
-        return qr_fail(err, st, "%s", e2);
-    }
-    return QR_OK;
+    /* a feed the store refuses, or one that cannot serve it any more (pruned deletions), is not a
+     * matter of waiting: no second try; either way nothing is answered from this store */
+    if ((st == QR_ETIMEOUT || st == QR_EUNAVAILABLE || st == QR_EIO) && !(st = primary(s, e2)) &&
+        !(st = follow_exactly(s, rt->w, target, start + (uint64_t)budget * 1000000u, &exact, e2)))
+        return QR_OK;
+    pg_failed(&rt->w, st);
+    return qr_fail(err, st == QR_ENOMEM ? QR_ENOMEM : QR_EUNAVAILABLE,
+                   "this node could not apply the system of record's changes up to %lld within "
+                   "store.fence_ms (%lld ms; it has every change up to %lld): failing closed: %s",
+                   (long long)target, (long long)budget, (long long)exact, e2);
 }
 
 /* After a write of counter c: now, or at the batch's commit. */
