@@ -24,8 +24,16 @@ if [ "${CLUSTER_TEST_INSIDE:-}" != 1 ]; then
   /usr/bin/python3 -c 'import psycopg2' 2>/dev/null ||
     { echo "cluster: error: python3-psycopg2 is not installed: run scripts/bootstrap" >&2; exit 1; }
   [ -x "$2" ] || { echo "cluster: error: $2 is not an executable quarry binary (make build)" >&2; exit 1; }
-  CLUSTER_TEST_INSIDE=1 exec "$REPO/tests/fixtures/slapd-fixture.sh" -- "$0" "$@"
+  # The fixture prints slapd's log when the command fails: keep it (and the fixture's own words)
+  # out of the way of the summary line, unless the fixture itself could not start (125).
+  fixture_log=$(mktemp)
+  rc=0
+  CLUSTER_TEST_INSIDE=1 "$REPO/tests/fixtures/slapd-fixture.sh" -- "$0" "$@" 3>&2 2>"$fixture_log" || rc=$?
+  [ $rc -eq 125 ] && cat "$fixture_log" >&2
+  rm -f "$fixture_log"
+  exit $rc
 fi
+exec 2>&3 3>&-
 
 DIR=$(realpath -m "$1")
 QUARRY=$(realpath "$2")
