@@ -158,6 +158,11 @@ qr_status api_service_open(const qr_config *cfg, const api_service_opts *o, api_
     for (; svc->nhandles < o->handles; svc->nhandles++)
         if ((st = store_open(dir, &svc->handles[svc->nhandles].store, err)))
             goto out;
+    /* a one-shot command on a node that follows PostgreSQL (store.backend = postgres) opens its
+     * indexes on a store brought up to the primary first; a server's follower thread does that in
+     * the background instead, and /readyz says when it has */
+    if (!o->background && (st = store_fence(svc->handles[0].store, err)))
+        goto out;
     if (o->background) {
         store_stats ss;
         if ((st = ingest_embedder_open(cfg, &svc->embedder, err)) ||

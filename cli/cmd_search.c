@@ -885,7 +885,7 @@ int cli_cmd_index(cli_ctx *ctx)
     int rc = CLI_EXIT_OK;
     vindex_opts_from_config(ctx->cfg, &vo);
     uint64_t t0 = qr_now_ns();
-    if (store_open(dir, &s, err) || store_get_stats(s, &ss, err) ||
+    if (store_open(dir, &s, err) || store_fence(s, err) || store_get_stats(s, &ss, err) ||
         index_build_open(s, dir, &vo, mode, &v, &rep, err)) {
         fprintf(stderr, "quarry index: %s\n", err);
         rc = CLI_EXIT_FAILURE;

@@ -220,7 +220,8 @@ void store_follow_rollback(store *s);
 qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *head, int64_t *primary_head,
                             char *err);
 /* Records on the primary that this node (a name unique to it) applied every change up to
- * watermark, so that tombstones it still needs are kept. */
-qr_status store_route_register(store *s, const char *node, int64_t watermark, char *err);
+ * watermark, so that tombstones it still needs are kept; with prune, then deletes the tombstones
+ * every registered node has passed (pgstore_prune). */
+qr_status store_route_register(store *s, const char *node, int64_t watermark, bool prune, char *err);
 
 #endif

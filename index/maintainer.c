@@ -214,7 +214,7 @@ static void *follow(void *arg)
     char node[300], host[256] = "";
     gethostname(host, sizeof(host) - 1);
     snprintf(node, sizeof(node), "%.120s:%.120s", host, m->data_dir);
-    uint64_t registered_ns = 0;
+    uint64_t registered_ns = 0, pruned_ns = 0;
     int64_t registered = -1;
     pthread_mutex_lock(&m->mu);
     while (!m->stop) {
@@ -225,12 +225,15 @@ static void *follow(void *arg)
         qr_status st = store_follow_poll(m->fs, 512, &counter, &head, &primary, err);
         uint64_t now = qr_now_ns();
         if (!st && counter != registered && now - registered_ns > 5000000000u) {
+            /* and once a minute, the tombstones every node has passed go */
+            bool prune = now - pruned_ns > 60000000000u;
             char e2[QR_ERR_LEN];
-            if (store_route_register(m->fs, node, counter, e2))
+            if (store_route_register(m->fs, node, counter, prune, e2))
                 qr_log(QR_LOG_WARN, LOG_COMPONENT, "cannot register this node's feed position: %s", e2);
             else {
                 registered = counter;
                 registered_ns = now;
+                pruned_ns = prune ? now : pruned_ns;
             }
         }
         pthread_mutex_lock(&m->mu);

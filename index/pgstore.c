@@ -404,6 +404,28 @@ static qr_status read_dim(pgstore *pg, char *err)
                   err, "read the embedding dimension");
 }
 
+qr_status pgstore_embedding(pgstore *pg, char *model, size_t cap, int *dim, char *err)
+{
+    if (!pg || !model || !cap || !dim)
+        return qr_fail(err, QR_EINVAL, "pgstore_embedding: NULL argument");
+    model[0] = '\0';
+    *dim = 0;
+    qr_status st = pg_ready(pg, err);
+    if (st)
+        return st;
+    PGresult *r = NULL;
+    if (!(st = pg_exec(pg,
+                       "SELECT (SELECT value FROM quarry.meta WHERE key = 'embedding_model'),"
+                       " (SELECT value::bigint FROM quarry.meta WHERE key = 'embedding_dim')",
+                       NULL, false, &r, err, "read the embedding model")) &&
+        !PQgetisnull(r, 0, 0)) {
+        snprintf(model, cap, "%s", PQgetvalue(r, 0, 0));
+        *dim = (int)text_i64(r, 0, 1);
+    }
+    PQclear(r);
+    return st;
+}
+
 qr_status pgstore_check_embedding(pgstore *pg, const char *model, int dim, char *err)
 {
     if (!pg || !model)

@@ -57,6 +57,8 @@ int64_t pgstore_uid(const pgstore *pg);
 /* As store_check_embedding: records the model and dimension on first use (once, whichever node
  * comes first), then refuses another with QR_EINVAL. */
 qr_status pgstore_check_embedding(pgstore *pg, const char *model, int dim, char *err);
+/* The recorded model (into model, cap bytes) and dimension; "" and 0 before the first. */
+qr_status pgstore_embedding(pgstore *pg, char *model, size_t cap, int *dim, char *err);
 
 /* As store_put, store_delete and store_set_acl (the same checks, statuses and results), one
  * transaction each. *counter (may be NULL) gets the change counter of the write, 0 when nothing

@@ -351,7 +351,7 @@ qr_status store_end_call(store *s, qr_status st, char *err)
     }
     bool wrote = s->wrote;
     s->wrote = false; /* a later call that fails before store_begin_write has written nothing */
-    if (s->batch != BATCH_OPEN || s->route) { /* a routed batch holds no transaction here */
+    if (s->batch != BATCH_OPEN) {
         rollback(s);
         return st;
     }
@@ -764,7 +764,7 @@ void store_close(store *s)
 {
     if (!s)
         return;
-    if (s->batch == BATCH_OPEN && !s->route)
+    if (s->batch == BATCH_OPEN)
         rollback(s);
     store_route_detach(s);
     ckpt_stop(s);
@@ -786,12 +786,15 @@ qr_status store_batch_begin(store *s, char *err)
 {
     if (!s)
         return qr_fail(err, QR_EINVAL, "store_batch_begin: NULL store");
+    if (s->route) /* each write commits on the primary; the batch only defers the catch-up */
+        return store_route_batch_begin(s, err);
+    return store_batch_begin_local(s, err);
+}
+
+qr_status store_batch_begin_local(store *s, char *err)
+{
     if (s->batch != BATCH_NONE)
         return qr_fail(err, QR_EINVAL, "a batch is already open on store '%s'", s->path);
-    if (s->route) { /* each write commits on the primary; the batch only defers the catch-up */
-        s->batch = BATCH_OPEN;
-        return QR_OK;
-    }
     qr_status st = store_run(s, s->q[Q_BEGIN_WRITE], err, "start a batch");
     if (!st)
         s->batch = BATCH_OPEN;
@@ -802,14 +805,19 @@ qr_status store_batch_commit(store *s, char *err)
 {
     if (!s)
         return qr_fail(err, QR_EINVAL, "store_batch_commit: NULL store");
+    if (s->route)
+        return store_route_batch_end(s, err);
+    return store_batch_commit_local(s, err);
+}
+
+qr_status store_batch_commit_local(store *s, char *err)
+{
     int batch = s->batch;
     s->batch = BATCH_NONE;
     if (batch == BATCH_NONE)
         return qr_fail(err, QR_EINVAL, "no batch is open on store '%s'", s->path);
     if (batch == BATCH_FAILED)
         return qr_fail(err, s->batch_st, "the batch was rolled back: %s", s->batch_err);
-    if (s->route)
-        return store_route_batch_end(s, err);
     qr_status st = commit(s, err, "commit a batch");
     rollback(s); /* a failed COMMIT can leave the transaction open */
     return st;
@@ -817,10 +825,18 @@ qr_status store_batch_commit(store *s, char *err)
 
 bool store_in_batch(const store *s)
 {
-    return s && s->batch != BATCH_NONE;
+    return s && (s->batch != BATCH_NONE || store_route_in_batch(s));
 }
 
 void store_batch_rollback(store *s)
+{
+    if (s && s->route)
+        store_route_batch_rollback(s);
+    else
+        store_batch_rollback_local(s);
+}
+
+void store_batch_rollback_local(store *s)
 {
     if (s && s->batch != BATCH_NONE) {
         rollback(s);

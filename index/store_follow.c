@@ -88,7 +88,7 @@ qr_status store_follow_begin(store *s, char *err)
     if (!s)
         return qr_fail(err, QR_EINVAL, "store_follow_begin: NULL store");
     int64_t uid = 0, counter = 0;
-    qr_status st = store_batch_begin(s, err);
+    qr_status st = store_batch_begin_local(s, err);
     if (st)
         return st;
     if (!(st = store_meta_get_int(s, FOLLOW_UID_KEY, &uid, err)) && !uid)
@@ -98,7 +98,7 @@ qr_status store_follow_begin(store *s, char *err)
     if (!st)
         st = store_meta_get_int(s, "change_counter", &counter, err);
     if (st) {
-        store_batch_rollback(s);
+        store_batch_rollback_local(s);
         return st;
     }
     s->follow_open = true;
@@ -393,7 +393,7 @@ qr_status store_follow_commit(store *s, int64_t through, char *err)
     s->follow_open = false;
     qr_status st = QR_OK;
     if (s->batch == BATCH_OPEN && through < s->follow_last) {
-        store_batch_rollback(s);
+        store_batch_rollback_local(s);
         return qr_fail(
             err, QR_EINVAL,
             "cannot commit a follow batch through counter %lld: it applied changes up to %lld; the "
@@ -402,16 +402,16 @@ qr_status store_follow_commit(store *s, int64_t through, char *err)
     }
     if (s->batch == BATCH_OPEN && through > s->follow_since &&
         (st = store_meta_set_int(s, "change_counter", through, err))) {
-        store_batch_rollback(s);
+        store_batch_rollback_local(s);
         return st;
     }
-    return store_batch_commit(s, err);
+    return store_batch_commit_local(s, err);
 }
 
 void store_follow_rollback(store *s)
 {
     if (s && s->follow_open) {
         s->follow_open = false;
-        store_batch_rollback(s);
+        store_batch_rollback_local(s);
     }
 }

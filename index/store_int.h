@@ -1,7 +1,7 @@
 /*
  * Private to index/: the store's handle and connection for the store's own files (store.c,
- * store_write.c, store_read.c, store_feed.c, store_query.c), and store_db for any other file of
- * index/. SQLite stays inside index/; none of this is part of index/store.h.
+ * store_write.c, store_read.c, store_feed.c, store_query.c, store_follow.c), and store_db for any other file
+ * of index/. SQLite stays inside index/; none of this is part of index/store.h.
  */
 #ifndef QUARRY_STORE_INT_H
 #define QUARRY_STORE_INT_H
@@ -222,6 +222,16 @@ qr_status store_route_put(store *s, const store_document *doc, const store_chunk
 qr_status store_route_delete(store *s, const char *doc_id, char *err);
 qr_status store_route_set_acl(store *s, const char *doc_id, const char *const *acl, size_t nacl, char *err);
 qr_status store_route_check_embedding(store *s, const char *model, int dim, char *err);
+/* store_write.c: store_check_embedding on this store alone */
+qr_status store_check_embedding_local(store *s, const char *model, int dim, char *err);
+qr_status store_route_batch_begin(store *s, char *err);
 qr_status store_route_batch_end(store *s, char *err);
+void store_route_batch_rollback(store *s);
+bool store_route_in_batch(const store *s);
+/* store.c: the store's own batch, which store_batch_* open on a handle that is not routed and a
+ * follow batch (store_follow.c) opens on any */
+qr_status store_batch_begin_local(store *s, char *err);
+qr_status store_batch_commit_local(store *s, char *err);
+void store_batch_rollback_local(store *s);
 
 #endif

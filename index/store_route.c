@@ -31,7 +31,8 @@
 struct store_route {
     pgstore *w;      /* the primary: writes and the fence's counter */
     pgstore *r;      /* the feed: store.postgres_read, or the primary */
-    bool identified; /* the local store follows the primary's uid */
+    bool identified;       /* the local store follows the primary's uid */
+    bool batch;            /* store_batch_begin: the catch-up waits for store_batch_commit */
     int64_t batch_counter; /* the last write of the open batch (0: none) */
 };
 
@@ -138,9 +139,19 @@ static qr_status primary(store *s, char *err)
 {
     struct store_route *rt = s->route;
     qr_status st = pg_open(&rt->w, false, err);
-    if (!st && !rt->identified && !(st = store_follow_identity(s, pgstore_uid(rt->w), err)))
-        rt->identified = true;
-    return st;
+    if (st || rt->identified)
+        return st;
+    /* the local store takes the primary's identity, and its embedding model once recorded there
+     * (a node that only searches never records one itself) */
+    char model[STORE_MODEL_MAX + 1];
+    int dim = 0;
+    if ((st = store_follow_identity(s, pgstore_uid(rt->w), err)) ||
+        (st = pg_failed(&rt->w, pgstore_embedding(rt->w, model, sizeof(model), &dim, err))))
+        return st;
+    if (dim > 0 && (st = store_check_embedding_local(s, model, dim, err)))
+        return st;
+    rt->identified = dim > 0;
+    return QR_OK;
 }
 
 /* Applies the feed until the local counter reaches target: from the feed's connection first
@@ -180,7 +191,7 @@ static qr_status written(store *s, int64_t c, char *err)
 {
     if (c <= 0)
         return QR_OK;
-    if (s->batch != BATCH_NONE) {
+    if (s->route->batch) {
         s->route->batch_counter = c;
         return QR_OK;
     }
@@ -225,12 +236,38 @@ qr_status store_route_check_embedding(store *s, const char *model, int dim, char
     return QR_OK;
 }
 
-/* The end of a batch on a routed handle: its writes are all on the primary; apply them here. */
+/* A batch on a routed handle groups no writes (each commits on the primary as it is made, and each
+ * document stays atomic): it defers the local catch-up to its end. */
+qr_status store_route_batch_begin(store *s, char *err)
+{
+    if (s->route->batch || s->batch != BATCH_NONE)
+        return qr_fail(err, QR_EINVAL, "a batch is already open on store '%s'", s->path);
+    s->route->batch = true;
+    s->route->batch_counter = 0;
+    return QR_OK;
+}
+
 qr_status store_route_batch_end(store *s, char *err)
 {
+    if (!s->route->batch)
+        return qr_fail(err, QR_EINVAL, "no batch is open on store '%s'", s->path);
     int64_t c = s->route->batch_counter;
+    s->route->batch = false;
     s->route->batch_counter = 0;
     return c > 0 ? catch_up(s, c, err) : QR_OK;
+}
+
+/* Nothing to discard: the batch's writes are committed on the primary, and reach this store
+ * through the feed like any other node's. */
+void store_route_batch_rollback(store *s)
+{
+    s->route->batch = false;
+    s->route->batch_counter = 0;
+}
+
+bool store_route_in_batch(const store *s)
+{
+    return s->route && s->route->batch;
 }
 
 qr_status store_fence(store *s, char *err)
@@ -262,10 +299,14 @@ qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *h
     return pg_failed(&rt->r, follow_step(s, pgstore_pull, rt->r, limit, counter, head, err));
 }
 
-qr_status store_route_register(store *s, const char *node, int64_t watermark, char *err)
+qr_status store_route_register(store *s, const char *node, int64_t watermark, bool prune, char *err)
 {
     if (!s || !s->route)
         return qr_fail(err, QR_EINVAL, "store_route_register: the store has no system of record");
     qr_status st = primary(s, err);
-    return st ? st : pg_failed(&s->route->w, pgstore_register_node(s->route->w, node, watermark, err));
+    if (!st)
+        st = pg_failed(&s->route->w, pgstore_register_node(s->route->w, node, watermark, err));
+    if (!st && prune)
+        st = pg_failed(&s->route->w, pgstore_prune(s->route->w, NULL, err));
+    return st;
 }

@@ -755,18 +755,18 @@ qr_status store_check_embedding(store *s, const char *model, int dim, char *err)
 {
     if (!s || !model)
         return qr_fail(err, QR_EINVAL, "store_check_embedding: NULL argument");
+    /* routed: the primary records it first (whichever node comes first), then this store */
+    qr_status st = s->route ? store_route_check_embedding(s, model, dim, err) : QR_OK;
+    return st ? st : store_check_embedding_local(s, model, dim, err);
+}
+
+qr_status store_check_embedding_local(store *s, const char *model, int dim, char *err)
+{
     qr_status st = store_check_field("embedding model name", model, STORE_MODEL_MAX, false, err);
     if (st)
         return st;
     if (dim <= 0 || dim > STORE_DIM_MAX)
         return qr_fail(err, QR_EINVAL, "invalid embedding dimension %d: expected 1..%d", dim, STORE_DIM_MAX);
-    /* routed: the primary records it first (whichever node comes first), then this store, in a
-     * transaction of its own even inside a batch (a routed batch holds none) */
-    int batch = s->batch;
-    if (s->route && (st = store_route_check_embedding(s, model, dim, err)))
-        return st;
-    if (s->route)
-        s->batch = BATCH_NONE;
     char stored[STORE_MODEL_MAX + 1];
     int64_t stored_dim = 0;
     if ((st = store_begin_write(s, err)) ||
@@ -785,8 +785,6 @@ qr_status store_check_embedding(store *s, const char *model, int dim, char *err)
     }
 out:
     st = store_end_call(s, st, err);
-    if (s->route)
-        s->batch = batch;
     return st;
 }
 

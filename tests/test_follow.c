@@ -181,6 +181,7 @@ typedef struct {
     size_t n, cap;
     int64_t head; /* the source's counter, >= every record's */
     bool latest;  /* each document key's latest record only, as a feed of states sends them */
+    int64_t cut;  /* the source as it was at this counter (records after it unwritten); 0: now */
     int sleep_ms; /* each pull sleeps this long first */
     size_t pulls;
     size_t fail_at; /* 1-based index of a record emitted with a NaN vector; 0: none */
@@ -220,10 +221,15 @@ static store_follow_doc rec_doc(const rec *r)
     return f;
 }
 
+static bool visible(const source *src, size_t i)
+{
+    return !src->cut || src->v[i].counter <= src->cut;
+}
+
 static bool superseded(const source *src, size_t i)
 {
     for (size_t j = i + 1; j < src->n; j++)
-        if (src->v[j].doc_key == src->v[i].doc_key)
+        if (visible(src, j) && src->v[j].doc_key == src->v[i].doc_key)
             return true;
     return false;
 }
@@ -240,10 +246,10 @@ static qr_status src_pull(void *ctx, int64_t since, size_t limit, store_follow_e
     }
     size_t sent = 0;
     int64_t last = since;
-    *head = src->head;
+    *head = src->cut ? src->cut : src->head;
     for (size_t i = 0; i < src->n; i++) {
         const rec *r = &src->v[i];
-        if (r->counter <= since || (src->latest && superseded(src, i)))
+        if (r->counter <= since || !visible(src, i) || (src->latest && superseded(src, i)))
             continue;
         if (sent >= limit && r->counter != last) {
             *through = last;
@@ -262,7 +268,7 @@ static qr_status src_pull(void *ctx, int64_t since, size_t limit, store_follow_e
         sent++;
         last = r->counter;
     }
-    *through = src->head;
+    *through = *head;
     return QR_OK;
 }
 
@@ -586,10 +592,10 @@ TEST(equivalence)
  * FTS rows and vectors. */
 TEST(equivalence_latest_states)
 {
-    char err[QR_ERR_LEN] = "", da[256], db[256];
-    CHECK(temp_dir(da, sizeof(da)) && temp_dir(db, sizeof(db)));
+    char err[QR_ERR_LEN] = "", da[256], db[256], db2[256];
+    CHECK(temp_dir(da, sizeof(da)) && temp_dir(db, sizeof(db)) && temp_dir(db2, sizeof(db2)));
     source src = {0};
-    store *a = NULL, *b = NULL;
+    store *a = NULL, *b = NULL, *b2 = NULL;
     CHECK_OK(open_primary(da, &a, err), err);
     CHECK_OK(open_follower(db, &b, err), err);
     primary p = {a, raw_open(da), &src};
@@ -600,11 +606,67 @@ TEST(equivalence_latest_states)
     while (counter < src.head)
         CHECK_OK(follow_step(b, src_pull, &src, 2, &counter, &head, err), err);
     check_same_store(da, a, db, b, false);
+    /* B2 saw the six first documents, then the latest states after them: a deletion superseded by
+     * a document added under the freed key (A reuses the largest key), an old key deleted */
+    CHECK_OK(open_follower(db2, &b2, err), err);
+    src.cut = 6;
+    CHECK_OK(follow_step(b2, src_pull, &src, 100, &counter, &head, err), err);
+    CHECK_INT(counter, 6);
+    src.cut = 0;
+    while (counter < src.head)
+        CHECK_OK(follow_step(b2, src_pull, &src, 2, &counter, &head, err), err);
+    check_same_store(da, a, db2, b2, false);
     sqlite3_close(p.raw);
     store_close(a);
     store_close(b);
+    store_close(b2);
     src_free(&src);
     rm_tree(da);
+    rm_tree(db);
+    rm_tree(db2);
+}
+
+/* A feed that lost a deletion (its tombstone pruned at the source): a doc_id arrives under a new
+ * key, and a key arrives with another doc_id. What the key or doc_id held before goes, its chunks
+ * tombstoned at the record's counter. */
+TEST(rekeyed_documents)
+{
+    char err[QR_ERR_LEN] = "", db[256];
+    CHECK(temp_dir(db, sizeof(db)));
+    source src = {0};
+    doc x, y, z;
+    doc_init(&x, "x.md", 1, 2);
+    doc_init(&y, "y.md", 2, 1);
+    doc_init(&z, "z.md", 3, 2);
+    const int64_t xid[] = {1, 2}, yid[] = {3}, x2id[] = {10, 11}, zid[] = {12, 13};
+    src_add(&src, 1, 1, false, &x, xid);
+    src_add(&src, 2, 2, false, &y, yid);
+    src_add(&src, 5, 7, false, &x, x2id); /* x.md again, under key 7 */
+    src_add(&src, 6, 2, false, &z, zid);  /* key 2 is z.md's now */
+    store *b = NULL;
+    int64_t counter = 0, head = 0;
+    CHECK_OK(open_follower(db, &b, err), err);
+    CHECK_OK(follow_step(b, src_pull, &src, 2, &counter, &head, err), err);
+    CHECK_OK(follow_step(b, src_pull, &src, 2, &counter, &head, err), err);
+    CHECK_INT(counter, 6);
+    CHECK_OK(store_verify(b, err), err);
+    sqlite3 *raw = raw_open(db);
+    char *docs = dump(raw, "SELECT id, doc_id FROM documents ORDER BY id"),
+         *chunks = dump(raw, "SELECT id, doc, added FROM chunks ORDER BY id"),
+         *gone = dump(raw, SQL_TOMBSTONES), *acl = dump(raw, SQL_ACL);
+    sqlite3_close(raw);
+    bool ok = strcmp(docs, "2|z.md\n7|x.md\n") == 0 &&
+              strcmp(chunks, "10|7|5\n11|7|5\n12|2|6\n13|2|6\n") == 0 &&
+              strcmp(gone, "1|5\n2|5\n3|6\n") == 0 && strcmp(acl, "2|group:staff\n7|group:staff\n") == 0;
+    if (!ok)
+        fprintf(stderr, "documents:\n%schunks:\n%stombstones:\n%sacl:\n%s", docs, chunks, gone, acl);
+    free(docs);
+    free(chunks);
+    free(gone);
+    free(acl);
+    CHECK(ok);
+    store_close(b);
+    src_free(&src);
     rm_tree(db);
 }
 
