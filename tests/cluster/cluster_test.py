@@ -17,8 +17,9 @@ directory of its own, and runs the six tests of the issue:
               same counter and top-10 of 100 queries as the others
   cut         node 2 cut from PostgreSQL fails its searches closed and /readyz, and recovers;
               etcd stopped 30 s: writes fail, searches go on, nothing acknowledged is lost
-  failover    writes through every node while the leader's Patroni and PostgreSQL are SIGKILLed:
-              every acknowledged document is on the new primary and searchable on every node
+  failover    writes through every node and HAProxy's quarry frontend while the leader's Patroni and
+              PostgreSQL are SIGKILLed: every acknowledged document is on the new primary and
+              searchable on every node
 
 and per-node search latency beside one `quarry serve` on the SQLite backend with the same corpus.
 
@@ -528,7 +529,8 @@ class Test:
         except Exception as e:  # a bug here or an unexpected answer: the step fails, the run goes on
             self.failed.append((name, "%s: %s" % (type(e).__name__, e)))
             say("%s: FAILED: %s: %s" % (name, type(e).__name__, e))
-        names = {n.port: n.name for n in self.nodes + [getattr(self, "single", None)] if n is not None}
+        names = {n.port: n.name for n in self.nodes + [getattr(self, "single", None), getattr(self, "front", None)]
+                 if n is not None}
         for (port, method, route, status), (count, msg) in sorted(self.http.take_errors().items(), key=str):
             say("%s: %s answered %s %s %s %d times%s" % (name, names.get(port, port), method, route,
                                                          status or "(no connection)", count,
@@ -564,6 +566,9 @@ class Test:
         self.n2 = Node(self, "node2", int(self.env["QUARRY2_PORT"]), r2w.port, r2r.port)
         self.n3 = Node(self, "node3", int(self.env["QUARRY3_PORT"]), w, r3r.port)
         self.nodes = [self.n1, self.n2, self.n3]
+        # HAProxy's quarry frontend (never started here: it balances over nodes 1-3 while /readyz
+        # says they are ready)
+        self.front = Node(self, "haproxy", int(self.env["QUARRY_HTTP_PORT"]), 0, 0)
         t0 = time.monotonic()
         for n in self.nodes + [single]:
             n.start()
@@ -1046,7 +1051,7 @@ class Test:
                 if st not in (200, 201):
                     time.sleep(0.05)
 
-        ts = [threading.Thread(target=writer, args=(n,)) for n in self.nodes[:3]]
+        ts = [threading.Thread(target=writer, args=(n,)) for n in self.nodes[:3] + [self.front]]
         for t in ts:
             t.start()
         first_after = None
@@ -1104,8 +1109,10 @@ class Test:
         self.m["lost"] = self.m.get("lost", 0) + len(lost)
         self.m["unsearchable"] = unsearchable
         kinds = sorted({(name, s) for _, name, s in fails})
-        say("failover: %d writes acknowledged through nodes 1-3, %d failed (%s); failover %s s; lost %d"
-            % (len(acked), len(fails), kinds[:6], self.m["failover_s"], len(lost)))
+        say("failover: %d writes acknowledged through nodes 1-3 and HAProxy's quarry frontend (%d through it), "
+            "%d failed (%s); failover %s s; lost %d"
+            % (len(acked), len([d for d in acked if d.startswith("fo-haproxy-")]), len(fails), kinds[:8],
+               self.m["failover_s"], len(lost)))
         problems = []
         if lost:
             problems.append("acknowledged documents missing on the new primary: %s" % lost[:10])
