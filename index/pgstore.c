@@ -3,10 +3,12 @@
  * tables and the counter argument). Writes check a document exactly as store_write.c does (its
  * checks are shared through store_int.h; metadata is made canonical by SQLite's json(), in a
  * private in-memory database, so that the text PostgreSQL keeps is the text a follower's store
- * keeps), then run one READ COMMITTED transaction that begins by bumping the counter row, and
- * decides what to write only after that row lock is held. Reads for followers (pgstore_pull) are
- * one REPEATABLE READ, READ ONLY transaction with results in binary format: vectors travel as
- * the raw float32 bytes they are stored as, integers as 8 bytes, with no text to parse.
+ * keeps), then run one READ COMMITTED transaction in three round trips: a lookup (an unchanged
+ * document ends there, without waiting for anyone), the counter row's UPDATE and the lookup again
+ * under its lock in one libpq pipeline, and the writes with the COMMIT in another. Reads for
+ * followers (pgstore_pull) are one REPEATABLE READ, READ ONLY transaction with results in binary
+ * format: vectors travel as the raw float32 bytes they are stored as, integers as 8 bytes, with
+ * no text to parse.
  *
  * libpq's messages and SQLSTATEs become quarry statuses in one place (pg_fail). Every value
  * goes to the server as a bound parameter; none is formatted into SQL.
@@ -45,6 +47,7 @@ struct pgstore {
     int64_t uid;
     int64_t dim;   /* the recorded embedding dimension once read (never changes); 0 */
     sqlite3 *json; /* in-memory, for canonical metadata */
+    int piped;     /* statements sent in the open pipeline (pipe_begin); -1 outside one */
     sqlite3_stmt *json_q;
 };
 
@@ -105,6 +108,8 @@ static qr_status pg_status(PGconn *c, const PGresult *r)
         return QR_EIO;
     if (strncmp(code, "08", 2) == 0 || strncmp(code, "57P", 3) == 0 || strcmp(code, "25006") == 0)
         return QR_EUNAVAILABLE; /* connection, shutdown, or a write on a standby */
+    if (strcmp(code, "40001") == 0 || strcmp(code, "40P01") == 0)
+        return QR_EUNAVAILABLE; /* transient: a standby cancelled a read that held back its replay */
     if (strcmp(code, "55P03") == 0 || strcmp(code, "57014") == 0)
         return QR_ETIMEOUT; /* lock_timeout, statement_timeout */
     if (strcmp(code, "53100") == 0)
@@ -114,7 +119,7 @@ static qr_status pg_status(PGconn *c, const PGresult *r)
     return QR_EIO;
 }
 
-/* Fills err with "cannot <what>: <server message on one line>" and returns the status. */
+/* Fills err with "PostgreSQL: cannot <what>: <its message on one line>" and returns the status. */
 static qr_status pg_fail(pgstore *pg, const PGresult *r, char *err, const char *what)
 {
     const char *msg = r ? PQresultErrorMessage(r) : "";
@@ -128,7 +133,7 @@ static qr_status pg_fail(pgstore *pg, const PGresult *r, char *err, const char *
     size_t n = strlen(line);
     while (n && line[n - 1] == ' ')
         line[--n] = '\0';
-    return qr_fail(err, pg_status(pg->conn, r), "cannot %s in PostgreSQL: %s", what, line);
+    return qr_fail(err, pg_status(pg->conn, r), "PostgreSQL: cannot %s: %s", what, line);
 }
 
 /* Bound parameters of one statement, in text format but for p_bytes: bytes with their length in
@@ -171,6 +176,14 @@ static qr_status pg_exec(pgstore *pg, const char *sql, const pg_params *p, bool 
 {
     if (out)
         *out = NULL;
+    if (pg->piped >= 0) {
+        /* in a pipeline: sent now (libpq copies the values), its result read by pipe_end */
+        if (!PQsendQueryParams(pg->conn, sql, p ? p->n : 0, NULL, p ? p->v : NULL, p ? p->len : NULL,
+                               p ? p->fmt : NULL, binary))
+            return pg_fail(pg, NULL, err, what);
+        pg->piped++;
+        return QR_OK;
+    }
     PGresult *r = PQexecParams(pg->conn, sql, p ? p->n : 0, NULL, p ? p->v : NULL, p ? p->len : NULL,
                                p ? p->fmt : NULL, binary);
     ExecStatusType es = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
@@ -184,6 +197,50 @@ static qr_status pg_exec(pgstore *pg, const char *sql, const pg_params *p, bool 
     else
         PQclear(r);
     return QR_OK;
+}
+
+/* A pipeline (libpq 14): the statements pg_exec is given from pipe_begin to pipe_end go to the
+ * server together and cost one round trip, for writes whose results the next ones do not need.
+ * They run in order; after a failure the server skips the rest, and pipe_end returns the first
+ * failure. */
+static qr_status pipe_begin(pgstore *pg, char *err)
+{
+    if (!PQenterPipelineMode(pg->conn))
+        return pg_fail(pg, NULL, err, "start a pipeline");
+    pg->piped = 0;
+    return QR_OK;
+}
+
+/* keep[i] (i < nkeep, may be NULL) receives the rows of the i-th statement sent, when it
+ * succeeded: PQclear() them. */
+static qr_status pipe_end(pgstore *pg, qr_status st, PGresult **keep, int nkeep, char *err, const char *what)
+{
+    int n = pg->piped;
+    pg->piped = -1;
+    for (int i = 0; i < nkeep; i++)
+        keep[i] = NULL;
+    if (!PQpipelineSync(pg->conn) && !st)
+        st = pg_fail(pg, NULL, err, what);
+    /* every statement sent has its result, then a NULL; the sync has its result alone */
+    for (int i = 0; i <= n; i++) {
+        PGresult *r = PQgetResult(pg->conn);
+        if (!r)
+            break; /* the connection is gone: nothing more will come */
+        ExecStatusType es = PQresultStatus(r);
+        if (i < n)
+            PQclear(PQgetResult(pg->conn));
+        if (!st && es != PGRES_COMMAND_OK && es != PGRES_TUPLES_OK && es != PGRES_PIPELINE_SYNC &&
+            es != PGRES_PIPELINE_ABORTED)
+            st = pg_fail(pg, r, err, what);
+        if (i < nkeep && es == PGRES_TUPLES_OK) {
+            keep[i] = r;
+            continue;
+        }
+        PQclear(r);
+    }
+    if (!PQexitPipelineMode(pg->conn) && !st)
+        st = pg_fail(pg, NULL, err, what);
+    return st;
 }
 
 /* Runs a script of several statements without parameters (a migration). */
@@ -317,25 +374,41 @@ out:
     return st;
 }
 
-/* On a standby nothing can be created: the schema must be there, and current. */
-static qr_status check_schema(pgstore *pg, char *err)
+/* Whether quarry's schema is there and its version (0 when not), read without taking a lock or
+ * creating anything: what a standby, or a node opening a current store, needs. */
+static qr_status read_schema(pgstore *pg, int64_t *version, char *err)
 {
-    int64_t exists = 0, version = 0;
+    int64_t exists = 0;
+    *version = 0;
     qr_status st = pg_int(
         pg, "SELECT count(*) FROM pg_tables WHERE schemaname = 'quarry' AND tablename = 'schema_version'",
         NULL, &exists, err, "look for quarry's schema");
-    if (st)
+    return st || !exists ? st : schema_version(pg, version, err);
+}
+
+/* Makes sure the schema is current: migrates it on a primary when it is older (or absent); a
+ * standby cannot create anything, so there it must be current already. */
+static qr_status prepare_schema(pgstore *pg, char *err)
+{
+    int64_t standby = 0, version = 0;
+    qr_status st;
+    if ((st = pg_int(pg, "SELECT pg_is_in_recovery()::int", NULL, &standby, err,
+                     "ask whether the server is a standby")) ||
+        (st = read_schema(pg, &version, err)))
         return st;
-    if (!exists)
+    if (version > PG_SCHEMA_VERSION)
         return qr_fail(err, QR_EINVAL,
-                       "the PostgreSQL server is a standby without quarry's schema: open the "
-                       "store on the primary first");
-    if ((st = schema_version(pg, &version, err)))
-        return st;
-    if (version != PG_SCHEMA_VERSION)
-        return qr_fail(err, QR_EINVAL, "the PostgreSQL standby has quarry schema %lld, this quarry needs %d",
+                       "the PostgreSQL store has schema %lld, this quarry knows up to %d: upgrade quarry",
                        (long long)version, PG_SCHEMA_VERSION);
-    return QR_OK;
+    if (version == PG_SCHEMA_VERSION)
+        return QR_OK;
+    if (standby)
+        return qr_fail(
+            err, QR_EINVAL,
+            "the PostgreSQL server is a standby and quarry's schema there is at version %lld, not %d: "
+            "open the store on the primary first",
+            (long long)version, PG_SCHEMA_VERSION);
+    return migrate(pg, err);
 }
 
 qr_status pgstore_open(const char *conninfo, pgstore **out, char *err)
@@ -343,20 +416,26 @@ qr_status pgstore_open(const char *conninfo, pgstore **out, char *err)
     if (!conninfo || !out)
         return qr_fail(err, QR_EINVAL, "pgstore_open: NULL argument");
     *out = NULL;
+    char *why = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &why);
+    if (!opts) {
+        qr_status bad = why ? qr_fail(err, QR_EINVAL, "invalid PostgreSQL connection string: %s", why)
+                            : qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL connection string");
+        PQfreemem(why);
+        return bad;
+    }
+    PQconninfoFree(opts);
     pgstore *pg = calloc(1, sizeof(*pg));
     if (!pg)
         return qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL handle");
+    pg->piped = -1;
     qr_status st = QR_OK;
-    int64_t standby = 0;
     pg->conn = PQconnectdb(conninfo);
     if (!pg->conn) {
         st = qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL connection");
         goto out;
     }
-    if ((st = pg_session(pg, err)) ||
-        (st = pg_int(pg, "SELECT pg_is_in_recovery()::int", NULL, &standby, err,
-                     "ask whether the server is a standby")) ||
-        (st = standby ? check_schema(pg, err) : migrate(pg, err)) ||
+    if ((st = pg_session(pg, err)) || (st = prepare_schema(pg, err)) ||
         (st = pg_int(pg, "SELECT value::bigint FROM quarry.meta WHERE key = 'store_uid'", NULL, &pg->uid, err,
                      "read the store uid")))
         goto out;
@@ -571,6 +650,9 @@ static qr_status text_array(qr_buf *b, const char *const *v, size_t n, size_t st
 
 /* ---- writing ---------------------------------------------------------------------------------- */
 
+/* PostgreSQL keeps at most 1 GB in one field. */
+#define PG_FIELD_MAX ((size_t)1 << 30)
+
 /* What the store holds for a doc_id, compared with a write's input. */
 typedef struct {
     bool found;
@@ -578,67 +660,83 @@ typedef struct {
     bool same_hash, same_title, same_fields, same_acl;
 } pg_doc;
 
-/* Looks doc_id up, comparing with in (NULL: presence only) and the sorted ACL acl_lit. */
-static qr_status find_doc(pgstore *pg, const char *doc_id, const pg_input *in, const char *hash,
-                          const char *acl_lit, pg_doc *d, char *err)
+/* Looks doc_id up (its parameters: doc_id, the sorted ACL as an array literal). */
+#define FIND_DOC_SQL                                                                     \
+    "SELECT key, content_hash, title, uri, content_type, metadata,"                      \
+    " (array(SELECT principal FROM quarry.acl a WHERE a.doc = d.key ORDER BY principal)" \
+    "  = $2::text[])::int"                                                               \
+    " FROM quarry.documents d WHERE doc_id = $1"
+
+/* FIND_DOC_SQL's row compared with in (NULL: presence and ACL only). */
+static void read_doc(const PGresult *r, const pg_input *in, pg_doc *d)
 {
-    pg_params p = {0};
-    PGresult *r;
     memset(d, 0, sizeof(*d));
-    p_str(&p, doc_id);
-    p_str(&p, acl_lit ? acl_lit : "{}");
-    qr_status st =
-        pg_exec(pg,
-                "SELECT key, content_hash, title, uri, content_type, metadata,"
-                " (array(SELECT principal FROM quarry.acl a WHERE a.doc = d.key ORDER BY principal)"
-                "  = $2::text[])::int"
-                " FROM quarry.documents d WHERE doc_id = $1",
-                &p, false, &r, err, "look up a document");
-    if (st)
-        return st;
-    if (PQntuples(r) == 1) {
-        d->found = true;
-        d->key = text_i64(r, 0, 0);
-        d->same_acl = text_i64(r, 0, 6) == 1;
-        if (in) {
-            d->same_hash = strcmp(PQgetvalue(r, 0, 1), hash) == 0;
-            d->same_title = strcmp(PQgetvalue(r, 0, 2), in->title) == 0;
-            d->same_fields = strcmp(PQgetvalue(r, 0, 3), in->uri) == 0 &&
-                             strcmp(PQgetvalue(r, 0, 4), in->content_type) == 0 &&
-                             strcmp(PQgetvalue(r, 0, 5), in->metadata) == 0;
-        }
+    if (PQntuples(r) != 1)
+        return;
+    d->found = true;
+    d->key = text_i64(r, 0, 0);
+    d->same_acl = text_i64(r, 0, 6) == 1;
+    if (in) {
+        d->same_hash = strcmp(PQgetvalue(r, 0, 1), in->hash) == 0;
+        d->same_title = strcmp(PQgetvalue(r, 0, 2), in->title) == 0;
+        d->same_fields = strcmp(PQgetvalue(r, 0, 3), in->uri) == 0 &&
+                         strcmp(PQgetvalue(r, 0, 4), in->content_type) == 0 &&
+                         strcmp(PQgetvalue(r, 0, 5), in->metadata) == 0;
     }
-    PQclear(r);
-    return QR_OK;
 }
 
-/* Takes the counter row (and its lock, to commit) and the write's counter: see pgstore.h. */
-static qr_status bump_counter(pgstore *pg, int64_t *counter, char *err)
-{
-    return pg_int(pg, "UPDATE quarry.counter SET value = value + 1 RETURNING value", NULL, counter, err,
-                  "move the change counter");
-}
+/* The ids a write takes with the counter row. */
+typedef struct {
+    int64_t counter;     /* the write's change counter */
+    int64_t first_chunk; /* the first of the nchunks chunk ids asked for */
+    int64_t doc_key;     /* a key for the document, should it turn out new */
+} pg_ids;
 
-/* Hands out nchunks chunk ids and, for a new document, its key, from the counter row the
- * transaction holds. */
-static qr_status take_ids(pgstore *pg, size_t nchunks, bool new_doc, int64_t *first_chunk, int64_t *key,
-                          char *err)
+/*
+ * Looks doc_id up (with BEGIN, as the write's transaction begins, when begin) and, when lock,
+ * then takes the counter row -- its lock, to commit, and the ids -- and looks doc_id up again
+ * under that lock; *d has the last lookup. All in one pipeline, one round trip: the second lookup
+ * is a statement of its own, so its snapshot is taken once the UPDATE holds the lock and holds
+ * every earlier writer (pgstore.h). The UPDATE hands out nchunks chunk ids and one document key
+ * before it is known whether the document is new or its content changed: ids a write does not use
+ * are left unused, which nothing minds (they only need to increase).
+ */
+static qr_status look_up(pgstore *pg, bool begin, bool lock, const char *doc_id, const pg_input *in,
+                         const char *acl_lit, size_t nchunks, pg_ids *ids, pg_doc *d, char *err)
 {
-    pg_params p = {0};
-    PGresult *r;
-    p_int(&p, (int64_t)nchunks);
-    p_int(&p, new_doc ? 1 : 0);
-    qr_status st = pg_exec(pg,
-                           "UPDATE quarry.counter SET next_chunk = next_chunk + $1, next_doc = next_doc + $2"
-                           " RETURNING next_chunk - $1, next_doc - $2",
-                           &p, false, &r, err, "hand out chunk ids");
+    PGresult *res[4];
+    pg_params f = {0}, u = {0};
+    p_str(&f, doc_id);
+    p_str(&f, acl_lit ? acl_lit : "{}");
+    p_int(&u, (int64_t)nchunks);
+    qr_status st = pipe_begin(pg, err);
     if (st)
         return st;
-    *first_chunk = text_i64(r, 0, 0);
-    if (new_doc)
-        *key = text_i64(r, 0, 1);
-    PQclear(r);
-    return QR_OK;
+    int at = 0, updated = -1, found = -1;
+    if (begin && !(st = pg_exec(pg, "BEGIN", NULL, false, NULL, err, "begin a transaction")))
+        at++;
+    if (!st && !lock && !(st = pg_exec(pg, FIND_DOC_SQL, &f, false, NULL, err, "look up a document")))
+        found = at++;
+    if (!st && lock &&
+        !(st = pg_exec(pg,
+                       "UPDATE quarry.counter SET value = value + 1, next_chunk = next_chunk + $1,"
+                       " next_doc = next_doc + 1 RETURNING value, next_chunk - $1, next_doc - 1",
+                       &u, false, NULL, err, "move the change counter")))
+        updated = at++;
+    if (!st && lock && !(st = pg_exec(pg, FIND_DOC_SQL, &f, false, NULL, err, "look up a document")))
+        found = at++;
+    if ((st = pipe_end(pg, st, res, at, err, lock ? "move the change counter" : "look up a document")))
+        goto out;
+    if (updated >= 0) {
+        ids->counter = text_i64(res[updated], 0, 0);
+        ids->first_chunk = text_i64(res[updated], 0, 1);
+        ids->doc_key = text_i64(res[updated], 0, 2);
+    }
+    read_doc(res[found], in, d);
+out:
+    for (int i = 0; i < at; i++)
+        PQclear(res[i]);
+    return st;
 }
 
 static qr_status write_acl(pgstore *pg, int64_t key, bool is_new, const char *acl_lit, int64_t counter,
@@ -761,15 +859,15 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
         *counter = 0;
     pg_input in = {0};
     pg_doc d;
-    int64_t c = 0, key = 0, first = 0;
+    pg_ids ids = {0};
+    int64_t c = 0, key;
     qr_buf acl;
     qr_buf_init(&acl, PG_BUF_CAP);
     qr_status st = check_input(pg, doc, chunks, nchunks, vectors, dim, &in, err);
     if (st || (st = text_array(&acl, in.acl, in.nacl, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
     /* an unchanged document (a re-ingest) is answered without waiting for the counter row */
-    if ((st = pg_begin(pg, err)) ||
-        (st = find_doc(pg, doc->doc_id, &in, in.hash, qr_buf_str(&acl), &d, err)) ||
+    if ((st = look_up(pg, true, false, doc->doc_id, &in, qr_buf_str(&acl), 0, NULL, &d, err)) ||
         (st = check_dim(pg, doc->doc_id, nchunks, dim, err)))
         goto out;
     if (unchanged(&d)) {
@@ -777,9 +875,10 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
         goto out;
     }
     /* decide on what the store holds once this transaction holds the counter row */
-    if ((st = bump_counter(pg, &c, err)) ||
-        (st = find_doc(pg, doc->doc_id, &in, in.hash, qr_buf_str(&acl), &d, err)))
+    if ((st = look_up(pg, false, true, doc->doc_id, &in, qr_buf_str(&acl), doc->text ? nchunks : 0, &ids, &d,
+                      err)))
         goto out;
+    c = ids.counter;
     if (unchanged(&d)) {
         *result = STORE_UNCHANGED; /* the rollback gives the counter back */
         goto out;
@@ -793,13 +892,17 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
         p_str(&p, in.content_type);
         p_str(&p, in.metadata);
         p_int(&p, c);
-        if ((st =
-                 pg_exec(pg,
-                         "UPDATE quarry.documents SET title = $2, uri = $3, content_type = $4, metadata = $5,"
-                         " counter = $6 WHERE key = $1",
-                         &p, false, NULL, err, "update a document")) ||
-            (!d.same_acl && (st = write_acl(pg, d.key, false, qr_buf_str(&acl), c, err))) ||
-            (st = pg_commit(pg, err)))
+        if ((st = pipe_begin(pg, err)))
+            goto out;
+        st = pg_exec(pg,
+                     "UPDATE quarry.documents SET title = $2, uri = $3, content_type = $4, metadata = $5,"
+                     " counter = $6 WHERE key = $1",
+                     &p, false, NULL, err, "update a document");
+        if (!st && !d.same_acl)
+            st = write_acl(pg, d.key, false, qr_buf_str(&acl), c, err);
+        if (!st)
+            st = pg_commit(pg, err);
+        if ((st = pipe_end(pg, st, NULL, 0, err, "update a document")))
             goto out;
         *result = d.same_title ? STORE_ACL_UPDATED : STORE_UPDATED;
         goto out;
@@ -809,9 +912,13 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
                      doc->doc_id);
         goto out;
     }
-    key = d.key;
-    if ((st = take_ids(pg, nchunks, !d.found, &first, &key, err)))
+    if (doc->text_len >= PG_FIELD_MAX) {
+        st = qr_fail(err, QR_ELIMIT,
+                     "document '%.200s': text of %zu bytes, more than PostgreSQL keeps in a field",
+                     doc->doc_id, doc->text_len);
         goto out;
+    }
+    key = d.found ? d.key : ids.doc_key;
     p_int(&p, key);
     p_str(&p, doc->doc_id);
     p_str(&p, in.title);
@@ -821,27 +928,30 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
     p_str(&p, in.hash);
     p_bytes(&p, doc->text, doc->text_len);
     p_int(&p, c);
+    /* what is left needs no answer before the next statement: one round trip to the commit */
+    if ((st = pipe_begin(pg, err)))
+        goto out;
     if (d.found) {
         pg_params k = {0};
         p_int(&k, key);
         /* the old chunks go (their vectors with them); the follower replaces them by the record */
-        if ((st = pg_exec(pg, "DELETE FROM quarry.chunks WHERE doc = $1", &k, false, NULL, err,
-                          "delete chunks")) ||
-            (st =
-                 pg_exec(pg,
+        if (!(st = pg_exec(pg, "DELETE FROM quarry.chunks WHERE doc = $1", &k, false, NULL, err,
+                           "delete chunks")))
+            st = pg_exec(pg,
                          "UPDATE quarry.documents SET title = $3, uri = $4, content_type = $5, metadata = $6,"
                          " content_hash = $7, text = $8, counter = $9 WHERE key = $1 AND doc_id = $2",
-                         &p, false, NULL, err, "update a document")))
-            goto out;
-    } else if ((st = pg_exec(pg,
-                             "INSERT INTO quarry.documents(key, doc_id, title, uri, content_type, metadata,"
-                             " content_hash, text, counter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                             &p, false, NULL, err, "insert a document"))) {
-        goto out;
+                         &p, false, NULL, err, "update a document");
+    } else {
+        st = pg_exec(pg,
+                     "INSERT INTO quarry.documents(key, doc_id, title, uri, content_type, metadata,"
+                     " content_hash, text, counter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     &p, false, NULL, err, "insert a document");
     }
-    if (((!d.found || !d.same_acl) && (st = write_acl(pg, key, !d.found, qr_buf_str(&acl), c, err))) ||
-        (st = insert_chunks(pg, key, chunks, nchunks, vectors, dim, first, c, err)) ||
-        (st = pg_commit(pg, err)))
+    if (!st && (!d.found || !d.same_acl))
+        st = write_acl(pg, key, !d.found, qr_buf_str(&acl), c, err);
+    if (!st && !(st = insert_chunks(pg, key, chunks, nchunks, vectors, dim, ids.first_chunk, c, err)))
+        st = pg_commit(pg, err);
+    if ((st = pipe_end(pg, st, NULL, 0, err, "write a document")))
         goto out;
     *result = d.found ? STORE_UPDATED : STORE_ADDED;
 out:
@@ -860,13 +970,14 @@ qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char
     if (counter)
         *counter = 0;
     pg_doc d;
+    pg_ids ids = {0};
     int64_t c = 0;
     qr_status st = store_check_doc_id(doc_id, err);
     if (st || (st = pg_ready(pg, err)))
         return st;
-    if ((st = pg_begin(pg, err)) || (st = bump_counter(pg, &c, err)) ||
-        (st = find_doc(pg, doc_id, NULL, NULL, NULL, &d, err)))
+    if ((st = look_up(pg, true, true, doc_id, NULL, NULL, 0, &ids, &d, err)))
         goto out;
+    c = ids.counter;
     if (!d.found) {
         st = store_not_found(doc_id, err);
         goto out;
@@ -877,11 +988,14 @@ qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char
     p_int(&p, c);
     p_int(&k, d.key);
     /* the document's chunks, vectors and ACL rows go with it (ON DELETE CASCADE) */
-    if ((st = pg_exec(pg, "INSERT INTO quarry.tombstones(doc, doc_id, counter) VALUES ($1, $2, $3)", &p,
-                      false, NULL, err, "record a deletion")) ||
-        (st = pg_exec(pg, "DELETE FROM quarry.documents WHERE key = $1", &k, false, NULL, err,
-                      "delete a document")) ||
-        (st = pg_commit(pg, err)))
+    if ((st = pipe_begin(pg, err)))
+        goto out;
+    st = pg_exec(pg, "INSERT INTO quarry.tombstones(doc, doc_id, counter) VALUES ($1, $2, $3)", &p, false,
+                 NULL, err, "record a deletion");
+    if (!st && !(st = pg_exec(pg, "DELETE FROM quarry.documents WHERE key = $1", &k, false, NULL, err,
+                              "delete a document")))
+        st = pg_commit(pg, err);
+    if ((st = pipe_end(pg, st, NULL, 0, err, "delete a document")))
         goto out;
     if (counter)
         *counter = c;
@@ -900,6 +1014,7 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
     const char **sorted = NULL;
     size_t nsorted = 0;
     pg_doc d;
+    pg_ids ids = {0};
     int64_t c = 0;
     qr_buf lit;
     qr_buf_init(&lit, PG_BUF_CAP);
@@ -907,9 +1022,9 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
     if (st || (st = normalise_acl(acl, nacl, &sorted, &nsorted, err)) ||
         (st = text_array(&lit, sorted, nsorted, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
-    if ((st = pg_begin(pg, err)) || (st = bump_counter(pg, &c, err)) ||
-        (st = find_doc(pg, doc_id, NULL, NULL, qr_buf_str(&lit), &d, err)))
+    if ((st = look_up(pg, true, true, doc_id, NULL, qr_buf_str(&lit), 0, &ids, &d, err)))
         goto out;
+    c = ids.counter;
     if (!d.found) {
         st = store_not_found(doc_id, err);
         goto out;
@@ -919,9 +1034,13 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
     pg_params p = {0};
     p_int(&p, d.key);
     p_int(&p, c);
-    if ((st = pg_exec(pg, "UPDATE quarry.documents SET counter = $2 WHERE key = $1", &p, false, NULL, err,
-                      "update a document")) ||
-        (st = write_acl(pg, d.key, false, qr_buf_str(&lit), c, err)) || (st = pg_commit(pg, err)))
+    if ((st = pipe_begin(pg, err)))
+        goto out;
+    st = pg_exec(pg, "UPDATE quarry.documents SET counter = $2 WHERE key = $1", &p, false, NULL, err,
+                 "update a document");
+    if (!st && !(st = write_acl(pg, d.key, false, qr_buf_str(&lit), c, err)))
+        st = pg_commit(pg, err);
+    if ((st = pipe_end(pg, st, NULL, 0, err, "change an ACL")))
         goto out;
     if (counter)
         *counter = c;

@@ -14,22 +14,27 @@
  * little-endian bytes, counter), acl (document key, canonical principal, counter), tombstones
  * (doc_id, document key, counter of its deletion), nodes (follower name, applied counter).
  *
- * The counter argument: every write transaction first runs UPDATE on the counter row. The row
- * lock that UPDATE takes is held to commit, so writers pass that point one at a time and each
- * sees the previous one committed: counters are handed out in commit order, and a reader whose
- * snapshot shows counter c sees every transaction with a counter <= c. A sequence would not do:
- * nextval() does not wait, so a transaction could draw 7, commit after another's 8, and a reader
- * that already moved past 8 would miss 7 for ever. Chunk ids and document keys come from the
- * same row in the same UPDATE, so they too increase in commit order. The document lookup that
- * decides added/updated/unchanged runs after that UPDATE (READ COMMITTED gives each statement a
- * fresh snapshot, which then holds every earlier writer), so two puts of one new doc_id cannot
- * both insert it. A write that turns out to change nothing rolls back: the counter stays.
+ * The counter argument: every write transaction runs UPDATE on the counter row before it writes
+ * anything else. The row lock that UPDATE takes is held to commit, so writers pass that point one
+ * at a time and each sees the previous one committed: counters are handed out in commit order, and
+ * a reader whose snapshot shows counter c sees every transaction with a counter <= c. A sequence
+ * would not do: nextval() does not wait, so a transaction could draw 7, commit after another's 8,
+ * and a reader that already moved past 8 would miss 7 for ever. Chunk ids and document keys come
+ * from the same row under the same lock, so they too increase in commit order. The document lookup
+ * that decides added/updated/unchanged runs after that UPDATE (READ COMMITTED gives each statement
+ * a fresh snapshot, which then holds every earlier writer; it cannot be part of the UPDATE's own
+ * statement, whose snapshot predates the wait), so two puts of one new doc_id cannot both insert
+ * it. A write that turns out to change nothing rolls back: the counter stays, and counters are
+ * gap-free.
  *
  * Threads: a handle is one connection, used by one thread at a time; open one per thread. Every
  * function that fails writes the reason into err (QR_ERR_LEN bytes, may be NULL) and, unless it
- * says otherwise, changes nothing. PostgreSQL errors become QR_EUNAVAILABLE (connection lost, or
- * a write reached a standby), QR_ETIMEOUT (a lock waited more than 5 s, a statement timeout),
- * QR_ENOSPC, QR_ENOMEM, else QR_EIO. A lost connection is re-established by the next call.
+ * says otherwise, changes nothing. PostgreSQL errors become QR_EUNAVAILABLE (the connection is
+ * lost, a write reached a standby, a standby cancelled a read for its replay), QR_ETIMEOUT (a
+ * lock waited more than 5 s, a statement timeout), QR_ENOSPC, QR_ENOMEM, else QR_EIO. The call
+ * that finds the connection lost fails with QR_EUNAVAILABLE (a write whose COMMIT got no answer
+ * may or may not have happened: a put or an ACL change can simply be sent again); the next call
+ * connects again.
  */
 #ifndef QUARRY_INDEX_PGSTORE_H
 #define QUARRY_INDEX_PGSTORE_H
@@ -62,7 +67,9 @@ qr_status pgstore_embedding(pgstore *pg, char *model, size_t cap, int *dim, char
 
 /* As store_put, store_delete and store_set_acl (the same checks, statuses and results), one
  * transaction each. *counter (may be NULL) gets the change counter of the write, 0 when nothing
- * was written (STORE_UNCHANGED, an equal ACL). Chunk ids are handed out by PostgreSQL. */
+ * was written (STORE_UNCHANGED, an equal ACL). Chunk ids (consecutive within a document) and
+ * document keys are handed out by PostgreSQL, increasing in commit order, with gaps (ids a write
+ * took but did not need). */
 qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk *chunks, size_t nchunks,
                       const float *vectors, int dim, store_put_result *result, int64_t *counter, char *err);
 qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char *err);

@@ -11,7 +11,9 @@
 #ifndef QUARRY_TEST_PG_FIXTURE_H
 #define QUARRY_TEST_PG_FIXTURE_H
 
-#define PG_FIXTURE_BIN  "/usr/lib/postgresql/15/bin"
+#ifndef PG_FIXTURE_BIN /* another PostgreSQL's programs: -DPG_FIXTURE_BIN=... */
+#define PG_FIXTURE_BIN "/usr/lib/postgresql/15/bin"
+#endif
 #define PG_FIXTURE_SKIP 77 /* PostgreSQL is not installed here: the case reports "skipped" */
 
 typedef struct {

@@ -569,6 +569,24 @@ static void run_bad_input_changes_nothing(void)
     CHECK_INT(m.records, 0);
     CHECK_INT(through, before);
 
+    /* connection strings: malformed, nothing listening; a connection the server ended fails the
+     * call that finds it gone, and the next call connects again */
+    pgstore *bad = NULL;
+    CHECK_INT(pgstore_open("host=127.0.0.1 dbname='unterminated", &bad, err), QR_EINVAL);
+    CHECK(bad == NULL);
+    CHECK_INT(pgstore_open("host=127.0.0.1 port=1 user=quarry connect_timeout=5", &bad, err),
+              QR_EUNAVAILABLE);
+    PGconn *raw = PQconnectdb(fx.conninfo);
+    PGresult *res = PQexec(raw, "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
+                                " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'");
+    bool killed = PQresultStatus(res) == PGRES_TUPLES_OK && strcmp(PQgetvalue(res, 0, 0), "1") == 0;
+    PQclear(res);
+    PQfinish(raw);
+    CHECK(killed);
+    CHECK_INT(pgstore_counter(pg, &c, err), QR_EUNAVAILABLE);
+    CHECK_OK(pgstore_counter(pg, &c, err), err);
+    CHECK_INT(c, before);
+
     /* text that looks like SQL or like an array literal is data: stored and read back as sent */
     static const char *sql_id = "x'); DROP TABLE documents;--";
     const char *sql_acl[] = {"group:x'); DROP TABLE quarry.acl;--", "user:\"},{\"public"};
@@ -589,6 +607,47 @@ static void run_bad_input_changes_nothing(void)
     CHECK(strstr(e->state, "|acl=group:x'); drop table quarry.acl;--;user:\"},{\"public;|") != NULL);
     CHECK(strstr(e->state, " '\"},{\"x\\\"' ") != NULL);
     CHECK_INT(through, c);
+
+    /* a write the server refuses half-way (here a constraint the test adds) leaves nothing, and
+     * the handle goes on */
+    raw = PQconnectdb(fx.conninfo);
+    res =
+        PQexec(raw, "ALTER TABLE quarry.acl ADD CONSTRAINT test_refuses CHECK (principal <> 'user:refused')");
+    bool altered = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    PQfinish(raw);
+    CHECK(altered);
+    const char *refused[] = {"user:refused"};
+    doc_a(&t);
+    t.doc.doc_id = "refused half-way";
+    t.doc.acl = refused;
+    t.doc.nacl = 1;
+    store_put_result r;
+    CHECK_INT(pgstore_put(pg, &t.doc, t.chunks, 3, t.vecs, DIM, &r, &c, err), QR_EIO);
+    CHECK(strstr(err, "test_refuses") != NULL);
+    CHECK_INT(c, 0);
+    CHECK_INT(pgstore_set_acl(pg, sql_id, refused, 1, &c, err), QR_EIO);
+    int64_t now;
+    CHECK_OK(pgstore_counter(pg, &now, err), err);
+    CHECK_INT(now, through);
+    map_free(&m);
+    CHECK_OK(pull_all(pg, 0, &m, &through, &head, err), err);
+    CHECK_INT(m.n, 2);
+    CHECK(!map_find(&m, "refused half-way"));
+    t.doc.acl = good_acl;
+    CHECK_OK(pgstore_put(pg, &t.doc, t.chunks, 3, t.vecs, DIM, &r, &c, err), err);
+    CHECK_INT(r, STORE_ADDED);
+    CHECK_INT(c, now + 1);
+
+    /* a schema newer than this quarry is refused, never migrated down or used */
+    raw = PQconnectdb(fx.conninfo);
+    res = PQexec(raw, "INSERT INTO quarry.schema_version(version, applied_ms) VALUES (99, 0)");
+    bool newer = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    PQfinish(raw);
+    CHECK(newer);
+    CHECK_INT(pgstore_open(fx.conninfo, &bad, err), QR_EINVAL);
+    CHECK(strstr(err, "schema 99") != NULL);
 
     map_free(&m);
     pgstore_close(pg);
