@@ -734,6 +734,9 @@ class Test:
             feed = self.status(self.n3).get("checks", {})
             say("revocation: node 3 with its feed paused: counter %d -> %d, feed %s, feed_detail %s"
                 % (c_before, self.n3.counter(), feed.get("feed"), json.dumps(feed.get("feed_detail"))))
+            # the pause must have held: node 3's follower says it cannot read its feed
+            if not (feed.get("feed_detail") or {}).get("error"):
+                errors.append("node 3's follower reports no error with its read port blocked: the pause did not hold")
         finally:
             self.relay3.unblock()
         self.m["stale"] = self.m.get("stale", 0) + stale
