@@ -206,7 +206,8 @@ static json_t *readiness(api_server *srv, bool counts, bool *ready_out, bool *ld
                            ? (ms.feed_ok ? "behind" : "unreachable")
                            : "ok";
     bool ready = *ready_out = !st && strcmp(index, "not_loaded") != 0 && strcmp(index, "failing") != 0 &&
-                              strcmp(ldap, "ok") == 0 && (strcmp(feed, "off") == 0 || strcmp(feed, "ok") == 0);
+                              strcmp(ldap, "ok") == 0 &&
+                              (strcmp(feed, "off") == 0 || strcmp(feed, "ok") == 0);
     json_t *body = json_pack("{s:s,s:{s:s,s:s,s:s,s:s}}", "status", ready ? "ready" : "not_ready", "checks",
                              "store", st ? "error" : "ok", "index", index, "ldap", ldap, "feed", feed);
     if (body) {
@@ -232,9 +233,10 @@ static json_t *readiness(api_server *srv, bool counts, bool *ready_out, bool *ld
     if (body && counts && ms.following) {
         json_t *checks = json_object_get(body, "checks");
         json_object_set_new(checks, "feed_detail",
-                            json_pack("{s:I,s:I,s:I,s:I,s:s}", "counter", (json_int_t)ms.feed_counter, "primary",
-                                      (json_int_t)ms.feed_primary, "behind_ms", (json_int_t)ms.feed_behind_ms,
-                                      "last_lag_ms", (json_int_t)ms.feed_lag_last_ms, "error", ms.feed_error));
+                            json_pack("{s:I,s:I,s:I,s:I,s:s}", "counter", (json_int_t)ms.feed_counter,
+                                      "primary", (json_int_t)ms.feed_primary, "behind_ms",
+                                      (json_int_t)ms.feed_behind_ms, "last_lag_ms",
+                                      (json_int_t)ms.feed_lag_last_ms, "error", ms.feed_error));
     }
     /* how much is stored is the administrators' business, not every employee's */
     if (body && !st && counts) {

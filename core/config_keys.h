@@ -24,7 +24,7 @@
       "0: none, reads go through read calls; SQLite caps it, 2 GiB in Debian's build). Saves a system "      \
       "call and a copy per page read; an I/O error on a mapped page stops the process (SIGBUS) instead "     \
       "of failing one request, and mapped pages count in the process's RSS.")                                \
-    /* the system of record: this node's own SQLite store, or PostgreSQL followed by every node */       \
+    /* the system of record: this node's own SQLite store, or PostgreSQL followed by every node */           \
     X(STRING, store, backend, "sqlite", NO_RANGE, "sqlite|postgres", false, QR_RESTART,                      \
       "System of record: sqlite (this node's own store, the default) or postgres (PostgreSQL, shared by "    \
       "several nodes: writes go there and this node's store follows its change feed).")                      \

@@ -214,6 +214,17 @@ qr_status store_follow_commit(store *s, int64_t through, char *err);
 /* Discards the follow batch; a no-op without one. store_close rolls an open one back too. */
 void store_follow_rollback(store *s);
 
+/* Exactness. A record is a document's state at its last change, so a pull cut short (*through <
+ * *head) leaves out a document changed both before and after *through: after it the store holds
+ * every document's changes up to some counter, not necessarily up to *through. follow_step calls
+ * store_follow_mark inside each batch with the pull's through and head: a cut pull records how
+ * far its snapshot saw; a whole pull (through == head) whose snapshot reaches at least that far
+ * (so from the same source or one no further behind) records that every change up to through is
+ * in the store. Later batches only bring documents further. store_follow_exact reads that counter
+ * (0: never), which is what a search's fence compares with the primary's (store_fence). */
+qr_status store_follow_mark(store *s, int64_t through, int64_t head, char *err);
+qr_status store_follow_exact(store *s, int64_t *counter, char *err);
+
 /* A routed store's feed follower (index/store_route.c, for the maintainer's follower thread): one
  * batch of at most `limit` records from the feed's connection (follow_step), after reading the
  * primary's counter into *primary_head; *counter and *head as follow_step sets them. */

@@ -38,6 +38,10 @@ qr_status follow_step(store *s, store_follow_pull_fn pull, void *ctx, size_t lim
     /* a source behind the store (a standby still replaying what another one served) sends nothing */
     if (through < since)
         through = since;
+    if ((st = store_follow_mark(s, through, at, err))) {
+        store_follow_rollback(s);
+        return st;
+    }
     if ((st = store_follow_commit(s, through, err)))
         return st;
     *counter = through;

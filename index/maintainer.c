@@ -39,8 +39,8 @@ struct index_maintainer {
     pthread_t thread;
     bool thread_started;
     pthread_mutex_t mu;
-    pthread_cond_t wake; /* the thread waits here for work */
-    pthread_cond_t done; /* waiters wait here for passes to finish */
+    pthread_cond_t wake;        /* the thread waits here for work */
+    pthread_cond_t done;        /* waiters wait here for passes to finish */
     pthread_cond_t follow_wake; /* the feed follower sleeps here between polls */
     /* under mu */
     bool stop, signalled;
@@ -61,8 +61,8 @@ struct index_maintainer {
     pthread_t follow_thread;
     bool follow_started;
     uint64_t poll_ns;
-    int64_t behind_target;      /* a primary counter the store had not reached when read (0: none) */
-    uint64_t behind_since_ns;   /* when it was read, or when polls started failing */
+    int64_t behind_target;    /* a primary counter the store had not reached when read (0: none) */
+    uint64_t behind_since_ns; /* when it was read, or when polls started failing */
 };
 
 /* One pass: both indexes up to the store's counter as read at its start (force: new

@@ -74,10 +74,10 @@ typedef struct {
     uint64_t vector_failures, bm25_failures;
     /* With a system of record (store.backend = postgres) a second thread follows its feed into
      * the local store every poll_ms and wakes the pass above when it applied something. */
-    bool following;              /* that thread runs */
-    bool feed_ok;                /* its last poll read the primary's counter and applied the feed */
-    int64_t feed_counter;        /* the local store's counter after its last poll */
-    int64_t feed_primary;        /* the primary's counter as its last poll read it */
+    bool following;       /* that thread runs */
+    bool feed_ok;         /* its last poll read the primary's counter and applied the feed */
+    int64_t feed_counter; /* the local store's counter after its last poll */
+    int64_t feed_primary; /* the primary's counter as its last poll read it */
     /* How long this node has been behind a counter the primary had (from when a poll first read
      * a counter the store had not reached until a poll reaches it), or unable to poll; 0: caught
      * up. /readyz compares it with store.max_lag_ms. */

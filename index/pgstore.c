@@ -49,6 +49,11 @@ struct pgstore {
     sqlite3 *json; /* in-memory, for canonical metadata */
     int piped;     /* statements sent in the open pipeline (pipe_begin); -1 outside one */
     sqlite3_stmt *json_q;
+    /* a batch (pgstore_batch_begin): one transaction, each call inside it a savepoint */
+    bool batch;
+    bool sp;              /* a call's savepoint exists */
+    bool release_pending; /* its release was sent in the open pipeline */
+    bool batch_lost;      /* the batch's transaction is gone (a lost connection, a failed savepoint) */
 };
 
 /* ---- schema ------------------------------------------------------------------------------ */
@@ -240,6 +245,9 @@ static qr_status pipe_end(pgstore *pg, qr_status st, PGresult **keep, int nkeep,
     }
     if (!PQexitPipelineMode(pg->conn) && !st)
         st = pg_fail(pg, NULL, err, what);
+    if (pg->release_pending && !st)
+        pg->sp = false; /* the call's savepoint was released with the rest */
+    pg->release_pending = false;
     return st;
 }
 
@@ -272,10 +280,29 @@ static qr_status pg_int(pgstore *pg, const char *sql, const pg_params *p, int64_
     return st;
 }
 
-/* Ends whatever transaction the connection is in (after a failure: nothing of it stays). */
+/* Runs one statement without parameters or rows; whether it succeeded. */
+static bool pg_simple(pgstore *pg, const char *sql)
+{
+    PGresult *r = PQexec(pg->conn, sql);
+    bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok;
+}
+
+/* Ends whatever transaction the connection is in (after a failure: nothing of it stays). Inside
+ * a batch, ends the call's savepoint instead: what the call did goes, the batch stays. */
 static void pg_rollback(pgstore *pg)
 {
     PGTransactionStatusType ts = PQtransactionStatus(pg->conn);
+    if (pg->batch) {
+        if (pg->sp && !(pg_simple(pg, "ROLLBACK TO SAVEPOINT quarry_call") &&
+                        pg_simple(pg, "RELEASE SAVEPOINT quarry_call")))
+            pg->batch_lost = true;
+        else if (!pg->sp && ts != PQTRANS_INTRANS)
+            pg->batch_lost = true; /* an error outside any savepoint aborted the batch */
+        pg->sp = false;
+        return;
+    }
     if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
         PQclear(PQexec(pg->conn, "ROLLBACK"));
 }
@@ -310,20 +337,46 @@ static qr_status pg_session(pgstore *pg, char *err)
  * restarted server) is made again. */
 static qr_status pg_ready(pgstore *pg, char *err)
 {
+    if (pg->batch && (pg->batch_lost || PQstatus(pg->conn) != CONNECTION_OK)) {
+        pg->batch_lost = true; /* a new connection would be outside the batch's transaction */
+        return qr_fail(err, QR_EUNAVAILABLE,
+                       "PostgreSQL: the open batch was rolled back (its connection or transaction was lost)");
+    }
     if (PQstatus(pg->conn) == CONNECTION_OK)
         return QR_OK;
     PQreset(pg->conn);
     return pg_session(pg, err);
 }
 
-static qr_status pg_begin(pgstore *pg, char *err)
+/* Begins a call's transaction; inside a batch, its savepoint. */
+static const char *begin_sql(pgstore *pg)
 {
-    return pg_exec(pg, "BEGIN", NULL, false, NULL, err, "begin a transaction");
+    if (!pg->batch)
+        return "BEGIN";
+    pg->sp = true; /* sent; a failure to make it aborts the batch's transaction (pg_rollback) */
+    return "SAVEPOINT quarry_call";
 }
 
+static qr_status pg_begin(pgstore *pg, char *err)
+{
+    qr_status st = pg_exec(pg, begin_sql(pg), NULL, false, NULL, err, "begin a transaction");
+    if (st && pg->batch)
+        pg->sp = false;
+    return st;
+}
+
+/* Commits a call's transaction; inside a batch, releases its savepoint (the batch commits at
+ * pgstore_batch_commit). */
 static qr_status pg_commit(pgstore *pg, char *err)
 {
-    return pg_exec(pg, "COMMIT", NULL, false, NULL, err, "commit");
+    if (!pg->batch)
+        return pg_exec(pg, "COMMIT", NULL, false, NULL, err, "commit");
+    qr_status st = pg_exec(pg, "RELEASE SAVEPOINT quarry_call", NULL, false, NULL, err, "end a write");
+    if (!st && pg->piped >= 0)
+        pg->release_pending = true;
+    else if (!st)
+        pg->sp = false;
+    return st;
 }
 
 /* ---- opening --------------------------------------------------------------------------------- */
@@ -620,10 +673,10 @@ static qr_status check_input(pgstore *pg, const store_document *doc, const store
         if ((st = store_check_field(what, values[i], STORE_FIELD_MAX, true, err)))
             return st;
     }
-    if ((st = check_hash(doc->content_hash, in->hash, err)) ||
-        (st = check_text_and_chunks(id, doc, chunks, nchunks, err)) ||
-        (st = check_vectors(id, nchunks, vectors, dim, err)) ||
-        (st = normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
+    if ((st = store_check_hash(doc->content_hash, in->hash, err)) ||
+        (st = store_check_text_and_chunks(id, doc, chunks, nchunks, err)) ||
+        (st = store_check_vectors(id, nchunks, vectors, dim, err)) ||
+        (st = store_normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
         return st;
     return canonical_metadata(pg, id, doc->metadata_json, &in->metadata, err);
 }
@@ -713,7 +766,7 @@ static qr_status look_up(pgstore *pg, bool begin, bool lock, const char *doc_id,
     if (st)
         return st;
     int at = 0, updated = -1, found = -1;
-    if (begin && !(st = pg_exec(pg, "BEGIN", NULL, false, NULL, err, "begin a transaction")))
+    if (begin && !(st = pg_exec(pg, begin_sql(pg), NULL, false, NULL, err, "begin a transaction")))
         at++;
     if (!st && !lock && !(st = pg_exec(pg, FIND_DOC_SQL, &f, false, NULL, err, "look up a document")))
         found = at++;
@@ -1019,7 +1072,7 @@ qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *ac
     qr_buf lit;
     qr_buf_init(&lit, PG_BUF_CAP);
     qr_status st = store_check_doc_id(doc_id, err);
-    if (st || (st = normalise_acl(acl, nacl, &sorted, &nsorted, err)) ||
+    if (st || (st = store_normalise_acl(acl, nacl, &sorted, &nsorted, err)) ||
         (st = text_array(&lit, sorted, nsorted, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
     if ((st = look_up(pg, true, true, doc_id, NULL, qr_buf_str(&lit), 0, &ids, &d, err)))
@@ -1329,4 +1382,50 @@ out:
     PQclear(r);
     pg_rollback(pg);
     return st;
+}
+
+/* ---- batches ----------------------------------------------------------------------------------- */
+
+qr_status pgstore_batch_begin(pgstore *pg, char *err)
+{
+    if (!pg)
+        return qr_fail(err, QR_EINVAL, "pgstore_batch_begin: NULL handle");
+    if (pg->batch)
+        return qr_fail(err, QR_EINVAL, "PostgreSQL: a batch is already open");
+    qr_status st = pg_ready(pg, err);
+    if (!st && !(st = pg_exec(pg, "BEGIN", NULL, false, NULL, err, "begin a batch"))) {
+        pg->batch = true;
+        pg->sp = pg->release_pending = pg->batch_lost = false;
+    }
+    return st;
+}
+
+qr_status pgstore_batch_commit(pgstore *pg, char *err)
+{
+    if (!pg || !pg->batch)
+        return qr_fail(err, QR_EINVAL, "PostgreSQL: no batch is open");
+    bool lost = pg->batch_lost;
+    pg->batch = false;
+    if (lost || PQstatus(pg->conn) != CONNECTION_OK) {
+        pg_rollback(pg);
+        return qr_fail(err, QR_EUNAVAILABLE,
+                       "PostgreSQL: the batch was rolled back (its connection or transaction was lost): "
+                       "send its documents again");
+    }
+    qr_status st = pg_exec(pg, "COMMIT", NULL, false, NULL, err, "commit a batch");
+    pg_rollback(pg);
+    return st;
+}
+
+void pgstore_batch_rollback(pgstore *pg)
+{
+    if (!pg || !pg->batch)
+        return;
+    pg->batch = false;
+    pg_rollback(pg);
+}
+
+bool pgstore_in_batch(const pgstore *pg)
+{
+    return pg && pg->batch;
 }

@@ -39,6 +39,7 @@
 #ifndef QUARRY_INDEX_PGSTORE_H
 #define QUARRY_INDEX_PGSTORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -75,6 +76,21 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
 qr_status pgstore_delete(pgstore *pg, const char *doc_id, int64_t *counter, char *err);
 qr_status pgstore_set_acl(pgstore *pg, const char *doc_id, const char *const *acl, size_t nacl,
                           int64_t *counter, char *err);
+
+/*
+ * Batches (quarry ingest): pgstore_batch_begin opens one transaction that the following puts,
+ * deletes and ACL changes on this handle join, each in a savepoint of its own, until
+ * pgstore_batch_commit; one commit (one wait for the synchronous standby) for many documents.
+ * A call that fails or changes nothing rolls back to its savepoint and the batch goes on; each
+ * write still moves the counter. The counter row stays locked from the batch's first write to its
+ * commit, so other writers wait (up to the lock timeout): keep batches short. Writes inside a batch
+ * are visible to others, and durable, only once pgstore_batch_commit returned QR_OK; a lost
+ * connection loses the batch (QR_EUNAVAILABLE from the calls after it and from the commit).
+ */
+qr_status pgstore_batch_begin(pgstore *pg, char *err);
+qr_status pgstore_batch_commit(pgstore *pg, char *err);
+void pgstore_batch_rollback(pgstore *pg);
+bool pgstore_in_batch(const pgstore *pg);
 
 /* The change counter as this connection sees it now (on the primary, the fence of a search). */
 qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err);

@@ -24,6 +24,10 @@
 #include "index/store_int.h"
 
 #define FOLLOW_UID_KEY "follow_uid" /* meta: the system of record's uid; absent (0): not a follower */
+/* meta: the last counter up to which every change is in the store (store_follow_exact), and the
+ * furthest head a pull cut short has seen */
+#define FOLLOW_EXACT_KEY "follow_exact"
+#define FOLLOW_SEEN_KEY  "follow_seen"
 
 qr_status store_follow_refuse(store *s, char *err)
 {
@@ -414,4 +418,32 @@ void store_follow_rollback(store *s)
         s->follow_open = false;
         store_batch_rollback_local(s);
     }
+}
+
+/* ---- exactness ----------------------------------------------------------------------------- */
+
+qr_status store_follow_mark(store *s, int64_t through, int64_t head, char *err)
+{
+    if (!s || !s->follow_open)
+        return qr_fail(err, QR_EINVAL, "store_follow_mark: no follow batch is open");
+    int64_t seen = 0;
+    qr_status st = store_meta_get_int(s, FOLLOW_SEEN_KEY, &seen, err);
+    if (st)
+        return st;
+    if (through < head) /* cut short: what it left out lies at or below head */
+        return head > seen ? store_meta_set_int(s, FOLLOW_SEEN_KEY, head, err) : QR_OK;
+    /* whole, and no earlier cut pull saw further than this one's snapshot: every document it left
+     * out has come since, in this pull or before */
+    return head >= seen ? store_meta_set_int(s, FOLLOW_EXACT_KEY, through, err) : QR_OK;
+}
+
+qr_status store_follow_exact(store *s, int64_t *counter, char *err)
+{
+    if (!s || !counter)
+        return qr_fail(err, QR_EINVAL, "store_follow_exact: NULL argument");
+    *counter = 0;
+    qr_status st = store_begin_read(s, err);
+    if (!st)
+        st = store_meta_get_int(s, FOLLOW_EXACT_KEY, counter, err);
+    return store_end_call(s, st, err);
 }

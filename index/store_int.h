@@ -150,11 +150,12 @@ qr_status store_not_found(const char *doc_id, char *err);
 /* store_write.c: store_put's checks of a document, shared with pgstore.c so that PostgreSQL
  * refuses exactly what the local store refuses. normalise_acl's *out is one allocation: free() it.
  * check_hash writes the hash lower-cased into out. */
-qr_status normalise_acl(const char *const *acl, size_t nacl, const char ***out, size_t *nout, char *err);
-qr_status check_hash(const char *hash, char out[65], char *err);
-qr_status check_text_and_chunks(const char *doc_id, const store_document *doc, const store_chunk *chunks,
-                                size_t nchunks, char *err);
-qr_status check_vectors(const char *doc_id, size_t nchunks, const float *vectors, int dim, char *err);
+qr_status store_normalise_acl(const char *const *acl, size_t nacl, const char ***out, size_t *nout,
+                              char *err);
+qr_status store_check_hash(const char *hash, char out[65], char *err);
+qr_status store_check_text_and_chunks(const char *doc_id, const store_document *doc,
+                                      const store_chunk *chunks, size_t nchunks, char *err);
+qr_status store_check_vectors(const char *doc_id, size_t nchunks, const float *vectors, int dim, char *err);
 
 /* store_write.c: store_put's checks and the writes of a document's rows, which a follower's store
  * (store_follow.c) applies too; the definitions say what each does. */

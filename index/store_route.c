@@ -23,14 +23,15 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "index/follow.h"
 #include "index/pgstore.h"
 #include "index/store_int.h"
 
 struct store_route {
-    pgstore *w;      /* the primary: writes and the fence's counter */
-    pgstore *r;      /* the feed: store.postgres_read, or the primary */
+    pgstore *w;            /* the primary: writes and the fence's counter */
+    pgstore *r;            /* the feed: store.postgres_read, or the primary */
     bool identified;       /* the local store follows the primary's uid */
     bool batch;            /* store_batch_begin: the catch-up waits for store_batch_commit */
     int64_t batch_counter; /* the last write of the open batch (0: none) */
@@ -44,7 +45,8 @@ static int64_t g_fence_ms = 1000;
 qr_status store_set_primary(const char *conninfo, const char *feed_conninfo, int64_t fence_ms, char *err)
 {
     if (!conninfo || !*conninfo)
-        return qr_fail(err, QR_EINVAL, "store.postgres: a connection string is required with store.backend = postgres");
+        return qr_fail(err, QR_EINVAL,
+                       "store.postgres: a connection string is required with store.backend = postgres");
     if (fence_ms < 1)
         return qr_fail(err, QR_EINVAL, "store.fence_ms: must be at least 1");
     char *w = strdup(conninfo), *r = strdup(feed_conninfo && *feed_conninfo ? feed_conninfo : conninfo);
@@ -116,6 +118,13 @@ static qr_status pg_failed(pgstore **pg, qr_status st)
     return st;
 }
 
+/* The same for the primary's connection, except inside a batch, whose transaction lives on it: the
+ * calls after a lost connection fail (pgstore_batch_commit too) instead of reconnecting. */
+static qr_status w_failed(store *s, qr_status st)
+{
+    return s->route->batch ? st : pg_failed(&s->route->w, st);
+}
+
 static qr_status pg_open(pgstore **pg, bool feed, char *err)
 {
     if (*pg)
@@ -154,33 +163,60 @@ static qr_status primary(store *s, char *err)
     return QR_OK;
 }
 
-/* Applies the feed until the local counter reaches target: from the feed's connection first
- * (a standby may be behind), then from the primary, which has everything it acknowledged. */
+/* Records a fence's batch asks for: what a node that keeps up has to apply is a few records, and a
+ * whole pull is what makes the store exact. */
+#define FENCE_BATCH 1024
+
+/* Batches from src until every change up to target is in the store (store_follow_exact), or the
+ * deadline. A source behind target is asked again every few milliseconds. */
+static qr_status follow_exactly(store *s, pgstore *src, int64_t target, uint64_t deadline, int64_t *exact,
+                                char *err)
+{
+    qr_status st = store_follow_exact(s, exact, err);
+    while (!st && *exact < target) {
+        if (qr_now_ns() >= deadline)
+            return qr_fail(err, QR_ETIMEOUT, "the feed reached change %lld of %lld in time",
+                           (long long)*exact, (long long)target);
+        int64_t counter = 0, head = 0, before = *exact;
+        if ((st = follow_step(s, pgstore_pull, src, FENCE_BATCH, &counter, &head, err)) ||
+            (st = store_follow_exact(s, exact, err)))
+            break;
+        if (*exact == before && head < target) {
+            struct timespec pause = {0, 2000000L};
+            nanosleep(&pause, NULL);
+        }
+    }
+    return st;
+}
+
+/* Applies the feed until every change up to target is in the local store: from the feed's
+ * connection first (a standby may be behind), then from the primary, which has everything it
+ * acknowledged. */
 static qr_status catch_up(store *s, int64_t target, char *err)
 {
     struct store_route *rt = s->route;
-    int64_t budget = fence_ms(), start = (int64_t)(qr_now_ns() / 1000000), counter = 0;
+    int64_t budget = fence_ms(), exact = 0;
+    uint64_t start = qr_now_ns();
     char e2[QR_ERR_LEN] = "";
-    qr_status st = store_change_counter(s, &counter, err);
-    if (st || counter >= target)
+    qr_status st = store_follow_exact(s, &exact, err);
+    if (st || exact >= target)
         return st;
     if (!(st = pg_open(&rt->r, true, e2))) {
-        st = follow_until(s, pgstore_pull, rt->r, target, budget / 2, &counter, e2);
-        pg_failed(&rt->r, st);
+        st = pg_failed(&rt->r,
+                       follow_exactly(s, rt->r, target, start + (uint64_t)budget * 500000u, &exact, e2));
         if (!st)
             return QR_OK;
     }
     if (st != QR_ETIMEOUT && st != QR_EUNAVAILABLE && st != QR_EIO)
         return qr_fail(err, st, "%s", e2); /* the store refused the feed: not a matter of waiting */
-    int64_t left = budget - ((int64_t)(qr_now_ns() / 1000000) - start);
     if ((st = primary(s, e2)) ||
-        (st = follow_until(s, pgstore_pull, rt->w, target, left > 1 ? left : 1, &counter, e2))) {
+        (st = follow_exactly(s, rt->w, target, start + (uint64_t)budget * 1000000u, &exact, e2))) {
         pg_failed(&rt->w, st);
         if (st == QR_ETIMEOUT || st == QR_EUNAVAILABLE || st == QR_EIO)
             return qr_fail(err, QR_EUNAVAILABLE,
                            "this node could not apply the system of record's changes up to %lld within "
-                           "store.fence_ms (%lld ms; it is at %lld): failing closed: %s",
-                           (long long)target, (long long)budget, (long long)counter, e2);
+                           "store.fence_ms (%lld ms; it has every change up to %lld): failing closed: %s",
+                           (long long)target, (long long)budget, (long long)exact, e2);
         return qr_fail(err, st, "%s", e2);
     }
     return QR_OK;
@@ -203,8 +239,8 @@ qr_status store_route_put(store *s, const store_document *doc, const store_chunk
 {
     int64_t c = 0;
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&s->route->w, pgstore_put(s->route->w, doc, chunks, nchunks, vectors, dim,
-                                                         result, &c, err))))
+    if (st ||
+        (st = w_failed(s, pgstore_put(s->route->w, doc, chunks, nchunks, vectors, dim, result, &c, err))))
         return st;
     return written(s, c, err);
 }
@@ -213,7 +249,7 @@ qr_status store_route_delete(store *s, const char *doc_id, char *err)
 {
     int64_t c = 0;
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&s->route->w, pgstore_delete(s->route->w, doc_id, &c, err))))
+    if (st || (st = w_failed(s, pgstore_delete(s->route->w, doc_id, &c, err))))
         return st;
     return written(s, c, err);
 }
@@ -222,7 +258,7 @@ qr_status store_route_set_acl(store *s, const char *doc_id, const char *const *a
 {
     int64_t c = 0;
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&s->route->w, pgstore_set_acl(s->route->w, doc_id, acl, nacl, &c, err))))
+    if (st || (st = w_failed(s, pgstore_set_acl(s->route->w, doc_id, acl, nacl, &c, err))))
         return st;
     return written(s, c, err);
 }
@@ -231,17 +267,20 @@ qr_status store_route_set_acl(store *s, const char *doc_id, const char *const *a
 qr_status store_route_check_embedding(store *s, const char *model, int dim, char *err)
 {
     qr_status st = primary(s, err);
-    if (st || (st = pg_failed(&s->route->w, pgstore_check_embedding(s->route->w, model, dim, err))))
+    if (st || (st = w_failed(s, pgstore_check_embedding(s->route->w, model, dim, err))))
         return st;
     return QR_OK;
 }
 
-/* A batch on a routed handle groups no writes (each commits on the primary as it is made, and each
- * document stays atomic): it defers the local catch-up to its end. */
+/* A batch on a routed handle is a batch on the primary (pgstore_batch_begin: one transaction, each
+ * document in a savepoint of its own); the local catch-up waits for its commit. */
 qr_status store_route_batch_begin(store *s, char *err)
 {
     if (s->route->batch || s->batch != BATCH_NONE)
         return qr_fail(err, QR_EINVAL, "a batch is already open on store '%s'", s->path);
+    qr_status st = primary(s, err);
+    if (st || (st = pg_failed(&s->route->w, pgstore_batch_begin(s->route->w, err))))
+        return st;
     s->route->batch = true;
     s->route->batch_counter = 0;
     return QR_OK;
@@ -254,15 +293,18 @@ qr_status store_route_batch_end(store *s, char *err)
     int64_t c = s->route->batch_counter;
     s->route->batch = false;
     s->route->batch_counter = 0;
-    return c > 0 ? catch_up(s, c, err) : QR_OK;
+    qr_status st = s->route->w ? pg_failed(&s->route->w, pgstore_batch_commit(s->route->w, err))
+                               : qr_fail(err, QR_EUNAVAILABLE,
+                                         "the batch was rolled back: its connection to "
+                                         "PostgreSQL was lost");
+    return st ? st : c > 0 ? catch_up(s, c, err) : QR_OK;
 }
 
-/* Nothing to discard: the batch's writes are committed on the primary, and reach this store
- * through the feed like any other node's. */
 void store_route_batch_rollback(store *s)
 {
     s->route->batch = false;
     s->route->batch_counter = 0;
+    pgstore_batch_rollback(s->route->w);
 }
 
 bool store_route_in_batch(const store *s)

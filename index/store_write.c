@@ -130,7 +130,7 @@ static int cmp_str(const void *a, const void *b)
 
 /* Validates an ACL and returns it canonical (store_principal_canonical), sorted and without
  * duplicates in *out: one allocation holding the array and the strings, so free() the array. */
-qr_status normalise_acl(const char *const *acl, size_t nacl, const char ***out, size_t *nout, char *err)
+qr_status store_normalise_acl(const char *const *acl, size_t nacl, const char ***out, size_t *nout, char *err)
 {
     *out = NULL;
     *nout = 0;
@@ -174,7 +174,7 @@ static bool is_hex(char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-qr_status check_hash(const char *hash, char out[65], char *err)
+qr_status store_check_hash(const char *hash, char out[65], char *err)
 {
     if (!hash || strlen(hash) != 64)
         return qr_fail(err, QR_EINVAL, "invalid content_hash: expected 64 hex digits (SHA-256)");
@@ -192,8 +192,8 @@ static bool is_continuation(unsigned char c)
     return (c & 0xc0) == 0x80;
 }
 
-qr_status check_text_and_chunks(const char *doc_id, const store_document *doc, const store_chunk *chunks,
-                                size_t nchunks, char *err)
+qr_status store_check_text_and_chunks(const char *doc_id, const store_document *doc,
+                                      const store_chunk *chunks, size_t nchunks, char *err)
 {
     if (nchunks && !chunks)
         return qr_fail(err, QR_EINVAL, "document '%.200s': NULL chunk list of %zu chunks", doc_id, nchunks);
@@ -234,7 +234,7 @@ qr_status check_text_and_chunks(const char *doc_id, const store_document *doc, c
     return QR_OK;
 }
 
-qr_status check_vectors(const char *doc_id, size_t nchunks, const float *vectors, int dim, char *err)
+qr_status store_check_vectors(const char *doc_id, size_t nchunks, const float *vectors, int dim, char *err)
 {
     if (!nchunks)
         return QR_OK;
@@ -308,13 +308,13 @@ qr_status store_check_put_input(store *s, const store_document *doc, const store
         if ((st = store_check_field(what, values[i], STORE_FIELD_MAX, true, err)))
             return st;
     }
-    if ((st = check_hash(doc->content_hash, in->hash, err)))
+    if ((st = store_check_hash(doc->content_hash, in->hash, err)))
         return st;
-    if ((st = check_text_and_chunks(id, doc, chunks, nchunks, err)))
+    if ((st = store_check_text_and_chunks(id, doc, chunks, nchunks, err)))
         return st;
-    if ((st = check_vectors(id, nchunks, vectors, dim, err)))
+    if ((st = store_check_vectors(id, nchunks, vectors, dim, err)))
         return st;
-    if ((st = normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
+    if ((st = store_normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
         return st;
     return canonical_metadata(s, id, doc->metadata_json, &in->metadata, err);
 }
@@ -720,7 +720,7 @@ qr_status store_set_acl(store *s, const char *doc_id, const char *const *acl, si
     bool same;
     int64_t counter;
     qr_status st = store_check_doc_id(doc_id, err);
-    if (st || (st = normalise_acl(acl, nacl, &sorted, &nsorted, err)))
+    if (st || (st = store_normalise_acl(acl, nacl, &sorted, &nsorted, err)))
         goto out;
     if ((st = store_begin_write(s, err)) || (st = store_follow_refuse(s, err)) ||
         (st = find_doc(s, doc_id, NULL, &r, err)))

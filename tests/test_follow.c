@@ -1263,3 +1263,53 @@ TEST(indexes_on_a_follower_answer_alike)
     rm_tree(da);
     rm_tree(db);
 }
+
+/* A fence may trust the store only up to the last whole pull (store_follow_exact): a pull cut short
+ * leaves out a document changed both before and after its `through`, and a whole pull from a
+ * source behind what a cut pull saw does not bring it either. */
+TEST(exact_only_after_a_whole_pull)
+{
+    char err[QR_ERR_LEN] = "", db[256];
+    CHECK(temp_dir(db, sizeof(db)));
+    source src = {.latest = true};
+    doc a1, b, c, a2;
+    doc_init(&a1, "a.md", 1, 1);
+    doc_init(&b, "b.md", 2, 1);
+    doc_init(&c, "c.md", 3, 1);
+    doc_init(&a2, "a.md", 4, 1);
+    int64_t ids_a1[] = {1}, ids_b[] = {2}, ids_c[] = {3}, ids_a2[] = {4};
+    src_add(&src, 2, 10, false, &a1, ids_a1); /* a.md at 2, superseded by its change at 6 */
+    src_add(&src, 3, 11, false, &b, ids_b);
+    src_add(&src, 5, 12, false, &c, ids_c);
+    src_add(&src, 6, 10, false, &a2, ids_a2);
+    store *f = NULL;
+    CHECK_OK(open_follower(db, &f, err), err);
+    int64_t counter = 0, head = 0, exact = -1;
+    /* cut after b.md: the store is at 3, but a.md's change at 2 is not in it */
+    CHECK_OK(follow_step(f, src_pull, &src, 1, &counter, &head, err), err);
+    CHECK_INT(counter, 3);
+    CHECK_INT(head, 6);
+    CHECK_OK(store_follow_exact(f, &exact, err), err);
+    CHECK_INT(exact, 0);
+    /* a source as it was at 5 (a lagging standby) sends c.md and nothing of a.md, whose change at
+     * 2 it holds but at or below `since`: whole, yet a.md is still missing */
+    src.cut = 5;
+    CHECK_OK(follow_step(f, src_pull, &src, 100, &counter, &head, err), err);
+    CHECK_INT(counter, 5);
+    CHECK_INT(head, 5);
+    CHECK_OK(store_follow_exact(f, &exact, err), err);
+    CHECK_INT(exact, 0);
+    /* the source as it is: a.md at 6, whole: every change up to 6 is in the store */
+    src.cut = 0;
+    CHECK_OK(follow_step(f, src_pull, &src, 100, &counter, &head, err), err);
+    CHECK_INT(counter, 6);
+    CHECK_OK(store_follow_exact(f, &exact, err), err);
+    CHECK_INT(exact, 6);
+    char hash[65];
+    bool found = false;
+    CHECK_OK(store_get_hash(f, "a.md", hash, &found, err), err);
+    CHECK(found);
+    store_close(f);
+    rm_tree(db);
+    src_free(&src);
+}

@@ -56,13 +56,13 @@ static bool start_pg(void)
 }
 
 /* Each case runs on a server of its own, stopped and removed even when a check fails. */
-#define RUN_WITH_PG(name)         \
-    do {                          \
-        if (start_pg()) {         \
-            run_##name();         \
+#define RUN_WITH_PG(name)          \
+    do {                           \
+        if (start_pg()) {          \
+            run_##name();          \
             store_clear_primary(); \
-            stop_pg();            \
-        }                         \
+            stop_pg();             \
+        }                          \
     } while (0)
 
 /* A node: a data directory, a routed store handle on it and a retrieval handle (FTS5 ranks). */
@@ -82,7 +82,8 @@ static bool node_open(node *n, char *err)
     retrieval_opts_default(&o);
     o.mode = RETRIEVAL_BM25;
     o.bm25_pruned = false;
-    return !store_open(n->dir, &n->s, err) && store_routed(n->s) && !retrieval_open(n->s, NULL, &o, &n->r, err);
+    return !store_open(n->dir, &n->s, err) && store_routed(n->s) &&
+           !retrieval_open(n->s, NULL, &o, &n->r, err);
 }
 
 static void node_close(node *n)
@@ -190,7 +191,8 @@ static bool same_chunks(store *a, store *b, char *err)
     int64_t ca = 0, cb = 0;
     err[0] = '\0';
     bool same = !state_of(a, &x, &ca, err) && !state_of(b, &y, &cb, err) && !qr_buf_failed(&x) &&
-                !qr_buf_failed(&y) && ca == cb && qr_buf_len(&x) > 0 && strcmp(qr_buf_str(&x), qr_buf_str(&y)) == 0;
+                !qr_buf_failed(&y) && ca == cb && qr_buf_len(&x) > 0 &&
+                strcmp(qr_buf_str(&x), qr_buf_str(&y)) == 0;
     if (!same && !*err)
         snprintf(err, QR_ERR_LEN, "counters %lld / %lld, state %.200s / %.200s", (long long)ca, (long long)cb,
                  qr_buf_str(&x), qr_buf_str(&y));
@@ -219,7 +221,8 @@ static void run_writes_reach_every_node(void)
         CHECK_OK(store_get_hash(a.s, id, hash, &found, err), err);
         CHECK(found);
     }
-    CHECK_OK(put(a.s, "doc-3", "group:eng", "turbine blade rewritten|second part", 2, err), err); /* new ids */
+    CHECK_OK(put(a.s, "doc-3", "group:eng", "turbine blade rewritten|second part", 2, err),
+             err); /* new ids */
     CHECK_OK(store_delete(a.s, "doc-4", err), err);
     const char *acl[] = {"user:ann"};
     CHECK_OK(store_set_acl(a.s, "doc-5", acl, 1, err), err);
@@ -414,4 +417,53 @@ static void run_maintainer_follows_in_the_background(void)
 TEST(maintainer_follows_in_the_background)
 {
     RUN_WITH_PG(maintainer_follows_in_the_background);
+}
+
+/* A batch on a routed handle is one transaction on the primary: nothing of it is seen before
+ * its commit, everything after; a refused document leaves the rest; a rolled-back batch leaves
+ * nothing. */
+static void run_batches_commit_on_the_primary_at_once(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    CHECK_OK(put(a.s, "before", "public", "gearbox before the batch", 1, err), err);
+    CHECK_OK(store_batch_begin(a.s, err), err);
+    CHECK(store_in_batch(a.s));
+    char id[32], text[96];
+    for (int i = 0; i < 30; i++) {
+        snprintf(id, sizeof(id), "batch-%d", i);
+        snprintf(text, sizeof(text), "gearbox oil %d|bearing %d", i, i);
+        CHECK_OK(put(a.s, id, "public", text, 1, err), err);
+    }
+    CHECK_OK(put(a.s, "before", "public", "gearbox before the batch", 1, err), err); /* unchanged */
+    CHECK(put(a.s, "bad", "no-such-kind:x", "gearbox", 1, err) == QR_EINVAL);        /* refused */
+    /* not committed: another node sees none of it */
+    bool found = false;
+    CHECK_OK(finds(&b, "public", "bearing", "batch-3", &found, err), err);
+    CHECK(!found);
+    CHECK_OK(store_batch_commit(a.s, err), err);
+    CHECK(!store_in_batch(a.s));
+    CHECK_OK(finds(&b, "public", "bearing", "batch-3", &found, err), err);
+    CHECK(found);
+    CHECK_MSG(same_chunks(a.s, b.s, err), "the nodes differ: %s", err);
+    /* a rolled-back batch leaves nothing on the primary */
+    CHECK_OK(store_batch_begin(a.s, err), err);
+    CHECK_OK(put(a.s, "gone", "public", "gearbox rolled back", 1, err), err);
+    store_batch_rollback(a.s);
+    CHECK_OK(finds(&b, "public", "rolled", "gone", &found, err), err);
+    CHECK(!found);
+    char hash[65];
+    CHECK_OK(store_fence(a.s, err), err);
+    CHECK_OK(store_get_hash(a.s, "gone", hash, &found, err), err);
+    CHECK(!found);
+    CHECK_MSG(same_chunks(a.s, b.s, err), "the nodes differ: %s", err);
+    node_close(&a);
+    node_close(&b);
+}
+TEST(batches_commit_on_the_primary_at_once)
+{
+    RUN_WITH_PG(batches_commit_on_the_primary_at_once);
 }
