@@ -104,6 +104,17 @@ class StepError(Exception):
     pass
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: not an Exception, so that no step swallows it on the way out."""
+
+
+def on_signal(signum, frame):
+    # once: a second signal (the slapd fixture forwards the one it got) must not cut the teardown
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 # ---- the corpus ---------------------------------------------------------------------------------
 
 class Corpus:
@@ -1186,10 +1197,14 @@ def main():
     ap.add_argument("--etcd-hold", type=float, default=30.0)
     ap.add_argument("--max-lag-ms", type=int, default=3000, help="store.max_lag_ms of the nodes")
     a = ap.parse_args()
-    t = Test(a)
-    # SIGTERM (a timeout around the run) stops the nodes through the finally blocks
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    return t.run()
+    # Ctrl-C, or SIGTERM from the timeout around the run: the nodes are stopped on the way out
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return Test(a).run()
+    except Interrupted as e:
+        print("cluster: error: interrupted by signal %d; the quarry nodes were stopped" % e.args[0], file=sys.stderr)
+        return 128 + e.args[0]
 
 
 if __name__ == "__main__":

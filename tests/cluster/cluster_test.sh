@@ -19,25 +19,12 @@ set -euo pipefail
 }
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-
-if [ "${CLUSTER_TEST_INSIDE:-}" != 1 ]; then
-  /usr/bin/python3 -c 'import psycopg2' 2>/dev/null ||
-    { echo "cluster: error: python3-psycopg2 is not installed: run scripts/bootstrap" >&2; exit 1; }
-  [ -x "$2" ] || { echo "cluster: error: $2 is not an executable quarry binary (make build)" >&2; exit 1; }
-  # The fixture prints slapd's log when the command fails: keep it (and the fixture's own words)
-  # out of the way of the summary line, unless the fixture itself could not start (125).
-  fixture_log=$(mktemp)
-  rc=0
-  CLUSTER_TEST_INSIDE=1 "$REPO/tests/fixtures/slapd-fixture.sh" -- "$0" "$@" 3>&2 2>"$fixture_log" || rc=$?
-  [ $rc -eq 125 ] && cat "$fixture_log" >&2
-  rm -f "$fixture_log"
-  exit $rc
-fi
-exec 2>&3 3>&-
-
 DIR=$(realpath -m "$1")
-QUARRY=$(realpath "$2")
+QUARRY=$(realpath -m "$2")
 shift 2
+/usr/bin/python3 -c 'import psycopg2' 2>/dev/null ||
+  { echo "cluster: error: python3-psycopg2 is not installed: run scripts/bootstrap" >&2; exit 1; }
+[ -x "$QUARRY" ] || { echo "cluster: error: $QUARRY is not an executable quarry binary (make build)" >&2; exit 1; }
 
 # SIGTERM to every quarry process this run started (their pids in DIR/quarry-pids, checked to be
 # a quarry naming DIR, so that a recycled pid is never signalled), SIGKILL after 15 s.
@@ -59,12 +46,14 @@ stop_nodes() {
   done
 }
 
+fixture_log=
 # shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_nodes
   "$HERE/harness.sh" down "$DIR" || rc=1
+  [ -n "$fixture_log" ] && rm -f "$fixture_log"
   exit "$rc"
 }
 
@@ -74,10 +63,20 @@ if [ -e "$DIR/quarry" ]; then
   rm -rf "${DIR:?}/quarry" "${DIR:?}/quarry-pids"
 fi
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 "$HERE/harness.sh" up "$DIR" >/dev/null
+
+# The driver runs inside the slapd fixture, in this process group (timeout --foreground), so that
+# Ctrl-C reaches it and it stops its nodes before the cluster goes down. The fixture's own words
+# and the slapd log it prints when its command fails go to a file, out of the way of the summary
+# line (shown when the fixture itself could not start: 125); the driver's stderr stays ours.
+fixture_log=$(mktemp)
 rc=0
-timeout --signal=TERM --kill-after=30 "${CLUSTER_TEST_TIMEOUT:-600}" \
-  /usr/bin/python3 "$HERE/cluster_test.py" "$DIR" "$QUARRY" "$@" || rc=$?
+timeout --foreground --signal=TERM --kill-after=30 "${CLUSTER_TEST_TIMEOUT:-600}" \
+  "$REPO/tests/fixtures/slapd-fixture.sh" -- \
+  /bin/sh -c 'exec 2>&3 3>&-; exec "$@"' sh /usr/bin/python3 "$HERE/cluster_test.py" "$DIR" "$QUARRY" "$@" \
+  3>&2 2>"$fixture_log" || rc=$?
+[ $rc -eq 125 ] && cat "$fixture_log" >&2
 [ $rc -eq 124 ] && echo "cluster: error: the run was cut after ${CLUSTER_TEST_TIMEOUT:-600} s" >&2
 exit $rc
