@@ -815,8 +815,10 @@ class Test:
             nc, nch, nacl = state
             only_p = sorted(set(pch.items()) - set(nch.items()))[:5]
             only_n = sorted(set(nch.items()) - set(pch.items()))[:5]
+            ready, _ = self.http.request(n.port, "GET", "/readyz", timeout=3)
             say("%s: MISMATCH on %s: counter %d vs primary %d; chunks only on the primary %s, only on the node %s; "
-                "ACL rows differing %d" % (what, n.name, nc, pc, only_p, only_n, len(pacl ^ nacl)))
+                "ACL rows differing %d; its /readyz answers %s" % (what, n.name, nc, pc, only_p, only_n,
+                                                                  len(pacl ^ nacl), ready))
         return bad
 
     # -- 5. bootstrap --
@@ -843,7 +845,11 @@ class Test:
         t.join(180)
         if t.is_alive():
             raise StepError("the ingest during the bootstrap did not finish in 180 s")
-        n4.wait_ready(45)
+        try:
+            n4.wait_ready(45)
+        except StepError:
+            self.m["bootstrap_mismatch"] = 1  # it never got to serve: it matches nothing
+            raise
         say("bootstrap: node 4 ready %.1f s after it started from an empty directory; ingest done: %s"
             % (time.monotonic() - started, done.is_set()))
         for n in self.nodes:
