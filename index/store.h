@@ -80,9 +80,10 @@ void store_set_mmap(int64_t bytes);
  * A system of record (store.backend = postgres, issue #24; index/store_route.c). After
  * store_set_primary every store handle the process opens is routed: store_put, store_delete,
  * store_set_acl and store_check_embedding write to PostgreSQL's primary (conninfo) and then apply
- * its change feed to the local store up to their own write before they return (inside a batch: at
- * store_batch_commit; bulk mode changes nothing then), and the local store follows the primary's
- * identity, document keys, chunk ids and counters. The feed is read from feed_conninfo (a standby;
+ * its change feed to the local store up to their own write before they return (a batch is one
+ * transaction on the primary, a savepoint per call, applied here at store_batch_commit;
+ * store_batch_rollback discards it there; bulk mode changes nothing), and the local store follows the
+ * primary's identity, document keys, chunk ids and counters. The feed is read from feed_conninfo (a standby;
  * NULL or "": conninfo). Process-wide; set it before opening handles. Connections are opened on
  * first use. QR_EINVAL without a conninfo or with fence_ms < 1.
  */

@@ -6,13 +6,15 @@
  * - Writes (store_put, store_delete, store_set_acl, store_check_embedding) go to PostgreSQL
  *   (pgstore.c) in a transaction of their own, and the handle then applies the feed from the
  *   primary up to that write's counter before it returns (follow.c), so that whoever wrote reads
- *   the write back on this node at once. Inside a batch (quarry ingest) the catch-up waits for
+ *   the write back on this node at once. A batch (quarry ingest) is one transaction on the
+ *   primary with a savepoint per call (pgstore_batch_begin), and the catch-up waits for
  *   store_batch_commit.
- * - Searches call store_fence first: the primary's counter F is read, and the feed applied up to
- *   F within store.fence_ms (from the standby, then from the primary). Only then does a search
- *   read the local store, so a delete or ACL change committed anywhere before the search began is
- *   in the local rows its permission checks read; when neither PostgreSQL node can bring this one
- *   to F, the search fails closed (QR_EUNAVAILABLE: 503).
+ * - Searches call store_fence first: the primary's counter F is read, and the feed applied until
+ *   every change up to F is in the store (store_follow_exact) within store.fence_ms (from the
+ *   standby, then from the primary); a primary counter below the store's fails too (diverged). Only then does
+ * a search read the local store, so a delete or ACL change committed anywhere before the search began is in
+ * the local rows its permission checks read; when neither PostgreSQL node can bring this one to F, the search
+ * fails closed (QR_EUNAVAILABLE: 503).
  * - store_follow_poll is the background follower's step (maintainer.c): a batch from the standby.
  *
  * The local store is a follower (store_follow.c): it takes the primary's uid, document keys,
