@@ -494,10 +494,7 @@ qr_status pgstore_open(const char *conninfo, pgstore **out, char *err)
         goto out;
     int rc = sqlite3_open_v2(":memory:", &pg->json, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(pg->json,
-                                "SELECT CASE WHEN json_valid(?1) THEN json_type(?1) END,"
-                                " CASE WHEN json_valid(?1) THEN json(?1) END",
-                                -1, &pg->json_q, NULL);
+        rc = sqlite3_prepare_v2(pg->json, STORE_JSON_CHECK_SQL, -1, &pg->json_q, NULL);
     if (rc != SQLITE_OK)
         st = qr_fail(err, rc == SQLITE_NOMEM ? QR_ENOMEM : QR_EINTERNAL,
                      "cannot prepare the metadata check: %s",
@@ -606,81 +603,6 @@ out:
 
 /* ---- checking a document ---------------------------------------------------------------------- */
 
-/* As store_write.c's canonical_metadata, through the handle's in-memory SQLite. */
-static qr_status canonical_metadata(pgstore *pg, const char *doc_id, const char *json, char **out, char *err)
-{
-    *out = NULL;
-    if (!json)
-        return (*out = strdup("{}")) ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory for metadata");
-    size_t n = strlen(json);
-    if (n > STORE_METADATA_MAX)
-        return qr_fail(err, QR_ELIMIT, "document '%.200s': metadata of %zu bytes, more than %d", doc_id, n,
-                       STORE_METADATA_MAX);
-    if (!qr_utf8_valid(json, n))
-        return qr_fail(err, QR_EINVAL, "document '%.200s': metadata is not valid UTF-8", doc_id);
-    sqlite3_stmt *q = pg->json_q;
-    qr_status st = QR_OK;
-    int rc = sqlite3_bind_text(q, 1, json, (int)n, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(q);
-    if (rc != SQLITE_ROW) {
-        st = qr_fail(err, rc == SQLITE_NOMEM ? QR_ENOMEM : QR_EINTERNAL, "cannot check metadata: %s",
-                     sqlite3_errmsg(pg->json));
-    } else if (sqlite3_column_type(q, 0) == SQLITE_NULL) {
-        st = qr_fail(err, QR_EINVAL, "document '%.200s': metadata is not valid JSON", doc_id);
-    } else if (strcmp((const char *)sqlite3_column_text(q, 0), "object") != 0) {
-        st = qr_fail(err, QR_EINVAL, "document '%.200s': metadata must be a JSON object, not %s", doc_id,
-                     (const char *)sqlite3_column_text(q, 0));
-    } else if (!(*out = strdup((const char *)sqlite3_column_text(q, 1)))) {
-        st = qr_fail(err, QR_ENOMEM, "out of memory for metadata");
-    }
-    sqlite3_reset(q);
-    sqlite3_clear_bindings(q);
-    return st;
-}
-
-/* A document's fields, checked and canonical (store_write.c's put_input). */
-typedef struct {
-    const char *title, *uri, *content_type;
-    char *metadata;
-    const char **acl;
-    size_t nacl;
-    char hash[65];
-} pg_input;
-
-static void pg_input_release(pg_input *in)
-{
-    free(in->metadata);
-    free(in->acl);
-}
-
-/* store_put's checks, in store_put's order, so the same bad input gets the same status. */
-static qr_status check_input(pgstore *pg, const store_document *doc, const store_chunk *chunks,
-                             size_t nchunks, const float *vectors, int dim, pg_input *in, char *err)
-{
-    qr_status st = store_check_doc_id(doc->doc_id, err);
-    if (st)
-        return st;
-    const char *id = doc->doc_id;
-    in->title = doc->title ? doc->title : "";
-    in->uri = doc->uri ? doc->uri : "";
-    in->content_type = doc->content_type ? doc->content_type : "";
-    const char *names[] = {"title", "uri", "content_type"};
-    const char *values[] = {in->title, in->uri, in->content_type};
-    for (int i = 0; i < 3; i++) {
-        char what[256];
-        snprintf(what, sizeof(what), "%s of document '%.200s'", names[i], id);
-        if ((st = store_check_field(what, values[i], STORE_FIELD_MAX, true, err)))
-            return st;
-    }
-    if ((st = store_check_hash(doc->content_hash, in->hash, err)) ||
-        (st = store_check_text_and_chunks(id, doc, chunks, nchunks, err)) ||
-        (st = store_check_vectors(id, nchunks, vectors, dim, err)) ||
-        (st = store_normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
-        return st;
-    return canonical_metadata(pg, id, doc->metadata_json, &in->metadata, err);
-}
-
 /* A PostgreSQL array literal of strings ({"a","b \"c\""}) for a text[] parameter. */
 static qr_status text_array(qr_buf *b, const char *const *v, size_t n, size_t stride, char *err)
 {
@@ -721,7 +643,7 @@ typedef struct {
     " FROM quarry.documents d WHERE doc_id = $1"
 
 /* FIND_DOC_SQL's row compared with in (NULL: presence and ACL only). */
-static void read_doc(const PGresult *r, const pg_input *in, pg_doc *d)
+static void read_doc(const PGresult *r, const store_put_input *in, pg_doc *d)
 {
     memset(d, 0, sizeof(*d));
     if (PQntuples(r) != 1)
@@ -754,7 +676,7 @@ typedef struct {
  * before it is known whether the document is new or its content changed: ids a write does not use
  * are left unused, which nothing minds (they only need to increase).
  */
-static qr_status look_up(pgstore *pg, bool begin, bool lock, const char *doc_id, const pg_input *in,
+static qr_status look_up(pgstore *pg, bool begin, bool lock, const char *doc_id, const store_put_input *in,
                          const char *acl_lit, size_t nchunks, pg_ids *ids, pg_doc *d, char *err)
 {
     PGresult *res[4];
@@ -910,13 +832,13 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
         return qr_fail(err, QR_EINVAL, "pgstore_put: NULL argument");
     if (counter)
         *counter = 0;
-    pg_input in = {0};
+    store_put_input in = {0};
     pg_doc d;
     pg_ids ids = {0};
     int64_t c = 0, key;
     qr_buf acl;
     qr_buf_init(&acl, PG_BUF_CAP);
-    qr_status st = check_input(pg, doc, chunks, nchunks, vectors, dim, &in, err);
+    qr_status st = store_check_document(pg->json_q, doc, chunks, nchunks, vectors, dim, &in, err);
     if (st || (st = text_array(&acl, in.acl, in.nacl, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
     /* an unchanged document (a re-ingest) is answered without waiting for the counter row */
@@ -1011,7 +933,7 @@ out:
     pg_rollback(pg);
     if (!st && counter && *result != STORE_UNCHANGED)
         *counter = c;
-    pg_input_release(&in);
+    store_put_input_release(&in);
     qr_buf_release(&acl);
     return st;
 }

@@ -148,8 +148,7 @@ static const char *const store_sql[Q_COUNT] = {
     [Q_META_SET] = "INSERT INTO meta(key, value) VALUES (?1, ?2)"
                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     [Q_COUNTER_BUMP] = "UPDATE meta SET value = value + 1 WHERE key = 'change_counter' RETURNING value",
-    [Q_JSON_CHECK] = "SELECT CASE WHEN json_valid(?1) THEN json_type(?1) END,"
-                     " CASE WHEN json_valid(?1) THEN json(?1) END",
+    [Q_JSON_CHECK] = STORE_JSON_CHECK_SQL,
     [Q_DOC_FIND] = "SELECT id, content_hash, title, uri, content_type, metadata, text_len, chunk_count"
                    " FROM documents WHERE doc_id = ?1",
     [Q_DOC_READ] = "SELECT id, doc_id, title, uri, content_type, metadata, content_hash, version, created_ms,"

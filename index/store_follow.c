@@ -350,8 +350,8 @@ qr_status store_follow_apply(store *s, const store_follow_doc *d, char *err)
     qr_status st = store_check_doc_id(d->doc.doc_id, err);
     if (st || (st = check_record(s, d, err)))
         return st;
-    if (!d->deleted &&
-        (st = store_check_put_input(s, &d->doc, d->chunks, d->nchunks, d->vectors, d->dim, &in, err)))
+    if (!d->deleted && (st = store_check_document(s->q[Q_JSON_CHECK], &d->doc, d->chunks, d->nchunks,
+                                                  d->vectors, d->dim, &in, err)))
         goto out;
     if ((st = store_begin_write(s, err)) || (st = find_rows(s, d, d->deleted ? NULL : &in, &r, err)))
         goto out;

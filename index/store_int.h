@@ -166,9 +166,14 @@ typedef struct {
     size_t nacl;
     char hash[65]; /* lowercase */
 } store_put_input;
-qr_status store_check_put_input(store *s, const store_document *doc, const store_chunk *chunks,
-                                size_t nchunks, const float *vectors, int dim, store_put_input *in,
-                                char *err);
+/* The SQL of the statement store_check_document checks metadata with (Q_JSON_CHECK; pgstore.c
+ * prepares it on an in-memory database): the JSON type and the canonical (minified) text. */
+#define STORE_JSON_CHECK_SQL \
+    "SELECT CASE WHEN json_valid(?1) THEN json_type(?1) END, CASE WHEN json_valid(?1) THEN json(?1) END"
+/* store_put's checks of a document, with json_check (STORE_JSON_CHECK_SQL) for its metadata: the
+ * local store, a follower's records and PostgreSQL refuse the same input with the same status. */
+qr_status store_check_document(sqlite3_stmt *json_check, const store_document *doc, const store_chunk *chunks,
+                               size_t nchunks, const float *vectors, int dim, store_put_input *in, char *err);
 void store_put_input_release(store_put_input *in);
 qr_status store_check_dim(store *s, const char *doc_id, size_t nchunks, int dim, char *err);
 qr_status store_acl_equal(store *s, int64_t id, const char **acl, size_t nacl, bool *equal, char *err);

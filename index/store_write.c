@@ -259,7 +259,8 @@ void store_put_input_release(store_put_input *in)
 
 /* Checks that metadata is a JSON object and stores SQLite's canonical text of it, so that the
  * same object sent twice with other spacing compares equal. */
-static qr_status canonical_metadata(store *s, const char *doc_id, const char *json, char **out, char *err)
+static qr_status canonical_metadata(sqlite3_stmt *q, const char *doc_id, const char *json, char **out,
+                                    char *err)
 {
     *out = NULL;
     if (!json) /* what SQLite's json() makes of "{}": no statement needed */
@@ -270,14 +271,14 @@ static qr_status canonical_metadata(store *s, const char *doc_id, const char *js
                        STORE_METADATA_MAX);
     if (!qr_utf8_valid(json, n))
         return qr_fail(err, QR_EINVAL, "document '%.200s': metadata is not valid UTF-8", doc_id);
-    sqlite3_stmt *q = s->q[Q_JSON_CHECK];
-    bool row;
-    if (store_bind_text(q, 1, json, n))
-        return store_bind_fail(s, err);
-    qr_status st = store_step_row(s, q, &row, err, "check metadata");
-    if (st)
-        return st;
-    if (!row || sqlite3_column_type(q, 0) == SQLITE_NULL) {
+    qr_status st = QR_OK;
+    int rc = store_bind_text(q, 1, json, n);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW) {
+        st = qr_fail(err, store_sql_status(rc), "cannot check metadata: %s",
+                     sqlite3_errmsg(sqlite3_db_handle(q)));
+    } else if (sqlite3_column_type(q, 0) == SQLITE_NULL) {
         st = qr_fail(err, QR_EINVAL, "document '%.200s': metadata is not valid JSON", doc_id);
     } else if (strcmp(store_col_str(q, 0), "object") != 0) {
         st = qr_fail(err, QR_EINVAL, "document '%.200s': metadata must be a JSON object, not %s", doc_id,
@@ -290,8 +291,8 @@ static qr_status canonical_metadata(store *s, const char *doc_id, const char *js
     return st;
 }
 
-qr_status store_check_put_input(store *s, const store_document *doc, const store_chunk *chunks,
-                                size_t nchunks, const float *vectors, int dim, store_put_input *in, char *err)
+qr_status store_check_document(sqlite3_stmt *json_check, const store_document *doc, const store_chunk *chunks,
+                               size_t nchunks, const float *vectors, int dim, store_put_input *in, char *err)
 {
     qr_status st = store_check_doc_id(doc->doc_id, err);
     if (st)
@@ -316,7 +317,7 @@ qr_status store_check_put_input(store *s, const store_document *doc, const store
         return st;
     if ((st = store_normalise_acl(doc->acl, doc->nacl, &in->acl, &in->nacl, err)))
         return st;
-    return canonical_metadata(s, id, doc->metadata_json, &in->metadata, err);
+    return canonical_metadata(json_check, id, doc->metadata_json, &in->metadata, err);
 }
 
 /* ---- writing documents ------------------------------------------------------------------- */
@@ -591,7 +592,7 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
     doc_row r;
     int64_t counter = 0, id = 0;
     bool same_acl = false;
-    qr_status st = store_check_put_input(s, doc, chunks, nchunks, vectors, dim, &in, err);
+    qr_status st = store_check_document(s->q[Q_JSON_CHECK], doc, chunks, nchunks, vectors, dim, &in, err);
     if (st)
         goto out;
     if ((st = store_begin_write(s, err)) || (st = store_follow_refuse(s, err)) ||
