@@ -327,7 +327,8 @@ int main(int argc, char **argv)
      * follows its feed (index/store.h, store_set_primary) */
     const qr_settings *qs = qr_config_settings(cfg);
     if (strcmp(qs->store_backend, "postgres") == 0 &&
-        store_set_primary(qs->store_postgres, qs->store_postgres_read, qs->store_fence_ms, err)) {
+        (store_set_primary(qs->store_postgres, qs->store_postgres_read, qs->store_fence_ms, err) ||
+         store_set_members(qs->store_postgres_members, err))) {
         fprintf(stderr, "quarry: %s\n", err);
         goto out;
     }

@@ -34,6 +34,10 @@
     X(STRING, store, postgres_read, "", NO_RANGE, NULL, true, QR_RESTART,                                    \
       "Connection string the change feed is read from (a standby: HAProxy's read port, or "                  \
       "target_session_attrs=prefer-standby); empty: store.postgres.")                                        \
+    X(STRING, store, postgres_members, "", NO_RANGE, NULL, true, QR_RESTART,                                 \
+      "Every PostgreSQL member of the cluster, directly (host=a,b port=p1,p2 ...): with no primary to "      \
+      "ask (etcd down), searches take the highest change counter among them and go on; empty: they fail "    \
+      "closed.")                                                                                             \
     X(INT, store, poll_ms, "20", 1, 60000, NULL, false, QR_RESTART,                                          \
       "How often the feed follower asks PostgreSQL for changes (ms), with store.backend = postgres.")        \
     X(INT, store, fence_ms, "1000", 1, 60000, NULL, false, QR_RESTART,                                       \

@@ -518,6 +518,152 @@ void pgstore_close(pgstore *pg)
     free(pg);
 }
 
+/* ---- members ----------------------------------------------------------------------------------- */
+
+#define PG_MEMBERS_MAX 16
+
+/* The i-th entry of a comma-separated list (host, hostaddr or port) into out; a list of one entry
+ * stands for every member. */
+static qr_status list_entry(const char *list, size_t i, char *out, size_t cap, const char *what, char *err)
+{
+    const char *p = list;
+    for (size_t k = 0; k < i; k++) {
+        const char *comma = strchr(p, ',');
+        if (!comma)
+            return qr_fail(err, QR_EINVAL, "store.postgres_members: fewer %s entries than members in '%s'",
+                           what, list);
+        p = comma + 1;
+    }
+    size_t len = strcspn(p, ",");
+    if (len == 0)
+        return qr_fail(err, QR_EINVAL, "store.postgres_members: an empty %s in the list '%s'", what, list);
+    if (len >= cap)
+        return qr_fail(err, QR_EINVAL, "store.postgres_members: the %s '%.*s' is too long", what, (int)len,
+                       p);
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return QR_OK;
+}
+
+static size_t list_count(const char *list)
+{
+    size_t n = 1;
+    for (const char *p = list; *p; p++)
+        n += *p == ',';
+    return n;
+}
+
+/* keyword='value' with the value quoted as libpq reads it (\' and \\). */
+static qr_status put_option(qr_buf *b, const char *key, const char *value)
+{
+    qr_buf_printf(b, "%s%s='", qr_buf_len(b) ? " " : "", key);
+    for (const char *p = value; *p; p++) {
+        if (*p == '\'' || *p == '\\')
+            qr_buf_putc(b, '\\');
+        qr_buf_putc(b, *p);
+    }
+    qr_buf_putc(b, '\'');
+    return qr_buf_failed(b);
+}
+
+static qr_status member_conninfo(const PQconninfoOption *opts, const char *hosts, const char *addrs,
+                                 const char *ports, size_t i, char **out, char *err)
+{
+    char host[256] = "", addr[256] = "", port[32] = "";
+    qr_status st = QR_OK;
+    if (hosts && (st = list_entry(hosts, list_count(hosts) == 1 ? 0 : i, host, sizeof(host), "host", err)))
+        return st;
+    if (addrs &&
+        (st = list_entry(addrs, list_count(addrs) == 1 ? 0 : i, addr, sizeof(addr), "hostaddr", err)))
+        return st;
+    if (ports && (st = list_entry(ports, list_count(ports) == 1 ? 0 : i, port, sizeof(port), "port", err)))
+        return st;
+    qr_buf b;
+    qr_buf_init(&b, 1u << 16);
+    for (const PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || !*o->val || strcmp(o->keyword, "host") == 0 || strcmp(o->keyword, "hostaddr") == 0 ||
+            strcmp(o->keyword, "port") == 0 || strcmp(o->keyword, "target_session_attrs") == 0)
+            continue;
+        put_option(&b, o->keyword, o->val);
+    }
+    if (*host)
+        put_option(&b, "host", host);
+    if (*addr)
+        put_option(&b, "hostaddr", addr);
+    if (*port)
+        put_option(&b, "port", port);
+    /* each member is asked as it is, primary or standby */
+    put_option(&b, "target_session_attrs", "any");
+    if ((st = qr_buf_failed(&b))) {
+        qr_buf_release(&b);
+        return qr_fail(err, st, "store.postgres_members: the connection string is too long");
+    }
+    *out = qr_buf_detach(&b);
+    return *out ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory");
+}
+
+void pgstore_members_free(char **list, size_t n)
+{
+    if (!list)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
+qr_status pgstore_members(const char *conninfo, char ***out, size_t *n, char *err)
+{
+    if (!conninfo || !out || !n)
+        return qr_fail(err, QR_EINVAL, "pgstore_members: NULL argument");
+    *out = NULL;
+    *n = 0;
+    char *why = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &why);
+    if (!opts) {
+        qr_status bad =
+            why ? qr_fail(err, QR_EINVAL, "store.postgres_members: invalid connection string: %s", why)
+                : qr_fail(err, QR_ENOMEM, "out of memory for a PostgreSQL connection string");
+        PQfreemem(why);
+        return bad;
+    }
+    const char *hosts = NULL, *addrs = NULL, *ports = NULL;
+    for (const PQconninfoOption *o = opts; o->keyword; o++) {
+        const char *v = o->val && *o->val ? o->val : NULL;
+        if (strcmp(o->keyword, "host") == 0)
+            hosts = v;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            addrs = v;
+        else if (strcmp(o->keyword, "port") == 0)
+            ports = v;
+    }
+    qr_status st = QR_OK;
+    size_t count = hosts ? list_count(hosts) : addrs ? list_count(addrs) : 0;
+    if (count == 0)
+        st = qr_fail(err, QR_EINVAL,
+                     "store.postgres_members: name every PostgreSQL member by host (host=a,b port=p1,p2)");
+    else if (count > PG_MEMBERS_MAX)
+        st =
+            qr_fail(err, QR_EINVAL, "store.postgres_members: %zu members; at most %d", count, PG_MEMBERS_MAX);
+    else if ((hosts && addrs && list_count(addrs) != count && list_count(addrs) != 1) ||
+             (ports && list_count(ports) != count && list_count(ports) != 1))
+        st = qr_fail(err, QR_EINVAL,
+                     "store.postgres_members: %zu hosts but another number of hostaddr or port entries",
+                     count);
+    char **list = st ? NULL : calloc(count, sizeof(*list));
+    if (!st && !list)
+        st = qr_fail(err, QR_ENOMEM, "out of memory");
+    for (size_t i = 0; !st && i < count; i++)
+        st = member_conninfo(opts, hosts, addrs, ports, i, &list[i], err);
+    PQconninfoFree(opts);
+    if (st) {
+        pgstore_members_free(list, count);
+        return st;
+    }
+    *out = list;
+    *n = count;
+    return QR_OK;
+}
+
 int64_t pgstore_uid(const pgstore *pg)
 {
     return pg ? pg->uid : 0;
@@ -1033,6 +1179,19 @@ qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err)
     qr_status st = pg_ready(pg, err);
     if (!st)
         st = pg_int(pg, "SELECT value FROM quarry.counter", NULL, counter, err, "read the change counter");
+    return st;
+}
+
+qr_status pgstore_primary_counter(pgstore *pg, int64_t *counter, char *err)
+{
+    if (!pg || !counter)
+        return qr_fail(err, QR_EINVAL, "pgstore_primary_counter: NULL argument");
+    qr_status st = pg_ready(pg, err);
+    if (!st)
+        st = pg_int(pg, "SELECT CASE WHEN pg_is_in_recovery() THEN -1 ELSE value END FROM quarry.counter",
+                    NULL, counter, err, "read the change counter");
+    if (!st && *counter < 0)
+        st = qr_fail(err, QR_EUNAVAILABLE, "the server is a standby (in recovery), not the primary");
     return st;
 }
 

@@ -57,6 +57,14 @@ qr_status pgstore_open(const char *conninfo, pgstore **out, char *err);
 /* Closes the connection; NULL is a no-op. */
 void pgstore_close(pgstore *pg);
 
+/* Splits a connection string that names several PostgreSQL servers (host=a,b port=p1,p2, or a
+ * postgresql://a:p1,b:p2/db URI) into one key=value connection string per server, each with the
+ * other options and target_session_attrs=any, into a malloc'd list (pgstore_members_free).
+ * QR_EINVAL without a host, with more than 16, or with host, hostaddr and port lists of different
+ * lengths (a list of one entry applies to every server). */
+qr_status pgstore_members(const char *conninfo, char ***list, size_t *n, char *err);
+void pgstore_members_free(char **list, size_t n);
+
 /* The store's identity, drawn once when the schema was created (a random positive int64). */
 int64_t pgstore_uid(const pgstore *pg);
 
@@ -94,6 +102,9 @@ bool pgstore_in_batch(const pgstore *pg);
 
 /* The change counter as this connection sees it now (on the primary, the fence of a search). */
 qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err);
+/* The same on a primary; QR_EUNAVAILABLE from a server in recovery (a standby, or a leader Patroni
+ * demoted that a load balancer still sends connections to). */
+qr_status pgstore_primary_counter(pgstore *pg, int64_t *counter, char *err);
 
 /* A store_follow_pull_fn (ctx is the pgstore *): one REPEATABLE READ, READ ONLY transaction, so
  * it works on a hot standby. Records come in counter order: a document's record is its whole

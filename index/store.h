@@ -88,6 +88,14 @@ void store_set_mmap(int64_t bytes);
  * first use. QR_EINVAL without a conninfo or with fence_ms < 1.
  */
 qr_status store_set_primary(const char *conninfo, const char *feed_conninfo, int64_t fence_ms, char *err);
+/* Names every PostgreSQL member of the cluster directly (store.postgres_members: host=a,b
+ * port=p1,p2 ...; NULL or "": none). When the primary cannot be reached (etcd down: Patroni demoted
+ * the leader and there is none), a fence then asks every member for its change counter and applies
+ * the feed up to the highest, which holds every write acknowledged before: searches go on while
+ * writes fail. One member that does not answer within the fence's budget and the search fails closed
+ * (it might be a primary this node cannot see). Process-wide; set it before opening handles.
+ * QR_EINVAL for a connection string without hosts, or with more than 16. */
+qr_status store_set_members(const char *conninfo, char *err);
 /* Handles opened from now on are not routed (tests). */
 void store_clear_primary(void);
 /* Whether the handle writes to a system of record. */

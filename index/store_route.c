@@ -37,11 +37,16 @@ struct store_route {
     bool identified;       /* the local store follows the primary's uid */
     bool batch;            /* store_batch_begin: the catch-up waits for store_batch_commit */
     int64_t batch_counter; /* the last write of the open batch (0: none) */
+    int64_t uid;           /* the system of record's uid, once the local store follows it */
+    pgstore **m;           /* store.postgres_members, each asked directly when there is no primary */
+    size_t nm;
 };
 
 /* Process-wide, set once before the handles are opened (as store_set_mmap). */
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static char *g_primary, *g_feed;
+static char **g_members;
+static size_t g_nmembers;
 static int64_t g_fence_ms = 1000;
 
 qr_status store_set_primary(const char *conninfo, const char *feed_conninfo, int64_t fence_ms, char *err)
@@ -67,12 +72,30 @@ qr_status store_set_primary(const char *conninfo, const char *feed_conninfo, int
     return QR_OK;
 }
 
+qr_status store_set_members(const char *conninfo, char *err)
+{
+    char **list = NULL;
+    size_t n = 0;
+    qr_status st = conninfo && *conninfo ? pgstore_members(conninfo, &list, &n, err) : QR_OK;
+    if (st)
+        return st;
+    pthread_mutex_lock(&g_mu);
+    pgstore_members_free(g_members, g_nmembers);
+    g_members = list;
+    g_nmembers = n;
+    pthread_mutex_unlock(&g_mu);
+    return QR_OK;
+}
+
 void store_clear_primary(void)
 {
     pthread_mutex_lock(&g_mu);
     free(g_primary);
     free(g_feed);
     g_primary = g_feed = NULL;
+    pgstore_members_free(g_members, g_nmembers);
+    g_members = NULL;
+    g_nmembers = 0;
     pthread_mutex_unlock(&g_mu);
 }
 
@@ -85,11 +108,19 @@ qr_status store_route_attach(store *s, char *err)
 {
     pthread_mutex_lock(&g_mu);
     bool on = g_primary != NULL;
+    size_t nm = g_nmembers;
     pthread_mutex_unlock(&g_mu);
     if (!on)
         return QR_OK;
     s->route = calloc(1, sizeof(*s->route));
-    return s->route ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory");
+    if (s->route && nm && !(s->route->m = calloc(nm, sizeof(*s->route->m)))) {
+        free(s->route);
+        s->route = NULL;
+    }
+    if (!s->route)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    s->route->nm = nm;
+    return QR_OK;
 }
 
 void store_route_detach(store *s)
@@ -98,6 +129,9 @@ void store_route_detach(store *s)
         return;
     pgstore_close(s->route->w);
     pgstore_close(s->route->r);
+    for (size_t i = 0; i < s->route->nm; i++)
+        pgstore_close(s->route->m[i]);
+    free(s->route->m);
     free(s->route);
     s->route = NULL;
 }
@@ -159,9 +193,78 @@ static qr_status primary(store *s, char *err)
     if ((st = store_follow_identity(s, pgstore_uid(rt->w), err)) ||
         (st = pg_failed(&rt->w, pgstore_embedding(rt->w, model, sizeof(model), &dim, err))))
         return st;
+    rt->uid = pgstore_uid(rt->w);
     if (dim > 0 && (st = store_check_embedding_local(s, model, dim, err)))
         return st;
     rt->identified = dim > 0;
+    return QR_OK;
+}
+
+/* Member i of store.postgres_members, connected, following the same system of record as the store. */
+static qr_status member(store *s, size_t i, char *err)
+{
+    struct store_route *rt = s->route;
+    if (rt->m[i])
+        return QR_OK;
+    pthread_mutex_lock(&g_mu);
+    char *conninfo = i < g_nmembers ? strdup(g_members[i]) : NULL;
+    pthread_mutex_unlock(&g_mu);
+    if (!conninfo)
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    qr_status st = pgstore_open(conninfo, &rt->m[i], err);
+    free(conninfo);
+    if (st)
+        return st == QR_EINVAL ? QR_EINVAL : QR_EUNAVAILABLE;
+    int64_t uid = pgstore_uid(rt->m[i]);
+    if (!rt->uid && !(st = store_follow_identity(s, uid, err)))
+        rt->uid = uid;
+    else if (!st && uid != rt->uid)
+        st = qr_fail(err, QR_EINVAL, "it holds another system of record (uid %lld, not %lld)", (long long)uid,
+                     (long long)rt->uid);
+    if (st) {
+        pgstore_close(rt->m[i]);
+        rt->m[i] = NULL;
+    }
+    return st;
+}
+
+/*
+ * The head of the system of record when no primary answers (etcd down: Patroni demoted the leader,
+ * and HAProxy has no primary to offer): the highest change counter among every member of the
+ * cluster (store.postgres_members), and which member has it. That holds every write acknowledged
+ * before the call: an acknowledged write stays in the data of the primary that committed it (a
+ * demoted leader restarts as a standby with all of it; pg_rewind only removes what a new primary
+ * lacks, and Patroni's synchronous_mode promotes only a standby that had every acknowledged
+ * write, which replays it). So every member must answer: one that does not might be a primary
+ * this node cannot see. Unreachable members are asked again until the deadline (a demoted leader
+ * restarts in about a second).
+ */
+static qr_status members_head(store *s, uint64_t deadline, int64_t *head, size_t *best, char *err)
+{
+    struct store_route *rt = s->route;
+    *head = -1;
+    for (size_t i = 0; i < rt->nm; i++) {
+        int64_t c = 0;
+        char e2[QR_ERR_LEN] = "";
+        qr_status st;
+        for (;;) {
+            if (!(st = member(s, i, e2)))
+                st = pg_failed(&rt->m[i], pgstore_counter(rt->m[i], &c, e2));
+            if ((st != QR_EUNAVAILABLE && st != QR_EIO) || qr_now_ns() >= deadline)
+                break;
+            struct timespec pause = {0, 20000000L};
+            nanosleep(&pause, NULL);
+        }
+        if (st)
+            return qr_fail(err, st == QR_ENOMEM ? QR_ENOMEM : QR_EUNAVAILABLE,
+                           "no primary answers, and member %zu of store.postgres_members cannot be asked "
+                           "(every member must answer then): %s",
+                           i + 1, e2);
+        if (c > *head) {
+            *head = c;
+            *best = i;
+        }
+    }
     return QR_OK;
 }
 
@@ -192,13 +295,12 @@ static qr_status follow_exactly(store *s, pgstore *src, int64_t target, uint64_t
 }
 
 /* Applies the feed until every change up to target is in the local store: from the feed's
- * connection first (a standby may be behind), then from the primary, which has everything it
- * acknowledged. */
-static qr_status catch_up(store *s, int64_t target, char *err)
+ * connection first (a standby may be behind), then from *src (NULL: the primary), which has
+ * everything up to target; within store.fence_ms of start. */
+static qr_status catch_up(store *s, int64_t target, pgstore **src, uint64_t start, char *err)
 {
     struct store_route *rt = s->route;
     int64_t budget = fence_ms(), exact = 0;
-    uint64_t start = qr_now_ns();
     char e2[QR_ERR_LEN] = "";
     qr_status st = store_follow_exact(s, &exact, err);
     if (st || exact >= target)
@@ -211,10 +313,13 @@ static qr_status catch_up(store *s, int64_t target, char *err)
     }
     /* a feed the store refuses, or one that cannot serve it any more (pruned deletions), is not a
      * matter of waiting: no second try; either way nothing is answered from this store */
-    if ((st == QR_ETIMEOUT || st == QR_EUNAVAILABLE || st == QR_EIO) && !(st = primary(s, e2)) &&
-        !(st = follow_exactly(s, rt->w, target, start + (uint64_t)budget * 1000000u, &exact, e2)))
-        return QR_OK;
-    pg_failed(&rt->w, st);
+    if (st == QR_ETIMEOUT || st == QR_EUNAVAILABLE || st == QR_EIO) {
+        if (!src && !(st = primary(s, e2)))
+            src = &rt->w;
+        if (src && !(st = follow_exactly(s, *src, target, start + (uint64_t)budget * 1000000u, &exact, e2)))
+            return QR_OK;
+    }
+    pg_failed(src ? src : &rt->w, st);
     return qr_fail(err, st == QR_ENOMEM ? QR_ENOMEM : QR_EUNAVAILABLE,
                    "this node could not apply the system of record's changes up to %lld within "
                    "store.fence_ms (%lld ms; it has every change up to %lld): failing closed: %s",
@@ -230,7 +335,7 @@ static qr_status written(store *s, int64_t c, char *err)
         s->route->batch_counter = c;
         return QR_OK;
     }
-    return catch_up(s, c, err);
+    return catch_up(s, c, NULL, qr_now_ns(), err);
 }
 
 qr_status store_route_put(store *s, const store_document *doc, const store_chunk *chunks, size_t nchunks,
@@ -296,7 +401,7 @@ qr_status store_route_batch_end(store *s, char *err)
                                : qr_fail(err, QR_EUNAVAILABLE,
                                          "the batch was rolled back: its connection to "
                                          "PostgreSQL was lost");
-    return st ? st : c > 0 ? catch_up(s, c, err) : QR_OK;
+    return st ? st : c > 0 ? catch_up(s, c, NULL, qr_now_ns(), err) : QR_OK;
 }
 
 void store_route_batch_rollback(store *s)
@@ -331,18 +436,28 @@ qr_status store_fence(store *s, char *err)
         return qr_fail(err, QR_EINVAL, "store_fence: NULL store");
     if (!s->route)
         return QR_OK;
+    struct store_route *rt = s->route;
     int64_t f = 0, local = 0;
+    uint64_t start = qr_now_ns();
     char e2[QR_ERR_LEN] = "";
     /* the local counter first: whatever the follower applies after this read is newer still */
     qr_status st = store_change_counter(s, &local, err);
     if (st)
         return st;
-    if ((st = primary(s, e2)) || (st = pg_failed(&s->route->w, pgstore_counter(s->route->w, &f, e2))))
-        return qr_fail(err, st == QR_EINVAL ? QR_EINVAL : QR_EUNAVAILABLE,
-                       "the system of record's change counter cannot be read: failing closed: %s", e2);
+    pgstore **src = NULL;
+    if ((st = primary(s, e2)) || (st = pg_failed(&rt->w, pgstore_primary_counter(rt->w, &f, e2)))) {
+        size_t best = 0;
+        char e3[QR_ERR_LEN] = "";
+        if (st != QR_EUNAVAILABLE || !rt->nm ||
+            (st = members_head(s, start + (uint64_t)fence_ms() * 500000u, &f, &best, e3)))
+            return qr_fail(err, st == QR_EINVAL ? QR_EINVAL : QR_EUNAVAILABLE,
+                           "the system of record's change counter cannot be read: failing closed: %s%s%s", e2,
+                           *e3 ? "; " : "", e3);
+        src = &rt->m[best];
+    }
     if (f < local)
         return diverged(s, local, f, err);
-    return catch_up(s, f, err);
+    return catch_up(s, f, src, start, err);
 }
 
 qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *head, int64_t *primary_head,
@@ -351,12 +466,29 @@ qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *h
     if (!s || !s->route)
         return qr_fail(err, QR_EINVAL, "store_follow_poll: the store has no system of record");
     struct store_route *rt = s->route;
-    qr_status st = primary(s, err);
-    if (st || (st = pg_open(&rt->r, true, err)) ||
+    char e2[QR_ERR_LEN] = "";
+    qr_status st = primary(s, e2);
+    if (st == QR_EUNAVAILABLE && rt->nm) {
+        /* no primary: the members' head, read after the local counter (as a fence does), and the
+         * feed from the member that has it */
+        int64_t local = 0;
+        size_t best = 0;
+        char e3[QR_ERR_LEN] = "";
+        if ((st = store_change_counter(s, &local, err)))
+            return st;
+        if ((st = members_head(s, qr_now_ns() + (uint64_t)fence_ms() * 1000000u, primary_head, &best, e3)))
+            return qr_fail(err, st, "%s; %s", e2, e3);
+        if (*primary_head < local)
+            return diverged(s, local, *primary_head, err);
+        return pg_failed(&rt->m[best], follow_step(s, pgstore_pull, rt->m[best], limit, counter, head, err));
+    }
+    if (st)
+        return qr_fail(err, st, "%s", e2);
+    if ((st = pg_open(&rt->r, true, err)) ||
         (st = pg_failed(&rt->r, follow_step(s, pgstore_pull, rt->r, limit, counter, head, err))))
         return st;
     /* read after the pull, so that it is at least what the pull saw, unless the primary diverged */
-    if ((st = pg_failed(&rt->w, pgstore_counter(rt->w, primary_head, err))))
+    if ((st = pg_failed(&rt->w, pgstore_primary_counter(rt->w, primary_head, err))))
         return st;
     return *primary_head < *counter ? diverged(s, *counter, *primary_head, err) : QR_OK;
 }

@@ -318,6 +318,134 @@ TEST(cut_off_node_fails_closed)
     RUN_WITH_PG(cut_off_node_fails_closed);
 }
 
+/* Opens n's data directory again: a new handle, routed as the process is now. */
+static bool node_reopen(node *n, char *err)
+{
+    retrieval_close(n->r);
+    store_close(n->s);
+    n->r = NULL;
+    n->s = NULL;
+    retrieval_opts o;
+    retrieval_opts_default(&o);
+    o.mode = RETRIEVAL_BM25;
+    o.bm25_pruned = false;
+    return !store_open(n->dir, &n->s, err) && store_routed(n->s) &&
+           !retrieval_open(n->s, NULL, &o, &n->r, err);
+}
+
+static bool exec_sql(const char *conninfo, const char *sql)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+    bool ok = r && (PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK);
+    PQclear(r);
+    PQfinish(c);
+    return ok;
+}
+
+/* Whether sql returns a row there. */
+static bool exec_rows(const char *conninfo, const char *sql)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+    bool rows = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+    PQclear(r);
+    PQfinish(c);
+    return rows;
+}
+
+/* Nothing listens on port 1: a primary this node cannot reach (etcd down: Patroni demoted the
+ * leader and HAProxy has none to offer). */
+#define NO_PRIMARY "host=127.0.0.1 port=1 user=quarry dbname=postgres connect_timeout=2"
+
+/* With no primary to ask, a node that names every member (store.postgres_members) applies the feed
+ * up to the highest counter among them: a standby whose replay is paused comes first in the list,
+ * and the revocation and delete made before still hold on the node. Writes fail and change
+ * nothing; one member that does not answer fails the search closed, as a primary that is a standby
+ * does. */
+static void run_no_primary_searches_go_on(void)
+{
+    char err[QR_ERR_LEN] = "";
+    pg_fixture sb;
+    int rc = pg_fixture_start_standby(&sb, &fx, err);
+    CHECK_MSG(rc == 0, "cannot start the standby: %s", err);
+    if (rc)
+        return;
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    CHECK_OK(put(a.s, "d1", "public", "harbour crane manual", 1, err), err);
+    CHECK_OK(put(a.s, "d2", "public", "harbour crane spare parts", 1, err), err);
+    bool found = false;
+    CHECK_OK(finds(&b, "public", "crane", "d1", &found, err), err);
+    CHECK(found);
+    int64_t head = 0, counter = 0;
+    CHECK_OK(store_change_counter(a.s, &head, err), err);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT 1 FROM quarry.counter WHERE value >= %lld", (long long)head);
+    for (int i = 0; i < 1000 && !exec_rows(sb.conninfo, sql); i++)
+        usleep(10000);
+    CHECK_MSG(exec_rows(sb.conninfo, sql), "the standby did not replay change %lld", (long long)head);
+    CHECK(exec_sql(sb.conninfo, "SELECT pg_wal_replay_pause()"));
+    const char *ops[] = {"group:ops"};
+    CHECK_OK(store_set_acl(a.s, "d1", ops, 1, err), err);
+    CHECK_OK(store_delete(a.s, "d2", err), err);
+    CHECK_OK(store_change_counter(a.s, &head, err), err);
+
+    char members[256];
+    snprintf(members, sizeof(members), "host=127.0.0.1,127.0.0.1 port=%d,%d user=quarry dbname=postgres",
+             sb.port, fx.port);
+    CHECK_OK(store_set_primary(NO_PRIMARY, NULL, 5000, err), err);
+    CHECK_OK(store_set_members(members, err), err);
+    CHECK_OK(node_reopen(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(finds(&b, "public", "crane", "d1", &found, err), err);
+    CHECK_MSG(!found, "a revoked document was returned with no primary");
+    CHECK_OK(finds(&b, "public", "crane", "d2", &found, err), err);
+    CHECK_MSG(!found, "a deleted document was returned with no primary");
+    CHECK_OK(finds(&b, "group:ops", "crane", "d1", &found, err), err);
+    CHECK(found);
+    CHECK_OK(store_change_counter(b.s, &counter, err), err);
+    CHECK_INT(counter, head);
+    /* writes have nowhere to go */
+    CHECK(put(b.s, "d3", "public", "harbour crane rails", 1, err) == QR_EUNAVAILABLE);
+    CHECK_OK(store_change_counter(b.s, &counter, err), err);
+    CHECK_INT(counter, head);
+    /* the background follower goes on from the members too */
+    int64_t through = 0, at = 0, primary_head = 0;
+    CHECK_OK(store_follow_poll(b.s, 16, &through, &at, &primary_head, err), err);
+    CHECK_INT(primary_head, head);
+
+    /* a member that does not answer might be a primary this node cannot see */
+    snprintf(members, sizeof(members), "host=127.0.0.1,127.0.0.1 port=%d,1 user=quarry dbname=postgres",
+             sb.port);
+    CHECK_OK(store_set_members(members, err), err);
+    CHECK_OK(node_reopen(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK(finds(&b, "public", "crane", "d1", &found, err) == QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "store.postgres_members") && strstr(err, "failing closed"), "%s", err);
+
+    /* store.postgres reaching a standby: not a primary, whose counter could be behind */
+    CHECK_OK(store_set_members(NULL, err), err);
+    CHECK_OK(store_set_primary(sb.conninfo, NULL, 5000, err), err);
+    CHECK_OK(node_reopen(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK(finds(&b, "public", "crane", "d1", &found, err) == QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "not the primary") != NULL, "%s", err);
+
+    /* member lists that name no server, or lists of different lengths */
+    CHECK(store_set_members("port=5432,5433 user=quarry", err) == QR_EINVAL);
+    CHECK(store_set_members("host=a,b port=1,2,3", err) == QR_EINVAL);
+    CHECK(store_set_members("host=a,,b", err) == QR_EINVAL);
+    CHECK(store_set_members("host='a", err) == QR_EINVAL);
+    CHECK_OK(store_set_members("postgresql://127.0.0.1:6001,127.0.0.1:6002/postgres?user=quarry", err), err);
+    node_close(&a);
+    node_close(&b);
+    pg_fixture_stop(&sb);
+}
+TEST(no_primary_searches_go_on)
+{
+    RUN_WITH_PG(no_primary_searches_go_on);
+}
+
 typedef struct {
     const char *dir;
     int thread;
