@@ -228,44 +228,83 @@ static qr_status member(store *s, size_t i, char *err)
     return st;
 }
 
-/*
- * The head of the system of record when no primary answers (etcd down: Patroni demoted the leader,
- * and HAProxy has no primary to offer): the highest change counter among every member of the
- * cluster (store.postgres_members), and which member has it. That holds every write acknowledged
- * before the call: an acknowledged write stays in the data of the primary that committed it (a
- * demoted leader restarts as a standby with all of it; pg_rewind only removes what a new primary
- * lacks, and Patroni's synchronous_mode promotes only a standby that had every acknowledged
- * write, which replays it). So every member must answer: one that does not might be a primary
- * this node cannot see. Unreachable members are asked again until the deadline (a demoted leader
- * restarts in about a second).
- */
-static qr_status members_head(store *s, uint64_t deadline, int64_t *head, size_t *best, char *err)
+/* The highest change counter among every member of the cluster (store.postgres_members) and
+ * which member has it; QR_EUNAVAILABLE when one of them does not answer. *answered counts those
+ * that did. */
+static qr_status members_head(store *s, int64_t *head, size_t *best, size_t *answered, char *err)
 {
     struct store_route *rt = s->route;
+    qr_status first = QR_OK;
     *head = -1;
+    *answered = 0;
     for (size_t i = 0; i < rt->nm; i++) {
         int64_t c = 0;
         char e2[QR_ERR_LEN] = "";
-        qr_status st;
-        for (;;) {
-            if (!(st = member(s, i, e2)))
-                st = pg_failed(&rt->m[i], pgstore_counter(rt->m[i], &c, e2));
-            if ((st != QR_EUNAVAILABLE && st != QR_EIO) || qr_now_ns() >= deadline)
-                break;
-            struct timespec pause = {0, 20000000L};
-            nanosleep(&pause, NULL);
+        qr_status st = member(s, i, e2);
+        if (!st)
+            st = pg_failed(&rt->m[i], pgstore_counter(rt->m[i], &c, e2));
+        if (st == QR_EINVAL || st == QR_ENOMEM)
+            return qr_fail(err, st, "member %zu of store.postgres_members: %s", i + 1, e2);
+        if (st) {
+            if (!first)
+                first = qr_fail(err, QR_EUNAVAILABLE, "member %zu of store.postgres_members: %s", i + 1, e2);
+            continue;
         }
-        if (st)
-            return qr_fail(err, st == QR_ENOMEM ? QR_ENOMEM : QR_EUNAVAILABLE,
-                           "no primary answers, and member %zu of store.postgres_members cannot be asked "
-                           "(every member must answer then): %s",
-                           i + 1, e2);
+        ++*answered;
         if (c > *head) {
             *head = c;
             *best = i;
         }
     }
-    return QR_OK;
+    return first;
+}
+
+/*
+ * The head F of the system of record, read after the caller read the local counter: the primary's
+ * counter; *src is set to NULL then (catch_up reads from the primary). When no primary answers
+ * (etcd down: Patroni demoted the leader, and HAProxy has none to offer) and store.postgres_members
+ * is set, the highest counter among every member instead, and *src is the member that has it.
+ * That holds every write acknowledged before the call: an acknowledged write stays in the data of
+ * the primary that committed it (a demoted leader restarts as a standby with all of it; pg_rewind
+ * only removes what a new primary lacks, and Patroni's synchronous_mode promotes only a standby
+ * that had every acknowledged write, which replays it). So every member must answer: one that does
+ * not might be a primary this node cannot see. While some member answers, both are asked again
+ * every 20 ms until the deadline: a leader Patroni demotes is stopped and restarted as a standby
+ * (about 1.5 s on the loopback cluster), which a search waits out when store.fence_ms allows. A
+ * node that reaches none (cut off) fails at once, after one more try of the primary: a connection
+ * to a primary that failed over is opened again (through HAProxy, to the new one).
+ */
+static qr_status record_head(store *s, uint64_t deadline, int64_t *f, pgstore ***src, char *err)
+{
+    struct store_route *rt = s->route;
+    char e2[QR_ERR_LEN] = "", e3[QR_ERR_LEN] = "";
+    for (int round = 0;; round++) {
+        qr_status st = primary(s, e2);
+        if (!st && !(st = pg_failed(&rt->w, pgstore_primary_counter(rt->w, f, e2)))) {
+            *src = NULL;
+            return QR_OK;
+        }
+        if (st != QR_EUNAVAILABLE)
+            return qr_fail(err, st, "%s", e2);
+        size_t answered = 0;
+        if (rt->nm) {
+            size_t best = 0;
+            if (!(st = members_head(s, f, &best, &answered, e3))) {
+                *src = &rt->m[best];
+                return QR_OK;
+            }
+            if (st != QR_EUNAVAILABLE)
+                return qr_fail(err, st, "no primary answers (%s), and %s", e2, e3);
+        }
+        if (answered ? qr_now_ns() >= deadline : round > 0)
+            return rt->nm ? qr_fail(err, QR_EUNAVAILABLE,
+                                    "no primary answers (%s), and not every member of store.postgres_members "
+                                    "does (%s)",
+                                    e2, e3)
+                          : qr_fail(err, QR_EUNAVAILABLE, "%s", e2);
+        struct timespec pause = {0, 20000000L};
+        nanosleep(&pause, NULL);
+    }
 }
 
 /* Records a fence's batch asks for: what a node that keeps up has to apply is a few records, and a
@@ -436,7 +475,6 @@ qr_status store_fence(store *s, char *err)
         return qr_fail(err, QR_EINVAL, "store_fence: NULL store");
     if (!s->route)
         return QR_OK;
-    struct store_route *rt = s->route;
     int64_t f = 0, local = 0;
     uint64_t start = qr_now_ns();
     char e2[QR_ERR_LEN] = "";
@@ -445,16 +483,9 @@ qr_status store_fence(store *s, char *err)
     if (st)
         return st;
     pgstore **src = NULL;
-    if ((st = primary(s, e2)) || (st = pg_failed(&rt->w, pgstore_primary_counter(rt->w, &f, e2)))) {
-        size_t best = 0;
-        char e3[QR_ERR_LEN] = "";
-        if (st != QR_EUNAVAILABLE || !rt->nm ||
-            (st = members_head(s, start + (uint64_t)fence_ms() * 500000u, &f, &best, e3)))
-            return qr_fail(err, st == QR_EINVAL ? QR_EINVAL : QR_EUNAVAILABLE,
-                           "the system of record's change counter cannot be read: failing closed: %s%s%s", e2,
-                           *e3 ? "; " : "", e3);
-        src = &rt->m[best];
-    }
+    if ((st = record_head(s, start + (uint64_t)fence_ms() * 1000000u, &f, &src, e2)))
+        return qr_fail(err, st == QR_EINVAL ? QR_EINVAL : QR_EUNAVAILABLE,
+                       "the system of record's change counter cannot be read: failing closed: %s", e2);
     if (f < local)
         return diverged(s, local, f, err);
     return catch_up(s, f, src, start, err);
@@ -472,15 +503,14 @@ qr_status store_follow_poll(store *s, size_t limit, int64_t *counter, int64_t *h
         /* no primary: the members' head, read after the local counter (as a fence does), and the
          * feed from the member that has it */
         int64_t local = 0;
-        size_t best = 0;
-        char e3[QR_ERR_LEN] = "";
-        if ((st = store_change_counter(s, &local, err)))
+        pgstore **src = NULL;
+        if ((st = store_change_counter(s, &local, err)) ||
+            (st = record_head(s, qr_now_ns() + (uint64_t)fence_ms() * 1000000u, primary_head, &src, err)))
             return st;
-        if ((st = members_head(s, qr_now_ns() + (uint64_t)fence_ms() * 1000000u, primary_head, &best, e3)))
-            return qr_fail(err, st, "%s; %s", e2, e3);
         if (*primary_head < local)
             return diverged(s, local, *primary_head, err);
-        return pg_failed(&rt->m[best], follow_step(s, pgstore_pull, rt->m[best], limit, counter, head, err));
+        pgstore **from = src ? src : &rt->w;
+        return pg_failed(from, follow_step(s, pgstore_pull, *from, limit, counter, head, err));
     }
     if (st)
         return qr_fail(err, st, "%s", e2);

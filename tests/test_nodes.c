@@ -396,7 +396,7 @@ static void run_no_primary_searches_go_on(void)
     char members[256];
     snprintf(members, sizeof(members), "host=127.0.0.1,127.0.0.1 port=%d,%d user=quarry dbname=postgres",
              sb.port, fx.port);
-    CHECK_OK(store_set_primary(NO_PRIMARY, NULL, 5000, err), err);
+    CHECK_OK(store_set_primary(NO_PRIMARY, NULL, 1000, err), err);
     CHECK_OK(store_set_members(members, err), err);
     CHECK_OK(node_reopen(&b, err) ? QR_OK : QR_EIO, err);
     CHECK_OK(finds(&b, "public", "crane", "d1", &found, err), err);

@@ -297,8 +297,10 @@ class Relay:
 # ---- quarry nodes -------------------------------------------------------------------------------
 
 class Node:
-    def __init__(self, t, name, port, write_port, read_port, backend="postgres"):
+    def __init__(self, t, name, port, write_port, read_port, backend="postgres", member_ports=None):
         self.t = t
+        # every PostgreSQL member, directly (store.postgres_members): searches go on without a primary
+        self.member_ports = member_ports if member_ports is not None else t.member_ports()
         self.name = name
         self.port = port
         self.data = os.path.join(t.dir, "quarry", name)
@@ -316,6 +318,7 @@ class Node:
         if self.backend == "postgres":
             e["QUARRY_STORE_POSTGRES"] = self.t.conninfo(self.write_port, self.name)
             e["QUARRY_STORE_POSTGRES_READ"] = self.t.conninfo(self.read_port, self.name + "-feed")
+            e["QUARRY_STORE_POSTGRES_MEMBERS"] = self.t.conninfo(self.member_ports, self.name + "-members")
         return e
 
     def start(self):
@@ -421,6 +424,9 @@ class Test:
             # several chunks per document, so that chunk ids and their order are exercised
             "QUARRY_CHUNK_MAX_TOKENS": "48",
             "QUARRY_STORE_MAX_LAG_MS": str(a.max_lag_ms),
+            # long enough for a search to wait out a leader Patroni demotes when etcd is gone
+            # (stopped and started again as a standby: about 1.5 s here)
+            "QUARRY_STORE_FENCE_MS": "3000",
             "PGPASSWORD": self.env["PATRONI_SUPERUSER_PASSWORD"],
             "OMP_NUM_THREADS": "1",
         })
@@ -429,8 +435,14 @@ class Test:
         os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
 
     def conninfo(self, port, name):
-        return ("host=127.0.0.1 port=%d user=%s dbname=postgres connect_timeout=2 application_name=quarry-%s"
-                % (port, self.env["PATRONI_SUPERUSER_USERNAME"], name))
+        """A libpq connection string to port on loopback, or to each of a list of ports."""
+        ports = port if isinstance(port, list) else [port]
+        return ("host=%s port=%s user=%s dbname=postgres connect_timeout=2 application_name=quarry-%s"
+                % (",".join(["127.0.0.1"] * len(ports)), ",".join(str(p) for p in ports),
+                   self.env["PATRONI_SUPERUSER_USERNAME"], name))
+
+    def member_ports(self):
+        return [int(self.env["PG1_PORT"]), int(self.env["PG2_PORT"])]
 
     def pg(self, port_key="PG_WRITE_PORT", timeout=3):
         c = psycopg2.connect(host="127.0.0.1", port=int(self.env[port_key]),
@@ -570,11 +582,14 @@ class Test:
 
         w, rd = int(self.env["PG_WRITE_PORT"]), int(self.env["PG_READ_PORT"])
         r2w, r2r, r3r = Relay(w, "node2-write"), Relay(rd, "node2-read"), Relay(rd, "node3-read")
-        self.relays = [r2w, r2r, r3r]
-        self.relay2 = (r2w, r2r)
+        # node 2 reaches the members through relays of its own too, so that cutting it cuts them
+        r2m = [Relay(p, "node2-member%d" % (i + 1)) for i, p in enumerate(self.member_ports())]
+        self.relays = [r2w, r2r, r3r] + r2m
+        self.relay2 = [r2w, r2r] + r2m
         self.relay3 = r3r
         self.n1 = Node(self, "node1", int(self.env["QUARRY1_PORT"]), w, rd)
-        self.n2 = Node(self, "node2", int(self.env["QUARRY2_PORT"]), r2w.port, r2r.port)
+        self.n2 = Node(self, "node2", int(self.env["QUARRY2_PORT"]), r2w.port, r2r.port,
+                       member_ports=[r.port for r in r2m])
         self.n3 = Node(self, "node3", int(self.env["QUARRY3_PORT"]), w, r3r.port)
         self.nodes = [self.n1, self.n2, self.n3]
         # HAProxy's quarry frontend (never started here: it balances over nodes 1-3 while /readyz
