@@ -116,7 +116,8 @@ qr_status auth_keyed_hash(auth_ctx *ctx, const char *purpose, const char *text, 
 /* Issues "qt1.<uid>.<expiry>.<key id>.<HMAC-SHA256>" for uid, valid ttl_s seconds (0:
  * auth.token_ttl_s). The token names the user only: groups are resolved again (through the
  * cache) each time it is used. *token is the caller's to free; *expires_at (may be NULL) gets
- * the expiry in Unix seconds. Fails with QR_EIO/QR_EPERM when the secret cannot be loaded. */
+ * the expiry in Unix seconds. Fails with QR_EIO/QR_EPERM when the secret cannot be loaded
+ * (QR_EUNAVAILABLE when it is generated and PostgreSQL, which then shares it, cannot be reached). */
 qr_status auth_token_issue(auth_ctx *ctx, const char *uid, int64_t ttl_s, char **token, int64_t *expires_at,
                            char *err);
 /* Checks a token's signature (in constant time), key id and expiry. On QR_OK *uid (free it) is
@@ -192,8 +193,10 @@ typedef struct {
 } auth_key_info;
 
 /* Creates a key with a 256-bit random secret and stores only its SHA-256 in
- * <data.dir>/auth/keys.json (mode 0600, replaced atomically). *key (free it) is the only copy of
- * the key: "qk_<id>_<secret>". info (may be NULL) gets the new entry (auth_key_info_release). */
+ * <data.dir>/auth/keys.json (mode 0600, replaced atomically), or, with store.backend = postgres,
+ * in PostgreSQL, shared by every node (QR_EUNAVAILABLE, nothing created, when it cannot be
+ * reached). *key (free it) is the only copy of the key: "qk_<id>_<secret>". info (may be NULL)
+ * gets the new entry (auth_key_info_release). */
 qr_status auth_key_create(auth_ctx *ctx, const char *name, unsigned scopes, char **key, auth_key_info *info,
                           char *err);
 /* Every key, revoked ones included, oldest first. Free with auth_key_list_free. */
@@ -201,10 +204,12 @@ qr_status auth_key_list(auth_ctx *ctx, auth_key_info **keys, size_t *count, char
 void auth_key_list_free(auth_key_info *keys, size_t count);
 void auth_key_info_release(auth_key_info *info);
 /* Marks the key revoked; it stops working at once in every process (keys.json is re-read when
- * it changes). QR_ENOTFOUND for an unknown id; revoking twice is QR_OK. */
+ * it changes) and, with store.backend = postgres, on every node. QR_ENOTFOUND for an unknown id;
+ * revoking twice is QR_OK. */
 qr_status auth_key_revoke(auth_ctx *ctx, const char *id, char *err);
-/* Checks a presented key. QR_EAUTH for a malformed, unknown or revoked key. On QR_OK, info (may
- * be NULL) describes it (auth_key_info_release). */
+/* Checks a presented key. QR_EAUTH for a malformed, unknown or revoked key; QR_EUNAVAILABLE with
+ * store.backend = postgres when PostgreSQL cannot be asked whether the keys changed. On QR_OK,
+ * info (may be NULL) describes it (auth_key_info_release). */
 qr_status auth_key_verify(auth_ctx *ctx, const char *key, auth_key_info *info, char *err);
 /* The principal a request with this key acts as. The key must hold every scope in `required`
  * (QR_EPERM otherwise). With on_behalf_of (a uid) the key needs the on_behalf_of scope and the

@@ -243,7 +243,9 @@ struct auth_ctx {
     pthread_mutex_t keys_lock;
     auth_file_sig keys_sig;
     bool keys_loaded;
-    void *keys; /* keys.c's parsed table */
+    bool keys_shared;     /* the table was read from the shared state (store.backend = postgres) */
+    int64_t keys_version; /* its version there (0: the row was absent) */
+    void *keys;           /* keys.c's parsed table */
 
     struct auth_oidc *oidc; /* oidc.c's issuers and keys; NULL when oidc.issuer is empty */
 };

@@ -9,6 +9,15 @@
  * Writers (quarry keys create|revoke) take an exclusive lock on keys.lock, re-read the file,
  * and replace it atomically; readers (a running server) notice the new file by its signature
  * (inode, size, mtime) on the next verification, so a revocation takes effect at once.
+ *
+ * With store.backend = postgres every node shares one table: the same JSON text lives in the
+ * shared state row "auth/keys.json" (index/store.h, store_shared_read) instead of the file. A
+ * writer reads it with its version, changes it and writes it back only if the version has not
+ * moved (compare and swap), else starts again from a fresh read, so a key another node created
+ * meanwhile is never lost. Each verification asks for the row's version (one round trip) and
+ * re-reads the table when it moved, so a revocation on one node fails the key on every node at
+ * once; when PostgreSQL cannot be asked, verification fails (QR_EUNAVAILABLE) rather than trust
+ * a table that may hold a revoked key.
  */
 #include <fcntl.h>
 #include <jansson.h>
@@ -19,8 +28,13 @@
 #include <unistd.h>
 
 #include "auth/auth_int.h"
+#include "index/store.h"
 
-#define KEYS_FILE_MAX  (16u << 20)
+#define KEYS_FILE_MAX (16u << 20)
+#define KEYS_SHARED   "auth/keys.json"
+/* Compare-and-swap rounds a change of the shared table gets. Each round lost is another writer's
+ * change made, so every writer makes progress; the bound only stops a writer starved that long. */
+#define KEYS_CAS_TRIES 1000
 #define KEY_PREFIX     "qk_"
 #define KEY_SECRET_B64 43 /* base64url characters of AUTH_SECRET_LEN bytes */
 #define KEY_LEN        (3 + AUTH_KEY_ID_LEN + 1 + KEY_SECRET_B64)
@@ -183,7 +197,8 @@ static qr_status read_table(const char *path, key_table *t, char *err)
     return st;
 }
 
-static qr_status write_table(const char *path, const key_table *t, char *err)
+/* The table as JSON text (free it), ending in a newline. */
+static qr_status dump_table(const key_table *t, char **out, size_t *out_len, char *err)
 {
     json_t *root = json_pack("{s:i, s:[]}", "version", 1, "keys");
     json_t *keys = json_object_get(root, "keys");
@@ -208,15 +223,76 @@ static qr_status write_table(const char *path, const key_table *t, char *err)
         return qr_fail(err, QR_ENOMEM, "out of memory");
     size_t len = strlen(text);
     text[len] = '\n'; /* json_dumps leaves room only for the NUL: write the newline over it */
-    st = auth_write_file(path, text, len + 1, true, err);
+    *out = text;
+    *out_len = len + 1;
+    return QR_OK;
+}
+
+static qr_status write_table(const char *path, const key_table *t, char *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    qr_status st = dump_table(t, &text, &len, err);
+    if (!st)
+        st = auth_write_file(path, text, len, true, err);
     free(text);
     return st;
 }
 
-/* Runs fn on the table under the writers' lock, then writes it back. */
+/* The shared table and its version (0 and an empty table when the row is absent). */
+static qr_status read_shared(key_table *t, int64_t *version, char *err)
+{
+    void *text = NULL;
+    size_t len = 0;
+    memset(t, 0, sizeof(*t));
+    qr_status st = store_shared_read(KEYS_SHARED, &text, &len, version, err);
+    if (st == QR_ENOTFOUND) {
+        *version = 0;
+        return QR_OK;
+    }
+    if (!st)
+        st = parse_table("the shared API keys (PostgreSQL quarry.shared '" KEYS_SHARED "')", text, len, t,
+                         err);
+    free(text);
+    return st;
+}
+
+/* modify_table on the shared table: read, change, then write back unless another writer came
+ * first (the version moved), in which case everything is done again from a fresh read. */
+static qr_status modify_shared(qr_status (*fn)(key_table *, void *, char *), void *arg, char *err)
+{
+    for (int round = 0; round < KEYS_CAS_TRIES; round++) {
+        key_table t = {0};
+        int64_t version = 0;
+        char *text = NULL;
+        size_t len = 0;
+        qr_status st = read_shared(&t, &version, err);
+        if (!st)
+            st = fn(&t, arg, err);
+        if (!st)
+            st = dump_table(&t, &text, &len, err);
+        bool lost = false;
+        if (!st) {
+            st = store_shared_write(KEYS_SHARED, text, len, version, NULL, err);
+            lost = st == QR_EEXIST;
+        }
+        free(text);
+        table_release(&t);
+        if (!lost)
+            return st;
+    }
+    return qr_fail(err, QR_ETIMEOUT,
+                   "the shared API keys changed under this writer %d times in a row: try again",
+                   KEYS_CAS_TRIES);
+}
+
+/* Runs fn on the table under the writers' lock, then writes it back (the shared table when
+ * there is one). */
 static qr_status modify_table(auth_ctx *ctx, qr_status (*fn)(key_table *, void *, char *), void *arg,
                               char *err)
 {
+    if (store_shared_on())
+        return modify_shared(fn, arg, err);
     char *path = NULL, *lock_path = NULL;
     key_table t = {0};
     int fd = -1;
@@ -331,22 +407,53 @@ qr_status auth_key_revoke(auth_ctx *ctx, const char *id, char *err)
     return st;
 }
 
-/* Re-reads keys.json when its signature changed. Called with keys_lock held. */
+/* Re-reads the shared table when its version moved. Called with keys_lock held. */
+static qr_status refresh_shared(auth_ctx *ctx, char *err)
+{
+    int64_t version = 0;
+    char e2[QR_ERR_LEN] = "";
+    qr_status st = store_shared_version(KEYS_SHARED, &version, e2);
+    if (st == QR_ENOTFOUND)
+        st = QR_OK; /* no key was ever created: version 0, the empty table */
+    if (!st && ctx->keys_loaded && ctx->keys_shared && version == ctx->keys_version)
+        return QR_OK;
+    key_table *t = NULL;
+    if (!st && !(t = calloc(1, sizeof(*t))))
+        st = qr_fail(e2, QR_ENOMEM, "out of memory");
+    if (!st)
+        st = read_shared(t, &version, e2);
+    if (st) {
+        free(t);
+        return qr_fail(err, st, "API keys cannot be checked: %s", e2);
+    }
+    auth_keys_release(ctx);
+    ctx->keys = t;
+    ctx->keys_shared = true;
+    ctx->keys_version = version;
+    ctx->keys_loaded = true;
+    return QR_OK;
+}
+
+/* Re-reads keys.json when its signature changed (the shared table instead when there is one).
+ * Called with keys_lock held. */
 static qr_status refresh(auth_ctx *ctx, char *err)
 {
+    if (store_shared_on())
+        return refresh_shared(ctx, err);
     char *path = NULL;
     qr_status st = auth_state_path(ctx, "keys.json", false, &path, err);
     if (st)
         return st;
     auth_file_sig sig;
     auth_file_sig_get(path, &sig);
-    if (!ctx->keys_loaded || !auth_file_sig_same(&sig, &ctx->keys_sig)) {
+    if (!ctx->keys_loaded || ctx->keys_shared || !auth_file_sig_same(&sig, &ctx->keys_sig)) {
         key_table *t = calloc(1, sizeof(*t));
         st = t ? read_table(path, t, err) : qr_fail(err, QR_ENOMEM, "out of memory");
         if (!st) {
             auth_keys_release(ctx);
             ctx->keys = t;
             ctx->keys_sig = sig;
+            ctx->keys_shared = false;
             ctx->keys_loaded = true;
         } else {
             free(t);

@@ -7,7 +7,10 @@
  *
  * The secret is auth.token_secret when set, else 32 random bytes kept in
  * <data.dir>/auth/token.key (hex, mode 0600), created on first use by whichever process gets
- * there first (an exclusive link, so two processes never end up with different secrets).
+ * there first (an exclusive link, so two processes never end up with different secrets). With
+ * store.backend = postgres the generated secret is the shared state row "auth/token.key"
+ * (index/store.h) instead, created the same way by whichever node gets there first (a create
+ * that only succeeds when the row is absent), so a token issued by one node works on every node.
  */
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -17,8 +20,10 @@
 #include <string.h>
 
 #include "auth/auth_int.h"
+#include "index/store.h"
 
 #define TOKEN_PREFIX "qt1."
+#define TOKEN_SHARED "auth/token.key"
 
 static void set_kid(auth_ctx *ctx)
 {
@@ -85,6 +90,38 @@ out:
     return st;
 }
 
+/* Reads the shared secret, creating it when absent. */
+static qr_status load_secret_shared(auth_ctx *ctx, char *err)
+{
+    void *data = NULL;
+    size_t len = 0;
+    int64_t version = 0;
+    unsigned char raw[AUTH_SECRET_LEN];
+    qr_status st = store_shared_read(TOKEN_SHARED, &data, &len, &version, err);
+    if (st == QR_ENOTFOUND && !(st = auth_random(raw, sizeof(raw), err))) {
+        st = store_shared_write(TOKEN_SHARED, raw, sizeof(raw), 0, NULL, err);
+        OPENSSL_cleanse(raw, sizeof(raw));
+        if (!st)
+            qr_log(QR_LOG_INFO, "auth", "generated the token signing secret, shared through PostgreSQL");
+        /* written, or another node was first (QR_EEXIST): either way the row holds the secret now */
+        if (!st || st == QR_EEXIST)
+            st = store_shared_read(TOKEN_SHARED, &data, &len, &version, err);
+    }
+    if (!st && len != AUTH_SECRET_LEN)
+        st = qr_fail(err, QR_EINVAL,
+                     "the shared token secret (PostgreSQL quarry.shared '" TOKEN_SHARED
+                     "') holds %zu bytes, not %d",
+                     len, AUTH_SECRET_LEN);
+    if (!st) {
+        memcpy(ctx->secret, data, len);
+        ctx->secret_len = len;
+    }
+    if (data)
+        OPENSSL_cleanse(data, len);
+    free(data);
+    return st;
+}
+
 static qr_status load_secret(auth_ctx *ctx, char *err)
 {
     qr_status st = QR_OK;
@@ -97,6 +134,8 @@ static qr_status load_secret(auth_ctx *ctx, char *err)
                 n = sizeof(ctx->secret);
             memcpy(ctx->secret, ctx->s.token_secret, n);
             ctx->secret_len = n;
+        } else if (store_shared_on()) {
+            st = load_secret_shared(ctx, err);
         } else {
             st = load_secret_file(ctx, err);
         }

@@ -98,6 +98,9 @@ static const char *const pg_migrations[] = {
     "CREATE INDEX tombstones_counter ON quarry.tombstones(counter);"
     "CREATE TABLE quarry.nodes(name text PRIMARY KEY, watermark bigint NOT NULL, updated_ms bigint NOT "
     "NULL);",
+    /* 2: small named blobs every node shares (store_shared_read); version counts the writes */
+    "CREATE TABLE quarry.shared(name text COLLATE \"C\" PRIMARY KEY, data bytea NOT NULL,"
+    "  version bigint NOT NULL CHECK (version > 0));",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -1516,4 +1519,104 @@ void pgstore_batch_rollback(pgstore *pg)
 bool pgstore_in_batch(const pgstore *pg)
 {
     return pg && pg->batch;
+}
+
+/* ---- shared state ------------------------------------------------------------------------------ */
+
+qr_status pgstore_shared_read(pgstore *pg, const char *name, void **data, size_t *len, int64_t *version,
+                              char *err)
+{
+    if (!pg || !name || !data || !len || !version)
+        return qr_fail(err, QR_EINVAL, "pgstore_shared_read: NULL argument");
+    *data = NULL;
+    *len = 0;
+    *version = 0;
+    PGresult *r = NULL;
+    pg_params p = {0};
+    p_str(&p, name);
+    /* one row either way, so that a standby is told apart from an absent name */
+    qr_status st = pg_ready(pg, err);
+    if (st ||
+        (st = pg_exec(pg,
+                      "SELECT s.data, s.version, pg_is_in_recovery() FROM (SELECT 1) one"
+                      " LEFT JOIN quarry.shared s ON s.name = $1",
+                      &p, true, &r, err, "read shared state")) ||
+        (st = check_types(r, "yib", err)))
+        goto out;
+    if (PQntuples(r) != 1 || PQgetvalue(r, 0, 2)[0]) {
+        st = qr_fail(err, QR_EUNAVAILABLE, "the server is a standby (in recovery), not the primary");
+        goto out;
+    }
+    if (PQgetisnull(r, 0, 0)) {
+        st = qr_fail(err, QR_ENOTFOUND, "no shared state '%s'", name);
+        goto out;
+    }
+    size_t n = (size_t)PQgetlength(r, 0, 0);
+    char *copy = malloc(n + 1);
+    if (!copy) {
+        st = qr_fail(err, QR_ENOMEM, "out of memory for shared state '%s' (%zu bytes)", name, n);
+        goto out;
+    }
+    memcpy(copy, PQgetvalue(r, 0, 0), n);
+    copy[n] = '\0';
+    *data = copy;
+    *len = n;
+    *version = bin_i64(r, 0, 1);
+out:
+    PQclear(r);
+    return st;
+}
+
+qr_status pgstore_shared_version(pgstore *pg, const char *name, int64_t *version, char *err)
+{
+    if (!pg || !name || !version)
+        return qr_fail(err, QR_EINVAL, "pgstore_shared_version: NULL argument");
+    pg_params p = {0};
+    p_str(&p, name);
+    qr_status st = pg_ready(pg, err);
+    if (!st)
+        st = pg_int(pg,
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN -1"
+                    " ELSE coalesce((SELECT version FROM quarry.shared WHERE name = $1), 0) END",
+                    &p, version, err, "read the version of shared state");
+    if (!st && *version < 0)
+        st = qr_fail(err, QR_EUNAVAILABLE, "the server is a standby (in recovery), not the primary");
+    else if (!st && *version == 0)
+        st = qr_fail(err, QR_ENOTFOUND, "no shared state '%s'", name);
+    return st;
+}
+
+qr_status pgstore_shared_write(pgstore *pg, const char *name, const void *data, size_t len, int64_t expect,
+                               int64_t *version, char *err)
+{
+    if (!pg || !name || (len && !data))
+        return qr_fail(err, QR_EINVAL, "pgstore_shared_write: NULL argument");
+    if (expect < 0 || len > INT32_MAX)
+        return qr_fail(err, QR_EINVAL, "pgstore_shared_write: version %lld or size %zu out of range",
+                       (long long)expect, len);
+    pg_params p = {0};
+    p_str(&p, name);
+    p_bytes(&p, data, len);
+    if (expect)
+        p_int(&p, expect);
+    /* One statement each, so the check and the write are one: a concurrent UPDATE of the row waits
+     * for the first one's commit and then finds the version moved; a concurrent INSERT waits for
+     * the other's and then conflicts. RETURNING gives no row when the version did not match. */
+    const char *sql = expect ? "UPDATE quarry.shared SET data = $2, version = version + 1"
+                               " WHERE name = $1 AND version = $3 RETURNING version"
+                             : "INSERT INTO quarry.shared(name, data, version) VALUES ($1, $2, 1)"
+                               " ON CONFLICT (name) DO NOTHING RETURNING version";
+    int64_t v = 0;
+    qr_status st = pg_ready(pg, err);
+    if (!st)
+        st = pg_int(pg, sql, &p, &v, err, "write shared state");
+    if (!st && v == 0)
+        st = expect ? qr_fail(err, QR_EEXIST,
+                              "shared state '%s' is no longer at version %lld (another writer changed it)",
+                              name, (long long)expect)
+                    : qr_fail(err, QR_EEXIST, "shared state '%s' exists already (another writer created it)",
+                              name);
+    if (!st && version)
+        *version = v;
+    return st;
 }

@@ -12,7 +12,8 @@
  * canonical metadata, content hash, text, counter of the last change), chunks (id, document key,
  * ordinal, byte offsets, heading path, counter), vectors (chunk id, dim float32 L2-normalised as
  * little-endian bytes, counter), acl (document key, canonical principal, counter), tombstones
- * (doc_id, document key, counter of its deletion), nodes (follower name, applied counter).
+ * (doc_id, document key, counter of its deletion), nodes (follower name, applied counter), shared
+ * (name, data, version: the shared state below).
  *
  * The counter argument: every write transaction runs UPDATE on the counter row before it writes
  * anything else. The row lock that UPDATE takes is held to commit, so writers pass that point one
@@ -128,5 +129,23 @@ qr_status pgstore_register_node(pgstore *pg, const char *node, int64_t watermark
  * registered node) and records that counter as pruned; *pruned_through (may be NULL) gets the
  * counter pruned through so far. */
 qr_status pgstore_prune(pgstore *pg, int64_t *pruned_through, char *err);
+
+/*
+ * Shared state (store_shared_read, index/store.h; store_shared.c checks names and sizes): small
+ * named blobs in quarry.shared, each with a version that counts its writes (1 after the first).
+ * Each call is one statement in a transaction of its own. Read from a server in recovery (a
+ * standby, a demoted leader a load balancer still sends connections to), which may be behind:
+ * QR_EUNAVAILABLE, as a write there is.
+ */
+/* The blob and its version; *data (free it) has a NUL after its *len bytes. QR_ENOTFOUND when
+ * absent. */
+qr_status pgstore_shared_read(pgstore *pg, const char *name, void **data, size_t *len, int64_t *version,
+                              char *err);
+/* Its version alone; QR_ENOTFOUND when absent. */
+qr_status pgstore_shared_version(pgstore *pg, const char *name, int64_t *version, char *err);
+/* Writes data when the blob is at version expect (0: only when absent) and moves its version up
+ * by one into *version (may be NULL); QR_EEXIST, changing nothing, when it is not. */
+qr_status pgstore_shared_write(pgstore *pg, const char *name, const void *data, size_t len, int64_t expect,
+                               int64_t *version, char *err);
 
 #endif

@@ -107,6 +107,34 @@ bool store_routed(const store *s);
  * the search must fail closed. QR_OK at once on a handle that is not routed. */
 qr_status store_fence(store *s, char *err);
 
+/*
+ * Shared state (issue #24; index/store_shared.c): small named blobs every node of a system of
+ * record must agree on (auth's API keys and generated token secret), kept in PostgreSQL's
+ * quarry.shared while a primary is set (store_set_primary). Each call is one round trip on one
+ * connection to the primary that the process shares (any thread may call; the calls take turns),
+ * opened on first use and again after a connection failure. Names are 1..STORE_SHARED_NAME_MAX
+ * bytes of printable ASCII, data at most STORE_SHARED_MAX bytes; every write of a name moves its
+ * version up by one (1 after the first). QR_EINVAL for a bad name or with no primary set;
+ * QR_EUNAVAILABLE when the primary cannot be reached or is a standby (a write whose commit got no
+ * answer may or may not have happened).
+ */
+#define STORE_SHARED_NAME_MAX 128
+#define STORE_SHARED_MAX      (16 << 20)
+/* Whether a primary is set, so that shared state lives in PostgreSQL (else: in the data directory,
+ * as each caller does it). */
+bool store_shared_on(void);
+/* The blob and its version; *data (free it) has a NUL after its *len bytes. QR_ENOTFOUND when
+ * absent. */
+qr_status store_shared_read(const char *name, void **data, size_t *len, int64_t *version, char *err);
+/* Its version alone (QR_ENOTFOUND when absent): what tells whether a cached copy is current. */
+qr_status store_shared_version(const char *name, int64_t *version, char *err);
+/* Compare and swap: writes data when the blob is at expect_version (0: only when absent), and
+ * *new_version (may be NULL) gets its new version. QR_EEXIST, changing nothing, when it is not
+ * (another writer came first: read it again and retry); QR_ELIMIT for more than STORE_SHARED_MAX
+ * bytes. */
+qr_status store_shared_write(const char *name, const void *data, size_t len, int64_t expect_version,
+                             int64_t *new_version, char *err);
+
 /* Bytes of heap SQLite holds now in this process (for /metrics). */
 int64_t store_memory_used(void);
 

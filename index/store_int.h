@@ -234,6 +234,12 @@ qr_status store_route_batch_begin(store *s, char *err);
 qr_status store_route_batch_end(store *s, char *err);
 void store_route_batch_rollback(store *s);
 bool store_route_in_batch(const store *s);
+/* store_route.c: a copy of store_set_primary's conninfo into *conninfo (free it), NULL when no
+ * primary is set; QR_ENOMEM. */
+qr_status store_route_primary(char **conninfo, char *err);
+/* store_shared.c: closes the shared state's connection, for store_set_primary and
+ * store_clear_primary: the next call connects to the primary named then. */
+void store_shared_drop(void);
 /* store.c: the store's own batch, which store_batch_* open on a handle that is not routed and a
  * follow batch (store_follow.c) opens on any */
 qr_status store_batch_begin_local(store *s, char *err);

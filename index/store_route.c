@@ -69,6 +69,7 @@ qr_status store_set_primary(const char *conninfo, const char *feed_conninfo, int
     g_feed = r;
     g_fence_ms = fence_ms;
     pthread_mutex_unlock(&g_mu);
+    store_shared_drop();
     return QR_OK;
 }
 
@@ -97,6 +98,24 @@ void store_clear_primary(void)
     g_members = NULL;
     g_nmembers = 0;
     pthread_mutex_unlock(&g_mu);
+    store_shared_drop();
+}
+
+bool store_shared_on(void)
+{
+    pthread_mutex_lock(&g_mu);
+    bool on = g_primary != NULL;
+    pthread_mutex_unlock(&g_mu);
+    return on;
+}
+
+qr_status store_route_primary(char **conninfo, char *err)
+{
+    pthread_mutex_lock(&g_mu);
+    *conninfo = g_primary ? strdup(g_primary) : NULL;
+    bool lost = g_primary && !*conninfo;
+    pthread_mutex_unlock(&g_mu);
+    return lost ? qr_fail(err, QR_ENOMEM, "out of memory") : QR_OK;
 }
 
 bool store_routed(const store *s)

@@ -1,0 +1,163 @@
+/*
+ * index/store_shared.c: shared state (index/store.h, store_shared_read): small named blobs every
+ * node of a system of record agrees on, in PostgreSQL's quarry.shared (pgstore.c), for auth's API
+ * keys and generated token secret. One connection to the primary (store_set_primary's conninfo)
+ * serves the whole process: each call is one short statement, so a mutex around one connection
+ * costs less than a connection per thread would cost PostgreSQL. It is opened on first use and
+ * dropped after a connection failure, so that the next call connects again (through HAProxy, to a
+ * new primary after a failover), and when the primary is named again or cleared. A read or version
+ * check on a connection that had served before and turns out lost (a restarted server, a
+ * failover) is tried once more on a new one; a write is not, since its commit may have happened.
+ * (store_shared_on is store_route.c's: it asks whether a primary is set.)
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/pgstore.h"
+#include "index/store_int.h"
+
+static pthread_mutex_t g_shared_mu = PTHREAD_MUTEX_INITIALIZER;
+static pgstore *g_pg;       /* NULL until first use, after a failure and after store_shared_drop */
+static char *g_pg_conninfo; /* the conninfo g_pg was opened with */
+
+typedef enum { SHARED_READ, SHARED_VERSION, SHARED_WRITE } shared_op;
+
+/* One call's arguments, whichever the operation. */
+typedef struct {
+    const char *name;
+    void **data;
+    size_t *len;
+    const void *in;
+    size_t in_len;
+    int64_t expect;
+    int64_t *version;
+} shared_args;
+
+static void drop_locked(void)
+{
+    pgstore_close(g_pg);
+    g_pg = NULL;
+    free(g_pg_conninfo);
+    g_pg_conninfo = NULL;
+}
+
+void store_shared_drop(void)
+{
+    pthread_mutex_lock(&g_shared_mu);
+    drop_locked();
+    pthread_mutex_unlock(&g_shared_mu);
+}
+
+static qr_status check_name(const char *name, char *err)
+{
+    if (!name)
+        return qr_fail(err, QR_EINVAL, "shared state: NULL name");
+    size_t n = strnlen(name, STORE_SHARED_NAME_MAX + 1);
+    if (n == 0 || n > STORE_SHARED_NAME_MAX)
+        return qr_fail(err, QR_EINVAL, "shared state: a name must be 1 to %d bytes", STORE_SHARED_NAME_MAX);
+    for (size_t i = 0; i < n; i++)
+        if (name[i] < 0x20 || name[i] > 0x7e)
+            return qr_fail(err, QR_EINVAL, "shared state: a name must be printable ASCII (byte %zu is not)",
+                           i + 1);
+    return QR_OK;
+}
+
+static qr_status run_op(shared_op op, shared_args *a, char *err)
+{
+    switch (op) {
+    case SHARED_READ: return pgstore_shared_read(g_pg, a->name, a->data, a->len, a->version, err);
+    case SHARED_VERSION: return pgstore_shared_version(g_pg, a->name, a->version, err);
+    case SHARED_WRITE:
+        return pgstore_shared_write(g_pg, a->name, a->in, a->in_len, a->expect, a->version, err);
+    }
+    return qr_fail(err, QR_EINTERNAL, "shared state: unknown operation %d", (int)op);
+}
+
+/* Runs op on the shared connection to the primary named now, connecting first when needed. */
+static qr_status shared_call(shared_op op, shared_args *a, char *err)
+{
+    char *conninfo = NULL;
+    qr_status st = store_route_primary(&conninfo, err);
+    if (st)
+        return st;
+    if (!conninfo)
+        return qr_fail(err, QR_EINVAL,
+                       "shared state '%s': no system of record is set (store.backend = postgres)", a->name);
+    pthread_mutex_lock(&g_shared_mu);
+    /* the primary was named again between our read of it and the lock */
+    if (g_pg && strcmp(g_pg_conninfo, conninfo) != 0)
+        drop_locked();
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool reused = g_pg != NULL;
+        if (!g_pg) {
+            char e2[QR_ERR_LEN] = "";
+            if (!(g_pg_conninfo = strdup(conninfo))) {
+                st = qr_fail(err, QR_ENOMEM, "out of memory");
+                break;
+            }
+            if ((st = pgstore_open(conninfo, &g_pg, e2))) {
+                drop_locked();
+                st = qr_fail(err, st == QR_EINVAL || st == QR_ENOMEM ? st : QR_EUNAVAILABLE,
+                             "the system of record (store.postgres): %s", e2);
+                break;
+            }
+        }
+        st = run_op(op, a, err);
+        if (st == QR_EUNAVAILABLE || st == QR_EIO)
+            drop_locked();
+        if (st != QR_EUNAVAILABLE || !reused || op == SHARED_WRITE)
+            break;
+    }
+    pthread_mutex_unlock(&g_shared_mu);
+    free(conninfo);
+    return st;
+}
+
+qr_status store_shared_read(const char *name, void **data, size_t *len, int64_t *version, char *err)
+{
+    if (!data || !len || !version)
+        return qr_fail(err, QR_EINVAL, "store_shared_read: NULL argument");
+    *data = NULL;
+    *len = 0;
+    *version = 0;
+    qr_status st = check_name(name, err);
+    if (st)
+        return st;
+    shared_args a = {.name = name, .data = data, .len = len, .version = version};
+    return shared_call(SHARED_READ, &a, err);
+}
+
+qr_status store_shared_version(const char *name, int64_t *version, char *err)
+{
+    if (!version)
+        return qr_fail(err, QR_EINVAL, "store_shared_version: NULL argument");
+    *version = 0;
+    qr_status st = check_name(name, err);
+    if (st)
+        return st;
+    shared_args a = {.name = name, .version = version};
+    return shared_call(SHARED_VERSION, &a, err);
+}
+
+qr_status store_shared_write(const char *name, const void *data, size_t len, int64_t expect_version,
+                             int64_t *new_version, char *err)
+{
+    qr_status st = check_name(name, err);
+    if (st)
+        return st;
+    if (len && !data)
+        return qr_fail(err, QR_EINVAL, "store_shared_write: NULL data");
+    if (len > STORE_SHARED_MAX)
+        return qr_fail(err, QR_ELIMIT, "shared state '%s': %zu bytes, more than the %d allowed", name, len,
+                       STORE_SHARED_MAX);
+    if (expect_version < 0)
+        return qr_fail(err, QR_EINVAL, "shared state '%s': version %lld is negative", name,
+                       (long long)expect_version);
+    int64_t v = 0;
+    shared_args a = {.name = name, .in = data, .in_len = len, .expect = expect_version, .version = &v};
+    st = shared_call(SHARED_WRITE, &a, err);
+    if (!st && new_version)
+        *new_version = v;
+    return st;
+}
