@@ -98,9 +98,11 @@ static const char *const pg_migrations[] = {
     "CREATE INDEX tombstones_counter ON quarry.tombstones(counter);"
     "CREATE TABLE quarry.nodes(name text PRIMARY KEY, watermark bigint NOT NULL, updated_ms bigint NOT "
     "NULL);",
-    /* 2: small named blobs every node shares (store_shared_read); version counts the writes */
+    /* 2: small named blobs every node shares (store_shared_read); each write draws a new version
+     * from a sequence, so a version never comes back, even for a name deleted and created again */
     "CREATE TABLE quarry.shared(name text COLLATE \"C\" PRIMARY KEY, data bytea NOT NULL,"
-    "  version bigint NOT NULL CHECK (version > 0));",
+    "  version bigint NOT NULL CHECK (version > 0));"
+    "CREATE SEQUENCE quarry.shared_version;",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -1602,10 +1604,12 @@ qr_status pgstore_shared_write(pgstore *pg, const char *name, const void *data, 
     /* One statement each, so the check and the write are one: a concurrent UPDATE of the row waits
      * for the first one's commit and then finds the version moved; a concurrent INSERT waits for
      * the other's and then conflicts. RETURNING gives no row when the version did not match. */
-    const char *sql = expect ? "UPDATE quarry.shared SET data = $2, version = version + 1"
-                               " WHERE name = $1 AND version = $3 RETURNING version"
-                             : "INSERT INTO quarry.shared(name, data, version) VALUES ($1, $2, 1)"
-                               " ON CONFLICT (name) DO NOTHING RETURNING version";
+    const char *sql = expect
+                          ? "UPDATE quarry.shared SET data = $2, version = nextval('quarry.shared_version')"
+                            " WHERE name = $1 AND version = $3 RETURNING version"
+                          : "INSERT INTO quarry.shared(name, data, version)"
+                            " VALUES ($1, $2, nextval('quarry.shared_version'))"
+                            " ON CONFLICT (name) DO NOTHING RETURNING version";
     int64_t v = 0;
     qr_status st = pg_ready(pg, err);
     if (!st)

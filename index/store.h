@@ -114,9 +114,9 @@ qr_status store_fence(store *s, char *err);
  * connection to the primary that the process shares (any thread may call; the calls take turns),
  * opened on first use and again after a connection failure. Names are 1..STORE_SHARED_NAME_MAX
  * bytes of printable ASCII, data at most STORE_SHARED_MAX bytes; every write of a name moves its
- * version up by one (1 after the first). QR_EINVAL for a bad name or with no primary set;
- * QR_EUNAVAILABLE when the primary cannot be reached or is a standby (a write whose commit got no
- * answer may or may not have happened).
+ * version (drawn from a sequence: versions only grow, and never come back). QR_EINVAL for a bad name or with
+ * no primary set; QR_EUNAVAILABLE when the primary cannot be reached or is a standby (a write whose commit
+ * got no answer may or may not have happened).
  */
 #define STORE_SHARED_NAME_MAX 128
 #define STORE_SHARED_MAX      (16 << 20)

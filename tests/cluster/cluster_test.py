@@ -415,9 +415,7 @@ class Test:
             "QUARRY_LDAP_BIND_PASSWORD": os.environ["QUARRY_TEST_LDAP_BIND_PW"],
             "QUARRY_LDAP_USER_BASE": "ou=people," + base, "QUARRY_LDAP_GROUP_BASE": "ou=groups," + base,
             "QUARRY_AUTH_ADMIN_GROUPS": "ops",
-            # one secret on every node, so that a token from one is good on all (as in production,
-            # where the secret is configured rather than generated per data directory)
-            "QUARRY_AUTH_TOKEN_SECRET": base64.b64encode(os.urandom(32)).decode(),
+            # no auth.token_secret: the nodes share the one generated in PostgreSQL (quarry.shared)
             # every request comes from this one address and mostly as one user
             "QUARRY_SERVER_PER_IP_CONNECTIONS": "0", "QUARRY_SERVER_USER_SHARE": "1024",
             "QUARRY_SERVER_AUDIT_LOG": "off", "QUARRY_LOG_LEVEL": "warn",
@@ -608,8 +606,29 @@ class Test:
             st, _ = self.http.request(n.port, "GET", "/v1/me", token=self.user)
             if st != 200:
                 raise StepError("node %s refuses node 1's token: %s" % (n.name, st))
+        self.shared_keys()
         for n in self.nodes + [single]:
             wait_until("node %s's indexes to settle" % n.name, 120, lambda n=n: self.settled(n), 0.2)
+
+    def shared_keys(self):
+        """API keys are shared through PostgreSQL: one created on node 1 works on nodes 2 and 3 at
+        once, and once revoked on node 3 it fails on node 2 at once."""
+        st, body = self.http.request(self.n1.port, "POST", "/v1/keys", {"name": "cluster-test", "scopes": ["search"]},
+                                     token=self.admin)
+        if st != 201 or not body or "key" not in body:
+            raise StepError("POST /v1/keys on node 1: %s %s" % (st, body))
+        key, kid = body["key"], body["id"]
+        for n in self.nodes[1:]:
+            st, _ = self.search(n, "probe", key)
+            if st != 200:
+                raise StepError("node %s refuses an API key node 1 created: %s" % (n.name, st))
+        st, _ = self.http.request(self.n3.port, "DELETE", "/v1/keys/" + kid, token=self.admin)
+        if st not in (200, 204):
+            raise StepError("DELETE /v1/keys/%s on node 3: %s" % (kid, st))
+        st, _ = self.search(self.n2, "probe", key)
+        if st != 401:
+            raise StepError("node 2 answered %s with an API key node 3 had revoked" % st)
+        say("keys: an API key created on node 1 worked on nodes 2 and 3; revoked on node 3, node 2 refused it at once")
 
     # -- 3. freshness --
 
