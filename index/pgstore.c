@@ -1525,8 +1525,8 @@ bool pgstore_in_batch(const pgstore *pg)
 
 /* ---- shared state ------------------------------------------------------------------------------ */
 
-qr_status pgstore_shared_read(pgstore *pg, const char *name, void **data, size_t *len, int64_t *version,
-                              char *err)
+qr_status pgstore_shared_read(pgstore *pg, const char *name, bool any_server, void **data, size_t *len,
+                              int64_t *version, char *err)
 {
     if (!pg || !name || !data || !len || !version)
         return qr_fail(err, QR_EINVAL, "pgstore_shared_read: NULL argument");
@@ -1545,7 +1545,7 @@ qr_status pgstore_shared_read(pgstore *pg, const char *name, void **data, size_t
                       &p, true, &r, err, "read shared state")) ||
         (st = check_types(r, "yib", err)))
         goto out;
-    if (PQntuples(r) != 1 || PQgetvalue(r, 0, 2)[0]) {
+    if (PQntuples(r) != 1 || (!any_server && PQgetvalue(r, 0, 2)[0])) {
         st = qr_fail(err, QR_EUNAVAILABLE, "the server is a standby (in recovery), not the primary");
         goto out;
     }
@@ -1569,7 +1569,7 @@ out:
     return st;
 }
 
-qr_status pgstore_shared_version(pgstore *pg, const char *name, int64_t *version, char *err)
+qr_status pgstore_shared_version(pgstore *pg, const char *name, bool any_server, int64_t *version, char *err)
 {
     if (!pg || !name || !version)
         return qr_fail(err, QR_EINVAL, "pgstore_shared_version: NULL argument");
@@ -1578,8 +1578,9 @@ qr_status pgstore_shared_version(pgstore *pg, const char *name, int64_t *version
     qr_status st = pg_ready(pg, err);
     if (!st)
         st = pg_int(pg,
-                    "SELECT CASE WHEN pg_is_in_recovery() THEN -1"
-                    " ELSE coalesce((SELECT version FROM quarry.shared WHERE name = $1), 0) END",
+                    any_server ? "SELECT coalesce((SELECT version FROM quarry.shared WHERE name = $1), 0)"
+                               : "SELECT CASE WHEN pg_is_in_recovery() THEN -1"
+                                 " ELSE coalesce((SELECT version FROM quarry.shared WHERE name = $1), 0) END",
                     &p, version, err, "read the version of shared state");
     if (!st && *version < 0)
         st = qr_fail(err, QR_EUNAVAILABLE, "the server is a standby (in recovery), not the primary");

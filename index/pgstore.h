@@ -135,16 +135,18 @@ qr_status pgstore_prune(pgstore *pg, int64_t *pruned_through, char *err);
  * named blobs in quarry.shared, each with a version that counts its writes (1 after the first).
  * Each call is one statement in a transaction of its own. Read from a server in recovery (a
  * standby, a demoted leader a load balancer still sends connections to), which may be behind:
- * QR_EUNAVAILABLE, as a write there is.
+ * QR_EUNAVAILABLE, as a write there is, unless any_server (a member asked directly while there is
+ * no primary: store_shared.c takes the highest version among every member).
  */
 /* The blob and its version; *data (free it) has a NUL after its *len bytes. QR_ENOTFOUND when
  * absent. */
-qr_status pgstore_shared_read(pgstore *pg, const char *name, void **data, size_t *len, int64_t *version,
-                              char *err);
+qr_status pgstore_shared_read(pgstore *pg, const char *name, bool any_server, void **data, size_t *len,
+                              int64_t *version, char *err);
 /* Its version alone; QR_ENOTFOUND when absent. */
-qr_status pgstore_shared_version(pgstore *pg, const char *name, int64_t *version, char *err);
-/* Writes data when the blob is at version expect (0: only when absent) and moves its version up
- * by one into *version (may be NULL); QR_EEXIST, changing nothing, when it is not. */
+qr_status pgstore_shared_version(pgstore *pg, const char *name, bool any_server, int64_t *version, char *err);
+/* Writes data when the blob is at version expect (0: only when absent) and gives it a new version
+ * (from a sequence: versions only grow) in *version (may be NULL); QR_EEXIST, changing nothing,
+ * when it is not. */
 qr_status pgstore_shared_write(pgstore *pg, const char *name, const void *data, size_t len, int64_t expect,
                                int64_t *version, char *err);
 

@@ -237,6 +237,9 @@ bool store_route_in_batch(const store *s);
 /* store_route.c: a copy of store_set_primary's conninfo into *conninfo (free it), NULL when no
  * primary is set; QR_ENOMEM. */
 qr_status store_route_primary(char **conninfo, char *err);
+/* store_route.c: a copy of store.postgres_members, one conninfo per member (pgstore_members_free),
+ * none when not named; QR_ENOMEM. */
+qr_status store_route_members(char ***list, size_t *n, char *err);
 /* store_shared.c: closes the shared state's connection, for store_set_primary and
  * store_clear_primary: the next call connects to the primary named then. */
 void store_shared_drop(void);

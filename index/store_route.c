@@ -118,6 +118,26 @@ qr_status store_route_primary(char **conninfo, char *err)
     return lost ? qr_fail(err, QR_ENOMEM, "out of memory") : QR_OK;
 }
 
+qr_status store_route_members(char ***list, size_t *n, char *err)
+{
+    *list = NULL;
+    *n = 0;
+    pthread_mutex_lock(&g_mu);
+    char **copy = g_nmembers ? calloc(g_nmembers, sizeof(*copy)) : NULL;
+    bool ok = !g_nmembers || copy;
+    for (size_t i = 0; ok && i < g_nmembers; i++)
+        ok = (copy[i] = strdup(g_members[i])) != NULL;
+    size_t count = g_nmembers;
+    pthread_mutex_unlock(&g_mu);
+    if (!ok) {
+        pgstore_members_free(copy, count);
+        return qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+    *list = copy;
+    *n = count;
+    return QR_OK;
+}
+
 bool store_routed(const store *s)
 {
     return s && s->route;

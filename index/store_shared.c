@@ -11,6 +11,7 @@
  * (store_shared_on is store_route.c's: it asks whether a primary is set.)
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,11 @@
 static pthread_mutex_t g_shared_mu = PTHREAD_MUTEX_INITIALIZER;
 static pgstore *g_pg;       /* NULL until first use, after a failure and after store_shared_drop */
 static char *g_pg_conninfo; /* the conninfo g_pg was opened with */
+/* store.postgres_members, asked directly for reads when no primary answers: their conninfos as
+ * last named (store_route_members) and a connection to each, opened on first use */
+static char **g_members;
+static pgstore **g_mpg;
+static size_t g_nmembers;
 
 typedef enum { SHARED_READ, SHARED_VERSION, SHARED_WRITE } shared_op;
 
@@ -42,10 +48,22 @@ static void drop_locked(void)
     g_pg_conninfo = NULL;
 }
 
+static void drop_members_locked(void)
+{
+    for (size_t i = 0; i < g_nmembers; i++)
+        pgstore_close(g_mpg[i]);
+    free(g_mpg);
+    pgstore_members_free(g_members, g_nmembers);
+    g_mpg = NULL;
+    g_members = NULL;
+    g_nmembers = 0;
+}
+
 void store_shared_drop(void)
 {
     pthread_mutex_lock(&g_shared_mu);
     drop_locked();
+    drop_members_locked();
     pthread_mutex_unlock(&g_shared_mu);
 }
 
@@ -66,15 +84,95 @@ static qr_status check_name(const char *name, char *err)
 static qr_status run_op(shared_op op, shared_args *a, char *err)
 {
     switch (op) {
-    case SHARED_READ: return pgstore_shared_read(g_pg, a->name, a->data, a->len, a->version, err);
-    case SHARED_VERSION: return pgstore_shared_version(g_pg, a->name, a->version, err);
+    case SHARED_READ: return pgstore_shared_read(g_pg, a->name, false, a->data, a->len, a->version, err);
+    case SHARED_VERSION: return pgstore_shared_version(g_pg, a->name, false, a->version, err);
     case SHARED_WRITE:
         return pgstore_shared_write(g_pg, a->name, a->in, a->in_len, a->expect, a->version, err);
     }
     return qr_fail(err, QR_EINTERNAL, "shared state: unknown operation %d", (int)op);
 }
 
-/* Runs op on the shared connection to the primary named now, connecting first when needed. */
+/* Whether the members' list is the one named now (same conninfos in the same order). */
+static bool same_members(char **list, size_t n)
+{
+    if (n != g_nmembers)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i], g_members[i]) != 0)
+            return false;
+    return true;
+}
+
+/*
+ * A read (op READ or VERSION) when no primary answers (etcd down: Patroni demoted the leader), from
+ * every member of store.postgres_members asked directly: the highest version wins, and every member
+ * must answer. The argument is a fence's (store_route.c, record_head): a write acknowledged before
+ * (a key's revocation) stays in the data of the primary that committed it, and versions only grow;
+ * a member that does not answer might be a primary this node cannot see. QR_ENOTIMPL when no
+ * members are named (the caller keeps the primary's error). Called with g_shared_mu held.
+ */
+static qr_status members_call(shared_op op, shared_args *a, char *err)
+{
+    char **list = NULL;
+    size_t n = 0;
+    qr_status st = store_route_members(&list, &n, err);
+    if (st)
+        return st;
+    if (!n)
+        return QR_ENOTIMPL;
+    if (!same_members(list, n)) {
+        drop_members_locked();
+        if (!(g_mpg = calloc(n, sizeof(*g_mpg)))) {
+            pgstore_members_free(list, n);
+            return qr_fail(err, QR_ENOMEM, "out of memory");
+        }
+        g_members = list;
+        g_nmembers = n;
+    } else {
+        pgstore_members_free(list, n);
+    }
+    int64_t best_v = 0, uid = 0;
+    size_t best = 0;
+    for (size_t i = 0; i < g_nmembers; i++) {
+        char e2[QR_ERR_LEN] = "";
+        int64_t v = 0;
+        if (!g_mpg[i] && (st = pgstore_open(g_members[i], &g_mpg[i], e2)))
+            st = st == QR_EINVAL || st == QR_ENOMEM ? st : QR_EUNAVAILABLE;
+        if (!st && uid && pgstore_uid(g_mpg[i]) != uid)
+            st = qr_fail(e2, QR_EINVAL, "it holds another system of record (uid %lld, not %lld)",
+                         (long long)pgstore_uid(g_mpg[i]), (long long)uid);
+        if (!st) {
+            uid = pgstore_uid(g_mpg[i]);
+            st = pgstore_shared_version(g_mpg[i], a->name, true, &v, e2);
+        }
+        if (st == QR_ENOTFOUND)
+            st = QR_OK;
+        if (st) {
+            pgstore_close(g_mpg[i]);
+            g_mpg[i] = NULL;
+            return qr_fail(err, st, "member %zu of store.postgres_members: %s", i + 1, e2);
+        }
+        if (v > best_v) {
+            best_v = v;
+            best = i;
+        }
+    }
+    if (!best_v)
+        return qr_fail(err, QR_ENOTFOUND, "no shared state '%s'", a->name);
+    if (op == SHARED_VERSION) {
+        *a->version = best_v;
+        return QR_OK;
+    }
+    st = pgstore_shared_read(g_mpg[best], a->name, true, a->data, a->len, a->version, err);
+    if (st == QR_EUNAVAILABLE || st == QR_EIO) {
+        pgstore_close(g_mpg[best]);
+        g_mpg[best] = NULL;
+    }
+    return st;
+}
+
+/* Runs op on the shared connection to the primary named now, connecting first when needed; a read
+ * that finds no primary asks the members (members_call). */
 static qr_status shared_call(shared_op op, shared_args *a, char *err)
 {
     char *conninfo = NULL;
@@ -108,6 +206,13 @@ static qr_status shared_call(shared_op op, shared_args *a, char *err)
             drop_locked();
         if (st != QR_EUNAVAILABLE || !reused || op == SHARED_WRITE)
             break;
+    }
+    if (st == QR_EUNAVAILABLE && op != SHARED_WRITE) {
+        char e2[QR_ERR_LEN] = "", e3[QR_ERR_LEN] = "";
+        snprintf(e2, sizeof(e2), "%s", err ? err : "");
+        qr_status mst = members_call(op, a, e3);
+        if (mst != QR_ENOTIMPL)
+            st = mst ? qr_fail(err, mst, "no primary answers (%s), and %s", e2, e3) : QR_OK;
     }
     pthread_mutex_unlock(&g_shared_mu);
     free(conninfo);

@@ -401,6 +401,80 @@ TEST(token_secret_shared)
 /* Cut from PostgreSQL (first an unreachable primary, then the server stopped), a node refuses every
  * key, even one it verified a moment before, and a key creation fails and leaves no trace: once
  * PostgreSQL is back the table is what it was, and no node fell back to a file of its own. */
+/* Whether sql returns a row on the server of conninfo. */
+static bool has_row(const char *conninfo, const char *sql)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+    bool rows = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+    PQclear(r);
+    PQfinish(c);
+    return rows;
+}
+
+/* With no primary (etcd down) and every member named (store.postgres_members), keys are checked
+ * against the highest version among the members: a standby whose replay is paused before a
+ * revocation comes first in the list, and the revoked key still fails; changes fail; one member
+ * that does not answer fails the check closed. */
+static void run_keys_checked_without_a_primary(void)
+{
+    char err[QR_ERR_LEN] = "";
+    pg_fixture sb;
+    int rc = pg_fixture_start_standby(&sb, &fx, err);
+    CHECK_MSG(rc == 0, "cannot start the standby: %s", err);
+    if (rc)
+        return;
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EINVAL, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EINVAL, err);
+    char *kept = NULL, *revoked = NULL, *lost = NULL;
+    auth_key_info info;
+    CHECK_OK(auth_key_create(a.ctx, "kept", AUTH_SCOPE_SEARCH, &kept, NULL, err), err);
+    CHECK_OK(auth_key_create(a.ctx, "revoked", AUTH_SCOPE_SEARCH, &revoked, &info, err), err);
+    int64_t v = 0;
+    CHECK_OK(store_shared_version("auth/keys.json", &v, err), err);
+    char sql[160];
+    snprintf(sql, sizeof(sql), "SELECT 1 FROM quarry.shared WHERE name = 'auth/keys.json' AND version = %lld",
+             (long long)v);
+    for (int i = 0; i < 1000 && !has_row(sb.conninfo, sql); i++)
+        usleep(10000);
+    CHECK_MSG(has_row(sb.conninfo, sql), "the standby did not replay version %lld", (long long)v);
+    PGconn *c = PQconnectdb(sb.conninfo);
+    PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, "SELECT pg_wal_replay_pause()") : NULL;
+    CHECK(r && PQresultStatus(r) == PGRES_TUPLES_OK);
+    PQclear(r);
+    PQfinish(c);
+    CHECK_OK(auth_key_revoke(a.ctx, info.id, err), err);
+
+    char members[256];
+    snprintf(members, sizeof(members), "host=127.0.0.1,127.0.0.1 port=%d,%d user=quarry dbname=postgres",
+             sb.port, fx.port);
+    CHECK_OK(store_set_primary(NO_PRIMARY, NULL, 5000, err), err);
+    CHECK_OK(store_set_members(members, err), err);
+    CHECK_OK(auth_key_verify(b.ctx, kept, NULL, err), err);
+    CHECK_INT(auth_key_verify(b.ctx, revoked, NULL, err), QR_EAUTH);
+    CHECK_INT(auth_key_create(b.ctx, "while down", AUTH_SCOPE_SEARCH, &lost, NULL, err), QR_EUNAVAILABLE);
+    CHECK(lost == NULL);
+    /* a member that does not answer might be a primary this node cannot see */
+    snprintf(members, sizeof(members), "host=127.0.0.1,127.0.0.1 port=%d,1 user=quarry dbname=postgres",
+             sb.port);
+    CHECK_OK(store_set_members(members, err), err);
+    CHECK_INT(auth_key_verify(b.ctx, kept, NULL, err), QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "store.postgres_members") != NULL, "%s", err);
+    CHECK_OK(store_set_members(NULL, err), err);
+    CHECK_INT(auth_key_verify(b.ctx, kept, NULL, err), QR_EUNAVAILABLE);
+    auth_key_info_release(&info);
+    free(kept);
+    free(revoked);
+    node_close(&a);
+    node_close(&b);
+    pg_fixture_stop(&sb);
+}
+TEST(keys_checked_without_a_primary)
+{
+    RUN_WITH_PG(keys_checked_without_a_primary);
+}
+
 static void run_unreachable_fails_closed(void)
 {
     char err[QR_ERR_LEN] = "";

@@ -496,7 +496,7 @@ class Test:
         return st, hits
 
     def status(self, node):
-        st, body = self.http.request(node.port, "GET", "/v1/status", token=self.admin, timeout=5)
+        st, body = self.http.request(node.port, "GET", "/v1/status", token=getattr(node, "admin", self.admin), timeout=5)
         return body if body else {}
 
     def checks(self, node):
@@ -607,6 +607,8 @@ class Test:
             if st != 200:
                 raise StepError("node %s refuses node 1's token: %s" % (n.name, st))
         self.shared_keys()
+        # the SQLite node has a token secret of its own (in its data directory)
+        single.admin, single.user = self.token(single.port, ADMIN), self.token(single.port, USER)
         for n in self.nodes + [single]:
             wait_until("node %s's indexes to settle" % n.name, 120, lambda n=n: self.settled(n), 0.2)
 
@@ -919,11 +921,12 @@ class Test:
         failed = []
         for n in self.nodes + [self.single]:
             ms = []
+            user = getattr(n, "user", self.user)
             for q in queries[:20]:  # warm the connection and the caches
-                self.search(n, q, self.user)
+                self.search(n, q, user)
             for q in queries:
                 t0 = time.perf_counter()
-                st, _ = self.search(n, q, self.user)
+                st, _ = self.search(n, q, user)
                 if st == 200:
                     ms.append((time.perf_counter() - t0) * 1000)
             if len(ms) < len(queries):
