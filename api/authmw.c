@@ -94,9 +94,11 @@ static void auth_failed(api_req *r, qr_status st, const char *scheme, const auth
         break;
     }
     case QR_EUNAVAILABLE:
-        /* the reason names the directory's address: for the log, not for whoever knocks */
+        /* the reason names the directory's (or PostgreSQL's, for API keys) address: for the log, not for
+         * whoever knocks */
         qr_log(QR_LOG_WARN, "auth", "request %s: cannot check credentials: %s", r->request_id, err);
-        api_reply_error(r, 503, "unavailable", "cannot check credentials: the directory is unavailable");
+        api_reply_error(r, 503, "unavailable",
+                        "cannot check credentials: the directory or the system of record is unavailable");
         api_reply_header(r, "Retry-After", "5");
         break;
     case QR_EPERM: api_reply_error(r, 403, "permission_denied", "%s", err); break;
