@@ -227,6 +227,13 @@ void store_follow_rollback(store *s);
 qr_status store_follow_mark(store *s, int64_t through, int64_t head, char *err);
 qr_status store_follow_exact(store *s, int64_t *counter, char *err);
 
+/* The document this follower changed last: its doc_id and the counter of that change (*doc_id NULL
+ * in an empty store), and its digest: content_hash, title, uri, content_type and metadata, then
+ * its ACL principals in byte order, each followed by a newline but the last (free both). What the
+ * primary must still hold after a failover (pgstore_doc_digest builds the same text there), unless
+ * the document changed again since. */
+qr_status store_follow_last_doc(store *s, char **doc_id, int64_t *counter, char **digest, char *err);
+
 /* A routed store's feed follower (index/store_route.c, for the maintainer's follower thread): one
  * batch of at most `limit` records from the feed's connection (follow_step), after reading the
  * primary's counter into *primary_head; *counter and *head as follow_step sets them. */

@@ -1200,6 +1200,48 @@ qr_status pgstore_primary_counter(pgstore *pg, int64_t *counter, char *err)
     return st;
 }
 
+qr_status pgstore_doc_digest(pgstore *pg, const char *doc_id, int64_t *counter, char **digest,
+                             int64_t *deleted_at, char *err)
+{
+    if (!pg || !doc_id || !counter || !digest || !deleted_at)
+        return qr_fail(err, QR_EINVAL, "pgstore_doc_digest: NULL argument");
+    *counter = *deleted_at = 0;
+    *digest = NULL;
+    pg_params p = {0};
+    p_str(&p, doc_id);
+    PGresult *r = NULL;
+    /* the tombstones are only looked through (no index on doc_id) when the document is absent */
+    qr_status st = pg_ready(pg, err);
+    if (st ||
+        (st = pg_exec(pg,
+                      "SELECT d.counter, d.content_hash || E'\\n' || d.title || E'\\n' || d.uri || E'\\n' ||"
+                      " d.content_type || E'\\n' || d.metadata || E'\\n' || coalesce((SELECT"
+                      " string_agg(a.principal, E'\\n' ORDER BY a.principal) FROM quarry.acl a WHERE a.doc ="
+                      " d.key), ''), CASE WHEN d.key IS NULL THEN (SELECT max(t.counter) FROM"
+                      " quarry.tombstones t WHERE t.doc_id = $1) END, pg_is_in_recovery()"
+                      " FROM (SELECT 1) one LEFT JOIN quarry.documents d ON d.doc_id = $1",
+                      &p, false, &r, err, "read a document's digest")))
+        goto out;
+    if (PQntuples(r) != 1) {
+        st = qr_fail(err, QR_EIO, "reading a document's digest gave %d rows", PQntuples(r));
+        goto out;
+    }
+    if (strcmp(PQgetvalue(r, 0, 3), "f") != 0) {
+        st = qr_fail(err, QR_EUNAVAILABLE, "the server is a standby (in recovery), not the primary");
+        goto out;
+    }
+    if (!PQgetisnull(r, 0, 2))
+        *deleted_at = text_i64(r, 0, 2);
+    if (!PQgetisnull(r, 0, 0)) {
+        *counter = text_i64(r, 0, 0);
+        if (!(*digest = strdup(PQgetvalue(r, 0, 1))))
+            st = qr_fail(err, QR_ENOMEM, "out of memory");
+    }
+out:
+    PQclear(r);
+    return st;
+}
+
 /* ---- following -------------------------------------------------------------------------------- */
 
 /* Column types of a binary result, one letter each (b bool, y bytea, i int8, t text). */

@@ -107,6 +107,13 @@ qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err);
  * demoted that a load balancer still sends connections to). */
 qr_status pgstore_primary_counter(pgstore *pg, int64_t *counter, char *err);
 
+/* Document doc_id as the server holds it: the counter of its last change and its digest (the text
+ * store_follow_last_doc builds: free it), or *digest NULL when it holds no such document, with
+ * *deleted_at the counter of its latest deletion (0: none recorded). On a primary only: a standby
+ * (which may be behind) answers QR_EUNAVAILABLE. */
+qr_status pgstore_doc_digest(pgstore *pg, const char *doc_id, int64_t *counter, char **digest,
+                             int64_t *deleted_at, char *err);
+
 /* A store_follow_pull_fn (ctx is the pgstore *): one REPEATABLE READ, READ ONLY transaction, so
  * it works on a hot standby. Records come in counter order: a document's record is its whole
  * state now (at its last change), a deletion's record carries doc_id and key. When a batch is

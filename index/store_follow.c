@@ -447,3 +447,54 @@ qr_status store_follow_exact(store *s, int64_t *counter, char *err)
         st = store_meta_get_int(s, FOLLOW_EXACT_KEY, counter, err);
     return store_end_call(s, st, err);
 }
+
+/* ---- the last change, for a failover's check (store_route.c) ------------------------------- */
+
+qr_status store_follow_last_doc(store *s, char **doc_id, int64_t *counter, char **digest, char *err)
+{
+    if (!s || !doc_id || !counter || !digest)
+        return qr_fail(err, QR_EINVAL, "store_follow_last_doc: NULL argument");
+    *doc_id = *digest = NULL;
+    *counter = 0;
+    sqlite3_stmt *d = NULL, *a = NULL;
+    qr_buf b;
+    qr_buf_init(&b, (size_t)1 << 26);
+    bool row = false;
+    qr_status st = store_begin_read(s, err);
+    int rc = SQLITE_OK;
+    if (!st && (rc = sqlite3_prepare_v2(
+                    s->db,
+                    "SELECT id, doc_id, changed, content_hash, title, uri, content_type, metadata "
+                    "FROM documents ORDER BY changed DESC LIMIT 1",
+                    -1, &d, NULL)) != SQLITE_OK)
+        st = store_sql_fail(s, rc, err, "find the last changed document");
+    if (!st)
+        st = store_step_row(s, d, &row, err, "find the last changed document");
+    if (!st && row) {
+        for (int col = 3; col <= 7; col++)
+            qr_buf_printf(&b, "%s\n", store_col_str(d, col));
+        if ((rc = sqlite3_prepare_v2(s->db, "SELECT principal FROM acl WHERE doc = ? ORDER BY principal", -1,
+                                     &a, NULL)) != SQLITE_OK)
+            st = store_sql_fail(s, rc, err, "read the last changed document's ACL");
+        if (!st && sqlite3_bind_int64(a, 1, sqlite3_column_int64(d, 0)) != SQLITE_OK)
+            st = store_bind_fail(s, err);
+        for (bool more = true, first = true; !st && more; first = false) {
+            if (!(st = store_step_row(s, a, &more, err, "read the last changed document's ACL")) && more)
+                qr_buf_printf(&b, "%s%s", first ? "" : "\n", store_col_str(a, 0));
+        }
+        if (!st && (st = qr_buf_failed(&b)))
+            st = qr_fail(err, st, "the last changed document's digest is too large");
+        if (!st) {
+            *counter = sqlite3_column_int64(d, 2);
+            if (!(*doc_id = strdup(store_col_str(d, 1))) || !(*digest = qr_buf_detach(&b))) {
+                free(*doc_id);
+                *doc_id = NULL;
+                st = qr_fail(err, QR_ENOMEM, "out of memory");
+            }
+        }
+    }
+    sqlite3_finalize(a);
+    sqlite3_finalize(d);
+    qr_buf_release(&b);
+    return store_end_call(s, st, err);
+}

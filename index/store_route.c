@@ -23,6 +23,7 @@
  * a failover).
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -40,6 +41,8 @@ struct store_route {
     int64_t uid;           /* the system of record's uid, once the local store follows it */
     pgstore **m;           /* store.postgres_members, each asked directly when there is no primary */
     size_t nm;
+    bool lost; /* a primary lost a change this node applied: nothing more from it */
+    char lost_msg[QR_ERR_LEN];
 };
 
 /* Process-wide, set once before the handles are opened (as store_set_mmap). */
@@ -218,25 +221,70 @@ static qr_status pg_open(pgstore **pg, bool feed, char *err)
     return QR_OK;
 }
 
-/* The primary's connection, and the local store marked as following it. */
+/* Fails (and latches the handle failed) when the primary just connected to lost the last change this
+ * node applied: after a failover to a standby that missed acknowledged writes (Patroni's
+ * synchronous_mode is not strict: a leader left alone acknowledges writes), the new primary's
+ * counter may have passed this node's again with other changes, which a comparison of counters
+ * alone would not notice, and the node would never learn what the new writes under its counters
+ * did. The document the node changed last must be on the primary as the node applied it (same
+ * counter and digest), or changed or deleted there since (a higher counter). */
+static qr_status check_last(store *s, char *err)
+{
+    struct store_route *rt = s->route;
+    char *doc_id = NULL, *mine = NULL, *theirs = NULL;
+    int64_t applied = 0, held = 0, deleted_at = 0;
+    qr_status st = store_follow_last_doc(s, &doc_id, &applied, &mine, err);
+    if (!st && doc_id)
+        st = pg_failed(&rt->w, pgstore_doc_digest(rt->w, doc_id, &held, &theirs, &deleted_at, err));
+    if (!st && doc_id &&
+        !(theirs ? held > applied || (held == applied && strcmp(theirs, mine) == 0) : deleted_at > applied)) {
+        rt->lost = true;
+        snprintf(
+            rt->lost_msg, sizeof(rt->lost_msg),
+            "the system of record does not hold document '%.200s' as this node applied it at change %lld "
+            "(%s): the primary lost writes this node had applied (a failover to a standby that missed "
+            "them): failing closed; rebuild this node from an empty data directory",
+            doc_id, (long long)applied,
+            theirs ? "it holds another state at that change or an older one" : "it holds no such document");
+        st = qr_fail(err, QR_EUNAVAILABLE, "%s", rt->lost_msg);
+        qr_log(QR_LOG_ERROR, "store", "%s", rt->lost_msg);
+    }
+    free(doc_id);
+    free(mine);
+    free(theirs);
+    return st;
+}
+
+/* The primary's connection, and the local store marked as following it; each new connection (the
+ * first, and the one after a failover) is checked against the last change this node applied. */
 static qr_status primary(store *s, char *err)
 {
     struct store_route *rt = s->route;
+    if (rt->lost)
+        return qr_fail(err, QR_EUNAVAILABLE, "%s", rt->lost_msg);
+    bool fresh = !rt->w;
     qr_status st = pg_open(&rt->w, false, err);
-    if (st || rt->identified)
+    if (st)
         return st;
-    /* the local store takes the primary's identity, and its embedding model once recorded there
-     * (a node that only searches never records one itself) */
-    char model[STORE_MODEL_MAX + 1];
-    int dim = 0;
-    if ((st = store_follow_identity(s, pgstore_uid(rt->w), err)) ||
-        (st = pg_failed(&rt->w, pgstore_embedding(rt->w, model, sizeof(model), &dim, err))))
-        return st;
-    rt->uid = pgstore_uid(rt->w);
-    if (dim > 0 && (st = store_check_embedding_local(s, model, dim, err)))
-        return st;
-    rt->identified = dim > 0;
-    return QR_OK;
+    if (!rt->identified) {
+        /* the local store takes the primary's identity, and its embedding model once recorded
+         * there (a node that only searches never records one itself) */
+        char model[STORE_MODEL_MAX + 1];
+        int dim = 0;
+        if ((st = store_follow_identity(s, pgstore_uid(rt->w), err)) ||
+            (st = pg_failed(&rt->w, pgstore_embedding(rt->w, model, sizeof(model), &dim, err))))
+            return st;
+        rt->uid = pgstore_uid(rt->w);
+        if (dim > 0 && (st = store_check_embedding_local(s, model, dim, err)))
+            return st;
+        rt->identified = dim > 0;
+    }
+    if (fresh && (st = check_last(s, err))) {
+        /* unchecked, the connection is not used: the next call connects and checks again */
+        pgstore_close(rt->w);
+        rt->w = NULL;
+    }
+    return st;
 }
 
 /* Member i of store.postgres_members, connected, following the same system of record as the store. */
@@ -319,6 +367,8 @@ static qr_status record_head(store *s, uint64_t deadline, int64_t *f, pgstore **
     char e2[QR_ERR_LEN] = "", e3[QR_ERR_LEN] = "";
     for (int round = 0;; round++) {
         qr_status st = primary(s, e2);
+        if (rt->lost)
+            return qr_fail(err, QR_EUNAVAILABLE, "%s", e2);
         if (!st && !(st = pg_failed(&rt->w, pgstore_primary_counter(rt->w, f, e2)))) {
             *src = NULL;
             return QR_OK;

@@ -641,6 +641,71 @@ TEST(diverged_primary_fails_closed)
     RUN_WITH_PG(diverged_primary_fails_closed);
 }
 
+/* A failover to a standby that missed writes a node had applied, after which the new primary's
+ * counter passed the node's again with other changes: counters alone do not tell, the node's last
+ * change does (store_route.c, check_last). Before it, a document changed again or deleted on the
+ * primary after the node applied it is no divergence. */
+static void run_lost_write_is_noticed(void)
+{
+    char err[QR_ERR_LEN] = "";
+    node a, b, c;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
+    char id[16];
+    for (int i = 1; i <= 4; i++) {
+        snprintf(id, sizeof(id), "d%d", i);
+        CHECK_OK(put(a.s, id, "public", "turbine housing", i, err), err);
+    }
+    bool found = false;
+    CHECK_OK(finds(&b, "public", "turbine", "d4", &found, err), err);
+    CHECK(found);
+    /* changed again, then deleted, on the primary after b applied it: b reconnects each time */
+    CHECK_OK(put(a.s, "d4", "public", "turbine housing, revised", 9, err), err);
+    CHECK_OK(node_reopen(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(finds(&b, "public", "revised", "d4", &found, err), err);
+    CHECK(found);
+    CHECK_OK(store_delete(a.s, "d4", err), err);
+    CHECK_OK(node_reopen(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(finds(&b, "public", "turbine", "d3", &found, err), err);
+    CHECK(found);
+    CHECK_OK(put(a.s, "d5", "public", "turbine blade", 1, err), err);
+    CHECK_OK(finds(&b, "public", "blade", "d5", &found, err), err);
+    CHECK(found);
+    int64_t applied = 0;
+    CHECK_OK(store_change_counter(b.s, &applied, err), err);
+
+    /* the failover: the new primary never had d5's write, and hands its counter out again to other
+     * writes (through a node that starts now), past b's */
+    CHECK(exec_sql(fx.conninfo, "DELETE FROM quarry.documents WHERE doc_id = 'd5'"));
+    CHECK(exec_sql(fx.conninfo, "UPDATE quarry.counter SET value = value - 1"));
+    CHECK_OK(node_open(&c, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(put(c.s, "n1", "public", "pump seal", 1, err), err);
+    CHECK_OK(put(c.s, "n2", "group:ops", "pump seal", 1, err), err);
+    int64_t head = 0;
+    CHECK_OK(store_change_counter(c.s, &head, err), err);
+    CHECK_MSG(head > applied, "the new primary's counter %lld has not passed the node's %lld",
+              (long long)head, (long long)applied);
+    CHECK_OK(node_reopen(&b, err) ? QR_OK : QR_EIO, err);
+    CHECK(finds(&b, "public", "pump", "n1", &found, err) == QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "'d5'") && strstr(err, "rebuild this node"), "%s", err);
+    /* and it stays so on that handle, for its follower's polls too */
+    CHECK(finds(&b, "public", "turbine", "d3", &found, err) == QR_EUNAVAILABLE);
+    int64_t counter = 0, at = 0, primary_head = 0;
+    CHECK(store_follow_poll(b.s, 16, &counter, &at, &primary_head, err) == QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "rebuild this node") != NULL, "%s", err);
+    /* a node that starts from nothing follows the primary as it is now */
+    CHECK_OK(finds(&c, "public", "pump", "n1", &found, err), err);
+    CHECK(found);
+    node_close(&a);
+    node_close(&b);
+    node_close(&c);
+}
+TEST(lost_write_is_noticed)
+{
+    RUN_WITH_PG(lost_write_is_noticed);
+}
+
 /* A new node may start from a peer's snapshot (quarry backup of a follower's data directory, with
  * its index generations) instead of the feed from 0: the copy keeps the identity, keys, chunk ids
  * and counters, so the new node then follows the feed from where the copy was. */
