@@ -54,6 +54,9 @@ struct pgstore {
     bool sp;              /* a call's savepoint exists */
     bool release_pending; /* its release was sent in the open pipeline */
     bool batch_lost;      /* the batch's transaction is gone (a lost connection, a failed savepoint) */
+    /* a write of the batch was released into it: the batch's transaction holds the counter row
+     * lock until its commit (a savepoint rolled back gives its locks back, a released one keeps them) */
+    bool holds_counter;
 };
 
 /* ---- schema ------------------------------------------------------------------------------ */
@@ -250,8 +253,10 @@ static qr_status pipe_end(pgstore *pg, qr_status st, PGresult **keep, int nkeep,
     }
     if (!PQexitPipelineMode(pg->conn) && !st)
         st = pg_fail(pg, NULL, err, what);
-    if (pg->release_pending && !st)
-        pg->sp = false; /* the call's savepoint was released with the rest */
+    if (pg->release_pending && !st) { /* the call's savepoint was released with the rest */
+        pg->sp = false;
+        pg->holds_counter = true;
+    }
     pg->release_pending = false;
     return st;
 }
@@ -379,8 +384,10 @@ static qr_status pg_commit(pgstore *pg, char *err)
     qr_status st = pg_exec(pg, "RELEASE SAVEPOINT quarry_call", NULL, false, NULL, err, "end a write");
     if (!st && pg->piped >= 0)
         pg->release_pending = true;
-    else if (!st)
+    else if (!st) {
         pg->sp = false;
+        pg->holds_counter = true;
+    }
     return st;
 }
 
@@ -992,21 +999,20 @@ qr_status pgstore_put(pgstore *pg, const store_document *doc, const store_chunk 
     qr_status st = store_check_document(pg->json_q, doc, chunks, nchunks, vectors, dim, &in, err);
     if (st || (st = text_array(&acl, in.acl, in.nacl, sizeof(char *), err)) || (st = pg_ready(pg, err)))
         goto out;
-    /* an unchanged document (a re-ingest) is answered without waiting for the counter row */
-    if ((st = look_up(pg, true, false, doc->doc_id, &in, qr_buf_str(&acl), 0, NULL, &d, err)) ||
+    /* An unchanged document (a re-ingest) is answered without waiting for the counter row, and
+     * what the store holds is decided once this transaction holds it: two round trips. Inside a
+     * batch that holds it already nobody waits, and one round trip does both. */
+    bool held = pg->batch && pg->holds_counter;
+    size_t take = doc->text ? nchunks : 0;
+    if ((st = look_up(pg, true, held, doc->doc_id, &in, qr_buf_str(&acl), held ? take : 0, &ids, &d, err)) ||
         (st = check_dim(pg, doc->doc_id, nchunks, dim, err)))
         goto out;
-    if (unchanged(&d)) {
-        *result = STORE_UNCHANGED;
-        goto out;
-    }
-    /* decide on what the store holds once this transaction holds the counter row */
-    if ((st = look_up(pg, false, true, doc->doc_id, &in, qr_buf_str(&acl), doc->text ? nchunks : 0, &ids, &d,
-                      err)))
+    if (!held && !unchanged(&d) &&
+        (st = look_up(pg, false, true, doc->doc_id, &in, qr_buf_str(&acl), take, &ids, &d, err)))
         goto out;
     c = ids.counter;
     if (unchanged(&d)) {
-        *result = STORE_UNCHANGED; /* the rollback gives the counter back */
+        *result = STORE_UNCHANGED; /* a rollback gives a counter taken back */
         goto out;
     }
     pg_params p = {0};
@@ -1530,7 +1536,7 @@ qr_status pgstore_batch_begin(pgstore *pg, char *err)
     qr_status st = pg_ready(pg, err);
     if (!st && !(st = pg_exec(pg, "BEGIN", NULL, false, NULL, err, "begin a batch"))) {
         pg->batch = true;
-        pg->sp = pg->release_pending = pg->batch_lost = false;
+        pg->sp = pg->release_pending = pg->batch_lost = pg->holds_counter = false;
     }
     return st;
 }

@@ -560,6 +560,8 @@ static void run_batches_commit_on_the_primary_at_once(void)
     CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
     CHECK_OK(store_check_embedding(a.s, "toy", DIM, err), err);
     CHECK_OK(put(a.s, "before", "public", "gearbox before the batch", 1, err), err);
+    int64_t start = 0, end = 0;
+    CHECK_OK(store_change_counter(a.s, &start, err), err);
     CHECK_OK(store_batch_begin(a.s, err), err);
     CHECK(store_in_batch(a.s));
     char id[32], text[96];
@@ -568,8 +570,11 @@ static void run_batches_commit_on_the_primary_at_once(void)
         snprintf(text, sizeof(text), "gearbox oil %d|bearing %d", i, i);
         CHECK_OK(put(a.s, id, "public", text, 1, err), err);
     }
-    CHECK_OK(put(a.s, "before", "public", "gearbox before the batch", 1, err), err); /* unchanged */
-    CHECK(put(a.s, "bad", "no-such-kind:x", "gearbox", 1, err) == QR_EINVAL);        /* refused */
+    CHECK_OK(put(a.s, "before", "public", "gearbox before the batch", 1, err), err);     /* unchanged */
+    CHECK(put(a.s, "bad", "no-such-kind:x", "gearbox", 1, err) == QR_EINVAL);            /* refused */
+    CHECK_OK(put(a.s, "batch-0", "public", "gearbox oil replaced|flange", 2, err), err); /* new content */
+    CHECK_OK(put(a.s, "batch-1", "group:ops", "gearbox oil 1|bearing 1", 1, err), err);  /* a new ACL */
+    CHECK_OK(put(a.s, "batch-1", "group:ops", "gearbox oil 1|bearing 1", 1, err), err);  /* unchanged */
     /* not committed: another node sees none of it */
     bool found = false;
     CHECK_OK(finds(&b, "public", "bearing", "batch-3", &found, err), err);
@@ -578,6 +583,15 @@ static void run_batches_commit_on_the_primary_at_once(void)
     CHECK(!store_in_batch(a.s));
     CHECK_OK(finds(&b, "public", "bearing", "batch-3", &found, err), err);
     CHECK(found);
+    CHECK_OK(finds(&b, "public", "flange", "batch-0", &found, err), err);
+    CHECK(found);
+    CHECK_OK(finds(&b, "public", "bearing", "batch-1", &found, err), err);
+    CHECK(!found);
+    CHECK_OK(finds(&b, "group:ops", "bearing", "batch-1", &found, err), err);
+    CHECK(found);
+    /* one counter per change made, none for what was unchanged or refused: gap-free */
+    CHECK_OK(store_change_counter(b.s, &end, err), err);
+    CHECK_INT(end - start, 32);
     CHECK_MSG(same_chunks(a.s, b.s, err), "the nodes differ: %s", err);
     /* a rolled-back batch leaves nothing on the primary */
     CHECK_OK(store_batch_begin(a.s, err), err);
