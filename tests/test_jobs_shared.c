@@ -7,7 +7,7 @@
  * other, its results in order and its counts moved once per document; each node's unfinished list
  * holds only the jobs it accepted (their staged uploads are on it); bad ids, limits and results
  * are refused changing nothing; PostgreSQL stopped fails every call with QR_EUNAVAILABLE and
- * nothing is written to a node's own store instead.
+ * nothing is written to a node's own store instead; a connection lost in between is made again.
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
@@ -567,6 +567,63 @@ static void run_bad_input_changes_nothing(void)
 TEST(bad_input_changes_nothing)
 {
     RUN_WITH_PG(bad_input_changes_nothing);
+}
+
+/* ---- a lost connection
+ * ------------------------------------------------------------------------------------- */
+
+/* Ends every other client's connection to the fixture's server (what a restart or a failover does
+ * to the nodes' connections). */
+static bool cut_connections(void)
+{
+    char n[32];
+    return pg_value("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                    n, sizeof(n)) &&
+           atoi(n) > 0;
+}
+
+/* The process's connection, found lost, is made again: a call that may run twice is tried once
+ * more and succeeds; an insertion is not (its commit may have happened), fails, and can be sent
+ * again. */
+static void run_lost_connection_is_made_again(void)
+{
+    char err[QR_ERR_LEN] = "", ids[256];
+    node a, b;
+    CHECK_OK(node_open(&a, err) ? QR_OK : QR_EIO, err);
+    CHECK_OK(node_open(&b, err) ? QR_OK : QR_EIO, err);
+    store_job j = job_of("first", "dave", 1000, 2), got;
+    CHECK_OK(store_job_insert(a.s, &j, "", err), err);
+    CHECK(cut_connections());
+    CHECK_OK(store_job_get(b.s, "first", &got, NULL, NULL, err), err);
+    CHECK(cut_connections());
+    store_job_result r = {0, false, 3, "{\"o\":0}"};
+    CHECK_OK(store_job_add_results(a.s, "first", &r, 1, err), err);
+    CHECK(cut_connections());
+    snprintf(j.state, sizeof(j.state), "running");
+    j.done = 1;
+    CHECK_OK(store_job_update(b.s, &j, err), err);
+    CHECK(cut_connections());
+    CHECK_OK(unfinished_ids(a.s, ids, sizeof(ids), err), err);
+    CHECK_STR(ids, "first");
+
+    CHECK(cut_connections());
+    store_job second = job_of("second", "dave", 2000, 1);
+    CHECK_INT(store_job_insert(a.s, &second, "", err), QR_EUNAVAILABLE);
+    CHECK_INT(store_job_get(a.s, "second", &got, NULL, NULL, err), QR_ENOTFOUND);
+    CHECK_OK(store_job_insert(a.s, &second, "", err), err);
+    char *results = NULL;
+    CHECK_OK(store_job_get(b.s, "first", &got, NULL, &results, err), err);
+    CHECK_STR(got.state, "running");
+    CHECK_INT(got.done, 1);
+    CHECK_STR(results, "[{\"o\":0}]");
+    free(results);
+    node_close(&a);
+    node_close(&b);
+}
+TEST(lost_connection_is_made_again)
+{
+    RUN_WITH_PG(lost_connection_is_made_again);
 }
 
 /* ---- PostgreSQL stopped
