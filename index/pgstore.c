@@ -1693,7 +1693,8 @@ qr_status pgstore_shared_write(pgstore *pg, const char *name, const void *data, 
 /* the columns read_job reads, in its order */
 #define PG_JOB_COLUMNS \
     "id, kind, state, \"user\", created_ms, started_ms, finished_ms, docs, done, failed, chunks, error"
-/* a node name: "<hostname>:<data directory>" (store_jobs_pg.c) */
+/* a node name, "<hostname>:<data directory>" (store_jobs_pg.c): a host name (255 bytes at most),
+ * the colon and an absolute path (PATH_MAX, 4096) */
 #define PG_JOB_NODE_MAX 4400
 /* results sent in one pipeline: libpq does not read answers while it sends, so an unbounded
  * pipeline could fill both sockets' buffers and wait for ever */
