@@ -106,6 +106,26 @@ static const char *const pg_migrations[] = {
     "CREATE TABLE quarry.shared(name text COLLATE \"C\" PRIMARY KEY, data bytea NOT NULL,"
     "  version bigint NOT NULL CHECK (version > 0));"
     "CREATE SEQUENCE quarry.shared_version;",
+    /* 3: background jobs (store_job_*), readable from every node: the local store's jobs tables
+     * (its migration 3) and node, the node that accepted the job, holds its staged upload and
+     * resumes it. Ids compare byte by byte (COLLATE "C"), so listings page as the local store's. A
+     * result keeps its document's failed and chunks beside its (canonical) JSON text. */
+    "CREATE TABLE quarry.jobs("
+    "  id text COLLATE \"C\" PRIMARY KEY, node text NOT NULL,"
+    "  kind text NOT NULL, state text NOT NULL, \"user\" text NOT NULL,"
+    "  created_ms bigint NOT NULL, started_ms bigint NOT NULL DEFAULT 0,"
+    "  finished_ms bigint NOT NULL DEFAULT 0,"
+    "  docs bigint NOT NULL DEFAULT 0, done bigint NOT NULL DEFAULT 0,"
+    "  failed bigint NOT NULL DEFAULT 0, chunks bigint NOT NULL DEFAULT 0,"
+    "  error text NOT NULL DEFAULT '', staged text NOT NULL DEFAULT '[]');"
+    "CREATE INDEX jobs_created ON quarry.jobs(created_ms, id);"
+    "CREATE INDEX jobs_finished ON quarry.jobs(finished_ms);"
+    "CREATE INDEX jobs_unfinished ON quarry.jobs(node, created_ms, id)"
+    "  WHERE state IN ('queued', 'running', 'interrupted');"
+    "CREATE TABLE quarry.job_results("
+    "  job text COLLATE \"C\" NOT NULL REFERENCES quarry.jobs(id) ON DELETE CASCADE,"
+    "  ordinal bigint NOT NULL, failed boolean NOT NULL, chunks bigint NOT NULL, result text NOT NULL,"
+    "  PRIMARY KEY (job, ordinal));",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -151,7 +171,7 @@ static qr_status pg_fail(pgstore *pg, const PGresult *r, char *err, const char *
 
 /* Bound parameters of one statement, in text format but for p_bytes: bytes with their length in
  * binary format (a text value's binary form is its bytes), which need no NUL at their end. */
-#define PG_MAX_PARAMS 10
+#define PG_MAX_PARAMS 16
 typedef struct {
     const char *v[PG_MAX_PARAMS];
     int len[PG_MAX_PARAMS];
@@ -1671,5 +1691,377 @@ qr_status pgstore_shared_write(pgstore *pg, const char *name, const void *data, 
                               name);
     if (!st && version)
         *version = v;
+    return st;
+}
+
+/* ---- background jobs --------------------------------------------------------------------------- */
+
+/* the columns read_job reads, in its order */
+#define PG_JOB_COLUMNS \
+    "id, kind, state, \"user\", created_ms, started_ms, finished_ms, docs, done, failed, chunks, error"
+/* a node name, "<hostname>:<data directory>" (store_jobs_pg.c): a host name (255 bytes at most),
+ * the colon and an absolute path (PATH_MAX, 4096) */
+#define PG_JOB_NODE_MAX 4400
+/* results sent in one pipeline: libpq does not read answers while it sends, so an unbounded
+ * pipeline could fill both sockets' buffers and wait for ever */
+#define PG_JOB_RESULTS_GROUP 256
+
+static qr_status job_check_id(const char *id, char *err)
+{
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n > 32)
+        return qr_fail(err, QR_EINVAL, "a job id is 1 to 32 characters");
+    if (!qr_utf8_valid(id, n))
+        return qr_fail(err, QR_EINVAL, "a job id must be UTF-8");
+    return QR_OK;
+}
+
+/* PostgreSQL keeps UTF-8 text only: a field that is not is refused here, with its name, rather
+ * than by the server as an I/O error. */
+static qr_status job_text(const char *id, const char *what, const char *v, char *err)
+{
+    size_t n = strlen(v);
+    if (n >= PG_FIELD_MAX)
+        return qr_fail(err, QR_ELIMIT,
+                       "job '%s': its %s of %zu bytes is more than PostgreSQL keeps in a field", id, what, n);
+    if (!qr_utf8_valid(v, n))
+        return qr_fail(err, QR_EINVAL, "job '%s': its %s is not valid UTF-8", id, what);
+    return QR_OK;
+}
+
+/* A job's error message made UTF-8: every byte outside a well-formed sequence becomes '?'. The
+ * message comes from anywhere (an err buffer cut at QR_ERR_LEN can end inside a character), and a
+ * failure the server refused to record would leave the job running for ever. */
+static void job_error_text(const char *in, char out[QR_ERR_LEN])
+{
+    size_t n = strnlen(in, QR_ERR_LEN - 1), k = 0;
+    for (size_t i = 0; i < n;) {
+        size_t len = qr_utf8_seq_len((const unsigned char *)in + i, n - i);
+        if (!len) {
+            out[k++] = '?';
+            i++;
+            continue;
+        }
+        memcpy(out + k, in + i, len);
+        k += len;
+        i += len;
+    }
+    out[k] = '\0';
+}
+
+/* Fills job from row of a result whose first columns are PG_JOB_COLUMNS. */
+static void read_job(const PGresult *r, int row, store_job *job)
+{
+    memset(job, 0, sizeof(*job));
+    snprintf(job->id, sizeof(job->id), "%s", PQgetvalue(r, row, 0));
+    snprintf(job->kind, sizeof(job->kind), "%s", PQgetvalue(r, row, 1));
+    snprintf(job->state, sizeof(job->state), "%s", PQgetvalue(r, row, 2));
+    snprintf(job->user, sizeof(job->user), "%s", PQgetvalue(r, row, 3));
+    job->created_ms = text_i64(r, row, 4);
+    job->started_ms = text_i64(r, row, 5);
+    job->finished_ms = text_i64(r, row, 6);
+    job->docs = text_i64(r, row, 7);
+    job->done = text_i64(r, row, 8);
+    job->failed = text_i64(r, row, 9);
+    job->chunks = text_i64(r, row, 10);
+    snprintf(job->error, sizeof(job->error), "%s", PQgetvalue(r, row, 11));
+}
+
+qr_status pgstore_job_insert(pgstore *pg, const store_job *job, const char *staged, const char *node,
+                             char *err)
+{
+    if (!pg || !job || !node)
+        return qr_fail(err, QR_EINVAL, "pgstore_job_insert: NULL argument");
+    if (!staged)
+        staged = "";
+    char error[QR_ERR_LEN];
+    qr_status st;
+    if ((st = job_check_id(job->id, err)) || (st = job_text(job->id, "kind", job->kind, err)) ||
+        (st = job_text(job->id, "state", job->state, err)) ||
+        (st = job_text(job->id, "user", job->user, err)) ||
+        (st = job_text(job->id, "manifest", staged, err)) ||
+        (st = store_check_field("node name", node, PG_JOB_NODE_MAX, false, err)) || (st = pg_ready(pg, err)))
+        return st;
+    job_error_text(job->error, error);
+    pg_params p = {0};
+    p_str(&p, job->id);
+    p_str(&p, job->kind);
+    p_str(&p, job->state);
+    p_str(&p, job->user);
+    p_int(&p, job->created_ms);
+    p_int(&p, job->started_ms);
+    p_int(&p, job->finished_ms);
+    p_int(&p, job->docs);
+    p_int(&p, job->done);
+    p_int(&p, job->failed);
+    p_int(&p, job->chunks);
+    p_str(&p, error);
+    p_str(&p, node);
+    p_str(&p, staged);
+    int64_t added = 0;
+    if ((st = pg_int(pg,
+                     "INSERT INTO quarry.jobs(" PG_JOB_COLUMNS ", node, staged) VALUES ($1, $2, $3, $4, $5,"
+                     " $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING RETURNING 1",
+                     &p, &added, err, "record a job")))
+        return st;
+    return added ? QR_OK : qr_fail(err, QR_EEXIST, "job '%s' already exists", job->id);
+}
+
+qr_status pgstore_job_get(pgstore *pg, const char *id, store_job *out, char **staged, char **results,
+                          char *err)
+{
+    if (!pg || !out)
+        return qr_fail(err, QR_EINVAL, "pgstore_job_get: NULL argument");
+    if (staged)
+        *staged = NULL;
+    if (results)
+        *results = NULL;
+    qr_status st = job_check_id(id, err);
+    if (st || (st = pg_ready(pg, err)))
+        return st;
+    pg_params p = {0};
+    p_str(&p, id);
+    p_int(&p, staged != NULL);
+    p_int(&p, results != NULL);
+    PGresult *r = NULL;
+    char *man = NULL, *res = NULL;
+    /* one statement: the job and its results from one snapshot. Each result is SQLite's minified
+     * JSON (pgstore_job_add_results), so the array is the text the local store's
+     * json_group_array makes. */
+    if ((st = pg_exec(pg,
+                      "SELECT " PG_JOB_COLUMNS ", CASE WHEN $2::boolean THEN staged END,"
+                      " CASE WHEN $3::boolean THEN '[' || coalesce((SELECT string_agg(r.result, ','"
+                      " ORDER BY r.ordinal) FROM quarry.job_results r WHERE r.job = j.id), '') || ']' END"
+                      " FROM quarry.jobs j WHERE j.id = $1",
+                      &p, false, &r, err, "read a job")))
+        goto out;
+    if (PQntuples(r) == 0) {
+        st = qr_fail(err, QR_ENOTFOUND, "no job '%s'", id);
+        goto out;
+    }
+    read_job(r, 0, out);
+    if ((staged && !(man = strdup(PQgetvalue(r, 0, 12)))) ||
+        (results && !(res = strdup(PQgetvalue(r, 0, 13)))))
+        st = qr_fail(err, QR_ENOMEM, "out of memory reading job '%s'", id);
+out:
+    PQclear(r);
+    if (st) {
+        free(man);
+        free(res);
+    } else {
+        if (staged)
+            *staged = man;
+        if (results)
+            *results = res;
+    }
+    return st;
+}
+
+qr_status pgstore_job_update(pgstore *pg, const store_job *job, char *err)
+{
+    if (!pg || !job)
+        return qr_fail(err, QR_EINVAL, "pgstore_job_update: NULL argument");
+    char error[QR_ERR_LEN];
+    qr_status st;
+    if ((st = job_check_id(job->id, err)) || (st = job_text(job->id, "state", job->state, err)) ||
+        (st = pg_ready(pg, err)))
+        return st;
+    job_error_text(job->error, error);
+    pg_params p = {0};
+    p_str(&p, job->id);
+    p_str(&p, job->state);
+    p_int(&p, job->started_ms);
+    p_int(&p, job->finished_ms);
+    p_int(&p, job->docs);
+    p_int(&p, job->done);
+    p_int(&p, job->failed);
+    p_int(&p, job->chunks);
+    p_str(&p, error);
+    int64_t found = 0;
+    if ((st = pg_int(
+             pg,
+             "UPDATE quarry.jobs SET state = $2, started_ms = $3, finished_ms = $4, docs = $5, done = $6,"
+             " failed = $7, chunks = $8, error = $9 WHERE id = $1 RETURNING 1",
+             &p, &found, err, "update a job")))
+        return st;
+    return found ? QR_OK : qr_fail(err, QR_ENOTFOUND, "no job '%s'", job->id);
+}
+
+/* Sends the upsert of one result (r.result checked as UTF-8) in the open pipeline, its JSON made
+ * canonical by SQLite's json() as the local store's reads make it. */
+static qr_status send_result(pgstore *pg, const char *id, const store_job_result *r, char *err)
+{
+    qr_status st = QR_OK;
+    int rc = store_bind_text(pg->json_q, 1, r->result, strlen(r->result));
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(pg->json_q);
+    if (rc != SQLITE_ROW) {
+        st = qr_fail(err, store_sql_status(rc), "cannot check a job's result: %s", sqlite3_errmsg(pg->json));
+    } else if (sqlite3_column_type(pg->json_q, 0) == SQLITE_NULL) {
+        st = qr_fail(err, QR_EINVAL, "job '%s': the result of document %lld is not valid JSON", id,
+                     (long long)r->ordinal);
+    } else {
+        pg_params p = {0};
+        p_str(&p, id);
+        p_int(&p, r->ordinal);
+        p_int(&p, r->failed ? 1 : 0);
+        p_int(&p, r->chunks);
+        p_str(&p, store_col_str(pg->json_q, 1));
+        /* One statement, one snapshot: prev sees the results as they were before this upsert, so a
+         * result recorded again replaces the first and leaves the counts as they are. The job's row
+         * is locked (pgstore_job_add_results), so no other call records results for it meanwhile. */
+        st = pg_exec(
+            pg,
+            "WITH prev AS (SELECT 1 FROM quarry.job_results WHERE job = $1 AND ordinal = $2::bigint),"
+            " put AS (INSERT INTO quarry.job_results(job, ordinal, failed, chunks, result)"
+            " VALUES ($1, $2::bigint, $3::boolean, $4::bigint, $5) ON CONFLICT (job, ordinal) DO UPDATE"
+            " SET failed = excluded.failed, chunks = excluded.chunks, result = excluded.result)"
+            " UPDATE quarry.jobs SET done = done + 1, failed = failed + $3::boolean::int,"
+            " chunks = chunks + $4::bigint WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM prev)",
+            &p, false, NULL, err, "record a job result");
+    }
+    sqlite3_reset(pg->json_q);
+    sqlite3_clear_bindings(pg->json_q);
+    return st;
+}
+
+qr_status pgstore_job_add_results(pgstore *pg, const char *id, const store_job_result *r, size_t n, char *err)
+{
+    if (!pg || (!r && n))
+        return qr_fail(err, QR_EINVAL, "pgstore_job_add_results: NULL argument");
+    qr_status st = job_check_id(id, err);
+    if (st)
+        return st;
+    for (size_t i = 0; i < n; i++) {
+        if (!r[i].result)
+            return qr_fail(err, QR_EINVAL, "pgstore_job_add_results: NULL result");
+        if ((st = job_text(id, "result", r[i].result, err)))
+            return st;
+    }
+    if ((st = pg_ready(pg, err)))
+        return st;
+    pg_params p = {0};
+    p_str(&p, id);
+    PGresult *res[2] = {NULL, NULL};
+    /* the job's row is locked first: results recorded for it by another call wait for this one */
+    if ((st = pipe_begin(pg, err)))
+        return st;
+    if (!(st = pg_exec(pg, "BEGIN", NULL, false, NULL, err, "begin a transaction")))
+        st = pg_exec(pg, "SELECT 1 FROM quarry.jobs WHERE id = $1 FOR UPDATE", &p, false, NULL, err,
+                     "look up a job");
+    if ((st = pipe_end(pg, st, res, 2, err, "look up a job")))
+        goto out;
+    if (!res[1] || PQntuples(res[1]) == 0) {
+        st = qr_fail(err, QR_ENOTFOUND, "no job '%s'", id);
+        goto out;
+    }
+    size_t i = 0;
+    do {
+        if ((st = pipe_begin(pg, err)))
+            goto out;
+        for (size_t end = i + PG_JOB_RESULTS_GROUP; !st && i < n && i < end; i++)
+            st = send_result(pg, id, &r[i], err);
+        if (!st && i == n)
+            st = pg_commit(pg, err);
+        if ((st = pipe_end(pg, st, NULL, 0, err, "record a job's results")))
+            goto out;
+    } while (i < n);
+out:
+    PQclear(res[0]);
+    PQclear(res[1]);
+    pg_rollback(pg);
+    return st;
+}
+
+/* The jobs of a result whose rows are PG_JOB_COLUMNS, at most limit of them into a calloc'd
+ * *out; *more (may be NULL) when another row follows. */
+static qr_status collect_jobs(const PGresult *r, size_t limit, store_job **out, size_t *n, bool *more,
+                              char *err)
+{
+    size_t rows = (size_t)PQntuples(r), k = rows < limit ? rows : limit;
+    store_job *jobs = calloc(k ? k : 1, sizeof(*jobs));
+    if (!jobs)
+        return qr_fail(err, QR_ENOMEM, "out of memory listing jobs");
+    for (size_t i = 0; i < k; i++)
+        read_job(r, (int)i, &jobs[i]);
+    *out = jobs;
+    *n = k;
+    if (more)
+        *more = rows > k;
+    return QR_OK;
+}
+
+qr_status pgstore_job_list(pgstore *pg, const char *state, int64_t after_ms, const char *after_id,
+                           size_t limit, store_job **out, size_t *n, bool *more, char *err)
+{
+    if (!pg || !out || !n || !more)
+        return qr_fail(err, QR_EINVAL, "pgstore_job_list: NULL argument");
+    *out = NULL;
+    *n = 0;
+    *more = false;
+    if (limit < 1 || limit > 10000)
+        return qr_fail(err, QR_EINVAL, "store_job_list: limit %zu outside 1..10000", limit);
+    if (!state)
+        state = "";
+    if (!qr_utf8_valid(state, strlen(state)) || (after_id && !qr_utf8_valid(after_id, strlen(after_id))))
+        return qr_fail(err, QR_EINVAL, "store_job_list: a state or job id that is not UTF-8");
+    qr_status st = pg_ready(pg, err);
+    if (st)
+        return st;
+    pg_params p = {0};
+    p_str(&p, state);
+    p_str(&p, after_id); /* NULL: from the newest */
+    p_int(&p, after_ms);
+    p_int(&p, (int64_t)limit + 1);
+    PGresult *r = NULL;
+    if (!(st = pg_exec(
+              pg,
+              "SELECT " PG_JOB_COLUMNS " FROM quarry.jobs WHERE ($1::text = '' OR state = $1)"
+              " AND ($2::text IS NULL OR created_ms < $3::bigint OR (created_ms = $3::bigint AND id < $2))"
+              " ORDER BY created_ms DESC, id DESC LIMIT $4",
+              &p, false, &r, err, "list jobs")))
+        st = collect_jobs(r, limit, out, n, more, err);
+    PQclear(r);
+    return st;
+}
+
+qr_status pgstore_job_unfinished(pgstore *pg, const char *node, store_job **out, size_t *n, char *err)
+{
+    if (!pg || !node || !out || !n)
+        return qr_fail(err, QR_EINVAL, "pgstore_job_unfinished: NULL argument");
+    *out = NULL;
+    *n = 0;
+    qr_status st = store_check_field("node name", node, PG_JOB_NODE_MAX, false, err);
+    if (st || (st = pg_ready(pg, err)))
+        return st;
+    pg_params p = {0};
+    p_str(&p, node);
+    PGresult *r = NULL;
+    if (!(st = pg_exec(pg,
+                       "SELECT " PG_JOB_COLUMNS " FROM quarry.jobs WHERE node = $1"
+                       " AND state IN ('queued', 'running', 'interrupted') ORDER BY created_ms, id",
+                       &p, false, &r, err, "list the unfinished jobs")))
+        st = collect_jobs(r, SIZE_MAX, out, n, NULL, err);
+    PQclear(r);
+    return st;
+}
+
+qr_status pgstore_job_prune(pgstore *pg, int64_t before_ms, size_t *pruned, char *err)
+{
+    if (!pg || !pruned)
+        return qr_fail(err, QR_EINVAL, "pgstore_job_prune: NULL argument");
+    *pruned = 0;
+    qr_status st = pg_ready(pg, err);
+    if (st)
+        return st;
+    pg_params p = {0};
+    p_int(&p, before_ms);
+    int64_t count = 0;
+    /* job_results go with their job (ON DELETE CASCADE) */
+    if (!(st = pg_int(pg,
+                      "WITH gone AS (DELETE FROM quarry.jobs WHERE finished_ms > 0 AND finished_ms < $1"
+                      " RETURNING 1) SELECT count(*) FROM gone",
+                      &p, &count, err, "prune finished jobs")))
+        *pruned = (size_t)count;
     return st;
 }

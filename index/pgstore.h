@@ -13,7 +13,7 @@
  * ordinal, byte offsets, heading path, counter), vectors (chunk id, dim float32 L2-normalised as
  * little-endian bytes, counter), acl (document key, canonical principal, counter), tombstones
  * (doc_id, document key, counter of its deletion), nodes (follower name, applied counter), shared
- * (name, data, version: the shared state below).
+ * (name, data, version: the shared state below), jobs and job_results (background jobs, below).
  *
  * The counter argument: every write transaction runs UPDATE on the counter row before it writes
  * anything else. The row lock that UPDATE takes is held to commit, so writers pass that point one
@@ -156,5 +156,29 @@ qr_status pgstore_shared_version(pgstore *pg, const char *name, bool any_server,
  * when it is not. */
 qr_status pgstore_shared_write(pgstore *pg, const char *name, const void *data, size_t len, int64_t expect,
                                int64_t *version, char *err);
+
+/*
+ * Background jobs (store_job_*, index/store.h; store_jobs_pg.c routes a routed store's calls here):
+ * quarry.jobs and quarry.job_results, each call with the statuses, results and order its store_job_*
+ * counterpart documents. A job also records node, the node that accepted it (1 to 4400 bytes of
+ * printable UTF-8): its staged upload is there, and pgstore_job_unfinished lists one node's jobs,
+ * the ones that node resumes; every other call sees every node's jobs. Text PostgreSQL cannot keep
+ * (not UTF-8) is refused with QR_EINVAL, but for a job's error message, whose malformed bytes are
+ * recorded as '?'. A result must be JSON (QR_EINVAL otherwise), kept in SQLite's minified form, so
+ * that pgstore_job_get's array is the text the local store returns.
+ */
+qr_status pgstore_job_insert(pgstore *pg, const store_job *job, const char *staged, const char *node,
+                             char *err);
+qr_status pgstore_job_get(pgstore *pg, const char *id, store_job *out, char **staged, char **results,
+                          char *err);
+qr_status pgstore_job_update(pgstore *pg, const store_job *job, char *err);
+/* One transaction, the job's row locked first: concurrent calls for one job take turns. */
+qr_status pgstore_job_add_results(pgstore *pg, const char *id, const store_job_result *r, size_t n,
+                                  char *err);
+qr_status pgstore_job_list(pgstore *pg, const char *state, int64_t after_ms, const char *after_id,
+                           size_t limit, store_job **out, size_t *n, bool *more, char *err);
+/* The unfinished jobs that node accepted, oldest first; free() *out. */
+qr_status pgstore_job_unfinished(pgstore *pg, const char *node, store_job **out, size_t *n, char *err);
+qr_status pgstore_job_prune(pgstore *pg, int64_t before_ms, size_t *pruned, char *err);
 
 #endif

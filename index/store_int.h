@@ -243,6 +243,17 @@ qr_status store_route_members(char ***list, size_t *n, char *err);
 /* store_shared.c: closes the shared state's connection, for store_set_primary and
  * store_clear_primary: the next call connects to the primary named then. */
 void store_shared_drop(void);
+/* store_jobs_pg.c: the store_job_* calls of a routed store (store_jobs.c checked their arguments),
+ * on PostgreSQL's quarry.jobs through one process-wide connection to the primary. insert records
+ * this node (s's host and data directory) as the job's; unfinished lists this node's jobs. */
+qr_status store_jobs_pg_insert(store *s, const store_job *job, const char *staged, char *err);
+qr_status store_jobs_pg_get(const char *id, store_job *out, char **staged, char **results, char *err);
+qr_status store_jobs_pg_update(const store_job *job, char *err);
+qr_status store_jobs_pg_add_results(const char *id, const store_job_result *r, size_t n, char *err);
+qr_status store_jobs_pg_list(const char *state, int64_t after_ms, const char *after_id, size_t limit,
+                             store_job **out, size_t *n, bool *more, char *err);
+qr_status store_jobs_pg_unfinished(store *s, store_job **out, size_t *n, char *err);
+qr_status store_jobs_pg_prune(int64_t before_ms, size_t *pruned, char *err);
 /* store.c: the store's own batch, which store_batch_* open on a handle that is not routed and a
  * follow batch (store_follow.c) opens on any */
 qr_status store_batch_begin_local(store *s, char *err);

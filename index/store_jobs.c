@@ -7,6 +7,9 @@
  * them in batches), so the counts always equal the results recorded and a resumed job starts at
  * the first document without a result.
  *
+ * A routed store (store.backend = postgres) keeps its jobs in PostgreSQL instead, shared by every
+ * node (store_jobs_pg.c): each call below checks its arguments and hands off there.
+ *
  * Job calls are rare next to searches and writes (a few per document ingested), so their
  * statements are prepared per call rather than cached with store.c's.
  */
@@ -66,6 +69,8 @@ qr_status store_job_insert(store *s, const store_job *job, const char *staged, c
     qr_status st = check_id(job->id, err);
     if (st)
         return st;
+    if (s->route)
+        return store_jobs_pg_insert(s, job, staged, err);
     sqlite3_stmt *q = NULL;
     if ((st = store_begin_write(s, err)) ||
         (st = prepare(s,
@@ -107,6 +112,8 @@ qr_status store_job_get(store *s, const char *id, store_job *out, char **staged,
     qr_status st = check_id(id, err);
     if (st)
         return st;
+    if (s->route)
+        return store_jobs_pg_get(id, out, staged, results, err);
     sqlite3_stmt *q = NULL, *r = NULL;
     char *man = NULL, *res = NULL;
     bool row = false;
@@ -168,6 +175,8 @@ qr_status store_job_update(store *s, const store_job *job, char *err)
     qr_status st = check_id(job->id, err);
     if (st)
         return st;
+    if (s->route)
+        return store_jobs_pg_update(job, err);
     sqlite3_stmt *q = NULL;
     if ((st = store_begin_write(s, err)) ||
         (st = prepare(s,
@@ -202,6 +211,8 @@ qr_status store_job_add_results(store *s, const char *id, const store_job_result
     qr_status st = check_id(id, err);
     if (st)
         return st;
+    if (s->route)
+        return store_jobs_pg_add_results(id, r, n, err);
     sqlite3_stmt *look = NULL, *ins = NULL, *up = NULL;
     if ((st = store_begin_write(s, err)) ||
         (st = prepare(s, "SELECT 1 FROM jobs WHERE id = ?1", &look, err, "prepare a job's lookup")))
@@ -309,6 +320,8 @@ qr_status store_job_list(store *s, const char *state, int64_t after_ms, const ch
     *more = false;
     if (limit < 1 || limit > 10000)
         return qr_fail(err, QR_EINVAL, "store_job_list: limit %zu outside 1..10000", limit);
+    if (s->route)
+        return store_jobs_pg_list(state, after_ms, after_id, limit, out, n, more, err);
     sqlite3_stmt *q = NULL;
     qr_status st = QR_OK;
     if ((st = store_begin_read(s, err)) ||
@@ -335,6 +348,8 @@ qr_status store_job_unfinished(store *s, store_job **out, size_t *n, char *err)
         return qr_fail(err, QR_EINVAL, "store_job_unfinished: NULL argument");
     *out = NULL;
     *n = 0;
+    if (s->route)
+        return store_jobs_pg_unfinished(s, out, n, err);
     sqlite3_stmt *q = NULL;
     qr_status st = QR_OK;
     if ((st = store_begin_read(s, err)) ||
@@ -354,6 +369,8 @@ qr_status store_job_prune(store *s, int64_t before_ms, size_t *pruned, char *err
     if (!s || !pruned)
         return qr_fail(err, QR_EINVAL, "store_job_prune: NULL argument");
     *pruned = 0;
+    if (s->route)
+        return store_jobs_pg_prune(before_ms, pruned, err);
     sqlite3_stmt *q = NULL;
     qr_status st = QR_OK;
     /* job_results go with their job (ON DELETE CASCADE) */
