@@ -637,8 +637,9 @@ qr_status api_jobs_submit_ingest(api_jobs *j, api_job_doc *docs, size_t ndocs, c
                                  char *err);
 /* Queues a rebuild of the vector index. */
 qr_status api_jobs_submit_rebuild(api_jobs *j, const char *user, char id[33], char *err);
-/* The job as JSON (new reference), or NULL when unknown. Reads the store. */
-json_t *api_jobs_describe(api_jobs *j, const char *id);
+/* The job as JSON (*out, a new reference). QR_ENOTFOUND when unknown; QR_EUNAVAILABLE when the
+ * store cannot be read (PostgreSQL, with store.backend = postgres). Reads the store. */
+qr_status api_jobs_describe(api_jobs *j, const char *id, json_t **out, char *err);
 
 /* Ingests one document through the server's ingestion session (serialised). Any thread. */
 qr_status api_ingest_one(api_server *srv, const api_job_doc *d, store_put_result *result, size_t *nchunks,

@@ -803,21 +803,23 @@ static json_t *job_json(const store_job *job, json_t *results)
     return out;
 }
 
-json_t *api_jobs_describe(api_jobs *j, const char *id)
+qr_status api_jobs_describe(api_jobs *j, const char *id, json_t **out, char *err)
 {
-    char err[QR_ERR_LEN], *results = NULL;
+    char *results = NULL;
     store_job row;
+    *out = NULL;
     store *s = api_store_acquire(j->srv);
     qr_status st = store_job_get(s, id, &row, NULL, &results, err);
     api_store_release(j->srv, s);
     if (st) {
         if (st != QR_ENOTFOUND)
             qr_log(QR_LOG_WARN, "jobs", "cannot read job %s: %s", id, err);
-        return NULL;
+        return st;
     }
     json_t *res = json_loads(results, 0, NULL);
     free(results);
-    return job_json(&row, res ? res : json_array());
+    *out = job_json(&row, res ? res : json_array());
+    return *out ? QR_OK : qr_fail(err, QR_ENOMEM, "out of memory");
 }
 
 /* ---- GET /v1/jobs, GET /v1/jobs/{id} and POST /v1/index/rebuild --------------------------------- */
@@ -829,10 +831,17 @@ void api_h_job_get(api_req *r)
         api_reply_error(r, 400, "invalid_argument", "a job id is 32 lowercase hex digits");
         return;
     }
-    json_t *job = api_jobs_describe(r->srv->jobs, id);
-    if (!job) {
+    json_t *job = NULL;
+    char err[QR_ERR_LEN];
+    qr_status st = api_jobs_describe(r->srv->jobs, id, &job, err);
+    if (st == QR_ENOTFOUND) {
         api_reply_error(r, 404, "not_found",
                         "no job '%s' (finished jobs are kept for server.job_retention_s, then pruned)", id);
+        return;
+    }
+    if (st) {
+        /* with store.backend = postgres the jobs are there: unreachable is a 503, not a 404 */
+        api_reply_status(r, st, err);
         return;
     }
     api_reply_json(r, 200, job);

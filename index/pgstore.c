@@ -28,7 +28,7 @@
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "pgstore's vector bytes are little-endian float32");
 
 #define PG_LOCK_TIMEOUT  "5s"
-#define PG_NODE_NAME_MAX 128
+#define PG_NODE_NAME_MAX 256 /* the maintainer's are "<host>:<data dir>", up to 241 bytes */
 #define PG_BUF_CAP       ((size_t)1 << 34)
 /* pg_advisory_xact_lock's key for schema migrations: "quarry01" in ASCII */
 #define PG_MIGRATE_LOCK "8175547842735714353"

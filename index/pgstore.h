@@ -129,7 +129,7 @@ qr_status pgstore_doc_digest(pgstore *pg, const char *doc_id, int64_t *counter, 
 qr_status pgstore_pull(void *ctx, int64_t since, size_t limit, store_follow_emit_fn emit, void *emit_ctx,
                        int64_t *through, int64_t *head, char *err);
 
-/* Records that follower `node` (1..128 bytes of printable UTF-8) applied every change up to
+/* Records that follower `node` (1..256 bytes of printable UTF-8) applied every change up to
  * watermark; a node's watermark is replaced by each call. */
 qr_status pgstore_register_node(pgstore *pg, const char *node, int64_t watermark, char *err);
 /* Deletes the tombstones at or below the smallest registered watermark (none without a

@@ -495,7 +495,9 @@ qr_status store_job_add_results(store *s, const char *id, const store_job_result
  * calloc'd (free() it) with *n jobs; *more when later jobs exist. limit 1..10000. */
 qr_status store_job_list(store *s, const char *state, int64_t after_ms, const char *after_id, size_t limit,
                          store_job **out, size_t *n, bool *more, char *err);
-/* The jobs not finished (queued, running or interrupted), oldest first; free() *out. */
+/* The jobs not finished (queued, running or interrupted), oldest first; free() *out. On a routed
+ * store (store.backend = postgres) only this node's: the node that accepted a job holds its staged
+ * upload and resumes it; the other calls see every node's jobs. */
 qr_status store_job_unfinished(store *s, store_job **out, size_t *n, char *err);
 /* Deletes the jobs that finished before before_ms, with their results; *pruned counts them. */
 qr_status store_job_prune(store *s, int64_t before_ms, size_t *pruned, char *err);

@@ -560,6 +560,13 @@ static void run_bad_input_changes_nothing(void)
     CHECK_INT(pgstore_check_embedding(pg, "test-model", 0, err), QR_EINVAL);
     CHECK_INT(pgstore_register_node(pg, "", 1, err), QR_EINVAL);
     CHECK_INT(pgstore_register_node(pg, "node-1", -1, err), QR_EINVAL);
+    /* a maintainer's name is "<host>:<data dir>", up to 241 bytes: 256 are taken, 257 refused */
+    char longname[258];
+    memset(longname, 'n', 257);
+    longname[257] = '\0';
+    CHECK_INT(pgstore_register_node(pg, longname, 1, err), QR_ELIMIT);
+    longname[256] = '\0';
+    CHECK_OK(pgstore_register_node(pg, longname, 1, err), err);
     CHECK_INT(pgstore_pull(pg, 0, 0, map_apply, &m, &through, &head, err), QR_EINVAL);
 
     CHECK_OK(pgstore_counter(pg, &after, err), err);
