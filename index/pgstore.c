@@ -104,10 +104,12 @@ static const char *const pg_migrations[] = {
     "  version bigint NOT NULL CHECK (version > 0));"
     "CREATE SEQUENCE quarry.shared_version;",
     /* 3: failed-login counters every node shares (pgstore_failures_count), timed by the server's
-     * clock; later counts delete expired rows oldest first, through the index on window_start */
+     * clock. A window's end is fixed when it starts, so that expired rows are the same for every
+     * caller; later counts delete them, oldest first, through the index on window_end. */
     "CREATE TABLE quarry.login_failures(key text COLLATE \"C\" PRIMARY KEY,"
-    "  window_start timestamptz NOT NULL, failures integer NOT NULL CHECK (failures > 0));"
-    "CREATE INDEX login_failures_window ON quarry.login_failures(window_start);",
+    "  window_start timestamptz NOT NULL, window_end timestamptz NOT NULL,"
+    "  failures integer NOT NULL CHECK (failures > 0));"
+    "CREATE INDEX login_failures_end ON quarry.login_failures(window_end);",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -1647,26 +1649,19 @@ static qr_status failure_keys(pg_params *p, const char *const keys[], size_t n, 
     return QR_OK;
 }
 
-/* The window as $4. */
-static qr_status failure_window(pg_params *p, int64_t window_s, char *err, const char *fn)
-{
-    if (window_s < 1)
-        return qr_fail(err, QR_EINVAL, "%s: a window of %lld s", fn, (long long)window_s);
-    p_int(p, window_s);
-    return QR_OK;
-}
-
 qr_status pgstore_failures_count(pgstore *pg, const char *const keys[], size_t n, int64_t window_s, char *err)
 {
     if (!pg)
         return qr_fail(err, QR_EINVAL, "pgstore_failures_count: NULL argument");
+    if (window_s < 1)
+        return qr_fail(err, QR_EINVAL, "pgstore_failures_count: a window of %lld s", (long long)window_s);
     pg_params p = {0};
     qr_status st;
-    if ((st = failure_keys(&p, keys, n, err, "pgstore_failures_count")) ||
-        (st = failure_window(&p, window_s, err, "pgstore_failures_count")) || (st = pg_ready(pg, err)))
+    if ((st = failure_keys(&p, keys, n, err, "pgstore_failures_count")) || (st = pg_ready(pg, err)))
         return st;
+    p_int(&p, window_s);
     /* One statement: a node that counts a key another node is counting waits for the other's row
-     * (ON CONFLICT) and adds to it. A row whose window has passed starts a new one. The expired rows
+     * (ON CONFLICT) and adds to it. A row whose window has ended starts a new one. The expired rows
      * deleted are never the call's own keys (one statement must not both delete and update a row),
      * and SKIP LOCKED leaves the rows another count holds to that count. now() is the server's
      * clock, the same for every node whatever their own clocks say. */
@@ -1675,39 +1670,35 @@ qr_status pgstore_failures_count(pgstore *pg, const char *const keys[], size_t n
                    "           WHERE key IS NOT NULL),"
                    " expired AS (DELETE FROM quarry.login_failures WHERE key IN ("
                    "   SELECT key FROM quarry.login_failures"
-                   "    WHERE window_start <= now() - make_interval(secs => $4)"
-                   "      AND key NOT IN (SELECT key FROM k)"
-                   "    ORDER BY window_start LIMIT " PG_FAILURES_PURGE " FOR UPDATE SKIP LOCKED))"
-                   " INSERT INTO quarry.login_failures AS f(key, window_start, failures)"
-                   " SELECT key, now(), 1 FROM k"
+                   "    WHERE window_end <= now() AND key NOT IN (SELECT key FROM k)"
+                   "    ORDER BY window_end LIMIT " PG_FAILURES_PURGE " FOR UPDATE SKIP LOCKED))"
+                   " INSERT INTO quarry.login_failures AS f(key, window_start, window_end, failures)"
+                   " SELECT key, now(), now() + make_interval(secs => $4), 1 FROM k"
                    " ON CONFLICT (key) DO UPDATE SET"
-                   "  failures = CASE WHEN f.window_start > now() - make_interval(secs => $4)"
-                   "                  THEN f.failures + 1 ELSE 1 END,"
-                   "  window_start = CASE WHEN f.window_start > now() - make_interval(secs => $4)"
-                   "                      THEN f.window_start ELSE now() END",
+                   "  failures = CASE WHEN f.window_end > now() THEN f.failures + 1 ELSE 1 END,"
+                   "  window_start = CASE WHEN f.window_end > now() THEN f.window_start ELSE now() END,"
+                   "  window_end = CASE WHEN f.window_end > now() THEN f.window_end"
+                   "                    ELSE now() + make_interval(secs => $4) END",
                    &p, false, NULL, err, "count a failed login");
 }
 
-qr_status pgstore_failures_read(pgstore *pg, const char *const keys[], size_t n, int64_t window_s,
-                                int64_t *failures, int64_t *left_ms, char *err)
+qr_status pgstore_failures_read(pgstore *pg, const char *const keys[], size_t n, int64_t *failures,
+                                int64_t *left_ms, char *err)
 {
     if (!pg || !failures || !left_ms)
         return qr_fail(err, QR_EINVAL, "pgstore_failures_read: NULL argument");
     pg_params p = {0};
     PGresult *r = NULL;
     qr_status st;
-    if ((st = failure_keys(&p, keys, n, err, "pgstore_failures_read")) ||
-        (st = failure_window(&p, window_s, err, "pgstore_failures_read")) || (st = pg_ready(pg, err)))
+    if ((st = failure_keys(&p, keys, n, err, "pgstore_failures_read")) || (st = pg_ready(pg, err)))
         return st;
     /* a row per key, even an absent one, so that a standby (which may be behind) is told apart */
     if ((st = pg_exec(pg,
                       "SELECT coalesce(f.failures, 0),"
-                      "  coalesce(ceil(extract(epoch FROM f.window_start + make_interval(secs => $4) - now())"
-                      "                * 1000)::bigint, 0),"
+                      "  coalesce(ceil(extract(epoch FROM f.window_end - now()) * 1000)::bigint, 0),"
                       "  pg_is_in_recovery()::int"
                       " FROM unnest(ARRAY[$1, $2, $3]::text[]) WITH ORDINALITY AS k(key, i)"
-                      " LEFT JOIN quarry.login_failures f"
-                      "   ON f.key = k.key AND f.window_start > now() - make_interval(secs => $4)"
+                      " LEFT JOIN quarry.login_failures f ON f.key = k.key AND f.window_end > now()"
                       " ORDER BY k.i",
                       &p, false, &r, err, "read failed-login counts")))
         return st;

@@ -150,22 +150,23 @@ qr_status pgstore_shared_write(pgstore *pg, const char *name, const void *data, 
                                int64_t *version, char *err);
 
 /*
- * Failed-login counters (store_failures_count, index/store.h; store_limits.c checks the keys): a
- * row per key in quarry.login_failures with its failures and the start of its window, timed by
- * the server's clock. Each call takes up to PGSTORE_FAILURE_KEYS keys (a NULL entry is none) and
- * is one statement in a transaction of its own; window_s >= 1. A read from a server in recovery:
+ * Failed-login counters (store_shared_failures_count, index/store.h; store_limits.c checks the
+ * keys): a row per key in quarry.login_failures with its failures and its window's start and end,
+ * timed by the server's clock. Each call takes up to PGSTORE_FAILURE_KEYS keys (a NULL entry is
+ * none) and is one statement in a transaction of its own. A read from a server in recovery:
  * QR_EUNAVAILABLE, as a count there is.
  */
 #define PGSTORE_FAILURE_KEYS 3
 /* Counts one failure for each key (a key given twice, once): a key without a row, or whose window
- * has passed, starts a window of window_s seconds now with 1 failure. Deletes a few rows whose
- * window passed too (never more than a count can add), so that the table holds little more than
- * the keys that failed within the last window. */
-qr_status pgstore_failures_count(pgstore *pg, const char *const keys[], size_t n, int64_t window_s, char *err);
-/* failures[i] gets key i's failures in its current window (0: none, or the window passed) and
+ * has ended, starts a window of window_s (>= 1) seconds now with 1 failure. Deletes a few rows
+ * whose window has ended too (more than a count can add), so that the table holds little more
+ * than the keys that failed within the last window. */
+qr_status pgstore_failures_count(pgstore *pg, const char *const keys[], size_t n, int64_t window_s,
+                                 char *err);
+/* failures[i] gets key i's failures in its current window (0: none, or the window has ended) and
  * left_ms[i] the milliseconds until that window ends (0 with no failures). */
-qr_status pgstore_failures_read(pgstore *pg, const char *const keys[], size_t n, int64_t window_s,
-                                int64_t *failures, int64_t *left_ms, char *err);
+qr_status pgstore_failures_read(pgstore *pg, const char *const keys[], size_t n, int64_t *failures,
+                                int64_t *left_ms, char *err);
 /* Forgets the keys' failures (a successful login). */
 qr_status pgstore_failures_clear(pgstore *pg, const char *const keys[], size_t n, char *err);
 

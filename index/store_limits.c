@@ -61,21 +61,11 @@ static qr_status check_keys(const char *const keys[], size_t n, char *err)
     return QR_OK;
 }
 
-static qr_status check_window(int64_t window_s, char *err)
-{
-    /* auth.rate_limit_window_s's range: a day */
-    if (window_s < 1 || window_s > 86400)
-        return qr_fail(err, QR_EINVAL, "failed-login counters: a window of %lld s (1 to 86400)",
-                       (long long)window_s);
-    return QR_OK;
-}
-
 static qr_status run_op(failures_op op, const failures_args *a, char *err)
 {
     switch (op) {
     case FAILURES_COUNT: return pgstore_failures_count(g_pg, a->keys, a->n, a->window_s, err);
-    case FAILURES_READ:
-        return pgstore_failures_read(g_pg, a->keys, a->n, a->window_s, a->failures, a->left_ms, err);
+    case FAILURES_READ: return pgstore_failures_read(g_pg, a->keys, a->n, a->failures, a->left_ms, err);
     case FAILURES_CLEAR: return pgstore_failures_clear(g_pg, a->keys, a->n, err);
     }
     return qr_fail(err, QR_EINTERNAL, "failed-login counters: unknown operation %d", (int)op);
@@ -123,24 +113,28 @@ static qr_status failures_call(failures_op op, const failures_args *a, char *err
 
 qr_status store_shared_failures_count(const char *const keys[], size_t n, int64_t window_s, char *err)
 {
-    qr_status st;
-    if ((st = check_keys(keys, n, err)) || (st = check_window(window_s, err)))
+    qr_status st = check_keys(keys, n, err);
+    if (st)
         return st;
+    /* auth.rate_limit_window_s's range: up to a day */
+    if (window_s < 1 || window_s > 86400)
+        return qr_fail(err, QR_EINVAL, "failed-login counters: a window of %lld s (1 to 86400)",
+                       (long long)window_s);
     failures_args a = {.keys = keys, .n = n, .window_s = window_s};
     return failures_call(FAILURES_COUNT, &a, err);
 }
 
-qr_status store_shared_failures_read(const char *const keys[], size_t n, int64_t window_s, int64_t *failures,
-                                     int64_t *left_ms, char *err)
+qr_status store_shared_failures_read(const char *const keys[], size_t n, int64_t *failures, int64_t *left_ms,
+                                     char *err)
 {
     if (!failures || !left_ms)
         return qr_fail(err, QR_EINVAL, "store_shared_failures_read: NULL argument");
-    qr_status st;
-    if ((st = check_keys(keys, n, err)) || (st = check_window(window_s, err)))
+    qr_status st = check_keys(keys, n, err);
+    if (st)
         return st;
     for (size_t i = 0; i < n; i++)
         failures[i] = left_ms[i] = 0;
-    failures_args a = {.keys = keys, .n = n, .window_s = window_s, .failures = failures, .left_ms = left_ms};
+    failures_args a = {.keys = keys, .n = n, .failures = failures, .left_ms = left_ms};
     return failures_call(FAILURES_READ, &a, err);
 }
 
