@@ -1663,8 +1663,9 @@ qr_status pgstore_failures_count(pgstore *pg, const char *const keys[], size_t n
     /* One statement: a node that counts a key another node is counting waits for the other's row
      * (ON CONFLICT) and adds to it. A row whose window has ended starts a new one. The expired rows
      * deleted are never the call's own keys (one statement must not both delete and update a row),
-     * and SKIP LOCKED leaves the rows another count holds to that count. now() is the server's
-     * clock, the same for every node whatever their own clocks say. */
+     * and SKIP LOCKED leaves the rows another count holds to that count; the call's own rows are
+     * taken in key order, so that two counts never wait for each other in a cycle. now() is the
+     * server's clock, the same for every node whatever their own clocks say. */
     return pg_exec(pg,
                    "WITH k AS (SELECT DISTINCT key FROM unnest(ARRAY[$1, $2, $3]::text[]) AS u(key)"
                    "           WHERE key IS NOT NULL),"
@@ -1673,7 +1674,7 @@ qr_status pgstore_failures_count(pgstore *pg, const char *const keys[], size_t n
                    "    WHERE window_end <= now() AND key NOT IN (SELECT key FROM k)"
                    "    ORDER BY window_end LIMIT " PG_FAILURES_PURGE " FOR UPDATE SKIP LOCKED))"
                    " INSERT INTO quarry.login_failures AS f(key, window_start, window_end, failures)"
-                   " SELECT key, now(), now() + make_interval(secs => $4), 1 FROM k"
+                   " SELECT key, now(), now() + make_interval(secs => $4), 1 FROM k ORDER BY key"
                    " ON CONFLICT (key) DO UPDATE SET"
                    "  failures = CASE WHEN f.window_end > now() THEN f.failures + 1 ELSE 1 END,"
                    "  window_start = CASE WHEN f.window_end > now() THEN f.window_start ELSE now() END,"

@@ -113,16 +113,22 @@ static qr_status login(node *n, const char *user, const char *password, const ch
     return st;
 }
 
-/* The integer an SQL query on the fixture's server answers; -1 when it fails. */
-static long long pg_value(const char *sql)
+/* The integer an SQL query on a server answers; -1 when it fails. */
+static long long pg_value_on(const char *conninfo, const char *sql)
 {
-    PGconn *c = PQconnectdb(fx.conninfo);
+    PGconn *c = PQconnectdb(conninfo);
     PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
     long long v =
         r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? atoll(PQgetvalue(r, 0, 0)) : -1;
     PQclear(r);
     PQfinish(c);
     return v;
+}
+
+/* The same on the fixture's server (the primary). */
+static long long pg_value(const char *sql)
+{
+    return pg_value_on(fx.conninfo, sql);
 }
 
 /* The wait a QR_ELIMIT's message gives ("try again in N s"); -1 when it gives none. */
@@ -211,6 +217,48 @@ static void run_counter_rules(void)
 TEST(counter_rules)
 {
     RUN_WITH_PG(counter_rules);
+}
+
+/* A server in recovery named as the primary (a demoted leader HAProxy still sends connections to)
+ * neither counts nor answers, though it holds the rows: its counts may be behind. A node's logins
+ * go on there, limited by its own counters. */
+static void run_standby_is_not_the_primary(void)
+{
+    char err[QR_ERR_LEN] = "";
+    int64_t f[1], left[1];
+    const char *keys[] = {"u:zoe"};
+    CHECK_OK(store_shared_failures_count(keys, 1, 60, err), err);
+    pg_fixture sb;
+    char e2[512] = "";
+    int rc = pg_fixture_start_standby(&sb, &fx, e2);
+    CHECK_MSG(rc == 0, "cannot start the standby: %s", e2);
+    if (rc)
+        return;
+    const char *sql = "SELECT count(*) FROM quarry.login_failures WHERE key = 'u:zoe'";
+    for (int i = 0; i < 1000 && pg_value_on(sb.conninfo, sql) != 1; i++)
+        usleep(10000);
+    CHECK_MSG(pg_value_on(sb.conninfo, sql) == 1, "the standby did not replay the count");
+    node a;
+    CHECK_OK(node_open(&a, "2", "0", "60", err) ? QR_OK : QR_EINVAL, err);
+    CHECK_OK(store_set_primary(sb.conninfo, NULL, 5000, err), err);
+    CHECK_INT(store_shared_failures_read(keys, 1, f, left, err), QR_EUNAVAILABLE);
+    CHECK_MSG(strstr(err, "standby") != NULL, "a read from the standby: %s", err);
+    CHECK_INT(store_shared_failures_count(keys, 1, 60, err), QR_EUNAVAILABLE);
+    CHECK_INT(login(&a, "zoe", "wrong", NULL, err), QR_EAUTH);
+    CHECK_OK(login(&a, "zoe", "Zoe-pw-7", NULL, err), err);
+    CHECK_INT(login(&a, "zoe", "wrong", NULL, err), QR_EAUTH);
+    CHECK_INT(login(&a, "zoe", "wrong", NULL, err), QR_EAUTH);
+    CHECK_INT(login(&a, "zoe", "Zoe-pw-7", NULL, err), QR_ELIMIT);
+    /* nothing of it reached the primary: zoe's one failure from before is all there is */
+    CHECK_OK(store_set_primary(fx.conninfo, NULL, 5000, err), err);
+    CHECK_OK(store_shared_failures_read(keys, 1, f, left, err), err);
+    CHECK_INT(f[0], 1);
+    node_close(&a);
+    pg_fixture_stop(&sb);
+}
+TEST(standby_is_not_the_primary)
+{
+    RUN_WITH_PG(standby_is_not_the_primary);
 }
 
 /* ---- limits across nodes ------------------------------------------------------------------------- */
