@@ -7,13 +7,18 @@
  * spelling of the name found the entry. Failed-login counters live in another bounded LRU map, so
  * a flood of names cannot grow it: per directory entry (its DN, which every spelling LDAP matches
  * to it shares), per user name (auth_limit_name's spelling, so that names matching no entry are
- * limited too) and per client address.
+ * limited too) and per client address. With a system of record (store.backend = postgres,
+ * store_shared_on) the limits are read from and counted in PostgreSQL's shared counters instead
+ * (index/store.h, store_shared_failures_count), so that every node holds one limit; this
+ * process's own counters are kept as well, and are what the limits use whenever PostgreSQL cannot
+ * answer.
  */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth/auth_int.h"
+#include "index/store.h"
 
 #define LIMIT_ENTRIES  65536
 #define FLUSH_CHECK_NS 1000000000ull
@@ -345,10 +350,99 @@ static char *dn_limit_key(const char *dn)
     return s;
 }
 
+/* The limits and window in force now, read together. */
+typedef struct {
+    int user, addr;
+    int64_t window_s;
+} limit_conf;
+
+static limit_conf limits_now(auth_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->limit_lock);
+    limit_conf lc = {ctx->s.rate_limit_user, ctx->s.rate_limit_addr, ctx->s.rate_limit_window_s};
+    pthread_mutex_unlock(&ctx->limit_lock);
+    return lc;
+}
+
+/*
+ * The shared counters (store.backend = postgres). They take keys of at most STORE_FAILURE_KEY_MAX
+ * bytes of valid UTF-8: a longer key (a DN can be) goes as its prefix and SHA-256. Any failure to
+ * reach them (QR_EUNAVAILABLE above all: PostgreSQL stopped, or no primary while etcd is down)
+ * leaves the limits to this process's counters, which count every failure in any case: logins go
+ * on, and the limits still hold, per node, until PostgreSQL answers again. A success clears both.
+ */
+typedef struct {
+    const char *keys[STORE_FAILURE_KEYS];
+    int limits[STORE_FAILURE_KEYS];
+    char hashed[STORE_FAILURE_KEYS][80];
+    size_t n;
+} shared_keys;
+
+/* Adds key (NULL, or "u:"/"a:" with nothing after the prefix: none) when its limit is on. */
+static void shared_key_add(shared_keys *k, const char *key, int limit)
+{
+    if (!key || !key[2] || limit <= 0)
+        return;
+    size_t len = strlen(key);
+    const char *use = key;
+    if (len > STORE_FAILURE_KEY_MAX || !qr_utf8_valid(key, len)) {
+        unsigned char digest[32];
+        char hex[65];
+        auth_sha256(key, len, digest);
+        auth_hex(digest, sizeof(digest), hex);
+        snprintf(k->hashed[k->n], sizeof(k->hashed[0]), "%.2ssha256:%s", key, hex);
+        use = k->hashed[k->n];
+    }
+    k->limits[k->n] = limit;
+    k->keys[k->n++] = use;
+}
+
+static void shared_keys_of(shared_keys *k, const limit_conf *lc, const char *ukey, const char *dkey,
+                           const char *akey)
+{
+    k->n = 0;
+    shared_key_add(k, ukey, lc->user);
+    shared_key_add(k, dkey, lc->user);
+    shared_key_add(k, akey, lc->addr);
+}
+
+/* Says once when the shared counters stop answering (not at every login while they do not) and
+ * once when they are back. */
+static void shared_outcome(auth_ctx *ctx, qr_status st, const char *why)
+{
+    pthread_mutex_lock(&ctx->limit_lock);
+    bool was_down = ctx->limits_shared_down;
+    ctx->limits_shared_down = st != QR_OK;
+    pthread_mutex_unlock(&ctx->limit_lock);
+    if (st && !was_down)
+        qr_log(QR_LOG_WARN, "auth",
+               "failed-login counters shared through PostgreSQL are unavailable (%s): this node limits "
+               "logins with its own counters until they are back",
+               why);
+    else if (!st && was_down)
+        qr_log(QR_LOG_INFO, "auth", "failed-login counters shared through PostgreSQL are available again");
+}
+
 /* Seconds to wait for the first of the keys (each may be NULL or empty) that is over its limit;
  * 0 when none is. */
 static int64_t limits_wait(auth_ctx *ctx, const char *ukey, const char *dkey, const char *akey)
 {
+    if (store_shared_on()) {
+        limit_conf lc = limits_now(ctx);
+        shared_keys k;
+        shared_keys_of(&k, &lc, ukey, dkey, akey);
+        if (!k.n)
+            return 0;
+        int64_t failures[STORE_FAILURE_KEYS], left_ms[STORE_FAILURE_KEYS];
+        char err[QR_ERR_LEN] = "";
+        qr_status st = store_shared_failures_read(k.keys, k.n, failures, left_ms, err);
+        shared_outcome(ctx, st, err);
+        for (size_t i = 0; !st && i < k.n; i++)
+            if (failures[i] >= k.limits[i])
+                return left_ms[i] / 1000 + 1;
+        if (!st)
+            return 0;
+    }
     uint64_t now = qr_now_ns();
     int64_t wait = 0;
     pthread_mutex_lock(&ctx->limit_lock);
@@ -360,6 +454,48 @@ static int64_t limits_wait(auth_ctx *ctx, const char *ukey, const char *dkey, co
         wait = limit_wait(ctx, akey, ctx->s.rate_limit_addr, now);
     pthread_mutex_unlock(&ctx->limit_lock);
     return wait;
+}
+
+/* Counts a failure for each key, in this process and, with a system of record, in the shared
+ * counters. */
+static void limits_count(auth_ctx *ctx, const char *ukey, const char *dkey, const char *akey)
+{
+    uint64_t now = qr_now_ns();
+    pthread_mutex_lock(&ctx->limit_lock);
+    if (ukey)
+        limit_count(ctx, ukey, ctx->s.rate_limit_user, now);
+    if (dkey)
+        limit_count(ctx, dkey, ctx->s.rate_limit_user, now);
+    if (akey[2])
+        limit_count(ctx, akey, ctx->s.rate_limit_addr, now);
+    pthread_mutex_unlock(&ctx->limit_lock);
+    if (!store_shared_on())
+        return;
+    limit_conf lc = limits_now(ctx);
+    shared_keys k;
+    shared_keys_of(&k, &lc, ukey, dkey, akey);
+    if (!k.n)
+        return;
+    char err[QR_ERR_LEN] = "";
+    shared_outcome(ctx, store_shared_failures_count(k.keys, k.n, lc.window_s, err), err);
+}
+
+/* After a success: the name's and the entry's counts start again, here and shared. */
+static void limits_clear(auth_ctx *ctx, const char *ukey, const char *dkey)
+{
+    pthread_mutex_lock(&ctx->limit_lock);
+    auth_lru_remove(ctx->limits, ukey);
+    auth_lru_remove(ctx->limits, dkey);
+    pthread_mutex_unlock(&ctx->limit_lock);
+    if (!store_shared_on())
+        return;
+    limit_conf lc = limits_now(ctx);
+    shared_keys k;
+    shared_keys_of(&k, &lc, ukey, dkey, NULL);
+    if (!k.n)
+        return;
+    char err[QR_ERR_LEN] = "";
+    shared_outcome(ctx, store_shared_failures_clear(k.keys, k.n, err), err);
 }
 
 void auth_set_rate_limits(auth_ctx *ctx, int per_user, int per_addr, int64_t window_s)
@@ -386,15 +522,7 @@ int64_t auth_rate_limit_window_s(auth_ctx *ctx)
 static qr_status login_failed(auth_ctx *ctx, const char *who, const char *ukey, const char *dkey,
                               const char *akey, const char *why, char *err)
 {
-    uint64_t now = qr_now_ns();
-    pthread_mutex_lock(&ctx->limit_lock);
-    if (ukey)
-        limit_count(ctx, ukey, ctx->s.rate_limit_user, now);
-    if (dkey)
-        limit_count(ctx, dkey, ctx->s.rate_limit_user, now);
-    if (akey[2])
-        limit_count(ctx, akey, ctx->s.rate_limit_addr, now);
-    pthread_mutex_unlock(&ctx->limit_lock);
+    limits_count(ctx, ukey, dkey, akey);
     AUTH_COUNT(ctx, login_failures);
     qr_log(QR_LOG_INFO, "auth", "login failed for '%s' from %s: %s", who ? who : "(malformed name)",
            akey[2] ? akey + 2 : "(unknown address)", why);
@@ -464,10 +592,7 @@ qr_status auth_authenticate(auth_ctx *ctx, const char *user, size_t user_len, co
             qr_fail(err, st, "%s", why);
         goto out;
     }
-    pthread_mutex_lock(&ctx->limit_lock);
-    auth_lru_remove(ctx->limits, ukey);
-    auth_lru_remove(ctx->limits, dkey);
-    pthread_mutex_unlock(&ctx->limit_lock);
+    limits_clear(ctx, ukey, dkey);
     auth_cache_put(ctx, (*out)->uid, *out);
     bool spelt_so = strcmp(name, (*out)->uid) == 0;
     qr_log(QR_LOG_INFO, "auth", "login ok for '%s'%s%s%s from %s", (*out)->uid, spelt_so ? "" : " (as '",

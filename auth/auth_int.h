@@ -233,6 +233,7 @@ struct auth_ctx {
 
     pthread_mutex_t limit_lock;
     auth_lru *limits;
+    bool limits_shared_down; /* the shared failed-login counters failed last time (auth.c) */
 
     pthread_mutex_t secret_lock;
     bool secret_loaded;

@@ -126,6 +126,13 @@ static const char *const pg_migrations[] = {
     "  job text COLLATE \"C\" NOT NULL REFERENCES quarry.jobs(id) ON DELETE CASCADE,"
     "  ordinal bigint NOT NULL, failed boolean NOT NULL, chunks bigint NOT NULL, result text NOT NULL,"
     "  PRIMARY KEY (job, ordinal));",
+    /* 4: failed-login counters every node shares (pgstore_failures_count), timed by the server's
+     * clock. A window's end is fixed when it starts, so that expired rows are the same for every
+     * caller; later counts delete them, oldest first, through the index on window_end. */
+    "CREATE TABLE quarry.login_failures(key text COLLATE \"C\" PRIMARY KEY,"
+    "  window_start timestamptz NOT NULL, window_end timestamptz NOT NULL,"
+    "  failures integer NOT NULL CHECK (failures > 0));"
+    "CREATE INDEX login_failures_end ON quarry.login_failures(window_end);",
 };
 #define PG_SCHEMA_VERSION ((int)(sizeof(pg_migrations) / sizeof(pg_migrations[0])))
 
@@ -2064,4 +2071,97 @@ qr_status pgstore_job_prune(pgstore *pg, int64_t before_ms, size_t *pruned, char
                       &p, &count, err, "prune finished jobs")))
         *pruned = (size_t)count;
     return st;
+}
+
+/* ---- failed-login counters ------------------------------------------------------------------- */
+
+/* Expired rows a count deletes besides its own work: more than the at most PGSTORE_FAILURE_KEYS
+ * rows it can add, so that expired rows shrink while failures go on, and few enough that a count
+ * stays one short statement. */
+#define PG_FAILURES_PURGE "16"
+
+/* The keys as $1..$3, NULL entries and those past n as SQL NULLs, which match no row. */
+static qr_status failure_keys(pg_params *p, const char *const keys[], size_t n, char *err, const char *fn)
+{
+    if (!keys || n > PGSTORE_FAILURE_KEYS)
+        return qr_fail(err, QR_EINVAL, "%s: %zu keys, at most %d", fn, keys ? n : 0, PGSTORE_FAILURE_KEYS);
+    for (size_t i = 0; i < PGSTORE_FAILURE_KEYS; i++)
+        p_str(p, i < n ? keys[i] : NULL);
+    return QR_OK;
+}
+
+qr_status pgstore_failures_count(pgstore *pg, const char *const keys[], size_t n, int64_t window_s, char *err)
+{
+    if (!pg)
+        return qr_fail(err, QR_EINVAL, "pgstore_failures_count: NULL argument");
+    if (window_s < 1)
+        return qr_fail(err, QR_EINVAL, "pgstore_failures_count: a window of %lld s", (long long)window_s);
+    pg_params p = {0};
+    qr_status st;
+    if ((st = failure_keys(&p, keys, n, err, "pgstore_failures_count")) || (st = pg_ready(pg, err)))
+        return st;
+    p_int(&p, window_s);
+    /* One statement: a node that counts a key another node is counting waits for the other's row
+     * (ON CONFLICT) and adds to it. A row whose window has ended starts a new one. The expired rows
+     * deleted are never the call's own keys (one statement must not both delete and update a row),
+     * and SKIP LOCKED leaves the rows another count holds to that count; the call's own rows are
+     * taken in key order, so that two counts never wait for each other in a cycle. now() is the
+     * server's clock, the same for every node whatever their own clocks say. */
+    return pg_exec(pg,
+                   "WITH k AS (SELECT DISTINCT key FROM unnest(ARRAY[$1, $2, $3]::text[]) AS u(key)"
+                   "           WHERE key IS NOT NULL),"
+                   " expired AS (DELETE FROM quarry.login_failures WHERE key IN ("
+                   "   SELECT key FROM quarry.login_failures"
+                   "    WHERE window_end <= now() AND key NOT IN (SELECT key FROM k)"
+                   "    ORDER BY window_end LIMIT " PG_FAILURES_PURGE " FOR UPDATE SKIP LOCKED))"
+                   " INSERT INTO quarry.login_failures AS f(key, window_start, window_end, failures)"
+                   " SELECT key, now(), now() + make_interval(secs => $4), 1 FROM k ORDER BY key"
+                   " ON CONFLICT (key) DO UPDATE SET"
+                   "  failures = CASE WHEN f.window_end > now() THEN f.failures + 1 ELSE 1 END,"
+                   "  window_start = CASE WHEN f.window_end > now() THEN f.window_start ELSE now() END,"
+                   "  window_end = CASE WHEN f.window_end > now() THEN f.window_end"
+                   "                    ELSE now() + make_interval(secs => $4) END",
+                   &p, false, NULL, err, "count a failed login");
+}
+
+qr_status pgstore_failures_read(pgstore *pg, const char *const keys[], size_t n, int64_t *failures,
+                                int64_t *left_ms, char *err)
+{
+    if (!pg || !failures || !left_ms)
+        return qr_fail(err, QR_EINVAL, "pgstore_failures_read: NULL argument");
+    pg_params p = {0};
+    PGresult *r = NULL;
+    qr_status st;
+    if ((st = failure_keys(&p, keys, n, err, "pgstore_failures_read")) || (st = pg_ready(pg, err)))
+        return st;
+    /* a row per key, even an absent one, so that a standby (which may be behind) is told apart */
+    if ((st = pg_exec(pg,
+                      "SELECT coalesce(f.failures, 0),"
+                      "  coalesce(ceil(extract(epoch FROM f.window_end - now()) * 1000)::bigint, 0),"
+                      "  pg_is_in_recovery()::int"
+                      " FROM unnest(ARRAY[$1, $2, $3]::text[]) WITH ORDINALITY AS k(key, i)"
+                      " LEFT JOIN quarry.login_failures f ON f.key = k.key AND f.window_end > now()"
+                      " ORDER BY k.i",
+                      &p, false, &r, err, "read failed-login counts")))
+        return st;
+    if (PQntuples(r) != PGSTORE_FAILURE_KEYS || text_i64(r, 0, 2))
+        st = qr_fail(err, QR_EUNAVAILABLE, "the server is a standby (in recovery), not the primary");
+    for (size_t i = 0; !st && i < n; i++) {
+        failures[i] = text_i64(r, (int)i, 0);
+        left_ms[i] = text_i64(r, (int)i, 1);
+    }
+    PQclear(r);
+    return st;
+}
+
+qr_status pgstore_failures_clear(pgstore *pg, const char *const keys[], size_t n, char *err)
+{
+    if (!pg)
+        return qr_fail(err, QR_EINVAL, "pgstore_failures_clear: NULL argument");
+    pg_params p = {0};
+    qr_status st;
+    if ((st = failure_keys(&p, keys, n, err, "pgstore_failures_clear")) || (st = pg_ready(pg, err)))
+        return st;
+    return pg_exec(pg, "DELETE FROM quarry.login_failures WHERE key IN ($1, $2, $3)", &p, false, NULL, err,
+                   "clear failed-login counts");
 }

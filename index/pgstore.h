@@ -13,7 +13,8 @@
  * ordinal, byte offsets, heading path, counter), vectors (chunk id, dim float32 L2-normalised as
  * little-endian bytes, counter), acl (document key, canonical principal, counter), tombstones
  * (doc_id, document key, counter of its deletion), nodes (follower name, applied counter), shared
- * (name, data, version: the shared state below), jobs and job_results (background jobs, below).
+ * (name, data, version: the shared state below), jobs and job_results (background jobs, below),
+ * login_failures (key, window start and end, failures: the failed-login counters below).
  *
  * The counter argument: every write transaction runs UPDATE on the counter row before it writes
  * anything else. The row lock that UPDATE takes is held to commit, so writers pass that point one
@@ -180,5 +181,26 @@ qr_status pgstore_job_list(pgstore *pg, const char *state, int64_t after_ms, con
 /* The unfinished jobs that node accepted, oldest first; free() *out. */
 qr_status pgstore_job_unfinished(pgstore *pg, const char *node, store_job **out, size_t *n, char *err);
 qr_status pgstore_job_prune(pgstore *pg, int64_t before_ms, size_t *pruned, char *err);
+
+/*
+ * Failed-login counters (store_shared_failures_count, index/store.h; store_limits.c checks the
+ * keys): a row per key in quarry.login_failures with its failures and its window's start and end,
+ * timed by the server's clock. Each call takes up to PGSTORE_FAILURE_KEYS keys (a NULL entry is
+ * none) and is one statement in a transaction of its own. A read from a server in recovery:
+ * QR_EUNAVAILABLE, as a count there is.
+ */
+#define PGSTORE_FAILURE_KEYS 3
+/* Counts one failure for each key (a key given twice, once): a key without a row, or whose window
+ * has ended, starts a window of window_s (>= 1) seconds now with 1 failure. Deletes a few rows
+ * whose window has ended too (more than a count can add), so that the table holds little more
+ * than the keys that failed within the last window. */
+qr_status pgstore_failures_count(pgstore *pg, const char *const keys[], size_t n, int64_t window_s,
+                                 char *err);
+/* failures[i] gets key i's failures in its current window (0: none, or the window has ended) and
+ * left_ms[i] the milliseconds until that window ends (0 with no failures). */
+qr_status pgstore_failures_read(pgstore *pg, const char *const keys[], size_t n, int64_t *failures,
+                                int64_t *left_ms, char *err);
+/* Forgets the keys' failures (a successful login). */
+qr_status pgstore_failures_clear(pgstore *pg, const char *const keys[], size_t n, char *err);
 
 #endif

@@ -135,6 +135,33 @@ qr_status store_shared_version(const char *name, int64_t *version, char *err);
 qr_status store_shared_write(const char *name, const void *data, size_t len, int64_t expect_version,
                              int64_t *new_version, char *err);
 
+/*
+ * Failed-login counters every node shares (issue #24; index/store_limits.c), in PostgreSQL's
+ * quarry.login_failures while a primary is set (store_shared_on): a count per key (auth's "u:",
+ * "d:" and "a:" keys) in a window that begins at the key's first failure and lasts the window_s
+ * given then (a window already running keeps its end), timed by PostgreSQL's clock, so that the
+ * nodes' clocks do not matter. Each call is one round trip on a connection to the primary that
+ * the process shares, its own (any thread may call; the calls take turns), opened on first use
+ * and again after a connection failure (each call then tries to connect: bound that wait with
+ * connect_timeout in store.postgres). A call takes 1..STORE_FAILURE_KEYS keys, each NULL (none)
+ * or 1..STORE_FAILURE_KEY_MAX bytes of valid UTF-8. QR_EINVAL for bad keys or window, or with no
+ * primary set; QR_EUNAVAILABLE when the primary cannot be reached or is a standby (a count whose
+ * commit got no answer may or may not have happened): the caller falls back to counters of its
+ * own.
+ */
+#define STORE_FAILURE_KEYS    3
+#define STORE_FAILURE_KEY_MAX 512
+/* Counts one failure for each key, in a window of window_s (1..86400) seconds for a key whose
+ * window has ended or that has none. The table keeps little more than the keys that failed within
+ * the last window: each count deletes a few rows whose window has ended. */
+qr_status store_shared_failures_count(const char *const keys[], size_t n, int64_t window_s, char *err);
+/* failures[i] gets key i's failures in its current window (0: none, or it has ended) and left_ms[i]
+ * (0 with no failures) the milliseconds until that window ends. */
+qr_status store_shared_failures_read(const char *const keys[], size_t n, int64_t *failures, int64_t *left_ms,
+                                     char *err);
+/* Forgets the keys' failures (after a successful login). */
+qr_status store_shared_failures_clear(const char *const keys[], size_t n, char *err);
+
 /* Bytes of heap SQLite holds now in this process (for /metrics). */
 int64_t store_memory_used(void);
 
