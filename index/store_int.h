@@ -6,6 +6,7 @@
 #ifndef QUARRY_STORE_INT_H
 #define QUARRY_STORE_INT_H
 
+#include <pthread.h>
 #include <sqlite3.h>
 
 #include "index/feed.h"
@@ -240,6 +241,26 @@ qr_status store_route_primary(char **conninfo, char *err);
 /* store_route.c: a copy of store.postgres_members, one conninfo per member (pgstore_members_free),
  * none when not named; QR_ENOMEM. */
 qr_status store_route_members(char ***list, size_t *n, char *err);
+/* store_link.c: a process-wide connection to the primary for one kind of call (the shared state,
+ * the failed-login counters, the jobs), opened on first use from store_set_primary's conninfo
+ * (QR_EINVAL when none is set), dropped after a connection failure and when another primary is
+ * named. Define one with STORE_LINK_INIT(what), what naming its calls in messages. */
+typedef struct {
+    pthread_mutex_t mu;
+    struct pgstore *pg;
+    char *conninfo; /* the conninfo pg was opened with */
+    const char *what;
+} store_link;
+#define STORE_LINK_INIT(what)                       \
+    {                                               \
+        PTHREAD_MUTEX_INITIALIZER, NULL, NULL, what \
+    }
+typedef qr_status (*store_link_fn)(struct pgstore *pg, void *ctx, char *err);
+/* Runs fn on the link's connection, the link's mutex held; with retry (a call that may run twice),
+ * once more on a new connection when one that had served turns out lost. */
+qr_status store_link_call(store_link *l, store_link_fn fn, void *ctx, bool retry, char *err);
+/* Closes the link's connection: the next call connects to the primary named then. */
+void store_link_drop(store_link *l);
 /* store_shared.c: closes the shared state's connection, for store_set_primary and
  * store_clear_primary: the next call connects to the primary named then. */
 void store_shared_drop(void);

@@ -7,15 +7,11 @@
  * registration, with the directory made absolute, so that a node started again with another
  * spelling of its directory finds its jobs), and store_job_unfinished lists only this node's.
  *
- * One connection to the primary (store_set_primary's conninfo) serves the whole process, as
- * store_shared.c's does: job calls are a few per document, and a mutex around one connection
- * costs less than a connection per store handle would cost PostgreSQL. It is opened on first use,
- * dropped after a connection failure (the next call connects again: through HAProxy, to a new
- * primary after a failover) and when another primary is named. A call on a connection that had
- * served before and turns out lost is tried once more on a new one, but for an insertion: the
- * other calls may run twice (an update writes absolute values, a result recorded again replaces
- * itself without moving the counts, a prune deletes what is left), while an insertion whose
- * commit happened would come back as a taken id.
+ * The calls run on a connection of the process's own to the primary (store_link.c). A call on a
+ * connection that had served before and turns out lost is tried once more on a new one, but for an
+ * insertion: the other calls may run twice (an update writes absolute values, a result recorded
+ * again replaces itself without moving the counts, a prune deletes what is left), while an
+ * insertion whose commit happened would come back as a taken id.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -26,9 +22,7 @@
 #include "index/pgstore.h"
 #include "index/store_int.h"
 
-static pthread_mutex_t g_jobs_mu = PTHREAD_MUTEX_INITIALIZER;
-static pgstore *g_pg;       /* NULL until first use and after a failure */
-static char *g_pg_conninfo; /* the conninfo g_pg was opened with */
+static store_link g_link = STORE_LINK_INIT("jobs");
 
 typedef enum { JOB_INSERT, JOB_GET, JOB_UPDATE, JOB_RESULTS, JOB_LIST, JOB_UNFINISHED, JOB_PRUNE } job_op;
 
@@ -46,65 +40,32 @@ typedef struct {
     bool *more;
 } job_args;
 
-static void drop_locked(void)
-{
-    pgstore_close(g_pg);
-    g_pg = NULL;
-    free(g_pg_conninfo);
-    g_pg_conninfo = NULL;
-}
+typedef struct {
+    job_op op;
+    job_args *a;
+} job_call_ctx;
 
-static qr_status run_op(job_op op, job_args *a, char *err)
+static qr_status run_op(pgstore *pg, void *ctx, char *err)
 {
-    switch (op) {
-    case JOB_INSERT: return pgstore_job_insert(g_pg, a->job, a->staged_in, a->node, err);
-    case JOB_GET: return pgstore_job_get(g_pg, a->id, a->out, a->staged, a->results, err);
-    case JOB_UPDATE: return pgstore_job_update(g_pg, a->job, err);
-    case JOB_RESULTS: return pgstore_job_add_results(g_pg, a->id, a->r, a->nr, err);
+    job_call_ctx *c = ctx;
+    job_args *a = c->a;
+    switch (c->op) {
+    case JOB_INSERT: return pgstore_job_insert(pg, a->job, a->staged_in, a->node, err);
+    case JOB_GET: return pgstore_job_get(pg, a->id, a->out, a->staged, a->results, err);
+    case JOB_UPDATE: return pgstore_job_update(pg, a->job, err);
+    case JOB_RESULTS: return pgstore_job_add_results(pg, a->id, a->r, a->nr, err);
     case JOB_LIST:
-        return pgstore_job_list(g_pg, a->state, a->ms, a->after_id, a->limit, a->jobs, a->n, a->more, err);
-    case JOB_UNFINISHED: return pgstore_job_unfinished(g_pg, a->node, a->jobs, a->n, err);
-    case JOB_PRUNE: return pgstore_job_prune(g_pg, a->ms, a->pruned, err);
+        return pgstore_job_list(pg, a->state, a->ms, a->after_id, a->limit, a->jobs, a->n, a->more, err);
+    case JOB_UNFINISHED: return pgstore_job_unfinished(pg, a->node, a->jobs, a->n, err);
+    case JOB_PRUNE: return pgstore_job_prune(pg, a->ms, a->pruned, err);
     }
-    return qr_fail(err, QR_EINTERNAL, "jobs: unknown operation %d", (int)op);
+    return qr_fail(err, QR_EINTERNAL, "jobs: unknown operation %d", (int)c->op);
 }
 
-/* Runs op on the process's connection to the primary named now, connecting first when needed. */
 static qr_status jobs_call(job_op op, job_args *a, char *err)
 {
-    char *conninfo = NULL;
-    qr_status st = store_route_primary(&conninfo, err);
-    if (st)
-        return st;
-    if (!conninfo)
-        return qr_fail(err, QR_EINVAL, "jobs: no system of record is set (store.backend = postgres)");
-    pthread_mutex_lock(&g_jobs_mu);
-    if (g_pg && strcmp(g_pg_conninfo, conninfo) != 0)
-        drop_locked();
-    for (int attempt = 0; attempt < 2; attempt++) {
-        bool reused = g_pg != NULL;
-        if (!g_pg) {
-            char e2[QR_ERR_LEN] = "";
-            if (!(g_pg_conninfo = strdup(conninfo))) {
-                st = qr_fail(err, QR_ENOMEM, "out of memory");
-                break;
-            }
-            if ((st = pgstore_open(conninfo, &g_pg, e2))) {
-                drop_locked();
-                st = qr_fail(err, st == QR_EINVAL || st == QR_ENOMEM ? st : QR_EUNAVAILABLE,
-                             "jobs: the system of record (store.postgres): %s", e2);
-                break;
-            }
-        }
-        st = run_op(op, a, err);
-        if (st == QR_EUNAVAILABLE || st == QR_EIO)
-            drop_locked();
-        if (st != QR_EUNAVAILABLE || !reused || op == JOB_INSERT)
-            break;
-    }
-    pthread_mutex_unlock(&g_jobs_mu);
-    free(conninfo);
-    return st;
+    job_call_ctx c = {op, a};
+    return store_link_call(&g_link, run_op, &c, op != JOB_INSERT, err);
 }
 
 /* This node's name into *out (free it): "<hostname>:<absolute data directory>". */

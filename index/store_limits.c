@@ -1,15 +1,11 @@
 /*
  * index/store_limits.c: failed-login counters every node shares (index/store.h,
  * store_shared_failures_count), in PostgreSQL's quarry.login_failures (pgstore.c), so that several
- * nodes behind a load balancer hold one limit rather than one each. As store_shared.c does for the
- * shared state, one connection to the primary (store_set_primary's conninfo) serves the whole
- * process behind a mutex: each call is one short statement. It is a connection of its own, so
- * that logins never wait behind an API key check, opened on first use, dropped after a connection
- * failure so that the next call connects again (through HAProxy, to a new primary after a
- * failover), and when the primary named has changed since it was opened. A read or clear on a
- * connection that had served before and turns out lost (a restarted server, a failover) is tried
- * once more on a new one; a count is not, since its commit may have happened, and the caller
- * counts that failure in its own counters instead.
+ * nodes behind a load balancer hold one limit rather than one each. The calls run on a connection
+ * of the process's own to the primary (store_link.c), so that logins never wait behind an API key
+ * check. A read or clear on a connection that had served before and turns out lost (a restarted
+ * server, a failover) is tried once more on a new one; a count is not, since its commit may have
+ * happened, and the caller counts that failure in its own counters instead.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -20,9 +16,7 @@
 
 _Static_assert(STORE_FAILURE_KEYS == PGSTORE_FAILURE_KEYS, "one call's keys fit pgstore's statements");
 
-static pthread_mutex_t g_limits_mu = PTHREAD_MUTEX_INITIALIZER;
-static pgstore *g_pg;       /* NULL until first use and after a connection failure */
-static char *g_pg_conninfo; /* the conninfo g_pg was opened with */
+static store_link g_link = STORE_LINK_INIT("failed-login counters");
 
 typedef enum { FAILURES_COUNT, FAILURES_READ, FAILURES_CLEAR } failures_op;
 
@@ -34,14 +28,6 @@ typedef struct {
     int64_t *failures;
     int64_t *left_ms;
 } failures_args;
-
-static void drop_locked(void)
-{
-    pgstore_close(g_pg);
-    g_pg = NULL;
-    free(g_pg_conninfo);
-    g_pg_conninfo = NULL;
-}
 
 static qr_status check_keys(const char *const keys[], size_t n, char *err)
 {
@@ -61,54 +47,27 @@ static qr_status check_keys(const char *const keys[], size_t n, char *err)
     return QR_OK;
 }
 
-static qr_status run_op(failures_op op, const failures_args *a, char *err)
+typedef struct {
+    failures_op op;
+    const failures_args *a;
+} failures_call_ctx;
+
+static qr_status run_op(pgstore *pg, void *ctx, char *err)
 {
-    switch (op) {
-    case FAILURES_COUNT: return pgstore_failures_count(g_pg, a->keys, a->n, a->window_s, err);
-    case FAILURES_READ: return pgstore_failures_read(g_pg, a->keys, a->n, a->failures, a->left_ms, err);
-    case FAILURES_CLEAR: return pgstore_failures_clear(g_pg, a->keys, a->n, err);
+    const failures_call_ctx *c = ctx;
+    const failures_args *a = c->a;
+    switch (c->op) {
+    case FAILURES_COUNT: return pgstore_failures_count(pg, a->keys, a->n, a->window_s, err);
+    case FAILURES_READ: return pgstore_failures_read(pg, a->keys, a->n, a->failures, a->left_ms, err);
+    case FAILURES_CLEAR: return pgstore_failures_clear(pg, a->keys, a->n, err);
     }
-    return qr_fail(err, QR_EINTERNAL, "failed-login counters: unknown operation %d", (int)op);
+    return qr_fail(err, QR_EINTERNAL, "failed-login counters: unknown operation %d", (int)c->op);
 }
 
-/* Runs op on the process's connection to the primary named now, connecting first when needed. */
 static qr_status failures_call(failures_op op, const failures_args *a, char *err)
 {
-    char *conninfo = NULL;
-    qr_status st = store_route_primary(&conninfo, err);
-    if (st)
-        return st;
-    if (!conninfo)
-        return qr_fail(err, QR_EINVAL,
-                       "failed-login counters: no system of record is set (store.backend = postgres)");
-    pthread_mutex_lock(&g_limits_mu);
-    /* store_set_primary named another primary since g_pg was opened */
-    if (g_pg && strcmp(g_pg_conninfo, conninfo) != 0)
-        drop_locked();
-    for (int attempt = 0; attempt < 2; attempt++) {
-        bool reused = g_pg != NULL;
-        if (!g_pg) {
-            char e2[QR_ERR_LEN] = "";
-            if (!(g_pg_conninfo = strdup(conninfo))) {
-                st = qr_fail(err, QR_ENOMEM, "out of memory");
-                break;
-            }
-            if ((st = pgstore_open(conninfo, &g_pg, e2))) {
-                drop_locked();
-                st = qr_fail(err, st == QR_EINVAL || st == QR_ENOMEM ? st : QR_EUNAVAILABLE,
-                             "the system of record (store.postgres): %s", e2);
-                break;
-            }
-        }
-        st = run_op(op, a, err);
-        if (st == QR_EUNAVAILABLE || st == QR_EIO)
-            drop_locked();
-        if (st != QR_EUNAVAILABLE || !reused || op == FAILURES_COUNT)
-            break;
-    }
-    pthread_mutex_unlock(&g_limits_mu);
-    free(conninfo);
-    return st;
+    failures_call_ctx c = {op, a};
+    return store_link_call(&g_link, run_op, &c, op != FAILURES_COUNT, err);
 }
 
 qr_status store_shared_failures_count(const char *const keys[], size_t n, int64_t window_s, char *err)

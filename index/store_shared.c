@@ -1,13 +1,11 @@
 /*
  * index/store_shared.c: shared state (index/store.h, store_shared_read): small named blobs every
  * node of a system of record agrees on, in PostgreSQL's quarry.shared (pgstore.c), for auth's API
- * keys and generated token secret. One connection to the primary (store_set_primary's conninfo)
- * serves the whole process: each call is one short statement, so a mutex around one connection
- * costs less than a connection per thread would cost PostgreSQL. It is opened on first use and
- * dropped after a connection failure, so that the next call connects again (through HAProxy, to a
- * new primary after a failover), and when the primary is named again or cleared. A read or version
- * check on a connection that had served before and turns out lost (a restarted server, a
- * failover) is tried once more on a new one; a write is not, since its commit may have happened.
+ * keys and generated token secret. The calls run on a connection of the process's own to the
+ * primary (store_link.c), closed when the primary is named again or cleared. A read or version
+ * check on a connection that had served before and turns out lost (a restarted server, a failover)
+ * is tried once more on a new one; a write is not, since its commit may have happened. A read that
+ * finds no primary asks every member of store.postgres_members (members_call).
  * (store_shared_on is store_route.c's: it asks whether a primary is set.)
  */
 #include <pthread.h>
@@ -18,11 +16,10 @@
 #include "index/pgstore.h"
 #include "index/store_int.h"
 
-static pthread_mutex_t g_shared_mu = PTHREAD_MUTEX_INITIALIZER;
-static pgstore *g_pg;       /* NULL until first use, after a failure and after store_shared_drop */
-static char *g_pg_conninfo; /* the conninfo g_pg was opened with */
+static store_link g_link = STORE_LINK_INIT("shared state");
 /* store.postgres_members, asked directly for reads when no primary answers: their conninfos as
- * last named (store_route_members) and a connection to each, opened on first use */
+ * last named (store_route_members) and a connection to each, opened on first use; under g_members_mu */
+static pthread_mutex_t g_members_mu = PTHREAD_MUTEX_INITIALIZER;
 static char **g_members;
 static pgstore **g_mpg;
 static size_t g_nmembers;
@@ -40,14 +37,6 @@ typedef struct {
     int64_t *version;
 } shared_args;
 
-static void drop_locked(void)
-{
-    pgstore_close(g_pg);
-    g_pg = NULL;
-    free(g_pg_conninfo);
-    g_pg_conninfo = NULL;
-}
-
 static void drop_members_locked(void)
 {
     for (size_t i = 0; i < g_nmembers; i++)
@@ -61,10 +50,10 @@ static void drop_members_locked(void)
 
 void store_shared_drop(void)
 {
-    pthread_mutex_lock(&g_shared_mu);
-    drop_locked();
+    store_link_drop(&g_link);
+    pthread_mutex_lock(&g_members_mu);
     drop_members_locked();
-    pthread_mutex_unlock(&g_shared_mu);
+    pthread_mutex_unlock(&g_members_mu);
 }
 
 static qr_status check_name(const char *name, char *err)
@@ -81,15 +70,21 @@ static qr_status check_name(const char *name, char *err)
     return QR_OK;
 }
 
-static qr_status run_op(shared_op op, shared_args *a, char *err)
+typedef struct {
+    shared_op op;
+    shared_args *a;
+} shared_call_ctx;
+
+static qr_status run_op(pgstore *pg, void *ctx, char *err)
 {
-    switch (op) {
-    case SHARED_READ: return pgstore_shared_read(g_pg, a->name, false, a->data, a->len, a->version, err);
-    case SHARED_VERSION: return pgstore_shared_version(g_pg, a->name, false, a->version, err);
-    case SHARED_WRITE:
-        return pgstore_shared_write(g_pg, a->name, a->in, a->in_len, a->expect, a->version, err);
+    shared_call_ctx *c = ctx;
+    shared_args *a = c->a;
+    switch (c->op) {
+    case SHARED_READ: return pgstore_shared_read(pg, a->name, false, a->data, a->len, a->version, err);
+    case SHARED_VERSION: return pgstore_shared_version(pg, a->name, false, a->version, err);
+    case SHARED_WRITE: return pgstore_shared_write(pg, a->name, a->in, a->in_len, a->expect, a->version, err);
     }
-    return qr_fail(err, QR_EINTERNAL, "shared state: unknown operation %d", (int)op);
+    return qr_fail(err, QR_EINTERNAL, "shared state: unknown operation %d", (int)c->op);
 }
 
 /* Whether the members' list is the one named now (same conninfos in the same order). */
@@ -109,7 +104,7 @@ static bool same_members(char **list, size_t n)
  * must answer. The argument is a fence's (store_route.c, record_head): a write acknowledged before
  * (a key's revocation) stays in the data of the primary that committed it, and versions only grow;
  * a member that does not answer might be a primary this node cannot see. QR_ENOTIMPL when no
- * members are named (the caller keeps the primary's error). Called with g_shared_mu held.
+ * members are named (the caller keeps the primary's error). Called with g_members_mu held.
  */
 static qr_status members_call(shared_op op, shared_args *a, char *err)
 {
@@ -171,51 +166,21 @@ static qr_status members_call(shared_op op, shared_args *a, char *err)
     return st;
 }
 
-/* Runs op on the shared connection to the primary named now, connecting first when needed; a read
- * that finds no primary asks the members (members_call). */
+/* Runs op on the shared connection to the primary named now; a read that finds no primary asks the
+ * members (members_call). */
 static qr_status shared_call(shared_op op, shared_args *a, char *err)
 {
-    char *conninfo = NULL;
-    qr_status st = store_route_primary(&conninfo, err);
-    if (st)
-        return st;
-    if (!conninfo)
-        return qr_fail(err, QR_EINVAL,
-                       "shared state '%s': no system of record is set (store.backend = postgres)", a->name);
-    pthread_mutex_lock(&g_shared_mu);
-    /* the primary was named again between our read of it and the lock */
-    if (g_pg && strcmp(g_pg_conninfo, conninfo) != 0)
-        drop_locked();
-    for (int attempt = 0; attempt < 2; attempt++) {
-        bool reused = g_pg != NULL;
-        if (!g_pg) {
-            char e2[QR_ERR_LEN] = "";
-            if (!(g_pg_conninfo = strdup(conninfo))) {
-                st = qr_fail(err, QR_ENOMEM, "out of memory");
-                break;
-            }
-            if ((st = pgstore_open(conninfo, &g_pg, e2))) {
-                drop_locked();
-                st = qr_fail(err, st == QR_EINVAL || st == QR_ENOMEM ? st : QR_EUNAVAILABLE,
-                             "the system of record (store.postgres): %s", e2);
-                break;
-            }
-        }
-        st = run_op(op, a, err);
-        if (st == QR_EUNAVAILABLE || st == QR_EIO)
-            drop_locked();
-        if (st != QR_EUNAVAILABLE || !reused || op == SHARED_WRITE)
-            break;
-    }
+    shared_call_ctx c = {op, a};
+    qr_status st = store_link_call(&g_link, run_op, &c, op != SHARED_WRITE, err);
     if (st == QR_EUNAVAILABLE && op != SHARED_WRITE) {
         char e2[QR_ERR_LEN] = "", e3[QR_ERR_LEN] = "";
         snprintf(e2, sizeof(e2), "%s", err ? err : "");
+        pthread_mutex_lock(&g_members_mu);
         qr_status mst = members_call(op, a, e3);
+        pthread_mutex_unlock(&g_members_mu);
         if (mst != QR_ENOTIMPL)
             st = mst ? qr_fail(err, mst, "no primary answers (%s), and %s", e2, e3) : QR_OK;
     }
-    pthread_mutex_unlock(&g_shared_mu);
-    free(conninfo);
     return st;
 }
 
