@@ -614,6 +614,10 @@ static qr_status recover(api_jobs *j, char *err)
     size_t n = 0;
     store *s = api_store_acquire(j->srv);
     qr_status st = store_job_unfinished(s, &jobs, &n, err);
+    /* with store.backend = postgres the jobs listed are this node's in PostgreSQL: a staging
+     * directory none of them owns may still be a job's of the local store, from before the switch,
+     * which PostgreSQL never saw; such directories are left alone rather than removed */
+    bool routed = store_routed(s);
     api_store_release(j->srv, s);
     if (st)
         return st;
@@ -634,6 +638,13 @@ static qr_status recover(api_jobs *j, char *err)
         struct stat sb;
         if (lstat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
             qr_log(QR_LOG_WARN, "jobs", "'%s' is not a job's staging directory; left alone", path);
+            continue;
+        }
+        if (routed) {
+            qr_log(QR_LOG_WARN, "jobs",
+                   "the staging directory '%s' belongs to no unfinished job of this node in PostgreSQL "
+                   "(a job of the local store from before store.backend = postgres?); left alone",
+                   path);
             continue;
         }
         if (remove_staged(path, e2))

@@ -1220,6 +1220,23 @@ qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err)
     return st;
 }
 
+qr_status pgstore_counter_role(pgstore *pg, int64_t *counter, bool *standby, char *err)
+{
+    if (!pg || !counter || !standby)
+        return qr_fail(err, QR_EINVAL, "pgstore_counter_role: NULL argument");
+    int64_t v = 0;
+    qr_status st = pg_ready(pg, err);
+    /* the counter times two, plus one on a standby: one integer, one round trip */
+    if (!st)
+        st = pg_int(pg, "SELECT value * 2 + pg_is_in_recovery()::int FROM quarry.counter", NULL, &v, err,
+                    "read the change counter");
+    if (!st) {
+        *counter = v / 2;
+        *standby = v % 2 != 0;
+    }
+    return st;
+}
+
 qr_status pgstore_primary_counter(pgstore *pg, int64_t *counter, char *err)
 {
     if (!pg || !counter)

@@ -107,6 +107,8 @@ qr_status pgstore_counter(pgstore *pg, int64_t *counter, char *err);
 /* The same on a primary; QR_EUNAVAILABLE from a server in recovery (a standby, or a leader Patroni
  * demoted that a load balancer still sends connections to). */
 qr_status pgstore_primary_counter(pgstore *pg, int64_t *counter, char *err);
+/* The counter and whether the server is in recovery (a standby), in one round trip. */
+qr_status pgstore_counter_role(pgstore *pg, int64_t *counter, bool *standby, char *err);
 
 /* Document doc_id as the server holds it: the counter of its last change and its digest (the text
  * store_follow_last_doc builds: free it), or *digest NULL when it holds no such document, with

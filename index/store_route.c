@@ -41,7 +41,8 @@ struct store_route {
     int64_t uid;           /* the system of record's uid, once the local store follows it */
     pgstore **m;           /* store.postgres_members, each asked directly when there is no primary */
     size_t nm;
-    bool lost; /* a primary lost a change this node applied: nothing more from it */
+    bool lost;        /* a primary lost a change this node applied: nothing more from it */
+    bool via_members; /* the last fence found no primary: the next asks the members first */
     char lost_msg[QR_ERR_LEN];
 };
 
@@ -318,18 +319,21 @@ static qr_status member(store *s, size_t i, char *err)
 /* The highest change counter among every member of the cluster (store.postgres_members) and
  * which member has it; QR_EUNAVAILABLE when one of them does not answer. *answered counts those
  * that did. */
-static qr_status members_head(store *s, int64_t *head, size_t *best, size_t *answered, char *err)
+static qr_status members_head(store *s, int64_t *head, size_t *best, size_t *answered, bool *primary_seen,
+                              char *err)
 {
     struct store_route *rt = s->route;
     qr_status first = QR_OK;
     *head = -1;
     *answered = 0;
+    *primary_seen = false;
     for (size_t i = 0; i < rt->nm; i++) {
         int64_t c = 0;
+        bool standby = true;
         char e2[QR_ERR_LEN] = "";
         qr_status st = member(s, i, e2);
         if (!st)
-            st = pg_failed(&rt->m[i], pgstore_counter(rt->m[i], &c, e2));
+            st = pg_failed(&rt->m[i], pgstore_counter_role(rt->m[i], &c, &standby, e2));
         if (st == QR_EINVAL || st == QR_ENOMEM)
             return qr_fail(err, st, "member %zu of store.postgres_members: %s", i + 1, e2);
         if (st) {
@@ -338,6 +342,7 @@ static qr_status members_head(store *s, int64_t *head, size_t *best, size_t *ans
             continue;
         }
         ++*answered;
+        *primary_seen |= !standby;
         if (c > *head) {
             *head = c;
             *best = i;
@@ -354,31 +359,52 @@ static qr_status members_head(store *s, int64_t *head, size_t *best, size_t *ans
  * That holds every write acknowledged before the call: an acknowledged write stays in the data of
  * the primary that committed it (a demoted leader restarts as a standby with all of it; pg_rewind
  * only removes what a new primary lacks, and Patroni's synchronous_mode promotes only a standby
- * that had every acknowledged write, which replays it). So every member must answer: one that does
- * not might be a primary this node cannot see. While some member answers, both are asked again
- * every 20 ms until the deadline: a leader Patroni demotes is stopped and restarted as a standby
- * (about 1.5 s on the loopback cluster), which a search waits out when store.fence_ms allows. A
- * node that reaches none (cut off) fails at once, after one more try of the primary: a connection
- * to a primary that failed over is opened again (through HAProxy, to the new one).
+ * that had every acknowledged write, which replays it); this holds whatever the members' roles. So
+ * every member must answer: one that does not might be a primary this node cannot see. While some
+ * member answers, the members are asked again every 20 ms until the deadline: a leader Patroni
+ * demotes is stopped and restarted as a standby (about 1.5 s on the loopback cluster), which a
+ * search waits out when store.fence_ms allows. The primary is asked once, twice when its connection
+ * was open (one it dropped is opened again: through HAProxy, to a new primary after a failover); a
+ * node that reaches no member at all (cut off) fails after that. Once a fence went to the members, the next
+ * ones ask them first, without a connection attempt through store.postgres (through HAProxy with no
+ * primary behind it, one can wait out its whole connect_timeout), until a member is a primary again.
  */
 static qr_status record_head(store *s, uint64_t deadline, int64_t *f, pgstore ***src, char *err)
 {
     struct store_route *rt = s->route;
     char e2[QR_ERR_LEN] = "", e3[QR_ERR_LEN] = "";
+    size_t best = 0, answered = 0;
+    bool primary_seen = false;
+    if (rt->lost)
+        return qr_fail(err, QR_EUNAVAILABLE, "%s", rt->lost_msg);
+    if (rt->via_members && rt->nm) {
+        qr_status st = members_head(s, f, &best, &answered, &primary_seen, e3);
+        if (!st) {
+            rt->via_members = !primary_seen;
+            *src = &rt->m[best];
+            return QR_OK;
+        }
+        if (st != QR_EUNAVAILABLE)
+            return qr_fail(err, st, "%s", e3);
+    }
+    /* once more only for a connection that was open: the primary may have dropped it */
+    bool reopen = rt->w != NULL;
     for (int round = 0;; round++) {
-        qr_status st = primary(s, e2);
+        bool ask = round == 0 || (round == 1 && reopen);
+        qr_status st = ask ? primary(s, e2) : QR_EUNAVAILABLE;
         if (rt->lost)
             return qr_fail(err, QR_EUNAVAILABLE, "%s", e2);
-        if (!st && !(st = pg_failed(&rt->w, pgstore_primary_counter(rt->w, f, e2)))) {
+        if (ask && !st && !(st = pg_failed(&rt->w, pgstore_primary_counter(rt->w, f, e2)))) {
+            rt->via_members = false;
             *src = NULL;
             return QR_OK;
         }
         if (st != QR_EUNAVAILABLE)
             return qr_fail(err, st, "%s", e2);
-        size_t answered = 0;
+        answered = 0;
         if (rt->nm) {
-            size_t best = 0;
-            if (!(st = members_head(s, f, &best, &answered, e3))) {
+            if (!(st = members_head(s, f, &best, &answered, &primary_seen, e3))) {
+                rt->via_members = !primary_seen;
                 *src = &rt->m[best];
                 return QR_OK;
             }
