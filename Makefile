@@ -101,10 +101,11 @@ cluster-infra: bootstrap
 # PostgreSQL, etcd down 30 s, the leader SIGKILLed under writes. Prints `cluster: lost=N stale=N
 # fresh_p99_ms=N order_mismatch=N bootstrap_mismatch=N failover_s=N ...` and fails when something
 # was lost, stale or mismatched or a step failed; everything is stopped after. Not part of
-# `make test` (about four minutes).
+# `make test`, but in .ci/run (about three minutes; CLUSTER_TEST_ARGS passes options to
+# tests/cluster/cluster_test.py, e.g. "--revocations 400 --etcd-hold 20").
 .PHONY: cluster-test
 cluster-test: build
-	tests/cluster/cluster_test.sh $(CLUSTER_DIR) $(BUILD_DIR)/quarry
+	tests/cluster/cluster_test.sh $(CLUSTER_DIR) $(BUILD_DIR)/quarry $(CLUSTER_TEST_ARGS)
 
 .PHONY: fuzz-smoke
 fuzz-smoke: bootstrap
