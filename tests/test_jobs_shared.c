@@ -19,48 +19,7 @@
 #include "core/core.h"
 #include "index/store.h"
 #include "tests/harness.h"
-#include "tests/pg_fixture.h"
-
-static pg_fixture fx;
-static bool pg_running;
-
-static void stop_pg(void)
-{
-    if (pg_running)
-        pg_fixture_stop(&fx);
-    pg_running = false;
-}
-
-static bool start_pg(void)
-{
-    char err[512];
-    int rc = pg_fixture_start(&fx, err);
-    if (rc == PG_FIXTURE_SKIP) {
-        printf("skipped: %s\n", err);
-        exit(PG_FIXTURE_SKIP);
-    }
-    if (rc)
-        harness_fail(__FILE__, __LINE__, "cannot start PostgreSQL: %s", err);
-    pg_running = rc == 0;
-    char e2[QR_ERR_LEN];
-    if (!rc && store_set_primary(fx.conninfo, NULL, 5000, e2)) {
-        harness_fail(__FILE__, __LINE__, "store_set_primary: %s", e2);
-        stop_pg();
-        return false;
-    }
-    qr_log_configure(QR_LOG_ERROR, QR_LOG_TEXT, NULL, e2);
-    return rc == 0;
-}
-
-/* Each case runs on a server of its own, stopped and removed even when a check fails. */
-#define RUN_WITH_PG(name)          \
-    do {                           \
-        if (start_pg()) {          \
-            run_##name();          \
-            store_clear_primary(); \
-            stop_pg();             \
-        }                          \
-    } while (0)
+#include "tests/pg_routed.h"
 
 /* A node: a data directory and a store handle on it, routed while a primary is set. */
 typedef struct {

@@ -21,55 +21,22 @@
 #include "index/store.h"
 #include "tests/auth_test_util.h"
 #include "tests/harness.h"
-#include "tests/pg_fixture.h"
+#include "tests/pg_routed.h"
 
-static pg_fixture fx;
-static bool pg_running;
-
-static void stop_pg(void)
+/* The cases log in against the slapd fixture. */
+static bool under_slapd(void)
 {
-    if (pg_running)
-        pg_fixture_stop(&fx);
-    pg_running = false;
+    if (getenv("QUARRY_TEST_LDAP_URI"))
+        return true;
+    harness_fail(__FILE__, __LINE__, "run under tests/fixtures/slapd-fixture.sh (QUARRY_TEST_LDAP_URI)");
+    return false;
 }
 
-static bool start_pg(void)
-{
-    char err[512];
-    if (!getenv("QUARRY_TEST_LDAP_URI")) {
-        harness_fail(__FILE__, __LINE__, "run under tests/fixtures/slapd-fixture.sh (QUARRY_TEST_LDAP_URI)");
-        return false;
-    }
-    int rc = pg_fixture_start(&fx, err);
-    if (rc == PG_FIXTURE_SKIP) {
-        printf("skipped: %s\n", err);
-        exit(PG_FIXTURE_SKIP);
-    }
-    if (rc)
-        harness_fail(__FILE__, __LINE__, "cannot start PostgreSQL: %s", err);
-    pg_running = rc == 0;
-    char e2[QR_ERR_LEN];
-    if (!rc && store_set_primary(fx.conninfo, NULL, 5000, e2)) {
-        harness_fail(__FILE__, __LINE__, "store_set_primary: %s", e2);
-        stop_pg();
-        return false;
-    }
-    qr_log_configure(QR_LOG_ERROR, QR_LOG_TEXT, NULL, e2);
-    return rc == 0;
-}
-
-/* Each case runs on a server of its own, stopped and removed even when a check fails. */
-#define RUN_WITH_PG(name)          \
-    do {                           \
-        if (start_pg()) {          \
-            run_##name();          \
-            store_clear_primary(); \
-            stop_pg();             \
-        }                          \
+#define RUN_LIMITS(name)       \
+    do {                       \
+        if (under_slapd())     \
+            RUN_WITH_PG(name); \
     } while (0)
-
-/* Nothing listens on port 1: a primary this node cannot reach (etcd down: there is none). */
-#define NO_PRIMARY "host=127.0.0.1 port=1 user=quarry dbname=postgres connect_timeout=2"
 
 /* A node as auth sees it: a data directory of its own and a context on the fixture's slapd with
  * these limits. */
@@ -216,7 +183,7 @@ static void run_counter_rules(void)
 }
 TEST(counter_rules)
 {
-    RUN_WITH_PG(counter_rules);
+    RUN_LIMITS(counter_rules);
 }
 
 /* A server in recovery named as the primary (a demoted leader HAProxy still sends connections to)
@@ -258,7 +225,7 @@ static void run_standby_is_not_the_primary(void)
 }
 TEST(standby_is_not_the_primary)
 {
-    RUN_WITH_PG(standby_is_not_the_primary);
+    RUN_LIMITS(standby_is_not_the_primary);
 }
 
 /* ---- limits across nodes ------------------------------------------------------------------------- */
@@ -311,7 +278,7 @@ static void run_failures_count_across_nodes(void)
 }
 TEST(failures_count_across_nodes)
 {
-    RUN_WITH_PG(failures_count_across_nodes);
+    RUN_LIMITS(failures_count_across_nodes);
 }
 
 /* A 2 s window, limit 2: reached across the nodes, refused on both; once the window has passed a
@@ -340,7 +307,7 @@ static void run_window_restarts(void)
 }
 TEST(window_restarts)
 {
-    RUN_WITH_PG(window_restarts);
+    RUN_LIMITS(window_restarts);
 }
 
 /* ---- PostgreSQL unreachable ---------------------------------------------------------------------- */
@@ -420,7 +387,7 @@ static void run_unreachable_limits_per_node(void)
 }
 TEST(unreachable_limits_per_node)
 {
-    RUN_WITH_PG(unreachable_limits_per_node);
+    RUN_LIMITS(unreachable_limits_per_node);
 }
 
 /* ---- a bounded table ------------------------------------------------------------------------------ */
@@ -462,7 +429,7 @@ static void run_table_stays_bounded(void)
 }
 TEST(table_stays_bounded)
 {
-    RUN_WITH_PG(table_stays_bounded);
+    RUN_LIMITS(table_stays_bounded);
 }
 
 /* ---- without a primary ---------------------------------------------------------------------------- */

@@ -22,50 +22,9 @@
 #include "index/maintainer.h"
 #include "retrieval/retrieval.h"
 #include "tests/harness.h"
-#include "tests/pg_fixture.h"
+#include "tests/pg_routed.h"
 
 #define DIM 8
-
-static pg_fixture fx;
-static bool pg_running;
-
-static void stop_pg(void)
-{
-    if (pg_running)
-        pg_fixture_stop(&fx);
-    pg_running = false;
-}
-
-static bool start_pg(void)
-{
-    char err[512];
-    int rc = pg_fixture_start(&fx, err);
-    if (rc == PG_FIXTURE_SKIP) {
-        printf("skipped: %s\n", err);
-        exit(PG_FIXTURE_SKIP);
-    }
-    if (rc)
-        harness_fail(__FILE__, __LINE__, "cannot start PostgreSQL: %s", err);
-    pg_running = rc == 0;
-    char e2[QR_ERR_LEN];
-    if (!rc && store_set_primary(fx.conninfo, NULL, 5000, e2)) {
-        harness_fail(__FILE__, __LINE__, "store_set_primary: %s", e2);
-        stop_pg();
-        return false;
-    }
-    qr_log_configure(QR_LOG_ERROR, QR_LOG_TEXT, NULL, e2);
-    return rc == 0;
-}
-
-/* Each case runs on a server of its own, stopped and removed even when a check fails. */
-#define RUN_WITH_PG(name)          \
-    do {                           \
-        if (start_pg()) {          \
-            run_##name();          \
-            store_clear_primary(); \
-            stop_pg();             \
-        }                          \
-    } while (0)
 
 /* A node: a data directory, a routed store handle on it and a retrieval handle (FTS5 ranks). */
 typedef struct {
@@ -353,10 +312,6 @@ static bool exec_rows(const char *conninfo, const char *sql)
     PQfinish(c);
     return rows;
 }
-
-/* Nothing listens on port 1: a primary this node cannot reach (etcd down: Patroni demoted the
- * leader and HAProxy has none to offer). */
-#define NO_PRIMARY "host=127.0.0.1 port=1 user=quarry dbname=postgres connect_timeout=2"
 
 /* With no primary to ask, a node that names every member (store.postgres_members) applies the feed
  * up to the highest counter among them: a standby whose replay is paused comes first in the list,
