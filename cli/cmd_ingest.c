@@ -18,6 +18,7 @@
 
 #include "api/api.h"
 #include "cli/cli.h"
+#include "index/store.h"
 #include "ingest/ingest.h"
 
 /* A batch (one transaction, one fdatasync) ends at whichever comes first; every document in it is
@@ -646,7 +647,7 @@ int cli_cmd_ingest(cli_ctx *ctx)
     jsonl_defaults defaults = {.acl = acl, .nacl = nacl};
     run.jsonl = (ingest_parser){.parse = jsonl_parse, .release = jsonl_release, .ctx = &defaults};
     qr_buf_init(&run.failures, 1 << 20);
-    if (ingest_session_open(ctx->cfg, &run.session, err)) {
+    if (store_skip_memory_stats(err) || ingest_session_open(ctx->cfg, &run.session, err)) {
         fprintf(stderr, "quarry ingest: %s\n", err);
         qr_buf_release(&run.failures);
         return CLI_EXIT_FAILURE;

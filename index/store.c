@@ -1,12 +1,14 @@
 /*
- * The document store: documents, chunks, ACL rows and the FTS5 index of the chunks in one SQLite
- * database (<dir>/quarry.db), the chunk vectors in a file beside it (<dir>/quarry.vec, whose
- * rules store_vec.c states), and the change log the vector index follows.
+ * The document store: documents, chunks and ACL rows in one SQLite database (<dir>/quarry.db), the
+ * chunk vectors in a file beside it (<dir>/quarry.vec, whose rules store_vec.c states), the FTS5
+ * index of the chunks in a database of its own (<dir>/quarry.fts, store_fts.c), and the change
+ * log the indexes follow.
  *
  * Consistency rests on three choices. Every write is one IMMEDIATE transaction (the write lock
  * is taken up front, so two writers never deadlock upgrading a read lock), and the rows of a
- * document -- its documents row, chunk rows, FTS rows, ACL rows -- are written and removed
- * together inside it (its vector rows are written and synced before that transaction commits). The database
+ * document -- its documents row, chunk rows, ACL rows, and the values its FTS rows were indexed
+ * with when they are to go -- are written and removed together inside it (its vector rows are
+ * written and synced before that transaction commits). The database
  * runs in WAL mode with synchronous=FULL: WAL alone keeps the file consistent across a killed process or a
  * power cut, and FULL syncs the WAL at every commit, so a commit that returned also survives power loss.
  * synchronous=NORMAL keeps the same guarantees against a killed process (the WAL frames are in the OS before
@@ -17,14 +19,10 @@
  * to several documents: each is still written whole inside it, and a failure half-way through a write rolls
  * the whole batch back.
  *
- * The FTS5 table is external-content: its content table is the view chunks_fts_source, which
- * joins each chunk's heading path and text with its document's title. The chunk text is thus
- * stored once (a regular FTS5 table would keep a second copy of every chunk), while title,
- * headings and body are indexed per chunk. The price of external content is that FTS5 must be
- * told the exact old values when a row goes away ('delete' command); the store therefore removes
- * a document's FTS rows, reading them from the view, before it deletes or changes the chunks or
- * title they came from, always in the same transaction. SQLite 3.40 has no contentless-delete
- * tables, which would have avoided both the copy and that rule.
+ * The full-text index follows the change counter rather than sharing the documents' transactions,
+ * so that a bulk load indexes on a second core (SQLite has one writer per database file): every
+ * public call that committed changes to indexed text brings it up to date before it returns, and
+ * bulk mode has a thread for it. store_fts.c says how it stays exact.
  *
  * All SQL uses bound parameters; values are never formatted into SQL. sqlite3 messages are
  * translated into quarry statuses in one place (store_sql_fail).
@@ -133,6 +131,19 @@ static const char *const store_migrations[] = {
     /* 4: the vectors move out of the database into the vectors file (store_vec.c):
      * vectors_to_file copies them first, inside the migration's transaction */
     "DROP TABLE vectors;",
+    /* 5: the full-text index moves out into a database of its own (<dir>/quarry.fts, store_fts.c),
+     * written by a follower of the change counter so that a bulk load indexes on a second core.
+     * Its table there is contentless, so FTS5 must be given the exact values it indexed to remove
+     * a row: the writes record them here when chunks go or a title changes, with the counter at
+     * which the removed version was written (since) and the counter of the change (counter); the
+     * follower applies them and they are pruned once it is durably past them. The old table's
+     * rows are not copied: the follower indexes every chunk again from counter 0. */
+    "DROP TABLE chunks_fts;"
+    "DROP VIEW chunks_fts_source;"
+    "CREATE TABLE fts_gone("
+    "  chunk_id INTEGER NOT NULL, since INTEGER NOT NULL, counter INTEGER NOT NULL,"
+    "  title TEXT NOT NULL, headings TEXT NOT NULL, body TEXT NOT NULL);"
+    "CREATE INDEX fts_gone_counter ON fts_gone(counter);",
 };
 #define MIGRATION_VECTORS_OUT 3 /* the migration from version 3 to 4 */
 #define STORE_SCHEMA_VERSION  ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
@@ -174,14 +185,11 @@ static const char *const store_sql[Q_COUNT] = {
     [Q_CHUNK_BELOW] = "SELECT max(id) FROM chunks WHERE id < ?1",
     [Q_CHUNK_ABOVE] = "SELECT min(id) FROM chunks WHERE id > ?1",
     [Q_CHUNK_SEQ] = "SELECT seq FROM sqlite_sequence WHERE name = 'chunks'",
-    /* FTS rows are written one by one: a multi-row INSERT ... SELECT into FTS5 opens a statement
-     * savepoint, at which FTS5 flushes its pending terms into a new segment (measured: 45% slower
-     * per document, and no gain from larger transactions) */
-    [Q_FTS_SOURCE_DOC] = "SELECT id, title, headings, body FROM chunks_fts_source WHERE doc = ?1",
-    [Q_FTS_INSERT] = "INSERT INTO chunks_fts(rowid, title, headings, body) VALUES (?1, ?2, ?3, ?4)",
-    /* external content: FTS5 must be given the values it indexed, which the view still holds */
-    [Q_FTS_DELETE] = "INSERT INTO chunks_fts(chunks_fts, rowid, title, headings, body)"
-                     " VALUES ('delete', ?1, ?2, ?3, ?4)",
+    /* the FTS rows of a document's chunks as they were indexed (store_fts.c), before its chunks
+     * or title change */
+    [Q_FTS_GONE_DOC] = "INSERT INTO fts_gone(chunk_id, since, counter, title, headings, body)"
+                       " SELECT c.id, max(c.added, d.fts_changed), ?2, d.title, c.headings, c.body"
+                       " FROM chunks c JOIN documents d ON d.id = c.doc WHERE c.doc = ?1",
     [Q_TOMBSTONE_DOC] =
         "INSERT INTO deleted_chunks(chunk_id, counter) SELECT id, ?2 FROM chunks WHERE doc = ?1",
     [Q_ACL_LIST] = "SELECT principal FROM acl WHERE doc = ?1 ORDER BY principal",
@@ -314,6 +322,7 @@ const char *store_col_str(sqlite3_stmt *q, int i)
 
 static void rollback(store *s)
 {
+    s->fts_changed = false;
     if (!sqlite3_get_autocommit(s->db)) {
         sqlite3_step(s->q[Q_ROLLBACK]);
         sqlite3_reset(s->q[Q_ROLLBACK]);
@@ -329,8 +338,11 @@ static qr_status commit(store *s, char *err, const char *what)
     qr_status st = store_vec_sync(s, err);
     if (!st)
         st = store_run(s, s->q[Q_COMMIT], err, what);
-    if (!st)
+    if (!st) {
         store_vec_committed(s, !s->bulk);
+        s->fts_due |= s->fts_changed;
+        s->fts_changed = false;
+    }
     return st;
 }
 
@@ -352,6 +364,7 @@ qr_status store_end_call(store *s, qr_status st, char *err)
     s->wrote = false; /* a later call that fails before store_begin_write has written nothing */
     if (s->batch != BATCH_OPEN) {
         rollback(s);
+        store_fts_due(s);
         return st;
     }
     if (st && (wrote || sqlite3_get_autocommit(s->db))) {
@@ -633,6 +646,20 @@ void store_set_memory_limit(int64_t bytes)
     sqlite3_soft_heap_limit64(bytes > 0 ? bytes : 0);
 }
 
+qr_status store_skip_memory_stats(char *err)
+{
+    /* SQLite takes configuration only while it is not initialized: the dependency check at start
+     * (index/deps.c) has initialized it, with no connection left open */
+    int rc = sqlite3_shutdown();
+    if (rc == SQLITE_OK)
+        rc = sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_initialize();
+    return rc == SQLITE_OK
+               ? QR_OK
+               : qr_fail(err, QR_EINTERNAL, "cannot configure SQLite's allocator: %s", sqlite3_errstr(rc));
+}
+
 static _Atomic int64_t store_mmap_bytes;
 
 void store_set_mmap(int64_t bytes)
@@ -722,7 +749,8 @@ qr_status store_open(const char *dir, store **out, char *err)
             goto out;
         }
     }
-    st = store_route_attach(s, err);
+    if (!(st = store_fts_attach(s, err)))
+        st = store_route_attach(s, err);
 out:
     if (st) {
         store_close(s);
@@ -767,6 +795,7 @@ void store_close(store *s)
         rollback(s);
     store_route_detach(s);
     ckpt_stop(s);
+    store_fts_close(s);
     for (int i = 0; i < Q_COUNT; i++)
         sqlite3_finalize(s->q[i]);
     store_stmt_cache_clear(s);
@@ -819,6 +848,7 @@ qr_status store_batch_commit_local(store *s, char *err)
         return qr_fail(err, s->batch_st, "the batch was rolled back: %s", s->batch_err);
     qr_status st = commit(s, err, "commit a batch");
     rollback(s); /* a failed COMMIT can leave the transaction open */
+    store_fts_due(s);
     return st;
 }
 
@@ -935,7 +965,8 @@ static void ckpt_start(store *s)
     store_ckpt *c = calloc(1, sizeof(*c));
     if (!c)
         return;
-    if (sqlite3_open_v2(s->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL) != SQLITE_OK ||
+    if (sqlite3_open_v2(s->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK ||
         sqlite3_exec(c->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
         sqlite3_close(c->db);
         free(c);
@@ -973,6 +1004,7 @@ qr_status store_bulk_begin(store *s, char *err)
         return st;
     s->bulk = true;
     ckpt_start(s);
+    store_fts_bulk_begin(s);
     return QR_OK;
 }
 
@@ -984,6 +1016,7 @@ qr_status store_bulk_end(store *s, char *err)
         return QR_OK;
     if (s->batch != BATCH_NONE)
         return qr_fail(err, QR_EINVAL, "bulk mode cannot end inside a batch on store '%s'", s->path);
+    store_fts_bulk_finish(s);
     ckpt_stop(s);
     /* SQLite refuses to change synchronous inside a transaction, so the last batch committed
      * under NORMAL: one more commit under FULL syncs the WAL file, and with it every frame of
@@ -1009,6 +1042,10 @@ qr_status store_bulk_end(store *s, char *err)
     if (!st)
         store_vec_committed(s, true); /* the load is durable: its deletes' rows may go */
     rollback(s);                      /* a failed COMMIT can leave the transaction open */
+    char fts_err[QR_ERR_LEN];
+    qr_status fts = store_fts_bulk_end(s, fts_err);
+    if (!st && fts)
+        return qr_fail(err, fts, "%s", fts_err);
     return st;
 }
 
@@ -1070,7 +1107,9 @@ qr_status store_verify(store *s, char *err)
     sqlite3_stmt *q = NULL;
     /* the FTS5 check is an INSERT: take the write lock so all checks see one state */
     qr_status st = store_begin_write(s, err);
-    if (st || (st = expect_ok(s, "PRAGMA integrity_check", err, "integrity_check")))
+    /* the full-text index as of this transaction: its follower's catch-up, rolled back after */
+    if (st || (st = store_fts_apply_locked(s, err)) ||
+        (st = expect_ok(s, "PRAGMA integrity_check", err, "integrity_check")))
         goto out;
     int rc = sqlite3_prepare_v2(s->db, "PRAGMA foreign_key_check", -1, &q, NULL);
     if (rc == SQLITE_OK)
@@ -1106,17 +1145,18 @@ qr_status store_verify(store *s, char *err)
     }
     if ((st = store_vec_verify(s, err)))
         goto out;
-    /* rank 1: compare the index with the content it was built from, not only its own structure */
-    rc = sqlite3_exec(s->db, "INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)", NULL,
-                      NULL, NULL);
+    /* the index's own structure, then the index against the chunks it was built from */
+    rc = sqlite3_exec(s->db, "INSERT INTO chunks_fts(chunks_fts) VALUES ('integrity-check')", NULL, NULL,
+                      NULL);
     if (rc != SQLITE_OK) {
         if ((rc & 0xff) == SQLITE_CORRUPT)
-            st = qr_fail(err, QR_EIO,
-                         "store '%s' is inconsistent: the full-text index does not match the chunks (%s)",
+            st = qr_fail(err, QR_EIO, "store '%s' is inconsistent: the full-text index is damaged (%s)",
                          s->path, sqlite3_errmsg(s->db));
         else
             st = store_sql_fail(s, rc, err, "check the full-text index");
     }
+    if (!st)
+        st = store_fts_verify(s, err);
 out:
     sqlite3_finalize(q);
     st = store_end_call(s, st, err);

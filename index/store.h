@@ -1,8 +1,8 @@
 /*
- * index/store.h: the document store (store.c, store_write.c, store_read.c, store_query.c;
- * store_feed.c behind index/feed.h):
- * documents, chunks, ACLs and the FTS5 index in one SQLite database, and the queries retrieval
- * runs on it. The change log and the feeds the indexes follow are in the private index/feed.h.
+ * index/store.h: the document store (store.c, store_write.c, store_read.c, store_query.c,
+ * store_fts.c; store_feed.c behind index/feed.h):
+ * documents, chunks and ACLs in one SQLite database, the FTS5 index in another, and the queries
+ * retrieval runs on them. The change log and the feeds the indexes follow are in the private index/feed.h.
  */
 #ifndef QUARRY_INDEX_STORE_H
 #define QUARRY_INDEX_STORE_H
@@ -18,7 +18,13 @@
  * beside it, <dir>/quarry.vec. It holds documents, their chunks (text, heading path, offsets
  * into the normalised text), ACL rows, one float32 vector per chunk, L2-normalised, in the file
  * (so the vector index can be rebuilt without re-embedding, and reads its exact scores there)
- * and an FTS5 index of the chunks (columns title, headings, body; tokenizer porter unicode61).
+ * and an FTS5 index of the chunks (columns title, headings, body; tokenizer porter unicode61) in
+ * <dir>/quarry.fts, which follows the store's change counter: every write call that changes
+ * indexed text brings the index up to date before it returns (a bulk load's thread does it after
+ * each batch), and opening the store catches up, or rebuilds, an index that lags or is not the
+ * store's. Should that update fail (the index's file locked by another process for 5 s, a full
+ * disk), the write stays committed, a warning is logged, and the next write or opening catches
+ * up; until then FTS5 does not find the change (a deleted chunk is never returned all the same).
  *
  * Every write is one transaction (or part of a batch, below): after a crash (a killed process,
  * a power cut) a document is wholly present or wholly absent. Commits are synced
@@ -33,9 +39,10 @@
  * Costs, where a call does not say: a write (store_put, store_delete, store_set_acl,
  * store_check_embedding on first use, store_set_index_generation) is one transaction, and outside
  * a batch its commit syncs the WAL (a disk flush, milliseconds); store_put also writes every
- * chunk's FTS5 rows and vector, store_delete removes them. Reads of one document or chunk
- * (store_get_hash, store_get_vector, store_get_document, store_change_counter) are indexed
- * lookups: microseconds, plus the document's ACL rows and chunks when asked for; per-id calls
+ * chunk's vector, store_delete removes them, and a write that changed indexed text then updates
+ * the full-text index in a transaction of its own (FTS5's indexing of the chunks; one more flush). Reads of
+ * one document or chunk (store_get_hash, store_get_vector, store_get_document, store_change_counter) are
+ * indexed lookups: microseconds, plus the document's ACL rows and chunks when asked for; per-id calls
  * (store_chunk_docs, store_read_chunks, store_permit_test) are one indexed lookup per id;
  * store_get_stats reads every document row (one pass over the documents table);
  * store_list_documents reads at most `limit` documents with their ACL rows; the search queries
@@ -72,6 +79,11 @@ void store_close(store *s);
  * the handle meets new pages, which adds up over a server's many handles. Process-wide;
  * `quarry serve` sets it from data.cache_mib before it opens its handles. */
 void store_set_memory_limit(int64_t bytes);
+/* Stops SQLite keeping allocation statistics in this process (SQLITE_CONFIG_MEMSTATUS off), so
+ * that no allocation takes its process-wide mutex, which a bulk load's writer and full-text thread
+ * would otherwise take turns on. store_set_memory_limit and store_memory_used then do nothing.
+ * Only before any SQLite connection of the process is opened; `quarry ingest` calls it. */
+qr_status store_skip_memory_stats(char *err);
 /* Has every store handle opened from now on read the first `bytes` of the database file through a
  * memory map (PRAGMA mmap_size; SQLite caps it; 0, the default, maps nothing). Process-wide;
  * `quarry serve` sets it from data.mmap_mib before it opens its handles. */
@@ -222,9 +234,9 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
 /*
  * Batches, for bulk ingest. store_batch_begin opens one write transaction that the following
  * store_put, store_delete, store_set_acl (and other writes) on this handle join, until
- * store_batch_commit. FTS5 writes its pending index once per transaction, so batches of ~50
- * documents make puts about 3x faster (bench/README.md). Each document stays atomic: after a
- * crash every document of an uncommitted batch is as it was before the batch.
+ * store_batch_commit. The full-text index follows once per batch (FTS5 writes its pending index
+ * once per transaction), so batches of ~50 documents make puts about 3x faster (bench/README.md). Each
+ * document stays atomic: after a crash every document of an uncommitted batch is as it was before the batch.
  * While a batch is open this handle holds the store's write lock: other writers wait (up to 5 s,
  * then QR_ETIMEOUT) and readers on other handles see none of it until it commits, so keep
  * batches short (tens of documents, well under a second). Reads on this handle see its writes.
@@ -288,6 +300,10 @@ typedef struct {
     int embedding_dim;                         /* 0 until store_check_embedding */
     int64_t change_counter;                    /* see store_changes_since */
     int64_t index_generation;                  /* set by the vector index */
+    /* the change counter up to which the full-text index has applied the store's changes (it
+     * follows them right after each commit, index/store_fts.c); -1 where it is not attached (a
+     * handle in bulk mode). store_get_heads only. */
+    int64_t fts_applied;
 } store_stats;
 
 /* Fills *out from one consistent snapshot. The counts cost a scan of every document row (about
@@ -336,7 +352,8 @@ void store_doc_info_free(store_doc_info *d);
 qr_status store_get_vector(store *s, int64_t chunk_id, float *out, int dim, char *err);
 
 /* Checks the whole store: SQLite's integrity_check and foreign_key_check, FTS5's
- * integrity-check against the chunk table, and that every chunk has its document, FTS row and
+ * integrity-check, the full-text index against one built again from the chunks (term by term and
+ * row by row, after catching it up), and that every chunk has its document and
  * vector of the right size, every document the chunk count its row records, and every ACL row
  * its document. QR_EIO with the first problem found when the store is inconsistent. Reads
  * everything: seconds per million chunks. */

@@ -255,9 +255,9 @@ static qr_status remove_doc(store *s, int64_t id, int64_t counter, char *err)
     return store_doc_stmt(s, Q_DOC_DELETE, id, counter, err, "delete a document");
 }
 
-/* Inserts the record's chunks under their ids with FTS rows (the document row, with its title,
- * already written) and vector rows. */
-static qr_status insert_chunks(store *s, const store_follow_doc *d, const char *title, char *err)
+/* Inserts the record's chunks under their ids with their vector rows (the full-text follower
+ * indexes them after the commit). */
+static qr_status insert_chunks(store *s, const store_follow_doc *d, char *err)
 {
     qr_status st = d->nchunks ? store_vec_open_write(s, d->dim, err) : QR_OK;
     for (size_t i = 0; i < d->nchunks && !st; i++) {
@@ -273,12 +273,8 @@ static qr_status insert_chunks(store *s, const store_follow_doc *d, const char *
         if ((st = store_run(s, q, err, "insert a chunk")) || (st = store_vec_unfree(s, id, id + 1, err)) ||
             (st = store_vec_write(s, id, d->vectors + i * (size_t)d->dim, 1, d->dim, err)))
             break;
-        q = s->q[Q_FTS_INSERT];
-        if (sqlite3_bind_int64(q, 1, id) || store_bind_str(q, 2, title) || store_bind_str(q, 3, headings) ||
-            store_bind_text(q, 4, body, c->end - c->start))
-            return store_bind_fail(s, err);
-        st = store_run(s, q, err, "add a chunk to the full-text index");
     }
+    s->fts_changed |= d->nchunks > 0;
     return st;
 }
 
@@ -318,11 +314,9 @@ static qr_status write_doc(store *s, const store_follow_doc *d, const store_put_
     qr_status st = QR_OK;
     if (r->at_key && r->same_ids && r->same_hash) {
         /* the content is what the store has: chunks, vectors and their ids stay */
-        if (!r->same_title && (st = store_fts_doc(s, Q_FTS_DELETE, d->doc_key, err)))
+        if (!r->same_title && (st = store_fts_gone(s, d->doc_key, d->counter, err)))
             return st;
         if ((st = update_doc_row(s, d, in, !r->same_title, err)))
-            return st;
-        if (!r->same_title && (st = store_fts_doc(s, Q_FTS_INSERT, d->doc_key, err)))
             return st;
         return r->same_acl ? QR_OK : store_write_acl(s, d->doc_key, false, in->acl, in->nacl, err);
     }
@@ -335,7 +329,7 @@ static qr_status write_doc(store *s, const store_follow_doc *d, const store_put_
                (st = store_write_acl(s, d->doc_key, true, in->acl, in->nacl, err))) {
         return st;
     }
-    return insert_chunks(s, d, in->title, err);
+    return insert_chunks(s, d, err);
 }
 
 qr_status store_follow_apply(store *s, const store_follow_doc *d, char *err)

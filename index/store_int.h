@@ -43,9 +43,7 @@ enum {
     Q_CHUNK_BELOW,
     Q_CHUNK_ABOVE,
     Q_CHUNK_SEQ,
-    Q_FTS_SOURCE_DOC,
-    Q_FTS_INSERT,
-    Q_FTS_DELETE,
+    Q_FTS_GONE_DOC,
     Q_TOMBSTONE_DOC,
     Q_ACL_LIST,
     Q_ACL_INSERT,
@@ -117,6 +115,12 @@ struct store {
      * the last record it applied (follow_since before the first) */
     bool follow_open;
     int64_t follow_since, follow_last;
+    /* the full-text index (store_fts.c): quarry.fts attached to db (NULL while detached: bulk
+     * mode, or a failure to attach), bulk mode's follower thread, and whether the open
+     * transaction changed indexed text (fts_changed) or a committed one did (fts_due) */
+    struct store_fts_conn *fts;
+    struct store_fts_bulk *fts_bulk;
+    bool fts_changed, fts_due;
 };
 
 /* store_query.c: finalizes the cached search statements (store_close, before sqlite3_close). */
@@ -180,8 +184,26 @@ qr_status store_check_dim(store *s, const char *doc_id, size_t nchunks, int dim,
 qr_status store_acl_equal(store *s, int64_t id, const char **acl, size_t nacl, bool *equal, char *err);
 qr_status store_write_acl(store *s, int64_t id, bool is_new, const char **acl, size_t nacl, char *err);
 qr_status store_doc_stmt(store *s, int which, int64_t id, int64_t counter, char *err, const char *what);
-qr_status store_fts_doc(store *s, int which, int64_t id, char *err);
+qr_status store_fts_gone(store *s, int64_t id, int64_t counter, char *err);
 qr_status store_remove_chunks(store *s, int64_t id, int64_t counter, char *err);
+
+/* store_fts.c: the full-text index in quarry.fts, following the change counter (the comment at
+ * its top says how). attach: at store_open (makes, checks, catches up). due: after a public call
+ * or a batch committed changes to indexed text (catches up, or wakes bulk mode's thread).
+ * bulk_begin/bulk_end: bulk mode's thread; bulk_finish asks it for its last, synced catch-up
+ * early, so that it runs while the writer syncs its own load. apply_locked: catches up inside the caller's
+ * write transaction (store_verify); verify compares the index with one built again from the chunks
+ * (store_verify, after apply_locked). close: before sqlite3_close. */
+qr_status store_fts_attach(store *s, char *err);
+void store_fts_due(store *s);
+void store_fts_bulk_begin(store *s);
+void store_fts_bulk_finish(store *s);
+qr_status store_fts_bulk_end(store *s, char *err);
+qr_status store_fts_apply_locked(store *s, char *err);
+qr_status store_fts_verify(store *s, char *err);
+/* The counter the index has applied, inside the caller's transaction; -1 when not attached. */
+qr_status store_fts_applied(store *s, int64_t *out, char *err);
+void store_fts_close(store *s);
 
 /* store_follow.c: QR_EINVAL when the store follows a system of record (store_follow_identity), whose
  * writes only a feed brings; inside the caller's write transaction. */

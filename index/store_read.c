@@ -201,7 +201,8 @@ qr_status store_read_heads(store *s, store_stats *out, char *err)
                                  err)) ||
         (st = store_meta_get_int(s, "embedding_dim", &dim, err)) ||
         (st = store_meta_get_int(s, "change_counter", &out->change_counter, err)) ||
-        (st = store_meta_get_int(s, "index_generation", &out->index_generation, err)))
+        (st = store_meta_get_int(s, "index_generation", &out->index_generation, err)) ||
+        (st = store_fts_applied(s, &out->fts_applied, err)))
         return st;
     out->embedding_dim = (int)dim;
     return QR_OK;

@@ -410,32 +410,12 @@ qr_status store_doc_stmt(store *s, int which, int64_t id, int64_t counter, char 
     return store_run(s, q, err, what);
 }
 
-/* Adds (Q_FTS_INSERT) or removes (Q_FTS_DELETE) the FTS rows of document `id`, reading the
- * values from the view chunks_fts_source: to remove, they must be exactly those indexed, so this
- * runs before the chunks or the title change. */
-qr_status store_fts_doc(store *s, int which, int64_t id, char *err)
+/* Records the FTS rows of document `id` as they were indexed, for the full-text follower to
+ * remove at `counter` (store_fts.c): before its chunks are deleted or its title changes. */
+qr_status store_fts_gone(store *s, int64_t id, int64_t counter, char *err)
 {
-    sqlite3_stmt *src = s->q[Q_FTS_SOURCE_DOC], *q = s->q[which];
-    const char *what = which == Q_FTS_INSERT ? "add chunks to the full-text index"
-                                             : "remove chunks from the full-text index";
-    bool row;
-    qr_status st;
-    if (sqlite3_bind_int64(src, 1, id))
-        return store_bind_fail(s, err);
-    while (!(st = store_step_row(s, src, &row, err, what)) && row) {
-        for (int i = 0; i < 4; i++) {
-            int rc = i == 0 ? sqlite3_bind_int64(q, 1, sqlite3_column_int64(src, 0))
-                            : sqlite3_bind_value(q, i + 1, sqlite3_column_value(src, i));
-            if (rc) {
-                st = store_bind_fail(s, err);
-                break;
-            }
-        }
-        if (st || (st = store_run(s, q, err, what)))
-            break;
-    }
-    sqlite3_reset(src);
-    return st;
+    s->fts_changed = true;
+    return store_doc_stmt(s, Q_FTS_GONE_DOC, id, counter, err, "record full-text rows to remove");
 }
 
 /* One integer (or *null) from statement which, bound to v. */
@@ -489,7 +469,7 @@ qr_status store_remove_chunks(store *s, int64_t id, int64_t counter, char *err)
     sqlite3_reset(q);
     st = store_doc_stmt(s, Q_TOMBSTONE_DOC, id, counter, err, "record deleted chunks");
     if (!st)
-        st = store_fts_doc(s, Q_FTS_DELETE, id, err);
+        st = store_fts_gone(s, id, counter, err);
     if (!st)
         st = store_doc_stmt(s, Q_CHUNKS_DELETE_DOC, id, counter, err, "delete chunks");
     if (!st && !none)
@@ -497,12 +477,11 @@ qr_status store_remove_chunks(store *s, int64_t id, int64_t counter, char *err)
     return st;
 }
 
-/* Inserts the chunks of document `id` (whose row already holds `title`) with their vectors and
- * FTS rows. The chunks get consecutive ids (one writer, AUTOINCREMENT), so their rows are written
- * at once; ids that are not consecutive are written one by one. */
-static qr_status insert_chunks(store *s, int64_t id, const char *title, const store_document *doc,
-                               const store_chunk *chunks, size_t nchunks, const float *vectors, int dim,
-                               int64_t counter, char *err)
+/* Inserts the chunks of document `id` with their vectors (the full-text follower indexes them
+ * after the commit: store_fts.c). The chunks get consecutive ids (one writer, AUTOINCREMENT), so their rows
+ * are written at once; ids that are not consecutive are written one by one. */
+static qr_status insert_chunks(store *s, int64_t id, const store_document *doc, const store_chunk *chunks,
+                               size_t nchunks, const float *vectors, int dim, int64_t counter, char *err)
 {
     qr_status st = QR_OK;
     int64_t run_first = 0; /* the first id of the rows not written yet, chunks [run_at, i) */
@@ -530,12 +509,8 @@ static qr_status insert_chunks(store *s, int64_t id, const char *title, const st
             run_at = i;
             run_first = chunk_id;
         }
-        q = s->q[Q_FTS_INSERT];
-        if (sqlite3_bind_int64(q, 1, chunk_id) || store_bind_str(q, 2, title) ||
-            store_bind_str(q, 3, headings) || store_bind_text(q, 4, doc->text + c->start, c->end - c->start))
-            return store_bind_fail(s, err);
-        st = store_run(s, q, err, "add a chunk to the full-text index");
     }
+    s->fts_changed |= nchunks > 0;
     if (!st && nchunks > run_at)
         st = store_vec_write(s, run_first, vectors + run_at * (size_t)dim, nchunks - run_at, dim, err);
     return st;
@@ -611,12 +586,10 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
         }
         if ((st = store_bump_counter(s, &counter, err)))
             goto out;
-        if (!r.same_title && (st = store_fts_doc(s, Q_FTS_DELETE, r.id, err)))
+        if (!r.same_title && (st = store_fts_gone(s, r.id, counter, err)))
             goto out;
         if ((st = write_doc_row(s, &r, doc->doc_id, &in, r.hash, r.text_len, r.chunk_count, counter,
                                 !r.same_title, &id, err)))
-            goto out;
-        if (!r.same_title && (st = store_fts_doc(s, Q_FTS_INSERT, r.id, err)))
             goto out;
         if (!same_acl && (st = store_write_acl(s, r.id, false, in.acl, in.nacl, err)))
             goto out;
@@ -641,7 +614,7 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
         goto out;
     if ((!r.found || !same_acl) && (st = store_write_acl(s, id, !r.found, in.acl, in.nacl, err)))
         goto out;
-    if ((st = insert_chunks(s, id, in.title, doc, chunks, nchunks, vectors, dim, counter, err)))
+    if ((st = insert_chunks(s, id, doc, chunks, nchunks, vectors, dim, counter, err)))
         goto out;
     if ((st = store_commit(s, err)))
         goto out;

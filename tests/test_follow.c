@@ -23,6 +23,7 @@
 #include "index/follow.h"
 #include "index/index.h"
 #include "tests/harness.h"
+#include "tests/store_raw.h"
 
 #define DIM        4
 #define MAX_CHUNK  6
@@ -52,15 +53,7 @@ static bool temp_dir(char *out, size_t n)
 
 static sqlite3 *raw_open(const char *dir)
 {
-    char path[600];
-    sqlite3 *db = NULL;
-    snprintf(path, sizeof(path), "%s/quarry.db", dir);
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-        sqlite3_close(db);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, 5000);
-    return db;
+    return store_raw_open(dir, SQLITE_OPEN_READWRITE);
 }
 
 static int64_t raw_int(sqlite3 *db, const char *sql)
@@ -418,7 +411,7 @@ static bool same_rows(sqlite3 *a, sqlite3 *b, const char *sql)
 static void vocab_table(sqlite3 *db)
 {
     sqlite3_exec(db,
-                 "CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, chunks_fts, instance)",
+                 "CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(fts, chunks_fts, instance)",
                  NULL, NULL, NULL);
 }
 

@@ -18,6 +18,7 @@
 #include "core/core.h"
 #include "index/index.h"
 #include "tests/harness.h"
+#include "tests/store_raw.h"
 #include "tests/test_util.h"
 
 static char tmp[64];
@@ -305,11 +306,10 @@ static const char *const same_store_queries[] = {
 static sqlite3 *open_store_db(const char *dir)
 {
     char path[256];
-    snprintf(path, sizeof(path), "%s/%s/quarry.db", tmp, dir);
-    sqlite3 *db = NULL;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
-        sqlite3_exec(db,
-                     "CREATE VIRTUAL TABLE temp.fts_instances USING fts5vocab(main, chunks_fts, instance)",
+    snprintf(path, sizeof(path), "%s/%s", tmp, dir);
+    sqlite3 *db = store_raw_open(path, SQLITE_OPEN_READWRITE);
+    if (!db ||
+        sqlite3_exec(db, "CREATE VIRTUAL TABLE temp.fts_instances USING fts5vocab(fts, chunks_fts, instance)",
                      NULL, NULL, NULL) != SQLITE_OK) {
         fprintf(stderr, "%s: %s\n", path, db ? sqlite3_errmsg(db) : "cannot open");
         sqlite3_close(db);

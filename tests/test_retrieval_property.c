@@ -34,6 +34,7 @@
 #include "index/index.h"
 #include "retrieval/retrieval.h"
 #include "tests/harness.h"
+#include "tests/store_raw.h"
 
 #define DIM            8
 #define VOCAB          24
@@ -310,11 +311,7 @@ static bool build_corpus(corpus *c, int round, char *err)
     if (bm25_open(c->s, c->dir, &bo, false, &c->b, NULL, err))
         return false;
     retrieval_set_bm25(c->r, c->b);
-    char path[128];
-    snprintf(path, sizeof(path), "%s/quarry.db", c->dir);
-    if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
-        return false;
-    return true;
+    return (c->db = store_raw_open(c->dir, SQLITE_OPEN_READONLY)) != NULL;
 }
 
 /* ---- the test's own reading of its queries ------------------------------------------------- */

@@ -1,0 +1,788 @@
+/*
+ * The full-text index: an FTS5 table in a database of its own (<dir>/quarry.fts, attached to the
+ * store's connections as schema "fts"), written by a follower of the store's change counter
+ * rather than inside each document's transaction, so that a bulk load indexes on a second core
+ * while the writer stores documents (SQLite has one writer per database file).
+ *
+ * The table is contentless (content=''): the text lives once, in quarry.db's chunks, and searches
+ * join the matches with chunks as before. Chunk ids are never reused, so a match the follower has
+ * not yet removed joins with nothing and is never returned. FTS5 removes a contentless row only
+ * when given the exact values it indexed, and SQLite 3.40 has no contentless_delete: the writes
+ * therefore record those values in quarry.db's fts_gone before chunks go or a title changes
+ * (store_fts_gone), with `since`, the counter at which that version was written, and `counter`,
+ * that of the change.
+ *
+ * The follower applies (applied, head]: tombstones of versions it had indexed (since <= applied),
+ * then every chunk added after applied and the chunks of documents retitled after it, and records
+ * head as applied, in one transaction of quarry.fts. The order makes a version removed only after
+ * it was indexed, and indexed only if it is the current one. Tombstones are pruned, by a catch-up
+ * that holds quarry.db's write lock, up to the applied value it began with: that one was committed
+ * (and synced) by an earlier transaction, so a crash can never leave the index needing a tombstone
+ * that is gone.
+ *
+ * When it runs: after every commit that changed indexed text (store_fts_due), on the committing
+ * thread, so that a write that returned is searchable (read-your-writes for the API); in bulk mode
+ * (store_bulk_begin) on a thread of its own with its own connection, woken after each commit, and
+ * once more, synced, at store_bulk_end; and when the store is opened, if the index is behind, is
+ * not the store's (another store_uid), or is ahead of it (a store restored from an older copy):
+ * then it is emptied and built again from counter 0.
+ */
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "index/store.h"
+#include "index/store_int.h"
+
+#define FTS_FILE            "quarry.fts"
+#define FTS_BUSY_TIMEOUT_MS 5000
+
+/* The follower's statements, prepared per connection (the store's own, and the bulk thread's). */
+enum {
+    F_LOCK,
+    F_APPLIED,
+    F_HEAD,
+    F_GONE,
+    F_DELETE,
+    F_ADDED,
+    F_ALL,
+    F_RETITLED,
+    F_INSERT,
+    F_SET,
+    F_PRUNE,
+    F_PRUNED,
+    F_PRUNED_SET,
+    F_COUNT
+};
+
+static const char *const fts_sql[F_COUNT] = {
+    /* takes quarry.fts's write lock and nothing of quarry.db's: an UPDATE starts a write
+     * transaction on its database when it starts, whatever it changes */
+    [F_LOCK] = "UPDATE fts.fts_meta SET value = value WHERE key = 'applied'",
+    [F_APPLIED] = "SELECT value FROM fts.fts_meta WHERE key = 'applied'",
+    [F_HEAD] = "SELECT value FROM main.meta WHERE key = 'change_counter'",
+    [F_GONE] = "SELECT chunk_id, title, headings, body FROM main.fts_gone"
+               " WHERE counter > ?1 AND since <= ?1 ORDER BY rowid",
+    [F_DELETE] = "INSERT INTO fts.chunks_fts(chunks_fts, rowid, title, headings, body)"
+                 " VALUES ('delete', ?1, ?2, ?3, ?4)",
+    /* the same plans as the store's text feeds (store.c, Q_TEXT_ADDED and Q_TEXT_ALL) */
+    [F_ADDED] =
+        "SELECT c.id, d.title, c.headings, c.body"
+        " FROM main.chunks AS c INDEXED BY chunks_added CROSS JOIN main.documents AS d ON d.id = c.doc"
+        " WHERE c.added > ?1 ORDER BY c.id",
+    [F_ALL] = "SELECT c.id, d.title, c.headings, c.body"
+              " FROM main.chunks AS c CROSS JOIN main.documents AS d ON d.id = c.doc ORDER BY c.id",
+    /* documents whose title changed after applied, their chunks from before it (the newer ones
+     * come with F_ADDED) */
+    [F_RETITLED] = "SELECT c.id, d.title, c.headings, c.body"
+                   " FROM main.documents AS d INDEXED BY documents_changed CROSS JOIN main.chunks AS c"
+                   " ON c.doc = d.id WHERE d.changed > ?1 AND d.fts_changed > ?1 AND c.added <= ?1",
+    /* one row per statement: a multi-row INSERT ... SELECT into FTS5 opens a statement savepoint,
+     * at which FTS5 flushes its pending terms into a new segment */
+    [F_INSERT] = "INSERT INTO fts.chunks_fts(rowid, title, headings, body) VALUES (?1, ?2, ?3, ?4)",
+    [F_SET] = "UPDATE fts.fts_meta SET value = ?1 WHERE key = 'applied'",
+    [F_PRUNE] = "DELETE FROM main.fts_gone WHERE counter <= ?1",
+    /* how far tombstones were pruned: an index behind it cannot catch up (a copy of quarry.fts
+     * older than the store's, an index that lost commits) and is built again */
+    [F_PRUNED] = "SELECT value FROM main.meta WHERE key = 'fts_pruned_through'",
+    [F_PRUNED_SET] = "INSERT INTO main.meta(key, value) VALUES ('fts_pruned_through', ?1)"
+                     " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+};
+
+/* A connection the follower runs on, with its statements. */
+typedef struct store_fts_conn {
+    sqlite3 *db;
+    const char *path; /* quarry.db's, for messages */
+    sqlite3_stmt *q[F_COUNT];
+} fts_conn;
+
+/* Bulk mode's follower thread (store_bulk_begin): woken after each commit of the writer. */
+typedef struct store_fts_bulk {
+    fts_conn c;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t asked, done;
+    bool stop;    /* the last catch-up is asked for */
+    bool finish;  /* ... and is to be synced and checkpointed (store_fts_bulk_finish) */
+    qr_status st; /* the first failure; the thread stops applying after it */
+    char err[QR_ERR_LEN];
+} fts_bulk;
+
+static qr_status conn_fail(const fts_conn *c, int rc, char *err, const char *what)
+{
+    if ((rc & 0xff) == SQLITE_BUSY)
+        return qr_fail(err, QR_ETIMEOUT,
+                       "cannot %s for store '%s': another process held the full-text index locked for %d ms",
+                       what, c->path, FTS_BUSY_TIMEOUT_MS);
+    return qr_fail(err, store_sql_status(rc), "cannot %s for store '%s': %s", what, c->path,
+                   sqlite3_errmsg(c->db));
+}
+
+static void conn_release(fts_conn *c)
+{
+    for (int i = 0; i < F_COUNT; i++) {
+        sqlite3_finalize(c->q[i]);
+        c->q[i] = NULL;
+    }
+}
+
+static qr_status conn_prepare(fts_conn *c, char *err)
+{
+    for (int i = 0; i < F_COUNT; i++) {
+        int rc = sqlite3_prepare_v3(c->db, fts_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->q[i], NULL);
+        if (rc != SQLITE_OK) {
+            qr_status st = conn_fail(c, rc, err, "prepare the full-text follower");
+            conn_release(c);
+            return st;
+        }
+    }
+    return QR_OK;
+}
+
+static qr_status conn_exec(const fts_conn *c, const char *sql, char *err, const char *what)
+{
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? QR_OK : conn_fail(c, rc, err, what);
+}
+
+/* One integer from statement i (bound to v when it takes a parameter); *out 0 without a row. */
+static qr_status conn_int(fts_conn *c, int i, int64_t *out, char *err, const char *what)
+{
+    sqlite3_stmt *q = c->q[i];
+    int rc = sqlite3_step(q);
+    *out = rc == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 0;
+    sqlite3_reset(q);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? QR_OK : conn_fail(c, rc, err, what);
+}
+
+static qr_status conn_run(fts_conn *c, int i, int64_t v, char *err, const char *what)
+{
+    sqlite3_stmt *q = c->q[i];
+    int rc = sqlite3_bind_parameter_count(q) ? sqlite3_bind_int64(q, 1, v) : SQLITE_OK;
+    if (rc == SQLITE_OK) {
+        while ((rc = sqlite3_step(q)) == SQLITE_ROW)
+            ;
+    }
+    sqlite3_reset(q);
+    return rc == SQLITE_DONE ? QR_OK : conn_fail(c, rc, err, what);
+}
+
+/* Feeds every row of query `from` (bound to `after` when it takes it) to `to`, one statement each:
+ * (rowid, title, headings, body). */
+static qr_status copy_rows(fts_conn *c, int from, int64_t after, int to, char *err)
+{
+    sqlite3_stmt *src = c->q[from], *dst = c->q[to];
+    const char *what =
+        to == F_INSERT ? "add chunks to the full-text index" : "remove chunks from the full-text index";
+    int rc = sqlite3_bind_parameter_count(src) ? sqlite3_bind_int64(src, 1, after) : SQLITE_OK;
+    while (rc == SQLITE_OK && (rc = sqlite3_step(src)) == SQLITE_ROW) {
+        rc = sqlite3_bind_int64(dst, 1, sqlite3_column_int64(src, 0));
+        for (int i = 1; i < 4 && rc == SQLITE_OK; i++)
+            rc = sqlite3_bind_value(dst, i + 1, sqlite3_column_value(src, i));
+        if (rc == SQLITE_OK && (rc = sqlite3_step(dst)) == SQLITE_DONE)
+            rc = SQLITE_OK;
+        if (rc != SQLITE_OK) {
+            qr_status st = conn_fail(c, rc, err, what);
+            sqlite3_reset(dst);
+            sqlite3_reset(src);
+            return st;
+        }
+        sqlite3_reset(dst);
+    }
+    qr_status st = rc == SQLITE_DONE ? QR_OK : conn_fail(c, rc, err, what);
+    sqlite3_reset(src);
+    return st;
+}
+
+/* Applies (applied, head] inside the caller's transaction, which holds quarry.fts's write lock.
+ * prune: the transaction also holds quarry.db's, and tombstones up to the applied value found
+ * here go, and meta's fts_pruned_through records it (*did_prune: some did; the commit then
+ * syncs quarry.fts too, since that value may have been committed by bulk mode's thread under
+ * synchronous=NORMAL). */
+static qr_status apply(fts_conn *c, bool prune, bool *did_prune, char *err)
+{
+    *did_prune = false;
+    int64_t applied, head, pruned;
+    qr_status st;
+    if ((st = conn_int(c, F_APPLIED, &applied, err, "read the full-text index's position")) ||
+        (st = conn_int(c, F_HEAD, &head, err, "read the change counter")) ||
+        (st = conn_int(c, F_PRUNED, &pruned, err, "read the full-text index's tombstones")))
+        return st;
+    if (head != applied) {
+        /* the store is older than its index (restored from a copy), or pruned tombstones the
+         * index still needs: start over */
+        if (head < applied || applied < pruned) {
+            if ((st = conn_exec(c, "INSERT INTO fts.chunks_fts(chunks_fts) VALUES ('delete-all')", err,
+                                "empty the full-text index")))
+                return st;
+            applied = 0;
+        }
+        if (applied == 0)
+            st = copy_rows(c, F_ALL, 0, F_INSERT, err);
+        else if (!(st = copy_rows(c, F_GONE, applied, F_DELETE, err)) &&
+                 !(st = copy_rows(c, F_ADDED, applied, F_INSERT, err)))
+            st = copy_rows(c, F_RETITLED, applied, F_INSERT, err);
+        if (!st)
+            st = conn_run(c, F_SET, head, err, "record the full-text index's position");
+    }
+    if (!st && prune && applied > pruned &&
+        !(st = conn_run(c, F_PRUNE, applied, err, "prune the full-text index's tombstones")) &&
+        (*did_prune = sqlite3_changes(c->db) > 0))
+        st = conn_run(c, F_PRUNED_SET, applied, err, "record the full-text index's tombstones");
+    return st;
+}
+
+/* One catch-up as a transaction of its own. own_lock: the connection is the store's (outside bulk
+ * mode), which takes both write locks and prunes; otherwise only quarry.fts's. sync: the commit
+ * writes a page even when nothing was applied, so that it syncs everything before it. */
+static qr_status catch_up(fts_conn *c, bool own_lock, bool sync, char *err)
+{
+    qr_status st = conn_exec(c, own_lock ? "BEGIN IMMEDIATE" : "BEGIN", err, "start the full-text follower");
+    if (st)
+        return st;
+    if (!own_lock)
+        st = conn_run(c, F_LOCK, 0, err, "lock the full-text index");
+    bool pruned = false;
+    if (!st)
+        st = apply(c, own_lock, &pruned, err);
+    if (!st && (sync || pruned))
+        st = conn_exec(c,
+                       "INSERT INTO fts.fts_meta(key, value) VALUES ('sync', 1);"
+                       " DELETE FROM fts.fts_meta WHERE key = 'sync'",
+                       err, "sync the full-text index");
+    if (!st)
+        st = conn_exec(c, "COMMIT", err, "commit the full-text index");
+    if (!sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    return st;
+}
+
+/* Bulk mode's catch-ups read the changes first and index them after, in two transactions: one
+ * that holds FTS5's work would hold a read snapshot of quarry.db all along, and the checkpoints of
+ * the load could then never copy the last batches into the database nor start the WAL over. */
+typedef struct {
+    int64_t id;
+    bool remove;
+    size_t at[3], len[3]; /* title, headings, body in bytes */
+} change_row;
+
+typedef struct {
+    qr_buf rows;  /* change_row, in the order they apply */
+    qr_buf bytes; /* their text */
+} change_set;
+
+#define CHANGE_SET_CAP ((size_t)1 << 40)
+
+/* Appends every row of query `from`, bound to `after`. */
+static qr_status collect(fts_conn *c, int from, int64_t after, bool remove, change_set *cs, char *err)
+{
+    sqlite3_stmt *src = c->q[from];
+    qr_status st = QR_OK;
+    int rc = sqlite3_bind_int64(src, 1, after);
+    while (!st && rc == SQLITE_OK && (rc = sqlite3_step(src)) == SQLITE_ROW) {
+        change_row r = {.id = sqlite3_column_int64(src, 0), .remove = remove};
+        for (int i = 0; i < 3 && !st; i++) {
+            const void *v = sqlite3_column_text(src, i + 1);
+            r.len[i] = (size_t)sqlite3_column_bytes(src, i + 1);
+            r.at[i] = qr_buf_len(&cs->bytes);
+            st = qr_buf_append(&cs->bytes, v ? v : "", r.len[i]);
+        }
+        if (!st)
+            st = qr_buf_append(&cs->rows, &r, sizeof(r));
+        rc = SQLITE_OK;
+    }
+    if (st)
+        qr_fail(err, st, "cannot hold the full-text index's changes for store '%s' in memory", c->path);
+    else if (rc != SQLITE_DONE)
+        st = conn_fail(c, rc, err, "read the changes for the full-text index");
+    sqlite3_reset(src);
+    return st;
+}
+
+static qr_status apply_set(fts_conn *c, const change_set *cs, char *err)
+{
+    const change_row *rows = (const change_row *)(const void *)qr_buf_str(&cs->rows);
+    size_t n = qr_buf_len(&cs->rows) / sizeof(change_row);
+    const char *bytes = qr_buf_str(&cs->bytes);
+    for (size_t k = 0; k < n; k++) {
+        const change_row *r = &rows[k];
+        sqlite3_stmt *q = c->q[r->remove ? F_DELETE : F_INSERT];
+        int rc = sqlite3_bind_int64(q, 1, r->id);
+        for (int i = 0; i < 3 && rc == SQLITE_OK; i++)
+            rc = sqlite3_bind_text64(q, i + 2, bytes + r->at[i], r->len[i], SQLITE_STATIC, SQLITE_UTF8);
+        if (rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_DONE)
+            rc = SQLITE_OK;
+        sqlite3_reset(q);
+        if (rc != SQLITE_OK)
+            return conn_fail(c, rc, err,
+                             r->remove ? "remove chunks from the full-text index"
+                                       : "add chunks to the full-text index");
+    }
+    return QR_OK;
+}
+
+/* Bulk mode's catch-up: (applied, head] read in one read transaction, written in one of
+ * quarry.fts alone. A rebuild (from 0) reads and writes in one, as catch_up does. */
+static qr_status catch_up_bulk(fts_conn *c, bool sync, char *err)
+{
+    for (int tries = 0;; tries++) {
+        int64_t applied = 0, head = 0, pruned = 0;
+        qr_status st = conn_exec(c, "BEGIN", err, "start the full-text follower");
+        if (!st && !(st = conn_int(c, F_APPLIED, &applied, err, "read the full-text index's position")) &&
+            !(st = conn_int(c, F_HEAD, &head, err, "read the change counter")))
+            st = conn_int(c, F_PRUNED, &pruned, err, "read the full-text index's tombstones");
+        if (!st && (applied == 0 || head < applied || applied < pruned || tries >= 3)) {
+            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+            return catch_up(c, false, sync, err);
+        }
+        change_set cs;
+        qr_buf_init(&cs.rows, CHANGE_SET_CAP);
+        qr_buf_init(&cs.bytes, CHANGE_SET_CAP);
+        if (!st && head != applied && !(st = collect(c, F_GONE, applied, true, &cs, err)) &&
+            !(st = collect(c, F_ADDED, applied, false, &cs, err)))
+            st = collect(c, F_RETITLED, applied, false, &cs, err);
+        if (!sqlite3_get_autocommit(c->db))
+            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL); /* it only read */
+        int64_t now = -1;
+        if (!st && !(st = conn_exec(c, "BEGIN", err, "start the full-text follower")) &&
+            !(st = conn_run(c, F_LOCK, 0, err, "lock the full-text index")))
+            st = conn_int(c, F_APPLIED, &now, err, "read the full-text index's position");
+        bool again = !st && now != applied; /* another connection caught up meanwhile */
+        if (!st && !again && head != applied && !(st = apply_set(c, &cs, err)))
+            st = conn_run(c, F_SET, head, err, "record the full-text index's position");
+        if (!st && !again && sync)
+            st = conn_exec(c,
+                           "INSERT INTO fts.fts_meta(key, value) VALUES ('sync', 1);"
+                           " DELETE FROM fts.fts_meta WHERE key = 'sync'",
+                           err, "sync the full-text index");
+        if (!st)
+            st = conn_exec(c, "COMMIT", err, "commit the full-text index");
+        if (!sqlite3_get_autocommit(c->db))
+            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+        qr_buf_release(&cs.rows);
+        qr_buf_release(&cs.bytes);
+        if (st || !again)
+            return st;
+    }
+}
+
+/* ---- attaching quarry.fts ------------------------------------------------------------------ */
+
+/* Attaches <dir>/quarry.fts to db as "fts" in WAL mode with the given synchronous setting. */
+static qr_status attach(fts_conn *c, const char *dir, const char *synchronous, char *err)
+{
+    char *path = malloc(strlen(dir) + sizeof("/" FTS_FILE));
+    if (!path)
+        return qr_fail(err, QR_ENOMEM, "out of memory opening the full-text index");
+    sprintf(path, "%s/%s", dir, FTS_FILE);
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(c->db, "ATTACH DATABASE ?1 AS fts", -1, &q, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_bind_text(q, 1, path, -1, SQLITE_TRANSIENT)) == SQLITE_OK &&
+        (rc = sqlite3_step(q)) == SQLITE_DONE)
+        rc = SQLITE_OK;
+    sqlite3_finalize(q);
+    free(path);
+    if (rc != SQLITE_OK)
+        return conn_fail(c, rc, err, "attach the full-text index");
+    /* a new file gets the store's 16 KiB pages; WAL, checked as the store's is */
+    rc = sqlite3_exec(c->db, "PRAGMA fts.page_size = 16384", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "PRAGMA fts.journal_mode = WAL", -1, &q, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    bool wal = rc == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(q, 0), "wal") == 0;
+    sqlite3_finalize(q);
+    if (rc != SQLITE_ROW)
+        return conn_fail(c, rc, err, "switch the full-text index to WAL mode");
+    if (!wal)
+        return qr_fail(err, QR_EIO, "the full-text index of store '%s' cannot use WAL mode", c->path);
+    char sql[64];
+    snprintf(sql, sizeof(sql), "PRAGMA fts.synchronous = %s", synchronous);
+    return conn_exec(c, sql, err, "set the full-text index's pragmas");
+}
+
+/* Makes the schema of a new quarry.fts, and empties one that belongs to another store; under
+ * both write locks. */
+static qr_status make_schema(fts_conn *c, char *err)
+{
+    qr_status st =
+        conn_exec(c,
+                  "BEGIN IMMEDIATE;"
+                  " CREATE TABLE IF NOT EXISTS fts.fts_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+                  " CREATE VIRTUAL TABLE IF NOT EXISTS fts.chunks_fts USING fts5(title, headings, body,"
+                  "   content = '', tokenize = 'porter unicode61');"
+                  " INSERT OR IGNORE INTO fts.fts_meta(key, value) VALUES ('applied', 0),"
+                  "   ('store_uid', (SELECT value FROM main.meta WHERE key = 'store_uid'));",
+                  err, "create the full-text index");
+    sqlite3_stmt *q = NULL;
+    int rc = SQLITE_OK;
+    if (!st)
+        rc = sqlite3_prepare_v2(c->db,
+                                "SELECT (SELECT value FROM fts.fts_meta WHERE key = 'store_uid') IS"
+                                " (SELECT value FROM main.meta WHERE key = 'store_uid')",
+                                -1, &q, NULL);
+    if (!st && rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    bool same = rc == SQLITE_ROW && sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    if (!st && rc != SQLITE_ROW)
+        st = conn_fail(c, rc, err, "read the full-text index's store");
+    if (!st && !same)
+        st =
+            conn_exec(c,
+                      "INSERT INTO fts.chunks_fts(chunks_fts) VALUES ('delete-all');"
+                      " UPDATE fts.fts_meta SET value = 0 WHERE key = 'applied';"
+                      " UPDATE fts.fts_meta SET value = (SELECT value FROM main.meta WHERE key = 'store_uid')"
+                      "  WHERE key = 'store_uid'",
+                      err, "empty the full-text index of another store");
+    if (!st)
+        st = conn_exec(c, "COMMIT", err, "create the full-text index");
+    if (!sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    return st;
+}
+
+/* Whether the index needs its schema made or checked (a new file, another store's) or a catch-up,
+ * read without a write lock so that opening a store that is up to date writes nothing. */
+static qr_status needs_work(fts_conn *c, bool *schema, bool *behind, char *err)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(c->db,
+                                "SELECT (SELECT value FROM fts.fts_meta WHERE key = 'store_uid') IS"
+                                " (SELECT value FROM main.meta WHERE key = 'store_uid'),"
+                                " (SELECT value FROM fts.fts_meta WHERE key = 'applied') IS NOT"
+                                " (SELECT value FROM main.meta WHERE key = 'change_counter')",
+                                -1, &q, NULL);
+    *schema = *behind = true;
+    if (rc == SQLITE_ERROR) { /* no fts_meta yet */
+        sqlite3_finalize(q);
+        return QR_OK;
+    }
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW) {
+        *schema = !sqlite3_column_int(q, 0);
+        *behind = sqlite3_column_int(q, 1);
+    }
+    sqlite3_finalize(q);
+    return rc == SQLITE_ROW ? QR_OK : conn_fail(c, rc, err, "read the full-text index's position");
+}
+
+static qr_status store_conn(store *s, char *err)
+{
+    if (s->fts)
+        return QR_OK;
+    fts_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return qr_fail(err, QR_ENOMEM, "out of memory opening the full-text index");
+    c->db = s->db;
+    c->path = s->path;
+    qr_status st = attach(c, s->dir, "FULL", err);
+    bool schema = false, behind = false;
+    if (!st)
+        st = needs_work(c, &schema, &behind, err);
+    if (!st && schema)
+        st = make_schema(c, err);
+    if (!st)
+        st = conn_prepare(c, err);
+    if (!st && (behind || schema)) /* a schema made or emptied just now: behind what it said */
+        st = catch_up(c, true, false, err);
+    if (st) {
+        conn_release(c);
+        sqlite3_exec(s->db, "DETACH DATABASE fts", NULL, NULL, NULL);
+        free(c);
+        return st;
+    }
+    s->fts = c;
+    return QR_OK;
+}
+
+qr_status store_fts_attach(store *s, char *err)
+{
+    return store_conn(s, err);
+}
+
+/* Detaches quarry.fts from the store's connection (no transaction open). */
+static void store_detach(store *s)
+{
+    if (!s->fts)
+        return;
+    store_stmt_cache_clear(s); /* cached searches name chunks_fts */
+    conn_release(s->fts);
+    sqlite3_exec(s->db, "DETACH DATABASE fts", NULL, NULL, NULL);
+    free(s->fts);
+    s->fts = NULL;
+}
+
+/* ---- bulk mode's thread -------------------------------------------------------------------- */
+
+static void *bulk_main(void *arg)
+{
+    fts_bulk *b = arg;
+    pthread_mutex_lock(&b->mu);
+    for (;;) {
+        while (!b->stop && b->done == b->asked)
+            pthread_cond_wait(&b->cv, &b->mu);
+        if (b->done == b->asked)
+            break;
+        uint64_t asked = b->asked;
+        bool failed = b->st != QR_OK, last = b->stop && b->finish;
+        pthread_mutex_unlock(&b->mu);
+        char err[QR_ERR_LEN];
+        /* the last one syncs everything the thread committed, and copies the WAL into the file
+         * here rather than on the writer's thread when it attaches the index again */
+        qr_status st =
+            failed ? QR_OK
+            : last ? conn_exec(&b->c, "PRAGMA fts.synchronous = FULL", err, "sync the full-text index")
+                   : QR_OK;
+        if (!failed && !st)
+            st = catch_up_bulk(&b->c, last, err);
+        if (!failed && !st && last)
+            st =
+                conn_exec(&b->c, "PRAGMA fts.wal_checkpoint(PASSIVE)", err, "checkpoint the full-text index");
+        pthread_mutex_lock(&b->mu);
+        if (st && !b->st) {
+            b->st = st;
+            snprintf(b->err, sizeof(b->err), "%s", err);
+        }
+        b->done = asked;
+        pthread_cond_broadcast(&b->cv);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+static void bulk_free(fts_bulk *b)
+{
+    conn_release(&b->c);
+    sqlite3_close(b->c.db);
+    pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+/* Starts the thread with a connection of its own (quarry.db read, quarry.fts written under
+ * synchronous=NORMAL: store_fts_bulk_end syncs it), and detaches quarry.fts from the writer's
+ * connection, whose BEGIN IMMEDIATE would otherwise lock it for every batch. Without a thread
+ * (no memory), the writer's commits catch up as outside bulk mode. */
+void store_fts_bulk_begin(store *s)
+{
+    if (s->fts_bulk || !s->fts)
+        return;
+    fts_bulk *b = calloc(1, sizeof(*b));
+    if (!b)
+        return;
+    char err[QR_ERR_LEN];
+    b->c.path = s->path;
+    if (sqlite3_open_v2(s->path, &b->c.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        sqlite3_close(b->c.db);
+        free(b);
+        return;
+    }
+    sqlite3_busy_timeout(b->c.db, FTS_BUSY_TIMEOUT_MS);
+    if (attach(&b->c, s->dir, "NORMAL", err) ||
+        conn_exec(&b->c, "PRAGMA fts.cache_size = -16384", err, "size the cache") ||
+        conn_prepare(&b->c, err)) {
+        sqlite3_close(b->c.db);
+        free(b);
+        return;
+    }
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+    if (pthread_create(&b->thread, NULL, bulk_main, b) != 0) {
+        bulk_free(b);
+        return;
+    }
+    store_detach(s);
+    s->fts_bulk = b;
+}
+
+/* Asks the thread for its last catch-up (finish: synced and checkpointed). */
+static void bulk_ask_stop(fts_bulk *b, bool finish)
+{
+    pthread_mutex_lock(&b->mu);
+    if (!b->stop) {
+        b->asked++;
+        b->stop = true;
+        b->finish = finish;
+        pthread_cond_broadcast(&b->cv);
+    }
+    pthread_mutex_unlock(&b->mu);
+}
+
+void store_fts_bulk_finish(store *s)
+{
+    if (s->fts_bulk)
+        bulk_ask_stop(s->fts_bulk, true);
+}
+
+/* Stops the thread after a last catch-up; its first failure, if any. */
+static qr_status bulk_stop(store *s, char *err)
+{
+    fts_bulk *b = s->fts_bulk;
+    if (!b)
+        return QR_OK;
+    bulk_ask_stop(b, false);
+    pthread_join(b->thread, NULL);
+    qr_status st = b->st;
+    if (st)
+        snprintf(err, QR_ERR_LEN, "%s", b->err);
+    bulk_free(b);
+    s->fts_bulk = NULL;
+    return st;
+}
+
+qr_status store_fts_bulk_end(store *s, char *err)
+{
+    char thread_err[QR_ERR_LEN] = "";
+    bool finished = s->fts_bulk && s->fts_bulk->finish;
+    qr_status thread_st = bulk_stop(s, thread_err);
+    /* attached again, the store's connection catches up whatever the thread did not; unless the
+     * thread's last catch-up synced everything up to the store's counter, it commits once more
+     * under FULL, which syncs the thread's commits */
+    qr_status st = store_conn(s, err);
+    if (!st && (!finished || thread_st))
+        st = catch_up(s->fts, true, true, err);
+    if (st && thread_st)
+        qr_log(QR_LOG_WARN, "store", "the full-text follower of a bulk load failed: %s", thread_err);
+    return st;
+}
+
+void store_fts_close(store *s)
+{
+    char err[QR_ERR_LEN];
+    if (s->fts_bulk && bulk_stop(s, err))
+        qr_log(QR_LOG_WARN, "store", "the full-text follower of a bulk load failed: %s", err);
+    store_detach(s);
+}
+
+/* ---- after commits ------------------------------------------------------------------------- */
+
+void store_fts_due(store *s)
+{
+    if (!s->fts_due)
+        return;
+    s->fts_due = false;
+    fts_bulk *b = s->fts_bulk;
+    if (b) {
+        pthread_mutex_lock(&b->mu);
+        b->asked++;
+        pthread_cond_broadcast(&b->cv);
+        pthread_mutex_unlock(&b->mu);
+        return;
+    }
+    char err[QR_ERR_LEN];
+    qr_status st = s->fts ? catch_up(s->fts, true, false, err) : store_conn(s, err);
+    if (st) {
+        /* the write is committed; the next commit, or the next opening, catches up */
+        s->fts_due = true;
+        qr_log(QR_LOG_WARN, "store", "the full-text index is behind the store: %s", err);
+    }
+}
+
+qr_status store_fts_catch_up(store *s, char *err)
+{
+    if (!s)
+        return qr_fail(err, QR_EINVAL, "store_fts_catch_up: NULL store");
+    if (s->fts_bulk)
+        return qr_fail(err, QR_EINVAL, "store '%s' is in bulk mode: its thread keeps the full-text index",
+                       s->path);
+    qr_status st = s->fts ? catch_up(s->fts, true, false, err) : store_conn(s, err);
+    if (!st)
+        s->fts_due = false;
+    return st;
+}
+
+qr_status store_fts_applied(store *s, int64_t *out, char *err)
+{
+    *out = -1;
+    return s->fts ? conn_int(s->fts, F_APPLIED, out, err, "read the full-text index's position") : QR_OK;
+}
+
+qr_status store_fts_apply_locked(store *s, char *err)
+{
+    if (!s->fts)
+        return qr_fail(err, QR_EIO, "the full-text index of store '%s' is not attached", s->path);
+    bool pruned;
+    return apply(s->fts, false, &pruned, err);
+}
+
+/* ---- verification -------------------------------------------------------------------------- */
+
+/* Inside store_verify's write transaction, after store_fts_apply_locked: the index is built again
+ * from the chunks in a temporary table and compared term by term (fts5vocab's rows: each term's
+ * rows and occurrences) and row by row (each row's column sizes), which finds a row indexed with
+ * other values than the chunk's, a removal that took the wrong values, a missing or extra row.
+ * It costs what indexing every chunk costs, as FTS5's own content check did. */
+qr_status store_fts_verify(store *s, char *err)
+{
+    fts_conn *c = s->fts;
+    if (!c)
+        return qr_fail(err, QR_EIO, "the full-text index of store '%s' is not attached", s->path);
+    static const struct {
+        const char *sql, *what;
+    } diff[] = {
+        {"SELECT count(*), min(term) FROM (SELECT term, doc, cnt FROM temp.fts_check_live"
+         " EXCEPT SELECT term, doc, cnt FROM temp.fts_check_vocab)",
+         "terms the chunks do not hold (first '%s')"},
+        {"SELECT count(*), min(term) FROM (SELECT term, doc, cnt FROM temp.fts_check_vocab"
+         " EXCEPT SELECT term, doc, cnt FROM temp.fts_check_live)",
+         "terms of the chunks missing (first '%s')"},
+        {"SELECT count(*), min(id) FROM (SELECT id, sz FROM fts.chunks_fts_docsize"
+         " EXCEPT SELECT id, sz FROM temp.fts_check_docsize)",
+         "rows that do not match their chunk (first id %s)"},
+        {"SELECT count(*), min(id) FROM (SELECT id, sz FROM temp.fts_check_docsize"
+         " EXCEPT SELECT id, sz FROM fts.chunks_fts_docsize)",
+         "chunks missing or indexed otherwise (first id %s)"},
+    };
+    sqlite3_stmt *src = NULL, *ins = NULL, *q = NULL;
+    qr_status st =
+        conn_exec(c,
+                  "CREATE VIRTUAL TABLE temp.fts_check USING fts5(title, headings, body,"
+                  "  content = '', tokenize = 'porter unicode61');"
+                  " CREATE VIRTUAL TABLE temp.fts_check_vocab USING fts5vocab(temp, fts_check, row);"
+                  " CREATE VIRTUAL TABLE temp.fts_check_live USING fts5vocab(fts, chunks_fts, row);",
+                  err, "check the full-text index");
+    int rc = SQLITE_OK;
+    if (!st && (rc = sqlite3_prepare_v2(c->db, fts_sql[F_ALL], -1, &src, NULL)) == SQLITE_OK)
+        rc = sqlite3_prepare_v2(
+            c->db, "INSERT INTO temp.fts_check(rowid, title, headings, body) VALUES (?1, ?2, ?3, ?4)", -1,
+            &ins, NULL);
+    while (!st && rc == SQLITE_OK && (rc = sqlite3_step(src)) == SQLITE_ROW) {
+        rc = sqlite3_bind_int64(ins, 1, sqlite3_column_int64(src, 0));
+        for (int i = 1; i < 4 && rc == SQLITE_OK; i++)
+            rc = sqlite3_bind_value(ins, i + 1, sqlite3_column_value(src, i));
+        if (rc == SQLITE_OK && (rc = sqlite3_step(ins)) == SQLITE_DONE)
+            rc = SQLITE_OK;
+        sqlite3_reset(ins);
+    }
+    if (!st && rc != SQLITE_DONE)
+        st = conn_fail(c, rc, err, "check the full-text index");
+    for (size_t i = 0; !st && i < sizeof(diff) / sizeof(diff[0]); i++) {
+        rc = sqlite3_prepare_v2(c->db, diff[i].sql, -1, &q, NULL);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_step(q);
+        if (rc != SQLITE_ROW)
+            st = conn_fail(c, rc, err, "check the full-text index");
+        else if (sqlite3_column_int64(q, 0) > 0) {
+            char what[256];
+            const char *ex = (const char *)sqlite3_column_text(q, 1);
+            snprintf(what, sizeof(what), diff[i].what, ex ? ex : "");
+            st = qr_fail(err, QR_EIO, "store '%s' is inconsistent: the full-text index has %lld %s", s->path,
+                         (long long)sqlite3_column_int64(q, 0), what);
+        }
+        sqlite3_finalize(q);
+        q = NULL;
+    }
+    sqlite3_finalize(src);
+    sqlite3_finalize(ins);
+    sqlite3_exec(c->db,
+                 "DROP TABLE IF EXISTS temp.fts_check_live; DROP TABLE IF EXISTS temp.fts_check_vocab;"
+                 " DROP TABLE IF EXISTS temp.fts_check",
+                 NULL, NULL, NULL);
+    return st;
+}
