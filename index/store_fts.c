@@ -148,7 +148,7 @@ static qr_status conn_exec(const fts_conn *c, const char *sql, char *err, const 
     return rc == SQLITE_OK ? QR_OK : conn_fail(c, rc, err, what);
 }
 
-/* One integer from statement i (bound to v when it takes a parameter); *out 0 without a row. */
+/* One integer from statement i (no parameters); *out 0 without a row. */
 static qr_status conn_int(fts_conn *c, int i, int64_t *out, char *err, const char *what)
 {
     sqlite3_stmt *q = c->q[i];
