@@ -306,8 +306,8 @@ static qr_status insert_doc_row(store *s, const store_follow_doc *d, const store
     return store_run(s, q, err, "insert a document");
 }
 
-/* Writes a checked record of a live document (store_put's order: FTS rows out before the title or
- * chunks they came from change, in after). */
+/* Writes a checked record of a live document (store_put's order: the FTS rows to remove recorded
+ * before the title or chunks they came from change). */
 static qr_status write_doc(store *s, const store_follow_doc *d, const store_put_input *in,
                            const follow_row *r, char *err)
 {

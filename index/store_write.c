@@ -1,8 +1,9 @@
 /*
  * store_write: the store's writes. store_put checks a document whole before it writes anything
  * (fields, ACL, UTF-8 chunk boundaries, vectors, canonical metadata), then replaces the
- * document's rows -- documents row, chunks, vectors, FTS rows (removed through the view before
- * the rows they came from, see store.c), ACL rows -- in one transaction that bumps the change
+ * document's rows -- documents row, chunks, vectors, ACL rows, and the values the full-text
+ * index holds for what goes (fts_gone, recorded before the rows they came from change; the index
+ * itself follows after the commit, see store_fts.c) -- in one transaction that bumps the change
  * counter and tombstones the chunk ids it drops. Also here: store_delete, store_set_acl, and the
  * embedding model, statistics and vector index generation kept in the meta table.
  */
@@ -453,8 +454,8 @@ static qr_status free_rows(store *s, int64_t first, int64_t last, char *err)
     return store_vec_free(s, none_below ? 1 : below + 1, above, err);
 }
 
-/* Removes the chunks of document `id` with their FTS rows, records them as deleted at `counter`
- * and their vector rows as free. */
+/* Removes the chunks of document `id` (their FTS rows recorded for the follower to remove),
+ * records them as deleted at `counter` and their vector rows as free. */
 qr_status store_remove_chunks(store *s, int64_t id, int64_t counter, char *err)
 {
     sqlite3_stmt *q = s->q[Q_CHUNK_RANGE_DOC];
