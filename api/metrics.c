@@ -364,6 +364,10 @@ qr_status api_metrics_render(api_server *srv, qr_buf *o, char *err)
         qr_buf_printf(o, "quarry_index_generation %lld\n", (long long)st.index_generation);
         head(o, "quarry_store_changes", "gauge", "The store's change counter (grows with every write).");
         qr_buf_printf(o, "quarry_store_changes %lld\n", (long long)st.change_counter);
+        head(o, "quarry_fulltext_applied_change", "gauge",
+             "The change the full-text index (quarry.fts) reflects: quarry_store_changes minus it is the "
+             "index's lag, 0 once each write's call returned.");
+        qr_buf_printf(o, "quarry_fulltext_applied_change %lld\n", (long long)st.fts_applied);
     }
 
     head(o, "quarry_search_bm25_total", "counter",

@@ -230,6 +230,11 @@ static json_t *readiness(api_server *srv, bool counts, bool *ready_out, bool *ld
                                       "bm25_failed_passes", (json_int_t)ms.bm25_failures, "vectors_skipped",
                                       (json_int_t)vi.skipped));
     }
+    if (body && counts && !st && stats.fts_applied >= 0)
+        /* the administrators' view: how many changes the full-text index has yet to apply (0 but
+         * for a moment after each write, or after its update failed: the log says why) */
+        json_object_set_new(json_object_get(json_object_get(body, "checks"), "indexes"), "fulltext_behind",
+                            json_integer((json_int_t)(stats.change_counter - stats.fts_applied)));
     if (body && counts && ms.following) {
         json_t *checks = json_object_get(body, "checks");
         json_object_set_new(checks, "feed_detail",

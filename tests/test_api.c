@@ -3919,6 +3919,12 @@ TEST(metrics_exposition)
         m, "quarry_http_request_duration_seconds_count{route=\"/v1/me\",method=\"GET\",status=\"200\"} 3\n"));
     CHECK(strstr(m, "quarry_ingest_documents_total{outcome=\"added\"} 5\n"));
     CHECK(strstr(m, "quarry_index_documents 5\n"));
+    /* the full-text index is at the store's counter: every write's call brought it there */
+    CHECK(metric_value(&f, "quarry_fulltext_applied_change") == metric_value(&f, "quarry_store_changes"));
+    CHECK(metric_value(&f, "quarry_store_changes") >= 5);
+    long status;
+    CHECK_INT(readyz_index_int(&f, "fulltext_behind", &status), 0);
+    CHECK_INT(status, 200);
     CHECK(strstr(m, "quarry_index_generation "));
     CHECK(strstr(m, "quarry_ldap_cache_hits_total "));
     CHECK(strstr(m, "quarry_ldap_cache_misses_total "));
