@@ -641,12 +641,13 @@ qr_status store_fts_bulk_end(store *s, char *err)
     char thread_err[QR_ERR_LEN] = "";
     bool finished = s->fts_bulk && s->fts_bulk->finish;
     qr_status thread_st = bulk_stop(s, thread_err);
-    /* attached again, the store's connection catches up whatever the thread did not; unless the
-     * thread's last catch-up synced everything up to the store's counter, it commits once more
-     * under FULL, which syncs the thread's commits */
+    /* attached again, the store's connection catches up whatever the thread did not and prunes
+     * the tombstones the load's replacements left (the thread cannot: it holds no write lock of
+     * quarry.db); unless the thread's last catch-up synced everything up to the store's counter,
+     * it commits once more under FULL, which syncs the thread's commits */
     qr_status st = store_conn(s, err);
-    if (!st && (!finished || thread_st))
-        st = catch_up(s->fts, true, true, err);
+    if (!st)
+        st = catch_up(s->fts, true, !finished || thread_st, err);
     if (st && thread_st)
         qr_log(QR_LOG_WARN, "store", "the full-text follower of a bulk load failed: %s", thread_err);
     return st;

@@ -2479,6 +2479,11 @@ TEST(fts_bulk_thread_follows_batches)
     }
     CHECK_OK(store_bulk_end(s, err), err);
     CHECK_INT(fts_applied_raw(dir), counter_of(s));
+    /* the end pruned what the load's replacements left for the index to remove */
+    sqlite3 *db = raw_open(dir);
+    CHECK(db);
+    CHECK_INT(raw_int(db, "SELECT count(*) FROM fts_gone"), 0);
+    sqlite3_close(db);
     CHECK_INT(fts_count_dir(dir, "word119"), 1);
     CHECK_INT(fts_count_dir(dir, "word19"), 0); /* replaced by word69 and word119 */
     CHECK_INT(fts_count_dir(dir, "batch5"), 20);
