@@ -170,13 +170,11 @@ static qr_status conn_run(fts_conn *c, int i, int64_t v, char *err, const char *
     return rc == SQLITE_DONE ? QR_OK : conn_fail(c, rc, err, what);
 }
 
-/* Feeds every row of query `from` (bound to `after` when it takes it) to `to`, one statement each:
+/* Feeds every row of query src (bound to `after` when it takes it) to dst, one statement each:
  * (rowid, title, headings, body). */
-static qr_status copy_rows(fts_conn *c, int from, int64_t after, int to, char *err)
+static qr_status copy_stmt_rows(fts_conn *c, sqlite3_stmt *src, int64_t after, sqlite3_stmt *dst,
+                                const char *what, char *err)
 {
-    sqlite3_stmt *src = c->q[from], *dst = c->q[to];
-    const char *what =
-        to == F_INSERT ? "add chunks to the full-text index" : "remove chunks from the full-text index";
     int rc = sqlite3_bind_parameter_count(src) ? sqlite3_bind_int64(src, 1, after) : SQLITE_OK;
     while (rc == SQLITE_OK && (rc = sqlite3_step(src)) == SQLITE_ROW) {
         rc = sqlite3_bind_int64(dst, 1, sqlite3_column_int64(src, 0));
@@ -194,6 +192,31 @@ static qr_status copy_rows(fts_conn *c, int from, int64_t after, int to, char *e
     }
     qr_status st = rc == SQLITE_DONE ? QR_OK : conn_fail(c, rc, err, what);
     sqlite3_reset(src);
+    return st;
+}
+
+/* copy_stmt_rows between the follower's statements `from` and `to` (F_INSERT or F_DELETE). */
+static qr_status copy_rows(fts_conn *c, int from, int64_t after, int to, char *err)
+{
+    return copy_stmt_rows(
+        c, c->q[from], after, c->q[to],
+        to == F_INSERT ? "add chunks to the full-text index" : "remove chunks from the full-text index", err);
+}
+
+/* Ends the transaction open on c: with st QR_OK it commits (sync: after writing a page, so that
+ * the commit syncs even when nothing else changed), otherwise, or when the commit fails, it rolls
+ * back. Returns st or the commit's failure. */
+static qr_status end_txn(fts_conn *c, qr_status st, bool sync, char *err, const char *what)
+{
+    if (!st && sync)
+        st = conn_exec(c,
+                       "INSERT INTO fts.fts_meta(key, value) VALUES ('sync', 1);"
+                       " DELETE FROM fts.fts_meta WHERE key = 'sync'",
+                       err, "sync the full-text index");
+    if (!st)
+        st = conn_exec(c, "COMMIT", err, what);
+    if (!sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
     return st;
 }
 
@@ -248,16 +271,7 @@ static qr_status catch_up(fts_conn *c, bool own_lock, bool sync, char *err)
     bool pruned = false;
     if (!st)
         st = apply(c, own_lock, &pruned, err);
-    if (!st && (sync || pruned))
-        st = conn_exec(c,
-                       "INSERT INTO fts.fts_meta(key, value) VALUES ('sync', 1);"
-                       " DELETE FROM fts.fts_meta WHERE key = 'sync'",
-                       err, "sync the full-text index");
-    if (!st)
-        st = conn_exec(c, "COMMIT", err, "commit the full-text index");
-    if (!sqlite3_get_autocommit(c->db))
-        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-    return st;
+    return end_txn(c, st, sync || pruned, err, "commit the full-text index");
 }
 
 /* Bulk mode's catch-ups read the changes first and index them after, in two transactions: one
@@ -353,15 +367,7 @@ static qr_status catch_up_bulk(fts_conn *c, bool sync, char *err)
         bool again = !st && now != applied; /* another connection caught up meanwhile */
         if (!st && !again && head != applied && !(st = apply_set(c, &cs, err)))
             st = conn_run(c, F_SET, head, err, "record the full-text index's position");
-        if (!st && !again && sync)
-            st = conn_exec(c,
-                           "INSERT INTO fts.fts_meta(key, value) VALUES ('sync', 1);"
-                           " DELETE FROM fts.fts_meta WHERE key = 'sync'",
-                           err, "sync the full-text index");
-        if (!st)
-            st = conn_exec(c, "COMMIT", err, "commit the full-text index");
-        if (!sqlite3_get_autocommit(c->db))
-            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+        st = end_txn(c, st, !again && sync, err, "commit the full-text index");
         qr_buf_release(&cs.rows);
         qr_buf_release(&cs.bytes);
         if (st || !again)
@@ -438,11 +444,7 @@ static qr_status make_schema(fts_conn *c, char *err)
                       " UPDATE fts.fts_meta SET value = (SELECT value FROM main.meta WHERE key = 'store_uid')"
                       "  WHERE key = 'store_uid'",
                       err, "empty the full-text index of another store");
-    if (!st)
-        st = conn_exec(c, "COMMIT", err, "create the full-text index");
-    if (!sqlite3_get_autocommit(c->db))
-        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-    return st;
+    return end_txn(c, st, false, err, "create the full-text index");
 }
 
 /* Whether the index needs its schema made or checked (a new file, another store's) or a catch-up,
@@ -740,7 +742,7 @@ qr_status store_fts_verify(store *s, char *err)
          " EXCEPT SELECT id, sz FROM fts.chunks_fts_docsize)",
          "chunks missing or indexed otherwise (first id %s)"},
     };
-    sqlite3_stmt *src = NULL, *ins = NULL, *q = NULL;
+    sqlite3_stmt *ins = NULL, *q = NULL;
     qr_status st =
         conn_exec(c,
                   "CREATE VIRTUAL TABLE temp.fts_check USING fts5(title, headings, body,"
@@ -749,20 +751,12 @@ qr_status store_fts_verify(store *s, char *err)
                   " CREATE VIRTUAL TABLE temp.fts_check_live USING fts5vocab(fts, chunks_fts, row);",
                   err, "check the full-text index");
     int rc = SQLITE_OK;
-    if (!st && (rc = sqlite3_prepare_v2(c->db, fts_sql[F_ALL], -1, &src, NULL)) == SQLITE_OK)
-        rc = sqlite3_prepare_v2(
-            c->db, "INSERT INTO temp.fts_check(rowid, title, headings, body) VALUES (?1, ?2, ?3, ?4)", -1,
-            &ins, NULL);
-    while (!st && rc == SQLITE_OK && (rc = sqlite3_step(src)) == SQLITE_ROW) {
-        rc = sqlite3_bind_int64(ins, 1, sqlite3_column_int64(src, 0));
-        for (int i = 1; i < 4 && rc == SQLITE_OK; i++)
-            rc = sqlite3_bind_value(ins, i + 1, sqlite3_column_value(src, i));
-        if (rc == SQLITE_OK && (rc = sqlite3_step(ins)) == SQLITE_DONE)
-            rc = SQLITE_OK;
-        sqlite3_reset(ins);
-    }
-    if (!st && rc != SQLITE_DONE)
+    if (!st && (rc = sqlite3_prepare_v2(
+                    c->db, "INSERT INTO temp.fts_check(rowid, title, headings, body) VALUES (?1, ?2, ?3, ?4)",
+                    -1, &ins, NULL)) != SQLITE_OK)
         st = conn_fail(c, rc, err, "check the full-text index");
+    if (!st)
+        st = copy_stmt_rows(c, c->q[F_ALL], 0, ins, "check the full-text index", err);
     for (size_t i = 0; !st && i < sizeof(diff) / sizeof(diff[0]); i++) {
         rc = sqlite3_prepare_v2(c->db, diff[i].sql, -1, &q, NULL);
         if (rc == SQLITE_OK)
@@ -779,7 +773,6 @@ qr_status store_fts_verify(store *s, char *err)
         sqlite3_finalize(q);
         q = NULL;
     }
-    sqlite3_finalize(src);
     sqlite3_finalize(ins);
     sqlite3_exec(c->db,
                  "DROP TABLE IF EXISTS temp.fts_check_live; DROP TABLE IF EXISTS temp.fts_check_vocab;"
