@@ -450,6 +450,27 @@ class Test:
         c.autocommit = True
         return c
 
+    def doc_ids_on_primary(self, prefix, within=20):
+        """The doc_ids starting with prefix that the primary holds, read through the write port. Right
+        after a failover HAProxy can still route a new connection to the old leader, which closes it:
+        that is the harness's read failing, not quarry, so it is tried again for up to `within` s."""
+        deadline = time.monotonic() + within
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                with contextlib.closing(self.pg(timeout=5)) as c, c.cursor() as cur:
+                    cur.execute("SELECT doc_id FROM quarry.documents WHERE doc_id LIKE %s", (prefix + "%",))
+                    present = {r[0] for r in cur.fetchall()}
+                if tries > 1:
+                    say("read of the primary's %s* documents answered at try %d" % (prefix, tries))
+                return present
+            except psycopg2.OperationalError as e:
+                if time.monotonic() >= deadline:
+                    raise StepError("the primary could not be read for %d s (%d tries): %s"
+                                    % (within, tries, str(e).strip()))
+                time.sleep(0.5)
+
     def primary_state(self):
         with contextlib.closing(self.pg()) as c, c.cursor() as cur:
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -1052,9 +1073,7 @@ class Test:
         during_acks = sorted(t - t_stop for t in acked.values() if t_stop <= t <= t_start)
         during_sfail = [(name, s) for t, name, s in sfail if t_stop <= t <= t_start]
         during_sok = [1 for t, _, _ in sok if t_stop <= t <= t_start]
-        with contextlib.closing(self.pg(timeout=5)) as c, c.cursor() as cur:
-            cur.execute("SELECT doc_id FROM quarry.documents WHERE doc_id LIKE 'etcd-%%'")
-            present = {r[0] for r in cur.fetchall()}
+        present = self.doc_ids_on_primary("etcd-")
         lost = sorted(set(acked) - present)
         self.m["lost"] = self.m.get("lost", 0) + len(lost)
         self.m["etcd_write_fail"] = len(during_wfail)
@@ -1133,9 +1152,7 @@ class Test:
         t_end = time.monotonic()
         before = [t for t in acked.values() if t <= t_call]
         last_before = max(before) if before else None
-        with contextlib.closing(self.pg(timeout=5)) as c, c.cursor() as cur:
-            cur.execute("SELECT doc_id FROM quarry.documents WHERE doc_id LIKE 'fo-%%'")
-            present = {r[0] for r in cur.fetchall()}
+        present = self.doc_ids_on_primary("fo-")
         lost = sorted(set(acked) - present)
         # searchable on every node: batches of 100 ids (the largest k) under a doc_ids filter, again
         # until found or 5 s after the writes stopped
