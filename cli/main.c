@@ -188,7 +188,17 @@ static const char *command_name(int argc, char **argv)
  * load anyway (one per core beside the caller's), each spinning on sched_yield for about 0.1 s of
  * CPU before it sleeps (4% of a 23 MB ingest's samples, more than starting twice costs: 35-40 ms);
  * so ingest starts again with OPENBLAS_NUM_THREADS=1, which starts none (bench/README.md,
- * "Preparing threads and start-up"). */
+ * "Preparing threads and start-up").
+ * The same start gives ingest glibc's malloc tunables, which glibc reads only when a program
+ * starts: transparent huge pages for the heap (the kernel's default, "madvise", gives them only
+ * to memory that asks), which it grows 16 MB at a time and keeps what is freed up to 256 MB,
+ * blocks up to 32 MB included. A load touches hundreds of megabytes (SQLite's page caches, FTS5's
+ * term lists, each batch's text and vectors): with 4 KiB pages, a third of them page-faulted in
+ * again and again as malloc gave them back; with 2 MB pages, faults and TLB misses fall (16,000
+ * -> 5,000 faults, wall -10% on 23 MB: bench/README.md, "Huge pages for ingest"). */
+#define INGEST_MALLOC_TUNABLES                                                                         \
+    "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=16777216:glibc.malloc.trim_threshold=268435456:"     \
+    "glibc.malloc.mmap_threshold=33554432"
 static void tune_runtime_and_reexec(int argc, char **argv)
 {
     bool changed = false;
@@ -209,6 +219,10 @@ static void tune_runtime_and_reexec(int argc, char **argv)
     const char *cmd = command_name(argc, argv);
     if (cmd && strcmp(cmd, "ingest") == 0 && !getenv("OPENBLAS_NUM_THREADS")) {
         setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        changed = true;
+    }
+    if (cmd && strcmp(cmd, "ingest") == 0 && !getenv("GLIBC_TUNABLES")) {
+        setenv("GLIBC_TUNABLES", INGEST_MALLOC_TUNABLES, 1);
         changed = true;
     }
     if (changed)

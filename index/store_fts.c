@@ -27,11 +27,13 @@
  * not the store's (another store_uid), or is ahead of it (a store restored from an older copy):
  * then it is emptied and built again from counter 0.
  */
+#include <inttypes.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "index/store.h"
 #include "index/store_int.h"
@@ -98,9 +100,27 @@ typedef struct store_fts_conn {
     sqlite3_stmt *q[F_COUNT];
 } fts_conn;
 
+typedef struct {
+    int64_t id;
+    bool remove;
+    size_t at[3], len[3]; /* title, headings, body in bytes */
+} change_row;
+
+/* One catch-up's rows, read before they are written. The bulk thread keeps its buffers from
+ * one catch-up to the next: released each time, their megabytes were mapped and faulted in again
+ * for every batch. */
+typedef struct {
+    qr_buf rows;  /* change_row, in the order they apply */
+    qr_buf bytes; /* their text */
+} change_set;
+
+#define CHANGE_SET_CAP ((size_t)1 << 40)
+
 /* Bulk mode's follower thread (store_bulk_begin): woken after each commit of the writer. */
 typedef struct store_fts_bulk {
     fts_conn c;
+    change_set cs;
+    store_token_cache *tokens; /* what the preparing threads tokenized for it (NULL: none) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -108,6 +128,7 @@ typedef struct store_fts_bulk {
     bool stop;    /* the last catch-up is asked for */
     bool finish;  /* ... and is to be synced and checkpointed (store_fts_bulk_finish) */
     qr_status st; /* the first failure; the thread stops applying after it */
+    double cpu_s; /* the thread's CPU time, when it ended */
     char err[QR_ERR_LEN];
 } fts_bulk;
 
@@ -277,18 +298,6 @@ static qr_status catch_up(fts_conn *c, bool own_lock, bool sync, char *err)
 /* Bulk mode's catch-ups read the changes first and index them after, in two transactions: one
  * that holds FTS5's work would hold a read snapshot of quarry.db all along, and the checkpoints of
  * the load could then never copy the last batches into the database nor start the WAL over. */
-typedef struct {
-    int64_t id;
-    bool remove;
-    size_t at[3], len[3]; /* title, headings, body in bytes */
-} change_row;
-
-typedef struct {
-    qr_buf rows;  /* change_row, in the order they apply */
-    qr_buf bytes; /* their text */
-} change_set;
-
-#define CHANGE_SET_CAP ((size_t)1 << 40)
 
 /* Appends every row of query `from`, bound to `after`. */
 static qr_status collect(fts_conn *c, int from, int64_t after, bool remove, change_set *cs, char *err)
@@ -340,7 +349,7 @@ static qr_status apply_set(fts_conn *c, const change_set *cs, char *err)
 
 /* Bulk mode's catch-up: (applied, head] read in one read transaction, written in one of
  * quarry.fts alone. A rebuild (from 0) reads and writes in one, as catch_up does. */
-static qr_status catch_up_bulk(fts_conn *c, bool sync, char *err)
+static qr_status catch_up_bulk(fts_conn *c, change_set *cs, bool sync, char *err)
 {
     for (int tries = 0;; tries++) {
         int64_t applied = 0, head = 0, pruned = 0;
@@ -352,12 +361,11 @@ static qr_status catch_up_bulk(fts_conn *c, bool sync, char *err)
             sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
             return catch_up(c, false, sync, err);
         }
-        change_set cs;
-        qr_buf_init(&cs.rows, CHANGE_SET_CAP);
-        qr_buf_init(&cs.bytes, CHANGE_SET_CAP);
-        if (!st && head != applied && !(st = collect(c, F_GONE, applied, true, &cs, err)) &&
-            !(st = collect(c, F_ADDED, applied, false, &cs, err)))
-            st = collect(c, F_RETITLED, applied, false, &cs, err);
+        qr_buf_reset(&cs->rows);
+        qr_buf_reset(&cs->bytes);
+        if (!st && head != applied && !(st = collect(c, F_GONE, applied, true, cs, err)) &&
+            !(st = collect(c, F_ADDED, applied, false, cs, err)))
+            st = collect(c, F_RETITLED, applied, false, cs, err);
         if (!sqlite3_get_autocommit(c->db))
             sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL); /* it only read */
         int64_t now = -1;
@@ -365,11 +373,9 @@ static qr_status catch_up_bulk(fts_conn *c, bool sync, char *err)
             !(st = conn_run(c, F_LOCK, 0, err, "lock the full-text index")))
             st = conn_int(c, F_APPLIED, &now, err, "read the full-text index's position");
         bool again = !st && now != applied; /* another connection caught up meanwhile */
-        if (!st && !again && head != applied && !(st = apply_set(c, &cs, err)))
+        if (!st && !again && head != applied && !(st = apply_set(c, cs, err)))
             st = conn_run(c, F_SET, head, err, "record the full-text index's position");
         st = end_txn(c, st, !again && sync, err, "commit the full-text index");
-        qr_buf_release(&cs.rows);
-        qr_buf_release(&cs.bytes);
         if (st || !again)
             return st;
     }
@@ -541,7 +547,8 @@ static void *bulk_main(void *arg)
             : last ? conn_exec(&b->c, "PRAGMA fts.synchronous = FULL", err, "sync the full-text index")
                    : QR_OK;
         if (!failed && !st)
-            st = catch_up_bulk(&b->c, last, err);
+            st = catch_up_bulk(&b->c, &b->cs, last, err);
+        store_token_cache_advance(b->tokens);
         if (!failed && !st && last)
             st =
                 conn_exec(&b->c, "PRAGMA fts.wal_checkpoint(PASSIVE)", err, "checkpoint the full-text index");
@@ -553,6 +560,9 @@ static void *bulk_main(void *arg)
         b->done = asked;
         pthread_cond_broadcast(&b->cv);
     }
+    struct timespec cpu;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0)
+        b->cpu_s = (double)cpu.tv_sec + (double)cpu.tv_nsec / 1e9;
     pthread_mutex_unlock(&b->mu);
     return NULL;
 }
@@ -561,6 +571,9 @@ static void bulk_free(fts_bulk *b)
 {
     conn_release(&b->c);
     sqlite3_close(b->c.db);
+    qr_buf_release(&b->cs.rows);
+    qr_buf_release(&b->cs.bytes);
+    store_token_cache_free(b->tokens); /* after the connection, whose tokenizer reads it */
     pthread_cond_destroy(&b->cv);
     pthread_mutex_destroy(&b->mu);
     free(b);
@@ -579,6 +592,8 @@ void store_fts_bulk_begin(store *s)
         return;
     char err[QR_ERR_LEN];
     b->c.path = s->path;
+    qr_buf_init(&b->cs.rows, CHANGE_SET_CAP);
+    qr_buf_init(&b->cs.bytes, CHANGE_SET_CAP);
     if (sqlite3_open_v2(s->path, &b->c.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
         sqlite3_close(b->c.db);
@@ -586,10 +601,19 @@ void store_fts_bulk_begin(store *s)
         return;
     }
     sqlite3_busy_timeout(b->c.db, FTS_BUSY_TIMEOUT_MS);
+    /* before the table is first used on this connection, which makes its tokenizer; without the
+     * cache the thread tokenizes everything itself */
+    b->tokens = store_token_cache_new();
+    if (b->tokens && store_token_replay_register(b->c.db, b->tokens, err)) {
+        store_token_cache_free(b->tokens);
+        b->tokens = NULL;
+    }
     if (attach(&b->c, s->dir, "NORMAL", err) ||
         conn_exec(&b->c, "PRAGMA fts.cache_size = -16384", err, "size the cache") ||
         conn_prepare(&b->c, err)) {
+        conn_release(&b->c);
         sqlite3_close(b->c.db);
+        store_token_cache_free(b->tokens);
         free(b);
         return;
     }
@@ -616,6 +640,11 @@ static void bulk_ask_stop(fts_bulk *b, bool finish)
     pthread_mutex_unlock(&b->mu);
 }
 
+store_token_cache *store_bulk_tokens(store *s)
+{
+    return s && s->fts_bulk ? s->fts_bulk->tokens : NULL;
+}
+
 void store_fts_bulk_finish(store *s)
 {
     if (s->fts_bulk)
@@ -633,6 +662,12 @@ static qr_status bulk_stop(store *s, char *err)
     qr_status st = b->st;
     if (st)
         snprintf(err, QR_ERR_LEN, "%s", b->err);
+    store_token_stats ts;
+    store_token_cache_stats(b->tokens, &ts);
+    qr_log(QR_LOG_DEBUG, "store",
+           "full-text follower of a bulk load: %.2f s CPU; texts: %" PRIu64 " split into words by the preparing threads, %" PRIu64
+           " of them used, %" PRIu64 " split by the follower itself",
+           b->cpu_s, ts.added, ts.replayed, ts.missed);
     bulk_free(b);
     s->fts_bulk = NULL;
     return st;
