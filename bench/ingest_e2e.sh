@@ -12,6 +12,9 @@
 # process's threads: on a machine where quarry gets both cores the wall is bounded by about half
 # of it. `quarry ingest` commits its batches under synchronous=NORMAL and ends with one synced
 # commit (store_bulk_begin): the anchor stays at FULL, and is run under NORMAL too, beside it.
+# `quarry ingest` also starts with glibc's malloc on transparent huge pages (INGEST_MALLOC_TUNABLES,
+# cli/main.c): the anchor is run with the same tunables too, beside the plain one, which the ratios
+# are computed against.
 # BEFORE, when set, is another quarry binary (e.g. the integration branch's) run in the same rounds.
 # Usage: [BEFORE=path/to/quarry] bench/ingest_e2e.sh [BUILD_DIR] [DATASETS_DIR]   (RUNS=5, COPIES=8)
 set -euo pipefail
@@ -21,6 +24,8 @@ runs=${RUNS:-5}
 copies=${COPIES:-8}
 bin=$build/quarry
 fts=$build/bench_ingest_fts
+# the same as INGEST_MALLOC_TUNABLES in cli/main.c
+tunables=glibc.malloc.hugetlb=1:glibc.malloc.top_pad=16777216:glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -48,13 +53,13 @@ ingest_s() {
 }
 
 before=${BEFORE:-}
-printf '| corpus | MB (jsonl) | docs | chunks | bare FTS5 FULL s (CPU s) | MB/s | bare FTS5 NORMAL s | before: all cores s | MB/s | x FTS5 | 1 thread s | x FTS5 | all cores s | MB/s | x FTS5 | writer CPU s | process CPU s |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+printf '| corpus | MB (jsonl) | docs | chunks | bare FTS5 FULL s (CPU s) | MB/s | bare FTS5 NORMAL s | bare FTS5 FULL, huge pages s | before: all cores s | MB/s | x FTS5 | 1 thread s | x FTS5 | all cores s | MB/s | x FTS5 | writer CPU s | process CPU s |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for c in cranfield cisi both; do
   if [ "$c" = both ]; then f=$tmp/both.jsonl; name="both x$copies"; else f=$datasets/$c/corpus.jsonl; name=$c; fi
   bytes=$(stat -c %s "$f")
   docs=$(wc -l < "$f")
-  t0=(); t1=(); tn=(); wn=(); pn=(); tf=(); cf=(); tq=(); chunks=0
+  t0=(); t1=(); tn=(); wn=(); pn=(); tf=(); cf=(); tq=(); th=(); chunks=0
   for _ in $(seq "$runs"); do
     if [ -n "$before" ]; then
       read -r w _ < <(ingest_s "$f" 0 "$before")
@@ -70,6 +75,8 @@ for c in cranfield cisi both; do
     tf+=("$s"); cf+=("$cpu")
     read -r s _ < <("$fts" --normal "$f" "$tmp/bare.db")
     tq+=("$s")
+    read -r s _ < <(GLIBC_TUNABLES=$tunables "$fts" "$f" "$tmp/bare.db")
+    th+=("$s")
   done
   m0=$(printf '%s\n' "${t0[@]}" | median)
   m1=$(printf '%s\n' "${t1[@]}" | median)
@@ -79,13 +86,14 @@ for c in cranfield cisi both; do
   mf=$(printf '%s\n' "${tf[@]}" | median)
   mc=$(printf '%s\n' "${cf[@]}" | median)
   mq=$(printf '%s\n' "${tq[@]}" | median)
+  mh=$(printf '%s\n' "${th[@]}" | median)
   mb=$(echo "$bytes / 1000000" | bc -l)
   if [ -n "$before" ]; then
     b0=$(printf '%.3f | %.1f | %.2f' "$m0" "$(echo "$mb / $m0" | bc -l)" "$(echo "$mf / $m0" | bc -l)")
   else
     b0='- | - | -'
   fi
-  printf '| %s | %.2f | %d | %d | %.3f (%.3f) | %.1f | %.3f | %s | %.3f | %.2f | %.3f | %.1f | %.2f | %.3f | %.2f |\n' \
-    "$name" "$mb" "$docs" "$chunks" "$mf" "$mc" "$(echo "$mb / $mf" | bc -l)" "$mq" "$b0" "$m1" \
+  printf '| %s | %.2f | %d | %d | %.3f (%.3f) | %.1f | %.3f | %.3f | %s | %.3f | %.2f | %.3f | %.1f | %.2f | %.3f | %.2f |\n' \
+    "$name" "$mb" "$docs" "$chunks" "$mf" "$mc" "$(echo "$mb / $mf" | bc -l)" "$mq" "$mh" "$b0" "$m1" \
     "$(echo "$mf / $m1" | bc -l)" "$mn" "$(echo "$mb / $mn" | bc -l)" "$(echo "$mf / $mn" | bc -l)" "$mw" "$mp"
 done

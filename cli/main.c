@@ -196,8 +196,8 @@ static const char *command_name(int argc, char **argv)
  * term lists, each batch's text and vectors): with 4 KiB pages, a third of them page-faulted in
  * again and again as malloc gave them back; with 2 MB pages, faults and TLB misses fall (16,000
  * -> 5,000 faults, wall -10% on 23 MB: bench/README.md, "Huge pages for ingest"). */
-#define INGEST_MALLOC_TUNABLES                                                                         \
-    "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=16777216:glibc.malloc.trim_threshold=268435456:"     \
+#define INGEST_MALLOC_TUNABLES                                                                    \
+    "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=16777216:glibc.malloc.trim_threshold=268435456:" \
     "glibc.malloc.mmap_threshold=33554432"
 static void tune_runtime_and_reexec(int argc, char **argv)
 {

@@ -275,36 +275,6 @@ qr_status store_bulk_begin(store *s, char *err);
 /* Ends bulk mode with the synced commit; a no-op when none was begun. */
 qr_status store_bulk_end(store *s, char *err);
 
-/*
- * Tokens made ahead for bulk mode's full-text follower. Tokenizing (Porter stems of unicode61
- * words) is about a quarter of what FTS5 spends indexing a chunk; a load's preparing threads do it
- * instead, each with a store_tokenizer of its own, into the store's cache (store_bulk_tokens),
- * and the follower's FTS5 table replays the tokens of every text it finds there. The cache is
- * keyed by the text's bytes, compared in full, so a text written differently than it was
- * prepared (a title changed meanwhile) is tokenized as usual: what the index holds never depends on
- * the cache. An entry goes once the follower has replayed it, or after it went unused for many
- * catch-ups; the cache holds at most STORE_TOKEN_CACHE_BYTES and adds nothing past that.
- */
-#define STORE_TOKEN_CACHE_BYTES ((size_t)256 << 20)
-typedef struct store_tokenizer store_tokenizer;
-typedef struct store_token_cache store_token_cache;
-/* FTS5's porter unicode61 tokenizer on a private in-memory connection: one per thread. QR_ENOMEM,
- * QR_EINTERNAL. */
-qr_status store_tokenizer_open(store_tokenizer **out, char *err);
-void store_tokenizer_close(store_tokenizer *t);
-/* The cache of this handle's bulk mode, while its follower thread runs; NULL otherwise (outside
- * bulk mode, or when the thread could not start). Valid until store_bulk_end: callers stop adding
- * before it. */
-store_token_cache *store_bulk_tokens(store *s);
-/* Tokenizes text with t and keeps its tokens; any thread. Best effort: a text already there, an
- * empty one, a full cache or a failure add nothing (the follower then tokenizes it itself). */
-void store_token_cache_add(store_token_cache *c, store_tokenizer *t, const char *text, size_t len);
-typedef struct {
-    uint64_t added, replayed, missed; /* texts kept; texts the follower replayed, or tokenized itself */
-    size_t bytes;                     /* held now */
-} store_token_stats;
-void store_token_cache_stats(store_token_cache *c, store_token_stats *out);
-
 /* Looks up the stored content hash (64 lowercase hex digits and NUL) of doc_id. An absent
  * document is not an error: *found is false and hash is "". QR_EINVAL for an invalid doc_id. */
 qr_status store_get_hash(store *s, const char *doc_id, char hash[65], bool *found, char *err);

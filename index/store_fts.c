@@ -27,7 +27,6 @@
  * not the store's (another store_uid), or is ahead of it (a store restored from an older copy):
  * then it is emptied and built again from counter 0.
  */
-#include <inttypes.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -120,7 +119,6 @@ typedef struct {
 typedef struct store_fts_bulk {
     fts_conn c;
     change_set cs;
-    store_token_cache *tokens; /* what the preparing threads tokenized for it (NULL: none) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -548,7 +546,6 @@ static void *bulk_main(void *arg)
                    : QR_OK;
         if (!failed && !st)
             st = catch_up_bulk(&b->c, &b->cs, last, err);
-        store_token_cache_advance(b->tokens);
         if (!failed && !st && last)
             st =
                 conn_exec(&b->c, "PRAGMA fts.wal_checkpoint(PASSIVE)", err, "checkpoint the full-text index");
@@ -573,7 +570,6 @@ static void bulk_free(fts_bulk *b)
     sqlite3_close(b->c.db);
     qr_buf_release(&b->cs.rows);
     qr_buf_release(&b->cs.bytes);
-    store_token_cache_free(b->tokens); /* after the connection, whose tokenizer reads it */
     pthread_cond_destroy(&b->cv);
     pthread_mutex_destroy(&b->mu);
     free(b);
@@ -601,19 +597,11 @@ void store_fts_bulk_begin(store *s)
         return;
     }
     sqlite3_busy_timeout(b->c.db, FTS_BUSY_TIMEOUT_MS);
-    /* before the table is first used on this connection, which makes its tokenizer; without the
-     * cache the thread tokenizes everything itself */
-    b->tokens = store_token_cache_new();
-    if (b->tokens && store_token_replay_register(b->c.db, b->tokens, err)) {
-        store_token_cache_free(b->tokens);
-        b->tokens = NULL;
-    }
     if (attach(&b->c, s->dir, "NORMAL", err) ||
         conn_exec(&b->c, "PRAGMA fts.cache_size = -16384", err, "size the cache") ||
         conn_prepare(&b->c, err)) {
         conn_release(&b->c);
         sqlite3_close(b->c.db);
-        store_token_cache_free(b->tokens);
         free(b);
         return;
     }
@@ -640,11 +628,6 @@ static void bulk_ask_stop(fts_bulk *b, bool finish)
     pthread_mutex_unlock(&b->mu);
 }
 
-store_token_cache *store_bulk_tokens(store *s)
-{
-    return s && s->fts_bulk ? s->fts_bulk->tokens : NULL;
-}
-
 void store_fts_bulk_finish(store *s)
 {
     if (s->fts_bulk)
@@ -662,12 +645,7 @@ static qr_status bulk_stop(store *s, char *err)
     qr_status st = b->st;
     if (st)
         snprintf(err, QR_ERR_LEN, "%s", b->err);
-    store_token_stats ts;
-    store_token_cache_stats(b->tokens, &ts);
-    qr_log(QR_LOG_DEBUG, "store",
-           "full-text follower of a bulk load: %.2f s CPU; texts: %" PRIu64 " split into words by the preparing threads, %" PRIu64
-           " of them used, %" PRIu64 " split by the follower itself",
-           b->cpu_s, ts.added, ts.replayed, ts.missed);
+    qr_log(QR_LOG_DEBUG, "store", "full-text follower of a bulk load: %.2f s CPU", b->cpu_s);
     bulk_free(b);
     s->fts_bulk = NULL;
     return st;

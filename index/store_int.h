@@ -205,16 +205,6 @@ qr_status store_fts_verify(store *s, char *err);
 qr_status store_fts_applied(store *s, int64_t *out, char *err);
 void store_fts_close(store *s);
 
-/* store_tokens.c: the cache behind store_bulk_tokens, made and freed with bulk mode's follower
- * thread, which alone calls advance (after each catch-up: entries older than two catch-ups go) and
- * registers, on its own connection, the tokenizer that replays what the cache holds. */
-store_token_cache *store_token_cache_new(void);
-void store_token_cache_free(store_token_cache *c);
-void store_token_cache_advance(store_token_cache *c);
-qr_status store_token_replay_register(sqlite3 *db, store_token_cache *c, char *err);
-/* store_query.c: FTS5's API on db (NULL if it has none). */
-fts5_api *store_fts5_api(sqlite3 *db);
-
 /* store_follow.c: QR_EINVAL when the store follows a system of record (store_follow_identity), whose
  * writes only a feed brings; inside the caller's write transaction. */
 qr_status store_follow_refuse(store *s, char *err);

@@ -791,7 +791,7 @@ out:
 
 /* FTS5 hands its API out through a pointer-passing SQL function (sqlite3_bind_pointer), the way
  * its documentation prescribes for code that links SQLite dynamically. */
-fts5_api *store_fts5_api(sqlite3 *db)
+static fts5_api *fts5_api_of(sqlite3 *db)
 {
     fts5_api *api = NULL;
     sqlite3_stmt *q = NULL;
@@ -826,7 +826,7 @@ qr_status store_tokenize(store *s, const char *text, size_t len, store_token_fn 
         return qr_fail(err, QR_ELIMIT, "store_tokenize: %zu bytes, more than FTS5 takes", len);
     if (!s->tokenizer_p) {
         /* the schema's tokenize = 'porter unicode61' */
-        fts5_api *api = store_fts5_api(s->db);
+        fts5_api *api = fts5_api_of(s->db);
         void *user = NULL;
         const char *args[] = {"unicode61"};
         if (!api || api->xFindTokenizer(api, "porter", &user, &s->tokenizer) != SQLITE_OK ||

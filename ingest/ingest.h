@@ -226,10 +226,8 @@ qr_status ingest_prepared_new(const ingest_source *src, ingest_prepared **out, c
  * for ingest_put_prepared to report. Reads only the session's settings: any thread, one
  * embedder per thread; e NULL: only the checks and the hash (the write does the rest). ro, when given, is a
  * store connection of this thread: a document whose committed hash is already this one is left unextracted
- * (the write does it if needed after all). tok, when given, is a tokenizer of this thread: in bulk mode
- * the chunks' texts are tokenized with it for the full-text follower (store_bulk_tokens). */
-void ingest_prepare(const ingest_session *s, ingest_embedder *e, store *ro, store_tokenizer *tok,
-                    ingest_prepared *p);
+ * (the write does it if needed after all). */
+void ingest_prepare(const ingest_session *s, ingest_embedder *e, store *ro, ingest_prepared *p);
 /* Writes a prepared document exactly as ingest_put writes its source (same results, same errors);
  * on the session's thread. p stays the caller's. */
 qr_status ingest_put_prepared(ingest_session *s, ingest_prepared *p, store_put_result *result,

@@ -21,10 +21,6 @@ struct ingest_session {
     ingest_limits limits;
     ingest_chunk_opts chunk_opts;
     size_t batch_docs; /* documents in the open batch; 0 without one */
-    /* bulk mode's cache of tokens for the full-text follower (store_bulk_tokens), which the pool's
-     * threads fill; NULL outside bulk mode. Set before documents reach them, cleared after they
-     * are all written (ingest_session_bulk_end) */
-    store_token_cache *tokens;
 };
 
 qr_status ingest_session_open(const qr_config *cfg, ingest_session **out, char *err)
@@ -90,14 +86,11 @@ void ingest_session_batch_rollback(ingest_session *s)
 
 qr_status ingest_session_bulk_begin(ingest_session *s, char *err)
 {
-    qr_status st = store_bulk_begin(s->store, err);
-    s->tokens = st ? NULL : store_bulk_tokens(s->store);
-    return st;
+    return store_bulk_begin(s->store, err);
 }
 
 qr_status ingest_session_bulk_end(ingest_session *s, char *err)
 {
-    s->tokens = NULL;
     return store_bulk_end(s->store, err);
 }
 
@@ -202,24 +195,7 @@ static void prepare_check(const ingest_session *s, ingest_prepared *p)
 }
 
 /* Extraction, chunking and embedding with embedder e (one thread at a time per embedder). */
-/* The texts the full-text index will hold for p's chunks (title, heading path, body: as store_put
- * writes them), tokenized on this thread for bulk mode's follower. */
-static void pretokenize(const ingest_session *s, store_tokenizer *tok, const ingest_prepared *p, const char *title)
-{
-    if (!s->tokens || !tok || !p->n)
-        return;
-    /* once per chunk, each: the follower indexes every chunk with its title and heading path */
-    size_t tn = strlen(title);
-    for (size_t i = 0; i < p->n; i++) {
-        const char *h = p->chunks[i].headings ? p->chunks[i].headings : "";
-        store_token_cache_add(s->tokens, tok, title, tn);
-        store_token_cache_add(s->tokens, tok, h, strlen(h));
-        store_token_cache_add(s->tokens, tok, p->text.text + p->chunks[i].start,
-                              p->chunks[i].end - p->chunks[i].start);
-    }
-}
-
-static void prepare_work(const ingest_session *s, ingest_embedder *e, store_tokenizer *tok, ingest_prepared *p)
+static void prepare_work(const ingest_session *s, ingest_embedder *e, ingest_prepared *p)
 {
     const ingest_source *src = &p->src;
     char *err = p->work_err, inner[QR_ERR_LEN];
@@ -279,8 +255,6 @@ static void prepare_work(const ingest_session *s, ingest_embedder *e, store_toke
         if (st)
             qr_fail(err, st, "embedding: %s", inner);
     }
-    if (!st)
-        pretokenize(s, tok, p, title ? title : "");
 out:
     p->work_st = st;
     qr_arena_release(&arena);
@@ -420,8 +394,7 @@ static void prepare_parse(ingest_prepared *p)
     p->raw = NULL;
 }
 
-void ingest_prepare(const ingest_session *s, ingest_embedder *e, store *ro, store_tokenizer *tok,
-                    ingest_prepared *p)
+void ingest_prepare(const ingest_session *s, ingest_embedder *e, store *ro, ingest_prepared *p)
 {
     prepare_parse(p);
     if (p->unparsed)
@@ -438,7 +411,7 @@ void ingest_prepare(const ingest_session *s, ingest_embedder *e, store *ro, stor
             strcmp(stored, p->hash) == 0)
             return;
     }
-    prepare_work(s, e, tok, p);
+    prepare_work(s, e, p);
 }
 
 qr_status ingest_put_prepared(ingest_session *s, ingest_prepared *p, store_put_result *result,
@@ -464,7 +437,7 @@ qr_status ingest_put_prepared(ingest_session *s, ingest_prepared *p, store_put_r
         if (found && strcmp(p->hash, stored) == 0)
             return put_unchanged(s, src, p->hash, result, nchunks, err);
         if (!p->worked)
-            prepare_work(s, s->embedder, NULL, p);
+            prepare_work(s, s->embedder, p);
         if (p->work_st)
             return qr_fail(err, p->work_st, "%s", p->work_err);
     }

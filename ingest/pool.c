@@ -38,7 +38,6 @@ typedef struct {
     struct ingest_pool *pool;
     ingest_embedder *embedder;
     store *ro;
-    store_tokenizer *tok;
     pthread_t thread;
     bool started;
 } pool_worker;
@@ -70,7 +69,7 @@ static void *worker_main(void *arg)
         p->take++;
         slot->state = SLOT_TAKEN;
         pthread_mutex_unlock(&p->mu);
-        ingest_prepare(p->session, w->embedder, w->ro, w->tok, slot->doc);
+        ingest_prepare(p->session, w->embedder, w->ro, slot->doc);
         pthread_mutex_lock(&p->mu);
         slot->state = SLOT_DONE;
         pthread_cond_signal(&p->done_cv); /* only the writer waits on it */
@@ -126,7 +125,7 @@ qr_status ingest_pool_open(ingest_session *s, const qr_config *cfg, int threads,
     for (int i = 0; i < p->nworkers; i++) {
         pool_worker *w = &p->workers[i];
         w->pool = p;
-        if ((st = ingest_embedder_open(cfg, &w->embedder, err)) || (st = store_tokenizer_open(&w->tok, err)) ||
+        if ((st = ingest_embedder_open(cfg, &w->embedder, err)) ||
             (stored && (st = store_open(qr_config_settings(cfg)->data_dir, &w->ro, err))))
             goto out;
     }
@@ -225,7 +224,7 @@ ingest_prepared *ingest_pool_next(ingest_pool *p, bool wait)
         /* no threads: prepared here, on the writer's thread, without the committed-hash shortcut
          * (the write looks at the hash itself) */
         pthread_mutex_unlock(&p->mu);
-        ingest_prepare(p->session, NULL, NULL, NULL, slot->doc);
+        ingest_prepare(p->session, NULL, NULL, slot->doc);
         pthread_mutex_lock(&p->mu);
         slot->state = SLOT_DONE;
     }
@@ -257,7 +256,6 @@ void ingest_pool_close(ingest_pool *p)
             pthread_join(p->workers[i].thread, NULL);
         ingest_embedder_free(p->workers[i].embedder);
         store_close(p->workers[i].ro);
-        store_tokenizer_close(p->workers[i].tok);
     }
     for (size_t i = p->head; p->slots && i < p->tail; i++)
         ingest_prepared_free(p->slots[i % p->cap].doc);

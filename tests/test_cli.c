@@ -177,9 +177,10 @@ TEST(man_page_lists_every_command)
     free(man);
 }
 
-/* Whether /proc/<pid>/environ holds the assignment var (e.g. "A=1"): the environment the process
- * was executed with, so after quarry's start-again the one it set. */
-static bool environ_has(pid_t pid, const char *var)
+/* Whether /proc/<pid>/environ holds the assignment var (e.g. "A=1"), or with prefix one that starts
+ * with it: the environment the process was executed with, so after quarry's start-again the one it
+ * set. */
+static bool environ_match(pid_t pid, const char *var, bool prefix)
 {
     char path[64], buf[65536];
     snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
@@ -192,15 +193,20 @@ static bool environ_has(pid_t pid, const char *var)
         return false;
     buf[n] = '\0';
     for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
-        if (strcmp(buf + i, var) == 0)
+        if (prefix ? strncmp(buf + i, var, strlen(var)) == 0 : strcmp(buf + i, var) == 0)
             return true;
     return false;
 }
 
+static bool environ_has(pid_t pid, const char *var)
+{
+    return environ_match(pid, var, false);
+}
+
 /* `quarry ingest` calls no BLAS: it starts again with one OpenBLAS thread (no idle thread spinning
- * beside the workers), besides the settings every command gets. The ingest waits on a FIFO as
- * its --jsonl input while its environment is read. */
-TEST(ingest_starts_with_one_openblas_thread)
+ * beside the workers) and glibc's malloc on huge pages, besides the settings every command gets.
+ * The ingest waits on a FIFO as its --jsonl input while its environment is read. */
+TEST(ingest_starts_with_one_openblas_thread_and_huge_pages)
 {
     char dir[] = "/tmp/quarry-cli-XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
@@ -213,6 +219,7 @@ TEST(ingest_starts_with_one_openblas_thread)
     if (pid == 0) {
         unsetenv("OPENBLAS_NUM_THREADS");
         unsetenv("OMP_WAIT_POLICY");
+        unsetenv("GLIBC_TUNABLES");
         unsetenv("QUARRY_CONFIG");
         int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);
@@ -221,11 +228,12 @@ TEST(ingest_starts_with_one_openblas_thread)
               "--jsonl", fifo, (char *)NULL);
         _exit(127);
     }
-    bool blas_one = false, passive = false;
-    for (int i = 0; i < 200 && !(blas_one && passive); i++) {
+    bool blas_one = false, passive = false, huge = false;
+    for (int i = 0; i < 200 && !(blas_one && passive && huge); i++) {
         usleep(50000);
         blas_one = environ_has(pid, "OPENBLAS_NUM_THREADS=1");
         passive = environ_has(pid, "OMP_WAIT_POLICY=passive");
+        huge = environ_match(pid, "GLIBC_TUNABLES=glibc.malloc.hugetlb=1", true);
     }
     /* the ingest's one line of input, once it has opened the FIFO (unless it ended before) */
     int fd = -1, status = 0;
@@ -249,6 +257,7 @@ TEST(ingest_starts_with_one_openblas_thread)
     CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "quarry ingest ended with status %d", status);
     CHECK(blas_one);
     CHECK(passive);
+    CHECK(huge);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
 }
