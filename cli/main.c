@@ -193,9 +193,10 @@ static const char *command_name(int argc, char **argv)
  * starts: transparent huge pages for the heap (the kernel's default, "madvise", gives them only
  * to memory that asks), which it grows 16 MB at a time and keeps what is freed up to 256 MB,
  * blocks up to 32 MB included. A load touches hundreds of megabytes (SQLite's page caches, FTS5's
- * term lists, each batch's text and vectors): with 4 KiB pages, a third of them page-faulted in
- * again and again as malloc gave them back; with 2 MB pages, faults and TLB misses fall (16,000
- * -> 5,000 faults, wall -10% on 23 MB: bench/README.md, "Huge pages for ingest"). */
+ * term lists, each batch's text and vectors): with 4 KiB pages it took 15,000-18,000 page
+ * faults, much of them memory that malloc had given back and touched again at the next batch;
+ * with these settings 4,000-5,000, and the wall about 10% less on 23 MB (bench/README.md, "Huge
+ * pages for ingest"). */
 #define INGEST_MALLOC_TUNABLES                                                                    \
     "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=16777216:glibc.malloc.trim_threshold=268435456:" \
     "glibc.malloc.mmap_threshold=33554432"
