@@ -2273,23 +2273,24 @@ static const char *in_dir(char *out, const char *dir, const char *name)
     return out;
 }
 
-/* The full-text index's applied counter and the store's tombstones pruned through, read raw. */
-static int64_t fts_applied_raw(const char *dir)
+/* One integer read raw from the store in dir (quarry.fts attached); -999 on error. */
+static int64_t raw_int_in(const char *dir, const char *sql)
 {
     sqlite3 *db = store_raw_open(dir, SQLITE_OPEN_READWRITE);
-    int64_t v = db ? raw_int(db, "SELECT value FROM fts.fts_meta WHERE key = 'applied'") : -999;
+    int64_t v = db ? raw_int(db, sql) : -999;
     sqlite3_close(db);
     return v;
 }
 
+/* The full-text index's applied counter and the store's tombstones pruned through. */
+static int64_t fts_applied_raw(const char *dir)
+{
+    return raw_int_in(dir, "SELECT value FROM fts.fts_meta WHERE key = 'applied'");
+}
+
 static int64_t fts_pruned_raw(const char *dir)
 {
-    sqlite3 *db = store_raw_open(dir, SQLITE_OPEN_READWRITE);
-    int64_t v =
-        db ? raw_int(db, "SELECT coalesce((SELECT value FROM meta WHERE key = 'fts_pruned_through'), 0)")
-           : -999;
-    sqlite3_close(db);
-    return v;
+    return raw_int_in(dir, "SELECT coalesce((SELECT value FROM meta WHERE key = 'fts_pruned_through'), 0)");
 }
 
 /* Every kind of write is searchable as soon as it returns, and the index stays what indexing the
