@@ -884,105 +884,12 @@ void store_batch_rollback_local(store *s)
  * to 6,300 (64 MB: no fewer). */
 #define STORE_BULK_CACHE_KIB 16384
 
-/* Bulk mode's checkpoints run on a thread of their own, with a connection of their own, so that
- * copying the WAL into the database and syncing both overlap the load instead of stopping the
- * writer (measured with strace: the last WAL sync, the copy and the database sync took 0.45 s,
- * all at the end of a 23 MB load and on the writer's path). After each commit the writer's WAL hook asks for
- * a PASSIVE checkpoint, which never blocks the writer. The WAL file starts over from its beginning only when
- * a write transaction begins with every frame copied: when the WAL has grown past
- * STORE_BULK_CHECKPOINT_PAGES, the hook waits for the checkpoint in progress, so that the next
- * batch restarts it and the file stays bounded. A small WAL was also faster (23 MB of input, 3
- * runs each: 1,000 pages 3.0-3.1 s and 1.42-1.48 s CPU writing, 16,384 pages 3.2-3.6 s and
- * 1.63-2.28 s): writing over the file's pages costs the kernel less than growing it. A failed
- * checkpoint is left to the next one (and to the last, at store_bulk_end or close). */
-typedef struct store_ckpt {
-    sqlite3 *db;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    uint64_t asked, done; /* checkpoints asked for by the writer, and finished */
-    bool stop;
-} store_ckpt;
-
-static void *ckpt_main(void *arg)
-{
-    store_ckpt *c = arg;
-    pthread_mutex_lock(&c->mu);
-    for (;;) {
-        while (!c->stop && c->done == c->asked)
-            pthread_cond_wait(&c->cv, &c->mu);
-        if (c->done == c->asked) /* stopped with nothing asked: one asked is still done, the
-                                  * copy would otherwise fall to the writer at the end */
-            break;
-        uint64_t asked = c->asked;
-        pthread_mutex_unlock(&c->mu);
-        sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        pthread_mutex_lock(&c->mu);
-        c->done = asked;
-        pthread_cond_broadcast(&c->cv);
-    }
-    pthread_mutex_unlock(&c->mu);
-    return NULL;
-}
-
-/* The writer's WAL hook in bulk mode: after every commit, with frames the WAL's length. */
-static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int frames)
-{
-    (void)db;
-    (void)name;
-    store_ckpt *c = arg;
-    pthread_mutex_lock(&c->mu);
-    uint64_t want = ++c->asked;
-    pthread_cond_broadcast(&c->cv);
-    while (frames > STORE_BULK_CHECKPOINT_PAGES && c->done < want && !c->stop)
-        pthread_cond_wait(&c->cv, &c->mu);
-    pthread_mutex_unlock(&c->mu);
-    return SQLITE_OK;
-}
-
+/* Bulk mode checkpoints quarry.db on a thread of its own (store_ckpt.c); without it (no memory,
+ * no thread) on the writer, every STORE_BULK_CHECKPOINT_PAGES pages, as SQLite does. */
 static void ckpt_stop(store *s)
 {
-    store_ckpt *c = s->ckpt;
-    if (!c)
-        return;
-    sqlite3_wal_hook(s->db, NULL, NULL);
-    pthread_mutex_lock(&c->mu);
-    c->stop = true;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-    pthread_join(c->thread, NULL);
-    sqlite3_close(c->db);
-    pthread_cond_destroy(&c->cv);
-    pthread_mutex_destroy(&c->mu);
-    free(c);
+    store_ckpt_stop(s->ckpt);
     s->ckpt = NULL;
-}
-
-/* Starts the checkpointing thread; without it (no memory, no thread) bulk mode checkpoints on
- * the writer, every STORE_BULK_CHECKPOINT_PAGES pages, as SQLite does. */
-static void ckpt_start(store *s)
-{
-    store_ckpt *c = calloc(1, sizeof(*c));
-    if (!c)
-        return;
-    if (sqlite3_open_v2(s->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK ||
-        sqlite3_exec(c->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
-        sqlite3_close(c->db);
-        free(c);
-        return;
-    }
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
-    if (pthread_create(&c->thread, NULL, ckpt_main, c) != 0) {
-        sqlite3_close(c->db);
-        pthread_cond_destroy(&c->cv);
-        pthread_mutex_destroy(&c->mu);
-        free(c);
-        return;
-    }
-    s->ckpt = c;
-    sqlite3_wal_hook(s->db, ckpt_hook, c); /* replaces the writer's autocheckpoint */
 }
 
 qr_status store_bulk_begin(store *s, char *err)
@@ -1003,7 +910,7 @@ qr_status store_bulk_begin(store *s, char *err)
     if (st)
         return st;
     s->bulk = true;
-    ckpt_start(s);
+    s->ckpt = store_ckpt_start(s->db, s->path);
     store_fts_bulk_begin(s);
     return QR_OK;
 }
@@ -1042,6 +949,16 @@ qr_status store_bulk_end(store *s, char *err)
     if (!st)
         store_vec_committed(s, true); /* the load is durable: its deletes' rows may go */
     rollback(s);                      /* a failed COMMIT can leave the transaction open */
+    if (!st) {
+        /* The load's WAL file (up to STORE_BULK_CHECKPOINT_PAGES pages) would be deleted when the
+         * store closes, and freeing its blocks took ext4 11-14 ms of this thread at the very end
+         * of a load. It is copied and emptied here instead, while the full-text thread does its
+         * last catch-up on the other core; without waiting for anyone: while another process
+         * reads the store, the file stays as it is (and is not deleted at close either). */
+        sqlite3_busy_timeout(s->db, 0);
+        sqlite3_wal_checkpoint_v2(s->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+    }
     char fts_err[QR_ERR_LEN];
     qr_status fts = store_fts_bulk_end(s, fts_err);
     if (!st && fts)

@@ -261,13 +261,15 @@ bool store_in_batch(const store *s);
  * Bulk loads (`quarry ingest`): from store_bulk_begin to store_bulk_end this handle's commits are
  * written to the WAL without an fdatasync each (synchronous=NORMAL), the WAL is checkpointed
  * after each commit by a thread of its own (with its own connection) and started over once it
- * holds more than STORE_BULK_CHECKPOINT_PAGES pages, and the handle's page cache is 16 MB
- * instead of 2. A killed process loses
+ * holds more than STORE_BULK_CHECKPOINT_PAGES pages (the full-text index's WAL likewise, by
+ * another), and the handle's page cache is 16 MB instead of 2. A killed process loses
  * nothing committed (the frames are in the kernel before COMMIT returns); a power cut during the
  * load may lose its last commits, never part of a document, and leaves a consistent store.
  * store_bulk_end restores synchronous=FULL and ends with a synced commit, which carries every
  * frame written before it to disk (one fdatasync of the WAL file; checkpoints sync as always): a
  * load whose store_bulk_end returned QR_OK is exactly as durable as one committed with FULL.
+ * It then copies the WAL into the database and empties the file, unless another connection
+ * reads the store (it never waits for one).
  * Both outside a batch (QR_EINVAL otherwise). Other handles, a server's, keep FULL.
  */
 #define STORE_BULK_CHECKPOINT_PAGES 1000

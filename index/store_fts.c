@@ -119,6 +119,7 @@ typedef struct {
 typedef struct store_fts_bulk {
     fts_conn c;
     change_set cs;
+    store_ckpt *ckpt; /* checkpoints quarry.fts on a thread of its own; NULL: c's autocheckpoint */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -538,15 +539,16 @@ static void *bulk_main(void *arg)
         bool failed = b->st != QR_OK, last = b->stop && b->finish;
         pthread_mutex_unlock(&b->mu);
         char err[QR_ERR_LEN];
-        /* the last one syncs everything the thread committed, and copies the WAL into the file
-         * here rather than on the writer's thread when it attaches the index again */
+        /* the last one syncs everything the thread committed; its checkpoint, on the
+         * checkpointing thread, copies the WAL into the file while the store attaches the index
+         * again (without that thread, here, rather than on the writer's thread) */
         qr_status st =
             failed ? QR_OK
             : last ? conn_exec(&b->c, "PRAGMA fts.synchronous = FULL", err, "sync the full-text index")
                    : QR_OK;
         if (!failed && !st)
             st = catch_up_bulk(&b->c, &b->cs, last, err);
-        if (!failed && !st && last)
+        if (!failed && !st && last && !b->ckpt)
             st =
                 conn_exec(&b->c, "PRAGMA fts.wal_checkpoint(PASSIVE)", err, "checkpoint the full-text index");
         pthread_mutex_lock(&b->mu);
@@ -566,6 +568,7 @@ static void *bulk_main(void *arg)
 
 static void bulk_free(fts_bulk *b)
 {
+    store_ckpt_stop(b->ckpt);
     conn_release(&b->c);
     sqlite3_close(b->c.db);
     qr_buf_release(&b->cs.rows);
@@ -607,6 +610,7 @@ void store_fts_bulk_begin(store *s)
     }
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->cv, NULL);
+    b->ckpt = store_ckpt_start(b->c.db, sqlite3_db_filename(b->c.db, "fts"));
     if (pthread_create(&b->thread, NULL, bulk_main, b) != 0) {
         bulk_free(b);
         return;
@@ -634,10 +638,11 @@ void store_fts_bulk_finish(store *s)
         bulk_ask_stop(s->fts_bulk, true);
 }
 
-/* Stops the thread after a last catch-up; its first failure, if any. */
-static qr_status bulk_stop(store *s, char *err)
+/* Stops the thread after a last catch-up and takes it off the store; its first failure, if
+ * any. The caller frees it (bulk_free: that waits for its last checkpoint). */
+static qr_status bulk_stop(store *s, fts_bulk **out, char *err)
 {
-    fts_bulk *b = s->fts_bulk;
+    fts_bulk *b = *out = s->fts_bulk;
     if (!b)
         return QR_OK;
     bulk_ask_stop(b, false);
@@ -646,7 +651,6 @@ static qr_status bulk_stop(store *s, char *err)
     if (st)
         snprintf(err, QR_ERR_LEN, "%s", b->err);
     qr_log(QR_LOG_DEBUG, "store", "full-text follower of a bulk load: %.2f s CPU", b->cpu_s);
-    bulk_free(b);
     s->fts_bulk = NULL;
     return st;
 }
@@ -655,14 +659,18 @@ qr_status store_fts_bulk_end(store *s, char *err)
 {
     char thread_err[QR_ERR_LEN] = "";
     bool finished = s->fts_bulk && s->fts_bulk->finish;
-    qr_status thread_st = bulk_stop(s, thread_err);
+    fts_bulk *b = NULL;
+    qr_status thread_st = bulk_stop(s, &b, thread_err);
     /* attached again, the store's connection catches up whatever the thread did not and prunes
      * the tombstones the load's replacements left (the thread cannot: it holds no write lock of
      * quarry.db); unless the thread's last catch-up synced everything up to the store's counter,
-     * it commits once more under FULL, which syncs the thread's commits */
+     * it commits once more under FULL, which syncs the thread's commits. Meanwhile the thread's
+     * last checkpoint copies its WAL into quarry.fts. */
     qr_status st = store_conn(s, err);
     if (!st)
         st = catch_up(s->fts, true, !finished || thread_st, err);
+    if (b)
+        bulk_free(b);
     if (st && thread_st)
         qr_log(QR_LOG_WARN, "store", "the full-text follower of a bulk load failed: %s", thread_err);
     return st;
@@ -671,8 +679,11 @@ qr_status store_fts_bulk_end(store *s, char *err)
 void store_fts_close(store *s)
 {
     char err[QR_ERR_LEN];
-    if (s->fts_bulk && bulk_stop(s, err))
+    fts_bulk *b = NULL;
+    if (bulk_stop(s, &b, err))
         qr_log(QR_LOG_WARN, "store", "the full-text follower of a bulk load failed: %s", err);
+    if (b)
+        bulk_free(b);
     store_detach(s);
 }
 

@@ -83,7 +83,7 @@ struct store {
     int batch;               /* BATCH_*: see store_batch_begin */
     bool wrote;              /* the current call has written inside the transaction */
     bool bulk;               /* between store_bulk_begin and store_bulk_end */
-    struct store_ckpt *ckpt; /* bulk mode's checkpointing thread (store.c); NULL outside it */
+    struct store_ckpt *ckpt; /* bulk mode's checkpointing thread (store_ckpt.c); NULL outside it */
     qr_status batch_st;      /* the failure that rolled the batch back */
     char batch_err[QR_ERR_LEN];
     fts5_tokenizer tokenizer;   /* the FTS index's tokenizer, made on first store_tokenize */
@@ -204,6 +204,15 @@ qr_status store_fts_verify(store *s, char *err);
 /* The counter the index has applied, inside the caller's transaction; -1 when not attached. */
 qr_status store_fts_applied(store *s, int64_t *out, char *err);
 void store_fts_close(store *s);
+
+/* store_ckpt.c: bulk mode's checkpointing thread for the WAL of the database at path, which the
+ * connection writer writes (its WAL hook, replacing the autocheckpoint, asks for a PASSIVE
+ * checkpoint after each commit); NULL when it cannot start (no memory, no thread), and the
+ * writer's own autocheckpoint stays. stop removes the hook, waits for the checkpoint still asked
+ * for and frees; NULL is a no-op. */
+typedef struct store_ckpt store_ckpt;
+store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path);
+void store_ckpt_stop(store_ckpt *c);
 
 /* store_follow.c: QR_EINVAL when the store follows a system of record (store_follow_identity), whose
  * writes only a feed brings; inside the caller's write transaction. */

@@ -2005,6 +2005,21 @@ static pthread_t count_thread; /* the test's own thread: the store's writer */
  * full-text index's WAL (quarry.fts-wal), by any thread */
 static _Atomic int wal_syncs, other_wal_syncs, wal_writes_unsynced, db_syncs;
 static _Atomic int fts_wal_syncs, fts_wal_writes_unsynced;
+/* the threads that wrote the full-text index's WAL, and the syncs of quarry.fts itself (a
+ * checkpoint's) by a thread that never did */
+#define COUNT_WRITERS 16
+static pthread_t fts_wal_writers[COUNT_WRITERS];
+static int n_fts_wal_writers;
+static pthread_mutex_t fts_writers_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int fts_db_syncs_apart;
+
+static bool fts_wal_writer_is(pthread_t t)
+{
+    for (int i = 0; i < n_fts_wal_writers; i++)
+        if (pthread_equal(fts_wal_writers[i], t))
+            return true;
+    return false;
+}
 
 #define REAL(f) (((count_file *)(f))->real)
 static int cf_close(sqlite3_file *f)
@@ -2019,9 +2034,13 @@ static int cf_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
 }
 static int cf_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
 {
-    if (((count_file *)f)->wal && ((count_file *)f)->fts)
+    if (((count_file *)f)->wal && ((count_file *)f)->fts) {
         fts_wal_writes_unsynced++;
-    else if (((count_file *)f)->wal)
+        pthread_mutex_lock(&fts_writers_mu);
+        if (!fts_wal_writer_is(pthread_self()) && n_fts_wal_writers < COUNT_WRITERS)
+            fts_wal_writers[n_fts_wal_writers++] = pthread_self();
+        pthread_mutex_unlock(&fts_writers_mu);
+    } else if (((count_file *)f)->wal)
         wal_writes_unsynced++;
     return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
 }
@@ -2035,6 +2054,11 @@ static int cf_sync(sqlite3_file *f, int flags)
         if (((count_file *)f)->wal) {
             fts_wal_syncs++;
             fts_wal_writes_unsynced = 0;
+        } else {
+            pthread_mutex_lock(&fts_writers_mu);
+            if (!fts_wal_writer_is(pthread_self()))
+                fts_db_syncs_apart++;
+            pthread_mutex_unlock(&fts_writers_mu);
         }
     } else if (((count_file *)f)->wal) {
         if (pthread_equal(pthread_self(), count_thread))
@@ -2205,6 +2229,62 @@ TEST(bulk_load_ends_with_a_synced_commit)
     store_batch_rollback(s);
     CHECK_OK(store_verify(reader, err), err);
     store_close(reader);
+    store_close(s);
+    count_vfs_remove();
+    rm_tree(dir);
+}
+
+/* Bulk mode checkpoints the full-text index on a thread that never writes it (the full-text
+ * thread goes on indexing meanwhile), and ends with the store's WAL copied and emptied (its file
+ * is not left to be freed at close); a reader in another connection holding a snapshot is not
+ * waited for: the WAL then stays as it is. */
+TEST(bulk_load_checkpoints_apart_and_empties_the_wal)
+{
+    count_vfs_install();
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    char wal[PATH_MAX];
+    snprintf(wal, sizeof(wal), "%s/quarry.db-wal", dir);
+    fixture f;
+    store_put_result r;
+    int apart = fts_db_syncs_apart;
+    CHECK_OK(store_bulk_begin(s, err), err);
+    for (int b = 0; b < 3; b++) {
+        CHECK_OK(store_batch_begin(s, err), err);
+        for (int i = 0; i < 20; i++) {
+            char id[32];
+            snprintf(id, sizeof(id), "b%d-%d", b, i);
+            make_doc(&f, id, "Bulk", TEXT1, ACL_AB, 3);
+            CHECK_OK(put(s, &f, &r, err), err);
+        }
+        CHECK_OK(store_batch_commit(s, err), err);
+    }
+    CHECK_OK(store_bulk_end(s, err), err);
+    CHECK_MSG(fts_db_syncs_apart > apart, "%d syncs of quarry.fts by a thread that never wrote its WAL",
+              fts_db_syncs_apart - apart);
+    CHECK_INT(fts_count_dir(dir, "bulk"), 60 * (int64_t)f.nchunks);
+    struct stat st;
+    CHECK(stat(wal, &st) == 0);
+    CHECK_INT(st.st_size, 0);
+
+    /* again, with a reader's snapshot open in another connection: the end does not wait for it */
+    sqlite3 *db = NULL;
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/quarry.db", dir);
+    CHECK_INT(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(db, "BEGIN; SELECT count(*) FROM documents", NULL, NULL, NULL), SQLITE_OK);
+    CHECK_OK(store_bulk_begin(s, err), err);
+    CHECK_OK(store_batch_begin(s, err), err);
+    make_doc(&f, "late", "Late", TEXT1, ACL_AB, 3);
+    CHECK_OK(put(s, &f, &r, err), err);
+    CHECK_OK(store_batch_commit(s, err), err);
+    CHECK_OK(store_bulk_end(s, err), err);
+    CHECK(stat(wal, &st) == 0 && st.st_size > 0);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    sqlite3_close(db);
+    CHECK_OK(store_verify(s, err), err);
     store_close(s);
     count_vfs_remove();
     rm_tree(dir);
