@@ -882,7 +882,8 @@ void store_batch_rollback_local(store *s)
  * batches dirty more than that, and pages spilled or dropped mid-batch are written or read again:
  * measured on 23 MB of input, 16 MB took pwrite calls from 27,700 to 20,200 and pread from 15,700
  * to 6,300 (64 MB: no fewer). */
-#define STORE_BULK_CACHE_KIB 16384
+#define STORE_BULK_CACHE_KIB        16384
+#define STORE_BULK_TRUNCATE_WAIT_MS 100
 
 /* Bulk mode checkpoints quarry.db on a thread of its own (store_ckpt.c); without it (no memory,
  * no thread) on the writer, every STORE_BULK_CHECKPOINT_PAGES pages, as SQLite does. */
@@ -953,9 +954,10 @@ qr_status store_bulk_end(store *s, char *err)
         /* The load's WAL file (up to STORE_BULK_CHECKPOINT_PAGES pages) would be deleted when the
          * store closes, and freeing its blocks took ext4 11-14 ms of this thread at the very end
          * of a load. It is copied and emptied here instead, while the full-text thread does its
-         * last catch-up on the other core; without waiting for anyone: while another process
+         * last catch-up on the other core. Readers are waited for briefly (the full-text thread
+         * reads the last batch's rows at about this time), no longer: while another process
          * reads the store, the file stays as it is (and is not deleted at close either). */
-        sqlite3_busy_timeout(s->db, 0);
+        sqlite3_busy_timeout(s->db, STORE_BULK_TRUNCATE_WAIT_MS);
         sqlite3_wal_checkpoint_v2(s->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
     }

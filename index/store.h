@@ -269,7 +269,7 @@ bool store_in_batch(const store *s);
  * frame written before it to disk (one fdatasync of the WAL file; checkpoints sync as always): a
  * load whose store_bulk_end returned QR_OK is exactly as durable as one committed with FULL.
  * It then copies the WAL into the database and empties the file, unless another connection
- * reads the store (it never waits for one).
+ * reads the store for more than 0.1 s (it waits no longer for one).
  * Both outside a batch (QR_EINVAL otherwise). Other handles, a server's, keep FULL.
  */
 #define STORE_BULK_CHECKPOINT_PAGES 1000
