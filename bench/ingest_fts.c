@@ -4,13 +4,13 @@
  * extraction and chunking with the default settings, which are not timed), into a fresh SQLite
  * database in WAL mode with synchronous=FULL, one transaction, the store's tokenizer (porter
  * unicode61). Only the open, the inserts and the commit are timed. Options set FTS5's automerge,
- * crisismerge and pgsz, or run 'optimize' after the load (timed), to measure their effect, and
+ * crisismerge, pgsz and hashsize, or run 'optimize' after the load (timed), to measure their effect, and
  * --normal runs it under synchronous=NORMAL (what `quarry ingest`'s batches use in bulk mode), to
  * be reported beside the FULL anchor, never instead of it.
  * bench/ingest_e2e.sh runs it beside `quarry ingest` on the same input and prints the ratio.
  *
- * usage: bench_ingest_fts [--automerge N] [--crisismerge N] [--pgsz N] [--optimize] [--normal] CORPUS.jsonl
- * DB prints: seconds chunks input_bytes cpu_seconds
+ * usage: bench_ingest_fts [--automerge N] [--crisismerge N] [--pgsz N] [--hashsize N] [--optimize] [--normal]
+ * CORPUS.jsonl DB prints: seconds chunks input_bytes cpu_seconds
  */
 #define _GNU_SOURCE
 #include <jansson.h>
@@ -40,7 +40,7 @@ static int exec(sqlite3 *db, const char *sql)
 
 int main(int argc, char **argv)
 {
-    int automerge = -1, crisismerge = -1, pgsz = -1;
+    int automerge = -1, crisismerge = -1, pgsz = -1, hashsize = -1;
     bool optimize = false, normal = false;
     const char *in = NULL, *dbpath = NULL;
     for (int i = 1; i < argc; i++) {
@@ -50,6 +50,8 @@ int main(int argc, char **argv)
             crisismerge = atoi(argv[++i]);
         else if (strcmp(argv[i], "--pgsz") == 0 && i + 1 < argc)
             pgsz = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--hashsize") == 0 && i + 1 < argc)
+            hashsize = atoi(argv[++i]);
         else if (strcmp(argv[i], "--optimize") == 0)
             optimize = true;
         else if (strcmp(argv[i], "--normal") == 0)
@@ -60,7 +62,8 @@ int main(int argc, char **argv)
             dbpath = argv[i];
     }
     if (!in || !dbpath) {
-        fprintf(stderr, "usage: bench_ingest_fts [--automerge N] [--crisismerge N] [--pgsz N] [--optimize] "
+        fprintf(stderr, "usage: bench_ingest_fts [--automerge N] [--crisismerge N] [--pgsz N] [--hashsize N] "
+                        "[--optimize] "
                         "[--normal] CORPUS.jsonl DB\n");
         return 2;
     }
@@ -141,6 +144,11 @@ int main(int argc, char **argv)
     }
     if (pgsz >= 0) {
         snprintf(sql, sizeof(sql), "INSERT INTO fts(fts, rank) VALUES ('pgsz', %d)", pgsz);
+        if (exec(db, sql))
+            return 1;
+    }
+    if (hashsize >= 0) {
+        snprintf(sql, sizeof(sql), "INSERT INTO fts(fts, rank) VALUES ('hashsize', %d)", hashsize);
         if (exec(db, sql))
             return 1;
     }

@@ -322,6 +322,7 @@ const char *store_col_str(sqlite3_stmt *q, int i)
 
 static void rollback(store *s)
 {
+    store_fts_txn_end(s, false);
     s->fts_changed = false;
     if (!sqlite3_get_autocommit(s->db)) {
         sqlite3_step(s->q[Q_ROLLBACK]);
@@ -340,7 +341,10 @@ static qr_status commit(store *s, char *err, const char *what)
         st = store_run(s, s->q[Q_COMMIT], err, what);
     if (!st) {
         store_vec_committed(s, !s->bulk);
-        s->fts_due |= s->fts_changed;
+        if (s->fts_bulk)
+            store_fts_txn_end(s, true); /* handed to bulk mode's thread */
+        else
+            s->fts_due |= s->fts_changed;
         s->fts_changed = false;
     }
     return st;
@@ -483,7 +487,10 @@ qr_status store_bump_counter(store *s, int64_t *counter, char *err)
         return qr_fail(err, QR_EIO, "store '%s' has no change counter: the file is damaged", s->path);
     }
     *counter = sqlite3_column_int64(q, 0);
-    return store_run(s, q, err, "bump the change counter");
+    st = store_run(s, q, err, "bump the change counter");
+    if (!st)
+        store_fts_counted(s, *counter);
+    return st;
 }
 
 /* ---- opening ----------------------------------------------------------------------------- */

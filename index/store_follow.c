@@ -275,6 +275,7 @@ static qr_status insert_chunks(store *s, const store_follow_doc *d, char *err)
             break;
     }
     s->fts_changed |= d->nchunks > 0;
+    store_fts_uncaptured(s); /* a follower's counters jump: its changes are read back */
     return st;
 }
 

@@ -22,8 +22,11 @@
  *
  * When it runs: after every commit that changed indexed text (store_fts_due), on the committing
  * thread, so that a write that returned is searchable (read-your-writes for the API); in bulk mode
- * (store_bulk_begin) on a thread of its own with its own connection, woken after each commit, and
- * once more, synced, at store_bulk_end; and when the store is opened, if the index is behind, is
+ * (store_bulk_begin) on a thread of its own with its own connection, which indexes each
+ * transaction's new chunks as the writer hands them over and commits after the writer's commit (a
+ * transaction that also removed or retitled something, or that did not begin where the index
+ * stands, is read back from quarry.db after its commit instead), and once more, synced, at
+ * store_bulk_end; and when the store is opened, if the index is behind, is
  * not the store's (another store_uid), or is ahead of it (a store restored from an older copy):
  * then it is emptied and built again from counter 0.
  */
@@ -115,7 +118,31 @@ typedef struct {
 
 #define CHANGE_SET_CAP ((size_t)1 << 40)
 
-/* Bulk mode's follower thread (store_bulk_begin): woken after each commit of the writer. */
+/* A piece of the writer's open transaction, handed to bulk mode's thread: the chunks it added
+ * since the last piece, and, for the last piece, how the transaction ended. */
+enum { PIECE_MORE, PIECE_COMMIT, PIECE_ROLLBACK };
+
+typedef struct fts_piece {
+    struct fts_piece *next;
+    int end;       /* PIECE_* */
+    int64_t first; /* the counter of the transaction's first change (0: none yet) */
+    int64_t last;  /* PIECE_COMMIT: that of its last */
+    bool broken;   /* PIECE_COMMIT: it also changed the index otherwise (removals, titles, a
+                    * follower's writes), or some of its rows were not handed over */
+    change_set cs; /* its rows, in the order they were written */
+} fts_piece;
+
+/* Rows are handed over in pieces of about this much text, and no more than FTS_QUEUE_BYTES wait
+ * (beyond that the transaction is read back from the store after its commit instead). */
+#define FTS_PIECE_BYTES ((size_t)128 << 10)
+#define FTS_QUEUE_BYTES ((size_t)64 << 20)
+
+/* Bulk mode's follower thread (store_bulk_begin). The writer hands it each transaction's new
+ * chunks as it writes them (store_fts_capture), and the thread indexes them in a transaction of
+ * quarry.fts that it commits once the writer's commit is done: the index keeps pace with the
+ * writer instead of reading each batch back after it. Only a transaction that did nothing else to
+ * the index, and began where the index stands, is indexed that way; any other is read from
+ * quarry.db after its commit, as outside bulk mode. */
 typedef struct store_fts_bulk {
     fts_conn c;
     change_set cs;
@@ -129,6 +156,19 @@ typedef struct store_fts_bulk {
     qr_status st; /* the first failure; the thread stops applying after it */
     double cpu_s; /* the thread's CPU time, when it ended */
     char err[QR_ERR_LEN];
+    /* under mu: pieces handed over and not yet taken, their text's bytes, pieces taken (kept with
+     * their buffers for the writer: released, their pages were faulted in again every time) */
+    fts_piece *head, *tail, *spare;
+    size_t queued;
+    uint64_t n_whole, n_read; /* the thread's: transactions indexed as written, and read back */
+    /* the thread's: whether a transaction of quarry.fts is open for the writer's current one
+     * (indexing its pieces as they come), or was found not to begin where the index stands */
+    enum { TXN_NONE, TXN_STREAM, TXN_SKIP } txn;
+    /* the writer's: the piece being filled, and its open transaction's counters, whether it did
+     * something else to the index, whether some of its pieces were handed over */
+    fts_piece *cur;
+    int64_t w_first, w_last;
+    bool w_broken, w_handed;
 } fts_bulk;
 
 static qr_status conn_fail(const fts_conn *c, int rc, char *err, const char *what)
@@ -526,37 +566,106 @@ static void store_detach(store *s)
 
 /* ---- bulk mode's thread -------------------------------------------------------------------- */
 
+/* Takes one piece of the writer's transaction, in order. Its first piece opens a transaction of
+ * quarry.fts, which indexes the pieces as they come if the index stands just before the writer's
+ * transaction (every counter from there on is that transaction's, so its rows are all the index
+ * lacks); otherwise the pieces are let go. At the commit, a transaction indexed whole records its
+ * last counter as applied and commits; any other is read back from quarry.db (catch_up_bulk). */
+static qr_status take_piece(fts_bulk *b, const fts_piece *p, char *err)
+{
+    fts_conn *c = &b->c;
+    qr_status st = QR_OK;
+    if (p->end == PIECE_ROLLBACK) {
+        if (b->txn == TXN_STREAM)
+            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+        b->txn = TXN_NONE;
+        return QR_OK;
+    }
+    if (b->txn == TXN_NONE && !p->broken) {
+        int64_t applied = -1;
+        if (!(st = conn_exec(c, "BEGIN", err, "start the full-text follower")) &&
+            !(st = conn_run(c, F_LOCK, 0, err, "lock the full-text index")))
+            st = conn_int(c, F_APPLIED, &applied, err, "read the full-text index's position");
+        b->txn = !st && p->first > 0 && applied == p->first - 1 ? TXN_STREAM : TXN_SKIP;
+        if (b->txn == TXN_SKIP && !sqlite3_get_autocommit(c->db))
+            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    if (!st && b->txn == TXN_STREAM && !p->broken)
+        st = apply_set(c, &p->cs, err);
+    if (p->end == PIECE_MORE) {
+        if (st && b->txn == TXN_STREAM) {
+            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+            b->txn = TXN_SKIP;
+        }
+        return st;
+    }
+    bool whole = !st && b->txn == TXN_STREAM && !p->broken;
+    if (whole) {
+        st = conn_run(c, F_SET, p->last, err, "record the full-text index's position");
+        st = end_txn(c, st, false, err, "commit the full-text index");
+    } else if (b->txn == TXN_STREAM)
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    b->txn = TXN_NONE;
+    if (!st && !whole) {
+        b->n_read++;
+        st = catch_up_bulk(c, &b->cs, false, err);
+    } else if (!st)
+        b->n_whole++;
+    return st;
+}
+
 static void *bulk_main(void *arg)
 {
     fts_bulk *b = arg;
     pthread_mutex_lock(&b->mu);
     for (;;) {
-        while (!b->stop && b->done == b->asked)
+        while (!b->head && !b->stop && b->done == b->asked)
             pthread_cond_wait(&b->cv, &b->mu);
-        if (b->done == b->asked)
-            break;
-        uint64_t asked = b->asked;
-        bool failed = b->st != QR_OK, last = b->stop && b->finish;
-        pthread_mutex_unlock(&b->mu);
         char err[QR_ERR_LEN];
-        /* the last one syncs everything the thread committed; its checkpoint, on the
-         * checkpointing thread, copies the WAL into the file while the store attaches the index
-         * again (without that thread, here, rather than on the writer's thread) */
-        qr_status st =
-            failed ? QR_OK
-            : last ? conn_exec(&b->c, "PRAGMA fts.synchronous = FULL", err, "sync the full-text index")
-                   : QR_OK;
-        if (!failed && !st)
-            st = catch_up_bulk(&b->c, &b->cs, last, err);
-        if (!failed && !st && last && !b->ckpt)
-            st =
-                conn_exec(&b->c, "PRAGMA fts.wal_checkpoint(PASSIVE)", err, "checkpoint the full-text index");
-        pthread_mutex_lock(&b->mu);
+        qr_status st = QR_OK;
+        if (b->head) {
+            fts_piece *list = b->head, *p = list;
+            b->head = b->tail = NULL;
+            bool failed = b->st != QR_OK;
+            pthread_mutex_unlock(&b->mu);
+            size_t bytes = 0;
+            for (;; p = p->next) {
+                if (!failed && !st)
+                    st = take_piece(b, p, err);
+                bytes += qr_buf_len(&p->cs.bytes);
+                if (!p->next)
+                    break;
+            }
+            pthread_mutex_lock(&b->mu);
+            p->next = b->spare;
+            b->spare = list;
+            b->queued -= bytes;
+        } else if (b->done == b->asked)
+            break;
+        else {
+            uint64_t asked = b->asked;
+            bool failed = b->st != QR_OK, last = b->stop && b->finish;
+            pthread_mutex_unlock(&b->mu);
+            if (b->txn == TXN_STREAM) /* the writer's transaction never ended (a close inside it) */
+                sqlite3_exec(b->c.db, "ROLLBACK", NULL, NULL, NULL);
+            b->txn = TXN_NONE;
+            /* the last one syncs everything the thread committed; its checkpoint, on the
+             * checkpointing thread, copies the WAL into the file while the store attaches the
+             * index again (without that thread, here, rather than on the writer's thread) */
+            if (!failed && last)
+                st = conn_exec(&b->c, "PRAGMA fts.synchronous = FULL", err, "sync the full-text index");
+            if (!failed && !st)
+                st = catch_up_bulk(&b->c, &b->cs, last, err);
+            if (!failed && !st && last && !b->ckpt)
+                st = conn_exec(&b->c, "PRAGMA fts.wal_checkpoint(PASSIVE)", err,
+                               "checkpoint the full-text index");
+            pthread_mutex_lock(&b->mu);
+            b->done = asked;
+        }
         if (st && !b->st) {
             b->st = st;
             snprintf(b->err, sizeof(b->err), "%s", err);
         }
-        b->done = asked;
         pthread_cond_broadcast(&b->cv);
     }
     struct timespec cpu;
@@ -566,9 +675,35 @@ static void *bulk_main(void *arg)
     return NULL;
 }
 
+#define FTS_PIECES_AT_START 2
+
+static fts_piece *piece_new(void)
+{
+    fts_piece *p = calloc(1, sizeof(*p));
+    if (p) {
+        qr_buf_init(&p->cs.rows, CHANGE_SET_CAP);
+        qr_buf_init(&p->cs.bytes, CHANGE_SET_CAP);
+    }
+    return p;
+}
+
+static void pieces_free(fts_piece *p)
+{
+    while (p) {
+        fts_piece *next = p->next;
+        qr_buf_release(&p->cs.rows);
+        qr_buf_release(&p->cs.bytes);
+        free(p);
+        p = next;
+    }
+}
+
 static void bulk_free(fts_bulk *b)
 {
     store_ckpt_stop(b->ckpt);
+    pieces_free(b->head);
+    pieces_free(b->spare);
+    pieces_free(b->cur);
     conn_release(&b->c);
     sqlite3_close(b->c.db);
     qr_buf_release(&b->cs.rows);
@@ -610,6 +745,15 @@ void store_fts_bulk_begin(store *s)
     }
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->cv, NULL);
+    for (int i = 0; i < FTS_PIECES_AT_START; i++) {
+        fts_piece *p = piece_new();
+        if (!p) {
+            bulk_free(b);
+            return;
+        }
+        p->next = b->spare;
+        b->spare = p;
+    }
     b->ckpt = store_ckpt_start(b->c.db, sqlite3_db_filename(b->c.db, "fts"));
     if (pthread_create(&b->thread, NULL, bulk_main, b) != 0) {
         bulk_free(b);
@@ -650,7 +794,10 @@ static qr_status bulk_stop(store *s, fts_bulk **out, char *err)
     qr_status st = b->st;
     if (st)
         snprintf(err, QR_ERR_LEN, "%s", b->err);
-    qr_log(QR_LOG_DEBUG, "store", "full-text follower of a bulk load: %.2f s CPU", b->cpu_s);
+    qr_log(QR_LOG_DEBUG, "store",
+           "full-text follower of a bulk load: %.2f s CPU, %llu transactions indexed as written, %llu read"
+           " back from the store",
+           b->cpu_s, (unsigned long long)b->n_whole, (unsigned long long)b->n_read);
     s->fts_bulk = NULL;
     return st;
 }
@@ -685,6 +832,144 @@ void store_fts_close(store *s)
     if (b)
         bulk_free(b);
     store_detach(s);
+}
+
+/* ---- bulk mode: the writer's rows, handed over as they are written ---------------------------- */
+
+/* A spare piece, or a new one; without memory NULL, or, if wait, the next piece the thread gives
+ * back (bulk mode starts with FTS_PIECES_AT_START, so one is always on its way back when neither
+ * the writer nor the spares hold one: an end of a transaction is never lost). */
+static fts_piece *piece_take(fts_bulk *b, bool wait)
+{
+    pthread_mutex_lock(&b->mu);
+    fts_piece *p = b->spare;
+    if (!p) {
+        pthread_mutex_unlock(&b->mu);
+        if ((p = piece_new()) || !wait)
+            goto out;
+        pthread_mutex_lock(&b->mu);
+        while (!(p = b->spare))
+            pthread_cond_wait(&b->cv, &b->mu);
+    }
+    b->spare = p->next;
+    pthread_mutex_unlock(&b->mu);
+out:
+    if (p) {
+        p->next = NULL;
+        qr_buf_reset(&p->cs.rows);
+        qr_buf_reset(&p->cs.bytes);
+    }
+    return p;
+}
+
+/* Hands the writer's current piece (an empty one if none) to the thread, ending the transaction
+ * with it unless end is PIECE_MORE. A piece that would queue more than FTS_QUEUE_BYTES is kept
+ * back, and the transaction is read back after its commit instead. */
+static void hand_over(fts_bulk *b, int end)
+{
+    fts_piece *p = b->cur ? b->cur : piece_take(b, end != PIECE_MORE);
+    b->cur = NULL;
+    if (!p) {
+        b->w_broken = true;
+        return;
+    }
+    size_t bytes = qr_buf_len(&p->cs.bytes);
+    p->end = end;
+    p->first = b->w_first;
+    p->last = b->w_last;
+    pthread_mutex_lock(&b->mu);
+    if (end == PIECE_MORE && b->queued + bytes > FTS_QUEUE_BYTES) {
+        b->w_broken = true;
+        p->next = b->spare;
+        b->spare = p;
+        pthread_mutex_unlock(&b->mu);
+        return;
+    }
+    if (end == PIECE_ROLLBACK ||
+        (end == PIECE_COMMIT && (b->w_broken || b->queued + bytes > FTS_QUEUE_BYTES))) {
+        p->broken = true;
+        qr_buf_reset(&p->cs.rows);
+        qr_buf_reset(&p->cs.bytes);
+        bytes = 0;
+    } else
+        p->broken = false;
+    b->queued += bytes;
+    if (b->tail)
+        b->tail->next = p;
+    else
+        b->head = p;
+    b->tail = p;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    b->w_handed = true;
+}
+
+void store_fts_counted(store *s, int64_t counter)
+{
+    fts_bulk *b = s->fts_bulk;
+    if (!b)
+        return;
+    if (!b->w_first)
+        b->w_first = counter;
+    b->w_last = counter;
+}
+
+void store_fts_uncaptured(store *s)
+{
+    if (s->fts_bulk)
+        s->fts_bulk->w_broken = true;
+}
+
+void store_fts_capture(store *s, int64_t id, const char *title, const char *headings, const char *body,
+                       size_t body_len)
+{
+    fts_bulk *b = s->fts_bulk;
+    if (!b || b->w_broken)
+        return;
+    if (!b->w_first || (!b->cur && !(b->cur = piece_take(b, false)))) {
+        b->w_broken = true;
+        return;
+    }
+    change_set *cs = &b->cur->cs;
+    change_row r = {.id = id};
+    const char *v[3] = {title, headings, body};
+    size_t n[3] = {strlen(title), strlen(headings), body_len};
+    qr_status st = QR_OK;
+    for (int i = 0; i < 3 && !st; i++) {
+        r.at[i] = qr_buf_len(&cs->bytes);
+        r.len[i] = n[i];
+        st = qr_buf_append(&cs->bytes, v[i], n[i]);
+    }
+    if (!st)
+        st = qr_buf_append(&cs->rows, &r, sizeof(r));
+    if (st) {
+        b->w_broken = true;
+        return;
+    }
+    if (qr_buf_len(&cs->bytes) >= FTS_PIECE_BYTES)
+        hand_over(b, PIECE_MORE);
+}
+
+void store_fts_txn_end(store *s, bool committed)
+{
+    fts_bulk *b = s->fts_bulk;
+    if (!b)
+        return;
+    if (s->fts_changed && !b->w_first)
+        b->w_broken = true; /* indexed text changed with no counter of its own: read it back */
+    if (committed && (b->w_first || b->w_broken))
+        hand_over(b, PIECE_COMMIT);
+    else if (!committed && b->w_handed)
+        hand_over(b, PIECE_ROLLBACK);
+    else if (b->cur) {
+        pthread_mutex_lock(&b->mu);
+        b->cur->next = b->spare;
+        b->spare = b->cur;
+        pthread_mutex_unlock(&b->mu);
+        b->cur = NULL;
+    }
+    b->w_first = b->w_last = 0;
+    b->w_broken = b->w_handed = false;
 }
 
 /* ---- after commits ------------------------------------------------------------------------- */

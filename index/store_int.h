@@ -203,6 +203,16 @@ qr_status store_fts_apply_locked(store *s, char *err);
 qr_status store_fts_verify(store *s, char *err);
 /* The counter the index has applied, inside the caller's transaction; -1 when not attached. */
 qr_status store_fts_applied(store *s, int64_t *out, char *err);
+/* Bulk mode's writer hands its transaction's new chunks to the full-text thread as it writes them:
+ * counted, after each change-counter bump; capture, for each chunk added (with its document's
+ * title); uncaptured, when the transaction changes the index in any other way (it is then read
+ * back from quarry.db after its commit); txn_end, when it commits or rolls back. No-ops outside
+ * bulk mode. */
+void store_fts_counted(store *s, int64_t counter);
+void store_fts_capture(store *s, int64_t id, const char *title, const char *headings, const char *body,
+                       size_t body_len);
+void store_fts_uncaptured(store *s);
+void store_fts_txn_end(store *s, bool committed);
 void store_fts_close(store *s);
 
 /* store_ckpt.c: bulk mode's checkpointing thread for the WAL of the database at path, which the

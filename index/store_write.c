@@ -416,6 +416,7 @@ qr_status store_doc_stmt(store *s, int which, int64_t id, int64_t counter, char 
 qr_status store_fts_gone(store *s, int64_t id, int64_t counter, char *err)
 {
     s->fts_changed = true;
+    store_fts_uncaptured(s);
     return store_doc_stmt(s, Q_FTS_GONE_DOC, id, counter, err, "record full-text rows to remove");
 }
 
@@ -481,8 +482,9 @@ qr_status store_remove_chunks(store *s, int64_t id, int64_t counter, char *err)
 /* Inserts the chunks of document `id` with their vectors (the full-text follower indexes them
  * after the commit: store_fts.c). The chunks get consecutive ids (one writer, AUTOINCREMENT), so their rows
  * are written at once; ids that are not consecutive are written one by one. */
-static qr_status insert_chunks(store *s, int64_t id, const store_document *doc, const store_chunk *chunks,
-                               size_t nchunks, const float *vectors, int dim, int64_t counter, char *err)
+static qr_status insert_chunks(store *s, int64_t id, const store_document *doc, const char *title,
+                               const store_chunk *chunks, size_t nchunks, const float *vectors, int dim,
+                               int64_t counter, char *err)
 {
     qr_status st = QR_OK;
     int64_t run_first = 0; /* the first id of the rows not written yet, chunks [run_at, i) */
@@ -502,6 +504,7 @@ static qr_status insert_chunks(store *s, int64_t id, const store_document *doc, 
         if ((st = store_run(s, q, err, "insert a chunk")))
             break;
         int64_t chunk_id = sqlite3_last_insert_rowid(s->db);
+        store_fts_capture(s, chunk_id, title, headings, doc->text + c->start, c->end - c->start);
         if (i == run_at)
             run_first = chunk_id;
         else if (chunk_id != run_first + (int64_t)(i - run_at)) {
@@ -615,7 +618,7 @@ qr_status store_put(store *s, const store_document *doc, const store_chunk *chun
         goto out;
     if ((!r.found || !same_acl) && (st = store_write_acl(s, id, !r.found, in.acl, in.nacl, err)))
         goto out;
-    if ((st = insert_chunks(s, id, doc, chunks, nchunks, vectors, dim, counter, err)))
+    if ((st = insert_chunks(s, id, doc, in.title, chunks, nchunks, vectors, dim, counter, err)))
         goto out;
     if ((st = store_commit(s, err)))
         goto out;
