@@ -346,7 +346,7 @@ void embed_words(const char *text, size_t len, void (*fn)(const char *w, size_t 
 /* Sizes of the per-embedder word cache (below). A slot keeps at most CACHE_FEATS features: the
  * word's and its n-grams' (n + 3 - char_ngram of a word of n bytes); a word with more is not kept.
  * FEAT_NEG marks a kept feature whose weight is subtracted. */
-#define CACHE_SLOTS 4096 /* power of two */
+#define CACHE_SLOTS 16384 /* power of two */
 #define CACHE_WORD  22
 #define CACHE_FEATS (CACHE_WORD + 1)
 #define FEAT_NEG    0x8000u
