@@ -46,8 +46,15 @@ if [ $? -eq 0 ] && grep -q "^quarry $version\$" <<<"$out" && grep -q 'FAISS *1\.
 else
   fail "quarry --version from the scratch root: $out"
 fi
+# /usr/bin/quarry is the launcher (libc alone), which starts the program in /usr/libexec/quarry.
+core=$root/usr/libexec/quarry/quarry-core
+if [ -x "$core" ] && [ "$(ldd "$root/usr/bin/quarry" | grep -c '=>')" -eq 1 ]; then
+  ok "usr/bin/quarry links libc alone and starts usr/libexec/quarry/quarry-core"
+else
+  fail "the launcher or usr/libexec/quarry/quarry-core: $(ldd "$root/usr/bin/quarry" | tr '\n' ' ')"
+fi
 # FAISS is inside the program, not a library the package would need.
-if ldd "$root/usr/bin/quarry" | grep -qi faiss; then fail "quarry links a FAISS shared library"; else ok "FAISS linked statically"; fi
+if ldd "$core" | grep -qi faiss; then fail "quarry-core links a FAISS shared library"; else ok "FAISS linked statically"; fi
 if ! dpkg-deb -f "$deb" Depends | grep -q 'libsqlite3-0'; then
   fail "Depends lacks the shared libraries (dpkg-shlibdeps): $(dpkg-deb -f "$deb" Depends)"
 else

@@ -212,9 +212,11 @@ static bool environ_has(pid_t pid, const char *var)
 /* `quarry ingest` calls no BLAS: it starts again with one OpenBLAS thread (no idle thread spinning
  * beside the workers) and glibc's malloc on huge pages, besides the settings every command gets.
  * The ingest waits on a FIFO as its --jsonl input while its environment is read. */
-/* `quarry ingest` with extra variables in its environment: more than quarry's start-again before
- * the libraries' constructors holds (cli/main.c, PREINIT_ENV_MAX) leaves it to main's. */
-static void check_ingest_environment(int extra)
+/* `quarry ingest` (bin: the launcher, or the program itself) with extra variables in its
+ * environment: started by the launcher, it runs with its settings from the first; started alone,
+ * it starts again before the libraries' constructors, and with more variables than that start
+ * holds (cli/main.c, PREINIT_ENV_MAX) main starts it again. */
+static void check_ingest_environment(const char *bin, int extra)
 {
     char dir[] = "/tmp/quarry-cli-XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
@@ -237,8 +239,8 @@ static void check_ingest_environment(int extra)
         int null = open("/dev/null", O_WRONLY);
         dup2(null, 1);
         dup2(null, 2);
-        execl(QUARRY_BIN, "quarry", "--log-level", "error", "--data", data, "ingest", "--acl", "public",
-              "--jsonl", fifo, (char *)NULL);
+        execl(bin, "quarry", "--log-level", "error", "--data", data, "ingest", "--acl", "public", "--jsonl",
+              fifo, (char *)NULL);
         _exit(127);
     }
     bool blas_one = false, passive = false, huge = false;
@@ -277,6 +279,51 @@ static void check_ingest_environment(int extra)
 
 TEST(ingest_starts_with_one_openblas_thread_and_huge_pages)
 {
-    check_ingest_environment(0);
-    check_ingest_environment(5000);
+    check_ingest_environment(QUARRY_BIN, 0);
+    check_ingest_environment(QUARRY_BIN, 5000);
+    check_ingest_environment(QUARRY_CORE_BIN, 0);
+    check_ingest_environment(QUARRY_CORE_BIN, 5000);
+}
+
+/* The launcher starts the program once, with its settings: the process that runs is quarry-core,
+ * started by no other quarry-core; and it says so, and exits 127, when the program is not where
+ * it looks for it. */
+TEST(launcher_starts_the_program_once)
+{
+    qr_buf version;
+    qr_buf_init(&version, 1 << 16);
+    CHECK_INT(run_quarry("--version", &version), 0);
+    CHECK(strstr(qr_buf_str(&version), "quarry ") != NULL);
+    qr_buf_release(&version);
+    char out[4096];
+    int status;
+    char dir[] = "/tmp/quarry-launch-XXXXXX", copy[64], cmd[256];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(copy, sizeof(copy), "%s/quarry", dir);
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", QUARRY_BIN, copy);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof(cmd), "'%s' --version 2>&1", copy);
+    FILE *p = popen(cmd, "r");
+    CHECK(p);
+    size_t n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    status = pclose(p);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 127, "status %d: %s", status, out);
+    CHECK_MSG(strstr(out, "cannot start the program") && strstr(out, "quarry-core"), "%s", out);
+    /* one execve of quarry-core, none of the launcher after it: strace counts them when it is
+     * there (Debian's strace; bootstrap installs it) */
+    if (system("command -v strace >/dev/null 2>&1") == 0) {
+        snprintf(cmd, sizeof(cmd),
+                 "env -u OMP_WAIT_POLICY -u OPENBLAS_CORETYPE strace -f -qq -e trace=execve -e signal=none"
+                 " '%s' --version 2>&1 >/dev/null | grep -c 'execve(' ",
+                 QUARRY_BIN);
+        p = popen(cmd, "r");
+        CHECK(p);
+        n = fread(out, 1, sizeof(out) - 1, p);
+        out[n] = '\0';
+        pclose(p);
+        CHECK_MSG(atoi(out) == 2, "execve calls: %s (the launcher's and quarry-core's)", out);
+    }
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
 }
