@@ -66,6 +66,7 @@ int main(int argc, char **argv)
         if (!first_err || errno != ENOENT)
             first_err = errno;
     }
+    free(env);
     char bin[PATH_MAX] = "";
     beside_self("", bin, sizeof(bin));
     fprintf(stderr, "quarry: cannot start the program: %s (looked for quarry-core in %s and %s%s)\n",
