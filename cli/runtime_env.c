@@ -25,15 +25,14 @@ static const char *command_name(int argc, char **argv)
  * are loaded, before main: Debian's OpenBLAS falls back to its slowest (Prescott) kernels on some
  * virtual CPUs, and libgomp's idle threads spin, which on a busy server takes the cores that
  * requests need. So quarry sets both for itself, unless the operator did, and starts again once
- * with them (the launcher, cli/launch.c, starts it with them from the first). `quarry ingest` calls neither BLAS nor OpenMP, but OpenBLAS starts its threads at
- * load anyway (one per core beside the caller's), each spinning on sched_yield for about 0.1 s of
- * CPU before it sleeps (4% of a 23 MB ingest's samples, more than starting twice costs: 35-40 ms);
- * so ingest starts again with OPENBLAS_NUM_THREADS=1, which starts none (bench/README.md,
- * "Preparing threads and start-up").
- * The same start gives ingest glibc's malloc tunables, which glibc reads only when a program
- * starts: transparent huge pages for the heap (the kernel's default, "madvise", gives them only
- * to memory that asks), which it grows 16 MB at a time and keeps what is freed up to 256 MB,
- * blocks up to 32 MB included. A load touches hundreds of megabytes (SQLite's page caches, FTS5's
+ * with them (the launcher, cli/launch.c, starts it with them from the first). `quarry ingest` calls neither
+ * BLAS nor OpenMP, but OpenBLAS starts its threads at load anyway (one per core beside the caller's), each
+ * spinning on sched_yield for about 0.1 s of CPU before it sleeps (4% of a 23 MB ingest's samples, more than
+ * starting twice costs: 35-40 ms); so ingest starts again with OPENBLAS_NUM_THREADS=1, which starts none
+ * (bench/README.md, "Preparing threads and start-up"). The same start gives ingest glibc's malloc tunables,
+ * which glibc reads only when a program starts: transparent huge pages for the heap (the kernel's default,
+ * "madvise", gives them only to memory that asks), which it grows 16 MB at a time and keeps what is freed up
+ * to 256 MB, blocks up to 32 MB included. A load touches hundreds of megabytes (SQLite's page caches, FTS5's
  * term lists, each batch's text and vectors): with 4 KiB pages it took 15,000-18,000 page
  * faults, much of them memory that malloc had given back and touched again at the next batch;
  * with these settings 4,000-5,000, and the wall about 10% less on 23 MB (bench/README.md, "Huge

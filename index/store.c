@@ -918,7 +918,7 @@ qr_status store_bulk_begin(store *s, char *err)
     if (st)
         return st;
     s->bulk = true;
-    s->ckpt = store_ckpt_start(s->db, s->path);
+    s->ckpt = store_ckpt_start(s->db, s->path, STORE_BULK_CHECKPOINT_PAGES);
     store_fts_bulk_begin(s);
     return QR_OK;
 }

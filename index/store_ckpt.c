@@ -8,11 +8,11 @@
  * threads waiting on it at the end). After each commit the writing connection's WAL hook asks for
  * a PASSIVE checkpoint, which never blocks the writer. The WAL file starts over from its beginning
  * only when a write transaction begins with every frame copied: when the WAL has grown past
- * STORE_BULK_CHECKPOINT_PAGES, the hook waits for the checkpoint in progress, so that the next
- * transaction restarts it and the file stays bounded. A small WAL was also faster (quarry.db, 23
- * MB of input, 3 runs each: 1,000 pages 3.0-3.1 s and 1.42-1.48 s CPU writing, 16,384 pages
- * 3.2-3.6 s and 1.63-2.28 s): writing over the file's pages costs the kernel less than growing
- * it. A failed checkpoint is left to the next one (and to the last, at the end or at close).
+ * max_frames (STORE_BULK_CHECKPOINT_PAGES for quarry.db, the same bytes for quarry.fts), the hook waits for
+ * the checkpoint in progress, so that the next transaction restarts it and the file stays bounded. A small
+ * WAL was also faster (quarry.db, 23 MB of input, 3 runs each: 1,000 pages 3.0-3.1 s and 1.42-1.48 s CPU
+ * writing, 16,384 pages 3.2-3.6 s and 1.63-2.28 s): writing over the file's pages costs the kernel less than
+ * growing it. A failed checkpoint is left to the next one (and to the last, at the end or at close).
  */
 #include <pthread.h>
 #include <sqlite3.h>
@@ -28,6 +28,7 @@ struct store_ckpt {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     uint64_t asked, done; /* checkpoints asked for by the writer, and finished */
+    int max_frames;       /* a longer WAL is started over before the writer goes on */
     bool stop;
 };
 
@@ -61,13 +62,13 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int frames)
     pthread_mutex_lock(&c->mu);
     uint64_t want = ++c->asked;
     pthread_cond_broadcast(&c->cv);
-    while (frames > STORE_BULK_CHECKPOINT_PAGES && c->done < want && !c->stop)
+    while (frames > c->max_frames && c->done < want && !c->stop)
         pthread_cond_wait(&c->cv, &c->mu);
     pthread_mutex_unlock(&c->mu);
     return SQLITE_OK;
 }
 
-store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path)
+store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int max_frames)
 {
     store_ckpt *c = calloc(1, sizeof(*c));
     if (!c)
@@ -89,6 +90,7 @@ store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path)
         return NULL;
     }
     c->writer = writer;
+    c->max_frames = max_frames;
     sqlite3_wal_hook(writer, ckpt_hook, c); /* replaces the writer's autocheckpoint */
     return c;
 }

@@ -221,7 +221,7 @@ void store_fts_close(store *s);
  * writer's own autocheckpoint stays. stop removes the hook, waits for the checkpoint still asked
  * for and frees; NULL is a no-op. */
 typedef struct store_ckpt store_ckpt;
-store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path);
+store_ckpt *store_ckpt_start(sqlite3 *writer, const char *path, int max_frames);
 void store_ckpt_stop(store_ckpt *c);
 
 /* store_follow.c: QR_EINVAL when the store follows a system of record (store_follow_identity), whose

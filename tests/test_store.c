@@ -2740,6 +2740,54 @@ TEST(fts_bulk_thread_beside_another_writer)
     rm_tree(dir);
 }
 
+/* A new full-text index has 64 KiB pages (the store 16); an existing one keeps the size it has,
+ * and a bulk load into it works the same. */
+TEST(fts_index_pages_new_and_kept)
+{
+    char err[QR_ERR_LEN] = "";
+    const char *dir;
+    store *s = open_fresh(&dir, err);
+    CHECK_MSG(s, "%s", err);
+    CHECK_INT(raw_int_in(dir, "PRAGMA fts.page_size"), 65536);
+    CHECK_INT(raw_int_in(dir, "PRAGMA main.page_size"), 16384);
+    store_close(s);
+    /* an index file made with 16 KiB pages, as quarry made them before */
+    char path[PATH_MAX];
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/quarry.fts%s", dir, suffixes[i]);
+        unlink(path);
+    }
+    snprintf(path, sizeof(path), "%s/quarry.fts", dir);
+    sqlite3 *db = NULL;
+    CHECK_INT(sqlite3_open(path, &db), SQLITE_OK);
+    CHECK_INT(sqlite3_exec(db, "PRAGMA page_size = 16384; CREATE TABLE older(x)", NULL, NULL, NULL),
+              SQLITE_OK);
+    sqlite3_close(db);
+    CHECK_OK(store_open(dir, &s, err), err);
+    CHECK_INT(raw_int_in(dir, "PRAGMA fts.page_size"), 16384);
+    CHECK_OK(store_bulk_begin(s, err), err);
+    static fixture f;
+    store_put_result r;
+    char id[32], text[4096];
+    for (int batch = 0; batch < 3; batch++) {
+        CHECK_OK(store_batch_begin(s, err), err);
+        for (int i = 0; i < 30; i++) {
+            snprintf(id, sizeof(id), "kept%d", batch * 30 + i);
+            bulk_text(text, sizeof(text), batch, i);
+            make_doc(&f, id, "Kept", text, NULL, 0);
+            CHECK_OK(put(s, &f, &r, err), err);
+        }
+        CHECK_OK(store_batch_commit(s, err), err);
+    }
+    CHECK_OK(store_bulk_end(s, err), err);
+    CHECK_INT(fts_count_dir(dir, "kept"), 90 * (int64_t)f.nchunks);
+    CHECK_INT(raw_int_in(dir, "PRAGMA fts.page_size"), 16384);
+    CHECK_OK(store_verify(s, err), err);
+    store_close(s);
+    rm_tree(dir);
+}
+
 /* ---- verification ------------------------------------------------------------------------ */
 
 /* The crash test's independent view of consistency: NULL when consistent, else what is wrong. */
