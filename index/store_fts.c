@@ -42,13 +42,14 @@
 
 #define FTS_FILE            "quarry.fts"
 #define FTS_BUSY_TIMEOUT_MS 5000
-/* The page size of a new quarry.fts: 64 KiB where quarry.db has 16. FTS5 keeps its index as blobs
- * of about 4 KB that a load appends and merges; with pages four times larger SQLite writes each
- * WAL frame, each checkpoint's copy and each spilled page with a quarter of the system calls, and
- * a 23 MB load took 5% less wall time (bench/README.md, "The full-text index as it is written").
- * Queries read the same blobs: p50 and p95 of 300 bm25() queries were the same on both. An
- * existing file keeps the page size it has. */
-#define FTS_PAGE_SIZE 65536
+/* The page size of a new quarry.fts: 32 KiB where quarry.db has 16. FTS5 keeps its index as blobs
+ * of about 4 KB that a load appends and merges; with larger pages SQLite writes the WAL's frames,
+ * copies them at each checkpoint and spills pages with fewer system calls: a 23 MB load took 5%
+ * less wall time with 32 KiB or 64 KiB pages (bench/README.md, "The full-text index as it is
+ * written"). Queries read the same blobs: p50 and p95 of 300 bm25() queries were the same with 16
+ * and 64. 32 rather than 64 because every commit writes whole pages: a single document's write
+ * rewrites a few of them. An existing file keeps the page size it has. */
+#define FTS_PAGE_SIZE 32768
 #define STRINGIFY_(x) #x
 #define STRINGIFY(x)  STRINGIFY_(x)
 /* In bulk mode the WAL starts over past as many bytes as quarry.db's (STORE_BULK_CHECKPOINT_PAGES

@@ -2740,7 +2740,7 @@ TEST(fts_bulk_thread_beside_another_writer)
     rm_tree(dir);
 }
 
-/* A new full-text index has 64 KiB pages (the store 16); an existing one keeps the size it has,
+/* A new full-text index has 32 KiB pages (the store 16); an existing one keeps the size it has,
  * and a bulk load into it works the same. */
 TEST(fts_index_pages_new_and_kept)
 {
@@ -2748,7 +2748,7 @@ TEST(fts_index_pages_new_and_kept)
     const char *dir;
     store *s = open_fresh(&dir, err);
     CHECK_MSG(s, "%s", err);
-    CHECK_INT(raw_int_in(dir, "PRAGMA fts.page_size"), 65536);
+    CHECK_INT(raw_int_in(dir, "PRAGMA fts.page_size"), 32768);
     CHECK_INT(raw_int_in(dir, "PRAGMA main.page_size"), 16384);
     store_close(s);
     /* an index file made with 16 KiB pages, as quarry made them before */
