@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end ingestion throughput of `quarry ingest --jsonl` (extract, chunk, embed on
 # ingest.threads preparing threads; one writer storing documents, chunks, vectors and ACL rows in
-# batches; the full-text index written by a thread of its own that follows the writer's commits)
+# batches; the full-text index written by a thread of its own as the writer hands it each batch)
 # against the anchor: a bare FTS5 insert of the same chunk texts (bench_ingest_fts: one
 # transaction, WAL, synchronous=FULL, only the inserts timed) in the same run. Corpora: the shared
 # collections, and both of them concatenated COPIES times with new ids (a bigger input). For each,
@@ -13,7 +13,7 @@
 # of it. `quarry ingest` commits its batches under synchronous=NORMAL and ends with one synced
 # commit (store_bulk_begin): the anchor stays at FULL, and is run under NORMAL too, beside it.
 # `quarry ingest` also starts with glibc's malloc on transparent huge pages (INGEST_MALLOC_TUNABLES,
-# cli/main.c): the anchor is run with the same tunables too, beside the plain one, which the ratios
+# cli/runtime_env.c): the anchor is run with the same tunables too, beside the plain one, which the ratios
 # are computed against.
 # BEFORE, when set, is another quarry binary (e.g. the integration branch's) run in the same rounds.
 # Usage: [BEFORE=path/to/quarry] bench/ingest_e2e.sh [BUILD_DIR] [DATASETS_DIR]   (RUNS=5, COPIES=8)
@@ -24,7 +24,7 @@ runs=${RUNS:-5}
 copies=${COPIES:-8}
 bin=$build/quarry
 fts=$build/bench_ingest_fts
-# the same as INGEST_MALLOC_TUNABLES in cli/main.c
+# the same as INGEST_MALLOC_TUNABLES in cli/runtime_env.c
 tunables=glibc.malloc.hugetlb=1:glibc.malloc.top_pad=16777216:glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
