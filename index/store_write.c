@@ -480,8 +480,9 @@ qr_status store_remove_chunks(store *s, int64_t id, int64_t counter, char *err)
 }
 
 /* Inserts the chunks of document `id` with their vectors (the full-text follower indexes them
- * after the commit: store_fts.c). The chunks get consecutive ids (one writer, AUTOINCREMENT), so their rows
- * are written at once; ids that are not consecutive are written one by one. */
+ * after the commit, or, in bulk mode, its thread as they are handed to it here: store_fts.c). The chunks get
+ * consecutive ids (one writer, AUTOINCREMENT), so their rows are written at once; ids that are not
+ * consecutive are written one by one. */
 static qr_status insert_chunks(store *s, int64_t id, const store_document *doc, const char *title,
                                const store_chunk *chunks, size_t nchunks, const float *vectors, int dim,
                                int64_t counter, char *err)
