@@ -4,8 +4,8 @@
  * with (cli/runtime_env.h). The program would otherwise start a second time to set it, having
  * loaded its fifty-odd libraries once for nothing: this costs a start of a program that links libc
  * alone (about 1 ms), that costs 20-35 ms of every command on the 2-core VM quarry is measured on
- * (bench/README.md, "The start of a load"). Everything else, arguments and exit status included,
- * is quarry-core's: the launcher replaces itself with it.
+ * (bench/README.md, "The full-text index as it is written"). Everything else, arguments and exit status
+ * included, is quarry-core's: the launcher replaces itself with it.
  */
 #include <errno.h>
 #include <limits.h>
@@ -69,8 +69,7 @@ int main(int argc, char **argv)
     free(env);
     char bin[PATH_MAX] = "";
     beside_self("", bin, sizeof(bin));
-    fprintf(stderr, "quarry: cannot start the program: %s (looked for quarry-core in %s and %s%s)\n",
-            strerror(first_err ? first_err : ENOENT), bin[0] ? bin : "this program's directory", bin,
-            QUARRY_CORE_FROM_BIN);
+    fprintf(stderr, "quarry: cannot start the program: %s (looked for %squarry-core and %s%s)\n",
+            strerror(first_err ? first_err : ENOENT), bin, bin, QUARRY_CORE_FROM_BIN);
     return 127;
 }

@@ -297,7 +297,7 @@ TEST(launcher_starts_the_program_once)
     qr_buf_release(&version);
     char out[4096];
     int status;
-    char dir[] = "/tmp/quarry-launch-XXXXXX", copy[64], cmd[256];
+    char dir[] = "/tmp/quarry-launch-XXXXXX", copy[64], cmd[4096 + 256];
     CHECK(mkdtemp(dir) != NULL);
     snprintf(copy, sizeof(copy), "%s/quarry", dir);
     snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", QUARRY_BIN, copy);
