@@ -2630,7 +2630,7 @@ TEST(fts_bulk_thread_indexes_rows_as_written)
     store_put_result r;
     char id[32], text[4096];
     size_t chunks = 0;
-    for (int batch = 0; batch < 3; batch++) { /* about 240 KB each: pieces of 128 KB go first */
+    for (int batch = 0; batch < 3; batch++) { /* about 170 KB each: a piece of 128 KB goes first */
         CHECK_OK(store_batch_begin(s, err), err);
         for (int i = 0; i < 80; i++) {
             snprintf(id, sizeof(id), "%s%d", batch == 1 ? "gone" : "kept", batch * 80 + i);
