@@ -17,11 +17,8 @@ copies=${COPIES:-8}
 fts=$build/bench_ingest_fts
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for i in $(seq "$copies"); do
-  for c in cranfield cisi; do
-    sed "s/^{\"_id\": \"/{\"_id\": \"$c-$i-/" "$datasets/$c/corpus.jsonl"
-  done
-done > "$tmp/in.jsonl"
+. "$(dirname "$0")/ingest_corpus.sh"
+ingest_corpus "$datasets" "$copies" > "$tmp/in.jsonl"
 : > "$tmp/rows"
 for r in $(seq "$runs"); do
   anchor=$("$fts" "$tmp/in.jsonl" "$tmp/bare.db" | cut -d' ' -f1)

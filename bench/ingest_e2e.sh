@@ -29,12 +29,8 @@ tunables=glibc.malloc.hugetlb=1:glibc.malloc.top_pad=16777216:glibc.malloc.trim_
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# both collections, COPIES times, each copy's ids prefixed so that every line is a new document
-for i in $(seq "$copies"); do
-  for c in cranfield cisi; do
-    sed "s/^{\"_id\": \"/{\"_id\": \"$c-$i-/" "$datasets/$c/corpus.jsonl"
-  done
-done > "$tmp/both.jsonl"
+. "$(dirname "$0")/ingest_corpus.sh"
+ingest_corpus "$datasets" "$copies" > "$tmp/both.jsonl"
 
 median() { sort -g | sed -n "$(( (runs + 1) / 2 ))p"; }
 

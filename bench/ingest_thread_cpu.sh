@@ -13,11 +13,8 @@ runs=${RUNS:-3}
 copies=${COPIES:-8}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for i in $(seq "$copies"); do
-  for c in cranfield cisi; do
-    sed "s/^{\"_id\": \"/{\"_id\": \"$c-$i-/" "$datasets/$c/corpus.jsonl"
-  done
-done > "$tmp/both.jsonl"
+. "$(dirname "$0")/ingest_corpus.sh"
+ingest_corpus "$datasets" "$copies" > "$tmp/both.jsonl"
 for _ in $(seq "$runs"); do
   for bin in "$@"; do
     rm -rf "$tmp/data"

@@ -2612,6 +2612,42 @@ static void bulk_text(char *out, size_t cap, int batch, int doc)
                               line ? "\n" : "", batch, doc, line);
 }
 
+/* Opens a batch on s and puts per documents of bulk_text into it, ids prefix<batch * per + i>,
+ * titled title; the caller commits or rolls it back. f holds the last one (its chunk count). */
+static qr_status bulk_batch(store *s, fixture *f, const char *prefix, const char *title, int batch, int per,
+                            char *err)
+{
+    qr_status st = store_batch_begin(s, err);
+    char id[32], text[4096];
+    store_put_result r;
+    for (int i = 0; i < per && !st; i++) {
+        snprintf(id, sizeof(id), "%s%d", prefix, batch * per + i);
+        bulk_text(text, sizeof(text), batch, i);
+        make_doc(f, id, title, text, NULL, 0);
+        st = put(s, f, &r, err);
+    }
+    return st;
+}
+
+/* The store's debug log into a temporary file (bulk_log_end reads the thread's summary line). */
+static FILE *bulk_log_begin(char *err)
+{
+    FILE *log = tmpfile();
+    if (log && qr_log_configure(QR_LOG_WARN, QR_LOG_TEXT, "store=debug", err) == QR_OK)
+        qr_log_set_stream(log);
+    return log;
+}
+
+static bool bulk_log_end(FILE *log, unsigned long long *whole, unsigned long long *read_back)
+{
+    char err[QR_ERR_LEN];
+    qr_log_set_stream(NULL);
+    qr_log_configure(QR_LOG_INFO, QR_LOG_TEXT, NULL, err);
+    bool found = bulk_summary(log, whole, read_back);
+    fclose(log);
+    return found;
+}
+
 /* Bulk mode's thread indexes a transaction's chunks as the writer hands them over, in pieces,
  * and commits once the writer has: a rolled-back batch whose pieces were already indexed leaves
  * nothing, though the next batch reuses its chunk ids. */
@@ -2621,35 +2657,23 @@ TEST(fts_bulk_thread_indexes_rows_as_written)
     const char *dir;
     store *s = open_fresh(&dir, err);
     CHECK_MSG(s, "%s", err);
-    FILE *log = tmpfile();
+    FILE *log = bulk_log_begin(err);
     CHECK(log);
-    CHECK_OK(qr_log_configure(QR_LOG_WARN, QR_LOG_TEXT, "store=debug", err), err);
-    qr_log_set_stream(log);
     CHECK_OK(store_bulk_begin(s, err), err);
     static fixture f;
-    store_put_result r;
-    char id[32], text[4096];
-    size_t chunks = 0;
     for (int batch = 0; batch < 3; batch++) { /* about 170 KB each: a piece of 128 KB goes first */
-        CHECK_OK(store_batch_begin(s, err), err);
-        for (int i = 0; i < 80; i++) {
-            snprintf(id, sizeof(id), "%s%d", batch == 1 ? "gone" : "kept", batch * 80 + i);
-            bulk_text(text, sizeof(text), batch, i);
-            make_doc(&f, id, batch == 1 ? "Rolled back" : "Kept", text, NULL, 0);
-            CHECK_OK(put(s, &f, &r, err), err);
-            chunks = f.nchunks;
-        }
-        if (batch == 1)
+        bool gone = batch == 1;
+        CHECK_OK(bulk_batch(s, &f, gone ? "gone" : "kept", gone ? "Rolled back" : "Kept", batch, 80, err),
+                 err);
+        if (gone)
             store_batch_rollback(s);
         else
             CHECK_OK(store_batch_commit(s, err), err);
     }
+    size_t chunks = f.nchunks;
     CHECK_OK(store_bulk_end(s, err), err);
-    qr_log_set_stream(NULL);
-    CHECK_OK(qr_log_configure(QR_LOG_INFO, QR_LOG_TEXT, NULL, err), err);
     unsigned long long whole = 0, read_back = 0;
-    CHECK(bulk_summary(log, &whole, &read_back));
-    fclose(log);
+    CHECK(bulk_log_end(log, &whole, &read_back));
     CHECK_INT((int64_t)whole, 2);
     CHECK_INT((int64_t)read_back, 0);
     CHECK_INT(fts_count_dir(dir, "batch1 OR rolled"), 0);
@@ -2702,34 +2726,21 @@ TEST(fts_bulk_thread_beside_another_writer)
     const char *dir;
     store *s = open_fresh(&dir, err);
     CHECK_MSG(s, "%s", err);
-    FILE *log = tmpfile();
+    FILE *log = bulk_log_begin(err);
     CHECK(log);
-    CHECK_OK(qr_log_configure(QR_LOG_WARN, QR_LOG_TEXT, "store=debug", err), err);
-    qr_log_set_stream(log);
     CHECK_OK(store_bulk_begin(s, err), err);
     side_writer w = {.dir = dir};
     pthread_t side;
     CHECK(pthread_create(&side, NULL, side_writes, &w) == 0);
     static fixture f;
-    store_put_result r;
-    char id[32], text[4096];
     for (int batch = 0; batch < 20; batch++) {
-        CHECK_OK(store_batch_begin(s, err), err);
-        for (int i = 0; i < 20; i++) {
-            snprintf(id, sizeof(id), "bulk%d", batch * 20 + i);
-            bulk_text(text, sizeof(text), batch, i);
-            make_doc(&f, id, "Bulk", text, NULL, 0);
-            CHECK_OK(put(s, &f, &r, err), err);
-        }
+        CHECK_OK(bulk_batch(s, &f, "bulk", "Bulk", batch, 20, err), err);
         CHECK_OK(store_batch_commit(s, err), err);
     }
     pthread_join(side, NULL);
     CHECK_OK(store_bulk_end(s, err), err);
-    qr_log_set_stream(NULL);
-    CHECK_OK(qr_log_configure(QR_LOG_INFO, QR_LOG_TEXT, NULL, err), err);
     unsigned long long whole = 0, read_back = 0;
-    CHECK(bulk_summary(log, &whole, &read_back));
-    fclose(log);
+    CHECK(bulk_log_end(log, &whole, &read_back));
     CHECK_MSG(w.done == 40, "the other writer: %d writes, %s", w.done, w.err);
     CHECK_INT((int64_t)(whole + read_back), 20);
     CHECK_INT(fts_count_dir(dir, "bulk"), 400 * (int64_t)f.nchunks);
@@ -2768,16 +2779,8 @@ TEST(fts_index_pages_new_and_kept)
     CHECK_INT(raw_int_in(dir, "PRAGMA fts.page_size"), 16384);
     CHECK_OK(store_bulk_begin(s, err), err);
     static fixture f;
-    store_put_result r;
-    char id[32], text[4096];
     for (int batch = 0; batch < 3; batch++) {
-        CHECK_OK(store_batch_begin(s, err), err);
-        for (int i = 0; i < 30; i++) {
-            snprintf(id, sizeof(id), "kept%d", batch * 30 + i);
-            bulk_text(text, sizeof(text), batch, i);
-            make_doc(&f, id, "Kept", text, NULL, 0);
-            CHECK_OK(put(s, &f, &r, err), err);
-        }
+        CHECK_OK(bulk_batch(s, &f, "kept", "Kept", batch, 30, err), err);
         CHECK_OK(store_batch_commit(s, err), err);
     }
     CHECK_OK(store_bulk_end(s, err), err);
