@@ -882,9 +882,6 @@ void store_batch_rollback_local(store *s)
 
 /* ---- bulk loads -------------------------------------------------------------------------- */
 
-#define STRINGIFY_(x) #x
-#define STRINGIFY(x)  STRINGIFY_(x)
-
 /* SQLite's default page cache (2 MB) is what a server's many handles each keep; a bulk load's
  * batches dirty more than that, and pages spilled or dropped mid-batch are written or read again:
  * measured on 23 MB of input, 16 MB took pwrite calls from 27,700 to 20,200 and pread from 15,700

@@ -50,8 +50,6 @@
  * and 64. 32 rather than 64 because every commit writes whole pages: a single document's write
  * rewrites a few of them. An existing file keeps the page size it has. */
 #define FTS_PAGE_SIZE 32768
-#define STRINGIFY_(x) #x
-#define STRINGIFY(x)  STRINGIFY_(x)
 /* In bulk mode the WAL starts over past as many bytes as quarry.db's (STORE_BULK_CHECKPOINT_PAGES
  * of 16 KiB). */
 #define FTS_BULK_WAL_BYTES ((int64_t)STORE_BULK_CHECKPOINT_PAGES * 16384)

@@ -66,6 +66,10 @@ enum {
     Q_COUNT
 };
 
+/* A macro's value as a string literal (for SQL text built at compile time). */
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x)  STRINGIFY_(x)
+
 enum { BATCH_NONE, BATCH_OPEN, BATCH_FAILED };
 
 /* Chunk ids [lo, hi) whose rows a delete freed. */

@@ -63,9 +63,6 @@ static bool is_space(unsigned char c)
     return c == ' ';
 }
 
-#define STRINGIFY_(x) #x
-#define STRINGIFY(x)  STRINGIFY_(x)
-
 /* What is wrong with a principal; NULL when nothing is. */
 static const char *principal_problem(const char *principal)
 {
